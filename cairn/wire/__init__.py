@@ -1,0 +1,1 @@
+"""The cairn wire format: envelope header, type codes, CBOR bodies, framing."""

@@ -1,0 +1,99 @@
+"""
+Protocol constants: versions, type codes, Close codes and fixed sizes.
+
+Every number an independent implementation needs is here and in
+docs/protocol.md; nothing else in the package spells a type code.
+"""
+
+from enum import IntEnum
+
+#: The protocol version this implementation speaks (envelope byte 0).
+PROTOCOL_VERSION = 1
+#: Every version a responder accepts in a HandshakeInit.
+SUPPORTED_VERSIONS = (1,)
+
+#: version (1) + type (2) + session id (16) + sequence (8) + length (4).
+HEADER_SIZE = 31
+SESSION_ID_SIZE = 16
+MAX_SEQUENCE = 2**64 - 1
+#: The u32 length field's own ceiling; the configured maximum is usually lower.
+MAX_LENGTH_FIELD = 2**32 - 1
+
+#: Noise prologue, the 5 ASCII bytes ``cairn``.
+NOISE_PROLOGUE = b"cairn"
+NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+#: Prefix of the message an identity key signs to bind its Noise static key.
+STATIC_BINDING_PREFIX = b"cairn-noise-static:"
+
+#: Custom application range, inclusive.
+CUSTOM_TYPE_MIN = 0xF000
+CUSTOM_TYPE_MAX = 0xFFFF
+
+
+class MessageType(IntEnum):
+    """Envelope type codes defined by the seed and DESIGN.md."""
+
+    HANDSHAKE_INIT = 0x0100
+    HANDSHAKE_RESPONSE = 0x0101
+    HANDSHAKE_FINAL = 0x0102
+
+    KEEPALIVE = 0x0200
+    CLOSE = 0x0201
+    RECONNECT = 0x0202
+
+    DATA = 0x0300
+    CHANNEL_INIT = 0x0303
+
+    PEER_ANNOUNCE = 0x0400
+    RELAY_REQUEST = 0x0401
+    RELAY_RESPONSE = 0x0402
+
+
+HANDSHAKE_TYPES = frozenset(
+    {
+        MessageType.HANDSHAKE_INIT,
+        MessageType.HANDSHAKE_RESPONSE,
+        MessageType.HANDSHAKE_FINAL,
+    }
+)
+
+#: Types the session layer consumes itself; services cannot take them over.
+SESSION_LAYER_TYPES = HANDSHAKE_TYPES | {
+    MessageType.KEEPALIVE,
+    MessageType.CLOSE,
+    MessageType.RECONNECT,
+    MessageType.DATA,
+    MessageType.CHANNEL_INIT,
+}
+
+
+def is_custom_type(code: int) -> bool:
+    """Whether C{code} lies in the application range 0xF000-0xFFFF."""
+    return CUSTOM_TYPE_MIN <= code <= CUSTOM_TYPE_MAX
+
+
+class CloseCode(IntEnum):
+    """
+    Codes carried in a Close body (see docs/protocol.md, "Close codes").
+
+    0 is a graceful close; 1-99 are protocol errors of the peer that
+    receives them; 100+ are conditions of the sender.
+    """
+
+    NORMAL = 0
+    MALFORMED_ENVELOPE = 1
+    PAYLOAD_TOO_LARGE = 2
+    BAD_CBOR = 3
+    DECRYPT_FAILED = 4
+    REPLAY = 5
+    UNEXPECTED_MESSAGE = 6
+    VERSION_UNSUPPORTED = 7
+    HANDSHAKE_FAILED = 8
+    UNKNOWN_SESSION = 9
+    TIMEOUT = 10
+    NOT_PAIRED = 11
+    LIMIT_REACHED = 12
+    REPLACED = 13
+    RESUME_FAILED = 14
+    GOING_AWAY = 100
+    INTERNAL = 101

@@ -1,0 +1,147 @@
+"""
+The binary envelope: a 31-byte big-endian header followed by the payload.
+
+    version u8 | type u16 | session id 16 bytes | sequence u64 | length u32
+
+The header is not CBOR; the payload is (sealed after the handshake).
+L{EnvelopeParser} turns a byte stream into envelopes whatever the split
+or coalescing of its chunks; L{decode} takes exactly one envelope, as a
+WebSocket message carries.
+"""
+
+import struct
+
+import attr
+
+from cairn.wire.constants import HEADER_SIZE, SESSION_ID_SIZE, CloseCode
+
+_HEADER = struct.Struct(">BH16sQI")
+assert _HEADER.size == HEADER_SIZE
+
+
+class EnvelopeError(ValueError):
+    """
+    Bytes that cannot be an envelope.
+
+    @ivar code: the L{CloseCode} to send back.
+    """
+
+    def __init__(self, code: CloseCode, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Envelope:
+    """One framed message. C{payload} is the raw (CBOR or sealed) payload."""
+
+    version: int
+    type: int
+    session_id: bytes
+    seq: int
+    payload: bytes = b""
+
+    def header(self) -> bytes:
+        """The 31 header bytes, which also serve as the AEAD associated data."""
+        return encode_header(
+            self.version, self.type, self.session_id, self.seq, len(self.payload)
+        )
+
+    def to_bytes(self) -> bytes:
+        """The envelope as it goes on the wire."""
+        return self.header() + self.payload
+
+
+def encode_header(version, type_, session_id, seq, length) -> bytes:
+    """Pack the five header fields; raises C{ValueError} if one is out of range."""
+    if len(session_id) != SESSION_ID_SIZE:
+        raise ValueError("session id must be 16 bytes")
+    try:
+        return _HEADER.pack(version, type_, session_id, seq, length)
+    except struct.error as e:
+        raise ValueError(f"header field out of range: {e}") from None
+
+
+def parse_header(data) -> tuple:
+    """
+    Unpack the first 31 bytes of C{data}.
+
+    @return: (version, type, session_id, seq, length)
+    """
+    return _HEADER.unpack_from(data, 0)
+
+
+def decode(data: bytes, max_payload: int) -> Envelope:
+    """
+    Decode exactly one envelope (e.g. one WebSocket message).
+
+    @raise EnvelopeError: too short, length field disagreeing with the
+        data, or a payload above C{max_payload}.
+    """
+    if len(data) < HEADER_SIZE:
+        raise EnvelopeError(CloseCode.MALFORMED_ENVELOPE, "truncated header")
+    version, type_, sid, seq, length = parse_header(data)
+    if length > max_payload:
+        raise EnvelopeError(
+            CloseCode.PAYLOAD_TOO_LARGE,
+            f"payload length {length} above maximum {max_payload}",
+        )
+    if length != len(data) - HEADER_SIZE:
+        raise EnvelopeError(
+            CloseCode.MALFORMED_ENVELOPE, "length field does not match message size"
+        )
+    return Envelope(version, type_, sid, seq, bytes(data[HEADER_SIZE:]))
+
+
+class EnvelopeParser:
+    """
+    Incremental stream framing: feed bytes, get whole envelopes.
+
+    Memory is bounded by C{max_payload + HEADER_SIZE} plus one received
+    chunk: a header announcing more than C{max_payload} is refused as soon
+    as its 31 bytes are in, before any payload is buffered.
+    """
+
+    def __init__(self, max_payload: int):
+        self.max_payload = max_payload
+        self._buffer = bytearray()
+        self._failed = False
+
+    def buffered(self) -> int:
+        """How many bytes are held waiting for the rest of an envelope."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list:
+        """
+        Add C{data}; return the envelopes it completes, in order.
+
+        @raise EnvelopeError: the stream cannot continue (header announcing
+            an oversized payload). The parser refuses further input after.
+        """
+        if self._failed:
+            raise EnvelopeError(CloseCode.MALFORMED_ENVELOPE, "stream already failed")
+        buf = self._buffer
+        buf += data
+        out = []
+        offset = 0
+        end = len(buf)
+        while end - offset >= HEADER_SIZE:
+            version, type_, sid, seq, length = _HEADER.unpack_from(buf, offset)
+            if length > self.max_payload:
+                self._failed = True
+                del buf[:]
+                raise EnvelopeError(
+                    CloseCode.PAYLOAD_TOO_LARGE,
+                    f"payload length {length} above maximum {self.max_payload}",
+                )
+            stop = offset + HEADER_SIZE + length
+            if stop > end:
+                break
+            out.append(
+                Envelope(version, type_, sid, seq, bytes(buf[offset + HEADER_SIZE : stop]))
+            )
+            offset = stop
+        if offset:
+            del buf[:offset]
+        return out
