@@ -1,0 +1,1 @@
+"""Identity keys, the Noise XX handshake, session AEAD and the Double Ratchet."""

@@ -1,0 +1,98 @@
+"""
+Post-handshake payload protection.
+
+After the handshake every payload is a CBOR byte string holding
+ChaCha20-Poly1305 (RFC 8439) ciphertext of the CBOR body:
+
+    key    = the Split() key of the sending direction
+    nonce  = 4 zero bytes || sequence number, 8 bytes little-endian
+    ad     = the envelope's 31-byte header (its length field counts the
+             whole sealed payload, CBOR byte-string head included)
+
+A receiver accepts a sequence number only if it is greater than the last
+one it accepted in that direction.
+"""
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from cairn.wire.envelope import Envelope, encode_header
+
+TAG_SIZE = 16
+
+
+class DecryptError(Exception):
+    """A sealed payload does not authenticate."""
+
+
+def nonce_for(seq: int) -> bytes:
+    """The 12-byte ChaCha20-Poly1305 nonce for sequence number C{seq}."""
+    return b"\x00\x00\x00\x00" + struct.pack("<Q", seq)
+
+
+def bstr_head(length: int) -> bytes:
+    """The CBOR major-type-2 head for a byte string of C{length} bytes."""
+    if length < 24:
+        return bytes([0x40 | length])
+    if length < 0x100:
+        return bytes([0x58, length])
+    if length < 0x10000:
+        return b"\x59" + struct.pack(">H", length)
+    if length < 0x100000000:
+        return b"\x5a" + struct.pack(">I", length)
+    return b"\x5b" + struct.pack(">Q", length)
+
+
+def split_bstr(payload: bytes) -> bytes:
+    """
+    The content of a payload that must be exactly one CBOR byte string.
+
+    @raise DecryptError: anything else.
+    """
+    if not payload:
+        raise DecryptError("empty sealed payload")
+    head = payload[0]
+    info = head & 0x1F
+    if head >> 5 != 2 or info > 27:
+        raise DecryptError("sealed payload is not a CBOR byte string")
+    if info < 24:
+        start, length = 1, info
+    else:
+        width = 1 << (info - 24)
+        start = 1 + width
+        if len(payload) < start:
+            raise DecryptError("truncated CBOR byte-string head")
+        length = int.from_bytes(payload[1:start], "big")
+    if start + length != len(payload):
+        raise DecryptError("sealed payload length mismatch")
+    return payload[start:]
+
+
+class SessionCipher:
+    """Seals and opens envelopes with the two direction keys of a session."""
+
+    def __init__(self, send_key: bytes, recv_key: bytes):
+        self._send = ChaCha20Poly1305(send_key)
+        self._recv = ChaCha20Poly1305(recv_key)
+
+    def seal(self, version: int, type_: int, session_id: bytes, seq: int, body: bytes) -> Envelope:
+        """Build the sealed envelope carrying CBOR C{body}."""
+        ct_len = len(body) + TAG_SIZE
+        head = bstr_head(ct_len)
+        header = encode_header(version, type_, session_id, seq, len(head) + ct_len)
+        ct = self._send.encrypt(nonce_for(seq), body, header)
+        return Envelope(version, type_, session_id, seq, head + ct)
+
+    def open(self, envelope: Envelope) -> bytes:
+        """
+        Return the CBOR body of a sealed C{envelope}.
+
+        @raise DecryptError: not a byte string, or authentication fails.
+        """
+        ct = split_bstr(envelope.payload)
+        try:
+            return self._recv.decrypt(nonce_for(envelope.seq), ct, envelope.header())
+        except InvalidTag:
+            raise DecryptError("authentication failed") from None

@@ -1,0 +1,165 @@
+"""
+The Noise XX handshake with cairn's identity binding.
+
+    -> e
+    <- e, ee, s, es      payload: {"identity": ed25519 pub, "sig": signature}
+    -> s, se             payload: {"identity": ed25519 pub, "sig": signature}
+
+Protocol name C{Noise_XX_25519_ChaChaPoly_SHA256}, prologue C{b"cairn"}.
+Each side signs C{b"cairn-noise-static:" || its Noise static public key}
+with its Ed25519 identity key; the other side checks that signature
+against the Noise static key the handshake authenticated. The first
+Noise message carries an empty payload.
+
+noiseprotocol 0.3.1 drops the remote static key once the handshake
+finishes, so L{NoiseHandshake} keeps the handshake state object from
+right after C{start_handshake()} and reads C{rs} from it.
+"""
+
+import attr
+from noise.connection import Keypair, NoiseConnection
+
+from cairn.crypto.identity import Identity, verify
+from cairn.wire import cbor
+from cairn.wire.constants import NOISE_PROLOGUE, NOISE_PROTOCOL_NAME, STATIC_BINDING_PREFIX
+
+
+class HandshakeError(Exception):
+    """The handshake cannot complete (bad Noise message, bad identity proof)."""
+
+
+@attr.s(frozen=True, repr=False)
+class HandshakeResult:
+    """What a finished handshake yields. Keys never show in the repr."""
+
+    remote_identity: bytes = attr.ib()
+    handshake_hash: bytes = attr.ib()
+    #: The Split() key for initiator-to-responder, then responder-to-initiator.
+    key_i2r: bytes = attr.ib()
+    key_r2i: bytes = attr.ib()
+    initiator: bool = attr.ib()
+
+    @property
+    def send_key(self) -> bytes:
+        return self.key_i2r if self.initiator else self.key_r2i
+
+    @property
+    def recv_key(self) -> bytes:
+        return self.key_r2i if self.initiator else self.key_i2r
+
+    def __repr__(self):
+        return f"<HandshakeResult initiator={self.initiator}>"
+
+
+def identity_payload(identity: Identity) -> bytes:
+    """The CBOR payload of Noise messages 2 and 3 for C{identity}."""
+    static = identity.noise_static_public()
+    return cbor.dumps(
+        {"identity": identity.public_key, "sig": identity.sign(STATIC_BINDING_PREFIX + static)}
+    )
+
+
+def check_identity_payload(payload: bytes, remote_static: bytes) -> bytes:
+    """
+    Verify a peer's identity payload against the Noise static key it used.
+
+    @return: the peer's 32-byte Ed25519 identity key.
+    @raise HandshakeError: malformed payload or a signature that fails.
+    """
+    try:
+        body = cbor.loads(payload)
+    except cbor.CBORError as e:
+        raise HandshakeError(f"identity payload: {e}") from None
+    if not isinstance(body, dict):
+        raise HandshakeError("identity payload is not a map")
+    ident, sig = body.get("identity"), body.get("sig")
+    if not (isinstance(ident, bytes) and len(ident) == 32):
+        raise HandshakeError("identity payload: 'identity' must be 32 bytes")
+    if not (isinstance(sig, bytes) and len(sig) == 64):
+        raise HandshakeError("identity payload: 'sig' must be 64 bytes")
+    if not verify(ident, STATIC_BINDING_PREFIX + remote_static, sig):
+        raise HandshakeError("identity signature does not match the Noise static key")
+    return ident
+
+
+class NoiseHandshake:
+    """
+    One side of the XX handshake, stepped by the session state machine.
+
+    @param ephemeral_private: pin the ephemeral key (test vectors only).
+    """
+
+    def __init__(self, identity: Identity, initiator: bool, ephemeral_private: bytes = None):
+        self.identity = identity
+        self.initiator = initiator
+        conn = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
+        if initiator:
+            conn.set_as_initiator()
+        else:
+            conn.set_as_responder()
+        conn.set_prologue(NOISE_PROLOGUE)
+        conn.set_keypair_from_private_bytes(Keypair.STATIC, identity.noise_static_private())
+        if ephemeral_private is not None:
+            conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral_private)
+        conn.start_handshake()
+        self._conn = conn
+        self._state = conn.noise_protocol.handshake_state
+        self._remote_identity = None
+
+    def _write(self, payload: bytes) -> bytes:
+        return bytes(self._conn.write_message(payload))
+
+    def _read(self, message: bytes) -> bytes:
+        if not isinstance(message, bytes):
+            raise HandshakeError("'noise' must be a byte string")
+        try:
+            return bytes(self._conn.read_message(message))
+        except Exception as e:
+            # noiseprotocol has no common exception base and lets
+            # cryptography's InvalidTag and ValueError through: any failure
+            # to read a peer's message is that peer's handshake failing.
+            raise HandshakeError(f"noise: {e.__class__.__name__}") from None
+
+    def _remote_static(self) -> bytes:
+        return self._state.rs.public_bytes
+
+    # Initiator steps
+    def write_init(self) -> bytes:
+        return self._write(b"")
+
+    def read_response(self, message: bytes) -> None:
+        payload = self._read(message)
+        self._remote_identity = check_identity_payload(payload, self._remote_static())
+
+    def write_final(self) -> bytes:
+        return self._write(identity_payload(self.identity))
+
+    # Responder steps
+    def read_init(self, message: bytes) -> None:
+        payload = self._read(message)
+        if payload:
+            raise HandshakeError("first handshake message must have an empty payload")
+
+    def write_response(self) -> bytes:
+        return self._write(identity_payload(self.identity))
+
+    def read_final(self, message: bytes) -> None:
+        payload = self._read(message)
+        self._remote_identity = check_identity_payload(payload, self._remote_static())
+
+    def result(self) -> HandshakeResult:
+        """The transport keys and peer identity, once all three messages passed."""
+        if not self._conn.handshake_finished or self._remote_identity is None:
+            raise HandshakeError("handshake not finished")
+        proto = self._conn.noise_protocol
+        if self.initiator:
+            k_i2r, k_r2i = proto.cipher_state_encrypt.k, proto.cipher_state_decrypt.k
+        else:
+            k_i2r, k_r2i = proto.cipher_state_decrypt.k, proto.cipher_state_encrypt.k
+        return HandshakeResult(
+            remote_identity=self._remote_identity,
+            handshake_hash=bytes(self._conn.get_handshake_hash()),
+            key_i2r=bytes(k_i2r),
+            key_r2i=bytes(k_r2i),
+            initiator=self.initiator,
+        )

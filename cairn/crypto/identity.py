@@ -1,0 +1,125 @@
+"""
+Long-term node identity: an Ed25519 key pair and the peer id derived from it.
+
+The peer id is the multihash of the public key -- C{0x12 0x20} (sha2-256,
+32 bytes) followed by C{sha256(public_key)} -- written in base58 with the
+Bitcoin alphabet.
+
+The key file holds the 32-byte Ed25519 seed and nothing else; it is
+created with mode 0600 and never rewritten. The node's Noise static key
+is the X25519 form of the same key (libsodium's conversion), so one file
+is all a node has to keep; peers never depend on that choice, because the
+handshake binds whatever static key is used with a signature.
+"""
+
+import hashlib
+import os
+
+import attr
+import base58
+from nacl.bindings import (
+    crypto_sign_ed25519_pk_to_curve25519,
+    crypto_sign_ed25519_sk_to_curve25519,
+)
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+KEY_FILE_NAME = "identity.key"
+_MULTIHASH_PREFIX = b"\x12\x20"
+
+
+class IdentityError(Exception):
+    """The identity key file is unusable (wrong size, unreadable)."""
+
+
+def peer_id_for(public_key: bytes) -> str:
+    """The base58 multihash peer id of a 32-byte Ed25519 public key."""
+    if len(public_key) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    digest = hashlib.sha256(public_key).digest()
+    return base58.b58encode(_MULTIHASH_PREFIX + digest).decode("ascii")
+
+
+def parse_peer_id(peer_id: str) -> bytes:
+    """
+    Return the 32-byte digest inside a peer id.
+
+    @raise ValueError: not base58, or not a sha2-256 multihash.
+    """
+    try:
+        raw = base58.b58decode(peer_id.encode("ascii"))
+    except Exception:
+        raise ValueError("peer id is not base58") from None
+    if len(raw) != 34 or raw[:2] != _MULTIHASH_PREFIX:
+        raise ValueError("peer id is not a sha2-256 multihash")
+    return raw[2:]
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether C{signature} is a valid Ed25519 signature of C{message}."""
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+@attr.s(frozen=True, repr=False)
+class Identity:
+    """A node's long-term key pair. The repr never shows key material."""
+
+    signing_key: SigningKey = attr.ib()
+
+    @classmethod
+    def generate(cls) -> "Identity":
+        return cls(SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "Identity":
+        return cls(SigningKey(seed))
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def peer_id(self) -> str:
+        return peer_id_for(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message).signature
+
+    def noise_static_private(self) -> bytes:
+        """The X25519 private key used as the Noise static key."""
+        sk = bytes(self.signing_key) + self.public_key
+        return crypto_sign_ed25519_sk_to_curve25519(sk)
+
+    def noise_static_public(self) -> bytes:
+        return crypto_sign_ed25519_pk_to_curve25519(self.public_key)
+
+    def __repr__(self):
+        return f"<Identity {self.peer_id}>"
+
+
+def load_or_create(directory: str) -> Identity:
+    """
+    Load the identity in C{directory}, creating it (mode 0600) on first use.
+
+    @raise IdentityError: the file exists but is not a 32-byte seed.
+    """
+    path = os.path.join(directory, KEY_FILE_NAME)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as f:
+            seed = f.read()
+        if len(seed) != 32:
+            raise IdentityError(f"{path} is not a 32-byte Ed25519 seed") from None
+        return Identity.from_seed(seed)
+    identity = Identity.generate()
+    try:
+        os.write(fd, bytes(identity.signing_key))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return identity
