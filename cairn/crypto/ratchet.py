@@ -1,0 +1,475 @@
+"""
+The Double Ratchet that protects every Data body after the Noise handshake.
+
+This wraps Syndace's C{doubleratchet} package (1.x) with cairn's fixed
+parameters; docs/protocol.md ("Double Ratchet") specifies every byte so
+that an implementation in another language can interoperate:
+
+  - DH ratchet: X25519 (RFC 7748), 32-byte raw private and public keys.
+  - Root chain KDF: HKDF-SHA-256, salt = root key, ikm = DH output,
+    info = C{b"cairn-ratchet-root"}, 64 bytes -> new root key || chain key.
+  - Message chain KDF: HMAC-SHA-256 keyed with the chain key, one HMAC per
+    byte of the constant C{b"\\x01\\x02"}: the new chain key is
+    HMAC(ck, 0x01), the message key is HMAC(ck, 0x02).
+  - AEAD: HKDF-SHA-256(salt = 32 zero bytes, ikm = message key,
+    info = C{b"cairn-ratchet-aead"}, 80 bytes) -> AES-256 key || HMAC key ||
+    IV; AES-256-CBC with PKCS#7 padding, then HMAC-SHA-256 over
+    associated data || ciphertext appended in full (32 bytes).
+  - Associated data: caller's ad || ratchet pub (32) || u32be pn || u32be n.
+  - At most 1000 message keys are derived ahead for one incoming message and
+    at most 1000 skipped keys are kept (oldest evicted first).
+
+Seeding: L{derive_seed} turns the handshake hash and the two Noise
+transport keys into the shared secret and the responder's first ratchet
+key pair, so no extra round trip is needed. The initiator is Signal's
+"Alice" (it may encrypt at once); the responder is "Bob" and cannot encrypt
+until it has decrypted the initiator's first ratchet message, which is why
+the session layer has the initiator send a ratchet message with an empty
+plaintext on channel 0 right after HandshakeFinal.
+
+Driving the library synchronously: its API is C{async}, but every coroutine
+in it only awaits other coroutines that do pure computation (hashing, AES,
+X25519 through C{cryptography}); nothing ever yields to an event loop.
+cairn runs on Twisted with no asyncio loop, and wrapping each call in
+C{Deferred.fromCoroutine} would make encryption look asynchronous to the
+session code for no benefit (and would let two calls interleave on one
+ratchet). So L{_run} steps the coroutine once with C{send(None)}: a
+finished coroutine raises C{StopIteration} carrying the result. If a
+future library version ever really suspends, L{_run} raises
+C{RuntimeError} instead of silently returning garbage.
+
+Key generation is injectable for test vectors: every fresh ratchet private
+key comes from the module attribute L{generate_private_key} (looked up at
+call time), which tests may replace (e.g. with trial's C{self.patch}).
+"""
+
+import json
+import struct
+import warnings
+from typing import Any, Callable, Coroutine, Dict, Tuple, TypeVar
+
+import attr
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from doubleratchet import aead as _dr_aead
+from doubleratchet import diffie_hellman_ratchet as _dr_dh
+from doubleratchet.double_ratchet import DoubleRatchet as _DoubleRatchet
+from doubleratchet.recommended import HashFunction
+from doubleratchet.recommended import aead_aes_hmac, kdf_hkdf, kdf_separate_hmacs
+from doubleratchet.recommended.diffie_hellman_ratchet_curve25519 import (
+    DiffieHellmanRatchet as _Curve25519DHRatchet,
+)
+from doubleratchet.types import EncryptedMessage, Header
+
+__all__ = [
+    "RatchetError",
+    "RatchetSeed",
+    "Ratchet",
+    "derive_seed",
+    "generate_private_key",
+    "SEED_INFO",
+    "ROOT_INFO",
+    "AEAD_INFO",
+    "MESSAGE_CHAIN_CONSTANT",
+    "DOS_PROTECTION_THRESHOLD",
+    "MAX_SKIPPED_MESSAGE_KEYS",
+]
+
+SEED_INFO = b"cairn-ratchet-seed-v1"
+ROOT_INFO = b"cairn-ratchet-root"
+AEAD_INFO = b"cairn-ratchet-aead"
+MESSAGE_CHAIN_CONSTANT = b"\x01\x02"
+DOS_PROTECTION_THRESHOLD = 1000
+MAX_SKIPPED_MESSAGE_KEYS = 1000
+
+_U32_MAX = 2**32 - 1
+_KEY_LEN = 32
+_TAG_LEN = 32  # HMAC-SHA-256, not truncated
+_AES_BLOCK = 16
+_WIRE_KEYS = frozenset(("pub", "pn", "n", "ct"))
+_STATE_FORMAT = "cairn-ratchet-state-v1"
+
+_T = TypeVar("_T")
+
+
+class RatchetError(Exception):
+    """Message cannot be decrypted or is malformed (reason in str)."""
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """
+    Run a coroutine that never suspends to completion, synchronously.
+
+    @raise RuntimeError: the coroutine tried to suspend (it is closed first).
+    """
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(
+        "doubleratchet coroutine suspended; it cannot be driven synchronously"
+    )
+
+
+def _default_generate_private_key() -> bytes:
+    """A fresh random X25519 private key, 32 raw bytes."""
+    return X25519PrivateKey.generate().private_bytes(
+        encoding=serialization.Encoding.Raw,
+        format=serialization.PrivateFormat.Raw,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+
+
+#: Source of every fresh ratchet private key (32 raw bytes). Tests replace it
+#: to pin keys and obtain deterministic vectors; production leaves it alone.
+generate_private_key: Callable[[], bytes] = _default_generate_private_key
+
+
+def _x25519_public(private: bytes) -> bytes:
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(
+            encoding=serialization.Encoding.Raw,
+            format=serialization.PublicFormat.Raw,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------
+# Library parameterisation
+
+
+class _DHRatchet(_Curve25519DHRatchet):
+    """X25519 DH ratchet whose key generation goes through the module hook."""
+
+    @staticmethod
+    def _generate_priv() -> bytes:
+        priv = generate_private_key()
+        if not isinstance(priv, bytes) or len(priv) != _KEY_LEN:
+            raise RuntimeError("generate_private_key must return 32 bytes")
+        return priv
+
+
+class _RootChainKDF(kdf_hkdf.KDF):
+    """HKDF-SHA-256, salt = root key, ikm = DH output, info = ROOT_INFO."""
+
+    @staticmethod
+    def _get_hash_function() -> HashFunction:
+        return HashFunction.SHA_256
+
+    @staticmethod
+    def _get_info() -> bytes:
+        return ROOT_INFO
+
+
+class _MessageChainKDF(kdf_separate_hmacs.KDF):
+    """HMAC-SHA-256(chain key, one byte of the constant), concatenated."""
+
+    @staticmethod
+    def _get_hash_function() -> HashFunction:
+        return HashFunction.SHA_256
+
+
+class _AEAD(aead_aes_hmac.AEAD):
+    """AES-256-CBC + HMAC-SHA-256, keys and IV from HKDF with AEAD_INFO."""
+
+    @staticmethod
+    def _get_hash_function() -> HashFunction:
+        return HashFunction.SHA_256
+
+    @staticmethod
+    def _get_info() -> bytes:
+        return AEAD_INFO
+
+
+class _CairnDoubleRatchet(_DoubleRatchet):
+    @staticmethod
+    def _build_associated_data(associated_data: bytes, header: Header) -> bytes:
+        # The header part has a fixed length (40 bytes) at the end, so the
+        # pair (ad, header) is recoverable without a length prefix on ad.
+        return (
+            associated_data
+            + header.ratchet_pub
+            + struct.pack(
+                ">II",
+                header.previous_sending_chain_length,
+                header.sending_chain_length,
+            )
+        )
+
+
+_PARAMETERS: Dict[str, Any] = dict(
+    diffie_hellman_ratchet_class=_DHRatchet,
+    root_chain_kdf=_RootChainKDF,
+    message_chain_kdf=_MessageChainKDF,
+    message_chain_constant=MESSAGE_CHAIN_CONSTANT,
+    dos_protection_threshold=DOS_PROTECTION_THRESHOLD,
+    max_num_skipped_message_keys=MAX_SKIPPED_MESSAGE_KEYS,
+    aead=_AEAD,
+)
+
+# Everything the library raises for a message that must be rejected.
+# ValueError comes from cryptography for an X25519 public key whose shared
+# secret is all zeros (a low-order point).
+_LIBRARY_ERRORS: Tuple[type, ...] = (
+    _dr_aead.AuthenticationFailedException,
+    _dr_aead.DecryptionFailedException,
+    _dr_dh.DoSProtectionException,
+    _dr_dh.DuplicateMessageException,
+    ValueError,
+)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _dr_aead.AuthenticationFailedException):
+        return "authentication failed (wrong key, ad, or tampered message)"
+    if isinstance(exc, _dr_aead.DecryptionFailedException):
+        return "decryption failed (bad padding)"
+    if isinstance(exc, _dr_dh.DoSProtectionException):
+        return "too many skipped messages (more than %d)" % (DOS_PROTECTION_THRESHOLD,)
+    if isinstance(exc, _dr_dh.DuplicateMessageException):
+        return "duplicate or replayed message"
+    return "invalid message: %s" % (exc,)
+
+
+# The library warns (instead of failing) when a DH step would need more than
+# the threshold of skipped keys from the previous chain; it then skips
+# deriving them. That behaviour is specified; the warning is noise.
+_SKIP_WARNING = r"More than \d+ message keys skipped"
+
+
+# ---------------------------------------------------------------------------
+# Seed
+
+
+def _check_key(instance: Any, attribute: "attr.Attribute[bytes]", value: Any) -> None:
+    if not isinstance(value, bytes) or len(value) != _KEY_LEN:
+        raise ValueError("%s must be 32 bytes" % (attribute.name,))
+
+
+@attr.s(frozen=True, repr=False)
+class RatchetSeed:
+    """
+    What both ends derive from the finished handshake to start the ratchet.
+
+    The repr never shows key material.
+    """
+
+    shared_secret: bytes = attr.ib(validator=_check_key)
+    responder_private: bytes = attr.ib(validator=_check_key)
+    responder_public: bytes = attr.ib(validator=_check_key)
+
+    def __repr__(self) -> str:
+        return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
+
+
+def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:
+    """
+    Derive the ratchet seed from a finished Noise handshake.
+
+    okm = HKDF-SHA-256(salt=handshake_hash, ikm=key_i2r || key_r2i,
+    info=C{b"cairn-ratchet-seed-v1"}, length=64); the first 32 bytes are the
+    shared secret, the last 32 the responder's initial X25519 ratchet
+    private key, whose public key is X25519(priv, 9).
+
+    @param handshake_hash: the Noise handshake hash C{h} (32 bytes).
+    @param key_i2r: the initiator-to-responder transport key (32 bytes).
+    @param key_r2i: the responder-to-initiator transport key (32 bytes).
+    @raise ValueError: an input is not 32 bytes.
+    """
+    for name, value in (
+        ("handshake_hash", handshake_hash),
+        ("key_i2r", key_i2r),
+        ("key_r2i", key_r2i),
+    ):
+        if not isinstance(value, bytes) or len(value) != _KEY_LEN:
+            raise ValueError("%s must be 32 bytes" % (name,))
+    okm = HKDF(
+        algorithm=hashes.SHA256(),
+        length=64,
+        salt=handshake_hash,
+        info=SEED_INFO,
+    ).derive(key_i2r + key_r2i)
+    private = okm[32:]
+    return RatchetSeed(
+        shared_secret=okm[:32],
+        responder_private=private,
+        responder_public=_x25519_public(private),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Wire form
+
+
+def _is_uint32(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _U32_MAX
+
+
+def _parse_message(message: Any) -> EncryptedMessage:
+    """Validate the wire dict strictly and convert it for the library."""
+    if not isinstance(message, dict):
+        raise RatchetError("ratchet message must be a map, not %s" % (type(message).__name__,))
+    keys = set(message)
+    if keys != _WIRE_KEYS:
+        missing = sorted(_WIRE_KEYS - keys)
+        extra = sorted(repr(k) for k in keys - _WIRE_KEYS)
+        raise RatchetError(
+            "ratchet message keys must be exactly pub, pn, n, ct (missing: %s; unexpected: %s)"
+            % (", ".join(missing) or "none", ", ".join(extra) or "none")
+        )
+    pub, pn, n, ct = message["pub"], message["pn"], message["n"], message["ct"]
+    if not isinstance(pub, bytes) or len(pub) != _KEY_LEN:
+        raise RatchetError("ratchet message 'pub' must be 32 bytes")
+    if not _is_uint32(pn):
+        raise RatchetError("ratchet message 'pn' must be an integer in 0..2**32-1")
+    if not _is_uint32(n):
+        raise RatchetError("ratchet message 'n' must be an integer in 0..2**32-1")
+    if not isinstance(ct, bytes):
+        raise RatchetError("ratchet message 'ct' must be bytes")
+    body = len(ct) - _TAG_LEN
+    if body < _AES_BLOCK or body % _AES_BLOCK:
+        raise RatchetError(
+            "ratchet message 'ct' must be a positive multiple of 16 bytes plus a 32-byte tag"
+        )
+    return EncryptedMessage(
+        header=Header(ratchet_pub=pub, previous_sending_chain_length=pn, sending_chain_length=n),
+        ciphertext=ct,
+    )
+
+
+def _wire(message: EncryptedMessage) -> Dict[str, Any]:
+    return {
+        "pub": message.header.ratchet_pub,
+        "pn": message.header.previous_sending_chain_length,
+        "n": message.header.sending_chain_length,
+        "ct": message.ciphertext,
+    }
+
+
+def _check_bytes(name: str, value: Any) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError("%s must be bytes" % (name,))
+
+
+# ---------------------------------------------------------------------------
+# Ratchet
+
+
+class Ratchet:
+    """
+    One end of a Double Ratchet conversation.
+
+    Create it with L{start_initiator} or L{start_responder}, or restore it
+    with L{from_json}. Not safe to use from several threads at once.
+    """
+
+    def __init__(self, state: _CairnDoubleRatchet) -> None:
+        self._state = state
+
+    def __repr__(self) -> str:
+        return "<Ratchet sending_chain_length=%d>" % (self._state.sending_chain_length,)
+
+    @classmethod
+    def start_initiator(
+        cls, seed: RatchetSeed, plaintext: bytes, ad: bytes
+    ) -> Tuple["Ratchet", Dict[str, Any]]:
+        """
+        Start as the handshake initiator (Signal's Alice) and encrypt the first message.
+
+        @return: the ratchet and the first message in wire form.
+        """
+        _check_bytes("plaintext", plaintext)
+        _check_bytes("ad", ad)
+        state, message = _run(
+            _CairnDoubleRatchet.encrypt_initial_message(
+                shared_secret=seed.shared_secret,
+                recipient_ratchet_pub=seed.responder_public,
+                message=plaintext,
+                associated_data=ad,
+                **_PARAMETERS,
+            )
+        )
+        return cls(state), _wire(message)
+
+    @classmethod
+    def start_responder(
+        cls, seed: RatchetSeed, message: Dict[str, Any], ad: bytes
+    ) -> Tuple["Ratchet", bytes]:
+        """
+        Start as the handshake responder (Signal's Bob) from the initiator's first message.
+
+        @return: the ratchet and the message's plaintext.
+        @raise RatchetError: the message is malformed or does not decrypt.
+        """
+        _check_bytes("ad", ad)
+        parsed = _parse_message(message)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_SKIP_WARNING)
+                state, plaintext = _run(
+                    _CairnDoubleRatchet.decrypt_initial_message(
+                        shared_secret=seed.shared_secret,
+                        own_ratchet_priv=seed.responder_private,
+                        message=parsed,
+                        associated_data=ad,
+                        **_PARAMETERS,
+                    )
+                )
+        except _LIBRARY_ERRORS as e:
+            raise RatchetError(_describe(e)) from e
+        return cls(state), plaintext
+
+    def encrypt(self, plaintext: bytes, ad: bytes) -> Dict[str, Any]:
+        """Encrypt the next message; return it in wire form."""
+        _check_bytes("plaintext", plaintext)
+        _check_bytes("ad", ad)
+        if self._state.sending_chain_length >= _U32_MAX:
+            raise RatchetError("sending chain exhausted (2**32-1 messages)")
+        return _wire(_run(self._state.encrypt_message(plaintext, ad)))
+
+    def decrypt(self, message: Dict[str, Any], ad: bytes) -> bytes:
+        """
+        Decrypt a message in wire form.
+
+        @raise RatchetError: malformed, replayed, too far ahead, or fails
+            authentication. The ratchet state is unchanged in that case.
+        """
+        _check_bytes("ad", ad)
+        parsed = _parse_message(message)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_SKIP_WARNING)
+                return _run(self._state.decrypt_message(parsed, ad))
+        except _LIBRARY_ERRORS as e:
+            raise RatchetError(_describe(e)) from e
+
+    def to_json(self) -> str:
+        """
+        Serialise the whole state (including private keys and skipped
+        message keys -- treat it as secret) for session persistence.
+        """
+        return json.dumps(
+            {"format": _STATE_FORMAT, "state": self._state.json},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Ratchet":
+        """
+        Restore a ratchet serialised with L{to_json}.
+
+        @raise RatchetError: the text is not a serialised ratchet state.
+        """
+        try:
+            outer = json.loads(text)
+            if not isinstance(outer, dict) or outer.get("format") != _STATE_FORMAT:
+                raise ValueError("not a %s document" % (_STATE_FORMAT,))
+            state = _CairnDoubleRatchet.from_json(outer["state"], **_PARAMETERS)
+        except Exception as e:
+            raise RatchetError("cannot restore ratchet state: %s" % (e,)) from e
+        return cls(state)

@@ -1,0 +1,600 @@
+"""
+Tests for L{cairn.crypto.ratchet}, including the byte-exact test vector
+published in the protocol documentation.
+
+The vector is computed twice: by the module under test (with pinned ratchet
+private keys) and by an independent re-implementation of every KDF, DH and
+AEAD step written directly against C{cryptography} primitives. Both must
+equal, value for value, the block between the C{ratchet-vector-begin} and
+C{ratchet-vector-end} markers in docs/ratchet.md (or docs/protocol.md once
+the section is merged there).
+"""
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import struct
+from typing import Dict, Iterator, List
+
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from twisted.trial import unittest
+
+from cairn.crypto import ratchet
+from cairn.crypto.ratchet import Ratchet, RatchetError, RatchetSeed, derive_seed
+
+AD = b"channel-0 ad"
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+# ---------------------------------------------------------------------------
+# Independent primitives (cryptography + hashlib/hmac only)
+
+
+def _hkdf(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _pub(priv: bytes) -> bytes:
+    return (
+        X25519PrivateKey.from_private_bytes(priv)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def _dh(priv: bytes, pub: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(priv).exchange(
+        X25519PublicKey.from_public_bytes(pub)
+    )
+
+
+def _kdf_rk(rk: bytes, dh_out: bytes):
+    okm = _hkdf(rk, dh_out, b"cairn-ratchet-root", 64)
+    return okm[:32], okm[32:]
+
+
+def _kdf_ck(ck: bytes):
+    """(next chain key, message key)."""
+    return _hmac(ck, b"\x01"), _hmac(ck, b"\x02")
+
+
+def _aead_encrypt(mk: bytes, plaintext: bytes, ad_full: bytes, out: Dict[str, str], prefix: str) -> bytes:
+    okm = _hkdf(b"\x00" * 32, mk, b"cairn-ratchet-aead", 80)
+    enc_key, auth_key, iv = okm[:32], okm[32:64], okm[64:]
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    enc = Cipher(algorithms.AES(enc_key), modes.CBC(iv)).encryptor()
+    body = enc.update(padded) + enc.finalize()
+    out[prefix + ".aead_enc_key"] = enc_key.hex()
+    out[prefix + ".aead_auth_key"] = auth_key.hex()
+    out[prefix + ".aead_iv"] = iv.hex()
+    return body + _hmac(auth_key, ad_full + body)
+
+
+def _ad_full(ad: bytes, pub: bytes, pn: int, n: int) -> bytes:
+    return ad + pub + struct.pack(">II", pn, n)
+
+
+def _show(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return value.hex() if value else "(empty)"
+
+
+# ---------------------------------------------------------------------------
+# The vector
+
+V_HANDSHAKE_HASH = bytes(range(0x00, 0x20))
+V_KEY_I2R = bytes(range(0x20, 0x40))
+V_KEY_R2I = bytes(range(0x40, 0x60))
+V_AD = b"cairn ratchet test vector"
+# Ratchet private keys in the order the two ends generate them.
+V_A1 = bytes.fromhex("a1" * 32)  # initiator, in start_initiator
+V_B1 = bytes.fromhex("b1" * 32)  # responder, in start_responder
+V_A2 = bytes.fromhex("a2" * 32)  # initiator, on receiving R0 (DH step)
+V_B2 = bytes.fromhex("b2" * 32)  # responder, on receiving I2 (DH step)
+V_A3 = bytes.fromhex("a3" * 32)  # initiator, on receiving R1 (DH step)
+V_PLAINTEXTS = {
+    "I0": b"",
+    "I1": b"hello, responder",
+    "R0": b"hello, initiator",
+    "I2": b"after the DH step",
+    "R1": b"second DH step",
+}
+
+
+def independent_vector() -> Dict[str, str]:
+    """Every value of the vector, computed without cairn or doubleratchet."""
+    out: Dict[str, str] = {}
+    put = lambda name, value: out.__setitem__(name, _show(value))  # noqa: E731
+
+    put("in.handshake_hash", V_HANDSHAKE_HASH)
+    put("in.key_i2r", V_KEY_I2R)
+    put("in.key_r2i", V_KEY_R2I)
+    put("in.ad", V_AD)
+    for name, priv in (("A1", V_A1), ("B1", V_B1), ("A2", V_A2), ("B2", V_B2), ("A3", V_A3)):
+        put("in.%s_priv" % name, priv)
+    for name, pt in V_PLAINTEXTS.items():
+        put("in.%s.plaintext" % name, pt)
+
+    okm = _hkdf(V_HANDSHAKE_HASH, V_KEY_I2R + V_KEY_R2I, b"cairn-ratchet-seed-v1", 64)
+    sk, b0 = okm[:32], okm[32:]
+    put("seed.shared_secret", sk)
+    put("seed.responder_private", b0)
+    put("seed.responder_public", _pub(b0))
+    b0_pub = _pub(b0)
+    for name, priv in (("A1", V_A1), ("B1", V_B1), ("A2", V_A2), ("B2", V_B2), ("A3", V_A3)):
+        put("%s_pub" % name, _pub(priv))
+
+    def message(label, ck, pub, pn, n):
+        """Encrypt one message from chain key ck; return the next chain key."""
+        ck_next, mk = _kdf_ck(ck)
+        put(label + ".chain_key", ck)
+        put(label + ".message_key", mk)
+        ad_full = _ad_full(V_AD, pub, pn, n)
+        put(label + ".associated_data", ad_full)
+        ct = _aead_encrypt(mk, V_PLAINTEXTS[label], ad_full, out, label)
+        put(label + ".pub", pub)
+        put(label + ".pn", pn)
+        put(label + ".n", n)
+        put(label + ".ct", ct)
+        return ck_next
+
+    # Initiator: root step with DH(A1, B0) -> sending chain A1.
+    dh = _dh(V_A1, b0_pub)
+    put("step1.dh", dh)
+    rk, ck_a1 = _kdf_rk(sk, dh)
+    put("step1.root_key", rk)
+    ck_a1 = message("I0", ck_a1, _pub(V_A1), 0, 0)
+    ck_a1 = message("I1", ck_a1, _pub(V_A1), 0, 1)
+
+    # Responder: step 1 again as receiving chain (DH(B0, A1) is the same value),
+    # then root step with DH(B1, A1) -> sending chain B1.
+    assert _dh(b0, _pub(V_A1)) == dh
+    dh = _dh(V_B1, _pub(V_A1))
+    put("step2.dh", dh)
+    rk, ck_b1 = _kdf_rk(rk, dh)
+    put("step2.root_key", rk)
+    ck_b1 = message("R0", ck_b1, _pub(V_B1), 0, 0)
+
+    # Initiator receives R0: receiving chain = step 2; new key A2;
+    # root step with DH(A2, B1) -> sending chain A2 (pn = 2: I0 and I1).
+    dh = _dh(V_A2, _pub(V_B1))
+    put("step3.dh", dh)
+    rk, ck_a2 = _kdf_rk(rk, dh)
+    put("step3.root_key", rk)
+    message("I2", ck_a2, _pub(V_A2), 2, 0)
+
+    # Responder receives I2: receiving chain = step 3; new key B2;
+    # root step with DH(B2, A2) -> sending chain B2 (pn = 1: R0).
+    dh = _dh(V_B2, _pub(V_A2))
+    put("step4.dh", dh)
+    rk, ck_b2 = _kdf_rk(rk, dh)
+    put("step4.root_key", rk)
+    message("R1", ck_b2, _pub(V_B2), 1, 0)
+    return out
+
+
+def module_vector(case: unittest.TestCase) -> Dict[str, str]:
+    """The vector's seed, wire and (via to_json) root/chain-key values as produced by cairn.crypto.ratchet."""
+    keys: Iterator[bytes] = iter([V_A1, V_B1, V_A2, V_B2, V_A3])
+    case.patch(ratchet, "generate_private_key", lambda: next(keys))
+    out: Dict[str, str] = {}
+    seed = derive_seed(V_HANDSHAKE_HASH, V_KEY_I2R, V_KEY_R2I)
+    out["seed.shared_secret"] = _show(seed.shared_secret)
+    out["seed.responder_private"] = _show(seed.responder_private)
+    out["seed.responder_public"] = _show(seed.responder_public)
+
+    def record(label, msg):
+        for field in ("pub", "pn", "n", "ct"):
+            out["%s.%s" % (label, field)] = _show(msg[field])
+        return msg
+
+    def internals(r, step, next_label):
+        """Root key and next sending chain key, read from the persisted state."""
+        dh = json.loads(r.to_json())["state"]["diffie_hellman_ratchet"]
+        raw = lambda text: bytes(map(ord, text))  # noqa: E731  (library's JSON bytes form)
+        out["%s.root_key" % step] = _show(raw(dh["root_chain"]["key"]))
+        sending = dh["symmetric_key_ratchet"]["sending_chain"]["key"]
+        out["%s.chain_key" % next_label] = _show(raw(sending))
+
+    initiator, i0 = Ratchet.start_initiator(seed, V_PLAINTEXTS["I0"], V_AD)
+    record("I0", i0)
+    internals(initiator, "step1", "I1")
+    i1 = record("I1", initiator.encrypt(V_PLAINTEXTS["I1"], V_AD))
+    responder, pt = Ratchet.start_responder(seed, i0, V_AD)
+    internals(responder, "step2", "R0")
+    case.assertEqual(pt, V_PLAINTEXTS["I0"])
+    case.assertEqual(responder.decrypt(i1, V_AD), V_PLAINTEXTS["I1"])
+    r0 = record("R0", responder.encrypt(V_PLAINTEXTS["R0"], V_AD))
+    case.assertEqual(initiator.decrypt(r0, V_AD), V_PLAINTEXTS["R0"])
+    internals(initiator, "step3", "I2")
+    i2 = record("I2", initiator.encrypt(V_PLAINTEXTS["I2"], V_AD))
+    case.assertEqual(responder.decrypt(i2, V_AD), V_PLAINTEXTS["I2"])
+    internals(responder, "step4", "R1")
+    r1 = record("R1", responder.encrypt(V_PLAINTEXTS["R1"], V_AD))
+    case.assertEqual(initiator.decrypt(r1, V_AD), V_PLAINTEXTS["R1"])
+    case.assertRaises(StopIteration, next, keys)
+    return out
+
+
+def documented_vector() -> Dict[str, str]:
+    """Parse the vector block out of the docs."""
+    for name in ("ratchet.md", "protocol.md"):
+        path = os.path.join(DOCS, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        match = re.search(
+            r"<!-- ratchet-vector-begin -->(.*?)<!-- ratchet-vector-end -->", text, re.S
+        )
+        if match:
+            values: Dict[str, str] = {}
+            for line in match.group(1).splitlines():
+                line = line.strip()
+                m = re.match(r"^([A-Za-z0-9_.]+) = (\S+)$", line)
+                if m:
+                    assert m.group(1) not in values, m.group(1)
+                    values[m.group(1)] = m.group(2)
+            return values
+    raise AssertionError("no ratchet vector block found in docs/ratchet.md or docs/protocol.md")
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+def _seed() -> RatchetSeed:
+    return derive_seed(os.urandom(32), os.urandom(32), os.urandom(32))
+
+
+def _pair(seed: RatchetSeed = None):
+    """A started initiator/responder pair that has exchanged the empty first message."""
+    seed = seed or _seed()
+    initiator, first = Ratchet.start_initiator(seed, b"", AD)
+    responder, pt = Ratchet.start_responder(seed, first, AD)
+    assert pt == b""
+    return initiator, responder
+
+
+class VectorTests(unittest.TestCase):
+    def test_independent_matches_docs(self):
+        """The independently computed vector equals the documented one, value for value."""
+        self.assertEqual(independent_vector(), documented_vector())
+
+    def test_module_matches_docs(self):
+        """The ratchet module with pinned keys produces exactly the documented seed, root keys, chain keys and wire messages."""
+        documented = documented_vector()
+        produced = module_vector(self)
+        self.assertEqual(len(produced), 3 + 4 * 2 + 5 * 4)
+        for name, value in produced.items():
+            self.assertEqual((name, value), (name, documented[name]))
+
+
+class SeedTests(unittest.TestCase):
+    def test_seed_matches_hkdf(self):
+        """derive_seed equals HKDF-SHA256(salt=h, ikm=k_i2r||k_r2i, info=cairn-ratchet-seed-v1, 64) split 32/32."""
+        h, k1, k2 = os.urandom(32), os.urandom(32), os.urandom(32)
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=64, salt=h, info=b"cairn-ratchet-seed-v1"
+        ).derive(k1 + k2)
+        seed = derive_seed(h, k1, k2)
+        self.assertEqual(seed.shared_secret, okm[:32])
+        self.assertEqual(seed.responder_private, okm[32:])
+        self.assertEqual(seed.responder_public, _pub(okm[32:]))
+
+    def test_seed_rejects_bad_lengths(self):
+        """derive_seed raises ValueError unless every input is 32 bytes."""
+        good = b"\x00" * 32
+        for args in ((b"", good, good), (good, good * 2, good), (good, good, "x" * 32)):
+            self.assertRaises(ValueError, derive_seed, *args)
+
+    def test_seed_repr_hides_secrets(self):
+        """The seed's repr shows neither the shared secret nor the private key."""
+        seed = _seed()
+        text = repr(seed)
+        self.assertNotIn(seed.shared_secret.hex(), text)
+        self.assertNotIn(seed.responder_private.hex(), text)
+
+
+class RoundTripTests(unittest.TestCase):
+    def test_initiator_to_responder(self):
+        """A message encrypted by the initiator decrypts at the responder."""
+        initiator, responder = _pair()
+        msg = initiator.encrypt(b"ping", AD)
+        self.assertEqual(responder.decrypt(msg, AD), b"ping")
+
+    def test_responder_to_initiator(self):
+        """A message encrypted by the responder decrypts at the initiator."""
+        initiator, responder = _pair()
+        msg = responder.encrypt(b"pong", AD)
+        self.assertEqual(initiator.decrypt(msg, AD), b"pong")
+
+    def test_first_message_carries_plaintext(self):
+        """start_responder returns the plaintext of the initiator's first message."""
+        seed = _seed()
+        _, first = Ratchet.start_initiator(seed, b"first", AD)
+        _, pt = Ratchet.start_responder(seed, first, AD)
+        self.assertEqual(pt, b"first")
+
+    def test_wire_shape(self):
+        """encrypt returns a dict with exactly pub (32 bytes), pn, n (ints) and ct (bytes)."""
+        initiator, _ = _pair()
+        msg = initiator.encrypt(b"x" * 17, AD)
+        self.assertEqual(set(msg), {"pub", "pn", "n", "ct"})
+        self.assertEqual(len(msg["pub"]), 32)
+        self.assertEqual((msg["pn"], msg["n"]), (0, 1))
+        self.assertEqual(len(msg["ct"]), 32 + 32)
+
+    def test_wrong_seed_fails_start(self):
+        """start_responder with a different seed raises RatchetError."""
+        _, first = Ratchet.start_initiator(_seed(), b"", AD)
+        self.assertRaises(RatchetError, Ratchet.start_responder, _seed(), first, AD)
+
+    def test_many_messages_with_dh_steps(self):
+        """Alternating bursts decrypt in order and every change of sender brings a new ratchet public key."""
+        initiator, responder = _pair()
+        seen_pubs: List[bytes] = []
+        sender, receiver = responder, initiator
+        for turn in range(12):
+            burst = [sender.encrypt(b"turn %d msg %d" % (turn, i), AD) for i in range(1 + turn % 3)]
+            self.assertEqual(len({m["pub"] for m in burst}), 1)
+            self.assertEqual([m["n"] for m in burst], list(range(len(burst))))
+            if turn >= 2:
+                # pn is the length of this sender's previous chain.
+                self.assertEqual(burst[0]["pn"], 1 + (turn - 2) % 3)
+            self.assertNotIn(burst[0]["pub"], seen_pubs)
+            seen_pubs.append(burst[0]["pub"])
+            for i, m in enumerate(burst):
+                self.assertEqual(receiver.decrypt(m, AD), b"turn %d msg %d" % (turn, i))
+            sender, receiver = receiver, sender
+
+
+class OutOfOrderTests(unittest.TestCase):
+    def test_within_chain(self):
+        """Messages of one chain decrypt in any order."""
+        initiator, responder = _pair()
+        msgs = [initiator.encrypt(b"m%d" % i, AD) for i in range(5)]
+        for i in (4, 2, 0, 3, 1):
+            self.assertEqual(responder.decrypt(msgs[i], AD), b"m%d" % i)
+
+    def test_across_dh_step(self):
+        """Messages from a previous chain still decrypt after a message from the next chain arrived first."""
+        initiator, responder = _pair()
+        old = [initiator.encrypt(b"old%d" % i, AD) for i in range(3)]
+        self.assertEqual(responder.decrypt(old[0], AD), b"old0")
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"reply", AD), AD), b"reply")
+        new = [initiator.encrypt(b"new%d" % i, AD) for i in range(2)]
+        self.assertNotEqual(new[0]["pub"], old[0]["pub"])
+        self.assertEqual(new[0]["pn"], 4)  # the empty first message + old0..old2
+        self.assertEqual(responder.decrypt(new[1], AD), b"new1")
+        self.assertEqual(responder.decrypt(old[2], AD), b"old2")
+        self.assertEqual(responder.decrypt(new[0], AD), b"new0")
+        self.assertEqual(responder.decrypt(old[1], AD), b"old1")
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"again", AD), AD), b"again")
+
+    def test_skip_bound(self):
+        """Skipping more than 1000 keys raises RatchetError, exactly 1000 is allowed, and the ratchet keeps working."""
+        initiator, responder = _pair()
+        msgs = {}
+        for _ in range(1002):
+            m = initiator.encrypt(b"n", AD)
+            msgs[m["n"]] = m
+        # The responder has consumed n=0, so n=1002 would need 1001 skipped keys.
+        before = responder.to_json()
+        e = self.assertRaises(RatchetError, responder.decrypt, msgs[1002], AD)
+        self.assertIn("skipped", str(e))
+        self.assertEqual(responder.to_json(), before)
+        self.assertEqual(responder.decrypt(msgs[1001], AD), b"n")  # skips exactly 1000
+        self.assertEqual(responder.decrypt(msgs[1002], AD), b"n")
+        self.assertEqual(responder.decrypt(msgs[1], AD), b"n")
+        self.assertEqual(responder.decrypt(msgs[1000], AD), b"n")
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"ok", AD), AD), b"ok")
+
+    def test_dh_step_past_huge_gap(self):
+        """A DH step whose pn leaves more than 1000 keys behind is accepted, but that old chain's messages are then lost."""
+        initiator, responder = _pair()
+        lost = [initiator.encrypt(b"lost", AD) for _ in range(1002)]
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
+        new = initiator.encrypt(b"new", AD)
+        self.assertEqual(new["pn"], 1003)
+        self.assertEqual(responder.decrypt(new, AD), b"new")
+        self.assertRaises(RatchetError, responder.decrypt, lost[0], AD)
+        self.assertRaises(RatchetError, responder.decrypt, lost[-1], AD)
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"ok", AD), AD), b"ok")
+
+    def test_skipped_store_evicts_oldest(self):
+        """At most 1000 skipped keys are kept; the oldest is dropped first."""
+        initiator, responder = _pair()
+        msgs = {}
+        for _ in range(1003):
+            m = initiator.encrypt(b"n", AD)
+            msgs[m["n"]] = m
+        responder.decrypt(msgs[1001], AD)  # stores keys for n = 1..1000
+        responder.decrypt(msgs[1003], AD)  # stores n = 1002, evicting n = 1
+        self.assertRaises(RatchetError, responder.decrypt, msgs[1], AD)
+        self.assertEqual(responder.decrypt(msgs[2], AD), b"n")
+        self.assertEqual(responder.decrypt(msgs[1002], AD), b"n")
+
+
+class RejectionTests(unittest.TestCase):
+    def test_replay(self):
+        """A message decrypted once fails with RatchetError when delivered again, in order or out of order."""
+        initiator, responder = _pair()
+        msgs = [initiator.encrypt(b"m%d" % i, AD) for i in range(3)]
+        responder.decrypt(msgs[0], AD)
+        self.assertRaises(RatchetError, responder.decrypt, msgs[0], AD)
+        responder.decrypt(msgs[2], AD)
+        responder.decrypt(msgs[1], AD)  # from the skipped-key store
+        self.assertRaises(RatchetError, responder.decrypt, msgs[1], AD)
+        self.assertRaises(RatchetError, responder.decrypt, msgs[2], AD)
+
+    def test_replay_from_old_chain(self):
+        """A replayed message from a chain the receiver has ratcheted past fails and changes nothing."""
+        initiator, responder = _pair()
+        old = initiator.encrypt(b"old", AD)
+        responder.decrypt(old, AD)
+        initiator.decrypt(responder.encrypt(b"r", AD), AD)
+        responder.decrypt(initiator.encrypt(b"new", AD), AD)
+        before = responder.to_json()
+        self.assertRaises(RatchetError, responder.decrypt, old, AD)
+        self.assertEqual(responder.to_json(), before)
+
+    def _assert_rejected_without_change(self, receiver, bad, ad=AD):
+        before = receiver.to_json()
+        self.assertRaises(RatchetError, receiver.decrypt, bad, ad)
+        self.assertEqual(receiver.to_json(), before)
+
+    def test_tampering(self):
+        """Tampered ct, pub, pn or n and a wrong ad raise RatchetError, leave the state unchanged, and the genuine message still decrypts."""
+        initiator, responder = _pair()
+        msg = initiator.encrypt(b"genuine", AD)
+        for i in (0, 20, len(msg["ct"]) - 1):
+            ct = bytearray(msg["ct"])
+            ct[i] ^= 0x01
+            self._assert_rejected_without_change(responder, dict(msg, ct=bytes(ct)))
+        self._assert_rejected_without_change(responder, dict(msg, n=msg["n"] + 1))
+        self._assert_rejected_without_change(responder, dict(msg, pn=msg["pn"] + 1))
+        pub = bytearray(msg["pub"])
+        pub[0] ^= 0x01
+        self._assert_rejected_without_change(responder, dict(msg, pub=bytes(pub)))
+        self._assert_rejected_without_change(responder, msg, ad=AD + b"!")
+        self._assert_rejected_without_change(responder, msg, ad=b"")
+        self.assertEqual(responder.decrypt(msg, AD), b"genuine")
+
+    def test_tampered_first_message(self):
+        """start_responder raises RatchetError for a tampered first message or wrong ad."""
+        seed = _seed()
+        _, first = Ratchet.start_initiator(seed, b"", AD)
+        ct = bytearray(first["ct"])
+        ct[-1] ^= 0x80
+        self.assertRaises(RatchetError, Ratchet.start_responder, seed, dict(first, ct=bytes(ct)), AD)
+        self.assertRaises(RatchetError, Ratchet.start_responder, seed, first, b"other")
+        self.assertRaises(RatchetError, Ratchet.start_responder, seed, {"pub": first["pub"]}, AD)
+
+    def test_low_order_public_key(self):
+        """A ratchet public key whose X25519 output is all zeros raises RatchetError."""
+        initiator, responder = _pair()
+        msg = initiator.encrypt(b"x", AD)
+        for pub in (b"\x00" * 32, b"\x01" + b"\x00" * 31):
+            self._assert_rejected_without_change(responder, dict(msg, pub=pub))
+
+    def test_malformed(self):
+        """Malformed message dicts raise RatchetError (never another exception) and leave the state unchanged."""
+        initiator, responder = _pair()
+        msg = initiator.encrypt(b"x", AD)
+        bad = [
+            None,
+            b"bytes",
+            [msg["pub"], 0, 0, msg["ct"]],
+            {},
+            {k: v for k, v in msg.items() if k != "pub"},
+            {k: v for k, v in msg.items() if k != "pn"},
+            {k: v for k, v in msg.items() if k != "n"},
+            {k: v for k, v in msg.items() if k != "ct"},
+            dict(msg, extra=1),
+            dict(msg, **{"1": 1}),
+            {**{k: v for k, v in msg.items() if k != "n"}, 2: msg["n"]},
+            dict(msg, pub=msg["pub"][:31]),
+            dict(msg, pub=msg["pub"] + b"\x00"),
+            dict(msg, pub=bytearray(msg["pub"])),
+            dict(msg, pub=msg["pub"].hex()),
+            dict(msg, pub=None),
+            dict(msg, pn=-1),
+            dict(msg, n=-1),
+            dict(msg, pn=2**32),
+            dict(msg, n=2**32),
+            dict(msg, n=2**64),
+            dict(msg, n=10**100),
+            dict(msg, n=1.0),
+            dict(msg, n="1"),
+            dict(msg, n=True),
+            dict(msg, pn=None),
+            dict(msg, ct="00"),
+            dict(msg, ct=None),
+            dict(msg, ct=b""),
+            dict(msg, ct=msg["ct"][:47]),
+            dict(msg, ct=msg["ct"][:-1]),
+            dict(msg, ct=msg["ct"] + b"\x00"),
+            dict(msg, ct=bytearray(msg["ct"])),
+        ]
+        for b in bad:
+            self._assert_rejected_without_change(responder, b)
+            self.assertRaises(RatchetError, Ratchet.start_responder, _seed(), b, AD)
+        self.assertEqual(responder.decrypt(msg, AD), b"x")
+
+    def test_huge_n_within_range(self):
+        """A well-formed message claiming n = 2**32-1 is refused as too far ahead."""
+        initiator, responder = _pair()
+        msg = initiator.encrypt(b"x", AD)
+        self._assert_rejected_without_change(responder, dict(msg, n=2**32 - 1))
+        self.assertEqual(responder.decrypt(msg, AD), b"x")
+
+
+class PersistenceTests(unittest.TestCase):
+    def test_json_round_trip_mid_conversation(self):
+        """Both ends restored from to_json mid-conversation (with pending skipped keys) carry on as before."""
+        initiator, responder = _pair()
+        initiator.decrypt(responder.encrypt(b"r0", AD), AD)
+        pending = [initiator.encrypt(b"i%d" % i, AD) for i in range(3)]
+        responder.decrypt(pending[2], AD)  # leaves two skipped keys
+        initiator = Ratchet.from_json(initiator.to_json())
+        responder = Ratchet.from_json(json.loads(json.dumps(responder.to_json())))
+        self.assertEqual(responder.decrypt(pending[0], AD), b"i0")
+        self.assertEqual(responder.decrypt(pending[1], AD), b"i1")
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r1", AD), AD), b"r1")
+        self.assertEqual(responder.decrypt(initiator.encrypt(b"i3", AD), AD), b"i3")
+        self.assertRaises(RatchetError, responder.decrypt, pending[2], AD)
+
+    def test_restored_copy_is_independent(self):
+        """A restored copy decrypts the same next message as the original, so state is fully captured."""
+        initiator, responder = _pair()
+        copy = Ratchet.from_json(responder.to_json())
+        msg = initiator.encrypt(b"same", AD)
+        self.assertEqual(responder.decrypt(msg, AD), b"same")
+        self.assertEqual(copy.decrypt(msg, AD), b"same")
+
+    def test_from_json_garbage(self):
+        """from_json raises RatchetError for text that is not a serialised ratchet."""
+        good = json.loads(_pair()[0].to_json())
+        for text in ("", "not json", "[]", "{}", json.dumps({"format": "x", "state": good["state"]}),
+                     json.dumps(dict(good, state={}))):
+            self.assertRaises(RatchetError, Ratchet.from_json, text)
+
+
+class DriverTests(unittest.TestCase):
+    def test_run_returns_value(self):
+        """_run returns the result of a coroutine that never suspends."""
+        async def f():
+            return 42
+        self.assertEqual(ratchet._run(f()), 42)
+
+    def test_run_refuses_suspension(self):
+        """_run raises RuntimeError if the coroutine actually suspends."""
+        class Suspend:
+            def __await__(self):
+                yield None
+        async def f():
+            await Suspend()
+            return 1
+        self.assertRaises(RuntimeError, ratchet._run, f())
+
+    def test_random_keys_by_default(self):
+        """Without a pinned generator two initiators from one seed pick different ratchet keys."""
+        seed = _seed()
+        _, a = Ratchet.start_initiator(seed, b"", AD)
+        _, b = Ratchet.start_initiator(seed, b"", AD)
+        self.assertNotEqual(a["pub"], b["pub"])
