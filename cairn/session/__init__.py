@@ -1,0 +1,1 @@
+"""Transport-independent sessions: handshake, sealing, channels, resume."""

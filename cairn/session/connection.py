@@ -1,0 +1,360 @@
+"""
+The per-transport state machine: handshake or resume, then hand-off.
+
+A L{Connection} lives as long as one TCP connection or WebSocket. It
+runs the Noise XX handshake (either role) or a Reconnect, and once a
+L{Session} is established or resumed it forwards envelopes to it. Every
+protocol error ends here: a Close carrying its code is sent (sealed if a
+session is attached, in clear otherwise) and this one transport closes.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cairn.crypto.handshake import HandshakeError, NoiseHandshake
+from cairn.session.interfaces import IConnectionSink
+from cairn.session.session import ProtocolViolation, Session, SessionClosed
+from cairn.wire import cbor, schema
+from cairn.wire.constants import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    CloseCode,
+    MessageType,
+)
+from cairn.wire.envelope import Envelope
+
+log = Logger()
+
+_ZERO_SID = b"\x00" * 16
+
+
+class HandshakeFailed(Exception):
+    """The connection closed before a session was established or resumed."""
+
+    def __init__(self, code, reason):
+        super().__init__(f"({code}) {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@implementer(IConnectionSink)
+class Connection:
+    """
+    Drives one transport. Responders are built by the listening factory;
+    initiators by L{cairn.client}.
+
+    @param resume: an existing (detached) L{Session} to resume instead of
+        running a handshake; initiators only.
+    @ivar ready: (initiators) fires with the L{Session} once established
+        or resumed, or fails with L{HandshakeFailed}.
+    """
+
+    def __init__(self, local, initiator: bool, resume: Session = None, session_id: bytes = None):
+        self.local = local
+        self.initiator = initiator
+        self.transport = None
+        self.session = None
+        self.ready = Deferred()
+        self._resume = resume
+        self._session_id = session_id or (resume.session_id if resume else None)
+        self._handshake = None
+        self._state = "new"
+        self._seq = 0  # next handshake-phase sequence number of ours
+        self._timer = None
+        self._close_reason = None
+
+    def __repr__(self):
+        return f"<Connection {self._state} initiator={self.initiator}>"
+
+    # IConnectionSink
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._timer = self.local.clock.callLater(self.local.handshake_timeout, self._timed_out)
+        if not self.initiator:
+            self._state = "await_first"
+        elif self._resume is not None:
+            self._send_reconnect()
+        else:
+            self._send_init()
+
+    def envelope_received(self, envelope) -> None:
+        if self._state == "closed":
+            return
+        try:
+            handler = getattr(self, "_in_" + self._state)
+            handler(envelope)
+        except ProtocolViolation as e:
+            self.fail(e.code, e.reason)
+
+    def framing_error(self, code, reason) -> None:
+        self.fail(code, reason)
+
+    def connection_lost(self, reason=None) -> None:
+        self._cancel_timer()
+        state, self._state = self._state, "closed"
+        session, self.session = self.session, None
+        if session is not None:
+            session.detach(self)
+        if self.initiator and not self.ready.called:
+            code, why = self._close_reason or (CloseCode.GOING_AWAY, "connection lost")
+            self.ready.errback(HandshakeFailed(code, why))
+        log.debug("connection closed in state {state}", state=state)
+
+    # Used by the session
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and self._state != "closed":
+            self.transport.write_envelope(data)
+
+    def replaced(self) -> None:
+        """The session moved to a newer connection: drop this one."""
+        self.session = None
+        self._state = "closed"
+        self._lose()
+
+    def drop_transport(self) -> None:
+        """Abort the transport (keepalive timeout); the session stays resumable."""
+        self._lose(abort=True)
+
+    def session_ended(self) -> None:
+        """The attached session ended; its Close is already written."""
+        self.session = None
+        self._state = "closed"
+        self._lose()
+
+    # Failures
+
+    def fail(self, code, reason: str, **extra) -> None:
+        """Close this connection with a Close carrying C{code}."""
+        if self._state == "closed":
+            return
+        log.info("closing connection: code {code} ({reason})", code=int(code), reason=reason)
+        self._close_reason = (code, reason)
+        session = self.session
+        if session is not None and session.closed is None:
+            session.close(code, reason)  # sealed Close, then session_ended()
+            return
+        self._send_clear_close(code, reason, **extra)
+        self._state = "closed"
+        self._lose()
+
+    def _send_clear_close(self, code, reason, **extra):
+        body = {"code": int(code), "reason": reason}
+        body.update(extra)
+        payload = cbor.dumps(body)
+        sid = self._session_id or _ZERO_SID
+        env = Envelope(PROTOCOL_VERSION, MessageType.CLOSE, sid, self._seq, payload)
+        self._seq += 1
+        self.write(env.to_bytes())
+
+    def _timed_out(self):
+        self._timer = None
+        self.fail(CloseCode.TIMEOUT, "handshake not completed in time")
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _lose(self, abort=False):
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.lose(abort=abort)
+
+    # Clear-text messages before a session exists
+
+    def _send_handshake(self, type_code, noise: bytes):
+        env = Envelope(
+            PROTOCOL_VERSION, type_code, self._session_id, self._seq, cbor.dumps({"noise": noise})
+        )
+        self._seq += 1
+        self.write(env.to_bytes())
+
+    def _handshake_body(self, envelope, expected_seq):
+        if envelope.session_id != self._session_id:
+            raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "handshake for another session")
+        if envelope.seq != expected_seq:
+            raise ProtocolViolation(
+                CloseCode.REPLAY, f"handshake sequence {envelope.seq}, expected {expected_seq}"
+            )
+        try:
+            return schema.parse_handshake(cbor.loads(envelope.payload))
+        except (cbor.CBORError, schema.BodyError) as e:
+            raise ProtocolViolation(CloseCode.BAD_CBOR, str(e)) from None
+
+    def _maybe_clear_close(self, envelope) -> bool:
+        """Handle a clear Close (allowed until a sealed envelope is accepted)."""
+        if envelope.type != MessageType.CLOSE:
+            return False
+        try:
+            code, reason = schema.parse_close(cbor.loads(envelope.payload))
+        except (cbor.CBORError, schema.BodyError):
+            code, reason = CloseCode.BAD_CBOR, "unreadable Close"
+        self._close_reason = (code, reason)
+        self._state = "closed"
+        self._lose()
+        return True
+
+    # Responder states
+
+    def _in_await_first(self, envelope):
+        if envelope.type == MessageType.HANDSHAKE_INIT:
+            self._session_id = envelope.session_id
+            if envelope.version not in SUPPORTED_VERSIONS:
+                self.fail(
+                    CloseCode.VERSION_UNSUPPORTED,
+                    f"version {envelope.version} not supported",
+                    supported=list(SUPPORTED_VERSIONS),
+                )
+                return
+            if self.local.sessions.get(envelope.session_id) is not None:
+                raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
+            noise = self._handshake_body(envelope, 0)
+            self._handshake = NoiseHandshake(self.local.identity, initiator=False)
+            try:
+                self._handshake.read_init(noise)
+                response = self._handshake.write_response()
+            except HandshakeError as e:
+                raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
+            self._send_handshake(MessageType.HANDSHAKE_RESPONSE, response)
+            self._state = "await_final"
+        elif envelope.type == MessageType.RECONNECT:
+            self._responder_reconnect(envelope)
+        else:
+            self._session_id = envelope.session_id
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} before a handshake"
+            )
+
+    def _in_await_final(self, envelope):
+        if envelope.type != MessageType.HANDSHAKE_FINAL:
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of HandshakeFinal"
+            )
+        if envelope.version != PROTOCOL_VERSION:
+            raise ProtocolViolation(CloseCode.VERSION_UNSUPPORTED, "version changed mid-handshake")
+        noise = self._handshake_body(envelope, 1)
+        try:
+            self._handshake.read_final(noise)
+            result = self._handshake.result()
+        except HandshakeError as e:
+            raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
+        session = Session(self.local, self._session_id, result, PROTOCOL_VERSION, send_seq=1, recv_seq=1)
+        self._establish(session)
+
+    def _responder_reconnect(self, envelope):
+        self._session_id = envelope.session_id
+        session = self.local.sessions.get(envelope.session_id)
+        if session is None or session.closed is not None:
+            raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "no such session to resume")
+        # Failing here leaves the session exactly as it was: a stolen
+        # session id without the key cannot disturb its owner.
+        last_received = self._open_reconnect(session, envelope)
+        self._attach(session)
+        session.send(MessageType.RECONNECT, {"last_received": session.recv_seq})
+        self._resend(session, last_received)
+        self.local.session_resumed(session)
+
+    # Initiator states
+
+    def _send_init(self):
+        self._session_id = self._session_id or os.urandom(16)
+        self._handshake = NoiseHandshake(self.local.identity, initiator=True)
+        self._send_handshake(MessageType.HANDSHAKE_INIT, self._handshake.write_init())
+        self._state = "await_response"
+
+    def _in_await_response(self, envelope):
+        if self._maybe_clear_close(envelope):
+            return
+        if envelope.type != MessageType.HANDSHAKE_RESPONSE:
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of HandshakeResponse"
+            )
+        if envelope.version != PROTOCOL_VERSION:
+            raise ProtocolViolation(CloseCode.VERSION_UNSUPPORTED, f"responder chose version {envelope.version}")
+        noise = self._handshake_body(envelope, 0)
+        try:
+            self._handshake.read_response(noise)
+            final = self._handshake.write_final()
+            result = self._handshake.result()
+        except HandshakeError as e:
+            raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
+        self._send_handshake(MessageType.HANDSHAKE_FINAL, final)
+        session = Session(self.local, self._session_id, result, PROTOCOL_VERSION, send_seq=2, recv_seq=0)
+        self._attach(session)
+        session.start_ratchet()
+        self._establish(session)
+
+    def _send_reconnect(self):
+        session = self._resume
+        self._state = "await_reconnect"
+        # The Reconnect is sealed under the session key: that is the proof.
+        # It is written directly, not attached, so nothing else goes first.
+        self.session = None
+        data = session.cipher.seal(
+            session.version,
+            MessageType.RECONNECT,
+            session.session_id,
+            session.send_seq,
+            cbor.dumps({"last_received": session.recv_seq}),
+        ).to_bytes()
+        session.send_seq += 1
+        self.write(data)
+
+    def _in_await_reconnect(self, envelope):
+        if self._maybe_clear_close(envelope):
+            return
+        if envelope.type != MessageType.RECONNECT:
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of Reconnect"
+            )
+        session = self._resume
+        last_received = self._open_reconnect(session, envelope)
+        self._attach(session)
+        self._resend(session, last_received)
+        if not self.ready.called:
+            self.ready.callback(session)
+        if session.on_resume is not None:
+            session.on_resume()
+
+    # Shared
+
+    def _open_reconnect(self, session, envelope) -> int:
+        try:
+            return session.open_reconnect(envelope)
+        except ProtocolViolation as e:
+            # Answered in clear: this connection never proved the key.
+            self.session = None
+            raise ProtocolViolation(e.code, e.reason) from None
+
+    def _resend(self, session, last_received):
+        try:
+            session.resend_after(last_received)
+        except ProtocolViolation as e:
+            self.fail(e.code, e.reason)
+
+    def _attach(self, session):
+        self._cancel_timer()
+        self.session = session
+        self._state = "established"
+        session.attach(self)
+
+    def _establish(self, session):
+        if self.session is not session:
+            self._attach(session)
+        self.local.session_established(session)
+        if not self.ready.called and session.closed is None:
+            self.ready.callback(session)
+
+    def _in_established(self, envelope):
+        session = self.session
+        if session is None:
+            return
+        session.envelope_received(envelope)
+
+
+__all__ = ["Connection", "HandshakeFailed", "SessionClosed"]

@@ -1,0 +1,177 @@
+"""
+The local end of every session: identity, limits, handlers, registry.
+
+A L{Peer} is shared by the server node and by client applications: both
+sides of a session run the same code. Services (mailbox, relay, ...)
+register handlers for their type codes; applications register handlers
+for custom types and set the C{on_*} callbacks.
+"""
+
+from collections import Counter
+
+from twisted.logger import Logger
+
+from cairn.crypto.handshake import HandshakeResult
+from cairn.session.connection import Connection
+from cairn.session.session import Session
+from cairn.wire.constants import SESSION_LAYER_TYPES
+
+log = Logger()
+
+#: Resend buffer bound per session: envelopes, bytes.
+DEFAULT_RESEND_LIMITS = (4096, 8 * 1024 * 1024)
+
+
+class Peer:
+    """
+    Local identity plus the settings and registries its sessions share.
+
+    @param clock: an C{IReactorTime}; every timer goes through it.
+    """
+
+    def __init__(
+        self,
+        identity,
+        clock,
+        *,
+        max_payload=1_000_000,
+        keepalive_interval=30.0,
+        keepalive_timeout=90.0,
+        handshake_timeout=10.0,
+        session_ttl=3600.0,
+        resend_limits=DEFAULT_RESEND_LIMITS,
+    ):
+        self.identity = identity
+        self.clock = clock
+        self.max_payload = max_payload
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.handshake_timeout = handshake_timeout
+        self.session_ttl = session_ttl
+        self.resend_limits = resend_limits
+        #: Live sessions (attached or detached) by session id.
+        self.sessions = {}
+        self.unknown_types = Counter()
+        self._handlers = {}
+        #: Application callbacks; each may be None.
+        self.on_session = None  # (session)
+        self.on_channel = None  # (session, channel)
+        self.on_data = None  # (session, channel, data)
+        self._observers = []
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    # Handlers
+
+    def register_handler(self, type_code: int, handler) -> None:
+        """
+        Handle C{type_code} on every session with C{handler(session, body)}.
+
+        Applications use the custom range 0xF000-0xFFFF; services register
+        their own families (below 0xF000) but never the session layer's.
+        """
+        if not 0 <= type_code < 0x10000:
+            raise ValueError(f"type code {type_code} is not a u16")
+        if type_code in SESSION_LAYER_TYPES:
+            raise ValueError(f"0x{type_code:04x} is handled by the session layer")
+        self._handlers[type_code] = handler
+
+    def handler_for(self, type_code: int):
+        return self._handlers.get(type_code)
+
+    def unknown_type(self, type_code: int) -> None:
+        self.unknown_types[type_code] += 1
+        log.debug("ignored envelope of unknown type 0x{type:04x}", type=type_code)
+
+    def add_observer(self, observer) -> None:
+        """Notify C{observer} of session events (any subset of the hook methods)."""
+        self._observers.append(observer)
+
+    def _notify(self, name, *args):
+        for observer in list(self._observers):
+            method = getattr(observer, name, None)
+            if method is not None:
+                try:
+                    method(*args)
+                except Exception:
+                    log.failure("observer {name} failed", name=name)
+
+    # Connections and session events
+
+    def connection(self, initiator=False, resume=None, session_id=None) -> Connection:
+        """A new L{Connection} for one transport."""
+        return Connection(self, initiator=initiator, resume=resume, session_id=session_id)
+
+    def session_established(self, session) -> None:
+        self.sessions[session.session_id] = session
+        log.info(
+            "session {sid} established with {peer}",
+            sid=session.session_id.hex()[:8],
+            peer=session.remote_peer_id,
+        )
+        self._notify("session_established", session)
+        if self.on_session is not None and session.closed is None:
+            self.on_session(session)
+
+    def session_resumed(self, session) -> None:
+        log.info("session {sid} resumed", sid=session.session_id.hex()[:8])
+        self._notify("session_resumed", session)
+
+    def session_detached(self, session) -> None:
+        self._notify("session_detached", session)
+
+    def session_closed(self, session) -> None:
+        self.sessions.pop(session.session_id, None)
+        log.info(
+            "session {sid} closed: {code} {reason}",
+            sid=session.session_id.hex()[:8],
+            code=int(session.closed.code),
+            reason=session.closed.reason,
+        )
+        self._notify("session_closed", session)
+
+    def channel_opened(self, session, channel) -> None:
+        if self.on_channel is not None:
+            self.on_channel(session, channel)
+
+    def data_received(self, session, channel, data) -> None:
+        if self.on_data is not None:
+            self.on_data(session, channel, data)
+
+    # Persistence
+
+    def freeze(self) -> None:
+        """
+        Stop every session without a Close, after a snapshot was taken.
+
+        Frozen sessions refuse to send (their state now lives in the
+        snapshot) and their transports are aborted.
+        """
+        for session in list(self.sessions.values()):
+            session.freeze()
+        self.sessions.clear()
+
+    def snapshot_sessions(self) -> list:
+        """Snapshots of every open session, for a clean shutdown."""
+        return [s.snapshot() for s in self.sessions.values() if s.closed is None]
+
+    def restore_sessions(self, snapshots) -> int:
+        """Recreate detached sessions from L{snapshot_sessions} output."""
+        for state in snapshots:
+            result = HandshakeResult(
+                remote_identity=state["remote_identity"],
+                handshake_hash=state["handshake_hash"],
+                key_i2r=state["key_i2r"],
+                key_r2i=state["key_r2i"],
+                initiator=state["initiator"],
+            )
+            session = Session(
+                self, state["session_id"], result, state["version"], state["send_seq"], state["recv_seq"]
+            )
+            session.restore(state)
+            self.sessions[session.session_id] = session
+            session.detach(None)
+        return len(snapshots)
+

@@ -1,0 +1,523 @@
+"""
+An established session: sealing, ordering, channels, keepalive, resume state.
+
+A L{Session} outlives the transports that carry it. While attached it
+sends through its current L{IFrameTransport}; while detached it keeps
+what it sent and the peer has not acknowledged, so that a Reconnect on a
+new transport can resend it. It never touches sockets, WebSocket frames
+or wall-clock time: the clock is injected.
+"""
+
+from collections import deque
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cairn.crypto.aead import DecryptError, SessionCipher
+from cairn.crypto.identity import peer_id_for
+from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed
+from cairn.session.interfaces import ISession
+from cairn.wire import cbor, schema
+from cairn.wire.constants import CloseCode, MessageType, is_custom_type
+
+log = Logger()
+
+#: Send a Keepalive carrying an ack after this many acknowledgeable envelopes.
+ACK_EVERY = 32
+#: Types that are never resent after a Reconnect (and so never buffered).
+_UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
+#: Data queued by a responder before the initiator's ratchet start arrives.
+MAX_PENDING_DATA = 1024
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol; the session ends with C{code}."""
+
+    def __init__(self, code: CloseCode, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class SessionClosed(Exception):
+    """The session has ended; C{code} and C{reason} say why."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"session closed ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class Channel:
+    """
+    A named channel on a session. Data sent on it is ratchet-encrypted.
+
+    Set C{on_data} to a callable taking C{bytes} to receive.
+    """
+
+    def __init__(self, session, channel_id: int, name: str):
+        self.session = session
+        self.id = channel_id
+        self.name = name
+        self.on_data = None
+
+    def send(self, data: bytes) -> None:
+        """Send C{data} on this channel."""
+        self.session._send_data(self.id, data)
+
+    def __repr__(self):
+        return f"<Channel {self.id} {self.name!r}>"
+
+
+@implementer(ISession)
+class Session:
+    """
+    One authenticated session with a remote peer.
+
+    @param local: the local L{cairn.session.peer.Peer} (clock, limits,
+        handlers, registry).
+    @param result: the L{HandshakeResult} the session was keyed from.
+    @param send_seq: the next sequence number to send.
+    @param recv_seq: the last sequence number accepted from the peer.
+    """
+
+    def __init__(self, local, session_id: bytes, result, version: int, send_seq: int, recv_seq: int):
+        self.local = local
+        self.clock = local.clock
+        self.session_id = session_id
+        self.result = result
+        self.initiator = result.initiator
+        self.version = version
+        self.remote_identity = result.remote_identity
+        self.remote_peer_id = peer_id_for(result.remote_identity)
+        self.cipher = SessionCipher(result.send_key, result.recv_key)
+        self.send_seq = send_seq
+        self.recv_seq = recv_seq
+        self.connection = None
+        self.closed = None
+        self.channels = {}
+        self._channels_by_name = {}
+        self._next_channel = 2 if self.initiator else 1
+        self._handlers = {}
+        self._unacked = deque()
+        self._unacked_bytes = 0
+        #: Highest sequence number dropped from the resend buffer unacked.
+        self._dropped_upto = -1
+        self._since_ack = 0
+        #: Highest sequence number of an accepted Reconnect (its own counter,
+        #: so that envelopes resent after it, with lower numbers, still pass).
+        self._reconnect_seq = -1
+        self._last_rx = self.clock.seconds()
+        self._ratchet = None
+        self._ratchet_seed = derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
+        self._pending_data = deque()
+        self._keepalive = None
+        self._expiry = None
+        #: Called with the L{Channel} when the peer opens one.
+        self.on_channel = None
+        #: Called with L{SessionClosed} when the session ends.
+        self.on_close = None
+        #: Called with no arguments after the session is resumed.
+        self.on_resume = None
+
+    @property
+    def attached(self) -> bool:
+        return self.connection is not None
+
+    def __repr__(self):
+        return f"<Session {self.session_id.hex()[:8]} peer={self.remote_peer_id[:10]}>"
+
+    # Attachment to transports
+
+    def attach(self, connection) -> None:
+        """Carry the session over C{connection} from now on."""
+        old, self.connection = self.connection, connection
+        if old is not None and old is not connection:
+            old.replaced()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        self._last_rx = self.clock.seconds()
+        self._start_keepalive()
+
+    def detach(self, connection) -> None:
+        """C{connection} is gone; keep the session resumable for the TTL."""
+        if self.connection is not connection:
+            return
+        self.connection = None
+        self._stop_keepalive()
+        if self.closed is None:
+            self._expiry = self.clock.callLater(self.local.session_ttl, self._expire)
+            self.local.session_detached(self)
+
+    def _expire(self):
+        self._expiry = None
+        self._end(SessionClosed(CloseCode.TIMEOUT, "detached longer than the session TTL"))
+
+    # Keepalive
+
+    def _start_keepalive(self):
+        self._stop_keepalive()
+        interval = self.local.keepalive_interval
+        if interval and interval > 0:
+            self._keepalive = LoopingCall(self._keepalive_tick)
+            self._keepalive.clock = self.clock
+            self._keepalive.start(interval, now=False)
+
+    def _stop_keepalive(self):
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+
+    def _keepalive_tick(self):
+        if self.clock.seconds() - self._last_rx >= self.local.keepalive_timeout:
+            log.info("session {sid} keepalive timeout", sid=self.session_id.hex()[:8])
+            connection = self.connection
+            if connection is not None:
+                connection.drop_transport()
+            return
+        self._send_ack()
+
+    def _send_ack(self):
+        self._since_ack = 0
+        self.send(MessageType.KEEPALIVE, {"ack": self.recv_seq})
+
+    # Sending
+
+    def send(self, type_code: int, body) -> int:
+        """
+        Seal C{body} as the next envelope of C{type_code}.
+
+        Buffered for resend until the peer acknowledges it (except
+        Keepalive, Close and Reconnect); sent now if attached.
+
+        @return: the sequence number used.
+        @raise SessionClosed: the session has ended.
+        """
+        if self.closed is not None:
+            raise self.closed
+        payload = cbor.dumps(body)
+        if len(payload) + 32 > self.local.max_payload:
+            raise ValueError(
+                f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
+            )
+        seq = self.send_seq
+        self.send_seq += 1
+        data = self.cipher.seal(self.version, type_code, self.session_id, seq, payload).to_bytes()
+        if type_code not in _UNBUFFERED:
+            self._buffer(seq, data)
+        if self.connection is not None:
+            self.connection.write(data)
+        return seq
+
+    def _buffer(self, seq, data):
+        self._unacked.append((seq, data))
+        self._unacked_bytes += len(data)
+        limit_count, limit_bytes = self.local.resend_limits
+        while self._unacked and (
+            len(self._unacked) > limit_count or self._unacked_bytes > limit_bytes
+        ):
+            old_seq, old = self._unacked.popleft()
+            self._unacked_bytes -= len(old)
+            self._dropped_upto = old_seq
+
+    def _acknowledged(self, upto: int):
+        while self._unacked and self._unacked[0][0] <= upto:
+            _, old = self._unacked.popleft()
+            self._unacked_bytes -= len(old)
+
+    def resend_after(self, last_received: int) -> None:
+        """
+        Resend everything the peer has not received.
+
+        @raise ProtocolViolation: C{RESUME_FAILED} if some of it was
+            dropped from the bounded buffer, or the peer claims to have
+            received more than was sent.
+        """
+        if last_received >= self.send_seq:
+            raise ProtocolViolation(
+                CloseCode.RESUME_FAILED, "peer acknowledges envelopes never sent"
+            )
+        if last_received < self._dropped_upto:
+            raise ProtocolViolation(
+                CloseCode.RESUME_FAILED, "envelopes the peer lacks are no longer buffered"
+            )
+        self._acknowledged(last_received)
+        for _, data in self._unacked:
+            self.connection.write(data)
+
+    def buffered(self):
+        """(count, bytes) held for resend; for metrics and tests."""
+        return len(self._unacked), self._unacked_bytes
+
+    # Receiving
+
+    def open_envelope(self, envelope):
+        """
+        Authenticate C{envelope} and return its decoded body.
+
+        The sequence number must exceed the last accepted one; it is
+        recorded only once the AEAD check passes.
+
+        @raise ProtocolViolation: replay, failed AEAD, bad CBOR.
+        """
+        if envelope.session_id != self.session_id:
+            raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "envelope for another session")
+        if envelope.version != self.version:
+            raise ProtocolViolation(
+                CloseCode.VERSION_UNSUPPORTED, f"version {envelope.version} after agreeing on {self.version}"
+            )
+        if envelope.type == MessageType.RECONNECT:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "Reconnect on an established session")
+        if envelope.seq <= self.recv_seq:
+            raise ProtocolViolation(
+                CloseCode.REPLAY, f"sequence {envelope.seq} not above {self.recv_seq}"
+            )
+        try:
+            plain = self.cipher.open(envelope)
+        except DecryptError as e:
+            raise ProtocolViolation(CloseCode.DECRYPT_FAILED, str(e)) from None
+        self.recv_seq = envelope.seq
+        self._last_rx = self.clock.seconds()
+        try:
+            return cbor.loads(plain)
+        except cbor.CBORError as e:
+            raise ProtocolViolation(CloseCode.BAD_CBOR, str(e)) from None
+
+    def open_reconnect(self, envelope) -> int:
+        """
+        Authenticate a Reconnect for this session; return its last_received.
+
+        The sequence number must exceed both the last ordinary envelope and
+        the last Reconnect accepted; only the latter is advanced. On any
+        failure the session is left exactly as it was.
+
+        @raise ProtocolViolation: wrong session, stale number, bad AEAD.
+        """
+        if envelope.session_id != self.session_id:
+            raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "envelope for another session")
+        if envelope.version != self.version:
+            raise ProtocolViolation(CloseCode.VERSION_UNSUPPORTED, "version differs from the session's")
+        if envelope.seq <= max(self.recv_seq, self._reconnect_seq):
+            raise ProtocolViolation(CloseCode.REPLAY, "stale Reconnect sequence number")
+        try:
+            plain = self.cipher.open(envelope)
+        except DecryptError:
+            raise ProtocolViolation(CloseCode.DECRYPT_FAILED, "Reconnect does not prove the session key") from None
+        try:
+            last_received = schema.parse_reconnect(cbor.loads(plain))
+        except (cbor.CBORError, schema.BodyError) as e:
+            raise ProtocolViolation(CloseCode.BAD_CBOR, str(e)) from None
+        self._reconnect_seq = envelope.seq
+        self._last_rx = self.clock.seconds()
+        return last_received
+
+    def envelope_received(self, envelope) -> None:
+        """
+        Handle one envelope on an attached connection.
+
+        @raise ProtocolViolation: the session must end with its code.
+        """
+        body = self.open_envelope(envelope)
+        type_code = envelope.type
+        if type_code == MessageType.KEEPALIVE:
+            ack = self._parse(schema.parse_keepalive, body)
+            if ack is not None:
+                self._acknowledged(ack)
+            return
+        if type_code == MessageType.CLOSE:
+            code, reason = self._parse(schema.parse_close, body)
+            self._end(SessionClosed(code, reason), remote=True)
+            return
+        self._since_ack += 1
+        if type_code == MessageType.DATA:
+            self._data_received(*self._parse(schema.parse_data, body))
+        elif type_code == MessageType.CHANNEL_INIT:
+            self._channel_init_received(*self._parse(schema.parse_channel_init, body))
+        elif type_code in (
+            MessageType.HANDSHAKE_INIT,
+            MessageType.HANDSHAKE_RESPONSE,
+            MessageType.HANDSHAKE_FINAL,
+        ):
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{type_code:04x} on an established session"
+            )
+        else:
+            self._dispatch(type_code, body)
+        if self._since_ack >= ACK_EVERY and self.closed is None:
+            self._send_ack()
+
+    @staticmethod
+    def _parse(parser, body):
+        try:
+            return parser(body)
+        except schema.BodyError as e:
+            raise ProtocolViolation(CloseCode.BAD_CBOR, str(e)) from None
+
+    def _dispatch(self, type_code, body):
+        handler = self._handlers.get(type_code) or self.local.handler_for(type_code)
+        if handler is None:
+            # Unknown types are ignored so that new ones can roll out gradually.
+            self.local.unknown_type(type_code)
+            return
+        handler(self, body)
+
+    def register_handler(self, type_code: int, handler) -> None:
+        """Handle custom C{type_code} on this session with C{handler(session, body)}."""
+        if not is_custom_type(type_code):
+            raise ValueError(f"0x{type_code:04x} is outside the custom range 0xF000-0xFFFF")
+        self._handlers[type_code] = handler
+
+    # Channels and the ratchet
+
+    def open_channel(self, name: str) -> Channel:
+        """Open (or return the already open) channel called C{name}."""
+        if name in self._channels_by_name:
+            return self._channels_by_name[name]
+        cid = self._next_channel
+        self._next_channel += 2
+        channel = self._add_channel(cid, name)
+        self.send(MessageType.CHANNEL_INIT, {"channel": cid, "name": name})
+        return channel
+
+    def _add_channel(self, cid, name):
+        channel = Channel(self, cid, name)
+        self.channels[cid] = channel
+        self._channels_by_name.setdefault(name, channel)
+        return channel
+
+    def _channel_init_received(self, cid, name):
+        if cid in self.channels:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} already open")
+        if (cid % 2 == 0) == self.initiator:
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} has the wrong parity for its opener"
+            )
+        channel = self._add_channel(cid, name)
+        if self.on_channel is not None:
+            self.on_channel(channel)
+        else:
+            self.local.channel_opened(self, channel)
+
+    def start_ratchet(self) -> None:
+        """Initiator only: send the ratchet start (empty Data on channel 0)."""
+        self._ratchet, message = Ratchet.start_initiator(self._ratchet_seed, b"", self.session_id)
+        self.send(MessageType.DATA, {"channel": 0, "dr": message})
+        self._flush_pending()
+
+    def _flush_pending(self):
+        while self._pending_data:
+            self._send_data(*self._pending_data.popleft())
+
+    def _send_data(self, cid, data):
+        if self.closed is not None:
+            raise self.closed
+        if self._ratchet is None:
+            if len(self._pending_data) >= MAX_PENDING_DATA:
+                raise ValueError("too much data queued before the ratchet started")
+            self._pending_data.append((cid, data))
+            return
+        message = self._ratchet.encrypt(data, self.session_id)
+        self.send(MessageType.DATA, {"channel": cid, "dr": message})
+
+    def _data_received(self, cid, message):
+        try:
+            if self._ratchet is None:
+                if self.initiator or cid != 0:
+                    raise ProtocolViolation(
+                        CloseCode.UNEXPECTED_MESSAGE, "Data before the ratchet start"
+                    )
+                self._ratchet, plain = Ratchet.start_responder(
+                    self._ratchet_seed, message, self.session_id
+                )
+                self._flush_pending()
+                return
+            plain = self._ratchet.decrypt(message, self.session_id)
+        except RatchetError as e:
+            raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
+        if cid == 0:
+            return
+        channel = self.channels.get(cid)
+        if channel is None:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"Data on unopened channel {cid}")
+        if channel.on_data is not None:
+            channel.on_data(plain)
+        else:
+            self.local.data_received(self, channel, plain)
+
+    # Ending
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """End the session, telling the peer with a Close if attached."""
+        if self.closed is not None:
+            return
+        if self.connection is not None:
+            self.send(MessageType.CLOSE, {"code": int(code), "reason": reason})
+        self._end(SessionClosed(code, reason))
+
+    def _end(self, closed: SessionClosed, remote: bool = False):
+        if self.closed is not None:
+            return
+        self.closed = closed
+        self._stop_keepalive()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        self._unacked.clear()
+        self._unacked_bytes = 0
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.session_ended()
+        self.local.session_closed(self)
+        if self.on_close is not None:
+            self.on_close(closed)
+
+    def freeze(self) -> None:
+        """Stop silently: no Close, no more sends, transport aborted."""
+        if self.closed is not None:
+            return
+        self.closed = SessionClosed(CloseCode.GOING_AWAY, "node stopped")
+        self._stop_keepalive()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.replaced()
+
+    # Persistence for resume across restarts
+
+    def snapshot(self) -> dict:
+        """The state a clean restart needs to resume this session (has keys)."""
+        return {
+            "session_id": self.session_id,
+            "version": self.version,
+            "initiator": self.initiator,
+            "remote_identity": self.remote_identity,
+            "handshake_hash": self.result.handshake_hash,
+            "key_i2r": self.result.key_i2r,
+            "key_r2i": self.result.key_r2i,
+            "send_seq": self.send_seq,
+            "recv_seq": self.recv_seq,
+            "dropped_upto": self._dropped_upto,
+            "reconnect_seq": self._reconnect_seq,
+            "unacked": [data for _, data in self._unacked],
+            "unacked_seqs": [seq for seq, _ in self._unacked],
+            "ratchet": self._ratchet.to_json() if self._ratchet is not None else None,
+            "channels": [[c.id, c.name] for c in self.channels.values()],
+            "next_channel": self._next_channel,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Load what L{snapshot} saved (the session object is new)."""
+        self._dropped_upto = state["dropped_upto"]
+        self._reconnect_seq = state["reconnect_seq"]
+        for seq, data in zip(state["unacked_seqs"], state["unacked"]):
+            self._unacked.append((seq, data))
+            self._unacked_bytes += len(data)
+        if state["ratchet"] is not None:
+            self._ratchet = Ratchet.from_json(state["ratchet"])
+        for cid, name in state["channels"]:
+            self._add_channel(cid, name)
+        self._next_channel = state["next_channel"]

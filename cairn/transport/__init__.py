@@ -1,0 +1,1 @@
+"""Thin adapters between byte transports (TCP, WebSocket) and sessions."""
