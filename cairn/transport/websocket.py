@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny
+from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
@@ -93,12 +94,20 @@ class ClientProtocol(_EnvelopeMessages, WebSocketClientProtocol):
 
 
 def _limit_options(factory, local):
+    # autobahn's handshake and close timers go through the peer's injected
+    # clock like every other timer (txaio would use the global reactor).
+    factory._batched_timer = _BatchedTimer(
+        200.0, 1000, seconds_provider=local.clock.seconds, delayed_call_creator=local.clock.callLater
+    )
     limit = local.max_payload + HEADER_SIZE
     factory.setProtocolOptions(
         maxMessagePayloadSize=limit,
         maxFramePayloadSize=limit,
         openHandshakeTimeout=local.handshake_timeout,
         closeHandshakeTimeout=5,
+        # Fail with a closing handshake, not a bare drop, so that the cairn
+        # Close written just before is flushed to the peer.
+        failByDrop=False,
         autoFragmentSize=0,
     )
 

@@ -1,0 +1,217 @@
+"""
+Session scenarios, each written once and run over TCP and over WebSocket.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from cairn.wire import cbor
+from cairn.wire.constants import CloseCode, MessageType
+from tests._harness import (
+    ScenarioMixin,
+    channel_on_server,
+    closed,
+    collect,
+    eventually,
+    next_data,
+)
+
+
+class EstablishMixin(ScenarioMixin):
+    """Handshake, channels, Data and custom messages."""
+
+    @defer.inlineCallbacks
+    def test_handshake_learns_identities(self):
+        """Both sides learn each other's peer id from the handshake."""
+        client = self.make_client()
+        server_side = self.wait_for_session()
+        session = yield self.connect(client)
+        other = yield server_side
+        self.assertEqual(session.remote_peer_id, self.server.peer_id)
+        self.assertEqual(other.remote_peer_id, client.peer_id)
+        self.assertEqual(other.session_id, session.session_id)
+
+    @defer.inlineCallbacks
+    def test_channel_data_both_ways(self):
+        """Data sent on a named channel arrives on the peer's channel of that name, both ways."""
+        session = yield self.connect()
+        opened = channel_on_server(self.server, "chat")
+        chat = session.open_channel("chat")
+        server_chat = yield opened
+        got = next_data(server_chat)
+        chat.send(b"hello")
+        self.assertEqual((yield got), b"hello")
+        got = next_data(chat)
+        server_chat.send(b"hi back")
+        self.assertEqual((yield got), b"hi back")
+        self.assertEqual(server_chat.name, "chat")
+        self.assertEqual(server_chat.id, chat.id)
+
+    @defer.inlineCallbacks
+    def test_many_messages_in_order(self):
+        """Two hundred messages on two channels arrive complete and in order."""
+        session = yield self.connect()
+        received = {"a": [], "b": []}
+        finished = defer.Deferred()
+
+        def on_data(s, channel, data):
+            received[channel.name].append(data)
+            if data == b"end":
+                finished.callback(None)
+
+        self.server.on_data = on_data
+        a, b = session.open_channel("a"), session.open_channel("b")
+        for i in range(100):
+            a.send(b"a%d" % i)
+            b.send(b"b%d" % i)
+        a.send(b"end")
+        yield eventually(finished)
+        self.assertEqual(received["a"], [b"a%d" % i for i in range(100)] + [b"end"])
+        self.assertEqual(received["b"], [b"b%d" % i for i in range(100)])
+
+    @defer.inlineCallbacks
+    def test_server_can_send_first(self):
+        """The responder may open a channel and send before the initiator sends any Data."""
+        client = self.make_client()
+        server_side = self.wait_for_session()
+        got_channel = defer.Deferred()
+        client.peer.on_channel = lambda s, ch: got_channel.callback(ch)
+        yield self.connect(client)
+        other = yield server_side
+        news = other.open_channel("news")
+        news.send(b"first")
+        channel = yield eventually(got_channel)
+        self.assertEqual(channel.name, "news")
+        self.assertEqual((yield next_data(channel)), b"first")
+
+    @defer.inlineCallbacks
+    def test_custom_node_handler(self):
+        """A custom type handled at node level reaches the handler with its CBOR body."""
+        got = defer.Deferred()
+        self.server.register_handler(0xF001, lambda s, body: got.callback(body))
+        session = yield self.connect()
+        session.send(0xF001, {"hello": [1, 2, 3]})
+        self.assertEqual((yield eventually(got)), {"hello": [1, 2, 3]})
+
+    @defer.inlineCallbacks
+    def test_custom_session_handler_overrides_node(self):
+        """A session-level handler takes precedence over the node-level one for its session."""
+        node_got, session_got = [], defer.Deferred()
+        self.server.register_handler(0xF002, lambda s, body: node_got.append(body))
+        server_side = self.wait_for_session()
+        session = yield self.connect()
+        other = yield server_side
+        other.register_handler(0xF002, lambda s, body: session_got.callback(body))
+        session.send(0xF002, "x")
+        self.assertEqual((yield eventually(session_got)), "x")
+        self.assertEqual(node_got, [])
+
+    @defer.inlineCallbacks
+    def test_unknown_type_ignored_and_counted(self):
+        """An unknown type is ignored silently and counted; the session keeps working."""
+        got = defer.Deferred()
+        self.server.register_handler(0xF003, lambda s, body: got.callback(body))
+        session = yield self.connect()
+        session.send(0xF0FF, {"nobody": "listens"})
+        session.send(0x0999, {})
+        session.send(0xF003, 1)
+        self.assertEqual((yield eventually(got)), 1)
+        self.assertEqual(self.server.unknown_types[0xF0FF], 1)
+        self.assertEqual(self.server.unknown_types[0x0999], 1)
+        self.assertIsNone(self.server_session(session).closed)
+
+    def test_register_handler_refuses_session_types(self):
+        """Registering a handler for a session-layer type or outside u16 raises ValueError."""
+        self.assertRaises(ValueError, self.server.register_handler, MessageType.DATA, print)
+        self.assertRaises(ValueError, self.server.register_handler, 0x10000, print)
+
+    @defer.inlineCallbacks
+    def test_graceful_close(self):
+        """A Close from the client ends the server's session with the same code and reason."""
+        server_side = self.wait_for_session()
+        session = yield self.connect()
+        other = yield server_side
+        ended = closed(other)
+        session.close(CloseCode.NORMAL, "bye")
+        result = yield ended
+        self.assertEqual((result.code, result.reason), (0, "bye"))
+        self.assertNotIn(session.session_id, self.server.sessions)
+
+
+class TCPEstablishTests(EstablishMixin, unittest.TestCase):
+    websocket = False
+
+
+class WebSocketEstablishTests(EstablishMixin, unittest.TestCase):
+    websocket = True
+
+
+class KeepaliveMixin(ScenarioMixin):
+    """Keepalive acks and timeouts on injected clocks."""
+
+    @defer.inlineCallbacks
+    def test_keepalive_acks_trim_resend_buffer(self):
+        """A keepalive tick acknowledges what was received, emptying the peer's resend buffer."""
+        client = self.make_client()
+        session = yield self.connect(client)
+        opened = channel_on_server(self.server, "c")
+        channel = session.open_channel("c")
+        server_channel = yield opened
+        got = next_data(server_channel)
+        channel.send(b"x")
+        yield got
+        self.assertGreater(session.buffered()[0], 0)
+        other = self.server_session(session)
+        acked = defer.Deferred()
+        original = session._acknowledged
+
+        def acknowledged(upto):
+            original(upto)
+            if not acked.called:
+                acked.callback(upto)
+
+        session._acknowledged = acknowledged
+        self.server_clock.advance(30)
+        upto = yield eventually(acked)
+        self.assertEqual(upto, other.recv_seq)
+        self.assertEqual(session.buffered(), (0, 0))
+
+    @defer.inlineCallbacks
+    def test_keepalive_timeout_detaches(self):
+        """A peer silent past the keepalive timeout loses its transport but its session stays resumable."""
+        client = self.make_client()
+        session = yield self.connect(client)
+        other = self.server_session(session)
+        lost = self.connections[-1].lost  # the client's connection
+        for _ in range(4):
+            self.server_clock.advance(30)
+        yield eventually(lost)
+        self.assertFalse(other.attached)
+        self.assertIsNone(other.closed)
+        self.assertIn(session.session_id, self.server.sessions)
+
+    @defer.inlineCallbacks
+    def test_detached_session_expires_after_ttl(self):
+        """A detached session is discarded once the session TTL passes."""
+        session = yield self.connect()
+        other = self.server_session(session)
+        server_lost = other.connection.lost
+        session.connection.drop_transport()
+        yield eventually(server_lost)
+        self.assertFalse(other.attached)
+        self.server_clock.advance(3599)
+        self.assertIsNone(other.closed)
+        self.server_clock.advance(1)
+        self.assertEqual(other.closed.code, CloseCode.TIMEOUT)
+        self.assertNotIn(session.session_id, self.server.sessions)
+
+
+class TCPKeepaliveTests(KeepaliveMixin, unittest.TestCase):
+    websocket = False
+
+
+class WebSocketKeepaliveTests(KeepaliveMixin, unittest.TestCase):
+    websocket = True
+
+
+__all__ = ["cbor"]
