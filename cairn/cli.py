@@ -1,0 +1,87 @@
+"""
+The C{cairn-server} command.
+
+C{cairn-server} and C{cairn-server run [options]} run the same service as
+C{twistd -n cairn [options]}, in the foreground and without a pid file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from twisted.python import usage
+
+import cairn
+from cairn.tap import Options
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The top-level parser: subcommands, C{--help}, C{--version}."""
+    parser = argparse.ArgumentParser(
+        prog="cairn-server",
+        description="cairn server node: mailbox, relay, sync hub.",
+        epilog="Without a command, 'run' is assumed. "
+        "Settings come from CAIRN_* environment variables (see README.rst).",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {cairn.__version__}"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run the server node in the foreground "
+        "(options as for 'twistd cairn'; see 'cairn-server run --help')",
+        add_help=False,
+        # No prefix character: every word after "run", --help included, is
+        # handed to the twistd plugin's own option parser untouched.
+        prefix_chars="\0",
+    )
+    run.add_argument("options", nargs="*")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run C{cairn-server} with C{argv} (default: C{sys.argv[1:]}).
+
+    @return: the process exit status.
+    """
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run(getattr(args, "options", []))
+
+
+def run(options: Sequence[str]) -> int:
+    """
+    Run the node in the foreground with C{twistd cairn} C{options}.
+
+    The options (and the environment) are checked first, so that a mistake
+    is reported in one line, without twistd's whole usage text.
+
+    @return: the process exit status.
+    """
+    try:
+        Options().parseOptions(list(options))
+    except usage.UsageError as e:
+        sys.stderr.write(f"cairn-server run: {e}\n")
+        return 2
+    return _twistd(["--nodaemon", "--pidfile=", "cairn", *options])
+
+
+def _twistd(argv: list[str]) -> int:
+    """Run twistd with C{argv} (without the program name) until it stops."""
+    from twisted.scripts.twistd import ServerOptions, runApp
+
+    config = ServerOptions()
+    try:
+        config.parseOptions(argv)
+    except usage.UsageError as e:
+        sys.stderr.write(f"cairn-server run: twistd {' '.join(argv)}: {e}\n")
+        return 2
+    runApp(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""
+Environment variables and command-line flags, turned into one frozen L{Config}.
+
+This is the only module that knows the C{CAIRN_*} variable names; domain code
+receives a L{Config} and never reads C{os.environ}.  Every value is parsed and
+validated here, so a bad setting stops start-up with one line naming the
+variable and the forms it accepts.  Secrets (the management token, the
+pre-shared key, the TURN secret) never appear in an error message or a repr.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import attr
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "parse_bool",
+    "parse_duration",
+    "parse_endpoint",
+    "parse_size",
+]
+
+U32_MAX = 2**32 - 1
+
+_SIZE_FORMS = "use e.g. 1048576, 512KiB, 1MB, 1.5GB, or plain bytes"
+_DURATION_FORMS = "use e.g. 30s, 15m, 12h, 7d, 2w, or plain seconds"
+_BOOL_FORMS = "use true/false, yes/no, on/off or 1/0"
+_ENDPOINT_FORMS = "use e.g. tcp:7400, tcp:7400:interface=127.0.0.1, or none"
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_DURATION_UNITS = {
+    "": 1,
+    "ms": Decimal("0.001"),
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+}
+_NUMBER_WITH_UNIT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.IGNORECASE)
+_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*:\S.*")
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+# Key under which each Config attribute's metadata holds (variable, parser).
+_ENV = "cairn.env"
+
+
+class ConfigError(Exception):
+    """
+    A setting has a bad value.
+
+    C{str()} is one line, C{"VARIABLE: problem (accepted forms)"}.
+
+    @ivar variable: the environment variable at fault.
+    @ivar problem: what is wrong with it, without the variable name.
+    """
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+def _number_and_unit(text: str, units: Mapping[str, Any]) -> tuple[Decimal, Any]:
+    """
+    Split C{text} into a non-negative number and a known unit.
+
+    @raise ValueError: if C{text} has another shape or an unknown unit.
+    """
+    match = _NUMBER_WITH_UNIT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(text)
+    number, unit = match.groups()
+    multiplier = units.get(unit.lower())
+    if multiplier is None:
+        raise ValueError(text)
+    return Decimal(number), multiplier
+
+
+def parse_size(text: str) -> int:
+    """
+    Parse a byte size: plain bytes, or a number with a unit.
+
+    Units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB
+    (powers of 1024), case-insensitive, optionally after a space; the number
+    may be decimal (C{"1.5GB"}) as long as the result is whole bytes.
+
+    @raise ValueError: with a message showing the accepted forms.
+    """
+    try:
+        number, multiplier = _number_and_unit(text, _SIZE_UNITS)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size ({_SIZE_FORMS})") from None
+    size = number * multiplier
+    if size != size.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number of bytes ({_SIZE_FORMS})")
+    return int(size)
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse a duration into seconds: plain seconds, or a number with a unit.
+
+    Units are ms, s, m, h, d and w, case-insensitive; the number may be
+    decimal (C{"1.5h"}).
+
+    @raise ValueError: with a message showing the accepted forms.
+    """
+    try:
+        number, multiplier = _number_and_unit(text, _DURATION_UNITS)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration ({_DURATION_FORMS})") from None
+    seconds = float(number * multiplier)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is too long a duration ({_DURATION_FORMS})")
+    return seconds
+
+
+def parse_bool(text: str) -> bool:
+    """
+    Parse a boolean: true/false, yes/no, on/off or 1/0, case-insensitive.
+
+    @raise ValueError: with a message showing the accepted forms.
+    """
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean ({_BOOL_FORMS})")
+
+
+def parse_endpoint(text: str) -> str | None:
+    """
+    Check the shape of a Twisted server endpoint string; C{"none"} gives C{None}.
+
+    Only the syntax C{type:arguments} is checked: nothing is opened or bound
+    here, so that a busy port is reported by the listener itself at start-up.
+
+    @return: the endpoint string, stripped, or C{None} for a disabled listener.
+    @raise ValueError: with a message showing the accepted forms.
+    """
+    stripped = text.strip()
+    if stripped.lower() == "none":
+        return None
+    if _ENDPOINT.fullmatch(stripped) is None:
+        raise ValueError(f"{text!r} is not an endpoint ({_ENDPOINT_FORMS})")
+    return stripped
+
+
+def _parse_text(text: str) -> str:
+    """Return a free-form setting (a path, a secret) unchanged."""
+    return text
+
+
+def _parse_count(text: str) -> int:
+    """
+    Parse a whole number written in plain decimal digits.
+
+    @raise ValueError: with a message showing the accepted form.
+    """
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()):
+        raise ValueError(f"{text!r} is not a whole number (use e.g. 10000)")
+    return int(stripped)
+
+
+def _url_check(what: str, prefixes: tuple[str, ...], example: str):
+    """Make a check that one URL starts with one of C{prefixes}."""
+
+    def check(item: str) -> str:
+        lowered = item.lower()
+        if not any(
+            lowered.startswith(prefix) and len(item) > len(prefix)
+            for prefix in prefixes
+        ):
+            raise ValueError(f"{item!r} is not a {what} URL (use e.g. {example})")
+        return item
+
+    return check
+
+
+def _url_list(check: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
+    """Make a parser of comma-separated URLs; empty items are skipped."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = (item.strip() for item in text.split(","))
+        return tuple(check(item) for item in items if item)
+
+    return parse
+
+
+_signal_url = _url_check("signaling", ("ws://", "wss://"), "wss://signal.example:8443")
+_turn_url = _url_check("TURN", ("turn:", "turns:", "stun:"), "turn:relay.example:3478")
+
+
+def _variable(attribute: attr.Attribute) -> str:
+    """Name the environment variable behind a L{Config} attribute."""
+    return attribute.metadata[_ENV][0]
+
+
+def _show(number: float) -> str:
+    """Write a bound without exponent notation."""
+    return str(int(number)) if number == int(number) else f"{number}"
+
+
+def _between(low: float, high: float | None, unit: str, *, above: bool, integer: bool):
+    """
+    Validator: the value is a number (an C{int} when C{integer}) at least
+    C{low} (more than C{low} when C{above}) and at most C{high}.
+    """
+    kinds = int if integer else (int, float)
+    if high is not None:
+        bound = f"use between {_show(low)} and {_show(high)}{unit}"
+    else:
+        bound = f"use {'more than' if above else 'at least'} {_show(low)}{unit}"
+
+    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+        ok = (
+            isinstance(value, kinds)
+            and not isinstance(value, bool)
+            and (value > low if above else value >= low)
+            and (high is None or value <= high)
+        )
+        if not ok:
+            raise ConfigError(
+                _variable(attribute), f"{value!r} is out of range ({bound})"
+            )
+
+    return validate
+
+
+def _is_text(optional: bool):
+    """Validator: the value is a non-empty string (or C{None} when C{optional})."""
+
+    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, str) or not value:
+            # The value may be a secret: describe it, never show it.
+            raise ConfigError(_variable(attribute), "must be a non-empty string")
+
+    return validate
+
+
+def _is_listener(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+    """Validator: the value is an endpoint string, or C{None} (disabled)."""
+    if value is None:
+        return
+    problem = f"{value!r} is not an endpoint ({_ENDPOINT_FORMS})"
+    try:
+        ok = isinstance(value, str) and parse_endpoint(value) is not None
+    except ValueError as e:
+        ok, problem = False, str(e)
+    if not ok:
+        raise ConfigError(_variable(attribute), problem)
+
+
+def _is_bool(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+    """Validator: the value is a C{bool}."""
+    if not isinstance(value, bool):
+        raise ConfigError(
+            _variable(attribute), f"{value!r} is not a boolean ({_BOOL_FORMS})"
+        )
+
+
+def _are_urls(check: Callable[[str], str]):
+    """Validator: every item of a tuple passes C{check}."""
+
+    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+        for item in value:
+            try:
+                check(item)
+            except ValueError as e:
+                raise ConfigError(_variable(attribute), str(e)) from None
+
+    return validate
+
+
+def _seconds(value: Any) -> Any:
+    """Store a whole-second duration given as C{int} as C{float}, like parsed ones."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _redacted(value: str | None) -> str:
+    """Show whether a secret is set, never what it is."""
+    return "None" if value is None else "'<redacted>'"
+
+
+def _setting(variable, parse, default, validator, **kwargs) -> Any:
+    """Declare a L{Config} attribute read from C{variable} with C{parse}."""
+    return attr.ib(
+        default=default,
+        validator=validator,
+        metadata={_ENV: (variable, parse)},
+        **kwargs,
+    )
+
+
+def _text(variable: str, default: str | None = None) -> Any:
+    """A free-form string setting; optional when it has no default."""
+    return _setting(variable, _parse_text, default, _is_text(default is None))
+
+
+def _secret(variable: str) -> Any:
+    """An optional secret: shown as C{'<redacted>'} in the repr."""
+    return _setting(variable, _parse_text, None, _is_text(True), repr=_redacted)
+
+
+def _endpoint(variable: str, default: str) -> Any:
+    """A listener: an endpoint string, or C{None} when disabled."""
+    return _setting(variable, parse_endpoint, default, _is_listener)
+
+
+def _boolean(variable: str, default: bool) -> Any:
+    """A C{true}/C{false} switch."""
+    return _setting(variable, parse_bool, default, _is_bool)
+
+
+def _duration(variable: str, default: float) -> Any:
+    """A positive duration in seconds."""
+    check = _between(0, None, "s", above=True, integer=False)
+    return _setting(variable, parse_duration, default, check, converter=_seconds)
+
+
+def _size(variable: str, default: int, low: int, high: int | None = None) -> Any:
+    """A size in bytes, at least C{low} and at most C{high}."""
+    check = _between(low, high, " bytes", above=False, integer=True)
+    return _setting(variable, parse_size, default, check)
+
+
+def _count(variable: str, default: int) -> Any:
+    """A whole number, at least 1."""
+    check = _between(1, None, "", above=False, integer=True)
+    return _setting(variable, _parse_count, default, check)
+
+
+def _urls(variable: str, check: Callable[[str], str]) -> Any:
+    """A comma-separated list of URLs, each passing C{check}; empty by default."""
+    return _setting(variable, _url_list(check), (), _are_urls(check), converter=tuple)
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class Config:
+    """
+    Every setting of a server node, typed and validated.
+
+    Build it with L{Config.from_env}; constructing it directly (as tests do)
+    runs the same validation.  Durations are in seconds, sizes in bytes, and a
+    listener of C{None} is disabled.
+    """
+
+    data_dir: str = _text("CAIRN_DATA_DIR", "/data")
+    listen: str | None = _endpoint("CAIRN_LISTEN", "tcp:7400")
+    ws_listen: str | None = _endpoint("CAIRN_WS_LISTEN", "tcp:7401")
+    mgmt_listen: str | None = _endpoint(
+        "CAIRN_MGMT_LISTEN", "tcp:9090:interface=127.0.0.1"
+    )
+    max_payload: int = _size("CAIRN_MAX_PAYLOAD", 1_000_000, 1024, U32_MAX)
+    keepalive_interval: float = _duration("CAIRN_KEEPALIVE_INTERVAL", 30.0)
+    keepalive_timeout: float = _duration("CAIRN_KEEPALIVE_TIMEOUT", 90.0)
+    handshake_timeout: float = _duration("CAIRN_HANDSHAKE_TIMEOUT", 10.0)
+    session_ttl: float = _duration("CAIRN_SESSION_TTL", 3600.0)
+    mgmt_enabled: bool = _boolean("CAIRN_MGMT_ENABLED", True)
+    mgmt_token: str | None = _secret("CAIRN_MGMT_TOKEN")
+    mgmt_token_file: str | None = _text("CAIRN_MGMT_TOKEN_FILE")
+    psk: str | None = _secret("CAIRN_PSK")
+    forward_enabled: bool = _boolean("CAIRN_FORWARD_ENABLED", True)
+    forward_max_per_peer: int = _count("CAIRN_FORWARD_MAX_PER_PEER", 10_000)
+    forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
+    forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
+    signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", _signal_url)
+    turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", _turn_url)
+    turn_secret: str | None = _secret("CAIRN_TURN_SECRET")
+    log_addresses: bool = _boolean("CAIRN_LOG_ADDRESSES", False)
+
+    def __attrs_post_init__(self) -> None:
+        """Check the rules that tie settings together."""
+        if self.keepalive_timeout <= self.keepalive_interval:
+            raise ConfigError(
+                "CAIRN_KEEPALIVE_TIMEOUT",
+                f"{self.keepalive_timeout:g}s must be more than "
+                f"CAIRN_KEEPALIVE_INTERVAL ({self.keepalive_interval:g}s)",
+            )
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """Name the environment variable read for the attribute C{name}."""
+        return _variable(attr.fields_dict(cls)[name])
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Config:
+        """
+        Read every setting from C{environ}, with C{overrides} taking precedence.
+
+        A variable that is unset or empty takes its default.  When
+        C{CAIRN_MGMT_TOKEN_FILE} is set, the management token is read from
+        that file (surrounding whitespace stripped).
+
+        @param environ: the process environment, or a stand-in.
+        @param overrides: already-typed values from command-line flags, by
+            attribute name; a listener may also be given as C{"none"}.
+        @raise ConfigError: naming the first variable with a bad value.
+        @raise TypeError: if an override names no setting.
+        """
+        fields = {field.name: field for field in attr.fields(cls)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        values = {}
+        for name, field in fields.items():
+            if name in overrides:
+                values[name] = _override(field, overrides[name])
+                continue
+            raw = environ.get(_variable(field), "")
+            if raw.strip():
+                values[name] = _parse(field, raw)
+        if values.get("mgmt_token_file") is not None:
+            values["mgmt_token"] = _token_from_file(values)
+        return cls(**values)
+
+
+def _parse(field: attr.Attribute, raw: str) -> Any:
+    """Parse one environment value, naming its variable if it is bad."""
+    variable, parse = field.metadata[_ENV]
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise ConfigError(variable, str(e)) from None
+
+
+def _override(field: attr.Attribute, value: Any) -> Any:
+    """Accept a typed flag value; a listener given as a string is checked here."""
+    if field.metadata[_ENV][1] is parse_endpoint and isinstance(value, str):
+        return _parse(field, value)
+    return value
+
+
+def _token_from_file(values: Mapping[str, Any]) -> str:
+    """
+    Read the management token from C{CAIRN_MGMT_TOKEN_FILE}.
+
+    Errors name the file, never its contents.
+    """
+    path = values["mgmt_token_file"]
+    if values.get("mgmt_token") is not None:
+        raise ConfigError(
+            "CAIRN_MGMT_TOKEN_FILE",
+            "CAIRN_MGMT_TOKEN and CAIRN_MGMT_TOKEN_FILE are both set (set only one)",
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ConfigError(
+            "CAIRN_MGMT_TOKEN_FILE", f"cannot read {path!r} ({e.strerror})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "CAIRN_MGMT_TOKEN_FILE", f"{path!r} is not UTF-8 text"
+        ) from None
+    if not token:
+        raise ConfigError(
+            "CAIRN_MGMT_TOKEN_FILE", f"{path!r} is empty (put the token in it)"
+        )
+    return token

@@ -1,0 +1,160 @@
+"""
+The C{twistd cairn} command: its options and its service.
+
+Flags are typed here, at the edge, with the parsers of L{cairn.config}; a flag
+beats its environment variable, which beats the default.  Settings without a
+flag (secrets above all) come from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from cairn.config import (
+    Config,
+    ConfigError,
+    parse_duration,
+    parse_endpoint,
+    parse_size,
+)
+
+
+def _flag_parser(flag: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    Wrap C{parse} as an option coerce function whose errors name C{--flag}.
+
+    A C{ValueError} from a coerce function reaches the user prefixed with
+    "Parameter type enforcement failed"; a L{usage.UsageError} goes through
+    as it is, so the message stays one line starting with the flag.
+    """
+
+    def coerce(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--{flag}: {e}") from None
+
+    return coerce
+
+
+def _listener(text: str) -> str:
+    """Check an endpoint flag, keeping C{"none"} so that it is not taken as unset."""
+    return parse_endpoint(text) or "none"
+
+
+_ENDPOINT = "a Twisted endpoint string, or 'none' to disable it"
+
+# (flag, Config attribute, parser or None for plain text, help)
+_FLAGS = [
+    ("data-dir", "data_dir", None, "Persistent data directory."),
+    ("listen", "listen", _listener, f"Cairn protocol over TCP: {_ENDPOINT}."),
+    ("ws-listen", "ws_listen", _listener, f"Cairn over WebSocket: {_ENDPOINT}."),
+    ("mgmt-listen", "mgmt_listen", _listener, f"Management API: {_ENDPOINT}."),
+    (
+        "max-payload",
+        "max_payload",
+        parse_size,
+        "Largest envelope payload accepted: bytes, or e.g. 64KiB, 1MB.",
+    ),
+    (
+        "keepalive-interval",
+        "keepalive_interval",
+        parse_duration,
+        "Time between Keepalives on a session: seconds, or e.g. 15s, 1m.",
+    ),
+    (
+        "keepalive-timeout",
+        "keepalive_timeout",
+        parse_duration,
+        "Silence from the peer after which its connection is dropped: e.g. 90s.",
+    ),
+]
+
+
+def _help(attribute: str, text: str) -> str:
+    """Add the environment variable and the built-in default to a flag's help."""
+    value = getattr(Config(), attribute)
+    default = f"{value:g}s" if isinstance(value, float) else str(value)
+    return f"{text} [env: {Config.variable(attribute)}; default: {default}]"
+
+
+def _parameter(flag: str, attribute: str, parse, text: str) -> list:
+    """One C{optParameters} row; every default is C{None}, meaning "not given"."""
+    row = [flag, None, None, _help(attribute, text)]
+    if parse is not None:
+        row.append(_flag_parser(flag, parse))
+    return row
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd cairn} (and of C{cairn-server run}).
+
+    Parsing also builds the L{Config}, so that a bad environment variable is
+    reported like a bad flag: twistd prints a usage error for a failure
+    while parsing options, but a traceback for one inside C{makeService}.
+    """
+
+    longdesc = (
+        "Run a cairn server node. Each flag overrides its environment "
+        "variable; every other setting, secrets included, is read from the "
+        "environment only (see README.rst)."
+    )
+    optParameters: ClassVar[list] = [_parameter(*flag) for flag in _FLAGS]
+
+    def postOptions(self) -> None:
+        """Check the flags and the environment together."""
+        config_from_options(self)
+
+    def overrides(self) -> dict[str, Any]:
+        """The L{Config} attributes given as flags, by attribute name."""
+        return {
+            attribute: self[flag]
+            for flag, attribute, *_ in _FLAGS
+            if self[flag] is not None
+        }
+
+
+def _flag_for(variable: str, options: Options) -> str | None:
+    """The flag that was given for C{variable}, if any."""
+    for flag, attribute, *_ in _FLAGS:
+        if Config.variable(attribute) == variable and options[flag] is not None:
+            return flag
+    return None
+
+
+def config_from_options(options: Options) -> Config:
+    """
+    Build the L{Config} from C{os.environ} and the flags in C{options}.
+
+    @raise usage.UsageError: one line naming the flag, if the bad value came
+        from a flag, or else the environment variable.
+    """
+    try:
+        return Config.from_env(os.environ, **options.overrides())
+    except ConfigError as e:
+        flag = _flag_for(e.variable, options)
+        message = f"--{flag}: {e.problem}" if flag else str(e)
+        raise usage.UsageError(message) from None
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the server node's service from parsed C{options}.
+
+    @raise usage.UsageError: if a setting is bad.
+    """
+    config = config_from_options(options)
+    # Imported here, not at the top: twistd installs the reactor chosen on
+    # its command line before calling makeService, and `twistd cairn --help`
+    # should not need the whole node.
+    from twisted.internet import reactor
+
+    from cairn.service import make_node
+
+    return make_node(config, reactor)
