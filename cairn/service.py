@@ -56,6 +56,14 @@ class CairnNode(MultiService):
             log.info("restored {count} session(s) for resume", count=restored)
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
         super().startService()
+        self.when_listening().addCallback(self._log_ports)
+
+    def _log_ports(self, ports):
+        for name, port in sorted(ports.items()):
+            host = port.getHost()
+            log.info(
+                "listening: {name} on {host}:{port}", name=name, host=getattr(host, "host", host), port=getattr(host, "port", "")
+            )
 
     def stopService(self):
         d = super().stopService()  # stop listening first

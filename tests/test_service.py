@@ -1,0 +1,143 @@
+"""
+The node service: make_node, listeners, identity, resume across restarts.
+"""
+
+import os
+import stat
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.trial import unittest
+
+from cairn.config import Config
+from cairn.session import store
+from cairn.service import make_node
+from cairn.wire.constants import CloseCode
+from tests._harness import eventually, track_connections
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+def config_for(data_dir, **overrides):
+    settings = dict(data_dir=data_dir, listen=LOOPBACK, ws_listen=LOOPBACK, mgmt_listen="none")
+    settings.update(overrides)
+    return Config.from_env({}, **settings)
+
+
+class MakeNodeTests(unittest.TestCase):
+    def test_identity_created_private_and_reused(self):
+        """The identity key is created 0600 on first start and the same peer id comes back next time."""
+        data_dir = self.mktemp()
+        first = make_node(config_for(data_dir), reactor)
+        mode = stat.S_IMODE(os.stat(os.path.join(data_dir, "identity.key")).st_mode)
+        self.assertEqual(mode, 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(data_dir).st_mode), 0o700)
+        second = make_node(config_for(data_dir), reactor)
+        self.assertEqual(first.peer.peer_id, second.peer.peer_id)
+
+    def test_listeners_follow_config(self):
+        """Only enabled listeners become child services, with the configured settings."""
+        node = make_node(config_for(self.mktemp(), ws_listen="none", max_payload=65536), reactor)
+        self.assertEqual(sorted(node.listeners), ["tcp"])
+        self.assertEqual(node.peer.max_payload, 65536)
+
+    @defer.inlineCallbacks
+    def test_busy_port_aborts_start(self):
+        """A listener on a busy port raises at start-up instead of being logged and ignored."""
+        busy = yield serverFromString(reactor, LOOPBACK).listen(Factory())
+        self.addCleanup(busy.stopListening)
+        description = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
+        node = make_node(config_for(self.mktemp(), listen=description, ws_listen="none"), reactor)
+        self.assertRaises(CannotListenError, node.startService)
+
+
+class RestartTests(unittest.TestCase):
+    """Sessions survive a clean restart; a crash forgets them."""
+
+    def setUp(self):
+        from cairn.client import Client
+
+        self.data_dir = self.mktemp()
+        self.connections = []
+        self.client = Client(reactor, clock=task.Clock(), keepalive_interval=0)
+        track_connections(self.client.peer, self.connections)
+
+    @defer.inlineCallbacks
+    def start(self):
+        node = make_node(config_for(self.data_dir, keepalive_interval=3600.0, keepalive_timeout=7200.0), reactor)
+        track_connections(node.peer, self.connections)
+        node.startService()
+        ports = yield node.when_listening()
+        return node, f"tcp:host=127.0.0.1:port={ports['tcp'].getHost().port}"
+
+    @defer.inlineCallbacks
+    def connect(self, node, address):
+        """Connect the client; fires once the node has the session too."""
+        established = defer.Deferred()
+        node.peer.on_session = established.callback
+        session = yield eventually(self.client.connect(address))
+        yield eventually(established)
+        return session
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for conn in self.connections:
+            if not conn.lost.called and conn.transport is not None:
+                conn.transport.lose(abort=True)
+        yield defer.gatherResults([eventually(c.lost) for c in self.connections])
+
+    @defer.inlineCallbacks
+    def test_clean_restart_resumes(self):
+        """After a clean stop and a new start on the same data dir, the client resumes and data flows both ways."""
+        node, address = yield self.start()
+        session = yield self.connect(node, address)
+        opened = defer.Deferred()
+        node.peer.on_channel = lambda s, ch: opened.callback(ch)
+        channel = session.open_channel("notes")
+        yield eventually(opened)
+        client_lost = session.connection.lost
+        yield node.stopService()
+        yield eventually(client_lost)
+        path = os.path.join(self.data_dir, store.FILE_NAME)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+        node, address = yield self.start()
+        self.assertFalse(os.path.exists(path))
+        received = defer.Deferred()
+        node.peer.on_data = lambda s, ch, data: received.callback((ch.name, data))
+        channel.send(b"after restart")
+        yield eventually(self.client.resume(session, address))
+        self.assertEqual((yield eventually(received)), ("notes", b"after restart"))
+        reply = defer.Deferred()
+        channel.on_data = reply.callback
+        node.peer.sessions[session.session_id].channels[channel.id].send(b"welcome back")
+        self.assertEqual((yield eventually(reply)), b"welcome back")
+        yield node.stopService()
+
+    @defer.inlineCallbacks
+    def test_crash_forgets_sessions(self):
+        """Without a clean stop nothing is saved, so a resume after restart gets Close 9."""
+        node, address = yield self.start()
+        session = yield self.connect(node, address)
+        client_lost = session.connection.lost
+        # A crash: listeners and transports vanish, stopService never runs.
+        for service in node.listeners.values():
+            yield service._waitingForPort.addCallback(lambda port: port.stopListening())
+        node.peer.sessions[session.session_id].connection.drop_transport()
+        yield eventually(client_lost)
+        node.peer.freeze()  # the crashed process's memory is gone with it
+        node, address = yield self.start()
+        failure = yield self.assertFailure(eventually(self.client.resume(session, address)), Exception)
+        self.assertEqual(failure.code, CloseCode.UNKNOWN_SESSION)
+        yield node.stopService()
+
+    def test_corrupt_snapshot_is_ignored(self):
+        """An unreadable session file is removed and yields no sessions."""
+        os.makedirs(self.data_dir)
+        path = os.path.join(self.data_dir, store.FILE_NAME)
+        with open(path, "wb") as f:
+            f.write(b"\xff\xfe not cbor")
+        self.assertEqual(store.load_once(self.data_dir), [])
+        self.assertFalse(os.path.exists(path))

@@ -1,0 +1,121 @@
+"""
+A real C{twistd -n cairn} process, driven by the client over TCP and
+WebSocket on 127.0.0.1, stopped with SIGTERM and started again.
+"""
+
+import os
+import re
+import sys
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
+
+from cairn.client import Client
+from cairn.crypto.identity import load_or_create
+from cairn.session import store
+from tests._harness import eventually, track_connections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LISTENING = re.compile(r"listening: (\w+) on 127\.0\.0\.1:(\d+)")
+
+
+class TwistdProcess(protocol.ProcessProtocol):
+    """Collects the log and fires C{listening} with {name: port} once all are up."""
+
+    def __init__(self, expected):
+        self.expected = expected
+        self.ports = {}
+        self.output = []
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        text = data.decode("utf-8", "replace")
+        self.output.append(text)
+        for name, port in _LISTENING.findall(text):
+            self.ports[name] = int(port)
+        if set(self.ports) >= self.expected and not self.listening.called:
+            self.listening.callback(dict(self.ports))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.listening.called:
+            self.listening.errback(RuntimeError("twistd ended early:\n" + "".join(self.output)))
+        self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+
+def start_twistd(data_dir):
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        CAIRN_DATA_DIR=data_dir,
+        CAIRN_LISTEN="tcp:0:interface=127.0.0.1",
+        CAIRN_WS_LISTEN="tcp:0:interface=127.0.0.1",
+        CAIRN_MGMT_LISTEN="none",
+    )
+    proc = TwistdProcess({"tcp", "websocket"})
+    argv = [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--nodaemon",
+        "--pidfile=",
+        "--logfile=-",
+        "cairn",
+    ]
+    reactor.spawnProcess(proc, sys.executable, argv, env=env, path=REPO)
+    return proc
+
+
+class TwistdTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_real_twistd_serves_and_resumes(self):
+        """A twistd-run node accepts TCP and WebSocket sessions and, after SIGTERM and restart, resumes both."""
+        data_dir = os.path.abspath(self.mktemp())
+        proc = start_twistd(data_dir)
+        self.addCleanup(self._kill, proc)
+        ports = yield eventually(proc.listening, 60)
+        expected_peer = load_or_create(data_dir).peer_id
+
+        client = Client(reactor, clock=task.Clock())
+        track_connections(client.peer, [])
+        over_tcp = yield eventually(client.connect(f"tcp:host=127.0.0.1:port={ports['tcp']}"))
+        over_ws = yield eventually(client.connect(f"ws://127.0.0.1:{ports['websocket']}/"))
+        self.assertEqual(over_tcp.remote_peer_id, expected_peer)
+        self.assertEqual(over_ws.remote_peer_id, expected_peer)
+        over_tcp.open_channel("a").send(b"x")
+        lost = [over_tcp.connection.lost, over_ws.connection.lost]
+
+        proc.transport.signalProcess("TERM")
+        yield self.stopped_cleanly(proc)
+        yield eventually(defer.gatherResults(lost))
+        self.assertIn("saved 2 session(s)", "".join(proc.output))
+        self.assertTrue(os.path.exists(os.path.join(data_dir, store.FILE_NAME)))
+
+        proc = start_twistd(data_dir)
+        self.addCleanup(self._kill, proc)
+        ports = yield eventually(proc.listening, 60)
+        yield eventually(client.resume(over_tcp, f"tcp:host=127.0.0.1:port={ports['tcp']}"))
+        yield eventually(client.resume(over_ws, f"ws://127.0.0.1:{ports['websocket']}/"))
+        self.assertTrue(over_tcp.attached and over_ws.attached)
+        lost = [over_tcp.connection.lost, over_ws.connection.lost]
+        proc.transport.signalProcess("TERM")
+        yield self.stopped_cleanly(proc)
+        yield eventually(defer.gatherResults(lost))
+        log = "".join(proc.output)
+        self.assertIn("restored 2 session(s)", log)
+        self.assertNotIn("Traceback", log)
+
+    @defer.inlineCallbacks
+    def stopped_cleanly(self, proc):
+        """Wait for a SIGTERM'd twistd; it re-raises the signal after a clean shutdown."""
+        status = yield eventually(proc.ended, 60)
+        log = "".join(proc.output)
+        self.assertIn(status, [(0, None), (None, 15)], log)
+        self.assertIn("Server Shut Down.", log)
+
+    def _kill(self, proc):
+        if not proc.ended.called:
+            proc.transport.signalProcess("KILL")
+            return proc.ended
