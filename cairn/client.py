@@ -9,6 +9,11 @@ The peer-side API: connect to a node (or any cairn peer) and use sessions.
     ...
     session = yield client.resume(session)      # after the transport dropped
 
+With C{auto_resume=True} the client resumes by itself whenever a
+session's transport drops, retrying with exponential backoff (1 s
+doubling to 60 s, on the injected clock) until the session is attached
+again or has ended.
+
 Sessions are the same L{cairn.session.session.Session} objects the server
 uses; a client can also C{listen()} and take sessions from other clients.
 """
@@ -16,9 +21,12 @@ uses; a client can also C{listen()} and take sessions from other clients.
 from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
 from cairn.session.peer import Peer
+from cairn.session.session import SessionClosed
+from cairn.wire.constants import CloseCode
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import client_factory, server_factory
 
@@ -46,17 +54,29 @@ def websocket_endpoint(reactor, url: str):
     return clientFromString(reactor, f"tcp:host={host}:port={port}")
 
 
+log = Logger()
+
+#: Automatic resume backoff: first delay, factor, ceiling (seconds).
+RESUME_BACKOFF = (1.0, 2.0, 60.0)
+
+
 class Client:
     """
     A cairn peer that initiates sessions (and may accept them).
 
     Keyword arguments are the L{Peer} settings (keepalive, limits).
+
+    @param auto_resume: resume dropped sessions automatically.
     """
 
-    def __init__(self, reactor, identity: Identity = None, clock=None, **settings):
+    def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, **settings):
         self.reactor = reactor
-        self.peer = Peer(identity or Identity.generate(), clock or reactor, **settings)
+        self.clock = clock or reactor
+        self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
+        self.auto_resume = auto_resume
         self._addresses = {}
+        self._retries = {}
+        self.peer.add_observer(self)
 
     @property
     def peer_id(self) -> str:
@@ -92,6 +112,40 @@ class Client:
         d.addCallback(lambda _: connection.ready)
         d.addCallback(connected)
         return d
+
+    # Automatic resume (Peer observer hooks)
+
+    def session_detached(self, session):
+        if self.auto_resume and session.session_id in self._addresses:
+            self._schedule_resume(session, RESUME_BACKOFF[0])
+
+    def session_closed(self, session):
+        self._addresses.pop(session.session_id, None)
+        call = self._retries.pop(session.session_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _schedule_resume(self, session, delay):
+        self._retries[session.session_id] = self.clock.callLater(delay, self._try_resume, session, delay)
+
+    def _try_resume(self, session, delay):
+        self._retries.pop(session.session_id, None)
+        if session.attached or session.closed is not None:
+            return
+
+        def failed(failure):
+            log.info("resume of {sid} failed: {why}", sid=session.session_id.hex()[:8], why=failure.getErrorMessage())
+            code = getattr(failure.value, "code", None)
+            if code is not None and code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
+                # The node refused the session itself: retrying cannot help.
+                session._end(SessionClosed(code, failure.value.reason))
+                return None
+            if session.closed is None and not session.attached:
+                start, factor, ceiling = RESUME_BACKOFF
+                self._schedule_resume(session, min(delay * factor, ceiling))
+            return None
+
+        self.resume(session).addErrback(failed)
 
     def listen(self, description: str, websocket: bool = False):
         """Accept sessions on a server endpoint string; fires with the port."""

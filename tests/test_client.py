@@ -1,0 +1,144 @@
+"""
+The client API: peer-to-peer sessions, automatic resume, failures.
+"""
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial import unittest
+
+from cairn.client import Client, websocket_endpoint
+from cairn.wire.constants import CloseCode
+from tests._harness import (
+    SETTINGS,
+    ScenarioMixin,
+    channel_on_server,
+    closed,
+    eventually,
+    next_data,
+    track_connections,
+)
+
+
+class PeerToPeerMixin:
+    """Two clients, one listening, run the same session code as the node."""
+
+    websocket = False
+
+    @defer.inlineCallbacks
+    def test_client_to_client(self):
+        """A client accepts a session from another client; channels and custom messages work both ways."""
+        connections = []
+        listener = Client(reactor, clock=task.Clock(), **SETTINGS)
+        dialer = Client(reactor, clock=task.Clock(), **SETTINGS)
+        track_connections(listener.peer, connections)
+        track_connections(dialer.peer, connections)
+        port = yield listener.listen("tcp:0:interface=127.0.0.1", websocket=self.websocket)
+        self.addCleanup(port.stopListening)
+
+        accepted = defer.Deferred()
+        listener.peer.on_session = accepted.callback
+        custom = defer.Deferred()
+        listener.peer.register_handler(0xF00D, lambda s, body: custom.callback(body))
+        number = port.getHost().port
+        address = f"ws://127.0.0.1:{number}/" if self.websocket else f"tcp:host=127.0.0.1:port={number}"
+        session = yield eventually(dialer.connect(address))
+        other = yield eventually(accepted)
+        self.assertEqual(session.remote_peer_id, listener.peer_id)
+        self.assertEqual(other.remote_peer_id, dialer.peer_id)
+
+        opened = defer.Deferred()
+        listener.peer.on_channel = lambda s, ch: opened.callback(ch)
+        mine = session.open_channel("p2p")
+        theirs = yield eventually(opened)
+        got = next_data(theirs)
+        mine.send(b"ping")
+        self.assertEqual((yield got), b"ping")
+        got = next_data(mine)
+        theirs.send(b"pong")
+        self.assertEqual((yield got), b"pong")
+        session.send(0xF00D, {"k": b"v"})
+        self.assertEqual((yield eventually(custom)), {"k": b"v"})
+
+        session.close()
+        yield closed(other)
+        yield eventually(defer.gatherResults([c.lost for c in connections]))
+
+
+class TCPPeerToPeerTests(PeerToPeerMixin, unittest.TestCase):
+    websocket = False
+
+
+class WebSocketPeerToPeerTests(PeerToPeerMixin, unittest.TestCase):
+    websocket = True
+
+
+class AutoResumeMixin(ScenarioMixin):
+    @defer.inlineCallbacks
+    def test_auto_resume_after_drop(self):
+        """With auto_resume the client resumes a dropped session after the first backoff delay."""
+        client = self.make_client(auto_resume=True)
+        session = yield self.connect(client)
+        opened = channel_on_server(self.server, "c")
+        channel = session.open_channel("c")
+        server_channel = yield opened
+        other = self.server_session(session)
+        server_lost = other.connection.lost
+        session.connection.drop_transport()
+        yield eventually(server_lost)
+        channel.send(b"queued while down")
+        got = next_data(server_channel)
+        resumed = defer.Deferred()
+        session.on_resume = lambda: resumed.callback(None)
+        client.clock.advance(0.5)
+        self.assertFalse(session.attached)
+        client.clock.advance(0.5)
+        yield eventually(resumed)
+        self.assertEqual((yield got), b"queued while down")
+
+    @defer.inlineCallbacks
+    def test_auto_resume_gives_up_on_refusal(self):
+        """When the node no longer knows the session, automatic resume ends it with Close 9."""
+        client = self.make_client(auto_resume=True)
+        session = yield self.connect(client)
+        other = self.server_session(session)
+        server_lost = other.connection.lost
+        session.connection.drop_transport()
+        yield eventually(server_lost)
+        other.close()
+        ended = closed(session)
+        client.clock.advance(1)
+        result = yield ended
+        self.assertEqual(result.code, CloseCode.UNKNOWN_SESSION)
+
+    def make_client(self, auto_resume=False, **overrides):
+        clock = task.Clock()
+        client = Client(reactor, clock=clock, auto_resume=auto_resume, **dict(SETTINGS, **overrides))
+        track_connections(client.peer, self.connections)
+        return client
+
+
+class TCPAutoResumeTests(AutoResumeMixin, unittest.TestCase):
+    websocket = False
+
+
+class WebSocketAutoResumeTests(AutoResumeMixin, unittest.TestCase):
+    websocket = True
+
+
+class FailureTests(unittest.TestCase):
+    def test_bad_websocket_url(self):
+        """A URL that is not ws:// or wss:// is refused with ValueError naming it."""
+        error = self.assertRaises(ValueError, websocket_endpoint, reactor, "http://example.invalid/")
+        self.assertIn("http://example.invalid/", str(error))
+
+    @defer.inlineCallbacks
+    def test_connection_refused(self):
+        """Connecting to a closed port fails the Deferred with ConnectionRefusedError."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory
+
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory())
+        number = port.getHost().port
+        yield port.stopListening()
+        client = Client(reactor, clock=task.Clock())
+        yield self.assertFailure(client.connect(f"tcp:host=127.0.0.1:port={number}"), ConnectionRefusedError)
