@@ -26,9 +26,9 @@ from twisted.logger import Logger
 from cairn.crypto.identity import Identity
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
-from cairn.wire.constants import CloseCode
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import client_factory, server_factory
+from cairn.wire.constants import CloseCode
 
 
 class _OneConnectionFactory(StreamFactory):

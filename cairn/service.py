@@ -62,7 +62,10 @@ class CairnNode(MultiService):
         for name, port in sorted(ports.items()):
             host = port.getHost()
             log.info(
-                "listening: {name} on {host}:{port}", name=name, host=getattr(host, "host", host), port=getattr(host, "port", "")
+                "listening: {name} on {host}:{port}",
+                name=name,
+                host=getattr(host, "host", host),
+                port=getattr(host, "port", ""),
             )
 
     def stopService(self):

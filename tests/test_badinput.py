@@ -138,7 +138,8 @@ class BadInputMixin(ScenarioMixin):
         """A sealed envelope whose ciphertext does not authenticate gets Close 4."""
         session = yield self.connect()
         env = self._seal_next(session, MessageType.KEEPALIVE, {})
-        forged = Envelope(env.version, env.type, env.session_id, env.seq, env.payload[:-1] + bytes([env.payload[-1] ^ 1]))
+        flipped = env.payload[:-1] + bytes([env.payload[-1] ^ 1])
+        forged = Envelope(env.version, env.type, env.session_id, env.seq, flipped)
         session.connection.transport.write_envelope(forged.to_bytes())
         yield self.assert_session_closed_with(session, CloseCode.DECRYPT_FAILED)
 

@@ -12,8 +12,8 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
-from cairn.session import store
 from cairn.service import make_node
+from cairn.session import store
 from cairn.wire.constants import CloseCode
 from tests._harness import eventually, track_connections
 

@@ -11,7 +11,6 @@ from tests._harness import (
     ScenarioMixin,
     channel_on_server,
     closed,
-    collect,
     eventually,
     next_data,
 )
