@@ -48,6 +48,14 @@ class MessageType(IntEnum):
     RELAY_REQUEST = 0x0401
     RELAY_RESPONSE = 0x0402
 
+    # Pairing family (DESIGN.md: 0x0110...)
+    PAIR_REQUEST = 0x0110
+    PAIR_CHALLENGE = 0x0111
+    PAIR_RESPONSE = 0x0112
+    PAIR_CONFIRM = 0x0113
+    PAIR_REJECT = 0x0114
+    PAIR_REVOKE = 0x0115
+
 
 HANDSHAKE_TYPES = frozenset(
     {
@@ -95,5 +103,20 @@ class CloseCode(IntEnum):
     LIMIT_REACHED = 12
     REPLACED = 13
     RESUME_FAILED = 14
+    PAIRING_REVOKED = 15
     GOING_AWAY = 100
     INTERNAL = 101
+
+
+class PairRejectCode(IntEnum):
+    """Codes carried in a PairReject body (see docs/protocol.md, "Pairing")."""
+
+    BAD_PROOF = 1
+    EXPIRED = 2
+    ALREADY_USED = 3
+    RATE_LIMITED = 4
+    METHOD_UNAVAILABLE = 5
+    PENDING_APPROVAL = 6
+    REJECTED_BY_OPERATOR = 7
+    MALFORMED = 8
+    UNKNOWN_CODE = 9

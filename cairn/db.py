@@ -1,0 +1,153 @@
+"""
+SQLite off the reactor: one database file, one dedicated thread.
+
+Every access is a C{*_txn(cursor, ...)} function run by L{Database.run} on
+the database's own thread inside one transaction (C{BEGIN IMMEDIATE} ...
+C{COMMIT}), so the reactor never blocks on disk and writers never race.
+The connection runs in WAL mode with C{synchronous=FULL}: once C{run}'s
+Deferred fires, the transaction is on disk.
+
+Each component (trust store, mailbox, ...) owns a schema chain: files
+C{v1.sql}, C{v2.sql}, ... in a package of its own, applied in order and
+recorded in the C{schema_versions} table, so components evolve
+independently.
+"""
+
+import os
+import sqlite3
+from importlib import resources
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+DB_FILE_NAME = "cairn.sqlite"
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened, upgraded or written; the message says why."""
+
+
+def schema_files(package: str) -> list:
+    """The (version, sql) pairs of a schema package, in version order."""
+    found = []
+    for entry in resources.files(package).iterdir():
+        name = entry.name
+        if name.startswith("v") and name.endswith(".sql") and name[1:-4].isdigit():
+            found.append((int(name[1:-4]), entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise DatabaseError(f"schema package {package} has a gap in its versions: {versions}")
+    return found
+
+
+def open_connection(path: str) -> sqlite3.Connection:
+    """Open C{path} with the settings every cairn connection uses."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def upgrade_txn(cursor, component: str, package: str) -> int:
+    """Apply the missing schema files of C{component}; return its version."""
+    cursor.execute(
+        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    row = cursor.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+    current = row[0] if row else 0
+    files = schema_files(package)
+    if current > len(files):
+        raise DatabaseError(
+            f"database has {component} schema v{current}, newer than this code knows (v{len(files)})"
+        )
+    for version, sql in files[current:]:
+        for statement in sql.split(";"):
+            if statement.strip():
+                cursor.execute(statement)
+        cursor.execute(
+            "INSERT OR REPLACE INTO schema_versions (component, version) VALUES (?, ?)", (component, version)
+        )
+        current = version
+    return current
+
+
+class Database:
+    """
+    The node's SQLite database and the one thread that touches it.
+
+    @param components: (name, schema package) pairs to create or upgrade.
+    """
+
+    def __init__(self, reactor, path: str, components=()):
+        self.reactor = reactor
+        self.path = path
+        self.components = list(components)
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db")
+        self._conn = None
+
+    def start(self):
+        """Open and upgrade the database; fires once it is ready."""
+        self._pool.start()
+        return self._defer(self._open)
+
+    def _open(self):
+        try:
+            self._conn = open_connection(self.path)
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise DatabaseError(f"{self.path} is corrupt: {check}")
+            for name, package in self.components:
+                self._transaction(upgrade_txn, name, package)
+        except sqlite3.DatabaseError as e:
+            raise DatabaseError(f"cannot open {self.path}: {e}") from None
+        if os.path.exists(self.path):
+            os.chmod(self.path, 0o600)
+
+    def _defer(self, fn, *args):
+        return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    def _transaction(self, txn, *args):
+        cursor = self._conn.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            result = txn(cursor, *args)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return result
+
+    def run(self, txn, *args):
+        """
+        Run C{txn(cursor, *args)} in one transaction on the database thread.
+
+        @return: a Deferred firing with C{txn}'s result once committed.
+        """
+        return self._defer(self._transaction, txn, *args)
+
+    def run_many(self, calls):
+        """
+        Run several C{(txn, args)} in ONE transaction (one fsync).
+
+        @return: a Deferred firing with the list of results, or failing
+            (and rolling all of them back) if any raises.
+        """
+        return self._defer(self._transaction, lambda cursor: [txn(cursor, *args) for txn, args in calls])
+
+    def stop(self):
+        """Close the connection and stop the thread (after queued work)."""
+
+        def close():
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        d = self._defer(close)
+        d.addBoth(lambda result: (self._pool.stop(), result)[1])
+        return d

@@ -1,0 +1,1 @@
+"""Schema chain used by tests/test_db.py."""

@@ -1,0 +1,2 @@
+ALTER TABLE notes ADD COLUMN author TEXT NOT NULL DEFAULT '';
+CREATE INDEX notes_author ON notes (author);

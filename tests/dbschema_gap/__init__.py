@@ -1,0 +1,1 @@
+"""A schema chain with a gap, for tests/test_db.py."""
