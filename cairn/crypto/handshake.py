@@ -105,9 +105,21 @@ class NoiseHandshake:
         self._conn = conn
         self._state = conn.noise_protocol.handshake_state
         self._remote_identity = None
+        self._steps = 0
+
+    def _step(self, expected: int) -> None:
+        # The XX pattern is fixed: each method may run only at its turn.
+        if self._steps != expected:
+            raise HandshakeError("handshake message out of order")
+        self._steps += 1
 
     def _write(self, payload: bytes) -> bytes:
-        return bytes(self._conn.write_message(payload))
+        try:
+            return bytes(self._conn.write_message(payload))
+        except Exception as e:
+            # The first DH of message 2 fails inside cryptography when the
+            # peer's ephemeral key is a low-order point: their fault.
+            raise HandshakeError(f"noise: {e.__class__.__name__}") from None
 
     def _read(self, message: bytes) -> bytes:
         if not isinstance(message, bytes):
@@ -125,25 +137,31 @@ class NoiseHandshake:
 
     # Initiator steps
     def write_init(self) -> bytes:
+        self._step(0)
         return self._write(b"")
 
     def read_response(self, message: bytes) -> None:
+        self._step(1)
         payload = self._read(message)
         self._remote_identity = check_identity_payload(payload, self._remote_static())
 
     def write_final(self) -> bytes:
+        self._step(2)
         return self._write(identity_payload(self.identity))
 
     # Responder steps
     def read_init(self, message: bytes) -> None:
+        self._step(0)
         payload = self._read(message)
         if payload:
             raise HandshakeError("first handshake message must have an empty payload")
 
     def write_response(self) -> bytes:
+        self._step(1)
         return self._write(identity_payload(self.identity))
 
     def read_final(self, message: bytes) -> None:
+        self._step(2)
         payload = self._read(message)
         self._remote_identity = check_identity_payload(payload, self._remote_static())
 

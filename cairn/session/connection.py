@@ -89,6 +89,10 @@ class Connection:
             handler(envelope)
         except ProtocolViolation as e:
             self.fail(e.code, e.reason)
+        except Exception:
+            # A bug (ours or a handler's) must cost this connection only.
+            log.failure("error handling an envelope of type 0x{type:04x}", type=envelope.type)
+            self.fail(CloseCode.INTERNAL, "internal error")
 
     def framing_error(self, code, reason) -> None:
         self.fail(code, reason)

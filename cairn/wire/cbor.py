@@ -1,11 +1,20 @@
 """
 The one place CBOR is encoded and decoded.
 
-Bodies are encoded canonically (RFC 8949 core deterministic encoding) so
-that test vectors are byte-exact. Decoding accepts exactly one item made
-of maps, arrays, byte and text strings, integers, floats, booleans and
-null -- definite lengths only, no duplicate map keys, nesting at most 16
-deep, no trailing bytes. Anything else is a L{CBORError}.
+Bodies are encoded with cbor2's canonical mode: shortest heads, shortest
+floats, map keys sorted length-first. Every cairn-defined body has text
+keys only, and for those that order is exactly RFC 8949's deterministic
+(bytewise) order, so test vectors are byte-exact. (Application bodies
+mixing key types are still deterministic, in length-first order.)
+
+Decoding accepts exactly one item made of maps, arrays, byte and text
+strings, integers (within 64 bits), floats, booleans and null -- definite
+lengths only, no tags, no duplicate map keys, nesting at most 16 deep, no
+trailing bytes. Anything else is a L{CBORError}.
+
+cbor2 decodes several tags itself (bignums, self-described CBOR, value
+sharing, string references ...) without asking its tag hook, so tags are
+refused by L{_refuse_tags}, a scan of the item heads before decoding.
 """
 
 import io
@@ -44,6 +53,44 @@ def _check_plain(value, depth=0):
         raise CBORError(f"CBOR item of kind {type(value).__name__} not allowed")
 
 
+def _refuse_tags(data) -> None:
+    """
+    Walk the heads of one CBOR item and raise L{CBORError} at any tag.
+
+    Only heads are read (string contents are skipped), so this is linear in
+    the number of items; malformed input is left for cbor2 to reject.
+    """
+    pos, end = 0, len(data)
+    pending = 1  # items still to read
+    stack = []
+    while pending:
+        if pos >= end:
+            return
+        head = data[pos]
+        major, info = head >> 5, head & 0x1F
+        pos += 1
+        if major == 6:
+            raise CBORError("CBOR tags are not allowed")
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        else:
+            return  # reserved or indefinite: cbor2 refuses it
+        pending -= 1
+        if major in (2, 3):
+            pos += arg
+        elif major in (4, 5):
+            if len(stack) >= MAX_DEPTH:
+                raise CBORError("CBOR nested too deeply")
+            stack.append(pending)
+            pending = arg * (2 if major == 5 else 1)
+        while not pending and stack:
+            pending = stack.pop()
+
+
 def _refuse_tag(decoder, tag):
     raise CBORError(f"CBOR tag {tag.tag} not allowed")
 
@@ -55,6 +102,7 @@ def loads(data: bytes):
     @raise CBORError: on malformed input, trailing bytes, tags, indefinite
         lengths, duplicate keys or excessive nesting.
     """
+    _refuse_tags(data)
     fp = io.BytesIO(data)
     try:
         decoder = cbor2.CBORDecoder(

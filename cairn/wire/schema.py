@@ -20,9 +20,9 @@ def _map(body, what):
 
 
 def _uint(body, key, what, maximum=MAX_SEQUENCE, required=True):
-    value = body.get(key)
-    if value is None and not required:
+    if key not in body and not required:
         return None
+    value = body.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise BodyError(f"{what}: {key!r} must be an unsigned integer <= {maximum}")
     return value
