@@ -153,7 +153,7 @@ class LoadsRefusesTests(unittest.TestCase):
 
     def test_tags_decoded_to_plain_values(self):
         """Tags that cbor2 resolves to plain values (bignum, self-describe, shareable, stringref) are refused."""
-        # BUG: cairn/wire/cbor.py loads() relies on tag_hook, which cbor2 only
+        # Regression (fixed): cairn/wire/cbor.py loads() relies on tag_hook, which cbor2 only
         # calls for tags it has no built-in decoder for. Tags 2/3 (bignum ->
         # int, also beyond 64 bits), 28 (shareable), 256 (stringref
         # namespace) and 55799 (self-described CBOR) decode to plain values

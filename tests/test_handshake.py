@@ -326,7 +326,7 @@ class BadInputTests(unittest.TestCase):
 
     def test_responder_read_out_of_order(self):
         """A fresh responder asked for read_final or read_response raises HandshakeError."""
-        # BUG: cairn/crypto/handshake.py read_final()/read_response() (lines
+        # Regression (fixed): cairn/crypto/handshake.py read_final()/read_response() (lines
         # ~130-148) do not check the handshake step. On a fresh responder the
         # message is read as Noise message 1 (its tail as a clear payload),
         # then _remote_static() touches self._state.rs, which is still
@@ -347,7 +347,7 @@ class BadInputTests(unittest.TestCase):
 
     def test_low_order_ephemeral_in_message_1(self):
         """A first message whose ephemeral key is a low-order point ends in HandshakeError, never another exception."""
-        # BUG: cairn/crypto/handshake.py: read_init() accepts an all-zero (or
+        # Regression (fixed): cairn/crypto/handshake.py: read_init() accepts an all-zero (or
         # other low-order) ephemeral key, since message 1 does no DH; the
         # following write_response() then performs "ee" and cryptography
         # raises ValueError("Error computing shared key.") out of
