@@ -6,8 +6,7 @@ The vector is computed twice: by the module under test (with pinned ratchet
 private keys) and by an independent re-implementation of every KDF, DH and
 AEAD step written directly against C{cryptography} primitives. Both must
 equal, value for value, the block between the C{ratchet-vector-begin} and
-C{ratchet-vector-end} markers in docs/ratchet.md (or docs/protocol.md once
-the section is merged there).
+C{ratchet-vector-end} markers in docs/protocol.md.
 """
 
 import hashlib
@@ -16,7 +15,7 @@ import json
 import os
 import re
 import struct
-from typing import Dict, Iterator, List
+from collections.abc import Iterator
 
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
@@ -66,11 +65,11 @@ def _kdf_rk(rk: bytes, dh_out: bytes):
 
 
 def _kdf_ck(ck: bytes):
-    """(next chain key, message key)."""
-    return _hmac(ck, b"\x01"), _hmac(ck, b"\x02")
+    """(next chain key, message key), in Signal's assignment of the input bytes."""
+    return _hmac(ck, b"\x02"), _hmac(ck, b"\x01")
 
 
-def _aead_encrypt(mk: bytes, plaintext: bytes, ad_full: bytes, out: Dict[str, str], prefix: str) -> bytes:
+def _aead_encrypt(mk: bytes, plaintext: bytes, ad_full: bytes, out: dict[str, str], prefix: str) -> bytes:
     okm = _hkdf(b"\x00" * 32, mk, b"cairn-ratchet-aead", 80)
     enc_key, auth_key, iv = okm[:32], okm[32:64], okm[64:]
     padder = padding.PKCS7(128).padder()
@@ -115,9 +114,9 @@ V_PLAINTEXTS = {
 }
 
 
-def independent_vector() -> Dict[str, str]:
+def independent_vector() -> dict[str, str]:
     """Every value of the vector, computed without cairn or doubleratchet."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     put = lambda name, value: out.__setitem__(name, _show(value))  # noqa: E731
 
     put("in.handshake_hash", V_HANDSHAKE_HASH)
@@ -187,11 +186,11 @@ def independent_vector() -> Dict[str, str]:
     return out
 
 
-def module_vector(case: unittest.TestCase) -> Dict[str, str]:
+def module_vector(case: unittest.TestCase) -> dict[str, str]:
     """The vector's seed, wire and (via to_json) root/chain-key values as produced by cairn.crypto.ratchet."""
     keys: Iterator[bytes] = iter([V_A1, V_B1, V_A2, V_B2, V_A3])
     case.patch(ratchet, "generate_private_key", lambda: next(keys))
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     seed = derive_seed(V_HANDSHAKE_HASH, V_KEY_I2R, V_KEY_R2I)
     out["seed.shared_secret"] = _show(seed.shared_secret)
     out["seed.responder_private"] = _show(seed.responder_private)
@@ -230,27 +229,23 @@ def module_vector(case: unittest.TestCase) -> Dict[str, str]:
     return out
 
 
-def documented_vector() -> Dict[str, str]:
-    """Parse the vector block out of the docs."""
-    for name in ("ratchet.md", "protocol.md"):
-        path = os.path.join(DOCS, name)
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        match = re.search(
-            r"<!-- ratchet-vector-begin -->(.*?)<!-- ratchet-vector-end -->", text, re.S
-        )
-        if match:
-            values: Dict[str, str] = {}
-            for line in match.group(1).splitlines():
-                line = line.strip()
-                m = re.match(r"^([A-Za-z0-9_.]+) = (\S+)$", line)
-                if m:
-                    assert m.group(1) not in values, m.group(1)
-                    values[m.group(1)] = m.group(2)
-            return values
-    raise AssertionError("no ratchet vector block found in docs/ratchet.md or docs/protocol.md")
+def documented_vector() -> dict[str, str]:
+    """Parse the vector block out of docs/protocol.md."""
+    with open(os.path.join(DOCS, "protocol.md"), encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(
+        r"<!-- ratchet-vector-begin -->(.*?)<!-- ratchet-vector-end -->", text, re.S
+    )
+    if match is None:
+        raise AssertionError("no ratchet vector block in docs/protocol.md")
+    values: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        line = line.strip()
+        m = re.match(r"^([A-Za-z0-9_.]+) = (\S+)$", line)
+        if m:
+            assert m.group(1) not in values, m.group(1)
+            values[m.group(1)] = m.group(2)
+    return values
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +271,7 @@ class VectorTests(unittest.TestCase):
         self.assertEqual(independent_vector(), documented_vector())
 
     def test_module_matches_docs(self):
-        """The ratchet module with pinned keys produces exactly the documented seed, root keys, chain keys and wire messages."""
+        """With pinned keys the module produces exactly the documented seed, root and chain keys and messages."""
         documented = documented_vector()
         produced = module_vector(self)
         self.assertEqual(len(produced), 3 + 4 * 2 + 5 * 4)
@@ -347,7 +342,7 @@ class RoundTripTests(unittest.TestCase):
     def test_many_messages_with_dh_steps(self):
         """Alternating bursts decrypt in order and every change of sender brings a new ratchet public key."""
         initiator, responder = _pair()
-        seen_pubs: List[bytes] = []
+        seen_pubs: list[bytes] = []
         sender, receiver = responder, initiator
         for turn in range(12):
             burst = [sender.encrypt(b"turn %d msg %d" % (turn, i), AD) for i in range(1 + turn % 3)]
@@ -405,7 +400,7 @@ class OutOfOrderTests(unittest.TestCase):
         self.assertEqual(initiator.decrypt(responder.encrypt(b"ok", AD), AD), b"ok")
 
     def test_dh_step_past_huge_gap(self):
-        """A DH step whose pn leaves more than 1000 keys behind is accepted, but that old chain's messages are then lost."""
+        """A DH step leaving more than 1000 keys behind is accepted, but that old chain's messages are lost."""
         initiator, responder = _pair()
         lost = [initiator.encrypt(b"lost", AD) for _ in range(1002)]
         self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
@@ -459,7 +454,7 @@ class RejectionTests(unittest.TestCase):
         self.assertEqual(receiver.to_json(), before)
 
     def test_tampering(self):
-        """Tampered ct, pub, pn or n and a wrong ad raise RatchetError, leave the state unchanged, and the genuine message still decrypts."""
+        """Tampered ct, pub, pn, n or ad raise RatchetError, leave the state unchanged, and the real one decrypts."""
         initiator, responder = _pair()
         msg = initiator.encrypt(b"genuine", AD)
         for i in (0, 20, len(msg["ct"]) - 1):

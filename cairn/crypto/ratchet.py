@@ -9,8 +9,10 @@ that an implementation in another language can interoperate:
   - Root chain KDF: HKDF-SHA-256, salt = root key, ikm = DH output,
     info = C{b"cairn-ratchet-root"}, 64 bytes -> new root key || chain key.
   - Message chain KDF: HMAC-SHA-256 keyed with the chain key, one HMAC per
-    byte of the constant C{b"\\x01\\x02"}: the new chain key is
-    HMAC(ck, 0x01), the message key is HMAC(ck, 0x02).
+    byte of the constant C{b"\\x02\\x01"}. The library keeps the first
+    output as the next chain key, so the message key is HMAC(ck, 0x01) and
+    the next chain key HMAC(ck, 0x02), as the Signal specification
+    recommends.
   - AEAD: HKDF-SHA-256(salt = 32 zero bytes, ikm = message key,
     info = C{b"cairn-ratchet-aead"}, 80 bytes) -> AES-256 key || HMAC key ||
     IV; AES-256-CBC with PKCS#7 padding, then HMAC-SHA-256 over
@@ -46,7 +48,8 @@ call time), which tests may replace (e.g. with trial's C{self.patch}).
 import json
 import struct
 import warnings
-from typing import Any, Callable, Coroutine, Dict, Tuple, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import attr
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,8 +58,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from doubleratchet import aead as _dr_aead
 from doubleratchet import diffie_hellman_ratchet as _dr_dh
 from doubleratchet.double_ratchet import DoubleRatchet as _DoubleRatchet
-from doubleratchet.recommended import HashFunction
-from doubleratchet.recommended import aead_aes_hmac, kdf_hkdf, kdf_separate_hmacs
+from doubleratchet.recommended import HashFunction, aead_aes_hmac, kdf_hkdf, kdf_separate_hmacs
 from doubleratchet.recommended.diffie_hellman_ratchet_curve25519 import (
     DiffieHellmanRatchet as _Curve25519DHRatchet,
 )
@@ -79,7 +81,10 @@ __all__ = [
 SEED_INFO = b"cairn-ratchet-seed-v1"
 ROOT_INFO = b"cairn-ratchet-root"
 AEAD_INFO = b"cairn-ratchet-aead"
-MESSAGE_CHAIN_CONSTANT = b"\x01\x02"
+#: One HMAC input byte per output: first the next chain key (kept by the
+#: library's KDF chain), then the message key. b"\x02\x01" gives Signal's
+#: assignment, message key = HMAC(ck, 0x01), next chain key = HMAC(ck, 0x02).
+MESSAGE_CHAIN_CONSTANT = b"\x02\x01"
 DOS_PROTECTION_THRESHOLD = 1000
 MAX_SKIPPED_MESSAGE_KEYS = 1000
 
@@ -201,7 +206,7 @@ class _CairnDoubleRatchet(_DoubleRatchet):
         )
 
 
-_PARAMETERS: Dict[str, Any] = dict(
+_PARAMETERS: dict[str, Any] = dict(
     diffie_hellman_ratchet_class=_DHRatchet,
     root_chain_kdf=_RootChainKDF,
     message_chain_kdf=_MessageChainKDF,
@@ -214,7 +219,7 @@ _PARAMETERS: Dict[str, Any] = dict(
 # Everything the library raises for a message that must be rejected.
 # ValueError comes from cryptography for an X25519 public key whose shared
 # secret is all zeros (a low-order point).
-_LIBRARY_ERRORS: Tuple[type, ...] = (
+_LIBRARY_ERRORS: tuple[type, ...] = (
     _dr_aead.AuthenticationFailedException,
     _dr_aead.DecryptionFailedException,
     _dr_dh.DoSProtectionException,
@@ -341,7 +346,7 @@ def _parse_message(message: Any) -> EncryptedMessage:
     )
 
 
-def _wire(message: EncryptedMessage) -> Dict[str, Any]:
+def _wire(message: EncryptedMessage) -> dict[str, Any]:
     return {
         "pub": message.header.ratchet_pub,
         "pn": message.header.previous_sending_chain_length,
@@ -376,7 +381,7 @@ class Ratchet:
     @classmethod
     def start_initiator(
         cls, seed: RatchetSeed, plaintext: bytes, ad: bytes
-    ) -> Tuple["Ratchet", Dict[str, Any]]:
+    ) -> tuple["Ratchet", dict[str, Any]]:
         """
         Start as the handshake initiator (Signal's Alice) and encrypt the first message.
 
@@ -397,8 +402,8 @@ class Ratchet:
 
     @classmethod
     def start_responder(
-        cls, seed: RatchetSeed, message: Dict[str, Any], ad: bytes
-    ) -> Tuple["Ratchet", bytes]:
+        cls, seed: RatchetSeed, message: dict[str, Any], ad: bytes
+    ) -> tuple["Ratchet", bytes]:
         """
         Start as the handshake responder (Signal's Bob) from the initiator's first message.
 
@@ -423,7 +428,7 @@ class Ratchet:
             raise RatchetError(_describe(e)) from e
         return cls(state), plaintext
 
-    def encrypt(self, plaintext: bytes, ad: bytes) -> Dict[str, Any]:
+    def encrypt(self, plaintext: bytes, ad: bytes) -> dict[str, Any]:
         """Encrypt the next message; return it in wire form."""
         _check_bytes("plaintext", plaintext)
         _check_bytes("ad", ad)
@@ -431,7 +436,7 @@ class Ratchet:
             raise RatchetError("sending chain exhausted (2**32-1 messages)")
         return _wire(_run(self._state.encrypt_message(plaintext, ad)))
 
-    def decrypt(self, message: Dict[str, Any], ad: bytes) -> bytes:
+    def decrypt(self, message: dict[str, Any], ad: bytes) -> bytes:
         """
         Decrypt a message in wire form.
 
