@@ -208,6 +208,37 @@ class BadInputMixin(ScenarioMixin):
         yield self.assert_session_closed_with(session, CloseCode.DECRYPT_FAILED)
 
 
+    @defer.inlineCallbacks
+    def test_refused_final_reaches_initiator(self):
+        """When the responder refuses HandshakeFinal, the initiator's session ends with that clear Close's code."""
+        import os
+
+        from cairn.crypto.identity import Identity
+
+        class LyingIdentity(Identity):
+            def noise_static_public(self):
+                return os.urandom(32)  # signs a static key it does not use
+
+        client = self.make_client()
+        client.peer.identity = LyingIdentity.generate()
+        session = yield eventually(client.connect(self.address))
+        result = yield closed(session)
+        self.assertEqual(result.code, CloseCode.HANDSHAKE_FAILED)
+        yield self.assert_bystander_served()
+
+    @defer.inlineCallbacks
+    def test_sender_side_limits(self):
+        """Over-long channel names are refused locally and over-long Close reasons are cut to 1024 bytes."""
+        session = yield self.connect()
+        other = self.server_session(session)
+        self.assertRaises(ValueError, session.open_channel, "n" * 256)
+        ended = closed(other)
+        session.close(CloseCode.NORMAL, "\u00e9" * 1000)
+        result = yield ended
+        self.assertEqual(result.code, CloseCode.NORMAL)
+        self.assertEqual(len(result.reason.encode("utf-8")), 1024)
+
+
 class TCPBadInputTests(BadInputMixin, unittest.TestCase):
     websocket = False
 

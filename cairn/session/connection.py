@@ -65,6 +65,8 @@ class Connection:
         self._seq = 0  # next handshake-phase sequence number of ours
         self._timer = None
         self._close_reason = None
+        #: A Close in clear is accepted until a sealed envelope is accepted.
+        self._sealed_seen = False
 
     def __repr__(self):
         return f"<Connection {self._state} initiator={self.initiator}>"
@@ -190,14 +192,18 @@ class Connection:
         except (cbor.CBORError, schema.BodyError) as e:
             raise ProtocolViolation(CloseCode.BAD_CBOR, str(e)) from None
 
+    @staticmethod
+    def _clear_close_body(envelope):
+        try:
+            return schema.parse_close(cbor.loads(envelope.payload))
+        except (cbor.CBORError, schema.BodyError):
+            return CloseCode.BAD_CBOR, "unreadable Close"
+
     def _maybe_clear_close(self, envelope) -> bool:
         """Handle a clear Close (allowed until a sealed envelope is accepted)."""
         if envelope.type != MessageType.CLOSE:
             return False
-        try:
-            code, reason = schema.parse_close(cbor.loads(envelope.payload))
-        except (cbor.CBORError, schema.BodyError):
-            code, reason = CloseCode.BAD_CBOR, "unreadable Close"
+        code, reason = self._clear_close_body(envelope)
         self._close_reason = (code, reason)
         self._state = "closed"
         self._lose()
@@ -206,6 +212,8 @@ class Connection:
     # Responder states
 
     def _in_await_first(self, envelope):
+        if self._maybe_clear_close(envelope):
+            return
         if envelope.type == MessageType.HANDSHAKE_INIT:
             self._session_id = envelope.session_id
             if envelope.version not in SUPPORTED_VERSIONS:
@@ -235,6 +243,8 @@ class Connection:
             )
 
     def _in_await_final(self, envelope):
+        if self._maybe_clear_close(envelope):
+            return
         if envelope.type != MessageType.HANDSHAKE_FINAL:
             raise ProtocolViolation(
                 CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of HandshakeFinal"
@@ -247,6 +257,9 @@ class Connection:
             result = self._handshake.result()
         except HandshakeError as e:
             raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
+        if self.local.sessions.get(self._session_id) is not None:
+            # Another handshake with the same id finished first.
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
         session = Session(self.local, self._session_id, result, PROTOCOL_VERSION, send_seq=1, recv_seq=1)
         self._establish(session)
 
@@ -329,7 +342,9 @@ class Connection:
 
     def _open_reconnect(self, session, envelope) -> int:
         try:
-            return session.open_reconnect(envelope)
+            last_received = session.open_reconnect(envelope)
+            self._sealed_seen = True
+            return last_received
         except ProtocolViolation as e:
             # Answered in clear: this connection never proved the key.
             self.session = None
@@ -358,7 +373,20 @@ class Connection:
         session = self.session
         if session is None:
             return
+        if not self._sealed_seen and envelope.type == MessageType.CLOSE and not _looks_sealed(envelope):
+            # The responder refused our HandshakeFinal (or Reconnect) before
+            # it had keys to seal with: a Close in clear ends the session.
+            code, reason = self._clear_close_body(envelope)
+            self._close_reason = (code, reason)
+            session._end(SessionClosed(code, reason), remote=True)
+            return
         session.envelope_received(envelope)
+        self._sealed_seen = True
+
+
+def _looks_sealed(envelope) -> bool:
+    """A sealed payload is a CBOR byte string (major type 2); a clear Close is a map."""
+    return bool(envelope.payload) and envelope.payload[0] >> 5 == 2
 
 
 __all__ = ["Connection", "HandshakeFailed", "SessionClosed"]

@@ -147,7 +147,8 @@ class Peer:
         Stop every session without a Close, after a snapshot was taken.
 
         Frozen sessions refuse to send (their state now lives in the
-        snapshot) and their transports are aborted.
+        snapshot) and their transports are closed without a Close, so that
+        peers resume with Reconnect once the node is back.
         """
         for session in list(self.sessions.values()):
             session.freeze()

@@ -31,6 +31,14 @@ _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.R
 MAX_PENDING_DATA = 1024
 
 
+def _truncate_utf8(text: str, limit: int) -> str:
+    """C{text} cut to at most C{limit} UTF-8 bytes, on a character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
 class ProtocolViolation(Exception):
     """The peer broke the protocol; the session ends with C{code}."""
 
@@ -372,7 +380,13 @@ class Session:
     # Channels and the ratchet
 
     def open_channel(self, name: str) -> Channel:
-        """Open (or return the already open) channel called C{name}."""
+        """
+        Open (or return the already open) channel called C{name}.
+
+        @raise ValueError: the name is longer than 255 UTF-8 bytes.
+        """
+        if len(name.encode("utf-8")) > 255:
+            raise ValueError("a channel name is at most 255 UTF-8 bytes")
         if name in self._channels_by_name:
             return self._channels_by_name[name]
         cid = self._next_channel
@@ -452,6 +466,7 @@ class Session:
         """End the session, telling the peer with a Close if attached."""
         if self.closed is not None:
             return
+        reason = _truncate_utf8(reason, 1024)
         if self.connection is not None:
             self.send(MessageType.CLOSE, {"code": int(code), "reason": reason})
         self._end(SessionClosed(code, reason))
