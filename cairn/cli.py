@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
         prefix_chars="\0",
     )
     run.add_argument("options", nargs="*")
+    pair = commands.add_parser(
+        "pair",
+        help="ask the running node for a pairing PIN, link or QR code",
+        description="Ask the running node (through its management API on loopback) for a single-use "
+        "pairing code. The token comes from CAIRN_MGMT_TOKEN, CAIRN_MGMT_TOKEN_FILE or the node's "
+        "<data dir>/mgmt.token.",
+    )
+    what = pair.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pin", dest="kind", action="store_const", const="pin", help="a PIN (XXXX-XXXX)")
+    what.add_argument("--link", dest="kind", action="store_const", const="link", help="a cairn://pair link")
+    what.add_argument("--qr", dest="kind", action="store_const", const="qr", help="a link drawn as a QR code")
+    pair.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
     return parser
 
 
@@ -49,7 +61,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     @return: the process exit status.
     """
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "pair":
+        return pair(args.kind, args.url)
     return run(getattr(args, "options", []))
+
+
+def pair(kind: str, url: str | None) -> int:
+    """Print a pairing PIN, link or QR code issued by the running node."""
+    import os
+
+    from cairn.cli_pair import PairCommandError
+    from cairn.cli_pair import pair as ask
+
+    try:
+        sys.stdout.write(ask(kind, os.environ, url) + "\n")
+    except PairCommandError as e:
+        sys.stderr.write(f"cairn-server pair: {e}\n")
+        return 1
+    return 0
 
 
 def run(options: Sequence[str]) -> int:

@@ -1,0 +1,127 @@
+"""
+C{cairn-server pair}: ask the running node for a PIN, a link or a QR code.
+
+The codes are made by the node that is running, through its management
+API on loopback with the bearer token, so that the node which will check
+a PIN is the one that issued it. The API address comes from
+C{CAIRN_MGMT_LISTEN} (or C{--url}); the token from C{CAIRN_MGMT_TOKEN},
+C{CAIRN_MGMT_TOKEN_FILE} or the node's generated C{<data dir>/mgmt.token}.
+
+This is a short-lived command, so it uses the standard library's blocking
+HTTP client rather than a reactor.
+"""
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+
+from cairn.config import Config, ConfigError
+
+TOKEN_FILE_NAME = "mgmt.token"
+
+
+class PairCommandError(Exception):
+    """Something the user must fix; the message is one line."""
+
+
+def api_url(listen: str) -> str:
+    """
+    The loopback URL of a management endpoint description.
+
+    C{tcp:9090}, C{tcp:port=9090:interface=0.0.0.0} -> C{http://127.0.0.1:9090};
+    C{tcp:9090:interface=::1} -> C{http://[::1]:9090}; C{ssl:}/C{tls:} -> https.
+    """
+    if not listen:
+        raise PairCommandError("the management API is disabled (CAIRN_MGMT_LISTEN=none); use --url")
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", listen)]
+    kind, rest = parts[0], parts[1:]
+    schemes = {"tcp": "http", "tcp6": "http", "ssl": "https", "tls": "https"}
+    if kind not in schemes:
+        raise PairCommandError(f"cannot derive a URL from CAIRN_MGMT_LISTEN={listen!r}; use --url")
+    port, host = None, None
+    for part in rest:
+        key, eq, value = part.partition("=")
+        if not eq and port is None and key.isdigit():
+            port = int(key)
+        elif key == "port":
+            port = int(value)
+        elif key == "interface":
+            host = value
+    if port is None:
+        raise PairCommandError(f"no port in CAIRN_MGMT_LISTEN={listen!r}; use --url")
+    if host in (None, "", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{schemes[kind]}://{host}:{port}"
+
+
+def find_token(config) -> str:
+    """The bearer token: configured, or the node's generated token file."""
+    if config.mgmt_token:
+        return config.mgmt_token
+    path = os.path.join(config.data_dir, TOKEN_FILE_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise PairCommandError(
+            f"no CAIRN_MGMT_TOKEN and cannot read {path} ({e.strerror}); "
+            "set CAIRN_MGMT_TOKEN or run as the node's user"
+        ) from None
+    if not token:
+        raise PairCommandError(f"{path} is empty")
+    return token
+
+
+def call(url: str, token: str, method: str, path: str, timeout: float = 10.0):
+    """One API call; returns (headers, body bytes) or raises PairCommandError."""
+    request = urllib.request.Request(
+        url + path, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.headers, response.read()
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            detail = e.reason
+        raise PairCommandError(f"the node answered {e.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PairCommandError(f"cannot reach the node's management API at {url}: {reason}") from None
+
+
+def pair(kind: str, environ, url: str = None, out=None) -> str:
+    """
+    Ask the running node for a C{"pin"}, C{"link"} or C{"qr"}; return the text to print.
+    """
+    try:
+        config = Config.from_env(environ)
+    except ConfigError as e:
+        raise PairCommandError(str(e)) from None
+    url = (url or api_url(config.mgmt_listen)).rstrip("/")
+    token = find_token(config)
+    if kind == "pin":
+        _, body = call(url, token, "POST", "/pairing/pin")
+        data = json.loads(body)
+        return f"{data['pin']}\n(valid until {_when(data['expires_at'])}, single use)"
+    _, body = call(url, token, "POST", "/pairing/link")
+    data = json.loads(body)
+    if kind == "link":
+        return f"{data['link']}\n(valid until {_when(data['expires_at'])}, single use)"
+    from cairn.pairing.qr import qr_terminal
+
+    return f"{qr_terminal(data['link'])}\n{data['link']}\n(valid until {_when(data['expires_at'])}, single use)"
+
+
+def _when(timestamp) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(float(timestamp), tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")

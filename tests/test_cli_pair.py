@@ -1,0 +1,67 @@
+"""
+C{cairn-server pair}: finding the running node's API and token.
+"""
+
+import os
+
+from twisted.trial import unittest
+
+from cairn.cli_pair import PairCommandError, api_url, find_token, pair
+from cairn.config import Config
+
+
+class ApiUrlTests(unittest.TestCase):
+    def test_forms(self):
+        """Endpoint descriptions become loopback URLs of the same port and scheme."""
+        cases = {
+            "tcp:9090:interface=127.0.0.1": "http://127.0.0.1:9090",
+            "tcp:9090": "http://127.0.0.1:9090",
+            "tcp:port=9191:interface=0.0.0.0": "http://127.0.0.1:9191",
+            "tcp6:9090:interface=\\:\\:1": "http://[::1]:9090",
+            "ssl:9443:privateKey=k.pem": "https://127.0.0.1:9443",
+        }
+        for listen, url in cases.items():
+            self.assertEqual(api_url(listen), url, listen)
+
+    def test_unusable(self):
+        """A disabled or non-TCP endpoint asks for --url."""
+        for listen in (None, "unix:/run/cairn.sock", "tcp:interface=127.0.0.1"):
+            error = self.assertRaises(PairCommandError, api_url, listen)
+            self.assertIn("--url", str(error))
+
+
+class TokenTests(unittest.TestCase):
+    def test_configured_token_wins(self):
+        """CAIRN_MGMT_TOKEN is used when set."""
+        config = Config.from_env({"CAIRN_MGMT_TOKEN": "s3cret", "CAIRN_DATA_DIR": self.mktemp()})
+        self.assertEqual(find_token(config), "s3cret")
+
+    def test_generated_token_file(self):
+        """Without a configured token, the node's <data dir>/mgmt.token is read."""
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        with open(os.path.join(data_dir, "mgmt.token"), "w") as f:
+            f.write("generated-token\n")
+        config = Config.from_env({"CAIRN_DATA_DIR": data_dir})
+        self.assertEqual(find_token(config), "generated-token")
+
+    def test_missing_token_names_the_file(self):
+        """A missing token file gives a one-line error naming it and the variable."""
+        data_dir = self.mktemp()
+        config = Config.from_env({"CAIRN_DATA_DIR": data_dir})
+        error = str(self.assertRaises(PairCommandError, find_token, config))
+        self.assertIn(os.path.join(data_dir, "mgmt.token"), error)
+        self.assertIn("CAIRN_MGMT_TOKEN", error)
+        self.assertNotIn("\n", error)
+
+    def test_unreachable_node(self):
+        """When nothing listens, the error says the API could not be reached and never shows the token."""
+        environ = {"CAIRN_MGMT_TOKEN": "do-not-print", "CAIRN_DATA_DIR": self.mktemp()}
+        error = str(self.assertRaises(PairCommandError, pair, "pin", environ, "http://127.0.0.1:9"))
+        self.assertIn("cannot reach", error)
+        self.assertNotIn("do-not-print", error)
+
+    def test_bad_config_reported(self):
+        """A bad variable is reported as the configuration error line."""
+        error = str(self.assertRaises(PairCommandError, pair, "pin", {"CAIRN_MGMT_ENABLED": "perhaps"}))
+        self.assertIn("CAIRN_MGMT_ENABLED", error)
