@@ -1,0 +1,120 @@
+"""
+Where the session layer's CPU goes: the pieces of a handshake and of a
+1 KiB Data message timed one by one in this process (no sockets).
+
+    python -m bench.breakdown [--quick]
+
+Not part of C{bench.run}; it explains the figures the two benches print.
+"""
+
+import copy
+import os
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from bench._common import measure_in_process, out, parser
+from bench.data import MESSAGE_SIZE
+from bench.handshake import bare_handshake_operation
+from cairn.crypto.aead import SessionCipher
+from cairn.crypto.handshake import NoiseHandshake, check_identity_payload, identity_payload
+from cairn.crypto.identity import Identity
+from cairn.crypto.ratchet import Ratchet, derive_seed
+from cairn.wire import cbor
+
+SESSION_ID = b"\x07" * 16
+
+
+def _cairn_noise(initiator_identity, responder_identity):
+    def handshake():
+        initiator = NoiseHandshake(initiator_identity, initiator=True)
+        responder = NoiseHandshake(responder_identity, initiator=False)
+        responder.read_init(initiator.write_init())
+        initiator.read_response(responder.write_response())
+        responder.read_final(initiator.write_final())
+        return initiator.result()
+
+    return handshake
+
+
+def _ratchets(result):
+    seed = derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
+    initiator, first = Ratchet.start_initiator(seed, b"", SESSION_ID)
+    responder, _ = Ratchet.start_responder(seed, first, SESSION_ID)
+    return initiator, responder
+
+
+def handshake_parts(count):
+    """(label, operation, count) for the pieces of one handshake."""
+    alice, bob = Identity.generate(), Identity.generate()
+    noise = _cairn_noise(alice, bob)
+    result = noise()
+    payload = identity_payload(alice)
+    static = alice.noise_static_public()
+    return [
+        ("bare noiseprotocol XX, both sides (the anchor)", bare_handshake_operation(), count),
+        ("cairn NoiseHandshake with identity payloads, both sides", noise, count),
+        ("derive_seed + ratchet start, both sides", lambda: _ratchets(result), count),
+        ("identity_payload: Ed25519 sign + static key conversion", lambda: identity_payload(alice), count),
+        ("check_identity_payload: CBOR + Ed25519 verify", lambda: check_identity_payload(payload, static), count),
+        ("Identity.noise_static_public (once per handshake)", alice.noise_static_public, count),
+    ]
+
+
+def message_parts(count):
+    """(label, operation, count) for the pieces of one 1 KiB Data message."""
+    alice, bob = Identity.generate(), Identity.generate()
+    result = _cairn_noise(alice, bob)()
+    body = os.urandom(MESSAGE_SIZE)
+    encrypting, _ = _ratchets(result)
+    sender, receiver = _ratchets(result)
+    # One chain sent ahead, so that every decrypt timed is the next message.
+    pending = iter([sender.encrypt(body, SESSION_ID) for _ in range(count)])
+    ping, pong = _ratchets(result)
+    key_a, key_b = os.urandom(32), os.urandom(32)
+    seal, unseal = SessionCipher(key_a, key_b), SessionCipher(key_b, key_a)
+    data_body = {"channel": 2, "dr": sender.encrypt(body, SESSION_ID)}
+    seq = [0]
+
+    def outer_layer():
+        seq[0] += 1
+        envelope = seal.seal(1, 0x0100, SESSION_ID, seq[0], cbor.dumps(data_body))
+        cbor.loads(unseal.open(envelope))
+
+    def ping_pong():
+        pong.decrypt(ping.encrypt(body, SESSION_ID), SESSION_ID)
+        ping.decrypt(pong.encrypt(body, SESSION_ID), SESSION_ID)
+
+    private = os.urandom(32)
+    parts = [
+        ("Ratchet.encrypt of 1 KiB (same direction as the last)", lambda: encrypting.encrypt(body, SESSION_ID), count),
+        ("Ratchet.decrypt of 1 KiB (next in the chain)", lambda: receiver.decrypt(next(pending), SESSION_ID), count),
+        ("  X25519 public key from private bytes (per encrypt)", lambda: X25519PrivateKey.from_private_bytes(private),
+         count),
+    ]
+    # The library deep-copies its DH ratchet state on every decrypt.
+    state = getattr(getattr(receiver, "_state", None), "_DoubleRatchet__diffie_hellman_ratchet", None)
+    if state is not None:
+        parts.append(("  copy.deepcopy of the DH ratchet state (per decrypt)", lambda: copy.deepcopy(state), count))
+    parts += [
+        ("outer layer: CBOR + ChaCha20-Poly1305 seal + open + CBOR", outer_layer, count),
+        ("ping-pong: 2 messages, each turning the DH ratchet, both sides", ping_pong, max(count // 10, 1)),
+    ]
+    return parts
+
+
+def report(title, parts):
+    out(title)
+    for label, operation, count in parts:
+        measurement = measure_in_process(operation, count)
+        out(f"  {label:<62} {measurement.wall / count * 1e6:8.1f} us")
+
+
+def main(argv=None):
+    args = parser("CPU cost of the pieces of a handshake and of a Data message").parse_args(argv)
+    count = 200 if args.quick else 2000
+    report("== per handshake ==", handshake_parts(count))
+    report("== per 1 KiB Data message ==", message_parts(count * 5))
+
+
+if __name__ == "__main__":
+    main()

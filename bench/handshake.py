@@ -1,0 +1,150 @@
+"""
+Handshake bench: full cairn handshakes per second over real sockets,
+against bare in-process noiseprotocol handshakes measured in the same run.
+
+Anchor: C{Noise_XX_25519_ChaChaPoly_SHA256} with prologue C{b"cairn"},
+both sides in this process, three messages with empty payloads, static
+keys generated beforehand (the ephemeral keys are fresh every time).
+
+Measured: a node in a child process (C{bench._server}), and this process
+connecting to it over 127.0.0.1 with a fixed number of handshakes in
+flight. One cairn handshake here is everything a client does to get a
+session: TCP (or WebSocket) connect, the three Noise messages with the
+signed identity payloads, the ratchet start, and then a sealed Close.
+
+    python -m bench.handshake [--quick] [--count N] [--concurrency N]
+"""
+
+from noise.connection import Keypair, NoiseConnection
+from twisted.internet import defer, task
+
+from bench._common import (
+    ServerProcess,
+    Stopwatch,
+    gather,
+    log_warnings_only,
+    measure_in_process,
+    out,
+    parser,
+    pick,
+    rate,
+    ratio,
+    with_timeout,
+)
+from cairn.client import Client
+from cairn.crypto.identity import Identity
+from cairn.wire.constants import NOISE_PROLOGUE, NOISE_PROTOCOL_NAME
+
+#: The ratio the full TCP handshake should reach against the bare one.
+TARGET = 0.7
+
+
+def bare_handshake_operation():
+    """One complete bare XX handshake between two pre-keyed parties, as a callable."""
+    initiator_static = Identity.generate().noise_static_private()
+    responder_static = Identity.generate().noise_static_private()
+
+    def handshake():
+        initiator = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
+        responder = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
+        initiator.set_as_initiator()
+        responder.set_as_responder()
+        for conn, static in ((initiator, initiator_static), (responder, responder_static)):
+            conn.set_prologue(NOISE_PROLOGUE)
+            conn.set_keypair_from_private_bytes(Keypair.STATIC, static)
+            conn.start_handshake()
+        responder.read_message(initiator.write_message(b""))
+        initiator.read_message(responder.write_message(b""))
+        responder.read_message(initiator.write_message(b""))
+        assert initiator.handshake_finished and responder.handshake_finished
+
+    return handshake
+
+
+@defer.inlineCallbacks
+def cairn_handshakes(reactor, server, address: str, count: int, concurrency: int):
+    """
+    Open C{count} sessions to C{address}, C{concurrency} at a time, closing each.
+
+    @return: a L{Measurement}; the clock stops when the last session is up.
+    """
+    client = Client(reactor, Identity.generate())
+    left = [count]
+
+    @defer.inlineCallbacks
+    def worker():
+        while left[0] > 0:
+            left[0] -= 1
+            session = yield client.connect(address)
+            session.close()
+
+    yield client.connect(address).addCallback(lambda s: s.close())  # warm-up
+    watch = Stopwatch(server)
+    watch.start()
+    yield with_timeout(gather(worker() for _ in range(min(concurrency, count))), reactor, 120)
+    return watch.stop(count)
+
+
+def report_transport(name, measured, bare, target=None):
+    """Print the lines for one transport."""
+    line = (
+        f"handshake: cairn over {name} {rate(measured.count, measured.wall)}; "
+        f"bare noiseprotocol {rate(bare.count, bare.wall)}; "
+        f"ratio X/Y = {ratio(measured.rate, bare.rate)}"
+    )
+    if target is not None:
+        line += f" (target >= {target})"
+    out(line)
+    out(f"  {name}: {measured.cpu_line('handshake')}")
+    both = measured.client_cpu + measured.server_cpu
+    if both > 0:
+        out(
+            f"  {name}: both sides on one core would do {rate(measured.count, both)}; "
+            f"ratio to bare = {ratio(measured.count / both, bare.rate)}"
+        )
+
+
+@defer.inlineCallbacks
+def run(reactor, quick=False, count=None, bare_count=None, concurrency=16):
+    """Measure the anchor, then cairn over TCP and over WebSocket; print the results."""
+    count = pick(count, quick, 5000, 300)
+    bare_count = pick(bare_count, quick, 5000, 300)
+    out(f"== handshake bench ({count} handshakes per transport, {concurrency} in flight) ==")
+    bare = measure_in_process(bare_handshake_operation(), bare_count)
+    out(f"bare noiseprotocol XX in one process: {rate(bare.count, bare.wall)} ({bare_count} handshakes)")
+    server = ServerProcess()
+    try:
+        ports = server.start()
+        tcp = yield cairn_handshakes(
+            reactor, server, f"tcp:host=127.0.0.1:port={ports['tcp']}", count, concurrency
+        )
+        websocket = yield cairn_handshakes(
+            reactor, server, f"ws://127.0.0.1:{ports['websocket']}/", count, concurrency
+        )
+    finally:
+        server.stop()
+    report_transport("TCP", tcp, bare, TARGET)
+    report_transport("WebSocket", websocket, bare)
+    out(
+        "  (wall rates: client in this process, node in a child process, one core each; "
+        "the bare anchor runs both sides on one core)"
+    )
+    return {"bare": bare, "tcp": tcp, "websocket": websocket}
+
+
+def main(argv=None):
+    p = parser("cairn handshakes per second against bare noiseprotocol")
+    p.add_argument("--count", type=int, help="handshakes per transport")
+    p.add_argument("--bare-count", type=int, help="bare noiseprotocol handshakes")
+    p.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
+    args = p.parse_args(argv)
+    log_warnings_only()
+    task.react(
+        lambda reactor: run(
+            reactor, args.quick, args.count, args.bare_count, args.concurrency
+        ).addCallback(lambda _: None)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""
+Smoke tests of the benches: each runs with tiny counts in a subprocess and
+prints its ratio lines. Nothing here asserts a speed.
+"""
+
+import os
+import sys
+
+from twisted.internet import utils
+from twisted.trial import unittest
+
+from bench._common import LOCAL_ENDPOINT, node_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HANDSHAKE_LINES = (
+    "handshake: cairn over TCP ",
+    "(target >= 0.7)",
+    "handshake: cairn over WebSocket ",
+)
+DATA_LINES = (
+    "data: cairn over TCP ",
+    "bare Twisted TCP",
+    "ChaCha20-Poly1305 seal+open",
+    "data echo: cairn over TCP ",
+    "data: cairn over WebSocket ",
+    "bare autobahn WebSocket",
+    "data echo: cairn over WebSocket ",
+)
+
+
+class BenchTests(unittest.TestCase):
+    timeout = 60
+
+    def run_bench(self, module, *args):
+        """Run C{python -m module args} from the repository root; fire with its stdout."""
+        d = utils.getProcessOutputAndValue(
+            sys.executable, ["-m", module, *args], env=dict(os.environ), path=REPO_ROOT
+        )
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            self.assertEqual(err, b"")
+            return out.decode("utf-8")
+
+        return d.addCallback(check)
+
+    def assertRatioLines(self, output, expected):
+        for text in expected:
+            lines = [line for line in output.splitlines() if text in line]
+            self.assertTrue(lines, f"no line with {text!r} in:\n{output}")
+            if text.startswith(("handshake:", "data:", "data echo:")):
+                self.assertIn("ratio X/Y = ", lines[0])
+
+    def test_handshake_prints_ratios(self):
+        """The handshake bench prints its TCP and WebSocket ratios against bare noiseprotocol."""
+        d = self.run_bench("bench.handshake", "--quick", "--count", "8", "--bare-count", "20")
+        return d.addCallback(self.assertRatioLines, HANDSHAKE_LINES)
+
+    def test_data_prints_ratios(self):
+        """The data bench prints one-way and echo ratios for both transports."""
+        d = self.run_bench(
+            "bench.data", "--quick", "--messages", "100", "--roundtrips", "10", "--aead-count", "100"
+        )
+        return d.addCallback(self.assertRatioLines, DATA_LINES)
+
+    def test_run_prints_every_ratio(self):
+        """C{bench.run} runs both benches and prints all their ratio lines."""
+        d = self.run_bench(
+            "bench.run", "--quick", "--handshakes", "8", "--messages", "100", "--roundtrips", "10"
+        )
+        return d.addCallback(self.assertRatioLines, HANDSHAKE_LINES + DATA_LINES)
+
+    def test_breakdown_prints_both_sections(self):
+        """The breakdown prints the per-handshake and per-message costs."""
+        d = self.run_bench("bench.breakdown", "--quick")
+
+        def check(output):
+            self.assertIn("== per handshake ==", output)
+            self.assertIn("== per 1 KiB Data message ==", output)
+            self.assertIn("ping-pong", output)
+
+        return d.addCallback(check)
+
+
+class NodeConfigTests(unittest.TestCase):
+    def test_loopback_listeners(self):
+        """The bench node listens on 127.0.0.1 port 0 for TCP and WebSocket, nothing else."""
+        config = node_config(self.mktemp())
+        self.assertEqual(config.listen, LOCAL_ENDPOINT)
+        self.assertEqual(config.ws_listen, LOCAL_ENDPOINT)
+        self.assertIsNone(config.mgmt_listen)
+        self.assertIn("interface=127.0.0.1", LOCAL_ENDPOINT)
