@@ -1,0 +1,331 @@
+"""
+The management REST API (Klein), served on its own listener.
+
+L{ManagementAPI} receives every service it reports on in its constructor;
+L{make_site} wraps it for a listener.  Every endpoint speaks JSON except
+C{/metrics} (Prometheus text) and C{/pairing/qr} (an image).  Every endpoint
+but C{/health} and C{/openapi.json} requires C{Authorization: Bearer <token>}.
+Errors are C{{"error": "..."}} with a matching status, mapped in one place
+(L{ManagementAPI._error}); tracebacks never reach a client.
+"""
+
+import io
+
+import segno
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from cairn import __version__
+from cairn.management.http import (
+    BODY_LIMIT,
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    common_headers,
+    json_body,
+    peer_id_arg,
+    peer_id_from_body,
+    read_body,
+)
+from cairn.management.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cairn.management.openapi import openapi_document
+from cairn.management.site import make_site, warn_if_exposed
+from cairn.management.token import check_bearer
+from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, UnknownPeer
+
+__all__ = [
+    "BODY_LIMIT",
+    "PUBLIC_PATHS",
+    "ApiError",
+    "BadRequest",
+    "ManagementAPI",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "make_site",
+    "warn_if_exposed",
+]
+
+log = Logger()
+
+#: Paths served without a token (nothing sensitive in them).
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+
+
+def _default_stats():
+    return {
+        "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
+        "mailbox_peer": lambda peer_id: None,
+        "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
+        "sync": lambda: {"topics": []},
+    }
+
+
+class _Raw:
+    """A non-JSON response body."""
+
+    def __init__(self, body: bytes, content_type: str, headers=None):
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+
+
+def _endpoint(app, path, method, status=200):
+    """
+    Route C{method path} to an C{async} handler returning JSON-able data
+    (or a L{_Raw}); the token check, the body limit and the encoding are
+    done here, errors go to L{ManagementAPI._error}.
+    """
+
+    def decorate(handler):
+        public = path in PUBLIC_PATHS
+
+        async def endpoint(self, request, **kwargs):
+            common_headers(request)
+            if not public and not check_bearer(request.getHeader(b"authorization"), self.token):
+                raise Unauthorized("missing or invalid bearer token")
+            read_body(request)  # enforces BODY_LIMIT on every endpoint
+            result = await handler(self, request, **kwargs)
+            request.setResponseCode(status)
+            if isinstance(result, _Raw):
+                request.setHeader(b"content-type", result.content_type.encode("ascii"))
+                for name, value in result.headers.items():
+                    request.setHeader(name.encode("ascii"), value.encode("utf-8"))
+                return result.body
+            return json_body(request, result)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__qualname__ = handler.__qualname__
+        endpoint.__doc__ = handler.__doc__
+        app.route(path, methods=[method])(endpoint)
+        return endpoint
+
+    return decorate
+
+
+class ManagementAPI:
+    """
+    The management API of one node.
+
+    @param pairing: the L{IPairingService}.
+    @param peer: the local L{cairn.session.peer.Peer}.
+    @param token: the bearer token (see L{cairn.management.token.resolve_token}).
+    @param metrics: a L{cairn.management.metrics.Metrics}.
+    @param clock: an C{IReactorTime}, for uptime.
+    @param started_at: the node's start, in C{clock} seconds.
+    @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
+        C{"sync"} (no arguments) and C{"mailbox_peer"} (a peer id; C{None}
+        for an unknown peer), each returning JSON-able data or a Deferred
+        of it.  Missing ones report an empty service.
+    """
+
+    app = Klein()
+
+    def __init__(self, pairing, peer, token: str, metrics, clock, started_at: float, stats=None):
+        if not token:
+            raise ValueError("the management API needs a non-empty token")
+        self.pairing = pairing
+        self.peer = peer
+        self.token = token
+        self.metrics = metrics
+        self.clock = clock
+        self.started_at = started_at
+        self.stats = {**_default_stats(), **(stats or {})}
+        self._openapi = openapi_document(__version__)
+
+    def resource(self):
+        """The C{IResource} serving this API."""
+        return _Resource(self.app)
+
+    # Public
+
+    @_endpoint(app, "/health", "GET")
+    async def health(self, request):
+        """Liveness: status, version, uptime, session count."""
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime": round(max(0.0, self.clock.seconds() - self.started_at), 3),
+            "sessions": len(self.peer.sessions),
+        }
+
+    @_endpoint(app, "/openapi.json", "GET")
+    async def openapi(self, request):
+        """This API described as OpenAPI 3.1."""
+        return self._openapi
+
+    # Peers
+
+    @_endpoint(app, "/peers", "GET")
+    async def list_peers(self, request):
+        """Paired peers with their connection status."""
+        records = await maybeDeferred(self.pairing.trust.list, PAIRED)
+        return [
+            {
+                "peer_id": r.peer_id,
+                "name": r.name,
+                "connected": bool(self.pairing.connected(r.peer_id)),
+                "paired_at": r.paired_at,
+                "last_seen": r.last_seen,
+                "method": r.method or None,
+            }
+            for r in records
+        ]
+
+    @_endpoint(app, "/peers/pending", "GET")
+    async def list_pending(self, request):
+        """Pairing requests waiting for approval."""
+        records = await maybeDeferred(self.pairing.trust.list, PENDING)
+        return [r.to_json() for r in records]
+
+    @_endpoint(app, "/peers/approve", "POST")
+    async def approve(self, request):
+        """Approve a pending pairing request."""
+        peer_id = peer_id_from_body(request)
+        try:
+            record = await maybeDeferred(self.pairing.approve, peer_id)
+        except UnknownPeer:
+            raise NotFound(f"no pending pairing request from {peer_id}") from None
+        return record.to_json()
+
+    @_endpoint(app, "/peers/reject", "POST")
+    async def reject(self, request):
+        """Reject (drop) a pending pairing request."""
+        peer_id = peer_id_from_body(request)
+        try:
+            await maybeDeferred(self.pairing.reject, peer_id)
+        except UnknownPeer:
+            raise NotFound(f"no pending pairing request from {peer_id}") from None
+        return {"peer_id": peer_id, "rejected": True}
+
+    @_endpoint(app, "/peers/<peer_id>", "DELETE")
+    async def unpair(self, request, peer_id):
+        """Revoke a paired peer: its sessions end and what is held for it is purged."""
+        peer_id = peer_id_arg(peer_id)
+        try:
+            await maybeDeferred(self.pairing.unpair, peer_id)
+        except UnknownPeer:
+            raise NotFound(f"{peer_id} is not paired") from None
+        return {"peer_id": peer_id, "state": REVOKED}
+
+    # Pairing secrets
+
+    @_endpoint(app, "/pairing/pin", "POST", status=201)
+    async def create_pin(self, request):
+        """A new single-use pairing PIN."""
+        return await maybeDeferred(self.pairing.create_pin)
+
+    @_endpoint(app, "/pairing/link", "POST", status=201)
+    async def create_link(self, request):
+        """A new single-use pairing link."""
+        return await maybeDeferred(self.pairing.create_link)
+
+    @_endpoint(app, "/pairing/qr", "GET")
+    async def qr(self, request):
+        """A new single-use pairing link as a QR code image."""
+        kind = request.args.get(b"format", [b"png"])[0].decode("utf-8", "replace")
+        if kind not in ("png", "svg"):
+            raise BadRequest("format must be png or svg")
+        created = await maybeDeferred(self.pairing.create_link)
+        link = created["link"]
+        out = io.BytesIO()
+        segno.make(link, error="m", micro=False).save(out, kind=kind, scale=8, border=4)
+        content_type = "image/png" if kind == "png" else "image/svg+xml"
+        headers = {"X-Cairn-Link": link, "X-Cairn-Expires-At": _number(created["expires_at"])}
+        return _Raw(out.getvalue(), content_type, headers)
+
+    # Services
+
+    @_endpoint(app, "/mailbox", "GET")
+    async def mailbox(self, request):
+        """Store-and-forward totals."""
+        return await maybeDeferred(self.stats["mailbox"])
+
+    @_endpoint(app, "/mailbox/<peer_id>", "GET")
+    async def mailbox_peer(self, request, peer_id):
+        """What the mailbox holds for one peer."""
+        peer_id = peer_id_arg(peer_id)
+        result = await maybeDeferred(self.stats["mailbox_peer"], peer_id)
+        if result is None:
+            raise NotFound(f"no mailbox for {peer_id}")
+        return result
+
+    @_endpoint(app, "/relay", "GET")
+    async def relay(self, request):
+        """Relay circuits."""
+        return await maybeDeferred(self.stats["relay"])
+
+    @_endpoint(app, "/sync", "GET")
+    async def sync(self, request):
+        """Sync topics and device cursors."""
+        return await maybeDeferred(self.stats["sync"])
+
+    @_endpoint(app, "/metrics", "GET")
+    async def prometheus(self, request):
+        """Prometheus metrics of this node."""
+        await self.metrics.refresh_peer_counts(self.pairing.trust)
+        return _Raw(self.metrics.exposition(), METRICS_CONTENT_TYPE)
+
+    # The one place where exceptions become responses.
+
+    @app.handle_errors(Exception)
+    def _error(self, request, failure):
+        common_headers(request)
+        error = failure.value
+        if isinstance(error, ApiError):
+            code, message = error.code, str(error)
+            if isinstance(error, Unauthorized):
+                request.setHeader(b"www-authenticate", b'Bearer realm="cairn"')
+        elif isinstance(error, UnknownPeer):
+            code, message = 404, "unknown peer"
+        elif isinstance(error, RouteNotFound):
+            code, message = 404, "no such endpoint"
+        elif isinstance(error, MethodNotAllowed):
+            allowed = sorted(set(error.valid_methods or ()) - {"HEAD", "OPTIONS"})
+            code = 405
+            message = f"method {request.method.decode('ascii', 'replace')} not allowed; use {', '.join(allowed)}"
+            request.setHeader(b"allow", ", ".join(sorted(error.valid_methods or ())).encode("ascii"))
+        elif isinstance(error, HTTPException):
+            # Routing's other outcomes, e.g. a redirect for a doubled slash.
+            code, message = error.code or 500, error.name.lower()
+            for name, value in error.get_response().headers:
+                if name.lower() == "location":
+                    request.setHeader(b"location", value.encode("utf-8"))
+        else:
+            log.failure(
+                "management API: {method} {path} failed",
+                failure,
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("utf-8", "replace"),
+            )
+            code, message = 500, "internal error"
+        request.setResponseCode(code)
+        return json_body(request, {"error": message})
+
+
+class _Resource(KleinResource):
+    """Klein's resource, answering a path that is not UTF-8 in JSON (and without logging an error)."""
+
+    def render(self, request):
+        try:
+            b"/".join(request.prepath + request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            common_headers(request)
+            request.setResponseCode(400)
+            return json_body(request, {"error": "the path is not UTF-8"})
+        return super().render(request)
+
+
+def _number(value) -> str:
+    """A Unix time for a header: whole seconds without a fraction."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+

@@ -1,0 +1,395 @@
+"""
+The management API described as an OpenAPI 3.1 document.
+
+Kept by hand next to the routes in L{cairn.management.app}; a test checks
+that both list exactly the same paths and methods.
+"""
+
+_PEER_ID = {
+    "type": "string",
+    "description": "Base58 multihash (0x12 0x20 + sha256 of the Ed25519 public key).",
+    "pattern": "^[1-9A-HJ-NP-Za-km-z]+$",
+    "examples": ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"],
+}
+
+_TIME = {"type": ["number", "null"], "description": "Unix time in seconds."}
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema, description):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes):
+    return {str(code): {"$ref": f"#/components/responses/{_ERROR_RESPONSES[code]}"} for code in codes}
+
+
+_ERROR_RESPONSES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    413: "PayloadTooLarge",
+    500: "InternalError",
+}
+
+_SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "What went wrong, for a human."}},
+    },
+    "PeerId": _PEER_ID,
+    "PeerIdRequest": {
+        "type": "object",
+        "required": ["peer_id"],
+        "properties": {"peer_id": _ref("PeerId")},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "version", "uptime", "sessions"],
+        "properties": {
+            "status": {"type": "string", "const": "ok"},
+            "version": {"type": "string"},
+            "uptime": {"type": "number", "description": "Seconds since the node started."},
+            "sessions": {"type": "integer", "description": "Live sessions (attached or detached)."},
+        },
+    },
+    "PairedPeer": {
+        "type": "object",
+        "required": ["peer_id", "name", "connected", "paired_at", "last_seen", "method"],
+        "properties": {
+            "peer_id": _ref("PeerId"),
+            "name": {"type": "string"},
+            "connected": {"type": "boolean", "description": "Whether a session with it is attached now."},
+            "paired_at": _TIME,
+            "last_seen": _TIME,
+            "method": {"type": ["string", "null"], "enum": ["psk", "pin", "link", "approval", None]},
+        },
+    },
+    "PeerRecord": {
+        "type": "object",
+        "required": ["peer_id", "name", "state", "method", "requested_at", "paired_at", "last_seen"],
+        "properties": {
+            "peer_id": _ref("PeerId"),
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["pending", "paired", "revoked"]},
+            "method": {"type": ["string", "null"]},
+            "requested_at": _TIME,
+            "paired_at": _TIME,
+            "last_seen": _TIME,
+        },
+    },
+    "Rejected": {
+        "type": "object",
+        "required": ["peer_id", "rejected"],
+        "properties": {"peer_id": _ref("PeerId"), "rejected": {"type": "boolean", "const": True}},
+    },
+    "Revoked": {
+        "type": "object",
+        "required": ["peer_id", "state"],
+        "properties": {"peer_id": _ref("PeerId"), "state": {"type": "string", "const": "revoked"}},
+    },
+    "Pin": {
+        "type": "object",
+        "required": ["pin", "expires_at"],
+        "properties": {
+            "pin": {"type": "string", "examples": ["ABCD-2345"]},
+            "expires_at": {"type": "number", "description": "Unix time after which it is refused."},
+        },
+    },
+    "Link": {
+        "type": "object",
+        "required": ["link", "expires_at"],
+        "properties": {
+            "link": {"type": "string", "examples": ["cairn://pair?..."]},
+            "expires_at": {"type": "number", "description": "Unix time after which it is refused."},
+        },
+    },
+    "MailboxStats": {
+        "type": "object",
+        "required": ["enabled", "peers", "messages", "bytes"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "peers": {"type": "array", "items": {"type": "object"}},
+            "messages": {"type": "integer"},
+            "bytes": {"type": "integer"},
+        },
+        "additionalProperties": True,
+    },
+    "MailboxPeerStats": {
+        "type": "object",
+        "description": "What the mailbox holds for one peer (fields set by the mailbox service).",
+        "additionalProperties": True,
+    },
+    "RelayStats": {
+        "type": "object",
+        "required": ["circuits", "capacity", "peers"],
+        "properties": {
+            "circuits": {"type": "integer"},
+            "capacity": {"type": ["integer", "null"]},
+            "peers": {"type": "array", "items": {"type": "object"}},
+        },
+        "additionalProperties": True,
+    },
+    "SyncStats": {
+        "type": "object",
+        "required": ["topics"],
+        "properties": {"topics": {"type": "array", "items": {"type": "object"}}},
+        "additionalProperties": True,
+    },
+}
+
+_RESPONSES = {
+    "BadRequest": _json(_ref("Error"), "Malformed request: bad JSON, missing or invalid field."),
+    "Unauthorized": {
+        "description": "Missing or invalid bearer token.",
+        "headers": {
+            "WWW-Authenticate": {"schema": {"type": "string", "const": 'Bearer realm="cairn"'}},
+        },
+        "content": {"application/json": {"schema": _ref("Error")}},
+    },
+    "NotFound": _json(_ref("Error"), "No such peer in the required state, or no such endpoint."),
+    "PayloadTooLarge": _json(_ref("Error"), "The request body is over 64 KiB."),
+    "InternalError": _json(_ref("Error"), "Unexpected failure (logged on the server; no details sent)."),
+}
+
+_PEER_ID_PARAMETER = {
+    "name": "peer_id",
+    "in": "path",
+    "required": True,
+    "schema": _ref("PeerId"),
+}
+
+_PEER_ID_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": _ref("PeerIdRequest"),
+            "example": {"peer_id": "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"},
+        }
+    },
+}
+
+_PUBLIC = []  # an empty security requirement: no token needed
+
+
+def _operation(operation_id, summary, responses, *, tags, public=False, **extra):
+    operation = {"operationId": operation_id, "summary": summary, "tags": tags, "responses": responses}
+    if public:
+        operation["security"] = _PUBLIC
+    operation.update(extra)
+    return operation
+
+
+def _paths():
+    authed = (401, 413, 500)
+    return {
+        "/health": {
+            "get": _operation(
+                "getHealth",
+                "Liveness: status, version, uptime and session count (no token needed).",
+                {"200": _json(_ref("Health"), "The node is up."), **_errors(413, 500)},
+                tags=["node"],
+                public=True,
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "getOpenAPI",
+                "This document (no token needed).",
+                {"200": _json({"type": "object"}, "The OpenAPI 3.1 document."), **_errors(413, 500)},
+                tags=["node"],
+                public=True,
+            )
+        },
+        "/peers": {
+            "get": _operation(
+                "listPeers",
+                "Paired peers and their connection status.",
+                {
+                    "200": _json({"type": "array", "items": _ref("PairedPeer")}, "Paired peers, by peer id."),
+                    **_errors(*authed),
+                },
+                tags=["peers"],
+            )
+        },
+        "/peers/pending": {
+            "get": _operation(
+                "listPendingPeers",
+                "Pairing requests waiting for operator approval.",
+                {
+                    "200": _json({"type": "array", "items": _ref("PeerRecord")}, "Pending requests, by peer id."),
+                    **_errors(*authed),
+                },
+                tags=["peers"],
+            )
+        },
+        "/peers/approve": {
+            "post": _operation(
+                "approvePeer",
+                "Approve a pending pairing request.",
+                {
+                    "200": _json(_ref("PeerRecord"), "The peer is now paired."),
+                    **_errors(400, 404, *authed),
+                },
+                tags=["peers"],
+                requestBody=_PEER_ID_BODY,
+            )
+        },
+        "/peers/reject": {
+            "post": _operation(
+                "rejectPeer",
+                "Reject (drop) a pending pairing request.",
+                {"200": _json(_ref("Rejected"), "The request is gone."), **_errors(400, 404, *authed)},
+                tags=["peers"],
+                requestBody=_PEER_ID_BODY,
+            )
+        },
+        "/peers/{peer_id}": {
+            "delete": _operation(
+                "unpairPeer",
+                "Revoke a paired peer: end its sessions and purge what is held for it.",
+                {"200": _json(_ref("Revoked"), "The peer is revoked."), **_errors(400, 404, *authed)},
+                tags=["peers"],
+                parameters=[_PEER_ID_PARAMETER],
+            )
+        },
+        "/pairing/pin": {
+            "post": _operation(
+                "createPin",
+                "Create a single-use pairing PIN.",
+                {"201": _json(_ref("Pin"), "A new PIN."), **_errors(*authed)},
+                tags=["pairing"],
+            )
+        },
+        "/pairing/link": {
+            "post": _operation(
+                "createLink",
+                "Create a single-use pairing link.",
+                {"201": _json(_ref("Link"), "A new link."), **_errors(*authed)},
+                tags=["pairing"],
+            )
+        },
+        "/pairing/qr": {
+            "get": _operation(
+                "getPairingQr",
+                "Create a single-use pairing link and return it as a QR code.",
+                {
+                    "200": {
+                        "description": "The QR code of a new link.",
+                        "headers": {
+                            "X-Cairn-Link": {"schema": {"type": "string"}, "description": "The link encoded."},
+                            "X-Cairn-Expires-At": {
+                                "schema": {"type": "string"},
+                                "description": "Unix time after which the link is refused.",
+                            },
+                        },
+                        "content": {
+                            "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, *authed),
+                },
+                tags=["pairing"],
+                parameters=[
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["png", "svg"], "default": "png"},
+                    }
+                ],
+            )
+        },
+        "/mailbox": {
+            "get": _operation(
+                "getMailbox",
+                "Store-and-forward mailbox totals.",
+                {"200": _json(_ref("MailboxStats"), "Mailbox totals."), **_errors(*authed)},
+                tags=["services"],
+            )
+        },
+        "/mailbox/{peer_id}": {
+            "get": _operation(
+                "getMailboxPeer",
+                "What the mailbox holds for one peer.",
+                {
+                    "200": _json(_ref("MailboxPeerStats"), "That peer's mailbox."),
+                    **_errors(400, 404, *authed),
+                },
+                tags=["services"],
+                parameters=[_PEER_ID_PARAMETER],
+            )
+        },
+        "/relay": {
+            "get": _operation(
+                "getRelay",
+                "Relay circuits.",
+                {"200": _json(_ref("RelayStats"), "Relay state."), **_errors(*authed)},
+                tags=["services"],
+            )
+        },
+        "/sync": {
+            "get": _operation(
+                "getSync",
+                "Sync hub topics and device cursors.",
+                {"200": _json(_ref("SyncStats"), "Sync state."), **_errors(*authed)},
+                tags=["services"],
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "getMetrics",
+                "Prometheus metrics of this node (text exposition format).",
+                {
+                    "200": {
+                        "description": "Metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(*authed),
+                },
+                tags=["node"],
+            )
+        },
+    }
+
+
+def openapi_document(version: str) -> dict:
+    """The OpenAPI 3.1 document of the management API, for cairn-server C{version}."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cairn-server management API",
+            "version": version,
+            "description": (
+                "Operate a cairn server node: health, paired and pending peers, pairing "
+                "secrets, mailbox/relay/sync state and metrics. Every endpoint but "
+                "/health and /openapi.json needs `Authorization: Bearer <token>`. "
+                'Errors are JSON objects {"error": "..."}.'
+            ),
+        },
+        "servers": [{"url": "http://localhost:9090"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [
+            {"name": "node", "description": "Health, metrics and this document."},
+            {"name": "peers", "description": "Paired peers and pending pairing requests."},
+            {"name": "pairing", "description": "Single-use pairing PINs, links and QR codes."},
+            {"name": "services", "description": "Mailbox, relay and sync state."},
+        ],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "CAIRN_MGMT_TOKEN, CAIRN_MGMT_TOKEN_FILE, or the generated <data dir>/mgmt.token.",
+                }
+            },
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSES,
+        },
+    }
