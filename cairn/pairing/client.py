@@ -1,0 +1,325 @@
+"""
+The peer side of pairing, over a client L{Session}.
+
+    session = yield client.connect(address)
+    result = yield pair_psk(session, "the CAIRN_PSK value", name="laptop")
+    result = yield pair_pin(session, "7K3M-Q9TZ")
+    result = yield request_approval(session, name="phone")   # waits for the operator
+    session, result = yield pair_link(client, "cairn://pair?...")
+    yield unpair(session)                                     # node closes the session
+
+Every call fails with L{PairingRejected} (C{.code}, a L{PairRejectCode},
+and C{.reason}) when the node refuses, or when the node cannot prove the
+secret itself (C{BAD_PROOF}); with the session's L{SessionClosed} if the
+session ends first. One pairing at a time per session. The replies are
+routed by a small per-L{Peer} dispatcher registered for PairChallenge,
+PairConfirm and PairReject on the client's L{Peer}.
+"""
+
+import weakref
+
+import attr
+from spake2 import SPAKE2_A
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cairn.pairing import messages, proofs
+from cairn.pairing.codes import normalize_pin, parse_link
+from cairn.pairing.messages import APPROVAL, LINK, PIN, PSK
+from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+
+class PairingRejected(Exception):
+    """Pairing did not succeed; C{code} is a L{PairRejectCode} (or an int unknown to this version)."""
+
+    def __init__(self, code, reason: str):
+        try:
+            code = PairRejectCode(code)
+        except ValueError:
+            pass
+        super().__init__(f"pairing rejected ({getattr(code, 'name', code)}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ServerMismatch(Exception):
+    """The node reached through a link is not the one the link names."""
+
+    def __init__(self, expected: str, actual: str):
+        super().__init__(f"the link names {expected}, but the node answering is {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class PairResult:
+    """
+    A successful pairing. C{already_paired}: the node knew the peer already
+    (for PIN and link that reply carries no proof: compare C{peer_id} with
+    the node id stored when pairing first).
+    """
+
+    peer_id: str
+    method: str
+    already_paired: bool = False
+
+
+class _Exchange:
+    """One pairing in progress on one session."""
+
+    def __init__(self, session, method, key=None):
+        self.session = session
+        self.method = method
+        self.key = key  # expected server proof, once known
+        self.spake = None
+        self.message_a = None
+        self.on_pending = None
+        self.deferred = defer.Deferred(self._cancel)
+
+    def _cancel(self, _):
+        _dispatcher(self.session.local).forget(self)
+
+
+class _Dispatcher:
+    """Routes the node's pairing replies to the exchange of their session."""
+
+    def __init__(self, peer):
+        self.exchanges = {}
+        peer.register_handler(MessageType.PAIR_CHALLENGE, self._guarded(self._challenge))
+        peer.register_handler(MessageType.PAIR_CONFIRM, self._guarded(self._confirm))
+        peer.register_handler(MessageType.PAIR_REJECT, self._guarded(self._reject))
+        peer.add_observer(self)
+
+    def _guarded(self, handler):
+        # A failure here must not escape into the session layer (which
+        # would end the session as an internal error): fail the exchange.
+        def guarded(session, body):
+            try:
+                handler(session, body)
+            except Exception as e:
+                log.failure("pairing reply handler failed")
+                exchange = self.exchanges.get(session.session_id)
+                if exchange is not None:
+                    self._finish(exchange, error=e)
+
+        return guarded
+
+    def begin(self, session, method, key=None) -> _Exchange:
+        if session.closed is not None:
+            raise session.closed
+        if session.session_id in self.exchanges:
+            raise RuntimeError("a pairing is already in progress on this session")
+        exchange = _Exchange(session, method, key)
+        self.exchanges[session.session_id] = exchange
+        return exchange
+
+    def forget(self, exchange):
+        if self.exchanges.get(exchange.session.session_id) is exchange:
+            del self.exchanges[exchange.session.session_id]
+
+    def _finish(self, exchange, result=None, error=None):
+        self.forget(exchange)
+        if exchange.deferred.called:
+            return
+        if error is not None:
+            exchange.deferred.errback(error)
+        else:
+            exchange.deferred.callback(result)
+
+    def _fail(self, exchange, code, reason, close=False):
+        # Forget the exchange before closing (so the close is not reported
+        # as the failure) and close before firing (so the caller's
+        # callbacks see the session already ended).
+        self.forget(exchange)
+        if close and exchange.session.closed is None:
+            exchange.session.close(CloseCode.NOT_PAIRED, reason)
+        self._finish(exchange, error=PairingRejected(code, reason))
+
+    def _pending(self, exchange):
+        if exchange.on_pending is not None:
+            try:
+                exchange.on_pending()
+            except Exception:
+                log.failure("on_pending callback failed")
+
+    def _challenge(self, session, body):
+        exchange = self.exchanges.get(session.session_id)
+        if exchange is None:
+            return
+        try:
+            method, message_b = messages.parse_pair_challenge(body)
+        except BodyError as e:
+            return self._fail(exchange, PairRejectCode.MALFORMED, f"node sent a bad PairChallenge: {e}")
+        if method != exchange.method:
+            return self._fail(exchange, PairRejectCode.MALFORMED, f"node answered {method} to {exchange.method}")
+        if method == APPROVAL:
+            # Pending: PairConfirm or PairReject comes when the operator decides.
+            self._pending(exchange)
+            return None
+        if exchange.spake is None:
+            return self._fail(exchange, PairRejectCode.MALFORMED, "node sent a second PairChallenge")
+        spake, exchange.spake = exchange.spake, None
+        try:
+            key = spake.finish(message_b)
+        except Exception:  # a bad group element: ValueError, SPAKEError, NotOnCurve
+            return self._fail(exchange, PairRejectCode.MALFORMED, "node sent an invalid SPAKE2 message")
+        client_mac, exchange.key = proofs.pin_confirmations(
+            key, session.result.handshake_hash, exchange.message_a, message_b
+        )
+        if session.closed is None:
+            session.send(MessageType.PAIR_RESPONSE, {"method": PIN, "confirm": client_mac})
+        return None
+
+    def _confirm(self, session, body):
+        exchange = self.exchanges.get(session.session_id)
+        if exchange is None:
+            return
+        try:
+            method, already, proof = messages.parse_pair_confirm(body)
+        except BodyError as e:
+            return self._fail(exchange, PairRejectCode.MALFORMED, f"node sent a bad PairConfirm: {e}")
+        if method != exchange.method:
+            return self._fail(exchange, PairRejectCode.MALFORMED, f"node confirmed {method} to {exchange.method}")
+        if exchange.method == APPROVAL:
+            pass
+        elif proof is not None:
+            if exchange.key is None or not proofs.equal(proof, exchange.key):
+                return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node did not prove the secret", close=True)
+        elif not already or exchange.method == PSK:
+            return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node confirmed without a proof", close=True)
+        self._finish(exchange, PairResult(session.remote_peer_id, method, already))
+        return None
+
+    def _reject(self, session, body):
+        exchange = self.exchanges.get(session.session_id)
+        if exchange is None:
+            return
+        try:
+            code, reason, _ = messages.parse_pair_reject(body)
+        except BodyError as e:
+            code, reason = PairRejectCode.MALFORMED, f"node sent a bad PairReject: {e}"
+        if code == PairRejectCode.PENDING_APPROVAL and exchange.method == APPROVAL:
+            self._pending(exchange)  # not sent by this node version; means "keep waiting"
+            return
+        self._finish(exchange, error=PairingRejected(code, reason))
+
+    # Peer observer
+
+    def session_closed(self, session):
+        exchange = self.exchanges.get(session.session_id)
+        if exchange is None:
+            return
+        if exchange.method == "revoke" and session.closed.code == CloseCode.PAIRING_REVOKED:
+            self._finish(exchange, None)
+        else:
+            self._finish(exchange, error=session.closed)
+
+
+_dispatchers = weakref.WeakKeyDictionary()
+
+
+def _dispatcher(peer) -> _Dispatcher:
+    dispatcher = _dispatchers.get(peer)
+    if dispatcher is None:
+        dispatcher = _dispatchers[peer] = _Dispatcher(peer)
+    return dispatcher
+
+
+def _start(session, method, body, key=None, prepare=None):
+    try:
+        exchange = _dispatcher(session.local).begin(session, method, key)
+    except Exception as e:
+        return defer.fail(e)
+    if prepare is not None:
+        prepare(exchange)
+    session.send(MessageType.PAIR_REQUEST, body)
+    return exchange.deferred
+
+
+def pair_psk(session, psk: str, name: str = ""):
+    """Pair with the node's PSK; fires with a L{PairResult}."""
+    client_proof, server_proof = proofs.psk_proofs(proofs.psk_key(psk), session.result.handshake_hash)
+    body = {"method": PSK, "name": name, "proof": client_proof}
+    return _start(session, PSK, body, key=server_proof)
+
+
+def pair_pin(session, pin: str, name: str = ""):
+    """Pair with a PIN shown by the node (SPAKE2); fires with a L{PairResult}."""
+    try:
+        canonical = normalize_pin(pin)
+    except ValueError as e:
+        return defer.fail(e)
+    spake = SPAKE2_A(canonical.encode("ascii"), idA=session.local.identity.public_key, idB=session.remote_identity)
+    message_a = spake.start()
+
+    def prepare(exchange):
+        exchange.spake = spake
+        exchange.message_a = message_a
+
+    return _start(session, PIN, {"method": PIN, "name": name, "spake2": message_a}, prepare=prepare)
+
+
+def request_approval(session, name: str = "", on_pending=None):
+    """
+    Ask the operator to approve this peer; fires with a L{PairResult} once
+    approved, fails with C{REJECTED_BY_OPERATOR} if rejected. Cancel the
+    Deferred to stop waiting.
+
+    @param on_pending: called with no arguments once the node has filed
+        the request (to tell the user to wait for the operator).
+    """
+
+    def prepare(exchange):
+        exchange.on_pending = on_pending
+
+    return _start(session, APPROVAL, {"method": APPROVAL, "name": name}, prepare=prepare)
+
+
+def unpair(session):
+    """Revoke this peer's pairing; fires once the node has closed the session (PAIRING_REVOKED)."""
+    try:
+        exchange = _dispatcher(session.local).begin(session, "revoke")
+    except Exception as e:
+        return defer.fail(e)
+    session.send(MessageType.PAIR_REVOKE, {})
+    return exchange.deferred
+
+
+@defer.inlineCallbacks
+def pair_link(client, uri: str, name: str = ""):
+    """
+    Pair through a C{cairn://pair?...} link: dial its addresses in turn,
+    refuse a node whose peer id differs from the link's
+    (L{ServerMismatch}), then prove the link secret.
+
+    @return: a Deferred firing with C{(session, PairResult)}.
+    """
+    link = parse_link(uri)
+    if not link.addresses:
+        raise ValueError("the link holds no address to dial")
+    session, last_error = None, None
+    for address in link.addresses:
+        try:
+            session = yield client.connect(address)
+            break
+        except Exception as e:  # try the next address
+            log.info("pairing link: cannot reach {address}: {why}", address=address, why=e)
+            last_error = e
+    if session is None:
+        raise last_error
+    if session.remote_peer_id != link.peer_id:
+        session.close(CloseCode.NORMAL, "not the node named in the pairing link")
+        raise ServerMismatch(link.peer_id, session.remote_peer_id)
+    key = proofs.link_key(link.secret)
+    client_proof, server_proof = proofs.link_proofs(key, session.result.handshake_hash)
+    body = {"method": LINK, "name": name, "link_id": proofs.link_id(link.secret), "proof": client_proof}
+    try:
+        result = yield _start(session, LINK, body, key=server_proof)
+    except Exception:
+        if session.closed is None:
+            session.close(CloseCode.NORMAL, "pairing failed")
+        raise
+    return session, result

@@ -1,0 +1,615 @@
+"""
+Pairing without sockets: the documented test vectors, PIN and link
+formats, the failure limiter, message schemas, QR output, and the
+node's pairing service driven with stand-in sessions.
+"""
+
+import os
+import re
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spake2 import SPAKE2_A, SPAKE2_B
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from cairn.crypto.handshake import HandshakeResult
+from cairn.crypto.identity import Identity
+from cairn.pairing import codes, messages, proofs, qr
+from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
+from cairn.pairing.ratelimit import FailureLimiter
+from cairn.pairing.service import PairingService, paired_only, source_of
+from cairn.pairing.trust import MemoryTrustStore
+from cairn.session.peer import Peer
+from cairn.session.session import SessionClosed
+from cairn.wire import cbor
+from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
+from cairn.wire.schema import BodyError
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "pairing.md")
+PSK = "the node's pre-shared key for unit tests"
+
+
+def doc_vectors():
+    """{name: {field: bytes}} of the ```vector blocks in docs/pairing.md."""
+    with open(DOC, encoding="utf-8") as f:
+        text = f.read()
+    vectors = {}
+    for name, block in re.findall(r"```vector (\S+)\n(.*?)```", text, re.S):
+        fields = {}
+        for line in block.strip().splitlines():
+            key, value = line.split()
+            fields[key] = bytes.fromhex(value)
+        vectors[name] = fields
+    return vectors
+
+
+def fixed_spake2(cls, pw, id_a, id_b, scalar: bytes):
+    """A SPAKE2 side started with a given secret scalar (little-endian bytes)."""
+    side = cls(pw, idA=id_a, idB=id_b)
+    group = side.params.group
+    side._started = True
+    side.xy_scalar = group.bytes_to_scalar(scalar)
+    side.xy_elem = group.Base.scalarmult(side.xy_scalar)
+    side.compute_outbound_message()
+    return side, side.side + side.outbound_message
+
+
+class VectorTests(unittest.TestCase):
+    """The hex vectors printed in docs/pairing.md are what the code computes."""
+
+    def setUp(self):
+        self.vectors = doc_vectors()
+
+    def test_all_present(self):
+        """The document carries the psk, link, pin-confirm and spake2 vectors."""
+        self.assertEqual(sorted(self.vectors), ["link", "pin-confirm", "psk", "spake2"])
+
+    def test_psk(self):
+        """The PSK key, both proofs and the example bodies match the document."""
+        v = self.vectors["psk"]
+        key = proofs.psk_key(v["psk"].decode("utf-8"))
+        self.assertEqual(key, v["key"])
+        client, server = proofs.psk_proofs(key, v["handshake_hash"])
+        self.assertEqual((client, server), (v["client_proof"], v["server_proof"]))
+        self.assertEqual(cbor.dumps({"method": "psk", "name": "laptop", "proof": client}), v["request_cbor"])
+        self.assertEqual(cbor.dumps(messages.pair_confirm("psk", server)), v["confirm_cbor"])
+        self.assertEqual(messages.parse_pair_request(cbor.loads(v["request_cbor"])).proof, client)
+
+    def test_link(self):
+        """The link id, key and both proofs match the document."""
+        v = self.vectors["link"]
+        self.assertEqual(proofs.link_id(v["secret"]), v["link_id"])
+        key = proofs.link_key(v["secret"])
+        self.assertEqual(key, v["key"])
+        self.assertEqual(proofs.link_proofs(key, v["handshake_hash"]), (v["client_proof"], v["server_proof"]))
+        link = codes.Link("peer", (), v["secret"], 0)
+        self.assertIn("secret=QEFCQ0RFRkdISUpLTE1OTw&", link.to_uri())
+
+    def test_pin_confirm(self):
+        """The PIN confirmation key and both MACs match the document."""
+        v = self.vectors["pin-confirm"]
+        self.assertEqual(proofs.hkdf(v["spake2_key"], proofs.PIN_KEY), v["confirm_key"])
+        macs = proofs.pin_confirmations(v["spake2_key"], v["handshake_hash"], v["msg_a"], v["msg_b"])
+        self.assertEqual(macs, (v["client_confirm"], v["server_confirm"]))
+
+    def test_spake2_exchange(self):
+        """A whole SPAKE2 exchange from fixed scalars yields the documented messages, key and MACs."""
+        v = self.vectors["spake2"]
+        self.assertEqual(v["id_a"], Identity.from_seed(b"\x01" * 32).public_key)
+        self.assertEqual(v["id_b"], Identity.from_seed(b"\x02" * 32).public_key)
+        self.assertEqual(v["pw"], codes.normalize_pin("7k3m-q9tz").encode("ascii"))
+        side_a, msg_a = fixed_spake2(SPAKE2_A, v["pw"], v["id_a"], v["id_b"], v["x"])
+        side_b, msg_b = fixed_spake2(SPAKE2_B, v["pw"], v["id_a"], v["id_b"], v["y"])
+        self.assertEqual((msg_a, msg_b), (v["msg_a"], v["msg_b"]))
+        key = side_a.finish(msg_b)
+        self.assertEqual(key, side_b.finish(msg_a))
+        self.assertEqual(key, v["spake2_key"])
+        macs = proofs.pin_confirmations(key, v["handshake_hash"], msg_a, msg_b)
+        self.assertEqual(macs, (v["client_confirm"], v["server_confirm"]))
+
+    def test_wrong_pin_gives_other_key(self):
+        """SPAKE2 with a wrong PIN raises nothing but yields a key whose confirmation differs."""
+        v = self.vectors["spake2"]
+        side_a, msg_a = fixed_spake2(SPAKE2_A, b"7K3MQ9T0", v["id_a"], v["id_b"], v["x"])
+        side_b, msg_b = fixed_spake2(SPAKE2_B, v["pw"], v["id_a"], v["id_b"], v["y"])
+        key_a, key_b = side_a.finish(msg_b), side_b.finish(msg_a)
+        self.assertNotEqual(key_a, key_b)
+        hh = v["handshake_hash"]
+        self.assertNotEqual(
+            proofs.pin_confirmations(key_a, hh, msg_a, msg_b), proofs.pin_confirmations(key_b, hh, msg_a, msg_b)
+        )
+
+    def test_labels_distinct(self):
+        """Every derivation label is distinct ASCII."""
+        labels = [getattr(proofs, n) for n in dir(proofs) if n.isupper() and isinstance(getattr(proofs, n), bytes)]
+        self.assertEqual(len(labels), 10)
+        self.assertEqual(len(set(labels)), len(labels))
+        for label in labels:
+            label.decode("ascii")
+
+
+class PinTests(unittest.TestCase):
+    def test_new_pin(self):
+        """A new PIN is 8 Crockford characters, and fresh each time."""
+        pins = {codes.new_pin() for _ in range(200)}
+        self.assertEqual(len(pins), 200)
+        for pin in pins:
+            self.assertEqual(len(pin), 8)
+            self.assertTrue(set(pin) <= set(codes.CROCKFORD))
+
+    def test_format(self):
+        """A PIN is shown as XXXX-XXXX."""
+        self.assertEqual(codes.format_pin("ABCD1234"), "ABCD-1234")
+
+    def test_normalize(self):
+        """Case, I/L/O look-alikes, hyphens and spaces are forgiven."""
+        for typed in ("abcd-1234", "ABCD1234", " ab cd 12 34 ", "ABCD-l234", "ABCD-I234", "abcd--1234"):
+            self.assertEqual(codes.normalize_pin(typed), "ABCD1234")
+        self.assertEqual(codes.normalize_pin("oooo-OOOO"), "00000000")
+
+    def test_normalize_refuses(self):
+        """Wrong lengths and letters outside the alphabet (U) are refused."""
+        for typed in ("ABCD-123", "ABCD-12345", "ABCD-U234", "", "ABCD*234", None, "ABCD-12\u00df"):
+            self.assertRaises(codes.InvalidCode, codes.normalize_pin, typed)
+
+    def test_book(self):
+        """A new PIN replaces the old one; expiry and the failure budget are enforced on the clock."""
+        clock = task.Clock()
+        book = codes.PinBook(clock, 300, 3)
+        self.assertEqual(book.refusal()[0], PairRejectCode.UNKNOWN_CODE)
+        pin, expires_at = book.create()
+        self.assertEqual(expires_at, 300)
+        self.assertIsNone(book.refusal())
+        first = book.current.generation
+        book.create()
+        self.assertEqual(book.refusal(first)[0], PairRejectCode.EXPIRED)
+        book.current.failures = 3
+        self.assertEqual(book.refusal()[0], PairRejectCode.EXPIRED)
+        book.create()
+        clock.advance(299)
+        self.assertIsNone(book.refusal())
+        clock.advance(1)
+        self.assertEqual(book.refusal()[0], PairRejectCode.EXPIRED)
+        book.current.used = True
+        self.assertEqual(book.refusal()[0], PairRejectCode.ALREADY_USED)
+
+
+class LinkTests(unittest.TestCase):
+    ADDRESSES = ("tcp:host=192.0.2.7:port=7400", "ws://example.org:7401/?a=b&c=d")
+
+    def test_round_trip(self):
+        """A link reads back exactly, its addresses fully percent-encoded."""
+        link = codes.Link("QmPeer", self.ADDRESSES, os.urandom(16), 1700000000)
+        uri = link.to_uri()
+        self.assertTrue(uri.startswith("cairn://pair?v=1&peer=QmPeer&addr=tcp%3Ahost%3D192.0.2.7%3Aport%3D7400&"))
+        self.assertEqual(codes.parse_link(uri), link)
+
+    def test_unknown_parameters_ignored(self):
+        """Parameters a reader does not know are ignored."""
+        link = codes.Link("QmPeer", self.ADDRESSES, os.urandom(16), 5)
+        self.assertEqual(codes.parse_link(link.to_uri() + "&future=1"), link)
+
+    def test_refused(self):
+        """Other schemes, versions, missing or doubled fields, short secrets and bad expiries are refused."""
+        good = codes.Link("QmPeer", self.ADDRESSES, bytes(16), 5).to_uri()
+        bad = [
+            good.replace("cairn://", "http://"),
+            good.replace("cairn://pair", "cairn://pear"),
+            good.replace("v=1", "v=2"),
+            good.replace("&peer=QmPeer", ""),
+            good + "&peer=QmOther",
+            good.replace("exp=5", "exp=soon"),
+            good.replace("exp=5", "exp=-5"),
+            re.sub(r"secret=[^&]+", "secret=AAAA", good),
+            re.sub(r"secret=[^&]+", "secret=%2B%2B%2B", good),
+            "cairn://pair?v=1&&",
+            42,
+        ]
+        for uri in bad:
+            self.assertRaises(codes.InvalidCode, codes.parse_link, uri)
+
+    def test_repr_hides_secret(self):
+        """A link's repr does not show its secret."""
+        secret = b"\xab" * 16
+        link = codes.Link("QmPeer", (), secret, 5)
+        self.assertNotIn("QUFB", repr(link))
+        self.assertNotIn(secret.hex(), repr(link))
+        self.assertNotIn(codes._b64url(secret), repr(link))
+
+    def test_book(self):
+        """Links are looked up by id, expire on the clock, and are forgotten one TTL after expiring."""
+        clock = task.Clock()
+        book = codes.LinkBook(clock, 3600, 3, max_links=2)
+        link = book.create("QmPeer", self.ADDRESSES)
+        self.assertEqual(link.expires_at, 3600)
+        code = book.get(proofs.link_id(link.secret))
+        self.assertEqual(code.key, proofs.link_key(link.secret))
+        self.assertIsNone(book.refusal(code))
+        self.assertEqual(book.refusal(None)[0], PairRejectCode.UNKNOWN_CODE)
+        clock.advance(3600)
+        self.assertEqual(book.refusal(code)[0], PairRejectCode.EXPIRED)
+        clock.advance(3600)
+        self.assertIsNone(book.get(proofs.link_id(link.secret)))
+        for _ in range(3):
+            book.create("QmPeer", ())
+        self.assertEqual(len(book), 2)
+
+
+class FailureLimiterTests(unittest.TestCase):
+    def test_window(self):
+        """The limit trips at the fifth failure in the window and lifts as failures age out."""
+        clock = task.Clock()
+        limiter = FailureLimiter(clock, 5, 600)
+        for _ in range(5):
+            self.assertFalse(limiter.limited("a"))
+            limiter.failed("a")
+            clock.advance(10)
+        self.assertTrue(limiter.limited("a"))
+        self.assertFalse(limiter.limited("b"))
+        self.assertEqual(limiter.retry_after("a"), 550)
+        clock.advance(550)
+        self.assertFalse(limiter.limited("a"))
+        self.assertEqual(limiter.retry_after("a"), 0)
+
+    def test_bounded(self):
+        """At most max_keys sources are tracked."""
+        limiter = FailureLimiter(task.Clock(), 1, 600, max_keys=3)
+        for key in range(10):
+            limiter.failed(key)
+        self.assertEqual(len(limiter._failures), 3)
+        self.assertTrue(limiter.limited(9))
+        self.assertFalse(limiter.limited(0))
+
+
+class MessageTests(unittest.TestCase):
+    def test_requests(self):
+        """Each method's request is read with its fields."""
+        self.assertEqual(messages.parse_pair_request({"method": "approval"}).name, "")
+        r = messages.parse_pair_request({"method": "pin", "name": "n", "spake2": b"A" + bytes(32), "extra": 1})
+        self.assertEqual((r.method, r.name, r.spake2), ("pin", "n", b"A" + bytes(32)))
+        r = messages.parse_pair_request({"method": "link", "link_id": bytes(16), "proof": bytes(32)})
+        self.assertEqual((r.link_id, r.proof), (bytes(16), bytes(32)))
+
+    def test_bad_requests(self):
+        """Wrong shapes are BodyErrors; an unknown method is UnsupportedMethod."""
+        bad = [
+            [],
+            {"method": 1},
+            {"method": "psk"},
+            {"method": "psk", "proof": bytes(31)},
+            {"method": "psk", "proof": "x" * 32},
+            {"method": "pin", "spake2": b"B" + bytes(32)},
+            {"method": "link", "link_id": bytes(16)},
+            {"method": "approval", "name": "x" * 65},
+            {"method": "approval", "name": "evil\x1b[2J"},
+            {"method": "approval", "name": 5},
+            {"method": "m" * 33},
+        ]
+        for body in bad:
+            self.assertRaises(BodyError, messages.parse_pair_request, body)
+        self.assertRaises(messages.UnsupportedMethod, messages.parse_pair_request, {"method": "telepathy"})
+
+    def test_replies(self):
+        """Challenge, confirm and reject bodies are read strictly."""
+        self.assertEqual(messages.parse_pair_challenge({"method": "approval"}), ("approval", None))
+        self.assertRaises(BodyError, messages.parse_pair_challenge, {"method": "pin", "spake2": b"A" + bytes(32)})
+        self.assertEqual(messages.parse_pair_confirm({"method": "psk"}), ("psk", False, None))
+        self.assertRaises(BodyError, messages.parse_pair_confirm, {"method": "psk", "already_paired": 1})
+        self.assertEqual(messages.parse_pair_reject({"code": 9, "reason": "r", "method": "x"}), (9, "r", "x"))
+        self.assertRaises(BodyError, messages.parse_pair_reject, {"code": True})
+        self.assertRaises(BodyError, messages.parse_pair_response, {"method": "psk", "confirm": bytes(32)})
+
+    def test_reject_reason_truncated(self):
+        """A reject reason is cut to 256 bytes without splitting a character."""
+        body = messages.pair_reject(1, "é" * 200)
+        self.assertLessEqual(len(body["reason"].encode("utf-8")), 256)
+        self.assertEqual(messages.parse_pair_reject(body)[0], 1)
+
+
+class QRTests(unittest.TestCase):
+    TEXT = "cairn://pair?v=1&peer=QmPeer&secret=QEFCQ0RFRkdISUpLTE1OTw&exp=5"
+
+    def test_terminal(self):
+        """The terminal form is a square of block characters, two modules per line."""
+        lines = qr.qr_terminal(self.TEXT).splitlines()
+        self.assertTrue(set("".join(lines)) <= set(" █▀▄"))
+        self.assertEqual(len({len(line) for line in lines}), 1)
+        self.assertEqual(len(lines), (len(lines[0]) + 1) // 2)
+
+    def test_png(self):
+        """The PNG form is a PNG."""
+        self.assertTrue(qr.qr_png(self.TEXT).startswith(b"\x89PNG\r\n\x1a\n"))
+
+    def test_svg(self):
+        """The SVG form is an SVG document."""
+        self.assertIn(b"<svg", qr.qr_svg(self.TEXT))
+
+
+# The service with stand-in sessions
+
+
+class FakeSession:
+    """Just what the pairing service uses of a server-side Session."""
+
+    def __init__(self, identity=None, host="192.0.2.1", initiator=False):
+        self.identity = identity or Identity.generate()
+        self.session_id = os.urandom(16)
+        self.remote_identity = self.identity.public_key
+        self.remote_peer_id = self.identity.peer_id
+        self.initiator = initiator
+        self.result = HandshakeResult(self.remote_identity, os.urandom(32), bytes(32), bytes(32), initiator)
+        tcp = SimpleNamespace(getPeer=lambda: IPv4Address("TCP", host, 40000))
+        self.connection = SimpleNamespace(transport=SimpleNamespace(transport=tcp, peer_address=str(tcp.getPeer())))
+        self.attached = True
+        self.closed = None
+        self.sent = []
+
+    def send(self, type_code, body):
+        if self.closed is not None:
+            raise self.closed
+        self.sent.append((type_code, body))
+        return len(self.sent)
+
+    def close(self, code=CloseCode.NORMAL, reason=""):
+        if self.closed is None:
+            self.closed = SessionClosed(code, reason)
+
+    def last(self):
+        return self.sent[-1]
+
+
+class ServiceTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.peer = Peer(Identity.generate(), task.Clock())
+        self.trust = MemoryTrustStore()
+        self.service = self.make_service()
+
+    def make_service(self, **kwargs):
+        kwargs.setdefault("psk", PSK)
+        service = PairingService(self.peer, self.trust, self.clock, link_addresses=["tcp:host=h:port=1"], **kwargs)
+        service.start()
+        return service
+
+    def request(self, session, body):
+        self.peer.handler_for(MessageType.PAIR_REQUEST)(session, body)
+        return session.last()
+
+    def attach(self, session):
+        self.peer.sessions[session.session_id] = session
+        self.service.session_established(session)
+        return session
+
+    def psk_body(self, session, psk=PSK):
+        return {"method": "psk", "proof": proofs.psk_proofs(proofs.psk_key(psk), session.result.handshake_hash)[0]}
+
+    def test_interface(self):
+        """The service provides IPairingService."""
+        self.assertTrue(verifyObject(IPairingService, self.service))
+
+    def test_source_of(self):
+        """The rate-limit key is the transport's host, without the port."""
+        self.assertEqual(source_of(FakeSession(host="198.51.100.4")), "198.51.100.4")
+        session = FakeSession()
+        session.connection = SimpleNamespace(transport=SimpleNamespace(peer_address="tcp:203.0.113.9:1234"))
+        self.assertEqual(source_of(session), "tcp:203.0.113.9:1234")
+
+    def test_psk_unavailable(self):
+        """Without a PSK the psk method is answered METHOD_UNAVAILABLE."""
+        self.peer = Peer(Identity.generate(), task.Clock())
+        self.make_service(psk="")
+        session = FakeSession()
+        type_code, body = self.request(session, self.psk_body(session))
+        self.assertEqual((type_code, body["code"]), (MessageType.PAIR_REJECT, PairRejectCode.METHOD_UNAVAILABLE))
+
+    def test_unknown_method(self):
+        """A request naming an unknown method is answered METHOD_UNAVAILABLE."""
+        type_code, body = self.request(FakeSession(), {"method": "telepathy"})
+        self.assertEqual(body["code"], PairRejectCode.METHOD_UNAVAILABLE)
+
+    def test_response_without_exchange(self):
+        """A PairResponse with no PIN exchange in progress is MALFORMED."""
+        session = FakeSession()
+        self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": "pin", "confirm": bytes(32)})
+        self.assertEqual(session.last()[1]["code"], PairRejectCode.MALFORMED)
+
+    def test_invalid_spake2_element(self):
+        """A SPAKE2 message that is no group element is MALFORMED, not an error."""
+        self.service.create_pin()
+        session = FakeSession()
+        _, body = self.request(session, {"method": "pin", "spake2": b"A" + b"\xff" * 32})
+        self.assertEqual(body["code"], PairRejectCode.MALFORMED)
+        self.assertIsNone(session.closed)
+
+    def test_pin_replaced_mid_exchange(self):
+        """A PIN replaced between PairRequest and PairResponse makes the response EXPIRED."""
+        pin = codes.normalize_pin(self.service.create_pin()["pin"]).encode("ascii")
+        session = FakeSession()
+        spake = SPAKE2_A(pin, idA=session.remote_identity, idB=self.peer.identity.public_key)
+        message_a = spake.start()
+        _, challenge = self.request(session, {"method": "pin", "spake2": message_a})
+        key = spake.finish(challenge["spake2"])
+        client_mac, _ = proofs.pin_confirmations(key, session.result.handshake_hash, message_a, challenge["spake2"])
+        self.service.create_pin()
+        self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": "pin", "confirm": client_mac})
+        self.assertEqual(session.last()[1]["code"], PairRejectCode.EXPIRED)
+        self.assertFalse(self.trust.is_paired(session.remote_peer_id))
+
+    def test_unknown_link_counts_as_failure(self):
+        """Guessing link ids is UNKNOWN_CODE and counts against the source address."""
+        for _ in range(5):
+            _, body = self.request(FakeSession(), {"method": "link", "link_id": os.urandom(16), "proof": bytes(32)})
+            self.assertEqual(body["code"], PairRejectCode.UNKNOWN_CODE)
+        session = FakeSession()
+        _, body = self.request(session, self.psk_body(session))
+        self.assertEqual(body["code"], PairRejectCode.RATE_LIMITED)
+        other = FakeSession(host="192.0.2.2")
+        self.assertEqual(self.request(other, self.psk_body(other))[0], MessageType.PAIR_CONFIRM)
+
+    def test_link_burned(self):
+        """A link is burned after 3 wrong proofs."""
+        link = codes.parse_link(self.service.create_link()["link"])
+        link_id = proofs.link_id(link.secret)
+        for _ in range(3):
+            _, body = self.request(FakeSession(), {"method": "link", "link_id": link_id, "proof": bytes(32)})
+            self.assertEqual(body["code"], PairRejectCode.BAD_PROOF)
+        session = FakeSession(host="192.0.2.99")
+        proof, _ = proofs.link_proofs(proofs.link_key(link.secret), session.result.handshake_hash)
+        _, body = self.request(session, {"method": "link", "link_id": link_id, "proof": proof})
+        self.assertEqual(body["code"], PairRejectCode.EXPIRED)
+
+    def test_link_addresses(self):
+        """A created link names the node and the configured addresses."""
+        created = self.service.create_link()
+        link = codes.parse_link(created["link"])
+        self.assertEqual((link.peer_id, link.addresses), (self.peer.peer_id, ("tcp:host=h:port=1",)))
+        self.assertEqual(created["expires_at"], link.expires_at)
+
+    def test_already_paired_idempotent(self):
+        """A paired peer's pin, link and approval requests get PairConfirm already_paired without using a code."""
+        session = self.attach(FakeSession())
+        self.request(session, self.psk_body(session))
+        self.service.create_pin()
+        for body in (
+            {"method": "pin", "spake2": b"A" + bytes(32)},
+            {"method": "link", "link_id": bytes(16), "proof": bytes(32)},
+            {"method": "approval"},
+        ):
+            type_code, reply = self.request(session, body)
+            self.assertEqual(
+                (type_code, reply["already_paired"], "proof" in reply), (MessageType.PAIR_CONFIRM, True, False)
+            )
+        self.assertIsNone(self.service.pins.refusal())
+
+    def test_outbound_sessions_not_pending(self):
+        """Sessions the node itself dialled do not create pending requests."""
+        self.attach(FakeSession(initiator=True))
+        self.assertEqual(self.successResultOf(self.trust.list()), [])
+
+    def test_pending_limit(self):
+        """Beyond max_pending, new peers are not recorded and approval requests get RATE_LIMITED."""
+        self.peer = Peer(Identity.generate(), task.Clock())
+        self.service = self.make_service(max_pending=2)
+        for _ in range(3):
+            self.attach(FakeSession())
+        self.assertEqual(len(self.successResultOf(self.trust.list(PENDING))), 2)
+        _, body = self.request(FakeSession(), {"method": "approval", "name": "late"})
+        self.assertEqual(body["code"], PairRejectCode.RATE_LIMITED)
+
+    def test_approve_offline_peer(self):
+        """Approving a peer that is not connected pairs it, and its next session is served."""
+        session = self.attach(FakeSession())
+        self.peer.sessions.pop(session.session_id)
+        record = self.successResultOf(self.service.approve(session.remote_peer_id))
+        self.assertEqual((record.state, record.method), (PAIRED, "approval"))
+        self.assertEqual(session.sent, [])
+        self.assertTrue(self.service.require_paired(FakeSession(session.identity)))
+
+    def test_approve_reject_unknown(self):
+        """Approving or rejecting a peer without a pending request fails with UnknownPeer."""
+        peer_id = Identity.generate().peer_id
+        self.failureResultOf(self.service.approve(peer_id), UnknownPeer)
+        self.failureResultOf(self.service.reject(peer_id), UnknownPeer)
+        self.failureResultOf(self.service.unpair(peer_id), UnknownPeer)
+
+    def test_require_paired(self):
+        """require_paired closes an unpaired peer's session with NOT_PAIRED and passes a paired one."""
+        stranger = FakeSession()
+        self.assertFalse(self.service.require_paired(stranger))
+        self.assertEqual(stranger.closed.code, CloseCode.NOT_PAIRED)
+        friend = self.attach(FakeSession())
+        self.request(friend, self.psk_body(friend))
+        self.assertTrue(self.service.require_paired(friend))
+        self.assertIsNone(friend.closed)
+
+    def test_paired_only(self):
+        """paired_only passes the handler's result through for a paired peer."""
+        handler = paired_only(self.trust, lambda s, body: body["x"])
+        friend = self.attach(FakeSession())
+        self.request(friend, self.psk_body(friend))
+        self.assertEqual(handler(friend, {"x": 3}), 3)
+        stranger = FakeSession()
+        self.assertIsNone(handler(stranger, {"x": 3}))
+        self.assertEqual(stranger.closed.code, CloseCode.NOT_PAIRED)
+
+    def test_purge_hook_failure(self):
+        """A failing purge hook does not stop the others; the peer stays revoked and unpair() reports the failure."""
+        calls = []
+        self.service.add_purge_hook(lambda peer_id: 1 / 0)
+        self.service.add_purge_hook(lambda peer_id: calls.append(peer_id) or defer.succeed(None))
+        session = self.attach(FakeSession())
+        self.request(session, self.psk_body(session))
+        self.failureResultOf(self.service.unpair(session.remote_peer_id), ZeroDivisionError)
+        self.assertEqual(calls, [session.remote_peer_id])
+        self.assertEqual(session.closed.code, CloseCode.PAIRING_REVOKED)
+        self.assertEqual(self.successResultOf(self.trust.get(session.remote_peer_id)).state, REVOKED)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_revoke_from_pending_peer(self):
+        """PairRevoke from a pending peer withdraws its request and closes the session with PAIRING_REVOKED."""
+        session = self.attach(FakeSession())
+        self.peer.handler_for(MessageType.PAIR_REVOKE)(session, {})
+        self.assertIsNone(self.successResultOf(self.trust.get(session.remote_peer_id)))
+        self.assertEqual(session.closed.code, CloseCode.PAIRING_REVOKED)
+
+    def test_store_failure_closes_internal(self):
+        """A trust store failure while pairing closes that session with INTERNAL and is logged."""
+        self.trust.set_paired = lambda *args: defer.fail(OSError("disk full"))
+        session = self.attach(FakeSession())
+        self.peer.handler_for(MessageType.PAIR_REQUEST)(session, self.psk_body(session))
+        self.assertEqual(session.sent, [])
+        self.assertEqual(session.closed.code, CloseCode.INTERNAL)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_closed_session_forgets_exchange(self):
+        """A session that ends drops its unfinished PIN exchange."""
+        self.service.create_pin()
+        session = self.attach(FakeSession())
+        spake = SPAKE2_A(b"AAAAAAAA", idA=session.remote_identity, idB=self.peer.identity.public_key)
+        self.request(session, {"method": "pin", "spake2": spake.start()})
+        self.assertIn(session.session_id, self.service._pin_exchanges)
+        session.closed = SessionClosed(0, "")
+        self.service.session_closed(session)
+        self.assertEqual(self.service._pin_exchanges, {})
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        body=st.one_of(
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=70) | st.binary(max_size=40),
+                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                max_leaves=12,
+            ),
+            st.fixed_dictionaries(
+                {"method": st.sampled_from(["psk", "pin", "link", "approval", "", "PSK"]) | st.integers()},
+                optional={
+                    "name": st.text(max_size=80) | st.binary(max_size=4) | st.integers(),
+                    "proof": st.binary(min_size=30, max_size=34) | st.text(max_size=3),
+                    "spake2": st.binary(min_size=32, max_size=34) | st.none(),
+                    "link_id": st.binary(min_size=15, max_size=17) | st.none(),
+                },
+            ),
+        )
+    )
+    def test_malformed_requests(self, body):
+        """Any PairRequest body gets exactly one reply, MALFORMED if its schema is broken; the session stays open."""
+        self.peer = Peer(Identity.generate(), task.Clock())
+        self.trust = MemoryTrustStore()
+        self.service = self.make_service()
+        self.service.create_pin()
+        session = self.attach(FakeSession())
+        self.request(session, body)
+        self.assertEqual(len(session.sent), 1)
+        type_code, reply = session.sent[0]
+        try:
+            messages.parse_pair_request(body)
+        except messages.UnsupportedMethod:
+            self.assertEqual(reply["code"], PairRejectCode.METHOD_UNAVAILABLE)
+        except BodyError:
+            self.assertEqual((type_code, reply["code"]), (MessageType.PAIR_REJECT, PairRejectCode.MALFORMED))
+        self.assertIsNone(session.closed)
+        self.assertEqual(self.flushLoggedErrors(), [])
