@@ -211,6 +211,9 @@ def _url_list(check: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
 
 _signal_url = _url_check("signaling", ("ws://", "wss://"), "wss://signal.example:8443")
 _turn_url = _url_check("TURN", ("turn:", "turns:", "stun:"), "turn:relay.example:3478")
+_public_address = _url_check(
+    "dialable", ("tcp:", "tls:", "ws://", "wss://"), "tcp:host=node.example:port=7400 or wss://node.example/"
+)
 
 
 def _variable(attribute: attr.Attribute) -> str:
@@ -392,6 +395,7 @@ class Config:
     forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
     signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", _signal_url)
     turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", _turn_url)
+    public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", _public_address)
     turn_secret: str | None = _secret("CAIRN_TURN_SECRET")
     log_addresses: bool = _boolean("CAIRN_LOG_ADDRESSES", False)
 

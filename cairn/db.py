@@ -90,11 +90,28 @@ class Database:
         self.components = list(components)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db")
         self._conn = None
+        self._trigger = None
+
+    def _start_pool(self):
+        self._pool.start()
+        # Never outlive the reactor, whatever happens to the services.
+        self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self.close_now)
 
     def start(self):
-        """Open and upgrade the database; fires once it is ready."""
-        self._pool.start()
+        """Open and upgrade the database on its thread; fires once it is ready."""
+        self._start_pool()
         return self._defer(self._open)
+
+    def open(self) -> None:
+        """
+        Open and upgrade the database now, in the calling thread.
+
+        For start-up before the reactor runs: a corrupt or unwritable
+        database raises L{DatabaseError} at once instead of after the node
+        has begun serving. The database thread takes over afterwards.
+        """
+        self._open()
+        self._start_pool()
 
     def _open(self):
         try:
@@ -113,6 +130,8 @@ class Database:
         return deferToThreadPool(self.reactor, self._pool, fn, *args)
 
     def _transaction(self, txn, *args):
+        if self._conn is None:
+            raise DatabaseError(f"{self.path} is closed")
         cursor = self._conn.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -140,6 +159,24 @@ class Database:
         """
         return self._defer(self._transaction, lambda cursor: [txn(cursor, *args) for txn, args in calls])
 
+    def close_now(self) -> None:
+        """
+        Close from the calling thread, blocking: for a failed start-up and
+        for reactor shutdown. The thread finishes its queued work first; only
+        then is the connection closed (never under a running transaction).
+        """
+        if self._pool.started:
+            self._pool.stop()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._remove_trigger()
+
+    def _remove_trigger(self):
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None:
+            self.reactor.removeSystemEventTrigger(trigger)
+
     def stop(self):
         """Close the connection and stop the thread (after queued work)."""
 
@@ -149,5 +186,5 @@ class Database:
                 self._conn = None
 
         d = self._defer(close)
-        d.addBoth(lambda result: (self._pool.stop(), result)[1])
+        d.addBoth(lambda result: (self._pool.stop(), self._remove_trigger(), result)[2])
         return d

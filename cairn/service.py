@@ -1,20 +1,33 @@
 """
 The node's object graph, built by one function that tests call directly.
 
-L{make_node} turns a L{Config} into a L{CairnNode}: the local L{Peer}
+L{make_node} turns a L{Config} into a L{CairnNode}: the local L{Peer},
+the database, the trust store and pairing service, the management API,
 and one listening service per enabled endpoint (through
-C{strports.service}, so a busy port aborts start-up). Later services
-(management API, mailbox, relay, sync) hang off the same node.
+C{strports.service}, so a busy port aborts start-up).
+
+Start-up order (L{CairnNode.startService}): the database is opened and
+upgraded in the calling thread, before the reactor runs, so a corrupt or
+unwritable database stops start-up with one line; the listeners bind
+(a busy port aborts) but accept nothing until the trust store is loaded,
+so no session is judged against an empty trust store.
 """
 
 import os
+import socket
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
 from cairn.crypto import identity as identity_mod
+from cairn.db import DB_FILE_NAME, Database, DatabaseError
+from cairn.management.app import ManagementAPI, make_site, warn_if_exposed
+from cairn.management.metrics import Metrics
+from cairn.management.token import resolve_token
+from cairn.pairing.service import PairingService
+from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
 from cairn.session import store
 from cairn.session.peer import Peer
 from cairn.transport.tcp import StreamFactory
@@ -22,21 +35,33 @@ from cairn.transport.websocket import server_factory
 
 log = Logger()
 
+#: Schema chains of every component that keeps state in the database.
+SCHEMAS = [TRUST_SCHEMA]
+
+
+class StartupError(SystemExit):
+    """Start-up cannot go on; the message is one line for the operator."""
+
 
 class CairnNode(MultiService):
     """
-    The server node: a L{Peer} plus its listeners.
+    The server node: a L{Peer}, its services and its listeners.
 
     On a clean stop every open session is saved (see
     L{cairn.session.store}) and its transport dropped without a Close, so
     that peers resume with Reconnect once the node is back.
     """
 
-    def __init__(self, config, peer):
+    def __init__(self, config, peer, db, pairing, metrics):
         super().__init__()
         self.config = config
         self.peer = peer
+        self.db = db
+        self.pairing = pairing
+        self.metrics = metrics
         self.listeners = {}
+        #: Fires once the trust store is loaded and the listeners accept.
+        self.ready = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
         service = strports.service(description, factory)
@@ -51,26 +76,56 @@ class CairnNode(MultiService):
         return gatherResults(waiting).addCallback(lambda ports: dict(zip(names, ports)))
 
     def startService(self):
+        try:
+            self.db.open()
+        except DatabaseError as e:
+            raise StartupError(f"cairn: {e}") from None
         restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
         if restored:
             log.info("restored {count} session(s) for resume", count=restored)
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
-        super().startService()
-        self.when_listening().addCallback(self._log_ports)
+        try:
+            super().startService()  # binds every port now (a busy one raises)
+        except BaseException:
+            self.db.close_now()
+            raise
+        ports = self.when_listening()
+        ports.addCallback(self._pause)
+        self.ready = gatherResults([ports, self.pairing.start()], consumeErrors=True)
+        self.ready.addCallback(lambda results: self._serve(results[0]))
+        self.ready.addErrback(self._failed)
 
-    def _log_ports(self, ports):
+    @staticmethod
+    def _pause(ports):
+        for port in ports.values():
+            port.stopReading()
+        return ports
+
+    def _serve(self, ports):
         for name, port in sorted(ports.items()):
             host = port.getHost()
+            port.startReading()
             log.info(
                 "listening: {name} on {host}:{port}",
                 name=name,
                 host=getattr(host, "host", host),
                 port=getattr(host, "port", ""),
             )
+        if not self.config.public_addresses:
+            self.pairing.link_addresses = derived_addresses(ports)
+        return ports
+
+    def _failed(self, failure):
+        log.failure("cairn node could not start", failure)
+        from twisted.internet import reactor
+
+        if reactor.running:
+            reactor.stop()
 
     def stopService(self):
         d = super().stopService()  # stop listening first
         d.addCallback(lambda _: self._save_sessions())
+        d.addCallback(lambda _: self.db.stop())
         return d
 
     def _save_sessions(self):
@@ -79,6 +134,33 @@ class CairnNode(MultiService):
             store.save(self.config.data_dir, snapshots)
             log.info("saved {count} session(s) for resume", count=len(snapshots))
         self.peer.freeze()
+        return succeed(None)
+
+
+def derived_addresses(ports) -> tuple:
+    """
+    Dialable addresses of the bound cairn listeners, for pairing links.
+
+    A listener bound to one interface is advertised on it; a wildcard one
+    on the machine's host name. C{CAIRN_PUBLIC_ADDRESSES} overrides this.
+    """
+    addresses = []
+    for name in ("tcp", "websocket"):
+        port = ports.get(name)
+        if port is None:
+            continue
+        address = port.getHost()
+        host = getattr(address, "host", None)
+        if host is None:
+            continue
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        if name == "tcp":
+            addresses.append(f"tcp:host={host}:port={address.port}")
+        else:
+            shown = f"[{host}]" if ":" in host else host
+            addresses.append(f"ws://{shown}:{address.port}/")
+    return tuple(addresses)
 
 
 def prepare_data_dir(path: str) -> None:
@@ -87,7 +169,7 @@ def prepare_data_dir(path: str) -> None:
 
 
 def make_node(config, reactor) -> CairnNode:
-    """Build the whole node for C{config}; nothing listens until started."""
+    """Build the whole node for C{config}; nothing is opened or listens until started."""
     prepare_data_dir(config.data_dir)
     ident = identity_mod.load_or_create(config.data_dir)
     peer = Peer(
@@ -99,9 +181,19 @@ def make_node(config, reactor) -> CairnNode:
         handshake_timeout=config.handshake_timeout,
         session_ttl=config.session_ttl,
     )
-    node = CairnNode(config, peer)
+    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
+    trust = SQLiteTrustStore(db)
+    pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
+    started_at = reactor.seconds()
+    metrics = Metrics(peer, reactor, started_at)
+    node = CairnNode(config, peer, db, pairing, metrics)
     if config.listen:
         node.add_listener("tcp", config.listen, StreamFactory(peer))
     if config.ws_listen:
         node.add_listener("websocket", config.ws_listen, server_factory(peer))
+    if config.mgmt_enabled and config.mgmt_listen:
+        token = resolve_token(config, log)
+        api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at)
+        warn_if_exposed(config.mgmt_listen, log)
+        node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     return node

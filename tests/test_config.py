@@ -42,6 +42,7 @@ DEFAULTS = {
     "forward_max_total": 1_000_000_000,
     "signal_servers": (),
     "turn_servers": (),
+    "public_addresses": (),
     "turn_secret": None,
     "log_addresses": False,
 }
@@ -67,6 +68,7 @@ NON_DEFAULT_ENV = {
     "CAIRN_SIGNAL_SERVERS": "ws://signaling:8443, wss://signal.example.org",
     "CAIRN_TURN_SERVERS": "turn:relay:3478,turns:relay.example:5349,stun:stun.example",
     "CAIRN_TURN_SECRET": SECRETS["CAIRN_TURN_SECRET"],
+    "CAIRN_PUBLIC_ADDRESSES": "tcp:host=node.example:port=7400, wss://node.example/cairn",
     "CAIRN_LOG_ADDRESSES": "yes",
 }
 
@@ -94,6 +96,7 @@ NON_DEFAULTS = {
         "turns:relay.example:5349",
         "stun:stun.example",
     ),
+    "public_addresses": ("tcp:host=node.example:port=7400", "wss://node.example/cairn"),
     "turn_secret": SECRETS["CAIRN_TURN_SECRET"],
     "log_addresses": True,
 }
@@ -115,6 +118,7 @@ BAD_VALUES = {
     "CAIRN_FORWARD_MAX_TOTAL": "0B",
     "CAIRN_SIGNAL_SERVERS": "ws://ok:1,http://signal:8443",
     "CAIRN_TURN_SERVERS": "turn:ok,relay:3478",
+    "CAIRN_PUBLIC_ADDRESSES": "node.example:7400",
     "CAIRN_LOG_ADDRESSES": "sometimes",
 }
 

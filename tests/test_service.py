@@ -69,7 +69,7 @@ class RestartTests(unittest.TestCase):
         node = make_node(config_for(self.data_dir, keepalive_interval=3600.0, keepalive_timeout=7200.0), reactor)
         track_connections(node.peer, self.connections)
         node.startService()
-        ports = yield node.when_listening()
+        ports = yield node.ready
         return node, f"tcp:host=127.0.0.1:port={ports['tcp'].getHost().port}"
 
     @defer.inlineCallbacks
@@ -128,6 +128,7 @@ class RestartTests(unittest.TestCase):
         node.peer.sessions[session.session_id].connection.drop_transport()
         yield eventually(client_lost)
         node.peer.freeze()  # the crashed process's memory is gone with it
+        self.addCleanup(node.db.stop)
         node, address = yield self.start()
         failure = yield self.assertFailure(eventually(self.client.resume(session, address)), Exception)
         self.assertEqual(failure.code, CloseCode.UNKNOWN_SESSION)

@@ -45,7 +45,8 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
-def start_twistd(data_dir):
+def start_twistd(data_dir, expected=("tcp", "websocket"), **settings):
+    """Start C{twistd -n cairn} on loopback port 0; C{settings} are extra CAIRN_* variables."""
     env = dict(
         os.environ,
         PYTHONPATH=REPO,
@@ -54,7 +55,8 @@ def start_twistd(data_dir):
         CAIRN_WS_LISTEN="tcp:0:interface=127.0.0.1",
         CAIRN_MGMT_LISTEN="none",
     )
-    proc = TwistdProcess({"tcp", "websocket"})
+    env.update(settings)
+    proc = TwistdProcess(set(expected))
     argv = [
         sys.executable,
         "-c",
