@@ -70,7 +70,7 @@ class RealNodePairingTests(unittest.TestCase):
         return int(status), body
 
     @defer.inlineCallbacks
-    def cairn_server_pair(self, kind):
+    def cairn_server_pair(self, kind, line=0):
         """Run `cairn-server pair --KIND` against the node, as an operator would."""
         env = dict(
             os.environ,
@@ -83,7 +83,10 @@ class RealNodePairingTests(unittest.TestCase):
             sys.executable, ["-m", "cairn.cli", "pair", f"--{kind}"], env=env, path=REPO
         )
         self.assertEqual(code, 0, err)
-        return out.decode().splitlines()[0]
+        lines = out.decode().splitlines()
+        if kind == "qr":
+            self.assertGreater(len(lines), 20)  # the code itself, drawn in the terminal
+        return lines[line]
 
     @defer.inlineCallbacks
     def test_seed_curl_commands_and_every_pairing_method(self):
@@ -124,6 +127,10 @@ class RealNodePairingTests(unittest.TestCase):
         pin_client = self.client()
         session = yield self.connect(pin_client)
         yield eventually(pairing.pair_pin(session, pin, name="tablet"))
+
+        # QR code drawn by `cairn-server pair --qr` carries a usable link too
+        qr_link = yield self.cairn_server_pair("qr", line=-2)
+        self.assertTrue(qr_link.startswith("cairn://pair?"), qr_link)
 
         # Link printed by `cairn-server pair --link`, used as-is
         link = yield self.cairn_server_pair("link")

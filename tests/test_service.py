@@ -43,6 +43,36 @@ class MakeNodeTests(unittest.TestCase):
         self.assertEqual(sorted(node.listeners), ["tcp"])
         self.assertEqual(node.peer.max_payload, 65536)
 
+    def test_management_listener_follows_config(self):
+        """The management API listens only when enabled and given an endpoint."""
+        on = make_node(config_for(self.mktemp(), mgmt_listen=LOOPBACK, mgmt_token="t0ken"), reactor)
+        self.assertIn("management", on.listeners)
+        off = make_node(config_for(self.mktemp(), mgmt_listen=LOOPBACK, mgmt_enabled=False), reactor)
+        self.assertNotIn("management", off.listeners)
+
+    def test_token_generated_at_first_start(self):
+        """Without a configured token one is generated 0600 in the data dir and reused next time."""
+        data_dir = self.mktemp()
+        make_node(config_for(data_dir, mgmt_listen=LOOPBACK), reactor)
+        path = os.path.join(data_dir, "mgmt.token")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            first = f.read()
+        make_node(config_for(data_dir, mgmt_listen=LOOPBACK), reactor)
+        with open(path) as f:
+            self.assertEqual(f.read(), first)
+        self.assertGreaterEqual(len(first.strip()), 32)
+
+    def test_corrupt_database_stops_start(self):
+        """A corrupt database file stops start-up with one line naming it."""
+        data_dir = self.mktemp()
+        node = make_node(config_for(data_dir), reactor)
+        with open(os.path.join(data_dir, "cairn.sqlite"), "wb") as f:
+            f.write(b"garbage" * 1000)
+        error = self.assertRaises(SystemExit, node.startService)
+        self.assertIn("cairn.sqlite", str(error))
+        self.assertNotIn("\n", str(error))
+
     @defer.inlineCallbacks
     def test_busy_port_aborts_start(self):
         """A listener on a busy port raises at start-up instead of being logged and ignored."""
