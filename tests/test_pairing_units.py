@@ -29,12 +29,12 @@ from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "pairing.md")
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
 PSK = "the node's pre-shared key for unit tests"
 
 
 def doc_vectors():
-    """{name: {field: bytes}} of the ```vector blocks in docs/pairing.md."""
+    """{name: {field: bytes}} of the ```vector blocks in docs/protocol.md."""
     with open(DOC, encoding="utf-8") as f:
         text = f.read()
     vectors = {}
@@ -59,7 +59,7 @@ def fixed_spake2(cls, pw, id_a, id_b, scalar: bytes):
 
 
 class VectorTests(unittest.TestCase):
-    """The hex vectors printed in docs/pairing.md are what the code computes."""
+    """The hex vectors printed in docs/protocol.md are what the code computes."""
 
     def setUp(self):
         self.vectors = doc_vectors()

@@ -3,7 +3,7 @@ The CBOR bodies of the pairing family (0x0110-0x0115), checked strictly.
 
 Each C{parse_*} takes a decoded body and returns it as a value, or raises
 L{BodyError}; unknown extra keys are ignored, as everywhere in cairn.
-The schemas are normative in docs/pairing.md.
+The schemas are normative in docs/protocol.md §20.
 """
 
 import unicodedata

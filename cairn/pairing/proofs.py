@@ -1,5 +1,5 @@
 """
-Key derivations and proofs of the pairing methods (docs/pairing.md).
+Key derivations and proofs of the pairing methods (docs/protocol.md §20).
 
 Every secret -- the PSK, a link secret, the SPAKE2 key of a PIN exchange
 -- is first turned into a method key with HKDF-SHA256 (empty salt, an
@@ -15,7 +15,7 @@ import hmac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-#: Labels, byte-exact (docs/pairing.md, "Derivations").
+#: Labels, byte-exact (docs/protocol.md §20.3).
 PSK_KEY = b"cairn-pair-v1 psk"
 PSK_CLIENT = b"cairn-pair-v1 psk client"
 PSK_SERVER = b"cairn-pair-v1 psk server"

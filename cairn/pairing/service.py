@@ -24,7 +24,7 @@ from cairn.wire.schema import BodyError
 
 log = Logger()
 
-#: Defaults (docs/pairing.md, "Limits").
+#: Defaults (docs/protocol.md §20.6).
 PIN_TTL = 300.0
 LINK_TTL = 3600.0
 MAX_SOURCE_FAILURES = 5
