@@ -51,6 +51,14 @@ def track_connections(peer, registry):
     peer.connection = connection
 
 
+def drop_all(connections):
+    """Abort every tracked connection still open; fires once all are gone."""
+    for conn in connections:
+        if not conn.lost.called and conn.transport is not None:
+            conn.transport.lose(abort=True)
+    return defer.gatherResults([eventually(c.lost) for c in connections])
+
+
 def eventually(d, timeout=10):
     """Fail C{d} if it has not fired within C{timeout} real seconds (a guard, not timing)."""
     return d.addTimeout(timeout, reactor)
@@ -163,12 +171,7 @@ class ScenarioMixin:
         for raw in self.raw:
             if not raw.lost.called:
                 raw.abort()
-        for conn in self.connections:
-            if not conn.lost.called and conn.transport is not None:
-                conn.transport.lose(abort=True)
-        yield defer.gatherResults(
-            [eventually(r.lost) for r in self.raw] + [eventually(c.lost) for c in self.connections]
-        )
+        yield defer.gatherResults([drop_all(self.connections)] + [eventually(r.lost) for r in self.raw])
         yield self.port.stopListening()
 
     @property

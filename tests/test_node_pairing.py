@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from cairn.client import Client
 from cairn.pairing import client as pairing
-from tests._harness import eventually, track_connections
+from tests._harness import drop_all, eventually, track_connections
 from tests.test_twistd import REPO, start_twistd
 
 TOKEN = "your-secret-token"
@@ -42,10 +42,7 @@ class RealNodePairingTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def tearDown(self):
-        for conn in self.connections:
-            if not conn.lost.called and conn.transport is not None:
-                conn.transport.lose(abort=True)
-        yield defer.gatherResults([eventually(c.lost) for c in self.connections])
+        yield drop_all(self.connections)
         if not self.proc.ended.called:
             self.proc.transport.signalProcess("TERM")
             yield eventually(self.proc.ended, 60)

@@ -15,7 +15,7 @@ from cairn.config import Config
 from cairn.service import make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
-from tests._harness import eventually, track_connections
+from tests._harness import drop_all, eventually, track_connections
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -113,10 +113,7 @@ class RestartTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def tearDown(self):
-        for conn in self.connections:
-            if not conn.lost.called and conn.transport is not None:
-                conn.transport.lose(abort=True)
-        yield defer.gatherResults([eventually(c.lost) for c in self.connections])
+        yield drop_all(self.connections)
 
     @defer.inlineCallbacks
     def test_clean_restart_resumes(self):

@@ -11,7 +11,7 @@ import unicodedata
 import attr
 
 from cairn.pairing import proofs
-from cairn.wire.schema import BodyError
+from cairn.wire.schema import BodyError, bytes_field, require_map, text_field
 
 PSK = "psk"
 PIN = "pin"
@@ -28,39 +28,19 @@ class UnsupportedMethod(BodyError):
     """A well-formed PairRequest naming a method this node does not know."""
 
 
-def _map(body, what):
-    if not isinstance(body, dict):
-        raise BodyError(f"{what} body must be a map")
-    return body
-
-
-def _text(body, key, what, max_len, default=None):
-    value = body.get(key, default)
-    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > max_len:
-        raise BodyError(f"{what}: {key!r} must be text of at most {max_len} bytes")
-    return value
-
-
-def _bytes(body, key, what, size):
-    value = body.get(key)
-    if not isinstance(value, bytes) or len(value) != size:
-        raise BodyError(f"{what}: {key!r} must be {size} bytes")
-    return value
-
-
 def _name(body, what):
-    name = _text(body, "name", what, MAX_NAME, default="")
+    name = text_field(body, "name", what, MAX_NAME, default="")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
         raise BodyError(f"{what}: 'name' must not contain control characters")
     return name
 
 
 def _method(body, what):
-    return _text(body, "method", what, MAX_METHOD)
+    return text_field(body, "method", what, MAX_METHOD)
 
 
 def _spake2(body, what, side: bytes):
-    message = _bytes(body, "spake2", what, proofs.SPAKE2_MESSAGE_SIZE)
+    message = bytes_field(body, "spake2", what, proofs.SPAKE2_MESSAGE_SIZE)
     if message[:1] != side:
         raise BodyError(f"{what}: 'spake2' must start with the side byte {side!r}")
     return message
@@ -86,19 +66,19 @@ def parse_pair_request(body) -> PairRequest:
     @raise BodyError: any other departure from the schema.
     """
     what = "PairRequest"
-    body = _map(body, what)
+    body = require_map(body, what)
     method = _method(body, what)
     name = _name(body, what)
     if method == PSK:
-        return PairRequest(method, name, proof=_bytes(body, "proof", what, proofs.PROOF_SIZE))
+        return PairRequest(method, name, proof=bytes_field(body, "proof", what, proofs.PROOF_SIZE))
     if method == PIN:
         return PairRequest(method, name, spake2=_spake2(body, what, b"A"))
     if method == LINK:
         return PairRequest(
             method,
             name,
-            link_id=_bytes(body, "link_id", what, proofs.LINK_ID_SIZE),
-            proof=_bytes(body, "proof", what, proofs.PROOF_SIZE),
+            link_id=bytes_field(body, "link_id", what, proofs.LINK_ID_SIZE),
+            proof=bytes_field(body, "proof", what, proofs.PROOF_SIZE),
         )
     if method == APPROVAL:
         return PairRequest(method, name)
@@ -108,16 +88,16 @@ def parse_pair_request(body) -> PairRequest:
 def parse_pair_response(body) -> bytes:
     """PairResponse: {"method": "pin", "confirm": bstr 32}; returns the MAC."""
     what = "PairResponse"
-    body = _map(body, what)
+    body = require_map(body, what)
     if _method(body, what) != PIN:
         raise BodyError(f"{what}: 'method' must be 'pin'")
-    return _bytes(body, "confirm", what, proofs.PROOF_SIZE)
+    return bytes_field(body, "confirm", what, proofs.PROOF_SIZE)
 
 
 def parse_pair_challenge(body):
     """PairChallenge: {"method": "pin", "spake2"} or {"method": "approval"}; returns (method, spake2)."""
     what = "PairChallenge"
-    body = _map(body, what)
+    body = require_map(body, what)
     method = _method(body, what)
     if method == PIN:
         return method, _spake2(body, what, b"B")
@@ -129,30 +109,30 @@ def parse_pair_challenge(body):
 def parse_pair_confirm(body):
     """PairConfirm: {"method", "already_paired", "proof"?}; returns (method, already, proof)."""
     what = "PairConfirm"
-    body = _map(body, what)
+    body = require_map(body, what)
     method = _method(body, what)
     already = body.get("already_paired", False)
     if not isinstance(already, bool):
         raise BodyError(f"{what}: 'already_paired' must be a boolean")
     proof = None
     if "proof" in body:
-        proof = _bytes(body, "proof", what, proofs.PROOF_SIZE)
+        proof = bytes_field(body, "proof", what, proofs.PROOF_SIZE)
     return method, already, proof
 
 
 def parse_pair_reject(body):
     """PairReject: {"code": uint, "reason": text, "method": text}; returns (code, reason, method)."""
     what = "PairReject"
-    body = _map(body, what)
+    body = require_map(body, what)
     code = body.get("code")
     if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 0xFFFF:
         raise BodyError(f"{what}: 'code' must be an unsigned integer <= 65535")
-    return code, _text(body, "reason", what, MAX_REASON, ""), _text(body, "method", what, MAX_METHOD, "")
+    return code, text_field(body, "reason", what, MAX_REASON, ""), text_field(body, "method", what, MAX_METHOD, "")
 
 
 def parse_pair_revoke(body) -> None:
     """PairRevoke: {} (extra keys ignored)."""
-    _map(body, "PairRevoke")
+    require_map(body, "PairRevoke")
 
 
 # Builders

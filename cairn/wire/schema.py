@@ -1,5 +1,6 @@
 """
-Validation of the CBOR bodies the session layer itself understands.
+Validation of the CBOR bodies the session layer itself understands, and
+the field checks every service's body parsers share.
 
 Each C{parse_*} takes the decoded CBOR value and returns it checked, or
 raises L{BodyError}. Unknown extra keys are ignored (minor versions may
@@ -13,13 +14,15 @@ class BodyError(ValueError):
     """A body decodes as CBOR but does not follow its message's schema."""
 
 
-def _map(body, what):
+def require_map(body, what):
+    """C{body} if it is a map, else L{BodyError} naming C{what}."""
     if not isinstance(body, dict):
         raise BodyError(f"{what} body must be a map")
     return body
 
 
-def _uint(body, key, what, maximum=MAX_SEQUENCE, required=True):
+def uint_field(body, key, what, maximum=MAX_SEQUENCE, required=True):
+    """An unsigned integer (not a bool) at C{key}, at most C{maximum}; None if optional and absent."""
     if key not in body and not required:
         return None
     value = body.get(key)
@@ -28,14 +31,16 @@ def _uint(body, key, what, maximum=MAX_SEQUENCE, required=True):
     return value
 
 
-def _text(body, key, what, max_len):
-    value = body.get(key)
-    if not isinstance(value, str) or len(value.encode("utf-8")) > max_len:
+def text_field(body, key, what, max_len, default=None):
+    """Text at C{key} of at most C{max_len} UTF-8 bytes (C{default} if absent and given)."""
+    value = body.get(key, default)
+    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > max_len:
         raise BodyError(f"{what}: {key!r} must be text of at most {max_len} bytes")
     return value
 
 
-def _bytes(body, key, what, size=None):
+def bytes_field(body, key, what, size=None):
+    """A byte string at C{key}, of exactly C{size} bytes when given."""
     value = body.get(key)
     if not isinstance(value, bytes) or (size is not None and len(value) != size):
         shape = f"{size} bytes" if size is not None else "a byte string"
@@ -45,30 +50,30 @@ def _bytes(body, key, what, size=None):
 
 def parse_handshake(body) -> bytes:
     """The Noise message inside a handshake envelope payload."""
-    return _bytes(_map(body, "handshake"), "noise", "handshake")
+    return bytes_field(require_map(body, "handshake"), "noise", "handshake")
 
 
 def parse_keepalive(body):
     """Keepalive: {} or {"ack": uint}; returns the ack or None."""
-    return _uint(_map(body, "Keepalive"), "ack", "Keepalive", required=False)
+    return uint_field(require_map(body, "Keepalive"), "ack", "Keepalive", required=False)
 
 
 def parse_close(body):
     """Close: {"code": uint, "reason": text}; returns (code, reason)."""
-    body = _map(body, "Close")
-    return _uint(body, "code", "Close", 0xFFFF), _text(body, "reason", "Close", 1024)
+    body = require_map(body, "Close")
+    return uint_field(body, "code", "Close", 0xFFFF), text_field(body, "reason", "Close", 1024)
 
 
 def parse_reconnect(body) -> int:
     """Reconnect: {"last_received": uint}; returns it."""
-    return _uint(_map(body, "Reconnect"), "last_received", "Reconnect")
+    return uint_field(require_map(body, "Reconnect"), "last_received", "Reconnect")
 
 
 def parse_channel_init(body):
     """ChannelInit: {"channel": uint, "name": text}; returns (id, name)."""
-    body = _map(body, "ChannelInit")
-    cid = _uint(body, "channel", "ChannelInit", 2**32 - 1)
-    name = _text(body, "name", "ChannelInit", 255)
+    body = require_map(body, "ChannelInit")
+    cid = uint_field(body, "channel", "ChannelInit", 2**32 - 1)
+    name = text_field(body, "name", "ChannelInit", 255)
     if cid == 0:
         raise BodyError("ChannelInit: channel 0 is reserved")
     return cid, name
@@ -76,8 +81,8 @@ def parse_channel_init(body):
 
 def parse_data(body):
     """Data: {"channel": uint, "dr": map}; returns (id, ratchet message)."""
-    body = _map(body, "Data")
-    cid = _uint(body, "channel", "Data", 2**32 - 1)
+    body = require_map(body, "Data")
+    cid = uint_field(body, "channel", "Data", 2**32 - 1)
     dr = body.get("dr")
     if not isinstance(dr, dict):
         raise BodyError("Data: 'dr' must be a map")
