@@ -11,6 +11,8 @@ connecting to it over 127.0.0.1 with a fixed number of handshakes in
 flight. One cairn handshake here is everything a client does to get a
 session: TCP (or WebSocket) connect, the three Noise messages with the
 signed identity payloads, the ratchet start, and then a sealed Close.
+For the WebSocket run it also counts how the client's WebSockets closed
+(clean or not) and the timers still pending shortly after the run.
 
     python -m bench.handshake [--quick] [--count N] [--concurrency N]
 """
@@ -29,6 +31,7 @@ from bench._common import (
     pick,
     rate,
     ratio,
+    sleep,
     with_timeout,
 )
 from cairn.client import Client
@@ -37,6 +40,8 @@ from cairn.wire.constants import NOISE_PROLOGUE, NOISE_PROTOCOL_NAME
 
 #: The ratio the full TCP handshake should reach against the bare one.
 TARGET = 0.7
+#: Seconds to let the last WebSockets close before counting how they closed.
+CLOSE_GRACE = 0.5
 
 
 def bare_handshake_operation():
@@ -85,6 +90,52 @@ def cairn_handshakes(reactor, server, address: str, count: int, concurrency: int
     return watch.stop(count)
 
 
+class WebSocketCloses:
+    """
+    Counts, in this (the client) process, how cairn's client WebSockets
+    close: cleanly (closing handshake completed) or not. A context manager.
+    """
+
+    def __init__(self):
+        self.clean = 0
+        self.unclean = 0
+
+    def __enter__(self):
+        from cairn.transport.websocket import ClientProtocol
+
+        original = ClientProtocol.onClose
+        own = "onClose" in vars(ClientProtocol)
+
+        def onClose(protocol, wasClean, code, reason):
+            if wasClean:
+                self.clean += 1
+            else:
+                self.unclean += 1
+            return original(protocol, wasClean, code, reason)
+
+        ClientProtocol.onClose = onClose
+
+        def restore():
+            if own:
+                ClientProtocol.onClose = original
+            else:
+                del ClientProtocol.onClose
+
+        self._restore = restore
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+
+    def line(self, opened: int, after: float, timers: int) -> str:
+        still_open = opened - self.clean - self.unclean
+        return (
+            f"client WebSocket closes: {self.clean} clean, {self.unclean} unclean, "
+            f"{still_open} not closed {after:g} s after the last session was up; "
+            f"{timers} timers pending then (an unclean close leaves its 5 s close timer behind)"
+        )
+
+
 def report_transport(name, measured, bare, target=None):
     """Print the lines for one transport."""
     line = (
@@ -118,13 +169,17 @@ def run(reactor, quick=False, count=None, bare_count=None, concurrency=16):
         tcp = yield cairn_handshakes(
             reactor, server, f"tcp:host=127.0.0.1:port={ports['tcp']}", count, concurrency
         )
-        websocket = yield cairn_handshakes(
-            reactor, server, f"ws://127.0.0.1:{ports['websocket']}/", count, concurrency
-        )
+        with WebSocketCloses() as closes:
+            websocket = yield cairn_handshakes(
+                reactor, server, f"ws://127.0.0.1:{ports['websocket']}/", count, concurrency
+            )
+            yield sleep(reactor, CLOSE_GRACE)
+            timers = len(reactor.getDelayedCalls())
     finally:
         server.stop()
     report_transport("TCP", tcp, bare, TARGET)
     report_transport("WebSocket", websocket, bare)
+    out(f"  WebSocket: {closes.line(count + 1, CLOSE_GRACE, timers)}")
     out(
         "  (wall rates: client in this process, node in a child process, one core each; "
         "the bare anchor runs both sides on one core)"

@@ -454,3 +454,74 @@ class BadInputTests(unittest.TestCase):
         if bytes(m2[pos : pos + len(junk)]) == original and len(junk) == len(original):
             return
         self.assertRaises(HandshakeError, i.read_response, bytes(m2))
+
+
+class CachingTests(unittest.TestCase):
+    """What is computed once per identity, or remembered, gives the same bytes and the same verdicts."""
+
+    def test_identity_payload_computed_once(self):
+        """identity_payload signs once per identity and returns what a fresh computation gives."""
+        identity = Identity.generate()
+        calls = []
+        real_sign = Identity.sign
+        self.patch(Identity, "sign", lambda self, message: calls.append(message) or real_sign(self, message))
+        first = handshake.identity_payload(identity)
+        self.assertEqual(handshake.identity_payload(identity), first)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(first, handshake._make_identity_payload(identity))
+        self.assertEqual(
+            cbor.loads(first),
+            {
+                "identity": identity.public_key,
+                "sig": real_sign(identity, STATIC_BINDING_PREFIX + identity.noise_static_public()),
+            },
+        )
+
+    def test_subclass_overrides_still_used(self):
+        """An Identity subclass overriding noise_static_public signs what the override returns."""
+        other = Identity.generate().noise_static_public()
+
+        class Lying(Identity):
+            def noise_static_public(self):
+                return other
+
+        liar = Lying.generate()
+        payload = cbor.loads(handshake.identity_payload(liar))
+        self.assertRaises(
+            HandshakeError, handshake.check_identity_payload, handshake.identity_payload(liar),
+            Identity(liar.signing_key).noise_static_public(),
+        )
+        self.assertEqual(handshake.check_identity_payload(handshake.identity_payload(liar), other), liar.public_key)
+        self.assertEqual(payload["identity"], liar.public_key)
+
+    def test_static_keypair_shared_and_correct(self):
+        """Every handshake of one identity uses one static key pair object, the one its bytes describe."""
+        a = NoiseHandshake(ALICE, initiator=True)
+        b = NoiseHandshake(ALICE, initiator=False)
+        s = a._conn.noise_protocol.keypairs["s"]
+        self.assertIs(b._conn.noise_protocol.keypairs["s"], s)
+        self.assertEqual(s.public_bytes, ALICE.noise_static_public())
+        i, r, _ = run_handshake(ALICE, BOB)
+        self.assertEqual(r._remote_static(), ALICE.noise_static_public())
+        self.assertEqual(i.result().handshake_hash, r.result().handshake_hash)
+
+    def test_verification_remembered(self):
+        """A binding is verified once per (identity, static, signature); failures stay failures."""
+        handshake._binding_verifies.cache_clear()
+        self.addCleanup(handshake._binding_verifies.cache_clear)
+        calls = []
+        real = handshake.verify
+        self.patch(handshake, "verify", lambda *args: calls.append(args) or real(*args))
+        payload = handshake.identity_payload(MALLORY)
+        static = MALLORY.noise_static_public()
+        for _ in range(3):
+            self.assertEqual(handshake.check_identity_payload(payload, static), MALLORY.public_key)
+        self.assertEqual(len(calls), 1)
+        wrong = ALICE.noise_static_public()
+        for _ in range(2):
+            self.assertRaises(HandshakeError, handshake.check_identity_payload, payload, wrong)
+        self.assertEqual(len(calls), 2)
+        bad = cbor.loads(payload)
+        bad["sig"] = bytes([bad["sig"][0] ^ 1]) + bad["sig"][1:]
+        self.assertRaises(HandshakeError, handshake.check_identity_payload, cbor.dumps(bad), static)
+        self.assertEqual(handshake.check_identity_payload(payload, static), MALLORY.public_key)

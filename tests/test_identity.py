@@ -241,3 +241,55 @@ class ReprAndNoiseKeyTests(unittest.TestCase):
         h[31] &= 127
         h[31] |= 64
         self.assertEqual(Identity.from_seed(RFC8032_SEED).noise_static_private(), bytes(h))
+
+
+class MemoTests(unittest.TestCase):
+    """Values derived from the key pair are computed once per Identity and are the same values."""
+
+    def test_derived_values_computed_once(self):
+        """noise_static_public/private, public_key and peer_id convert once and match fresh conversions."""
+        from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519, crypto_sign_ed25519_sk_to_curve25519
+
+        from cairn.crypto import identity as module
+
+        calls = []
+        self.patch(module, "crypto_sign_ed25519_pk_to_curve25519",
+                   lambda pk: calls.append("pk") or crypto_sign_ed25519_pk_to_curve25519(pk))
+        self.patch(module, "crypto_sign_ed25519_sk_to_curve25519",
+                   lambda sk: calls.append("sk") or crypto_sign_ed25519_sk_to_curve25519(sk))
+        identity = Identity.from_seed(RFC8032_SEED)
+        for _ in range(3):
+            self.assertEqual(identity.public_key, RFC8032_PUBLIC)
+            self.assertEqual(identity.noise_static_public(), crypto_sign_ed25519_pk_to_curve25519(RFC8032_PUBLIC))
+            self.assertEqual(
+                identity.noise_static_private(),
+                crypto_sign_ed25519_sk_to_curve25519(RFC8032_SEED + RFC8032_PUBLIC),
+            )
+            self.assertEqual(identity.peer_id, peer_id_for(RFC8032_PUBLIC))
+        self.assertEqual(sorted(calls), ["pk", "sk"])
+
+    def test_memo_not_part_of_value(self):
+        """Two identities from one seed are equal and hash alike whatever each has computed."""
+        a, b = Identity.from_seed(RFC8032_SEED), Identity.from_seed(RFC8032_SEED)
+        a.noise_static_public()
+        a.memo("anything", lambda: 1)
+        self.assertEqual(a, b)
+        self.assertEqual(hash(a), hash(b))
+        self.assertNotIn("anything", repr(a))
+
+    def test_memo_computes_once_per_name(self):
+        identity = Identity.generate()
+        calls = []
+        self.assertEqual(identity.memo("x", lambda: calls.append(1) or 5), 5)
+        self.assertEqual(identity.memo("x", lambda: calls.append(1) or 6), 5)
+        self.assertEqual(identity.memo("y", lambda: 7), 7)
+        self.assertEqual(calls, [1])
+
+    def test_peer_id_cache_matches_and_accepts_bytearray(self):
+        """peer_id_for gives the same id cached or not, and still takes a bytearray."""
+        key = Identity.generate().public_key
+        expected = _b58encode(b"\x12\x20" + hashlib.sha256(key).digest())
+        self.assertEqual(peer_id_for(key), expected)
+        self.assertEqual(peer_id_for(key), expected)
+        self.assertEqual(peer_id_for(bytearray(key)), expected)
+        self.assertRaises(ValueError, peer_id_for, bytearray(31))

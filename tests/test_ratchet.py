@@ -593,3 +593,207 @@ class DriverTests(unittest.TestCase):
         _, a = Ratchet.start_initiator(seed, b"", AD)
         _, b = Ratchet.start_initiator(seed, b"", AD)
         self.assertNotEqual(a["pub"], b["pub"])
+
+
+# ---------------------------------------------------------------------------
+# The performance hooks around the library (see the module docstring)
+
+
+def _wire_of(msg) -> dict:
+    return ratchet._wire(msg)
+
+
+def _dh_state(r: Ratchet):
+    """The library's DH ratchet object inside a Ratchet."""
+    return r._state._DoubleRatchet__diffie_hellman_ratchet
+
+
+class _ParseCounter:
+    """Counts X25519PrivateKey.from_private_bytes calls while installed."""
+
+    def __init__(self, case: unittest.TestCase):
+        self.count = 0
+        real = X25519PrivateKey.from_private_bytes
+
+        def counting(data):
+            self.count += 1
+            return real(data)
+
+        case.patch(X25519PrivateKey, "from_private_bytes", staticmethod(counting))
+
+
+class KeyCacheTests(unittest.TestCase):
+    def test_encrypt_parses_no_key(self):
+        """Encrypting, within a chain or after DH steps, never re-parses the own private key."""
+        initiator, responder = _pair()
+        counter = _ParseCounter(self)
+        for i in range(5):
+            msg = initiator.encrypt(b"i%d" % i, AD)
+            self.assertEqual(responder.decrypt(msg, AD), b"i%d" % i)
+        for _ in range(3):
+            self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
+            self.assertEqual(responder.decrypt(initiator.encrypt(b"i", AD), AD), b"i")
+        self.assertEqual(counter.count, 0)
+
+    def test_responder_start_reuses_seed_key(self):
+        """start_responder uses the key derive_seed parsed; a seed built by hand costs one parse."""
+        seed = _seed()
+        _, first = Ratchet.start_initiator(seed, b"", AD)
+        counter = _ParseCounter(self)
+        responder, _ = Ratchet.start_responder(seed, first, AD)
+        self.assertEqual(counter.count, 0)
+        self.assertIsNone(ratchet._handoff)
+        plain = RatchetSeed(seed.shared_secret, seed.responder_private, seed.responder_public)
+        self.assertEqual(plain, seed)
+        other, _ = Ratchet.start_responder(plain, first, AD)
+        self.assertEqual(counter.count, 1)
+        self.assertEqual(json.loads(other.to_json())["state"]["diffie_hellman_ratchet"]["other_ratchet_pub"],
+                         json.loads(responder.to_json())["state"]["diffie_hellman_ratchet"]["other_ratchet_pub"])
+
+    def test_handoff_cleared_on_failure(self):
+        """A failed responder start leaves no key behind in the module."""
+        seed = _seed()
+        _, first = Ratchet.start_initiator(seed, b"", AD)
+        self.assertRaises(RatchetError, Ratchet.start_responder, seed, first, b"wrong ad")
+        self.assertIsNone(ratchet._handoff)
+
+    def test_cache_keyed_by_private_bytes(self):
+        """A cached key for other private bytes is never used: the right public key and DH result come out."""
+        a, b = os.urandom(32), os.urandom(32)
+        peer = X25519PrivateKey.generate()
+        peer_pub = peer.public_key().public_bytes_raw()
+        state = ratchet._DHRatchet()
+        self.assertEqual(state._derive_pub(a), _pub(a))
+        self.assertEqual(state._derive_pub(b), _pub(b))
+        self.assertEqual(state._derive_pub(bytes(a)), _pub(a))
+        self.assertEqual(state._perform_diffie_hellman(b, peer_pub), _dh(b, peer_pub))
+        self.assertEqual(state._derive_pub(a), _pub(a))
+
+    def test_pinned_generator_still_used(self):
+        """With generate_private_key replaced, ratchet keys come from it (and are parsed when needed)."""
+        seed = _seed()
+        pinned = os.urandom(32)
+        self.patch(ratchet, "generate_private_key", lambda: pinned)
+        _, first = Ratchet.start_initiator(seed, b"", AD)
+        self.assertEqual(first["pub"], _pub(pinned))
+
+
+class StateCopyTests(unittest.TestCase):
+    def test_copy_equals_and_is_independent(self):
+        """copy.deepcopy of the DH ratchet equals it and shares no mutable state with it."""
+        import copy
+
+        initiator, responder = _pair()
+        responder.decrypt(initiator.encrypt(b"x", AD), AD)
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
+        msg = ratchet._parse_message(initiator.encrypt(b"y", AD))  # turns the responder's DH ratchet
+        state = _dh_state(responder)
+        clone = copy.deepcopy(state)
+        self.assertIs(type(clone), type(state))
+        self.assertEqual(clone.json, state.json)
+        mutable = ("_DiffieHellmanRatchet__root_chain", "_DiffieHellmanRatchet__symmetric_key_ratchet")
+        for name in mutable:
+            self.assertIsNot(getattr(clone, name), getattr(state, name))
+        skr, clone_skr = (getattr(s, mutable[1]) for s in (state, clone))
+        for name in ("_SymmetricKeyRatchet__sending_chain", "_SymmetricKeyRatchet__receiving_chain"):
+            self.assertIsNot(getattr(clone_skr, name), getattr(skr, name))
+        before = state.json
+        # Drive the clone through the DH step: the original does not move.
+        ratchet._run(clone.next_decryption_key(msg.header))
+        self.assertNotEqual(clone.json, before)
+        self.assertEqual(state.json, before)
+        self.assertEqual(responder.decrypt(_wire_of(msg), AD), b"y")
+
+    def test_copy_falls_back_to_deepcopy(self):
+        """An attribute of a type the copy does not know is deep-copied, never shared."""
+        import copy
+
+        initiator, _ = _pair()
+        state = _dh_state(initiator)
+        state.extra = {"nested": [1, 2]}
+        try:
+            clone = copy.deepcopy(state)
+        finally:
+            del state.extra
+        self.assertEqual(clone.extra, {"nested": [1, 2]})
+        self.assertIsNot(clone.extra, state.__dict__.get("extra", None))
+        clone.extra["nested"].append(3)
+        self.assertNotIn("extra", vars(state))
+
+    def test_failed_decrypt_after_dh_step_leaves_key_cache(self):
+        """A rejected message that triggered a DH step on the copy leaves the original's keys in use."""
+        initiator, responder = _pair()
+        self.assertEqual(responder.decrypt(initiator.encrypt(b"genuine", AD), AD), b"genuine")
+        key_before = _dh_state(initiator)._cairn_key
+        self.assertIsNotNone(key_before[2])  # parsed, public key known
+        forged = dict(responder.encrypt(b"r", AD), ct=os.urandom(64))
+        forged["pub"] = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        before = initiator.to_json()
+        self.assertRaises(RatchetError, initiator.decrypt, forged, AD)
+        self.assertEqual(initiator.to_json(), before)
+        self.assertIs(_dh_state(initiator)._cairn_key, key_before)
+        self.assertEqual(initiator.encrypt(b"i", AD)["pub"], key_before[2])
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"ok", AD), AD), b"ok")
+
+
+class LibraryEquivalenceTests(unittest.TestCase):
+    """cairn's KDF and AEAD subclasses compute exactly what the library's would."""
+
+    def test_message_chain_kdf(self):
+        from doubleratchet.recommended import HashFunction, kdf_separate_hmacs
+
+        class Library(kdf_separate_hmacs.KDF):
+            @staticmethod
+            def _get_hash_function():
+                return HashFunction.SHA_256
+
+        for _ in range(20):
+            key = os.urandom(32)
+            self.assertEqual(
+                ratchet._run(ratchet._MessageChainKDF.derive(key, b"\x02\x01", 64)),
+                ratchet._run(Library.derive(key, b"\x02\x01", 64)),
+            )
+        self.assertRaises(ValueError, ratchet._run, ratchet._MessageChainKDF.derive(os.urandom(32), b"\x02", 64))
+
+    def test_aead(self):
+        from doubleratchet import aead as dr_aead
+        from doubleratchet.recommended import HashFunction, aead_aes_hmac
+
+        class Library(aead_aes_hmac.AEAD):
+            @staticmethod
+            def _get_hash_function():
+                return HashFunction.SHA_256
+
+            @staticmethod
+            def _get_info():
+                return ratchet.AEAD_INFO
+
+        run = ratchet._run
+        for size in (0, 1, 15, 16, 17, 1024):
+            key, ad, plain = os.urandom(32), os.urandom(40), os.urandom(size)
+            ct = run(ratchet._AEAD.encrypt(plain, key, ad))
+            self.assertEqual(ct, run(Library.encrypt(plain, key, ad)))
+            self.assertEqual(run(ratchet._AEAD.decrypt(ct, key, ad)), plain)
+            tampered = ct[:-1] + bytes([ct[-1] ^ 1])
+            self.assertRaises(dr_aead.AuthenticationFailedException, run, ratchet._AEAD.decrypt(tampered, key, ad))
+        # A body that authenticates but does not unpad is a decryption failure, as in the library.
+        key, ad = os.urandom(32), b"ad"
+        okm = _hkdf(b"\x00" * 32, key, ratchet.AEAD_INFO, 80)
+        encryptor = Cipher(algorithms.AES(okm[:32]), modes.CBC(okm[64:])).encryptor()
+        body = encryptor.update(b"\x00" * 16) + encryptor.finalize()
+        ct = body + _hmac(okm[32:64], ad + body)
+        self.assertRaises(dr_aead.DecryptionFailedException, run, ratchet._AEAD.decrypt(ct, key, ad))
+        self.assertRaises(dr_aead.DecryptionFailedException, run, Library.decrypt(ct, key, ad))
+
+    def test_no_skip_warning_escapes(self):
+        """A DH step past a gap above the threshold emits no warning, whatever pn says."""
+        import warnings
+
+        initiator, responder = _pair()
+        for _ in range(1002):
+            initiator.encrypt(b"lost", AD)
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
+        new = initiator.encrypt(b"new", AD)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            self.assertEqual(responder.decrypt(new, AD), b"new")

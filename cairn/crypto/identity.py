@@ -10,10 +10,19 @@ created with mode 0600 and never rewritten. The node's Noise static key
 is the X25519 form of the same key (libsodium's conversion), so one file
 is all a node has to keep; peers never depend on that choice, because the
 handshake binds whatever static key is used with a signature.
+
+Everything derived from an identity's key pair is computed once per
+L{Identity} and kept on it (L{Identity.memo}): the Ed25519 to X25519
+conversion of the public key alone costs about 34 us, and a node uses the
+same values for every handshake. Peer ids are cached per public key
+(bounded), since the same peers come back.
 """
 
+import functools
 import hashlib
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attr
 import base58
@@ -32,12 +41,25 @@ class IdentityError(Exception):
     """The identity key file is unusable (wrong size, unreadable)."""
 
 
-def peer_id_for(public_key: bytes) -> str:
-    """The base58 multihash peer id of a 32-byte Ed25519 public key."""
+_T = TypeVar("_T")
+
+
+def _peer_id(public_key: bytes) -> str:
     if len(public_key) != 32:
         raise ValueError("an Ed25519 public key is 32 bytes")
     digest = hashlib.sha256(public_key).digest()
     return base58.b58encode(_MULTIHASH_PREFIX + digest).decode("ascii")
+
+
+#: base58 costs about 25 us; every session computes its peer's id.
+_cached_peer_id = functools.lru_cache(maxsize=4096)(_peer_id)
+
+
+def peer_id_for(public_key: bytes) -> str:
+    """The base58 multihash peer id of a 32-byte Ed25519 public key."""
+    if type(public_key) is bytes:
+        return _cached_peer_id(public_key)
+    return _peer_id(public_key)
 
 
 def parse_peer_id(peer_id: str) -> bytes:
@@ -69,6 +91,9 @@ class Identity:
     """A node's long-term key pair. The repr never shows key material."""
 
     signing_key: SigningKey = attr.ib()
+    #: Values derived from the key pair alone (see L{memo}); not part of
+    #: the value of the identity.
+    _memos: dict[str, Any] = attr.ib(init=False, factory=dict, eq=False, repr=False)
 
     @classmethod
     def generate(cls) -> "Identity":
@@ -78,24 +103,41 @@ class Identity:
     def from_seed(cls, seed: bytes) -> "Identity":
         return cls(SigningKey(seed))
 
+    def memo(self, name: str, compute: Callable[[], _T]) -> _T:
+        """
+        C{compute()}, computed once for this identity under C{name}.
+
+        Only for values that depend on nothing but this key pair (signatures
+        are deterministic in Ed25519, so a signature qualifies).
+        """
+        try:
+            return self._memos[name]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._memos[name] = compute()
+            return value
+
     @property
     def public_key(self) -> bytes:
-        return bytes(self.signing_key.verify_key)
+        return self.memo("public_key", lambda: bytes(self.signing_key.verify_key))
 
     @property
     def peer_id(self) -> str:
-        return peer_id_for(self.public_key)
+        return self.memo("peer_id", lambda: peer_id_for(self.public_key))
 
     def sign(self, message: bytes) -> bytes:
         return self.signing_key.sign(message).signature
 
     def noise_static_private(self) -> bytes:
         """The X25519 private key used as the Noise static key."""
-        sk = bytes(self.signing_key) + self.public_key
-        return crypto_sign_ed25519_sk_to_curve25519(sk)
+        return self.memo(
+            "noise_static_private",
+            lambda: crypto_sign_ed25519_sk_to_curve25519(bytes(self.signing_key) + self.public_key),
+        )
 
     def noise_static_public(self) -> bytes:
-        return crypto_sign_ed25519_pk_to_curve25519(self.public_key)
+        return self.memo(
+            "noise_static_public", lambda: crypto_sign_ed25519_pk_to_curve25519(self.public_key)
+        )
 
     def __repr__(self):
         return f"<Identity {self.peer_id}>"

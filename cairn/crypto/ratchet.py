@@ -43,8 +43,61 @@ C{RuntimeError} instead of silently returning garbage.
 Key generation is injectable for test vectors: every fresh ratchet private
 key comes from the module attribute L{generate_private_key} (looked up at
 call time), which tests may replace (e.g. with trial's C{self.patch}).
+
+Performance: the library is kept as it is; cairn works around its costly
+spots only through the hooks it offers (its abstract methods, the
+C{copy.deepcopy} protocol), so every byte on the wire is what the library
+itself would produce (the vectors in docs/protocol.md section 11.9 check
+this). What the library does and what cairn changes:
+
+  - X25519 key objects. The library keeps the own ratchet private key as raw
+    bytes and calls C{_derive_pub(priv)} on every encrypt (to fill in the
+    header) and C{_perform_diffie_hellman(priv, pub)} on every DH step; the
+    stock Curve25519 class re-parses the bytes with
+    C{X25519PrivateKey.from_private_bytes} each time, which costs a full
+    scalar multiplication (OpenSSL derives the public key on load), about
+    21 us. L{_DHRatchet} keeps, per ratchet, the parsed key object and its
+    public key for the current own private key (a one-entry cache keyed by
+    those private bytes: it never holds more than the key the state itself
+    holds, so nothing outlives a ratchet step). A freshly generated key is
+    cached as generated (C{X25519PrivateKey.generate()}, no re-parse). So an
+    encrypt costs no X25519 operation at all, and a DH ratchet step costs
+    one key generation and two exchanges, where the library alone did six
+    scalar multiplications.
+  - Ratchet start. L{derive_seed} already parses the responder's initial
+    private key to compute its public key; the key object rides along in
+    the L{RatchetSeed} (not part of its value) and L{Ratchet.start_responder}
+    hands it to the new DH ratchet, which would otherwise parse it again.
+    The initiator's start is one generation and one exchange.
+  - C{copy.deepcopy}. The library deep-copies its whole DH ratchet state on
+    every decrypt, so that a failed decrypt leaves the state unchanged.
+    Generic deep copy walks every attribute through the memo machinery
+    (about 15 us). L{_DHRatchet.__deepcopy__} does the same copy knowing the
+    shapes involved: the DH ratchet, its C{SymmetricKeyRatchet} and its
+    C{KDFChain}s are the only mutable objects (they are rebound or advanced
+    in place by a decrypt); everything they hold is immutable (bytes, ints,
+    None, classes, the cached key tuple) and is shared. Any attribute of
+    another type (a future library version) still goes through
+    C{copy.deepcopy}, so the copy is never shallower than the library's.
+  - Message-chain KDF and AEAD. The library's recommended classes look up
+    a crypto provider, a hash object and a backend for every HMAC, HKDF
+    and AES call. L{_MessageChainKDF.derive} and L{_AEAD} compute the same
+    construction (docs/protocol.md sections 11.4, 11.5) directly with
+    C{cryptography}; tests check them against the library's classes byte
+    for byte. The AEAD also compares the tag in constant time, as section
+    11.5 requires (the library uses C{!=}). HMACs use C{cryptography}'s
+    HMAC, never the standard library's C{hmac.digest}, which releases the
+    GIL on every call: in a process with a runnable thread (the node's
+    database pool) each such call can wait a thread switch interval.
+  - Warnings. The library warns when a DH step leaves more than the
+    threshold of keys behind; cairn silences that one warning. Setting up
+    C{warnings.catch_warnings} costs about 5 us, so L{Ratchet.decrypt} does
+    it only when the header's C{pn} exceeds the threshold, the only case in
+    which the warning can be raised.
 """
 
+import copy
+import hmac
 import json
 import struct
 import warnings
@@ -53,15 +106,20 @@ from typing import Any, TypeVar
 
 import attr
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hmac import HMAC as _HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.padding import PKCS7
 from doubleratchet import aead as _dr_aead
 from doubleratchet import diffie_hellman_ratchet as _dr_dh
 from doubleratchet.double_ratchet import DoubleRatchet as _DoubleRatchet
+from doubleratchet.kdf_chain import KDFChain as _KDFChain
 from doubleratchet.recommended import HashFunction, aead_aes_hmac, kdf_hkdf, kdf_separate_hmacs
 from doubleratchet.recommended.diffie_hellman_ratchet_curve25519 import (
     DiffieHellmanRatchet as _Curve25519DHRatchet,
 )
+from doubleratchet.symmetric_key_ratchet import SymmetricKeyRatchet as _SymmetricKeyRatchet
 from doubleratchet.types import EncryptedMessage, Header
 
 __all__ = [
@@ -91,6 +149,9 @@ MAX_SKIPPED_MESSAGE_KEYS = 1000
 _U32_MAX = 2**32 - 1
 _KEY_LEN = 32
 _TAG_LEN = 32  # HMAC-SHA-256, not truncated
+_HASH_LEN = 32
+_ZERO_SALT = b"\x00" * _HASH_LEN
+_SHA256 = hashes.SHA256()
 _AES_BLOCK = 16
 _WIRE_KEYS = frozenset(("pub", "pn", "n", "ct"))
 _STATE_FORMAT = "cairn-ratchet-state-v1"
@@ -132,30 +193,111 @@ def _default_generate_private_key() -> bytes:
 generate_private_key: Callable[[], bytes] = _default_generate_private_key
 
 
-def _x25519_public(private: bytes) -> bytes:
-    return (
-        X25519PrivateKey.from_private_bytes(private)
-        .public_key()
-        .public_bytes(
-            encoding=serialization.Encoding.Raw,
-            format=serialization.PublicFormat.Raw,
-        )
-    )
-
-
 # ---------------------------------------------------------------------------
 # Library parameterisation
 
+#: A parsed own ratchet key: (private bytes, key object, public bytes or None).
+_KeyEntry = tuple[bytes, X25519PrivateKey, bytes | None]
+
+#: Types whose values a state copy shares with the original: they cannot
+#: change. (Classes are shared too, as copy.deepcopy does.)
+_IMMUTABLE = frozenset((bytes, int, bool, str, float, type(None)))
+
+#: The responder's initial key, parsed by derive_seed, while start_responder
+#: runs (see _DHRatchet._entry). A plain global is enough: the entry is only
+#: used if its private bytes equal the ones asked for, so a concurrent
+#: start in another thread can cost a re-parse, never a wrong key.
+_handoff: _KeyEntry | None = None
+
+
+def _hmac_sha256(key: bytes, data: bytes) -> bytes:
+    # cryptography's HMAC, not the standard library's hmac.digest: the latter
+    # releases the GIL on every call, which costs a thread switch interval
+    # (milliseconds) whenever another thread (a database pool) is runnable.
+    mac = _HMAC(key, _SHA256)
+    mac.update(data)
+    return mac.finalize()
+
+
+def _same_key(a: bytes, b: bytes) -> bool:
+    return a is b or hmac.compare_digest(a, b)
+
+
+def _copy_state(obj: Any, memo: dict) -> Any:
+    """
+    A deep copy of a library state object (DH ratchet, symmetric-key
+    ratchet, KDF chain): a copy of its attribute dict in which the nested
+    state objects are copied the same way and immutable values are shared.
+    """
+    new = object.__new__(type(obj))
+    memo[id(obj)] = new
+    attrs = vars(obj).copy()
+    for name, value in attrs.items():
+        kind = type(value)
+        if kind in _IMMUTABLE or name == "_cairn_key" or isinstance(value, type):
+            continue  # shared; the key tuple holds bytes and immutable key objects
+        if kind in _STATE_TYPES or isinstance(value, _STATE_TYPES):
+            attrs[name] = _copy_state(value, memo)
+        else:
+            attrs[name] = copy.deepcopy(value, memo)
+    new.__dict__ = attrs
+    return new
+
 
 class _DHRatchet(_Curve25519DHRatchet):
-    """X25519 DH ratchet whose key generation goes through the module hook."""
+    """
+    X25519 DH ratchet: key generation through the module hook, the current
+    own key kept parsed, and a copy that knows the state's shape.
 
-    @staticmethod
-    def _generate_priv() -> bytes:
-        priv = generate_private_key()
+    The library declares C{_generate_priv}, C{_derive_pub} and
+    C{_perform_diffie_hellman} as static methods but always calls them on
+    the instance (C{self._derive_pub(...)}), so here they are ordinary
+    methods with access to the per-instance key cache.
+    """
+
+    #: The own ratchet key last parsed or generated (see the module docstring).
+    _cairn_key: _KeyEntry | None = None
+
+    def _generate_priv(self) -> bytes:  # type: ignore[override]
+        hook = generate_private_key
+        if hook is _default_generate_private_key:
+            key = X25519PrivateKey.generate()
+            priv = key.private_bytes_raw()
+            self._cairn_key = (priv, key, None)
+            return priv
+        priv = hook()
         if not isinstance(priv, bytes) or len(priv) != _KEY_LEN:
             raise RuntimeError("generate_private_key must return 32 bytes")
         return priv
+
+    def _entry(self, priv: bytes) -> _KeyEntry:
+        """The parsed key for C{priv}, parsing it only if it is not the cached one."""
+        entry = self._cairn_key
+        if entry is not None and _same_key(entry[0], priv):
+            return entry
+        entry = _handoff
+        if entry is None or not _same_key(entry[0], priv):
+            entry = (priv, X25519PrivateKey.from_private_bytes(priv), None)
+        self._cairn_key = entry
+        return entry
+
+    def _derive_pub(self, priv: bytes) -> bytes:  # type: ignore[override]
+        entry = self._entry(priv)
+        pub = entry[2]
+        if pub is None:
+            pub = entry[1].public_key().public_bytes_raw()
+            self._cairn_key = (entry[0], entry[1], pub)
+        return pub
+
+    def _perform_diffie_hellman(self, own_priv: bytes, other_pub: bytes) -> bytes:  # type: ignore[override]
+        return self._entry(own_priv)[1].exchange(X25519PublicKey.from_public_bytes(other_pub))
+
+    def __deepcopy__(self, memo: dict) -> "_DHRatchet":
+        return _copy_state(self, memo)  # type: ignore[no-any-return]
+
+
+#: The library's mutable state classes, copied attribute by attribute.
+_STATE_TYPES = (_DHRatchet, _SymmetricKeyRatchet, _KDFChain)
 
 
 class _RootChainKDF(kdf_hkdf.KDF):
@@ -177,9 +319,22 @@ class _MessageChainKDF(kdf_separate_hmacs.KDF):
     def _get_hash_function() -> HashFunction:
         return HashFunction.SHA_256
 
+    @classmethod
+    async def derive(cls, key: bytes, data: bytes, length: int) -> bytes:
+        # The library's computation without its per-call provider lookups.
+        if length != len(data) * _HASH_LEN:
+            raise ValueError("the message chain KDF derives 32 bytes per constant byte")
+        return b"".join(_hmac_sha256(key, data[i : i + 1]) for i in range(len(data)))
+
 
 class _AEAD(aead_aes_hmac.AEAD):
-    """AES-256-CBC + HMAC-SHA-256, keys and IV from HKDF with AEAD_INFO."""
+    """
+    AES-256-CBC + HMAC-SHA-256, keys and IV from HKDF with AEAD_INFO.
+
+    The library's construction (docs/protocol.md section 11.5), computed
+    with fewer objects per message, and with the tag compared in constant
+    time as the specification requires (the library compares with C{!=}).
+    """
 
     @staticmethod
     def _get_hash_function() -> HashFunction:
@@ -188,6 +343,33 @@ class _AEAD(aead_aes_hmac.AEAD):
     @staticmethod
     def _get_info() -> bytes:
         return AEAD_INFO
+
+    @staticmethod
+    def _keys(key: bytes) -> tuple[bytes, bytes, bytes]:
+        okm = HKDF(algorithm=_SHA256, length=80, salt=_ZERO_SALT, info=AEAD_INFO).derive(key)
+        return okm[:32], okm[32:64], okm[64:]
+
+    @classmethod
+    async def encrypt(cls, plaintext: bytes, key: bytes, associated_data: bytes) -> bytes:
+        enc_key, auth_key, iv = cls._keys(key)
+        pad = _AES_BLOCK - len(plaintext) % _AES_BLOCK  # PKCS#7: 1 to 16 bytes
+        encryptor = Cipher(algorithms.AES(enc_key), modes.CBC(iv)).encryptor()
+        body = encryptor.update(plaintext + bytes((pad,)) * pad) + encryptor.finalize()
+        return body + _hmac_sha256(auth_key, associated_data + body)
+
+    @classmethod
+    async def decrypt(cls, ciphertext: bytes, key: bytes, associated_data: bytes) -> bytes:
+        dec_key, auth_key, iv = cls._keys(key)
+        body, tag = ciphertext[:-_TAG_LEN], ciphertext[-_TAG_LEN:]
+        if not hmac.compare_digest(_hmac_sha256(auth_key, associated_data + body), tag):
+            raise _dr_aead.AuthenticationFailedException("Authentication tags do not match.")
+        try:
+            decryptor = Cipher(algorithms.AES(dec_key), modes.CBC(iv)).decryptor()
+            padded = decryptor.update(body) + decryptor.finalize()
+            unpadder = PKCS7(128).unpadder()
+            return unpadder.update(padded) + unpadder.finalize()
+        except ValueError as e:
+            raise _dr_aead.DecryptionFailedException("Decryption failed.") from e
 
 
 class _CairnDoubleRatchet(_DoubleRatchet):
@@ -266,6 +448,9 @@ class RatchetSeed:
     shared_secret: bytes = attr.ib(validator=_check_key)
     responder_private: bytes = attr.ib(validator=_check_key)
     responder_public: bytes = attr.ib(validator=_check_key)
+    #: The parsed responder key, when derive_seed made it (a cache, not
+    #: part of the value: it is left out of comparisons).
+    _responder_key: _KeyEntry | None = attr.ib(default=None, init=False, eq=False)
 
     def __repr__(self) -> str:
         return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
@@ -299,11 +484,13 @@ def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> Ratche
         info=SEED_INFO,
     ).derive(key_i2r + key_r2i)
     private = okm[32:]
-    return RatchetSeed(
-        shared_secret=okm[:32],
-        responder_private=private,
-        responder_public=_x25519_public(private),
-    )
+    key = X25519PrivateKey.from_private_bytes(private)
+    public = key.public_key().public_bytes_raw()
+    seed = RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
+    # The responder's ratchet start needs this key parsed; keep it (frozen
+    # class, hence object.__setattr__).
+    object.__setattr__(seed, "_responder_key", (private, key, public))
+    return seed
 
 
 # ---------------------------------------------------------------------------
@@ -410,11 +597,13 @@ class Ratchet:
         @return: the ratchet and the message's plaintext.
         @raise RatchetError: the message is malformed or does not decrypt.
         """
+        global _handoff
         _check_bytes("ad", ad)
         parsed = _parse_message(message)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_SKIP_WARNING)
+                _handoff = seed._responder_key
                 state, plaintext = _run(
                     _CairnDoubleRatchet.decrypt_initial_message(
                         shared_secret=seed.shared_secret,
@@ -426,6 +615,8 @@ class Ratchet:
                 )
         except _LIBRARY_ERRORS as e:
             raise RatchetError(_describe(e)) from e
+        finally:
+            _handoff = None
         return cls(state), plaintext
 
     def encrypt(self, plaintext: bytes, ad: bytes) -> dict[str, Any]:
@@ -446,6 +637,9 @@ class Ratchet:
         _check_bytes("ad", ad)
         parsed = _parse_message(message)
         try:
+            if parsed.header.previous_sending_chain_length <= DOS_PROTECTION_THRESHOLD:
+                # The skip warning needs pn - Nr > threshold: it cannot come.
+                return _run(self._state.decrypt_message(parsed, ad))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_SKIP_WARNING)
                 return _run(self._state.decrypt_message(parsed, ad))

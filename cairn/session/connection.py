@@ -6,6 +6,17 @@ runs the Noise XX handshake (either role) or a Reconnect, and once a
 L{Session} is established or resumed it forwards envelopes to it. Every
 protocol error ends here: a Close carrying its code is sent (sealed if a
 session is attached, in clear otherwise) and this one transport closes.
+
+Who closes the transport after a Close: the side that sent the Close
+closes it at once. The side that received it closes at once too on a
+transport without a closing handshake (TCP). On a transport whose close
+is a handshake started by one side (WebSocket; the transport says so with
+a true C{closing_handshake} attribute) the receiver lets the sender start
+it and only answers, so that the two ends never start it at the same
+time (autobahn then aborts the TCP connection under a close frame still
+being written, and the other end waits out its close timeout); if the
+peer has not closed within L{PEER_CLOSE_TIMEOUT} seconds on the local
+clock, the receiver aborts the transport.
 """
 
 import os
@@ -29,6 +40,10 @@ from cairn.wire.envelope import Envelope
 log = Logger()
 
 _ZERO_SID = b"\x00" * 16
+
+#: Seconds the receiver of a Close waits for the peer to close a transport
+#: with a closing handshake (WebSocket) before aborting it.
+PEER_CLOSE_TIMEOUT = 5.0
 
 
 class HandshakeFailed(Exception):
@@ -67,6 +82,9 @@ class Connection:
         self._close_reason = None
         #: A Close in clear is accepted until a sealed envelope is accepted.
         self._sealed_seen = False
+        #: True while the peer's Close is being handled: the session that
+        #: it ends leaves closing the transport to the peer.
+        self._peer_closed = False
 
     def __repr__(self):
         return f"<Connection {self._state} initiator={self.initiator}>"
@@ -127,10 +145,13 @@ class Connection:
         self._lose(abort=True)
 
     def session_ended(self) -> None:
-        """The attached session ended; its Close is already written."""
+        """The attached session ended: its Close is written, or the peer's was received."""
         self.session = None
         self._state = "closed"
-        self._lose()
+        if self._peer_closed:
+            self._let_peer_close()
+        else:
+            self._lose()
 
     # Failures
 
@@ -171,6 +192,24 @@ class Connection:
         if self.transport is not None:
             self.transport.lose(abort=abort)
 
+    def _let_peer_close(self):
+        """
+        The peer sent a Close (and closes the transport after it): close
+        now if the transport has no closing handshake, otherwise wait for
+        the peer to start it, and abort if it does not in time.
+        """
+        self._cancel_timer()
+        if self.transport is None:
+            return
+        if not getattr(self.transport, "closing_handshake", False):
+            self.transport.lose()
+            return
+        self._timer = self.local.clock.callLater(PEER_CLOSE_TIMEOUT, self._peer_close_timed_out)
+
+    def _peer_close_timed_out(self):
+        self._timer = None
+        self._lose(abort=True)
+
     # Clear-text messages before a session exists
 
     def _send_handshake(self, type_code, noise: bytes):
@@ -206,7 +245,7 @@ class Connection:
         code, reason = self._clear_close_body(envelope)
         self._close_reason = (code, reason)
         self._state = "closed"
-        self._lose()
+        self._let_peer_close()
         return True
 
     # Responder states
@@ -378,9 +417,20 @@ class Connection:
             # it had keys to seal with: a Close in clear ends the session.
             code, reason = self._clear_close_body(envelope)
             self._close_reason = (code, reason)
+            self._peer_closed = True
             session._end(SessionClosed(code, reason), remote=True)
             return
-        session.envelope_received(envelope)
+        if envelope.type != MessageType.CLOSE:
+            session.envelope_received(envelope)
+        else:
+            # If it is accepted, the session ends and calls session_ended()
+            # from inside; if it is refused, the exception leads to fail(),
+            # a Close of ours, and this side closes the transport.
+            self._peer_closed = True
+            try:
+                session.envelope_received(envelope)
+            finally:
+                self._peer_closed = False
         self._sealed_seen = True
 
 

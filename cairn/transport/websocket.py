@@ -5,8 +5,26 @@ A text message is a protocol error. The server serves the path C{/}; it
 accepts the subprotocol C{cairn.v1} when offered and also clients that
 offer none. A message above the maximum payload is answered with a
 cairn Close (payload too large) before autobahn fails the WebSocket.
+
+Closing: after a cairn Close, only its sender starts the WebSocket closing
+handshake; the receiver answers it (L{_EnvelopeMessages.closing_handshake},
+read by L{cairn.session.connection.Connection}).
+
+Debug logging in autobahn: autobahn builds the arguments of its debug log
+events whether or not anything logs at debug level. On every new
+connection it formats its whole option table with C{pprint.pformat} (and a
+client its transport details too), about 90 us on each side, more than a
+third of what cairn's WebSocket layer costs per handshake; and every
+C{dataReceived} and every handshake step colours a method name and values
+for an event (about 2 us each). L{_install_lazy_debug_arguments} makes
+those arguments objects that do the formatting only when an event is
+actually rendered; the rendered text is unchanged.
 """
 
+import sys
+
+import autobahn.twisted.websocket as _autobahn_twisted
+import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -24,10 +42,92 @@ from cairn.wire.envelope import EnvelopeError, decode
 SUBPROTOCOL = "cairn.v1"
 
 
+class _Lazy:
+    """C{str(func(*args))}, computed when (and each time) it is shown."""
+
+    __slots__ = ("_func", "_args")
+
+    def __init__(self, func, *args):
+        self._func = func
+        self._args = args
+
+    def __str__(self):
+        return str(self._func(*self._args))
+
+    __repr__ = __str__
+
+    def __format__(self, spec):
+        return format(str(self), spec)
+
+    def __add__(self, other):
+        return str(self) + other
+
+    def __radd__(self, other):
+        return other + str(self)
+
+
+def _lazy(func):
+    def lazy(*args):
+        return _Lazy(func, *args)
+
+    lazy._cairn_lazy = True
+    return lazy
+
+
+def _install_lazy_debug_arguments(
+    protocol_module=_autobahn_protocol, twisted_module=_autobahn_twisted
+):
+    """
+    Make autobahn build the arguments of its per-connection and per-read
+    debug log events only when an event is rendered.
+
+      - C{hltype} and C{hlval} (coloured names and values) are used by
+        these two modules only as log event arguments: both become lazy.
+      - C{pformat} is lazy only when called from
+        C{WebSocketProtocol._connectionMade} or
+        C{WebSocketClientProtocol.startHandshake}, whose arguments are
+        built there and never changed; its other uses need a real string.
+
+    The rendered text is what autobahn would have logged. Idempotent; leaves
+    alone whatever this autobahn does not have.
+    """
+    for module in (protocol_module, twisted_module):
+        for name in ("hltype", "hlval"):
+            func = getattr(module, name, None)
+            if func is not None and not getattr(func, "_cairn_lazy", False):
+                setattr(module, name, _lazy(func))
+    real = getattr(protocol_module, "pformat", None)
+    if real is None or getattr(real, "_cairn_lazy", False):
+        return
+    try:
+        callers = frozenset(
+            (
+                protocol_module.WebSocketProtocol._connectionMade.__code__,
+                protocol_module.WebSocketClientProtocol.startHandshake.__code__,
+            )
+        )
+    except AttributeError:
+        return
+
+    def pformat(obj, *args, **kwargs):
+        if not args and not kwargs and sys._getframe(1).f_code in callers:
+            return _Lazy(real, obj)
+        return real(obj, *args, **kwargs)
+
+    pformat._cairn_lazy = True
+    protocol_module.pformat = pformat
+
+
+_install_lazy_debug_arguments()
+
+
 class _EnvelopeMessages:
     """What the server and client WebSocket protocols share."""
 
     sink = None
+    #: Closing is a handshake one side starts: after a cairn Close only its
+    #: sender starts it (see L{cairn.session.connection}).
+    closing_handshake = True
 
     @property
     def peer_address(self) -> str:
@@ -124,6 +224,8 @@ def server_factory(local) -> WebSocketServerFactory:
 def client_factory(local, url: str, make_sink) -> WebSocketClientFactory:
     """A factory connecting to C{url}; C{make_sink()} builds the Connection."""
     factory = WebSocketClientFactory(url, protocols=[SUBPROTOCOL])
+    # One factory per connection: no "Starting/Stopping factory" events.
+    factory.noisy = False
     factory.protocol = ClientProtocol
     factory.local = local
     factory.make_sink = make_sink
