@@ -23,6 +23,9 @@ from twisted.logger import Logger
 
 from cairn.crypto import identity as identity_mod
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
+from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
+from cairn.mailbox.service import MailboxService
+from cairn.mailbox.store import SQLiteMailboxStore
 from cairn.management.app import ManagementAPI, make_site, warn_if_exposed
 from cairn.management.metrics import Metrics
 from cairn.management.token import resolve_token
@@ -36,7 +39,7 @@ from cairn.transport.websocket import server_factory
 log = Logger()
 
 #: Schema chains of every component that keeps state in the database.
-SCHEMAS = [TRUST_SCHEMA]
+SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA]
 
 
 class StartupError(SystemExit):
@@ -52,8 +55,9 @@ class CairnNode(MultiService):
     that peers resume with Reconnect once the node is back.
     """
 
-    def __init__(self, config, peer, db, pairing, metrics):
+    def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
+        self.mailbox = mailbox
         self.config = config
         self.peer = peer
         self.db = db
@@ -91,7 +95,10 @@ class CairnNode(MultiService):
             raise
         ports = self.when_listening()
         ports.addCallback(self._pause)
-        self.ready = gatherResults([ports, self.pairing.start()], consumeErrors=True)
+        starting = [ports, self.pairing.start()]
+        if self.mailbox is not None:
+            starting.append(self.mailbox.start())
+        self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
 
@@ -125,6 +132,9 @@ class CairnNode(MultiService):
     def stopService(self):
         d = super().stopService()  # stop listening first
         d.addCallback(lambda _: self._save_sessions())
+        if self.mailbox is not None:
+            # Commit what is queued (its senders wait for acks on resume).
+            d.addCallback(lambda _: self.mailbox.stop())
         d.addCallback(lambda _: self.db.stop())
         return d
 
@@ -184,16 +194,32 @@ def make_node(config, reactor) -> CairnNode:
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
     trust = SQLiteTrustStore(db)
     pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
+    mailbox = MailboxService(
+        peer,
+        trust,
+        SQLiteMailboxStore(db),
+        reactor,
+        enabled=config.forward_enabled,
+        limits=Limits(config.forward_max_per_peer, config.forward_max_total, config.forward_max_age),
+        max_payload=config.max_payload,
+    )
+    pairing.add_purge_hook(mailbox.purge)
     started_at = reactor.seconds()
     metrics = Metrics(peer, reactor, started_at)
-    node = CairnNode(config, peer, db, pairing, metrics)
+    metrics.add_collector(mailbox.collect_metrics, name="mailbox")
+    node = CairnNode(config, peer, db, pairing, metrics, mailbox)
     if config.listen:
         node.add_listener("tcp", config.listen, StreamFactory(peer))
     if config.ws_listen:
         node.add_listener("websocket", config.ws_listen, server_factory(peer))
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
-        api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at)
+        stats = {
+            "mailbox": mailbox.stats,
+            "mailbox_peer": mailbox.peer_stats,
+            "mailbox_limits": mailbox.set_peer_limits,
+        }
+        api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     return node

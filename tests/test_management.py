@@ -264,7 +264,7 @@ class AuthTests(unittest.TestCase):
             self.assertEqual(response.code, 401, rule)
             self.assertEqual(json.loads(body), {"error": "missing or invalid bearer token"})
             self.assertEqual(header(response, "WWW-Authenticate"), 'Bearer realm="cairn"')
-        self.assertEqual(checked, 13)
+        self.assertEqual(checked, 14)
 
     def test_wrong_token_refused(self):
         """A wrong token gets 401 on every private route, and does nothing."""
@@ -642,7 +642,7 @@ class OpenAPITests(unittest.TestCase):
     def test_routes_match_document(self):
         """Every Klein route is in the OpenAPI document, and every documented operation is a route."""
         self.assertEqual(_rules(), _documented(self.document))
-        self.assertEqual(len(_rules()), 15)
+        self.assertEqual(len(_rules()), 16)
 
     def test_served(self):
         """GET /openapi.json serves the document without a token."""
@@ -798,7 +798,13 @@ class DocsTests(unittest.TestCase):
         """Every curl command in docs/management.md (the seed's included) succeeds against the API."""
         seen = set()
         for args in doc_curls():
-            node = Node(self, stats={"mailbox_peer": lambda peer_id: {"messages": 0}})
+            node = Node(
+                self,
+                stats={
+                    "mailbox_peer": lambda peer_id: {"messages": 0},
+                    "mailbox_limits": lambda peer_id, body: {"peer_id": peer_id, "limits": body},
+                },
+            )
             key = os.urandom(32)
             node.trust.records[DOC_PAIRED] = PeerRecord(DOC_PAIRED, key, PAIRED, name="phone", method="pin")
             node.trust.records[DOC_PENDING] = PeerRecord(DOC_PENDING, key, PENDING, name="laptop")

@@ -29,6 +29,7 @@ from cairn.management.http import (
     Unauthorized,
     common_headers,
     json_body,
+    json_object,
     peer_id_arg,
     peer_id_from_body,
     read_body,
@@ -62,9 +63,14 @@ def _default_stats():
     return {
         "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
         "mailbox_peer": lambda peer_id: None,
+        "mailbox_limits": _no_mailbox_limits,
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
         "sync": lambda: {"topics": []},
     }
+
+
+def _no_mailbox_limits(peer_id, body):
+    raise NotFound("the mailbox is not served by this node")
 
 
 class _Raw:
@@ -120,9 +126,11 @@ class ManagementAPI:
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
     @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"} (no arguments) and C{"mailbox_peer"} (a peer id; C{None}
-        for an unknown peer), each returning JSON-able data or a Deferred
-        of it.  Missing ones report an empty service.
+        C{"sync"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
+        for an unknown peer) and C{"mailbox_limits"} (a peer id and the
+        JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
+        JSON-able data or a Deferred of it.  Missing ones report an empty
+        service.
     """
 
     app = Klein()
@@ -255,6 +263,18 @@ class ManagementAPI:
         if result is None:
             raise NotFound(f"no mailbox for {peer_id}")
         return result
+
+    @_endpoint(app, "/mailbox/<peer_id>/limits", "PUT")
+    async def mailbox_limits(self, request, peer_id):
+        """Override one peer's mailbox limits (null: back to the node's default); persisted."""
+        peer_id = peer_id_arg(peer_id)
+        body = json_object(request)
+        try:
+            return await maybeDeferred(self.stats["mailbox_limits"], peer_id, body)
+        except UnknownPeer:
+            raise NotFound(f"{peer_id} is not paired") from None
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
 
     @_endpoint(app, "/relay", "GET")
     async def relay(self, request):

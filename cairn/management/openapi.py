@@ -121,8 +121,32 @@ _SCHEMAS = {
     },
     "MailboxPeerStats": {
         "type": "object",
-        "description": "What the mailbox holds for one peer (fields set by the mailbox service).",
+        "description": "What the mailbox holds for one peer, and its limits.",
+        "properties": {
+            "peer_id": _ref("PeerId"),
+            "messages": {"type": "integer"},
+            "bytes": {"type": "integer", "description": "Payload bytes held."},
+            "oldest_age": {"type": ["number", "null"], "description": "Seconds since the oldest was stored."},
+            "connected": {"type": "boolean"},
+            "limits": {
+                "type": "object",
+                "properties": {
+                    "max_messages": {"type": "integer", "description": "In force (override or default)."},
+                    "max_bytes": {"type": ["integer", "null"], "description": "In force; null: only the total."},
+                    "override": {"anyOf": [_ref("MailboxLimits"), {"type": "null"}]},
+                },
+            },
+        },
         "additionalProperties": True,
+    },
+    "MailboxLimits": {
+        "type": "object",
+        "description": "A per-peer override; null (or absent) means the node's default.",
+        "properties": {
+            "max_messages": {"type": ["integer", "null"], "minimum": 1},
+            "max_bytes": {"type": ["integer", "null"], "minimum": 1},
+        },
+        "additionalProperties": False,
     },
     "RelayStats": {
         "type": "object",
@@ -323,6 +347,19 @@ def _paths():
                 },
                 tags=["services"],
                 parameters=[_PEER_ID_PARAMETER],
+            )
+        },
+        "/mailbox/{peer_id}/limits": {
+            "put": _operation(
+                "putMailboxPeerLimits",
+                "Override one peer's mailbox limits (persisted; null restores the default).",
+                {
+                    "200": _json(_ref("MailboxPeerStats"), "That peer's mailbox with the new limits."),
+                    **_errors(400, 404, *authed),
+                },
+                tags=["services"],
+                parameters=[_PEER_ID_PARAMETER],
+                requestBody={"required": True, "content": {"application/json": {"schema": _ref("MailboxLimits")}}},
             )
         },
         "/relay": {

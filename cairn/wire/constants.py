@@ -56,6 +56,15 @@ class MessageType(IntEnum):
     PAIR_REJECT = 0x0114
     PAIR_REVOKE = 0x0115
 
+    # Forward/mailbox family (DESIGN.md: 0x0700...; docs/protocol.md §21)
+    FORWARD_REQUEST = 0x0700
+    FORWARD_ACK = 0x0701
+    FORWARD_DELIVER = 0x0702
+    FORWARD_PURGE = 0x0703
+    FORWARD_RECEIPT = 0x0704
+    PEER_KEY_REQUEST = 0x0705
+    PEER_KEY_RESPONSE = 0x0706
+
 
 HANDSHAKE_TYPES = frozenset(
     {
@@ -120,3 +129,25 @@ class PairRejectCode(IntEnum):
     REJECTED_BY_OPERATOR = 7
     MALFORMED = 8
     UNKNOWN_CODE = 9
+
+
+class ForwardStatus(IntEnum):
+    """Codes carried in a ForwardAck body (see docs/protocol.md §21.3)."""
+
+    STORED = 0
+    DUPLICATE = 1
+    MAILBOX_FULL = 2
+    STORAGE_FULL = 3
+    INVALID = 4
+    DISABLED = 5
+    NOT_PAIRED = 6
+    STORAGE_ERROR = 7
+    TOO_LARGE = 8
+
+
+class ReceiptStatus(IntEnum):
+    """Codes carried in a ForwardReceipt body (see docs/protocol.md §21.6)."""
+
+    DELIVERED = 1
+    EXPIRED = 2
+    EVICTED = 3

@@ -1,0 +1,1 @@
+"""Store-and-forward mailbox: store, service, client (docs/protocol.md §21)."""

@@ -1,0 +1,125 @@
+"""
+C{cairn-mailbox}: send and receive store-and-forward messages through a
+node, for humans.
+
+    cairn-mailbox --identity ~/.cairn.key --server tcp:host=node:port=7400 --psk KEY whoami
+    cairn-mailbox --identity ~/.cairn.key --server ws://node:7401/ send PEER_ID "text"
+    cairn-mailbox --identity ~/.cairn.key --server ws://node:7401/ receive
+
+The identity key file (a 32-byte Ed25519 seed) is created with mode 0600
+on first use. With C{--psk} or C{--pin} the command pairs first (harmless
+when already paired). C{receive} prints what is waiting, one line per
+message (sender, then the text), and exits after C{--wait} seconds
+without a new message.
+"""
+
+import argparse
+import os
+import sys
+
+from twisted.internet import defer, task
+
+from cairn.client import Client
+from cairn.crypto.identity import Identity, IdentityError
+
+DEFAULT_IDENTITY = os.path.join(os.path.expanduser("~"), ".cairn-mailbox.key")
+
+
+def load_identity(path: str) -> Identity:
+    """The identity in C{path}, created (mode 0600) if the file does not exist."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as f:
+            seed = f.read()
+        if len(seed) != 32:
+            raise IdentityError(f"{path} is not a 32-byte Ed25519 seed") from None
+        return Identity.from_seed(seed)
+    identity = Identity.generate()
+    try:
+        os.write(fd, bytes(identity.signing_key))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return identity
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="cairn-mailbox", description="Store-and-forward messages through a cairn node.")
+    p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
+    p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
+    pair = p.add_mutually_exclusive_group()
+    pair.add_argument("--psk", help="pair with the node's pre-shared key first")
+    pair.add_argument("--pin", help="pair with a PIN from `cairn-server pair --pin` first")
+    commands = p.add_subparsers(dest="command", required=True)
+    commands.add_parser("whoami", help="print this identity's peer id")
+    send = commands.add_parser("send", help="send TEXT to PEER_ID")
+    send.add_argument("peer_id")
+    send.add_argument("text")
+    receive = commands.add_parser("receive", help="print waiting messages, then exit")
+    receive.add_argument("--wait", type=float, default=2.0, help="seconds without a message before exiting")
+    return p
+
+
+@defer.inlineCallbacks
+def run(reactor, argv, out=None):
+    """Do what C{argv} says; fires with the exit status."""
+    from cairn.mailbox import client as mailbox
+    from cairn.pairing import client as pairing
+
+    out = out or sys.stdout
+    args = parser().parse_args(argv)
+    identity = load_identity(args.identity)
+    if args.command == "whoami" and not (args.psk or args.pin):
+        print(identity.peer_id, file=out)
+        return 0
+    client = Client(reactor, identity)
+    received = []
+    mailbox.set_inbox(client.peer, lambda sender, mid, data: received.append((sender, data)))
+    session = yield client.connect(args.server)
+    try:
+        if args.psk:
+            yield pairing.pair_psk(session, args.psk, name="cairn-mailbox")
+        elif args.pin:
+            yield pairing.pair_pin(session, args.pin, name="cairn-mailbox")
+        if args.command == "whoami":
+            print(identity.peer_id, file=out)
+        elif args.command == "send":
+            result = yield mailbox.forward(session, args.peer_id, args.text.encode("utf-8"))
+            state = "already stored" if result.duplicate else "stored"
+            print(f"{state} on the node as {result.message_id.hex()}", file=out)
+        else:
+            seen = -1
+            while seen != len(received):
+                seen = len(received)
+                yield task.deferLater(reactor, args.wait, lambda: None)
+            for sender, data in received:
+                print(f"{sender}: {data.decode('utf-8', 'replace')}", file=out)
+    finally:
+        if session.closed is None:
+            session.close()
+    return 0
+
+
+def main(argv=None):
+    """Console entry point."""
+
+    def go(reactor):
+        d = run(reactor, sys.argv[1:] if argv is None else argv)
+
+        def failed(failure):
+            print(f"cairn-mailbox: {failure.getErrorMessage()}", file=sys.stderr)
+            return 1
+
+        return d.addErrback(failed).addCallback(_exit_code)
+
+    task.react(go)
+
+
+def _exit_code(code):
+    if code:
+        raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

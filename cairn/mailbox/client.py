@@ -1,0 +1,259 @@
+"""
+The peer side of the mailbox, over a client L{Session} with a node.
+
+    from cairn.mailbox import client as mailbox
+    mailbox.set_inbox(client.peer, lambda sender, message_id, data: ...)
+    mailbox.set_receipts(client.peer, lambda receipt: ...)
+    result = yield mailbox.forward(session, recipient_peer_id, b"hello")
+
+L{forward} fetches the recipient's identity key from the node
+(PeerKeyRequest), checks that it hashes to the recipient's peer id (the
+node cannot substitute a key), seals the data end to end
+(L{cairn.mailbox.sealing}) and fires with a L{ForwardResult} once the
+node has the message on disk, or fails with L{ForwardRejected}. To retry
+after a failure (e.g. the session ended first), pass the same
+C{message_id}: the node acknowledges it again without storing it twice.
+
+Deliveries are opened, checked, given to the inbox callback once per
+(sender, message id) and acknowledged with ForwardPurge. The duplicate
+filter is in memory, per client L{Peer} (the last L{SEEN} ids): a message
+redelivered after the client process restarted is given again.
+"""
+
+import os
+import time
+import weakref
+from collections import OrderedDict
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cairn.mailbox import messages, sealing
+from cairn.wire.constants import ForwardStatus, MessageType, ReceiptStatus
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+#: Message ids remembered per client for the duplicate filter.
+SEEN = 100_000
+
+
+class ForwardRejected(Exception):
+    """The node did not store the message; C{code} is a L{ForwardStatus} (or an unknown int)."""
+
+    def __init__(self, code, reason: str = ""):
+        try:
+            code = ForwardStatus(code)
+        except ValueError:
+            pass
+        super().__init__(f"forward rejected ({getattr(code, 'name', code)}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class UnknownRecipient(ForwardRejected):
+    """The node holds no key for the recipient (it is not paired), or offered a wrong one."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ForwardResult:
+    """A message the node holds on disk; C{duplicate}: it already had it."""
+
+    message_id: bytes
+    duplicate: bool = False
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ReceiptEvent:
+    """What became of a message sent: C{status} is a L{ReceiptStatus}."""
+
+    message_id: bytes
+    recipient: str
+    status: int
+    at: float
+
+
+def uuid7(now: float = None) -> bytes:
+    """A new 16-byte UUIDv7 (RFC 9562): Unix milliseconds, then random bits."""
+    millis = int((time.time() if now is None else now) * 1000)
+    rand = os.urandom(10)
+    return millis.to_bytes(6, "big") + bytes([0x70 | (rand[0] & 0x0F), rand[1], 0x80 | (rand[2] & 0x3F)]) + rand[3:]
+
+
+class MailboxClient:
+    """The mailbox dispatcher of one client L{Peer}: see the module docstring."""
+
+    def __init__(self, peer):
+        self.peer = peer
+        #: Called with (sender peer id, message id, data) once per message.
+        self.on_message = None
+        #: Called with a L{ReceiptEvent}.
+        self.on_receipt = None
+        self._acks = {}  # (session id, message id) -> Deferred
+        self._key_waiters = {}  # (session id, peer id) -> [Deferred]
+        self._keys = {}  # peer id -> verified identity key
+        self._seen = OrderedDict()
+        handlers = {
+            MessageType.FORWARD_ACK: self._ack,
+            MessageType.FORWARD_DELIVER: self._deliver,
+            MessageType.FORWARD_RECEIPT: self._receipt,
+            MessageType.PEER_KEY_RESPONSE: self._peer_key,
+        }
+        for type_code, handler in handlers.items():
+            peer.register_handler(type_code, self._guarded(handler))
+        peer.add_observer(self)
+
+    @staticmethod
+    def _guarded(handler):
+        def guarded(session, body):
+            try:
+                handler(session, body)
+            except BodyError as e:
+                log.warn("mailbox: the node sent a bad body: {why}", why=str(e))
+            except Exception:
+                log.failure("mailbox client handler failed")
+
+        return guarded
+
+    # Sending
+
+    def peer_key(self, session, peer_id):
+        """Fires with C{peer_id}'s identity key, verified against the id, fetched from the node once."""
+        if peer_id in self._keys:
+            return defer.succeed(self._keys[peer_id])
+        if session.closed is not None:
+            return defer.fail(session.closed)
+        key = (session.session_id, peer_id)
+        d = defer.Deferred()
+        first = key not in self._key_waiters
+        self._key_waiters.setdefault(key, []).append(d)
+        if first:
+            session.send(MessageType.PEER_KEY_REQUEST, {"peer": peer_id})
+        return d
+
+    @defer.inlineCallbacks
+    def forward(self, session, peer_id, data: bytes, message_id: bytes = None):
+        """Seal C{data} for C{peer_id} and have the node store it; see the module docstring."""
+        message_id = message_id or uuid7()
+        key = yield self.peer_key(session, peer_id)
+        payload = sealing.seal(self.peer.identity, peer_id, key, message_id, data)
+        if session.closed is not None:
+            raise session.closed
+        d = defer.Deferred()
+        self._acks[(session.session_id, message_id)] = d
+        session.send(MessageType.FORWARD_REQUEST, {"to": peer_id, "id": message_id, "payload": payload})
+        result = yield d
+        return result
+
+    # Handlers
+
+    def _peer_key(self, session, body):
+        peer_id, key = messages.parse_peer_key_response(body)
+        waiters = self._key_waiters.pop((session.session_id, peer_id), [])
+        if key is None:
+            error = UnknownRecipient(ForwardStatus.NOT_PAIRED, f"the node knows no paired peer {peer_id}")
+        elif not sealing.key_matches(peer_id, key):
+            log.warn("mailbox: the node offered a key that is not {peer_id}'s", peer_id=peer_id)
+            error = UnknownRecipient(ForwardStatus.INVALID, "the node offered a key that does not match the peer id")
+        else:
+            self._keys[peer_id] = key
+            error = None
+        for d in waiters:
+            if error is None:
+                d.callback(key)
+            else:
+                d.errback(error)
+
+    def _ack(self, session, body):
+        message_id, status, reason = messages.parse_forward_ack(body)
+        d = self._acks.pop((session.session_id, message_id), None)
+        if d is None:
+            return
+        if status in (ForwardStatus.STORED, ForwardStatus.DUPLICATE):
+            d.callback(ForwardResult(message_id, status == ForwardStatus.DUPLICATE))
+        else:
+            d.errback(ForwardRejected(status, reason))
+
+    def _remember(self, key) -> bool:
+        """Record C{key}; False if it was seen already."""
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > SEEN:
+            self._seen.popitem(last=False)
+        return True
+
+    def _deliver(self, session, body):
+        message_id, sender, seq, _, payload = messages.parse_forward_deliver(body)
+        try:
+            if self._remember((sender, message_id)):
+                try:
+                    data = sealing.unseal(self.peer.identity, sender, message_id, payload)
+                except sealing.SealError as e:
+                    log.warn("mailbox: dropped a message from {sender}: {why}", sender=sender, why=str(e))
+                else:
+                    if self.on_message is not None:
+                        self.on_message(sender, message_id, data)
+        finally:
+            # Acknowledged in every case: a message that cannot be opened
+            # never will be, and must not be redelivered forever.
+            _send(session, MessageType.FORWARD_PURGE, {"seqs": [seq]})
+
+    def _receipt(self, session, body):
+        message_id, recipient, rseq, status, at = messages.parse_forward_receipt(body)
+        try:
+            if self._remember(("receipt", message_id, status)) and self.on_receipt is not None:
+                try:
+                    status = ReceiptStatus(status)
+                except ValueError:
+                    pass
+                self.on_receipt(ReceiptEvent(message_id, recipient, status, at))
+        finally:
+            _send(session, MessageType.FORWARD_PURGE, {"receipts": [rseq]})
+
+    # Peer observer
+
+    def session_closed(self, session):
+        sid = session.session_id
+        for key in [k for k in self._acks if k[0] == sid]:
+            self._acks.pop(key).errback(session.closed)
+        for key in [k for k in self._key_waiters if k[0] == sid]:
+            for d in self._key_waiters.pop(key):
+                d.errback(session.closed)
+
+
+def _send(session, type_code, body):
+    """Send if the session is open; an acknowledgement lost with its transport is simply owed again."""
+    if session.closed is not None:
+        return
+    try:
+        session.send(type_code, body)
+    except Exception as e:  # a transport closing under us; the node redelivers
+        log.info("mailbox: could not send 0x{type:04x}: {why}", type=type_code, why=str(e))
+
+
+_clients = weakref.WeakKeyDictionary()
+
+
+def mailbox(peer) -> MailboxClient:
+    """The L{MailboxClient} of C{peer}, created on first use."""
+    found = _clients.get(peer)
+    if found is None:
+        found = _clients[peer] = MailboxClient(peer)
+    return found
+
+
+def forward(session, peer_id: str, data: bytes, message_id: bytes = None):
+    """Send C{data} to C{peer_id} through the node of C{session}; see L{MailboxClient.forward}."""
+    return mailbox(session.local).forward(session, peer_id, data, message_id)
+
+
+def set_inbox(peer, callback) -> None:
+    """Give C{callback(sender, message_id, data)} every message delivered to C{peer}, once."""
+    mailbox(peer).on_message = callback
+
+
+def set_receipts(peer, callback) -> None:
+    """Give C{callback(ReceiptEvent)} every receipt for messages C{peer} sent."""
+    mailbox(peer).on_receipt = callback

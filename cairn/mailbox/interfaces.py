@@ -1,0 +1,145 @@
+"""
+The mailbox's seam: L{IMailboxStore} and the values that cross it.
+
+A store holds messages per recipient in server-sequence order, the ids
+seen per sender (dedup, kept until the message would have expired), the
+receipts owed to senders, and the operator's per-peer limit overrides.
+Every mutation enforces the limits inside the same transaction that
+makes it durable; the Deferreds fire once the change is durable.
+
+The depth figures (L{IMailboxStore.depths}, L{IMailboxStore.total_bytes})
+are answered synchronously from a cache the store keeps current as its
+transactions commit, so that metrics and limit reports never wait for
+the disk.
+"""
+
+import attr
+from zope.interface import Attribute, Interface
+
+#: (component, schema package) for L{cairn.db.Database}.
+MAILBOX_SCHEMA = ("mailbox", "cairn.mailbox.schema")
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Limits:
+    """The global limits (C{CAIRN_FORWARD_MAX_PER_PEER}, C{..._MAX_TOTAL}, C{..._MAX_AGE})."""
+
+    max_per_peer: int = 10_000
+    max_total: int = 10**9
+    max_age: float = 7 * 86400.0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class PeerLimits:
+    """An operator override for one recipient; C{None} means the global default (bytes: no own cap)."""
+
+    max_messages: int = None
+    max_bytes: int = None
+
+    def to_json(self):
+        return {"max_messages": self.max_messages, "max_bytes": self.max_bytes}
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Incoming:
+    """A ForwardRequest that passed the protocol checks, to be stored."""
+
+    sender: str
+    recipient: str
+    message_id: bytes
+    payload: bytes
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Stored:
+    """A message held for its recipient; C{seq} is the server sequence."""
+
+    seq: int
+    recipient: str
+    sender: str
+    message_id: bytes
+    stored_at: float
+    expires_at: float
+    payload: bytes = attr.ib(repr=False)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Receipt:
+    """A receipt owed to C{sender} about its message C{message_id} to C{recipient}."""
+
+    rseq: int
+    sender: str
+    recipient: str
+    message_id: bytes
+    status: int
+    at: float
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Depth:
+    """What one mailbox holds: message count, payload bytes, oldest C{stored_at} (None when empty)."""
+
+    messages: int = 0
+    bytes: int = 0
+    oldest: float = None
+
+
+class StoreFull(Exception):
+    """Raised by a store that cannot write (e.g. the disk is full); new requests get STORAGE_ERROR."""
+
+
+class IMailboxStore(Interface):
+    """Durable storage of the mailbox. Every method but the cache reads returns a Deferred."""
+
+    limits = Attribute("{peer_id: PeerLimits} of the overrides (a cache, current after start()).")
+
+    def start():
+        """Load the caches; fires once L{depths} and L{limits} are accurate."""
+
+    def enqueue(items, now, limits):
+        """
+        Store each L{Incoming} of C{items} unless it is a duplicate or over a limit.
+
+        @param limits: the global L{Limits}; overrides are applied by the store.
+        @return: a Deferred firing, once durable, with one
+            C{(ForwardStatus, seq or None)} per item, in order.
+        """
+
+    def fetch(recipient, after_seq, limit):
+        """Up to C{limit} L{Stored} messages for C{recipient} with C{seq > after_seq}, in order."""
+
+    def acknowledge(recipient, seqs, now, receipt_ttl):
+        """
+        Delete C{recipient}'s messages C{seqs} (others' are ignored) and owe
+        their senders DELIVERED receipts; fires with the new L{Receipt}s.
+        """
+
+    def receipts(sender, after_rseq, limit):
+        """Up to C{limit} L{Receipt}s owed to C{sender} with C{rseq > after_rseq}, in order."""
+
+    def drop_receipts(sender, rseqs):
+        """Forget receipts C{rseqs} of C{sender} (it has them)."""
+
+    def expire(now, limit, receipt_ttl):
+        """
+        Remove up to C{limit} messages with C{expires_at <= now} (owing
+        EXPIRED receipts), and the dedup ids and receipts past their
+        time; fires with C{(new receipts, more)}, C{more} true when the
+        limit was reached.
+        """
+
+    def purge(peer_id, now, receipt_ttl):
+        """
+        Remove everything held for C{peer_id} (its messages, owing EVICTED
+        receipts to their senders; its dedup ids, receipts and override);
+        fires with the new L{Receipt}s.
+        """
+
+    def set_limits(peer_id, limits):
+        """Persist the override L{PeerLimits} of C{peer_id} (all C{None}: remove it)."""
+
+    def depths():
+        """{recipient: L{Depth}} of every non-empty mailbox (cached, synchronous)."""
+
+    def total_bytes():
+        """Payload bytes across all mailboxes (cached, synchronous)."""

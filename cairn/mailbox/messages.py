@@ -1,0 +1,139 @@
+"""
+CBOR bodies of the forward family (docs/protocol.md §21): parsers that
+raise L{BodyError}, builders that return plain maps.
+"""
+
+from cairn.crypto.identity import parse_peer_id
+from cairn.wire.schema import BodyError
+
+MESSAGE_ID_SIZE = 16
+#: Most ids in one ForwardPurge list.
+MAX_PURGE_IDS = 4096
+#: Envelope bytes a ForwardDeliver adds around the payload (its other keys),
+#: reserved so that whatever the node accepted it can also deliver.
+DELIVER_OVERHEAD = 256
+
+
+def _map(body, what):
+    if not isinstance(body, dict):
+        raise BodyError(f"{what} body must be a map")
+    return body
+
+
+def _message_id(body, what):
+    value = body.get("id")
+    if not isinstance(value, bytes) or len(value) != MESSAGE_ID_SIZE:
+        raise BodyError(f"{what}: 'id' must be {MESSAGE_ID_SIZE} bytes")
+    return value
+
+
+def _peer_id(body, key, what):
+    value = body.get(key)
+    if not isinstance(value, str) or len(value) > 64:
+        raise BodyError(f"{what}: {key!r} must be a peer id")
+    try:
+        parse_peer_id(value)
+    except ValueError as e:
+        raise BodyError(f"{what}: {key!r}: {e}") from None
+    return value
+
+
+def _uints(body, key, what):
+    value = body.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_PURGE_IDS:
+        raise BodyError(f"{what}: {key!r} must be an array of at most {MAX_PURGE_IDS} integers")
+    for item in value:
+        if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 2**63:
+            raise BodyError(f"{what}: {key!r} must hold positive integers")
+    return value
+
+
+def request_id(body) -> bytes:
+    """The message id of a ForwardRequest, or L{BodyError} if there is none to answer to."""
+    return _message_id(_map(body, "ForwardRequest"), "ForwardRequest")
+
+
+def parse_forward_request(body):
+    """ForwardRequest: {"to": peer id, "id": 16 bytes, "payload": bytes}; returns (to, id, payload)."""
+    body = _map(body, "ForwardRequest")
+    message_id = _message_id(body, "ForwardRequest")
+    to = _peer_id(body, "to", "ForwardRequest")
+    payload = body.get("payload")
+    if not isinstance(payload, bytes) or not payload:
+        raise BodyError("ForwardRequest: 'payload' must be a non-empty byte string")
+    return to, message_id, payload
+
+
+def uuid7_millis(message_id: bytes):
+    """The Unix milliseconds of a UUIDv7, or None if C{message_id} is not one (RFC 9562)."""
+    if len(message_id) != MESSAGE_ID_SIZE or message_id[6] >> 4 != 7 or message_id[8] >> 6 != 0b10:
+        return None
+    return int.from_bytes(message_id[:6], "big")
+
+
+def parse_forward_purge(body):
+    """ForwardPurge: {"seqs": [uint], "receipts": [uint]} (each optional); returns (seqs, rseqs)."""
+    body = _map(body, "ForwardPurge")
+    return _uints(body, "seqs", "ForwardPurge"), _uints(body, "receipts", "ForwardPurge")
+
+
+def parse_peer_key_request(body) -> str:
+    """PeerKeyRequest: {"peer": peer id}; returns it."""
+    return _peer_id(_map(body, "PeerKeyRequest"), "peer", "PeerKeyRequest")
+
+
+# Client side
+
+
+def parse_forward_ack(body):
+    """ForwardAck: {"id", "status", "reason"?}; returns (id, status, reason)."""
+    body = _map(body, "ForwardAck")
+    status = body.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or status < 0:
+        raise BodyError("ForwardAck: 'status' must be an unsigned integer")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise BodyError("ForwardAck: 'reason' must be text")
+    return _message_id(body, "ForwardAck"), status, reason
+
+
+def parse_forward_deliver(body):
+    """ForwardDeliver: {"id", "from", "seq", "stored_at", "payload"}; returns them as a tuple."""
+    body = _map(body, "ForwardDeliver")
+    message_id = _message_id(body, "ForwardDeliver")
+    sender = _peer_id(body, "from", "ForwardDeliver")
+    seq = body.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
+        raise BodyError("ForwardDeliver: 'seq' must be a positive integer")
+    stored_at = body.get("stored_at")
+    if not isinstance(stored_at, (int, float)) or isinstance(stored_at, bool):
+        raise BodyError("ForwardDeliver: 'stored_at' must be a number")
+    payload = body.get("payload")
+    if not isinstance(payload, bytes):
+        raise BodyError("ForwardDeliver: 'payload' must be a byte string")
+    return message_id, sender, seq, float(stored_at), payload
+
+
+def parse_forward_receipt(body):
+    """ForwardReceipt: {"id", "to", "rseq", "status", "at"}; returns them as a tuple."""
+    body = _map(body, "ForwardReceipt")
+    message_id = _message_id(body, "ForwardReceipt")
+    to = _peer_id(body, "to", "ForwardReceipt")
+    rseq, status, at = body.get("rseq"), body.get("status"), body.get("at")
+    if not isinstance(rseq, int) or isinstance(rseq, bool) or rseq <= 0:
+        raise BodyError("ForwardReceipt: 'rseq' must be a positive integer")
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise BodyError("ForwardReceipt: 'status' must be an integer")
+    if not isinstance(at, (int, float)) or isinstance(at, bool):
+        raise BodyError("ForwardReceipt: 'at' must be a number")
+    return message_id, to, rseq, status, float(at)
+
+
+def parse_peer_key_response(body):
+    """PeerKeyResponse: {"peer": peer id, "key": 32 bytes or null}; returns (peer, key)."""
+    body = _map(body, "PeerKeyResponse")
+    peer = _peer_id(body, "peer", "PeerKeyResponse")
+    key = body.get("key")
+    if key is not None and (not isinstance(key, bytes) or len(key) != 32):
+        raise BodyError("PeerKeyResponse: 'key' must be 32 bytes or null")
+    return peer, key

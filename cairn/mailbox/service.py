@@ -1,0 +1,513 @@
+"""
+The node's store-and-forward mailbox (docs/protocol.md §21).
+
+L{MailboxService} registers the forward family's handlers (every one
+behind L{paired_only}) and a session observer on the node's L{Peer}:
+
+  - ForwardRequest is checked, handed to the store (which group-commits)
+    and answered with a ForwardAck only once the store's Deferred fired,
+    i.e. once the message is on disk;
+  - each attached session of a paired peer has an L{_Outbox}: a window of
+    ForwardDelivers (and of ForwardReceipts) sent but not yet
+    acknowledged with ForwardPurge; the window bounds memory per session,
+    and a new session starts again from the first unacknowledged message;
+  - a periodic sweep on the injected clock expires old messages.
+"""
+
+from collections import Counter
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from cairn.mailbox import messages
+from cairn.mailbox.interfaces import Depth, Incoming, Limits, PeerLimits, StoreFull
+from cairn.mailbox.store import EXPIRE_BATCH
+from cairn.pairing.interfaces import UnknownPeer
+from cairn.pairing.service import paired_only
+from cairn.session.session import SessionClosed
+from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+#: Deliveries (and receipts) in flight per session, and their byte budget.
+WINDOW = 64
+WINDOW_BYTES = 4 * 1024 * 1024
+SWEEP_INTERVAL = 60.0
+
+
+class _Outbox:
+    """What one session has been sent and not yet acknowledged."""
+
+    def __init__(self, session):
+        self.session = session
+        self.cursor = 0
+        self.inflight = {}  # seq -> size
+        self.rcursor = 0
+        self.rinflight = set()
+        self.fetching = self.rfetching = False
+        self.again = self.ragain = False
+
+
+class MailboxService:
+    """
+    The mailbox of a node's L{Peer}.
+
+    @param trust: the L{ITrustStore}; both sender and recipient must be paired.
+    @param store: an L{IMailboxStore}.
+    @param clock: an C{IReactorTime} for stored_at, expiry and the sweep.
+    @param max_payload: the node's maximum envelope payload (bounds a
+        forwarded payload so that its ForwardDeliver fits too).
+    """
+
+    def __init__(
+        self,
+        peer,
+        trust,
+        store,
+        clock,
+        *,
+        enabled=True,
+        limits=None,
+        max_payload=1_000_000,
+        window=WINDOW,
+        window_bytes=WINDOW_BYTES,
+        sweep_interval=SWEEP_INTERVAL,
+    ):
+        self.peer = peer
+        self.trust = trust
+        self.store = store
+        self.clock = clock
+        self.enabled = enabled
+        self.limits = limits or Limits()
+        self.max_forward = max_payload - messages.DELIVER_OVERHEAD
+        self.window = window
+        self.window_bytes = window_bytes
+        self.sweep_interval = sweep_interval
+        #: ForwardAck statuses sent, by name.
+        self.statuses = Counter()
+        self.delivered = 0
+        self._outboxes = {}  # session id -> _Outbox
+        self._sweeper = None
+        self._stopped = False
+        self._pending = set()  # store Deferreds not yet fired
+        handlers = {
+            MessageType.FORWARD_REQUEST: self._forward_request,
+            MessageType.FORWARD_PURGE: self._forward_purge,
+            MessageType.PEER_KEY_REQUEST: self._peer_key,
+        }
+        for type_code, handler in handlers.items():
+            peer.register_handler(type_code, paired_only(trust, self._guarded(handler)))
+        peer.add_observer(self)
+
+    # Life cycle
+
+    def start(self):
+        """Load the store's figures and start the expiry sweep; fires once ready."""
+
+        def swept(_):
+            self._sweeper = task.LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=False)
+
+        d = defer.maybeDeferred(self.store.start)
+        d.addCallback(lambda _: self.sweep())  # what expired while the node was down
+        return d.addCallback(swept)
+
+    def stop(self):
+        """
+        Stop the sweep and take no more requests (they go unanswered, so
+        their senders retry); fires once every store call in progress is
+        done (what was queued is committed and acknowledged).
+        """
+        self._stopped = True
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        pending = [d for d in self._pending]
+        waiting = defer.DeferredList([_observe(d) for d in pending])
+        flushed = getattr(self.store, "flushed", None)
+        if flushed is not None:
+            waiting.addCallback(lambda _: flushed())
+        return waiting
+
+    def _track(self, d):
+        """Remember store Deferred C{d} until it fires, for L{stop}."""
+        self._pending.add(d)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def sweep(self):
+        """Expire what is past C{CAIRN_FORWARD_MAX_AGE}; errors are logged, never raised (the loop goes on)."""
+        try:
+            more = True
+            while more:
+                receipts, more = yield self._track(
+                    self.store.expire(self.clock.seconds(), EXPIRE_BATCH, self.limits.max_age)
+                )
+                if receipts:
+                    log.info("mailbox: {count} message(s) expired", count=len(receipts))
+                self._owe(receipts)
+        except Exception:
+            log.failure("mailbox expiry sweep failed")
+
+    def purge(self, peer_id):
+        """The pairing purge hook: drop everything held for C{peer_id}, telling the senders."""
+
+        def purged(receipts):
+            if receipts:
+                log.info("mailbox of {peer_id} purged: {count} message(s)", peer_id=peer_id, count=len(receipts))
+            self._owe(receipts)
+
+        return self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age).addCallback(purged)
+
+    # Handlers
+
+    def _guarded(self, handler):
+        # Nothing a peer sends may raise out of a handler into the session layer.
+        def guarded(session, body):
+            if self._stopped:
+                return None
+            try:
+                return handler(session, body)
+            except Exception:
+                log.failure("mailbox handler failed")
+                if session.closed is None:
+                    session.close(CloseCode.INTERNAL, "mailbox failed on the node")
+                return None
+
+        return guarded
+
+    def _forward_request(self, session, body):
+        try:
+            message_id = messages.request_id(body)
+        except BodyError as e:
+            session.close(CloseCode.BAD_CBOR, str(e))
+            return None
+        if not self.enabled:
+            return self._ack(session, message_id, ForwardStatus.DISABLED, "the mailbox is disabled on this node")
+        try:
+            recipient, _, payload = messages.parse_forward_request(body)
+        except BodyError as e:
+            return self._ack(session, message_id, ForwardStatus.INVALID, str(e))
+        if len(payload) > self.max_forward:
+            reason = f"payload over {self.max_forward} bytes"
+            return self._ack(session, message_id, ForwardStatus.TOO_LARGE, reason)
+        now = self.clock.seconds()
+        millis = messages.uuid7_millis(message_id)
+        if millis is None:
+            return self._ack(session, message_id, ForwardStatus.INVALID, "'id' is not a UUIDv7")
+        if millis / 1000.0 < now - self.limits.max_age:
+            return self._ack(session, message_id, ForwardStatus.INVALID, "'id' is older than the maximum age")
+        if not self.trust.is_paired(recipient):
+            return self._ack(session, message_id, ForwardStatus.NOT_PAIRED, "the recipient is not paired")
+        item = Incoming(session.remote_peer_id, recipient, message_id, payload)
+        d = self._track(self.store.enqueue([item], now, self.limits))
+        d.addCallbacks(self._stored, self._not_stored, (session, item), None, (session, item))
+        return None
+
+    def _stored(self, results, session, item):
+        status, _ = results[0]
+        reasons = {
+            ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
+            ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
+        }
+        self._ack(session, item.message_id, status, reasons.get(status, ""))
+        if status == ForwardStatus.STORED:
+            self._deliver_to(item.recipient)
+
+    def _not_stored(self, failure, session, item):
+        if failure.check(StoreFull):
+            log.warn("mailbox: cannot store a message: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("mailbox: storing a message failed", failure)
+        self._ack(session, item.message_id, ForwardStatus.STORAGE_ERROR, "the node cannot store messages now")
+
+    def _ack(self, session, message_id, status, reason=""):
+        self.statuses[ForwardStatus(status).name] += 1
+        body = {"id": message_id, "status": int(status)}
+        if reason:
+            body["reason"] = reason
+        self._send(session, MessageType.FORWARD_ACK, body)
+
+    def _forward_purge(self, session, body):
+        try:
+            seqs, rseqs = messages.parse_forward_purge(body)
+        except BodyError as e:
+            session.close(CloseCode.BAD_CBOR, str(e))
+            return
+        outbox = self._outboxes.get(session.session_id)
+        peer_id = session.remote_peer_id
+        if seqs:
+            if outbox is not None:
+                for seq in seqs:
+                    outbox.inflight.pop(seq, None)
+            d = self._track(self.store.acknowledge(peer_id, seqs, self.clock.seconds(), self.limits.max_age))
+            d.addCallbacks(self._acknowledged, self._log_failure, errbackArgs=("deleting delivered messages",))
+        if rseqs:
+            if outbox is not None:
+                outbox.rinflight.difference_update(rseqs)
+            self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
+        if outbox is not None:
+            self._pump(outbox)
+            self._pump_receipts(outbox)
+
+    def _acknowledged(self, receipts):
+        self.delivered += len(receipts)
+        self._owe(receipts)
+
+    @defer.inlineCallbacks
+    def _peer_key(self, session, body):
+        try:
+            peer_id = messages.parse_peer_key_request(body)
+        except BodyError as e:
+            session.close(CloseCode.BAD_CBOR, str(e))
+            return
+        key = None
+        if self.trust.is_paired(peer_id):
+            record = yield self.trust.get(peer_id)
+            key = record.identity_key if record is not None else None
+        self._send(session, MessageType.PEER_KEY_RESPONSE, {"peer": peer_id, "key": key})
+
+    # Delivery
+
+    def _outboxes_of(self, peer_id):
+        return [o for o in list(self._outboxes.values()) if o.session.remote_peer_id == peer_id]
+
+    def _deliver_to(self, recipient):
+        for outbox in self._outboxes_of(recipient):
+            self._pump(outbox)
+
+    def _owe(self, receipts):
+        for sender in {r.sender for r in receipts}:
+            for outbox in self._outboxes_of(sender):
+                self._pump_receipts(outbox)
+
+    def _pump(self, outbox):
+        session = outbox.session
+        if self._stopped or session.closed is not None or not session.attached:
+            return
+        if outbox.fetching:
+            outbox.again = True
+            return
+        room = self.window - len(outbox.inflight)
+        if room <= 0 or sum(outbox.inflight.values()) >= self.window_bytes:
+            return
+        outbox.fetching, outbox.again = True, False
+
+        def fetched(held):
+            outbox.fetching = False
+            budget = self.window_bytes - sum(outbox.inflight.values())
+            for message in held:
+                if session.closed is not None or budget <= 0:
+                    break
+                body = {
+                    "id": message.message_id,
+                    "from": message.sender,
+                    "seq": message.seq,
+                    "stored_at": message.stored_at,
+                    "payload": message.payload,
+                }
+                if not self._send(session, MessageType.FORWARD_DELIVER, body):
+                    break
+                outbox.inflight[message.seq] = len(message.payload)
+                outbox.cursor = message.seq
+                budget -= len(message.payload)
+            if outbox.again or (held and len(held) == room and budget > 0):
+                self._pump(outbox)
+
+        def failed(failure):
+            outbox.fetching = False
+            log.failure("mailbox: reading messages to deliver failed", failure)
+
+        self._track(self.store.fetch(session.remote_peer_id, outbox.cursor, room)).addCallbacks(fetched, failed)
+
+    def _pump_receipts(self, outbox):
+        session = outbox.session
+        if self._stopped or session.closed is not None or not session.attached:
+            return
+        if outbox.rfetching:
+            outbox.ragain = True
+            return
+        room = self.window - len(outbox.rinflight)
+        if room <= 0:
+            return
+        outbox.rfetching, outbox.ragain = True, False
+
+        def fetched(receipts):
+            outbox.rfetching = False
+            for receipt in receipts:
+                body = {
+                    "id": receipt.message_id,
+                    "to": receipt.recipient,
+                    "rseq": receipt.rseq,
+                    "status": receipt.status,
+                    "at": receipt.at,
+                }
+                if not self._send(session, MessageType.FORWARD_RECEIPT, body):
+                    break
+                outbox.rinflight.add(receipt.rseq)
+                outbox.rcursor = receipt.rseq
+            if outbox.ragain:
+                self._pump_receipts(outbox)
+
+        def failed(failure):
+            outbox.rfetching = False
+            log.failure("mailbox: reading receipts failed", failure)
+
+        self._track(self.store.receipts(session.remote_peer_id, outbox.rcursor, room)).addCallbacks(fetched, failed)
+
+    def _send(self, session, type_code, body) -> bool:
+        if session.closed is not None:
+            return False
+        try:
+            session.send(type_code, body)
+        except SessionClosed:
+            return False
+        return True
+
+    @staticmethod
+    def _log_failure(failure, what):
+        log.failure("mailbox: {what} failed", failure, what=what)
+
+    # Session observer
+
+    def session_established(self, session):
+        if self.trust.is_paired(session.remote_peer_id):
+            outbox = self._outboxes[session.session_id] = _Outbox(session)
+            self._pump(outbox)
+            self._pump_receipts(outbox)
+
+    def session_resumed(self, session):
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            self.session_established(session)
+            return
+        # The session layer resends what was in flight; carry on after it.
+        self._pump(outbox)
+        self._pump_receipts(outbox)
+
+    def session_closed(self, session):
+        self._outboxes.pop(session.session_id, None)
+
+    # Management
+
+    def _peer_json(self, peer_id, depth, now):
+        override = self.store.limits.get(peer_id)
+        max_messages = self.limits.max_per_peer
+        if override is not None and override.max_messages is not None:
+            max_messages = override.max_messages
+        return {
+            "peer_id": peer_id,
+            "messages": depth.messages,
+            "bytes": depth.bytes,
+            "oldest_age": None if depth.oldest is None else round(max(0.0, now - depth.oldest), 3),
+            "limits": {
+                "max_messages": max_messages,
+                "max_bytes": override.max_bytes if override is not None else None,
+                "override": override.to_json() if override is not None else None,
+            },
+        }
+
+    def stats(self):
+        """C{GET /mailbox}: per-peer depth, bytes and oldest age, and the totals."""
+        now = self.clock.seconds()
+        depths = self.store.depths()
+        peers = [self._peer_json(p, d, now) for p, d in sorted(depths.items())]
+        ages = [p["oldest_age"] for p in peers if p["oldest_age"] is not None]
+        return {
+            "enabled": self.enabled,
+            "peers": peers,
+            "messages": sum(d.messages for d in depths.values()),
+            "bytes": self.store.total_bytes(),
+            "oldest_age": max(ages) if ages else None,
+            "limits": {
+                "max_per_peer": self.limits.max_per_peer,
+                "max_total": self.limits.max_total,
+                "max_age": self.limits.max_age,
+            },
+        }
+
+    def peer_stats(self, peer_id):
+        """C{GET /mailbox/{peer_id}}, or None for a peer neither paired nor holding mail."""
+        depth = self.store.depths().get(peer_id)
+        if depth is None:
+            if not self.trust.is_paired(peer_id):
+                return None
+            depth = Depth()
+        result = self._peer_json(peer_id, depth, self.clock.seconds())
+        result["connected"] = any(o.session.attached for o in self._outboxes_of(peer_id))
+        return result
+
+    def set_peer_limits(self, peer_id, body):
+        """
+        C{PUT /mailbox/{peer_id}/limits}: persist C{{"max_messages": n|null,
+        "max_bytes": n|null}} for a paired peer; fires with its L{peer_stats}.
+
+        @raise ValueError: a bad body. @raise UnknownPeer: not paired.
+        """
+        if not isinstance(body, dict) or set(body) - {"max_messages", "max_bytes"}:
+            raise ValueError("body must be an object with max_messages and/or max_bytes")
+        values = {}
+        for key in ("max_messages", "max_bytes"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{key} must be a positive integer or null")
+            values[key] = value
+        if not self.trust.is_paired(peer_id):
+            raise UnknownPeer(peer_id)
+        limits = PeerLimits(**values)
+        log.info("mailbox limits of {peer_id} set to {limits}", peer_id=peer_id, limits=limits.to_json())
+        return self.store.set_limits(peer_id, limits).addCallback(lambda _: self.peer_stats(peer_id))
+
+    def collect_metrics(self):
+        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        now = self.clock.seconds()
+        depths = self.store.depths()
+        per_peer = [
+            ("cairn_mailbox_messages", "Messages held per recipient.", lambda d: d.messages),
+            ("cairn_mailbox_bytes", "Payload bytes held per recipient.", lambda d: d.bytes),
+            (
+                "cairn_mailbox_oldest_age_seconds",
+                "Age of the oldest message held per recipient.",
+                lambda d: max(0.0, now - d.oldest) if d.oldest is not None else 0.0,
+            ),
+        ]
+        for name, doc, value in per_peer:
+            family = GaugeMetricFamily(name, doc, labels=["peer"])
+            for peer_id, depth in sorted(depths.items()):
+                family.add_metric([peer_id], value(depth))
+            yield family
+        yield GaugeMetricFamily(
+            "cairn_mailbox_total_messages",
+            "Messages held in all mailboxes.",
+            value=sum(d.messages for d in depths.values()),
+        )
+        yield GaugeMetricFamily(
+            "cairn_mailbox_total_bytes", "Payload bytes held in all mailboxes.", value=self.store.total_bytes()
+        )
+        acks = CounterMetricFamily("cairn_mailbox_requests", "ForwardRequests answered, by status.", labels=["status"])
+        for status in ForwardStatus:
+            acks.add_metric([status.name.lower()], self.statuses.get(status.name, 0))
+        yield acks
+        yield CounterMetricFamily(
+            "cairn_mailbox_delivered", "Messages delivered and acknowledged.", value=self.delivered
+        )
+
+
+def _observe(d):
+    """A Deferred firing (with None) when C{d} does, leaving C{d}'s result alone."""
+    observer = defer.Deferred()
+
+    def fire(result):
+        observer.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return observer

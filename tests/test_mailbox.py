@@ -1,0 +1,402 @@
+"""
+The mailbox service end to end: library clients over real loopback
+sessions (TCP and WebSocket), the node's clock a L{task.Clock}.
+"""
+
+import os
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from cairn.db import Database
+from cairn.mailbox import client as mailbox
+from cairn.mailbox.client import ForwardRejected, UnknownRecipient, uuid7
+from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, StoreFull
+from cairn.mailbox.service import MailboxService
+from cairn.mailbox.store import MemoryMailboxStore, SQLiteMailboxStore
+from cairn.management.metrics import Metrics
+from cairn.pairing.service import PairingService
+from cairn.pairing.trust import MemoryTrustStore
+from cairn.wire.constants import CloseCode, ForwardStatus, MessageType, ReceiptStatus
+from tests._harness import SETTINGS, ScenarioMixin, closed, eventually
+
+MAX_AGE = 3600.0
+
+
+class Inbox:
+    """Collects what a client peer's mailbox hands the application."""
+
+    def __init__(self, peer):
+        self.messages, self.receipts = [], []
+        self._waiters = []
+        mailbox.set_inbox(peer, lambda sender, mid, data: self._add(self.messages, (sender, mid, data)))
+        mailbox.set_receipts(peer, lambda receipt: self._add(self.receipts, receipt))
+
+    def _add(self, into, value):
+        into.append(value)
+        for waiter in list(self._waiters):
+            self._check(*waiter)
+
+    def _check(self, d, into, count):
+        if len(into) >= count and not d.called:
+            self._waiters.remove((d, into, count))
+            d.callback(list(into))
+
+    def wait(self, into, count):
+        d = defer.Deferred()
+        self._waiters.append((d, into, count))
+        self._check(d, into, count)
+        return eventually(d)
+
+
+class MailboxHarness(ScenarioMixin):
+    """A node peer with pairing (memory trust store) and a mailbox; C{self.clock} drives the mailbox."""
+
+    sqlite = False
+    limits = Limits(max_per_peer=100, max_total=10**6, max_age=MAX_AGE)
+    enabled = True
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.clock = task.Clock()
+        self.clock.advance(time.time())  # message ids carry wall-clock time
+        self.trust = MemoryTrustStore()
+        self.pairing = PairingService(self.server, self.trust, self.clock)
+        if self.sqlite:
+            directory = os.path.abspath(self.mktemp())
+            os.makedirs(directory)
+            self.db_path = os.path.join(directory, "cairn.sqlite")
+            self.db = Database(reactor, self.db_path, [MAILBOX_SCHEMA])
+            yield self.db.start()
+            self.addCleanup(self.db.stop)
+            self.store = SQLiteMailboxStore(self.db)
+        else:
+            self.store = MemoryMailboxStore()
+        self.mailbox = MailboxService(
+            self.server,
+            self.trust,
+            self.store,
+            self.clock,
+            enabled=self.enabled,
+            limits=self.limits,
+            max_payload=SETTINGS["max_payload"],
+            sweep_interval=60.0,
+        )
+        self.pairing.add_purge_hook(self.mailbox.purge)
+        yield self.mailbox.start()
+        self.addCleanup(self.mailbox.stop)
+
+    def peer(self, paired=True):
+        client = self.make_client()
+        if paired:
+            self.successResultOf(self.trust.set_paired(client.peer_id, client.peer.identity.public_key, "", "psk", 0.0))
+        return client, Inbox(client.peer)
+
+    @defer.inlineCallbacks
+    def forward_raw(self, session, body):
+        """Send a raw ForwardRequest body; fires with (status, reason) of the ForwardAck."""
+        d = defer.Deferred()
+        mailbox.mailbox(session.local)._acks[(session.session_id, body["id"])] = d
+        session.send(MessageType.FORWARD_REQUEST, body)
+        try:
+            yield eventually(d)
+        except ForwardRejected as e:
+            return e.code
+        return ForwardStatus.STORED
+
+    @defer.inlineCallbacks
+    def until(self, predicate, tries=200):
+        for _ in range(tries):
+            if predicate():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition never became true")
+
+
+class MailboxScenarioMixin(MailboxHarness):
+    """The scenarios, run over TCP, WebSocket and with the SQLite store."""
+
+    @defer.inlineCallbacks
+    def test_online_delivery_and_receipt(self):
+        """A message to an online peer is acked stored, delivered at once, deleted, and receipted to the sender."""
+        alice, alice_box = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        yield self.connect(bob)
+        result = yield eventually(mailbox.forward(a, bob.peer_id, b"hello bob"))
+        self.assertFalse(result.duplicate)
+        (got,) = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got, (alice.peer_id, result.message_id, b"hello bob"))
+        (receipt,) = yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual(
+            (receipt.message_id, receipt.recipient, receipt.status),
+            (result.message_id, bob.peer_id, ReceiptStatus.DELIVERED),
+        )
+        self.assertEqual(self.store.depths(), {})
+        self.assertEqual(self.mailbox.delivered, 1)
+
+    @defer.inlineCallbacks
+    def test_offline_delivery_in_order_and_receipts_later(self):
+        """Messages to an offline peer arrive in order at its next session; the sender's receipts at its next one."""
+        alice, alice_box = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        for i in range(5):
+            yield eventually(mailbox.forward(a, bob.peer_id, b"m%d" % i))
+        a.close()
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 5)
+        yield self.connect(bob)
+        got = yield bob_box.wait(bob_box.messages, 5)
+        self.assertEqual([data for _, _, data in got], [b"m%d" % i for i in range(5)])
+        yield self.until(lambda: self.mailbox.delivered == 5)
+        self.assertEqual(alice_box.receipts, [])
+        yield self.connect(alice)
+        receipts = yield alice_box.wait(alice_box.receipts, 5)
+        self.assertEqual({r.status for r in receipts}, {ReceiptStatus.DELIVERED})
+        for _ in range(200):  # the receipts are dropped once acknowledged
+            left = yield self.store.receipts(alice.peer_id, 0, 10)
+            if not left:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(left, [])
+
+    @defer.inlineCallbacks
+    def test_redelivery_until_acknowledged(self):
+        """An unacknowledged delivery stays stored and comes again next session; the client drops the duplicate."""
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        sent = yield eventually(mailbox.forward(a, bob.peer_id, b"once"))
+        raw = []
+        bob.peer.register_handler(MessageType.FORWARD_DELIVER, lambda s, body: raw.append(body))
+        b = yield self.connect(bob)
+        yield self.until(lambda: raw)
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)
+        # The transport drops and the session ends before the acknowledgement.
+        lost = b.connection.lost
+        b.connection.transport.lose(abort=True)
+        yield lost
+        b.close()
+        handler = mailbox.mailbox(bob.peer)._guarded(mailbox.mailbox(bob.peer)._deliver)
+        handler(b, raw[0])  # the application saw it once already (the purge is not sent: session closed)
+        bob.peer.register_handler(MessageType.FORWARD_DELIVER, handler)
+        yield self.connect(bob)
+        yield self.until(lambda: self.mailbox.delivered == 1)
+        self.assertEqual(bob_box.messages, [(alice.peer_id, sent.message_id, b"once")])
+        self.assertEqual(self.store.depths(), {})
+
+    @defer.inlineCallbacks
+    def test_retry_is_duplicate_until_expiry(self):
+        """A retried id is acked as a duplicate and stored once, even after delivery; once expired it is too old."""
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        message_id = uuid7()
+        first = yield eventually(mailbox.forward(a, bob.peer_id, b"x", message_id))
+        again = yield eventually(mailbox.forward(a, bob.peer_id, b"x", message_id))
+        self.assertEqual((first.duplicate, again.duplicate), (False, True))
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)
+        yield self.connect(bob)
+        yield bob_box.wait(bob_box.messages, 1)
+        yield self.until(lambda: self.mailbox.delivered == 1)
+        after = yield eventually(mailbox.forward(a, bob.peer_id, b"x", message_id))
+        self.assertTrue(after.duplicate)
+        self.clock.advance(MAX_AGE + 61)
+        failure = yield self.assertFailure(
+            eventually(mailbox.forward(a, bob.peer_id, b"x", message_id)), ForwardRejected
+        )
+        self.assertEqual(failure.code, ForwardStatus.INVALID)
+        self.assertEqual(len(bob_box.messages), 1)
+
+    @defer.inlineCallbacks
+    def test_per_peer_limit_and_override(self):
+        """Over the per-recipient count the request is refused MAILBOX_FULL; an operator override applies at once."""
+        self.mailbox.limits = Limits(max_per_peer=2, max_total=10**6, max_age=MAX_AGE)
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        for _ in range(2):
+            yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        failure = yield self.assertFailure(eventually(mailbox.forward(a, bob.peer_id, b"x")), ForwardRejected)
+        self.assertEqual(failure.code, ForwardStatus.MAILBOX_FULL)
+        shown = yield self.mailbox.set_peer_limits(bob.peer_id, {"max_messages": 3})
+        self.assertEqual(shown["limits"]["max_messages"], 3)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        self.assertEqual(self.mailbox.peer_stats(bob.peer_id)["messages"], 3)
+        self.assertRaises(ValueError, self.mailbox.set_peer_limits, bob.peer_id, {"max_messages": 0})
+
+    @defer.inlineCallbacks
+    def test_total_limit(self):
+        """Over the total bytes the request is refused STORAGE_FULL."""
+        self.mailbox.limits = Limits(max_per_peer=100, max_total=500, max_age=MAX_AGE)
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        failure = yield self.assertFailure(eventually(mailbox.forward(a, bob.peer_id, b"x" * 600)), ForwardRejected)
+        self.assertEqual(failure.code, ForwardStatus.STORAGE_FULL)
+
+    @defer.inlineCallbacks
+    def test_age_sweep_with_expired_receipt(self):
+        """A message older than the maximum age is swept and its online sender gets an EXPIRED receipt."""
+        alice, alice_box = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        sent = yield eventually(mailbox.forward(a, bob.peer_id, b"late"))
+        self.clock.advance(MAX_AGE + 60)
+        (receipt,) = yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual((receipt.message_id, receipt.status), (sent.message_id, ReceiptStatus.EXPIRED))
+        self.assertEqual(self.store.depths(), {})
+
+    @defer.inlineCallbacks
+    def test_sweep_logs_its_errors_and_goes_on(self):
+        """A failing sweep is logged and the next one still runs."""
+        calls = []
+
+        def broken(now, limit, ttl):
+            calls.append(now)
+            return defer.fail(StoreFull("boom"))
+
+        self.store.expire = broken
+        self.clock.advance(60)
+        self.clock.advance(60)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(StoreFull)), 2)
+        yield None
+
+    @defer.inlineCallbacks
+    def test_unpaired_recipient(self):
+        """A recipient that is not paired gets NOT_PAIRED, from the key look-up and from the node's ack."""
+        alice, _ = self.peer()
+        stranger, _ = self.peer(paired=False)
+        a = yield self.connect(alice)
+        failure = yield self.assertFailure(eventually(mailbox.forward(a, stranger.peer_id, b"x")), UnknownRecipient)
+        self.assertEqual(failure.code, ForwardStatus.NOT_PAIRED)
+        status = yield self.forward_raw(a, {"to": stranger.peer_id, "id": uuid7(), "payload": b"x"})
+        self.assertEqual(status, ForwardStatus.NOT_PAIRED)
+
+    @defer.inlineCallbacks
+    def test_unpaired_sender_closed(self):
+        """A ForwardRequest from an unpaired peer closes its session with NOT_PAIRED."""
+        stranger, _ = self.peer(paired=False)
+        bob, _ = self.peer()
+        s = yield self.connect(stranger)
+        s.send(MessageType.FORWARD_REQUEST, {"to": bob.peer_id, "id": uuid7(), "payload": b"x"})
+        ended = yield closed(s)
+        self.assertEqual(ended.code, CloseCode.NOT_PAIRED)
+
+    @defer.inlineCallbacks
+    def test_bad_bodies(self):
+        """A body without a usable id closes the session BAD_CBOR; other defects are acked INVALID or TOO_LARGE."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        self.assertEqual(
+            (yield self.forward_raw(a, {"to": "nope", "id": uuid7(), "payload": b"x"})), ForwardStatus.INVALID
+        )
+        self.assertEqual(
+            (yield self.forward_raw(a, {"to": bob.peer_id, "id": b"\0" * 16, "payload": b"x"})), ForwardStatus.INVALID
+        )
+        big = b"x" * (SETTINGS["max_payload"] - 200)
+        self.assertEqual(
+            (yield self.forward_raw(a, {"to": bob.peer_id, "id": uuid7(), "payload": big})), ForwardStatus.TOO_LARGE
+        )
+        a.send(MessageType.FORWARD_REQUEST, {"to": bob.peer_id, "id": b"short"})
+        ended = yield closed(a)
+        self.assertEqual(ended.code, CloseCode.BAD_CBOR)
+
+    @defer.inlineCallbacks
+    def test_storage_error_rejects_but_delivery_continues(self):
+        """When the store cannot write, requests are refused STORAGE_ERROR and what is stored is still delivered."""
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"before"))
+        self.store.enqueue = lambda items, now, limits: defer.fail(StoreFull("database or disk is full"))
+        failure = yield self.assertFailure(eventually(mailbox.forward(a, bob.peer_id, b"after")), ForwardRejected)
+        self.assertEqual(failure.code, ForwardStatus.STORAGE_ERROR)
+        yield self.connect(bob)
+        got = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got[0][2], b"before")
+
+    @defer.inlineCallbacks
+    def test_unpair_purges_and_evicts(self):
+        """Unpairing a peer purges its mailbox and the senders get EVICTED receipts."""
+        alice, alice_box = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        sent = yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        yield self.pairing.unpair(bob.peer_id)
+        self.assertEqual(self.store.depths(), {})
+        (receipt,) = yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual((receipt.message_id, receipt.status), (sent.message_id, ReceiptStatus.EVICTED))
+
+    @defer.inlineCallbacks
+    def test_stats_and_metrics(self):
+        """GET /mailbox's data and the Prometheus gauges show depth, bytes and oldest age per peer and in total."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        self.clock.advance(30)
+        stats = self.mailbox.stats()
+        self.assertEqual(stats["messages"], 1)
+        (entry,) = stats["peers"]
+        self.assertEqual((entry["peer_id"], entry["messages"], entry["oldest_age"]), (bob.peer_id, 1, 30.0))
+        self.assertEqual(stats["bytes"], entry["bytes"])
+        self.assertIsNone(self.mailbox.peer_stats(alice.peer_id)["oldest_age"])
+        self.assertIsNone(self.mailbox.peer_stats("QmNotPairedAtAll"))
+        metrics = Metrics(self.server, self.clock, 0.0, process_metrics=False)
+        metrics.add_collector(self.mailbox.collect_metrics)
+        text = metrics.exposition().decode()
+        self.assertIn(f'cairn_mailbox_messages{{peer="{bob.peer_id}"}} 1.0', text)
+        self.assertIn(f'cairn_mailbox_oldest_age_seconds{{peer="{bob.peer_id}"}} 30.0', text)
+        self.assertIn("cairn_mailbox_total_messages 1.0", text)
+        self.assertIn('cairn_mailbox_requests_total{status="stored"} 1.0', text)
+
+
+class DisabledMixin:
+    enabled = False
+
+    @defer.inlineCallbacks
+    def test_disabled(self):
+        """With CAIRN_FORWARD_ENABLED=false every request is refused DISABLED."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        failure = yield self.assertFailure(eventually(mailbox.forward(a, bob.peer_id, b"x")), ForwardRejected)
+        self.assertEqual(failure.code, ForwardStatus.DISABLED)
+
+
+class TCPMailboxTests(MailboxScenarioMixin, unittest.TestCase):
+    pass
+
+
+class WebSocketMailboxTests(MailboxScenarioMixin, unittest.TestCase):
+    websocket = True
+
+
+class SQLiteMailboxTests(MailboxScenarioMixin, unittest.TestCase):
+    sqlite = True
+
+    @defer.inlineCallbacks
+    def test_no_plaintext_on_disk(self):
+        """The database file and its WAL hold only ciphertext of a forwarded message."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        secret = b"attack at dawn, the secret phrase 0123456789"
+        yield eventually(mailbox.forward(a, bob.peer_id, secret))
+        held = b""
+        for suffix in ("", "-wal"):
+            if os.path.exists(self.db_path + suffix):
+                with open(self.db_path + suffix, "rb") as f:
+                    held += f.read()
+        self.assertGreater(len(held), 0)
+        self.assertNotIn(secret, held)
+        self.assertNotIn(b"attack at dawn", held)
+
+
+class DisabledTests(DisabledMixin, MailboxHarness, unittest.TestCase):
+    pass

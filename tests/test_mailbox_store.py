@@ -1,0 +1,223 @@
+"""
+The mailbox stores: one behaviour mixin run against the SQLite store and
+its in-memory twin, plus SQLite-only checks (group commit, full disk,
+the expiry index).
+"""
+
+import os
+import sqlite3
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from cairn.db import Database
+from cairn.mailbox.client import uuid7
+from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Depth, IMailboxStore, Incoming, Limits, PeerLimits, StoreFull
+from cairn.mailbox.store import MemoryMailboxStore, SQLiteMailboxStore
+from cairn.wire.constants import ForwardStatus, ReceiptStatus
+
+A, B, C = "QmSenderA", "QmRecipientB", "QmRecipientC"
+LIMITS = Limits(max_per_peer=3, max_total=1000, max_age=100.0)
+
+
+def item(recipient=B, sender=A, payload=b"x" * 10, message_id=None):
+    return Incoming(sender, recipient, message_id or uuid7(), payload)
+
+
+class StoreMixin:
+    """Behaviour every L{IMailboxStore} shares; C{make_store} returns a started store (Deferred)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.store = yield self.make_store()
+
+    def enqueue(self, *items, now=0.0, limits=LIMITS):
+        return self.store.enqueue(list(items), now, limits)
+
+    def test_interface(self):
+        """The store provides IMailboxStore."""
+        verifyObject(IMailboxStore, self.store)
+
+    @defer.inlineCallbacks
+    def test_enqueue_fetch_in_order(self):
+        """Stored messages come back per recipient in server-sequence order, after a cursor."""
+        results = yield self.enqueue(item(payload=b"1"), item(C, payload=b"c"), item(payload=b"2"))
+        self.assertEqual([s for s, _ in results], [ForwardStatus.STORED] * 3)
+        held = yield self.store.fetch(B, 0, 10)
+        self.assertEqual([m.payload for m in held], [b"1", b"2"])
+        later = yield self.store.fetch(B, held[0].seq, 10)
+        self.assertEqual([m.payload for m in later], [b"2"])
+        self.assertEqual(self.store.depths()[B], Depth(2, 2, 0.0))
+        self.assertEqual(self.store.total_bytes(), 3)
+
+    @defer.inlineCallbacks
+    def test_duplicate_until_expiry(self):
+        """A known (sender, id) is a duplicate even after delivery, until its expiry is swept."""
+        first = item()
+        yield self.enqueue(first)
+        self.assertEqual((yield self.enqueue(first))[0][0], ForwardStatus.DUPLICATE)
+        (held,) = yield self.store.fetch(B, 0, 10)
+        yield self.store.acknowledge(B, [held.seq], 1.0, 100.0)
+        self.assertEqual((yield self.enqueue(first, now=2.0))[0][0], ForwardStatus.DUPLICATE)
+        other_sender = Incoming(C, B, first.message_id, b"y")
+        self.assertEqual((yield self.enqueue(other_sender))[0][0], ForwardStatus.STORED)
+        yield self.store.expire(100.0, 1000, 100.0)
+        self.assertEqual((yield self.enqueue(first, now=101.0))[0][0], ForwardStatus.STORED)
+
+    @defer.inlineCallbacks
+    def test_limits(self):
+        """Per-recipient count, total bytes and per-peer overrides refuse with their own codes."""
+        results = yield self.enqueue(*[item() for _ in range(4)])
+        self.assertEqual([s for s, _ in results][3], ForwardStatus.MAILBOX_FULL)
+        results = yield self.enqueue(item(C, payload=b"z" * 995))
+        self.assertEqual(results[0][0], ForwardStatus.STORAGE_FULL)
+        yield self.store.set_limits(C, PeerLimits(max_messages=1))
+        self.assertEqual(self.store.limits[C], PeerLimits(1, None))
+        results = yield self.enqueue(item(C), item(C))
+        self.assertEqual([s for s, _ in results], [ForwardStatus.STORED, ForwardStatus.MAILBOX_FULL])
+        yield self.store.set_limits(C, PeerLimits(max_bytes=5))
+        results = yield self.enqueue(item(C, payload=b"123456"))
+        self.assertEqual(results[0][0], ForwardStatus.MAILBOX_FULL)
+        yield self.store.set_limits(C, PeerLimits())
+        self.assertNotIn(C, self.store.limits)
+
+    @defer.inlineCallbacks
+    def test_acknowledge_owes_receipts(self):
+        """Acknowledged messages are deleted (only the recipient's) and the sender is owed DELIVERED receipts."""
+        sent = item()
+        yield self.enqueue(sent, item(C))
+        (held,) = yield self.store.fetch(B, 0, 10)
+        (other,) = yield self.store.fetch(C, 0, 10)
+        receipts = yield self.store.acknowledge(B, [held.seq, other.seq, 999], 5.0, 100.0)
+        self.assertEqual(
+            [(r.sender, r.recipient, r.message_id, r.status) for r in receipts],
+            [(A, B, sent.message_id, ReceiptStatus.DELIVERED)],
+        )
+        self.assertEqual((yield self.store.fetch(B, 0, 10)), [])
+        self.assertNotIn(B, self.store.depths())
+        owed = yield self.store.receipts(A, 0, 10)
+        self.assertEqual(owed, receipts)
+        yield self.store.drop_receipts(A, [owed[0].rseq])
+        self.assertEqual((yield self.store.receipts(A, 0, 10)), [])
+
+    @defer.inlineCallbacks
+    def test_expire(self):
+        """Messages past max_age are removed with EXPIRED receipts; younger ones stay."""
+        yield self.enqueue(item(payload=b"old"), now=0.0)
+        yield self.enqueue(item(payload=b"new"), now=50.0)
+        receipts, more = yield self.store.expire(100.0, 1000, 100.0)
+        self.assertFalse(more)
+        self.assertEqual([r.status for r in receipts], [ReceiptStatus.EXPIRED])
+        self.assertEqual([m.payload for m in (yield self.store.fetch(B, 0, 10))], [b"new"])
+        self.assertEqual(self.store.depths()[B].oldest, 50.0)
+
+    @defer.inlineCallbacks
+    def test_expire_in_batches(self):
+        """A sweep removes at most its limit and says whether more is due."""
+        yield self.enqueue(item(), item(), item(C))
+        receipts, more = yield self.store.expire(200.0, 2, 100.0)
+        self.assertEqual((len(receipts), more), (2, True))
+        receipts, more = yield self.store.expire(200.0, 2, 100.0)
+        self.assertEqual(len(receipts), 1)
+
+    @defer.inlineCallbacks
+    def test_purge(self):
+        """Purging a peer drops its messages (EVICTED receipts to senders), its receipts and its override."""
+        yield self.enqueue(item(), item(sender=C))
+        yield self.store.set_limits(B, PeerLimits(5, None))
+        yield self.enqueue(item(recipient=A, sender=B))
+        (to_a,) = yield self.store.fetch(A, 0, 10)
+        yield self.store.acknowledge(A, [to_a.seq], 1.0, 100.0)
+        receipts = yield self.store.purge(B, 2.0, 100.0)
+        self.assertEqual(sorted(r.sender for r in receipts), sorted([A, C]))
+        self.assertEqual({r.status for r in receipts}, {ReceiptStatus.EVICTED})
+        self.assertEqual((yield self.store.fetch(B, 0, 10)), [])
+        self.assertEqual((yield self.store.receipts(B, 0, 10)), [])
+        self.assertNotIn(B, self.store.limits)
+        self.assertNotIn(B, self.store.depths())
+
+
+class MemoryStoreTests(StoreMixin, unittest.TestCase):
+    def make_store(self):
+        store = MemoryMailboxStore()
+        return store.start().addCallback(lambda _: store)
+
+
+def open_db(testcase):
+    directory = testcase.mktemp()
+    os.makedirs(directory)
+    db = Database(reactor, os.path.join(directory, "cairn.sqlite"), [MAILBOX_SCHEMA])
+    return db
+
+
+class SQLiteStoreTests(StoreMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def make_store(self):
+        self.db = open_db(self)
+        yield self.db.start()
+        self.addCleanup(self.db.stop)
+        store = SQLiteMailboxStore(self.db)
+        yield store.start()
+        return store
+
+    @defer.inlineCallbacks
+    def test_group_commit(self):
+        """Requests queued while a commit is in flight share the next transaction."""
+        before = self.store.commits
+        results = yield defer.gatherResults([self.enqueue(item(C if i % 2 else B)) for i in range(6)])
+        self.assertEqual(len(results), 6)
+        self.assertEqual(self.store.commits - before, 2)  # the first alone, then the five queued behind it
+
+    @defer.inlineCallbacks
+    def test_reload(self):
+        """A new store on the same database sees the depths and overrides."""
+        yield self.enqueue(item(), item())
+        yield self.store.set_limits(B, PeerLimits(7, 70))
+        again = SQLiteMailboxStore(self.db)
+        yield again.start()
+        self.assertEqual(again.depths(), self.store.depths())
+        self.assertEqual(again.limits, {B: PeerLimits(7, 70)})
+
+    @defer.inlineCallbacks
+    def test_disk_full(self):
+        """A full database refuses new messages with StoreFull while stored ones are still served and deleted."""
+        yield self.enqueue(item(payload=b"kept"))
+
+        def cap(cursor):
+            pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+            cursor.execute(f"PRAGMA max_page_count = {pages}")
+
+        yield self.db.run(cap)
+        big = [item(C, payload=os.urandom(900)) for _ in range(8)]
+        big_limits = Limits(max_per_peer=100, max_total=10**9, max_age=100.0)
+        failures = yield defer.DeferredList([self.enqueue(i, limits=big_limits) for i in big], consumeErrors=True)
+        self.assertTrue(any(not ok and f.check(StoreFull) for ok, f in failures))
+        self.assertIn("full", [f for ok, f in failures if not ok][0].getErrorMessage())
+        (held,) = yield self.store.fetch(B, 0, 10)
+        self.assertEqual(held.payload, b"kept")
+        receipts = yield self.store.acknowledge(B, [held.seq], 1.0, 100.0)
+        self.assertEqual(len(receipts), 1)
+
+    @defer.inlineCallbacks
+    def test_expiry_uses_index(self):
+        """The sweep's query reads the expires_at index, not the whole table."""
+
+        def plan(cursor):
+            rows = cursor.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM mailbox_messages"
+                " WHERE expires_at <= ? ORDER BY expires_at LIMIT 10",
+                (1.0,),
+            ).fetchall()
+            return " ".join(str(r[-1]) for r in rows)
+
+        text = yield self.db.run(plan)
+        self.assertIn("mailbox_messages_by_expiry", text)
+
+    def test_storage_error_text(self):
+        """A sqlite3 error becomes StoreFull with its message."""
+        from cairn.mailbox.store import _storage_error
+
+        error = _storage_error(sqlite3.OperationalError("database or disk is full"))
+        self.assertIsInstance(error, StoreFull)
+        self.assertEqual(str(error), "database or disk is full")
