@@ -165,6 +165,11 @@ class _EnvelopeMessages:
     # IFrameTransport
 
     def write_envelope(self, data: bytes) -> None:
+        # Once the WebSocket is closing, autobahn raises Disconnected; the
+        # session is about to detach (and resend after a Reconnect), so the
+        # write is dropped like bytes written to a closing TCP socket.
+        if self.state != self.STATE_OPEN:
+            return
         self.sendMessage(data, isBinary=True)
 
     def lose(self, abort: bool = False) -> None:
