@@ -135,6 +135,7 @@ class CairnNode(MultiService):
         if self.mailbox is not None:
             # Commit what is queued (its senders wait for acks on resume).
             d.addCallback(lambda _: self.mailbox.stop())
+        d.addCallback(lambda _: self.pairing.stop())
         d.addCallback(lambda _: self.db.stop())
         return d
 

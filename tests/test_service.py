@@ -156,6 +156,7 @@ class RestartTests(unittest.TestCase):
         yield eventually(client_lost)
         node.peer.freeze()  # the crashed process's memory is gone with it
         self.addCleanup(node.db.stop)
+        self.addCleanup(node.pairing.stop)
         self.addCleanup(node.mailbox.stop)  # its expiry timer, which a crash would take along
         node, address = yield self.start()
         failure = yield self.assertFailure(eventually(self.client.resume(session, address)), Exception)

@@ -177,7 +177,8 @@ class SQLiteTrustStoreTests(TrustStoreMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def reopened(self):
-        """A new store on a new connection to the same file."""
+        """A new store on a new connection to the same file (after a clean stop's flush)."""
+        yield self.store.flush()
         yield self.db.stop()
         self.db = yield self.open_db()
         store = SQLiteTrustStore(self.db)
@@ -198,6 +199,23 @@ class SQLiteTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         self.assertEqual((yield store.list()), before)
         self.assertTrue(store.is_paired(peers[1][0]))
         self.assertFalse(store.is_paired(peers[2][0]))
+
+    @defer.inlineCallbacks
+    def test_last_seen_written_lazily(self):
+        """touch() costs no write of its own; flush() or the next trust change writes it."""
+        peer_id, key = new_peer()
+        other, other_key = new_peer()
+        yield self.store.set_paired(peer_id, key, "", "psk", 1.0)
+        writes = []
+        run, run_many = self.db.run, self.db.run_many
+        self.patch(self.db, "run", lambda *a: (writes.append(a[0]), run(*a))[1])
+        self.patch(self.db, "run_many", lambda calls: (writes.extend(c[0] for c in calls), run_many(calls))[1])
+        yield self.store.touch(peer_id, 9.0)
+        self.assertEqual(writes, [])
+        yield self.store.add_pending(other, other_key, "", 10.0)
+        self.assertEqual(len(writes), 2)
+        store = yield self.reopened()
+        self.assertEqual((yield store.get(peer_id)).last_seen, 9.0)
 
     @defer.inlineCallbacks
     def test_reject_is_durable(self):

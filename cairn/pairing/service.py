@@ -10,6 +10,7 @@ must not accept sessions before that Deferred has fired.
 
 from spake2 import SPAKE2_B
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,6 +24,9 @@ from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
 
 log = Logger()
+
+#: How often last-seen times are written (they are advisory).
+LAST_SEEN_FLUSH = 60.0
 
 #: Defaults (docs/protocol.md §20.6).
 PIN_TTL = 300.0
@@ -121,10 +125,29 @@ class PairingService:
         peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self._pair_response))
         peer.register_handler(MessageType.PAIR_REVOKE, self._guarded(self._pair_revoke))
         peer.add_observer(self)
+        self._flusher = None
+        self._stopped = False
 
     def start(self):
         """Load the trust store; fires once L{ITrustStore.is_paired} is accurate."""
+        self._flusher = LoopingCall(self._flush)
+        self._flusher.clock = self.clock
+        self._flusher.start(LAST_SEEN_FLUSH, now=False)
         return self.trust.start()
+
+    def stop(self):
+        """Stop writing: flush what is pending; later events are not persisted."""
+        self._stopped = True
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        return self._flush()
+
+    def _flush(self):
+        flush = getattr(self.trust, "flush", None)
+        if flush is None:
+            return defer.succeed(None)
+        # A periodic job logs its own errors: a LoopingCall stops at the first.
+        return flush().addErrback(lambda f: log.failure("could not write last-seen times", f))
 
     # IPairingService
 
@@ -255,6 +278,10 @@ class PairingService:
         if isinstance(result, defer.Deferred):
 
             def failed(failure):
+                if self._stopped:
+                    # The node is stopping and its database closing.
+                    log.info("pairing step dropped at shutdown: {why}", why=failure.getErrorMessage())
+                    return
                 log.failure("pairing step failed", failure)
                 if close:
                     self._internal_error(session)

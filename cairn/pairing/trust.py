@@ -142,6 +142,10 @@ class MemoryTrustStore(_TrustStoreBase):
     def _delete(self, peer_id):
         return defer.succeed(None)
 
+    def flush(self):
+        """Nothing is pending in memory-only storage."""
+        return defer.succeed(None)
+
     def _save_last_seen(self, peer_id, when):
         return defer.succeed(None)
 
@@ -194,14 +198,21 @@ def delete_txn(cursor, peer_id):
     cursor.execute("DELETE FROM trust_peers WHERE peer_id = ?", (peer_id,))
 
 
-def last_seen_txn(cursor, peer_id, when):
-    cursor.execute("UPDATE trust_peers SET last_seen = ? WHERE peer_id = ?", (when, peer_id))
+def last_seen_txn(cursor, seen):
+    """Write many C{(peer_id, when)} last-seen times in one statement batch."""
+    cursor.executemany("UPDATE trust_peers SET last_seen = ? WHERE peer_id = ?", [(w, p) for p, w in seen])
 
 
 @implementer(ITrustStore)
 class SQLiteTrustStore(_TrustStoreBase):
     """
     The trust store in the node's SQLite database (table C{trust_peers}).
+
+    Trust changes are written before their Deferred fires. C{last_seen} is
+    advisory and changes on every session, so it is written lazily: kept
+    in memory (where L{list} and L{get} read it) and flushed in one
+    transaction by L{flush} (the pairing service calls it every minute and
+    on stop), with the next trust change, never once per session.
 
     @param db: a L{cairn.db.Database} whose components include
         L{TRUST_SCHEMA}, already started.
@@ -210,6 +221,7 @@ class SQLiteTrustStore(_TrustStoreBase):
     def __init__(self, db):
         super().__init__()
         self.db = db
+        self._seen = {}
 
     def start(self):
         def loaded(records):
@@ -222,11 +234,27 @@ class SQLiteTrustStore(_TrustStoreBase):
 
         return self.db.run(load_txn).addCallback(loaded)
 
+    def _with_seen(self, txn, *args):
+        """Run C{txn} with any pending last-seen times, in one transaction."""
+        seen, self._seen = self._seen, {}
+        calls = [(txn, args)]
+        if seen:
+            calls.append((last_seen_txn, (sorted(seen.items()),)))
+        return self.db.run_many(calls)
+
     def _save(self, record, revoked_at=None):
-        return self.db.run(save_txn, record, revoked_at)
+        return self._with_seen(save_txn, record, revoked_at)
 
     def _delete(self, peer_id):
-        return self.db.run(delete_txn, peer_id)
+        return self._with_seen(delete_txn, peer_id)
 
     def _save_last_seen(self, peer_id, when):
-        return self.db.run(last_seen_txn, peer_id, when)
+        self._seen[peer_id] = when
+        return defer.succeed(None)
+
+    def flush(self):
+        """Write the pending last-seen times; fires once durable."""
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return defer.succeed(None)
+        return self.db.run(last_seen_txn, sorted(seen.items()))
