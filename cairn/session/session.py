@@ -1,5 +1,5 @@
 """
-An established session: sealing, ordering, channels, keepalive, resume state.
+An established session: sealing, ordering, keepalive, resume state.
 
 A L{Session} outlives the transports that carry it. While attached it
 sends through its current L{IFrameTransport}; while detached it keeps
@@ -16,7 +16,8 @@ from zope.interface import implementer
 
 from cairn.crypto.aead import DecryptError, SessionCipher
 from cairn.crypto.identity import peer_id_for
-from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed
+from cairn.session.channels import Channel, Channels
+from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.session.interfaces import ISession
 from cairn.wire import cbor, schema
 from cairn.wire.constants import CloseCode, MessageType, is_custom_type
@@ -27,8 +28,7 @@ log = Logger()
 ACK_EVERY = 32
 #: Types that are never resent after a Reconnect (and so never buffered).
 _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
-#: Data queued by a responder before the initiator's ratchet start arrives.
-MAX_PENDING_DATA = 1024
+__all__ = ["Channel", "ProtocolViolation", "Session", "SessionClosed"]
 
 
 def _truncate_utf8(text: str, limit: int) -> str:
@@ -37,45 +37,6 @@ def _truncate_utf8(text: str, limit: int) -> str:
     if len(data) <= limit:
         return text
     return data[:limit].decode("utf-8", "ignore")
-
-
-class ProtocolViolation(Exception):
-    """The peer broke the protocol; the session ends with C{code}."""
-
-    def __init__(self, code: CloseCode, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class SessionClosed(Exception):
-    """The session has ended; C{code} and C{reason} say why."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(f"session closed ({code}): {reason}")
-        self.code = code
-        self.reason = reason
-
-
-class Channel:
-    """
-    A named channel on a session. Data sent on it is ratchet-encrypted.
-
-    Set C{on_data} to a callable taking C{bytes} to receive.
-    """
-
-    def __init__(self, session, channel_id: int, name: str):
-        self.session = session
-        self.id = channel_id
-        self.name = name
-        self.on_data = None
-
-    def send(self, data: bytes) -> None:
-        """Send C{data} on this channel."""
-        self.session._send_data(self.id, data)
-
-    def __repr__(self):
-        return f"<Channel {self.id} {self.name!r}>"
 
 
 @implementer(ISession)
@@ -104,9 +65,6 @@ class Session:
         self.recv_seq = recv_seq
         self.connection = None
         self.closed = None
-        self.channels = {}
-        self._channels_by_name = {}
-        self._next_channel = 2 if self.initiator else 1
         self._handlers = {}
         self._unacked = deque()
         self._unacked_bytes = 0
@@ -117,9 +75,7 @@ class Session:
         #: so that envelopes resent after it, with lower numbers, still pass).
         self._reconnect_seq = -1
         self._last_rx = self.clock.seconds()
-        self._ratchet = None
-        self._ratchet_seed = derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
-        self._pending_data = deque()
+        self._channels = Channels(self)
         self._keepalive = None
         self._expiry = None
         #: Called with the L{Channel} when the peer opens one.
@@ -128,6 +84,11 @@ class Session:
         self.on_close = None
         #: Called with no arguments after the session is resumed.
         self.on_resume = None
+
+    @property
+    def channels(self) -> dict:
+        """The open channels by id."""
+        return self._channels.by_id
 
     @property
     def attached(self) -> bool:
@@ -342,7 +303,11 @@ class Session:
         if type_code == MessageType.DATA:
             self._data_received(*self._parse(schema.parse_data, body))
         elif type_code == MessageType.CHANNEL_INIT:
-            self._channel_init_received(*self._parse(schema.parse_channel_init, body))
+            channel = self._channels.init_received(*self._parse(schema.parse_channel_init, body))
+            if self.on_channel is not None:
+                self.on_channel(channel)
+            else:
+                self.local.channel_opened(self, channel)
         elif type_code in (
             MessageType.HANDSHAKE_INIT,
             MessageType.HANDSHAKE_RESPONSE,
@@ -377,7 +342,7 @@ class Session:
             raise ValueError(f"0x{type_code:04x} is outside the custom range 0xF000-0xFFFF")
         self._handlers[type_code] = handler
 
-    # Channels and the ratchet
+    # Channels
 
     def open_channel(self, name: str) -> Channel:
         """
@@ -385,76 +350,17 @@ class Session:
 
         @raise ValueError: the name is longer than 255 UTF-8 bytes.
         """
-        if len(name.encode("utf-8")) > 255:
-            raise ValueError("a channel name is at most 255 UTF-8 bytes")
-        if name in self._channels_by_name:
-            return self._channels_by_name[name]
-        cid = self._next_channel
-        self._next_channel += 2
-        channel = self._add_channel(cid, name)
-        self.send(MessageType.CHANNEL_INIT, {"channel": cid, "name": name})
-        return channel
-
-    def _add_channel(self, cid, name):
-        channel = Channel(self, cid, name)
-        self.channels[cid] = channel
-        self._channels_by_name.setdefault(name, channel)
-        return channel
-
-    def _channel_init_received(self, cid, name):
-        if cid in self.channels:
-            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} already open")
-        if (cid % 2 == 0) == self.initiator:
-            raise ProtocolViolation(
-                CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} has the wrong parity for its opener"
-            )
-        channel = self._add_channel(cid, name)
-        if self.on_channel is not None:
-            self.on_channel(channel)
-        else:
-            self.local.channel_opened(self, channel)
+        return self._channels.open(name)
 
     def start_ratchet(self) -> None:
         """Initiator only: send the ratchet start (empty Data on channel 0)."""
-        self._ratchet, message = Ratchet.start_initiator(self._ratchet_seed, b"", self.session_id)
-        self.send(MessageType.DATA, {"channel": 0, "dr": message})
-        self._flush_pending()
-
-    def _flush_pending(self):
-        while self._pending_data:
-            self._send_data(*self._pending_data.popleft())
-
-    def _send_data(self, cid, data):
-        if self.closed is not None:
-            raise self.closed
-        if self._ratchet is None:
-            if len(self._pending_data) >= MAX_PENDING_DATA:
-                raise ValueError("too much data queued before the ratchet started")
-            self._pending_data.append((cid, data))
-            return
-        message = self._ratchet.encrypt(data, self.session_id)
-        self.send(MessageType.DATA, {"channel": cid, "dr": message})
+        self._channels.start_ratchet()
 
     def _data_received(self, cid, message):
-        try:
-            if self._ratchet is None:
-                if self.initiator or cid != 0:
-                    raise ProtocolViolation(
-                        CloseCode.UNEXPECTED_MESSAGE, "Data before the ratchet start"
-                    )
-                self._ratchet, plain = Ratchet.start_responder(
-                    self._ratchet_seed, message, self.session_id
-                )
-                self._flush_pending()
-                return
-            plain = self._ratchet.decrypt(message, self.session_id)
-        except RatchetError as e:
-            raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
-        if cid == 0:
+        received = self._channels.data_received(cid, message)
+        if received is None:
             return
-        channel = self.channels.get(cid)
-        if channel is None:
-            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"Data on unopened channel {cid}")
+        channel, plain = received
         if channel.on_data is not None:
             channel.on_data(plain)
         else:
@@ -519,9 +425,7 @@ class Session:
             "reconnect_seq": self._reconnect_seq,
             "unacked": [data for _, data in self._unacked],
             "unacked_seqs": [seq for seq, _ in self._unacked],
-            "ratchet": self._ratchet.to_json() if self._ratchet is not None else None,
-            "channels": [[c.id, c.name] for c in self.channels.values()],
-            "next_channel": self._next_channel,
+            **self._channels.snapshot(),
         }
 
     def restore(self, state: dict) -> None:
@@ -531,8 +435,4 @@ class Session:
         for seq, data in zip(state["unacked_seqs"], state["unacked"]):
             self._unacked.append((seq, data))
             self._unacked_bytes += len(data)
-        if state["ratchet"] is not None:
-            self._ratchet = Ratchet.from_json(state["ratchet"])
-        for cid, name in state["channels"]:
-            self._add_channel(cid, name)
-        self._next_channel = state["next_channel"]
+        self._channels.restore(state)

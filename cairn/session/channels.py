@@ -1,0 +1,158 @@
+"""
+The named channels of one session and the Double Ratchet over their Data.
+
+Channel ids: the initiator opens even ids from 2, the responder odd ids
+from 1; 0 is reserved for the ratchet start (docs/protocol.md §10, §9.5).
+The initiator sends the ratchet start (an empty Data on channel 0) right
+after HandshakeFinal; the responder queues Data it wants to send until
+that start arrives, because a Double Ratchet responder cannot encrypt
+before the initiator's first message.
+"""
+
+from collections import deque
+
+from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed
+from cairn.session.errors import ProtocolViolation
+from cairn.wire.constants import CloseCode, MessageType
+
+#: Data queued by a responder before the initiator's ratchet start arrives.
+MAX_PENDING_DATA = 1024
+MAX_NAME_BYTES = 255
+
+
+class Channel:
+    """
+    A named channel on a session. Data sent on it is ratchet-encrypted.
+
+    Set C{on_data} to a callable taking C{bytes} to receive.
+    """
+
+    def __init__(self, channels, channel_id: int, name: str):
+        self._channels = channels
+        self.session = channels.session
+        self.id = channel_id
+        self.name = name
+        self.on_data = None
+
+    def send(self, data: bytes) -> None:
+        """Send C{data} on this channel."""
+        self._channels.send(self.id, data)
+
+    def __repr__(self):
+        return f"<Channel {self.id} {self.name!r}>"
+
+
+class Channels:
+    """
+    The channels of one L{Session}, and the ratchet protecting their Data.
+
+    @ivar by_id: the open channels by id.
+    """
+
+    def __init__(self, session):
+        self.session = session
+        self.by_id = {}
+        self._by_name = {}
+        self._next = 2 if session.initiator else 1
+        result = session.result
+        self._seed = derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
+        self._ratchet = None
+        self._pending = deque()
+
+    def open(self, name: str) -> Channel:
+        """
+        Open (or return the already open) channel called C{name}.
+
+        @raise ValueError: the name is longer than 255 UTF-8 bytes.
+        """
+        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"a channel name is at most {MAX_NAME_BYTES} UTF-8 bytes")
+        if name in self._by_name:
+            return self._by_name[name]
+        cid = self._next
+        self._next += 2
+        channel = self._add(cid, name)
+        self.session.send(MessageType.CHANNEL_INIT, {"channel": cid, "name": name})
+        return channel
+
+    def _add(self, cid, name):
+        channel = Channel(self, cid, name)
+        self.by_id[cid] = channel
+        self._by_name.setdefault(name, channel)
+        return channel
+
+    def init_received(self, cid, name) -> Channel:
+        """The peer opened channel C{cid}; raise L{ProtocolViolation} if it may not."""
+        if cid in self.by_id:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} already open")
+        if (cid % 2 == 0) == self.session.initiator:
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} has the wrong parity for its opener"
+            )
+        return self._add(cid, name)
+
+    def start_ratchet(self) -> None:
+        """Initiator only: send the ratchet start (empty Data on channel 0)."""
+        session = self.session
+        self._ratchet, message = Ratchet.start_initiator(self._seed, b"", session.session_id)
+        session.send(MessageType.DATA, {"channel": 0, "dr": message})
+        self._flush_pending()
+
+    def _flush_pending(self):
+        while self._pending:
+            self.send(*self._pending.popleft())
+
+    def send(self, cid, data) -> None:
+        """Ratchet-encrypt C{data} and send it as Data on channel C{cid}."""
+        session = self.session
+        if session.closed is not None:
+            raise session.closed
+        if self._ratchet is None:
+            if len(self._pending) >= MAX_PENDING_DATA:
+                raise ValueError("too much data queued before the ratchet started")
+            self._pending.append((cid, data))
+            return
+        message = self._ratchet.encrypt(data, session.session_id)
+        session.send(MessageType.DATA, {"channel": cid, "dr": message})
+
+    def data_received(self, cid, message):
+        """
+        Decrypt one Data body; return C{(channel, plaintext)}, or None for the
+        ratchet start.
+
+        @raise ProtocolViolation: Data before the ratchet start, a ratchet
+            failure, or an unopened channel.
+        """
+        session_id = self.session.session_id
+        try:
+            if self._ratchet is None:
+                if self.session.initiator or cid != 0:
+                    raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "Data before the ratchet start")
+                self._ratchet, _ = Ratchet.start_responder(self._seed, message, session_id)
+                self._flush_pending()
+                return None
+            plain = self._ratchet.decrypt(message, session_id)
+        except RatchetError as e:
+            raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
+        if cid == 0:
+            return None
+        channel = self.by_id.get(cid)
+        if channel is None:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"Data on unopened channel {cid}")
+        return channel, plain
+
+    def snapshot(self) -> dict:
+        """The channel and ratchet state a clean restart needs."""
+        return {
+            "ratchet": self._ratchet.to_json() if self._ratchet is not None else None,
+            "channels": [[c.id, c.name] for c in self.by_id.values()],
+            "next_channel": self._next,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Load what L{snapshot} saved."""
+        if state["ratchet"] is not None:
+            self._ratchet = Ratchet.from_json(state["ratchet"])
+        for cid, name in state["channels"]:
+            self._add(cid, name)
+        self._next = state["next_channel"]
