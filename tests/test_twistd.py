@@ -28,6 +28,22 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.output = []
         self.listening = defer.Deferred()
         self.ended = defer.Deferred()
+        self._waiting = []
+
+    def wait_for(self, text, count=1):
+        """A Deferred firing once C{text} has appeared C{count} times in the log."""
+        d = defer.Deferred()
+        self._waiting.append((text, count, d))
+        self._check()
+        return d
+
+    def _check(self):
+        log = "".join(self.output)
+        for item in list(self._waiting):
+            text, count, d = item
+            if log.count(text) >= count:
+                self._waiting.remove(item)
+                d.callback(None)
 
     def outReceived(self, data):
         text = data.decode("utf-8", "replace")
@@ -36,6 +52,7 @@ class TwistdProcess(protocol.ProcessProtocol):
             self.ports[name] = int(port)
         if set(self.ports) >= self.expected and not self.listening.called:
             self.listening.callback(dict(self.ports))
+        self._check()
 
     errReceived = outReceived
 
@@ -87,6 +104,7 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(over_tcp.remote_peer_id, expected_peer)
         self.assertEqual(over_ws.remote_peer_id, expected_peer)
         over_tcp.open_channel("a").send(b"x")
+        yield eventually(proc.wait_for(" established with ", 2), 30)
         lost = [over_tcp.connection.lost, over_ws.connection.lost]
 
         proc.transport.signalProcess("TERM")

@@ -296,6 +296,7 @@ class Connection:
             result = self._handshake.result()
         except HandshakeError as e:
             raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
+        self._refuse_if_stopping()
         if self.local.sessions.get(self._session_id) is not None:
             # Another handshake with the same id finished first.
             raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
@@ -304,6 +305,7 @@ class Connection:
 
     def _responder_reconnect(self, envelope):
         self._session_id = envelope.session_id
+        self._refuse_if_stopping()
         session = self.local.sessions.get(envelope.session_id)
         if session is None or session.closed is not None:
             raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "no such session to resume")
@@ -394,6 +396,12 @@ class Connection:
             session.resend_after(last_received)
         except ProtocolViolation as e:
             self.fail(e.code, e.reason)
+
+    def _refuse_if_stopping(self):
+        if self.local.frozen:
+            # Sessions were already saved for the stop; one made now would
+            # be lost without the peer knowing, so refuse it.
+            raise ProtocolViolation(CloseCode.GOING_AWAY, "node is stopping")
 
     def _attach(self, session):
         self._cancel_timer()

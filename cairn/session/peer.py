@@ -51,6 +51,8 @@ class Peer:
         self.resend_limits = resend_limits
         #: Live sessions (attached or detached) by session id.
         self.sessions = {}
+        #: Set once sessions were saved for a stop: no new session may start.
+        self.frozen = False
         self.unknown_types = Counter()
         self._handlers = {}
         #: Application callbacks; each may be None.
@@ -150,6 +152,7 @@ class Peer:
         snapshot) and their transports are closed without a Close, so that
         peers resume with Reconnect once the node is back.
         """
+        self.frozen = True
         for session in list(self.sessions.values()):
             session.freeze()
         self.sessions.clear()
