@@ -397,6 +397,8 @@ class Config:
     turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", _turn_url)
     public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", _public_address)
     turn_secret: str | None = _secret("CAIRN_TURN_SECRET")
+    turn_secret_file: str | None = _text("CAIRN_TURN_SECRET_FILE")
+    turn_ttl: float = _duration("CAIRN_TURN_TTL", 3600.0)
     log_addresses: bool = _boolean("CAIRN_LOG_ADDRESSES", False)
 
     def __attrs_post_init__(self) -> None:
@@ -420,7 +422,8 @@ class Config:
 
         A variable that is unset or empty takes its default.  When
         C{CAIRN_MGMT_TOKEN_FILE} is set, the management token is read from
-        that file (surrounding whitespace stripped).
+        that file (surrounding whitespace stripped); likewise the TURN
+        secret from C{CAIRN_TURN_SECRET_FILE}.
 
         @param environ: the process environment, or a stand-in.
         @param overrides: already-typed values from command-line flags, by
@@ -442,6 +445,10 @@ class Config:
                 values[name] = _parse(field, raw)
         if values.get("mgmt_token_file") is not None:
             values["mgmt_token"] = _token_from_file(values)
+        if values.get("turn_secret_file") is not None:
+            values["turn_secret"] = _secret_from_file(
+                values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file"
+            )
         return cls(**values)
 
 
@@ -489,3 +496,31 @@ def _token_from_file(values: Mapping[str, Any]) -> str:
             "CAIRN_MGMT_TOKEN_FILE", f"{path!r} is empty (put the token in it)"
         )
     return token
+
+
+def _secret_from_file(
+    values: Mapping[str, Any], name: str, variable: str, file_name: str
+) -> str:
+    """
+    Read the secret C{name} from the file named by the setting C{file_name}
+    (the variable C{variable + "_FILE"}), surrounding whitespace stripped.
+
+    Errors name the variable and the file, never its contents.
+    """
+    file_variable = f"{variable}_FILE"
+    path = values[file_name]
+    if values.get(name) is not None:
+        raise ConfigError(
+            file_variable,
+            f"{variable} and {file_variable} are both set (set only one)",
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ConfigError(file_variable, f"cannot read {path!r} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file_variable, f"{path!r} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(file_variable, f"{path!r} is empty (put the secret in it)")
+    return secret

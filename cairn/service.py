@@ -35,6 +35,7 @@ from cairn.session import store
 from cairn.session.peer import Peer
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
+from cairn.turn.service import make_turn_service
 
 log = Logger()
 
@@ -205,10 +206,12 @@ def make_node(config, reactor) -> CairnNode:
         max_payload=config.max_payload,
     )
     pairing.add_purge_hook(mailbox.purge)
+    turn = make_turn_service(config, peer, trust, reactor)
     started_at = reactor.seconds()
     metrics = Metrics(peer, reactor, started_at)
     metrics.add_collector(mailbox.collect_metrics, name="mailbox")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
+    node.turn = turn
     if config.listen:
         node.add_listener("tcp", config.listen, StreamFactory(peer))
     if config.ws_listen:

@@ -44,10 +44,12 @@ DEFAULTS = {
     "turn_servers": (),
     "public_addresses": (),
     "turn_secret": None,
+    "turn_secret_file": None,
+    "turn_ttl": 3600.0,
     "log_addresses": False,
 }
 
-# Every variable (but the token file, tested apart) set to a non-default value.
+# Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
 NON_DEFAULT_ENV = {
     "CAIRN_DATA_DIR": "/srv/cairn",
     "CAIRN_LISTEN": "tcp:17400:interface=::1",
@@ -68,6 +70,7 @@ NON_DEFAULT_ENV = {
     "CAIRN_SIGNAL_SERVERS": "ws://signaling:8443, wss://signal.example.org",
     "CAIRN_TURN_SERVERS": "turn:relay:3478,turns:relay.example:5349,stun:stun.example",
     "CAIRN_TURN_SECRET": SECRETS["CAIRN_TURN_SECRET"],
+    "CAIRN_TURN_TTL": "30m",
     "CAIRN_PUBLIC_ADDRESSES": "tcp:host=node.example:port=7400, wss://node.example/cairn",
     "CAIRN_LOG_ADDRESSES": "yes",
 }
@@ -98,6 +101,8 @@ NON_DEFAULTS = {
     ),
     "public_addresses": ("tcp:host=node.example:port=7400", "wss://node.example/cairn"),
     "turn_secret": SECRETS["CAIRN_TURN_SECRET"],
+    "turn_secret_file": None,
+    "turn_ttl": 1800.0,
     "log_addresses": True,
 }
 
@@ -118,6 +123,7 @@ BAD_VALUES = {
     "CAIRN_FORWARD_MAX_TOTAL": "0B",
     "CAIRN_SIGNAL_SERVERS": "ws://ok:1,http://signal:8443",
     "CAIRN_TURN_SERVERS": "turn:ok,relay:3478",
+    "CAIRN_TURN_TTL": "0",
     "CAIRN_PUBLIC_ADDRESSES": "node.example:7400",
     "CAIRN_LOG_ADDRESSES": "sometimes",
 }
