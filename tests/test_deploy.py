@@ -1,0 +1,411 @@
+"""
+The deployment files under C{docker/}: what can be checked without a Docker
+engine or a systemd PID 1, plus a real run under C{systemd-socket-activate}.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import sys
+from urllib.parse import urlsplit
+
+import attr
+import yaml
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer, reactor, task, utils
+from twisted.plugin import getPlugins
+from twisted.scripts.twistd import ServerOptions
+from twisted.trial import unittest
+
+from cairn.client import Client
+from cairn.config import Config
+from cairn.crypto.identity import load_or_create
+from tests._harness import eventually, track_connections
+from tests.test_twistd import REPO, TwistdProcess
+
+DOCKER = os.path.join(REPO, "docker")
+SYSTEMD = os.path.join(DOCKER, "systemd")
+
+#: Every environment variable the code reads.
+VARIABLES = frozenset(Config.variable(field.name) for field in attr.fields(Config))
+
+
+def _read(*parts):
+    with open(os.path.join(*parts), encoding="utf-8") as f:
+        return f.read()
+
+
+def _plugin(tapname):
+    """The twistd plugin called C{tapname}, or C{None}."""
+    for maker in getPlugins(IServiceMaker):
+        if maker.tapname == tapname:
+            return maker
+    return None
+
+
+def _twistd_accepts(test, argv, environ):
+    """Parse a twistd command line (after C{twistd}) as twistd would, with C{environ} set."""
+    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    clean.update(environ)
+    test.patch(os, "environ", clean)
+    options = ServerOptions()
+    options.parseOptions(argv)
+    return options
+
+
+# -- Dockerfile ---------------------------------------------------------------
+
+
+def dockerfile_instructions(text):
+    """[(INSTRUCTION, arguments)] of a Dockerfile: comments dropped, continuations joined."""
+    instructions, pending = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") or not stripped:
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, rest = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        pending = ""
+    return instructions
+
+
+def _one(instructions, keyword):
+    found = [rest for kw, rest in instructions if kw == keyword]
+    return found[-1] if found else None
+
+
+def _healthcheck():
+    """The argv of the image's HEALTHCHECK command."""
+    check = _one(dockerfile_instructions(_read(DOCKER, "Dockerfile")), "HEALTHCHECK")
+    return json.loads(check.partition("CMD")[2]) if check else None
+
+
+def _env(instructions):
+    env = {}
+    for rest in (rest for kw, rest in instructions if kw == "ENV"):
+        for pair in shlex.split(rest):
+            name, _, value = pair.partition("=")
+            env[name] = value
+    return env
+
+
+class DockerfileTests(unittest.TestCase):
+    def setUp(self):
+        self.instructions = dockerfile_instructions(_read(DOCKER, "Dockerfile"))
+
+    def test_base_image(self):
+        """The image is built from python:3.11-slim."""
+        self.assertEqual(self.instructions[0], ("FROM", "python:3.11-slim"))
+
+    def test_data_volume(self):
+        """The data directory is /data, declared a volume."""
+        self.assertEqual(_env(self.instructions)["CAIRN_DATA_DIR"], "/data")
+        self.assertEqual(_one(self.instructions, "VOLUME"), "/data")
+
+    def test_env_read_by_code(self):
+        """Every CAIRN_* variable the image sets is one the code reads."""
+        cairn = {name for name in _env(self.instructions) if name.startswith("CAIRN_")}
+        self.assertEqual(cairn - VARIABLES, set())
+
+    def test_management_reachable_from_host(self):
+        """The management API listens on all interfaces of the container, on 9090."""
+        self.assertEqual(_env(self.instructions)["CAIRN_MGMT_LISTEN"], "tcp:9090")
+
+    def test_non_root_user(self):
+        """The node runs as a named non-root user, and /data is chowned to it before VOLUME."""
+        user = _one(self.instructions, "USER")
+        self.assertNotIn(user.split(":")[0], (None, "", "root", "0"))
+        keywords = [kw for kw, _ in self.instructions]
+        chown = next(i for i, (kw, rest) in enumerate(self.instructions) if f"chown {user}" in rest)
+        self.assertLess(chown, keywords.index("VOLUME"))
+
+    def test_exposed_ports(self):
+        """Management (9090) and both protocol ports (7400, 7401) are exposed."""
+        self.assertEqual(set(_one(self.instructions, "EXPOSE").split()), {"9090", "7400", "7401"})
+
+    def test_healthcheck_asks_health(self):
+        """The HEALTHCHECK asks GET /health on the management port with python's urllib."""
+        argv = _healthcheck()
+        self.assertIsNotNone(argv)
+        self.assertEqual(argv[:2], ["python", "-c"])
+        self.assertIn("urllib.request", argv[2])
+        url = urlsplit(re.search(r"http://[^'\"]+", argv[2]).group())
+        self.assertEqual((url.hostname, url.port, url.path), ("127.0.0.1", 9090, "/health"))
+
+    def test_plugin_cache_built(self):
+        """The build step writes the twistd plugin cache while still root."""
+        run = " ".join(rest for kw, rest in self.instructions if kw == "RUN")
+        self.assertIn("getPlugins(IPlugin)", run)
+
+    def test_cmd_runs(self):
+        """The CMD is `twistd ... cairn`, and twistd accepts it with the image's environment."""
+        argv = json.loads(_one(self.instructions, "CMD"))
+        self.assertEqual(argv, ["twistd", "--nodaemon", "--pidfile=", "cairn"])
+        self.assertIsNotNone(_plugin("cairn"))
+        options = _twistd_accepts(self, argv[1:], _env(self.instructions))
+        self.assertEqual(options.subCommand, "cairn")
+        self.assertTrue(options["nodaemon"])
+
+
+# -- docker-compose.yml -------------------------------------------------------
+
+
+class ComposeTests(unittest.TestCase):
+    def setUp(self):
+        self.compose = yaml.safe_load(_read(DOCKER, "docker-compose.yml"))
+        self.services = self.compose["services"]
+
+    def test_three_services(self):
+        """The stack has the seed's three services."""
+        self.assertEqual(set(self.services), {"signaling", "relay", "server"})
+
+    def test_server_build(self):
+        """The server is built from the repository root with docker/Dockerfile."""
+        build = self.services["server"]["build"]
+        self.assertEqual(os.path.normpath(os.path.join(DOCKER, build["context"])), REPO)
+        self.assertTrue(os.path.isfile(os.path.join(REPO, build["dockerfile"])))
+
+    def test_server_environment_read_by_code(self):
+        """Every variable given to the server is one the code reads."""
+        self.assertEqual(set(self.services["server"]["environment"]) - VARIABLES, set())
+
+    def test_server_seed_values(self):
+        """The server gets the seed's signaling, TURN and management settings."""
+        env = self.services["server"]["environment"]
+        self.assertEqual(env["CAIRN_SIGNAL_SERVERS"], "ws://signaling:8443")
+        self.assertEqual(env["CAIRN_TURN_SERVERS"], "turn:relay:3478")
+        self.assertEqual(env["CAIRN_MGMT_ENABLED"], "true")
+        literal = {k: v for k, v in env.items() if "${" not in v}
+        Config.from_env(literal)
+
+    def test_server_port_and_volume(self):
+        """The server publishes 9090 and keeps /data in the named volume server-data."""
+        server = self.services["server"]
+        self.assertIn("9090:9090", server["ports"])
+        self.assertIn("server-data:/data", server["volumes"])
+        self.assertIn("server-data", self.compose["volumes"])
+
+    def test_secrets_not_in_file(self):
+        """Secrets come from the environment of `docker compose`, never from the file."""
+        env = self.services["server"]["environment"]
+        for name in ("CAIRN_TURN_SECRET", "CAIRN_MGMT_TOKEN", "CAIRN_PSK"):
+            if name in env:
+                self.assertRegex(env[name], r"^\$\{" + name + r"[:}]")
+        relay = " ".join(self.services["relay"]["command"])
+        self.assertIn("--static-auth-secret=${CAIRN_TURN_SECRET:?", relay)
+
+    def test_relay_is_coturn(self):
+        """The relay is coturn with docker/turnserver.conf mounted as its configuration."""
+        relay = self.services["relay"]
+        self.assertTrue(relay["image"].startswith("coturn/coturn"))
+        mounted = {v.split(":")[0]: v.split(":")[1] for v in relay["volumes"]}
+        self.assertEqual(mounted["./turnserver.conf"], "/etc/coturn/turnserver.conf")
+        self.assertIn("3478:3478/udp", relay["ports"])
+
+    def test_turnserver_conf(self):
+        """The coturn configuration uses the TURN REST API secret on port 3478, without a CLI."""
+        lines = [
+            line.strip()
+            for line in _read(DOCKER, "turnserver.conf").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        for needed in ("use-auth-secret", "listening-port=3478", "no-cli", "fingerprint"):
+            self.assertIn(needed, lines)
+        self.assertTrue(any(line.startswith("realm=") for line in lines))
+        self.assertFalse(any(line.startswith("static-auth-secret") for line in lines))
+
+    def test_signaling_service(self):
+        """The signaling service runs this image's `twistd cairn-signal` on 0.0.0.0:8443."""
+        signaling = self.services["signaling"]
+        self.assertEqual(signaling["build"], self.services["server"]["build"])
+        self.assertEqual(signaling["command"], ["twistd", "--nodaemon", "--pidfile=", "cairn-signal"])
+        self.assertEqual(signaling["environment"]["CAIRN_SIGNAL_LISTEN_ADDR"], "0.0.0.0:8443")
+        self.assertEqual(signaling["healthcheck"], {"disable": True})
+        if _plugin("cairn-signal") is None:
+            raise unittest.SkipTest("the cairn-signal twistd plugin is not written yet (issue 6)")
+
+
+# -- systemd units ------------------------------------------------------------
+
+
+def unit_entries(text):
+    """[(section, key, value)] of a systemd unit file, repeated keys kept in order."""
+    entries, section, pending = [], None, ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped[0] in "#;"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        stripped, pending = pending + stripped, ""
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+            continue
+        key, equals, value = stripped.partition("=")
+        if not equals or section is None:
+            raise ValueError(f"not a unit file line: {line!r}")
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def _values(entries, section, key):
+    return [v for s, k, v in entries if s == section and k == key]
+
+
+def _unit_environment(entries):
+    env = {}
+    for value in _values(entries, "Service", "Environment"):
+        for pair in shlex.split(value):
+            name, _, val = pair.partition("=")
+            env[name] = val
+    return env
+
+
+HARDENING = {
+    "DynamicUser": "yes",
+    "StateDirectory": "cairn",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "NoNewPrivileges": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    "CapabilityBoundingSet": "",
+    "MemoryDenyWriteExecute": "yes",
+    "LockPersonality": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "UMask": "0077",
+}
+
+
+class SystemdUnitTests(unittest.TestCase):
+    def setUp(self):
+        self.service = unit_entries(_read(SYSTEMD, "cairn-server.service"))
+        self.socket = unit_entries(_read(SYSTEMD, "cairn-server.socket"))
+
+    def test_hardening(self):
+        """The service sets every hardening option, each exactly once, to the expected value."""
+        for key, value in HARDENING.items():
+            self.assertEqual(_values(self.service, "Service", key), [value], key)
+        self.assertIn("@system-service", _values(self.service, "Service", "SystemCallFilter"))
+
+    def test_environment(self):
+        """The service keeps its data in its StateDirectory and takes the TCP socket from systemd."""
+        env = _unit_environment(self.service)
+        self.assertEqual(env["CAIRN_DATA_DIR"], "/var/lib/cairn")
+        self.assertEqual(env["CAIRN_LISTEN"], "systemd:domain=INET6:index=0")
+        self.assertEqual({n for n in env if n.startswith("CAIRN_")} - VARIABLES, set())
+
+    def test_exec_start(self):
+        """ExecStart runs `twistd --nodaemon --pidfile= cairn`, which twistd accepts with the unit's environment."""
+        (command,) = _values(self.service, "Service", "ExecStart")
+        argv = shlex.split(command)
+        self.assertEqual(argv[:2], ["/usr/bin/env", "twistd"])
+        self.assertEqual(argv[2:], ["--nodaemon", "--pidfile=", "cairn"])
+        options = _twistd_accepts(self, argv[2:], _unit_environment(self.service))
+        self.assertEqual(options.subCommand, "cairn")
+
+    def test_socket(self):
+        """The socket unit listens on [::]:7400, dual-stack, and activates cairn-server.service."""
+        self.assertEqual(_values(self.socket, "Socket", "ListenStream"), ["[::]:7400"])
+        self.assertEqual(_values(self.socket, "Socket", "BindIPv6Only"), ["both"])
+        self.assertEqual(_values(self.socket, "Socket", "Service"), ["cairn-server.service"])
+        self.assertEqual(_values(self.socket, "Install", "WantedBy"), ["sockets.target"])
+        self.assertEqual(_values(self.service, "Unit", "Requires"), ["cairn-server.socket"])
+
+
+# -- socket activation, for real ----------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SocketActivationTests(unittest.TestCase):
+    def setUp(self):
+        self.activate = shutil.which("systemd-socket-activate")
+        if self.activate is None:
+            raise unittest.SkipTest("systemd-socket-activate not found: apt-get install systemd")
+
+    @defer.inlineCallbacks
+    def test_activated_socket(self):
+        """twistd cairn handshakes on the socket systemd-socket-activate passes it; /health passes the HEALTHCHECK."""
+        data_dir = os.path.abspath(self.mktemp())
+        port = _free_port()
+        # An IPv4 socket here, so domain=INET (the unit's [::] socket is INET6).
+        settings = {
+            "CAIRN_DATA_DIR": data_dir,
+            "CAIRN_LISTEN": "systemd:domain=INET:index=0",
+            "CAIRN_WS_LISTEN": "none",
+            "CAIRN_MGMT_LISTEN": "tcp:0:interface=127.0.0.1",
+            "PYTHONPATH": REPO,
+        }
+        # systemd always sets LISTEN_FDNAMES (the socket unit's name by
+        # default), and Twisted ignores LISTEN_FDS without it.
+        argv = [self.activate, "-l", f"127.0.0.1:{port}", "--fdname=cairn-server.socket"]
+        argv += [f"-E{name}={value}" for name, value in settings.items()]
+        argv += [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--nodaemon",
+            "--pidfile=",
+            "--logfile=-",
+            "cairn",
+        ]
+        proc = TwistdProcess({"tcp", "management"})
+        reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=REPO)
+        self.addCleanup(self._kill, proc)
+
+        # systemd-socket-activate binds the port, then starts twistd on the
+        # first connection to it.
+        yield self._output(proc, f"Listening on 127.0.0.1:{port}")
+        client = Client(reactor, clock=task.Clock())
+        track_connections(client.peer, [])
+        session = yield eventually(client.connect(f"tcp:host=127.0.0.1:port={port}"), 60)
+        ports = yield eventually(proc.listening, 60)
+        log = "".join(proc.output)
+        self.assertEqual(ports["tcp"], port, log)
+        self.assertEqual(session.remote_peer_id, load_or_create(data_dir).peer_id)
+
+        code = _healthcheck()[2].replace(":9090/", f":{ports['management']}/")
+        status = yield utils.getProcessValue(sys.executable, ["-c", code], env=dict(os.environ))
+        self.assertEqual(status, 0)
+
+        lost = session.connection.lost
+        proc.transport.signalProcess("TERM")
+        status = yield eventually(proc.ended, 60)
+        log = "".join(proc.output)
+        self.assertIn(status, [(0, None), (None, 15)], log)
+        self.assertIn("Server Shut Down.", log)
+        self.assertNotIn("Traceback", log)
+        yield eventually(lost)
+
+    @defer.inlineCallbacks
+    def _output(self, proc, text, timeout=30):
+        """Wait until C{text} appears in the output of C{proc}."""
+        for _ in range(int(timeout / 0.05)):
+            if text in "".join(proc.output):
+                return
+            if proc.ended.called:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"no {text!r} in:\n" + "".join(proc.output))
+
+    def _kill(self, proc):
+        if not proc.ended.called:
+            proc.transport.signalProcess("KILL")
+            return proc.ended
