@@ -149,7 +149,15 @@ def load_or_create(directory: str) -> Identity:
 
     @raise IdentityError: the file exists but is not a 32-byte seed.
     """
-    path = os.path.join(directory, KEY_FILE_NAME)
+    return load_or_create_file(os.path.join(directory, KEY_FILE_NAME))
+
+
+def load_or_create_file(path: str) -> Identity:
+    """
+    Load the identity key file at C{path}, creating it (mode 0600) if absent.
+
+    @raise IdentityError: the file exists but is not a 32-byte seed.
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -20,28 +20,14 @@ import sys
 from twisted.internet import defer, task
 
 from cairn.client import Client
-from cairn.crypto.identity import Identity, IdentityError
+from cairn.crypto.identity import Identity, load_or_create_file
 
 DEFAULT_IDENTITY = os.path.join(os.path.expanduser("~"), ".cairn-mailbox.key")
 
 
 def load_identity(path: str) -> Identity:
     """The identity in C{path}, created (mode 0600) if the file does not exist."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as f:
-            seed = f.read()
-        if len(seed) != 32:
-            raise IdentityError(f"{path} is not a 32-byte Ed25519 seed") from None
-        return Identity.from_seed(seed)
-    identity = Identity.generate()
-    try:
-        os.write(fd, bytes(identity.signing_key))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return identity
+    return load_or_create_file(path)
 
 
 def parser():
