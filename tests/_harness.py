@@ -59,6 +59,32 @@ def drop_all(connections):
     return defer.gatherResults([eventually(c.lost) for c in connections])
 
 
+class Conditions:
+    """
+    Wait for a predicate without sleeping: each L{until} Deferred fires as
+    soon as its predicate holds, re-checked whenever the test's hooks call
+    L{changed} (wire it into the callbacks that change what is watched).
+    """
+
+    def __init__(self):
+        self._waiting = []
+
+    def until(self, predicate, timeout=10):
+        d = defer.Deferred()
+        self._waiting.append((predicate, d))
+        self.changed()
+        return eventually(d, timeout)
+
+    def changed(self, result=None):
+        """Re-check every predicate; passes C{result} through (usable as a callback)."""
+        for item in list(self._waiting):
+            predicate, d = item
+            if predicate():
+                self._waiting.remove(item)
+                d.callback(None)
+        return result
+
+
 def eventually(d, timeout=10):
     """Fail C{d} if it has not fired within C{timeout} real seconds (a guard, not timing)."""
     return d.addTimeout(timeout, reactor)

@@ -394,16 +394,13 @@ class SocketActivationTests(unittest.TestCase):
         self.assertNotIn("Traceback", log)
         yield eventually(lost)
 
-    @defer.inlineCallbacks
     def _output(self, proc, text, timeout=30):
-        """Wait until C{text} appears in the output of C{proc}."""
-        for _ in range(int(timeout / 0.05)):
-            if text in "".join(proc.output):
-                return
-            if proc.ended.called:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.fail(f"no {text!r} in:\n" + "".join(proc.output))
+        """Wait until C{text} appears in the output of C{proc} (fails if it never does)."""
+
+        def missing(failure):
+            self.fail(f"no {text!r} in:\n" + "".join(proc.output))
+
+        return eventually(proc.wait_for(text), timeout).addErrback(missing)
 
     def _kill(self, proc):
         if not proc.ended.called:

@@ -19,7 +19,7 @@ from cairn.management.metrics import Metrics
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType, ReceiptStatus
-from tests._harness import SETTINGS, ScenarioMixin, closed, eventually
+from tests._harness import SETTINGS, Conditions, ScenarioMixin, closed, eventually
 
 MAX_AGE = 3600.0
 
@@ -87,6 +87,21 @@ class MailboxHarness(ScenarioMixin):
         self.pairing.add_purge_hook(self.mailbox.purge)
         yield self.mailbox.start()
         self.addCleanup(self.mailbox.stop)
+        # Waits re-check when deliveries are acknowledged or receipts dropped.
+        self.conditions = Conditions()
+        acknowledged = self.mailbox._acknowledged
+        self.mailbox._acknowledged = lambda receipts: self.conditions.changed(acknowledged(receipts))
+        self.receipts_dropped = {}
+        drop = self.store.drop_receipts
+
+        def drop_receipts(sender, rseqs):
+            def dropped(result):
+                self.receipts_dropped[sender] = self.receipts_dropped.get(sender, 0) + len(rseqs)
+                return self.conditions.changed(result)
+
+            return drop(sender, rseqs).addBoth(dropped)
+
+        self.store.drop_receipts = drop_receipts
 
     def peer(self, paired=True):
         client = self.make_client()
@@ -106,13 +121,9 @@ class MailboxHarness(ScenarioMixin):
             return e.code
         return ForwardStatus.STORED
 
-    @defer.inlineCallbacks
-    def until(self, predicate, tries=200):
-        for _ in range(tries):
-            if predicate():
-                return
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        self.fail("condition never became true")
+    def until(self, predicate):
+        """Fires once C{predicate()} holds (re-checked on mailbox events)."""
+        return self.conditions.until(predicate)
 
 
 class MailboxScenarioMixin(MailboxHarness):
@@ -155,12 +166,9 @@ class MailboxScenarioMixin(MailboxHarness):
         yield self.connect(alice)
         receipts = yield alice_box.wait(alice_box.receipts, 5)
         self.assertEqual({r.status for r in receipts}, {ReceiptStatus.DELIVERED})
-        for _ in range(200):  # the receipts are dropped once acknowledged
-            left = yield self.store.receipts(alice.peer_id, 0, 10)
-            if not left:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(left, [])
+        # The receipts are dropped once acknowledged.
+        yield self.until(lambda: self.receipts_dropped.get(alice.peer_id, 0) >= 5)
+        self.assertEqual((yield self.store.receipts(alice.peer_id, 0, 10)), [])
 
     @defer.inlineCallbacks
     def test_redelivery_until_acknowledged(self):
@@ -170,7 +178,8 @@ class MailboxScenarioMixin(MailboxHarness):
         a = yield self.connect(alice)
         sent = yield eventually(mailbox.forward(a, bob.peer_id, b"once"))
         raw = []
-        bob.peer.register_handler(MessageType.FORWARD_DELIVER, lambda s, body: raw.append(body))
+        deliver = MessageType.FORWARD_DELIVER
+        bob.peer.register_handler(deliver, lambda s, body: self.conditions.changed(raw.append(body)))
         b = yield self.connect(bob)
         yield self.until(lambda: raw)
         self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)

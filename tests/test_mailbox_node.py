@@ -17,7 +17,7 @@ from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import uuid7
 from cairn.pairing import client as pairing
 from cairn.service import make_node
-from tests._harness import drop_all, eventually, track_connections
+from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests.test_service import config_for
 from tests.test_twistd import REPO, start_twistd
 
@@ -58,7 +58,8 @@ class RestartTests(NodeMixin, unittest.TestCase):
         node, address = yield self.start()
         alice, bob = self.client(), self.client()
         received = []
-        mailbox.set_inbox(bob.peer, lambda sender, mid, data: received.append(data))
+        conditions = Conditions()
+        mailbox.set_inbox(bob.peer, lambda sender, mid, data: conditions.changed(received.append(data)))
         b = yield self.paired_session(bob, address)
         b.close()
         a = yield self.paired_session(alice, address)
@@ -67,11 +68,10 @@ class RestartTests(NodeMixin, unittest.TestCase):
 
         node, address = yield self.start()
         self.assertEqual(node.mailbox.stats()["messages"], 20)
+        acknowledged = node.mailbox._acknowledged
+        node.mailbox._acknowledged = lambda receipts: conditions.changed(acknowledged(receipts))
         yield eventually(bob.connect(address))
-        for _ in range(300):
-            if len(received) == 20 and node.mailbox.delivered == 20:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield conditions.until(lambda: len(received) == 20 and node.mailbox.delivered == 20, 30)
         self.assertEqual(received, [b"%d" % i for i in range(20)])
         yield node.stopService()
 
@@ -98,6 +98,7 @@ class KillTests(NodeMixin, unittest.TestCase):
         b.close()
 
         acked, sent = set(), {}
+        conditions = Conditions()
         senders = []
         running = [True]
         for _ in range(self.SENDERS):
@@ -111,17 +112,14 @@ class KillTests(NodeMixin, unittest.TestCase):
                 mid = uuid7()
                 sent[mid] = client.peer_id
                 d = mailbox.forward(session, bob.peer_id, b"%s:%d" % (client.peer_id.encode(), i), mid)
-                d.addCallback(lambda result: acked.add(result.message_id))
+                d.addCallback(lambda result: conditions.changed(acked.add(result.message_id)))
                 d.addErrback(lambda f: None)
                 return d
 
             return task.cooperate(one(i) for i in range(self.PER_SENDER) if running[0]).whenDone()
 
         loads = [run(c, s) for c, s in senders for _ in range(4)]
-        for _ in range(3000):
-            if len(acked) >= 300:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield conditions.until(lambda: len(acked) >= 300, 60)
         proc.transport.signalProcess("KILL")
         running[0] = False  # requests in flight stay unanswered: their sessions only detach
         yield eventually(proc.ended, 30)
@@ -135,7 +133,7 @@ class KillTests(NodeMixin, unittest.TestCase):
         deliveries = []
         received = set()
         box = mailbox.mailbox(bob.peer)
-        box.on_message = lambda sender, mid, data: received.add(mid)
+        box.on_message = lambda sender, mid, data: conditions.changed(received.add(mid))
         inner = bob.peer.handler_for(0x0702)
 
         def counting(session, body):
@@ -144,10 +142,7 @@ class KillTests(NodeMixin, unittest.TestCase):
 
         bob.peer.register_handler(0x0702, counting)
         yield eventually(bob.connect(address))
-        for _ in range(1000):
-            if acked <= received:
-                break
-            yield task.deferLater(reactor, 0.02, lambda: None)
+        yield conditions.until(lambda: acked <= received, 60).addErrback(lambda f: None)
         missing = acked - received
         self.assertEqual(missing, set(), f"{len(missing)} acknowledged message(s) lost")
         seqs = {}

@@ -31,7 +31,7 @@ from cairn.turn.credentials import turn_credentials, turn_password, turn_usernam
 from cairn.turn.service import NOT_CONFIGURED, TurnService, secret_from_config
 from cairn.wire.constants import CloseCode, MessageType
 from cairn.wire.schema import BodyError
-from tests._harness import ScenarioMixin, closed, eventually
+from tests._harness import Conditions, ScenarioMixin, closed, eventually
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
 
@@ -260,15 +260,11 @@ class NotConfiguredMixin(TurnHarness):
     def test_error_form(self):
         """Without servers or secret a paired peer gets the error form: no servers, a reason, no credential."""
         client = self.paired_client()
-        got = []
-        client.peer.register_handler(MessageType.RELAY_RESPONSE, lambda s, body: got.append(body))
+        got = defer.Deferred()
+        client.peer.register_handler(MessageType.RELAY_RESPONSE, lambda s, body: got.callback(body))
         session = yield self.connect(client)
         session.send(MessageType.RELAY_REQUEST, {})
-        for _ in range(500):
-            if got:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(got, [{"servers": [], "error": NOT_CONFIGURED}])
+        self.assertEqual((yield eventually(got)), {"servers": [], "error": NOT_CONFIGURED})
         self.assertEqual(self.turn.refused, 1)
 
     @defer.inlineCallbacks
@@ -374,9 +370,11 @@ class _Collect(ProcessProtocol):
     def __init__(self):
         self.output = []
         self.ended = defer.Deferred()
+        self.conditions = Conditions()
 
     def outReceived(self, data):
         self.output.append(data)
+        self.conditions.changed()
 
     errReceived = outReceived
 
@@ -405,6 +403,7 @@ class CoturnTests(ScenarioMixin, unittest.TestCase):
         args = [
             "turnserver",
             "-n",
+            "-v",  # verbose: logs "UDP listener opened on: ..." once it listens
             "--listening-ip=127.0.0.1",
             "--relay-ip=127.0.0.1",
             f"--listening-port={self.turn_port}",
@@ -436,21 +435,15 @@ class CoturnTests(ScenarioMixin, unittest.TestCase):
             max_ttl=MAX_TTL,
         )
 
-    @defer.inlineCallbacks
     def _wait_listening(self):
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.turnserver.ended.called:
-                self.fail(f"turnserver exited at start-up:\n{self.turnserver.text()}")
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                probe.settimeout(0.2)
-                if probe.connect_ex(("127.0.0.1", self.turn_port)) == 0:
-                    return
-            finally:
-                probe.close()
-            yield task.deferLater(reactor, 0.1, lambda: None)
-        self.fail(f"turnserver did not listen on {self.turn_port}:\n{self.turnserver.text()}")
+        """Fires once coturn logs its UDP listener (it logs it with -v)."""
+        opened = f"UDP listener opened on: 127.0.0.1:{self.turn_port}"
+
+        def failed(failure):
+            self.fail(f"turnserver did not listen on {self.turn_port}:\n{self.turnserver.text()}")
+
+        waiting = self.turnserver.conditions.until(lambda: opened in self.turnserver.text(), 15)
+        return waiting.addErrback(failed)
 
     @defer.inlineCallbacks
     def _stop_turnserver(self):
