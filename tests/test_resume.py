@@ -11,6 +11,7 @@ from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType
 from cairn.wire.envelope import Envelope
 from tests._harness import (
+    Conditions,
     ScenarioMixin,
     channel_on_server,
     closed,
@@ -29,8 +30,9 @@ class ResumeMixin(ScenarioMixin):
         channel = session.open_channel("c")
         server_channel = yield opened
         self.server_got, self.client_got = [], []
-        server_channel.on_data = self.server_got.append
-        channel.on_data = self.client_got.append
+        self.conditions = Conditions()
+        server_channel.on_data = lambda data: self.conditions.changed(self.server_got.append(data))
+        channel.on_data = lambda data: self.conditions.changed(self.client_got.append(data))
         return client, session, channel, server_channel
 
     @defer.inlineCallbacks
@@ -44,19 +46,9 @@ class ResumeMixin(ScenarioMixin):
         self.assertFalse(other.attached)
         self.assertFalse(session.attached)
 
-    @defer.inlineCallbacks
     def until(self, condition):
-        """Wait (without sleeping) for both ends to exchange a round trip until C{condition()}."""
-        for _ in range(200):
-            if condition():
-                return
-            yield eventually(self._round_trip())
-        self.fail("condition never held")
-
-    def _round_trip(self):
-        d = defer.Deferred()
-        reactor.callLater(0, d.callback, None)
-        return d
+        """Fires once C{condition()} holds (re-checked whenever data arrives)."""
+        return self.conditions.until(condition)
 
     @defer.inlineCallbacks
     def test_resume_delivers_both_directions(self):
