@@ -393,6 +393,7 @@ class Config:
     forward_max_per_peer: int = _count("CAIRN_FORWARD_MAX_PER_PEER", 10_000)
     forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
     forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
+    relay_capacity: int = _count("CAIRN_RELAY_CAPACITY", 64)
     signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", _signal_url)
     turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", _turn_url)
     public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", _public_address)
@@ -400,6 +401,10 @@ class Config:
     turn_secret_file: str | None = _text("CAIRN_TURN_SECRET_FILE")
     turn_ttl: float = _duration("CAIRN_TURN_TTL", 3600.0)
     log_addresses: bool = _boolean("CAIRN_LOG_ADDRESSES", False)
+    signal_listen_addr: str = _text("CAIRN_SIGNAL_LISTEN_ADDR", "0.0.0.0:8443")
+    signal_token: str | None = _secret("CAIRN_SIGNAL_TOKEN")
+    signal_token_file: str | None = _text("CAIRN_SIGNAL_TOKEN_FILE")
+    signal_announce_interval: float = _duration("CAIRN_SIGNAL_ANNOUNCE_INTERVAL", 300.0)
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""
@@ -448,6 +453,10 @@ class Config:
         if values.get("turn_secret_file") is not None:
             values["turn_secret"] = _secret_from_file(
                 values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file"
+            )
+        if values.get("signal_token_file") is not None:
+            values["signal_token"] = _secret_from_file(
+                values, "signal_token", "CAIRN_SIGNAL_TOKEN", "signal_token_file"
             )
         return cls(**values)
 

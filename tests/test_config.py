@@ -20,6 +20,7 @@ SECRETS = {
     "CAIRN_MGMT_TOKEN": "tok-3f9a-SECRET",
     "CAIRN_PSK": "psk-77c1-SECRET",
     "CAIRN_TURN_SECRET": "turn-0b2e-SECRET",
+    "CAIRN_SIGNAL_TOKEN": "sig-5d1c-SECRET",
 }
 
 DEFAULTS = {
@@ -40,6 +41,7 @@ DEFAULTS = {
     "forward_max_per_peer": 10_000,
     "forward_max_age": 604_800.0,
     "forward_max_total": 1_000_000_000,
+    "relay_capacity": 64,
     "signal_servers": (),
     "turn_servers": (),
     "public_addresses": (),
@@ -47,6 +49,10 @@ DEFAULTS = {
     "turn_secret_file": None,
     "turn_ttl": 3600.0,
     "log_addresses": False,
+    "signal_listen_addr": "0.0.0.0:8443",
+    "signal_token": None,
+    "signal_token_file": None,
+    "signal_announce_interval": 300.0,
 }
 
 # Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
@@ -67,12 +73,16 @@ NON_DEFAULT_ENV = {
     "CAIRN_FORWARD_MAX_PER_PEER": "250",
     "CAIRN_FORWARD_MAX_AGE": "2w",
     "CAIRN_FORWARD_MAX_TOTAL": "1.5 GB",
+    "CAIRN_RELAY_CAPACITY": "8",
     "CAIRN_SIGNAL_SERVERS": "ws://signaling:8443, wss://signal.example.org",
     "CAIRN_TURN_SERVERS": "turn:relay:3478,turns:relay.example:5349,stun:stun.example",
     "CAIRN_TURN_SECRET": SECRETS["CAIRN_TURN_SECRET"],
     "CAIRN_TURN_TTL": "30m",
     "CAIRN_PUBLIC_ADDRESSES": "tcp:host=node.example:port=7400, wss://node.example/cairn",
     "CAIRN_LOG_ADDRESSES": "yes",
+    "CAIRN_SIGNAL_LISTEN_ADDR": "127.0.0.1:9443",
+    "CAIRN_SIGNAL_TOKEN": SECRETS["CAIRN_SIGNAL_TOKEN"],
+    "CAIRN_SIGNAL_ANNOUNCE_INTERVAL": "90s",
 }
 
 NON_DEFAULTS = {
@@ -93,6 +103,7 @@ NON_DEFAULTS = {
     "forward_max_per_peer": 250,
     "forward_max_age": 1_209_600.0,
     "forward_max_total": 1_500_000_000,
+    "relay_capacity": 8,
     "signal_servers": ("ws://signaling:8443", "wss://signal.example.org"),
     "turn_servers": (
         "turn:relay:3478",
@@ -104,6 +115,10 @@ NON_DEFAULTS = {
     "turn_secret_file": None,
     "turn_ttl": 1800.0,
     "log_addresses": True,
+    "signal_listen_addr": "127.0.0.1:9443",
+    "signal_token": SECRETS["CAIRN_SIGNAL_TOKEN"],
+    "signal_token_file": None,
+    "signal_announce_interval": 90.0,
 }
 
 # One bad value per variable that is parsed or range-checked.
@@ -121,11 +136,13 @@ BAD_VALUES = {
     "CAIRN_FORWARD_MAX_PER_PEER": "0",
     "CAIRN_FORWARD_MAX_AGE": "7x",
     "CAIRN_FORWARD_MAX_TOTAL": "0B",
+    "CAIRN_RELAY_CAPACITY": "0",
     "CAIRN_SIGNAL_SERVERS": "ws://ok:1,http://signal:8443",
     "CAIRN_TURN_SERVERS": "turn:ok,relay:3478",
     "CAIRN_TURN_TTL": "0",
     "CAIRN_PUBLIC_ADDRESSES": "node.example:7400",
     "CAIRN_LOG_ADDRESSES": "sometimes",
+    "CAIRN_SIGNAL_ANNOUNCE_INTERVAL": "5 fortnights",
 }
 
 

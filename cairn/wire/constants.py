@@ -65,6 +65,21 @@ class MessageType(IntEnum):
     PEER_KEY_REQUEST = 0x0705
     PEER_KEY_RESPONSE = 0x0706
 
+    # Relay circuits family (DESIGN.md: 0x0500...; docs/protocol.md §25)
+    ROUTE_REQUEST = 0x0500
+    ROUTE_RESPONSE = 0x0501
+    RELAY_DATA = 0x0502
+    RELAY_ACK = 0x0503
+    RELAY_CLOSE = 0x0504
+
+    # Sync hub family (DESIGN.md: 0x0800...; docs/protocol.md §24)
+    SYNC_SUBSCRIBE = 0x0800
+    SYNC_PUBLISH = 0x0801
+    SYNC_ACK = 0x0802
+    SYNC_UPDATE = 0x0803
+    SYNC_CURSOR = 0x0804
+    SYNC_RESET = 0x0805
+
 
 HANDSHAKE_TYPES = frozenset(
     {
@@ -145,9 +160,31 @@ class ForwardStatus(IntEnum):
     TOO_LARGE = 8
 
 
+class SyncStatus(IntEnum):
+    """Codes carried in a SyncAck body (see docs/protocol.md §24.4)."""
+
+    COMMITTED = 0
+    DUPLICATE = 1
+    INVALID = 2
+    TOO_LARGE = 3
+    STORAGE_ERROR = 4
+
+
 class ReceiptStatus(IntEnum):
     """Codes carried in a ForwardReceipt body (see docs/protocol.md §21.6)."""
 
     DELIVERED = 1
     EXPIRED = 2
     EVICTED = 3
+
+
+class RouteStatus(IntEnum):
+    """Codes carried in a RouteResponse body (see docs/protocol.md §25.2)."""
+
+    OK = 0
+    NOT_PAIRED = 1
+    OFFLINE = 2
+    REFUSED = 3
+    CAPACITY = 4
+    INVALID = 5
+    TIMEOUT = 6
