@@ -1,0 +1,1 @@
+"""The multi-device sync hub (docs/protocol.md §24)."""

@@ -1,0 +1,187 @@
+"""
+The device side of the sync hub, over a client L{Session} with a node.
+
+    from cairn.sync import client as sync
+    sync.subscribe(session, ["notes"], lambda topic, seq, sender, data: ...,
+                   on_reset=lambda topic, oldest_seq, reason: ...)
+    seq = yield sync.sync_publish(session, "notes", b"opaque bytes")
+
+L{sync_publish} fires with the update's seq once the node has it on disk
+(or fails with L{PublishRejected}). Payloads are opaque to the node: seal
+them with the devices' own keys before publishing.
+
+The subscription is kept per client L{Peer} and sent again at every new
+session, so the node replays what the device missed from its durable
+cursor. Each update is given to the callback once (per topic, in seq
+order; a replay of a seq already given is dropped) and acknowledged with
+SyncCursor after the callback returns. A SyncReset (the device's cursor
+fell behind retention) is given to the reset callback, then acknowledged
+the same way.
+"""
+
+import os
+import weakref
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cairn.sync import messages
+from cairn.wire.constants import MessageType, SyncStatus
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+
+class PublishRejected(Exception):
+    """The node did not store the update; C{code} is a L{SyncStatus} (or an unknown int)."""
+
+    def __init__(self, code, reason: str = ""):
+        try:
+            code = SyncStatus(code)
+        except ValueError:
+            pass
+        super().__init__(f"sync publish rejected ({getattr(code, 'name', code)}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class SyncClient:
+    """The sync dispatcher of one client L{Peer}: see the module docstring."""
+
+    def __init__(self, peer):
+        self.peer = peer
+        #: Called with (topic, seq, sender peer id, data).
+        self.on_update = None
+        #: Called with (topic, oldest_seq, reason).
+        self.on_reset = None
+        self.topics = {}  # topic -> last seq given to the application (0: none yet)
+        self._acks = {}  # (session id, update id) -> Deferred
+        handlers = {
+            MessageType.SYNC_ACK: self._ack,
+            MessageType.SYNC_UPDATE: self._update,
+            MessageType.SYNC_RESET: self._reset,
+        }
+        for type_code, handler in handlers.items():
+            peer.register_handler(type_code, self._guarded(handler))
+        peer.add_observer(self)
+
+    @staticmethod
+    def _guarded(handler):
+        def guarded(session, body):
+            try:
+                handler(session, body)
+            except BodyError as e:
+                log.warn("sync: the node sent a bad body: {why}", why=str(e))
+            except Exception:
+                log.failure("sync client handler failed")
+
+        return guarded
+
+    def subscribe(self, session, topics, cursors=None):
+        """
+        Subscribe to C{topics} now on C{session}, and at every later session.
+
+        @param cursors: {topic: seq} to replay from instead of the node's
+            durable cursor (e.g. after the device lost its local state).
+        """
+        for topic in topics:
+            self.topics.setdefault(topic, 0)
+        body = {"topics": list(topics)}
+        if cursors:
+            self.topics.update(cursors)
+            body["cursors"] = dict(cursors)
+        _send(session, MessageType.SYNC_SUBSCRIBE, body)
+
+    def publish(self, session, topic, data: bytes, update_id: bytes = None):
+        """Publish C{data} on C{topic}; fires with its seq once durable. Retry with the same C{update_id}."""
+        update_id = update_id or os.urandom(messages.UPDATE_ID_SIZE)
+        if session.closed is not None:
+            return defer.fail(session.closed)
+        d = defer.Deferred()
+        self._acks[(session.session_id, update_id)] = d
+        session.send(MessageType.SYNC_PUBLISH, {"topic": topic, "id": update_id, "payload": data})
+        return d
+
+    # Handlers
+
+    def _ack(self, session, body):
+        update_id, status, seq, reason = messages.parse_ack(body)
+        d = self._acks.pop((session.session_id, update_id), None)
+        if d is None:
+            return
+        if status in (SyncStatus.COMMITTED, SyncStatus.DUPLICATE):
+            d.callback(seq)
+        else:
+            d.errback(PublishRejected(status, reason))
+
+    def _update(self, session, body):
+        topic, seq, sender, _, payload, _ = messages.parse_update(body)
+        try:
+            if topic in self.topics and seq > self.topics[topic]:
+                self.topics[topic] = seq
+                if self.on_update is not None:
+                    self.on_update(topic, seq, sender, payload)
+        finally:
+            _send(session, MessageType.SYNC_CURSOR, {"topic": topic, "seq": seq})
+
+    def _reset(self, session, body):
+        topic, oldest_seq, reason = messages.parse_reset(body)
+        try:
+            if topic in self.topics:
+                self.topics[topic] = max(self.topics[topic], oldest_seq - 1)
+            if self.on_reset is not None:
+                self.on_reset(topic, oldest_seq, reason)
+        finally:
+            _send(session, MessageType.SYNC_CURSOR, {"topic": topic, "seq": max(0, oldest_seq - 1)})
+
+    # Peer observer
+
+    def session_established(self, session):
+        if self.topics:
+            _send(session, MessageType.SYNC_SUBSCRIBE, {"topics": list(self.topics)})
+
+    def session_closed(self, session):
+        sid = session.session_id
+        for key in [k for k in self._acks if k[0] == sid]:
+            self._acks.pop(key).errback(session.closed)
+
+
+def _send(session, type_code, body):
+    """Send if the session is open; a cursor lost with its transport is owed again (the node replays)."""
+    if session.closed is not None:
+        return
+    try:
+        session.send(type_code, body)
+    except Exception as e:
+        log.info("sync: could not send 0x{type:04x}: {why}", type=type_code, why=str(e))
+
+
+_clients = weakref.WeakKeyDictionary()
+
+
+def sync_client(peer) -> SyncClient:
+    """The L{SyncClient} of C{peer}, created on first use."""
+    found = _clients.get(peer)
+    if found is None:
+        found = _clients[peer] = SyncClient(peer)
+    return found
+
+
+def sync_publish(session, topic: str, data: bytes, update_id: bytes = None):
+    """Publish C{data} on C{topic} through the node of C{session}; see L{SyncClient.publish}."""
+    return sync_client(session.local).publish(session, topic, data, update_id)
+
+
+def subscribe(session, topics, callback, on_reset=None, cursors=None):
+    """
+    Give C{callback(topic, seq, sender, data)} every update of C{topics}
+    after the device's cursor, from this session on, acknowledging each
+    once the callback returns; C{on_reset(topic, oldest_seq, reason)} is
+    told when updates were removed by retention before the device had them.
+    """
+    client = sync_client(session.local)
+    client.on_update = callback
+    if on_reset is not None:
+        client.on_reset = on_reset
+    client.subscribe(session, topics, cursors)
+    return client

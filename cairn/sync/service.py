@@ -1,0 +1,385 @@
+"""
+The node's multi-device sync hub (docs/protocol.md §24).
+
+L{SyncService} registers the sync family's handlers (every one behind
+L{paired_only}) and a session observer on the node's L{Peer}:
+
+  - SyncPublish is checked, handed to the store (which group-commits: one
+    log row per update, whatever the number of devices) and answered with
+    a SyncAck only once durable; the update is then fanned out to every
+    attached session subscribed to the topic, but the publisher's;
+  - SyncSubscribe makes sure the device has a durable cursor per topic and
+    replays each topic from it; SyncCursor raises it;
+  - each session has a L{_Outbox}: a window of SyncUpdates sent and not
+    yet covered by a SyncCursor, bounding memory per session;
+  - a device whose cursor is behind what retention removed is sent a
+    SyncReset (never skipped silently); retention (age, total bytes, the
+    forward limits) is swept on the injected clock.
+"""
+
+from collections import Counter
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cairn.mailbox.interfaces import Limits
+from cairn.mailbox.service import _observe
+from cairn.pairing.service import paired_only
+from cairn.session.session import SessionClosed
+from cairn.sync import messages, report
+from cairn.sync.interfaces import ISyncHub, Publish, Topic
+from cairn.sync.store import EXPIRE_BATCH
+from cairn.wire.constants import CloseCode, MessageType, SyncStatus
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+#: Updates in flight per session, and their byte budget.
+WINDOW = 64
+WINDOW_BYTES = 4 * 1024 * 1024
+SWEEP_INTERVAL = 60.0
+
+
+class _Outbox:
+    """What one session subscribed to and has been sent but not yet acknowledged."""
+
+    def __init__(self, session):
+        self.session = session
+        self.topics = {}  # topic -> last seq sent (or skipped)
+        self.inflight = {}  # (topic, seq) -> size
+        self.own = {}  # topic -> last own update skipped while others were in flight
+        self.fetching = set()
+        self.again = set()
+
+    def inflight_of(self, topic):
+        return [seq for (name, seq) in self.inflight if name == topic]
+
+
+@implementer(ISyncHub)
+class SyncService:
+    """
+    The sync hub of a node's L{Peer}.
+
+    @param trust: the L{ITrustStore}; only paired devices take part.
+    @param store: an L{ISyncStore}.
+    @param clock: an C{IReactorTime} for timestamps, expiry and the sweep.
+    @param limits: the forward L{Limits}; C{max_age} and C{max_total} are the retention.
+    """
+
+    def __init__(
+        self,
+        peer,
+        trust,
+        store,
+        clock,
+        *,
+        limits=None,
+        max_payload=1_000_000,
+        window=WINDOW,
+        window_bytes=WINDOW_BYTES,
+        sweep_interval=SWEEP_INTERVAL,
+    ):
+        self.peer = peer
+        self.trust = trust
+        self.store = store
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.max_update = max_payload - messages.UPDATE_OVERHEAD
+        self.window = window
+        self.window_bytes = window_bytes
+        self.sweep_interval = sweep_interval
+        #: SyncAck statuses sent, by name; resets sent; updates acknowledged.
+        self.statuses = Counter()
+        self.resets = 0
+        self.acknowledged = 0
+        self._outboxes = {}  # session id -> _Outbox
+        self._sweeper = None
+        self._stopped = False
+        self._pending = set()
+        handlers = {
+            MessageType.SYNC_SUBSCRIBE: self._subscribe,
+            MessageType.SYNC_PUBLISH: self._publish,
+            MessageType.SYNC_CURSOR: self._cursor,
+        }
+        for type_code, handler in handlers.items():
+            peer.register_handler(type_code, paired_only(trust, self._guarded(handler)))
+        peer.add_observer(self)
+
+    # Life cycle
+
+    def start(self):
+        """Load the store's figures and start the retention sweep; fires once ready."""
+
+        def swept(_):
+            self._sweeper = task.LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=False)
+
+        d = defer.maybeDeferred(self.store.start)
+        d.addCallback(lambda _: self.sweep())
+        return d.addCallback(swept)
+
+    def stop(self):
+        """Stop the sweep and take no more requests; fires once every store call in progress is done."""
+        self._stopped = True
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        waiting = defer.DeferredList([_observe(d) for d in list(self._pending)])
+        flushed = getattr(self.store, "flushed", None)
+        if flushed is not None:
+            waiting.addCallback(lambda _: flushed())
+        return waiting
+
+    def _track(self, d):
+        self._pending.add(d)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def sweep(self):
+        """Remove updates older than C{max_age}; errors are logged, never raised (the loop goes on)."""
+        try:
+            removed, more = 0, True
+            while more:
+                count, more = yield self._track(self.store.expire(self.clock.seconds(), EXPIRE_BATCH))
+                removed += count
+            if removed:
+                log.info("sync: {count} update(s) expired", count=removed)
+                self._pump_all()
+        except Exception:
+            log.failure("sync retention sweep failed")
+
+    def purge(self, peer_id):
+        """The pairing purge hook: drop every cursor of C{peer_id}."""
+        for outbox in self._outboxes_of(peer_id):
+            outbox.topics.clear()
+            outbox.inflight.clear()
+
+        def purged(count):
+            if count:
+                log.info("sync cursors of {peer_id} dropped: {count}", peer_id=peer_id, count=count)
+
+        return self.store.purge(peer_id).addCallback(purged)
+
+    # Handlers
+
+    def _guarded(self, handler):
+        def guarded(session, body):
+            if self._stopped:
+                return None
+            try:
+                return handler(session, body)
+            except BodyError as e:
+                session.close(CloseCode.BAD_CBOR, str(e))
+            except Exception:
+                log.failure("sync handler failed")
+                if session.closed is None:
+                    session.close(CloseCode.INTERNAL, "sync failed on the node")
+            return None
+
+        return guarded
+
+    def _subscribe(self, session, body):
+        wanted = messages.parse_subscribe(body)
+        device = session.remote_peer_id
+
+        def subscribed(cursors):
+            outbox = self._outboxes.get(session.session_id)
+            if outbox is None:
+                return
+            for topic, seq in cursors.items():
+                outbox.topics[topic] = seq
+                for key in [k for k in outbox.inflight if k[0] == topic]:
+                    del outbox.inflight[key]
+                outbox.own.pop(topic, None)
+                self._pump(outbox, topic)
+
+        d = self._track(self.store.subscribe(device, wanted))
+        d.addCallbacks(subscribed, self._log_failure, errbackArgs=("subscribing",))
+
+    def _publish(self, session, body):
+        update_id = messages.publish_id(body)
+        try:
+            topic, _, payload = messages.parse_publish(body)
+        except BodyError as e:
+            return self._ack(session, update_id, SyncStatus.INVALID, None, str(e))
+        if len(payload) > self.max_update or len(payload) > self.limits.max_total:
+            reason = f"payload over {min(self.max_update, self.limits.max_total)} bytes"
+            return self._ack(session, update_id, SyncStatus.TOO_LARGE, None, reason)
+        item = Publish(session.remote_peer_id, topic, update_id, payload)
+
+        def stored(results):
+            status, seq = results[0]
+            self._ack(session, update_id, status, seq)
+            if status == SyncStatus.COMMITTED:
+                self._fan_out(topic)
+
+        def failed(failure):
+            log.warn("sync: cannot store an update: {why}", why=failure.getErrorMessage())
+            self._ack(session, update_id, SyncStatus.STORAGE_ERROR, None, "the node cannot store updates now")
+
+        d = self._track(self.store.publish([item], self.clock.seconds(), self.limits))
+        d.addCallbacks(stored, failed)
+        return None
+
+    def _ack(self, session, update_id, status, seq, reason=""):
+        self.statuses[SyncStatus(status).name] += 1
+        body = {"id": update_id, "status": int(status), "seq": seq}
+        if reason:
+            body["reason"] = reason
+        self._send(session, MessageType.SYNC_ACK, body)
+
+    def _cursor(self, session, body):
+        topic, seq = messages.parse_cursor(body)
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is not None:
+            covered = [k for k in outbox.inflight if k[0] == topic and k[1] <= seq]
+            for key in covered:
+                del outbox.inflight[key]
+            if not outbox.inflight_of(topic) and outbox.own.get(topic, 0) > seq:
+                seq = outbox.own.pop(topic)
+
+        def acknowledged(value):
+            if value is not None:
+                self.acknowledged += 1
+            if outbox is not None and topic in outbox.topics:
+                self._pump(outbox, topic)
+
+        d = self._track(self.store.set_cursor(session.remote_peer_id, topic, seq))
+        d.addCallbacks(acknowledged, self._log_failure, errbackArgs=("saving a cursor",))
+
+    # Delivery
+
+    def _outboxes_of(self, peer_id):
+        return [o for o in list(self._outboxes.values()) if o.session.remote_peer_id == peer_id]
+
+    def _fan_out(self, topic):
+        for outbox in list(self._outboxes.values()):
+            if topic in outbox.topics:
+                self._pump(outbox, topic)
+
+    def _pump_all(self):
+        for outbox in list(self._outboxes.values()):
+            for topic in list(outbox.topics):
+                self._pump(outbox, topic)
+
+    def _check_reset(self, outbox, topic, state):
+        """Tell the device if retention removed updates it has not had; never skip silently."""
+        if outbox.topics[topic] < state.floor:
+            outbox.topics[topic] = state.floor
+            self.resets += 1
+            reason = f"updates up to seq {state.floor} were removed by retention"
+            self._send(
+                outbox.session,
+                MessageType.SYNC_RESET,
+                {"topic": topic, "oldest_seq": state.oldest_seq, "reason": reason},
+            )
+
+    def _pump(self, outbox, topic):
+        session = outbox.session
+        if self._stopped or session.closed is not None or not session.attached or topic not in outbox.topics:
+            return
+        if topic in outbox.fetching:
+            outbox.again.add(topic)
+            return
+        room = self.window - len(outbox.inflight)
+        if room <= 0 or sum(outbox.inflight.values()) >= self.window_bytes:
+            return
+        state = self.store.topics().get(topic, Topic())
+        self._check_reset(outbox, topic, state)
+        if outbox.topics[topic] >= state.head:
+            return
+        outbox.fetching.add(topic)
+        outbox.again.discard(topic)
+        device = session.remote_peer_id
+
+        def fetched(updates):
+            outbox.fetching.discard(topic)
+            if topic not in outbox.topics:
+                return
+            self._check_reset(outbox, topic, self.store.topics().get(topic, Topic()))
+            budget = self.window_bytes - sum(outbox.inflight.values())
+            for update in updates:
+                if session.closed is not None or budget <= 0:
+                    break
+                if update.seq <= outbox.topics[topic]:
+                    continue
+                if update.sender == device:
+                    # A device is not sent its own updates; its cursor moves over them.
+                    outbox.topics[topic] = update.seq
+                    if outbox.inflight_of(topic):
+                        outbox.own[topic] = update.seq
+                    else:
+                        self._track(self.store.set_cursor(device, topic, update.seq)).addErrback(
+                            self._log_failure, "saving a cursor"
+                        )
+                    continue
+                body = {
+                    "topic": topic,
+                    "seq": update.seq,
+                    "from": update.sender,
+                    "id": update.update_id,
+                    "payload": update.payload,
+                    "at": update.stored_at,
+                }
+                if not self._send(session, MessageType.SYNC_UPDATE, body):
+                    break
+                outbox.inflight[(topic, update.seq)] = len(update.payload)
+                outbox.topics[topic] = update.seq
+                budget -= len(update.payload)
+            if topic in outbox.again or (updates and budget > 0):
+                self._pump(outbox, topic)
+
+        def failed(failure):
+            outbox.fetching.discard(topic)
+            log.failure("sync: reading updates to deliver failed", failure)
+
+        self._track(self.store.fetch(topic, outbox.topics[topic], room)).addCallbacks(fetched, failed)
+
+    def _send(self, session, type_code, body) -> bool:
+        if session.closed is not None:
+            return False
+        try:
+            session.send(type_code, body)
+        except SessionClosed:
+            return False
+        return True
+
+    @staticmethod
+    def _log_failure(failure, what):
+        log.failure("sync: {what} failed", failure, what=what)
+
+    # Session observer
+
+    def session_established(self, session):
+        if self.trust.is_paired(session.remote_peer_id):
+            self._outboxes[session.session_id] = _Outbox(session)
+
+    def session_resumed(self, session):
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            self.session_established(session)
+            return
+        for topic in list(outbox.topics):
+            self._pump(outbox, topic)
+
+    def session_closed(self, session):
+        self._outboxes.pop(session.session_id, None)
+
+    # Management
+
+    def _connected(self):
+        return {o.session.remote_peer_id for o in self._outboxes.values() if o.session.attached}
+
+    def stats(self):
+        """C{GET /sync}: every topic with its devices' cursors and lag, and the totals."""
+        return report.stats(self.store, self.limits, self.resets, self._connected())
+
+    def collect_metrics(self):
+        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
+        return report.collect_metrics(self.store, self.statuses, self.resets)

@@ -1,0 +1,352 @@
+"""
+The sync stores: L{SQLiteSyncStore} (the default) and L{MemorySyncStore},
+its in-memory twin.
+
+The SQLite store group-commits like the mailbox's (see
+L{cairn.mailbox.store}): mutations queued while a transaction is in
+flight share the next one, each in a savepoint of its own, and their
+Deferreds fire only after the commit.
+"""
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cairn.mailbox.store import _batch_txn, _storage_error
+from cairn.sync.interfaces import ISyncStore, Topic, Update
+from cairn.wire.constants import SyncStatus
+
+#: How many expired updates one sweep transaction removes.
+EXPIRE_BATCH = 1000
+
+
+class _Cache:
+    """The synchronous figures both stores keep: topics, cursors, total bytes."""
+
+    def __init__(self):
+        self._topics = {}
+        self._cursors = {}
+        self._total = 0
+        self.commits = 0
+
+    def topics(self):
+        return dict(self._topics)
+
+    def cursors(self):
+        return {device: dict(held) for device, held in self._cursors.items()}
+
+    def total_bytes(self):
+        return self._total
+
+    def _apply(self, changes):
+        topics, cursors = changes
+        for name, topic in topics.items():
+            old = self._topics.get(name, Topic())
+            self._total += topic.bytes - old.bytes
+            self._topics[name] = topic
+        for (device, name), seq in cursors.items():
+            if seq is None:
+                held = self._cursors.get(device, {})
+                held.pop(name, None)
+                if not held:
+                    self._cursors.pop(device, None)
+            else:
+                self._cursors.setdefault(device, {})[name] = seq
+
+
+# SQLite transactions (run on the database thread)
+
+
+def _topic_txn(cursor, name):
+    row = cursor.execute("SELECT head, floor, updates, bytes FROM sync_topics WHERE topic = ?", (name,)).fetchone()
+    return Topic(*row) if row else Topic()
+
+
+def _write_topics_txn(cursor, topics):
+    for name, t in topics.items():
+        cursor.execute(
+            "INSERT INTO sync_topics (topic, head, floor, updates, bytes) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (topic) DO UPDATE SET head = excluded.head, floor = excluded.floor,"
+            " updates = excluded.updates, bytes = excluded.bytes",
+            (name, t.head, t.floor, t.updates, t.bytes),
+        )
+
+
+def _remove_txn(cursor, rows, topics):
+    """Delete log rows C{rows} (topic, seq, size), raising each topic's floor; updates C{topics}."""
+    for name, seq, size in rows:
+        cursor.execute("DELETE FROM sync_log WHERE topic = ? AND seq = ?", (name, seq))
+        t = topics.get(name) or _topic_txn(cursor, name)
+        topics[name] = Topic(t.head, max(t.floor, seq), t.updates - 1, t.bytes - size)
+
+
+def publish_txn(cursor, items, now, limits):
+    total = cursor.execute("SELECT COALESCE(SUM(bytes), 0) FROM sync_topics").fetchone()[0]
+    topics, results = {}, []
+    for item in items:
+        known = cursor.execute(
+            "SELECT seq FROM sync_log WHERE sender = ? AND update_id = ?", (item.sender, item.update_id)
+        ).fetchone()
+        if known:
+            results.append((SyncStatus.DUPLICATE, known[0]))
+            continue
+        t = topics.get(item.topic) or _topic_txn(cursor, item.topic)
+        seq, size = t.head + 1, len(item.payload)
+        cursor.execute(
+            "INSERT INTO sync_log (topic, seq, sender, update_id, stored_at, expires_at, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (item.topic, seq, item.sender, item.update_id, now, now + limits.max_age, item.payload),
+        )
+        topics[item.topic] = Topic(seq, t.floor, t.updates + 1, t.bytes + size)
+        total += size
+        results.append((SyncStatus.COMMITTED, seq))
+    while total > limits.max_total:
+        rows = cursor.execute(
+            "SELECT topic, seq, length(payload) FROM sync_log ORDER BY expires_at, seq LIMIT 64"
+        ).fetchall()
+        if not rows:
+            break
+        evict = []
+        for row in rows:
+            if total <= limits.max_total:
+                break
+            evict.append(row)
+            total -= row[2]
+        _remove_txn(cursor, evict, topics)
+    _write_topics_txn(cursor, topics)
+    return results, (topics, {})
+
+
+def fetch_txn(cursor, name, after_seq, limit):
+    rows = cursor.execute(
+        "SELECT topic, seq, sender, update_id, stored_at, payload FROM sync_log"
+        " WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (name, after_seq, limit),
+    ).fetchall()
+    return [Update(r[0], r[1], r[2], bytes(r[3]), r[4], bytes(r[5])) for r in rows]
+
+
+def subscribe_txn(cursor, device, wanted):
+    out = {}
+    for name, seq in wanted.items():
+        t = _topic_txn(cursor, name)
+        row = cursor.execute("SELECT seq FROM sync_cursors WHERE device = ? AND topic = ?", (device, name)).fetchone()
+        if seq is not None:
+            value = max(0, min(seq, t.head))
+        elif row is not None:
+            value = row[0]
+        else:
+            value = t.floor
+        cursor.execute(
+            "INSERT INTO sync_cursors (device, topic, seq) VALUES (?, ?, ?)"
+            " ON CONFLICT (device, topic) DO UPDATE SET seq = excluded.seq",
+            (device, name, value),
+        )
+        out[name] = value
+    return out, ({}, {(device, name): value for name, value in out.items()})
+
+
+def set_cursor_txn(cursor, device, name, seq):
+    row = cursor.execute("SELECT seq FROM sync_cursors WHERE device = ? AND topic = ?", (device, name)).fetchone()
+    if row is None:
+        return None, ({}, {})  # not subscribed (or unpaired meanwhile)
+    value = max(row[0], min(seq, _topic_txn(cursor, name).head))
+    if value != row[0]:
+        cursor.execute("UPDATE sync_cursors SET seq = ? WHERE device = ? AND topic = ?", (value, device, name))
+    return value, ({}, {(device, name): value})
+
+
+def expire_txn(cursor, now, limit):
+    rows = cursor.execute(
+        "SELECT topic, seq, length(payload) FROM sync_log WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    topics = {}
+    _remove_txn(cursor, rows, topics)
+    _write_topics_txn(cursor, topics)
+    return (len(rows), len(rows) >= limit), (topics, {})
+
+
+def purge_txn(cursor, device):
+    names = [r[0] for r in cursor.execute("SELECT topic FROM sync_cursors WHERE device = ?", (device,)).fetchall()]
+    cursor.execute("DELETE FROM sync_cursors WHERE device = ?", (device,))
+    return len(names), ({}, {(device, name): None for name in names})
+
+
+def load_txn(cursor):
+    topics = {
+        r[0]: Topic(*r[1:])
+        for r in cursor.execute("SELECT topic, head, floor, updates, bytes FROM sync_topics").fetchall()
+    }
+    cursors = {(r[0], r[1]): r[2] for r in cursor.execute("SELECT device, topic, seq FROM sync_cursors").fetchall()}
+    return topics, cursors
+
+
+@implementer(ISyncStore)
+class SQLiteSyncStore(_Cache):
+    """The sync hub in the node's L{cairn.db.Database}, group-committed."""
+
+    def __init__(self, db):
+        super().__init__()
+        self.db = db
+        self._queue = []
+        self._busy = False
+        self._idle = []
+
+    def start(self):
+        def loaded(changes):
+            self._topics, self._cursors, self._total = {}, {}, 0
+            self._apply(changes)
+
+        return self.db.run(load_txn).addCallback(loaded)
+
+    def flushed(self):
+        """A Deferred firing once every queued mutation has committed (or failed)."""
+        if not self._busy and not self._queue:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def _submit(self, txn, *args):
+        d = defer.Deferred()
+        self._queue.append((txn, args, d))
+        if not self._busy:
+            self._flush()
+        return d
+
+    def _flush(self):
+        batch, self._queue = self._queue, []
+        self._busy = True
+        self.commits += 1
+        d = self.db.run(_batch_txn, [(txn, args) for txn, args, _ in batch])
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _committed(self, outcomes, batch):
+        for (_, _, d), (ok, value) in zip(batch, outcomes):
+            if ok:
+                result, changes = value
+                self._apply(changes)
+                d.callback(result)
+            else:
+                d.errback(Failure(_storage_error(value)))
+        self._next()
+
+    def _failed(self, failure, batch):
+        error = Failure(_storage_error(failure.value))
+        for _, _, d in batch:
+            d.errback(error)
+        self._next()
+
+    def _next(self):
+        self._busy = False
+        if self._queue:
+            self._flush()
+        else:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    # ISyncStore
+
+    def publish(self, items, now, limits):
+        return self._submit(publish_txn, list(items), now, limits)
+
+    def fetch(self, topic, after_seq, limit):
+        return self.db.run(fetch_txn, topic, after_seq, limit)
+
+    def subscribe(self, device, cursors):
+        return self._submit(subscribe_txn, device, dict(cursors))
+
+    def set_cursor(self, device, topic, seq):
+        return self._submit(set_cursor_txn, device, topic, seq)
+
+    def expire(self, now, limit):
+        return self._submit(expire_txn, now, limit)
+
+    def purge(self, device):
+        return self._submit(purge_txn, device)
+
+
+@implementer(ISyncStore)
+class MemorySyncStore(_Cache):
+    """The in-memory twin: the same behaviour, durable only as long as the process."""
+
+    def __init__(self):
+        super().__init__()
+        self._log = {}  # (topic, seq) -> (Update, expires_at)
+        self._ids = {}  # (sender, id) -> (topic, seq)
+
+    def start(self):
+        return defer.succeed(None)
+
+    def _remove(self, keys, topics):
+        for key in keys:
+            update, _ = self._log.pop(key)
+            del self._ids[(update.sender, update.update_id)]
+            t = topics.get(update.topic) or self._topics.get(update.topic, Topic())
+            topics[update.topic] = Topic(t.head, max(t.floor, update.seq), t.updates - 1, t.bytes - len(update.payload))
+
+    def publish(self, items, now, limits):
+        results, topics = [], {}
+        total = self._total
+        for item in items:
+            known = self._ids.get((item.sender, item.update_id))
+            if known is not None:
+                results.append((SyncStatus.DUPLICATE, known[1]))
+                continue
+            t = topics.get(item.topic) or self._topics.get(item.topic, Topic())
+            seq = t.head + 1
+            update = Update(item.topic, seq, item.sender, item.update_id, now, item.payload)
+            self._log[(item.topic, seq)] = (update, now + limits.max_age)
+            self._ids[(item.sender, item.update_id)] = (item.topic, seq)
+            topics[item.topic] = Topic(seq, t.floor, t.updates + 1, t.bytes + len(item.payload))
+            total += len(item.payload)
+            results.append((SyncStatus.COMMITTED, seq))
+        if total > limits.max_total:
+            evict = []
+            for key, (update, _) in sorted(self._log.items(), key=lambda kv: (kv[1][1], kv[0][1])):
+                if total <= limits.max_total:
+                    break
+                evict.append(key)
+                total -= len(update.payload)
+            self._remove(evict, topics)
+        self._apply((topics, {}))
+        return defer.succeed(results)
+
+    def fetch(self, topic, after_seq, limit):
+        seqs = sorted(s for (t, s) in self._log if t == topic and s > after_seq)
+        return defer.succeed([self._log[(topic, s)][0] for s in seqs[:limit]])
+
+    def subscribe(self, device, cursors):
+        out = {}
+        for name, seq in cursors.items():
+            t = self._topics.get(name, Topic())
+            held = self._cursors.get(device, {}).get(name)
+            if seq is not None:
+                out[name] = max(0, min(seq, t.head))
+            else:
+                out[name] = held if held is not None else t.floor
+        self._apply(({}, {(device, name): value for name, value in out.items()}))
+        return defer.succeed(out)
+
+    def set_cursor(self, device, topic, seq):
+        held = self._cursors.get(device, {}).get(topic)
+        if held is None:
+            return defer.succeed(None)
+        value = max(held, min(seq, self._topics.get(topic, Topic()).head))
+        self._apply(({}, {(device, topic): value}))
+        return defer.succeed(value)
+
+    def expire(self, now, limit):
+        due = [k for k, (_, expires_at) in self._log.items() if expires_at <= now]
+        due.sort(key=lambda k: self._log[k][1])
+        topics = {}
+        self._remove(due[:limit], topics)
+        self._apply((topics, {}))
+        return defer.succeed((min(len(due), limit), len(due) >= limit))
+
+    def purge(self, device):
+        names = list(self._cursors.get(device, {}))
+        self._apply(({}, {(device, name): None for name in names}))
+        return defer.succeed(len(names))
