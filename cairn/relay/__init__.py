@@ -1,0 +1,1 @@
+"""Personal relay circuits between paired peers (docs/protocol.md §25)."""
