@@ -24,6 +24,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
+from cairn.relay.client import relay_endpoint
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
 from cairn.transport.tcp import StreamFactory, StreamProtocol
@@ -77,6 +78,9 @@ class Client:
         self._addresses = {}
         self._retries = {}
         self.peer.add_observer(self)
+        #: (peer_id) -> bool: accept a relay circuit offered by that peer (None: accept).
+        self.on_relay_request = None
+        relay_endpoint(self)
 
     @property
     def peer_id(self) -> str:

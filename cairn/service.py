@@ -31,8 +31,12 @@ from cairn.management.metrics import Metrics
 from cairn.management.token import resolve_token
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
+from cairn.relay.service import RelayService
 from cairn.session import store
 from cairn.session.peer import Peer
+from cairn.sync.interfaces import SYNC_SCHEMA
+from cairn.sync.service import SyncService
+from cairn.sync.store import SQLiteSyncStore
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
 from cairn.turn.service import make_turn_service
@@ -40,7 +44,7 @@ from cairn.turn.service import make_turn_service
 log = Logger()
 
 #: Schema chains of every component that keeps state in the database.
-SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA]
+SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA, SYNC_SCHEMA]
 
 
 class StartupError(SystemExit):
@@ -59,6 +63,8 @@ class CairnNode(MultiService):
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
         self.mailbox = mailbox
+        #: The L{SyncService} (set by make_node).
+        self.sync = None
         self.config = config
         self.peer = peer
         self.db = db
@@ -67,6 +73,8 @@ class CairnNode(MultiService):
         self.listeners = {}
         #: Fires once the trust store is loaded and the listeners accept.
         self.ready = None
+        #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
+        self.signaling = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
         service = strports.service(description, factory)
@@ -99,6 +107,8 @@ class CairnNode(MultiService):
         starting = [ports, self.pairing.start()]
         if self.mailbox is not None:
             starting.append(self.mailbox.start())
+        if self.sync is not None:
+            starting.append(self.sync.start())
         self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
@@ -121,6 +131,8 @@ class CairnNode(MultiService):
             )
         if not self.config.public_addresses:
             self.pairing.link_addresses = derived_addresses(ports)
+        if self.signaling is not None:
+            self.signaling.node_ready()
         return ports
 
     def _failed(self, failure):
@@ -136,6 +148,8 @@ class CairnNode(MultiService):
         if self.mailbox is not None:
             # Commit what is queued (its senders wait for acks on resume).
             d.addCallback(lambda _: self.mailbox.stop())
+        if self.sync is not None:
+            d.addCallback(lambda _: self.sync.stop())
         d.addCallback(lambda _: self.pairing.stop())
         d.addCallback(lambda _: self.db.stop())
         return d
@@ -175,6 +189,24 @@ def derived_addresses(ports) -> tuple:
     return tuple(addresses)
 
 
+def signal_announcer(config, ident, pairing, trust, reactor):
+    """Announce the node's addresses and paired peers' rendezvous ids to CAIRN_SIGNAL_SERVERS."""
+    from cairn.pairing.interfaces import PAIRED
+    from cairn.signaling.announcer import SignalAnnouncer
+
+    def peer_keys():
+        return trust.list(PAIRED).addCallback(lambda records: [r.identity_key for r in records])
+
+    return SignalAnnouncer(
+        ident,
+        reactor,
+        config.signal_servers,
+        addresses=lambda: pairing.link_addresses,
+        peer_keys=peer_keys,
+        interval=config.signal_announce_interval,
+    )
+
+
 def prepare_data_dir(path: str) -> None:
     """Create the data directory (0700) if needed."""
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -206,12 +238,23 @@ def make_node(config, reactor) -> CairnNode:
         max_payload=config.max_payload,
     )
     pairing.add_purge_hook(mailbox.purge)
+    sync = SyncService(peer, trust, SQLiteSyncStore(db), reactor, limits=mailbox.limits, max_payload=config.max_payload)
+    pairing.add_purge_hook(sync.purge)
     turn = make_turn_service(config, peer, trust, reactor)
     started_at = reactor.seconds()
     metrics = Metrics(peer, reactor, started_at)
     metrics.add_collector(mailbox.collect_metrics, name="mailbox")
+    metrics.add_collector(sync.collect_metrics, name="sync")
+    relay = RelayService(peer, trust, reactor, capacity=config.relay_capacity)
+    pairing.add_purge_hook(relay.purge)
+    metrics.add_collector(relay.collect_metrics, name="relay")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
     node.turn = turn
+    node.sync = sync
+    node.relay = relay
+    if config.signal_servers:
+        node.signaling = signal_announcer(config, ident, pairing, trust, reactor)
+        node.signaling.setServiceParent(node)
     if config.listen:
         node.add_listener("tcp", config.listen, StreamFactory(peer))
     if config.ws_listen:
@@ -222,6 +265,9 @@ def make_node(config, reactor) -> CairnNode:
             "mailbox": mailbox.stats,
             "mailbox_peer": mailbox.peer_stats,
             "mailbox_limits": mailbox.set_peer_limits,
+            "sync": sync.stats,
+            "relay": relay.stats,
+            "relay_quota": relay.put_quota,
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)

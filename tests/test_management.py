@@ -264,7 +264,7 @@ class AuthTests(unittest.TestCase):
             self.assertEqual(response.code, 401, rule)
             self.assertEqual(json.loads(body), {"error": "missing or invalid bearer token"})
             self.assertEqual(header(response, "WWW-Authenticate"), 'Bearer realm="cairn"')
-        self.assertEqual(checked, 14)
+        self.assertEqual(checked, 15)
 
     def test_wrong_token_refused(self):
         """A wrong token gets 401 on every private route, and does nothing."""
@@ -642,7 +642,7 @@ class OpenAPITests(unittest.TestCase):
     def test_routes_match_document(self):
         """Every Klein route is in the OpenAPI document, and every documented operation is a route."""
         self.assertEqual(_rules(), _documented(self.document))
-        self.assertEqual(len(_rules()), 16)
+        self.assertEqual(len(_rules()), 17)
 
     def test_served(self):
         """GET /openapi.json serves the document without a token."""
@@ -803,6 +803,7 @@ class DocsTests(unittest.TestCase):
                 stats={
                     "mailbox_peer": lambda peer_id: {"messages": 0},
                     "mailbox_limits": lambda peer_id, body: {"peer_id": peer_id, "limits": body},
+                    "relay_quota": lambda peer_id, body: {"peer_id": peer_id, "quota": body["max_bytes"]},
                 },
             )
             key = os.urandom(32)

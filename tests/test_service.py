@@ -158,6 +158,7 @@ class RestartTests(unittest.TestCase):
         self.addCleanup(node.db.stop)
         self.addCleanup(node.pairing.stop)
         self.addCleanup(node.mailbox.stop)  # its expiry timer, which a crash would take along
+        self.addCleanup(node.sync.stop)  # its retention timer, likewise
         node, address = yield self.start()
         failure = yield self.assertFailure(eventually(self.client.resume(session, address)), Exception)
         self.assertEqual(failure.code, CloseCode.UNKNOWN_SESSION)

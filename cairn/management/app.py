@@ -65,12 +65,17 @@ def _default_stats():
         "mailbox_peer": lambda peer_id: None,
         "mailbox_limits": _no_mailbox_limits,
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
+        "relay_quota": _no_relay_quota,
         "sync": lambda: {"topics": []},
     }
 
 
 def _no_mailbox_limits(peer_id, body):
     raise NotFound("the mailbox is not served by this node")
+
+
+def _no_relay_quota(peer_id, body):
+    raise NotFound("the relay is not served by this node")
 
 
 class _Raw:
@@ -280,6 +285,18 @@ class ManagementAPI:
     async def relay(self, request):
         """Relay circuits."""
         return await maybeDeferred(self.stats["relay"])
+
+    @_endpoint(app, "/relay/<peer_id>/quota", "PUT")
+    async def relay_quota(self, request, peer_id):
+        """Set one peer's relay byte quota (null: no quota); in memory."""
+        peer_id = peer_id_arg(peer_id)
+        body = json_object(request)
+        try:
+            return await maybeDeferred(self.stats["relay_quota"], peer_id, body)
+        except UnknownPeer:
+            raise NotFound(f"{peer_id} is not paired") from None
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
 
     @_endpoint(app, "/sync", "GET")
     async def sync(self, request):

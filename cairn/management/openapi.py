@@ -161,7 +161,15 @@ _SCHEMAS = {
     "SyncStats": {
         "type": "object",
         "required": ["topics"],
-        "properties": {"topics": {"type": "array", "items": {"type": "object"}}},
+        "properties": {
+            # Each: topic, head, oldest_seq, updates, bytes, and devices
+            # [{peer_id, cursor, lag, behind_retention, connected}].
+            "topics": {"type": "array", "items": {"type": "object"}},
+            "updates": {"type": "integer"},
+            "bytes": {"type": "integer"},
+            "resets": {"type": "integer"},
+            "limits": {"type": "object"},
+        },
         "additionalProperties": True,
     },
 }
@@ -368,6 +376,30 @@ def _paths():
                 "Relay circuits.",
                 {"200": _json(_ref("RelayStats"), "Relay state."), **_errors(*authed)},
                 tags=["services"],
+            )
+        },
+        "/relay/{peer_id}/quota": {
+            "put": _operation(
+                "putRelayPeerQuota",
+                "Set one peer's relay byte quota (in memory; null removes it).",
+                {
+                    "200": _json({"type": "object"}, "That peer's relay figures with the new quota."),
+                    **_errors(400, 404, *authed),
+                },
+                tags=["services"],
+                parameters=[_PEER_ID_PARAMETER],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"max_bytes": {"type": ["integer", "null"], "minimum": 0}},
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
             )
         },
         "/sync": {
