@@ -409,15 +409,3 @@ class PurgeTests(RelayHarness, unittest.TestCase):
         why = yield ended
         self.assertIn("unpaired", why.reason)
         self.assertEqual((self.relay.circuits, self.relay.quotas), ({}, {}))
-
-    def test_no_delay(self):
-        """Opening a circuit turns Nagle's algorithm off on the sockets it runs over."""
-        from types import SimpleNamespace
-
-        from cairn.relay.service import no_delay
-
-        calls = []
-        socket_transport = SimpleNamespace(setTcpNoDelay=calls.append)
-        no_delay(SimpleNamespace(connection=SimpleNamespace(transport=SimpleNamespace(transport=socket_transport))))
-        no_delay(SimpleNamespace(connection=None))
-        self.assertEqual(calls, [True])

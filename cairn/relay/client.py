@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.relay import messages
-from cairn.relay.service import WINDOW, no_delay
+from cairn.relay.service import WINDOW
 from cairn.session.interfaces import IFrameTransport
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, RouteStatus
@@ -78,7 +78,6 @@ class CircuitTransport:
 
     def start(self, connection):
         self.connection = connection
-        no_delay(self.node_session)
         connection.connection_made(self)
 
     # IFrameTransport

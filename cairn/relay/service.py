@@ -36,24 +36,6 @@ WINDOW = 256 * 1024
 OFFER_TIMEOUT = 30.0
 
 
-def no_delay(session) -> None:
-    """
-    Turn Nagle's algorithm off on the socket carrying C{session}, if any.
-
-    Circuits are latency-bound (credit comes back in small RelayAcks):
-    with Nagle on, each RelayAck can wait for a delayed TCP ack, which
-    cut one circuit's throughput by about four in bench/relay.
-    """
-    frames = getattr(session.connection, "transport", None)
-    socket_transport = getattr(frames, "transport", None)
-    set_no_delay = getattr(socket_transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass
-
-
 @attr.s(eq=False)
 class Circuit:
     """One circuit: ends C{a} (requester) and C{b} (target), each a node-side session."""
@@ -186,8 +168,6 @@ class RelayService:
             self._answer(circuit.a, circuit.req, RouteStatus.REFUSED, reason or "the target refused")
             return
         circuit.state = "open"
-        no_delay(circuit.a)
-        no_delay(circuit.b)
         circuit.opened_at = self.clock.seconds()
         log.info("relay circuit {cid} open", cid=circuit.circuit_id.hex()[:8])
         self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id)

@@ -28,6 +28,11 @@ class StreamProtocol(Protocol):
         return str(self.transport.getPeer())
 
     def connectionMade(self):
+        # Envelopes are whole messages: waiting to coalesce them (Nagle)
+        # only adds a round trip of delay to every request/response.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.sink.connection_made(self)
 
     def dataReceived(self, data):
