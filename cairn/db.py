@@ -17,8 +17,10 @@ import os
 import sqlite3
 from importlib import resources
 
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 log = Logger()
@@ -188,3 +190,76 @@ class Database:
         d = self._defer(close)
         d.addBoth(lambda result: (self._pool.stop(), self._remove_trigger(), result)[2])
         return d
+
+
+class GroupCommit:
+    """
+    Group commit over a L{Database}: mutations submitted while a commit is
+    in flight form the next transaction, so a burst costs one fsync.
+
+    A mutation is C{txn(cursor, *args)} returning C{(result, changes)}.
+    C{batch_txn(cursor, calls)} runs one batch and returns an C{(ok, value)}
+    per call. Once the batch is committed, C{apply(changes)} runs for every
+    success and its Deferred fires with C{result}; failures go through
+    C{to_error} first.
+
+    @ivar commits: transactions committed so far (for tests and benches).
+    """
+
+    def __init__(self, db, batch_txn, apply, to_error=lambda error: error):
+        self.db = db
+        self.commits = 0
+        self._batch_txn = batch_txn
+        self._apply = apply
+        self._to_error = to_error
+        self._queue = []
+        self._busy = False
+        self._idle = []
+
+    def submit(self, txn, *args):
+        """Queue C{txn(cursor, *args)}; fires with its result once committed."""
+        d = defer.Deferred()
+        self._queue.append((txn, args, d))
+        if not self._busy:
+            self._flush()
+        return d
+
+    def flushed(self):
+        """A Deferred firing once every queued mutation has committed (or failed)."""
+        if not self._busy and not self._queue:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def _flush(self):
+        batch, self._queue = self._queue, []
+        self._busy = True
+        self.commits += 1
+        d = self.db.run(self._batch_txn, [(txn, args) for txn, args, _ in batch])
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _committed(self, outcomes, batch):
+        for (_, _, d), (ok, value) in zip(batch, outcomes):
+            if ok:
+                result, changes = value
+                self._apply(changes)
+                d.callback(result)
+            else:
+                d.errback(Failure(self._to_error(value)))
+        self._next()
+
+    def _failed(self, failure, batch):
+        error = Failure(self._to_error(failure.value))
+        for _, _, d in batch:
+            d.errback(error)
+        self._next()
+
+    def _next(self):
+        self._busy = False
+        if self._queue:
+            self._flush()
+        else:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)

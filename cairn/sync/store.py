@@ -9,9 +9,9 @@ Deferreds fire only after the commit.
 """
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cairn.db import GroupCommit
 from cairn.mailbox.store import _batch_txn, _storage_error
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.wire.constants import SyncStatus
@@ -27,7 +27,6 @@ class _Cache:
         self._topics = {}
         self._cursors = {}
         self._total = 0
-        self.commits = 0
 
     def topics(self):
         return dict(self._topics)
@@ -189,9 +188,11 @@ class SQLiteSyncStore(_Cache):
     def __init__(self, db):
         super().__init__()
         self.db = db
-        self._queue = []
-        self._busy = False
-        self._idle = []
+        self._group = GroupCommit(db, _batch_txn, self._apply, _storage_error)
+
+    @property
+    def commits(self) -> int:
+        return self._group.commits
 
     def start(self):
         def loaded(changes):
@@ -202,50 +203,10 @@ class SQLiteSyncStore(_Cache):
 
     def flushed(self):
         """A Deferred firing once every queued mutation has committed (or failed)."""
-        if not self._busy and not self._queue:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
+        return self._group.flushed()
 
     def _submit(self, txn, *args):
-        d = defer.Deferred()
-        self._queue.append((txn, args, d))
-        if not self._busy:
-            self._flush()
-        return d
-
-    def _flush(self):
-        batch, self._queue = self._queue, []
-        self._busy = True
-        self.commits += 1
-        d = self.db.run(_batch_txn, [(txn, args) for txn, args, _ in batch])
-        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
-
-    def _committed(self, outcomes, batch):
-        for (_, _, d), (ok, value) in zip(batch, outcomes):
-            if ok:
-                result, changes = value
-                self._apply(changes)
-                d.callback(result)
-            else:
-                d.errback(Failure(_storage_error(value)))
-        self._next()
-
-    def _failed(self, failure, batch):
-        error = Failure(_storage_error(failure.value))
-        for _, _, d in batch:
-            d.errback(error)
-        self._next()
-
-    def _next(self):
-        self._busy = False
-        if self._queue:
-            self._flush()
-        else:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+        return self._group.submit(txn, *args)
 
     # ISyncStore
 
@@ -274,6 +235,7 @@ class MemorySyncStore(_Cache):
 
     def __init__(self):
         super().__init__()
+        self.commits = 0  # nothing is committed in memory
         self._log = {}  # (topic, seq) -> (Update, expires_at)
         self._ids = {}  # (sender, id) -> (topic, seq)
 
