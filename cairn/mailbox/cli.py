@@ -89,12 +89,21 @@ def run(reactor, argv, out=None):
 
 def main(argv=None):
     """Console entry point."""
+    react("cairn-mailbox", run, argv)
+
+
+def react(prog, run, argv=None):
+    """
+    Run C{run(reactor, argv)} under the reactor as command C{prog}: a
+    failure is one line on stderr and exit status 1; a non-zero result is
+    the exit status.
+    """
 
     def go(reactor):
         d = run(reactor, sys.argv[1:] if argv is None else argv)
 
         def failed(failure):
-            print(f"cairn-mailbox: {failure.getErrorMessage()}", file=sys.stderr)
+            print(f"{prog}: {failure.getErrorMessage()}", file=sys.stderr)
             return 1
 
         return d.addErrback(failed).addCallback(_exit_code)

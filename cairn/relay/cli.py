@@ -21,7 +21,7 @@ import sys
 from twisted.internet import defer, task
 
 from cairn.client import Client
-from cairn.mailbox.cli import DEFAULT_IDENTITY, load_identity
+from cairn.mailbox.cli import DEFAULT_IDENTITY, load_identity, react
 from cairn.wire.constants import RouteStatus
 
 CHANNEL = "chat"
@@ -128,22 +128,7 @@ def _send(reactor, client, node, args, out):
 
 def main(argv=None):
     """Console entry point."""
-
-    def go(reactor):
-        d = run(reactor, sys.argv[1:] if argv is None else argv)
-
-        def failed(failure):
-            print(f"cairn-relay: {failure.getErrorMessage()}", file=sys.stderr)
-            return 1
-
-        return d.addErrback(failed).addCallback(_exit_code)
-
-    task.react(go)
-
-
-def _exit_code(code):
-    if code:
-        raise SystemExit(code)
+    react("cairn-relay", run, argv)
 
 
 if __name__ == "__main__":
