@@ -16,15 +16,14 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
 
 from collections import Counter
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from cairn.mailbox import messages
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, PeerLimits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
 from cairn.pairing.interfaces import UnknownPeer
-from cairn.pairing.service import paired_only
-from cairn.session.session import SessionClosed
+from cairn.storeservice import StoreService
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
 from cairn.wire.schema import BodyError
 
@@ -49,7 +48,7 @@ class _Outbox:
         self.again = self.ragain = False
 
 
-class MailboxService:
+class MailboxService(StoreService):
     """
     The mailbox of a node's L{Peer}.
 
@@ -74,71 +73,26 @@ class MailboxService:
         window_bytes=WINDOW_BYTES,
         sweep_interval=SWEEP_INTERVAL,
     ):
-        self.peer = peer
-        self.trust = trust
-        self.store = store
-        self.clock = clock
+        super().__init__(peer, trust, store, clock, sweep_interval)
         self.enabled = enabled
         self.limits = limits or Limits()
         self.max_forward = max_payload - messages.DELIVER_OVERHEAD
         self.window = window
         self.window_bytes = window_bytes
-        self.sweep_interval = sweep_interval
         #: ForwardAck statuses sent, by name.
         self.statuses = Counter()
         self.delivered = 0
         self._outboxes = {}  # session id -> _Outbox
-        self._sweeper = None
-        self._stopped = False
-        self._pending = set()  # store Deferreds not yet fired
         handlers = {
             MessageType.FORWARD_REQUEST: self._forward_request,
             MessageType.FORWARD_PURGE: self._forward_purge,
             MessageType.PEER_KEY_REQUEST: self._peer_key,
         }
-        for type_code, handler in handlers.items():
-            peer.register_handler(type_code, paired_only(trust, self._guarded(handler)))
-        peer.add_observer(self)
+        self._register(handlers)
+
+    name = "mailbox"
 
     # Life cycle
-
-    def start(self):
-        """Load the store's figures and start the expiry sweep; fires once ready."""
-
-        def swept(_):
-            self._sweeper = task.LoopingCall(self.sweep)
-            self._sweeper.clock = self.clock
-            self._sweeper.start(self.sweep_interval, now=False)
-
-        d = defer.maybeDeferred(self.store.start)
-        d.addCallback(lambda _: self.sweep())  # what expired while the node was down
-        return d.addCallback(swept)
-
-    def stop(self):
-        """
-        Stop the sweep and take no more requests (they go unanswered, so
-        their senders retry); fires once every store call in progress is
-        done (what was queued is committed and acknowledged).
-        """
-        self._stopped = True
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
-        pending = [d for d in self._pending]
-        waiting = defer.DeferredList([_observe(d) for d in pending])
-        flushed = getattr(self.store, "flushed", None)
-        if flushed is not None:
-            waiting.addCallback(lambda _: flushed())
-        return waiting
-
-    def _track(self, d):
-        """Remember store Deferred C{d} until it fires, for L{stop}."""
-        self._pending.add(d)
-
-        def done(result):
-            self._pending.discard(d)
-            return result
-
-        return d.addBoth(done)
 
     @defer.inlineCallbacks
     def sweep(self):
@@ -166,21 +120,6 @@ class MailboxService:
         return self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age).addCallback(purged)
 
     # Handlers
-
-    def _guarded(self, handler):
-        # Nothing a peer sends may raise out of a handler into the session layer.
-        def guarded(session, body):
-            if self._stopped:
-                return None
-            try:
-                return handler(session, body)
-            except Exception:
-                log.failure("mailbox handler failed")
-                if session.closed is None:
-                    session.close(CloseCode.INTERNAL, "mailbox failed on the node")
-                return None
-
-        return guarded
 
     def _forward_request(self, session, body):
         try:
@@ -361,19 +300,6 @@ class MailboxService:
 
         self._track(self.store.receipts(session.remote_peer_id, outbox.rcursor, room)).addCallbacks(fetched, failed)
 
-    def _send(self, session, type_code, body) -> bool:
-        if session.closed is not None:
-            return False
-        try:
-            session.send(type_code, body)
-        except SessionClosed:
-            return False
-        return True
-
-    @staticmethod
-    def _log_failure(failure, what):
-        log.failure("mailbox: {what} failed", failure, what=what)
-
     # Session observer
 
     def session_established(self, session):
@@ -500,14 +426,3 @@ class MailboxService:
             "cairn_mailbox_delivered", "Messages delivered and acknowledged.", value=self.delivered
         )
 
-
-def _observe(d):
-    """A Deferred firing (with None) when C{d} does, leaving C{d}'s result alone."""
-    observer = defer.Deferred()
-
-    def fire(result):
-        observer.callback(None)
-        return result
-
-    d.addBoth(fire)
-    return observer

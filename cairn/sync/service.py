@@ -19,18 +19,16 @@ L{paired_only}) and a session observer on the node's L{Peer}:
 
 from collections import Counter
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.mailbox.interfaces import Limits
-from cairn.mailbox.service import _observe
-from cairn.pairing.service import paired_only
-from cairn.session.session import SessionClosed
+from cairn.storeservice import StoreService
 from cairn.sync import messages, report
 from cairn.sync.interfaces import ISyncHub, Publish, Topic
 from cairn.sync.store import EXPIRE_BATCH
-from cairn.wire.constants import CloseCode, MessageType, SyncStatus
+from cairn.wire.constants import MessageType, SyncStatus
 from cairn.wire.schema import BodyError
 
 log = Logger()
@@ -57,7 +55,7 @@ class _Outbox:
 
 
 @implementer(ISyncHub)
-class SyncService:
+class SyncService(StoreService):
     """
     The sync hub of a node's L{Peer}.
 
@@ -80,65 +78,26 @@ class SyncService:
         window_bytes=WINDOW_BYTES,
         sweep_interval=SWEEP_INTERVAL,
     ):
-        self.peer = peer
-        self.trust = trust
-        self.store = store
-        self.clock = clock
+        super().__init__(peer, trust, store, clock, sweep_interval)
         self.limits = limits or Limits()
         self.max_update = max_payload - messages.UPDATE_OVERHEAD
         self.window = window
         self.window_bytes = window_bytes
-        self.sweep_interval = sweep_interval
         #: SyncAck statuses sent, by name; resets sent; updates acknowledged.
         self.statuses = Counter()
         self.resets = 0
         self.acknowledged = 0
         self._outboxes = {}  # session id -> _Outbox
-        self._sweeper = None
-        self._stopped = False
-        self._pending = set()
         handlers = {
             MessageType.SYNC_SUBSCRIBE: self._subscribe,
             MessageType.SYNC_PUBLISH: self._publish,
             MessageType.SYNC_CURSOR: self._cursor,
         }
-        for type_code, handler in handlers.items():
-            peer.register_handler(type_code, paired_only(trust, self._guarded(handler)))
-        peer.add_observer(self)
+        self._register(handlers)
+
+    name = "sync"
 
     # Life cycle
-
-    def start(self):
-        """Load the store's figures and start the retention sweep; fires once ready."""
-
-        def swept(_):
-            self._sweeper = task.LoopingCall(self.sweep)
-            self._sweeper.clock = self.clock
-            self._sweeper.start(self.sweep_interval, now=False)
-
-        d = defer.maybeDeferred(self.store.start)
-        d.addCallback(lambda _: self.sweep())
-        return d.addCallback(swept)
-
-    def stop(self):
-        """Stop the sweep and take no more requests; fires once every store call in progress is done."""
-        self._stopped = True
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
-        waiting = defer.DeferredList([_observe(d) for d in list(self._pending)])
-        flushed = getattr(self.store, "flushed", None)
-        if flushed is not None:
-            waiting.addCallback(lambda _: flushed())
-        return waiting
-
-    def _track(self, d):
-        self._pending.add(d)
-
-        def done(result):
-            self._pending.discard(d)
-            return result
-
-        return d.addBoth(done)
 
     @defer.inlineCallbacks
     def sweep(self):
@@ -167,22 +126,6 @@ class SyncService:
         return self.store.purge(peer_id).addCallback(purged)
 
     # Handlers
-
-    def _guarded(self, handler):
-        def guarded(session, body):
-            if self._stopped:
-                return None
-            try:
-                return handler(session, body)
-            except BodyError as e:
-                session.close(CloseCode.BAD_CBOR, str(e))
-            except Exception:
-                log.failure("sync handler failed")
-                if session.closed is None:
-                    session.close(CloseCode.INTERNAL, "sync failed on the node")
-            return None
-
-        return guarded
 
     def _subscribe(self, session, body):
         wanted = messages.parse_subscribe(body)
@@ -340,19 +283,6 @@ class SyncService:
             log.failure("sync: reading updates to deliver failed", failure)
 
         self._track(self.store.fetch(topic, outbox.topics[topic], room)).addCallbacks(fetched, failed)
-
-    def _send(self, session, type_code, body) -> bool:
-        if session.closed is not None:
-            return False
-        try:
-            session.send(type_code, body)
-        except SessionClosed:
-            return False
-        return True
-
-    @staticmethod
-    def _log_failure(failure, what):
-        log.failure("sync: {what} failed", failure, what=what)
 
     # Session observer
 

@@ -1,0 +1,131 @@
+"""
+What the store-backed services (mailbox, sync hub) share.
+
+A L{StoreService} registers its handlers behind C{paired_only} and a guard
+(nothing a peer sends raises into the session layer), runs its store's
+periodic sweep on the injected clock, tracks store calls in progress, and
+stops cleanly: no more requests, then every call in progress finished and
+whatever the store queued committed.
+"""
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from cairn.pairing.service import paired_only
+from cairn.session.session import SessionClosed
+from cairn.wire.constants import CloseCode
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+
+def observe(d):
+    """A Deferred firing (with None) when C{d} does, leaving C{d}'s result alone."""
+    observer = defer.Deferred()
+
+    def fire(result):
+        observer.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return observer
+
+
+class StoreService:
+    """
+    Base of a service backed by a store with a periodic C{sweep()}.
+
+    @cvar name: names the service in logs and Close reasons.
+    """
+
+    name = "service"
+
+    def __init__(self, peer, trust, store, clock, sweep_interval):
+        self.peer = peer
+        self.trust = trust
+        self.store = store
+        self.clock = clock
+        self.sweep_interval = sweep_interval
+        self._sweeper = None
+        self._stopped = False
+        self._pending = set()  # store Deferreds not yet fired
+
+    def _register(self, handlers):
+        for type_code, handler in handlers.items():
+            self.peer.register_handler(type_code, paired_only(self.trust, self._guarded(handler)))
+        self.peer.add_observer(self)
+
+    # Life cycle
+
+    def sweep(self):
+        """Expire what the store no longer keeps; subclasses implement it."""
+        raise NotImplementedError
+
+    def start(self):
+        """Load the store's figures, sweep once, then sweep periodically; fires once ready."""
+
+        def swept(_):
+            self._sweeper = task.LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=False)
+
+        d = defer.maybeDeferred(self.store.start)
+        d.addCallback(lambda _: self.sweep())  # what expired while the node was down
+        return d.addCallback(swept)
+
+    def stop(self):
+        """
+        Stop the sweep and take no more requests (they go unanswered, so
+        their senders retry); fires once every store call in progress is
+        done (what was queued is committed and acknowledged).
+        """
+        self._stopped = True
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        waiting = defer.DeferredList([observe(d) for d in list(self._pending)])
+        flushed = getattr(self.store, "flushed", None)
+        if flushed is not None:
+            waiting.addCallback(lambda _: flushed())
+        return waiting
+
+    def _track(self, d):
+        """Remember store Deferred C{d} until it fires, for L{stop}."""
+        self._pending.add(d)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    # Handlers
+
+    def _guarded(self, handler):
+        # Nothing a peer sends may raise out of a handler into the session layer.
+        def guarded(session, body):
+            if self._stopped:
+                return None
+            try:
+                return handler(session, body)
+            except BodyError as e:
+                session.close(CloseCode.BAD_CBOR, str(e))
+            except Exception:
+                log.failure("{name} handler failed", name=self.name)
+                if session.closed is None:
+                    session.close(CloseCode.INTERNAL, f"{self.name} failed on the node")
+            return None
+
+        return guarded
+
+    def _send(self, session, type_code, body) -> bool:
+        """Send if the session is still open; whether it was sent."""
+        if session.closed is not None:
+            return False
+        try:
+            session.send(type_code, body)
+        except SessionClosed:
+            return False
+        return True
+
+    def _log_failure(self, failure, what):
+        log.failure("{name}: {what} failed", failure, name=self.name, what=what)
