@@ -31,7 +31,6 @@ from twisted.logger import Logger
 
 from cairn.mailbox import messages, sealing
 from cairn.wire.constants import ForwardStatus, MessageType, ReceiptStatus
-from cairn.wire.schema import BodyError
 
 log = Logger()
 
@@ -100,21 +99,8 @@ class MailboxClient:
             MessageType.FORWARD_RECEIPT: self._receipt,
             MessageType.PEER_KEY_RESPONSE: self._peer_key,
         }
-        for type_code, handler in handlers.items():
-            peer.register_handler(type_code, self._guarded(handler))
+        peer.register_guarded(handlers, "mailbox client")
         peer.add_observer(self)
-
-    @staticmethod
-    def _guarded(handler):
-        def guarded(session, body):
-            try:
-                handler(session, body)
-            except BodyError as e:
-                log.warn("mailbox: the node sent a bad body: {why}", why=str(e))
-            except Exception:
-                log.failure("mailbox client handler failed")
-
-        return guarded
 
     # Sending
 

@@ -15,6 +15,7 @@ from cairn.crypto.handshake import HandshakeResult
 from cairn.session.connection import Connection
 from cairn.session.session import Session
 from cairn.wire.constants import SESSION_LAYER_TYPES
+from cairn.wire.schema import BodyError
 
 log = Logger()
 
@@ -79,6 +80,15 @@ class Peer:
         if type_code in SESSION_LAYER_TYPES:
             raise ValueError(f"0x{type_code:04x} is handled by the session layer")
         self._handlers[type_code] = handler
+
+    def register_guarded(self, handlers, name: str) -> None:
+        """
+        Register C{handlers} ({type: fn(session, body)}) behind a guard: a
+        malformed body or a bug in a handler is logged under C{name} and
+        never raised into the session layer (which would end the session).
+        """
+        for type_code, handler in handlers.items():
+            self.register_handler(type_code, _guarded(handler, name))
 
     def handler_for(self, type_code: int):
         return self._handlers.get(type_code)
@@ -179,3 +189,14 @@ class Peer:
             session.detach(None)
         return len(snapshots)
 
+
+def _guarded(handler, name):
+    def guarded(session, body):
+        try:
+            handler(session, body)
+        except BodyError as e:
+            log.warn("{name}: the peer sent a bad body: {why}", name=name, why=str(e))
+        except Exception:
+            log.failure("{name} handler failed", name=name)
+
+    return guarded

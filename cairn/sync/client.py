@@ -27,7 +27,6 @@ from twisted.logger import Logger
 
 from cairn.sync import messages
 from cairn.wire.constants import MessageType, SyncStatus
-from cairn.wire.schema import BodyError
 
 log = Logger()
 
@@ -61,21 +60,8 @@ class SyncClient:
             MessageType.SYNC_UPDATE: self._update,
             MessageType.SYNC_RESET: self._reset,
         }
-        for type_code, handler in handlers.items():
-            peer.register_handler(type_code, self._guarded(handler))
+        peer.register_guarded(handlers, "sync client")
         peer.add_observer(self)
-
-    @staticmethod
-    def _guarded(handler):
-        def guarded(session, body):
-            try:
-                handler(session, body)
-            except BodyError as e:
-                log.warn("sync: the node sent a bad body: {why}", why=str(e))
-            except Exception:
-                log.failure("sync client handler failed")
-
-        return guarded
 
     def subscribe(self, session, topics, cursors=None):
         """
