@@ -150,6 +150,15 @@ class SealOpenTests(unittest.TestCase):
         self.assertEqual(env.payload, cbor.dumps(expected_ct))
         self.assertEqual(cbor.loads(env.payload), expected_ct)
 
+    def test_seal_bytes(self):
+        """seal_bytes gives exactly seal(...).to_bytes(), whatever the length head."""
+        alice, _ = _pair()
+        for size in (0, 7, 8, 239, 240, 65519, 65520, 200000):
+            body = b"b" * size
+            self.assertEqual(
+                alice.seal_bytes(1, 0x0502, SID, size, body), alice.seal(1, 0x0502, SID, size, body).to_bytes()
+            )
+
     def test_large_body_head(self):
         """A body whose ciphertext needs a 2- and 4-byte length head still round-trips."""
         alice, bob = _pair()

@@ -173,7 +173,7 @@ class Session:
             )
         seq = self.send_seq
         self.send_seq += 1
-        data = self.cipher.seal(self.version, type_code, self.session_id, seq, payload).to_bytes()
+        data = self.cipher.seal_bytes(self.version, type_code, self.session_id, seq, payload)
         if type_code not in _UNBUFFERED:
             self._buffer(seq, data)
         if self.connection is not None:
