@@ -269,17 +269,21 @@ class ManagementAPI:
             raise NotFound(f"no mailbox for {peer_id}")
         return result
 
-    @_endpoint(app, "/mailbox/<peer_id>/limits", "PUT")
-    async def mailbox_limits(self, request, peer_id):
-        """Override one peer's mailbox limits (null: back to the node's default); persisted."""
+    async def _set_for_peer(self, provider, request, peer_id):
+        """Hand a per-peer setting to a service: 404 if not paired, 400 if refused."""
         peer_id = peer_id_arg(peer_id)
         body = json_object(request)
         try:
-            return await maybeDeferred(self.stats["mailbox_limits"], peer_id, body)
+            return await maybeDeferred(self.stats[provider], peer_id, body)
         except UnknownPeer:
             raise NotFound(f"{peer_id} is not paired") from None
         except ValueError as e:
             raise BadRequest(str(e)) from None
+
+    @_endpoint(app, "/mailbox/<peer_id>/limits", "PUT")
+    async def mailbox_limits(self, request, peer_id):
+        """Override one peer's mailbox limits (null: back to the node's default); persisted."""
+        return await self._set_for_peer("mailbox_limits", request, peer_id)
 
     @_endpoint(app, "/relay", "GET")
     async def relay(self, request):
@@ -289,14 +293,7 @@ class ManagementAPI:
     @_endpoint(app, "/relay/<peer_id>/quota", "PUT")
     async def relay_quota(self, request, peer_id):
         """Set one peer's relay byte quota (null: no quota); in memory."""
-        peer_id = peer_id_arg(peer_id)
-        body = json_object(request)
-        try:
-            return await maybeDeferred(self.stats["relay_quota"], peer_id, body)
-        except UnknownPeer:
-            raise NotFound(f"{peer_id} is not paired") from None
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
+        return await self._set_for_peer("relay_quota", request, peer_id)
 
     @_endpoint(app, "/sync", "GET")
     async def sync(self, request):
