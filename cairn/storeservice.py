@@ -12,7 +12,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from cairn.pairing.service import paired_only
-from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode
 from cairn.wire.schema import BodyError
 
@@ -119,13 +118,7 @@ class StoreService:
 
     def _send(self, session, type_code, body) -> bool:
         """Send if the session is still open; whether it was sent."""
-        if session.closed is not None:
-            return False
-        try:
-            session.send(type_code, body)
-        except SessionClosed:
-            return False
-        return True
+        return session.send_if_open(type_code, body)
 
     def _log_failure(self, failure, what):
         log.failure("{name}: {what} failed", failure, name=self.name, what=what)

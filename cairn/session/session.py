@@ -180,6 +180,16 @@ class Session:
             self.connection.write(data)
         return seq
 
+    def send_if_open(self, type_code: int, body) -> bool:
+        """L{send} unless the session has ended; whether it was sent (or buffered)."""
+        if self.closed is not None:
+            return False
+        try:
+            self.send(type_code, body)
+        except SessionClosed:
+            return False
+        return True
+
     def _buffer(self, seq, data):
         self._unacked.append((seq, data))
         self._unacked_bytes += len(data)

@@ -133,13 +133,8 @@ class SyncClient:
 
 
 def _send(session, type_code, body):
-    """Send if the session is open; a cursor lost with its transport is owed again (the node replays)."""
-    if session.closed is not None:
-        return
-    try:
-        session.send(type_code, body)
-    except Exception as e:
-        log.info("sync: could not send 0x{type:04x}: {why}", type=type_code, why=str(e))
+    """Send if the session is open; what is lost with a transport is owed again (the node resends)."""
+    session.send_if_open(type_code, body)
 
 
 _clients = weakref.WeakKeyDictionary()
