@@ -82,6 +82,35 @@ class EstablishMixin(ScenarioMixin):
         channel = yield eventually(got_channel)
         self.assertEqual(channel.name, "news")
         self.assertEqual((yield next_data(channel)), b"first")
+        got = next_data(news)
+        channel.send(b"reply")
+        self.assertEqual((yield got), b"reply")
+
+    @defer.inlineCallbacks
+    def test_no_ratchet_before_first_channel(self):
+        """
+        A session that opens no channel starts no ratchet on either side
+        (docs/protocol.md §9.5); the first channel starts it, the
+        initiator's start going before its ChannelInit.
+        """
+        client = self.make_client()
+        server_side = self.wait_for_session()
+        session = yield self.connect(client)
+        other = yield server_side
+        got = defer.Deferred()
+        self.server.register_handler(0xF00A, lambda s, body: got.callback(body))
+        session.send(0xF00A, "ping")
+        self.assertEqual((yield eventually(got)), "ping")
+        self.assertIsNone(session._channel_state)
+        self.assertIsNone(other._channel_state)
+        self.assertEqual(session.send_seq, 3)  # the custom message was the first sealed envelope
+        opened = channel_on_server(self.server, "chat")
+        chat = session.open_channel("chat")
+        server_chat = yield opened
+        got = next_data(server_chat)
+        chat.send(b"hello")
+        self.assertEqual((yield got), b"hello")
+        self.assertIsNotNone(other._channel_state._ratchet)
 
     @defer.inlineCallbacks
     def test_custom_node_handler(self):

@@ -164,7 +164,8 @@ def run_conversation(patch: Callable) -> dict[str, dict[str, str]]:
     _deliver(r_conn, env1)
     env2 = r_wire.sent.pop(0)
     _deliver(i_conn, env2)
-    env3, data0 = i_wire.sent.pop(0), i_wire.sent.pop(0)
+    env3 = i_wire.sent.pop(0)
+    assert not i_wire.sent, "nothing sealed before the first channel"
     _deliver(r_conn, env3)
     i_session = i_conn.session
     r_session = r_peer.sessions[SESSION_ID]
@@ -193,11 +194,11 @@ def run_conversation(patch: Callable) -> dict[str, dict[str, str]]:
 
     # (d) Sealed control envelopes: the responder's first keepalive tick
     # (seq 1, acking the HandshakeFinal) and the initiator's ChannelInit
-    # (seq 3, after the ratchet start at seq 2).
+    # (seq 3, after the ratchet start at seq 2 that its first channel sends).
     r_clock.advance(r_peer.keepalive_interval)
     keepalive = r_wire.sent.pop(0)
     chat = i_session.open_channel("chat")
-    channel_init = i_wire.sent.pop(0)
+    data0, channel_init = i_wire.sent.pop(0), i_wire.sent.pop(0)
     chat.send(HELLO)
     data4 = i_wire.sent.pop(0)
     for name, env, body, key in (

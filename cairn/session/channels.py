@@ -3,10 +3,16 @@ The named channels of one session and the Double Ratchet over their Data.
 
 Channel ids: the initiator opens even ids from 2, the responder odd ids
 from 1; 0 is reserved for the ratchet start (docs/protocol.md §10, §9.5).
-The initiator sends the ratchet start (an empty Data on channel 0) right
-after HandshakeFinal; the responder queues Data it wants to send until
-that start arrives, because a Double Ratchet responder cannot encrypt
-before the initiator's first message.
+
+The ratchet starts with the first channel, not with the session: the
+initiator sends the ratchet start (an empty Data on channel 0) just before
+its first ChannelInit, or just after the responder's first ChannelInit
+reaches it. A session that never opens a channel (a mailbox or sync
+session, a relay control session, an idle device) never pays for a
+ratchet: no seed derivation, no X25519 key pairs, no state to keep. The
+responder queues Data it wants to send until the start arrives, because a
+Double Ratchet responder cannot encrypt before the initiator's first
+message.
 """
 
 from collections import deque
@@ -54,10 +60,12 @@ class Channels:
         self.by_id = {}
         self._by_name = {}
         self._next = 2 if session.initiator else 1
-        result = session.result
-        self._seed = derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
         self._ratchet = None
         self._pending = deque()
+
+    def _seed(self):
+        result = self.session.result
+        return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
 
     def open(self, name: str) -> Channel:
         """
@@ -72,6 +80,8 @@ class Channels:
         cid = self._next
         self._next += 2
         channel = self._add(cid, name)
+        if self.session.initiator and self._ratchet is None:
+            self.start_ratchet()
         self.session.send(MessageType.CHANNEL_INIT, {"channel": cid, "name": name})
         return channel
 
@@ -89,12 +99,16 @@ class Channels:
             raise ProtocolViolation(
                 CloseCode.UNEXPECTED_MESSAGE, f"channel {cid} has the wrong parity for its opener"
             )
-        return self._add(cid, name)
+        channel = self._add(cid, name)
+        if self.session.initiator and self._ratchet is None:
+            # The responder opened the first channel: it is waiting for us.
+            self.start_ratchet()
+        return channel
 
     def start_ratchet(self) -> None:
         """Initiator only: send the ratchet start (empty Data on channel 0)."""
         session = self.session
-        self._ratchet, message = Ratchet.start_initiator(self._seed, b"", session.session_id)
+        self._ratchet, message = Ratchet.start_initiator(self._seed(), b"", session.session_id)
         session.send(MessageType.DATA, {"channel": 0, "dr": message})
         self._flush_pending()
 
@@ -128,7 +142,7 @@ class Channels:
             if self._ratchet is None:
                 if self.session.initiator or cid != 0:
                     raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "Data before the ratchet start")
-                self._ratchet, _ = Ratchet.start_responder(self._seed, message, session_id)
+                self._ratchet, _ = Ratchet.start_responder(self._seed(), message, session_id)
                 self._flush_pending()
                 return None
             plain = self._ratchet.decrypt(message, session_id)

@@ -344,7 +344,6 @@ class Connection:
         self._send_handshake(MessageType.HANDSHAKE_FINAL, final)
         session = Session(self.local, self._session_id, result, PROTOCOL_VERSION, send_seq=2, recv_seq=0)
         self._attach(session)
-        session.start_ratchet()
         self._establish(session)
 
     def _send_reconnect(self):

@@ -75,7 +75,7 @@ class Session:
         #: so that envelopes resent after it, with lower numbers, still pass).
         self._reconnect_seq = -1
         self._last_rx = self.clock.seconds()
-        self._channels = Channels(self)
+        self._channel_state = None
         self._keepalive = None
         self._expiry = None
         #: Called with the L{Channel} when the peer opens one.
@@ -86,9 +86,18 @@ class Session:
         self.on_resume = None
 
     @property
+    def _channels(self) -> Channels:
+        # Made on first use: most sessions never open a channel.
+        if self._channel_state is None:
+            self._channel_state = Channels(self)
+        return self._channel_state
+
+    @property
     def channels(self) -> dict:
         """The open channels by id."""
-        return self._channels.by_id
+        if self._channel_state is None:
+            return {}
+        return self._channel_state.by_id
 
     @property
     def attached(self) -> bool:
@@ -361,10 +370,6 @@ class Session:
         @raise ValueError: the name is longer than 255 UTF-8 bytes.
         """
         return self._channels.open(name)
-
-    def start_ratchet(self) -> None:
-        """Initiator only: send the ratchet start (empty Data on channel 0)."""
-        self._channels.start_ratchet()
 
     def _data_received(self, cid, message):
         received = self._channels.data_received(cid, message)
