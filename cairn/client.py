@@ -33,6 +33,9 @@ from cairn.wire.constants import CloseCode
 
 
 class _OneConnectionFactory(StreamFactory):
+    # One factory per connection: "Starting factory" lines would only be noise.
+    noisy = False
+
     def __init__(self, local, sink):
         super().__init__(local, initiator=True)
         self.sink = sink
@@ -59,6 +62,8 @@ log = Logger()
 
 #: Automatic resume backoff: first delay, factor, ceiling (seconds).
 RESUME_BACKOFF = (1.0, 2.0, 60.0)
+#: Parsed client endpoints kept for reuse (by address string).
+ENDPOINT_CACHE = 32
 
 
 class Client:
@@ -76,6 +81,7 @@ class Client:
         self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
         self.auto_resume = auto_resume
         self._addresses = {}
+        self._endpoints = {}
         self._retries = {}
         self.peer.add_observer(self)
         #: (peer_id) -> bool: accept a relay circuit offered by that peer (None: accept).
@@ -100,12 +106,24 @@ class Client:
         connection = self.peer.connection(initiator=True, resume=session)
         return self._dial(address, connection)
 
+    def _endpoint(self, address, websocket):
+        endpoint = self._endpoints.get(address)
+        if endpoint is None:
+            if websocket:
+                endpoint = websocket_endpoint(self.reactor, address)
+            else:
+                endpoint = clientFromString(self.reactor, address)
+            if len(self._endpoints) >= ENDPOINT_CACHE:
+                self._endpoints.clear()
+            self._endpoints[address] = endpoint
+        return endpoint
+
     def _dial(self, address, connection):
-        if address.startswith(("ws://", "wss://")):
-            endpoint = websocket_endpoint(self.reactor, address)
+        websocket = address.startswith(("ws://", "wss://"))
+        endpoint = self._endpoint(address, websocket)
+        if websocket:
             factory = client_factory(self.peer, address, lambda: connection)
         else:
-            endpoint = clientFromString(self.reactor, address)
             factory = _OneConnectionFactory(self.peer, connection)
 
         def connected(session):
