@@ -31,6 +31,7 @@ from cairn.management.metrics import Metrics
 from cairn.management.token import resolve_token
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
+from cairn.permissions import PermissionProblem, check_data_dir
 from cairn.relay.service import RelayService
 from cairn.session import store
 from cairn.session.peer import Peer
@@ -208,8 +209,17 @@ def signal_announcer(config, ident, pairing, trust, reactor):
 
 
 def prepare_data_dir(path: str) -> None:
-    """Create the data directory (0700) if needed."""
+    """
+    Create the data directory (0700) if needed, and check its permissions
+    and those of its secret files (L{cairn.permissions}).
+
+    @raise StartupError: the directory or a secret file is open to others.
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        check_data_dir(path)
+    except PermissionProblem as e:
+        raise StartupError(f"cairn: {e}") from None
 
 
 def make_node(config, reactor) -> CairnNode:

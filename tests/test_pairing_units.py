@@ -362,7 +362,9 @@ class FakeSession:
         return self.sent[-1]
 
 
-class ServiceTests(unittest.TestCase):
+class ServiceHarness:
+    """A pairing service on a memory trust store, driven with L{FakeSession}s."""
+
     def setUp(self):
         self.clock = task.Clock()
         self.peer = Peer(Identity.generate(), task.Clock())
@@ -387,6 +389,8 @@ class ServiceTests(unittest.TestCase):
     def psk_body(self, session, psk=PSK):
         return {"method": "psk", "proof": proofs.psk_proofs(proofs.psk_key(psk), session.result.handshake_hash)[0]}
 
+
+class ServiceTests(ServiceHarness, unittest.TestCase):
     def test_interface(self):
         """The service provides IPairingService."""
         self.assertTrue(verifyObject(IPairingService, self.service))
