@@ -116,6 +116,14 @@ class Database:
         self._start_pool()
 
     def _open(self):
+        # Create the file 0600 before SQLite does: its -wal and -shm files
+        # take the database file's mode when they are created.
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise DatabaseError(f"cannot create {self.path}: {e.strerror}") from None
         try:
             self._conn = open_connection(self.path)
             check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -125,8 +133,9 @@ class Database:
                 self._transaction(upgrade_txn, name, package)
         except sqlite3.DatabaseError as e:
             raise DatabaseError(f"cannot open {self.path}: {e}") from None
-        if os.path.exists(self.path):
-            os.chmod(self.path, 0o600)
+        for path in (self.path, self.path + "-wal", self.path + "-shm"):
+            if os.path.exists(path):
+                os.chmod(path, 0o600)
 
     def _defer(self, fn, *args):
         return deferToThreadPool(self.reactor, self._pool, fn, *args)

@@ -82,5 +82,5 @@ def check_data_dir(path: str, logger: Logger = log) -> list:
             )
         warnings.append(f"{file_path} is open to other users (mode {mode:04o}); run: chmod 600 {file_path}")
     for line in warnings:
-        logger.warn("{warning}", warning=line)
+        logger.warn("{problem}", problem=line)
     return warnings
