@@ -112,3 +112,18 @@ class DatabaseTests(unittest.TestCase):
         mode = yield db.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
         fks = yield db.run(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0])
         self.assertEqual((mode, fks), ("wal", 1))
+
+    @defer.inlineCallbacks
+    def test_wal_files_private(self):
+        """The -wal and -shm files are 0600 like the database, whatever the umask."""
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+        db = yield self.started()
+        yield db.run(insert_txn, "x", "me")
+        modes = {
+            suffix: stat.S_IMODE(os.stat(self.path + suffix).st_mode)
+            for suffix in ("", "-wal", "-shm")
+            if os.path.exists(self.path + suffix)
+        }
+        self.assertIn("-wal", modes)
+        self.assertEqual(set(modes.values()), {0o600}, modes)
