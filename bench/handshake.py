@@ -10,7 +10,9 @@ Measured: a node in a child process (C{bench._server}), and this process
 connecting to it over 127.0.0.1 with a fixed number of handshakes in
 flight. One cairn handshake here is everything a client does to get a
 session: TCP (or WebSocket) connect, the three Noise messages with the
-signed identity payloads, the ratchet start, and then a sealed Close.
+signed identity payloads, and then a sealed Close. (No channel is opened,
+so no Double Ratchet is started: it starts with a session's first channel,
+docs/protocol.md §9.5; bench.data measures sessions that carry Data.)
 For the WebSocket run it also counts how the client's WebSockets closed
 (clean or not) and the timers still pending shortly after the run.
 
