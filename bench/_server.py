@@ -119,6 +119,7 @@ def main(reactor):
     log_warnings_only()
     data_dir = tempfile.mkdtemp(prefix="cairn-bench-")
     node = make_node(node_config(data_dir), reactor)
+    node.freeze_gc = True  # as twistd -n cairn does
     counter = Counter()
     serve_channels(node.peer, counter)
     bare = Factory.forProtocol(BareStream)

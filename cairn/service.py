@@ -13,6 +13,7 @@ unwritable database stops start-up with one line; the listeners bind
 so no session is judged against an empty trust store.
 """
 
+import gc
 import os
 import socket
 
@@ -60,6 +61,11 @@ class CairnNode(MultiService):
     L{cairn.session.store}) and its transport dropped without a Close, so
     that peers resume with Reconnect once the node is back.
     """
+
+    #: Freeze the objects made at start-up once serving (C{gc.freeze}):
+    #: set by the twistd plugin, whose process is the node's alone, not
+    #: by default (an application embedding a node owns its process).
+    freeze_gc = False
 
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
@@ -134,6 +140,11 @@ class CairnNode(MultiService):
             self.pairing.link_addresses = derived_addresses(ports)
         if self.signaling is not None:
             self.signaling.node_ready()
+        if self.freeze_gc:
+            # Everything made so far (modules, configuration, trust records,
+            # restored sessions) lives as long as the process: keep the
+            # cyclic garbage collector from walking it again and again.
+            gc.freeze()
         return ports
 
     def _failed(self, failure):

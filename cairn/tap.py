@@ -157,4 +157,6 @@ def makeService(options: Options) -> IService:
 
     from cairn.service import make_node
 
-    return make_node(config, reactor)
+    node = make_node(config, reactor)
+    node.freeze_gc = True
+    return node

@@ -2,6 +2,7 @@
 The node service: make_node, listeners, identity, resume across restarts.
 """
 
+import gc
 import os
 import stat
 
@@ -114,6 +115,21 @@ class RestartTests(unittest.TestCase):
     @defer.inlineCallbacks
     def tearDown(self):
         yield drop_all(self.connections)
+
+    @defer.inlineCallbacks
+    def test_freeze_gc_once_serving(self):
+        """A node with freeze_gc set (the twistd plugin's) calls gc.freeze once it serves; others do not."""
+        frozen = []
+        self.patch(gc, "freeze", lambda: frozen.append(True))
+        node, _ = yield self.start()
+        yield node.stopService()
+        self.assertEqual(frozen, [])
+        node = make_node(config_for(self.data_dir), reactor)
+        node.freeze_gc = True
+        node.startService()
+        yield node.ready
+        self.assertEqual(frozen, [True])
+        yield node.stopService()
 
     @defer.inlineCallbacks
     def test_clean_restart_resumes(self):

@@ -164,6 +164,7 @@ class MakeServiceTests(unittest.TestCase):
         [(config, given_reactor)] = fake.calls
         self.assertEqual((config.data_dir, config.listen), ("/srv/cairn", None))
         self.assertIs(given_reactor, reactor)
+        self.assertTrue(service.freeze_gc)  # the process is the node's
 
     def test_bad_env(self):
         """A bad variable makes makeService raise a usage error naming it."""
