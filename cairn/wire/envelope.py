@@ -138,9 +138,11 @@ class EnvelopeParser:
             stop = offset + HEADER_SIZE + length
             if stop > end:
                 break
-            out.append(
-                Envelope(version, type_, sid, seq, bytes(buf[offset + HEADER_SIZE : stop]))
-            )
+            # One copy (through a view) rather than two (slice, then bytes);
+            # the view is released before the buffer is resized below.
+            with memoryview(buf) as view:
+                payload = bytes(view[offset + HEADER_SIZE : stop])
+            out.append(Envelope(version, type_, sid, seq, payload))
             offset = stop
         if offset:
             del buf[:offset]
