@@ -384,6 +384,8 @@ class Config:
     keepalive_interval: float = _duration("CAIRN_KEEPALIVE_INTERVAL", 30.0)
     keepalive_timeout: float = _duration("CAIRN_KEEPALIVE_TIMEOUT", 90.0)
     handshake_timeout: float = _duration("CAIRN_HANDSHAKE_TIMEOUT", 10.0)
+    max_handshakes_per_source: int = _count("CAIRN_MAX_HANDSHAKES_PER_SOURCE", 16)
+    max_write_buffer: int = _size("CAIRN_MAX_WRITE_BUFFER", 32 * 2**20, 2**20)
     session_ttl: float = _duration("CAIRN_SESSION_TTL", 3600.0)
     mgmt_enabled: bool = _boolean("CAIRN_MGMT_ENABLED", True)
     mgmt_token: str | None = _secret("CAIRN_MGMT_TOKEN")

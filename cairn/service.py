@@ -39,6 +39,7 @@ from cairn.session.peer import Peer
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
+from cairn.transport.limits import SourceLimiter
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
 from cairn.turn.service import make_turn_service
@@ -276,10 +277,13 @@ def make_node(config, reactor) -> CairnNode:
     if config.signal_servers:
         node.signaling = signal_announcer(config, ident, pairing, trust, reactor)
         node.signaling.setServiceParent(node)
+    # One per-source handshake limit across both cairn listeners.
+    limiter = node.limiter = SourceLimiter(config.max_handshakes_per_source)
+    write_limit = config.max_write_buffer
     if config.listen:
-        node.add_listener("tcp", config.listen, StreamFactory(peer))
+        node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
     if config.ws_listen:
-        node.add_listener("websocket", config.ws_listen, server_factory(peer))
+        node.add_listener("websocket", config.ws_listen, server_factory(peer, limiter, write_limit))
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
         stats = {

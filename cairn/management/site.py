@@ -6,6 +6,7 @@ warning given when that listener is reachable from other hosts in clear.
 import ipaddress
 
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from cairn.management.http import BODY_LIMIT
@@ -41,10 +42,66 @@ class _BoundedRequest(Request):
             self.channel.loseConnection()
 
 
+#: Seconds a client has to send a whole request (headers and body), from
+#: the connection or the end of the previous response: the idle timeout
+#: alone restarts at every byte, so a byte every few seconds (slowloris)
+#: would hold a connection for ever. Headers are bounded by Twisted
+#: (16 KiB in all, 500 lines: 400 Bad Request above).
+REQUEST_TIMEOUT = 30.0
+
+_TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class _DeadlineChannel(HTTPChannel):
+    """An L{HTTPChannel} that closes a client too slow to send its request (L{REQUEST_TIMEOUT})."""
+
+    _deadline = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._start_deadline()
+
+    def _start_deadline(self):
+        self._stop_deadline()
+        self._deadline = self.callLater(self.site_request_timeout, self._too_slow)
+
+    def _stop_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self):
+        self._deadline = None
+        log.info("management API: request not received within {n} s, disconnecting", n=self.site_request_timeout)
+        self.transport.write(_TOO_SLOW)
+        self.transport.loseConnection()
+
+    def allContentReceived(self):
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        # Before the parent's: it goes on with a pipelined request at once.
+        if self.persistent:
+            self._start_deadline()
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+
 class _ManagementSite(Site):
     """A L{Site} whose access log goes to twisted.logger at debug level, without addresses."""
 
     noisy = False
+    protocol = _DeadlineChannel
+    request_timeout = REQUEST_TIMEOUT
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.site_request_timeout = self.request_timeout
+        return channel
 
     def log(self, request):
         log.debug(
@@ -59,9 +116,10 @@ def make_site(api, timeout: float = 30.0, reactor=None) -> Site:
     """
     A L{Site} serving C{api} (a L{cairn.management.app.ManagementAPI}).
 
-    Tracebacks off, idle connections closed after C{timeout} seconds, bodies
-    over L{BODY_LIMIT} refused (and never buffered beyond it), no form parsing,
-    access log at debug level without client addresses.
+    Tracebacks off, idle connections closed after C{timeout} seconds, a
+    request not received whole within L{REQUEST_TIMEOUT} answered 408 and
+    closed, bodies over L{BODY_LIMIT} refused (and never buffered beyond
+    it), no form parsing, access log at debug level without client addresses.
     """
     site = _ManagementSite(
         api.resource(),

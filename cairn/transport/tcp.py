@@ -7,7 +7,12 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
+from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
+from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import EnvelopeError, EnvelopeParser
+
+#: Bytes read from the socket per wake-up (Twisted's default: 64 KiB).
+READ_SIZE = 256 * 1024
 
 
 @implementer(IFrameTransport)
@@ -16,12 +21,19 @@ class StreamProtocol(Protocol):
     Frames a byte stream into envelopes for one L{IConnectionSink}.
 
     @param sink: the L{cairn.session.connection.Connection} to drive.
+    @param ticket: its place in the per-source handshake limit, if any
+        (L{cairn.transport.limits.SourceLimiter}).
+    @param write_limit: drop a peer that does not read once this many
+        bytes wait for it (L{cairn.transport.limits.OutputGuard}); None: no guard.
     """
 
-    def __init__(self, sink, max_payload: int):
+    def __init__(self, sink, max_payload: int, ticket=None, write_limit=None):
         self.sink = sink
         self._parser = EnvelopeParser(max_payload)
         self._closing = False
+        self._ticket = ticket
+        self._write_limit = write_limit
+        self._guard = None
 
     @property
     def peer_address(self) -> str:
@@ -33,6 +45,19 @@ class StreamProtocol(Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        # With 64 KiB reads a large envelope (a relay circuit's bulk ones are
+        # about 124 KiB) takes several reads, reactor wake-ups and parser
+        # copies; bench/relay measured 10-25% less node CPU per relayed byte
+        # with 256 KiB. The same attribute is the write-buffer size past
+        # which Twisted pauses a streaming producer (the OutputGuard's
+        # "stalled" signal), which moves up with it.
+        if getattr(self.transport, "bufferSize", None) is not None:
+            self.transport.bufferSize = READ_SIZE
+        if self._write_limit is not None:
+            local = self.sink.local
+            self._guard = OutputGuard(
+                self.transport, local.clock, local.keepalive_timeout, self._write_limit, self._overflow
+            )
         self.sink.connection_made(self)
 
     def dataReceived(self, data):
@@ -47,15 +72,26 @@ class StreamProtocol(Protocol):
             if self._closing:
                 return
             self.sink.envelope_received(envelope)
+        if self._ticket is not None and self.sink.session is not None:
+            self._ticket.done()  # handshake or Reconnect completed
 
     def connectionLost(self, reason=None):
         self._closing = True
+        if self._ticket is not None:
+            self._ticket.done()
         self.sink.connection_lost(reason)
+
+    def _overflow(self, reason):
+        # The Close is queued behind what the peer does not read: abort.
+        self.sink.framing_error(CloseCode.LIMIT_REACHED, reason)
+        self.transport.abortConnection()
 
     # IFrameTransport
 
     def write_envelope(self, data: bytes) -> None:
         self.transport.write(data)
+        if self._guard is not None:
+            self._guard.check()
 
     def lose(self, abort: bool = False) -> None:
         self._closing = True
@@ -66,14 +102,26 @@ class StreamProtocol(Protocol):
 
 
 class StreamFactory(Factory):
-    """Accepts TCP connections as responders of the local L{Peer}."""
+    """
+    Accepts TCP connections as responders of the local L{Peer}.
 
-    def __init__(self, local, initiator: bool = False):
+    @param limiter: a L{cairn.transport.limits.SourceLimiter}, or None.
+    @param write_limit: see L{StreamProtocol}.
+    """
+
+    def __init__(self, local, initiator: bool = False, limiter=None, write_limit=MAX_WRITE_BUFFER):
         self.local = local
         self.initiator = initiator
+        self.limiter = limiter
+        self.write_limit = write_limit
 
     def buildProtocol(self, addr):
+        ticket = None
+        if self.limiter is not None:
+            ticket = self.limiter.admit(addr)
+            if ticket is None:
+                return Refused(refusal_close())
         sink = self.local.connection(initiator=self.initiator)
-        protocol = StreamProtocol(sink, self.local.max_payload)
+        protocol = StreamProtocol(sink, self.local.max_payload, ticket, self.write_limit)
         protocol.factory = self
         return protocol

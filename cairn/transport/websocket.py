@@ -36,10 +36,14 @@ from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
+from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
 
 SUBPROTOCOL = "cairn.v1"
+#: An upgrade request still without its blank line after this many bytes
+#: is refused (HTTP 431): autobahn itself buffers it without bound.
+MAX_UPGRADE_BYTES = 16 * 1024
 
 
 class _Lazy:
@@ -146,6 +150,10 @@ class _EnvelopeMessages:
             self.sink.framing_error(e.code, e.reason)
             return
         self.sink.envelope_received(envelope)
+        self._envelope_handled()
+
+    def _envelope_handled(self):
+        """Hook of the server side (the per-source handshake limit)."""
 
     def onClose(self, wasClean, code, reason):
         if self.sink is not None:
@@ -171,6 +179,9 @@ class _EnvelopeMessages:
         if self.state != self.STATE_OPEN:
             return
         self.sendMessage(data, isBinary=True)
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.check()
 
     def lose(self, abort: bool = False) -> None:
         if abort:
@@ -183,11 +194,43 @@ class _EnvelopeMessages:
 class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
     """Responder side of a cairn WebSocket."""
 
+    #: Its place in the per-source handshake limit (set by the factory), and
+    #: the L{OutputGuard} against a peer that does not read.
+    ticket = None
+    _guard = None
+
     def onConnect(self, request):
         if request.path != "/":
             raise ConnectionDeny(404, "cairn serves /")
         self.sink = self.factory.local.connection(initiator=False)
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def onOpen(self):
+        limit = self.factory.write_limit
+        if limit is not None:
+            local = self.factory.local
+            self._guard = OutputGuard(self.transport, local.clock, local.keepalive_timeout, limit, self._overflow)
+        super().onOpen()
+
+    def _overflow(self, reason):
+        # The Close is queued behind what the peer does not read: abort.
+        if self.sink is not None:
+            self.sink.framing_error(CloseCode.LIMIT_REACHED, reason)
+        self.dropConnection(abort=True)
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        if self.state == self.STATE_CONNECTING and len(self.data) > MAX_UPGRADE_BYTES:
+            self.failHandshake("Request Header Fields Too Large", 431)
+
+    def _envelope_handled(self):
+        if self.ticket is not None and self.sink is not None and self.sink.session is not None:
+            self.ticket.done()  # handshake or Reconnect completed
+
+    def connectionLost(self, reason=None):
+        if self.ticket is not None:
+            self.ticket.done()
+        super().connectionLost(reason)
 
 
 @implementer(IFrameTransport)
@@ -217,11 +260,34 @@ def _limit_options(factory, local):
     )
 
 
-def server_factory(local) -> WebSocketServerFactory:
-    """A factory serving cairn on C{/} for the local L{Peer}."""
-    factory = WebSocketServerFactory()
+class _ServerFactory(WebSocketServerFactory):
+    limiter = None
+    write_limit = MAX_WRITE_BUFFER
+
+    def buildProtocol(self, addr):
+        ticket = None
+        if self.limiter is not None:
+            ticket = self.limiter.admit(addr)
+            if ticket is None:
+                return Refused(refusal_http())
+        protocol = super().buildProtocol(addr)
+        protocol.ticket = ticket
+        return protocol
+
+
+def server_factory(local, limiter=None, write_limit=MAX_WRITE_BUFFER) -> WebSocketServerFactory:
+    """
+    A factory serving cairn on C{/} for the local L{Peer}.
+
+    @param limiter: a L{cairn.transport.limits.SourceLimiter}, or None.
+    @param write_limit: drop a peer that does not read once this many bytes
+        wait for it (L{cairn.transport.limits.OutputGuard}); None: no guard.
+    """
+    factory = _ServerFactory()
     factory.protocol = ServerProtocol
     factory.local = local
+    factory.limiter = limiter
+    factory.write_limit = write_limit
     _limit_options(factory, local)
     return factory
 
