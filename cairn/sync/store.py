@@ -136,11 +136,14 @@ def subscribe_txn(cursor, device, wanted):
             value = row[0]
         else:
             value = t.floor
-        cursor.execute(
-            "INSERT INTO sync_cursors (device, topic, seq) VALUES (?, ?, ?)"
-            " ON CONFLICT (device, topic) DO UPDATE SET seq = excluded.seq",
-            (device, name, value),
-        )
+        if row is None or row[0] != value:
+            # Unchanged cursors are not written: a device resubscribing on a
+            # full disk still gets its replay.
+            cursor.execute(
+                "INSERT INTO sync_cursors (device, topic, seq) VALUES (?, ?, ?)"
+                " ON CONFLICT (device, topic) DO UPDATE SET seq = excluded.seq",
+                (device, name, value),
+            )
         out[name] = value
     return out, ({}, {(device, name): value for name, value in out.items()})
 
