@@ -47,7 +47,9 @@ def node_config(data_dir: str):
         from cairn.config import Config
     except ImportError:
         return _StandInConfig(**listeners)
-    return Config.from_env({}, mgmt_listen=None, **listeners)
+    # Every bench client dials from 127.0.0.1, many handshakes at once: the
+    # per-source limit against floods (default 16) would refuse them.
+    return Config.from_env({}, mgmt_listen=None, max_handshakes_per_source=1_000_000, **listeners)
 
 
 def log_warnings_only() -> None:
