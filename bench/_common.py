@@ -240,3 +240,44 @@ def pick(value, quick: bool, full, small):
 
 def out(line: str = "") -> None:
     print(line, flush=True)
+
+
+def raise_nofile() -> tuple:
+    """
+    Raise this process's soft file-descriptor limit to its hard limit.
+
+    @return: C{(soft, hard)} as they are afterwards (soft may stay lower if
+        the system refuses).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def proc_memory(pid: int) -> dict:
+    """C{VmRSS} and C{VmHWM} of process C{pid} in bytes, from C{/proc/PID/status}."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(value.split()[0]) * 1024
+    return found
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process C{pid} so far, from C{/proc/PID/stat}."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # After the command name: state is field 3, utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def megabytes(size: float) -> str:
+    return f"{size / 2**20:,.1f} MB"
