@@ -33,7 +33,9 @@ from cairn.management.token import resolve_token
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
 from cairn.permissions import PermissionProblem, check_data_dir
+from cairn.relay.interfaces import RELAY_SCHEMA
 from cairn.relay.service import RelayService
+from cairn.relay.store import SQLiteRelayStore
 from cairn.session import store
 from cairn.session.peer import Peer
 from cairn.sync.interfaces import SYNC_SCHEMA
@@ -47,7 +49,7 @@ from cairn.turn.service import make_turn_service
 log = Logger()
 
 #: Schema chains of every component that keeps state in the database.
-SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA, SYNC_SCHEMA]
+SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA, SYNC_SCHEMA, RELAY_SCHEMA]
 
 
 class StartupError(SystemExit):
@@ -73,6 +75,8 @@ class CairnNode(MultiService):
         self.mailbox = mailbox
         #: The L{SyncService} (set by make_node).
         self.sync = None
+        #: The L{RelayService} (set by make_node).
+        self.relay = None
         self.config = config
         self.peer = peer
         self.db = db
@@ -117,6 +121,8 @@ class CairnNode(MultiService):
             starting.append(self.mailbox.start())
         if self.sync is not None:
             starting.append(self.sync.start())
+        if self.relay is not None:
+            starting.append(self.relay.start())
         self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
@@ -163,6 +169,8 @@ class CairnNode(MultiService):
             d.addCallback(lambda _: self.mailbox.stop())
         if self.sync is not None:
             d.addCallback(lambda _: self.sync.stop())
+        if self.relay is not None:
+            d.addCallback(lambda _: self.relay.stop())
         d.addCallback(lambda _: self.pairing.stop())
         d.addCallback(lambda _: self.db.stop())
         return d
@@ -267,7 +275,7 @@ def make_node(config, reactor) -> CairnNode:
     metrics = Metrics(peer, reactor, started_at)
     metrics.add_collector(mailbox.collect_metrics, name="mailbox")
     metrics.add_collector(sync.collect_metrics, name="sync")
-    relay = RelayService(peer, trust, reactor, capacity=config.relay_capacity)
+    relay = RelayService(peer, trust, reactor, capacity=config.relay_capacity, store=SQLiteRelayStore(db))
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)

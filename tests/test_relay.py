@@ -45,8 +45,8 @@ class RecordingRelay(RelayService):
         super()._route_response(session, body)
         self.changed()
 
-    def close(self, circuit, reason, culprit=None):
-        super().close(circuit, reason, culprit)
+    def close(self, circuit, reason, culprit=None, final=False):
+        super().close(circuit, reason, culprit, final)
         self.changed()
 
 
@@ -201,13 +201,16 @@ class RelayScenarioMixin(RelayHarness):
 
     @defer.inlineCallbacks
     def test_peer_drops_mid_circuit(self):
-        """When one end's transport drops, the other end's relayed session closes with a reason."""
+        """When one end's transport drops, the other end learns at once and its relayed session detaches."""
         a, b, node_a, _ = yield self.circuit()
-        ended = closed(b)
+        transport = b.connection.transport
+        detached = defer.Deferred()
+        self.addCleanup(b.close)
+        b.local.add_observer(type("Observer", (), {"session_detached": lambda _, s: s is b and detached.callback(s)})())
         node_a.connection.transport.lose(abort=True)
-        why = yield ended
-        self.assertIn("relay circuit closed", why.reason)
-        self.assertIn("went away", why.reason)
+        yield eventually(detached)
+        self.assertEqual(transport.closed, "the other peer went away")
+        self.assertIsNone(b.closed)
         yield self.until(lambda: not self.relay.circuits)
 
     @defer.inlineCallbacks

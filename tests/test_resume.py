@@ -67,6 +67,27 @@ class ResumeMixin(ScenarioMixin):
         self.assertEqual(self.client_got, [b"s%d" % i for i in range(5)])
 
     @defer.inlineCallbacks
+    def test_both_sides_notify_resumed(self):
+        """Observers of both peers hear session_resumed: the dialer's as well as the listener's."""
+        client, session, _, _ = yield self.open_pair()
+        heard = []
+
+        class Observer:
+            def __init__(self, side):
+                self.side = side
+
+            def session_resumed(self, resumed):
+                heard.append((self.side, resumed.session_id))
+
+        client.peer.add_observer(Observer("dialer"))
+        self.server.add_observer(Observer("listener"))
+        yield self.drop(session)
+        yield eventually(client.resume(session))
+        # (The listener answers the Reconnect after notifying, so it was first.)
+        self.assertIn(("dialer", session.session_id), heard)
+        self.assertIn(("listener", session.session_id), heard)
+
+    @defer.inlineCallbacks
     def test_resume_resends_in_flight(self):
         """Envelopes written but lost with the old transport are resent after resume."""
         client, session, channel, _ = yield self.open_pair()

@@ -292,7 +292,7 @@ class ManagementAPI:
 
     @_endpoint(app, "/relay/<peer_id>/quota", "PUT")
     async def relay_quota(self, request, peer_id):
-        """Set one peer's relay byte quota (null: no quota); in memory."""
+        """Set one peer's relay byte quota and/or rate limit (null: none); persisted."""
         return await self._set_for_peer("relay_quota", request, peer_id)
 
     @_endpoint(app, "/sync", "GET")

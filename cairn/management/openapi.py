@@ -158,6 +158,29 @@ _SCHEMAS = {
         },
         "additionalProperties": True,
     },
+    "RelayLimits": {
+        "type": "object",
+        "description": "One peer's relay limits: null removes one, an absent key leaves it as it is.",
+        "properties": {
+            "max_bytes": {"type": ["integer", "null"], "minimum": 0},
+            "max_rate": {"type": ["integer", "null"], "minimum": 1, "description": "bytes per second"},
+            "reset_bytes": {"type": "boolean", "description": "zero the peer's byte counts"},
+        },
+        "additionalProperties": False,
+    },
+    "RelayPeerStats": {
+        "type": "object",
+        "required": ["peer_id", "circuits", "bytes_sent", "bytes_received", "quota", "max_rate"],
+        "properties": {
+            "peer_id": {"type": "string"},
+            "circuits": {"type": "integer"},
+            "bytes_sent": {"type": "integer"},
+            "bytes_received": {"type": "integer"},
+            "quota": {"type": ["integer", "null"]},
+            "max_rate": {"type": ["integer", "null"]},
+        },
+        "additionalProperties": False,
+    },
     "SyncStats": {
         "type": "object",
         "required": ["topics"],
@@ -381,25 +404,14 @@ def _paths():
         "/relay/{peer_id}/quota": {
             "put": _operation(
                 "putRelayPeerQuota",
-                "Set one peer's relay byte quota (in memory; null removes it).",
+                "Set one peer's relay byte quota and/or rate limit (persisted; null removes one, absent keeps it).",
                 {
-                    "200": _json({"type": "object"}, "That peer's relay figures with the new quota."),
+                    "200": _json(_ref("RelayPeerStats"), "That peer's relay figures with the new quota."),
                     **_errors(400, 404, *authed),
                 },
                 tags=["services"],
                 parameters=[_PEER_ID_PARAMETER],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"max_bytes": {"type": ["integer", "null"], "minimum": 0}},
-                                "additionalProperties": False,
-                            }
-                        }
-                    },
-                },
+                requestBody={"required": True, "content": {"application/json": {"schema": _ref("RelayLimits")}}},
             )
         },
         "/sync": {

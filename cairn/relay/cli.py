@@ -95,7 +95,16 @@ def _listen(endpoint, node, count, out):
         # Exit once enough was echoed and the sender hung up.
         session.on_close = lambda closed: finish() if count and echoed[0] >= count else None
 
+    class SenderGone:
+        """The sender's process may exit before its Close goes out: its circuit's loss counts as hanging up."""
+
+        @staticmethod
+        def session_detached(session):
+            if count and echoed[0] >= count and session.session_id not in endpoint.relayed:
+                finish()
+
     endpoint.on_session = accepted
+    endpoint.peer.add_observer(SenderGone())
     node.on_close = lambda closed: done.called or done.errback(RuntimeError(f"the node closed the session: {closed}"))
     print(f"listening as {endpoint.client.peer_id}", file=out, flush=True)
     return done

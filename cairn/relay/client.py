@@ -13,25 +13,42 @@ C{client.on_relay_request(peer_id) -> bool} (default: accept) and hands
 each new end-to-end session to C{relay_endpoint(client).on_session}
 (and to the peer's usual C{on_session}).
 
-Flow control: a circuit end may send L{WINDOW} bytes ahead of the other
-end's credit (RelayAck). Envelopes written beyond the credit wait in the
-transport, and a registered producer is paused until credit comes back.
+Circuits do not survive a transport of either end's session with the
+node, but the end-to-end session does (unless that node session ended
+with a Close, which ends it too): losing its circuit detaches it
+like a dropped transport (it keeps its resend buffer and is resumable
+for the peer's C{session_ttl}). The requester then re-establishes it:
+as soon as it has an attached session with the same node (at once, or
+when its node session is resumed or a new one established) it requests
+a new circuit to the same peer and resumes the session over it with an
+ordinary Reconnect; while the target is offline (or the node full) it
+retries with backoff on the client's clock. The target accepts the offer
+as any other, and its L{Peer} resumes the session by id. A RelayClose
+marked C{final} (quota used up, peer unpaired) or a refusal ends the
+session instead. C{relay_endpoint(client).resume_circuits = False}
+restores ending the session at once when its circuit is lost.
 """
 
 import itertools
 
+import attr
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from cairn.relay import messages
-from cairn.relay.service import WINDOW
-from cairn.session.interfaces import IFrameTransport
+from cairn.relay.transport import CircuitTransport
+from cairn.session.connection import HandshakeFailed
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, RouteStatus
-from cairn.wire.envelope import EnvelopeError, decode
+
+__all__ = ["CircuitTransport", "RelayEndpoint", "RouteRefused", "relay_endpoint", "relay_to"]
 
 log = Logger()
+
+#: Re-establishing a circuit: first delay, factor, ceiling (seconds).
+RETRY_BACKOFF = (1.0, 2.0, 60.0)
+#: Refusals after which re-establishing is tried again later.
+RETRYABLE = frozenset({RouteStatus.OFFLINE, RouteStatus.CAPACITY, RouteStatus.TIMEOUT})
 
 
 class RouteRefused(Exception):
@@ -43,178 +60,57 @@ class RouteRefused(Exception):
         self.reason = reason
 
 
-@implementer(IFrameTransport)
-class CircuitTransport:
-    """
-    One end of a circuit, as the frame transport of an end-to-end L{Connection}.
+@attr.s(eq=False)
+class _Request:
+    node_session = attr.ib()
+    peer_id = attr.ib()
+    deferred = attr.ib()
+    #: The detached session to resume over the circuit (None: a new one).
+    resume = attr.ib(default=None)
 
-    @ivar credit: bytes this end may still send.
-    @ivar pending: envelopes waiting for credit.
-    """
 
-    closing_handshake = False
+@attr.s(eq=False)
+class Relayed:
+    """An end-to-end session this peer requested, and how to re-establish it."""
 
-    def __init__(self, endpoint, node_session, circuit_id, remote_peer_id, window=WINDOW):
-        self.endpoint = endpoint
-        self.node_session = node_session
-        self.circuit_id = circuit_id
-        self.remote_peer_id = remote_peer_id
-        self.peer_address = f"relay:{circuit_id.hex()[:8]}"
-        self.window = window
-        self.credit = window
-        self.pending = []
-        self.pending_bytes = 0
-        self.connection = None
-        self.closed = None  # the reason, once closed
-        self._closing = False
-        self._consumed = 0
-        self._reading = True
-        self._producer = None
-        self._producer_paused = False
-        self.limit = node_session.local.max_payload - messages.RELAY_OVERHEAD
+    session = attr.ib()
+    node_peer_id = attr.ib()
+    delay = attr.ib(default=RETRY_BACKOFF[0])
+    timer = attr.ib(default=None)
+    pending = attr.ib(default=False)
+    #: Circuits opened again for this session (for figures and tests).
+    reestablished = attr.ib(default=0)
 
-    def __repr__(self):
-        return f"<CircuitTransport {self.circuit_id.hex()[:8]} credit={self.credit}>"
-
-    def start(self, connection):
-        self.connection = connection
-        connection.connection_made(self)
-
-    # IFrameTransport
-
-    def write_envelope(self, data: bytes) -> None:
-        if self.closed is not None or self._closing:
-            return
-        if len(data) > self.limit:
-            log.warn("envelope of {size} bytes too large to relay", size=len(data))
-            self._close("envelope too large for the relay")
-            return
-        self.pending.append(bytes(data))
-        self.pending_bytes += len(data)
-        self._flush()
-
-    def lose(self, abort=False) -> None:
-        if self.closed is not None:
-            return
-        if self.pending and not abort:
-            self._closing = True  # close once what is queued went out
-            return
-        self._close("closed")
-
-    # Flow control
-
-    def _flush(self):
-        while self.pending and len(self.pending[0]) <= self.credit and self.closed is None:
-            data = self.pending.pop(0)
-            self.pending_bytes -= len(data)
-            self.credit -= len(data)
-            self._send(MessageType.RELAY_DATA, {"circuit": self.circuit_id, "data": data})
-        if self.pending:
-            if self._producer is not None and not self._producer_paused:
-                self._producer_paused = True
-                self._producer.pauseProducing()
-        else:
-            if self._closing and self.closed is None:
-                self._close("closed")
-                return
-            if self._producer is not None and self._producer_paused:
-                self._producer_paused = False
-                self._producer.resumeProducing()
-
-    def credit_granted(self, credit: int) -> None:
-        self.credit = min(self.window, self.credit + credit)
-        self._flush()
-
-    def pause_reading(self) -> None:
-        """Stop granting credit: the other end stalls once its window is used."""
-        self._reading = False
-
-    def resume_reading(self) -> None:
-        self._reading = True
-        self._maybe_ack(force=True)
-
-    def _maybe_ack(self, force=False):
-        if not self._reading or self.closed is not None or not self._consumed:
-            return
-        if force or self._consumed >= self.window // 4:
-            credit, self._consumed = self._consumed, 0
-            self._send(MessageType.RELAY_ACK, {"circuit": self.circuit_id, "credit": credit})
-
-    def registerProducer(self, producer, streaming=True):
-        """Pause C{producer} (an IPushProducer) while envelopes wait for credit."""
-        self._producer = producer
-        self._producer_paused = False
-        if self.pending:
-            self._producer_paused = True
-            producer.pauseProducing()
-
-    def unregisterProducer(self):
-        self._producer = None
-
-    # Inbound
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed is not None:
-            return
-        self._consumed += len(data)
-        try:
-            envelope = decode(data, self.endpoint.peer.max_payload)
-        except EnvelopeError as e:
-            self.connection.framing_error(e.code, e.reason)
-        else:
-            self.connection.envelope_received(envelope)
-        self._maybe_ack()
-
-    def remote_closed(self, reason: str) -> None:
-        """The node closed the circuit: the end-to-end session ends with C{reason}."""
-        if self.closed is not None:
-            return
-        self._finish(reason)
-        session = self.connection.session if self.connection is not None else None
-        if session is not None and session.closed is None:
-            session._end(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
-
-    # Ending
-
-    def _send(self, type_code, body):
-        try:
-            self.node_session.send(type_code, body)
-        except SessionClosed:
-            self.remote_closed("the session with the node ended")
-
-    def _close(self, reason):
-        if self.closed is not None:
-            return
-        self._send(MessageType.RELAY_CLOSE, {"circuit": self.circuit_id, "reason": reason})
-        self._finish(reason)
-
-    def _finish(self, reason):
-        self.closed = reason
-        self.pending.clear()
-        self.pending_bytes = 0
-        self.endpoint.circuits.pop(self.circuit_id, None)
-        if self.connection is not None:
-            # As a socket transport would: connection_lost comes after lose() returned.
-            self.endpoint.reactor.callLater(0, self.connection.connection_lost, None)
+    def cancel_timer(self):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
 
 
 class RelayEndpoint:
     """
     The relay handlers of one client L{Peer}: circuit offers, responses,
-    data, credit and closes on its sessions with nodes.
+    data, credit and closes on its sessions with nodes, and the
+    re-establishment of end-to-end sessions whose circuit was lost.
 
     @ivar on_session: called with each end-to-end session a peer opened to us.
     @ivar policy: C{(peer_id) -> bool}, whether to accept a circuit offer;
         C{client.on_relay_request} takes precedence when set.
+    @ivar resume_circuits: re-establish sessions over new circuits (the
+        default); if false, losing a circuit ends its session.
+    @ivar relayed: the sessions this peer requested, by session id.
     """
 
     def __init__(self, client):
         self.client = client
         self.peer = client.peer
         self.reactor = client.reactor
+        self.clock = getattr(client, "clock", None) or client.reactor
         self.circuits = {}
         self.on_session = None
         self.policy = None
+        self.resume_circuits = True
+        self.relayed = {}
         self._requests = {}
         self._req_ids = itertools.count(1)
         handlers = {
@@ -248,33 +144,41 @@ class RelayEndpoint:
 
     def request(self, node_session, peer_id):
         """RouteRequest to C{peer_id}; fires with the end-to-end session."""
+        return self._request(node_session, peer_id)
+
+    def _request(self, node_session, peer_id, resume=None):
         if node_session.closed is not None:
             return fail(node_session.closed)
         req = next(self._req_ids)
         d = Deferred()
-        self._requests[req] = (node_session, peer_id, d)
+        self._requests[req] = _Request(node_session, peer_id, d, resume)
         node_session.send(MessageType.ROUTE_REQUEST, {"target": peer_id, "req": req})
         return d
 
     def _route_response(self, session, body):
         status, circuit_id, req, reason = messages.parse_route_response(body)
         entry = self._requests.get(req)
-        if entry is None or entry[0] is not session:
+        if entry is None or entry.node_session is not session:
+            if status == RouteStatus.OK and circuit_id is not None and circuit_id not in self.circuits:
+                # A request we gave up on (its node session dropped meanwhile):
+                # free the circuit rather than leave the target waiting.
+                session.send_if_open(MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "not wanted"})
             return
         del self._requests[req]
-        _, peer_id, d = entry
         if status != RouteStatus.OK or circuit_id is None:
             try:
                 status = RouteStatus(status)
             except ValueError:
                 status = RouteStatus.REFUSED
-            d.errback(RouteRefused(status, reason))
+            entry.deferred.errback(RouteRefused(status, reason))
             return
-        transport = CircuitTransport(self, session, circuit_id, peer_id)
+        transport = CircuitTransport(self, session, circuit_id, entry.peer_id)
         self.circuits[circuit_id] = transport
-        connection = self.peer.connection(initiator=True)
-        connection.ready.addCallback(self._check_identity, transport)
-        connection.ready.chainDeferred(d)
+        connection = self.peer.connection(initiator=True, resume=entry.resume)
+        if entry.resume is None:
+            connection.ready.addCallback(self._check_identity, transport)
+            connection.ready.addCallback(self._track, session.remote_peer_id)
+        connection.ready.chainDeferred(entry.deferred)
         transport.start(connection)
 
     @staticmethod
@@ -285,6 +189,81 @@ class RelayEndpoint:
             session.close(CloseCode.HANDSHAKE_FAILED, "not the peer the circuit was for")
             raise RouteRefused(RouteStatus.INVALID, "the circuit reached another peer")
         return session
+
+    def _track(self, session, node_peer_id):
+        self.relayed[session.session_id] = Relayed(session, node_peer_id)
+        return session
+
+    # Re-establishing (requester)
+
+    def _node_session(self, node_peer_id):
+        """The newest attached, open session with the node C{node_peer_id}, or None."""
+        found = None
+        for session in self.peer.sessions.values():
+            if (
+                session.remote_peer_id == node_peer_id
+                and session.closed is None
+                and session.attached
+                and not isinstance(session.connection.transport, CircuitTransport)
+            ):
+                found = session
+        return found
+
+    def _reestablish(self, relayed):
+        session = relayed.session
+        if session.closed is not None or session.attached or relayed.pending or relayed.timer is not None:
+            return
+        if not self.resume_circuits:
+            return
+        node = self._node_session(relayed.node_peer_id)
+        if node is None:
+            return  # tried again when a session with that node is resumed or established
+        relayed.pending = True
+        log.info("relay: re-establishing session {sid} with {peer}",
+                 sid=session.session_id.hex()[:8], peer=session.remote_peer_id)
+        d = self._request(node, session.remote_peer_id, resume=session)
+        d.addCallbacks(self._reestablished, self._reestablish_failed, callbackArgs=(relayed,), errbackArgs=(relayed,))
+
+    def _reestablished(self, session, relayed):
+        relayed.pending = False
+        relayed.delay = RETRY_BACKOFF[0]
+        relayed.reestablished += 1
+        log.info("relay: session {sid} resumed over a new circuit", sid=session.session_id.hex()[:8])
+
+    def _reestablish_failed(self, failure, relayed):
+        relayed.pending = False
+        session = relayed.session
+        if session.closed is not None or session.attached:
+            return None
+        error = failure.value
+        final = None
+        if isinstance(error, RouteRefused) and error.status not in RETRYABLE:
+            final = SessionClosed(CloseCode.GOING_AWAY, f"relay circuit not re-established: {error}")
+        elif isinstance(error, HandshakeFailed) and error.code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
+            # The target refused the resume itself (it forgot the session).
+            final = SessionClosed(error.code, error.reason)
+        elif not isinstance(error, (RouteRefused, HandshakeFailed, SessionClosed)):
+            log.failure("relay: re-establishing a circuit failed", failure)
+        if final is not None:
+            log.info("relay: session {sid} ends: {why}", sid=session.session_id.hex()[:8], why=final.reason)
+            session._end(final)
+            return None
+        start, factor, ceiling = RETRY_BACKOFF
+        relayed.timer = self.clock.callLater(relayed.delay, self._retry, relayed)
+        relayed.delay = min(relayed.delay * factor, ceiling)
+        return None
+
+    def _retry(self, relayed):
+        relayed.timer = None
+        self._reestablish(relayed)
+
+    def _node_back(self, node_session):
+        """A session with a node is attached again: re-establish what went through that node."""
+        for relayed in list(self.relayed.values()):
+            if relayed.node_peer_id == node_session.remote_peer_id and not relayed.session.attached:
+                relayed.cancel_timer()
+                relayed.delay = RETRY_BACKOFF[0]
+                self._reestablish(relayed)
 
     # Target
 
@@ -301,6 +280,8 @@ class RelayEndpoint:
         transport = CircuitTransport(self, session, circuit_id, requester)
         self.circuits[circuit_id] = transport
         session.send(MessageType.ROUTE_RESPONSE, {"circuit": circuit_id, "status": int(RouteStatus.OK)})
+        # A responder: it takes a HandshakeInit (a new session) or a
+        # Reconnect (a session of ours re-established by the requester).
         transport.start(self.peer.connection(initiator=False))
 
     # Circuit traffic
@@ -318,16 +299,22 @@ class RelayEndpoint:
             transport.credit_granted(credit)
 
     def _relay_close(self, session, body):
-        circuit_id, reason = messages.parse_relay_close(body)
+        circuit_id, reason, final = messages.parse_relay_close(body)
         transport = self._circuit(session, circuit_id)
         if transport is not None:
-            transport.remote_closed(reason or "closed")
+            transport.remote_closed(reason or "closed", final)
 
     # Peer observer hooks
 
-    def session_established(self, session):
+    @staticmethod
+    def _circuit_of(session):
         transport = getattr(session.connection, "transport", None)
-        if not isinstance(transport, CircuitTransport) or transport.endpoint is not self:
+        return transport if isinstance(transport, CircuitTransport) else None
+
+    def session_established(self, session):
+        transport = self._circuit_of(session)
+        if transport is None or transport.endpoint is not self:
+            self._node_back(session)
             return
         if transport.connection.initiator:
             return
@@ -337,20 +324,48 @@ class RelayEndpoint:
         if self.on_session is not None:
             self.on_session(session)
 
-    def _node_gone(self, session):
+    def session_resumed(self, session):
+        transport = self._circuit_of(session)
+        if transport is not None:
+            if transport.endpoint is self and session.remote_peer_id != transport.remote_peer_id:
+                # Only the session's own peer can prove its key; be strict all the same.
+                session.connection.drop_transport()
+            return
+        self.node_resumed(session)
+
+    def node_resumed(self, session):
+        """
+        C{session} (with a node) is attached to a new transport: its
+        circuits died with the old one (the node closes them too), and the
+        sessions they carried are re-established. Called from
+        L{session_resumed} (both sides of a Reconnect notify the peer's
+        observers).
+        """
+        self._node_gone(session)
+        self._node_back(session)
+
+    def _node_gone(self, session, final=False):
         for transport in list(self.circuits.values()):
             if transport.node_session is session:
-                transport.remote_closed("the session with the node ended")
-        for req, (node_session, _, d) in list(self._requests.items()):
-            if node_session is session:
+                transport.remote_closed("the session with the node ended", final)
+        for req, entry in list(self._requests.items()):
+            if entry.node_session is session:
                 del self._requests[req]
-                d.errback(RouteRefused(RouteStatus.OFFLINE, "the session with the node ended"))
+                entry.deferred.errback(RouteRefused(RouteStatus.OFFLINE, "the session with the node ended"))
 
     def session_detached(self, session):
         self._node_gone(session)
+        relayed = self.relayed.get(session.session_id)
+        if relayed is not None and relayed.session is session:
+            self._reestablish(relayed)
 
     def session_closed(self, session):
-        self._node_gone(session)
+        # A node session that ended (not merely lost its transport) ends
+        # the sessions it carried, as the node does for the other ends.
+        self._node_gone(session, final=True)
+        relayed = self.relayed.pop(session.session_id, None)
+        if relayed is not None:
+            relayed.cancel_timer()
 
 
 def relay_endpoint(client) -> RelayEndpoint:
@@ -364,7 +379,8 @@ def relay_endpoint(client) -> RelayEndpoint:
 def relay_to(client, node_session, peer_id):
     """
     Open a circuit through the node of C{node_session} to C{peer_id} and
-    run an end-to-end session over it.
+    run an end-to-end session over it (re-established over new circuits
+    after losses, see the module docstring).
 
     @return: a Deferred firing with the L{Session} (as a direct one), or
         failing with L{RouteRefused} (status and reason) or

@@ -1,6 +1,30 @@
-"""The seam between the node's relay and the management API."""
+"""The seams of the node's relay: the management API and the limits store."""
 
+import attr
 from zope.interface import Attribute, Interface
+
+#: (component, schema package) for L{cairn.db.Database}.
+RELAY_SCHEMA = ("relay", "cairn.relay.schema")
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class RelayLimits:
+    """
+    One peer's relay limits, each C{None} for none.
+
+    @ivar max_bytes: RelayData bytes the peer may send through circuits,
+        counted by its persisted C{bytes_sent}.
+    @ivar max_rate: bytes per second the peer may send through circuits.
+    """
+
+    max_bytes: int = None
+    max_rate: int = None
+
+    def is_default(self) -> bool:
+        return self.max_bytes is None and self.max_rate is None
+
+    def to_json(self) -> dict:
+        return {"max_bytes": self.max_bytes, "max_rate": self.max_rate}
 
 
 class IRelay(Interface):
@@ -9,17 +33,42 @@ class IRelay(Interface):
     capacity = Attribute("Circuits (offered or open) allowed at once.")
     circuits = Attribute("Circuits by 16-byte id.")
 
+    def start():
+        """Load the persisted limits and byte counts; fires once loaded."""
+
+    def stop():
+        """Write the byte counts; fires once written."""
+
     def stats():
         """C{GET /relay}: circuits, capacity and per-peer byte counts."""
 
-    def set_quota(peer_id, max_bytes):
-        """Limit the bytes C{peer_id} may send through relays (None: no limit)."""
+    def set_limits(peer_id, limits):
+        """Persist and apply C{peer_id}'s L{RelayLimits}; fires once stored."""
 
-    def close(circuit, reason, culprit=None):
+    def set_quota(peer_id, max_bytes):
+        """Limit the bytes C{peer_id} may send through relays (None: no limit); fires once stored."""
+
+    def close(circuit, reason, culprit=None, final=False):
         """Close C{circuit}, telling its ends (but C{culprit}) C{reason}."""
 
     def purge(peer_id):
-        """The pairing purge hook: close that peer's circuits, forget its quota."""
+        """The pairing purge hook: close that peer's circuits, forget its limits and counts."""
 
     def collect_metrics():
         """Prometheus metric families."""
+
+
+class IRelayStore(Interface):
+    """Where the relay keeps per-peer limits and byte counts across restarts."""
+
+    def load():
+        """Fires with C{(limits, usage)}: C{{peer_id: RelayLimits}}, C{{peer_id: (sent, received)}}."""
+
+    def set_limits(peer_id, limits):
+        """Store C{peer_id}'s L{RelayLimits} (defaults remove the row); fires once durable."""
+
+    def save_usage(usage):
+        """Store C{{peer_id: (bytes_sent, bytes_received)}} (absolute figures); fires once durable."""
+
+    def purge(peer_id):
+        """Forget C{peer_id}'s limits and counts; fires once durable."""

@@ -89,6 +89,9 @@ def parse_relay_ack(body):
 
 
 def parse_relay_close(body):
-    """C{(circuit, reason)}."""
+    """C{(circuit, reason, final)}: C{final} is true when a new circuit would fare no better."""
     body = _map(body, "RelayClose")
-    return _circuit(body, "RelayClose"), _text(body, "reason", "RelayClose", required=False) or ""
+    final = body.get("final", False)
+    if not isinstance(final, bool):
+        _bad("RelayClose: final must be a boolean")
+    return _circuit(body, "RelayClose"), _text(body, "reason", "RelayClose", required=False) or "", final

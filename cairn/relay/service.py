@@ -13,7 +13,16 @@ Flow control is end to end and in bytes of RelayData C{data}: each end
 may have at most L{WINDOW} bytes sent and not yet credited by the other
 end (RelayAck). The node enforces the window (a sender that overruns it
 loses the circuit), so what it holds for a circuit in each direction,
-RelayData accepted and not yet credited, never exceeds L{WINDOW}.
+RelayData accepted and not yet credited, never exceeds L{WINDOW}. That
+includes what waits for a rate-limited sender's token bucket
+(L{cairn.relay.pacing}): pacing delays forwarding, and the receiver
+credits only what it received, so the sender stalls on its own window.
+
+A circuit never outlives a transport of either end's session with the
+node: a detach or a resume (Reconnect) of that session closes its
+circuits, and the other end is told at once; the peers re-establish
+their end-to-end session over a new circuit (docs/protocol.md §25.5).
+When that session ends (Close), its circuits close as final.
 """
 
 import os
@@ -24,7 +33,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.relay import messages
-from cairn.relay.interfaces import IRelay
+from cairn.relay.accounts import Accounts
+from cairn.relay.interfaces import IRelay, RelayLimits
+from cairn.relay.reports import RelayReports
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import MessageType, RouteStatus
 
@@ -50,38 +61,39 @@ class Circuit:
     allowance = attr.ib(factory=dict)
     #: Bytes forwarded from each end (by session).
     forwarded = attr.ib(factory=Counter)
+    #: Bytes from each end waiting for its sender's rate limit (by session).
+    queued = attr.ib(factory=Counter)
     opened_at = attr.ib(default=None)
 
     def other(self, session):
         return self.b if session is self.a else self.a
 
     def in_flight(self, session) -> int:
-        """Bytes sent by C{session}'s end and not yet credited by the other end."""
+        """Bytes sent by C{session}'s end and not yet credited by the other end (queued ones included)."""
         return WINDOW - self.allowance.get(session, WINDOW)
 
 
 @implementer(IRelay)
-class RelayService:
+class RelayService(RelayReports):
     """
     Relay circuits on a node L{Peer}.
 
     @param capacity: concurrent circuits (offered or open) at most.
-    @param quotas: per-peer byte quotas (peer id -> bytes sent through
-        relays at most); none by default.
+    @param store: an L{IRelayStore} for per-peer limits and byte counts
+        (default: in memory).
     """
 
-    def __init__(self, peer, trust, clock, *, capacity=64, window=WINDOW, offer_timeout=OFFER_TIMEOUT):
+    def __init__(
+        self, peer, trust, clock, *, capacity=64, window=WINDOW, offer_timeout=OFFER_TIMEOUT, store=None, **accounts
+    ):
         self.peer = peer
         self.trust = trust
         self.clock = clock
         self.capacity = capacity
         self.window = window
         self.offer_timeout = offer_timeout
-        self.quotas = {}
+        self.accounts = Accounts(clock, store, **accounts)
         self.circuits = {}
-        #: Bytes each peer sent through circuits, and received from them.
-        self.bytes_sent = Counter()
-        self.bytes_received = Counter()
         #: RouteResponse statuses given to requesters, by name.
         self.statuses = Counter()
         handlers = {
@@ -94,6 +106,29 @@ class RelayService:
         for type_code, handler in handlers.items():
             peer.register_handler(type_code, handler)
         peer.add_observer(self)
+
+    @property
+    def bytes_sent(self) -> Counter:
+        """RelayData bytes each peer sent through circuits (persisted)."""
+        return self.accounts.bytes_sent
+
+    @property
+    def bytes_received(self) -> Counter:
+        """RelayData bytes forwarded to each peer (persisted)."""
+        return self.accounts.bytes_received
+
+    @property
+    def quotas(self) -> dict:
+        """Byte quotas by peer id (only peers with one)."""
+        return {p: lim.max_bytes for p, lim in self.accounts.limits.items() if lim.max_bytes is not None}
+
+    def start(self):
+        """Load the persisted limits and byte counts; fires once loaded."""
+        return self.accounts.start()
+
+    def stop(self):
+        """Write the byte counts; fires once written."""
+        return self.accounts.stop()
 
     # Helpers
 
@@ -138,6 +173,9 @@ class RelayService:
         if not self.trust.is_paired(target):
             self._answer(session, req, RouteStatus.NOT_PAIRED, "the target is not paired with this node")
             return
+        if self.accounts.over_quota(session.remote_peer_id, 1):
+            self._answer(session, req, RouteStatus.REFUSED, "relay byte quota used up")
+            return
         other = self._online(target)
         if other is None:
             self._answer(session, req, RouteStatus.OFFLINE, "the target has no session with this node")
@@ -181,19 +219,31 @@ class RelayService:
         size = len(data)
         left = circuit.allowance[session] - size
         if left < 0:
-            self.close(circuit, "flow control window exceeded", culprit=session)
+            self.close(circuit, "flow control window exceeded", final=True)
             return
         sender = session.remote_peer_id
-        quota = self.quotas.get(sender)
-        if quota is not None and self.bytes_sent[sender] + size > quota:
-            self.close(circuit, "relay byte quota exceeded", culprit=session)
+        if self.accounts.over_quota(sender, size):
+            self.close(circuit, "relay byte quota exceeded", final=True)
             return
         circuit.allowance[session] = left
+        self.accounts.sent(sender, size)
+        pacer = self.accounts.pacers.get(sender)
+        if pacer is None:
+            self._forward(circuit, session, data)
+        else:
+            circuit.queued[session] += size
+            pacer.submit(circuit_id, size, lambda: self._forward(circuit, session, data, paced=True))
+
+    def _forward(self, circuit, session, data, paced=False):
+        size = len(data)
+        if paced:
+            circuit.queued[session] -= size
+        if self.circuits.get(circuit.circuit_id) is not circuit:
+            return
         circuit.forwarded[session] += size
-        self.bytes_sent[sender] += size
         other = circuit.other(session)
-        self.bytes_received[other.remote_peer_id] += size
-        self._send(other, MessageType.RELAY_DATA, {"circuit": circuit_id, "data": data})
+        self.accounts.received(other.remote_peer_id, size)
+        self._send(other, MessageType.RELAY_DATA, {"circuit": circuit.circuit_id, "data": data})
 
     def _relay_ack(self, session, body):
         circuit_id, credit = messages.parse_relay_ack(body)
@@ -205,7 +255,7 @@ class RelayService:
         self._send(other, MessageType.RELAY_ACK, {"circuit": circuit_id, "credit": credit})
 
     def _relay_close(self, session, body):
-        circuit_id, reason = messages.parse_relay_close(body)
+        circuit_id, reason, _final = messages.parse_relay_close(body)
         circuit = self._end_of(session, circuit_id)
         if circuit is None:
             return
@@ -226,22 +276,32 @@ class RelayService:
     def _drop(self, circuit):
         self._cancel(circuit)
         self.circuits.pop(circuit.circuit_id, None)
+        for end in (circuit.a, circuit.b):
+            pacer = self.accounts.pacers.get(end.remote_peer_id)
+            if pacer is not None and circuit.queued[end]:
+                pacer.discard(circuit.circuit_id)
+        circuit.queued.clear()
 
-    def close(self, circuit, reason, culprit=None):
+    def close(self, circuit, reason, culprit=None, final=False):
         """
         Close C{circuit} with C{reason}: both ends are told with a
         RelayClose, but for C{culprit} (an end that closed it or is gone).
+        C{final} tells them a new circuit would fare no better (the
+        peers end their sessions instead of re-establishing them).
         """
         if self.circuits.get(circuit.circuit_id) is not circuit:
             return
         self._drop(circuit)
+        self.accounts.flush_soon(now=True)
         log.info("relay circuit {cid} closed: {reason}", cid=circuit.circuit_id.hex()[:8], reason=reason)
         body = {"circuit": circuit.circuit_id, "reason": reason[: messages.MAX_REASON]}
+        if final:
+            body["final"] = True
         for end in (circuit.a, circuit.b):
             if end is not culprit:
                 self._send(end, MessageType.RELAY_CLOSE, body)
 
-    def _gone(self, session):
+    def _gone(self, session, final=False):
         for circuit in list(self.circuits.values()):
             if session not in (circuit.a, circuit.b):
                 continue
@@ -249,122 +309,40 @@ class RelayService:
                 self._drop(circuit)
                 if session is circuit.b:
                     self._answer(circuit.a, circuit.req, RouteStatus.OFFLINE, "the target went away")
+                else:
+                    body = {"circuit": circuit.circuit_id, "reason": "cancelled"}
+                    self._send(circuit.b, MessageType.RELAY_CLOSE, body)
             else:
-                self.close(circuit, "the other peer went away", culprit=session)
+                self.close(circuit, "the other peer went away", culprit=session, final=final)
 
-    # Peer observer hooks
+    # Peer observer hooks: circuits never outlive a transport of their ends.
 
     def session_detached(self, session):
-        # Circuits do not survive a transport drop: the other end learns at once.
+        self._gone(session)
+
+    def session_resumed(self, session):
+        # The peer dropped its circuits with the old transport (it may have
+        # resumed before this node noticed the drop): close them here too.
         self._gone(session)
 
     def session_closed(self, session):
-        self._gone(session)
+        # The peer left (or was made to): its sessions will not be resumed.
+        self._gone(session, final=True)
 
     # Management
 
     def purge(self, peer_id):
-        """The pairing purge hook: close C{peer_id}'s circuits and forget its quota."""
+        """The pairing purge hook: close C{peer_id}'s circuits and forget its limits and counts."""
         for circuit in list(self.circuits.values()):
             if peer_id in (circuit.a.remote_peer_id, circuit.b.remote_peer_id):
-                self.close(circuit, "the other peer was unpaired")
-        self.quotas.pop(peer_id, None)
+                self.close(circuit, "the other peer was unpaired", final=True)
+        return self.accounts.purge(peer_id)
+
+    def set_limits(self, peer_id, limits: RelayLimits):
+        """Persist and apply C{peer_id}'s limits; fires once stored."""
+        log.info("relay limits of {peer_id} set to {limits}", peer_id=peer_id, limits=limits.to_json())
+        return self.accounts.set_limits(peer_id, limits)
 
     def set_quota(self, peer_id, max_bytes):
-        """Limit the bytes C{peer_id} may send through relays (None: no limit)."""
-        if max_bytes is None:
-            self.quotas.pop(peer_id, None)
-        else:
-            self.quotas[peer_id] = int(max_bytes)
-
-    def peer_stats(self, peer_id):
-        """One peer's relay figures and byte quota."""
-        return {
-            "peer_id": peer_id,
-            "circuits": sum(peer_id in (c.a.remote_peer_id, c.b.remote_peer_id) for c in self.circuits.values()),
-            "bytes_sent": self.bytes_sent[peer_id],
-            "bytes_received": self.bytes_received[peer_id],
-            "quota": self.quotas.get(peer_id),
-        }
-
-    def put_quota(self, peer_id, body):
-        """
-        C{PUT /relay/{peer_id}/quota}: C{{"max_bytes": n|null}} for a paired
-        peer (in memory, until the node restarts); returns its L{peer_stats}.
-
-        @raise ValueError: a bad body. @raise UnknownPeer: not paired.
-        """
-        from cairn.pairing.interfaces import UnknownPeer
-
-        if not isinstance(body, dict) or set(body) - {"max_bytes"}:
-            raise ValueError("body must be an object with max_bytes")
-        max_bytes = body.get("max_bytes")
-        if max_bytes is not None and (not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0):
-            raise ValueError("max_bytes must be a whole number of bytes or null")
-        if not self.trust.is_paired(peer_id):
-            raise UnknownPeer(peer_id)
-        self.set_quota(peer_id, max_bytes)
-        return self.peer_stats(peer_id)
-
-    def stats(self):
-        """C{GET /relay}: circuits, capacity, and per-peer byte counts."""
-        now = self.clock.seconds()
-        per_peer = Counter()
-        for circuit in self.circuits.values():
-            for end in (circuit.a, circuit.b):
-                per_peer[end.remote_peer_id] += 1
-        peer_ids = sorted(set(self.bytes_sent) | set(self.bytes_received) | set(per_peer))
-        peers = [
-            {
-                "peer_id": p,
-                "circuits": per_peer[p],
-                "bytes_sent": self.bytes_sent[p],
-                "bytes_received": self.bytes_received[p],
-                "quota": self.quotas.get(p),
-            }
-            for p in peer_ids
-        ]
-        circuits = [
-            {
-                "circuit": c.circuit_id.hex(),
-                "state": c.state,
-                "requester": c.a.remote_peer_id,
-                "target": c.b.remote_peer_id,
-                "bytes": sum(c.forwarded.values()),
-                "age": None if c.opened_at is None else now - c.opened_at,
-            }
-            for c in self.circuits.values()
-        ]
-        return {
-            "circuits": len(self.circuits),
-            "capacity": self.capacity,
-            "window": self.window,
-            "peers": peers,
-            "open": circuits,
-            "statuses": dict(self.statuses),
-        }
-
-    def collect_metrics(self):
-        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        circuits = GaugeMetricFamily("cairn_relay_circuits", "Relay circuits offered or open.")
-        circuits.add_metric([], len(self.circuits))
-        capacity = GaugeMetricFamily("cairn_relay_capacity", "Relay circuits allowed at once.")
-        capacity.add_metric([], self.capacity)
-        sent = CounterMetricFamily(
-            "cairn_relay_bytes_sent", "Bytes each peer sent through relay circuits.", labels=["peer"]
-        )
-        received = CounterMetricFamily(
-            "cairn_relay_bytes_received", "Bytes relayed to each peer.", labels=["peer"]
-        )
-        for p, n in sorted(self.bytes_sent.items()):
-            sent.add_metric([p], n)
-        for p, n in sorted(self.bytes_received.items()):
-            received.add_metric([p], n)
-        statuses = CounterMetricFamily(
-            "cairn_relay_route_responses", "RouteResponse statuses given to requesters.", labels=["status"]
-        )
-        for name, n in sorted(self.statuses.items()):
-            statuses.add_metric([name], n)
-        return [circuits, capacity, sent, received, statuses]
+        """Limit the bytes C{peer_id} may send through relays (None: no limit), keeping its rate limit."""
+        return self.set_limits(peer_id, RelayLimits(max_bytes, self.accounts.rate(peer_id)))

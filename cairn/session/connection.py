@@ -373,6 +373,7 @@ class Connection:
         last_received = self._open_reconnect(session, envelope)
         self._attach(session)
         self._resend(session, last_received)
+        self.local.session_resumed(session)
         if not self.ready.called:
             self.ready.callback(session)
         if session.on_resume is not None:
