@@ -20,6 +20,7 @@ uses; a client can also C{listen()} and take sessions from other clients.
 
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
@@ -99,6 +100,22 @@ class Client:
         """
         connection = self.peer.connection(initiator=True)
         return self._dial(address, connection)
+
+    def close(self, session, code: int = CloseCode.NORMAL, reason: str = "", timeout: float = 5.0):
+        """
+        End C{session} with a Close, and fire once the Close is written out
+        and the transport closed (or after C{timeout} seconds): for a
+        program about to exit, whose reactor would otherwise stop with the
+        Close still in its buffer (the peer would see a dropped transport
+        and keep the session for a resume).
+        """
+        connection = session.connection
+        session.close(code, reason)
+        if connection is None:
+            return succeed(None)
+        d = connection.when_lost()
+        d.addTimeout(timeout, self.clock, onTimeoutCancel=lambda result, timeout: None)
+        return d
 
     def resume(self, session, address: str = None):
         """Resume C{session} on a new transport; fires with the same session."""

@@ -110,6 +110,20 @@ class AutoResumeMixin(ScenarioMixin):
         result = yield ended
         self.assertEqual(result.code, CloseCode.UNKNOWN_SESSION)
 
+    @defer.inlineCallbacks
+    def test_close_fires_when_transport_gone(self):
+        """Client.close fires once the transport is closed, and the node saw the Close (not a drop)."""
+        client = self.make_client()
+        session = yield self.connect(client)
+        other = self.server_session(session)
+        ended = closed(other)
+        connection = session.connection
+        yield eventually(client.close(session, CloseCode.NORMAL, "bye"))
+        self.assertTrue(connection._lost)
+        result = yield ended
+        self.assertEqual((result.code, result.reason), (CloseCode.NORMAL, "bye"))
+        yield eventually(client.close(session))  # closing again: fires at once
+
     def make_client(self, auto_resume=False, **overrides):
         clock = task.Clock()
         client = Client(reactor, clock=clock, auto_resume=auto_resume, **dict(SETTINGS, **overrides))

@@ -67,7 +67,7 @@ def run(reactor, argv, out=None):
             yield _send(reactor, client, node, args, out)
     finally:
         if node.closed is None:
-            node.close()
+            yield client.close(node)
     return 0
 
 

@@ -21,7 +21,7 @@ clock, the receiver aborts the transport.
 
 import os
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -85,6 +85,8 @@ class Connection:
         #: True while the peer's Close is being handled: the session that
         #: it ends leaves closing the transport to the peer.
         self._peer_closed = False
+        self._lost = False
+        self._lost_waiters = []
 
     def __repr__(self):
         return f"<Connection {self._state} initiator={self.initiator}>"
@@ -127,6 +129,18 @@ class Connection:
             code, why = self._close_reason or (CloseCode.GOING_AWAY, "connection lost")
             self.ready.errback(HandshakeFailed(code, why))
         log.debug("connection closed in state {state}", state=state)
+        self._lost = True
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def when_lost(self) -> Deferred:
+        """A Deferred firing (with None) once the transport is gone."""
+        if self._lost:
+            return succeed(None)
+        d = Deferred()
+        self._lost_waiters.append(d)
+        return d
 
     # Used by the session
 
