@@ -3,19 +3,36 @@ Mailbox bench: durable enqueue and drain rates, 1 KiB messages, many
 concurrent senders over real sessions; anchored in the same run on
 Mosquitto (QoS 1 to an offline persistent-session subscriber, then drain).
 
-    python -m bench.mailbox [--messages N] [--senders S]
+    python -m bench.mailbox [--messages N] [--senders S] [--inflight F]
+                            [--repeat R] [--profile DIR] [--no-anchor]
 
 The node runs in a child process (C{python -m bench.mailbox --serve}:
-make_node on a temporary data dir, PSK pairing). Enqueue = messages whose
-ForwardAck (after fsync) arrived per second; drain = messages delivered
-to the recipient (and acknowledged) per second. Mosquitto is started on
-127.0.0.1 with persistence on (it does not fsync per message); it is
-skipped, with a message, when not installed (apt-get install mosquitto).
+make_node on a temporary data dir, PSK pairing). Each of the S senders has
+its own session and F lanes; a lane keeps one message in flight, sending
+the next from the previous one's ack callback (as an application would),
+so S x F messages are in flight; Mosquitto's publishers get the same
+in-flight limit. Enqueue = messages whose ForwardAck (sent only after the
+WAL is synced) arrived per second; drain = messages delivered to the
+recipient (opened and acknowledged) per second, the senders still
+connected (they get the receipts). Mosquitto is started on 127.0.0.1 with
+persistence on (it does not fsync per message); it is skipped, with a
+message, when not installed (apt-get install mosquitto). With
+C{--repeat}, each run is a new node child followed by a new Mosquitto,
+and the median and spread (min..max) of each figure and ratio are printed.
+
+C{--profile DIR} profiles the first run with cProfile, each phase and
+each side: C{node-enqueue.prof}, C{node-drain.prof} (the child's reactor
+thread) and C{client-enqueue.prof}, C{client-drain.prof} (this process),
+prints the costliest functions of each, and prints what the node's
+database threads did (cProfile does not see them): transactions, time in
+their bodies and COMMITs, their thread CPU, and the WAL syncs.
 """
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import shutil
 import socket
 import subprocess
@@ -25,10 +42,17 @@ import time
 
 PSK = "bench pre-shared key, long enough to not be weak"
 SIZE = 1024
+PHASES = ("enqueue", "drain")
 
 
-def serve():
-    """The child: a node on loopback; prints its TCP port, runs until stdin closes."""
+def serve(profile=False):
+    """
+    The child: a node on loopback; prints its TCP port, runs until stdin closes.
+
+    Commands on stdin, each answered by one JSON line: C{cpu} (CPU seconds
+    so far) and, with C{profile}, C{dump PATH} (write the statistics since
+    the last dump, then start afresh).
+    """
     from twisted.internet import reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
@@ -42,85 +66,245 @@ def serve():
         {}, data_dir=data_dir, listen="tcp:0:interface=127.0.0.1", ws_listen="none", mgmt_listen="none", psk=PSK
     )
     node = make_node(config, reactor)
-    node.startService()
-
-    def ready(ports):
-        print(json.dumps({"tcp": ports["tcp"].getHost().port}), flush=True)
+    profiler = [cProfile.Profile()] if profile else None
+    db_times = _time_transactions(node.db) if profile else None
 
     class Stdin(LineReceiver):
         delimiter = b"\n"
 
+        def lineReceived(self, line):
+            command, _, arg = line.decode("utf-8").strip().partition(" ")
+            if command == "cpu":
+                self.sendLine(json.dumps({"cpu": time.process_time()}).encode())
+            elif command == "dump" and profiler:
+                profiler[0].disable()
+                profiler[0].dump_stats(arg)
+                profiler[0] = cProfile.Profile()
+                profiler[0].enable()
+                self.sendLine(json.dumps({"dumped": arg, "db": dict(db_times)}).encode())
+                db_times.update(dict.fromkeys(db_times, 0))
+
         def connectionLost(self, reason=None):
+            if profiler:
+                profiler[0].disable()
             d = node.stopService()
             d.addBoth(lambda _: shutil.rmtree(data_dir, ignore_errors=True))
             d.addBoth(lambda _: reactor.stop())
 
+    stdin = Stdin()
+
+    def ready(ports):
+        if profiler:
+            profiler[0].enable()
+        stdin.sendLine(json.dumps({"tcp": ports["tcp"].getHost().port}).encode())
+
+    node.startService()
     node.ready.addCallback(ready)
-    stdio.StandardIO(Stdin())
+    stdio.StandardIO(stdin)
     reactor.run()
 
 
-def cairn_rates(messages, senders):
-    """(enqueue/s, drain/s) against a node child."""
-    from twisted.internet import defer, task
+def _time_transactions(db):
+    """
+    Time the database threads (cProfile sees only the reactor thread): the
+    transactions' bodies, their COMMITs and the group commits' syncs of the
+    WAL, in seconds, and how many there were. Same steps as
+    L{cairn.db.Database._transaction}.
+    """
+    times = {"transactions": 0, "body": 0.0, "commit": 0.0, "cpu": 0.0, "syncs": 0, "sync": 0.0, "longest": 0.0}
+    fdatasync = db._fdatasync
+
+    def timed_fdatasync():
+        start = time.perf_counter()
+        fdatasync()
+        times["syncs"] += 1
+        times["sync"] += time.perf_counter() - start
+
+    db._fdatasync = timed_fdatasync
+
+    def transaction(txn, *args):
+        cursor = db._conn.cursor()
+        cpu = time.thread_time()
+        start = time.perf_counter()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            result = txn(cursor, *args)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        middle = time.perf_counter()
+        cursor.execute("COMMIT")
+        times["transactions"] += 1
+        times["body"] += middle - start
+        times["commit"] += time.perf_counter() - middle
+        times["longest"] = max(times["longest"], time.perf_counter() - middle)
+        times["cpu"] += time.thread_time() - cpu
+        return result
+
+    db._transaction = transaction
+    return times
+
+
+class Child:
+    """The node child process; talking to it blocks (only between phases)."""
+
+    def __init__(self, profile=False):
+        args = [sys.executable, "-m", "bench.mailbox", "--serve"] + (["--serve-profile"] if profile else [])
+        self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.port = self._read()["tcp"]
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the node child stopped (exit code {self.process.poll()})")
+        return json.loads(line)
+
+    def ask(self, command):
+        self.process.stdin.write(command.encode("utf-8") + b"\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def cpu(self):
+        return self.ask("cpu")["cpu"]
+
+    def stop(self):
+        self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+class Phase:
+    """Wall clock and both processes' CPU for one phase (and, optionally, profiles)."""
+
+    def __init__(self, child, name, profile_dir=None):
+        self.child, self.name, self.profile_dir = child, name, profile_dir
+        self.profiler = cProfile.Profile() if profile_dir else None
+
+    def start(self):
+        if self.profile_dir:
+            self.child.ask(f"dump {os.devnull}")  # start the node's profile afresh
+        self.node_cpu = self.child.cpu()
+        self.cpu = time.process_time()
+        if self.profiler:
+            self.profiler.enable()
+        self.wall = time.perf_counter()
+
+    def stop(self, count):
+        wall = time.perf_counter() - self.wall
+        db = None
+        if self.profiler:
+            self.profiler.disable()
+            self.profiler.dump_stats(os.path.join(self.profile_dir, f"client-{self.name}.prof"))
+            db = self.child.ask(f"dump {os.path.join(self.profile_dir, f'node-{self.name}.prof')}")["db"]
+            per = 1e6 / count
+            print(
+                f"node database thread, {self.name}: {db['transactions']} transactions,"
+                f" bodies {db['body'] * per:.1f} us/message, COMMITs {db['commit'] * per:.1f} us/message"
+                f" (thread CPU {db['cpu'] * per:.1f} us/message)"
+                f" ({db['commit'] / max(1, db['transactions']) * 1e3:.2f} ms each, longest"
+                f" {db['longest'] * 1e3:.1f} ms), {db['syncs']} WAL syncs"
+                f" ({db['sync'] / max(1, db['syncs']) * 1e3:.2f} ms each), wall {wall * per:.1f} us/message",
+                flush=True,
+            )
+        return {
+            "rate": count / wall,
+            "client_us": (time.process_time() - self.cpu) / count * 1e6,
+            "node_us": (self.child.cpu() - self.node_cpu) / count * 1e6,
+        }
+
+
+def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None):
+    """
+    One result per run: {"count", "enqueue": {...}, "drain": {...}} against
+    a new node child each; with C{anchor} (Mosquitto's binary), also
+    "mosquitto", measured right after the run (the reactor waits meanwhile).
+    """
+    from twisted.internet import defer
     from twisted.internet import reactor as _reactor
 
     from cairn.client import Client
     from cairn.mailbox import client as mailbox
     from cairn.pairing import client as pairing
 
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.mailbox", "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    port = json.loads(child.stdout.readline())["tcp"]
-    address = f"tcp:host=127.0.0.1:port={port}"
-    result = {}
+    results = []
+
+    @defer.inlineCallbacks
+    def one(reactor, profile_dir):
+        child = Child(profile=profile_dir is not None)
+        clients = []
+        try:
+            address = f"tcp:host=127.0.0.1:port={child.port}"
+            bob = Client(reactor)
+            clients.append(bob)
+            b = yield bob.connect(address)
+            yield pairing.pair_psk(b, PSK)
+            b.close()
+            sessions = []
+            for _ in range(senders):
+                c = Client(reactor)
+                clients.append(c)
+                s = yield c.connect(address)
+                yield pairing.pair_psk(s, PSK)
+                yield mailbox.mailbox(c.peer).peer_key(s, bob.peer_id)
+                sessions.append(s)
+            payload = os.urandom(SIZE)
+            per = messages // (senders * inflight)
+            total = per * senders * inflight
+
+            def lane(s):
+                # One message in flight: the next is sent from the ack's callback.
+                done, left = defer.Deferred(), [per]
+
+                def next_one(_=None):
+                    if not left[0]:
+                        done.callback(None)
+                        return
+                    left[0] -= 1
+                    mailbox.forward(s, bob.peer_id, payload).addCallbacks(next_one, done.errback)
+
+                next_one()
+                return done
+
+            result = {"count": total}
+            phase = Phase(child, "enqueue", profile_dir)
+            phase.start()
+            yield defer.gatherResults([lane(s) for s in sessions for _ in range(inflight)])
+            result["enqueue"] = phase.stop(total)
+
+            got = [0]
+            done = defer.Deferred()
+
+            def inbox(sender_id, mid, data):
+                got[0] += 1
+                if got[0] == total and not done.called:
+                    done.callback(None)
+
+            mailbox.set_inbox(bob.peer, inbox)
+            phase = Phase(child, "drain", profile_dir)
+            phase.start()
+            drained = yield bob.connect(address)
+            yield done
+            result["drain"] = phase.stop(total)
+            drained.close()
+            for s in sessions:
+                s.close()
+            if anchor:
+                result["mosquitto"] = mosquitto_rates(anchor, total, senders, inflight)
+            results.append(result)
+        finally:
+            child.stop()
 
     @defer.inlineCallbacks
     def run(reactor):
-        bob = Client(reactor)
-        b = yield bob.connect(address)
-        yield pairing.pair_psk(b, PSK)
-        b.close()
-        sessions = []
-        for _ in range(senders):
-            c = Client(reactor)
-            s = yield c.connect(address)
-            yield pairing.pair_psk(s, PSK)
-            yield mailbox.mailbox(c.peer).peer_key(s, bob.peer_id)
-            sessions.append(s)
-        payload = os.urandom(SIZE)
-        per = messages // (senders * 8)
+        for i in range(repeat):
+            yield one(reactor, profile_dir if i == 0 else None)
 
-        def sender(s):
-            return task.cooperate(mailbox.forward(s, bob.peer_id, payload) for _ in range(per)).whenDone()
-
-        start = time.perf_counter()
-        # 8 requests in flight per sender.
-        yield defer.gatherResults([sender(s) for s in sessions for _ in range(8)])
-        result["enqueue"] = per * senders * 8 / (time.perf_counter() - start)
-        total = per * senders * 8
-        got = [0]
-        done = defer.Deferred()
-
-        def inbox(sender_id, mid, data):
-            got[0] += 1
-            if got[0] == total and not done.called:
-                done.callback(None)
-
-        mailbox.set_inbox(bob.peer, inbox)
-        start = time.perf_counter()
-        yield bob.connect(address)
-        yield done
-        result["drain"] = total / (time.perf_counter() - start)
-        result["count"] = total
-
-    try:
-        _run_once(run, _reactor)
-    finally:
-        child.stdin.close()
-        child.wait(30)
-    return result
+    _run_once(run, _reactor)
+    return results
 
 
 def _run_once(run, reactor):
@@ -143,12 +327,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def mosquitto_rates(messages, senders):
-    """(publish/s, drain/s) of Mosquitto with persistence, or None if not installed."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary is None:
-        print("anchor skipped: mosquitto is not installed (apt-get install -y mosquitto)")
-        return None
+def mosquitto_binary():
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+def mosquitto_rates(binary, messages, senders, inflight):
+    """{"enqueue": publish/s, "drain": /s, "count"} of Mosquitto with persistence."""
     try:
         import paho.mqtt.client as mqtt
     except ImportError:
@@ -176,7 +360,7 @@ def mosquitto_rates(messages, senders):
         pubs = []
         for i in range(senders):
             p = mqtt.Client(version, client_id=f"bench-pub-{i}")
-            p.max_inflight_messages_set(8)
+            p.max_inflight_messages_set(inflight)
             p.connect("127.0.0.1", port)
             p.loop_start()
             pubs.append(p)
@@ -208,27 +392,68 @@ def mosquitto_rates(messages, senders):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def spread(values, fmt="{:.0f}"):
+    """C{'median (min..max)'} of C{values}, or the one value."""
+    values = sorted(values)
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(values[len(values) // 2])} ({fmt.format(values[0])}..{fmt.format(values[-1])})"
+
+
+def print_profiles(profile_dir, top=25):
+    for side in ("node", "client"):
+        for phase in PHASES:
+            path = os.path.join(profile_dir, f"{side}-{phase}.prof")
+            if os.path.exists(path):
+                print(f"== {side} {phase}: {path} (by own time) ==")
+                pstats.Stats(path, stream=sys.stdout).sort_stats("tottime").print_stats(top)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--messages", type=int, default=4000, help="messages per run (split among senders)")
     p.add_argument("--senders", type=int, default=8)
+    p.add_argument("--inflight", type=int, default=8, help="requests in flight per sender")
+    p.add_argument("--repeat", type=int, default=1, help="runs (each on a new node and a new Mosquitto)")
+    p.add_argument("--profile", metavar="DIR", help="write cProfile statistics of the first run to DIR")
+    p.add_argument("--no-anchor", action="store_true", help="skip Mosquitto")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-profile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve()
+        serve(args.serve_profile)
         return
-    per_session = max(1, args.messages // (args.senders * 8))
-    cairn = cairn_rates(per_session * args.senders * 8, args.senders)
-    print(f"cairn mailbox: {cairn['count']} x 1 KiB, {args.senders} senders (fsync before every ack)")
-    print(f"  enqueue {cairn['enqueue']:9.0f} msg/s   drain {cairn['drain']:9.0f} msg/s")
-    anchor = mosquitto_rates(cairn["count"], args.senders)
-    if anchor:
-        print(f"mosquitto QoS1 persistent: {anchor['count']} x 1 KiB, {args.senders} publishers")
-        print(f"  enqueue {anchor['enqueue']:9.0f} msg/s   drain {anchor['drain']:9.0f} msg/s")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        args.profile = os.path.abspath(args.profile)
+    per_session = max(1, args.messages // (args.senders * args.inflight))
+    count = per_session * args.senders * args.inflight
+    binary = None if args.no_anchor else mosquitto_binary()
+    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary)
+    print(
+        f"cairn mailbox: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
+        f" {len(runs)} run(s) (fsync before every ack)"
+    )
+    for phase in PHASES:
+        figures = [r[phase] for r in runs]
         print(
-            f"ratio enqueue {cairn['enqueue'] / anchor['enqueue']:.2f}x (target >= 1.0x), "
-            f"drain {cairn['drain'] / anchor['drain']:.2f}x (target >= 1.0x)"
+            f"  {phase:8s}{spread([f['rate'] for f in figures]):>24s} msg/s   CPU per message:"
+            f" client {spread([f['client_us'] for f in figures])} us,"
+            f" node {spread([f['node_us'] for f in figures])} us"
         )
+    if binary is None:
+        if not args.no_anchor:
+            print("anchor skipped: mosquitto is not installed (apt-get install -y mosquitto)")
+    else:
+        anchors = [r["mosquitto"] for r in runs]
+        print(f"mosquitto QoS1 persistent: {count} x 1 KiB, {args.senders} publishers")
+        for phase in PHASES:
+            print(f"  {phase:8s}{spread([a[phase] for a in anchors]):>24s} msg/s")
+        for phase in PHASES:
+            ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, anchors)]
+            print(f"ratio {phase} {spread(ratios, '{:.2f}')}x (target >= 1.0x)")
+    if args.profile:
+        print_profiles(args.profile)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,17 @@ SQLite off the reactor: one database file, one dedicated thread.
 Every access is a C{*_txn(cursor, ...)} function run by L{Database.run} on
 the database's own thread inside one transaction (C{BEGIN IMMEDIATE} ...
 C{COMMIT}), so the reactor never blocks on disk and writers never race.
-The connection runs in WAL mode with C{synchronous=FULL}: once C{run}'s
-Deferred fires, the transaction is on disk.
+The connection runs in WAL mode; once C{run}'s Deferred fires, the
+transaction is on disk.
+
+Durability is explicit: the connection uses C{synchronous=NORMAL} (a
+COMMIT writes the WAL but does not sync it; SQLite still syncs the WAL
+before each checkpoint and the database file after it), and the WAL is
+synced with C{fdatasync} before anyone hears of a write: by C{run} on the
+database thread, right after a transaction that changed rows, or -- for
+L{GroupCommit} -- by L{Database.sync} on a thread of its own, so that the
+next group is written while the previous one is being synced, and one
+sync covers every group written before it started.
 
 Each component (trust store, mailbox, ...) owns a schema chain: files
 C{v1.sql}, C{v2.sql}, ... in a package of its own, applied in order and
@@ -91,13 +100,18 @@ class Database:
         self.path = path
         self.components = list(components)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db")
+        self._sync_pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db-sync")
         self._conn = None
+        self._wal_fd = None
         self._trigger = None
+        self._sync_waiters = []
+        self._syncing = False
 
     def _start_pool(self):
         self._pool.start()
+        self._sync_pool.start()
         # Never outlive the reactor, whatever happens to the services.
-        self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self.close_now)
+        self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
 
     def start(self):
         """Open and upgrade the database on its thread; fires once it is ready."""
@@ -131,8 +145,14 @@ class Database:
                 raise DatabaseError(f"{self.path} is corrupt: {check}")
             for name, package in self.components:
                 self._transaction(upgrade_txn, name, package)
+            # From here on every write is synced explicitly (see the module docstring).
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+            os.fdatasync(self._wal_fd)
         except sqlite3.DatabaseError as e:
             raise DatabaseError(f"cannot open {self.path}: {e}") from None
+        except OSError as e:
+            raise DatabaseError(f"cannot sync the write-ahead log of {self.path}: {e}") from None
         for path in (self.path, self.path + "-wal", self.path + "-shm"):
             if os.path.exists(path):
                 os.chmod(path, 0o600)
@@ -153,13 +173,21 @@ class Database:
         cursor.execute("COMMIT")
         return result
 
+    def _durable(self, txn, *args):
+        before = self._conn.total_changes if self._conn is not None else 0
+        result = self._transaction(txn, *args)
+        if self._conn.total_changes != before:
+            os.fdatasync(self._wal_fd)
+        return result
+
     def run(self, txn, *args):
         """
         Run C{txn(cursor, *args)} in one transaction on the database thread.
 
-        @return: a Deferred firing with C{txn}'s result once committed.
+        @return: a Deferred firing with C{txn}'s result once committed (and
+            on disk, if it changed rows).
         """
-        return self._defer(self._transaction, txn, *args)
+        return self._defer(self._durable, txn, *args)
 
     def run_many(self, calls):
         """
@@ -168,7 +196,47 @@ class Database:
         @return: a Deferred firing with the list of results, or failing
             (and rolling all of them back) if any raises.
         """
-        return self._defer(self._transaction, lambda cursor: [txn(cursor, *args) for txn, args in calls])
+        return self._defer(self._durable, lambda cursor: [txn(cursor, *args) for txn, args in calls])
+
+    def write(self, txn, *args):
+        """
+        Like L{run}, but fire once committed, before the WAL is synced:
+        follow with L{sync} before telling anyone.
+        """
+        return self._defer(self._transaction, txn, *args)
+
+    def sync(self):
+        """
+        A Deferred firing once everything committed so far is on disk: an
+        fdatasync of the WAL that starts after this call (syncs are
+        serialized; callers arriving during one share the next).
+        """
+        d = defer.Deferred()
+        self._sync_waiters.append(d)
+        if not self._syncing:
+            self._start_sync()
+        return d
+
+    def _start_sync(self):
+        waiters, self._sync_waiters = self._sync_waiters, []
+        self._syncing = True
+        d = deferToThreadPool(self.reactor, self._sync_pool, self._fdatasync)
+        d.addBoth(self._synced, waiters)
+
+    def _fdatasync(self):
+        if self._wal_fd is None:
+            raise DatabaseError(f"{self.path} is closed")
+        os.fdatasync(self._wal_fd)
+
+    def _synced(self, result, waiters):
+        self._syncing = False
+        if self._sync_waiters:
+            self._start_sync()
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
 
     def close_now(self) -> None:
         """
@@ -178,10 +246,24 @@ class Database:
         """
         if self._pool.started:
             self._pool.stop()
+        if self._sync_pool.started:
+            self._sync_pool.stop()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._close_wal()
         self._remove_trigger()
+
+    def _at_shutdown(self):
+        # The reactor has taken this trigger off its list to call it: it
+        # must not be removed again.
+        self._trigger = None
+        self.close_now()
+
+    def _close_wal(self):
+        fd, self._wal_fd = self._wal_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _remove_trigger(self):
         trigger, self._trigger = self._trigger, None
@@ -196,15 +278,30 @@ class Database:
                 self._conn.close()
                 self._conn = None
 
+        def stopped(result):
+            self._pool.stop()
+            self._sync_pool.stop()
+            self._close_wal()
+            self._remove_trigger()
+            return result
+
         d = self._defer(close)
-        d.addBoth(lambda result: (self._pool.stop(), self._remove_trigger(), result)[2])
+        d.addBoth(stopped)
         return d
+
+
+#: Groups a L{GroupCommit} lets be written but not yet synced: one being
+#: synced and the next; later requests wait and make a bigger group.
+MAX_UNSYNCED = 2
 
 
 class GroupCommit:
     """
     Group commit over a L{Database}: mutations submitted while a commit is
     in flight form the next transaction, so a burst costs one fsync.
+    Pipelined: a group is written (L{Database.write}) while the previous
+    one is being synced (L{Database.sync}); results are given, in order,
+    only once their group is on disk.
 
     A mutation is C{txn(cursor, *args)} returning C{(result, changes)}.
     C{batch_txn(cursor, calls)} runs one batch and returns an C{(ok, value)}
@@ -223,19 +320,28 @@ class GroupCommit:
         self._to_error = to_error
         self._queue = []
         self._busy = False
+        self._syncing = 0  # groups written, not yet synced
         self._idle = []
 
     def submit(self, txn, *args):
         """Queue C{txn(cursor, *args)}; fires with its result once committed."""
         d = defer.Deferred()
         self._queue.append((txn, args, d))
-        if not self._busy:
+        if not self._busy and self._syncing < MAX_UNSYNCED:
             self._flush()
         return d
 
+    def settled(self):
+        """
+        A Deferred firing once every group written so far is on disk: for a
+        read that ran after them (and may show their rows) to wait before
+        anyone hears of what it read.
+        """
+        return self.db.sync() if self._syncing else defer.succeed(None)
+
     def flushed(self):
         """A Deferred firing once every queued mutation has committed (or failed)."""
-        if not self._busy and not self._queue:
+        if not self._busy and not self._queue and not self._syncing:
             return defer.succeed(None)
         d = defer.Deferred()
         self._idle.append(d)
@@ -245,10 +351,24 @@ class GroupCommit:
         batch, self._queue = self._queue, []
         self._busy = True
         self.commits += 1
-        d = self.db.run(self._batch_txn, [(txn, args) for txn, args, _ in batch])
-        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d = self.db.write(self._batch_txn, [(txn, args) for txn, args, _ in batch])
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
-    def _committed(self, outcomes, batch):
+    def _written(self, outcomes, batch):
+        self._syncing += 1
+        synced = self.db.sync()
+        synced.addCallbacks(self._committed, self._failed, (outcomes, batch), None, (batch,))
+        synced.addBoth(self._synced)
+        self._next()
+
+    def _synced(self, _):
+        self._syncing -= 1
+        if not self._busy and self._queue and self._syncing < MAX_UNSYNCED:
+            self._flush()
+        else:
+            self._maybe_idle()
+
+    def _committed(self, _, outcomes, batch):
         for (_, _, d), (ok, value) in zip(batch, outcomes):
             if ok:
                 result, changes = value
@@ -256,19 +376,26 @@ class GroupCommit:
                 d.callback(result)
             else:
                 d.errback(Failure(self._to_error(value)))
-        self._next()
 
     def _failed(self, failure, batch):
         error = Failure(self._to_error(failure.value))
         for _, _, d in batch:
             d.errback(error)
+
+    def _write_failed(self, failure, batch):
+        self._failed(failure, batch)
         self._next()
 
     def _next(self):
         self._busy = False
-        if self._queue:
+        if self._queue and self._syncing < MAX_UNSYNCED:
             self._flush()
         else:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            self._maybe_idle()
+
+    def _maybe_idle(self):
+        if self._busy or self._queue or self._syncing:
+            return
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)

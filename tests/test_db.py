@@ -113,6 +113,20 @@ class DatabaseTests(unittest.TestCase):
         fks = yield db.run(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0])
         self.assertEqual((mode, fks), ("wal", 1))
 
+    def test_closed_by_reactor_shutdown(self):
+        """A database still open at reactor shutdown is closed by its trigger, without an error."""
+        from twisted.internet.selectreactor import SelectReactor
+
+        other = SelectReactor()  # never run or installed: only its triggers are used
+        self.addCleanup(other.waker.connectionLost, None)  # closes its pipe
+        db = Database(other, self.path, [("notes", "tests.dbschema")])
+        db.open()
+        errors = []
+        self.patch(other, "removeSystemEventTrigger", lambda handle: errors.append(handle))
+        other.fireSystemEvent("shutdown")
+        self.assertEqual(errors, [])  # the trigger did not try to remove itself
+        self.assertIsNone(db._conn)
+
     @defer.inlineCallbacks
     def test_wal_files_private(self):
         """The -wal and -shm files are 0600 like the database, whatever the umask."""

@@ -111,10 +111,10 @@ class MailboxHarness(ScenarioMixin):
 
     @defer.inlineCallbacks
     def forward_raw(self, session, body):
-        """Send a raw ForwardRequest body; fires with (status, reason) of the ForwardAck."""
+        """Send a raw ForwardRequest entry alone; fires with the status of its ack."""
         d = defer.Deferred()
         mailbox.mailbox(session.local)._acks[(session.session_id, body["id"])] = d
-        session.send(MessageType.FORWARD_REQUEST, body)
+        session.send(MessageType.FORWARD_REQUEST, {"messages": [body]})
         try:
             yield eventually(d)
         except ForwardRejected as e:
@@ -291,7 +291,7 @@ class MailboxScenarioMixin(MailboxHarness):
         stranger, _ = self.peer(paired=False)
         bob, _ = self.peer()
         s = yield self.connect(stranger)
-        s.send(MessageType.FORWARD_REQUEST, {"to": bob.peer_id, "id": uuid7(), "payload": b"x"})
+        s.send(MessageType.FORWARD_REQUEST, {"messages": [{"to": bob.peer_id, "id": uuid7(), "payload": b"x"}]})
         ended = yield closed(s)
         self.assertEqual(ended.code, CloseCode.NOT_PAIRED)
 
@@ -311,7 +311,7 @@ class MailboxScenarioMixin(MailboxHarness):
         self.assertEqual(
             (yield self.forward_raw(a, {"to": bob.peer_id, "id": uuid7(), "payload": big})), ForwardStatus.TOO_LARGE
         )
-        a.send(MessageType.FORWARD_REQUEST, {"to": bob.peer_id, "id": b"short"})
+        a.send(MessageType.FORWARD_REQUEST, {"messages": [{"to": bob.peer_id, "id": b"short"}]})
         ended = yield closed(a)
         self.assertEqual(ended.code, CloseCode.BAD_CBOR)
 
@@ -365,6 +365,118 @@ class MailboxScenarioMixin(MailboxHarness):
         self.assertIn('cairn_mailbox_requests_total{status="stored"} 1.0', text)
 
 
+class BatchingMixin:
+    """Batches on the wire: requests, acks, deliveries and cumulative purges (docs/protocol.md §21)."""
+
+    def record(self, peer, type_code, into, what=lambda body: body):
+        """Record C{what(body)} of every C{type_code} envelope C{peer} gets, then hand it on."""
+        inner = peer.handler_for(type_code)
+
+        def recording(session, body):
+            into.append(what(body))
+            self.conditions.changed()
+            if inner is not None:
+                inner(session, body)
+
+        peer.register_handler(type_code, recording)
+
+    @defer.inlineCallbacks
+    def test_requests_batched_while_one_awaits_its_ack(self):
+        """Forwards made while a ForwardRequest awaits its ack (or from its callbacks) go together in the next one."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"first"))  # the recipient's key is fetched
+        # Still inside the first ack's callbacks: these queue, and go as one.
+        sizes = []
+        self.record(self.server, MessageType.FORWARD_REQUEST, sizes, lambda body: len(body["messages"]))
+        results = yield eventually(defer.gatherResults([mailbox.forward(a, bob.peer_id, b"%d" % i) for i in range(10)]))
+        self.assertEqual(len({r.message_id for r in results}), 10)
+        self.assertEqual(sizes, [10])
+        yield task.deferLater(reactor, 0, lambda: None)  # out of every callback: the first goes at once
+        yield eventually(defer.gatherResults([mailbox.forward(a, bob.peer_id, b"%d" % i) for i in range(5)]))
+        self.assertEqual(sizes, [10, 1, 4])
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 16)
+
+    @defer.inlineCallbacks
+    def test_one_ack_per_request_in_entry_order(self):
+        """A ForwardRequest mixing good and bad entries gets one ForwardAck with each entry's status, in order."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        stranger, _ = self.peer(paired=False)
+        a = yield self.connect(alice)
+        acks = []
+        self.record(alice.peer, MessageType.FORWARD_ACK, acks)
+        first, other = uuid7(), uuid7()
+        entries = [
+            {"to": bob.peer_id, "id": first, "payload": b"x"},
+            {"to": bob.peer_id, "id": b"\0" * 16, "payload": b"x"},  # not a UUIDv7
+            {"to": bob.peer_id, "id": first, "payload": b"x"},  # the first again
+            {"to": stranger.peer_id, "id": other, "payload": b"x"},
+        ]
+        a.send(MessageType.FORWARD_REQUEST, {"messages": entries})
+        yield self.until(lambda: acks)
+        (body,) = acks
+        self.assertEqual(
+            [(e["id"], e["status"]) for e in body["acks"]],
+            [
+                (first, ForwardStatus.STORED),
+                (b"\0" * 16, ForwardStatus.INVALID),
+                (first, ForwardStatus.DUPLICATE),
+                (other, ForwardStatus.NOT_PAIRED),
+            ],
+        )
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)
+
+    @defer.inlineCallbacks
+    def test_deliveries_batched_and_acknowledged_cumulatively(self):
+        """Held messages reach the recipient several to a ForwardDeliver, each acknowledged by one upto."""
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(defer.gatherResults([mailbox.forward(a, bob.peer_id, b"m%d" % i) for i in range(12)]))
+        batches, purges = [], []
+        self.record(bob.peer, MessageType.FORWARD_DELIVER, batches, lambda body: [e["seq"] for e in body["messages"]])
+        self.record(self.server, MessageType.FORWARD_PURGE, purges)
+        yield self.connect(bob)
+        got = yield bob_box.wait(bob_box.messages, 12)
+        self.assertEqual([data for _, _, data in got], [b"m%d" % i for i in range(12)])
+        yield self.until(lambda: self.mailbox.delivered == 12)
+        self.assertLess(len(batches), 12)
+        self.assertEqual(purges, [{"upto": seqs[-1]} for seqs in batches])
+        self.assertEqual(self.store.depths(), {})
+
+    @defer.inlineCallbacks
+    def test_upto_deletes_only_what_the_session_was_sent(self):
+        """A cumulative purge past what the session was sent deletes only what it was sent."""
+        self.mailbox.window = 2
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(defer.gatherResults([mailbox.forward(a, bob.peer_id, b"m%d" % i) for i in range(5)]))
+        batches = []
+        bob.peer.register_handler(
+            MessageType.FORWARD_DELIVER, lambda s, body: self.conditions.changed(batches.append(body))
+        )
+        b = yield self.connect(bob)
+        yield self.until(lambda: batches)
+        self.assertEqual(sum(len(body["messages"]) for body in batches), 2)
+        b.send(MessageType.FORWARD_PURGE, {"upto": 2**62})
+        yield self.until(lambda: self.mailbox.delivered == 2)
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 3)
+
+    @defer.inlineCallbacks
+    def test_signed_sealing(self):
+        """A message sealed with signed=True is delivered and opened like any other."""
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        sent = yield eventually(mailbox.forward(a, bob.peer_id, b"signed hello", signed=True))
+        yield self.connect(bob)
+        (got,) = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got, (alice.peer_id, sent.message_id, b"signed hello"))
+
+
 class DisabledMixin:
     enabled = False
 
@@ -378,15 +490,15 @@ class DisabledMixin:
         self.assertEqual(failure.code, ForwardStatus.DISABLED)
 
 
-class TCPMailboxTests(MailboxScenarioMixin, unittest.TestCase):
+class TCPMailboxTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):
     pass
 
 
-class WebSocketMailboxTests(MailboxScenarioMixin, unittest.TestCase):
+class WebSocketMailboxTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):
     websocket = True
 
 
-class SQLiteMailboxTests(MailboxScenarioMixin, unittest.TestCase):
+class SQLiteMailboxTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):
     sqlite = True
 
     @defer.inlineCallbacks

@@ -137,7 +137,7 @@ class KillTests(NodeMixin, unittest.TestCase):
         inner = bob.peer.handler_for(0x0702)
 
         def counting(session, body):
-            deliveries.append((body["id"], body["seq"]))
+            deliveries.extend((entry["id"], entry["seq"]) for entry in body["messages"])
             inner(session, body)
 
         bob.peer.register_handler(0x0702, counting)

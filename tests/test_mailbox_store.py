@@ -11,11 +11,12 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from cairn.db import Database
+from cairn.db import Database, schema_files
 from cairn.mailbox.client import uuid7
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Depth, IMailboxStore, Incoming, Limits, PeerLimits, StoreFull
 from cairn.mailbox.store import MemoryMailboxStore, SQLiteMailboxStore
 from cairn.wire.constants import ForwardStatus, ReceiptStatus
+from tests._harness import Conditions
 
 A, B, C = "QmSenderA", "QmRecipientB", "QmRecipientC"
 LIMITS = Limits(max_per_peer=3, max_total=1000, max_age=100.0)
@@ -102,6 +103,36 @@ class StoreMixin:
         self.assertEqual((yield self.store.receipts(A, 0, 10)), [])
 
     @defer.inlineCallbacks
+    def test_acknowledge_upto(self):
+        """Acknowledging up to a seq deletes each of the recipient's messages up to it, owing one receipt each."""
+        first, second = item(payload=b"1"), item(payload=b"2")
+        yield self.enqueue(first, item(C), second, item(payload=b"3"))
+        held = yield self.store.fetch(B, 0, 10)
+        receipts = yield self.store.acknowledge(B, [], 5.0, 100.0, upto=held[1].seq)
+        self.assertEqual(
+            sorted((r.message_id, r.status) for r in receipts),
+            sorted([(first.message_id, ReceiptStatus.DELIVERED), (second.message_id, ReceiptStatus.DELIVERED)]),
+        )
+        self.assertEqual(len({r.rseq for r in receipts}), 2)
+        self.assertEqual([m.payload for m in (yield self.store.fetch(B, 0, 10))], [b"3"])
+        self.assertEqual(len((yield self.store.fetch(C, 0, 10))), 1)
+        self.assertEqual(self.store.depths()[B].messages, 1)
+        self.assertEqual(sorted((yield self.store.receipts(A, 0, 10))), sorted(receipts))
+        # upto and single seqs together; seqs already covered are not counted twice.
+        (last,) = yield self.store.fetch(B, 0, 10)
+        again = yield self.store.acknowledge(B, [held[0].seq, last.seq], 6.0, 100.0, upto=held[1].seq)
+        self.assertEqual([r.message_id for r in again], [last.message_id])
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
+    def test_duplicate_in_one_batch(self):
+        """The same (sender, id) twice in one enqueue is stored once, the second acked DUPLICATE."""
+        once = item()
+        results = yield self.enqueue(once, once)
+        self.assertEqual([s for s, _ in results], [ForwardStatus.STORED, ForwardStatus.DUPLICATE])
+        self.assertEqual(self.store.depths()[B].messages, 1)
+
+    @defer.inlineCallbacks
     def test_expire(self):
         """Messages past max_age are removed with EXPIRED receipts; younger ones stay."""
         yield self.enqueue(item(payload=b"old"), now=0.0)
@@ -168,6 +199,93 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         results = yield defer.gatherResults([self.enqueue(item(C if i % 2 else B)) for i in range(6)])
         self.assertEqual(len(results), 6)
         self.assertEqual(self.store.commits - before, 2)  # the first alone, then the five queued behind it
+
+    @defer.inlineCallbacks
+    def test_merged_enqueues_keep_their_results(self):
+        """Enqueues merged into one pass each get their own results and increasing seqs."""
+        first = item()
+        results = yield defer.gatherResults(
+            [self.enqueue(item(payload=b"a")), self.enqueue(first, item(C)), self.enqueue(first)]
+        )
+        statuses = [[s for s, _ in r] for r in results]
+        self.assertEqual(statuses, [[ForwardStatus.STORED], [ForwardStatus.STORED] * 2, [ForwardStatus.DUPLICATE]])
+        seqs = [seq for r in results[:2] for _, seq in r]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(len(set(seqs)), 3)
+        self.assertEqual(self.store.depths()[B].messages, 2)
+
+    @defer.inlineCallbacks
+    def test_acks_wait_for_the_sync(self):
+        """An enqueue fires only once the WAL is synced after its commit, and so does a read that saw it."""
+        gates = []
+        requested = Conditions()
+        real_sync = self.db.sync
+
+        def held_sync():
+            gate = defer.Deferred()
+            gates.append(gate)
+            requested.changed()
+            return gate.addCallback(lambda _: real_sync())
+
+        self.db.sync = held_sync
+        done = []
+        self.enqueue(item(payload=b"held")).addCallback(lambda r: requested.changed(done.append([s for s, _ in r])))
+        yield requested.until(lambda: gates)
+        self.assertEqual(done, [])
+        self.store.fetch(B, 0, 10).addCallback(lambda h: requested.changed(done.append([m.payload for m in h])))
+        yield requested.until(lambda: len(gates) == 2)
+        self.assertEqual(done, [])  # committed and visible, but not on disk yet
+        for gate in gates:
+            gate.callback(None)
+        yield requested.until(lambda: len(done) == 2)
+        self.assertEqual(done, [[ForwardStatus.STORED], [b"held"]])  # in commit order
+
+    @defer.inlineCallbacks
+    def test_failed_sync_is_not_an_ack(self):
+        """If syncing the WAL fails, the enqueue fails (no ack); later ones succeed once syncs work again."""
+        real = self.db._fdatasync
+        failing = [True]
+
+        def fdatasync():
+            if failing[0]:
+                raise OSError(5, "Input/output error")
+            return real()
+
+        self.db._fdatasync = fdatasync
+        yield self.assertFailure(self.enqueue(item()), OSError)
+        failing[0] = False
+        results = yield self.enqueue(item())
+        self.assertEqual([s for s, _ in results], [ForwardStatus.STORED])
+
+    @defer.inlineCallbacks
+    def test_upgrade_keeps_dedup_ids(self):
+        """A v1 database upgraded to the current schema keeps its dedup ids (a retry is still a duplicate)."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "cairn.sqlite")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+        for statement in schema_files("cairn.mailbox.schema")[0][1].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_versions VALUES ('mailbox', 1)")
+        old = item()
+        conn.execute(
+            "INSERT INTO mailbox_ids (sender, message_id, recipient, expires_at) VALUES (?, ?, ?, ?)",
+            (old.sender, old.message_id, old.recipient, 100.0),
+        )
+        conn.close()
+        db = Database(reactor, path, [MAILBOX_SCHEMA])
+        yield db.start()
+        self.addCleanup(db.stop)
+        version = yield db.run(
+            lambda c: c.execute("SELECT version FROM schema_versions WHERE component = 'mailbox'").fetchone()[0]
+        )
+        self.assertEqual(version, 2)
+        store = SQLiteMailboxStore(db)
+        yield store.start()
+        results = yield store.enqueue([old, item()], 1.0, LIMITS)
+        self.assertEqual([s for s, _ in results], [ForwardStatus.DUPLICATE, ForwardStatus.STORED])
 
     @defer.inlineCallbacks
     def test_reload(self):

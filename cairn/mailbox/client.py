@@ -7,15 +7,24 @@ The peer side of the mailbox, over a client L{Session} with a node.
     result = yield mailbox.forward(session, recipient_peer_id, b"hello")
 
 L{forward} fetches the recipient's identity key from the node
-(PeerKeyRequest), checks that it hashes to the recipient's peer id (the
-node cannot substitute a key), seals the data end to end
-(L{cairn.mailbox.sealing}) and fires with a L{ForwardResult} once the
+(PeerKeyRequest) once, checks that it hashes to the recipient's peer id
+(the node cannot substitute a key), seals the data end to end
+(L{cairn.mailbox.sealing}: the pair box by default, the signed sealed box
+with C{signed=True}) and fires with a L{ForwardResult} once the
 node has the message on disk, or fails with L{ForwardRejected}. To retry
 after a failure (e.g. the session ended first), pass the same
 C{message_id}: the node acknowledges it again without storing it twice.
 
-Deliveries are opened, checked, given to the inbox callback once per
-(sender, message id) and acknowledged with ForwardPurge. The duplicate
+Requests travel several to a ForwardRequest, Nagle-like: while one
+ForwardRequest of a session awaits its ForwardAck (the node's group
+commit), further requests queue, and go together as soon as it arrives
+-- also those made by the callbacks of the acks it carries.
+
+Deliveries (several per ForwardDeliver) are opened, checked, given to
+the inbox callback once per (sender, message id) in order, and
+acknowledged with one cumulative ForwardPurge C{"upto"} per
+ForwardDeliver; receipts likewise, one ForwardPurge per ForwardReceipt.
+The duplicate
 filter is in memory, per client L{Peer} (the last L{SEEN} ids): a message
 redelivered after the client process restarted is given again.
 """
@@ -36,6 +45,8 @@ log = Logger()
 
 #: Message ids remembered per client for the duplicate filter.
 SEEN = 100_000
+#: Payload bytes (with L{messages.DELIVER_OVERHEAD} each) in one ForwardRequest.
+BATCH_BYTES = 64 * 1024
 
 
 class ForwardRejected(Exception):
@@ -80,6 +91,14 @@ def uuid7(now: float = None) -> bytes:
     return millis.to_bytes(6, "big") + bytes([0x70 | (rand[0] & 0x0F), rand[1], 0x80 | (rand[2] & 0x3F)]) + rand[3:]
 
 
+class _Outgoing:
+    """The ForwardRequest entries of one session not sent yet, and the envelopes awaiting their ForwardAck."""
+
+    def __init__(self):
+        self.queue = []
+        self.awaiting = 0
+
+
 class MailboxClient:
     """The mailbox dispatcher of one client L{Peer}: see the module docstring."""
 
@@ -90,9 +109,11 @@ class MailboxClient:
         #: Called with a L{ReceiptEvent}.
         self.on_receipt = None
         self._acks = {}  # (session id, message id) -> Deferred
+        self._outgoing = {}  # session id -> _Outgoing
         self._key_waiters = {}  # (session id, peer id) -> [Deferred]
         self._keys = {}  # peer id -> verified identity key
         self._seen = OrderedDict()
+        self.sealer = sealing.Sealer(peer.identity)
         handlers = {
             MessageType.FORWARD_ACK: self._ack,
             MessageType.FORWARD_DELIVER: self._deliver,
@@ -118,19 +139,46 @@ class MailboxClient:
             session.send(MessageType.PEER_KEY_REQUEST, {"peer": peer_id})
         return d
 
-    @defer.inlineCallbacks
-    def forward(self, session, peer_id, data: bytes, message_id: bytes = None):
+    def forward(self, session, peer_id, data: bytes, message_id: bytes = None, signed: bool = False):
         """Seal C{data} for C{peer_id} and have the node store it; see the module docstring."""
         message_id = message_id or uuid7()
-        key = yield self.peer_key(session, peer_id)
-        payload = sealing.seal(self.peer.identity, peer_id, key, message_id, data)
+        key = self._keys.get(peer_id)
+        if key is None:
+            d = self.peer_key(session, peer_id)
+            return d.addCallback(lambda key: self._request(session, peer_id, key, data, message_id, signed))
+        try:
+            return self._request(session, peer_id, key, data, message_id, signed)
+        except Exception:
+            return defer.fail()
+
+    def _request(self, session, peer_id, key, data, message_id, signed):
+        payload = self.sealer.seal(peer_id, key, message_id, data, signed)
         if session.closed is not None:
             raise session.closed
         d = defer.Deferred()
         self._acks[(session.session_id, message_id)] = d
-        session.send(MessageType.FORWARD_REQUEST, {"to": peer_id, "id": message_id, "payload": payload})
-        result = yield d
-        return result
+        entry = {"to": peer_id, "id": message_id, "payload": payload}
+        outgoing = self._outgoing.get(session.session_id)
+        if outgoing is None:
+            outgoing = self._outgoing[session.session_id] = _Outgoing()
+        outgoing.queue.append(entry)
+        if not outgoing.awaiting:
+            self._flush(session, outgoing)
+        return d
+
+    def _flush(self, session, outgoing):
+        """Send what C{outgoing} holds, in ForwardRequests of at most L{BATCH_BYTES} (a larger entry alone)."""
+        queue, outgoing.queue = outgoing.queue, []
+        batch, size = [], 0
+        for entry in queue:
+            cost = len(entry["payload"]) + messages.DELIVER_OVERHEAD
+            if batch and size + cost > BATCH_BYTES:
+                outgoing.awaiting += _send(session, MessageType.FORWARD_REQUEST, {"messages": batch})
+                batch, size = [], 0
+            batch.append(entry)
+            size += cost
+        if batch:
+            outgoing.awaiting += _send(session, MessageType.FORWARD_REQUEST, {"messages": batch})
 
     # Handlers
 
@@ -152,14 +200,23 @@ class MailboxClient:
                 d.errback(error)
 
     def _ack(self, session, body):
-        message_id, status, reason = messages.parse_forward_ack(body)
-        d = self._acks.pop((session.session_id, message_id), None)
-        if d is None:
-            return
-        if status in (ForwardStatus.STORED, ForwardStatus.DUPLICATE):
-            d.callback(ForwardResult(message_id, status == ForwardStatus.DUPLICATE))
-        else:
-            d.errback(ForwardRejected(status, reason))
+        acks = messages.parse_acks(body)
+        outgoing = self._outgoing.get(session.session_id)
+        try:
+            for message_id, status, reason in acks:
+                d = self._acks.pop((session.session_id, message_id), None)
+                if d is None:
+                    continue
+                if status in (ForwardStatus.STORED, ForwardStatus.DUPLICATE):
+                    d.callback(ForwardResult(message_id, status == ForwardStatus.DUPLICATE))
+                else:
+                    d.errback(ForwardRejected(status, reason))
+        finally:
+            # What was asked for meanwhile (also from the callbacks above) goes now, together.
+            if outgoing is not None:
+                outgoing.awaiting = max(0, outgoing.awaiting - 1)
+                if not outgoing.awaiting and outgoing.queue:
+                    self._flush(session, outgoing)
 
     def _remember(self, key) -> bool:
         """Record C{key}; False if it was seen already."""
@@ -171,37 +228,42 @@ class MailboxClient:
         return True
 
     def _deliver(self, session, body):
-        message_id, sender, seq, _, payload = messages.parse_forward_deliver(body)
+        deliveries = messages.parse_deliveries(body)
         try:
-            if self._remember((sender, message_id)):
+            for message_id, sender, _, _, payload in deliveries:
+                if not self._remember((sender, message_id)):
+                    continue
                 try:
-                    data = sealing.unseal(self.peer.identity, sender, message_id, payload)
+                    data = self.sealer.unseal(sender, message_id, payload)
                 except sealing.SealError as e:
                     log.warn("mailbox: dropped a message from {sender}: {why}", sender=sender, why=str(e))
                 else:
                     if self.on_message is not None:
                         self.on_message(sender, message_id, data)
         finally:
-            # Acknowledged in every case: a message that cannot be opened
-            # never will be, and must not be redelivered forever.
-            _send(session, MessageType.FORWARD_PURGE, {"seqs": [seq]})
+            # Acknowledged (cumulatively, up to the last one handed over) in
+            # every case: a message that cannot be opened never will be, and
+            # must not be redelivered forever.
+            _send(session, MessageType.FORWARD_PURGE, {"upto": deliveries[-1][2]})
 
     def _receipt(self, session, body):
-        message_id, recipient, rseq, status, at = messages.parse_forward_receipt(body)
+        receipts = messages.parse_receipts(body)
         try:
-            if self._remember(("receipt", message_id, status)) and self.on_receipt is not None:
-                try:
-                    status = ReceiptStatus(status)
-                except ValueError:
-                    pass
-                self.on_receipt(ReceiptEvent(message_id, recipient, status, at))
+            for message_id, recipient, _, status, at in receipts:
+                if self._remember(("receipt", message_id, status)) and self.on_receipt is not None:
+                    try:
+                        status = ReceiptStatus(status)
+                    except ValueError:
+                        pass
+                    self.on_receipt(ReceiptEvent(message_id, recipient, status, at))
         finally:
-            _send(session, MessageType.FORWARD_PURGE, {"receipts": [rseq]})
+            _send(session, MessageType.FORWARD_PURGE, {"receipts": [r[2] for r in receipts]})
 
     # Peer observer
 
     def session_closed(self, session):
         sid = session.session_id
+        self._outgoing.pop(sid, None)
         for key in [k for k in self._acks if k[0] == sid]:
             self._acks.pop(key).errback(session.closed)
         for key in [k for k in self._key_waiters if k[0] == sid]:
@@ -209,9 +271,9 @@ class MailboxClient:
                 d.errback(session.closed)
 
 
-def _send(session, type_code, body):
-    """Send if the session is open; what is lost with a transport is owed again (the node resends)."""
-    session.send_if_open(type_code, body)
+def _send(session, type_code, body) -> bool:
+    """Send if the session is open (whether it was); what is lost with a transport is owed again (the node resends)."""
+    return session.send_if_open(type_code, body)
 
 
 _clients = weakref.WeakKeyDictionary()
@@ -225,9 +287,9 @@ def mailbox(peer) -> MailboxClient:
     return found
 
 
-def forward(session, peer_id: str, data: bytes, message_id: bytes = None):
+def forward(session, peer_id: str, data: bytes, message_id: bytes = None, signed: bool = False):
     """Send C{data} to C{peer_id} through the node of C{session}; see L{MailboxClient.forward}."""
-    return mailbox(session.local).forward(session, peer_id, data, message_id)
+    return mailbox(session.local).forward(session, peer_id, data, message_id, signed)
 
 
 def set_inbox(peer, callback) -> None:

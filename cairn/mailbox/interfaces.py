@@ -108,10 +108,11 @@ class IMailboxStore(Interface):
     def fetch(recipient, after_seq, limit):
         """Up to C{limit} L{Stored} messages for C{recipient} with C{seq > after_seq}, in order."""
 
-    def acknowledge(recipient, seqs, now, receipt_ttl):
+    def acknowledge(recipient, seqs, now, receipt_ttl, upto=0):
         """
-        Delete C{recipient}'s messages C{seqs} (others' are ignored) and owe
-        their senders DELIVERED receipts; fires with the new L{Receipt}s.
+        Delete C{recipient}'s messages C{seqs} and all of its messages with
+        C{seq <= upto} (others' are ignored) and owe their senders DELIVERED
+        receipts; fires with the new L{Receipt}s.
         """
 
     def receipts(sender, after_rseq, limit):

@@ -3,12 +3,16 @@ CBOR bodies of the forward family (docs/protocol.md §21): parsers that
 raise L{BodyError}, builders that return plain maps.
 """
 
+import functools
+
 from cairn.crypto.identity import parse_peer_id
 from cairn.wire.schema import BodyError
 
 MESSAGE_ID_SIZE = 16
 #: Most ids in one ForwardPurge list.
 MAX_PURGE_IDS = 4096
+#: Most deliveries in one ForwardDeliver, receipts in one ForwardReceipt.
+MAX_BATCH = 4096
 #: Envelope bytes a ForwardDeliver adds around the payload (its other keys),
 #: reserved so that whatever the node accepted it can also deliver.
 DELIVER_OVERHEAD = 256
@@ -27,14 +31,38 @@ def _message_id(body, what):
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer_id_error(value):
+    """Why C{value} is not a peer id, or None (base58 costs ~20 us; the same ids come back)."""
+    try:
+        parse_peer_id(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _peer_id(body, key, what):
     value = body.get(key)
     if not isinstance(value, str) or len(value) > 64:
         raise BodyError(f"{what}: {key!r} must be a peer id")
-    try:
-        parse_peer_id(value)
-    except ValueError as e:
-        raise BodyError(f"{what}: {key!r}: {e}") from None
+    error = _peer_id_error(value)
+    if error is not None:
+        raise BodyError(f"{what}: {key!r}: {error}")
+    return value
+
+
+def _uint(body, key, what):
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise BodyError(f"{what}: {key!r} must be a positive integer")
+    return value
+
+
+def _batch(body, key, what):
+    body = _map(body, what)
+    value = body.get(key)
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_BATCH:
+        raise BodyError(f"{what}: {key!r} must be an array of 1 to {MAX_BATCH} maps")
     return value
 
 
@@ -48,13 +76,24 @@ def _uints(body, key, what):
     return value
 
 
+def request_entries(body):
+    """
+    ForwardRequest: {"messages": [entry]}; returns the entries (maps), each
+    checked to have an id to answer to, or raises L{BodyError}.
+    """
+    entries = _batch(body, "messages", "ForwardRequest")
+    for entry in entries:
+        request_id(entry)
+    return entries
+
+
 def request_id(body) -> bytes:
-    """The message id of a ForwardRequest, or L{BodyError} if there is none to answer to."""
+    """The message id of a ForwardRequest entry, or L{BodyError} if there is none to answer to."""
     return _message_id(_map(body, "ForwardRequest"), "ForwardRequest")
 
 
 def parse_forward_request(body):
-    """ForwardRequest: {"to": peer id, "id": 16 bytes, "payload": bytes}; returns (to, id, payload)."""
+    """A ForwardRequest entry: {"to": peer id, "id": 16 bytes, "payload": bytes}; returns (to, id, payload)."""
     body = _map(body, "ForwardRequest")
     message_id = _message_id(body, "ForwardRequest")
     to = _peer_id(body, "to", "ForwardRequest")
@@ -77,6 +116,11 @@ def parse_forward_purge(body):
     return _uints(body, "seqs", "ForwardPurge"), _uints(body, "receipts", "ForwardPurge")
 
 
+def parse_purge_upto(body) -> int:
+    """The cumulative C{"upto"} of a ForwardPurge (a map already), 0 when absent."""
+    return _uint(body, "upto", "ForwardPurge") if "upto" in body else 0
+
+
 def parse_peer_key_request(body) -> str:
     """PeerKeyRequest: {"peer": peer id}; returns it."""
     return _peer_id(_map(body, "PeerKeyRequest"), "peer", "PeerKeyRequest")
@@ -85,8 +129,13 @@ def parse_peer_key_request(body) -> str:
 # Client side
 
 
+def parse_acks(body):
+    """ForwardAck: {"acks": [ack]}; returns the L{parse_forward_ack} tuples."""
+    return [parse_forward_ack(entry) for entry in _batch(body, "acks", "ForwardAck")]
+
+
 def parse_forward_ack(body):
-    """ForwardAck: {"id", "status", "reason"?}; returns (id, status, reason)."""
+    """One ack of a ForwardAck: {"id", "status", "reason"?}; returns (id, status, reason)."""
     body = _map(body, "ForwardAck")
     status = body.get("status")
     if not isinstance(status, int) or isinstance(status, bool) or status < 0:
@@ -98,7 +147,7 @@ def parse_forward_ack(body):
 
 
 def parse_forward_deliver(body):
-    """ForwardDeliver: {"id", "from", "seq", "stored_at", "payload"}; returns them as a tuple."""
+    """One delivery of a ForwardDeliver: {"id", "from", "seq", "stored_at", "payload"}; returns them as a tuple."""
     body = _map(body, "ForwardDeliver")
     message_id = _message_id(body, "ForwardDeliver")
     sender = _peer_id(body, "from", "ForwardDeliver")
@@ -114,8 +163,28 @@ def parse_forward_deliver(body):
     return message_id, sender, seq, float(stored_at), payload
 
 
+def parse_deliveries(body):
+    """
+    ForwardDeliver: {"messages": [delivery]}; returns the L{parse_forward_deliver}
+    tuples, checked to be in increasing C{seq} order.
+    """
+    out, last = [], 0
+    for entry in _batch(body, "messages", "ForwardDeliver"):
+        delivery = parse_forward_deliver(entry)
+        if delivery[2] <= last:
+            raise BodyError("ForwardDeliver: 'messages' must be in increasing 'seq' order")
+        last = delivery[2]
+        out.append(delivery)
+    return out
+
+
+def parse_receipts(body):
+    """ForwardReceipt: {"receipts": [receipt]}; returns the L{parse_forward_receipt} tuples."""
+    return [parse_forward_receipt(entry) for entry in _batch(body, "receipts", "ForwardReceipt")]
+
+
 def parse_forward_receipt(body):
-    """ForwardReceipt: {"id", "to", "rseq", "status", "at"}; returns them as a tuple."""
+    """One receipt of a ForwardReceipt: {"id", "to", "rseq", "status", "at"}; returns them as a tuple."""
     body = _map(body, "ForwardReceipt")
     message_id = _message_id(body, "ForwardReceipt")
     to = _peer_id(body, "to", "ForwardReceipt")

@@ -8,13 +8,16 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
     and answered with a ForwardAck only once the store's Deferred fired,
     i.e. once the message is on disk;
   - each attached session of a paired peer has an L{_Outbox}: a window of
-    ForwardDelivers (and of ForwardReceipts) sent but not yet
-    acknowledged with ForwardPurge; the window bounds memory per session,
-    and a new session starts again from the first unacknowledged message;
+    deliveries (and of receipts) sent but not yet acknowledged with
+    ForwardPurge; the window bounds memory per session, and a new session
+    starts again from the first unacknowledged message. Deliveries go out
+    many to a ForwardDeliver (up to L{BATCH_BYTES}), receipts many to a
+    ForwardReceipt, and a cumulative ForwardPurge C{"upto"} acknowledges
+    every delivery up to a sequence number at once;
   - a periodic sweep on the injected clock expires old messages.
 """
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -30,9 +33,17 @@ from cairn.wire.schema import BodyError
 log = Logger()
 
 #: Deliveries (and receipts) in flight per session, and their byte budget.
-WINDOW = 64
+WINDOW = 1024
 WINDOW_BYTES = 4 * 1024 * 1024
+#: Payload bytes (with L{messages.DELIVER_OVERHEAD} each) packed into one
+#: ForwardDeliver; a larger message goes alone. Receipts per ForwardReceipt.
+BATCH_BYTES = 64 * 1024
+RECEIPT_BATCH = 256
 SWEEP_INTERVAL = 60.0
+_REASONS = {
+    ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
+    ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
+}
 
 
 class _Outbox:
@@ -40,12 +51,29 @@ class _Outbox:
 
     def __init__(self, session):
         self.session = session
-        self.cursor = 0
-        self.inflight = {}  # seq -> size
+        self.cursor = 0  # the highest seq delivered on this session
+        self.inflight = OrderedDict()  # seq -> size, in seq order
+        self.inflight_bytes = 0
         self.rcursor = 0
         self.rinflight = set()
         self.fetching = self.rfetching = False
         self.again = self.ragain = False
+
+    def delivered(self, seq, size):
+        self.inflight[seq] = size
+        self.inflight_bytes += size
+        self.cursor = seq
+
+    def acknowledged(self, seqs, upto):
+        """Free the window of C{seqs} and of every seq up to C{upto}."""
+        inflight = self.inflight
+        while inflight:
+            seq = next(iter(inflight))
+            if seq > upto:
+                break
+            self.inflight_bytes -= inflight.popitem(last=False)[1]
+        for seq in seqs:
+            self.inflight_bytes -= inflight.pop(seq, 0)
 
 
 class MailboxService(StoreService):
@@ -71,6 +99,7 @@ class MailboxService(StoreService):
         max_payload=1_000_000,
         window=WINDOW,
         window_bytes=WINDOW_BYTES,
+        batch_bytes=BATCH_BYTES,
         sweep_interval=SWEEP_INTERVAL,
     ):
         super().__init__(peer, trust, store, clock, sweep_interval)
@@ -79,10 +108,14 @@ class MailboxService(StoreService):
         self.max_forward = max_payload - messages.DELIVER_OVERHEAD
         self.window = window
         self.window_bytes = window_bytes
+        # A ForwardDeliver stays within the node's own envelope limit.
+        self.batch_bytes = min(batch_bytes, max_payload - messages.DELIVER_OVERHEAD)
         #: ForwardAck statuses sent, by name.
         self.statuses = Counter()
         self.delivered = 0
         self._outboxes = {}  # session id -> _Outbox
+        #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
+        self._unpurged = {}
         handlers = {
             MessageType.FORWARD_REQUEST: self._forward_request,
             MessageType.FORWARD_PURGE: self._forward_purge,
@@ -98,6 +131,7 @@ class MailboxService(StoreService):
     def sweep(self):
         """Expire what is past C{CAIRN_FORWARD_MAX_AGE}; errors are logged, never raised (the loop goes on)."""
         try:
+            self._retry_unpurged()
             more = True
             while more:
                 receipts, more = yield self._track(
@@ -123,70 +157,90 @@ class MailboxService(StoreService):
 
     def _forward_request(self, session, body):
         try:
-            message_id = messages.request_id(body)
+            entries = messages.request_entries(body)
         except BodyError as e:
             session.close(CloseCode.BAD_CBOR, str(e))
-            return None
-        if not self.enabled:
-            return self._ack(session, message_id, ForwardStatus.DISABLED, "the mailbox is disabled on this node")
-        try:
-            recipient, _, payload = messages.parse_forward_request(body)
-        except BodyError as e:
-            return self._ack(session, message_id, ForwardStatus.INVALID, str(e))
-        if len(payload) > self.max_forward:
-            reason = f"payload over {self.max_forward} bytes"
-            return self._ack(session, message_id, ForwardStatus.TOO_LARGE, reason)
+            return
         now = self.clock.seconds()
+        checked = [self._check(session, entry, now) for entry in entries]
+        items = [entry for entry in checked if isinstance(entry, Incoming)]
+        if not items:
+            self._send(session, MessageType.FORWARD_ACK, {"acks": checked})
+            return
+        # One store call (one group commit) and one ForwardAck for the envelope.
+        d = self._track(self.store.enqueue(items, now, self.limits))
+        d.addCallbacks(self._stored, self._not_stored, (session, checked), None, (session, checked))
+
+    def _check(self, session, entry, now):
+        """The L{Incoming} to store for one ForwardRequest entry, or the ack refusing it."""
+        message_id = entry["id"]
+        if not self.enabled:
+            return self._ack(message_id, ForwardStatus.DISABLED, "the mailbox is disabled on this node")
+        try:
+            recipient, _, payload = messages.parse_forward_request(entry)
+        except BodyError as e:
+            return self._ack(message_id, ForwardStatus.INVALID, str(e))
+        if len(payload) > self.max_forward:
+            return self._ack(message_id, ForwardStatus.TOO_LARGE, f"payload over {self.max_forward} bytes")
         millis = messages.uuid7_millis(message_id)
         if millis is None:
-            return self._ack(session, message_id, ForwardStatus.INVALID, "'id' is not a UUIDv7")
+            return self._ack(message_id, ForwardStatus.INVALID, "'id' is not a UUIDv7")
         if millis / 1000.0 < now - self.limits.max_age:
-            return self._ack(session, message_id, ForwardStatus.INVALID, "'id' is older than the maximum age")
+            return self._ack(message_id, ForwardStatus.INVALID, "'id' is older than the maximum age")
         if not self.trust.is_paired(recipient):
-            return self._ack(session, message_id, ForwardStatus.NOT_PAIRED, "the recipient is not paired")
-        item = Incoming(session.remote_peer_id, recipient, message_id, payload)
-        d = self._track(self.store.enqueue([item], now, self.limits))
-        d.addCallbacks(self._stored, self._not_stored, (session, item), None, (session, item))
-        return None
+            return self._ack(message_id, ForwardStatus.NOT_PAIRED, "the recipient is not paired")
+        return Incoming(session.remote_peer_id, recipient, message_id, payload)
 
-    def _stored(self, results, session, item):
-        status, _ = results[0]
-        reasons = {
-            ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
-            ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
-        }
-        self._ack(session, item.message_id, status, reasons.get(status, ""))
-        if status == ForwardStatus.STORED:
-            self._deliver_to(item.recipient)
+    def _stored(self, results, session, checked):
+        results = iter(results)
+        recipients = set()
+        acks = []
+        for entry in checked:
+            if isinstance(entry, Incoming):
+                status, _ = next(results)
+                if status == ForwardStatus.STORED:
+                    recipients.add(entry.recipient)
+                entry = self._ack(entry.message_id, status, _REASONS.get(status, ""))
+            acks.append(entry)
+        self._send(session, MessageType.FORWARD_ACK, {"acks": acks})
+        for recipient in recipients:
+            self._deliver_to(recipient)
 
-    def _not_stored(self, failure, session, item):
+    def _not_stored(self, failure, session, checked):
         if failure.check(StoreFull):
-            log.warn("mailbox: cannot store a message: {why}", why=failure.getErrorMessage())
+            log.warn("mailbox: cannot store messages: {why}", why=failure.getErrorMessage())
         else:
-            log.failure("mailbox: storing a message failed", failure)
-        self._ack(session, item.message_id, ForwardStatus.STORAGE_ERROR, "the node cannot store messages now")
+            log.failure("mailbox: storing messages failed", failure)
+        reason = "the node cannot store messages now"
+        acks = [
+            self._ack(entry.message_id, ForwardStatus.STORAGE_ERROR, reason) if isinstance(entry, Incoming) else entry
+            for entry in checked
+        ]
+        self._send(session, MessageType.FORWARD_ACK, {"acks": acks})
 
-    def _ack(self, session, message_id, status, reason=""):
+    def _ack(self, message_id, status, reason=""):
+        """One entry of a ForwardAck (counted in L{statuses})."""
         self.statuses[ForwardStatus(status).name] += 1
-        body = {"id": message_id, "status": int(status)}
+        ack = {"id": message_id, "status": int(status)}
         if reason:
-            body["reason"] = reason
-        self._send(session, MessageType.FORWARD_ACK, body)
+            ack["reason"] = reason
+        return ack
 
     def _forward_purge(self, session, body):
         try:
             seqs, rseqs = messages.parse_forward_purge(body)
+            upto = messages.parse_purge_upto(body)
         except BodyError as e:
             session.close(CloseCode.BAD_CBOR, str(e))
             return
         outbox = self._outboxes.get(session.session_id)
         peer_id = session.remote_peer_id
-        if seqs:
+        # Only what this session was sent can be acknowledged cumulatively.
+        upto = min(upto, outbox.cursor) if outbox is not None else 0
+        if seqs or upto:
             if outbox is not None:
-                for seq in seqs:
-                    outbox.inflight.pop(seq, None)
-            d = self._track(self.store.acknowledge(peer_id, seqs, self.clock.seconds(), self.limits.max_age))
-            d.addCallbacks(self._acknowledged, self._log_failure, errbackArgs=("deleting delivered messages",))
+                outbox.acknowledged(seqs, upto)
+            self._delete_delivered(peer_id, seqs, upto)
         if rseqs:
             if outbox is not None:
                 outbox.rinflight.difference_update(rseqs)
@@ -194,6 +248,25 @@ class MailboxService(StoreService):
         if outbox is not None:
             self._pump(outbox)
             self._pump_receipts(outbox)
+
+    # A deletion that could not be written (full disk) is retried by the
+    # sweep, so that its DELIVERED receipts do not wait for the
+    # recipient's next session (which would have it redelivered).
+
+    def _delete_delivered(self, peer_id, seqs, upto):
+        d = self._track(self.store.acknowledge(peer_id, seqs, self.clock.seconds(), self.limits.max_age, upto))
+        d.addCallbacks(self._acknowledged, self._delete_failed, errbackArgs=(peer_id, seqs, upto))
+
+    def _delete_failed(self, failure, peer_id, seqs, upto):
+        if failure.check(StoreFull):
+            self._unpurged.setdefault(peer_id, []).append((seqs, upto))
+        self._log_failure(failure, "deleting delivered messages")
+
+    def _retry_unpurged(self):
+        unpurged, self._unpurged = self._unpurged, {}
+        for peer_id, failed in unpurged.items():
+            for seqs, upto in failed:
+                self._delete_delivered(peer_id, seqs, upto)
 
     def _acknowledged(self, receipts):
         self.delivered += len(receipts)
@@ -234,29 +307,31 @@ class MailboxService(StoreService):
             outbox.again = True
             return
         room = self.window - len(outbox.inflight)
-        if room <= 0 or sum(outbox.inflight.values()) >= self.window_bytes:
+        if room <= 0 or outbox.inflight_bytes >= self.window_bytes:
             return
         outbox.fetching, outbox.again = True, False
 
         def fetched(held):
             outbox.fetching = False
-            budget = self.window_bytes - sum(outbox.inflight.values())
+            budget = self.window_bytes - outbox.inflight_bytes
+            batch, size, sent = [], 0, 0
             for message in held:
-                if session.closed is not None or budget <= 0:
+                if budget <= 0:
                     break
-                body = {
-                    "id": message.message_id,
-                    "from": message.sender,
-                    "seq": message.seq,
-                    "stored_at": message.stored_at,
-                    "payload": message.payload,
-                }
-                if not self._send(session, MessageType.FORWARD_DELIVER, body):
-                    break
-                outbox.inflight[message.seq] = len(message.payload)
-                outbox.cursor = message.seq
+                cost = len(message.payload) + messages.DELIVER_OVERHEAD
+                if batch and size + cost > self.batch_bytes:
+                    if not self._deliver_batch(outbox, batch):
+                        return
+                    sent += len(batch)
+                    batch, size = [], 0
+                batch.append(message)
+                size += cost
                 budget -= len(message.payload)
-            if outbox.again or (held and len(held) == room and budget > 0):
+            if batch:
+                if not self._deliver_batch(outbox, batch):
+                    return
+                sent += len(batch)
+            if outbox.again or (held and sent == room and budget > 0):
                 self._pump(outbox)
 
         def failed(failure):
@@ -264,6 +339,20 @@ class MailboxService(StoreService):
             log.failure("mailbox: reading messages to deliver failed", failure)
 
         self._track(self.store.fetch(session.remote_peer_id, outbox.cursor, room)).addCallbacks(fetched, failed)
+
+    def _deliver_batch(self, outbox, batch):
+        """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
+        body = {
+            "messages": [
+                {"id": m.message_id, "from": m.sender, "seq": m.seq, "stored_at": m.stored_at, "payload": m.payload}
+                for m in batch
+            ]
+        }
+        if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
+            return False
+        for m in batch:
+            outbox.delivered(m.seq, len(m.payload))
+        return True
 
     def _pump_receipts(self, outbox):
         session = outbox.session
@@ -279,18 +368,18 @@ class MailboxService(StoreService):
 
         def fetched(receipts):
             outbox.rfetching = False
-            for receipt in receipts:
+            for start in range(0, len(receipts), RECEIPT_BATCH):
+                batch = receipts[start : start + RECEIPT_BATCH]
                 body = {
-                    "id": receipt.message_id,
-                    "to": receipt.recipient,
-                    "rseq": receipt.rseq,
-                    "status": receipt.status,
-                    "at": receipt.at,
+                    "receipts": [
+                        {"id": r.message_id, "to": r.recipient, "rseq": r.rseq, "status": r.status, "at": r.at}
+                        for r in batch
+                    ]
                 }
                 if not self._send(session, MessageType.FORWARD_RECEIPT, body):
-                    break
-                outbox.rinflight.add(receipt.rseq)
-                outbox.rcursor = receipt.rseq
+                    return
+                outbox.rinflight.update(r.rseq for r in batch)
+                outbox.rcursor = batch[-1].rseq
             if outbox.ragain:
                 self._pump_receipts(outbox)
 
@@ -425,4 +514,3 @@ class MailboxService(StoreService):
         yield CounterMetricFamily(
             "cairn_mailbox_delivered", "Messages delivered and acknowledged.", value=self.delivered
         )
-

@@ -1,0 +1,37 @@
+"""
+Smoke test of the mailbox bench (python -m bench.mailbox): tiny counts,
+no Mosquitto, with --profile. Nothing here asserts a speed.
+"""
+
+import os
+import sys
+
+from twisted.internet import utils
+from twisted.trial import unittest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class MailboxBenchTests(unittest.TestCase):
+    timeout = 120
+
+    def test_runs_and_profiles(self):
+        """The bench prints both rates with their CPU cost and writes a profile of each side and phase."""
+        profile_dir = os.path.abspath(self.mktemp())
+        args = ["-m", "bench.mailbox", "--messages", "64", "--senders", "2", "--inflight", "2"]
+        args += ["--repeat", "2", "--no-anchor", "--profile", profile_dir]
+        d = utils.getProcessOutputAndValue(sys.executable, args, env=dict(os.environ), path=REPO_ROOT)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            text = out.decode("utf-8")
+            self.assertIn("cairn mailbox: 64 x 1 KiB, 2 senders x 2 in flight, 2 run(s)", text)
+            for phase in ("enqueue", "drain"):
+                self.assertRegex(text, rf"\n  {phase} +\d+ \(\d+\.\.\d+\) msg/s   CPU per message: client ")
+                self.assertIn(f"node database thread, {phase}: ", text)
+                for side in ("node", "client"):
+                    self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"{side}-{phase}.prof")) > 0)
+            self.assertNotIn("mosquitto", text)
+
+        return d.addCallback(check)
