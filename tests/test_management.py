@@ -564,8 +564,11 @@ class ErrorTests(unittest.TestCase):
         node = Node(self)
         response, body = node.call("GET", "/peers/approve")
         self.assertEqual(response.code, 405)
-        self.assertEqual(json.loads(body), {"error": "method GET not allowed; use DELETE, POST"})
-        self.assertEqual(header(response, "Allow"), "DELETE, POST")
+        self.assertEqual(json.loads(body), {"error": "method GET not allowed; use POST"})
+        self.assertEqual(header(response, "Allow"), "POST")
+        # DELETE /peers/{peer_id} does not take the fixed names for peer ids.
+        self.assertEqual(node.json("DELETE", "/peers/pending", 405)["error"], "method DELETE not allowed; use GET")
+        self.assertEqual(node.json("DELETE", "/peers/approve", 405)["error"], "method DELETE not allowed; use POST")
         self.assertEqual(node.json("PUT", "/health", 405)["error"], "method PUT not allowed; use GET")
 
 

@@ -18,6 +18,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import BaseConverter
 
 from cairn import __version__
 from cairn.management.http import (
@@ -57,6 +58,9 @@ log = Logger()
 
 #: Paths served without a token (nothing sensitive in them).
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+#: Fixed path segments beside a variable one (/peers/approve beside
+#: /peers/<peer_id>): never taken for the variable.
+RESERVED_SEGMENTS = frozenset({"approve", "pending", "reject"})
 
 
 def _default_stats():
@@ -85,6 +89,12 @@ class _Raw:
         self.body = body
         self.content_type = content_type
         self.headers = headers or {}
+
+
+class _Segment(BaseConverter):
+    """One path segment that is not a name the fixed routes use."""
+
+    regex = "(?!(?:" + "|".join(sorted(RESERVED_SEGMENTS)) + ")(?![^/]))[^/]+"
 
 
 def _endpoint(app, path, method, status=200):
@@ -139,6 +149,9 @@ class ManagementAPI:
     """
 
     app = Klein()
+    # A path segment in <...> never takes the name of a fixed route beside
+    # it: DELETE /peers/approve is a 405 (POST only), not a peer id "approve".
+    app.url_map.converters["default"] = _Segment
 
     def __init__(self, pairing, peer, token: str, metrics, clock, started_at: float, stats=None):
         if not token:

@@ -7,8 +7,11 @@ that both list exactly the same paths and methods.
 
 _PEER_ID = {
     "type": "string",
-    "description": "Base58 multihash (0x12 0x20 + sha256 of the Ed25519 public key).",
-    "pattern": "^[1-9A-HJ-NP-Za-km-z]+$",
+    "description": (
+        "Base58 multihash (0x12 0x20 + sha256 of the Ed25519 public key): 46 characters starting"
+        " with Qm. Not every such string decodes to a sha2-256 multihash; one that does not is a 400."
+    ),
+    "pattern": "^Qm[1-9A-HJ-NP-Za-km-z]{44}$",
     "examples": ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"],
 }
 
