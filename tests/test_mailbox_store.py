@@ -16,7 +16,7 @@ from cairn.mailbox.client import uuid7
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Depth, IMailboxStore, Incoming, Limits, PeerLimits, StoreFull
 from cairn.mailbox.store import MemoryMailboxStore, SQLiteMailboxStore
 from cairn.wire.constants import ForwardStatus, ReceiptStatus
-from tests._harness import Conditions
+from tests._harness import Conditions, eventually
 
 A, B, C = "QmSenderA", "QmRecipientB", "QmRecipientC"
 LIMITS = Limits(max_per_peer=3, max_total=1000, max_age=100.0)
@@ -239,6 +239,34 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
             gate.callback(None)
         yield requested.until(lambda: len(done) == 2)
         self.assertEqual(done, [[ForwardStatus.STORED], [b"held"]])  # in commit order
+
+    @defer.inlineCallbacks
+    def test_fetch_does_not_wait_for_unsynced_deletions(self):
+        """
+        With no enqueue unanswered, a fetch answers while an acknowledgement's
+        group is still being synced: nothing it can see is unsynced.
+        """
+        results = yield self.enqueue(item(payload=b"one"), item(payload=b"two"))
+        first_seq = results[0][1]
+        gates = []
+        requested = Conditions()
+        real_sync = self.db.sync
+
+        def held_sync():
+            gate = defer.Deferred()
+            gates.append(gate)
+            requested.changed()
+            return gate.addCallback(lambda _: real_sync())
+
+        self.db.sync = held_sync
+        acked = self.store.acknowledge(B, [first_seq], 0.0, 3600.0)
+        yield requested.until(lambda: gates)  # the deletion is written, its sync held
+        fetched = yield eventually(self.store.fetch(B, 0, 10))  # (it would hang behind the held sync)
+        self.assertEqual([m.payload for m in fetched], [b"two"])
+        self.assertFalse(acked.called)
+        for gate in gates:
+            gate.callback(None)
+        yield acked
 
     @defer.inlineCallbacks
     def test_failed_sync_is_not_an_ack(self):
