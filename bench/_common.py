@@ -281,3 +281,16 @@ def proc_cpu(pid: int) -> float:
 
 def megabytes(size: float) -> str:
     return f"{size / 2**20:,.1f} MB"
+
+
+def listen_overflows() -> int:
+    """The kernel's C{TcpExtListenOverflows} (system-wide; -1 if unreadable)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = [line.split() for line in f]
+    except OSError:
+        return -1
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names[0] == "TcpExt:" and "ListenOverflows" in names:
+            return int(values[names.index("ListenOverflows")])
+    return -1
