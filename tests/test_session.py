@@ -29,6 +29,9 @@ class EstablishMixin(ScenarioMixin):
         self.assertEqual(session.remote_peer_id, self.server.peer_id)
         self.assertEqual(other.remote_peer_id, client.peer_id)
         self.assertEqual(other.session_id, session.session_id)
+        # Neither connection keeps its finished Noise state (memory per session).
+        self.assertIsNone(session.connection._handshake)
+        self.assertIsNone(other.connection._handshake)
 
     @defer.inlineCallbacks
     def test_channel_data_both_ways(self):

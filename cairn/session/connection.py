@@ -121,6 +121,7 @@ class Connection:
 
     def connection_lost(self, reason=None) -> None:
         self._cancel_timer()
+        self._handshake = None
         state, self._state = self._state, "closed"
         session, self.session = self.session, None
         if session is not None:
@@ -424,6 +425,9 @@ class Connection:
         session.attach(self)
 
     def _establish(self, session):
+        # The finished Noise state (key pairs, cipher states) is no longer
+        # needed: keeping it cost about 12 KB per session.
+        self._handshake = None
         if self.session is not session:
             self._attach(session)
         self.local.session_established(session)
