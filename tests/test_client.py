@@ -7,6 +7,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
 from cairn.client import Client, websocket_endpoint
+from cairn.session.connection import HandshakeFailed
 from cairn.wire.constants import CloseCode
 from tests._harness import (
     SETTINGS,
@@ -156,3 +157,33 @@ class FailureTests(unittest.TestCase):
         yield port.stopListening()
         client = Client(reactor, clock=task.Clock())
         yield self.assertFailure(client.connect(f"tcp:host=127.0.0.1:port={number}"), ConnectionRefusedError)
+
+    @defer.inlineCallbacks
+    def test_websocket_opening_timeout_fails_connect(self):
+        """A server that never answers the WebSocket upgrade fails connect() at the handshake timeout."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory, Protocol
+
+        accepted, asked = [], defer.Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self):
+                accepted.append(self)
+
+            def dataReceived(self, data):  # the upgrade request: the client's timer runs
+                if not asked.called:
+                    asked.callback(None)
+
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Silent))
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])
+        clock = task.Clock()
+        client = Client(reactor, clock=clock, handshake_timeout=10.0)
+        d = client.connect(f"ws://127.0.0.1:{port.getHost().port}/")
+        outcome = []
+        d.addBoth(lambda result: outcome.append(result) or result)
+        yield eventually(asked)
+        self.assertEqual(outcome, [])
+        clock.advance(11)
+        failure = yield self.assertFailure(eventually(d), HandshakeFailed)
+        self.assertEqual(failure.code, CloseCode.GOING_AWAY)

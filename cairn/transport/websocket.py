@@ -237,8 +237,12 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
 class ClientProtocol(_EnvelopeMessages, WebSocketClientProtocol):
     """Initiator side of a cairn WebSocket; the factory supplies the sink."""
 
-    def onConnect(self, response):
+    def connectionMade(self):
+        # The Connection exists from the TCP connection on, so that a
+        # WebSocket failing before it opens (opening handshake timeout, an
+        # HTTP refusal such as 429) fails the dialer's Deferred.
         self.sink = self.factory.make_sink()
+        super().connectionMade()
 
 
 def _limit_options(factory, local):
