@@ -88,6 +88,42 @@ class ResumeMixin(ScenarioMixin):
         self.assertIn(("listener", session.session_id), heard)
 
     @defer.inlineCallbacks
+    def test_dialer_gives_up_after_node_accepted(self):
+        """
+        A dialer whose Reconnect the node accepted, but whose answer it never
+        saw, times out with a clear Close: the node drops that connection
+        only, and the session resumes on the next attempt.
+        """
+        client, session, channel, server_channel = yield self.open_pair()
+        yield self.drop(session)
+        other = self.server_session(session)
+        made = []
+        real = client.peer.connection
+
+        def connection(**kwargs):
+            conn = real(**kwargs)
+            made.append(conn)
+            return conn
+
+        client.peer.connection = connection
+        attempt = client.resume(session)
+        self.assertEqual(len(made), 1)
+        made[0]._in_await_reconnect = lambda envelope: None  # the answer is lost
+        node_side = Conditions()
+        self.server.add_observer(type("O", (), {"session_resumed": lambda _, s: node_side.changed()})())
+        yield node_side.until(lambda: other.attached)
+        lost = other.connection.lost
+        client.clock.advance(client.peer.handshake_timeout + 1)
+        yield self.assertFailure(eventually(attempt), Exception)
+        yield eventually(lost)
+        self.assertIsNone(other.closed)  # detached, not ended
+        self.assertFalse(other.attached)
+        client.peer.connection = real
+        yield eventually(client.resume(session))
+        channel.send(b"after")
+        yield self.until(lambda: self.server_got == [b"after"])
+
+    @defer.inlineCallbacks
     def test_resume_resends_in_flight(self):
         """Envelopes written but lost with the old transport are resent after resume."""
         client, session, channel, _ = yield self.open_pair()

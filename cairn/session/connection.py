@@ -399,7 +399,10 @@ class Connection:
     def _open_reconnect(self, session, envelope) -> int:
         try:
             last_received = session.open_reconnect(envelope)
-            self._sealed_seen = True
+            # A listener does not count the Reconnect itself: until the
+            # dialer has our answer it may still give up with a Close in
+            # clear (docs/protocol.md §12.2).
+            self._sealed_seen = self.initiator
             return last_received
         except ProtocolViolation as e:
             # Answered in clear: this connection never proved the key.
@@ -439,6 +442,12 @@ class Connection:
         if session is None:
             return
         if not self._sealed_seen and envelope.type == MessageType.CLOSE and not _looks_sealed(envelope):
+            if not self.initiator:
+                # The dialer gave up on its Reconnect before our answer
+                # reached it: this connection ends, the session stays
+                # (detached) for the next attempt.
+                self._maybe_clear_close(envelope)
+                return
             # The responder refused our HandshakeFinal (or Reconnect) before
             # it had keys to seal with: a Close in clear ends the session.
             code, reason = self._clear_close_body(envelope)
