@@ -504,6 +504,21 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         _, body = self.request(FakeSession(), {"method": "approval", "name": "late"})
         self.assertEqual(body["code"], PairRejectCode.RATE_LIMITED)
 
+    def test_pending_limit_warns_once_a_minute(self):
+        """A flood of unknown peers past the limit gives one warning a minute, with the count."""
+        from cairn.pairing import service as service_module
+
+        warnings = []
+        self.patch(service_module.log, "warn", lambda fmt, **kw: warnings.append(kw))
+        self.peer = Peer(Identity.generate(), task.Clock())
+        self.service = self.make_service(max_pending=1)
+        for _ in range(6):
+            self.attach(FakeSession())
+        self.assertEqual([w["count"] for w in warnings], [1])
+        self.clock.advance(61)
+        self.attach(FakeSession())
+        self.assertEqual([w["count"] for w in warnings], [1, 5])
+
     def test_approve_offline_peer(self):
         """Approving a peer that is not connected pairs it, and its next session is served."""
         session = self.attach(FakeSession())

@@ -35,6 +35,8 @@ MAX_SOURCE_FAILURES = 5
 FAILURE_WINDOW = 600.0
 MAX_CODE_FAILURES = 3
 MAX_PENDING = 100
+#: Seconds between two "pending requests at the limit" warnings.
+PENDING_FULL_WARN_EVERY = 60.0
 #: A PSK shorter than this (in bytes) is logged as weak at start-up.
 WEAK_PSK = 16
 
@@ -113,6 +115,8 @@ class PairingService:
         self.clock = clock
         self.link_addresses = tuple(link_addresses)
         self.max_pending = max_pending
+        self._full_warned_at = None
+        self._unrecorded = 0
         self._psk_key = proofs.psk_key(psk) if psk else None
         if psk and len(psk.encode("utf-8")) < WEAK_PSK:
             log.warn("CAIRN_PSK is shorter than {n} bytes: use a long random key", n=WEAK_PSK)
@@ -245,15 +249,25 @@ class PairingService:
         now = self.clock.seconds()
         if record is None and inbound:
             if (yield self._pending_full(peer_id)):
-                log.warn(
-                    "pending pairing requests at the limit ({n}): {peer_id} not recorded",
-                    n=self.max_pending,
-                    peer_id=peer_id,
-                )
+                self._warn_pending_full(peer_id, now)
                 return
             yield self.trust.add_pending(peer_id, session.remote_identity, "", now)
             log.info("pairing request from {peer_id} pending approval", peer_id=peer_id)
         yield self.trust.touch(peer_id, now)
+
+    def _warn_pending_full(self, peer_id, now):
+        # A flood of fresh identities must not become a flood of log lines:
+        # one warning a minute, saying how many were not recorded since.
+        self._unrecorded += 1
+        if self._full_warned_at is not None and now - self._full_warned_at < PENDING_FULL_WARN_EVERY:
+            return
+        log.warn(
+            "pending pairing requests at the limit ({n}): {count} peer(s) not recorded, the last {peer_id}",
+            n=self.max_pending,
+            count=self._unrecorded,
+            peer_id=peer_id,
+        )
+        self._full_warned_at, self._unrecorded = now, 0
 
     @defer.inlineCallbacks
     def _pending_full(self, peer_id):
