@@ -214,9 +214,11 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(len(set(seqs)), 3)
         self.assertEqual(self.store.depths()[B].messages, 2)
 
-    @defer.inlineCallbacks
-    def test_acks_wait_for_the_sync(self):
-        """An enqueue fires only once the WAL is synced after its commit, and so does a read that saw it."""
+    def hold_syncs(self):
+        """
+        Hold every WAL sync until its gate fires: returns the list of gates
+        (one per sync asked for) and the L{Conditions} told of each.
+        """
         gates = []
         requested = Conditions()
         real_sync = self.db.sync
@@ -228,6 +230,12 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
             return gate.addCallback(lambda _: real_sync())
 
         self.db.sync = held_sync
+        return gates, requested
+
+    @defer.inlineCallbacks
+    def test_acks_wait_for_the_sync(self):
+        """An enqueue fires only once the WAL is synced after its commit, and so does a read that saw it."""
+        gates, requested = self.hold_syncs()
         done = []
         self.enqueue(item(payload=b"held")).addCallback(lambda r: requested.changed(done.append([s for s, _ in r])))
         yield requested.until(lambda: gates)
@@ -248,17 +256,7 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         """
         results = yield self.enqueue(item(payload=b"one"), item(payload=b"two"))
         first_seq = results[0][1]
-        gates = []
-        requested = Conditions()
-        real_sync = self.db.sync
-
-        def held_sync():
-            gate = defer.Deferred()
-            gates.append(gate)
-            requested.changed()
-            return gate.addCallback(lambda _: real_sync())
-
-        self.db.sync = held_sync
+        gates, requested = self.hold_syncs()
         acked = self.store.acknowledge(B, [first_seq], 0.0, 3600.0)
         yield requested.until(lambda: gates)  # the deletion is written, its sync held
         fetched = yield eventually(self.store.fetch(B, 0, 10))  # (it would hang behind the held sync)
