@@ -42,24 +42,12 @@ class FullDisk:
         self.refused = 0
         #: Called (in the reactor thread) after each refused transaction.
         self.on_refused = lambda: None
-        self._original = db._transaction
-        db._transaction = self._transaction
+        self._original = db._commit
+        db._commit = self._commit
 
-    def _transaction(self, txn, *args):
-        conn = self.db._conn
-        if not self.full or conn is None:
-            return self._original(txn, *args)
-        before = conn.total_changes
-        cursor = conn.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
-        try:
-            result = txn(cursor, *args)
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        if conn.total_changes == before:
-            cursor.execute("COMMIT")
-            return result
+    def _commit(self, cursor, changed):
+        if not (self.full and changed):
+            return self._original(cursor, changed)
         cursor.execute("ROLLBACK")
         self.refused += 1
         reactor.callFromThread(self.on_refused)
