@@ -96,16 +96,6 @@ def noise_init(seed):
     return cbor.dumps({"noise": handshake.write_init()})
 
 
-def splits(data, cuts):
-    out, pos = [], 0
-    for cut in sorted(set(cuts)):
-        if pos < cut < len(data):
-            out.append(data[pos:cut])
-            pos = cut
-    out.append(data[pos:])
-    return out
-
-
 def served(test, node):
     """Assert that C{node} still answers a fresh session of another paired peer (PairRequest -> PairConfirm)."""
     connection, transport, cipher = node.session(remote=node.bystander)
@@ -178,7 +168,7 @@ class ResponderTests(FuzzMixin, unittest.TestCase):
         data = b"".join(e.to_bytes() for e in envelopes)
 
         def feed():
-            for chunk in splits(data, cuts):
+            for chunk in fs.split(data, cuts):
                 if transport.lost:
                     break
                 protocol.dataReceived(chunk)

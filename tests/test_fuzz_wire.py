@@ -24,23 +24,13 @@ envelopes = st.builds(
 )
 
 
-def split(data, cuts):
-    out, pos = [], 0
-    for cut in sorted(set(cuts)):
-        if pos < cut < len(data):
-            out.append(data[pos:cut])
-            pos = cut
-    out.append(data[pos:])
-    return out
-
-
 class StreamTests(unittest.TestCase):
     @fs.FUZZ
     @given(st.lists(envelopes, max_size=5), st.binary(max_size=64), st.lists(st.integers(0, 800), max_size=12))
     def test_split_independent(self, good, tail, cuts):
         """Envelopes then arbitrary bytes give the same error and envelopes (up to the error) however split."""
         data = b"".join(e.to_bytes() for e in good) + tail
-        targets.check_split(data, split(data, cuts))
+        targets.check_split(data, fs.split(data, cuts))
         whole, error = targets.feed_stream([data], max_payload=100)
         if error is None:
             self.assertEqual(whole[: len(good)], good)

@@ -57,6 +57,17 @@ peer_ids = st.sampled_from(PEER_IDS)
 numbers = st.one_of(st.integers(0, 2**53), st.floats(0, 1e12))
 
 
+def split(data: bytes, cuts) -> list:
+    """C{data} cut at the offsets C{cuts} (those inside it), in order: the chunks a stream may bring."""
+    out, pos = [], 0
+    for cut in sorted(set(cuts)):
+        if pos < cut < len(data):
+            out.append(data[pos:cut])
+            pos = cut
+    out.append(data[pos:])
+    return out
+
+
 def text(max_bytes, min_size=0, alphabet=None):
     chars = st.characters(blacklist_categories=("Cs",)) if alphabet is None else alphabet
     return st.text(chars, min_size=min_size, max_size=max_bytes // 4).filter(
