@@ -168,7 +168,10 @@ class CommandTests(NodeMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def cli(self, *args):
         out, err, code = yield utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "cairn.mailbox.cli", *args], env=dict(os.environ, PYTHONPATH=REPO), path=REPO
+            sys.executable,
+            ["-m", "cairn.mailbox.cli", *args],
+            env=dict(os.environ, PYTHONPATH=REPO, CAIRN_PSK=PSK),
+            path=REPO,
         )
         self.assertEqual(code, 0, err.decode())
         return out.decode()
@@ -183,9 +186,9 @@ class CommandTests(NodeMixin, unittest.TestCase):
         home = os.path.abspath(self.mktemp())
         os.makedirs(home)
         alice_key, bob_key = os.path.join(home, "alice.key"), os.path.join(home, "bob.key")
-        bob_id = (yield self.cli("--identity", bob_key, "--server", server, "--psk", PSK, "whoami")).strip()
+        bob_id = (yield self.cli("--identity", bob_key, "--server", server, "--psk", "whoami")).strip()
         self.assertEqual(os.stat(bob_key).st_mode & 0o777, 0o600)
-        out = yield self.cli("--identity", alice_key, "--server", server, "--psk", PSK, "send", bob_id, "hi bob")
+        out = yield self.cli("--identity", alice_key, "--server", server, "--psk", "send", bob_id, "hi bob")
         self.assertIn("stored", out)
         out = yield self.cli("--identity", bob_key, "--server", server, "receive", "--wait", "1")
         self.assertIn("hi bob", out)

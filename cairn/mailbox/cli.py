@@ -2,13 +2,15 @@
 C{cairn-mailbox}: send and receive store-and-forward messages through a
 node, for humans.
 
-    cairn-mailbox --identity ~/.cairn.key --server tcp:host=node:port=7400 --psk KEY whoami
+    CAIRN_PSK=... cairn-mailbox --identity ~/.cairn.key --server tcp:host=node:port=7400 --psk whoami
     cairn-mailbox --identity ~/.cairn.key --server ws://node:7401/ send PEER_ID "text"
     cairn-mailbox --identity ~/.cairn.key --server ws://node:7401/ receive
 
 The identity key file (a 32-byte Ed25519 seed) is created with mode 0600
 on first use. With C{--psk} or C{--pin} the command pairs first (harmless
-when already paired). C{receive} prints what is waiting, one line per
+when already paired), the secret read from C{CAIRN_PSK} or C{CAIRN_PIN}
+(or, for a PIN, asked for on the terminal), never from the command line
+(L{cairn.cli_pairing}). C{receive} prints what is waiting, one line per
 message (sender, then the text), and exits after C{--wait} seconds
 without a new message.
 """
@@ -19,6 +21,7 @@ import sys
 
 from twisted.internet import defer, task
 
+from cairn.cli_pairing import add_pairing_options, pairing_step
 from cairn.client import Client
 from cairn.crypto.identity import Identity, load_or_create_file
 
@@ -34,9 +37,7 @@ def parser():
     p = argparse.ArgumentParser(prog="cairn-mailbox", description="Store-and-forward messages through a cairn node.")
     p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
     p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
-    pair = p.add_mutually_exclusive_group()
-    pair.add_argument("--psk", help="pair with the node's pre-shared key first")
-    pair.add_argument("--pin", help="pair with a PIN from `cairn-server pair --pin` first")
+    add_pairing_options(p)
     commands = p.add_subparsers(dest="command", required=True)
     commands.add_parser("whoami", help="print this identity's peer id")
     send = commands.add_parser("send", help="send TEXT to PEER_ID")
@@ -51,7 +52,6 @@ def parser():
 def run(reactor, argv, out=None):
     """Do what C{argv} says; fires with the exit status."""
     from cairn.mailbox import client as mailbox
-    from cairn.pairing import client as pairing
 
     out = out or sys.stdout
     args = parser().parse_args(argv)
@@ -59,15 +59,13 @@ def run(reactor, argv, out=None):
     if args.command == "whoami" and not (args.psk or args.pin):
         print(identity.peer_id, file=out)
         return 0
+    pair = pairing_step(args, "cairn-mailbox")
     client = Client(reactor, identity)
     received = []
     mailbox.set_inbox(client.peer, lambda sender, mid, data: received.append((sender, data)))
     session = yield client.connect(args.server)
     try:
-        if args.psk:
-            yield pairing.pair_psk(session, args.psk, name="cairn-mailbox")
-        elif args.pin:
-            yield pairing.pair_pin(session, args.pin, name="cairn-mailbox")
+        yield pair(session)
         if args.command == "whoami":
             print(identity.peer_id, file=out)
         elif args.command == "send":
@@ -83,7 +81,7 @@ def run(reactor, argv, out=None):
                 print(f"{sender}: {data.decode('utf-8', 'replace')}", file=out)
     finally:
         if session.closed is None:
-            session.close()
+            yield client.close(session)
     return 0
 
 

@@ -2,10 +2,11 @@
 C{cairn-relay}: a relay circuit between two devices through a node, for
 humans (a demonstration of L{cairn.relay.client}).
 
-    cairn-relay --identity laptop.key --server tcp:host=node:port=7400 --psk KEY listen --count 1
-    cairn-relay --identity phone.key --server tcp:host=node:port=7400 --psk KEY send PEER_ID "text"
+    CAIRN_PSK=... cairn-relay --identity laptop.key --server tcp:host=node:port=7400 --psk listen --count 1
+    CAIRN_PSK=... cairn-relay --identity phone.key --server tcp:host=node:port=7400 --psk send PEER_ID "text"
 
-C{listen} connects to the node (pairing first with C{--psk}/C{--pin}),
+C{listen} connects to the node (pairing first with C{--psk}/C{--pin}, the
+secret from C{CAIRN_PSK}/C{CAIRN_PIN}: L{cairn.cli_pairing}),
 prints C{listening as PEER_ID}, accepts circuits, prints each text
 received on channel C{chat} (sender, then the text) and echoes it back;
 it exits once C{--count} texts were echoed and the sender closed, or on
@@ -20,6 +21,7 @@ import sys
 
 from twisted.internet import defer, task
 
+from cairn.cli_pairing import add_pairing_options, pairing_step
 from cairn.client import Client
 from cairn.mailbox.cli import DEFAULT_IDENTITY, load_identity, react
 from cairn.wire.constants import RouteStatus
@@ -32,9 +34,7 @@ def parser():
     p = argparse.ArgumentParser(prog="cairn-relay", description="A relay circuit between two devices via a cairn node.")
     p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
     p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
-    pair = p.add_mutually_exclusive_group()
-    pair.add_argument("--psk", help="pair with the node's pre-shared key first")
-    pair.add_argument("--pin", help="pair with a PIN from `cairn-server pair --pin` first")
+    add_pairing_options(p)
     commands = p.add_subparsers(dest="command", required=True)
     listen = commands.add_parser("listen", help="accept circuits, print and echo what arrives on 'chat'")
     listen.add_argument("--count", type=int, default=0, help="exit after echoing this many texts (0: never)")
@@ -48,19 +48,16 @@ def parser():
 @defer.inlineCallbacks
 def run(reactor, argv, out=None):
     """Do what C{argv} says; fires with the exit status."""
-    from cairn.pairing import client as pairing
     from cairn.relay import client as relay
 
     out = out or sys.stdout
     args = parser().parse_args(argv)
+    pair = pairing_step(args, "cairn-relay")
     client = Client(reactor, load_identity(args.identity))
     endpoint = relay.relay_endpoint(client)
     node = yield client.connect(args.server)
     try:
-        if args.psk:
-            yield pairing.pair_psk(node, args.psk, name="cairn-relay")
-        elif args.pin:
-            yield pairing.pair_pin(node, args.pin, name="cairn-relay")
+        yield pair(node)
         if args.command == "listen":
             yield _listen(endpoint, node, args.count, out)
         else:
