@@ -294,6 +294,14 @@ class ParserTests(unittest.TestCase):
         e = self.assertRaises(EnvelopeError, parser.feed, _raw_header(MAX + 1))
         self.assertEqual(e.code, CloseCode.PAYLOAD_TOO_LARGE)
 
+    def test_good_envelope_in_same_chunk_as_oversized_header(self):
+        """Envelopes completed in the chunk that ends with an oversized header come with the error."""
+        parser = EnvelopeParser(MAX)
+        good = _envelope(payload=b"ok")
+        e = self.assertRaises(EnvelopeError, parser.feed, good.to_bytes() + _raw_header(MAX + 1))
+        self.assertEqual(e.code, CloseCode.PAYLOAD_TOO_LARGE)
+        self.assertEqual(e.envelopes, [good])
+
     def test_refuses_input_after_failure(self):
         """After refusing a stream the parser raises EnvelopeError on every later feed, even a valid one."""
         parser = EnvelopeParser(MAX)

@@ -64,14 +64,17 @@ class StreamProtocol(Protocol):
         if self._closing:
             return
         try:
-            envelopes = self._parser.feed(data)
+            envelopes, error = self._parser.feed(data), None
         except EnvelopeError as e:
-            self.sink.framing_error(e.code, e.reason)
-            return
+            envelopes, error = e.envelopes, e
         for envelope in envelopes:
             if self._closing:
                 return
             self.sink.envelope_received(envelope)
+        if error is not None:
+            if not self._closing:
+                self.sink.framing_error(error.code, error.reason)
+            return
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
 

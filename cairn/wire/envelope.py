@@ -24,12 +24,16 @@ class EnvelopeError(ValueError):
     Bytes that cannot be an envelope.
 
     @ivar code: the L{CloseCode} to send back.
+    @ivar envelopes: (from L{EnvelopeParser.feed}) the envelopes completed
+        before the bad header in the same chunk, to be handled before the
+        Close, so that how the stream was cut does not change what happens.
     """
 
-    def __init__(self, code: CloseCode, reason: str):
+    def __init__(self, code: CloseCode, reason: str, envelopes=()):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.envelopes = list(envelopes)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -134,6 +138,7 @@ class EnvelopeParser:
                 raise EnvelopeError(
                     CloseCode.PAYLOAD_TOO_LARGE,
                     f"payload length {length} above maximum {self.max_payload}",
+                    out,
                 )
             stop = offset + HEADER_SIZE + length
             if stop > end:
