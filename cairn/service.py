@@ -254,6 +254,7 @@ def make_node(config, reactor) -> CairnNode:
         keepalive_timeout=config.keepalive_timeout,
         handshake_timeout=config.handshake_timeout,
         session_ttl=config.session_ttl,
+        log_addresses=config.log_addresses,
     )
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
     trust = SQLiteTrustStore(db)

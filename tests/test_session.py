@@ -2,7 +2,7 @@
 Session scenarios, each written once and run over TCP and over WebSocket.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from cairn.wire import cbor
@@ -246,3 +246,36 @@ class WebSocketKeepaliveTests(KeepaliveMixin, unittest.TestCase):
 
 
 __all__ = ["cbor"]
+
+
+class AddressLoggingTests(unittest.TestCase):
+    """CAIRN_LOG_ADDRESSES: session lines name the peer's address only when the operator opts in."""
+
+    def established_line(self, log_addresses):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from cairn.crypto.identity import Identity
+        from cairn.session.peer import Peer
+
+        lines = []
+
+        def observer(event):
+            if event.get("log_namespace") == "cairn.session.peer":
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        peer = Peer(Identity.generate(), task.Clock(), log_addresses=log_addresses)
+        session = type("S", (), {})()
+        session.session_id = bytes(16)
+        session.remote_peer_id = "QmPeer"
+        session.closed = None
+        session.connection = type("C", (), {"transport": type("T", (), {"peer_address": "198.51.100.9:4000"})()})()
+        peer.session_established(session)
+        return lines[-1]
+
+    def test_off_by_default(self):
+        self.assertNotIn("198.51.100.9", self.established_line(False))
+
+    def test_opt_in(self):
+        self.assertIn("from 198.51.100.9:4000", self.established_line(True))

@@ -41,6 +41,7 @@ class Peer:
         handshake_timeout=10.0,
         session_ttl=3600.0,
         resend_limits=DEFAULT_RESEND_LIMITS,
+        log_addresses=False,
     ):
         self.identity = identity
         self.clock = clock
@@ -50,6 +51,8 @@ class Peer:
         self.handshake_timeout = handshake_timeout
         self.session_ttl = session_ttl
         self.resend_limits = resend_limits
+        #: Name the peer's network address in session log lines (an operator's opt-in).
+        self.log_addresses = log_addresses
         #: Live sessions (attached or detached) by session id.
         self.sessions = {}
         #: Set once sessions were saved for a stop: no new session may start.
@@ -118,17 +121,30 @@ class Peer:
 
     def session_established(self, session) -> None:
         self.sessions[session.session_id] = session
-        log.info(
-            "session {sid} established with {peer}",
-            sid=session.session_id.hex()[:8],
-            peer=session.remote_peer_id,
-        )
+        if self.log_addresses:
+            log.info(
+                "session {sid} established with {peer} from {address}",
+                sid=session.session_id.hex()[:8],
+                peer=session.remote_peer_id,
+                address=_address_of(session),
+            )
+        else:
+            log.info(
+                "session {sid} established with {peer}",
+                sid=session.session_id.hex()[:8],
+                peer=session.remote_peer_id,
+            )
         self._notify("session_established", session)
         if self.on_session is not None and session.closed is None:
             self.on_session(session)
 
     def session_resumed(self, session) -> None:
-        log.info("session {sid} resumed", sid=session.session_id.hex()[:8])
+        if self.log_addresses:
+            log.info(
+                "session {sid} resumed from {address}", sid=session.session_id.hex()[:8], address=_address_of(session)
+            )
+        else:
+            log.info("session {sid} resumed", sid=session.session_id.hex()[:8])
         self._notify("session_resumed", session)
 
     def session_detached(self, session) -> None:
@@ -200,3 +216,8 @@ def _guarded(handler, name):
             log.failure("{name} handler failed", name=name)
 
     return guarded
+
+
+def _address_of(session) -> str:
+    transport = getattr(session.connection, "transport", None)
+    return str(getattr(transport, "peer_address", "unknown"))
