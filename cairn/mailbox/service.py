@@ -22,8 +22,8 @@ from collections import Counter, OrderedDict
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from cairn.mailbox import messages
-from cairn.mailbox.interfaces import Depth, Incoming, Limits, PeerLimits, StoreFull
+from cairn.mailbox import messages, report
+from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
 from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
@@ -409,43 +409,11 @@ class MailboxService(StoreService):
     def session_closed(self, session):
         self._outboxes.pop(session.session_id, None)
 
-    # Management
-
-    def _peer_json(self, peer_id, depth, now):
-        override = self.store.limits.get(peer_id)
-        max_messages = self.limits.max_per_peer
-        if override is not None and override.max_messages is not None:
-            max_messages = override.max_messages
-        return {
-            "peer_id": peer_id,
-            "messages": depth.messages,
-            "bytes": depth.bytes,
-            "oldest_age": None if depth.oldest is None else round(max(0.0, now - depth.oldest), 3),
-            "limits": {
-                "max_messages": max_messages,
-                "max_bytes": override.max_bytes if override is not None else None,
-                "override": override.to_json() if override is not None else None,
-            },
-        }
+    # Management (the JSON and the metrics are built in cairn.mailbox.report)
 
     def stats(self):
         """C{GET /mailbox}: per-peer depth, bytes and oldest age, and the totals."""
-        now = self.clock.seconds()
-        depths = self.store.depths()
-        peers = [self._peer_json(p, d, now) for p, d in sorted(depths.items())]
-        ages = [p["oldest_age"] for p in peers if p["oldest_age"] is not None]
-        return {
-            "enabled": self.enabled,
-            "peers": peers,
-            "messages": sum(d.messages for d in depths.values()),
-            "bytes": self.store.total_bytes(),
-            "oldest_age": max(ages) if ages else None,
-            "limits": {
-                "max_per_peer": self.limits.max_per_peer,
-                "max_total": self.limits.max_total,
-                "max_age": self.limits.max_age,
-            },
-        }
+        return report.stats(self.store, self.limits, self.enabled, self.clock.seconds())
 
     def peer_stats(self, peer_id):
         """C{GET /mailbox/{peer_id}}, or None for a peer neither paired nor holding mail."""
@@ -454,7 +422,7 @@ class MailboxService(StoreService):
             if not self.trust.is_paired(peer_id):
                 return None
             depth = Depth()
-        result = self._peer_json(peer_id, depth, self.clock.seconds())
+        result = report.peer_json(self.store, self.limits, peer_id, depth, self.clock.seconds())
         result["connected"] = any(o.session.attached for o in self._outboxes_of(peer_id))
         return result
 
@@ -465,52 +433,12 @@ class MailboxService(StoreService):
 
         @raise ValueError: a bad body. @raise UnknownPeer: not paired.
         """
-        if not isinstance(body, dict) or set(body) - {"max_messages", "max_bytes"}:
-            raise ValueError("body must be an object with max_messages and/or max_bytes")
-        values = {}
-        for key in ("max_messages", "max_bytes"):
-            value = body.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{key} must be a positive integer or null")
-            values[key] = value
+        limits = report.parse_peer_limits(body)
         if not self.trust.is_paired(peer_id):
             raise UnknownPeer(peer_id)
-        limits = PeerLimits(**values)
         log.info("mailbox limits of {peer_id} set to {limits}", peer_id=peer_id, limits=limits.to_json())
         return self.store.set_limits(peer_id, limits).addCallback(lambda _: self.peer_stats(peer_id))
 
     def collect_metrics(self):
         """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        now = self.clock.seconds()
-        depths = self.store.depths()
-        per_peer = [
-            ("cairn_mailbox_messages", "Messages held per recipient.", lambda d: d.messages),
-            ("cairn_mailbox_bytes", "Payload bytes held per recipient.", lambda d: d.bytes),
-            (
-                "cairn_mailbox_oldest_age_seconds",
-                "Age of the oldest message held per recipient.",
-                lambda d: max(0.0, now - d.oldest) if d.oldest is not None else 0.0,
-            ),
-        ]
-        for name, doc, value in per_peer:
-            family = GaugeMetricFamily(name, doc, labels=["peer"])
-            for peer_id, depth in sorted(depths.items()):
-                family.add_metric([peer_id], value(depth))
-            yield family
-        yield GaugeMetricFamily(
-            "cairn_mailbox_total_messages",
-            "Messages held in all mailboxes.",
-            value=sum(d.messages for d in depths.values()),
-        )
-        yield GaugeMetricFamily(
-            "cairn_mailbox_total_bytes", "Payload bytes held in all mailboxes.", value=self.store.total_bytes()
-        )
-        acks = CounterMetricFamily("cairn_mailbox_requests", "ForwardRequests answered, by status.", labels=["status"])
-        for status in ForwardStatus:
-            acks.add_metric([status.name.lower()], self.statuses.get(status.name, 0))
-        yield acks
-        yield CounterMetricFamily(
-            "cairn_mailbox_delivered", "Messages delivered and acknowledged.", value=self.delivered
-        )
+        return report.collect_metrics(self.store, self.statuses, self.delivered, self.clock.seconds())
