@@ -6,17 +6,30 @@ receives a L{Config} and never reads C{os.environ}.  Every value is parsed and
 validated here, so a bad setting stops start-up with one line naming the
 variable and the forms it accepts.  Secrets (the management token, the
 pre-shared key, the TURN secret) never appear in an error message or a repr.
+The parsers of the values themselves are in L{cairn.config_values}.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any
 
 import attr
+
+from cairn.config_values import (
+    BOOL_FORMS,
+    ENDPOINT_FORMS,
+    parse_bool,
+    parse_count,
+    parse_duration,
+    parse_endpoint,
+    parse_size,
+    parse_text,
+    public_address,
+    signal_url,
+    turn_url,
+    url_list,
+)
 
 __all__ = [
     "Config",
@@ -28,37 +41,6 @@ __all__ = [
 ]
 
 U32_MAX = 2**32 - 1
-
-_SIZE_FORMS = "use e.g. 1048576, 512KiB, 1MB, 1.5GB, or plain bytes"
-_DURATION_FORMS = "use e.g. 30s, 15m, 12h, 7d, 2w, or plain seconds"
-_BOOL_FORMS = "use true/false, yes/no, on/off or 1/0"
-_ENDPOINT_FORMS = "use e.g. tcp:7400, tcp:7400:interface=127.0.0.1, or none"
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_DURATION_UNITS = {
-    "": 1,
-    "ms": Decimal("0.001"),
-    "s": 1,
-    "m": 60,
-    "h": 3600,
-    "d": 86400,
-    "w": 604800,
-}
-_NUMBER_WITH_UNIT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.IGNORECASE)
-_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*:\S.*")
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0"})
 
 # Key under which each Config attribute's metadata holds (variable, parser).
 _ENV = "cairn.env"
@@ -78,142 +60,6 @@ class ConfigError(Exception):
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
         self.problem = problem
-
-
-def _number_and_unit(text: str, units: Mapping[str, Any]) -> tuple[Decimal, Any]:
-    """
-    Split C{text} into a non-negative number and a known unit.
-
-    @raise ValueError: if C{text} has another shape or an unknown unit.
-    """
-    match = _NUMBER_WITH_UNIT.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(text)
-    number, unit = match.groups()
-    multiplier = units.get(unit.lower())
-    if multiplier is None:
-        raise ValueError(text)
-    return Decimal(number), multiplier
-
-
-def parse_size(text: str) -> int:
-    """
-    Parse a byte size: plain bytes, or a number with a unit.
-
-    Units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB
-    (powers of 1024), case-insensitive, optionally after a space; the number
-    may be decimal (C{"1.5GB"}) as long as the result is whole bytes.
-
-    @raise ValueError: with a message showing the accepted forms.
-    """
-    try:
-        number, multiplier = _number_and_unit(text, _SIZE_UNITS)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size ({_SIZE_FORMS})") from None
-    size = number * multiplier
-    if size != size.to_integral_value():
-        raise ValueError(f"{text!r} is not a whole number of bytes ({_SIZE_FORMS})")
-    return int(size)
-
-
-def parse_duration(text: str) -> float:
-    """
-    Parse a duration into seconds: plain seconds, or a number with a unit.
-
-    Units are ms, s, m, h, d and w, case-insensitive; the number may be
-    decimal (C{"1.5h"}).
-
-    @raise ValueError: with a message showing the accepted forms.
-    """
-    try:
-        number, multiplier = _number_and_unit(text, _DURATION_UNITS)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration ({_DURATION_FORMS})") from None
-    seconds = float(number * multiplier)
-    if not math.isfinite(seconds):
-        raise ValueError(f"{text!r} is too long a duration ({_DURATION_FORMS})")
-    return seconds
-
-
-def parse_bool(text: str) -> bool:
-    """
-    Parse a boolean: true/false, yes/no, on/off or 1/0, case-insensitive.
-
-    @raise ValueError: with a message showing the accepted forms.
-    """
-    word = text.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ValueError(f"{text!r} is not a boolean ({_BOOL_FORMS})")
-
-
-def parse_endpoint(text: str) -> str | None:
-    """
-    Check the shape of a Twisted server endpoint string; C{"none"} gives C{None}.
-
-    Only the syntax C{type:arguments} is checked: nothing is opened or bound
-    here, so that a busy port is reported by the listener itself at start-up.
-
-    @return: the endpoint string, stripped, or C{None} for a disabled listener.
-    @raise ValueError: with a message showing the accepted forms.
-    """
-    stripped = text.strip()
-    if stripped.lower() == "none":
-        return None
-    if _ENDPOINT.fullmatch(stripped) is None:
-        raise ValueError(f"{text!r} is not an endpoint ({_ENDPOINT_FORMS})")
-    return stripped
-
-
-def _parse_text(text: str) -> str:
-    """Return a free-form setting (a path, a secret) unchanged."""
-    return text
-
-
-def _parse_count(text: str) -> int:
-    """
-    Parse a whole number written in plain decimal digits.
-
-    @raise ValueError: with a message showing the accepted form.
-    """
-    stripped = text.strip()
-    if not (stripped.isascii() and stripped.isdigit()):
-        raise ValueError(f"{text!r} is not a whole number (use e.g. 10000)")
-    return int(stripped)
-
-
-def _url_check(what: str, prefixes: tuple[str, ...], example: str):
-    """Make a check that one URL starts with one of C{prefixes}."""
-
-    def check(item: str) -> str:
-        lowered = item.lower()
-        if not any(
-            lowered.startswith(prefix) and len(item) > len(prefix)
-            for prefix in prefixes
-        ):
-            raise ValueError(f"{item!r} is not a {what} URL (use e.g. {example})")
-        return item
-
-    return check
-
-
-def _url_list(check: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
-    """Make a parser of comma-separated URLs; empty items are skipped."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        items = (item.strip() for item in text.split(","))
-        return tuple(check(item) for item in items if item)
-
-    return parse
-
-
-_signal_url = _url_check("signaling", ("ws://", "wss://"), "wss://signal.example:8443")
-_turn_url = _url_check("TURN", ("turn:", "turns:", "stun:"), "turn:relay.example:3478")
-_public_address = _url_check(
-    "dialable", ("tcp:", "tls:", "ws://", "wss://"), "tcp:host=node.example:port=7400 or wss://node.example/"
-)
 
 
 def _variable(attribute: attr.Attribute) -> str:
@@ -269,7 +115,7 @@ def _is_listener(instance: Config, attribute: attr.Attribute, value: Any) -> Non
     """Validator: the value is an endpoint string, or C{None} (disabled)."""
     if value is None:
         return
-    problem = f"{value!r} is not an endpoint ({_ENDPOINT_FORMS})"
+    problem = f"{value!r} is not an endpoint ({ENDPOINT_FORMS})"
     try:
         ok = isinstance(value, str) and parse_endpoint(value) is not None
     except ValueError as e:
@@ -282,7 +128,7 @@ def _is_bool(instance: Config, attribute: attr.Attribute, value: Any) -> None:
     """Validator: the value is a C{bool}."""
     if not isinstance(value, bool):
         raise ConfigError(
-            _variable(attribute), f"{value!r} is not a boolean ({_BOOL_FORMS})"
+            _variable(attribute), f"{value!r} is not a boolean ({BOOL_FORMS})"
         )
 
 
@@ -323,12 +169,12 @@ def _setting(variable, parse, default, validator, **kwargs) -> Any:
 
 def _text(variable: str, default: str | None = None) -> Any:
     """A free-form string setting; optional when it has no default."""
-    return _setting(variable, _parse_text, default, _is_text(default is None))
+    return _setting(variable, parse_text, default, _is_text(default is None))
 
 
 def _secret(variable: str) -> Any:
     """An optional secret: shown as C{'<redacted>'} in the repr."""
-    return _setting(variable, _parse_text, None, _is_text(True), repr=_redacted)
+    return _setting(variable, parse_text, None, _is_text(True), repr=_redacted)
 
 
 def _endpoint(variable: str, default: str) -> Any:
@@ -356,12 +202,12 @@ def _size(variable: str, default: int, low: int, high: int | None = None) -> Any
 def _count(variable: str, default: int) -> Any:
     """A whole number, at least 1."""
     check = _between(1, None, "", above=False, integer=True)
-    return _setting(variable, _parse_count, default, check)
+    return _setting(variable, parse_count, default, check)
 
 
 def _urls(variable: str, check: Callable[[str], str]) -> Any:
     """A comma-separated list of URLs, each passing C{check}; empty by default."""
-    return _setting(variable, _url_list(check), (), _are_urls(check), converter=tuple)
+    return _setting(variable, url_list(check), (), _are_urls(check), converter=tuple)
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
@@ -396,9 +242,9 @@ class Config:
     forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
     forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
     relay_capacity: int = _count("CAIRN_RELAY_CAPACITY", 64)
-    signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", _signal_url)
-    turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", _turn_url)
-    public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", _public_address)
+    signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", signal_url)
+    turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", turn_url)
+    public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", public_address)
     turn_secret: str | None = _secret("CAIRN_TURN_SECRET")
     turn_secret_file: str | None = _text("CAIRN_TURN_SECRET_FILE")
     turn_ttl: float = _duration("CAIRN_TURN_TTL", 3600.0)
