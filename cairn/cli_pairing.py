@@ -6,13 +6,13 @@ The secrets never come from the command line, where any user of the
 machine can read them (C{ps}, C{/proc/PID/cmdline}) and shells keep them
 in their history: C{--psk} reads the node's pre-shared key from the
 C{CAIRN_PSK} environment variable, C{--pin} reads the PIN from C{CAIRN_PIN}
-or asks for it on the terminal.
+or asks for it on the terminal (in a thread: the prompt blocks).
 """
 
 import getpass
 import os
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from cairn.pairing import client as pairing
 
@@ -36,14 +36,21 @@ def add_pairing_options(parser) -> None:
     )
 
 
-def pairing_step(args, name: str, environ=None, ask=getpass.getpass):
+def _ask_in_thread(prompt: str):
+    # The terminal prompt blocks: keep it off the reactor thread.
+    return threads.deferToThread(getpass.getpass, prompt)
+
+
+def pairing_step(args, name: str, environ=None, ask=_ask_in_thread):
     """
     What C{args} ask for, as a callable taking the session with the node
-    and returning a Deferred (None: no pairing). The secret is read now, so
-    that a missing one stops the command before it connects.
+    and returning a Deferred (None: no pairing). A secret from the
+    environment is read now, so that a missing one stops the command
+    before it connects; a PIN not in the environment is asked for (through
+    C{ask(prompt)}, a string or a Deferred of one) when the step runs.
 
-    @raise SecretMissing: C{--psk} without C{CAIRN_PSK}, or C{--pin}
-        without C{CAIRN_PIN} and no answer on the terminal.
+    @raise SecretMissing: C{--psk} without C{CAIRN_PSK}; for C{--pin}
+        without C{CAIRN_PIN} and no answer, the step's Deferred fails so.
     """
     environ = os.environ if environ is None else environ
     if args.psk:
@@ -53,12 +60,21 @@ def pairing_step(args, name: str, environ=None, ask=getpass.getpass):
         return lambda session: pairing.pair_psk(session, psk, name=name)
     if args.pin:
         pin = environ.get("CAIRN_PIN", "")
-        if not pin:
-            try:
-                pin = ask("PIN (from `cairn-server pair --pin`): ")
-            except (EOFError, OSError):
-                pin = ""
-        if not pin.strip():
-            raise SecretMissing("--pin: set CAIRN_PIN in the environment or type the PIN when asked")
-        return lambda session: pairing.pair_pin(session, pin, name=name)
+
+        def pin_step(session):
+            d = defer.succeed(pin) if pin else defer.maybeDeferred(ask, "PIN (from `cairn-server pair --pin`): ")
+            d.addErrback(no_terminal)
+            d.addCallback(paired, session)
+            return d
+
+        def no_terminal(failure):
+            failure.trap(EOFError, OSError)  # no terminal to ask on: no answer
+            return ""
+
+        def paired(answer, session):
+            if not answer.strip():
+                raise SecretMissing("--pin: set CAIRN_PIN in the environment or type the PIN when asked")
+            return pairing.pair_pin(session, answer, name=name)
+
+        return pin_step
     return lambda session: defer.succeed(None)

@@ -54,7 +54,8 @@ class PairingStepTests(unittest.TestCase):
         step(object())
         self.assertEqual(self.calls, [("pin", "ABCD-EFGH", "tool"), ("pin", "1234-5678", "tool")])
         self.assertEqual(len(asked), 1)
-        self.assertRaises(SecretMissing, pairing_step, parse("--pin"), "tool", environ={}, ask=lambda prompt: " ")
+        step = pairing_step(parse("--pin"), "tool", environ={}, ask=lambda prompt: " ")
+        self.failureResultOf(step(object()), SecretMissing)
 
     def test_nothing(self):
         """Without either flag the step pairs nothing."""
