@@ -276,7 +276,15 @@ def make_node(config, reactor) -> CairnNode:
     metrics = Metrics(peer, reactor, started_at)
     metrics.add_collector(mailbox.collect_metrics, name="mailbox")
     metrics.add_collector(sync.collect_metrics, name="sync")
-    relay = RelayService(peer, trust, reactor, capacity=config.relay_capacity, store=SQLiteRelayStore(db))
+    relay = RelayService(
+        peer,
+        trust,
+        reactor,
+        capacity=config.relay_capacity,
+        store=SQLiteRelayStore(db),
+        # Attached circuits come in on the TCP listener (§25.8).
+        reactor=reactor if config.listen else None,
+    )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)

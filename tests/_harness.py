@@ -56,7 +56,8 @@ def drop_all(connections):
     for conn in connections:
         if not conn.lost.called and conn.transport is not None:
             conn.transport.lose(abort=True)
-    return defer.gatherResults([eventually(c.lost) for c in connections])
+    # A connection that never got a transport (its dial failed) is never lost.
+    return defer.gatherResults([eventually(c.lost) for c in connections if c.transport is not None or c.lost.called])
 
 
 class Conditions:

@@ -45,6 +45,10 @@ class RecordingRelay(RelayService):
         super()._route_response(session, body)
         self.changed()
 
+    def _attached(self, *args):
+        super()._attached(*args)
+        self.changed()
+
     def close(self, circuit, reason, culprit=None, final=False):
         super().close(circuit, reason, culprit, final)
         self.changed()
@@ -62,8 +66,17 @@ class RelayHarness(ScenarioMixin):
         self.trust = MemoryTrustStore()
         self.conditions = Conditions()
         self.relay = RecordingRelay(
-            self.server, self.trust, self.clock, capacity=self.capacity, changed=self.conditions.changed
+            self.server,
+            self.trust,
+            self.clock,
+            capacity=self.capacity,
+            changed=self.conditions.changed,
+            **self.relay_options(),
         )
+
+    def relay_options(self):
+        """More keyword arguments for the relay service (attached circuits: see test_relay_attached)."""
+        return {}
 
     def peer(self, paired=True):
         client = self.make_client()

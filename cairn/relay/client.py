@@ -27,6 +27,12 @@ as any other, and its L{Peer} resumes the session by id. A RelayClose
 marked C{final} (quota used up, peer unpaired) or a refusal ends the
 session instead. C{relay_endpoint(client).resume_circuits = False}
 restores ending the session at once when its circuit is lost.
+
+Attached circuits (§25.8): when this peer's session with the node runs
+over TCP, it asks for (or, as a target, accepts) an attached circuit;
+if the node hands out tokens, the end-to-end session runs over a TCP
+connection of its own to the node (L{cairn.relay.attached}) instead of
+RelayData. C{relay_endpoint(client).attach = False} keeps RelayData.
 """
 
 import itertools
@@ -36,9 +42,11 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from cairn.relay import messages
+from cairn.relay.attached import AttachedCircuit, AttachProtocol
 from cairn.relay.transport import CircuitTransport
 from cairn.session.connection import HandshakeFailed
 from cairn.session.session import SessionClosed
+from cairn.transport.tcp import StreamProtocol
 from cairn.wire.constants import CloseCode, MessageType, RouteStatus
 
 __all__ = ["CircuitTransport", "RelayEndpoint", "RouteRefused", "relay_endpoint", "relay_to"]
@@ -99,6 +107,8 @@ class RelayEndpoint:
     @ivar resume_circuits: re-establish sessions over new circuits (the
         default); if false, losing a circuit ends its session.
     @ivar relayed: the sessions this peer requested, by session id.
+    @ivar attach: ask for (and accept) attached circuits when the node
+        session runs over TCP (the default).
     """
 
     def __init__(self, client):
@@ -110,6 +120,7 @@ class RelayEndpoint:
         self.on_session = None
         self.policy = None
         self.resume_circuits = True
+        self.attach = True
         self.relayed = {}
         self._requests = {}
         self._req_ids = itertools.count(1)
@@ -129,6 +140,29 @@ class RelayEndpoint:
         if transport is None or transport.node_session is not session:
             return None
         return transport
+
+    def _can_attach(self, node_session):
+        """Whether this end can attach a connection for a circuit through C{node_session}'s node."""
+        connection = node_session.connection
+        return (
+            self.attach
+            and connection is not None
+            and type(connection.transport) is StreamProtocol
+            and node_session.session_id in getattr(self.client, "_addresses", {})
+        )
+
+    def _start(self, node_session, circuit_id, remote_peer_id, connection, token=None):
+        """Run C{connection} over the circuit: attached with C{token}, else as RelayData."""
+        if token is None:
+            transport = CircuitTransport(self, node_session, circuit_id, remote_peer_id)
+            self.circuits[circuit_id] = transport
+            transport.start(connection)
+            return transport
+        circuit = AttachedCircuit(self, node_session, circuit_id, remote_peer_id, connection)
+        self.circuits[circuit_id] = circuit
+        address = self.client._addresses[node_session.session_id]
+        circuit.dial(self.client._endpoint(address, False), token)
+        return circuit
 
     def _accepts(self, peer_id):
         policy = getattr(self.client, "on_relay_request", None) or self.policy
@@ -152,7 +186,10 @@ class RelayEndpoint:
         req = next(self._req_ids)
         d = Deferred()
         self._requests[req] = _Request(node_session, peer_id, d, resume)
-        node_session.send(MessageType.ROUTE_REQUEST, {"target": peer_id, "req": req})
+        body = {"target": peer_id, "req": req}
+        if self._can_attach(node_session):
+            body["attach"] = True
+        node_session.send(MessageType.ROUTE_REQUEST, body)
         return d
 
     def _route_response(self, session, body):
@@ -172,14 +209,13 @@ class RelayEndpoint:
                 status = RouteStatus.REFUSED
             entry.deferred.errback(RouteRefused(status, reason))
             return
-        transport = CircuitTransport(self, session, circuit_id, entry.peer_id)
-        self.circuits[circuit_id] = transport
+        _, token = messages.route_response_attach(body)
         connection = self.peer.connection(initiator=True, resume=entry.resume)
+        circuit = self._start(session, circuit_id, entry.peer_id, connection, token)
         if entry.resume is None:
-            connection.ready.addCallback(self._check_identity, transport)
+            connection.ready.addCallback(self._check_identity, circuit)
             connection.ready.addCallback(self._track, session.remote_peer_id)
         connection.ready.chainDeferred(entry.deferred)
-        transport.start(connection)
 
     @staticmethod
     def _check_identity(session, transport):
@@ -204,7 +240,7 @@ class RelayEndpoint:
                 session.remote_peer_id == node_peer_id
                 and session.closed is None
                 and session.attached
-                and not isinstance(session.connection.transport, CircuitTransport)
+                and self._circuit_of(session) is None
             ):
                 found = session
         return found
@@ -268,7 +304,7 @@ class RelayEndpoint:
     # Target
 
     def _offer(self, session, body):
-        requester, circuit_id = messages.parse_route_offer(body)
+        requester, circuit_id, token = messages.parse_route_offer(body)
         if circuit_id in self.circuits:
             return
         if not self._accepts(requester):
@@ -277,25 +313,28 @@ class RelayEndpoint:
                 {"circuit": circuit_id, "status": int(RouteStatus.REFUSED), "reason": "refused by the peer"},
             )
             return
-        transport = CircuitTransport(self, session, circuit_id, requester)
-        self.circuits[circuit_id] = transport
-        session.send(MessageType.ROUTE_RESPONSE, {"circuit": circuit_id, "status": int(RouteStatus.OK)})
+        answer = {"circuit": circuit_id, "status": int(RouteStatus.OK)}
+        if token is None or not self._can_attach(session):
+            token = None
+        else:
+            answer["attach"] = True
+        session.send(MessageType.ROUTE_RESPONSE, answer)
         # A responder: it takes a HandshakeInit (a new session) or a
         # Reconnect (a session of ours re-established by the requester).
-        transport.start(self.peer.connection(initiator=False))
+        self._start(session, circuit_id, requester, self.peer.connection(initiator=False), token)
 
     # Circuit traffic
 
     def _relay_data(self, session, body):
         circuit_id, data = messages.parse_relay_data(body)
         transport = self._circuit(session, circuit_id)
-        if transport is not None:
+        if isinstance(transport, CircuitTransport):
             transport.data_received(data)
 
     def _relay_ack(self, session, body):
         circuit_id, credit = messages.parse_relay_ack(body)
         transport = self._circuit(session, circuit_id)
-        if transport is not None:
+        if isinstance(transport, CircuitTransport):
             transport.credit_granted(credit)
 
     def _relay_close(self, session, body):
@@ -308,7 +347,10 @@ class RelayEndpoint:
 
     @staticmethod
     def _circuit_of(session):
+        """The circuit (L{CircuitTransport} or L{AttachedCircuit}) C{session} runs over, or None."""
         transport = getattr(session.connection, "transport", None)
+        if isinstance(transport, AttachProtocol):
+            return transport.circuit
         return transport if isinstance(transport, CircuitTransport) else None
 
     def session_established(self, session):

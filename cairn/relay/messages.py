@@ -6,9 +6,13 @@ L{ProtocolViolation} with C{BAD_CBOR}, which ends that session.
 """
 
 from cairn.session.session import ProtocolViolation
-from cairn.wire.constants import CloseCode
+from cairn.wire import cbor
+from cairn.wire.constants import PROTOCOL_VERSION, SESSION_ID_SIZE, CloseCode, MessageType
+from cairn.wire.envelope import Envelope
 
 CIRCUIT_ID_SIZE = 16
+#: Bytes of the secret an end presents to attach a connection to a circuit.
+TOKEN_SIZE = 32
 #: Bytes a RelayData body and its sealing add around the inner envelope
 #: (CBOR map, circuit id, byte string header, AEAD tag, with margin).
 RELAY_OVERHEAD = 96
@@ -51,26 +55,64 @@ def _text(body, key, name, required=True):
     return value
 
 
+def _flag(body, key, name):
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        _bad(f"{name}: {key} must be a boolean")
+    return value
+
+
+def _token(body, name):
+    token = body.get("token")
+    if token is None:
+        return None
+    if not isinstance(token, bytes) or len(token) != TOKEN_SIZE:
+        _bad(f"{name}: token must be a {TOKEN_SIZE}-byte string")
+    return token
+
+
 def parse_route_request(body):
-    """Peer to node: C{(target, req)}; node to target: C{(from, circuit)} (see L{parse_route_offer})."""
+    """
+    Peer to node: C{(target, req, attach)}; node to target: C{(from,
+    circuit, token)} (see L{parse_route_offer}).
+    """
     body = _map(body, "RouteRequest")
-    return _text(body, "target", "RouteRequest"), _uint(body, "req", "RouteRequest")
+    target, req = _text(body, "target", "RouteRequest"), _uint(body, "req", "RouteRequest")
+    return target, req, _flag(body, "attach", "RouteRequest")
 
 
 def parse_route_offer(body):
-    """Node to target RouteRequest: C{(from peer id, circuit)}."""
+    """Node to target RouteRequest: C{(from peer id, circuit, token or None)}."""
     body = _map(body, "RouteRequest")
-    return _text(body, "from", "RouteRequest"), _circuit(body, "RouteRequest")
+    return _text(body, "from", "RouteRequest"), _circuit(body, "RouteRequest"), _token(body, "RouteRequest")
 
 
 def parse_route_response(body):
-    """C{(status, circuit or None, req or None, reason)}."""
+    """C{(status, circuit or None, req or None, reason)}; see L{route_response_attach}."""
     body = _map(body, "RouteResponse")
     status = _uint(body, "status", "RouteResponse")
     circuit = _circuit(body, "RouteResponse") if body.get("circuit") is not None else None
     req = _uint(body, "req", "RouteResponse", required=False)
     reason = _text(body, "reason", "RouteResponse", required=False) or ""
     return status, circuit, req, reason
+
+
+def route_response_attach(body):
+    """
+    The attachment fields of a (parsed) RouteResponse: C{(attach, token
+    or None)} -- C{attach} from a target, C{token} from the node (§25.8).
+    """
+    return _flag(body, "attach", "RouteResponse"), _token(body, "RouteResponse")
+
+
+def parse_relay_attach(body):
+    """RelayAttach, in clear on a new connection: C{(circuit, token)}."""
+    body = _map(body, "RelayAttach")
+    circuit = _circuit(body, "RelayAttach")
+    token = _token(body, "RelayAttach")
+    if token is None:
+        _bad("RelayAttach: token missing")
+    return circuit, token
 
 
 def parse_relay_data(body):
@@ -95,3 +137,12 @@ def parse_relay_close(body):
     if not isinstance(final, bool):
         _bad("RelayClose: final must be a boolean")
     return _circuit(body, "RelayClose"), _text(body, "reason", "RelayClose", required=False) or "", final
+
+
+def relay_attach(circuit: bytes, token: bytes) -> bytes:
+    """
+    The RelayAttach envelope, in clear, that opens an attached connection
+    (§25.8): session id all zero, sequence 0, body C{{circuit, token}}.
+    """
+    body = cbor.dumps({"circuit": circuit, "token": token})
+    return Envelope(PROTOCOL_VERSION, MessageType.RELAY_ATTACH, bytes(SESSION_ID_SIZE), 0, body).to_bytes()

@@ -86,6 +86,7 @@ class RelayReports:
             {
                 "circuit": c.circuit_id.hex(),
                 "state": c.state,
+                "mode": c.mode,
                 "requester": c.a.remote_peer_id,
                 "target": c.b.remote_peer_id,
                 "bytes": sum(c.forwarded.values()),

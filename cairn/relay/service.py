@@ -18,6 +18,15 @@ includes what waits for a rate-limited sender's token bucket
 (L{cairn.relay.pacing}): pacing delays forwarding, and the receiver
 credits only what it received, so the sender stalls on its own window.
 
+Attached circuits (docs/protocol.md §25.8): when both ends ask for it,
+the node gives each a one-time token with the circuit; each end opens a
+connection of its own to the node's TCP listener and presents it
+(RelayAttach). Once both are attached the node splices the two
+connections (L{cairn.relay.splice}): the inner session's bytes no longer
+travel as RelayData, so neither the node nor the peers seal them a second
+time, and TCP's flow control replaces the window. Quotas, rate limits and
+byte counts apply to the spliced bytes the same way.
+
 A circuit never outlives a transport of either end's session with the
 node: a detach or a resume (Reconnect) of that session closes its
 circuits, and the other end is told at once; the peers re-establish
@@ -25,6 +34,7 @@ their end-to-end session over a new circuit (docs/protocol.md §25.5).
 When that session ends (Close), its circuits close as final.
 """
 
+import hmac
 import os
 from collections import Counter
 
@@ -36,8 +46,10 @@ from cairn.relay import messages
 from cairn.relay.accounts import Accounts
 from cairn.relay.interfaces import IRelay, RelayLimits
 from cairn.relay.reports import RelayReports
-from cairn.session.session import SessionClosed
-from cairn.wire.constants import MessageType, RouteStatus
+from cairn.relay.splice import Splice
+from cairn.session.session import ProtocolViolation, SessionClosed
+from cairn.wire import cbor
+from cairn.wire.constants import SUPPORTED_VERSIONS, CloseCode, MessageType, RouteStatus
 
 log = Logger()
 
@@ -64,6 +76,18 @@ class Circuit:
     #: Bytes from each end waiting for its sender's rate limit (by session).
     queued = attr.ib(factory=Counter)
     opened_at = attr.ib(default=None)
+    #: Attachment tokens by end (session): offered to the target, then to
+    #: the requester once the target attaches too (§25.8). Empty: RelayData.
+    tokens = attr.ib(factory=dict)
+    #: The connections attached so far: end -> (transport, rest) or None while handed off.
+    attached = attr.ib(factory=dict)
+    #: The L{Splice} once both ends are attached.
+    splice = attr.ib(default=None)
+
+    @property
+    def mode(self) -> str:
+        """C{attached} (its own connections, §25.8) or C{session} (RelayData)."""
+        return "attached" if self.tokens and self.state != "offered" else "session"
 
     def other(self, session):
         return self.b if session is self.a else self.a
@@ -81,14 +105,32 @@ class RelayService(RelayReports):
     @param capacity: concurrent circuits (offered or open) at most.
     @param store: an L{IRelayStore} for per-peer limits and byte counts
         (default: in memory).
+    @param reactor: the reactor whose TCP listener takes attached circuits
+        (§25.8; C{peer.attach_handler} is set); None: RelayData only.
+    @param splice_options: keyword arguments for each L{Splice}.
     """
 
     def __init__(
-        self, peer, trust, clock, *, capacity=64, window=WINDOW, offer_timeout=OFFER_TIMEOUT, store=None, **accounts
+        self,
+        peer,
+        trust,
+        clock,
+        *,
+        capacity=64,
+        window=WINDOW,
+        offer_timeout=OFFER_TIMEOUT,
+        store=None,
+        reactor=None,
+        splice_options=None,
+        **accounts,
     ):
         self.peer = peer
         self.trust = trust
         self.clock = clock
+        self.reactor = reactor
+        self.splice_options = splice_options or {}
+        if reactor is not None:
+            peer.attach_handler = self.attach
         self.capacity = capacity
         self.window = window
         self.offer_timeout = offer_timeout
@@ -127,7 +169,10 @@ class RelayService(RelayReports):
         return self.accounts.start()
 
     def stop(self):
-        """Write the byte counts; fires once written."""
+        """Close the attached circuits' connections; write the byte counts; fires once written."""
+        for circuit in list(self.circuits.values()):
+            if circuit.attached:
+                self.close(circuit, "the node is stopping")
         return self.accounts.stop()
 
     # Helpers
@@ -139,11 +184,13 @@ class RelayService(RelayReports):
         except SessionClosed:
             pass
 
-    def _answer(self, session, req, status, reason="", circuit=None):
+    def _answer(self, session, req, status, reason="", circuit=None, token=None):
         self.statuses[RouteStatus(status).name.lower()] += 1
         body = {"req": req, "status": int(status), "reason": reason[: messages.MAX_REASON]}
         if circuit is not None:
             body["circuit"] = circuit
+        if token is not None:
+            body["token"] = token
         self._send(session, MessageType.ROUTE_RESPONSE, body)
 
     def _online(self, peer_id):
@@ -163,7 +210,7 @@ class RelayService(RelayReports):
     # Handlers
 
     def _route_request(self, session, body):
-        target, req = messages.parse_route_request(body)
+        target, req, attach = messages.parse_route_request(body)
         if not self.trust.is_paired(session.remote_peer_id):
             self._answer(session, req, RouteStatus.NOT_PAIRED, "pair with this node first")
             return
@@ -187,7 +234,10 @@ class RelayService(RelayReports):
         circuit.allowance = {session: self.window, other: self.window}
         circuit.timer = self.clock.callLater(self.offer_timeout, self._offer_timed_out, circuit)
         self.circuits[circuit.circuit_id] = circuit
-        self._send(other, MessageType.ROUTE_REQUEST, {"from": session.remote_peer_id, "circuit": circuit.circuit_id})
+        offer = {"from": session.remote_peer_id, "circuit": circuit.circuit_id}
+        if attach and self.reactor is not None:
+            offer["token"] = circuit.tokens[other] = os.urandom(messages.TOKEN_SIZE)
+        self._send(other, MessageType.ROUTE_REQUEST, offer)
 
     def _offer_timed_out(self, circuit):
         circuit.timer = None
@@ -197,6 +247,7 @@ class RelayService(RelayReports):
 
     def _route_response(self, session, body):
         status, circuit_id, _req, reason = messages.parse_route_response(body)
+        attach, _ = messages.route_response_attach(body)
         circuit = self._end_of(session, circuit_id)
         if circuit is None or session is not circuit.b or circuit.state != "offered":
             return
@@ -207,14 +258,23 @@ class RelayService(RelayReports):
             return
         circuit.state = "open"
         circuit.opened_at = self.clock.seconds()
-        log.info("relay circuit {cid} open", cid=circuit.circuit_id.hex()[:8])
-        self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id)
+        token = None
+        if attach and circuit.tokens:
+            token = circuit.tokens[circuit.a] = os.urandom(messages.TOKEN_SIZE)
+            circuit.timer = self.clock.callLater(self.offer_timeout, self._attach_timed_out, circuit)
+        else:
+            circuit.tokens.clear()
+        log.info("relay circuit {cid} open ({mode})", cid=circuit.circuit_id.hex()[:8], mode=circuit.mode)
+        self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id, token=token)
 
     def _relay_data(self, session, body):
         circuit_id, data = messages.parse_relay_data(body)
         circuit = self._end_of(session, circuit_id)
         if circuit is None or circuit.state != "open":
             self._send(session, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "no such circuit"})
+            return
+        if circuit.mode == "attached":
+            self.close(circuit, "RelayData on an attached circuit", final=True)
             return
         size = len(data)
         left = circuit.allowance[session] - size
@@ -248,7 +308,7 @@ class RelayService(RelayReports):
     def _relay_ack(self, session, body):
         circuit_id, credit = messages.parse_relay_ack(body)
         circuit = self._end_of(session, circuit_id)
-        if circuit is None or circuit.state != "open":
+        if circuit is None or circuit.state != "open" or circuit.mode == "attached":
             return
         other = circuit.other(session)
         circuit.allowance[other] = min(self.window, circuit.allowance[other] + credit)
@@ -266,6 +326,60 @@ class RelayService(RelayReports):
             return
         self.close(circuit, reason or "closed by the other end", culprit=session)
 
+    # Attached circuits (§25.8)
+
+    def attach(self, connection, envelope):
+        """
+        The L{cairn.session.peer.Peer} attach handler: C{envelope}, a
+        RelayAttach, came first on an accepted C{connection}. A valid
+        token hands the connection to its circuit; anything else is
+        answered with a Close.
+        """
+        if envelope.version not in SUPPORTED_VERSIONS:
+            connection.fail(CloseCode.VERSION_UNSUPPORTED, f"version {envelope.version} not supported")
+            return
+        try:
+            body = cbor.loads(envelope.payload)
+            circuit_id, token = messages.parse_relay_attach(body)
+        except ProtocolViolation as e:
+            connection.fail(e.code, e.reason)
+            return
+        except Exception:
+            connection.fail(CloseCode.BAD_CBOR, "RelayAttach body is not CBOR")
+            return
+        circuit, end = self.circuits.get(circuit_id), None
+        if circuit is not None and circuit.state == "open":
+            for session, expected in circuit.tokens.items():
+                if hmac.compare_digest(expected, token) and session not in circuit.attached:
+                    end = session
+        if end is None:
+            connection.fail(CloseCode.UNKNOWN_SESSION, "no such circuit, or not this token")
+            return
+        hand_off = getattr(connection.transport, "hand_off", None)
+        if hand_off is None:
+            connection.fail(CloseCode.UNEXPECTED_MESSAGE, "RelayAttach needs a TCP connection")
+            return
+        circuit.attached[end] = None
+        hand_off(lambda transport, rest: self._attached(circuit, end, transport, rest))
+
+    def _attached(self, circuit, end, transport, rest):
+        if self.circuits.get(circuit.circuit_id) is not circuit:
+            transport.abortConnection()
+            return
+        circuit.attached[end] = (transport, rest)
+        log.debug("relay circuit {cid}: an end attached", cid=circuit.circuit_id.hex()[:8])
+        ends = [circuit.attached.get(circuit.a), circuit.attached.get(circuit.b)]
+        if None in ends:
+            return
+        self._cancel(circuit)
+        circuit.splice = Splice(self.reactor, ends, _SpliceAccounting(self, circuit), **self.splice_options)
+        circuit.splice.start()
+
+    def _attach_timed_out(self, circuit):
+        circuit.timer = None
+        if circuit.splice is None:
+            self.close(circuit, "the peers did not attach their connections in time")
+
     # Ending circuits
 
     def _cancel(self, circuit):
@@ -276,6 +390,12 @@ class RelayService(RelayReports):
     def _drop(self, circuit):
         self._cancel(circuit)
         self.circuits.pop(circuit.circuit_id, None)
+        if circuit.splice is not None:
+            circuit.splice.stop()
+        else:
+            for attached in circuit.attached.values():
+                if attached is not None:
+                    attached[0].loseConnection()
         for end in (circuit.a, circuit.b):
             pacer = self.accounts.pacers.get(end.remote_peer_id)
             if pacer is not None and circuit.queued[end]:
@@ -346,3 +466,48 @@ class RelayService(RelayReports):
     def set_quota(self, peer_id, max_bytes):
         """Limit the bytes C{peer_id} may send through relays (None: no limit), keeping its rate limit."""
         return self.set_limits(peer_id, RelayLimits(max_bytes, self.accounts.rate(peer_id)))
+
+
+class _SpliceAccounting:
+    """
+    What a circuit's L{Splice} asks and tells the service: the byte quota
+    before each read, the counts and the rate limit after it.
+    """
+
+    def __init__(self, service, circuit):
+        self.service = service
+        self.accounts = service.accounts
+        self.circuit = circuit
+        self.ends = (circuit.a, circuit.b)
+
+    def budget(self, index):
+        peer_id = self.ends[index].remote_peer_id
+        quota = self.accounts.quota(peer_id)
+        return None if quota is None else max(0, quota - self.accounts.bytes_sent[peer_id])
+
+    def over_budget(self, index):
+        self.service.close(self.circuit, "relay byte quota exceeded", final=True)
+
+    def moved_in(self, index, size):
+        end = self.ends[index]
+        self.accounts.sent(end.remote_peer_id, size)
+        pacer = self.accounts.pacers.get(end.remote_peer_id)
+        if pacer is None:
+            return False
+        circuit = self.circuit
+        circuit.queued[end] += size
+
+        def go():
+            circuit.queued[end] -= size
+            if circuit.splice is not None:
+                circuit.splice.release(index)
+
+        pacer.submit(circuit.circuit_id, size, go)
+        return True
+
+    def moved_out(self, index, size):
+        self.circuit.forwarded[self.ends[1 - index]] += size
+        self.accounts.received(self.ends[index].remote_peer_id, size)
+
+    def finished(self, reason, index):
+        self.service.close(self.circuit, reason)

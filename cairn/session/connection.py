@@ -290,11 +290,20 @@ class Connection:
             self._state = "await_final"
         elif envelope.type == MessageType.RECONNECT:
             self._responder_reconnect(envelope)
+        elif envelope.type == MessageType.RELAY_ATTACH and self.local.attach_handler is not None:
+            # Not a session: the relay service takes the connection over
+            # (or refuses it with a Close).
+            self._cancel_timer()
+            self._state = "attaching"
+            self.local.attach_handler(self, envelope)
         else:
             self._session_id = envelope.session_id
             raise ProtocolViolation(
                 CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} before a handshake"
             )
+
+    def _in_attaching(self, envelope):
+        pass  # the transport no longer delivers envelopes
 
     def _in_await_final(self, envelope):
         if self._maybe_clear_close(envelope):

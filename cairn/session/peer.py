@@ -59,6 +59,10 @@ class Peer:
         self.frozen = False
         self.unknown_types = Counter()
         self._handlers = {}
+        #: C{(connection, envelope)}: takes a RelayAttach arriving first on
+        #: an accepted connection (the node's relay service; §25.8). None:
+        #: a RelayAttach is an unexpected message like any other.
+        self.attach_handler = None
         #: Application callbacks; each may be None.
         self.on_session = None  # (session)
         self.on_channel = None  # (session, channel)

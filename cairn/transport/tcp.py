@@ -8,11 +8,13 @@ from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
-from cairn.wire.constants import CloseCode
-from cairn.wire.envelope import EnvelopeError, EnvelopeParser
+from cairn.wire.constants import HEADER_SIZE, CloseCode, MessageType
+from cairn.wire.envelope import EnvelopeError, EnvelopeParser, decode, parse_header
 
 #: Bytes read from the socket per wake-up (Twisted's default: 64 KiB).
 READ_SIZE = 256 * 1024
+#: Longest RelayAttach payload accepted (its body is about 70 bytes).
+MAX_ATTACH_PAYLOAD = 1024
 
 
 @implementer(IFrameTransport)
@@ -34,6 +36,12 @@ class StreamProtocol(Protocol):
         self._ticket = ticket
         self._write_limit = write_limit
         self._guard = None
+        # A listener whose peer takes relay attachments (§25.8) looks at
+        # the first envelope alone: after a RelayAttach, the bytes are not
+        # envelopes for this node any more.
+        local = getattr(sink, "local", None)
+        self._head = bytearray() if getattr(local, "attach_handler", None) is not None else None
+        self._receiver = None
 
     @property
     def peer_address(self) -> str:
@@ -63,6 +71,10 @@ class StreamProtocol(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
+        if self._head is not None:
+            data = self._first_envelope(data)
+            if not data:
+                return
         try:
             envelopes, error = self._parser.feed(data), None
         except EnvelopeError as e:
@@ -77,6 +89,49 @@ class StreamProtocol(Protocol):
             return
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
+
+    def _first_envelope(self, data):
+        """
+        Hold the first bytes until the first envelope's type is known. A
+        RelayAttach is handed to the sink alone; anything else goes on as
+        usual. Returns the bytes for the parser (none while waiting).
+        """
+        head = self._head
+        head += data
+        if len(head) < HEADER_SIZE:
+            return b""
+        _, type_, _, _, length = parse_header(head)
+        if type_ != MessageType.RELAY_ATTACH:
+            self._head = None
+            return bytes(head)
+        if length > MAX_ATTACH_PAYLOAD:
+            self._head = None
+            self.sink.framing_error(CloseCode.PAYLOAD_TOO_LARGE, f"RelayAttach payload of {length} bytes")
+            return b""
+        end = HEADER_SIZE + length
+        if len(head) < end:
+            return b""
+        self._head = None
+        self.sink.envelope_received(decode(bytes(head[:end]), MAX_ATTACH_PAYLOAD))
+        if self._receiver is not None:
+            receiver, self._receiver = self._receiver, None
+            self._closing = True
+            if self._ticket is not None:
+                self._ticket.done()
+                self._ticket = None
+            receiver(self.transport, bytes(head[end:]))
+            return b""
+        return bytes(head[end:])
+
+    def hand_off(self, receiver):
+        """
+        Give this connection up after the RelayAttach being handled (§25.8):
+        it stops reading, no more envelopes reach the sink, and
+        C{receiver(transport, rest)} is called with the Twisted transport
+        and the bytes that followed the RelayAttach.
+        """
+        self._receiver = receiver
+        self.transport.pauseProducing()
 
     def connectionLost(self, reason=None):
         self._closing = True

@@ -71,6 +71,7 @@ class MessageType(IntEnum):
     RELAY_DATA = 0x0502
     RELAY_ACK = 0x0503
     RELAY_CLOSE = 0x0504
+    RELAY_ATTACH = 0x0505
 
     # Sync hub family (DESIGN.md: 0x0800...; docs/protocol.md §24)
     SYNC_SUBSCRIBE = 0x0800

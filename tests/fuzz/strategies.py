@@ -276,14 +276,26 @@ def _peer_key_response(draw):
 
 @st.composite
 def _route_request(draw):
-    target, req = draw(peer_ids), draw(uints)
-    return {"target": target, "req": req}, (target, req)
+    target, req, attach = draw(peer_ids), draw(uints), draw(st.none() | st.booleans())
+    body = {"target": target, "req": req}
+    if attach is not None:
+        body["attach"] = attach
+    return body, (target, req, bool(attach))
 
 
 @st.composite
 def _route_offer(draw):
-    sender, circuit = draw(peer_ids), draw(ids16)
-    return {"from": sender, "circuit": circuit}, (sender, circuit)
+    sender, circuit, token = draw(peer_ids), draw(ids16), draw(st.none() | st.binary(min_size=32, max_size=32))
+    body = {"from": sender, "circuit": circuit}
+    if token is not None:
+        body["token"] = token
+    return body, (sender, circuit, token)
+
+
+@st.composite
+def _relay_attach(draw):
+    circuit, token = draw(ids16), draw(st.binary(min_size=32, max_size=32))
+    return {"circuit": circuit, "token": token}, (circuit, token)
 
 
 @st.composite
@@ -410,6 +422,7 @@ VALID = {
     "relay.parse_relay_data": _relay_data(),
     "relay.parse_relay_ack": _relay_ack(),
     "relay.parse_relay_close": _relay_close(),
+    "relay.parse_relay_attach": _relay_attach(),
     "sync.parse_subscribe": _subscribe(),
     "sync.parse_publish": _publish(),
     "sync.publish_id": _publish_id(),

@@ -195,8 +195,12 @@ BODY_PARSERS = (
     _p(T.FORWARD_PURGE, purge_with_upto, lambda r: _purge(r[0]) and _uint(r[1], U63 - 1)),
     _p(T.PEER_KEY_REQUEST, mailbox.parse_peer_key_request, _peer),
     _p(T.PEER_KEY_RESPONSE, mailbox.parse_peer_key_response, lambda r: _peer(r[0]) and _optional(_bytes, r[1], 32)),
-    _p(T.ROUTE_REQUEST, relay.parse_route_request, lambda r: _text(r[0]) and _uint(r[1])),
-    _p(T.ROUTE_REQUEST, relay.parse_route_offer, lambda r: _text(r[0]) and _bytes(r[1], 16)),
+    _p(T.ROUTE_REQUEST, relay.parse_route_request, lambda r: _text(r[0]) and _uint(r[1]) and isinstance(r[2], bool)),
+    _p(
+        T.ROUTE_REQUEST,
+        relay.parse_route_offer,
+        lambda r: _text(r[0]) and _bytes(r[1], 16) and _optional(_bytes, r[2], 32),
+    ),
     _p(
         T.ROUTE_RESPONSE,
         relay.parse_route_response,
@@ -204,6 +208,7 @@ BODY_PARSERS = (
     ),
     _p(T.RELAY_DATA, relay.parse_relay_data, lambda r: _bytes(r[0], 16) and _bytes(r[1])),
     _p(T.RELAY_ACK, relay.parse_relay_ack, lambda r: _bytes(r[0], 16) and _uint(r[1])),
+    _p(T.RELAY_ATTACH, relay.parse_relay_attach, lambda r: _bytes(r[0], 16) and _bytes(r[1], 32)),
     _p(T.RELAY_CLOSE, relay.parse_relay_close, lambda r: _bytes(r[0], 16) and _text(r[1]) and isinstance(r[2], bool)),
     _p(
         T.SYNC_SUBSCRIBE,

@@ -1,0 +1,123 @@
+"""
+The peer's end of an attached circuit (docs/protocol.md §25.8).
+
+When the node hands out attachment tokens with a circuit, each end opens
+a TCP connection of its own to the node, sends the RelayAttach envelope
+first, and then runs the end-to-end session over that connection exactly
+as over a direct one: an L{AttachProtocol} is the ordinary
+L{StreamProtocol} with that one envelope in front. The node splices the
+two connections, so the session's envelopes are sealed once (end to end)
+instead of travelling sealed again inside RelayData.
+
+An L{AttachedCircuit} is what the L{cairn.relay.client.RelayEndpoint}
+keeps for such a circuit (as it keeps a L{CircuitTransport} for the
+others): a RelayClose from the node, or the loss of the node session,
+drops the connection, which detaches the end-to-end session like any
+dropped transport (and ends it when the node says the loss is final).
+When the connection drops first, the circuit is forgotten on the
+RelayClose the node sends next (or with the node session).
+"""
+
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from cairn.relay import messages
+from cairn.session.connection import HandshakeFailed
+from cairn.session.session import SessionClosed
+from cairn.transport.tcp import StreamProtocol
+from cairn.wire.constants import CloseCode, MessageType
+
+log = Logger()
+
+
+class AttachedCircuit:
+    """
+    One end of an attached circuit.
+
+    @ivar protocol: the L{AttachProtocol} once connected.
+    @ivar closed: the reason, once the circuit is gone.
+    """
+
+    def __init__(self, endpoint, node_session, circuit_id, remote_peer_id, connection):
+        self.endpoint = endpoint
+        self.node_session = node_session
+        self.circuit_id = circuit_id
+        self.remote_peer_id = remote_peer_id
+        self.connection = connection
+        self.protocol = None
+        self.closed = None
+        #: The end-to-end session, kept once its connection is lost (a
+        #: final RelayClose may come after the node closed the connection).
+        self.session = None
+
+    def __repr__(self):
+        return f"<AttachedCircuit {self.circuit_id.hex()[:8]} closed={self.closed!r}>"
+
+    def dial(self, endpoint, token):
+        """Connect to the node with C{endpoint} and attach; a failure fails the connection."""
+        d = endpoint.connect(_AttachFactory(self, token))
+        d.addErrback(self._dial_failed)
+        return d
+
+    def _dial_failed(self, failure):
+        reason = f"could not attach to the node: {failure.getErrorMessage()}"
+        log.info("relay circuit {cid}: {reason}", cid=self.circuit_id.hex()[:8], reason=reason)
+        self.node_session.send_if_open(MessageType.RELAY_CLOSE, {"circuit": self.circuit_id, "reason": reason})
+        self._finish(reason)
+        if self.connection.initiator and not self.connection.ready.called:
+            self.connection.ready.errback(HandshakeFailed(CloseCode.GOING_AWAY, reason))
+
+    def remote_closed(self, reason: str, final: bool = False) -> None:
+        """
+        The node closed the circuit, or the node session was lost: drop the
+        connection (the end-to-end session detaches); if C{final} (or the
+        endpoint does not re-establish circuits) end the session too.
+        """
+        if self.closed is not None:
+            return
+        self._finish(reason)
+        session = self.connection.session or self.session
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()
+        if session is not None and session.closed is None and (final or not self.endpoint.resume_circuits):
+            session._end(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
+
+    def _finish(self, reason):
+        self.closed = reason
+        if self.endpoint.circuits.get(self.circuit_id) is self:
+            del self.endpoint.circuits[self.circuit_id]
+
+
+class AttachProtocol(StreamProtocol):
+    """A L{StreamProtocol} that sends the RelayAttach before anything else."""
+
+    def __init__(self, circuit, token, max_payload):
+        super().__init__(circuit.connection, max_payload)
+        self.circuit = circuit
+        self._attach = messages.relay_attach(circuit.circuit_id, token)
+
+    @property
+    def peer_address(self) -> str:
+        return f"relay:{self.circuit.circuit_id.hex()[:8]}"
+
+    def connectionMade(self):
+        self.circuit.protocol = self
+        self.transport.write(self._attach)
+        super().connectionMade()
+
+    def connectionLost(self, reason=None):
+        self.circuit.session = self.sink.session or self.circuit.session
+        super().connectionLost(reason)
+
+
+class _AttachFactory(Factory):
+    noisy = False
+
+    def __init__(self, circuit, token):
+        self.circuit = circuit
+        self.token = token
+
+    def buildProtocol(self, addr):
+        protocol = AttachProtocol(self.circuit, self.token, self.circuit.endpoint.peer.max_payload)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,377 @@
+"""
+Attached relay circuits (docs/protocol.md §25.8): the end-to-end session
+on connections of its own, spliced by the node. Library clients over real
+loopback sockets with a node peer; the relay's clock is a L{task.Clock}.
+"""
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from cairn.relay import client as relay
+from cairn.relay import messages, splice
+from cairn.relay.attached import AttachedCircuit, AttachProtocol
+from cairn.relay.interfaces import RelayLimits
+from cairn.relay.service import OFFER_TIMEOUT
+from cairn.session.connection import HandshakeFailed
+from cairn.transport.tcp import READ_SIZE
+from cairn.wire import cbor
+from cairn.wire.constants import CloseCode, MessageType
+from tests._harness import closed, collect, eventually, first_close, next_data
+from tests.test_relay import MARKER, RelayHarness, RelayScenarioMixin
+
+
+class AttachedHarness(RelayHarness):
+    """The relay service takes attached circuits on the test's TCP listener."""
+
+    splice_options = {}
+
+    def relay_options(self):
+        return {"reactor": reactor, "splice_options": dict(self.splice_options)}
+
+    def only_circuit(self):
+        [circuit] = self.relay.circuits.values()
+        return circuit
+
+    def watch(self, circuit):
+        """Re-check the test's conditions after every move of C{circuit}'s splice; returns the most it held."""
+        observer = circuit.splice.observer
+        most = [circuit.splice.held()]
+
+        class Watching:
+            def __getattr__(_, name):
+                method = getattr(observer, name)
+
+                def call(*args):
+                    result = method(*args)
+                    if circuit.splice is not None:
+                        most[0] = max(most[0], circuit.splice.held())
+                    self.conditions.changed()
+                    return result
+
+                return call
+
+        circuit.splice.observer = Watching()
+        return most
+
+
+class AttachedScenarioTests(AttachedHarness, RelayScenarioMixin, unittest.TestCase):
+    """The relay scenarios over attached circuits (TCP on both ends)."""
+
+    @defer.inlineCallbacks
+    def test_channel_data_both_ways(self):
+        """
+        An attached circuit carries channel data and custom messages both
+        ways; no RelayData crosses the node sessions; the bytes are counted.
+        """
+        alice, bob = self.peer(), self.peer()
+        a, b, _, _ = yield self.circuit(alice, bob)
+        circuit = self.only_circuit()
+        self.assertEqual(circuit.mode, "attached")
+        self.assertIsNotNone(circuit.splice)
+        self.assertIsInstance(a.connection.transport, AttachProtocol)
+        self.assertIsInstance(b.connection.transport, AttachProtocol)
+        got_channel = defer.Deferred()
+        b.on_channel = got_channel.callback
+        chat = a.open_channel("chat")
+        chat.send(MARKER + b" from alice")
+        b_chat = yield eventually(got_channel)
+        self.assertEqual((yield next_data(b_chat)), MARKER + b" from alice")
+        reply = next_data(chat)
+        b_chat.send(MARKER + b" from bob")
+        self.assertEqual((yield reply), MARKER + b" from bob")
+        custom = defer.Deferred()
+        a.register_handler(0xF0A1, lambda session, body: custom.callback(body))
+        b.send(0xF0A1, {"text": "custom"})
+        self.assertEqual((yield eventually(custom)), {"text": "custom"})
+        self.assertEqual(self.relay.seen, [])
+        stats = self.relay.stats()
+        [entry] = stats["open"]
+        self.assertEqual(entry["mode"], "attached")
+        by_peer = {p["peer_id"]: p for p in stats["peers"]}
+        self.assertGreater(by_peer[alice.peer_id]["bytes_sent"], len(MARKER))
+        self.assertEqual(by_peer[alice.peer_id]["bytes_sent"], by_peer[bob.peer_id]["bytes_received"])
+        self.assertEqual(entry["bytes"], sum(p["bytes_sent"] for p in stats["peers"]))
+
+    @defer.inlineCallbacks
+    def test_peer_drops_mid_circuit(self):
+        """
+        When one end's attached connection drops, the node closes the other
+        one with a RelayClose saying why; the requester re-establishes.
+        """
+        alice, bob = self.peer(), self.peer()
+        a, b, _, _ = yield self.circuit(alice, bob)
+        circuit_b = b.connection.transport.circuit
+        detached, resumed_b = defer.Deferred(), defer.Deferred()
+
+        class Observer:
+            def session_detached(_, session):
+                if session is b and not detached.called:
+                    detached.callback(None)
+
+            def session_resumed(_, session):
+                if session is b and not resumed_b.called:
+                    resumed_b.callback(None)
+
+        b.local.add_observer(Observer())
+        a.connection.transport.transport.abortConnection()
+        yield eventually(detached)
+        yield self.until(lambda: circuit_b.closed is not None)
+        self.assertEqual(circuit_b.closed, "the other peer went away")
+        self.assertIsNone(b.closed)
+        # Alice (the requester) asks for a new circuit and resumes over it.
+        yield eventually(resumed_b)
+        self.assertEqual(self.only_circuit().mode, "attached")
+        reply = defer.Deferred()
+        b.on_channel = lambda channel: setattr(channel, "on_data", reply.callback)
+        a.open_channel("after").send(b"again")
+        self.assertEqual((yield eventually(reply)), b"again")
+        self.assertEqual(relay.relay_endpoint(alice).relayed[a.session_id].reestablished, 1)
+
+    @defer.inlineCallbacks
+    def test_flow_control(self):
+        """
+        A receiver that stops reading stalls the sender through TCP; the
+        node holds at most one chunk per direction, and everything arrives
+        in order once the receiver reads again.
+        """
+        a, b, _, _ = yield self.circuit()
+        circuit = self.only_circuit()
+        most = self.watch(circuit)
+        got_channel = defer.Deferred()
+        b.on_channel = got_channel.callback
+        chat = a.open_channel("bulk")
+        chat.send(b"first")
+        b_bulk = yield eventually(got_channel)
+        received = collect(b_bulk)
+        original = b_bulk.on_data
+        b_bulk.on_data = lambda data: self.conditions.changed(original(data))
+        b.connection.transport.transport.pauseProducing()
+        events = []
+
+        class Pusher:
+            sent = 0
+
+            def pauseProducing(pusher):
+                events.append("pause")
+                self.conditions.changed()
+
+            def resumeProducing(pusher):
+                events.append("resume")
+
+            def stopProducing(pusher):
+                pass
+
+        a.connection.transport.transport.registerProducer(Pusher(), True)
+        chunk = b"x" * 32768
+        total = 1024  # 32 MiB, far beyond what the sockets and the node hold
+        for i in range(total):
+            chat.send(i.to_bytes(4, "big") + chunk)
+        yield self.until(lambda: events and circuit.splice.sides[0].out.state == "write")
+        accepted = self.relay.bytes_sent[a.local.peer_id]
+        self.assertLess(accepted, total * len(chunk) // 2)
+        b.connection.transport.transport.resumeProducing()
+        bulk = lambda: [m for m in received if m != b"first"]  # noqa: E731
+        yield self.conditions.until(lambda: len(bulk()) >= total, timeout=60)
+        self.assertEqual([int.from_bytes(m[:4], "big") for m in bulk()], list(range(total)))
+        self.assertLessEqual(most[0], 2 * splice.CHUNK + 2 * READ_SIZE)
+        self.assertIn("pause", events)
+
+
+class BufferedScenarioTests(AttachedScenarioTests):
+    """The same, moving the bytes through the process (no splice(2): other systems)."""
+
+    splice_options = {"use_splice": False}
+
+
+class AttachRefusalTests(AttachedHarness, unittest.TestCase):
+    """A RelayAttach the node cannot take is answered with a Close in clear."""
+
+    @defer.inlineCallbacks
+    def attach_raw(self, data):
+        raw = yield self.raw_connect()
+        raw.send_raw(data)
+        yield eventually(raw.lost)
+        return first_close(raw)
+
+    @defer.inlineCallbacks
+    def test_unknown_circuit(self):
+        """A circuit the node does not have: Close 9, the same as a wrong token."""
+        body = yield self.attach_raw(messages.relay_attach(b"\1" * 16, b"\2" * 32))
+        self.assertEqual(body["code"], CloseCode.UNKNOWN_SESSION)
+
+    @defer.inlineCallbacks
+    def test_wrong_or_used_token(self):
+        """A wrong token, or one already used, is refused (Close 9) and the circuit goes on."""
+        a, b, _, _ = yield self.circuit()
+        circuit = self.only_circuit()
+        for token in [b"\2" * 32, circuit.tokens[circuit.a], circuit.tokens[circuit.b]]:
+            body = yield self.attach_raw(messages.relay_attach(circuit.circuit_id, token))
+            self.assertEqual(body["code"], CloseCode.UNKNOWN_SESSION)
+        reply = next_data(a.open_channel("still"))
+        b.on_channel = lambda channel: channel.send(b"alive")
+        self.assertEqual((yield reply), b"alive")
+
+    @defer.inlineCallbacks
+    def test_malformed(self):
+        """A RelayAttach body that is not {circuit, token}: Close 3; an oversized one: Close 2."""
+        from cairn.wire.envelope import Envelope
+
+        def envelope(payload, version=1):
+            return Envelope(version, MessageType.RELAY_ATTACH, bytes(16), 0, payload).to_bytes()
+
+        for payload, code in [
+            (cbor.dumps({"circuit": b"\1" * 16}), CloseCode.BAD_CBOR),
+            (cbor.dumps({"circuit": b"\1" * 16, "token": b"short"}), CloseCode.BAD_CBOR),
+            (cbor.dumps(["not", "a", "map"]), CloseCode.BAD_CBOR),
+            (b"\xff\xff", CloseCode.BAD_CBOR),
+            (b"\0" * 2000, CloseCode.PAYLOAD_TOO_LARGE),
+        ]:
+            body = yield self.attach_raw(envelope(payload))
+            self.assertEqual(body["code"], code, payload)
+        body = yield self.attach_raw(envelope(cbor.dumps({"circuit": b"\1" * 16, "token": b"\2" * 32}), version=9))
+        self.assertEqual(body["code"], CloseCode.VERSION_UNSUPPORTED)
+
+    @defer.inlineCallbacks
+    def test_target_never_attaches(self):
+        """A circuit whose target does not attach in time is closed; the requester's session fails."""
+        original = AttachedCircuit.dial
+
+        def dial(circuit, endpoint, token):
+            if circuit.connection.initiator:
+                return original(circuit, endpoint, token)
+            return defer.succeed(None)
+
+        self.patch(AttachedCircuit, "dial", dial)
+        alice, bob = self.peer(), self.peer()
+        node_a = yield self.connect(alice)
+        yield self.connect(bob)
+        d = relay.relay_to(alice, node_a, bob.peer_id)
+        attached = lambda: self.relay.circuits and self.only_circuit().attached  # noqa: E731
+        yield self.until(lambda: attached() and None not in attached().values())
+        self.assertEqual(len(self.only_circuit().attached), 1)
+        self.clock.advance(OFFER_TIMEOUT)
+        self.assertEqual(self.relay.circuits, {})
+        failure = yield self.assertFailure(eventually(d), HandshakeFailed)
+        self.assertEqual(failure.code, CloseCode.GOING_AWAY)
+
+    @defer.inlineCallbacks
+    def test_relay_data_on_attached_circuit(self):
+        """RelayData for an attached circuit closes it for good: the ends' sessions end."""
+        a, b, node_a, _ = yield self.circuit()
+        ended = closed(b)
+        node_a.send(MessageType.RELAY_DATA, {"circuit": self.only_circuit().circuit_id, "data": b"x"})
+        why = yield ended
+        self.assertIn("RelayData on an attached circuit", why.reason)
+
+    @defer.inlineCallbacks
+    def test_node_stop_closes_attached_connections(self):
+        """Stopping the relay service closes the attached connections (their sessions detach)."""
+        a, b, _, _ = yield self.circuit()
+        lost = [a.connection.when_lost(), b.connection.when_lost()]
+        yield self.relay.stop()
+        yield eventually(defer.gatherResults(lost))
+        self.assertEqual(self.relay.circuits, {})
+
+
+class ModeTests(AttachedHarness, unittest.TestCase):
+    """Who gets an attached circuit: both ends must ask, and be able to."""
+
+    @defer.inlineCallbacks
+    def test_requester_without_attach(self):
+        """A requester that does not ask (attach = False) gets a RelayData circuit."""
+        alice = self.peer()
+        relay.relay_endpoint(alice).attach = False
+        yield self.circuit(alice)
+        self.assertEqual(self.only_circuit().mode, "session")
+
+    @defer.inlineCallbacks
+    def test_target_without_attach(self):
+        """A target that does not attach gets a RelayData circuit, and the requester no token."""
+        bob = self.peer()
+        relay.relay_endpoint(bob).attach = False
+        a, b, _, _ = yield self.circuit(bob=bob)
+        self.assertEqual(self.only_circuit().mode, "session")
+        self.assertEqual(self.only_circuit().tokens, {})
+        reply = next_data(a.open_channel("x"))
+        b.on_channel = lambda channel: channel.send(b"over RelayData")
+        self.assertEqual((yield reply), b"over RelayData")
+
+    @defer.inlineCallbacks
+    def test_node_without_attach(self):
+        """A node that takes no attachments (no reactor given) offers no tokens."""
+        self.relay.reactor = None
+        yield self.circuit()
+        self.assertEqual(self.only_circuit().mode, "session")
+
+
+class AttachedLimitTests(AttachedHarness, unittest.TestCase):
+    """Byte quotas and rate limits on spliced bytes."""
+
+    splice_options = {"chunk": 16384}
+
+    @defer.inlineCallbacks
+    def channel_pair(self, alice, bob):
+        a, b, _, _ = yield self.circuit(alice, bob)
+        got = defer.Deferred()
+        b.on_channel = got.callback
+        chat = a.open_channel("bulk")
+        chat.send(b"first")
+        b_chat = yield eventually(got)
+        received = []
+        b_chat.on_data = lambda data: self.conditions.changed(data != b"first" and received.append(data))
+        return a, b, chat, received
+
+    @defer.inlineCallbacks
+    def test_quota(self):
+        """The node forwards exactly up to the quota, then closes the circuit for good."""
+        alice, bob = self.peer(), self.peer()
+        a, b, chat, _ = yield self.channel_pair(alice, bob)
+        quota = self.relay.bytes_sent[alice.peer_id] + 50_000
+        yield self.relay.set_quota(alice.peer_id, quota)
+        ended = closed(b)
+        for _ in range(10):
+            chat.send(b"y" * 20_000)
+        why = yield ended
+        self.assertIn("relay byte quota exceeded", why.reason)
+        self.assertEqual(self.relay.bytes_sent[alice.peer_id], quota)
+        self.assertEqual(self.relay.circuits, {})
+
+    @defer.inlineCallbacks
+    def test_rate_limit(self):
+        """A rate-limited sender's bytes go out as its token bucket (on the node's clock) allows."""
+        alice, bob = self.peer(), self.peer()
+        a, b, chat, received = yield self.channel_pair(alice, bob)
+        rate = 65536
+        yield self.relay.set_limits(alice.peer_id, RelayLimits(None, rate))
+        circuit = self.only_circuit()
+        self.watch(circuit)
+        start = self.relay.bytes_received[bob.peer_id]
+        total = 16
+        for i in range(total):
+            chat.send(i.to_bytes(4, "big") + b"z" * 16384)  # about 4 s at the rate
+        # The bucket (one second's worth) and one chunk of debt go at once; the rest waits.
+        yield self.until(lambda: sum(circuit.queued.values()) > 0)
+        self.assertLessEqual(self.relay.bytes_received[bob.peer_id] - start, rate + 16384)
+        self.assertLess(len(received), total)
+        seconds = 0
+        while len(received) < total:
+            seconds += 1
+            self.clock.advance(1.0)
+            yield self.until(lambda: len(received) >= total or sum(circuit.queued.values()) > 0)
+            # At most the bucket, the refill and one chunk of debt so far.
+            self.assertLessEqual(self.relay.bytes_received[bob.peer_id] - start, rate * (1 + seconds) + 16384)
+        self.assertGreaterEqual(seconds, 3)
+        self.assertEqual([int.from_bytes(m[:4], "big") for m in received], list(range(total)))
+
+
+class VectorTests(unittest.TestCase):
+    def test_relay_attach_vector(self):
+        """The RelayAttach envelope of docs/protocol.md §25.8, byte for byte."""
+        expected = (
+            "01" "0505" + "00" * 16 + "00" * 8 + "00000042"  # version, type, session id, seq, length
+            "a2" "65746f6b656e" "5820" + bytes(range(32)).hex()  # {"token": h'00..1f',
+            + "67636972637569" "74" "50" + bytes(range(16)).hex()  # "circuit": h'00..0f'}
+        )
+        self.assertEqual(messages.relay_attach(bytes(range(16)), bytes(range(32))).hex(), expected)
+        body = cbor.loads(bytes.fromhex(expected)[31:])
+        self.assertEqual(messages.parse_relay_attach(body), (bytes(range(16)), bytes(range(32))))
