@@ -70,6 +70,9 @@ class AttachedScenarioTests(AttachedHarness, RelayScenarioMixin, unittest.TestCa
         self.assertIsNotNone(circuit.splice)
         self.assertIsInstance(a.connection.transport, AttachProtocol)
         self.assertIsInstance(b.connection.transport, AttachProtocol)
+        # The node's side of both connections: Nagle on; the ends': off.
+        self.assertEqual([side.transport.getTcpNoDelay() for side in circuit.splice.sides], [False, False])
+        self.assertTrue(a.connection.transport.transport.getTcpNoDelay())
         got_channel = defer.Deferred()
         b.on_channel = got_channel.callback
         chat = a.open_channel("chat")
@@ -373,5 +376,46 @@ class VectorTests(unittest.TestCase):
             + "67636972637569" "74" "50" + bytes(range(16)).hex()  # "circuit": h'00..0f'}
         )
         self.assertEqual(messages.relay_attach(bytes(range(16)), bytes(range(32))).hex(), expected)
+        self.assertEqual(documented_attach_vector(), expected)
         body = cbor.loads(bytes.fromhex(expected)[31:])
         self.assertEqual(messages.parse_relay_attach(body), (bytes(range(16)), bytes(range(32))))
+
+
+class EarlyAttachTests(AttachedHarness, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_target_attaches_before_accepting(self):
+        """
+        A target's RelayAttach may arrive before its RouteResponse (another
+        connection): the node keeps it, and splices once the requester attaches.
+        """
+        alice, bob = self.peer(), self.peer()
+        node_a = yield self.connect(alice)
+        node_b = yield self.connect(bob)
+        offered = defer.Deferred()
+        bob.peer.register_handler(MessageType.ROUTE_REQUEST, lambda session, body: offered.callback(body))
+        relay.relay_to(alice, node_a, bob.peer_id).addErrback(lambda _: None)
+        offer = yield eventually(offered)
+        circuit = self.only_circuit()
+        raw = yield self.raw_connect()
+        raw.send_raw(messages.relay_attach(circuit.circuit_id, offer["token"]))
+        yield self.until(lambda: circuit.attached.get(circuit.b) is not None)
+        self.assertEqual(circuit.state, "offered")
+        node_b.send(MessageType.ROUTE_RESPONSE, {"circuit": circuit.circuit_id, "status": 0, "attach": True})
+        yield self.until(lambda: circuit.splice is not None)
+        # The requester's inner HandshakeInit comes through the splice.
+        first = yield eventually(raw.arrived)
+        self.assertEqual(first.type, MessageType.HANDSHAKE_INIT)
+
+
+
+def documented_attach_vector() -> str:
+    """The envelope hex of docs/protocol.md §25.8.7 (its "envelope" lines, concatenated)."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("#### 25.8.7 Test vector") :]
+    block = section[section.index("envelope (97 bytes):") : section.index("```", section.index("envelope (97 bytes):"))]
+    return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))

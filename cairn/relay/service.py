@@ -264,6 +264,10 @@ class RelayService(RelayReports):
             circuit.timer = self.clock.callLater(self.offer_timeout, self._attach_timed_out, circuit)
         else:
             circuit.tokens.clear()
+            for attached in circuit.attached.values():
+                if attached is not None:
+                    attached[0].abortConnection()  # attached, then accepted without attaching
+            circuit.attached.clear()
         log.info("relay circuit {cid} open ({mode})", cid=circuit.circuit_id.hex()[:8], mode=circuit.mode)
         self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id, token=token)
 
@@ -348,7 +352,9 @@ class RelayService(RelayReports):
             connection.fail(CloseCode.BAD_CBOR, "RelayAttach body is not CBOR")
             return
         circuit, end = self.circuits.get(circuit_id), None
-        if circuit is not None and circuit.state == "open":
+        # The target may attach before its acceptance (RouteResponse, on
+        # another connection) is in: its token was in the offer.
+        if circuit is not None:
             for session, expected in circuit.tokens.items():
                 if hmac.compare_digest(expected, token) and session not in circuit.attached:
                     end = session
@@ -363,8 +369,8 @@ class RelayService(RelayReports):
         hand_off(lambda transport, rest: self._attached(circuit, end, transport, rest))
 
     def _attached(self, circuit, end, transport, rest):
-        if self.circuits.get(circuit.circuit_id) is not circuit:
-            transport.abortConnection()
+        if self.circuits.get(circuit.circuit_id) is not circuit or (circuit.state == "open" and not circuit.tokens):
+            transport.abortConnection()  # closed, or the target accepted without attaching
             return
         circuit.attached[end] = (transport, rest)
         log.debug("relay circuit {cid}: an end attached", cid=circuit.circuit_id.hex()[:8])

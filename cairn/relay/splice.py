@@ -177,6 +177,14 @@ class Splice:
         for side in self.sides:
             side.transport.stopReading()
             side.transport.stopWriting()
+            # The node forwards each arrival at once; with TCP_NODELAY (set
+            # for envelopes by StreamProtocol) every small arrival went out
+            # as a segment of its own, and the receiving end paid for each:
+            # bench/relay, 16 circuits, 1,440 -> 2,600-3,100 MiB/s with
+            # Nagle's algorithm back on. It delays a small segment only
+            # while earlier data is unacknowledged; the ends keep
+            # TCP_NODELAY on their own sockets.
+            side.transport.setTcpNoDelay(False)
 
     def __repr__(self):
         held = [side.out.channel.held for side in self.sides]
