@@ -7,6 +7,18 @@ a stalled receiver is sent 1 GiB.
     python -m bench.relay [--bytes 1GiB] [--circuits 16] [--rss-bytes 1GiB] [--no-rss]
     python -m bench.relay --layers 500      # each layer of a message, no sockets
 
+What is measured is the relay: the same raw-byte endpoints push through
+each of them. A cairn circuit is opened with the real protocol -- PSK
+pairing, RouteRequest, an attached circuit (docs/protocol.md §25.8: each
+end's own connection, spliced by the node) and the end-to-end cairn
+handshake over it -- and then its two connections carry the bench's raw
+bytes, as the anchors' connections do after their own handshakes. The
+node cannot tell: it splices whatever comes. A separate line
+(C{cairn-e2e}, no target) is the same circuit carrying the bytes as
+channel messages of the end-to-end session, so with its endpoints'
+crypto (ratchet and AEAD in the measuring process), and another
+(C{cairn-relaydata}, no target) a circuit of the RelayData kind (§25.3).
+
 Every relay under test runs in a child process on 127.0.0.1, alone: the
 cairn node (C{--serve}: make_node on a temporary data dir, PSK pairing),
 magic-wormhole-transit-relay (C{--transit}: its twistd plugin's
@@ -65,6 +77,8 @@ RSS_QUIET = 1.0
 #: Longest a single measurement may take before it is abandoned.
 TIMEOUT = 300.0
 KINDS = ("cairn", "transit", "proxy")
+#: Further cairn measurements, reported without a target.
+EXTRA = ("cairn-e2e", "cairn-relaydata")
 TRANSIT_PACKAGE = "magic-wormhole-transit-relay"
 
 
@@ -253,22 +267,28 @@ def _sizes(total, circuits):
     return [share + (1 if i < extra else 0) for i in range(circuits)]
 
 
-def cairn_circuits(reactor, port, sizes, tally):
+def cairn_circuits(reactor, port, sizes, tally, mode="raw"):
     """
     One pair of clients per circuit (each with its own sessions with the
-    node, both PSK-paired), a circuit from the first to the second and a
-    channel on its end-to-end session. Fires with C{(pusher, ends)} per circuit.
+    node, both PSK-paired) and a circuit from the first to the second.
+    C{mode}: C{raw} -- an attached circuit whose two connections then carry
+    raw bytes (the end-to-end session is left idle); C{e2e} -- the same
+    circuit carrying channel messages of the end-to-end session;
+    C{relaydata} -- a RelayData circuit carrying channel messages. Fires
+    with C{(pusher, ends)} per circuit.
     """
     from cairn.client import Client
     from cairn.pairing import client as pairing
+    from cairn.relay.attached import AttachProtocol
     from cairn.relay.client import relay_endpoint, relay_to
 
     address = f"tcp:host=127.0.0.1:port={port}"
-    payload = b"\x00" * CIRCUIT_CHUNK
+    payload = b"\x00" * (CHUNK if mode == "raw" else CIRCUIT_CHUNK)
 
     @defer.inlineCallbacks
     def one(size):
         alice, bob = Client(reactor), Client(reactor)
+        relay_endpoint(alice).attach = mode != "relaydata"
         node_a = yield alice.connect(address)
         yield pairing.pair_psk(node_a, PSK)
         node_b = yield bob.connect(address)
@@ -277,10 +297,21 @@ def cairn_circuits(reactor, port, sizes, tally):
         relay_endpoint(bob).on_session = accepted.callback
         a = yield relay_to(alice, node_a, bob.peer_id)
         b = yield accepted
+        ends = (alice, bob, node_a, node_b, a, b)
+        if mode == "raw":
+            sender, receiver = a.connection.transport, b.connection.transport
+            if not isinstance(sender, AttachProtocol):
+                raise RuntimeError("the node did not give an attached circuit")
+            receiver.dataReceived = tally.add  # the inner session hears nothing more
+            pusher = Pusher(sender.transport.write, size, payload)
+            sender.transport.registerProducer(pusher, True)
+            return pusher, ends
         b.on_channel = lambda channel: setattr(channel, "on_data", tally.add)
         pusher = Pusher(a.open_channel("bulk").send, size, payload)
-        a.connection.transport.registerProducer(pusher, True)
-        return pusher, (alice, bob, node_a, node_b, a, b)
+        consumer = a.connection.transport  # a CircuitTransport, or an AttachProtocol over a TCP transport
+        consumer = consumer if mode == "relaydata" else consumer.transport
+        consumer.registerProducer(pusher, True)
+        return pusher, ends
 
     return _sequentially(one, sizes)
 
@@ -417,9 +448,10 @@ def measure(kind, circuits, total):
 
     sizes = _sizes(total, circuits)
     tally = Tally(total)
-    if kind == "cairn":
+    if kind.startswith("cairn"):
         child, port = _child("--serve")
-        prepare = lambda: cairn_circuits(reactor, port, sizes, tally)  # noqa: E731
+        mode = {"cairn": "raw", "cairn-e2e": "e2e", "cairn-relaydata": "relaydata"}[kind]
+        prepare = lambda: cairn_circuits(reactor, port, sizes, tally, mode)  # noqa: E731
     elif kind == "transit":
         ensure_transit_relay()
         child, port = _child("--transit")
@@ -450,9 +482,10 @@ def measure(kind, circuits, total):
 def stalled_rss(size):
     """
     The node's resident memory while a receiver that never reads its
-    socket and never grants credit is sent C{size} bytes, first by a
-    sender that respects the circuit's credit (its producer is paused by
-    the circuit), then by one that writes RelayData for the circuit
+    socket is sent C{size} bytes: through an attached circuit (the
+    sender's producer is paused by TCP); then, on a RelayData circuit
+    whose receiver also grants no credit, by a sender that respects the
+    circuit's credit, then by one that writes RelayData for the circuit
     regardless (the node must close the circuit, not queue the bytes).
     """
     from twisted.internet import reactor
@@ -481,8 +514,15 @@ def stalled_rss(size):
 
     @defer.inlineCallbacks
     def run():
-        tally = Tally(size)
-        [(pusher, ends)] = yield cairn_circuits(reactor, port, [size], tally)
+        [(pusher, ends)] = yield cairn_circuits(reactor, port, [size], Tally(size))
+        # The attached circuit's receiver does not read its connection.
+        ends[5].connection.transport.transport.pauseProducing()
+        yield sleep(reactor, 0.2)
+        result["attached_base"] = proc_rss(child.pid)
+        pusher.resumeProducing()
+        result["attached_peak"] = yield watch(lambda: pusher.sent)
+        result["attached_sent"] = pusher.sent
+        [(pusher, ends)] = yield cairn_circuits(reactor, port, [size], Tally(size), "relaydata")
         _, _, node_a, node_b, a, b = ends
         # The receiver: no credit from its end of the circuit, and its
         # socket with the node is not read at all from now on.
@@ -628,8 +668,17 @@ def report(results, rss, total, counts):
     print("  MiB/s: wall; per CPU-second of the relay process; per CPU-second of the endpoints' process")
     for n in counts:
         print(f"  {n} circuit{'s' if n > 1 else ''}:")
-        for kind, label in (("cairn", "cairn node"), ("transit", "transit relay"), ("proxy", "bare Twisted proxy")):
-            r = results[kind, n]
+        labels = (
+            ("cairn", "cairn node"),
+            ("transit", "transit relay"),
+            ("proxy", "bare Twisted proxy"),
+            ("cairn-e2e", "cairn, e2e session"),
+            ("cairn-relaydata", "cairn, RelayData"),
+        )
+        for kind, label in labels:
+            r = results.get((kind, n))
+            if r is None:
+                continue
             print(
                 f"    {label:<20} {mib_s(r['bytes'], r['wall']):8.1f} wall"
                 f"  {mib_s(r['bytes'], r['server_cpu']):8.1f} relay core"
@@ -655,7 +704,12 @@ def report_rss(rss):
     mb = 1e6
     print(f"node RSS, stalled receiver sent {show_size(rss['bytes'])} (target: growth < 64 MB):")
     print(
-        f"  credit-respecting sender: {rss['sent'] / 2**10:.0f} KiB left the sender;"
+        f"  attached circuit:         {rss['attached_sent'] / 2**10:.0f} KiB left the sender;"
+        f" RSS {rss['attached_base'] / mb:.1f} MB -> peak {rss['attached_peak'] / mb:.1f} MB,"
+        f" growth {(rss['attached_peak'] - rss['attached_base']) / mb:.1f} MB"
+    )
+    print(
+        f"  RelayData circuit, credit-respecting sender: {rss['sent'] / 2**10:.0f} KiB left the sender;"
         f" RSS {rss['base'] / mb:.1f} MB -> peak {rss['peak'] / mb:.1f} MB,"
         f" growth {(rss['peak'] - rss['base']) / mb:.1f} MB"
     )
@@ -663,7 +717,7 @@ def report_rss(rss):
         print("  sender ignoring credit:   not measured (the sender's socket already has a producer)")
         return
     print(
-        f"  sender ignoring credit:   {rss['flood_sent'] / 2**20:.0f} MiB written as RelayData;"
+        f"  RelayData circuit, sender ignoring credit: {rss['flood_sent'] / 2**20:.0f} MiB written as RelayData;"
         f" peak {rss['flood_peak'] / mb:.1f} MB, growth {(rss['flood_peak'] - rss['base']) / mb:.1f} MB"
         f" over the same base; circuit closed with {rss['circuit_closed']!r}"
     )
@@ -679,7 +733,8 @@ def main(argv=None):
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--transit", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--proxy", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=[*KINDS, "rss"], help="one measurement, as JSON")
+    parser.add_argument("--only", choices=[*KINDS, *EXTRA, "rss"], help="one measurement, as JSON")
+    parser.add_argument("--no-extra", action="store_true", help="skip the cairn-e2e and cairn-relaydata lines")
     args = parser.parse_args(argv)
     if args.circuits < 1:
         parser.error(f"--circuits must be at least 1, not {args.circuits}")
@@ -701,7 +756,7 @@ def main(argv=None):
     counts = sorted({1, args.circuits})
     results = {}
     for n in counts:
-        for kind in KINDS:
+        for kind in KINDS + (() if args.no_extra else EXTRA):
             results[kind, n] = _in_child("--only", kind, "--circuits", str(n), "--bytes", str(args.bytes))
     rss = None if args.no_rss else _in_child("--only", "rss", "--rss-bytes", str(args.rss_bytes))
     report(results, rss, args.bytes, counts)
