@@ -116,12 +116,8 @@ class RelayScenarioMixin(RelayHarness):
     """The scenarios, run over TCP and WebSocket."""
 
     @defer.inlineCallbacks
-    def test_channel_data_both_ways(self):
-        """A relayed session carries channel data and custom messages both ways, and the node sees no plaintext."""
-        alice, bob = self.peer(), self.peer()
-        a, b, _, _ = yield self.circuit(alice, bob)
-        self.assertEqual(a.remote_peer_id, bob.peer_id)
-        self.assertEqual(b.remote_peer_id, alice.peer_id)
+    def exchange(self, a, b):
+        """Channel data both ways and a custom message between relayed sessions C{a} and C{b}."""
         got_channel = defer.Deferred()
         b.on_channel = got_channel.callback
         chat = a.open_channel("chat")
@@ -135,6 +131,15 @@ class RelayScenarioMixin(RelayHarness):
         a.register_handler(CUSTOM, lambda session, body: custom.callback(body))
         b.send(CUSTOM, {"text": MARKER.decode()})
         self.assertEqual((yield eventually(custom)), {"text": MARKER.decode()})
+
+    @defer.inlineCallbacks
+    def test_channel_data_both_ways(self):
+        """A relayed session carries channel data and custom messages both ways, and the node sees no plaintext."""
+        alice, bob = self.peer(), self.peer()
+        a, b, _, _ = yield self.circuit(alice, bob)
+        self.assertEqual(a.remote_peer_id, bob.peer_id)
+        self.assertEqual(b.remote_peer_id, alice.peer_id)
+        yield self.exchange(a, b)
         self.assertTrue(self.relay.seen)
         for data in self.relay.seen:
             self.assertNotIn(MARKER, data)

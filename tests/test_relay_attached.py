@@ -73,19 +73,7 @@ class AttachedScenarioTests(AttachedHarness, RelayScenarioMixin, unittest.TestCa
         # The node's side of both connections: Nagle on; the ends': off.
         self.assertEqual([side.transport.getTcpNoDelay() for side in circuit.splice.sides], [False, False])
         self.assertTrue(a.connection.transport.transport.getTcpNoDelay())
-        got_channel = defer.Deferred()
-        b.on_channel = got_channel.callback
-        chat = a.open_channel("chat")
-        chat.send(MARKER + b" from alice")
-        b_chat = yield eventually(got_channel)
-        self.assertEqual((yield next_data(b_chat)), MARKER + b" from alice")
-        reply = next_data(chat)
-        b_chat.send(MARKER + b" from bob")
-        self.assertEqual((yield reply), MARKER + b" from bob")
-        custom = defer.Deferred()
-        a.register_handler(0xF0A1, lambda session, body: custom.callback(body))
-        b.send(0xF0A1, {"text": "custom"})
-        self.assertEqual((yield eventually(custom)), {"text": "custom"})
+        yield self.exchange(a, b)
         self.assertEqual(self.relay.seen, [])
         stats = self.relay.stats()
         [entry] = stats["open"]
