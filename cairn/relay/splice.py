@@ -315,12 +315,7 @@ class Splice:
     @staticmethod
     def _peek(side) -> bool:
         """Whether C{side} sent more (True) or ended (False); BlockingIOError if neither yet."""
-        sock = socket.socket(fileno=os.dup(side.fd))
-        try:
-            sock.setblocking(False)
-            return bool(sock.recv(1, socket.MSG_PEEK))
-        finally:
-            sock.close()
+        return bool(side.transport.socket.recv(1, socket.MSG_PEEK))
 
     def _interest(self, side):
         if side.out.state == "read" and not side.out.eof:
