@@ -202,10 +202,11 @@ def derived_addresses(ports) -> tuple:
             continue
         if host in ("0.0.0.0", "::"):
             host = socket.gethostname()
+        # The protocol's address form (docs/protocol.md §20.3.2).
+        shown = f"[{host}]" if ":" in host else host
         if name == "tcp":
-            addresses.append(f"tcp:host={host}:port={address.port}")
+            addresses.append(f"tcp://{shown}:{address.port}")
         else:
-            shown = f"[{host}]" if ":" in host else host
             addresses.append(f"ws://{shown}:{address.port}/")
     return tuple(addresses)
 
