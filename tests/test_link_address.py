@@ -73,7 +73,8 @@ class AddressTests(unittest.TestCase):
 
     def test_unreadable_addresses_skipped(self):
         """A reader skips an address of an unknown scheme and keeps the others."""
-        uri = "cairn://pair?v=1&peer=QmPeer&addr=quic%3A%2F%2Fh%3A1&addr=tcp%3A%2F%2Fh%3A1&secret=" + "A" * 22 + "&exp=5"
+        addrs = "addr=quic%3A%2F%2Fh%3A1&addr=tcp%3A%2F%2Fh%3A1"
+        uri = f"cairn://pair?v=1&peer=QmPeer&{addrs}&secret={'A' * 22}&exp=5"
         self.assertEqual(codes.parse_link(uri).addresses, ("tcp://h:1",))
 
     def test_derived_addresses(self):

@@ -27,7 +27,8 @@ key pair, so no extra round trip is needed. The initiator is Signal's
 "Alice" (it may encrypt at once); the responder is "Bob" and cannot encrypt
 until it has decrypted the initiator's first ratchet message, which is why
 the session layer has the initiator send a ratchet message with an empty
-plaintext on channel 0 right after HandshakeFinal.
+plaintext on channel 0 with the session's first channel (docs/protocol.md
+§9.5).
 
 Driving the library synchronously: its API is C{async}, but every coroutine
 in it only awaits other coroutines that do pure computation (hashing, AES,
