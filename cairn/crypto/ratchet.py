@@ -128,6 +128,7 @@ __all__ = [
     "RatchetSeed",
     "Ratchet",
     "derive_seed",
+    "session_ad",
     "generate_private_key",
     "SEED_INFO",
     "ROOT_INFO",
@@ -492,6 +493,16 @@ def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> Ratche
     # class, hence object.__setattr__).
     object.__setattr__(seed, "_responder_key", (private, key, public))
     return seed
+
+
+def session_ad(session_id: bytes, channel: int) -> bytes:
+    """
+    The associated data a session gives the ratchet for a Data on C{channel}:
+    the 16-byte session id, then the channel id as u32 big-endian
+    (docs/protocol.md §9.5), so that a ratchet message opens only in the
+    session and on the channel it was sealed for.
+    """
+    return session_id + struct.pack(">I", channel)
 
 
 # ---------------------------------------------------------------------------

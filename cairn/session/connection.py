@@ -280,7 +280,9 @@ class Connection:
             if self.local.sessions.get(envelope.session_id) is not None:
                 raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
             noise = self._handshake_body(envelope, 0)
-            self._handshake = NoiseHandshake(self.local.identity, initiator=False)
+            self._handshake = NoiseHandshake(
+                self.local.identity, initiator=False, session_id=envelope.session_id, version=envelope.version
+            )
             try:
                 self._handshake.read_init(noise)
                 response = self._handshake.write_response()
@@ -345,7 +347,9 @@ class Connection:
 
     def _send_init(self):
         self._session_id = self._session_id or os.urandom(16)
-        self._handshake = NoiseHandshake(self.local.identity, initiator=True)
+        self._handshake = NoiseHandshake(
+            self.local.identity, initiator=True, session_id=self._session_id, version=PROTOCOL_VERSION
+        )
         self._send_handshake(MessageType.HANDSHAKE_INIT, self._handshake.write_init())
         self._state = "await_response"
 
