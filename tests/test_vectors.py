@@ -435,7 +435,7 @@ class PrimitiveTests(unittest.TestCase):
         self.assertEqual(self.b("handshake.prologue"), b"cairn" + envelope[0:1] + envelope[3:19])
 
     def test_handshake_replays(self):
-        """A plain noiseprotocol pair with the documented prologue and pinned keys reproduces the messages, hash and keys."""
+        """Plain noiseprotocol with the documented prologue and pinned keys reproduces messages, hash and keys."""
         prologue = self.b("handshake.prologue")
         ends = []
         for role, initiator in (("initiator", True), ("responder", False)):
@@ -490,7 +490,7 @@ class PrimitiveTests(unittest.TestCase):
         self._check_sealed("reconnect.reply", self.b("handshake.key_r2i"))
 
     def test_data_ratchet(self):
-        """The ratchet seed comes from the handshake; the responder decrypts both Data bodies with ad = session id || u32be(channel)."""
+        """The seed comes from the handshake; both Data bodies open with ad = session id || u32be(channel)."""
         seed = derive_seed(
             self.b("handshake.handshake_hash"), self.b("handshake.key_i2r"), self.b("handshake.key_r2i")
         )
