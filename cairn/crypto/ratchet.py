@@ -123,6 +123,8 @@ from doubleratchet.recommended.diffie_hellman_ratchet_curve25519 import (
 from doubleratchet.symmetric_key_ratchet import SymmetricKeyRatchet as _SymmetricKeyRatchet
 from doubleratchet.types import EncryptedMessage, Header
 
+from cairn.crypto.dh import check_shared
+
 __all__ = [
     "RatchetError",
     "RatchetSeed",
@@ -292,7 +294,10 @@ class _DHRatchet(_Curve25519DHRatchet):
         return pub
 
     def _perform_diffie_hellman(self, own_priv: bytes, other_pub: bytes) -> bytes:  # type: ignore[override]
-        return self._entry(own_priv)[1].exchange(X25519PublicKey.from_public_bytes(other_pub))
+        # An all-zero result (a small-order key) is refused (§11.1):
+        # cryptography raises ValueError for it, and check_shared does not
+        # rely on that. Both are in _LIBRARY_ERRORS: the message is rejected.
+        return check_shared(self._entry(own_priv)[1].exchange(X25519PublicKey.from_public_bytes(other_pub)))
 
     def __deepcopy__(self, memo: dict) -> "_DHRatchet":
         return _copy_state(self, memo)  # type: ignore[no-any-return]
