@@ -335,6 +335,13 @@ class Connection:
         session = self.local.sessions.get(envelope.session_id)
         if session is None or session.closed is not None:
             raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "no such session to resume")
+        expected = getattr(self.transport, "expected_peer_id", None)
+        if expected is not None and session.remote_peer_id != expected:
+            # A relay circuit offered for one peer carries a Reconnect of
+            # another peer's session: the node misrouted it. Refused like an
+            # unknown session, before anything is sent or attached, so the
+            # session waits for its own peer (docs/protocol.md §25.5).
+            raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "no such session to resume")
         # Failing here leaves the session exactly as it was: a stolen
         # session id without the key cannot disturb its owner.
         last_received = self._open_reconnect(session, envelope)
