@@ -301,7 +301,11 @@ def make_node(config, reactor) -> CairnNode:
     if config.listen:
         node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
     if config.ws_listen:
-        node.add_listener("websocket", config.ws_listen, server_factory(peer, limiter, write_limit))
+        node.add_listener(
+            "websocket",
+            config.ws_listen,
+            server_factory(peer, limiter, write_limit, allowed_origins=config.ws_allowed_origins),
+        )
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
         stats = {
