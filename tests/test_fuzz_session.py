@@ -303,10 +303,13 @@ def sealed_items(draw):
     return type_code, payload, flags
 
 
-def session_layer_code(session, type_code, payload, flags):
+def session_layer_code(session, type_code, payload, flags, channels_allowed=True):
     """
     The Close code the session layer must send for one sealed envelope, or
     None if the session layer passes it on (or handles it) without closing.
+
+    @param channels_allowed: whether the node lets this peer open channels
+        (only paired peers: ChannelInit and Data from others get NOT_PAIRED).
     """
     if flags == "sid":
         return CloseCode.UNKNOWN_SESSION
@@ -323,6 +326,8 @@ def session_layer_code(session, type_code, payload, flags):
         return CloseCode.BAD_CBOR
     if type_code in HANDSHAKE_TYPES:
         return CloseCode.UNEXPECTED_MESSAGE
+    if type_code in (T.DATA, T.CHANNEL_INIT) and not channels_allowed:
+        return CloseCode.NOT_PAIRED
     parser = {
         T.KEEPALIVE: schema.parse_keepalive,
         T.CLOSE: schema.parse_close,
@@ -365,7 +370,9 @@ class EstablishedTests(FuzzMixin, unittest.TestCase):
                 envelope = attr.evolve(envelope, version=2)
             elif flags == "sid":
                 envelope = attr.evolve(envelope, session_id=b"\x00" * 16)
-            expected = session_layer_code(session, type_code, payload, flags)
+            expected = session_layer_code(
+                session, type_code, payload, flags, node.peer.channels_allowed(session)
+            )
             before = len(transport.written)
             self.run_watched(connection.envelope_received, envelope)
             seq += 1
