@@ -40,8 +40,13 @@ class _StandInConfig:
     session_ttl: float = 3600.0
 
 
+#: The bench node's pre-shared key: a node serves channels to paired peers
+#: only (docs/protocol.md §10), so the data bench pairs its clients first.
+BENCH_PSK = "bench pre-shared key, long enough not to be weak"
+
+
 def node_config(data_dir: str):
-    """The server node's config: defaults, both listeners on 127.0.0.1 port 0."""
+    """The server node's config: defaults, both listeners on 127.0.0.1 port 0, the bench PSK."""
     listeners = dict(data_dir=data_dir, listen=LOCAL_ENDPOINT, ws_listen=LOCAL_ENDPOINT)
     try:
         from cairn.config import Config
@@ -49,7 +54,9 @@ def node_config(data_dir: str):
         return _StandInConfig(**listeners)
     # Every bench client dials from 127.0.0.1, many handshakes at once: the
     # per-source limit against floods (default 16) would refuse them.
-    return Config.from_env({}, mgmt_listen=None, max_handshakes_per_source=1_000_000, **listeners)
+    return Config.from_env(
+        {}, mgmt_listen=None, max_handshakes_per_source=1_000_000, psk=BENCH_PSK, **listeners
+    )
 
 
 def log_warnings_only() -> None:

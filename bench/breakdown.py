@@ -27,8 +27,8 @@ SESSION_ID = b"\x07" * 16
 
 def _cairn_noise(initiator_identity, responder_identity):
     def handshake():
-        initiator = NoiseHandshake(initiator_identity, initiator=True)
-        responder = NoiseHandshake(responder_identity, initiator=False)
+        initiator = NoiseHandshake(initiator_identity, initiator=True, session_id=SESSION_ID)
+        responder = NoiseHandshake(responder_identity, initiator=False, session_id=SESSION_ID)
         responder.read_init(initiator.write_init())
         initiator.read_response(responder.write_response())
         responder.read_final(initiator.write_final())

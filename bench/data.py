@@ -33,6 +33,7 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.protocols.basic import Int32StringReceiver
 
 from bench._common import (
+    BENCH_PSK,
     ServerProcess,
     Stopwatch,
     log_warnings_only,
@@ -150,7 +151,11 @@ class BareLink:
 
 @defer.inlineCallbacks
 def connect_cairn(reactor, address):
+    from cairn.pairing.client import pair_psk
+
     session = yield Client(reactor, Identity.generate()).connect(address)
+    # The node serves channels to paired peers only; pairing is not measured.
+    yield pair_psk(session, BENCH_PSK)
     return CairnLink(session)
 
 

@@ -25,6 +25,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
+from cairn.pairing.codes import dial_string
 from cairn.relay.client import relay_endpoint
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
@@ -95,8 +96,9 @@ class Client:
 
     def connect(self, address: str):
         """
-        Open a session to C{address}: a C{ws://}/C{wss://} URL or a Twisted
-        client endpoint string. Fires with the established session.
+        Open a session to C{address}: a C{tcp://host:port}, C{ws://} or
+        C{wss://} address (docs/protocol.md §20.3.2) or a Twisted client
+        endpoint string. Fires with the established session.
         """
         connection = self.peer.connection(initiator=True)
         return self._dial(address, connection)
@@ -128,6 +130,9 @@ class Client:
         if endpoint is None:
             if websocket:
                 endpoint = websocket_endpoint(self.reactor, address)
+            elif address.startswith(("tcp://", "tls://")):
+                # The protocol's own address form (docs/protocol.md §20.3.2).
+                endpoint = clientFromString(self.reactor, dial_string(address))
             else:
                 endpoint = clientFromString(self.reactor, address)
             if len(self._endpoints) >= ENDPOINT_CACHE:

@@ -42,6 +42,14 @@ __all__ = [
 
 U32_MAX = 2**32 - 1
 
+
+def _ws_origin(item: str) -> str:
+    """Check one entry of C{CAIRN_WS_ALLOWED_ORIGINS} (an origin, C{null} or C{*})."""
+    from cairn.transport.origins import normalize_origin
+
+    normalize_origin(item)
+    return item
+
 # Key under which each Config attribute's metadata holds (variable, parser).
 _ENV = "cairn.env"
 
@@ -223,6 +231,8 @@ class Config:
     data_dir: str = _text("CAIRN_DATA_DIR", "/data")
     listen: str | None = _endpoint("CAIRN_LISTEN", "tcp:7400")
     ws_listen: str | None = _endpoint("CAIRN_WS_LISTEN", "tcp:7401")
+    #: Web page origins allowed to open a WebSocket (clients without Origin always may).
+    ws_allowed_origins: tuple[str, ...] = _urls("CAIRN_WS_ALLOWED_ORIGINS", _ws_origin)
     mgmt_listen: str | None = _endpoint(
         "CAIRN_MGMT_LISTEN", "tcp:9090:interface=127.0.0.1"
     )

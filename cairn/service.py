@@ -202,10 +202,11 @@ def derived_addresses(ports) -> tuple:
             continue
         if host in ("0.0.0.0", "::"):
             host = socket.gethostname()
+        # The protocol's address form (docs/protocol.md §20.3.2).
+        shown = f"[{host}]" if ":" in host else host
         if name == "tcp":
-            addresses.append(f"tcp:host={host}:port={address.port}")
+            addresses.append(f"tcp://{shown}:{address.port}")
         else:
-            shown = f"[{host}]" if ":" in host else host
             addresses.append(f"ws://{shown}:{address.port}/")
     return tuple(addresses)
 
@@ -300,7 +301,11 @@ def make_node(config, reactor) -> CairnNode:
     if config.listen:
         node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
     if config.ws_listen:
-        node.add_listener("websocket", config.ws_listen, server_factory(peer, limiter, write_limit))
+        node.add_listener(
+            "websocket",
+            config.ws_listen,
+            server_factory(peer, limiter, write_limit, allowed_origins=config.ws_allowed_origins),
+        )
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
         stats = {

@@ -119,7 +119,7 @@ class BadInputMixin(ScenarioMixin):
         from cairn.crypto.identity import Identity
 
         raw = yield self.raw_connect()
-        hs = NoiseHandshake(Identity.generate(), initiator=True)
+        hs = NoiseHandshake(Identity.generate(), initiator=True, session_id=b"\x01" * 16)
         raw.send_raw(handshake_init(payload=cbor.dumps({"noise": hs.write_init()})))
         response = yield eventually(raw.arrived)
         self.assertEqual(response.type, MessageType.HANDSHAKE_RESPONSE)

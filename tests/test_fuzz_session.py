@@ -85,13 +85,16 @@ def clear_envelopes(draw, types=(T.HANDSHAKE_INIT, T.RECONNECT, T.CLOSE), sessio
     )
 
 
-def noise_init(seed):
+def noise_init(seed, session_id=bytes(16)):
     """A HandshakeInit payload holding a real Noise message 1 (deterministic)."""
     with warnings.catch_warnings():
         # noise warns that a fixed ephemeral key is for tests only: it is.
         warnings.simplefilter("ignore")
         handshake = NoiseHandshake(
-            Identity.from_seed(b"\x02" * 32), initiator=True, ephemeral_private=bytes([seed]) * 32
+            Identity.from_seed(b"\x02" * 32),
+            initiator=True,
+            session_id=session_id,
+            ephemeral_private=bytes([seed]) * 32,
         )
     return cbor.dumps({"noise": handshake.write_init()})
 
@@ -142,7 +145,7 @@ def expect_first(node, envelope):
     except (cbor.CBORError, schema.BodyError):
         return CloseCode.BAD_CBOR
     try:
-        NoiseHandshake(Identity.from_seed(b"\x09" * 32), initiator=False).read_init(noise)
+        NoiseHandshake(Identity.from_seed(b"\x09" * 32), initiator=False, session_id=bytes(16)).read_init(noise)
     except Exception:
         return CloseCode.HANDSHAKE_FAILED
     return "response"
@@ -200,8 +203,8 @@ class ResponderTests(FuzzMixin, unittest.TestCase):
         """After a HandshakeInit, envelopes get the code of the first one's first defect; a valid Final establishes."""
         node = InMemoryNode()
         connection, transport = node.responder()
-        client = NoiseHandshake(node.paired, initiator=True)
         sid = b"\x42" * 16
+        client = NoiseHandshake(node.paired, initiator=True, session_id=sid)
         init = Envelope(1, T.HANDSHAKE_INIT, sid, 0, cbor.dumps({"noise": client.write_init()}))
         self.run_watched(connection.envelope_received, init)
         response = decode(transport.written[0], 2**32)
@@ -300,10 +303,13 @@ def sealed_items(draw):
     return type_code, payload, flags
 
 
-def session_layer_code(session, type_code, payload, flags):
+def session_layer_code(session, type_code, payload, flags, channels_allowed=True):
     """
     The Close code the session layer must send for one sealed envelope, or
     None if the session layer passes it on (or handles it) without closing.
+
+    @param channels_allowed: whether the node lets this peer open channels
+        (only paired peers: ChannelInit and Data from others get NOT_PAIRED).
     """
     if flags == "sid":
         return CloseCode.UNKNOWN_SESSION
@@ -320,6 +326,8 @@ def session_layer_code(session, type_code, payload, flags):
         return CloseCode.BAD_CBOR
     if type_code in HANDSHAKE_TYPES:
         return CloseCode.UNEXPECTED_MESSAGE
+    if type_code in (T.DATA, T.CHANNEL_INIT) and not channels_allowed:
+        return CloseCode.NOT_PAIRED
     parser = {
         T.KEEPALIVE: schema.parse_keepalive,
         T.CLOSE: schema.parse_close,
@@ -362,7 +370,9 @@ class EstablishedTests(FuzzMixin, unittest.TestCase):
                 envelope = attr.evolve(envelope, version=2)
             elif flags == "sid":
                 envelope = attr.evolve(envelope, session_id=b"\x00" * 16)
-            expected = session_layer_code(session, type_code, payload, flags)
+            expected = session_layer_code(
+                session, type_code, payload, flags, node.peer.channels_allowed(session)
+            )
             before = len(transport.written)
             self.run_watched(connection.envelope_received, envelope)
             seq += 1

@@ -21,6 +21,7 @@ FAST = settings(max_examples=200, deadline=None, database=None)
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
 MALLORY = Identity.from_seed(b"\x03" * 32)
+SID = bytes(range(0xA0, 0xB0))
 
 # Low-order Curve25519 points (the all-zero point and its kin), RFC 7748 / cr.yp.to.
 LOW_ORDER_POINTS = [
@@ -34,8 +35,8 @@ LOW_ORDER_POINTS = [
 
 def run_handshake(init_identity=ALICE, resp_identity=BOB):
     """Run all three messages; return (initiator, responder, [msg1, msg2, msg3])."""
-    i = NoiseHandshake(init_identity, initiator=True)
-    r = NoiseHandshake(resp_identity, initiator=False)
+    i = NoiseHandshake(init_identity, initiator=True, session_id=SID)
+    r = NoiseHandshake(resp_identity, initiator=False, session_id=SID)
     m1 = i.write_init()
     r.read_init(m1)
     m2 = r.write_response()
@@ -45,7 +46,7 @@ def run_handshake(init_identity=ALICE, resp_identity=BOB):
     return i, r, [m1, m2, m3]
 
 
-def raw_noise(initiator, prologue=b"cairn"):
+def raw_noise(initiator, prologue=b"cairn\x01" + SID):
     """A plain noiseprotocol connection, for crafting messages the module would not write."""
     conn = NoiseConnection.from_name(b"Noise_XX_25519_ChaChaPoly_SHA256")
     if initiator:
@@ -124,8 +125,8 @@ class CompleteHandshakeTests(unittest.TestCase):
         """With pinned ephemeral keys the three messages and the keys are reproducible."""
 
         def run():
-            i = NoiseHandshake(ALICE, True, ephemeral_private=b"\x11" * 32)
-            r = NoiseHandshake(BOB, False, ephemeral_private=b"\x22" * 32)
+            i = NoiseHandshake(ALICE, True, ephemeral_private=b"\x11" * 32, session_id=SID)
+            r = NoiseHandshake(BOB, False, ephemeral_private=b"\x22" * 32, session_id=SID)
             m1 = i.write_init()
             r.read_init(m1)
             m2 = r.write_response()
@@ -140,7 +141,7 @@ class CompleteHandshakeTests(unittest.TestCase):
 
     def test_interoperates_with_plain_noise(self):
         """A plain noiseprotocol responder with prologue "cairn" completes the XX handshake with the initiator."""
-        i = NoiseHandshake(ALICE, initiator=True)
+        i = NoiseHandshake(ALICE, initiator=True, session_id=SID)
         conn = raw_noise(initiator=False)
         conn.read_message(i.write_init())
         i.read_response(bytes(conn.write_message(handshake.identity_payload(MALLORY))))
@@ -152,7 +153,7 @@ class CompleteHandshakeTests(unittest.TestCase):
 
     def test_other_prologue_fails(self):
         """A peer using a prologue other than "cairn" fails the handshake with HandshakeError."""
-        i = NoiseHandshake(ALICE, initiator=True)
+        i = NoiseHandshake(ALICE, initiator=True, session_id=SID)
         conn = raw_noise(initiator=False, prologue=b"cairm")
         conn.read_message(i.write_init())
         m2 = bytes(conn.write_message(handshake.identity_payload(MALLORY)))
@@ -166,8 +167,8 @@ class TamperTests(unittest.TestCase):
         """Flipping any byte of message 2 makes read_response raise HandshakeError."""
         _, _, msgs = run_handshake()
         for pos in range(len(msgs[1])):
-            i = NoiseHandshake(ALICE, True)
-            r = NoiseHandshake(BOB, False)
+            i = NoiseHandshake(ALICE, True, session_id=SID)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             r.read_init(i.write_init())
             m2 = bytearray(r.write_response())
             m2[pos] ^= 0x01
@@ -177,8 +178,8 @@ class TamperTests(unittest.TestCase):
         """Flipping any byte of message 3 makes read_final raise HandshakeError."""
         _, _, msgs = run_handshake()
         for pos in range(len(msgs[2])):
-            i = NoiseHandshake(ALICE, True)
-            r = NoiseHandshake(BOB, False)
+            i = NoiseHandshake(ALICE, True, session_id=SID)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             r.read_init(i.write_init())
             i.read_response(r.write_response())
             m3 = bytearray(i.write_final())
@@ -188,23 +189,23 @@ class TamperTests(unittest.TestCase):
     def test_truncated_or_extended(self):
         """Message 2 or 3 cut short or with a byte appended raises HandshakeError."""
         for change in (lambda m: m[:-1], lambda m: m + b"\x00", lambda m: m[:32], lambda m: b""):
-            i = NoiseHandshake(ALICE, True)
-            r = NoiseHandshake(BOB, False)
+            i = NoiseHandshake(ALICE, True, session_id=SID)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             r.read_init(i.write_init())
             self.assertRaises(HandshakeError, i.read_response, change(r.write_response()))
 
-            i = NoiseHandshake(ALICE, True)
-            r = NoiseHandshake(BOB, False)
+            i = NoiseHandshake(ALICE, True, session_id=SID)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             r.read_init(i.write_init())
             i.read_response(r.write_response())
             self.assertRaises(HandshakeError, r.read_final, change(i.write_final()))
 
     def test_message_from_other_handshake(self):
         """Message 2 from a different handshake raises HandshakeError."""
-        i = NoiseHandshake(ALICE, True)
+        i = NoiseHandshake(ALICE, True, session_id=SID)
         i.write_init()
-        other_i = NoiseHandshake(ALICE, True)
-        r = NoiseHandshake(BOB, False)
+        other_i = NoiseHandshake(ALICE, True, session_id=SID)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         r.read_init(other_i.write_init())
         self.assertRaises(HandshakeError, i.read_response, r.write_response())
 
@@ -219,16 +220,16 @@ class IdentityBindingTests(unittest.TestCase):
 
     def _responder_sends(self, payload):
         """Run message 1 and 2 with the responder's identity payload replaced."""
-        i = NoiseHandshake(ALICE, True)
-        r = NoiseHandshake(MALLORY, False)
+        i = NoiseHandshake(ALICE, True, session_id=SID)
+        r = NoiseHandshake(MALLORY, False, session_id=SID)
         r.read_init(i.write_init())
         m2 = self._forging(payload, r.write_response)
         return i, m2
 
     def _initiator_sends(self, payload):
         """Run messages 1 to 3 with the initiator's identity payload replaced."""
-        i = NoiseHandshake(MALLORY, True)
-        r = NoiseHandshake(BOB, False)
+        i = NoiseHandshake(MALLORY, True, session_id=SID)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         r.read_init(i.write_init())
         i.read_response(r.write_response())
         m3 = self._forging(payload, i.write_final)
@@ -303,20 +304,20 @@ class BadInputTests(unittest.TestCase):
         """A first message carrying a payload is refused by read_init."""
         conn = raw_noise(initiator=True)
         m1 = bytes(conn.write_message(b"x"))
-        r = NoiseHandshake(BOB, False)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         self.assertRaises(HandshakeError, r.read_init, m1)
 
     def test_non_bytes_message(self):
         """A message that is not bytes raises HandshakeError."""
         for value in ("a" * 32, None, 5, [1], bytearray(32)):
-            r = NoiseHandshake(BOB, False)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             self.assertRaises(HandshakeError, r.read_init, value)
 
     def test_wrong_role(self):
         """An initiator asked to read a first message, or to read before it wrote, raises HandshakeError."""
         _, _, (m1, m2, _) = run_handshake()
-        self.assertRaises(HandshakeError, NoiseHandshake(ALICE, True).read_init, m1)
-        self.assertRaises(HandshakeError, NoiseHandshake(ALICE, True).read_response, m2)
+        self.assertRaises(HandshakeError, NoiseHandshake(ALICE, True, session_id=SID).read_init, m1)
+        self.assertRaises(HandshakeError, NoiseHandshake(ALICE, True, session_id=SID).read_response, m2)
 
     def test_read_again_after_finish(self):
         """Reading another message after the handshake finished raises HandshakeError."""
@@ -336,13 +337,13 @@ class BadInputTests(unittest.TestCase):
         # API-robustness issue rather than one a remote peer can trigger.
         _, _, (m1, m2, m3) = run_handshake()
         for method, message in (("read_final", m3), ("read_final", m1), ("read_response", m2)):
-            r = NoiseHandshake(BOB, False)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             self.assertRaises(HandshakeError, getattr(r, method), message)
 
     def test_short_message_1(self):
         """A first message shorter than an X25519 key raises HandshakeError."""
         for size in (0, 1, 31):
-            r = NoiseHandshake(BOB, False)
+            r = NoiseHandshake(BOB, False, session_id=SID)
             self.assertRaises(HandshakeError, r.read_init, b"\x09" * size)
 
     def test_low_order_ephemeral_in_message_1(self):
@@ -355,7 +356,7 @@ class BadInputTests(unittest.TestCase):
         # 32 zero bytes thus makes the responder raise ValueError instead of
         # HandshakeError.
         for point in LOW_ORDER_POINTS:
-            r = NoiseHandshake(BOB, False)
+            r = NoiseHandshake(BOB, False, session_id=SID)
 
             def step(r=r, point=point):
                 r.read_init(point)
@@ -367,14 +368,14 @@ class BadInputTests(unittest.TestCase):
         """A second message whose ephemeral key is a low-order point raises HandshakeError."""
         _, _, (_, m2, _) = run_handshake()
         for point in LOW_ORDER_POINTS:
-            i = NoiseHandshake(ALICE, True)
+            i = NoiseHandshake(ALICE, True, session_id=SID)
             i.write_init()
             self.assertRaises(HandshakeError, i.read_response, point + m2[32:])
 
     def test_result_before_finish(self):
         """result() raises HandshakeError at every step before the handshake is complete."""
-        i = NoiseHandshake(ALICE, True)
-        r = NoiseHandshake(BOB, False)
+        i = NoiseHandshake(ALICE, True, session_id=SID)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         self.assertRaises(HandshakeError, i.result)
         self.assertRaises(HandshakeError, r.result)
         r.read_init(i.write_init())
@@ -415,7 +416,7 @@ class BadInputTests(unittest.TestCase):
         """Arbitrary bytes as message 1 either pass or raise HandshakeError, also at write_response."""
         # Should this ever fail with ValueError, it found the low-order point
         # bug that test_low_order_ephemeral_in_message_1 pins down.
-        r = NoiseHandshake(BOB, False)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         try:
             r.read_init(data)
             r.write_response()
@@ -426,7 +427,7 @@ class BadInputTests(unittest.TestCase):
     @given(st.binary(max_size=300))
     def test_garbage_read_response(self, data):
         """Arbitrary bytes as message 2 raise HandshakeError."""
-        i = NoiseHandshake(ALICE, True)
+        i = NoiseHandshake(ALICE, True, session_id=SID)
         i.write_init()
         self.assertRaises(HandshakeError, i.read_response, data)
 
@@ -434,8 +435,8 @@ class BadInputTests(unittest.TestCase):
     @given(st.binary(max_size=300))
     def test_garbage_read_final(self, data):
         """Arbitrary bytes as message 3 raise HandshakeError."""
-        i = NoiseHandshake(ALICE, True)
-        r = NoiseHandshake(BOB, False)
+        i = NoiseHandshake(ALICE, True, session_id=SID)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         r.read_init(i.write_init())
         r.write_response()
         self.assertRaises(HandshakeError, r.read_final, data)
@@ -444,8 +445,8 @@ class BadInputTests(unittest.TestCase):
     @given(st.integers(0, 300), st.binary(min_size=1, max_size=4))
     def test_spliced_message_2(self, pos, junk):
         """A genuine message 2 with bytes overwritten anywhere raises HandshakeError."""
-        i = NoiseHandshake(ALICE, True)
-        r = NoiseHandshake(BOB, False)
+        i = NoiseHandshake(ALICE, True, session_id=SID)
+        r = NoiseHandshake(BOB, False, session_id=SID)
         r.read_init(i.write_init())
         m2 = bytearray(r.write_response())
         pos %= len(m2)
@@ -496,8 +497,8 @@ class CachingTests(unittest.TestCase):
 
     def test_static_keypair_shared_and_correct(self):
         """Every handshake of one identity uses one static key pair object, the one its bytes describe."""
-        a = NoiseHandshake(ALICE, initiator=True)
-        b = NoiseHandshake(ALICE, initiator=False)
+        a = NoiseHandshake(ALICE, initiator=True, session_id=SID)
+        b = NoiseHandshake(ALICE, initiator=False, session_id=SID)
         s = a._conn.noise_protocol.keypairs["s"]
         self.assertIs(b._conn.noise_protocol.keypairs["s"], s)
         self.assertEqual(s.public_bytes, ALICE.noise_static_public())

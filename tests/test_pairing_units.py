@@ -179,13 +179,13 @@ class PinTests(unittest.TestCase):
 
 
 class LinkTests(unittest.TestCase):
-    ADDRESSES = ("tcp:host=192.0.2.7:port=7400", "ws://example.org:7401/?a=b&c=d")
+    ADDRESSES = ("tcp://192.0.2.7:7400", "ws://example.org:7401/?a=b&c=d")
 
     def test_round_trip(self):
         """A link reads back exactly, its addresses fully percent-encoded."""
         link = codes.Link("QmPeer", self.ADDRESSES, os.urandom(16), 1700000000)
         uri = link.to_uri()
-        self.assertTrue(uri.startswith("cairn://pair?v=1&peer=QmPeer&addr=tcp%3Ahost%3D192.0.2.7%3Aport%3D7400&"))
+        self.assertTrue(uri.startswith("cairn://pair?v=1&peer=QmPeer&addr=tcp%3A%2F%2F192.0.2.7%3A7400&"))
         self.assertEqual(codes.parse_link(uri), link)
 
     def test_unknown_parameters_ignored(self):
@@ -470,7 +470,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         """A created link names the node and the configured addresses."""
         created = self.service.create_link()
         link = codes.parse_link(created["link"])
-        self.assertEqual((link.peer_id, link.addresses), (self.peer.peer_id, ("tcp:host=h:port=1",)))
+        self.assertEqual((link.peer_id, link.addresses), (self.peer.peer_id, ("tcp://h:1",)))
         self.assertEqual(created["expires_at"], link.expires_at)
 
     def test_already_paired_idempotent(self):

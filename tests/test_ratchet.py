@@ -98,7 +98,16 @@ def _show(value) -> str:
 V_HANDSHAKE_HASH = bytes(range(0x00, 0x20))
 V_KEY_I2R = bytes(range(0x20, 0x40))
 V_KEY_R2I = bytes(range(0x40, 0x60))
-V_AD = b"cairn ratchet test vector"
+V_SESSION_ID = bytes(range(0xA0, 0xB0))
+#: The channel each message is sent on: the initiator's ratchet start on 0,
+#: then the initiator's channel 2 and the responder's channel 1 (§10).
+V_CHANNELS = {"I0": 0, "I1": 2, "R0": 1, "I2": 2, "R1": 1}
+
+
+def v_ad(label: str) -> bytes:
+    """The session layer's ad for one message: session id || u32be(channel) (§9.5)."""
+    return V_SESSION_ID + struct.pack(">I", V_CHANNELS[label])
+
 # Ratchet private keys in the order the two ends generate them.
 V_A1 = bytes.fromhex("a1" * 32)  # initiator, in start_initiator
 V_B1 = bytes.fromhex("b1" * 32)  # responder, in start_responder
@@ -122,10 +131,11 @@ def independent_vector() -> dict[str, str]:
     put("in.handshake_hash", V_HANDSHAKE_HASH)
     put("in.key_i2r", V_KEY_I2R)
     put("in.key_r2i", V_KEY_R2I)
-    put("in.ad", V_AD)
+    put("in.session_id", V_SESSION_ID)
     for name, priv in (("A1", V_A1), ("B1", V_B1), ("A2", V_A2), ("B2", V_B2), ("A3", V_A3)):
         put("in.%s_priv" % name, priv)
     for name, pt in V_PLAINTEXTS.items():
+        put("in.%s.channel" % name, V_CHANNELS[name])
         put("in.%s.plaintext" % name, pt)
 
     okm = _hkdf(V_HANDSHAKE_HASH, V_KEY_I2R + V_KEY_R2I, b"cairn-ratchet-seed-v1", 64)
@@ -142,7 +152,8 @@ def independent_vector() -> dict[str, str]:
         ck_next, mk = _kdf_ck(ck)
         put(label + ".chain_key", ck)
         put(label + ".message_key", mk)
-        ad_full = _ad_full(V_AD, pub, pn, n)
+        put(label + ".ad", v_ad(label))
+        ad_full = _ad_full(v_ad(label), pub, pn, n)
         put(label + ".associated_data", ad_full)
         ct = _aead_encrypt(mk, V_PLAINTEXTS[label], ad_full, out, label)
         put(label + ".pub", pub)
@@ -209,22 +220,23 @@ def module_vector(case: unittest.TestCase) -> dict[str, str]:
         sending = dh["symmetric_key_ratchet"]["sending_chain"]["key"]
         out["%s.chain_key" % next_label] = _show(raw(sending))
 
-    initiator, i0 = Ratchet.start_initiator(seed, V_PLAINTEXTS["I0"], V_AD)
+    ad = {label: ratchet.session_ad(V_SESSION_ID, channel) for label, channel in V_CHANNELS.items()}
+    initiator, i0 = Ratchet.start_initiator(seed, V_PLAINTEXTS["I0"], ad["I0"])
     record("I0", i0)
     internals(initiator, "step1", "I1")
-    i1 = record("I1", initiator.encrypt(V_PLAINTEXTS["I1"], V_AD))
-    responder, pt = Ratchet.start_responder(seed, i0, V_AD)
+    i1 = record("I1", initiator.encrypt(V_PLAINTEXTS["I1"], ad["I1"]))
+    responder, pt = Ratchet.start_responder(seed, i0, ad["I0"])
     internals(responder, "step2", "R0")
     case.assertEqual(pt, V_PLAINTEXTS["I0"])
-    case.assertEqual(responder.decrypt(i1, V_AD), V_PLAINTEXTS["I1"])
-    r0 = record("R0", responder.encrypt(V_PLAINTEXTS["R0"], V_AD))
-    case.assertEqual(initiator.decrypt(r0, V_AD), V_PLAINTEXTS["R0"])
+    case.assertEqual(responder.decrypt(i1, ad["I1"]), V_PLAINTEXTS["I1"])
+    r0 = record("R0", responder.encrypt(V_PLAINTEXTS["R0"], ad["R0"]))
+    case.assertEqual(initiator.decrypt(r0, ad["R0"]), V_PLAINTEXTS["R0"])
     internals(initiator, "step3", "I2")
-    i2 = record("I2", initiator.encrypt(V_PLAINTEXTS["I2"], V_AD))
-    case.assertEqual(responder.decrypt(i2, V_AD), V_PLAINTEXTS["I2"])
+    i2 = record("I2", initiator.encrypt(V_PLAINTEXTS["I2"], ad["I2"]))
+    case.assertEqual(responder.decrypt(i2, ad["I2"]), V_PLAINTEXTS["I2"])
     internals(responder, "step4", "R1")
-    r1 = record("R1", responder.encrypt(V_PLAINTEXTS["R1"], V_AD))
-    case.assertEqual(initiator.decrypt(r1, V_AD), V_PLAINTEXTS["R1"])
+    r1 = record("R1", responder.encrypt(V_PLAINTEXTS["R1"], ad["R1"]))
+    case.assertEqual(initiator.decrypt(r1, ad["R1"]), V_PLAINTEXTS["R1"])
     case.assertRaises(StopIteration, next, keys)
     return out
 

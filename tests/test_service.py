@@ -136,6 +136,8 @@ class RestartTests(unittest.TestCase):
         """After a clean stop and a new start on the same data dir, the client resumes and data flows both ways."""
         node, address = yield self.start()
         session = yield self.connect(node, address)
+        # The node serves channels to paired peers only.
+        yield eventually(node.pairing.approve(self.client.peer_id))
         opened = defer.Deferred()
         node.peer.on_channel = lambda s, ch: opened.callback(ch)
         channel = session.open_channel("notes")

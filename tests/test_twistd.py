@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from cairn.client import Client
 from cairn.crypto.identity import load_or_create
+from cairn.pairing.client import pair_psk
 from cairn.session import store
 from tests._harness import eventually, track_connections
 
@@ -92,7 +93,8 @@ class TwistdTests(unittest.TestCase):
     def test_real_twistd_serves_and_resumes(self):
         """A twistd-run node accepts TCP and WebSocket sessions and, after SIGTERM and restart, resumes both."""
         data_dir = os.path.abspath(self.mktemp())
-        proc = start_twistd(data_dir)
+        psk = "a pre-shared key for the twistd test only"
+        proc = start_twistd(data_dir, CAIRN_PSK=psk)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         expected_peer = load_or_create(data_dir).peer_id
@@ -103,6 +105,8 @@ class TwistdTests(unittest.TestCase):
         over_ws = yield eventually(client.connect(f"ws://127.0.0.1:{ports['websocket']}/"))
         self.assertEqual(over_tcp.remote_peer_id, expected_peer)
         self.assertEqual(over_ws.remote_peer_id, expected_peer)
+        # The node serves channels to paired peers only.
+        yield eventually(pair_psk(over_tcp, psk))
         over_tcp.open_channel("a").send(b"x")
         yield eventually(proc.wait_for(" established with ", 2), 30)
         lost = [over_tcp.connection.lost, over_ws.connection.lost]

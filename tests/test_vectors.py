@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.signing import VerifyKey
+from noise.connection import Keypair, NoiseConnection
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -84,12 +85,12 @@ class _Wire:
         self.lost = True
 
 
-def _pinned(factory, identity, initiator, ephemeral):
+def _pinned(factory, identity, initiator, ephemeral, **binding):
     # noiseprotocol warns whenever an ephemeral key is set by hand; here
     # that is the point.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One of ephemeral keypairs", category=UserWarning)
-        return factory(identity, initiator, ephemeral_private=ephemeral)
+        return factory(identity, initiator, ephemeral_private=ephemeral, **binding)
 
 
 def _deliver(connection, data: bytes) -> None:
@@ -109,9 +110,9 @@ def run_conversation(patch: Callable) -> dict[str, dict[str, str]]:
     """
     real_handshake = handshake_mod.NoiseHandshake
 
-    def pinned_handshake(identity, initiator, ephemeral_private=None):
+    def pinned_handshake(identity, initiator, ephemeral_private=None, **binding):
         eph = INITIATOR_EPHEMERAL if initiator else RESPONDER_EPHEMERAL
-        return _pinned(real_handshake, identity, initiator, eph)
+        return _pinned(real_handshake, identity, initiator, eph, **binding)
 
     ratchet_keys = iter([RATCHET_A1, RATCHET_B1])
     patch(connection_mod, "NoiseHandshake", pinned_handshake)
@@ -172,6 +173,7 @@ def run_conversation(patch: Callable) -> dict[str, dict[str, str]]:
     result = i_session.result
 
     put("handshake", "session_id", SESSION_ID)
+    put("handshake", "prologue", handshake_mod.handshake_prologue(1, SESSION_ID))
     put("handshake", "initiator.ephemeral_private", INITIATOR_EPHEMERAL)
     put("handshake", "responder.ephemeral_private", RESPONDER_EPHEMERAL)
     put("handshake", "msg1.noise", _payload(env1)["noise"])
@@ -427,31 +429,39 @@ class PrimitiveTests(unittest.TestCase):
             expected = struct.pack(">BH16sQI", 1, type_code, sid, seq, len(body)) + body
             self.assertEqual(self.b(f"handshake.msg{n}.envelope"), expected)
 
+    def test_prologue(self):
+        """The Noise prologue is "cairn", the HandshakeInit's version byte, then its session id."""
+        envelope = self.b("handshake.msg1.envelope")
+        self.assertEqual(self.b("handshake.prologue"), b"cairn" + envelope[0:1] + envelope[3:19])
+
     def test_handshake_replays(self):
-        """A fresh noiseprotocol pair with the pinned keys reproduces the messages, hash and keys."""
-        i = _pinned(
-            handshake_mod.NoiseHandshake,
-            Identity.from_seed(self.b("identity.initiator.seed")),
-            True,
-            self.b("handshake.initiator.ephemeral_private"),
-        )
-        r = _pinned(
-            handshake_mod.NoiseHandshake,
-            Identity.from_seed(self.b("identity.responder.seed")),
-            False,
-            self.b("handshake.responder.ephemeral_private"),
-        )
-        m1 = i.write_init()
-        r.read_init(m1)
-        m2 = r.write_response()
-        i.read_response(m2)
-        m3 = i.write_final()
-        r.read_final(m3)
+        """Plain noiseprotocol with the documented prologue and pinned keys reproduces messages, hash and keys."""
+        prologue = self.b("handshake.prologue")
+        ends = []
+        for role, initiator in (("initiator", True), ("responder", False)):
+            conn = NoiseConnection.from_name(b"Noise_XX_25519_ChaChaPoly_SHA256")
+            conn.set_as_initiator() if initiator else conn.set_as_responder()
+            conn.set_prologue(prologue)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="One of ephemeral keypairs", category=UserWarning)
+                conn.set_keypair_from_private_bytes(Keypair.STATIC, self.b(f"identity.{role}.x25519_private"))
+                conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, self.b(f"handshake.{role}.ephemeral_private"))
+            conn.start_handshake()
+            ends.append(conn)
+        i, r = ends
+        m1 = bytes(i.write_message(b""))
+        r.read_message(m1)
+        m2 = bytes(r.write_message(self.b("handshake.responder.noise_payload")))
+        i.read_message(m2)
+        m3 = bytes(i.write_message(self.b("handshake.initiator.noise_payload")))
+        r.read_message(m3)
         self.assertEqual([m1, m2, m3], [self.b(f"handshake.msg{n}.noise") for n in (1, 2, 3)])
-        for side in (i.result(), r.result()):
-            self.assertEqual(side.handshake_hash, self.b("handshake.handshake_hash"))
-            self.assertEqual(side.key_i2r, self.b("handshake.key_i2r"))
-            self.assertEqual(side.key_r2i, self.b("handshake.key_r2i"))
+        for conn, initiator in ((i, True), (r, False)):
+            proto = conn.noise_protocol
+            send, receive = bytes(proto.cipher_state_encrypt.k), bytes(proto.cipher_state_decrypt.k)
+            self.assertEqual(bytes(conn.get_handshake_hash()), self.b("handshake.handshake_hash"))
+            self.assertEqual(send if initiator else receive, self.b("handshake.key_i2r"))
+            self.assertEqual(receive if initiator else send, self.b("handshake.key_r2i"))
 
     def _check_sealed(self, prefix, key):
         env = self.b(prefix + ".envelope")
@@ -480,7 +490,7 @@ class PrimitiveTests(unittest.TestCase):
         self._check_sealed("reconnect.reply", self.b("handshake.key_r2i"))
 
     def test_data_ratchet(self):
-        """The ratchet seed comes from the handshake; the responder decrypts both Data bodies with ad = session id."""
+        """The seed comes from the handshake; both Data bodies open with ad = session id || u32be(channel)."""
         seed = derive_seed(
             self.b("handshake.handshake_hash"), self.b("handshake.key_i2r"), self.b("handshake.key_r2i")
         )
@@ -490,9 +500,11 @@ class PrimitiveTests(unittest.TestCase):
         start = cbor.loads(self.b("data.start.body"))
         hello = cbor.loads(self.b("data.hello.body"))
         self.assertEqual(start["channel"], 0)
-        responder, plain = Ratchet.start_responder(seed, start["dr"], sid)
+        # The ratchet's ad is the session id, then the channel as u32 big-endian.
+        responder, plain = Ratchet.start_responder(seed, start["dr"], sid + b"\x00\x00\x00\x00")
         self.assertEqual(plain, b"")
-        self.assertEqual(responder.decrypt(hello["dr"], sid), HELLO)
+        self.assertRaises(ratchet.RatchetError, responder.decrypt, hello["dr"], sid)
+        self.assertEqual(responder.decrypt(hello["dr"], sid + b"\x00\x00\x00\x02"), HELLO)
 
     def test_version_close(self):
         """The clear Close echoes the session id, has sequence 0 and lists the supported versions."""

@@ -5,7 +5,11 @@ The Noise XX handshake with cairn's identity binding.
     <- e, ee, s, es      payload: {"identity": ed25519 pub, "sig": signature}
     -> s, se             payload: {"identity": ed25519 pub, "sig": signature}
 
-Protocol name C{Noise_XX_25519_ChaChaPoly_SHA256}, prologue C{b"cairn"}.
+Protocol name C{Noise_XX_25519_ChaChaPoly_SHA256}; prologue C{b"cairn"}
+followed by the protocol version (one byte) and the 16-byte session id of
+the HandshakeInit (L{handshake_prologue}), so that a handshake whose
+version byte or session id was changed on the way fails instead of
+completing under values the two ends do not share.
 Each side signs C{b"cairn-noise-static:" || its Noise static public key}
 with its Ed25519 identity key; the other side checks that signature
 against the Noise static key the handshake authenticated. The first
@@ -37,7 +41,13 @@ from noise.connection import Keypair, NoiseConnection
 
 from cairn.crypto.identity import Identity, verify
 from cairn.wire import cbor
-from cairn.wire.constants import NOISE_PROLOGUE, NOISE_PROTOCOL_NAME, STATIC_BINDING_PREFIX
+from cairn.wire.constants import (
+    NOISE_PROLOGUE,
+    NOISE_PROTOCOL_NAME,
+    PROTOCOL_VERSION,
+    SESSION_ID_SIZE,
+    STATIC_BINDING_PREFIX,
+)
 
 
 class HandshakeError(Exception):
@@ -107,14 +117,38 @@ def check_identity_payload(payload: bytes, remote_static: bytes) -> bytes:
     return ident
 
 
+def handshake_prologue(version: int, session_id: bytes) -> bytes:
+    """
+    The Noise prologue of a session: C{b"cairn"} || version (u8) || session id (16 bytes).
+
+    @param version: the version byte of the HandshakeInit.
+    @param session_id: the session id of the HandshakeInit.
+    """
+    if not (isinstance(session_id, bytes) and len(session_id) == SESSION_ID_SIZE):
+        raise ValueError("a session id is 16 bytes")
+    if not 0 <= version <= 0xFF:
+        raise ValueError("a protocol version is one byte")
+    return NOISE_PROLOGUE + bytes((version,)) + session_id
+
+
 class NoiseHandshake:
     """
     One side of the XX handshake, stepped by the session state machine.
 
+    @param session_id: the session id of the HandshakeInit (both sides).
+    @param version: the version byte of the HandshakeInit.
     @param ephemeral_private: pin the ephemeral key (test vectors only).
     """
 
-    def __init__(self, identity: Identity, initiator: bool, ephemeral_private: bytes = None):
+    def __init__(
+        self,
+        identity: Identity,
+        initiator: bool,
+        *,
+        session_id: bytes,
+        version: int = PROTOCOL_VERSION,
+        ephemeral_private: bytes = None,
+    ):
         self.identity = identity
         self.initiator = initiator
         conn = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
@@ -122,7 +156,7 @@ class NoiseHandshake:
             conn.set_as_initiator()
         else:
             conn.set_as_responder()
-        conn.set_prologue(NOISE_PROLOGUE)
+        conn.set_prologue(handshake_prologue(version, session_id))
         # What set_keypair_from_private_bytes(Keypair.STATIC, ...) stores,
         # parsed once per identity (the handshake state only reads it).
         conn.noise_protocol.keypairs["s"] = identity.memo(

@@ -27,7 +27,8 @@ key pair, so no extra round trip is needed. The initiator is Signal's
 "Alice" (it may encrypt at once); the responder is "Bob" and cannot encrypt
 until it has decrypted the initiator's first ratchet message, which is why
 the session layer has the initiator send a ratchet message with an empty
-plaintext on channel 0 right after HandshakeFinal.
+plaintext on channel 0 with the session's first channel (docs/protocol.md
+§9.5).
 
 Driving the library synchronously: its API is C{async}, but every coroutine
 in it only awaits other coroutines that do pure computation (hashing, AES,
@@ -122,11 +123,14 @@ from doubleratchet.recommended.diffie_hellman_ratchet_curve25519 import (
 from doubleratchet.symmetric_key_ratchet import SymmetricKeyRatchet as _SymmetricKeyRatchet
 from doubleratchet.types import EncryptedMessage, Header
 
+from cairn.crypto.dh import check_shared
+
 __all__ = [
     "RatchetError",
     "RatchetSeed",
     "Ratchet",
     "derive_seed",
+    "session_ad",
     "generate_private_key",
     "SEED_INFO",
     "ROOT_INFO",
@@ -290,7 +294,10 @@ class _DHRatchet(_Curve25519DHRatchet):
         return pub
 
     def _perform_diffie_hellman(self, own_priv: bytes, other_pub: bytes) -> bytes:  # type: ignore[override]
-        return self._entry(own_priv)[1].exchange(X25519PublicKey.from_public_bytes(other_pub))
+        # An all-zero result (a small-order key) is refused (§11.1):
+        # cryptography raises ValueError for it, and check_shared does not
+        # rely on that. Both are in _LIBRARY_ERRORS: the message is rejected.
+        return check_shared(self._entry(own_priv)[1].exchange(X25519PublicKey.from_public_bytes(other_pub)))
 
     def __deepcopy__(self, memo: dict) -> "_DHRatchet":
         return _copy_state(self, memo)  # type: ignore[no-any-return]
@@ -491,6 +498,16 @@ def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> Ratche
     # class, hence object.__setattr__).
     object.__setattr__(seed, "_responder_key", (private, key, public))
     return seed
+
+
+def session_ad(session_id: bytes, channel: int) -> bytes:
+    """
+    The associated data a session gives the ratchet for a Data on C{channel}:
+    the 16-byte session id, then the channel id as u32 big-endian
+    (docs/protocol.md §9.5), so that a ratchet message opens only in the
+    session and on the channel it was sealed for.
+    """
+    return session_id + struct.pack(">I", channel)
 
 
 # ---------------------------------------------------------------------------

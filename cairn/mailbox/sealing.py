@@ -44,11 +44,12 @@ import hmac
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from nacl.bindings import crypto_scalarmult, crypto_sign_ed25519_pk_to_curve25519
+from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaClRuntimeError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
+from cairn.crypto.dh import x25519
 from cairn.crypto.identity import parse_peer_id, peer_id_for, verify
 from cairn.wire import cbor
 
@@ -106,7 +107,7 @@ class Sealer:
             return found
         try:
             public = crypto_sign_ed25519_pk_to_curve25519(peer_key)
-            shared = crypto_scalarmult(self.identity.noise_static_private(), public)
+            shared = x25519(self.identity.noise_static_private(), public)  # all-zero refused (§21.8)
         except (NaClRuntimeError, CryptoError, TypeError, ValueError):
             raise SealError("the peer's identity key is not usable for X25519") from None
         own = self.identity.public_key

@@ -231,6 +231,10 @@ class PairingService:
 
     # Session observer
 
+    def channels_allowed(self, session) -> bool:
+        """Only paired peers open channels on the node (L{cairn.session.peer.Peer.channels_allowed})."""
+        return self.trust.is_paired(session.remote_peer_id)
+
     def session_established(self, session):
         self._guard_deferred(self._seen(session, inbound=not session.initiator), session, close=False)
 

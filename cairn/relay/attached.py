@@ -100,6 +100,11 @@ class AttachProtocol(StreamProtocol):
     def peer_address(self) -> str:
         return f"relay:{self.circuit.circuit_id.hex()[:8]}"
 
+    @property
+    def expected_peer_id(self) -> str:
+        """The circuit's other end: a Reconnect on it resumes only that peer's session."""
+        return self.circuit.remote_peer_id
+
     def connectionMade(self):
         self.circuit.protocol = self
         self.transport.write(self._attach)

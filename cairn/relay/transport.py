@@ -57,6 +57,11 @@ class CircuitTransport:
         self._producer_paused = False
         self.limit = node_session.local.max_payload - messages.RELAY_OVERHEAD
 
+    @property
+    def expected_peer_id(self) -> str:
+        """The circuit's other end: a Reconnect on it resumes only that peer's session."""
+        return self.remote_peer_id
+
     def __repr__(self):
         return f"<CircuitTransport {self.circuit_id.hex()[:8]} credit={self.credit}>"
 

@@ -17,7 +17,7 @@ message.
 
 from collections import deque
 
-from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed
+from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed, session_ad
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.constants import CloseCode, MessageType
 
@@ -108,7 +108,7 @@ class Channels:
     def start_ratchet(self) -> None:
         """Initiator only: send the ratchet start (empty Data on channel 0)."""
         session = self.session
-        self._ratchet, message = Ratchet.start_initiator(self._seed(), b"", session.session_id)
+        self._ratchet, message = Ratchet.start_initiator(self._seed(), b"", session_ad(session.session_id, 0))
         session.send(MessageType.DATA, {"channel": 0, "dr": message})
         self._flush_pending()
 
@@ -126,7 +126,7 @@ class Channels:
                 raise ValueError("too much data queued before the ratchet started")
             self._pending.append((cid, data))
             return
-        message = self._ratchet.encrypt(data, session.session_id)
+        message = self._ratchet.encrypt(data, session_ad(session.session_id, cid))
         session.send(MessageType.DATA, {"channel": cid, "dr": message})
 
     def data_received(self, cid, message):
@@ -137,15 +137,15 @@ class Channels:
         @raise ProtocolViolation: Data before the ratchet start, a ratchet
             failure, or an unopened channel.
         """
-        session_id = self.session.session_id
+        ad = session_ad(self.session.session_id, cid)
         try:
             if self._ratchet is None:
                 if self.session.initiator or cid != 0:
                     raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "Data before the ratchet start")
-                self._ratchet, _ = Ratchet.start_responder(self._seed(), message, session_id)
+                self._ratchet, _ = Ratchet.start_responder(self._seed(), message, ad)
                 self._flush_pending()
                 return None
-            plain = self._ratchet.decrypt(message, session_id)
+            plain = self._ratchet.decrypt(message, ad)
         except RatchetError as e:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
         if cid == 0:

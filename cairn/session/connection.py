@@ -280,7 +280,9 @@ class Connection:
             if self.local.sessions.get(envelope.session_id) is not None:
                 raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
             noise = self._handshake_body(envelope, 0)
-            self._handshake = NoiseHandshake(self.local.identity, initiator=False)
+            self._handshake = NoiseHandshake(
+                self.local.identity, initiator=False, session_id=envelope.session_id, version=envelope.version
+            )
             try:
                 self._handshake.read_init(noise)
                 response = self._handshake.write_response()
@@ -333,6 +335,13 @@ class Connection:
         session = self.local.sessions.get(envelope.session_id)
         if session is None or session.closed is not None:
             raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "no such session to resume")
+        expected = getattr(self.transport, "expected_peer_id", None)
+        if expected is not None and session.remote_peer_id != expected:
+            # A relay circuit offered for one peer carries a Reconnect of
+            # another peer's session: the node misrouted it. Refused like an
+            # unknown session, before anything is sent or attached, so the
+            # session waits for its own peer (docs/protocol.md §25.5).
+            raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "no such session to resume")
         # Failing here leaves the session exactly as it was: a stolen
         # session id without the key cannot disturb its owner.
         last_received = self._open_reconnect(session, envelope)
@@ -345,7 +354,9 @@ class Connection:
 
     def _send_init(self):
         self._session_id = self._session_id or os.urandom(16)
-        self._handshake = NoiseHandshake(self.local.identity, initiator=True)
+        self._handshake = NoiseHandshake(
+            self.local.identity, initiator=True, session_id=self._session_id, version=PROTOCOL_VERSION
+        )
         self._send_handshake(MessageType.HANDSHAKE_INIT, self._handshake.write_init())
         self._state = "await_response"
 

@@ -13,6 +13,11 @@ class IFrameTransport(Interface):
     """
 
     peer_address = Attribute("A printable peer address, for opt-in logging.")
+    expected_peer_id = Attribute(
+        "Optional. The peer id the transport was opened for (a relay circuit's"
+        " other end), or None: a Reconnect arriving on it may resume only a"
+        " session of that peer (docs/protocol.md §25.5)."
+    )
 
     def write_envelope(data):
         """Send the bytes of exactly one envelope."""

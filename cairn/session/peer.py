@@ -108,6 +108,20 @@ class Peer:
         """Notify C{observer} of session events (any subset of the hook methods)."""
         self._observers.append(observer)
 
+    def channels_allowed(self, session) -> bool:
+        """
+        Whether C{session}'s peer may open channels and send Data here.
+
+        Every observer with a C{channels_allowed(session)} method is asked
+        (the node's pairing service: only paired peers); one refusal is
+        enough. Without such an observer (a client) every peer may.
+        """
+        for observer in self._observers:
+            allowed = getattr(observer, "channels_allowed", None)
+            if allowed is not None and not allowed(session):
+                return False
+        return True
+
     def _notify(self, name, *args):
         for observer in list(self._observers):
             method = getattr(observer, name, None)

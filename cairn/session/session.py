@@ -28,6 +28,8 @@ log = Logger()
 ACK_EVERY = 32
 #: Types that are never resent after a Reconnect (and so never buffered).
 _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
+#: What only a peer allowed channels may send (L{Peer.channels_allowed}).
+_CHANNEL_TYPES = frozenset({MessageType.DATA, MessageType.CHANNEL_INIT})
 __all__ = ["Channel", "ProtocolViolation", "Session", "SessionClosed"]
 
 
@@ -319,6 +321,10 @@ class Session:
             self._end(SessionClosed(code, reason), remote=True)
             return
         self._since_ack += 1
+        if type_code in _CHANNEL_TYPES and not self.local.channels_allowed(self):
+            # Refused before any ratchet work: a node serves no channels to
+            # a peer it has not paired with (docs/protocol.md §10).
+            raise ProtocolViolation(CloseCode.NOT_PAIRED, "pair with this node before opening channels")
         if type_code == MessageType.DATA:
             self._data_received(*self._parse(schema.parse_data, body))
         elif type_code == MessageType.CHANNEL_INIT:

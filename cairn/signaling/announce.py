@@ -17,8 +17,9 @@ Nobody else can compute the id, and it changes every day.
 import struct
 
 import attr
-from nacl.bindings import crypto_scalarmult, crypto_sign_ed25519_pk_to_curve25519
+from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 
+from cairn.crypto.dh import x25519
 from cairn.crypto.identity import peer_id_for, verify
 from cairn.pairing.proofs import hkdf, mac
 from cairn.wire import cbor
@@ -73,9 +74,11 @@ def rendezvous_key(identity, peer_identity_key: bytes) -> bytes:
     X25519 between our Curve25519 private key and the peer's Ed25519 key
     converted to Curve25519; HKDF-SHA256 (empty salt, info
     C{RENDEZVOUS_KEY}) of the shared secret.
+
+    @raise LowOrderPoint: the agreement gives the all-zero result.
     """
     theirs = crypto_sign_ed25519_pk_to_curve25519(bytes(peer_identity_key))
-    shared = crypto_scalarmult(identity.noise_static_private(), theirs)
+    shared = x25519(identity.noise_static_private(), theirs)  # all-zero refused (§23.4)
     return hkdf(shared, RENDEZVOUS_KEY)
 
 

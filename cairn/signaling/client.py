@@ -5,6 +5,7 @@ A device's side of signaling: find the addresses of a paired node.
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred
 
+from cairn.crypto.identity import Identity
 from cairn.signaling.announce import (
     MAX_ANNOUNCE_SIZE,
     AnnounceError,
@@ -49,11 +50,13 @@ class _DiscoverProtocol(WebSocketClientProtocol):
 
 def discover(reactor, url: str, identity, node_identity_key: bytes, clock=None) -> Deferred:
     """
-    Announce C{identity} on the signaling server at C{url} and wait for the node.
+    Look for the node on the signaling server at C{url}, as the paired device C{identity}.
 
-    The announce carries today's rendezvous id shared with the node whose
-    Ed25519 key is C{node_identity_key} and no addresses; the server
-    forwards it to the node and sends back the node's latest announce.
+    The announce carries today's rendezvous id that C{identity} shares with
+    the node whose Ed25519 key is C{node_identity_key}, no addresses, and
+    is signed by a throwaway key made for this call, not by C{identity};
+    the server forwards it to the node and sends back the node's latest
+    announce.
 
     @return: a Deferred firing with the node's announced addresses (a
         list of text), once the connection is closed; it fails with
@@ -70,7 +73,10 @@ def discover(reactor, url: str, identity, node_identity_key: bytes, clock=None) 
     factory.setProtocolOptions(maxMessagePayloadSize=MAX_ANNOUNCE_SIZE + 1)
     factory.node_key = bytes(node_identity_key)
     factory.rendezvous = rid
-    factory.announce = encode(identity, [], [rid], int(now), 0)
+    # Signed with a throwaway key, new for every discovery: the server (and
+    # anyone it forwards to) never sees the device's identity, and two
+    # discoveries of one device carry unrelated keys (docs/protocol.md §23).
+    factory.announce = encode(Identity.generate(), [], [rid], int(now), 0)
     factory.protocol_instance = None
 
     def cancel(d):

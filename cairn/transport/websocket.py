@@ -3,8 +3,10 @@ cairn over WebSocket (autobahn): exactly one envelope per binary message.
 
 A text message is a protocol error. The server serves the path C{/}; it
 accepts the subprotocol C{cairn.v1} when offered and also clients that
-offer none. A message above the maximum payload is answered with a
-cairn Close (payload too large) before autobahn fails the WebSocket.
+offer none. An opening handshake carrying a browser's C{Origin} that the
+operator did not list is refused with HTTP 403 (L{cairn.transport.origins}).
+A message above the maximum payload is answered with a cairn Close
+(payload too large) before autobahn fails the WebSocket.
 
 Closing: after a cairn Close, only its sender starts the WebSocket closing
 handshake; the receiver answers it (L{_EnvelopeMessages.closing_handshake},
@@ -37,6 +39,7 @@ from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
+from cairn.transport.origins import OriginPolicy
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
 
@@ -202,6 +205,9 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
     def onConnect(self, request):
         if request.path != "/":
             raise ConnectionDeny(404, "cairn serves /")
+        if not self.factory.origins.allows(request.origin):
+            # A web page the operator did not list (docs/protocol.md §2.2).
+            raise ConnectionDeny(403, "origin not allowed")
         self.sink = self.factory.local.connection(initiator=False)
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
 
@@ -267,6 +273,7 @@ def _limit_options(factory, local):
 class _ServerFactory(WebSocketServerFactory):
     limiter = None
     write_limit = MAX_WRITE_BUFFER
+    origins = OriginPolicy()
 
     def buildProtocol(self, addr):
         ticket = None
@@ -279,20 +286,29 @@ class _ServerFactory(WebSocketServerFactory):
         return protocol
 
 
-def server_factory(local, limiter=None, write_limit=MAX_WRITE_BUFFER) -> WebSocketServerFactory:
+def server_factory(
+    local, limiter=None, write_limit=MAX_WRITE_BUFFER, allowed_origins=()
+) -> WebSocketServerFactory:
     """
     A factory serving cairn on C{/} for the local L{Peer}.
 
     @param limiter: a L{cairn.transport.limits.SourceLimiter}, or None.
     @param write_limit: drop a peer that does not read once this many bytes
         wait for it (L{cairn.transport.limits.OutputGuard}); None: no guard.
+    @param allowed_origins: web page origins that may open a WebSocket
+        (L{cairn.transport.origins}); a client sending no C{Origin} always may.
     """
     factory = _ServerFactory()
     factory.protocol = ServerProtocol
     factory.local = local
     factory.limiter = limiter
     factory.write_limit = write_limit
+    factory.origins = OriginPolicy(allowed_origins)
     _limit_options(factory, local)
+    # autobahn would refuse a "null" Origin itself, with HTTP 400: let it
+    # through to onConnect, where the configured policy decides (403).
+    # (Every setProtocolOptions call resets this option to False: last.)
+    factory.setProtocolOptions(allowNullOrigin=True)
     return factory
 
 

@@ -19,7 +19,8 @@ MAX_SEQUENCE = 2**64 - 1
 #: The u32 length field's own ceiling; the configured maximum is usually lower.
 MAX_LENGTH_FIELD = 2**32 - 1
 
-#: Noise prologue, the 5 ASCII bytes ``cairn``.
+#: The start of the Noise prologue, the 5 ASCII bytes ``cairn``; the
+#: protocol version and the session id follow it (docs/protocol.md §6.1).
 NOISE_PROLOGUE = b"cairn"
 NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 #: Prefix of the message an identity key signs to bind its Noise static key.
