@@ -14,8 +14,10 @@ from zope.interface.verify import verifyObject
 from cairn.db import Database
 from cairn.mailbox.interfaces import Limits, StoreFull
 from cairn.management.metrics import Metrics
+from cairn.pairing.interfaces import UnknownPeer
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
+from cairn.sync import access
 from cairn.sync import client as sync
 from cairn.sync.interfaces import SYNC_SCHEMA, ISyncHub
 from cairn.sync.service import SyncService
@@ -292,6 +294,69 @@ class SyncScenarioMixin(SyncHarness):
             self.assertEqual(ended.code, CloseCode.NOT_PAIRED)
         self.assertEqual(self.store.topics(), {})
         self.assertEqual(self.store.cursors(), {})
+
+    @defer.inlineCallbacks
+    def test_access_limits_publish_and_subscribe(self):
+        """Outside its grant a device's publish is FORBIDDEN and its subscription denied; inside, both work."""
+        phone, laptop = self.device(), self.device()
+        yield self.hub.set_access(laptop.peer_id, {"read": ["notes"], "write": []})
+        denied = []
+        laptop.session = yield self.connect(laptop.client)
+        sync.subscribe(laptop.session, ["notes", "secrets"], laptop.got, on_denied=lambda t, r: denied.append(t))
+        yield phone.connect(["notes"])
+        yield self.subscribed(laptop, phone)
+        failure = yield self.assertFailure(
+            eventually(sync.sync_publish(laptop.session, "notes", b"x")), sync.PublishRejected
+        )
+        self.assertEqual(failure.code, SyncStatus.FORBIDDEN)
+        self.assertEqual((yield eventually(sync.sync_publish(phone.session, "notes", b"ok"))), 1)
+        yield self.until(lambda: laptop.updates)
+        self.assertEqual((denied, laptop.data()), (["secrets"], [b"ok"]))
+        self.assertNotIn("secrets", self.store.cursors()[laptop.peer_id])
+        self.assertNotIn("secrets", sync.sync_client(laptop.client.peer).topics)
+
+    @defer.inlineCallbacks
+    def test_access_withdrawn_ends_subscription(self):
+        """Withdrawing a topic ends the device's live subscription with SyncDenied; later updates do not reach it."""
+        phone, laptop = self.device(), self.device()
+        denied = []
+        yield phone.connect(["notes"])
+        laptop.session = yield self.connect(laptop.client)
+        sync.subscribe(
+            laptop.session, ["notes"], laptop.got, on_denied=lambda t, r: (denied.append(t), self.conditions.changed())
+        )
+        yield self.subscribed(laptop, phone)
+        yield eventually(sync.sync_publish(phone.session, "notes", b"before"))
+        yield self.until(lambda: laptop.updates)
+        report = yield self.hub.set_access(laptop.peer_id, {"read": ["other"], "write": ["*"]})
+        self.assertEqual(report, {"peer_id": laptop.peer_id, "default": False, "read": ["other"], "write": ["*"]})
+        yield self.until(lambda: denied)
+        yield eventually(sync.sync_publish(phone.session, "notes", b"after"))
+        yield eventually(sync.sync_publish(laptop.session, "notes", b"mine"))
+        self.assertEqual(laptop.data(), [b"before"])
+        back = yield self.hub.set_access(laptop.peer_id, None)
+        self.assertEqual(back["default"], True)
+
+    def test_access_needs_paired_peer_and_valid_body(self):
+        """Setting access names the bad input: an unpaired peer is unknown, a bad pattern a ValueError."""
+        stranger, phone = self.device(paired=False), self.device()
+        self.assertRaises(UnknownPeer, self.hub.set_access, stranger.peer_id, {"read": ["*"]})
+        self.assertRaises(UnknownPeer, self.hub.access_report, stranger.peer_id)
+        for body in ({"read": "notes"}, {"read": ["a*b"]}, {"read": [""]}, {"mode": []}, []):
+            self.assertRaises(ValueError, self.hub.set_access, phone.peer_id, body)
+
+    @defer.inlineCallbacks
+    def test_default_none_denies_until_granted(self):
+        """With CAIRN_SYNC_ACCESS=none a device can do nothing until the operator grants it a topic."""
+        self.hub.default_access = access.NONE
+        phone = self.device()
+        yield phone.connect()
+        failure = yield self.assertFailure(
+            eventually(sync.sync_publish(phone.session, "notes", b"x")), sync.PublishRejected
+        )
+        self.assertEqual(failure.code, SyncStatus.FORBIDDEN)
+        yield self.hub.set_access(phone.peer_id, {"write": ["notes"]})
+        self.assertEqual((yield eventually(sync.sync_publish(phone.session, "notes", b"x"))), 1)
 
     @defer.inlineCallbacks
     def test_bad_subscribe_closes(self):

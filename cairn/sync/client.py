@@ -53,12 +53,15 @@ class SyncClient:
         self.on_update = None
         #: Called with (topic, oldest_seq, reason).
         self.on_reset = None
+        #: Called with (topic, reason) when the node refuses this device a topic (§24.9).
+        self.on_denied = None
         self.topics = {}  # topic -> last seq given to the application (0: none yet)
         self._acks = {}  # (session id, update id) -> Deferred
         handlers = {
             MessageType.SYNC_ACK: self._ack,
             MessageType.SYNC_UPDATE: self._update,
             MessageType.SYNC_RESET: self._reset,
+            MessageType.SYNC_DENIED: self._denied,
         }
         peer.register_guarded(handlers, "sync client")
         peer.add_observer(self)
@@ -120,6 +123,14 @@ class SyncClient:
         finally:
             _send(session, MessageType.SYNC_CURSOR, {"topic": topic, "seq": max(0, oldest_seq - 1)})
 
+    def _denied(self, session, body):
+        topic, reason = messages.parse_denied(body)
+        # Not subscribed again at the next session: the operator must grant it first.
+        self.topics.pop(topic, None)
+        log.warn("sync: the node refused topic {topic!r}: {reason}", topic=topic, reason=reason)
+        if self.on_denied is not None:
+            self.on_denied(topic, reason)
+
     # Peer observer
 
     def session_established(self, session):
@@ -153,16 +164,20 @@ def sync_publish(session, topic: str, data: bytes, update_id: bytes = None):
     return sync_client(session.local).publish(session, topic, data, update_id)
 
 
-def subscribe(session, topics, callback, on_reset=None, cursors=None):
+def subscribe(session, topics, callback, on_reset=None, cursors=None, on_denied=None):
     """
     Give C{callback(topic, seq, sender, data)} every update of C{topics}
     after the device's cursor, from this session on, acknowledging each
     once the callback returns; C{on_reset(topic, oldest_seq, reason)} is
-    told when updates were removed by retention before the device had them.
+    told when updates were removed by retention before the device had them,
+    C{on_denied(topic, reason)} when the node does not let this device read
+    a topic.
     """
     client = sync_client(session.local)
     client.on_update = callback
     if on_reset is not None:
         client.on_reset = on_reset
+    if on_denied is not None:
+        client.on_denied = on_denied
     client.subscribe(session, topics, cursors)
     return client
