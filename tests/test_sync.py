@@ -17,7 +17,7 @@ from cairn.management.metrics import Metrics
 from cairn.pairing.interfaces import UnknownPeer
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
-from cairn.sync import access
+from cairn.sync import access, sealing
 from cairn.sync import client as sync
 from cairn.sync.interfaces import SYNC_SCHEMA, ISyncHub
 from cairn.sync.service import SyncService
@@ -106,6 +106,10 @@ class SyncHarness(ScenarioMixin):
 
     def device(self, paired=True):
         client = self.make_client()
+        # One person's devices share a group key (§24.10).
+        if not hasattr(self, "keyring"):
+            self.keyring = sealing.Keyring.generate()
+        sync.set_keyring(client.peer, self.keyring)
         if paired:
             self.successResultOf(self.trust.set_paired(client.peer_id, client.peer.identity.public_key, "", "psk", 0.0))
         return Device(self, client)
@@ -371,6 +375,7 @@ class SyncScenarioMixin(SyncHarness):
     def test_too_large_and_duplicate(self):
         """An oversized payload is refused TOO_LARGE; a retried id is acked again with the same seq."""
         phone = self.device()
+        sync.use_plaintext(phone.client.peer)  # the node's limit on the payload as sent
         yield phone.connect(["notes"])
         big = b"x" * (SETTINGS["max_payload"] - 100)
         publishing = eventually(sync.sync_publish(phone.session, "notes", big))
@@ -394,12 +399,13 @@ class SyncScenarioMixin(SyncHarness):
         yield self.until(lambda: self.cursor(phone) == 2)
         stats = self.hub.stats()
         (topic,) = stats["topics"]
-        self.assertEqual((topic["topic"], topic["head"], topic["updates"], topic["bytes"]), ("notes", 2, 2, 5))
+        sealed = 5 + 2 * sealing.OVERHEAD  # the node counts the sealed payloads' bytes
+        self.assertEqual((topic["topic"], topic["head"], topic["updates"], topic["bytes"]), ("notes", 2, 2, sealed))
         devices = {d["peer_id"]: d for d in topic["devices"]}
         self.assertEqual((devices[laptop.peer_id]["cursor"], devices[laptop.peer_id]["lag"]), (0, 2))
         self.assertEqual((devices[phone.peer_id]["lag"], devices[phone.peer_id]["connected"]), (0, True))
         self.assertFalse(devices[laptop.peer_id]["connected"])
-        self.assertEqual(stats["bytes"], 5)
+        self.assertEqual(stats["bytes"], sealed)
         metrics = Metrics(self.server, self.clock, 0.0, process_metrics=False)
         metrics.add_collector(self.hub.collect_metrics)
         text = metrics.exposition().decode()
@@ -459,4 +465,5 @@ class SQLiteSyncTests(SyncScenarioMixin, unittest.TestCase):
         again = SQLiteSyncStore(self.db)
         yield again.start()
         self.assertEqual(again.cursors()[laptop.peer_id], {"notes": 0})
-        self.assertEqual([u.payload for u in (yield again.fetch("notes", 0, 10))], [b"kept"])
+        (kept,) = yield again.fetch("notes", 0, 10)
+        self.assertEqual(self.keyring.open("notes", kept.sender, kept.update_id, kept.payload), b"kept")

@@ -110,6 +110,9 @@ class MailboxClient:
         self.on_message = None
         #: Called with a L{ReceiptEvent}.
         self.on_receipt = None
+        #: Called with (sender, message id, data) before the inbox; a true
+        #: result consumes the message (e.g. a sync group key, L{cairn.sync.sealing}).
+        self.filters = []
         self._acks = {}  # (session id, message id) -> Deferred
         self._outgoing = {}  # session id -> _Outgoing
         self._key_waiters = {}  # (session id, peer id) -> [Deferred]
@@ -246,6 +249,8 @@ class MailboxClient:
                 if why != "duplicate":
                     log.warn("mailbox: dropped a message from {sender}: {why}", sender=opened[index][0], why=why)
             for index in admitted:
+                if any(consume(*opened[index]) for consume in self.filters):
+                    continue
                 if self.on_message is not None:
                     self.on_message(*opened[index])
         finally:

@@ -449,7 +449,7 @@ def _paths():
             "get": _operation(
                 "getSyncPeerAccess",
                 "The sync topics one paired peer may read and write.",
-                {"200": _json(_ref("SyncPeerAccess"), "Its effective access."), **_errors(404, *authed)},
+                {"200": _json(_ref("SyncPeerAccess"), "Its effective access."), **_errors(400, 404, *authed)},
                 tags=["services"],
                 parameters=[_PEER_ID_PARAMETER],
             ),
@@ -464,7 +464,7 @@ def _paths():
             "delete": _operation(
                 "deleteSyncPeerAccess",
                 "Put one paired peer back on the node's default sync access.",
-                {"200": _json(_ref("SyncPeerAccess"), "Its access, now the default."), **_errors(404, *authed)},
+                {"200": _json(_ref("SyncPeerAccess"), "Its access, now the default."), **_errors(400, 404, *authed)},
                 tags=["services"],
                 parameters=[_PEER_ID_PARAMETER],
             ),
