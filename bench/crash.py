@@ -51,6 +51,7 @@ from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import uuid7
 from cairn.pairing import client as pairing
 from cairn.sync import client as sync
+from cairn.sync import sealing
 from cairn.wire.constants import MessageType
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,6 +220,7 @@ class Harness:
         self.running = False
         self._changed = []
         self._connections = []
+        self.keyring = sealing.Keyring.generate()
         self.recipient = self._client()
         self.watcher = self._client()
         self.senders = [self._client() for _ in range(senders)]
@@ -231,6 +233,8 @@ class Harness:
 
     def _client(self):
         client = Client(self.reactor, clock=task.Clock())
+        # One person's devices: one sync group key (docs/protocol.md §24.10).
+        sync.set_keyring(client.peer, self.keyring)
         make = client.peer.connection
 
         def connection(*args, **kwargs):

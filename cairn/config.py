@@ -213,6 +213,22 @@ def _count(variable: str, default: int) -> Any:
     return _setting(variable, parse_count, default, check)
 
 
+def _choice(variable: str, default: str, choices: tuple[str, ...]) -> Any:
+    """One word of C{choices}, case-insensitive."""
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return word
+
+    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ConfigError(_variable(attribute), f"{value!r} is not one of {', '.join(choices)}")
+
+    return _setting(variable, parse, default, validate)
+
+
 def _urls(variable: str, check: Callable[[str], str]) -> Any:
     """A comma-separated list of URLs, each passing C{check}; empty by default."""
     return _setting(variable, url_list(check), (), _are_urls(check), converter=tuple)
@@ -252,6 +268,7 @@ class Config:
     forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
     forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
     relay_capacity: int = _count("CAIRN_RELAY_CAPACITY", 64)
+    sync_access: str = _choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
     signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", signal_url)
     turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", turn_url)
     public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", public_address)

@@ -38,6 +38,7 @@ from cairn.relay.service import RelayService
 from cairn.relay.store import SQLiteRelayStore
 from cairn.session import store
 from cairn.session.peer import Peer
+from cairn.sync import access as sync_access
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
@@ -270,7 +271,15 @@ def make_node(config, reactor) -> CairnNode:
         max_payload=config.max_payload,
     )
     pairing.add_purge_hook(mailbox.purge)
-    sync = SyncService(peer, trust, SQLiteSyncStore(db), reactor, limits=mailbox.limits, max_payload=config.max_payload)
+    sync = SyncService(
+        peer,
+        trust,
+        SQLiteSyncStore(db),
+        reactor,
+        limits=mailbox.limits,
+        max_payload=config.max_payload,
+        default_access=sync_access.DEFAULTS[config.sync_access],
+    )
     pairing.add_purge_hook(sync.purge)
     turn = make_turn_service(config, peer, trust, reactor)
     started_at = reactor.seconds()
@@ -313,6 +322,8 @@ def make_node(config, reactor) -> CairnNode:
             "mailbox_peer": mailbox.peer_stats,
             "mailbox_limits": mailbox.set_peer_limits,
             "sync": sync.stats,
+            "sync_access": sync.access_report,
+            "sync_set_access": sync.set_access,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
         }

@@ -20,6 +20,7 @@ from cairn.mailbox.interfaces import StoreFull
 from cairn.pairing import client as pairing
 from cairn.service import make_node
 from cairn.sync import client as sync
+from cairn.sync import sealing
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
 from tests._harness import Conditions, drop_all, eventually, track_connections
@@ -58,6 +59,7 @@ class DiskFullTests(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.connections = []
+        self.keyring = sealing.Keyring.generate()
         self.data_dir = os.path.abspath(self.mktemp())
         self.node = make_node(config_for(self.data_dir, psk=PSK), reactor)
         self.disk = FullDisk(self.node.db)
@@ -75,6 +77,7 @@ class DiskFullTests(unittest.TestCase):
     def client(self):
         client = Client(reactor, clock=task.Clock())
         track_connections(client.peer, self.connections)
+        sync.set_keyring(client.peer, self.keyring)  # one person's devices share a group key
         return client
 
     @defer.inlineCallbacks

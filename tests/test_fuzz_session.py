@@ -52,6 +52,7 @@ CLIENT_PARSERS = {
     T.SYNC_ACK: sync.parse_ack,
     T.SYNC_UPDATE: sync.parse_update,
     T.SYNC_RESET: sync.parse_reset,
+    T.SYNC_DENIED: sync.parse_denied,
     T.RELAY_RESPONSE: turn.parse_relay_response,
 }
 

@@ -14,8 +14,10 @@ from zope.interface.verify import verifyObject
 from cairn.db import Database
 from cairn.mailbox.interfaces import Limits, StoreFull
 from cairn.management.metrics import Metrics
+from cairn.pairing.interfaces import UnknownPeer
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
+from cairn.sync import access, sealing
 from cairn.sync import client as sync
 from cairn.sync.interfaces import SYNC_SCHEMA, ISyncHub
 from cairn.sync.service import SyncService
@@ -104,6 +106,10 @@ class SyncHarness(ScenarioMixin):
 
     def device(self, paired=True):
         client = self.make_client()
+        # One person's devices share a group key (§24.10).
+        if not hasattr(self, "keyring"):
+            self.keyring = sealing.Keyring.generate()
+        sync.set_keyring(client.peer, self.keyring)
         if paired:
             self.successResultOf(self.trust.set_paired(client.peer_id, client.peer.identity.public_key, "", "psk", 0.0))
         return Device(self, client)
@@ -294,6 +300,69 @@ class SyncScenarioMixin(SyncHarness):
         self.assertEqual(self.store.cursors(), {})
 
     @defer.inlineCallbacks
+    def test_access_limits_publish_and_subscribe(self):
+        """Outside its grant a device's publish is FORBIDDEN and its subscription denied; inside, both work."""
+        phone, laptop = self.device(), self.device()
+        yield self.hub.set_access(laptop.peer_id, {"read": ["notes"], "write": []})
+        denied = []
+        laptop.session = yield self.connect(laptop.client)
+        sync.subscribe(laptop.session, ["notes", "secrets"], laptop.got, on_denied=lambda t, r: denied.append(t))
+        yield phone.connect(["notes"])
+        yield self.subscribed(laptop, phone)
+        failure = yield self.assertFailure(
+            eventually(sync.sync_publish(laptop.session, "notes", b"x")), sync.PublishRejected
+        )
+        self.assertEqual(failure.code, SyncStatus.FORBIDDEN)
+        self.assertEqual((yield eventually(sync.sync_publish(phone.session, "notes", b"ok"))), 1)
+        yield self.until(lambda: laptop.updates)
+        self.assertEqual((denied, laptop.data()), (["secrets"], [b"ok"]))
+        self.assertNotIn("secrets", self.store.cursors()[laptop.peer_id])
+        self.assertNotIn("secrets", sync.sync_client(laptop.client.peer).topics)
+
+    @defer.inlineCallbacks
+    def test_access_withdrawn_ends_subscription(self):
+        """Withdrawing a topic ends the device's live subscription with SyncDenied; later updates do not reach it."""
+        phone, laptop = self.device(), self.device()
+        denied = []
+        yield phone.connect(["notes"])
+        laptop.session = yield self.connect(laptop.client)
+        sync.subscribe(
+            laptop.session, ["notes"], laptop.got, on_denied=lambda t, r: (denied.append(t), self.conditions.changed())
+        )
+        yield self.subscribed(laptop, phone)
+        yield eventually(sync.sync_publish(phone.session, "notes", b"before"))
+        yield self.until(lambda: laptop.updates)
+        report = yield self.hub.set_access(laptop.peer_id, {"read": ["other"], "write": ["*"]})
+        self.assertEqual(report, {"peer_id": laptop.peer_id, "default": False, "read": ["other"], "write": ["*"]})
+        yield self.until(lambda: denied)
+        yield eventually(sync.sync_publish(phone.session, "notes", b"after"))
+        yield eventually(sync.sync_publish(laptop.session, "notes", b"mine"))
+        self.assertEqual(laptop.data(), [b"before"])
+        back = yield self.hub.set_access(laptop.peer_id, None)
+        self.assertEqual(back["default"], True)
+
+    def test_access_needs_paired_peer_and_valid_body(self):
+        """Setting access names the bad input: an unpaired peer is unknown, a bad pattern a ValueError."""
+        stranger, phone = self.device(paired=False), self.device()
+        self.assertRaises(UnknownPeer, self.hub.set_access, stranger.peer_id, {"read": ["*"]})
+        self.assertRaises(UnknownPeer, self.hub.access_report, stranger.peer_id)
+        for body in ({"read": "notes"}, {"read": ["a*b"]}, {"read": [""]}, {"mode": []}, []):
+            self.assertRaises(ValueError, self.hub.set_access, phone.peer_id, body)
+
+    @defer.inlineCallbacks
+    def test_default_none_denies_until_granted(self):
+        """With CAIRN_SYNC_ACCESS=none a device can do nothing until the operator grants it a topic."""
+        self.hub.default_access = access.NONE
+        phone = self.device()
+        yield phone.connect()
+        failure = yield self.assertFailure(
+            eventually(sync.sync_publish(phone.session, "notes", b"x")), sync.PublishRejected
+        )
+        self.assertEqual(failure.code, SyncStatus.FORBIDDEN)
+        yield self.hub.set_access(phone.peer_id, {"write": ["notes"]})
+        self.assertEqual((yield eventually(sync.sync_publish(phone.session, "notes", b"x"))), 1)
+
+    @defer.inlineCallbacks
     def test_bad_subscribe_closes(self):
         """A malformed SyncSubscribe closes the session with BAD_CBOR."""
         phone = self.device()
@@ -306,6 +375,7 @@ class SyncScenarioMixin(SyncHarness):
     def test_too_large_and_duplicate(self):
         """An oversized payload is refused TOO_LARGE; a retried id is acked again with the same seq."""
         phone = self.device()
+        sync.use_plaintext(phone.client.peer)  # the node's limit on the payload as sent
         yield phone.connect(["notes"])
         big = b"x" * (SETTINGS["max_payload"] - 100)
         publishing = eventually(sync.sync_publish(phone.session, "notes", big))
@@ -329,12 +399,13 @@ class SyncScenarioMixin(SyncHarness):
         yield self.until(lambda: self.cursor(phone) == 2)
         stats = self.hub.stats()
         (topic,) = stats["topics"]
-        self.assertEqual((topic["topic"], topic["head"], topic["updates"], topic["bytes"]), ("notes", 2, 2, 5))
+        sealed = 5 + 2 * sealing.OVERHEAD  # the node counts the sealed payloads' bytes
+        self.assertEqual((topic["topic"], topic["head"], topic["updates"], topic["bytes"]), ("notes", 2, 2, sealed))
         devices = {d["peer_id"]: d for d in topic["devices"]}
         self.assertEqual((devices[laptop.peer_id]["cursor"], devices[laptop.peer_id]["lag"]), (0, 2))
         self.assertEqual((devices[phone.peer_id]["lag"], devices[phone.peer_id]["connected"]), (0, True))
         self.assertFalse(devices[laptop.peer_id]["connected"])
-        self.assertEqual(stats["bytes"], 5)
+        self.assertEqual(stats["bytes"], sealed)
         metrics = Metrics(self.server, self.clock, 0.0, process_metrics=False)
         metrics.add_collector(self.hub.collect_metrics)
         text = metrics.exposition().decode()
@@ -394,4 +465,5 @@ class SQLiteSyncTests(SyncScenarioMixin, unittest.TestCase):
         again = SQLiteSyncStore(self.db)
         yield again.start()
         self.assertEqual(again.cursors()[laptop.peer_id], {"notes": 0})
-        self.assertEqual([u.payload for u in (yield again.fetch("notes", 0, 10))], [b"kept"])
+        (kept,) = yield again.fetch("notes", 0, 10)
+        self.assertEqual(self.keyring.open("notes", kept.sender, kept.update_id, kept.payload), b"kept")

@@ -13,6 +13,7 @@ from zope.interface.verify import verifyObject
 
 from cairn.db import Database
 from cairn.mailbox.interfaces import Limits
+from cairn.sync.access import Access
 from cairn.sync.interfaces import SYNC_SCHEMA, ISyncStore, Publish, Topic
 from cairn.sync.store import MemorySyncStore, SQLiteSyncStore
 from cairn.wire.constants import SyncStatus
@@ -100,6 +101,17 @@ class StoreMixin:
         self.assertEqual((yield self.store.purge(B)), 2)
         self.assertEqual(self.store.cursors(), {C: {"notes": 0}})
 
+    @defer.inlineCallbacks
+    def test_access_set_cleared_and_purged(self):
+        """A device's access grant is kept until set back to the default (None) or the device is purged."""
+        grant = Access(("notes",), ("notes", "photos/*"))
+        self.assertEqual((yield self.store.set_access(B, grant)), grant)
+        yield self.store.set_access(C, Access())
+        self.assertEqual(self.store.access(), {B: grant, C: Access()})
+        yield self.store.set_access(C, None)
+        yield self.store.purge(B)
+        self.assertEqual(self.store.access(), {})
+
 
 class MemoryStoreTests(StoreMixin, unittest.TestCase):
     def make_store(self):
@@ -134,6 +146,14 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(again.topics(), self.store.topics())
         self.assertEqual(again.cursors(), {B: {"notes": 1}})
         self.assertEqual(again.total_bytes(), 20)
+
+    @defer.inlineCallbacks
+    def test_access_reloaded(self):
+        """Access grants are persisted: a new store on the same database has them."""
+        yield self.store.set_access(B, Access(("a*",), ()))
+        again = SQLiteSyncStore(self.db)
+        yield again.start()
+        self.assertEqual(again.access(), {B: Access(("a*",), ())})
 
     @defer.inlineCallbacks
     def test_group_commit(self):

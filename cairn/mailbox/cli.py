@@ -52,6 +52,7 @@ def parser():
 def run(reactor, argv, out=None):
     """Do what C{argv} says; fires with the exit status."""
     from cairn.mailbox import client as mailbox
+    from cairn.mailbox import replay
 
     out = out or sys.stdout
     args = parser().parse_args(argv)
@@ -63,6 +64,10 @@ def run(reactor, argv, out=None):
     client = Client(reactor, identity)
     received = []
     mailbox.set_inbox(client.peer, lambda sender, mid, data: received.append((sender, data)))
+    if args.command == "receive":
+        # Ids already shown are kept next to the identity, so a node cannot replay them later (§21.11).
+        seen = replay.SeenFile(args.identity + ".seen")
+        mailbox.set_replay_guard(client.peer, replay.ReplayGuard(reactor.seconds, seen))
     session = yield client.connect(args.server)
     try:
         yield pair(session)

@@ -24,9 +24,11 @@ Deliveries (several per ForwardDeliver) are opened, checked, given to
 the inbox callback once per (sender, message id) in order, and
 acknowledged with one cumulative ForwardPurge C{"upto"} per
 ForwardDeliver; receipts likewise, one ForwardPurge per ForwardReceipt.
-The duplicate
-filter is in memory, per client L{Peer} (the last L{SEEN} ids): a message
-redelivered after the client process restarted is given again.
+A L{ReplayGuard} (L{cairn.mailbox.replay}) gives each (sender, message
+id) to the inbox at most once and drops ids too old to be a genuine
+delivery, so a node cannot replay old messages; it remembers ids in
+memory unless L{set_replay_guard} gives it a file (L{SeenFile}) that
+outlives the process, as C{cairn-mailbox} does.
 """
 
 import os
@@ -38,12 +40,12 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from cairn.mailbox import messages, sealing
+from cairn.mailbox import messages, replay, sealing
 from cairn.wire.constants import ForwardStatus, MessageType, ReceiptStatus
 
 log = Logger()
 
-#: Message ids remembered per client for the duplicate filter.
+#: Receipt ids remembered per client for the receipts' duplicate filter.
 SEEN = 100_000
 #: Payload bytes (with L{messages.DELIVER_OVERHEAD} each) in one ForwardRequest.
 BATCH_BYTES = 64 * 1024
@@ -108,11 +110,15 @@ class MailboxClient:
         self.on_message = None
         #: Called with a L{ReceiptEvent}.
         self.on_receipt = None
+        #: Called with (sender, message id, data) before the inbox; a true
+        #: result consumes the message (e.g. a sync group key, L{cairn.sync.sealing}).
+        self.filters = []
         self._acks = {}  # (session id, message id) -> Deferred
         self._outgoing = {}  # session id -> _Outgoing
         self._key_waiters = {}  # (session id, peer id) -> [Deferred]
         self._keys = {}  # peer id -> verified identity key
         self._seen = OrderedDict()
+        self.guard = replay.ReplayGuard(peer.clock.seconds)
         self.sealer = sealing.Sealer(peer.identity)
         handlers = {
             MessageType.FORWARD_ACK: self._ack,
@@ -230,16 +236,23 @@ class MailboxClient:
     def _deliver(self, session, body):
         deliveries = messages.parse_deliveries(body)
         try:
+            opened = []
             for message_id, sender, _, _, payload in deliveries:
-                if not self._remember((sender, message_id)):
-                    continue
                 try:
-                    data = self.sealer.unseal(sender, message_id, payload)
+                    opened.append((sender, message_id, self.sealer.unseal(sender, message_id, payload)))
                 except sealing.SealError as e:
                     log.warn("mailbox: dropped a message from {sender}: {why}", sender=sender, why=str(e))
-                else:
-                    if self.on_message is not None:
-                        self.on_message(sender, message_id, data)
+            # Only what opened is recorded as seen (a forged payload must not
+            # shadow the genuine message), and recorded before it is handed over.
+            admitted, dropped = self.guard.admit([(sender, message_id) for sender, message_id, _ in opened])
+            for index, why in dropped:
+                if why != "duplicate":
+                    log.warn("mailbox: dropped a message from {sender}: {why}", sender=opened[index][0], why=why)
+            for index in admitted:
+                if any(consume(*opened[index]) for consume in self.filters):
+                    continue
+                if self.on_message is not None:
+                    self.on_message(*opened[index])
         finally:
             # Acknowledged (cumulatively, up to the last one handed over) in
             # every case: a message that cannot be opened never will be, and
@@ -295,6 +308,14 @@ def forward(session, peer_id: str, data: bytes, message_id: bytes = None, signed
 def set_inbox(peer, callback) -> None:
     """Give C{callback(sender, message_id, data)} every message delivered to C{peer}, once."""
     mailbox(peer).on_message = callback
+
+
+def set_replay_guard(peer, guard) -> None:
+    """
+    Use C{guard} (a L{replay.ReplayGuard}) for C{peer}'s deliveries, e.g.
+    C{ReplayGuard(reactor.seconds, SeenFile(path), max_age=node's CAIRN_FORWARD_MAX_AGE)}.
+    """
+    mailbox(peer).guard = guard
 
 
 def set_receipts(peer, callback) -> None:

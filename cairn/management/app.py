@@ -71,6 +71,8 @@ def _default_stats():
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
         "relay_quota": _no_relay_quota,
         "sync": lambda: {"topics": []},
+        "sync_access": _no_sync,
+        "sync_set_access": _no_sync,
     }
 
 
@@ -80,6 +82,10 @@ def _no_mailbox_limits(peer_id, body):
 
 def _no_relay_quota(peer_id, body):
     raise NotFound("the relay is not served by this node")
+
+
+def _no_sync(peer_id, body=None):
+    raise NotFound("the sync hub is not served by this node")
 
 
 class _Raw:
@@ -312,6 +318,29 @@ class ManagementAPI:
     async def sync(self, request):
         """Sync topics and device cursors."""
         return await maybeDeferred(self.stats["sync"])
+
+    @_endpoint(app, "/sync/<peer_id>/access", "GET")
+    async def sync_access(self, request, peer_id):
+        """The topics one paired peer may read and write on the sync hub."""
+        peer_id = peer_id_arg(peer_id)
+        try:
+            return await maybeDeferred(self.stats["sync_access"], peer_id)
+        except UnknownPeer:
+            raise NotFound(f"{peer_id} is not paired") from None
+
+    @_endpoint(app, "/sync/<peer_id>/access", "PUT")
+    async def put_sync_access(self, request, peer_id):
+        """Grant one paired peer its own sync topics ({"read": [...], "write": [...]}); persisted."""
+        return await self._set_for_peer("sync_set_access", request, peer_id)
+
+    @_endpoint(app, "/sync/<peer_id>/access", "DELETE")
+    async def delete_sync_access(self, request, peer_id):
+        """Put one paired peer back on the node's default sync access (CAIRN_SYNC_ACCESS)."""
+        peer_id = peer_id_arg(peer_id)
+        try:
+            return await maybeDeferred(self.stats["sync_set_access"], peer_id, None)
+        except UnknownPeer:
+            raise NotFound(f"{peer_id} is not paired") from None
 
     @_endpoint(app, "/metrics", "GET")
     async def prometheus(self, request):

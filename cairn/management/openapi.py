@@ -184,6 +184,26 @@ _SCHEMAS = {
         },
         "additionalProperties": False,
     },
+    "SyncAccess": {
+        "type": "object",
+        "description": "Topic patterns: an exact topic, 'prefix*', or '*' for every topic.",
+        "properties": {
+            "read": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 256},
+            "write": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 256},
+        },
+        "additionalProperties": False,
+    },
+    "SyncPeerAccess": {
+        "type": "object",
+        "required": ["peer_id", "default", "read", "write"],
+        "properties": {
+            "peer_id": {"type": "string"},
+            "default": {"type": "boolean", "description": "true: the node's CAIRN_SYNC_ACCESS applies."},
+            "read": {"type": "array", "items": {"type": "string"}},
+            "write": {"type": "array", "items": {"type": "string"}},
+        },
+        "additionalProperties": False,
+    },
     "SyncStats": {
         "type": "object",
         "required": ["topics"],
@@ -424,6 +444,30 @@ def _paths():
                 {"200": _json(_ref("SyncStats"), "Sync state."), **_errors(*authed)},
                 tags=["services"],
             )
+        },
+        "/sync/{peer_id}/access": {
+            "get": _operation(
+                "getSyncPeerAccess",
+                "The sync topics one paired peer may read and write.",
+                {"200": _json(_ref("SyncPeerAccess"), "Its effective access."), **_errors(400, 404, *authed)},
+                tags=["services"],
+                parameters=[_PEER_ID_PARAMETER],
+            ),
+            "put": _operation(
+                "putSyncPeerAccess",
+                "Grant one paired peer its own sync topics (persisted); its subscriptions outside them end.",
+                {"200": _json(_ref("SyncPeerAccess"), "Its new access."), **_errors(400, 404, *authed)},
+                tags=["services"],
+                parameters=[_PEER_ID_PARAMETER],
+                requestBody={"required": True, "content": {"application/json": {"schema": _ref("SyncAccess")}}},
+            ),
+            "delete": _operation(
+                "deleteSyncPeerAccess",
+                "Put one paired peer back on the node's default sync access.",
+                {"200": _json(_ref("SyncPeerAccess"), "Its access, now the default."), **_errors(400, 404, *authed)},
+                tags=["services"],
+                parameters=[_PEER_ID_PARAMETER],
+            ),
         },
         "/metrics": {
             "get": _operation(

@@ -7,8 +7,14 @@ The device side of the sync hub, over a client L{Session} with a node.
     seq = yield sync.sync_publish(session, "notes", b"opaque bytes")
 
 L{sync_publish} fires with the update's seq once the node has it on disk
-(or fails with L{PublishRejected}). Payloads are opaque to the node: seal
-them with the devices' own keys before publishing.
+(or fails with L{PublishRejected}). Payloads are sealed end to end by
+default (L{cairn.sync.sealing}, docs/protocol.md §24.10) under the
+device's group key: give every device of one person the same
+L{sealing.Keyring} (L{set_keyring}, or send it with L{share_key} through
+the mailbox to a device that L{accept_keys_from} the sender). An update
+that does not open is given to C{on_unreadable} (and logged) instead of
+the update callback; L{use_plaintext} turns sealing off for an
+application that seals its payloads itself.
 
 The subscription is kept per client L{Peer} and sent again at every new
 session, so the node replays what the device missed from its durable
@@ -25,7 +31,7 @@ import weakref
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from cairn.sync import messages
+from cairn.sync import messages, sealing
 from cairn.wire.constants import MessageType, SyncStatus
 
 log = Logger()
@@ -53,12 +59,20 @@ class SyncClient:
         self.on_update = None
         #: Called with (topic, oldest_seq, reason).
         self.on_reset = None
+        #: Called with (topic, reason) when the node refuses this device a topic (§24.9).
+        self.on_denied = None
+        #: Called with (topic, seq, sender, reason) for an update that does not open.
+        self.on_unreadable = None
+        #: Payloads are sealed with this keyring (made on first use) unless C{plaintext}.
+        self._keyring = None
+        self.plaintext = False
         self.topics = {}  # topic -> last seq given to the application (0: none yet)
         self._acks = {}  # (session id, update id) -> Deferred
         handlers = {
             MessageType.SYNC_ACK: self._ack,
             MessageType.SYNC_UPDATE: self._update,
             MessageType.SYNC_RESET: self._reset,
+            MessageType.SYNC_DENIED: self._denied,
         }
         peer.register_guarded(handlers, "sync client")
         peer.add_observer(self)
@@ -78,15 +92,46 @@ class SyncClient:
             body["cursors"] = dict(cursors)
         _send(session, MessageType.SYNC_SUBSCRIBE, body)
 
+    @property
+    def keyring(self) -> sealing.Keyring:
+        """The group keys payloads are sealed with (a new random one unless given)."""
+        if self._keyring is None:
+            self._keyring = sealing.Keyring.generate()
+        return self._keyring
+
+    @keyring.setter
+    def keyring(self, value):
+        self._keyring = value
+
     def publish(self, session, topic, data: bytes, update_id: bytes = None):
         """Publish C{data} on C{topic}; fires with its seq once durable. Retry with the same C{update_id}."""
         update_id = update_id or os.urandom(messages.UPDATE_ID_SIZE)
         if session.closed is not None:
             return defer.fail(session.closed)
+        if not self.plaintext:
+            data = self.keyring.seal(topic, self.peer.identity.peer_id, update_id, data)
         d = defer.Deferred()
         self._acks[(session.session_id, update_id)] = d
         session.send(MessageType.SYNC_PUBLISH, {"topic": topic, "id": update_id, "payload": data})
         return d
+
+    def _open(self, topic, seq, sender, update_id, payload):
+        """The update's data, or None (reported) if it does not open."""
+        if self.plaintext:
+            return payload
+        try:
+            return self.keyring.open(topic, sender, update_id, payload)
+        except sealing.SealError as e:
+            log.warn(
+                "sync: update {seq} of {topic!r} from {sender} does not open: {why}",
+                seq=seq,
+                topic=topic,
+                sender=sender,
+                why=str(e),
+            )
+            if self.on_unreadable is not None:
+                self.on_unreadable(topic, seq, sender, str(e))
+            return None
 
     # Handlers
 
@@ -101,12 +146,13 @@ class SyncClient:
             d.errback(PublishRejected(status, reason))
 
     def _update(self, session, body):
-        topic, seq, sender, _, payload, _ = messages.parse_update(body)
+        topic, seq, sender, update_id, payload, _ = messages.parse_update(body)
         try:
             if topic in self.topics and seq > self.topics[topic]:
                 self.topics[topic] = seq
-                if self.on_update is not None:
-                    self.on_update(topic, seq, sender, payload)
+                data = self._open(topic, seq, sender, update_id, payload)
+                if data is not None and self.on_update is not None:
+                    self.on_update(topic, seq, sender, data)
         finally:
             _send(session, MessageType.SYNC_CURSOR, {"topic": topic, "seq": seq})
 
@@ -119,6 +165,14 @@ class SyncClient:
                 self.on_reset(topic, oldest_seq, reason)
         finally:
             _send(session, MessageType.SYNC_CURSOR, {"topic": topic, "seq": max(0, oldest_seq - 1)})
+
+    def _denied(self, session, body):
+        topic, reason = messages.parse_denied(body)
+        # Not subscribed again at the next session: the operator must grant it first.
+        self.topics.pop(topic, None)
+        log.warn("sync: the node refused topic {topic!r}: {reason}", topic=topic, reason=reason)
+        if self.on_denied is not None:
+            self.on_denied(topic, reason)
 
     # Peer observer
 
@@ -153,16 +207,68 @@ def sync_publish(session, topic: str, data: bytes, update_id: bytes = None):
     return sync_client(session.local).publish(session, topic, data, update_id)
 
 
-def subscribe(session, topics, callback, on_reset=None, cursors=None):
+def set_keyring(peer, keyring) -> None:
+    """Seal and open C{peer}'s sync payloads with C{keyring} (a L{sealing.Keyring})."""
+    sync_client(peer).keyring = keyring
+
+
+def use_plaintext(peer) -> None:
+    """Send and give C{peer}'s sync payloads as they are (the application seals them itself)."""
+    sync_client(peer).plaintext = True
+
+
+def share_key(session, peer_id: str):
+    """
+    Send this device's current group key to its device C{peer_id} through
+    the mailbox (sealed end to end); fires once the node stored it.
+    """
+    from cairn.mailbox import client as mailbox
+
+    ring = sync_client(session.local).keyring
+    return mailbox.forward(session, peer_id, sealing.share_key_message(ring.keys[ring.current]))
+
+
+def accept_keys_from(peer, peer_ids, on_key=None) -> None:
+    """
+    Adopt (as current) a group key sent with L{share_key} by one of
+    C{peer_ids}, this person's other devices; key messages from anyone
+    else are dropped. C{on_key(sender, key_id)} is told of each adopted key.
+    """
+    from cairn.mailbox import client as mailbox
+
+    trusted = set(peer_ids)
+    client = sync_client(peer)
+
+    def consume(sender, message_id, data) -> bool:
+        key = sealing.shared_key(data)
+        if key is None:
+            return False
+        if sender not in trusted:
+            log.warn("sync: dropped a group key sent by {sender}, not a trusted device", sender=sender)
+            return True
+        ident = client.keyring.add(key, make_current=True)
+        log.info("sync: adopted group key {key_id} from {sender}", key_id=ident.hex(), sender=sender)
+        if on_key is not None:
+            on_key(sender, ident)
+        return True
+
+    mailbox.mailbox(peer).filters.append(consume)
+
+
+def subscribe(session, topics, callback, on_reset=None, cursors=None, on_denied=None):
     """
     Give C{callback(topic, seq, sender, data)} every update of C{topics}
     after the device's cursor, from this session on, acknowledging each
     once the callback returns; C{on_reset(topic, oldest_seq, reason)} is
-    told when updates were removed by retention before the device had them.
+    told when updates were removed by retention before the device had them,
+    C{on_denied(topic, reason)} when the node does not let this device read
+    a topic.
     """
     client = sync_client(session.local)
     client.on_update = callback
     if on_reset is not None:
         client.on_reset = on_reset
+    if on_denied is not None:
+        client.on_denied = on_denied
     client.subscribe(session, topics, cursors)
     return client

@@ -87,7 +87,13 @@ class ISyncStore(Interface):
         """Remove up to C{limit} updates with C{expires_at <= now}; fires with C{(removed, more)}."""
 
     def purge(device):
-        """Drop every cursor of C{device}; fires with how many."""
+        """Drop every cursor of C{device}, and its access grant; fires with how many cursors."""
+
+    def set_access(device, access):
+        """Persist C{device}'s L{cairn.sync.access.Access} (C{None}: back to the default); fires with it."""
+
+    def access():
+        """{device: L{cairn.sync.access.Access}} of the grants (cached, synchronous)."""
 
     def topics():
         """{topic: L{Topic}} (cached, synchronous)."""

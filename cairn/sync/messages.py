@@ -123,3 +123,12 @@ def parse_reset(body):
     if not isinstance(reason, str):
         raise BodyError("SyncReset: 'reason' must be text")
     return _topic(body.get("topic"), "SyncReset"), _seq(body.get("oldest_seq"), "SyncReset", "oldest_seq"), reason
+
+
+def parse_denied(body):
+    """SyncDenied: {"topic", "reason"}; returns them as a tuple."""
+    body = _map(body, "SyncDenied")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise BodyError("SyncDenied: 'reason' must be text")
+    return _topic(body.get("topic"), "SyncDenied"), reason

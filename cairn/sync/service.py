@@ -14,7 +14,10 @@ L{paired_only}) and a session observer on the node's L{Peer}:
     yet covered by a SyncCursor, bounding memory per session;
   - a device whose cursor is behind what retention removed is sent a
     SyncReset (never skipped silently); retention (age, total bytes, the
-    forward limits) is swept on the injected clock.
+    forward limits) is swept on the injected clock;
+  - a device reads and writes only the topics its L{Access} allows (its
+    own grant, else the node's default): a publish elsewhere is answered
+    FORBIDDEN, a subscription elsewhere with SyncDenied (§24.9).
 """
 
 from collections import Counter
@@ -24,8 +27,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.mailbox.interfaces import Limits
+from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
-from cairn.sync import messages, report
+from cairn.sync import access, messages, report
 from cairn.sync.interfaces import ISyncHub, Publish, Topic
 from cairn.sync.store import EXPIRE_BATCH
 from cairn.wire.constants import MessageType, SyncStatus
@@ -63,6 +67,7 @@ class SyncService(StoreService):
     @param store: an L{ISyncStore}.
     @param clock: an C{IReactorTime} for timestamps, expiry and the sweep.
     @param limits: the forward L{Limits}; C{max_age} and C{max_total} are the retention.
+    @param default_access: the L{access.Access} of a device without its own grant.
     """
 
     def __init__(
@@ -77,8 +82,10 @@ class SyncService(StoreService):
         window=WINDOW,
         window_bytes=WINDOW_BYTES,
         sweep_interval=SWEEP_INTERVAL,
+        default_access=access.ALL,
     ):
         super().__init__(peer, trust, store, clock, sweep_interval)
+        self.default_access = default_access
         self.limits = limits or Limits()
         self.max_update = max_payload - messages.UPDATE_OVERHEAD
         self.window = window
@@ -125,11 +132,58 @@ class SyncService(StoreService):
 
         return self.store.purge(peer_id).addCallback(purged)
 
+    # Access
+
+    def access_of(self, device) -> access.Access:
+        """The topics C{device} may read and write: its grant, else the node's default."""
+        return self.store.access().get(device, self.default_access)
+
+    def set_access(self, peer_id, body):
+        """
+        C{PUT /sync/{peer_id}/access}: persist C{{"read": [...], "write": [...]}}
+        (null: back to the default) for a paired peer; fires with L{access_report}.
+        Subscriptions the new grant no longer allows end at once with SyncDenied.
+
+        @raise ValueError: a bad body. @raise UnknownPeer: not paired.
+        """
+        grant = None if body is None else access.parse_access(body)
+        if not self.trust.is_paired(peer_id):
+            raise UnknownPeer(peer_id)
+        log.info("sync access of {peer_id} set to {grant}", peer_id=peer_id, grant=grant and grant.to_json())
+
+        def stored(_):
+            for outbox in self._outboxes_of(peer_id):
+                for topic in [t for t in outbox.topics if not self.access_of(peer_id).may_read(t)]:
+                    self._deny(outbox.session, topic)
+                    del outbox.topics[topic]
+                    for key in [k for k in outbox.inflight if k[0] == topic]:
+                        del outbox.inflight[key]
+            return self.access_report(peer_id)
+
+        return self.store.set_access(peer_id, grant).addCallback(stored)
+
+    def access_report(self, peer_id):
+        """C{GET /sync/{peer_id}/access}: the effective grant and whether it is the default."""
+        if not self.trust.is_paired(peer_id):
+            raise UnknownPeer(peer_id)
+        own = self.store.access().get(peer_id)
+        effective = self.default_access if own is None else own
+        return {"peer_id": peer_id, "default": own is None, **effective.to_json()}
+
+    def _deny(self, session, topic):
+        self._send(session, MessageType.SYNC_DENIED, {"topic": topic, "reason": "this device may not read the topic"})
+
     # Handlers
 
     def _subscribe(self, session, body):
         wanted = messages.parse_subscribe(body)
         device = session.remote_peer_id
+        allowed = self.access_of(device)
+        for topic in [t for t in wanted if not allowed.may_read(t)]:
+            del wanted[topic]
+            self._deny(session, topic)
+        if not wanted:
+            return
 
         def subscribed(cursors):
             outbox = self._outboxes.get(session.session_id)
@@ -151,6 +205,8 @@ class SyncService(StoreService):
             topic, _, payload = messages.parse_publish(body)
         except BodyError as e:
             return self._ack(session, update_id, SyncStatus.INVALID, None, str(e))
+        if not self.access_of(session.remote_peer_id).may_write(topic):
+            return self._ack(session, update_id, SyncStatus.FORBIDDEN, None, "this device may not write the topic")
         if len(payload) > self.max_update or len(payload) > self.limits.max_total:
             reason = f"payload over {min(self.max_update, self.limits.max_total)} bytes"
             return self._ack(session, update_id, SyncStatus.TOO_LARGE, None, reason)

@@ -8,11 +8,14 @@ flight share the next one, each in a savepoint of its own, and their
 Deferreds fire only after the commit.
 """
 
+import json
+
 from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.db import GroupCommit
 from cairn.mailbox.store import _batch_txn, _storage_error
+from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.wire.constants import SyncStatus
 
@@ -27,6 +30,16 @@ class _Cache:
         self._topics = {}
         self._cursors = {}
         self._total = 0
+        self._access = {}
+
+    def access(self):
+        return dict(self._access)
+
+    def _set_access(self, device, access):
+        if access is None:
+            self._access.pop(device, None)
+        else:
+            self._access[device] = access
 
     def topics(self):
         return dict(self._topics)
@@ -172,7 +185,25 @@ def expire_txn(cursor, now, limit):
 def purge_txn(cursor, device):
     names = [r[0] for r in cursor.execute("SELECT topic FROM sync_cursors WHERE device = ?", (device,)).fetchall()]
     cursor.execute("DELETE FROM sync_cursors WHERE device = ?", (device,))
+    cursor.execute("DELETE FROM sync_access WHERE device = ?", (device,))
     return len(names), ({}, {(device, name): None for name in names})
+
+
+def set_access_txn(cursor, device, access):
+    if access is None:
+        cursor.execute("DELETE FROM sync_access WHERE device = ?", (device,))
+    else:
+        cursor.execute(
+            "INSERT INTO sync_access (device, read, write) VALUES (?, ?, ?)"
+            " ON CONFLICT (device) DO UPDATE SET read = excluded.read, write = excluded.write",
+            (device, json.dumps(list(access.read)), json.dumps(list(access.write))),
+        )
+    return access, ({}, {})
+
+
+def load_access_txn(cursor):
+    rows = cursor.execute("SELECT device, read, write FROM sync_access").fetchall()
+    return {r[0]: Access(tuple(json.loads(r[1])), tuple(json.loads(r[2]))) for r in rows}
 
 
 def load_txn(cursor):
@@ -201,8 +232,12 @@ class SQLiteSyncStore(_Cache):
         def loaded(changes):
             self._topics, self._cursors, self._total = {}, {}, 0
             self._apply(changes)
+            return self.db.run(load_access_txn)
 
-        return self.db.run(load_txn).addCallback(loaded)
+        def access_loaded(access):
+            self._access = access
+
+        return self.db.run(load_txn).addCallback(loaded).addCallback(access_loaded)
 
     def flushed(self):
         """A Deferred firing once every queued mutation has committed (or failed)."""
@@ -229,7 +264,18 @@ class SQLiteSyncStore(_Cache):
         return self._submit(expire_txn, now, limit)
 
     def purge(self, device):
-        return self._submit(purge_txn, device)
+        return self._submit(purge_txn, device).addCallback(self._purged, device)
+
+    def _purged(self, count, device):
+        self._set_access(device, None)
+        return count
+
+    def set_access(self, device, access):
+        def set(value):
+            self._set_access(device, value)
+            return value
+
+        return self._submit(set_access_txn, device, access).addCallback(set)
 
 
 @implementer(ISyncStore)
@@ -314,4 +360,9 @@ class MemorySyncStore(_Cache):
     def purge(self, device):
         names = list(self._cursors.get(device, {}))
         self._apply(({}, {(device, name): None for name in names}))
+        self._set_access(device, None)
         return defer.succeed(len(names))
+
+    def set_access(self, device, access):
+        self._set_access(device, access)
+        return defer.succeed(access)

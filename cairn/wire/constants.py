@@ -81,6 +81,7 @@ class MessageType(IntEnum):
     SYNC_UPDATE = 0x0803
     SYNC_CURSOR = 0x0804
     SYNC_RESET = 0x0805
+    SYNC_DENIED = 0x0806
 
 
 HANDSHAKE_TYPES = frozenset(
@@ -170,6 +171,7 @@ class SyncStatus(IntEnum):
     INVALID = 2
     TOO_LARGE = 3
     STORAGE_ERROR = 4
+    FORBIDDEN = 5
 
 
 class ReceiptStatus(IntEnum):

@@ -389,6 +389,12 @@ def _reset(draw):
     return {"topic": topic, "oldest_seq": oldest, "reason": reason}, (topic, oldest, reason)
 
 
+@st.composite
+def _denied(draw):
+    topic, reason = draw(topics), draw(text(64))
+    return {"topic": topic, "reason": reason}, (topic, reason)
+
+
 #: parser name (L{targets.BodyParser.name}) -> strategy of (body, expected result)
 VALID = {
     "wire.parse_handshake": _handshake(),
@@ -430,6 +436,7 @@ VALID = {
     "sync.parse_update": _update(),
     "sync.parse_cursor": _cursor(),
     "sync.parse_reset": _reset(),
+    "sync.parse_denied": _denied(),
 }
 
 

@@ -236,6 +236,7 @@ BODY_PARSERS = (
     ),
     _p(T.SYNC_CURSOR, sync.parse_cursor, lambda r: _topic(r[0]) and _uint(r[1], U63)),
     _p(T.SYNC_RESET, sync.parse_reset, lambda r: _topic(r[0]) and _uint(r[1], U63) and _text(r[2])),
+    _p(T.SYNC_DENIED, sync.parse_denied, lambda r: _topic(r[0]) and _text(r[1])),
 )
 
 #: Types whose payload is not a body a parser takes: PeerAnnounce is a
