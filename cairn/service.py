@@ -317,7 +317,7 @@ def make_node(config, reactor) -> CairnNode:
             {
                 "stored": lambda: mailbox.statuses["STORED"],
                 "delivered": lambda: mailbox.delivered,
-                "relay_bytes": lambda: sum(relay.bytes_received.values()),
+                "relay_bytes": lambda: relay.bytes_received,  # per peer (see History)
             },
         )
         warnings = management_warnings(config.mgmt_listen, token, warn_if_exposed(config.mgmt_listen, log))

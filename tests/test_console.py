@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from cairn.management.console import ConsoleRoot
 from cairn.management.console.resource import CONTENT_SECURITY_POLICY, load_assets
-from cairn.management.history import MINUTE, History
+from cairn.management.history import MINUTE, SAMPLE, History
 from cairn.management.status import NodeStatus, management_warnings, transport_of
 from cairn.service import make_node
 from cairn.transport.tcp import StreamProtocol
@@ -190,6 +190,23 @@ class HistoryTests(unittest.TestCase):
         self.counts["relay_bytes"] = 150
         self.clock.advance(MINUTE)
         self.assertEqual([m["relay_bytes"] for m in self.history.to_json()["minutes"]], [900, 0, 50, 0])
+
+    def test_per_key_counter(self):
+        """Bytes per peer are compared peer by peer: a peer forgotten (unpaired) takes nothing from the others."""
+        relayed = {"a": 100}
+        self.history.sources["relay_bytes"] = lambda: relayed
+        self.history.start()
+        relayed["a"] += 50
+        relayed["b"] = 70  # a peer's first circuit: counted from 0
+        self.clock.advance(SAMPLE)
+        del relayed["b"]
+        relayed["a"] += 30
+        self.clock.advance(MINUTE - SAMPLE)
+        self.assertEqual(self.history.to_json()["minutes"][0]["relay_bytes"], 150)
+        relayed["a"] = 0  # reset_bytes
+        self.clock.advance(SAMPLE)
+        relayed["a"] += 5
+        self.assertEqual(self.history.to_json()["minutes"][-1]["relay_bytes"], 5)
 
     def test_failing_source_logged_and_ring_goes_on(self):
         """A failing source is logged and counts 0; the others go on, and its next reading counts what it missed."""
