@@ -308,3 +308,15 @@ class NodeStatusTests(unittest.TestCase):
         self.assertEqual(body["warnings"][0], "static")
         self.assertIn("95 of its 100 bytes", body["warnings"][1])
         self.assertIn("capacity of 2 circuits", body["warnings"][2])
+
+
+class DocsTests(unittest.TestCase):
+    def test_screenshots_shown(self):
+        """docs/console.md shows every screenshot in docs/console/, and each one it shows exists."""
+        with open(os.path.join(REPO, "docs", "console.md"), encoding="utf-8") as f:
+            text = f.read()
+        shown = set(re.findall(r"!\[[^\]]*\]\(console/([\w.-]+\.png)\)", text))
+        present = {n for n in os.listdir(os.path.join(REPO, "docs", "console")) if n.endswith(".png")}
+        self.assertGreaterEqual(len(present), 11)
+        self.assertEqual(shown, present)
+        self.assertIn(CONTENT_SECURITY_POLICY, text)
