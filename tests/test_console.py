@@ -114,12 +114,14 @@ class StaticFilesTests(unittest.TestCase):
         self.assertIn('credentials: "omit"', scripts)
 
     def test_unknown_file_and_wrong_method(self):
-        """An unknown console file is a JSON 404; a POST to the console a 405 naming GET and HEAD."""
+        """An unknown console file is a JSON 404; HEAD is answered; a POST is a 405 naming GET and HEAD."""
         node = ConsoleNode(self)
         for path in ("/ui/nope.js", "/ui/../openapi.json", "/ui/static/app.js"):
             response, body = node.call("GET", path, token=None)
             self.assertEqual(response.code, 404, path)
             self.assertEqual(json.loads(body), {"error": "no such console file"})
+        response, body = node.call("HEAD", "/ui/app.js", token=None)
+        self.assertEqual((response.code, body), (200, b""))
         response, body = node.call("POST", "/ui/", token=None, data=b"{}")
         self.assertEqual(response.code, 405)
         self.assertEqual(header(response, "Allow"), "GET, HEAD")
@@ -307,7 +309,7 @@ class NodeStatusTests(unittest.TestCase):
         self.assertEqual(body["listeners"], [])
         self.assertEqual(body["warnings"][0], "static")
         self.assertIn("95 of its 100 bytes", body["warnings"][1])
-        self.assertIn("capacity of 2 circuits", body["warnings"][2])
+        self.assertIn("2 circuits open, CAIRN_RELAY_CAPACITY is 2", body["warnings"][2])
 
 
 class DocsTests(unittest.TestCase):

@@ -26,6 +26,7 @@ from cairn.mailbox import client as mailbox
 from cairn.pairing import client as pairing
 from cairn.relay import client as relay
 from cairn.sync import client as sync
+from cairn.wire.constants import PairRejectCode
 from tests import _browser
 from tests._browser import Browser, gone, shown, text_of
 from tests._harness import drop_all, eventually, track_connections
@@ -64,6 +65,8 @@ class ConsoleBrowserTests(unittest.TestCase):
             CAIRN_MGMT_LISTEN="tcp:0:interface=127.0.0.1",
             CAIRN_MGMT_TOKEN=TOKEN,
             CAIRN_PSK=PSK,
+            # One circuit fills the relay: the health page then shows a warning.
+            CAIRN_RELAY_CAPACITY="1",
         )
         self.addCleanup(self._stop_node)
         self.ports = yield eventually(self.proc.listening, 60)
@@ -155,8 +158,27 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertFalse((yield self.js("return document.getElementById('signin').offsetParent !== null")))
 
     @defer.inlineCallbacks
+    def request(self, name):
+        """A real client asks to be approved; fires with (client, session, Deferred of the outcome)."""
+        client = self.client()
+        session = yield eventually(client.connect(f"tcp:host=127.0.0.1:port={self.ports['tcp']}"))
+        filed = defer.Deferred()
+        outcome = pairing.request_approval(session, name=name, on_pending=lambda: filed.callback(None))
+        yield eventually(filed)
+        return client, session, outcome
+
+    @defer.inlineCallbacks
     def approve_from_page(self):
-        """A real client's approval request appears as pending; Approve pairs it and it shows online."""
+        """A real client's request appears as pending; Reject refuses one, Approve pairs another, shown online."""
+        stranger, _, refused = yield self.request("stranger")
+        pending = card(stranger.peer_id, "#pending-list")
+        self.assertEqual((yield self.browser.until(text_of(pending + " .name"))), "stranger")
+        yield self.browser.click(pending + " button.reject")
+        failure = yield eventually(self.assertFailure(refused, pairing.PairingRejected), 30)
+        self.assertEqual(failure.code, PairRejectCode.REJECTED_BY_OPERATOR)
+        yield self.browser.until(gone(pending))
+        self.assertIn("Rejected stranger", (yield self.browser.until(text_of("#pending-list .notice"))))
+
         client = self.client()
         session = yield eventually(client.connect(f"tcp:host=127.0.0.1:port={self.ports['tcp']}"))
         filed = defer.Deferred()
@@ -265,7 +287,7 @@ class ConsoleBrowserTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def health(self):
-        """The health page shows status, version, uptime, the node's peer id, listeners and warnings."""
+        """The health page shows status, version, uptime, the node's peer id, listeners and warnings (a full relay)."""
         yield self.go("health")
         facts = yield self.browser.until(text_of("#health"))
         self.assertRegex(facts, r"Status\s+ok")
@@ -274,7 +296,10 @@ class ConsoleBrowserTests(unittest.TestCase):
         listeners = yield self.browser.until(text_of("#listeners"))
         for name in ("tcp", "websocket", "management"):
             self.assertIn(f"127.0.0.1:{self.ports[name]}", listeners)
-        self.assertEqual((yield self.browser.until(text_of("#warnings"))), "No warnings.")
+        warnings = yield self.browser.until(text_of("#warnings"))
+        self.assertEqual(
+            warnings, "the relay is full: 1 circuits open, CAIRN_RELAY_CAPACITY is 1; new circuits are refused"
+        )
         yield self.shoot("07-health")
 
     @defer.inlineCallbacks

@@ -95,8 +95,8 @@ class NodeStatus:
         relay = self.node.relay
         if relay is not None and relay.capacity and len(relay.circuits) >= relay.capacity:
             warnings.append(
-                f"the relay is at its capacity of {relay.capacity} circuits (CAIRN_RELAY_CAPACITY): "
-                "new circuits are refused"
+                f"the relay is full: {len(relay.circuits)} circuits open, CAIRN_RELAY_CAPACITY is "
+                f"{relay.capacity}; new circuits are refused"
             )
         return warnings
 

@@ -62,8 +62,13 @@ async function refresh() {
     again = true; // e.g. the page changed while an earlier poll was out
     return;
   }
-  running = true;
   clearTimeout(timer);
+  if (document.visibilityState === "hidden") {
+    // A background tab polls nothing; it catches up when shown again.
+    timer = setTimeout(refresh, POLL_MS);
+    return;
+  }
+  running = true;
   const name = currentPage();
   const page = pages[name];
   try {
@@ -121,6 +126,9 @@ function start() {
   $("signin-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => showSignIn(""));
   for (const page of Object.values(pages)) if (page.init) page.init(state, refreshSoon);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && token.get()) refresh();
+  });
   window.addEventListener("hashchange", () => {
     if (!token.get()) return;
     showPage();
