@@ -122,6 +122,7 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertEqual((yield browser.until(text_of(card(approved.peer_id) + " .state"))), "online")
         self.assertEqual((yield browser.until(text_of(card(approved.peer_id) + " .transport"))), "tcp")
         self.assertEqual((yield browser.until(text_of(card(pin_client.peer_id) + " .transport"))), "websocket")
+        yield self.copy_peer_id(approved.peer_id)
 
         yield self.activity(approved, pin_client, pin_session)
         yield self.health()
@@ -195,6 +196,24 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertIn("Approved laptop", (yield self.browser.until(text_of("#pending-list .notice"))))
         self.client_a, self.session_a = client, session
         return client
+
+    @defer.inlineCallbacks
+    def copy_peer_id(self, peer_id):
+        """Copy puts the peer id on the clipboard or, where the page may not write it, selects it."""
+        yield self.browser.run(lambda driver: driver.execute_cdp_cmd(
+            "Browser.grantPermissions", {"origin": self.base, "permissions": ["clipboardReadWrite"]}
+        ))
+        yield self.browser.click(card(peer_id) + " button.copy")
+        said = yield self.browser.until(
+            lambda driver: (text := driver.find_element("css selector", card(peer_id) + " button.copy").text)
+            != "Copy" and text
+        )
+        if said == "Copied":
+            copied = yield self.js("return navigator.clipboard.readText()")
+        else:
+            self.assertEqual(said, "Selected: press Ctrl+C")
+            copied = yield self.js("return window.getSelection().toString()")
+        self.assertEqual(copied, peer_id)
 
     @defer.inlineCallbacks
     def pair_by_pin(self):
