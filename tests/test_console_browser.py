@@ -298,8 +298,9 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertIn("notes", sync_text)
         self.assertRegex(sync_text, r"desktop\s+0\s+4\s+no")
         # The chart's title sums the hour (the counts may straddle a minute).
-        summary = yield self.js("return document.querySelector('#chart-messages svg title').textContent")
-        self.assertIn("stored: 5, delivered: 2", summary)
+        # (A delivery counts once the recipient's ForwardPurge is in: wait for it.)
+        yield browser.until(lambda driver: "stored: 5, delivered: 2" in driver.execute_script(
+            "return document.querySelector('#chart-messages svg title').textContent"))
         yield browser.until(lambda driver: driver.find_elements("css selector", "#chart-messages rect.bar.delivered"))
         yield browser.until(lambda driver: driver.find_elements("css selector", "#chart-relay rect.bar"))
         yield self.shoot("06-activity", full_page=True)
