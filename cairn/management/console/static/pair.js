@@ -40,6 +40,7 @@ async function begin(refreshSoon) {
     $("pin").textContent = current.pin;
     $("pair-link").value = current.link;
     $("pair-start").hidden = true;
+    $("pair-error").hidden = true;
     $("pair-panel").hidden = false;
     $("pair-status").textContent = "Waiting for the device\u2026";
     $("pair-status").className = "pair-status";
@@ -47,8 +48,11 @@ async function begin(refreshSoon) {
     ticker = setInterval(tick, 500);
     tick();
   } catch (error) {
-    $("pair-status").textContent = "Could not create pairing secrets: " + error.message;
-    $("pair-status").className = "pair-status bad";
+    // Shown where the button was pressed (the panel may still be hidden).
+    const where = $("pair-panel").hidden ? $("pair-error") : $("pair-status");
+    where.textContent = "Could not create a PIN and link: " + error.message;
+    where.hidden = false;
+    if (where.id === "pair-status") where.className = "pair-status bad";
   } finally {
     for (const id of ["pair-button", "pair-again"]) $(id).disabled = false;
   }
