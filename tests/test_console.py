@@ -10,6 +10,7 @@ import fnmatch
 import json
 import os
 import re
+from unittest import mock
 
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor, task
@@ -22,6 +23,8 @@ from cairn.management.status import NodeStatus, management_warnings, transport_o
 from cairn.service import make_node
 from cairn.transport.tcp import StreamProtocol
 from cairn.transport.websocket import ServerProtocol
+from tests import _browser
+from tests.test_console_browser import ConsoleBrowserTests
 from tests.test_management import BASE, TOKEN, FakeSession, Node, header, new_peer_id
 from tests.test_service import LOOPBACK, config_for
 
@@ -322,3 +325,15 @@ class DocsTests(unittest.TestCase):
         self.assertGreaterEqual(len(present), 11)
         self.assertEqual(shown, present)
         self.assertIn(CONTENT_SECURITY_POLICY, text)
+
+
+class BrowserGateTests(unittest.TestCase):
+    def test_missing_browser_fails_under_ci(self):
+        """Without Chromium the browser test skips, but fails when CI=true (CI must not skip it silently)."""
+        self.patch(_browser, "CHROMIUM", None)
+        case = ConsoleBrowserTests("test_console_end_to_end")
+        with mock.patch.dict(os.environ, {"CI": "true"}):
+            failure = self.failureResultOf(case.setUp(), unittest.FailTest)
+        self.assertIn("chromium", str(failure.value))
+        with mock.patch.dict(os.environ, {"CI": ""}):
+            self.failureResultOf(case.setUp(), unittest.SkipTest)
