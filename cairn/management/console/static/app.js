@@ -83,7 +83,8 @@ async function refresh() {
       showSignIn("The node no longer accepts this token; sign in again.");
       return;
     }
-    $("status-line").textContent = "Cannot reach the node: " + error.message + " (retrying)";
+    $("status-line").textContent = (error instanceof ApiError
+      ? `The node answered ${error.status}: ${error.message}` : `Cannot reach the node: ${error.message}`) + " (retrying)";
     $("status-line").classList.add("error");
   } finally {
     running = false;
