@@ -66,14 +66,14 @@ RESERVED_SEGMENTS = frozenset({"approve", "pending", "reject"})
 
 def _default_stats():
     return {
+        "history": lambda: {"interval": 60.0, "now": None, "series": [], "minutes": []},
+        "node": lambda: {"peer_id": None, "listeners": [], "warnings": []},
         "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
         "mailbox_peer": lambda peer_id: None,
         "mailbox_limits": _no_mailbox_limits,
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
         "relay_quota": _no_relay_quota,
         "sync": lambda: {"topics": []},
-        "history": lambda: {"interval": 60.0, "now": None, "series": [], "minutes": []},
-        "node": lambda: {"peer_id": None, "listeners": [], "warnings": []},
     }
 
 
@@ -317,6 +317,12 @@ class ManagementAPI:
         """Sync topics and device cursors."""
         return await maybeDeferred(self.stats["sync"])
 
+    @_endpoint(app, "/metrics", "GET")
+    async def prometheus(self, request):
+        """Prometheus metrics of this node."""
+        await self.metrics.refresh_peer_counts(self.pairing.trust)
+        return _Raw(self.metrics.exposition(), METRICS_CONTENT_TYPE)
+
     @_endpoint(app, "/history", "GET")
     async def history(self, request):
         """Messages stored and delivered and bytes relayed, per minute over the last hour."""
@@ -326,12 +332,6 @@ class ManagementAPI:
     async def node(self, request):
         """The node's peer id, listeners and current warnings."""
         return await maybeDeferred(self.stats["node"])
-
-    @_endpoint(app, "/metrics", "GET")
-    async def prometheus(self, request):
-        """Prometheus metrics of this node."""
-        await self.metrics.refresh_peer_counts(self.pairing.trust)
-        return _Raw(self.metrics.exposition(), METRICS_CONTENT_TYPE)
 
     # The one place where exceptions become responses.
 
