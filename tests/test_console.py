@@ -23,8 +23,10 @@ from cairn.management.status import NodeStatus, management_warnings, transport_o
 from cairn.service import make_node
 from cairn.transport.tcp import StreamProtocol
 from cairn.transport.websocket import ServerProtocol
-from tests import _browser
-from tests.test_console_browser import ConsoleBrowserTests
+from tests import (
+    _browser,
+    test_console_browser,  # the module, not the class: trial would run it here too
+)
 from tests.test_management import BASE, TOKEN, FakeSession, Node, header, new_peer_id
 from tests.test_service import LOOPBACK, config_for
 
@@ -331,7 +333,7 @@ class BrowserGateTests(unittest.TestCase):
     def test_missing_browser_fails_under_ci(self):
         """Without Chromium the browser test skips, but fails when CI=true (CI must not skip it silently)."""
         self.patch(_browser, "CHROMIUM", None)
-        case = ConsoleBrowserTests("test_console_end_to_end")
+        case = test_console_browser.ConsoleBrowserTests("test_console_end_to_end")
         with mock.patch.dict(os.environ, {"CI": "true"}):
             failure = self.failureResultOf(case.setUp(), unittest.FailTest)
         self.assertIn("chromium", str(failure.value))
