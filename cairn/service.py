@@ -28,7 +28,9 @@ from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import SQLiteMailboxStore
 from cairn.management.app import ManagementAPI, make_site, warn_if_exposed
+from cairn.management.history import History
 from cairn.management.metrics import Metrics
+from cairn.management.status import NodeStatus, management_warnings
 from cairn.management.token import resolve_token
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
@@ -88,6 +90,9 @@ class CairnNode(MultiService):
         self.ready = None
         #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
         self.signaling = None
+        #: The management API's activity L{History}: counts from once the
+        #: services have loaded their persisted counters (see L{_serve}).
+        self.history = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
         service = strports.service(description, factory)
@@ -148,6 +153,8 @@ class CairnNode(MultiService):
             self.pairing.link_addresses = derived_addresses(ports)
         if self.signaling is not None:
             self.signaling.node_ready()
+        if self.history is not None:
+            self.history.start()
         if self.freeze_gc:
             # Everything made so far (modules, configuration, trust records,
             # restored sessions) lives as long as the process: keep the
@@ -163,6 +170,8 @@ class CairnNode(MultiService):
             reactor.stop()
 
     def stopService(self):
+        if self.history is not None:
+            self.history.stop()
         d = super().stopService()  # stop listening first
         d.addCallback(lambda _: self._save_sessions())
         if self.mailbox is not None:
@@ -317,6 +326,16 @@ def make_node(config, reactor) -> CairnNode:
         )
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
+        node.history = History(
+            reactor,
+            {
+                "stored": lambda: mailbox.statuses["STORED"],
+                "delivered": lambda: mailbox.delivered,
+                "relay_bytes": lambda: relay.bytes_received,  # per peer (see History)
+            },
+        )
+        warnings = management_warnings(config.mgmt_listen, token, warn_if_exposed(config.mgmt_listen, log))
+        endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
         stats = {
             "mailbox": mailbox.stats,
             "mailbox_peer": mailbox.peer_stats,
@@ -326,8 +345,9 @@ def make_node(config, reactor) -> CairnNode:
             "sync_set_access": sync.set_access,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
+            "history": node.history.to_json,
+            "node": NodeStatus(node, endpoints, warnings),
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
-        warn_if_exposed(config.mgmt_listen, log)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     return node

@@ -264,7 +264,7 @@ class AuthTests(unittest.TestCase):
             self.assertEqual(response.code, 401, rule)
             self.assertEqual(json.loads(body), {"error": "missing or invalid bearer token"})
             self.assertEqual(header(response, "WWW-Authenticate"), 'Bearer realm="cairn"')
-        self.assertEqual(checked, 18)
+        self.assertEqual(checked, 20)
 
     def test_wrong_token_refused(self):
         """A wrong token gets 401 on every private route, and does nothing."""
@@ -319,9 +319,11 @@ class PeersTests(unittest.TestCase):
                 "paired_at": node.clock.seconds(),
                 "last_seen": None,
                 "method": "pin",
+                "transport": "other",  # a session of an embedding application's transport
             },
         )
         self.assertFalse(by_id[offline]["connected"])
+        self.assertIsNone(by_id[offline]["transport"])
         self.assertEqual(by_id[offline]["method"], "psk")
 
     def test_list_peers_empty(self):
@@ -645,7 +647,7 @@ class OpenAPITests(unittest.TestCase):
     def test_routes_match_document(self):
         """Every Klein route is in the OpenAPI document, and every documented operation is a route."""
         self.assertEqual(_rules(), _documented(self.document))
-        self.assertEqual(len(_rules()), 20)
+        self.assertEqual(len(_rules()), 22)
 
     def test_served(self):
         """GET /openapi.json serves the document without a token."""

@@ -38,6 +38,7 @@ from cairn.management.http import (
 from cairn.management.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cairn.management.openapi import openapi_document
 from cairn.management.site import make_site, warn_if_exposed
+from cairn.management.status import transport_of
 from cairn.management.token import check_bearer
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, UnknownPeer
 
@@ -65,6 +66,8 @@ RESERVED_SEGMENTS = frozenset({"approve", "pending", "reject"})
 
 def _default_stats():
     return {
+        "history": lambda: {"interval": 60.0, "now": None, "series": [], "minutes": []},
+        "node": lambda: {"peer_id": None, "listeners": [], "warnings": []},
         "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
         "mailbox_peer": lambda peer_id: None,
         "mailbox_limits": _no_mailbox_limits,
@@ -147,7 +150,7 @@ class ManagementAPI:
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
     @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
+        C{"sync"}, C{"history"}, C{"node"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
         for an unknown peer) and C{"mailbox_limits"} (a peer id and the
         JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
         JSON-able data or a Deferred of it.  Missing ones report an empty
@@ -203,6 +206,7 @@ class ManagementAPI:
                 "peer_id": r.peer_id,
                 "name": r.name,
                 "connected": bool(self.pairing.connected(r.peer_id)),
+                "transport": transport_of(self.peer, r.peer_id),
                 "paired_at": r.paired_at,
                 "last_seen": r.last_seen,
                 "method": r.method or None,
@@ -347,6 +351,16 @@ class ManagementAPI:
         """Prometheus metrics of this node."""
         await self.metrics.refresh_peer_counts(self.pairing.trust)
         return _Raw(self.metrics.exposition(), METRICS_CONTENT_TYPE)
+
+    @_endpoint(app, "/history", "GET")
+    async def history(self, request):
+        """Messages stored and delivered and bytes relayed, per minute over the last hour."""
+        return await maybeDeferred(self.stats["history"])
+
+    @_endpoint(app, "/node", "GET")
+    async def node(self, request):
+        """The node's peer id, listeners and current warnings."""
+        return await maybeDeferred(self.stats["node"])
 
     # The one place where exceptions become responses.
 

@@ -70,6 +70,11 @@ _SCHEMAS = {
             "paired_at": _TIME,
             "last_seen": _TIME,
             "method": {"type": ["string", "null"], "enum": ["psk", "pin", "link", "approval", None]},
+            "transport": {
+                "type": ["string", "null"],
+                "enum": ["tcp", "websocket", "other", None],
+                "description": "How its attached session reaches the node; null when not connected.",
+            },
         },
     },
     "PeerRecord": {
@@ -233,6 +238,105 @@ _RESPONSES = {
     "PayloadTooLarge": _json(_ref("Error"), "The request body is over 64 KiB."),
     "InternalError": _json(_ref("Error"), "Unexpected failure (logged on the server; no details sent)."),
 }
+
+# GET /history and GET /node (the web console's chart and health page).
+_SCHEMAS["History"] = {
+    "type": "object",
+    "required": ["interval", "now", "series", "minutes"],
+    "properties": {
+        "interval": {"type": "number", "description": "Seconds per entry of minutes (60)."},
+        "now": {**_TIME, "description": "The node's clock now (Unix seconds)."},
+        "series": {"type": "array", "items": {"type": "string"}, "description": "The counters of each entry."},
+        "minutes": {
+            "type": "array",
+            "description": (
+                "The last hour, oldest first; the last entry is the minute in progress."
+                " Each holds its start time and, per series, the increment in that minute."
+            ),
+            "items": {
+                "type": "object",
+                "required": ["start"],
+                "properties": {
+                    "start": {"type": "number"},
+                    "stored": {"type": "integer", "description": "Messages stored in the mailbox."},
+                    "delivered": {"type": "integer", "description": "Messages delivered and acknowledged."},
+                    "relay_bytes": {"type": "integer", "description": "Bytes forwarded through relay circuits."},
+                },
+                "additionalProperties": {"type": "integer"},
+            },
+        },
+    },
+}
+_SCHEMAS["NodeStatus"] = {
+    "type": "object",
+    "required": ["peer_id", "listeners", "warnings"],
+    "properties": {
+        "peer_id": {"type": ["string", "null"], "description": "The node's own peer id."},
+        "listeners": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "endpoint", "address"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["tcp", "websocket", "management"]},
+                    "endpoint": {"type": ["string", "null"], "description": "The configured endpoint string."},
+                    "address": {"type": ["string", "null"], "description": "host:port bound (null if not bound)."},
+                },
+            },
+        },
+        "warnings": {"type": "array", "items": {"type": "string"}, "description": "Problems still true now."},
+    },
+}
+
+# GET /history and GET /node (the web console's chart and health page).
+_SCHEMAS["History"] = {
+    "type": "object",
+    "required": ["interval", "now", "series", "minutes"],
+    "properties": {
+        "interval": {"type": "number", "description": "Seconds per entry of minutes (60)."},
+        "now": {**_TIME, "description": "The node's clock now (Unix seconds)."},
+        "series": {"type": "array", "items": {"type": "string"}, "description": "The counters of each entry."},
+        "minutes": {
+            "type": "array",
+            "description": (
+                "The last hour, oldest first; the last entry is the minute in progress."
+                " Each holds its start time and, per series, the increment in that minute."
+            ),
+            "items": {
+                "type": "object",
+                "required": ["start"],
+                "properties": {
+                    "start": {"type": "number"},
+                    "stored": {"type": "integer", "description": "Messages stored in the mailbox."},
+                    "delivered": {"type": "integer", "description": "Messages delivered and acknowledged."},
+                    "relay_bytes": {"type": "integer", "description": "Bytes forwarded through relay circuits."},
+                },
+                "additionalProperties": {"type": "integer"},
+            },
+        },
+    },
+}
+_SCHEMAS["NodeStatus"] = {
+    "type": "object",
+    "required": ["peer_id", "listeners", "warnings"],
+    "properties": {
+        "peer_id": {"type": ["string", "null"], "description": "The node's own peer id."},
+        "listeners": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "endpoint", "address"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["tcp", "websocket", "management"]},
+                    "endpoint": {"type": ["string", "null"], "description": "The configured endpoint string."},
+                    "address": {"type": ["string", "null"], "description": "host:port bound (null if not bound)."},
+                },
+            },
+        },
+        "warnings": {"type": "array", "items": {"type": "string"}, "description": "Problems still true now."},
+    },
+}
+
 
 _PEER_ID_PARAMETER = {
     "name": "peer_id",
@@ -480,6 +584,22 @@ def _paths():
                     },
                     **_errors(*authed),
                 },
+                tags=["node"],
+            )
+        },
+        "/history": {
+            "get": _operation(
+                "getHistory",
+                "Messages stored and delivered and bytes relayed, per minute over the last hour (in memory).",
+                {"200": _json(_ref("History"), "Per-minute increments."), **_errors(*authed)},
+                tags=["node"],
+            )
+        },
+        "/node": {
+            "get": _operation(
+                "getNodeStatus",
+                "The node's peer id, listeners and current warnings.",
+                {"200": _json(_ref("NodeStatus"), "Node status."), **_errors(*authed)},
                 tags=["node"],
             )
         },

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from cairn.management.console import ConsoleRoot
 from cairn.management.http import BODY_LIMIT
 
 __all__ = ["make_site", "warn_if_exposed"]
@@ -114,7 +115,8 @@ class _ManagementSite(Site):
 
 def make_site(api, timeout: float = 30.0, reactor=None) -> Site:
     """
-    A L{Site} serving C{api} (a L{cairn.management.app.ManagementAPI}).
+    A L{Site} serving C{api} (a L{cairn.management.app.ManagementAPI}),
+    and the web console at C{/ui/} (L{ConsoleRoot}).
 
     Tracebacks off, idle connections closed after C{timeout} seconds, a
     request not received whole within L{REQUEST_TIMEOUT} answered 408 and
@@ -122,7 +124,7 @@ def make_site(api, timeout: float = 30.0, reactor=None) -> Site:
     it), no form parsing, access log at debug level without client addresses.
     """
     site = _ManagementSite(
-        api.resource(),
+        ConsoleRoot(api.resource()),
         requestFactory=_BoundedRequest,
         timeout=timeout,
         reactor=reactor,
