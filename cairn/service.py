@@ -14,16 +14,20 @@ so no session is judged against an empty trust store.
 """
 
 import gc
+import glob
 import os
 import socket
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from cairn.config import ConfigError
 from cairn.crypto import identity as identity_mod
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
+from cairn.diskspace import FreeSpace
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import SQLiteMailboxStore
@@ -38,6 +42,14 @@ from cairn.relay.service import RelayService
 from cairn.relay.store import SQLiteRelayStore
 from cairn.session import store
 from cairn.session.peer import Peer
+from cairn.startup import (
+    StartupError,
+    check_writable,
+    data_dir_problem,
+    disk_warnings,
+    endpoint_problem,
+    listen_problem,
+)
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
@@ -52,8 +64,7 @@ log = Logger()
 SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA, SYNC_SCHEMA, RELAY_SCHEMA]
 
 
-class StartupError(SystemExit):
-    """Start-up cannot go on; the message is one line for the operator."""
+__all__ = ["CairnNode", "StartupError", "make_node"]
 
 
 class CairnNode(MultiService):
@@ -83,16 +94,37 @@ class CairnNode(MultiService):
         self.pairing = pairing
         self.metrics = metrics
         self.listeners = {}
+        self._descriptions = {}
         #: Fires once the trust store is loaded and the listeners accept.
         self.ready = None
         #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
         self.signaling = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
-        service = strports.service(description, factory)
+        try:
+            service = strports.service(description, factory)
+        except Exception as e:  # each endpoint parser raises its own kind
+            raise endpoint_problem(name, description, e) from None
         service.setName(name)
         service.setServiceParent(self)
         self.listeners[name] = service
+        self._descriptions[name] = description
+
+    def _bind(self, start):
+        """Bind the listeners with C{start}; a port that cannot be bound is one line."""
+        try:
+            start()
+        except CannotListenError as e:
+            # Listeners bind in order: the failed one is the last begun.
+            begun = [n for n, s in self.listeners.items() if s._waitingForPort is not None]
+            failed = begun[-1] if begun else ""
+            for name in begun[:-1]:
+                self.listeners[name]._waitingForPort.addCallback(lambda port: port.stopListening())
+            raise listen_problem(failed, self._descriptions.get(failed, ""), e) from None
+
+    def privilegedStartService(self):
+        # twistd binds the ports here (as root, before dropping privileges).
+        self._bind(super().privilegedStartService)
 
     def when_listening(self):
         """A Deferred firing with {name: IListeningPort} once all listen."""
@@ -104,13 +136,15 @@ class CairnNode(MultiService):
         try:
             self.db.open()
         except DatabaseError as e:
-            raise StartupError(f"cairn: {e}") from None
+            raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
+        self._check_disk()
         restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
         if restored:
             log.info("restored {count} session(s) for resume", count=restored)
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
         try:
-            super().startService()  # binds every port now (a busy one raises)
+            # Binds every port now, unless twistd did (privilegedStartService).
+            self._bind(super().startService)
         except BaseException:
             self.db.close_now()
             raise
@@ -126,6 +160,15 @@ class CairnNode(MultiService):
         self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
+
+    def _check_disk(self):
+        """Warn (one line each) when the disk cannot hold what the mailbox limit allows."""
+        space = self.db.space
+        if space is None:
+            return
+        held = sum(os.path.getsize(p) for p in glob.glob(self.db.path + "*") if os.path.isfile(p))
+        for line in disk_warnings(space.path, space.free(), held, space.reserve, self.config.forward_max_total):
+            log.warn("{line}", line=line)
 
     @staticmethod
     def _pause(ports):
@@ -228,24 +271,58 @@ def signal_announcer(config, ident, pairing, trust, reactor):
     )
 
 
+def _from_any_thread(reactor):
+    """A warning logger callable from the database thread (logged in the reactor's)."""
+
+    def report(fmt, **fields):
+        reactor.callFromThread(lambda: log.warn(fmt, **fields))
+
+    return report
+
+
 def prepare_data_dir(path: str) -> None:
     """
     Create the data directory (0700) if needed, and check its permissions
     and those of its secret files (L{cairn.permissions}).
 
-    @raise StartupError: the directory or a secret file is open to others.
+    @raise StartupError: the directory cannot be created or written, or
+        it or a secret file is open to others.
     """
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise data_dir_problem(path, e) from None
     try:
         check_data_dir(path)
     except PermissionProblem as e:
-        raise StartupError(f"cairn: {e}") from None
+        raise StartupError(str(e)) from None
+    check_writable(path)
 
 
 def make_node(config, reactor) -> CairnNode:
-    """Build the whole node for C{config}; nothing is opened or listens until started."""
+    """
+    Build the whole node for C{config}; nothing is opened or listens until started.
+
+    @raise StartupError: one line naming what is wrong (see L{cairn.startup}).
+    """
+    try:
+        return _make_node(config, reactor)
+    except ConfigError as e:  # a secret file unreadable, a token empty, ...
+        raise StartupError(str(e)) from None
+
+
+def _load_identity(data_dir):
+    try:
+        return identity_mod.load_or_create(data_dir)
+    except identity_mod.IdentityError as e:
+        raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
+    except OSError as e:
+        raise data_dir_problem(data_dir, e) from None
+
+
+def _make_node(config, reactor) -> CairnNode:
     prepare_data_dir(config.data_dir)
-    ident = identity_mod.load_or_create(config.data_dir)
+    ident = _load_identity(config.data_dir)
     peer = Peer(
         ident,
         reactor,
@@ -256,7 +333,8 @@ def make_node(config, reactor) -> CairnNode:
         session_ttl=config.session_ttl,
         log_addresses=config.log_addresses,
     )
-    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
+    space = FreeSpace(config.data_dir, config.disk_reserve, report=_from_any_thread(reactor))
+    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
     trust = SQLiteTrustStore(db)
     pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
     mailbox = MailboxService(
@@ -287,6 +365,7 @@ def make_node(config, reactor) -> CairnNode:
     )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
+    metrics.add_collector(space.collect_metrics, name="disk")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
     node.turn = turn
     node.sync = sync
@@ -310,6 +389,7 @@ def make_node(config, reactor) -> CairnNode:
             "sync": sync.stats,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
+            "disk": space.to_json,
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)

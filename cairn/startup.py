@@ -1,0 +1,95 @@
+"""
+What can stop a node from starting, said in one line.
+
+Every start-up failure an operator can cause -- a bad setting, an endpoint
+Twisted cannot parse, a port in use, a data directory that cannot be
+created or written, a damaged key or database -- ends start-up with a
+L{StartupError}: a C{SystemExit} whose message is one line naming the
+variable (or the file) at fault, so that C{twistd} and C{cairn-server run}
+print that line and exit with status 1, never a traceback.
+
+This module imports nothing heavy, so that C{cairn.tap} can use it before
+the reactor is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: The setting behind each listener name of L{cairn.service.CairnNode}.
+LISTENER_VARIABLES = {
+    "tcp": "CAIRN_LISTEN",
+    "websocket": "CAIRN_WS_LISTEN",
+    "management": "CAIRN_MGMT_LISTEN",
+}
+
+
+class StartupError(SystemExit):
+    """Start-up cannot go on; the message is one line for the operator."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"cairn: {message}")
+
+
+def endpoint_problem(name: str, description: str, error: Exception) -> StartupError:
+    """An endpoint string Twisted's parser refused (C{tcp:notaport}, C{foo:1}, ...)."""
+    variable = LISTENER_VARIABLES.get(name, name)
+    why = str(error) or type(error).__name__
+    return StartupError(f"{variable}: {description!r} cannot be used: {why}")
+
+
+def listen_problem(name: str, description: str, error) -> StartupError:
+    """A listener that could not bind (C{CannotListenError}: port in use, no permission, no such address)."""
+    variable = LISTENER_VARIABLES.get(name, name)
+    cause = getattr(error, "socketError", None)
+    why = getattr(cause, "strerror", None) or str(cause or error)
+    return StartupError(f"{variable}: cannot listen on {description!r}: {why}")
+
+
+def data_dir_problem(path: str, error: OSError) -> StartupError:
+    """The data directory (or a file in it) cannot be created, read or written."""
+    where = error.filename or path
+    return StartupError(f"CAIRN_DATA_DIR: cannot use {where}: {error.strerror or error}")
+
+
+def check_writable(path: str) -> None:
+    """
+    Refuse a data directory the node cannot write (a read-only mount, no
+    permission) before anything is opened in it.
+
+    @raise StartupError: naming C{CAIRN_DATA_DIR} and the cause.
+    """
+    if not os.access(path, os.W_OK | os.X_OK):
+        # access() says EROFS for a read-only file system, EACCES otherwise.
+        try:
+            probe = os.path.join(path, ".cairn-write-test")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as e:
+            raise data_dir_problem(path, e) from None
+
+
+def disk_warnings(data_dir: str, free: int, held: int, reserve: int, max_total: int) -> list:
+    """
+    Lines to warn about at start-up when the disk cannot hold what the
+    limits allow: C{free} bytes available on the file system of
+    C{data_dir}, C{held} bytes of database files already there.
+    """
+    lines = []
+    if free < reserve:
+        lines.append(
+            f"free space on {data_dir} ({_mb(free)}) is below CAIRN_DISK_RESERVE ({_mb(reserve)}):"
+            " new messages and sync updates are refused until space is freed"
+        )
+    room = free + held - reserve
+    if max_total > room:
+        lines.append(
+            f"CAIRN_FORWARD_MAX_TOTAL ({_mb(max_total)}) is more than {data_dir} can hold"
+            f" ({_mb(max(room, 0))}: {_mb(free)} free plus {_mb(held)} in the database, less"
+            f" CAIRN_DISK_RESERVE): new messages will be refused at the reserve before that limit"
+        )
+    return lines
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
