@@ -14,18 +14,16 @@ so no session is judged against an empty trust store.
 """
 
 import gc
-import glob
 import os
 import socket
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from cairn import sighup
 from cairn.config import ConfigError
-from cairn.crypto import identity as identity_mod
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
 from cairn.diskspace import FreeSpace
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
@@ -44,11 +42,13 @@ from cairn.session import store
 from cairn.session.peer import Peer
 from cairn.startup import (
     StartupError,
+    bind_listeners,
     check_writable,
     data_dir_problem,
-    disk_warnings,
     endpoint_problem,
-    listen_problem,
+    from_any_thread,
+    load_identity,
+    warn_about_disk,
 )
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
@@ -80,6 +80,9 @@ class CairnNode(MultiService):
     #: set by the twistd plugin, whose process is the node's alone, not
     #: by default (an application embedding a node owns its process).
     freeze_gc = False
+    #: Answer SIGHUP with L{cairn.sighup.reload} (set by the twistd plugin,
+    #: for the same reason) instead of dying of it.
+    handle_sighup = False
 
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
@@ -99,6 +102,9 @@ class CairnNode(MultiService):
         self.ready = None
         #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
         self.signaling = None
+        #: The L{ManagementAPI}, if it is served (set by make_node).
+        self.api = None
+        self._restore_sighup = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
         try:
@@ -110,21 +116,9 @@ class CairnNode(MultiService):
         self.listeners[name] = service
         self._descriptions[name] = description
 
-    def _bind(self, start):
-        """Bind the listeners with C{start}; a port that cannot be bound is one line."""
-        try:
-            start()
-        except CannotListenError as e:
-            # Listeners bind in order: the failed one is the last begun.
-            begun = [n for n, s in self.listeners.items() if s._waitingForPort is not None]
-            failed = begun[-1] if begun else ""
-            for name in begun[:-1]:
-                self.listeners[name]._waitingForPort.addCallback(lambda port: port.stopListening())
-            raise listen_problem(failed, self._descriptions.get(failed, ""), e) from None
-
     def privilegedStartService(self):
         # twistd binds the ports here (as root, before dropping privileges).
-        self._bind(super().privilegedStartService)
+        bind_listeners(self.listeners, self._descriptions, super().privilegedStartService)
 
     def when_listening(self):
         """A Deferred firing with {name: IListeningPort} once all listen."""
@@ -137,17 +131,21 @@ class CairnNode(MultiService):
             self.db.open()
         except DatabaseError as e:
             raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
-        self._check_disk()
+        warn_about_disk(self.db, self.config.forward_max_total, log)
         restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
         if restored:
             log.info("restored {count} session(s) for resume", count=restored)
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
         try:
             # Binds every port now, unless twistd did (privilegedStartService).
-            self._bind(super().startService)
+            bind_listeners(self.listeners, self._descriptions, super().startService)
         except BaseException:
             self.db.close_now()
             raise
+        if self.handle_sighup:
+            from twisted.internet import reactor
+
+            self._restore_sighup = sighup.install(reactor, lambda: sighup.reload(self.api, self.config))
         ports = self.when_listening()
         ports.addCallback(self._pause)
         starting = [ports, self.pairing.start()]
@@ -160,15 +158,6 @@ class CairnNode(MultiService):
         self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
-
-    def _check_disk(self):
-        """Warn (one line each) when the disk cannot hold what the mailbox limit allows."""
-        space = self.db.space
-        if space is None:
-            return
-        held = sum(os.path.getsize(p) for p in glob.glob(self.db.path + "*") if os.path.isfile(p))
-        for line in disk_warnings(space.path, space.free(), held, space.reserve, self.config.forward_max_total):
-            log.warn("{line}", line=line)
 
     @staticmethod
     def _pause(ports):
@@ -205,6 +194,9 @@ class CairnNode(MultiService):
             reactor.stop()
 
     def stopService(self):
+        if self._restore_sighup is not None:
+            self._restore_sighup()
+            self._restore_sighup = None
         d = super().stopService()  # stop listening first
         d.addCallback(lambda _: self._save_sessions())
         if self.mailbox is not None:
@@ -271,15 +263,6 @@ def signal_announcer(config, ident, pairing, trust, reactor):
     )
 
 
-def _from_any_thread(reactor):
-    """A warning logger callable from the database thread (logged in the reactor's)."""
-
-    def report(fmt, **fields):
-        reactor.callFromThread(lambda: log.warn(fmt, **fields))
-
-    return report
-
-
 def prepare_data_dir(path: str) -> None:
     """
     Create the data directory (0700) if needed, and check its permissions
@@ -311,18 +294,9 @@ def make_node(config, reactor) -> CairnNode:
         raise StartupError(str(e)) from None
 
 
-def _load_identity(data_dir):
-    try:
-        return identity_mod.load_or_create(data_dir)
-    except identity_mod.IdentityError as e:
-        raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
-    except OSError as e:
-        raise data_dir_problem(data_dir, e) from None
-
-
 def _make_node(config, reactor) -> CairnNode:
     prepare_data_dir(config.data_dir)
-    ident = _load_identity(config.data_dir)
+    ident = load_identity(config.data_dir)
     peer = Peer(
         ident,
         reactor,
@@ -333,7 +307,7 @@ def _make_node(config, reactor) -> CairnNode:
         session_ttl=config.session_ttl,
         log_addresses=config.log_addresses,
     )
-    space = FreeSpace(config.data_dir, config.disk_reserve, report=_from_any_thread(reactor))
+    space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
     trust = SQLiteTrustStore(db)
     pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
@@ -391,7 +365,7 @@ def _make_node(config, reactor) -> CairnNode:
             "relay_quota": relay.put_quota,
             "disk": space.to_json,
         }
-        api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
+        api = node.api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     return node

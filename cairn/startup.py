@@ -8,13 +8,16 @@ L{StartupError}: a C{SystemExit} whose message is one line naming the
 variable (or the file) at fault, so that C{twistd} and C{cairn-server run}
 print that line and exit with status 1, never a traceback.
 
-This module imports nothing heavy, so that C{cairn.tap} can use it before
-the reactor is chosen.
+This module imports nothing heavy (and no reactor), so that C{cairn.tap}
+can use it before twistd has chosen the reactor.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+
+from twisted.internet.error import CannotListenError
 
 #: The setting behind each listener name of L{cairn.service.CairnNode}.
 LISTENER_VARIABLES = {
@@ -27,8 +30,10 @@ LISTENER_VARIABLES = {
 class StartupError(SystemExit):
     """Start-up cannot go on; the message is one line for the operator."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(f"cairn: {message}")
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"cairn: {problem}")
+        #: The message without the program's name.
+        self.problem = problem
 
 
 def endpoint_problem(name: str, description: str, error: Exception) -> StartupError:
@@ -49,7 +54,10 @@ def listen_problem(name: str, description: str, error) -> StartupError:
 def data_dir_problem(path: str, error: OSError) -> StartupError:
     """The data directory (or a file in it) cannot be created, read or written."""
     where = error.filename or path
-    return StartupError(f"CAIRN_DATA_DIR: cannot use {where}: {error.strerror or error}")
+    why = error.strerror or str(error)
+    if isinstance(error, FileExistsError) and not os.path.isdir(where):
+        why = "it is not a directory"
+    return StartupError(f"CAIRN_DATA_DIR: cannot use {where}: {why}")
 
 
 def check_writable(path: str) -> None:
@@ -66,7 +74,7 @@ def check_writable(path: str) -> None:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
         except OSError as e:
-            raise data_dir_problem(path, e) from None
+            raise StartupError(f"CAIRN_DATA_DIR: cannot write in {path}: {e.strerror or e}") from None
 
 
 def disk_warnings(data_dir: str, free: int, held: int, reserve: int, max_total: int) -> list:
@@ -93,3 +101,52 @@ def disk_warnings(data_dir: str, free: int, held: int, reserve: int, max_total: 
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
+
+
+def bind_listeners(listeners: dict, descriptions: dict, start) -> None:
+    """
+    Bind the listening services C{listeners} ({name: service}) by calling
+    C{start}; a port that cannot be bound closes those already bound and
+    raises a L{StartupError} naming the listener's variable.
+    """
+    try:
+        start()
+    except CannotListenError as e:
+        # Listeners bind in order: the failed one is the last begun. (The
+        # endpoint services keep their port's Deferred in _waitingForPort.)
+        begun = [n for n, s in listeners.items() if s._waitingForPort is not None]
+        failed = begun[-1] if begun else ""
+        for name in begun[:-1]:
+            listeners[name]._waitingForPort.addCallback(lambda port: port.stopListening())
+        raise listen_problem(failed, descriptions.get(failed, ""), e) from None
+
+
+def load_identity(data_dir: str):
+    """The node's identity from C{data_dir}; a damaged or unreadable key file is one line."""
+    from cairn.crypto import identity as identity_mod
+
+    try:
+        return identity_mod.load_or_create(data_dir)
+    except identity_mod.IdentityError as e:
+        raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
+    except OSError as e:
+        raise data_dir_problem(data_dir, e) from None
+
+
+def warn_about_disk(db, max_total: int, log) -> None:
+    """Warn (one line each) when the disk of C{db} cannot hold what the mailbox limit allows."""
+    space = db.space
+    if space is None:
+        return
+    held = sum(os.path.getsize(p) for p in glob.glob(db.path + "*") if os.path.isfile(p))
+    for line in disk_warnings(space.path, space.free(), held, space.reserve, max_total):
+        log.warn("{line}", line=line)
+
+
+def from_any_thread(reactor, log):
+    """A warning logger callable from the database thread (logged in the reactor's)."""
+
+    def report(fmt, **fields):
+        reactor.callFromThread(lambda: log.warn(fmt, **fields))
+
+    return report

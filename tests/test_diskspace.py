@@ -412,13 +412,16 @@ class ReportTests(unittest.TestCase):
         self.assertIn("cairn_disk_low 1.0", metrics)
         self.assertIn("cairn_disk_refused_total 0.0", metrics)
 
+    @defer.inlineCallbacks
     def test_start_up_warning(self):
         """A mailbox limit larger than the disk is warned about in one line when the node starts."""
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         node = self.node(forward_max_total=10**9, mgmt_listen="none")
-        node._check_disk()
+        node.startService()
+        yield node.ready
+        yield node.stopService()
         [line] = [e["line"] for e in events if "line" in e and "CAIRN_FORWARD_MAX_TOTAL" in e["line"]]
         self.assertIn("is more than", line)
         self.assertNotIn("\n", line)
