@@ -67,6 +67,7 @@ class FreeSpace:
         self.low = False
         #: Writes refused to keep the reserve.
         self.refused = 0
+        self._layout = None  # (page size, WAL path or None, WAL checkpoint pages), read once
 
     def free(self) -> int:
         """Bytes available to the node on the file system now (0 if it cannot be read)."""
@@ -87,9 +88,11 @@ class FreeSpace:
         Run on the database thread with the transaction's C{cursor}; a
         write that fits is counted against the room of those after it.
         """
-        page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+        if self._layout is None:
+            self._layout = _layout(cursor)
+        page_size, wal_path, wal_pages = self._layout
         self.reusable = cursor.execute("PRAGMA freelist_count").fetchone()[0] * page_size
-        room = self.available() - self.reserve - self._wal_pending(cursor, page_size)
+        room = self.available() - self.reserve - _wal_pending(wal_path, wal_pages * page_size)
         fits = []
         for size in sizes:
             ok = size == 0 or size <= room
@@ -98,25 +101,6 @@ class FreeSpace:
                 room -= size
         self._crossed(not all(fits), room)
         return fits
-
-    @staticmethod
-    def _wal_pending(cursor, page_size: int) -> int:
-        """
-        Disk space the write-ahead log may still take that no C{statvfs}
-        shows yet: the log grows to about C{wal_autocheckpoint} pages before
-        its frames are written over, and the pages it holds are copied into
-        the database file (growing it) only at a checkpoint. Both are
-        bounded by the larger of the log's size and that limit.
-        """
-        path = cursor.execute("PRAGMA database_list").fetchone()[2]
-        if not path or cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            return 0
-        pages = cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-        try:
-            size = os.path.getsize(path + "-wal")
-        except OSError:
-            size = 0
-        return max(pages * page_size, size)
 
     def _crossed(self, refused: bool, room: int) -> None:
         # One line when writes start being refused, one when there is room
@@ -154,6 +138,32 @@ class FreeSpace:
         yield GaugeMetricFamily("cairn_disk_reserve_bytes", "Free bytes kept for deletions.", self.reserve)
         yield GaugeMetricFamily("cairn_disk_low", "1 while free space is below the reserve.", int(self.is_low()))
         yield CounterMetricFamily("cairn_disk_refused", "Writes refused to keep the disk reserve.", self.refused)
+
+
+def _layout(cursor):
+    """The database's page size, its write-ahead log's path (None if not in WAL mode) and checkpoint size."""
+    page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+    path = cursor.execute("PRAGMA database_list").fetchone()[2]
+    wal = cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    pages = cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    return page_size, (path + "-wal" if path and wal else None), pages
+
+
+def _wal_pending(wal_path, limit: int) -> int:
+    """
+    Disk space the write-ahead log may still take that no C{statvfs}
+    shows yet: the log grows to about C{wal_autocheckpoint} pages (C{limit}
+    bytes) before its frames are written over, and the pages it holds are
+    copied into the database file (growing it) only at a checkpoint. Both
+    are bounded by the larger of the log's size and that limit.
+    """
+    if wal_path is None:
+        return 0
+    try:
+        size = os.path.getsize(wal_path)
+    except OSError:
+        size = 0
+    return max(limit, size)
 
 
 def payload_bytes(items) -> int:
