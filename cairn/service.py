@@ -64,9 +64,6 @@ log = Logger()
 SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA, SYNC_SCHEMA, RELAY_SCHEMA]
 
 
-__all__ = ["CairnNode", "StartupError", "make_node"]
-
-
 class CairnNode(MultiService):
     """
     The server node: a L{Peer}, its services and its listeners.
