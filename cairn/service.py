@@ -48,6 +48,7 @@ from cairn.startup import (
     endpoint_problem,
     from_any_thread,
     load_identity,
+    tell_launcher,
     warn_about_disk,
 )
 from cairn.sync.interfaces import SYNC_SCHEMA
@@ -80,6 +81,9 @@ class CairnNode(MultiService):
     #: Answer SIGHUP with L{cairn.sighup.reload} (set by the twistd plugin,
     #: for the same reason) instead of dying of it.
     handle_sighup = False
+    #: twistd's options (set by the plugin): a daemonizing twistd waits on
+    #: their status pipe for the outcome of the start (L{tell_launcher}).
+    launcher = None
 
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
@@ -115,7 +119,8 @@ class CairnNode(MultiService):
 
     def privilegedStartService(self):
         # twistd binds the ports here (as root, before dropping privileges).
-        bind_listeners(self.listeners, self._descriptions, super().privilegedStartService)
+        with tell_launcher(self.launcher):
+            bind_listeners(self.listeners, self._descriptions, super().privilegedStartService)
 
     def when_listening(self):
         """A Deferred firing with {name: IListeningPort} once all listen."""
@@ -124,6 +129,10 @@ class CairnNode(MultiService):
         return gatherResults(waiting).addCallback(lambda ports: dict(zip(names, ports)))
 
     def startService(self):
+        with tell_launcher(self.launcher):
+            self._start()
+
+    def _start(self):
         try:
             self.db.open()
         except DatabaseError as e:

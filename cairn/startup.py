@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+from contextlib import contextmanager
 
 from twisted.internet.error import CannotListenError
 
@@ -150,3 +151,24 @@ def from_any_thread(reactor, log):
         reactor.callFromThread(lambda: log.warn(fmt, **fields))
 
     return report
+
+
+@contextmanager
+def tell_launcher(twistd_options):
+    """
+    Pass a L{StartupError} raised inside on to the twistd that launched a
+    daemon (C{twistd cairn} without C{-n}): it waits on its status pipe
+    for the child's outcome, and hears of an C{Exception} only -- a
+    C{SystemExit} would leave it waiting for ever. It prints the line
+    ("An error has occurred: ...") and exits with status 1.
+    """
+    try:
+        yield
+    except StartupError as e:
+        pipe = twistd_options.get("statusPipe") if twistd_options is not None else None
+        if pipe is not None:
+            twistd_options["statusPipe"] = None
+            # twistd's own format: "1 " and at most 100 bytes in all.
+            os.write(pipe, f"1 {e.problem}".encode("ascii", "backslashreplace")[:100])
+            os.close(pipe)
+        raise

@@ -168,4 +168,6 @@ def makeService(options: Options) -> IService:
     # The process is the node's alone (see CairnNode).
     node.freeze_gc = True
     node.handle_sighup = True
+    # twistd's own options (parsing a subcommand sets its parent).
+    node.launcher = getattr(options, "parent", None)
     return node

@@ -39,8 +39,8 @@ class Ended(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, "".join(self.output)))
 
 
-def start(command, data_dir, **settings):
-    """Run C{command} ("twistd" or "cairn-server") with loopback listeners and C{settings}."""
+def start(command, data_dir, argv=None, **settings):
+    """Run C{command} ("twistd" or "cairn-server", or C{argv}) with loopback listeners and C{settings}."""
     env = dict(
         os.environ,
         PYTHONPATH=REPO,
@@ -51,7 +51,7 @@ def start(command, data_dir, **settings):
     )
     env.update(settings)
     proc = Ended()
-    argv = [sys.executable, *COMMANDS[command]]
+    argv = [sys.executable, *(argv or COMMANDS[command])]
     reactor.spawnProcess(proc, sys.executable, argv, env=env, path=REPO)
     return eventually(proc.ended, 60)
 
@@ -178,3 +178,20 @@ class StartupErrorTests(unittest.TestCase):
         with open(os.open(os.path.join(self.data_dir, "cairn.sqlite"), os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
             f.write(b"\x01" * 8192)
         return self.refused("cairn.sqlite: file is not a database", before_logging=False)
+
+    @defer.inlineCallbacks
+    def test_daemon_launcher_told(self):
+        """A daemonizing twistd (no -n) hears of a failure after it forked: one line, status 1, no hang."""
+        busy = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory())
+        self.addCleanup(busy.stopListening)
+        endpoint = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
+        os.makedirs(self.data_dir, mode=0o700)
+        pid, log = os.path.join(self.data_dir, "twistd.pid"), os.path.join(self.data_dir, "twistd.log")
+        argv = ["-c", "from twisted.scripts.twistd import run; run()", f"--pidfile={pid}", f"--logfile={log}", "cairn"]
+        code, output = yield start(None, self.data_dir, argv=argv, CAIRN_LISTEN=endpoint)
+        self.assertEqual(code, 1, output)
+        self.assertIn(f"An error has occurred: b\"CAIRN_LISTEN: cannot listen on '{endpoint}'", output)
+        with open(log) as f:
+            text = f.read()
+        self.assertNotIn("Traceback", text)
+        self.assertIn(f"cairn: CAIRN_LISTEN: cannot listen on '{endpoint}': Address already in use", text)
