@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from twisted.python import usage
 
 import cairn
+from cairn.startup import StartupError
 from cairn.tap import Options
 
 
@@ -94,6 +95,9 @@ def run(options: Sequence[str]) -> int:
         Options().parseOptions(list(options))
     except usage.UsageError as e:
         sys.stderr.write(f"cairn-server run: {e}\n")
+        return 2
+    except StartupError as e:
+        sys.stderr.write(f"cairn-server run: {e.problem}\n")
         return 2
     return _twistd(["--nodaemon", "--pidfile=", "cairn", *options])
 

@@ -267,6 +267,8 @@ class Config:
     forward_max_per_peer: int = _count("CAIRN_FORWARD_MAX_PER_PEER", 10_000)
     forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
     forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
+    # Free space kept on the data directory's file system for deletions (cairn.diskspace).
+    disk_reserve: int = _size("CAIRN_DISK_RESERVE", 64 * 2**20, 0)
     relay_capacity: int = _count("CAIRN_RELAY_CAPACITY", 64)
     sync_access: str = _choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
     signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", signal_url)

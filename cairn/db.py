@@ -93,9 +93,11 @@ class Database:
     The node's SQLite database and the one thread that touches it.
 
     @param components: (name, schema package) pairs to create or upgrade.
+    @param space: a L{cairn.diskspace.FreeSpace} whose reserve the stores
+        on this database keep, or None (no reserve).
     """
 
-    def __init__(self, reactor, path: str, components=()):
+    def __init__(self, reactor, path: str, components=(), space=None):
         self.reactor = reactor
         self.path = path
         self.components = list(components)
@@ -106,6 +108,7 @@ class Database:
         self._trigger = None
         self._sync_waiters = []
         self._syncing = False
+        self.space = space
 
     def _start_pool(self):
         self._pool.start()

@@ -22,8 +22,10 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
-from cairn.crypto import identity as identity_mod
+from cairn import sighup
+from cairn.config import ConfigError
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
+from cairn.diskspace import FreeSpace
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import SQLiteMailboxStore
@@ -40,6 +42,17 @@ from cairn.relay.service import RelayService
 from cairn.relay.store import SQLiteRelayStore
 from cairn.session import store
 from cairn.session.peer import Peer
+from cairn.startup import (
+    StartupError,
+    bind_listeners,
+    check_writable,
+    data_dir_problem,
+    endpoint_problem,
+    from_any_thread,
+    load_identity,
+    tell_launcher,
+    warn_about_disk,
+)
 from cairn.sync import access as sync_access
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
@@ -55,10 +68,6 @@ log = Logger()
 SCHEMAS = [TRUST_SCHEMA, MAILBOX_SCHEMA, SYNC_SCHEMA, RELAY_SCHEMA]
 
 
-class StartupError(SystemExit):
-    """Start-up cannot go on; the message is one line for the operator."""
-
-
 class CairnNode(MultiService):
     """
     The server node: a L{Peer}, its services and its listeners.
@@ -72,6 +81,12 @@ class CairnNode(MultiService):
     #: set by the twistd plugin, whose process is the node's alone, not
     #: by default (an application embedding a node owns its process).
     freeze_gc = False
+    #: Answer SIGHUP with L{cairn.sighup.reload} (set by the twistd plugin,
+    #: for the same reason) instead of dying of it.
+    handle_sighup = False
+    #: twistd's options (set by the plugin): a daemonizing twistd waits on
+    #: their status pipe for the outcome of the start (L{tell_launcher}).
+    launcher = None
 
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
@@ -86,6 +101,7 @@ class CairnNode(MultiService):
         self.pairing = pairing
         self.metrics = metrics
         self.listeners = {}
+        self._descriptions = {}
         #: Fires once the trust store is loaded and the listeners accept.
         self.ready = None
         #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
@@ -93,12 +109,24 @@ class CairnNode(MultiService):
         #: The management API's activity L{History}: counts from once the
         #: services have loaded their persisted counters (see L{_serve}).
         self.history = None
+        #: The L{ManagementAPI}, if it is served (set by make_node).
+        self.api = None
+        self._restore_sighup = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
-        service = strports.service(description, factory)
+        try:
+            service = strports.service(description, factory)
+        except Exception as e:  # each endpoint parser raises its own kind
+            raise endpoint_problem(name, description, e) from None
         service.setName(name)
         service.setServiceParent(self)
         self.listeners[name] = service
+        self._descriptions[name] = description
+
+    def privilegedStartService(self):
+        # twistd binds the ports here (as root, before dropping privileges).
+        with tell_launcher(self.launcher):
+            bind_listeners(self.listeners, self._descriptions, super().privilegedStartService)
 
     def when_listening(self):
         """A Deferred firing with {name: IListeningPort} once all listen."""
@@ -107,19 +135,29 @@ class CairnNode(MultiService):
         return gatherResults(waiting).addCallback(lambda ports: dict(zip(names, ports)))
 
     def startService(self):
+        with tell_launcher(self.launcher):
+            self._start()
+
+    def _start(self):
         try:
             self.db.open()
         except DatabaseError as e:
-            raise StartupError(f"cairn: {e}") from None
+            raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
+        warn_about_disk(self.db, self.config.forward_max_total, log)
         restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
         if restored:
             log.info("restored {count} session(s) for resume", count=restored)
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
         try:
-            super().startService()  # binds every port now (a busy one raises)
+            # Binds every port now, unless twistd did (privilegedStartService).
+            bind_listeners(self.listeners, self._descriptions, super().startService)
         except BaseException:
             self.db.close_now()
             raise
+        if self.handle_sighup:
+            from twisted.internet import reactor
+
+            self._restore_sighup = sighup.install(reactor, lambda: sighup.reload(self.api, self.config))
         ports = self.when_listening()
         ports.addCallback(self._pause)
         starting = [ports, self.pairing.start()]
@@ -172,6 +210,9 @@ class CairnNode(MultiService):
     def stopService(self):
         if self.history is not None:
             self.history.stop()
+        if self._restore_sighup is not None:
+            self._restore_sighup()
+            self._restore_sighup = None
         d = super().stopService()  # stop listening first
         d.addCallback(lambda _: self._save_sessions())
         if self.mailbox is not None:
@@ -244,19 +285,35 @@ def prepare_data_dir(path: str) -> None:
     Create the data directory (0700) if needed, and check its permissions
     and those of its secret files (L{cairn.permissions}).
 
-    @raise StartupError: the directory or a secret file is open to others.
+    @raise StartupError: the directory cannot be created or written, or
+        it or a secret file is open to others.
     """
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise data_dir_problem(path, e) from None
     try:
         check_data_dir(path)
     except PermissionProblem as e:
-        raise StartupError(f"cairn: {e}") from None
+        raise StartupError(str(e)) from None
+    check_writable(path)
 
 
 def make_node(config, reactor) -> CairnNode:
-    """Build the whole node for C{config}; nothing is opened or listens until started."""
+    """
+    Build the whole node for C{config}; nothing is opened or listens until started.
+
+    @raise StartupError: one line naming what is wrong (see L{cairn.startup}).
+    """
+    try:
+        return _make_node(config, reactor)
+    except ConfigError as e:  # a secret file unreadable, a token empty, ...
+        raise StartupError(str(e)) from None
+
+
+def _make_node(config, reactor) -> CairnNode:
     prepare_data_dir(config.data_dir)
-    ident = identity_mod.load_or_create(config.data_dir)
+    ident = load_identity(config.data_dir)
     peer = Peer(
         ident,
         reactor,
@@ -267,7 +324,8 @@ def make_node(config, reactor) -> CairnNode:
         session_ttl=config.session_ttl,
         log_addresses=config.log_addresses,
     )
-    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
+    space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
+    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
     trust = SQLiteTrustStore(db)
     pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
     mailbox = MailboxService(
@@ -306,6 +364,7 @@ def make_node(config, reactor) -> CairnNode:
     )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
+    metrics.add_collector(space.collect_metrics, name="disk")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
     node.turn = turn
     node.sync = sync
@@ -347,7 +406,8 @@ def make_node(config, reactor) -> CairnNode:
             "relay_quota": relay.put_quota,
             "history": node.history.to_json,
             "node": NodeStatus(node, endpoints, warnings),
+            "disk": space.to_json,
         }
-        api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
+        api = node.api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     return node

@@ -22,6 +22,7 @@ from cairn.config import (
     parse_endpoint,
     parse_size,
 )
+from cairn.startup import StartupError
 
 
 def _flag_parser(flag: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -95,9 +96,10 @@ class Options(usage.Options):
     """
     Options of C{twistd cairn} (and of C{cairn-server run}).
 
-    Parsing also builds the L{Config}, so that a bad environment variable is
-    reported like a bad flag: twistd prints a usage error for a failure
-    while parsing options, but a traceback for one inside C{makeService}.
+    Parsing also builds the L{Config}, so that a bad setting stops
+    everything before twistd goes on: a bad flag is a usage error (twistd
+    prints its usage, then the line naming the flag), a bad environment
+    variable a L{StartupError} (just the line naming the variable).
     """
 
     longdesc = (
@@ -133,21 +135,26 @@ def config_from_options(options: Options) -> Config:
     Build the L{Config} from C{os.environ} and the flags in C{options}.
 
     @raise usage.UsageError: one line naming the flag, if the bad value came
-        from a flag, or else the environment variable.
+        from a flag.
+    @raise StartupError: one line naming the environment variable, if it
+        came from the environment.
     """
     try:
         return Config.from_env(os.environ, **options.overrides())
     except ConfigError as e:
         flag = _flag_for(e.variable, options)
-        message = f"--{flag}: {e.problem}" if flag else str(e)
-        raise usage.UsageError(message) from None
+        if flag:
+            raise usage.UsageError(f"--{flag}: {e.problem}") from None
+        raise StartupError(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
     """
     Build the server node's service from parsed C{options}.
 
-    @raise usage.UsageError: if a setting is bad.
+    @raise usage.UsageError: if a flag is bad.
+    @raise StartupError: if anything else stops the node from starting
+        (one line, see L{cairn.startup}).
     """
     config = config_from_options(options)
     # Imported here, not at the top: twistd installs the reactor chosen on
@@ -158,5 +165,9 @@ def makeService(options: Options) -> IService:
     from cairn.service import make_node
 
     node = make_node(config, reactor)
+    # The process is the node's alone (see CairnNode).
     node.freeze_gc = True
+    node.handle_sighup = True
+    # twistd's own options (parsing a subcommand sets its parent).
+    node.launcher = getattr(options, "parent", None)
     return node

@@ -316,6 +316,10 @@ class SystemdUnitTests(unittest.TestCase):
         options = _twistd_accepts(self, argv[2:], _unit_environment(self.service))
         self.assertEqual(options.subCommand, "cairn")
 
+    def test_exec_reload(self):
+        """`systemctl reload` sends SIGHUP to the node (which re-reads its token and log files)."""
+        self.assertEqual(_values(self.service, "Service", "ExecReload"), ["/bin/kill -HUP $MAINPID"])
+
     def test_socket(self):
         """The socket unit listens on [::]:7400, dual-stack, and activates cairn-server.service."""
         self.assertEqual(_values(self.socket, "Socket", "ListenStream"), ["[::]:7400"])

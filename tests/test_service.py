@@ -8,12 +8,11 @@ import stat
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
-from cairn.service import make_node
+from cairn.service import StartupError, make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
 from tests._harness import drop_all, eventually, track_connections
@@ -76,12 +75,17 @@ class MakeNodeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_busy_port_aborts_start(self):
-        """A listener on a busy port raises at start-up instead of being logged and ignored."""
+        """A listener on a busy port stops start-up with one line naming its variable and the cause."""
         busy = yield serverFromString(reactor, LOOPBACK).listen(Factory())
         self.addCleanup(busy.stopListening)
         description = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
-        node = make_node(config_for(self.mktemp(), listen=description, ws_listen="none"), reactor)
-        self.assertRaises(CannotListenError, node.startService)
+        node = make_node(config_for(self.mktemp(), ws_listen=description), reactor)
+        error = self.assertRaises(StartupError, node.startService)
+        self.assertEqual(
+            str(error), f"cairn: CAIRN_WS_LISTEN: cannot listen on {description!r}: Address already in use"
+        )
+        # The listener bound before it is closed again (else the reactor is left dirty).
+        yield node.listeners["tcp"]._waitingForPort
 
 
 class RestartTests(unittest.TestCase):

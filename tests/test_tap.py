@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from cairn import tap
 from cairn.config import Config
+from cairn.startup import StartupError
 
 
 class OptionsTests(unittest.TestCase):
@@ -107,16 +108,17 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(str(error).startswith("--data-dir: "), str(error))
 
     def test_bad_env_while_parsing(self):
-        """A bad variable fails option parsing, naming the variable."""
+        """A bad variable fails option parsing with one line naming it (no usage text: it is no flag)."""
         os.environ["CAIRN_FORWARD_MAX_AGE"] = "7x"
-        error = self.assertRaises(usage.UsageError, self.parse)
-        self.assertTrue(str(error).startswith("CAIRN_FORWARD_MAX_AGE: "), str(error))
+        error = self.assertRaises(StartupError, self.parse)
+        self.assertTrue(str(error).startswith("cairn: CAIRN_FORWARD_MAX_AGE: "), str(error))
+        self.assertNotIn("\n", str(error))
 
     def test_env_error_not_blamed_on_flag(self):
         """A bad variable is named even when an unrelated flag is given."""
         os.environ["CAIRN_KEEPALIVE_TIMEOUT"] = "10s"
-        error = self.assertRaises(usage.UsageError, self.parse, "--max-payload=2KB")
-        self.assertTrue(str(error).startswith("CAIRN_KEEPALIVE_TIMEOUT: "), str(error))
+        error = self.assertRaises(StartupError, self.parse, "--max-payload=2KB")
+        self.assertTrue(error.problem.startswith("CAIRN_KEEPALIVE_TIMEOUT: "), str(error))
 
     def test_help_names_variables(self):
         """The help of each flag names its environment variable and default."""
@@ -167,11 +169,11 @@ class MakeServiceTests(unittest.TestCase):
         self.assertTrue(service.freeze_gc)  # the process is the node's
 
     def test_bad_env(self):
-        """A bad variable makes makeService raise a usage error naming it."""
+        """A bad variable makes makeService stop with one line naming it."""
         self.patch(os, "environ", {"CAIRN_MAX_PAYLOAD": "lots"})
         fake = FakeServiceModule(self)
-        error = self.assertRaises(usage.UsageError, tap.makeService, tap.Options())
-        self.assertTrue(str(error).startswith("CAIRN_MAX_PAYLOAD: "), str(error))
+        error = self.assertRaises(StartupError, tap.makeService, tap.Options())
+        self.assertTrue(error.problem.startswith("CAIRN_MAX_PAYLOAD: "), str(error))
         self.assertEqual(fake.calls, [])
 
     def test_secret_not_in_error(self):
@@ -181,7 +183,7 @@ class MakeServiceTests(unittest.TestCase):
             "environ",
             {"CAIRN_PSK": "psk-SECRET", "CAIRN_MGMT_ENABLED": "perhaps"},
         )
-        error = self.assertRaises(usage.UsageError, tap.makeService, tap.Options())
+        error = self.assertRaises(StartupError, tap.makeService, tap.Options())
         self.assertNotIn("SECRET", str(error))
 
 

@@ -22,6 +22,7 @@ from collections import Counter, OrderedDict
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
@@ -207,7 +208,9 @@ class MailboxService(StoreService):
             self._deliver_to(recipient)
 
     def _not_stored(self, failure, session, checked):
-        if failure.check(StoreFull):
+        if failure.check(LowDiskSpace):
+            pass  # logged once, when the disk reached the reserve
+        elif failure.check(StoreFull):
             log.warn("mailbox: cannot store messages: {why}", why=failure.getErrorMessage())
         else:
             log.failure("mailbox: storing messages failed", failure)
@@ -258,9 +261,12 @@ class MailboxService(StoreService):
         d.addCallbacks(self._acknowledged, self._delete_failed, errbackArgs=(peer_id, seqs, upto))
 
     def _delete_failed(self, failure, peer_id, seqs, upto):
-        if failure.check(StoreFull):
-            self._unpurged.setdefault(peer_id, []).append((seqs, upto))
-        self._log_failure(failure, "deleting delivered messages")
+        if not failure.check(StoreFull):
+            self._log_failure(failure, "deleting delivered messages")
+            return
+        if not self._unpurged:  # one line per episode, not per ForwardPurge
+            log.warn("mailbox: cannot delete delivered messages now ({why}); retrying", why=failure.getErrorMessage())
+        self._unpurged.setdefault(peer_id, []).append((seqs, upto))
 
     def _retry_unpurged(self):
         unpurged, self._unpurged = self._unpurged, {}

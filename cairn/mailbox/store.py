@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.db import GroupCommit
+from cairn.diskspace import guarded_batch
 from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
 from cairn.mailbox.transactions import (
     _batch_txn,
@@ -78,7 +79,9 @@ class SQLiteMailboxStore(_Cache):
     def __init__(self, db):
         super().__init__()
         self.db = db
-        self._group = GroupCommit(db, _batch_txn, self._apply, _storage_error)
+        # New messages are refused at the disk reserve; deletions still commit.
+        batch = guarded_batch(_batch_txn, db.space, {enqueue_txn})
+        self._group = GroupCommit(db, batch, self._apply, _storage_error)
         #: Enqueues submitted and not yet answered (so perhaps written, not synced).
         self._enqueuing = 0
 

@@ -182,13 +182,16 @@ class ManagementAPI:
 
     @_endpoint(app, "/health", "GET")
     async def health(self, request):
-        """Liveness: status, version, uptime, session count."""
-        return {
+        """Liveness: status, version, uptime, session count (and free disk space)."""
+        result = {
             "status": "ok",
             "version": __version__,
             "uptime": round(max(0.0, self.clock.seconds() - self.started_at), 3),
             "sessions": len(self.peer.sessions),
         }
+        if "disk" in self.stats:
+            result["disk"] = self.stats["disk"]()
+        return result
 
     @_endpoint(app, "/openapi.json", "GET")
     async def openapi(self, request):

@@ -58,6 +58,17 @@ _SCHEMAS = {
             "version": {"type": "string"},
             "uptime": {"type": "number", "description": "Seconds since the node started."},
             "sessions": {"type": "integer", "description": "Live sessions (attached or detached)."},
+            "disk": {
+                "type": "object",
+                "description": "The data directory's file system: new messages are refused while low.",
+                "required": ["free_bytes", "reusable_bytes", "reserve_bytes", "low"],
+                "properties": {
+                    "free_bytes": {"type": "integer", "description": "Bytes free on the file system."},
+                    "reusable_bytes": {"type": "integer", "description": "Free pages inside the database."},
+                    "reserve_bytes": {"type": "integer", "description": "CAIRN_DISK_RESERVE."},
+                    "low": {"type": "boolean", "description": "Free and reusable bytes are below the reserve."},
+                },
+            },
         },
     },
     "PairedPeer": {

@@ -55,6 +55,22 @@ def resolve_token(config, log) -> str:
     return token
 
 
+def reread_token(config, log) -> str:
+    """
+    The management token as it is now (for C{SIGHUP}): C{CAIRN_MGMT_TOKEN_FILE}
+    read again, else the one from C{CAIRN_MGMT_TOKEN} (an environment
+    variable does not change), else C{<data_dir>/mgmt.token} read again
+    (created anew if it was removed).
+
+    @raise ConfigError: if the file cannot be read or is empty.
+    """
+    if config.mgmt_token_file is not None:
+        return _read_configured_file(config.mgmt_token_file)
+    if config.mgmt_token is not None:
+        return config.mgmt_token.strip()
+    return _data_dir_token(config.data_dir, log)
+
+
 def check_bearer(header_value, token: str) -> bool:
     """
     Whether an C{Authorization} header value carries C{token} as a Bearer token.

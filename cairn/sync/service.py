@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.diskspace import LowDiskSpace
 from cairn.mailbox.interfaces import Limits
 from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
@@ -219,7 +220,8 @@ class SyncService(StoreService):
                 self._fan_out(topic)
 
         def failed(failure):
-            log.warn("sync: cannot store an update: {why}", why=failure.getErrorMessage())
+            if not failure.check(LowDiskSpace):  # that one is logged once, at the reserve
+                log.warn("sync: cannot store an update: {why}", why=failure.getErrorMessage())
             self._ack(session, update_id, SyncStatus.STORAGE_ERROR, None, "the node cannot store updates now")
 
         d = self._track(self.store.publish([item], self.clock.seconds(), self.limits))

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.db import GroupCommit
+from cairn.diskspace import guarded_batch
 from cairn.mailbox.store import _batch_txn, _storage_error
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
@@ -222,7 +223,9 @@ class SQLiteSyncStore(_Cache):
     def __init__(self, db):
         super().__init__()
         self.db = db
-        self._group = GroupCommit(db, _batch_txn, self._apply, _storage_error)
+        # New updates are refused at the disk reserve; cursors and expiry still commit.
+        batch = guarded_batch(_batch_txn, db.space, {publish_txn})
+        self._group = GroupCommit(db, batch, self._apply, _storage_error)
 
     @property
     def commits(self) -> int:

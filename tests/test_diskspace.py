@@ -1,0 +1,427 @@
+"""
+The disk reserve (L{cairn.diskspace}): at the low-water mark new forwards
+and publishes are refused while deliveries, acknowledgements and receipts
+go on. The node scenario runs on a simulated small disk (a C{statvfs}
+stand-in counting the data directory's files) and on a real one (a tmpfs
+of a few MiB mounted for the test, where mounting is permitted).
+"""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from types import SimpleNamespace
+
+from twisted.internet import defer, reactor, task
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from cairn.client import Client
+from cairn.db import DB_FILE_NAME
+from cairn.diskspace import ITEM_OVERHEAD, FreeSpace, LowDiskSpace, guarded_batch
+from cairn.mailbox import client as mailbox
+from cairn.mailbox.client import ForwardRejected
+from cairn.pairing import client as pairing
+from cairn.service import make_node
+from cairn.startup import disk_warnings
+from cairn.sync import client as sync
+from cairn.sync.client import PublishRejected
+from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
+from tests._harness import Conditions, drop_all, eventually, track_connections
+from tests.test_service import config_for
+
+PSK = "a long pre-shared key for the disk tests"
+MiB = 2**20
+PAYLOAD = 32 * 1024
+
+
+def fake_statvfs(free):
+    """A C{statvfs} stand-in reporting C{free()} bytes available."""
+    return lambda path: SimpleNamespace(f_bavail=max(free(), 0) // 4096, f_frsize=4096)
+
+
+def small_disk(data_dir, capacity):
+    """A C{statvfs} stand-in: a disk of C{capacity} bytes holding only C{data_dir}'s files."""
+
+    def used():
+        return sum(os.path.getsize(os.path.join(data_dir, name)) for name in os.listdir(data_dir))
+
+    return fake_statvfs(lambda: capacity - used())
+
+
+class FreeSpaceTests(unittest.TestCase):
+    """The reserve check, on a cursor of an in-memory database."""
+
+    def setUp(self):
+        self.free = 10 * MiB
+        self.space = FreeSpace("/data", 4 * MiB, statvfs=fake_statvfs(lambda: self.free), report=self.report)
+        self.reports = []
+        self.cursor = sqlite3.connect(":memory:").cursor()
+
+    def report(self, fmt, **fields):
+        self.reports.append(fmt)
+
+    def test_writes_fit_in_order(self):
+        """Writes are admitted in order while they leave the reserve free; a later small one may still fit."""
+        fits = self.space.check(self.cursor, [3 * MiB, 4 * MiB, 0, 2 * MiB])
+        self.assertEqual(fits, [True, False, True, True])
+        self.assertTrue(self.space.low)
+        self.assertEqual(len(self.reports), 1)
+
+    def test_no_growth_always_fits(self):
+        """A write that stores nothing (a deletion) fits even below the reserve."""
+        self.free = MiB
+        self.assertEqual(self.space.check(self.cursor, [0, 0]), [True, True])
+        self.assertTrue(self.space.is_low())
+
+    def test_logged_once_with_hysteresis(self):
+        """One line when refusals start, one when a reserve's worth is free again -- not one per refusal."""
+        for _ in range(5):
+            self.space.check(self.cursor, [7 * MiB])
+        self.assertEqual(len(self.reports), 1)
+        self.free = 8 * MiB
+        self.space.check(self.cursor, [MiB])  # fits, but leaves less than a reserve's worth above it
+        self.assertTrue(self.space.low)
+        self.free = 20 * MiB
+        self.space.check(self.cursor, [MiB])
+        self.assertFalse(self.space.low)
+        self.assertEqual(len(self.reports), 2)
+
+    def test_reusable_pages_count(self):
+        """Pages on the database's free list count as free: a drained database can be refilled."""
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (b BLOB)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4000,)] * 2000)
+        conn.execute("DELETE FROM t")
+        self.free = 3 * MiB
+        self.assertEqual(self.space.check(conn.cursor(), [4 * MiB]), [True])
+        self.assertGreater(self.space.reusable, 7 * MiB)
+
+    def test_unreadable_file_system_counts_as_full(self):
+        """If statvfs fails, nothing that grows is admitted."""
+
+        def broken(path):
+            raise OSError(5, "I/O error")
+
+        self.space.statvfs = broken
+        self.assertEqual(self.space.free(), 0)
+        self.assertEqual(self.space.check(self.cursor, [1]), [False])
+
+    def test_guarded_batch_refuses_only_growing_calls(self):
+        """Only the calls of the growing txn are refused, with LowDiskSpace, in place."""
+
+        def grow(cursor, items):
+            return items
+
+        def shrink(cursor, items):
+            return items
+
+        calls = []
+
+        def batch_txn(cursor, given):
+            calls.append(given)
+            return [(True, txn.__name__) for txn, _ in given]
+
+        item = SimpleNamespace(payload=b"x" * (3 * MiB))
+        batch = guarded_batch(batch_txn, self.space, {grow})
+        out = batch(self.cursor, [(grow, ([item],)), (shrink, ([item],)), (grow, ([item],))])
+        self.assertEqual(out[:2], [(True, "grow"), (True, "shrink")])
+        self.assertFalse(out[2][0])
+        self.assertIsInstance(out[2][1], LowDiskSpace)
+        self.assertEqual(calls, [[(grow, ([item],)), (shrink, ([item],))]])
+        self.assertEqual(self.space.refused, 1)
+        self.assertEqual(len(item.payload) + ITEM_OVERHEAD, 3 * MiB + ITEM_OVERHEAD)
+
+    def test_disk_warnings(self):
+        """A mailbox limit the disk cannot hold, and a disk already below the reserve, are warned about."""
+        self.assertEqual(disk_warnings("/data", 10**10, 0, 64 * MiB, 10**9), [])
+        [line] = disk_warnings("/data", 500 * 10**6, 10**6, 64 * MiB, 10**9)
+        self.assertIn("CAIRN_FORWARD_MAX_TOTAL (1000.0 MB) is more than /data can hold", line)
+        lines = disk_warnings("/data", MiB, 0, 64 * MiB, 10**9)
+        self.assertEqual(len(lines), 2)
+        self.assertIn("below CAIRN_DISK_RESERVE", lines[0])
+
+
+class ReserveScenario:
+    """
+    A whole node (make_node, sockets on 127.0.0.1) on a small disk with a
+    reserve; subclasses make the disk (L{make_disk}).
+    """
+
+    reserve = 2 * MiB
+    capacity = 16 * MiB
+
+    def make_disk(self):
+        """Return (data directory, statvfs stand-in or None for the real one)."""
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.connections = []
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.data_dir, statvfs = self.make_disk()
+        self.node = make_node(config_for(self.data_dir, psk=PSK, disk_reserve=self.reserve), reactor)
+        if statvfs is not None:
+            self.node.db.space.statvfs = statvfs
+        self.space = self.node.db.space
+        # Every seq the node puts in a ForwardDeliver, in order.
+        self.delivered_seqs = []
+        deliver_batch = self.node.mailbox._deliver_batch
+
+        def recording(outbox, batch):
+            sent = deliver_batch(outbox, batch)
+            if sent:
+                self.delivered_seqs.extend(m.seq for m in batch)
+            return sent
+
+        self.node.mailbox._deliver_batch = recording
+        self.node.startService()
+        # Cleanups run before tearDown, last first: the node stops before the disk goes.
+        self.addCleanup(self.stop)
+        ports = yield self.node.ready
+        self.address = f"tcp:host=127.0.0.1:port={ports['tcp'].getHost().port}"
+        self.conditions = Conditions()
+
+    @defer.inlineCallbacks
+    def stop(self):
+        yield drop_all(self.connections)
+        yield self.node.stopService()
+
+    def client(self):
+        client = Client(reactor, clock=task.Clock())
+        track_connections(client.peer, self.connections)
+        return client
+
+    @defer.inlineCallbacks
+    def paired(self, client):
+        session = yield eventually(client.connect(self.address))
+        yield eventually(pairing.pair_psk(session, PSK))
+        session.close()
+        session = yield eventually(client.connect(self.address))
+        return session
+
+    def held(self):
+        """Message ids on disk, read with a connection of our own."""
+        conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE_NAME))
+        try:
+            return {bytes(r[0]) for r in conn.execute("SELECT message_id FROM mailbox_messages")}
+        finally:
+            conn.close()
+
+    def held_seqs(self):
+        """Server seqs of the messages on disk."""
+        conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE_NAME))
+        try:
+            return {r[0] for r in conn.execute("SELECT seq FROM mailbox_messages")}
+        finally:
+            conn.close()
+
+    @defer.inlineCallbacks
+    def fill(self, session, recipient):
+        """Forward messages, 16 at a time, until the node refuses some; return the ids it stored."""
+        stored = []
+        for _ in range(200):
+            wave = [mailbox.forward(session, recipient, os.urandom(PAYLOAD)) for _ in range(16)]
+            results = yield eventually(defer.DeferredList(wave, consumeErrors=True), 30)
+            refused = [r.value for ok, r in results if not ok]
+            if os.environ.get("DISKDEBUG"):
+                sizes = {n: os.path.getsize(os.path.join(self.data_dir, n)) for n in os.listdir(self.data_dir)}
+                print("WAVE", len(stored), self.space.free(), self.space.reusable, sizes, len(refused))
+            stored.extend(r.message_id for ok, r in results if ok)
+            if refused:
+                for error in refused:
+                    self.assertIsInstance(error, ForwardRejected)
+                    self.assertEqual(
+                        (error.code, error.reason), (ForwardStatus.STORAGE_ERROR, "the node cannot store messages now")
+                    )
+                return stored
+        self.fail("the node never refused a message")
+
+    @defer.inlineCallbacks
+    def keep_sending(self, session, recipient, outcome):
+        """Forward one message after another until C{self.sending} is false, counting outcomes."""
+        while self.sending:
+            try:
+                result = yield eventually(mailbox.forward(session, recipient, os.urandom(PAYLOAD)), 30)
+            except ForwardRejected as e:
+                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
+                outcome["refused"] += 1
+            else:
+                outcome["stored"].append(result.message_id)
+            self.conditions.changed()
+
+    @defer.inlineCallbacks
+    def test_acks_delete_at_the_reserve(self):
+        """
+        With the disk at the reserve and the sender still sending, the
+        recipient's acknowledgements delete, DELIVERED receipts flow, nothing
+        is delivered twice across a reconnect, and the mailbox shrinks.
+        """
+        alice, bob = self.client(), self.client()
+        received, receipts = [], []
+        mailbox.set_inbox(bob.peer, lambda sender, mid, data: self.conditions.changed(received.append(mid)))
+        mailbox.set_receipts(alice.peer, lambda r: self.conditions.changed(receipts.append(r)))
+        a = yield self.paired(alice)
+        b = yield self.paired(bob)
+        b.close()
+
+        before = yield self.fill(a, bob.peer_id)
+        self.assertGreater(len(before), 50)
+        self.assertTrue(self.space.low)
+        self.assertEqual(self.held(), set(before))
+        free_at_mark = self.space.free()
+        # What is left is the reserve (less at most what the last group took).
+        self.assertGreater(free_at_mark + self.space.reusable, self.reserve - 16 * (PAYLOAD + 4096))
+
+        # The sender carries on while the recipient comes back.
+        self.sending = True
+        outcome = {"stored": [], "refused": 0}
+        sender = self.keep_sending(a, bob.peer_id, outcome)
+        b = yield eventually(bob.connect(self.address))
+        wanted = set(before)
+        yield self.conditions.until(lambda: wanted <= set(received), 60)
+        yield self.conditions.until(
+            lambda: wanted <= {r.message_id for r in receipts if r.status == ReceiptStatus.DELIVERED}, 60
+        )
+        yield self.node.mailbox.store.flushed()
+        self.assertFalse(wanted & self.held(), "delivered messages still held")
+
+        # The recipient reconnects: nothing it acknowledged is sent again
+        # (only what its session was sent and had not acknowledged yet may be).
+        b.close()
+        seen = len(outcome["stored"])
+        yield self.conditions.until(lambda: len(outcome["stored"]) >= seen + 5, 60)
+        yield self.node.mailbox.store.flushed()
+        unacknowledged = set(self.delivered_seqs) & self.held_seqs()
+        b = yield eventually(bob.connect(self.address))
+        self.sending = False
+        yield sender
+        everything = wanted | set(outcome["stored"])
+        yield self.conditions.until(lambda: everything <= set(received), 60)
+        yield self.conditions.until(lambda: not self.node.mailbox.store.depths(), 60)
+        twice = {seq for seq in self.delivered_seqs if self.delivered_seqs.count(seq) > 1}
+        self.assertLessEqual(twice, unacknowledged)
+        self.assertEqual(len(self.delivered_seqs), len(everything) + len(twice))
+        self.assertEqual(len(received), len(everything))
+        self.assertEqual(self.held(), set())
+        self.assertEqual(self.node.mailbox._unpurged, {})
+        warned = [e for e in self.events if "down to the reserve" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
+    def test_sync_publish_refused_at_the_reserve(self):
+        """At the reserve publishes get STORAGE_ERROR while a device still gets its replay and moves its cursor."""
+        phone, laptop = self.client(), self.client()
+        p = yield self.paired(phone)
+        yield self.paired(laptop)
+        published = []
+        for _ in range(2000):
+            try:
+                seq = yield eventually(sync.sync_publish(p, "notes", os.urandom(PAYLOAD)))
+            except PublishRejected as e:
+                self.assertEqual((e.code, e.reason), (SyncStatus.STORAGE_ERROR, "the node cannot store updates now"))
+                break
+            published.append(seq)
+        else:
+            self.fail("the node never refused an update")
+        self.assertGreater(len(published), 50)
+        updates = []
+        store = self.node.sync.store
+        set_cursor = store.set_cursor
+        store.set_cursor = lambda *args: set_cursor(*args).addBoth(self.conditions.changed)
+        lap = yield eventually(laptop.connect(self.address))
+        sync.subscribe(lap, ["notes"], lambda topic, seq, sender, data: self.conditions.changed(updates.append(seq)))
+        yield self.conditions.until(lambda: updates == published, 60)
+        # Its cursor reached the last update: a write that still commits at the reserve.
+        yield self.conditions.until(lambda: store.cursors()[laptop.peer_id]["notes"] == published[-1])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class SimulatedDiskTests(ReserveScenario, unittest.TestCase):
+    """The scenario on a simulated 16 MiB disk (hermetic: a statvfs stand-in)."""
+
+    def make_disk(self):
+        data_dir = os.path.abspath(self.mktemp())
+        return data_dir, small_disk_later(data_dir, self.capacity)
+
+
+def small_disk_later(data_dir, capacity):
+    """L{small_disk} for a directory that make_node has yet to create."""
+    os.makedirs(data_dir, mode=0o700)
+    return small_disk(data_dir, capacity)
+
+
+class RealDiskTests(ReserveScenario, unittest.TestCase):
+    """The scenario on a real 16 MiB tmpfs (needs root and mount permission)."""
+
+    def make_disk(self):
+        mount_point = tempfile.mkdtemp(prefix="cairn-disk-")
+        self.addCleanup(shutil.rmtree, mount_point, True)
+        size = f"size={self.capacity // 1024}k"
+        try:
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"{size},mode=0700", "tmpfs", mount_point],
+                check=True,
+                capture_output=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise unittest.SkipTest(f"cannot mount a small tmpfs here: {getattr(e, 'stderr', b'') or e}") from None
+        # Cleanups run last-in first-out: unmounted after the node has stopped.
+        self.addCleanup(subprocess.run, ["umount", "-l", mount_point], check=False)
+        return os.path.join(mount_point, "data"), None
+
+
+class ReportTests(unittest.TestCase):
+    """Free space in GET /health and /metrics, and the start-up warning."""
+
+    def node(self, **settings):
+        data_dir = os.path.abspath(self.mktemp())
+        settings.setdefault("mgmt_listen", "tcp:0:interface=127.0.0.1")
+        settings.setdefault("mgmt_token", "a-token-for-the-disk-tests")
+        node = make_node(config_for(data_dir, **settings), reactor)
+        self.free = 100 * MiB
+        node.db.space.statvfs = fake_statvfs(lambda: self.free)
+        return node
+
+    def get(self, node, path):
+        from treq.testing import StubTreq
+
+        site = node.listeners["management"].factory
+        stub = StubTreq(site.resource)
+        d = stub.get(f"http://localhost{path}", headers={b"Authorization": [b"Bearer a-token-for-the-disk-tests"]})
+        stub.flush()
+        response = self.successResultOf(d)
+        return self.successResultOf(response.content())
+
+    def test_health_and_metrics(self):
+        """GET /health and /metrics show the free bytes, the reserve and whether writes are refused."""
+        import json
+
+        node = self.node(disk_reserve=64 * MiB)
+        disk = json.loads(self.get(node, "/health"))["disk"]
+        self.assertEqual(disk, {"free_bytes": 100 * MiB, "reusable_bytes": 0, "reserve_bytes": 64 * MiB, "low": False})
+        self.free = 10 * MiB
+        self.assertTrue(json.loads(self.get(node, "/health"))["disk"]["low"])
+        metrics = self.get(node, "/metrics").decode()
+        self.assertIn("cairn_disk_free_bytes 1.048576e+07", metrics)
+        self.assertIn("cairn_disk_reserve_bytes 6.7108864e+07", metrics)
+        self.assertIn("cairn_disk_low 1.0", metrics)
+        self.assertIn("cairn_disk_refused_total 0.0", metrics)
+
+    @defer.inlineCallbacks
+    def test_start_up_warning(self):
+        """A mailbox limit larger than the disk is warned about in one line when the node starts."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node = self.node(forward_max_total=10**9, mgmt_listen="none")
+        node.startService()
+        yield node.ready
+        yield node.stopService()
+        [line] = [e["line"] for e in events if "line" in e and "CAIRN_FORWARD_MAX_TOTAL" in e["line"]]
+        self.assertIn("is more than", line)
+        self.assertNotIn("\n", line)
