@@ -26,6 +26,7 @@ from cairn.pairing import client as pairing
 from cairn.service import make_node
 from cairn.startup import disk_warnings
 from cairn.sync import client as sync
+from cairn.sync import sealing
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
 from tests._harness import Conditions, drop_all, eventually, track_connections
@@ -193,6 +194,10 @@ class ReserveScenario:
     def client(self):
         client = Client(reactor, clock=task.Clock())
         track_connections(client.peer, self.connections)
+        # One person's devices share a sync group key (docs/protocol.md §24.10).
+        if not hasattr(self, "keyring"):
+            self.keyring = sealing.Keyring.generate()
+        sync.set_keyring(client.peer, self.keyring)
         return client
 
     @defer.inlineCallbacks
