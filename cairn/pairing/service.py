@@ -1,6 +1,7 @@
 """
-The node's side of pairing: PSK, PIN (SPAKE2), links, operator approval,
-unpairing, and the gate that keeps unpaired sessions to pairing only.
+The node's side of pairing: PSK and PIN (SPAKE2, RFC 9382), links,
+operator approval, unpairing, and the gate that keeps unpaired sessions
+to pairing only.
 
 L{PairingService} registers its handlers (PairRequest, PairResponse,
 PairRevoke) and its session observer on the node's L{Peer} when it is
@@ -8,17 +9,17 @@ constructed; L{PairingService.start} loads the trust store, and the node
 must not accept sessions before that Deferred has fired.
 """
 
-from spake2 import SPAKE2_B
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.pairing import messages, proofs
+from cairn.pairing import messages, pake, proofs
 from cairn.pairing.codes import LinkBook, PinBook
 from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PIN, PSK
-from cairn.pairing.ratelimit import FailureLimiter
+from cairn.pairing.psk import PskSetting
+from cairn.pairing.ratelimit import FailureLimiter, source_key
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
@@ -35,10 +36,11 @@ MAX_SOURCE_FAILURES = 5
 FAILURE_WINDOW = 600.0
 MAX_CODE_FAILURES = 3
 MAX_PENDING = 100
+#: PSK/PIN exchanges a source may start per window (failures are counted apart).
+MAX_SOURCE_EXCHANGES = 30
+EXCHANGE_WINDOW = 60.0
 #: Seconds between two "pending requests at the limit" warnings.
 PENDING_FULL_WARN_EVERY = 60.0
-#: A PSK shorter than this (in bytes) is logged as weak at start-up.
-WEAK_PSK = 16
 
 
 def paired_only(trust, handler):
@@ -69,20 +71,21 @@ def source_of(session) -> str:
     if get_peer is not None:
         host = getattr(get_peer(), "host", None)
         if host:
-            return host
+            return source_key(host)
     return str(getattr(transport, "peer_address", "unknown"))
 
 
-class _PinExchange:
-    """A PIN exchange waiting for the client's PairResponse."""
+class _PakeExchange:
+    """A PSK or PIN exchange waiting for the device's PairResponse."""
 
-    __slots__ = ("generation", "name", "client_mac", "server_mac")
+    __slots__ = ("method", "name", "generation", "expect", "confirm")
 
-    def __init__(self, generation, name, client_mac, server_mac):
-        self.generation = generation
+    def __init__(self, method, name, generation, expect, confirm):
+        self.method = method
         self.name = name
-        self.client_mac = client_mac
-        self.server_mac = server_mac
+        self.generation = generation  # of the PIN in force at the request (None: none)
+        self.expect = expect  # cA
+        self.confirm = confirm  # cB, sent only once cA is verified
 
 
 @implementer(IPairingService)
@@ -109,6 +112,10 @@ class PairingService:
         failure_window=FAILURE_WINDOW,
         max_code_failures=MAX_CODE_FAILURES,
         max_pending=MAX_PENDING,
+        psk_max_uses=0,
+        psk_lifetime=None,
+        psk_file=None,
+        max_source_exchanges=MAX_SOURCE_EXCHANGES,
     ):
         self.peer = peer
         self.trust = trust
@@ -117,14 +124,17 @@ class PairingService:
         self.max_pending = max_pending
         self._full_warned_at = None
         self._unrecorded = 0
-        self._psk_key = proofs.psk_key(psk) if psk else None
-        if psk and len(psk.encode("utf-8")) < WEAK_PSK:
-            log.warn("CAIRN_PSK is shorter than {n} bytes: use a long random key", n=WEAK_PSK)
+        self.psk = PskSetting(clock, psk, psk_max_uses, psk_lifetime, psk_file)
         self.pins = PinBook(clock, pin_ttl, max_code_failures)
         self.links = LinkBook(clock, link_ttl, max_code_failures)
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
+        self.exchange_starts = FailureLimiter(clock, max_source_exchanges, EXCHANGE_WINDOW)
+        #: PINs invalidated by failed attempts, and when the last was (for the operator).
+        self.pins_burned = 0
+        self.last_pin_burned_at = None
         self._purge_hooks = []
-        self._pin_exchanges = {}
+        self._pake_exchanges = {}
+        self._pake_sessions = set()
         peer.register_handler(MessageType.PAIR_REQUEST, self._guarded(self._pair_request))
         peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self._pair_response))
         peer.register_handler(MessageType.PAIR_REVOKE, self._guarded(self._pair_revoke))
@@ -238,7 +248,8 @@ class PairingService:
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     def session_closed(self, session):
-        self._pin_exchanges.pop(session.session_id, None)
+        self._pake_exchanges.pop(session.session_id, None)
+        self._pake_sessions.discard(session.session_id)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     @defer.inlineCallbacks
@@ -310,6 +321,9 @@ class PairingService:
     def _pair_request(self, session, body):
         try:
             request = messages.parse_pair_request(body)
+        except messages.UnsupportedVersion as e:
+            self._reject(session, body.get("method", ""), PairRejectCode.UNSUPPORTED_VERSION, str(e))
+            return
         except messages.UnsupportedMethod as e:
             self._reject(session, "", PairRejectCode.METHOD_UNAVAILABLE, str(e))
             return
@@ -318,7 +332,10 @@ class PairingService:
             return
         method = request.method
         peer_id = session.remote_peer_id
-        if method != PSK and self.trust.is_paired(peer_id):
+        if method in (LINK, APPROVAL) and self.trust.is_paired(peer_id):
+            # No code consumed: a link's device has checked this node's peer
+            # id, an approval's device compares it (§20.3.5). PSK and PIN
+            # always run the whole exchange, so their confirmation is proven.
             self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, already_paired=True))
             return
         record = yield self.trust.get(peer_id)
@@ -337,65 +354,130 @@ class PairingService:
         if self.sources.limited(source):
             self._rate_limited(session, method, source)
             return
-        step = {PSK: self._psk, PIN: self._pin_start, LINK: self._link}[method]
-        yield step(session, request, source)
-
-    def _psk(self, session, request, source):
-        if self._psk_key is None:
-            self._reject(session, PSK, PairRejectCode.METHOD_UNAVAILABLE, "no PSK is configured")
-            return None
-        client_proof, server_proof = proofs.psk_proofs(self._psk_key, session.result.handshake_hash)
-        if not proofs.equal(request.proof, client_proof):
-            self.sources.failed(source)
-            self._reject(session, PSK, PairRejectCode.BAD_PROOF, "wrong PSK")
-            return None
-        return self._paired(session, PSK, request.name, server_proof)
-
-    def _pin_start(self, session, request, source):
-        refusal = self.pins.refusal()
-        if refusal is not None:
-            self._reject(session, PIN, *refusal)
+        if method == LINK:
+            yield self._link(session, request, source)
             return
-        pin = self.pins.current
-        spake = SPAKE2_B(pin.key, idA=session.remote_identity, idB=self.peer.identity.public_key)
-        message_b = spake.start()
+        self._pake_start(session, request, source)
+
+    def _pake_start(self, session, request, source):
+        method = request.method
+        if method == PSK and not self.psk.enabled:
+            self._reject(session, PSK, PairRejectCode.METHOD_UNAVAILABLE, "PSK pairing is not enabled on this node")
+            return
+        if session.session_id in self._pake_sessions:
+            self._reject(
+                session,
+                method,
+                PairRejectCode.RATE_LIMITED,
+                "one failed or unfinished PSK/PIN exchange per session: reconnect to retry",
+            )
+            return
+        if self.exchange_starts.limited(source):
+            wait = int(self.exchange_starts.retry_after(source)) + 1
+            self._reject(session, method, PairRejectCode.RATE_LIMITED, f"too many pairing attempts, retry in {wait} s")
+            return
+        generation = None
+        if method == PSK:
+            w = self.psk.w
+        elif self.pins.current is not None:
+            generation = self.pins.current.generation
+            w = proofs.pin_scalar(self.pins.current.key)
+        else:
+            # No PIN: run the exchange all the same with a password nobody
+            # holds, so that the reply does not tell whether a PIN is active.
+            w = pake.random_scalar()
+        side = pake.SideB(w, session.remote_identity, self.peer.identity.public_key, session.result.handshake_hash)
         try:
-            key = spake.finish(request.spake2)
-        except Exception:  # spake2 raises ValueError, SPAKEError or NotOnCurve for a bad element
-            self._reject(session, PIN, PairRejectCode.MALFORMED, "'spake2' is not a valid SPAKE2 message")
+            expect, confirm = side.finish(request.pake)
+        except pake.InvalidElement as e:
+            self._reject(session, method, PairRejectCode.MALFORMED, f"'pake': {e}")
             return
-        client_mac, server_mac = proofs.pin_confirmations(key, session.result.handshake_hash, request.spake2, message_b)
-        self._pin_exchanges[session.session_id] = _PinExchange(pin.generation, request.name, client_mac, server_mac)
-        self._send(session, MessageType.PAIR_CHALLENGE, {"method": PIN, "spake2": message_b})
+        self._pake_sessions.add(session.session_id)
+        self.exchange_starts.failed(source)
+        self._pake_exchanges[session.session_id] = _PakeExchange(method, request.name, generation, expect, confirm)
+        self._send(session, MessageType.PAIR_CHALLENGE, {"method": method, "pake": side.share})
 
     def _pair_response(self, session, body):
         try:
-            confirm = messages.parse_pair_response(body)
+            method, confirm = messages.parse_pair_response(body)
         except BodyError as e:
-            self._reject(session, PIN, PairRejectCode.MALFORMED, str(e))
+            self._reject(
+                session, body.get("method", "") if isinstance(body, dict) else "", PairRejectCode.MALFORMED, str(e)
+            )
             return None
-        exchange = self._pin_exchanges.pop(session.session_id, None)
-        if exchange is None:
-            self._reject(session, PIN, PairRejectCode.MALFORMED, "no PIN exchange in progress on this session")
+        exchange = self._pake_exchanges.pop(session.session_id, None)
+        if exchange is None or exchange.method != method:
+            self._reject(session, method, PairRejectCode.MALFORMED, f"no {method} exchange in progress on this session")
             return None
         source = source_of(session)
         if self.sources.limited(source):
-            self._rate_limited(session, PIN, source)
+            self._rate_limited(session, method, source)
             return None
-        refusal = self.pins.refusal(exchange.generation)
-        if refusal is not None:
-            self._reject(session, PIN, *refusal)
+        if not proofs.equal(confirm, exchange.expect):
+            self._failed_confirmation(session, exchange, source)
             return None
+        # The device proved the secret: only now may it learn the state of the
+        # PIN or PSK (a party without the secret gets BAD_PROOF whatever it is).
+        if method == PIN:
+            refusal = self.pins.refusal(exchange.generation)
+            if refusal is not None:
+                self._reject(session, PIN, *refusal)
+                return None
+            self.pins.current.used = True
+        else:
+            refusal = self.psk.refusal()
+            if refusal is not None:
+                self._reject(session, PSK, *refusal)
+                return None
+            self.psk.used()
+        # A proven exchange lifts the once-per-session limit (it bounds guesses).
+        self._pake_sessions.discard(session.session_id)
+        return self._paired(session, method, exchange.name, exchange.confirm)
+
+    def _failed_confirmation(self, session, exchange, source):
+        self.sources.failed(source)
+        reason = "wrong PSK" if exchange.method == PSK else "wrong PIN"
         pin = self.pins.current
-        if not proofs.equal(confirm, exchange.client_mac):
-            pin.failures += 1
-            self.sources.failed(source)
-            burned = pin.failures >= self.pins.max_failures
-            reason = "wrong PIN" + ("; the PIN is now invalid" if burned else "")
-            self._reject(session, PIN, PairRejectCode.BAD_PROOF, reason)
-            return None
-        pin.used = True
-        return self._paired(session, PIN, exchange.name, exchange.server_mac)
+        if exchange.method == PIN and pin is not None and pin.generation == exchange.generation:
+            if not pin.used and pin.failures < self.pins.max_failures:
+                pin.failures += 1
+                if pin.failures >= self.pins.max_failures:
+                    self.pins_burned += 1
+                    self.last_pin_burned_at = self.clock.seconds()
+                    log.warn(
+                        "pairing PIN invalidated after {n} wrong answers, the last from {peer_id}: "
+                        "create a new PIN for the device you are pairing",
+                        n=pin.failures,
+                        peer_id=session.remote_peer_id,
+                    )
+        self._reject(session, exchange.method, PairRejectCode.BAD_PROOF, reason)
+
+    def pairing_status(self) -> dict:
+        """The state of PSK and PIN pairing for the management API (no secrets)."""
+        pin = self.pins.current
+        now = self.clock.seconds()
+        active = pin is not None and pin.refusal(now, self.pins.max_failures) is None
+        return {
+            "psk": self.psk.status(),
+            "pin": {
+                "active": active,
+                "expires_at": pin.expires_at if active else None,
+                "failures": pin.failures if pin is not None else 0,
+                "burned": self.pins_burned,
+                "last_burned_at": self.last_pin_burned_at,
+            },
+            "links_active": len(self.links),
+        }
+
+    def rotate_psk(self, psk=None) -> dict:
+        """Put a new PSK in force (C{psk}, or a random one); the result holds it once."""
+        psk = self.psk.rotate(psk)
+        return {"psk": psk, **self.psk.status()}
+
+    def disable_psk(self) -> dict:
+        """Turn PSK pairing off until the next rotation."""
+        self.psk.disable()
+        return self.psk.status()
 
     def _link(self, session, request, source):
         code = self.links.get(request.link_id)
