@@ -30,6 +30,7 @@ from cairn.mailbox.store import SQLiteMailboxStore
 from cairn.management.app import ManagementAPI, make_site, warn_if_exposed
 from cairn.management.metrics import Metrics
 from cairn.management.token import resolve_token
+from cairn.pairing.psk import PSK_FILE
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
 from cairn.permissions import PermissionProblem, check_data_dir
@@ -258,7 +259,16 @@ def make_node(config, reactor) -> CairnNode:
     )
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
     trust = SQLiteTrustStore(db)
-    pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
+    pairing = PairingService(
+        peer,
+        trust,
+        reactor,
+        psk=config.psk,
+        link_addresses=config.public_addresses,
+        psk_max_uses=config.psk_max_uses,
+        psk_lifetime=config.psk_expires,
+        psk_file=os.path.join(config.data_dir, PSK_FILE),
+    )
     mailbox = MailboxService(
         peer,
         trust,

@@ -155,8 +155,12 @@ def makeService(options: Options) -> IService:
     # should not need the whole node.
     from twisted.internet import reactor
 
+    from cairn.pairing.psk import PskError
     from cairn.service import make_node
 
-    node = make_node(config, reactor)
+    try:
+        node = make_node(config, reactor)
+    except PskError as e:  # a damaged <data dir>/pairing-psk.json: one line, no traceback
+        raise usage.UsageError(str(e)) from None
     node.freeze_gc = True
     return node
