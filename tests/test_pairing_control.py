@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from cairn.crypto.identity import Identity
 from cairn.management.app import ManagementAPI
 from cairn.management.metrics import Metrics
+from cairn.pairing import exchange as exchange_module
 from cairn.pairing import service as service_module
 from cairn.pairing.psk import PSK_FILE, PskError, PskSetting
 from cairn.pairing.trust import MemoryTrustStore
@@ -164,7 +165,7 @@ class FloodTests(ServiceHarness, unittest.TestCase):
     def test_burned_pin_reported(self):
         """A PIN burned by wrong answers is logged as a warning and counted in the pairing status."""
         warnings = []
-        self.patch(service_module.log, "warn", lambda fmt, **kw: warnings.append((fmt, kw)))
+        self.patch(exchange_module.log, "warn", lambda fmt, **kw: warnings.append((fmt, kw)))
         pin = self.service.create_pin()["pin"]
         wrong = "ZZZZ-ZZZZ" if pin != "ZZZZ-ZZZZ" else "0000-0000"
         for n in range(3):

@@ -573,10 +573,10 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.service.create_pin()
         session = self.attach(FakeSession())
         self.request(session, {"method": "pin", "pake": self.side(session, "pin", "AAAA-AAAA").share})
-        self.assertIn(session.session_id, self.service._pake_exchanges)
+        self.assertIn(session.session_id, self.service.pake._exchanges)
         session.closed = SessionClosed(0, "")
         self.service.session_closed(session)
-        self.assertEqual(self.service._pake_exchanges, {})
+        self.assertEqual(self.service.pake._exchanges, {})
 
     @settings(max_examples=300, deadline=None)
     @given(

@@ -14,12 +14,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.pairing import messages, pake, proofs
+from cairn.pairing import messages, proofs
 from cairn.pairing.codes import LinkBook, PinBook
+from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
 from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService, UnknownPeer
-from cairn.pairing.messages import APPROVAL, LINK, PIN, PSK
+from cairn.pairing.messages import APPROVAL, LINK, PSK
 from cairn.pairing.psk import PskSetting
-from cairn.pairing.ratelimit import FailureLimiter, source_key
+from cairn.pairing.ratelimit import FailureLimiter
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
@@ -36,9 +37,6 @@ MAX_SOURCE_FAILURES = 5
 FAILURE_WINDOW = 600.0
 MAX_CODE_FAILURES = 3
 MAX_PENDING = 100
-#: PSK/PIN exchanges a source may start per window (failures are counted apart).
-MAX_SOURCE_EXCHANGES = 30
-EXCHANGE_WINDOW = 60.0
 #: Seconds between two "pending requests at the limit" warnings.
 PENDING_FULL_WARN_EVERY = 60.0
 
@@ -58,34 +56,6 @@ def paired_only(trust, handler):
 
     guarded.__wrapped__ = handler
     return guarded
-
-
-def source_of(session) -> str:
-    """
-    The source host of the transport carrying C{session}, the key of the
-    per-source rate limit (the port is left out: it changes per dial).
-    """
-    transport = getattr(session.connection, "transport", None)
-    inner = getattr(transport, "transport", None)
-    get_peer = getattr(inner, "getPeer", None)
-    if get_peer is not None:
-        host = getattr(get_peer(), "host", None)
-        if host:
-            return source_key(host)
-    return str(getattr(transport, "peer_address", "unknown"))
-
-
-class _PakeExchange:
-    """A PSK or PIN exchange waiting for the device's PairResponse."""
-
-    __slots__ = ("method", "name", "generation", "expect", "confirm")
-
-    def __init__(self, method, name, generation, expect, confirm):
-        self.method = method
-        self.name = name
-        self.generation = generation  # of the PIN in force at the request (None: none)
-        self.expect = expect  # cA
-        self.confirm = confirm  # cB, sent only once cA is verified
 
 
 @implementer(IPairingService)
@@ -128,15 +98,10 @@ class PairingService:
         self.pins = PinBook(clock, pin_ttl, max_code_failures)
         self.links = LinkBook(clock, link_ttl, max_code_failures)
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
-        self.exchange_starts = FailureLimiter(clock, max_source_exchanges, EXCHANGE_WINDOW)
-        #: PINs invalidated by failed attempts, and when the last was (for the operator).
-        self.pins_burned = 0
-        self.last_pin_burned_at = None
+        self.pake = PakeMethods(self, max_source_exchanges)
         self._purge_hooks = []
-        self._pake_exchanges = {}
-        self._pake_sessions = set()
         peer.register_handler(MessageType.PAIR_REQUEST, self._guarded(self._pair_request))
-        peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self._pair_response))
+        peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self.pake.respond))
         peer.register_handler(MessageType.PAIR_REVOKE, self._guarded(self._pair_revoke))
         peer.add_observer(self)
         self._flusher = None
@@ -189,7 +154,7 @@ class PairingService:
         def approved(record):
             log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
-                self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+                self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
             return record
 
         return self.trust.get(peer_id).addCallback(check).addCallback(approved)
@@ -198,7 +163,7 @@ class PairingService:
         def rejected(_):
             log.info("pairing request of {peer_id} rejected by the operator", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
-                self._reject(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
+                self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
 
         return self.trust.reject(peer_id).addCallback(rejected)
 
@@ -248,8 +213,7 @@ class PairingService:
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     def session_closed(self, session):
-        self._pake_exchanges.pop(session.session_id, None)
-        self._pake_sessions.discard(session.session_id)
+        self.pake.forget(session)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     @defer.inlineCallbacks
@@ -322,13 +286,13 @@ class PairingService:
         try:
             request = messages.parse_pair_request(body)
         except messages.UnsupportedVersion as e:
-            self._reject(session, body.get("method", ""), PairRejectCode.UNSUPPORTED_VERSION, str(e))
+            self.refuse(session, body.get("method", ""), PairRejectCode.UNSUPPORTED_VERSION, str(e))
             return
         except messages.UnsupportedMethod as e:
-            self._reject(session, "", PairRejectCode.METHOD_UNAVAILABLE, str(e))
+            self.refuse(session, "", PairRejectCode.METHOD_UNAVAILABLE, str(e))
             return
         except BodyError as e:
-            self._reject(session, "", PairRejectCode.MALFORMED, str(e))
+            self.refuse(session, "", PairRejectCode.MALFORMED, str(e))
             return
         method = request.method
         peer_id = session.remote_peer_id
@@ -336,11 +300,11 @@ class PairingService:
             # No code consumed: a link's device has checked this node's peer
             # id, an approval's device compares it (§20.3.5). PSK and PIN
             # always run the whole exchange, so their confirmation is proven.
-            self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, already_paired=True))
+            self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, already_paired=True))
             return
         record = yield self.trust.get(peer_id)
         if record is not None and record.state == REVOKED and method in (PSK, APPROVAL):
-            self._reject(
+            self.refuse(
                 session,
                 method,
                 PairRejectCode.REJECTED_BY_OPERATOR,
@@ -352,105 +316,12 @@ class PairingService:
             return
         source = source_of(session)
         if self.sources.limited(source):
-            self._rate_limited(session, method, source)
+            self.refuse_rate_limited(session, method, source)
             return
         if method == LINK:
             yield self._link(session, request, source)
             return
-        self._pake_start(session, request, source)
-
-    def _pake_start(self, session, request, source):
-        method = request.method
-        if method == PSK and not self.psk.enabled:
-            self._reject(session, PSK, PairRejectCode.METHOD_UNAVAILABLE, "PSK pairing is not enabled on this node")
-            return
-        if session.session_id in self._pake_sessions:
-            self._reject(
-                session,
-                method,
-                PairRejectCode.RATE_LIMITED,
-                "one failed or unfinished PSK/PIN exchange per session: reconnect to retry",
-            )
-            return
-        if self.exchange_starts.limited(source):
-            wait = int(self.exchange_starts.retry_after(source)) + 1
-            self._reject(session, method, PairRejectCode.RATE_LIMITED, f"too many pairing attempts, retry in {wait} s")
-            return
-        generation = None
-        if method == PSK:
-            w = self.psk.w
-        elif self.pins.current is not None:
-            generation = self.pins.current.generation
-            w = proofs.pin_scalar(self.pins.current.key)
-        else:
-            # No PIN: run the exchange all the same with a password nobody
-            # holds, so that the reply does not tell whether a PIN is active.
-            w = pake.random_scalar()
-        side = pake.SideB(w, session.remote_identity, self.peer.identity.public_key, session.result.handshake_hash)
-        try:
-            expect, confirm = side.finish(request.pake)
-        except pake.InvalidElement as e:
-            self._reject(session, method, PairRejectCode.MALFORMED, f"'pake': {e}")
-            return
-        self._pake_sessions.add(session.session_id)
-        self.exchange_starts.failed(source)
-        self._pake_exchanges[session.session_id] = _PakeExchange(method, request.name, generation, expect, confirm)
-        self._send(session, MessageType.PAIR_CHALLENGE, {"method": method, "pake": side.share})
-
-    def _pair_response(self, session, body):
-        try:
-            method, confirm = messages.parse_pair_response(body)
-        except BodyError as e:
-            self._reject(
-                session, body.get("method", "") if isinstance(body, dict) else "", PairRejectCode.MALFORMED, str(e)
-            )
-            return None
-        exchange = self._pake_exchanges.pop(session.session_id, None)
-        if exchange is None or exchange.method != method:
-            self._reject(session, method, PairRejectCode.MALFORMED, f"no {method} exchange in progress on this session")
-            return None
-        source = source_of(session)
-        if self.sources.limited(source):
-            self._rate_limited(session, method, source)
-            return None
-        if not proofs.equal(confirm, exchange.expect):
-            self._failed_confirmation(session, exchange, source)
-            return None
-        # The device proved the secret: only now may it learn the state of the
-        # PIN or PSK (a party without the secret gets BAD_PROOF whatever it is).
-        if method == PIN:
-            refusal = self.pins.refusal(exchange.generation)
-            if refusal is not None:
-                self._reject(session, PIN, *refusal)
-                return None
-            self.pins.current.used = True
-        else:
-            refusal = self.psk.refusal()
-            if refusal is not None:
-                self._reject(session, PSK, *refusal)
-                return None
-            self.psk.used()
-        # A proven exchange lifts the once-per-session limit (it bounds guesses).
-        self._pake_sessions.discard(session.session_id)
-        return self._paired(session, method, exchange.name, exchange.confirm)
-
-    def _failed_confirmation(self, session, exchange, source):
-        self.sources.failed(source)
-        reason = "wrong PSK" if exchange.method == PSK else "wrong PIN"
-        pin = self.pins.current
-        if exchange.method == PIN and pin is not None and pin.generation == exchange.generation:
-            if not pin.used and pin.failures < self.pins.max_failures:
-                pin.failures += 1
-                if pin.failures >= self.pins.max_failures:
-                    self.pins_burned += 1
-                    self.last_pin_burned_at = self.clock.seconds()
-                    log.warn(
-                        "pairing PIN invalidated after {n} wrong answers, the last from {peer_id}: "
-                        "create a new PIN for the device you are pairing",
-                        n=pin.failures,
-                        peer_id=session.remote_peer_id,
-                    )
-        self._reject(session, exchange.method, PairRejectCode.BAD_PROOF, reason)
+        self.pake.start(session, request, source)
 
     def pairing_status(self) -> dict:
         """The state of PSK and PIN pairing for the management API (no secrets)."""
@@ -463,8 +334,8 @@ class PairingService:
                 "active": active,
                 "expires_at": pin.expires_at if active else None,
                 "failures": pin.failures if pin is not None else 0,
-                "burned": self.pins_burned,
-                "last_burned_at": self.last_pin_burned_at,
+                "burned": self.pake.pins_burned,
+                "last_burned_at": self.pake.last_pin_burned_at,
             },
             "links_active": len(self.links),
         }
@@ -485,36 +356,36 @@ class PairingService:
         if refusal is not None:
             if code is None:
                 self.sources.failed(source)
-            self._reject(session, LINK, *refusal)
+            self.refuse(session, LINK, *refusal)
             return None
         client_proof, server_proof = proofs.link_proofs(code.key, session.result.handshake_hash)
         if not proofs.equal(request.proof, client_proof):
             code.failures += 1
             self.sources.failed(source)
-            self._reject(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
+            self.refuse(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
             return None
         code.used = True
-        return self._paired(session, LINK, request.name, server_proof)
+        return self.pair_session(session, LINK, request.name, server_proof)
 
     @defer.inlineCallbacks
     def _approval(self, session, request, record):
         peer_id = session.remote_peer_id
         if (record is None or record.state != PENDING) and (yield self._pending_full(peer_id)):
-            self._reject(session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests, try later")
+            self.refuse(session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests, try later")
             return
         yield self.trust.add_pending(peer_id, session.remote_identity, request.name, self.clock.seconds())
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
-            self._send(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
+            self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
-    def _paired(self, session, method, name, server_proof):
+    def pair_session(self, session, method, name, server_proof):
         peer_id = session.remote_peer_id
         if self.trust.is_paired(peer_id):
-            self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof, True))
+            self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof, True))
             return None
 
         def paired(record):
             log.info("peer {peer_id} paired by {method}", peer_id=peer_id, method=method)
-            self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
+            self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
 
         d = self.trust.set_paired(peer_id, session.remote_identity, name, method, self.clock.seconds())
         return d.addCallback(paired)
@@ -524,7 +395,7 @@ class PairingService:
         try:
             messages.parse_pair_revoke(body)
         except BodyError as e:
-            self._reject(session, "", PairRejectCode.MALFORMED, str(e))
+            self.refuse(session, "", PairRejectCode.MALFORMED, str(e))
             return
         peer_id = session.remote_peer_id
         if self.trust.is_paired(peer_id):
@@ -541,7 +412,7 @@ class PairingService:
     def _sessions_of(self, peer_id):
         return [s for s in list(self.peer.sessions.values()) if s.remote_peer_id == peer_id and s.closed is None]
 
-    def _send(self, session, type_code, body):
+    def send_reply(self, session, type_code, body):
         if session.closed is not None:
             return
         try:
@@ -549,15 +420,15 @@ class PairingService:
         except SessionClosed:
             pass
 
-    def _reject(self, session, method, code, reason):
+    def refuse(self, session, method, code, reason):
         log.info(
             "pairing ({method}) of {peer_id} refused: {code}",
             method=method or "?",
             peer_id=session.remote_peer_id,
             code=PairRejectCode(code).name,
         )
-        self._send(session, MessageType.PAIR_REJECT, messages.pair_reject(code, reason, method))
+        self.send_reply(session, MessageType.PAIR_REJECT, messages.pair_reject(code, reason, method))
 
-    def _rate_limited(self, session, method, source):
+    def refuse_rate_limited(self, session, method, source):
         wait = int(self.sources.retry_after(source)) + 1
-        self._reject(session, method, PairRejectCode.RATE_LIMITED, f"too many failed attempts, retry in {wait} s")
+        self.refuse(session, method, PairRejectCode.RATE_LIMITED, f"too many failed attempts, retry in {wait} s")
