@@ -65,6 +65,9 @@ class PakeMethods:
         self.exchange_starts = FailureLimiter(service.clock, max_source_exchanges, EXCHANGE_WINDOW)
         self.pins_burned = 0
         self.last_pin_burned_at = None
+        # The password of "no PIN is active": random, known to no one, fixed
+        # for the process so that its blinding elements stay cached.
+        self._no_pin = pake.random_scalar()
         self._exchanges = {}
         self._sessions = set()  # sessions with a failed or unfinished exchange
 
@@ -104,7 +107,7 @@ class PakeMethods:
         else:
             # No PIN: run the exchange all the same with a password nobody
             # holds, so that the reply does not tell whether a PIN is active.
-            w = pake.random_scalar()
+            w = self._no_pin
         side = pake.SideB(
             w, session.remote_identity, self.service.peer.identity.public_key, session.result.handshake_hash
         )

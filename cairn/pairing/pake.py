@@ -32,6 +32,7 @@ canonical, of prime order (not small order, not the identity) -- libsodium's
 C{crypto_core_ed25519_is_valid_point} -- or the exchange is refused.
 """
 
+import functools
 import hashlib
 import hmac
 import os
@@ -91,10 +92,16 @@ def valid_point(encoded: bytes) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _blinding(w: int, blind: bytes) -> bytes:
+    # w*M and w*N are the same for every exchange with one password (the
+    # PSK, the current PIN): kept, they halve the node's cost per request.
+    return sodium.crypto_scalarmult_ed25519_noclamp(_le(w), blind)
+
+
 def _share(scalar: int, w: int, blind: bytes) -> bytes:
     return sodium.crypto_core_ed25519_add(
-        sodium.crypto_scalarmult_ed25519_base_noclamp(_le(scalar)),
-        sodium.crypto_scalarmult_ed25519_noclamp(_le(w), blind),
+        sodium.crypto_scalarmult_ed25519_base_noclamp(_le(scalar)), _blinding(w, blind)
     )
 
 
@@ -102,7 +109,7 @@ def _shared_element(scalar: int, w: int, received: bytes, blind: bytes):
     """K = h*scalar*(received - w*blind), or None if that is the identity."""
     if not valid_point(received):
         raise InvalidElement("not a canonical edwards25519 point of prime order")
-    unblinded = sodium.crypto_core_ed25519_sub(received, sodium.crypto_scalarmult_ed25519_noclamp(_le(w), blind))
+    unblinded = sodium.crypto_core_ed25519_sub(received, _blinding(w, blind))
     try:
         # libsodium refuses the identity (as input or as result): K would
         # be the identity, which only a party that knows w can bring about.
