@@ -213,8 +213,9 @@ class ApiTests(unittest.TestCase):
         self.assertNotIn("my own long passphrase", json.dumps(self.call("GET", "/pairing")[1]))
         response, error = self.call("POST", "/pairing/psk", json={"psk": ""})
         self.assertEqual(response.code, 400)
-        response, error = self.call("POST", "/pairing/psk", json={"psk": 5})
-        self.assertEqual(response.code, 400)
+        for bad in (5, None):
+            response, error = self.call("POST", "/pairing/psk", json={"psk": bad})
+            self.assertEqual(response.code, 400)
         response, disabled = self.call("DELETE", "/pairing/psk")
         self.assertEqual((response.code, disabled["enabled"]), (200, False))
 

@@ -209,6 +209,8 @@ class PinningTests(PairingScenarioMixin, unittest.TestCase):
             yield self.pairing.approve(client.peer_id)
             result = yield eventually(d)
             self.assertEqual(result.verified, verified)
+            pinned = client.pins.get(self.address)
+            self.assertEqual(pinned, self.server.peer_id if verified else None)
 
 
 class FilePinsTests(unittest.TestCase):

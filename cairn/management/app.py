@@ -254,9 +254,11 @@ class ManagementAPI:
 
         psk = None
         if read_body(request).strip():
-            psk = json_object(request).get("psk")
-            if psk is not None and not isinstance(psk, str):
-                raise BadRequest("psk must be a string")
+            body = json_object(request)
+            if "psk" in body:
+                psk = body["psk"]
+                if not isinstance(psk, str):
+                    raise BadRequest("psk must be a string (leave it out to have one generated)")
         try:
             result = self.pairing.rotate_psk(psk)
         except PskError as e:

@@ -204,7 +204,8 @@ class _Dispatcher:
             if proof is None and not already:
                 return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node confirmed without a proof", close=True)
         verified = method != APPROVAL or exchange.known_node
-        _pin(session)
+        if verified:  # an unverified approval must not become the device's trust anchor
+            _pin(session)
         self._finish(exchange, PairResult(session.remote_peer_id, method, already, verified))
         return None
 
