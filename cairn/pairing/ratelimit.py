@@ -93,6 +93,15 @@ class FailureLimiter:
         while len(times) > self.max_failures:
             times.popleft()
 
+    def forgive(self, key) -> None:
+        """Take back the most recent event of C{key} (it turned out legitimate)."""
+        key = self._key(key)
+        times = self._recent(key)
+        if times:
+            times.pop()
+            if not times:
+                del self._failures[key]
+
     def retry_after(self, key) -> float:
         """Seconds until C{key} may try again (0 if it may now)."""
         key = self._key(key)
