@@ -57,7 +57,7 @@ class ServerMismatch(NodeMismatch):
 
     def __init__(self, expected: str, actual: str):
         super().__init__(expected, actual)
-        Exception.__init__(self, f"the link names {expected}, but the node answering is {actual}")
+        self.args = (f"the link names {expected}, but the node answering is {actual}",)
 
 
 @attr.s(frozen=True, auto_attribs=True)
