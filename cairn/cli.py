@@ -51,7 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--pin", dest="kind", action="store_const", const="pin", help="a PIN (XXXX-XXXX)")
     what.add_argument("--link", dest="kind", action="store_const", const="link", help="a cairn://pair link")
     what.add_argument("--qr", dest="kind", action="store_const", const="qr", help="a link drawn as a QR code")
+    what.add_argument("--id", dest="kind", action="store_const", const="id", help="the node's peer id (to pin)")
     pair.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
+    psk = commands.add_parser(
+        "psk",
+        help="rotate or disable the running node's pre-shared key",
+        description="Rotate the running node's PSK (a generated one, or one read from stdin with "
+        "--psk-stdin; printed once) or disable PSK pairing. Takes effect at once and survives restarts.",
+    )
+    psk.add_argument("action", choices=("rotate", "disable"))
+    psk.add_argument("--psk-stdin", action="store_true", help="rotate: read the new PSK from stdin (one line)")
+    psk.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
     return parser
 
 
@@ -64,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "pair":
         return pair(args.kind, args.url)
+    if args.command == "psk":
+        return psk(args.action, args.url, args.psk_stdin)
     return run(getattr(args, "options", []))
 
 
@@ -78,6 +90,22 @@ def pair(kind: str, url: str | None) -> int:
         sys.stdout.write(ask(kind, os.environ, url) + "\n")
     except PairCommandError as e:
         sys.stderr.write(f"cairn-server pair: {e}\n")
+        return 1
+    return 0
+
+
+def psk(action: str, url: str | None, from_stdin: bool = False) -> int:
+    """Rotate (printing the new PSK once) or disable the running node's PSK."""
+    import os
+
+    from cairn.cli_pair import PairCommandError
+    from cairn.cli_pair import psk as change
+
+    new_psk = sys.stdin.readline().rstrip("\r\n") if from_stdin else None
+    try:
+        sys.stdout.write(change(action, os.environ, url, new_psk) + "\n")
+    except PairCommandError as e:
+        sys.stderr.write(f"cairn-server psk: {e}\n")
         return 1
     return 0
 

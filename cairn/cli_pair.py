@@ -1,5 +1,6 @@
 """
-C{cairn-server pair}: ask the running node for a PIN, a link or a QR code.
+C{cairn-server pair}: ask the running node for a PIN, a link, a QR code or
+its peer id; C{cairn-server psk}: rotate or disable its PSK.
 
 The codes are made by the node that is running, through its management
 API on loopback with the bearer token, so that the node which will check
@@ -78,11 +79,14 @@ def find_token(config) -> str:
     return token
 
 
-def call(url: str, token: str, method: str, path: str, timeout: float = 10.0):
-    """One API call; returns (headers, body bytes) or raises PairCommandError."""
-    request = urllib.request.Request(
-        url + path, method=method, headers={"Authorization": f"Bearer {token}"}
-    )
+def call(url: str, token: str, method: str, path: str, timeout: float = 10.0, body=None):
+    """One API call (C{body}: JSON-able or None); returns (headers, body bytes) or raises PairCommandError."""
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url + path, method=method, headers=headers, data=data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.headers, response.read()
@@ -97,16 +101,22 @@ def call(url: str, token: str, method: str, path: str, timeout: float = 10.0):
         raise PairCommandError(f"cannot reach the node's management API at {url}: {reason}") from None
 
 
-def pair(kind: str, environ, url: str = None, out=None) -> str:
-    """
-    Ask the running node for a C{"pin"}, C{"link"} or C{"qr"}; return the text to print.
-    """
+def _api(environ, url):
     try:
         config = Config.from_env(environ)
     except ConfigError as e:
         raise PairCommandError(str(e)) from None
-    url = (url or api_url(config.mgmt_listen)).rstrip("/")
-    token = find_token(config)
+    return (url or api_url(config.mgmt_listen)).rstrip("/"), find_token(config)
+
+
+def pair(kind: str, environ, url: str = None, out=None) -> str:
+    """
+    Ask the running node for a C{"pin"}, C{"link"}, C{"qr"} or its C{"id"}; return the text to print.
+    """
+    url, token = _api(environ, url)
+    if kind == "id":
+        _, body = call(url, token, "GET", "/pairing")
+        return json.loads(body)["node_peer_id"]
     if kind == "pin":
         _, body = call(url, token, "POST", "/pairing/pin")
         data = json.loads(body)
@@ -118,6 +128,30 @@ def pair(kind: str, environ, url: str = None, out=None) -> str:
     from cairn.pairing.qr import qr_terminal
 
     return f"{qr_terminal(data['link'])}\n{data['link']}\n(valid until {_when(data['expires_at'])}, single use)"
+
+
+def psk(action: str, environ, url: str = None, new_psk: str = None) -> str:
+    """
+    C{"rotate"} the running node's PSK (to C{new_psk}, or a generated one)
+    or C{"disable"} it; return the text to print (the new PSK, once).
+    """
+    url, token = _api(environ, url)
+    if action == "disable":
+        call(url, token, "DELETE", "/pairing/psk")
+        return "PSK pairing disabled (until the next `cairn-server psk rotate`)"
+    _, body = call(url, token, "POST", "/pairing/psk", body={} if new_psk is None else {"psk": new_psk})
+    data = json.loads(body)
+    _, status = call(url, token, "GET", "/pairing")
+    node = json.loads(status)["node_peer_id"]
+    limits = []
+    if data.get("expires_at") is not None:
+        limits.append(f"valid until {_when(data['expires_at'])}")
+    if data.get("max_uses"):
+        limits.append(f"for {data['max_uses']} pairing(s)")
+    return (
+        f"{data['psk']}\n(in force now{', ' + ', '.join(limits) if limits else ''}; shown only this once. "
+        f"Devices: CAIRN_PSK=<it> ... --psk --expect-peer-id {node})"
+    )
 
 
 def _when(timestamp) -> str:

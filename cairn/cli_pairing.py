@@ -7,14 +7,22 @@ machine can read them (C{ps}, C{/proc/PID/cmdline}) and shells keep them
 in their history: C{--psk} reads the node's pre-shared key from the
 C{CAIRN_PSK} environment variable, C{--pin} reads the PIN from C{CAIRN_PIN}
 or asks for it on the terminal (in a thread: the prompt blocks).
+
+The node is pinned (docs/protocol.md §20.7.1): after the first pairing
+its peer id is kept in C{<identity file>.pins} and every later run
+refuses another node at that address; C{--expect-peer-id} (from
+C{cairn-server pair --id}) refuses any other node from the first
+connection on.
 """
 
 import getpass
 import os
+import sys
 
 from twisted.internet import defer, threads
 
 from cairn.pairing import client as pairing
+from cairn.pins import FilePins, pins_path
 
 
 class SecretMissing(ValueError):
@@ -34,6 +42,23 @@ def add_pairing_options(parser) -> None:
         action="store_true",
         help="pair first with a PIN from `cairn-server pair --pin`, read from $CAIRN_PIN or asked for",
     )
+    parser.add_argument(
+        "--expect-peer-id",
+        metavar="PEER_ID",
+        help="refuse any node whose peer id is not this one (see `cairn-server pair --id`)",
+    )
+
+
+def device_pins(args):
+    """The pin store of the device whose identity file is C{args.identity}."""
+    return FilePins(pins_path(args.identity))
+
+
+def _announce(result, name):
+    # The user should know which node they now trust, and where it is pinned.
+    if result is not None and not result.already_paired:
+        print(f"{name}: paired with node {result.peer_id} (pinned)", file=sys.stderr)
+    return result
 
 
 def _ask_in_thread(prompt: str):
@@ -57,7 +82,7 @@ def pairing_step(args, name: str, environ=None, ask=_ask_in_thread):
         psk = environ.get("CAIRN_PSK", "")
         if not psk:
             raise SecretMissing("--psk: set CAIRN_PSK in the environment to the node's pre-shared key")
-        return lambda session: pairing.pair_psk(session, psk, name=name)
+        return lambda session: pairing.pair_psk(session, psk, name=name).addCallback(_announce, name)
     if args.pin:
         pin = environ.get("CAIRN_PIN", "")
 
@@ -74,7 +99,7 @@ def pairing_step(args, name: str, environ=None, ask=_ask_in_thread):
         def paired(answer, session):
             if not answer.strip():
                 raise SecretMissing("--pin: set CAIRN_PIN in the environment or type the PIN when asked")
-            return pairing.pair_pin(session, answer, name=name)
+            return pairing.pair_pin(session, answer, name=name).addCallback(_announce, name)
 
         return pin_step
     return lambda session: defer.succeed(None)

@@ -16,6 +16,13 @@ again or has ended.
 
 Sessions are the same L{cairn.session.session.Session} objects the server
 uses; a client can also C{listen()} and take sessions from other clients.
+
+Node pinning (docs/protocol.md §20.7.1): once a pairing through a session
+this client dialled succeeds, the node's peer id is pinned under the
+address dialled (in C{pins}: a L{cairn.pins.MemoryPins} unless given, a
+L{cairn.pins.FilePins} for a device that must remember across runs), and
+C{connect()} to that address fails with L{cairn.pins.NodeMismatch}
+whenever another peer id answers.
 """
 
 from urllib.parse import urlsplit
@@ -26,6 +33,7 @@ from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
 from cairn.pairing.codes import dial_string
+from cairn.pins import MemoryPins, NodeMismatch
 from cairn.relay.client import relay_endpoint
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
@@ -75,13 +83,17 @@ class Client:
     Keyword arguments are the L{Peer} settings (keepalive, limits).
 
     @param auto_resume: resume dropped sessions automatically.
+    @param pins: the node pin store (address -> peer id); in memory if None.
     """
 
-    def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, **settings):
+    def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, pins=None, **settings):
         self.reactor = reactor
         self.clock = clock or reactor
         self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
         self.auto_resume = auto_resume
+        self.pins = MemoryPins() if pins is None else pins
+        # Pairing (cairn.pairing.client) finds the pins through the session's peer.
+        self.peer.pinning = self
         self._addresses = {}
         self._endpoints = {}
         self._retries = {}
@@ -94,14 +106,42 @@ class Client:
     def peer_id(self) -> str:
         return self.peer.peer_id
 
-    def connect(self, address: str):
+    def connect(self, address: str, expect_peer_id: str = None):
         """
         Open a session to C{address}: a C{tcp://host:port}, C{ws://} or
         C{wss://} address (docs/protocol.md §20.3.2) or a Twisted client
-        endpoint string. Fires with the established session.
+        endpoint string. Fires with the established session, or fails with
+        L{NodeMismatch} (the session closed) if the node's peer id is not
+        C{expect_peer_id} or not the one pinned for C{address}.
         """
         connection = self.peer.connection(initiator=True)
-        return self._dial(address, connection)
+        d = self._dial(address, connection)
+        d.addCallback(self._check_node, address, expect_peer_id)
+        return d
+
+    def _check_node(self, session, address, expect_peer_id):
+        for expected in (expect_peer_id, self.pins.get(address)):
+            if expected is not None and expected != session.remote_peer_id:
+                log.warn(
+                    "refusing node {actual} at {address}: expected {expected}",
+                    actual=session.remote_peer_id,
+                    address=address,
+                    expected=expected,
+                )
+                session.close(CloseCode.NORMAL, "not the node this device expects")
+                raise NodeMismatch(expected, session.remote_peer_id, address)
+        return session
+
+    def pinned(self, session):
+        """The peer id pinned for the address C{session} was dialled at, or None."""
+        address = self._addresses.get(session.session_id)
+        return None if address is None else self.pins.get(address)
+
+    def pin(self, session) -> None:
+        """Pin C{session}'s node under the address it was dialled at (after a pairing)."""
+        address = self._addresses.get(session.session_id)
+        if address is not None:
+            self.pins.set(address, session.remote_peer_id)
 
     def close(self, session, code: int = CloseCode.NORMAL, reason: str = "", timeout: float = 5.0):
         """

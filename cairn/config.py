@@ -263,6 +263,17 @@ class Config:
     mgmt_token: str | None = _secret("CAIRN_MGMT_TOKEN")
     mgmt_token_file: str | None = _text("CAIRN_MGMT_TOKEN_FILE")
     psk: str | None = _secret("CAIRN_PSK")
+    # PSK limits (docs/protocol.md §20.4.7): 0 uses = no limit; no expiry by default.
+    psk_max_uses: int = _setting(
+        "CAIRN_PSK_MAX_USES", parse_count, 0, _between(0, None, "", above=False, integer=True)
+    )
+    psk_expires: float | None = _setting(
+        "CAIRN_PSK_EXPIRES",
+        parse_duration,
+        None,
+        attr.validators.optional(_between(0, None, "s", above=True, integer=False)),
+        converter=_seconds,
+    )
     forward_enabled: bool = _boolean("CAIRN_FORWARD_ENABLED", True)
     forward_max_per_peer: int = _count("CAIRN_FORWARD_MAX_PER_PEER", 10_000)
     forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)

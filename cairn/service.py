@@ -34,6 +34,7 @@ from cairn.management.history import History
 from cairn.management.metrics import Metrics
 from cairn.management.status import NodeStatus, management_warnings
 from cairn.management.token import resolve_token
+from cairn.pairing.psk import PSK_FILE
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import TRUST_SCHEMA, SQLiteTrustStore
 from cairn.permissions import PermissionProblem, check_data_dir
@@ -327,7 +328,16 @@ def _make_node(config, reactor) -> CairnNode:
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
     trust = SQLiteTrustStore(db)
-    pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
+    pairing = PairingService(
+        peer,
+        trust,
+        reactor,
+        psk=config.psk,
+        link_addresses=config.public_addresses,
+        psk_max_uses=config.psk_max_uses,
+        psk_lifetime=config.psk_expires,
+        psk_file=os.path.join(config.data_dir, PSK_FILE),
+    )
     mailbox = MailboxService(
         peer,
         trust,

@@ -162,9 +162,13 @@ def makeService(options: Options) -> IService:
     # should not need the whole node.
     from twisted.internet import reactor
 
+    from cairn.pairing.psk import PskError
     from cairn.service import make_node
 
-    node = make_node(config, reactor)
+    try:
+        node = make_node(config, reactor)
+    except PskError as e:  # a damaged <data dir>/pairing-psk.json: one line, no traceback
+        raise StartupError(str(e)) from None
     # The process is the node's alone (see CairnNode).
     node.freeze_gc = True
     node.handle_sighup = True

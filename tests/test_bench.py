@@ -53,6 +53,11 @@ class BenchTests(unittest.TestCase):
             if text.startswith(("handshake:", "data:", "data echo:")):
                 self.assertIn("ratio X/Y = ", lines[0])
 
+    def test_pairing_prints_ratio(self):
+        """The pairing bench prints the node's CPU per PSK PairRequest against a bare handshake."""
+        d = self.run_bench("bench.pairing", "--quick")
+        return d.addCallback(lambda output: self.assertIn("ratio PairRequest/handshake = ", output))
+
     def test_handshake_prints_ratios(self):
         """The handshake bench prints its TCP and WebSocket ratios against bare noiseprotocol."""
         d = self.run_bench("bench.handshake", "--quick", "--count", "8", "--bare-count", "20")

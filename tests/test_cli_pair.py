@@ -65,3 +65,21 @@ class TokenTests(unittest.TestCase):
         """A bad variable is reported as the configuration error line."""
         error = str(self.assertRaises(PairCommandError, pair, "pin", {"CAIRN_MGMT_ENABLED": "perhaps"}))
         self.assertIn("CAIRN_MGMT_ENABLED", error)
+
+
+class PskCommandTests(unittest.TestCase):
+    def test_commands_report_one_line(self):
+        """`cairn-server psk rotate|disable` and `pair --id` fail in one line on stderr when the node is unreachable."""
+        import io
+        import sys
+
+        from cairn import cli
+
+        for argv in (["psk", "rotate"], ["psk", "disable"], ["pair", "--id"]):
+            stderr = io.StringIO()
+            self.patch(sys, "stderr", stderr)
+            self.patch(os, "environ", {"CAIRN_MGMT_TOKEN": "do-not-print", "CAIRN_DATA_DIR": self.mktemp()})
+            self.assertEqual(cli.main([*argv, "--url", "http://127.0.0.1:9"]), 1)
+            self.assertEqual(len(stderr.getvalue().splitlines()), 1, stderr.getvalue())
+            self.assertIn("cannot reach", stderr.getvalue())
+            self.assertNotIn("do-not-print", stderr.getvalue())

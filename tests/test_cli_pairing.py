@@ -5,6 +5,7 @@ the terminal, never from the command line (cairn.cli_pairing).
 
 import argparse
 
+from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
 from cairn import cli_pairing
@@ -22,8 +23,12 @@ def parse(*argv):
 class PairingStepTests(unittest.TestCase):
     def setUp(self):
         self.calls = []
-        self.patch(cli_pairing.pairing, "pair_psk", lambda s, psk, name: self.calls.append(("psk", psk, name)))
-        self.patch(cli_pairing.pairing, "pair_pin", lambda s, pin, name: self.calls.append(("pin", pin, name)))
+        self.patch(
+            cli_pairing.pairing, "pair_psk", lambda s, psk, name: self.calls.append(("psk", psk, name)) or succeed(None)
+        )
+        self.patch(
+            cli_pairing.pairing, "pair_pin", lambda s, pin, name: self.calls.append(("pin", pin, name)) or succeed(None)
+        )
 
     def test_psk_from_environment(self):
         """--psk pairs with CAIRN_PSK."""
@@ -56,6 +61,20 @@ class PairingStepTests(unittest.TestCase):
         self.assertEqual(len(asked), 1)
         step = pairing_step(parse("--pin"), "tool", environ={}, ask=lambda prompt: " ")
         self.failureResultOf(step(object()), SecretMissing)
+
+    def test_expect_peer_id_and_pins(self):
+        """--expect-peer-id is parsed, and the pins live next to the identity file."""
+        import os
+
+        from cairn.pins import FilePins
+
+        args = parse("--psk", "--expect-peer-id", "QmNode")
+        self.assertEqual(args.expect_peer_id, "QmNode")
+        self.assertIsNone(parse().expect_peer_id)
+        args.identity = os.path.join(self.mktemp(), "me.key")
+        pins = cli_pairing.device_pins(args)
+        self.assertIsInstance(pins, FilePins)
+        self.assertEqual(pins.path, args.identity + ".pins")
 
     def test_nothing(self):
         """Without either flag the step pairs nothing."""

@@ -147,6 +147,15 @@ class FakePairingService:
     def add_purge_hook(self, hook):
         self._hooks.append(hook)
 
+    def pairing_status(self):
+        return {"psk": {"enabled": False}, "pin": {"active": False, "burned": 0}, "links_active": self.links}
+
+    def rotate_psk(self, psk=None):
+        return {"psk": psk or "generated", "enabled": True}
+
+    def disable_psk(self):
+        return {"enabled": False}
+
 
 class FakeSession:
     """What the API reads of a Session."""
@@ -264,7 +273,7 @@ class AuthTests(unittest.TestCase):
             self.assertEqual(response.code, 401, rule)
             self.assertEqual(json.loads(body), {"error": "missing or invalid bearer token"})
             self.assertEqual(header(response, "WWW-Authenticate"), 'Bearer realm="cairn"')
-        self.assertEqual(checked, 20)
+        self.assertEqual(checked, 23)
 
     def test_wrong_token_refused(self):
         """A wrong token gets 401 on every private route, and does nothing."""
@@ -647,7 +656,7 @@ class OpenAPITests(unittest.TestCase):
     def test_routes_match_document(self):
         """Every Klein route is in the OpenAPI document, and every documented operation is a route."""
         self.assertEqual(_rules(), _documented(self.document))
-        self.assertEqual(len(_rules()), 22)
+        self.assertEqual(len(_rules()), 25)
 
     def test_served(self):
         """GET /openapi.json serves the document without a token."""

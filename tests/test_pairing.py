@@ -7,7 +7,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.crypto.identity import Identity
-from cairn.pairing import proofs
+from cairn.pairing import pake, proofs
 from cairn.pairing.client import (
     PairingRejected,
     ServerMismatch,
@@ -68,18 +68,57 @@ class PairingMixin(PairingScenarioMixin):
         self.assertIsNone(session.closed)
 
     @defer.inlineCallbacks
-    def test_psk_proof_replayed_on_another_session(self):
-        """A PSK proof made for one session is refused with BAD_PROOF on another."""
+    def test_psk_confirmation_replayed_on_another_session(self):
+        """A key confirmation made on one session is refused with BAD_PROOF on another."""
         client = self.make_client()
         first = yield self.connect(client)
         second = yield self.connect(client)
-        proof, _ = proofs.psk_proofs(proofs.psk_key(self.psk), first.result.handshake_hash)
         replies = Replies(client.peer)
+        confirms = []
+        for session in (first, second):
+            side = pake.SideA(
+                proofs.psk_scalar(self.psk),
+                client.peer.identity.public_key,
+                session.remote_identity,
+                session.result.handshake_hash,
+            )
+            reply = replies.next()
+            session.send(MessageType.PAIR_REQUEST, {"method": "psk", "pake": side.share})
+            type_code, body = yield reply
+            self.assertEqual(type_code, MessageType.PAIR_CHALLENGE)
+            confirms.append(side.finish(body["pake"])[0])
         reply = replies.next()
-        second.send(MessageType.PAIR_REQUEST, {"method": "psk", "proof": proof})
+        second.send(MessageType.PAIR_RESPONSE, {"method": "psk", "confirm": confirms[0]})
         type_code, body = yield reply
         self.assertEqual((type_code, body["code"]), (MessageType.PAIR_REJECT, PairRejectCode.BAD_PROOF))
         self.assertFalse(self.trust.is_paired(client.peer_id))
+
+    @defer.inlineCallbacks
+    def test_version_one_requests_refused(self):
+        """A PairRequest of the removed v1 PSK or PIN exchange gets UNSUPPORTED_VERSION and pairs nothing."""
+        client = self.make_client()
+        session = yield self.connect(client)
+        replies = Replies(client.peer)
+        for body in ({"method": "psk", "proof": bytes(32)}, {"method": "pin", "spake2": b"A" + bytes(32)}):
+            reply = replies.next()
+            session.send(MessageType.PAIR_REQUEST, body)
+            type_code, answer = yield reply
+            self.assertEqual(
+                (type_code, answer["code"], answer["method"]),
+                (MessageType.PAIR_REJECT, PairRejectCode.UNSUPPORTED_VERSION, body["method"]),
+            )
+        self.assertFalse(self.trust.is_paired(client.peer_id))
+
+    @defer.inlineCallbacks
+    def test_psk_nfc_normalised(self):
+        """A PSK typed in another Unicode normal form (NFD) pairs with the node's NFC one."""
+        import unicodedata
+
+        self.pairing.rotate_psk("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, a long shared key")
+        session = yield self.connect()
+        decomposed = unicodedata.normalize("NFD", "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, a long shared key")
+        result = yield eventually(pair_psk(session, decomposed))
+        self.assertEqual(result.method, "psk")
 
     # PIN
 
@@ -124,9 +163,10 @@ class PairingMixin(PairingScenarioMixin):
     def test_pin_burned_after_three_failures(self):
         """After 3 wrong guesses the PIN is invalid: even the right one gets EXPIRED."""
         pin = self.pairing.create_pin()["pin"]
-        session = yield self.connect()
         for _ in range(3):
+            session = yield self.connect()  # one failed exchange per session
             yield self.rejected(pair_pin(session, self.wrong_pin(pin)), PairRejectCode.BAD_PROOF)
+        self.assertEqual(self.pairing.pairing_status()["pin"]["burned"], 1)
         other = yield self.connect()
         error = yield self.rejected(pair_pin(other, pin), PairRejectCode.EXPIRED)
         self.assertIn("3 failed attempts", error.reason)
@@ -136,9 +176,10 @@ class PairingMixin(PairingScenarioMixin):
         """Creating a PIN invalidates the previous one."""
         old = self.pairing.create_pin()["pin"]
         new = self.pairing.create_pin()["pin"]
-        session = yield self.connect()
         if old != new:
+            session = yield self.connect()
             yield self.rejected(pair_pin(session, old), PairRejectCode.BAD_PROOF)
+        session = yield self.connect()
         yield eventually(pair_pin(session, new))
 
     # Links
@@ -268,8 +309,8 @@ class PairingMixin(PairingScenarioMixin):
     @defer.inlineCallbacks
     def test_rate_limited_per_source(self):
         """After 5 failures from one address even the right PSK gets RATE_LIMITED, until 10 minutes pass."""
-        session = yield self.connect()
         for _ in range(5):
+            session = yield self.connect()
             yield self.rejected(pair_psk(session, "wrong"), PairRejectCode.BAD_PROOF)
         other = yield self.connect()  # another peer, same address
         yield self.rejected(pair_psk(other, self.psk), PairRejectCode.RATE_LIMITED)
@@ -303,7 +344,7 @@ class PairingMixin(PairingScenarioMixin):
         session = yield self.connect(client)
         replies = Replies(client.peer)
         reply = replies.next()
-        session.send(MessageType.PAIR_REQUEST, {"method": "psk", "proof": b"short"})
+        session.send(MessageType.PAIR_REQUEST, {"method": "psk", "pake": b"short"})
         type_code, body = yield reply
         self.assertEqual(
             (type_code, body["code"], body["method"]), (MessageType.PAIR_REJECT, PairRejectCode.MALFORMED, "")

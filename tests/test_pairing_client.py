@@ -55,15 +55,15 @@ class LyingNodeMixin(ScenarioMixin):
         yield self.rejected(pair_psk(session, "k"), PairRejectCode.BAD_PROOF)
 
     @defer.inlineCallbacks
-    def test_pin_confirm_without_proof_unless_already_paired(self):
-        """A PIN PairConfirm without proof is refused, unless marked already paired (then reported as such)."""
-        self.answer((MessageType.PAIR_CONFIRM, {"method": "pin", "already_paired": False}))
-        session = yield self.connect()
-        yield self.rejected(pair_pin(session, PIN), PairRejectCode.BAD_PROOF)
-        self.answer((MessageType.PAIR_CONFIRM, {"method": "pin", "already_paired": True}))
-        session = yield self.connect()
-        result = yield eventually(pair_pin(session, PIN))
-        self.assertEqual((result.method, result.already_paired), ("pin", True))
+    def test_pin_confirm_without_proof_refused(self):
+        """A fake node's PIN PairConfirm without key confirmation fails pair_pin(), even marked already paired."""
+        for already in (False, True):
+            self.answer((MessageType.PAIR_CONFIRM, {"method": "pin", "already_paired": already}))
+            session = yield self.connect()
+            ended = closed(self.server_session(session))
+            yield self.rejected(pair_pin(session, PIN), PairRejectCode.BAD_PROOF)
+            self.assertEqual((yield ended).code, CloseCode.NOT_PAIRED)
+            self.assertIsNone(session.local.pinning.pins.get(self.address))
 
     @defer.inlineCallbacks
     def test_confirm_for_other_method(self):
@@ -74,8 +74,8 @@ class LyingNodeMixin(ScenarioMixin):
 
     @defer.inlineCallbacks
     def test_bad_challenge(self):
-        """A PairChallenge whose SPAKE2 message is not a group element fails the PIN pairing with MALFORMED."""
-        self.answer((MessageType.PAIR_CHALLENGE, {"method": "pin", "spake2": b"B" + b"\xff" * 32}))
+        """A PairChallenge whose SPAKE2 share is not a group element fails the PIN pairing with MALFORMED."""
+        self.answer((MessageType.PAIR_CHALLENGE, {"method": "pin", "pake": b"\xff" * 32}))
         session = yield self.connect()
         yield self.rejected(pair_pin(session, PIN), PairRejectCode.MALFORMED)
         self.assertIsNone(session.closed)

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from spake2 import SPAKE2_A, SPAKE2_B
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.trial import unittest
@@ -18,14 +17,13 @@ from zope.interface.verify import verifyObject
 
 from cairn.crypto.handshake import HandshakeResult
 from cairn.crypto.identity import Identity
-from cairn.pairing import codes, messages, proofs, qr
+from cairn.pairing import codes, messages, pake, proofs, qr
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.ratelimit import FailureLimiter
 from cairn.pairing.service import PairingService, paired_only, source_of
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
-from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
 
@@ -45,91 +43,6 @@ def doc_vectors():
             fields[key] = bytes.fromhex(value)
         vectors[name] = fields
     return vectors
-
-
-def fixed_spake2(cls, pw, id_a, id_b, scalar: bytes):
-    """A SPAKE2 side started with a given secret scalar (little-endian bytes)."""
-    side = cls(pw, idA=id_a, idB=id_b)
-    group = side.params.group
-    side._started = True
-    side.xy_scalar = group.bytes_to_scalar(scalar)
-    side.xy_elem = group.Base.scalarmult(side.xy_scalar)
-    side.compute_outbound_message()
-    return side, side.side + side.outbound_message
-
-
-class VectorTests(unittest.TestCase):
-    """The hex vectors printed in docs/protocol.md are what the code computes."""
-
-    def setUp(self):
-        self.vectors = doc_vectors()
-
-    def test_all_present(self):
-        """The document carries the psk, link, pin-confirm and spake2 vectors."""
-        self.assertEqual(sorted(self.vectors), ["link", "pin-confirm", "psk", "spake2"])
-
-    def test_psk(self):
-        """The PSK key, both proofs and the example bodies match the document."""
-        v = self.vectors["psk"]
-        key = proofs.psk_key(v["psk"].decode("utf-8"))
-        self.assertEqual(key, v["key"])
-        client, server = proofs.psk_proofs(key, v["handshake_hash"])
-        self.assertEqual((client, server), (v["client_proof"], v["server_proof"]))
-        self.assertEqual(cbor.dumps({"method": "psk", "name": "laptop", "proof": client}), v["request_cbor"])
-        self.assertEqual(cbor.dumps(messages.pair_confirm("psk", server)), v["confirm_cbor"])
-        self.assertEqual(messages.parse_pair_request(cbor.loads(v["request_cbor"])).proof, client)
-
-    def test_link(self):
-        """The link id, key and both proofs match the document."""
-        v = self.vectors["link"]
-        self.assertEqual(proofs.link_id(v["secret"]), v["link_id"])
-        key = proofs.link_key(v["secret"])
-        self.assertEqual(key, v["key"])
-        self.assertEqual(proofs.link_proofs(key, v["handshake_hash"]), (v["client_proof"], v["server_proof"]))
-        link = codes.Link("peer", (), v["secret"], 0)
-        self.assertIn("secret=QEFCQ0RFRkdISUpLTE1OTw&", link.to_uri())
-
-    def test_pin_confirm(self):
-        """The PIN confirmation key and both MACs match the document."""
-        v = self.vectors["pin-confirm"]
-        self.assertEqual(proofs.hkdf(v["spake2_key"], proofs.PIN_KEY), v["confirm_key"])
-        macs = proofs.pin_confirmations(v["spake2_key"], v["handshake_hash"], v["msg_a"], v["msg_b"])
-        self.assertEqual(macs, (v["client_confirm"], v["server_confirm"]))
-
-    def test_spake2_exchange(self):
-        """A whole SPAKE2 exchange from fixed scalars yields the documented messages, key and MACs."""
-        v = self.vectors["spake2"]
-        self.assertEqual(v["id_a"], Identity.from_seed(b"\x01" * 32).public_key)
-        self.assertEqual(v["id_b"], Identity.from_seed(b"\x02" * 32).public_key)
-        self.assertEqual(v["pw"], codes.normalize_pin("7k3m-q9tz").encode("ascii"))
-        side_a, msg_a = fixed_spake2(SPAKE2_A, v["pw"], v["id_a"], v["id_b"], v["x"])
-        side_b, msg_b = fixed_spake2(SPAKE2_B, v["pw"], v["id_a"], v["id_b"], v["y"])
-        self.assertEqual((msg_a, msg_b), (v["msg_a"], v["msg_b"]))
-        key = side_a.finish(msg_b)
-        self.assertEqual(key, side_b.finish(msg_a))
-        self.assertEqual(key, v["spake2_key"])
-        macs = proofs.pin_confirmations(key, v["handshake_hash"], msg_a, msg_b)
-        self.assertEqual(macs, (v["client_confirm"], v["server_confirm"]))
-
-    def test_wrong_pin_gives_other_key(self):
-        """SPAKE2 with a wrong PIN raises nothing but yields a key whose confirmation differs."""
-        v = self.vectors["spake2"]
-        side_a, msg_a = fixed_spake2(SPAKE2_A, b"7K3MQ9T0", v["id_a"], v["id_b"], v["x"])
-        side_b, msg_b = fixed_spake2(SPAKE2_B, v["pw"], v["id_a"], v["id_b"], v["y"])
-        key_a, key_b = side_a.finish(msg_b), side_b.finish(msg_a)
-        self.assertNotEqual(key_a, key_b)
-        hh = v["handshake_hash"]
-        self.assertNotEqual(
-            proofs.pin_confirmations(key_a, hh, msg_a, msg_b), proofs.pin_confirmations(key_b, hh, msg_a, msg_b)
-        )
-
-    def test_labels_distinct(self):
-        """Every derivation label is distinct ASCII."""
-        labels = [getattr(proofs, n) for n in dir(proofs) if n.isupper() and isinstance(getattr(proofs, n), bytes)]
-        self.assertEqual(len(labels), 10)
-        self.assertEqual(len(set(labels)), len(labels))
-        for label in labels:
-            label.decode("ascii")
 
 
 class PinTests(unittest.TestCase):
@@ -256,21 +169,50 @@ class FailureLimiterTests(unittest.TestCase):
         self.assertEqual(limiter.retry_after("a"), 0)
 
     def test_bounded(self):
-        """At most max_keys sources are tracked."""
+        """At most max_keys sources (plus the shared overflow bucket) are tracked."""
         limiter = FailureLimiter(task.Clock(), 1, 600, max_keys=3)
         for key in range(10):
             limiter.failed(key)
-        self.assertEqual(len(limiter._failures), 3)
+        self.assertEqual(len(limiter), 4)
         self.assertTrue(limiter.limited(9))
-        self.assertFalse(limiter.limited(0))
+        self.assertTrue(limiter.limited(0))
+
+    def test_full_table_does_not_flush_a_record(self):
+        """Failing from many other sources while the table is full neither evicts a limited source nor frees it."""
+        clock = task.Clock()
+        limiter = FailureLimiter(clock, 2, 600, max_keys=5)
+        limiter.failed("attacker")
+        limiter.failed("attacker")
+        for n in range(100):
+            clock.advance(1)
+            limiter.failed(f"other-{n}")
+        self.assertTrue(limiter.limited("attacker"))
+        self.assertTrue(limiter.limited("a fresh source"))  # counted in the full overflow bucket
+        clock.advance(600)
+        self.assertFalse(limiter.limited("attacker"))
+        self.assertFalse(limiter.limited("a fresh source"))
+        self.assertLessEqual(len(limiter), 6)
+
+    def test_source_keys(self):
+        """IPv4 is its own source, IPv6 counts per /64, an IPv4-mapped address as its IPv4 address."""
+        from cairn.pairing.ratelimit import source_key
+
+        self.assertEqual(source_key("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(source_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64")
+        self.assertEqual(source_key("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::/64")
+        self.assertNotEqual(source_key("2001:db8:1:3::1"), source_key("2001:db8:1:2::1"))
+        self.assertEqual(source_key("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(source_key("fe80::1%eth0"), "fe80::/64")
+        self.assertEqual(source_key("unix:/tmp/s"), "unix:/tmp/s")
 
 
 class MessageTests(unittest.TestCase):
     def test_requests(self):
         """Each method's request is read with its fields."""
         self.assertEqual(messages.parse_pair_request({"method": "approval"}).name, "")
-        r = messages.parse_pair_request({"method": "pin", "name": "n", "spake2": b"A" + bytes(32), "extra": 1})
-        self.assertEqual((r.method, r.name, r.spake2), ("pin", "n", b"A" + bytes(32)))
+        r = messages.parse_pair_request({"method": "pin", "name": "n", "pake": bytes(32), "extra": 1})
+        self.assertEqual((r.method, r.name, r.pake), ("pin", "n", bytes(32)))
+        self.assertEqual(messages.parse_pair_request({"method": "psk", "pake": bytes(32)}).pake, bytes(32))
         r = messages.parse_pair_request({"method": "link", "link_id": bytes(16), "proof": bytes(32)})
         self.assertEqual((r.link_id, r.proof), (bytes(16), bytes(32)))
 
@@ -280,9 +222,9 @@ class MessageTests(unittest.TestCase):
             [],
             {"method": 1},
             {"method": "psk"},
-            {"method": "psk", "proof": bytes(31)},
-            {"method": "psk", "proof": "x" * 32},
-            {"method": "pin", "spake2": b"B" + bytes(32)},
+            {"method": "psk", "pake": bytes(31)},
+            {"method": "psk", "pake": "x" * 32},
+            {"method": "pin", "pake": bytes(33)},
             {"method": "link", "link_id": bytes(16)},
             {"method": "approval", "name": "x" * 65},
             {"method": "approval", "name": "evil\x1b[2J"},
@@ -292,16 +234,26 @@ class MessageTests(unittest.TestCase):
         for body in bad:
             self.assertRaises(BodyError, messages.parse_pair_request, body)
         self.assertRaises(messages.UnsupportedMethod, messages.parse_pair_request, {"method": "telepathy"})
+        for v1 in ({"method": "psk", "proof": bytes(32)}, {"method": "pin", "spake2": b"A" + bytes(32)}):
+            self.assertRaises(messages.UnsupportedVersion, messages.parse_pair_request, v1)
 
     def test_replies(self):
         """Challenge, confirm and reject bodies are read strictly."""
         self.assertEqual(messages.parse_pair_challenge({"method": "approval"}), ("approval", None))
         self.assertRaises(BodyError, messages.parse_pair_challenge, {"method": "pin", "spake2": b"A" + bytes(32)})
+        self.assertEqual(messages.parse_pair_challenge({"method": "psk", "pake": bytes(32)}), ("psk", bytes(32)))
         self.assertEqual(messages.parse_pair_confirm({"method": "psk"}), ("psk", False, None))
+        self.assertEqual(
+            messages.parse_pair_confirm({"method": "pin", "confirm": bytes(32)}), ("pin", False, bytes(32))
+        )
+        self.assertEqual(
+            messages.parse_pair_confirm({"method": "link", "proof": bytes(32)}), ("link", False, bytes(32))
+        )
         self.assertRaises(BodyError, messages.parse_pair_confirm, {"method": "psk", "already_paired": 1})
         self.assertEqual(messages.parse_pair_reject({"code": 9, "reason": "r", "method": "x"}), (9, "r", "x"))
         self.assertRaises(BodyError, messages.parse_pair_reject, {"code": True})
-        self.assertRaises(BodyError, messages.parse_pair_response, {"method": "psk", "confirm": bytes(32)})
+        self.assertEqual(messages.parse_pair_response({"method": "psk", "confirm": bytes(32)}), ("psk", bytes(32)))
+        self.assertRaises(BodyError, messages.parse_pair_response, {"method": "link", "confirm": bytes(32)})
 
     def test_reject_reason_truncated(self):
         """A reject reason is cut to 256 bytes without splitting a character."""
@@ -386,8 +338,27 @@ class ServiceHarness:
         self.service.session_established(session)
         return session
 
-    def psk_body(self, session, psk=PSK):
-        return {"method": "psk", "proof": proofs.psk_proofs(proofs.psk_key(psk), session.result.handshake_hash)[0]}
+    def side(self, session, method="psk", secret=PSK):
+        """The device's SPAKE2 side for C{session} (C{secret}: the PSK text or the PIN as shown)."""
+        if method == "psk":
+            w = proofs.psk_scalar(secret)
+        else:
+            w = proofs.pin_scalar(codes.normalize_pin(secret).encode("ascii"))
+        return pake.SideA(w, session.remote_identity, self.peer.identity.public_key, session.result.handshake_hash)
+
+    def pake_pair(self, session, method="psk", secret=PSK, handler=None):
+        """Run a whole PSK/PIN exchange; returns the node's last reply (type, body)."""
+        side = self.side(session, method, secret)
+        (handler or self.peer.handler_for(MessageType.PAIR_REQUEST))(session, {"method": method, "pake": side.share})
+        type_code, challenge = session.last()
+        if type_code != MessageType.PAIR_CHALLENGE:
+            return type_code, challenge
+        confirm, _ = side.finish(challenge["pake"])
+        self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": method, "confirm": confirm})
+        return session.last()
+
+    def psk_pair(self, session, psk=PSK):
+        return self.pake_pair(session, "psk", psk)
 
 
 class ServiceTests(ServiceHarness, unittest.TestCase):
@@ -407,7 +378,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.peer = Peer(Identity.generate(), task.Clock())
         self.make_service(psk="")
         session = FakeSession()
-        type_code, body = self.request(session, self.psk_body(session))
+        type_code, body = self.psk_pair(session)
         self.assertEqual((type_code, body["code"]), (MessageType.PAIR_REJECT, PairRejectCode.METHOD_UNAVAILABLE))
 
     def test_unknown_method(self):
@@ -422,24 +393,25 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertEqual(session.last()[1]["code"], PairRejectCode.MALFORMED)
 
     def test_invalid_spake2_element(self):
-        """A SPAKE2 message that is no group element is MALFORMED, not an error."""
+        """A SPAKE2 share that is no prime-order point (bad encoding, small order, identity) is MALFORMED."""
         self.service.create_pin()
-        session = FakeSession()
-        _, body = self.request(session, {"method": "pin", "spake2": b"A" + b"\xff" * 32})
-        self.assertEqual(body["code"], PairRejectCode.MALFORMED)
-        self.assertIsNone(session.closed)
+        identity = bytes([1]) + bytes(31)
+        small_order = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+        for share in (b"\xff" * 32, identity, small_order, bytes(32)):
+            session = FakeSession()
+            _, body = self.request(session, {"method": "pin", "pake": share})
+            self.assertEqual(body["code"], PairRejectCode.MALFORMED)
+            self.assertIsNone(session.closed)
 
     def test_pin_replaced_mid_exchange(self):
         """A PIN replaced between PairRequest and PairResponse makes the response EXPIRED."""
-        pin = codes.normalize_pin(self.service.create_pin()["pin"]).encode("ascii")
+        pin = self.service.create_pin()["pin"]
         session = FakeSession()
-        spake = SPAKE2_A(pin, idA=session.remote_identity, idB=self.peer.identity.public_key)
-        message_a = spake.start()
-        _, challenge = self.request(session, {"method": "pin", "spake2": message_a})
-        key = spake.finish(challenge["spake2"])
-        client_mac, _ = proofs.pin_confirmations(key, session.result.handshake_hash, message_a, challenge["spake2"])
+        side = self.side(session, "pin", pin)
+        _, challenge = self.request(session, {"method": "pin", "pake": side.share})
+        client_confirm, _ = side.finish(challenge["pake"])
         self.service.create_pin()
-        self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": "pin", "confirm": client_mac})
+        self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": "pin", "confirm": client_confirm})
         self.assertEqual(session.last()[1]["code"], PairRejectCode.EXPIRED)
         self.assertFalse(self.trust.is_paired(session.remote_peer_id))
 
@@ -449,10 +421,10 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
             _, body = self.request(FakeSession(), {"method": "link", "link_id": os.urandom(16), "proof": bytes(32)})
             self.assertEqual(body["code"], PairRejectCode.UNKNOWN_CODE)
         session = FakeSession()
-        _, body = self.request(session, self.psk_body(session))
+        _, body = self.psk_pair(session)
         self.assertEqual(body["code"], PairRejectCode.RATE_LIMITED)
         other = FakeSession(host="192.0.2.2")
-        self.assertEqual(self.request(other, self.psk_body(other))[0], MessageType.PAIR_CONFIRM)
+        self.assertEqual(self.psk_pair(other)[0], MessageType.PAIR_CONFIRM)
 
     def test_link_burned(self):
         """A link is burned after 3 wrong proofs."""
@@ -474,20 +446,32 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertEqual(created["expires_at"], link.expires_at)
 
     def test_already_paired_idempotent(self):
-        """A paired peer's pin, link and approval requests get PairConfirm already_paired without using a code."""
+        """A paired peer's link and approval requests get PairConfirm already_paired without using a code."""
         session = self.attach(FakeSession())
-        self.request(session, self.psk_body(session))
+        self.psk_pair(session)
         self.service.create_pin()
-        for body in (
-            {"method": "pin", "spake2": b"A" + bytes(32)},
-            {"method": "link", "link_id": bytes(16), "proof": bytes(32)},
-            {"method": "approval"},
-        ):
+        for body in ({"method": "link", "link_id": bytes(16), "proof": bytes(32)}, {"method": "approval"}):
             type_code, reply = self.request(session, body)
             self.assertEqual(
                 (type_code, reply["already_paired"], "proof" in reply), (MessageType.PAIR_CONFIRM, True, False)
             )
         self.assertIsNone(self.service.pins.refusal())
+
+    def test_already_paired_psk_and_pin_prove_the_key(self):
+        """A paired peer's PSK or PIN request runs the whole exchange: the PairConfirm carries the confirmation."""
+        session = self.attach(FakeSession())
+        self.psk_pair(session)
+        pin = self.service.create_pin()["pin"]
+        for method, secret in (("psk", PSK), ("pin", pin)):
+            side = self.side(session, method, secret)
+            type_code, challenge = self.request(session, {"method": method, "pake": side.share})
+            self.assertEqual(type_code, MessageType.PAIR_CHALLENGE)
+            confirm, expected = side.finish(challenge["pake"])
+            self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": method, "confirm": confirm})
+            type_code, reply = session.last()
+            self.assertEqual(
+                (type_code, reply["already_paired"], reply["confirm"]), (MessageType.PAIR_CONFIRM, True, expected)
+            )
 
     def test_outbound_sessions_not_pending(self):
         """Sessions the node itself dialled do not create pending requests."""
@@ -541,7 +525,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertFalse(self.service.require_paired(stranger))
         self.assertEqual(stranger.closed.code, CloseCode.NOT_PAIRED)
         friend = self.attach(FakeSession())
-        self.request(friend, self.psk_body(friend))
+        self.psk_pair(friend)
         self.assertTrue(self.service.require_paired(friend))
         self.assertIsNone(friend.closed)
 
@@ -549,7 +533,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         """paired_only passes the handler's result through for a paired peer."""
         handler = paired_only(self.trust, lambda s, body: body["x"])
         friend = self.attach(FakeSession())
-        self.request(friend, self.psk_body(friend))
+        self.psk_pair(friend)
         self.assertEqual(handler(friend, {"x": 3}), 3)
         stranger = FakeSession()
         self.assertIsNone(handler(stranger, {"x": 3}))
@@ -561,7 +545,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.service.add_purge_hook(lambda peer_id: 1 / 0)
         self.service.add_purge_hook(lambda peer_id: calls.append(peer_id) or defer.succeed(None))
         session = self.attach(FakeSession())
-        self.request(session, self.psk_body(session))
+        self.psk_pair(session)
         self.failureResultOf(self.service.unpair(session.remote_peer_id), ZeroDivisionError)
         self.assertEqual(calls, [session.remote_peer_id])
         self.assertEqual(session.closed.code, CloseCode.PAIRING_REVOKED)
@@ -579,8 +563,8 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         """A trust store failure while pairing closes that session with INTERNAL and is logged."""
         self.trust.set_paired = lambda *args: defer.fail(OSError("disk full"))
         session = self.attach(FakeSession())
-        self.peer.handler_for(MessageType.PAIR_REQUEST)(session, self.psk_body(session))
-        self.assertEqual(session.sent, [])
+        type_code, _ = self.psk_pair(session)
+        self.assertEqual([t for t, _ in session.sent], [MessageType.PAIR_CHALLENGE])
         self.assertEqual(session.closed.code, CloseCode.INTERNAL)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
@@ -588,12 +572,11 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         """A session that ends drops its unfinished PIN exchange."""
         self.service.create_pin()
         session = self.attach(FakeSession())
-        spake = SPAKE2_A(b"AAAAAAAA", idA=session.remote_identity, idB=self.peer.identity.public_key)
-        self.request(session, {"method": "pin", "spake2": spake.start()})
-        self.assertIn(session.session_id, self.service._pin_exchanges)
+        self.request(session, {"method": "pin", "pake": self.side(session, "pin", "AAAA-AAAA").share})
+        self.assertIn(session.session_id, self.service.pake._exchanges)
         session.closed = SessionClosed(0, "")
         self.service.session_closed(session)
-        self.assertEqual(self.service._pin_exchanges, {})
+        self.assertEqual(self.service.pake._exchanges, {})
 
     @settings(max_examples=300, deadline=None)
     @given(
@@ -609,6 +592,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
                     "name": st.text(max_size=80) | st.binary(max_size=4) | st.integers(),
                     "proof": st.binary(min_size=30, max_size=34) | st.text(max_size=3),
                     "spake2": st.binary(min_size=32, max_size=34) | st.none(),
+                    "pake": st.binary(min_size=31, max_size=33) | st.none(),
                     "link_id": st.binary(min_size=15, max_size=17) | st.none(),
                 },
             ),
@@ -626,6 +610,8 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         type_code, reply = session.sent[0]
         try:
             messages.parse_pair_request(body)
+        except messages.UnsupportedVersion:
+            self.assertEqual(reply["code"], PairRejectCode.UNSUPPORTED_VERSION)
         except messages.UnsupportedMethod:
             self.assertEqual(reply["code"], PairRejectCode.METHOD_UNAVAILABLE)
         except BodyError:

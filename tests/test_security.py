@@ -93,6 +93,7 @@ class SecretsNotLoggedTests(unittest.TestCase):
         phone = Client(reactor, clock=task.Clock())
         session = yield eventually(phone.connect(tcp))
         yield self.assertFailure(eventually(pair_psk(session, PSK + "?")), PairingRejected)
+        session = yield eventually(phone.connect(tcp))  # one failed exchange per session
         yield eventually(pair_psk(session, PSK, name="phone"))
         secrets["session key"] = [session.result.key_i2r, session.result.key_r2i]
 
@@ -107,6 +108,7 @@ class SecretsNotLoggedTests(unittest.TestCase):
         code, created = yield self.api("POST", "/pairing/pin")
         pin = created["pin"]
         secrets["pin"] += [pin, codes.normalize_pin(pin)]
+        laptop_session = yield eventually(laptop.connect(tcp))
         yield eventually(pair_pin(laptop_session, pin, name="laptop"))
 
         code, created = yield self.api("POST", "/pairing/link")
@@ -153,17 +155,7 @@ class BruteForceTests(ServiceHarness, unittest.TestCase):
 
     def pin_guess(self, session, pin):
         """One PIN attempt (PairRequest, then PairResponse); the final reply."""
-        from spake2 import SPAKE2_A
-
-        spake = SPAKE2_A(pin.encode("ascii"), idA=session.remote_identity, idB=self.peer.identity.public_key)
-        message_a = spake.start()
-        type_code, challenge = self.request(session, {"method": "pin", "spake2": message_a})
-        if type_code != MessageType.PAIR_CHALLENGE:
-            return type_code, challenge
-        key = spake.finish(challenge["spake2"])
-        client_mac, _ = proofs.pin_confirmations(key, session.result.handshake_hash, message_a, challenge["spake2"])
-        self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": "pin", "confirm": client_mac})
-        return session.last()
+        return self.pake_pair(session, "pin", pin)
 
     def test_pin_guesses_limited_per_source(self):
         """
@@ -211,11 +203,11 @@ class BruteForceTests(ServiceHarness, unittest.TestCase):
         """The per-source limit lifts after its window (10 minutes) on the service's clock."""
         for _ in range(5):
             session = FakeSession(host="198.51.100.20")
-            self.request(session, self.psk_body(session, psk="wrong"))
+            self.psk_pair(session, psk="wrong")
         session = FakeSession(host="198.51.100.20")
-        self.assertEqual(self.request(session, self.psk_body(session))[1]["code"], PairRejectCode.RATE_LIMITED)
+        self.assertEqual(self.psk_pair(session)[1]["code"], PairRejectCode.RATE_LIMITED)
         self.clock.advance(601)
-        self.assertEqual(self.request(session, self.psk_body(session))[0], MessageType.PAIR_CONFIRM)
+        self.assertEqual(self.psk_pair(session)[0], MessageType.PAIR_CONFIRM)
 
 
 class PermissionTests(unittest.TestCase):

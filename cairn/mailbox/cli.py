@@ -21,7 +21,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from cairn.cli_pairing import add_pairing_options, pairing_step
+from cairn.cli_pairing import add_pairing_options, device_pins, pairing_step
 from cairn.client import Client
 from cairn.crypto.identity import Identity, load_or_create_file
 
@@ -61,14 +61,14 @@ def run(reactor, argv, out=None):
         print(identity.peer_id, file=out)
         return 0
     pair = pairing_step(args, "cairn-mailbox")
-    client = Client(reactor, identity)
+    client = Client(reactor, identity, pins=device_pins(args))
     received = []
     mailbox.set_inbox(client.peer, lambda sender, mid, data: received.append((sender, data)))
     if args.command == "receive":
         # Ids already shown are kept next to the identity, so a node cannot replay them later (§21.11).
         seen = replay.SeenFile(args.identity + ".seen")
         mailbox.set_replay_guard(client.peer, replay.ReplayGuard(reactor.seconds, seen))
-    session = yield client.connect(args.server)
+    session = yield client.connect(args.server, expect_peer_id=args.expect_peer_id)
     try:
         yield pair(session)
         if args.command == "whoami":

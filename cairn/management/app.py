@@ -255,6 +255,35 @@ class ManagementAPI:
 
     # Pairing secrets
 
+    @_endpoint(app, "/pairing", "GET")
+    async def pairing_status(self, request):
+        """This node's peer id and the state of PSK and PIN pairing (never a secret)."""
+        return {"node_peer_id": self.peer.peer_id, **self.pairing.pairing_status()}
+
+    @_endpoint(app, "/pairing/psk", "POST", status=201)
+    async def rotate_psk(self, request):
+        """Put a new PSK in force (the one given, or a generated one); the response shows it, once."""
+        from cairn.pairing.psk import PskError
+
+        psk = None
+        if read_body(request).strip():
+            body = json_object(request)
+            if "psk" in body:
+                psk = body["psk"]
+                if not isinstance(psk, str):
+                    raise BadRequest("psk must be a string (leave it out to have one generated)")
+        try:
+            result = self.pairing.rotate_psk(psk)
+        except PskError as e:
+            raise BadRequest(str(e)) from None
+        request.setHeader(b"cache-control", b"no-store")
+        return result
+
+    @_endpoint(app, "/pairing/psk", "DELETE")
+    async def disable_psk(self, request):
+        """Turn PSK pairing off until the next rotation."""
+        return self.pairing.disable_psk()
+
     @_endpoint(app, "/pairing/pin", "POST", status=201)
     async def create_pin(self, request):
         """A new single-use pairing PIN."""

@@ -119,6 +119,47 @@ _SCHEMAS = {
             "expires_at": {"type": "number", "description": "Unix time after which it is refused."},
         },
     },
+    "PskStatus": {
+        "type": "object",
+        "required": ["enabled"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "source": {"type": "string", "description": "CAIRN_PSK, or api once set through this API."},
+            "set_at": {"type": ["number", "null"]},
+            "expires_at": {"type": ["number", "null"], "description": "CAIRN_PSK_EXPIRES after set_at."},
+            "max_uses": {"type": ["integer", "null"], "description": "CAIRN_PSK_MAX_USES; null: no limit."},
+            "uses": {"type": "integer"},
+        },
+    },
+    "PskRotated": {
+        "allOf": [
+            _ref("PskStatus"),
+            {"type": "object", "required": ["psk"], "properties": {"psk": {"type": "string"}}},
+        ]
+    },
+    "PskRequest": {
+        "type": "object",
+        "properties": {"psk": {"type": "string", "minLength": 1, "description": "Omit to have one generated."}},
+    },
+    "PairingStatus": {
+        "type": "object",
+        "required": ["node_peer_id", "psk", "pin"],
+        "properties": {
+            "node_peer_id": _ref("PeerId"),
+            "psk": _ref("PskStatus"),
+            "pin": {
+                "type": "object",
+                "properties": {
+                    "active": {"type": "boolean"},
+                    "expires_at": {"type": ["number", "null"]},
+                    "failures": {"type": "integer"},
+                    "burned": {"type": "integer", "description": "PINs invalidated by wrong answers."},
+                    "last_burned_at": {"type": ["number", "null"]},
+                },
+            },
+            "links_active": {"type": "integer"},
+        },
+    },
     "Link": {
         "type": "object",
         "required": ["link", "expires_at"],
@@ -449,6 +490,36 @@ def _paths():
                 tags=["peers"],
                 parameters=[_PEER_ID_PARAMETER],
             )
+        },
+        "/pairing": {
+            "get": _operation(
+                "getPairing",
+                "This node's peer id and the state of PSK and PIN pairing (burned PINs included).",
+                {"200": _json(_ref("PairingStatus"), "Pairing state; no secret."), **_errors(*authed)},
+                tags=["pairing"],
+            )
+        },
+        "/pairing/psk": {
+            "post": _operation(
+                "rotatePsk",
+                "Put a new PSK in force at once; without 'psk' the node generates one. "
+                "The response is the only place the PSK is shown.",
+                {
+                    "201": _json(_ref("PskRotated"), "The PSK now in force, and its state."),
+                    **_errors(400, *authed),
+                },
+                tags=["pairing"],
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("PskRequest"), "example": {}}},
+                },
+            ),
+            "delete": _operation(
+                "disablePsk",
+                "Turn PSK pairing off until the next rotation.",
+                {"200": _json(_ref("PskStatus"), "PSK state."), **_errors(*authed)},
+                tags=["pairing"],
+            ),
         },
         "/pairing/pin": {
             "post": _operation(

@@ -10,22 +10,29 @@ The peer side of pairing, over a client L{Session}.
 
 Every call fails with L{PairingRejected} (C{.code}, a L{PairRejectCode},
 and C{.reason}) when the node refuses, or when the node cannot prove the
-secret itself (C{BAD_PROOF}); with the session's L{SessionClosed} if the
-session ends first. One pairing at a time per session. The replies are
-routed by a small per-L{Peer} dispatcher registered for PairChallenge,
-PairConfirm and PairReject on the client's L{Peer}.
+secret itself (C{BAD_PROOF}); with L{NodeMismatch} when the node is not
+the expected one (C{expect_peer_id}, the pin of a L{cairn.client.Client},
+a link's C{peer}); with the session's L{SessionClosed} if the session
+ends first. One pairing at a time per session. The replies are routed by
+a small per-L{Peer} dispatcher registered for PairChallenge, PairConfirm
+and PairReject on the client's L{Peer}.
+
+PSK and PIN run SPAKE2 (RFC 9382, L{cairn.pairing.pake}); the device
+proves the key first and accepts only a PairConfirm carrying the node's
+key confirmation (there is no proofless "already paired" for them). A
+successful pairing pins the node in the dialling L{cairn.client.Client}.
 """
 
 import weakref
 
 import attr
-from spake2 import SPAKE2_A
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from cairn.pairing import messages, proofs
+from cairn.pairing import messages, pake, proofs
 from cairn.pairing.codes import normalize_pin, parse_link
-from cairn.pairing.messages import APPROVAL, LINK, PIN, PSK
+from cairn.pairing.messages import APPROVAL, LINK, PAKE_METHODS, PIN, PSK
+from cairn.pins import NodeMismatch
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
 
@@ -45,26 +52,30 @@ class PairingRejected(Exception):
         self.reason = reason
 
 
-class ServerMismatch(Exception):
+class ServerMismatch(NodeMismatch):
     """The node reached through a link is not the one the link names."""
 
     def __init__(self, expected: str, actual: str):
-        super().__init__(f"the link names {expected}, but the node answering is {actual}")
-        self.expected = expected
-        self.actual = actual
+        super().__init__(expected, actual)
+        self.args = (f"the link names {expected}, but the node answering is {actual}",)
 
 
 @attr.s(frozen=True, auto_attribs=True)
 class PairResult:
     """
-    A successful pairing. C{already_paired}: the node knew the peer already
-    (for PIN and link that reply carries no proof: compare C{peer_id} with
-    the node id stored when pairing first).
+    A successful pairing.
+
+    C{already_paired}: the node knew the peer already. C{verified}: the
+    node's identity is established -- it proved the PSK or PIN, it is the
+    peer a link names, or (approval) its peer id equals an expected or
+    pinned one. An unverified approval must be checked by a person:
+    compare C{peer_id} with the node's (C{cairn-server id}).
     """
 
     peer_id: str
     method: str
     already_paired: bool = False
+    verified: bool = True
 
 
 class _Exchange:
@@ -73,10 +84,10 @@ class _Exchange:
     def __init__(self, session, method, key=None):
         self.session = session
         self.method = method
-        self.key = key  # expected server proof, once known
-        self.spake = None
-        self.message_a = None
+        self.key = key  # expected server proof (link) or confirmation (psk, pin), once known
+        self.side = None  # SPAKE2 side A until the PairChallenge
         self.on_pending = None
+        self.known_node = False  # the node's peer id was expected or pinned
         self.deferred = defer.Deferred(self._cancel)
 
     def _cancel(self, _):
@@ -159,18 +170,15 @@ class _Dispatcher:
             # Pending: PairConfirm or PairReject comes when the operator decides.
             self._pending(exchange)
             return None
-        if exchange.spake is None:
+        side, exchange.side = exchange.side, None
+        if side is None:
             return self._fail(exchange, PairRejectCode.MALFORMED, "node sent a second PairChallenge")
-        spake, exchange.spake = exchange.spake, None
         try:
-            key = spake.finish(message_b)
-        except Exception:  # a bad group element: ValueError, SPAKEError, NotOnCurve
-            return self._fail(exchange, PairRejectCode.MALFORMED, "node sent an invalid SPAKE2 message")
-        client_mac, exchange.key = proofs.pin_confirmations(
-            key, session.result.handshake_hash, exchange.message_a, message_b
-        )
+            client_confirm, exchange.key = side.finish(message_b)
+        except pake.InvalidElement as e:
+            return self._fail(exchange, PairRejectCode.MALFORMED, f"node sent an invalid SPAKE2 share: {e}")
         if session.closed is None:
-            session.send(MessageType.PAIR_RESPONSE, {"method": PIN, "confirm": client_mac})
+            session.send(MessageType.PAIR_RESPONSE, {"method": method, "confirm": client_confirm})
         return None
 
     def _confirm(self, session, body):
@@ -183,14 +191,22 @@ class _Dispatcher:
             return self._fail(exchange, PairRejectCode.MALFORMED, f"node sent a bad PairConfirm: {e}")
         if method != exchange.method:
             return self._fail(exchange, PairRejectCode.MALFORMED, f"node confirmed {method} to {exchange.method}")
-        if exchange.method == APPROVAL:
-            pass
-        elif proof is not None:
-            if exchange.key is None or not proofs.equal(proof, exchange.key):
+        if method in PAKE_METHODS:
+            # Never proofless (§20.3.5): the node proves the key on every
+            # PSK or PIN pairing, already paired or not.
+            if proof is None or exchange.key is None or not proofs.equal(proof, exchange.key):
                 return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node did not prove the secret", close=True)
-        elif not already or exchange.method == PSK:
-            return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node confirmed without a proof", close=True)
-        self._finish(exchange, PairResult(session.remote_peer_id, method, already))
+        elif method == LINK:
+            # The link's peer id was checked before anything was sent; a
+            # proof, when present, must verify.
+            if proof is not None and not proofs.equal(proof, exchange.key):
+                return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node did not prove the secret", close=True)
+            if proof is None and not already:
+                return self._fail(exchange, PairRejectCode.BAD_PROOF, "the node confirmed without a proof", close=True)
+        verified = method != APPROVAL or exchange.known_node
+        if verified:  # an unverified approval must not become the device's trust anchor
+            _pin(session)
+        self._finish(exchange, PairResult(session.remote_peer_id, method, already, verified))
         return None
 
     def _reject(self, session, body):
@@ -228,45 +244,89 @@ def _dispatcher(peer) -> _Dispatcher:
     return dispatcher
 
 
-def _start(session, method, body, key=None, prepare=None):
+def _pinning(session):
+    """The L{cairn.client.Client} that dialled C{session}, if any (it keeps the pins)."""
+    return getattr(session.local, "pinning", None)
+
+
+def _pin(session):
+    pinning = _pinning(session)
+    if pinning is not None:
+        try:
+            pinning.pin(session)
+        except Exception:  # the pairing stands; the pin is a later safeguard
+            log.failure("could not record the node's pin")
+
+
+def _check_node(session, expect_peer_id):
+    """
+    Whether the node's peer id is known to be right (expected or pinned);
+    raises L{NodeMismatch} (the session closed) if it is known to be wrong.
+    """
+    pinning = _pinning(session)
+    pinned = pinning.pinned(session) if pinning is not None else None
+    known = False
+    for expected in (expect_peer_id, pinned):
+        if expected is None:
+            continue
+        if expected != session.remote_peer_id:
+            if session.closed is None:
+                session.close(CloseCode.NORMAL, "not the node this device expects")
+            raise NodeMismatch(expected, session.remote_peer_id)
+        known = True
+    return known
+
+
+def _start(session, method, body, key=None, prepare=None, expect_peer_id=None):
     try:
+        known = _check_node(session, expect_peer_id)
         exchange = _dispatcher(session.local).begin(session, method, key)
     except Exception as e:
         return defer.fail(e)
+    exchange.known_node = known
     if prepare is not None:
         prepare(exchange)
     session.send(MessageType.PAIR_REQUEST, body)
     return exchange.deferred
 
 
-def pair_psk(session, psk: str, name: str = ""):
-    """Pair with the node's PSK; fires with a L{PairResult}."""
-    client_proof, server_proof = proofs.psk_proofs(proofs.psk_key(psk), session.result.handshake_hash)
-    body = {"method": PSK, "name": name, "proof": client_proof}
-    return _start(session, PSK, body, key=server_proof)
+def _pake(session, method, w, name, expect_peer_id):
+    side = pake.SideA(w, session.local.identity.public_key, session.remote_identity, session.result.handshake_hash)
+
+    def prepare(exchange):
+        exchange.side = side
+
+    body = {"method": method, "name": name, "pake": side.share}
+    return _start(session, method, body, prepare=prepare, expect_peer_id=expect_peer_id)
 
 
-def pair_pin(session, pin: str, name: str = ""):
+def pair_psk(session, psk: str, name: str = "", expect_peer_id: str = None):
+    """
+    Pair with the node's PSK (SPAKE2; the text is NFC-normalised); fires
+    with a L{PairResult}. C{expect_peer_id}: refuse any other node
+    (L{NodeMismatch}) before sending anything.
+    """
+    if not isinstance(psk, str) or not psk:
+        return defer.fail(ValueError("the PSK is a non-empty string"))
+    return _pake(session, PSK, proofs.psk_scalar(psk), name, expect_peer_id)
+
+
+def pair_pin(session, pin: str, name: str = "", expect_peer_id: str = None):
     """Pair with a PIN shown by the node (SPAKE2); fires with a L{PairResult}."""
     try:
         canonical = normalize_pin(pin)
     except ValueError as e:
         return defer.fail(e)
-    spake = SPAKE2_A(canonical.encode("ascii"), idA=session.local.identity.public_key, idB=session.remote_identity)
-    message_a = spake.start()
-
-    def prepare(exchange):
-        exchange.spake = spake
-        exchange.message_a = message_a
-
-    return _start(session, PIN, {"method": PIN, "name": name, "spake2": message_a}, prepare=prepare)
+    return _pake(session, PIN, proofs.pin_scalar(canonical.encode("ascii")), name, expect_peer_id)
 
 
-def request_approval(session, name: str = "", on_pending=None):
+def request_approval(session, name: str = "", on_pending=None, expect_peer_id: str = None):
     """
     Ask the operator to approve this peer; fires with a L{PairResult} once
     approved, fails with C{REJECTED_BY_OPERATOR} if rejected. Cancel the
-    Deferred to stop waiting.
+    Deferred to stop waiting. There is no secret: the result is
+    C{verified} only if the node's peer id equals C{expect_peer_id} or
+    the pinned one.
 
     @param on_pending: called with no arguments once the node has filed
         the request (to tell the user to wait for the operator).
@@ -275,7 +335,8 @@ def request_approval(session, name: str = "", on_pending=None):
     def prepare(exchange):
         exchange.on_pending = on_pending
 
-    return _start(session, APPROVAL, {"method": APPROVAL, "name": name}, prepare=prepare)
+    body = {"method": APPROVAL, "name": name}
+    return _start(session, APPROVAL, body, prepare=prepare, expect_peer_id=expect_peer_id)
 
 
 def unpair(session):
@@ -305,6 +366,8 @@ def pair_link(client, uri: str, name: str = ""):
         try:
             session = yield client.connect(address)
             break
+        except NodeMismatch:
+            raise
         except Exception as e:  # try the next address
             log.info("pairing link: cannot reach {address}: {why}", address=address, why=e)
             last_error = e

@@ -103,3 +103,12 @@ class IPairingService(Interface):
 
     def add_purge_hook(hook):
         """Call C{hook(peer_id)} (may return a Deferred) when a peer is unpaired."""
+
+    def pairing_status():
+        """The state of PSK and PIN pairing (no secrets): a JSON-able dict."""
+
+    def rotate_psk(psk=None):
+        """Put a new PSK in force (C{psk}, or a generated one); returns a dict holding it once."""
+
+    def disable_psk():
+        """Turn PSK pairing off; returns the PSK status dict."""

@@ -18,6 +18,8 @@ PIN = "pin"
 LINK = "link"
 APPROVAL = "approval"
 METHODS = (PSK, PIN, LINK, APPROVAL)
+#: The methods run as a SPAKE2 exchange (§20.3.1).
+PAKE_METHODS = (PSK, PIN)
 
 MAX_NAME = 64
 MAX_REASON = 256
@@ -26,6 +28,10 @@ MAX_METHOD = 32
 
 class UnsupportedMethod(BodyError):
     """A well-formed PairRequest naming a method this node does not know."""
+
+
+class UnsupportedVersion(BodyError):
+    """A PairRequest of the removed version-1 PSK or PIN exchange (§20.5, code 10)."""
 
 
 def _name(body, what):
@@ -39,11 +45,15 @@ def _method(body, what):
     return text_field(body, "method", what, MAX_METHOD)
 
 
-def _spake2(body, what, side: bytes):
-    message = bytes_field(body, "spake2", what, proofs.SPAKE2_MESSAGE_SIZE)
-    if message[:1] != side:
-        raise BodyError(f"{what}: 'spake2' must start with the side byte {side!r}")
-    return message
+def _method_of(body, what, allowed):
+    method = _method(body, what)
+    if method not in allowed:
+        raise BodyError(f"{what}: 'method' must be one of {', '.join(allowed)}")
+    return method
+
+
+def _share(body, what):
+    return bytes_field(body, "pake", what, proofs.PAKE_SHARE_SIZE)
 
 
 @attr.s(frozen=True, auto_attribs=True, repr=False)
@@ -51,7 +61,7 @@ class PairRequest:
     method: str
     name: str = ""
     proof: bytes = None
-    spake2: bytes = None
+    pake: bytes = None
     link_id: bytes = None
 
     def __repr__(self):
@@ -69,10 +79,12 @@ def parse_pair_request(body) -> PairRequest:
     body = require_map(body, what)
     method = _method(body, what)
     name = _name(body, what)
-    if method == PSK:
-        return PairRequest(method, name, proof=bytes_field(body, "proof", what, proofs.PROOF_SIZE))
-    if method == PIN:
-        return PairRequest(method, name, spake2=_spake2(body, what, b"A"))
+    if method in PAKE_METHODS:
+        if "pake" not in body and ("proof" in body or "spake2" in body):
+            raise UnsupportedVersion(
+                f"{what}: the version-1 {method} exchange is not supported: update the client (cairn-pair-v2)"
+            )
+        return PairRequest(method, name, pake=_share(body, what))
     if method == LINK:
         return PairRequest(
             method,
@@ -85,39 +97,40 @@ def parse_pair_request(body) -> PairRequest:
     raise UnsupportedMethod(f"{what}: unknown method {method!r}")
 
 
-def parse_pair_response(body) -> bytes:
-    """PairResponse: {"method": "pin", "confirm": bstr 32}; returns the MAC."""
+def parse_pair_response(body):
+    """PairResponse: {"method": "psk"/"pin", "confirm": bstr 32}; returns (method, confirm)."""
     what = "PairResponse"
     body = require_map(body, what)
-    if _method(body, what) != PIN:
-        raise BodyError(f"{what}: 'method' must be 'pin'")
-    return bytes_field(body, "confirm", what, proofs.PROOF_SIZE)
+    method = _method_of(body, what, PAKE_METHODS)
+    return method, bytes_field(body, "confirm", what, proofs.CONFIRM_SIZE)
 
 
 def parse_pair_challenge(body):
-    """PairChallenge: {"method": "pin", "spake2"} or {"method": "approval"}; returns (method, spake2)."""
+    """PairChallenge: {"method": "psk"/"pin", "pake"} or {"method": "approval"}; returns (method, pake)."""
     what = "PairChallenge"
     body = require_map(body, what)
-    method = _method(body, what)
-    if method == PIN:
-        return method, _spake2(body, what, b"B")
+    method = _method_of(body, what, PAKE_METHODS + (APPROVAL,))
     if method == APPROVAL:
         return method, None
-    raise BodyError(f"{what}: unexpected method {method!r}")
+    return method, _share(body, what)
 
 
 def parse_pair_confirm(body):
-    """PairConfirm: {"method", "already_paired", "proof"?}; returns (method, already, proof)."""
+    """
+    PairConfirm: {"method", "already_paired", "confirm"? (psk, pin), "proof"? (link)};
+    returns (method, already, confirm_or_proof or None).
+    """
     what = "PairConfirm"
     body = require_map(body, what)
     method = _method(body, what)
     already = body.get("already_paired", False)
     if not isinstance(already, bool):
         raise BodyError(f"{what}: 'already_paired' must be a boolean")
-    proof = None
-    if "proof" in body:
-        proof = bytes_field(body, "proof", what, proofs.PROOF_SIZE)
-    return method, already, proof
+    key = "confirm" if method in PAKE_METHODS else "proof"
+    value = None
+    if key in body:
+        value = bytes_field(body, key, what, proofs.CONFIRM_SIZE)
+    return method, already, value
 
 
 def parse_pair_reject(body):
@@ -144,7 +157,8 @@ def pair_reject(code, reason: str, method: str = "") -> dict:
 
 
 def pair_confirm(method: str, proof: bytes = None, already_paired: bool = False) -> dict:
+    """PairConfirm; C{proof} goes under "confirm" for psk/pin, under "proof" for a link."""
     body = {"method": method, "already_paired": already_paired}
     if proof is not None:
-        body["proof"] = proof
+        body["confirm" if method in PAKE_METHODS else "proof"] = proof
     return body

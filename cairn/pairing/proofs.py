@@ -1,36 +1,38 @@
 """
-Key derivations and proofs of the pairing methods (docs/protocol.md §20).
+Key derivations and proofs of the pairing methods (docs/protocol.md §20.3).
 
-Every secret -- the PSK, a link secret, the SPAKE2 key of a PIN exchange
--- is first turned into a method key with HKDF-SHA256 (empty salt, an
-ASCII label as info); proofs are HMAC-SHA256 under that key over a role
-label followed by the session's Noise handshake hash (and, for PINs, both
-SPAKE2 messages), so a proof is worth nothing on any other session and
-the client's proof never verifies as the server's.
+PSK and PIN pairing run SPAKE2 (RFC 9382, L{cairn.pairing.pake}) keyed by
+a password scalar derived from the secret, with the session's Noise
+handshake hash as the associated data of the key confirmation: a
+confirmation is worth nothing on any other session, and neither side ever
+sends a value against which more than one guess can be tested.
+
+Links keep an HMAC proof: their secret is 128 random bits and the device
+checks the node's peer id (which the link names) before proving anything.
 """
 
 import hashlib
 import hmac
+import unicodedata
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cairn.pairing import pake
+
 #: Labels, byte-exact (docs/protocol.md §20.3).
-PSK_KEY = b"cairn-pair-v1 psk"
-PSK_CLIENT = b"cairn-pair-v1 psk client"
-PSK_SERVER = b"cairn-pair-v1 psk server"
+PSK_W = b"cairn-pair-v2 psk w"
+PIN_W = b"cairn-pair-v2 pin w"
 LINK_ID = b"cairn-pair-v1 link id"
 LINK_KEY = b"cairn-pair-v1 link"
 LINK_CLIENT = b"cairn-pair-v1 link client"
 LINK_SERVER = b"cairn-pair-v1 link server"
-PIN_KEY = b"cairn-pair-v1 pin"
-PIN_CLIENT = b"cairn-pair-v1 pin client"
-PIN_SERVER = b"cairn-pair-v1 pin server"
 
 PROOF_SIZE = 32
 LINK_ID_SIZE = 16
 LINK_SECRET_SIZE = 16
-SPAKE2_MESSAGE_SIZE = 33
+PAKE_SHARE_SIZE = 32
+CONFIRM_SIZE = 32
 HANDSHAKE_HASH_SIZE = 32
 
 
@@ -49,17 +51,22 @@ def equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-# PSK
+# PSK and PIN: the SPAKE2 password scalar
 
 
-def psk_key(psk: str) -> bytes:
-    """The PSK method key: the PSK's UTF-8 bytes, exactly as configured."""
-    return hkdf(psk.encode("utf-8"), PSK_KEY)
+def psk_bytes(psk: str) -> bytes:
+    """The PSK as the PAKE uses it: its text in Unicode NFC, as UTF-8."""
+    return unicodedata.normalize("NFC", psk).encode("utf-8")
 
 
-def psk_proofs(key: bytes, handshake_hash: bytes):
-    """(client proof, server proof) for one session."""
-    return mac(key, PSK_CLIENT, handshake_hash), mac(key, PSK_SERVER, handshake_hash)
+def psk_scalar(psk: str) -> int:
+    """w for PSK pairing."""
+    return pake.password_scalar(psk_bytes(psk), PSK_W)
+
+
+def pin_scalar(canonical_pin: bytes) -> int:
+    """w for PIN pairing, from the PIN's canonical form (8 ASCII bytes)."""
+    return pake.password_scalar(canonical_pin, PIN_W)
 
 
 # Links
@@ -77,18 +84,3 @@ def link_key(secret: bytes) -> bytes:
 def link_proofs(key: bytes, handshake_hash: bytes):
     """(client proof, server proof) for one session."""
     return mac(key, LINK_CLIENT, handshake_hash), mac(key, LINK_SERVER, handshake_hash)
-
-
-# PIN (SPAKE2 key confirmation)
-
-
-def pin_confirmations(spake2_key: bytes, handshake_hash: bytes, message_a: bytes, message_b: bytes):
-    """
-    (client MAC, server MAC) confirming a SPAKE2 key.
-
-    A wrong PIN does not make SPAKE2 fail, it yields a different key: only
-    these MACs tell the two sides whether they agree.
-    """
-    key = hkdf(spake2_key, PIN_KEY)
-    transcript = handshake_hash + message_a + message_b
-    return mac(key, PIN_CLIENT, transcript), mac(key, PIN_SERVER, transcript)

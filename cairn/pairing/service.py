@@ -1,6 +1,7 @@
 """
-The node's side of pairing: PSK, PIN (SPAKE2), links, operator approval,
-unpairing, and the gate that keeps unpaired sessions to pairing only.
+The node's side of pairing: PSK and PIN (SPAKE2, RFC 9382), links,
+operator approval, unpairing, and the gate that keeps unpaired sessions
+to pairing only.
 
 L{PairingService} registers its handlers (PairRequest, PairResponse,
 PairRevoke) and its session observer on the node's L{Peer} when it is
@@ -8,7 +9,6 @@ constructed; L{PairingService.start} loads the trust store, and the node
 must not accept sessions before that Deferred has fired.
 """
 
-from spake2 import SPAKE2_B
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -16,8 +16,10 @@ from zope.interface import implementer
 
 from cairn.pairing import messages, proofs
 from cairn.pairing.codes import LinkBook, PinBook
+from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
 from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService, UnknownPeer
-from cairn.pairing.messages import APPROVAL, LINK, PIN, PSK
+from cairn.pairing.messages import APPROVAL, LINK, PSK
+from cairn.pairing.psk import PskSetting
 from cairn.pairing.ratelimit import FailureLimiter
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
@@ -37,8 +39,6 @@ MAX_CODE_FAILURES = 3
 MAX_PENDING = 100
 #: Seconds between two "pending requests at the limit" warnings.
 PENDING_FULL_WARN_EVERY = 60.0
-#: A PSK shorter than this (in bytes) is logged as weak at start-up.
-WEAK_PSK = 16
 
 
 def paired_only(trust, handler):
@@ -56,33 +56,6 @@ def paired_only(trust, handler):
 
     guarded.__wrapped__ = handler
     return guarded
-
-
-def source_of(session) -> str:
-    """
-    The source host of the transport carrying C{session}, the key of the
-    per-source rate limit (the port is left out: it changes per dial).
-    """
-    transport = getattr(session.connection, "transport", None)
-    inner = getattr(transport, "transport", None)
-    get_peer = getattr(inner, "getPeer", None)
-    if get_peer is not None:
-        host = getattr(get_peer(), "host", None)
-        if host:
-            return host
-    return str(getattr(transport, "peer_address", "unknown"))
-
-
-class _PinExchange:
-    """A PIN exchange waiting for the client's PairResponse."""
-
-    __slots__ = ("generation", "name", "client_mac", "server_mac")
-
-    def __init__(self, generation, name, client_mac, server_mac):
-        self.generation = generation
-        self.name = name
-        self.client_mac = client_mac
-        self.server_mac = server_mac
 
 
 @implementer(IPairingService)
@@ -109,6 +82,10 @@ class PairingService:
         failure_window=FAILURE_WINDOW,
         max_code_failures=MAX_CODE_FAILURES,
         max_pending=MAX_PENDING,
+        psk_max_uses=0,
+        psk_lifetime=None,
+        psk_file=None,
+        max_source_exchanges=MAX_SOURCE_EXCHANGES,
     ):
         self.peer = peer
         self.trust = trust
@@ -117,16 +94,14 @@ class PairingService:
         self.max_pending = max_pending
         self._full_warned_at = None
         self._unrecorded = 0
-        self._psk_key = proofs.psk_key(psk) if psk else None
-        if psk and len(psk.encode("utf-8")) < WEAK_PSK:
-            log.warn("CAIRN_PSK is shorter than {n} bytes: use a long random key", n=WEAK_PSK)
+        self.psk = PskSetting(clock, psk, psk_max_uses, psk_lifetime, psk_file)
         self.pins = PinBook(clock, pin_ttl, max_code_failures)
         self.links = LinkBook(clock, link_ttl, max_code_failures)
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
+        self.pake = PakeMethods(self, max_source_exchanges)
         self._purge_hooks = []
-        self._pin_exchanges = {}
         peer.register_handler(MessageType.PAIR_REQUEST, self._guarded(self._pair_request))
-        peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self._pair_response))
+        peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self.pake.respond))
         peer.register_handler(MessageType.PAIR_REVOKE, self._guarded(self._pair_revoke))
         peer.add_observer(self)
         self._flusher = None
@@ -179,7 +154,7 @@ class PairingService:
         def approved(record):
             log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
-                self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+                self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
             return record
 
         return self.trust.get(peer_id).addCallback(check).addCallback(approved)
@@ -188,7 +163,7 @@ class PairingService:
         def rejected(_):
             log.info("pairing request of {peer_id} rejected by the operator", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
-                self._reject(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
+                self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
 
         return self.trust.reject(peer_id).addCallback(rejected)
 
@@ -242,7 +217,7 @@ class PairingService:
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     def session_closed(self, session):
-        self._pin_exchanges.pop(session.session_id, None)
+        self.pake.forget(session)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     @defer.inlineCallbacks
@@ -314,20 +289,26 @@ class PairingService:
     def _pair_request(self, session, body):
         try:
             request = messages.parse_pair_request(body)
+        except messages.UnsupportedVersion as e:
+            self.refuse(session, body.get("method", ""), PairRejectCode.UNSUPPORTED_VERSION, str(e))
+            return
         except messages.UnsupportedMethod as e:
-            self._reject(session, "", PairRejectCode.METHOD_UNAVAILABLE, str(e))
+            self.refuse(session, "", PairRejectCode.METHOD_UNAVAILABLE, str(e))
             return
         except BodyError as e:
-            self._reject(session, "", PairRejectCode.MALFORMED, str(e))
+            self.refuse(session, "", PairRejectCode.MALFORMED, str(e))
             return
         method = request.method
         peer_id = session.remote_peer_id
-        if method != PSK and self.trust.is_paired(peer_id):
-            self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, already_paired=True))
+        if method in (LINK, APPROVAL) and self.trust.is_paired(peer_id):
+            # No code consumed: a link's device has checked this node's peer
+            # id, an approval's device compares it (§20.3.5). PSK and PIN
+            # always run the whole exchange, so their confirmation is proven.
+            self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, already_paired=True))
             return
         record = yield self.trust.get(peer_id)
         if record is not None and record.state == REVOKED and method in (PSK, APPROVAL):
-            self._reject(
+            self.refuse(
                 session,
                 method,
                 PairRejectCode.REJECTED_BY_OPERATOR,
@@ -339,67 +320,39 @@ class PairingService:
             return
         source = source_of(session)
         if self.sources.limited(source):
-            self._rate_limited(session, method, source)
+            self.refuse_rate_limited(session, method, source)
             return
-        step = {PSK: self._psk, PIN: self._pin_start, LINK: self._link}[method]
-        yield step(session, request, source)
-
-    def _psk(self, session, request, source):
-        if self._psk_key is None:
-            self._reject(session, PSK, PairRejectCode.METHOD_UNAVAILABLE, "no PSK is configured")
-            return None
-        client_proof, server_proof = proofs.psk_proofs(self._psk_key, session.result.handshake_hash)
-        if not proofs.equal(request.proof, client_proof):
-            self.sources.failed(source)
-            self._reject(session, PSK, PairRejectCode.BAD_PROOF, "wrong PSK")
-            return None
-        return self._paired(session, PSK, request.name, server_proof)
-
-    def _pin_start(self, session, request, source):
-        refusal = self.pins.refusal()
-        if refusal is not None:
-            self._reject(session, PIN, *refusal)
+        if method == LINK:
+            yield self._link(session, request, source)
             return
+        self.pake.start(session, request, source)
+
+    def pairing_status(self) -> dict:
+        """The state of PSK and PIN pairing for the management API (no secrets)."""
         pin = self.pins.current
-        spake = SPAKE2_B(pin.key, idA=session.remote_identity, idB=self.peer.identity.public_key)
-        message_b = spake.start()
-        try:
-            key = spake.finish(request.spake2)
-        except Exception:  # spake2 raises ValueError, SPAKEError or NotOnCurve for a bad element
-            self._reject(session, PIN, PairRejectCode.MALFORMED, "'spake2' is not a valid SPAKE2 message")
-            return
-        client_mac, server_mac = proofs.pin_confirmations(key, session.result.handshake_hash, request.spake2, message_b)
-        self._pin_exchanges[session.session_id] = _PinExchange(pin.generation, request.name, client_mac, server_mac)
-        self._send(session, MessageType.PAIR_CHALLENGE, {"method": PIN, "spake2": message_b})
+        now = self.clock.seconds()
+        active = pin is not None and pin.refusal(now, self.pins.max_failures) is None
+        return {
+            "psk": self.psk.status(),
+            "pin": {
+                "active": active,
+                "expires_at": pin.expires_at if active else None,
+                "failures": pin.failures if pin is not None else 0,
+                "burned": self.pake.pins_burned,
+                "last_burned_at": self.pake.last_pin_burned_at,
+            },
+            "links_active": len(self.links),
+        }
 
-    def _pair_response(self, session, body):
-        try:
-            confirm = messages.parse_pair_response(body)
-        except BodyError as e:
-            self._reject(session, PIN, PairRejectCode.MALFORMED, str(e))
-            return None
-        exchange = self._pin_exchanges.pop(session.session_id, None)
-        if exchange is None:
-            self._reject(session, PIN, PairRejectCode.MALFORMED, "no PIN exchange in progress on this session")
-            return None
-        source = source_of(session)
-        if self.sources.limited(source):
-            self._rate_limited(session, PIN, source)
-            return None
-        refusal = self.pins.refusal(exchange.generation)
-        if refusal is not None:
-            self._reject(session, PIN, *refusal)
-            return None
-        pin = self.pins.current
-        if not proofs.equal(confirm, exchange.client_mac):
-            pin.failures += 1
-            self.sources.failed(source)
-            burned = pin.failures >= self.pins.max_failures
-            reason = "wrong PIN" + ("; the PIN is now invalid" if burned else "")
-            self._reject(session, PIN, PairRejectCode.BAD_PROOF, reason)
-            return None
-        pin.used = True
-        return self._paired(session, PIN, exchange.name, exchange.server_mac)
+    def rotate_psk(self, psk=None) -> dict:
+        """Put a new PSK in force (C{psk}, or a random one); the result holds it once."""
+        psk = self.psk.rotate(psk)
+        return {"psk": psk, **self.psk.status()}
+
+    def disable_psk(self) -> dict:
+        """Turn PSK pairing off until the next rotation."""
+        self.psk.disable()
+        return self.psk.status()
 
     def _link(self, session, request, source):
         code = self.links.get(request.link_id)
@@ -407,36 +360,36 @@ class PairingService:
         if refusal is not None:
             if code is None:
                 self.sources.failed(source)
-            self._reject(session, LINK, *refusal)
+            self.refuse(session, LINK, *refusal)
             return None
         client_proof, server_proof = proofs.link_proofs(code.key, session.result.handshake_hash)
         if not proofs.equal(request.proof, client_proof):
             code.failures += 1
             self.sources.failed(source)
-            self._reject(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
+            self.refuse(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
             return None
         code.used = True
-        return self._paired(session, LINK, request.name, server_proof)
+        return self.pair_session(session, LINK, request.name, server_proof)
 
     @defer.inlineCallbacks
     def _approval(self, session, request, record):
         peer_id = session.remote_peer_id
         if (record is None or record.state != PENDING) and (yield self._pending_full(peer_id)):
-            self._reject(session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests, try later")
+            self.refuse(session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests, try later")
             return
         yield self.trust.add_pending(peer_id, session.remote_identity, request.name, self.clock.seconds())
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
-            self._send(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
+            self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
-    def _paired(self, session, method, name, server_proof):
+    def pair_session(self, session, method, name, server_proof):
         peer_id = session.remote_peer_id
         if self.trust.is_paired(peer_id):
-            self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof, True))
+            self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof, True))
             return None
 
         def paired(record):
             log.info("peer {peer_id} paired by {method}", peer_id=peer_id, method=method)
-            self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
+            self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
 
         d = self.trust.set_paired(peer_id, session.remote_identity, name, method, self.clock.seconds())
         return d.addCallback(paired)
@@ -446,7 +399,7 @@ class PairingService:
         try:
             messages.parse_pair_revoke(body)
         except BodyError as e:
-            self._reject(session, "", PairRejectCode.MALFORMED, str(e))
+            self.refuse(session, "", PairRejectCode.MALFORMED, str(e))
             return
         peer_id = session.remote_peer_id
         if self.trust.is_paired(peer_id):
@@ -463,7 +416,7 @@ class PairingService:
     def _sessions_of(self, peer_id):
         return [s for s in list(self.peer.sessions.values()) if s.remote_peer_id == peer_id and s.closed is None]
 
-    def _send(self, session, type_code, body):
+    def send_reply(self, session, type_code, body):
         if session.closed is not None:
             return
         try:
@@ -471,15 +424,15 @@ class PairingService:
         except SessionClosed:
             pass
 
-    def _reject(self, session, method, code, reason):
+    def refuse(self, session, method, code, reason):
         log.info(
             "pairing ({method}) of {peer_id} refused: {code}",
             method=method or "?",
             peer_id=session.remote_peer_id,
             code=PairRejectCode(code).name,
         )
-        self._send(session, MessageType.PAIR_REJECT, messages.pair_reject(code, reason, method))
+        self.send_reply(session, MessageType.PAIR_REJECT, messages.pair_reject(code, reason, method))
 
-    def _rate_limited(self, session, method, source):
+    def refuse_rate_limited(self, session, method, source):
         wait = int(self.sources.retry_after(source)) + 1
-        self._reject(session, method, PairRejectCode.RATE_LIMITED, f"too many failed attempts, retry in {wait} s")
+        self.refuse(session, method, PairRejectCode.RATE_LIMITED, f"too many failed attempts, retry in {wait} s")

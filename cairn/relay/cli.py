@@ -21,7 +21,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from cairn.cli_pairing import add_pairing_options, pairing_step
+from cairn.cli_pairing import add_pairing_options, device_pins, pairing_step
 from cairn.client import Client
 from cairn.mailbox.cli import DEFAULT_IDENTITY, load_identity, react
 from cairn.wire.constants import RouteStatus
@@ -53,9 +53,9 @@ def run(reactor, argv, out=None):
     out = out or sys.stdout
     args = parser().parse_args(argv)
     pair = pairing_step(args, "cairn-relay")
-    client = Client(reactor, load_identity(args.identity))
+    client = Client(reactor, load_identity(args.identity), pins=device_pins(args))
     endpoint = relay.relay_endpoint(client)
-    node = yield client.connect(args.server)
+    node = yield client.connect(args.server, expect_peer_id=args.expect_peer_id)
     try:
         yield pair(node)
         if args.command == "listen":

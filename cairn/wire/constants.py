@@ -147,6 +147,7 @@ class PairRejectCode(IntEnum):
     REJECTED_BY_OPERATOR = 7
     MALFORMED = 8
     UNKNOWN_CODE = 9
+    UNSUPPORTED_VERSION = 10
 
 
 class ForwardStatus(IntEnum):

@@ -147,12 +147,11 @@ def _pair_request(draw):
     name = draw(names)
     body = {"method": method, "name": name}
     fields = {}
-    if method in (pairing.PSK, pairing.LINK):
-        fields["proof"] = draw(b32)
     if method == pairing.LINK:
+        fields["proof"] = draw(b32)
         fields["link_id"] = draw(ids16)
-    if method == pairing.PIN:
-        fields["spake2"] = b"A" + draw(b32)
+    if method in pairing.PAKE_METHODS:
+        fields["pake"] = draw(b32)
     body.update(fields)
     return body, pairing.PairRequest(method, name, **fields)
 
@@ -161,14 +160,14 @@ def _pair_request(draw):
 def _pair_challenge(draw):
     if draw(st.booleans()):
         return {"method": "approval"}, ("approval", None)
-    spake2 = b"B" + draw(b32)
-    return {"method": "pin", "spake2": spake2}, ("pin", spake2)
+    method, share = draw(st.sampled_from(pairing.PAKE_METHODS)), draw(b32)
+    return {"method": method, "pake": share}, (method, share)
 
 
 @st.composite
 def _pair_response(draw):
-    mac = draw(b32)
-    return {"method": "pin", "confirm": mac}, mac
+    method, mac = draw(st.sampled_from(pairing.PAKE_METHODS)), draw(b32)
+    return {"method": method, "confirm": mac}, (method, mac)
 
 
 @st.composite

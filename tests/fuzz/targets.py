@@ -86,10 +86,10 @@ def _optional(check, value, *args) -> bool:
 
 def _pair_request(r) -> bool:
     shape = {
-        pairing.PSK: (r.proof is not None and _bytes(r.proof, 32) and r.spake2 is None and r.link_id is None),
-        pairing.PIN: (_bytes(r.spake2, 33) and r.spake2[:1] == b"A" and r.proof is None),
-        pairing.LINK: (_bytes(r.link_id, 16) and _bytes(r.proof, 32)),
-        pairing.APPROVAL: (r.proof is None and r.spake2 is None and r.link_id is None),
+        pairing.PSK: (_bytes(r.pake, 32) and r.proof is None and r.link_id is None),
+        pairing.PIN: (_bytes(r.pake, 32) and r.proof is None and r.link_id is None),
+        pairing.LINK: (_bytes(r.link_id, 16) and _bytes(r.proof, 32) and r.pake is None),
+        pairing.APPROVAL: (r.proof is None and r.pake is None and r.link_id is None),
     }
     return r.method in shape and shape[r.method] and _text(r.name, pairing.MAX_NAME)
 
@@ -166,9 +166,13 @@ BODY_PARSERS = (
     _p(
         T.PAIR_CHALLENGE,
         pairing.parse_pair_challenge,
-        lambda r: r == (pairing.APPROVAL, None) or (r[0] == pairing.PIN and _bytes(r[1], 33) and r[1][:1] == b"B"),
+        lambda r: r == (pairing.APPROVAL, None) or (r[0] in pairing.PAKE_METHODS and _bytes(r[1], 32)),
     ),
-    _p(T.PAIR_RESPONSE, pairing.parse_pair_response, lambda r: _bytes(r, 32)),
+    _p(
+        T.PAIR_RESPONSE,
+        pairing.parse_pair_response,
+        lambda r: r[0] in pairing.PAKE_METHODS and _bytes(r[1], 32),
+    ),
     _p(
         T.PAIR_CONFIRM,
         pairing.parse_pair_confirm,
@@ -613,6 +617,7 @@ def seed_inputs():
         {"code": 0, "reason": ""},
         {"method": "approval"},
         {"method": "psk", "proof": b"\x00" * 32},
+        {"method": "psk", "pake": b"\x00" * 32},
         {"topics": ["t"], "cursors": {"t": 1}},
         {"topic": "t", "id": b"\x01" * 16, "payload": b"x"},
         {"seqs": [1], "receipts": [], "upto": 1},
