@@ -38,9 +38,11 @@ from cairn.relay.service import RelayService
 from cairn.relay.store import SQLiteRelayStore
 from cairn.session import store
 from cairn.session.peer import Peer
+from cairn.session.unpaired import UnpairedSessions
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
+from cairn.transport.fds import DescriptorGauge
 from cairn.transport.limits import SourceLimiter
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
@@ -184,6 +186,30 @@ class CairnNode(MultiService):
         return succeed(None)
 
 
+def add_pressure_metrics(metrics, gauge, unpaired, pairing) -> None:
+    """Export descriptor pressure and what the unpaired-peer bounds did (docs/reliability.md)."""
+    metrics.add_gauge("cairn_fd_in_use", "File descriptors in use (estimated between counts).", gauge.in_use)
+    metrics.add_gauge("cairn_fd_limit", "The soft RLIMIT_NOFILE.", lambda: gauge.limit)
+    metrics.add_gauge(
+        "cairn_fd_pressure",
+        "Descriptor pressure: 0 ok, 1 high (unpaired peers turned away), 2 critical (cairn connections refused).",
+        lambda: ("ok", "high", "critical").index(gauge.state()),
+    )
+    metrics.add_counter(
+        "cairn_fd_refused", "Cairn connections refused for want of descriptors.", lambda: gauge.refused
+    )
+    metrics.add_gauge("cairn_unpaired_sessions", "Live sessions of unpaired peers.", lambda: len(unpaired))
+    metrics.add_counter(
+        "cairn_unpaired_dropped",
+        "Sessions of unpaired peers closed by the bounds, by reason.",
+        lambda: {"limit": unpaired.evicted, "descriptors": unpaired.refused},
+        labels=["reason"],
+    )
+    metrics.add_counter(
+        "cairn_pending_evicted", "Pending pairing requests dropped to make room.", lambda: pairing.pending.evicted
+    )
+
+
 def derived_addresses(ports) -> tuple:
     """
     Dialable addresses of the bound cairn listeners, for pairing links.
@@ -254,11 +280,25 @@ def make_node(config, reactor) -> CairnNode:
         keepalive_timeout=config.keepalive_timeout,
         handshake_timeout=config.handshake_timeout,
         session_ttl=config.session_ttl,
+        unpaired_session_ttl=config.unpaired_session_ttl,
         log_addresses=config.log_addresses,
     )
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
     trust = SQLiteTrustStore(db)
-    pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
+    pairing = PairingService(
+        peer,
+        trust,
+        reactor,
+        psk=config.psk,
+        link_addresses=config.public_addresses,
+        max_pending_per_source=config.max_pending_per_source,
+    )
+    # Bounds on what unpaired peers hold: memory and descriptors.
+    peer.is_trusted = trust.is_paired
+    gauge = DescriptorGauge(reactor, config.fd_reserve)
+    unpaired = UnpairedSessions(
+        peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
+    )
     mailbox = MailboxService(
         peer,
         trust,
@@ -287,7 +327,9 @@ def make_node(config, reactor) -> CairnNode:
     )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
+    add_pressure_metrics(metrics, gauge, unpaired, pairing)
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
+    node.gauge, node.unpaired = gauge, unpaired
     node.turn = turn
     node.sync = sync
     node.relay = relay
@@ -298,9 +340,13 @@ def make_node(config, reactor) -> CairnNode:
     limiter = node.limiter = SourceLimiter(config.max_handshakes_per_source)
     write_limit = config.max_write_buffer
     if config.listen:
-        node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
+        factory = StreamFactory(peer, limiter=limiter, write_limit=write_limit)
+        factory.gauge = gauge
+        node.add_listener("tcp", config.listen, factory)
     if config.ws_listen:
-        node.add_listener("websocket", config.ws_listen, server_factory(peer, limiter, write_limit))
+        factory = server_factory(peer, limiter, write_limit)
+        factory.gauge = gauge
+        node.add_listener("websocket", config.ws_listen, factory)
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
         stats = {
@@ -310,6 +356,7 @@ def make_node(config, reactor) -> CairnNode:
             "sync": sync.stats,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
+            "descriptors": gauge.report,
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)

@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
+from cairn.pairing.client import pair_psk
 from cairn.service import make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
@@ -84,6 +85,9 @@ class MakeNodeTests(unittest.TestCase):
         self.assertRaises(CannotListenError, node.startService)
 
 
+RESTART_PSK = "restart tests' pre-shared key, long enough"
+
+
 class RestartTests(unittest.TestCase):
     """Sessions survive a clean restart; a crash forgets them."""
 
@@ -97,7 +101,8 @@ class RestartTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start(self):
-        node = make_node(config_for(self.data_dir, keepalive_interval=3600.0, keepalive_timeout=7200.0), reactor)
+        config = config_for(self.data_dir, keepalive_interval=3600.0, keepalive_timeout=7200.0, psk=RESTART_PSK)
+        node = make_node(config, reactor)
         track_connections(node.peer, self.connections)
         node.startService()
         ports = yield node.ready
@@ -110,6 +115,8 @@ class RestartTests(unittest.TestCase):
         node.peer.on_session = established.callback
         session = yield eventually(self.client.connect(address))
         yield eventually(established)
+        # Only sessions of paired peers are saved for a restart.
+        yield eventually(pair_psk(session, RESTART_PSK))
         return session
 
     @defer.inlineCallbacks

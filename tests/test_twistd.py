@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from cairn.client import Client
 from cairn.crypto.identity import load_or_create
+from cairn.pairing.client import pair_psk
 from cairn.session import store
 from tests._harness import eventually, track_connections
 
@@ -62,6 +63,9 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
+RESUME_PSK = "twistd tests' pre-shared key, long enough"
+
+
 def start_twistd(data_dir, expected=("tcp", "websocket"), **settings):
     """Start C{twistd -n cairn} on loopback port 0; C{settings} are extra CAIRN_* variables."""
     env = dict(
@@ -92,7 +96,7 @@ class TwistdTests(unittest.TestCase):
     def test_real_twistd_serves_and_resumes(self):
         """A twistd-run node accepts TCP and WebSocket sessions and, after SIGTERM and restart, resumes both."""
         data_dir = os.path.abspath(self.mktemp())
-        proc = start_twistd(data_dir)
+        proc = start_twistd(data_dir, CAIRN_PSK=RESUME_PSK)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         expected_peer = load_or_create(data_dir).peer_id
@@ -103,6 +107,8 @@ class TwistdTests(unittest.TestCase):
         over_ws = yield eventually(client.connect(f"ws://127.0.0.1:{ports['websocket']}/"))
         self.assertEqual(over_tcp.remote_peer_id, expected_peer)
         self.assertEqual(over_ws.remote_peer_id, expected_peer)
+        # Only sessions of paired peers are saved for a restart.
+        yield eventually(pair_psk(over_tcp, RESUME_PSK))
         over_tcp.open_channel("a").send(b"x")
         yield eventually(proc.wait_for(" established with ", 2), 30)
         lost = [over_tcp.connection.lost, over_ws.connection.lost]
@@ -113,7 +119,7 @@ class TwistdTests(unittest.TestCase):
         self.assertIn("saved 2 session(s)", "".join(proc.output))
         self.assertTrue(os.path.exists(os.path.join(data_dir, store.FILE_NAME)))
 
-        proc = start_twistd(data_dir)
+        proc = start_twistd(data_dir, CAIRN_PSK=RESUME_PSK)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         yield eventually(client.resume(over_tcp, f"tcp:host=127.0.0.1:port={ports['tcp']}"))

@@ -173,13 +173,17 @@ class ManagementAPI:
 
     @_endpoint(app, "/health", "GET")
     async def health(self, request):
-        """Liveness: status, version, uptime, session count."""
-        return {
+        """Liveness: status, version, uptime, session count (and descriptor pressure)."""
+        health = {
             "status": "ok",
             "version": __version__,
             "uptime": round(max(0.0, self.clock.seconds() - self.started_at), 3),
             "sessions": len(self.peer.sessions),
         }
+        descriptors = self.stats.get("descriptors")
+        if descriptors is not None:
+            health["descriptors"] = descriptors()
+        return health
 
     @_endpoint(app, "/openapi.json", "GET")
     async def openapi(self, request):

@@ -58,6 +58,20 @@ _SCHEMAS = {
             "version": {"type": "string"},
             "uptime": {"type": "number", "description": "Seconds since the node started."},
             "sessions": {"type": "integer", "description": "Live sessions (attached or detached)."},
+            "descriptors": {
+                "type": "object",
+                "description": "File-descriptor pressure (docs/reliability.md): state ok, high "
+                "(unpaired peers turned away) or critical (new cairn connections refused).",
+                "required": ["in_use", "limit", "high_water", "critical_water", "state", "refused"],
+                "properties": {
+                    "in_use": {"type": "integer"},
+                    "limit": {"type": "integer", "description": "The soft RLIMIT_NOFILE."},
+                    "high_water": {"type": "integer"},
+                    "critical_water": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["ok", "high", "critical"]},
+                    "refused": {"type": "integer", "description": "Connections refused at the critical mark."},
+                },
+            },
         },
     },
     "PairedPeer": {

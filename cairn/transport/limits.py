@@ -20,6 +20,8 @@ hostile peers (docs/protocol.md §15, docs/reliability.md):
     never arrive).
 """
 
+import ipaddress
+
 import attr
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -41,9 +43,37 @@ REFUSED_REASON = "too many unfinished handshakes from this address"
 
 
 def source_of(addr) -> str:
-    """The key of the per-source limits: the host of an address (the port changes per dial)."""
+    """
+    The key of the per-source limits: the host of an address (the port
+    changes per dial). IPv6 hosts are grouped by their /64: one subscriber
+    usually holds a whole /64 and can dial from any address in it.
+    """
     host = getattr(addr, "host", None)
-    return host if host else str(addr)
+    if not host:
+        return str(addr)
+    return source_key(host)
+
+
+def source_key(host: str) -> str:
+    """C{host}, or for an IPv6 address its /64 network (C{"2001:db8:1:2::/64"})."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+
+
+def session_source(session) -> str:
+    """The per-source key of the transport carrying C{session} ("unknown" if detached)."""
+    transport = getattr(getattr(session, "connection", None), "transport", None)
+    get_peer = getattr(getattr(transport, "transport", None), "getPeer", None)
+    if get_peer is None:
+        return "unknown"
+    return source_of(get_peer())
 
 
 @attr.s(eq=False)
@@ -94,18 +124,18 @@ class SourceLimiter:
             self.pending.pop(source, None)
 
 
-def refusal_close() -> bytes:
+def refusal_close(reason: str = REFUSED_REASON) -> bytes:
     """The Close in clear (LIMIT_REACHED) written to a refused TCP connection."""
-    body = cbor.dumps({"code": int(CloseCode.LIMIT_REACHED), "reason": REFUSED_REASON})
+    body = cbor.dumps({"code": int(CloseCode.LIMIT_REACHED), "reason": reason})
     return Envelope(PROTOCOL_VERSION, MessageType.CLOSE, _ZERO_SID, 0, body).to_bytes()
 
 
-def refusal_http() -> bytes:
+def refusal_http(status: bytes = b"429 Too Many Requests", reason: str = REFUSED_REASON) -> bytes:
     """The HTTP answer written to a refused WebSocket connection before its upgrade."""
-    reason = REFUSED_REASON.encode("ascii")
+    text = reason.encode("ascii")
     return (
-        b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(reason), reason)
+        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status, len(text), text)
     )
 
 

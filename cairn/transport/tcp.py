@@ -7,6 +7,7 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
+from cairn.transport.fds import REFUSED_REASON as FD_REFUSED_REASON
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
 from cairn.wire.constants import HEADER_SIZE, CloseCode, MessageType
 from cairn.wire.envelope import EnvelopeError, EnvelopeParser, decode, parse_header
@@ -167,6 +168,10 @@ class StreamFactory(Factory):
     @param write_limit: see L{StreamProtocol}.
     """
 
+    #: A L{cairn.transport.fds.DescriptorGauge}: refuse at once while
+    #: descriptors are critical (set by the node).
+    gauge = None
+
     def __init__(self, local, initiator: bool = False, limiter=None, write_limit=MAX_WRITE_BUFFER):
         self.local = local
         self.initiator = initiator
@@ -174,6 +179,8 @@ class StreamFactory(Factory):
         self.write_limit = write_limit
 
     def buildProtocol(self, addr):
+        if self.gauge is not None and not self.gauge.admit():
+            return Refused(refusal_close(FD_REFUSED_REASON))
         ticket = None
         if self.limiter is not None:
             ticket = self.limiter.admit(addr)

@@ -36,6 +36,7 @@ from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
+from cairn.transport.fds import REFUSED_REASON as FD_REFUSED_REASON
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
@@ -267,8 +268,13 @@ def _limit_options(factory, local):
 class _ServerFactory(WebSocketServerFactory):
     limiter = None
     write_limit = MAX_WRITE_BUFFER
+    #: A L{cairn.transport.fds.DescriptorGauge} (set by the node): HTTP 503
+    #: at once while descriptors are critical.
+    gauge = None
 
     def buildProtocol(self, addr):
+        if self.gauge is not None and not self.gauge.admit():
+            return Refused(refusal_http(b"503 Service Unavailable", FD_REFUSED_REASON))
         ticket = None
         if self.limiter is not None:
             ticket = self.limiter.admit(addr)
