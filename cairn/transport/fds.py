@@ -12,7 +12,9 @@ management API's too. L{DescriptorGauge} keeps C{reserve} of them free:
     Close 12 once established (L{cairn.session.unpaired}): the lower half
     of the reserve is for paired peers.
   - C{critical}: from C{limit - reserve / 2}: new cairn connections are
-    refused at once (TCP: a clear Close 12; WebSocket: HTTP 503). The upper
+    closed as soon as accepted, without a word (an answer would keep the
+    descriptor until it is written, and Twisted accepts up to a hundred
+    connections in one go). The upper
     half is for the management listener, which is never gated, and for the
     node's own files and outbound connections.
 
@@ -37,7 +39,6 @@ FD_RESERVE = 128
 #: Seconds between two counts of the open descriptors.
 RECOUNT_EVERY = 1.0
 OK, HIGH, CRITICAL = "ok", "high", "critical"
-REFUSED_REASON = "node is short of file descriptors"
 
 
 def _count_open() -> int:

@@ -124,18 +124,18 @@ class SourceLimiter:
             self.pending.pop(source, None)
 
 
-def refusal_close(reason: str = REFUSED_REASON) -> bytes:
+def refusal_close() -> bytes:
     """The Close in clear (LIMIT_REACHED) written to a refused TCP connection."""
-    body = cbor.dumps({"code": int(CloseCode.LIMIT_REACHED), "reason": reason})
+    body = cbor.dumps({"code": int(CloseCode.LIMIT_REACHED), "reason": REFUSED_REASON})
     return Envelope(PROTOCOL_VERSION, MessageType.CLOSE, _ZERO_SID, 0, body).to_bytes()
 
 
-def refusal_http(status: bytes = b"429 Too Many Requests", reason: str = REFUSED_REASON) -> bytes:
+def refusal_http() -> bytes:
     """The HTTP answer written to a refused WebSocket connection before its upgrade."""
-    text = reason.encode("ascii")
+    reason = REFUSED_REASON.encode("ascii")
     return (
-        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (status, len(text), text)
+        b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(reason), reason)
     )
 
 

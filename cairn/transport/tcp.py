@@ -7,7 +7,6 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
-from cairn.transport.fds import REFUSED_REASON as FD_REFUSED_REASON
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
 from cairn.wire.constants import HEADER_SIZE, CloseCode, MessageType
 from cairn.wire.envelope import EnvelopeError, EnvelopeParser, decode, parse_header
@@ -180,7 +179,10 @@ class StreamFactory(Factory):
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():
-            return Refused(refusal_close(FD_REFUSED_REASON))
+            # Closed at once, without a Close: a Refused protocol would hold
+            # the descriptor until its answer is written, and Twisted
+            # accepts up to a hundred connections in one go.
+            return None
         ticket = None
         if self.limiter is not None:
             ticket = self.limiter.admit(addr)

@@ -36,7 +36,6 @@ from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
-from cairn.transport.fds import REFUSED_REASON as FD_REFUSED_REASON
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
@@ -274,7 +273,7 @@ class _ServerFactory(WebSocketServerFactory):
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():
-            return Refused(refusal_http(b"503 Service Unavailable", FD_REFUSED_REASON))
+            return None  # closed at once (see cairn.transport.tcp.StreamFactory)
         ticket = None
         if self.limiter is not None:
             ticket = self.limiter.admit(addr)
