@@ -138,7 +138,7 @@ class UnpairedSessionTests(unittest.TestCase):
         self.assertLessEqual(len(node.unpaired), 2)
 
     def test_unpaired_resumable_for_seconds_paired_for_the_ttl(self):
-        """A detached unpaired session ends after CAIRN_UNPAIRED_SESSION_TTL; a paired one stays for CAIRN_SESSION_TTL."""
+        """A detached unpaired session ends after the unpaired TTL; a paired one stays for the session TTL."""
         node = Node(self.clock)
         stranger = node.dial_and_drop()
         identity = Identity.generate()
@@ -181,7 +181,7 @@ class UnpairedSessionTests(unittest.TestCase):
         self.assertIn(friend.session_id, restarted.sessions)
 
     def test_genuine_approval_filed_during_flood(self):
-        """During a flood of fresh identities asking for approval, a genuine request from elsewhere is filed and approvable."""
+        """During a flood of fresh identities asking for approval, a genuine request from elsewhere is filed."""
         node = Node(self.clock, max_total=50, max_per_source=10, max_pending=20, max_pending_per_source=5)
         for i in range(100):
             session, pump, transport = node.dial(host=f"203.0.113.{i % 3}")
