@@ -159,4 +159,8 @@ def makeService(options: Options) -> IService:
 
     node = make_node(config, reactor)
     node.freeze_gc = True
+    # The process is the node's: gate its whole log (addresses, floods).
+    from cairn.logfilter import LogGateService
+
+    LogGateService(reactor, config.log_addresses).setServiceParent(node)
     return node
