@@ -164,7 +164,10 @@ class FloodTests(unittest.TestCase):
                 break
         descriptors = health["descriptors"]
         self.assertEqual(descriptors["limit"], self.NOFILE)
-        self.assertEqual(descriptors["state"], "critical")
+        # Refusals start at the critical mark as estimated between counts,
+        # which errs high: a fresh count may find the node just below it.
+        self.assertIn(descriptors["state"], ("high", "critical"))
+        self.assertGreaterEqual(descriptors["in_use"], descriptors["high_water"])
         self.assertGreater(descriptors["refused"], 0)
         self.assertLess(descriptors["in_use"], self.NOFILE)
 
@@ -174,7 +177,8 @@ class FloodTests(unittest.TestCase):
             treq.get(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, pool=pool), 30
         )
         text = (yield eventually(response.content(), 30)).decode()
-        self.assertIn("cairn_fd_pressure 2.0", text)
+        self.assertRegex(text, r"\ncairn_fd_pressure [12]\.0\n")
+        self.assertRegex(text, r"\ncairn_fd_refused_total [1-9]")
         self.assertIn(f"cairn_fd_limit {float(self.NOFILE)}", text)
         yield abort_all()
         log = "".join(proc.output)
