@@ -21,7 +21,7 @@ from cairn.pairing.trust import MemoryTrustStore
 from cairn.session.peer import Peer
 from cairn.session.unpaired import UnpairedSessions
 from cairn.transport.fds import DescriptorGauge
-from cairn.transport.limits import source_key
+from cairn.transport.limits import SourceLimiter, source_key
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.wire.constants import CloseCode
 
@@ -121,6 +121,14 @@ class UnpairedSessionTests(unittest.TestCase):
         self.assertEqual(node.unpaired.per_source("2001:db8:1:3::/64"), 1)
         self.assertEqual(source_key("::ffff:192.0.2.7"), "192.0.2.7")
         self.assertEqual(source_key("192.0.2.7"), "192.0.2.7")
+
+    def test_handshake_limit_groups_ipv6(self):
+        """The per-source handshake limit counts one IPv6 /64 as one source."""
+        limiter = SourceLimiter(2)
+        self.assertIsNotNone(limiter.admit(IPv6Address("TCP", "2001:db8:1:2::1", 1)))
+        self.assertIsNotNone(limiter.admit(IPv6Address("TCP", "2001:db8:1:2::ffff", 2)))
+        self.assertIsNone(limiter.admit(IPv6Address("TCP", "2001:db8:1:2:aaaa::1", 3)))
+        self.assertIsNotNone(limiter.admit(IPv6Address("TCP", "2001:db8:1:3::1", 4)))
 
     def test_paired_sessions_not_capped(self):
         """Sessions of paired peers never count against the caps and are never dropped by them."""
