@@ -7,7 +7,7 @@ handshake flood, each against a node in a child process.
     python -m bench.capacity storm [--sessions 2000] [--messages 1] [--data 1] [--backlog N]
     python -m bench.capacity flood [--sessions 100] [--rate 200] [--seconds 10] [--concurrency 64]
                                    [--per-source N]
-    python -m bench.capacity churn [--cycles 10000] [--concurrency 32] [--legacy]
+    python -m bench.capacity churn [--cycles 10000] [--concurrency 32] [--legacy | --bounds TTL:TOTAL:PER_SOURCE]
 
 idle
     N sessions, half TCP and half WebSocket, each from its own identity,
@@ -872,9 +872,12 @@ def churn(reactor, args):
 
     @defer.inlineCallbacks
     def run():
+        bounds = "3600:1000000000:1000000000" if args.legacy else args.bounds
         policy = "bounds lifted, detached TTL 3600 s (before issue 13)" if args.legacy else "default unpaired bounds"
+        if args.bounds and not args.legacy:
+            policy = "unpaired TTL:total:per-source " + args.bounds
         out(f"== capacity: churn ({args.cycles} handshake-and-drop cycles of fresh unpaired identities; {policy}) ==")
-        options = ["--unpaired-limits", "3600:1000000000:1000000000"] if args.legacy else []
+        options = ["--unpaired-limits", bounds] if bounds else []
         node, ports = yield start_node(reactor, children, args, *options)
         yield sleep(reactor, 1.0)
         empty = proc_memory(node.pid)
@@ -984,6 +987,7 @@ def main(argv=None):
     s.add_argument("--cycles", type=int, default=10_000)
     s.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
     s.add_argument("--legacy", action="store_true", help="lift the unpaired bounds (TTL 1 h), as before issue 13")
+    s.add_argument("--bounds", default=None, help="the node's unpaired TTL:TOTAL:PER_SOURCE (default: its defaults)")
     s.add_argument("--wait", type=float, default=12.0, help="then wait this long (s) for the unpaired TTL")
     s.add_argument("--nice", **nice)
     s.add_argument("--per-source", **lifted)
