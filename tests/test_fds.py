@@ -155,13 +155,11 @@ class FloodTests(unittest.TestCase):
             return defer.gatherResults([c.lost for c in clients if c.transport is not None])
 
         self.addCleanup(abort_all)
-        health = None
-        for _ in range(500):  # each round trip lets the node accept more; stop once refusals show
-            response = yield eventually(treq.get(url + "/health", pool=pool), 30)
-            self.assertEqual(response.code, 200)
-            health = json.loads((yield eventually(response.content(), 30)))
-            if health["descriptors"]["refused"] > 0:
-                break
+        # The node's first refusal at the critical mark is logged: wait for it.
+        yield eventually(proc.wait_for("refused 1 connection(s) so far"), 120)
+        response = yield eventually(treq.get(url + "/health", pool=pool), 30)
+        self.assertEqual(response.code, 200)
+        health = json.loads((yield eventually(response.content(), 30)))
         descriptors = health["descriptors"]
         self.assertEqual(descriptors["limit"], self.NOFILE)
         # Refusals start at the critical mark as estimated between counts,
