@@ -8,7 +8,9 @@ Handshakes run in memory (L{twisted.test.iosim}) through the node's real
 TCP factory, with every timer on a L{task.Clock}.
 """
 
-from twisted.internet import task
+import os
+
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -18,12 +20,14 @@ from cairn.pairing.client import pair_psk, request_approval
 from cairn.pairing.interfaces import PENDING
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
+from cairn.session import store
 from cairn.session.peer import Peer
 from cairn.session.unpaired import UnpairedSessions
 from cairn.transport.fds import DescriptorGauge
 from cairn.transport.limits import SourceLimiter, source_key
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.wire.constants import CloseCode
+from tests._harness import drop_all, eventually, track_connections
 
 PSK = "unpaired tests' pre-shared key, long enough"
 SESSION_TTL = 3600.0
@@ -234,3 +238,39 @@ class DescriptorShortTests(unittest.TestCase):
 def _flushed(d, pump):
     pump.flush()
     return d
+
+
+class RealNodeTests(unittest.TestCase):
+    """The same bounds on a whole node (make_node) over real loopback sockets."""
+
+    @defer.inlineCallbacks
+    def test_flood_bounded_and_nothing_saved(self):
+        """Fresh identities handshaking and dropping leave at most the per-source cap, and a stop saves none of them."""
+        from cairn.client import Client
+        from cairn.service import make_node
+        from tests.test_service import config_for
+
+        data_dir = self.mktemp()
+        config = config_for(data_dir, max_unpaired_per_source=5, max_handshakes_per_source=100)
+        node = make_node(config, reactor)
+        connections = []
+        track_connections(node.peer, connections)
+        node.startService()
+        ports = yield node.ready
+        self.addCleanup(drop_all, connections)
+        address = f"tcp:host=127.0.0.1:port={ports['tcp'].getHost().port}"
+        held = []
+        for _ in range(40):
+            client = Client(reactor, clock=task.Clock())
+            established = defer.Deferred()
+            node.peer.on_session = established.callback
+            session = yield eventually(client.connect(address))
+            yield eventually(established)
+            lost = session.connection.when_lost()
+            session.connection.drop_transport()
+            yield eventually(lost)
+            held.append(len(node.peer.sessions))
+        self.assertLessEqual(max(held), 5)
+        self.assertEqual(len(node.unpaired), len(node.peer.sessions))
+        yield node.stopService()
+        self.assertFalse(os.path.exists(os.path.join(data_dir, store.FILE_NAME)))
