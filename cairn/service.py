@@ -36,9 +36,8 @@ from cairn.permissions import PermissionProblem, check_data_dir
 from cairn.relay.interfaces import RELAY_SCHEMA
 from cairn.relay.service import RelayService
 from cairn.relay.store import SQLiteRelayStore
-from cairn.session import store
+from cairn.session import store, unpaired
 from cairn.session.peer import Peer
-from cairn.session.unpaired import UnpairedSessions
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
@@ -186,7 +185,7 @@ class CairnNode(MultiService):
         return succeed(None)
 
 
-def add_pressure_metrics(metrics, gauge, unpaired, pairing) -> None:
+def add_pressure_metrics(metrics, gauge, bounds, pairing) -> None:
     """Export descriptor pressure and what the unpaired-peer bounds did (docs/reliability.md)."""
     metrics.add_gauge("cairn_fd_in_use", "File descriptors in use (estimated between counts).", gauge.in_use)
     metrics.add_gauge("cairn_fd_limit", "The soft RLIMIT_NOFILE.", lambda: gauge.limit)
@@ -198,11 +197,11 @@ def add_pressure_metrics(metrics, gauge, unpaired, pairing) -> None:
     metrics.add_counter(
         "cairn_fd_refused", "Cairn connections refused for want of descriptors.", lambda: gauge.refused
     )
-    metrics.add_gauge("cairn_unpaired_sessions", "Live sessions of unpaired peers.", lambda: len(unpaired))
+    metrics.add_gauge("cairn_unpaired_sessions", "Live sessions of unpaired peers.", lambda: len(bounds))
     metrics.add_counter(
         "cairn_unpaired_dropped",
         "Sessions of unpaired peers closed by the bounds, by reason.",
-        lambda: {"limit": unpaired.evicted, "descriptors": unpaired.refused},
+        lambda: {"limit": bounds.evicted, "descriptors": bounds.refused},
         labels=["reason"],
     )
     metrics.add_counter(
@@ -296,7 +295,7 @@ def make_node(config, reactor) -> CairnNode:
     # Bounds on what unpaired peers hold: memory and descriptors.
     peer.is_trusted = trust.is_paired
     gauge = DescriptorGauge(reactor, config.fd_reserve)
-    unpaired = UnpairedSessions(
+    bounds = unpaired.UnpairedSessions(
         peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
     )
     mailbox = MailboxService(
@@ -327,9 +326,9 @@ def make_node(config, reactor) -> CairnNode:
     )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
-    add_pressure_metrics(metrics, gauge, unpaired, pairing)
+    add_pressure_metrics(metrics, gauge, bounds, pairing)
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
-    node.gauge, node.unpaired = gauge, unpaired
+    node.gauge, node.unpaired = gauge, bounds
     node.turn = turn
     node.sync = sync
     node.relay = relay
@@ -340,13 +339,14 @@ def make_node(config, reactor) -> CairnNode:
     limiter = node.limiter = SourceLimiter(config.max_handshakes_per_source)
     write_limit = config.max_write_buffer
     if config.listen:
-        factory = StreamFactory(peer, limiter=limiter, write_limit=write_limit)
-        factory.gauge = gauge
-        node.add_listener("tcp", config.listen, factory)
+        node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
     if config.ws_listen:
-        factory = server_factory(peer, limiter, write_limit)
-        factory.gauge = gauge
-        node.add_listener("websocket", config.ws_listen, factory)
+        node.add_listener("websocket", config.ws_listen, server_factory(peer, limiter, write_limit))
+    # Both cairn listeners close new connections at once while descriptors
+    # are critical; the management listener never does.
+    for name in ("tcp", "websocket"):
+        if name in node.listeners:
+            node.listeners[name].factory.gauge = gauge
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
         stats = {

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
-from cairn.pairing.client import pair_psk
+from cairn.pairing.client import request_approval
 from cairn.service import make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
@@ -85,9 +85,6 @@ class MakeNodeTests(unittest.TestCase):
         self.assertRaises(CannotListenError, node.startService)
 
 
-RESTART_PSK = "restart tests' pre-shared key, long enough"
-
-
 class RestartTests(unittest.TestCase):
     """Sessions survive a clean restart; a crash forgets them."""
 
@@ -101,8 +98,7 @@ class RestartTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start(self):
-        config = config_for(self.data_dir, keepalive_interval=3600.0, keepalive_timeout=7200.0, psk=RESTART_PSK)
-        node = make_node(config, reactor)
+        node = make_node(config_for(self.data_dir, keepalive_interval=3600.0, keepalive_timeout=7200.0), reactor)
         track_connections(node.peer, self.connections)
         node.startService()
         ports = yield node.ready
@@ -115,8 +111,11 @@ class RestartTests(unittest.TestCase):
         node.peer.on_session = established.callback
         session = yield eventually(self.client.connect(address))
         yield eventually(established)
-        # Only sessions of paired peers are saved for a restart.
-        yield eventually(pair_psk(session, RESTART_PSK))
+        # Ask to pair, as a device would: only a PairRequest files a pending
+        # request, which a test may then approve.
+        filed = defer.Deferred()
+        request_approval(session, on_pending=lambda: filed.callback(None))
+        yield eventually(filed)
         return session
 
     @defer.inlineCallbacks
@@ -143,6 +142,8 @@ class RestartTests(unittest.TestCase):
         """After a clean stop and a new start on the same data dir, the client resumes and data flows both ways."""
         node, address = yield self.start()
         session = yield self.connect(node, address)
+        # The node serves channels to paired peers only.
+        yield eventually(node.pairing.approve(self.client.peer_id))
         opened = defer.Deferred()
         node.peer.on_channel = lambda s, ch: opened.callback(ch)
         channel = session.open_channel("notes")

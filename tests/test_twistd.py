@@ -63,9 +63,6 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
-RESUME_PSK = "twistd tests' pre-shared key, long enough"
-
-
 def start_twistd(data_dir, expected=("tcp", "websocket"), nofile=None, **settings):
     """
     Start C{twistd -n cairn} on loopback port 0; C{settings} are extra
@@ -102,7 +99,8 @@ class TwistdTests(unittest.TestCase):
     def test_real_twistd_serves_and_resumes(self):
         """A twistd-run node accepts TCP and WebSocket sessions and, after SIGTERM and restart, resumes both."""
         data_dir = os.path.abspath(self.mktemp())
-        proc = start_twistd(data_dir, CAIRN_PSK=RESUME_PSK)
+        psk = "a pre-shared key for the twistd test only"
+        proc = start_twistd(data_dir, CAIRN_PSK=psk)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         expected_peer = load_or_create(data_dir).peer_id
@@ -113,8 +111,8 @@ class TwistdTests(unittest.TestCase):
         over_ws = yield eventually(client.connect(f"ws://127.0.0.1:{ports['websocket']}/"))
         self.assertEqual(over_tcp.remote_peer_id, expected_peer)
         self.assertEqual(over_ws.remote_peer_id, expected_peer)
-        # Only sessions of paired peers are saved for a restart.
-        yield eventually(pair_psk(over_tcp, RESUME_PSK))
+        # The node serves channels to paired peers only.
+        yield eventually(pair_psk(over_tcp, psk))
         over_tcp.open_channel("a").send(b"x")
         yield eventually(proc.wait_for(" established with ", 2), 30)
         lost = [over_tcp.connection.lost, over_ws.connection.lost]
@@ -125,7 +123,7 @@ class TwistdTests(unittest.TestCase):
         self.assertIn("saved 2 session(s)", "".join(proc.output))
         self.assertTrue(os.path.exists(os.path.join(data_dir, store.FILE_NAME)))
 
-        proc = start_twistd(data_dir, CAIRN_PSK=RESUME_PSK)
+        proc = start_twistd(data_dir)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         yield eventually(client.resume(over_tcp, f"tcp:host=127.0.0.1:port={ports['tcp']}"))

@@ -265,11 +265,11 @@ def _limit_options(factory, local):
 
 
 class _ServerFactory(WebSocketServerFactory):
+    #: A L{cairn.transport.fds.DescriptorGauge} (set by the node): new
+    #: connections are closed at once while descriptors are critical.
+    gauge = None
     limiter = None
     write_limit = MAX_WRITE_BUFFER
-    #: A L{cairn.transport.fds.DescriptorGauge} (set by the node): HTTP 503
-    #: at once while descriptors are critical.
-    gauge = None
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():
