@@ -342,11 +342,6 @@ def make_node(config, reactor) -> CairnNode:
         node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
     if config.ws_listen:
         node.add_listener("websocket", config.ws_listen, server_factory(peer, limiter, write_limit))
-    # Both cairn listeners close new connections at once while descriptors
-    # are critical; the management listener never does.
-    for name in ("tcp", "websocket"):
-        if name in node.listeners:
-            node.listeners[name].factory.gauge = gauge
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)
         stats = {
@@ -361,4 +356,9 @@ def make_node(config, reactor) -> CairnNode:
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
+    # Both cairn listeners close new connections at once while descriptors
+    # are critical; the management listener never does.
+    for name in ("tcp", "websocket"):
+        if name in node.listeners:
+            node.listeners[name].factory.gauge = gauge
     return node
