@@ -7,6 +7,7 @@ handshake flood, each against a node in a child process.
     python -m bench.capacity storm [--sessions 2000] [--messages 1] [--data 1] [--backlog N]
     python -m bench.capacity flood [--sessions 100] [--rate 200] [--seconds 10] [--concurrency 64]
                                    [--per-source N]
+    python -m bench.capacity churn [--cycles 10000] [--concurrency 32] [--legacy | --bounds TTL:TOTAL:PER_SOURCE]
 
 idle
     N sessions, half TCP and half WebSocket, each from its own identity,
@@ -32,6 +33,13 @@ flood
     handshakes as fast as it can (C{--concurrency} in flight). Measured:
     handshakes per second accepted, and the requests served per second and
     their latency before, during and after the flood.
+churn
+    C{--cycles} handshake-and-drop cycles, each from a fresh identity that
+    is not paired, the transport aborted without a Close (issue 13). The
+    node keeps the sessions its unpaired-peer bounds allow (defaults;
+    C{--legacy}: the bounds lifted and the detached TTL an hour, as before
+    them). Measured: sessions held and node RSS after the flood (bytes per
+    session held), and again once the unpaired TTL has passed.
 
 Every process raises its soft RLIMIT_NOFILE to its hard limit and prints
 what it got; when that is too low for the sessions asked for, the bench
@@ -301,6 +309,11 @@ def node_role(reactor, control, args):
     limits = {}
     if args.per_source and "max_handshakes_per_source" in attr.fields_dict(Config):
         limits["max_handshakes_per_source"] = args.per_source
+    if args.unpaired_limits and "max_unpaired_sessions" in attr.fields_dict(Config):
+        ttl, total, per_source = args.unpaired_limits.split(":")
+        limits.update(
+            unpaired_session_ttl=float(ttl), max_unpaired_sessions=int(total), max_unpaired_per_source=int(per_source)
+        )
     config = Config.from_env(
         {},
         **limits,
@@ -418,17 +431,25 @@ def handshakes_role(reactor, control, args):
     start = time.perf_counter()
     cpu = time.process_time()
     deadline = start + args.seconds
+    left = iter(range(args.cycles)) if args.cycles else None
     control.send({"started": True})
 
     @defer.inlineCallbacks
     def worker():
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and (left is None or next(left, None) is not None):
+            # --fresh: a new identity per handshake (a client of its own).
+            dialer = Client(reactor) if args.fresh else client
             try:
-                session = yield client.connect(args.address).addTimeout(CONNECT_TIMEOUT, reactor)
+                session = yield dialer.connect(args.address).addTimeout(CONNECT_TIMEOUT, reactor)
             except Exception:
                 counts["failed: " + failure_name(Failure())] += 1
                 continue
-            session.close()
+            if args.drop:
+                # No Close, but the HandshakeFinal flushed first (an abort
+                # would discard it): the node keeps the session detached.
+                session.connection.transport.lose(abort=False)
+            else:
+                session.close()
             counts["done" if time.perf_counter() <= deadline else "late"] += 1
 
     yield gather(worker() for _ in range(args.concurrency))
@@ -491,6 +512,9 @@ def idle(reactor, args):
         settle, empty_window = min(1.0, n / 1000), min(2.0, args.window)
         out(f"== capacity: idle ({n} sessions, {args.clients} client processes, keepalive every {k:g} s) ==")
         options = ["--keepalive", k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
+        if not args.paired:
+            # Idle unpaired sessions from one address: lift the bounds on them.
+            options += ["--unpaired-limits", "3600:1000000000:1000000000"]
         node, ports = yield start_node(reactor, children, args, *options)
         yield sleep(reactor, settle)
         empty = proc_memory(node.pid)
@@ -843,6 +867,53 @@ def flood(reactor, args):
     return with_children(reactor, run, children)
 
 
+def churn(reactor, args):
+    children = []
+
+    @defer.inlineCallbacks
+    def run():
+        bounds = "3600:1000000000:1000000000" if args.legacy else args.bounds
+        policy = "bounds lifted, detached TTL 3600 s (before issue 13)" if args.legacy else "default unpaired bounds"
+        if args.bounds and not args.legacy:
+            policy = "unpaired TTL:total:per-source " + args.bounds
+        out(f"== capacity: churn ({args.cycles} handshake-and-drop cycles of fresh unpaired identities; {policy}) ==")
+        options = ["--unpaired-limits", bounds] if bounds else []
+        node, ports = yield start_node(reactor, children, args, *options)
+        yield sleep(reactor, 1.0)
+        empty = proc_memory(node.pid)
+        address = addresses(ports)[0]
+        options = ["--address", address, "--concurrency", args.concurrency, "--seconds", 3600]
+        options += ["--cycles", args.cycles, "--fresh", "--drop"]
+        churner = Child.spawn(reactor, "churn", "handshakes", *options, nice=args.nice)
+        children.append(churner)
+        yield churner.next(60)
+        start = time.perf_counter()
+        result = yield churner.next(3600)
+        wall = time.perf_counter() - start
+        yield sleep(reactor, 1.0)
+        full, stats = proc_memory(node.pid), (yield node.ask("stats"))
+        grown = full["VmRSS"] - empty["VmRSS"]
+        per = grown / stats["sessions"] if stats["sessions"] else float("nan")
+        out(
+            f"churn: {result.get('done', 0)} cycles in {wall:.1f} s (failures: "
+            f"{ {k: v for k, v in result.items() if k.startswith('failed')} or 'none'}); node holds "
+            f"{stats['sessions']} sessions ({stats['closed']} closed by it)"
+        )
+        out(
+            f"churn: node RSS {megabytes(empty['VmRSS'])} before -> {megabytes(full['VmRSS'])} after "
+            f"(+{megabytes(grown)}; {per:,.0f} bytes per session held; peak {megabytes(full['VmHWM'])})"
+        )
+        if not args.legacy:
+            yield sleep(reactor, args.wait)
+            later, stats = proc_memory(node.pid), (yield node.ask("stats"))
+            out(
+                f"churn: {args.wait:g} s later (unpaired TTL passed): node holds {stats['sessions']} sessions, "
+                f"RSS {megabytes(later['VmRSS'])}"
+            )
+
+    return with_children(reactor, run, children)
+
+
 def report_flood(args, load, windows, flood_result):
     done = flood_result.pop("done", 0)
     seconds = flood_result.pop("seconds")
@@ -912,12 +983,22 @@ def main(argv=None):
     s.add_argument("--nice", **nice)
     s.add_argument("--per-source", type=int, default=None, help="the node's limit (default: the node's default)")
 
+    s = roles.add_parser("churn", help="handshake-and-drop cycles of fresh unpaired identities: sessions held, RSS")
+    s.add_argument("--cycles", type=int, default=10_000)
+    s.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
+    s.add_argument("--legacy", action="store_true", help="lift the unpaired bounds (TTL 1 h), as before issue 13")
+    s.add_argument("--bounds", default=None, help="the node's unpaired TTL:TOTAL:PER_SOURCE (default: its defaults)")
+    s.add_argument("--wait", type=float, default=12.0, help="then wait this long (s) for the unpaired TTL")
+    s.add_argument("--nice", **nice)
+    s.add_argument("--per-source", **lifted)
+
     s = roles.add_parser("node", help=argparse.SUPPRESS)
     s.add_argument("--per-source", type=int, default=None)
     s.add_argument("--keepalive", type=float, default=30.0)
     s.add_argument("--pair", action="store_true", help="accept PSK pairing with the bench's PSK")
     s.add_argument("--backlog", type=int, default=None)
     s.add_argument("--tracemalloc", action="store_true")
+    s.add_argument("--unpaired-limits", default=None, help="TTL:TOTAL:PER_SOURCE of unpaired sessions")
 
     s = roles.add_parser("sessions", help=argparse.SUPPRESS)
     for name in ("--tcp", "--websocket", "--first", "--count", "--concurrency"):
@@ -929,13 +1010,16 @@ def main(argv=None):
     s.add_argument("--address", required=True)
     s.add_argument("--concurrency", type=int, required=True)
     s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--cycles", type=int, default=0, help="stop after this many (0: only the time limit)")
+    s.add_argument("--fresh", action="store_true", help="a new identity per handshake")
+    s.add_argument("--drop", action="store_true", help="abort the transport instead of closing the session")
 
     args = p.parse_args(argv)
     if args.role in ("node", "sessions", "handshakes"):
         role = {"node": node_role, "sessions": sessions_role, "handshakes": handshakes_role}[args.role]
         run_child(lambda reactor, control: role(reactor, control, args))
         return
-    scenario = {"idle": idle, "storm": storm, "flood": flood}[args.role]
+    scenario = {"idle": idle, "storm": storm, "flood": flood, "churn": churn}[args.role]
     log_warnings_only()
     task.react(lambda reactor: scenario(reactor, args))
 

@@ -259,6 +259,12 @@ class Config:
     max_handshakes_per_source: int = _count("CAIRN_MAX_HANDSHAKES_PER_SOURCE", 16)
     max_write_buffer: int = _size("CAIRN_MAX_WRITE_BUFFER", 32 * 2**20, 2**20)
     session_ttl: float = _duration("CAIRN_SESSION_TTL", 3600.0)
+    # Unauthenticated peers (docs/reliability.md, "Unpaired peers").
+    unpaired_session_ttl: float = _duration("CAIRN_UNPAIRED_SESSION_TTL", 10.0)
+    max_unpaired_sessions: int = _count("CAIRN_MAX_UNPAIRED_SESSIONS", 1000)
+    max_unpaired_per_source: int = _count("CAIRN_MAX_UNPAIRED_PER_SOURCE", 32)
+    max_pending_per_source: int = _count("CAIRN_MAX_PENDING_PER_SOURCE", 10)
+    fd_reserve: int = _count("CAIRN_FD_RESERVE", 128)
     mgmt_enabled: bool = _boolean("CAIRN_MGMT_ENABLED", True)
     mgmt_token: str | None = _secret("CAIRN_MGMT_TOKEN")
     mgmt_token_file: str | None = _text("CAIRN_MGMT_TOKEN_FILE")

@@ -41,7 +41,7 @@ from cairn.permissions import PermissionProblem, check_data_dir
 from cairn.relay.interfaces import RELAY_SCHEMA
 from cairn.relay.service import RelayService
 from cairn.relay.store import SQLiteRelayStore
-from cairn.session import store
+from cairn.session import store, unpaired
 from cairn.session.peer import Peer
 from cairn.startup import (
     StartupError,
@@ -58,6 +58,7 @@ from cairn.sync import access as sync_access
 from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
+from cairn.transport.fds import DescriptorGauge
 from cairn.transport.limits import SourceLimiter
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
@@ -236,6 +237,30 @@ class CairnNode(MultiService):
         return succeed(None)
 
 
+def add_pressure_metrics(metrics, gauge, bounds, pairing) -> None:
+    """Export descriptor pressure and what the unpaired-peer bounds did (docs/reliability.md)."""
+    metrics.add_gauge("cairn_fd_in_use", "File descriptors in use (estimated between counts).", gauge.in_use)
+    metrics.add_gauge("cairn_fd_limit", "The soft RLIMIT_NOFILE.", lambda: gauge.limit)
+    metrics.add_gauge(
+        "cairn_fd_pressure",
+        "Descriptor pressure: 0 ok, 1 high (unpaired peers turned away), 2 critical (cairn connections refused).",
+        lambda: ("ok", "high", "critical").index(gauge.state()),
+    )
+    metrics.add_counter(
+        "cairn_fd_refused", "Cairn connections refused for want of descriptors.", lambda: gauge.refused
+    )
+    metrics.add_gauge("cairn_unpaired_sessions", "Live sessions of unpaired peers.", lambda: len(bounds))
+    metrics.add_counter(
+        "cairn_unpaired_dropped",
+        "Sessions of unpaired peers closed by the bounds, by reason.",
+        lambda: {"limit": bounds.evicted, "descriptors": bounds.refused},
+        labels=["reason"],
+    )
+    metrics.add_counter(
+        "cairn_pending_evicted", "Pending pairing requests dropped to make room.", lambda: pairing.pending.evicted
+    )
+
+
 def derived_addresses(ports) -> tuple:
     """
     Dialable addresses of the bound cairn listeners, for pairing links.
@@ -323,6 +348,7 @@ def _make_node(config, reactor) -> CairnNode:
         keepalive_timeout=config.keepalive_timeout,
         handshake_timeout=config.handshake_timeout,
         session_ttl=config.session_ttl,
+        unpaired_session_ttl=config.unpaired_session_ttl,
         log_addresses=config.log_addresses,
     )
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
@@ -337,6 +363,13 @@ def _make_node(config, reactor) -> CairnNode:
         psk_max_uses=config.psk_max_uses,
         psk_lifetime=config.psk_expires,
         psk_file=os.path.join(config.data_dir, PSK_FILE),
+        max_pending_per_source=config.max_pending_per_source,
+    )
+    # Bounds on what unpaired peers hold: memory and descriptors.
+    peer.is_trusted = trust.is_paired
+    gauge = DescriptorGauge(reactor, config.fd_reserve)
+    bounds = unpaired.UnpairedSessions(
+        peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
     )
     mailbox = MailboxService(
         peer,
@@ -375,7 +408,9 @@ def _make_node(config, reactor) -> CairnNode:
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
     metrics.add_collector(space.collect_metrics, name="disk")
+    add_pressure_metrics(metrics, gauge, bounds, pairing)
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
+    node.gauge, node.unpaired = gauge, bounds
     node.turn = turn
     node.sync = sync
     node.relay = relay
@@ -417,7 +452,13 @@ def _make_node(config, reactor) -> CairnNode:
             "history": node.history.to_json,
             "node": NodeStatus(node, endpoints, warnings),
             "disk": space.to_json,
+            "descriptors": gauge.report,
         }
         api = node.api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
+    # Both cairn listeners close new connections at once while descriptors
+    # are critical; the management listener never does.
+    for name in ("tcp", "websocket"):
+        if name in node.listeners:
+            node.listeners[name].factory.gauge = gauge
     return node

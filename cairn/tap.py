@@ -174,4 +174,8 @@ def makeService(options: Options) -> IService:
     node.handle_sighup = True
     # twistd's own options (parsing a subcommand sets its parent).
     node.launcher = getattr(options, "parent", None)
+    # The process is the node's: gate its whole log (addresses, floods).
+    from cairn.logfilter import LogGateService
+
+    LogGateService(reactor, config.log_addresses).setServiceParent(node)
     return node

@@ -71,3 +71,13 @@ class CapacityBenchTests(unittest.TestCase):
             "flood: during:",
             "flood: served during / before = ",
         )
+
+    def test_churn(self):
+        """The churn scenario runs its handshake-and-drop cycles and reports sessions held and RSS."""
+        d = self.run_bench("churn", "--cycles", "6", "--concurrency", "2", "--legacy")
+        return d.addCallback(
+            self.assertLines,
+            "churn: 6 cycles in",
+            "node holds 6 sessions",
+            "bytes per session held",
+        )

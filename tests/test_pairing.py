@@ -229,11 +229,10 @@ class PairingMixin(PairingScenarioMixin):
     # Operator approval
 
     @defer.inlineCallbacks
-    def test_unknown_peer_becomes_pending(self):
-        """A peer that connects without pairing is listed as a pending request."""
+    def test_unknown_peer_not_pending(self):
+        """A peer that connects without asking to pair is not filed as a pending request."""
         session = yield self.connect()
-        pending = yield self.trust.list(PENDING)
-        self.assertEqual([r.peer_id for r in pending], [session.local.peer_id])
+        self.assertEqual((yield self.trust.list(PENDING)), [])
         self.assertFalse(self.trust.is_paired(session.local.peer_id))
 
     @defer.inlineCallbacks

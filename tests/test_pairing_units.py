@@ -478,34 +478,93 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.attach(FakeSession(initiator=True))
         self.assertEqual(self.successResultOf(self.trust.list()), [])
 
-    def test_pending_limit(self):
-        """Beyond max_pending, new peers are not recorded and approval requests get RATE_LIMITED."""
-        self.peer = Peer(Identity.generate(), task.Clock())
-        self.service = self.make_service(max_pending=2)
+    def test_handshake_alone_files_nothing(self):
+        """A session of an unknown peer that sends no PairRequest files no pending request."""
         for _ in range(3):
             self.attach(FakeSession())
-        self.assertEqual(len(self.successResultOf(self.trust.list(PENDING))), 2)
-        _, body = self.request(FakeSession(), {"method": "approval", "name": "late"})
-        self.assertEqual(body["code"], PairRejectCode.RATE_LIMITED)
+        self.assertEqual(self.successResultOf(self.trust.list()), [])
 
-    def test_pending_limit_warns_once_a_minute(self):
-        """A flood of unknown peers past the limit gives one warning a minute, with the count."""
-        from cairn.pairing import service as service_module
+    def approval(self, host="192.0.2.1", name=""):
+        session = self.attach(FakeSession(host=host))
+        type_code, _ = self.request(session, {"method": "approval", "name": name})
+        self.assertEqual(type_code, MessageType.PAIR_CHALLENGE)
+        self.clock.advance(1)  # requested_at orders the queue
+        return session
+
+    def pending_ids(self):
+        return {r.peer_id for r in self.successResultOf(self.trust.list(PENDING))}
+
+    def test_pending_per_source_evicts_oldest(self):
+        """Past the per-source bound a new request is filed and the source's oldest is dropped and told so."""
+        self.service = self.make_service(max_pending=10, max_pending_per_source=2)
+        first, second = self.approval(), self.approval()
+        other = self.approval(host="198.51.100.7")
+        third = self.approval()
+        self.assertEqual(self.pending_ids(), {s.remote_peer_id for s in (second, other, third)})
+        self.assertEqual(first.last()[0], MessageType.PAIR_REJECT)
+        self.assertEqual(first.last()[1]["code"], PairRejectCode.RATE_LIMITED)
+        self.assertEqual(self.service.pending.evicted, 1)
+
+    def test_flood_cannot_lock_out_genuine_request(self):
+        """A flood of fresh identities from a few sources leaves a genuine request from elsewhere filed."""
+        self.service = self.make_service(max_pending=20, max_pending_per_source=5)
+        for i in range(300):
+            self.approval(host=f"203.0.113.{i % 4}")
+        genuine = self.approval(host="192.0.2.200", name="kitchen tablet")
+        for i in range(300):
+            self.approval(host=f"203.0.113.{i % 4}")
+        pending = self.pending_ids()
+        self.assertLessEqual(len(pending), 20)
+        self.assertIn(genuine.remote_peer_id, pending)
+        record = self.successResultOf(self.service.approve(genuine.remote_peer_id))
+        self.assertEqual((record.state, record.name), (PAIRED, "kitchen tablet"))
+
+    def test_pending_total_evicts_from_largest_source(self):
+        """Past the total bound the oldest request of the source with the most is dropped."""
+        self.service = self.make_service(max_pending=4, max_pending_per_source=3)
+        lone = self.approval(host="192.0.2.50")
+        crowd = [self.approval(host="192.0.2.60") for _ in range(3)]
+        newcomer = self.approval(host="192.0.2.70")
+        expected = {s.remote_peer_id for s in [lone, *crowd[1:], newcomer]}
+        self.assertEqual(self.pending_ids(), expected)
+
+    def test_ipv6_sources_grouped_by_64(self):
+        """Requests from addresses of one IPv6 /64 share one per-source bound."""
+        from twisted.internet.address import IPv6Address
+
+        self.service = self.make_service(max_pending=10, max_pending_per_source=2)
+        sessions = []
+        for i in range(4):
+            session = FakeSession()
+            tcp = SimpleNamespace(getPeer=lambda i=i: IPv6Address("TCP", f"2001:db8:1:2::{i + 1}", 40000))
+            session.connection = SimpleNamespace(transport=SimpleNamespace(transport=tcp, peer_address=""))
+            self.attach(session)
+            self.request(session, {"method": "approval"})
+            self.clock.advance(1)
+            sessions.append(session)
+        self.assertEqual(self.pending_ids(), {s.remote_peer_id for s in sessions[2:]})
+
+    def test_pending_eviction_warns_once_a_minute(self):
+        """A flood of requests past the bounds gives one warning a minute, with the count."""
+        from cairn.pairing import pending as pending_module
 
         warnings = []
-        self.patch(service_module.log, "warn", lambda fmt, **kw: warnings.append(kw))
-        self.peer = Peer(Identity.generate(), task.Clock())
-        self.service = self.make_service(max_pending=1)
+        self.patch(pending_module.log, "warn", lambda fmt, **kw: warnings.append(kw))
+        self.service = self.make_service(max_pending=1, max_pending_per_source=1)
+        self.clock.advance(100)
         for _ in range(6):
-            self.attach(FakeSession())
+            session = self.attach(FakeSession())
+            self.request(session, {"method": "approval"})
         self.assertEqual([w["count"] for w in warnings], [1])
         self.clock.advance(61)
-        self.attach(FakeSession())
+        self.request(self.attach(FakeSession()), {"method": "approval"})
         self.assertEqual([w["count"] for w in warnings], [1, 5])
 
     def test_approve_offline_peer(self):
         """Approving a peer that is not connected pairs it, and its next session is served."""
         session = self.attach(FakeSession())
+        self.request(session, {"method": "approval"})
+        session.sent.clear()
         self.peer.sessions.pop(session.session_id)
         record = self.successResultOf(self.service.approve(session.remote_peer_id))
         self.assertEqual((record.state, record.method), (PAIRED, "approval"))
@@ -555,6 +614,8 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
     def test_revoke_from_pending_peer(self):
         """PairRevoke from a pending peer withdraws its request and closes the session with PAIRING_REVOKED."""
         session = self.attach(FakeSession())
+        self.request(session, {"method": "approval"})
+        self.assertEqual(self.successResultOf(self.trust.get(session.remote_peer_id)).state, PENDING)
         self.peer.handler_for(MessageType.PAIR_REVOKE)(session, {})
         self.assertIsNone(self.successResultOf(self.trust.get(session.remote_peer_id)))
         self.assertEqual(session.closed.code, CloseCode.PAIRING_REVOKED)

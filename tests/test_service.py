@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
+from cairn.pairing.client import request_approval
 from cairn.service import StartupError, make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
@@ -114,6 +115,11 @@ class RestartTests(unittest.TestCase):
         node.peer.on_session = established.callback
         session = yield eventually(self.client.connect(address))
         yield eventually(established)
+        # Ask to pair, as a device would: only a PairRequest files a pending
+        # request, which a test may then approve.
+        filed = defer.Deferred()
+        request_approval(session, on_pending=lambda: filed.callback(None))
+        yield eventually(filed)
         return session
 
     @defer.inlineCallbacks

@@ -63,8 +63,11 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
-def start_twistd(data_dir, expected=("tcp", "websocket"), **settings):
-    """Start C{twistd -n cairn} on loopback port 0; C{settings} are extra CAIRN_* variables."""
+def start_twistd(data_dir, expected=("tcp", "websocket"), nofile=None, **settings):
+    """
+    Start C{twistd -n cairn} on loopback port 0; C{settings} are extra
+    CAIRN_* variables; C{nofile} lowers the child's RLIMIT_NOFILE.
+    """
     env = dict(
         os.environ,
         PYTHONPATH=REPO,
@@ -75,10 +78,13 @@ def start_twistd(data_dir, expected=("tcp", "websocket"), **settings):
     )
     env.update(settings)
     proc = TwistdProcess(set(expected))
+    code = "from twisted.scripts.twistd import run; run()"
+    if nofile is not None:
+        code = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); {code}"
     argv = [
         sys.executable,
         "-c",
-        "from twisted.scripts.twistd import run; run()",
+        code,
         "--nodaemon",
         "--pidfile=",
         "--logfile=-",

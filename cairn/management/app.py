@@ -182,7 +182,7 @@ class ManagementAPI:
 
     @_endpoint(app, "/health", "GET")
     async def health(self, request):
-        """Liveness: status, version, uptime, session count (and free disk space)."""
+        """Liveness: status, version, uptime, session count (free disk space, descriptor pressure)."""
         result = {
             "status": "ok",
             "version": __version__,
@@ -191,6 +191,9 @@ class ManagementAPI:
         }
         if "disk" in self.stats:
             result["disk"] = self.stats["disk"]()
+        descriptors = self.stats.get("descriptors")
+        if descriptors is not None:
+            result["descriptors"] = descriptors()
         return result
 
     @_endpoint(app, "/openapi.json", "GET")

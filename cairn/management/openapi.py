@@ -69,6 +69,20 @@ _SCHEMAS = {
                     "low": {"type": "boolean", "description": "Free and reusable bytes are below the reserve."},
                 },
             },
+            "descriptors": {
+                "type": "object",
+                "description": "File-descriptor pressure (docs/reliability.md): state ok, high "
+                "(unpaired peers turned away) or critical (new cairn connections refused).",
+                "required": ["in_use", "limit", "high_water", "critical_water", "state", "refused"],
+                "properties": {
+                    "in_use": {"type": "integer"},
+                    "limit": {"type": "integer", "description": "The soft RLIMIT_NOFILE."},
+                    "high_water": {"type": "integer"},
+                    "critical_water": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["ok", "high", "critical"]},
+                    "refused": {"type": "integer", "description": "Connections refused at the critical mark."},
+                },
+            },
         },
     },
     "PairedPeer": {

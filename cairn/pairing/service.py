@@ -19,6 +19,7 @@ from cairn.pairing.codes import LinkBook, PinBook
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
 from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PSK
+from cairn.pairing.pending import MAX_PENDING, MAX_PENDING_PER_SOURCE, PendingQueue
 from cairn.pairing.psk import PskSetting
 from cairn.pairing.ratelimit import FailureLimiter
 from cairn.session.session import SessionClosed
@@ -36,9 +37,6 @@ LINK_TTL = 3600.0
 MAX_SOURCE_FAILURES = 5
 FAILURE_WINDOW = 600.0
 MAX_CODE_FAILURES = 3
-MAX_PENDING = 100
-#: Seconds between two "pending requests at the limit" warnings.
-PENDING_FULL_WARN_EVERY = 60.0
 
 
 def paired_only(trust, handler):
@@ -86,14 +84,15 @@ class PairingService:
         psk_lifetime=None,
         psk_file=None,
         max_source_exchanges=MAX_SOURCE_EXCHANGES,
+        max_pending_per_source=MAX_PENDING_PER_SOURCE,
     ):
         self.peer = peer
         self.trust = trust
         self.clock = clock
         self.link_addresses = tuple(link_addresses)
         self.max_pending = max_pending
-        self._full_warned_at = None
-        self._unrecorded = 0
+        #: The approval queue's bounds (L{cairn.pairing.pending}).
+        self.pending = PendingQueue(trust, clock, max_pending, max_pending_per_source, on_evicted=self._evicted)
         self.psk = PskSetting(clock, psk, psk_max_uses, psk_lifetime, psk_file)
         self.pins = PinBook(clock, pin_ttl, max_code_failures)
         self.links = LinkBook(clock, link_ttl, max_code_failures)
@@ -220,38 +219,19 @@ class PairingService:
         self.pake.forget(session)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
-    @defer.inlineCallbacks
     def _seen(self, session, inbound):
-        """Record last_seen; an unknown peer dialling in becomes a pending request."""
-        peer_id = session.remote_peer_id
-        record = yield self.trust.get(peer_id)
-        now = self.clock.seconds()
-        if record is None and inbound:
-            if (yield self._pending_full(peer_id)):
-                self._warn_pending_full(peer_id, now)
-                return
-            yield self.trust.add_pending(peer_id, session.remote_identity, "", now)
-            log.info("pairing request from {peer_id} pending approval", peer_id=peer_id)
-        yield self.trust.touch(peer_id, now)
+        """
+        Record last_seen. A handshake alone files no request: only a
+        PairRequest C{approval} does (L{cairn.pairing.pending}).
+        """
+        return self.trust.touch(session.remote_peer_id, self.clock.seconds())
 
-    def _warn_pending_full(self, peer_id, now):
-        # A flood of fresh identities must not become a flood of log lines:
-        # one warning a minute, saying how many were not recorded since.
-        self._unrecorded += 1
-        if self._full_warned_at is not None and now - self._full_warned_at < PENDING_FULL_WARN_EVERY:
-            return
-        log.warn(
-            "pending pairing requests at the limit ({n}): {count} peer(s) not recorded, the last {peer_id}",
-            n=self.max_pending,
-            count=self._unrecorded,
-            peer_id=peer_id,
-        )
-        self._full_warned_at, self._unrecorded = now, 0
-
-    @defer.inlineCallbacks
-    def _pending_full(self, peer_id):
-        pending = yield self.trust.list(PENDING)
-        return len(pending) >= self.max_pending and all(r.peer_id != peer_id for r in pending)
+    def _evicted(self, peer_id):
+        """A pending request was dropped to make room: tell its peer."""
+        for session in self._sessions_of(peer_id):
+            self._reject(
+                session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests: this one was dropped"
+            )
 
     # Handlers
 
@@ -374,10 +354,9 @@ class PairingService:
     @defer.inlineCallbacks
     def _approval(self, session, request, record):
         peer_id = session.remote_peer_id
-        if (record is None or record.state != PENDING) and (yield self._pending_full(peer_id)):
-            self.refuse(session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests, try later")
-            return
-        yield self.trust.add_pending(peer_id, session.remote_identity, request.name, self.clock.seconds())
+        yield self.pending.file(session, request.name)
+        if record is None or record.state != PENDING:
+            log.info("pairing request from {peer_id} pending approval", peer_id=peer_id)
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
             self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 

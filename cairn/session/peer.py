@@ -40,6 +40,7 @@ class Peer:
         keepalive_timeout=90.0,
         handshake_timeout=10.0,
         session_ttl=3600.0,
+        unpaired_session_ttl=None,
         resend_limits=DEFAULT_RESEND_LIMITS,
         log_addresses=False,
     ):
@@ -50,6 +51,13 @@ class Peer:
         self.keepalive_timeout = keepalive_timeout
         self.handshake_timeout = handshake_timeout
         self.session_ttl = session_ttl
+        #: Detached lifetime of a session whose peer L{is_trusted} refuses
+        #: (None: the same as C{session_ttl}); never longer than it.
+        self.unpaired_session_ttl = unpaired_session_ttl
+        #: C{(peer_id) -> bool}, set by the node: whether a remote peer is
+        #: paired. None (client applications): every peer counts as trusted.
+        self.is_trusted = None
+        self._restoring = False
         self.resend_limits = resend_limits
         #: Name the peer's network address in session log lines (an operator's opt-in).
         self.log_addresses = log_addresses
@@ -165,6 +173,22 @@ class Peer:
             log.info("session {sid} resumed", sid=session.session_id.hex()[:8])
         self._notify("session_resumed", session)
 
+    def trusted(self, session) -> bool:
+        """Whether C{session}'s peer is trusted (paired, on a node)."""
+        return self.is_trusted is None or self.is_trusted(session.remote_peer_id)
+
+    def detached_ttl(self, session) -> float:
+        """
+        How long C{session} stays resumable once detached: C{session_ttl},
+        or the (shorter) unpaired TTL for a peer that is not trusted, so
+        that handshakes from throw-away identities do not pile up
+        (docs/reliability.md, "Unpaired peers"). Restored sessions were
+        paired when saved and the trust store is not loaded yet: full TTL.
+        """
+        if self.unpaired_session_ttl is None or self._restoring or self.trusted(session):
+            return self.session_ttl
+        return min(self.unpaired_session_ttl, self.session_ttl)
+
     def session_detached(self, session) -> None:
         self._notify("session_detached", session)
 
@@ -202,11 +226,24 @@ class Peer:
         self.sessions.clear()
 
     def snapshot_sessions(self) -> list:
-        """Snapshots of every open session, for a clean shutdown."""
-        return [s.snapshot() for s in self.sessions.values() if s.closed is None]
+        """
+        Snapshots of every open session of a trusted peer, for a clean
+        shutdown. Sessions of unpaired peers are never saved: they would
+        let anyone who completes a handshake fill the file and the next
+        start's memory.
+        """
+        return [s.snapshot() for s in self.sessions.values() if s.closed is None and self.trusted(s)]
 
     def restore_sessions(self, snapshots) -> int:
         """Recreate detached sessions from L{snapshot_sessions} output."""
+        self._restoring = True
+        try:
+            self._restore(snapshots)
+        finally:
+            self._restoring = False
+        return len(snapshots)
+
+    def _restore(self, snapshots):
         for state in snapshots:
             result = HandshakeResult(
                 remote_identity=state["remote_identity"],
@@ -221,7 +258,6 @@ class Peer:
             session.restore(state)
             self.sessions[session.session_id] = session
             session.detach(None)
-        return len(snapshots)
 
 
 def _guarded(handler, name):

@@ -128,7 +128,7 @@ class Session:
         self.connection = None
         self._stop_keepalive()
         if self.closed is None:
-            self._expiry = self.clock.callLater(self.local.session_ttl, self._expire)
+            self._expiry = self.clock.callLater(self.local.detached_ttl(self), self._expire)
             self.local.session_detached(self)
 
     def _expire(self):

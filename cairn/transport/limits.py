@@ -20,6 +20,8 @@ hostile peers (docs/protocol.md §15, docs/reliability.md):
     never arrive).
 """
 
+import ipaddress
+
 import attr
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -41,9 +43,37 @@ REFUSED_REASON = "too many unfinished handshakes from this address"
 
 
 def source_of(addr) -> str:
-    """The key of the per-source limits: the host of an address (the port changes per dial)."""
+    """
+    The key of the per-source limits: the host of an address (the port
+    changes per dial). IPv6 hosts are grouped by their /64: one subscriber
+    usually holds a whole /64 and can dial from any address in it.
+    """
     host = getattr(addr, "host", None)
-    return host if host else str(addr)
+    if not host:
+        return str(addr)
+    return source_key(host)
+
+
+def source_key(host: str) -> str:
+    """C{host}, or for an IPv6 address its /64 network (C{"2001:db8:1:2::/64"})."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+
+
+def session_source(session) -> str:
+    """The per-source key of the transport carrying C{session} ("unknown" if detached)."""
+    transport = getattr(getattr(session, "connection", None), "transport", None)
+    get_peer = getattr(getattr(transport, "transport", None), "getPeer", None)
+    if get_peer is None:
+        return "unknown"
+    return source_of(get_peer())
 
 
 @attr.s(eq=False)

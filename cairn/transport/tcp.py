@@ -167,6 +167,10 @@ class StreamFactory(Factory):
     @param write_limit: see L{StreamProtocol}.
     """
 
+    #: A L{cairn.transport.fds.DescriptorGauge}: refuse at once while
+    #: descriptors are critical (set by the node).
+    gauge = None
+
     def __init__(self, local, initiator: bool = False, limiter=None, write_limit=MAX_WRITE_BUFFER):
         self.local = local
         self.initiator = initiator
@@ -174,6 +178,11 @@ class StreamFactory(Factory):
         self.write_limit = write_limit
 
     def buildProtocol(self, addr):
+        if self.gauge is not None and not self.gauge.admit():
+            # Closed at once, without a Close: a Refused protocol would hold
+            # the descriptor until its answer is written, and Twisted
+            # accepts up to a hundred connections in one go.
+            return None
         ticket = None
         if self.limiter is not None:
             ticket = self.limiter.admit(addr)

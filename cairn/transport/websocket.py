@@ -271,11 +271,16 @@ def _limit_options(factory, local):
 
 
 class _ServerFactory(WebSocketServerFactory):
+    #: A L{cairn.transport.fds.DescriptorGauge} (set by the node): new
+    #: connections are closed at once while descriptors are critical.
+    gauge = None
     limiter = None
     write_limit = MAX_WRITE_BUFFER
     origins = OriginPolicy()
 
     def buildProtocol(self, addr):
+        if self.gauge is not None and not self.gauge.admit():
+            return None  # closed at once (see cairn.transport.tcp.StreamFactory)
         ticket = None
         if self.limiter is not None:
             ticket = self.limiter.admit(addr)
