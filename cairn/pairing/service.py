@@ -229,7 +229,7 @@ class PairingService:
     def _evicted(self, peer_id):
         """A pending request was dropped to make room: tell its peer."""
         for session in self._sessions_of(peer_id):
-            self._reject(
+            self.refuse(
                 session, APPROVAL, PairRejectCode.RATE_LIMITED, "too many pending requests: this one was dropped"
             )
 
