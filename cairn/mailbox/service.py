@@ -7,7 +7,8 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
   - ForwardRequest is checked, handed to the store (which group-commits)
     and answered with a ForwardAck only once the store's Deferred fired,
     i.e. once the message is on disk;
-  - each attached session of a paired peer has an L{_Outbox}: a window of
+  - each session of a paired peer has an L{_Outbox} (from its start, or
+    from the moment its peer pairs on it: C{peer_paired}): a window of
     deliveries (and of receipts) sent but not yet acknowledged with
     ForwardPurge; the window bounds memory per session, and a new session
     starts again from the first unacknowledged message. Deliveries go out
@@ -299,9 +300,18 @@ class MailboxService(StoreService):
             for outbox in self._outboxes_of(sender):
                 self._pump_receipts(outbox)
 
+    def _serving(self, session) -> bool:
+        # Trust is asked at every push, so an unpairing stops them at once.
+        return (
+            not self._stopped
+            and session.closed is None
+            and session.attached
+            and self.trust.is_paired(session.remote_peer_id)
+        )
+
     def _pump(self, outbox):
         session = outbox.session
-        if self._stopped or session.closed is not None or not session.attached:
+        if not self._serving(session):
             return
         if outbox.fetching:
             outbox.again = True
@@ -356,7 +366,7 @@ class MailboxService(StoreService):
 
     def _pump_receipts(self, outbox):
         session = outbox.session
-        if self._stopped or session.closed is not None or not session.attached:
+        if not self._serving(session):
             return
         if outbox.rfetching:
             outbox.ragain = True

@@ -154,6 +154,13 @@ class Peer:
     def session_detached(self, session) -> None:
         self._notify("session_detached", session)
 
+    def peer_paired(self, peer_id: str) -> None:
+        """
+        C{peer_id} has just become paired (its PairConfirm is sent): the
+        services start serving the sessions it already has (§20.1).
+        """
+        self._notify("peer_paired", peer_id)
+
     def session_closed(self, session) -> None:
         self.sessions.pop(session.session_id, None)
         log.info(

@@ -10,7 +10,8 @@ L{paired_only}) and a session observer on the node's L{Peer}:
     attached session subscribed to the topic, but the publisher's;
   - SyncSubscribe makes sure the device has a durable cursor per topic and
     replays each topic from it; SyncCursor raises it;
-  - each session has a L{_Outbox}: a window of SyncUpdates sent and not
+  - each session of a paired peer has a L{_Outbox} (from its start, or
+    from the moment its peer pairs on it): a window of SyncUpdates sent and not
     yet covered by a SyncCursor, bounding memory per session;
   - a device whose cursor is behind what retention removed is sent a
     SyncReset (never skipped silently); retention (age, total bytes, the
@@ -227,6 +228,8 @@ class SyncService(StoreService):
         session = outbox.session
         if self._stopped or session.closed is not None or not session.attached or topic not in outbox.topics:
             return
+        if not self.trust.is_paired(session.remote_peer_id):
+            return  # unpaired since: nothing more is pushed, at once
         if topic in outbox.fetching:
             outbox.again.add(topic)
             return
