@@ -105,9 +105,7 @@ class CairnNode(MultiService):
             self.db.open()
         except DatabaseError as e:
             raise StartupError(f"cairn: {e}") from None
-        restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
-        if restored:
-            log.info("restored {count} session(s) for resume", count=restored)
+        self._restore_sessions()
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
         try:
             super().startService()  # binds every port now (a busy one raises)
@@ -162,26 +160,59 @@ class CairnNode(MultiService):
             reactor.stop()
 
     def stopService(self):
+        """
+        Stop in the order that keeps every promise made to a resuming peer:
+        stop accepting connections, then envelopes (L{Peer.drain}); let
+        each service commit and answer what it accepted (ForwardAcks,
+        SyncAcks; relay circuits are closed); only then snapshot the
+        sessions -- their resend buffers now hold those answers -- and
+        drop their transports.
+        """
         d = super().stopService()  # stop listening first
+        d.addCallback(lambda _: self.peer.drain())
+        for service in self._session_services():
+            d.addCallback(lambda _, service=service: service.stop())
         d.addCallback(lambda _: self._save_sessions())
-        if self.mailbox is not None:
-            # Commit what is queued (its senders wait for acks on resume).
-            d.addCallback(lambda _: self.mailbox.stop())
-        if self.sync is not None:
-            d.addCallback(lambda _: self.sync.stop())
-        if self.relay is not None:
-            d.addCallback(lambda _: self.relay.stop())
         d.addCallback(lambda _: self.pairing.stop())
         d.addCallback(lambda _: self.db.stop())
         return d
 
+    def _session_services(self):
+        return [s for s in (self.mailbox, self.sync, self.relay) if s is not None]
+
     def _save_sessions(self):
         snapshots = self.peer.snapshot_sessions()
+        for state in snapshots:
+            # Each service's per-session state (outboxes, subscriptions)
+            # goes into the snapshot with the session (§16).
+            session = self.peer.sessions[state["session_id"]]
+            services = {}
+            for service in self._session_services():
+                get = getattr(service, "session_state", None)
+                value = get(session) if get is not None else None
+                if value is not None:
+                    services[service.name] = value
+            state["services"] = services
         if snapshots:
             store.save(self.config.data_dir, snapshots)
             log.info("saved {count} session(s) for resume", count=len(snapshots))
         self.peer.freeze()
         return succeed(None)
+
+    def _restore_sessions(self):
+        snapshots = store.load_once(self.config.data_dir)
+        restored = self.peer.restore_sessions(snapshots)
+        for state in snapshots:
+            session = self.peer.sessions.get(state["session_id"])
+            if session is None:
+                continue
+            services = state.get("services") or {}
+            for service in self._session_services():
+                restore = getattr(service, "restore_session", None)
+                if restore is not None:
+                    restore(session, services.get(service.name))
+        if restored:
+            log.info("restored {count} session(s) for resume", count=restored)
 
 
 def derived_addresses(ports) -> tuple:

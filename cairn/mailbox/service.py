@@ -419,6 +419,35 @@ class MailboxService(StoreService):
     def session_closed(self, session):
         self._outboxes.pop(session.session_id, None)
 
+    # Across a clean restart (docs/protocol.md §16): the outbox comes back
+    # with its session, so that what the session's resend buffer holds
+    # (deliveries and receipts sent, not yet acknowledged) is still counted
+    # in the window and acknowledgeable, and delivery carries on after it.
+
+    def session_state(self, session):
+        """The outbox of C{session} as CBOR-ready values, or None."""
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            return None
+        return {
+            "cursor": outbox.cursor,
+            "inflight": [[seq, size] for seq, size in outbox.inflight.items()],
+            "rcursor": outbox.rcursor,
+            "rinflight": sorted(outbox.rinflight),
+        }
+
+    def restore_session(self, session, state):
+        """Recreate the outbox of a restored C{session} from L{session_state} output."""
+        # Trust is not loaded yet at restore; every push asks it anyway.
+        if state is None:
+            return
+        outbox = self._outboxes[session.session_id] = _Outbox(session)
+        for seq, size in state["inflight"]:
+            outbox.delivered(seq, size)
+        outbox.cursor = state["cursor"]
+        outbox.rcursor = state["rcursor"]
+        outbox.rinflight = set(state["rinflight"])
+
     # Management (the JSON and the metrics are built in cairn.mailbox.report)
 
     def stats(self):

@@ -57,6 +57,8 @@ class Peer:
         self.sessions = {}
         #: Set once sessions were saved for a stop: no new session may start.
         self.frozen = False
+        #: Set when a stop begins (L{drain}): no envelope is accepted any more.
+        self.draining = False
         self.unknown_types = Counter()
         self._handlers = {}
         #: C{(connection, envelope)}: takes a RelayAttach arriving first on
@@ -180,6 +182,16 @@ class Peer:
             self.on_data(session, channel, data)
 
     # Persistence
+
+    def drain(self) -> None:
+        """
+        Accept nothing more, the first step of a clean stop: envelopes that
+        arrive from now on are dropped unopened (the last accepted sequence
+        number does not move, so their senders resend them after resuming),
+        and no session is established or resumed. What was accepted before
+        is still answered: the services finish it before L{freeze}.
+        """
+        self.draining = True
 
     def freeze(self) -> None:
         """

@@ -304,6 +304,30 @@ class SyncService(StoreService):
     def session_closed(self, session):
         self._outboxes.pop(session.session_id, None)
 
+    # Across a clean restart (docs/protocol.md §16) the subscriptions come
+    # back with their session: a resumed device does not subscribe again.
+
+    def session_state(self, session):
+        """The subscriptions and window of C{session} as CBOR-ready values, or None."""
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            return None
+        return {
+            "topics": dict(outbox.topics),
+            "inflight": [[topic, seq, size] for (topic, seq), size in outbox.inflight.items()],
+            "own": dict(outbox.own),
+        }
+
+    def restore_session(self, session, state):
+        """Recreate the outbox of a restored C{session} from L{session_state} output."""
+        # Trust is not loaded yet at restore; every push asks it anyway.
+        if state is None:
+            return
+        outbox = self._outboxes[session.session_id] = _Outbox(session)
+        outbox.topics.update(state["topics"])
+        outbox.inflight.update({(topic, seq): size for topic, seq, size in state["inflight"]})
+        outbox.own.update(state["own"])
+
     # Management
 
     def _connected(self):
