@@ -3,7 +3,8 @@ The clean-restart mode of the crash harness (C{python -m bench.crash
 --mode clean}): SIGTERM instead of SIGKILL, and clients that resume.
 
 The node listens on the same ports at every start, and every client is a
-C{Client(auto_resume=True)} on the real reactor: after a SIGTERM nothing
+C{Client(auto_resume=True)}; once the node listens again each client's
+clock is moved to its first resume attempt. After a SIGTERM nothing
 is retried by hand and no new session is made. The load goes on across
 the stop (the clients do not know it is coming), so requests are in
 flight when it lands. What is checked, beyond L{bench.crash}'s checks:
@@ -25,7 +26,7 @@ import time
 from twisted.internet import defer, task
 
 from bench.crash import Harness, start_node
-from cairn.client import Client
+from cairn.client import RESUME_BACKOFF, Client
 
 #: Answers the load must get after a restart before the round stops it.
 FLOWING = 100
@@ -47,7 +48,11 @@ class CleanHarness(Harness):
         super().__init__(*args, **kwargs)
 
     def _new_client(self):
-        return Client(self.reactor, auto_resume=True)
+        # Each client's timers (auto-resume backoff, keepalive, autobahn's
+        # close timers) on its own clock: the harness moves it to the first
+        # resume attempt once the node listens, so the figures show the
+        # resume itself, not the backoff, and no timer outlives the run.
+        return Client(self.reactor, clock=task.Clock(), auto_resume=True)
 
     def _answered(self, failure, rid):
         self.errors[rid] = failure.getErrorMessage()
@@ -82,6 +87,8 @@ class CleanHarness(Harness):
         ports = yield self.node.listening.addTimeout(self.wait, self.reactor)
         listening = time.monotonic()
         ids = {key: s.session_id for key, s in self.sessions.items()}
+        for client in [self.recipient, self.watcher] + self.senders + self.publishers:
+            client.clock.advance(RESUME_BACKOFF[0])
         yield self.until(
             lambda: all(s.attached for s in self.sessions.values()), self.wait, "every session resumed"
         )
@@ -134,7 +141,7 @@ class CleanHarness(Harness):
             f"errors answered: {len(self.errors)} {sorted(set(self.errors.values()))[:3]}",
             f"sessions resumed (same id, no new handshake): {sum(s.get('resumed', 0) for s in stops)}"
             f"/{sum(s.get('sessions', 0) for s in stops)}",
-            f"resume after the node listened (auto_resume backoff 1 s doubling): min {min(resumes, default=0):.2f} s,"
+            f"resume after the node listened (first auto-resume attempt then): min {min(resumes, default=0):.2f} s,"
             f" max {max(resumes, default=0):.2f} s",
         ]
         return lines
