@@ -45,6 +45,7 @@ from cairn.transport.limits import SourceLimiter
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
 from cairn.turn.service import make_turn_service
+from cairn.wire.constants import CloseCode
 
 log = Logger()
 
@@ -181,7 +182,15 @@ class CairnNode(MultiService):
         return [s for s in (self.mailbox, self.sync, self.relay) if s is not None]
 
     def _save_sessions(self):
-        snapshots = self.peer.snapshot_sessions()
+        snapshots = []
+        for state in self.peer.snapshot_sessions():
+            if state["ratchet"] is not None or state["channels"]:
+                # Never send from a restored ratchet chain (§16.4): a session
+                # with channels ends here, and its peer opens a new one.
+                session = self.peer.sessions[state["session_id"]]
+                session.close(CloseCode.GOING_AWAY, "the node is restarting; channels do not survive it")
+            else:
+                snapshots.append(state)
         for state in snapshots:
             # Each service's per-session state (outboxes, subscriptions)
             # goes into the snapshot with the session (§16).

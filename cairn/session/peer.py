@@ -211,7 +211,8 @@ class Peer:
         return [s.snapshot() for s in self.sessions.values() if s.closed is None]
 
     def restore_sessions(self, snapshots) -> int:
-        """Recreate detached sessions from L{snapshot_sessions} output."""
+        """Recreate detached sessions from L{snapshot_sessions} output; return how many."""
+        restored = 0
         for state in snapshots:
             result = HandshakeResult(
                 remote_identity=state["remote_identity"],
@@ -223,10 +224,15 @@ class Peer:
             session = Session(
                 self, state["session_id"], result, state["version"], state["send_seq"], state["recv_seq"]
             )
-            session.restore(state)
+            try:
+                session.restore(state)
+            except ValueError as e:
+                log.warn("session {sid} not restored: {why}", sid=session.session_id.hex()[:8], why=str(e))
+                continue
             self.sessions[session.session_id] = session
             session.detach(None)
-        return len(snapshots)
+            restored += 1
+        return restored
 
 
 def _guarded(handler, name):

@@ -8,6 +8,7 @@ new transport can resend it. It never touches sockets, WebSocket frames
 or wall-clock time: the clock is injected.
 """
 
+import secrets
 from collections import deque
 
 from twisted.internet.task import LoopingCall
@@ -26,6 +27,12 @@ log = Logger()
 
 #: Send a Keepalive carrying an ack after this many acknowledgeable envelopes.
 ACK_EVERY = 32
+#: A restored session's send counter jumps forward by at least RESTORE_JUMP
+#: plus a random number below RESTORE_JUMP_RANDOM (docs/protocol.md §16.4),
+#: and is not restored at all past RESTORE_SEQ_LIMIT.
+RESTORE_JUMP = 2**32
+RESTORE_JUMP_RANDOM = 2**56
+RESTORE_SEQ_LIMIT = 2**63
 #: Types that are never resent after a Reconnect (and so never buffered).
 _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
 __all__ = ["Channel", "ProtocolViolation", "Session", "SessionClosed"]
@@ -444,7 +451,21 @@ class Session:
         }
 
     def restore(self, state: dict) -> None:
-        """Load what L{snapshot} saved (the session object is new)."""
+        """
+        Load what L{snapshot} saved (the session object is new).
+
+        The send counter jumps forward by a large random amount: the same
+        snapshot may be restored more than once (a backup, a rollback),
+        and two restores must never seal different plaintexts under one
+        (key, nonce). Envelopes in the resend buffer keep their numbers:
+        they are resent as the same bytes, not sealed again.
+
+        @raise ValueError: the counter would pass L{RESTORE_SEQ_LIMIT}.
+        """
+        jumped = self.send_seq + RESTORE_JUMP + secrets.randbelow(RESTORE_JUMP_RANDOM)
+        if jumped >= RESTORE_SEQ_LIMIT:
+            raise ValueError("the send counter is too high to jump: the session cannot be restored")
+        self.send_seq = jumped
         self._dropped_upto = state["dropped_upto"]
         self._reconnect_seq = state["reconnect_seq"]
         for seq, data in zip(state["unacked_seqs"], state["unacked"]):
