@@ -127,6 +127,8 @@ __all__ = [
     "RatchetSeed",
     "Ratchet",
     "derive_seed",
+    "seed_from_okm",
+    "seed_okm",
     "generate_private_key",
     "SEED_INFO",
     "ROOT_INFO",
@@ -470,6 +472,11 @@ def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> Ratche
     @param key_r2i: the responder-to-initiator transport key (32 bytes).
     @raise ValueError: an input is not 32 bytes.
     """
+    return seed_from_okm(seed_okm(handshake_hash, key_i2r, key_r2i))
+
+
+def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
+    """The 64-byte HKDF output L{derive_seed} starts from (kept instead of the handshake keys)."""
     for name, value in (
         ("handshake_hash", handshake_hash),
         ("key_i2r", key_i2r),
@@ -477,12 +484,16 @@ def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> Ratche
     ):
         if not isinstance(value, bytes) or len(value) != _KEY_LEN:
             raise ValueError("%s must be 32 bytes" % (name,))
-    okm = HKDF(
+    return HKDF(
         algorithm=hashes.SHA256(),
         length=64,
         salt=handshake_hash,
         info=SEED_INFO,
     ).derive(key_i2r + key_r2i)
+
+
+def seed_from_okm(okm: bytes) -> RatchetSeed:
+    """The L{RatchetSeed} made from L{seed_okm}'s output."""
     private = okm[32:]
     key = X25519PrivateKey.from_private_bytes(private)
     public = key.public_key().public_bytes_raw()

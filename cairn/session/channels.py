@@ -17,7 +17,7 @@ message.
 
 from collections import deque
 
-from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed
+from cairn.crypto.ratchet import Ratchet, RatchetError
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.constants import CloseCode, MessageType
 
@@ -64,8 +64,7 @@ class Channels:
         self._pending = deque()
 
     def _seed(self):
-        result = self.session.result
-        return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
+        return self.session.ratchet_seed()
 
     def open(self, name: str) -> Channel:
         """

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from cairn.crypto.handshake import HandshakeResult
 from cairn.session.connection import Connection
-from cairn.session.session import Session
+from cairn.session.session import REKEY_ENVELOPES, REKEY_INTERVAL, Session
 from cairn.wire.constants import SESSION_LAYER_TYPES
 from cairn.wire.schema import BodyError
 
@@ -29,6 +29,10 @@ class Peer:
 
     @param clock: an C{IReactorTime}; every timer goes through it.
     """
+
+    #: When a session updates its sending key (KeyUpdate, §8.3).
+    rekey_envelopes = REKEY_ENVELOPES
+    rekey_interval = REKEY_INTERVAL
 
     def __init__(
         self,

@@ -11,12 +11,14 @@ or wall-clock time: the clock is injected.
 import secrets
 from collections import deque
 
+import attr
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.crypto.aead import DecryptError, SessionCipher
 from cairn.crypto.identity import peer_id_for
+from cairn.crypto.ratchet import derive_seed, seed_from_okm, seed_okm
 from cairn.session.channels import Channel, Channels
 from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.session.interfaces import ISession
@@ -33,6 +35,12 @@ ACK_EVERY = 32
 RESTORE_JUMP = 2**32
 RESTORE_JUMP_RANDOM = 2**56
 RESTORE_SEQ_LIMIT = 2**63
+#: A direction's key is updated (KeyUpdate, §8.3) after this many envelopes
+#: sealed under it, or this many seconds (the Peer may override both).
+REKEY_ENVELOPES = 2**16
+REKEY_INTERVAL = 900.0
+#: Types before which no KeyUpdate is sent (a Reconnect answer must come first).
+_NO_REKEY_BEFORE = frozenset({MessageType.KEY_UPDATE, MessageType.RECONNECT, MessageType.CLOSE})
 #: Types that are never resent after a Reconnect (and so never buffered).
 _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
 __all__ = ["Channel", "ProtocolViolation", "Session", "SessionClosed"]
@@ -68,6 +76,13 @@ class Session:
         self.remote_identity = result.remote_identity
         self.remote_peer_id = peer_id_for(result.remote_identity)
         self.cipher = SessionCipher(result.send_key, result.recv_key)
+        #: Envelopes sealed under the current sending key, and since when.
+        self._epoch_sent = 0
+        self._epoch_started = self.clock.seconds()
+        #: Sequence number of our KeyUpdate not yet acknowledged, or None.
+        self._key_update_seq = None
+        #: The ratchet seed's HKDF output, once the handshake keys are forgotten.
+        self._seed_okm = None
         self.send_seq = send_seq
         self.recv_seq = recv_seq
         self.connection = None
@@ -187,14 +202,57 @@ class Session:
             raise ValueError(
                 f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
             )
+        if type_code not in _NO_REKEY_BEFORE and self._key_update_seq is None and self._rekey_due():
+            self._update_send_key()
         seq = self.send_seq
         self.send_seq += 1
+        self._epoch_sent += 1
         data = self.cipher.seal_bytes(self.version, type_code, self.session_id, seq, payload)
         if type_code not in _UNBUFFERED:
             self._buffer(seq, data)
         if self.connection is not None:
             self.connection.write(data)
         return seq
+
+    # Key update (§8.3)
+
+    def _rekey_due(self) -> bool:
+        local = self.local
+        return (
+            self._epoch_sent >= local.rekey_envelopes
+            or self.clock.seconds() - self._epoch_started >= local.rekey_interval
+        )
+
+    def _update_send_key(self):
+        """Send a KeyUpdate under the current key, then seal everything after it under the next one."""
+        self._forget_handshake_keys()
+        self._key_update_seq = self.send(MessageType.KEY_UPDATE, {"epoch": self.cipher.send_epoch + 1})
+        self.cipher.update_send()
+        self._epoch_sent = 0
+        self._epoch_started = self.clock.seconds()
+
+    def _key_update_received(self, epoch):
+        if epoch != self.cipher.recv_epoch + 1:
+            raise ProtocolViolation(
+                CloseCode.UNEXPECTED_MESSAGE, f"KeyUpdate to epoch {epoch}, expected {self.cipher.recv_epoch + 1}"
+            )
+        self._forget_handshake_keys()
+        self.cipher.update_recv()
+
+    def _forget_handshake_keys(self):
+        # Once a key is updated, memory keeps no key of an earlier epoch:
+        # the channels' ratchet seed needs only what HKDF made of them.
+        if self._seed_okm is None:
+            result = self.result
+            self._seed_okm = seed_okm(result.handshake_hash, result.key_i2r, result.key_r2i)
+            self.result = attr.evolve(result, key_i2r=None, key_r2i=None)
+
+    def ratchet_seed(self):
+        """The L{RatchetSeed} of this session's channels (docs/protocol.md §11)."""
+        if self._seed_okm is not None:
+            return seed_from_okm(self._seed_okm)
+        result = self.result
+        return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
 
     def send_if_open(self, type_code: int, body) -> bool:
         """L{send} unless the session has ended; whether it was sent (or buffered)."""
@@ -221,6 +279,8 @@ class Session:
         while self._unacked and self._unacked[0][0] <= upto:
             _, old = self._unacked.popleft()
             self._unacked_bytes -= len(old)
+        if self._key_update_seq is not None and upto >= self._key_update_seq:
+            self._key_update_seq = None  # the peer has our new key: another update may follow
 
     def resend_after(self, last_received: int) -> None:
         """
@@ -297,7 +357,7 @@ class Session:
         if envelope.seq <= max(self.recv_seq, self._reconnect_seq):
             raise ProtocolViolation(CloseCode.REPLAY, "stale Reconnect sequence number")
         try:
-            plain = self.cipher.open(envelope)
+            plain = self.cipher.open_reconnect(envelope)
         except DecryptError:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, "Reconnect does not prove the session key") from None
         try:
@@ -326,7 +386,9 @@ class Session:
             self._end(SessionClosed(code, reason), remote=True)
             return
         self._since_ack += 1
-        if type_code == MessageType.DATA:
+        if type_code == MessageType.KEY_UPDATE:
+            self._key_update_received(self._parse(schema.parse_key_update, body))
+        elif type_code == MessageType.DATA:
             self._data_received(*self._parse(schema.parse_data, body))
         elif type_code == MessageType.CHANNEL_INIT:
             channel = self._channels.init_received(*self._parse(schema.parse_channel_init, body))
@@ -439,8 +501,14 @@ class Session:
             "initiator": self.initiator,
             "remote_identity": self.remote_identity,
             "handshake_hash": self.result.handshake_hash,
-            "key_i2r": self.result.key_i2r,
-            "key_r2i": self.result.key_r2i,
+            # The keys of the current epochs (never the handshake's: a leaked
+            # snapshot exposes no earlier epoch), under the handshake's names.
+            "key_i2r": self.cipher.send_key if self.initiator else self.cipher.recv_key,
+            "key_r2i": self.cipher.recv_key if self.initiator else self.cipher.send_key,
+            "send_epoch": self.cipher.send_epoch,
+            "recv_epoch": self.cipher.recv_epoch,
+            "key_update_seq": self._key_update_seq,
+            "seed_okm": self._seed_okm_now(),
             "send_seq": self.send_seq,
             "recv_seq": self.recv_seq,
             "dropped_upto": self._dropped_upto,
@@ -449,6 +517,12 @@ class Session:
             "unacked_seqs": [seq for seq, _ in self._unacked],
             **self._channels.snapshot(),
         }
+
+    def _seed_okm_now(self) -> bytes:
+        if self._seed_okm is not None:
+            return self._seed_okm
+        result = self.result
+        return seed_okm(result.handshake_hash, result.key_i2r, result.key_r2i)
 
     def restore(self, state: dict) -> None:
         """
@@ -466,6 +540,13 @@ class Session:
         if jumped >= RESTORE_SEQ_LIMIT:
             raise ValueError("the send counter is too high to jump: the session cannot be restored")
         self.send_seq = jumped
+        # The keys the session was made with are the snapshot's epoch keys.
+        self.cipher.send_epoch = state.get("send_epoch", 0)
+        self.cipher.recv_epoch = state.get("recv_epoch", 0)
+        self._key_update_seq = state.get("key_update_seq")
+        if state.get("seed_okm") is not None:
+            self._seed_okm = state["seed_okm"]
+            self.result = attr.evolve(self.result, key_i2r=None, key_r2i=None)
         self._dropped_upto = state["dropped_upto"]
         self._reconnect_seq = state["reconnect_seq"]
         for seq, data in zip(state["unacked_seqs"], state["unacked"]):
