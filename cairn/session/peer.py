@@ -13,7 +13,8 @@ from twisted.logger import Logger
 
 from cairn.crypto.handshake import HandshakeResult
 from cairn.session.connection import Connection
-from cairn.session.session import REKEY_ENVELOPES, REKEY_INTERVAL, Session
+from cairn.session.rekey import REKEY_ENVELOPES, REKEY_INTERVAL
+from cairn.session.session import Session
 from cairn.wire.constants import SESSION_LAYER_TYPES
 from cairn.wire.schema import BodyError
 

@@ -18,10 +18,10 @@ from zope.interface import implementer
 
 from cairn.crypto.aead import DecryptError, SessionCipher
 from cairn.crypto.identity import peer_id_for
-from cairn.crypto.ratchet import derive_seed, seed_from_okm, seed_okm
 from cairn.session.channels import Channel, Channels
 from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.session.interfaces import ISession
+from cairn.session.rekey import KeyEpochs
 from cairn.wire import cbor, schema
 from cairn.wire.constants import CloseCode, MessageType, is_custom_type
 
@@ -35,12 +35,6 @@ ACK_EVERY = 32
 RESTORE_JUMP = 2**32
 RESTORE_JUMP_RANDOM = 2**56
 RESTORE_SEQ_LIMIT = 2**63
-#: A direction's key is updated (KeyUpdate, §8.3) after this many envelopes
-#: sealed under it, or this many seconds (the Peer may override both).
-REKEY_ENVELOPES = 2**16
-REKEY_INTERVAL = 900.0
-#: Types before which no KeyUpdate is sent (a Reconnect answer must come first).
-_NO_REKEY_BEFORE = frozenset({MessageType.KEY_UPDATE, MessageType.RECONNECT, MessageType.CLOSE})
 #: Types that are never resent after a Reconnect (and so never buffered).
 _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
 __all__ = ["Channel", "ProtocolViolation", "Session", "SessionClosed"]
@@ -55,7 +49,7 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 
 @implementer(ISession)
-class Session:
+class Session(KeyEpochs):
     """
     One authenticated session with a remote peer.
 
@@ -202,8 +196,7 @@ class Session:
             raise ValueError(
                 f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
             )
-        if type_code not in _NO_REKEY_BEFORE and self._key_update_seq is None and self._rekey_due():
-            self._update_send_key()
+        self._maybe_update_key(type_code)
         seq = self.send_seq
         self.send_seq += 1
         self._epoch_sent += 1
@@ -213,46 +206,6 @@ class Session:
         if self.connection is not None:
             self.connection.write(data)
         return seq
-
-    # Key update (§8.3)
-
-    def _rekey_due(self) -> bool:
-        local = self.local
-        return (
-            self._epoch_sent >= local.rekey_envelopes
-            or self.clock.seconds() - self._epoch_started >= local.rekey_interval
-        )
-
-    def _update_send_key(self):
-        """Send a KeyUpdate under the current key, then seal everything after it under the next one."""
-        self._forget_handshake_keys()
-        self._key_update_seq = self.send(MessageType.KEY_UPDATE, {"epoch": self.cipher.send_epoch + 1})
-        self.cipher.update_send()
-        self._epoch_sent = 0
-        self._epoch_started = self.clock.seconds()
-
-    def _key_update_received(self, epoch):
-        if epoch != self.cipher.recv_epoch + 1:
-            raise ProtocolViolation(
-                CloseCode.UNEXPECTED_MESSAGE, f"KeyUpdate to epoch {epoch}, expected {self.cipher.recv_epoch + 1}"
-            )
-        self._forget_handshake_keys()
-        self.cipher.update_recv()
-
-    def _forget_handshake_keys(self):
-        # Once a key is updated, memory keeps no key of an earlier epoch:
-        # the channels' ratchet seed needs only what HKDF made of them.
-        if self._seed_okm is None:
-            result = self.result
-            self._seed_okm = seed_okm(result.handshake_hash, result.key_i2r, result.key_r2i)
-            self.result = attr.evolve(result, key_i2r=None, key_r2i=None)
-
-    def ratchet_seed(self):
-        """The L{RatchetSeed} of this session's channels (docs/protocol.md §11)."""
-        if self._seed_okm is not None:
-            return seed_from_okm(self._seed_okm)
-        result = self.result
-        return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
 
     def send_if_open(self, type_code: int, body) -> bool:
         """L{send} unless the session has ended; whether it was sent (or buffered)."""
@@ -517,12 +470,6 @@ class Session:
             "unacked_seqs": [seq for seq, _ in self._unacked],
             **self._channels.snapshot(),
         }
-
-    def _seed_okm_now(self) -> bytes:
-        if self._seed_okm is not None:
-            return self._seed_okm
-        result = self.result
-        return seed_okm(result.handshake_hash, result.key_i2r, result.key_r2i)
 
     def restore(self, state: dict) -> None:
         """
