@@ -22,6 +22,7 @@ from cairn.service import make_node
 from cairn.session import store
 from cairn.sync import client as sync
 from tests._harness import Conditions, ScenarioMixin, drop_all, eventually, resumed, track_connections
+from tests.test_relay import RelayHarness
 from tests.test_service import config_for
 from tests.test_twistd import start_twistd
 
@@ -249,3 +250,24 @@ class DrainTests(ScenarioMixin, unittest.TestCase):
         self.assertEqual(handled, ["before"])
         self.assertEqual(server_session.recv_seq, accepted)
         self.assertIs(server_session.closed, None)
+
+
+class RelayStopTests(RelayHarness, unittest.TestCase):
+    """Relay circuits do not survive a restart (docs/protocol.md §16.3): the stop closes them all."""
+
+    @defer.inlineCallbacks
+    def test_stop_closes_every_circuit_and_tells_both_ends(self):
+        """At a stop an open RelayData circuit is closed and both ends' relayed sessions learn it at once."""
+        a, b, _, _ = yield self.circuit()
+        transports = [a.connection.transport, b.connection.transport]
+        detached = []
+        for session in (a, b):
+            self.addCleanup(session.close)
+            d = defer.Deferred()
+            gone = {"session_detached": lambda _, s, me=session, d=d: s is me and d.callback(s)}
+            session.local.add_observer(type("Observer", (), gone)())
+            detached.append(d)
+        yield self.relay.stop()
+        self.assertEqual(self.relay.circuits, {})
+        yield eventually(defer.gatherResults(detached))
+        self.assertEqual([t.closed for t in transports], ["the node is stopping"] * 2)
