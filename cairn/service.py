@@ -173,6 +173,10 @@ class CairnNode(MultiService):
         d.addCallback(lambda _: self.peer.drain())
         for service in self._session_services():
             d.addCallback(lambda _, service=service: service.stop())
+        # Whatever else was queued on the database thread before this point
+        # (a pairing being recorded, whose PairConfirm follows the commit)
+        # finishes, and is answered, before the snapshot.
+        d.addCallback(lambda _: self.db.run(_barrier_txn).addErrback(_log_barrier))
         d.addCallback(lambda _: self._save_sessions())
         d.addCallback(lambda _: self.pairing.stop())
         d.addCallback(lambda _: self.db.stop())
@@ -222,6 +226,14 @@ class CairnNode(MultiService):
                     restore(session, services.get(service.name))
         if restored:
             log.info("restored {count} session(s) for resume", count=restored)
+
+
+def _barrier_txn(cursor):
+    """Nothing: run after everything queued before it (the database thread is FIFO)."""
+
+
+def _log_barrier(failure):
+    log.failure("waiting for the database before saving sessions failed", failure)
 
 
 def derived_addresses(ports) -> tuple:

@@ -10,6 +10,7 @@ restart without subscribing again.
 
 import os
 import socket
+import threading
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -217,6 +218,48 @@ class StopOrderTests(unittest.TestCase):
         self.assertEqual(node.mailbox.stats()["messages"], 1)
         # The session goes on: a later forward is answered too.
         yield eventually(mailbox.forward(a, bob.peer_id, b"later"))
+        yield node.stopService()
+
+
+    @defer.inlineCallbacks
+    def test_pairing_being_recorded_is_confirmed_after_resume(self):
+        """A PSK pairing whose trust write is still queued when the stop begins gets its PairConfirm after resume."""
+        node = yield self.start()
+        alice = Client(reactor, clock=task.Clock(), auto_resume=True)
+        track_connections(alice.peer, self.connections)
+        a = yield eventually(alice.connect(self.address))
+        # The database thread is held until the services are told to stop.
+        gate = threading.Event()
+        blocked = node.db.run(lambda cursor: gate.wait(30))
+        stop = node.mailbox.stop
+
+        def stopping():
+            gate.set()
+            return stop()
+
+        node.mailbox.stop = stopping
+        queued, set_paired = defer.Deferred(), node.pairing.trust.set_paired
+
+        def recording(*args):
+            d = set_paired(*args)
+            queued.callback(None)
+            return d
+
+        node.pairing.trust.set_paired = recording
+        paired = pairing.pair_psk(a, PSK)
+        yield eventually(queued)
+        gone = a.connection.lost
+        yield eventually(node.stopService())
+        yield blocked
+        yield eventually(gone)
+
+        node = yield self.start()
+        back = resumed(a)
+        alice.clock.advance(1.0)
+        yield back
+        result = yield eventually(paired)
+        self.assertEqual(result.method, "psk")
+        self.assertTrue(node.pairing.trust.is_paired(alice.peer_id))
         yield node.stopService()
 
 
