@@ -231,11 +231,8 @@ class Harness:
 
     # Plumbing
 
-    def _new_client(self):
-        return Client(self.reactor, clock=task.Clock())
-
     def _client(self):
-        client = self._new_client()
+        client = Client(self.reactor, clock=task.Clock())
         make = client.peer.connection
 
         def connection(*args, **kwargs):

@@ -26,7 +26,7 @@ import time
 from twisted.internet import defer, task
 
 from bench.crash import Harness, start_node
-from cairn.client import RESUME_BACKOFF, Client
+from cairn.client import RESUME_BACKOFF
 
 #: Answers the load must get after a restart before the round stops it.
 FLOWING = 100
@@ -47,12 +47,14 @@ class CleanHarness(Harness):
         self.stops = []
         super().__init__(*args, **kwargs)
 
-    def _new_client(self):
+    def _client(self):
         # Each client's timers (auto-resume backoff, keepalive, autobahn's
-        # close timers) on its own clock: the harness moves it to the first
-        # resume attempt once the node listens, so the figures show the
-        # resume itself, not the backoff, and no timer outlives the run.
-        return Client(self.reactor, clock=task.Clock(), auto_resume=True)
+        # close timers) run on its own clock: the harness moves it to the
+        # first resume attempt once the node listens, so the figures show
+        # the resume itself, not the backoff, and no timer outlives the run.
+        client = super()._client()
+        client.auto_resume = True
+        return client
 
     def _answered(self, failure, rid):
         self.errors[rid] = failure.getErrorMessage()

@@ -192,7 +192,9 @@ class SnapshotEpochTests(unittest.TestCase):
         for i in range(40):
             server_side.send(CUSTOM, 200 + i)
         self.assertEqual((yield at_client.wait(80))[40:], [200 + i for i in range(40)])
-        # A channel opened after the restore still starts its ratchet from the right seed.
+        # A channel opened after the restore (by a paired peer, §10) still
+        # starts its ratchet from the right seed.
+        yield eventually(node.pairing.approve(client.peer_id))
         opened = defer.Deferred()
         node.peer.on_channel = lambda s, ch: opened.callback(ch)
         node.peer.on_data = lambda s, ch, data: got.callback(data)

@@ -161,6 +161,8 @@ class RestartTests(unittest.TestCase):
         node, address = yield self.start()
         with_channel = yield self.connect(node, address)
         without = yield self.connect(node, address)
+        # Channels are for paired peers (docs/protocol.md §10).
+        yield eventually(node.pairing.approve(self.client.peer_id))
         opened = defer.Deferred()
         node.peer.on_channel = lambda s, ch: opened.callback(ch)
         with_channel.open_channel("notes")

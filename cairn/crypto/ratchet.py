@@ -127,8 +127,6 @@ __all__ = [
     "RatchetSeed",
     "Ratchet",
     "derive_seed",
-    "seed_from_okm",
-    "seed_okm",
     "generate_private_key",
     "SEED_INFO",
     "ROOT_INFO",
@@ -136,6 +134,8 @@ __all__ = [
     "MESSAGE_CHAIN_CONSTANT",
     "DOS_PROTECTION_THRESHOLD",
     "MAX_SKIPPED_MESSAGE_KEYS",
+    "seed_okm",
+    "seed_from_okm",
 ]
 
 SEED_INFO = b"cairn-ratchet-seed-v1"
@@ -458,25 +458,13 @@ class RatchetSeed:
         return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
 
 
-def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:
+def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
     """
-    Derive the ratchet seed from a finished Noise handshake.
+    The 64-byte HKDF output L{derive_seed} starts from: a session keeps it
+    instead of the handshake keys once it has forgotten them (§8.3).
 
-    okm = HKDF-SHA-256(salt=handshake_hash, ikm=key_i2r || key_r2i,
-    info=C{b"cairn-ratchet-seed-v1"}, length=64); the first 32 bytes are the
-    shared secret, the last 32 the responder's initial X25519 ratchet
-    private key, whose public key is X25519(priv, 9).
-
-    @param handshake_hash: the Noise handshake hash C{h} (32 bytes).
-    @param key_i2r: the initiator-to-responder transport key (32 bytes).
-    @param key_r2i: the responder-to-initiator transport key (32 bytes).
     @raise ValueError: an input is not 32 bytes.
     """
-    return seed_from_okm(seed_okm(handshake_hash, key_i2r, key_r2i))
-
-
-def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
-    """The 64-byte HKDF output L{derive_seed} starts from (kept instead of the handshake keys)."""
     for name, value in (
         ("handshake_hash", handshake_hash),
         ("key_i2r", key_i2r),
@@ -501,6 +489,24 @@ def seed_from_okm(okm: bytes) -> RatchetSeed:
     # The responder's ratchet start needs this key parsed; keep it (frozen
     # class, hence object.__setattr__).
     object.__setattr__(seed, "_responder_key", (private, key, public))
+    return seed
+
+
+def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:
+    """
+    Derive the ratchet seed from a finished Noise handshake.
+
+    okm = HKDF-SHA-256(salt=handshake_hash, ikm=key_i2r || key_r2i,
+    info=C{b"cairn-ratchet-seed-v1"}, length=64); the first 32 bytes are the
+    shared secret, the last 32 the responder's initial X25519 ratchet
+    private key, whose public key is X25519(priv, 9).
+
+    @param handshake_hash: the Noise handshake hash C{h} (32 bytes).
+    @param key_i2r: the initiator-to-responder transport key (32 bytes).
+    @param key_r2i: the responder-to-initiator transport key (32 bytes).
+    @raise ValueError: an input is not 32 bytes.
+    """
+    seed = seed_from_okm(seed_okm(handshake_hash, key_i2r, key_r2i))
     return seed
 
 

@@ -334,14 +334,16 @@ class Session(KeyEpochs):
             if ack is not None:
                 self._acknowledged(ack)
             return
+        if type_code == MessageType.KEY_UPDATE:
+            self._key_update_received(self._parse(schema.parse_key_update, body))
+            self._since_ack += 1
+            return
         if type_code == MessageType.CLOSE:
             code, reason = self._parse(schema.parse_close, body)
             self._end(SessionClosed(code, reason), remote=True)
             return
         self._since_ack += 1
-        if type_code == MessageType.KEY_UPDATE:
-            self._key_update_received(self._parse(schema.parse_key_update, body))
-        elif type_code == MessageType.DATA:
+        if type_code == MessageType.DATA:
             self._data_received(*self._parse(schema.parse_data, body))
         elif type_code == MessageType.CHANNEL_INIT:
             channel = self._channels.init_received(*self._parse(schema.parse_channel_init, body))
