@@ -63,7 +63,13 @@ class CairnNode(MultiService):
 
     On a clean stop every open session is saved (see
     L{cairn.session.store}) and its transport dropped without a Close, so
-    that peers resume with Reconnect once the node is back.
+    that peers resume with Reconnect once the node is back. The stop order
+    keeps every promise made to a resuming peer (docs/protocol.md §16.1):
+    stop accepting connections, then envelopes (L{Peer.drain}); let each
+    service commit and answer what it accepted (ForwardAcks, SyncAcks,
+    PairConfirms; relay circuits are closed); only then snapshot the
+    sessions, with their services' state -- their resend buffers now hold
+    those answers -- and drop their transports.
     """
 
     #: Freeze the objects made at start-up once serving (C{gc.freeze}):
@@ -161,15 +167,9 @@ class CairnNode(MultiService):
             reactor.stop()
 
     def stopService(self):
-        """
-        Stop in the order that keeps every promise made to a resuming peer:
-        stop accepting connections, then envelopes (L{Peer.drain}); let
-        each service commit and answer what it accepted (ForwardAcks,
-        SyncAcks; relay circuits are closed); only then snapshot the
-        sessions -- their resend buffers now hold those answers -- and
-        drop their transports.
-        """
         d = super().stopService()  # stop listening first
+        # Then stop accepting envelopes, let every service answer what it
+        # accepted, and only then snapshot the sessions (see the class).
         d.addCallback(lambda _: self.peer.drain())
         for service in self._session_services():
             d.addCallback(lambda _, service=service: service.stop())
