@@ -30,6 +30,22 @@ from tests.test_mailbox import Inbox
 PSK = "a long random pre-shared key used by these tests"
 
 
+def one_person(*clients):
+    """
+    Give C{clients} (one person's devices) one sync key, where the client
+    seals sync payloads end to end (docs/protocol.md §24, issue 21 item 6);
+    without that sealing there is nothing to do.
+    """
+    set_keyring = getattr(sync, "set_keyring", None)
+    if set_keyring is None:
+        return
+    from cairn.sync import sealing
+
+    ring = sealing.Keyring.generate()
+    for client in clients:
+        set_keyring(client.peer, ring)
+
+
 class PushHarness(ScenarioMixin):
     """A node with pairing (PSK, PIN, link, approval), a mailbox and a sync hub, all in memory."""
 
@@ -93,8 +109,9 @@ class PushHarness(ScenarioMixin):
     @defer.inlineCallbacks
     def check_served_after_pairing(self, method):
         """Pair C{method} on a session, then stay on it: deliveries, receipts and sync updates all arrive there."""
-        _, alice, alice_box = yield self.paired_device()
+        alice_client, alice, alice_box = yield self.paired_device()
         bob = self.make_client()
+        one_person(alice_client, bob)
         bob_box = Inbox(bob.peer)
         updates = []
 
@@ -144,8 +161,9 @@ class PushScenarioMixin(PushHarness):
     @defer.inlineCallbacks
     def test_unpairing_stops_pushes_at_once(self):
         """Once trust is revoked, not one more update is pushed, even before the session is closed."""
-        _, alice, _ = yield self.paired_device()
+        alice_client, alice, _ = yield self.paired_device()
         bob, session, _ = yield self.paired_device()
+        one_person(alice_client, bob)
         updates = []
         sync.subscribe(session, ["notes"], lambda topic, seq, sender, data: updates.append(data))
         yield self.conditions.until(lambda: self._subscribed(bob.peer_id))

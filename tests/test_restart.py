@@ -31,6 +31,22 @@ PSK = "a long pre-shared key for the clean restart tests"
 IN_FLIGHT = 64
 
 
+def one_person(*clients):
+    """
+    Give C{clients} (one person's devices) one sync key, where the client
+    seals sync payloads end to end (docs/protocol.md §24, issue 21 item 6);
+    without that sealing there is nothing to do.
+    """
+    set_keyring = getattr(sync, "set_keyring", None)
+    if set_keyring is None:
+        return
+    from cairn.sync import sealing
+
+    ring = sealing.Keyring.generate()
+    for client in clients:
+        set_keyring(client.peer, ring)
+
+
 def free_port() -> int:
     """A loopback port free right now (the node binds it twice: before and after its restart)."""
     with socket.socket() as s:
@@ -84,6 +100,7 @@ class CleanRestartTests(unittest.TestCase):
         """After SIGTERM under load and a restart: every forward in flight answered, later ones and new updates flow."""
         proc = yield self.start()
         sender, watcher, publisher, bob = self.client(), self.client(), self.client(), self.client()
+        one_person(watcher, publisher)
         s = yield self.paired(sender, self.tcp)
         w = yield self.paired(watcher, self.ws)
         p = yield self.paired(publisher, self.tcp)

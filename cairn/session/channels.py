@@ -17,7 +17,7 @@ message.
 
 from collections import deque
 
-from cairn.crypto.ratchet import Ratchet, RatchetError
+from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.constants import CloseCode, MessageType
 
@@ -64,7 +64,13 @@ class Channels:
         self._pending = deque()
 
     def _seed(self):
-        return self.session.ratchet_seed()
+        # A session that forgot its handshake keys (a key update, a restore)
+        # kept what the seed is made from (docs/protocol.md §8.3).
+        seed = self.session.seed_from_okm()
+        if seed is not None:
+            return seed
+        result = self.session.result
+        return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
 
     def open(self, name: str) -> Channel:
         """

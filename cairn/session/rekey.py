@@ -11,7 +11,7 @@ C{_epoch_sent}, C{_epoch_started}, C{_key_update_seq} and C{_seed_okm}.
 
 import attr
 
-from cairn.crypto.ratchet import derive_seed, seed_from_okm, seed_okm
+from cairn.crypto.ratchet import seed_from_okm, seed_okm
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.constants import CloseCode, MessageType
 
@@ -62,12 +62,11 @@ class KeyEpochs:
             self._seed_okm = seed_okm(result.handshake_hash, result.key_i2r, result.key_r2i)
             self.result = attr.evolve(result, key_i2r=None, key_r2i=None)
 
-    def ratchet_seed(self):
-        """The L{RatchetSeed} of this session's channels (docs/protocol.md §11)."""
-        if self._seed_okm is not None:
-            return seed_from_okm(self._seed_okm)
-        result = self.result
-        return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
+    def seed_from_okm(self):
+        """The L{RatchetSeed} of this session's channels if its handshake keys were forgotten, else None."""
+        if self._seed_okm is None:
+            return None
+        return seed_from_okm(self._seed_okm)
 
     def _seed_okm_now(self) -> bytes:
         if self._seed_okm is not None:
