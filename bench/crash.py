@@ -4,6 +4,7 @@ under mailbox and sync load, restart it on the same data directory, and
 check after every restart that nothing acknowledged was lost.
 
     python -m bench.crash [--kills 20] [--seed 7] [--senders 3] [--publishers 2]
+    python -m bench.crash --mode clean [--kills 20] ...   (SIGTERM, resume: bench/crash_clean.py)
 
 The node runs in a child process (C{twistd -n cairn}, a temporary data
 dir, PSK pairing, every listener on 127.0.0.1 port 0). The clients run
@@ -93,14 +94,15 @@ class Node(protocol.ProcessProtocol):
         return self.ended
 
 
-def start_node(reactor, data_dir):
-    """Start C{twistd -n cairn} on C{data_dir}, listening on loopback port 0."""
+def start_node(reactor, data_dir, ports=None):
+    """Start C{twistd -n cairn} on C{data_dir}, listening on loopback C{ports} ({name: port}; default 0)."""
+    ports = ports or {}
     env = dict(
         os.environ,
         PYTHONPATH=REPO,
         CAIRN_DATA_DIR=data_dir,
-        CAIRN_LISTEN="tcp:0:interface=127.0.0.1",
-        CAIRN_WS_LISTEN="tcp:0:interface=127.0.0.1",
+        CAIRN_LISTEN=f"tcp:{ports.get('tcp', 0)}:interface=127.0.0.1",
+        CAIRN_WS_LISTEN=f"tcp:{ports.get('websocket', 0)}:interface=127.0.0.1",
         CAIRN_MGMT_LISTEN="none",
         CAIRN_PSK=PSK,
     )
@@ -306,8 +308,14 @@ class Harness:
     @defer.inlineCallbacks
     def start(self):
         """Start the node and (re)connect every client; fires with the ports."""
-        self.node = start_node(self.reactor, self.data_dir)
+        self.node = start_node(self.reactor, self.data_dir, getattr(self, "ports", None))
         ports = yield self.node.listening.addTimeout(self.wait, self.reactor)
+        yield self.connect_clients(ports)
+        return ports
+
+    @defer.inlineCallbacks
+    def connect_clients(self, ports):
+        """Connect every client to the node on C{ports} (pairing them the first time)."""
         tcp = f"tcp:host=127.0.0.1:port={ports['tcp']}"
         ws = f"ws://127.0.0.1:{ports['websocket']}/"
         for old in list(self.sessions.values()):
@@ -331,7 +339,6 @@ class Harness:
                 [c.connect(address) for c, address in clients], consumeErrors=True
             )
         self.sessions = {id(c): s for (c, _), s in zip(clients, sessions)}
-        return ports
 
     def _session(self, client):
         return self.sessions[id(client)]
@@ -465,7 +472,9 @@ class Harness:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--mode", choices=("kill", "clean"), default="kill",
+                        help="kill: SIGKILL, clients start new sessions; clean: SIGTERM, clients resume theirs")
+    parser.add_argument("--kills", type=int, default=20, help="stops under load (SIGKILL or SIGTERM)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--senders", type=int, default=3)
     parser.add_argument("--publishers", type=int, default=2)
@@ -484,7 +493,11 @@ def main(argv=None):
         delays.append(delay)
         return task.deferLater(reactor, delay, lambda: None)
 
-    harness = Harness(reactor, data_dir, args.senders, args.publishers, kill_point)
+    if args.mode == "clean":
+        from bench.crash_clean import CleanHarness as harness_class
+    else:
+        harness_class = Harness
+    harness = harness_class(reactor, data_dir, args.senders, args.publishers, kill_point)
     outcome = {}
     started = time.monotonic()
 
@@ -503,8 +516,9 @@ def main(argv=None):
     shutil.rmtree(data_dir, ignore_errors=True)
 
     failure = outcome.get("failure")
-    print(f"crash: seed {args.seed}, {args.senders} senders (TCP) and {args.publishers} publishers (WebSocket),"
-          f" {LANES} requests in flight each, kill after {args.min_delay}-{args.max_delay} s of load")
+    signal = "SIGTERM" if args.mode == "clean" else "SIGKILL"
+    print(f"crash ({args.mode}): seed {args.seed}, {args.senders} senders (TCP) and {args.publishers} publishers"
+          f" (WebSocket), {LANES} requests in flight each, {signal} after {args.min_delay}-{args.max_delay} s of load")
     if delays:
         print(f"kill delays: min {min(delays):.2f} s, max {max(delays):.2f} s, mean {sum(delays) / len(delays):.2f} s")
     for line in harness.summary(args.kills):
@@ -513,7 +527,8 @@ def main(argv=None):
     if failure is not None:
         print(f"FAILED: {failure.getErrorMessage()}")
         return 1
-    ok = not harness.ledger.problems and not harness.ledger.lost_messages() and not harness.ledger.lost_updates()
+    ok = harness.ok() if hasattr(harness, "ok") else True
+    ok = ok and not harness.ledger.problems and not harness.ledger.lost_messages() and not harness.ledger.lost_updates()
     ok = ok and not harness.ledger.duplicate_messages() and not harness.ledger.duplicate_updates()
     print("result: " + ("OK" if ok else "PROBLEMS FOUND"))
     return 0 if ok else 1

@@ -63,6 +63,7 @@ from cairn.transport.limits import SourceLimiter
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
 from cairn.turn.service import make_turn_service
+from cairn.wire.constants import CloseCode
 
 log = Logger()
 
@@ -76,7 +77,13 @@ class CairnNode(MultiService):
 
     On a clean stop every open session is saved (see
     L{cairn.session.store}) and its transport dropped without a Close, so
-    that peers resume with Reconnect once the node is back.
+    that peers resume with Reconnect once the node is back. The stop order
+    keeps every promise made to a resuming peer (docs/protocol.md §16.1):
+    stop accepting connections, then envelopes (L{Peer.drain}); let each
+    service commit and answer what it accepted (ForwardAcks, SyncAcks,
+    PairConfirms; relay circuits are closed); only then snapshot the
+    sessions, with their services' state -- their resend buffers now hold
+    those answers -- and drop their transports.
     """
 
     #: Freeze the objects made at start-up once serving (C{gc.freeze}):
@@ -146,9 +153,7 @@ class CairnNode(MultiService):
         except DatabaseError as e:
             raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
         warn_about_disk(self.db, self.config.forward_max_total, log)
-        restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
-        if restored:
-            log.info("restored {count} session(s) for resume", count=restored)
+        self._restore_sessions()
         log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
         try:
             # Binds every port now, unless twistd did (privilegedStartService).
@@ -216,25 +221,72 @@ class CairnNode(MultiService):
             self._restore_sighup()
             self._restore_sighup = None
         d = super().stopService()  # stop listening first
+        # Then stop accepting envelopes, let every service answer what it
+        # accepted, and only then snapshot the sessions (see the class).
+        d.addCallback(lambda _: self.peer.drain())
+        for service in self._session_services():
+            d.addCallback(lambda _, service=service: service.stop())
+        # Whatever else was queued on the database thread before this point
+        # (a pairing being recorded, whose PairConfirm follows the commit)
+        # finishes, and is answered, before the snapshot.
+        d.addCallback(lambda _: self.db.run(_barrier_txn).addErrback(_log_barrier))
         d.addCallback(lambda _: self._save_sessions())
-        if self.mailbox is not None:
-            # Commit what is queued (its senders wait for acks on resume).
-            d.addCallback(lambda _: self.mailbox.stop())
-        if self.sync is not None:
-            d.addCallback(lambda _: self.sync.stop())
-        if self.relay is not None:
-            d.addCallback(lambda _: self.relay.stop())
         d.addCallback(lambda _: self.pairing.stop())
         d.addCallback(lambda _: self.db.stop())
         return d
 
+    def _session_services(self):
+        return [s for s in (self.mailbox, self.sync, self.relay) if s is not None]
+
     def _save_sessions(self):
-        snapshots = self.peer.snapshot_sessions()
+        snapshots = []
+        for state in self.peer.snapshot_sessions():
+            if state["ratchet"] is not None or state["channels"]:
+                # Never send from a restored ratchet chain (§16.4): a session
+                # with channels ends here, and its peer opens a new one.
+                session = self.peer.sessions[state["session_id"]]
+                session.close(CloseCode.GOING_AWAY, "the node is restarting; channels do not survive it")
+            else:
+                snapshots.append(state)
+        for state in snapshots:
+            # Each service's per-session state (outboxes, subscriptions)
+            # goes into the snapshot with the session (§16).
+            session = self.peer.sessions[state["session_id"]]
+            services = {}
+            for service in self._session_services():
+                get = getattr(service, "session_state", None)
+                value = get(session) if get is not None else None
+                if value is not None:
+                    services[service.name] = value
+            state["services"] = services
         if snapshots:
             store.save(self.config.data_dir, snapshots)
             log.info("saved {count} session(s) for resume", count=len(snapshots))
         self.peer.freeze()
         return succeed(None)
+
+    def _restore_sessions(self):
+        snapshots = store.load_once(self.config.data_dir)
+        restored = self.peer.restore_sessions(snapshots)
+        for state in snapshots:
+            session = self.peer.sessions.get(state["session_id"])
+            if session is None:
+                continue
+            services = state.get("services") or {}
+            for service in self._session_services():
+                restore = getattr(service, "restore_session", None)
+                if restore is not None:
+                    restore(session, services.get(service.name))
+        if restored:
+            log.info("restored {count} session(s) for resume", count=restored)
+
+
+def _barrier_txn(cursor):
+    """Nothing: run after everything queued before it (the database thread is FIFO)."""
+
+
+def _log_barrier(failure):
+    log.failure("waiting for the database before saving sessions failed", failure)
 
 
 def add_pressure_metrics(metrics, gauge, bounds, pairing) -> None:

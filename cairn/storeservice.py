@@ -97,6 +97,15 @@ class StoreService:
 
         return d.addBoth(done)
 
+    # Session observer (subclasses keep an outbox per served session in C{_outboxes})
+
+    def peer_paired(self, peer_id):
+        """A peer paired on a session it already had: serve that session (and any other) from now on (§20.1)."""
+        for session in list(self.peer.sessions.values()):
+            if session.remote_peer_id == peer_id and session.closed is None:
+                if session.session_id not in self._outboxes:
+                    self.session_established(session)
+
     # Handlers
 
     def _guarded(self, handler):

@@ -15,7 +15,7 @@ from bench.crash import Harness
 KILL_AFTER = (150, 40, 300)
 
 
-class CrashTests(unittest.TestCase):
+class CrashRounds:
     timeout = 300
 
     def setUp(self):
@@ -36,6 +36,8 @@ class CrashTests(unittest.TestCase):
         if node is not None and not node.ended.called:
             return node.kill()
 
+
+class CrashTests(CrashRounds, unittest.TestCase):
     @defer.inlineCallbacks
     def test_kill_9_three_times(self):
         """After each of three SIGKILLs nothing acknowledged is lost or stored twice, cursors hold, the DB is intact."""
@@ -53,3 +55,25 @@ class CrashTests(unittest.TestCase):
         self.assertEqual(ledger.duplicate_updates(), [])
         self.assertEqual(self.harness.rounds, len(KILL_AFTER) + 1)
         self.assertEqual(set(ledger.cursors), {"notes", "photos"})
+
+
+class CleanRestartCrashTests(CrashRounds, unittest.TestCase):
+    """The same rounds with SIGTERM and resuming clients (C{bench.crash --mode clean})."""
+
+    @defer.inlineCallbacks
+    def test_sigterm_three_times(self):
+        """After each of three SIGTERMs under load every request is answered, every session resumes, nothing is lost."""
+        from bench.crash_clean import CleanHarness
+
+        self.harness = CleanHarness(reactor, self.data_dir, senders=2, publishers=2, kill_point=self.kill_point)
+        self.addCleanup(self._cleanup)
+        yield self.harness.run(len(KILL_AFTER))
+        ledger = self.harness.ledger
+        self.assertEqual(ledger.problems, [])
+        self.assertEqual(self.harness.errors, {})
+        self.assertEqual(self.harness._waiting(), 0)
+        self.assertEqual([s["resumed"] for s in self.harness.stops], [6] * len(KILL_AFTER))
+        self.assertEqual(ledger.lost_messages(), set())
+        self.assertEqual(ledger.lost_updates(), set())
+        self.assertEqual(ledger.duplicate_messages(), [])
+        self.assertEqual(ledger.retried, 0)

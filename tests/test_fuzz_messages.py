@@ -22,7 +22,7 @@ from tests.fuzz.targets import BODY_PARSERS, WHOLE_ENVELOPE_TYPES, Unexpected
 #: Every key a cairn body schema names.
 SCHEMA_KEYS = sorted(
     """
-    ack already_paired at channel circuit code confirm credit cursors data dr error expires_at from id
+    ack already_paired at channel circuit code confirm credit cursors data dr epoch error expires_at from id
     final key last_received link_id messages method name noise oldest_seq pake password payload peer proof reason
     receipts req rseq seq upto seqs servers spake2 status stored_at target to topic topics ttl username
     """.split()

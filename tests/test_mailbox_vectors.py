@@ -99,7 +99,10 @@ def produce():
     bodies["forward_request"] = cbor.dumps(request).hex()
 
     # The node's ForwardAck, ForwardDeliver and ForwardReceipt.
-    node = MailboxService(Peer(Identity.from_seed(bytes(32)), clock), MemoryTrustStore(), MemoryMailboxStore(), clock)
+    trust = MemoryTrustStore()
+    for who in (sender, recipient):  # the node pushes to paired peers only
+        trust.set_paired(who.peer_id, who.public_key, "", "psk", 0.0)
+    node = MailboxService(Peer(Identity.from_seed(bytes(32)), clock), trust, MemoryMailboxStore(), clock)
     from_sender = RecordingSession(node.peer, sender.peer_id)
     node._stored(
         [(ForwardStatus.STORED, 1)], from_sender, [Incoming(sender.peer_id, recipient.peer_id, MESSAGE_ID, payload)]

@@ -143,15 +143,11 @@ class RestartTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_clean_restart_resumes(self):
-        """After a clean stop and a new start on the same data dir, the client resumes and data flows both ways."""
+        """After a clean stop and a new start on the same data dir, the client resumes and messages flow both ways."""
         node, address = yield self.start()
         session = yield self.connect(node, address)
-        # The node serves channels to paired peers only.
+        # Only paired peers' sessions are saved at a stop (§16).
         yield eventually(node.pairing.approve(self.client.peer_id))
-        opened = defer.Deferred()
-        node.peer.on_channel = lambda s, ch: opened.callback(ch)
-        channel = session.open_channel("notes")
-        yield eventually(opened)
         client_lost = session.connection.lost
         yield node.stopService()
         yield eventually(client_lost)
@@ -161,15 +157,33 @@ class RestartTests(unittest.TestCase):
         node, address = yield self.start()
         self.assertFalse(os.path.exists(path))
         received = defer.Deferred()
-        node.peer.on_data = lambda s, ch, data: received.callback((ch.name, data))
-        channel.send(b"after restart")
+        node.peer.register_handler(0xF000, lambda s, body: received.callback(body))
+        session.send(0xF000, b"after restart")  # buffered while detached, sent on resume
         yield eventually(self.client.resume(session, address))
-        self.assertEqual((yield eventually(received)), ("notes", b"after restart"))
+        self.assertEqual((yield eventually(received)), b"after restart")
         reply = defer.Deferred()
-        channel.on_data = reply.callback
-        node.peer.sessions[session.session_id].channels[channel.id].send(b"welcome back")
+        self.client.peer.register_handler(0xF001, lambda s, body: reply.callback(body))
+        node.peer.sessions[session.session_id].send(0xF001, b"welcome back")
         self.assertEqual((yield eventually(reply)), b"welcome back")
         yield node.stopService()
+
+    @defer.inlineCallbacks
+    def test_session_with_channels_ends_at_a_clean_stop(self):
+        """A session whose channels (and Double Ratchet) started is closed GOING_AWAY at a stop, never saved."""
+        node, address = yield self.start()
+        with_channel = yield self.connect(node, address)
+        without = yield self.connect(node, address)
+        # Channels are for paired peers (docs/protocol.md §10).
+        yield eventually(node.pairing.approve(self.client.peer_id))
+        opened = defer.Deferred()
+        node.peer.on_channel = lambda s, ch: opened.callback(ch)
+        with_channel.open_channel("notes")
+        yield eventually(opened)
+        ended = defer.Deferred()
+        with_channel.on_close = ended.callback
+        yield node.stopService()
+        self.assertEqual((yield eventually(ended)).code, CloseCode.GOING_AWAY)
+        self.assertEqual([s["session_id"] for s in store.load_once(self.data_dir)], [without.session_id])
 
     @defer.inlineCallbacks
     def test_crash_forgets_sessions(self):

@@ -111,9 +111,9 @@ class TwistdTests(unittest.TestCase):
         over_ws = yield eventually(client.connect(f"ws://127.0.0.1:{ports['websocket']}/"))
         self.assertEqual(over_tcp.remote_peer_id, expected_peer)
         self.assertEqual(over_ws.remote_peer_id, expected_peer)
-        # The node serves channels to paired peers only.
+        # Paired: only paired peers' sessions are saved at a stop (§16).
         yield eventually(pair_psk(over_tcp, psk))
-        over_tcp.open_channel("a").send(b"x")
+        over_tcp.send(0xF000, b"x")  # an application message: no handler, ignored
         yield eventually(proc.wait_for(" established with ", 2), 30)
         lost = [over_tcp.connection.lost, over_ws.connection.lost]
 

@@ -11,16 +11,30 @@ ChaCha20-Poly1305 (RFC 8439) ciphertext of the CBOR body:
 
 A receiver accepts a sequence number only if it is greater than the last
 one it accepted in that direction.
+
+Each direction's key is updated on its own (docs/protocol.md §8.3,
+KeyUpdate): the next epoch's key is C{next_key(key)}, a one-way step, and
+the old key is forgotten, so a key that leaks exposes one epoch of one
+direction, not what came before it.
 """
 
 import struct
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from cairn.wire.envelope import Envelope, encode_header
 
 TAG_SIZE = 16
+#: HKDF-Expand info of a key update (§8.3).
+KEY_UPDATE_INFO = b"cairn key update"
+
+
+def next_key(key: bytes) -> bytes:
+    """The next epoch's key: HKDF-Expand-SHA-256(PRK=C{key}, info=C{b"cairn key update"}, L=32)."""
+    return HKDFExpand(hashes.SHA256(), 32, KEY_UPDATE_INFO).derive(key)
 
 
 class DecryptError(Exception):
@@ -71,11 +85,49 @@ def split_bstr(payload: bytes) -> bytes:
 
 
 class SessionCipher:
-    """Seals and opens envelopes with the two direction keys of a session."""
+    """
+    Seals and opens envelopes with the two direction keys of a session.
 
-    def __init__(self, send_key: bytes, recv_key: bytes):
+    @ivar send_key: the current sending key (epoch C{send_epoch}).
+    @ivar recv_key: the current receiving key (epoch C{recv_epoch}).
+    """
+
+    def __init__(self, send_key: bytes, recv_key: bytes, send_epoch: int = 0, recv_epoch: int = 0):
+        self.send_key, self.recv_key = send_key, recv_key
+        self.send_epoch, self.recv_epoch = send_epoch, recv_epoch
         self._send = ChaCha20Poly1305(send_key)
         self._recv = ChaCha20Poly1305(recv_key)
+
+    def update_send(self) -> None:
+        """Move the sending direction to its next epoch (after sending a KeyUpdate)."""
+        self.send_key = next_key(self.send_key)
+        self.send_epoch += 1
+        self._send = ChaCha20Poly1305(self.send_key)
+
+    def update_recv(self) -> None:
+        """Move the receiving direction to its next epoch (after accepting a KeyUpdate)."""
+        self.recv_key = next_key(self.recv_key)
+        self.recv_epoch += 1
+        self._recv = ChaCha20Poly1305(self.recv_key)
+
+    def open_reconnect(self, envelope: Envelope) -> bytes:
+        """
+        L{open} for a Reconnect, which the peer seals under its newest key:
+        that may be one epoch ahead of ours when its last KeyUpdate is among
+        the envelopes it is about to resend (§14). Our key does not move:
+        the resent KeyUpdate moves it, in order.
+
+        @raise DecryptError: neither key authenticates it.
+        """
+        try:
+            return self.open(envelope)
+        except DecryptError:
+            pass
+        ahead = ChaCha20Poly1305(next_key(self.recv_key))
+        try:
+            return ahead.decrypt(nonce_for(envelope.seq), split_bstr(envelope.payload), envelope.header())
+        except InvalidTag:
+            raise DecryptError("authentication failed") from None
 
     def seal(self, version: int, type_: int, session_id: bytes, seq: int, body: bytes) -> Envelope:
         """Build the sealed envelope carrying CBOR C{body}."""

@@ -138,6 +138,8 @@ __all__ = [
     "MESSAGE_CHAIN_CONSTANT",
     "DOS_PROTECTION_THRESHOLD",
     "MAX_SKIPPED_MESSAGE_KEYS",
+    "seed_okm",
+    "seed_from_okm",
 ]
 
 SEED_INFO = b"cairn-ratchet-seed-v1"
@@ -463,6 +465,40 @@ class RatchetSeed:
         return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
 
 
+def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
+    """
+    The 64-byte HKDF output L{derive_seed} starts from: a session keeps it
+    instead of the handshake keys once it has forgotten them (§8.3).
+
+    @raise ValueError: an input is not 32 bytes.
+    """
+    for name, value in (
+        ("handshake_hash", handshake_hash),
+        ("key_i2r", key_i2r),
+        ("key_r2i", key_r2i),
+    ):
+        if not isinstance(value, bytes) or len(value) != _KEY_LEN:
+            raise ValueError("%s must be 32 bytes" % (name,))
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=64,
+        salt=handshake_hash,
+        info=SEED_INFO,
+    ).derive(key_i2r + key_r2i)
+
+
+def seed_from_okm(okm: bytes) -> RatchetSeed:
+    """The L{RatchetSeed} made from L{seed_okm}'s output."""
+    private = okm[32:]
+    key = X25519PrivateKey.from_private_bytes(private)
+    public = key.public_key().public_bytes_raw()
+    seed = RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
+    # The responder's ratchet start needs this key parsed; keep it (frozen
+    # class, hence object.__setattr__).
+    object.__setattr__(seed, "_responder_key", (private, key, public))
+    return seed
+
+
 def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:
     """
     Derive the ratchet seed from a finished Noise handshake.
@@ -477,26 +513,7 @@ def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> Ratche
     @param key_r2i: the responder-to-initiator transport key (32 bytes).
     @raise ValueError: an input is not 32 bytes.
     """
-    for name, value in (
-        ("handshake_hash", handshake_hash),
-        ("key_i2r", key_i2r),
-        ("key_r2i", key_r2i),
-    ):
-        if not isinstance(value, bytes) or len(value) != _KEY_LEN:
-            raise ValueError("%s must be 32 bytes" % (name,))
-    okm = HKDF(
-        algorithm=hashes.SHA256(),
-        length=64,
-        salt=handshake_hash,
-        info=SEED_INFO,
-    ).derive(key_i2r + key_r2i)
-    private = okm[32:]
-    key = X25519PrivateKey.from_private_bytes(private)
-    public = key.public_key().public_bytes_raw()
-    seed = RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
-    # The responder's ratchet start needs this key parsed; keep it (frozen
-    # class, hence object.__setattr__).
-    object.__setattr__(seed, "_responder_key", (private, key, public))
+    seed = seed_from_okm(seed_okm(handshake_hash, key_i2r, key_r2i))
     return seed
 
 

@@ -7,7 +7,8 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
   - ForwardRequest is checked, handed to the store (which group-commits)
     and answered with a ForwardAck only once the store's Deferred fired,
     i.e. once the message is on disk;
-  - each attached session of a paired peer has an L{_Outbox}: a window of
+  - each session of a paired peer has an L{_Outbox} (from its start, or
+    from the moment its peer pairs on it: C{peer_paired}): a window of
     deliveries (and of receipts) sent but not yet acknowledged with
     ForwardPurge; the window bounds memory per session, and a new session
     starts again from the first unacknowledged message. Deliveries go out
@@ -305,9 +306,18 @@ class MailboxService(StoreService):
             for outbox in self._outboxes_of(sender):
                 self._pump_receipts(outbox)
 
+    def _serving(self, session) -> bool:
+        # Trust is asked at every push, so an unpairing stops them at once.
+        return (
+            not self._stopped
+            and session.closed is None
+            and session.attached
+            and self.trust.is_paired(session.remote_peer_id)
+        )
+
     def _pump(self, outbox):
         session = outbox.session
-        if self._stopped or session.closed is not None or not session.attached:
+        if not self._serving(session):
             return
         if outbox.fetching:
             outbox.again = True
@@ -362,7 +372,7 @@ class MailboxService(StoreService):
 
     def _pump_receipts(self, outbox):
         session = outbox.session
-        if self._stopped or session.closed is not None or not session.attached:
+        if not self._serving(session):
             return
         if outbox.rfetching:
             outbox.ragain = True
@@ -414,6 +424,35 @@ class MailboxService(StoreService):
 
     def session_closed(self, session):
         self._outboxes.pop(session.session_id, None)
+
+    # Across a clean restart (docs/protocol.md §16): the outbox comes back
+    # with its session, so that what the session's resend buffer holds
+    # (deliveries and receipts sent, not yet acknowledged) is still counted
+    # in the window and acknowledgeable, and delivery carries on after it.
+
+    def session_state(self, session):
+        """The outbox of C{session} as CBOR-ready values, or None."""
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            return None
+        return {
+            "cursor": outbox.cursor,
+            "inflight": [[seq, size] for seq, size in outbox.inflight.items()],
+            "rcursor": outbox.rcursor,
+            "rinflight": sorted(outbox.rinflight),
+        }
+
+    def restore_session(self, session, state):
+        """Recreate the outbox of a restored C{session} from L{session_state} output."""
+        # Trust is not loaded yet at restore; every push asks it anyway.
+        if state is None:
+            return
+        outbox = self._outboxes[session.session_id] = _Outbox(session)
+        for seq, size in state["inflight"]:
+            outbox.delivered(seq, size)
+        outbox.cursor = state["cursor"]
+        outbox.rcursor = state["rcursor"]
+        outbox.rinflight = set(state["rinflight"])
 
     # Management (the JSON and the metrics are built in cairn.mailbox.report)
 

@@ -154,6 +154,7 @@ class PairingService:
             log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
                 self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+            self.peer.peer_paired(peer_id)
             return record
 
         return self.trust.get(peer_id).addCallback(check).addCallback(approved)
@@ -369,6 +370,7 @@ class PairingService:
         def paired(record):
             log.info("peer {peer_id} paired by {method}", peer_id=peer_id, method=method)
             self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
+            self.peer.peer_paired(peer_id)
 
         d = self.trust.set_paired(peer_id, session.remote_identity, name, method, self.clock.seconds())
         return d.addCallback(paired)

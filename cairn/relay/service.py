@@ -169,9 +169,17 @@ class RelayService(RelayReports):
         return self.accounts.start()
 
     def stop(self):
-        """Close the attached circuits' connections; write the byte counts; fires once written."""
+        """
+        Close every circuit (both ends are told, on resume if not before:
+        circuits do not survive a restart, §16); write the byte counts;
+        fires once written.
+        """
         for circuit in list(self.circuits.values()):
-            if circuit.attached:
+            if circuit.state == "offered":
+                self._drop(circuit)
+                self._answer(circuit.a, circuit.req, RouteStatus.OFFLINE, "the node is stopping")
+                self._send(circuit.b, MessageType.RELAY_CLOSE, {"circuit": circuit.circuit_id, "reason": "cancelled"})
+            else:
                 self.close(circuit, "the node is stopping")
         return self.accounts.stop()
 

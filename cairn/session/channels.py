@@ -64,6 +64,11 @@ class Channels:
         self._pending = deque()
 
     def _seed(self):
+        # A session that forgot its handshake keys (a key update, a restore)
+        # kept what the seed is made from (docs/protocol.md §8.3).
+        seed = self.session.seed_from_okm()
+        if seed is not None:
+            return seed
         result = self.session.result
         return derive_seed(result.handshake_hash, result.key_i2r, result.key_r2i)
 

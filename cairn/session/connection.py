@@ -436,7 +436,7 @@ class Connection:
             self.fail(e.code, e.reason)
 
     def _refuse_if_stopping(self):
-        if self.local.frozen:
+        if self.local.frozen or self.local.draining:
             # Sessions were already saved for the stop; one made now would
             # be lost without the peer knowing, so refuse it.
             raise ProtocolViolation(CloseCode.GOING_AWAY, "node is stopping")
@@ -460,6 +460,11 @@ class Connection:
     def _in_established(self, envelope):
         session = self.session
         if session is None:
+            return
+        if self.local.draining:
+            # The node is stopping: what it has not accepted it must not
+            # acknowledge (on resume) without an answer, so it is dropped
+            # unopened and the peer resends it to the restarted node.
             return
         if not self._sealed_seen and envelope.type == MessageType.CLOSE and not _looks_sealed(envelope):
             if not self.initiator:

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from cairn.crypto.handshake import HandshakeResult
 from cairn.session.connection import Connection
+from cairn.session.rekey import REKEY_ENVELOPES, REKEY_INTERVAL
 from cairn.session.session import Session
 from cairn.wire.constants import SESSION_LAYER_TYPES
 from cairn.wire.schema import BodyError
@@ -29,6 +30,10 @@ class Peer:
 
     @param clock: an C{IReactorTime}; every timer goes through it.
     """
+
+    #: When a session updates its sending key (KeyUpdate, §8.3).
+    rekey_envelopes = REKEY_ENVELOPES
+    rekey_interval = REKEY_INTERVAL
 
     def __init__(
         self,
@@ -65,6 +70,8 @@ class Peer:
         self.sessions = {}
         #: Set once sessions were saved for a stop: no new session may start.
         self.frozen = False
+        #: Set when a stop begins (L{drain}): no envelope is accepted any more.
+        self.draining = False
         self.unknown_types = Counter()
         self._handlers = {}
         #: C{(connection, envelope)}: takes a RelayAttach arriving first on
@@ -192,6 +199,13 @@ class Peer:
     def session_detached(self, session) -> None:
         self._notify("session_detached", session)
 
+    def peer_paired(self, peer_id: str) -> None:
+        """
+        C{peer_id} has just become paired (its PairConfirm is sent): the
+        services start serving the sessions it already has (§20.1).
+        """
+        self._notify("peer_paired", peer_id)
+
     def session_closed(self, session) -> None:
         self.sessions.pop(session.session_id, None)
         log.info(
@@ -211,6 +225,16 @@ class Peer:
             self.on_data(session, channel, data)
 
     # Persistence
+
+    def drain(self) -> None:
+        """
+        Accept nothing more, the first step of a clean stop: envelopes that
+        arrive from now on are dropped unopened (the last accepted sequence
+        number does not move, so their senders resend them after resuming),
+        and no session is established or resumed. What was accepted before
+        is still answered: the services finish it before L{freeze}.
+        """
+        self.draining = True
 
     def freeze(self) -> None:
         """
@@ -235,15 +259,15 @@ class Peer:
         return [s.snapshot() for s in self.sessions.values() if s.closed is None and self.trusted(s)]
 
     def restore_sessions(self, snapshots) -> int:
-        """Recreate detached sessions from L{snapshot_sessions} output."""
+        """Recreate detached sessions from L{snapshot_sessions} output; return how many."""
         self._restoring = True
         try:
-            self._restore(snapshots)
+            return self._restore(snapshots)
         finally:
             self._restoring = False
-        return len(snapshots)
 
-    def _restore(self, snapshots):
+    def _restore(self, snapshots) -> int:
+        restored = 0
         for state in snapshots:
             result = HandshakeResult(
                 remote_identity=state["remote_identity"],
@@ -255,9 +279,15 @@ class Peer:
             session = Session(
                 self, state["session_id"], result, state["version"], state["send_seq"], state["recv_seq"]
             )
-            session.restore(state)
+            try:
+                session.restore(state)
+            except ValueError as e:
+                log.warn("session {sid} not restored: {why}", sid=session.session_id.hex()[:8], why=str(e))
+                continue
             self.sessions[session.session_id] = session
             session.detach(None)
+            restored += 1
+        return restored
 
 
 def _guarded(handler, name):

@@ -8,8 +8,10 @@ new transport can resend it. It never touches sockets, WebSocket frames
 or wall-clock time: the clock is injected.
 """
 
+import secrets
 from collections import deque
 
+import attr
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -19,6 +21,7 @@ from cairn.crypto.identity import peer_id_for
 from cairn.session.channels import Channel, Channels
 from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.session.interfaces import ISession
+from cairn.session.rekey import KeyEpochs
 from cairn.wire import cbor, schema
 from cairn.wire.constants import CloseCode, MessageType, is_custom_type
 
@@ -26,6 +29,12 @@ log = Logger()
 
 #: Send a Keepalive carrying an ack after this many acknowledgeable envelopes.
 ACK_EVERY = 32
+#: A restored session's send counter jumps forward by at least RESTORE_JUMP
+#: plus a random number below RESTORE_JUMP_RANDOM (docs/protocol.md §16.4),
+#: and is not restored at all past RESTORE_SEQ_LIMIT.
+RESTORE_JUMP = 2**32
+RESTORE_JUMP_RANDOM = 2**56
+RESTORE_SEQ_LIMIT = 2**63
 #: Types that are never resent after a Reconnect (and so never buffered).
 _UNBUFFERED = frozenset({MessageType.KEEPALIVE, MessageType.CLOSE, MessageType.RECONNECT})
 #: What only a peer allowed channels may send (L{Peer.channels_allowed}).
@@ -42,7 +51,7 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 
 @implementer(ISession)
-class Session:
+class Session(KeyEpochs):
     """
     One authenticated session with a remote peer.
 
@@ -63,6 +72,13 @@ class Session:
         self.remote_identity = result.remote_identity
         self.remote_peer_id = peer_id_for(result.remote_identity)
         self.cipher = SessionCipher(result.send_key, result.recv_key)
+        #: Envelopes sealed under the current sending key, and since when.
+        self._epoch_sent = 0
+        self._epoch_started = self.clock.seconds()
+        #: Sequence number of our KeyUpdate not yet acknowledged, or None.
+        self._key_update_seq = None
+        #: The ratchet seed's HKDF output, once the handshake keys are forgotten.
+        self._seed_okm = None
         self.send_seq = send_seq
         self.recv_seq = recv_seq
         self.connection = None
@@ -182,8 +198,10 @@ class Session:
             raise ValueError(
                 f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
             )
+        self._maybe_update_key(type_code)
         seq = self.send_seq
         self.send_seq += 1
+        self._epoch_sent += 1
         data = self.cipher.seal_bytes(self.version, type_code, self.session_id, seq, payload)
         if type_code not in _UNBUFFERED:
             self._buffer(seq, data)
@@ -216,6 +234,8 @@ class Session:
         while self._unacked and self._unacked[0][0] <= upto:
             _, old = self._unacked.popleft()
             self._unacked_bytes -= len(old)
+        if self._key_update_seq is not None and upto >= self._key_update_seq:
+            self._key_update_seq = None  # the peer has our new key: another update may follow
 
     def resend_after(self, last_received: int) -> None:
         """
@@ -292,7 +312,7 @@ class Session:
         if envelope.seq <= max(self.recv_seq, self._reconnect_seq):
             raise ProtocolViolation(CloseCode.REPLAY, "stale Reconnect sequence number")
         try:
-            plain = self.cipher.open(envelope)
+            plain = self.cipher.open_reconnect(envelope)
         except DecryptError:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, "Reconnect does not prove the session key") from None
         try:
@@ -315,6 +335,10 @@ class Session:
             ack = self._parse(schema.parse_keepalive, body)
             if ack is not None:
                 self._acknowledged(ack)
+            return
+        if type_code == MessageType.KEY_UPDATE:
+            self._key_update_received(self._parse(schema.parse_key_update, body))
+            self._since_ack += 1
             return
         if type_code == MessageType.CLOSE:
             code, reason = self._parse(schema.parse_close, body)
@@ -438,8 +462,14 @@ class Session:
             "initiator": self.initiator,
             "remote_identity": self.remote_identity,
             "handshake_hash": self.result.handshake_hash,
-            "key_i2r": self.result.key_i2r,
-            "key_r2i": self.result.key_r2i,
+            # The keys of the current epochs (never the handshake's: a leaked
+            # snapshot exposes no earlier epoch), under the handshake's names.
+            "key_i2r": self.cipher.send_key if self.initiator else self.cipher.recv_key,
+            "key_r2i": self.cipher.recv_key if self.initiator else self.cipher.send_key,
+            "send_epoch": self.cipher.send_epoch,
+            "recv_epoch": self.cipher.recv_epoch,
+            "key_update_seq": self._key_update_seq,
+            "seed_okm": self._seed_okm_now(),
             "send_seq": self.send_seq,
             "recv_seq": self.recv_seq,
             "dropped_upto": self._dropped_upto,
@@ -450,7 +480,28 @@ class Session:
         }
 
     def restore(self, state: dict) -> None:
-        """Load what L{snapshot} saved (the session object is new)."""
+        """
+        Load what L{snapshot} saved (the session object is new).
+
+        The send counter jumps forward by a large random amount: the same
+        snapshot may be restored more than once (a backup, a rollback),
+        and two restores must never seal different plaintexts under one
+        (key, nonce). Envelopes in the resend buffer keep their numbers:
+        they are resent as the same bytes, not sealed again.
+
+        @raise ValueError: the counter would pass L{RESTORE_SEQ_LIMIT}.
+        """
+        jumped = self.send_seq + RESTORE_JUMP + secrets.randbelow(RESTORE_JUMP_RANDOM)
+        if jumped >= RESTORE_SEQ_LIMIT:
+            raise ValueError("the send counter is too high to jump: the session cannot be restored")
+        self.send_seq = jumped
+        # The keys the session was made with are the snapshot's epoch keys.
+        self.cipher.send_epoch = state.get("send_epoch", 0)
+        self.cipher.recv_epoch = state.get("recv_epoch", 0)
+        self._key_update_seq = state.get("key_update_seq")
+        if state.get("seed_okm") is not None:
+            self._seed_okm = state["seed_okm"]
+            self.result = attr.evolve(self.result, key_i2r=None, key_r2i=None)
         self._dropped_upto = state["dropped_upto"]
         self._reconnect_seq = state["reconnect_seq"]
         for seq, data in zip(state["unacked_seqs"], state["unacked"]):

@@ -10,7 +10,8 @@ L{paired_only}) and a session observer on the node's L{Peer}:
     attached session subscribed to the topic, but the publisher's;
   - SyncSubscribe makes sure the device has a durable cursor per topic and
     replays each topic from it; SyncCursor raises it;
-  - each session has a L{_Outbox}: a window of SyncUpdates sent and not
+  - each session of a paired peer has a L{_Outbox} (from its start, or
+    from the moment its peer pairs on it): a window of SyncUpdates sent and not
     yet covered by a SyncCursor, bounding memory per session;
   - a device whose cursor is behind what retention removed is sent a
     SyncReset (never skipped silently); retention (age, total bytes, the
@@ -285,6 +286,8 @@ class SyncService(StoreService):
         session = outbox.session
         if self._stopped or session.closed is not None or not session.attached or topic not in outbox.topics:
             return
+        if not self.trust.is_paired(session.remote_peer_id):
+            return  # unpaired since: nothing more is pushed, at once
         if topic in outbox.fetching:
             outbox.again.add(topic)
             return
@@ -358,6 +361,30 @@ class SyncService(StoreService):
 
     def session_closed(self, session):
         self._outboxes.pop(session.session_id, None)
+
+    # Across a clean restart (docs/protocol.md §16) the subscriptions come
+    # back with their session: a resumed device does not subscribe again.
+
+    def session_state(self, session):
+        """The subscriptions and window of C{session} as CBOR-ready values, or None."""
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            return None
+        return {
+            "topics": dict(outbox.topics),
+            "inflight": [[topic, seq, size] for (topic, seq), size in outbox.inflight.items()],
+            "own": dict(outbox.own),
+        }
+
+    def restore_session(self, session, state):
+        """Recreate the outbox of a restored C{session} from L{session_state} output."""
+        # Trust is not loaded yet at restore; every push asks it anyway.
+        if state is None:
+            return
+        outbox = self._outboxes[session.session_id] = _Outbox(session)
+        outbox.topics.update(state["topics"])
+        outbox.inflight.update({(topic, seq): size for topic, seq, size in state["inflight"]})
+        outbox.own.update(state["own"])
 
     # Management
 

@@ -41,6 +41,7 @@ class MessageType(IntEnum):
     KEEPALIVE = 0x0200
     CLOSE = 0x0201
     RECONNECT = 0x0202
+    KEY_UPDATE = 0x0203
 
     DATA = 0x0300
     CHANNEL_INIT = 0x0303
@@ -97,6 +98,7 @@ SESSION_LAYER_TYPES = HANDSHAKE_TYPES | {
     MessageType.KEEPALIVE,
     MessageType.CLOSE,
     MessageType.RECONNECT,
+    MessageType.KEY_UPDATE,
     MessageType.DATA,
     MessageType.CHANNEL_INIT,
 }

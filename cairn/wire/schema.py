@@ -69,6 +69,11 @@ def parse_reconnect(body) -> int:
     return uint_field(require_map(body, "Reconnect"), "last_received", "Reconnect")
 
 
+def parse_key_update(body) -> int:
+    """KeyUpdate: {"epoch": uint}; returns the sender's new epoch."""
+    return uint_field(require_map(body, "KeyUpdate"), "epoch", "KeyUpdate")
+
+
 def parse_channel_init(body):
     """ChannelInit: {"channel": uint, "name": text}; returns (id, name)."""
     body = require_map(body, "ChannelInit")

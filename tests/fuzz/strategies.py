@@ -108,6 +108,12 @@ def _reconnect(draw):
 
 
 @st.composite
+def _key_update(draw):
+    n = draw(uints)
+    return {"epoch": n}, n
+
+
+@st.composite
 def _data(draw):
     cid, dr = draw(st.integers(0, U32)), draw(st.dictionaries(st.text(max_size=4), scalars, max_size=4))
     return {"channel": cid, "dr": dr}, (cid, dr)
@@ -400,6 +406,7 @@ VALID = {
     "wire.parse_keepalive": _keepalive(),
     "wire.parse_close": _close(),
     "wire.parse_reconnect": _reconnect(),
+    "wire.parse_key_update": _key_update(),
     "wire.parse_data": _data(),
     "wire.parse_channel_init": _channel_init(),
     "turn.parse_relay_request": _relay_request(),

@@ -158,6 +158,7 @@ BODY_PARSERS = (
     _p(T.KEEPALIVE, schema.parse_keepalive, lambda r: _optional(_uint, r)),
     _p(T.CLOSE, schema.parse_close, lambda r: _uint(r[0], U16) and _text(r[1], 1024)),
     _p(T.RECONNECT, schema.parse_reconnect, _uint),
+    _p(T.KEY_UPDATE, schema.parse_key_update, _uint),
     _p(T.DATA, schema.parse_data, lambda r: _uint(r[0], U32) and isinstance(r[1], dict)),
     _p(T.CHANNEL_INIT, schema.parse_channel_init, lambda r: _uint(r[0], U32, 1) and _text(r[1], 255)),
     _p(T.RELAY_REQUEST, turn.parse_relay_request, lambda r: _optional(_uint, r, U32, 1)),
