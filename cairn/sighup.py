@@ -54,7 +54,12 @@ def reopen_log_files(publisher=globalLogPublisher) -> int:
     found, nothing is reopened and the log line says so).
     """
     reopened = 0
-    for observer in list(getattr(publisher, "_observers", ())):
+    observers = list(getattr(publisher, "_observers", ()))
+    while observers:
+        observer = observers.pop()
+        # The log gate (L{cairn.logfilter.LogGate}) stands in front of the
+        # file observers: look behind it.
+        observers.extend(getattr(observer, "observers", ()))
         out = getattr(observer, "_outFile", None)
         if isinstance(out, BaseLogFile):
             out.reopen()

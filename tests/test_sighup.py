@@ -9,12 +9,13 @@ import re
 import sys
 
 import treq
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import LogPublisher, textFileLogObserver
 from twisted.python.filepath import FilePath
 from twisted.python.logfile import LogFile
 from twisted.trial import unittest
 
+from cairn import logfilter
 from cairn.sighup import reopen_log_files
 from tests._harness import eventually
 from tests.test_twistd import REPO
@@ -40,6 +41,17 @@ class ReopenTests(unittest.TestCase):
             self.assertIn("after", f.read())
         with open(log_file.path + ".1") as f:
             self.assertNotIn("after", f.read())
+
+    def test_log_file_behind_the_log_gate_is_reopened(self):
+        """The log gate in front of twistd's file observer does not hide the file from a reload."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        log_file = LogFile.fromFullPath(os.path.join(directory, "twistd.log"))
+        self.addCleanup(log_file.close)
+        publisher = LogPublisher(textFileLogObserver(log_file))
+        logfilter.install(task.Clock(), publisher=publisher)
+        os.rename(log_file.path, log_file.path + ".1")
+        self.assertEqual(reopen_log_files(publisher), 1)
 
     def test_no_log_file(self):
         """Observers that write to no log file are left alone."""
