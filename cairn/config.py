@@ -41,6 +41,10 @@ __all__ = [
 ]
 
 U32_MAX = 2**32 - 1
+#: CAIRN_LOG_LEVEL's values, most verbose first (twisted.logger's level names).
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: CAIRN_LOG_FORMAT's values.
+LOG_FORMATS = ("text", "json")
 
 # Key under which each Config attribute's metadata holds (variable, parser).
 _ENV = "cairn.env"
@@ -205,6 +209,23 @@ def _count(variable: str, default: int) -> Any:
     return _setting(variable, parse_count, default, check)
 
 
+def _choice(variable: str, default: str, choices: tuple[str, ...]) -> Any:
+    """One word out of C{choices} (case-insensitive, stored lower-case)."""
+    forms = "/".join(choices)
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"{text!r} is not one of {forms}")
+        return word
+
+    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ConfigError(_variable(attribute), f"{value!r} is not one of {forms}")
+
+    return _setting(variable, parse, default, validate)
+
+
 def _urls(variable: str, check: Callable[[str], str]) -> Any:
     """A comma-separated list of URLs, each passing C{check}; empty by default."""
     return _setting(variable, url_list(check), (), _are_urls(check), converter=tuple)
@@ -253,6 +274,11 @@ class Config:
     signal_token: str | None = _secret("CAIRN_SIGNAL_TOKEN")
     signal_token_file: str | None = _text("CAIRN_SIGNAL_TOKEN_FILE")
     signal_announce_interval: float = _duration("CAIRN_SIGNAL_ANNOUNCE_INTERVAL", 300.0)
+    # Operators (issue 16): how much the node logs and in which form, and
+    # whether a management listener beyond loopback is intended (a container).
+    log_level: str = _choice("CAIRN_LOG_LEVEL", "info", LOG_LEVELS)
+    log_format: str = _choice("CAIRN_LOG_FORMAT", "text", LOG_FORMATS)
+    mgmt_exposed: bool = _boolean("CAIRN_MGMT_EXPOSED", False)
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""

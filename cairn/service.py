@@ -22,6 +22,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
+from cairn import config_report
 from cairn.crypto import identity as identity_mod
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
@@ -69,6 +70,9 @@ class CairnNode(MultiService):
     #: set by the twistd plugin, whose process is the node's alone, not
     #: by default (an application embedding a node owns its process).
     freeze_gc = False
+    #: Where each setting came from (L{cairn.config_report.sources}): set
+    #: by the twistd plugin, which alone sees the flags and the environment.
+    config_sources = None
 
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
@@ -310,8 +314,9 @@ def make_node(config, reactor) -> CairnNode:
             "sync": sync.stats,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
+            "config": lambda: {"settings": config_report.settings(config, node.config_sources)},
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
-        warn_if_exposed(config.mgmt_listen, log)
+        warn_if_exposed(config.mgmt_listen, log, intended=config.mgmt_exposed)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     return node

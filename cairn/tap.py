@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
+from cairn import config_report, logs
 from cairn.config import (
     Config,
     ConfigError,
@@ -108,8 +109,11 @@ class Options(usage.Options):
     optParameters: ClassVar[list] = [_parameter(*flag) for flag in _FLAGS]
 
     def postOptions(self) -> None:
-        """Check the flags and the environment together."""
-        config_from_options(self)
+        """Check the flags and the environment together; set up the log for twistd."""
+        config = config_from_options(self)
+        # Under twistd, self.parent is its ServerOptions: the log observer
+        # must be chosen there, before twistd starts logging (cairn.logs).
+        logs.prepare(getattr(self, "parent", None), config.log_level, config.log_format)
 
     def overrides(self) -> dict[str, Any]:
         """The L{Config} attributes given as flags, by attribute name."""
@@ -159,4 +163,6 @@ def makeService(options: Options) -> IService:
 
     node = make_node(config, reactor)
     node.freeze_gc = True
+    node.config_sources = config_report.sources(os.environ, options.overrides())
+    logs.summary(config, node.config_sources)
     return node

@@ -71,6 +71,7 @@ def _default_stats():
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
         "relay_quota": _no_relay_quota,
         "sync": lambda: {"topics": []},
+        "config": lambda: {"settings": []},
     }
 
 
@@ -141,7 +142,7 @@ class ManagementAPI:
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
     @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
+        C{"sync"}, C{"config"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
         for an unknown peer) and C{"mailbox_limits"} (a peer id and the
         JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
         JSON-able data or a Deferred of it.  Missing ones report an empty
@@ -312,6 +313,11 @@ class ManagementAPI:
     async def sync(self, request):
         """Sync topics and device cursors."""
         return await maybeDeferred(self.stats["sync"])
+
+    @_endpoint(app, "/config", "GET")
+    async def config(self, request):
+        """The effective configuration: each setting's value and source, secrets redacted."""
+        return await maybeDeferred(self.stats["config"])
 
     @_endpoint(app, "/metrics", "GET")
     async def prometheus(self, request):

@@ -200,6 +200,26 @@ _SCHEMAS = {
     },
 }
 
+_SCHEMAS["ConfigReport"] = {
+    "type": "object",
+    "required": ["settings"],
+    "properties": {
+        "settings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "variable", "value", "source"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "variable": {"type": "string", "description": "The CAIRN_* variable."},
+                    "value": {"description": "Typed value; a set secret is \"<redacted>\"."},
+                    "source": {"type": "string", "enum": ["default", "env", "flag", "set"]},
+                },
+            },
+        }
+    },
+}
+
 _RESPONSES = {
     "BadRequest": _json(_ref("Error"), "Malformed request: bad JSON, missing or invalid field."),
     "Unauthorized": {
@@ -423,6 +443,14 @@ def _paths():
                 "Sync hub topics and device cursors.",
                 {"200": _json(_ref("SyncStats"), "Sync state."), **_errors(*authed)},
                 tags=["services"],
+            )
+        },
+        "/config": {
+            "get": _operation(
+                "getConfig",
+                "The effective configuration: every setting, its value and its source; secrets redacted.",
+                {"200": _json(_ref("ConfigReport"), "Settings."), **_errors(*authed)},
+                tags=["node"],
             )
         },
         "/metrics": {

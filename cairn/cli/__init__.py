@@ -3,17 +3,21 @@ The C{cairn-server} command.
 
 C{cairn-server} and C{cairn-server run [options]} run the same service as
 C{twistd -n cairn [options]}, in the foreground and without a pid file.
+C{cairn-server pair} asks the running node for a pairing code; the admin
+commands (C{status}, C{peers}, C{approve} ...) are in L{cairn.cli.admin}.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from twisted.python import usage
 
 import cairn
+from cairn.cli import admin
 from cairn.tap import Options
 
 
@@ -22,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cairn-server",
         description="cairn server node: mailbox, relay, sync hub.",
-        epilog="Without a command, 'run' is assumed. "
-        "Settings come from CAIRN_* environment variables (see README.rst).",
+        epilog="Without a command, 'run' is assumed. Settings come from CAIRN_* environment "
+        "variables: 'cairn-server run --help' lists them. Admin commands exit with: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in admin.EXIT_CODES.items()) + ".",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {cairn.__version__}"
@@ -51,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--link", dest="kind", action="store_const", const="link", help="a cairn://pair link")
     what.add_argument("--qr", dest="kind", action="store_const", const="qr", help="a link drawn as a QR code")
     pair.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
+    admin.add_commands(commands)
     return parser
 
 
@@ -63,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "pair":
         return pair(args.kind, args.url)
+    if args.command in admin.COMMANDS:
+        return admin.run(args, os.environ, sys.stdout, sys.stderr)
     return run(getattr(args, "options", []))
 
 
 def pair(kind: str, url: str | None) -> int:
     """Print a pairing PIN, link or QR code issued by the running node."""
-    import os
-
     from cairn.cli_pair import PairCommandError
     from cairn.cli_pair import pair as ask
 
@@ -78,6 +84,10 @@ def pair(kind: str, url: str | None) -> int:
     except PairCommandError as e:
         sys.stderr.write(f"cairn-server pair: {e}\n")
         return 1
+    if kind in ("link", "qr"):
+        warning = admin.host_name_warning(os.environ, url)
+        if warning:
+            sys.stderr.write(f"cairn-server pair: warning: {warning}\n")
     return 0
 
 
