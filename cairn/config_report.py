@@ -10,6 +10,7 @@ C{*_FILE} variable for a secret read from a file) or C{"default"}.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,6 +46,14 @@ SUMMARY = (
     "log_level",
     "log_format",
 )
+
+
+def binds_every_interface(listen: str | None) -> bool:
+    """Whether a listener's endpoint binds every interface (pairing links then name the host)."""
+    if not listen:
+        return False
+    interface = re.search(r"(?:^|:)interface=([^:]*)", listen)
+    return interface is None or interface.group(1) in ("", "0.0.0.0", "::")
 
 
 def is_secret(name: str) -> bool:

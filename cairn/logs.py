@@ -165,14 +165,6 @@ def twistd_observer() -> ILogObserver:
     return make_observer(default, out, _pending["level"], _pending["form"])
 
 
-def _wildcard(listen: str | None) -> bool:
-    """Whether an endpoint binds every interface (so links would name the host)."""
-    if not listen:
-        return False
-    interface = re.search(r"(?:^|:)interface=([^:]*)", listen)
-    return interface is None or interface.group(1) in ("", "0.0.0.0", "::")
-
-
 def summary(config, origin=None, logger: Logger = log) -> None:
     """
     Log the effective settings in a few lines (secrets redacted), and warn
@@ -190,7 +182,7 @@ def summary(config, origin=None, logger: Logger = log) -> None:
         version=__version__,
         settings="\n".join(lines),
     )
-    if not config.public_addresses and (_wildcard(config.listen) or _wildcard(config.ws_listen)):
+    if not config.public_addresses and any(map(config_report.binds_every_interface, (config.listen, config.ws_listen))):
         logger.warn(
             "CAIRN_PUBLIC_ADDRESSES is unset: pairing links advertise this machine's host name "
             "({host}); set CAIRN_PUBLIC_ADDRESSES to the address devices dial",

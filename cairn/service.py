@@ -82,6 +82,8 @@ class CairnNode(MultiService):
         #: The L{RelayService} (set by make_node).
         self.relay = None
         self.config = config
+        #: {listener name: "host:port"} once serving (GET /config, cairn-server status).
+        self.bound = {}
         self.peer = peer
         self.db = db
         self.pairing = pairing
@@ -141,6 +143,7 @@ class CairnNode(MultiService):
         for name, port in sorted(ports.items()):
             host = port.getHost()
             port.startReading()
+            self.bound[name] = f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}"
             log.info(
                 "listening: {name} on {host}:{port}",
                 name=name,
@@ -314,7 +317,10 @@ def make_node(config, reactor) -> CairnNode:
             "sync": sync.stats,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
-            "config": lambda: {"settings": config_report.settings(config, node.config_sources)},
+            "config": lambda: {
+                "settings": config_report.settings(config, node.config_sources),
+                "listening": dict(node.bound),
+            },
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log, intended=config.mgmt_exposed)

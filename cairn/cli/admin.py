@@ -14,22 +14,24 @@ import json
 
 from cairn.cli.api import EXIT_CODES, EXIT_OK, AdminError, NodeAPI, connect
 from cairn.cli.output import duration, size, table, when
-from cairn.config_report import show
+from cairn.config_report import binds_every_interface, show
 
 
 def status(api: NodeAPI, args) -> tuple:
     """Health, uptime, listeners, sessions, peers, queue, relay and sync totals."""
     health = api.get("/health")
-    settings = {row["name"]: row for row in api.get("/config")["settings"]}
     peers = api.get("/peers")
     pending = api.get("/peers/pending")
     mailbox = api.get("/mailbox")
     relay = api.get("/relay")
     sync = api.get("/sync")
-    listeners = {
-        name: settings[attribute]["value"] if attribute in settings else None
-        for name, attribute in (("tcp", "listen"), ("websocket", "ws_listen"), ("management", "mgmt_listen"))
-    }
+    report = api.get("/config")
+    settings = {row["name"]: row for row in report["settings"]}
+    bound = report.get("listening") or {}
+    listeners = {}
+    for name, attribute in (("tcp", "listen"), ("websocket", "ws_listen"), ("management", "mgmt_listen")):
+        configured = settings[attribute]["value"] if attribute in settings else None
+        listeners[name] = bound.get(name) or configured
     data = {
         "url": api.url,
         "health": health,
@@ -43,7 +45,7 @@ def status(api: NodeAPI, args) -> tuple:
         "relay": {"circuits": relay.get("circuits"), "capacity": relay.get("capacity")},
         "sync": {"topics": len(sync.get("topics", [])), "updates": sync.get("updates", 0)},
     }
-    shown = ", ".join(f"{name} {show(value)}" for name, value in listeners.items() if name in listeners)
+    shown = ", ".join(f"{name} {show(value)}" for name, value in listeners.items())
     capacity = relay.get("capacity")
     text = "\n".join(
         [
@@ -241,7 +243,10 @@ def host_name_warning(environ, url=None) -> str | None:
     except (AdminError, KeyError, TypeError):
         return None
     values = {row.get("name"): row.get("value") for row in settings if isinstance(row, dict)}
-    if "public_addresses" in values and not values["public_addresses"]:
+    listeners = (values.get("listen"), values.get("ws_listen"))
+    if "public_addresses" in values and not values["public_addresses"] and any(
+        map(binds_every_interface, listeners)
+    ):
         return (
             "the link advertises this machine's host name (CAIRN_PUBLIC_ADDRESSES is unset on the node); "
             "if devices cannot resolve it, set CAIRN_PUBLIC_ADDRESSES to the address they dial"

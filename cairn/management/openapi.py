@@ -216,7 +216,12 @@ _SCHEMAS["ConfigReport"] = {
                     "source": {"type": "string", "enum": ["default", "env", "flag", "set"]},
                 },
             },
-        }
+        },
+        "listening": {
+            "type": "object",
+            "description": "Each listener's bound address (host:port), once serving.",
+            "additionalProperties": {"type": "string"},
+        },
     },
 }
 
