@@ -139,9 +139,28 @@ class DockerfileTests(unittest.TestCase):
         self.assertEqual((url.hostname, url.port, url.path), ("127.0.0.1", 9090, "/health"))
 
     def test_plugin_cache_built(self):
-        """The build step writes the twistd plugin cache while still root."""
+        """The build step writes the twistd plugin cache while still root, newer than every plugin file."""
         run = " ".join(rest for kw, rest in self.instructions if kw == "RUN")
         self.assertIn("getPlugins(IPlugin)", run)
+        # The plugin files are dated back before the cache is built ...
+        self.assertLess(run.index("touch -d '2000-01-01"), run.index("getPlugins(IPlugin)"))
+        # ... and the runtime user then finds nothing to rewrite.
+        self.assertIn("os.setuid(10001)", run)
+        self.assertIn("'plugin cache'", run)
+
+    def test_group_id(self):
+        """The cairn group is gid 10001, as docs/deployment.md says (not a system-picked gid)."""
+        run = " ".join(rest for kw, rest in self.instructions if kw == "RUN")
+        self.assertIn("groupadd --system --gid 10001 cairn", run)
+        self.assertIn("--uid 10001 --gid 10001", run)
+        self.assertNotIn("--user-group", run)
+        self.assertIn("uid/gid 10001", _read(REPO, "docs", "deployment.md"))
+
+    def test_management_exposure_intended(self):
+        """The image says its management binding is intended, so the node does not warn about it."""
+        self.assertEqual(_env(self.instructions)["CAIRN_MGMT_EXPOSED"], "true")
+        config = Config.from_env(_env(self.instructions))
+        self.assertTrue(config.mgmt_exposed)
 
     def test_cmd_runs(self):
         """The CMD is `twistd ... cairn`, and twistd accepts it with the image's environment."""
@@ -151,6 +170,71 @@ class DockerfileTests(unittest.TestCase):
         options = _twistd_accepts(self, argv[1:], _env(self.instructions))
         self.assertEqual(options.subCommand, "cairn")
         self.assertTrue(options["nodaemon"])
+
+
+# -- the build context ---------------------------------------------------------
+
+#: What trying the node out in a checkout leaves behind (the walkthrough,
+#: docs/deployment.md), each holding a secret that must not reach an image.
+PLANTED = {
+    "phone.key": b"PLANTED-SECRET-1",
+    "laptop.key": b"PLANTED-SECRET-2",
+    "cairn.log": b"PLANTED-SECRET-3",
+    "twistd.log": b"PLANTED-SECRET-4",
+    "docker/.env": b"CAIRN_TURN_SECRET=PLANTED-SECRET-5\nCAIRN_MGMT_TOKEN=PLANTED-SECRET-6\n",
+    "cairn-data/identity.key": b"PLANTED-SECRET-7",
+    "cairn-data/mgmt.token": b"PLANTED-SECRET-8",
+    "cairn-data/cairn.sqlite": b"PLANTED-SECRET-9",
+    "data/mgmt.token": b"PLANTED-SECRET-10",
+    ".venv/lib/site.key": b"PLANTED-SECRET-11",
+    "cairn/oops.key": b"PLANTED-SECRET-12",
+    "tests/_trial_temp/node/identity.key": b"PLANTED-SECRET-13",
+    ".env": b"PLANTED-SECRET-14",
+}
+
+
+class DockerContextTests(unittest.TestCase):
+    """The files `docker build .` sends, worked out with docker-py's own .dockerignore rules."""
+
+    def test_no_secret_in_context(self):
+        """After a walkthrough's keys, logs, docker/.env and data directories appear, none is in the context."""
+        from docker.utils.build import exclude_paths
+
+        root = self.mktemp()
+        tracked = utils.getProcessOutput("git", ["ls-files", "-z"], env=os.environ, path=REPO)
+
+        def build(output):
+            for name in output.decode().split("\0"):
+                if name and os.path.isfile(os.path.join(REPO, name)):
+                    os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+                    shutil.copy(os.path.join(REPO, name), os.path.join(root, name))
+            for name, content in PLANTED.items():
+                os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(content)
+            with open(os.path.join(root, ".dockerignore"), encoding="utf-8") as f:
+                patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            context = exclude_paths(root, patterns)
+            files = [p for p in context if os.path.isfile(os.path.join(root, p))]
+            leaked = []
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    if b"PLANTED-SECRET" in f.read():
+                        leaked.append(name)
+            self.assertEqual(leaked, [])
+            self.assertEqual([p for p in files if p.endswith((".key", ".log", ".env", ".token"))], [])
+            # What the image needs is there.
+            for needed in ["setup.py", "setup.cfg", "README.rst", "cairn/__init__.py",
+                           "cairn/db.py", "twisted/plugins/cairn_plugin.py"]:
+                self.assertIn(needed, context)
+            self.assertTrue([p for p in files if p.endswith(".sql")])
+
+        return tracked.addCallback(build)
+
+    def test_env_file_not_committed(self):
+        """docker/.env is git-ignored, as docs/deployment.md says."""
+        d = utils.getProcessOutputAndValue("git", ["check-ignore", "-q", "docker/.env"], env=os.environ, path=REPO)
+        return d.addCallback(lambda result: self.assertEqual(result[2], 0, result))
 
 
 # -- docker-compose.yml -------------------------------------------------------
