@@ -401,8 +401,10 @@ class SystemdUnitTests(unittest.TestCase):
         self.assertEqual(options.subCommand, "cairn")
 
     def test_socket(self):
-        """The socket unit listens on [::]:7400, dual-stack, and activates cairn-server.service."""
-        self.assertEqual(_values(self.socket, "Socket", "ListenStream"), ["[::]:7400"])
+        """The socket unit listens on [::]:7400 (dual-stack) and 127.0.0.1:9090, and activates cairn-server.service."""
+        self.assertEqual(_values(self.socket, "Socket", "ListenStream"), ["[::]:7400", "127.0.0.1:9090"])
+        env = _unit_environment(self.service)
+        self.assertEqual(env["CAIRN_MGMT_LISTEN"], "systemd:domain=INET:index=1")
         self.assertEqual(_values(self.socket, "Socket", "BindIPv6Only"), ["both"])
         self.assertEqual(_values(self.socket, "Socket", "Service"), ["cairn-server.service"])
         self.assertEqual(_values(self.socket, "Install", "WantedBy"), ["sockets.target"])
@@ -477,6 +479,44 @@ class SocketActivationTests(unittest.TestCase):
         self.assertIn("Server Shut Down.", log)
         self.assertNotIn("Traceback", log)
         yield eventually(lost)
+
+    @defer.inlineCallbacks
+    def test_management_socket_activates(self):
+        """A `cairn-server pair --pin` on the activated management socket starts the node and gets a PIN."""
+        data_dir = os.path.abspath(self.mktemp())
+        port, mgmt = _free_port(), _free_port()
+        settings = {
+            "CAIRN_DATA_DIR": data_dir,
+            "CAIRN_LISTEN": "systemd:domain=INET:index=0",
+            "CAIRN_WS_LISTEN": "none",
+            "CAIRN_MGMT_LISTEN": "systemd:domain=INET:index=1",
+            "PYTHONPATH": REPO,
+        }
+        argv = [self.activate, "-l", f"127.0.0.1:{port}", "-l", f"127.0.0.1:{mgmt}",
+                "--fdname=cairn-server.socket:cairn-server.socket"]
+        argv += [f"-E{name}={value}" for name, value in settings.items()]
+        argv += [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "--nodaemon", "--pidfile=", "--logfile=-", "cairn"]
+        proc = TwistdProcess({"tcp", "management"})
+        reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=REPO)
+        self.addCleanup(self._kill, proc)
+        yield self._output(proc, f"Listening on 127.0.0.1:{mgmt}")
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "mgmt.token")))
+
+        # The operator's shell: the node's data dir, the default-style loopback address, no token.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        env.update(PYTHONPATH=REPO, CAIRN_DATA_DIR=data_dir, CAIRN_MGMT_LISTEN=f"tcp:{mgmt}:interface=127.0.0.1")
+        out, err, code = yield eventually(
+            utils.getProcessOutputAndValue(sys.executable, ["-m", "cairn.cli", "pair", "--pin"], env=env, path=REPO),
+            60,
+        )
+        self.assertEqual(code, 0, err + "".join(proc.output).encode())
+        self.assertRegex(out.decode(), r"^[0-9A-Z]{4}-[0-9A-Z]{4}\n")
+        ports = yield eventually(proc.listening, 60)
+        self.assertEqual(ports, {"tcp": port, "management": mgmt})
+        proc.transport.signalProcess("TERM")
+        yield eventually(proc.ended, 60)
+        self.assertNotIn("Traceback", "".join(proc.output))
 
     def _output(self, proc, text, timeout=30):
         """Wait until C{text} appears in the output of C{proc} (fails if it never does)."""

@@ -80,6 +80,12 @@ def pair(kind: str, url: str | None) -> int:
     from cairn.cli_pair import pair as ask
 
     try:
+        # Wakes a socket-activated node that never ran, so that its token
+        # file exists before cli_pair reads it.
+        admin.connect(os.environ, url)
+    except admin.AdminError:
+        pass  # cli_pair reports the problem in its own words
+    try:
         sys.stdout.write(ask(kind, os.environ, url) + "\n")
     except PairCommandError as e:
         sys.stderr.write(f"cairn-server pair: {e}\n")
