@@ -4,6 +4,7 @@ scenario run over TCP and over WebSocket.
 """
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from cairn.crypto.identity import Identity
@@ -194,6 +195,51 @@ class PairingMixin(PairingScenarioMixin):
         pending = yield self.trust.list(PENDING)
         self.assertEqual([r.peer_id for r in pending], [session.local.peer_id])
         self.assertFalse(self.trust.is_paired(session.local.peer_id))
+
+    def pairing_log(self):
+        """The pairing service's log lines, as text, from now on; and a Deferred of the first 'pending approval'."""
+        lines, pending = [], defer.Deferred()
+
+        def observe(event):
+            if event.get("log_namespace") == "cairn.pairing.service":
+                lines.append(formatEvent(event))
+                if "pending approval" in lines[-1] and not pending.called:
+                    pending.callback(lines[-1])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return lines, pending
+
+    @defer.inlineCallbacks
+    def test_psk_pairing_not_logged_pending(self):
+        """A peer that pairs by PSK in its session is logged as paired, never as pending approval."""
+        lines, _ = self.pairing_log()
+        session = yield self.connect()
+        yield eventually(pair_psk(session, self.psk))
+        server_side = self.server_session(session)
+        session.close()
+        yield closed(server_side)
+        self.assertEqual([line for line in lines if "pending" in line], [])
+        self.assertEqual(len([line for line in lines if "paired by psk" in line]), 1)
+
+    @defer.inlineCallbacks
+    def test_unpaired_peer_leaving_logged_pending(self):
+        """An unknown peer that leaves without pairing is logged once as pending approval, with the command."""
+        lines, pending = self.pairing_log()
+        session = yield self.connect()
+        self.assertEqual(lines, [])
+        session.close()
+        line = yield eventually(pending)
+        self.assertIn(f"cairn-server approve {session.local.peer_id}", line)
+
+    @defer.inlineCallbacks
+    def test_approval_request_logged_pending(self):
+        """A request for approval is logged as pending at once, with the device's name."""
+        lines, pending = self.pairing_log()
+        session = yield self.connect()
+        request_approval(session, name="kitchen tablet").addErrback(lambda f: None)
+        line = yield eventually(pending)
+        self.assertIn("(kitchen tablet) pending approval", line)
 
     @defer.inlineCallbacks
     def test_approval_approved(self):

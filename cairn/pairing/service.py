@@ -125,6 +125,10 @@ class PairingService:
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
         self._purge_hooks = []
         self._pin_exchanges = {}
+        # Unknown peers recorded as pending on connecting, not yet logged:
+        # most pair by themselves (PSK, PIN, link) within the session, so
+        # "pending approval" is logged only if one leaves still pending.
+        self._unannounced = set()
         peer.register_handler(MessageType.PAIR_REQUEST, self._guarded(self._pair_request))
         peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self._pair_response))
         peer.register_handler(MessageType.PAIR_REVOKE, self._guarded(self._pair_revoke))
@@ -239,6 +243,9 @@ class PairingService:
 
     def session_closed(self, session):
         self._pin_exchanges.pop(session.session_id, None)
+        if session.remote_peer_id in self._unannounced:
+            self._unannounced.discard(session.remote_peer_id)
+            self._guard_deferred(self._announce_pending(session.remote_peer_id), session, close=False)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
 
     @defer.inlineCallbacks
@@ -252,8 +259,19 @@ class PairingService:
                 self._warn_pending_full(peer_id, now)
                 return
             yield self.trust.add_pending(peer_id, session.remote_identity, "", now)
-            log.info("pairing request from {peer_id} pending approval", peer_id=peer_id)
+            self._unannounced.add(peer_id)
         yield self.trust.touch(peer_id, now)
+
+    @defer.inlineCallbacks
+    def _announce_pending(self, peer_id, name=""):
+        """Log a pending request once it is known not to pair by itself."""
+        record = yield self.trust.get(peer_id)
+        if record is not None and record.state == PENDING:
+            log.info(
+                "pairing request from {peer_id} {name}pending approval (cairn-server approve {peer_id})",
+                peer_id=peer_id,
+                name=f"({name}) " if name else "",
+            )
 
     def _warn_pending_full(self, peer_id, now):
         # A flood of fresh identities must not become a flood of log lines:
@@ -422,6 +440,8 @@ class PairingService:
             return
         yield self.trust.add_pending(peer_id, session.remote_identity, request.name, self.clock.seconds())
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
+            self._unannounced.discard(peer_id)
+            yield self._announce_pending(peer_id, request.name)
             self._send(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
     def _paired(self, session, method, name, server_proof):
@@ -431,6 +451,7 @@ class PairingService:
             return None
 
         def paired(record):
+            self._unannounced.discard(peer_id)
             log.info("peer {peer_id} paired by {method}", peer_id=peer_id, method=method)
             self._send(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
 
