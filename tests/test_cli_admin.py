@@ -48,6 +48,39 @@ class OutputTests(unittest.TestCase):
         self.assertEqual([size(999), size(1500), size(2_000_000)], ["999 B", "1.5 kB", "2.0 MB"])
 
 
+class HostNameWarningTests(unittest.TestCase):
+    """`pair --link` warns when the node's links name the machine's host name."""
+
+    def warning(self, **values):
+        settings = [{"name": name, "value": value} for name, value in values.items()]
+
+        class Node:
+            def get(self, path):
+                return {"settings": settings}
+
+        self.patch(admin, "connect", lambda environ, url=None: Node())
+        return admin.host_name_warning({})
+
+    def test_wildcard_without_public_addresses(self):
+        """No CAIRN_PUBLIC_ADDRESSES and a listener on every interface: a warning naming the variable."""
+        text = self.warning(public_addresses=[], listen="tcp:7400", ws_listen=None)
+        self.assertIn("CAIRN_PUBLIC_ADDRESSES", text)
+
+    def test_no_warning(self):
+        """Public addresses set, or listeners on one interface: no warning."""
+        self.assertIsNone(self.warning(public_addresses=["tcp:host=a:port=1"], listen="tcp:7400"))
+        self.assertIsNone(self.warning(public_addresses=[], listen="tcp:7400:interface=127.0.0.1", ws_listen=None))
+
+    def test_node_unreachable(self):
+        """When the node cannot be asked, nothing is said (pair reported its own error)."""
+
+        def refuse(environ, url=None):
+            raise admin.AdminError("down", EXIT_UNREACHABLE)
+
+        self.patch(admin, "connect", refuse)
+        self.assertIsNone(admin.host_name_warning({}))
+
+
 class NoNodeTests(unittest.TestCase):
     """Failures before any node answers: one line on stderr and a distinct status."""
 
@@ -148,6 +181,13 @@ class RealNodeTests(unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertNotIn("cairn-mailbox: 2", err)
         self.assertIn("usage:", err)
+
+        relay = yield utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "cairn.relay.cli", "--help"], env=dict(os.environ, PYTHONPATH=REPO), path=REPO
+        )
+        self.assertEqual((relay[1], relay[2]), (b"", 0))
+        self.assertNotIn(b"cairn-relay: 0", relay[0])
+        self.assertIn(b"--name", relay[0])
 
         # An unpaired device's receive is an error, not "nothing waiting".
         out, err, code = yield self.device("--identity", laptop, "--server", self.server, "receive", "--wait", "0.1")
