@@ -19,6 +19,9 @@ import attr
 from cairn.config_values import (
     BOOL_FORMS,
     ENDPOINT_FORMS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    choice_parser,
     parse_bool,
     parse_count,
     parse_duration,
@@ -41,10 +44,6 @@ __all__ = [
 ]
 
 U32_MAX = 2**32 - 1
-#: CAIRN_LOG_LEVEL's values, most verbose first (twisted.logger's level names).
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
-#: CAIRN_LOG_FORMAT's values.
-LOG_FORMATS = ("text", "json")
 
 # Key under which each Config attribute's metadata holds (variable, parser).
 _ENV = "cairn.env"
@@ -211,19 +210,12 @@ def _count(variable: str, default: int) -> Any:
 
 def _choice(variable: str, default: str, choices: tuple[str, ...]) -> Any:
     """One word out of C{choices} (case-insensitive, stored lower-case)."""
-    forms = "/".join(choices)
-
-    def parse(text: str) -> str:
-        word = text.strip().lower()
-        if word not in choices:
-            raise ValueError(f"{text!r} is not one of {forms}")
-        return word
 
     def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
         if value not in choices:
-            raise ConfigError(_variable(attribute), f"{value!r} is not one of {forms}")
+            raise ConfigError(_variable(attribute), f"{value!r} is not one of {'/'.join(choices)}")
 
-    return _setting(variable, parse, default, validate)
+    return _setting(variable, choice_parser(choices), default, validate)
 
 
 def _urls(variable: str, check: Callable[[str], str]) -> Any:

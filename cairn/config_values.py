@@ -138,6 +138,24 @@ def parse_text(text: str) -> str:
     return text
 
 
+#: CAIRN_LOG_LEVEL's values, most verbose first (twisted.logger's level names).
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: CAIRN_LOG_FORMAT's values.
+LOG_FORMATS = ("text", "json")
+
+
+def choice_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser of one word out of C{choices}, case-insensitive, returned lower-case."""
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"{text!r} is not one of {'/'.join(choices)}")
+        return word
+
+    return parse
+
+
 def parse_count(text: str) -> int:
     """
     Parse a whole number written in plain decimal digits.

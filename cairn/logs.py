@@ -39,7 +39,7 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from cairn import __version__, config_report
-from cairn.config import LOG_LEVELS
+from cairn.config_values import LOG_LEVELS
 
 log = Logger()
 
