@@ -21,7 +21,6 @@ from cairn.config_values import (
     ENDPOINT_FORMS,
     LOG_FORMATS,
     LOG_LEVELS,
-    choice_parser,
     parse_bool,
     parse_count,
     parse_duration,
@@ -209,13 +208,19 @@ def _count(variable: str, default: int) -> Any:
 
 
 def _choice(variable: str, default: str, choices: tuple[str, ...]) -> Any:
-    """One word out of C{choices} (case-insensitive, stored lower-case)."""
+    """One word of C{choices}, case-insensitive."""
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return word
 
     def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
         if value not in choices:
-            raise ConfigError(_variable(attribute), f"{value!r} is not one of {'/'.join(choices)}")
+            raise ConfigError(_variable(attribute), f"{value!r} is not one of {', '.join(choices)}")
 
-    return _setting(variable, choice_parser(choices), default, validate)
+    return _setting(variable, parse, default, validate)
 
 
 def _urls(variable: str, check: Callable[[str], str]) -> Any:

@@ -144,18 +144,6 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
 
 
-def choice_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
-    """A parser of one word out of C{choices}, case-insensitive, returned lower-case."""
-
-    def parse(text: str) -> str:
-        word = text.strip().lower()
-        if word not in choices:
-            raise ValueError(f"{text!r} is not one of {'/'.join(choices)}")
-        return word
-
-    return parse
-
-
 def parse_count(text: str) -> int:
     """
     Parse a whole number written in plain decimal digits.

@@ -65,13 +65,13 @@ RESERVED_SEGMENTS = frozenset({"approve", "pending", "reject"})
 
 def _default_stats():
     return {
+        "config": lambda: {"settings": []},
         "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
         "mailbox_peer": lambda peer_id: None,
         "mailbox_limits": _no_mailbox_limits,
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
         "relay_quota": _no_relay_quota,
         "sync": lambda: {"topics": []},
-        "config": lambda: {"settings": []},
     }
 
 
@@ -186,6 +186,11 @@ class ManagementAPI:
     async def openapi(self, request):
         """This API described as OpenAPI 3.1."""
         return self._openapi
+
+    @_endpoint(app, "/config", "GET")
+    async def config(self, request):
+        """The effective configuration: each setting's value and source, secrets redacted."""
+        return await maybeDeferred(self.stats["config"])
 
     # Peers
 
@@ -313,11 +318,6 @@ class ManagementAPI:
     async def sync(self, request):
         """Sync topics and device cursors."""
         return await maybeDeferred(self.stats["sync"])
-
-    @_endpoint(app, "/config", "GET")
-    async def config(self, request):
-        """The effective configuration: each setting's value and source, secrets redacted."""
-        return await maybeDeferred(self.stats["config"])
 
     @_endpoint(app, "/metrics", "GET")
     async def prometheus(self, request):

@@ -288,6 +288,14 @@ def _paths():
                 public=True,
             )
         },
+        "/config": {
+            "get": _operation(
+                "getConfig",
+                "The effective configuration: every setting, its value and its source; secrets redacted.",
+                {"200": _json(_ref("ConfigReport"), "Settings."), **_errors(*authed)},
+                tags=["node"],
+            )
+        },
         "/peers": {
             "get": _operation(
                 "listPeers",
@@ -448,14 +456,6 @@ def _paths():
                 "Sync hub topics and device cursors.",
                 {"200": _json(_ref("SyncStats"), "Sync state."), **_errors(*authed)},
                 tags=["services"],
-            )
-        },
-        "/config": {
-            "get": _operation(
-                "getConfig",
-                "The effective configuration: every setting, its value and its source; secrets redacted.",
-                {"200": _json(_ref("ConfigReport"), "Settings."), **_errors(*authed)},
-                tags=["node"],
             )
         },
         "/metrics": {
