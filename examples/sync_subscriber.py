@@ -22,6 +22,11 @@ from cairn.crypto.identity import load_or_create_file
 from cairn.pairing.client import pair_psk
 from cairn.sync import client as sync
 
+try:
+    from cairn.sync.sealing import Keyring
+except ImportError:  # a library from before sealed sync updates (docs/protocol.md §24.10)
+    Keyring = None
+
 TOPIC = "notes"
 
 
@@ -36,6 +41,10 @@ def main(reactor, *argv):
     identity = args.identity or ("publisher.key" if args.publish else "subscriber.key")
 
     client = Client(reactor, load_or_create_file(identity))
+    if Keyring is not None:
+        # Updates are sealed end to end with a group key all of a person's
+        # devices share; here both roles read it from one file.
+        sync.set_keyring(client.peer, Keyring.load_or_create("notes.keyring"))
     session = yield client.connect(args.server)
     yield pair_psk(session, os.environ["CAIRN_PSK"], name=identity.removesuffix(".key"))
 
