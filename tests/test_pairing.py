@@ -28,6 +28,21 @@ from tests._pairing_harness import PairingScenarioMixin, Replies
 CUSTOM = 0xF0AA
 
 
+def pairing_log(test):
+    """The pairing service's log lines, as text, from now on; and a Deferred of the first 'pending approval'."""
+    lines, pending = [], defer.Deferred()
+
+    def observe(event):
+        if event.get("log_namespace") == "cairn.pairing.service":
+            lines.append(formatEvent(event))
+            if "pending approval" in lines[-1] and not pending.called:
+                pending.callback(lines[-1])
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines, pending
+
+
 class PairingMixin(PairingScenarioMixin):
     @defer.inlineCallbacks
     def rejected(self, d, code):
@@ -196,24 +211,10 @@ class PairingMixin(PairingScenarioMixin):
         self.assertEqual([r.peer_id for r in pending], [session.local.peer_id])
         self.assertFalse(self.trust.is_paired(session.local.peer_id))
 
-    def pairing_log(self):
-        """The pairing service's log lines, as text, from now on; and a Deferred of the first 'pending approval'."""
-        lines, pending = [], defer.Deferred()
-
-        def observe(event):
-            if event.get("log_namespace") == "cairn.pairing.service":
-                lines.append(formatEvent(event))
-                if "pending approval" in lines[-1] and not pending.called:
-                    pending.callback(lines[-1])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        return lines, pending
-
     @defer.inlineCallbacks
     def test_psk_pairing_not_logged_pending(self):
         """A peer that pairs by PSK in its session is logged as paired, never as pending approval."""
-        lines, _ = self.pairing_log()
+        lines, _ = pairing_log(self)
         session = yield self.connect()
         yield eventually(pair_psk(session, self.psk))
         server_side = self.server_session(session)
@@ -225,7 +226,7 @@ class PairingMixin(PairingScenarioMixin):
     @defer.inlineCallbacks
     def test_unpaired_peer_leaving_logged_pending(self):
         """An unknown peer that leaves without pairing is logged once as pending approval, with the command."""
-        lines, pending = self.pairing_log()
+        lines, pending = pairing_log(self)
         session = yield self.connect()
         self.assertEqual(lines, [])
         session.close()
@@ -235,7 +236,7 @@ class PairingMixin(PairingScenarioMixin):
     @defer.inlineCallbacks
     def test_approval_request_logged_pending(self):
         """A request for approval is logged as pending at once, with the device's name."""
-        lines, pending = self.pairing_log()
+        lines, pending = pairing_log(self)
         session = yield self.connect()
         request_approval(session, name="kitchen tablet").addErrback(lambda f: None)
         line = yield eventually(pending)
@@ -384,3 +385,14 @@ class PairingSQLiteTests(PairingScenarioMixin, unittest.TestCase):
         fresh = SQLiteTrustStore(self.trust.db)
         yield fresh.start()
         self.assertEqual((yield fresh.get(session.local.peer_id)).state, REVOKED)
+
+    @defer.inlineCallbacks
+    def test_unpaired_peer_refused_at_once_logged_pending(self):
+        """An unknown peer refused at once (NOT_PAIRED) before the store recorded it is still logged as pending."""
+        lines, pending = pairing_log(self)
+        session = yield self.connect()
+        self.server.register_handler(CUSTOM, paired_only(self.trust, lambda s, body: None))
+        session.send(CUSTOM, {})
+        yield closed(session)
+        line = yield eventually(pending)
+        self.assertIn(session.local.peer_id, line)

@@ -259,7 +259,10 @@ class PairingService:
                 self._warn_pending_full(peer_id, now)
                 return
             yield self.trust.add_pending(peer_id, session.remote_identity, "", now)
-            self._unannounced.add(peer_id)
+            if session.closed is None:
+                self._unannounced.add(peer_id)
+            else:  # it has left already (the store is on its own thread)
+                yield self._announce_pending(peer_id)
         yield self.trust.touch(peer_id, now)
 
     @defer.inlineCallbacks
