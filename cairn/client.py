@@ -27,7 +27,7 @@ whenever another peer id answers.
 
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import gatherResults, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
@@ -143,14 +143,19 @@ class Client:
         if address is not None:
             self.pins.set(address, session.remote_peer_id)
 
-    def close(self, session, code: int = CloseCode.NORMAL, reason: str = "", timeout: float = 5.0):
+    def close(self, session=None, code: int = CloseCode.NORMAL, reason: str = "", timeout: float = 5.0):
         """
-        End C{session} with a Close, and fire once the Close is written out
-        and the transport closed (or after C{timeout} seconds): for a
-        program about to exit, whose reactor would otherwise stop with the
-        Close still in its buffer (the peer would see a dropped transport
-        and keep the session for a resume).
+        End C{session} -- or, without one, every open session of this
+        client -- with a Close, and fire once each Close is written out and
+        its transport closed (or after C{timeout} seconds): for a program
+        about to exit, whose reactor would otherwise stop with the Close
+        still in its buffer (the peer would see a dropped transport and keep
+        the session for a resume).
         """
+        if session is None:
+            sessions = [s for s in list(self.peer.sessions.values()) if s.closed is None]
+            closing = [self.close(s, code, reason, timeout) for s in sessions]
+            return gatherResults(closing).addCallback(lambda _: None)
         connection = session.connection
         session.close(code, reason)
         if connection is None:

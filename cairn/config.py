@@ -19,6 +19,8 @@ import attr
 from cairn.config_values import (
     BOOL_FORMS,
     ENDPOINT_FORMS,
+    LOG_FORMATS,
+    LOG_LEVELS,
     parse_bool,
     parse_count,
     parse_duration,
@@ -299,6 +301,11 @@ class Config:
     signal_token: str | None = _secret("CAIRN_SIGNAL_TOKEN")
     signal_token_file: str | None = _text("CAIRN_SIGNAL_TOKEN_FILE")
     signal_announce_interval: float = _duration("CAIRN_SIGNAL_ANNOUNCE_INTERVAL", 300.0)
+    # Operators (issue 16): how much the node logs and in which form, and
+    # whether a management listener beyond loopback is intended (a container).
+    log_level: str = _choice("CAIRN_LOG_LEVEL", "info", LOG_LEVELS)
+    log_format: str = _choice("CAIRN_LOG_FORMAT", "text", LOG_FORMATS)
+    mgmt_exposed: bool = _boolean("CAIRN_MGMT_EXPOSED", False)
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""

@@ -138,6 +138,12 @@ def parse_text(text: str) -> str:
     return text
 
 
+#: CAIRN_LOG_LEVEL's values, most verbose first (twisted.logger's level names).
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: CAIRN_LOG_FORMAT's values.
+LOG_FORMATS = ("text", "json")
+
+
 def parse_count(text: str) -> int:
     """
     Parse a whole number written in plain decimal digits.

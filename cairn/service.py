@@ -22,7 +22,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
-from cairn import sighup
+from cairn import config_report, sighup
 from cairn.config import ConfigError
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
 from cairn.diskspace import FreeSpace
@@ -96,6 +96,9 @@ class CairnNode(MultiService):
     #: twistd's options (set by the plugin): a daemonizing twistd waits on
     #: their status pipe for the outcome of the start (L{tell_launcher}).
     launcher = None
+    #: Where each setting came from (L{cairn.config_report.sources}): set
+    #: by the twistd plugin, which alone sees the flags and the environment.
+    config_sources = None
 
     def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
         super().__init__()
@@ -105,6 +108,8 @@ class CairnNode(MultiService):
         #: The L{RelayService} (set by make_node).
         self.relay = None
         self.config = config
+        #: {listener name: "host:port"} once serving (GET /config, cairn-server status).
+        self.bound = {}
         self.peer = peer
         self.db = db
         self.pairing = pairing
@@ -188,6 +193,7 @@ class CairnNode(MultiService):
         for name, port in sorted(ports.items()):
             host = port.getHost()
             port.startReading()
+            self.bound[name] = f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}"
             log.info(
                 "listening: {name} on {host}:{port}",
                 name=name,
@@ -490,7 +496,8 @@ def _make_node(config, reactor) -> CairnNode:
                 "relay_bytes": lambda: relay.bytes_received,  # per peer (see History)
             },
         )
-        warnings = management_warnings(config.mgmt_listen, token, warn_if_exposed(config.mgmt_listen, log))
+        exposed = warn_if_exposed(config.mgmt_listen, log, intended=config.mgmt_exposed)
+        warnings = management_warnings(config.mgmt_listen, token, exposed)
         endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
         stats = {
             "mailbox": mailbox.stats,
@@ -505,6 +512,10 @@ def _make_node(config, reactor) -> CairnNode:
             "node": NodeStatus(node, endpoints, warnings),
             "disk": space.to_json,
             "descriptors": gauge.report,
+            "config": lambda: {
+                "settings": config_report.settings(config, node.config_sources),
+                "listening": dict(node.bound),
+            },
         }
         api = node.api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))

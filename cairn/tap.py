@@ -9,12 +9,14 @@ flag (secrets above all) come from the environment only.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from cairn import config_report, logs
 from cairn.config import (
     Config,
     ConfigError,
@@ -105,13 +107,28 @@ class Options(usage.Options):
     longdesc = (
         "Run a cairn server node. Each flag overrides its environment "
         "variable; every other setting, secrets included, is read from the "
-        "environment only (see README.rst)."
+        "environment only: all of them are listed below."
     )
     optParameters: ClassVar[list] = [_parameter(*flag) for flag in _FLAGS]
 
     def postOptions(self) -> None:
-        """Check the flags and the environment together."""
-        config_from_options(self)
+        """Check the flags and the environment together; set up the log for twistd."""
+        config = config_from_options(self)
+        # Under twistd, self.parent is its ServerOptions: the log observer
+        # must be chosen there, before twistd starts logging (cairn.logs).
+        logs.prepare(getattr(self, "parent", None), config.log_level, config.log_format)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The flags, then every setting with its default (the README is not installed)."""
+        return super().getUsage(width) + settings_help()
+
+    def opt_version(self) -> None:
+        """Display cairn's version (and Twisted's) and exit."""
+        from cairn import __version__
+        from twisted import __version__ as twisted_version
+
+        sys.stdout.write(f"cairn-server {__version__} (Twisted {twisted_version})\n")
+        raise SystemExit(0)
 
     def overrides(self) -> dict[str, Any]:
         """The L{Config} attributes given as flags, by attribute name."""
@@ -120,6 +137,26 @@ class Options(usage.Options):
             for flag, attribute, *_ in _FLAGS
             if self[flag] is not None
         }
+
+
+def settings_help() -> str:
+    """Every setting: its variable, its flag if it has one, and its default (secrets: unset)."""
+    import attr
+
+    flags = {attribute: flag for flag, attribute, *_ in _FLAGS}
+    rows = []
+    for field in attr.fields(Config):
+        flag = f" (--{flags[field.name]})" if field.name in flags else ""
+        rows.append((Config.variable(field.name) + flag, config_report.show(field.default)))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
+    return (
+        "\nSettings (environment variables; a flag overrides its variable), with defaults:\n"
+        + "\n".join(lines)
+        + "\nSizes take units (64KiB, 1MB), durations too (30s, 15m, 7d); 'none' disables a listener.\n"
+        "Secrets may be read from files: CAIRN_MGMT_TOKEN_FILE, CAIRN_TURN_SECRET_FILE,\n"
+        "CAIRN_SIGNAL_TOKEN_FILE. Meanings: the README's settings table (README.rst).\n"
+    )
 
 
 def _flag_for(variable: str, options: Options) -> str | None:
@@ -178,4 +215,6 @@ def makeService(options: Options) -> IService:
     from cairn.logfilter import LogGateService
 
     LogGateService(reactor, config.log_addresses).setServiceParent(node)
+    node.config_sources = config_report.sources(os.environ, options.overrides())
+    logs.summary(config, node.config_sources)
     return node

@@ -86,6 +86,25 @@ class MainTests(unittest.TestCase):
         self.assertIn("CAIRN_MAX_PAYLOAD", self.stdout.getvalue())
         self.assertEqual(self.twistd_argv, [])
 
+    def test_run_help_lists_every_setting(self):
+        """run --help lists every CAIRN_* variable with its default."""
+        import attr
+
+        from cairn.config import Config
+
+        self.assertRaises(SystemExit, cli.main, ["run", "--help"])
+        text = self.stdout.getvalue()
+        for field in attr.fields(Config):
+            self.assertIn(Config.variable(field.name), text)
+        self.assertRegex(text, r"CAIRN_FORWARD_MAX_AGE +604800s")
+
+    def test_run_version_is_cairns(self):
+        """run --version prints cairn's version, not only Twisted's."""
+        error = self.assertRaises(SystemExit, cli.main, ["run", "--version"])
+        self.assertEqual(error.code, 0)
+        self.assertTrue(self.stdout.getvalue().startswith(f"cairn-server {cairn.__version__} (Twisted "))
+        self.assertEqual(self.twistd_argv, [])
+
     def test_unknown_command(self):
         """An unknown command is a usage error."""
         error = self.assertRaises(SystemExit, cli.main, ["frobnicate"])

@@ -125,6 +125,20 @@ class AutoResumeMixin(ScenarioMixin):
         self.assertEqual((result.code, result.reason), (CloseCode.NORMAL, "bye"))
         yield eventually(client.close(session))  # closing again: fires at once
 
+    @defer.inlineCallbacks
+    def test_close_without_session(self):
+        """Client.close() with no argument closes every session of the client with a Close."""
+        client = self.make_client()
+        first = yield self.connect(client)
+        second = yield self.connect(client)
+        ended = [closed(self.server_session(s)) for s in (first, second)]
+        yield eventually(client.close())
+        for d in ended:
+            result = yield d
+            self.assertEqual(result.code, CloseCode.NORMAL)
+        self.assertEqual([s for s in client.peer.sessions.values() if s.closed is None], [])
+        yield eventually(client.close())  # nothing left: fires at once
+
     def make_client(self, auto_resume=False, **overrides):
         clock = task.Clock()
         client = Client(reactor, clock=clock, auto_resume=auto_resume, **dict(SETTINGS, **overrides))

@@ -65,6 +65,9 @@ DEFAULTS = {
     "signal_token": None,
     "signal_token_file": None,
     "signal_announce_interval": 300.0,
+    "log_level": "info",
+    "log_format": "text",
+    "mgmt_exposed": False,
 }
 
 # Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
@@ -107,6 +110,9 @@ NON_DEFAULT_ENV = {
     "CAIRN_SIGNAL_LISTEN_ADDR": "127.0.0.1:9443",
     "CAIRN_SIGNAL_TOKEN": SECRETS["CAIRN_SIGNAL_TOKEN"],
     "CAIRN_SIGNAL_ANNOUNCE_INTERVAL": "90s",
+    "CAIRN_LOG_LEVEL": "Debug",
+    "CAIRN_LOG_FORMAT": "json",
+    "CAIRN_MGMT_EXPOSED": "yes",
 }
 
 NON_DEFAULTS = {
@@ -155,6 +161,9 @@ NON_DEFAULTS = {
     "signal_token": SECRETS["CAIRN_SIGNAL_TOKEN"],
     "signal_token_file": None,
     "signal_announce_interval": 90.0,
+    "log_level": "debug",
+    "log_format": "json",
+    "mgmt_exposed": True,
 }
 
 # One bad value per variable that is parsed or range-checked.
@@ -190,6 +199,9 @@ BAD_VALUES = {
     "CAIRN_PUBLIC_ADDRESSES": "node.example:7400",
     "CAIRN_LOG_ADDRESSES": "sometimes",
     "CAIRN_SIGNAL_ANNOUNCE_INTERVAL": "5 fortnights",
+    "CAIRN_LOG_LEVEL": "loud",
+    "CAIRN_LOG_FORMAT": "xml",
+    "CAIRN_MGMT_EXPOSED": "perhaps",
 }
 
 

@@ -139,9 +139,28 @@ class DockerfileTests(unittest.TestCase):
         self.assertEqual((url.hostname, url.port, url.path), ("127.0.0.1", 9090, "/health"))
 
     def test_plugin_cache_built(self):
-        """The build step writes the twistd plugin cache while still root."""
+        """The build step writes the twistd plugin cache while still root, newer than every plugin file."""
         run = " ".join(rest for kw, rest in self.instructions if kw == "RUN")
         self.assertIn("getPlugins(IPlugin)", run)
+        # The plugin files are dated back before the cache is built ...
+        self.assertLess(run.index("touch -d '2000-01-01"), run.index("getPlugins(IPlugin)"))
+        # ... and the runtime user then finds nothing to rewrite.
+        self.assertIn("os.setuid(10001)", run)
+        self.assertIn("'plugin cache'", run)
+
+    def test_group_id(self):
+        """The cairn group is gid 10001, as docs/deployment.md says (not a system-picked gid)."""
+        run = " ".join(rest for kw, rest in self.instructions if kw == "RUN")
+        self.assertIn("groupadd --system --gid 10001 cairn", run)
+        self.assertIn("--uid 10001 --gid 10001", run)
+        self.assertNotIn("--user-group", run)
+        self.assertIn("uid/gid 10001", _read(REPO, "docs", "deployment.md"))
+
+    def test_management_exposure_intended(self):
+        """The image says its management binding is intended, so the node does not warn about it."""
+        self.assertEqual(_env(self.instructions)["CAIRN_MGMT_EXPOSED"], "true")
+        config = Config.from_env(_env(self.instructions))
+        self.assertTrue(config.mgmt_exposed)
 
     def test_cmd_runs(self):
         """The CMD is `twistd ... cairn`, and twistd accepts it with the image's environment."""
@@ -151,6 +170,135 @@ class DockerfileTests(unittest.TestCase):
         options = _twistd_accepts(self, argv[1:], _env(self.instructions))
         self.assertEqual(options.subCommand, "cairn")
         self.assertTrue(options["nodaemon"])
+
+
+# -- the build context ---------------------------------------------------------
+
+#: What trying the node out in a checkout leaves behind (the walkthrough,
+#: docs/deployment.md), each holding a secret that must not reach an image.
+PLANTED = {
+    "phone.key": b"PLANTED-SECRET-1",
+    "laptop.key": b"PLANTED-SECRET-2",
+    "cairn.log": b"PLANTED-SECRET-3",
+    "twistd.log": b"PLANTED-SECRET-4",
+    "docker/.env": b"CAIRN_TURN_SECRET=PLANTED-SECRET-5\nCAIRN_MGMT_TOKEN=PLANTED-SECRET-6\n",
+    "cairn-data/identity.key": b"PLANTED-SECRET-7",
+    "cairn-data/mgmt.token": b"PLANTED-SECRET-8",
+    "cairn-data/cairn.sqlite": b"PLANTED-SECRET-9",
+    "data/mgmt.token": b"PLANTED-SECRET-10",
+    ".venv/lib/site.key": b"PLANTED-SECRET-11",
+    "cairn/oops.key": b"PLANTED-SECRET-12",
+    "tests/_trial_temp/node/identity.key": b"PLANTED-SECRET-13",
+    ".env": b"PLANTED-SECRET-14",
+}
+
+
+def _copy_tracked(root):
+    """Copy the files git tracks in the checkout to C{root}; fires when done."""
+
+    def copy(output):
+        for name in output.decode().split("\0"):
+            if name and os.path.isfile(os.path.join(REPO, name)):
+                os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+                shutil.copy(os.path.join(REPO, name), os.path.join(root, name))
+
+    return utils.getProcessOutput("git", ["ls-files", "-z"], env=os.environ, path=REPO).addCallback(copy)
+
+
+class WheelTests(unittest.TestCase):
+    """docs/deployment.md's install from a wheel: `python -m build`, a clean venv, `twistd cairn --help`."""
+
+    def setUp(self):
+        try:
+            import build  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("the build package is missing: pip install '.[test]'") from None
+
+    @defer.inlineCallbacks
+    def run_ok(self, executable, argv, cwd):
+        out, err, code = yield utils.getProcessOutputAndValue(executable, argv, env=self.env, path=cwd)
+        self.assertEqual(code, 0, (argv, out, err))
+        return out.decode()
+
+    @defer.inlineCallbacks
+    def test_wheel_installs_and_runs(self):
+        """The wheel holds the plugin and the schemas; installed in a new venv, twistd finds `cairn`."""
+        import sysconfig
+        import zipfile
+
+        root = os.path.abspath(self.mktemp())
+        src, dist, venv = (os.path.join(root, name) for name in ("src", "dist", "clean"))
+        yield _copy_tracked(src)
+        # No PYTHONPATH: nothing may come from the checkout.
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("CAIRN_")}
+        # --no-isolation: the test does not download setuptools (hermetic).
+        yield self.run_ok(sys.executable, ["-m", "build", "--wheel", "--no-isolation", "--outdir", dist, src], src)
+        (wheel,) = os.listdir(dist)
+        names = zipfile.ZipFile(os.path.join(dist, wheel)).namelist()
+        self.assertIn("twisted/plugins/cairn_plugin.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertTrue([n for n in names if n.startswith("cairn/") and n.endswith(".sql")])
+
+        yield self.run_ok(sys.executable, ["-m", "venv", "--without-pip", venv], root)
+        python = os.path.join(venv, "bin", "python")
+        yield self.run_ok(
+            sys.executable,
+            ["-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index",
+             os.path.join(dist, wheel)],
+            root,
+        )
+        # The dependencies come from this test's environment (no network);
+        # cairn itself only from the wheel, whose site-packages comes first.
+        site = (yield self.run_ok(python, ["-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], root))
+        with open(os.path.join(site.strip(), "zz_test_deps.pth"), "w", encoding="utf-8") as f:
+            f.write(sysconfig.get_path("purelib") + "\n")
+        where = yield self.run_ok(python, ["-c", "import cairn; print(cairn.__file__)"], root)
+        self.assertTrue(where.startswith(venv), where)
+        # `twistd cairn --help`: twistd's own script lives with Twisted, outside this venv.
+        twistd = ["-c", "from twisted.scripts.twistd import run; run()"]
+        usage = yield self.run_ok(python, [*twistd, "cairn", "--help"], root)
+        self.assertIn("CAIRN_LOG_LEVEL", usage)
+        version = yield self.run_ok(os.path.join(venv, "bin", "cairn-server"), ["--version"], root)
+        self.assertEqual(version.strip(), f"cairn-server {__import__('cairn').__version__}")
+
+
+class DockerContextTests(unittest.TestCase):
+    """The files `docker build .` sends, worked out with docker-py's own .dockerignore rules."""
+
+    def test_no_secret_in_context(self):
+        """After a walkthrough's keys, logs, docker/.env and data directories appear, none is in the context."""
+        from docker.utils.build import exclude_paths
+
+        root = self.mktemp()
+
+        def build(_):
+            for name, content in PLANTED.items():
+                os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(content)
+            with open(os.path.join(root, ".dockerignore"), encoding="utf-8") as f:
+                patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            context = exclude_paths(root, patterns)
+            files = [p for p in context if os.path.isfile(os.path.join(root, p))]
+            leaked = []
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    if b"PLANTED-SECRET" in f.read():
+                        leaked.append(name)
+            self.assertEqual(leaked, [])
+            self.assertEqual([p for p in files if p.endswith((".key", ".log", ".env", ".token"))], [])
+            # What the image needs is there.
+            for needed in ["setup.py", "setup.cfg", "README.rst", "cairn/__init__.py",
+                           "cairn/db.py", "twisted/plugins/cairn_plugin.py"]:
+                self.assertIn(needed, context)
+            self.assertTrue([p for p in files if p.endswith(".sql")])
+
+        return _copy_tracked(root).addCallback(build)
+
+    def test_env_file_not_committed(self):
+        """docker/.env is git-ignored, as docs/deployment.md says."""
+        d = utils.getProcessOutputAndValue("git", ["check-ignore", "-q", "docker/.env"], env=os.environ, path=REPO)
+        return d.addCallback(lambda result: self.assertEqual(result[2], 0, result))
 
 
 # -- docker-compose.yml -------------------------------------------------------
@@ -321,8 +469,10 @@ class SystemdUnitTests(unittest.TestCase):
         self.assertEqual(_values(self.service, "Service", "ExecReload"), ["/bin/kill -HUP $MAINPID"])
 
     def test_socket(self):
-        """The socket unit listens on [::]:7400, dual-stack, and activates cairn-server.service."""
-        self.assertEqual(_values(self.socket, "Socket", "ListenStream"), ["[::]:7400"])
+        """The socket unit listens on [::]:7400 (dual-stack) and 127.0.0.1:9090, and activates cairn-server.service."""
+        self.assertEqual(_values(self.socket, "Socket", "ListenStream"), ["[::]:7400", "127.0.0.1:9090"])
+        env = _unit_environment(self.service)
+        self.assertEqual(env["CAIRN_MGMT_LISTEN"], "systemd:domain=INET:index=1")
         self.assertEqual(_values(self.socket, "Socket", "BindIPv6Only"), ["both"])
         self.assertEqual(_values(self.socket, "Socket", "Service"), ["cairn-server.service"])
         self.assertEqual(_values(self.socket, "Install", "WantedBy"), ["sockets.target"])
@@ -397,6 +547,44 @@ class SocketActivationTests(unittest.TestCase):
         self.assertIn("Server Shut Down.", log)
         self.assertNotIn("Traceback", log)
         yield eventually(lost)
+
+    @defer.inlineCallbacks
+    def test_management_socket_activates(self):
+        """A `cairn-server pair --pin` on the activated management socket starts the node and gets a PIN."""
+        data_dir = os.path.abspath(self.mktemp())
+        port, mgmt = _free_port(), _free_port()
+        settings = {
+            "CAIRN_DATA_DIR": data_dir,
+            "CAIRN_LISTEN": "systemd:domain=INET:index=0",
+            "CAIRN_WS_LISTEN": "none",
+            "CAIRN_MGMT_LISTEN": "systemd:domain=INET:index=1",
+            "PYTHONPATH": REPO,
+        }
+        argv = [self.activate, "-l", f"127.0.0.1:{port}", "-l", f"127.0.0.1:{mgmt}",
+                "--fdname=cairn-server.socket:cairn-server.socket"]
+        argv += [f"-E{name}={value}" for name, value in settings.items()]
+        argv += [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "--nodaemon", "--pidfile=", "--logfile=-", "cairn"]
+        proc = TwistdProcess({"tcp", "management"})
+        reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=REPO)
+        self.addCleanup(self._kill, proc)
+        yield self._output(proc, f"Listening on 127.0.0.1:{mgmt}")
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "mgmt.token")))
+
+        # The operator's shell: the node's data dir, the default-style loopback address, no token.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        env.update(PYTHONPATH=REPO, CAIRN_DATA_DIR=data_dir, CAIRN_MGMT_LISTEN=f"tcp:{mgmt}:interface=127.0.0.1")
+        out, err, code = yield eventually(
+            utils.getProcessOutputAndValue(sys.executable, ["-m", "cairn.cli", "pair", "--pin"], env=env, path=REPO),
+            60,
+        )
+        self.assertEqual(code, 0, err + "".join(proc.output).encode())
+        self.assertRegex(out.decode(), r"^[0-9A-Z]{4}-[0-9A-Z]{4}\n")
+        ports = yield eventually(proc.listening, 60)
+        self.assertEqual(ports, {"tcp": port, "management": mgmt})
+        proc.transport.signalProcess("TERM")
+        yield eventually(proc.ended, 60)
+        self.assertNotIn("Traceback", "".join(proc.output))
 
     def _output(self, proc, text, timeout=30):
         """Wait until C{text} appears in the output of C{proc} (fails if it never does)."""

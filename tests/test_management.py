@@ -273,7 +273,7 @@ class AuthTests(unittest.TestCase):
             self.assertEqual(response.code, 401, rule)
             self.assertEqual(json.loads(body), {"error": "missing or invalid bearer token"})
             self.assertEqual(header(response, "WWW-Authenticate"), 'Bearer realm="cairn"')
-        self.assertEqual(checked, 23)
+        self.assertEqual(checked, 24)
 
     def test_wrong_token_refused(self):
         """A wrong token gets 401 on every private route, and does nothing."""
@@ -656,7 +656,7 @@ class OpenAPITests(unittest.TestCase):
     def test_routes_match_document(self):
         """Every Klein route is in the OpenAPI document, and every documented operation is a route."""
         self.assertEqual(_rules(), _documented(self.document))
-        self.assertEqual(len(_rules()), 25)
+        self.assertEqual(len(_rules()), 26)
 
     def test_served(self):
         """GET /openapi.json serves the document without a token."""

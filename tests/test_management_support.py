@@ -287,3 +287,11 @@ class WarnIfExposedTests(unittest.TestCase):
         warned, logs = self.check("systemd:domain=INET:index=0")
         self.assertFalse(warned)
         self.assertEqual(logs.levels(), [LogLevel.info])
+
+    def test_intended_exposure_informs(self):
+        """With CAIRN_MGMT_EXPOSED=true (the Docker image), an exposed binding is one info line, not a warning."""
+        logs = Captured()
+        warned = warn_if_exposed("tcp:9090", logs.log, intended=True)
+        self.assertFalse(warned)
+        self.assertEqual(logs.levels(), [LogLevel.info])
+        self.assertIn("CAIRN_MGMT_EXPOSED", logs.text())

@@ -4,6 +4,7 @@ scenario run over TCP and over WebSocket.
 """
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from cairn.crypto.identity import Identity
@@ -25,6 +26,21 @@ from tests._harness import closed, eventually
 from tests._pairing_harness import PairingScenarioMixin, Replies
 
 CUSTOM = 0xF0AA
+
+
+def pairing_log(test):
+    """The pairing service's log lines, as text, from now on; and a Deferred of the first 'pending approval'."""
+    lines, pending = [], defer.Deferred()
+
+    def observe(event):
+        if event.get("log_namespace") == "cairn.pairing.service":
+            lines.append(formatEvent(event))
+            if "pending approval" in lines[-1] and not pending.called:
+                pending.callback(lines[-1])
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines, pending
 
 
 class PairingMixin(PairingScenarioMixin):
@@ -236,6 +252,37 @@ class PairingMixin(PairingScenarioMixin):
         self.assertFalse(self.trust.is_paired(session.local.peer_id))
 
     @defer.inlineCallbacks
+    def test_psk_pairing_not_logged_pending(self):
+        """A peer that pairs by PSK in its session is logged as paired, never as pending approval."""
+        lines, _ = pairing_log(self)
+        session = yield self.connect()
+        yield eventually(pair_psk(session, self.psk))
+        server_side = self.server_session(session)
+        session.close()
+        yield closed(server_side)
+        self.assertEqual([line for line in lines if "pending" in line], [])
+        self.assertEqual(len([line for line in lines if "paired by psk" in line]), 1)
+
+    @defer.inlineCallbacks
+    def test_unpaired_peer_leaving_logged_pending(self):
+        """An unknown peer that leaves without pairing is logged once as pending approval, with the command."""
+        lines, pending = pairing_log(self)
+        session = yield self.connect()
+        self.assertEqual(lines, [])
+        session.close()
+        line = yield eventually(pending)
+        self.assertIn(f"cairn-server approve {session.local.peer_id}", line)
+
+    @defer.inlineCallbacks
+    def test_approval_request_logged_pending(self):
+        """A request for approval is logged as pending at once, with the device's name."""
+        lines, pending = pairing_log(self)
+        session = yield self.connect()
+        request_approval(session, name="kitchen tablet").addErrback(lambda f: None)
+        line = yield eventually(pending)
+        self.assertIn("(kitchen tablet) pending approval", line)
+
+    @defer.inlineCallbacks
     def test_approval_approved(self):
         """A request for approval is listed with its name; approving it fires the client's Deferred."""
         session = yield self.connect()
@@ -378,3 +425,14 @@ class PairingSQLiteTests(PairingScenarioMixin, unittest.TestCase):
         fresh = SQLiteTrustStore(self.trust.db)
         yield fresh.start()
         self.assertEqual((yield fresh.get(session.local.peer_id)).state, REVOKED)
+
+    @defer.inlineCallbacks
+    def test_unpaired_peer_refused_at_once_logged_pending(self):
+        """An unknown peer refused at once (NOT_PAIRED) before the store recorded it is still logged as pending."""
+        lines, pending = pairing_log(self)
+        session = yield self.connect()
+        self.server.register_handler(CUSTOM, paired_only(self.trust, lambda s, body: None))
+        session.send(CUSTOM, {})
+        yield closed(session)
+        line = yield eventually(pending)
+        self.assertIn(session.local.peer_id, line)

@@ -74,6 +74,8 @@ class SecretsNotLoggedTests(unittest.TestCase):
             CAIRN_MGMT_LISTEN="tcp:0:interface=127.0.0.1",
             CAIRN_TURN_SERVERS="turn:127.0.0.1:3478",
             CAIRN_TURN_SECRET=TURN_SECRET,
+            # Every level, so that debug lines are checked for secrets too.
+            CAIRN_LOG_LEVEL="debug",
         )
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)

@@ -285,6 +285,20 @@ class SyncScenarioMixin(SyncHarness):
         self.assertEqual(list(self.store.cursors()), [phone.peer_id])
 
     @defer.inlineCallbacks
+    def test_paired_during_session_gets_updates(self):
+        """A device that pairs after its session began (a first run) gets live updates on that session."""
+        phone, laptop = self.device(), self.device(paired=False)
+        yield phone.connect(["notes"])
+        yield laptop.connect()
+        key = laptop.client.peer.identity.public_key
+        self.successResultOf(self.trust.set_paired(laptop.peer_id, key, "", "psk", 0.0))
+        sync.subscribe(laptop.session, ["notes"], laptop.got, on_reset=laptop.reset)
+        yield self.subscribed(phone, laptop)
+        yield eventually(sync.sync_publish(phone.session, "notes", b"sealed-1"))
+        yield self.until(lambda: laptop.updates)
+        self.assertEqual(laptop.data(), [b"sealed-1"])
+
+    @defer.inlineCallbacks
     def test_unpaired_device_refused(self):
         """A SyncPublish or SyncSubscribe from an unpaired device closes its session with NOT_PAIRED."""
         for type_code, body in [

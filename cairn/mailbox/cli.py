@@ -12,7 +12,13 @@ when already paired), the secret read from C{CAIRN_PSK} or C{CAIRN_PIN}
 (or, for a PIN, asked for on the terminal), never from the command line
 (L{cairn.cli_pairing}). C{receive} prints what is waiting, one line per
 message (sender, then the text), and exits after C{--wait} seconds
-without a new message.
+without a new message; on a device that is not paired with the node (or
+was revoked) it says so and exits with status 1, so that "nothing
+waiting" (status 0) is never confused with "not allowed to receive".
+
+Exit statuses: 0 done, 1 the command failed (one line on stderr), 2 bad
+command line.  C{--name} is the name the node shows for this device
+when it pairs (default C{cairn-mailbox}).
 """
 
 import argparse
@@ -24,6 +30,9 @@ from twisted.internet import defer, task
 from cairn.cli_pairing import add_pairing_options, device_pins, pairing_step
 from cairn.client import Client
 from cairn.crypto.identity import Identity, load_or_create_file
+from cairn.mailbox.client import UnknownRecipient
+from cairn.session.session import SessionClosed
+from cairn.wire.constants import CloseCode
 
 DEFAULT_IDENTITY = os.path.join(os.path.expanduser("~"), ".cairn-mailbox.key")
 
@@ -38,6 +47,7 @@ def parser():
     p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
     p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
     add_pairing_options(p)
+    add_name_option(p, "cairn-mailbox")
     commands = p.add_subparsers(dest="command", required=True)
     commands.add_parser("whoami", help="print this identity's peer id")
     send = commands.add_parser("send", help="send TEXT to PEER_ID")
@@ -60,7 +70,7 @@ def run(reactor, argv, out=None):
     if args.command == "whoami" and not (args.psk or args.pin):
         print(identity.peer_id, file=out)
         return 0
-    pair = pairing_step(args, "cairn-mailbox")
+    pair = pairing_step(args, args.name)
     client = Client(reactor, identity, pins=device_pins(args))
     received = []
     mailbox.set_inbox(client.peer, lambda sender, mid, data: received.append((sender, data)))
@@ -78,6 +88,7 @@ def run(reactor, argv, out=None):
             state = "already stored" if result.duplicate else "stored"
             print(f"{state} on the node as {result.message_id.hex()}", file=out)
         else:
+            yield require_paired(mailbox.mailbox(client.peer), session, identity.peer_id)
             seen = -1
             while seen != len(received):
                 seen = len(received)
@@ -88,6 +99,39 @@ def run(reactor, argv, out=None):
         if session.closed is None:
             yield client.close(session)
     return 0
+
+
+class NotPaired(Exception):
+    """This device is not paired with the node (never was, or was revoked)."""
+
+
+def add_name_option(parser, default: str) -> None:
+    """C{--name}: what the node calls this device when it pairs."""
+    parser.add_argument(
+        "--name", default=default, help=f"this device's name, shown by the node once paired (default: {default})"
+    )
+
+
+@defer.inlineCallbacks
+def require_paired(box, session, peer_id):
+    """
+    Fail with L{NotPaired} unless the node serves this device's mailbox:
+    any mailbox request from an unpaired (or revoked) peer ends its session
+    with NOT_PAIRED, so ask for our own key and see.
+    """
+    try:
+        yield box.peer_key(session, peer_id)
+    except SessionClosed as e:
+        if e.code in (CloseCode.NOT_PAIRED, CloseCode.PAIRING_REVOKED):
+            raise NotPaired(
+                "this device is not paired with the node (or was revoked): pair it with --psk or --pin, "
+                "or have the operator approve it (cairn-server approve " + peer_id + ")"
+            ) from None
+        raise
+    except UnknownRecipient:
+        # Paired (the node answered) but it holds no key under our id:
+        # it still serves our mailbox.
+        return
 
 
 def main(argv=None):
@@ -106,6 +150,9 @@ def react(prog, run, argv=None):
         d = run(reactor, sys.argv[1:] if argv is None else argv)
 
         def failed(failure):
+            if failure.check(SystemExit):
+                # argparse: --help (0) or a usage error (2), already printed.
+                return failure.value.code
             print(f"{prog}: {failure.getErrorMessage()}", file=sys.stderr)
             return 1
 

@@ -68,6 +68,7 @@ def _default_stats():
     return {
         "history": lambda: {"interval": 60.0, "now": None, "series": [], "minutes": []},
         "node": lambda: {"peer_id": None, "listeners": [], "warnings": []},
+        "config": lambda: {"settings": []},
         "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
         "mailbox_peer": lambda peer_id: None,
         "mailbox_limits": _no_mailbox_limits,
@@ -150,7 +151,7 @@ class ManagementAPI:
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
     @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"}, C{"history"}, C{"node"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
+        C{"sync"}, C{"history"}, C{"node"}, C{"config"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
         for an unknown peer) and C{"mailbox_limits"} (a peer id and the
         JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
         JSON-able data or a Deferred of it.  Missing ones report an empty
@@ -200,6 +201,11 @@ class ManagementAPI:
     async def openapi(self, request):
         """This API described as OpenAPI 3.1."""
         return self._openapi
+
+    @_endpoint(app, "/config", "GET")
+    async def config(self, request):
+        """The effective configuration: each setting's value and source, secrets redacted."""
+        return await maybeDeferred(self.stats["config"])
 
     # Peers
 

@@ -291,6 +291,31 @@ _SCHEMAS = {
     },
 }
 
+_SCHEMAS["ConfigReport"] = {
+    "type": "object",
+    "required": ["settings"],
+    "properties": {
+        "settings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "variable", "value", "source"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "variable": {"type": "string", "description": "The CAIRN_* variable."},
+                    "value": {"description": "Typed value; a set secret is \"<redacted>\"."},
+                    "source": {"type": "string", "enum": ["default", "env", "flag", "set"]},
+                },
+            },
+        },
+        "listening": {
+            "type": "object",
+            "description": "Each listener's bound address (host:port), once serving.",
+            "additionalProperties": {"type": "string"},
+        },
+    },
+}
+
 _RESPONSES = {
     "BadRequest": _json(_ref("Error"), "Malformed request: bad JSON, missing or invalid field."),
     "Unauthorized": {
@@ -451,6 +476,14 @@ def _paths():
                 {"200": _json({"type": "object"}, "The OpenAPI 3.1 document."), **_errors(413, 500)},
                 tags=["node"],
                 public=True,
+            )
+        },
+        "/config": {
+            "get": _operation(
+                "getConfig",
+                "The effective configuration: every setting, its value and its source; secrets redacted.",
+                {"200": _json(_ref("ConfigReport"), "Settings."), **_errors(*authed)},
+                tags=["node"],
             )
         },
         "/peers": {

@@ -134,9 +134,13 @@ def make_site(api, timeout: float = 30.0, reactor=None) -> Site:
     return site
 
 
-def warn_if_exposed(endpoint_description, log) -> bool:
+def warn_if_exposed(endpoint_description, log, intended: bool = False) -> bool:
     """
     Warn when the management listener is reachable from other hosts in clear.
+
+    With C{intended} (C{CAIRN_MGMT_EXPOSED=true}, set by the Docker image,
+    where C{-p} decides who reaches the port) an exposed binding is one
+    informational line instead of a warning.
 
     TCP bound to a loopback interface, a UNIX socket, or TLS (C{ssl:},
     C{tls:}) pass silently; other TCP bindings draw a warning.  For other
@@ -153,6 +157,13 @@ def warn_if_exposed(endpoint_description, log) -> bool:
     if kind in ("tcp", "tcp6"):
         interface = kwargs.get("interface", args[1] if len(args) > 1 else "")
         if _is_loopback(interface):
+            return False
+        if intended:
+            log.info(
+                "the management API listens on {endpoint} in clear text (CAIRN_MGMT_EXPOSED=true): "
+                "publish its port to trusted networks only (e.g. -p 127.0.0.1:9090:9090)",
+                endpoint=endpoint_description,
+            )
             return False
         log.warn(
             "the management API listens on {endpoint} in clear text, reachable from other hosts; "

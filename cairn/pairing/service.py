@@ -368,6 +368,7 @@ class PairingService:
             return None
 
         def paired(record):
+            self._unannounced.discard(peer_id)
             log.info("peer {peer_id} paired by {method}", peer_id=peer_id, method=method)
             self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
             self.peer.peer_paired(peer_id)

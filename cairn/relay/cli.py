@@ -23,7 +23,7 @@ from twisted.internet import defer, task
 
 from cairn.cli_pairing import add_pairing_options, device_pins, pairing_step
 from cairn.client import Client
-from cairn.mailbox.cli import DEFAULT_IDENTITY, load_identity, react
+from cairn.mailbox.cli import DEFAULT_IDENTITY, add_name_option, load_identity, react
 from cairn.wire.constants import RouteStatus
 
 CHANNEL = "chat"
@@ -35,6 +35,7 @@ def parser():
     p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
     p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
     add_pairing_options(p)
+    add_name_option(p, "cairn-relay")
     commands = p.add_subparsers(dest="command", required=True)
     listen = commands.add_parser("listen", help="accept circuits, print and echo what arrives on 'chat'")
     listen.add_argument("--count", type=int, default=0, help="exit after echoing this many texts (0: never)")
@@ -52,7 +53,7 @@ def run(reactor, argv, out=None):
 
     out = out or sys.stdout
     args = parser().parse_args(argv)
-    pair = pairing_step(args, "cairn-relay")
+    pair = pairing_step(args, args.name)
     client = Client(reactor, load_identity(args.identity), pins=device_pins(args))
     endpoint = relay.relay_endpoint(client)
     node = yield client.connect(args.server, expect_peer_id=args.expect_peer_id)

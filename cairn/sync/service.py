@@ -190,7 +190,11 @@ class SyncService(StoreService):
         def subscribed(cursors):
             outbox = self._outboxes.get(session.session_id)
             if outbox is None:
-                return
+                if session.closed is not None:
+                    return
+                # The device paired during this session (after it was
+                # established): it is paired now (paired_only), so serve it.
+                outbox = self._outboxes[session.session_id] = _Outbox(session)
             for topic, seq in cursors.items():
                 outbox.topics[topic] = seq
                 for key in [k for k in outbox.inflight if k[0] == topic]:

@@ -3,17 +3,21 @@ The C{cairn-server} command.
 
 C{cairn-server} and C{cairn-server run [options]} run the same service as
 C{twistd -n cairn [options]}, in the foreground and without a pid file.
+C{cairn-server pair} asks the running node for a pairing code; the admin
+commands (C{status}, C{peers}, C{approve} ...) are in L{cairn.cli.admin}.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from twisted.python import usage
 
 import cairn
+from cairn.cli import admin
 from cairn.startup import StartupError
 from cairn.tap import Options
 
@@ -23,8 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cairn-server",
         description="cairn server node: mailbox, relay, sync hub.",
-        epilog="Without a command, 'run' is assumed. "
-        "Settings come from CAIRN_* environment variables (see README.rst).",
+        epilog="Without a command, 'run' is assumed. Settings come from CAIRN_* environment "
+        "variables: 'cairn-server run --help' lists them. Admin commands exit with: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in admin.EXIT_CODES.items()) + ".",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {cairn.__version__}"
@@ -62,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     psk.add_argument("action", choices=("rotate", "disable"))
     psk.add_argument("--psk-stdin", action="store_true", help="rotate: read the new PSK from stdin (one line)")
     psk.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
+    admin.add_commands(commands)
     return parser
 
 
@@ -76,21 +82,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pair(args.kind, args.url)
     if args.command == "psk":
         return psk(args.action, args.url, args.psk_stdin)
+    if args.command in admin.COMMANDS:
+        return admin.run(args, os.environ, sys.stdout, sys.stderr)
     return run(getattr(args, "options", []))
 
 
 def pair(kind: str, url: str | None) -> int:
     """Print a pairing PIN, link or QR code issued by the running node."""
-    import os
-
     from cairn.cli_pair import PairCommandError
     from cairn.cli_pair import pair as ask
 
+    try:
+        # Wakes a socket-activated node that never ran, so that its token
+        # file exists before cli_pair reads it.
+        admin.connect(os.environ, url)
+    except admin.AdminError:
+        pass  # cli_pair reports the problem in its own words
     try:
         sys.stdout.write(ask(kind, os.environ, url) + "\n")
     except PairCommandError as e:
         sys.stderr.write(f"cairn-server pair: {e}\n")
         return 1
+    if kind in ("link", "qr"):
+        warning = admin.host_name_warning(os.environ, url)
+        if warning:
+            sys.stderr.write(f"cairn-server pair: warning: {warning}\n")
     return 0
 
 

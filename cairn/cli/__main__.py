@@ -1,0 +1,7 @@
+"""C{python -m cairn.cli}: the C{cairn-server} command."""
+
+import sys
+
+from cairn.cli import main
+
+sys.exit(main())

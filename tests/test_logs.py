@@ -1,0 +1,140 @@
+"""Tests for L{cairn.logs}: level, JSON lines, the start-up summary, twistd's observer."""
+
+import io
+import json
+
+from twisted.logger import Logger, LogLevel, PredicateResult, formatEvent, globalLogPublisher
+from twisted.python import log as legacy
+from twisted.scripts.twistd import ServerOptions
+from twisted.trial import unittest
+
+from cairn import logs
+from cairn.config import Config
+
+
+def _event(level=LogLevel.info, fmt="hello {who}", **fields):
+    return {"log_level": level, "log_format": fmt, "log_namespace": "test", "log_time": 0.0, **fields}
+
+
+class LevelTests(unittest.TestCase):
+    """CAIRN_LOG_LEVEL keeps events at its level and above."""
+
+    def test_info_drops_debug(self):
+        """At info, debug events are dropped and info, warn pass."""
+        keep = logs.LevelPredicate("info")
+        self.assertEqual(keep(_event(LogLevel.debug)), PredicateResult.no)
+        self.assertEqual(keep(_event(LogLevel.info)), PredicateResult.maybe)
+        self.assertEqual(keep(_event(LogLevel.warn)), PredicateResult.maybe)
+
+    def test_error_drops_warn(self):
+        """At error, warnings are dropped too."""
+        self.assertEqual(logs.LevelPredicate("error")(_event(LogLevel.warn)), PredicateResult.no)
+
+    def test_listener_noise_is_debug(self):
+        """Twisted's 'Starting factory' and port lines count as debug."""
+        keep = logs.LevelPredicate("info")
+        self.assertEqual(keep(_event(fmt="Starting factory {factory!r}", factory=object())), PredicateResult.no)
+        self.assertEqual(keep(_event(fmt="{log_text}", log_text="Site starting on 9090")), PredicateResult.no)
+        self.assertEqual(keep(_event(fmt="{log_text}", log_text="(TCP Port 9090 Closed)")), PredicateResult.no)
+        verbose = logs.LevelPredicate("debug")
+        self.assertEqual(verbose(_event(fmt="Starting factory {factory!r}")), PredicateResult.maybe)
+
+    def test_legacy_event(self):
+        """A legacy log.msg line about a port is filtered as debug, others pass."""
+        seen = []
+        observer = logs.make_observer(seen.append, None, "info", "text")
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        legacy.msg("StreamFactory starting on 7400")
+        legacy.msg("something else")
+        self.assertEqual([e.get("log_text") or e["message"][0] for e in seen], ["something else"])
+
+
+class JSONTests(unittest.TestCase):
+    """CAIRN_LOG_FORMAT=json writes one JSON object a line."""
+
+    def test_line(self):
+        """A line holds time, level, namespace, the message and the fields it names, and nothing else."""
+        line = logs.json_line(_event(who="world", secret_payload=b"x"))
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        record = json.loads(line)
+        self.assertEqual(
+            record,
+            {"time": "1970-01-01T00:00:00.000000+0000", "level": "info", "namespace": "test",
+             "message": "hello world", "who": "world"},
+        )
+
+    def test_observer(self):
+        """The observer writes JSON lines, filtered by level."""
+        out = io.StringIO()
+        observer = logs.make_observer(None, out, "warn", "json")
+        log = Logger(observer=observer, namespace="cairn.test")
+        log.info("quiet")
+        log.warn("loud {n}", n=3)
+        (line,) = out.getvalue().splitlines()
+        self.assertEqual(json.loads(line)["message"], "loud 3")
+        self.assertEqual(json.loads(line)["n"], 3)
+
+    def test_failure(self):
+        """A logged failure carries its traceback in one JSON string."""
+        out = io.StringIO()
+        log = Logger(observer=logs.make_observer(None, out, "info", "json"))
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            log.failure("boom")
+        (line,) = out.getvalue().splitlines()
+        self.assertIn("ZeroDivisionError", json.loads(line)["failure"])
+
+
+class SummaryTests(unittest.TestCase):
+    """The start-up summary shows the effective settings, secrets redacted."""
+
+    def summary(self, config, origin=None):
+        events = []
+        logs.summary(config, origin, Logger(observer=events.append))
+        return events
+
+    def test_secrets_redacted(self):
+        """A set PSK and token are shown as redacted, with their source."""
+        config = Config(psk="very secret psk", mgmt_token="tok-secret", public_addresses=("tcp:host=a:port=1",))
+        (event,) = self.summary(config, {"psk": "env", "mgmt_token": "env"})
+        text = formatEvent(event)
+        self.assertNotIn("very secret psk", text)
+        self.assertNotIn("tok-secret", text)
+        self.assertRegex(text, r"CAIRN_PSK +<redacted>  \(env\)")
+        self.assertIn("CAIRN_LISTEN", text)
+
+    def test_host_name_warning(self):
+        """Without CAIRN_PUBLIC_ADDRESSES and with a wildcard listener, a warning names the host."""
+        events = self.summary(Config())
+        self.assertEqual(events[-1]["log_level"], LogLevel.warn)
+        self.assertIn("CAIRN_PUBLIC_ADDRESSES", events[-1]["log_format"])
+
+    def test_no_warning_on_loopback(self):
+        """Listeners on one interface are advertised on it: no warning."""
+        config = Config(listen="tcp:7400:interface=127.0.0.1", ws_listen=None)
+        self.assertEqual(len(self.summary(config)), 1)
+
+
+class TwistdTests(unittest.TestCase):
+    """Under twistd, the plugin chooses the log observer unless --logger was given."""
+
+    def test_plugin_sets_logger(self):
+        """`twistd cairn` names cairn.logs.twistd_observer as twistd's logger."""
+        self.patch(logs, "_pending", {})
+        self.patch(__import__("os"), "environ", {"CAIRN_LOG_LEVEL": "warn"})
+        options = ServerOptions()
+        options.parseOptions(["--nodaemon", "cairn"])
+        self.assertIs(options["logger"], logs.twistd_observer)
+        self.assertEqual(logs._pending["level"], "warn")
+
+    def test_explicit_logger_kept(self):
+        """An operator's own --logger is left alone."""
+        self.patch(logs, "_pending", {})
+        self.patch(__import__("os"), "environ", {})
+        options = ServerOptions()
+        options.parseOptions(["--nodaemon", "--logger=twisted.logger.textFileLogObserver", "cairn"])
+        self.assertEqual(options["logger"].__name__, "textFileLogObserver")
+        self.assertEqual(logs._pending, {})
