@@ -30,7 +30,7 @@ class SecretMissing(ValueError):
 
 
 def add_pairing_options(parser) -> None:
-    """Add the mutually exclusive C{--psk} and C{--pin} flags to C{parser}."""
+    """Add the mutually exclusive C{--psk}, C{--pin} and C{--approval} flags to C{parser}."""
     pair = parser.add_mutually_exclusive_group()
     pair.add_argument(
         "--psk",
@@ -41,6 +41,11 @@ def add_pairing_options(parser) -> None:
         "--pin",
         action="store_true",
         help="pair first with a PIN from `cairn-server pair --pin`, read from $CAIRN_PIN or asked for",
+    )
+    pair.add_argument(
+        "--approval",
+        action="store_true",
+        help="ask the operator to approve this device first, and wait until `cairn-server approve` (or reject)",
     )
     parser.add_argument(
         "--expect-peer-id",
@@ -55,9 +60,16 @@ def device_pins(args):
 
 
 def _announce(result, name):
-    # The user should know which node they now trust, and where it is pinned.
+    # The user should know which node they now trust, and whether it is pinned.
     if result is not None and not result.already_paired:
-        print(f"{name}: paired with node {result.peer_id} (pinned)", file=sys.stderr)
+        if result.verified:
+            print(f"{name}: paired with node {result.peer_id} (pinned)", file=sys.stderr)
+        else:
+            print(
+                f"{name}: approved by node {result.peer_id}: compare it with `cairn-server pair --id` "
+                "on the node (not pinned; use --expect-peer-id to check it)",
+                file=sys.stderr,
+            )
     return result
 
 
@@ -102,4 +114,15 @@ def pairing_step(args, name: str, environ=None, ask=_ask_in_thread):
             return pairing.pair_pin(session, answer, name=name).addCallback(_announce, name)
 
         return pin_step
+    if getattr(args, "approval", False):
+
+        def waiting():
+            print(f"{name}: waiting for the operator to approve this device (cairn-server pending)", file=sys.stderr)
+
+        def approval_step(session):
+            expected = getattr(args, "expect_peer_id", None)
+            d = pairing.request_approval(session, name=name, on_pending=waiting, expect_peer_id=expected)
+            return d.addCallback(_announce, name)
+
+        return approval_step
     return lambda session: defer.succeed(None)

@@ -57,9 +57,13 @@ def reopen_log_files(publisher=globalLogPublisher) -> int:
     observers = list(getattr(publisher, "_observers", ()))
     while observers:
         observer = observers.pop()
-        # The log gate (L{cairn.logfilter.LogGate}) stands in front of the
-        # file observers: look behind it.
+        # The log gate (L{cairn.logfilter.LogGate}) and the level filter
+        # (L{cairn.logs}, a FilteringLogObserver) stand in front of the file
+        # observers: look behind them.
         observers.extend(getattr(observer, "observers", ()))
+        inner = getattr(observer, "_observer", None)
+        if inner is not None:
+            observers.append(inner)
         out = getattr(observer, "_outFile", None)
         if isinstance(out, BaseLogFile):
             out.reopen()

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from twisted.internet import defer, threads, utils
+from twisted.internet import defer, protocol, reactor, threads, utils
 from twisted.trial import unittest
 
 from cairn.cli import _parser, admin
@@ -32,6 +32,23 @@ def _admin(argv, environ):
         return status, out.getvalue(), err.getvalue()
 
     return threads.deferToThread(call)
+
+
+class _Device(protocol.ProcessProtocol):
+    """A device command run in the background: C{waiting} fires once it waits for the operator."""
+
+    def __init__(self):
+        self.err = ""
+        self.waiting = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def errReceived(self, data):
+        self.err += data.decode()
+        if "waiting for the operator" in self.err and not self.waiting.called:
+            self.waiting.callback(None)
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
 
 
 class OutputTests(unittest.TestCase):
@@ -194,6 +211,12 @@ class RealNodeTests(unittest.TestCase):
         self.assertEqual((code, out), (1, ""), err)
         self.assertIn("not paired", err)
         laptop_id = (yield self.device("--identity", laptop, "--server", self.server, "whoami"))[0].strip()
+        # The laptop asks the operator to approve it, and waits (in the background).
+        asking = _Device()
+        env = dict(os.environ, PYTHONPATH=REPO)
+        argv = ["-m", "cairn.mailbox.cli", "--identity", laptop, "--server", self.server, "--approval", "whoami"]
+        reactor.spawnProcess(asking, sys.executable, [sys.executable, *argv], env=env, path=REPO)
+        yield eventually(asking.waiting, 30)
 
         # A device pairs with --psk under the --name it chose.
         out, err, code = yield self.device(
@@ -221,6 +244,8 @@ class RealNodeTests(unittest.TestCase):
         pending = yield self.admin("pending")
         self.assertIn(laptop_id, pending)
         self.assertIn(laptop_id, (yield self.admin("approve", laptop_id)))
+        self.assertEqual((yield eventually(asking.ended, 30)), 0, asking.err)
+        self.assertIn("approved by node", asking.err)
         yield self.admin("approve", laptop_id, status=EXIT_NOT_FOUND)
         self.assertEqual(json.loads((yield self.admin("pending", "--json"))), [])
         yield self.admin("reject", laptop_id, status=EXIT_NOT_FOUND)

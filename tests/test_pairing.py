@@ -264,14 +264,15 @@ class PairingMixin(PairingScenarioMixin):
         self.assertEqual(len([line for line in lines if "paired by psk" in line]), 1)
 
     @defer.inlineCallbacks
-    def test_unpaired_peer_leaving_logged_pending(self):
-        """An unknown peer that leaves without pairing is logged once as pending approval, with the command."""
-        lines, pending = pairing_log(self)
+    def test_unpaired_peer_leaving_not_pending(self):
+        """An unknown peer that only dials in and leaves files no request and logs no 'pending approval' (§20.4.4)."""
+        lines, _ = pairing_log(self)
         session = yield self.connect()
-        self.assertEqual(lines, [])
+        server_side = self.server_session(session)
         session.close()
-        line = yield eventually(pending)
-        self.assertIn(f"cairn-server approve {session.local.peer_id}", line)
+        yield closed(server_side)
+        self.assertEqual([line for line in lines if "pending approval" in line], [])
+        self.assertEqual((yield self.trust.list(PENDING)), [])
 
     @defer.inlineCallbacks
     def test_approval_request_logged_pending(self):
@@ -281,6 +282,7 @@ class PairingMixin(PairingScenarioMixin):
         request_approval(session, name="kitchen tablet").addErrback(lambda f: None)
         line = yield eventually(pending)
         self.assertIn("(kitchen tablet) pending approval", line)
+        self.assertIn(f"cairn-server approve {session.local.peer_id}", line)
 
     @defer.inlineCallbacks
     def test_approval_approved(self):
@@ -425,14 +427,3 @@ class PairingSQLiteTests(PairingScenarioMixin, unittest.TestCase):
         fresh = SQLiteTrustStore(self.trust.db)
         yield fresh.start()
         self.assertEqual((yield fresh.get(session.local.peer_id)).state, REVOKED)
-
-    @defer.inlineCallbacks
-    def test_unpaired_peer_refused_at_once_logged_pending(self):
-        """An unknown peer refused at once (NOT_PAIRED) before the store recorded it is still logged as pending."""
-        lines, pending = pairing_log(self)
-        session = yield self.connect()
-        self.server.register_handler(CUSTOM, paired_only(self.trust, lambda s, body: None))
-        session.send(CUSTOM, {})
-        yield closed(session)
-        line = yield eventually(pending)
-        self.assertIn(session.local.peer_id, line)

@@ -392,6 +392,14 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": "pin", "confirm": bytes(32)})
         self.assertEqual(session.last()[1]["code"], PairRejectCode.MALFORMED)
 
+    def test_malformed_response_reject_follows_schema(self):
+        """A malformed PairResponse's PairReject never echoes a method the schema would refuse."""
+        for method in ["x" * 40, 7, "telepathy"]:
+            session = FakeSession()
+            self.peer.handler_for(MessageType.PAIR_RESPONSE)(session, {"method": method})
+            code, reason, echoed = messages.parse_pair_reject(session.last()[1])
+            self.assertEqual((code, echoed), (PairRejectCode.MALFORMED, ""))
+
     def test_invalid_spake2_element(self):
         """A SPAKE2 share that is no prime-order point (bad encoding, small order, identity) is MALFORMED."""
         self.service.create_pin()

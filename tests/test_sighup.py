@@ -15,7 +15,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.logfile import LogFile
 from twisted.trial import unittest
 
-from cairn import logfilter
+from cairn import logfilter, logs
 from cairn.sighup import reopen_log_files
 from tests._harness import eventually
 from tests.test_twistd import REPO
@@ -43,12 +43,13 @@ class ReopenTests(unittest.TestCase):
             self.assertNotIn("after", f.read())
 
     def test_log_file_behind_the_log_gate_is_reopened(self):
-        """The log gate in front of twistd's file observer does not hide the file from a reload."""
+        """The log gate and the level filter in front of twistd's file observer do not hide the file from a reload."""
         directory = self.mktemp()
         os.makedirs(directory)
         log_file = LogFile.fromFullPath(os.path.join(directory, "twistd.log"))
         self.addCleanup(log_file.close)
-        publisher = LogPublisher(textFileLogObserver(log_file))
+        # As twistd runs the node: the level filter, then the log gate, in front.
+        publisher = LogPublisher(logs.make_observer(textFileLogObserver(log_file), log_file, "info", "text"))
         logfilter.install(task.Clock(), publisher=publisher)
         os.rename(log_file.path, log_file.path + ".1")
         self.assertEqual(reopen_log_files(publisher), 1)

@@ -67,7 +67,7 @@ def run(reactor, argv, out=None):
     out = out or sys.stdout
     args = parser().parse_args(argv)
     identity = load_identity(args.identity)
-    if args.command == "whoami" and not (args.psk or args.pin):
+    if args.command == "whoami" and not (args.psk or args.pin or args.approval):
         print(identity.peer_id, file=out)
         return 0
     pair = pairing_step(args, args.name)

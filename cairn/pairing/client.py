@@ -69,7 +69,7 @@ class PairResult:
     node's identity is established -- it proved the PSK or PIN, it is the
     peer a link names, or (approval) its peer id equals an expected or
     pinned one. An unverified approval must be checked by a person:
-    compare C{peer_id} with the node's (C{cairn-server id}).
+    compare C{peer_id} with the node's (C{cairn-server pair --id}).
     """
 
     peer_id: str

@@ -128,9 +128,11 @@ class PakeMethods:
         try:
             method, confirm = messages.parse_pair_response(body)
         except BodyError as e:
-            self.service.refuse(
-                session, body.get("method", "") if isinstance(body, dict) else "", PairRejectCode.MALFORMED, str(e)
-            )
+            # Echo the method only when it is one this node knows: a PairReject
+            # must itself follow its schema (text of at most 32 bytes).
+            echoed = body.get("method") if isinstance(body, dict) else None
+            method = echoed if echoed in messages.PAKE_METHODS else ""
+            self.service.refuse(session, method, PairRejectCode.MALFORMED, str(e))
             return None
         exchange = self._exchanges.pop(session.session_id, None)
         if exchange is None or exchange.method != method:

@@ -357,7 +357,11 @@ class PairingService:
         peer_id = session.remote_peer_id
         yield self.pending.file(session, request.name)
         if record is None or record.state != PENDING:
-            log.info("pairing request from {peer_id} pending approval", peer_id=peer_id)
+            log.info(
+                "pairing request from {peer_id} {name}pending approval (cairn-server approve {peer_id})",
+                peer_id=peer_id,
+                name=f"({request.name}) " if request.name else "",
+            )
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
             self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
@@ -368,7 +372,6 @@ class PairingService:
             return None
 
         def paired(record):
-            self._unannounced.discard(peer_id)
             log.info("peer {peer_id} paired by {method}", peer_id=peer_id, method=method)
             self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
             self.peer.peer_paired(peer_id)
