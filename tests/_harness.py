@@ -295,3 +295,56 @@ def channel_on_server(server, client_channel_name):
 
     server.on_channel = on_channel
     return eventually(d)
+
+
+def one_person(*clients, keyring=None):
+    """
+    Give C{clients}, one person's devices, one sync group key (sync
+    payloads are sealed end to end, docs/protocol.md §24.10); returns it.
+    """
+    from cairn.sync import client as sync
+    from cairn.sync import sealing
+
+    keyring = keyring or sealing.Keyring.generate()
+    for client in clients:
+        sync.set_keyring(client.peer, keyring)
+    return keyring
+
+
+class RealNodeClients:
+    """
+    Library clients of a real node in this process: C{self.address} (its
+    TCP listener), C{self.connections}, C{self.data_dir} and C{self.psk}
+    are set by the test case.
+    """
+
+    def client(self):
+        """A new device, one of the same person's (one sync group key)."""
+        client = Client(reactor, clock=task.Clock())
+        track_connections(client.peer, self.connections)
+        self.keyring = one_person(client, keyring=getattr(self, "keyring", None))
+        return client
+
+    @defer.inlineCallbacks
+    def paired(self, client):
+        """Pair C{client} by PSK, then fire with a fresh session of it."""
+        from cairn.pairing import client as pairing
+
+        session = yield eventually(client.connect(self.address))
+        yield eventually(pairing.pair_psk(session, self.psk))
+        session.close()
+        session = yield eventually(client.connect(self.address))
+        return session
+
+    def held(self):
+        """Message ids in the node's database, read with a connection of our own."""
+        import os
+        import sqlite3
+
+        from cairn.db import DB_FILE_NAME
+
+        conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE_NAME))
+        try:
+            return {bytes(r[0]) for r in conn.execute("SELECT message_id FROM mailbox_messages")}
+        finally:
+            conn.close()

@@ -13,23 +13,20 @@ import subprocess
 import tempfile
 from types import SimpleNamespace
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from cairn.client import Client
 from cairn.db import DB_FILE_NAME
 from cairn.diskspace import ITEM_OVERHEAD, FreeSpace, LowDiskSpace, guarded_batch
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected
-from cairn.pairing import client as pairing
 from cairn.service import make_node
 from cairn.startup import disk_warnings
 from cairn.sync import client as sync
-from cairn.sync import sealing
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
-from tests._harness import Conditions, drop_all, eventually, track_connections
+from tests._harness import Conditions, RealNodeClients, drop_all, eventually
 from tests.test_service import config_for
 
 PSK = "a long pre-shared key for the disk tests"
@@ -144,11 +141,13 @@ class FreeSpaceTests(unittest.TestCase):
         self.assertIn("below CAIRN_DISK_RESERVE", lines[0])
 
 
-class ReserveScenario:
+class ReserveScenario(RealNodeClients):
     """
     A whole node (make_node, sockets on 127.0.0.1) on a small disk with a
     reserve; subclasses make the disk (L{make_disk}).
     """
+
+    psk = PSK
 
     reserve = 2 * MiB
     capacity = 16 * MiB
@@ -190,31 +189,6 @@ class ReserveScenario:
     def stop(self):
         yield drop_all(self.connections)
         yield self.node.stopService()
-
-    def client(self):
-        client = Client(reactor, clock=task.Clock())
-        track_connections(client.peer, self.connections)
-        # One person's devices share a sync group key (docs/protocol.md §24.10).
-        if not hasattr(self, "keyring"):
-            self.keyring = sealing.Keyring.generate()
-        sync.set_keyring(client.peer, self.keyring)
-        return client
-
-    @defer.inlineCallbacks
-    def paired(self, client):
-        session = yield eventually(client.connect(self.address))
-        yield eventually(pairing.pair_psk(session, PSK))
-        session.close()
-        session = yield eventually(client.connect(self.address))
-        return session
-
-    def held(self):
-        """Message ids on disk, read with a connection of our own."""
-        conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE_NAME))
-        try:
-            return {bytes(r[0]) for r in conn.execute("SELECT message_id FROM mailbox_messages")}
-        finally:
-            conn.close()
 
     def held_seqs(self):
         """Server seqs of the messages on disk."""

@@ -9,21 +9,18 @@ tests/test_crash.py (C{kill -9}) and docs/reliability.md, "Faults".
 import os
 import sqlite3
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from cairn.client import Client
-from cairn.db import DB_FILE_NAME
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected, uuid7
 from cairn.mailbox.interfaces import StoreFull
-from cairn.pairing import client as pairing
 from cairn.service import make_node
 from cairn.sync import client as sync
 from cairn.sync import sealing
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
-from tests._harness import Conditions, drop_all, eventually, track_connections
+from tests._harness import Conditions, RealNodeClients, drop_all, eventually
 from tests.test_service import config_for
 
 PSK = "a long pre-shared key for the fault tests"
@@ -55,7 +52,9 @@ class FullDisk:
         raise sqlite3.OperationalError("database or disk is full")
 
 
-class DiskFullTests(unittest.TestCase):
+class DiskFullTests(RealNodeClients, unittest.TestCase):
+    psk = PSK
+
     @defer.inlineCallbacks
     def setUp(self):
         self.connections = []
@@ -73,28 +72,6 @@ class DiskFullTests(unittest.TestCase):
     def tearDown(self):
         yield drop_all(self.connections)
         yield self.node.stopService()
-
-    def client(self):
-        client = Client(reactor, clock=task.Clock())
-        track_connections(client.peer, self.connections)
-        sync.set_keyring(client.peer, self.keyring)  # one person's devices share a group key
-        return client
-
-    @defer.inlineCallbacks
-    def paired(self, client):
-        session = yield eventually(client.connect(self.address))
-        yield eventually(pairing.pair_psk(session, PSK))
-        session.close()
-        session = yield eventually(client.connect(self.address))
-        return session
-
-    def held(self):
-        """Message ids on disk, read with a connection of our own."""
-        conn = sqlite3.connect(os.path.join(self.data_dir, DB_FILE_NAME))
-        try:
-            return {bytes(r[0]) for r in conn.execute("SELECT message_id FROM mailbox_messages")}
-        finally:
-            conn.close()
 
     @defer.inlineCallbacks
     def test_mailbox_on_full_disk(self):

@@ -24,26 +24,10 @@ from cairn.sync import client as sync
 from cairn.sync.service import SyncService
 from cairn.sync.store import MemorySyncStore
 from cairn.wire.constants import ReceiptStatus
-from tests._harness import SETTINGS, Conditions, ScenarioMixin, eventually
+from tests._harness import SETTINGS, Conditions, ScenarioMixin, eventually, one_person
 from tests.test_mailbox import Inbox
 
 PSK = "a long random pre-shared key used by these tests"
-
-
-def one_person(*clients):
-    """
-    Give C{clients} (one person's devices) one sync key, where the client
-    seals sync payloads end to end (docs/protocol.md §24, issue 21 item 6);
-    without that sealing there is nothing to do.
-    """
-    set_keyring = getattr(sync, "set_keyring", None)
-    if set_keyring is None:
-        return
-    from cairn.sync import sealing
-
-    ring = sealing.Keyring.generate()
-    for client in clients:
-        set_keyring(client.peer, ring)
 
 
 class PushHarness(ScenarioMixin):

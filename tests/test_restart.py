@@ -22,29 +22,13 @@ from cairn.pairing import client as pairing
 from cairn.service import make_node
 from cairn.session import store
 from cairn.sync import client as sync
-from tests._harness import Conditions, ScenarioMixin, drop_all, eventually, resumed, track_connections
+from tests._harness import Conditions, ScenarioMixin, drop_all, eventually, one_person, resumed, track_connections
 from tests.test_relay import RelayHarness
 from tests.test_service import config_for
 from tests.test_twistd import start_twistd
 
 PSK = "a long pre-shared key for the clean restart tests"
 IN_FLIGHT = 64
-
-
-def one_person(*clients):
-    """
-    Give C{clients} (one person's devices) one sync key, where the client
-    seals sync payloads end to end (docs/protocol.md §24, issue 21 item 6);
-    without that sealing there is nothing to do.
-    """
-    set_keyring = getattr(sync, "set_keyring", None)
-    if set_keyring is None:
-        return
-    from cairn.sync import sealing
-
-    ring = sealing.Keyring.generate()
-    for client in clients:
-        set_keyring(client.peer, ring)
 
 
 def free_port() -> int:
