@@ -71,6 +71,7 @@ def _default_stats():
         "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
         "relay_quota": _no_relay_quota,
         "sync": lambda: {"topics": []},
+        "storage": lambda: ("sqlite", None),
     }
 
 
@@ -141,7 +142,8 @@ class ManagementAPI:
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
     @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
+        C{"sync"} (no arguments), C{"storage"} (no arguments: C{(kind, problem
+        or None)} for C{/health}), C{"mailbox_peer"} (a peer id; C{None}
         for an unknown peer) and C{"mailbox_limits"} (a peer id and the
         JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
         JSON-able data or a Deferred of it.  Missing ones report an empty
@@ -173,13 +175,18 @@ class ManagementAPI:
 
     @_endpoint(app, "/health", "GET")
     async def health(self, request):
-        """Liveness: status, version, uptime, session count."""
-        return {
-            "status": "ok",
+        """Liveness: status, version, uptime, session count, storage (and why it is degraded)."""
+        storage, problem = self.stats["storage"]()
+        health = {
+            "status": "ok" if problem is None else "degraded",
             "version": __version__,
             "uptime": round(max(0.0, self.clock.seconds() - self.started_at), 3),
             "sessions": len(self.peer.sessions),
+            "storage": storage,
         }
+        if problem is not None:
+            health["reason"] = problem
+        return health
 
     @_endpoint(app, "/openapi.json", "GET")
     async def openapi(self, request):
