@@ -87,6 +87,9 @@ class CairnNode(MultiService):
         self.ready = None
         #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
         self.signaling = None
+        #: Where the state lives: "sqlite", or "jetstream" with its connection in C{cluster}.
+        self.storage = "sqlite"
+        self.cluster = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
         service = strports.service(description, factory)
@@ -108,7 +111,10 @@ class CairnNode(MultiService):
         restored = self.peer.restore_sessions(store.load_once(self.config.data_dir))
         if restored:
             log.info("restored {count} session(s) for resume", count=restored)
-        log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
+        log.info("cairn node {peer_id} starting (storage: {storage})", peer_id=self.peer.peer_id, storage=self.storage)
+        if self.cluster is not None:
+            # Retries with backoff until NATS answers; the stores wait for it.
+            self.cluster.connect()
         try:
             super().startService()  # binds every port now (a busy one raises)
         except BaseException:
@@ -129,8 +135,11 @@ class CairnNode(MultiService):
 
     @staticmethod
     def _pause(ports):
-        for port in ports.values():
-            port.stopReading()
+        for name, port in ports.items():
+            # The management API answers while the stores load (its /health
+            # says why the node is not serving yet, e.g. NATS unreachable).
+            if name != "management":
+                port.stopReading()
         return ports
 
     def _serve(self, ports):
@@ -172,6 +181,8 @@ class CairnNode(MultiService):
         if self.relay is not None:
             d.addCallback(lambda _: self.relay.stop())
         d.addCallback(lambda _: self.pairing.stop())
+        if self.cluster is not None:
+            d.addCallback(lambda _: self.cluster.close())
         d.addCallback(lambda _: self.db.stop())
         return d
 
@@ -242,6 +253,38 @@ def prepare_data_dir(path: str) -> None:
         raise StartupError(f"cairn: {e}") from None
 
 
+class _LocalStores:
+    """The stores in the node's own SQLite database (CAIRN_CLUSTER_NATS unset)."""
+
+    kind = "sqlite"
+    cluster = None
+
+    def __init__(self, db):
+        self.mailbox = SQLiteMailboxStore(db)
+        self.sync = SQLiteSyncStore(db)
+        self.trust = SQLiteTrustStore(db)
+        self.relay = SQLiteRelayStore(db)
+
+    def health(self):
+        return self.kind, None
+
+
+def make_stores(config, reactor, db):
+    """
+    The node's stores: SQLite, or on NATS JetStream when CAIRN_CLUSTER_NATS
+    is set (only then is L{cairn.cluster}, and so nats-py, imported).
+    """
+    if not config.cluster_nats:
+        return _LocalStores(db)
+    from cairn.cluster.node import MissingExtra, cluster_stores
+    from cairn.config import ConfigError
+
+    try:
+        return cluster_stores(config, reactor, db)
+    except (ConfigError, MissingExtra) as e:
+        raise StartupError(f"cairn: {e}") from None
+
+
 def make_node(config, reactor) -> CairnNode:
     """Build the whole node for C{config}; nothing is opened or listens until started."""
     prepare_data_dir(config.data_dir)
@@ -257,19 +300,20 @@ def make_node(config, reactor) -> CairnNode:
         log_addresses=config.log_addresses,
     )
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS)
-    trust = SQLiteTrustStore(db)
+    stores = make_stores(config, reactor, db)
+    trust = stores.trust
     pairing = PairingService(peer, trust, reactor, psk=config.psk, link_addresses=config.public_addresses)
     mailbox = MailboxService(
         peer,
         trust,
-        SQLiteMailboxStore(db),
+        stores.mailbox,
         reactor,
         enabled=config.forward_enabled,
         limits=Limits(config.forward_max_per_peer, config.forward_max_total, config.forward_max_age),
         max_payload=config.max_payload,
     )
     pairing.add_purge_hook(mailbox.purge)
-    sync = SyncService(peer, trust, SQLiteSyncStore(db), reactor, limits=mailbox.limits, max_payload=config.max_payload)
+    sync = SyncService(peer, trust, stores.sync, reactor, limits=mailbox.limits, max_payload=config.max_payload)
     pairing.add_purge_hook(sync.purge)
     turn = make_turn_service(config, peer, trust, reactor)
     started_at = reactor.seconds()
@@ -281,13 +325,14 @@ def make_node(config, reactor) -> CairnNode:
         trust,
         reactor,
         capacity=config.relay_capacity,
-        store=SQLiteRelayStore(db),
+        store=stores.relay,
         # Attached circuits come in on the TCP listener (§25.8).
         reactor=reactor if config.listen else None,
     )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
+    node.storage, node.cluster = stores.kind, stores.cluster
     node.turn = turn
     node.sync = sync
     node.relay = relay
@@ -310,6 +355,7 @@ def make_node(config, reactor) -> CairnNode:
             "sync": sync.stats,
             "relay": relay.stats,
             "relay_quota": relay.put_quota,
+            "storage": stores.health,
         }
         api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         warn_if_exposed(config.mgmt_listen, log)

@@ -11,6 +11,7 @@ from cairn.cluster.mailbox import JetStreamMailboxStore
 from cairn.mailbox.interfaces import Incoming
 from cairn.wire.constants import ForwardStatus
 from tests import _jetstream
+from tests.test_mailbox import BatchingMixin, MailboxScenarioMixin
 from tests.test_mailbox_store import LIMITS, B, StoreMixin, item
 
 
@@ -76,3 +77,12 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         yield self.server.kill()
         with self.assertRaises(StoreFull):
             yield self.store.enqueue([Incoming("QmA", B, b"\x01" * 16, b"x")], 0.0, LIMITS)
+
+
+class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):
+    """The mailbox scenarios (forward, deliver, receipts, limits, expiry, purge) with the store on JetStream."""
+
+    @defer.inlineCallbacks
+    def make_store(self):
+        _, jet = yield _jetstream.single(self)
+        return JetStreamMailboxStore(jet)
