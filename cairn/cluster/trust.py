@@ -74,6 +74,7 @@ class KVTrustStore(_TrustStoreBase):
         self._revisions = {}  # peer_id -> KV revision of the record we hold
         self._states = {}  # peer_id -> the state at that revision (what changes are decided on)
         self._writing = {}  # peer_id -> writes in flight (the watch's echo of them is ignored)
+        self._chains = {}  # peer_id -> fires when this store's last write to it is done
         self._seen = {}
         self._watcher = None
         #: Called with (peer_id, record or None) for each change made by another writer.
@@ -149,11 +150,31 @@ class KVTrustStore(_TrustStoreBase):
         return self._write(peer_id, None, None)
 
     def _write(self, peer_id, value, state):
+        # This store's writes to one key go one after the other, each on
+        # the revision the previous one made (they were decided in that order).
+        self._writing[peer_id] = self._writing.get(peer_id, 0) + 1
+        previous = self._chains.get(peer_id)
+        d = defer.Deferred()
+        if previous is None:
+            d.callback(None)
+        else:
+            previous.addBoth(lambda _: d.callback(None))
+        d.addCallback(lambda _: self._write_now(peer_id, value, state))
+        self._chains[peer_id] = tail = defer.Deferred()
+
+        def settled(result):
+            if self._chains.get(peer_id) is tail:
+                del self._chains[peer_id]
+            tail.callback(None)
+            return result
+
+        return d.addBoth(settled)
+
+    def _write_now(self, peer_id, value, state):
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         expected = self._revisions.get(peer_id, 0)
         decided_on = self._states.get(peer_id)
-        self._writing[peer_id] = self._writing.get(peer_id, 0) + 1
 
         async def write(last):
             kv = self._kv
