@@ -165,6 +165,9 @@ class JetStreamMailboxStore(_Cache):
 
     async def _enqueue(self, items, admitted, refused, now, expires_at):
         nc = self.jet.nc
+        if admitted and not nc.is_connected:
+            # Fail at once rather than queue in nats-py's reconnect buffer.
+            raise StoreFull("not connected to NATS")
         futures = {}
         for i in admitted:
             item = items[i]
