@@ -27,6 +27,8 @@ SENDER, RECIPIENT, ID, STORED, EXPIRES, STATUS, AT, TOPIC = (
 EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
 #: JetStream's error code for a failed C{EXPECT_LAST} check.
 WRONG_LAST_SEQUENCE = 10071
+#: ... and for deleting a message that is not there.
+NO_MESSAGE_FOUND = 10057
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -113,6 +115,20 @@ async def direct_last(nc, stream, subject, timeout=5.0):
             return None
         raise ReadError(f"direct get from {stream}: {headers['Status']} {headers.get('Description', '')}".strip())
     return Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data)
+
+
+async def delete(js, stream, seq):
+    """
+    Delete message C{seq} of C{stream}; whether this call removed it (one
+    already gone, removed by a concurrent call, is not an error).
+    """
+    try:
+        await js.delete_msg(stream, seq)
+    except Exception as e:
+        if getattr(e, "err_code", None) != NO_MESSAGE_FOUND:
+            raise
+        return False
+    return True
 
 
 def is_wrong_last(error) -> bool:

@@ -261,21 +261,27 @@ class JetStreamMailboxStore(_Cache):
             held = await D.direct_seq(nc, self.stream, seq)
             if held is not None and held.subject == subject:
                 found.append(held)
-        receipts, last = await self._owe(found, ReceiptStatus.DELIVERED, now, ttl)
+        receipts, last, counted = await self._owe(found, ReceiptStatus.DELIVERED, now, ttl)
         js = self.jet.js
         if upto:
             await js.purge_stream(self.stream, subject=subject, seq=upto + 1)
         for held in found:
             if held.seq > upto:
-                await js.delete_msg(self.stream, held.seq)
-        return receipts, await self._depth_changes(found), last
+                await D.delete(js, self.stream, held.seq)
+        return receipts, await self._depth_changes(counted), last
 
     async def _owe(self, found, status, now, ttl, skip_sender=None):
-        """Write one receipt per message of C{found} (once ever each); the new L{Receipt}s and the last seq."""
+        """
+        Write one receipt per message of C{found} (once ever each); the new
+        L{Receipt}s, the last seq, and the messages this call is the first
+        to remove (those a concurrent call receipted are counted there).
+        """
         futures = []
+        counted = []
         for held in found:
             sender = held.headers[D.SENDER]
             if sender == skip_sender:
+                counted.append(held)
                 continue
             future = await self.acks.publish(
                 self._subject("rcpt", sender, str(held.seq)),
@@ -299,9 +305,10 @@ class JetStreamMailboxStore(_Cache):
                     continue  # receipted by an earlier attempt whose delete did not happen
                 raise
             last = max(last, rseq)
+            counted.append(held)
             recipient = held.subject.rsplit(".", 1)[1]
             receipts.append(Receipt(rseq, sender, recipient, bytes.fromhex(held.headers[D.ID]), int(status), now))
-        return receipts, last
+        return receipts, last, counted
 
     async def _depth_changes(self, removed):
         """{recipient: (messages removed, bytes removed, new oldest stored_at)} for L{_removed}."""
@@ -323,7 +330,7 @@ class JetStreamMailboxStore(_Cache):
         for rseq in rseqs:
             held = await D.direct_seq(self.jet.nc, self.stream, rseq)
             if held is not None and held.subject.startswith(prefix):
-                await self.jet.js.delete_msg(self.stream, rseq)
+                await D.delete(self.jet.js, self.stream, rseq)
 
     def expire(self, now, limit, receipt_ttl):
         d = self._run(self._expire, now, limit, receipt_ttl)
@@ -357,11 +364,11 @@ class JetStreamMailboxStore(_Cache):
                 break
             start = held[-1].seq + 1
         messages = kinds["mbox"]
-        receipts, last = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
+        receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
         for item in messages + kinds["ids"] + kinds["rcpt"]:
-            await self.jet.js.delete_msg(self.stream, item.seq)
+            await D.delete(self.jet.js, self.stream, item.seq)
         more = max(len(k) for k in kinds.values()) >= limit
-        return receipts, more, await self._depth_changes(messages), last
+        return receipts, more, await self._depth_changes(counted), last
 
     def purge(self, peer_id, now, receipt_ttl):
         d = self._run(self._purge, peer_id, now, receipt_ttl)
@@ -375,14 +382,14 @@ class JetStreamMailboxStore(_Cache):
     async def _purge(self, peer_id, now, ttl):
         js, nc, subject = self.jet.js, self.jet.nc, self._subject("mbox", peer_id)
         held = await D.direct_all(nc, self.stream, subject)
-        receipts, last = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
+        receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)
         for message in held:
             ids = self._subject("ids", message.headers[D.SENDER], message.headers[D.ID])
             await js.purge_stream(self.stream, subject=ids)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
         await _kv_forget(self.jet.kv["limits"], peer_id)
-        return receipts, await self._depth_changes(held), last
+        return receipts, await self._depth_changes(counted), last
 
     def set_limits(self, peer_id, limits):
         def saved(_):

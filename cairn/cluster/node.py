@@ -55,9 +55,9 @@ def cluster_stores(config, reactor, db):
         raise ConfigError("CAIRN_CLUSTER_CREDS_FILE", f"cannot read {path!r} (a NATS credentials file)")
     from cairn.cluster.connection import JetStream, Settings
     from cairn.cluster.mailbox import JetStreamMailboxStore
+    from cairn.cluster.sync import JetStreamSyncStore
     from cairn.cluster.trust import KVTrustStore
     from cairn.relay.store import SQLiteRelayStore
-    from cairn.sync.store import SQLiteSyncStore
 
     jet = JetStream(
         reactor, Settings(config.cluster_nats, config.cluster_replicas, config.cluster_prefix, path)
@@ -65,10 +65,10 @@ def cluster_stores(config, reactor, db):
     return Stores(
         "jetstream",
         mailbox=JetStreamMailboxStore(jet),
-        # The sync hub's log and cursors and the relay's limits and byte
-        # counts stay in the node's database for now (docs/scaling.md).
-        sync=SQLiteSyncStore(db),
+        sync=JetStreamSyncStore(jet),
         trust=KVTrustStore(jet),
+        # The relay's limits and byte counts stay in the node's database
+        # for now (docs/scaling.md).
         relay=SQLiteRelayStore(db),
         cluster=jet,
     )
