@@ -36,7 +36,7 @@ class MissingExtra(Exception):
     """nats-py is not installed; C{str()} is one line for the operator."""
 
 
-def cluster_stores(config, reactor, db):
+def cluster_stores(config, reactor, db=None):
     """
     The JetStream L{Stores} for C{config} (not connected: the node
     connects in C{startService}, retrying until NATS answers).
@@ -55,9 +55,9 @@ def cluster_stores(config, reactor, db):
         raise ConfigError("CAIRN_CLUSTER_CREDS_FILE", f"cannot read {path!r} (a NATS credentials file)")
     from cairn.cluster.connection import JetStream, Settings
     from cairn.cluster.mailbox import JetStreamMailboxStore
+    from cairn.cluster.relay import KVRelayStore
     from cairn.cluster.sync import JetStreamSyncStore
     from cairn.cluster.trust import KVTrustStore
-    from cairn.relay.store import SQLiteRelayStore
 
     jet = JetStream(
         reactor, Settings(config.cluster_nats, config.cluster_replicas, config.cluster_prefix, path)
@@ -67,8 +67,6 @@ def cluster_stores(config, reactor, db):
         mailbox=JetStreamMailboxStore(jet),
         sync=JetStreamSyncStore(jet),
         trust=KVTrustStore(jet),
-        # The relay's limits and byte counts stay in the node's database
-        # for now (docs/scaling.md).
-        relay=SQLiteRelayStore(db),
+        relay=KVRelayStore(jet),
         cluster=jet,
     )
