@@ -15,7 +15,7 @@ def connect(testcase, urls, replicas=1, prefix="cairn"):
     """A connected L{JetStream} on C{urls} for C{testcase}."""
     jet = JetStream(reactor, Settings(tuple(urls), replicas, prefix))
     testcase.addCleanup(jet.close)
-    yield eventually(jet.connect(), 30)
+    yield eventually(jet.connect(), 90)
     return jet
 
 

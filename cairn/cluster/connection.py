@@ -216,8 +216,6 @@ class JetStream:
             # Expiry is the node's (it owes EXPIRED receipts): no server-side age.
             max_age=0,
             allow_direct=True,
-            # One enqueue = the dedup id and the message, committed together.
-            allow_atomic=True,
         )
         mbox = self.stream("mbox")
         sync = self.stream("sync")
@@ -225,13 +223,17 @@ class JetStream:
             mbox: StreamConfig(
                 name=mbox,
                 description=f"cairn mailbox, layout {LAYOUT}",
-                subjects=[self.subject("mbox", ">"), self.subject("ids", ">"), self.subject("rcpt", ">")],
+                subjects=[self.subject("mbox", ">"), self.subject("rcpt", ">")],
+                # An acknowledged message is replaced by its tombstone.
+                allow_rollup_hdrs=True,
                 **common,
             ),
             sync: StreamConfig(
                 name=sync,
                 description=f"cairn sync hub, layout {LAYOUT}",
                 subjects=[self.subject("sync", ">"), self.subject("syncids", ">")],
+                # One publish = the dedup id and the update, committed together.
+                allow_atomic=True,
                 **common,
             ),
         }
