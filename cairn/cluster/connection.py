@@ -33,7 +33,17 @@ REQUEST_TIMEOUT = 5.0
 
 
 class LayoutError(Exception):
-    """The streams in NATS cannot be used by this node; C{str()} is one line for the operator."""
+    """
+    The streams cannot be set up now; C{str()} is one line for the operator.
+
+    @ivar permanent: retrying cannot help (a newer layout): the node
+        stays degraded; otherwise (e.g. "no suitable peers for placement"
+        while a cluster forms, or too many replicas asked for) it retries.
+    """
+
+    def __init__(self, message, permanent=False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -105,7 +115,12 @@ class JetStream:
                 return None
             if failure.check(LayoutError):
                 self.state, self.reason = "degraded", failure.getErrorMessage()
-                log.error("cairn: {reason}", reason=self.reason)
+                if failure.value.permanent:
+                    log.error("cairn: {reason}", reason=self.reason)
+                    return None
+                log.warn("cairn: {reason}; retrying in {delay:g}s", reason=self.reason, delay=delay)
+                self._retry = task.deferLater(self.clock, delay, self._attempt, min(delay * 2, BACKOFF_MAX))
+                self._retry.addErrback(lambda f: f.trap(defer.CancelledError))
                 return None
             self.state = "degraded"
             self.reason = f"NATS unreachable ({_describe(failure.value)})"
@@ -257,7 +272,7 @@ class JetStream:
             except BadRequestError as e:
                 raise LayoutError(_layout_problem(e, replicas)) from None
 
-        meta = await bucket("meta")
+        meta = self.kv["meta"] = await bucket("meta")
         try:
             found = int((await meta.get("layout")).value)
         except KeyNotFoundError:
@@ -265,7 +280,8 @@ class JetStream:
         if found is not None and found > LAYOUT:
             raise LayoutError(
                 f"the JetStream layout under prefix {self.prefix!r} is version {found}, newer than this node's"
-                f" {LAYOUT}: upgrade cairn-server (or set CAIRN_CLUSTER_PREFIX to a new deployment)"
+                f" {LAYOUT}: upgrade cairn-server (or set CAIRN_CLUSTER_PREFIX to a new deployment)",
+                permanent=True,
             )
         for version in range(found or LAYOUT, LAYOUT):
             await _UPGRADES[version](self)

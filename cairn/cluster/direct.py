@@ -25,8 +25,9 @@ SENDER, RECIPIENT, ID, STORED, EXPIRES, STATUS, AT, TOPIC = (
     "Cairn-Topic",
 )
 EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
-#: JetStream's error code for a failed C{EXPECT_LAST} check.
-WRONG_LAST_SEQUENCE = 10071
+#: JetStream's error codes for a failed C{EXPECT_LAST} check ("wrong last
+#: sequence: N", and the clustered form without the N).
+WRONG_LAST_SEQUENCE = (10071, 10164)
 #: ... and for deleting a message that is not there.
 NO_MESSAGE_FOUND = 10057
 
@@ -133,7 +134,7 @@ async def delete(js, stream, seq):
 
 def is_wrong_last(error) -> bool:
     """Whether C{error} is JetStream refusing a write whose expected last subject seq did not hold."""
-    return getattr(error, "err_code", None) == WRONG_LAST_SEQUENCE
+    return getattr(error, "err_code", None) in WRONG_LAST_SEQUENCE
 
 
 class PublishError(Exception):
@@ -187,18 +188,31 @@ class Acks:
             future.set_result(int(answer["seq"]))
 
     async def publish(self, subject, payload, headers):
-        """Write one message; returns an awaitable of its stream seq (raising L{PublishError})."""
+        """
+        Write one message; returns a future of its stream seq (failing with
+        L{PublishError}, or C{asyncio.TimeoutError} when no PubAck comes).
+        """
         if self._prefix is None:
             await self._start()
         self._next += 1
         token = str(self._next)
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        # A caller that stops early (another publish failed) must not leave
+        # an unretrieved exception behind.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._futures[token] = future
-        await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
-        return self._wait(token, future)
-
-    async def _wait(self, token, future):
+        timer = loop.call_later(self.timeout, self._expire, token)
+        future.add_done_callback(lambda _: timer.cancel())
         try:
-            return await asyncio.wait_for(future, self.timeout)
-        finally:
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        except BaseException:
             self._futures.pop(token, None)
+            future.cancel()
+            raise
+        return future
+
+    def _expire(self, token):
+        future = self._futures.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError("no PubAck from JetStream in time"))

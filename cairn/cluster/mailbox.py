@@ -81,6 +81,7 @@ class JetStreamMailboxStore(_Cache):
         self._pending = set()
         self._last_acked = 0  # the highest stream seq a PubAck gave us: reads must see it
         self.watchers = Watchers()
+        self._sweeping = None
 
     @property
     def acks(self):
@@ -397,6 +398,12 @@ class JetStreamMailboxStore(_Cache):
         return d.addCallback(expired)
 
     async def _expire(self, now, limit, ttl):
+        if self._sweeping is None:
+            self._sweeping = asyncio.Lock()
+        async with self._sweeping:  # one sweep at a time: the next scans what the last left
+            return await self._expire_now(now, limit, ttl)
+
+    async def _expire_now(self, now, limit, ttl):
         # Everything in the stream was written with the same max_age from
         # the clock of its time, so what is due is (nearly) a prefix: scan
         # from the start until an item is not due yet.

@@ -62,6 +62,7 @@ class JetStreamSyncStore(_Cache):
         self._locks = {}  # topic -> asyncio.Lock (on the NATS loop)
         self._last = {}  # topic -> (stream seq, topic seq) of its subject's last message
         self._revisions = {}  # (device, topic) -> KV revision
+        self._removing = None
         self.watchers = Watchers()
 
     def _subject(self, *parts):
@@ -263,7 +264,8 @@ class JetStreamSyncStore(_Cache):
             freed[0] += len(held.data or b"")
             return True
 
-        await self._remove(await self._oldest(wanted), changes)
+        async with self._removal_lock():
+            await self._remove(await self._oldest(wanted), changes)
 
     def fetch(self, topic, after_seq, limit):
         return self._run(self._fetch, topic, after_seq, limit)
@@ -299,11 +301,19 @@ class JetStreamSyncStore(_Cache):
 
         return d.addCallback(done)
 
+    def _removal_lock(self):
+        # Sweeps and evictions one at a time (on the NATS loop): a second
+        # one scans after the first has deleted, so nothing is removed twice.
+        if self._removing is None:
+            self._removing = asyncio.Lock()
+        return self._removing
+
     async def _expire(self, now, limit):
-        due = await self._oldest(lambda held, out: len(out) < limit and float(held.headers[D.EXPIRES]) <= now)
-        changes = {}
-        await self._remove(due, changes)
-        return len(due), len(due) >= limit, changes
+        async with self._removal_lock():
+            due = await self._oldest(lambda held, out: len(out) < limit and float(held.headers[D.EXPIRES]) <= now)
+            changes = {}
+            await self._remove(due, changes)
+        return -sum(c[2] for c in changes.values()), len(due) >= limit, changes
 
     # Cursors
 
