@@ -82,6 +82,7 @@ class JetStreamMailboxStore(_Cache):
         self._last_acked = 0  # the highest stream seq a PubAck gave us: reads must see it
         self.watchers = Watchers()
         self._sweeping = None
+        self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
 
     @property
     def acks(self):
@@ -244,9 +245,9 @@ class JetStreamMailboxStore(_Cache):
     def fetch(self, recipient, after_seq, limit):
         return self._run(self._fetch, recipient, after_seq, limit, self._last_acked)
 
-    async def _read(self, start, limit, subject, must_see, wanted=None):
+    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None):
         """Up to C{limit} messages on C{subject} from C{start} that C{wanted} accepts, paging past the rest."""
-        out, batch = [], max(limit, 16)  # tombstones may be interleaved: a little slack
+        out, batch = [], batch or max(limit, 16)  # tombstones may be interleaved: a little slack
         while len(out) < limit:
             # Answered only by a replica that has applied what we were acknowledged.
             page, _ = await D.direct_batch(self.jet.nc, self.stream, start, batch, subject, must_see)
@@ -258,6 +259,11 @@ class JetStreamMailboxStore(_Cache):
 
     async def _fetch(self, recipient, after_seq, limit, must_see):
         held = await self._read(after_seq + 1, limit, self._subject("mbox", recipient, ">"), must_see, _is_message)
+        # Remember what was handed out (without payloads) for the acknowledgement
+        # that follows, so that it need not read the messages again.
+        fetched = self._fetched.setdefault(recipient, {})
+        for h in held:
+            fetched[h.seq] = D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b""))
         return [_stored(h) for h in held]
 
     def receipts(self, sender, after_rseq, limit):
@@ -285,16 +291,26 @@ class JetStreamMailboxStore(_Cache):
 
     async def _acknowledge(self, recipient, seqs, now, ttl, upto):
         nc, prefix = self.jet.nc, self._subject("mbox", recipient, "")
+        fetched = self._fetched.get(recipient, {})
         found = []
         if upto:
-            held = await D.direct_all(nc, self.stream, prefix + ">", page=64, upto=upto)
-            found = [h for h in held if _is_message(h)]
+            known = sorted(seq for seq in fetched if seq <= upto)
+            # What this node handed out is known; read only what lies before it
+            # (handed out by an earlier process, before a restart).
+            below = (known[0] - 1) if known else upto
+            page = 1 if known else 64  # with known ones, the first item read is nearly always known[0]
+            held = await D.direct_all(nc, self.stream, prefix + ">", page=page, upto=below) if below > 0 else []
+            found = [h for h in held if _is_message(h)] + [fetched[seq] for seq in known]
         for seq in sorted(set(s for s in seqs if s > upto)):
-            held = await D.direct_seq(nc, self.stream, seq)
+            held = fetched.get(seq) or await D.direct_seq(nc, self.stream, seq)
             if held is not None and held.subject.startswith(prefix) and _is_message(held):
                 found.append(held)
         receipts, last, _ = await self._owe(found, ReceiptStatus.DELIVERED, now, ttl)
         counted = await self._bury(found)
+        for held in found:
+            fetched.pop(held.seq, None)
+        if not fetched:
+            self._fetched.pop(recipient, None)
         return receipts, await self._depth_changes(counted), last
 
     async def _bury(self, found):
@@ -370,7 +386,8 @@ class JetStreamMailboxStore(_Cache):
             count, size, _ = out.get(recipient, (0, 0, None))
             out[recipient] = (count + 1, size + len(held.data or b""), None)
         for recipient, (count, size, _) in list(out.items()):
-            first = await self._read(1, 1, self._subject("mbox", recipient, ">"), 0, _is_message)
+            # Tombstones come after the messages they replaced: the first item is nearly always a message.
+            first = await self._read(1, 1, self._subject("mbox", recipient, ">"), 0, _is_message, batch=2)
             out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
         return out
 
@@ -424,6 +441,8 @@ class JetStreamMailboxStore(_Cache):
             if len(held) < PAGE:
                 break
             start = held[-1].seq + 1
+        for message in messages:
+            self._fetched.get(_recipient(message), {}).pop(message.seq, None)
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
         await asyncio.gather(*(D.delete(self.jet.js, self.stream, item.seq) for item in messages + gone))
         more = max(len(messages), len(gone)) >= limit
@@ -441,6 +460,7 @@ class JetStreamMailboxStore(_Cache):
     async def _purge(self, peer_id, now, ttl):
         js, nc, subject = self.jet.js, self.jet.nc, self._subject("mbox", peer_id, ">")
         held = [h for h in await D.direct_all(nc, self.stream, subject) if _is_message(h)]
+        self._fetched.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
