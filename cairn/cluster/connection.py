@@ -30,6 +30,9 @@ LAYOUT = 1
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: Seconds a single NATS request may take before the store call fails.
 REQUEST_TIMEOUT = 5.0
+#: Seconds a PubAck may take: fsync'd writes queue behind each other on a
+#: busy server (R1 on a loaded disk took over 5 s in the bench).
+PUBACK_TIMEOUT = 30.0
 
 
 class LayoutError(Exception):
@@ -168,7 +171,7 @@ class JetStream:
         except BaseException:
             await nc.close()
             raise
-        self.acks = Acks(nc, REQUEST_TIMEOUT)
+        self.acks = Acks(nc, PUBACK_TIMEOUT)
         self.nc = nc
 
     async def _on_error(self, error):
