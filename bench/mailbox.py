@@ -462,9 +462,9 @@ def main(argv=None):
     count = per_session * args.senders * args.inflight
     binary = None if args.no_anchor or args.jetstream else mosquitto_binary()
     runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary, args.jetstream)
-    storage = f"JetStream R{args.jetstream}, sync_interval always" if args.jetstream else "SQLite"
+    storage = f" on JetStream R{args.jetstream}, sync_interval always" if args.jetstream else ""
     print(
-        f"cairn mailbox on {storage}: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
+        f"cairn mailbox{storage}: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
         f" {len(runs)} run(s) (fsync before every ack)"
     )
     for phase in PHASES:

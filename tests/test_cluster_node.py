@@ -43,6 +43,24 @@ class PlainInstallTests(unittest.TestCase):
         self.assertEqual((code, out.strip()), (0, b"[]"), err)
 
 
+class StartupCheckTests(unittest.TestCase):
+    def test_unreadable_creds_file(self):
+        """An unreadable CAIRN_CLUSTER_CREDS_FILE stops start-up with one line naming it (and not its content)."""
+        from cairn.service import StartupError, make_node
+        from tests.test_service import config_for
+
+        config = config_for(
+            os.path.abspath(self.mktemp()),
+            cluster_nats=("nats://127.0.0.1:4222",),
+            cluster_creds_file="/nonexistent/cairn.creds",
+        )
+        with self.assertRaises(StartupError) as caught:
+            make_node(config, reactor)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("cairn: CAIRN_CLUSTER_CREDS_FILE: cannot read"), message)
+        self.assertNotIn("\n", message)
+
+
 class TwistdJetStreamTests(unittest.TestCase):
     timeout = 180
 

@@ -55,6 +55,10 @@ DEFAULTS = {
     "signal_token": None,
     "signal_token_file": None,
     "signal_announce_interval": 300.0,
+    "cluster_nats": (),
+    "cluster_replicas": 3,
+    "cluster_creds_file": None,
+    "cluster_prefix": "cairn",
 }
 
 # Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
@@ -87,6 +91,10 @@ NON_DEFAULT_ENV = {
     "CAIRN_SIGNAL_LISTEN_ADDR": "127.0.0.1:9443",
     "CAIRN_SIGNAL_TOKEN": SECRETS["CAIRN_SIGNAL_TOKEN"],
     "CAIRN_SIGNAL_ANNOUNCE_INTERVAL": "90s",
+    "CAIRN_CLUSTER_NATS": "nats://n1:4222, tls://n2:4222",
+    "CAIRN_CLUSTER_REPLICAS": "1",
+    "CAIRN_CLUSTER_CREDS_FILE": "/run/secrets/cairn.creds",
+    "CAIRN_CLUSTER_PREFIX": "tenant-7",
 }
 
 NON_DEFAULTS = {
@@ -125,6 +133,10 @@ NON_DEFAULTS = {
     "signal_token": SECRETS["CAIRN_SIGNAL_TOKEN"],
     "signal_token_file": None,
     "signal_announce_interval": 90.0,
+    "cluster_nats": ("nats://n1:4222", "tls://n2:4222"),
+    "cluster_replicas": 1,
+    "cluster_creds_file": "/run/secrets/cairn.creds",
+    "cluster_prefix": "tenant-7",
 }
 
 # One bad value per variable that is parsed or range-checked.
@@ -151,7 +163,21 @@ BAD_VALUES = {
     "CAIRN_PUBLIC_ADDRESSES": "node.example:7400",
     "CAIRN_LOG_ADDRESSES": "sometimes",
     "CAIRN_SIGNAL_ANNOUNCE_INTERVAL": "5 fortnights",
+    "CAIRN_CLUSTER_NATS": "nats://ok:4222,http://n2:4222",
+    "CAIRN_CLUSTER_REPLICAS": "6",
+    "CAIRN_CLUSTER_PREFIX": "a.b",
 }
+
+
+class ClusterConfigTests(unittest.TestCase):
+    def test_nats_credentials_never_shown(self):
+        """A password inside a CAIRN_CLUSTER_NATS URL appears neither in the config's repr nor in its error."""
+        config = Config.from_env({"CAIRN_CLUSTER_NATS": "nats://cairn:hunter2@n1:4222"})
+        self.assertEqual(config.cluster_nats, ("nats://cairn:hunter2@n1:4222",))
+        self.assertNotIn("hunter2", repr(config))
+        error = config_error(self, {"CAIRN_CLUSTER_NATS": "http://cairn:hunter2@n1:4222"})
+        self.assertEqual(error.variable, "CAIRN_CLUSTER_NATS")
+        self.assertNotIn("hunter2", str(error))
 
 
 def config_error(test, environ, **overrides):

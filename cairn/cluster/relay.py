@@ -15,8 +15,8 @@ by the flush interval times the number of nodes, see docs/scaling.md.)
 
 from zope.interface import implementer
 
+from cairn.cluster.common import _storage_error
 from cairn.cluster.direct import is_wrong_last
-from cairn.cluster.mailbox import _storage_error
 from cairn.relay.interfaces import IRelayStore, RelayLimits
 
 

@@ -29,7 +29,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.mailbox import _observe, _storage_error
+from cairn.cluster.common import _observe, _storage_error
 from cairn.cluster.watch import Watchers
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.sync.store import _Cache
