@@ -17,6 +17,7 @@ from twisted.web.client import HTTPConnectionPool
 from cairn.client import Client
 from cairn.mailbox import client as mailbox
 from cairn.pairing import client as pairing
+from tests import test_mailbox_node
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import NatsServer, free_port, start_nats
 from tests.test_twistd import REPO, start_twistd
@@ -147,3 +148,20 @@ class TwistdJetStreamTests(unittest.TestCase):
         session = yield self.paired(self.client(), f"tcp:host=127.0.0.1:port={ports['tcp']}")
         self.assertIsNotNone(session)
         self.assertNotIn("Traceback", "".join(proc.output))
+
+
+class JetStreamKillTests(test_mailbox_node.KillTests):
+    """kill -9 of a twistd node whose mailbox is on JetStream, under load: the same guarantees as on SQLite."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        super().setUp()
+        self.nats = yield start_nats(self)
+        self.node_settings = {"CAIRN_CLUSTER_NATS": self.nats.url, "CAIRN_CLUSTER_REPLICAS": "1"}
+
+    @defer.inlineCallbacks
+    def test_kill_9_loses_nothing_acknowledged(self):
+        """After SIGKILL under load, every acknowledged message is delivered exactly once (state on JetStream)."""
+        yield super().test_kill_9_loses_nothing_acknowledged()
+        streams = os.path.join(self.nats.directory, "js", "jetstream", "$G", "streams")
+        self.assertIn("cairn_mbox", os.listdir(streams))
