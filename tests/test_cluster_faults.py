@@ -102,3 +102,49 @@ class NatsDownTests(unittest.TestCase):
         self.assertTrue(jet.health()[0])
         held = yield store.fetch(RECIPIENT, 0, 10)
         self.assertEqual([m.payload for m in held], [b"before", b"during"])
+
+
+class SyncLeaderKillTests(unittest.TestCase):
+    timeout = 180
+    TOPICS = ("notes", "photos", "tasks")
+    PER_TOPIC = 120
+
+    @defer.inlineCallbacks
+    def test_kill_9_stream_leader_under_sync_load(self):
+        """kill -9 of the sync stream leader (R3) under load: every committed update held once, seqs 1..N."""
+        import os
+
+        from cairn.cluster.sync import JetStreamSyncStore
+        from cairn.sync.interfaces import Publish
+        from cairn.wire.constants import SyncStatus
+
+        cluster = yield start_nats_cluster(self)
+        jet = yield _jetstream.connect(self, cluster.urls, replicas=3)
+        store = JetStreamSyncStore(jet)
+        yield store.start()
+        committed, conditions = {}, Conditions()
+
+        @defer.inlineCallbacks
+        def writer(topic):
+            for i in range(self.PER_TOPIC):
+                item = Publish("QmDevice", topic, os.urandom(16), b"%s:%d" % (topic.encode(), i))
+                while True:
+                    try:
+                        ((status, seq),) = yield store.publish([item], 0.0, LIMITS)
+                        break
+                    except StoreFull:
+                        yield task.deferLater(reactor, 0.1, lambda: None)
+                self.assertIn(status, (SyncStatus.COMMITTED, SyncStatus.DUPLICATE))
+                committed[(topic, item.update_id)] = (seq, item.payload)
+                conditions.changed()
+
+        load = defer.gatherResults([writer(t) for t in self.TOPICS])
+        yield conditions.until(lambda: len(committed) >= 60, 60)
+        info = yield jet.run(jet.js.stream_info, store.stream)
+        yield cluster.by_name(info.cluster.leader).kill()
+        yield load
+        for topic in self.TOPICS:
+            held = yield store.fetch(topic, 0, 10_000)
+            self.assertEqual([u.seq for u in held], list(range(1, self.PER_TOPIC + 1)), topic)
+            mine = {k[1]: v for k, v in committed.items() if k[0] == topic}
+            self.assertEqual({u.update_id: (u.seq, u.payload) for u in held}, mine)
