@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from cairn.cluster.relay import KVRelayStore
 from tests import _jetstream, test_relay_limits
+from tests._nats import start_nats
 
 
 class KVRelayStoreTests(unittest.TestCase):
@@ -32,3 +33,20 @@ class KVRelayStoreTests(unittest.TestCase):
         yield one.save_usage({"p": (30, 3)})
         _, usage = yield KVRelayStore(jet).load()
         self.assertEqual(usage, {"p": (35, 5)})
+
+
+class JetStreamRestartTests(test_relay_limits.RestartTests):
+    """A whole node on JetStream keeps relay limits and byte counts across a restart; unpairing forgets them."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        super().setUp()
+        self.nats = yield start_nats(self)
+        self.node_settings = {"cluster_nats": (self.nats.url,), "cluster_replicas": 1}
+
+    @defer.inlineCallbacks
+    def stored_peers(self):
+        jet = yield _jetstream.connect(self, [self.nats.url])
+        _, usage = yield KVRelayStore(jet).load()
+        limits, _ = yield KVRelayStore(jet).load()
+        return sorted(set(usage) | set(limits))
