@@ -30,6 +30,8 @@ LAYOUT = 1
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: Seconds a single NATS request may take before the store call fails.
 REQUEST_TIMEOUT = 5.0
+#: Seconds L{JetStream.close} waits for the calls in flight.
+CLOSE_GRACE = 10.0
 #: Seconds a PubAck may take: fsync'd writes queue behind each other on a
 #: busy server (R1 on a loaded disk took over 5 s in the bench).
 PUBACK_TIMEOUT = 30.0
@@ -82,6 +84,7 @@ class JetStream:
         self._stopping = False
         self._retry = None
         self.kv = {}  # bucket suffix -> nats KeyValue
+        self._inflight = set()  # Deferreds of calls running on the loop
 
     # Names
 
@@ -201,7 +204,14 @@ class JetStream:
 
     def run(self, function, *args, **kwargs):
         """Run coroutine function C{function} on the NATS loop; a Deferred of its result."""
-        return self.thread.run(function, *args, **kwargs)
+        d = self.thread.run(function, *args, **kwargs)
+        self._inflight.add(d)
+
+        def done(result):
+            self._inflight.discard(d)
+            return result
+
+        return d.addBoth(done)
 
     def close(self):
         """Stop retrying, drain the client (what was published is flushed) and stop the loop thread."""
@@ -216,9 +226,12 @@ class JetStream:
                 except Exception:
                     await self.nc.close()
 
-        d = self.thread.run(drain) if self.thread.running else defer.succeed(None)
-        d.addErrback(lambda f: log.warn("cairn: closing NATS: {why}", why=f.getErrorMessage()))
-        return d.addCallback(lambda _: self.thread.stop())
+        # Let the calls in flight finish (a few seconds at most) before the loop goes.
+        waiting = defer.DeferredList([_observe(d) for d in list(self._inflight)])
+        waiting.addTimeout(CLOSE_GRACE, self.reactor, onTimeoutCancel=lambda result, timeout: None)
+        waiting.addCallback(lambda _: self.thread.run(drain) if self.thread.running else None)
+        waiting.addErrback(lambda f: log.warn("cairn: closing NATS: {why}", why=f.getErrorMessage()))
+        return waiting.addCallback(lambda _: self.thread.stop())
 
     # Layout
 
@@ -308,6 +321,12 @@ class JetStream:
 
 #: Upgrades from layout N to N + 1 (coroutine functions of the L{JetStream}); none yet.
 _UPGRADES = {}
+
+
+def _observe(d):
+    observer = defer.Deferred()
+    d.addBoth(lambda result: (observer.callback(None), result)[1])
+    return observer
 
 
 def _layout_problem(error, replicas):
