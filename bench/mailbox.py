@@ -219,6 +219,7 @@ class Phase:
             self.profiler.dump_stats(os.path.join(self.profile_dir, f"client-{self.name}.prof"))
             db = self.child.ask(f"dump {os.path.join(self.profile_dir, f'node-{self.name}.prof')}")["db"]
             per = 1e6 / count
+        if db:  # the SQLite node's database thread (nothing to show on JetStream)
             print(
                 f"node database thread, {self.name}: {db['transactions']} transactions,"
                 f" bodies {db['body'] * per:.1f} us/message, COMMITs {db['commit'] * per:.1f} us/message"
