@@ -84,5 +84,42 @@ class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittes
 
     @defer.inlineCallbacks
     def make_store(self):
+        _, self.jet = yield _jetstream.single(self)
+        return JetStreamMailboxStore(self.jet)
+
+    @defer.inlineCallbacks
+    def test_delivery_follows_writes_made_elsewhere(self):
+        """A message another writer (node) stores for an online recipient is delivered at once by this node."""
+        from cairn.mailbox import sealing
+        from cairn.mailbox.client import uuid7
+
+        alice, _ = self.peer()
+        bob, inbox = self.peer()
+        yield self.connect(bob)
+        elsewhere = JetStreamMailboxStore(self.jet)
+        yield elsewhere.start()
+        message_id = uuid7()
+        sealed = sealing.seal(alice.peer.identity, bob.peer_id, bob.peer.identity.public_key, message_id, b"hello")
+        now = self.clock.seconds()
+        yield elsewhere.enqueue([Incoming(alice.peer_id, bob.peer_id, message_id, sealed)], now, self.limits)
+        (received,) = yield inbox.wait(inbox.messages, 1)
+        self.assertEqual(received, (alice.peer_id, message_id, b"hello"))
+
+
+class WatchTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_written_elsewhere_is_reported(self):
+        """A message another writer stores reaches this store's watch() callbacks and depths; its own do not."""
+        from tests._harness import Conditions
+
         _, jet = yield _jetstream.single(self)
-        return JetStreamMailboxStore(jet)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield here.start()
+        yield elsewhere.start()
+        told, mine, conditions = [], [], Conditions()
+        here.watch(lambda recipient: conditions.changed(told.append(recipient)))
+        elsewhere.watch(mine.append)
+        yield elsewhere.enqueue([item(payload=b"abc")], 7.0, LIMITS)
+        yield conditions.until(lambda: told == [B])
+        self.assertEqual(here.depths()[B], elsewhere.depths()[B])
+        self.assertEqual(mine, [])

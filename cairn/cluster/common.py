@@ -15,6 +15,8 @@ log = Logger()
 PAGE = 256
 #: The tombstone's C{Cairn-Kind}; its C{Cairn-Expires} is when the id may be reused.
 KIND, DONE = "Cairn-Kind", "done"
+#: Which store instance wrote a message (its watch skips its own).
+WRITER = "Cairn-Writer"
 
 
 def _recipient(held):

@@ -35,13 +35,24 @@ store's writes: exact while this node is the stream's only writer, local
 to it otherwise (docs/scaling.md).
 """
 
+import uuid
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import _f, _is_message, _kv_forget, _observe, _one_line, _recipient, _storage_error
+from cairn.cluster.common import (
+    KIND,
+    WRITER,
+    _f,
+    _is_message,
+    _kv_forget,
+    _observe,
+    _one_line,
+    _recipient,
+    _storage_error,
+)
 from cairn.cluster.mailbox_removal import Removal
 from cairn.cluster.watch import Watchers
 from cairn.mailbox.interfaces import Depth, IMailboxStore, PeerLimits, Receipt, Stored, StoreFull
@@ -66,6 +77,8 @@ class JetStreamMailboxStore(Removal, _Cache):
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
+        #: Marks this store's writes, so that its watch reports only the others'.
+        self.writer = uuid.uuid4().hex
 
     @property
     def acks(self):
@@ -89,7 +102,30 @@ class JetStreamMailboxStore(Removal, _Cache):
 
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._load))
-        return d.addCallback(loaded)
+        d.addCallback(loaded)
+        return d.addCallback(lambda _: self.jet.run(self._follow))
+
+    async def _follow(self):
+        """Watch the stream (headers only, from now on) for messages other writers store."""
+        from nats.js.api import DeliverPolicy
+
+        async def seen(msg):
+            headers = msg.headers or {}
+            if headers.get(KIND) is None and headers.get(WRITER) != self.writer:
+                size = int(headers.get("Nats-Msg-Size") or 0)
+                stored_at = float(headers.get(D.STORED) or 0)
+                self.jet.thread.to_reactor(self._written_elsewhere, msg.subject.split(".")[2], size, stored_at)
+
+        subject = self._subject("mbox", ">")
+        await self.jet.js.subscribe(
+            subject, cb=seen, ordered_consumer=True, headers_only=True, deliver_policy=DeliverPolicy.NEW
+        )
+
+    def _written_elsewhere(self, recipient, size, stored_at):
+        depth = self._depths.get(recipient, Depth())
+        oldest = depth.oldest if depth.messages else stored_at
+        self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
+        self.watchers(recipient)
 
     def flushed(self):
         return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)
@@ -201,7 +237,7 @@ class JetStreamMailboxStore(Removal, _Cache):
 
     async def _publish_message(self, item, now, expires_at, after):
         """Publish C{item} if its subject ends at seq C{after} (0: empty); a future of its seq."""
-        headers = {D.EXPECT_LAST: str(after), D.STORED: _f(now), D.EXPIRES: _f(expires_at)}
+        headers = {D.EXPECT_LAST: str(after), D.STORED: _f(now), D.EXPIRES: _f(expires_at), WRITER: self.writer}
         if after:
             headers["Nats-Rollup"] = "sub"  # the expired tombstone goes
         return await self.acks.publish(self._message_subject(item), item.payload, headers=headers)
