@@ -5,6 +5,13 @@ Mosquitto (QoS 1 to an offline persistent-session subscriber, then drain).
 
     python -m bench.mailbox [--messages N] [--senders S] [--inflight F]
                             [--repeat R] [--profile DIR] [--no-anchor]
+                            [--jetstream {1,3}]
+
+With C{--jetstream R} the node's state is on NATS JetStream (C{R}
+replicas: one nats-server, or three routed) instead of SQLite, and the
+anchor is raw nats-py on the same servers in the same run (pipelined
+publish-with-ack, then batched direct gets; L{bench._jetstream}); the
+ratios' target is 0.7x.
 
 The node runs in a child process (C{python -m bench.mailbox --serve}:
 make_node on a temporary data dir, PSK pairing). Each of the S senders has
@@ -45,7 +52,7 @@ SIZE = 1024
 PHASES = ("enqueue", "drain")
 
 
-def serve(profile=False):
+def serve(profile=False, nats=None, replicas=1):
     """
     The child: a node on loopback; prints its TCP port, runs until stdin closes.
 
@@ -62,12 +69,19 @@ def serve(profile=False):
 
     log_warnings_only()
     data_dir = tempfile.mkdtemp(prefix="cairn-bench-mailbox-")
+    cluster = {"cluster_nats": tuple(nats.split(",")), "cluster_replicas": replicas} if nats else {}
     config = Config.from_env(
-        {}, data_dir=data_dir, listen="tcp:0:interface=127.0.0.1", ws_listen="none", mgmt_listen="none", psk=PSK
+        {},
+        data_dir=data_dir,
+        listen="tcp:0:interface=127.0.0.1",
+        ws_listen="none",
+        mgmt_listen="none",
+        psk=PSK,
+        **cluster,
     )
     node = make_node(config, reactor)
     profiler = [cProfile.Profile()] if profile else None
-    db_times = _time_transactions(node.db) if profile else None
+    db_times = _time_transactions(node.db) if profile and not nats else {}
 
     class Stdin(LineReceiver):
         delimiter = b"\n"
@@ -149,8 +163,11 @@ def _time_transactions(db):
 class Child:
     """The node child process; talking to it blocks (only between phases)."""
 
-    def __init__(self, profile=False):
+    def __init__(self, profile=False, nats=None):
         args = [sys.executable, "-m", "bench.mailbox", "--serve"] + (["--serve-profile"] if profile else [])
+        if nats is not None:
+            urls, replicas = nats
+            args += ["--serve-nats", ",".join(urls), "--serve-replicas", str(replicas)]
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.port = self._read()["tcp"]
 
@@ -202,6 +219,7 @@ class Phase:
             self.profiler.dump_stats(os.path.join(self.profile_dir, f"client-{self.name}.prof"))
             db = self.child.ask(f"dump {os.path.join(self.profile_dir, f'node-{self.name}.prof')}")["db"]
             per = 1e6 / count
+        if db:  # the SQLite node's database thread (nothing to show on JetStream)
             print(
                 f"node database thread, {self.name}: {db['transactions']} transactions,"
                 f" bodies {db['body'] * per:.1f} us/message, COMMITs {db['commit'] * per:.1f} us/message"
@@ -218,7 +236,7 @@ class Phase:
         }
 
 
-def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None):
+def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None, jetstream=None):
     """
     One result per run: {"count", "enqueue": {...}, "drain": {...}} against
     a new node child each; with C{anchor} (Mosquitto's binary), also
@@ -235,7 +253,12 @@ def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=No
 
     @defer.inlineCallbacks
     def one(reactor, profile_dir):
-        child = Child(profile=profile_dir is not None)
+        servers = None
+        if jetstream:
+            from bench._jetstream import Servers
+
+            servers = Servers(jetstream)
+        child = Child(profile=profile_dir is not None, nats=(servers.urls, jetstream) if servers else None)
         clients = []
         try:
             address = f"tcp:host=127.0.0.1:port={child.port}"
@@ -293,11 +316,17 @@ def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=No
             drained.close()
             for s in sessions:
                 s.close()
-            if anchor:
+            if servers is not None:
+                from bench._jetstream import raw_rates
+
+                result["raw"] = raw_rates(servers.urls, jetstream, total, senders * inflight)
+            elif anchor:
                 result["mosquitto"] = mosquitto_rates(anchor, total, senders, inflight)
             results.append(result)
         finally:
             child.stop()
+            if servers is not None:
+                servers.stop()
 
     @defer.inlineCallbacks
     def run(reactor):
@@ -419,20 +448,24 @@ def main(argv=None):
     p.add_argument("--profile", metavar="DIR", help="write cProfile statistics of the first run to DIR")
     p.add_argument("--no-anchor", action="store_true", help="skip Mosquitto")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--jetstream", type=int, choices=(1, 3), help="the node's state on JetStream, R1 or R3")
     p.add_argument("--serve-profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-nats", help=argparse.SUPPRESS)
+    p.add_argument("--serve-replicas", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve_profile)
+        serve(args.serve_profile, args.serve_nats, args.serve_replicas)
         return
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
         args.profile = os.path.abspath(args.profile)
     per_session = max(1, args.messages // (args.senders * args.inflight))
     count = per_session * args.senders * args.inflight
-    binary = None if args.no_anchor else mosquitto_binary()
-    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary)
+    binary = None if args.no_anchor or args.jetstream else mosquitto_binary()
+    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary, args.jetstream)
+    storage = f" on JetStream R{args.jetstream}, sync_interval always" if args.jetstream else ""
     print(
-        f"cairn mailbox: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
+        f"cairn mailbox{storage}: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
         f" {len(runs)} run(s) (fsync before every ack)"
     )
     for phase in PHASES:
@@ -442,7 +475,15 @@ def main(argv=None):
             f" client {spread([f['client_us'] for f in figures])} us,"
             f" node {spread([f['node_us'] for f in figures])} us"
         )
-    if binary is None:
+    if args.jetstream:
+        raws = [r["raw"] for r in runs]
+        print(f"raw nats-py on the same servers: {count} x 1 KiB, {args.senders * args.inflight} in flight")
+        for phase in PHASES:
+            print(f"  {phase:8s}{spread([a[phase] for a in raws]):>24s} msg/s")
+        for phase in PHASES:
+            ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, raws)]
+            print(f"ratio {phase} {spread(ratios, '{:.2f}')}x (target >= 0.7x)")
+    elif binary is None:
         if not args.no_anchor:
             print("anchor skipped: mosquitto is not installed (apt-get install -y mosquitto)")
     else:

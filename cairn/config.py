@@ -236,6 +236,38 @@ def _urls(variable: str, check: Callable[[str], str]) -> Any:
     return _setting(variable, url_list(check), (), _are_urls(check), converter=tuple)
 
 
+def _without_userinfo(url: str) -> str:
+    """C{url} with any C{user:password@} replaced, for messages and reprs."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://<redacted>@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _nats_url(item: str) -> str:
+    """Check one C{CAIRN_CLUSTER_NATS} URL (credentials in it are never shown)."""
+    lowered = item.lower()
+    if not any(lowered.startswith(p) and len(item) > len(p) for p in ("nats://", "tls://")):
+        raise ValueError(
+            f"{_without_userinfo(item)!r} is not a NATS URL (use e.g. nats://nats1.example:4222,tls://nats2.example:4222)"
+        )
+    return item
+
+
+def _redacted_urls(value: tuple) -> str:
+    return repr(tuple(_without_userinfo(url) for url in value))
+
+
+def _is_prefix(instance: Any, attribute: attr.Attribute, value: Any) -> None:
+    """Validator: a stream/bucket/subject prefix (letters, digits, '-' and '_')."""
+    ok = isinstance(value, str) and 0 < len(value) <= 32
+    ok = ok and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+    if not ok:
+        raise ConfigError(
+            _variable(attribute), f"{value!r} is not a prefix (use 1-32 letters, digits, '-' or '_', e.g. cairn)"
+        )
+
+
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class Config:
     """
@@ -306,6 +338,16 @@ class Config:
     log_level: str = _choice("CAIRN_LOG_LEVEL", "info", LOG_LEVELS)
     log_format: str = _choice("CAIRN_LOG_FORMAT", "text", LOG_FORMATS)
     mgmt_exposed: bool = _boolean("CAIRN_MGMT_EXPOSED", False)
+    # The node's state on NATS JetStream (cairn/cluster/, docs/scaling.md);
+    # unset = the embedded SQLite database.
+    cluster_nats: tuple[str, ...] = _setting(
+        "CAIRN_CLUSTER_NATS", url_list(_nats_url), (), _are_urls(_nats_url), converter=tuple, repr=_redacted_urls
+    )
+    cluster_replicas: int = _setting(
+        "CAIRN_CLUSTER_REPLICAS", parse_count, 3, _between(1, 5, "", above=False, integer=True)
+    )
+    cluster_creds_file: str | None = _text("CAIRN_CLUSTER_CREDS_FILE")
+    cluster_prefix: str = _setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", _is_prefix)
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""

@@ -126,6 +126,9 @@ class CairnNode(MultiService):
         #: The L{ManagementAPI}, if it is served (set by make_node).
         self.api = None
         self._restore_sighup = None
+        #: Where the state lives: "sqlite", or "jetstream" with its connection in C{cluster}.
+        self.storage = "sqlite"
+        self.cluster = None
 
     def add_listener(self, name: str, description: str, factory) -> None:
         try:
@@ -157,9 +160,13 @@ class CairnNode(MultiService):
             self.db.open()
         except DatabaseError as e:
             raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
-        warn_about_disk(self.db, self.config.forward_max_total, log)
+        if self.cluster is None:
+            warn_about_disk(self.db, self.config.forward_max_total, log)
         self._restore_sessions()
-        log.info("cairn node {peer_id} starting", peer_id=self.peer.peer_id)
+        log.info("cairn node {peer_id} starting (storage: {storage})", peer_id=self.peer.peer_id, storage=self.storage)
+        if self.cluster is not None:
+            # Retries with backoff until NATS answers; the stores wait for it.
+            self.cluster.connect()
         try:
             # Binds every port now, unless twistd did (privilegedStartService).
             bind_listeners(self.listeners, self._descriptions, super().startService)
@@ -185,8 +192,11 @@ class CairnNode(MultiService):
 
     @staticmethod
     def _pause(ports):
-        for port in ports.values():
-            port.stopReading()
+        for name, port in ports.items():
+            # The management API answers while the stores load (its /health
+            # says why the node is not serving yet, e.g. NATS unreachable).
+            if name != "management":
+                port.stopReading()
         return ports
 
     def _serve(self, ports):
@@ -238,6 +248,8 @@ class CairnNode(MultiService):
         d.addCallback(lambda _: self.db.run(_barrier_txn).addErrback(_log_barrier))
         d.addCallback(lambda _: self._save_sessions())
         d.addCallback(lambda _: self.pairing.stop())
+        if self.cluster is not None:
+            d.addCallback(lambda _: self.cluster.close())
         d.addCallback(lambda _: self.db.stop())
         return d
 
@@ -383,6 +395,38 @@ def prepare_data_dir(path: str) -> None:
     check_writable(path)
 
 
+class _LocalStores:
+    """The stores in the node's own SQLite database (CAIRN_CLUSTER_NATS unset)."""
+
+    kind = "sqlite"
+    cluster = None
+
+    def __init__(self, db):
+        self.mailbox = SQLiteMailboxStore(db)
+        self.sync = SQLiteSyncStore(db)
+        self.trust = SQLiteTrustStore(db)
+        self.relay = SQLiteRelayStore(db)
+
+    def health(self):
+        return self.kind, None
+
+
+def make_stores(config, reactor, db):
+    """
+    The node's stores: SQLite, or on NATS JetStream when CAIRN_CLUSTER_NATS
+    is set (only then is L{cairn.cluster}, and so nats-py, imported).
+    """
+    if not config.cluster_nats:
+        return _LocalStores(db)
+    from cairn.cluster.node import MissingExtra, cluster_stores
+    from cairn.config import ConfigError
+
+    try:
+        return cluster_stores(config, reactor, db)
+    except (ConfigError, MissingExtra) as e:
+        raise StartupError(f"cairn: {e}") from None
+
+
 def make_node(config, reactor) -> CairnNode:
     """
     Build the whole node for C{config}; nothing is opened or listens until started.
@@ -411,7 +455,8 @@ def _make_node(config, reactor) -> CairnNode:
     )
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
-    trust = SQLiteTrustStore(db)
+    stores = make_stores(config, reactor, db)
+    trust = stores.trust
     pairing = PairingService(
         peer,
         trust,
@@ -432,7 +477,7 @@ def _make_node(config, reactor) -> CairnNode:
     mailbox = MailboxService(
         peer,
         trust,
-        SQLiteMailboxStore(db),
+        stores.mailbox,
         reactor,
         enabled=config.forward_enabled,
         limits=Limits(config.forward_max_per_peer, config.forward_max_total, config.forward_max_age),
@@ -442,7 +487,7 @@ def _make_node(config, reactor) -> CairnNode:
     sync = SyncService(
         peer,
         trust,
-        SQLiteSyncStore(db),
+        stores.sync,
         reactor,
         limits=mailbox.limits,
         max_payload=config.max_payload,
@@ -459,7 +504,7 @@ def _make_node(config, reactor) -> CairnNode:
         trust,
         reactor,
         capacity=config.relay_capacity,
-        store=SQLiteRelayStore(db),
+        store=stores.relay,
         # Attached circuits come in on the TCP listener (§25.8).
         reactor=reactor if config.listen else None,
     )
@@ -469,6 +514,7 @@ def _make_node(config, reactor) -> CairnNode:
     add_pressure_metrics(metrics, gauge, bounds, pairing)
     node = CairnNode(config, peer, db, pairing, metrics, mailbox)
     node.gauge, node.unpaired = gauge, bounds
+    node.storage, node.cluster = stores.kind, stores.cluster
     node.turn = turn
     node.sync = sync
     node.relay = relay
@@ -516,6 +562,7 @@ def _make_node(config, reactor) -> CairnNode:
                 "settings": config_report.settings(config, node.config_sources),
                 "listening": dict(node.bound),
             },
+            "storage": stores.health,
         }
         api = node.api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))

@@ -82,10 +82,7 @@ class StoreService:
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         waiting = defer.DeferredList([observe(d) for d in list(self._pending)])
-        flushed = getattr(self.store, "flushed", None)
-        if flushed is not None:
-            waiting.addCallback(lambda _: flushed())
-        return waiting
+        return waiting.addCallback(lambda _: self.store.flushed())
 
     def _track(self, d):
         """Remember store Deferred C{d} until it fires, for L{stop}."""

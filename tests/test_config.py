@@ -68,6 +68,10 @@ DEFAULTS = {
     "log_level": "info",
     "log_format": "text",
     "mgmt_exposed": False,
+    "cluster_nats": (),
+    "cluster_replicas": 3,
+    "cluster_creds_file": None,
+    "cluster_prefix": "cairn",
 }
 
 # Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
@@ -113,6 +117,10 @@ NON_DEFAULT_ENV = {
     "CAIRN_LOG_LEVEL": "Debug",
     "CAIRN_LOG_FORMAT": "json",
     "CAIRN_MGMT_EXPOSED": "yes",
+    "CAIRN_CLUSTER_NATS": "nats://n1:4222, tls://n2:4222",
+    "CAIRN_CLUSTER_REPLICAS": "1",
+    "CAIRN_CLUSTER_CREDS_FILE": "/run/secrets/cairn.creds",
+    "CAIRN_CLUSTER_PREFIX": "tenant-7",
 }
 
 NON_DEFAULTS = {
@@ -164,6 +172,10 @@ NON_DEFAULTS = {
     "log_level": "debug",
     "log_format": "json",
     "mgmt_exposed": True,
+    "cluster_nats": ("nats://n1:4222", "tls://n2:4222"),
+    "cluster_replicas": 1,
+    "cluster_creds_file": "/run/secrets/cairn.creds",
+    "cluster_prefix": "tenant-7",
 }
 
 # One bad value per variable that is parsed or range-checked.
@@ -202,7 +214,21 @@ BAD_VALUES = {
     "CAIRN_LOG_LEVEL": "loud",
     "CAIRN_LOG_FORMAT": "xml",
     "CAIRN_MGMT_EXPOSED": "perhaps",
+    "CAIRN_CLUSTER_NATS": "nats://ok:4222,http://n2:4222",
+    "CAIRN_CLUSTER_REPLICAS": "6",
+    "CAIRN_CLUSTER_PREFIX": "a.b",
 }
+
+
+class ClusterConfigTests(unittest.TestCase):
+    def test_nats_credentials_never_shown(self):
+        """A password inside a CAIRN_CLUSTER_NATS URL appears neither in the config's repr nor in its error."""
+        config = Config.from_env({"CAIRN_CLUSTER_NATS": "nats://cairn:hunter2@n1:4222"})
+        self.assertEqual(config.cluster_nats, ("nats://cairn:hunter2@n1:4222",))
+        self.assertNotIn("hunter2", repr(config))
+        error = config_error(self, {"CAIRN_CLUSTER_NATS": "http://cairn:hunter2@n1:4222"})
+        self.assertEqual(error.variable, "CAIRN_CLUSTER_NATS")
+        self.assertNotIn("hunter2", str(error))
 
 
 def config_error(test, environ, **overrides):

@@ -64,16 +64,7 @@ class MailboxHarness(ScenarioMixin):
         self.clock.advance(time.time())  # message ids carry wall-clock time
         self.trust = MemoryTrustStore()
         self.pairing = PairingService(self.server, self.trust, self.clock)
-        if self.sqlite:
-            directory = os.path.abspath(self.mktemp())
-            os.makedirs(directory)
-            self.db_path = os.path.join(directory, "cairn.sqlite")
-            self.db = Database(reactor, self.db_path, [MAILBOX_SCHEMA])
-            yield self.db.start()
-            self.addCleanup(self.db.stop)
-            self.store = SQLiteMailboxStore(self.db)
-        else:
-            self.store = MemoryMailboxStore()
+        self.store = yield self.make_store()
         self.mailbox = MailboxService(
             self.server,
             self.trust,
@@ -102,6 +93,19 @@ class MailboxHarness(ScenarioMixin):
             return drop(sender, rseqs).addBoth(dropped)
 
         self.store.drop_receipts = drop_receipts
+
+    @defer.inlineCallbacks
+    def make_store(self):
+        """The store under test (a Deferred): memory, or SQLite when C{sqlite} is set."""
+        if not self.sqlite:
+            return MemoryMailboxStore()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.db_path = os.path.join(directory, "cairn.sqlite")
+        self.db = Database(reactor, self.db_path, [MAILBOX_SCHEMA])
+        yield self.db.start()
+        self.addCleanup(self.db.stop)
+        return SQLiteMailboxStore(self.db)
 
     def peer(self, paired=True):
         client = self.make_client()

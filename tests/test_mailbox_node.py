@@ -80,6 +80,8 @@ class KillTests(NodeMixin, unittest.TestCase):
     timeout = 240
     SENDERS = 4
     PER_SENDER = 400
+    #: Extra CAIRN_* settings of the node (the JetStream variant sets its NATS).
+    node_settings = {}
 
     def _kill(self, proc):
         if not proc.ended.called:
@@ -89,7 +91,7 @@ class KillTests(NodeMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_kill_9_loses_nothing_acknowledged(self):
         """After SIGKILL under load, every acknowledged message is delivered exactly once; the DB is intact."""
-        proc = start_twistd(self.data_dir, CAIRN_PSK=PSK)
+        proc = start_twistd(self.data_dir, CAIRN_PSK=PSK, **self.node_settings)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         address = f"tcp:host=127.0.0.1:port={ports['tcp']}"
@@ -126,7 +128,7 @@ class KillTests(NodeMixin, unittest.TestCase):
         self.assertGreaterEqual(len(acked), 300)
         self.assertEqual(len(loads), self.SENDERS * 4)
 
-        proc = start_twistd(self.data_dir, CAIRN_PSK=PSK)
+        proc = start_twistd(self.data_dir, CAIRN_PSK=PSK, **self.node_settings)
         self.addCleanup(self._kill, proc)
         ports = yield eventually(proc.listening, 60)
         address = f"tcp:host=127.0.0.1:port={ports['tcp']}"

@@ -235,7 +235,16 @@ class HealthTests(unittest.TestCase):
         node.add_session(new_peer_id()[0])
         node.clock.advance(12.5)
         body = node.json("GET", "/health", token=None)
-        self.assertEqual(body, {"status": "ok", "version": __version__, "uptime": 12.5, "sessions": 1})
+        self.assertEqual(
+            body, {"status": "ok", "version": __version__, "uptime": 12.5, "sessions": 1, "storage": "sqlite"}
+        )
+
+    def test_health_degraded_storage(self):
+        """GET /health says which storage the node runs on and, when it cannot be used, degraded with the reason."""
+        reason = "NATS unreachable (nats: no servers available for connection)"
+        node = Node(self, stats={"storage": lambda: ("jetstream", reason)})
+        body = node.json("GET", "/health", token=None)
+        self.assertEqual((body["status"], body["storage"], body["reason"]), ("degraded", "jetstream", reason))
 
     def test_health_reveals_nothing_sensitive(self):
         """GET /health shows no peer id, no path and no token."""

@@ -80,16 +80,7 @@ class SyncHarness(ScenarioMixin):
         self.clock.advance(1_700_000_000)
         self.trust = MemoryTrustStore()
         self.pairing = PairingService(self.server, self.trust, self.clock)
-        if self.sqlite:
-            directory = os.path.abspath(self.mktemp())
-            os.makedirs(directory)
-            self.db_path = os.path.join(directory, "cairn.sqlite")
-            self.db = Database(reactor, self.db_path, [SYNC_SCHEMA])
-            yield self.db.start()
-            self.addCleanup(self.db.stop)
-            self.store = SQLiteSyncStore(self.db)
-        else:
-            self.store = MemorySyncStore()
+        self.store = yield self.make_store()
         self.hub = SyncService(
             self.server, self.trust, self.store, self.clock, limits=self.limits, max_payload=SETTINGS["max_payload"]
         )
@@ -100,6 +91,19 @@ class SyncHarness(ScenarioMixin):
         self.conditions = Conditions()
         for name in ("subscribe", "set_cursor", "publish", "purge"):
             setattr(self.store, name, self._watched(getattr(self.store, name)))
+
+    @defer.inlineCallbacks
+    def make_store(self):
+        """The store under test (a Deferred): memory, or SQLite when C{sqlite} is set."""
+        if not self.sqlite:
+            return MemorySyncStore()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.db_path = os.path.join(directory, "cairn.sqlite")
+        self.db = Database(reactor, self.db_path, [SYNC_SCHEMA])
+        yield self.db.start()
+        self.addCleanup(self.db.stop)
+        return SQLiteSyncStore(self.db)
 
     def _watched(self, method):
         return lambda *args: method(*args).addBoth(self.conditions.changed)

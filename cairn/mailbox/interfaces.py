@@ -8,9 +8,13 @@ Every mutation enforces the limits inside the same transaction that
 makes it durable; the Deferreds fire once the change is durable.
 
 The depth figures (L{IMailboxStore.depths}, L{IMailboxStore.total_bytes})
-are answered synchronously from a cache the store keeps current as its
-transactions commit, so that metrics and limit reports never wait for
-the disk.
+and the overrides (L{IMailboxStore.limits}) are answered synchronously
+from a cache, so that metrics and limit reports never wait for the disk.
+The cache is loaded by C{start()} and kept current by this store's own
+writes: exact for a store that is its data's only writer (SQLite,
+memory), local to this node for one that is not (JetStream, see
+docs/scaling.md). A store that shares its data tells its service about
+writes made elsewhere through L{IMailboxStore.watch}.
 """
 
 import attr
@@ -96,6 +100,17 @@ class IMailboxStore(Interface):
     def start():
         """Load the caches; fires once L{depths} and L{limits} are accurate."""
 
+    def flushed():
+        """A Deferred firing once every mutation submitted so far is durable (or has failed)."""
+
+    def watch(callback):
+        """
+        Call C{callback(recipient)} (on the reactor thread) whenever a
+        message for C{recipient} is stored by another writer of the same
+        data (another node). A store that is its data's only writer never
+        calls it.
+        """
+
     def enqueue(items, now, limits):
         """
         Store each L{Incoming} of C{items} unless it is a duplicate or over a limit.
@@ -140,7 +155,7 @@ class IMailboxStore(Interface):
         """Persist the override L{PeerLimits} of C{peer_id} (all C{None}: remove it)."""
 
     def depths():
-        """{recipient: L{Depth}} of every non-empty mailbox (cached, synchronous)."""
+        """{recipient: L{Depth}} of every non-empty mailbox (cached, synchronous; see the module docstring)."""
 
     def total_bytes():
-        """Payload bytes across all mailboxes (cached, synchronous)."""
+        """Payload bytes across all mailboxes (cached, synchronous; see the module docstring)."""

@@ -124,6 +124,8 @@ class MailboxService(StoreService):
             MessageType.PEER_KEY_REQUEST: self._peer_key,
         }
         self._register(handlers)
+        # A store shared with other nodes reports what they stored: deliver it too.
+        store.watch(self._deliver_to)
 
     name = "mailbox"
 

@@ -54,6 +54,9 @@ class _Cache:
         self._total = 0
         self.limits = {}
 
+    def watch(self, callback):
+        """The store is its data's only writer: nothing is written elsewhere to report."""
+
     def depths(self):
         return dict(self._depths)
 
@@ -188,6 +191,9 @@ class MemoryMailboxStore(_Cache):
 
     def start(self):
         return defer.succeed(None)
+
+    def flushed(self):
+        return defer.succeed(None)  # every mutation is done when it returns
 
     def _depth_of(self, recipient):
         held = [m for m in self._messages.values() if m.recipient == recipient]

@@ -77,6 +77,7 @@ def _default_stats():
         "sync": lambda: {"topics": []},
         "sync_access": _no_sync,
         "sync_set_access": _no_sync,
+        "storage": lambda: ("sqlite", None),
     }
 
 
@@ -151,7 +152,8 @@ class ManagementAPI:
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
     @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"}, C{"history"}, C{"node"}, C{"config"} (no arguments), C{"mailbox_peer"} (a peer id; C{None}
+        C{"sync"}, C{"history"}, C{"node"}, C{"config"} (no arguments), C{"storage"} (no
+        arguments: C{(kind, problem or None)} for C{/health}), C{"mailbox_peer"} (a peer id; C{None}
         for an unknown peer) and C{"mailbox_limits"} (a peer id and the
         JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
         JSON-able data or a Deferred of it.  Missing ones report an empty
@@ -183,13 +185,17 @@ class ManagementAPI:
 
     @_endpoint(app, "/health", "GET")
     async def health(self, request):
-        """Liveness: status, version, uptime, session count (free disk space, descriptor pressure)."""
+        """Liveness: status, version, uptime, session count, storage (and why it is degraded), disk, descriptors."""
+        storage, problem = self.stats["storage"]()
         result = {
-            "status": "ok",
+            "status": "ok" if problem is None else "degraded",
             "version": __version__,
             "uptime": round(max(0.0, self.clock.seconds() - self.started_at), 3),
             "sessions": len(self.peer.sessions),
+            "storage": storage,
         }
+        if problem is not None:
+            result["reason"] = problem
         if "disk" in self.stats:
             result["disk"] = self.stats["disk"]()
         descriptors = self.stats.get("descriptors")

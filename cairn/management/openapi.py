@@ -52,9 +52,13 @@ _SCHEMAS = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "version", "uptime", "sessions"],
+        "required": ["status", "version", "uptime", "sessions", "storage"],
         "properties": {
-            "status": {"type": "string", "const": "ok"},
+            "status": {
+                "type": "string",
+                "enum": ["ok", "degraded"],
+                "description": "degraded: the node is up but its storage cannot be used now (see reason).",
+            },
             "version": {"type": "string"},
             "uptime": {"type": "number", "description": "Seconds since the node started."},
             "sessions": {"type": "integer", "description": "Live sessions (attached or detached)."},
@@ -83,6 +87,12 @@ _SCHEMAS = {
                     "refused": {"type": "integer", "description": "Connections refused at the critical mark."},
                 },
             },
+            "storage": {
+                "type": "string",
+                "enum": ["sqlite", "jetstream"],
+                "description": "Where the node's state lives (CAIRN_CLUSTER_NATS set: NATS JetStream).",
+            },
+            "reason": {"type": "string", "description": "Why the node is degraded (only then)."},
         },
     },
     "PairedPeer": {

@@ -6,7 +6,11 @@ of devices), a durable cursor per (device, topic), and per topic its
 head (last seq given), floor (last seq removed by retention) and size.
 Mutations fire once durable; the figures (L{ISyncStore.topics},
 L{ISyncStore.cursors}, L{ISyncStore.total_bytes}) are answered
-synchronously from a cache kept current as transactions commit.
+synchronously from a cache loaded at start and kept current by this
+store's own writes: exact for a store that is its data's only writer
+(SQLite, memory), local to this node for one that is not (JetStream, see
+docs/scaling.md), which reports writes made elsewhere through
+L{ISyncStore.watch}.
 """
 
 import attr
@@ -58,6 +62,16 @@ class ISyncStore(Interface):
 
     def start():
         """Load the caches; fires once L{topics} and L{cursors} are accurate."""
+
+    def flushed():
+        """A Deferred firing once every mutation submitted so far is durable (or has failed)."""
+
+    def watch(callback):
+        """
+        Call C{callback(topic)} (on the reactor thread) whenever an update
+        to C{topic} is stored by another writer of the same data (another
+        node). A store that is its data's only writer never calls it.
+        """
 
     def publish(items, now, limits):
         """

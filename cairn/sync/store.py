@@ -51,6 +51,9 @@ class _Cache:
     def total_bytes(self):
         return self._total
 
+    def watch(self, callback):
+        """The store is its data's only writer: nothing is written elsewhere to report."""
+
     def _apply(self, changes):
         topics, cursors = changes
         for name, topic in topics.items():
@@ -293,6 +296,9 @@ class MemorySyncStore(_Cache):
 
     def start(self):
         return defer.succeed(None)
+
+    def flushed(self):
+        return defer.succeed(None)  # every mutation is done when it returns
 
     def _remove(self, keys, topics):
         for key in keys:

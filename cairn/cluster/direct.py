@@ -1,0 +1,218 @@
+"""
+Reads and small writes over the NATS wire, run on the NATS loop.
+
+nats-py has no call for a batched direct get (ADR-31: C{"batch"} with
+C{"next_by_subj"}, answered by a run of messages and an end-of-batch
+status), which is how the stores page through a subject -- one round trip
+per page instead of one per message -- so L{direct_batch} makes the
+request itself. Everything else is nats-py's.
+"""
+
+import asyncio
+import json
+
+import attr
+
+#: Header names the stores write (values are ASCII text).
+SENDER, RECIPIENT, ID, STORED, EXPIRES, STATUS, AT, TOPIC = (
+    "Cairn-Sender",
+    "Cairn-Recipient",
+    "Cairn-Id",
+    "Cairn-Stored",
+    "Cairn-Expires",
+    "Cairn-Status",
+    "Cairn-At",
+    "Cairn-Topic",
+)
+EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
+#: JetStream's error codes for a failed C{EXPECT_LAST} check ("wrong last
+#: sequence: N", and the clustered form without the N).
+WRONG_LAST_SEQUENCE = (10071, 10164)
+#: ... and for deleting a message that is not there.
+NO_MESSAGE_FOUND = 10057
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Held:
+    """One message read from a stream."""
+
+    subject: str
+    seq: int
+    headers: dict
+    data: bytes
+
+
+class ReadError(Exception):
+    """A direct get was answered with an error status."""
+
+
+async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeout=5.0):
+    """
+    Up to C{batch} messages of C{stream} from seq C{start} on (those on
+    C{subject}, wildcards allowed), in order; returns C{(messages, last)}
+    with C{last} the seq of the last one.
+
+    @param min_last: answered only by a replica that has applied the
+        stream up to this seq (ADR-53; a follower behind passes the
+        request to the leader): a read sees every write acknowledged
+        before it. (Deletions do not raise the last seq: a replica may
+        still show a message deleted a moment ago.)
+    """
+    request = {"seq": max(start, 1), "batch": batch}
+    if subject is not None:
+        request["next_by_subj"] = subject
+    if min_last:
+        request["min_last_seq"] = min_last
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    out, last = [], 0
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        while True:
+            msg = await sub.next_msg(timeout=timeout)
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status:
+                last = int(headers.get("Nats-Last-Sequence") or 0)
+                if status in ("204", "404"):
+                    return out, last
+                raise ReadError(f"direct get from {stream}: {status} {headers.get('Description', '')}".strip())
+            out.append(Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+async def direct_all(nc, stream, subject, start=1, page=1000, upto=None):
+    """Every message of C{stream} on C{subject} from C{start} (to C{upto} inclusive), paging."""
+    out = []
+    while True:
+        held, _ = await direct_batch(nc, stream, start, page, subject)
+        for message in held:
+            if upto is not None and message.seq > upto:
+                return out
+            out.append(message)
+        if len(held) < page:
+            return out
+        start = held[-1].seq + 1
+
+
+async def direct_seq(nc, stream, seq, timeout=5.0):
+    """The message at C{seq} of C{stream}, or None."""
+    msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=timeout)
+    headers = msg.headers or {}
+    if headers.get("Status"):
+        if headers["Status"] == "404":
+            return None
+        raise ReadError(f"direct get from {stream}: {headers['Status']} {headers.get('Description', '')}".strip())
+    return Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data)
+
+
+async def direct_last(nc, stream, subject, timeout=5.0):
+    """The last message on C{subject} of C{stream}, or None."""
+    msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
+    headers = msg.headers or {}
+    if headers.get("Status"):
+        if headers["Status"] == "404":
+            return None
+        raise ReadError(f"direct get from {stream}: {headers['Status']} {headers.get('Description', '')}".strip())
+    return Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data)
+
+
+async def delete(js, stream, seq):
+    """
+    Delete message C{seq} of C{stream}; whether this call removed it (one
+    already gone, removed by a concurrent call, is not an error).
+    """
+    try:
+        await js.delete_msg(stream, seq)
+    except Exception as e:
+        if getattr(e, "err_code", None) != NO_MESSAGE_FOUND:
+            raise
+        return False
+    return True
+
+
+def is_wrong_last(error) -> bool:
+    """Whether C{error} is JetStream refusing a write whose expected last subject seq did not hold."""
+    return getattr(error, "err_code", None) in WRONG_LAST_SEQUENCE
+
+
+class PublishError(Exception):
+    """JetStream refused a publish; C{err_code} is its error code."""
+
+    def __init__(self, err_code, description):
+        super().__init__(description)
+        self.err_code = err_code
+
+
+class Acks:
+    """
+    Pipelined JetStream publishes: L{publish} writes a message with a
+    reply subject of its own and returns a future of its PubAck's stream
+    seq, so that many can be in flight on one connection.
+
+    nats-py's own C{publish_async} leaves the future unresolved when the
+    server answers with an error (its reply handler raises instead of
+    setting the exception, nats-py 2.16), and a refused write is an
+    ordinary answer here (a duplicate), hence this small replacement.
+    """
+
+    def __init__(self, nc, timeout=5.0):
+        self.nc = nc
+        self.timeout = timeout
+        self._prefix = None
+        self._futures = {}
+        self._next = 0
+
+    async def _start(self):
+        self._prefix = self.nc.new_inbox()
+        await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
+
+    async def _reply(self, msg):
+        future = self._futures.pop(msg.subject.rsplit(".", 1)[1], None)
+        if future is None or future.done():
+            return
+        headers = msg.headers or {}
+        if headers.get("Status") == "503":
+            future.set_exception(PublishError(503, "no JetStream stream answered (no responders)"))
+            return
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(PublishError(0, "unreadable PubAck"))
+            return
+        if "error" in answer:
+            error = answer["error"]
+            future.set_exception(PublishError(error.get("err_code"), error.get("description", "refused")))
+        else:
+            future.set_result(int(answer["seq"]))
+
+    async def publish(self, subject, payload, headers):
+        """
+        Write one message; returns a future of its stream seq (failing with
+        L{PublishError}, or C{asyncio.TimeoutError} when no PubAck comes).
+        """
+        if self._prefix is None:
+            await self._start()
+        self._next += 1
+        token = str(self._next)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        # A caller that stops early (another publish failed) must not leave
+        # an unretrieved exception behind.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._futures[token] = future
+        timer = loop.call_later(self.timeout, self._expire, token)
+        future.add_done_callback(lambda _: timer.cancel())
+        try:
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        except BaseException:
+            self._futures.pop(token, None)
+            future.cancel()
+            raise
+        return future
+
+    def _expire(self, token):
+        future = self._futures.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError("no PubAck from JetStream in time"))

@@ -1,0 +1,379 @@
+"""
+L{JetStreamSyncStore}: the sync hub on NATS JetStream.
+
+The stream C{<prefix>_sync} holds, per topic, the subject
+C{<p>.sync.<topic>} (the topic name base64url-encoded, so any name is a
+subject token) and the dedup records C{<p>.syncids.<sender>.<id hex>}.
+Each update carries its per-topic seq (C{Cairn-Seq}); a publish is an
+atomic batch (ADR-50) of the dedup record (written only if its subject is
+empty) and the update, written only if the topic's subject still ends at
+the message this node read (C{Nats-Expected-Last-Subject-Sequence}): the
+optimistic concurrency that keeps the seqs 1, 2, 3, ... contiguous and
+never reused even with several writers -- a writer that lost the race
+reads the new last message and tries again. When retention removes the
+last update of a topic, a marker (C{Cairn-Kind: floor}) carrying the head
+is written first, so the head survives an empty log.
+
+The cursors are keys C{<device>.<topic>} of the KV bucket
+C{<prefix>_cursors}, raised with compare-and-set (never lower). The
+caches (L{topics}, L{cursors}, L{total_bytes}) are loaded at start and
+kept current by this store's own writes (local to this node; see
+docs/scaling.md).
+"""
+
+import asyncio
+import base64
+import uuid
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from cairn.cluster import direct as D
+from cairn.cluster.common import _observe, _storage_error
+from cairn.cluster.watch import Watchers
+from cairn.sync.interfaces import ISyncStore, Topic, Update
+from cairn.sync.store import _Cache
+from cairn.wire.constants import SyncStatus
+
+SEQ, KIND = "Cairn-Seq", "Cairn-Kind"
+PAGE = 256
+
+
+def _token(topic):
+    return base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=") or "_"
+
+
+def _topic(token):
+    if token == "_":
+        return ""
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+@implementer(ISyncStore)
+class JetStreamSyncStore(_Cache):
+    """The sync hub in a L{cairn.cluster.connection.JetStream}'s C{sync} stream and C{cursors} bucket."""
+
+    def __init__(self, jetstream):
+        super().__init__()
+        self.jet = jetstream
+        self.stream = jetstream.stream("sync")
+        self.commits = 0  # no transactions here; kept for the interface
+        self._pending = set()
+        self._locks = {}  # topic -> asyncio.Lock (on the NATS loop)
+        self._last = {}  # topic -> (stream seq, topic seq) of its subject's last message
+        self._revisions = {}  # (device, topic) -> KV revision
+        self._removing = None
+        self.watchers = Watchers()
+
+    def _subject(self, *parts):
+        return self.jet.subject(*parts)
+
+    def _run(self, function, *args):
+        d = self.jet.run(function, *args).addErrback(_storage_error)
+        self._pending.add(d)
+        return d.addBoth(lambda r: (self._pending.discard(d), r)[1])
+
+    def flushed(self):
+        return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)
+
+    def watch(self, callback):
+        self.watchers.add(callback)
+
+    # Loading
+
+    def start(self):
+        def loaded(result):
+            topics, cursors = result
+            self._topics, self._cursors, self._total = {}, {}, 0
+            self._apply((topics, cursors))
+
+        d = self.jet.when_ready()
+        d.addCallback(lambda _: self.jet.run(self._load))
+        return d.addCallback(loaded)
+
+    async def _load(self):
+        from nats.js.errors import NoKeysError
+
+        state = {}  # topic -> [head, first update seq or None, updates, bytes]
+        for held in await D.direct_all(self.jet.nc, self.stream, self._subject("sync", "*")):
+            topic = _topic(held.subject.rsplit(".", 1)[1])
+            seq = int(held.headers[SEQ])
+            s = state.setdefault(topic, [0, None, 0, 0])
+            s[0] = max(s[0], seq)
+            if held.headers.get(KIND) != "floor":
+                s[1] = seq if s[1] is None else min(s[1], seq)
+                s[2] += 1
+                s[3] += len(held.data or b"")
+            self._last[topic] = (held.seq, seq)
+        topics = {t: Topic(h, (first - 1) if first is not None else h, n, b) for t, (h, first, n, b) in state.items()}
+        cursors = {}
+        kv = self.jet.kv["cursors"]
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            entry = await kv.get(key)
+            device, token = key.split(".", 1)
+            cursors[(device, _topic(token))] = int(entry.value)
+            self._revisions[(device, _topic(token))] = entry.revision
+        return topics, cursors
+
+    # Publishing
+
+    def _merge(self, changes):
+        """Apply C{changes} ({topic: [head, floor, updates delta, bytes delta]}) to the current figures."""
+        topics = {}
+        for name, (head, floor, updates, size) in changes.items():
+            t = self._topics.get(name, Topic())
+            topics[name] = Topic(max(t.head, head), max(t.floor, floor), t.updates + updates, t.bytes + size)
+        self._apply((topics, {}))
+
+    def publish(self, items, now, limits):
+        items = list(items)
+        d = self._run(self._publish, items, now, limits, self.total_bytes())
+
+        def done(result):
+            results, changes = result
+            self._merge(changes)
+            return results
+
+        return d.addCallback(done)
+
+    async def _publish(self, items, now, limits, total):
+        results, changes = [], {}
+        for item in items:
+            status, seq, size = await self._publish_one(item, now, now + limits.max_age)
+            results.append((status, seq))
+            if status == SyncStatus.COMMITTED:
+                c = changes.setdefault(item.topic, [0, 0, 0, 0])
+                c[0], c[2], c[3] = max(c[0], seq), c[2] + 1, c[3] + size
+                total += size
+        if total > limits.max_total:
+            await self._evict(total - limits.max_total, changes)
+        return results, changes
+
+    async def _publish_one(self, item, now, expires_at):
+        lock = self._locks.setdefault(item.topic, asyncio.Lock())
+        subject = self._subject("sync", _token(item.topic))
+        ids = self._subject("syncids", item.sender, item.update_id.hex())
+        async with lock:
+            for _ in range(20):
+                last = self._last.get(item.topic)
+                if last is None:
+                    held = await D.direct_last(self.jet.nc, self.stream, subject)
+                    last = (held.seq, int(held.headers[SEQ])) if held is not None else (0, 0)
+                seq = last[1] + 1
+                batch = uuid.uuid4().hex
+                await self.jet.nc.publish(
+                    ids,
+                    b"",
+                    headers={
+                        "Nats-Batch-Id": batch,
+                        "Nats-Batch-Sequence": "1",
+                        D.EXPECT_LAST: "0",
+                        D.TOPIC: _token(item.topic),
+                        SEQ: str(seq),
+                    },
+                )
+                future = await self.jet.acks.publish(
+                    subject,
+                    item.payload,
+                    headers={
+                        "Nats-Batch-Id": batch,
+                        "Nats-Batch-Sequence": "2",
+                        "Nats-Batch-Commit": "1",
+                        D.EXPECT_LAST: str(last[0]),
+                        SEQ: str(seq),
+                        D.SENDER: item.sender,
+                        D.ID: item.update_id.hex(),
+                        D.STORED: repr(float(now)),
+                        D.EXPIRES: repr(float(expires_at)),
+                    },
+                )
+                try:
+                    stream_seq = await future
+                except Exception as e:
+                    if not D.is_wrong_last(e):
+                        raise
+                    known = await D.direct_last(self.jet.nc, self.stream, ids)
+                    if known is not None:
+                        return SyncStatus.DUPLICATE, int(known.headers[SEQ]), 0
+                    self._last.pop(item.topic, None)  # another writer got there first: read again
+                    continue
+                self._last[item.topic] = (stream_seq, seq)
+                return SyncStatus.COMMITTED, seq, len(item.payload)
+        raise D.PublishError(0, f"topic {item.topic!r}: too many concurrent writers")
+
+    # Removal
+
+    async def _remove(self, updates, changes):
+        """Delete C{updates} (held messages), noting floors in C{changes}; markers keep emptied heads."""
+        for held in updates:
+            topic = _topic(held.subject.rsplit(".", 1)[1])
+            seq = int(held.headers[SEQ])
+            lock = self._locks.setdefault(topic, asyncio.Lock())
+            async with lock:
+                last = self._last.get(topic)
+                if last is not None and last[0] == held.seq:
+                    # The head itself goes: leave a marker that remembers it.
+                    try:
+                        marker = await (
+                            await self.jet.acks.publish(
+                                held.subject, b"", headers={KIND: "floor", SEQ: str(seq), D.EXPECT_LAST: str(held.seq)}
+                            )
+                        )
+                        self._last[topic] = (marker, seq)
+                    except Exception as e:
+                        if not D.is_wrong_last(e):
+                            raise
+                        self._last.pop(topic, None)  # a newer update holds the head
+                removed = await D.delete(self.jet.js, self.stream, held.seq)
+            if not removed:
+                continue  # a concurrent sweep or eviction removed (and counted) it
+            ids = self._subject("syncids", held.headers[D.SENDER], held.headers[D.ID])
+            await self.jet.js.purge_stream(self.stream, subject=ids)
+            c = changes.setdefault(topic, [0, 0, 0, 0])
+            c[1], c[2], c[3] = max(c[1], seq), c[2] - 1, c[3] - len(held.data or b"")
+
+    async def _oldest(self, wanted, until=None):
+        """The oldest updates (markers skipped, stale markers deleted) while C{wanted(held)} holds."""
+        out, start = [], 1
+        while True:
+            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, self._subject("sync", "*"))
+            for held in page:
+                if held.headers.get(KIND) == "floor":
+                    topic = _topic(held.subject.rsplit(".", 1)[1])
+                    last = self._last.get(topic)
+                    if last is not None and last[0] != held.seq:
+                        await D.delete(self.jet.js, self.stream, held.seq)  # superseded
+                    continue
+                if not wanted(held, out):
+                    return out
+                out.append(held)
+            if len(page) < PAGE:
+                return out
+            start = page[-1].seq + 1
+
+    async def _evict(self, excess, changes):
+        freed = [0]
+
+        def wanted(held, out):
+            if freed[0] >= excess:
+                return False
+            freed[0] += len(held.data or b"")
+            return True
+
+        async with self._removal_lock():
+            await self._remove(await self._oldest(wanted), changes)
+
+    def fetch(self, topic, after_seq, limit):
+        return self._run(self._fetch, topic, after_seq, limit)
+
+    async def _fetch(self, topic, after_seq, limit):
+        # Stream seqs and topic seqs both rise: page from the stream start
+        # (the topic's first message) and skip what is at or below after_seq.
+        out, start = [], 1
+        subject = self._subject("sync", _token(topic))
+        while len(out) < limit:
+            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, subject)
+            for held in page:
+                seq = int(held.headers[SEQ])
+                if held.headers.get(KIND) == "floor" or seq <= after_seq:
+                    continue
+                h = held.headers
+                update_id, stored = bytes.fromhex(h[D.ID]), float(h[D.STORED])
+                out.append(Update(topic, seq, h[D.SENDER], update_id, stored, held.data or b""))
+                if len(out) >= limit:
+                    break
+            if len(page) < PAGE:
+                break
+            start = page[-1].seq + 1
+        return out
+
+    def expire(self, now, limit):
+        d = self._run(self._expire, now, limit)
+
+        def done(result):
+            count, more, changes = result
+            self._merge(changes)
+            return count, more
+
+        return d.addCallback(done)
+
+    def _removal_lock(self):
+        # Sweeps and evictions one at a time (on the NATS loop): a second
+        # one scans after the first has deleted, so nothing is removed twice.
+        if self._removing is None:
+            self._removing = asyncio.Lock()
+        return self._removing
+
+    async def _expire(self, now, limit):
+        async with self._removal_lock():
+            due = await self._oldest(lambda held, out: len(out) < limit and float(held.headers[D.EXPIRES]) <= now)
+            changes = {}
+            await self._remove(due, changes)
+        return -sum(c[2] for c in changes.values()), len(due) >= limit, changes
+
+    # Cursors
+
+    def subscribe(self, device, cursors):
+        wanted = {}
+        for name, seq in cursors.items():
+            t = self._topics.get(name, Topic())
+            held = self._cursors.get(device, {}).get(name)
+            if seq is not None:
+                wanted[name] = max(0, min(seq, t.head))
+            else:
+                wanted[name] = held if held is not None else t.floor
+        changed = {n: v for n, v in wanted.items() if self._cursors.get(device, {}).get(n) != v}
+        d = self._run(self._put_cursors, device, changed)
+        return d.addCallback(lambda _: self._apply(({}, {(device, n): v for n, v in wanted.items()})) or wanted)
+
+    async def _put_cursors(self, device, values):
+        kv = self.jet.kv["cursors"]
+        for name, value in values.items():
+            self._revisions[(device, name)] = await kv.put(f"{device}.{_token(name)}", str(value).encode())
+
+    def set_cursor(self, device, topic, seq):
+        held = self._cursors.get(device, {}).get(topic)
+        if held is None:
+            return defer.succeed(None)
+        head = self._topics.get(topic, Topic()).head
+        d = self._run(self._raise_cursor, device, topic, min(seq, head))
+
+        def raised(value):
+            if value is not None:
+                self._apply(({}, {(device, topic): value}))
+            return value
+
+        return d.addCallback(raised)
+
+    async def _raise_cursor(self, device, topic, seq):
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv, key = self.jet.kv["cursors"], f"{device}.{_token(topic)}"
+        for _ in range(20):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                return None  # unsubscribed (or purged) meanwhile
+            current = int(entry.value)
+            if seq <= current:
+                return current
+            try:
+                self._revisions[(device, topic)] = await kv.update(key, str(seq).encode(), last=entry.revision)
+                return seq
+            except KeyWrongLastSequenceError:
+                continue  # another writer moved it: never lower it
+        raise D.PublishError(0, f"cursor {device}/{topic}: too many concurrent writers")
+
+    def purge(self, device):
+        names = list(self._cursors.get(device, {}))
+        d = self._run(self._purge, device, names)
+        return d.addCallback(lambda _: self._apply(({}, {(device, n): None for n in names})) or len(names))
+
+    async def _purge(self, device, names):
+        kv = self.jet.kv["cursors"]
+        for name in names:
+            await kv.purge(f"{device}.{_token(name)}")

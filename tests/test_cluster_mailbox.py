@@ -1,0 +1,125 @@
+"""
+The JetStream mailbox store (L{cairn.cluster.mailbox}) against a real
+nats-server: the same contract as the SQLite and memory stores
+(L{tests.test_mailbox_store.StoreMixin}), then what only it has to show.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from cairn.cluster.mailbox import JetStreamMailboxStore
+from cairn.mailbox.interfaces import Incoming
+from cairn.wire.constants import ForwardStatus
+from tests import _jetstream
+from tests.test_mailbox import BatchingMixin, MailboxScenarioMixin
+from tests.test_mailbox_store import LIMITS, B, StoreMixin, item
+
+
+class JetStreamStoreTests(StoreMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def make_store(self):
+        self.server, self.jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(self.jet)
+        yield store.start()
+        return store
+
+    @defer.inlineCallbacks
+    def test_reload(self):
+        """A new store on the same streams loads the depths and overrides."""
+        from cairn.mailbox.interfaces import PeerLimits
+
+        yield self.enqueue(item(payload=b"ab"), item(payload=b"c"), now=5.0)
+        yield self.store.set_limits(B, PeerLimits(7, None))
+        again = JetStreamMailboxStore(self.jet)
+        yield again.start()
+        self.assertEqual(again.depths(), self.store.depths())
+        self.assertEqual(again.total_bytes(), 3)
+        self.assertEqual(again.limits, {B: PeerLimits(7, None)})
+
+    @defer.inlineCallbacks
+    def test_duplicate_after_restart(self):
+        """Dedup lives in the stream: a new store on it refuses a known id."""
+        sent = item()
+        yield self.enqueue(sent)
+        again = JetStreamMailboxStore(self.jet)
+        yield again.start()
+        results = yield again.enqueue([sent], 1.0, LIMITS)
+        self.assertEqual(results[0][0], ForwardStatus.DUPLICATE)
+
+    @defer.inlineCallbacks
+    def test_duplicate_over_limit(self):
+        """A known id is DUPLICATE even when the mailbox is now full (the sender is not told to give up)."""
+        first = item()
+        yield self.enqueue(first, item(), item())
+        results = yield self.enqueue(first)
+        self.assertEqual(results[0][0], ForwardStatus.DUPLICATE)
+
+    @defer.inlineCallbacks
+    def test_pipelined_enqueues(self):
+        """Many enqueues in flight at once are each stored once, in order, within the limits."""
+        from cairn.mailbox.interfaces import Limits
+
+        limits = Limits(max_per_peer=150, max_total=10**6, max_age=100.0)
+        calls = [self.store.enqueue([item(payload=b"%d" % i)], 0.0, limits) for i in range(200)]
+        results = yield defer.gatherResults(calls)
+        statuses = [r[0][0] for r in results]
+        self.assertEqual(statuses.count(ForwardStatus.STORED), 150)
+        self.assertEqual(statuses[150:], [ForwardStatus.MAILBOX_FULL] * 50)
+        held = yield self.store.fetch(B, 0, 1000)
+        self.assertEqual([m.payload for m in held], [b"%d" % i for i in range(150)])
+        self.assertEqual(self.store.depths()[B].messages, 150)
+
+    @defer.inlineCallbacks
+    def test_nats_down_is_storage_error(self):
+        """With its NATS server gone, an enqueue fails with StoreFull (STORAGE_ERROR), never a STORED."""
+        from cairn.mailbox.interfaces import StoreFull
+
+        yield self.server.kill()
+        with self.assertRaises(StoreFull):
+            yield self.store.enqueue([Incoming("QmA", B, b"\x01" * 16, b"x")], 0.0, LIMITS)
+
+
+class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):
+    """The mailbox scenarios (forward, deliver, receipts, limits, expiry, purge) with the store on JetStream."""
+
+    @defer.inlineCallbacks
+    def make_store(self):
+        _, self.jet = yield _jetstream.single(self)
+        return JetStreamMailboxStore(self.jet)
+
+    @defer.inlineCallbacks
+    def test_delivery_follows_writes_made_elsewhere(self):
+        """A message another writer (node) stores for an online recipient is delivered at once by this node."""
+        from cairn.mailbox import sealing
+        from cairn.mailbox.client import uuid7
+
+        alice, _ = self.peer()
+        bob, inbox = self.peer()
+        yield self.connect(bob)
+        elsewhere = JetStreamMailboxStore(self.jet)
+        yield elsewhere.start()
+        message_id = uuid7()
+        sealed = sealing.seal(alice.peer.identity, bob.peer_id, bob.peer.identity.public_key, message_id, b"hello")
+        now = self.clock.seconds()
+        yield elsewhere.enqueue([Incoming(alice.peer_id, bob.peer_id, message_id, sealed)], now, self.limits)
+        (received,) = yield inbox.wait(inbox.messages, 1)
+        self.assertEqual(received, (alice.peer_id, message_id, b"hello"))
+
+
+class WatchTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_written_elsewhere_is_reported(self):
+        """A message another writer stores reaches this store's watch() callbacks and depths; its own do not."""
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield here.start()
+        yield elsewhere.start()
+        told, mine, conditions = [], [], Conditions()
+        here.watch(lambda recipient: conditions.changed(told.append(recipient)))
+        elsewhere.watch(mine.append)
+        yield elsewhere.enqueue([item(payload=b"abc")], 7.0, LIMITS)
+        yield conditions.until(lambda: told == [B])
+        self.assertEqual(here.depths()[B], elsewhere.depths()[B])
+        self.assertEqual(mine, [])

@@ -1,0 +1,167 @@
+"""
+A whole node on NATS JetStream: the plain install imports nothing of
+nats, a real C{twistd -n cairn} with C{CAIRN_CLUSTER_NATS} keeps its
+mailbox in JetStream across a restart, and a node started while NATS is
+unreachable says so on C{/health} and starts serving once NATS is up.
+"""
+
+import json
+import os
+import sys
+
+import treq
+from twisted.internet import defer, reactor, task, utils
+from twisted.trial import unittest
+from twisted.web.client import HTTPConnectionPool
+
+from cairn.client import Client
+from cairn.mailbox import client as mailbox
+from cairn.pairing import client as pairing
+from tests import test_mailbox_node
+from tests._harness import Conditions, drop_all, eventually, track_connections
+from tests._nats import NatsServer, free_port, start_nats
+from tests.test_twistd import REPO, start_twistd
+
+PSK = "a long pre-shared key for the jetstream node tests"
+
+
+class PlainInstallTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_no_nats_import_without_cluster(self):
+        """With CAIRN_CLUSTER_NATS unset, importing cairn.service and building a node imports nothing of nats."""
+        script = (
+            "import sys\n"
+            "from twisted.internet import reactor\n"
+            "import cairn.service\n"
+            "from tests.test_service import config_for\n"
+            f"node = cairn.service.make_node(config_for({os.path.abspath(self.mktemp())!r}), reactor)\n"
+            "assert node.storage == 'sqlite', node.storage\n"
+            "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        env["PYTHONPATH"] = REPO
+        out, err, code = yield utils.getProcessOutputAndValue(sys.executable, ["-c", script], env=env, path=REPO)
+        self.assertEqual((code, out.strip()), (0, b"[]"), err)
+
+
+class StartupCheckTests(unittest.TestCase):
+    def test_unreadable_creds_file(self):
+        """An unreadable CAIRN_CLUSTER_CREDS_FILE stops start-up with one line naming it (and not its content)."""
+        from cairn.service import StartupError, make_node
+        from tests.test_service import config_for
+
+        config = config_for(
+            os.path.abspath(self.mktemp()),
+            cluster_nats=("nats://127.0.0.1:4222",),
+            cluster_creds_file="/nonexistent/cairn.creds",
+        )
+        with self.assertRaises(StartupError) as caught:
+            make_node(config, reactor)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("cairn: CAIRN_CLUSTER_CREDS_FILE: cannot read"), message)
+        self.assertNotIn("\n", message)
+
+
+class TwistdJetStreamTests(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self):
+        self.connections = []
+        self.data_dir = os.path.abspath(self.mktemp())
+
+    def tearDown(self):
+        return drop_all(self.connections)
+
+    def client(self):
+        client = Client(reactor, clock=task.Clock())
+        track_connections(client.peer, self.connections)
+        return client
+
+    def twistd(self, url, **settings):
+        proc = start_twistd(
+            self.data_dir, CAIRN_PSK=PSK, CAIRN_CLUSTER_NATS=url, CAIRN_CLUSTER_REPLICAS="1", **settings
+        )
+        self.addCleanup(self._kill, proc)
+        return proc
+
+    def _kill(self, proc):
+        if os.environ.get("CAIRN_TEST_SHOW"):
+            print("".join(proc.output))
+        if not proc.ended.called:
+            proc.transport.signalProcess("KILL")
+            return proc.ended
+
+    @defer.inlineCallbacks
+    def paired(self, client, address):
+        session = yield eventually(client.connect(address))
+        yield eventually(pairing.pair_psk(session, PSK))
+        return session
+
+    @defer.inlineCallbacks
+    def test_mailbox_survives_restart_on_jetstream(self):
+        """twistd -n cairn on JetStream acks forwards, and after SIGTERM a new process delivers them all, in order."""
+        server = yield start_nats(self)
+        proc = self.twistd(server.url)
+        ports = yield eventually(proc.listening, 60)
+        self.assertIn("(storage: jetstream)", "".join(proc.output))
+        address = f"tcp:host=127.0.0.1:port={ports['tcp']}"
+        alice, bob = self.client(), self.client()
+        received, conditions = [], Conditions()
+        mailbox.set_inbox(bob.peer, lambda sender, mid, data: conditions.changed(received.append(data)))
+        b = yield self.paired(bob, address)
+        b.close()
+        a = yield self.paired(alice, address)
+        yield defer.gatherResults([eventually(mailbox.forward(a, bob.peer_id, b"%d" % i)) for i in range(20)])
+        proc.transport.signalProcess("TERM")
+        yield eventually(proc.ended, 30)
+
+        proc = self.twistd(server.url)
+        ports = yield eventually(proc.listening, 60)
+        yield eventually(bob.connect(f"tcp:host=127.0.0.1:port={ports['tcp']}"))
+        yield conditions.until(lambda: len(received) == 20, 30)
+        self.assertEqual(received, [b"%d" % i for i in range(20)])
+        self.assertNotIn("Traceback", "".join(proc.output))
+
+    @defer.inlineCallbacks
+    def test_unreachable_nats_at_start(self):
+        """NATS down at start: one line per retry, /health degraded with the reason, no traceback; then it serves."""
+        server = NatsServer(os.path.abspath(self.mktemp()))
+        self.addCleanup(server.kill)
+        mgmt = free_port()
+        proc = self.twistd(
+            server.url,
+            CAIRN_MGMT_LISTEN=f"tcp:{mgmt}:interface=127.0.0.1",
+            CAIRN_MGMT_TOKEN="a management token for this test",
+        )
+        yield eventually(proc.wait_for("unreachable", 2), 60)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = yield treq.get(f"http://127.0.0.1:{mgmt}/health", pool=pool)
+        health = json.loads((yield response.content()))
+        self.assertEqual((health["status"], health["storage"]), ("degraded", "jetstream"))
+        self.assertIn("NATS unreachable", health["reason"])
+
+        yield server.start()
+        ports = yield eventually(proc.listening, 60)
+        response = yield treq.get(f"http://127.0.0.1:{mgmt}/health", pool=pool)
+        health = json.loads((yield response.content()))
+        self.assertEqual((health["status"], health["storage"]), ("ok", "jetstream"))
+        session = yield self.paired(self.client(), f"tcp:host=127.0.0.1:port={ports['tcp']}")
+        self.assertIsNotNone(session)
+        self.assertNotIn("Traceback", "".join(proc.output))
+
+
+class JetStreamKillTests(test_mailbox_node.KillTests):
+    """kill -9 of a twistd node whose mailbox is on JetStream, under load: the same guarantees as on SQLite."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        super().setUp()
+        self.nats = yield start_nats(self)
+        self.node_settings = {"CAIRN_CLUSTER_NATS": self.nats.url, "CAIRN_CLUSTER_REPLICAS": "1"}
+
+    @defer.inlineCallbacks
+    def test_kill_9_loses_nothing_acknowledged(self):
+        """After SIGKILL under load, every acknowledged message is delivered exactly once (state on JetStream)."""
+        yield super().test_kill_9_loses_nothing_acknowledged()
+        streams = os.path.join(self.nats.directory, "js", "jetstream", "$G", "streams")
+        self.assertIn("cairn_mbox", os.listdir(streams))
