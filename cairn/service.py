@@ -424,7 +424,7 @@ def make_stores(config, reactor, db):
     try:
         return cluster_stores(config, reactor, db)
     except (ConfigError, MissingExtra) as e:
-        raise StartupError(f"cairn: {e}") from None
+        raise StartupError(str(e)) from None
 
 
 def make_node(config, reactor) -> CairnNode:

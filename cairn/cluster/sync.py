@@ -15,7 +15,10 @@ last update of a topic, a marker (C{Cairn-Kind: floor}) carrying the head
 is written first, so the head survives an empty log.
 
 The cursors are keys C{<device>.<topic>} of the KV bucket
-C{<prefix>_cursors}, raised with compare-and-set (never lower). The
+C{<prefix>_cursors}, raised with compare-and-set (never lower); a
+device's access grant (docs/protocol.md §24.9) is the key
+C{_access.<device>} of the same bucket (JSON C{{"read": [...], "write":
+[...]}}; peer ids never start with C{_}). The
 caches (L{topics}, L{cursors}, L{total_bytes}) are loaded at start and
 kept current by this store's own writes (local to this node; see
 docs/scaling.md).
@@ -23,6 +26,7 @@ docs/scaling.md).
 
 import asyncio
 import base64
+import json
 import uuid
 
 from twisted.internet import defer
@@ -31,11 +35,13 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import _observe, _storage_error
 from cairn.cluster.watch import Watchers
+from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.sync.store import _Cache
 from cairn.wire.constants import SyncStatus
 
 SEQ, KIND = "Cairn-Seq", "Cairn-Kind"
+ACCESS = "_access."
 PAGE = 256
 
 
@@ -83,9 +89,10 @@ class JetStreamSyncStore(_Cache):
 
     def start(self):
         def loaded(result):
-            topics, cursors = result
+            topics, cursors, access = result
             self._topics, self._cursors, self._total = {}, {}, 0
             self._apply((topics, cursors))
+            self._access = access
 
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._load))
@@ -106,7 +113,7 @@ class JetStreamSyncStore(_Cache):
                 s[3] += len(held.data or b"")
             self._last[topic] = (held.seq, seq)
         topics = {t: Topic(h, (first - 1) if first is not None else h, n, b) for t, (h, first, n, b) in state.items()}
-        cursors = {}
+        cursors, access = {}, {}
         kv = self.jet.kv["cursors"]
         try:
             keys = await kv.keys()
@@ -114,10 +121,14 @@ class JetStreamSyncStore(_Cache):
             keys = []
         for key in keys:
             entry = await kv.get(key)
+            if key.startswith(ACCESS):
+                grant = json.loads(entry.value)
+                access[key[len(ACCESS) :]] = Access(tuple(grant["read"]), tuple(grant["write"]))
+                continue
             device, token = key.split(".", 1)
             cursors[(device, _topic(token))] = int(entry.value)
             self._revisions[(device, _topic(token))] = entry.revision
-        return topics, cursors
+        return topics, cursors, access
 
     # Publishing
 
@@ -371,9 +382,32 @@ class JetStreamSyncStore(_Cache):
     def purge(self, device):
         names = list(self._cursors.get(device, {}))
         d = self._run(self._purge, device, names)
-        return d.addCallback(lambda _: self._apply(({}, {(device, n): None for n in names})) or len(names))
+
+        def purged(_):
+            self._apply(({}, {(device, n): None for n in names}))
+            self._set_access(device, None)
+            return len(names)
+
+        return d.addCallback(purged)
 
     async def _purge(self, device, names):
         kv = self.jet.kv["cursors"]
         for name in names:
             await kv.purge(f"{device}.{_token(name)}")
+        await kv.purge(ACCESS + device)
+
+    # Access grants (local cache of this node's writes and the start-up load)
+
+    def set_access(self, device, access):
+        def stored(_):
+            self._set_access(device, access)
+            return access
+
+        return self._run(self._put_access, device, access).addCallback(stored)
+
+    async def _put_access(self, device, access):
+        kv = self.jet.kv["cursors"]
+        if access is None:
+            await kv.purge(ACCESS + device)
+        else:
+            await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
