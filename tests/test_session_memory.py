@@ -3,6 +3,7 @@ Per-session memory of an idle session (issue 20): what a session holds
 only while it is needed.
 """
 
+from twisted.internet.base import DelayedCall
 from twisted.trial import unittest
 
 from cairn.wire import cbor
@@ -34,3 +35,34 @@ class ResendBufferTests(unittest.TestCase):
         before = len(transport.written)
         session.resend_after(seq2 - 1)
         self.assertEqual(len(transport.written), before + 1)
+
+
+class KeepaliveTimerTests(unittest.TestCase):
+    def test_one_delayed_call_per_session(self):
+        """An attached session's keepalive is one DelayedCall (no LoopingCall), rescheduled by each tick."""
+        node = InMemoryNode()
+        connection, transport, cipher = node.session()
+        session = connection.session
+        interval = node.peer.keepalive_interval
+        self.assertIsInstance(session._keepalive, DelayedCall)
+        calls = len(node.clock.getDelayedCalls())
+        sent = []
+        for _ in range(3):
+            before = len(transport.written)
+            session._last_rx = node.clock.seconds() + interval  # the peer keeps talking
+            node.clock.advance(interval)
+            sent.append([decode(d, 2**20).type for d in transport.written[before:]])
+            self.assertEqual(len(node.clock.getDelayedCalls()), calls)
+        self.assertEqual(sent, [[MessageType.KEEPALIVE]] * 3)
+        session.detach(connection)
+        self.assertIsNone(session._keepalive)
+        self.assertFalse(any(c.func == session._keepalive_tick for c in node.clock.getDelayedCalls()))
+
+    def test_timeout_drops_transport(self):
+        """A silent peer's transport is dropped at the first tick past the keepalive timeout."""
+        node = InMemoryNode()
+        connection, transport, _ = node.session()
+        node.clock.advance(node.peer.keepalive_timeout - 0.001)
+        self.assertFalse(transport.lost)
+        node.clock.advance(node.peer.keepalive_interval)
+        self.assertTrue(transport.lost)
