@@ -119,12 +119,14 @@ def full_ad(ad: bytes, pub: bytes, pn: int, n: int) -> bytes:
     return ad + pub + _HEADER.pack(pn, n)
 
 
-def _dh(own: X25519PrivateKey, other_pub: bytes) -> bytes:
+def _dh(own: X25519PrivateKey, other: "bytes | X25519PublicKey") -> bytes:
     # An all-zero result (a small-order key) is refused (section 11.1):
     # cryptography raises ValueError for it, and check_shared does not rely
     # on that.
     try:
-        return check_shared(own.exchange(X25519PublicKey.from_public_bytes(other_pub)))
+        if type(other) is bytes:
+            other = X25519PublicKey.from_public_bytes(other)
+        return check_shared(own.exchange(other))
     except ValueError as e:
         raise RatchetFailure("invalid message: %s" % (e,)) from e
 
@@ -260,9 +262,13 @@ class RatchetState:
                 for i in range(self.recv_n, pn):
                     ck, mk = kdf_chain(ck)
                     found.append((self.other_pub, i, mk))
-        root_key, recv_ck = kdf_root(self.root_key, _dh(self._own(), pub))
+        try:
+            peer = X25519PublicKey.from_public_bytes(pub)  # parsed once for both exchanges
+        except ValueError as e:
+            raise RatchetFailure("invalid message: %s" % (e,)) from e
+        root_key, recv_ck = kdf_root(self.root_key, _dh(self._own(), peer))
         new_priv, new_key = fresh()
-        root_key2, send_ck = kdf_root(root_key, _dh(new_key, pub))
+        root_key2, send_ck = kdf_root(root_key, _dh(new_key, peer))
         new_keys = self._skip(recv_ck, 0, pub, n, found)
         if new_keys is None:
             recv_ck, mk = kdf_chain(recv_ck)
