@@ -3,12 +3,19 @@ Per-session memory of an idle session (issue 20): what a session holds
 only while it is needed.
 """
 
+from twisted.internet import defer, reactor, task
 from twisted.internet.base import DelayedCall
+from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
 
+from cairn.client import Client
+from cairn.crypto.identity import Identity
+from cairn.session.peer import Peer
+from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType
 from cairn.wire.envelope import decode
+from tests._harness import SETTINGS, drop_all, eventually, track_connections
 from tests.fuzz.targets import InMemoryNode
 
 
@@ -66,3 +73,40 @@ class KeepaliveTimerTests(unittest.TestCase):
         self.assertFalse(transport.lost)
         node.clock.advance(node.peer.keepalive_interval)
         self.assertTrue(transport.lost)
+
+
+class WebSocketShedTests(unittest.TestCase):
+    """Once open, a WebSocket keeps neither the upgrade request nor autobahn's send queue."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.connections = []
+        self.server = Peer(Identity.generate(), task.Clock(), **SETTINGS)
+        track_connections(self.server, self.connections)
+        self.port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(server_factory(self.server))
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        yield drop_all(self.connections)
+        yield self.port.stopListening()
+
+    @defer.inlineCallbacks
+    def test_open_websocket_sheds_upgrade_state(self):
+        client = Client(reactor, Identity.generate(), clock=task.Clock(), **SETTINGS)
+        track_connections(client.peer, self.connections)
+        session = yield eventually(client.connect(f"ws://127.0.0.1:{self.port.getHost().port}/"))
+        # A message the node handles: by then its side is established too.
+        got = defer.Deferred()
+        self.server.register_handler(0xF001, lambda server_session, body: got.callback((server_session, body)))
+        session.send(0xF001, {"x": 1})
+        server_session, body = yield eventually(got)
+        self.assertEqual(body, {"x": 1})
+        for transport in (server_session.connection.transport, session.connection.transport):
+            self.assertEqual(transport.send_queue, ())
+            self.assertEqual(transport.http_headers, {})
+            self.assertEqual(transport.http_request_data, b"")
+        # Messages still flow both ways after the shedding.
+        back = defer.Deferred()
+        session.register_handler(0xF002, lambda _, body: back.callback(body))
+        server_session.send(0xF002, {"y": 2})
+        self.assertEqual((yield eventually(back)), {"y": 2})
