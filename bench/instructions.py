@@ -55,7 +55,7 @@ def _child(reactor, transport, pattern, count):
     bare = Factory.forProtocol(BareStream)
     bare.counter = counter
     node.startService()
-    listening = yield node.when_listening()
+    listening = yield node.ready  # every service started, ports serving
     port = yield serverFromString(reactor, LOCAL_ENDPOINT).listen(bare)
     if transport == "tcp":
         link = yield data.connect_cairn(reactor, f"tcp:host=127.0.0.1:port={listening['tcp'].getHost().port}")
