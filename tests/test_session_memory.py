@@ -1,0 +1,112 @@
+"""
+Per-session memory of an idle session (issue 20): what a session holds
+only while it is needed.
+"""
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.base import DelayedCall
+from twisted.internet.endpoints import serverFromString
+from twisted.trial import unittest
+
+from cairn.client import Client
+from cairn.crypto.identity import Identity
+from cairn.session.peer import Peer
+from cairn.transport.websocket import server_factory
+from cairn.wire import cbor
+from cairn.wire.constants import MessageType
+from cairn.wire.envelope import decode
+from tests._harness import SETTINGS, drop_all, eventually, track_connections
+from tests.fuzz.targets import InMemoryNode
+
+
+class ResendBufferTests(unittest.TestCase):
+    def test_idle_session_has_no_resend_buffer(self):
+        """An established session with nothing unacknowledged holds no deque (760 bytes empty)."""
+        connection, _, _ = InMemoryNode().session()
+        session = connection.session
+        self.assertEqual(session.buffered(), (0, 0))
+        self.assertEqual(session._unacked, ())
+
+    def test_buffer_made_on_send_and_freed_on_ack(self):
+        """A buffered envelope makes the buffer; the ack that empties it frees it; resend still works."""
+        connection, transport, cipher = InMemoryNode().session()
+        session = connection.session
+        seq = session.send(MessageType.CHANNEL_INIT, {"channel": 2, "name": "x"})
+        self.assertEqual(session.buffered()[0], 1)
+        self.assertEqual(len(session._unacked), 1)
+        ack = cipher.seal(1, MessageType.KEEPALIVE, session.session_id, 2, cbor.dumps({"ack": seq})).to_bytes()
+        connection.envelope_received(decode(ack, 2**20))
+        self.assertEqual(session.buffered(), (0, 0))
+        self.assertEqual(session._unacked, ())
+        seq2 = session.send(MessageType.CHANNEL_INIT, {"channel": 4, "name": "y"})
+        before = len(transport.written)
+        session.resend_after(seq2 - 1)
+        self.assertEqual(len(transport.written), before + 1)
+
+
+class KeepaliveTimerTests(unittest.TestCase):
+    def test_one_delayed_call_per_session(self):
+        """An attached session's keepalive is one DelayedCall (no LoopingCall), rescheduled by each tick."""
+        node = InMemoryNode()
+        connection, transport, cipher = node.session()
+        session = connection.session
+        interval = node.peer.keepalive_interval
+        self.assertIsInstance(session._keepalive, DelayedCall)
+        calls = len(node.clock.getDelayedCalls())
+        sent = []
+        for _ in range(3):
+            before = len(transport.written)
+            session._last_rx = node.clock.seconds() + interval  # the peer keeps talking
+            node.clock.advance(interval)
+            sent.append([decode(d, 2**20).type for d in transport.written[before:]])
+            self.assertEqual(len(node.clock.getDelayedCalls()), calls)
+        self.assertEqual(sent, [[MessageType.KEEPALIVE]] * 3)
+        session.detach(connection)
+        self.assertIsNone(session._keepalive)
+        self.assertFalse(any(c.func == session._keepalive_tick for c in node.clock.getDelayedCalls()))
+
+    def test_timeout_drops_transport(self):
+        """A silent peer's transport is dropped at the first tick past the keepalive timeout."""
+        node = InMemoryNode()
+        connection, transport, _ = node.session()
+        node.clock.advance(node.peer.keepalive_timeout - 0.001)
+        self.assertFalse(transport.lost)
+        node.clock.advance(node.peer.keepalive_interval)
+        self.assertTrue(transport.lost)
+
+
+class WebSocketShedTests(unittest.TestCase):
+    """Once open, a WebSocket keeps neither the upgrade request nor autobahn's send queue."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.connections = []
+        self.server = Peer(Identity.generate(), task.Clock(), **SETTINGS)
+        track_connections(self.server, self.connections)
+        self.port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(server_factory(self.server))
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        yield drop_all(self.connections)
+        yield self.port.stopListening()
+
+    @defer.inlineCallbacks
+    def test_open_websocket_sheds_upgrade_state(self):
+        client = Client(reactor, Identity.generate(), clock=task.Clock(), **SETTINGS)
+        track_connections(client.peer, self.connections)
+        session = yield eventually(client.connect(f"ws://127.0.0.1:{self.port.getHost().port}/"))
+        # A message the node handles: by then its side is established too.
+        got = defer.Deferred()
+        self.server.register_handler(0xF001, lambda server_session, body: got.callback((server_session, body)))
+        session.send(0xF001, {"x": 1})
+        server_session, body = yield eventually(got)
+        self.assertEqual(body, {"x": 1})
+        for transport in (server_session.connection.transport, session.connection.transport):
+            self.assertEqual(transport.send_queue, ())
+            self.assertEqual(transport.http_headers, {})
+            self.assertEqual(transport.http_request_data, b"")
+        # Messages still flow both ways after the shedding.
+        back = defer.Deferred()
+        session.register_handler(0xF002, lambda _, body: back.callback(body))
+        server_session.send(0xF002, {"y": 2})
+        self.assertEqual((yield eventually(back)), {"y": 2})
