@@ -21,11 +21,7 @@ from cairn.client import Client
 from cairn.crypto.identity import load_or_create_file
 from cairn.pairing.client import pair_psk
 from cairn.sync import client as sync
-
-try:
-    from cairn.sync.sealing import Keyring
-except ImportError:  # a library from before sealed sync updates (docs/protocol.md §24.10)
-    Keyring = None
+from cairn.sync.sealing import Keyring
 
 TOPIC = "notes"
 
@@ -41,10 +37,10 @@ def main(reactor, *argv):
     identity = args.identity or ("publisher.key" if args.publish else "subscriber.key")
 
     client = Client(reactor, load_or_create_file(identity))
-    if Keyring is not None:
-        # Updates are sealed end to end with a group key all of a person's
-        # devices share; here both roles read it from one file.
-        sync.set_keyring(client.peer, Keyring.load_or_create("notes.keyring"))
+    # Updates are sealed end to end with a group key all of a person's
+    # devices share (docs/protocol.md §24.10); here both roles read it from
+    # one file (devices apart would use sync.share_key / accept_keys_from).
+    sync.set_keyring(client.peer, Keyring.load_or_create("notes.keyring"))
     session = yield client.connect(args.server)
     yield pair_psk(session, os.environ["CAIRN_PSK"], name=identity.removesuffix(".key"))
 
