@@ -93,7 +93,7 @@ class ReplayTests(unittest.TestCase):
     def test_not_uuid7_dropped(self):
         """An id that is not a UUIDv7 carries no time to check, so it is never handed over."""
         recipient = Recipient(self.identity)
-        message_id = os.urandom(16)
+        message_id = os.urandom(6) + b"\x40" + os.urandom(9)  # version nibble 4: never a UUIDv7
         payload = self.sealer.seal(self.identity.peer_id, self.identity.public_key, message_id, b"x")
         recipient.deliver((self.sender.peer_id, message_id, payload))
         self.assertEqual(recipient.inbox, [])
