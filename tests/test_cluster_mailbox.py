@@ -70,6 +70,23 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(self.store.depths()[B].messages, 150)
 
     @defer.inlineCallbacks
+    def test_overlapping_cumulative_acknowledgements(self):
+        """Two cumulative acknowledgements in flight at once (upto 2nd, upto 3rd) owe one receipt per message."""
+        from tests.test_mailbox_store import C
+
+        yield self.enqueue(item(recipient=C))  # so that B's first seq is above 1: a read before it
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(3)))
+        held = yield self.store.fetch(B, 0, 10)
+        seqs = [m.seq for m in held]
+        first, second = yield defer.gatherResults(
+            [self.store.acknowledge(B, [], 1.0, 100.0, upto=u) for u in (seqs[1], seqs[2])]
+        )
+        receipted = sorted(r.rseq for r in first + second)
+        self.assertEqual(len(receipted), 3)
+        self.assertEqual(len(set(receipted)), 3)
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
     def test_nats_down_is_storage_error(self):
         """With its NATS server gone, an enqueue fails with StoreFull (STORAGE_ERROR), never a STORED."""
         from cairn.mailbox.interfaces import StoreFull
