@@ -34,17 +34,21 @@ class PairingScenarioMixin(ScenarioMixin):
     @defer.inlineCallbacks
     def _start_pairing(self):
         self.clock = task.Clock()
-        if self.sqlite:
-            directory = self.mktemp()
-            os.makedirs(directory)
-            db = Database(reactor, os.path.join(directory, "cairn.sqlite"), [TRUST_SCHEMA])
-            yield db.start()
-            self.addCleanup(db.stop)
-            self.trust = SQLiteTrustStore(db)
-        else:
-            self.trust = MemoryTrustStore()
+        self.trust = yield self.make_trust()
         self.pairing = PairingService(self.server, self.trust, self.clock, psk=self.psk, link_addresses=[self.address])
         yield self.pairing.start()
+
+    @defer.inlineCallbacks
+    def make_trust(self):
+        """The trust store under test (a Deferred): memory, or SQLite when C{sqlite} is set."""
+        if not self.sqlite:
+            return MemoryTrustStore()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        db = Database(reactor, os.path.join(directory, "cairn.sqlite"), [TRUST_SCHEMA])
+        yield db.start()
+        self.addCleanup(db.stop)
+        return SQLiteTrustStore(db)
 
 
 class Replies:

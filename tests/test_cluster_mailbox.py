@@ -70,6 +70,40 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(self.store.depths()[B].messages, 150)
 
     @defer.inlineCallbacks
+    def test_overlapping_cumulative_acknowledgements(self):
+        """Two cumulative acknowledgements in flight at once (upto 2nd, upto 3rd) owe one receipt per message."""
+        from tests.test_mailbox_store import C
+
+        yield self.enqueue(item(recipient=C))  # so that B's first seq is above 1: a read before it
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(3)))
+        held = yield self.store.fetch(B, 0, 10)
+        seqs = [m.seq for m in held]
+        first, second = yield defer.gatherResults(
+            [self.store.acknowledge(B, [], 1.0, 100.0, upto=u) for u in (seqs[1], seqs[2])]
+        )
+        receipted = sorted(r.rseq for r in first + second)
+        self.assertEqual(len(receipted), 3)
+        self.assertEqual(len(set(receipted)), 3)
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
+    def test_drop_receipts_keeps_the_others(self):
+        """Dropping some of a sender's receipts (one purge when they are a prefix) keeps the rest, others' too."""
+        from tests.test_mailbox_store import A, C
+
+        yield self.enqueue(item(), item(payload=b"2"), item(recipient=C, sender=B))
+        held = yield self.store.fetch(B, 0, 10)
+        yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        (other,) = yield self.store.fetch(C, 0, 10)
+        yield self.store.acknowledge(C, [other.seq], 1.0, 100.0)
+        first, second = yield self.store.receipts(A, 0, 10)
+        yield self.store.drop_receipts(A, [second.rseq])  # not a prefix: deleted alone
+        self.assertEqual((yield self.store.receipts(A, 0, 10)), [first])
+        yield self.store.drop_receipts(A, [first.rseq])  # a prefix: purged
+        self.assertEqual((yield self.store.receipts(A, 0, 10)), [])
+        self.assertEqual(len((yield self.store.receipts(B, 0, 10))), 1)
+
+    @defer.inlineCallbacks
     def test_nats_down_is_storage_error(self):
         """With its NATS server gone, an enqueue fails with StoreFull (STORAGE_ERROR), never a STORED."""
         from cairn.mailbox.interfaces import StoreFull

@@ -1,13 +1,18 @@
 """
 The JetStream sync store (L{cairn.cluster.sync}) against a real
 nats-server: the contract of L{tests.test_sync_store.StoreMixin}, then
-contiguous per-topic seqs with two writers racing, and a reload.
+contiguous per-topic seqs with two writers racing, a reload, and what
+another writer (node) stores reaching this store's watch and caches.
 """
+
+import os
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster.sync import JetStreamSyncStore
+from cairn.sync import access
+from cairn.sync.interfaces import Publish
 from cairn.wire.constants import SyncStatus
 from tests import _jetstream
 from tests.test_sync import SyncScenarioMixin
@@ -58,5 +63,74 @@ class JetStreamSyncScenarioTests(SyncScenarioMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def make_store(self):
+        _, self.jet = yield _jetstream.single(self)
+        return JetStreamSyncStore(self.jet)
+
+    @defer.inlineCallbacks
+    def test_fan_out_follows_writes_made_elsewhere(self):
+        """An update another writer (node) stores reaches this node's subscribers at once."""
+        reader, writer = self.device(), self.device()
+        yield reader.connect({"notes": None})
+        yield self.subscribed(reader)
+        elsewhere = JetStreamSyncStore(self.jet)
+        yield elsewhere.start()
+        update_id = os.urandom(16)
+        sealed = self.keyring.seal("notes", writer.peer_id, update_id, b"from afar")
+        item = Publish(writer.peer_id, "notes", update_id, sealed)
+        results = yield elsewhere.publish([item], self.clock.seconds(), self.limits)
+        self.assertEqual(results, [(SyncStatus.COMMITTED, 1)])
+        yield self.until(lambda: reader.data() == [b"from afar"])
+        self.assertEqual(self.store.topics()["notes"].head, 1)
+
+
+class WatchTests(unittest.TestCase):
+    """Two stores on one NATS server, as two nodes would be."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests._harness import Conditions
+
         _, jet = yield _jetstream.single(self)
-        return JetStreamSyncStore(jet)
+        self.here, self.elsewhere = JetStreamSyncStore(jet), JetStreamSyncStore(jet)
+        yield self.here.start()
+        yield self.elsewhere.start()
+        self.conditions = Conditions()
+        self.told, self.mine = [], []
+        self.here.watch(lambda topic: self.conditions.changed(self.told.append(topic)))
+        self.elsewhere.watch(self.mine.append)
+        # Grants and cursors have no watch callback: re-check when they arrive.
+        for name in ("_granted_elsewhere", "_cursor_elsewhere"):
+            method = getattr(self.here, name)
+            setattr(self.here, name, lambda *a, m=method: self.conditions.changed(m(*a)))
+
+    @defer.inlineCallbacks
+    def test_updates_written_elsewhere_are_reported(self):
+        """Another writer's updates reach this store's watch() and topics (head, counts); its own do not."""
+        yield self.elsewhere.publish([item(payload=b"abc"), item(payload=b"de")], 7.0, LIMITS)
+        yield self.conditions.until(lambda: self.told == ["notes", "notes"])
+        self.assertEqual(self.here.topics(), self.elsewhere.topics())
+        self.assertEqual(self.here.total_bytes(), 5)
+        self.assertEqual(self.mine, [])
+        # The next publish here continues the seqs without a failed first try.
+        results = yield self.here.publish([item()], 8.0, LIMITS)
+        self.assertEqual(results, [(SyncStatus.COMMITTED, 3)])
+
+    @defer.inlineCallbacks
+    def test_retention_elsewhere_raises_the_floor(self):
+        """Another writer's sweep that empties a topic (a floor marker) raises this store's floor."""
+        yield self.elsewhere.publish([item(), item()], 0.0, LIMITS)
+        yield self.conditions.until(lambda: len(self.told) == 2)
+        yield self.elsewhere.expire(LIMITS.max_age + 1, 10)
+        yield self.conditions.until(lambda: self.here.topics()["notes"].floor == 2)
+        self.assertEqual(self.here.topics(), self.elsewhere.topics())
+
+    @defer.inlineCallbacks
+    def test_grants_and_cursors_written_elsewhere_follow(self):
+        """Access grants and cursors stored or purged by another writer reach this store's caches."""
+        grant = access.Access(("notes",), ())
+        yield self.elsewhere.set_access(B, grant)
+        yield self.elsewhere.subscribe(B, {"notes": None})
+        yield self.conditions.until(lambda: self.here.access() == {B: grant} and B in self.here.cursors())
+        self.assertEqual(self.here.cursors(), {B: {"notes": 0}})
+        yield self.elsewhere.purge(B)
+        yield self.conditions.until(lambda: self.here.access() == {} and self.here.cursors() == {})

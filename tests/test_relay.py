@@ -63,16 +63,32 @@ class RelayHarness(ScenarioMixin):
     def setUp(self):
         yield super().setUp()
         self.clock = task.Clock()
-        self.trust = MemoryTrustStore()
+        self.trust = yield self.make_trust()
         self.conditions = Conditions()
+        self.pairings = []  # set_paired calls of peer(), awaited by connect()
+        store = yield self.make_relay_store()
+        options = self.relay_options()
+        if store is not None:
+            options["store"] = store
         self.relay = RecordingRelay(
             self.server,
             self.trust,
             self.clock,
             capacity=self.capacity,
             changed=self.conditions.changed,
-            **self.relay_options(),
+            **options,
         )
+        if store is not None:
+            yield self.relay.start()
+            self.addCleanup(self.relay.stop)
+
+    def make_trust(self):
+        """The node's trust store, started (a Deferred); memory here, JetStream in test_cluster_scenarios."""
+        return defer.succeed(MemoryTrustStore())
+
+    def make_relay_store(self):
+        """The relay's L{IRelayStore} (a Deferred), or None for none."""
+        return defer.succeed(None)
 
     def relay_options(self):
         """More keyword arguments for the relay service (attached circuits: see test_relay_attached)."""
@@ -81,8 +97,14 @@ class RelayHarness(ScenarioMixin):
     def peer(self, paired=True):
         client = self.make_client()
         if paired:
-            self.successResultOf(self.trust.set_paired(client.peer_id, client.peer.identity.public_key, "", "psk", 0.0))
+            self.pairings.append(self.trust.set_paired(client.peer_id, client.peer.identity.public_key, "", "psk", 0.0))
         return client
+
+    @defer.inlineCallbacks
+    def connect(self, client=None):
+        """Connect once every peer() so far is paired (at once with the memory store)."""
+        yield defer.gatherResults(self.pairings)
+        return (yield super().connect(client))
 
     def until(self, predicate):
         return self.conditions.until(predicate)
@@ -258,10 +280,14 @@ class RelayScenarioMixin(RelayHarness):
         b_bulk.on_data = lambda data: self.conditions.changed(original(data))
         receiver.pause_reading()
         events = []
-        producer = type("Producer", (), {
-            "pauseProducing": lambda self: events.append("pause"),
-            "resumeProducing": lambda self: events.append("resume"),
-        })()
+        producer = type(
+            "Producer",
+            (),
+            {
+                "pauseProducing": lambda self: events.append("pause"),
+                "resumeProducing": lambda self: events.append("resume"),
+            },
+        )()
         sender.registerProducer(producer, True)
         chunk = b"x" * 16384
         total = 64  # 1 MiB: four windows

@@ -40,21 +40,28 @@ class Removal:
             below = (known[0] - 1) if known else upto
             page = 1 if known else 64  # with known ones, the first item read is nearly always known[0]
             held = await D.direct_all(nc, self.stream, prefix + ">", page=page, upto=below) if below > 0 else []
-            found = [h for h in held if _is_message(h)] + [fetched[seq] for seq in known]
+            # A concurrent (overlapping cumulative) acknowledgement may have
+            # taken some of the known ones meanwhile: it receipts those.
+            found = [h for h in held if _is_message(h)] + [fetched[seq] for seq in known if seq in fetched]
         for seq in sorted(set(s for s in seqs if s > upto)):
             held = fetched.get(seq) or await D.direct_seq(nc, self.stream, seq)
             if held is not None and held.subject.startswith(prefix) and _is_message(held):
                 found.append(held)
-        receipts, last, _ = await self._owe(found, ReceiptStatus.DELIVERED, now, ttl)
-        counted = await self._bury(found)
+        # Receipts and tombstones go back to back, their PubAcks awaited
+        # together (one round, not two): the stream stores them in the
+        # order sent, so a tombstone is never stored before its receipt.
+        owed = await self._send_receipts(found, ReceiptStatus.DELIVERED, now, ttl)
+        buried = await self._send_tombstones(found)
+        receipts, last, _ = await self._await_receipts(owed, now, retry=True)
+        counted = await self._await_tombstones(buried)
         for held in found:
             fetched.pop(held.seq, None)
         if not fetched:
             self._fetched.pop(recipient, None)
         return receipts, await self._depth_changes(counted), last
 
-    async def _bury(self, found):
-        """Replace each message of C{found} by its tombstone; those this call replaced (not a concurrent one)."""
+    async def _send_tombstones(self, found):
+        """Publish a tombstone replacing each message of C{found}; the PubAck futures."""
         futures = []
         for held in found:
             future = await self.acks.publish(
@@ -68,6 +75,10 @@ class Removal:
                 },
             )
             futures.append((held, future))
+        return futures
+
+    async def _await_tombstones(self, futures):
+        """The messages whose tombstone this call wrote (not a concurrent one)."""
         counted = []
         for held, future in futures:
             try:
@@ -85,17 +96,21 @@ class Removal:
         L{Receipt}s, the last seq, and the messages this call is the first
         to remove (those a concurrent call receipted are counted there).
         """
-        futures = []
-        counted = []
+        owed = await self._send_receipts(found, status, now, ttl, skip_sender)
+        return await self._await_receipts(owed, now)
+
+    async def _send_receipts(self, found, status, now, ttl, skip_sender=None):
+        """Publish the receipts of C{found}; ([(held, publish arguments, PubAck future)], skipped messages)."""
+        futures, skipped = [], []
         for held in found:
             _, _, recipient, sender, message_id = held.subject.split(".")
             if sender == skip_sender:
-                counted.append(held)
+                skipped.append(held)
                 continue
-            future = await self.acks.publish(
+            args = (
                 self._subject("rcpt", sender, str(held.seq)),
                 b"",
-                headers={
+                {
                     D.EXPECT_LAST: "0",
                     D.RECIPIENT: recipient,
                     D.ID: message_id,
@@ -104,18 +119,32 @@ class Removal:
                     D.EXPIRES: _f(now + ttl),
                 },
             )
-            futures.append((held, sender, recipient, message_id, future))
+            futures.append((held, args, await self.acks.publish(args[0], args[1], headers=args[2])))
+        return futures, skipped
+
+    async def _await_receipts(self, owed, now, retry=False):
+        futures, counted = owed
         receipts, last = [], 0
-        for held, sender, recipient, message_id, future in futures:
-            try:
-                rseq = await future
-            except Exception as e:
-                if D.is_wrong_last(e):
-                    continue  # receipted by an earlier attempt whose delete did not happen
-                raise
+        for held, args, future in futures:
+            for attempt in range(3 if retry else 1):
+                try:
+                    rseq = await future
+                    break
+                except Exception as e:
+                    if D.is_wrong_last(e):
+                        rseq = None  # receipted by an earlier attempt whose delete did not happen
+                        break
+                    if attempt == (2 if retry else 0):
+                        raise
+                    # Its tombstone may be stored already: the receipt must be too.
+                    future = await self.acks.publish(args[0], args[1], headers=args[2])
+            if rseq is None:
+                continue
             last = max(last, rseq)
             counted.append(held)
-            receipts.append(Receipt(rseq, sender, recipient, bytes.fromhex(message_id), int(status), now))
+            _, _, recipient, sender, message_id = held.subject.split(".")
+            status = int(args[2][D.STATUS])
+            receipts.append(Receipt(rseq, sender, recipient, bytes.fromhex(message_id), status, now))
         return receipts, last, counted
 
     async def _depth_changes(self, removed):
@@ -135,14 +164,20 @@ class Removal:
         return self._run(self._drop_receipts, sender, list(rseqs))
 
     async def _drop_receipts(self, sender, rseqs):
-        prefix = self._subject("rcpt", sender, "")
-
-        async def drop(rseq):
-            held = await D.direct_seq(self.jet.nc, self.stream, rseq)
-            if held is not None and held.subject.startswith(prefix):
-                await D.delete(self.jet.js, self.stream, rseq)
-
-        await asyncio.gather(*(drop(rseq) for rseq in rseqs))
+        if not rseqs:
+            return
+        js, prefix, top = self.jet.js, self._subject("rcpt", sender, ""), max(rseqs)
+        # One read of the sender's receipts up to the highest dropped: when
+        # it drops them all (the usual case, receipts are handed out in
+        # order), one purge below top + 1 removes them -- two requests, not
+        # a read and a delete per receipt. Later receipts have higher
+        # stream seqs, so the purge cannot reach one written since the read.
+        held = await D.direct_all(self.jet.nc, self.stream, prefix + ">", upto=top)
+        present = {h.seq for h in held}
+        if present and present <= set(rseqs):
+            await js.purge_stream(self.stream, subject=prefix + ">", seq=top + 1)
+            return
+        await asyncio.gather(*(D.delete(js, self.stream, rseq) for rseq in present & set(rseqs)))
 
     def expire(self, now, limit, receipt_ttl):
         d = self._run(self._expire, now, limit, receipt_ttl)
@@ -206,4 +241,3 @@ class Removal:
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
         await _kv_forget(self.jet.kv["limits"], peer_id)
         return receipts, await self._depth_changes(counted), last
-

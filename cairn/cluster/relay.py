@@ -13,6 +13,8 @@ checks, learn of the others' at the next load: the overshoot is bounded
 by the flush interval times the number of nodes, see docs/scaling.md.)
 """
 
+import asyncio
+
 from zope.interface import implementer
 
 from cairn.cluster.common import _storage_error
@@ -31,6 +33,7 @@ class KVRelayStore:
     def __init__(self, jetstream):
         self.jet = jetstream
         self._saved = {}  # peer_id -> (sent, received) as last read or written here
+        self._saving = None  # asyncio.Lock (on the NATS loop)
 
     @property
     def _kv(self):
@@ -80,6 +83,15 @@ class KVRelayStore:
         return self._run(self._save_usage, dict(usage))
 
     async def _save_usage(self, usage):
+        # One save at a time, in call order: each adds its delta to the
+        # base the one before it wrote (two at once would both add the
+        # same bytes), and an empty save fires after those in flight.
+        if self._saving is None:
+            self._saving = asyncio.Lock()
+        async with self._saving:
+            await self._save_usage_now(usage)
+
+    async def _save_usage_now(self, usage):
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         for peer_id, (sent, received) in usage.items():

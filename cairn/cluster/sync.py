@@ -19,13 +19,13 @@ C{<prefix>_cursors}, raised with compare-and-set (never lower); a
 device's access grant (docs/protocol.md §24.9) is the key
 C{_access.<device>} of the same bucket (JSON C{{"read": [...], "write":
 [...]}}; peer ids never start with C{_}). The
-caches (L{topics}, L{cursors}, L{total_bytes}) are loaded at start and
-kept current by this store's own writes (local to this node; see
+caches (L{topics}, L{cursors}, L{total_bytes}, L{access}) are loaded at
+start and kept current by this store's own writes and by watches of what
+other writers store (L{cairn.cluster.sync_follow}; what they miss is in
 docs/scaling.md).
 """
 
 import asyncio
-import base64
 import json
 import uuid
 
@@ -33,30 +33,18 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import _observe, _storage_error
-from cairn.cluster.watch import Watchers
+from cairn.cluster.common import WRITER, _observe, _storage_error
+from cairn.cluster.sync_follow import ACCESS, KIND, SEQ, Follow, _token, _topic
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.sync.store import _Cache
 from cairn.wire.constants import SyncStatus
 
-SEQ, KIND = "Cairn-Seq", "Cairn-Kind"
-ACCESS = "_access."
 PAGE = 256
 
 
-def _token(topic):
-    return base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=") or "_"
-
-
-def _topic(token):
-    if token == "_":
-        return ""
-    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-
-
 @implementer(ISyncStore)
-class JetStreamSyncStore(_Cache):
+class JetStreamSyncStore(Follow, _Cache):
     """The sync hub in a L{cairn.cluster.connection.JetStream}'s C{sync} stream and C{cursors} bucket."""
 
     def __init__(self, jetstream):
@@ -69,7 +57,9 @@ class JetStreamSyncStore(_Cache):
         self._last = {}  # topic -> (stream seq, topic seq) of its subject's last message
         self._revisions = {}  # (device, topic) -> KV revision
         self._removing = None
-        self.watchers = Watchers()
+        #: Marks this store's writes, so that its watch reports only the others'.
+        self.writer = uuid.uuid4().hex
+        self._init_follow()
 
     def _subject(self, *parts):
         return self.jet.subject(*parts)
@@ -82,9 +72,6 @@ class JetStreamSyncStore(_Cache):
     def flushed(self):
         return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)
 
-    def watch(self, callback):
-        self.watchers.add(callback)
-
     # Loading
 
     def start(self):
@@ -96,7 +83,8 @@ class JetStreamSyncStore(_Cache):
 
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._load))
-        return d.addCallback(loaded)
+        d.addCallback(loaded)
+        return d.addCallback(lambda _: self.jet.run(self._follow))
 
     async def _load(self):
         from nats.js.errors import NoKeysError
@@ -124,6 +112,7 @@ class JetStreamSyncStore(_Cache):
             if key.startswith(ACCESS):
                 grant = json.loads(entry.value)
                 access[key[len(ACCESS) :]] = Access(tuple(grant["read"]), tuple(grant["write"]))
+                self._grant_revisions[key[len(ACCESS) :]] = entry.revision
                 continue
             device, token = key.split(".", 1)
             cursors[(device, _topic(token))] = int(entry.value)
@@ -200,6 +189,7 @@ class JetStreamSyncStore(_Cache):
                         D.ID: item.update_id.hex(),
                         D.STORED: repr(float(now)),
                         D.EXPIRES: repr(float(expires_at)),
+                        WRITER: self.writer,
                     },
                 )
                 try:
@@ -212,7 +202,8 @@ class JetStreamSyncStore(_Cache):
                         return SyncStatus.DUPLICATE, int(known.headers[SEQ]), 0
                     self._last.pop(item.topic, None)  # another writer got there first: read again
                     continue
-                self._last[item.topic] = (stream_seq, seq)
+                if stream_seq > self._last.get(item.topic, (0, 0))[0]:
+                    self._last[item.topic] = (stream_seq, seq)
                 return SyncStatus.COMMITTED, seq, len(item.payload)
         raise D.PublishError(0, f"topic {item.topic!r}: too many concurrent writers")
 
@@ -231,7 +222,14 @@ class JetStreamSyncStore(_Cache):
                     try:
                         marker = await (
                             await self.jet.acks.publish(
-                                held.subject, b"", headers={KIND: "floor", SEQ: str(seq), D.EXPECT_LAST: str(held.seq)}
+                                held.subject,
+                                b"",
+                                headers={
+                                    KIND: "floor",
+                                    SEQ: str(seq),
+                                    D.EXPECT_LAST: str(held.seq),
+                                    WRITER: self.writer,
+                                },
                             )
                         )
                         self._last[topic] = (marker, seq)
@@ -344,7 +342,8 @@ class JetStreamSyncStore(_Cache):
     async def _put_cursors(self, device, values):
         kv = self.jet.kv["cursors"]
         for name, value in values.items():
-            self._revisions[(device, name)] = await kv.put(f"{device}.{_token(name)}", str(value).encode())
+            revision = await kv.put(f"{device}.{_token(name)}", str(value).encode())
+            self._revisions[(device, name)] = max(revision, self._revisions.get((device, name), 0))
 
     def set_cursor(self, device, topic, seq):
         held = self._cursors.get(device, {}).get(topic)
@@ -396,7 +395,7 @@ class JetStreamSyncStore(_Cache):
             await kv.purge(f"{device}.{_token(name)}")
         await kv.purge(ACCESS + device)
 
-    # Access grants (local cache of this node's writes and the start-up load)
+    # Access grants (cached; other writers' grants arrive through the watch)
 
     def set_access(self, device, access):
         def stored(_):
@@ -410,4 +409,5 @@ class JetStreamSyncStore(_Cache):
         if access is None:
             await kv.purge(ACCESS + device)
         else:
-            await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
+            revision = await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
+            self._grant_revisions[device] = max(revision, self._grant_revisions.get(device, 0))

@@ -15,7 +15,6 @@ C{flush_interval} seconds after that write.
 
 from collections import Counter
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from cairn.relay.interfaces import RelayLimits
@@ -62,8 +61,11 @@ class Accounts:
             for peer_id, limit in limits.items():
                 self._apply(peer_id, limit)
             if limits or usage:
-                log.info("relay: loaded limits of {limits} and counts of {counts} peer(s)",
-                         limits=len(limits), counts=len(usage))
+                log.info(
+                    "relay: loaded limits of {limits} and counts of {counts} peer(s)",
+                    limits=len(limits),
+                    counts=len(usage),
+                )
 
         return self.store.load().addCallback(loaded)
 
@@ -77,7 +79,7 @@ class Accounts:
         """Write the counts of peers whose counts changed; fires once durable."""
         self._flushed_at = self.clock.seconds()
         if not self._dirty:
-            return defer.succeed(None)
+            return self.store.save_usage({})  # fires after a write in flight (the stores keep call order)
         peers, self._dirty = self._dirty, set()
         usage = {p: (self.bytes_sent[p], self.bytes_received[p]) for p in peers}
 

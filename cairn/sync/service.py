@@ -103,6 +103,7 @@ class SyncService(StoreService):
             MessageType.SYNC_CURSOR: self._cursor,
         }
         self._register(handlers)
+        store.watch(self._fan_out)  # a store shared with other nodes reports their updates: fan them out too
 
     name = "sync"
 

@@ -1,0 +1,120 @@
+"""
+How L{cairn.cluster.sync.JetStreamSyncStore} follows what other writers
+(other nodes on the same streams) store.
+
+Two ordered consumers, both from "now on" (the start-up load read what
+came before):
+
+  - headers only, on the updates' subjects C{<p>.sync.*}: an update
+    another writer stored (its C{Cairn-Writer} is not ours) raises the
+    topic's head and counts, and the store's L{watch} callbacks are told
+    the topic, so the sync service fans it out to this node's
+    subscribers. A floor marker another writer stored means its
+    retention removed the topic's updates up to the head: the floor
+    follows. Removals that leave a newer update in place write nothing a
+    consumer sees (JetStream reports no deletes), so this node's update
+    and byte counts of a topic another node trims stay as they were
+    until restart (docs/scaling.md);
+  - on the C{cursors} bucket's stream: cursors and access grants
+    (C{_access.<device>}) written or purged elsewhere. An entry applies
+    only when its KV revision is newer than the one this store last saw
+    for the key, so a late echo of an older write never rolls a value back.
+"""
+
+import base64
+import json
+
+from cairn.cluster.common import WRITER
+from cairn.cluster.watch import Watchers
+from cairn.sync.access import Access
+from cairn.sync.interfaces import Topic
+
+SEQ, KIND = "Cairn-Seq", "Cairn-Kind"
+ACCESS = "_access."
+_GONE = ("DEL", "PURGE")
+
+
+def _token(topic):
+    """A topic name as one subject token (base64url, so any name is a token)."""
+    return base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=") or "_"
+
+
+def _topic(token):
+    if token == "_":
+        return ""
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+class Follow:
+    """The watches of a L{cairn.cluster.sync.JetStreamSyncStore} (a mixin: it needs C{jet}, C{_last}, C{_revisions})."""
+
+    def _init_follow(self):
+        self.watchers = Watchers()
+        self._grant_revisions = {}  # device -> KV revision of its access grant
+
+    def watch(self, callback):
+        self.watchers.add(callback)
+
+    async def _follow(self):
+        from nats.js.api import DeliverPolicy
+
+        async def updated(msg):
+            h = msg.headers or {}
+            if h.get(WRITER) == self.writer or SEQ not in h:
+                return
+            name = _topic(msg.subject.rsplit(".", 1)[1])
+            stream_seq, seq = msg.metadata.sequence.stream, int(h[SEQ])
+            if stream_seq > self._last.get(name, (0, 0))[0]:
+                self._last[name] = (stream_seq, seq)  # the next publish expects this
+            size = int(h.get("Nats-Msg-Size") or 0)
+            self.jet.thread.to_reactor(self._written_elsewhere, name, seq, size, h.get(KIND) == "floor")
+
+        async def cursor(msg):
+            h = msg.headers or {}
+            key = msg.subject[len(kv._pre) :]
+            revision = msg.metadata.sequence.stream
+            gone = h.get("KV-Operation") in _GONE or h.get("Nats-Marker-Reason") is not None
+            if key.startswith(ACCESS):
+                device = key[len(ACCESS) :]
+                if revision <= self._grant_revisions.get(device, 0):
+                    return
+                self._grant_revisions[device] = revision
+                grant = None if gone else json.loads(msg.data)
+                self.jet.thread.to_reactor(self._granted_elsewhere, device, grant)
+                return
+            device, token = key.split(".", 1)
+            name = _topic(token)
+            if revision <= self._revisions.get((device, name), 0):
+                return
+            self._revisions[(device, name)] = revision
+            self.jet.thread.to_reactor(self._cursor_elsewhere, device, name, None if gone else int(msg.data))
+
+        await self.jet.js.subscribe(
+            self.jet.subject("sync", "*"),
+            cb=updated,
+            ordered_consumer=True,
+            headers_only=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        kv = self.jet.kv["cursors"]
+        await self.jet.js.subscribe(
+            kv._pre + ">", stream=kv._stream, cb=cursor, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        )
+
+    # On the reactor thread
+
+    def _written_elsewhere(self, name, seq, size, floor):
+        t = self._topics.get(name, Topic())
+        if floor:
+            # Retention elsewhere removed every update up to the head: the
+            # service's next pump tells subscribers behind it (SyncReset).
+            self._apply(({name: Topic(max(t.head, seq), max(t.floor, seq), 0, 0)}, {}))
+        else:
+            self._apply(({name: Topic(max(t.head, seq), t.floor, t.updates + 1, t.bytes + size)}, {}))
+        self.watchers(name)
+
+    def _granted_elsewhere(self, device, grant):
+        self._set_access(device, None if grant is None else Access(tuple(grant["read"]), tuple(grant["write"])))
+
+    def _cursor_elsewhere(self, device, name, seq):
+        self._apply(({}, {(device, name): seq}))
