@@ -2,13 +2,14 @@
 Bodies of the relay family (0x0500...), checked field by field.
 
 A malformed body is a protocol error of its sender: the parsers raise
-L{ProtocolViolation} with C{BAD_CBOR}, which ends that session.
+L{BodyError}, like every family's, and the service's guard
+(L{cairn.session.guards}) ends that session with C{BAD_CBOR}.
 """
 
-from cairn.session.session import ProtocolViolation
 from cairn.wire import cbor
-from cairn.wire.constants import PROTOCOL_VERSION, SESSION_ID_SIZE, CloseCode, MessageType
+from cairn.wire.constants import PROTOCOL_VERSION, SESSION_ID_SIZE, MessageType
 from cairn.wire.envelope import Envelope
+from cairn.wire.schema import BodyError
 
 CIRCUIT_ID_SIZE = 16
 #: Bytes of the secret an end presents to attach a connection to a circuit.
@@ -21,7 +22,7 @@ MAX_REASON = 256
 
 
 def _bad(what):
-    raise ProtocolViolation(CloseCode.BAD_CBOR, what)
+    raise BodyError(what)
 
 
 def _map(body, name):

@@ -47,9 +47,11 @@ from cairn.relay.accounts import Accounts
 from cairn.relay.interfaces import IRelay, RelayLimits
 from cairn.relay.reports import RelayReports
 from cairn.relay.splice import Splice
-from cairn.session.session import ProtocolViolation, SessionClosed
+from cairn.session.guards import register_service
+from cairn.session.session import SessionClosed
 from cairn.wire import cbor
 from cairn.wire.constants import SUPPORTED_VERSIONS, CloseCode, MessageType, RouteStatus
+from cairn.wire.schema import BodyError
 
 log = Logger()
 
@@ -145,8 +147,9 @@ class RelayService(RelayReports):
             MessageType.RELAY_ACK: self._relay_ack,
             MessageType.RELAY_CLOSE: self._relay_close,
         }
-        for type_code, handler in handlers.items():
-            peer.register_handler(type_code, handler)
+        # Not paired_only: an unpaired requester is answered with a
+        # RouteResponse NOT_PAIRED (§25.2), not a Close.
+        register_service(peer, handlers, "relay")
         peer.add_observer(self)
 
     @property
@@ -353,8 +356,8 @@ class RelayService(RelayReports):
         try:
             body = cbor.loads(envelope.payload)
             circuit_id, token = messages.parse_relay_attach(body)
-        except ProtocolViolation as e:
-            connection.fail(e.code, e.reason)
+        except BodyError as e:
+            connection.fail(CloseCode.BAD_CBOR, str(e))
             return
         except Exception:
             connection.fail(CloseCode.BAD_CBOR, "RelayAttach body is not CBOR")
