@@ -391,7 +391,7 @@ class QuotaTests(RelayHarness, unittest.TestCase):
 
         alice, bob = self.peer(), self.peer()
         a, b, _, _ = yield self.circuit(alice, bob)
-        api = Node(self, stats={"relay": self.relay.stats, "relay_quota": self.relay.put_quota})
+        api = Node(self, relay=self.relay)
         used = self.relay.bytes_sent[alice.peer_id]
         body = api.json("PUT", f"/relay/{alice.peer_id}/quota", json={"max_bytes": used + 1000})
         self.assertEqual(body["quota"], used + 1000)
@@ -409,7 +409,7 @@ class QuotaTests(RelayHarness, unittest.TestCase):
         from tests.test_management import Node, new_peer_id
 
         alice = self.peer()
-        api = Node(self, stats={"relay_quota": self.relay.put_quota})
+        api = Node(self, relay=self.relay)
         for body in [{"max_bytes": -1}, {"max_bytes": "1"}, {"max_bytes": True}, {"other": 1}]:
             api.json("PUT", f"/relay/{alice.peer_id}/quota", expected_code=400, json=body)
         stranger, _ = new_peer_id()

@@ -42,10 +42,9 @@ import attr
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.relay import messages
+from cairn.relay import messages, reports
 from cairn.relay.accounts import Accounts
 from cairn.relay.interfaces import IRelay, RelayLimits
-from cairn.relay.reports import RelayReports
 from cairn.relay.splice import Splice
 from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
@@ -100,7 +99,7 @@ class Circuit:
 
 
 @implementer(IRelay)
-class RelayService(RelayReports):
+class RelayService:
     """
     Relay circuits on a node L{Peer}.
 
@@ -151,6 +150,24 @@ class RelayService(RelayReports):
         # RouteResponse NOT_PAIRED (§25.2), not a Close.
         register_service(peer, handlers, "relay")
         peer.add_observer(self)
+
+    # Reports for the operator (cairn.relay.reports; IRelayReports)
+
+    def stats(self):
+        """C{GET /relay}: see L{reports.stats}."""
+        return reports.stats(self)
+
+    def peer_stats(self, peer_id):
+        """One peer's relay figures and limits."""
+        return reports.peer_stats(self, peer_id)
+
+    def put_quota(self, peer_id, body):
+        """C{PUT /relay/{peer_id}/quota}: see L{reports.put_quota}."""
+        return reports.put_quota(self, peer_id, body)
+
+    def collect_metrics(self):
+        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
+        return reports.collect_metrics(self)
 
     @property
     def bytes_sent(self) -> Counter:
