@@ -19,6 +19,8 @@ TOKEN_SIZE = 32
 RELAY_OVERHEAD = 96
 #: Longest reason string carried in a RouteResponse or RelayClose.
 MAX_REASON = 256
+#: Bytes of RelayData one end may send ahead of the other end's credit (§25.3).
+WINDOW = 256 * 1024
 
 
 def _bad(what):

@@ -45,6 +45,7 @@ from zope.interface import implementer
 from cairn.relay import messages, reports
 from cairn.relay.accounts import Accounts
 from cairn.relay.interfaces import IRelay, RelayLimits
+from cairn.relay.messages import WINDOW
 from cairn.relay.splice import Splice
 from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
@@ -54,8 +55,6 @@ from cairn.wire.schema import BodyError
 
 log = Logger()
 
-#: Bytes of RelayData one end may send ahead of the other end's credit.
-WINDOW = 256 * 1024
 #: Seconds the target has to answer a circuit offer.
 OFFER_TIMEOUT = 30.0
 

@@ -83,10 +83,22 @@ class Peer:
         self.on_channel = None  # (session, channel)
         self.on_data = None  # (session, channel, data)
         self._observers = []
+        self._extensions = {}
 
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    def extension(self, factory):
+        """
+        The one C{factory(self)} of this peer, made on first use: how a
+        client's mailbox, sync, TURN and pairing dispatchers attach to it
+        (each registers its handlers once; see C{cairn.client.Client}).
+        """
+        found = self._extensions.get(factory)
+        if found is None:
+            found = self._extensions[factory] = factory(self)
+        return found
 
     # Handlers
 
