@@ -99,10 +99,10 @@ def secret_from_config(config):
     """
     if config.turn_secret is not None or config.turn_secret_file is None:
         return config.turn_secret
-    from cairn.config import _secret_from_file
+    from cairn.config import secret_from_file
 
     values = {"turn_secret": None, "turn_secret_file": config.turn_secret_file}
-    return _secret_from_file(values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file")
+    return secret_from_file(values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file")
 
 
 def make_turn_service(config, peer, trust, clock):
