@@ -103,7 +103,7 @@ class Client:
 
     # Extensions: one each, made on first use. The imports are here so that
     # the peer-side API does not pull in every family when imported (and so
-    # that cairn.relay.cli and cairn.mailbox.cli may import this module).
+    # that the device CLIs in cairn.cli may import this module cheaply).
 
     def _install_relay(self):
         # Now, not on first use: a circuit may be offered before any request of ours.
