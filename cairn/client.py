@@ -34,7 +34,6 @@ from twisted.logger import Logger
 from cairn.crypto.identity import Identity
 from cairn.pairing.codes import dial_string
 from cairn.pins import MemoryPins, NodeMismatch
-from cairn.relay.client import relay_endpoint
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
 from cairn.transport.tcp import StreamFactory, StreamProtocol
@@ -100,7 +99,50 @@ class Client:
         self.peer.add_observer(self)
         #: (peer_id) -> bool: accept a relay circuit offered by that peer (None: accept).
         self.on_relay_request = None
-        relay_endpoint(self)
+        self._install_relay()
+
+    # Extensions: one each, made on first use. The imports are here so that
+    # the peer-side API does not pull in every family when imported (and so
+    # that the device CLIs in cairn.cli may import this module cheaply).
+
+    def _install_relay(self):
+        # Now, not on first use: a circuit may be offered before any request of ours.
+        from cairn.relay.client import relay_endpoint
+
+        return relay_endpoint(self)
+
+    @property
+    def relay(self):
+        """The L{cairn.relay.client.RelayEndpoint} of this client (circuits through a node)."""
+        return self._install_relay()
+
+    @property
+    def mailbox(self):
+        """The L{cairn.mailbox.client.MailboxClient} of this client."""
+        from cairn.mailbox.client import MailboxClient
+
+        return self.peer.extension(MailboxClient)
+
+    @property
+    def sync(self):
+        """The L{cairn.sync.client.SyncClient} of this client."""
+        from cairn.sync.client import SyncClient
+
+        return self.peer.extension(SyncClient)
+
+    @property
+    def turn(self):
+        """The L{cairn.turn.client.TurnClient} of this client."""
+        from cairn.turn.client import TurnClient
+
+        return self.peer.extension(TurnClient)
+
+    @property
+    def pairing(self):
+        """The pairing dispatcher of this client (L{cairn.pairing.client}'s PairChallenge/Confirm/Reject handler)."""
+        from cairn.pairing.client import PairingDispatcher
+
+        return self.peer.extension(PairingDispatcher)
 
     @property
     def peer_id(self) -> str:

@@ -394,11 +394,11 @@ class Config:
         if values.get("mgmt_token_file") is not None:
             values["mgmt_token"] = _token_from_file(values)
         if values.get("turn_secret_file") is not None:
-            values["turn_secret"] = _secret_from_file(
+            values["turn_secret"] = secret_from_file(
                 values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file"
             )
         if values.get("signal_token_file") is not None:
-            values["signal_token"] = _secret_from_file(
+            values["signal_token"] = secret_from_file(
                 values, "signal_token", "CAIRN_SIGNAL_TOKEN", "signal_token_file"
             )
         return cls(**values)
@@ -450,7 +450,7 @@ def _token_from_file(values: Mapping[str, Any]) -> str:
     return token
 
 
-def _secret_from_file(
+def secret_from_file(
     values: Mapping[str, Any], name: str, variable: str, file_name: str
 ) -> str:
     """

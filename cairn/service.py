@@ -32,6 +32,7 @@ from cairn.mailbox.store import SQLiteMailboxStore
 from cairn.management.app import ManagementAPI, make_site, warn_if_exposed
 from cairn.management.history import History
 from cairn.management.metrics import Metrics
+from cairn.management.reports import NodeReports
 from cairn.management.status import NodeStatus, management_warnings
 from cairn.management.token import resolve_token
 from cairn.pairing.psk import PSK_FILE
@@ -545,26 +546,20 @@ def _make_node(config, reactor) -> CairnNode:
         exposed = warn_if_exposed(config.mgmt_listen, log, intended=config.mgmt_exposed)
         warnings = management_warnings(config.mgmt_listen, token, exposed)
         endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
-        stats = {
-            "mailbox": mailbox.stats,
-            "mailbox_peer": mailbox.peer_stats,
-            "mailbox_limits": mailbox.set_peer_limits,
-            "sync": sync.stats,
-            "sync_access": sync.access_report,
-            "sync_set_access": sync.set_access,
-            "relay": relay.stats,
-            "relay_quota": relay.put_quota,
-            "history": node.history.to_json,
-            "node": NodeStatus(node, endpoints, warnings),
-            "disk": space.to_json,
-            "descriptors": gauge.report,
-            "config": lambda: {
+        reports = NodeReports(
+            storage=stores.health,
+            disk=space.to_json,
+            descriptors=gauge.report,
+            history=node.history.to_json,
+            status=NodeStatus(node, endpoints, warnings),
+            config=lambda: {
                 "settings": config_report.settings(config, node.config_sources),
                 "listening": dict(node.bound),
             },
-            "storage": stores.health,
-        }
-        api = node.api = ManagementAPI(pairing, peer, token, metrics, reactor, started_at, stats=stats)
+        )
+        api = node.api = ManagementAPI(
+            pairing, peer, token, metrics, reactor, started_at, mailbox=mailbox, sync=sync, relay=relay, reports=reports
+        )
         node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
     # Both cairn listeners close new connections at once while descriptors
     # are critical; the management listener never does.

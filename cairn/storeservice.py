@@ -1,8 +1,8 @@
 """
 What the store-backed services (mailbox, sync hub) share.
 
-A L{StoreService} registers its handlers behind C{paired_only} and a guard
-(nothing a peer sends raises into the session layer), runs its store's
+A L{StoreService} registers its handlers with
+L{cairn.session.guards.register_service} (paired peers only, one error policy), runs its store's
 periodic sweep on the injected clock, tracks store calls in progress, and
 stops cleanly: no more requests, then every call in progress finished and
 whatever the store queued committed.
@@ -11,9 +11,7 @@ whatever the store queued committed.
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from cairn.pairing.service import paired_only
-from cairn.wire.constants import CloseCode
-from cairn.wire.schema import BodyError
+from cairn.session.guards import register_service
 
 log = Logger()
 
@@ -50,8 +48,7 @@ class StoreService:
         self._pending = set()  # store Deferreds not yet fired
 
     def _register(self, handlers):
-        for type_code, handler in handlers.items():
-            self.peer.register_handler(type_code, paired_only(self.trust, self._guarded(handler)))
+        register_service(self.peer, handlers, self.name, trust=self.trust, stopped=lambda: self._stopped)
         self.peer.add_observer(self)
 
     # Life cycle
@@ -104,23 +101,6 @@ class StoreService:
                     self.session_established(session)
 
     # Handlers
-
-    def _guarded(self, handler):
-        # Nothing a peer sends may raise out of a handler into the session layer.
-        def guarded(session, body):
-            if self._stopped:
-                return None
-            try:
-                return handler(session, body)
-            except BodyError as e:
-                session.close(CloseCode.BAD_CBOR, str(e))
-            except Exception:
-                log.failure("{name} handler failed", name=self.name)
-                if session.closed is None:
-                    session.close(CloseCode.INTERNAL, f"{self.name} failed on the node")
-            return None
-
-        return guarded
 
     def _send(self, session, type_code, body) -> bool:
         """Send if the session is still open; whether it was sent."""

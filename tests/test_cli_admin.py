@@ -172,7 +172,7 @@ class RealNodeTests(unittest.TestCase):
         if psk:
             env["CAIRN_PSK"] = PSK
         return utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "cairn.mailbox.cli", *argv], env=env, path=REPO
+            sys.executable, ["-m", "cairn.cli.mailbox", *argv], env=env, path=REPO
         ).addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))
 
     @defer.inlineCallbacks
@@ -200,7 +200,7 @@ class RealNodeTests(unittest.TestCase):
         self.assertIn("usage:", err)
 
         relay = yield utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "cairn.relay.cli", "--help"], env=dict(os.environ, PYTHONPATH=REPO), path=REPO
+            sys.executable, ["-m", "cairn.cli.relay", "--help"], env=dict(os.environ, PYTHONPATH=REPO), path=REPO
         )
         self.assertEqual((relay[1], relay[2]), (b"", 0))
         self.assertNotIn(b"cairn-relay: 0", relay[0])
@@ -214,7 +214,7 @@ class RealNodeTests(unittest.TestCase):
         # The laptop asks the operator to approve it, and waits (in the background).
         asking = _Device()
         env = dict(os.environ, PYTHONPATH=REPO)
-        argv = ["-m", "cairn.mailbox.cli", "--identity", laptop, "--server", self.server, "--approval", "whoami"]
+        argv = ["-m", "cairn.cli.mailbox", "--identity", laptop, "--server", self.server, "--approval", "whoami"]
         reactor.spawnProcess(asking, sys.executable, [sys.executable, *argv], env=env, path=REPO)
         yield eventually(asking.waiting, 30)
 

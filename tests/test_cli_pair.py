@@ -6,7 +6,7 @@ import os
 
 from twisted.trial import unittest
 
-from cairn.cli_pair import PairCommandError, api_url, find_token, pair
+from cairn.cli.pairing_api import PairCommandError, api_url, find_token, pair
 from cairn.config import Config
 
 

@@ -1,6 +1,6 @@
 """
 The device tools' pairing options: secrets come from the environment or
-the terminal, never from the command line (cairn.cli_pairing).
+the terminal, never from the command line (cairn.cli.device).
 """
 
 import argparse
@@ -8,10 +8,10 @@ import argparse
 from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
-from cairn import cli_pairing
-from cairn.cli_pairing import SecretMissing, add_pairing_options, pairing_step
-from cairn.mailbox import cli as mailbox_cli
-from cairn.relay import cli as relay_cli
+from cairn.cli import device as cli_pairing
+from cairn.cli import mailbox as mailbox_cli
+from cairn.cli import relay as relay_cli
+from cairn.cli.device import SecretMissing, add_pairing_options, pairing_step
 
 
 def parse(*argv):

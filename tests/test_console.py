@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from cairn.management.console import ConsoleRoot
 from cairn.management.console.resource import CONTENT_SECURITY_POLICY, load_assets
 from cairn.management.history import MINUTE, SAMPLE, History
+from cairn.management.reports import NodeReports
 from cairn.management.status import NodeStatus, management_warnings, transport_of
 from cairn.service import make_node
 from cairn.transport.tcp import StreamProtocol
@@ -37,8 +38,8 @@ STATIC = os.path.join(REPO, "cairn", "management", "console", "static")
 class ConsoleNode(Node):
     """The API behind the console's root resource, as make_site serves it."""
 
-    def __init__(self, testcase, stats=None):
-        super().__init__(testcase, stats=stats)
+    def __init__(self, testcase, **services):
+        super().__init__(testcase, **services)
         self.stub = StubTreq(ConsoleRoot(self.api.resource()))
 
 
@@ -246,15 +247,15 @@ class HistoryTests(unittest.TestCase):
         """GET /history returns the ring's report, behind the token."""
         self.history.start()
         self.counts["stored"] = 2
-        node = ConsoleNode(self, stats={"history": self.history.to_json})
+        node = ConsoleNode(self, reports=NodeReports(history=self.history.to_json))
         self.assertEqual(node.json("GET", "/history")["minutes"][-1]["stored"], 2)
         response, _ = node.call("GET", "/history", token=None)
         self.assertEqual(response.code, 401)
 
-    def test_default_is_empty(self):
-        """A node without a history provider answers an empty one."""
-        body = ConsoleNode(self).json("GET", "/history")
-        self.assertEqual((body["minutes"], body["series"]), ([], []))
+    def test_no_history(self):
+        """A node without a history report answers 404 naming it."""
+        body = ConsoleNode(self).json("GET", "/history", 404)
+        self.assertEqual(body, {"error": "the history is not served by this node"})
 
 
 class PeerTransportTests(unittest.TestCase):

@@ -2,7 +2,7 @@
 Property-based tests of every body parser: valid bodies round-trip, and
 any other input (mutated bodies, arbitrary CBOR, arbitrary bytes) is
 either parsed into a valid value or rejected with the documented error
-(L{BodyError}, or L{ProtocolViolation} BAD_CBOR for the relay family).
+(L{BodyError}, for every family).
 """
 
 import math

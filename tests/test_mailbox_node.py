@@ -171,7 +171,7 @@ class CommandTests(NodeMixin, unittest.TestCase):
     def cli(self, *args):
         out, err, code = yield utils.getProcessOutputAndValue(
             sys.executable,
-            ["-m", "cairn.mailbox.cli", *args],
+            ["-m", "cairn.cli.mailbox", *args],
             env=dict(os.environ, PYTHONPATH=REPO, CAIRN_PSK=PSK),
             path=REPO,
         )

@@ -360,8 +360,8 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
 
     def test_storage_error_text(self):
         """A sqlite3 error becomes StoreFull with its message."""
-        from cairn.mailbox.store import _storage_error
+        from cairn.mailbox.store import storage_error
 
-        error = _storage_error(sqlite3.OperationalError("database or disk is full"))
+        error = storage_error(sqlite3.OperationalError("database or disk is full"))
         self.assertIsInstance(error, StoreFull)
         self.assertEqual(str(error), "database or disk is full")

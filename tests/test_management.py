@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
 from treq.testing import StubTreq
@@ -23,6 +24,7 @@ from cairn.management import app as app_mod
 from cairn.management.app import BODY_LIMIT, PUBLIC_PATHS, ManagementAPI, make_site
 from cairn.management.metrics import Metrics
 from cairn.management.openapi import openapi_document
+from cairn.management.reports import IMailboxReports, INodeReports, IRelayReports, ISyncReports, NodeReports
 from cairn.pairing.interfaces import (
     PAIRED,
     PENDING,
@@ -170,7 +172,7 @@ class FakeSession:
 class Node:
     """The API with its fakes around it, and helpers to call it."""
 
-    def __init__(self, testcase, stats=None):
+    def __init__(self, testcase, mailbox=None, sync=None, relay=None, reports=None):
         self.testcase = testcase
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
@@ -179,7 +181,16 @@ class Node:
         self.pairing = FakePairingService(self.trust, self.peer, self.clock)
         self.metrics = Metrics(self.peer, self.clock, self.clock.seconds(), process_metrics=False)
         self.api = ManagementAPI(
-            self.pairing, self.peer, TOKEN, self.metrics, self.clock, self.clock.seconds(), stats=stats
+            self.pairing,
+            self.peer,
+            TOKEN,
+            self.metrics,
+            self.clock,
+            self.clock.seconds(),
+            mailbox=mailbox,
+            sync=sync,
+            relay=relay,
+            reports=reports,
         )
         self.stub = StubTreq(self.api.resource())
 
@@ -227,6 +238,16 @@ class FakesTests(unittest.TestCase):
         verifyObject(ITrustStore, node.trust)
         verifyObject(IPairingService, node.pairing)
 
+    def test_services_provide_reports(self):
+        """The node's services provide the report interfaces the management API reads."""
+        from tests.fuzz.targets import InMemoryNode
+
+        services = InMemoryNode()
+        verifyObject(IMailboxReports, services.mailbox, tentative=True)
+        verifyObject(ISyncReports, services.sync, tentative=True)
+        verifyObject(IRelayReports, services.relay, tentative=True)
+        verifyObject(INodeReports, NodeReports())
+
 
 class HealthTests(unittest.TestCase):
     def test_health_without_token(self):
@@ -242,7 +263,7 @@ class HealthTests(unittest.TestCase):
     def test_health_degraded_storage(self):
         """GET /health says which storage the node runs on and, when it cannot be used, degraded with the reason."""
         reason = "NATS unreachable (nats: no servers available for connection)"
-        node = Node(self, stats={"storage": lambda: ("jetstream", reason)})
+        node = Node(self, reports=NodeReports(storage=lambda: ("jetstream", reason)))
         body = node.json("GET", "/health", token=None)
         self.assertEqual((body["status"], body["storage"], body["reason"]), ("degraded", "jetstream", reason))
 
@@ -475,7 +496,7 @@ class PeersTests(unittest.TestCase):
 
     def test_unknown_peer_from_service_is_404(self):
         """An UnknownPeer escaping a handler maps to 404 in the central error handler."""
-        node = Node(self, stats={"mailbox_peer": lambda peer_id: fail(UnknownPeer(peer_id))})
+        node = Node(self, mailbox=SimpleNamespace(peer_stats=lambda peer_id: fail(UnknownPeer(peer_id))))
         self.assertEqual(node.json("GET", f"/mailbox/{new_peer_id()[0]}", 404), {"error": "unknown peer"})
 
 
@@ -522,24 +543,33 @@ class PairingTests(unittest.TestCase):
 
 
 class StatsTests(unittest.TestCase):
-    def test_defaults(self):
-        """Without providers, /mailbox, /relay and /sync report empty services."""
+    def test_missing_services(self):
+        """Without a service or a report, its endpoints are 404 naming it."""
         node = Node(self)
-        self.assertEqual(node.json("GET", "/mailbox"), {"enabled": True, "peers": [], "messages": 0, "bytes": 0})
-        self.assertEqual(node.json("GET", "/relay"), {"circuits": 0, "capacity": None, "peers": []})
-        self.assertEqual(node.json("GET", "/sync"), {"topics": []})
-        node.json("GET", f"/mailbox/{new_peer_id()[0]}", 404)
+        for path, name in [
+            ("/mailbox", "the mailbox"),
+            (f"/mailbox/{new_peer_id()[0]}", "the mailbox"),
+            ("/relay", "the relay"),
+            ("/sync", "the sync hub"),
+            (f"/sync/{new_peer_id()[0]}/access", "the sync hub"),
+            ("/history", "the history"),
+            ("/node", "the node status"),
+            ("/config", "the configuration report"),
+        ]:
+            self.assertEqual(node.json("GET", path, 404), {"error": f"{name} is not served by this node"}, path)
 
     def test_providers(self):
         """Stats providers (plain or Deferred) are served as they return."""
         known = new_peer_id()[0]
-        stats = {
-            "mailbox": lambda: {"enabled": True, "peers": [known], "messages": 3, "bytes": 300},
-            "mailbox_peer": lambda peer_id: succeed({"messages": 3}) if peer_id == known else None,
-            "relay": lambda: succeed({"circuits": 1, "capacity": 64, "peers": []}),
-            "sync": lambda: {"topics": [{"name": "notes", "devices": 2}]},
-        }
-        node = Node(self, stats=stats)
+        node = Node(
+            self,
+            mailbox=SimpleNamespace(
+                stats=lambda: {"enabled": True, "peers": [known], "messages": 3, "bytes": 300},
+                peer_stats=lambda peer_id: succeed({"messages": 3}) if peer_id == known else None,
+            ),
+            relay=SimpleNamespace(stats=lambda: succeed({"circuits": 1, "capacity": 64, "peers": []})),
+            sync=SimpleNamespace(stats=lambda: {"topics": [{"name": "notes", "devices": 2}]}),
+        )
         self.assertEqual(node.json("GET", "/mailbox")["messages"], 3)
         self.assertEqual(node.json("GET", f"/mailbox/{known}"), {"messages": 3})
         self.assertEqual(node.json("GET", f"/mailbox/{new_peer_id()[0]}", 404)["error"][:15], "no mailbox for ")
@@ -554,7 +584,7 @@ class StatsTests(unittest.TestCase):
 class ErrorTests(unittest.TestCase):
     def test_unexpected_exception_500(self):
         """An unexpected exception is 500 {"error": "internal error"}, logged, with no traceback sent."""
-        node = Node(self, stats={"relay": lambda: 1 / 0})
+        node = Node(self, relay=SimpleNamespace(stats=lambda: 1 / 0))
         response, body = node.call("GET", "/relay")
         self.assertEqual(response.code, 500)
         self.assertEqual(json.loads(body), {"error": "internal error"})
@@ -564,7 +594,7 @@ class ErrorTests(unittest.TestCase):
 
     def test_unserialisable_result_500(self):
         """A provider returning something JSON cannot encode is a logged 500."""
-        node = Node(self, stats={"sync": lambda: {"topics": {object()}}})
+        node = Node(self, sync=SimpleNamespace(stats=lambda: {"topics": {object()}}))
         self.assertEqual(node.json("GET", "/sync", 500), {"error": "internal error"})
         self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
@@ -764,7 +794,7 @@ class SiteTests(unittest.TestCase):
 
     def test_site_no_traceback(self):
         """Through the Site, an internal error shows no traceback."""
-        self.node = Node(self, stats={"relay": lambda: 1 / 0})
+        self.node = Node(self, relay=SimpleNamespace(stats=lambda: 1 / 0))
         site = make_site(self.node.api, reactor=task.Clock())
         raw = b"GET /relay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
         _, transport = self._send(site, raw)
@@ -823,13 +853,25 @@ class DocsTests(unittest.TestCase):
         for args in doc_curls():
             node = Node(
                 self,
-                stats={
-                    "mailbox_peer": lambda peer_id: {"messages": 0},
-                    "mailbox_limits": lambda peer_id, body: {"peer_id": peer_id, "limits": body},
-                    "relay_quota": lambda peer_id, body: {"peer_id": peer_id, "quota": body["max_bytes"]},
-                    "sync_access": lambda peer_id: {"peer_id": peer_id},
-                    "sync_set_access": lambda peer_id, body: {"peer_id": peer_id, "access": body},
-                },
+                mailbox=SimpleNamespace(
+                    stats=lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
+                    peer_stats=lambda peer_id: {"messages": 0},
+                    set_peer_limits=lambda peer_id, body: {"peer_id": peer_id, "limits": body},
+                ),
+                relay=SimpleNamespace(
+                    stats=lambda: {"circuits": 0, "capacity": None, "peers": []},
+                    put_quota=lambda peer_id, body: {"peer_id": peer_id, "quota": body["max_bytes"]},
+                ),
+                sync=SimpleNamespace(
+                    stats=lambda: {"topics": []},
+                    access_report=lambda peer_id: {"peer_id": peer_id},
+                    set_access=lambda peer_id, body: {"peer_id": peer_id, "access": body},
+                ),
+                reports=NodeReports(
+                    history=lambda: {"interval": 60.0, "now": None, "series": [], "minutes": []},
+                    status=lambda: {"peer_id": None, "listeners": [], "warnings": []},
+                    config=lambda: {"settings": []},
+                ),
             )
             key = os.urandom(32)
             node.trust.records[DOC_PAIRED] = PeerRecord(DOC_PAIRED, key, PAIRED, name="phone", method="pin")

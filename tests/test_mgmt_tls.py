@@ -119,7 +119,7 @@ class ManagementTLSTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_cairn_server_pair_over_tls(self):
         """cairn-server pair reaches an ssl: listener and trusts a self-signed certificate named by SSL_CERT_FILE."""
-        from cairn import cli_pair
+        from cairn.cli import pairing_api as cli_pair
 
         port = self.url.rsplit(":", 1)[1]
         environ = {

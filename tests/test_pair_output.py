@@ -7,7 +7,7 @@ import re
 
 from twisted.trial import unittest
 
-from cairn import cli_pair
+from cairn.cli import pairing_api as cli_pair
 
 LINK = "cairn://pair?v=1&peer=QmU9Ssr7tTosi3mMX2rivKcX3BhKvajyVjZ7S5J5JUgQLT&addr=tcp%3A%2F%2Fh%3A1&secret=QEFCQ0RFRkdISUpLTE1OTw&exp=1700003600"
 VALID = "(valid until 2023-11-14 23:13:20 UTC, single use)"

@@ -20,7 +20,7 @@ from cairn.pairing.client import (
 )
 from cairn.pairing.codes import Link, parse_link
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED
-from cairn.pairing.service import paired_only
+from cairn.session.guards import paired_only
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from tests._harness import closed, eventually
 from tests._pairing_harness import PairingScenarioMixin, Replies

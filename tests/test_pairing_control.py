@@ -260,7 +260,7 @@ class TwistdPskTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_rotate_survives_restart(self):
         """After `cairn-server psk rotate` the old PSK is refused, the new one pairs, and a restart keeps it so."""
-        from cairn.cli_pair import psk as psk_command
+        from cairn.cli.pairing_api import psk as psk_command
         from cairn.pairing.client import PairingRejected
 
         old = "the original pre-shared key of this node"

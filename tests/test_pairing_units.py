@@ -20,8 +20,9 @@ from cairn.crypto.identity import Identity
 from cairn.pairing import codes, messages, pake, proofs, qr
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.ratelimit import FailureLimiter
-from cairn.pairing.service import PairingService, paired_only, source_of
+from cairn.pairing.service import PairingService, source_of
 from cairn.pairing.trust import MemoryTrustStore
+from cairn.session.guards import paired_only
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode

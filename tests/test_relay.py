@@ -371,10 +371,9 @@ class WindowEnforcementTests(RelayHarness, unittest.TestCase):
         self.assertEqual(self.relay.stats()["peers"], [])
 
     def test_malformed_bodies(self):
-        """Malformed relay bodies are protocol errors with BAD_CBOR."""
+        """Malformed relay bodies are refused with BodyError, like every family's (the guard sends BAD_CBOR)."""
         from cairn.relay import messages
-        from cairn.session.session import ProtocolViolation
-        from cairn.wire.constants import CloseCode
+        from cairn.wire.schema import BodyError
 
         for parse, body in [
             (messages.parse_route_request, {"target": 1, "req": 1}),
@@ -384,8 +383,7 @@ class WindowEnforcementTests(RelayHarness, unittest.TestCase):
             (messages.parse_relay_ack, {"circuit": b"\0" * 16, "credit": True}),
             (messages.parse_relay_close, []),
         ]:
-            e = self.assertRaises(ProtocolViolation, parse, body)
-            self.assertEqual(e.code, CloseCode.BAD_CBOR)
+            self.assertRaises(BodyError, parse, body)
 
 
 class NodeWiringTests(unittest.TestCase):
@@ -419,7 +417,7 @@ class QuotaTests(RelayHarness, unittest.TestCase):
 
         alice, bob = self.peer(), self.peer()
         a, b, _, _ = yield self.circuit(alice, bob)
-        api = Node(self, stats={"relay": self.relay.stats, "relay_quota": self.relay.put_quota})
+        api = Node(self, relay=self.relay)
         used = self.relay.bytes_sent[alice.peer_id]
         body = api.json("PUT", f"/relay/{alice.peer_id}/quota", json={"max_bytes": used + 1000})
         self.assertEqual(body["quota"], used + 1000)
@@ -437,7 +435,7 @@ class QuotaTests(RelayHarness, unittest.TestCase):
         from tests.test_management import Node, new_peer_id
 
         alice = self.peer()
-        api = Node(self, stats={"relay_quota": self.relay.put_quota})
+        api = Node(self, relay=self.relay)
         for body in [{"max_bytes": -1}, {"max_bytes": "1"}, {"max_bytes": True}, {"other": 1}]:
             api.json("PUT", f"/relay/{alice.peer_id}/quota", expected_code=400, json=body)
         stranger, _ = new_peer_id()

@@ -245,7 +245,7 @@ class ApiTests(RelayHarness, unittest.TestCase):
     def api(self):
         from tests.test_management import Node
 
-        return Node(self, stats={"relay": self.relay.stats, "relay_quota": self.relay.put_quota})
+        return Node(self, relay=self.relay)
 
     def put(self, api, peer_id, body, **kwargs):
         return api.json("PUT", f"/relay/{peer_id}/quota", json=body, **kwargs)

@@ -431,7 +431,7 @@ class SyncScenarioMixin(SyncHarness):
         self.assertIn('cairn_sync_topic_head{topic="notes"} 2.0', text)
         self.assertIn('cairn_sync_publish_total{status="committed"} 2.0', text)
         # The same figures through the management API.
-        response, body = ManagementNode(self, stats={"sync": self.hub.stats}).call("GET", "/sync")
+        response, body = ManagementNode(self, sync=self.hub).call("GET", "/sync")
         self.assertEqual(response.code, 200)
         served = json.loads(body)
         self.assertEqual(served["topics"][0]["head"], 2)

@@ -9,7 +9,7 @@ substitutions are made, by plain string replacement:
 
  - C{.venv/bin/python} becomes C{sys.executable}, and
    C{.venv/bin/cairn-mailbox} / C{.venv/bin/cairn-relay} become
-   C{sys.executable -m cairn.mailbox.cli} / C{-m cairn.relay.cli} (with
+   C{sys.executable -m cairn.cli.mailbox} / C{-m cairn.cli.relay} (with
    C{PYTHONPATH} set to the checkout), as the package is not installed;
  - C{tcp:host=127.0.0.1:port=7400} becomes the test node's address, and
    C{./cairn-data} a temporary data directory;
@@ -92,7 +92,7 @@ class WalkthroughTests(unittest.TestCase):
         python = shlex.quote(sys.executable)
         line = line.replace(".venv/bin/python ", f"{python} ")
         for name in ("mailbox", "relay"):
-            line = line.replace(f".venv/bin/cairn-{name} ", f"{python} -m cairn.{name}.cli ")
+            line = line.replace(f".venv/bin/cairn-{name} ", f"{python} -m cairn.cli.{name} ")
         line = line.replace("./cairn-data", shlex.quote(self.data_dir))
         if server is not None:
             line = line.replace(README_ADDRESS, server)

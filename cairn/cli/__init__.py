@@ -19,7 +19,6 @@ from twisted.python import usage
 import cairn
 from cairn.cli import admin
 from cairn.startup import StartupError
-from cairn.tap import Options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,15 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def pair(kind: str, url: str | None) -> int:
     """Print a pairing PIN, link or QR code issued by the running node."""
-    from cairn.cli_pair import PairCommandError
-    from cairn.cli_pair import pair as ask
+    from cairn.cli.pairing_api import PairCommandError
+    from cairn.cli.pairing_api import pair as ask
 
     try:
         # Wakes a socket-activated node that never ran, so that its token
-        # file exists before cli_pair reads it.
+        # file exists before cairn.cli.pairing_api reads it.
         admin.connect(os.environ, url)
     except admin.AdminError:
-        pass  # cli_pair reports the problem in its own words
+        pass  # cairn.cli.pairing_api reports the problem in its own words
     try:
         sys.stdout.write(ask(kind, os.environ, url) + "\n")
     except PairCommandError as e:
@@ -114,8 +113,8 @@ def psk(action: str, url: str | None, from_stdin: bool = False) -> int:
     """Rotate (printing the new PSK once) or disable the running node's PSK."""
     import os
 
-    from cairn.cli_pair import PairCommandError
-    from cairn.cli_pair import psk as change
+    from cairn.cli.pairing_api import PairCommandError
+    from cairn.cli.pairing_api import psk as change
 
     new_psk = sys.stdin.readline().rstrip("\r\n") if from_stdin else None
     try:
@@ -135,6 +134,8 @@ def run(options: Sequence[str]) -> int:
 
     @return: the process exit status.
     """
+    from cairn.tap import Options  # the whole node: only for this command
+
     try:
         Options().parseOptions(list(options))
     except usage.UsageError as e:

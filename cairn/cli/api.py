@@ -1,6 +1,6 @@
 """
 The admin commands' view of a running node: its management API, reached
-the way C{cairn-server pair} reaches it (L{cairn.cli_pair}).
+the way C{cairn-server pair} reaches it (L{cairn.cli.pairing_api}).
 
 The address: C{--url}, else C{CAIRN_MGMT_URL}, else derived from
 C{CAIRN_MGMT_LISTEN}.  The token: C{--token-file}, else C{CAIRN_MGMT_TOKEN}
@@ -8,7 +8,7 @@ C{CAIRN_MGMT_LISTEN}.  The token: C{--token-file}, else C{CAIRN_MGMT_TOKEN}
 (never from the command line, where other users could read it).
 
 Short-lived commands, so the standard library's blocking HTTP client, as in
-L{cairn.cli_pair}.  Every failure is an L{AdminError} with one line and the
+L{cairn.cli.pairing_api}.  Every failure is an L{AdminError} with one line and the
 exit status it means (L{EXIT_CODES}).
 """
 
@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-from cairn.cli_pair import PairCommandError, api_url, find_token
+from cairn.cli.pairing_api import PairCommandError, api_url, find_token
 from cairn.config import Config, ConfigError
 
 #: Exit statuses of the admin commands (documented in docs/deployment.md).

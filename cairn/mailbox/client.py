@@ -33,7 +33,6 @@ outlives the process, as C{cairn-mailbox} does.
 
 import os
 import time
-import weakref
 from collections import OrderedDict
 
 import attr
@@ -41,6 +40,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from cairn.mailbox import messages, replay, sealing
+from cairn.session.errors import Rejected
 from cairn.wire.constants import ForwardStatus, MessageType, ReceiptStatus
 
 log = Logger()
@@ -51,17 +51,11 @@ SEEN = 100_000
 BATCH_BYTES = 64 * 1024
 
 
-class ForwardRejected(Exception):
+class ForwardRejected(Rejected):
     """The node did not store the message; C{code} is a L{ForwardStatus} (or an unknown int)."""
 
-    def __init__(self, code, reason: str = ""):
-        try:
-            code = ForwardStatus(code)
-        except ValueError:
-            pass
-        super().__init__(f"forward rejected ({getattr(code, 'name', code)}): {reason}")
-        self.code = code
-        self.reason = reason
+    codes = ForwardStatus
+    what = "forward"
 
 
 class UnknownRecipient(ForwardRejected):
@@ -289,15 +283,9 @@ def _send(session, type_code, body) -> bool:
     return session.send_if_open(type_code, body)
 
 
-_clients = weakref.WeakKeyDictionary()
-
-
 def mailbox(peer) -> MailboxClient:
-    """The L{MailboxClient} of C{peer}, created on first use."""
-    found = _clients.get(peer)
-    if found is None:
-        found = _clients[peer] = MailboxClient(peer)
-    return found
+    """The L{MailboxClient} of C{peer}, created on first use (also C{Client.mailbox})."""
+    return peer.extension(MailboxClient)
 
 
 def forward(session, peer_id: str, data: bytes, message_id: bytes = None, signed: bool = False):

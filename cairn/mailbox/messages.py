@@ -6,7 +6,10 @@ raise L{BodyError}, builders that return plain maps.
 import functools
 
 from cairn.crypto.identity import parse_peer_id
-from cairn.wire.schema import BodyError
+from cairn.wire.schema import BodyError, bytes_field, require_map, uint_field, uint_value
+
+#: Sequence numbers and ids are positive and below 2^63 (§21.1).
+MAX_POSITIVE = 2**63 - 1
 
 MESSAGE_ID_SIZE = 16
 #: Most ids in one ForwardPurge list.
@@ -16,19 +19,6 @@ MAX_BATCH = 4096
 #: Envelope bytes a ForwardDeliver adds around the payload (its other keys),
 #: reserved so that whatever the node accepted it can also deliver.
 DELIVER_OVERHEAD = 256
-
-
-def _map(body, what):
-    if not isinstance(body, dict):
-        raise BodyError(f"{what} body must be a map")
-    return body
-
-
-def _message_id(body, what):
-    value = body.get("id")
-    if not isinstance(value, bytes) or len(value) != MESSAGE_ID_SIZE:
-        raise BodyError(f"{what}: 'id' must be {MESSAGE_ID_SIZE} bytes")
-    return value
 
 
 @functools.lru_cache(maxsize=4096)
@@ -51,15 +41,8 @@ def _peer_id(body, key, what):
     return value
 
 
-def _uint(body, key, what):
-    value = body.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
-        raise BodyError(f"{what}: {key!r} must be a positive integer")
-    return value
-
-
 def _batch(body, key, what):
-    body = _map(body, what)
+    body = require_map(body, what)
     value = body.get(key)
     if not isinstance(value, list) or not 0 < len(value) <= MAX_BATCH:
         raise BodyError(f"{what}: {key!r} must be an array of 1 to {MAX_BATCH} maps")
@@ -71,8 +54,7 @@ def _uints(body, key, what):
     if not isinstance(value, list) or len(value) > MAX_PURGE_IDS:
         raise BodyError(f"{what}: {key!r} must be an array of at most {MAX_PURGE_IDS} integers")
     for item in value:
-        if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 2**63:
-            raise BodyError(f"{what}: {key!r} must hold positive integers")
+        uint_value(item, key, what, MAX_POSITIVE, minimum=1)
     return value
 
 
@@ -89,13 +71,13 @@ def request_entries(body):
 
 def request_id(body) -> bytes:
     """The message id of a ForwardRequest entry, or L{BodyError} if there is none to answer to."""
-    return _message_id(_map(body, "ForwardRequest"), "ForwardRequest")
+    return bytes_field(require_map(body, "ForwardRequest"), "id", "ForwardRequest", MESSAGE_ID_SIZE)
 
 
 def parse_forward_request(body):
     """A ForwardRequest entry: {"to": peer id, "id": 16 bytes, "payload": bytes}; returns (to, id, payload)."""
-    body = _map(body, "ForwardRequest")
-    message_id = _message_id(body, "ForwardRequest")
+    body = require_map(body, "ForwardRequest")
+    message_id = bytes_field(body, "id", "ForwardRequest", MESSAGE_ID_SIZE)
     to = _peer_id(body, "to", "ForwardRequest")
     payload = body.get("payload")
     if not isinstance(payload, bytes) or not payload:
@@ -112,18 +94,18 @@ def uuid7_millis(message_id: bytes):
 
 def parse_forward_purge(body):
     """ForwardPurge: {"seqs": [uint], "receipts": [uint]} (each optional); returns (seqs, rseqs)."""
-    body = _map(body, "ForwardPurge")
+    body = require_map(body, "ForwardPurge")
     return _uints(body, "seqs", "ForwardPurge"), _uints(body, "receipts", "ForwardPurge")
 
 
 def parse_purge_upto(body) -> int:
     """The cumulative C{"upto"} of a ForwardPurge (a map already), 0 when absent."""
-    return _uint(body, "upto", "ForwardPurge") if "upto" in body else 0
+    return uint_field(body, "upto", "ForwardPurge", MAX_POSITIVE, minimum=1) if "upto" in body else 0
 
 
 def parse_peer_key_request(body) -> str:
     """PeerKeyRequest: {"peer": peer id}; returns it."""
-    return _peer_id(_map(body, "PeerKeyRequest"), "peer", "PeerKeyRequest")
+    return _peer_id(require_map(body, "PeerKeyRequest"), "peer", "PeerKeyRequest")
 
 
 # Client side
@@ -136,20 +118,20 @@ def parse_acks(body):
 
 def parse_forward_ack(body):
     """One ack of a ForwardAck: {"id", "status", "reason"?}; returns (id, status, reason)."""
-    body = _map(body, "ForwardAck")
+    body = require_map(body, "ForwardAck")
     status = body.get("status")
     if not isinstance(status, int) or isinstance(status, bool) or status < 0:
         raise BodyError("ForwardAck: 'status' must be an unsigned integer")
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise BodyError("ForwardAck: 'reason' must be text")
-    return _message_id(body, "ForwardAck"), status, reason
+    return bytes_field(body, "id", "ForwardAck", MESSAGE_ID_SIZE), status, reason
 
 
 def parse_forward_deliver(body):
     """One delivery of a ForwardDeliver: {"id", "from", "seq", "stored_at", "payload"}; returns them as a tuple."""
-    body = _map(body, "ForwardDeliver")
-    message_id = _message_id(body, "ForwardDeliver")
+    body = require_map(body, "ForwardDeliver")
+    message_id = bytes_field(body, "id", "ForwardDeliver", MESSAGE_ID_SIZE)
     sender = _peer_id(body, "from", "ForwardDeliver")
     seq = body.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
@@ -185,8 +167,8 @@ def parse_receipts(body):
 
 def parse_forward_receipt(body):
     """One receipt of a ForwardReceipt: {"id", "to", "rseq", "status", "at"}; returns them as a tuple."""
-    body = _map(body, "ForwardReceipt")
-    message_id = _message_id(body, "ForwardReceipt")
+    body = require_map(body, "ForwardReceipt")
+    message_id = bytes_field(body, "id", "ForwardReceipt", MESSAGE_ID_SIZE)
     to = _peer_id(body, "to", "ForwardReceipt")
     rseq, status, at = body.get("rseq"), body.get("status"), body.get("at")
     if not isinstance(rseq, int) or isinstance(rseq, bool) or rseq <= 0:
@@ -200,7 +182,7 @@ def parse_forward_receipt(body):
 
 def parse_peer_key_response(body):
     """PeerKeyResponse: {"peer": peer id, "key": 32 bytes or null}; returns (peer, key)."""
-    body = _map(body, "PeerKeyResponse")
+    body = require_map(body, "PeerKeyResponse")
     peer = _peer_id(body, "peer", "PeerKeyResponse")
     key = body.get("key")
     if key is not None and (not isinstance(key, bytes) or len(key) != 32):

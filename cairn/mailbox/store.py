@@ -12,7 +12,7 @@ once the WAL is synced do their Deferreds fire (and the service send the
 ForwardAcks). Reads wait for the groups written before them to be synced,
 so that nothing is delivered (or receipted) before it is durable. The
 transactions themselves are in L{cairn.mailbox.transactions} (the sync
-hub's store shares L{_batch_txn}, imported from here).
+hub's store shares L{batch_txn}, imported from here).
 """
 
 import itertools
@@ -26,9 +26,9 @@ from cairn.db import GroupCommit
 from cairn.diskspace import guarded_batch
 from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
 from cairn.mailbox.transactions import (
-    _batch_txn,
     acknowledge_txn,
     admission,
+    batch_txn,
     drop_receipts_txn,
     enqueue_txn,
     expire_txn,
@@ -83,8 +83,8 @@ class SQLiteMailboxStore(_Cache):
         super().__init__()
         self.db = db
         # New messages are refused at the disk reserve; deletions still commit.
-        batch = guarded_batch(_batch_txn, db.space, {enqueue_txn})
-        self._group = GroupCommit(db, batch, self._apply, _storage_error)
+        batch = guarded_batch(batch_txn, db.space, {enqueue_txn})
+        self._group = GroupCommit(db, batch, self._apply, storage_error)
         #: Enqueues submitted and not yet answered (so perhaps written, not synced).
         self._enqueuing = 0
 
@@ -168,7 +168,7 @@ class SQLiteMailboxStore(_Cache):
         return self._submit(set_limits_txn, peer_id, limits).addCallback(saved)
 
 
-def _storage_error(error):
+def storage_error(error):
     """A database error as L{StoreFull} (keeping its text) so the service maps it to one code."""
     if isinstance(error, StoreFull):
         return error

@@ -4,7 +4,7 @@ L{cairn.mailbox.store.SQLiteMailboxStore} (see its module docstring).
 
 A mutation C{*_txn(cursor, ...)} returns C{(result, depths)}: the result
 for the caller and the new L{Depth}s of the recipients it changed, for the
-store's cache. L{_batch_txn} runs a group commit's mutations, each in a
+store's cache. L{batch_txn} runs a group commit's mutations, each in a
 savepoint of its own, consecutive enqueues merged into one pass. Keys of
 new rows are assigned explicitly (L{_next_rowid_txn}) so that a whole
 batch goes in with one C{executemany}.
@@ -305,7 +305,7 @@ def _enqueues_txn(cursor, calls):
     return out
 
 
-def _batch_txn(cursor, calls):
+def batch_txn(cursor, calls):
     """Run each C{(txn, args)} in a savepoint of its own (runs of enqueues merged); return [(ok, value)]."""
     out = []
     i = 0

@@ -37,6 +37,7 @@ from cairn.management.http import (
 )
 from cairn.management.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cairn.management.openapi import openapi_document
+from cairn.management.reports import NodeReports
 from cairn.management.site import make_site, warn_if_exposed
 from cairn.management.status import transport_of
 from cairn.management.token import check_bearer
@@ -62,35 +63,6 @@ PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
 #: Fixed path segments beside a variable one (/peers/approve beside
 #: /peers/<peer_id>): never taken for the variable.
 RESERVED_SEGMENTS = frozenset({"approve", "pending", "reject"})
-
-
-def _default_stats():
-    return {
-        "history": lambda: {"interval": 60.0, "now": None, "series": [], "minutes": []},
-        "node": lambda: {"peer_id": None, "listeners": [], "warnings": []},
-        "config": lambda: {"settings": []},
-        "mailbox": lambda: {"enabled": True, "peers": [], "messages": 0, "bytes": 0},
-        "mailbox_peer": lambda peer_id: None,
-        "mailbox_limits": _no_mailbox_limits,
-        "relay": lambda: {"circuits": 0, "capacity": None, "peers": []},
-        "relay_quota": _no_relay_quota,
-        "sync": lambda: {"topics": []},
-        "sync_access": _no_sync,
-        "sync_set_access": _no_sync,
-        "storage": lambda: ("sqlite", None),
-    }
-
-
-def _no_mailbox_limits(peer_id, body):
-    raise NotFound("the mailbox is not served by this node")
-
-
-def _no_relay_quota(peer_id, body):
-    raise NotFound("the relay is not served by this node")
-
-
-def _no_sync(peer_id, body=None):
-    raise NotFound("the sync hub is not served by this node")
 
 
 class _Raw:
@@ -151,13 +123,13 @@ class ManagementAPI:
     @param metrics: a L{cairn.management.metrics.Metrics}.
     @param clock: an C{IReactorTime}, for uptime.
     @param started_at: the node's start, in C{clock} seconds.
-    @param stats: optional providers by name: C{"mailbox"}, C{"relay"},
-        C{"sync"}, C{"history"}, C{"node"}, C{"config"} (no arguments), C{"storage"} (no
-        arguments: C{(kind, problem or None)} for C{/health}), C{"mailbox_peer"} (a peer id; C{None}
-        for an unknown peer) and C{"mailbox_limits"} (a peer id and the
-        JSON body; raises C{ValueError} or L{UnknownPeer}), each returning
-        JSON-able data or a Deferred of it.  Missing ones report an empty
-        service.
+    @param mailbox: an L{IMailboxReports}, or None.
+    @param sync: an L{ISyncReports}, or None.
+    @param relay: an L{IRelayReports}, or None.
+    @param reports: the node's own L{NodeReports} (default: none but a
+        healthy SQLite store).
+
+    A service or report the node does not have is a 404 (L{_report}).
     """
 
     app = Klein()
@@ -165,7 +137,20 @@ class ManagementAPI:
     # it: DELETE /peers/approve is a 405 (POST only), not a peer id "approve".
     app.url_map.converters["default"] = _Segment
 
-    def __init__(self, pairing, peer, token: str, metrics, clock, started_at: float, stats=None):
+    def __init__(
+        self,
+        pairing,
+        peer,
+        token: str,
+        metrics,
+        clock,
+        started_at: float,
+        *,
+        mailbox=None,
+        sync=None,
+        relay=None,
+        reports=None,
+    ):
         if not token:
             raise ValueError("the management API needs a non-empty token")
         self.pairing = pairing
@@ -174,19 +159,31 @@ class ManagementAPI:
         self.metrics = metrics
         self.clock = clock
         self.started_at = started_at
-        self.stats = {**_default_stats(), **(stats or {})}
+        self.mailbox_reports = mailbox
+        self.sync_reports = sync
+        self.relay_reports = relay
+        self.reports = reports if reports is not None else NodeReports()
         self._openapi = openapi_document(__version__)
 
     def resource(self):
         """The C{IResource} serving this API."""
         return _Resource(self.app)
 
+    def _report(self, what, name):
+        """
+        The one place where a missing service or report becomes a 404:
+        C{what} (a service or a report callable), or L{NotFound} naming it.
+        """
+        if what is None:
+            raise NotFound(f"the {name} is not served by this node")
+        return what
+
     # Public
 
     @_endpoint(app, "/health", "GET")
     async def health(self, request):
         """Liveness: status, version, uptime, session count, storage (and why it is degraded), disk, descriptors."""
-        storage, problem = self.stats["storage"]()
+        storage, problem = self.reports.storage()
         result = {
             "status": "ok" if problem is None else "degraded",
             "version": __version__,
@@ -196,11 +193,10 @@ class ManagementAPI:
         }
         if problem is not None:
             result["reason"] = problem
-        if "disk" in self.stats:
-            result["disk"] = self.stats["disk"]()
-        descriptors = self.stats.get("descriptors")
-        if descriptors is not None:
-            result["descriptors"] = descriptors()
+        if self.reports.disk is not None:
+            result["disk"] = self.reports.disk()
+        if self.reports.descriptors is not None:
+            result["descriptors"] = self.reports.descriptors()
         return result
 
     @_endpoint(app, "/openapi.json", "GET")
@@ -211,7 +207,7 @@ class ManagementAPI:
     @_endpoint(app, "/config", "GET")
     async def config(self, request):
         """The effective configuration: each setting's value and source, secrets redacted."""
-        return await maybeDeferred(self.stats["config"])
+        return await maybeDeferred(self._report(self.reports.config, "configuration report"))
 
     # Peers
 
@@ -328,23 +324,23 @@ class ManagementAPI:
     @_endpoint(app, "/mailbox", "GET")
     async def mailbox(self, request):
         """Store-and-forward totals."""
-        return await maybeDeferred(self.stats["mailbox"])
+        return await maybeDeferred(self._report(self.mailbox_reports, "mailbox").stats)
 
     @_endpoint(app, "/mailbox/<peer_id>", "GET")
     async def mailbox_peer(self, request, peer_id):
         """What the mailbox holds for one peer."""
         peer_id = peer_id_arg(peer_id)
-        result = await maybeDeferred(self.stats["mailbox_peer"], peer_id)
+        result = await maybeDeferred(self._report(self.mailbox_reports, "mailbox").peer_stats, peer_id)
         if result is None:
             raise NotFound(f"no mailbox for {peer_id}")
         return result
 
-    async def _set_for_peer(self, provider, request, peer_id):
+    async def _set_for_peer(self, setter, request, peer_id):
         """Hand a per-peer setting to a service: 404 if not paired, 400 if refused."""
         peer_id = peer_id_arg(peer_id)
         body = json_object(request)
         try:
-            return await maybeDeferred(self.stats[provider], peer_id, body)
+            return await maybeDeferred(setter, peer_id, body)
         except UnknownPeer:
             raise NotFound(f"{peer_id} is not paired") from None
         except ValueError as e:
@@ -353,43 +349,46 @@ class ManagementAPI:
     @_endpoint(app, "/mailbox/<peer_id>/limits", "PUT")
     async def mailbox_limits(self, request, peer_id):
         """Override one peer's mailbox limits (null: back to the node's default); persisted."""
-        return await self._set_for_peer("mailbox_limits", request, peer_id)
+        mailbox = self._report(self.mailbox_reports, "mailbox")
+        return await self._set_for_peer(mailbox.set_peer_limits, request, peer_id)
 
     @_endpoint(app, "/relay", "GET")
     async def relay(self, request):
         """Relay circuits."""
-        return await maybeDeferred(self.stats["relay"])
+        return await maybeDeferred(self._report(self.relay_reports, "relay").stats)
 
     @_endpoint(app, "/relay/<peer_id>/quota", "PUT")
     async def relay_quota(self, request, peer_id):
         """Set one peer's relay byte quota and/or rate limit (null: none); persisted."""
-        return await self._set_for_peer("relay_quota", request, peer_id)
+        relay = self._report(self.relay_reports, "relay")
+        return await self._set_for_peer(relay.put_quota, request, peer_id)
 
     @_endpoint(app, "/sync", "GET")
     async def sync(self, request):
         """Sync topics and device cursors."""
-        return await maybeDeferred(self.stats["sync"])
+        return await maybeDeferred(self._report(self.sync_reports, "sync hub").stats)
 
     @_endpoint(app, "/sync/<peer_id>/access", "GET")
     async def sync_access(self, request, peer_id):
         """The topics one paired peer may read and write on the sync hub."""
         peer_id = peer_id_arg(peer_id)
         try:
-            return await maybeDeferred(self.stats["sync_access"], peer_id)
+            return await maybeDeferred(self._report(self.sync_reports, "sync hub").access_report, peer_id)
         except UnknownPeer:
             raise NotFound(f"{peer_id} is not paired") from None
 
     @_endpoint(app, "/sync/<peer_id>/access", "PUT")
     async def put_sync_access(self, request, peer_id):
         """Grant one paired peer its own sync topics ({"read": [...], "write": [...]}); persisted."""
-        return await self._set_for_peer("sync_set_access", request, peer_id)
+        sync = self._report(self.sync_reports, "sync hub")
+        return await self._set_for_peer(sync.set_access, request, peer_id)
 
     @_endpoint(app, "/sync/<peer_id>/access", "DELETE")
     async def delete_sync_access(self, request, peer_id):
         """Put one paired peer back on the node's default sync access (CAIRN_SYNC_ACCESS)."""
         peer_id = peer_id_arg(peer_id)
         try:
-            return await maybeDeferred(self.stats["sync_set_access"], peer_id, None)
+            return await maybeDeferred(self._report(self.sync_reports, "sync hub").set_access, peer_id, None)
         except UnknownPeer:
             raise NotFound(f"{peer_id} is not paired") from None
 
@@ -402,12 +401,12 @@ class ManagementAPI:
     @_endpoint(app, "/history", "GET")
     async def history(self, request):
         """Messages stored and delivered and bytes relayed, per minute over the last hour."""
-        return await maybeDeferred(self.stats["history"])
+        return await maybeDeferred(self._report(self.reports.history, "history"))
 
     @_endpoint(app, "/node", "GET")
     async def node(self, request):
         """The node's peer id, listeners and current warnings."""
-        return await maybeDeferred(self.stats["node"])
+        return await maybeDeferred(self._report(self.reports.status, "node status"))
 
     # The one place where exceptions become responses.
 

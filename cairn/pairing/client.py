@@ -23,7 +23,6 @@ key confirmation (there is no proofless "already paired" for them). A
 successful pairing pins the node in the dialling L{cairn.client.Client}.
 """
 
-import weakref
 
 import attr
 from twisted.internet import defer
@@ -33,23 +32,18 @@ from cairn.pairing import messages, pake, proofs
 from cairn.pairing.codes import normalize_pin, parse_link
 from cairn.pairing.messages import APPROVAL, LINK, PAKE_METHODS, PIN, PSK
 from cairn.pins import NodeMismatch
+from cairn.session.errors import Rejected
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
 
 log = Logger()
 
 
-class PairingRejected(Exception):
+class PairingRejected(Rejected):
     """Pairing did not succeed; C{code} is a L{PairRejectCode} (or an int unknown to this version)."""
 
-    def __init__(self, code, reason: str):
-        try:
-            code = PairRejectCode(code)
-        except ValueError:
-            pass
-        super().__init__(f"pairing rejected ({getattr(code, 'name', code)}): {reason}")
-        self.code = code
-        self.reason = reason
+    codes = PairRejectCode
+    what = "pairing"
 
 
 class ServerMismatch(NodeMismatch):
@@ -91,10 +85,10 @@ class _Exchange:
         self.deferred = defer.Deferred(self._cancel)
 
     def _cancel(self, _):
-        _dispatcher(self.session.local).forget(self)
+        dispatcher(self.session.local).forget(self)
 
 
-class _Dispatcher:
+class PairingDispatcher:
     """Routes the node's pairing replies to the exchange of their session."""
 
     def __init__(self, peer):
@@ -234,14 +228,9 @@ class _Dispatcher:
             self._finish(exchange, error=session.closed)
 
 
-_dispatchers = weakref.WeakKeyDictionary()
-
-
-def _dispatcher(peer) -> _Dispatcher:
-    dispatcher = _dispatchers.get(peer)
-    if dispatcher is None:
-        dispatcher = _dispatchers[peer] = _Dispatcher(peer)
-    return dispatcher
+def dispatcher(peer) -> PairingDispatcher:
+    """The pairing dispatcher of C{peer}, created on first use (also C{Client.pairing})."""
+    return peer.extension(PairingDispatcher)
 
 
 def _pinning(session):
@@ -280,7 +269,7 @@ def _check_node(session, expect_peer_id):
 def _start(session, method, body, key=None, prepare=None, expect_peer_id=None):
     try:
         known = _check_node(session, expect_peer_id)
-        exchange = _dispatcher(session.local).begin(session, method, key)
+        exchange = dispatcher(session.local).begin(session, method, key)
     except Exception as e:
         return defer.fail(e)
     exchange.known_node = known
@@ -342,7 +331,7 @@ def request_approval(session, name: str = "", on_pending=None, expect_peer_id: s
 def unpair(session):
     """Revoke this peer's pairing; fires once the node has closed the session (PAIRING_REVOKED)."""
     try:
-        exchange = _dispatcher(session.local).begin(session, "revoke")
+        exchange = dispatcher(session.local).begin(session, "revoke")
     except Exception as e:
         return defer.fail(e)
     session.send(MessageType.PAIR_REVOKE, {})

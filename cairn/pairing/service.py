@@ -22,6 +22,7 @@ from cairn.pairing.messages import APPROVAL, LINK, PSK
 from cairn.pairing.pending import MAX_PENDING, MAX_PENDING_PER_SOURCE, PendingQueue
 from cairn.pairing.psk import PskSetting
 from cairn.pairing.ratelimit import FailureLimiter
+from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
@@ -37,23 +38,6 @@ LINK_TTL = 3600.0
 MAX_SOURCE_FAILURES = 5
 FAILURE_WINDOW = 600.0
 MAX_CODE_FAILURES = 3
-
-
-def paired_only(trust, handler):
-    """
-    Wrap a service handler C{handler(session, body)} so that it runs only
-    for paired peers; a session of any other peer is closed with
-    C{NOT_PAIRED}.
-    """
-
-    def guarded(session, body):
-        if not trust.is_paired(session.remote_peer_id):
-            session.close(CloseCode.NOT_PAIRED, "pair with this node first")
-            return None
-        return handler(session, body)
-
-    guarded.__wrapped__ = handler
-    return guarded
 
 
 @implementer(IPairingService)
@@ -99,9 +83,12 @@ class PairingService:
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
         self.pake = PakeMethods(self, max_source_exchanges)
         self._purge_hooks = []
-        peer.register_handler(MessageType.PAIR_REQUEST, self._guarded(self._pair_request))
-        peer.register_handler(MessageType.PAIR_RESPONSE, self._guarded(self.pake.respond))
-        peer.register_handler(MessageType.PAIR_REVOKE, self._guarded(self._pair_revoke))
+        handlers = {
+            MessageType.PAIR_REQUEST: self._pair_request,
+            MessageType.PAIR_RESPONSE: self.pake.respond,
+            MessageType.PAIR_REVOKE: self._pair_revoke,
+        }
+        register_service(peer, handlers, "pairing", stopped=lambda: self._stopped)
         peer.add_observer(self)
         self._flusher = None
         self._stopped = False
@@ -211,14 +198,14 @@ class PairingService:
         return self.trust.is_paired(session.remote_peer_id)
 
     def session_established(self, session):
-        self._guard_deferred(self._seen(session, inbound=not session.initiator), session, close=False)
+        self._guard_deferred(self._seen(session, inbound=not session.initiator), session)
 
     def session_resumed(self, session):
-        self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
+        self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
     def session_closed(self, session):
         self.pake.forget(session)
-        self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session, close=False)
+        self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
     def _seen(self, session, inbound):
         """
@@ -236,19 +223,8 @@ class PairingService:
 
     # Handlers
 
-    def _guarded(self, handler):
-        def guarded(session, body):
-            try:
-                result = handler(session, body)
-            except Exception:
-                log.failure("pairing handler failed")
-                self._internal_error(session)
-                return
-            self._guard_deferred(result, session)
-
-        return guarded
-
-    def _guard_deferred(self, result, session, close=True):
+    def _guard_deferred(self, result, session):
+        """Log a failed session-event step (last seen); the session goes on."""
         if isinstance(result, defer.Deferred):
 
             def failed(failure):
@@ -257,14 +233,8 @@ class PairingService:
                     log.info("pairing step dropped at shutdown: {why}", why=failure.getErrorMessage())
                     return
                 log.failure("pairing step failed", failure)
-                if close:
-                    self._internal_error(session)
 
             result.addErrback(failed)
-
-    def _internal_error(self, session):
-        if session.closed is None:
-            session.close(CloseCode.INTERNAL, "pairing failed on the node")
 
     @defer.inlineCallbacks
     def _pair_request(self, session, body):

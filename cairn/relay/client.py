@@ -45,6 +45,7 @@ from cairn.relay import messages
 from cairn.relay.attached import AttachedCircuit, AttachProtocol
 from cairn.relay.transport import CircuitTransport
 from cairn.session.connection import HandshakeFailed
+from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
 from cairn.transport.tcp import StreamProtocol
 from cairn.wire.constants import CloseCode, MessageType, RouteStatus
@@ -131,8 +132,7 @@ class RelayEndpoint:
             MessageType.RELAY_ACK: self._relay_ack,
             MessageType.RELAY_CLOSE: self._relay_close,
         }
-        for type_code, handler in handlers.items():
-            self.peer.register_handler(type_code, handler)
+        register_service(self.peer, handlers, "relay client", where="")
         self.peer.add_observer(self)
 
     def _circuit(self, session, circuit_id):

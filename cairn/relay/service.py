@@ -42,19 +42,19 @@ import attr
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.relay import messages
+from cairn.relay import messages, reports
 from cairn.relay.accounts import Accounts
 from cairn.relay.interfaces import IRelay, RelayLimits
-from cairn.relay.reports import RelayReports
+from cairn.relay.messages import WINDOW
 from cairn.relay.splice import Splice
-from cairn.session.session import ProtocolViolation, SessionClosed
+from cairn.session.guards import register_service
+from cairn.session.session import SessionClosed
 from cairn.wire import cbor
 from cairn.wire.constants import SUPPORTED_VERSIONS, CloseCode, MessageType, RouteStatus
+from cairn.wire.schema import BodyError
 
 log = Logger()
 
-#: Bytes of RelayData one end may send ahead of the other end's credit.
-WINDOW = 256 * 1024
 #: Seconds the target has to answer a circuit offer.
 OFFER_TIMEOUT = 30.0
 
@@ -98,7 +98,7 @@ class Circuit:
 
 
 @implementer(IRelay)
-class RelayService(RelayReports):
+class RelayService:
     """
     Relay circuits on a node L{Peer}.
 
@@ -145,9 +145,28 @@ class RelayService(RelayReports):
             MessageType.RELAY_ACK: self._relay_ack,
             MessageType.RELAY_CLOSE: self._relay_close,
         }
-        for type_code, handler in handlers.items():
-            peer.register_handler(type_code, handler)
+        # Not paired_only: an unpaired requester is answered with a
+        # RouteResponse NOT_PAIRED (§25.2), not a Close.
+        register_service(peer, handlers, "relay")
         peer.add_observer(self)
+
+    # Reports for the operator (cairn.relay.reports; IRelayReports)
+
+    def stats(self):
+        """C{GET /relay}: see L{reports.stats}."""
+        return reports.stats(self)
+
+    def peer_stats(self, peer_id):
+        """One peer's relay figures and limits."""
+        return reports.peer_stats(self, peer_id)
+
+    def put_quota(self, peer_id, body):
+        """C{PUT /relay/{peer_id}/quota}: see L{reports.put_quota}."""
+        return reports.put_quota(self, peer_id, body)
+
+    def collect_metrics(self):
+        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
+        return reports.collect_metrics(self)
 
     @property
     def bytes_sent(self) -> Counter:
@@ -353,8 +372,8 @@ class RelayService(RelayReports):
         try:
             body = cbor.loads(envelope.payload)
             circuit_id, token = messages.parse_relay_attach(body)
-        except ProtocolViolation as e:
-            connection.fail(e.code, e.reason)
+        except BodyError as e:
+            connection.fail(CloseCode.BAD_CBOR, str(e))
             return
         except Exception:
             connection.fail(CloseCode.BAD_CBOR, "RelayAttach body is not CBOR")

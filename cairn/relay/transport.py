@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.relay import messages
-from cairn.relay.service import WINDOW
+from cairn.relay.messages import WINDOW
 from cairn.session.interfaces import IFrameTransport
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType

@@ -19,3 +19,28 @@ class SessionClosed(Exception):
         super().__init__(f"session closed ({code}): {reason}")
         self.code = code
         self.reason = reason
+
+
+class Rejected(Exception):
+    """
+    A request the node answered with a refusal code: the one coded error
+    of the client side, subclassed per family (C{ForwardRejected},
+    C{PublishRejected}, C{PairingRejected}).
+
+    @cvar codes: the C{IntEnum} of the family's codes; C{code} is one of
+        its members, or the bare int if this version does not know it.
+    @cvar what: names the request in the message.
+    """
+
+    codes = None
+    what = "request"
+
+    def __init__(self, code, reason: str = ""):
+        if self.codes is not None:
+            try:
+                code = self.codes(code)
+            except ValueError:
+                pass
+        super().__init__(f"{self.what} rejected ({getattr(code, 'name', code)}): {reason}")
+        self.code = code
+        self.reason = reason

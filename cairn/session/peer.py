@@ -13,10 +13,10 @@ from twisted.logger import Logger
 
 from cairn.crypto.handshake import HandshakeResult
 from cairn.session.connection import Connection
+from cairn.session.guards import log_only
 from cairn.session.rekey import REKEY_ENVELOPES, REKEY_INTERVAL
 from cairn.session.session import Session
 from cairn.wire.constants import SESSION_LAYER_TYPES
-from cairn.wire.schema import BodyError
 
 log = Logger()
 
@@ -83,10 +83,22 @@ class Peer:
         self.on_channel = None  # (session, channel)
         self.on_data = None  # (session, channel, data)
         self._observers = []
+        self._extensions = {}
 
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    def extension(self, factory):
+        """
+        The one C{factory(self)} of this peer, made on first use: how a
+        client's mailbox, sync, TURN and pairing dispatchers attach to it
+        (each registers its handlers once; see C{cairn.client.Client}).
+        """
+        found = self._extensions.get(factory)
+        if found is None:
+            found = self._extensions[factory] = factory(self)
+        return found
 
     # Handlers
 
@@ -105,12 +117,13 @@ class Peer:
 
     def register_guarded(self, handlers, name: str) -> None:
         """
-        Register C{handlers} ({type: fn(session, body)}) behind a guard: a
-        malformed body or a bug in a handler is logged under C{name} and
-        never raised into the session layer (which would end the session).
+        Register a client's C{handlers} ({type: fn(session, body)}) behind
+        L{cairn.session.guards.log_only}: a malformed body or a bug in a
+        handler is logged under C{name} and never raised into the session
+        layer. The node's services use L{cairn.session.guards.register_service}.
         """
         for type_code, handler in handlers.items():
-            self.register_handler(type_code, _guarded(handler, name))
+            self.register_handler(type_code, log_only(handler, name))
 
     def handler_for(self, type_code: int):
         return self._handlers.get(type_code)
@@ -288,18 +301,6 @@ class Peer:
             session.detach(None)
             restored += 1
         return restored
-
-
-def _guarded(handler, name):
-    def guarded(session, body):
-        try:
-            handler(session, body)
-        except BodyError as e:
-            log.warn("{name}: the peer sent a bad body: {why}", name=name, why=str(e))
-        except Exception:
-            log.failure("{name} handler failed", name=name)
-
-    return guarded
 
 
 def _address_of(session) -> str:

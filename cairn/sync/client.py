@@ -26,28 +26,22 @@ the same way.
 """
 
 import os
-import weakref
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from cairn.session.errors import Rejected
 from cairn.sync import messages, sealing
 from cairn.wire.constants import MessageType, SyncStatus
 
 log = Logger()
 
 
-class PublishRejected(Exception):
+class PublishRejected(Rejected):
     """The node did not store the update; C{code} is a L{SyncStatus} (or an unknown int)."""
 
-    def __init__(self, code, reason: str = ""):
-        try:
-            code = SyncStatus(code)
-        except ValueError:
-            pass
-        super().__init__(f"sync publish rejected ({getattr(code, 'name', code)}): {reason}")
-        self.code = code
-        self.reason = reason
+    codes = SyncStatus
+    what = "sync publish"
 
 
 class SyncClient:
@@ -191,15 +185,9 @@ def _send(session, type_code, body):
     session.send_if_open(type_code, body)
 
 
-_clients = weakref.WeakKeyDictionary()
-
-
 def sync_client(peer) -> SyncClient:
-    """The L{SyncClient} of C{peer}, created on first use."""
-    found = _clients.get(peer)
-    if found is None:
-        found = _clients[peer] = SyncClient(peer)
-    return found
+    """The L{SyncClient} of C{peer}, created on first use (also C{Client.sync})."""
+    return peer.extension(SyncClient)
 
 
 def sync_publish(session, topic: str, data: bytes, update_id: bytes = None):

@@ -4,7 +4,7 @@ L{BodyError}, on both sides.
 """
 
 from cairn.crypto.identity import parse_peer_id
-from cairn.wire.schema import BodyError
+from cairn.wire.schema import BodyError, bytes_field, require_map, uint_value
 
 UPDATE_ID_SIZE = 16
 #: Most bytes (UTF-8) in a topic name, and topics in one SyncSubscribe.
@@ -15,12 +15,6 @@ MAX_TOPICS = 256
 UPDATE_OVERHEAD = 512
 
 
-def _map(body, what):
-    if not isinstance(body, dict):
-        raise BodyError(f"{what} body must be a map")
-    return body
-
-
 def _topic(value, what):
     if not isinstance(value, str) or not value or len(value.encode("utf-8")) > MAX_TOPIC:
         raise BodyError(f"{what}: a topic must be text of 1 to {MAX_TOPIC} bytes")
@@ -28,21 +22,12 @@ def _topic(value, what):
 
 
 def _seq(value, what, key="seq"):
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise BodyError(f"{what}: {key!r} must be an unsigned integer")
-    return value
-
-
-def _update_id(body, what):
-    value = body.get("id")
-    if not isinstance(value, bytes) or len(value) != UPDATE_ID_SIZE:
-        raise BodyError(f"{what}: 'id' must be {UPDATE_ID_SIZE} bytes")
-    return value
+    return uint_value(value, key, what, 2**63 - 1)
 
 
 def parse_subscribe(body):
     """SyncSubscribe: {"topics": [text], "cursors"?: {text: uint}}; returns {topic: seq or None}."""
-    body = _map(body, "SyncSubscribe")
+    body = require_map(body, "SyncSubscribe")
     topics = body.get("topics")
     if not isinstance(topics, list) or not topics or len(topics) > MAX_TOPICS:
         raise BodyError(f"SyncSubscribe: 'topics' must be an array of 1 to {MAX_TOPICS} topics")
@@ -59,13 +44,13 @@ def parse_subscribe(body):
 
 def publish_id(body) -> bytes:
     """The update id of a SyncPublish, or L{BodyError} if there is none to answer to."""
-    return _update_id(_map(body, "SyncPublish"), "SyncPublish")
+    return bytes_field(require_map(body, "SyncPublish"), "id", "SyncPublish", UPDATE_ID_SIZE)
 
 
 def parse_publish(body):
     """SyncPublish: {"topic": text, "id": 16 bytes, "payload": bytes}; returns (topic, id, payload)."""
-    body = _map(body, "SyncPublish")
-    update_id = _update_id(body, "SyncPublish")
+    body = require_map(body, "SyncPublish")
+    update_id = bytes_field(body, "id", "SyncPublish", UPDATE_ID_SIZE)
     topic = _topic(body.get("topic"), "SyncPublish")
     payload = body.get("payload")
     if not isinstance(payload, bytes):
@@ -75,7 +60,7 @@ def parse_publish(body):
 
 def parse_cursor(body):
     """SyncCursor: {"topic": text, "seq": uint}; returns (topic, seq)."""
-    body = _map(body, "SyncCursor")
+    body = require_map(body, "SyncCursor")
     return _topic(body.get("topic"), "SyncCursor"), _seq(body.get("seq"), "SyncCursor")
 
 
@@ -84,7 +69,7 @@ def parse_cursor(body):
 
 def parse_ack(body):
     """SyncAck: {"id", "status", "seq": uint or null, "reason"?}; returns (id, status, seq, reason)."""
-    body = _map(body, "SyncAck")
+    body = require_map(body, "SyncAck")
     status = _seq(body.get("status"), "SyncAck", "status")
     seq = body.get("seq")
     if seq is not None:
@@ -92,12 +77,12 @@ def parse_ack(body):
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise BodyError("SyncAck: 'reason' must be text")
-    return _update_id(body, "SyncAck"), status, seq, reason
+    return bytes_field(body, "id", "SyncAck", UPDATE_ID_SIZE), status, seq, reason
 
 
 def parse_update(body):
     """SyncUpdate: {"topic", "seq", "from", "id", "payload", "at"}; returns them as a tuple."""
-    body = _map(body, "SyncUpdate")
+    body = require_map(body, "SyncUpdate")
     topic = _topic(body.get("topic"), "SyncUpdate")
     seq = _seq(body.get("seq"), "SyncUpdate")
     sender = body.get("from")
@@ -113,12 +98,12 @@ def parse_update(body):
     at = body.get("at")
     if not isinstance(at, (int, float)) or isinstance(at, bool):
         raise BodyError("SyncUpdate: 'at' must be a number")
-    return topic, seq, sender, _update_id(body, "SyncUpdate"), payload, float(at)
+    return topic, seq, sender, bytes_field(body, "id", "SyncUpdate", UPDATE_ID_SIZE), payload, float(at)
 
 
 def parse_reset(body):
     """SyncReset: {"topic", "oldest_seq", "reason"}; returns them as a tuple."""
-    body = _map(body, "SyncReset")
+    body = require_map(body, "SyncReset")
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise BodyError("SyncReset: 'reason' must be text")
@@ -127,7 +112,7 @@ def parse_reset(body):
 
 def parse_denied(body):
     """SyncDenied: {"topic", "reason"}; returns them as a tuple."""
-    body = _map(body, "SyncDenied")
+    body = require_map(body, "SyncDenied")
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise BodyError("SyncDenied: 'reason' must be text")

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from cairn.db import GroupCommit
 from cairn.diskspace import guarded_batch
-from cairn.mailbox.store import _batch_txn, _storage_error
+from cairn.mailbox.store import batch_txn, storage_error
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.wire.constants import SyncStatus
@@ -227,8 +227,8 @@ class SQLiteSyncStore(_Cache):
         super().__init__()
         self.db = db
         # New updates are refused at the disk reserve; cursors and expiry still commit.
-        batch = guarded_batch(_batch_txn, db.space, {publish_txn})
-        self._group = GroupCommit(db, batch, self._apply, _storage_error)
+        batch = guarded_batch(batch_txn, db.space, {publish_txn})
+        self._group = GroupCommit(db, batch, self._apply, storage_error)
 
     @property
     def commits(self) -> int:

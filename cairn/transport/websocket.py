@@ -12,21 +12,10 @@ Closing: after a cairn Close, only its sender starts the WebSocket closing
 handshake; the receiver answers it (L{_EnvelopeMessages.closing_handshake},
 read by L{cairn.session.connection.Connection}).
 
-Debug logging in autobahn: autobahn builds the arguments of its debug log
-events whether or not anything logs at debug level. On every new
-connection it formats its whole option table with C{pprint.pformat} (and a
-client its transport details too), about 90 us on each side, more than a
-third of what cairn's WebSocket layer costs per handshake; and every
-C{dataReceived} and every handshake step colours a method name and values
-for an event (about 2 us each). L{_install_lazy_debug_arguments} makes
-those arguments objects that do the formatting only when an event is
-actually rendered; the rendered text is unchanged.
+autobahn's debug-log arguments and its timers are adapted in
+L{cairn.transport.autobahn_compat} (version-guarded, with the reasons).
 """
 
-import sys
-
-import autobahn.twisted.websocket as _autobahn_twisted
-import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -34,10 +23,10 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny
-from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
+from cairn.transport import autobahn_compat
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.transport.origins import OriginPolicy
 from cairn.wire.constants import HEADER_SIZE, CloseCode
@@ -49,83 +38,7 @@ SUBPROTOCOL = "cairn.v1"
 MAX_UPGRADE_BYTES = 16 * 1024
 
 
-class _Lazy:
-    """C{str(func(*args))}, computed when (and each time) it is shown."""
-
-    __slots__ = ("_func", "_args")
-
-    def __init__(self, func, *args):
-        self._func = func
-        self._args = args
-
-    def __str__(self):
-        return str(self._func(*self._args))
-
-    __repr__ = __str__
-
-    def __format__(self, spec):
-        return format(str(self), spec)
-
-    def __add__(self, other):
-        return str(self) + other
-
-    def __radd__(self, other):
-        return other + str(self)
-
-
-def _lazy(func):
-    def lazy(*args):
-        return _Lazy(func, *args)
-
-    lazy._cairn_lazy = True
-    return lazy
-
-
-def _install_lazy_debug_arguments(
-    protocol_module=_autobahn_protocol, twisted_module=_autobahn_twisted
-):
-    """
-    Make autobahn build the arguments of its per-connection and per-read
-    debug log events only when an event is rendered.
-
-      - C{hltype} and C{hlval} (coloured names and values) are used by
-        these two modules only as log event arguments: both become lazy.
-      - C{pformat} is lazy only when called from
-        C{WebSocketProtocol._connectionMade} or
-        C{WebSocketClientProtocol.startHandshake}, whose arguments are
-        built there and never changed; its other uses need a real string.
-
-    The rendered text is what autobahn would have logged. Idempotent; leaves
-    alone whatever this autobahn does not have.
-    """
-    for module in (protocol_module, twisted_module):
-        for name in ("hltype", "hlval"):
-            func = getattr(module, name, None)
-            if func is not None and not getattr(func, "_cairn_lazy", False):
-                setattr(module, name, _lazy(func))
-    real = getattr(protocol_module, "pformat", None)
-    if real is None or getattr(real, "_cairn_lazy", False):
-        return
-    try:
-        callers = frozenset(
-            (
-                protocol_module.WebSocketProtocol._connectionMade.__code__,
-                protocol_module.WebSocketClientProtocol.startHandshake.__code__,
-            )
-        )
-    except AttributeError:
-        return
-
-    def pformat(obj, *args, **kwargs):
-        if not args and not kwargs and sys._getframe(1).f_code in callers:
-            return _Lazy(real, obj)
-        return real(obj, *args, **kwargs)
-
-    pformat._cairn_lazy = True
-    protocol_module.pformat = pformat
-
-
-_install_lazy_debug_arguments()
+autobahn_compat.install()
 
 
 class _EnvelopeMessages:
@@ -263,9 +176,7 @@ class ClientProtocol(_EnvelopeMessages, WebSocketClientProtocol):
 def _limit_options(factory, local):
     # autobahn's handshake and close timers go through the peer's injected
     # clock like every other timer (txaio would use the global reactor).
-    factory._batched_timer = _BatchedTimer(
-        200.0, 1000, seconds_provider=local.clock.seconds, delayed_call_creator=local.clock.callLater
-    )
+    autobahn_compat.use_clock(factory, local.clock)
     limit = local.max_payload + HEADER_SIZE
     factory.setProtocolOptions(
         maxMessagePayloadSize=limit,

@@ -12,7 +12,6 @@ the error form, and the Deferred fails with L{TurnUnavailable}; a session
 that ends first fails it with its L{SessionClosed}.
 """
 
-import weakref
 from collections import deque
 
 from twisted.internet import defer
@@ -83,15 +82,9 @@ class TurnClient:
             d.errback(session.closed)
 
 
-_clients = weakref.WeakKeyDictionary()
-
-
 def turn_client(peer) -> TurnClient:
-    """The L{TurnClient} of C{peer}, created on first use."""
-    found = _clients.get(peer)
-    if found is None:
-        found = _clients[peer] = TurnClient(peer)
-    return found
+    """The L{TurnClient} of C{peer}, created on first use (also C{Client.turn})."""
+    return peer.extension(TurnClient)
 
 
 def request_relay(session, ttl=None):

@@ -5,8 +5,8 @@ L{TurnService} answers every RelayRequest of a paired peer with one
 RelayResponse: the configured TURN server URLs and a credential for that
 peer, valid for C{min(requested ttl, max_ttl)} seconds from the injected
 clock. A node without servers or without a secret answers with the error
-form. Unpaired peers are closed with NOT_PAIRED (L{paired_only}); a
-malformed RelayRequest closes the session with BAD_CBOR.
+form. Its handler is registered with L{register_service}: unpaired peers
+are closed with NOT_PAIRED, a malformed RelayRequest with BAD_CBOR.
 
 The secret never leaves this object: it is not logged, not in a repr,
 not in any error.
@@ -14,11 +14,10 @@ not in any error.
 
 from twisted.logger import Logger
 
-from cairn.pairing.service import paired_only
+from cairn.session.guards import register_service
 from cairn.turn import messages
 from cairn.turn.credentials import turn_credentials
-from cairn.wire.constants import CloseCode, MessageType
-from cairn.wire.schema import BodyError
+from cairn.wire.constants import MessageType
 
 log = Logger()
 
@@ -50,7 +49,7 @@ class TurnService:
         #: RelayResponses sent with credentials, and with the error form.
         self.granted = 0
         self.refused = 0
-        peer.register_handler(MessageType.RELAY_REQUEST, paired_only(trust, self._guarded))
+        register_service(peer, {MessageType.RELAY_REQUEST: self._relay_request}, "TURN credentials", trust=trust)
         if self.servers and self._secret is None:
             log.warn("CAIRN_TURN_SERVERS is set but CAIRN_TURN_SECRET is not: peers get no TURN credentials")
         elif self._secret is not None and not self.servers:
@@ -74,21 +73,8 @@ class TurnService:
         username, password = turn_credentials(self._secret, peer_id, expires_at)
         return messages.relay_granted(self.servers, username, password, ttl, expires_at)
 
-    def _guarded(self, session, body):
-        # Nothing a peer sends may raise out of a handler into the session layer.
-        try:
-            self._relay_request(session, body)
-        except Exception:
-            log.failure("TURN handler failed")
-            if session.closed is None:
-                session.close(CloseCode.INTERNAL, "TURN credentials failed on the node")
-
     def _relay_request(self, session, body):
-        try:
-            ttl = messages.parse_relay_request(body)
-        except BodyError as e:
-            session.close(CloseCode.BAD_CBOR, str(e))
-            return
+        ttl = messages.parse_relay_request(body)
         response = self.grant(session.remote_peer_id, ttl)
         if "error" in response:
             self.refused += 1
@@ -113,10 +99,10 @@ def secret_from_config(config):
     """
     if config.turn_secret is not None or config.turn_secret_file is None:
         return config.turn_secret
-    from cairn.config import _secret_from_file
+    from cairn.config import secret_from_file
 
     values = {"turn_secret": None, "turn_secret_file": config.turn_secret_file}
-    return _secret_from_file(values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file")
+    return secret_from_file(values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file")
 
 
 def make_turn_service(config, peer, trust, clock):

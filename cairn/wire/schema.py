@@ -21,21 +21,36 @@ def require_map(body, what):
     return body
 
 
-def uint_field(body, key, what, maximum=MAX_SEQUENCE, required=True):
-    """An unsigned integer (not a bool) at C{key}, at most C{maximum}; None if optional and absent."""
-    if key not in body and not required:
-        return None
-    value = body.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+def uint_value(value, key, what, maximum=MAX_SEQUENCE, minimum=0):
+    """C{value} (found at C{key}) if it is an integer (not a bool) from C{minimum} to C{maximum}."""
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        if minimum:
+            raise BodyError(f"{what}: {key!r} must be an integer from {minimum} to {maximum}")
         raise BodyError(f"{what}: {key!r} must be an unsigned integer <= {maximum}")
     return value
 
 
-def text_field(body, key, what, max_len, default=None):
-    """Text at C{key} of at most C{max_len} UTF-8 bytes (C{default} if absent and given)."""
+def uint_field(body, key, what, maximum=MAX_SEQUENCE, required=True, minimum=0):
+    """An unsigned integer (not a bool) at C{key}, at most C{maximum}; None if optional and absent."""
+    if key not in body and not required:
+        return None
+    return uint_value(body.get(key), key, what, maximum, minimum)
+
+
+def text_field(body, key, what, max_len=None, default=None):
+    """Text at C{key} of at most C{max_len} UTF-8 bytes (any length if None; C{default} if absent and given)."""
     value = body.get(key, default)
-    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > max_len:
-        raise BodyError(f"{what}: {key!r} must be text of at most {max_len} bytes")
+    if not isinstance(value, str) or (max_len is not None and len(value.encode("utf-8", "surrogatepass")) > max_len):
+        limit = "" if max_len is None else f" of at most {max_len} bytes"
+        raise BodyError(f"{what}: {key!r} must be text{limit}")
+    return value
+
+
+def bool_field(body, key, what, default=False):
+    """A boolean at C{key} (C{default} if absent)."""
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise BodyError(f"{what}: {key!r} must be a boolean")
     return value
 
 

@@ -31,7 +31,7 @@ from cairn.relay import messages as relay
 from cairn.relay.service import RelayService
 from cairn.session.interfaces import IFrameTransport
 from cairn.session.peer import Peer
-from cairn.session.session import ProtocolViolation, Session
+from cairn.session.session import Session
 from cairn.signaling import announce
 from cairn.sync import messages as sync
 from cairn.sync.service import SyncService
@@ -259,10 +259,6 @@ def parse_body(parser: BodyParser, body):
     try:
         result = parser.parse(body)
     except schema.BodyError as e:
-        return False, e
-    except ProtocolViolation as e:
-        if e.code != CloseCode.BAD_CBOR:
-            raise Unexpected(f"{parser.name} rejected with code {e.code}, not BAD_CBOR") from e
         return False, e
     except Exception as e:
         raise Unexpected(f"{parser.name} raised {e.__class__.__name__}: {e} on {body!r:.200}") from e

@@ -1,6 +1,7 @@
 """
-Pairing before a command, for the device command-line tools
-(C{cairn-mailbox}, C{cairn-relay}).
+What the device command-line tools (C{cairn-mailbox}, C{cairn-relay})
+share: the identity file, C{--name}, running under the reactor, and
+pairing before a command.
 
 The secrets never come from the command line, where any user of the
 machine can read them (C{ps}, C{/proc/PID/cmdline}) and shells keep them
@@ -19,8 +20,9 @@ import getpass
 import os
 import sys
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 
+from cairn.crypto.identity import Identity, load_or_create_file
 from cairn.pairing import client as pairing
 from cairn.pins import FilePins, pins_path
 
@@ -126,3 +128,45 @@ def pairing_step(args, name: str, environ=None, ask=_ask_in_thread):
 
         return approval_step
     return lambda session: defer.succeed(None)
+
+
+DEFAULT_IDENTITY = os.path.join(os.path.expanduser("~"), ".cairn-mailbox.key")
+
+
+def load_identity(path: str) -> Identity:
+    """The identity in C{path}, created (mode 0600) if the file does not exist."""
+    return load_or_create_file(path)
+
+
+def add_name_option(parser, default: str) -> None:
+    """C{--name}: what the node calls this device when it pairs."""
+    parser.add_argument(
+        "--name", default=default, help=f"this device's name, shown by the node once paired (default: {default})"
+    )
+
+
+def react(prog, run, argv=None):
+    """
+    Run C{run(reactor, argv)} under the reactor as command C{prog}: a
+    failure is one line on stderr and exit status 1; a non-zero result is
+    the exit status.
+    """
+
+    def go(reactor):
+        d = run(reactor, sys.argv[1:] if argv is None else argv)
+
+        def failed(failure):
+            if failure.check(SystemExit):
+                # argparse: --help (0) or a usage error (2), already printed.
+                return failure.value.code
+            print(f"{prog}: {failure.getErrorMessage()}", file=sys.stderr)
+            return 1
+
+        return d.addErrback(failed).addCallback(_exit_code)
+
+    task.react(go)
+
+
+def _exit_code(code):
+    if code:
+        raise SystemExit(code)

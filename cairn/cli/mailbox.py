@@ -10,7 +10,7 @@ The identity key file (a 32-byte Ed25519 seed) is created with mode 0600
 on first use. With C{--psk} or C{--pin} the command pairs first (harmless
 when already paired), the secret read from C{CAIRN_PSK} or C{CAIRN_PIN}
 (or, for a PIN, asked for on the terminal), never from the command line
-(L{cairn.cli_pairing}). C{receive} prints what is waiting, one line per
+(L{cairn.cli.device}). C{receive} prints what is waiting, one line per
 message (sender, then the text), and exits after C{--wait} seconds
 without a new message; on a device that is not paired with the node (or
 was revoked) it says so and exits with status 1, so that "nothing
@@ -22,24 +22,23 @@ when it pairs (default C{cairn-mailbox}).
 """
 
 import argparse
-import os
 import sys
 
 from twisted.internet import defer, task
 
-from cairn.cli_pairing import add_pairing_options, device_pins, pairing_step
+from cairn.cli.device import (
+    DEFAULT_IDENTITY,
+    add_name_option,
+    add_pairing_options,
+    device_pins,
+    load_identity,
+    pairing_step,
+    react,
+)
 from cairn.client import Client
-from cairn.crypto.identity import Identity, load_or_create_file
 from cairn.mailbox.client import UnknownRecipient
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode
-
-DEFAULT_IDENTITY = os.path.join(os.path.expanduser("~"), ".cairn-mailbox.key")
-
-
-def load_identity(path: str) -> Identity:
-    """The identity in C{path}, created (mode 0600) if the file does not exist."""
-    return load_or_create_file(path)
 
 
 def parser():
@@ -105,13 +104,6 @@ class NotPaired(Exception):
     """This device is not paired with the node (never was, or was revoked)."""
 
 
-def add_name_option(parser, default: str) -> None:
-    """C{--name}: what the node calls this device when it pairs."""
-    parser.add_argument(
-        "--name", default=default, help=f"this device's name, shown by the node once paired (default: {default})"
-    )
-
-
 @defer.inlineCallbacks
 def require_paired(box, session, peer_id):
     """
@@ -137,33 +129,6 @@ def require_paired(box, session, peer_id):
 def main(argv=None):
     """Console entry point."""
     react("cairn-mailbox", run, argv)
-
-
-def react(prog, run, argv=None):
-    """
-    Run C{run(reactor, argv)} under the reactor as command C{prog}: a
-    failure is one line on stderr and exit status 1; a non-zero result is
-    the exit status.
-    """
-
-    def go(reactor):
-        d = run(reactor, sys.argv[1:] if argv is None else argv)
-
-        def failed(failure):
-            if failure.check(SystemExit):
-                # argparse: --help (0) or a usage error (2), already printed.
-                return failure.value.code
-            print(f"{prog}: {failure.getErrorMessage()}", file=sys.stderr)
-            return 1
-
-        return d.addErrback(failed).addCallback(_exit_code)
-
-    task.react(go)
-
-
-def _exit_code(code):
-    if code:
-        raise SystemExit(code)
 
 
 if __name__ == "__main__":

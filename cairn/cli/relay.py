@@ -6,7 +6,7 @@ humans (a demonstration of L{cairn.relay.client}).
     CAIRN_PSK=... cairn-relay --identity phone.key --server tcp:host=node:port=7400 --psk send PEER_ID "text"
 
 C{listen} connects to the node (pairing first with C{--psk}/C{--pin}, the
-secret from C{CAIRN_PSK}/C{CAIRN_PIN}: L{cairn.cli_pairing}),
+secret from C{CAIRN_PSK}/C{CAIRN_PIN}: L{cairn.cli.device}),
 prints C{listening as PEER_ID}, accepts circuits, prints each text
 received on channel C{chat} (sender, then the text) and echoes it back;
 it exits once C{--count} texts were echoed and the sender closed, or on
@@ -21,9 +21,16 @@ import sys
 
 from twisted.internet import defer, task
 
-from cairn.cli_pairing import add_pairing_options, device_pins, pairing_step
+from cairn.cli.device import (
+    DEFAULT_IDENTITY,
+    add_name_option,
+    add_pairing_options,
+    device_pins,
+    load_identity,
+    pairing_step,
+    react,
+)
 from cairn.client import Client
-from cairn.mailbox.cli import DEFAULT_IDENTITY, add_name_option, load_identity, react
 from cairn.wire.constants import RouteStatus
 
 CHANNEL = "chat"

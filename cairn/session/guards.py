@@ -1,0 +1,124 @@
+"""
+The one error policy for the message handlers of the node's services.
+
+A service registers its handlers once, with L{register_service}; every
+handler then follows the same rules, whatever its family:
+
+  - a body that does not follow its schema (L{BodyError}, raised by every
+    family's parsers) closes the session with C{BAD_CBOR};
+  - a L{ProtocolViolation} closes it with the violation's own code;
+  - anything else, a failed Deferred included, is a bug of ours: it is
+    logged and the session is closed with C{INTERNAL} (only that session);
+  - with a trust store, an unpaired peer's session is closed with
+    C{NOT_PAIRED} before the handler runs (L{paired_only}, §20.1);
+  - once the service is stopped, new requests go unanswered (their senders
+    resend after resuming) and a step still in progress that fails is
+    logged, not answered: the node is stopping and its stores closing.
+
+Client applications keep a different policy on purpose (L{log_only}): a
+bad reply from the node is logged, and the client's session is not ended
+for it. The relay client is the exception: a malformed relay body is a
+protocol error either way (§25.1), so it registers with L{register_service}.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cairn.session.errors import ProtocolViolation
+from cairn.wire.constants import CloseCode
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+
+def paired_only(trust, handler):
+    """
+    Wrap a service handler C{handler(session, body)} so that it runs only
+    for paired peers; a session of any other peer is closed with
+    C{NOT_PAIRED}.
+    """
+
+    def guarded(session, body):
+        if not trust.is_paired(session.remote_peer_id):
+            session.close(CloseCode.NOT_PAIRED, "pair with this node first")
+            return None
+        return handler(session, body)
+
+    guarded.__wrapped__ = handler
+    return guarded
+
+
+def _close(session, code, reason):
+    if session.closed is None:
+        session.close(code, reason)
+
+
+def guard(handler, name, stopped=None, where="on the node"):
+    """
+    C{handler(session, body)} behind the policy of this module; C{name}
+    names the service in logs and in the INTERNAL Close's reason (with
+    C{where}), and C{stopped()} (optional) says whether it has stopped.
+    """
+
+    def failed(failure, session):
+        if stopped is not None and stopped():
+            log.info("{name}: step dropped at shutdown: {why}", name=name, why=failure.getErrorMessage())
+            return None
+        if failure.check(BodyError, ProtocolViolation):
+            return _refuse(failure.value, session)
+        log.failure("{name} handler failed", failure, name=name)
+        _close(session, CloseCode.INTERNAL, f"{name} failed {where}".rstrip())
+        return None
+
+    def guarded(session, body):
+        if stopped is not None and stopped():
+            return None
+        try:
+            result = handler(session, body)
+        except Exception:
+            return failed(defer.Failure(), session)
+        if isinstance(result, defer.Deferred):
+            result.addErrback(failed, session)
+        return result
+
+    guarded.__wrapped__ = handler
+    return guarded
+
+
+def _refuse(error, session):
+    if isinstance(error, BodyError):
+        _close(session, CloseCode.BAD_CBOR, str(error))
+    else:
+        _close(session, error.code, error.reason)
+    return None
+
+
+def register_service(peer, handlers, name, *, trust=None, stopped=None, where="on the node"):
+    """
+    Register C{handlers} ({type code: fn(session, body)}) on C{peer} behind
+    L{guard}, and behind L{paired_only} when C{trust} is given.
+    """
+    for type_code, handler in handlers.items():
+        guarded = guard(handler, name, stopped, where)
+        if trust is not None:
+            guarded = paired_only(trust, guarded)
+        peer.register_handler(type_code, guarded)
+
+
+def log_only(handler, name):
+    """
+    A client's handler: a malformed body or a bug is logged under C{name}
+    and never raised into the session layer (which would end the client's
+    session with its node for one bad reply).
+    """
+
+    def guarded(session, body):
+        try:
+            handler(session, body)
+        except BodyError as e:
+            log.warn("{name}: the peer sent a bad body: {why}", name=name, why=str(e))
+        except Exception:
+            log.failure("{name} handler failed", name=name)
+
+    guarded.__wrapped__ = handler
+    return guarded

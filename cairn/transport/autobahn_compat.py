@@ -1,0 +1,135 @@
+"""
+The two places where cairn reaches into autobahn and txaio, in one module
+so that an upgrade has one file to check. Both are guarded: on a version
+where what they touch is missing or different, they do nothing and cairn
+still works (only slower, or with autobahn's timers on the global reactor).
+
+1. Debug-log arguments (L{install_lazy_debug_arguments}). autobahn builds
+   the arguments of its debug log events whether or not anything logs at
+   debug level. On every new connection it formats its whole option table
+   with C{pprint.pformat} (and a client its transport details too), about
+   90 us on each side, more than a third of what cairn's WebSocket layer
+   costs per handshake; and every C{dataReceived} and every handshake step
+   colours a method name and values for an event (about 2 us each). The
+   patch makes those arguments objects that do the formatting only when an
+   event is actually rendered; the rendered text is unchanged. Applied only
+   to the autobahn majors it was checked against (L{CHECKED_AUTOBAHN}).
+
+2. The clock of autobahn's timers (L{use_clock}). autobahn runs its opening
+   and closing handshake timeouts through C{factory._batched_timer}, a
+   txaio C{_BatchedTimer} (private to txaio) made on the global reactor; the
+   node injects its clock everywhere (tests use C{task.Clock}), so the
+   factory gets one on the peer's clock. Neither txaio nor autobahn has a
+   public way to pass a clock.
+"""
+
+import sys
+
+import autobahn
+import autobahn.twisted.websocket as _autobahn_twisted
+import autobahn.websocket.protocol as _autobahn_protocol
+
+try:
+    from txaio._common import _BatchedTimer
+except ImportError:  # a txaio without it: autobahn's timers stay on the global reactor
+    _BatchedTimer = None
+
+#: autobahn major versions (year) whose debug logging the patch was checked against.
+CHECKED_AUTOBAHN = range(24, 27)
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return -1
+
+
+def install(version=autobahn.__version__) -> bool:
+    """Apply the debug-log patch if this autobahn is one it was checked against; whether it was."""
+    if _major(version) not in CHECKED_AUTOBAHN:
+        return False
+    install_lazy_debug_arguments()
+    return True
+
+
+def use_clock(factory, clock) -> None:
+    """Run C{factory}'s handshake timers on C{clock} (an C{IReactorTime}), where txaio allows it."""
+    if _BatchedTimer is not None:
+        factory._batched_timer = _BatchedTimer(
+            200.0, 1000, seconds_provider=clock.seconds, delayed_call_creator=clock.callLater
+        )
+
+
+class _Lazy:
+    """C{str(func(*args))}, computed when (and each time) it is shown."""
+
+    __slots__ = ("_func", "_args")
+
+    def __init__(self, func, *args):
+        self._func = func
+        self._args = args
+
+    def __str__(self):
+        return str(self._func(*self._args))
+
+    __repr__ = __str__
+
+    def __format__(self, spec):
+        return format(str(self), spec)
+
+    def __add__(self, other):
+        return str(self) + other
+
+    def __radd__(self, other):
+        return other + str(self)
+
+
+def _lazy(func):
+    def lazy(*args):
+        return _Lazy(func, *args)
+
+    lazy._cairn_lazy = True
+    return lazy
+
+
+def install_lazy_debug_arguments(protocol_module=_autobahn_protocol, twisted_module=_autobahn_twisted):
+    """
+    Make autobahn build the arguments of its per-connection and per-read
+    debug log events only when an event is rendered.
+
+      - C{hltype} and C{hlval} (coloured names and values) are used by
+        these two modules only as log event arguments: both become lazy.
+      - C{pformat} is lazy only when called from
+        C{WebSocketProtocol._connectionMade} or
+        C{WebSocketClientProtocol.startHandshake}, whose arguments are
+        built there and never changed; its other uses need a real string.
+
+    The rendered text is what autobahn would have logged. Idempotent; leaves
+    alone whatever this autobahn does not have.
+    """
+    for module in (protocol_module, twisted_module):
+        for name in ("hltype", "hlval"):
+            func = getattr(module, name, None)
+            if func is not None and not getattr(func, "_cairn_lazy", False):
+                setattr(module, name, _lazy(func))
+    real = getattr(protocol_module, "pformat", None)
+    if real is None or getattr(real, "_cairn_lazy", False):
+        return
+    try:
+        callers = frozenset(
+            (
+                protocol_module.WebSocketProtocol._connectionMade.__code__,
+                protocol_module.WebSocketClientProtocol.startHandshake.__code__,
+            )
+        )
+    except AttributeError:
+        return
+
+    def pformat(obj, *args, **kwargs):
+        if not args and not kwargs and sys._getframe(1).f_code in callers:
+            return _Lazy(real, obj)
+        return real(obj, *args, **kwargs)
+
+    pformat._cairn_lazy = True
+    protocol_module.pformat = pformat

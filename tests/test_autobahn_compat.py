@@ -1,0 +1,34 @@
+"""The guarded adaptations of autobahn and txaio (cairn.transport.autobahn_compat)."""
+
+import autobahn.websocket.protocol as protocol_module
+from twisted.internet import task
+from twisted.trial import unittest
+
+from cairn.transport import autobahn_compat
+
+
+class CompatTests(unittest.TestCase):
+    def test_unchecked_version_left_alone(self):
+        """An autobahn major the patch was not checked against is not patched."""
+        self.assertFalse(autobahn_compat.install("99.1.0"))
+        self.assertFalse(autobahn_compat.install("unknown"))
+
+    def test_installed_lazily_and_unchanged_text(self):
+        """On this autobahn the debug arguments are lazy, idempotently, and render as before."""
+        self.assertTrue(autobahn_compat.install())
+        self.assertTrue(autobahn_compat.install())
+        self.assertTrue(getattr(protocol_module.hltype, "_cairn_lazy", False))
+        self.assertEqual(str(protocol_module.pformat({"a": 1})), "{'a': 1}")
+
+    def test_timers_on_the_clock(self):
+        """A factory's handshake timers run on the injected clock."""
+        clock, fired = task.Clock(), []
+
+        class Factory:
+            pass
+
+        factory = Factory()
+        autobahn_compat.use_clock(factory, clock)
+        factory._batched_timer.call_later(1.0, fired.append, True)
+        clock.advance(2.0)
+        self.assertEqual(fired, [True])
