@@ -56,6 +56,7 @@ class JetStreamSyncStore(Follow, _Cache):
         self._locks = {}  # topic -> asyncio.Lock (on the NATS loop)
         self._last = {}  # topic -> (stream seq, topic seq) of its subject's last message
         self._revisions = {}  # (device, topic) -> KV revision
+        self._cursor_locks = {}  # cursor key -> asyncio.Lock (on the NATS loop)
         self._removing = None
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
@@ -363,19 +364,23 @@ class JetStreamSyncStore(Follow, _Cache):
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         kv, key = self.jet.kv["cursors"], f"{device}.{_token(topic)}"
-        for _ in range(20):
-            try:
-                entry = await kv.get(key)
-            except KeyNotFoundError:
-                return None  # unsubscribed (or purged) meanwhile
-            current = int(entry.value)
-            if seq <= current:
-                return current
-            try:
-                self._revisions[(device, topic)] = await kv.update(key, str(seq).encode(), last=entry.revision)
-                return seq
-            except KeyWrongLastSequenceError:
-                continue  # another writer moved it: never lower it
+        # One raise of a cursor at a time from this node (a device acknowledges
+        # a burst of updates at once): compare-and-set then only races other
+        # nodes, not this node's own requests.
+        async with self._cursor_locks.setdefault(key, asyncio.Lock()):
+            for _ in range(20):
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    return None  # unsubscribed (or purged) meanwhile
+                current = int(entry.value)
+                if seq <= current:
+                    return current
+                try:
+                    self._revisions[(device, topic)] = await kv.update(key, str(seq).encode(), last=entry.revision)
+                    return seq
+                except KeyWrongLastSequenceError:
+                    continue  # another writer moved it: never lower it
         raise D.PublishError(0, f"cursor {device}/{topic}: too many concurrent writers")
 
     def purge(self, device):
