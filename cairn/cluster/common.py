@@ -57,3 +57,24 @@ def _storage_error(failure):
     error = failure.value
     log.warn("cairn: JetStream store call failed: {why}", why=_one_line(error))
     raise StoreFull(f"JetStream unavailable ({_one_line(error)})")
+
+
+class StoreCalls:
+    """
+    What every JetStream store does with its L{cairn.cluster.connection.JetStream}
+    (C{self.jet}): name subjects, run a coroutine on the NATS loop (a failure
+    becomes L{StoreFull}), and remember it until it ends, so that
+    L{flushed} can wait for every call in flight (C{self._pending}, a set).
+    """
+
+    def _subject(self, *parts):
+        return self.jet.subject(*parts)
+
+    def _run(self, function, *args):
+        d = self.jet.run(function, *args).addErrback(_storage_error)
+        self._pending.add(d)
+        return d.addBoth(lambda r: (self._pending.discard(d), r)[1])
+
+    def flushed(self):
+        """A Deferred firing once every call in flight has ended."""
+        return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)

@@ -37,7 +37,6 @@ to it otherwise (docs/scaling.md).
 
 import uuid
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -45,13 +44,12 @@ from cairn.cluster import direct as D
 from cairn.cluster.common import (
     KIND,
     WRITER,
+    StoreCalls,
     _f,
     _is_message,
     _kv_forget,
-    _observe,
     _one_line,
     _recipient,
-    _storage_error,
 )
 from cairn.cluster.mailbox_removal import Removal
 from cairn.cluster.watch import Watchers
@@ -63,7 +61,7 @@ from cairn.wire.constants import ForwardStatus
 log = Logger()
 
 @implementer(IMailboxStore)
-class JetStreamMailboxStore(Removal, _Cache):
+class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
 
     def __init__(self, jetstream):
@@ -84,13 +82,6 @@ class JetStreamMailboxStore(Removal, _Cache):
     def acks(self):
         return self.jet.acks
 
-    def _subject(self, *parts):
-        return self.jet.subject(*parts)
-
-    def _run(self, function, *args):
-        d = self.jet.run(function, *args).addErrback(_storage_error)
-        self._pending.add(d)
-        return d.addBoth(lambda r: (self._pending.discard(d), r)[1])
 
     # Life cycle
 
@@ -127,8 +118,6 @@ class JetStreamMailboxStore(Removal, _Cache):
         self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
         self.watchers(recipient)
 
-    def flushed(self):
-        return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)
 
     def watch(self, callback):
         self.watchers.add(callback)

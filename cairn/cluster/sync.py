@@ -33,7 +33,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import WRITER, _observe, _storage_error
+from cairn.cluster.common import WRITER, StoreCalls
 from cairn.cluster.sync_follow import ACCESS, KIND, SEQ, Follow, _token, _topic
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
@@ -44,7 +44,7 @@ PAGE = 256
 
 
 @implementer(ISyncStore)
-class JetStreamSyncStore(Follow, _Cache):
+class JetStreamSyncStore(StoreCalls, Follow, _Cache):
     """The sync hub in a L{cairn.cluster.connection.JetStream}'s C{sync} stream and C{cursors} bucket."""
 
     def __init__(self, jetstream):
@@ -62,16 +62,7 @@ class JetStreamSyncStore(Follow, _Cache):
         self.writer = uuid.uuid4().hex
         self._init_follow()
 
-    def _subject(self, *parts):
-        return self.jet.subject(*parts)
 
-    def _run(self, function, *args):
-        d = self.jet.run(function, *args).addErrback(_storage_error)
-        self._pending.add(d)
-        return d.addBoth(lambda r: (self._pending.discard(d), r)[1])
-
-    def flushed(self):
-        return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)
 
     # Loading
 
