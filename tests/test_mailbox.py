@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from cairn.db import Database
 from cairn.mailbox import client as mailbox
+from cairn.mailbox import service as service_module
 from cairn.mailbox.client import ForwardRejected, UnknownRecipient, uuid7
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, StoreFull
 from cairn.mailbox.service import MailboxService
@@ -332,6 +333,27 @@ class MailboxScenarioMixin(MailboxHarness):
         yield self.connect(bob)
         got = yield bob_box.wait(bob_box.messages, 1)
         self.assertEqual(got[0][2], b"before")
+
+    @defer.inlineCallbacks
+    def test_failed_delivery_read_is_retried(self):
+        """A delivery read that fails (store unavailable) is tried again on the clock, without a new session."""
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"held"))
+        fetch, failures = self.store.fetch, []
+
+        def unavailable(*args):
+            failures.append(args)
+            return defer.fail(StoreFull("the store is unavailable"))
+
+        self.store.fetch = unavailable
+        yield self.connect(bob)
+        self.assertEqual((len(failures), bob_box.messages), (1, []))
+        self.store.fetch = fetch
+        self.clock.advance(service_module.READ_RETRY)
+        got = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got[0][2], b"held")
 
     @defer.inlineCallbacks
     def test_unpair_purges_and_evicts(self):

@@ -42,6 +42,8 @@ WINDOW_BYTES = 4 * 1024 * 1024
 BATCH_BYTES = 64 * 1024
 RECEIPT_BATCH = 256
 SWEEP_INTERVAL = 60.0
+#: Seconds before a session's failed delivery or receipt read is tried again.
+READ_RETRY = 2.0
 _REASONS = {
     ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
     ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
@@ -60,6 +62,7 @@ class _Outbox:
         self.rinflight = set()
         self.fetching = self.rfetching = False
         self.again = self.ragain = False
+        self.retry = None  # the DelayedCall that reads again after a failed read
 
     def delivered(self, seq, size):
         self.inflight[seq] = size
@@ -354,7 +357,7 @@ class MailboxService(StoreService):
 
         def failed(failure):
             outbox.fetching = False
-            log.failure("mailbox: reading messages to deliver failed", failure)
+            self._read_failed(outbox, failure, "messages to deliver")
 
         self._track(self.store.fetch(session.remote_peer_id, outbox.cursor, room)).addCallbacks(fetched, failed)
 
@@ -403,9 +406,39 @@ class MailboxService(StoreService):
 
         def failed(failure):
             outbox.rfetching = False
-            log.failure("mailbox: reading receipts failed", failure)
+            self._read_failed(outbox, failure, "receipts")
 
         self._track(self.store.receipts(session.remote_peer_id, outbox.rcursor, room)).addCallbacks(fetched, failed)
+
+    def stop(self):
+        """L{StoreService.stop}, with no read retry left scheduled."""
+        for outbox in self._outboxes.values():
+            self._forget(outbox)
+        return super().stop()
+
+    def _read_failed(self, outbox, failure, what):
+        """
+        A read for C{outbox} failed (the store is unavailable for now): read
+        again after L{READ_RETRY} seconds instead of waiting for the session's
+        next event, which may never come.
+        """
+        if failure.check(StoreFull):
+            log.warn("mailbox: reading {what} failed ({why}); retrying", what=what, why=failure.getErrorMessage())
+        else:
+            log.failure("mailbox: reading {what} failed; retrying", failure, what=what)
+        if outbox.retry is None and self._serving(outbox.session):
+            outbox.retry = self.clock.callLater(READ_RETRY, self._read_again, outbox)
+
+    def _read_again(self, outbox):
+        outbox.retry = None
+        self._pump(outbox)
+        self._pump_receipts(outbox)
+
+    def _forget(self, outbox):
+        if outbox is not None and outbox.retry is not None:
+            if outbox.retry.active():
+                outbox.retry.cancel()
+            outbox.retry = None
 
     # Session observer
 
@@ -425,7 +458,7 @@ class MailboxService(StoreService):
         self._pump_receipts(outbox)
 
     def session_closed(self, session):
-        self._outboxes.pop(session.session_id, None)
+        self._forget(self._outboxes.pop(session.session_id, None))
 
     # Across a clean restart (docs/protocol.md §16): the outbox comes back
     # with its session, so that what the session's resend buffer holds
