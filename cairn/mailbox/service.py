@@ -147,6 +147,8 @@ class MailboxService(StoreService):
                 if receipts:
                     log.info("mailbox: {count} message(s) expired", count=len(receipts))
                 self._owe(receipts)
+        except StoreFull as e:
+            log.warn("mailbox expiry sweep failed: {why}; the next sweep tries again", why=str(e))
         except Exception:
             log.failure("mailbox expiry sweep failed")
 
