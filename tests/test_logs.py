@@ -106,6 +106,19 @@ class SummaryTests(unittest.TestCase):
         self.assertRegex(text, r"CAIRN_PSK +<redacted>  \(env\)")
         self.assertIn("CAIRN_LISTEN", text)
 
+    def test_generated_token_named_not_shown(self):
+        """Without a configured token the management token is shown as generated, with its file, never as none."""
+        from cairn import config_report
+
+        config = Config(data_dir="/srv/cairn")
+        text = formatEvent(self.summary(config)[0])
+        self.assertRegex(text, r"CAIRN_MGMT_TOKEN +<generated: /srv/cairn/mgmt.token>  \(default\)")
+        rows = {row["name"]: row for row in config_report.settings(config)}
+        self.assertEqual(rows["mgmt_token"]["value"], "<generated: /srv/cairn/mgmt.token>")
+        # No management API, no token: none.
+        rows = {row["name"]: row for row in config_report.settings(Config(mgmt_listen=None))}
+        self.assertIsNone(rows["mgmt_token"]["value"])
+
     def test_host_name_warning(self):
         """Without CAIRN_PUBLIC_ADDRESSES and with a wildcard listener, a warning names the host."""
         events = self.summary(Config())
