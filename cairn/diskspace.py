@@ -204,12 +204,18 @@ def guarded_batch(batch_txn, space: FreeSpace | None, growing):
     whose txn is in C{growing} (their first argument: the items to store)
     fail with L{LowDiskSpace} when they would eat into the reserve; every
     other call runs as before.
+
+    C{growing} is a set of txns, or a mapping from each to None or to a
+    C{refused(cursor, *args)} run for a call refused here: it returns the
+    call's result instead of the failure (e.g. per item, so that what is
+    already stored is still acknowledged as such), or None for the failure.
     """
     if space is None:
         return batch_txn
+    refusals = growing if isinstance(growing, dict) else dict.fromkeys(growing)
 
     def batch(cursor, calls):
-        sizes = [payload_bytes(args[0]) if txn in growing else 0 for txn, args in calls]
+        sizes = [payload_bytes(args[0]) if txn in refusals else 0 for txn, args in calls]
         if not any(sizes):
             return batch_txn(cursor, calls)
         fits = space.check(cursor, sizes)
@@ -219,12 +225,14 @@ def guarded_batch(batch_txn, space: FreeSpace | None, growing):
         results = iter(batch_txn(cursor, admitted) if admitted else [])
         refused = LowDiskSpace("free disk space is below the reserve")
         out = []
-        for ok in fits:
+        for (txn, args), ok in zip(calls, fits):
             if ok:
                 out.append(next(results))
-            else:
-                space.refused += 1
-                out.append((False, refused))
+                continue
+            space.refused += 1
+            instead = refusals[txn]
+            value = instead(cursor, *args) if instead is not None else None
+            out.append((False, refused) if value is None else (True, value))
         return out
 
     return batch

@@ -21,6 +21,7 @@ from cairn.db import DB_FILE_NAME
 from cairn.diskspace import ITEM_OVERHEAD, FreeSpace, LowDiskSpace, guarded_batch
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected
+from cairn.mailbox.interfaces import Incoming
 from cairn.service import make_node
 from cairn.startup import disk_warnings
 from cairn.sync import client as sync
@@ -309,6 +310,23 @@ class ReserveScenario(RealNodeClients):
         warned = [e for e in self.events if "down to the reserve" in e.get("log_format", "")]
         self.assertEqual(len(warned), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
+    def test_stored_message_acknowledged_at_the_reserve(self):
+        """At the reserve a message already stored, sent again, is acknowledged DUPLICATE, not refused."""
+        alice, bob = self.client(), self.client()
+        a = yield self.paired(alice)
+        yield self.paired(bob)
+        before = yield self.fill(a, bob.peer_id)
+        self.assertTrue(self.space.low)
+        result = yield eventually(mailbox.forward(a, bob.peer_id, b"again", message_id=before[0]))
+        self.assertEqual(result, mailbox.ForwardResult(before[0], duplicate=True))
+        # In one request with a new message: that one alone is refused.
+        fresh = mailbox.uuid7()
+        items = [Incoming(alice.peer_id, bob.peer_id, mid, os.urandom(PAYLOAD)) for mid in (before[1], fresh)]
+        results = yield self.node.mailbox.store.enqueue(items, reactor.seconds(), self.node.mailbox.limits)
+        self.assertEqual([status for status, _ in results], [ForwardStatus.DUPLICATE, ForwardStatus.STORAGE_ERROR])
+        self.assertEqual(self.held(), set(before))
 
     @defer.inlineCallbacks
     def test_sync_publish_refused_at_the_reserve(self):
