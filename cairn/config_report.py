@@ -18,6 +18,7 @@ from typing import Any
 import attr
 
 from cairn.config import Config
+from cairn.config_values import shown_url, shown_urls
 from cairn.management.token import TOKEN_FILE_NAME
 
 REDACTED = "<redacted>"
@@ -59,8 +60,8 @@ def binds_every_interface(listen: str | None) -> bool:
 
 
 def is_secret(name: str) -> bool:
-    """Whether the setting C{name} is a secret (never shown)."""
-    return attr.fields_dict(Config)[name].repr is not True
+    """Whether the setting C{name} is a secret (never shown; URLs that may carry one are shown without it)."""
+    return attr.fields_dict(Config)[name].repr not in (True, shown_urls)
 
 
 def sources(environ: Mapping[str, str], flags: Iterable[str] = ()) -> dict[str, str]:
@@ -107,6 +108,8 @@ def settings(config: Config, origin: Mapping[str, str] | None = None) -> list[di
             source = "default" if value == field.default else "set"
         if is_secret(field.name) and value is not None:
             value = REDACTED
+        elif field.repr is shown_urls:
+            value = tuple(shown_url(item) for item in value)
         elif field.name == "mgmt_token" and _token_generated(config):
             value = f"<generated: {os.path.join(config.data_dir, TOKEN_FILE_NAME)}>"
         rows.append(

@@ -171,6 +171,11 @@ def shown_url(item: str) -> str:
     return f"{head}?<redacted>" if cut or hash_cut else head
 
 
+def shown_urls(value: tuple) -> str:
+    """The repr of a tuple of URLs, each as L{shown_url} shows it."""
+    return repr(tuple(shown_url(item) for item in value))
+
+
 def url_check(what: str, prefixes: tuple[str, ...], example: str):
     """Make a check that one URL starts with one of C{prefixes}."""
 
