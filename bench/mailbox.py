@@ -472,6 +472,9 @@ def main(argv=None):
     # --jetstream the raw nats-py anchor on the node's own servers is printed).
     nats = None if args.no_anchor or args.jetstream else nats_server_binary()
     runs = cairn_rates(count, args.senders, args.inflight, args.repeat, args.profile, binary, args.jetstream, nats)
+    if not runs:
+        # None asked for, or the reactor was stopped (Ctrl-C) before one ended.
+        sys.exit(f"bench.mailbox: no run completed (0 of {args.repeat}): nothing to report")
     storage = f" on JetStream R{args.jetstream}, sync_interval always" if args.jetstream else ""
     print(
         f"cairn mailbox{storage}: {count} x 1 KiB, {args.senders} senders x {args.inflight} in flight,"

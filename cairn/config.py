@@ -28,6 +28,7 @@ from cairn.config_values import (
     parse_size,
     parse_text,
     public_address,
+    shown_urls,
     signal_url,
     turn_url,
     url_list,
@@ -322,7 +323,10 @@ class Config:
     disk_reserve: int = _size("CAIRN_DISK_RESERVE", 64 * 2**20, 0)
     relay_capacity: int = _count("CAIRN_RELAY_CAPACITY", 64)
     sync_access: str = _choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
-    signal_servers: tuple[str, ...] = _urls("CAIRN_SIGNAL_SERVERS", signal_url)
+    # A URL may carry ?token= (README): shown without it.
+    signal_servers: tuple[str, ...] = _setting(
+        "CAIRN_SIGNAL_SERVERS", url_list(signal_url), (), _are_urls(signal_url), converter=tuple, repr=shown_urls
+    )
     turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", turn_url)
     public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", public_address)
     turn_secret: str | None = _secret("CAIRN_TURN_SECRET")

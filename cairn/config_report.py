@@ -10,6 +10,7 @@ C{*_FILE} variable for a secret read from a file) or C{"default"}.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import attr
 
 from cairn.config import Config
+from cairn.config_values import shown_url, shown_urls
+from cairn.management.token import TOKEN_FILE_NAME
 
 REDACTED = "<redacted>"
 
@@ -57,8 +60,8 @@ def binds_every_interface(listen: str | None) -> bool:
 
 
 def is_secret(name: str) -> bool:
-    """Whether the setting C{name} is a secret (never shown)."""
-    return attr.fields_dict(Config)[name].repr is not True
+    """Whether the setting C{name} is a secret (never shown; URLs that may carry one are shown without it)."""
+    return attr.fields_dict(Config)[name].repr not in (True, shown_urls)
 
 
 def sources(environ: Mapping[str, str], flags: Iterable[str] = ()) -> dict[str, str]:
@@ -105,6 +108,10 @@ def settings(config: Config, origin: Mapping[str, str] | None = None) -> list[di
             source = "default" if value == field.default else "set"
         if is_secret(field.name) and value is not None:
             value = REDACTED
+        elif field.repr is shown_urls:
+            value = tuple(shown_url(item) for item in value)
+        elif field.name == "mgmt_token" and _token_generated(config):
+            value = f"<generated: {os.path.join(config.data_dir, TOKEN_FILE_NAME)}>"
         rows.append(
             {
                 "name": field.name,
@@ -114,6 +121,19 @@ def settings(config: Config, origin: Mapping[str, str] | None = None) -> list[di
             }
         )
     return rows
+
+
+def _token_generated(config: Config) -> bool:
+    """
+    Whether the node generates its management token (kept in the data
+    directory; L{cairn.management.token}): the API is on and no token is set.
+    """
+    return (
+        config.mgmt_enabled
+        and bool(config.mgmt_listen)
+        and config.mgmt_token is None
+        and config.mgmt_token_file is None
+    )
 
 
 def show(value: Any) -> str:

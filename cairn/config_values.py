@@ -156,6 +156,26 @@ def parse_count(text: str) -> int:
     return int(stripped)
 
 
+def shown_url(item: str) -> str:
+    """
+    C{item} as an error message may show it: its query, fragment and any
+    C{user:password@} redacted, since each may carry a token (e.g. a
+    signaling server's C{?token=}).
+    """
+    head, cut, _ = item.partition("?")
+    head, hash_cut, _ = head.partition("#")
+    scheme, sep, rest = head.partition("://")
+    authority, slash, path = rest.partition("/")
+    if sep and "@" in authority:
+        head = f"{scheme}://<redacted>@{authority.rsplit('@', 1)[1]}{slash}{path}"
+    return f"{head}?<redacted>" if cut or hash_cut else head
+
+
+def shown_urls(value: tuple) -> str:
+    """The repr of a tuple of URLs, each as L{shown_url} shows it."""
+    return repr(tuple(shown_url(item) for item in value))
+
+
 def url_check(what: str, prefixes: tuple[str, ...], example: str):
     """Make a check that one URL starts with one of C{prefixes}."""
 
@@ -165,7 +185,7 @@ def url_check(what: str, prefixes: tuple[str, ...], example: str):
             lowered.startswith(prefix) and len(item) > len(prefix)
             for prefix in prefixes
         ):
-            raise ValueError(f"{item!r} is not a {what} URL (use e.g. {example})")
+            raise ValueError(f"{shown_url(item)!r} is not a {what} URL (use e.g. {example})")
         return item
 
     return check

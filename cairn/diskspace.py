@@ -20,12 +20,12 @@ the write-ahead log may still take counts as used: it grows to about
 C{wal_autocheckpoint} pages (4 MB) before it is reused, and the pages it
 holds grow the database file only at the next checkpoint, so C{statvfs}
 alone shows the cost of a write late (measured on a tmpfs: by up to the
-log's size).
+log's size). See L{_wal_pending} for what is counted.
 
 The check runs on the database thread once per group commit
 (L{guarded_batch}), with the sizes of the writes in the group: one
-C{statvfs}, one pragma and one C{stat} per transaction (16 us measured),
-not per message.
+C{statvfs}, two pragmas and two C{stat}s per transaction, not per
+message.
 
 Another program filling the same file system can still take the last
 byte; then deletions fail and the mailbox's sweep retries them (see
@@ -100,9 +100,11 @@ class FreeSpace:
         """
         if self._layout is None:
             self._layout = _layout(cursor)
-        page_size, wal_path, wal_pages = self._layout
+        page_size, db_path, wal_path, wal_pages = self._layout
         self.reusable = cursor.execute("PRAGMA freelist_count").fetchone()[0] * page_size
-        room = self.available() - self.reserve - _wal_pending(wal_path, wal_pages * page_size)
+        database_bytes = cursor.execute("PRAGMA page_count").fetchone()[0] * page_size
+        pending = _wal_pending(db_path, wal_path, wal_pages * page_size, database_bytes)
+        room = self.available() - self.reserve - pending
         fits = []
         for size in sizes:
             ok = size == 0 or size <= room
@@ -151,29 +153,44 @@ class FreeSpace:
 
 
 def _layout(cursor):
-    """The database's page size, its write-ahead log's path (None if not in WAL mode) and checkpoint size."""
+    """
+    The database's page size, its file's path, its write-ahead log's path
+    (None if not in WAL mode) and the log's checkpoint size in pages.
+    """
     page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
     path = cursor.execute("PRAGMA database_list").fetchone()[2]
     wal = cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     pages = cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-    return page_size, (path + "-wal" if path and wal else None), pages
+    return page_size, path, (path + "-wal" if path and wal else None), pages
 
 
-def _wal_pending(wal_path, limit: int) -> int:
+def _wal_pending(db_path, wal_path, limit: int, database_bytes: int) -> int:
     """
     Disk space the write-ahead log may still take that no C{statvfs}
-    shows yet: the log grows to about C{wal_autocheckpoint} pages (C{limit}
-    bytes) before its frames are written over, and the pages it holds are
-    copied into the database file (growing it) only at a checkpoint. Both
-    are bounded by the larger of the log's size and that limit.
+    shows yet: the pages it holds beyond the end of the database file
+    (C{database_bytes} is the database's size with them) are added to that
+    file at the next checkpoint, and it may hold about C{limit} bytes of
+    frames (C{wal_autocheckpoint} pages) before a checkpoint lets it be
+    written over from its start -- room a transaction after them needs,
+    a deletion as much as a write where SQLite is built to delete securely
+    (C{SQLITE_SECURE_DELETE}, as Debian's is: every freed page is written
+    to the log).
+
+    The log's own size is not counted again: its file is already used
+    space in C{statvfs}'s figure, and frames are written over in it.
+    Counting it twice kept a drained database refused for ever once a
+    burst had grown the log past C{limit} (the log does not shrink).
     """
     if wal_path is None:
         return 0
+    return limit + max(database_bytes - _size(db_path), 0)
+
+
+def _size(path) -> int:
     try:
-        size = os.path.getsize(wal_path)
+        return os.path.getsize(path)
     except OSError:
-        size = 0
-    return max(limit, size)
+        return 0
 
 
 def payload_bytes(items) -> int:
@@ -187,12 +204,18 @@ def guarded_batch(batch_txn, space: FreeSpace | None, growing):
     whose txn is in C{growing} (their first argument: the items to store)
     fail with L{LowDiskSpace} when they would eat into the reserve; every
     other call runs as before.
+
+    C{growing} is a set of txns, or a mapping from each to None or to a
+    C{refused(cursor, *args)} run for a call refused here: it returns the
+    call's result instead of the failure (e.g. per item, so that what is
+    already stored is still acknowledged as such), or None for the failure.
     """
     if space is None:
         return batch_txn
+    refusals = growing if isinstance(growing, dict) else dict.fromkeys(growing)
 
     def batch(cursor, calls):
-        sizes = [payload_bytes(args[0]) if txn in growing else 0 for txn, args in calls]
+        sizes = [payload_bytes(args[0]) if txn in refusals else 0 for txn, args in calls]
         if not any(sizes):
             return batch_txn(cursor, calls)
         fits = space.check(cursor, sizes)
@@ -202,12 +225,14 @@ def guarded_batch(batch_txn, space: FreeSpace | None, growing):
         results = iter(batch_txn(cursor, admitted) if admitted else [])
         refused = LowDiskSpace("free disk space is below the reserve")
         out = []
-        for ok in fits:
+        for (txn, args), ok in zip(calls, fits):
             if ok:
                 out.append(next(results))
-            else:
-                space.refused += 1
-                out.append((False, refused))
+                continue
+            space.refused += 1
+            instead = refusals[txn]
+            value = instead(cursor, *args) if instead is not None else None
+            out.append((False, refused) if value is None else (True, value))
         return out
 
     return batch

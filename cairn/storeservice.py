@@ -11,6 +11,7 @@ whatever the store queued committed.
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from cairn.mailbox.interfaces import StoreFull
 from cairn.session.guards import register_service
 
 log = Logger()
@@ -107,4 +108,8 @@ class StoreService:
         return session.send_if_open(type_code, body)
 
     def _log_failure(self, failure, what):
-        log.failure("{name}: {what} failed", failure, name=self.name, what=what)
+        """Log a store call that failed: a full or unavailable store (an expected condition) in one line."""
+        if failure.check(StoreFull):
+            log.warn("{name}: {what} failed: {why}", name=self.name, what=what, why=failure.getErrorMessage())
+        else:
+            log.failure("{name}: {what} failed", failure, name=self.name, what=what)

@@ -383,6 +383,16 @@ class ErrorTests(unittest.TestCase):
         self.assertIn("'relay:3478'", message)
         self.assertNotIn("turn:ok", message)
 
+    def test_bad_url_error_hides_credentials(self):
+        """A bad URL's error names it without its query, fragment or user:password (they may hold a token)."""
+        for raw in ("https://signal.example/s?token=hunter2", "http://cairn:hunter2@signal.example/#hunter2"):
+            error = config_error(self, {"CAIRN_SIGNAL_SERVERS": raw})
+            self.assertEqual(error.variable, "CAIRN_SIGNAL_SERVERS")
+            self.assertNotIn("hunter2", str(error))
+            self.assertIn("signal.example", str(error))
+        error = self.assertRaises(ConfigError, Config, turn_servers=["relay:3478?secret=hunter2"])
+        self.assertNotIn("hunter2", str(error))
+
     def test_bare_scheme_rejected(self):
         """A URL that is only a scheme is rejected."""
         error = config_error(self, {"CAIRN_SIGNAL_SERVERS": "wss://"})

@@ -21,6 +21,7 @@ from cairn.db import DB_FILE_NAME
 from cairn.diskspace import ITEM_OVERHEAD, FreeSpace, LowDiskSpace, guarded_batch
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected
+from cairn.mailbox.interfaces import Incoming
 from cairn.service import make_node
 from cairn.startup import disk_warnings
 from cairn.sync import client as sync
@@ -95,6 +96,25 @@ class FreeSpaceTests(unittest.TestCase):
         self.free = 3 * MiB
         self.assertEqual(self.space.check(conn.cursor(), [4 * MiB]), [True])
         self.assertGreater(self.space.reusable, 7 * MiB)
+
+    def test_write_ahead_log_on_disk_counted_once(self):
+        """A log grown past its checkpoint size is counted once: a drained database on a small disk takes writes."""
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        conn = sqlite3.connect(os.path.join(data_dir, "db"), isolation_level=None)
+        self.addCleanup(conn.close)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (b BLOB)")
+        # One 6 MiB transaction: the log grows past its 4 MiB checkpoint
+        # size (as it does under load) and keeps that size on disk.
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4000,)] * 1536)
+        conn.execute("DELETE FROM t")
+        self.assertGreater(os.path.getsize(os.path.join(data_dir, "db-wal")), 5 * MiB)
+        space = FreeSpace(data_dir, 2 * MiB, statvfs=small_disk(data_dir, 20 * MiB), report=self.report)
+        # About 5 MiB free on the disk and 6 MiB reusable in the database,
+        # less the reserve and the log's 4 MB: about 5 MiB of room.
+        self.assertEqual(space.check(conn.cursor(), [4 * MiB]), [True])
+        self.assertEqual(space.check(conn.cursor(), [12 * MiB]), [False])
 
     def test_unreadable_file_system_counts_as_full(self):
         """If statvfs fails, nothing that grows is admitted."""
@@ -290,6 +310,23 @@ class ReserveScenario(RealNodeClients):
         warned = [e for e in self.events if "down to the reserve" in e.get("log_format", "")]
         self.assertEqual(len(warned), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
+    def test_stored_message_acknowledged_at_the_reserve(self):
+        """At the reserve a message already stored, sent again, is acknowledged DUPLICATE, not refused."""
+        alice, bob = self.client(), self.client()
+        a = yield self.paired(alice)
+        yield self.paired(bob)
+        before = yield self.fill(a, bob.peer_id)
+        self.assertTrue(self.space.low)
+        result = yield eventually(mailbox.forward(a, bob.peer_id, b"again", message_id=before[0]))
+        self.assertEqual(result, mailbox.ForwardResult(before[0], duplicate=True))
+        # In one request with a new message: that one alone is refused.
+        fresh = mailbox.uuid7()
+        items = [Incoming(alice.peer_id, bob.peer_id, mid, os.urandom(PAYLOAD)) for mid in (before[1], fresh)]
+        results = yield self.node.mailbox.store.enqueue(items, reactor.seconds(), self.node.mailbox.limits)
+        self.assertEqual([status for status, _ in results], [ForwardStatus.DUPLICATE, ForwardStatus.STORAGE_ERROR])
+        self.assertEqual(self.held(), set(before))
 
     @defer.inlineCallbacks
     def test_sync_publish_refused_at_the_reserve(self):

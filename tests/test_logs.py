@@ -106,6 +106,32 @@ class SummaryTests(unittest.TestCase):
         self.assertRegex(text, r"CAIRN_PSK +<redacted>  \(env\)")
         self.assertIn("CAIRN_LISTEN", text)
 
+    def test_generated_token_named_not_shown(self):
+        """Without a configured token the management token is shown as generated, with its file, never as none."""
+        from cairn import config_report
+
+        config = Config(data_dir="/srv/cairn")
+        text = formatEvent(self.summary(config)[0])
+        self.assertRegex(text, r"CAIRN_MGMT_TOKEN +<generated: /srv/cairn/mgmt.token>  \(default\)")
+        rows = {row["name"]: row for row in config_report.settings(config)}
+        self.assertEqual(rows["mgmt_token"]["value"], "<generated: /srv/cairn/mgmt.token>")
+        # No management API, no token: none.
+        rows = {row["name"]: row for row in config_report.settings(Config(mgmt_listen=None))}
+        self.assertIsNone(rows["mgmt_token"]["value"])
+
+    def test_signal_server_token_not_shown(self):
+        """A ?token= in a CAIRN_SIGNAL_SERVERS URL is in neither the summary, the settings nor the config's repr."""
+        from cairn import config_report
+
+        config = Config(signal_servers=("wss://sig.example/a?token=hunter2",))
+        text = formatEvent(self.summary(config)[0])
+        self.assertNotIn("hunter2", text)
+        self.assertIn("wss://sig.example/a?<redacted>", text)
+        rows = {row["name"]: row for row in config_report.settings(config)}
+        self.assertEqual(rows["signal_servers"]["value"], ["wss://sig.example/a?<redacted>"])
+        self.assertNotIn("hunter2", repr(config))
+        self.assertEqual(config.signal_servers, ("wss://sig.example/a?token=hunter2",))
+
     def test_host_name_warning(self):
         """Without CAIRN_PUBLIC_ADDRESSES and with a wildcard listener, a warning names the host."""
         events = self.summary(Config())

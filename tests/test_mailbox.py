@@ -7,6 +7,7 @@ import os
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from cairn.db import Database
@@ -265,19 +266,54 @@ class MailboxScenarioMixin(MailboxHarness):
 
     @defer.inlineCallbacks
     def test_sweep_logs_its_errors_and_goes_on(self):
-        """A failing sweep is logged and the next one still runs."""
+        """A failing sweep is logged and the next one still runs; a full store is one line each time, no traceback."""
         calls = []
+        errors = iter([StoreFull("database or disk is full"), RuntimeError("boom")])
 
         def broken(now, limit, ttl):
             calls.append(now)
-            return defer.fail(StoreFull("boom"))
+            return defer.fail(next(errors))
 
         self.store.expire = broken
+        events = self.log_events()
         self.clock.advance(60)
         self.clock.advance(60)
         self.assertEqual(len(calls), 2)
-        self.assertEqual(len(self.flushLoggedErrors(StoreFull)), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.flushLoggedErrors(StoreFull), [])
+        [line] = [e for e in events if "database or disk is full" in formatEvent(e)]
+        self.assertNotIn("log_failure", line)
         yield None
+
+    @defer.inlineCallbacks
+    def test_full_store_dropping_receipts_is_one_line(self):
+        """A receipt purge the full store cannot write is logged in one line, without a traceback."""
+        alice, alice_box = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        attempted = defer.Deferred()
+
+        def full(sender, rseqs):
+            # Fired on the next turn: once the failure below has been handled.
+            reactor.callLater(0, attempted.callback, None)
+            return defer.fail(StoreFull("database or disk is full"))
+
+        self.store.drop_receipts = full
+        events = self.log_events()
+        yield self.connect(bob)
+        yield alice_box.wait(alice_box.receipts, 1)
+        yield eventually(attempted)
+        self.assertEqual(self.flushLoggedErrors(StoreFull), [])
+        [line] = [e for e in events if "database or disk is full" in formatEvent(e)]
+        self.assertNotIn("log_failure", line)
+
+    def log_events(self):
+        """Every log event from now until the test ends."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
 
     @defer.inlineCallbacks
     def test_unpaired_recipient(self):

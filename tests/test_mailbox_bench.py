@@ -36,6 +36,19 @@ class MailboxBenchTests(unittest.TestCase):
 
         return d.addCallback(check)
 
+    def test_no_run_completed(self):
+        """With no run completed (none asked, or the bench was interrupted) it says so in a line, no traceback."""
+        args = ["-m", "bench.mailbox", "--repeat", "0", "--no-anchor"]
+        d = utils.getProcessOutputAndValue(sys.executable, args, env=dict(os.environ), path=REPO_ROOT)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 1)
+            self.assertEqual(err.decode().strip(), "bench.mailbox: no run completed (0 of 0): nothing to report")
+            self.assertEqual(out, b"")
+
+        return d.addCallback(check)
+
     def test_jetstream_anchor(self):
         """The JetStream anchor starts its own nats-server, publishes with acks, drains, and stops it."""
         from bench._nats_anchor import nats_server_binary

@@ -9,6 +9,7 @@ request itself. Everything else is nats-py's.
 """
 
 import asyncio
+import functools
 import json
 
 import attr
@@ -46,6 +47,41 @@ class ReadError(Exception):
     """A direct get was answered with an error status."""
 
 
+#: A direct get no replica answers (503 no responders: the stream is
+#: electing a leader) is asked again for up to this many seconds, after
+#: pauses from UNAVAILABLE_PAUSE s doubling to 1 s; then its error stands.
+UNAVAILABLE_FOR = 10.0
+UNAVAILABLE_PAUSE = 0.05
+
+
+def _retry_unavailable(read):
+    """
+    Wrap a direct-get coroutine function so that a 503 (raised by nats-py
+    as C{NoRespondersError}, or a L{ReadError} "...: 503") is tried again
+    within L{UNAVAILABLE_FOR}: a leader election must not fail a read.
+    """
+
+    @functools.wraps(read)
+    async def retried(*args, **kwargs):
+        from nats.errors import NoRespondersError
+
+        loop = asyncio.get_running_loop()
+        end, pause = loop.time() + UNAVAILABLE_FOR, UNAVAILABLE_PAUSE
+        while True:
+            try:
+                return await read(*args, **kwargs)
+            except (NoRespondersError, ReadError) as e:
+                # A ReadError's text is "direct get from STREAM: STATUS ..." (below).
+                unavailable = isinstance(e, NoRespondersError) or str(e).split(": ", 1)[-1].startswith("503")
+                if not unavailable or loop.time() >= end:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    return retried
+
+
+@_retry_unavailable
 async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeout=5.0):
     """
     Up to C{batch} messages of C{stream} from seq C{start} on (those on
@@ -96,6 +132,7 @@ async def direct_all(nc, stream, subject, start=1, page=1000, upto=None):
         start = held[-1].seq + 1
 
 
+@_retry_unavailable
 async def direct_seq(nc, stream, seq, timeout=5.0):
     """The message at C{seq} of C{stream}, or None."""
     msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=timeout)
@@ -107,6 +144,7 @@ async def direct_seq(nc, stream, seq, timeout=5.0):
     return Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data)
 
 
+@_retry_unavailable
 async def direct_last(nc, stream, subject, timeout=5.0):
     """The last message on C{subject} of C{stream}, or None."""
     msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)

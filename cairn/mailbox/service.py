@@ -47,6 +47,7 @@ READ_RETRY = 2.0
 _REASONS = {
     ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
     ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
+    ForwardStatus.STORAGE_ERROR: "the node cannot store messages now",
 }
 
 
@@ -147,6 +148,8 @@ class MailboxService(StoreService):
                 if receipts:
                     log.info("mailbox: {count} message(s) expired", count=len(receipts))
                 self._owe(receipts)
+        except StoreFull as e:
+            log.warn("mailbox expiry sweep failed: {why}; the next sweep tries again", why=str(e))
         except Exception:
             log.failure("mailbox expiry sweep failed")
 
@@ -220,7 +223,7 @@ class MailboxService(StoreService):
             log.warn("mailbox: cannot store messages: {why}", why=failure.getErrorMessage())
         else:
             log.failure("mailbox: storing messages failed", failure)
-        reason = "the node cannot store messages now"
+        reason = _REASONS[ForwardStatus.STORAGE_ERROR]
         acks = [
             self._ack(entry.message_id, ForwardStatus.STORAGE_ERROR, reason) if isinstance(entry, Incoming) else entry
             for entry in checked

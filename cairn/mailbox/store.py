@@ -30,6 +30,7 @@ from cairn.mailbox.transactions import (
     admission,
     batch_txn,
     drop_receipts_txn,
+    enqueue_refused_txn,
     enqueue_txn,
     expire_txn,
     fetch_txn,
@@ -82,8 +83,9 @@ class SQLiteMailboxStore(_Cache):
     def __init__(self, db):
         super().__init__()
         self.db = db
-        # New messages are refused at the disk reserve; deletions still commit.
-        batch = guarded_batch(batch_txn, db.space, {enqueue_txn})
+        # New messages are refused at the disk reserve (what is already held
+        # is still acknowledged DUPLICATE); deletions still commit.
+        batch = guarded_batch(batch_txn, db.space, {enqueue_txn: enqueue_refused_txn})
         self._group = GroupCommit(db, batch, self._apply, storage_error)
         #: Enqueues submitted and not yet answered (so perhaps written, not synced).
         self._enqueuing = 0

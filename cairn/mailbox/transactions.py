@@ -131,6 +131,22 @@ def enqueue_txn(cursor, items, now, limits):
     return results, _write_depths_txn(cursor, depths)
 
 
+def enqueue_refused_txn(cursor, items, now, limits):
+    """
+    The result of an L{enqueue_txn} refused at the disk reserve: None (the
+    call fails, every item STORAGE_ERROR) unless some item is already
+    held; then that one is a DUPLICATE as always and the others STORAGE_ERROR.
+    """
+    known = _known_ids_txn(cursor, items)
+    if not known:
+        return None
+    results = [
+        (ForwardStatus.DUPLICATE if (item.sender, item.message_id) in known else ForwardStatus.STORAGE_ERROR, None)
+        for item in items
+    ]
+    return results, {}
+
+
 def _remove_txn(cursor, rows, status, now, ttl):
     """Delete messages C{rows} (seq, recipient, sender, id, size); owe receipts; return (receipts, depths)."""
     cursor.executemany("DELETE FROM mailbox_messages WHERE seq = ?", [(row[0],) for row in rows])

@@ -1,0 +1,101 @@
+"""
+Direct gets while no replica of the stream answers (503 no responders, as
+during a stream leader election): tried again for a bounded time, then the
+error (L{cairn.cluster.direct}). Driven with a stand-in NATS client on an
+asyncio loop of the test's own; no NATS server.
+"""
+
+import asyncio
+import json
+from types import SimpleNamespace
+from unittest import mock
+
+from nats.errors import NoRespondersError
+from twisted.trial import unittest
+
+from cairn.cluster import direct
+
+
+def _msg(headers, data=b""):
+    return SimpleNamespace(headers=headers, data=data)
+
+
+def _held(seq):
+    return _msg({"Nats-Subject": f"mbox.r.{seq}", "Nats-Sequence": str(seq)}, b"m%d" % seq)
+
+
+UNAVAILABLE = {"Status": "503"}
+
+
+class _Sub:
+    def __init__(self, answers):
+        self.answers = answers
+
+    async def next_msg(self, timeout):
+        return self.answers.pop(0)
+
+    async def unsubscribe(self):
+        pass
+
+
+class FakeNats:
+    """A NATS client whose direct gets are answered from C{rounds}: one list of replies per request."""
+
+    def __init__(self, rounds):
+        self.rounds = list(rounds)
+        self.requests = 0
+
+    def new_inbox(self):
+        return "_INBOX.x"
+
+    async def subscribe(self, inbox):
+        self._sub = _Sub([])
+        return self._sub
+
+    async def publish(self, subject, payload, reply=None):
+        self.requests += 1
+        json.loads(payload)
+        self._sub.answers = list(self.rounds.pop(0))
+
+    async def request(self, subject, payload, timeout):
+        self.requests += 1
+        (answer,) = self.rounds.pop(0)
+        if answer is NoRespondersError:
+            raise NoRespondersError
+        return answer
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+class UnavailableTests(unittest.TestCase):
+    def setUp(self):
+        patcher = mock.patch.object(direct, "UNAVAILABLE_PAUSE", 0.0)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_batch_retried_after_503(self):
+        """A batched direct get answered 503 is asked again and returns what the stream then holds."""
+        end = _msg({"Status": "204", "Nats-Last-Sequence": "2"})
+        nc = FakeNats([[_msg(UNAVAILABLE)], [_msg(UNAVAILABLE)], [_held(1), _held(2), end]])
+        held, last = run(direct.direct_batch(nc, "S", 1, 10, "mbox.>"))
+        self.assertEqual(([h.seq for h in held], last, nc.requests), ([1, 2], 2, 3))
+
+    def test_single_gets_retried_after_no_responders(self):
+        """A direct get by seq or by subject that finds no responders is asked again."""
+        nc = FakeNats([[NoRespondersError], [_held(7)]])
+        self.assertEqual(run(direct.direct_seq(nc, "S", 7)).seq, 7)
+        nc = FakeNats([[_msg(UNAVAILABLE)], [NoRespondersError], [_held(9)]])
+        self.assertEqual(run(direct.direct_last(nc, "S", "mbox.r.x")).seq, 9)
+        self.assertEqual(nc.requests, 3)
+
+    def test_bounded(self):
+        """Past the bound the 503 is the read's error; other errors are not retried at all."""
+        with mock.patch.object(direct, "UNAVAILABLE_FOR", 0.0):
+            nc = FakeNats([[NoRespondersError], [_held(1)]])
+            self.assertRaises(NoRespondersError, run, direct.direct_seq(nc, "S", 1))
+            self.assertEqual(nc.requests, 1)
+        nc = FakeNats([[_msg({"Status": "408", "Description": "Request Timeout"})], [_held(1)]])
+        self.assertRaises(direct.ReadError, run, direct.direct_batch(nc, "S", 1, 10))
+        self.assertEqual(nc.requests, 1)
