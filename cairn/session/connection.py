@@ -292,12 +292,12 @@ class Connection:
             self._state = "await_final"
         elif envelope.type == MessageType.RECONNECT:
             self._responder_reconnect(envelope)
-        elif envelope.type == MessageType.RELAY_ATTACH and self.local.attach_handler is not None:
-            # Not a session: the relay service takes the connection over
-            # (or refuses it with a Close).
+        elif self.local.preface_handler(envelope.type) is not None:
+            # Not a session: a RelayAttach, whose handler (the relay
+            # service) takes the connection over or refuses it with a Close.
             self._cancel_timer()
             self._state = "attaching"
-            self.local.attach_handler(self, envelope)
+            self.local.preface_handler(envelope.type)(self, envelope)
         else:
             self._session_id = envelope.session_id
             raise ProtocolViolation(

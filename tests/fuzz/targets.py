@@ -36,6 +36,7 @@ from cairn.signaling import announce
 from cairn.sync import messages as sync
 from cairn.sync.service import SyncService
 from cairn.sync.store import MemorySyncStore
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamProtocol
 from cairn.turn import messages as turn
 from cairn.turn.service import TurnService
@@ -559,7 +560,7 @@ def _sealed_mode(data):
 def _responder_mode(data):
     """Raw bytes to a responder before any handshake, through the TCP framing."""
     connection, transport = node().responder()
-    protocol = StreamProtocol(connection, MAX_PAYLOAD)
+    protocol = StreamProtocol(connection, TransportSettings(max_payload=MAX_PAYLOAD))
     for chunk in _chunks(data[1:], data[:1]):
         if transport.lost:
             break
