@@ -7,7 +7,7 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
   - ForwardRequest is checked, handed to the store (which group-commits)
     and answered with a ForwardAck only once the store's Deferred fired,
     i.e. once the message is on disk;
-  - each session of a paired peer has an L{_Outbox} (from its start, or
+  - each session of a paired peer has an L{Outbox} (from its start, or
     from the moment its peer pairs on it: C{peer_paired}): a window of
     deliveries (and of receipts) sent but not yet acknowledged with
     ForwardPurge; the window bounds memory per session, and a new session
@@ -18,7 +18,7 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
   - a periodic sweep on the injected clock expires old messages.
 """
 
-from collections import Counter, OrderedDict
+from collections import Counter
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
+from cairn.mailbox.window import Outbox
 from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
@@ -48,37 +49,6 @@ _REASONS = {
     ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
     ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
 }
-
-
-class _Outbox:
-    """What one session has been sent and not yet acknowledged."""
-
-    def __init__(self, session):
-        self.session = session
-        self.cursor = 0  # the highest seq delivered on this session
-        self.inflight = OrderedDict()  # seq -> size, in seq order
-        self.inflight_bytes = 0
-        self.rcursor = 0
-        self.rinflight = set()
-        self.fetching = self.rfetching = False
-        self.again = self.ragain = False
-        self.retry = None  # the DelayedCall that reads again after a failed read
-
-    def delivered(self, seq, size):
-        self.inflight[seq] = size
-        self.inflight_bytes += size
-        self.cursor = seq
-
-    def acknowledged(self, seqs, upto):
-        """Free the window of C{seqs} and of every seq up to C{upto}."""
-        inflight = self.inflight
-        while inflight:
-            seq = next(iter(inflight))
-            if seq > upto:
-                break
-            self.inflight_bytes -= inflight.popitem(last=False)[1]
-        for seq in seqs:
-            self.inflight_bytes -= inflight.pop(seq, 0)
 
 
 class MailboxService(StoreService):
@@ -118,7 +88,7 @@ class MailboxService(StoreService):
         #: ForwardAck statuses sent, by name.
         self.statuses = Counter()
         self.delivered = 0
-        self._outboxes = {}  # session id -> _Outbox
+        self._outboxes = {}  # session id -> Outbox
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
         handlers = {
@@ -245,14 +215,14 @@ class MailboxService(StoreService):
         outbox = self._outboxes.get(session.session_id)
         peer_id = session.remote_peer_id
         # Only what this session was sent can be acknowledged cumulatively.
-        upto = min(upto, outbox.cursor) if outbox is not None else 0
+        upto = min(upto, outbox.deliveries.cursor) if outbox is not None else 0
         if seqs or upto:
             if outbox is not None:
-                outbox.acknowledged(seqs, upto)
+                outbox.deliveries.acknowledged(seqs, upto)
             self._delete_delivered(peer_id, seqs, upto)
         if rseqs:
             if outbox is not None:
-                outbox.rinflight.difference_update(rseqs)
+                outbox.receipts.acknowledged(rseqs)
             self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
         if outbox is not None:
             self._pump(outbox)
@@ -321,20 +291,16 @@ class MailboxService(StoreService):
         )
 
     def _pump(self, outbox):
-        session = outbox.session
+        session, window = outbox.session, outbox.deliveries
         if not self._serving(session):
             return
-        if outbox.fetching:
-            outbox.again = True
+        room = window.begin_read(self.window, self.window_bytes)
+        if not room:
             return
-        room = self.window - len(outbox.inflight)
-        if room <= 0 or outbox.inflight_bytes >= self.window_bytes:
-            return
-        outbox.fetching, outbox.again = True, False
 
         def fetched(held):
-            outbox.fetching = False
-            budget = self.window_bytes - outbox.inflight_bytes
+            window.end_read()
+            budget = self.window_bytes - window.inflight_bytes
             batch, size, sent = [], 0, 0
             for message in held:
                 if budget <= 0:
@@ -352,14 +318,14 @@ class MailboxService(StoreService):
                 if not self._deliver_batch(outbox, batch):
                     return
                 sent += len(batch)
-            if outbox.again or (held and sent == room and budget > 0):
+            if window.again or (held and sent == room and budget > 0):
                 self._pump(outbox)
 
         def failed(failure):
-            outbox.fetching = False
+            window.end_read()
             self._read_failed(outbox, failure, "messages to deliver")
 
-        self._track(self.store.fetch(session.remote_peer_id, outbox.cursor, room)).addCallbacks(fetched, failed)
+        self._track(self.store.fetch(session.remote_peer_id, window.cursor, room)).addCallbacks(fetched, failed)
 
     def _deliver_batch(self, outbox, batch):
         """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
@@ -372,23 +338,19 @@ class MailboxService(StoreService):
         if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
             return False
         for m in batch:
-            outbox.delivered(m.seq, len(m.payload))
+            outbox.deliveries.sent(m.seq, len(m.payload))
         return True
 
     def _pump_receipts(self, outbox):
-        session = outbox.session
+        session, window = outbox.session, outbox.receipts
         if not self._serving(session):
             return
-        if outbox.rfetching:
-            outbox.ragain = True
+        room = window.begin_read(self.window)
+        if not room:
             return
-        room = self.window - len(outbox.rinflight)
-        if room <= 0:
-            return
-        outbox.rfetching, outbox.ragain = True, False
 
         def fetched(receipts):
-            outbox.rfetching = False
+            window.end_read()
             for start in range(0, len(receipts), RECEIPT_BATCH):
                 batch = receipts[start : start + RECEIPT_BATCH]
                 body = {
@@ -399,16 +361,16 @@ class MailboxService(StoreService):
                 }
                 if not self._send(session, MessageType.FORWARD_RECEIPT, body):
                     return
-                outbox.rinflight.update(r.rseq for r in batch)
-                outbox.rcursor = batch[-1].rseq
-            if outbox.ragain:
+                for r in batch:
+                    window.sent(r.rseq)
+            if window.again:
                 self._pump_receipts(outbox)
 
         def failed(failure):
-            outbox.rfetching = False
+            window.end_read()
             self._read_failed(outbox, failure, "receipts")
 
-        self._track(self.store.receipts(session.remote_peer_id, outbox.rcursor, room)).addCallbacks(fetched, failed)
+        self._track(self.store.receipts(session.remote_peer_id, window.cursor, room)).addCallbacks(fetched, failed)
 
     def stop(self):
         """L{StoreService.stop}, with no read retry left scheduled."""
@@ -444,7 +406,7 @@ class MailboxService(StoreService):
 
     def session_established(self, session):
         if self.trust.is_paired(session.remote_peer_id):
-            outbox = self._outboxes[session.session_id] = _Outbox(session)
+            outbox = self._outboxes[session.session_id] = Outbox(session)
             self._pump(outbox)
             self._pump_receipts(outbox)
 
@@ -470,11 +432,12 @@ class MailboxService(StoreService):
         outbox = self._outboxes.get(session.session_id)
         if outbox is None:
             return None
+        deliveries, receipts = outbox.deliveries, outbox.receipts
         return {
-            "cursor": outbox.cursor,
-            "inflight": [[seq, size] for seq, size in outbox.inflight.items()],
-            "rcursor": outbox.rcursor,
-            "rinflight": sorted(outbox.rinflight),
+            "cursor": deliveries.cursor,
+            "inflight": [[seq, size] for seq, size in deliveries.inflight.items()],
+            "rcursor": receipts.cursor,
+            "rinflight": sorted(receipts.inflight),
         }
 
     def restore_session(self, session, state):
@@ -482,12 +445,9 @@ class MailboxService(StoreService):
         # Trust is not loaded yet at restore; every push asks it anyway.
         if state is None:
             return
-        outbox = self._outboxes[session.session_id] = _Outbox(session)
-        for seq, size in state["inflight"]:
-            outbox.delivered(seq, size)
-        outbox.cursor = state["cursor"]
-        outbox.rcursor = state["rcursor"]
-        outbox.rinflight = set(state["rinflight"])
+        outbox = self._outboxes[session.session_id] = Outbox(session)
+        outbox.deliveries.restore(state["cursor"], state["inflight"])
+        outbox.receipts.restore(state["rcursor"], [(rseq, 0) for rseq in state["rinflight"]])
 
     # Management (the JSON and the metrics are built in cairn.mailbox.report)
 
