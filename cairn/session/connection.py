@@ -6,6 +6,8 @@ runs the Noise XX handshake (either role) or a Reconnect, and once a
 L{Session} is established or resumed it forwards envelopes to it. Every
 protocol error ends here: a Close carrying its code is sent (sealed if a
 session is attached, in clear otherwise) and this one transport closes.
+Its states, and the envelopes that move it from one to the next, are the
+table L{TABLE} at the end of this module.
 
 Who closes the transport after a Close: the side that sent the Close
 closes it at once. The side that received it closes at once too on a
@@ -99,16 +101,21 @@ class Connection:
         if not self.initiator:
             self._state = "await_first"
         elif self._resume is not None:
+            self._state = "await_reconnect"
             self._send_reconnect()
         else:
+            self._state = "await_response"
             self._send_init()
 
     def envelope_received(self, envelope) -> None:
-        if self._state == "closed":
+        state = self._state
+        if state == "closed":
             return
         try:
-            handler = getattr(self, "_in_" + self._state)
-            handler(envelope)
+            handler, after = TABLE.get((state, envelope.type)) or TABLE[state, ANY]
+            handler(self, envelope)
+            if after is not None and self._state == state:
+                self._state = after
         except ProtocolViolation as e:
             self.fail(e.code, e.reason)
         except Exception:
@@ -253,67 +260,59 @@ class Connection:
         except (cbor.CBORError, schema.BodyError):
             return CloseCode.BAD_CBOR, "unreadable Close"
 
-    def _maybe_clear_close(self, envelope) -> bool:
-        """Handle a clear Close (allowed until a sealed envelope is accepted)."""
-        if envelope.type != MessageType.CLOSE:
-            return False
+    def _clear_close(self, envelope):
+        """The peer's Close in clear (allowed until a sealed envelope is accepted)."""
         code, reason = self._clear_close_body(envelope)
         self._close_reason = (code, reason)
         self._state = "closed"
         self._let_peer_close()
-        return True
+
+    def _unexpected(self, envelope):
+        raise ProtocolViolation(
+            CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of {AWAITED[self._state]}"
+        )
 
     # Responder states
 
-    def _in_await_first(self, envelope):
-        if self._maybe_clear_close(envelope):
+    def _accept_init(self, envelope):
+        self._session_id = envelope.session_id
+        if envelope.version not in SUPPORTED_VERSIONS:
+            self.fail(
+                CloseCode.VERSION_UNSUPPORTED,
+                f"version {envelope.version} not supported",
+                supported=list(SUPPORTED_VERSIONS),
+            )
             return
-        if envelope.type == MessageType.HANDSHAKE_INIT:
-            self._session_id = envelope.session_id
-            if envelope.version not in SUPPORTED_VERSIONS:
-                self.fail(
-                    CloseCode.VERSION_UNSUPPORTED,
-                    f"version {envelope.version} not supported",
-                    supported=list(SUPPORTED_VERSIONS),
-                )
-                return
-            if self.local.sessions.get(envelope.session_id) is not None:
-                raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
-            noise = self._handshake_body(envelope, 0)
-            self._handshake = NoiseHandshake(
-                self.local.identity, initiator=False, session_id=envelope.session_id, version=envelope.version
-            )
-            try:
-                self._handshake.read_init(noise)
-                response = self._handshake.write_response()
-            except HandshakeError as e:
-                raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
-            self._send_handshake(MessageType.HANDSHAKE_RESPONSE, response)
-            self._state = "await_final"
-        elif envelope.type == MessageType.RECONNECT:
-            self._responder_reconnect(envelope)
-        elif self.local.preface_handler(envelope.type) is not None:
-            # Not a session: a RelayAttach, whose handler (the relay
-            # service) takes the connection over or refuses it with a Close.
-            self._cancel_timer()
-            self._state = "attaching"
-            self.local.preface_handler(envelope.type)(self, envelope)
-        else:
-            self._session_id = envelope.session_id
-            raise ProtocolViolation(
-                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} before a handshake"
-            )
+        if self.local.sessions.get(envelope.session_id) is not None:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "session id already in use")
+        noise = self._handshake_body(envelope, 0)
+        self._handshake = NoiseHandshake(
+            self.local.identity, initiator=False, session_id=envelope.session_id, version=envelope.version
+        )
+        try:
+            self._handshake.read_init(noise)
+            response = self._handshake.write_response()
+        except HandshakeError as e:
+            raise ProtocolViolation(CloseCode.HANDSHAKE_FAILED, str(e)) from None
+        self._send_handshake(MessageType.HANDSHAKE_RESPONSE, response)
 
-    def _in_attaching(self, envelope):
-        pass  # the transport no longer delivers envelopes
+    def _preface(self, envelope):
+        take_over = self.local.preface_handler(envelope.type)
+        if take_over is None:
+            self._unexpected_first(envelope)
+        # Not a session: a RelayAttach, whose handler (the relay service)
+        # takes the connection over or refuses it with a Close.
+        self._cancel_timer()
+        take_over(self, envelope)
 
-    def _in_await_final(self, envelope):
-        if self._maybe_clear_close(envelope):
-            return
-        if envelope.type != MessageType.HANDSHAKE_FINAL:
-            raise ProtocolViolation(
-                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of HandshakeFinal"
-            )
+    def _unexpected_first(self, envelope):
+        self._session_id = envelope.session_id
+        raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} before a handshake")
+
+    def _ignore(self, envelope):
+        pass  # handed over: the transport no longer delivers envelopes
+
+    def _accept_final(self, envelope):
         if envelope.version != PROTOCOL_VERSION:
             raise ProtocolViolation(CloseCode.VERSION_UNSUPPORTED, "version changed mid-handshake")
         noise = self._handshake_body(envelope, 1)
@@ -329,7 +328,7 @@ class Connection:
         session = Session(self.local, self._session_id, result, PROTOCOL_VERSION, send_seq=1, recv_seq=1)
         self._establish(session)
 
-    def _responder_reconnect(self, envelope):
+    def _accept_reconnect(self, envelope):
         self._session_id = envelope.session_id
         self._refuse_if_stopping()
         session = self.local.sessions.get(envelope.session_id)
@@ -358,15 +357,8 @@ class Connection:
             self.local.identity, initiator=True, session_id=self._session_id, version=PROTOCOL_VERSION
         )
         self._send_handshake(MessageType.HANDSHAKE_INIT, self._handshake.write_init())
-        self._state = "await_response"
 
-    def _in_await_response(self, envelope):
-        if self._maybe_clear_close(envelope):
-            return
-        if envelope.type != MessageType.HANDSHAKE_RESPONSE:
-            raise ProtocolViolation(
-                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of HandshakeResponse"
-            )
+    def _accept_response(self, envelope):
         if envelope.version != PROTOCOL_VERSION:
             raise ProtocolViolation(CloseCode.VERSION_UNSUPPORTED, f"responder chose version {envelope.version}")
         noise = self._handshake_body(envelope, 0)
@@ -383,7 +375,6 @@ class Connection:
 
     def _send_reconnect(self):
         session = self._resume
-        self._state = "await_reconnect"
         # The Reconnect is sealed under the session key: that is the proof.
         # It is written directly, not attached, so nothing else goes first.
         self.session = None
@@ -397,13 +388,7 @@ class Connection:
         session.send_seq += 1
         self.write(data)
 
-    def _in_await_reconnect(self, envelope):
-        if self._maybe_clear_close(envelope):
-            return
-        if envelope.type != MessageType.RECONNECT:
-            raise ProtocolViolation(
-                CloseCode.UNEXPECTED_MESSAGE, f"type 0x{envelope.type:04x} instead of Reconnect"
-            )
+    def _accept_resumed(self, envelope):
         session = self._resume
         last_received = self._open_reconnect(session, envelope)
         self._attach(session)
@@ -442,6 +427,8 @@ class Connection:
             raise ProtocolViolation(CloseCode.GOING_AWAY, "node is stopping")
 
     def _attach(self, session):
+        # Established from the moment the session is attached (what the
+        # rows into "established" say), before the handler goes on.
         self._cancel_timer()
         self.session = session
         self._state = "established"
@@ -457,7 +444,7 @@ class Connection:
         if not self.ready.called and session.closed is None:
             self.ready.callback(session)
 
-    def _in_established(self, envelope):
+    def _to_session(self, envelope):
         session = self.session
         if session is None:
             return
@@ -471,7 +458,7 @@ class Connection:
                 # The dialer gave up on its Reconnect before our answer
                 # reached it: this connection ends, the session stays
                 # (detached) for the next attempt.
-                self._maybe_clear_close(envelope)
+                self._clear_close(envelope)
                 return
             # The responder refused our HandshakeFinal (or Reconnect) before
             # it had keys to seal with: a Close in clear ends the session.
@@ -492,6 +479,54 @@ class Connection:
             finally:
                 self._peer_closed = False
         self._sealed_seen = True
+
+
+#: The input of a row that matches every envelope type without a row of its own.
+ANY = None
+
+T = MessageType
+C = Connection
+
+#: The state machine: (state, envelope type) -> (handler, next state).
+#:
+#: An envelope is looked up under its type in the connection's state, else
+#: under C{ANY}; the handler runs, and the connection moves to the next
+#: state if the handler left the state as it was (None: stays). From every
+#: state, a failure (a L{ProtocolViolation} raised, or L{Connection.fail})
+#: sends a Close and moves to C{closed}, as does losing the transport; in
+#: C{closed} envelopes are dropped. The first state is C{await_first} for a
+#: responder, C{await_response} for an initiator that sent a HandshakeInit,
+#: C{await_reconnect} for one that sent a Reconnect (L{Connection.connection_made}).
+TABLE = {
+    # Responder: a handshake, a Reconnect or a preface (RelayAttach) first.
+    ("await_first", T.CLOSE): (C._clear_close, "closed"),
+    ("await_first", T.HANDSHAKE_INIT): (C._accept_init, "await_final"),
+    ("await_first", T.RECONNECT): (C._accept_reconnect, "established"),
+    ("await_first", T.RELAY_ATTACH): (C._preface, "attaching"),
+    ("await_first", ANY): (C._unexpected_first, "closed"),
+    ("await_final", T.CLOSE): (C._clear_close, "closed"),
+    ("await_final", T.HANDSHAKE_FINAL): (C._accept_final, "established"),
+    ("await_final", ANY): (C._unexpected, "closed"),
+    ("attaching", ANY): (C._ignore, None),
+    # Initiator: the answer to its HandshakeInit or Reconnect.
+    ("await_response", T.CLOSE): (C._clear_close, "closed"),
+    ("await_response", T.HANDSHAKE_RESPONSE): (C._accept_response, "established"),
+    ("await_response", ANY): (C._unexpected, "closed"),
+    ("await_reconnect", T.CLOSE): (C._clear_close, "closed"),
+    ("await_reconnect", T.RECONNECT): (C._accept_resumed, "established"),
+    ("await_reconnect", ANY): (C._unexpected, "closed"),
+    # Both: everything goes to the session (a Close too: sealed, it ends it).
+    ("established", ANY): (C._to_session, None),
+}
+
+#: What L{Connection._unexpected} names as awaited, by state.
+AWAITED = {
+    "await_final": "HandshakeFinal",
+    "await_response": "HandshakeResponse",
+    "await_reconnect": "Reconnect",
+}
+
+del T, C
 
 
 def _looks_sealed(envelope) -> bool:

@@ -389,7 +389,7 @@ class InMemoryNode:
         transport = RecordingTransport()
         connection = self.peer.connection(initiator=False)
         connection.connection_made(transport)
-        # What _in_await_final does once the handshake is done.
+        # What _accept_final does once the handshake is done.
         connection._establish(session)
         return connection, transport, SessionCipher(i2r, r2i)
 
