@@ -225,6 +225,10 @@ class SessionEvents:
         self.counts["closed"] += 1
 
 
+def _module_of(transport) -> str:
+    return type(transport).__module__.rpartition(".")[2]
+
+
 class NodeControl:
     """What the bench asks the node child: its counters, and where its memory went."""
 
@@ -240,7 +244,14 @@ class NodeControl:
 
     def do_stats(self):
         sessions = list(self.node.peer.sessions.values())
-        kinds = Counter(type(s.connection.transport).__module__.rpartition(".")[2] for s in sessions if s.attached)
+        from cairn.transport.tcp import StreamProtocol
+
+        # The node's TCP listener uses a subclass (transport/handoff.py): named by its base.
+        kinds = Counter(
+            "tcp" if isinstance(s.connection.transport, StreamProtocol) else _module_of(s.connection.transport)
+            for s in sessions
+            if s.attached
+        )
         return {
             "sessions": len(sessions),
             "attached": sum(kinds.values()),

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import gatherResults, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
@@ -36,21 +37,22 @@ from cairn.pairing.codes import dial_string
 from cairn.pins import MemoryPins, NodeMismatch
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import client_factory, server_factory
 from cairn.wire.constants import CloseCode
 
 
-class _OneConnectionFactory(StreamFactory):
+class _OneConnectionFactory(Factory):
     # One factory per connection: "Starting factory" lines would only be noise.
     noisy = False
 
-    def __init__(self, local, sink):
-        super().__init__(local, initiator=True)
+    def __init__(self, settings, sink):
+        self.settings = settings
         self.sink = sink
 
     def buildProtocol(self, addr):
-        protocol = StreamProtocol(self.sink, self.local.max_payload)
+        protocol = StreamProtocol(self.sink, self.settings)
         protocol.factory = self
         return protocol
 
@@ -89,6 +91,8 @@ class Client:
         self.reactor = reactor
         self.clock = clock or reactor
         self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
+        #: What this client's dialled transports read (no output guard).
+        self.transport_settings = TransportSettings.for_peer(self.peer)
         self.auto_resume = auto_resume
         self.pins = MemoryPins() if pins is None else pins
         # Pairing (cairn.pairing.client) finds the pins through the session's peer.
@@ -231,9 +235,9 @@ class Client:
         websocket = address.startswith(("ws://", "wss://"))
         endpoint = self._endpoint(address, websocket)
         if websocket:
-            factory = client_factory(self.peer, address, lambda: connection)
+            factory = client_factory(self.transport_settings, address, lambda: connection)
         else:
-            factory = _OneConnectionFactory(self.peer, connection)
+            factory = _OneConnectionFactory(self.transport_settings, connection)
 
         def connected(session):
             self._addresses[session.session_id] = address

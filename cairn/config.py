@@ -6,7 +6,8 @@ receives a L{Config} and never reads C{os.environ}.  Every value is parsed and
 validated here, so a bad setting stops start-up with one line naming the
 variable and the forms it accepts.  Secrets (the management token, the
 pre-shared key, the TURN secret) never appear in an error message or a repr.
-The parsers of the values themselves are in L{cairn.config_values}.
+The parsers of the values themselves are in L{cairn.config_values}, the
+checks of typed values and L{ConfigError} in L{cairn.config_checks}.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from typing import Any
 
 import attr
 
+from cairn.config_checks import (
+    ENV_KEY,
+    ConfigError,
+    are_urls,
+    between,
+    is_bool,
+    is_listener,
+    is_text,
+    nats_url,
+    redacted_urls,
+    variable_of,
+    ws_origin,
+)
 from cairn.config_values import (
-    BOOL_FORMS,
-    ENDPOINT_FORMS,
     LOG_FORMATS,
     LOG_LEVELS,
     parse_bool,
@@ -46,116 +58,6 @@ __all__ = [
 U32_MAX = 2**32 - 1
 
 
-def _ws_origin(item: str) -> str:
-    """Check one entry of C{CAIRN_WS_ALLOWED_ORIGINS} (an origin, C{null} or C{*})."""
-    from cairn.transport.origins import normalize_origin
-
-    normalize_origin(item)
-    return item
-
-# Key under which each Config attribute's metadata holds (variable, parser).
-_ENV = "cairn.env"
-
-
-class ConfigError(Exception):
-    """
-    A setting has a bad value.
-
-    C{str()} is one line, C{"VARIABLE: problem (accepted forms)"}.
-
-    @ivar variable: the environment variable at fault.
-    @ivar problem: what is wrong with it, without the variable name.
-    """
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-        self.problem = problem
-
-
-def _variable(attribute: attr.Attribute) -> str:
-    """Name the environment variable behind a L{Config} attribute."""
-    return attribute.metadata[_ENV][0]
-
-
-def _show(number: float) -> str:
-    """Write a bound without exponent notation."""
-    return str(int(number)) if number == int(number) else f"{number}"
-
-
-def _between(low: float, high: float | None, unit: str, *, above: bool, integer: bool):
-    """
-    Validator: the value is a number (an C{int} when C{integer}) at least
-    C{low} (more than C{low} when C{above}) and at most C{high}.
-    """
-    kinds = int if integer else (int, float)
-    if high is not None:
-        bound = f"use between {_show(low)} and {_show(high)}{unit}"
-    else:
-        bound = f"use {'more than' if above else 'at least'} {_show(low)}{unit}"
-
-    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
-        ok = (
-            isinstance(value, kinds)
-            and not isinstance(value, bool)
-            and (value > low if above else value >= low)
-            and (high is None or value <= high)
-        )
-        if not ok:
-            raise ConfigError(
-                _variable(attribute), f"{value!r} is out of range ({bound})"
-            )
-
-    return validate
-
-
-def _is_text(optional: bool):
-    """Validator: the value is a non-empty string (or C{None} when C{optional})."""
-
-    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
-        if value is None and optional:
-            return
-        if not isinstance(value, str) or not value:
-            # The value may be a secret: describe it, never show it.
-            raise ConfigError(_variable(attribute), "must be a non-empty string")
-
-    return validate
-
-
-def _is_listener(instance: Config, attribute: attr.Attribute, value: Any) -> None:
-    """Validator: the value is an endpoint string, or C{None} (disabled)."""
-    if value is None:
-        return
-    problem = f"{value!r} is not an endpoint ({ENDPOINT_FORMS})"
-    try:
-        ok = isinstance(value, str) and parse_endpoint(value) is not None
-    except ValueError as e:
-        ok, problem = False, str(e)
-    if not ok:
-        raise ConfigError(_variable(attribute), problem)
-
-
-def _is_bool(instance: Config, attribute: attr.Attribute, value: Any) -> None:
-    """Validator: the value is a C{bool}."""
-    if not isinstance(value, bool):
-        raise ConfigError(
-            _variable(attribute), f"{value!r} is not a boolean ({BOOL_FORMS})"
-        )
-
-
-def _are_urls(check: Callable[[str], str]):
-    """Validator: every item of a tuple passes C{check}."""
-
-    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
-        for item in value:
-            try:
-                check(item)
-            except ValueError as e:
-                raise ConfigError(_variable(attribute), str(e)) from None
-
-    return validate
-
-
 def _seconds(value: Any) -> Any:
     """Store a whole-second duration given as C{int} as C{float}, like parsed ones."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -173,46 +75,46 @@ def _setting(variable, parse, default, validator, **kwargs) -> Any:
     return attr.ib(
         default=default,
         validator=validator,
-        metadata={_ENV: (variable, parse)},
+        metadata={ENV_KEY: (variable, parse)},
         **kwargs,
     )
 
 
 def _text(variable: str, default: str | None = None) -> Any:
     """A free-form string setting; optional when it has no default."""
-    return _setting(variable, parse_text, default, _is_text(default is None))
+    return _setting(variable, parse_text, default, is_text(default is None))
 
 
 def _secret(variable: str) -> Any:
     """An optional secret: shown as C{'<redacted>'} in the repr."""
-    return _setting(variable, parse_text, None, _is_text(True), repr=_redacted)
+    return _setting(variable, parse_text, None, is_text(True), repr=_redacted)
 
 
 def _endpoint(variable: str, default: str) -> Any:
     """A listener: an endpoint string, or C{None} when disabled."""
-    return _setting(variable, parse_endpoint, default, _is_listener)
+    return _setting(variable, parse_endpoint, default, is_listener)
 
 
 def _boolean(variable: str, default: bool) -> Any:
     """A C{true}/C{false} switch."""
-    return _setting(variable, parse_bool, default, _is_bool)
+    return _setting(variable, parse_bool, default, is_bool)
 
 
 def _duration(variable: str, default: float) -> Any:
     """A positive duration in seconds."""
-    check = _between(0, None, "s", above=True, integer=False)
+    check = between(0, None, "s", above=True, integer=False)
     return _setting(variable, parse_duration, default, check, converter=_seconds)
 
 
 def _size(variable: str, default: int, low: int, high: int | None = None) -> Any:
     """A size in bytes, at least C{low} and at most C{high}."""
-    check = _between(low, high, " bytes", above=False, integer=True)
+    check = between(low, high, " bytes", above=False, integer=True)
     return _setting(variable, parse_size, default, check)
 
 
 def _count(variable: str, default: int) -> Any:
     """A whole number, at least 1."""
-    check = _between(1, None, "", above=False, integer=True)
+    check = between(1, None, "", above=False, integer=True)
     return _setting(variable, parse_count, default, check)
 
 
@@ -227,36 +129,14 @@ def _choice(variable: str, default: str, choices: tuple[str, ...]) -> Any:
 
     def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
         if value not in choices:
-            raise ConfigError(_variable(attribute), f"{value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(variable_of(attribute), f"{value!r} is not one of {', '.join(choices)}")
 
     return _setting(variable, parse, default, validate)
 
 
 def _urls(variable: str, check: Callable[[str], str]) -> Any:
     """A comma-separated list of URLs, each passing C{check}; empty by default."""
-    return _setting(variable, url_list(check), (), _are_urls(check), converter=tuple)
-
-
-def _without_userinfo(url: str) -> str:
-    """C{url} with any C{user:password@} replaced, for messages and reprs."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://<redacted>@{rest.split('@', 1)[1]}"
-    return url
-
-
-def _nats_url(item: str) -> str:
-    """Check one C{CAIRN_CLUSTER_NATS} URL (credentials in it are never shown)."""
-    lowered = item.lower()
-    if not any(lowered.startswith(p) and len(item) > len(p) for p in ("nats://", "tls://")):
-        raise ValueError(
-            f"{_without_userinfo(item)!r} is not a NATS URL (use e.g. nats://nats1.example:4222,tls://nats2.example:4222)"
-        )
-    return item
-
-
-def _redacted_urls(value: tuple) -> str:
-    return repr(tuple(_without_userinfo(url) for url in value))
+    return _setting(variable, url_list(check), (), are_urls(check), converter=tuple)
 
 
 def _is_prefix(instance: Any, attribute: attr.Attribute, value: Any) -> None:
@@ -265,7 +145,7 @@ def _is_prefix(instance: Any, attribute: attr.Attribute, value: Any) -> None:
     ok = ok and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
     if not ok:
         raise ConfigError(
-            _variable(attribute), f"{value!r} is not a prefix (use 1-32 letters, digits, '-' or '_', e.g. cairn)"
+            variable_of(attribute), f"{value!r} is not a prefix (use 1-32 letters, digits, '-' or '_', e.g. cairn)"
         )
 
 
@@ -283,7 +163,7 @@ class Config:
     listen: str | None = _endpoint("CAIRN_LISTEN", "tcp:7400")
     ws_listen: str | None = _endpoint("CAIRN_WS_LISTEN", "tcp:7401")
     #: Web page origins allowed to open a WebSocket (clients without Origin always may).
-    ws_allowed_origins: tuple[str, ...] = _urls("CAIRN_WS_ALLOWED_ORIGINS", _ws_origin)
+    ws_allowed_origins: tuple[str, ...] = _urls("CAIRN_WS_ALLOWED_ORIGINS", ws_origin)
     mgmt_listen: str | None = _endpoint(
         "CAIRN_MGMT_LISTEN", "tcp:9090:interface=127.0.0.1"
     )
@@ -306,13 +186,13 @@ class Config:
     psk: str | None = _secret("CAIRN_PSK")
     # PSK limits (docs/protocol.md §20.4.7): 0 uses = no limit; no expiry by default.
     psk_max_uses: int = _setting(
-        "CAIRN_PSK_MAX_USES", parse_count, 0, _between(0, None, "", above=False, integer=True)
+        "CAIRN_PSK_MAX_USES", parse_count, 0, between(0, None, "", above=False, integer=True)
     )
     psk_expires: float | None = _setting(
         "CAIRN_PSK_EXPIRES",
         parse_duration,
         None,
-        attr.validators.optional(_between(0, None, "s", above=True, integer=False)),
+        attr.validators.optional(between(0, None, "s", above=True, integer=False)),
         converter=_seconds,
     )
     forward_enabled: bool = _boolean("CAIRN_FORWARD_ENABLED", True)
@@ -345,10 +225,10 @@ class Config:
     # The node's state on NATS JetStream (cairn/cluster/, docs/scaling.md);
     # unset = the embedded SQLite database.
     cluster_nats: tuple[str, ...] = _setting(
-        "CAIRN_CLUSTER_NATS", url_list(_nats_url), (), _are_urls(_nats_url), converter=tuple, repr=_redacted_urls
+        "CAIRN_CLUSTER_NATS", url_list(nats_url), (), are_urls(nats_url), converter=tuple, repr=redacted_urls
     )
     cluster_replicas: int = _setting(
-        "CAIRN_CLUSTER_REPLICAS", parse_count, 3, _between(1, 5, "", above=False, integer=True)
+        "CAIRN_CLUSTER_REPLICAS", parse_count, 3, between(1, 5, "", above=False, integer=True)
     )
     cluster_creds_file: str | None = _text("CAIRN_CLUSTER_CREDS_FILE")
     cluster_prefix: str = _setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", _is_prefix)
@@ -365,7 +245,7 @@ class Config:
     @classmethod
     def variable(cls, name: str) -> str:
         """Name the environment variable read for the attribute C{name}."""
-        return _variable(attr.fields_dict(cls)[name])
+        return variable_of(attr.fields_dict(cls)[name])
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Config:
@@ -392,7 +272,7 @@ class Config:
             if name in overrides:
                 values[name] = _override(field, overrides[name])
                 continue
-            raw = environ.get(_variable(field), "")
+            raw = environ.get(variable_of(field), "")
             if raw.strip():
                 values[name] = _parse(field, raw)
         if values.get("mgmt_token_file") is not None:
@@ -410,7 +290,7 @@ class Config:
 
 def _parse(field: attr.Attribute, raw: str) -> Any:
     """Parse one environment value, naming its variable if it is bad."""
-    variable, parse = field.metadata[_ENV]
+    variable, parse = field.metadata[ENV_KEY]
     try:
         return parse(raw)
     except ValueError as e:
@@ -419,7 +299,7 @@ def _parse(field: attr.Attribute, raw: str) -> Any:
 
 def _override(field: attr.Attribute, value: Any) -> Any:
     """Accept a typed flag value; a listener given as a string is checked here."""
-    if field.metadata[_ENV][1] is parse_endpoint and isinstance(value, str):
+    if field.metadata[ENV_KEY][1] is parse_endpoint and isinstance(value, str):
         return _parse(field, value)
     return value
 

@@ -60,8 +60,9 @@ from cairn.sync.interfaces import SYNC_SCHEMA
 from cairn.sync.service import SyncService
 from cairn.sync.store import SQLiteSyncStore
 from cairn.transport.fds import DescriptorGauge
+from cairn.transport.handoff import HandOffFactory
 from cairn.transport.limits import SourceLimiter
-from cairn.transport.tcp import StreamFactory
+from cairn.transport.settings import TransportSettings
 from cairn.transport.websocket import server_factory
 from cairn.turn.service import make_turn_service
 from cairn.wire.constants import CloseCode
@@ -507,7 +508,8 @@ def _make_node(config, reactor) -> CairnNode:
         capacity=config.relay_capacity,
         store=stores.relay,
         # Attached circuits come in on the TCP listener (§25.8).
-        reactor=reactor if config.listen else None,
+        attached_circuits=bool(config.listen),
+        reactor=reactor,
     )
     pairing.add_purge_hook(relay.purge)
     metrics.add_collector(relay.collect_metrics, name="relay")
@@ -524,14 +526,21 @@ def _make_node(config, reactor) -> CairnNode:
         node.signaling.setServiceParent(node)
     # One per-source handshake limit across both cairn listeners.
     limiter = node.limiter = SourceLimiter(config.max_handshakes_per_source)
-    write_limit = config.max_write_buffer
+    settings = TransportSettings(
+        max_payload=config.max_payload,
+        clock=reactor,
+        handshake_timeout=config.handshake_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        write_limit=config.max_write_buffer,
+    )
     if config.listen:
-        node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
+        # A connection may start with a RelayAttach (the relay's attached circuits).
+        node.add_listener("tcp", config.listen, HandOffFactory(peer, limiter=limiter, settings=settings))
     if config.ws_listen:
         node.add_listener(
             "websocket",
             config.ws_listen,
-            server_factory(peer, limiter, write_limit, allowed_origins=config.ws_allowed_origins),
+            server_factory(peer, limiter, config.ws_allowed_origins, settings=settings),
         )
     if config.mgmt_enabled and config.mgmt_listen:
         token = resolve_token(config, log)

@@ -175,6 +175,8 @@ class ScenarioMixin:
     """
 
     websocket = False
+    #: The TCP listener's factory (attached relay circuits: HandOffFactory).
+    stream_factory = StreamFactory
 
     def setUp(self):
         self.connections = []
@@ -184,7 +186,7 @@ class ScenarioMixin:
         self._session_waiters = []
         self.server.on_session = self._session_established
         track_connections(self.server, self.connections)
-        factory = server_factory(self.server) if self.websocket else StreamFactory(self.server)
+        factory = server_factory(self.server) if self.websocket else self.stream_factory(self.server)
         d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
 
         def listening(port):

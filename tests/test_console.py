@@ -22,6 +22,7 @@ from cairn.management.history import MINUTE, SAMPLE, History
 from cairn.management.reports import NodeReports
 from cairn.management.status import NodeStatus, management_warnings, transport_of
 from cairn.service import make_node
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamProtocol
 from cairn.transport.websocket import ServerProtocol
 from tests import (
@@ -263,7 +264,8 @@ class PeerTransportTests(unittest.TestCase):
         """GET /peers tells TCP from WebSocket for an attached session, and null for an offline peer."""
         node = ConsoleNode(self)
         over_tcp, over_ws, offline = node.paired("laptop"), node.paired("phone"), node.paired("desk")
-        for peer_id, transport in ((over_tcp, StreamProtocol(None, 1024)), (over_ws, ServerProtocol())):
+        over_tcp_transport = StreamProtocol(None, TransportSettings(max_payload=1024))
+        for peer_id, transport in ((over_tcp, over_tcp_transport), (over_ws, ServerProtocol())):
             session = FakeSession(peer_id, attached=True)
             session.connection = type("Connection", (), {"transport": transport})()
             node.peer.sessions[os.urandom(16)] = session

@@ -26,6 +26,7 @@ from cairn.session.errors import SessionClosed
 from cairn.session.peer import Peer
 from cairn.session.session import Session
 from cairn.sync import messages as sync
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamProtocol
 from cairn.turn import messages as turn
 from cairn.wire import cbor, schema
@@ -168,7 +169,7 @@ class ResponderTests(FuzzMixin, unittest.TestCase):
             envelopes[0] = attr.evolve(envelopes[0], session_id=existing.session.session_id)
         expected = expect_first(node, envelopes[0])
         connection, transport = node.responder()
-        protocol = StreamProtocol(connection, targets.MAX_PAYLOAD)
+        protocol = StreamProtocol(connection, TransportSettings(max_payload=targets.MAX_PAYLOAD))
         data = b"".join(e.to_bytes() for e in envelopes)
 
         def feed():

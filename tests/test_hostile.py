@@ -32,6 +32,7 @@ from cairn.management.site import REQUEST_TIMEOUT, make_site
 from cairn.session.peer import Peer
 from cairn.transport import limits
 from cairn.transport.limits import Refused, SourceLimiter, buffered_bytes
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import MAX_UPGRADE_BYTES, server_factory
 from cairn.wire.constants import CloseCode
@@ -116,10 +117,11 @@ class LimitsMixin(ScenarioMixin):
             self.conditions.changed()
 
         self.limiter._release = releasing
+        settings = TransportSettings.for_peer(self.server, write_limit=WRITE_LIMIT)
         if self.websocket:
-            factory = server_factory(self.server, self.limiter, WRITE_LIMIT)
+            factory = server_factory(self.server, self.limiter, settings=settings)
         else:
-            factory = StreamFactory(self.server, limiter=self.limiter, write_limit=WRITE_LIMIT)
+            factory = StreamFactory(self.server, limiter=self.limiter, settings=settings)
         self.factory = factory
         d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
 

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from cairn.db import Database
 from cairn.mailbox import client as mailbox
-from cairn.mailbox import service as service_module
+from cairn.mailbox import delivery
 from cairn.mailbox.client import ForwardRejected, UnknownRecipient, uuid7
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, StoreFull
 from cairn.mailbox.service import MailboxService
@@ -387,7 +387,7 @@ class MailboxScenarioMixin(MailboxHarness):
         yield self.connect(bob)
         self.assertEqual((len(failures), bob_box.messages), (1, []))
         self.store.fetch = fetch
-        self.clock.advance(service_module.READ_RETRY)
+        self.clock.advance(delivery.READ_RETRY)
         got = yield bob_box.wait(bob_box.messages, 1)
         self.assertEqual(got[0][2], b"held")
 

@@ -26,8 +26,9 @@ from cairn.crypto.identity import Identity
 from cairn.mailbox import messages, sealing
 from cairn.mailbox.client import MailboxClient
 from cairn.mailbox.interfaces import Incoming, Receipt, Stored
-from cairn.mailbox.service import MailboxService, _Outbox
+from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import MemoryMailboxStore
+from cairn.mailbox.window import Outbox
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.session.peer import Peer
 from cairn.wire import cbor
@@ -111,13 +112,13 @@ def produce():
     bodies["forward_ack"] = cbor.dumps(ack).hex()
     to_recipient = RecordingSession(node.peer, recipient.peer_id)
     stored = Stored(1, recipient.peer_id, sender.peer_id, MESSAGE_ID, STORED_AT, STORED_AT + 60, payload)
-    node._deliver_batch(_Outbox(to_recipient), [stored])
+    node._deliver_batch(Outbox(to_recipient), [stored])
     (deliver,) = to_recipient.bodies(MessageType.FORWARD_DELIVER)
     bodies["forward_deliver"] = cbor.dumps(deliver).hex()
     node.store.receipts = lambda who, after, limit: _fired(
         [Receipt(1, who, recipient.peer_id, MESSAGE_ID, int(ReceiptStatus.DELIVERED), RECEIPT_AT)]
     )
-    node._pump_receipts(_Outbox(from_sender))
+    node._pump_receipts(Outbox(from_sender))
     (receipt,) = from_sender.bodies(MessageType.FORWARD_RECEIPT)
     bodies["forward_receipt"] = cbor.dumps(receipt).hex()
 

@@ -13,6 +13,7 @@ from cairn.relay.attached import AttachedCircuit, AttachProtocol
 from cairn.relay.interfaces import RelayLimits
 from cairn.relay.service import OFFER_TIMEOUT
 from cairn.session.connection import HandshakeFailed
+from cairn.transport.handoff import HandOffFactory
 from cairn.transport.tcp import READ_SIZE
 from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType
@@ -24,9 +25,10 @@ class AttachedHarness(RelayHarness):
     """The relay service takes attached circuits on the test's TCP listener."""
 
     splice_options = {}
+    stream_factory = HandOffFactory
 
     def relay_options(self):
-        return {"reactor": reactor, "splice_options": dict(self.splice_options)}
+        return {"attached_circuits": True, "reactor": reactor, "splice_options": dict(self.splice_options)}
 
     def only_circuit(self):
         [circuit] = self.relay.circuits.values()
@@ -289,8 +291,8 @@ class ModeTests(AttachedHarness, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_node_without_attach(self):
-        """A node that takes no attachments (no reactor given) offers no tokens."""
-        self.relay.reactor = None
+        """A node that takes no attachments (attached_circuits false) offers no tokens."""
+        self.relay.attached_circuits = False
         yield self.circuit()
         self.assertEqual(self.only_circuit().mode, "session")
 

@@ -13,6 +13,7 @@ from cairn.crypto.identity import Identity
 from cairn.relay.attached import AttachProtocol
 from cairn.relay.transport import CircuitTransport
 from cairn.session.peer import Peer
+from cairn.transport.settings import TransportSettings
 from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType
 from cairn.wire.envelope import decode
@@ -113,4 +114,5 @@ class ResumeCheckTests(unittest.TestCase):
             remote_peer_id = Y.peer_id
             circuit_id = b"\x02" * 16
 
-        self.assertEqual(AttachProtocol(Circuit(), b"\x03" * 32, 1024).expected_peer_id, Y.peer_id)
+        protocol = AttachProtocol(Circuit(), b"\x03" * 32, TransportSettings(max_payload=1024))
+        self.assertEqual(protocol.expected_peer_id, Y.peer_id)

@@ -15,7 +15,8 @@ from cairn.crypto.handshake import HandshakeResult
 from cairn.crypto.identity import Identity
 from cairn.session import store
 from cairn.session.peer import Peer
-from cairn.session.session import RESTORE_JUMP, Session
+from cairn.session.resume import RESTORE_JUMP
+from cairn.session.session import Session
 from cairn.wire import cbor
 from cairn.wire.envelope import EnvelopeParser
 from tests._harness import SETTINGS

@@ -5,6 +5,7 @@ The TCP adapter in memory: framing handed to the sink, socket options.
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamProtocol
 from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import Envelope
@@ -40,13 +41,13 @@ class StreamProtocolTests(unittest.TestCase):
     def test_nagle_off(self):
         """A TCP stream turns Nagle's algorithm off as soon as it is connected."""
         transport = NoDelayTransport()
-        StreamProtocol(Sink(), 1000).makeConnection(transport)
+        StreamProtocol(Sink(), TransportSettings(max_payload=1000)).makeConnection(transport)
         self.assertEqual(transport.no_delay, [True])
 
     def test_envelopes_and_errors_reach_the_sink(self):
         """Whole envelopes reach the sink in order; an oversized header becomes a framing error."""
         sink = Sink()
-        protocol = StreamProtocol(sink, 10)
+        protocol = StreamProtocol(sink, TransportSettings(max_payload=10))
         protocol.makeConnection(StringTransport())
         one = Envelope(1, 0x0100, b"\x01" * 16, 0, b"abc")
         data = one.to_bytes() * 2

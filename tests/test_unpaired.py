@@ -25,6 +25,7 @@ from cairn.session.peer import Peer
 from cairn.session.unpaired import UnpairedSessions
 from cairn.transport.fds import DescriptorGauge
 from cairn.transport.limits import SourceLimiter, source_key
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.wire.constants import CloseCode
 from tests._harness import drop_all, eventually, track_connections
@@ -52,7 +53,7 @@ class Node:
         )
         self.pairing.start()
         self.unpaired = UnpairedSessions(self.peer, self.trust.is_paired, max_total, max_per_source, gauge)
-        self.factory = StreamFactory(self.peer, write_limit=None)
+        self.factory = StreamFactory(self.peer, settings=TransportSettings.for_peer(self.peer))
         self.port = 40000
 
     def dial(self, host="203.0.113.1", identity=None):
@@ -61,7 +62,7 @@ class Node:
         address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, self.port)
         client_peer = Peer(identity or Identity.generate(), self.clock)
         connection = client_peer.connection(initiator=True)
-        client = StreamProtocol(connection, 64 * 1024)
+        client = StreamProtocol(connection, TransportSettings(max_payload=64 * 1024))
         server = self.factory.buildProtocol(address)
         server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=address)
         client_transport = iosim.FakeTransport(client, isServer=False)

@@ -33,7 +33,7 @@ from cairn.crypto import handshake as handshake_mod
 from cairn.crypto import ratchet
 from cairn.crypto.identity import Identity
 from cairn.crypto.ratchet import Ratchet, derive_seed
-from cairn.session import connection as connection_mod
+from cairn.session import opening as opening_mod
 from cairn.session.peer import Peer
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType
@@ -115,7 +115,7 @@ def run_conversation(patch: Callable) -> dict[str, dict[str, str]]:
         return _pinned(real_handshake, identity, initiator, eph, **binding)
 
     ratchet_keys = iter([RATCHET_A1, RATCHET_B1])
-    patch(connection_mod, "NoiseHandshake", pinned_handshake)
+    patch(opening_mod, "NoiseHandshake", pinned_handshake)
     patch(ratchet, "generate_private_key", lambda: next(ratchet_keys))
 
     i_ident = Identity.from_seed(INITIATOR_SEED)

@@ -7,8 +7,9 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
   - ForwardRequest is checked, handed to the store (which group-commits)
     and answered with a ForwardAck only once the store's Deferred fired,
     i.e. once the message is on disk;
-  - each session of a paired peer has an L{_Outbox} (from its start, or
-    from the moment its peer pairs on it: C{peer_paired}): a window of
+  - each session of a paired peer has an L{Outbox} (from its start, or
+    from the moment its peer pairs on it: C{peer_paired};
+    L{cairn.mailbox.delivery}): a window of
     deliveries (and of receipts) sent but not yet acknowledged with
     ForwardPurge; the window bounds memory per session, and a new session
     starts again from the first unacknowledged message. Deliveries go out
@@ -18,13 +19,14 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
   - a periodic sweep on the injected clock expires old messages.
 """
 
-from collections import Counter, OrderedDict
+from collections import Counter
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
+from cairn.mailbox.delivery import Delivery
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
 from cairn.pairing.interfaces import UnknownPeer
@@ -38,12 +40,10 @@ log = Logger()
 WINDOW = 1024
 WINDOW_BYTES = 4 * 1024 * 1024
 #: Payload bytes (with L{messages.DELIVER_OVERHEAD} each) packed into one
-#: ForwardDeliver; a larger message goes alone. Receipts per ForwardReceipt.
+#: ForwardDeliver; a larger message goes alone (receipts per ForwardReceipt:
+#: L{cairn.mailbox.delivery.RECEIPT_BATCH}).
 BATCH_BYTES = 64 * 1024
-RECEIPT_BATCH = 256
 SWEEP_INTERVAL = 60.0
-#: Seconds before a session's failed delivery or receipt read is tried again.
-READ_RETRY = 2.0
 _REASONS = {
     ForwardStatus.MAILBOX_FULL: "the recipient's mailbox is full",
     ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
@@ -51,38 +51,7 @@ _REASONS = {
 }
 
 
-class _Outbox:
-    """What one session has been sent and not yet acknowledged."""
-
-    def __init__(self, session):
-        self.session = session
-        self.cursor = 0  # the highest seq delivered on this session
-        self.inflight = OrderedDict()  # seq -> size, in seq order
-        self.inflight_bytes = 0
-        self.rcursor = 0
-        self.rinflight = set()
-        self.fetching = self.rfetching = False
-        self.again = self.ragain = False
-        self.retry = None  # the DelayedCall that reads again after a failed read
-
-    def delivered(self, seq, size):
-        self.inflight[seq] = size
-        self.inflight_bytes += size
-        self.cursor = seq
-
-    def acknowledged(self, seqs, upto):
-        """Free the window of C{seqs} and of every seq up to C{upto}."""
-        inflight = self.inflight
-        while inflight:
-            seq = next(iter(inflight))
-            if seq > upto:
-                break
-            self.inflight_bytes -= inflight.popitem(last=False)[1]
-        for seq in seqs:
-            self.inflight_bytes -= inflight.pop(seq, 0)
-
-
-class MailboxService(StoreService):
+class MailboxService(Delivery, StoreService):
     """
     The mailbox of a node's L{Peer}.
 
@@ -119,7 +88,7 @@ class MailboxService(StoreService):
         #: ForwardAck statuses sent, by name.
         self.statuses = Counter()
         self.delivered = 0
-        self._outboxes = {}  # session id -> _Outbox
+        self._outboxes = {}  # session id -> Outbox
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
         handlers = {
@@ -248,14 +217,14 @@ class MailboxService(StoreService):
         outbox = self._outboxes.get(session.session_id)
         peer_id = session.remote_peer_id
         # Only what this session was sent can be acknowledged cumulatively.
-        upto = min(upto, outbox.cursor) if outbox is not None else 0
+        upto = min(upto, outbox.deliveries.cursor) if outbox is not None else 0
         if seqs or upto:
             if outbox is not None:
-                outbox.acknowledged(seqs, upto)
+                outbox.deliveries.acknowledged(seqs, upto)
             self._delete_delivered(peer_id, seqs, upto)
         if rseqs:
             if outbox is not None:
-                outbox.rinflight.difference_update(rseqs)
+                outbox.receipts.acknowledged(rseqs)
             self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
         if outbox is not None:
             self._pump(outbox)
@@ -299,198 +268,6 @@ class MailboxService(StoreService):
             record = yield self.trust.get(peer_id)
             key = record.identity_key if record is not None else None
         self._send(session, MessageType.PEER_KEY_RESPONSE, {"peer": peer_id, "key": key})
-
-    # Delivery
-
-    def _outboxes_of(self, peer_id):
-        return [o for o in list(self._outboxes.values()) if o.session.remote_peer_id == peer_id]
-
-    def _deliver_to(self, recipient):
-        for outbox in self._outboxes_of(recipient):
-            self._pump(outbox)
-
-    def _owe(self, receipts):
-        for sender in {r.sender for r in receipts}:
-            for outbox in self._outboxes_of(sender):
-                self._pump_receipts(outbox)
-
-    def _serving(self, session) -> bool:
-        # Trust is asked at every push, so an unpairing stops them at once.
-        return (
-            not self._stopped
-            and session.closed is None
-            and session.attached
-            and self.trust.is_paired(session.remote_peer_id)
-        )
-
-    def _pump(self, outbox):
-        session = outbox.session
-        if not self._serving(session):
-            return
-        if outbox.fetching:
-            outbox.again = True
-            return
-        room = self.window - len(outbox.inflight)
-        if room <= 0 or outbox.inflight_bytes >= self.window_bytes:
-            return
-        outbox.fetching, outbox.again = True, False
-
-        def fetched(held):
-            outbox.fetching = False
-            budget = self.window_bytes - outbox.inflight_bytes
-            batch, size, sent = [], 0, 0
-            for message in held:
-                if budget <= 0:
-                    break
-                cost = len(message.payload) + messages.DELIVER_OVERHEAD
-                if batch and size + cost > self.batch_bytes:
-                    if not self._deliver_batch(outbox, batch):
-                        return
-                    sent += len(batch)
-                    batch, size = [], 0
-                batch.append(message)
-                size += cost
-                budget -= len(message.payload)
-            if batch:
-                if not self._deliver_batch(outbox, batch):
-                    return
-                sent += len(batch)
-            if outbox.again or (held and sent == room and budget > 0):
-                self._pump(outbox)
-
-        def failed(failure):
-            outbox.fetching = False
-            self._read_failed(outbox, failure, "messages to deliver")
-
-        self._track(self.store.fetch(session.remote_peer_id, outbox.cursor, room)).addCallbacks(fetched, failed)
-
-    def _deliver_batch(self, outbox, batch):
-        """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
-        body = {
-            "messages": [
-                {"id": m.message_id, "from": m.sender, "seq": m.seq, "stored_at": m.stored_at, "payload": m.payload}
-                for m in batch
-            ]
-        }
-        if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
-            return False
-        for m in batch:
-            outbox.delivered(m.seq, len(m.payload))
-        return True
-
-    def _pump_receipts(self, outbox):
-        session = outbox.session
-        if not self._serving(session):
-            return
-        if outbox.rfetching:
-            outbox.ragain = True
-            return
-        room = self.window - len(outbox.rinflight)
-        if room <= 0:
-            return
-        outbox.rfetching, outbox.ragain = True, False
-
-        def fetched(receipts):
-            outbox.rfetching = False
-            for start in range(0, len(receipts), RECEIPT_BATCH):
-                batch = receipts[start : start + RECEIPT_BATCH]
-                body = {
-                    "receipts": [
-                        {"id": r.message_id, "to": r.recipient, "rseq": r.rseq, "status": r.status, "at": r.at}
-                        for r in batch
-                    ]
-                }
-                if not self._send(session, MessageType.FORWARD_RECEIPT, body):
-                    return
-                outbox.rinflight.update(r.rseq for r in batch)
-                outbox.rcursor = batch[-1].rseq
-            if outbox.ragain:
-                self._pump_receipts(outbox)
-
-        def failed(failure):
-            outbox.rfetching = False
-            self._read_failed(outbox, failure, "receipts")
-
-        self._track(self.store.receipts(session.remote_peer_id, outbox.rcursor, room)).addCallbacks(fetched, failed)
-
-    def stop(self):
-        """L{StoreService.stop}, with no read retry left scheduled."""
-        for outbox in self._outboxes.values():
-            self._forget(outbox)
-        return super().stop()
-
-    def _read_failed(self, outbox, failure, what):
-        """
-        A read for C{outbox} failed (the store is unavailable for now): read
-        again after L{READ_RETRY} seconds instead of waiting for the session's
-        next event, which may never come.
-        """
-        if failure.check(StoreFull):
-            log.warn("mailbox: reading {what} failed ({why}); retrying", what=what, why=failure.getErrorMessage())
-        else:
-            log.failure("mailbox: reading {what} failed; retrying", failure, what=what)
-        if outbox.retry is None and self._serving(outbox.session):
-            outbox.retry = self.clock.callLater(READ_RETRY, self._read_again, outbox)
-
-    def _read_again(self, outbox):
-        outbox.retry = None
-        self._pump(outbox)
-        self._pump_receipts(outbox)
-
-    def _forget(self, outbox):
-        if outbox is not None and outbox.retry is not None:
-            if outbox.retry.active():
-                outbox.retry.cancel()
-            outbox.retry = None
-
-    # Session observer
-
-    def session_established(self, session):
-        if self.trust.is_paired(session.remote_peer_id):
-            outbox = self._outboxes[session.session_id] = _Outbox(session)
-            self._pump(outbox)
-            self._pump_receipts(outbox)
-
-    def session_resumed(self, session):
-        outbox = self._outboxes.get(session.session_id)
-        if outbox is None:
-            self.session_established(session)
-            return
-        # The session layer resends what was in flight; carry on after it.
-        self._pump(outbox)
-        self._pump_receipts(outbox)
-
-    def session_closed(self, session):
-        self._forget(self._outboxes.pop(session.session_id, None))
-
-    # Across a clean restart (docs/protocol.md §16): the outbox comes back
-    # with its session, so that what the session's resend buffer holds
-    # (deliveries and receipts sent, not yet acknowledged) is still counted
-    # in the window and acknowledgeable, and delivery carries on after it.
-
-    def session_state(self, session):
-        """The outbox of C{session} as CBOR-ready values, or None."""
-        outbox = self._outboxes.get(session.session_id)
-        if outbox is None:
-            return None
-        return {
-            "cursor": outbox.cursor,
-            "inflight": [[seq, size] for seq, size in outbox.inflight.items()],
-            "rcursor": outbox.rcursor,
-            "rinflight": sorted(outbox.rinflight),
-        }
-
-    def restore_session(self, session, state):
-        """Recreate the outbox of a restored C{session} from L{session_state} output."""
-        # Trust is not loaded yet at restore; every push asks it anyway.
-        if state is None:
-            return
-        outbox = self._outboxes[session.session_id] = _Outbox(session)
-        for seq, size in state["inflight"]:
-            outbox.delivered(seq, size)
-        outbox.cursor = state["cursor"]
-        outbox.rcursor = state["rcursor"]
-        outbox.rinflight = set(state["rinflight"])
 
     # Management (the JSON and the metrics are built in cairn.mailbox.report)
 

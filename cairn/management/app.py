@@ -6,19 +6,16 @@ L{make_site} wraps it for a listener.  Every endpoint speaks JSON except
 C{/metrics} (Prometheus text) and C{/pairing/qr} (an image).  Every endpoint
 but C{/health} and C{/openapi.json} requires C{Authorization: Bearer <token>}.
 Errors are C{{"error": "..."}} with a matching status, mapped in one place
-(L{ManagementAPI._error}); tracebacks never reach a client.
+(L{cairn.management.routing.error_response}); tracebacks never reach a
+client. How an endpoint is declared and answered is in
+L{cairn.management.routing}.
 """
 
 import io
 
 import segno
 from klein import Klein
-from klein.resource import KleinResource
 from twisted.internet.defer import maybeDeferred
-from twisted.logger import Logger
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.exceptions import NotFound as RouteNotFound
-from werkzeug.routing import BaseConverter
 
 from cairn import __version__
 from cairn.management.http import (
@@ -28,8 +25,6 @@ from cairn.management.http import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
-    common_headers,
-    json_body,
     json_object,
     peer_id_arg,
     peer_id_from_body,
@@ -38,9 +33,11 @@ from cairn.management.http import (
 from cairn.management.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cairn.management.openapi import openapi_document
 from cairn.management.reports import NodeReports
+from cairn.management.routing import PUBLIC_PATHS, JSONResource, Segment, error_response
+from cairn.management.routing import Raw as _Raw  # the names the routes below use
+from cairn.management.routing import endpoint as _endpoint
 from cairn.management.site import make_site, warn_if_exposed
 from cairn.management.status import transport_of
-from cairn.management.token import check_bearer
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, UnknownPeer
 
 __all__ = [
@@ -55,62 +52,6 @@ __all__ = [
     "make_site",
     "warn_if_exposed",
 ]
-
-log = Logger()
-
-#: Paths served without a token (nothing sensitive in them).
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
-#: Fixed path segments beside a variable one (/peers/approve beside
-#: /peers/<peer_id>): never taken for the variable.
-RESERVED_SEGMENTS = frozenset({"approve", "pending", "reject"})
-
-
-class _Raw:
-    """A non-JSON response body."""
-
-    def __init__(self, body: bytes, content_type: str, headers=None):
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers or {}
-
-
-class _Segment(BaseConverter):
-    """One path segment that is not a name the fixed routes use."""
-
-    regex = "(?!(?:" + "|".join(sorted(RESERVED_SEGMENTS)) + ")(?![^/]))[^/]+"
-
-
-def _endpoint(app, path, method, status=200):
-    """
-    Route C{method path} to an C{async} handler returning JSON-able data
-    (or a L{_Raw}); the token check, the body limit and the encoding are
-    done here, errors go to L{ManagementAPI._error}.
-    """
-
-    def decorate(handler):
-        public = path in PUBLIC_PATHS
-
-        async def endpoint(self, request, **kwargs):
-            common_headers(request)
-            if not public and not check_bearer(request.getHeader(b"authorization"), self.token):
-                raise Unauthorized("missing or invalid bearer token")
-            read_body(request)  # enforces BODY_LIMIT on every endpoint
-            result = await handler(self, request, **kwargs)
-            request.setResponseCode(status)
-            if isinstance(result, _Raw):
-                request.setHeader(b"content-type", result.content_type.encode("ascii"))
-                for name, value in result.headers.items():
-                    request.setHeader(name.encode("ascii"), value.encode("utf-8"))
-                return result.body
-            return json_body(request, result)
-
-        endpoint.__name__ = handler.__name__
-        endpoint.__qualname__ = handler.__qualname__
-        endpoint.__doc__ = handler.__doc__
-        app.route(path, methods=[method])(endpoint)
-        return endpoint
-
-    return decorate
 
 
 class ManagementAPI:
@@ -135,7 +76,7 @@ class ManagementAPI:
     app = Klein()
     # A path segment in <...> never takes the name of a fixed route beside
     # it: DELETE /peers/approve is a 405 (POST only), not a peer id "approve".
-    app.url_map.converters["default"] = _Segment
+    app.url_map.converters["default"] = Segment
 
     def __init__(
         self,
@@ -167,7 +108,7 @@ class ManagementAPI:
 
     def resource(self):
         """The C{IResource} serving this API."""
-        return _Resource(self.app)
+        return JSONResource(self.app)
 
     def _report(self, what, name):
         """
@@ -412,50 +353,7 @@ class ManagementAPI:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
-        common_headers(request)
-        error = failure.value
-        if isinstance(error, ApiError):
-            code, message = error.code, str(error)
-            if isinstance(error, Unauthorized):
-                request.setHeader(b"www-authenticate", b'Bearer realm="cairn"')
-        elif isinstance(error, UnknownPeer):
-            code, message = 404, "unknown peer"
-        elif isinstance(error, RouteNotFound):
-            code, message = 404, "no such endpoint"
-        elif isinstance(error, MethodNotAllowed):
-            allowed = sorted(set(error.valid_methods or ()) - {"HEAD", "OPTIONS"})
-            code = 405
-            message = f"method {request.method.decode('ascii', 'replace')} not allowed; use {', '.join(allowed)}"
-            request.setHeader(b"allow", ", ".join(sorted(error.valid_methods or ())).encode("ascii"))
-        elif isinstance(error, HTTPException):
-            # Routing's other outcomes, e.g. a redirect for a doubled slash.
-            code, message = error.code or 500, error.name.lower()
-            for name, value in error.get_response().headers:
-                if name.lower() == "location":
-                    request.setHeader(b"location", value.encode("utf-8"))
-        else:
-            log.failure(
-                "management API: {method} {path} failed",
-                failure,
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("utf-8", "replace"),
-            )
-            code, message = 500, "internal error"
-        request.setResponseCode(code)
-        return json_body(request, {"error": message})
-
-
-class _Resource(KleinResource):
-    """Klein's resource, answering a path that is not UTF-8 in JSON (and without logging an error)."""
-
-    def render(self, request):
-        try:
-            b"/".join(request.prepath + request.postpath).decode("utf-8")
-        except UnicodeDecodeError:
-            common_headers(request)
-            request.setResponseCode(400)
-            return json_body(request, {"error": "the path is not UTF-8"})
-        return super().render(request)
+        return error_response(request, failure)
 
 
 def _number(value) -> str:
@@ -463,5 +361,3 @@ def _number(value) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
-
-

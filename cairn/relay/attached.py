@@ -55,7 +55,7 @@ class AttachedCircuit:
 
     def dial(self, endpoint, token):
         """Connect to the node with C{endpoint} and attach; a failure fails the connection."""
-        d = endpoint.connect(_AttachFactory(self, token))
+        d = endpoint.connect(_AttachFactory(self, token, self.endpoint.client.transport_settings))
         d.addErrback(self._dial_failed)
         return d
 
@@ -91,8 +91,8 @@ class AttachedCircuit:
 class AttachProtocol(StreamProtocol):
     """A L{StreamProtocol} that sends the RelayAttach before anything else."""
 
-    def __init__(self, circuit, token, max_payload):
-        super().__init__(circuit.connection, max_payload)
+    def __init__(self, circuit, token, settings):
+        super().__init__(circuit.connection, settings)
         self.circuit = circuit
         self._attach = messages.relay_attach(circuit.circuit_id, token)
 
@@ -118,11 +118,12 @@ class AttachProtocol(StreamProtocol):
 class _AttachFactory(Factory):
     noisy = False
 
-    def __init__(self, circuit, token):
+    def __init__(self, circuit, token, settings):
         self.circuit = circuit
         self.token = token
+        self.settings = settings
 
     def buildProtocol(self, addr):
-        protocol = AttachProtocol(self.circuit, self.token, self.circuit.endpoint.peer.max_payload)
+        protocol = AttachProtocol(self.circuit, self.token, self.settings)
         protocol.factory = self
         return protocol

@@ -105,8 +105,12 @@ class RelayService:
     @param capacity: concurrent circuits (offered or open) at most.
     @param store: an L{IRelayStore} for per-peer limits and byte counts
         (default: in memory).
-    @param reactor: the reactor whose TCP listener takes attached circuits
-        (§25.8; C{peer.attach_handler} is set); None: RelayData only.
+    @param attached_circuits: offer attached circuits (§25.8): the node's
+        TCP listener hands a connection that starts with a RelayAttach to
+        L{attach} (registered as the peer's preface handler); false:
+        RelayData only.
+    @param reactor: the reactor whose connections attached circuits
+        splice (needed with C{attached_circuits}).
     @param splice_options: keyword arguments for each L{Splice}.
     """
 
@@ -120,6 +124,7 @@ class RelayService:
         window=WINDOW,
         offer_timeout=OFFER_TIMEOUT,
         store=None,
+        attached_circuits=False,
         reactor=None,
         splice_options=None,
         **accounts,
@@ -127,10 +132,13 @@ class RelayService:
         self.peer = peer
         self.trust = trust
         self.clock = clock
+        if attached_circuits and reactor is None:
+            raise ValueError("attached circuits need the reactor of their connections")
+        self.attached_circuits = attached_circuits
         self.reactor = reactor
         self.splice_options = splice_options or {}
-        if reactor is not None:
-            peer.attach_handler = self.attach
+        if attached_circuits:
+            peer.register_preface(MessageType.RELAY_ATTACH, self.attach)
         self.capacity = capacity
         self.window = window
         self.offer_timeout = offer_timeout
@@ -262,7 +270,7 @@ class RelayService:
         circuit.timer = self.clock.callLater(self.offer_timeout, self._offer_timed_out, circuit)
         self.circuits[circuit.circuit_id] = circuit
         offer = {"from": session.remote_peer_id, "circuit": circuit.circuit_id}
-        if attach and self.reactor is not None:
+        if attach and self.attached_circuits:
             offer["token"] = circuit.tokens[other] = os.urandom(messages.TOKEN_SIZE)
         self._send(other, MessageType.ROUTE_REQUEST, offer)
 
@@ -361,7 +369,7 @@ class RelayService:
 
     def attach(self, connection, envelope):
         """
-        The L{cairn.session.peer.Peer} attach handler: C{envelope}, a
+        The L{cairn.session.peer.Peer}'s preface handler: C{envelope}, a
         RelayAttach, came first on an accepted C{connection}. A valid
         token hands the connection to its circuit; anything else is
         answered with a Close.

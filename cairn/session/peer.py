@@ -16,12 +16,15 @@ from cairn.session.connection import Connection
 from cairn.session.guards import log_only
 from cairn.session.rekey import REKEY_ENVELOPES, REKEY_INTERVAL
 from cairn.session.session import Session
-from cairn.wire.constants import SESSION_LAYER_TYPES
+from cairn.wire.constants import SESSION_LAYER_TYPES, MessageType
 
 log = Logger()
 
 #: Resend buffer bound per session: envelopes, bytes.
 DEFAULT_RESEND_LIMITS = (4096, 8 * 1024 * 1024)
+#: Envelopes that may come first on an accepted connection instead of a
+#: handshake or Reconnect, and take it over (L{Peer.register_preface}).
+PREFACE_TYPES = frozenset({MessageType.RELAY_ATTACH})
 
 
 class Peer:
@@ -74,10 +77,7 @@ class Peer:
         self.draining = False
         self.unknown_types = Counter()
         self._handlers = {}
-        #: C{(connection, envelope)}: takes a RelayAttach arriving first on
-        #: an accepted connection (the node's relay service; §25.8). None:
-        #: a RelayAttach is an unexpected message like any other.
-        self.attach_handler = None
+        self._prefaces = {}
         #: Application callbacks; each may be None.
         self.on_session = None  # (session)
         self.on_channel = None  # (session, channel)
@@ -127,6 +127,22 @@ class Peer:
 
     def handler_for(self, type_code: int):
         return self._handlers.get(type_code)
+
+    def register_preface(self, type_code: int, handler) -> None:
+        """
+        Take an accepted connection whose first envelope is of C{type_code}
+        with C{handler(connection, envelope)} instead of answering it as an
+        unexpected message. The one such preface is a RelayAttach (the
+        node's relay service, for attached circuits; docs/protocol.md §25.8):
+        the handler hands the connection over or fails it with a Close.
+        """
+        if type_code not in PREFACE_TYPES:
+            raise ValueError(f"0x{type_code:04x} cannot open a connection")
+        self._prefaces[type_code] = handler
+
+    def preface_handler(self, type_code: int):
+        """The L{register_preface} handler for C{type_code}, or None."""
+        return self._prefaces.get(type_code)
 
     def unknown_type(self, type_code: int) -> None:
         self.unknown_types[type_code] += 1

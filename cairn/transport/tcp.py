@@ -1,6 +1,8 @@
 """
 cairn over a TCP stream: envelopes back to back, the header's length
-field delimiting each one.
+field delimiting each one. This adapter only turns bytes into envelopes
+and back; a listener whose connections may be handed over after a
+RelayAttach uses L{cairn.transport.handoff}.
 """
 
 from twisted.internet.protocol import Factory, Protocol
@@ -8,13 +10,12 @@ from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
-from cairn.wire.constants import HEADER_SIZE, CloseCode, MessageType
-from cairn.wire.envelope import EnvelopeError, EnvelopeParser, decode, parse_header
+from cairn.transport.settings import TransportSettings
+from cairn.wire.constants import CloseCode
+from cairn.wire.envelope import EnvelopeError, EnvelopeParser
 
 #: Bytes read from the socket per wake-up (Twisted's default: 64 KiB).
 READ_SIZE = 256 * 1024
-#: Longest RelayAttach payload accepted (its body is about 70 bytes).
-MAX_ATTACH_PAYLOAD = 1024
 
 
 @implementer(IFrameTransport)
@@ -23,25 +24,20 @@ class StreamProtocol(Protocol):
     Frames a byte stream into envelopes for one L{IConnectionSink}.
 
     @param sink: the L{cairn.session.connection.Connection} to drive.
+    @param settings: the listener's or dialer's L{TransportSettings}; with a
+        C{write_limit}, an L{cairn.transport.limits.OutputGuard} drops a
+        peer that does not read.
     @param ticket: its place in the per-source handshake limit, if any
         (L{cairn.transport.limits.SourceLimiter}).
-    @param write_limit: drop a peer that does not read once this many
-        bytes wait for it (L{cairn.transport.limits.OutputGuard}); None: no guard.
     """
 
-    def __init__(self, sink, max_payload: int, ticket=None, write_limit=None):
+    def __init__(self, sink, settings: TransportSettings, ticket=None):
         self.sink = sink
-        self._parser = EnvelopeParser(max_payload)
+        self.settings = settings
+        self._parser = EnvelopeParser(settings.max_payload)
         self._closing = False
         self._ticket = ticket
-        self._write_limit = write_limit
         self._guard = None
-        # A listener whose peer takes relay attachments (§25.8) looks at
-        # the first envelope alone: after a RelayAttach, the bytes are not
-        # envelopes for this node any more.
-        local = getattr(sink, "local", None)
-        self._head = bytearray() if getattr(local, "attach_handler", None) is not None else None
-        self._receiver = None
 
     @property
     def peer_address(self) -> str:
@@ -61,20 +57,16 @@ class StreamProtocol(Protocol):
         # "stalled" signal), which moves up with it.
         if getattr(self.transport, "bufferSize", None) is not None:
             self.transport.bufferSize = READ_SIZE
-        if self._write_limit is not None:
-            local = self.sink.local
+        settings = self.settings
+        if settings.write_limit is not None:
             self._guard = OutputGuard(
-                self.transport, local.clock, local.keepalive_timeout, self._write_limit, self._overflow
+                self.transport, settings.clock, settings.keepalive_timeout, settings.write_limit, self._overflow
             )
         self.sink.connection_made(self)
 
     def dataReceived(self, data):
         if self._closing:
             return
-        if self._head is not None:
-            data = self._first_envelope(data)
-            if not data:
-                return
         try:
             envelopes, error = self._parser.feed(data), None
         except EnvelopeError as e:
@@ -89,49 +81,6 @@ class StreamProtocol(Protocol):
             return
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
-
-    def _first_envelope(self, data):
-        """
-        Hold the first bytes until the first envelope's type is known. A
-        RelayAttach is handed to the sink alone; anything else goes on as
-        usual. Returns the bytes for the parser (none while waiting).
-        """
-        head = self._head
-        head += data
-        if len(head) < HEADER_SIZE:
-            return b""
-        _, type_, _, _, length = parse_header(head)
-        if type_ != MessageType.RELAY_ATTACH:
-            self._head = None
-            return bytes(head)
-        if length > MAX_ATTACH_PAYLOAD:
-            self._head = None
-            self.sink.framing_error(CloseCode.PAYLOAD_TOO_LARGE, f"RelayAttach payload of {length} bytes")
-            return b""
-        end = HEADER_SIZE + length
-        if len(head) < end:
-            return b""
-        self._head = None
-        self.sink.envelope_received(decode(bytes(head[:end]), MAX_ATTACH_PAYLOAD))
-        if self._receiver is not None:
-            receiver, self._receiver = self._receiver, None
-            self._closing = True
-            if self._ticket is not None:
-                self._ticket.done()
-                self._ticket = None
-            receiver(self.transport, bytes(head[end:]))
-            return b""
-        return bytes(head[end:])
-
-    def hand_off(self, receiver):
-        """
-        Give this connection up after the RelayAttach being handled (§25.8):
-        it stops reading, no more envelopes reach the sink, and
-        C{receiver(transport, rest)} is called with the Twisted transport
-        and the bytes that followed the RelayAttach.
-        """
-        self._receiver = receiver
-        self.transport.pauseProducing()
 
     def connectionLost(self, reason=None):
         self._closing = True
@@ -163,19 +112,24 @@ class StreamFactory(Factory):
     """
     Accepts TCP connections as responders of the local L{Peer}.
 
+    @param settings: the listener's L{TransportSettings} (default: the
+        peer's limits and clock, with the default write limit).
     @param limiter: a L{cairn.transport.limits.SourceLimiter}, or None.
-    @param write_limit: see L{StreamProtocol}.
     """
+
+    protocol = StreamProtocol
 
     #: A L{cairn.transport.fds.DescriptorGauge}: refuse at once while
     #: descriptors are critical (set by the node).
     gauge = None
 
-    def __init__(self, local, initiator: bool = False, limiter=None, write_limit=MAX_WRITE_BUFFER):
+    def __init__(self, local, initiator: bool = False, limiter=None, *, settings: TransportSettings = None):
         self.local = local
         self.initiator = initiator
         self.limiter = limiter
-        self.write_limit = write_limit
+        if settings is None:
+            settings = TransportSettings.for_peer(local, write_limit=MAX_WRITE_BUFFER)
+        self.settings = settings
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():
@@ -189,6 +143,6 @@ class StreamFactory(Factory):
             if ticket is None:
                 return Refused(refusal_close())
         sink = self.local.connection(initiator=self.initiator)
-        protocol = StreamProtocol(sink, self.local.max_payload, ticket, self.write_limit)
+        protocol = self.protocol(sink, self.settings, ticket)
         protocol.factory = self
         return protocol

@@ -29,6 +29,7 @@ from cairn.session.interfaces import IFrameTransport
 from cairn.transport import autobahn_compat
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.transport.origins import OriginPolicy
+from cairn.transport.settings import TransportSettings
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
 
@@ -70,7 +71,7 @@ class _EnvelopeMessages:
             self.sink.framing_error(CloseCode.MALFORMED_ENVELOPE, "text WebSocket message")
             return
         try:
-            envelope = decode(payload, self.factory.local.max_payload)
+            envelope = decode(payload, self.factory.settings.max_payload)
         except EnvelopeError as e:
             self.sink.framing_error(e.code, e.reason)
             return
@@ -134,10 +135,11 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
 
     def onOpen(self):
-        limit = self.factory.write_limit
-        if limit is not None:
-            local = self.factory.local
-            self._guard = OutputGuard(self.transport, local.clock, local.keepalive_timeout, limit, self._overflow)
+        settings = self.factory.settings
+        if settings.write_limit is not None:
+            self._guard = OutputGuard(
+                self.transport, settings.clock, settings.keepalive_timeout, settings.write_limit, self._overflow
+            )
         super().onOpen()
 
     def _overflow(self, reason):
@@ -173,15 +175,16 @@ class ClientProtocol(_EnvelopeMessages, WebSocketClientProtocol):
         super().connectionMade()
 
 
-def _limit_options(factory, local):
-    # autobahn's handshake and close timers go through the peer's injected
-    # clock like every other timer (txaio would use the global reactor).
-    autobahn_compat.use_clock(factory, local.clock)
-    limit = local.max_payload + HEADER_SIZE
+def _limit_options(factory, settings):
+    factory.settings = settings
+    # autobahn's handshake and close timers go through the injected clock
+    # like every other timer (txaio would use the global reactor).
+    autobahn_compat.use_clock(factory, settings.clock)
+    limit = settings.max_payload + HEADER_SIZE
     factory.setProtocolOptions(
         maxMessagePayloadSize=limit,
         maxFramePayloadSize=limit,
-        openHandshakeTimeout=local.handshake_timeout,
+        openHandshakeTimeout=settings.handshake_timeout,
         closeHandshakeTimeout=5,
         # Fail with a closing handshake, not a bare drop, so that the cairn
         # Close written just before is flushed to the peer.
@@ -195,7 +198,6 @@ class _ServerFactory(WebSocketServerFactory):
     #: connections are closed at once while descriptors are critical.
     gauge = None
     limiter = None
-    write_limit = MAX_WRITE_BUFFER
     origins = OriginPolicy()
 
     def buildProtocol(self, addr):
@@ -212,24 +214,25 @@ class _ServerFactory(WebSocketServerFactory):
 
 
 def server_factory(
-    local, limiter=None, write_limit=MAX_WRITE_BUFFER, allowed_origins=()
+    local, limiter=None, allowed_origins=(), *, settings: TransportSettings = None
 ) -> WebSocketServerFactory:
     """
     A factory serving cairn on C{/} for the local L{Peer}.
 
     @param limiter: a L{cairn.transport.limits.SourceLimiter}, or None.
-    @param write_limit: drop a peer that does not read once this many bytes
-        wait for it (L{cairn.transport.limits.OutputGuard}); None: no guard.
     @param allowed_origins: web page origins that may open a WebSocket
         (L{cairn.transport.origins}); a client sending no C{Origin} always may.
+    @param settings: the listener's L{TransportSettings} (default: the
+        peer's limits and clock, with the default write limit).
     """
+    if settings is None:
+        settings = TransportSettings.for_peer(local, write_limit=MAX_WRITE_BUFFER)
     factory = _ServerFactory()
     factory.protocol = ServerProtocol
     factory.local = local
     factory.limiter = limiter
-    factory.write_limit = write_limit
     factory.origins = OriginPolicy(allowed_origins)
-    _limit_options(factory, local)
+    _limit_options(factory, settings)
     # autobahn would refuse a "null" Origin itself, with HTTP 400: let it
     # through to onConnect, where the configured policy decides (403).
     # (Every setProtocolOptions call resets this option to False: last.)
@@ -237,13 +240,12 @@ def server_factory(
     return factory
 
 
-def client_factory(local, url: str, make_sink) -> WebSocketClientFactory:
+def client_factory(settings: TransportSettings, url: str, make_sink) -> WebSocketClientFactory:
     """A factory connecting to C{url}; C{make_sink()} builds the Connection."""
     factory = WebSocketClientFactory(url, protocols=[SUBPROTOCOL])
     # One factory per connection: no "Starting/Stopping factory" events.
     factory.noisy = False
     factory.protocol = ClientProtocol
-    factory.local = local
     factory.make_sink = make_sink
-    _limit_options(factory, local)
+    _limit_options(factory, settings)
     return factory

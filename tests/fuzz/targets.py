@@ -36,6 +36,7 @@ from cairn.signaling import announce
 from cairn.sync import messages as sync
 from cairn.sync.service import SyncService
 from cairn.sync.store import MemorySyncStore
+from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamProtocol
 from cairn.turn import messages as turn
 from cairn.turn.service import TurnService
@@ -388,7 +389,7 @@ class InMemoryNode:
         transport = RecordingTransport()
         connection = self.peer.connection(initiator=False)
         connection.connection_made(transport)
-        # What _in_await_final does once the handshake is done.
+        # What _accept_final does once the handshake is done.
         connection._establish(session)
         return connection, transport, SessionCipher(i2r, r2i)
 
@@ -559,7 +560,7 @@ def _sealed_mode(data):
 def _responder_mode(data):
     """Raw bytes to a responder before any handshake, through the TCP framing."""
     connection, transport = node().responder()
-    protocol = StreamProtocol(connection, MAX_PAYLOAD)
+    protocol = StreamProtocol(connection, TransportSettings(max_payload=MAX_PAYLOAD))
     for chunk in _chunks(data[1:], data[:1]):
         if transport.lost:
             break

@@ -1,0 +1,210 @@
+"""
+Delivery from a node's mailbox to the sessions of paired peers
+(docs/protocol.md §21): each such session has an L{Outbox}, two windows
+(deliveries and receipts) filled from the store as the peer acknowledges,
+read again L{READ_RETRY} seconds after a failed read, and kept across a
+clean restart (§16).
+
+A mixin of L{cairn.mailbox.service.MailboxService}, which owns the state it
+uses: C{store}, C{trust}, C{clock}, C{window}, C{window_bytes},
+C{batch_bytes}, C{_outboxes}, and L{cairn.storeservice.StoreService}'s
+C{_stopped}, C{_track} and C{_send}.
+"""
+
+from twisted.logger import Logger
+
+from cairn.mailbox import messages
+from cairn.mailbox.interfaces import StoreFull
+from cairn.mailbox.window import Outbox
+from cairn.wire.constants import MessageType
+
+log = Logger()
+
+#: Receipts per ForwardReceipt.
+RECEIPT_BATCH = 256
+#: Seconds before a session's failed delivery or receipt read is tried again.
+READ_RETRY = 2.0
+
+
+class Delivery:
+    """The outboxes of a L{MailboxService}: pushing to sessions, and the session observer."""
+
+    def _outboxes_of(self, peer_id):
+        return [o for o in list(self._outboxes.values()) if o.session.remote_peer_id == peer_id]
+
+    def _deliver_to(self, recipient):
+        for outbox in self._outboxes_of(recipient):
+            self._pump(outbox)
+
+    def _owe(self, receipts):
+        for sender in {r.sender for r in receipts}:
+            for outbox in self._outboxes_of(sender):
+                self._pump_receipts(outbox)
+
+    def _serving(self, session) -> bool:
+        # Trust is asked at every push, so an unpairing stops them at once.
+        return (
+            not self._stopped
+            and session.closed is None
+            and session.attached
+            and self.trust.is_paired(session.remote_peer_id)
+        )
+
+    def _pump(self, outbox):
+        session, window = outbox.session, outbox.deliveries
+        if not self._serving(session):
+            return
+        room = window.begin_read(self.window, self.window_bytes)
+        if not room:
+            return
+
+        def fetched(held):
+            window.end_read()
+            budget = self.window_bytes - window.inflight_bytes
+            batch, size, sent = [], 0, 0
+            for message in held:
+                if budget <= 0:
+                    break
+                cost = len(message.payload) + messages.DELIVER_OVERHEAD
+                if batch and size + cost > self.batch_bytes:
+                    if not self._deliver_batch(outbox, batch):
+                        return
+                    sent += len(batch)
+                    batch, size = [], 0
+                batch.append(message)
+                size += cost
+                budget -= len(message.payload)
+            if batch:
+                if not self._deliver_batch(outbox, batch):
+                    return
+                sent += len(batch)
+            if window.again or (held and sent == room and budget > 0):
+                self._pump(outbox)
+
+        def failed(failure):
+            window.end_read()
+            self._read_failed(outbox, failure, "messages to deliver")
+
+        self._track(self.store.fetch(session.remote_peer_id, window.cursor, room)).addCallbacks(fetched, failed)
+
+    def _deliver_batch(self, outbox, batch):
+        """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
+        body = {
+            "messages": [
+                {"id": m.message_id, "from": m.sender, "seq": m.seq, "stored_at": m.stored_at, "payload": m.payload}
+                for m in batch
+            ]
+        }
+        if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
+            return False
+        for m in batch:
+            outbox.deliveries.sent(m.seq, len(m.payload))
+        return True
+
+    def _pump_receipts(self, outbox):
+        session, window = outbox.session, outbox.receipts
+        if not self._serving(session):
+            return
+        room = window.begin_read(self.window)
+        if not room:
+            return
+
+        def fetched(receipts):
+            window.end_read()
+            for start in range(0, len(receipts), RECEIPT_BATCH):
+                batch = receipts[start : start + RECEIPT_BATCH]
+                body = {
+                    "receipts": [
+                        {"id": r.message_id, "to": r.recipient, "rseq": r.rseq, "status": r.status, "at": r.at}
+                        for r in batch
+                    ]
+                }
+                if not self._send(session, MessageType.FORWARD_RECEIPT, body):
+                    return
+                for r in batch:
+                    window.sent(r.rseq)
+            if window.again:
+                self._pump_receipts(outbox)
+
+        def failed(failure):
+            window.end_read()
+            self._read_failed(outbox, failure, "receipts")
+
+        self._track(self.store.receipts(session.remote_peer_id, window.cursor, room)).addCallbacks(fetched, failed)
+
+    def stop(self):
+        """L{StoreService.stop}, with no read retry left scheduled."""
+        for outbox in self._outboxes.values():
+            self._forget(outbox)
+        return super().stop()
+
+    def _read_failed(self, outbox, failure, what):
+        """
+        A read for C{outbox} failed (the store is unavailable for now): read
+        again after L{READ_RETRY} seconds instead of waiting for the session's
+        next event, which may never come.
+        """
+        if failure.check(StoreFull):
+            log.warn("mailbox: reading {what} failed ({why}); retrying", what=what, why=failure.getErrorMessage())
+        else:
+            log.failure("mailbox: reading {what} failed; retrying", failure, what=what)
+        if outbox.retry is None and self._serving(outbox.session):
+            outbox.retry = self.clock.callLater(READ_RETRY, self._read_again, outbox)
+
+    def _read_again(self, outbox):
+        outbox.retry = None
+        self._pump(outbox)
+        self._pump_receipts(outbox)
+
+    def _forget(self, outbox):
+        if outbox is not None and outbox.retry is not None:
+            if outbox.retry.active():
+                outbox.retry.cancel()
+            outbox.retry = None
+
+    # Session observer
+
+    def session_established(self, session):
+        if self.trust.is_paired(session.remote_peer_id):
+            outbox = self._outboxes[session.session_id] = Outbox(session)
+            self._pump(outbox)
+            self._pump_receipts(outbox)
+
+    def session_resumed(self, session):
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            self.session_established(session)
+            return
+        # The session layer resends what was in flight; carry on after it.
+        self._pump(outbox)
+        self._pump_receipts(outbox)
+
+    def session_closed(self, session):
+        self._forget(self._outboxes.pop(session.session_id, None))
+
+    # Across a clean restart (docs/protocol.md §16): the outbox comes back
+    # with its session, so that what the session's resend buffer holds
+    # (deliveries and receipts sent, not yet acknowledged) is still counted
+    # in the window and acknowledgeable, and delivery carries on after it.
+
+    def session_state(self, session):
+        """The outbox of C{session} as CBOR-ready values, or None."""
+        outbox = self._outboxes.get(session.session_id)
+        if outbox is None:
+            return None
+        deliveries, receipts = outbox.deliveries, outbox.receipts
+        return {
+            "cursor": deliveries.cursor,
+            "inflight": [[seq, size] for seq, size in deliveries.inflight.items()],
+            "rcursor": receipts.cursor,
+            "rinflight": sorted(receipts.inflight),
+        }
+
+    def restore_session(self, session, state):
+        """Recreate the outbox of a restored C{session} from L{session_state} output."""
+        # Trust is not loaded yet at restore; every push asks it anyway.
+        if state is None:
+            return
+        outbox = self._outboxes[session.session_id] = Outbox(session)
+        outbox.deliveries.restore(state["cursor"], state["inflight"])
+        outbox.receipts.restore(state["rcursor"], [(rseq, 0) for rseq in state["rinflight"]])
