@@ -87,6 +87,55 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertNotIn(B, self.store.depths())
 
     @defer.inlineCallbacks
+    def test_overlapping_acknowledgements_write_each_message_once(self):
+        """
+        Cumulative acknowledgements in flight together (a recipient acks
+        each ForwardDeliver as it comes) write one receipt and one
+        tombstone per message, not one per acknowledgement covering it.
+        """
+        from cairn.mailbox.interfaces import Limits
+
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(40)), limits=Limits(100, 10**6, 100.0))
+        held = yield self.store.fetch(B, 0, 100)
+        seqs = [m.seq for m in held]
+        published = _count_publishes(self.store)
+        results = yield defer.gatherResults(
+            [self.store.acknowledge(B, [], 1.0, 100.0, upto=seqs[i]) for i in range(3, 40, 4)]
+        )
+        rseqs = [r.rseq for rs in results for r in rs]
+        self.assertEqual(len(rseqs), 40)
+        self.assertEqual(len(set(rseqs)), 40)
+        self.assertEqual(len(published), 2 * 40)
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
+    def test_concurrent_receipt_drops_are_one_purge(self):
+        """
+        A sender's drops in flight together (one per ForwardReceipt) are
+        merged: their receipts form a prefix, removed by one purge, not by
+        a delete request each.
+        """
+        from cairn.cluster import direct
+        from cairn.mailbox.interfaces import Limits
+        from tests.test_mailbox_store import A
+
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(40)), limits=Limits(100, 10**6, 100.0))
+        held = yield self.store.fetch(B, 0, 100)
+        yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        rseqs = [r.rseq for r in (yield self.store.receipts(A, 0, 100))]
+        self.assertEqual(len(rseqs), 40)
+        deleted, delete = [], direct.delete
+
+        async def counted(js, stream, seq):
+            deleted.append(seq)
+            return await delete(js, stream, seq)
+
+        self.patch(direct, "delete", counted)
+        yield defer.gatherResults([self.store.drop_receipts(A, rseqs[i : i + 8]) for i in range(0, 40, 8)])
+        self.assertEqual(deleted, [])
+        self.assertEqual((yield self.store.receipts(A, 0, 100)), [])
+
+    @defer.inlineCallbacks
     def test_drop_receipts_keeps_the_others(self):
         """Dropping some of a sender's receipts (one purge when they are a prefix) keeps the rest, others' too."""
         from tests.test_mailbox_store import A, C
@@ -111,6 +160,18 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         yield self.server.kill()
         with self.assertRaises(StoreFull):
             yield self.store.enqueue([Incoming("QmA", B, b"\x01" * 16, b"x")], 0.0, LIMITS)
+
+
+def _count_publishes(store):
+    """The subjects of every JetStream write C{store} makes from now on (a list that grows)."""
+    published, publish = [], store.acks.publish
+
+    async def counted(subject, payload, headers):
+        published.append(subject)
+        return await publish(subject, payload, headers)
+
+    store.acks.publish = counted
+    return published
 
 
 class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):

@@ -71,10 +71,17 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self._reserved = {}  # recipient -> [messages, bytes] admitted, not yet acked
         self._reserved_total = 0
         self._pending = set()
-        self._last_acked = 0  # the highest stream seq a PubAck gave us: reads must see it
+        # The highest stream seqs of the messages and of the receipts this
+        # store was acknowledged: a read of either must see them. Kept apart
+        # so that a fetch of messages does not wait for a replica to apply
+        # the receipts (and tombstones) a drain is writing meanwhile.
+        self._last_stored = self._last_receipt = 0
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
+        self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
+        self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
+        self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
 
@@ -171,7 +178,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
                 changed = {}
                 for i, (status, seq) in enumerate(outcome):
                     if status == ForwardStatus.STORED:
-                        self._last_acked = max(self._last_acked, seq)
+                        self._last_stored = max(self._last_stored, seq)
                         item = items[i]
                         depth = changed.get(item.recipient) or self._depths.get(item.recipient, Depth())
                         oldest = depth.oldest if depth.messages else now
@@ -251,7 +258,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     # Reads
 
     def fetch(self, recipient, after_seq, limit):
-        return self._run(self._fetch, recipient, after_seq, limit, self._last_acked)
+        return self._run(self._fetch, recipient, after_seq, limit, self._last_stored)
 
     async def _read(self, start, limit, subject, must_see, wanted=None, batch=None):
         """Up to C{limit} messages on C{subject} from C{start} that C{wanted} accepts, paging past the rest."""
@@ -275,7 +282,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return [_stored(h) for h in held]
 
     def receipts(self, sender, after_rseq, limit):
-        return self._run(self._receipts, sender, after_rseq, limit, self._last_acked)
+        return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt)
 
     async def _receipts(self, sender, after_rseq, limit, must_see):
         held = await self._read(after_rseq + 1, limit, self._subject("rcpt", sender, "*"), must_see)
