@@ -218,3 +218,48 @@ class WatchTests(unittest.TestCase):
         yield conditions.until(lambda: told == [B])
         self.assertEqual(here.depths()[B], elsewhere.depths()[B])
         self.assertEqual(mine, [])
+
+    @defer.inlineCallbacks
+    def test_removed_elsewhere_is_followed(self):
+        """
+        Messages another writer removes (acknowledged, expired or evicted
+        there) leave this store's depths and total, whoever stored them.
+        """
+        from cairn.mailbox.interfaces import Limits
+        from tests._harness import Conditions
+        from tests.test_mailbox_store import C
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield here.start()
+        yield elsewhere.start()
+        conditions = Conditions()
+        apply = here._apply
+
+        def applied(updates):
+            apply(updates)
+            conditions.changed()
+
+        here._apply = applied
+        limits = Limits(10, 10**6, 100.0)
+        yield here.enqueue([item(payload=b"abc"), item(payload=b"de")], 1.0, limits)
+        yield here.enqueue([item(recipient=C, payload=b"f")], 500.0, limits)
+        yield elsewhere.enqueue([item(payload=b"ghij")], 1.0, limits)
+        yield conditions.until(lambda: here.depths().get(B, None) is not None and here.depths()[B].messages == 3)
+        self.assertEqual(here.total_bytes(), 10)
+
+        # Acknowledged elsewhere: one stored here, one stored there.
+        held = yield elsewhere.fetch(B, 0, 10)
+        yield elsewhere.acknowledge(B, [held[0].seq, held[2].seq], 2.0, 100.0)
+        yield conditions.until(lambda: here.depths()[B].messages == 1)
+        self.assertEqual(here.depths()[B].bytes, 2)
+        self.assertEqual(here.total_bytes(), 3)
+
+        # Expired elsewhere; evicted by a purge elsewhere.
+        yield elsewhere.expire(550.0, 100, 100.0)
+        yield conditions.until(lambda: B not in here.depths())
+        self.assertEqual(here.total_bytes(), 1)
+        yield elsewhere.purge(C, 560.0, 100.0)
+        yield conditions.until(lambda: C not in here.depths())
+        self.assertEqual(here.total_bytes(), 0)
+        self.assertEqual(here.depths(), elsewhere.depths())

@@ -43,6 +43,7 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import (
     KIND,
+    SIZE,
     WRITER,
     StoreCalls,
     _f,
@@ -104,26 +105,49 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return d.addCallback(lambda _: self.jet.run(self._follow))
 
     async def _follow(self):
-        """Watch the stream (headers only, from now on) for messages other writers store."""
+        """
+        Watch the stream (headers only, from now on) for what other writers
+        do: the messages they store, and the receipts they write -- every
+        removal (acknowledgement, expiry, eviction) writes exactly one
+        receipt per message, naming its recipient and size, so the depth
+        figures follow removals made elsewhere too.
+        """
         from nats.js.api import DeliverPolicy
 
         async def seen(msg):
             headers = msg.headers or {}
-            if headers.get(KIND) is None and headers.get(WRITER) != self.writer:
+            if headers.get(WRITER) == self.writer or headers.get(KIND) is not None:
+                return  # this store's own writes (counted when made); tombstones
+            kind = msg.subject.split(".")[1]
+            if kind == "mbox":
                 size = int(headers.get("Nats-Msg-Size") or 0)
                 stored_at = float(headers.get(D.STORED) or 0)
                 self.jet.thread.to_reactor(self._written_elsewhere, msg.subject.split(".")[2], size, stored_at)
+            elif kind == "rcpt" and D.RECIPIENT in headers:
+                size = int(headers.get(SIZE) or 0)  # receipts of older nodes have none: bytes stay counted
+                self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size)
 
-        subject = self._subject("mbox", ">")
-        await self.jet.js.subscribe(
-            subject, cb=seen, ordered_consumer=True, headers_only=True, deliver_policy=DeliverPolicy.NEW
-        )
+        for kind in ("mbox", "rcpt"):
+            await self.jet.js.subscribe(
+                self._subject(kind, ">"),
+                cb=seen,
+                ordered_consumer=True,
+                headers_only=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
 
     def _written_elsewhere(self, recipient, size, stored_at):
         depth = self._depths.get(recipient, Depth())
         oldest = depth.oldest if depth.messages else stored_at
         self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
         self.watchers(recipient)
+
+    def _removed_elsewhere(self, recipient, size):
+        # The oldest stored_at is kept while messages remain (it may be older
+        # than the truth until this node's next start or own removal reads it).
+        depth = self._depths.get(recipient, Depth())
+        messages = depth.messages - 1
+        self._apply({recipient: Depth(messages, depth.bytes - size, depth.oldest if messages else None)})
 
 
     def watch(self, callback):

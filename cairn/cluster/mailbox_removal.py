@@ -7,7 +7,7 @@ receipts, expiry and purge. A mixin, so that each module stays small.
 import asyncio
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, PAGE, _f, _is_message, _kv_forget, _recipient
+from cairn.cluster.common import DONE, KIND, PAGE, SIZE, WRITER, _f, _is_message, _kv_forget, _recipient
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
 
@@ -170,6 +170,9 @@ class Removal:
                     D.STATUS: str(int(status)),
                     D.AT: _f(now),
                     D.EXPIRES: _f(now + ttl),
+                    # For the other writers' watches (the message's removal).
+                    SIZE: str(len(held.data or b"")),
+                    WRITER: self.writer,
                 },
             )
             futures.append((held, args, await self._write(*args)))
