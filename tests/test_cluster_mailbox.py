@@ -263,3 +263,55 @@ class WatchTests(unittest.TestCase):
         yield conditions.until(lambda: C not in here.depths())
         self.assertEqual(here.total_bytes(), 0)
         self.assertEqual(here.depths(), elsewhere.depths())
+
+    @defer.inlineCallbacks
+    def test_limits_across_writers_within_the_bound(self):
+        """
+        Two writers admitting for one recipient at once each check their own
+        figures: together they hold at most the limit per writer (the bound
+        docs/scaling.md states: what the others admit within one watch
+        latency), and once each has seen the other's writes, both refuse.
+        """
+        from cairn.mailbox.interfaces import Limits
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        first, second = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield first.start()
+        yield second.start()
+        conditions = Conditions()
+        for store in (first, second):
+            store.watch(lambda recipient: conditions.changed())
+        limits = Limits(max_per_peer=3, max_total=10**6, max_age=100.0)
+        calls = [store.enqueue([item()], 0.0, limits) for _ in range(5) for store in (first, second)]
+        statuses = [r[0][0] for r in (yield defer.gatherResults(calls))]
+        stored = statuses.count(ForwardStatus.STORED)
+        self.assertGreaterEqual(stored, 3)
+        self.assertLessEqual(stored, 2 * 3)
+        yield conditions.until(lambda: first.depths()[B].messages == second.depths()[B].messages == stored)
+        for store in (first, second):
+            (result,) = yield store.enqueue([item()], 0.0, limits)
+            self.assertEqual(result[0], ForwardStatus.MAILBOX_FULL)
+
+    @defer.inlineCallbacks
+    def test_nothing_written_between_load_and_watch_is_missed(self):
+        """A message another writer stores after this store's start-up scan, before its watch, is counted once."""
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.enqueue([item(payload=b"ab")], 1.0, LIMITS)  # read by the scan
+        conditions = Conditions()
+        here.watch(lambda recipient: conditions.changed())
+        follow = here._follow
+
+        async def late():
+            # On the NATS loop, between the scan and the watch: another writer stores.
+            await elsewhere._enqueue([item(payload=b"cde")], [0], {}, 1.0, 101.0)
+            await follow()
+
+        here._follow = late
+        yield here.start()
+        yield conditions.until(lambda: here.depths()[B].messages == 2)
+        self.assertEqual(here.total_bytes(), 5)

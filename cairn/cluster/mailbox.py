@@ -80,6 +80,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
+        self._loaded_upto = 0  # the last stream seq the start-up scan read
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
         self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
         self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
@@ -112,7 +113,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         receipt per message, naming its recipient and size, so the depth
         figures follow removals made elsewhere too.
         """
-        from nats.js.api import DeliverPolicy
+        from nats.js.api import ConsumerConfig, DeliverPolicy
 
         async def seen(msg):
             headers = msg.headers or {}
@@ -127,14 +128,16 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
                 size = int(headers.get(SIZE) or 0)  # receipts of older nodes have none: bytes stay counted
                 self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size)
 
-        for kind in ("mbox", "rcpt"):
-            await self.jet.js.subscribe(
-                self._subject(kind, ">"),
-                cb=seen,
-                ordered_consumer=True,
-                headers_only=True,
-                deliver_policy=DeliverPolicy.NEW,
-            )
+        # From just after what the load read: nothing written meanwhile is
+        # missed, nothing it counted is counted again.
+        config = ConsumerConfig(
+            filter_subjects=[self._subject("mbox", ">"), self._subject("rcpt", ">")],
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._loaded_upto + 1,
+        )
+        await self.jet.js.subscribe(
+            self._subject("mbox", ">"), cb=seen, ordered_consumer=True, headers_only=True, config=config
+        )
 
     def _written_elsewhere(self, recipient, size, stored_at):
         depth = self._depths.get(recipient, Depth())
@@ -156,9 +159,21 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     async def _load(self):
         from nats.js.errors import NoKeysError
 
+        # The whole stream, in order: the messages held, and the receipts,
+        # which name the seq of the message they are about (a removal made
+        # while this scan ran may show both); its last seq is where the
+        # watch of other writers starts (L{_follow}).
+        messages, receipted = [], set()
+        for held in await D.direct_all(self.jet.nc, self.stream, self._subject(">")):
+            self._loaded_upto = max(self._loaded_upto, held.seq)
+            kind = held.subject.split(".")[1]
+            if kind == "rcpt":
+                receipted.add(int(held.subject.split(".")[3]))
+            elif _is_message(held):
+                messages.append(held)
         depths = {}
-        for held in await D.direct_all(self.jet.nc, self.stream, self._subject("mbox", ">")):
-            if not _is_message(held):
+        for held in messages:
+            if held.seq in receipted:
                 continue
             recipient = _recipient(held)
             depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
