@@ -136,6 +136,33 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual((yield self.store.receipts(A, 0, 100)), [])
 
     @defer.inlineCallbacks
+    def test_fetches_carry_on_from_what_was_read_ahead(self):
+        """
+        A fetch reads ahead; the next one carrying on from it is answered
+        without a read, and a message stored since is still fetched.
+        """
+        from cairn.cluster import direct
+        from cairn.mailbox.interfaces import Limits
+
+        limits = Limits(100, 10**6, 100.0)
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(30)), limits=limits)
+        reads, read = [], direct.direct_batch
+
+        async def counted(*args, **kwargs):
+            reads.append(args[2])
+            return await read(*args, **kwargs)
+
+        self.patch(direct, "direct_batch", counted)
+        first = yield self.store.fetch(B, 0, 10)
+        second = yield self.store.fetch(B, first[-1].seq, 10)
+        self.assertEqual(len(reads), 1)
+        yield self.enqueue(item(payload=b"new"), limits=limits)
+        rest = yield self.store.fetch(B, second[-1].seq, 100)
+        self.assertEqual([m.payload for m in first + second + rest], [b"%d" % i for i in range(30)] + [b"new"])
+        again = yield self.store.fetch(B, 0, 5)  # a new session starts over: read afresh
+        self.assertEqual([m.payload for m in again], [b"%d" % i for i in range(5)])
+
+    @defer.inlineCallbacks
     def test_drop_receipts_keeps_the_others(self):
         """Dropping some of a sender's receipts (one purge when they are a prefix) keeps the rest, others' too."""
         from tests.test_mailbox_store import A, C

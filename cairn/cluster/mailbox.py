@@ -35,6 +35,7 @@ store's writes: exact while this node is the stream's only writer, local
 to it otherwise (docs/scaling.md).
 """
 
+import collections
 import uuid
 
 from twisted.logger import Logger
@@ -61,6 +62,11 @@ from cairn.wire.constants import ForwardStatus
 
 log = Logger()
 
+#: What a fetch reads beyond what it is asked for (L{JetStreamMailboxStore._fetch}):
+#: messages, their payload bytes (estimated from the mailbox's average size),
+#: and recipients whose read-ahead is kept (the least recently read go first).
+READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
+
 @implementer(IMailboxStore)
 class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
@@ -80,6 +86,8 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
+        #: recipient -> (after, upto, every message in (after, upto]) read ahead by a fetch, oldest first
+        self._ahead = collections.OrderedDict()
         self._loaded_upto = 0  # the last stream seq the start-up scan read
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
         self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
@@ -312,7 +320,27 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return out[:limit]
 
     async def _fetch(self, recipient, after_seq, limit, must_see):
-        held = await self._read(after_seq + 1, limit, self._subject("mbox", recipient, ">"), must_see, _is_message)
+        # A recipient being drained fetches a window's worth, then one
+        # ForwardDeliver's worth after each acknowledgement: each of those
+        # reads waits on the servers behind the drain's own writes. So a
+        # read takes more than asked, and the next fetch that carries on
+        # from where this one stops is answered from it. (What another
+        # node removes meanwhile may so be delivered again: dropped by id.)
+        ahead = self._ahead.pop(recipient, None)
+        held, upto = [], after_seq
+        if ahead is not None and ahead[0] <= after_seq < ahead[1]:
+            held, upto = [h for h in ahead[2] if h.seq > after_seq], ahead[1]
+        if len(held) < limit:
+            depth = self._depths.get(recipient)
+            size = max(1, depth.bytes // depth.messages) if depth is not None and depth.messages > 0 else 1
+            want = max(limit - len(held), min(READ_AHEAD, READ_AHEAD_BYTES // size))
+            subject = self._subject("mbox", recipient, ">")
+            held += await self._read(upto + 1, want, subject, must_see, _is_message)
+        held, rest = held[:limit], held[limit:]
+        if rest:
+            self._ahead[recipient] = (held[-1].seq, rest[-1].seq, rest)
+            while len(self._ahead) > READ_AHEAD_RECIPIENTS:
+                self._ahead.popitem(last=False)
         # Remember what was handed out (without payloads) for the acknowledgement
         # that follows, so that it need not read the messages again.
         fetched = self._fetched.setdefault(recipient, {})

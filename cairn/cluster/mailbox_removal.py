@@ -304,6 +304,7 @@ class Removal:
             start = held[-1].seq + 1
         for message in messages:
             self._fetched.get(_recipient(message), {}).pop(message.seq, None)
+            self._ahead.pop(_recipient(message), None)
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
         doomed = messages + gone
         for i in range(0, len(doomed), DELETES_AT_ONCE):
@@ -325,6 +326,7 @@ class Removal:
         js, nc, subject = self.jet.js_writes, self.jet.nc, self._subject("mbox", peer_id, ">")
         held = [h for h in await D.direct_all(nc, self.stream, subject) if _is_message(h)]
         self._fetched.pop(peer_id, None)
+        self._ahead.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
