@@ -54,6 +54,8 @@ from bench._nats_anchor import jetstream_rates, nats_server_binary
 PSK = "bench pre-shared key, long enough to not be weak"
 SIZE = 1024
 PHASES = ("enqueue", "drain")
+#: Seconds the bench waits for the last DELIVERED receipt after the drain (then the run fails).
+SETTLE_TIMEOUT = 300
 
 
 def serve(profile=False, nats=None, replicas=1):
@@ -353,7 +355,7 @@ def cairn_rates(messages, senders, inflight, repeat, profile_dir=None, anchor=No
             # written what the recipient's acknowledgements remove (on
             # JetStream, a receipt and a tombstone per message), so the
             # anchor that follows does not share the servers with them.
-            yield settled
+            yield settled.addTimeout(SETTLE_TIMEOUT, reactor)
             result["receipted"] = total / (time.perf_counter() - phase.wall)
             drained.close()
             for s in sessions:
