@@ -67,6 +67,7 @@ log = Logger()
 #: and recipients whose read-ahead is kept (the least recently read go first).
 READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
 
+
 @implementer(IMailboxStore)
 class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
@@ -98,7 +99,6 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     @property
     def acks(self):
         return self.jet.acks
-
 
     # Life cycle
 
@@ -159,7 +159,6 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         depth = self._depths.get(recipient, Depth())
         messages = depth.messages - 1
         self._apply({recipient: Depth(messages, depth.bytes - size, depth.oldest if messages else None)})
-
 
     def watch(self, callback):
         self.watchers.add(callback)
