@@ -109,6 +109,30 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertNotIn(B, self.store.depths())
 
     @defer.inlineCallbacks
+    def test_removal_writes_are_paced(self):
+        """At most REMOVAL_WRITES receipts and tombstones are in flight at once, whatever the acknowledgement's size."""
+        from cairn.cluster import mailbox_removal
+        from cairn.mailbox.interfaces import Limits
+
+        self.patch(mailbox_removal, "REMOVAL_WRITES", 4)
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(20)), limits=Limits(100, 10**6, 100.0))
+        held = yield self.store.fetch(B, 0, 100)
+        in_flight, most, publish = [0], [0], self.store.acks.publish
+
+        async def counted(subject, payload, headers):
+            future = await publish(subject, payload, headers)
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            future.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))
+            return future
+
+        self.store.acks.publish = counted
+        receipts = yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        self.assertEqual(len(receipts), 20)
+        self.assertLessEqual(most[0], 4)
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
     def test_concurrent_receipt_drops_are_one_purge(self):
         """
         A sender's drops in flight together (one per ForwardReceipt) are
