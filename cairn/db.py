@@ -307,6 +307,31 @@ class Database:
 MAX_UNSYNCED = 2
 
 
+class NoDatabase:
+    """
+    The node's database when its state lives elsewhere (on NATS
+    JetStream): no file is created, nothing is opened, and what the node
+    asks of its database on start and stop is nothing. C{run} is only the
+    stop's barrier there (no store queues work on it), so it runs nothing.
+    """
+
+    def __init__(self, path: str, space=None):
+        self.path = path
+        self.space = space
+
+    def open(self) -> None:
+        pass
+
+    def close_now(self) -> None:
+        pass
+
+    def run(self, txn, *args):
+        return defer.succeed(None)
+
+    def stop(self):
+        return defer.succeed(None)
+
+
 class GroupCommit:
     """
     Group commit over a L{Database}: mutations submitted while a commit is

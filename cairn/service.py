@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from cairn import config_report, sighup
 from cairn.config import ConfigError
-from cairn.db import DB_FILE_NAME, Database, DatabaseError
+from cairn.db import DB_FILE_NAME, Database, DatabaseError, NoDatabase
 from cairn.diskspace import FreeSpace
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits
 from cairn.mailbox.service import MailboxService
@@ -456,7 +456,9 @@ def _make_node(config, reactor) -> CairnNode:
         log_addresses=config.log_addresses,
     )
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
-    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
+    path = os.path.join(config.data_dir, DB_FILE_NAME)
+    # On JetStream nothing needs SQLite: no file is created (docs/scaling.md).
+    db = NoDatabase(path, space) if config.cluster_nats else Database(reactor, path, SCHEMAS, space=space)
     stores = make_stores(config, reactor, db)
     trust = stores.trust
     pairing = PairingService(

@@ -87,6 +87,106 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertNotIn(B, self.store.depths())
 
     @defer.inlineCallbacks
+    def test_overlapping_acknowledgements_write_each_message_once(self):
+        """
+        Cumulative acknowledgements in flight together (a recipient acks
+        each ForwardDeliver as it comes) write one receipt and one
+        tombstone per message, not one per acknowledgement covering it.
+        """
+        from cairn.mailbox.interfaces import Limits
+
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(40)), limits=Limits(100, 10**6, 100.0))
+        held = yield self.store.fetch(B, 0, 100)
+        seqs = [m.seq for m in held]
+        published = _count_publishes(self.store)
+        results = yield defer.gatherResults(
+            [self.store.acknowledge(B, [], 1.0, 100.0, upto=seqs[i]) for i in range(3, 40, 4)]
+        )
+        rseqs = [r.rseq for rs in results for r in rs]
+        self.assertEqual(len(rseqs), 40)
+        self.assertEqual(len(set(rseqs)), 40)
+        self.assertEqual(len(published), 2 * 40)
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
+    def test_removal_writes_are_paced(self):
+        """At most REMOVAL_WRITES receipts and tombstones are in flight at once, whatever the acknowledgement's size."""
+        from cairn.cluster import mailbox_removal
+        from cairn.mailbox.interfaces import Limits
+
+        self.patch(mailbox_removal, "REMOVAL_WRITES", 4)
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(20)), limits=Limits(100, 10**6, 100.0))
+        held = yield self.store.fetch(B, 0, 100)
+        in_flight, most, publish = [0], [0], self.store.acks.publish
+
+        async def counted(subject, payload, headers):
+            future = await publish(subject, payload, headers)
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            future.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))
+            return future
+
+        self.store.acks.publish = counted
+        receipts = yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        self.assertEqual(len(receipts), 20)
+        self.assertLessEqual(most[0], 4)
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
+    def test_concurrent_receipt_drops_are_one_purge(self):
+        """
+        A sender's drops in flight together (one per ForwardReceipt) are
+        merged: their receipts form a prefix, removed by one purge, not by
+        a delete request each.
+        """
+        from cairn.cluster import direct
+        from cairn.mailbox.interfaces import Limits
+        from tests.test_mailbox_store import A
+
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(40)), limits=Limits(100, 10**6, 100.0))
+        held = yield self.store.fetch(B, 0, 100)
+        yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        rseqs = [r.rseq for r in (yield self.store.receipts(A, 0, 100))]
+        self.assertEqual(len(rseqs), 40)
+        deleted, delete = [], direct.delete
+
+        async def counted(js, stream, seq):
+            deleted.append(seq)
+            return await delete(js, stream, seq)
+
+        self.patch(direct, "delete", counted)
+        yield defer.gatherResults([self.store.drop_receipts(A, rseqs[i : i + 8]) for i in range(0, 40, 8)])
+        self.assertEqual(deleted, [])
+        self.assertEqual((yield self.store.receipts(A, 0, 100)), [])
+
+    @defer.inlineCallbacks
+    def test_fetches_carry_on_from_what_was_read_ahead(self):
+        """
+        A fetch reads ahead; the next one carrying on from it is answered
+        without a read, and a message stored since is still fetched.
+        """
+        from cairn.cluster import direct
+        from cairn.mailbox.interfaces import Limits
+
+        limits = Limits(100, 10**6, 100.0)
+        yield self.enqueue(*(item(payload=b"%d" % i) for i in range(30)), limits=limits)
+        reads, read = [], direct.direct_batch
+
+        async def counted(*args, **kwargs):
+            reads.append(args[2])
+            return await read(*args, **kwargs)
+
+        self.patch(direct, "direct_batch", counted)
+        first = yield self.store.fetch(B, 0, 10)
+        second = yield self.store.fetch(B, first[-1].seq, 10)
+        self.assertEqual(len(reads), 1)
+        yield self.enqueue(item(payload=b"new"), limits=limits)
+        rest = yield self.store.fetch(B, second[-1].seq, 100)
+        self.assertEqual([m.payload for m in first + second + rest], [b"%d" % i for i in range(30)] + [b"new"])
+        again = yield self.store.fetch(B, 0, 5)  # a new session starts over: read afresh
+        self.assertEqual([m.payload for m in again], [b"%d" % i for i in range(5)])
+
+    @defer.inlineCallbacks
     def test_drop_receipts_keeps_the_others(self):
         """Dropping some of a sender's receipts (one purge when they are a prefix) keeps the rest, others' too."""
         from tests.test_mailbox_store import A, C
@@ -111,6 +211,18 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         yield self.server.kill()
         with self.assertRaises(StoreFull):
             yield self.store.enqueue([Incoming("QmA", B, b"\x01" * 16, b"x")], 0.0, LIMITS)
+
+
+def _count_publishes(store):
+    """The subjects of every JetStream write C{store} makes from now on (a list that grows)."""
+    published, publish = [], store.acks.publish
+
+    async def counted(subject, payload, headers):
+        published.append(subject)
+        return await publish(subject, payload, headers)
+
+    store.acks.publish = counted
+    return published
 
 
 class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase):
@@ -157,3 +269,100 @@ class WatchTests(unittest.TestCase):
         yield conditions.until(lambda: told == [B])
         self.assertEqual(here.depths()[B], elsewhere.depths()[B])
         self.assertEqual(mine, [])
+
+    @defer.inlineCallbacks
+    def test_removed_elsewhere_is_followed(self):
+        """
+        Messages another writer removes (acknowledged, expired or evicted
+        there) leave this store's depths and total, whoever stored them.
+        """
+        from cairn.mailbox.interfaces import Limits
+        from tests._harness import Conditions
+        from tests.test_mailbox_store import C
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield here.start()
+        yield elsewhere.start()
+        conditions = Conditions()
+        apply = here._apply
+
+        def applied(updates):
+            apply(updates)
+            conditions.changed()
+
+        here._apply = applied
+        limits = Limits(10, 10**6, 100.0)
+        yield here.enqueue([item(payload=b"abc"), item(payload=b"de")], 1.0, limits)
+        yield here.enqueue([item(recipient=C, payload=b"f")], 500.0, limits)
+        yield elsewhere.enqueue([item(payload=b"ghij")], 1.0, limits)
+        yield conditions.until(lambda: here.depths().get(B, None) is not None and here.depths()[B].messages == 3)
+        self.assertEqual(here.total_bytes(), 10)
+
+        # Acknowledged elsewhere: one stored here, one stored there.
+        held = yield elsewhere.fetch(B, 0, 10)
+        yield elsewhere.acknowledge(B, [held[0].seq, held[2].seq], 2.0, 100.0)
+        yield conditions.until(lambda: here.depths()[B].messages == 1)
+        self.assertEqual(here.depths()[B].bytes, 2)
+        self.assertEqual(here.total_bytes(), 3)
+
+        # Expired elsewhere; evicted by a purge elsewhere.
+        yield elsewhere.expire(550.0, 100, 100.0)
+        yield conditions.until(lambda: B not in here.depths())
+        self.assertEqual(here.total_bytes(), 1)
+        yield elsewhere.purge(C, 560.0, 100.0)
+        yield conditions.until(lambda: C not in here.depths())
+        self.assertEqual(here.total_bytes(), 0)
+        self.assertEqual(here.depths(), elsewhere.depths())
+
+    @defer.inlineCallbacks
+    def test_limits_across_writers_within_the_bound(self):
+        """
+        Two writers admitting for one recipient at once each check their own
+        figures: together they hold at most the limit per writer (the bound
+        docs/scaling.md states: what the others admit within one watch
+        latency), and once each has seen the other's writes, both refuse.
+        """
+        from cairn.mailbox.interfaces import Limits
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        first, second = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield first.start()
+        yield second.start()
+        conditions = Conditions()
+        for store in (first, second):
+            store.watch(lambda recipient: conditions.changed())
+        limits = Limits(max_per_peer=3, max_total=10**6, max_age=100.0)
+        calls = [store.enqueue([item()], 0.0, limits) for _ in range(5) for store in (first, second)]
+        statuses = [r[0][0] for r in (yield defer.gatherResults(calls))]
+        stored = statuses.count(ForwardStatus.STORED)
+        self.assertGreaterEqual(stored, 3)
+        self.assertLessEqual(stored, 2 * 3)
+        yield conditions.until(lambda: first.depths()[B].messages == second.depths()[B].messages == stored)
+        for store in (first, second):
+            (result,) = yield store.enqueue([item()], 0.0, limits)
+            self.assertEqual(result[0], ForwardStatus.MAILBOX_FULL)
+
+    @defer.inlineCallbacks
+    def test_nothing_written_between_load_and_watch_is_missed(self):
+        """A message another writer stores after this store's start-up scan, before its watch, is counted once."""
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.enqueue([item(payload=b"ab")], 1.0, LIMITS)  # read by the scan
+        conditions = Conditions()
+        here.watch(lambda recipient: conditions.changed())
+        follow = here._follow
+
+        async def late():
+            # On the NATS loop, between the scan and the watch: another writer stores.
+            await elsewhere._enqueue([item(payload=b"cde")], [0], {}, 1.0, 101.0)
+            await follow()
+
+        here._follow = late
+        yield here.start()
+        yield conditions.until(lambda: here.depths()[B].messages == 2)
+        self.assertEqual(here.total_bytes(), 5)

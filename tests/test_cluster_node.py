@@ -121,6 +121,10 @@ class TwistdJetStreamTests(unittest.TestCase):
         yield conditions.until(lambda: len(received) == 20, 30)
         self.assertEqual(received, [b"%d" % i for i in range(20)])
         self.assertNotIn("Traceback", "".join(proc.output))
+        # Nothing needs SQLite on JetStream: no database file was created.
+        from cairn.db import DB_FILE_NAME
+
+        self.assertEqual([f for f in os.listdir(self.data_dir) if f.startswith(DB_FILE_NAME)], [])
 
     @defer.inlineCallbacks
     def test_unreachable_nats_at_start(self):

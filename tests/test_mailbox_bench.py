@@ -49,6 +49,28 @@ class MailboxBenchTests(unittest.TestCase):
 
         return d.addCallback(check)
 
+    def test_jetstream_backend_profiles_the_nats_thread(self):
+        """--jetstream 1: a nats-server of its own, the raw anchor, the receipted figure, NATS-thread profiles."""
+        from tests._nats import nats_server_binary
+
+        nats_server_binary()  # skips without it (fails in CI)
+        profile_dir = os.path.abspath(self.mktemp())
+        args = ["-m", "bench.mailbox", "--messages", "64", "--senders", "2", "--inflight", "2"]
+        args += ["--jetstream", "1", "--profile", profile_dir]
+        d = utils.getProcessOutputAndValue(sys.executable, args, env=dict(os.environ), path=REPO_ROOT)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            text = out.decode("utf-8")
+            self.assertIn("cairn mailbox on JetStream R1", text)
+            self.assertRegex(text, r"\n  receipted +\d+ msg/s")
+            self.assertRegex(text, r"ratio drain \d+\.\d\dx")
+            for phase in ("enqueue", "drain"):
+                self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"node-{phase}-nats.prof")) > 0)
+
+        return d.addCallback(check)
+
     def test_jetstream_anchor(self):
         """The JetStream anchor starts its own nats-server, publishes with acks, drains, and stops it."""
         from bench._nats_anchor import nats_server_binary

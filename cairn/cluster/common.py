@@ -17,6 +17,8 @@ PAGE = 256
 KIND, DONE = "Cairn-Kind", "done"
 #: Which store instance wrote a message (its watch skips its own).
 WRITER = "Cairn-Writer"
+#: A receipt's: the size in bytes of the message it is about (other writers' watches follow removals).
+SIZE = "Cairn-Size"
 
 
 def _recipient(held):

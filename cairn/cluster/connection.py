@@ -76,7 +76,7 @@ class JetStream:
         self.prefix = settings.prefix
         self.thread = AsyncioThread(reactor)
         self.nc = None
-        self.js = None
+        self.js = self.js_writes = None
         self.acks = None
         self.state = "connecting"
         self.reason = "not connected to NATS yet"
@@ -170,6 +170,10 @@ class JetStream:
         nc.options["max_reconnect_attempts"] = -1
         try:
             self.js = nc.jetstream(timeout=REQUEST_TIMEOUT)
+            # Deletions and purges are writes: they queue behind the
+            # fsync'd writes in flight like a publish does, so they get the
+            # PubAck's time (a drain's receipt purges took over 5 s at R3).
+            self.js_writes = nc.jetstream(timeout=PUBACK_TIMEOUT)
             await self._ensure_layout(nc)
         except BaseException:
             await nc.close()

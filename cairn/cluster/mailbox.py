@@ -35,6 +35,7 @@ store's writes: exact while this node is the stream's only writer, local
 to it otherwise (docs/scaling.md).
 """
 
+import collections
 import uuid
 
 from twisted.logger import Logger
@@ -43,6 +44,7 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import (
     KIND,
+    SIZE,
     WRITER,
     StoreCalls,
     _f,
@@ -60,6 +62,12 @@ from cairn.wire.constants import ForwardStatus
 
 log = Logger()
 
+#: What a fetch reads beyond what it is asked for (L{JetStreamMailboxStore._fetch}):
+#: messages, their payload bytes (estimated from the mailbox's average size),
+#: and recipients whose read-ahead is kept (the least recently read go first).
+READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
+
+
 @implementer(IMailboxStore)
 class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
@@ -71,17 +79,26 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self._reserved = {}  # recipient -> [messages, bytes] admitted, not yet acked
         self._reserved_total = 0
         self._pending = set()
-        self._last_acked = 0  # the highest stream seq a PubAck gave us: reads must see it
+        # The highest stream seqs of the messages and of the receipts this
+        # store was acknowledged: a read of either must see them. Kept apart
+        # so that a fetch of messages does not wait for a replica to apply
+        # the receipts (and tombstones) a drain is writing meanwhile.
+        self._last_stored = self._last_receipt = 0
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
+        #: recipient -> (after, upto, every message in (after, upto]) read ahead by a fetch, oldest first
+        self._ahead = collections.OrderedDict()
+        self._loaded_upto = 0  # the last stream seq the start-up scan read
+        self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
+        self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
+        self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
 
     @property
     def acks(self):
         return self.jet.acks
-
 
     # Life cycle
 
@@ -97,19 +114,37 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return d.addCallback(lambda _: self.jet.run(self._follow))
 
     async def _follow(self):
-        """Watch the stream (headers only, from now on) for messages other writers store."""
-        from nats.js.api import DeliverPolicy
+        """
+        Watch the stream (headers only, from now on) for what other writers
+        do: the messages they store, and the receipts they write -- every
+        removal (acknowledgement, expiry, eviction) writes exactly one
+        receipt per message, naming its recipient and size, so the depth
+        figures follow removals made elsewhere too.
+        """
+        from nats.js.api import ConsumerConfig, DeliverPolicy
 
         async def seen(msg):
             headers = msg.headers or {}
-            if headers.get(KIND) is None and headers.get(WRITER) != self.writer:
+            if headers.get(WRITER) == self.writer or headers.get(KIND) is not None:
+                return  # this store's own writes (counted when made); tombstones
+            kind = msg.subject.split(".")[1]
+            if kind == "mbox":
                 size = int(headers.get("Nats-Msg-Size") or 0)
                 stored_at = float(headers.get(D.STORED) or 0)
                 self.jet.thread.to_reactor(self._written_elsewhere, msg.subject.split(".")[2], size, stored_at)
+            elif kind == "rcpt" and D.RECIPIENT in headers:
+                size = int(headers.get(SIZE) or 0)  # receipts of older nodes have none: bytes stay counted
+                self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size)
 
-        subject = self._subject("mbox", ">")
+        # From just after what the load read: nothing written meanwhile is
+        # missed, nothing it counted is counted again.
+        config = ConsumerConfig(
+            filter_subjects=[self._subject("mbox", ">"), self._subject("rcpt", ">")],
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._loaded_upto + 1,
+        )
         await self.jet.js.subscribe(
-            subject, cb=seen, ordered_consumer=True, headers_only=True, deliver_policy=DeliverPolicy.NEW
+            self._subject("mbox", ">"), cb=seen, ordered_consumer=True, headers_only=True, config=config
         )
 
     def _written_elsewhere(self, recipient, size, stored_at):
@@ -118,6 +153,12 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
         self.watchers(recipient)
 
+    def _removed_elsewhere(self, recipient, size):
+        # The oldest stored_at is kept while messages remain (it may be older
+        # than the truth until this node's next start or own removal reads it).
+        depth = self._depths.get(recipient, Depth())
+        messages = depth.messages - 1
+        self._apply({recipient: Depth(messages, depth.bytes - size, depth.oldest if messages else None)})
 
     def watch(self, callback):
         self.watchers.add(callback)
@@ -125,9 +166,21 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     async def _load(self):
         from nats.js.errors import NoKeysError
 
+        # The whole stream, in order: the messages held, and the receipts,
+        # which name the seq of the message they are about (a removal made
+        # while this scan ran may show both); its last seq is where the
+        # watch of other writers starts (L{_follow}).
+        messages, receipted = [], set()
+        for held in await D.direct_all(self.jet.nc, self.stream, self._subject(">")):
+            self._loaded_upto = max(self._loaded_upto, held.seq)
+            kind = held.subject.split(".")[1]
+            if kind == "rcpt":
+                receipted.add(int(held.subject.split(".")[3]))
+            elif _is_message(held):
+                messages.append(held)
         depths = {}
-        for held in await D.direct_all(self.jet.nc, self.stream, self._subject("mbox", ">")):
-            if not _is_message(held):
+        for held in messages:
+            if held.seq in receipted:
                 continue
             recipient = _recipient(held)
             depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
@@ -171,7 +224,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
                 changed = {}
                 for i, (status, seq) in enumerate(outcome):
                     if status == ForwardStatus.STORED:
-                        self._last_acked = max(self._last_acked, seq)
+                        self._last_stored = max(self._last_stored, seq)
                         item = items[i]
                         depth = changed.get(item.recipient) or self._depths.get(item.recipient, Depth())
                         oldest = depth.oldest if depth.messages else now
@@ -251,7 +304,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     # Reads
 
     def fetch(self, recipient, after_seq, limit):
-        return self._run(self._fetch, recipient, after_seq, limit, self._last_acked)
+        return self._run(self._fetch, recipient, after_seq, limit, self._last_stored)
 
     async def _read(self, start, limit, subject, must_see, wanted=None, batch=None):
         """Up to C{limit} messages on C{subject} from C{start} that C{wanted} accepts, paging past the rest."""
@@ -266,7 +319,27 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return out[:limit]
 
     async def _fetch(self, recipient, after_seq, limit, must_see):
-        held = await self._read(after_seq + 1, limit, self._subject("mbox", recipient, ">"), must_see, _is_message)
+        # A recipient being drained fetches a window's worth, then one
+        # ForwardDeliver's worth after each acknowledgement: each of those
+        # reads waits on the servers behind the drain's own writes. So a
+        # read takes more than asked, and the next fetch that carries on
+        # from where this one stops is answered from it. (What another
+        # node removes meanwhile may so be delivered again: dropped by id.)
+        ahead = self._ahead.pop(recipient, None)
+        held, upto = [], after_seq
+        if ahead is not None and ahead[0] <= after_seq < ahead[1]:
+            held, upto = [h for h in ahead[2] if h.seq > after_seq], ahead[1]
+        if len(held) < limit:
+            depth = self._depths.get(recipient)
+            size = max(1, depth.bytes // depth.messages) if depth is not None and depth.messages > 0 else 1
+            want = max(limit - len(held), min(READ_AHEAD, READ_AHEAD_BYTES // size))
+            subject = self._subject("mbox", recipient, ">")
+            held += await self._read(upto + 1, want, subject, must_see, _is_message)
+        held, rest = held[:limit], held[limit:]
+        if rest:
+            self._ahead[recipient] = (held[-1].seq, rest[-1].seq, rest)
+            while len(self._ahead) > READ_AHEAD_RECIPIENTS:
+                self._ahead.popitem(last=False)
         # Remember what was handed out (without payloads) for the acknowledgement
         # that follows, so that it need not read the messages again.
         fetched = self._fetched.setdefault(recipient, {})
@@ -275,7 +348,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return [_stored(h) for h in held]
 
     def receipts(self, sender, after_rseq, limit):
-        return self._run(self._receipts, sender, after_rseq, limit, self._last_acked)
+        return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt)
 
     async def _receipts(self, sender, after_rseq, limit, must_see):
         held = await self._read(after_rseq + 1, limit, self._subject("rcpt", sender, "*"), must_see)

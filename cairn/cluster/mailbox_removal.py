@@ -7,9 +7,27 @@ receipts, expiry and purge. A mixin, so that each module stays small.
 import asyncio
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, PAGE, _f, _is_message, _kv_forget, _recipient
+from cairn.cluster.common import DONE, KIND, PAGE, SIZE, WRITER, _f, _is_message, _kv_forget, _recipient
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
+
+#: Receipt and tombstone writes in flight at most (all removals of a store
+#: together). A recipient acknowledges deliveries as fast as it reads them;
+#: unbounded, their fsync'd writes queue by the thousand on the servers,
+#: ahead of the reads that delivery waits for (those timed out at R1), so
+#: they are paced by their PubAcks instead, still many in flight.
+REMOVAL_WRITES = 256
+#: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
+DELETES_AT_ONCE = 16
+
+
+class _Drops:
+    """The receipts of one sender waiting to be dropped, and the lock of the one drop at a time."""
+
+    def __init__(self):
+        self.pending = set()
+        self.lock = asyncio.Lock()
+        self.callers = 0
 
 
 class Removal:
@@ -21,7 +39,7 @@ class Removal:
 
     def _removed(self, result):
         receipts, depths, last = result
-        self._last_acked = max(self._last_acked, last)
+        self._last_receipt = max(self._last_receipt, last)
         changed = {}
         for recipient, (count, size, oldest) in depths.items():
             depth = self._depths.get(recipient, Depth())
@@ -47,24 +65,59 @@ class Removal:
             held = fetched.get(seq) or await D.direct_seq(nc, self.stream, seq)
             if held is not None and held.subject.startswith(prefix) and _is_message(held):
                 found.append(held)
-        # Receipts and tombstones go back to back, their PubAcks awaited
-        # together (one round, not two): the stream stores them in the
-        # order sent, so a tombstone is never stored before its receipt.
-        owed = await self._send_receipts(found, ReceiptStatus.DELIVERED, now, ttl)
-        buried = await self._send_tombstones(found)
-        receipts, last, _ = await self._await_receipts(owed, now, retry=True)
-        counted = await self._await_tombstones(buried)
+        # A recipient acknowledges each delivery as it comes, cumulatively:
+        # the calls in flight overlap. What an earlier call is writing is
+        # left to it (this one waits for it), so that each message gets one
+        # receipt and one tombstone written, not one per call covering it.
+        # (An earlier call that fails is retried by the service.)
+        acking = self._acking.setdefault(recipient, {})
+        earlier = {acking[h.seq] for h in found if h.seq in acking}
+        found = [h for h in found if h.seq not in acking]
+        mine = asyncio.get_running_loop().create_future()
         for held in found:
-            fetched.pop(held.seq, None)
-        if not fetched:
-            self._fetched.pop(recipient, None)
+            acking[held.seq] = mine
+        try:
+            # Receipts and tombstones go back to back, their PubAcks awaited
+            # together (one round, not two): the stream stores them in the
+            # order sent, so a tombstone is never stored before its receipt.
+            owed = await self._send_receipts(found, ReceiptStatus.DELIVERED, now, ttl)
+            buried = await self._send_tombstones(found)
+            receipts, last, _ = await self._await_receipts(owed, now, retry=True)
+            counted = await self._await_tombstones(buried)
+            for held in found:
+                fetched.pop(held.seq, None)
+            if not fetched:
+                self._fetched.pop(recipient, None)
+        finally:
+            for held in found:
+                if acking.get(held.seq) is mine:
+                    del acking[held.seq]
+            if not acking and self._acking.get(recipient) is acking:
+                del self._acking[recipient]
+            mine.set_result(None)
+        if earlier:
+            await asyncio.wait(earlier)
         return receipts, await self._depth_changes(counted), last
+
+    async def _write(self, subject, payload, headers):
+        """Publish one receipt or tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
+        if self._removal_writes is None:
+            self._removal_writes = asyncio.Semaphore(REMOVAL_WRITES)
+        slots = self._removal_writes
+        await slots.acquire()
+        try:
+            future = await self.acks.publish(subject, payload, headers=headers)
+        except BaseException:
+            slots.release()
+            raise
+        future.add_done_callback(lambda _: slots.release())
+        return future
 
     async def _send_tombstones(self, found):
         """Publish a tombstone replacing each message of C{found}; the PubAck futures."""
         futures = []
         for held in found:
-            future = await self.acks.publish(
+            future = await self._write(
                 held.subject,
                 b"",
                 headers={
@@ -117,9 +170,12 @@ class Removal:
                     D.STATUS: str(int(status)),
                     D.AT: _f(now),
                     D.EXPIRES: _f(now + ttl),
+                    # For the other writers' watches (the message's removal).
+                    SIZE: str(len(held.data or b"")),
+                    WRITER: self.writer,
                 },
             )
-            futures.append((held, args, await self.acks.publish(args[0], args[1], headers=args[2])))
+            futures.append((held, args, await self._write(*args)))
         return futures, skipped
 
     async def _await_receipts(self, owed, now, retry=False):
@@ -137,7 +193,7 @@ class Removal:
                     if attempt == (2 if retry else 0):
                         raise
                     # Its tombstone may be stored already: the receipt must be too.
-                    future = await self.acks.publish(args[0], args[1], headers=args[2])
+                    future = await self._write(*args)
             if rseq is None:
                 continue
             last = max(last, rseq)
@@ -164,9 +220,35 @@ class Removal:
         return self._run(self._drop_receipts, sender, list(rseqs))
 
     async def _drop_receipts(self, sender, rseqs):
+        # One drop at a time per sender, each taking every rseq queued
+        # meanwhile: a sender acknowledges each ForwardReceipt as it comes,
+        # and drops run one by one see the earlier ones' receipts still
+        # there, so theirs were no prefix and went as a delete request each
+        # (hundreds at once, past the API's timeout under a drain).
+        # Together they are one prefix: one read and one purge.
         if not rseqs:
             return
-        js, prefix, top = self.jet.js, self._subject("rcpt", sender, ""), max(rseqs)
+        drops = self._drops.get(sender)
+        if drops is None:
+            drops = self._drops[sender] = _Drops()
+        drops.pending.update(rseqs)
+        drops.callers += 1
+        try:
+            async with drops.lock:
+                batch, drops.pending = drops.pending, set()
+                try:
+                    if batch:
+                        await self._drop_now(sender, batch)
+                except BaseException:
+                    drops.pending |= batch  # the next caller tries them again
+                    raise
+        finally:
+            drops.callers -= 1
+            if not drops.callers and not drops.pending and self._drops.get(sender) is drops:
+                del self._drops[sender]
+
+    async def _drop_now(self, sender, rseqs):
+        js, prefix, top = self.jet.js_writes, self._subject("rcpt", sender, ""), max(rseqs)
         # One read of the sender's receipts up to the highest dropped: when
         # it drops them all (the usual case, receipts are handed out in
         # order), one purge below top + 1 removes them -- two requests, not
@@ -177,7 +259,11 @@ class Removal:
         if present and present <= set(rseqs):
             await js.purge_stream(self.stream, subject=prefix + ">", seq=top + 1)
             return
-        await asyncio.gather(*(D.delete(js, self.stream, rseq) for rseq in present & set(rseqs)))
+        # Not a prefix: a delete request each, a few at a time (the API
+        # queue is shared with every other node's requests).
+        doomed = sorted(present & set(rseqs))
+        for i in range(0, len(doomed), DELETES_AT_ONCE):
+            await asyncio.gather(*(D.delete(js, self.stream, rseq) for rseq in doomed[i : i + DELETES_AT_ONCE]))
 
     def expire(self, now, limit, receipt_ttl):
         d = self._run(self._expire, now, limit, receipt_ttl)
@@ -218,8 +304,12 @@ class Removal:
             start = held[-1].seq + 1
         for message in messages:
             self._fetched.get(_recipient(message), {}).pop(message.seq, None)
+            self._ahead.pop(_recipient(message), None)
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
-        await asyncio.gather(*(D.delete(self.jet.js, self.stream, item.seq) for item in messages + gone))
+        doomed = messages + gone
+        for i in range(0, len(doomed), DELETES_AT_ONCE):
+            chunk = doomed[i : i + DELETES_AT_ONCE]
+            await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
         more = max(len(messages), len(gone)) >= limit
         return receipts, more, await self._depth_changes(counted), last
 
@@ -233,9 +323,10 @@ class Removal:
         return d.addCallback(purged)
 
     async def _purge(self, peer_id, now, ttl):
-        js, nc, subject = self.jet.js, self.jet.nc, self._subject("mbox", peer_id, ">")
+        js, nc, subject = self.jet.js_writes, self.jet.nc, self._subject("mbox", peer_id, ">")
         held = [h for h in await D.direct_all(nc, self.stream, subject) if _is_message(h)]
         self._fetched.pop(peer_id, None)
+        self._ahead.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
