@@ -205,7 +205,7 @@ class Config:
     sync_access: str = _choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
     # A URL may carry ?token= (README): shown without it.
     signal_servers: tuple[str, ...] = _setting(
-        "CAIRN_SIGNAL_SERVERS", url_list(signal_url), (), _are_urls(signal_url), converter=tuple, repr=shown_urls
+        "CAIRN_SIGNAL_SERVERS", url_list(signal_url), (), are_urls(signal_url), converter=tuple, repr=shown_urls
     )
     turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", turn_url)
     public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", public_address)
