@@ -598,3 +598,299 @@ class SocketActivationTests(unittest.TestCase):
         if not proc.ended.called:
             proc.transport.signalProcess("KILL")
             return proc.ended
+
+
+# -- docker-compose.cluster.yml (issue 15) ------------------------------------
+
+#: Variables the cluster-node work adds to Config (CAIRN_IDENTITY_FILE,
+#: CAIRN_NODE_NAME); until that is merged they are the only names the
+#: cluster files may use that the code does not read yet.
+CLUSTER_VARIABLES = frozenset({"CAIRN_IDENTITY_FILE", "CAIRN_NODE_NAME"})
+NATS_SERVICES = ("nats1", "nats2", "nats3")
+CAIRN_NODES = ("server", "server2")
+#: Names of variables that hold a secret (their values must not be in the file).
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PSK|PASSWORD|CREDS|KEY|SEED")
+
+
+def _host_ports(service):
+    """The host ports a compose service publishes (as strings, with /proto if given)."""
+    found = []
+    for item in service.get("ports", []):
+        host = str(item).rsplit(":", 1)[0].split(":")[-1] if ":" in str(item) else str(item)
+        proto = str(item).partition("/")[2]
+        found.append(f"{host}/{proto or 'tcp'}")
+    return found
+
+
+def nats_conf(text):
+    """
+    The settings of a NATS config file as {dotted.key: value}, for the
+    subset this repository's files use (key: value lines, blocks in
+    braces, a list in brackets); comments dropped.
+    """
+    settings, stack, listing = {}, [], None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if listing is not None:
+            if line == "]":
+                settings[".".join(stack + [listing[0]])] = listing[1]
+                listing = None
+            else:
+                listing[1].append(line)
+            continue
+        if line == "}":
+            stack.pop()
+            continue
+        key, _, value = line.partition(":") if ":" in line.split("{")[0] else line.partition(" ")
+        key, value = key.strip(), value.strip()
+        if value == "{" or line.endswith("{"):
+            stack.append(key.rstrip("{").strip())
+        elif value == "[":
+            listing = (key, [])
+        else:
+            settings[".".join(stack + [key])] = value
+    return settings
+
+
+class ClusterComposeTests(unittest.TestCase):
+    def setUp(self):
+        self.base = yaml.safe_load(_read(DOCKER, "docker-compose.yml"))
+        self.compose = yaml.safe_load(_read(DOCKER, "docker-compose.cluster.yml"))
+        self.services = self.compose["services"]
+
+    def merged_environment(self, name):
+        env = dict(self.base["services"].get(name, {}).get("environment", {}))
+        env.update(self.services[name].get("environment", {}))
+        return env
+
+    def test_services(self):
+        """The overlay adds three NATS servers, a second cairn node and an optional load balancer; server is node 1."""
+        self.assertEqual(set(self.services), {*NATS_SERVICES, *CAIRN_NODES, "lb"})
+        self.assertNotIn("build", self.services["server"])  # the base file's server, extended
+        self.assertEqual(self.services["server2"]["build"], self.base["services"]["server"]["build"])
+        self.assertEqual(self.services["lb"]["profiles"], ["lb"])
+
+    def test_nats_servers(self):
+        """Each NATS server: the official image, the shared config read-only, its own name, volume and healthcheck."""
+        names = set()
+        for name in NATS_SERVICES:
+            nats = self.services[name]
+            self.assertRegex(nats["image"], r"^nats:[0-9.]+-alpine$")  # busybox wget for the healthcheck
+            command = nats["command"]
+            self.assertEqual(command[:2], ["--config", "/etc/nats/nats-cluster.conf"])
+            self.assertEqual(command[2], "--server_name")
+            names.add(command[3])
+            self.assertIn("./nats-cluster.conf:/etc/nats/nats-cluster.conf:ro", nats["volumes"])
+            self.assertIn(f"{name}-data:/data", nats["volumes"])
+            self.assertIn(f"{name}-data", self.compose["volumes"])
+            test = nats["healthcheck"]["test"]
+            self.assertEqual(test[0], "CMD")
+            self.assertIn("http://127.0.0.1:8222/healthz?js-enabled-only=true", test)
+            self.assertNotIn("ports", nats)  # NATS is never published to the host
+            self.assertEqual(nats["networks"], ["nats"])
+            self.assertEqual(nats["restart"], "unless-stopped")
+        self.assertEqual(names, set(NATS_SERVICES))
+        self.assertIs(self.compose["networks"]["nats"]["internal"], True)
+
+    def test_cairn_nodes_cluster_settings(self):
+        """Both nodes use the three NATS servers with R3, their own node name, and the shared identity secret."""
+        node_names = set()
+        for name in CAIRN_NODES:
+            env = self.merged_environment(name)
+            urls = env["CAIRN_CLUSTER_NATS"].split(",")
+            self.assertEqual(
+                sorted((urlsplit(u).scheme, urlsplit(u).hostname, urlsplit(u).port) for u in urls),
+                [("nats", n, 4222) for n in NATS_SERVICES],
+            )
+            self.assertEqual(env["CAIRN_CLUSTER_REPLICAS"], "3")
+            node_names.add(env["CAIRN_NODE_NAME"])
+            self.assertEqual(env["CAIRN_IDENTITY_FILE"], "/run/secrets/cairn-identity")
+            self.assertEqual(self.services[name]["secrets"], ["cairn-identity"])
+            self.assertEqual(set(self.services[name]["networks"]), {"default", "nats"})
+            self.assertTrue({"nats1", "nats2", "nats3"} <= set(self.services[name]["depends_on"]))
+            literal = {k: v for k, v in env.items() if "${" not in v and k not in CLUSTER_VARIABLES}
+            config = Config.from_env(literal)
+            self.assertEqual(len(config.cluster_nats), 3)
+        self.assertEqual(len(node_names), len(CAIRN_NODES))
+        self.assertEqual(self.compose["secrets"]["cairn-identity"], {"file": "./secrets/identity.key"})
+
+    def test_environment_read_by_code(self):
+        """Every variable given to a node is one the code reads (or one the cluster-node work adds)."""
+        for name in CAIRN_NODES:
+            unknown = set(self.merged_environment(name)) - VARIABLES
+            self.assertEqual(unknown, CLUSTER_VARIABLES - VARIABLES)
+
+    def test_nodes_agree(self):
+        """server2 gets exactly what server gets (after the merge with docker-compose.yml), but its name."""
+        one, two = self.merged_environment("server"), self.merged_environment("server2")
+        self.assertEqual(set(one), set(two))
+        self.assertEqual({k for k in one if one[k] != two[k]}, {"CAIRN_NODE_NAME"})
+
+    def test_secrets_not_in_environment(self):
+        """No secret value is written in the file: secrets are ${...} from docker/.env or files under /run/secrets."""
+        for name, service in self.services.items():
+            for variable, value in service.get("environment", {}).items():
+                if variable.endswith("_FILE"):
+                    self.assertTrue(value.startswith("/run/secrets/"), (name, variable))
+                elif SECRET_NAME.search(variable):
+                    self.assertRegex(value, r"^\$\{" + variable + r"[:}]", (name, variable))
+                for url in value.split(","):
+                    self.assertIsNone(urlsplit(url.strip()).password, (name, variable))
+        self.assertFalse(os.path.exists(os.path.join(DOCKER, "secrets", "identity.key")))
+
+    def test_identity_secret_ignored(self):
+        """The identity key made for the compose secret is never committed (git check-ignore)."""
+        d = utils.getProcessOutputAndValue(
+            "git", ["check-ignore", "-q", "docker/secrets/identity.key"], env=os.environ, path=REPO
+        )
+        return d.addCallback(lambda result: self.assertEqual(result[2], 0, result))
+
+    def test_host_ports_unique(self):
+        """No two services of the merged stack publish the same host port."""
+        published = []
+        for compose in (self.base, self.compose):
+            for name, service in compose["services"].items():
+                if name in self.base["services"] and compose is self.compose:
+                    continue  # the overlay does not add ports to a base service
+                published.extend(_host_ports(service))
+        self.assertEqual(len(published), len(set(published)), published)
+        self.assertNotIn("ports", self.services["server"])
+
+    def test_server2_ports_and_volume(self):
+        """server2 publishes cairn TCP, WebSocket and management on 7410, 7411 and 9091, with its own volume."""
+        server2 = self.services["server2"]
+        self.assertEqual(set(server2["ports"]), {"9091:9090", "7410:7400", "7411:7401"})
+        self.assertEqual(server2["volumes"], ["server2-data:/data"])
+        self.assertIn("server2-data", self.compose["volumes"])
+
+    def test_load_balancer(self):
+        """The lb profile runs haproxy in TCP mode over both nodes' TCP and WebSocket ports, by source address."""
+        lb = self.services["lb"]
+        self.assertTrue(lb["image"].startswith("haproxy:"))
+        self.assertIn("./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro", lb["volumes"])
+        cfg = [line.split("#")[0].split() for line in _read(DOCKER, "haproxy.cfg").splitlines()]
+        cfg = [words for words in cfg if words]
+        self.assertIn(["mode", "tcp"], cfg)
+        binds = [words[1] for words in cfg if words[0] == "bind"]
+        self.assertEqual(binds, [":7500", ":7501"])
+        self.assertEqual(set(lb["ports"]), {"7500:7500", "7501:7501"})
+        servers = [words[2] for words in cfg if words[0] == "server"]
+        self.assertEqual(servers, ["server:7400", "server2:7400", "server:7401", "server2:7401"])
+        self.assertEqual([w for w in cfg if w[0] == "balance"], [["balance", "source"]] * 2)
+        self.assertTrue(any(w[0] == "default-server" and "check" in w for w in cfg))
+
+
+class NatsConfigTests(unittest.TestCase):
+    def setUp(self):
+        self.text = _read(DOCKER, "nats-cluster.conf")
+        self.settings = nats_conf(self.text)
+
+    def test_jetstream_fsync_always(self):
+        """JetStream is on, stores under the /data volume, and fsyncs every write (sync_interval: always)."""
+        self.assertEqual(self.settings["jetstream.sync_interval"], "always")
+        self.assertEqual(self.settings["jetstream.store_dir"], "/data")
+
+    def test_cluster_routes(self):
+        """The cluster routes to the three NATS services on 6222."""
+        self.assertEqual(self.settings["cluster.listen"], "0.0.0.0:6222")
+        self.assertEqual(self.settings["cluster.routes"], [f"nats://{n}:6222" for n in NATS_SERVICES])
+        self.assertTrue(self.settings["cluster.name"])
+
+    def test_ports(self):
+        """Clients on 4222 (the nodes' URLs), monitoring on 8222 (the healthcheck)."""
+        self.assertEqual(self.settings["listen"], "0.0.0.0:4222")
+        self.assertEqual(self.settings["http"], "0.0.0.0:8222")
+
+    def test_max_payload_fits_a_message(self):
+        """NATS's max_payload leaves room for a cairn message of CAIRN_MAX_PAYLOAD plus subject and headers."""
+        value = self.settings["max_payload"]
+        self.assertRegex(value, r"^\d+MB$")
+        self.assertGreater(int(value[:-2]) * 1024 * 1024, Config.from_env({}).max_payload)
+
+    def test_lame_duck_for_rolling_restarts(self):
+        """A stopped server goes into lame duck mode first, within the compose stop grace period."""
+        self.assertIn("lame_duck_duration", self.settings)
+        compose = yaml.safe_load(_read(DOCKER, "docker-compose.cluster.yml"))
+        for name in NATS_SERVICES:
+            self.assertEqual(compose["services"][name]["stop_grace_period"], "60s")
+
+    def _nats_test(self, path):
+        from tests._nats import nats_server_binary
+
+        binary = nats_server_binary()
+        return utils.getProcessOutputAndValue(binary, ["-t", "-c", path], env={})
+
+    @defer.inlineCallbacks
+    def test_nats_server_accepts_file(self):
+        """nats-server -t accepts the file as it is."""
+        out, err, code = yield self._nats_test(os.path.join(DOCKER, "nats-cluster.conf"))
+        self.assertEqual(code, 0, (out, err))
+
+    @defer.inlineCallbacks
+    def test_nats_server_rejects_bad_copy(self):
+        """The check is real: nats-server -t refuses a copy with a bad sync_interval."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(self.text.replace("sync_interval: always", "sync_interval: sometimes"))
+        out, err, code = yield self._nats_test(path)
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"sync_interval", out + err)
+
+
+def loopback_nats_conf(text, name, ports, routes, store):
+    """C{text} (docker/nats-cluster.conf) adapted to 127.0.0.1: ports, routes and store of this test."""
+    client, http, cluster = ports
+    replaced = (
+        ("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{client}"),
+        ("http: 0.0.0.0:8222", f"http: 127.0.0.1:{http}"),
+        ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{cluster}"),
+        ("store_dir: /data\n", f'store_dir: "{store}"\n'),
+    )
+    for old, new in replaced:
+        if text.count(old) != 1:
+            raise AssertionError(f"{old!r} is not once in the file")
+        text = text.replace(old, new)
+    for service, port in routes.items():
+        text = text.replace(f"nats://{service}:6222", f"nats://127.0.0.1:{port}")
+    return f"server_name: {name}\n" + text
+
+
+class NatsClusterRunTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_three_servers_form_a_jetstream_cluster(self):
+        """Three nats-servers run from loopback copies of the file elect a JetStream leader and pass the healthcheck."""
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        from tests import _nats
+
+        _nats.nats_server_binary()
+        text = _read(DOCKER, "nats-cluster.conf")
+        ports = {name: (_nats.free_port(), _nats.free_port(), _nats.free_port()) for name in NATS_SERVICES}
+        routes = {name: p[2] for name, p in ports.items()}
+        servers = []
+        for name in NATS_SERVICES:
+            directory = os.path.abspath(self.mktemp())
+            server = _nats.NatsServer(directory, name)
+            conf = loopback_nats_conf(text, name, ports[name], routes, os.path.join(directory, "js"))
+            server.config = lambda conf=conf: conf
+            self.addCleanup(server.kill)
+            servers.append(server)
+        yield defer.gatherResults([s.start() for s in servers])
+        yield defer.gatherResults([s.until(_nats._meta_leader) for s in servers])
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        for name in NATS_SERVICES:
+            url = f"http://127.0.0.1:{ports[name][1]}/healthz?js-enabled-only=true"
+            response = yield eventually(treq.get(url, pool=pool), 30)
+            body = yield response.content()
+            self.assertEqual(response.code, 200, body)
+            # What the server made of the file: fsync always, 2 MB payloads.
+            response = yield eventually(treq.get(f"http://127.0.0.1:{ports[name][1]}/varz", pool=pool), 30)
+            varz = json.loads((yield response.content()))
+            self.assertIs(varz["jetstream"]["config"]["sync_always"], True)
+            self.assertEqual(varz["max_payload"], 2 * 1024 * 1024)
+            self.assertEqual(varz["server_name"], name)
