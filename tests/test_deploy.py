@@ -894,3 +894,132 @@ class NatsClusterRunTests(unittest.TestCase):
             self.assertIs(varz["jetstream"]["config"]["sync_always"], True)
             self.assertEqual(varz["max_payload"], 2 * 1024 * 1024)
             self.assertEqual(varz["server_name"], name)
+
+
+# -- systemd units of a cluster (issue 15) ------------------------------------
+
+#: What the units' specifiers stand for in these tests (systemd fills them in).
+SPECIFIERS = {"%i": "cairn1", "%d": "/run/credentials/cairn-node@cairn1.service", "%H": "host1"}
+
+
+def _expand(value):
+    for specifier, meaning in SPECIFIERS.items():
+        value = value.replace(specifier, meaning)
+    return value
+
+
+class SystemdClusterUnitTests(unittest.TestCase):
+    def setUp(self):
+        self.node = unit_entries(_read(SYSTEMD, "cairn-node@.service"))
+        self.nats = unit_entries(_read(SYSTEMD, "nats-server.service"))
+
+    def test_node_hardening(self):
+        """The node unit has every hardening option of cairn-server.service, its state directory per node."""
+        for key, value in HARDENING.items():
+            expected = "cairn-%i" if key == "StateDirectory" else value
+            self.assertEqual(_values(self.node, "Service", key), [expected], key)
+        self.assertEqual(_values(self.node, "Service", "LimitNOFILE"), ["65536"])
+
+    def test_node_credentials(self):
+        """The identity, NATS credentials and management token come in as credentials, named by _FILE variables."""
+        credentials = dict(v.split(":", 1) for v in _values(self.node, "Service", "LoadCredential"))
+        self.assertEqual(
+            credentials,
+            {
+                "identity.key": "/etc/cairn/identity.key",
+                "nats.creds": "/etc/cairn/nats.creds",
+                "mgmt.token": "/etc/cairn/mgmt.token",
+            },
+        )
+        env = _unit_environment(self.node)
+        self.assertEqual(env["CAIRN_IDENTITY_FILE"], "%d/identity.key")
+        self.assertEqual(env["CAIRN_CLUSTER_CREDS_FILE"], "%d/nats.creds")
+        self.assertEqual(env["CAIRN_MGMT_TOKEN_FILE"], "%d/mgmt.token")
+
+    def test_no_secret_in_environment(self):
+        """No Environment= line of either unit holds a secret: only _FILE paths into the credentials directory."""
+        for entries in (self.node, self.nats):
+            for name, value in _unit_environment(entries).items():
+                if SECRET_NAME.search(name):
+                    self.assertTrue(name.endswith("_FILE") and value.startswith("%d/"), name)
+                self.assertNotIn("@", value, name)  # no user:password@ in a URL
+
+    def test_node_environment(self):
+        """The node is named after the instance, keeps its state per node and reads the cluster settings from a file."""
+        env = _unit_environment(self.node)
+        self.assertEqual(env["CAIRN_NODE_NAME"], "%i")
+        self.assertEqual(env["CAIRN_DATA_DIR"], "/var/lib/cairn-%i")
+        self.assertEqual(
+            _values(self.node, "Service", "EnvironmentFile"),
+            ["/etc/cairn/cluster.env", "-/etc/cairn/cairn-node-%i.env"],
+        )
+        self.assertEqual({n for n in env if n.startswith("CAIRN_")} - VARIABLES, CLUSTER_VARIABLES - VARIABLES)
+
+    def test_node_exec_start(self):
+        """ExecStart runs `twistd --nodaemon --pidfile= cairn`, which twistd accepts with the unit's environment."""
+        (command,) = _values(self.node, "Service", "ExecStart")
+        argv = shlex.split(command)
+        self.assertEqual(argv, ["/usr/bin/env", "twistd", "--nodaemon", "--pidfile=", "cairn"])
+        env = {k: _expand(v) for k, v in _unit_environment(self.node).items() if k not in CLUSTER_VARIABLES}
+        # The credentials are files systemd provides; here, cluster settings without them.
+        env = {k: v for k, v in env.items() if not k.endswith("_FILE")}
+        env["CAIRN_CLUSTER_NATS"] = "nats://nats1.example:4222,nats://nats2.example:4222,nats://nats3.example:4222"
+        options = _twistd_accepts(self, argv[2:], env)
+        self.assertEqual(options.subCommand, "cairn")
+        self.assertEqual(_values(self.node, "Service", "ExecReload"), ["/bin/kill -HUP $MAINPID"])
+
+    def test_nats_unit(self):
+        """nats-server runs the shipped config under its host name, stops through lame duck mode, with its store."""
+        (command,) = _values(self.nats, "Service", "ExecStart")
+        argv = shlex.split(command)
+        self.assertEqual(
+            argv, ["/usr/local/bin/nats-server", "--config", "/etc/nats/nats-server.conf", "--server_name", "%H"]
+        )
+        self.assertEqual(_values(self.nats, "Service", "KillSignal"), ["SIGUSR2"])
+        self.assertEqual(_values(self.nats, "Service", "StateDirectory"), ["nats"])
+        self.assertEqual(_values(self.nats, "Service", "LimitNOFILE"), ["65536"])
+        settings = nats_conf(_read(SYSTEMD, "nats-server.conf"))
+        self.assertEqual(settings["jetstream.store_dir"], "/var/lib/nats")
+        self.assertEqual(settings["jetstream.sync_interval"], "always")
+        self.assertEqual(len(settings["cluster.routes"]), 3)
+        # Lame duck mode must end before systemd's stop timeout.
+        (timeout,) = _values(self.nats, "Service", "TimeoutStopSec")
+        lame = int(settings["lame_duck_duration"].rstrip("s")) + int(settings["lame_duck_grace_period"].rstrip("s"))
+        self.assertLess(lame, int(timeout))
+
+    def test_same_nats_settings_as_compose(self):
+        """The bare-machine NATS config differs from the compose one only in store, monitoring bind and routes."""
+        bare = nats_conf(_read(SYSTEMD, "nats-server.conf"))
+        compose = nats_conf(_read(DOCKER, "nats-cluster.conf"))
+        differ = {k for k in set(bare) | set(compose) if bare.get(k) != compose.get(k)}
+        self.assertEqual(differ, {"jetstream.store_dir", "http", "cluster.routes"})
+
+    @defer.inlineCallbacks
+    def test_nats_server_accepts_bare_config(self):
+        """nats-server -t accepts nats-server.conf."""
+        from tests._nats import nats_server_binary
+
+        path = os.path.join(SYSTEMD, "nats-server.conf")
+        out, err, code = yield utils.getProcessOutputAndValue(nats_server_binary(), ["-t", "-c", path], env={})
+        self.assertEqual(code, 0, (out, err))
+
+    @defer.inlineCallbacks
+    def test_systemd_analyze_verify(self):
+        """systemd-analyze verify finds nothing to say about the units (an instance of the template, nats-server)."""
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise unittest.SkipTest("systemd-analyze not found")
+        from tests._nats import nats_server_binary
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "cairn-node@cairn1.service"), "w") as f:
+            f.write(_read(SYSTEMD, "cairn-node@.service"))
+        with open(os.path.join(directory, "nats-server.service"), "w") as f:
+            # verify checks that the program exists: the venv's nats-server stands in.
+            f.write(_read(SYSTEMD, "nats-server.service").replace("/usr/local/bin/nats-server", nats_server_binary()))
+        units = [os.path.join(directory, name) for name in ("cairn-node@cairn1.service", "nats-server.service")]
+        out, err, code = yield utils.getProcessOutputAndValue(
+            analyze, ["verify", "--man=no", *units], env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"), path=directory
+        )
+        self.assertEqual((code, out, err), (0, b"", b""))
