@@ -776,10 +776,13 @@ class ClusterComposeTests(unittest.TestCase):
         binds = [words[1] for words in cfg if words[0] == "bind"]
         self.assertEqual(binds, [":7500", ":7501"])
         self.assertEqual(set(lb["ports"]), {"7500:7500", "7501:7501"})
-        servers = [words[2] for words in cfg if words[0] == "server"]
-        self.assertEqual(servers, ["server:7400", "server2:7400", "server:7401", "server2:7401"])
+        servers = [words[2:] for words in cfg if words[0] == "server"]
+        self.assertEqual([s[0] for s in servers], ["server:7400", "server2:7400", "server:7401", "server2:7401"])
+        # Each checked through its management port's /health ("ok", not "degraded").
+        self.assertEqual({tuple(s[1:]) for s in servers}, {("check", "port", "9090")})
+        checks = [w for w in cfg if w[0] == "option" and w[1] == "httpchk"]
+        self.assertEqual(checks, [["option", "httpchk", "GET", "/health"]] * 2)
         self.assertEqual([w for w in cfg if w[0] == "balance"], [["balance", "source"]] * 2)
-        self.assertTrue(any(w[0] == "default-server" and "check" in w for w in cfg))
 
 
 class NatsConfigTests(unittest.TestCase):
@@ -1023,3 +1026,17 @@ class SystemdClusterUnitTests(unittest.TestCase):
             analyze, ["verify", "--man=no", *units], env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"), path=directory
         )
         self.assertEqual((code, out, err), (0, b"", b""))
+
+
+class HaproxyConfigTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_haproxy_accepts_file(self):
+        """haproxy -c accepts docker/haproxy.cfg (names of compose services unresolved here are allowed)."""
+        binary = shutil.which("haproxy")
+        if binary is None:
+            raise unittest.SkipTest("haproxy not found (apt-get install haproxy)")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            binary, ["-c", "-f", os.path.join(DOCKER, "haproxy.cfg")], env=os.environ
+        )
+        self.assertEqual(code, 0, (out, err))
+        self.assertIn(b"Configuration file is valid", out + err)
