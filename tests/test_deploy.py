@@ -16,6 +16,7 @@ import attr
 import yaml
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer, reactor, task, utils
+from twisted.internet.protocol import ProcessProtocol
 from twisted.plugin import getPlugins
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
@@ -1040,3 +1041,152 @@ class HaproxyConfigTests(unittest.TestCase):
         )
         self.assertEqual(code, 0, (out, err))
         self.assertIn(b"Configuration file is valid", out + err)
+
+
+class _Haproxy(ProcessProtocol):
+    """An haproxy process: its log lines, and Deferreds for lines to come."""
+
+    def __init__(self):
+        self.lines, self._waiting, self._buffer = [], [], b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self.lines.append(line.decode("utf-8", "replace"))
+        for item in list(self._waiting):
+            predicate, d = item
+            if predicate(self.lines):
+                self._waiting.remove(item)
+                d.callback(None)
+
+    errReceived = outReceived
+
+    def until(self, predicate, timeout=30):
+        d = defer.Deferred()
+        self._waiting.append((predicate, d))
+        self.outReceived(b"")
+        return eventually(d, timeout)
+
+    def processEnded(self, reason):
+        self.ended.callback(None)
+
+
+def loopback_haproxy_cfg(text, nodes, binds):
+    """
+    C{text} (docker/haproxy.cfg) for this test: the listeners on inherited
+    sockets C{binds} (fd numbers), the nodes at their loopback ports
+    (C{nodes}: compose name -> {"tcp", "websocket", "management"} ports),
+    no Docker resolver, health checks logged.
+    """
+    text = re.sub(r"\nresolvers docker\n(    .*\n)+", "\n", text)
+    text = text.replace(" resolvers docker", "").replace("maxconn 20000", "maxconn 100")
+    text = text.replace("bind :7500", f"bind fd@{binds[0]}").replace("bind :7501", f"bind fd@{binds[1]}")
+    for name, ports in nodes.items():
+        for inside, kind in ((7400, "tcp"), (7401, "websocket")):
+            text = text.replace(
+                f" {name}:{inside} check port 9090",
+                f" 127.0.0.1:{ports[kind]} check port {ports['management']}",
+            )
+    text = text.replace("    option httpchk", "    option log-health-checks\n    option httpchk")
+    if "check port 9090" in text or "bind :" in text:
+        raise AssertionError("the haproxy.cfg layout changed: update loopback_haproxy_cfg")
+    return text
+
+
+class HaproxyRunTests(unittest.TestCase):
+    """docker/haproxy.cfg, adapted to loopback, in front of two real nodes sharing one identity."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.haproxy = shutil.which("haproxy")
+        if self.haproxy is None:
+            raise unittest.SkipTest("haproxy not found (apt-get install haproxy)")
+        self.connections = []
+
+    @defer.inlineCallbacks
+    def start_node(self, data_dir):
+        from cairn.service import make_node
+        from tests.test_service import config_for
+
+        node = make_node(
+            config_for(data_dir, psk="a PSK for the haproxy test", mgmt_listen="tcp:0:interface=127.0.0.1"), reactor
+        )
+        node.startService()
+        ports = yield eventually(node.ready, 30)
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node, {name: port.getHost().port for name, port in ports.items()}
+
+    @defer.inlineCallbacks
+    def test_balancer_moves_device_when_node_stops(self):
+        """Behind the balancer both nodes pass the /health check; a stopped node's device moves to the other."""
+        from cairn.mailbox import client as mailbox
+        from cairn.pairing import client as pairing
+        from tests._harness import drop_all
+        from tests.test_client_failover import share_identity
+
+        first, second = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        share_identity(first, second)
+        started = [(yield self.start_node(first)), (yield self.start_node(second))]
+        nodes = dict(zip(("server", "server2"), (ports for _, ports in started)))
+        listeners = []
+        for _ in range(2):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(16)
+            self.addCleanup(s.close)
+            listeners.append(s)
+        cfg = os.path.abspath(self.mktemp())
+        with open(cfg, "w") as f:
+            f.write(loopback_haproxy_cfg(_read(DOCKER, "haproxy.cfg"), nodes, (3, 4)))
+        proc = _Haproxy()
+        reactor.spawnProcess(
+            proc,
+            self.haproxy,
+            [self.haproxy, "-db", "-f", cfg],
+            env=dict(os.environ),
+            childFDs={0: "w", 1: "r", 2: "r", 3: listeners[0].fileno(), 4: listeners[1].fileno()},
+        )
+
+        def stop():
+            if not proc.ended.called:
+                proc.transport.signalProcess("KILL")
+            return proc.ended
+
+        self.addCleanup(stop)
+        passed = re.compile(r"Health check for server cairn_(tcp|ws)/(cairn[12]) succeeded")
+        yield proc.until(lambda lines: len({passed.search(x).groups() for x in lines if passed.search(x)}) == 4)
+
+        address = f"tcp:host=127.0.0.1:port={listeners[0].getsockname()[1]}"
+        client = Client(reactor, clock=task.Clock(), auto_resume=True)
+        track_connections(client.peer, self.connections)
+        self.addCleanup(drop_all, self.connections)
+        session = yield eventually(client.connect(address))
+        yield eventually(pairing.pair_psk(session, "a PSK for the haproxy test"))
+        serving = [node for node, _ in started if session.session_id in node.peer.sessions]
+        self.assertEqual(len(serving), 1)
+        other, other_ports = [(node, ports) for node, ports in started if node is not serving[0]][0]
+        # The nodes' trust stores are their own here (SQLite): pair with the other one directly too.
+        direct = yield eventually(client.connect(f"tcp:host=127.0.0.1:port={other_ports['tcp']}"))
+        yield eventually(pairing.pair_psk(direct, "a PSK for the haproxy test"))
+        yield eventually(client.close(direct))
+
+        replaced = defer.Deferred()
+        client.on_session_replaced = lambda old, new: replaced.called or replaced.callback(new)
+        scheduled = []
+        schedule = client._schedule_resume
+
+        def recording(s, delay):
+            scheduled.append(delay)
+            schedule(s, delay)
+            reactor.callLater(0, client.clock.advance, delay)  # each round at once: the balancer decides
+
+        client._schedule_resume = recording
+        yield eventually(serving[0].stopService(), 30)
+        new = yield eventually(replaced, 60)
+        self.assertEqual(session.closed.code, 9)
+        result = yield eventually(mailbox.forward(new, client.peer_id, b"through the balancer"))
+        self.assertFalse(result.duplicate)
+        self.assertIn(new.session_id, other.peer.sessions)
