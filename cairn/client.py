@@ -243,10 +243,14 @@ class Client:
         return self._handshake(target)
 
     @inlineCallbacks
-    def _handshake(self, target):
-        """A new session with the first address of C{target} that answers and passes the node check."""
+    def _handshake(self, target, addresses=None):
+        """
+        A new session with the first of C{addresses} (default: every
+        address of C{target}, in its order) that answers and passes the node
+        check -- which always covers every address of C{target}.
+        """
         errors = []
-        for address in target.order():
+        for address in target.order() if addresses is None else addresses:
             try:
                 session = yield self._dial(address, self.peer.connection(initiator=True))
                 self._check_node(session, target, address)
@@ -445,7 +449,7 @@ class Client:
             if session.closed is not None or session.attached:
                 return True
             try:
-                new = yield self._handshake(attr.evolve(target, addresses=(address,), index=0))
+                new = yield self._handshake(target, [address])
             except Exception as e:
                 log.info("new session at {address} failed: {why}", address=address, why=_message(e))
                 continue

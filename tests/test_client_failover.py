@@ -329,13 +329,21 @@ class FailoverTests(TwoNodes, unittest.TestCase):
         ports = yield eventually(node.ready, 30)
         return f"tcp:host=127.0.0.1:port={ports['tcp'].getHost().port}", node.peer.peer_id
 
+    def test_failover_refuses_impostor_expected(self):
+        """A failover's new handshake answered by another identity than expect_peer_id is refused; the session waits."""
+        return self.failover_to_impostor(expect_peer_id=self.identity)
+
+    def test_failover_refuses_impostor_pinned(self):
+        """A failover's new handshake at an unpinned address is checked against the pin of the others: refused."""
+        return self.failover_to_impostor()
+
     @defer.inlineCallbacks
-    def test_failover_refuses_impostor(self):
-        """A failover's new handshake answered by another identity is refused; the session keeps waiting."""
-        client = self.client(auto_resume=True)
-        yield self.pair_everywhere(client)
+    def failover_to_impostor(self, **kwargs):
+        client = self.client(auto_resume=True, pins=MemoryPins())
+        yield self.pair_everywhere(client)  # pins the two nodes' addresses, each on its own
         fake, _ = yield self.impostor()
-        session = yield self.connected(client, [self.addresses[0], fake], expect_peer_id=self.identity)
+        self.assertIsNone(client.pins.get(fake))
+        session = yield self.connected(client, [self.addresses[0], fake], **kwargs)
         scheduled = []
         schedule = client._schedule_resume
 
