@@ -388,9 +388,16 @@ class Client:
         if call is not None and call.active():
             call.cancel()
         if sid not in self._successors:
-            # Nothing replaces it: forget the replacements that led to it.
-            for old in [k for k, v in self._successors.items() if v is session]:
+            # Nothing replaces it: forget the chains of replacements that led to it.
+            stale = [old for old in self._successors if self._last(old) is session]
+            for old in stale:
                 del self._successors[old]
+
+    def _last(self, session_id):
+        session = self._successors[session_id]
+        while session.session_id in self._successors:
+            session = self._successors[session.session_id]
+        return session
 
     def _schedule_resume(self, session, delay):
         self._retries[session.session_id] = self.clock.callLater(delay, self._try_resume, session, delay)

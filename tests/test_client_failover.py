@@ -428,3 +428,25 @@ class KillTests(unittest.TestCase):
         yield eventually(mailbox.forward(alice.current(session), bob.peer_id, b"after"))
         yield eventually(bob.connect(addresses))
         yield self.conditions.until(lambda: b"after" in received, 30)
+
+
+class SuccessorTests(unittest.TestCase):
+    def test_chain_forgotten_when_last_session_ends(self):
+        """current() follows every replacement; once the last session of a chain ends, the chain is forgotten."""
+        from cairn.session.session import SessionClosed
+
+        client = Client(reactor, clock=task.Clock())
+
+        class Fake:
+            def __init__(self, sid):
+                self.session_id = sid
+                self.closed = None
+
+        a, b, c = Fake(b"a"), Fake(b"b"), Fake(b"c")
+        client._successors.update({b"a": b, b"b": c})
+        self.assertIs(client.current(a), c)
+        self.assertIs(client.current(b), c)
+        c.closed = SessionClosed(CloseCode.NORMAL, "")
+        client.session_closed(c)
+        self.assertEqual(client._successors, {})
+        self.assertIs(client.current(a), a)
