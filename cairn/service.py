@@ -23,6 +23,8 @@ from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
 from cairn import config_report, sighup
+from cairn.cluster.bus import LocalBus
+from cairn.cluster.presence import LocalPresence
 from cairn.config import ConfigError
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
 from cairn.diskspace import FreeSpace
@@ -119,6 +121,8 @@ class CairnNode(MultiService):
         unpaired=None,
         limiter=None,
         signaling=None,
+        presence=None,
+        bus=None,
     ):
         super().__init__()
         self.config = config
@@ -138,10 +142,14 @@ class CairnNode(MultiService):
         #: Where the state lives: "sqlite", or "jetstream" with its connection in C{cluster}.
         self.storage = stores.kind
         self.cluster = stores.cluster
+        #: Which node each peer is on (L{cairn.cluster.presence.IPresence}).
+        self.presence = presence or LocalPresence(peer, config.node_name)
+        #: Wake-ups and requests between nodes (L{cairn.cluster.bus.INodeBus}).
+        self.bus = bus or LocalBus(config.node_name)
         #: The components with a life cycle, in start order (stopped in
-        #: reverse): pairing (the trust store) first, then the services
-        #: that hold per-session state.
-        self.components = [c for c in (pairing, mailbox, sync, relay) if c is not None]
+        #: reverse): presence and the bus, pairing (the trust store), then
+        #: the services that hold per-session state.
+        self.components = [self.presence, self.bus] + [c for c in (pairing, mailbox, sync, relay) if c is not None]
         #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
         self.signaling = signaling
         if signaling is not None:
@@ -274,16 +282,17 @@ class CairnNode(MultiService):
         # finishes, and is answered, before the snapshot.
         d.addCallback(lambda _: self.db.run(_barrier_txn).addErrback(_log_barrier))
         d.addCallback(lambda _: self._save_sessions())
-        # ... and pairing, the first started, stops last.
-        d.addCallback(lambda _: self.pairing.stop())
+        # ... then pairing, the bus and presence.
+        for component in reversed(self.components[: self.components.index(self.pairing) + 1]):
+            d.addCallback(lambda _, component=component: component.stop())
         if self.cluster is not None:
             d.addCallback(lambda _: self.cluster.close())
         d.addCallback(lambda _: self.db.stop())
         return d
 
     def _session_services(self):
-        """The components holding per-session state (all but pairing), in start order."""
-        return [c for c in self.components if c is not self.pairing]
+        """The components holding per-session state (those after pairing), in start order."""
+        return self.components[self.components.index(self.pairing) + 1 :]
 
     def _save_sessions(self):
         snapshots = []
@@ -439,16 +448,20 @@ class _LocalStores:
     def health(self):
         return self.kind, None
 
+    def deployment(self, peer, node_name, clock):
+        """This node alone: C{(presence, bus, recheck)} (no re-check: every wake-up is a direct call)."""
+        return LocalPresence(peer, node_name), LocalBus(node_name), None
+
 
 def make_stores(config, reactor, db):
     """
     The node's stores: SQLite, or on NATS JetStream when CAIRN_CLUSTER_NATS
-    is set (only then is L{cairn.cluster}, and so nats-py, imported).
+    is set (only then is L{cairn.cluster.node}, and so nats-py, imported;
+    the seams L{cairn.cluster.presence} and L{cairn.cluster.bus} import no nats).
     """
     if not config.cluster_nats:
         return _LocalStores(db)
     from cairn.cluster.node import MissingExtra, cluster_stores
-    from cairn.config import ConfigError
 
     try:
         return cluster_stores(config, reactor, db)
@@ -470,7 +483,7 @@ def make_node(config, reactor) -> CairnNode:
 
 def _make_node(config, reactor) -> CairnNode:
     prepare_data_dir(config.data_dir)
-    ident = load_identity(config.data_dir)
+    ident = load_identity(config.data_dir, config.identity_file)
     peer = make_peer(config, ident, reactor)
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
@@ -483,7 +496,8 @@ def _make_node(config, reactor) -> CairnNode:
     bounds = unpaired.UnpairedSessions(
         peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
     )
-    mailbox, sync, relay = make_services(config, peer, trust, stores, reactor)
+    presence, bus, recheck = stores.deployment(peer, config.node_name, reactor)
+    mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck)
     for service in (mailbox, sync, relay):
         pairing.add_purge_hook(service.purge)
     metrics = Metrics(peer, reactor, reactor.seconds())
@@ -513,6 +527,8 @@ def _make_node(config, reactor) -> CairnNode:
         # One per-source handshake limit across both cairn listeners.
         limiter=SourceLimiter(config.max_handshakes_per_source),
         signaling=signaling,
+        presence=presence,
+        bus=bus,
     )
     add_cairn_listeners(node, config)
     if config.mgmt_enabled and config.mgmt_listen:
@@ -549,8 +565,11 @@ def make_pairing(config, peer, trust, reactor) -> PairingService:
     )
 
 
-def make_services(config, peer, trust, stores, reactor):
-    """The services holding per-session state: C{(mailbox, sync, relay)}."""
+def make_services(config, peer, trust, stores, reactor, bus=None, recheck=None):
+    """
+    The services holding per-session state: C{(mailbox, sync, relay)};
+    C{bus} carries their wake-ups, C{recheck} bounds a missed one.
+    """
     mailbox = MailboxService(
         peer,
         trust,
@@ -559,6 +578,8 @@ def make_services(config, peer, trust, stores, reactor):
         enabled=config.forward_enabled,
         limits=Limits(config.forward_max_per_peer, config.forward_max_total, config.forward_max_age),
         max_payload=config.max_payload,
+        bus=bus,
+        recheck=recheck,
     )
     sync = SyncService(
         peer,
@@ -568,6 +589,8 @@ def make_services(config, peer, trust, stores, reactor):
         limits=mailbox.limits,
         max_payload=config.max_payload,
         default_access=sync_access.DEFAULTS[config.sync_access],
+        bus=bus,
+        recheck=recheck,
     )
     relay = RelayService(
         peer,
