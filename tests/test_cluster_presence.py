@@ -25,6 +25,7 @@ class LocalPresenceTests(ScenarioMixin, unittest.TestCase):
         self.assertIsNone(presence.locate(client.peer_id))
         session = yield self.connect(client)
         self.assertEqual(presence.locate(client.peer_id), "n1")
+        self.assertEqual(presence.where(client.peer_id), ("n1",))
         self.assertEqual(presence.peers(), {client.peer_id: ("n1",)})
         self.assertEqual(presence.nodes(), {"n1": 0.0})
         session.close()

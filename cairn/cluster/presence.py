@@ -37,6 +37,9 @@ class IPresence(Interface):
         node's first), or None. Synchronous: answered from memory.
         """
 
+    def where(peer_id):
+        """The names of every (live) node where C{peer_id} has an attached session: a tuple, this node's first."""
+
     def peers():
         """C{{peer_id: (node name, ...)}} of every peer attached anywhere in the deployment."""
 
@@ -75,6 +78,9 @@ class LocalPresence:
 
     def locate(self, peer_id):
         return self.node if attached_locally(self.peer, peer_id) else None
+
+    def where(self, peer_id):
+        return (self.node,) if attached_locally(self.peer, peer_id) else ()
 
     def peers(self):
         return {peer_id: (self.node,) for peer_id in local_peers(self.peer)}
