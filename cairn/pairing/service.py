@@ -17,7 +17,7 @@ from zope.interface import implementer
 from cairn.pairing import messages, proofs
 from cairn.pairing.codes import LinkBook, PinBook
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
-from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService, UnknownPeer
+from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PSK
 from cairn.pairing.pending import MAX_PENDING, MAX_PENDING_PER_SOURCE, PendingQueue
 from cairn.pairing.psk import PskSetting
@@ -92,6 +92,13 @@ class PairingService:
         peer.add_observer(self)
         self._flusher = None
         self._stopped = False
+        #: Session ids told to wait for the operator's approval (PairChallenge "approval").
+        self._awaiting = set()
+        # A trust store shared by several nodes reports what the others
+        # decided (an approval, a rejection, a revocation): act on it here.
+        watch = getattr(trust, "watch", None)
+        if watch is not None:
+            watch(self._decided_elsewhere)
 
     def start(self):
         """Load the trust store; fires once L{ITrustStore.is_paired} is accurate."""
@@ -140,6 +147,7 @@ class PairingService:
         def approved(record):
             log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
+                self._awaiting.discard(session.session_id)
                 self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
             self.peer.peer_paired(peer_id)
             return record
@@ -150,6 +158,7 @@ class PairingService:
         def rejected(_):
             log.info("pairing request of {peer_id} rejected by the operator", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
+                self._awaiting.discard(session.session_id)
                 self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
 
         return self.trust.reject(peer_id).addCallback(rejected)
@@ -165,6 +174,35 @@ class PairingService:
             return self._purge(peer_id)
 
         return self.trust.revoke(peer_id, self.clock.seconds()).addCallback(revoked)
+
+    def _decided_elsewhere(self, peer_id, record):
+        """
+        Another node changed C{peer_id}'s record: its sessions here follow
+        within the watch's latency, as if it had happened here -- a
+        revocation closes them (PAIRING_REVOKED), an approval confirms the
+        one waiting for it, a rejection refuses it.
+        """
+        sessions = self._sessions_of(peer_id)
+        if not sessions:
+            return
+        if record is not None and record.state == REVOKED:
+            log.info("peer {peer_id} unpaired on another node", peer_id=peer_id)
+            for session in sessions:
+                try:
+                    session.close(CloseCode.PAIRING_REVOKED, "pairing revoked")
+                except Exception:
+                    log.failure("closing a revoked session failed")
+        elif record is not None and record.state == PAIRED:
+            for session in sessions:
+                if session.session_id in self._awaiting:
+                    self._awaiting.discard(session.session_id)
+                    self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+            self.peer.peer_paired(peer_id)  # idempotent: the services serve what they do not yet
+        elif record is None:
+            for session in sessions:
+                if session.session_id in self._awaiting:
+                    self._awaiting.discard(session.session_id)
+                    self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
 
     def add_purge_hook(self, hook):
         self._purge_hooks.append(hook)
@@ -204,6 +242,7 @@ class PairingService:
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
     def session_closed(self, session):
+        self._awaiting.discard(session.session_id)
         self.pake.forget(session)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
@@ -333,6 +372,7 @@ class PairingService:
                 name=f"({request.name}) " if request.name else "",
             )
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
+            self._awaiting.add(session.session_id)
             self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
     def pair_session(self, session, method, name, server_proof):
