@@ -1,0 +1,74 @@
+"""
+Pairing decisions made on one node take effect on every node (issue 15):
+a revocation through node 1 closes the device's session on node 2 with
+the documented code; a request waiting for approval on node 2 is
+approved (or rejected) through node 1.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from cairn.pairing import client as pairing
+from cairn.pairing.client import PairingRejected
+from cairn.wire.constants import CloseCode, PairRejectCode
+from tests._cluster_nodes import NodesMixin
+from tests._harness import closed, eventually
+
+
+class CrossNodePairingTests(NodesMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_revocation_on_one_node_closes_the_session_on_another(self):
+        """A device paired on n2 and revoked through n1's API is disconnected from n2 with PAIRING_REVOKED."""
+        yield self.start_nodes(2)
+        device = self.client()
+        session = yield self.paired(device, 1)
+        ended = closed(session)
+        yield self.nodes[0].pairing.unpair(device.peer_id)
+        reason = yield ended
+        self.assertEqual(reason.code, CloseCode.PAIRING_REVOKED)
+        self.assertFalse(self.nodes[1].pairing.trust.is_paired(device.peer_id))
+
+    @defer.inlineCallbacks
+    def test_approval_on_another_node(self):
+        """A request waiting on n2 is listed on n1, approved there, and the device on n2 is confirmed."""
+        yield self.start_nodes(2)
+        device = self.client()
+        session = yield eventually(device.connect(self.address(1)))
+        pending = defer.Deferred()
+        approved = pairing.request_approval(session, "phone", on_pending=lambda: pending.callback(None))
+        yield eventually(pending)
+        listed = yield self._pending_on(self.nodes[0], device.peer_id)
+        self.assertEqual(listed, [device.peer_id])
+        yield self.nodes[0].pairing.approve(device.peer_id)
+        yield eventually(approved, 20)
+        self.assertTrue(self.nodes[1].pairing.trust.is_paired(device.peer_id))
+
+    @defer.inlineCallbacks
+    def test_rejection_on_another_node(self):
+        """A request waiting on n2 and rejected through n1 is refused on n2 (REJECTED_BY_OPERATOR)."""
+        yield self.start_nodes(2)
+        device = self.client()
+        session = yield eventually(device.connect(self.address(1)))
+        pending = defer.Deferred()
+        refused = pairing.request_approval(session, "phone", on_pending=lambda: pending.callback(None))
+        yield eventually(pending)
+        yield self._pending_on(self.nodes[0], device.peer_id)
+        yield self.nodes[0].pairing.reject(device.peer_id)
+        failure = yield self.assertFailure(eventually(refused, 20), PairingRejected)
+        self.assertEqual(failure.code, PairRejectCode.REJECTED_BY_OPERATOR)
+
+    def _pending_on(self, node, peer_id):
+        """Fires once C{peer_id} is pending on C{node} (its trust watch brought the request)."""
+        from cairn.pairing.interfaces import PENDING
+
+        d = defer.Deferred()
+
+        def seen(changed, record):
+            if changed == peer_id and record is not None and record.state == PENDING and not d.called:
+                d.callback([peer_id])
+
+        node.pairing.trust.watch(seen)
+        record = self.successResultOf(node.pairing.trust.get(peer_id))  # the in-memory mirror
+        if record is not None and record.state == PENDING:
+            return defer.succeed([peer_id])
+        return eventually(d, 20)
