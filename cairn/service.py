@@ -448,6 +448,10 @@ class _LocalStores:
     def health(self):
         return self.kind, None
 
+    def cluster_report(self, presence):
+        """No deployment to report on (C{/health} has no C{cluster})."""
+        return None
+
     def deployment(self, peer, node_name, clock):
         """This node alone: C{(presence, bus, recheck)} (no re-check: every wake-up is a direct call)."""
         return LocalPresence(peer, node_name), LocalBus(node_name), None
@@ -500,7 +504,8 @@ def _make_node(config, reactor) -> CairnNode:
     mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck)
     for service in (mailbox, sync, relay):
         pairing.add_purge_hook(service.purge)
-    metrics = Metrics(peer, reactor, reactor.seconds())
+    # A node among several labels its samples with its name; one alone keeps today's series.
+    metrics = Metrics(peer, reactor, reactor.seconds(), node=config.node_name if config.cluster_nats else None)
     for name, collect in (
         ("mailbox", mailbox.collect_metrics),
         ("sync", sync.collect_metrics),
@@ -641,6 +646,8 @@ def add_management(node, config, reactor, stores, space) -> None:
     endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
     reports = NodeReports(
         storage=stores.health,
+        presence=node.presence,
+        cluster=stores.cluster_report(node.presence),
         disk=space.to_json,
         descriptors=node.gauge.report,
         history=history.to_json,

@@ -41,6 +41,14 @@ class Stores:
         presence = KVPresence(self.cluster, peer, node_name, clock)
         return presence, NatsBus(self.cluster, presence, node_name), RECHECK
 
+    def cluster_report(self, presence):
+        """The C{cluster} of C{GET /health} (None: a single node, no such key)."""
+        if self.cluster is None:
+            return None
+        from cairn.cluster.health import cluster_report
+
+        return cluster_report(self.cluster, presence)
+
     def health(self):
         """C{(storage kind, problem or None)} for C{GET /health}."""
         if self.cluster is None:
