@@ -354,12 +354,18 @@ class PairingService:
             return None
         client_proof, server_proof = proofs.link_proofs(code.key, session.result.handshake_hash)
         if not proofs.equal(request.proof, client_proof):
-            code.failures += 1
+            self.links.failed(request.link_id, code)
             self.sources.failed(source)
             self.refuse(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
             return None
-        code.used = True
-        return self.pair_session(session, LINK, request.name, server_proof)
+        def spent(refusal):
+            if refusal is not None:  # another node paired with it first
+                self.refuse(session, LINK, *refusal)
+                return None
+            return self.pair_session(session, LINK, request.name, server_proof)
+
+        # Spent once in the deployment (another node may have used it first).
+        return self.links.spend(request.link_id, code).addCallback(spent)
 
     @defer.inlineCallbacks
     def _approval(self, session, request, record):
