@@ -452,6 +452,10 @@ class _LocalStores:
         """No deployment to report on (C{/health} has no C{cluster})."""
         return None
 
+    def pairing_codes(self):
+        """PINs and links stay in this node's memory."""
+        return None
+
     def deployment(self, peer, node_name, clock):
         """This node alone: C{(presence, bus, recheck)} (no re-check: every wake-up is a direct call)."""
         return LocalPresence(peer, node_name), LocalBus(node_name), None
@@ -493,7 +497,7 @@ def _make_node(config, reactor) -> CairnNode:
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
     stores = make_stores(config, reactor, db)
     trust = stores.trust
-    pairing = make_pairing(config, peer, trust, reactor)
+    pairing = make_pairing(config, peer, trust, reactor, stores.pairing_codes())
     # Bounds on what unpaired peers hold: memory and descriptors.
     peer.is_trusted = trust.is_paired
     gauge = DescriptorGauge(reactor, config.fd_reserve)
@@ -556,7 +560,8 @@ def make_peer(config, ident, reactor) -> Peer:
     )
 
 
-def make_pairing(config, peer, trust, reactor) -> PairingService:
+def make_pairing(config, peer, trust, reactor, codes=None) -> PairingService:
+    """Pairing of the node's peer; C{codes} shares its PINs and links (None: this node alone)."""
     return PairingService(
         peer,
         trust,
@@ -567,6 +572,7 @@ def make_pairing(config, peer, trust, reactor) -> PairingService:
         psk_lifetime=config.psk_expires,
         psk_file=os.path.join(config.data_dir, PSK_FILE),
         max_pending_per_source=config.max_pending_per_source,
+        codes=codes,
     )
 
 

@@ -33,9 +33,7 @@ class CrossNodeMailboxTests(NodesMixin, unittest.TestCase):
         result = yield mailbox.forward(a, bob.peer_id, b"across nodes")
         yield conditions.until(lambda: received == [b"across nodes"], 20)
         yield conditions.until(lambda: len(receipts) == 1, 20)
-        self.assertEqual(
-            (receipts[0].message_id, receipts[0].status), (result.message_id, ReceiptStatus.DELIVERED)
-        )
+        self.assertEqual((receipts[0].message_id, receipts[0].status), (result.message_id, ReceiptStatus.DELIVERED))
 
 
 class CrossNodeSyncTests(NodesMixin, unittest.TestCase):

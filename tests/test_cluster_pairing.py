@@ -72,3 +72,82 @@ class CrossNodePairingTests(NodesMixin, unittest.TestCase):
         if record is not None and record.state == PENDING:
             return defer.succeed([peer_id])
         return eventually(d, 20)
+
+
+class SharedCodeTests(NodesMixin, unittest.TestCase):
+    def known_on(self, node, pin):
+        """Fires once C{node}'s PIN book holds C{pin} (its watch of the pairing bucket brought it)."""
+        from cairn.pairing.codes import normalize_pin
+
+        key = normalize_pin(pin).encode("ascii")
+        d = defer.Deferred()
+
+        def seen(name, code):
+            if code is not None and code.key == key and not d.called:
+                d.callback(None)
+
+        node.pairing.codes.watch(seen)
+        current = node.pairing.pins.current
+        if current is not None and current.key == key:
+            return defer.succeed(None)
+        return eventually(d, 20)
+
+    @defer.inlineCallbacks
+    def test_pin_created_on_one_node_pairs_on_another_once(self):
+        """A PIN from n1's API pairs a device on n2; the same PIN on n1 afterwards is ALREADY_USED."""
+        yield self.start_nodes(2)
+        created = self.nodes[0].pairing.create_pin()
+        yield self.nodes[0].pairing.codes_shared()
+        yield self.known_on(self.nodes[1], created["pin"])
+        first, second = self.client(), self.client()
+        session = yield eventually(first.connect(self.address(1)))
+        yield eventually(pairing.pair_pin(session, created["pin"]), 20)
+        self.assertTrue(self.nodes[1].pairing.trust.is_paired(first.peer_id))
+        other = yield eventually(second.connect(self.address(0)))
+        failure = yield self.assertFailure(eventually(pairing.pair_pin(other, created["pin"]), 20), PairingRejected)
+        self.assertEqual(failure.code, PairRejectCode.ALREADY_USED)
+
+    @defer.inlineCallbacks
+    def test_one_spend_wins(self):
+        """Two nodes spending one code at once: exactly one succeeds (compare-and-set)."""
+        yield self.start_nodes(2)
+        self.nodes[0].pairing.create_pin()
+        yield self.nodes[0].pairing.codes_shared()
+        code = self.nodes[0].pairing.pins.current
+        outcomes = yield defer.gatherResults([node.pairing.codes.spend("pin", code) for node in self.nodes])
+        self.assertEqual(sorted(outcomes), [False, True])
+
+    @defer.inlineCallbacks
+    def test_failures_count_across_nodes(self):
+        """Wrong answers on two nodes add up: the PIN is burned after max_code_failures in the deployment."""
+        from cairn.pairing.service import MAX_CODE_FAILURES
+
+        yield self.start_nodes(2)
+        pin = self.nodes[0].pairing.create_pin()["pin"]
+        yield self.nodes[0].pairing.codes_shared()
+        yield self.known_on(self.nodes[1], pin)
+        wrong = "ZZZZ-ZZZZ" if pin != "ZZZZ-ZZZZ" else "YYYY-YYYY"
+        for attempt in range(MAX_CODE_FAILURES):
+            device = self.client()
+            session = yield eventually(device.connect(self.address(attempt % 2)))
+            yield self.assertFailure(eventually(pairing.pair_pin(session, wrong), 20), PairingRejected)
+            yield defer.gatherResults([node.pairing.codes.flushed() for node in self.nodes])
+        device = self.client()
+        session = yield eventually(device.connect(self.address(0)))
+        yield self._until_burned(self.nodes[0])
+        failure = yield self.assertFailure(eventually(pairing.pair_pin(session, pin), 20), PairingRejected)
+        self.assertEqual(failure.code, PairRejectCode.EXPIRED)
+
+    def _until_burned(self, node):
+        from cairn.pairing.service import MAX_CODE_FAILURES
+
+        d = defer.Deferred()
+
+        def seen(name, code):
+            if code is not None and code.failures >= MAX_CODE_FAILURES and not d.called:
+                d.callback(None)
+
+        node.pairing.codes.watch(seen)
+        if node.pairing.pins.current.failures >= MAX_CODE_FAILURES:
+            return defer.succeed(None)
+        return eventually(d, 20)

@@ -216,9 +216,7 @@ class KVPresence:
 
     def _attached_trusted(self):
         return [
-            s
-            for s in list(self.peer.sessions.values())
-            if s.closed is None and s.attached and self.peer.trusted(s)
+            s for s in list(self.peer.sessions.values()) if s.closed is None and s.attached and self.peer.trusted(s)
         ]
 
     def _write(self, write, what):

@@ -41,6 +41,16 @@ class Stores:
         presence = KVPresence(self.cluster, peer, node_name, clock)
         return presence, NatsBus(self.cluster, presence, node_name), RECHECK
 
+    def pairing_codes(self):
+        """Where PINs and links are shared: a KV bucket (None: a single node's memory)."""
+        if self.cluster is None:
+            return None
+        from cairn.cluster.pairing_codes import KVCodes
+        from cairn.pairing.service import LINK_TTL
+
+        # A link is remembered one TTL past its expiry (to say why it fails).
+        return KVCodes(self.cluster, ttl=3 * LINK_TTL)
+
     def cluster_report(self, presence):
         """The C{cluster} of C{GET /health} (None: a single node, no such key)."""
         if self.cluster is None:

@@ -331,12 +331,22 @@ class ManagementAPI:
     @_endpoint(app, "/pairing/pin", "POST", status=201)
     async def create_pin(self, request):
         """A new single-use pairing PIN."""
-        return await maybeDeferred(self.pairing.create_pin)
+        created = await maybeDeferred(self.pairing.create_pin)
+        await self._shared()
+        return created
+
+    async def _shared(self):
+        """Answer once a new code works on every node of the deployment (at once for a node alone)."""
+        shared = getattr(self.pairing, "codes_shared", None)
+        if shared is not None:
+            await maybeDeferred(shared)
 
     @_endpoint(app, "/pairing/link", "POST", status=201)
     async def create_link(self, request):
         """A new single-use pairing link."""
-        return await maybeDeferred(self.pairing.create_link)
+        created = await maybeDeferred(self.pairing.create_link)
+        await self._shared()
+        return created
 
     @_endpoint(app, "/pairing/qr", "GET")
     async def qr(self, request):
@@ -345,6 +355,7 @@ class ManagementAPI:
         if kind not in ("png", "svg"):
             raise BadRequest("format must be png or svg")
         created = await maybeDeferred(self.pairing.create_link)
+        await self._shared()
         link = created["link"]
         out = io.BytesIO()
         segno.make(link, error="m", micro=False).save(out, kind=kind, scale=8, border=4)

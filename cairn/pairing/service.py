@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.pairing import messages, proofs
-from cairn.pairing.codes import LinkBook, PinBook
+from cairn.pairing.codes import LinkBook, LocalCodes, PinBook
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PSK
@@ -69,6 +69,7 @@ class PairingService:
         psk_file=None,
         max_source_exchanges=MAX_SOURCE_EXCHANGES,
         max_pending_per_source=MAX_PENDING_PER_SOURCE,
+        codes=None,
     ):
         self.peer = peer
         self.trust = trust
@@ -78,8 +79,10 @@ class PairingService:
         #: The approval queue's bounds (L{cairn.pairing.pending}).
         self.pending = PendingQueue(trust, clock, max_pending, max_pending_per_source, on_evicted=self._evicted)
         self.psk = PskSetting(clock, psk, psk_max_uses, psk_lifetime, psk_file)
-        self.pins = PinBook(clock, pin_ttl, max_code_failures)
-        self.links = LinkBook(clock, link_ttl, max_code_failures)
+        #: Where PINs and links are shared (L{ICodeStore}; a node alone: nowhere).
+        self.codes = codes if codes is not None else LocalCodes()
+        self.pins = PinBook(clock, pin_ttl, max_code_failures, codes=self.codes)
+        self.links = LinkBook(clock, link_ttl, max_code_failures, codes=self.codes)
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
         self.pake = PakeMethods(self, max_source_exchanges)
         self._purge_hooks = []
@@ -105,14 +108,16 @@ class PairingService:
         self._flusher = LoopingCall(self._flush)
         self._flusher.clock = self.clock
         self._flusher.start(LAST_SEEN_FLUSH, now=False)
-        return self.trust.start()
+        return defer.gatherResults([self.trust.start(), self.codes.start()], consumeErrors=True).addCallback(
+            lambda results: results[0]
+        )
 
     def stop(self):
         """Stop writing: flush what is pending; later events are not persisted."""
         self._stopped = True
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
-        return self._flush()
+        return self._flush().addCallback(lambda _: self.codes.stop())
 
     def _flush(self):
         flush = getattr(self.trust, "flush", None)
@@ -130,6 +135,10 @@ class PairingService:
         pin, expires_at = self.pins.create()
         log.info("pairing PIN created (replaces any earlier one), valid until {expires_at}", expires_at=expires_at)
         return {"pin": pin, "expires_at": expires_at}
+
+    def codes_shared(self):
+        """A Deferred firing once the codes created so far can be used on every node."""
+        return self.codes.flushed()
 
     def create_link(self):
         if not self.link_addresses:
