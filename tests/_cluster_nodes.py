@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor, task
 from cairn.client import Client
 from cairn.crypto.identity import Identity
 from cairn.pairing import client as pairing
+from cairn.pairing.interfaces import PAIRED
 from cairn.service import make_node
 from tests._harness import drop_all, eventually, track_connections
 from tests._nats import start_nats
@@ -76,10 +77,30 @@ class NodesMixin:
 
     @defer.inlineCallbacks
     def paired(self, client, index):
-        """C{client} connected to node C{index} and paired (PSK); fires with its session."""
+        """
+        C{client} connected to node C{index} and paired (PSK), once every
+        node's trust mirror knows it (their watches brought the pairing);
+        fires with its session.
+        """
         session = yield eventually(client.connect(self.address(index)))
         yield eventually(pairing.pair_psk(session, PSK))
+        yield defer.gatherResults([self.state_on(node, client.peer_id, PAIRED) for node in self.nodes])
         return session
+
+    def state_on(self, node, peer_id, state):
+        """Fires once C{node}'s trust mirror has C{peer_id} in C{state}."""
+        d = defer.Deferred()
+
+        def seen(changed, record):
+            if changed == peer_id and record is not None and record.state == state and not d.called:
+                d.callback(None)
+
+        node.pairing.trust.watch(seen)
+        found = []
+        node.pairing.trust.get(peer_id).addCallback(found.append)  # the in-memory mirror: fires at once
+        if found and found[0] is not None and found[0].state == state:
+            return defer.succeed(None)
+        return eventually(d, 20)
 
     def without_recheck(self):
         """Stop every node's periodic re-check: what arrives now came by a watch or the bus."""

@@ -255,7 +255,9 @@ class KVPresence:
     session_resumed = session_established
 
     def peer_paired(self, peer_id):
-        if attached_locally(self.peer, peer_id):
+        # Also told for every trust change another node makes (last-seen
+        # times): write only what the bucket does not show yet.
+        if attached_locally(self.peer, peer_id) and self.node not in self._where.get(peer_id, ()):
             self._announce(peer_id)
 
     def session_detached(self, session):
