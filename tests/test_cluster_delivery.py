@@ -22,6 +22,10 @@ class CrossNodeMailboxTests(NodesMixin, unittest.TestCase):
     def test_forward_to_a_recipient_on_another_node(self):
         """Alice on n1 forwards to Bob on n2: Bob gets it while connected, and Alice's receipt reaches her on n1."""
         yield self.start_nodes(2)
+        from cairn.cluster.node import RECHECK
+
+        # A node among several re-checks (what bounds a lost wake-up); stopped here.
+        self.assertEqual([(n.mailbox.recheck, n.sync.recheck) for n in self.nodes], [(RECHECK, RECHECK)] * 2)
         self.without_recheck()
         alice, bob = self.client(), self.client()
         conditions = Conditions()
