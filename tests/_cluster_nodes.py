@@ -15,7 +15,7 @@ from cairn.pairing import client as pairing
 from cairn.pairing.interfaces import PAIRED
 from cairn.service import make_node
 from tests._harness import drop_all, eventually, track_connections
-from tests._nats import start_nats
+from tests._nats import start_nats, start_nats_cluster
 from tests.test_service import config_for
 
 PSK = "a long pre-shared key for the multi-node tests"
@@ -37,9 +37,17 @@ class NodesMixin:
     def tearDown(self):
         return drop_all(self.connections)
 
+    #: Run on a 3-server NATS cluster with R3 (else one server, R1).
+    nats_cluster = False
+
     @defer.inlineCallbacks
     def start_nodes(self, count=2, **settings):
-        self.nats = yield start_nats(self)
+        if self.nats_cluster:
+            cluster = yield start_nats_cluster(self)
+            self.nats_urls, self.replicas = tuple(cluster.urls), 3
+        else:
+            server = yield start_nats(self)
+            self.nats_urls, self.replicas = (server.url,), 1
         secrets = os.path.abspath(self.mktemp())
         os.makedirs(secrets)
         self.key_file = os.path.join(secrets, "identity.key")
@@ -54,8 +62,8 @@ class NodesMixin:
     def start_node(self, name, **settings):
         options = dict(
             psk=PSK,
-            cluster_nats=(self.nats.url,),
-            cluster_replicas=1,
+            cluster_nats=self.nats_urls,
+            cluster_replicas=self.replicas,
             node_name=name,
             identity_file=self.key_file,
         )

@@ -67,3 +67,10 @@ class CrossNodeSyncTests(NodesMixin, unittest.TestCase):
             yield conditions.until(lambda name=name: seen[name] == [b"seed"], 20)
         sync.sync_publish(sessions["writer"], "notes", b"from n1")
         yield conditions.until(lambda: seen["there"] == seen["here"] == [b"seed", b"from n1"], 20)
+
+
+class CrossNodeMailboxR3Tests(CrossNodeMailboxTests):
+    """The same on a 3-server NATS cluster, every stream and bucket R3 (reads may reach any replica)."""
+
+    nats_cluster = True
+    timeout = 240
