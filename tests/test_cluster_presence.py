@@ -153,7 +153,8 @@ class KVPresenceTests(unittest.TestCase):
 
         here, there = self.presences["n1"], self.presences["n2"]
         session = self.peers["n2"].attach("PeerB")
-        yield self.until(lambda: here.locate("PeerB") == "n2")
+        # n2 reconciles against the bucket as its own watch shows it: wait for that too.
+        yield self.until(lambda: here.locate("PeerB") == "n2" and "n2" in there._where.get("PeerB", ()))
         withdraw, there._withdraw = there._withdraw, lambda peer_id: None  # the delete is lost
         self.peers["n2"].close(session)
         there._withdraw = withdraw
