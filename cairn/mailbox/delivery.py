@@ -38,8 +38,16 @@ class Delivery:
 
     def _owe(self, receipts):
         for sender in {r.sender for r in receipts}:
-            for outbox in self._outboxes_of(sender):
-                self._pump_receipts(outbox)
+            self.bus.owe(sender)
+
+    def _owed_to(self, sender):
+        for outbox in self._outboxes_of(sender):
+            self._pump_receipts(outbox)
+
+    def _pump_all(self):
+        for outbox in list(self._outboxes.values()):
+            self._pump(outbox)
+            self._pump_receipts(outbox)
 
     def _serving(self, session) -> bool:
         # Trust is asked at every push, so an unpairing stops them at once.

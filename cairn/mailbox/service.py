@@ -24,6 +24,7 @@ from collections import Counter
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from cairn.cluster.bus import OWE, WAKE
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
 from cairn.mailbox.delivery import Delivery
@@ -76,8 +77,10 @@ class MailboxService(Delivery, StoreService):
         window_bytes=WINDOW_BYTES,
         batch_bytes=BATCH_BYTES,
         sweep_interval=SWEEP_INTERVAL,
+        bus=None,
+        recheck=None,
     ):
-        super().__init__(peer, trust, store, clock, sweep_interval)
+        super().__init__(peer, trust, store, clock, sweep_interval, bus, recheck)
         self.enabled = enabled
         self.limits = limits or Limits()
         self.max_forward = max_payload - messages.DELIVER_OVERHEAD
@@ -99,6 +102,9 @@ class MailboxService(Delivery, StoreService):
         self._register(handlers)
         # A store shared with other nodes reports what they stored: deliver it too.
         store.watch(self._deliver_to)
+        # Stored here or on another node: the bus wakes the sessions of its recipient/sender.
+        self.bus.subscribe(WAKE, self._deliver_to)
+        self.bus.subscribe(OWE, self._owed_to)
 
     name = "mailbox"
 
@@ -183,7 +189,7 @@ class MailboxService(Delivery, StoreService):
             acks.append(entry)
         self._send(session, MessageType.FORWARD_ACK, {"acks": acks})
         for recipient in recipients:
-            self._deliver_to(recipient)
+            self.bus.wake(recipient)
 
     def _not_stored(self, failure, session, checked):
         if failure.check(LowDiskSpace):
