@@ -1,0 +1,120 @@
+"""
+L{NatsRelayBus}: the L{IRelayBus} of a node on NATS (docs/scaling.md,
+"Relay across nodes"), on the node's one connection
+(L{cairn.cluster.connection.JetStream}).
+
+Relay traffic between nodes is core NATS, not JetStream: a circuit's
+messages are worth nothing after the circuit, and its flow control is end
+to end (the window), so nothing is stored. Each circuit has its own
+subject, C{<prefix>.relay.<node>.<circuit id hex>} (pings:
+C{<prefix>.relay.<node>.ping}); a node subscribes once to
+C{<prefix>.relay.<its name>.*}. NATS keeps the order of one
+publisher's messages to one subscriber, and the bus publishes from one
+task in call order, so a circuit's RelayData arrive in order.
+
+Where a peer is comes from C{where_is}, a callable given by the node
+(its presence directory); the bus does not keep one of its own.
+"""
+
+import asyncio
+import re
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cairn.relay.interfaces import IRelayBus
+
+log = Logger()
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def node_token(node: str) -> str:
+    """C{node} as one subject token: itself if safe, else C{x} and its UTF-8 in hex."""
+    return node if _TOKEN.fullmatch(node) else "x" + node.encode().hex()
+
+
+@implementer(IRelayBus)
+class NatsRelayBus:
+    """
+    @param jet: the node's connected (or connecting) L{JetStream}.
+    @param node: this node's name.
+    @param where_is: C{peer_id -> node name or None}.
+    """
+
+    def __init__(self, jet, node, where_is):
+        self.jet = jet
+        self.node = node
+        self._where_is = where_is
+        self._queue = None  # asyncio.Queue of (subject, bytes), on the NATS loop
+        self._sender = None
+        self._subscription = None
+        self.dropped = 0  # messages not sent: no connection to NATS
+
+    def where_is(self, peer_id):
+        return self._where_is(peer_id)
+
+    def _subject(self, node, last):
+        return self.jet.subject("relay", node_token(node), last)
+
+    def send(self, node, circuit_id, message):
+        subject = self._subject(node, "ping" if circuit_id is None else circuit_id.hex())
+        self.jet.thread.call(self._enqueue, subject, message)
+
+    def _enqueue(self, subject, message):
+        # On the NATS loop. One task publishes, in call order.
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._sender = asyncio.get_running_loop().create_task(self._publish())
+        self._queue.put_nowait((subject, message))
+
+    async def _publish(self):
+        while True:
+            subject, message = await self._queue.get()
+            nc = self.jet.nc
+            if nc is None or not nc.is_connected:
+                self.dropped += 1  # the nodes' liveness check closes what depended on it
+                continue
+            try:
+                await nc.publish(subject, message)
+            except Exception as e:
+                self.dropped += 1
+                log.warn("relay: publishing to another node failed: {why}", why=type(e).__name__)
+
+    def listen(self, receive):
+        """Subscribe to this node's subjects once NATS is ready; fires once subscribed."""
+        subject = self._subject(self.node, "*")
+        thread = self.jet.thread
+
+        async def subscribe():
+            async def on_message(msg):
+                thread.to_reactor(receive, msg.data)
+
+            self._subscription = await self.jet.nc.subscribe(subject, cb=on_message)
+
+        return self.jet.when_ready().addCallback(lambda _: self.jet.run(subscribe))
+
+    def stop(self):
+        """Unsubscribe and send what is queued; fires once done."""
+
+        async def stop():
+            if self._queue is not None:
+                while not self._queue.empty():
+                    await asyncio.sleep(0)
+            if self._sender is not None:
+                self._sender.cancel()
+                self._sender = None
+            if self._subscription is not None:
+                try:
+                    await self._subscription.unsubscribe()
+                except Exception:
+                    pass  # closed with the connection
+                self._subscription = None
+            self._queue = None
+
+        if not self.jet.thread.running:
+            return defer.succeed(None)
+        return self.jet.run(stop).addErrback(
+            lambda f: log.warn("relay: stopping the bus: {why}", why=f.getErrorMessage())
+        )
