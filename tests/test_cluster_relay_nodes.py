@@ -9,6 +9,9 @@ Presence here is a dict the tests fill as peers connect (the deployment's
 presence directory is the node's, not the relay's).
 """
 
+import os
+import re
+
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
@@ -26,6 +29,7 @@ from cairn.relay.messages import WINDOW
 from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, RemoteEnd
 from cairn.session.peer import Peer
 from cairn.transport.tcp import StreamFactory
+from cairn.wire import cbor
 from cairn.wire.constants import MessageType, RouteStatus
 from tests import _jetstream
 from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, track_connections
@@ -337,7 +341,33 @@ class SubjectTests(unittest.TestCase):
         self.assertEqual(node_token("*"), "x2a")
 
 
+def documented_body(name) -> str:
+    """The hex of the C{name} block of docs/protocol.md §25.8.8 (its lines, concatenated)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("#### 25.8.8 Attaching to another node") :]
+    start = section.index(f"{name} body:")
+    block = section[start : section.index("```", start)]
+    return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+
+
 class AttachAtTests(unittest.TestCase):
+    def test_vectors(self):
+        """The RouteResponse and offer vectors of docs/protocol.md §25.8.8, byte for byte, and parsed back."""
+        circuit, token, at = bytes(range(16)), bytes(range(32)), "tcp://10.0.0.2:7700"
+        response = {"req": 7, "status": 0, "reason": "", "circuit": circuit, "token": token, "attach_at": at}
+        offer = {"from": "alice", "circuit": circuit, "token": token, "attach_at": at}
+        self.assertEqual(cbor.dumps(response).hex(), documented_body("route-response"))
+        self.assertEqual(cbor.dumps(offer).hex(), documented_body("route-offer"))
+        body = cbor.loads(bytes.fromhex(documented_body("route-response")))
+        self.assertEqual(messages.parse_route_response(body), (0, circuit, 7, ""))
+        self.assertEqual(messages.route_response_attach(body), (False, token))
+        self.assertEqual(messages.attach_at(body, "RouteResponse"), at)
+        body = cbor.loads(bytes.fromhex(documented_body("route-offer")))
+        self.assertEqual(messages.parse_route_offer(body), ("alice", circuit, token))
+        self.assertEqual(messages.attach_at(body, "RouteRequest"), at)
+
     def test_parse(self):
         """attach_at: absent is None; a tcp:// or tls:// address is kept; anything else is malformed."""
         self.assertIsNone(messages.attach_at({}, "RouteRequest"))

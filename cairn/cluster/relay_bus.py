@@ -10,7 +10,9 @@ subject, C{<prefix>.relay.<node>.<circuit id hex>} (pings:
 C{<prefix>.relay.<node>.ping}); a node subscribes once to
 C{<prefix>.relay.<its name>.*}. NATS keeps the order of one
 publisher's messages to one subscriber, and the bus publishes from one
-task in call order, so a circuit's RelayData arrive in order.
+task in call order, so a circuit's RelayData arrive in order. Messages
+cross between the reactor thread and the NATS loop in batches (one
+wake-up per batch), which matters for a busy circuit.
 
 Where a peer is comes from C{where_is}, a callable given by the node
 (its presence directory); the bus does not keep one of its own.
@@ -18,6 +20,7 @@ Where a peer is comes from C{where_is}, a callable given by the node
 
 import asyncio
 import re
+from collections import deque
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -47,9 +50,18 @@ class NatsRelayBus:
         self.jet = jet
         self.node = node
         self._where_is = where_is
-        self._queue = None  # asyncio.Queue of (subject, bytes), on the NATS loop
+        # Messages cross between the reactor and the NATS loop in batches:
+        # one wake-up of the other thread for whatever piled up meanwhile
+        # (a busy circuit's RelayData), not one per message.
+        self._outbox = deque()  # (subject, bytes), appended on the reactor
+        self._out_woken = False
+        self._inbox = deque()  # bytes, appended on the NATS loop
+        self._in_woken = False
+        self._ready = None  # asyncio.Event: the publisher has work
         self._sender = None
+        self._publishing = False
         self._subscription = None
+        self._receive = None
         self.dropped = 0  # messages not sent: no connection to NATS
 
     def where_is(self, peer_id):
@@ -59,49 +71,66 @@ class NatsRelayBus:
         return self.jet.subject("relay", node_token(node), last)
 
     def send(self, node, circuit_id, message):
-        subject = self._subject(node, "ping" if circuit_id is None else circuit_id.hex())
-        self.jet.thread.call(self._enqueue, subject, message)
+        self._outbox.append((self._subject(node, "ping" if circuit_id is None else circuit_id.hex()), message))
+        if not self._out_woken:
+            self._out_woken = True
+            self.jet.thread.call(self._wake)
 
-    def _enqueue(self, subject, message):
+    def _wake(self):
         # On the NATS loop. One task publishes, in call order.
-        if self._queue is None:
-            self._queue = asyncio.Queue()
+        self._out_woken = False
+        if self._sender is None:
+            self._ready = asyncio.Event()
             self._sender = asyncio.get_running_loop().create_task(self._publish())
-        self._queue.put_nowait((subject, message))
+        self._ready.set()
 
     async def _publish(self):
         while True:
-            subject, message = await self._queue.get()
-            nc = self.jet.nc
-            if nc is None or not nc.is_connected:
-                self.dropped += 1  # the nodes' liveness check closes what depended on it
-                continue
-            try:
-                await nc.publish(subject, message)
-            except Exception as e:
-                self.dropped += 1
-                log.warn("relay: publishing to another node failed: {why}", why=type(e).__name__)
+            await self._ready.wait()
+            self._ready.clear()
+            self._publishing = True
+            while self._outbox:
+                subject, message = self._outbox.popleft()
+                nc = self.jet.nc
+                if nc is None or not nc.is_connected:
+                    self.dropped += 1  # the nodes' liveness check closes what depended on it
+                    continue
+                try:
+                    await nc.publish(subject, message)
+                except Exception as e:
+                    self.dropped += 1
+                    log.warn("relay: publishing to another node failed: {why}", why=type(e).__name__)
+            self._publishing = False
 
     def listen(self, receive):
         """Subscribe to this node's subjects once NATS is ready; fires once subscribed."""
         subject = self._subject(self.node, "*")
-        thread = self.jet.thread
+        self._receive = receive
+
+        async def on_message(msg):
+            self._inbox.append(msg.data)
+            if not self._in_woken:
+                self._in_woken = True
+                self.jet.thread.to_reactor(self._deliver)
 
         async def subscribe():
-            async def on_message(msg):
-                thread.to_reactor(receive, msg.data)
-
             self._subscription = await self.jet.nc.subscribe(subject, cb=on_message)
 
         return self.jet.when_ready().addCallback(lambda _: self.jet.run(subscribe))
+
+    def _deliver(self):
+        self._in_woken = False
+        while self._inbox:
+            data = self._inbox.popleft()
+            if self._receive is not None:
+                self._receive(data)
 
     def stop(self):
         """Unsubscribe and send what is queued; fires once done."""
 
         async def stop():
-            if self._queue is not None:
-                while not self._queue.empty():
-                    await asyncio.sleep(0)
+            while (self._outbox or self._publishing) and self.jet.nc is not None and self.jet.nc.is_connected:
+                await asyncio.sleep(0)  # the publisher sends what is queued
             if self._sender is not None:
                 self._sender.cancel()
                 self._sender = None
@@ -111,8 +140,9 @@ class NatsRelayBus:
                 except Exception:
                     pass  # closed with the connection
                 self._subscription = None
-            self._queue = None
+            self._ready = None
 
+        self._receive = None
         if not self.jet.thread.running:
             return defer.succeed(None)
         return self.jet.run(stop).addErrback(

@@ -43,6 +43,7 @@ from cairn.relay.messages import WINDOW
 from cairn.session.session import SessionClosed
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType
+from cairn.wire.schema import BodyError
 
 log = Logger()
 
@@ -163,6 +164,8 @@ class Remote:
                 self._env(node, circuit_id, MessageType(message["type"]), message["body"], message.get("peer"))
             elif op == "close":
                 self._closed_by_target_node(node, circuit_id, message)
+        except BodyError as e:
+            log.warn("relay: a malformed message from node {node} was dropped: {why}", node=node, why=e)
         except Exception:
             log.failure("relay: a message from node {node} failed", node=node)
 
