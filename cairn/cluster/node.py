@@ -24,6 +24,16 @@ class Stores:
     relay: object
     cluster: object = None
 
+    def deployment(self, peer, node_name, clock):
+        """
+        C{(presence, bus, recheck)} of this node among the others: the
+        single-node versions until the NATS ones exist (see L{cluster_stores}).
+        """
+        from cairn.cluster.bus import LocalBus
+        from cairn.cluster.presence import LocalPresence
+
+        return LocalPresence(peer, node_name), LocalBus(node_name), None
+
     def health(self):
         """C{(storage kind, problem or None)} for C{GET /health}."""
         if self.cluster is None:
