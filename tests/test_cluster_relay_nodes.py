@@ -26,7 +26,8 @@ from cairn.relay import messages
 from cairn.relay.attached import AttachedCircuit
 from cairn.relay.client import CircuitTransport, RouteRefused
 from cairn.relay.messages import WINDOW
-from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, RemoteEnd
+from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, MemoryRelayBus, RemoteEnd
+from cairn.relay.service import OFFER_TIMEOUT, RelayService
 from cairn.session.peer import Peer
 from cairn.transport.tcp import StreamFactory
 from cairn.wire import cbor
@@ -44,8 +45,8 @@ class WatchedBus(NatsRelayBus):
         super().__init__(*args)
         self.changed = changed
 
-    def listen(self, receive):
-        return super().listen(lambda data: self.changed(receive(data)))
+    def listen(self, receive, lost):
+        return super().listen(lambda data: self.changed(receive(data)), lost)
 
 
 class _Changes:
@@ -331,6 +332,112 @@ class AttachedAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
         node_b.connection.transport.lose(abort=True)
         yield self.until(lambda: circuit_id not in self.node1.relay.circuits)
         yield self.until(lambda: not a.attached)
+
+
+class FakeSession:
+    """A node session as the relay service sees it, recording what it is sent."""
+
+    def __init__(self, peer_id):
+        self.remote_peer_id = peer_id
+        self.session_id = os.urandom(16)
+        self.closed = None
+        self.attached = True
+        self.sent = []
+
+    def send(self, type_code, body):
+        self.sent.append((MessageType(type_code), body))
+
+    def last(self, type_code):
+        return [body for t, body in self.sent if t == type_code][-1]
+
+
+class MemoryBusTests(unittest.TestCase):
+    """The cross-node relay over the in-memory bus, on one clock: no sockets, every step explicit."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.network, self.presence = {}, {}
+        self.trust = MemoryTrustStore()
+        self.services = {}
+        for name in ("n1", "n2"):
+            peer = Peer(Identity.generate(), self.clock, **SETTINGS)
+            bus = MemoryRelayBus(name, self.network, self.presence, self.clock)
+            self.services[name] = RelayService(peer, self.trust, self.clock, bus=bus)
+            self.services[name].start()
+        self.n1, self.n2 = self.services["n1"], self.services["n2"]
+
+    def tearDown(self):
+        for service in self.services.values():
+            service.stop()
+        self.clock.advance(0)
+
+    def session(self, name):
+        identity = Identity.generate()
+        self.trust.set_paired(identity.peer_id, identity.public_key, "", "psk", 0.0)
+        session = FakeSession(identity.peer_id)
+        self.services[name].peer.sessions[session.session_id] = session
+        self.presence[identity.peer_id] = name
+        return session
+
+    def open(self):
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 1})
+        self.clock.advance(0)
+        offer = bob.last(MessageType.ROUTE_REQUEST)
+        self.assertEqual(offer["from"], alice.remote_peer_id)
+        self.n2._route_response(bob, {"circuit": offer["circuit"], "status": 0})
+        self.clock.advance(0)
+        self.assertEqual(alice.last(MessageType.ROUTE_RESPONSE)["status"], 0)
+        return alice, bob, offer["circuit"]
+
+    def test_data_and_credit(self):
+        """RelayData and RelayAck cross both ways; the owner counts, the target's node does not."""
+        alice, bob, circuit = self.open()
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"a" * 100})
+        self.n2._relay_data(bob, {"circuit": circuit, "data": b"b" * 70})
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_DATA)["data"], b"a" * 100)
+        self.assertEqual(alice.last(MessageType.RELAY_DATA)["data"], b"b" * 70)
+        self.n1._relay_ack(alice, {"circuit": circuit, "credit": 70})
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_ACK)["credit"], 70)
+        self.assertEqual(self.n2.remote.proxies[circuit].allowance, WINDOW)
+        self.assertEqual(self.n1.bytes_sent, {alice.remote_peer_id: 100, bob.remote_peer_id: 70})
+        self.assertEqual(self.n2.bytes_sent, {})
+
+    def test_unsent_message_closes_the_circuit(self):
+        """A message to the target's node that cannot go out closes the circuit; the requester is told."""
+        alice, _, circuit = self.open()
+        self.services["n2"].remote.bus.stop()
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"a" * 100})
+        self.clock.advance(0)
+        self.assertNotIn(circuit, self.n1.circuits)
+        self.assertEqual(alice.last(MessageType.RELAY_CLOSE)["reason"], "the other peer went away")
+
+    def test_late_acceptance(self):
+        """The target accepts after the offer timed out: its node is told there is no such circuit, and so is it."""
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 1})
+        self.clock.advance(0)
+        circuit = bob.last(MessageType.ROUTE_REQUEST)["circuit"]
+        for _ in range(int(OFFER_TIMEOUT)):  # the nodes' pings keep each other alive meanwhile
+            self.clock.advance(1)
+        self.assertEqual(alice.last(MessageType.ROUTE_RESPONSE)["status"], RouteStatus.TIMEOUT)
+        self.n2._route_response(bob, {"circuit": circuit, "status": 0})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.n2.remote.proxies, {})
+        self.assertEqual(bob.last(MessageType.RELAY_CLOSE)["reason"], "no such circuit")
+
+    def test_requester_cancels_offer(self):
+        """The requester goes away while the offer is out: the target is told "cancelled"."""
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 1})
+        self.clock.advance(0)
+        self.n1.session_detached(alice)
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_CLOSE)["reason"], "cancelled")
+        self.assertEqual(self.n2.remote.proxies, {})
 
 
 class SubjectTests(unittest.TestCase):

@@ -62,6 +62,7 @@ class NatsRelayBus:
         self._publishing = False
         self._subscription = None
         self._receive = None
+        self._lost = None
         self.dropped = 0  # messages not sent: no connection to NATS
 
     def where_is(self, peer_id):
@@ -71,7 +72,8 @@ class NatsRelayBus:
         return self.jet.subject("relay", node_token(node), last)
 
     def send(self, node, circuit_id, message):
-        self._outbox.append((self._subject(node, "ping" if circuit_id is None else circuit_id.hex()), message))
+        subject = self._subject(node, "ping" if circuit_id is None else circuit_id.hex())
+        self._outbox.append((node, circuit_id, subject, message))
         if not self._out_woken:
             self._out_woken = True
             self.jet.thread.call(self._wake)
@@ -90,22 +92,31 @@ class NatsRelayBus:
             self._ready.clear()
             self._publishing = True
             while self._outbox:
-                subject, message = self._outbox.popleft()
+                node, circuit_id, subject, message = self._outbox.popleft()
                 nc = self.jet.nc
                 if nc is None or not nc.is_connected:
-                    self.dropped += 1  # the nodes' liveness check closes what depended on it
+                    self._dropped(node, circuit_id)
                     continue
                 try:
                     await nc.publish(subject, message)
                 except Exception as e:
-                    self.dropped += 1
+                    self._dropped(node, circuit_id)
                     log.warn("relay: publishing to another node failed: {why}", why=type(e).__name__)
             self._publishing = False
 
-    def listen(self, receive):
+    def _dropped(self, node, circuit_id):
+        # On the NATS loop: a message could not be sent (no connection to NATS).
+        self.dropped += 1
+        self.jet.thread.to_reactor(self._report_lost, node, circuit_id)
+
+    def _report_lost(self, node, circuit_id):
+        if self._lost is not None:
+            self._lost(node, circuit_id)
+
+    def listen(self, receive, lost):
         """Subscribe to this node's subjects once NATS is ready; fires once subscribed."""
         subject = self._subject(self.node, "*")
-        self._receive = receive
+        self._receive, self._lost = receive, lost
 
         async def on_message(msg):
             self._inbox.append(msg.data)
@@ -142,7 +153,7 @@ class NatsRelayBus:
                 self._subscription = None
             self._ready = None
 
-        self._receive = None
+        self._receive = self._lost = None
         if not self.jet.thread.running:
             return defer.succeed(None)
         return self.jet.run(stop).addErrback(

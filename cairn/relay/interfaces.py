@@ -92,8 +92,12 @@ class IRelayBus(Interface):
     def send(node, circuit_id, message):
         """Send C{message} (bytes) to node C{node} about circuit C{circuit_id}, in order, fire and forget."""
 
-    def listen(receive):
-        """Call C{receive(message)} (bytes) on the reactor thread for every message to this node."""
+    def listen(receive, lost):
+        """
+        Call C{receive(message)} (bytes) on the reactor thread for every
+        message to this node, and C{lost(node, circuit_id)} for every
+        message of L{send} known not to have gone out (no connection).
+        """
 
     def stop():
         """Stop listening; fires once stopped."""

@@ -113,7 +113,7 @@ class Remote:
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.ping_interval, now=False)
-        return self.bus.listen(self.receive)
+        return self.bus.listen(self.receive, self.lost)
 
     def stop(self):
         if self._loop is not None and self._loop.running:
@@ -294,6 +294,18 @@ class Remote:
         if self.proxies.get(proxy.circuit_id) is proxy:
             del self.proxies[proxy.circuit_id]
 
+    def lost(self, node, circuit_id):
+        """A message about C{circuit_id} to C{node} did not go out: the circuit cannot go on."""
+        circuit = self.service.circuits.get(circuit_id)
+        if circuit is not None and isinstance(circuit.b, RemoteEnd) and circuit.b.node == node:
+            log.info("relay circuit {cid}: node {node} unreachable", cid=circuit_id.hex()[:8], node=node)
+            self.service._gone(circuit.b)
+        proxy = self.proxies.get(circuit_id)
+        if proxy is not None and proxy.owner == node:
+            self._drop(proxy)
+            body = {"circuit": proxy.circuit_id, "reason": "the other node went away"}
+            self._to_target(proxy, MessageType.RELAY_CLOSE, body)
+
     # Liveness of the other nodes
 
     def _nodes_in_use(self):
@@ -349,7 +361,7 @@ class MemoryRelayBus:
         self.network = network
         self.presence = presence
         self.clock = clock
-        self.receive = None
+        self.receive = self.lost = None
 
     def where_is(self, peer_id):
         return self.presence.get(peer_id)
@@ -358,18 +370,20 @@ class MemoryRelayBus:
         bus = self.network.get(node)
         if bus is not None and bus.receive is not None:
             self.clock.callLater(0, lambda: bus.receive and bus.receive(message))
+        elif self.lost is not None:
+            self.clock.callLater(0, self.lost, node, circuit_id)
 
-    def listen(self, receive):
+    def listen(self, receive, lost):
         from twisted.internet import defer
 
-        self.receive = receive
+        self.receive, self.lost = receive, lost
         self.network[self.node] = self
         return defer.succeed(None)
 
     def stop(self):
         from twisted.internet import defer
 
-        self.receive = None
+        self.receive = self.lost = None
         if self.network.get(self.node) is self:
             del self.network[self.node]
         return defer.succeed(None)
