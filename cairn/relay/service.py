@@ -32,6 +32,12 @@ node: a detach or a resume (Reconnect) of that session closes its
 circuits, and the other end is told at once; the peers re-establish
 their end-to-end session over a new circuit (docs/protocol.md §25.5).
 When that session ends (Close), its circuits close as final.
+
+With a bus (L{cairn.relay.interfaces.IRelayBus}), a target whose session
+is on another node of the deployment is reached through it: the circuit
+stays here (this node owns it and makes every check and count), with a
+L{cairn.relay.remote.RemoteEnd} in place of the target's session
+(L{cairn.relay.remote}; docs/scaling.md, "Relay across nodes").
 """
 
 import hmac
