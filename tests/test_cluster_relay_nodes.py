@@ -439,6 +439,17 @@ class MemoryBusTests(unittest.TestCase):
         self.assertEqual(bob.last(MessageType.RELAY_CLOSE)["reason"], "cancelled")
         self.assertEqual(self.n2.remote.proxies, {})
 
+    def test_purge_on_the_target_node(self):
+        """Unpairing the requester on the target's node closes the circuit there and at its owner, final."""
+        alice, bob, circuit = self.open()
+        self.n2.purge(alice.remote_peer_id)
+        self.clock.advance(0)
+        self.assertEqual(self.n2.remote.proxies, {})
+        self.assertNotIn(circuit, self.n1.circuits)
+        for end in (alice, bob):
+            close = end.last(MessageType.RELAY_CLOSE)
+            self.assertEqual((close["reason"], close.get("final")), ("the other peer was unpaired", True))
+
 
 class SubjectTests(unittest.TestCase):
     def test_node_token(self):

@@ -79,6 +79,8 @@ class Proxy:
     circuit_id = attr.ib()
     session = attr.ib()
     owner = attr.ib()
+    #: The requester's peer id (from the offer).
+    requester = attr.ib(default=None)
     state = attr.ib(default="offered")
     #: Bytes the target may still send (its window, credited by the requester).
     allowance = attr.ib(default=WINDOW)
@@ -224,7 +226,7 @@ class Remote:
                 },
             )
             return
-        proxy = Proxy(circuit_id, session, owner, token=body.get("token") is not None)
+        proxy = Proxy(circuit_id, session, owner, requester=body.get("from"), token=body.get("token") is not None)
         self.proxies[circuit_id] = proxy
         self._to_target(proxy, MessageType.ROUTE_REQUEST, body)
 
@@ -275,6 +277,17 @@ class Remote:
             if proxy.session is session:
                 self._drop(proxy)
                 self._to_owner_close(proxy, "the other peer went away", culprit=True, final=final)
+
+    def purge(self, peer_id):
+        """The pairing purge on this node: close the proxied circuits of C{peer_id} (either end), as final."""
+        reason = "the other peer was unpaired"
+        for proxy in list(self.proxies.values()):
+            if peer_id in (proxy.session.remote_peer_id, proxy.requester):
+                self._drop(proxy)
+                self._to_target(
+                    proxy, MessageType.RELAY_CLOSE, {"circuit": proxy.circuit_id, "reason": reason, "final": True}
+                )
+                self._to_owner_close(proxy, reason, culprit=True, final=True)
 
     def _to_owner_close(self, proxy, reason, culprit=False, final=False):
         message = {"op": "close", "from": self.node, "circuit": proxy.circuit_id, "reason": reason}

@@ -543,6 +543,8 @@ class RelayService:
         for circuit in list(self.circuits.values()):
             if peer_id in (circuit.a.remote_peer_id, circuit.b.remote_peer_id):
                 self.close(circuit, "the other peer was unpaired", final=True)
+        if self.remote is not None:
+            self.remote.purge(peer_id)
         return self.accounts.purge(peer_id)
 
     def set_limits(self, peer_id, limits: RelayLimits):
