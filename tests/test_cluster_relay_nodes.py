@@ -439,6 +439,23 @@ class MemoryBusTests(unittest.TestCase):
         self.assertEqual(bob.last(MessageType.RELAY_CLOSE)["reason"], "cancelled")
         self.assertEqual(self.n2.remote.proxies, {})
 
+    def test_malformed_messages_from_another_node(self):
+        """Garbage from another node is dropped with a warning; the circuit goes on."""
+        alice, bob, circuit = self.open()
+        for junk in (
+            b"not cbor \xff",
+            cbor.dumps([1, 2]),
+            cbor.dumps({"from": "n2", "op": "env", "type": 0x7777, "body": {"circuit": circuit}}),
+            cbor.dumps({"from": "n2", "op": "env", "type": 0x0502, "body": {"circuit": circuit, "data": 5}}),
+            cbor.dumps({"from": "n2", "op": "close", "circuit": "x"}),
+        ):
+            self.n1.remote.receive(junk)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertIn(circuit, self.n1.circuits)
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"still"})
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_DATA)["data"], b"still")
+
     def test_purge_on_the_target_node(self):
         """Unpairing the requester on the target's node closes the circuit there and at its owner, final."""
         alice, bob, circuit = self.open()

@@ -166,8 +166,8 @@ class Remote:
                 self._env(node, circuit_id, MessageType(message["type"]), message["body"], message.get("peer"))
             elif op == "close":
                 self._closed_by_target_node(node, circuit_id, message)
-        except BodyError as e:
-            log.warn("relay: a malformed message from node {node} was dropped: {why}", node=node, why=e)
+        except (BodyError, KeyError, TypeError, ValueError) as e:
+            log.warn("relay: a malformed message from node {node} was dropped: {why}", node=node, why=repr(e)[:200])
         except Exception:
             log.failure("relay: a message from node {node} failed", node=node)
 
@@ -226,7 +226,14 @@ class Remote:
                 },
             )
             return
-        proxy = Proxy(circuit_id, session, owner, requester=body.get("from"), token=body.get("token") is not None)
+        proxy = Proxy(
+            circuit_id,
+            session,
+            owner,
+            requester=body.get("from"),
+            allowance=self.service.window,
+            token=body.get("token") is not None,
+        )
         self.proxies[circuit_id] = proxy
         self._to_target(proxy, MessageType.ROUTE_REQUEST, body)
 
@@ -236,7 +243,7 @@ class Remote:
         if type_code == MessageType.RELAY_CLOSE:
             self._drop(proxy)
         elif type_code == MessageType.RELAY_ACK:
-            proxy.allowance = min(WINDOW, proxy.allowance + max(0, int(body.get("credit", 0))))
+            proxy.allowance = min(self.service.window, proxy.allowance + max(0, int(body.get("credit", 0))))
         self._to_target(proxy, type_code, body)
 
     def proxy_of(self, session, circuit_id):
