@@ -448,6 +448,14 @@ class _LocalStores:
     def health(self):
         return self.kind, None
 
+    def cluster_report(self, presence):
+        """No deployment to report on (C{/health} has no C{cluster})."""
+        return None
+
+    def pairing_codes(self):
+        """PINs and links stay in this node's memory."""
+        return None
+
     def deployment(self, peer, node_name, clock):
         """This node alone: C{(presence, bus, recheck)} (no re-check: every wake-up is a direct call)."""
         return LocalPresence(peer, node_name), LocalBus(node_name), None
@@ -489,7 +497,7 @@ def _make_node(config, reactor) -> CairnNode:
     db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
     stores = make_stores(config, reactor, db)
     trust = stores.trust
-    pairing = make_pairing(config, peer, trust, reactor)
+    pairing = make_pairing(config, peer, trust, reactor, stores.pairing_codes())
     # Bounds on what unpaired peers hold: memory and descriptors.
     peer.is_trusted = trust.is_paired
     gauge = DescriptorGauge(reactor, config.fd_reserve)
@@ -506,7 +514,8 @@ def _make_node(config, reactor) -> CairnNode:
     mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck, relay_bus)
     for service in (mailbox, sync, relay):
         pairing.add_purge_hook(service.purge)
-    metrics = Metrics(peer, reactor, reactor.seconds())
+    # A node among several labels its samples with its name; one alone keeps today's series.
+    metrics = Metrics(peer, reactor, reactor.seconds(), node=config.node_name if config.cluster_nats else None)
     for name, collect in (
         ("mailbox", mailbox.collect_metrics),
         ("sync", sync.collect_metrics),
@@ -557,7 +566,8 @@ def make_peer(config, ident, reactor) -> Peer:
     )
 
 
-def make_pairing(config, peer, trust, reactor) -> PairingService:
+def make_pairing(config, peer, trust, reactor, codes=None) -> PairingService:
+    """Pairing of the node's peer; C{codes} shares its PINs and links (None: this node alone)."""
     return PairingService(
         peer,
         trust,
@@ -568,6 +578,7 @@ def make_pairing(config, peer, trust, reactor) -> PairingService:
         psk_lifetime=config.psk_expires,
         psk_file=os.path.join(config.data_dir, PSK_FILE),
         max_pending_per_source=config.max_pending_per_source,
+        codes=codes,
     )
 
 
@@ -650,6 +661,8 @@ def add_management(node, config, reactor, stores, space) -> None:
     endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
     reports = NodeReports(
         storage=stores.health,
+        presence=node.presence,
+        cluster=stores.cluster_report(node.presence),
         disk=space.to_json,
         descriptors=node.gauge.report,
         history=history.to_json,

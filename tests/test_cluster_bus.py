@@ -98,3 +98,73 @@ class NoRecheckTests(_Missed, MailboxHarness, unittest.TestCase):
         self.clock.advance(3600)
         self.assertEqual(bob_box.messages, [])
         self.assertIsNone(self.mailbox._rechecker)
+
+
+class _Where:
+    """A presence stand-in: which nodes hold each peer."""
+
+    def __init__(self, places, nodes):
+        self.places, self._nodes = places, nodes
+
+    def where(self, peer_id):
+        return self.places.get(peer_id, ())
+
+    def nodes(self):
+        return dict.fromkeys(self._nodes, 0.0)
+
+
+class NatsBusTests(unittest.TestCase):
+    """Three L{NatsBus}es, each on its own connection to one NATS server, as three nodes."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from cairn.cluster.nats_bus import NatsBus
+        from tests import _jetstream
+        from tests._harness import Conditions
+
+        server, jet = yield _jetstream.single(self)
+        self.conditions = Conditions()
+        self.seen = {name: [] for name in ("n1", "n2", "n3")}
+        self.where = _Where({"R": ("n2",), "S": ("n1", "n3")}, ("n1", "n2", "n3"))
+        self.buses = {}
+        for name in self.seen:
+            # One connection per node, as in a deployment.
+            own = jet if name == "n1" else (yield _jetstream.connect(self, [server.url]))
+            bus = NatsBus(own, self.where, name)
+            for kind in (WAKE, OWE, TOPIC):
+                bus.subscribe(
+                    kind, lambda key, kind=kind, name=name: self.conditions.changed(self.seen[name].append((kind, key)))
+                )
+            yield bus.start()
+            self.addCleanup(bus.stop)
+            self.buses[name] = bus
+
+    def test_interface(self):
+        """NatsBus provides INodeBus."""
+        self.assertTrue(verifyObject(INodeBus, self.buses["n1"]))
+
+    @defer.inlineCallbacks
+    def test_notices_reach_the_nodes_holding_the_peer(self):
+        """wake/owe go to this node at once and to the nodes presence names; fan_out to every node."""
+        n1 = self.buses["n1"]
+        n1.wake("R")
+        self.assertEqual(self.seen["n1"], [(WAKE, "R")])  # this node's: a direct call
+        n1.owe("S")
+        n1.fan_out("t")
+        yield self.conditions.until(
+            lambda: self.seen["n2"] == [(WAKE, "R"), (TOPIC, "t")] and self.seen["n3"] == [(OWE, "S"), (TOPIC, "t")],
+            20,
+        )
+        self.assertEqual(self.seen["n1"], [(WAKE, "R"), (OWE, "S"), (TOPIC, "t")])  # never its own echo
+
+    @defer.inlineCallbacks
+    def test_request_answered_by_the_named_node(self):
+        """A request to n2 is answered by n2's handler; one to a node nobody serves is NoRoute."""
+        from cairn.cluster import nats_bus
+
+        self.buses["n2"].serve("echo", lambda body: defer.succeed(b"n2:" + body))
+        answer = yield eventually(self.buses["n1"].request("n2", "echo", b"hi"), 20)
+        self.assertEqual(answer, b"n2:hi")
+        self.patch(nats_bus, "REQUEST_TIMEOUT", 0.5)
+        yield self.assertFailure(eventually(self.buses["n1"].request("n9", "echo", b"hi"), 20), NoRoute)
+        yield self.assertFailure(eventually(self.buses["n1"].request("n3", "echo", b"hi"), 20), NoRoute)

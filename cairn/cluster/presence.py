@@ -49,9 +49,7 @@ class IPresence(Interface):
 
 def attached_locally(peer, peer_id) -> bool:
     """Whether C{peer_id} has an open, attached session with the local C{peer}."""
-    return any(
-        s.remote_peer_id == peer_id and s.closed is None and s.attached for s in list(peer.sessions.values())
-    )
+    return any(s.remote_peer_id == peer_id and s.closed is None and s.attached for s in list(peer.sessions.values()))
 
 
 def local_peers(peer) -> set:
