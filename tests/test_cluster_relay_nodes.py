@@ -33,6 +33,7 @@ from cairn.transport.tcp import StreamFactory
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType, RouteStatus
 from tests import _jetstream
+from tests._cluster_nodes import NodesMixin
 from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, track_connections
 from tests._nats import start_nats
 from tests.test_relay import RecordingRelay, RelayScenarioMixin
@@ -466,6 +467,38 @@ class MemoryBusTests(unittest.TestCase):
         for end in (alice, bob):
             close = end.last(MessageType.RELAY_CLOSE)
             self.assertEqual((close["reason"], close.get("final")), ("the other peer was unpaired", True))
+
+
+class MadeNodesTests(NodesMixin, unittest.TestCase):
+    """Two nodes as make_node builds them (KV presence, JetStream stores): a RelayData circuit between them."""
+
+    @defer.inlineCallbacks
+    def test_relay_between_made_nodes(self):
+        """Alice paired on n1, Bob on n2: a circuit opens once n1 sees Bob on n2, and carries data both ways."""
+        yield self.start_nodes(2)
+        self.conditions = conditions = Conditions()
+        for node in self.nodes:
+            applied = node.presence._apply
+            node.presence._apply = lambda changes, applied=applied: conditions.changed(applied(changes))
+        alice, bob = self.client(), self.client()
+        for client in (alice, bob):
+            relay.relay_endpoint(client).attach = False  # no CAIRN_RELAY_ATTACH_ADDRESS: RelayData
+        node_a = yield self.paired(alice, 0)
+        yield self.paired(bob, 1)
+        n1, n2 = self.nodes
+        yield conditions.until(
+            lambda: n1.presence.locate(bob.peer_id) == "n2" and n1.relay.trust.is_paired(bob.peer_id), 30
+        )
+        accepted = defer.Deferred()
+        relay.relay_endpoint(bob).on_session = accepted.callback
+        a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id))
+        b = yield eventually(accepted)
+        yield self.exchange(a, b)
+        [circuit] = n1.relay.circuits.values()
+        self.assertIsInstance(circuit.b, RemoteEnd)
+        self.assertEqual(list(n2.relay.remote.proxies), [circuit.circuit_id])
+
+    exchange = RelayScenarioMixin.exchange
 
 
 class SubjectTests(unittest.TestCase):
