@@ -15,8 +15,10 @@ import re
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from cairn.client import Client
+from cairn.cluster.loop import AsyncioThread
 from cairn.cluster.relay import KVRelayStore
 from cairn.cluster.relay_bus import NatsRelayBus, node_token
 from cairn.crypto.identity import Identity
@@ -25,6 +27,7 @@ from cairn.relay import client as relay
 from cairn.relay import messages
 from cairn.relay.attached import AttachedCircuit
 from cairn.relay.client import CircuitTransport, RouteRefused
+from cairn.relay.interfaces import IRelayBus
 from cairn.relay.messages import WINDOW
 from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, MemoryRelayBus, RemoteEnd
 from cairn.relay.service import OFFER_TIMEOUT, RelayService
@@ -502,6 +505,34 @@ class MadeNodesTests(NodesMixin, unittest.TestCase):
 
 
 class SubjectTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_unsent_is_reported(self):
+        """A message the NATS bus cannot send (no connection) is reported lost, with its node and circuit."""
+
+        class NoConnection:
+            nc = None
+
+            def __init__(self):
+                self.thread = AsyncioThread(reactor)
+
+            def subject(self, *parts):
+                return ".".join(("cairn", *parts))
+
+        jet = NoConnection()
+        jet.thread.start()
+        self.addCleanup(jet.thread.stop)
+        bus = NatsRelayBus(jet, "n1", lambda peer_id: None)
+        lost = defer.Deferred()
+        bus._lost = lambda node, circuit_id: lost.callback((node, circuit_id))
+        bus.send("n2", b"c" * 16, b"message")
+        self.assertEqual((yield eventually(lost)), ("n2", b"c" * 16))
+        self.assertEqual(bus.dropped, 1)
+
+    def test_interfaces(self):
+        """Both buses provide IRelayBus."""
+        self.assertTrue(verifyObject(IRelayBus, MemoryRelayBus("n1", {}, {}, task.Clock())))
+        self.assertTrue(verifyObject(IRelayBus, NatsRelayBus(object(), "n1", lambda peer_id: None)))
+
     def test_node_token(self):
         """A node name is a subject token as it is when it can be, else hex."""
         self.assertEqual(node_token("node-1"), "node-1")
