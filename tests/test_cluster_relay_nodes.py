@@ -38,7 +38,7 @@ from cairn.wire.constants import MessageType, RouteStatus
 from tests import _jetstream
 from tests._cluster_nodes import NodesMixin
 from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, track_connections
-from tests._nats import start_nats
+from tests._nats import free_port, start_nats
 from tests.test_relay import RecordingRelay, RelayScenarioMixin
 
 
@@ -473,22 +473,31 @@ class MemoryBusTests(unittest.TestCase):
 
 
 class MadeNodesTests(NodesMixin, unittest.TestCase):
-    """Two nodes as make_node builds them (KV presence, JetStream stores): a RelayData circuit between them."""
+    """Two nodes as make_node builds them (KV presence, JetStream stores, the relay bus): circuits between them."""
 
     @defer.inlineCallbacks
-    def test_relay_between_made_nodes(self):
-        """Alice paired on n1, Bob on n2: a circuit opens once n1 sees Bob on n2, and carries data both ways."""
-        yield self.start_nodes(2)
+    def two_nodes_and_circuit(self, attach):
+        """n1 and n2 (with CAIRN_RELAY_ATTACH_ADDRESS if C{attach}); Alice on n1, Bob on n2, a circuit between them."""
+        yield self.start_nodes(0)
+        for name in ("n1", "n2"):
+            settings = {}
+            if attach:
+                port = free_port()
+                settings = {
+                    "listen": f"tcp:{port}:interface=127.0.0.1",
+                    "relay_attach_address": f"tcp://127.0.0.1:{port}",
+                }
+            yield self.start_node(name, **settings)
         self.conditions = conditions = Conditions()
         for node in self.nodes:
             applied = node.presence._apply
             node.presence._apply = lambda changes, applied=applied: conditions.changed(applied(changes))
         alice, bob = self.client(), self.client()
         for client in (alice, bob):
-            relay.relay_endpoint(client).attach = False  # no CAIRN_RELAY_ATTACH_ADDRESS: RelayData
+            relay.relay_endpoint(client).attach = attach
         node_a = yield self.paired(alice, 0)
         yield self.paired(bob, 1)
-        n1, n2 = self.nodes
+        n1 = self.nodes[0]
         yield conditions.until(
             lambda: n1.presence.locate(bob.peer_id) == "n2" and n1.relay.trust.is_paired(bob.peer_id), 30
         )
@@ -496,10 +505,31 @@ class MadeNodesTests(NodesMixin, unittest.TestCase):
         relay.relay_endpoint(bob).on_session = accepted.callback
         a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id))
         b = yield eventually(accepted)
+        return alice, bob, a, b
+
+    @defer.inlineCallbacks
+    def test_relay_data_between_made_nodes(self):
+        """Without an attach address: a RelayData circuit, data both ways."""
+        _, _, a, b = yield self.two_nodes_and_circuit(attach=False)
         yield self.exchange(a, b)
+        n1, n2 = self.nodes
         [circuit] = n1.relay.circuits.values()
         self.assertIsInstance(circuit.b, RemoteEnd)
+        self.assertEqual(circuit.mode, "session")
         self.assertEqual(list(n2.relay.remote.proxies), [circuit.circuit_id])
+
+    @defer.inlineCallbacks
+    def test_attached_between_made_nodes(self):
+        """With CAIRN_RELAY_ATTACH_ADDRESS: spliced on n1, Bob's attach connection goes to n1, data both ways."""
+        _, bob, a, b = yield self.two_nodes_and_circuit(attach=True)
+        yield self.exchange(a, b)
+        n1, _ = self.nodes
+        [circuit] = n1.relay.circuits.values()
+        self.assertEqual(circuit.mode, "attached")
+        self.assertIsNotNone(circuit.splice)
+        [end] = relay.relay_endpoint(bob).circuits.values()
+        self.assertIsInstance(end, AttachedCircuit)
+        self.assertEqual(end.protocol.transport.getPeer().port, n1.ports["tcp"].getHost().port)
 
     exchange = RelayScenarioMixin.exchange
 
