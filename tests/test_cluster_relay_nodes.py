@@ -32,7 +32,7 @@ from cairn.relay.messages import WINDOW
 from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, MemoryRelayBus, RemoteEnd
 from cairn.relay.service import OFFER_TIMEOUT, RelayService
 from cairn.session.peer import Peer
-from cairn.transport.tcp import StreamFactory
+from cairn.transport.handoff import HandOffFactory
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType, RouteStatus
 from tests import _jetstream
@@ -105,13 +105,18 @@ class CrossNodeHarness:
         peer = Peer(identity, clock, **SETTINGS)
         peer.on_session = lambda session: self.conditions.changed()
         track_connections(peer, self.connections)
-        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(StreamFactory(peer))
+        # A connection may start with a RelayAttach (attached circuits).
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(HandOffFactory(peer))
         self.addCleanup(port.stopListening)
         jet = yield _jetstream.connect(self, [self.nats.url])
         bus = WatchedBus(jet, name, self.presence.get, changed=self.conditions.changed)
         options = {}
         if self.attach:
-            options = {"reactor": reactor, "attach_address": f"tcp://127.0.0.1:{port.getHost().port}"}
+            options = {
+                "attached_circuits": True,
+                "reactor": reactor,
+                "attach_address": f"tcp://127.0.0.1:{port.getHost().port}",
+            }
         service = RecordingRelay(
             peer,
             self.trust,
