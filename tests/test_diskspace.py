@@ -329,21 +329,44 @@ class ReserveScenario(RealNodeClients):
         self.assertEqual(self.held(), set(before))
 
     @defer.inlineCallbacks
+    def test_stored_update_acknowledged_at_the_reserve(self):
+        """
+        At the reserve an update already stored, published again, is
+        acknowledged DUPLICATE with its seq (protocol.md §24.3), not
+        refused.
+        """
+        phone = self.client()
+        p = yield self.paired(phone)
+        published = yield self.publish_until_refused(p, "notes")
+        self.assertTrue(self.space.low)
+        update_id, seq = published[3]
+        # Published again as a client retries: the same size (a few bytes would fit).
+        again = yield eventually(sync.sync_publish(p, "notes", os.urandom(PAYLOAD), update_id))
+        self.assertEqual(again, seq)
+        self.assertEqual(self.node.sync.statuses["DUPLICATE"], 1)
+        self.assertEqual(self.node.sync.store.topics()["notes"].head, published[-1][1])
+
+    @defer.inlineCallbacks
+    def publish_until_refused(self, session, topic):
+        """Publish updates on C{topic} one by one until the node refuses one; return [(id, seq)] of those stored."""
+        published = []
+        for _ in range(2000):
+            update_id = os.urandom(16)
+            try:
+                seq = yield eventually(sync.sync_publish(session, topic, os.urandom(PAYLOAD), update_id))
+            except PublishRejected as e:
+                self.assertEqual((e.code, e.reason), (SyncStatus.STORAGE_ERROR, "the node cannot store updates now"))
+                return published
+            published.append((update_id, seq))
+        self.fail("the node never refused an update")
+
+    @defer.inlineCallbacks
     def test_sync_publish_refused_at_the_reserve(self):
         """At the reserve publishes get STORAGE_ERROR while a device still gets its replay and moves its cursor."""
         phone, laptop = self.client(), self.client()
         p = yield self.paired(phone)
         yield self.paired(laptop)
-        published = []
-        for _ in range(2000):
-            try:
-                seq = yield eventually(sync.sync_publish(p, "notes", os.urandom(PAYLOAD)))
-            except PublishRejected as e:
-                self.assertEqual((e.code, e.reason), (SyncStatus.STORAGE_ERROR, "the node cannot store updates now"))
-                break
-            published.append(seq)
-        else:
-            self.fail("the node never refused an update")
+        published = [seq for _, seq in (yield self.publish_until_refused(p, "notes"))]
         self.assertGreater(len(published), 50)
         updates = []
         store = self.node.sync.store
