@@ -144,13 +144,14 @@ def publish_refused_txn(cursor, items, now, limits):
     The result of a L{publish_txn} refused at the disk reserve: None (the
     call fails, every update STORAGE_ERROR) unless some update is already
     held; then that one is a DUPLICATE with its seq as always (protocol.md
-    §24.3) and the others STORAGE_ERROR.
+    §24.3) and the others STORAGE_ERROR (see
+    L{cairn.diskspace.guarded_batch} for the pair returned).
     """
     seqs = [_known_seq_txn(cursor, item) for item in items]
     if all(seq is None for seq in seqs):
         return None
     results = [(SyncStatus.STORAGE_ERROR, None) if seq is None else (SyncStatus.DUPLICATE, seq) for seq in seqs]
-    return results, ({}, {})
+    return (results, ({}, {})), None in seqs
 
 
 def fetch_txn(cursor, name, after_seq, limit):
