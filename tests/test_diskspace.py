@@ -370,7 +370,8 @@ class ReserveScenario(RealNodeClients):
         refused = self.space.refused
         self.assertGreater(refused, 0)
         # Sent again as a client retries: the same size (a few bytes would fit).
-        yield eventually(mailbox.forward(a, bob.peer_id, os.urandom(PAYLOAD), message_id=before[0]))
+        result = yield eventually(mailbox.forward(a, bob.peer_id, os.urandom(PAYLOAD), message_id=before[0]))
+        self.assertEqual(result, mailbox.ForwardResult(before[0], duplicate=True))
         self.assertEqual(self.space.refused, refused)
         # A request with a new message beside it is still one refusal.
         items = [Incoming(alice.peer_id, bob.peer_id, mid, os.urandom(PAYLOAD)) for mid in (before[1], mailbox.uuid7())]
