@@ -206,9 +206,14 @@ def guarded_batch(batch_txn, space: FreeSpace | None, growing):
     other call runs as before.
 
     C{growing} is a set of txns, or a mapping from each to None or to a
-    C{refused(cursor, *args)} run for a call refused here: it returns the
-    call's result instead of the failure (e.g. per item, so that what is
-    already stored is still acknowledged as such), or None for the failure.
+    C{refused(cursor, *args)} run for a call refused here. It returns None
+    for the failure, or C{(result, refused)}: the call's result instead of
+    the failure (e.g. per item, so that what is already stored is still
+    acknowledged as such) and whether any of its items was still refused.
+
+    L{FreeSpace.refused} counts the calls that were refused something: a
+    call answered wholly from what is already held (a sender's retry) is
+    not a refusal.
     """
     if space is None:
         return batch_txn
@@ -229,10 +234,15 @@ def guarded_batch(batch_txn, space: FreeSpace | None, growing):
             if ok:
                 out.append(next(results))
                 continue
-            space.refused += 1
             instead = refusals[txn]
-            value = instead(cursor, *args) if instead is not None else None
-            out.append((False, refused) if value is None else (True, value))
+            answer = instead(cursor, *args) if instead is not None else None
+            if answer is None:
+                space.refused += 1
+                out.append((False, refused))
+                continue
+            value, some_refused = answer
+            space.refused += bool(some_refused)
+            out.append((True, value))
         return out
 
     return batch

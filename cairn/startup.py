@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from contextlib import contextmanager
 
 from twisted.internet.error import CannotListenError
@@ -196,14 +197,22 @@ def tell_launcher(twistd_options):
     for the child's outcome, and hears of an C{Exception} only -- a
     C{SystemExit} would leave it waiting for ever. It prints the line
     ("An error has occurred: ...") and exits with status 1.
+
+    The daemon's line goes to its log (its C{sys.stderr}: twistd's log)
+    before the launcher is told, and the error then ends the daemon with
+    status 1 without printing it again. Python would print it only as the
+    daemon exits, after the launcher had exited: an operator (or a test)
+    reading the log at once could find it missing.
     """
     try:
         yield
     except StartupError as e:
         pipe = twistd_options.get("statusPipe") if twistd_options is not None else None
-        if pipe is not None:
-            twistd_options["statusPipe"] = None
-            # twistd's own format: "1 " and at most 100 bytes in all.
-            os.write(pipe, f"1 {e.problem}".encode("ascii", "backslashreplace")[:100])
-            os.close(pipe)
-        raise
+        if pipe is None:
+            raise
+        twistd_options["statusPipe"] = None
+        print(e, file=sys.stderr, flush=True)
+        # twistd's own format: "1 " and at most 100 bytes in all.
+        os.write(pipe, f"1 {e.problem}".encode("ascii", "backslashreplace")[:100])
+        os.close(pipe)
+        raise SystemExit(1) from None

@@ -151,6 +151,38 @@ class FreeSpaceTests(unittest.TestCase):
         self.assertEqual(self.space.refused, 1)
         self.assertEqual(len(item.payload) + ITEM_OVERHEAD, 3 * MiB + ITEM_OVERHEAD)
 
+    def test_guarded_batch_refusal_answers(self):
+        """
+        A refused call's hook may answer it instead: counted as refused only
+        if it says some item was still refused (a retry of what is held is not).
+        """
+
+        def grow(cursor, items):
+            return items
+
+        def held(cursor, items):
+            names = [item.name for item in items]
+            if "new" not in names:
+                return names, False  # all held: answered, nothing refused
+            if names != ["new"]:
+                return names, True  # some held, some refused
+            return None  # nothing held: the call fails
+
+        def batch_txn(cursor, given):
+            return [(True, "stored") for _ in given]
+
+        def item(name):
+            return SimpleNamespace(name=name, payload=b"x" * (7 * MiB))
+
+        batch = guarded_batch(batch_txn, self.space, {grow: held})
+        out = batch(self.cursor, [(grow, ([item("old")],)), (grow, ([item("old"), item("new")],))])
+        self.assertEqual(out, [(True, ["old"]), (True, ["old", "new"])])
+        self.assertEqual(self.space.refused, 1)
+        [(ok, error)] = batch(self.cursor, [(grow, ([item("new")],))])
+        self.assertFalse(ok)
+        self.assertIsInstance(error, LowDiskSpace)
+        self.assertEqual(self.space.refused, 2)
+
     def test_disk_warnings(self):
         """A mailbox limit the disk cannot hold, and a disk already below the reserve, are warned about."""
         self.assertEqual(disk_warnings("/data", 10**10, 0, 64 * MiB, 10**9), [])
@@ -329,21 +361,64 @@ class ReserveScenario(RealNodeClients):
         self.assertEqual(self.held(), set(before))
 
     @defer.inlineCallbacks
+    def test_duplicate_is_not_counted_refused(self):
+        """A message already stored, sent again at the reserve, is not counted in cairn_disk_refused."""
+        alice, bob = self.client(), self.client()
+        a = yield self.paired(alice)
+        yield self.paired(bob)
+        before = yield self.fill(a, bob.peer_id)
+        refused = self.space.refused
+        self.assertGreater(refused, 0)
+        # Sent again as a client retries: the same size (a few bytes would fit).
+        result = yield eventually(mailbox.forward(a, bob.peer_id, os.urandom(PAYLOAD), message_id=before[0]))
+        self.assertEqual(result, mailbox.ForwardResult(before[0], duplicate=True))
+        self.assertEqual(self.space.refused, refused)
+        # A request with a new message beside it is still one refusal.
+        items = [Incoming(alice.peer_id, bob.peer_id, mid, os.urandom(PAYLOAD)) for mid in (before[1], mailbox.uuid7())]
+        yield self.node.mailbox.store.enqueue(items, reactor.seconds(), self.node.mailbox.limits)
+        self.assertEqual(self.space.refused, refused + 1)
+
+    @defer.inlineCallbacks
+    def test_stored_update_acknowledged_at_the_reserve(self):
+        """
+        At the reserve an update already stored, published again, is
+        acknowledged DUPLICATE with its seq (protocol.md §24.3), not
+        refused, and not counted in cairn_disk_refused.
+        """
+        phone = self.client()
+        p = yield self.paired(phone)
+        published = yield self.publish_until_refused(p, "notes")
+        self.assertTrue(self.space.low)
+        refused = self.space.refused
+        update_id, seq = published[3]
+        # Published again as a client retries: the same size (a few bytes would fit).
+        again = yield eventually(sync.sync_publish(p, "notes", os.urandom(PAYLOAD), update_id))
+        self.assertEqual(again, seq)
+        self.assertEqual(self.node.sync.statuses["DUPLICATE"], 1)
+        self.assertEqual(self.space.refused, refused)
+        self.assertEqual(self.node.sync.store.topics()["notes"].head, published[-1][1])
+
+    @defer.inlineCallbacks
+    def publish_until_refused(self, session, topic):
+        """Publish updates on C{topic} one by one until the node refuses one; return [(id, seq)] of those stored."""
+        published = []
+        for _ in range(2000):
+            update_id = os.urandom(16)
+            try:
+                seq = yield eventually(sync.sync_publish(session, topic, os.urandom(PAYLOAD), update_id))
+            except PublishRejected as e:
+                self.assertEqual((e.code, e.reason), (SyncStatus.STORAGE_ERROR, "the node cannot store updates now"))
+                return published
+            published.append((update_id, seq))
+        self.fail("the node never refused an update")
+
+    @defer.inlineCallbacks
     def test_sync_publish_refused_at_the_reserve(self):
         """At the reserve publishes get STORAGE_ERROR while a device still gets its replay and moves its cursor."""
         phone, laptop = self.client(), self.client()
         p = yield self.paired(phone)
         yield self.paired(laptop)
-        published = []
-        for _ in range(2000):
-            try:
-                seq = yield eventually(sync.sync_publish(p, "notes", os.urandom(PAYLOAD)))
-            except PublishRejected as e:
-                self.assertEqual((e.code, e.reason), (SyncStatus.STORAGE_ERROR, "the node cannot store updates now"))
-                break
-            published.append(seq)
-        else:
-            self.fail("the node never refused an update")
+        published = [seq for _, seq in (yield self.publish_until_refused(p, "notes"))]
         self.assertGreater(len(published), 50)
         updates = []
         store = self.node.sync.store

@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from cairn.crypto.handshake import HandshakeResult
 from cairn.crypto.identity import Identity
+from cairn.mailbox.interfaces import StoreFull
 from cairn.pairing import codes, messages, pake, proofs, qr
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.ratelimit import FailureLimiter
@@ -619,6 +621,21 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertEqual(session.closed.code, CloseCode.PAIRING_REVOKED)
         self.assertEqual(self.successResultOf(self.trust.get(session.remote_peer_id)).state, REVOKED)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_purge_hook_store_full_is_one_line(self):
+        """A purge the full store cannot write is logged in one line naming the peer, without a traceback."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.service.add_purge_hook(lambda peer_id: defer.fail(StoreFull("database or disk is full")))
+        session = self.attach(FakeSession())
+        self.psk_pair(session)
+        self.failureResultOf(self.service.unpair(session.remote_peer_id), StoreFull)
+        self.assertEqual(self.successResultOf(self.trust.get(session.remote_peer_id)).state, REVOKED)
+        self.assertEqual(self.flushLoggedErrors(StoreFull), [])
+        [line] = [e for e in events if "database or disk is full" in formatEvent(e)]
+        self.assertNotIn("log_failure", line)
+        self.assertIn(session.remote_peer_id, formatEvent(line))
 
     def test_revoke_from_pending_peer(self):
         """PairRevoke from a pending peer withdraws its request and closes the session with PAIRING_REVOKED."""

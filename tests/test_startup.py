@@ -5,6 +5,7 @@ variable (or file) and the cause, a non-zero exit status, no traceback.
 """
 
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
+from cairn.startup import StartupError, tell_launcher
 from tests._harness import eventually
 from tests.test_twistd import REPO
 
@@ -197,4 +199,50 @@ class StartupErrorTests(unittest.TestCase):
         with open(log) as f:
             text = f.read()
         self.assertNotIn("Traceback", text)
+        # Already there when the launcher has exited (TellLauncherTests), and once.
         self.assertIn(f"cairn: CAIRN_LISTEN: cannot listen on '{endpoint}': Address already in use", text)
+        self.assertEqual(text.count("cannot listen on"), 1, text)
+
+
+class TellLauncherTests(unittest.TestCase):
+    """L{tell_launcher}: a daemon's line is in its log before its launcher hears of the failure."""
+
+    def test_line_logged_before_the_launcher_hears(self):
+        """
+        The launcher exits as soon as it reads the status pipe, and the log
+        is read then: the line must be written (to stderr, which is twistd's
+        log in a daemon) before the pipe, not at the child's exit after it.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        written = []
+
+        class Stderr:
+            def write(self, data):
+                pending, _, _ = select.select([read], [], [], 0)
+                written.append((data, bool(pending)))
+
+            def flush(self):
+                pass
+
+        self.patch(sys, "stderr", Stderr())
+        options = {"statusPipe": write}
+        with self.assertRaises(SystemExit) as raised:
+            with tell_launcher(options):
+                raise StartupError("CAIRN_LISTEN: cannot listen on 'tcp:1': Address already in use")
+        # Printed once, already: nothing more for Python to print at exit.
+        self.assertEqual(raised.exception.code, 1)
+        line = "".join(data for data, _ in written)
+        self.assertEqual(line, "cairn: CAIRN_LISTEN: cannot listen on 'tcp:1': Address already in use\n")
+        self.assertFalse(any(pending for _, pending in written), "the launcher was told before the line was logged")
+        self.assertEqual(os.read(read, 200), b"1 CAIRN_LISTEN: cannot listen on 'tcp:1': Address already in use")
+        self.assertIsNone(options["statusPipe"])
+
+    def test_no_launcher(self):
+        """Without a launcher waiting (twistd -n, cairn-server run) the error goes on as it is, printed at exit."""
+        error = StartupError("CAIRN_LISTEN: 'x' cannot be used")
+        for options in (None, {"statusPipe": None}):
+            with self.assertRaises(StartupError) as raised:
+                with tell_launcher(options):
+                    raise error
+            self.assertIs(raised.exception, error)

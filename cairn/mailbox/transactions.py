@@ -135,7 +135,8 @@ def enqueue_refused_txn(cursor, items, now, limits):
     """
     The result of an L{enqueue_txn} refused at the disk reserve: None (the
     call fails, every item STORAGE_ERROR) unless some item is already
-    held; then that one is a DUPLICATE as always and the others STORAGE_ERROR.
+    held; then that one is a DUPLICATE as always and the others
+    STORAGE_ERROR (see L{cairn.diskspace.guarded_batch} for the pair returned).
     """
     known = _known_ids_txn(cursor, items)
     if not known:
@@ -144,7 +145,7 @@ def enqueue_refused_txn(cursor, items, now, limits):
         (ForwardStatus.DUPLICATE if (item.sender, item.message_id) in known else ForwardStatus.STORAGE_ERROR, None)
         for item in items
     ]
-    return results, {}
+    return (results, {}), any(status == ForwardStatus.STORAGE_ERROR for status, _ in results)
 
 
 def _remove_txn(cursor, rows, status, now, ttl):

@@ -14,6 +14,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.mailbox.interfaces import StoreFull
 from cairn.pairing import messages, proofs
 from cairn.pairing.codes import LinkBook, LocalCodes, PinBook
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
@@ -222,7 +223,10 @@ class PairingService:
         def done(outcomes):
             failures = [value for ok, value in outcomes if not ok]
             for failure in failures:
-                log.failure("purge hook failed for {peer_id}", failure, peer_id=peer_id)
+                if failure.check(StoreFull):  # a full store is expected (disk, reserve, JetStream away)
+                    log.warn("purge hook failed for {peer_id}: {why}", peer_id=peer_id, why=failure.getErrorMessage())
+                else:
+                    log.failure("purge hook failed for {peer_id}", failure, peer_id=peer_id)
             if failures:
                 return failures[0]  # revoked all the same; the caller learns the purge failed
             return None

@@ -96,15 +96,21 @@ def _remove_txn(cursor, rows, topics):
         topics[name] = Topic(t.head, max(t.floor, seq), t.updates - 1, t.bytes - size)
 
 
+def _known_seq_txn(cursor, item):
+    """The seq of C{item}'s (sender, update id) if it is held already, else None."""
+    row = cursor.execute(
+        "SELECT seq FROM sync_log WHERE sender = ? AND update_id = ?", (item.sender, item.update_id)
+    ).fetchone()
+    return row[0] if row else None
+
+
 def publish_txn(cursor, items, now, limits):
     total = cursor.execute("SELECT COALESCE(SUM(bytes), 0) FROM sync_topics").fetchone()[0]
     topics, results = {}, []
     for item in items:
-        known = cursor.execute(
-            "SELECT seq FROM sync_log WHERE sender = ? AND update_id = ?", (item.sender, item.update_id)
-        ).fetchone()
-        if known:
-            results.append((SyncStatus.DUPLICATE, known[0]))
+        known = _known_seq_txn(cursor, item)
+        if known is not None:
+            results.append((SyncStatus.DUPLICATE, known))
             continue
         t = topics.get(item.topic) or _topic_txn(cursor, item.topic)
         seq, size = t.head + 1, len(item.payload)
@@ -131,6 +137,21 @@ def publish_txn(cursor, items, now, limits):
         _remove_txn(cursor, evict, topics)
     _write_topics_txn(cursor, topics)
     return results, (topics, {})
+
+
+def publish_refused_txn(cursor, items, now, limits):
+    """
+    The result of a L{publish_txn} refused at the disk reserve: None (the
+    call fails, every update STORAGE_ERROR) unless some update is already
+    held; then that one is a DUPLICATE with its seq as always (protocol.md
+    §24.3) and the others STORAGE_ERROR (see
+    L{cairn.diskspace.guarded_batch} for the pair returned).
+    """
+    seqs = [_known_seq_txn(cursor, item) for item in items]
+    if all(seq is None for seq in seqs):
+        return None
+    results = [(SyncStatus.STORAGE_ERROR, None) if seq is None else (SyncStatus.DUPLICATE, seq) for seq in seqs]
+    return (results, ({}, {})), None in seqs
 
 
 def fetch_txn(cursor, name, after_seq, limit):
@@ -226,8 +247,9 @@ class SQLiteSyncStore(_Cache):
     def __init__(self, db):
         super().__init__()
         self.db = db
-        # New updates are refused at the disk reserve; cursors and expiry still commit.
-        batch = guarded_batch(batch_txn, db.space, {publish_txn})
+        # New updates are refused at the disk reserve (what is already held is
+        # still acknowledged DUPLICATE); cursors and expiry still commit.
+        batch = guarded_batch(batch_txn, db.space, {publish_txn: publish_refused_txn})
         self._group = GroupCommit(db, batch, self._apply, storage_error)
 
     @property
