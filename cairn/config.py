@@ -268,6 +268,26 @@ def _is_prefix(instance: Any, attribute: attr.Attribute, value: Any) -> None:
         )
 
 
+def default_node_name() -> str:
+    """The host name's first label, made a node name (letters, digits, '-', '_'; at most 32)."""
+    import socket
+
+    label = socket.gethostname().split(".")[0]
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in label)[:32].strip("-_")
+    return name or "cairn"
+
+
+def _is_node_name(instance: Any, attribute: attr.Attribute, value: Any) -> None:
+    """Validator: a node name, a token of NATS subjects (letters, digits, '-', '_'; 1-32, not starting with - or _)."""
+    ok = isinstance(value, str) and 0 < len(value) <= 32 and value[0].isascii() and value[0].isalnum()
+    ok = ok and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+    if not ok:
+        raise ConfigError(
+            _variable(attribute),
+            f"{value!r} is not a node name (use 1-32 letters, digits, '-' or '_', starting with a letter or digit)",
+        )
+
+
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class Config:
     """
@@ -348,6 +368,10 @@ class Config:
     )
     cluster_creds_file: str | None = _text("CAIRN_CLUSTER_CREDS_FILE")
     cluster_prefix: str = _setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", _is_prefix)
+    # Several nodes as one server (issue 15): the shared identity key (unset:
+    # identity.key in the data directory) and this node's name.
+    identity_file: str | None = _text("CAIRN_IDENTITY_FILE")
+    node_name: str = _setting("CAIRN_NODE_NAME", parse_text, attr.Factory(default_node_name), _is_node_name)
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""

@@ -23,6 +23,8 @@ from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
 from cairn import config_report, sighup
+from cairn.cluster.bus import LocalBus
+from cairn.cluster.presence import LocalPresence
 from cairn.config import ConfigError
 from cairn.db import DB_FILE_NAME, Database, DatabaseError
 from cairn.diskspace import FreeSpace
@@ -101,35 +103,74 @@ class CairnNode(MultiService):
     #: by the twistd plugin, which alone sees the flags and the environment.
     config_sources = None
 
-    def __init__(self, config, peer, db, pairing, metrics, mailbox=None):
+    def __init__(
+        self,
+        config,
+        reactor,
+        peer,
+        db,
+        stores,
+        pairing,
+        metrics,
+        *,
+        mailbox=None,
+        sync=None,
+        relay=None,
+        turn=None,
+        gauge=None,
+        unpaired=None,
+        limiter=None,
+        signaling=None,
+        presence=None,
+        bus=None,
+    ):
         super().__init__()
-        self.mailbox = mailbox
-        #: The L{SyncService} (set by make_node).
-        self.sync = None
-        #: The L{RelayService} (set by make_node).
-        self.relay = None
         self.config = config
-        #: {listener name: "host:port"} once serving (GET /config, cairn-server status).
-        self.bound = {}
+        self.reactor = reactor
         self.peer = peer
         self.db = db
         self.pairing = pairing
         self.metrics = metrics
+        self.mailbox = mailbox
+        self.sync = sync
+        self.relay = relay
+        self.turn = turn
+        self.gauge = gauge
+        self.unpaired = unpaired
+        #: The per-source handshake limiter shared by both cairn listeners.
+        self.limiter = limiter
+        #: Where the state lives: "sqlite", or "jetstream" with its connection in C{cluster}.
+        self.storage = stores.kind
+        self.cluster = stores.cluster
+        #: Which node each peer is on (L{cairn.cluster.presence.IPresence}).
+        self.presence = presence or LocalPresence(peer, config.node_name)
+        #: Wake-ups and requests between nodes (L{cairn.cluster.bus.INodeBus}).
+        self.bus = bus or LocalBus(config.node_name)
+        #: The components with a life cycle, in start order (stopped in
+        #: reverse): presence and the bus, pairing (the trust store), then
+        #: the services that hold per-session state.
+        self.components = [self.presence, self.bus] + [c for c in (pairing, mailbox, sync, relay) if c is not None]
+        #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
+        self.signaling = signaling
+        if signaling is not None:
+            signaling.setServiceParent(self)
+        #: {listener name: "host:port"} once serving (GET /config, cairn-server status).
+        self.bound = {}
         self.listeners = {}
         self._descriptions = {}
         #: Fires once the trust store is loaded and the listeners accept.
         self.ready = None
-        #: The L{SignalAnnouncer}, if CAIRN_SIGNAL_SERVERS is set.
-        self.signaling = None
         #: The management API's activity L{History}: counts from once the
         #: services have loaded their persisted counters (see L{_serve}).
         self.history = None
-        #: The L{ManagementAPI}, if it is served (set by make_node).
+        #: The L{ManagementAPI}, if it is served (L{serve_management}).
         self.api = None
         self._restore_sighup = None
-        #: Where the state lives: "sqlite", or "jetstream" with its connection in C{cluster}.
-        self.storage = "sqlite"
-        self.cluster = None
+
+    def serve_management(self, description, api, history) -> None:
+        """Serve C{api} on the management listener C{description}; C{history} runs while serving."""
+        self.api, self.history = api, history
+        self.add_listener("management", description, make_site(api, reactor=self.reactor))
 
     def add_listener(self, name: str, description: str, factory) -> None:
         try:
@@ -175,18 +216,11 @@ class CairnNode(MultiService):
             self.db.close_now()
             raise
         if self.handle_sighup:
-            from twisted.internet import reactor
-
-            self._restore_sighup = sighup.install(reactor, lambda: sighup.reload(self.api, self.config))
+            self._restore_sighup = sighup.install(self.reactor, lambda: sighup.reload(self.api, self.config))
         ports = self.when_listening()
         ports.addCallback(self._pause)
-        starting = [ports, self.pairing.start()]
-        if self.mailbox is not None:
-            starting.append(self.mailbox.start())
-        if self.sync is not None:
-            starting.append(self.sync.start())
-        if self.relay is not None:
-            starting.append(self.relay.start())
+        # Each component starts loading at once (in order); the node serves once all have.
+        starting = [ports] + [component.start() for component in self.components]
         self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
@@ -226,10 +260,8 @@ class CairnNode(MultiService):
 
     def _failed(self, failure):
         log.failure("cairn node could not start", failure)
-        from twisted.internet import reactor
-
-        if reactor.running:
-            reactor.stop()
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
 
     def stopService(self):
         if self.history is not None:
@@ -241,21 +273,26 @@ class CairnNode(MultiService):
         # Then stop accepting envelopes, let every service answer what it
         # accepted, and only then snapshot the sessions (see the class).
         d.addCallback(lambda _: self.peer.drain())
-        for service in self._session_services():
+        # The components stop in reverse order, one after the other: the
+        # session services answer what they accepted, ...
+        for service in reversed(self._session_services()):
             d.addCallback(lambda _, service=service: service.stop())
         # Whatever else was queued on the database thread before this point
         # (a pairing being recorded, whose PairConfirm follows the commit)
         # finishes, and is answered, before the snapshot.
         d.addCallback(lambda _: self.db.run(_barrier_txn).addErrback(_log_barrier))
         d.addCallback(lambda _: self._save_sessions())
-        d.addCallback(lambda _: self.pairing.stop())
+        # ... then pairing, the bus and presence.
+        for component in reversed(self.components[: self.components.index(self.pairing) + 1]):
+            d.addCallback(lambda _, component=component: component.stop())
         if self.cluster is not None:
             d.addCallback(lambda _: self.cluster.close())
         d.addCallback(lambda _: self.db.stop())
         return d
 
     def _session_services(self):
-        return [s for s in (self.mailbox, self.sync, self.relay) if s is not None]
+        """The components holding per-session state (those after pairing), in start order."""
+        return self.components[self.components.index(self.pairing) + 1 :]
 
     def _save_sessions(self):
         snapshots = []
@@ -411,16 +448,28 @@ class _LocalStores:
     def health(self):
         return self.kind, None
 
+    def cluster_report(self, presence):
+        """No deployment to report on (C{/health} has no C{cluster})."""
+        return None
+
+    def pairing_codes(self):
+        """PINs and links stay in this node's memory."""
+        return None
+
+    def deployment(self, peer, node_name, clock):
+        """This node alone: C{(presence, bus, recheck)} (no re-check: every wake-up is a direct call)."""
+        return LocalPresence(peer, node_name), LocalBus(node_name), None
+
 
 def make_stores(config, reactor, db):
     """
     The node's stores: SQLite, or on NATS JetStream when CAIRN_CLUSTER_NATS
-    is set (only then is L{cairn.cluster}, and so nats-py, imported).
+    is set (only then is L{cairn.cluster.node}, and so nats-py, imported;
+    the seams L{cairn.cluster.presence} and L{cairn.cluster.bus} import no nats).
     """
     if not config.cluster_nats:
         return _LocalStores(db)
     from cairn.cluster.node import MissingExtra, cluster_stores
-    from cairn.config import ConfigError
 
     try:
         return cluster_stores(config, reactor, db)
@@ -442,8 +491,63 @@ def make_node(config, reactor) -> CairnNode:
 
 def _make_node(config, reactor) -> CairnNode:
     prepare_data_dir(config.data_dir)
-    ident = load_identity(config.data_dir)
-    peer = Peer(
+    ident = load_identity(config.data_dir, config.identity_file)
+    peer = make_peer(config, ident, reactor)
+    space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
+    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
+    stores = make_stores(config, reactor, db)
+    trust = stores.trust
+    pairing = make_pairing(config, peer, trust, reactor, stores.pairing_codes())
+    # Bounds on what unpaired peers hold: memory and descriptors.
+    peer.is_trusted = trust.is_paired
+    gauge = DescriptorGauge(reactor, config.fd_reserve)
+    bounds = unpaired.UnpairedSessions(
+        peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
+    )
+    presence, bus, recheck = stores.deployment(peer, config.node_name, reactor)
+    mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck)
+    for service in (mailbox, sync, relay):
+        pairing.add_purge_hook(service.purge)
+    # A node among several labels its samples with its name; one alone keeps today's series.
+    metrics = Metrics(peer, reactor, reactor.seconds(), node=config.node_name if config.cluster_nats else None)
+    for name, collect in (
+        ("mailbox", mailbox.collect_metrics),
+        ("sync", sync.collect_metrics),
+        ("relay", relay.collect_metrics),
+        ("disk", space.collect_metrics),
+    ):
+        metrics.add_collector(collect, name=name)
+    add_pressure_metrics(metrics, gauge, bounds, pairing)
+    signaling = signal_announcer(config, ident, pairing, trust, reactor) if config.signal_servers else None
+    node = CairnNode(
+        config,
+        reactor,
+        peer,
+        db,
+        stores,
+        pairing,
+        metrics,
+        mailbox=mailbox,
+        sync=sync,
+        relay=relay,
+        turn=make_turn_service(config, peer, trust, reactor),
+        gauge=gauge,
+        unpaired=bounds,
+        # One per-source handshake limit across both cairn listeners.
+        limiter=SourceLimiter(config.max_handshakes_per_source),
+        signaling=signaling,
+        presence=presence,
+        bus=bus,
+    )
+    add_cairn_listeners(node, config)
+    if config.mgmt_enabled and config.mgmt_listen:
+        add_management(node, config, reactor, stores, space)
+    return node
+
+
+def make_peer(config, ident, reactor) -> Peer:
+    """The node's local L{Peer}, with the session settings of C{config}."""
+    return Peer(
         ident,
         reactor,
         max_payload=config.max_payload,
@@ -454,11 +558,11 @@ def _make_node(config, reactor) -> CairnNode:
         unpaired_session_ttl=config.unpaired_session_ttl,
         log_addresses=config.log_addresses,
     )
-    space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
-    db = Database(reactor, os.path.join(config.data_dir, DB_FILE_NAME), SCHEMAS, space=space)
-    stores = make_stores(config, reactor, db)
-    trust = stores.trust
-    pairing = PairingService(
+
+
+def make_pairing(config, peer, trust, reactor, codes=None) -> PairingService:
+    """Pairing of the node's peer; C{codes} shares its PINs and links (None: this node alone)."""
+    return PairingService(
         peer,
         trust,
         reactor,
@@ -468,13 +572,15 @@ def _make_node(config, reactor) -> CairnNode:
         psk_lifetime=config.psk_expires,
         psk_file=os.path.join(config.data_dir, PSK_FILE),
         max_pending_per_source=config.max_pending_per_source,
+        codes=codes,
     )
-    # Bounds on what unpaired peers hold: memory and descriptors.
-    peer.is_trusted = trust.is_paired
-    gauge = DescriptorGauge(reactor, config.fd_reserve)
-    bounds = unpaired.UnpairedSessions(
-        peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
-    )
+
+
+def make_services(config, peer, trust, stores, reactor, bus=None, recheck=None):
+    """
+    The services holding per-session state: C{(mailbox, sync, relay)};
+    C{bus} carries their wake-ups, C{recheck} bounds a missed one.
+    """
     mailbox = MailboxService(
         peer,
         trust,
@@ -483,8 +589,9 @@ def _make_node(config, reactor) -> CairnNode:
         enabled=config.forward_enabled,
         limits=Limits(config.forward_max_per_peer, config.forward_max_total, config.forward_max_age),
         max_payload=config.max_payload,
+        bus=bus,
+        recheck=recheck,
     )
-    pairing.add_purge_hook(mailbox.purge)
     sync = SyncService(
         peer,
         trust,
@@ -493,13 +600,9 @@ def _make_node(config, reactor) -> CairnNode:
         limits=mailbox.limits,
         max_payload=config.max_payload,
         default_access=sync_access.DEFAULTS[config.sync_access],
+        bus=bus,
+        recheck=recheck,
     )
-    pairing.add_purge_hook(sync.purge)
-    turn = make_turn_service(config, peer, trust, reactor)
-    started_at = reactor.seconds()
-    metrics = Metrics(peer, reactor, started_at)
-    metrics.add_collector(mailbox.collect_metrics, name="mailbox")
-    metrics.add_collector(sync.collect_metrics, name="sync")
     relay = RelayService(
         peer,
         trust,
@@ -509,61 +612,67 @@ def _make_node(config, reactor) -> CairnNode:
         # Attached circuits come in on the TCP listener (§25.8).
         reactor=reactor if config.listen else None,
     )
-    pairing.add_purge_hook(relay.purge)
-    metrics.add_collector(relay.collect_metrics, name="relay")
-    metrics.add_collector(space.collect_metrics, name="disk")
-    add_pressure_metrics(metrics, gauge, bounds, pairing)
-    node = CairnNode(config, peer, db, pairing, metrics, mailbox)
-    node.gauge, node.unpaired = gauge, bounds
-    node.storage, node.cluster = stores.kind, stores.cluster
-    node.turn = turn
-    node.sync = sync
-    node.relay = relay
-    if config.signal_servers:
-        node.signaling = signal_announcer(config, ident, pairing, trust, reactor)
-        node.signaling.setServiceParent(node)
-    # One per-source handshake limit across both cairn listeners.
-    limiter = node.limiter = SourceLimiter(config.max_handshakes_per_source)
+    return mailbox, sync, relay
+
+
+def add_cairn_listeners(node, config) -> None:
+    """
+    The TCP and WebSocket listeners of C{config}; both close new
+    connections at once while descriptors are critical (the management
+    listener never does).
+    """
     write_limit = config.max_write_buffer
+    factories = {}
     if config.listen:
-        node.add_listener("tcp", config.listen, StreamFactory(peer, limiter=limiter, write_limit=write_limit))
+        factories["tcp"] = StreamFactory(node.peer, limiter=node.limiter, write_limit=write_limit)
     if config.ws_listen:
-        node.add_listener(
-            "websocket",
-            config.ws_listen,
-            server_factory(peer, limiter, write_limit, allowed_origins=config.ws_allowed_origins),
+        factories["websocket"] = server_factory(
+            node.peer, node.limiter, write_limit, allowed_origins=config.ws_allowed_origins
         )
-    if config.mgmt_enabled and config.mgmt_listen:
-        token = resolve_token(config, log)
-        node.history = History(
-            reactor,
-            {
-                "stored": lambda: mailbox.statuses["STORED"],
-                "delivered": lambda: mailbox.delivered,
-                "relay_bytes": lambda: relay.bytes_received,  # per peer (see History)
-            },
-        )
-        exposed = warn_if_exposed(config.mgmt_listen, log, intended=config.mgmt_exposed)
-        warnings = management_warnings(config.mgmt_listen, token, exposed)
-        endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
-        reports = NodeReports(
-            storage=stores.health,
-            disk=space.to_json,
-            descriptors=gauge.report,
-            history=node.history.to_json,
-            status=NodeStatus(node, endpoints, warnings),
-            config=lambda: {
-                "settings": config_report.settings(config, node.config_sources),
-                "listening": dict(node.bound),
-            },
-        )
-        api = node.api = ManagementAPI(
-            pairing, peer, token, metrics, reactor, started_at, mailbox=mailbox, sync=sync, relay=relay, reports=reports
-        )
-        node.add_listener("management", config.mgmt_listen, make_site(api, reactor=reactor))
-    # Both cairn listeners close new connections at once while descriptors
-    # are critical; the management listener never does.
-    for name in ("tcp", "websocket"):
-        if name in node.listeners:
-            node.listeners[name].factory.gauge = gauge
-    return node
+    descriptions = {"tcp": config.listen, "websocket": config.ws_listen}
+    for name, factory in factories.items():
+        factory.gauge = node.gauge
+        node.add_listener(name, descriptions[name], factory)
+
+
+def add_management(node, config, reactor, stores, space) -> None:
+    """The management API on C{CAIRN_MGMT_LISTEN}, reporting on C{node}."""
+    mailbox, relay = node.mailbox, node.relay
+    token = resolve_token(config, log)
+    history = History(
+        reactor,
+        {
+            "stored": lambda: mailbox.statuses["STORED"],
+            "delivered": lambda: mailbox.delivered,
+            "relay_bytes": lambda: relay.bytes_received,  # per peer (see History)
+        },
+    )
+    exposed = warn_if_exposed(config.mgmt_listen, log, intended=config.mgmt_exposed)
+    warnings = management_warnings(config.mgmt_listen, token, exposed)
+    endpoints = {"tcp": config.listen, "websocket": config.ws_listen, "management": config.mgmt_listen}
+    reports = NodeReports(
+        storage=stores.health,
+        presence=node.presence,
+        cluster=stores.cluster_report(node.presence),
+        disk=space.to_json,
+        descriptors=node.gauge.report,
+        history=history.to_json,
+        status=NodeStatus(node, endpoints, warnings),
+        config=lambda: {
+            "settings": config_report.settings(config, node.config_sources),
+            "listening": dict(node.bound),
+        },
+    )
+    api = ManagementAPI(
+        node.pairing,
+        node.peer,
+        token,
+        node.metrics,
+        reactor,
+        node.metrics.started_at,
+        mailbox=mailbox,
+        sync=node.sync,
+        relay=relay,
+        reports=reports,
+    )
+    node.serve_management(config.mgmt_listen, api, history)

@@ -122,16 +122,51 @@ def bind_listeners(listeners: dict, descriptions: dict, start) -> None:
         raise listen_problem(failed, descriptions.get(failed, ""), e) from None
 
 
-def load_identity(data_dir: str):
-    """The node's identity from C{data_dir}; a damaged or unreadable key file is one line."""
+def load_identity(data_dir: str, path: str | None = None):
+    """
+    The node's identity: from C{path} (C{CAIRN_IDENTITY_FILE}, the key every
+    node of a deployment shares), else from C{data_dir} (created on first
+    use there). A damaged, missing, unreadable or exposed key is one line.
+    """
     from cairn.crypto import identity as identity_mod
 
+    if path is not None:
+        return _shared_identity(path)
     try:
         return identity_mod.load_or_create(data_dir)
     except identity_mod.IdentityError as e:
         raise StartupError(f"CAIRN_DATA_DIR: {e}") from None
     except OSError as e:
         raise data_dir_problem(data_dir, e) from None
+
+
+def _shared_identity(path: str):
+    """
+    The identity key at C{path}, which must exist (never created there:
+    each node creating its own would split the deployment into several
+    servers) and be closed to other users, as the data directory's key is.
+    """
+    import stat
+
+    from cairn.crypto import identity as identity_mod
+
+    variable = "CAIRN_IDENTITY_FILE"
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        with open(path, "rb") as f:
+            seed = f.read(33)
+    except FileNotFoundError:
+        raise StartupError(
+            f"{variable}: {path} does not exist (copy identity.key from a node's data directory,"
+            " or create one: umask 077; head -c 32 /dev/urandom > FILE)"
+        ) from None
+    except OSError as e:
+        raise StartupError(f"{variable}: cannot read {path} ({e.strerror or e})") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise StartupError(f"{variable}: {path} is open to other users (mode {mode:04o}); run: chmod 600 {path}")
+    if len(seed) != 32:
+        raise StartupError(f"{variable}: {path} is not a 32-byte Ed25519 seed")
+    return identity_mod.Identity.from_seed(seed)
 
 
 def warn_about_disk(db, max_total: int, log) -> None:

@@ -11,6 +11,7 @@ whatever the store queued committed.
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from cairn.cluster.bus import LocalBus
 from cairn.session.guards import register_service
 
 log = Logger()
@@ -37,8 +38,14 @@ class StoreService:
 
     name = "service"
 
-    def __init__(self, peer, trust, store, clock, sweep_interval):
+    def __init__(self, peer, trust, store, clock, sweep_interval, bus=None, recheck=None):
         self.peer = peer
+        #: The L{INodeBus} its wake-ups go through (one node alone: the direct call).
+        self.bus = bus if bus is not None else LocalBus(None)
+        #: Seconds between re-checks of every served session (None: never,
+        #: one node alone). Several nodes: bounds what a missed wake-up costs.
+        self.recheck = recheck
+        self._rechecker = None
         self.trust = trust
         self.store = store
         self.clock = clock
@@ -64,6 +71,10 @@ class StoreService:
             self._sweeper = task.LoopingCall(self.sweep)
             self._sweeper.clock = self.clock
             self._sweeper.start(self.sweep_interval, now=False)
+            if self.recheck:
+                self._rechecker = task.LoopingCall(self._pump_all)
+                self._rechecker.clock = self.clock
+                self._rechecker.start(self.recheck, now=False)
 
         d = defer.maybeDeferred(self.store.start)
         d.addCallback(lambda _: self.sweep())  # what expired while the node was down
@@ -78,6 +89,8 @@ class StoreService:
         self._stopped = True
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        if self._rechecker is not None and self._rechecker.running:
+            self._rechecker.stop()
         waiting = defer.DeferredList([observe(d) for d in list(self._pending)])
         return waiting.addCallback(lambda _: self.store.flushed())
 
@@ -90,6 +103,10 @@ class StoreService:
             return result
 
         return d.addBoth(done)
+
+    def _pump_all(self):
+        """Pump every served session, as if woken for all it may have (the periodic re-check)."""
+        raise NotImplementedError
 
     # Session observer (subclasses keep an outbox per served session in C{_outboxes})
 

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from cairn.config import (
     Config,
     ConfigError,
+    default_node_name,
     parse_bool,
     parse_duration,
     parse_endpoint,
@@ -72,6 +73,8 @@ DEFAULTS = {
     "cluster_replicas": 3,
     "cluster_creds_file": None,
     "cluster_prefix": "cairn",
+    "identity_file": None,
+    "node_name": default_node_name(),
 }
 
 # Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
@@ -121,6 +124,8 @@ NON_DEFAULT_ENV = {
     "CAIRN_CLUSTER_REPLICAS": "1",
     "CAIRN_CLUSTER_CREDS_FILE": "/run/secrets/cairn.creds",
     "CAIRN_CLUSTER_PREFIX": "tenant-7",
+    "CAIRN_IDENTITY_FILE": "/run/secrets/identity.key",
+    "CAIRN_NODE_NAME": "node-2",
 }
 
 NON_DEFAULTS = {
@@ -176,6 +181,8 @@ NON_DEFAULTS = {
     "cluster_replicas": 1,
     "cluster_creds_file": "/run/secrets/cairn.creds",
     "cluster_prefix": "tenant-7",
+    "identity_file": "/run/secrets/identity.key",
+    "node_name": "node-2",
 }
 
 # One bad value per variable that is parsed or range-checked.
@@ -217,6 +224,7 @@ BAD_VALUES = {
     "CAIRN_CLUSTER_NATS": "nats://ok:4222,http://n2:4222",
     "CAIRN_CLUSTER_REPLICAS": "6",
     "CAIRN_CLUSTER_PREFIX": "a.b",
+    "CAIRN_NODE_NAME": "node.2",
 }
 
 

@@ -57,6 +57,8 @@ class MailboxHarness(ScenarioMixin):
     sqlite = False
     limits = Limits(max_per_peer=100, max_total=10**6, max_age=MAX_AGE)
     enabled = True
+    #: Further MailboxService arguments (e.g. bus=, recheck=).
+    service_options = {}
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -75,6 +77,7 @@ class MailboxHarness(ScenarioMixin):
             limits=self.limits,
             max_payload=SETTINGS["max_payload"],
             sweep_interval=60.0,
+            **self.service_options,
         )
         self.pairing.add_purge_hook(self.mailbox.purge)
         yield self.mailbox.start()

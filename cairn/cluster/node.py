@@ -24,12 +24,52 @@ class Stores:
     relay: object
     cluster: object = None
 
+    def deployment(self, peer, node_name, clock):
+        """
+        C{(presence, bus, recheck)} of this node among the others: presence
+        in a KV bucket, the bus on core subjects of the same connection, and
+        the services' re-check interval (what a lost wake-up may cost).
+        """
+        if self.cluster is None:
+            from cairn.cluster.bus import LocalBus
+            from cairn.cluster.presence import LocalPresence
+
+            return LocalPresence(peer, node_name), LocalBus(node_name), None
+        from cairn.cluster.kv_presence import KVPresence
+        from cairn.cluster.nats_bus import NatsBus
+
+        presence = KVPresence(self.cluster, peer, node_name, clock)
+        return presence, NatsBus(self.cluster, presence, node_name), RECHECK
+
+    def pairing_codes(self):
+        """Where PINs and links are shared: a KV bucket (None: a single node's memory)."""
+        if self.cluster is None:
+            return None
+        from cairn.cluster.pairing_codes import KVCodes
+        from cairn.pairing.service import LINK_TTL
+
+        # A link is remembered one TTL past its expiry (to say why it fails).
+        return KVCodes(self.cluster, ttl=3 * LINK_TTL)
+
+    def cluster_report(self, presence):
+        """The C{cluster} of C{GET /health} (None: a single node, no such key)."""
+        if self.cluster is None:
+            return None
+        from cairn.cluster.health import cluster_report
+
+        return cluster_report(self.cluster, presence)
+
     def health(self):
         """C{(storage kind, problem or None)} for C{GET /health}."""
         if self.cluster is None:
             return self.kind, None
         ok, reason = self.cluster.health()
         return self.kind, None if ok else reason
+
+
+#: Seconds between the services' re-checks of every served session on a
+#: node among several: the most a lost wake-up delays a delivery.
+RECHECK = 10.0
 
 
 class MissingExtra(Exception):

@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from cairn.cluster.bus import OWE, WAKE
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
@@ -106,8 +107,10 @@ class MailboxService(StoreService):
         window_bytes=WINDOW_BYTES,
         batch_bytes=BATCH_BYTES,
         sweep_interval=SWEEP_INTERVAL,
+        bus=None,
+        recheck=None,
     ):
-        super().__init__(peer, trust, store, clock, sweep_interval)
+        super().__init__(peer, trust, store, clock, sweep_interval, bus, recheck)
         self.enabled = enabled
         self.limits = limits or Limits()
         self.max_forward = max_payload - messages.DELIVER_OVERHEAD
@@ -129,6 +132,9 @@ class MailboxService(StoreService):
         self._register(handlers)
         # A store shared with other nodes reports what they stored: deliver it too.
         store.watch(self._deliver_to)
+        # Stored here or on another node: the bus wakes the sessions of its recipient/sender.
+        self.bus.subscribe(WAKE, self._deliver_to)
+        self.bus.subscribe(OWE, self._owed_to)
 
     name = "mailbox"
 
@@ -211,7 +217,7 @@ class MailboxService(StoreService):
             acks.append(entry)
         self._send(session, MessageType.FORWARD_ACK, {"acks": acks})
         for recipient in recipients:
-            self._deliver_to(recipient)
+            self.bus.wake(recipient)
 
     def _not_stored(self, failure, session, checked):
         if failure.check(LowDiskSpace):
@@ -308,8 +314,16 @@ class MailboxService(StoreService):
 
     def _owe(self, receipts):
         for sender in {r.sender for r in receipts}:
-            for outbox in self._outboxes_of(sender):
-                self._pump_receipts(outbox)
+            self.bus.owe(sender)
+
+    def _owed_to(self, sender):
+        for outbox in self._outboxes_of(sender):
+            self._pump_receipts(outbox)
+
+    def _pump_all(self):
+        for outbox in list(self._outboxes.values()):
+            self._pump(outbox)
+            self._pump_receipts(outbox)
 
     def _serving(self, session) -> bool:
         # Trust is asked at every push, so an unpairing stops them at once.

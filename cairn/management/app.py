@@ -193,6 +193,11 @@ class ManagementAPI:
         }
         if problem is not None:
             result["reason"] = problem
+        presence = self.reports.presence
+        if presence is not None:
+            result["node"] = presence.node
+        if self.reports.cluster is not None:
+            result["cluster"] = await maybeDeferred(self.reports.cluster)
         if self.reports.disk is not None:
             result["disk"] = self.reports.disk()
         if self.reports.descriptors is not None:
@@ -215,18 +220,46 @@ class ManagementAPI:
     async def list_peers(self, request):
         """Paired peers with their connection status."""
         records = await maybeDeferred(self.pairing.trust.list, PAIRED)
-        return [
-            {
+        result = []
+        for r in records:
+            nodes = self._where(r.peer_id)
+            entry = {
                 "peer_id": r.peer_id,
                 "name": r.name,
-                "connected": bool(self.pairing.connected(r.peer_id)),
+                # Connected to any node of the deployment (this one alone: here).
+                "connected": bool(self.pairing.connected(r.peer_id)) or bool(nodes),
                 "transport": transport_of(self.peer, r.peer_id),
                 "paired_at": r.paired_at,
                 "last_seen": r.last_seen,
                 "method": r.method or None,
             }
-            for r in records
-        ]
+            if self.reports.presence is not None:
+                entry["node"] = nodes[0] if nodes else None
+                entry["nodes"] = list(nodes)
+            result.append(entry)
+        return result
+
+    def _where(self, peer_id):
+        """The nodes holding C{peer_id}'s sessions (L{IPresence}), this one first; () without presence."""
+        presence = self.reports.presence
+        return tuple(presence.where(peer_id)) if presence is not None else ()
+
+    def _located(self, result, entries):
+        """
+        Add the deployment's view to a service report: C{node} (this node's
+        name) on C{result}, and on each of C{entries} (dicts with a
+        C{peer_id}) the node that peer is on (None: on none).
+        """
+        presence = self.reports.presence
+        if presence is None or not isinstance(result, dict):
+            return result
+        result["node"] = presence.node
+        for entry in entries(result):
+            located = presence.locate(entry["peer_id"])
+            entry["node"] = located
+            if "connected" in entry:
+                entry["connected"] = bool(entry["connected"]) or located is not None
+        return result
 
     @_endpoint(app, "/peers/pending", "GET")
     async def list_pending(self, request):
@@ -298,12 +331,22 @@ class ManagementAPI:
     @_endpoint(app, "/pairing/pin", "POST", status=201)
     async def create_pin(self, request):
         """A new single-use pairing PIN."""
-        return await maybeDeferred(self.pairing.create_pin)
+        created = await maybeDeferred(self.pairing.create_pin)
+        await self._shared()
+        return created
+
+    async def _shared(self):
+        """Answer once a new code works on every node of the deployment (at once for a node alone)."""
+        shared = getattr(self.pairing, "codes_shared", None)
+        if shared is not None:
+            await maybeDeferred(shared)
 
     @_endpoint(app, "/pairing/link", "POST", status=201)
     async def create_link(self, request):
         """A new single-use pairing link."""
-        return await maybeDeferred(self.pairing.create_link)
+        created = await maybeDeferred(self.pairing.create_link)
+        await self._shared()
+        return created
 
     @_endpoint(app, "/pairing/qr", "GET")
     async def qr(self, request):
@@ -312,6 +355,7 @@ class ManagementAPI:
         if kind not in ("png", "svg"):
             raise BadRequest("format must be png or svg")
         created = await maybeDeferred(self.pairing.create_link)
+        await self._shared()
         link = created["link"]
         out = io.BytesIO()
         segno.make(link, error="m", micro=False).save(out, kind=kind, scale=8, border=4)
@@ -324,7 +368,8 @@ class ManagementAPI:
     @_endpoint(app, "/mailbox", "GET")
     async def mailbox(self, request):
         """Store-and-forward totals."""
-        return await maybeDeferred(self._report(self.mailbox_reports, "mailbox").stats)
+        result = await maybeDeferred(self._report(self.mailbox_reports, "mailbox").stats)
+        return self._located(result, lambda r: r.get("peers", ()))
 
     @_endpoint(app, "/mailbox/<peer_id>", "GET")
     async def mailbox_peer(self, request, peer_id):
@@ -333,7 +378,7 @@ class ManagementAPI:
         result = await maybeDeferred(self._report(self.mailbox_reports, "mailbox").peer_stats, peer_id)
         if result is None:
             raise NotFound(f"no mailbox for {peer_id}")
-        return result
+        return self._located(result, lambda r: [r] if "peer_id" in r else [])
 
     async def _set_for_peer(self, setter, request, peer_id):
         """Hand a per-peer setting to a service: 404 if not paired, 400 if refused."""
@@ -355,7 +400,8 @@ class ManagementAPI:
     @_endpoint(app, "/relay", "GET")
     async def relay(self, request):
         """Relay circuits."""
-        return await maybeDeferred(self._report(self.relay_reports, "relay").stats)
+        result = await maybeDeferred(self._report(self.relay_reports, "relay").stats)
+        return self._located(result, lambda r: r.get("peers", ()))
 
     @_endpoint(app, "/relay/<peer_id>/quota", "PUT")
     async def relay_quota(self, request, peer_id):
@@ -366,7 +412,8 @@ class ManagementAPI:
     @_endpoint(app, "/sync", "GET")
     async def sync(self, request):
         """Sync topics and device cursors."""
-        return await maybeDeferred(self._report(self.sync_reports, "sync hub").stats)
+        result = await maybeDeferred(self._report(self.sync_reports, "sync hub").stats)
+        return self._located(result, lambda r: [d for t in r.get("topics", ()) for d in t.get("devices", ())])
 
     @_endpoint(app, "/sync/<peer_id>/access", "GET")
     async def sync_access(self, request, peer_id):

@@ -27,19 +27,27 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _Collector:
-    """Adapts a callable returning metric families to the registry's protocol."""
+    """
+    Adapts a callable returning metric families to the registry's protocol;
+    with C{node}, every sample also carries the label C{node="<node>"}.
+    """
 
-    def __init__(self, collect, name):
+    def __init__(self, collect, name, node=None):
         self._collect = collect
         self._name = name
+        self._node = node
 
     def collect(self):
         # One failing service must not take the whole scrape down.
         try:
-            return list(self._collect())
+            families = list(self._collect())
         except Exception:
             log.failure("metrics collector {name} failed", name=self._name)
             return []
+        if self._node is not None:
+            for family in families:
+                family.samples = [s._replace(labels={**s.labels, "node": self._node}) for s in family.samples]
+        return families
 
 
 def _samples(value):
@@ -57,10 +65,14 @@ class Metrics:
     @param clock: an C{IReactorTime} for the uptime gauge, or C{None}.
     @param started_at: the node's start time in C{clock} seconds.
     @param process_metrics: also export the standard C{process_*} metrics.
+    @param node: this node's name (C{CAIRN_NODE_NAME}): every sample is
+        labelled C{node="<name>"}, so that one Prometheus tells the nodes
+        of a deployment apart; None: no such label.
     """
 
-    def __init__(self, peer, clock=None, started_at=None, process_metrics=True):
+    def __init__(self, peer, clock=None, started_at=None, process_metrics=True, node=None):
         self.peer = peer
+        self.node = node
         self.clock = clock
         self.started_at = started_at
         #: Records per pairing state, as of the last refresh.
@@ -68,14 +80,14 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.add_collector(self._core, name="core")
         if process_metrics:
-            ProcessCollector(registry=self.registry)
+            self.add_collector(ProcessCollector(registry=None).collect, name="process")
 
     def add_collector(self, collect, name=None) -> None:
         """
         Export what C{collect()} returns (an iterable of
         C{prometheus_client.core.*MetricFamily}) at every scrape.
         """
-        self.registry.register(_Collector(collect, name or getattr(collect, "__name__", "collector")))
+        self.registry.register(_Collector(collect, name or getattr(collect, "__name__", "collector"), self.node))
 
     def add_gauge(self, name, documentation, value, labels=()) -> None:
         """

@@ -57,6 +57,25 @@ SCHEMAS = {
                 "description": "Where the node's state lives (CAIRN_CLUSTER_NATS set: NATS JetStream).",
             },
             "reason": {"type": "string", "description": "Why the node is degraded (only then)."},
+            "node": {"type": "string", "description": "This node's name (CAIRN_NODE_NAME)."},
+            "cluster": {
+                "type": "object",
+                "description": "Only with CAIRN_CLUSTER_NATS: the deployment as this node sees it.",
+                "required": ["nats", "leader", "nodes"],
+                "properties": {
+                    "nats": {"type": "string", "enum": ["ok", "degraded"], "description": "This node's NATS link."},
+                    "leader": {
+                        "type": ["string", "null"],
+                        "description": "The NATS server leading the mailbox stream; null: none known (no writes).",
+                    },
+                    "nodes": {
+                        "type": "object",
+                        "description": "The cairn nodes alive (this one included): seconds since each was last heard.",
+                        "additionalProperties": {"type": "number"},
+                    },
+                    "reason": {"type": "string", "description": "Why NATS is degraded or no leader is known."},
+                },
+            },
         },
     },
     "PairedPeer": {
@@ -65,14 +84,26 @@ SCHEMAS = {
         "properties": {
             "peer_id": ref("PeerId"),
             "name": {"type": "string"},
-            "connected": {"type": "boolean", "description": "Whether a session with it is attached now."},
+            "connected": {
+                "type": "boolean",
+                "description": "Whether a session with it is attached now (to any node of the deployment).",
+            },
+            "node": {
+                "type": ["string", "null"],
+                "description": "The node its session is attached to (this one first); null when not connected.",
+            },
+            "nodes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Every node holding an attached session of it.",
+            },
             "paired_at": TIME,
             "last_seen": TIME,
             "method": {"type": ["string", "null"], "enum": ["psk", "pin", "link", "approval", None]},
             "transport": {
                 "type": ["string", "null"],
                 "enum": ["tcp", "websocket", "other", None],
-                "description": "How its attached session reaches the node; null when not connected.",
+                "description": "How its attached session reaches this node; null when not connected here.",
             },
         },
     },
@@ -161,7 +192,9 @@ SCHEMAS = {
         "required": ["enabled", "peers", "messages", "bytes"],
         "properties": {
             "enabled": {"type": "boolean"},
+            # Each peer also has "node": the node it is attached to, or null.
             "peers": {"type": "array", "items": {"type": "object"}},
+            "node": {"type": "string", "description": "The reporting node's name (CAIRN_NODE_NAME)."},
             "messages": {"type": "integer"},
             "bytes": {"type": "integer"},
         },
@@ -176,6 +209,7 @@ SCHEMAS = {
             "bytes": {"type": "integer", "description": "Payload bytes held."},
             "oldest_age": {"type": ["number", "null"], "description": "Seconds since the oldest was stored."},
             "connected": {"type": "boolean"},
+            "node": {"type": ["string", "null"], "description": "The node it is attached to; null: none."},
             "limits": {
                 "type": "object",
                 "properties": {
@@ -201,8 +235,10 @@ SCHEMAS = {
         "required": ["circuits", "capacity", "peers"],
         "properties": {
             "circuits": {"type": "integer"},
-            "capacity": {"type": ["integer", "null"]},
+            "capacity": {"type": ["integer", "null"], "description": "This node's (circuits stay on one node)."},
+            # Each peer also has "node": the node it is attached to, or null.
             "peers": {"type": "array", "items": {"type": "object"}},
+            "node": {"type": "string", "description": "The reporting node's name (CAIRN_NODE_NAME)."},
         },
         "additionalProperties": True,
     },
@@ -254,8 +290,10 @@ SCHEMAS = {
         "required": ["topics"],
         "properties": {
             # Each: topic, head, oldest_seq, updates, bytes, and devices
-            # [{peer_id, cursor, lag, behind_retention, connected}].
+            # [{peer_id, cursor, lag, behind_retention, connected, node}]
+            # (connected: to any node; node: which, or null).
             "topics": {"type": "array", "items": {"type": "object"}},
+            "node": {"type": "string", "description": "The reporting node's name (CAIRN_NODE_NAME)."},
             "updates": {"type": "integer"},
             "bytes": {"type": "integer"},
             "resets": {"type": "integer"},

@@ -55,6 +55,8 @@ class INodeReports(Interface):
     """What belongs to the node rather than to one service."""
 
     storage = Attribute("() -> (kind, problem or None), for /health")
+    presence = Attribute("the node's IPresence (which node each peer is on), or None")
+    cluster = Attribute("() -> JSON (or a Deferred of it) about the deployment for /health, or None")
     disk = Attribute("() -> JSON for /health, or None")
     descriptors = Attribute("() -> JSON for /health, or None")
     history = Attribute("() -> JSON for /history, or None")
@@ -71,6 +73,8 @@ class NodeReports:
     """
 
     storage = attr.ib(default=lambda: ("sqlite", None))
+    presence = attr.ib(default=None)
+    cluster = attr.ib(default=None)
     disk = attr.ib(default=None)
     descriptors = attr.ib(default=None)
     history = attr.ib(default=None)

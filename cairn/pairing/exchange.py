@@ -150,37 +150,39 @@ class PakeMethods:
         # The device proved the secret: only now may it learn the state of the
         # PIN or PSK (a party without the secret gets BAD_PROOF whatever it is).
         if method == PIN:
-            refusal = self.service.pins.refusal(exchange.generation)
-            if refusal is not None:
-                self.service.refuse(session, PIN, *refusal)
-                return None
-            self.service.pins.current.used = True
-        else:
-            refusal = self.service.psk.refusal()
-            if refusal is not None:
-                self.service.refuse(session, PSK, *refusal)
-                return None
-            self.service.psk.used()
+            # Spent once in the deployment: another node may have used it first.
+            spending = self.service.pins.spend(exchange.generation)
+            return spending.addCallback(self._spent, session, exchange, source)
+        refusal = self.service.psk.refusal()
+        if refusal is not None:
+            self.service.refuse(session, PSK, *refusal)
+            return None
+        self.service.psk.used()
+        return self._proven(session, exchange, source)
+
+    def _spent(self, refusal, session, exchange, source):
+        if refusal is not None:
+            self.service.refuse(session, PIN, *refusal)
+            return None
+        return self._proven(session, exchange, source)
+
+    def _proven(self, session, exchange, source):
         # A proven exchange lifts the once-per-session limit (it bounds
         # guesses) and does not count against its source's budget.
         self._sessions.discard(session.session_id)
         self.exchange_starts.forgive(source)
-        return self.service.pair_session(session, method, exchange.name, exchange.confirm)
+        return self.service.pair_session(session, exchange.method, exchange.name, exchange.confirm)
 
     def _failed(self, session, exchange, source):
         self.service.sources.failed(source)
         reason = "wrong PSK" if exchange.method == PSK else "wrong PIN"
-        pin = self.service.pins.current
-        if exchange.method == PIN and pin is not None and pin.generation == exchange.generation:
-            if not pin.used and pin.failures < self.service.pins.max_failures:
-                pin.failures += 1
-                if pin.failures >= self.service.pins.max_failures:
-                    self.pins_burned += 1
-                    self.last_pin_burned_at = self.service.clock.seconds()
-                    log.warn(
-                        "pairing PIN invalidated after {n} wrong answers, the last from {peer_id}: "
-                        "create a new PIN for the device you are pairing",
-                        n=pin.failures,
-                        peer_id=session.remote_peer_id,
-                    )
+        if exchange.method == PIN and self.service.pins.failed(exchange.generation):
+            self.pins_burned += 1
+            self.last_pin_burned_at = self.service.clock.seconds()
+            log.warn(
+                "pairing PIN invalidated after {n} wrong answers, the last from {peer_id}: "
+                "create a new PIN for the device you are pairing",
+                n=self.service.pins.max_failures,
+                peer_id=session.remote_peer_id,
+            )
         self.service.refuse(session, exchange.method, PairRejectCode.BAD_PROOF, reason)

@@ -15,9 +15,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.pairing import messages, proofs
-from cairn.pairing.codes import LinkBook, PinBook
+from cairn.pairing.codes import LinkBook, LocalCodes, PinBook
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
-from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService, UnknownPeer
+from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PSK
 from cairn.pairing.pending import MAX_PENDING, MAX_PENDING_PER_SOURCE, PendingQueue
 from cairn.pairing.psk import PskSetting
@@ -69,6 +69,7 @@ class PairingService:
         psk_file=None,
         max_source_exchanges=MAX_SOURCE_EXCHANGES,
         max_pending_per_source=MAX_PENDING_PER_SOURCE,
+        codes=None,
     ):
         self.peer = peer
         self.trust = trust
@@ -78,8 +79,10 @@ class PairingService:
         #: The approval queue's bounds (L{cairn.pairing.pending}).
         self.pending = PendingQueue(trust, clock, max_pending, max_pending_per_source, on_evicted=self._evicted)
         self.psk = PskSetting(clock, psk, psk_max_uses, psk_lifetime, psk_file)
-        self.pins = PinBook(clock, pin_ttl, max_code_failures)
-        self.links = LinkBook(clock, link_ttl, max_code_failures)
+        #: Where PINs and links are shared (L{ICodeStore}; a node alone: nowhere).
+        self.codes = codes if codes is not None else LocalCodes()
+        self.pins = PinBook(clock, pin_ttl, max_code_failures, codes=self.codes)
+        self.links = LinkBook(clock, link_ttl, max_code_failures, codes=self.codes)
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
         self.pake = PakeMethods(self, max_source_exchanges)
         self._purge_hooks = []
@@ -92,20 +95,29 @@ class PairingService:
         peer.add_observer(self)
         self._flusher = None
         self._stopped = False
+        #: Session ids told to wait for the operator's approval (PairChallenge "approval").
+        self._awaiting = set()
+        # A trust store shared by several nodes reports what the others
+        # decided (an approval, a rejection, a revocation): act on it here.
+        watch = getattr(trust, "watch", None)
+        if watch is not None:
+            watch(self._decided_elsewhere)
 
     def start(self):
         """Load the trust store; fires once L{ITrustStore.is_paired} is accurate."""
         self._flusher = LoopingCall(self._flush)
         self._flusher.clock = self.clock
         self._flusher.start(LAST_SEEN_FLUSH, now=False)
-        return self.trust.start()
+        return defer.gatherResults([self.trust.start(), self.codes.start()], consumeErrors=True).addCallback(
+            lambda results: results[0]
+        )
 
     def stop(self):
         """Stop writing: flush what is pending; later events are not persisted."""
         self._stopped = True
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
-        return self._flush()
+        return self._flush().addCallback(lambda _: self.codes.stop())
 
     def _flush(self):
         flush = getattr(self.trust, "flush", None)
@@ -124,6 +136,10 @@ class PairingService:
         log.info("pairing PIN created (replaces any earlier one), valid until {expires_at}", expires_at=expires_at)
         return {"pin": pin, "expires_at": expires_at}
 
+    def codes_shared(self):
+        """A Deferred firing once the codes created so far can be used on every node."""
+        return self.codes.flushed()
+
     def create_link(self):
         if not self.link_addresses:
             log.warn("pairing link created without addresses: set the node's public addresses")
@@ -140,6 +156,7 @@ class PairingService:
         def approved(record):
             log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
+                self._awaiting.discard(session.session_id)
                 self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
             self.peer.peer_paired(peer_id)
             return record
@@ -150,6 +167,7 @@ class PairingService:
         def rejected(_):
             log.info("pairing request of {peer_id} rejected by the operator", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
+                self._awaiting.discard(session.session_id)
                 self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
 
         return self.trust.reject(peer_id).addCallback(rejected)
@@ -165,6 +183,35 @@ class PairingService:
             return self._purge(peer_id)
 
         return self.trust.revoke(peer_id, self.clock.seconds()).addCallback(revoked)
+
+    def _decided_elsewhere(self, peer_id, record):
+        """
+        Another node changed C{peer_id}'s record: its sessions here follow
+        within the watch's latency, as if it had happened here -- a
+        revocation closes them (PAIRING_REVOKED), an approval confirms the
+        one waiting for it, a rejection refuses it.
+        """
+        sessions = self._sessions_of(peer_id)
+        if not sessions:
+            return
+        if record is not None and record.state == REVOKED:
+            log.info("peer {peer_id} unpaired on another node", peer_id=peer_id)
+            for session in sessions:
+                try:
+                    session.close(CloseCode.PAIRING_REVOKED, "pairing revoked")
+                except Exception:
+                    log.failure("closing a revoked session failed")
+        elif record is not None and record.state == PAIRED:
+            for session in sessions:
+                if session.session_id in self._awaiting:
+                    self._awaiting.discard(session.session_id)
+                    self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+            self.peer.peer_paired(peer_id)  # idempotent: the services serve what they do not yet
+        elif record is None:
+            for session in sessions:
+                if session.session_id in self._awaiting:
+                    self._awaiting.discard(session.session_id)
+                    self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
 
     def add_purge_hook(self, hook):
         self._purge_hooks.append(hook)
@@ -204,6 +251,7 @@ class PairingService:
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
     def session_closed(self, session):
+        self._awaiting.discard(session.session_id)
         self.pake.forget(session)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
@@ -315,12 +363,18 @@ class PairingService:
             return None
         client_proof, server_proof = proofs.link_proofs(code.key, session.result.handshake_hash)
         if not proofs.equal(request.proof, client_proof):
-            code.failures += 1
+            self.links.failed(request.link_id, code)
             self.sources.failed(source)
             self.refuse(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
             return None
-        code.used = True
-        return self.pair_session(session, LINK, request.name, server_proof)
+        def spent(refusal):
+            if refusal is not None:  # another node paired with it first
+                self.refuse(session, LINK, *refusal)
+                return None
+            return self.pair_session(session, LINK, request.name, server_proof)
+
+        # Spent once in the deployment (another node may have used it first).
+        return self.links.spend(request.link_id, code).addCallback(spent)
 
     @defer.inlineCallbacks
     def _approval(self, session, request, record):
@@ -333,6 +387,7 @@ class PairingService:
                 name=f"({request.name}) " if request.name else "",
             )
         if not self.trust.is_paired(peer_id):  # approve() confirms by itself
+            self._awaiting.add(session.session_id)
             self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
     def pair_session(self, session, method, name, server_proof):

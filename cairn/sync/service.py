@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.cluster.bus import TOPIC
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox.interfaces import Limits
 from cairn.pairing.interfaces import UnknownPeer
@@ -85,8 +86,10 @@ class SyncService(StoreService):
         window_bytes=WINDOW_BYTES,
         sweep_interval=SWEEP_INTERVAL,
         default_access=access.ALL,
+        bus=None,
+        recheck=None,
     ):
-        super().__init__(peer, trust, store, clock, sweep_interval)
+        super().__init__(peer, trust, store, clock, sweep_interval, bus, recheck)
         self.default_access = default_access
         self.limits = limits or Limits()
         self.max_update = max_payload - messages.UPDATE_OVERHEAD
@@ -104,6 +107,7 @@ class SyncService(StoreService):
         }
         self._register(handlers)
         store.watch(self._fan_out)  # a store shared with other nodes reports their updates: fan them out too
+        self.bus.subscribe(TOPIC, self._fan_out)
 
     name = "sync"
 
@@ -223,7 +227,7 @@ class SyncService(StoreService):
             status, seq = results[0]
             self._ack(session, update_id, status, seq)
             if status == SyncStatus.COMMITTED:
-                self._fan_out(topic)
+                self.bus.fan_out(topic)
 
         def failed(failure):
             if not failure.check(LowDiskSpace):  # that one is logged once, at the reserve

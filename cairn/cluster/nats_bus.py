@@ -1,0 +1,150 @@
+"""
+The node bus on NATS core subjects (L{INodeBus}), over the node's one
+connection (L{cairn.cluster.connection.JetStream}; no second client).
+
+Each node subscribes to C{<prefix>.node.<its name>.>}:
+
+  - C{<prefix>.node.<name>.wake|owe|topic}: a notice; the payload is the
+    peer id (or topic) in UTF-8. A notice goes to this node's callbacks
+    directly and to each other node that L{IPresence} says holds a
+    session of the peer concerned (C{topic}: to every live node).
+  - C{<prefix>.node.<name>.req.<kind>}: a request with a reply subject;
+    the answer is what this node's handler for C{kind} returns (bytes).
+
+Notices are at most once (core NATS): one lost costs latency, never a
+message (the services re-check, see L{cairn.storeservice.StoreService}).
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cairn.cluster.bus import NOTICES, TOPIC, INodeBus, LocalBus, NoRoute
+from cairn.cluster.common import _one_line
+
+log = Logger()
+
+#: Seconds a request to another node may take before it fails with L{NoRoute}.
+REQUEST_TIMEOUT = 5.0
+
+
+@implementer(INodeBus)
+class NatsBus(LocalBus):
+    """
+    @param jet: the node's L{cairn.cluster.connection.JetStream}.
+    @param presence: the node's L{IPresence} (which nodes to tell).
+    """
+
+    def __init__(self, jet, presence, node):
+        super().__init__(node)
+        self.jet = jet
+        self.presence = presence
+        self._subscription = None
+        #: Notices sent to and received from other nodes, by kind (metrics, tests).
+        self.sent = dict.fromkeys(NOTICES, 0)
+        self.received = dict.fromkeys(NOTICES, 0)
+
+    def _subject(self, node, *parts):
+        return self.jet.subject("node", node, *parts)
+
+    # Life cycle
+
+    def start(self):
+        d = self.jet.when_ready()
+        d.addCallback(lambda _: self.jet.run(self._subscribe))
+        return d
+
+    async def _subscribe(self):
+        own = self._subject(self.node)
+        skip = len(own) + 1
+
+        async def received(msg):
+            rest = msg.subject[skip:]
+            if rest.startswith("req."):
+                self.jet.thread.to_reactor(self._answer, rest[4:], msg.data, msg.reply)
+            else:
+                self.jet.thread.to_reactor(self._noticed, rest, msg.data)
+
+        self._subscription = await self.jet.nc.subscribe(own + ".>", cb=received)
+
+    def stop(self):
+        subscription, self._subscription = self._subscription, None
+        if subscription is None or not self.jet.thread.running:
+            return defer.succeed(None)
+
+        async def unsubscribe():
+            await subscription.unsubscribe()
+
+        d = self.jet.run(unsubscribe)
+        return d.addErrback(lambda f: None)  # the connection is closing anyway
+
+    # Notices
+
+    def _noticed(self, kind, data):
+        if kind not in self.received:
+            return  # a newer node's notice kind: nothing to do here
+        self.received[kind] += 1
+        try:
+            key = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        self.notices(kind, key)
+
+    def _tell(self, kind, key, nodes):
+        payload = key.encode("utf-8")
+        subjects = [self._subject(node, kind) for node in nodes if node != self.node]
+        if not subjects:
+            return
+        self.sent[kind] += len(subjects)
+
+        async def publish():
+            for subject in subjects:
+                await self.jet.nc.publish(subject, payload)
+
+        d = self.jet.run(publish)
+        d.addErrback(lambda f: log.debug("bus: a {kind} notice not sent ({why})", kind=kind, why=_one_line(f.value)))
+
+    def wake(self, recipient):
+        super().wake(recipient)
+        self._tell("wake", recipient, self.presence.where(recipient))
+
+    def owe(self, sender):
+        super().owe(sender)
+        self._tell("owe", sender, self.presence.where(sender))
+
+    def fan_out(self, topic):
+        super().fan_out(topic)
+        self._tell(TOPIC, topic, self.presence.nodes())
+
+    # Requests
+
+    def _answer(self, kind, data, reply):
+        handler = self._handlers.get(kind)
+        if not reply or handler is None:
+            return  # no reply subject, or nothing served: the asker times out (NoRoute)
+        d = defer.maybeDeferred(handler, data)
+
+        def send(answer):
+            async def respond():
+                await self.jet.nc.publish(reply, answer)
+
+            return self.jet.run(respond)
+
+        d.addCallback(send)
+        d.addErrback(lambda f: log.failure("bus: answering a {kind} request failed", f, kind=kind))
+
+    def request(self, node, kind, body):
+        if node == self.node:
+            return super().request(node, kind, body)
+        subject = self._subject(node, "req", kind)
+
+        async def ask():
+            msg = await self.jet.nc.request(subject, body, timeout=REQUEST_TIMEOUT)
+            return msg.data
+
+        d = self.jet.run(ask)
+
+        def failed(failure):
+            raise NoRoute(f"node {node!r} did not answer a {kind!r} request ({_one_line(failure.value)})")
+
+        return d.addErrback(failed)

@@ -1,0 +1,170 @@
+"""
+The node bus seam (L{cairn.cluster.bus}): the single-node L{LocalBus} is
+the direct call the services made before there were several nodes, and
+the periodic re-check bounds what a missed wake-up costs.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from cairn.cluster.bus import OWE, TOPIC, WAKE, INodeBus, LocalBus, NoRoute
+from cairn.mailbox import client as mailbox
+from tests._harness import eventually
+from tests.test_mailbox import MailboxHarness
+
+
+class LocalBusTests(unittest.TestCase):
+    def test_interface(self):
+        """LocalBus provides INodeBus."""
+        self.assertTrue(verifyObject(INodeBus, LocalBus("n1")))
+
+    def test_notices_are_direct_calls(self):
+        """A notice reaches this node's callbacks at once, in order; one failing does not stop the others."""
+        bus = LocalBus("n1")
+        seen = []
+        bus.subscribe(WAKE, lambda key: seen.append(("wake", key)))
+        bus.subscribe(WAKE, lambda key: 1 / 0)
+        bus.subscribe(WAKE, lambda key: seen.append(("wake again", key)))
+        bus.subscribe(OWE, lambda key: seen.append(("owe", key)))
+        bus.subscribe(TOPIC, lambda key: seen.append(("topic", key)))
+        bus.wake("R")
+        bus.owe("S")
+        bus.fan_out("t")
+        self.assertEqual(seen, [("wake", "R"), ("wake again", "R"), ("owe", "S"), ("topic", "t")])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_unknown_kind(self):
+        """Subscribing to a kind that does not exist is a programming error, said at once."""
+        self.assertRaises(ValueError, LocalBus("n1").subscribe, "nope", print)
+
+    def test_requests_to_itself_only(self):
+        """This node answers its own requests; any other node is no route."""
+        bus = LocalBus("n1")
+        bus.serve("echo", lambda body: body[::-1])
+        self.assertEqual(self.successResultOf(bus.request("n1", "echo", b"abc")), b"cba")
+        self.failureResultOf(bus.request("n2", "echo", b"abc"), NoRoute)
+        self.failureResultOf(bus.request("n1", "other", b"abc"), NoRoute)
+
+
+class LostWakeups(LocalBus):
+    """A bus that loses every wake-up (as a NATS core publish may be lost)."""
+
+    def wake(self, recipient):
+        pass
+
+
+class _Missed:
+    @defer.inlineCallbacks
+    def forward_without_wake_up(self, recipient):
+        """Alice forwards to C{recipient}; the node stores it, and its wake-up is lost."""
+        alice, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, recipient.peer_id, b"no wake-up for this one"))
+
+
+class RecheckTests(_Missed, MailboxHarness, unittest.TestCase):
+    service_options = {"recheck": 5.0, "bus": LostWakeups(None)}
+
+    @defer.inlineCallbacks
+    def test_missed_wake_up_costs_latency_not_the_message(self):
+        """A message whose wake-up was lost is delivered at the next re-check (on the node's clock)."""
+        bob, bob_box = self.peer()
+        yield self.connect(bob)
+        yield self.forward_without_wake_up(bob)
+        self.clock.advance(4.9)
+        self.assertEqual(bob_box.messages, [])
+        self.clock.advance(0.1)
+        (got,) = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got[2], b"no wake-up for this one")
+
+    @defer.inlineCallbacks
+    def test_recheck_stops_with_the_service(self):
+        """Once the service stopped, its re-check is no longer scheduled."""
+        self.assertTrue(self.mailbox._rechecker.running)
+        yield self.mailbox.stop()
+        self.assertFalse(self.mailbox._rechecker.running)
+
+
+class NoRecheckTests(_Missed, MailboxHarness, unittest.TestCase):
+    service_options = {"bus": LostWakeups(None)}
+
+    @defer.inlineCallbacks
+    def test_single_node_has_no_recheck(self):
+        """Without a re-check (one node alone) nothing is scheduled: a lost wake-up waits for a session event."""
+        bob, bob_box = self.peer()
+        yield self.connect(bob)
+        yield self.forward_without_wake_up(bob)
+        self.clock.advance(3600)
+        self.assertEqual(bob_box.messages, [])
+        self.assertIsNone(self.mailbox._rechecker)
+
+
+class _Where:
+    """A presence stand-in: which nodes hold each peer."""
+
+    def __init__(self, places, nodes):
+        self.places, self._nodes = places, nodes
+
+    def where(self, peer_id):
+        return self.places.get(peer_id, ())
+
+    def nodes(self):
+        return dict.fromkeys(self._nodes, 0.0)
+
+
+class NatsBusTests(unittest.TestCase):
+    """Three L{NatsBus}es, each on its own connection to one NATS server, as three nodes."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from cairn.cluster.nats_bus import NatsBus
+        from tests import _jetstream
+        from tests._harness import Conditions
+
+        server, jet = yield _jetstream.single(self)
+        self.conditions = Conditions()
+        self.seen = {name: [] for name in ("n1", "n2", "n3")}
+        self.where = _Where({"R": ("n2",), "S": ("n1", "n3")}, ("n1", "n2", "n3"))
+        self.buses = {}
+        for name in self.seen:
+            # One connection per node, as in a deployment.
+            own = jet if name == "n1" else (yield _jetstream.connect(self, [server.url]))
+            bus = NatsBus(own, self.where, name)
+            for kind in (WAKE, OWE, TOPIC):
+                bus.subscribe(
+                    kind, lambda key, kind=kind, name=name: self.conditions.changed(self.seen[name].append((kind, key)))
+                )
+            yield bus.start()
+            self.addCleanup(bus.stop)
+            self.buses[name] = bus
+
+    def test_interface(self):
+        """NatsBus provides INodeBus."""
+        self.assertTrue(verifyObject(INodeBus, self.buses["n1"]))
+
+    @defer.inlineCallbacks
+    def test_notices_reach_the_nodes_holding_the_peer(self):
+        """wake/owe go to this node at once and to the nodes presence names; fan_out to every node."""
+        n1 = self.buses["n1"]
+        n1.wake("R")
+        self.assertEqual(self.seen["n1"], [(WAKE, "R")])  # this node's: a direct call
+        n1.owe("S")
+        n1.fan_out("t")
+        yield self.conditions.until(
+            lambda: self.seen["n2"] == [(WAKE, "R"), (TOPIC, "t")] and self.seen["n3"] == [(OWE, "S"), (TOPIC, "t")],
+            20,
+        )
+        self.assertEqual(self.seen["n1"], [(WAKE, "R"), (OWE, "S"), (TOPIC, "t")])  # never its own echo
+
+    @defer.inlineCallbacks
+    def test_request_answered_by_the_named_node(self):
+        """A request to n2 is answered by n2's handler; one to a node nobody serves is NoRoute."""
+        from cairn.cluster import nats_bus
+
+        self.buses["n2"].serve("echo", lambda body: defer.succeed(b"n2:" + body))
+        answer = yield eventually(self.buses["n1"].request("n2", "echo", b"hi"), 20)
+        self.assertEqual(answer, b"n2:hi")
+        self.patch(nats_bus, "REQUEST_TIMEOUT", 0.5)
+        yield self.assertFailure(eventually(self.buses["n1"].request("n9", "echo", b"hi"), 20), NoRoute)
+        yield self.assertFailure(eventually(self.buses["n1"].request("n3", "echo", b"hi"), 20), NoRoute)

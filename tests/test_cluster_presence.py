@@ -1,0 +1,161 @@
+"""
+The presence seam (L{cairn.cluster.presence}): L{LocalPresence} answers
+from the local peer's sessions, as the node did before there were several.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from cairn.cluster.presence import IPresence, LocalPresence
+from tests._harness import ScenarioMixin, eventually
+
+
+class LocalPresenceTests(ScenarioMixin, unittest.TestCase):
+    def test_interface(self):
+        """LocalPresence provides IPresence."""
+        self.assertTrue(verifyObject(IPresence, LocalPresence(self.server, "n1")))
+
+    @defer.inlineCallbacks
+    def test_attached_sessions_only(self):
+        """A peer is on this node while it has an attached session, and nowhere once it closed."""
+        presence = LocalPresence(self.server, "n1")
+        yield presence.start()
+        client = self.make_client()
+        self.assertIsNone(presence.locate(client.peer_id))
+        session = yield self.connect(client)
+        self.assertEqual(presence.locate(client.peer_id), "n1")
+        self.assertEqual(presence.where(client.peer_id), ("n1",))
+        self.assertEqual(presence.peers(), {client.peer_id: ("n1",)})
+        self.assertEqual(presence.nodes(), {"n1": 0.0})
+        session.close()
+        yield eventually(self._until_gone(presence, client.peer_id))
+        self.assertEqual(presence.peers(), {})
+        yield presence.stop()
+
+    def _until_gone(self, presence, peer_id):
+        from tests._harness import Conditions
+
+        conditions = Conditions()
+        observer = type("O", (), {"session_closed": lambda _, s: conditions.changed(None)})()
+        self.server.add_observer(observer)
+        return conditions.until(lambda: presence.locate(peer_id) is None)
+
+
+class _Session:
+    def __init__(self, peer_id, session_id):
+        self.remote_peer_id = peer_id
+        self.session_id = session_id
+        self.closed = None
+        self.attached = True
+
+
+class _Peer:
+    """What presence reads of a L{Peer}: its sessions, and whether a session's peer is trusted."""
+
+    def __init__(self):
+        self.sessions = {}
+        self.observers = []
+
+    def add_observer(self, observer):
+        self.observers.append(observer)
+
+    def trusted(self, session):
+        return True
+
+    def attach(self, peer_id):
+        session = _Session(peer_id, len(self.sessions).to_bytes(4, "big") + peer_id.encode())
+        self.sessions[session.session_id] = session
+        for observer in self.observers:
+            observer.session_established(session)
+        return session
+
+    def close(self, session):
+        session.closed, session.attached = "closed", False
+        del self.sessions[session.session_id]
+        for observer in self.observers:
+            observer.session_closed(session)
+
+
+class KVPresenceTests(unittest.TestCase):
+    """Two L{KVPresence}s on one NATS server, as two nodes, each on its own task.Clock."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from twisted.internet import task
+
+        from cairn.cluster.kv_presence import KVPresence
+        from tests import _jetstream
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        self.conditions = Conditions()
+        self.clocks, self.peers, self.presences = {}, {}, {}
+        for name in ("n1", "n2"):
+            clock, peer = task.Clock(), _Peer()
+            presence = KVPresence(jet, peer, name, clock)
+            applied = presence._apply
+            presence._apply = lambda changes, applied=applied: self.conditions.changed(applied(changes))
+            yield presence.start()
+            self.addCleanup(presence.stop)
+            self.clocks[name], self.peers[name], self.presences[name] = clock, peer, presence
+        yield self.until(lambda: set(self.presences["n1"].nodes()) == {"n1", "n2"})
+
+    def until(self, predicate):
+        return self.conditions.until(predicate, 20)
+
+    def test_interface(self):
+        """KVPresence provides IPresence."""
+        self.assertTrue(verifyObject(IPresence, self.presences["n1"]))
+
+    @defer.inlineCallbacks
+    def test_peer_on_another_node(self):
+        """A session attached on n2 is located on n2 from n1, and nowhere once closed."""
+        here, there = self.presences["n1"], self.presences["n2"]
+        session = self.peers["n2"].attach("PeerB")
+        self.assertEqual(there.locate("PeerB"), "n2")
+        yield self.until(lambda: here.locate("PeerB") == "n2")
+        self.assertEqual(here.where("PeerB"), ("n2",))
+        self.assertEqual(here.peers(), {"PeerB": ("n2",)})
+        self.peers["n1"].attach("PeerB")
+        self.assertEqual(here.where("PeerB"), ("n1", "n2"))
+        self.peers["n2"].close(session)
+        yield self.until(lambda: here.where("PeerB") == ("n1",))
+
+    @defer.inlineCallbacks
+    def test_silent_node_is_gone(self):
+        """A node whose heartbeat stops (killed) no longer counts after NODE_TIMEOUT on the reader's clock."""
+        from cairn.cluster.kv_presence import NODE_TIMEOUT
+
+        here = self.presences["n1"]
+        self.peers["n2"].attach("PeerB")
+        yield self.until(lambda: here.locate("PeerB") == "n2")
+        self.presences["n2"]._beating.stop()  # as if killed: no heartbeat, no withdrawal
+        self.clocks["n1"].advance(NODE_TIMEOUT - 0.5)
+        self.assertEqual(here.locate("PeerB"), "n2")
+        self.clocks["n1"].advance(1.0)
+        self.assertIsNone(here.locate("PeerB"))
+        self.assertEqual(set(here.nodes()), {"n1"})
+
+    @defer.inlineCallbacks
+    def test_clean_stop_withdraws_at_once(self):
+        """A node that stops cleanly deletes its heartbeat: the others forget it without waiting."""
+        here = self.presences["n1"]
+        self.peers["n2"].attach("PeerB")
+        yield self.until(lambda: here.locate("PeerB") == "n2")
+        yield self.presences["n2"].stop()
+        yield self.until(lambda: here.locate("PeerB") is None and set(here.nodes()) == {"n1"})
+
+    @defer.inlineCallbacks
+    def test_lost_write_made_good_at_the_next_heartbeat(self):
+        """A departure whose delete was lost is corrected by the next heartbeat (re-assertion)."""
+        from cairn.cluster.kv_presence import HEARTBEAT
+
+        here, there = self.presences["n1"], self.presences["n2"]
+        session = self.peers["n2"].attach("PeerB")
+        yield self.until(lambda: here.locate("PeerB") == "n2")
+        withdraw, there._withdraw = there._withdraw, lambda peer_id: None  # the delete is lost
+        self.peers["n2"].close(session)
+        there._withdraw = withdraw
+        self.clocks["n2"].advance(HEARTBEAT)
+        yield self.until(lambda: here.locate("PeerB") is None)
