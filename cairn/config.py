@@ -258,6 +258,20 @@ def _redacted_urls(value: tuple) -> str:
     return repr(tuple(_without_userinfo(url) for url in value))
 
 
+def _is_attach_address(instance: Any, attribute: attr.Attribute, value: Any) -> None:
+    """Validator: None, or a C{tcp://host:port} / C{tls://host:port} address (docs/protocol.md §25.8.8)."""
+    if value is None:
+        return
+    from cairn.pairing.codes import InvalidCode, parse_address
+
+    try:
+        ok = "://" in value and parse_address(value).scheme in ("tcp", "tls")
+    except InvalidCode:
+        ok = False
+    if not ok:
+        raise ConfigError(_variable(attribute), f"{value!r} is not a tcp://host:port or tls://host:port address")
+
+
 def _is_prefix(instance: Any, attribute: attr.Attribute, value: Any) -> None:
     """Validator: a stream/bucket/subject prefix (letters, digits, '-' and '_')."""
     ok = isinstance(value, str) and 0 < len(value) <= 32
@@ -372,6 +386,9 @@ class Config:
     # identity.key in the data directory) and this node's name.
     identity_file: str | None = _text("CAIRN_IDENTITY_FILE")
     node_name: str = _setting("CAIRN_NODE_NAME", parse_text, attr.Factory(default_node_name), _is_node_name)
+    # This node's own address for attached relay circuits across nodes
+    # (docs/protocol.md §25.8.8); unset: those circuits are RelayData ones.
+    relay_attach_address: str | None = _setting("CAIRN_RELAY_ATTACH_ADDRESS", parse_text, None, _is_attach_address)
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""

@@ -505,7 +505,13 @@ def _make_node(config, reactor) -> CairnNode:
         peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
     )
     presence, bus, recheck = stores.deployment(peer, config.node_name, reactor)
-    mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck)
+    relay_bus = None
+    if stores.cluster is not None:
+        from cairn.cluster.relay_bus import NatsRelayBus
+
+        # Relay circuits between peers on different nodes (docs/scaling.md).
+        relay_bus = NatsRelayBus(stores.cluster, config.node_name, presence.locate)
+    mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck, relay_bus)
     for service in (mailbox, sync, relay):
         pairing.add_purge_hook(service.purge)
     # A node among several labels its samples with its name; one alone keeps today's series.
@@ -576,10 +582,11 @@ def make_pairing(config, peer, trust, reactor, codes=None) -> PairingService:
     )
 
 
-def make_services(config, peer, trust, stores, reactor, bus=None, recheck=None):
+def make_services(config, peer, trust, stores, reactor, bus=None, recheck=None, relay_bus=None):
     """
     The services holding per-session state: C{(mailbox, sync, relay)};
-    C{bus} carries their wake-ups, C{recheck} bounds a missed one.
+    C{bus} carries their wake-ups, C{recheck} bounds a missed one; C{relay_bus}
+    (an L{cairn.relay.interfaces.IRelayBus}) reaches peers on other nodes.
     """
     mailbox = MailboxService(
         peer,
@@ -611,6 +618,8 @@ def make_services(config, peer, trust, stores, reactor, bus=None, recheck=None):
         store=stores.relay,
         # Attached circuits come in on the TCP listener (§25.8).
         reactor=reactor if config.listen else None,
+        bus=relay_bus,
+        attach_address=config.relay_attach_address,
     )
     return mailbox, sync, relay
 

@@ -75,6 +75,7 @@ DEFAULTS = {
     "cluster_prefix": "cairn",
     "identity_file": None,
     "node_name": default_node_name(),
+    "relay_attach_address": None,
 }
 
 # Every variable (but the token and TURN secret files, tested apart) set to a non-default value.
@@ -126,6 +127,7 @@ NON_DEFAULT_ENV = {
     "CAIRN_CLUSTER_PREFIX": "tenant-7",
     "CAIRN_IDENTITY_FILE": "/run/secrets/identity.key",
     "CAIRN_NODE_NAME": "node-2",
+    "CAIRN_RELAY_ATTACH_ADDRESS": "tcp://node-2.internal:7400",
 }
 
 NON_DEFAULTS = {
@@ -183,6 +185,7 @@ NON_DEFAULTS = {
     "cluster_prefix": "tenant-7",
     "identity_file": "/run/secrets/identity.key",
     "node_name": "node-2",
+    "relay_attach_address": "tcp://node-2.internal:7400",
 }
 
 # One bad value per variable that is parsed or range-checked.
@@ -225,6 +228,7 @@ BAD_VALUES = {
     "CAIRN_CLUSTER_REPLICAS": "6",
     "CAIRN_CLUSTER_PREFIX": "a.b",
     "CAIRN_NODE_NAME": "node.2",
+    "CAIRN_RELAY_ATTACH_ADDRESS": "ws://node-2/",
 }
 
 

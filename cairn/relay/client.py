@@ -151,8 +151,11 @@ class RelayEndpoint:
             and node_session.session_id in getattr(self.client, "_addresses", {})
         )
 
-    def _start(self, node_session, circuit_id, remote_peer_id, connection, token=None):
-        """Run C{connection} over the circuit: attached with C{token}, else as RelayData."""
+    def _start(self, node_session, circuit_id, remote_peer_id, connection, token=None, attach_at=None):
+        """
+        Run C{connection} over the circuit: attached with C{token} (to the
+        node at C{attach_at}, if the node named one, §25.8.6), else as RelayData.
+        """
         if token is None:
             transport = CircuitTransport(self, node_session, circuit_id, remote_peer_id)
             self.circuits[circuit_id] = transport
@@ -160,7 +163,7 @@ class RelayEndpoint:
             return transport
         circuit = AttachedCircuit(self, node_session, circuit_id, remote_peer_id, connection)
         self.circuits[circuit_id] = circuit
-        address = self.client._addresses[node_session.session_id]
+        address = attach_at or self.client._addresses[node_session.session_id]
         circuit.dial(self.client._endpoint(address, False), token)
         return circuit
 
@@ -210,8 +213,9 @@ class RelayEndpoint:
             entry.deferred.errback(RouteRefused(status, reason))
             return
         _, token = messages.route_response_attach(body)
+        at = messages.attach_at(body, "RouteResponse")
         connection = self.peer.connection(initiator=True, resume=entry.resume)
-        circuit = self._start(session, circuit_id, entry.peer_id, connection, token)
+        circuit = self._start(session, circuit_id, entry.peer_id, connection, token, at)
         if entry.resume is None:
             connection.ready.addCallback(self._check_identity, circuit)
             connection.ready.addCallback(self._track, session.remote_peer_id)
@@ -255,8 +259,11 @@ class RelayEndpoint:
         if node is None:
             return  # tried again when a session with that node is resumed or established
         relayed.pending = True
-        log.info("relay: re-establishing session {sid} with {peer}",
-                 sid=session.session_id.hex()[:8], peer=session.remote_peer_id)
+        log.info(
+            "relay: re-establishing session {sid} with {peer}",
+            sid=session.session_id.hex()[:8],
+            peer=session.remote_peer_id,
+        )
         d = self._request(node, session.remote_peer_id, resume=session)
         d.addCallbacks(self._reestablished, self._reestablish_failed, callbackArgs=(relayed,), errbackArgs=(relayed,))
 
@@ -305,6 +312,7 @@ class RelayEndpoint:
 
     def _offer(self, session, body):
         requester, circuit_id, token = messages.parse_route_offer(body)
+        at = messages.attach_at(body, "RouteRequest")
         if circuit_id in self.circuits:
             return
         if not self._accepts(requester):
@@ -321,7 +329,7 @@ class RelayEndpoint:
         session.send(MessageType.ROUTE_RESPONSE, answer)
         # A responder: it takes a HandshakeInit (a new session) or a
         # Reconnect (a session of ours re-established by the requester).
-        self._start(session, circuit_id, requester, self.peer.connection(initiator=False), token)
+        self._start(session, circuit_id, requester, self.peer.connection(initiator=False), token, at)
 
     # Circuit traffic
 

@@ -72,3 +72,32 @@ class IRelayStore(Interface):
 
     def purge(peer_id):
         """Forget C{peer_id}'s limits and counts; fires once durable."""
+
+
+class IRelayBus(Interface):
+    """
+    What relay circuits between peers on different nodes of one deployment
+    need from the cluster (docs/scaling.md, "Relay across nodes"): where a
+    peer's session is, and messages to another node about one circuit.
+
+    The single-node version is no bus at all (C{RelayService(bus=None)}):
+    a target without a session on this node is offline, as always.
+    """
+
+    node = Attribute("This node's name (text).")
+
+    def where_is(peer_id):
+        """The name of the node holding C{peer_id}'s session, or None (synchronous, from memory)."""
+
+    def send(node, circuit_id, message):
+        """Send C{message} (bytes) to node C{node} about circuit C{circuit_id}, in order, fire and forget."""
+
+    def listen(receive, lost):
+        """
+        Call C{receive(message)} (bytes) on the reactor thread for every
+        message to this node, and C{lost(node, circuit_id)} for every
+        message of L{send} known not to have gone out (no connection).
+        """
+
+    def stop():
+        """Stop listening; fires once stopped."""

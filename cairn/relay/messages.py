@@ -6,6 +6,7 @@ L{BodyError}, like every family's, and the service's guard
 (L{cairn.session.guards}) ends that session with C{BAD_CBOR}.
 """
 
+from cairn.pairing.codes import InvalidCode, parse_address
 from cairn.wire import cbor
 from cairn.wire.constants import PROTOCOL_VERSION, SESSION_ID_SIZE, MessageType
 from cairn.wire.envelope import Envelope
@@ -76,6 +77,24 @@ def route_response_attach(body):
     or None)} -- C{attach} from a target, C{token} from the node (§25.8).
     """
     return bool_field(body, "attach", "RouteResponse"), _token(body, "RouteResponse")
+
+
+def attach_at(body, name):
+    """
+    The C{attach_at} of an offer or of the node's RouteResponse (§25.8.6):
+    the address (C{tcp://host:port} or C{tls://host:port}, §20.3.2) of the
+    node to open the attach connection to, or None (the node session's own).
+    """
+    if body.get("attach_at") is None:
+        return None
+    text = text_field(body, "attach_at", name)
+    try:
+        address = parse_address(text)
+    except InvalidCode:
+        _bad(f"{name}: attach_at is not an address")
+    if address.scheme not in ("tcp", "tls") or "://" not in text:
+        _bad(f"{name}: attach_at is not a tcp:// or tls:// address")
+    return text
 
 
 def parse_relay_attach(body):

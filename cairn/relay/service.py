@@ -32,6 +32,12 @@ node: a detach or a resume (Reconnect) of that session closes its
 circuits, and the other end is told at once; the peers re-establish
 their end-to-end session over a new circuit (docs/protocol.md §25.5).
 When that session ends (Close), its circuits close as final.
+
+With a bus (L{cairn.relay.interfaces.IRelayBus}), a target whose session
+is on another node of the deployment is reached through it: the circuit
+stays here (this node owns it and makes every check and count), with a
+L{cairn.relay.remote.RemoteEnd} in place of the target's session
+(L{cairn.relay.remote}; docs/scaling.md, "Relay across nodes").
 """
 
 import hmac
@@ -46,6 +52,7 @@ from cairn.relay import messages, reports
 from cairn.relay.accounts import Accounts
 from cairn.relay.interfaces import IRelay, RelayLimits
 from cairn.relay.messages import WINDOW
+from cairn.relay.remote import Remote, RemoteEnd
 from cairn.relay.splice import Splice
 from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
@@ -108,6 +115,12 @@ class RelayService:
     @param reactor: the reactor whose TCP listener takes attached circuits
         (§25.8; C{peer.attach_handler} is set); None: RelayData only.
     @param splice_options: keyword arguments for each L{Splice}.
+    @param bus: an L{IRelayBus} to reach peers whose sessions are on other
+        nodes of the deployment (L{cairn.relay.remote}); None: one node.
+    @param attach_address: this node's own TCP address (C{tcp://host:port})
+        told to both ends of an attached circuit (C{attach_at}, §25.8.6);
+        needed for attached circuits with a target on another node (without
+        it they are RelayData circuits).
     """
 
     def __init__(
@@ -122,6 +135,8 @@ class RelayService:
         store=None,
         reactor=None,
         splice_options=None,
+        bus=None,
+        attach_address=None,
         **accounts,
     ):
         self.peer = peer
@@ -135,6 +150,8 @@ class RelayService:
         self.window = window
         self.offer_timeout = offer_timeout
         self.accounts = Accounts(clock, store, **accounts)
+        self.attach_address = attach_address
+        self.remote = None if bus is None else Remote(self, bus, clock)
         self.circuits = {}
         #: RouteResponse statuses given to requesters, by name.
         self.statuses = Counter()
@@ -184,8 +201,11 @@ class RelayService:
         return {p: lim.max_bytes for p, lim in self.accounts.limits.items() if lim.max_bytes is not None}
 
     def start(self):
-        """Load the persisted limits and byte counts; fires once loaded."""
-        return self.accounts.start()
+        """Load the persisted limits and byte counts (and listen to the other nodes); fires once loaded."""
+        d = self.accounts.start()
+        if self.remote is not None:
+            d.addCallback(lambda _: self.remote.start())
+        return d
 
     def stop(self):
         """
@@ -200,7 +220,11 @@ class RelayService:
                 self._send(circuit.b, MessageType.RELAY_CLOSE, {"circuit": circuit.circuit_id, "reason": "cancelled"})
             else:
                 self.close(circuit, "the node is stopping")
-        return self.accounts.stop()
+        d = self.accounts.stop()
+        if self.remote is not None:
+            remote = self.remote.stop()
+            d.addBoth(lambda result: remote.addCallback(lambda _: result))
+        return d
 
     # Helpers
 
@@ -218,6 +242,8 @@ class RelayService:
             body["circuit"] = circuit
         if token is not None:
             body["token"] = token
+            if self.attach_address is not None:
+                body["attach_at"] = self.attach_address
         self._send(session, MessageType.ROUTE_RESPONSE, body)
 
     def _online(self, peer_id):
@@ -227,6 +253,16 @@ class RelayService:
             if session.remote_peer_id == peer_id and session.closed is None and session.attached:
                 found = session
         return found
+
+    def _proxied(self, session, circuit_id, type_code, body) -> bool:
+        """Whether C{body} is for a circuit another node owns (L{cairn.relay.remote}); if so it goes there."""
+        if self.remote is None or circuit_id is None:
+            return False
+        proxy = self.remote.proxy_of(session, circuit_id)
+        if proxy is None:
+            return False
+        self.remote.from_target(proxy, type_code, body)
+        return True
 
     def _end_of(self, session, circuit_id):
         circuit = self.circuits.get(circuit_id)
@@ -251,6 +287,8 @@ class RelayService:
             self._answer(session, req, RouteStatus.REFUSED, "relay byte quota used up")
             return
         other = self._online(target)
+        if other is None and self.remote is not None:
+            other = self.remote.end_for(target)
         if other is None:
             self._answer(session, req, RouteStatus.OFFLINE, "the target has no session with this node")
             return
@@ -262,8 +300,14 @@ class RelayService:
         circuit.timer = self.clock.callLater(self.offer_timeout, self._offer_timed_out, circuit)
         self.circuits[circuit.circuit_id] = circuit
         offer = {"from": session.remote_peer_id, "circuit": circuit.circuit_id}
-        if attach and self.reactor is not None:
+        if (
+            attach
+            and self.reactor is not None
+            and (self.attach_address is not None or not isinstance(other, RemoteEnd))
+        ):
             offer["token"] = circuit.tokens[other] = os.urandom(messages.TOKEN_SIZE)
+            if self.attach_address is not None:
+                offer["attach_at"] = self.attach_address
         self._send(other, MessageType.ROUTE_REQUEST, offer)
 
     def _offer_timed_out(self, circuit):
@@ -275,6 +319,8 @@ class RelayService:
     def _route_response(self, session, body):
         status, circuit_id, _req, reason = messages.parse_route_response(body)
         attach, _ = messages.route_response_attach(body)
+        if self._proxied(session, circuit_id, MessageType.ROUTE_RESPONSE, body):
+            return
         circuit = self._end_of(session, circuit_id)
         if circuit is None or session is not circuit.b or circuit.state != "offered":
             return
@@ -300,6 +346,8 @@ class RelayService:
 
     def _relay_data(self, session, body):
         circuit_id, data = messages.parse_relay_data(body)
+        if self._proxied(session, circuit_id, MessageType.RELAY_DATA, body):
+            return
         circuit = self._end_of(session, circuit_id)
         if circuit is None or circuit.state != "open":
             self._send(session, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "no such circuit"})
@@ -338,6 +386,8 @@ class RelayService:
 
     def _relay_ack(self, session, body):
         circuit_id, credit = messages.parse_relay_ack(body)
+        if self._proxied(session, circuit_id, MessageType.RELAY_ACK, body):
+            return
         circuit = self._end_of(session, circuit_id)
         if circuit is None or circuit.state != "open" or circuit.mode == "attached":
             return
@@ -347,6 +397,8 @@ class RelayService:
 
     def _relay_close(self, session, body):
         circuit_id, reason, _final = messages.parse_relay_close(body)
+        if self._proxied(session, circuit_id, MessageType.RELAY_CLOSE, body):
+            return
         circuit = self._end_of(session, circuit_id)
         if circuit is None:
             return
@@ -455,6 +507,8 @@ class RelayService:
                 self._send(end, MessageType.RELAY_CLOSE, body)
 
     def _gone(self, session, final=False):
+        if self.remote is not None and not isinstance(session, RemoteEnd):
+            self.remote.session_gone(session, final)
         for circuit in list(self.circuits.values()):
             if session not in (circuit.a, circuit.b):
                 continue
@@ -489,6 +543,8 @@ class RelayService:
         for circuit in list(self.circuits.values()):
             if peer_id in (circuit.a.remote_peer_id, circuit.b.remote_peer_id):
                 self.close(circuit, "the other peer was unpaired", final=True)
+        if self.remote is not None:
+            self.remote.purge(peer_id)
         return self.accounts.purge(peer_id)
 
     def set_limits(self, peer_id, limits: RelayLimits):

@@ -1,0 +1,409 @@
+"""
+Relay circuits between peers whose sessions are on different nodes of one
+deployment (docs/scaling.md, "Relay across nodes").
+
+A circuit always has one **owner**: the requester's node. The owner keeps
+the L{cairn.relay.service.Circuit} exactly as for two local peers, with a
+L{RemoteEnd} standing in for the target's node session: everything the
+service sends to that end (the offer, RelayData, RelayAck, RelayClose)
+goes over the L{IRelayBus} to the target's node, and what the target
+sends comes back the same way and enters the service's own handlers. So
+the window checks, the byte quota, the rate limit and the byte counts are
+the owner's and are made once, as on one node.
+
+The target's node keeps a L{Proxy} per such circuit: it hands the owner's
+messages to the target's session and the target's to the owner. It also
+enforces the target's window itself (it sees the credit go by), so a
+target that overruns it never makes the proxy buffer or publish more
+than one window: the proxy asks the owner to close the circuit instead.
+What either node holds for a circuit direction therefore stays within
+the window, as on one node: the owner forwards the requester's RelayData
+only within the requester's credit, and a stalled target grants none.
+
+Attached circuits are spliced on the owner; both ends are told its
+address (C{attach_at}, docs/protocol.md §25.8.6), so the target opens
+its attach connection to the owner, not to its own node.
+
+Either node going away closes the circuits through it: every message
+between two nodes counts as a sign of life, each node sends the nodes it
+shares circuits with a ping every L{PING_INTERVAL} seconds, and a node
+silent for L{NODE_TIMEOUT} seconds (on the service's clock) is taken for
+gone: its circuits close as if their far end's session had dropped (not
+final: the peers re-establish them through whichever node they reach).
+"""
+
+import attr
+from twisted.internet import task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cairn.relay import messages
+from cairn.relay.interfaces import IRelayBus
+from cairn.relay.messages import WINDOW
+from cairn.session.session import SessionClosed
+from cairn.wire import cbor
+from cairn.wire.constants import MessageType
+from cairn.wire.schema import BodyError
+
+log = Logger()
+
+#: Seconds between pings to each node this node shares circuits with.
+PING_INTERVAL = 5.0
+#: Seconds without a word from a node before its circuits are closed.
+NODE_TIMEOUT = 15.0
+
+_TO_TARGET = (MessageType.RELAY_DATA, MessageType.RELAY_ACK, MessageType.RELAY_CLOSE)
+
+
+@attr.s(eq=False, repr=False)
+class RemoteEnd:
+    """The owner's stand-in for an end whose node session is on node C{node}."""
+
+    remote = attr.ib()
+    node = attr.ib()
+    remote_peer_id = attr.ib()
+    closed = None
+    attached = True
+
+    def __repr__(self):
+        return f"<RemoteEnd {self.remote_peer_id} on {self.node}>"
+
+    def send(self, type_code, body):
+        self.remote.send_env(self.node, body["circuit"], type_code, body, self.remote_peer_id)
+
+
+@attr.s(eq=False)
+class Proxy:
+    """The target's node's side of a circuit owned by node C{owner}."""
+
+    circuit_id = attr.ib()
+    session = attr.ib()
+    owner = attr.ib()
+    #: The requester's peer id (from the offer).
+    requester = attr.ib(default=None)
+    state = attr.ib(default="offered")
+    #: Bytes the target may still send (its window, credited by the requester).
+    allowance = attr.ib(default=WINDOW)
+    #: Whether the offer carried a token (an accepted offer may then be attached).
+    token = attr.ib(default=False)
+    attached = attr.ib(default=False)
+
+
+class Remote:
+    """
+    The cross-node half of a L{cairn.relay.service.RelayService}.
+
+    @ivar proxies: L{Proxy} by circuit id (circuits owned by other nodes
+        whose target is on this node).
+    """
+
+    def __init__(self, service, bus, clock, ping_interval=PING_INTERVAL, node_timeout=NODE_TIMEOUT):
+        self.service = service
+        self.bus = bus
+        self.clock = clock
+        self.ping_interval = ping_interval
+        self.node_timeout = node_timeout
+        self.proxies = {}
+        self.last_seen = {}
+        self._loop = None
+
+    @property
+    def node(self):
+        return self.bus.node
+
+    def start(self):
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.ping_interval, now=False)
+        return self.bus.listen(self.receive, self.lost)
+
+    def stop(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for proxy in list(self.proxies.values()):
+            self._drop(proxy)
+            self._to_target(
+                proxy, MessageType.RELAY_CLOSE, {"circuit": proxy.circuit_id, "reason": "the node is stopping"}
+            )
+            self._to_owner_close(proxy, "the other peer went away", culprit=True)
+        return self.bus.stop()
+
+    # The owner's side
+
+    def end_for(self, peer_id):
+        """A L{RemoteEnd} for C{peer_id} if its session is on another node, else None."""
+        node = self.bus.where_is(peer_id)
+        if node is None or node == self.node:
+            return None
+        return RemoteEnd(self, node, peer_id)
+
+    def send_env(self, node, circuit_id, type_code, body, peer_id=None):
+        message = {"op": "env", "from": self.node, "type": int(type_code), "body": body}
+        if peer_id is not None:
+            message["peer"] = peer_id
+        self._send(node, circuit_id, message)
+
+    def _send(self, node, circuit_id, message):
+        self.last_seen.setdefault(node, self.clock.seconds())
+        self.bus.send(node, circuit_id, cbor.dumps(message))
+
+    # Messages from other nodes
+
+    def receive(self, data):
+        """One message from another node (the bus calls this on the reactor thread)."""
+        try:
+            message = cbor.loads(data)
+            node, op = message["from"], message["op"]
+            circuit_id = message.get("circuit") or message.get("body", {}).get("circuit")
+        except Exception:
+            log.warn("relay: a malformed message from another node was dropped")
+            return
+        if node == self.node:
+            return
+        self.last_seen[node] = self.clock.seconds()
+        try:
+            if op == "env":
+                self._env(node, circuit_id, MessageType(message["type"]), message["body"], message.get("peer"))
+            elif op == "close":
+                self._closed_by_target_node(node, circuit_id, message)
+        except (BodyError, KeyError, TypeError, ValueError) as e:
+            log.warn("relay: a malformed message from node {node} was dropped: {why}", node=node, why=repr(e)[:200])
+        except Exception:
+            log.failure("relay: a message from node {node} failed", node=node)
+
+    def _env(self, node, circuit_id, type_code, body, peer_id):
+        proxy = self.proxies.get(circuit_id)
+        if proxy is not None and proxy.owner == node:
+            self._from_owner(proxy, type_code, body)
+            return
+        if type_code == MessageType.ROUTE_REQUEST and proxy is None:
+            self._offered(node, circuit_id, body, peer_id)
+            return
+        circuit = self.service.circuits.get(circuit_id)
+        end = None if circuit is None else circuit.b
+        if not isinstance(end, RemoteEnd) or end.node != node:
+            if type_code != MessageType.RELAY_CLOSE:
+                # A stale proxy (this node closed the circuit): let it go.
+                self.send_env(
+                    node, circuit_id, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "no such circuit"}
+                )
+            return
+        handler = {
+            MessageType.ROUTE_RESPONSE: self.service._route_response,
+            MessageType.RELAY_DATA: self.service._relay_data,
+            MessageType.RELAY_ACK: self.service._relay_ack,
+            MessageType.RELAY_CLOSE: self.service._relay_close,
+        }.get(type_code)
+        if handler is not None:
+            handler(end, body)
+
+    def _closed_by_target_node(self, node, circuit_id, message):
+        circuit = self.service.circuits.get(circuit_id)
+        end = None if circuit is None else circuit.b
+        if not isinstance(end, RemoteEnd) or end.node != node:
+            return
+        final = bool(message.get("final"))
+        if circuit.state == "offered":
+            self.service._gone(end, final=final)  # the requester is answered offline
+            return
+        culprit = end if message.get("culprit") else None
+        self.service.close(circuit, message.get("reason", ""), culprit=culprit, final=final)
+
+    # The target's node's side
+
+    def _offered(self, owner, circuit_id, body, target):
+        session = self.service._online(target) if target is not None else None
+        if session is None:
+            self._send(
+                owner,
+                circuit_id,
+                {
+                    "op": "close",
+                    "from": self.node,
+                    "circuit": circuit_id,
+                    "culprit": True,
+                    "reason": "the other peer went away",
+                },
+            )
+            return
+        proxy = Proxy(
+            circuit_id,
+            session,
+            owner,
+            requester=body.get("from"),
+            allowance=self.service.window,
+            token=body.get("token") is not None,
+        )
+        self.proxies[circuit_id] = proxy
+        self._to_target(proxy, MessageType.ROUTE_REQUEST, body)
+
+    def _from_owner(self, proxy, type_code, body):
+        if type_code not in _TO_TARGET:
+            return
+        if type_code == MessageType.RELAY_CLOSE:
+            self._drop(proxy)
+        elif type_code == MessageType.RELAY_ACK:
+            proxy.allowance = min(self.service.window, proxy.allowance + max(0, int(body.get("credit", 0))))
+        self._to_target(proxy, type_code, body)
+
+    def proxy_of(self, session, circuit_id):
+        """The L{Proxy} of C{circuit_id} if C{session} is its target's session, else None."""
+        proxy = self.proxies.get(circuit_id)
+        return proxy if proxy is not None and proxy.session is session else None
+
+    def from_target(self, proxy, type_code, body):
+        """What the target sent on a proxied circuit (its body already checked by the service's parser)."""
+        if type_code == MessageType.ROUTE_RESPONSE:
+            if proxy.state != "offered":
+                return
+            status, _, _, _ = messages.parse_route_response(body)
+            attach, _ = messages.route_response_attach(body)
+            if status != 0:
+                self._drop(proxy)
+            else:
+                proxy.state = "open"
+                proxy.attached = bool(attach and proxy.token)
+        elif type_code == MessageType.RELAY_DATA:
+            if proxy.state != "open":
+                return
+            if not proxy.attached:
+                size = len(body["data"])
+                if size > proxy.allowance:
+                    # Stop here: the owner closes the circuit for both ends.
+                    proxy.state = "closing"
+                    self._to_owner_close(proxy, "flow control window exceeded", final=True)
+                    return
+                proxy.allowance -= size
+        elif type_code == MessageType.RELAY_CLOSE:
+            self._drop(proxy)
+        self.send_env(proxy.owner, proxy.circuit_id, type_code, body)
+
+    def session_gone(self, session, final=False):
+        """The target's node session lost its transport (or ended): close its proxied circuits."""
+        for proxy in list(self.proxies.values()):
+            if proxy.session is session:
+                self._drop(proxy)
+                self._to_owner_close(proxy, "the other peer went away", culprit=True, final=final)
+
+    def purge(self, peer_id):
+        """The pairing purge on this node: close the proxied circuits of C{peer_id} (either end), as final."""
+        reason = "the other peer was unpaired"
+        for proxy in list(self.proxies.values()):
+            if peer_id in (proxy.session.remote_peer_id, proxy.requester):
+                self._drop(proxy)
+                self._to_target(
+                    proxy, MessageType.RELAY_CLOSE, {"circuit": proxy.circuit_id, "reason": reason, "final": True}
+                )
+                self._to_owner_close(proxy, reason, culprit=True, final=True)
+
+    def _to_owner_close(self, proxy, reason, culprit=False, final=False):
+        message = {"op": "close", "from": self.node, "circuit": proxy.circuit_id, "reason": reason}
+        if culprit:
+            message["culprit"] = True
+        if final:
+            message["final"] = True
+        self._send(proxy.owner, proxy.circuit_id, message)
+
+    def _to_target(self, proxy, type_code, body):
+        try:
+            proxy.session.send(type_code, body)
+        except SessionClosed:
+            pass
+
+    def _drop(self, proxy):
+        if self.proxies.get(proxy.circuit_id) is proxy:
+            del self.proxies[proxy.circuit_id]
+
+    def lost(self, node, circuit_id):
+        """A message about C{circuit_id} to C{node} did not go out: the circuit cannot go on."""
+        circuit = self.service.circuits.get(circuit_id)
+        if circuit is not None and isinstance(circuit.b, RemoteEnd) and circuit.b.node == node:
+            log.info("relay circuit {cid}: node {node} unreachable", cid=circuit_id.hex()[:8], node=node)
+            self.service._gone(circuit.b)
+        proxy = self.proxies.get(circuit_id)
+        if proxy is not None and proxy.owner == node:
+            self._drop(proxy)
+            body = {"circuit": proxy.circuit_id, "reason": "the other node went away"}
+            self._to_target(proxy, MessageType.RELAY_CLOSE, body)
+
+    # Liveness of the other nodes
+
+    def _nodes_in_use(self):
+        nodes = {p.owner for p in self.proxies.values()}
+        for circuit in self.service.circuits.values():
+            for end in (circuit.a, circuit.b):
+                if isinstance(end, RemoteEnd):
+                    nodes.add(end.node)
+        return nodes
+
+    def _tick(self):
+        now = self.clock.seconds()
+        in_use = self._nodes_in_use()
+        for node in list(self.last_seen):
+            if node not in in_use:
+                del self.last_seen[node]
+        for node in in_use:
+            seen = self.last_seen.setdefault(node, now)
+            if now - seen > self.node_timeout:
+                self.node_lost(node)
+            else:
+                self.bus.send(node, None, cbor.dumps({"op": "ping", "from": self.node}))
+
+    def node_lost(self, node):
+        """Close every circuit through node C{node}, which stopped answering."""
+        log.warn(
+            "relay: node {node} silent for {t:g}s; closing the circuits through it", node=node, t=self.node_timeout
+        )
+        self.last_seen.pop(node, None)
+        for circuit in list(self.service.circuits.values()):
+            for end in (circuit.a, circuit.b):
+                if isinstance(end, RemoteEnd) and end.node == node:
+                    self.service._gone(end)
+        for proxy in list(self.proxies.values()):
+            if proxy.owner == node:
+                self._drop(proxy)
+                self._to_target(
+                    proxy, MessageType.RELAY_CLOSE, {"circuit": proxy.circuit_id, "reason": "the other node went away"}
+                )
+
+
+@implementer(IRelayBus)
+class MemoryRelayBus:
+    """
+    L{IRelayBus} in memory: the nodes of one process (tests, library use).
+    Nodes that share a C{network} dict reach each other; C{presence} maps
+    peer ids to node names. Messages are delivered in order on the next
+    turn of C{clock}.
+    """
+
+    def __init__(self, node, network, presence, clock):
+        self.node = node
+        self.network = network
+        self.presence = presence
+        self.clock = clock
+        self.receive = self.lost = None
+
+    def where_is(self, peer_id):
+        return self.presence.get(peer_id)
+
+    def send(self, node, circuit_id, message):
+        bus = self.network.get(node)
+        if bus is not None and bus.receive is not None:
+            self.clock.callLater(0, lambda: bus.receive and bus.receive(message))
+        elif self.lost is not None:
+            self.clock.callLater(0, self.lost, node, circuit_id)
+
+    def listen(self, receive, lost):
+        from twisted.internet import defer
+
+        self.receive, self.lost = receive, lost
+        self.network[self.node] = self
+        return defer.succeed(None)
+
+    def stop(self):
+        from twisted.internet import defer
+
+        self.receive = self.lost = None
+        if self.network.get(self.node) is self:
+            del self.network[self.node]
+        return defer.succeed(None)

@@ -1,0 +1,512 @@
+"""
+Relay circuits between peers on different nodes (docs/scaling.md, "Relay
+across nodes"): two node peers in this process, sharing one identity and
+one trust store, each with its own TCP listener, relay service and NATS
+connection to one real nats-server; library clients on loopback. The
+nodes' clocks are L{task.Clock}s.
+
+Presence here is a dict the tests fill as peers connect (the deployment's
+presence directory is the node's, not the relay's).
+"""
+
+import os
+import re
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import serverFromString
+from twisted.trial import unittest
+
+from cairn.client import Client
+from cairn.cluster.relay import KVRelayStore
+from cairn.cluster.relay_bus import NatsRelayBus, node_token
+from cairn.crypto.identity import Identity
+from cairn.pairing.trust import MemoryTrustStore
+from cairn.relay import client as relay
+from cairn.relay import messages
+from cairn.relay.attached import AttachedCircuit
+from cairn.relay.client import CircuitTransport, RouteRefused
+from cairn.relay.messages import WINDOW
+from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, MemoryRelayBus, RemoteEnd
+from cairn.relay.service import OFFER_TIMEOUT, RelayService
+from cairn.session.peer import Peer
+from cairn.transport.tcp import StreamFactory
+from cairn.wire import cbor
+from cairn.wire.constants import MessageType, RouteStatus
+from tests import _jetstream
+from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, track_connections
+from tests._nats import start_nats
+from tests.test_relay import RecordingRelay, RelayScenarioMixin
+
+
+class WatchedBus(NatsRelayBus):
+    """A bus that re-checks the test's conditions after each message it delivers."""
+
+    def __init__(self, *args, changed):
+        super().__init__(*args)
+        self.changed = changed
+
+    def listen(self, receive, lost):
+        return super().listen(lambda data: self.changed(receive(data)), lost)
+
+
+class _Changes:
+    """A client's peer observer re-checking the test's conditions on session events."""
+
+    def __init__(self, conditions):
+        self.conditions = conditions
+
+    def session_detached(self, session):
+        self.conditions.changed()
+
+    def session_closed(self, session):
+        self.conditions.changed()
+
+
+class Node:
+    """One node of the test's deployment."""
+
+    def __init__(self, name, peer, clock, port, jet, relay):
+        self.name = name
+        self.peer = peer
+        self.clock = clock
+        self.port = port
+        self.jet = jet
+        self.relay = relay
+
+    @property
+    def address(self):
+        return f"tcp:host=127.0.0.1:port={self.port.getHost().port}"
+
+
+class CrossNodeHarness:
+    """Two nodes on one NATS server; C{attach}: they take attached circuits."""
+
+    attach = False
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.connections = []
+        self.conditions = Conditions()
+        self.nats = yield start_nats(self)
+        self.trust = MemoryTrustStore()  # replicated by the trust bucket in a deployment
+        self.presence = {}
+        identity = Identity.generate()  # one identity for the deployment
+        self.node1 = yield self.make_node("node-1", identity)
+        self.node2 = yield self.make_node("node-2", identity)
+        self.addCleanup(lambda: drop_all(self.connections))
+
+    @defer.inlineCallbacks
+    def make_node(self, name, identity):
+        clock = task.Clock()
+        peer = Peer(identity, clock, **SETTINGS)
+        peer.on_session = lambda session: self.conditions.changed()
+        track_connections(peer, self.connections)
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(StreamFactory(peer))
+        self.addCleanup(port.stopListening)
+        jet = yield _jetstream.connect(self, [self.nats.url])
+        bus = WatchedBus(jet, name, self.presence.get, changed=self.conditions.changed)
+        options = {}
+        if self.attach:
+            options = {"reactor": reactor, "attach_address": f"tcp://127.0.0.1:{port.getHost().port}"}
+        service = RecordingRelay(
+            peer,
+            self.trust,
+            clock,
+            capacity=8,
+            changed=self.conditions.changed,
+            store=KVRelayStore(jet),
+            bus=bus,
+            **options,
+        )
+        yield service.start()
+        self.addCleanup(service.stop)
+        return Node(name, peer, clock, port, jet, service)
+
+    def until(self, predicate):
+        return self.conditions.until(predicate)
+
+    def peer(self):
+        client = Client(reactor, Identity.generate(), clock=task.Clock(), **SETTINGS)
+        track_connections(client.peer, self.connections)
+        client.peer.add_observer(_Changes(self.conditions))
+        relay.relay_endpoint(client).attach = self.attach
+        self.trust.set_paired(client.peer_id, client.peer.identity.public_key, "", "psk", 0.0)
+        return client
+
+    @defer.inlineCallbacks
+    def connect(self, client, node):
+        session = yield eventually(client.connect(node.address))
+        yield self.until(
+            lambda: any(s.remote_peer_id == client.peer_id and s.attached for s in node.peer.sessions.values())
+        )
+        self.presence[client.peer_id] = node.name
+        return session
+
+    @defer.inlineCallbacks
+    def circuit(self):
+        """Alice on node 1 and Bob on node 2; fires with (alice, bob, inner a, inner b, node session a, b)."""
+        alice, bob = self.peer(), self.peer()
+        node_a = yield self.connect(alice, self.node1)
+        node_b = yield self.connect(bob, self.node2)
+        accepted = defer.Deferred()
+        relay.relay_endpoint(bob).on_session = accepted.callback
+        a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id))
+        b = yield eventually(accepted)
+        return alice, bob, a, b, node_a, node_b
+
+    def only_circuit(self):
+        [circuit] = self.node1.relay.circuits.values()
+        return circuit
+
+    exchange = RelayScenarioMixin.exchange
+
+
+class RelayDataAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
+    """RelayData circuits between peers on different nodes, forwarded over NATS."""
+
+    @defer.inlineCallbacks
+    def test_round_trip(self):
+        """Channel data and a custom message both ways; the owner (node 1) counts the bytes, once."""
+        alice, bob, a, b, _, _ = yield self.circuit()
+        self.assertEqual(a.remote_peer_id, bob.peer_id)
+        self.assertEqual(b.remote_peer_id, alice.peer_id)
+        self.assertIsInstance(a.connection.transport, CircuitTransport)
+        yield self.exchange(a, b)
+        circuit = self.only_circuit()
+        self.assertIsInstance(circuit.b, RemoteEnd)
+        self.assertEqual(circuit.b.node, "node-2")
+        self.assertEqual(list(self.node2.relay.remote.proxies), [circuit.circuit_id])
+        self.assertEqual(self.node2.relay.circuits, {})
+        one, two = self.node1.relay, self.node2.relay
+        self.assertGreater(one.bytes_sent[alice.peer_id], 0)
+        self.assertGreater(one.bytes_sent[bob.peer_id], 0)
+        self.assertEqual(one.bytes_sent[alice.peer_id], one.bytes_received[bob.peer_id])
+        self.assertEqual(one.bytes_sent[bob.peer_id], one.bytes_received[alice.peer_id])
+        self.assertEqual((sum(two.bytes_sent.values()), sum(two.bytes_received.values())), (0, 0))
+        # Cluster-wide (the KV bucket both nodes flush to): each byte once.
+        yield one.accounts.flush()
+        yield two.accounts.flush()
+        _, usage = yield KVRelayStore(self.node1.jet).load()
+        self.assertEqual(usage[alice.peer_id], (one.bytes_sent[alice.peer_id], one.bytes_received[alice.peer_id]))
+        self.assertEqual(usage[bob.peer_id], (one.bytes_sent[bob.peer_id], one.bytes_received[bob.peer_id]))
+        stats = one.stats()
+        self.assertEqual([(c["requester"], c["target"]) for c in stats["open"]], [(alice.peer_id, bob.peer_id)])
+
+    @defer.inlineCallbacks
+    def test_stalled_receiver(self):
+        """A receiver that grants no credit stalls the sender; neither node forwards more than a window."""
+        _, _, a, b, _, _ = yield self.circuit()
+        sender, receiver = a.connection.transport, b.connection.transport
+        delivered = []  # RelayData bytes node 2 handed Bob
+        remote2 = self.node2.relay.remote
+        original_to_target = remote2._to_target
+
+        def to_target(proxy, type_code, body):
+            if type_code == MessageType.RELAY_DATA:
+                delivered.append(len(body["data"]))
+            original_to_target(proxy, type_code, body)
+
+        remote2._to_target = to_target
+        circuit = self.only_circuit()
+        before = circuit.forwarded[circuit.a]  # the inner handshake's
+        got_channel = defer.Deferred()
+        b.on_channel = got_channel.callback
+        bulk = a.open_channel("bulk")
+        bulk.send(b"first")
+        b_bulk = yield eventually(got_channel)
+        received = collect(b_bulk)
+        original = b_bulk.on_data
+        b_bulk.on_data = lambda data: self.conditions.changed(original(data))
+        receiver.pause_reading()
+        total = 64  # 1 MiB: four windows
+        for i in range(total):
+            bulk.send(i.to_bytes(4, "big") + b"x" * 16384)
+        yield self.until(lambda: sender.pending and sender.credit < len(sender.pending[0]))
+        yield self.until(lambda: before + sum(delivered) == circuit.forwarded[circuit.a])
+        self.assertLessEqual(circuit.in_flight(circuit.a), WINDOW)
+        self.assertLessEqual(circuit.forwarded[circuit.a], WINDOW)
+        self.assertLessEqual(sum(delivered), WINDOW)
+        self.assertGreater(sender.pending_bytes, 2 * WINDOW)
+        receiver.resume_reading()
+        yield self.until(lambda: len([m for m in received if m != b"first"]) >= total)
+        self.assertEqual([int.from_bytes(m[:4], "big") for m in received if m != b"first"], list(range(total)))
+        self.assertEqual(sender.pending, [])
+        self.assertLessEqual(circuit.in_flight(circuit.a), WINDOW)
+
+    @defer.inlineCallbacks
+    def test_target_drops(self):
+        """Bob's node session drops on node 2: node 1 closes the circuit and tells Alice (not final)."""
+        _, bob, a, _, _, node_b = yield self.circuit()
+        circuit_id = self.only_circuit().circuit_id
+        node_b.connection.transport.lose(abort=True)
+        yield self.until(lambda: circuit_id not in self.node1.relay.circuits)
+        self.assertEqual(self.node2.relay.remote.proxies, {})
+        yield self.until(lambda: not a.attached)
+        self.assertIsNone(a.closed)  # detached, resumable: not final
+
+    @defer.inlineCallbacks
+    def test_requester_closes(self):
+        """Alice's node session ends: node 2 tells Bob and forgets the circuit."""
+        _, _, _, b, node_a, _ = yield self.circuit()
+        node_a.close()
+        yield self.until(lambda: self.node2.relay.remote.proxies == {} and self.node1.relay.circuits == {})
+        yield self.until(lambda: b.closed is not None)  # final: the inner session ends
+
+    @defer.inlineCallbacks
+    def test_target_node_goes_away(self):
+        """Node 2 stops answering: after NODE_TIMEOUT on node 1's clock the circuit closes there."""
+        _, _, a, _, _, _ = yield self.circuit()
+        circuit_id = self.only_circuit().circuit_id
+        # Node 2 falls silent: it hears nothing more and sends nothing more.
+        bus2 = self.node2.relay.remote.bus
+        yield bus2.stop()
+        bus2.send = lambda *args: None
+        clock = self.node1.clock
+        clock.advance(PING_INTERVAL)
+        self.assertIn(circuit_id, self.node1.relay.circuits)  # a ping interval is not a death
+        for _ in range(int(NODE_TIMEOUT / PING_INTERVAL)):
+            clock.advance(PING_INTERVAL)
+        self.assertNotIn(circuit_id, self.node1.relay.circuits)
+        yield self.until(lambda: not a.attached)
+        self.assertIsNone(a.closed)
+
+    @defer.inlineCallbacks
+    def test_target_not_on_its_node(self):
+        """Presence names node 2 but Bob has no session there: offline."""
+        alice, bob = self.peer(), self.peer()
+        node_a = yield self.connect(alice, self.node1)
+        self.presence[bob.peer_id] = "node-2"
+        try:
+            yield eventually(relay.relay_to(alice, node_a, bob.peer_id))
+        except RouteRefused as e:
+            self.assertEqual(e.status, RouteStatus.OFFLINE)
+        else:
+            self.fail("the circuit opened")
+        self.assertEqual(self.node1.relay.circuits, {})
+
+    @defer.inlineCallbacks
+    def test_target_overruns_window(self):
+        """RelayData from the target beyond its window stops at its node; the owner closes the circuit, final."""
+        _, _, a, _, _, node_b = yield self.circuit()
+        circuit = self.only_circuit()
+        proxy = self.node2.relay.remote.proxies[circuit.circuit_id]
+        session = proxy.session
+        proxy.allowance = 10
+        self.node2.relay._relay_data(session, {"circuit": circuit.circuit_id, "data": b"y" * 11})
+        self.assertEqual(proxy.state, "closing")
+        yield self.until(lambda: circuit.circuit_id not in self.node1.relay.circuits)
+        yield self.until(lambda: a.closed is not None)
+        self.assertIn("flow control window exceeded", a.closed.reason)
+
+
+class AttachedAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
+    """Attached circuits between peers on different nodes: spliced on the owner, both ends told where."""
+
+    attach = True
+
+    @defer.inlineCallbacks
+    def test_round_trip(self):
+        """Bob attaches to node 1 (the offer's attach_at); the bytes are spliced and counted there."""
+        alice, bob, a, b, _, _ = yield self.circuit()
+        yield self.exchange(a, b)
+        circuit = self.only_circuit()
+        self.assertEqual(circuit.mode, "attached")
+        self.assertIsNotNone(circuit.splice)
+        self.assertIsInstance(circuit.b, RemoteEnd)
+        [end] = relay.relay_endpoint(bob).circuits.values()
+        self.assertIsInstance(end, AttachedCircuit)
+        port1 = self.node1.port.getHost().port
+        self.assertEqual(end.protocol.transport.getPeer().port, port1)
+        one = self.node1.relay
+        self.assertGreater(one.bytes_sent[alice.peer_id], 0)
+        self.assertGreater(one.bytes_sent[bob.peer_id], 0)
+        self.assertEqual(
+            (sum(self.node2.relay.bytes_sent.values()), sum(self.node2.relay.bytes_received.values())), (0, 0)
+        )
+
+    @defer.inlineCallbacks
+    def test_target_drops(self):
+        """Bob's node session drops: node 1 closes the splice and tells Alice."""
+        _, _, a, _, _, node_b = yield self.circuit()
+        circuit_id = self.only_circuit().circuit_id
+        node_b.connection.transport.lose(abort=True)
+        yield self.until(lambda: circuit_id not in self.node1.relay.circuits)
+        yield self.until(lambda: not a.attached)
+
+
+class FakeSession:
+    """A node session as the relay service sees it, recording what it is sent."""
+
+    def __init__(self, peer_id):
+        self.remote_peer_id = peer_id
+        self.session_id = os.urandom(16)
+        self.closed = None
+        self.attached = True
+        self.sent = []
+
+    def send(self, type_code, body):
+        self.sent.append((MessageType(type_code), body))
+
+    def last(self, type_code):
+        return [body for t, body in self.sent if t == type_code][-1]
+
+
+class MemoryBusTests(unittest.TestCase):
+    """The cross-node relay over the in-memory bus, on one clock: no sockets, every step explicit."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.network, self.presence = {}, {}
+        self.trust = MemoryTrustStore()
+        self.services = {}
+        for name in ("n1", "n2"):
+            peer = Peer(Identity.generate(), self.clock, **SETTINGS)
+            bus = MemoryRelayBus(name, self.network, self.presence, self.clock)
+            self.services[name] = RelayService(peer, self.trust, self.clock, bus=bus)
+            self.services[name].start()
+        self.n1, self.n2 = self.services["n1"], self.services["n2"]
+
+    def tearDown(self):
+        for service in self.services.values():
+            service.stop()
+        self.clock.advance(0)
+
+    def session(self, name):
+        identity = Identity.generate()
+        self.trust.set_paired(identity.peer_id, identity.public_key, "", "psk", 0.0)
+        session = FakeSession(identity.peer_id)
+        self.services[name].peer.sessions[session.session_id] = session
+        self.presence[identity.peer_id] = name
+        return session
+
+    def open(self):
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 1})
+        self.clock.advance(0)
+        offer = bob.last(MessageType.ROUTE_REQUEST)
+        self.assertEqual(offer["from"], alice.remote_peer_id)
+        self.n2._route_response(bob, {"circuit": offer["circuit"], "status": 0})
+        self.clock.advance(0)
+        self.assertEqual(alice.last(MessageType.ROUTE_RESPONSE)["status"], 0)
+        return alice, bob, offer["circuit"]
+
+    def test_data_and_credit(self):
+        """RelayData and RelayAck cross both ways; the owner counts, the target's node does not."""
+        alice, bob, circuit = self.open()
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"a" * 100})
+        self.n2._relay_data(bob, {"circuit": circuit, "data": b"b" * 70})
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_DATA)["data"], b"a" * 100)
+        self.assertEqual(alice.last(MessageType.RELAY_DATA)["data"], b"b" * 70)
+        self.n1._relay_ack(alice, {"circuit": circuit, "credit": 70})
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_ACK)["credit"], 70)
+        self.assertEqual(self.n2.remote.proxies[circuit].allowance, WINDOW)
+        self.assertEqual(self.n1.bytes_sent, {alice.remote_peer_id: 100, bob.remote_peer_id: 70})
+        self.assertEqual(self.n2.bytes_sent, {})
+
+    def test_unsent_message_closes_the_circuit(self):
+        """A message to the target's node that cannot go out closes the circuit; the requester is told."""
+        alice, _, circuit = self.open()
+        self.services["n2"].remote.bus.stop()
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"a" * 100})
+        self.clock.advance(0)
+        self.assertNotIn(circuit, self.n1.circuits)
+        self.assertEqual(alice.last(MessageType.RELAY_CLOSE)["reason"], "the other peer went away")
+
+    def test_late_acceptance(self):
+        """The target accepts after the offer timed out: its node is told there is no such circuit, and so is it."""
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 1})
+        self.clock.advance(0)
+        circuit = bob.last(MessageType.ROUTE_REQUEST)["circuit"]
+        for _ in range(int(OFFER_TIMEOUT)):  # the nodes' pings keep each other alive meanwhile
+            self.clock.advance(1)
+        self.assertEqual(alice.last(MessageType.ROUTE_RESPONSE)["status"], RouteStatus.TIMEOUT)
+        self.n2._route_response(bob, {"circuit": circuit, "status": 0})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.n2.remote.proxies, {})
+        self.assertEqual(bob.last(MessageType.RELAY_CLOSE)["reason"], "no such circuit")
+
+    def test_requester_cancels_offer(self):
+        """The requester goes away while the offer is out: the target is told "cancelled"."""
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 1})
+        self.clock.advance(0)
+        self.n1.session_detached(alice)
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_CLOSE)["reason"], "cancelled")
+        self.assertEqual(self.n2.remote.proxies, {})
+
+    def test_malformed_messages_from_another_node(self):
+        """Garbage from another node is dropped with a warning; the circuit goes on."""
+        alice, bob, circuit = self.open()
+        for junk in (
+            b"not cbor \xff",
+            cbor.dumps([1, 2]),
+            cbor.dumps({"from": "n2", "op": "env", "type": 0x7777, "body": {"circuit": circuit}}),
+            cbor.dumps({"from": "n2", "op": "env", "type": 0x0502, "body": {"circuit": circuit, "data": 5}}),
+            cbor.dumps({"from": "n2", "op": "close", "circuit": "x"}),
+        ):
+            self.n1.remote.receive(junk)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertIn(circuit, self.n1.circuits)
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"still"})
+        self.clock.advance(0)
+        self.assertEqual(bob.last(MessageType.RELAY_DATA)["data"], b"still")
+
+    def test_purge_on_the_target_node(self):
+        """Unpairing the requester on the target's node closes the circuit there and at its owner, final."""
+        alice, bob, circuit = self.open()
+        self.n2.purge(alice.remote_peer_id)
+        self.clock.advance(0)
+        self.assertEqual(self.n2.remote.proxies, {})
+        self.assertNotIn(circuit, self.n1.circuits)
+        for end in (alice, bob):
+            close = end.last(MessageType.RELAY_CLOSE)
+            self.assertEqual((close["reason"], close.get("final")), ("the other peer was unpaired", True))
+
+
+class SubjectTests(unittest.TestCase):
+    def test_node_token(self):
+        """A node name is a subject token as it is when it can be, else hex."""
+        self.assertEqual(node_token("node-1"), "node-1")
+        self.assertEqual(node_token("a.b"), "x" + b"a.b".hex())
+        self.assertEqual(node_token("*"), "x2a")
+
+
+def documented_body(name) -> str:
+    """The hex of the C{name} block of docs/protocol.md §25.8.8 (its lines, concatenated)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("#### 25.8.8 Attaching to another node") :]
+    start = section.index(f"{name} body:")
+    block = section[start : section.index("```", start)]
+    return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+
+
+class AttachAtTests(unittest.TestCase):
+    def test_vectors(self):
+        """The RouteResponse and offer vectors of docs/protocol.md §25.8.8, byte for byte, and parsed back."""
+        circuit, token, at = bytes(range(16)), bytes(range(32)), "tcp://10.0.0.2:7700"
+        response = {"req": 7, "status": 0, "reason": "", "circuit": circuit, "token": token, "attach_at": at}
+        offer = {"from": "alice", "circuit": circuit, "token": token, "attach_at": at}
+        self.assertEqual(cbor.dumps(response).hex(), documented_body("route-response"))
+        self.assertEqual(cbor.dumps(offer).hex(), documented_body("route-offer"))
+        body = cbor.loads(bytes.fromhex(documented_body("route-response")))
+        self.assertEqual(messages.parse_route_response(body), (0, circuit, 7, ""))
+        self.assertEqual(messages.route_response_attach(body), (False, token))
+        self.assertEqual(messages.attach_at(body, "RouteResponse"), at)
+        body = cbor.loads(bytes.fromhex(documented_body("route-offer")))
+        self.assertEqual(messages.parse_route_offer(body), ("alice", circuit, token))
+        self.assertEqual(messages.attach_at(body, "RouteRequest"), at)
+
+    def test_parse(self):
+        """attach_at: absent is None; a tcp:// or tls:// address is kept; anything else is malformed."""
+        self.assertIsNone(messages.attach_at({}, "RouteRequest"))
+        self.assertEqual(messages.attach_at({"attach_at": "tcp://10.0.0.2:7700"}, "R"), "tcp://10.0.0.2:7700")
+        for bad in (3, "ws://h/", "nonsense", "tcp:host=h:port=1"):
+            with self.assertRaises(messages.BodyError):
+                messages.attach_at({"attach_at": bad}, "R")
