@@ -3,8 +3,11 @@ Several real cairn nodes as one deployment, for the multi-node tests and
 C{bench/cluster.py}: a 3-server NATS JetStream cluster (L{tests._nats})
 and N C{twistd -n cairn} processes (L{tests.test_twistd.start_twistd})
 on 127.0.0.1, ports picked free, each node with its own data directory
-under the test's temp dir, one shared C{identity.key} and its own
-C{CAIRN_NODE_NAME}.
+under the test's temp dir, one shared identity key (C{CAIRN_IDENTITY_FILE},
+as a deployment's secret), its own C{CAIRN_NODE_NAME}, and its cairn TCP
+address as C{CAIRN_RELAY_ATTACH_ADDRESS} (attached relay circuits across
+nodes); the TCP port is chosen before the start, so a restarted node keeps
+its address.
 
 Every process is stopped by its PID in the test's cleanup (SIGKILL: the
 tests are about what survives that anyway); every wait is bounded
@@ -19,7 +22,6 @@ does not learn their direct addresses and go around the proxies.
 
 import json
 import os
-import shutil
 import signal
 
 import treq
@@ -28,7 +30,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.web.client import HTTPConnectionPool
 
 from cairn.client import Client
-from cairn.crypto.identity import KEY_FILE_NAME, load_or_create
+from cairn.crypto.identity import load_or_create_file
 from cairn.pairing import client as pairing
 from tests._harness import drop_all, eventually, one_person, track_connections
 from tests._nats import free_port, start_nats_cluster
@@ -128,6 +130,7 @@ class Node:
         self.name = name
         self.data_dir = data_dir
         self.nats_urls = nats_urls
+        self.tcp_port = free_port()
         self.proc = None
         self.ports = {}
         self.runs = []  # every process this node ran, for the log
@@ -151,6 +154,9 @@ class Node:
     def start(self, **settings):
         """Start the process (again: same data directory); fires with its ports once all listen."""
         env = dict(
+            CAIRN_LISTEN=f"tcp:{self.tcp_port}:interface=127.0.0.1",
+            CAIRN_RELAY_ATTACH_ADDRESS=f"tcp://127.0.0.1:{self.tcp_port}",
+            CAIRN_IDENTITY_FILE=self.deployment.identity_file,
             CAIRN_PSK=PSK,
             CAIRN_MGMT_LISTEN="tcp:0:interface=127.0.0.1",
             CAIRN_MGMT_TOKEN=TOKEN,
@@ -218,18 +224,17 @@ class Deployment:
         self.proxies = {}
         self.connections = []
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         # One identity for every node: peers see one server whichever they reach.
-        self.identity_file = os.path.join(directory, KEY_FILE_NAME)
-        self.peer_id = load_or_create(directory).peer_id
+        self.identity_file = os.path.join(directory, "deployment-identity.key")
+        self.peer_id = load_or_create_file(self.identity_file).peer_id
 
     @defer.inlineCallbacks
     def add_node(self, proxied=False, **settings):
-        """A new node (not started) with its own data directory holding the shared identity.key."""
+        """A new node (not started) with a data directory of its own."""
         name = f"node{len(self.nodes) + 1}"
         data_dir = os.path.join(self.directory, name)
-        os.makedirs(data_dir)
-        shutil.copy2(self.identity_file, os.path.join(data_dir, KEY_FILE_NAME))
+        os.makedirs(data_dir, mode=0o700)
         urls = self.nats.urls
         if proxied:
             proxies = [NatsProxy(server.port) for server in self.nats.servers]
