@@ -14,20 +14,33 @@ session's transport drops, retrying with exponential backoff (1 s
 doubling to 60 s, on the injected clock) until the session is attached
 again or has ended.
 
+Several nodes, one server (docs/scaling.md): C{connect()} also takes a
+list of addresses -- the nodes of one deployment, which share one
+identity -- and dials them in order until one answers. A dropped session
+is resumed at the address that served it last, then at the others in
+turn, each round of the list once per backoff delay. A node that does
+not know the session (it died and the device reached another one) refuses
+the Reconnect with Close 9 (docs/protocol.md §14.1); the client then runs
+a new handshake there by itself: the old session ends with Close 9 once
+the new one is established, C{current(old)} is the new one and
+C{on_session_replaced(old, new)} is called.
+
 Sessions are the same L{cairn.session.session.Session} objects the server
 uses; a client can also C{listen()} and take sessions from other clients.
 
 Node pinning (docs/protocol.md §20.7.1): once a pairing through a session
-this client dialled succeeds, the node's peer id is pinned under the
-address dialled (in C{pins}: a L{cairn.pins.MemoryPins} unless given, a
-L{cairn.pins.FilePins} for a device that must remember across runs), and
-C{connect()} to that address fails with L{cairn.pins.NodeMismatch}
-whenever another peer id answers.
+this client dialled succeeds, the node's peer id is pinned under every
+address the session was connected with (in C{pins}: a
+L{cairn.pins.MemoryPins} unless given, a L{cairn.pins.FilePins} for a
+device that must remember across runs), and C{connect()} with any of
+those addresses fails with L{cairn.pins.NodeMismatch} whenever another
+peer id answers; the same check applies to the new session of a failover.
 """
 
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import gatherResults, succeed
+import attr
+from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
@@ -75,13 +88,69 @@ RESUME_BACKOFF = (1.0, 2.0, 60.0)
 ENDPOINT_CACHE = 32
 
 
+class Unreachable(ConnectionError):
+    """
+    No node answered at any of several addresses: C{errors} holds
+    C{(address, exception)} for each, in the order tried. (With one
+    address, its own error is raised as it is.)
+    """
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        detail = "; ".join(f"{address}: {_message(error)}" for address, error in self.errors)
+        super().__init__(f"no node answered at any of {len(self.errors)} addresses: {detail}")
+
+
+def _message(error) -> str:
+    return str(error) or type(error).__name__
+
+
+def node_addresses(address) -> tuple:
+    """
+    The addresses C{connect()} was given, as a tuple: one address string,
+    or a list or tuple of them (the nodes of one deployment), duplicates
+    dropped; a ValueError if there is none or one is not a string.
+    """
+    addresses = (address,) if isinstance(address, str) else tuple(address)
+    if not addresses:
+        raise ValueError("no node address given")
+    for item in addresses:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"not a node address: {item!r}")
+    return tuple(dict.fromkeys(item.strip() for item in addresses))
+
+
+@attr.s(eq=False)
+class _Target:
+    """
+    Where a session's node is: the addresses of its deployment, the one
+    that served it last (C{index}) and the peer id it must have.
+    """
+
+    addresses = attr.ib(converter=tuple)
+    expect_peer_id = attr.ib(default=None)
+    index = attr.ib(default=0)
+
+    def order(self) -> list:
+        """Every address once, starting with the one that served last."""
+        n = len(self.addresses)
+        return [self.addresses[(self.index + i) % n] for i in range(n)]
+
+    def served(self, address) -> "_Target":
+        """A copy of this target whose next round starts at C{address}."""
+        return attr.evolve(self, index=self.addresses.index(address))
+
+
 class Client:
     """
     A cairn peer that initiates sessions (and may accept them).
 
     Keyword arguments are the L{Peer} settings (keepalive, limits).
 
-    @param auto_resume: resume dropped sessions automatically.
+    @param auto_resume: resume dropped sessions automatically, at each of
+        the addresses they were connected with in turn; when a node refuses
+        the Reconnect (Close 9: it does not have the session), run a new
+        handshake instead (see L{current}).
     @param pins: the node pin store (address -> peer id); in memory if None.
     """
 
@@ -93,9 +162,16 @@ class Client:
         self.pins = MemoryPins() if pins is None else pins
         # Pairing (cairn.pairing.client) finds the pins through the session's peer.
         self.peer.pinning = self
+        #: session id -> the address its transport was dialled at.
         self._addresses = {}
+        #: session id -> L{_Target}: every address of its node, for resume and failover.
+        self._targets = {}
+        #: session id of a session replaced after a refused Reconnect -> its successor.
+        self._successors = {}
         self._endpoints = {}
         self._retries = {}
+        #: C{(old, new)}: called when a new session replaced one no node knew any more.
+        self.on_session_replaced = None
         self.peer.add_observer(self)
         #: (peer_id) -> bool: accept a relay circuit offered by that peer (None: accept).
         self.on_relay_request = None
@@ -148,41 +224,95 @@ class Client:
     def peer_id(self) -> str:
         return self.peer.peer_id
 
-    def connect(self, address: str, expect_peer_id: str = None):
+    def connect(self, address, expect_peer_id: str = None):
         """
         Open a session to C{address}: a C{tcp://host:port}, C{ws://} or
         C{wss://} address (docs/protocol.md §20.3.2) or a Twisted client
-        endpoint string. Fires with the established session, or fails with
-        L{NodeMismatch} (the session closed) if the node's peer id is not
-        C{expect_peer_id} or not the one pinned for C{address}.
+        endpoint string -- or a list of them, the nodes of one deployment,
+        dialled in order until one answers. Fires with the established
+        session, or fails with L{NodeMismatch} (the session closed) if the
+        node's peer id is not C{expect_peer_id} or not the one pinned for
+        any of the addresses; with several addresses, a node failing so is
+        skipped, and L{NodeMismatch} is raised only if no other answered,
+        else L{Unreachable} naming each address's error.
         """
-        connection = self.peer.connection(initiator=True)
-        d = self._dial(address, connection)
-        d.addCallback(self._check_node, address, expect_peer_id)
-        return d
+        try:
+            target = _Target(node_addresses(address), expect_peer_id)
+        except ValueError as e:
+            return fail(e)
+        return self._handshake(target)
 
-    def _check_node(self, session, address, expect_peer_id):
-        for expected in (expect_peer_id, self.pins.get(address)):
-            if expected is not None and expected != session.remote_peer_id:
+    @inlineCallbacks
+    def _handshake(self, target, addresses=None):
+        """
+        A new session with the first of C{addresses} (default: every
+        address of C{target}, in its order) that answers and passes the node
+        check -- which always covers every address of C{target}.
+        """
+        errors = []
+        for address in target.order() if addresses is None else addresses:
+            try:
+                session = yield self._dial(address, self.peer.connection(initiator=True))
+                self._check_node(session, target, address)
+            except Exception as e:
+                if len(target.addresses) > 1:
+                    log.info("no session at {address}: {why}", address=address, why=_message(e))
+                errors.append((address, e))
+                continue
+            self._targets[session.session_id] = target.served(address)
+            return session
+        if len(errors) == 1:
+            raise errors[0][1]
+        mismatch = [e for _, e in errors if isinstance(e, NodeMismatch)]
+        if mismatch:
+            raise mismatch[0]
+        raise Unreachable(errors)
+
+    def _check_node(self, session, target, address):
+        expected = [target.expect_peer_id] + [self.pins.get(a) for a in target.addresses]
+        for peer_id in expected:
+            if peer_id is not None and peer_id != session.remote_peer_id:
                 log.warn(
                     "refusing node {actual} at {address}: expected {expected}",
                     actual=session.remote_peer_id,
                     address=address,
-                    expected=expected,
+                    expected=peer_id,
                 )
                 session.close(CloseCode.NORMAL, "not the node this device expects")
-                raise NodeMismatch(expected, session.remote_peer_id, address)
+                raise NodeMismatch(peer_id, session.remote_peer_id, address)
         return session
 
-    def pinned(self, session):
-        """The peer id pinned for the address C{session} was dialled at, or None."""
+    def current(self, session):
+        """
+        C{session}, or the session that replaced it when no node knew it any
+        more (after a refused Reconnect, with C{auto_resume}), following
+        every replacement since.
+        """
+        while session.session_id in self._successors:
+            session = self._successors[session.session_id]
+        return session
+
+    def _pin_addresses(self, session):
+        target = self._targets.get(session.session_id)
+        if target is not None:
+            return target.addresses
         address = self._addresses.get(session.session_id)
-        return None if address is None else self.pins.get(address)
+        return () if address is None else (address,)
+
+    def pinned(self, session):
+        """The peer id pinned for the addresses C{session} was dialled with, or None."""
+        for address in self._pin_addresses(session):
+            peer_id = self.pins.get(address)
+            if peer_id is not None:
+                return peer_id
+        return None
 
     def pin(self, session) -> None:
-        """Pin C{session}'s node under the address it was dialled at (after a pairing)."""
-        address = self._addresses.get(session.session_id)
-        if address is not None:
+        """
+        Pin C{session}'s node under every address it was dialled with (after
+        a pairing): the nodes of one deployment share one identity.
+        """
+        for address in self._pin_addresses(session):
             self.pins.set(address, session.remote_peer_id)
 
     def close(self, session=None, code: int = CloseCode.NORMAL, reason: str = "", timeout: float = 5.0):
@@ -244,17 +374,30 @@ class Client:
         d.addCallback(connected)
         return d
 
-    # Automatic resume (Peer observer hooks)
+    # Automatic resume and failover (Peer observer hooks)
 
     def session_detached(self, session):
-        if self.auto_resume and session.session_id in self._addresses:
+        if self.auto_resume and session.session_id in self._targets:
             self._schedule_resume(session, RESUME_BACKOFF[0])
 
     def session_closed(self, session):
-        self._addresses.pop(session.session_id, None)
-        call = self._retries.pop(session.session_id, None)
+        sid = session.session_id
+        self._addresses.pop(sid, None)
+        self._targets.pop(sid, None)
+        call = self._retries.pop(sid, None)
         if call is not None and call.active():
             call.cancel()
+        if sid not in self._successors:
+            # Nothing replaces it: forget the chains of replacements that led to it.
+            stale = [old for old in self._successors if self._last(old) is session]
+            for old in stale:
+                del self._successors[old]
+
+    def _last(self, session_id):
+        session = self._successors[session_id]
+        while session.session_id in self._successors:
+            session = self._successors[session.session_id]
+        return session
 
     def _schedule_resume(self, session, delay):
         self._retries[session.session_id] = self.clock.callLater(delay, self._try_resume, session, delay)
@@ -264,19 +407,83 @@ class Client:
         if session.attached or session.closed is not None:
             return
 
-        def failed(failure):
-            log.info("resume of {sid} failed: {why}", sid=session.session_id.hex()[:8], why=failure.getErrorMessage())
-            code = getattr(failure.value, "code", None)
-            if code is not None and code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
-                # The node refused the session itself: retrying cannot help.
-                session._end(SessionClosed(code, failure.value.reason))
-                return None
-            if session.closed is None and not session.attached:
+        def again(done):
+            if not done and session.closed is None and not session.attached:
                 start, factor, ceiling = RESUME_BACKOFF
                 self._schedule_resume(session, min(delay * factor, ceiling))
-            return None
 
-        self.resume(session).addErrback(failed)
+        def failed(failure):
+            log.failure("automatic resume of {sid} failed", failure, sid=session.session_id.hex()[:8])
+
+        self._resume_round(session).addCallbacks(again, failed)
+
+    @inlineCallbacks
+    def _resume_round(self, session):
+        """
+        Try each address of C{session}'s node once: resume it, or -- where
+        the node refuses the Reconnect with Close 9 -- replace it with a new
+        session. Fires with True when done (resumed, replaced or ended),
+        False to try again after the next backoff delay.
+        """
+        sid = session.session_id.hex()[:8]
+        target = self._targets.get(session.session_id)
+        if target is None:
+            return True
+        renew = False
+        for address in target.order():
+            if session.closed is not None or session.attached:
+                return True
+            if not renew:
+                try:
+                    yield self.resume(session, address)
+                except Exception as e:
+                    code = getattr(e, "code", None)
+                    log.info("resume of {sid} at {address} failed: {why}", sid=sid, address=address, why=_message(e))
+                    if code == CloseCode.UNKNOWN_SESSION:
+                        # This node does not have the session (another one of
+                        # the deployment had it, or it was lost): start anew here.
+                        renew = True
+                    elif code is not None and code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
+                        # The node refused the session itself: retrying cannot help.
+                        session._end(SessionClosed(code, e.reason))
+                        return True
+                    else:
+                        continue
+                else:
+                    if session.session_id in self._targets:
+                        self._targets[session.session_id] = target.served(address)
+                    return True
+            if session.closed is not None or session.attached:
+                return True
+            try:
+                new = yield self._handshake(target, [address])
+            except Exception as e:
+                log.info("new session at {address} failed: {why}", address=address, why=_message(e))
+                continue
+            self._replace(session, new, target.served(address))
+            return True
+        return False
+
+    def _replace(self, old, new, target):
+        """C{new} takes the place of C{old}, which no node of the deployment knows any more."""
+        if old.closed is not None:
+            # It ended meanwhile (its TTL, or the application closed it):
+            # nobody waits for a successor.
+            new.close(CloseCode.NORMAL, "no longer wanted")
+            return
+        self._targets[new.session_id] = target
+        self._successors[old.session_id] = new
+        log.info(
+            "session {old} replaced by a new session {new} (the node did not know it)",
+            old=old.session_id.hex()[:8],
+            new=new.session_id.hex()[:8],
+        )
+        old._end(SessionClosed(CloseCode.UNKNOWN_SESSION, "the node no longer has this session; replaced by a new one"))
+        if self.on_session_replaced is not None:
+            try:
+                self.on_session_replaced(old, new)
+            except Exception:
+                log.failure("on_session_replaced failed")
 
     def listen(self, description: str, websocket: bool = False):
         """Accept sessions on a server endpoint string; fires with the port."""

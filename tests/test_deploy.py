@@ -16,6 +16,7 @@ import attr
 import yaml
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer, reactor, task, utils
+from twisted.internet.protocol import ProcessProtocol
 from twisted.plugin import getPlugins
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
@@ -598,3 +599,594 @@ class SocketActivationTests(unittest.TestCase):
         if not proc.ended.called:
             proc.transport.signalProcess("KILL")
             return proc.ended
+
+
+# -- docker-compose.cluster.yml (issue 15) ------------------------------------
+
+#: Variables the cluster-node work adds to Config (CAIRN_IDENTITY_FILE,
+#: CAIRN_NODE_NAME); until that is merged they are the only names the
+#: cluster files may use that the code does not read yet.
+CLUSTER_VARIABLES = frozenset({"CAIRN_IDENTITY_FILE", "CAIRN_NODE_NAME"})
+NATS_SERVICES = ("nats1", "nats2", "nats3")
+CAIRN_NODES = ("server", "server2")
+#: Names of variables that hold a secret (their values must not be in the file).
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PSK|PASSWORD|CREDS|KEY|SEED")
+
+
+def _host_ports(service):
+    """The host ports a compose service publishes (as strings, with /proto if given)."""
+    found = []
+    for item in service.get("ports", []):
+        host = str(item).rsplit(":", 1)[0].split(":")[-1] if ":" in str(item) else str(item)
+        proto = str(item).partition("/")[2]
+        found.append(f"{host}/{proto or 'tcp'}")
+    return found
+
+
+def nats_conf(text):
+    """
+    The settings of a NATS config file as {dotted.key: value}, for the
+    subset this repository's files use (key: value lines, blocks in
+    braces, a list in brackets); comments dropped.
+    """
+    settings, stack, listing = {}, [], None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if listing is not None:
+            if line == "]":
+                settings[".".join(stack + [listing[0]])] = listing[1]
+                listing = None
+            else:
+                listing[1].append(line)
+            continue
+        if line == "}":
+            stack.pop()
+            continue
+        key, _, value = line.partition(":") if ":" in line.split("{")[0] else line.partition(" ")
+        key, value = key.strip(), value.strip()
+        if value == "{" or line.endswith("{"):
+            stack.append(key.rstrip("{").strip())
+        elif value == "[":
+            listing = (key, [])
+        else:
+            settings[".".join(stack + [key])] = value
+    return settings
+
+
+class ClusterComposeTests(unittest.TestCase):
+    def setUp(self):
+        self.base = yaml.safe_load(_read(DOCKER, "docker-compose.yml"))
+        self.compose = yaml.safe_load(_read(DOCKER, "docker-compose.cluster.yml"))
+        self.services = self.compose["services"]
+
+    def merged_environment(self, name):
+        env = dict(self.base["services"].get(name, {}).get("environment", {}))
+        env.update(self.services[name].get("environment", {}))
+        return env
+
+    def test_services(self):
+        """The overlay adds three NATS servers, a second cairn node and an optional load balancer; server is node 1."""
+        self.assertEqual(set(self.services), {*NATS_SERVICES, *CAIRN_NODES, "lb"})
+        self.assertNotIn("build", self.services["server"])  # the base file's server, extended
+        self.assertEqual(self.services["server2"]["build"], self.base["services"]["server"]["build"])
+        self.assertEqual(self.services["lb"]["profiles"], ["lb"])
+
+    def test_nats_servers(self):
+        """Each NATS server: the official image, the shared config read-only, its own name, volume and healthcheck."""
+        names = set()
+        for name in NATS_SERVICES:
+            nats = self.services[name]
+            self.assertRegex(nats["image"], r"^nats:[0-9.]+-alpine$")  # busybox wget for the healthcheck
+            command = nats["command"]
+            self.assertEqual(command[:2], ["--config", "/etc/nats/nats-cluster.conf"])
+            self.assertEqual(command[2], "--server_name")
+            names.add(command[3])
+            self.assertIn("./nats-cluster.conf:/etc/nats/nats-cluster.conf:ro", nats["volumes"])
+            self.assertIn(f"{name}-data:/data", nats["volumes"])
+            self.assertIn(f"{name}-data", self.compose["volumes"])
+            test = nats["healthcheck"]["test"]
+            self.assertEqual(test[0], "CMD")
+            self.assertIn("http://127.0.0.1:8222/healthz?js-enabled-only=true", test)
+            self.assertNotIn("ports", nats)  # NATS is never published to the host
+            self.assertEqual(nats["networks"], ["nats"])
+            self.assertEqual(nats["restart"], "unless-stopped")
+        self.assertEqual(names, set(NATS_SERVICES))
+        self.assertIs(self.compose["networks"]["nats"]["internal"], True)
+
+    def test_cairn_nodes_cluster_settings(self):
+        """Both nodes use the three NATS servers with R3, their own node name, and the shared identity secret."""
+        node_names = set()
+        for name in CAIRN_NODES:
+            env = self.merged_environment(name)
+            urls = env["CAIRN_CLUSTER_NATS"].split(",")
+            self.assertEqual(
+                sorted((urlsplit(u).scheme, urlsplit(u).hostname, urlsplit(u).port) for u in urls),
+                [("nats", n, 4222) for n in NATS_SERVICES],
+            )
+            self.assertEqual(env["CAIRN_CLUSTER_REPLICAS"], "3")
+            node_names.add(env["CAIRN_NODE_NAME"])
+            self.assertEqual(env["CAIRN_IDENTITY_FILE"], "/run/secrets/cairn-identity")
+            self.assertEqual(self.services[name]["secrets"], ["cairn-identity"])
+            self.assertEqual(set(self.services[name]["networks"]), {"default", "nats"})
+            self.assertTrue({"nats1", "nats2", "nats3"} <= set(self.services[name]["depends_on"]))
+            literal = {k: v for k, v in env.items() if "${" not in v and k not in CLUSTER_VARIABLES}
+            config = Config.from_env(literal)
+            self.assertEqual(len(config.cluster_nats), 3)
+        self.assertEqual(len(node_names), len(CAIRN_NODES))
+        self.assertEqual(self.compose["secrets"]["cairn-identity"], {"file": "./secrets/identity.key"})
+
+    def test_environment_read_by_code(self):
+        """Every variable given to a node is one the code reads (or one the cluster-node work adds)."""
+        for name in CAIRN_NODES:
+            unknown = set(self.merged_environment(name)) - VARIABLES
+            self.assertEqual(unknown, CLUSTER_VARIABLES - VARIABLES)
+
+    def test_nodes_agree(self):
+        """server2 gets exactly what server gets (after the merge with docker-compose.yml), but its name."""
+        one, two = self.merged_environment("server"), self.merged_environment("server2")
+        self.assertEqual(set(one), set(two))
+        self.assertEqual({k for k in one if one[k] != two[k]}, {"CAIRN_NODE_NAME"})
+
+    def test_secrets_not_in_environment(self):
+        """No secret value is written in the file: secrets are ${...} from docker/.env or files under /run/secrets."""
+        for name, service in self.services.items():
+            for variable, value in service.get("environment", {}).items():
+                if variable.endswith("_FILE"):
+                    self.assertTrue(value.startswith("/run/secrets/"), (name, variable))
+                elif SECRET_NAME.search(variable):
+                    self.assertRegex(value, r"^\$\{" + variable + r"[:}]", (name, variable))
+                for url in value.split(","):
+                    self.assertIsNone(urlsplit(url.strip()).password, (name, variable))
+        self.assertFalse(os.path.exists(os.path.join(DOCKER, "secrets", "identity.key")))
+
+    def test_identity_secret_ignored(self):
+        """The identity key made for the compose secret is never committed (git check-ignore)."""
+        d = utils.getProcessOutputAndValue(
+            "git", ["check-ignore", "-q", "docker/secrets/identity.key"], env=os.environ, path=REPO
+        )
+        return d.addCallback(lambda result: self.assertEqual(result[2], 0, result))
+
+    def test_host_ports_unique(self):
+        """No two services of the merged stack publish the same host port."""
+        published = []
+        for compose in (self.base, self.compose):
+            for name, service in compose["services"].items():
+                if name in self.base["services"] and compose is self.compose:
+                    continue  # the overlay does not add ports to a base service
+                published.extend(_host_ports(service))
+        self.assertEqual(len(published), len(set(published)), published)
+        self.assertNotIn("ports", self.services["server"])
+
+    def test_server2_ports_and_volume(self):
+        """server2 publishes cairn TCP, WebSocket and management on 7410, 7411 and 9091, with its own volume."""
+        server2 = self.services["server2"]
+        self.assertEqual(set(server2["ports"]), {"9091:9090", "7410:7400", "7411:7401"})
+        self.assertEqual(server2["volumes"], ["server2-data:/data"])
+        self.assertIn("server2-data", self.compose["volumes"])
+
+    def test_load_balancer(self):
+        """The lb profile runs haproxy in TCP mode over both nodes' TCP and WebSocket ports, by source address."""
+        lb = self.services["lb"]
+        self.assertTrue(lb["image"].startswith("haproxy:"))
+        self.assertIn("./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro", lb["volumes"])
+        cfg = [line.split("#")[0].split() for line in _read(DOCKER, "haproxy.cfg").splitlines()]
+        cfg = [words for words in cfg if words]
+        self.assertIn(["mode", "tcp"], cfg)
+        binds = [words[1] for words in cfg if words[0] == "bind"]
+        self.assertEqual(binds, [":7500", ":7501"])
+        self.assertEqual(set(lb["ports"]), {"7500:7500", "7501:7501"})
+        servers = [words[2:] for words in cfg if words[0] == "server"]
+        self.assertEqual([s[0] for s in servers], ["server:7400", "server2:7400", "server:7401", "server2:7401"])
+        # Each checked through its management port's /health ("ok", not "degraded").
+        self.assertEqual({tuple(s[1:]) for s in servers}, {("check", "port", "9090")})
+        checks = [w for w in cfg if w[0] == "option" and w[1] == "httpchk"]
+        self.assertEqual(checks, [["option", "httpchk", "GET", "/health"]] * 2)
+        self.assertEqual([w for w in cfg if w[0] == "balance"], [["balance", "source"]] * 2)
+
+
+class NatsConfigTests(unittest.TestCase):
+    def setUp(self):
+        self.text = _read(DOCKER, "nats-cluster.conf")
+        self.settings = nats_conf(self.text)
+
+    def test_jetstream_fsync_always(self):
+        """JetStream is on, stores under the /data volume, and fsyncs every write (sync_interval: always)."""
+        self.assertEqual(self.settings["jetstream.sync_interval"], "always")
+        self.assertEqual(self.settings["jetstream.store_dir"], "/data")
+
+    def test_cluster_routes(self):
+        """The cluster routes to the three NATS services on 6222."""
+        self.assertEqual(self.settings["cluster.listen"], "0.0.0.0:6222")
+        self.assertEqual(self.settings["cluster.routes"], [f"nats://{n}:6222" for n in NATS_SERVICES])
+        self.assertTrue(self.settings["cluster.name"])
+
+    def test_ports(self):
+        """Clients on 4222 (the nodes' URLs), monitoring on 8222 (the healthcheck)."""
+        self.assertEqual(self.settings["listen"], "0.0.0.0:4222")
+        self.assertEqual(self.settings["http"], "0.0.0.0:8222")
+
+    def test_max_payload_fits_a_message(self):
+        """NATS's max_payload leaves room for a cairn message of CAIRN_MAX_PAYLOAD plus subject and headers."""
+        value = self.settings["max_payload"]
+        self.assertRegex(value, r"^\d+MB$")
+        self.assertGreater(int(value[:-2]) * 1024 * 1024, Config.from_env({}).max_payload)
+
+    def test_lame_duck_for_rolling_restarts(self):
+        """A stopped server goes into lame duck mode first, within the compose stop grace period."""
+        self.assertIn("lame_duck_duration", self.settings)
+        compose = yaml.safe_load(_read(DOCKER, "docker-compose.cluster.yml"))
+        for name in NATS_SERVICES:
+            self.assertEqual(compose["services"][name]["stop_grace_period"], "60s")
+
+    def _nats_test(self, path):
+        from tests._nats import nats_server_binary
+
+        binary = nats_server_binary()
+        return utils.getProcessOutputAndValue(binary, ["-t", "-c", path], env={})
+
+    @defer.inlineCallbacks
+    def test_nats_server_accepts_file(self):
+        """nats-server -t accepts the file as it is."""
+        out, err, code = yield self._nats_test(os.path.join(DOCKER, "nats-cluster.conf"))
+        self.assertEqual(code, 0, (out, err))
+
+    @defer.inlineCallbacks
+    def test_nats_server_rejects_bad_copy(self):
+        """The check is real: nats-server -t refuses a copy with a bad sync_interval."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(self.text.replace("sync_interval: always", "sync_interval: sometimes"))
+        out, err, code = yield self._nats_test(path)
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"sync_interval", out + err)
+
+
+def loopback_nats_conf(text, name, ports, routes, store):
+    """C{text} (docker/nats-cluster.conf) adapted to 127.0.0.1: ports, routes and store of this test."""
+    client, http, cluster = ports
+    replaced = (
+        ("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{client}"),
+        ("http: 0.0.0.0:8222", f"http: 127.0.0.1:{http}"),
+        ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{cluster}"),
+        ("store_dir: /data\n", f'store_dir: "{store}"\n'),
+    )
+    for old, new in replaced:
+        if text.count(old) != 1:
+            raise AssertionError(f"{old!r} is not once in the file")
+        text = text.replace(old, new)
+    for service, port in routes.items():
+        text = text.replace(f"nats://{service}:6222", f"nats://127.0.0.1:{port}")
+    return f"server_name: {name}\n" + text
+
+
+class NatsClusterRunTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_three_servers_form_a_jetstream_cluster(self):
+        """Three nats-servers run from loopback copies of the file elect a JetStream leader and pass the healthcheck."""
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        from tests import _nats
+
+        _nats.nats_server_binary()
+        text = _read(DOCKER, "nats-cluster.conf")
+        ports = {name: (_nats.free_port(), _nats.free_port(), _nats.free_port()) for name in NATS_SERVICES}
+        routes = {name: p[2] for name, p in ports.items()}
+        servers = []
+        for name in NATS_SERVICES:
+            directory = os.path.abspath(self.mktemp())
+            server = _nats.NatsServer(directory, name)
+            conf = loopback_nats_conf(text, name, ports[name], routes, os.path.join(directory, "js"))
+            server.config = lambda conf=conf: conf
+            self.addCleanup(server.kill)
+            servers.append(server)
+        yield defer.gatherResults([s.start() for s in servers])
+        yield defer.gatherResults([s.until(_nats._meta_leader) for s in servers])
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        for name in NATS_SERVICES:
+            url = f"http://127.0.0.1:{ports[name][1]}/healthz?js-enabled-only=true"
+            response = yield eventually(treq.get(url, pool=pool), 30)
+            body = yield response.content()
+            self.assertEqual(response.code, 200, body)
+            # What the server made of the file: fsync always, 2 MB payloads.
+            response = yield eventually(treq.get(f"http://127.0.0.1:{ports[name][1]}/varz", pool=pool), 30)
+            varz = json.loads((yield response.content()))
+            self.assertIs(varz["jetstream"]["config"]["sync_always"], True)
+            self.assertEqual(varz["max_payload"], 2 * 1024 * 1024)
+            self.assertEqual(varz["server_name"], name)
+
+
+# -- systemd units of a cluster (issue 15) ------------------------------------
+
+#: What the units' specifiers stand for in these tests (systemd fills them in).
+SPECIFIERS = {"%i": "cairn1", "%d": "/run/credentials/cairn-node@cairn1.service", "%H": "host1"}
+
+
+def _expand(value):
+    for specifier, meaning in SPECIFIERS.items():
+        value = value.replace(specifier, meaning)
+    return value
+
+
+class SystemdClusterUnitTests(unittest.TestCase):
+    def setUp(self):
+        self.node = unit_entries(_read(SYSTEMD, "cairn-node@.service"))
+        self.nats = unit_entries(_read(SYSTEMD, "nats-server.service"))
+
+    def test_node_hardening(self):
+        """The node unit has every hardening option of cairn-server.service, its state directory per node."""
+        for key, value in HARDENING.items():
+            expected = "cairn-%i" if key == "StateDirectory" else value
+            self.assertEqual(_values(self.node, "Service", key), [expected], key)
+        self.assertEqual(_values(self.node, "Service", "LimitNOFILE"), ["65536"])
+
+    def test_node_credentials(self):
+        """The identity, NATS credentials and management token come in as credentials, named by _FILE variables."""
+        credentials = dict(v.split(":", 1) for v in _values(self.node, "Service", "LoadCredential"))
+        self.assertEqual(
+            credentials,
+            {
+                "identity.key": "/etc/cairn/identity.key",
+                "nats.creds": "/etc/cairn/nats.creds",
+                "mgmt.token": "/etc/cairn/mgmt.token",
+            },
+        )
+        env = _unit_environment(self.node)
+        self.assertEqual(env["CAIRN_IDENTITY_FILE"], "%d/identity.key")
+        self.assertEqual(env["CAIRN_CLUSTER_CREDS_FILE"], "%d/nats.creds")
+        self.assertEqual(env["CAIRN_MGMT_TOKEN_FILE"], "%d/mgmt.token")
+
+    def test_no_secret_in_environment(self):
+        """No Environment= line of either unit holds a secret: only _FILE paths into the credentials directory."""
+        for entries in (self.node, self.nats):
+            for name, value in _unit_environment(entries).items():
+                if SECRET_NAME.search(name):
+                    self.assertTrue(name.endswith("_FILE") and value.startswith("%d/"), name)
+                self.assertNotIn("@", value, name)  # no user:password@ in a URL
+
+    def test_node_environment(self):
+        """The node is named after the instance, keeps its state per node and reads the cluster settings from a file."""
+        env = _unit_environment(self.node)
+        self.assertEqual(env["CAIRN_NODE_NAME"], "%i")
+        self.assertEqual(env["CAIRN_DATA_DIR"], "/var/lib/cairn-%i")
+        self.assertEqual(
+            _values(self.node, "Service", "EnvironmentFile"),
+            ["/etc/cairn/cluster.env", "-/etc/cairn/cairn-node-%i.env"],
+        )
+        self.assertEqual({n for n in env if n.startswith("CAIRN_")} - VARIABLES, CLUSTER_VARIABLES - VARIABLES)
+
+    def test_node_exec_start(self):
+        """ExecStart runs `twistd --nodaemon --pidfile= cairn`, which twistd accepts with the unit's environment."""
+        (command,) = _values(self.node, "Service", "ExecStart")
+        argv = shlex.split(command)
+        self.assertEqual(argv, ["/usr/bin/env", "twistd", "--nodaemon", "--pidfile=", "cairn"])
+        env = {k: _expand(v) for k, v in _unit_environment(self.node).items() if k not in CLUSTER_VARIABLES}
+        # The credentials are files systemd provides; here, cluster settings without them.
+        env = {k: v for k, v in env.items() if not k.endswith("_FILE")}
+        env["CAIRN_CLUSTER_NATS"] = "nats://nats1.example:4222,nats://nats2.example:4222,nats://nats3.example:4222"
+        options = _twistd_accepts(self, argv[2:], env)
+        self.assertEqual(options.subCommand, "cairn")
+        self.assertEqual(_values(self.node, "Service", "ExecReload"), ["/bin/kill -HUP $MAINPID"])
+
+    def test_nats_unit(self):
+        """nats-server runs the shipped config under its host name, stops through lame duck mode, with its store."""
+        (command,) = _values(self.nats, "Service", "ExecStart")
+        argv = shlex.split(command)
+        self.assertEqual(
+            argv, ["/usr/local/bin/nats-server", "--config", "/etc/nats/nats-server.conf", "--server_name", "%H"]
+        )
+        self.assertEqual(_values(self.nats, "Service", "KillSignal"), ["SIGUSR2"])
+        self.assertEqual(_values(self.nats, "Service", "StateDirectory"), ["nats"])
+        self.assertEqual(_values(self.nats, "Service", "LimitNOFILE"), ["65536"])
+        settings = nats_conf(_read(SYSTEMD, "nats-server.conf"))
+        self.assertEqual(settings["jetstream.store_dir"], "/var/lib/nats")
+        self.assertEqual(settings["jetstream.sync_interval"], "always")
+        self.assertEqual(len(settings["cluster.routes"]), 3)
+        # Lame duck mode must end before systemd's stop timeout.
+        (timeout,) = _values(self.nats, "Service", "TimeoutStopSec")
+        lame = int(settings["lame_duck_duration"].rstrip("s")) + int(settings["lame_duck_grace_period"].rstrip("s"))
+        self.assertLess(lame, int(timeout))
+
+    def test_same_nats_settings_as_compose(self):
+        """The bare-machine NATS config differs from the compose one only in store, monitoring bind and routes."""
+        bare = nats_conf(_read(SYSTEMD, "nats-server.conf"))
+        compose = nats_conf(_read(DOCKER, "nats-cluster.conf"))
+        differ = {k for k in set(bare) | set(compose) if bare.get(k) != compose.get(k)}
+        self.assertEqual(differ, {"jetstream.store_dir", "http", "cluster.routes"})
+
+    @defer.inlineCallbacks
+    def test_nats_server_accepts_bare_config(self):
+        """nats-server -t accepts nats-server.conf."""
+        from tests._nats import nats_server_binary
+
+        path = os.path.join(SYSTEMD, "nats-server.conf")
+        out, err, code = yield utils.getProcessOutputAndValue(nats_server_binary(), ["-t", "-c", path], env={})
+        self.assertEqual(code, 0, (out, err))
+
+    @defer.inlineCallbacks
+    def test_systemd_analyze_verify(self):
+        """systemd-analyze verify finds nothing to say about the units (an instance of the template, nats-server)."""
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise unittest.SkipTest("systemd-analyze not found")
+        from tests._nats import nats_server_binary
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "cairn-node@cairn1.service"), "w") as f:
+            f.write(_read(SYSTEMD, "cairn-node@.service"))
+        with open(os.path.join(directory, "nats-server.service"), "w") as f:
+            # verify checks that the program exists: the venv's nats-server stands in.
+            f.write(_read(SYSTEMD, "nats-server.service").replace("/usr/local/bin/nats-server", nats_server_binary()))
+        units = [os.path.join(directory, name) for name in ("cairn-node@cairn1.service", "nats-server.service")]
+        out, err, code = yield utils.getProcessOutputAndValue(
+            analyze, ["verify", "--man=no", *units], env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"), path=directory
+        )
+        self.assertEqual((code, out, err), (0, b"", b""))
+
+
+class HaproxyConfigTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_haproxy_accepts_file(self):
+        """haproxy -c accepts docker/haproxy.cfg (names of compose services unresolved here are allowed)."""
+        binary = shutil.which("haproxy")
+        if binary is None:
+            raise unittest.SkipTest("haproxy not found (apt-get install haproxy)")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            binary, ["-c", "-f", os.path.join(DOCKER, "haproxy.cfg")], env=os.environ
+        )
+        self.assertEqual(code, 0, (out, err))
+        self.assertIn(b"Configuration file is valid", out + err)
+
+
+class _Haproxy(ProcessProtocol):
+    """An haproxy process: its log lines, and Deferreds for lines to come."""
+
+    def __init__(self):
+        self.lines, self._waiting, self._buffer = [], [], b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self.lines.append(line.decode("utf-8", "replace"))
+        for item in list(self._waiting):
+            predicate, d = item
+            if predicate(self.lines):
+                self._waiting.remove(item)
+                d.callback(None)
+
+    errReceived = outReceived
+
+    def until(self, predicate, timeout=30):
+        d = defer.Deferred()
+        self._waiting.append((predicate, d))
+        self.outReceived(b"")
+        return eventually(d, timeout)
+
+    def processEnded(self, reason):
+        self.ended.callback(None)
+
+
+def loopback_haproxy_cfg(text, nodes, binds):
+    """
+    C{text} (docker/haproxy.cfg) for this test: the listeners on inherited
+    sockets C{binds} (fd numbers), the nodes at their loopback ports
+    (C{nodes}: compose name -> {"tcp", "websocket", "management"} ports),
+    no Docker resolver, health checks logged.
+    """
+    text = re.sub(r"\nresolvers docker\n(    .*\n)+", "\n", text)
+    text = text.replace(" resolvers docker", "").replace("maxconn 20000", "maxconn 100")
+    text = text.replace("bind :7500", f"bind fd@{binds[0]}").replace("bind :7501", f"bind fd@{binds[1]}")
+    for name, ports in nodes.items():
+        for inside, kind in ((7400, "tcp"), (7401, "websocket")):
+            text = text.replace(
+                f" {name}:{inside} check port 9090",
+                f" 127.0.0.1:{ports[kind]} check port {ports['management']}",
+            )
+    text = text.replace("    option httpchk", "    option log-health-checks\n    option httpchk")
+    if "check port 9090" in text or "bind :" in text:
+        raise AssertionError("the haproxy.cfg layout changed: update loopback_haproxy_cfg")
+    return text
+
+
+class HaproxyRunTests(unittest.TestCase):
+    """docker/haproxy.cfg, adapted to loopback, in front of two real nodes sharing one identity."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.haproxy = shutil.which("haproxy")
+        if self.haproxy is None:
+            raise unittest.SkipTest("haproxy not found (apt-get install haproxy)")
+        self.connections = []
+
+    @defer.inlineCallbacks
+    def start_node(self, data_dir):
+        from cairn.service import make_node
+        from tests.test_service import config_for
+
+        node = make_node(
+            config_for(data_dir, psk="a PSK for the haproxy test", mgmt_listen="tcp:0:interface=127.0.0.1"), reactor
+        )
+        node.startService()
+        ports = yield eventually(node.ready, 30)
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node, {name: port.getHost().port for name, port in ports.items()}
+
+    @defer.inlineCallbacks
+    def test_balancer_moves_device_when_node_stops(self):
+        """Behind the balancer both nodes pass the /health check; a stopped node's device moves to the other."""
+        from cairn.mailbox import client as mailbox
+        from cairn.pairing import client as pairing
+        from tests._harness import drop_all
+        from tests.test_client_failover import share_identity
+
+        first, second = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        share_identity(first, second)
+        started = [(yield self.start_node(first)), (yield self.start_node(second))]
+        nodes = dict(zip(("server", "server2"), (ports for _, ports in started)))
+        listeners = []
+        for _ in range(2):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(16)
+            self.addCleanup(s.close)
+            listeners.append(s)
+        cfg = os.path.abspath(self.mktemp())
+        with open(cfg, "w") as f:
+            f.write(loopback_haproxy_cfg(_read(DOCKER, "haproxy.cfg"), nodes, (3, 4)))
+        proc = _Haproxy()
+        reactor.spawnProcess(
+            proc,
+            self.haproxy,
+            [self.haproxy, "-db", "-f", cfg],
+            env=dict(os.environ),
+            childFDs={0: "w", 1: "r", 2: "r", 3: listeners[0].fileno(), 4: listeners[1].fileno()},
+        )
+
+        def stop():
+            if not proc.ended.called:
+                proc.transport.signalProcess("KILL")
+            return proc.ended
+
+        self.addCleanup(stop)
+        passed = re.compile(r"Health check for server cairn_(tcp|ws)/(cairn[12]) succeeded")
+        yield proc.until(lambda lines: len({passed.search(x).groups() for x in lines if passed.search(x)}) == 4)
+
+        address = f"tcp:host=127.0.0.1:port={listeners[0].getsockname()[1]}"
+        client = Client(reactor, clock=task.Clock(), auto_resume=True)
+        track_connections(client.peer, self.connections)
+        self.addCleanup(drop_all, self.connections)
+        session = yield eventually(client.connect(address))
+        yield eventually(pairing.pair_psk(session, "a PSK for the haproxy test"))
+        serving = [node for node, _ in started if session.session_id in node.peer.sessions]
+        self.assertEqual(len(serving), 1)
+        other, other_ports = [(node, ports) for node, ports in started if node is not serving[0]][0]
+        # The nodes' trust stores are their own here (SQLite): pair with the other one directly too.
+        direct = yield eventually(client.connect(f"tcp:host=127.0.0.1:port={other_ports['tcp']}"))
+        yield eventually(pairing.pair_psk(direct, "a PSK for the haproxy test"))
+        yield eventually(client.close(direct))
+
+        replaced = defer.Deferred()
+        client.on_session_replaced = lambda old, new: replaced.called or replaced.callback(new)
+        scheduled = []
+        schedule = client._schedule_resume
+
+        def recording(s, delay):
+            scheduled.append(delay)
+            schedule(s, delay)
+            reactor.callLater(0, client.clock.advance, delay)  # each round at once: the balancer decides
+
+        client._schedule_resume = recording
+        yield eventually(serving[0].stopService(), 30)
+        new = yield eventually(replaced, 60)
+        self.assertEqual(session.closed.code, 9)
+        result = yield eventually(mailbox.forward(new, client.peer_id, b"through the balancer"))
+        self.assertFalse(result.duplicate)
+        self.assertIn(new.session_id, other.peer.sessions)

@@ -56,6 +56,36 @@ def add_pairing_options(parser) -> None:
     )
 
 
+def add_server_option(parser) -> None:
+    """
+    C{--server}: the node's address; several for the nodes of one
+    deployment (docs/scaling.md), by repeating the option or separating
+    them with commas (like C{CAIRN_SIGNAL_SERVERS}). They are tried in
+    order until one answers; see L{server_addresses}.
+    """
+    parser.add_argument(
+        "--server",
+        action="append",
+        required=True,
+        metavar="ADDRESS",
+        help="node address: tcp:host=H:port=P or ws://H:P/; several nodes of one deployment: "
+        "repeat the option or separate them with commas (tried in order)",
+    )
+
+
+def server_addresses(args) -> list:
+    """Every address given with C{--server}, in order, commas split, blanks and duplicates dropped."""
+    found = []
+    for value in args.server:
+        for item in value.split(","):
+            item = item.strip()
+            if item and item not in found:
+                found.append(item)
+    if not found:
+        raise ValueError("--server: no node address given")
+    return found
+
+
 def device_pins(args):
     """The pin store of the device whose identity file is C{args.identity}."""
     return FilePins(pins_path(args.identity))

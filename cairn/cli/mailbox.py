@@ -16,6 +16,9 @@ without a new message; on a device that is not paired with the node (or
 was revoked) it says so and exits with status 1, so that "nothing
 waiting" (status 0) is never confused with "not allowed to receive".
 
+C{--server} may name several nodes of one deployment (repeated, or
+comma-separated); they are tried in order until one answers.
+
 Exit statuses: 0 done, 1 the command failed (one line on stderr), 2 bad
 command line.  C{--name} is the name the node shows for this device
 when it pairs (default C{cairn-mailbox}).
@@ -30,10 +33,12 @@ from cairn.cli.device import (
     DEFAULT_IDENTITY,
     add_name_option,
     add_pairing_options,
+    add_server_option,
     device_pins,
     load_identity,
     pairing_step,
     react,
+    server_addresses,
 )
 from cairn.client import Client
 from cairn.mailbox.client import UnknownRecipient
@@ -44,7 +49,7 @@ from cairn.wire.constants import CloseCode
 def parser():
     p = argparse.ArgumentParser(prog="cairn-mailbox", description="Store-and-forward messages through a cairn node.")
     p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
-    p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
+    add_server_option(p)
     add_pairing_options(p)
     add_name_option(p, "cairn-mailbox")
     commands = p.add_subparsers(dest="command", required=True)
@@ -77,7 +82,7 @@ def run(reactor, argv, out=None):
         # Ids already shown are kept next to the identity, so a node cannot replay them later (§21.11).
         seen = replay.SeenFile(args.identity + ".seen")
         mailbox.set_replay_guard(client.peer, replay.ReplayGuard(reactor.seconds, seen))
-    session = yield client.connect(args.server, expect_peer_id=args.expect_peer_id)
+    session = yield client.connect(server_addresses(args), expect_peer_id=args.expect_peer_id)
     try:
         yield pair(session)
         if args.command == "whoami":

@@ -13,7 +13,8 @@ it exits once C{--count} texts were echoed and the sender closed, or on
 Ctrl-C. C{send} opens a circuit to PEER_ID (retrying for C{--wait}
 seconds while the peer is offline), sends TEXT on channel C{chat} and
 prints the echo. The node relays ciphertext only: the circuit carries an
-end-to-end session between the two devices.
+end-to-end session between the two devices. C{--server} may name several
+nodes of one deployment (repeated, or comma-separated), tried in order.
 """
 
 import argparse
@@ -25,10 +26,12 @@ from cairn.cli.device import (
     DEFAULT_IDENTITY,
     add_name_option,
     add_pairing_options,
+    add_server_option,
     device_pins,
     load_identity,
     pairing_step,
     react,
+    server_addresses,
 )
 from cairn.client import Client
 from cairn.wire.constants import RouteStatus
@@ -40,7 +43,7 @@ RETRY_EVERY = 0.25
 def parser():
     p = argparse.ArgumentParser(prog="cairn-relay", description="A relay circuit between two devices via a cairn node.")
     p.add_argument("--identity", default=DEFAULT_IDENTITY, help="identity key file (created 0600)")
-    p.add_argument("--server", required=True, help="node address: tcp:host=H:port=P or ws://H:P/")
+    add_server_option(p)
     add_pairing_options(p)
     add_name_option(p, "cairn-relay")
     commands = p.add_subparsers(dest="command", required=True)
@@ -63,7 +66,7 @@ def run(reactor, argv, out=None):
     pair = pairing_step(args, args.name)
     client = Client(reactor, load_identity(args.identity), pins=device_pins(args))
     endpoint = relay.relay_endpoint(client)
-    node = yield client.connect(args.server, expect_peer_id=args.expect_peer_id)
+    node = yield client.connect(server_addresses(args), expect_peer_id=args.expect_peer_id)
     try:
         yield pair(node)
         if args.command == "listen":
