@@ -257,22 +257,42 @@ class Deployment:
 
     # Clients
 
-    def client(self):
-        """A new device of one person (one sync group key), its sessions' timers on a Clock of its own."""
-        client = Client(reactor, clock=task.Clock())
+    def client(self, failover=False):
+        """
+        A new device of one person (one sync group key). Its sessions' timers
+        are on a Clock of its own, or with C{failover} on the reactor: it
+        resumes a dropped session by itself and, refused by a node that does
+        not know it, moves to the deployment's next address (L{Client}
+        C{auto_resume}); its sessions are closed before the nodes stop.
+        """
+        if failover:
+            client = Client(reactor, auto_resume=True)
+            self.testcase.addCleanup(self._close_sessions, client)
+        else:
+            client = Client(reactor, clock=task.Clock())
         track_connections(client.peer, self.connections)
         self.keyring = one_person(client, keyring=getattr(self, "keyring", None))
         return client
 
+    @staticmethod
+    def _close_sessions(client):
+        for session in list(client.peer.sessions.values()):
+            if session.closed is None:
+                session.close()
+
+    @staticmethod
+    def _addresses(nodes):
+        return [n.address for n in nodes] if isinstance(nodes, (list, tuple)) else nodes.address
+
     @defer.inlineCallbacks
-    def paired(self, client, node):
-        """Pair C{client} by PSK through C{node}; fires with that session (kept open)."""
-        session = yield eventually(client.connect(node.address), 30)
+    def paired(self, client, nodes):
+        """Pair C{client} by PSK through C{nodes} (a node or a list, first answering used); fires with the session."""
+        session = yield eventually(client.connect(self._addresses(nodes)), 30)
         yield eventually(pairing.pair_psk(session, PSK), 30)
         return session
 
-    def connect(self, client, node):
-        return eventually(client.connect(node.address), 30)
+    def connect(self, client, nodes):
+        return eventually(client.connect(self._addresses(nodes)), 30)
 
     def show_logs(self):
         """Print every node's log (set C{CAIRN_TEST_SHOW} to see them after each test)."""
