@@ -42,7 +42,7 @@ import time
 
 from twisted.internet import defer, task
 
-from bench._jetstream import Servers
+from bench._jetstream import Servers, _free_port
 from bench.relay import CHUNK, CIRCUIT_CHUNK, Pusher, Tally
 
 PSK = "bench pre-shared key, long enough to not be weak"
@@ -56,12 +56,16 @@ TIMEOUT = 300.0
 class Node:
     """One C{twistd -n cairn} child; its log is read by a thread (kept: the last lines, for errors)."""
 
-    def __init__(self, name, data_dir, nats_urls):
+    def __init__(self, name, data_dir, nats_urls, identity_file):
+        port = _free_port()
         env = dict(
             os.environ,
             PYTHONPATH=REPO_ROOT,
             CAIRN_DATA_DIR=data_dir,
-            CAIRN_LISTEN="tcp:0:interface=127.0.0.1",
+            CAIRN_IDENTITY_FILE=identity_file,
+            CAIRN_LISTEN=f"tcp:{port}:interface=127.0.0.1",
+            # Attached circuits between peers on different nodes attach here.
+            CAIRN_RELAY_ATTACH_ADDRESS=f"tcp://127.0.0.1:{port}",
             CAIRN_WS_LISTEN="none",
             CAIRN_MGMT_LISTEN="none",
             CAIRN_PSK=PSK,
@@ -117,19 +121,20 @@ class Deployment:
     """3 NATS servers and C{count} cairn nodes with one identity."""
 
     def __init__(self, count=2):
-        from cairn.crypto.identity import KEY_FILE_NAME, load_or_create
+        from cairn.crypto.identity import load_or_create_file
 
         self.directory = tempfile.mkdtemp(prefix="cairn-bench-cluster-")
         self.nats = Servers(3)
         self.nodes = []
         try:
-            load_or_create(self.directory)
+            # The deployment's one identity, as its secret (CAIRN_IDENTITY_FILE).
+            identity_file = os.path.join(self.directory, "identity.key")
+            load_or_create_file(identity_file)
             for i in range(count):
                 data_dir = os.path.join(self.directory, f"node{i + 1}")
                 os.makedirs(data_dir, mode=0o700)
-                shutil.copy2(os.path.join(self.directory, KEY_FILE_NAME), os.path.join(data_dir, KEY_FILE_NAME))
                 # One at a time: the first sets the JetStream layout up.
-                self.nodes.append(Node(f"node{i + 1}", data_dir, self.nats.urls))
+                self.nodes.append(Node(f"node{i + 1}", data_dir, self.nats.urls, identity_file))
         except BaseException:
             self.stop()
             raise
@@ -269,16 +274,26 @@ def relay_rate(reactor, address_a, address_b, size, mode):
     """
     from cairn.relay.attached import AttachProtocol
     from cairn.relay.client import RouteRefused, relay_endpoint, relay_to
+    from cairn.wire.constants import RouteStatus
 
-    alice, node_a = yield paired(reactor, address_a)
     bob, node_b = yield paired(reactor, address_b)
+    alice, node_a = yield paired(reactor, address_a)
     relay_endpoint(alice).attach = mode == "raw"
     relay_endpoint(bob).attach = mode == "raw"
     accepted = defer.Deferred()
     relay_endpoint(bob).on_session = accepted.callback
     tally = Tally(size)
     try:
-        a = yield relay_to(alice, node_a, bob.peer_id).addTimeout(60, reactor)
+        # The target's node session reaches the requester's node through the
+        # deployment's presence, a moment after it is made: ask again meanwhile.
+        for attempt in range(100):
+            try:
+                a = yield relay_to(alice, node_a, bob.peer_id).addTimeout(60, reactor)
+                break
+            except RouteRefused as e:
+                if e.status != RouteStatus.OFFLINE or attempt == 99:
+                    raise
+                yield task.deferLater(reactor, 0.05, lambda: None)
         b = yield accepted.addTimeout(60, reactor)
     except RouteRefused as e:
         return f"refused ({e})"
