@@ -18,8 +18,8 @@ LINES = (
     "same-node delivery latency (anchor): p50 ",
     "(target <= 5 ms); ratio cross/same p50 = ",
     "scaling ratio spread/one = ",
-    "relay attached (1.0 MiB): across nodes ",
-    "relay RelayData (1.0 MiB): across nodes ",
+    "relay attached (1.0 MiB, median of 1): across nodes ",
+    "relay RelayData (1.0 MiB, median of 1): across nodes ",
 )
 
 
