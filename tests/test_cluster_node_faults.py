@@ -4,20 +4,26 @@ JetStream cluster (issue 15), each under load and each checked the same
 way: every message a sender got a ForwardAck for is delivered, none is
 held twice, and no recipient's application is given one twice.
 
-- C{kill -9} of the cairn node holding the recipients' sessions: they
-  start new sessions on the other node and get everything there;
+- C{kill -9} of the cairn node holding the recipients' sessions (mailbox
+  recipients, sync subscribers): their clients (C{cairn.client} with both
+  addresses) move to the other node and get everything there, the sync
+  subscribers every update once, in order;
 - C{kill -9} of the JetStream leader of the mailbox stream;
 - a partition between one cairn node and NATS (its NATS connections
   dropped by the proxies it reaches NATS through): it answers
   STORAGE_ERROR, never a false ForwardAck, and serves again once healed.
 """
 
+import os
+
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected, uuid7
-from cairn.wire.constants import ForwardStatus
+from cairn.sync import client as sync
+from cairn.sync.client import PublishRejected
+from cairn.wire.constants import ForwardStatus, SyncStatus
 from tests import _jetstream
 from tests._cluster import start_deployment
 from tests._harness import Conditions, eventually
@@ -147,6 +153,56 @@ class NodeKillTests(FaultMixin, unittest.TestCase):
         self.assertLess(killed_at, len(load.acked), "the load went on after the kill")
         yield self.all_delivered(load, recipients)
         self.assertNotIn("Traceback", node1.log)
+
+    @defer.inlineCallbacks
+    def test_kill_9_node_holding_subscribers(self):
+        """kill -9 of the node with the sync subscribers under publishing: each gets every update once, in order."""
+        deployment = yield start_deployment(self)
+        node1, node2 = deployment.nodes
+        devices = [deployment.client(failover=True) for _ in range(2)]
+        got = {d.peer_id: [] for d in devices}
+        moved = []
+        for device in devices:
+            session = yield deployment.paired(device, [node2, node1])
+            device.on_session_replaced = lambda old, new: self.conditions.changed(moved.append(new))
+            sync.subscribe(
+                session,
+                ["notes"],
+                lambda topic, seq, sender, data, into=got[device.peer_id]: self.conditions.changed(
+                    into.append((seq, data))
+                ),
+            )
+        phone = deployment.client()
+        p = yield deployment.paired(phone, node1)
+        committed = []
+        total = 200
+
+        @defer.inlineCallbacks
+        def publisher():
+            for i in range(total):
+                update_id = os.urandom(16)
+                while True:
+                    try:
+                        seq = yield eventually(sync.sync_publish(p, "notes", b"u%d" % i, update_id), 60)
+                        break
+                    except PublishRejected as e:
+                        if e.code != SyncStatus.STORAGE_ERROR:
+                            raise
+                        yield task.deferLater(reactor, RETRY, lambda: None)
+                committed.append(seq)
+                self.conditions.changed()
+
+        running = publisher()
+        yield self.conditions.until(lambda: all(len(g) >= 40 for g in got.values()), 60)
+        yield node2.kill()
+        killed_at = len(committed)
+        yield self.conditions.until(lambda: len(moved) >= len(devices), 60)
+        yield eventually(running, 120)
+        self.assertEqual(committed, list(range(1, total + 1)))
+        self.assertLess(killed_at, total, "the publishing went on after the kill")
+        yield self.conditions.until(lambda: all(len(g) >= total for g in got.values()), 120).addErrback(lambda _: None)
+        for device in devices:
+            self.assertEqual(got[device.peer_id], [(i + 1, b"u%d" % i) for i in range(total)])
 
 
 class LeaderKillTests(FaultMixin, unittest.TestCase):
