@@ -11,6 +11,12 @@ upgraded in the calling thread, before the reactor runs, so a corrupt or
 unwritable database stops start-up with one line; the listeners bind
 (a busy port aborts) but accept nothing until the trust store is loaded,
 so no session is judged against an empty trust store.
+
+The parts with a life cycle are L{CairnNode.components}, started in
+order and stopped in reverse: presence and the node bus (which node holds
+each peer, wake-ups between nodes: L{cairn.cluster.presence},
+L{cairn.cluster.bus}; a node alone has their single-node versions), pairing,
+then the services holding per-session state (mailbox, sync, relay).
 """
 
 import gc

@@ -12,9 +12,10 @@ from twisted.internet import defer, reactor, task
 from cairn.client import Client
 from cairn.crypto.identity import Identity
 from cairn.pairing import client as pairing
+from cairn.pairing.interfaces import PAIRED
 from cairn.service import make_node
 from tests._harness import drop_all, eventually, track_connections
-from tests._nats import start_nats
+from tests._nats import start_nats, start_nats_cluster
 from tests.test_service import config_for
 
 PSK = "a long pre-shared key for the multi-node tests"
@@ -36,9 +37,17 @@ class NodesMixin:
     def tearDown(self):
         return drop_all(self.connections)
 
+    #: Run on a 3-server NATS cluster with R3 (else one server, R1).
+    nats_cluster = False
+
     @defer.inlineCallbacks
     def start_nodes(self, count=2, **settings):
-        self.nats = yield start_nats(self)
+        if self.nats_cluster:
+            cluster = yield start_nats_cluster(self)
+            self.nats_urls, self.replicas = tuple(cluster.urls), 3
+        else:
+            server = yield start_nats(self)
+            self.nats_urls, self.replicas = (server.url,), 1
         secrets = os.path.abspath(self.mktemp())
         os.makedirs(secrets)
         self.key_file = os.path.join(secrets, "identity.key")
@@ -53,8 +62,8 @@ class NodesMixin:
     def start_node(self, name, **settings):
         options = dict(
             psk=PSK,
-            cluster_nats=(self.nats.url,),
-            cluster_replicas=1,
+            cluster_nats=self.nats_urls,
+            cluster_replicas=self.replicas,
             node_name=name,
             identity_file=self.key_file,
         )
@@ -76,10 +85,50 @@ class NodesMixin:
 
     @defer.inlineCallbacks
     def paired(self, client, index):
-        """C{client} connected to node C{index} and paired (PSK); fires with its session."""
+        """
+        C{client} connected to node C{index} and paired (PSK), once every
+        node's trust mirror knows it (their watches brought the pairing);
+        fires with its session.
+        """
         session = yield eventually(client.connect(self.address(index)))
         yield eventually(pairing.pair_psk(session, PSK))
+        yield defer.gatherResults([self.state_on(node, client.peer_id, PAIRED) for node in self.nodes])
         return session
+
+    def state_on(self, node, peer_id, state):
+        """Fires once C{node}'s trust mirror has C{peer_id} in C{state} (a node alone: at once)."""
+        if not hasattr(node.pairing.trust, "watch"):
+            return defer.succeed(None)  # the node's own store: written before the pairing was confirmed
+        d = defer.Deferred()
+
+        def seen(changed, record):
+            if changed == peer_id and record is not None and record.state == state and not d.called:
+                d.callback(None)
+
+        node.pairing.trust.watch(seen)
+        found = []
+        node.pairing.trust.get(peer_id).addCallback(found.append)  # the in-memory mirror: fires at once
+        if found and found[0] is not None and found[0].state == state:
+            return defer.succeed(None)
+        return eventually(d, 20)
+
+    @defer.inlineCallbacks
+    def api_get(self, index, path):
+        """The body of C{GET path} on node C{index}'s management API (asserting a 200)."""
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        port = self.nodes[index].ports["management"].getHost().port
+        response = yield eventually(
+            treq.get(
+                f"http://127.0.0.1:{port}{path}",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                pool=HTTPConnectionPool(reactor, persistent=False),
+            )
+        )
+        body = yield response.content()
+        self.assertEqual(response.code, 200, body)
+        return body
 
     def without_recheck(self):
         """Stop every node's periodic re-check: what arrives now came by a watch or the bus."""

@@ -5,33 +5,20 @@ cluster; /metrics carries the node's name as a label.
 """
 
 import json
+import os
 
-import treq
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
 
 from cairn.mailbox import client as mailbox
-from tests._cluster_nodes import LOOPBACK, TOKEN, NodesMixin
+from cairn.service import make_node
+from tests._cluster_nodes import LOOPBACK, PSK, TOKEN, NodesMixin
 from tests._harness import Conditions, eventually
+from tests.test_service import config_for
 
 
 class DeploymentViewTests(NodesMixin, unittest.TestCase):
     node_settings = {"mgmt_listen": LOOPBACK, "mgmt_token": TOKEN}
-
-    def setUp(self):
-        super().setUp()
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-
-    @defer.inlineCallbacks
-    def get(self, index, path):
-        port = self.nodes[index].ports["management"].getHost().port
-        response = yield eventually(
-            treq.get(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"}, pool=self.pool)
-        )
-        body = yield response.content()
-        self.assertEqual(response.code, 200, body)
-        return body
 
     def seen_by(self, index, predicate):
         """Fires once C{predicate()} holds, re-checked at each change node C{index}'s presence applies."""
@@ -50,7 +37,7 @@ class DeploymentViewTests(NodesMixin, unittest.TestCase):
         yield self.paired(bob, 1)
         yield self.seen_by(0, lambda: self.nodes[0].presence.locate(bob.peer_id) == "n2")
 
-        peers = {p["peer_id"]: p for p in json.loads((yield self.get(0, "/peers")))}
+        peers = {p["peer_id"]: p for p in json.loads((yield self.api_get(0, "/peers")))}
         self.assertEqual((peers[bob.peer_id]["node"], peers[bob.peer_id]["nodes"]), ("n2", ["n2"]))
         self.assertEqual(peers[alice.peer_id]["node"], "n1")
         self.assertTrue(peers[bob.peer_id]["connected"])
@@ -61,16 +48,51 @@ class DeploymentViewTests(NodesMixin, unittest.TestCase):
             session.close()
         yield self.seen_by(0, lambda: self.nodes[0].presence.locate(bob.peer_id) is None)
         yield eventually(mailbox.forward(a, bob.peer_id, b"for later"))
-        box = json.loads((yield self.get(1, "/mailbox")))
+        box = json.loads((yield self.api_get(1, "/mailbox")))
         self.assertEqual(box["node"], "n2")
         self.assertEqual([(p["peer_id"], p["node"]) for p in box["peers"]], [(bob.peer_id, None)])
 
-        health = json.loads((yield self.get(0, "/health")))
+        health = json.loads((yield self.api_get(0, "/health")))
         self.assertEqual((health["status"], health["node"]), ("ok", "n1"))
         cluster = health["cluster"]
         self.assertEqual(cluster["nats"], "ok")
         self.assertEqual(set(cluster["nodes"]), {"n1", "n2"})
         self.assertIsNotNone(cluster["leader"])
 
-        metrics = (yield self.get(1, "/metrics")).decode()
+        metrics = (yield self.api_get(1, "/metrics")).decode()
         self.assertIn('cairn_sessions{node="n2",state="attached"}', metrics)
+
+
+class SingleNodeViewTests(NodesMixin, unittest.TestCase):
+    """A node alone keeps its JSON shapes and series, with the node's name added (LocalPresence)."""
+
+    @defer.inlineCallbacks
+    def test_peers_name_this_node(self):
+        """/peers: a connected peer is on this node, a disconnected one on none; no cluster, no metrics label."""
+        node = make_node(
+            config_for(
+                os.path.abspath(self.mktemp()), psk=PSK, node_name="solo", mgmt_listen=LOOPBACK, mgmt_token=TOKEN
+            ),
+            reactor,
+        )
+        node.startService()
+        self.addCleanup(node.stopService)
+        node.ports = yield eventually(node.ready, 60)
+        self.nodes.append(node)
+        here, gone = self.client(), self.client()
+        yield self.paired(here, 0)
+        session = yield self.paired(gone, 0)
+        closed_here = Conditions()
+        node.peer.add_observer(type("Closed", (), {"session_closed": lambda _, s: closed_here.changed(None)})())
+        session.close()
+        yield closed_here.until(lambda: not any(s.remote_peer_id == gone.peer_id for s in node.peer.sessions.values()))
+        peers = {p["peer_id"]: p for p in json.loads((yield self.api_get(0, "/peers")))}
+        entry = peers[here.peer_id]
+        self.assertEqual((entry["node"], entry["nodes"], entry["connected"]), ("solo", ["solo"], True))
+        entry = peers[gone.peer_id]
+        self.assertEqual((entry["node"], entry["nodes"], entry["connected"]), (None, [], False))
+        health = json.loads((yield self.api_get(0, "/health")))
+        self.assertEqual(health["node"], "solo")
+        self.assertNotIn("cluster", health)
+        metrics = (yield self.api_get(0, "/metrics")).decode()
+        self.assertIn('cairn_sessions{state="attached"}', metrics)  # one node alone keeps its series

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from cairn.pairing import client as pairing
 from cairn.pairing.client import PairingRejected
+from cairn.pairing.interfaces import PENDING
 from cairn.wire.constants import CloseCode, PairRejectCode
 from tests._cluster_nodes import NodesMixin
 from tests._harness import closed, eventually
@@ -59,19 +60,7 @@ class CrossNodePairingTests(NodesMixin, unittest.TestCase):
 
     def _pending_on(self, node, peer_id):
         """Fires once C{peer_id} is pending on C{node} (its trust watch brought the request)."""
-        from cairn.pairing.interfaces import PENDING
-
-        d = defer.Deferred()
-
-        def seen(changed, record):
-            if changed == peer_id and record is not None and record.state == PENDING and not d.called:
-                d.callback([peer_id])
-
-        node.pairing.trust.watch(seen)
-        record = self.successResultOf(node.pairing.trust.get(peer_id))  # the in-memory mirror
-        if record is not None and record.state == PENDING:
-            return defer.succeed([peer_id])
-        return eventually(d, 20)
+        return self.state_on(node, peer_id, PENDING).addCallback(lambda _: [peer_id])
 
 
 class SharedCodeTests(NodesMixin, unittest.TestCase):

@@ -26,7 +26,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.common import _one_line
+from cairn.cluster.common import _observe, _one_line
 from cairn.cluster.presence import IPresence, attached_locally, local_peers
 
 log = Logger()
@@ -39,6 +39,8 @@ NODE_TIMEOUT = 3 * HEARTBEAT + 1.0
 REASSERT = 60.0
 #: Seconds a key lives without being written again.
 TTL = 300.0
+#: Seconds a stop waits to withdraw this node from the bucket.
+STOP_GRACE = 5.0
 
 
 @implementer(IPresence)
@@ -127,17 +129,20 @@ class KVPresence:
         mine = [p for p, nodes in self._where.items() if self.node in nodes]
 
         async def leave():
+            import asyncio
+
             # The node key first: the others forget everything of ours at once.
             await self.kv.delete(f"n.{self.node}")
-            for peer_id in mine:
-                await self.kv.delete(f"p.{peer_id}.{self.node}")
+            await asyncio.gather(*(self.kv.delete(f"p.{p}.{self.node}") for p in mine), return_exceptions=True)
 
         d = self.jet.run(leave)
         d.addErrback(lambda f: log.warn("presence: could not withdraw this node ({why})", why=_one_line(f.value)))
+        # NATS away: the stop does not wait for it (the others see the heartbeat stop).
+        waiting = _observe(d).addTimeout(STOP_GRACE, self.clock, onTimeoutCancel=lambda result, timeout: None)
         watcher = self._watcher
         if watcher is not None:
-            d.addBoth(lambda _: self.jet.thread.call(watcher.cancel))
-        return d
+            waiting.addBoth(lambda _: self.jet.thread.call(watcher.cancel))
+        return waiting
 
     # The mirror
 
@@ -206,11 +211,14 @@ class KVPresence:
         beat = json.dumps({"at": now}).encode()
 
         async def write():
+            import asyncio
+
             await self.kv.put(f"n.{self.node}", beat)
-            for peer_id in put:
-                await self.kv.put(f"p.{peer_id}.{self.node}", b"")
-            for peer_id in delete:
-                await self.kv.delete(f"p.{peer_id}.{self.node}")
+            writes = [self.kv.put(f"p.{p}.{self.node}", b"") for p in put]
+            writes += [self.kv.delete(f"p.{p}.{self.node}") for p in delete]
+            for outcome in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    raise outcome
 
         self._write(write, "heartbeat")
 
@@ -247,7 +255,9 @@ class KVPresence:
     session_resumed = session_established
 
     def peer_paired(self, peer_id):
-        if attached_locally(self.peer, peer_id):
+        # Also told for every trust change another node makes (last-seen
+        # times): write only what the bucket does not show yet.
+        if attached_locally(self.peer, peer_id) and self.node not in self._where.get(peer_id, ()):
             self._announce(peer_id)
 
     def session_detached(self, session):
