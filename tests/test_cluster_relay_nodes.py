@@ -15,8 +15,10 @@ import re
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from cairn.client import Client
+from cairn.cluster.loop import AsyncioThread
 from cairn.cluster.relay import KVRelayStore
 from cairn.cluster.relay_bus import NatsRelayBus, node_token
 from cairn.crypto.identity import Identity
@@ -25,6 +27,7 @@ from cairn.relay import client as relay
 from cairn.relay import messages
 from cairn.relay.attached import AttachedCircuit
 from cairn.relay.client import CircuitTransport, RouteRefused
+from cairn.relay.interfaces import IRelayBus
 from cairn.relay.messages import WINDOW
 from cairn.relay.remote import NODE_TIMEOUT, PING_INTERVAL, MemoryRelayBus, RemoteEnd
 from cairn.relay.service import OFFER_TIMEOUT, RelayService
@@ -33,8 +36,9 @@ from cairn.transport.tcp import StreamFactory
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType, RouteStatus
 from tests import _jetstream
+from tests._cluster_nodes import NodesMixin
 from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, track_connections
-from tests._nats import start_nats
+from tests._nats import free_port, start_nats
 from tests.test_relay import RecordingRelay, RelayScenarioMixin
 
 
@@ -468,7 +472,97 @@ class MemoryBusTests(unittest.TestCase):
             self.assertEqual((close["reason"], close.get("final")), ("the other peer was unpaired", True))
 
 
+class MadeNodesTests(NodesMixin, unittest.TestCase):
+    """Two nodes as make_node builds them (KV presence, JetStream stores, the relay bus): circuits between them."""
+
+    @defer.inlineCallbacks
+    def two_nodes_and_circuit(self, attach):
+        """n1 and n2 (with CAIRN_RELAY_ATTACH_ADDRESS if C{attach}); Alice on n1, Bob on n2, a circuit between them."""
+        yield self.start_nodes(0)
+        for name in ("n1", "n2"):
+            settings = {}
+            if attach:
+                port = free_port()
+                settings = {
+                    "listen": f"tcp:{port}:interface=127.0.0.1",
+                    "relay_attach_address": f"tcp://127.0.0.1:{port}",
+                }
+            yield self.start_node(name, **settings)
+        self.conditions = conditions = Conditions()
+        for node in self.nodes:
+            applied = node.presence._apply
+            node.presence._apply = lambda changes, applied=applied: conditions.changed(applied(changes))
+        alice, bob = self.client(), self.client()
+        for client in (alice, bob):
+            relay.relay_endpoint(client).attach = attach
+        node_a = yield self.paired(alice, 0)
+        yield self.paired(bob, 1)
+        n1 = self.nodes[0]
+        yield conditions.until(
+            lambda: n1.presence.locate(bob.peer_id) == "n2" and n1.relay.trust.is_paired(bob.peer_id), 30
+        )
+        accepted = defer.Deferred()
+        relay.relay_endpoint(bob).on_session = accepted.callback
+        a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id))
+        b = yield eventually(accepted)
+        return alice, bob, a, b
+
+    @defer.inlineCallbacks
+    def test_relay_data_between_made_nodes(self):
+        """Without an attach address: a RelayData circuit, data both ways."""
+        _, _, a, b = yield self.two_nodes_and_circuit(attach=False)
+        yield self.exchange(a, b)
+        n1, n2 = self.nodes
+        [circuit] = n1.relay.circuits.values()
+        self.assertIsInstance(circuit.b, RemoteEnd)
+        self.assertEqual(circuit.mode, "session")
+        self.assertEqual(list(n2.relay.remote.proxies), [circuit.circuit_id])
+
+    @defer.inlineCallbacks
+    def test_attached_between_made_nodes(self):
+        """With CAIRN_RELAY_ATTACH_ADDRESS: spliced on n1, Bob's attach connection goes to n1, data both ways."""
+        _, bob, a, b = yield self.two_nodes_and_circuit(attach=True)
+        yield self.exchange(a, b)
+        n1, _ = self.nodes
+        [circuit] = n1.relay.circuits.values()
+        self.assertEqual(circuit.mode, "attached")
+        self.assertIsNotNone(circuit.splice)
+        [end] = relay.relay_endpoint(bob).circuits.values()
+        self.assertIsInstance(end, AttachedCircuit)
+        self.assertEqual(end.protocol.transport.getPeer().port, n1.ports["tcp"].getHost().port)
+
+    exchange = RelayScenarioMixin.exchange
+
+
 class SubjectTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_unsent_is_reported(self):
+        """A message the NATS bus cannot send (no connection) is reported lost, with its node and circuit."""
+
+        class NoConnection:
+            nc = None
+
+            def __init__(self):
+                self.thread = AsyncioThread(reactor)
+
+            def subject(self, *parts):
+                return ".".join(("cairn", *parts))
+
+        jet = NoConnection()
+        jet.thread.start()
+        self.addCleanup(jet.thread.stop)
+        bus = NatsRelayBus(jet, "n1", lambda peer_id: None)
+        lost = defer.Deferred()
+        bus._lost = lambda node, circuit_id: lost.callback((node, circuit_id))
+        bus.send("n2", b"c" * 16, b"message")
+        self.assertEqual((yield eventually(lost)), ("n2", b"c" * 16))
+        self.assertEqual(bus.dropped, 1)
+
+    def test_interfaces(self):
+        """Both buses provide IRelayBus."""
+        self.assertTrue(verifyObject(IRelayBus, MemoryRelayBus("n1", {}, {}, task.Clock())))
+        self.assertTrue(verifyObject(IRelayBus, NatsRelayBus(object(), "n1", lambda peer_id: None)))
+
     def test_node_token(self):
         """A node name is a subject token as it is when it can be, else hex."""
         self.assertEqual(node_token("node-1"), "node-1")

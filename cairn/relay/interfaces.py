@@ -82,6 +82,13 @@ class IRelayBus(Interface):
 
     The single-node version is no bus at all (C{RelayService(bus=None)}):
     a target without a session on this node is offline, as always.
+
+    Why not the node bus (L{cairn.cluster.bus.INodeBus}): its notices are
+    hints that may be lost and its requests wait for one answer; a
+    circuit's messages are a stream, in order, whose loss must close the
+    circuit (L{listen}'s C{lost}). Where a peer is comes from the
+    deployment's presence all the same (C{where_is} is
+    L{cairn.cluster.presence.IPresence.locate} in a node).
     """
 
     node = Attribute("This node's name (text).")
