@@ -46,6 +46,20 @@ def share_identity(source_dir, data_dir):
     os.chmod(target, 0o600)
 
 
+def detached(client, session):
+    """A Deferred firing once C{client} sees C{session}'s transport gone."""
+    d = defer.Deferred()
+
+    class Watch:
+        @staticmethod
+        def session_detached(s):
+            if s is session and not d.called:
+                d.callback(s)
+
+    client.peer.add_observer(Watch())
+    return eventually(d, 30)
+
+
 @defer.inlineCallbacks
 def closed_port_address():
     """A loopback TCP address where nothing listens (a node that is down)."""
@@ -102,15 +116,16 @@ class TwoNodes:
 
     @defer.inlineCallbacks
     def _start_all(self, dirs):
-        self.addresses = []
+        self.addresses, self.ws_addresses = [], []
         for data_dir in dirs:
-            node = make_node(config_for(data_dir, psk=PSK, ws_listen="none"), reactor)
+            node = make_node(config_for(data_dir, psk=PSK), reactor)
             self.node_connections[node] = []
             track_connections(node.peer, self.node_connections[node])
             node.startService()
             ports = yield eventually(node.ready, 30)
             self.nodes.append(node)
             self.addresses.append(f"tcp:host=127.0.0.1:port={ports['tcp'].getHost().port}")
+            self.ws_addresses.append(f"ws://127.0.0.1:{ports['websocket'].getHost().port}/")
 
     @defer.inlineCallbacks
     def tearDown(self):
@@ -216,29 +231,37 @@ class FailoverTests(TwoNodes, unittest.TestCase):
         result = yield eventually(mailbox.forward(new, client.peer_id, b"after the new handshake"))
         self.assertFalse(result.duplicate)
 
-    @defer.inlineCallbacks
     def test_node_stops_device_moves_to_other_node(self):
         """Node 1 stops: the session is resumed nowhere, so it is replaced by a new one with node 2, which serves it."""
+        return self.node_stops(self.addresses)
+
+    def test_node_stops_websocket(self):
+        """Node 1 stops: a session made over WebSocket is replaced by a new one with node 2, over WebSocket."""
+        return self.node_stops(self.ws_addresses)
+
+    @defer.inlineCallbacks
+    def node_stops(self, addresses):
         alice, bob = self.client(auto_resume=True), self.client()
         received = []
         mailbox.set_inbox(bob.peer, lambda sender, mid, data: self.conditions.changed(received.append(data)))
         yield self.pair_everywhere(alice)
         yield self.pair_everywhere(bob)
-        session = yield eventually(alice.connect(self.addresses))
-        self.assertEqual(alice._addresses[session.session_id], self.addresses[0])
+        session = yield eventually(alice.connect(addresses))
+        self.assertEqual(alice._addresses[session.session_id], addresses[0])
         yield eventually(mailbox.forward(session, bob.peer_id, b"before"))
         replaced = defer.Deferred()
         alice.on_session_replaced = lambda old, new: replaced.callback(new)
 
+        gone = detached(alice, session)
         yield self.stop_node(0)
-        self.assertFalse(session.attached)
+        yield gone
         alice.clock.advance(RESUME_BACKOFF[0])
         new = yield eventually(replaced, 30)
-        self.assertEqual(alice._addresses[new.session_id], self.addresses[1])
+        self.assertEqual(alice._addresses[new.session_id], addresses[1])
         self.assertEqual(session.closed.code, CloseCode.UNKNOWN_SESSION)
         self.assertEqual(new.remote_peer_id, self.identity)
         yield eventually(mailbox.forward(alice.current(session), bob.peer_id, b"after"))
-        yield eventually(bob.connect(self.addresses))
+        yield eventually(bob.connect(addresses))
         yield self.conditions.until(lambda: b"after" in received, 30)
 
     @defer.inlineCallbacks
@@ -408,19 +431,11 @@ class KillTests(unittest.TestCase):
         yield eventually(mailbox.forward(session, bob.peer_id, b"before"))
         replaced = defer.Deferred()
         alice.on_session_replaced = lambda old, new: replaced.callback(new)
-        detached = defer.Deferred()
-
-        class Watch:
-            @staticmethod
-            def session_detached(s):
-                if s is session and not detached.called:
-                    detached.callback(s)
-
-        alice.peer.add_observer(Watch())
+        gone = detached(alice, session)
 
         procs[0].transport.signalProcess("KILL")
         yield eventually(procs[0].ended, 30)
-        yield eventually(detached, 30)
+        yield gone
         alice.clock.advance(RESUME_BACKOFF[0])
         new = yield eventually(replaced, 30)
         self.assertEqual(alice._addresses[new.session_id], addresses[1])
