@@ -294,6 +294,23 @@ class Deployment:
     def connect(self, client, nodes):
         return eventually(client.connect(self._addresses(nodes)), 30)
 
+    @defer.inlineCallbacks
+    def known(self, node, *peer_ids, connected=False):
+        """
+        Fires once C{node} lists every one of C{peer_ids} as paired (and with
+        C{connected}, as connected to some node): a pairing or a session made
+        on another node reaches it through the trust bucket's watch and the
+        deployment's presence, a moment later. Asked again after each
+        answer, never on a timer.
+        """
+        for _ in range(1000):
+            code, peers = yield node.api("GET", "/peers")
+            if code == 200:
+                listed = {p["peer_id"] for p in peers if p["connected"] or not connected}
+                if set(peer_ids) <= listed:
+                    return
+        raise AssertionError(f"{node.name} never listed {peer_ids} as paired (connected: {connected})")
+
     def show_logs(self):
         """Print every node's log (set C{CAIRN_TEST_SHOW} to see them after each test)."""
         for node in self.nodes:

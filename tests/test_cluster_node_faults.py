@@ -137,6 +137,7 @@ class NodeKillTests(FaultMixin, unittest.TestCase):
         sessions = []
         for client in senders:
             sessions.append((yield deployment.paired(client, node1)))
+        yield deployment.known(node1, *(r.peer_id for r in recipients))
         load = Load(self.conditions, recipients, per_loop=60)
         running = load.start(sessions)
 
@@ -174,6 +175,8 @@ class NodeKillTests(FaultMixin, unittest.TestCase):
             )
         phone = deployment.client()
         p = yield deployment.paired(phone, node1)
+        yield deployment.known(node1, *(d.peer_id for d in devices))
+        yield deployment.known(node2, phone.peer_id)
         committed = []
         total = 200
 
@@ -216,6 +219,7 @@ class LeaderKillTests(FaultMixin, unittest.TestCase):
             yield deployment.paired(r.client, node2)
         senders = [deployment.client() for _ in range(2)]
         sessions = [(yield deployment.paired(senders[0], node1)), (yield deployment.paired(senders[1], node2))]
+        yield deployment.known(node1, *(r.peer_id for r in recipients))
         load = Load(self.conditions, recipients, per_loop=60)
         running = load.start(sessions)
 
@@ -244,6 +248,7 @@ class PartitionTests(FaultMixin, unittest.TestCase):
         recipients = [Recipient(deployment, self.conditions)]
         yield deployment.paired(recipients[0].client, node1)
         sessions = [(yield deployment.paired(deployment.client(), node2))]
+        yield deployment.known(node2, recipients[0].peer_id)
         load = Load(self.conditions, recipients, per_loop=80)
         running = load.start(sessions)
 

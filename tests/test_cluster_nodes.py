@@ -66,6 +66,7 @@ class MailboxAcrossNodesTests(unittest.TestCase):
         count_deliveries(bob, deliveries)
         yield self.deployment.paired(bob, self.node2)
         a = yield self.deployment.paired(alice, self.node1)
+        yield self.deployment.known(self.node1, bob.peer_id)
         sent = [uuid7() for _ in range(20)]
         yield defer.gatherResults(
             [eventually(mailbox.forward(a, bob.peer_id, b"m%d" % i, mid), 30) for i, mid in enumerate(sent)]
@@ -89,6 +90,7 @@ class MailboxAcrossNodesTests(unittest.TestCase):
             [eventually(mailbox.forward(a, bob.peer_id, b"m%d" % i, mid), 30) for i, mid in enumerate(sent)]
         )
         a.close()
+        yield self.deployment.known(self.node2, bob.peer_id, alice.peer_id)
         yield self.deployment.connect(bob, self.node2)
         yield self.conditions.until(lambda: len(received) >= 10, 30)
         self.assertEqual([mid for mid, _ in received], sent)
@@ -107,6 +109,7 @@ class MailboxAcrossNodesTests(unittest.TestCase):
         mailbox.set_receipts(alice.peer, lambda event: self.conditions.changed(receipts.append(event)))
         yield self.deployment.paired(bob, self.node2)
         a = yield self.deployment.paired(alice, self.node1)
+        yield self.deployment.known(self.node1, bob.peer_id)
         sent = [uuid7() for _ in range(10)]
         yield defer.gatherResults(
             [eventually(mailbox.forward(a, bob.peer_id, b"m%d" % i, mid), 30) for i, mid in enumerate(sent)]
@@ -140,6 +143,8 @@ class SyncAcrossNodesTests(unittest.TestCase):
         p = yield self.deployment.paired(phone, self.node1)
         l_ = yield self.deployment.paired(laptop, self.node2)
         t = yield self.deployment.paired(tablet, self.node2)
+        yield self.deployment.known(self.node1, phone.peer_id, laptop.peer_id, tablet.peer_id)
+        yield self.deployment.known(self.node2, phone.peer_id, laptop.peer_id, tablet.peer_id)
         self.subscriber(p)
         on_laptop = self.subscriber(l_)
         on_tablet = self.subscriber(t)
@@ -185,6 +190,7 @@ class PairingAcrossNodesTests(unittest.TestCase):
         self.assertEqual(code, 200)
         yield eventually(result, 30)
 
+        yield self.deployment.known(self.node2, device.peer_id, friend.peer_id)
         session = yield self.deployment.connect(device, self.node2)
         ack = yield eventually(mailbox.forward(session, friend.peer_id, b"hello from node 2"), 30)
         self.assertIsNotNone(ack)
@@ -218,6 +224,7 @@ class PairingAcrossNodesTests(unittest.TestCase):
         """A device on node 2 revoked through node 1's API is disconnected (PAIRING_REVOKED) and refused after."""
         device = self.deployment.client()
         session = yield self.deployment.paired(device, self.node2)
+        yield self.deployment.known(self.node1, device.peer_id)
         ended = closed(session)
         code, body = yield self.node1.api("DELETE", f"/peers/{device.peer_id}")
         self.assertEqual((code, body["state"]), (200, "revoked"))
@@ -251,6 +258,7 @@ class RelayAcrossNodesTests(unittest.TestCase):
             relay.relay_endpoint(client).attach = attach
         node_b = yield self.deployment.paired(bob, self.node2)
         node_a = yield self.deployment.paired(alice, self.node1)
+        yield self.deployment.known(self.node1, bob.peer_id, connected=True)
         accepted = defer.Deferred()
         relay.relay_endpoint(bob).on_session = accepted.callback
         a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id), 30)
