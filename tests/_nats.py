@@ -71,11 +71,14 @@ class NatsServer:
     @ivar log: every line it logged, across restarts.
     """
 
-    def __init__(self, directory, name="n1", cluster=None):
+    def __init__(self, directory, name="n1", cluster=None, advertise=True):
         self.directory = directory
         self.name = name
         self.port = free_port()
         self.cluster = cluster  # (cluster name, own route port, [all route ports]) or None
+        #: Whether clients are told the other servers' addresses (off: a
+        #: client reaches only the URLs it was given, e.g. through a proxy).
+        self.advertise = advertise
         self.url = f"nats://127.0.0.1:{self.port}"
         self.log = []
         self.process = None
@@ -94,7 +97,8 @@ class NatsServer:
         if self.cluster is not None:
             name, own, ports = self.cluster
             routes = ", ".join(f"nats://127.0.0.1:{p}" for p in ports)
-            lines.append(f"cluster {{ name: {name}, listen: 127.0.0.1:{own}, routes: [{routes}] }}")
+            extra = "" if self.advertise else ", no_advertise: true"
+            lines.append(f"cluster {{ name: {name}, listen: 127.0.0.1:{own}, routes: [{routes}]{extra} }}")
         return "\n".join(lines) + "\n"
 
     def start(self):
@@ -156,10 +160,10 @@ def start_nats(testcase):
 class NatsCluster:
     """Three JetStream servers routed together; C{urls} for a client."""
 
-    def __init__(self, directory, size=3):
+    def __init__(self, directory, size=3, advertise=True):
         ports = [free_port() for _ in range(size)]
         self.servers = [
-            NatsServer(os.path.join(directory, f"n{i + 1}"), f"n{i + 1}", ("cairn-test", ports[i], ports))
+            NatsServer(os.path.join(directory, f"n{i + 1}"), f"n{i + 1}", ("cairn-test", ports[i], ports), advertise)
             for i in range(size)
         ]
 
@@ -190,8 +194,8 @@ def _meta_leader(line):
     return "metadata leader" in line and "has not" not in line
 
 
-def start_nats_cluster(testcase, size=3):
+def start_nats_cluster(testcase, size=3, advertise=True):
     """A JetStream cluster of C{size} servers (stopped by PID in cleanup); fires once a metadata leader is elected."""
-    cluster = NatsCluster(os.path.abspath(testcase.mktemp()), size)
+    cluster = NatsCluster(os.path.abspath(testcase.mktemp()), size, advertise)
     testcase.addCleanup(cluster.stop)
     return cluster.start().addCallback(lambda _: cluster)

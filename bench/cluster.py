@@ -1,0 +1,446 @@
+"""
+Cluster bench: two real C{twistd -n cairn} nodes sharing one identity on
+a 3-server NATS JetStream cluster (R3, C{sync_interval: always}), all on
+this machine's loopback, measured from one client process (issue 15):
+
+    python -m bench.cluster [--latency N] [--messages M] [--senders S]
+                            [--inflight F] [--relay-bytes B] [--relay-repeat R]
+                            [--quick]
+
+- B{cross-node delivery latency}: a sender on node 1 forwards 1 KiB
+  messages one at a time to a recipient whose session is on node 2; the
+  time from the forward call to the recipient's inbox callback, p50 and
+  p99 (target p50 <= 5 ms). The same with both on node 1 is printed as
+  its anchor (what one node gives on the same cluster).
+- B{aggregate enqueue rate}: S senders with F messages in flight each
+  (the next sent from the previous one's ForwardAck), spread over both
+  nodes, against the same senders all on node 1 alone, same cluster, same
+  run: the scaling ratio.
+- B{relay throughput}: bytes per second through a circuit between two
+  peers on different nodes against one between two peers on the same
+  node, for attached circuits (raw bytes over the spliced connections,
+  as C{bench/relay.py} measures) and RelayData circuits (channel messages
+  of the end-to-end session); target >= 0.9x. A kind of circuit the
+  deployment cannot give across nodes is reported as such, with the
+  node's answer.
+
+The nodes are started as C{twistd -n cairn} processes (the installed
+command, from the repository root), NATS by L{bench._jetstream.Servers};
+everything is stopped by PID at the end. Figures are wall-clock on a
+shared machine: read them as ratios against the anchors of the same run.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from twisted.internet import defer, task
+
+from bench._jetstream import Servers, _free_port
+from bench.relay import CHUNK, CIRCUIT_CHUNK, Pusher, Tally
+
+PSK = "bench pre-shared key, long enough to not be weak"
+SIZE = 1024
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LISTENING = re.compile(r"listening: tcp on 127\.0\.0\.1:(\d+)")
+#: Longest one measurement may take before it is abandoned (seconds).
+TIMEOUT = 300.0
+
+
+class Node:
+    """One C{twistd -n cairn} child; its log is read by a thread (kept: the last lines, for errors)."""
+
+    def __init__(self, name, data_dir, nats_urls, identity_file):
+        port = _free_port()
+        env = dict(
+            os.environ,
+            PYTHONPATH=REPO_ROOT,
+            CAIRN_DATA_DIR=data_dir,
+            CAIRN_IDENTITY_FILE=identity_file,
+            CAIRN_LISTEN=f"tcp:{port}:interface=127.0.0.1",
+            # Attached circuits between peers on different nodes attach here.
+            CAIRN_RELAY_ATTACH_ADDRESS=f"tcp://127.0.0.1:{port}",
+            CAIRN_WS_LISTEN="none",
+            CAIRN_MGMT_LISTEN="none",
+            CAIRN_PSK=PSK,
+            CAIRN_NODE_NAME=name,
+            CAIRN_CLUSTER_NATS=",".join(nats_urls),
+            CAIRN_CLUSTER_REPLICAS="3",
+            # Every bench client dials from 127.0.0.1.
+            CAIRN_MAX_HANDSHAKES_PER_SOURCE="1000000",
+            CAIRN_MAX_PENDING_PER_SOURCE="1000000",
+        )
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--nodaemon",
+            "--pidfile=",
+            "--logfile=-",
+            "cairn",
+        ]
+        self.name = name
+        self.lines = []
+        self.port = None
+        self._ready = threading.Event()
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(90) or self.port is None:
+            self.stop()
+            raise SystemExit(f"bench: {name} did not start:\n" + "".join(self.lines[-30:]))
+
+    def _read(self):
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            del self.lines[:-200]
+            found = _LISTENING.search(line)
+            if found and self.port is None:
+                self.port = int(found.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def address(self):
+        return f"tcp:host=127.0.0.1:port={self.port}"
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+class Deployment:
+    """3 NATS servers and C{count} cairn nodes with one identity."""
+
+    def __init__(self, count=2):
+        from cairn.crypto.identity import load_or_create_file
+
+        self.directory = tempfile.mkdtemp(prefix="cairn-bench-cluster-")
+        self.nats = Servers(3)
+        self.nodes = []
+        try:
+            # The deployment's one identity, as its secret (CAIRN_IDENTITY_FILE).
+            identity_file = os.path.join(self.directory, "identity.key")
+            load_or_create_file(identity_file)
+            for i in range(count):
+                data_dir = os.path.join(self.directory, f"node{i + 1}")
+                os.makedirs(data_dir, mode=0o700)
+                # One at a time: the first sets the JetStream layout up.
+                self.nodes.append(Node(f"node{i + 1}", data_dir, self.nats.urls, identity_file))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+        self.nats.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# Clients
+
+
+@defer.inlineCallbacks
+def paired(reactor, address):
+    """A new PSK-paired client and its session with the node at C{address}."""
+    from cairn.client import Client
+    from cairn.pairing import client as pairing
+
+    client = Client(reactor)
+    session = yield client.connect(address)
+    yield pairing.pair_psk(session, PSK)
+    return client, session
+
+
+@defer.inlineCallbacks
+def know(reactor, session, peer_id):
+    """
+    Fetch C{peer_id}'s key through C{session}, again until its node knows
+    the peer: a pairing made on another node reaches this one by the trust
+    bucket's watch, a moment later.
+    """
+    from cairn.mailbox import client as mailbox
+    from cairn.mailbox.client import UnknownRecipient
+
+    for _ in range(100):
+        try:
+            yield mailbox.mailbox(session.local).peer_key(session, peer_id)
+            return
+        except UnknownRecipient:
+            yield task.deferLater(reactor, 0.05, lambda: None)
+    raise RuntimeError(f"{peer_id} never became known to the sender's node")
+
+
+# Measurements
+
+
+@defer.inlineCallbacks
+def latency(reactor, sender_address, recipient_address, count, warm=20, patience=1.0):
+    """
+    Seconds from forward to the recipient's inbox, C{count} messages one at
+    a time (after C{warm}), and how many of them were not delivered within
+    C{patience} seconds: the next message is then sent anyway (its store
+    wakes the delivery up again) and the late one's latency counts when it
+    arrives, so a missed wake-up shows in the p99 instead of stalling the
+    bench.
+    """
+    from cairn.mailbox import client as mailbox
+    from cairn.mailbox.client import uuid7
+
+    bob, b = yield paired(reactor, recipient_address)
+    alice, a = yield paired(reactor, sender_address)
+    yield know(reactor, a, bob.peer_id)
+    sent, samples, late = {}, [], []
+    current = [None]
+
+    def arrived(sender, mid, data):
+        start = sent.pop(mid, None)
+        if start is not None and start[1] >= warm:
+            samples.append(time.perf_counter() - start[0])
+        if current[0] is not None and not current[0].called and mid == current[0].mid:
+            current[0].callback(None)
+
+    mailbox.set_inbox(bob.peer, arrived)
+    payload = os.urandom(SIZE)
+    for i in range(warm + count):
+        mid = uuid7()
+        delivered = current[0] = defer.Deferred()
+        delivered.mid = mid
+        sent[mid] = (time.perf_counter(), i)
+        yield mailbox.forward(a, bob.peer_id, payload, mid)
+        try:
+            yield delivered.addTimeout(patience, reactor)
+        except defer.TimeoutError:
+            late.append(i)
+    while sent:  # the last ones, if late, are woken by one more message
+        waiting = len(sent)
+        yield mailbox.forward(a, bob.peer_id, b"wake-up", uuid7())
+        yield task.deferLater(reactor, patience, lambda: None)
+        if len(sent) == waiting:
+            raise RuntimeError(f"{waiting} message(s) never delivered")
+    a.close()
+    b.close()
+    return samples, len([i for i in late if i >= warm])
+
+
+@defer.inlineCallbacks
+def enqueue_rate(reactor, addresses, messages, senders, inflight):
+    """Messages acknowledged per second: C{senders} sessions, the i-th on C{addresses[i % len]}, F lanes each."""
+    from cairn.mailbox import client as mailbox
+
+    bob, b = yield paired(reactor, addresses[0])
+    b.close()  # offline: every message is stored, none delivered meanwhile
+    sessions = []
+    for i in range(senders):
+        _, session = yield paired(reactor, addresses[i % len(addresses)])
+        sessions.append(session)
+    payload = os.urandom(SIZE)
+    lanes = senders * inflight
+    share, extra = divmod(messages, lanes)
+
+    @defer.inlineCallbacks
+    def lane(session, count):
+        for _ in range(count):
+            yield mailbox.forward(session, bob.peer_id, payload)
+
+    # The recipient's key is fetched once per sender before the clock starts.
+    yield defer.gatherResults([know(reactor, s, bob.peer_id) for s in sessions], consumeErrors=True)
+    start = time.perf_counter()
+    yield defer.gatherResults(
+        [lane(sessions[n % senders], share + (1 if n < extra else 0)) for n in range(lanes)], consumeErrors=True
+    ).addTimeout(TIMEOUT, reactor)
+    rate = messages / (time.perf_counter() - start)
+    for session in sessions:
+        session.close()
+    return rate
+
+
+@defer.inlineCallbacks
+def relay_rate(reactor, address_a, address_b, size, mode):
+    """
+    Bytes per second through one circuit from a peer on C{address_a} to one
+    on C{address_b}; C{mode} C{raw} (attached circuit, raw bytes over its
+    two spliced connections) or C{relaydata} (RelayData circuit, channel
+    messages). Fires with the rate, or with the refusal as text.
+    """
+    from cairn.relay.attached import AttachProtocol
+    from cairn.relay.client import RouteRefused, relay_endpoint, relay_to
+    from cairn.wire.constants import RouteStatus
+
+    bob, node_b = yield paired(reactor, address_b)
+    alice, node_a = yield paired(reactor, address_a)
+    relay_endpoint(alice).attach = mode == "raw"
+    relay_endpoint(bob).attach = mode == "raw"
+    accepted = defer.Deferred()
+    relay_endpoint(bob).on_session = accepted.callback
+    tally = Tally(size)
+    try:
+        # The target's node session reaches the requester's node through the
+        # deployment's presence, a moment after it is made: ask again meanwhile.
+        for attempt in range(100):
+            try:
+                a = yield relay_to(alice, node_a, bob.peer_id).addTimeout(60, reactor)
+                break
+            except RouteRefused as e:
+                if e.status != RouteStatus.OFFLINE or attempt == 99:
+                    raise
+                yield task.deferLater(reactor, 0.05, lambda: None)
+        b = yield accepted.addTimeout(60, reactor)
+    except RouteRefused as e:
+        return f"refused ({e})"
+    except defer.TimeoutError:
+        return "no circuit within 60 s"
+    except Exception as e:  # a measurement that cannot be made is reported, not fatal
+        return f"no circuit ({type(e).__name__}: {e})"
+    if mode == "raw":
+        sender, receiver = a.connection.transport, b.connection.transport
+        if not isinstance(sender, AttachProtocol):
+            return "the node gave a RelayData circuit, not an attached one"
+        receiver.dataReceived = tally.add
+        pusher = Pusher(sender.transport.write, size, b"\x00" * CHUNK)
+        sender.transport.registerProducer(pusher, True)
+    else:
+        b.on_channel = lambda channel: setattr(channel, "on_data", tally.add)
+        pusher = Pusher(a.open_channel("bulk").send, size, b"\x00" * CIRCUIT_CHUNK)
+        a.connection.transport.registerProducer(pusher, True)
+    start = time.perf_counter()
+    pusher.resumeProducing()
+    try:
+        yield tally.done.addTimeout(TIMEOUT, reactor)
+    except defer.TimeoutError:
+        return f"did not complete ({tally.got} of {size} bytes in {TIMEOUT:.0f} s)"
+    rate = size / (time.perf_counter() - start)
+    for session in (a, b, node_a, node_b):
+        session.close()
+    return rate
+
+
+# Report
+
+
+def percentile(samples, p):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def show_latency(label, samples):
+    p50, p99 = percentile(samples, 50) * 1e3, percentile(samples, 99) * 1e3
+    return f"{label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean {statistics.mean(samples) * 1e3:.2f} ms"
+
+
+def show_rate(value, unit="MiB/s"):
+    if isinstance(value, str):
+        return value
+    return f"{value / 2**20:.1f} {unit}"
+
+
+def run(args):
+    from twisted.internet import reactor
+
+    deployment = Deployment(2)
+    node1, node2 = deployment.nodes
+    results = {}
+
+    @defer.inlineCallbacks
+    def measure(reactor):
+        results["cross"] = yield latency(reactor, node1.address, node2.address, args.latency)
+        results["same"] = yield latency(reactor, node1.address, node1.address, args.latency)
+        one = [node1.address]
+        spread = [node1.address, node2.address]
+        results["one"] = yield enqueue_rate(reactor, one, args.messages, args.senders, args.inflight)
+        results["spread"] = yield enqueue_rate(reactor, spread, args.messages, args.senders, args.inflight)
+        # Alternating, so that a change of the machine's load hits both alike; the median of each.
+        for mode in ("raw", "relaydata"):
+            runs = {"same": [], "cross": []}
+            for _ in range(args.relay_repeat):
+                for where, target in (("same", node1), ("cross", node2)):
+                    rate = yield relay_rate(reactor, node1.address, target.address, args.relay_bytes, mode)
+                    runs[where].append(rate)
+            for where, rates in runs.items():
+                failed = [r for r in rates if isinstance(r, str)]
+                results[mode, where] = failed[0] if failed else statistics.median(rates)
+                results[mode, where, "all"] = rates
+
+    failures = []
+
+    def go():
+        d = measure(reactor)
+        d.addErrback(failures.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    try:
+        reactor.callWhenRunning(go)
+        reactor.run()
+    finally:
+        deployment.stop()
+    if failures:
+        for node in deployment.nodes:
+            print(f"===== {node.name} (last lines)\n" + "".join(node.lines[-40:]), file=sys.stderr)
+        failures[0].raiseException()
+    return results
+
+
+def report(results, args):
+    print("cluster: 2 cairn nodes (twistd -n cairn, one identity) + 3 NATS (R3, sync_interval: always), loopback")
+    (cross, cross_late), (same, same_late) = results["cross"], results["same"]
+    print(
+        show_latency(f"cross-node delivery latency ({len(cross)} x 1 KiB, one at a time)", cross)
+        + f"; {cross_late} not delivered within 1 s (until a later message)"
+    )
+    print(
+        show_latency("same-node delivery latency (anchor)", same)
+        + f"; {same_late} not delivered within 1 s (until a later message)"
+    )
+    print(
+        f"cross-node p50 {percentile(cross, 50) * 1e3:.2f} ms (target <= 5 ms);"
+        f" ratio cross/same p50 = {percentile(cross, 50) / percentile(same, 50):.2f}"
+    )
+    spread, one = results["spread"], results["one"]
+    print(
+        f"enqueue ({args.messages} x 1 KiB, {args.senders} senders x {args.inflight} in flight):"
+        f" spread over 2 nodes {spread:.0f} msg/s, all on node 1 {one:.0f} msg/s,"
+        f" scaling ratio spread/one = {spread / one:.2f}"
+    )
+    for mode, label in (("raw", "attached"), ("relaydata", "RelayData")):
+        cross, same = results[mode, "cross"], results[mode, "same"]
+        size = show_rate(args.relay_bytes, "MiB")
+        line = f"relay {label} ({size}, median of {args.relay_repeat}): across nodes {show_rate(cross)}"
+        line += f", one node {show_rate(same)}"
+        if isinstance(cross, float) and isinstance(same, float):
+            line += f", ratio across/one = {cross / same:.2f} (target >= 0.9)"
+            runs = [
+                (show_rate(c), show_rate(o))
+                for c, o in zip(results[mode, "cross", "all"], results[mode, "same", "all"])
+            ]
+            line += "; runs (across, one): " + ", ".join(f"({c}, {o})" for c, o in runs)
+        print(line)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=int, default=200, help="messages timed one at a time")
+    parser.add_argument("--messages", type=int, default=4000, help="messages per enqueue measurement")
+    parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--inflight", type=int, default=8, help="messages in flight per sender")
+    parser.add_argument("--relay-bytes", type=int, default=64 * 2**20, help="bytes through each circuit")
+    parser.add_argument("--relay-repeat", type=int, default=3, help="circuits of each kind measured (median)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run, figures meaningless)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.latency, args.messages, args.senders, args.inflight = 20, 200, 4, 2
+        args.relay_bytes, args.relay_repeat = 2**20, 1
+    report(run(args), args)
+
+
+if __name__ == "__main__":
+    main()

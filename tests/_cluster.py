@@ -1,0 +1,337 @@
+"""
+Several real cairn nodes as one deployment, for the multi-node tests and
+C{bench/cluster.py}: a 3-server NATS JetStream cluster (L{tests._nats})
+and N C{twistd -n cairn} processes (L{tests.test_twistd.start_twistd})
+on 127.0.0.1, ports picked free, each node with its own data directory
+under the test's temp dir, one shared identity key (C{CAIRN_IDENTITY_FILE},
+as a deployment's secret), its own C{CAIRN_NODE_NAME}, and its cairn TCP
+address as C{CAIRN_RELAY_ATTACH_ADDRESS} (attached relay circuits across
+nodes); the TCP port is chosen before the start, so a restarted node keeps
+its address.
+
+Every process is stopped by its PID in the test's cleanup (SIGKILL: the
+tests are about what survives that anyway); every wait is bounded
+(L{tests._harness.eventually}) and driven by the processes' own log
+lines, never by sleeps.
+
+A node can be given its NATS servers through L{NatsProxy} forwarders
+that the test cuts and heals, to partition that node (and only it) from
+NATS: the servers are then started with C{no_advertise}, so that nats-py
+does not learn their direct addresses and go around the proxies.
+"""
+
+import json
+import os
+import signal
+
+import treq
+from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.web.client import HTTPConnectionPool
+
+from cairn.client import Client
+from cairn.crypto.identity import load_or_create_file
+from cairn.pairing import client as pairing
+from tests._harness import drop_all, eventually, one_person, track_connections
+from tests._nats import free_port, start_nats_cluster
+from tests.test_twistd import start_twistd
+
+PSK = "a long pre-shared key for the multi-node tests"
+TOKEN = "a management token for the multi-node tests"
+
+
+class _Splice(protocol.Protocol):
+    """One side of a proxied connection; what it reads goes to its C{other}."""
+
+    other = None
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.buffered = []
+
+    def dataReceived(self, data):
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+        else:
+            self.buffered.append(data)
+
+    def connectionLost(self, reason=None):
+        self.proxy.open.discard(self)
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.loseConnection()
+
+
+class _Inbound(_Splice):
+    def connectionMade(self):
+        self.proxy.open.add(self)
+        self.transport.pauseProducing()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target, timeout=5)
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Splice(self.proxy)))
+        d.addCallbacks(self._connected, lambda _: self.transport.abortConnection())
+
+    def _connected(self, outbound):
+        if self.transport.disconnected:
+            outbound.transport.abortConnection()
+            return
+        self.proxy.open.add(outbound)
+        self.other, outbound.other = outbound, self
+        for data in self.buffered:
+            outbound.transport.write(data)
+        self.buffered = []
+        self.transport.resumeProducing()
+
+
+class NatsProxy:
+    """
+    A TCP forwarder to one NATS server on a port of its own, so that a test
+    can drop one node's NATS connections (L{cut}: every connection aborted,
+    new ones refused) and restore them (L{heal}, same port).
+
+    Hand-written rather than L{twisted.protocols.portforward}: that one
+    cannot abort what it forwards, which is the point here.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.open = set()
+        self.listening = None
+
+    @defer.inlineCallbacks
+    def heal(self):
+        """Listen (again) on the proxy's port."""
+        if self.listening is None:
+            endpoint = TCP4ServerEndpoint(reactor, self.port, interface="127.0.0.1")
+            self.listening = yield endpoint.listen(protocol.Factory.forProtocol(lambda: _Inbound(self)))
+
+    @defer.inlineCallbacks
+    def cut(self):
+        """Stop listening and abort every connection through the proxy."""
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            yield listening.stopListening()
+        for side in list(self.open):
+            if side.transport is not None:
+                side.transport.abortConnection()
+
+
+class Node:
+    """
+    One C{twistd -n cairn} process of a L{Deployment}.
+
+    @ivar proc: its L{tests.test_twistd.TwistdProcess} (log in C{proc.output}).
+    @ivar address: its cairn TCP listener, as a client endpoint string.
+    @ivar mgmt: its management API base URL.
+    """
+
+    def __init__(self, deployment, name, data_dir, nats_urls):
+        self.deployment = deployment
+        self.name = name
+        self.data_dir = data_dir
+        self.nats_urls = nats_urls
+        self.tcp_port = free_port()
+        self.proc = None
+        self.ports = {}
+        self.runs = []  # every process this node ran, for the log
+
+    @property
+    def address(self):
+        return f"tcp:host=127.0.0.1:port={self.ports['tcp']}"
+
+    @property
+    def ws_address(self):
+        return f"ws://127.0.0.1:{self.ports['websocket']}/"
+
+    @property
+    def mgmt(self):
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+    @property
+    def log(self):
+        return "".join("".join(proc.output) for proc in self.runs)
+
+    def start(self, **settings):
+        """Start the process (again: same data directory); fires with its ports once all listen."""
+        env = dict(
+            CAIRN_LISTEN=f"tcp:{self.tcp_port}:interface=127.0.0.1",
+            CAIRN_RELAY_ATTACH_ADDRESS=f"tcp://127.0.0.1:{self.tcp_port}",
+            CAIRN_IDENTITY_FILE=self.deployment.identity_file,
+            CAIRN_PSK=PSK,
+            CAIRN_MGMT_LISTEN="tcp:0:interface=127.0.0.1",
+            CAIRN_MGMT_TOKEN=TOKEN,
+            CAIRN_NODE_NAME=self.name,
+            CAIRN_CLUSTER_NATS=",".join(self.nats_urls),
+            CAIRN_CLUSTER_REPLICAS=str(self.deployment.replicas),
+        )
+        env.update(self.deployment.settings)
+        env.update(settings)
+        self.proc = start_twistd(self.data_dir, expected=("tcp", "websocket", "management"), **env)
+        self.runs.append(self.proc)
+
+        def listening(ports):
+            self.ports = ports
+            return ports
+
+        return eventually(self.proc.listening, 90).addCallback(listening)
+
+    def kill(self, sig=signal.SIGKILL):
+        """Signal the process by its PID; fires once it has ended."""
+        proc = self.proc
+        if proc is None or proc.ended.called:
+            return defer.succeed(None)
+        try:
+            proc.transport.signalProcess({signal.SIGKILL: "KILL", signal.SIGTERM: "TERM"}.get(sig, sig))
+        except error.ProcessExitedAlready:
+            pass
+        return eventually(proc.ended, 60)
+
+    def wait_for(self, text, count=1, timeout=30):
+        """Fires once C{text} appeared C{count} times in this run's log."""
+        return eventually(self.proc.wait_for(text, count), timeout)
+
+    @defer.inlineCallbacks
+    def api(self, method, path, body=None):
+        """Call the node's management API; fires with (status code, decoded JSON body)."""
+        headers = {b"Authorization": [b"Bearer " + TOKEN.encode()]}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers[b"Content-Type"] = [b"application/json"]
+        response = yield eventually(
+            treq.request(method, self.mgmt + path, data=data, headers=headers, pool=self.deployment.pool), 30
+        )
+        content = yield eventually(response.content(), 30)
+        return response.code, json.loads(content) if content else None
+
+
+class Deployment:
+    """
+    3 NATS servers and N cairn nodes sharing one identity; library clients of it.
+
+    @ivar nats: the L{tests._nats.NatsCluster}.
+    @ivar nodes: the L{Node}s, by index (C{nodes[0]} is "node1").
+    @ivar proxies: node name -> its L{NatsProxy}s, for the nodes started behind proxies.
+    """
+
+    def __init__(self, testcase, nats, directory, replicas=3, settings=None):
+        self.testcase = testcase
+        self.nats = nats
+        self.directory = directory
+        self.replicas = replicas
+        self.settings = dict(settings or {})
+        self.nodes = []
+        self.proxies = {}
+        self.connections = []
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # One identity for every node: peers see one server whichever they reach.
+        self.identity_file = os.path.join(directory, "deployment-identity.key")
+        self.peer_id = load_or_create_file(self.identity_file).peer_id
+
+    @defer.inlineCallbacks
+    def add_node(self, proxied=False, **settings):
+        """A new node (not started) with a data directory of its own."""
+        name = f"node{len(self.nodes) + 1}"
+        data_dir = os.path.join(self.directory, name)
+        os.makedirs(data_dir, mode=0o700)
+        urls = self.nats.urls
+        if proxied:
+            proxies = [NatsProxy(server.port) for server in self.nats.servers]
+            for proxy in proxies:
+                self.testcase.addCleanup(proxy.cut)
+                yield proxy.heal()
+            self.proxies[name] = proxies
+            urls = [p.url for p in proxies]
+        node = Node(self, name, data_dir, urls)
+        self.nodes.append(node)
+        self.testcase.addCleanup(node.kill)
+        return node
+
+    def cut(self, node):
+        """Drop C{node}'s NATS connections and refuse new ones (it must have been added C{proxied})."""
+        return defer.gatherResults([p.cut() for p in self.proxies[node.name]])
+
+    def heal(self, node):
+        return defer.gatherResults([p.heal() for p in self.proxies[node.name]])
+
+    # Clients
+
+    def client(self, failover=False):
+        """
+        A new device of one person (one sync group key). Its sessions' timers
+        are on a Clock of its own, or with C{failover} on the reactor: it
+        resumes a dropped session by itself and, refused by a node that does
+        not know it, moves to the deployment's next address (L{Client}
+        C{auto_resume}); its sessions are closed before the nodes stop.
+        """
+        if failover:
+            client = Client(reactor, auto_resume=True)
+            self.testcase.addCleanup(self._close_sessions, client)
+        else:
+            client = Client(reactor, clock=task.Clock())
+        track_connections(client.peer, self.connections)
+        self.keyring = one_person(client, keyring=getattr(self, "keyring", None))
+        return client
+
+    @staticmethod
+    def _close_sessions(client):
+        for session in list(client.peer.sessions.values()):
+            if session.closed is None:
+                session.close()
+
+    @staticmethod
+    def _addresses(nodes):
+        return [n.address for n in nodes] if isinstance(nodes, (list, tuple)) else nodes.address
+
+    @defer.inlineCallbacks
+    def paired(self, client, nodes):
+        """Pair C{client} by PSK through C{nodes} (a node or a list, first answering used); fires with the session."""
+        session = yield eventually(client.connect(self._addresses(nodes)), 30)
+        yield eventually(pairing.pair_psk(session, PSK), 30)
+        return session
+
+    def connect(self, client, nodes):
+        return eventually(client.connect(self._addresses(nodes)), 30)
+
+    @defer.inlineCallbacks
+    def known(self, node, *peer_ids, connected=False):
+        """
+        Fires once C{node} lists every one of C{peer_ids} as paired (and with
+        C{connected}, as connected to some node): a pairing or a session made
+        on another node reaches it through the trust bucket's watch and the
+        deployment's presence, a moment later. Asked again after each
+        answer, never on a timer.
+        """
+        for _ in range(1000):
+            code, peers = yield node.api("GET", "/peers")
+            if code == 200:
+                listed = {p["peer_id"] for p in peers if p["connected"] or not connected}
+                if set(peer_ids) <= listed:
+                    return
+        raise AssertionError(f"{node.name} never listed {peer_ids} as paired (connected: {connected})")
+
+    def show_logs(self):
+        """Print every node's log (set C{CAIRN_TEST_SHOW} to see them after each test)."""
+        for node in self.nodes:
+            print(f"===== {node.name}\n{node.log}")
+
+
+@defer.inlineCallbacks
+def start_deployment(testcase, nodes=2, proxied=(), replicas=3, **settings):
+    """
+    A 3-server NATS cluster and C{nodes} started cairn nodes (those whose
+    index is in C{proxied} reach NATS through L{NatsProxy}s); fires with the
+    L{Deployment}. Everything is stopped by PID in C{testcase}'s cleanup.
+    """
+    nats = yield start_nats_cluster(testcase, advertise=not proxied)
+    deployment = Deployment(testcase, nats, os.path.abspath(testcase.mktemp()), replicas, settings)
+    testcase.addCleanup(lambda: drop_all(deployment.connections))
+    if os.environ.get("CAIRN_TEST_SHOW"):
+        testcase.addCleanup(deployment.show_logs)
+    for index in range(nodes):
+        yield deployment.add_node(proxied=index in proxied)
+    # One at a time: the first sets the JetStream layout up, the others find it.
+    for node in deployment.nodes:
+        yield node.start()
+    return deployment

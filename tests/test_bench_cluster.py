@@ -1,0 +1,47 @@
+"""
+Smoke test of C{bench/cluster.py}: a tiny run (2 real nodes, 3 NATS)
+prints every figure line. Nothing here asserts a speed.
+"""
+
+import os
+import sys
+
+from twisted.internet import utils
+from twisted.trial import unittest
+
+from tests._nats import nats_server_binary
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LINES = (
+    "cross-node delivery latency (20 x 1 KiB, one at a time): p50 ",
+    "same-node delivery latency (anchor): p50 ",
+    "(target <= 5 ms); ratio cross/same p50 = ",
+    "scaling ratio spread/one = ",
+    "relay attached (1.0 MiB, median of 1): across nodes ",
+    "relay RelayData (1.0 MiB, median of 1): across nodes ",
+)
+
+
+class ClusterBenchTests(unittest.TestCase):
+    timeout = 600
+
+    def test_quick_run_prints_every_figure(self):
+        """bench.cluster --quick starts and stops its processes and prints latency, scaling and relay lines."""
+        nats_server_binary()  # skips without nats-server, except under CI
+        d = utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "bench.cluster", "--quick"], env=dict(os.environ), path=REPO_ROOT
+        )
+
+        def check(result):
+            out, err, code = result
+            output = out.decode("utf-8")
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            for text in LINES:
+                self.assertIn(text, output)
+            # The single-node circuits are the anchors: they must give a figure.
+            for line in output.splitlines():
+                if line.startswith("relay "):
+                    self.assertRegex(line, r"one node \d+\.\d MiB/s")
+
+        return d.addCallback(check)
