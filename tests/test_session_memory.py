@@ -13,7 +13,7 @@ from cairn.crypto.identity import Identity
 from cairn.session.peer import Peer
 from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
-from cairn.wire.constants import MessageType
+from cairn.wire.constants import HEADER_SIZE, MessageType
 from cairn.wire.envelope import decode
 from tests._harness import SETTINGS, drop_all, eventually, track_connections
 from tests.fuzz.targets import InMemoryNode
@@ -110,3 +110,24 @@ class WebSocketShedTests(unittest.TestCase):
         session.register_handler(0xF002, lambda _, body: back.callback(body))
         server_session.send(0xF002, {"y": 2})
         self.assertEqual((yield eventually(back)), {"y": 2})
+
+    @defer.inlineCallbacks
+    def test_protocol_options_not_copied_per_connection(self):
+        """The node's WebSocket protocol reads autobahn's options from its class, not from ~30 per-instance copies."""
+        client = Client(reactor, Identity.generate(), clock=task.Clock(), **SETTINGS)
+        track_connections(client.peer, self.connections)
+        session = yield eventually(client.connect(f"ws://127.0.0.1:{self.port.getHost().port}/"))
+        got = defer.Deferred()
+        self.server.register_handler(0xF001, lambda server_session, body: got.callback(server_session))
+        session.send(0xF001, {"x": 1})
+        transport = (yield eventually(got)).connection.transport
+        self.assertEqual(set(vars(transport)) & set(transport.CONFIG_ATTRS), set())
+        self.assertEqual(transport.maxMessagePayloadSize, self.server.max_payload + HEADER_SIZE)
+        self.assertTrue(transport.allowNullOrigin)
+
+    def test_later_options_reach_new_connections(self):
+        """An option set on the factory after it was made applies to the protocols it builds next."""
+        factory = server_factory(self.server)
+        factory.setProtocolOptions(autoPingInterval=7)
+        self.assertEqual(factory.protocol.autoPingInterval, 7)
+        self.assertEqual(factory.protocol._unbaked.__name__, "ServerProtocol")
