@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from cairn.client import Client
 from cairn.crypto.identity import Identity
+from cairn.mailbox import service as mailbox_service
 from cairn.session.peer import Peer
 from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
@@ -42,6 +43,37 @@ class ResendBufferTests(unittest.TestCase):
         before = len(transport.written)
         session.resend_after(seq2 - 1)
         self.assertEqual(len(transport.written), before + 1)
+
+
+class MailboxOutboxTests(unittest.TestCase):
+    """A session's mailbox outbox holds its window's containers only while something is in flight."""
+
+    def test_idle_outbox_holds_no_containers(self):
+        outbox = mailbox_service._Outbox(session=None)
+        self.assertFalse(hasattr(outbox, "__dict__"))
+        self.assertIs(outbox.inflight, mailbox_service._NOTHING)
+        self.assertIs(outbox.rinflight, mailbox_service._NO_RECEIPTS)
+        self.assertEqual((len(outbox.inflight), len(outbox.rinflight)), (0, 0))
+
+    def test_made_when_used_and_freed_when_acknowledged(self):
+        outbox = mailbox_service._Outbox(session=None)
+        outbox.delivered(1, 10)
+        outbox.delivered(2, 20)
+        self.assertEqual(list(outbox.inflight.items()), [(1, 10), (2, 20)])
+        outbox.acknowledged([], 1)
+        self.assertEqual((list(outbox.inflight), outbox.inflight_bytes, outbox.cursor), ([2], 20, 2))
+        outbox.acknowledged([2], 0)
+        self.assertIs(outbox.inflight, mailbox_service._NOTHING)
+        self.assertEqual(outbox.inflight_bytes, 0)
+        outbox.receipts_sent(iter([5, 6]))
+        self.assertEqual(outbox.rinflight, {5, 6})
+        outbox.receipts_acknowledged([5])
+        self.assertEqual(outbox.rinflight, {6})
+        outbox.receipts_acknowledged([6, 7])
+        self.assertIs(outbox.rinflight, mailbox_service._NO_RECEIPTS)
+        outbox.acknowledged([3], 9)  # nothing in flight: nothing to do
+        outbox.receipts_acknowledged([8])
+        self.assertIs(outbox.inflight, mailbox_service._NOTHING)
 
 
 class KeepaliveTimerTests(unittest.TestCase):

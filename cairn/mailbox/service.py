@@ -19,6 +19,7 @@ behind L{paired_only}) and a session observer on the node's L{Peer}:
 """
 
 from collections import Counter, OrderedDict
+from types import MappingProxyType
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -50,21 +51,45 @@ _REASONS = {
 }
 
 
+#: What an outbox holds while nothing is in flight (most idle sessions):
+#: the window's containers are made on the first delivery or receipt sent
+#: and freed when all is acknowledged (an empty set is 216 bytes, an empty
+#: OrderedDict 128; issue 20).
+_NOTHING = MappingProxyType({})
+_NO_RECEIPTS = frozenset()
+
+
 class _Outbox:
     """What one session has been sent and not yet acknowledged."""
+
+    __slots__ = (
+        "session",
+        "cursor",
+        "inflight",
+        "inflight_bytes",
+        "rcursor",
+        "rinflight",
+        "fetching",
+        "rfetching",
+        "again",
+        "ragain",
+        "retry",
+    )
 
     def __init__(self, session):
         self.session = session
         self.cursor = 0  # the highest seq delivered on this session
-        self.inflight = OrderedDict()  # seq -> size, in seq order
+        self.inflight = _NOTHING  # seq -> size, in seq order (an OrderedDict once used)
         self.inflight_bytes = 0
         self.rcursor = 0
-        self.rinflight = set()
+        self.rinflight = _NO_RECEIPTS  # rseqs sent, unacknowledged (a set once used)
         self.fetching = self.rfetching = False
         self.again = self.ragain = False
         self.retry = None  # the DelayedCall that reads again after a failed read
 
     def delivered(self, seq, size):
+        if self.inflight is _NOTHING:
+            self.inflight = OrderedDict()
         self.inflight[seq] = size
         self.inflight_bytes += size
         self.cursor = seq
@@ -72,6 +97,8 @@ class _Outbox:
     def acknowledged(self, seqs, upto):
         """Free the window of C{seqs} and of every seq up to C{upto}."""
         inflight = self.inflight
+        if inflight is _NOTHING:
+            return
         while inflight:
             seq = next(iter(inflight))
             if seq > upto:
@@ -79,6 +106,19 @@ class _Outbox:
             self.inflight_bytes -= inflight.popitem(last=False)[1]
         for seq in seqs:
             self.inflight_bytes -= inflight.pop(seq, 0)
+        if not inflight:
+            self.inflight = _NOTHING
+
+    def receipts_sent(self, rseqs):
+        if self.rinflight is _NO_RECEIPTS:
+            self.rinflight = set()
+        self.rinflight.update(rseqs)
+
+    def receipts_acknowledged(self, rseqs):
+        if self.rinflight is not _NO_RECEIPTS:
+            self.rinflight.difference_update(rseqs)
+            if not self.rinflight:
+                self.rinflight = _NO_RECEIPTS
 
 
 class MailboxService(StoreService):
@@ -252,7 +292,7 @@ class MailboxService(StoreService):
             self._delete_delivered(peer_id, seqs, upto)
         if rseqs:
             if outbox is not None:
-                outbox.rinflight.difference_update(rseqs)
+                outbox.receipts_acknowledged(rseqs)
             self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
         if outbox is not None:
             self._pump(outbox)
@@ -399,7 +439,7 @@ class MailboxService(StoreService):
                 }
                 if not self._send(session, MessageType.FORWARD_RECEIPT, body):
                     return
-                outbox.rinflight.update(r.rseq for r in batch)
+                outbox.receipts_sent(r.rseq for r in batch)
                 outbox.rcursor = batch[-1].rseq
             if outbox.ragain:
                 self._pump_receipts(outbox)
@@ -487,7 +527,8 @@ class MailboxService(StoreService):
             outbox.delivered(seq, size)
         outbox.cursor = state["cursor"]
         outbox.rcursor = state["rcursor"]
-        outbox.rinflight = set(state["rinflight"])
+        if state["rinflight"]:
+            outbox.receipts_sent(state["rinflight"])
 
     # Management (the JSON and the metrics are built in cairn.mailbox.report)
 
