@@ -28,6 +28,11 @@ class ResendBufferTests(unittest.TestCase):
         self.assertEqual(session.buffered(), (0, 0))
         self.assertEqual(session._unacked, ())
 
+    def test_session_attributes_in_slots(self):
+        """A session's own attributes are slots: no instance dict (~1.5 KB once it held them all)."""
+        connection, _, _ = InMemoryNode().session()
+        self.assertEqual(vars(connection.session), {})
+
     def test_buffer_made_on_send_and_freed_on_ack(self):
         """A buffered envelope makes the buffer; the ack that empties it frees it; resend still works."""
         connection, transport, cipher = InMemoryNode().session()
