@@ -12,6 +12,7 @@ from cairn.client import Client
 from cairn.crypto.identity import Identity
 from cairn.mailbox import service as mailbox_service
 from cairn.session.peer import Peer
+from cairn.transport import websocket
 from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
 from cairn.wire.constants import HEADER_SIZE, MessageType
@@ -159,6 +160,12 @@ class WebSocketShedTests(unittest.TestCase):
         session.send(0xF001, {"x": 1})
         transport = (yield eventually(got)).connection.transport
         self.assertEqual(set(vars(transport)) & set(transport.CONFIG_ATTRS), set())
+        # Neither state at rest nor the opening handshake's leftovers: a
+        # dict of the next size down (0.8 KB, not 1.6 KB).
+        shed = set(websocket._AT_REST) | set(websocket._HANDSHAKE_ONLY)
+        self.assertEqual(set(vars(transport)) & shed, set())
+        self.assertFalse(transport.wasClean)
+        self.assertIsNone(transport.autoPingPendingCall)
         self.assertEqual(transport.maxMessagePayloadSize, self.server.max_payload + HEADER_SIZE)
         self.assertTrue(transport.allowNullOrigin)
 
