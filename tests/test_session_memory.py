@@ -175,3 +175,32 @@ class WebSocketShedTests(unittest.TestCase):
         factory.setProtocolOptions(autoPingInterval=7)
         self.assertEqual(factory.protocol.autoPingInterval, 7)
         self.assertEqual(factory.protocol._unbaked.__name__, "ServerProtocol")
+
+
+class MailboxPeerIndexTests(unittest.TestCase):
+    """The mailbox finds a peer's sessions through an index, not a scan of every session (issue 20)."""
+
+    def test_outboxes_of_a_peer(self):
+        from types import SimpleNamespace
+
+        from cairn.mailbox.store import MemoryMailboxStore
+
+        clock = task.Clock()
+        trust = SimpleNamespace(is_paired=lambda peer_id: True)
+        service = mailbox_service.MailboxService(Peer(Identity.generate(), clock), trust, MemoryMailboxStore(), clock)
+        sessions = [
+            SimpleNamespace(session_id=bytes([i]), remote_peer_id=peer, closed=None, attached=False)
+            for i, peer in enumerate(["a", "a", "b"])
+        ]
+        for session in sessions:
+            service.session_established(session)
+        service.session_established(sessions[0])  # again: still one outbox for it
+        self.assertEqual(sorted(o.session.session_id for o in service._outboxes_of("a")), [b"\0", b"\1"])
+        self.assertEqual([o.session for o in service._outboxes_of("b")], sessions[2:])
+        self.assertEqual(service._outboxes_of("c"), ())
+        service.session_closed(sessions[0])
+        self.assertEqual([o.session for o in service._outboxes_of("a")], sessions[1:2])
+        service.session_closed(sessions[1])
+        service.session_closed(sessions[1])
+        self.assertEqual(service._outboxes_of("a"), ())
+        self.assertEqual(service._by_peer.keys(), {"b"})

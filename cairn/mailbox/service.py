@@ -159,6 +159,10 @@ class MailboxService(StoreService):
         self.statuses = Counter()
         self.delivered = 0
         self._outboxes = {}  # session id -> _Outbox
+        #: peer id -> a tuple of its sessions' outboxes: a stored message or
+        #: receipt finds its peer's sessions without a scan of every session
+        #: (a few ms each at 100,000 sessions, issue 20).
+        self._by_peer = {}
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
         handlers = {
@@ -340,7 +344,25 @@ class MailboxService(StoreService):
     # Delivery
 
     def _outboxes_of(self, peer_id):
-        return [o for o in list(self._outboxes.values()) if o.session.remote_peer_id == peer_id]
+        return self._by_peer.get(peer_id, ())
+
+    def _add_outbox(self, session):
+        self._remove_outbox(session)  # one per session
+        outbox = self._outboxes[session.session_id] = _Outbox(session)
+        peer_id = session.remote_peer_id
+        self._by_peer[peer_id] = self._by_peer.get(peer_id, ()) + (outbox,)
+        return outbox
+
+    def _remove_outbox(self, session):
+        outbox = self._outboxes.pop(session.session_id, None)
+        if outbox is not None:
+            peer_id = session.remote_peer_id
+            left = tuple(o for o in self._by_peer.get(peer_id, ()) if o is not outbox)
+            if left:
+                self._by_peer[peer_id] = left
+            else:
+                self._by_peer.pop(peer_id, None)
+        return outbox
 
     def _deliver_to(self, recipient):
         for outbox in self._outboxes_of(recipient):
@@ -484,7 +506,7 @@ class MailboxService(StoreService):
 
     def session_established(self, session):
         if self.trust.is_paired(session.remote_peer_id):
-            outbox = self._outboxes[session.session_id] = _Outbox(session)
+            outbox = self._add_outbox(session)
             self._pump(outbox)
             self._pump_receipts(outbox)
 
@@ -498,7 +520,7 @@ class MailboxService(StoreService):
         self._pump_receipts(outbox)
 
     def session_closed(self, session):
-        self._forget(self._outboxes.pop(session.session_id, None))
+        self._forget(self._remove_outbox(session))
 
     # Across a clean restart (docs/protocol.md §16): the outbox comes back
     # with its session, so that what the session's resend buffer holds
@@ -522,7 +544,7 @@ class MailboxService(StoreService):
         # Trust is not loaded yet at restore; every push asks it anyway.
         if state is None:
             return
-        outbox = self._outboxes[session.session_id] = _Outbox(session)
+        outbox = self._add_outbox(session)
         for seq, size in state["inflight"]:
             outbox.delivered(seq, size)
         outbox.cursor = state["cursor"]
