@@ -82,7 +82,7 @@ def main(argv=None):
     s.add_argument("--pair", action="store_true", help="accept PSK pairing with the bench's PSK")
     s.add_argument("--backlog", type=int, default=None)
     s.add_argument("--tracemalloc", action="store_true")
-    s.add_argument("--unpaired-limits", default=None, help="TTL:TOTAL:PER_SOURCE of unpaired sessions")
+    s.add_argument("--unpaired-limits", default=None, help="[TTL]:TOTAL:PER_SOURCE of unpaired sessions")
 
     s = roles.add_parser("sessions", help=argparse.SUPPRESS)
     for name in ("--tcp", "--websocket", "--first", "--count", "--concurrency"):

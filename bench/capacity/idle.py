@@ -32,6 +32,11 @@ def idle(reactor, args):
         if not args.paired:
             # Idle unpaired sessions from one address: lift the bounds on them.
             options += ["--unpaired-limits", "3600:1000000000:1000000000"]
+        else:
+            # Each peer pairs in an unpaired session first, up to
+            # --concurrency per client process at once from a few
+            # addresses: lift the per-source bounds (the TTL stays).
+            options += ["--unpaired-limits", ":1000000000:1000000000"]
         node, ports = yield start_node(reactor, children, args, *options)
         yield sleep(reactor, settle)
         empty = proc_memory(node.pid)

@@ -118,9 +118,9 @@ def node_role(reactor, control, args):
         limits["max_handshakes_per_source"] = args.per_source
     if args.unpaired_limits and "max_unpaired_sessions" in attr.fields_dict(Config):
         ttl, total, per_source = args.unpaired_limits.split(":")
-        limits.update(
-            unpaired_session_ttl=float(ttl), max_unpaired_sessions=int(total), max_unpaired_per_source=int(per_source)
-        )
+        limits.update(max_unpaired_sessions=int(total), max_unpaired_per_source=int(per_source))
+        if ttl:  # else the node's default
+            limits.update(unpaired_session_ttl=float(ttl))
     config = Config.from_env(
         {},
         **limits,
