@@ -157,7 +157,8 @@ class Held:
     @defer.inlineCallbacks
     def do_drop(self, count):
         """Abort the sockets of C{count} sessions at once; fire with their peers' ids once all are detached."""
-        self.dropped = self.opened[:count]
+        # Of the sessions still attached (a session can end or detach while held).
+        self.dropped = [opened for opened in self.opened if opened[2].attached][:count]
         for _, _, session in self.dropped:
             # Under the cairn transport (TCP stream or WebSocket): the socket.
             session.connection.transport.transport.abortConnection()

@@ -125,6 +125,9 @@ def storm_held(reactor, args, node, workers, shares, bystander):
     bystander.phase = "drop"
     start = time.perf_counter()
     dropped = yield gather(w.ask("drop", timeout=300, count=c) for w, c in zip(workers, counts))
+    errors = [d["error"] for d in dropped if "error" in d]
+    if errors:
+        raise RuntimeError(f"a client process could not drop its sessions: {errors}")
     peers = [peer for d in dropped for peer in d["peers"]]
     yield wait_for(reactor, node, lambda s: s["attached"] <= before["attached"] - len(peers), 300, every=0.5)
     out(
