@@ -96,7 +96,7 @@ class SessionCipher:
     Seals and opens envelopes with the two direction keys of a session.
 
     A C{ChaCha20Poly1305} object holds OpenSSL contexts: about 2.2 KB of
-    RSS each (measured, cryptography 46), two per session, which made them
+    RSS each (measured, cryptography 50.0.2), two per session, which made them
     the largest part of an idle session's memory (issue 20). Each direction
     keeps its object only while it is used at least once every L{HOT}
     seconds (a busy session pays nothing: one clock read per envelope); an
