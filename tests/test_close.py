@@ -3,6 +3,7 @@ The close path: who closes the transport after a cairn Close.
 """
 
 from twisted.internet import defer
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from cairn.session.connection import PEER_CLOSE_TIMEOUT
@@ -82,6 +83,23 @@ class WebSocketCloseTests(ScenarioMixin, unittest.TestCase):
         self.server_clock.advance(0.1)
         yield eventually(raw.lost)
         self.assertEqual([c for c in raw.received if c.type == MessageType.CLOSE], [])
+
+    @defer.inlineCallbacks
+    def test_abort_adds_no_autobahn_warning(self):
+        """An abort the session decided (e.g. a keepalive timeout) is not also an autobahn warning with no reason."""
+        session = yield self.connect()
+        server_connection = self.server_session(session).connection
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server_connection.transport.lose(abort=True)
+        yield eventually(server_connection.lost)
+        warnings = [
+            e
+            for e in events
+            if e.get("log_namespace", "").startswith("autobahn") and e.get("log_level") >= LogLevel.warn
+        ]
+        self.assertEqual(warnings, [])
 
     @defer.inlineCallbacks
     def test_write_after_close_is_dropped(self):
