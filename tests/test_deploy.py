@@ -727,7 +727,17 @@ class ClusterComposeTests(unittest.TestCase):
         """server2 gets exactly what server gets (after the merge with docker-compose.yml), but its name."""
         one, two = self.merged_environment("server"), self.merged_environment("server2")
         self.assertEqual(set(one), set(two))
-        self.assertEqual({k for k in one if one[k] != two[k]}, {"CAIRN_NODE_NAME"})
+        self.assertEqual({k for k in one if one[k] != two[k]}, {"CAIRN_NODE_NAME", "CAIRN_RELAY_ATTACH_ADDRESS"})
+
+    def test_relay_attach_address_is_the_nodes_own_port(self):
+        """Each node tells devices to attach at its own published TCP port (not the balancer's, not another node's)."""
+        for name in CAIRN_NODES:
+            address = self.merged_environment(name)["CAIRN_RELAY_ATTACH_ADDRESS"]
+            address = address.replace("${CAIRN_PUBLIC_HOST:-127.0.0.1}", "127.0.0.1")
+            ports = self.services[name].get("ports") or self.base["services"][name]["ports"]
+            published = {p.rsplit(":", 1)[1]: p.split(":")[-2] for p in ports}
+            self.assertEqual(address, f"tcp://127.0.0.1:{published['7400']}")
+            Config.from_env({"CAIRN_RELAY_ATTACH_ADDRESS": address})  # a value the node accepts
 
     def test_secrets_not_in_environment(self):
         """No secret value is written in the file: secrets are ${...} from docker/.env or files under /run/secrets."""
