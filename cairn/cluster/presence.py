@@ -6,7 +6,7 @@ L{IPresence} is the seam the services and the management API ask
 the single-node version, exactly what the node did before there were
 several: a scan of the local L{Peer}'s sessions. The NATS version,
 L{cairn.cluster.kv_presence.KVPresence}, keeps the same answers for a
-whole deployment in a KV bucket (docs/scaling.md, "Several nodes").
+whole deployment in a KV bucket (docs/scaling.md, "Presence").
 
 Nothing here imports nats: the single-node graph uses this module.
 """
