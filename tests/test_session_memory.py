@@ -33,7 +33,7 @@ class ResendBufferTests(unittest.TestCase):
     def test_session_attributes_in_slots(self):
         """A session's own attributes are slots: no instance dict (~1.5 KB once it held them all)."""
         connection, _, _ = InMemoryNode().session()
-        self.assertFalse(hasattr(connection.session, "__dict__"))
+        self.assertEqual(vars(connection.session), {})
 
     def test_buffer_made_on_send_and_freed_on_ack(self):
         """A buffered envelope makes the buffer; the ack that empties it frees it; resend still works."""

@@ -30,8 +30,6 @@ RESTORE_SEQ_LIMIT = 2**63
 class ResumeState:
     """The resend buffer and the restart snapshot of a L{Session}."""
 
-    __slots__ = ()  # Session holds the state (its __slots__)
-
     # The resend buffer (§12)
 
     def _resend_queue(self) -> deque:

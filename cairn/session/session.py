@@ -56,7 +56,8 @@ class Session(KeyEpochs, ResumeState):
 
     # Slots: the instance dict of these 30 attributes outgrew CPython's
     # shared-key table and cost ~1.5 KB per session (issue 20). The bases
-    # (mixins) have empty slots, so a Session has no __dict__ at all.
+    # (mixins) have no slots, so an instance still has a __dict__, made
+    # only if something sets an attribute not listed (tests patch methods).
     __slots__ = (
         "local",
         "clock",
