@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from cairn import __version__
 from cairn.crypto.identity import Identity, peer_id_for
+from cairn.mailbox.interfaces import StoreFull
 from cairn.management import app as app_mod
 from cairn.management.app import BODY_LIMIT, PUBLIC_PATHS, ManagementAPI, make_site
 from cairn.management.metrics import Metrics
@@ -482,6 +483,28 @@ class PeersTests(unittest.TestCase):
         self.assertEqual(node.pairing.purged, [paired])
         self.assertEqual(node.json("GET", "/peers"), [])
 
+    def test_unpair_store_full_507(self):
+        """
+        DELETE /peers/{peer_id} whose purge meets a full store answers 507
+        saying the peer is revoked but not purged, and logs no traceback.
+        """
+        node = Node(self)
+        paired = node.paired()
+
+        def full(peer_id):
+            raise StoreFull("the disk reserve is reached")
+
+        node.pairing.add_purge_hook(full)
+        body = node.json("DELETE", f"/peers/{paired}", 507)
+        self.assertEqual(
+            body["error"],
+            f"{paired} is revoked and its sessions are closed, but what is held for it was not purged"
+            " (storage full: the disk reserve is reached); it can no longer be fetched and is dropped"
+            " when it expires (CAIRN_FORWARD_MAX_AGE)",
+        )
+        self.assertEqual(node.trust.records[paired].state, REVOKED)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_unpair_unknown_404(self):
         """DELETE /peers/{peer_id} for a peer that is not paired is 404."""
         node = Node(self)
@@ -843,7 +866,7 @@ def curl_request(args):
         elif word.startswith("http"):
             url = word
     method = method or ("POST" if data is not None else "GET")
-    return method, url[len(BASE):], headers, data
+    return method, url[len(BASE) :], headers, data
 
 
 class DocsTests(unittest.TestCase):
@@ -877,8 +900,10 @@ class DocsTests(unittest.TestCase):
             node.trust.records[DOC_PAIRED] = PeerRecord(DOC_PAIRED, key, PAIRED, name="phone", method="pin")
             node.trust.records[DOC_PENDING] = PeerRecord(DOC_PENDING, key, PENDING, name="laptop")
             method, path, headers, data = curl_request(
-                [a.replace("your-secret-token", TOKEN).replace("$TOKEN", TOKEN).replace("5Hb7...", DOC_PENDING)
-                 for a in args]
+                [
+                    a.replace("your-secret-token", TOKEN).replace("$TOKEN", TOKEN).replace("5Hb7...", DOC_PENDING)
+                    for a in args
+                ]
             )
             response, body = node.call(method, path, token=None, headers=headers, data=data)
             self.assertLess(response.code, 300, (args, body))
