@@ -866,7 +866,7 @@ def curl_request(args):
         elif word.startswith("http"):
             url = word
     method = method or ("POST" if data is not None else "GET")
-    return method, url[len(BASE) :], headers, data
+    return method, url[len(BASE):], headers, data
 
 
 class DocsTests(unittest.TestCase):
@@ -900,10 +900,8 @@ class DocsTests(unittest.TestCase):
             node.trust.records[DOC_PAIRED] = PeerRecord(DOC_PAIRED, key, PAIRED, name="phone", method="pin")
             node.trust.records[DOC_PENDING] = PeerRecord(DOC_PENDING, key, PENDING, name="laptop")
             method, path, headers, data = curl_request(
-                [
-                    a.replace("your-secret-token", TOKEN).replace("$TOKEN", TOKEN).replace("5Hb7...", DOC_PENDING)
-                    for a in args
-                ]
+                [a.replace("your-secret-token", TOKEN).replace("$TOKEN", TOKEN).replace("5Hb7...", DOC_PENDING)
+                 for a in args]
             )
             response, body = node.call(method, path, token=None, headers=headers, data=data)
             self.assertLess(response.code, 300, (args, body))
