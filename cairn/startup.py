@@ -189,6 +189,19 @@ def from_any_thread(reactor, log):
     return report
 
 
+def _remove_own_pidfile(path):
+    """Remove the pidfile at C{path} if it names this process (twistd wrote it after forking)."""
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            if int(f.read().strip() or 0) != os.getpid():
+                return
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass  # gone already or not ours: nothing to clean up
+
+
 @contextmanager
 def tell_launcher(twistd_options):
     """
@@ -203,6 +216,10 @@ def tell_launcher(twistd_options):
     status 1 without printing it again. Python would print it only as the
     daemon exits, after the launcher had exited: an operator (or a test)
     reading the log at once could find it missing.
+
+    The daemon's pidfile is removed first: twistd removes it after an
+    C{Exception} in the start, not after the C{SystemExit} this ends with,
+    and a pidfile left behind can block the next start.
     """
     try:
         yield
@@ -212,6 +229,7 @@ def tell_launcher(twistd_options):
             raise
         twistd_options["statusPipe"] = None
         print(e, file=sys.stderr, flush=True)
+        _remove_own_pidfile(twistd_options.get("pidfile"))
         # twistd's own format: "1 " and at most 100 bytes in all.
         os.write(pipe, f"1 {e.problem}".encode("ascii", "backslashreplace")[:100])
         os.close(pipe)

@@ -97,9 +97,17 @@ class AutoResumeMixin(ScenarioMixin):
         self.assertEqual((yield got), b"queued while down")
 
     @defer.inlineCallbacks
-    def test_auto_resume_gives_up_on_refusal(self):
-        """When the node no longer knows the session, automatic resume ends it with Close 9."""
+    def test_auto_resume_replaces_unknown_session(self):
+        """
+        When the node no longer knows the session, it refuses the Reconnect
+        with Close 9 and automatic resume runs a new handshake there by
+        itself (docs/client.md, "Several nodes"): the old session ends with
+        Close 9 once the new one is established, C{current(old)} answers the
+        new one and C{on_session_replaced(old, new)} is called.
+        """
         client = self.make_client(auto_resume=True)
+        replaced = defer.Deferred()
+        client.on_session_replaced = lambda old, new: replaced.callback((old, new))
         session = yield self.connect(client)
         other = self.server_session(session)
         server_lost = other.connection.lost
@@ -107,9 +115,19 @@ class AutoResumeMixin(ScenarioMixin):
         yield eventually(server_lost)
         other.close()
         ended = closed(session)
+        accepted = self.wait_for_session()
         client.clock.advance(1)
         result = yield ended
         self.assertEqual(result.code, CloseCode.UNKNOWN_SESSION)
+        # Called just after the old session's end (its on_close came first).
+        self.assertEqual((yield eventually(replaced)), (session, client.current(session)))
+        new = client.current(session)
+        self.assertIsNot(new, session)
+        self.assertNotEqual(new.session_id, session.session_id)
+        self.assertTrue(new.attached)
+        self.assertIsNone(new.closed)
+        self.assertEqual(new.remote_peer_id, session.remote_peer_id)
+        self.assertEqual((yield accepted).session_id, new.session_id)  # a new handshake with the node
 
     @defer.inlineCallbacks
     def test_close_fires_when_transport_gone(self):

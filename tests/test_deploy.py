@@ -24,6 +24,7 @@ from twisted.trial import unittest
 from cairn.client import Client
 from cairn.config import Config
 from cairn.crypto.identity import load_or_create
+from cairn.healthcheck import health_url
 from tests._harness import eventually, track_connections
 from tests.test_twistd import REPO, TwistdProcess
 
@@ -131,13 +132,15 @@ class DockerfileTests(unittest.TestCase):
         self.assertEqual(set(_one(self.instructions, "EXPOSE").split()), {"9090", "7400", "7401"})
 
     def test_healthcheck_asks_health(self):
-        """The HEALTHCHECK asks GET /health on the management port with python's urllib."""
+        """
+        The HEALTHCHECK runs cairn.healthcheck, which asks GET /health where
+        the image's CAIRN_MGMT_LISTEN listens (tests/test_healthcheck.py: its
+        status, TLS, a degraded node).
+        """
         argv = _healthcheck()
-        self.assertIsNotNone(argv)
-        self.assertEqual(argv[:2], ["python", "-c"])
-        self.assertIn("urllib.request", argv[2])
-        url = urlsplit(re.search(r"http://[^'\"]+", argv[2]).group())
-        self.assertEqual((url.hostname, url.port, url.path), ("127.0.0.1", 9090, "/health"))
+        self.assertEqual(argv, ["python", "-m", "cairn.healthcheck"])
+        environ = {**_env(self.instructions), "CAIRN_DATA_DIR": os.path.abspath(self.mktemp())}
+        self.assertEqual(health_url(environ), "http://127.0.0.1:9090/health")
 
     def test_plugin_cache_built(self):
         """The build step writes the twistd plugin cache while still root, newer than every plugin file."""
@@ -536,8 +539,10 @@ class SocketActivationTests(unittest.TestCase):
         self.assertEqual(ports["tcp"], port, log)
         self.assertEqual(session.remote_peer_id, load_or_create(data_dir).peer_id)
 
-        code = _healthcheck()[2].replace(":9090/", f":{ports['management']}/")
-        status = yield utils.getProcessValue(sys.executable, ["-c", code], env=dict(os.environ))
+        argv = _healthcheck()
+        self.assertEqual(argv[0], "python")
+        env = {**os.environ, **settings, "CAIRN_MGMT_LISTEN": f"tcp:{ports['management']}:interface=127.0.0.1"}
+        status = yield utils.getProcessValue(sys.executable, argv[1:], env=env, path=REPO)
         self.assertEqual(status, 0)
 
         lost = session.connection.lost

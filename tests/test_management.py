@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from cairn import __version__
 from cairn.crypto.identity import Identity, peer_id_for
+from cairn.mailbox.interfaces import StoreFull
 from cairn.management import app as app_mod
 from cairn.management.app import BODY_LIMIT, PUBLIC_PATHS, ManagementAPI, make_site
 from cairn.management.metrics import Metrics
@@ -481,6 +482,28 @@ class PeersTests(unittest.TestCase):
         self.assertEqual(node.trust.records[paired].state, REVOKED)
         self.assertEqual(node.pairing.purged, [paired])
         self.assertEqual(node.json("GET", "/peers"), [])
+
+    def test_unpair_store_full_507(self):
+        """
+        DELETE /peers/{peer_id} whose purge meets a full store answers 507
+        saying the peer is revoked but not purged, and logs no traceback.
+        """
+        node = Node(self)
+        paired = node.paired()
+
+        def full(peer_id):
+            raise StoreFull("the disk reserve is reached")
+
+        node.pairing.add_purge_hook(full)
+        body = node.json("DELETE", f"/peers/{paired}", 507)
+        self.assertEqual(
+            body["error"],
+            f"{paired} is revoked and its sessions are closed, but what is held for it was not purged"
+            " (storage full: the disk reserve is reached); it can no longer be fetched and is dropped"
+            " when it expires (CAIRN_FORWARD_MAX_AGE)",
+        )
+        self.assertEqual(node.trust.records[paired].state, REVOKED)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_unpair_unknown_404(self):
         """DELETE /peers/{peer_id} for a peer that is not paired is 404."""

@@ -186,7 +186,10 @@ class StartupErrorTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_daemon_launcher_told(self):
-        """A daemonizing twistd (no -n) hears of a failure after it forked: one line, status 1, no hang."""
+        """
+        A daemonizing twistd (no -n) hears of a failure after it forked: one
+        line, status 1, no hang, and no pidfile left behind.
+        """
         busy = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory())
         self.addCleanup(busy.stopListening)
         endpoint = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
@@ -202,6 +205,9 @@ class StartupErrorTests(unittest.TestCase):
         # Already there when the launcher has exited (TellLauncherTests), and once.
         self.assertIn(f"cairn: CAIRN_LISTEN: cannot listen on '{endpoint}': Address already in use", text)
         self.assertEqual(text.count("cannot listen on"), 1, text)
+        # twistd removes its pidfile after an Exception only: the daemon's
+        # SystemExit would leave it behind, in the way of the next start.
+        self.assertFalse(os.path.exists(pid), "the failed daemon left its pidfile behind")
 
 
 class TellLauncherTests(unittest.TestCase):

@@ -59,6 +59,9 @@ class Settings:
     replicas: int = 3
     prefix: str = "cairn"
     creds_file: str = None
+    #: C{CAIRN_MAX_PAYLOAD}: NATS's C{max_payload} must be at least this
+    #: (None: not checked).
+    max_payload: int = None
 
 
 class JetStream:
@@ -169,6 +172,7 @@ class JetStream:
         # Once connected, never give up: nats-py reconnects in the background.
         nc.options["max_reconnect_attempts"] = -1
         try:
+            _check_max_payload(nc.max_payload, self.settings.max_payload)
             self.js = nc.jetstream(timeout=REQUEST_TIMEOUT)
             # Deletions and purges are writes: they queue behind the
             # fsync'd writes in flight like a publish does, so they get the
@@ -331,6 +335,25 @@ def _observe(d):
     observer = defer.Deferred()
     d.addBoth(lambda result: (observer.callback(None), result)[1])
     return observer
+
+
+def _check_max_payload(nats_limit, max_payload):
+    """
+    Refuse (a permanent L{LayoutError}) a NATS server whose C{max_payload}
+    is below C{CAIRN_MAX_PAYLOAD}. A mailbox message, a sync update or a
+    relayed message is one NATS message: its payload is at most
+    C{CAIRN_MAX_PAYLOAD} less the envelope's overhead (256 bytes or more),
+    which leaves room for the subject and headers the stores add
+    (tests/test_cluster_payload.py checks the limit case on a real server).
+    Without this check the largest messages would fail one by one, each
+    answered STORAGE_ERROR as if JetStream were away.
+    """
+    if max_payload is not None and nats_limit < max_payload:
+        raise LayoutError(
+            f"CAIRN_MAX_PAYLOAD ({max_payload}) is above the NATS server's max_payload ({nats_limit}):"
+            f" lower CAIRN_MAX_PAYLOAD or set max_payload to at least {max_payload} in nats-server.conf",
+            permanent=True,
+        )
 
 
 def _layout_problem(error, replicas):

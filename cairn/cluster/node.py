@@ -100,7 +100,8 @@ def cluster_stores(config, reactor, db=None):
     from cairn.cluster.trust import KVTrustStore
 
     jet = JetStream(
-        reactor, Settings(config.cluster_nats, config.cluster_replicas, config.cluster_prefix, path)
+        reactor,
+        Settings(config.cluster_nats, config.cluster_replicas, config.cluster_prefix, path, config.max_payload),
     )
     return Stores(
         "jetstream",

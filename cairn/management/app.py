@@ -18,10 +18,12 @@ from klein import Klein
 from twisted.internet.defer import maybeDeferred
 
 from cairn import __version__
+from cairn.mailbox.interfaces import StoreFull
 from cairn.management.http import (
     BODY_LIMIT,
     ApiError,
     BadRequest,
+    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
@@ -236,6 +238,14 @@ class ManagementAPI:
             await maybeDeferred(self.pairing.unpair, peer_id)
         except UnknownPeer:
             raise NotFound(f"{peer_id} is not paired") from None
+        except StoreFull as e:
+            # The revocation is stored and the sessions closed before the
+            # purge runs; the pairing service has logged the purge's line.
+            raise InsufficientStorage(
+                f"{peer_id} is revoked and its sessions are closed, but what is held for it was not purged"
+                f" (storage full: {e}); it can no longer be fetched and is dropped when it expires"
+                " (CAIRN_FORWARD_MAX_AGE)"
+            ) from None
         return {"peer_id": peer_id, "state": REVOKED}
 
     # Pairing secrets

@@ -43,6 +43,12 @@ class PayloadTooLarge(ApiError):
     code = 413
 
 
+class InsufficientStorage(ApiError):
+    """Done in part: a store was full (disk, reserve, JetStream away); the message says what was not done."""
+
+    code = 507
+
+
 def common_headers(request) -> None:
     """Headers every response carries: never cached, never sniffed."""
     request.setHeader(b"cache-control", b"no-store")

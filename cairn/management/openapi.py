@@ -104,7 +104,7 @@ def _paths():
             "delete": _operation(
                 "unpairPeer",
                 "Revoke a paired peer: end its sessions and purge what is held for it.",
-                {"200": json_content(ref("Revoked"), "The peer is revoked."), **errors(400, 404, *authed)},
+                {"200": json_content(ref("Revoked"), "The peer is revoked."), **errors(400, 404, *authed, 507)},
                 tags=["peers"],
                 parameters=[PEER_ID_PARAMETER],
             )

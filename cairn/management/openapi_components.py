@@ -36,6 +36,7 @@ ERROR_RESPONSES = {
     404: "NotFound",
     413: "PayloadTooLarge",
     500: "InternalError",
+    507: "InsufficientStorage",
 }
 
 RESPONSES = {
@@ -50,6 +51,9 @@ RESPONSES = {
     "NotFound": json_content(ref("Error"), "No such peer in the required state, or no such endpoint."),
     "PayloadTooLarge": json_content(ref("Error"), "The request body is over 64 KiB."),
     "InternalError": json_content(ref("Error"), "Unexpected failure (logged on the server; no details sent)."),
+    "InsufficientStorage": json_content(
+        ref("Error"), "Done in part: a store was full; the error says what was done and what was not."
+    ),
 }
 
 PEER_ID_PARAMETER = {
