@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from cairn import config_report, logs
+from cairn import config_report, fdlimit, logs
 from cairn.config import (
     Config,
     ConfigError,
@@ -202,6 +202,8 @@ def makeService(options: Options) -> IService:
     from cairn.pairing.psk import PskError
     from cairn.service import make_node
 
+    # Before the node is made: its descriptor gauge reads the limit.
+    fdlimit.raise_and_say()
     try:
         node = make_node(config, reactor)
     except PskError as e:  # a damaged <data dir>/pairing-psk.json: one line, no traceback

@@ -262,3 +262,49 @@ class SealOpenTests(unittest.TestCase):
         _, bob = _pair()
         payload = bstr_head(len(ct)) + ct
         self.assertRaises(DecryptError, bob.open, Envelope(1, 0x0300, SID, seq, payload))
+
+
+class IdleCipherTests(unittest.TestCase):
+    """A direction keeps its AEAD object (~2.2 KB of OpenSSL state) only while it is used often (issue 20)."""
+
+    def setUp(self):
+        self.time = [1000.0]
+        now = lambda: self.time[0]  # noqa: E731
+        self.a, self.b = SessionCipher(K1, K2, now=now), SessionCipher(K2, K1, now=now)
+
+    def exchange(self, seq):
+        env = self.a.seal(1, 0x10, SID, seq, b"\xa0")
+        self.assertEqual(self.b.open(env), b"\xa0")
+
+    def test_idle_holds_none(self):
+        """Used once in a while (keepalives), a cipher holds no AEAD object between uses."""
+        for seq in range(1, 4):
+            self.exchange(seq)
+            self.assertEqual((self.a._send, self.b._recv), (None, None))
+            self.time[0] += 30
+
+    def test_busy_keeps_then_frees(self):
+        """Used within HOT seconds it keeps one; the first use after an idle spell is the last with it."""
+        self.exchange(1)
+        self.time[0] += 0.1
+        self.exchange(2)
+        kept = self.a._send
+        self.assertIsNotNone(kept)
+        self.assertIsNotNone(self.b._recv)
+        self.time[0] += 0.1
+        self.exchange(3)
+        self.assertIs(self.a._send, kept)
+        self.time[0] += 30
+        self.exchange(4)
+        self.assertEqual((self.a._send, self.b._recv), (None, None))
+
+    def test_key_update_forgets_the_old_object(self):
+        """A KeyUpdate drops the kept object: the next envelope is under the new key."""
+        self.exchange(1)
+        self.exchange(2)
+        self.a.update_send()
+        self.b.update_recv()
+        self.assertEqual((self.a._send, self.b._recv), (None, None))
+        self.exchange(3)
+        self.exchange(4)
+        self.assertIsNotNone(self.a._send)

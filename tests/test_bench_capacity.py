@@ -47,6 +47,25 @@ class CapacityBenchTests(unittest.TestCase):
             "objects tracked by the garbage collector",
         )
 
+    def test_idle_hold_and_storm(self):
+        """Held sessions from several source addresses, a bystander's round trips, and a storm among them."""
+        d = self.run_bench(
+            "idle", "--sessions", "6", "--keepalive", "0.5", "--window", "0.3", "--hold", "1",
+            "--storm", "4", "--messages", "2", "--per-address", "2", "--bystander-every", "0.1",
+        )
+        return d.addCallback(
+            self.assertLines,
+            "clients bound to 127.0.0.2, 127.0.0.3, 127.0.0.4)",
+            "idle: 6 of 6 sessions opened",
+            "idle: node holds 6 sessions, 6 attached (3 tcp, 3 websocket)",
+            "idle: held 1 s; bystander mailbox round trip (",
+            "storm: 4 sessions dropped at once",
+            "storm: 4 of 4 sessions resumed",
+            "storm: 8 of 8 queued mailbox messages delivered (0 lost)",
+            "storm: node 0 sessions closed during it, 8 attached after",
+            "storm: bystander mailbox round trip during the storm (",
+        )
+
     def test_storm(self):
         """The storm resumes every session and delivers every queued message and Data."""
         d = self.run_bench("storm", "--sessions", "4", "--messages", "2")

@@ -10,10 +10,12 @@ from twisted.trial import unittest
 
 from cairn.client import Client
 from cairn.crypto.identity import Identity
+from cairn.mailbox import service as mailbox_service
 from cairn.session.peer import Peer
+from cairn.transport import websocket
 from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
-from cairn.wire.constants import MessageType
+from cairn.wire.constants import HEADER_SIZE, MessageType
 from cairn.wire.envelope import decode
 from tests._harness import SETTINGS, drop_all, eventually, track_connections
 from tests.fuzz.targets import InMemoryNode
@@ -26,6 +28,11 @@ class ResendBufferTests(unittest.TestCase):
         session = connection.session
         self.assertEqual(session.buffered(), (0, 0))
         self.assertEqual(session._unacked, ())
+
+    def test_session_attributes_in_slots(self):
+        """A session's own attributes are slots: no instance dict (~1.5 KB once it held them all)."""
+        connection, _, _ = InMemoryNode().session()
+        self.assertEqual(vars(connection.session), {})
 
     def test_buffer_made_on_send_and_freed_on_ack(self):
         """A buffered envelope makes the buffer; the ack that empties it frees it; resend still works."""
@@ -42,6 +49,37 @@ class ResendBufferTests(unittest.TestCase):
         before = len(transport.written)
         session.resend_after(seq2 - 1)
         self.assertEqual(len(transport.written), before + 1)
+
+
+class MailboxOutboxTests(unittest.TestCase):
+    """A session's mailbox outbox holds its window's containers only while something is in flight."""
+
+    def test_idle_outbox_holds_no_containers(self):
+        outbox = mailbox_service._Outbox(session=None)
+        self.assertFalse(hasattr(outbox, "__dict__"))
+        self.assertIs(outbox.inflight, mailbox_service._NOTHING)
+        self.assertIs(outbox.rinflight, mailbox_service._NO_RECEIPTS)
+        self.assertEqual((len(outbox.inflight), len(outbox.rinflight)), (0, 0))
+
+    def test_made_when_used_and_freed_when_acknowledged(self):
+        outbox = mailbox_service._Outbox(session=None)
+        outbox.delivered(1, 10)
+        outbox.delivered(2, 20)
+        self.assertEqual(list(outbox.inflight.items()), [(1, 10), (2, 20)])
+        outbox.acknowledged([], 1)
+        self.assertEqual((list(outbox.inflight), outbox.inflight_bytes, outbox.cursor), ([2], 20, 2))
+        outbox.acknowledged([2], 0)
+        self.assertIs(outbox.inflight, mailbox_service._NOTHING)
+        self.assertEqual(outbox.inflight_bytes, 0)
+        outbox.receipts_sent(iter([5, 6]))
+        self.assertEqual(outbox.rinflight, {5, 6})
+        outbox.receipts_acknowledged([5])
+        self.assertEqual(outbox.rinflight, {6})
+        outbox.receipts_acknowledged([6, 7])
+        self.assertIs(outbox.rinflight, mailbox_service._NO_RECEIPTS)
+        outbox.acknowledged([3], 9)  # nothing in flight: nothing to do
+        outbox.receipts_acknowledged([8])
+        self.assertIs(outbox.inflight, mailbox_service._NOTHING)
 
 
 class KeepaliveTimerTests(unittest.TestCase):
@@ -110,3 +148,59 @@ class WebSocketShedTests(unittest.TestCase):
         session.register_handler(0xF002, lambda _, body: back.callback(body))
         server_session.send(0xF002, {"y": 2})
         self.assertEqual((yield eventually(back)), {"y": 2})
+
+    @defer.inlineCallbacks
+    def test_protocol_options_not_copied_per_connection(self):
+        """The node's WebSocket protocol reads autobahn's options from its class, not from ~30 per-instance copies."""
+        client = Client(reactor, Identity.generate(), clock=task.Clock(), **SETTINGS)
+        track_connections(client.peer, self.connections)
+        session = yield eventually(client.connect(f"ws://127.0.0.1:{self.port.getHost().port}/"))
+        got = defer.Deferred()
+        self.server.register_handler(0xF001, lambda server_session, body: got.callback(server_session))
+        session.send(0xF001, {"x": 1})
+        transport = (yield eventually(got)).connection.transport
+        self.assertEqual(set(vars(transport)) & set(transport.CONFIG_ATTRS), set())
+        # Neither state at rest nor the opening handshake's leftovers: a
+        # dict of the next size down (0.8 KB, not 1.6 KB).
+        shed = set(websocket._AT_REST) | set(websocket._HANDSHAKE_ONLY)
+        self.assertEqual(set(vars(transport)) & shed, set())
+        self.assertFalse(transport.wasClean)
+        self.assertIsNone(transport.autoPingPendingCall)
+        self.assertEqual(transport.maxMessagePayloadSize, self.server.max_payload + HEADER_SIZE)
+        self.assertTrue(transport.allowNullOrigin)
+
+    def test_later_options_reach_new_connections(self):
+        """An option set on the factory after it was made applies to the protocols it builds next."""
+        factory = server_factory(self.server)
+        factory.setProtocolOptions(autoPingInterval=7)
+        self.assertEqual(factory.protocol.autoPingInterval, 7)
+        self.assertEqual(factory.protocol._unbaked.__name__, "ServerProtocol")
+
+
+class MailboxPeerIndexTests(unittest.TestCase):
+    """The mailbox finds a peer's sessions through an index, not a scan of every session (issue 20)."""
+
+    def test_outboxes_of_a_peer(self):
+        from types import SimpleNamespace
+
+        from cairn.mailbox.store import MemoryMailboxStore
+
+        clock = task.Clock()
+        trust = SimpleNamespace(is_paired=lambda peer_id: True)
+        service = mailbox_service.MailboxService(Peer(Identity.generate(), clock), trust, MemoryMailboxStore(), clock)
+        sessions = [
+            SimpleNamespace(session_id=bytes([i]), remote_peer_id=peer, closed=None, attached=False)
+            for i, peer in enumerate(["a", "a", "b"])
+        ]
+        for session in sessions:
+            service.session_established(session)
+        service.session_established(sessions[0])  # again: still one outbox for it
+        self.assertEqual(sorted(o.session.session_id for o in service._outboxes_of("a")), [b"\0", b"\1"])
+        self.assertEqual([o.session for o in service._outboxes_of("b")], sessions[2:])
+        self.assertEqual(service._outboxes_of("c"), ())
+        service.session_closed(sessions[0])
+        self.assertEqual([o.session for o in service._outboxes_of("a")], sessions[1:2])
+        service.session_closed(sessions[1])
+        service.session_closed(sessions[1])
+        self.assertEqual(service._outboxes_of("a"), ())
+        self.assertEqual(service._by_peer.keys(), {"b"})

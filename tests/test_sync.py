@@ -159,6 +159,24 @@ class SyncScenarioMixin(SyncHarness):
         self.assertEqual(phone.updates, [])
 
     @defer.inlineCallbacks
+    def test_outbox_made_by_first_subscribe(self):
+        """A paired device's session has no outbox until it subscribes (issue 20); it is connected either way."""
+        phone, laptop = self.device(), self.device()
+        yield phone.connect()
+        yield laptop.connect(["notes"])
+        yield self.subscribed(laptop)
+        # Acknowledged after the hub has taken the subscription in.
+        yield eventually(sync.sync_publish(laptop.session, "notes", b"first"))
+        sessions = {self.server_session(d.session).session_id: d for d in (phone, laptop)}
+        self.assertEqual([sessions[sid] for sid in self.hub._outboxes], [laptop])
+        self.assertEqual(self.hub._connected(), {phone.peer_id, laptop.peer_id})
+        sync.subscribe(phone.session, ["notes"], phone.got, on_reset=phone.reset)
+        yield self.subscribed(phone)
+        yield eventually(sync.sync_publish(laptop.session, "notes", b"late"))
+        yield self.until(lambda: len(phone.updates) == 2)
+        self.assertEqual(phone.data(), [b"first", b"late"])
+
+    @defer.inlineCallbacks
     def test_offline_for_days_gets_everything_in_order(self):
         """A device offline for simulated days gets every update, in order, at its next session."""
         phone, laptop = self.device(), self.device()

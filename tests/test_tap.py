@@ -10,7 +10,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial import unittest
 
-from cairn import tap
+from cairn import fdlimit, tap
 from cairn.config import Config
 from cairn.startup import StartupError
 
@@ -159,11 +159,14 @@ class MakeServiceTests(unittest.TestCase):
         """makeService passes the Config and the global reactor to make_node."""
         self.patch(os, "environ", {"CAIRN_DATA_DIR": "/srv/cairn"})
         fake = FakeServiceModule(self)
+        # The descriptor limit is raised first (the node's gauge reads it).
+        self.patch(fdlimit, "raise_and_say", lambda: fake.calls.append("nofile"))
         options = tap.Options()
         options.parseOptions(["--listen=none"])
         service = tap.makeService(options)
         self.assertIsInstance(service, MultiService)
-        [(config, given_reactor)] = fake.calls
+        first, (config, given_reactor) = fake.calls
+        self.assertEqual(first, "nofile")
         self.assertEqual((config.data_dir, config.listen), ("/srv/cairn", None))
         self.assertIs(given_reactor, reactor)
         self.assertTrue(service.freeze_gc)  # the process is the node's

@@ -66,7 +66,9 @@ class TwistdProcess(protocol.ProcessProtocol):
 def start_twistd(data_dir, expected=("tcp", "websocket"), nofile=None, **settings):
     """
     Start C{twistd -n cairn} on loopback port 0; C{settings} are extra
-    CAIRN_* variables; C{nofile} lowers the child's RLIMIT_NOFILE.
+    CAIRN_* variables; C{nofile} lowers the child's RLIMIT_NOFILE (and
+    keeps it there: the node, root here, would otherwise raise it to
+    fs.nr_open at start-up).
     """
     env = dict(
         os.environ,
@@ -80,7 +82,10 @@ def start_twistd(data_dir, expected=("tcp", "websocket"), nofile=None, **setting
     proc = TwistdProcess(set(expected))
     code = "from twisted.scripts.twistd import run; run()"
     if nofile is not None:
-        code = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); {code}"
+        code = (
+            f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+            f"import cairn.fdlimit; cairn.fdlimit.kernel_ceiling = lambda: None; {code}"
+        )
     argv = [
         sys.executable,
         "-c",
@@ -135,6 +140,7 @@ class TwistdTests(unittest.TestCase):
         yield eventually(defer.gatherResults(lost))
         log = "".join(proc.output)
         self.assertIn("restored 2 session(s)", log)
+        self.assertIn("file descriptors: RLIMIT_NOFILE ", log)  # one start-up line
         self.assertNotIn("Traceback", log)
 
     @defer.inlineCallbacks

@@ -7,7 +7,7 @@ clean restart (§16).
 
 A mixin of L{cairn.mailbox.service.MailboxService}, which owns the state it
 uses: C{store}, C{trust}, C{clock}, C{window}, C{window_bytes},
-C{batch_bytes}, C{_outboxes}, and L{cairn.storeservice.StoreService}'s
+C{batch_bytes}, C{_outboxes}, C{_by_peer}, and L{cairn.storeservice.StoreService}'s
 C{_stopped}, C{_track} and C{_send}.
 """
 
@@ -30,7 +30,25 @@ class Delivery:
     """The outboxes of a L{MailboxService}: pushing to sessions, and the session observer."""
 
     def _outboxes_of(self, peer_id):
-        return [o for o in list(self._outboxes.values()) if o.session.remote_peer_id == peer_id]
+        return self._by_peer.get(peer_id, ())
+
+    def _add_outbox(self, session):
+        self._remove_outbox(session)  # one per session
+        outbox = self._outboxes[session.session_id] = Outbox(session)
+        peer_id = session.remote_peer_id
+        self._by_peer[peer_id] = self._by_peer.get(peer_id, ()) + (outbox,)
+        return outbox
+
+    def _remove_outbox(self, session):
+        outbox = self._outboxes.pop(session.session_id, None)
+        if outbox is not None:
+            peer_id = session.remote_peer_id
+            left = tuple(o for o in self._by_peer.get(peer_id, ()) if o is not outbox)
+            if left:
+                self._by_peer[peer_id] = left
+            else:
+                self._by_peer.pop(peer_id, None)
+        return outbox
 
     def _deliver_to(self, recipient):
         for outbox in self._outboxes_of(recipient):
@@ -174,7 +192,7 @@ class Delivery:
 
     def session_established(self, session):
         if self.trust.is_paired(session.remote_peer_id):
-            outbox = self._outboxes[session.session_id] = Outbox(session)
+            outbox = self._add_outbox(session)
             self._pump(outbox)
             self._pump_receipts(outbox)
 
@@ -188,7 +206,7 @@ class Delivery:
         self._pump_receipts(outbox)
 
     def session_closed(self, session):
-        self._forget(self._outboxes.pop(session.session_id, None))
+        self._forget(self._remove_outbox(session))
 
     # Across a clean restart (docs/protocol.md §16): the outbox comes back
     # with its session, so that what the session's resend buffer holds
@@ -213,6 +231,6 @@ class Delivery:
         # Trust is not loaded yet at restore; every push asks it anyway.
         if state is None:
             return
-        outbox = self._outboxes[session.session_id] = Outbox(session)
+        outbox = self._add_outbox(session)
         outbox.deliveries.restore(state["cursor"], state["inflight"])
         outbox.receipts.restore(state["rcursor"], [(rseq, 0) for rseq in state["rinflight"]])

@@ -92,6 +92,10 @@ class MailboxService(Delivery, StoreService):
         self.statuses = Counter()
         self.delivered = 0
         self._outboxes = {}  # session id -> Outbox
+        #: peer id -> a tuple of its sessions' outboxes: a stored message or
+        #: receipt finds its peer's sessions without a scan of every session
+        #: (a few ms each at 100,000 sessions, issue 20).
+        self._by_peer = {}
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
         handlers = {

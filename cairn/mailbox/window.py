@@ -11,6 +11,12 @@ first unacknowledged sequence number.
 """
 
 from collections import OrderedDict
+from types import MappingProxyType
+
+#: What a window holds while nothing is in flight (most idle sessions): its
+#: OrderedDict is made on the first send and freed when all is acknowledged
+#: (an empty OrderedDict is 128 bytes, two per outbox; issue 20).
+_NOTHING = MappingProxyType({})
 
 
 class Window:
@@ -19,7 +25,8 @@ class Window:
     sizes, and whether a store read to fill the window is running.
 
     @ivar cursor: the highest sequence number sent on this session.
-    @ivar inflight: sequence number -> size, in sequence order.
+    @ivar inflight: sequence number -> size, in sequence order (a shared
+        empty mapping while nothing is in flight).
     @ivar inflight_bytes: the sum of the sizes in flight.
     @ivar reading: a read to fill the window is running.
     @ivar again: something changed while it ran: read again when it ends.
@@ -29,7 +36,7 @@ class Window:
 
     def __init__(self):
         self.cursor = 0
-        self.inflight = OrderedDict()
+        self.inflight = _NOTHING
         self.inflight_bytes = 0
         self.reading = False
         self.again = False
@@ -56,6 +63,8 @@ class Window:
 
     def sent(self, seq: int, size: int = 0) -> None:
         """C{seq} (of C{size} bytes) was sent: it is in flight, and the cursor moves to it."""
+        if self.inflight is _NOTHING:
+            self.inflight = OrderedDict()
         self.inflight[seq] = size
         self.inflight_bytes += size
         self.cursor = seq
@@ -63,6 +72,8 @@ class Window:
     def acknowledged(self, seqs, upto: int = None) -> None:
         """Free the window of C{seqs} and, if given, of every sequence number up to C{upto}."""
         inflight = self.inflight
+        if inflight is _NOTHING:
+            return
         if upto is not None:
             while inflight:
                 seq = next(iter(inflight))
@@ -71,6 +82,8 @@ class Window:
                 self.inflight_bytes -= inflight.popitem(last=False)[1]
         for seq in seqs:
             self.inflight_bytes -= inflight.pop(seq, 0)
+        if not inflight:
+            self.inflight = _NOTHING
 
     def restore(self, cursor: int, inflight) -> None:
         """Refill the window after a clean restart: C{inflight} as C{(seq, size)} pairs, then C{cursor}."""

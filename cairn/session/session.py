@@ -54,6 +54,42 @@ class Session(KeyEpochs, ResumeState):
     @param recv_seq: the last sequence number accepted from the peer.
     """
 
+    # Slots: the instance dict of these 30 attributes outgrew CPython's
+    # shared-key table and cost ~1.5 KB per session (issue 20). The bases
+    # have no slots, so any other attribute still goes in a __dict__.
+    __slots__ = (
+        "local",
+        "clock",
+        "session_id",
+        "result",
+        "initiator",
+        "version",
+        "remote_identity",
+        "remote_peer_id",
+        "cipher",
+        "_epoch_sent",
+        "_epoch_started",
+        "_key_update_seq",
+        "_seed_okm",
+        "send_seq",
+        "recv_seq",
+        "connection",
+        "closed",
+        "_handlers",
+        "_unacked",
+        "_unacked_bytes",
+        "_dropped_upto",
+        "_since_ack",
+        "_reconnect_seq",
+        "_last_rx",
+        "_channel_state",
+        "_keepalive",
+        "_expiry",
+        "on_channel",
+        "on_close",
+        "on_resume",
+    )
+
     def __init__(self, local, session_id: bytes, result, version: int, send_seq: int, recv_seq: int):
         self.local = local
         self.clock = local.clock

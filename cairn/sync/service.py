@@ -10,8 +10,9 @@ L{paired_only}) and a session observer on the node's L{Peer}:
     attached session subscribed to the topic, but the publisher's;
   - SyncSubscribe makes sure the device has a durable cursor per topic and
     replays each topic from it; SyncCursor raises it;
-  - each session of a paired peer has a L{_Outbox} (from its start, or
-    from the moment its peer pairs on it): a window of SyncUpdates sent and not
+  - each session of a paired peer that subscribed has a L{_Outbox} (from
+    its first SyncSubscribe: most sessions never subscribe, and an empty
+    outbox is about 800 bytes): a window of SyncUpdates sent and not
     yet covered by a SyncCursor, bounding memory per session;
   - a device whose cursor is behind what retention removed is sent a
     SyncReset (never skipped silently); retention (age, total bytes, the
@@ -48,6 +49,8 @@ SWEEP_INTERVAL = 60.0
 
 class _Outbox:
     """What one session subscribed to and has been sent but not yet acknowledged."""
+
+    __slots__ = ("session", "topics", "inflight", "own", "fetching", "again")
 
     def __init__(self, session):
         self.session = session
@@ -197,8 +200,7 @@ class SyncService(StoreService):
             if outbox is None:
                 if session.closed is not None:
                     return
-                # The device paired during this session (after it was
-                # established): it is paired now (paired_only), so serve it.
+                # Its first subscription (the device is paired: paired_only).
                 outbox = self._outboxes[session.session_id] = _Outbox(session)
             for topic, seq in cursors.items():
                 outbox.topics[topic] = seq
@@ -357,8 +359,7 @@ class SyncService(StoreService):
     # Session observer
 
     def session_established(self, session):
-        if self.trust.is_paired(session.remote_peer_id):
-            self._outboxes[session.session_id] = _Outbox(session)
+        """Nothing yet: a session's outbox is made by its first SyncSubscribe."""
 
     def session_resumed(self, session):
         outbox = self._outboxes.get(session.session_id)
@@ -398,7 +399,9 @@ class SyncService(StoreService):
     # Management
 
     def _connected(self):
-        return {o.session.remote_peer_id for o in self._outboxes.values() if o.session.attached}
+        """The paired devices with an attached session (subscribed or not)."""
+        paired = self.trust.is_paired
+        return {s.remote_peer_id for s in list(self.peer.sessions.values()) if s.attached and paired(s.remote_peer_id)}
 
     def stats(self):
         """C{GET /sync}: every topic with its devices' cursors and lag, and the totals."""
