@@ -392,3 +392,33 @@ def dumps_in_order(keys):
     for key in keys:
         out += dumps(key) + b"\x00"
     return out
+
+
+_UINTS = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+
+
+class DumpsDataTests(unittest.TestCase):
+    """cbor.dumps_data is cbor.dumps of a Data body, byte for byte (issue 19)."""
+
+    def check(self, channel, pub, pn, n, ct):
+        expected = dumps({"channel": channel, "dr": {"pub": pub, "pn": pn, "n": n, "ct": ct}})
+        self.assertEqual(cbor.dumps_data(channel, pub, pn, n, ct), expected)
+
+    def test_head_widths(self):
+        for value in _UINTS:
+            self.check(value, b"k" * 32, value, value, b"c" * 48)
+
+    def test_string_lengths(self):
+        for size in (0, 23, 24, 255, 256, 1056, 65535, 65536):
+            self.check(1, b"p" * min(size, 40), 2, 3, b"c" * size)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.integers(0, 2**64 - 1),
+        st.binary(max_size=64),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+        st.binary(max_size=2000),
+    )
+    def test_any_values(self, channel, pub, pn, n, ct):
+        self.check(channel, pub, pn, n, ct)

@@ -292,12 +292,16 @@ class Ratchet:
 
     def encrypt(self, plaintext: bytes, ad: bytes) -> dict[str, Any]:
         """Encrypt the next message; return it in wire form."""
+        return _wire(*self.encrypt_parts(plaintext, ad))
+
+    def encrypt_parts(self, plaintext: bytes, ad: bytes) -> tuple[bytes, int, int, bytes]:
+        """L{encrypt}, as the wire form's values: C{(pub, pn, n, ct)}."""
         if type(plaintext) is not bytes or type(ad) is not bytes:
             _check_bytes("plaintext", plaintext)
             _check_bytes("ad", ad)
         if self._state.send_n >= _U32_MAX:
             raise RatchetError("sending chain exhausted (2**32-1 messages)")
-        return _wire(*self._state.encrypt(plaintext, ad))
+        return self._state.encrypt(plaintext, ad)
 
     def decrypt(self, message: dict[str, Any], ad: bytes) -> bytes:
         """

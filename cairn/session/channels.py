@@ -19,6 +19,7 @@ from collections import deque
 
 from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed, session_ad
 from cairn.session.errors import ProtocolViolation
+from cairn.wire.cbor import dumps_data
 from cairn.wire.constants import CloseCode, MessageType
 
 #: Data queued by a responder before the initiator's ratchet start arrives.
@@ -131,8 +132,8 @@ class Channels:
                 raise ValueError("too much data queued before the ratchet started")
             self._pending.append((cid, data))
             return
-        message = self._ratchet.encrypt(data, session_ad(session.session_id, cid))
-        session.send(MessageType.DATA, {"channel": cid, "dr": message})
+        pub, pn, n, ct = self._ratchet.encrypt_parts(data, session_ad(session.session_id, cid))
+        session.send_payload(MessageType.DATA, dumps_data(cid, pub, pn, n, ct))
 
     def data_received(self, cid, message):
         """

@@ -83,6 +83,9 @@ class Peer:
         self.on_channel = None  # (session, channel)
         self.on_data = None  # (session, channel, data)
         self._observers = []
+        #: The observers' C{channels_allowed} methods, looked up once per
+        #: L{add_observer} rather than on every Data envelope (issue 19).
+        self._gates = ()
         self._extensions = {}
 
     @property
@@ -151,6 +154,9 @@ class Peer:
     def add_observer(self, observer) -> None:
         """Notify C{observer} of session events (any subset of the hook methods)."""
         self._observers.append(observer)
+        gate = getattr(observer, "channels_allowed", None)
+        if gate is not None:
+            self._gates += (gate,)
 
     def channels_allowed(self, session) -> bool:
         """
@@ -160,9 +166,8 @@ class Peer:
         (the node's pairing service: only paired peers); one refusal is
         enough. Without such an observer (a client) every peer may.
         """
-        for observer in self._observers:
-            allowed = getattr(observer, "channels_allowed", None)
-            if allowed is not None and not allowed(session):
+        for allowed in self._gates:
+            if not allowed(session):
                 return False
         return True
 

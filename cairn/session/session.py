@@ -228,7 +228,12 @@ class Session(KeyEpochs, ResumeState):
         """
         if self.closed is not None:
             raise self.closed
-        payload = cbor.dumps(body)
+        return self.send_payload(type_code, cbor.dumps(body))
+
+    def send_payload(self, type_code: int, payload: bytes) -> int:
+        """L{send} of a body already encoded as canonical CBOR C{payload}."""
+        if self.closed is not None:
+            raise self.closed
         if len(payload) + 32 > self.local.max_payload:
             raise ValueError(
                 f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"

@@ -35,6 +35,57 @@ def dumps(value) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+def _head(major: int, value: int) -> bytes:
+    """A canonical (shortest) CBOR item head of C{major} type for C{value}."""
+    if value < 24:
+        return bytes(((major << 5) | value,))
+    if value < 0x100:
+        return bytes(((major << 5) | 24, value))
+    if value < 0x10000:
+        return bytes(((major << 5) | 25,)) + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return bytes(((major << 5) | 26,)) + value.to_bytes(4, "big")
+    return bytes(((major << 5) | 27,)) + value.to_bytes(8, "big")
+
+
+#: The constant parts of a Data body, canonical order (keys length-first).
+_DATA_OPEN = b"\xa2\x62dr\xa4\x61n"  # {"dr": {"n": ...
+_DATA_CT = b"\x62ct"
+_DATA_PN = b"\x62pn"
+_DATA_PUB = b"\x63pub"
+_DATA_CHANNEL = b"\x67channel"
+
+
+def dumps_data(channel: int, pub: bytes, pn: int, n: int, ct: bytes) -> bytes:
+    """
+    C{dumps({"channel": channel, "dr": {"pub": pub, "pn": pn, "n": n, "ct": ct}})}
+    (docs/protocol.md §10), the same bytes made without cbor2.
+
+    Written by hand because it is every Data message's body: cbor2's
+    canonical mode costs several times its plain mode per call (it sorts
+    every map and sets up an encoder each time), while the body's shape and
+    key order never change; only the five values are encoded per message.
+    The integers are unsigned (uint32, checked by the callers) and the
+    strings bytes; tests/test_cbor.py compares it with L{dumps}.
+    """
+    return b"".join(
+        (
+            _DATA_OPEN,
+            _head(0, n),
+            _DATA_CT,
+            _head(2, len(ct)),
+            ct,
+            _DATA_PN,
+            _head(0, pn),
+            _DATA_PUB,
+            _head(2, len(pub)),
+            pub,
+            _DATA_CHANNEL,
+            _head(0, channel),
+        )
+    )
+
+
 #: The exact types cbor2 decodes plain items to: checked by type lookup
 #: before the recursive call (a Data body is a dozen items; issue 19).
 _PLAIN_TYPES = frozenset(_PLAIN)
