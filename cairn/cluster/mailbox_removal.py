@@ -40,10 +40,14 @@ class Removal:
     def _removed(self, result):
         receipts, depths, last = result
         self._last_receipt = max(self._last_receipt, last)
+        for receipt in receipts:
+            self._saw(self._newest_receipt, receipt.sender, receipt.rseq)
         changed = {}
         for recipient, (count, size, oldest) in depths.items():
             depth = self._depths.get(recipient, Depth())
             changed[recipient] = Depth(depth.messages - count, depth.bytes - size, oldest)
+            if changed[recipient].messages <= 0:
+                self._newest.pop(recipient, None)  # nothing left to wait for
         self._apply(changed)
         return receipts
 
@@ -217,7 +221,14 @@ class Removal:
         return out
 
     def drop_receipts(self, sender, rseqs):
-        return self._run(self._drop_receipts, sender, list(rseqs))
+        rseqs = list(rseqs)
+
+        def dropped(result):
+            if rseqs and max(rseqs) >= self._newest_receipt.get(sender, 0):
+                self._newest_receipt.pop(sender, None)  # none newer to wait for
+            return result
+
+        return self._run(self._drop_receipts, sender, rseqs).addCallback(dropped)
 
     async def _drop_receipts(self, sender, rseqs):
         # One drop at a time per sender, each taking every rseq queued
