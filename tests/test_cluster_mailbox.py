@@ -530,3 +530,38 @@ class NatsAwayTests(unittest.TestCase):
         for read in (lambda: store.fetch(B, 0, 16), lambda: store.receipts(A, 0, 16)):
             error = yield self.assertFailure(read(), StoreFull)
             self.assertIn("not connected to NATS", str(error))
+
+
+class HistoryTests(unittest.TestCase):
+    """What one message costs does not grow with the tombstones a recipient's earlier messages left."""
+
+    @defer.inlineCallbacks
+    def test_acknowledgement_reads_do_not_grow(self):
+        """
+        Acknowledging one message (cumulatively, as a recipient does) reads
+        the stream a bounded number of times, whatever came before it: each
+        earlier message left a tombstone on the recipient's subjects.
+        """
+        from cairn.cluster import direct
+
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        reads = []
+        for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
+            original = getattr(direct, name)
+
+            def counted(*args, _original=original, _name=name, **kwargs):
+                reads.append(_name)
+                return _original(*args, **kwargs)
+
+            self.patch(direct, name, counted)
+        limits, cursor, costs = LIMITS.__class__(10**6, 10**9, 1000.0), 0, []
+        for _ in range(40):
+            ((_, seq),) = yield store.enqueue([item()], 1.0, limits)
+            (message,) = yield store.fetch(B, cursor, 16)
+            del reads[:]
+            yield store.acknowledge(B, [message.seq], 2.0, 100.0, upto=message.seq)
+            costs.append(len(reads))
+            cursor = seq
+        self.assertLessEqual(max(costs[5:]), 3, costs)

@@ -99,6 +99,9 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
         self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
         self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
+        #: recipient -> a seq up to which all its messages are removed (a cumulative acknowledgement's),
+        #: used on the NATS loop: the acknowledgements' reads start above it (mailbox_removal).
+        self._acked_upto = {}
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
 
