@@ -5,7 +5,7 @@ this machine's loopback, measured from one client process (issue 15):
 
     python -m bench.cluster [--latency N] [--messages M] [--senders S]
                             [--inflight F] [--relay-bytes B] [--relay-repeat R]
-                            [--quick]
+                            [--quick] [--latency-only]
 
 - B{cross-node delivery latency}: a sender on node 1 forwards 1 KiB
   messages one at a time to a recipient whose session is on node 2; the
@@ -355,6 +355,8 @@ def run(args):
     def measure(reactor):
         results["cross"] = yield latency(reactor, node1.address, node2.address, args.latency)
         results["same"] = yield latency(reactor, node1.address, node1.address, args.latency)
+        if args.latency_only:
+            return
         one = [node1.address]
         spread = [node1.address, node2.address]
         results["one"] = yield enqueue_rate(reactor, one, args.messages, args.senders, args.inflight)
@@ -405,6 +407,8 @@ def report(results, args):
         f"cross-node p50 {percentile(cross, 50) * 1e3:.2f} ms (target <= 5 ms);"
         f" ratio cross/same p50 = {percentile(cross, 50) / percentile(same, 50):.2f}"
     )
+    if args.latency_only:
+        return
     spread, one = results["spread"], results["one"]
     print(
         f"enqueue ({args.messages} x 1 KiB, {args.senders} senders x {args.inflight} in flight):"
@@ -435,6 +439,7 @@ def main(argv=None):
     parser.add_argument("--relay-bytes", type=int, default=64 * 2**20, help="bytes through each circuit")
     parser.add_argument("--relay-repeat", type=int, default=3, help="circuits of each kind measured (median)")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run, figures meaningless)")
+    parser.add_argument("--latency-only", action="store_true", help="only the delivery latencies (cross and same node)")
     args = parser.parse_args(argv)
     if args.quick:
         args.latency, args.messages, args.senders, args.inflight = 20, 200, 4, 2
