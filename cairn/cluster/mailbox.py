@@ -333,10 +333,13 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0):
         """
         Up to C{limit} messages on C{subject} from C{start} that C{wanted}
-        accepts, paging past the rest; one that ends before seq C{expect}
-        (a write known stored) carries on from the stream's leader.
+        accepts, paging past the rest; one that finds none though seq
+        C{expect} (a write known stored) is beyond what it saw carries on
+        from the stream's leader.
         """
-        out, batch, seen = [], batch or max(limit, 16), 0  # tombstones may be interleaved: a little slack
+        # Tombstones may be interleaved: a little slack. (What lies before
+        # C{start} counts as seen: the caller has it.)
+        out, batch, seen = [], batch or max(limit, 16), start - 1
         while len(out) < limit:
             page, _ = await D.direct_batch(self.jet.nc, self.stream, start, batch, subject, must_see)
             out.extend(h for h in page if wanted is None or wanted(h))
@@ -345,10 +348,13 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
                 break
             start = page[-1].seq + 1
         # Any replica answers a direct get, and a follower may not have
-        # applied the newest writes yet (D.direct_batch): the rest is read
-        # from the leader, which has -- usually one message, one request.
+        # applied the newest writes yet (D.direct_batch). A read that found
+        # nothing new though a write is known asks the leader, which has it,
+        # for the next one: one request. (One that found some need not: its
+        # caller reads again once those are delivered -- under load, lagging
+        # reads are common, and the leader's API is shared and slower.)
         start = max(start, seen + 1)
-        while len(out) < limit and seen < expect:
+        while not out and seen < expect:
             held = await D.leader_next(self.jet.nc, self.jet.js, self.stream, start, subject)
             if held is None:
                 break  # removed meanwhile
