@@ -69,7 +69,10 @@ class Removal:
             # What this node handed out is known; read only what lies before it
             # (handed out by an earlier process, before a restart).
             below = (known[0] - 1) if known else upto
-            page = 16 if known else PAGE
+            # With known ones, what lies below the first is nearly always
+            # nothing or a few tombstones: small pages (each item read is
+            # parsed, payload and all).
+            page = 4 if known else PAGE
             held = []
             if below > floor:
                 held = await D.direct_all(nc, self.stream, prefix + ">", start=floor + 1, page=page, upto=below)
@@ -238,8 +241,9 @@ class Removal:
                 # Handed out in order, from the oldest: the first still held is it.
                 first = [fetched[min(fetched)]]
             else:
+                # Just above what is known removed: the first few items hold it.
                 start = self._acked_upto.get(recipient, 0) + 1
-                first = await self._read(start, 1, self._subject("mbox", recipient, ">"), 0, _is_message, batch=PAGE)
+                first = await self._read(start, 1, self._subject("mbox", recipient, ">"), 0, _is_message, batch=8)
             out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
         return out
 
