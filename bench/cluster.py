@@ -5,7 +5,7 @@ this machine's loopback, measured from one client process (issue 15):
 
     python -m bench.cluster [--latency N] [--messages M] [--senders S]
                             [--inflight F] [--relay-bytes B] [--relay-repeat R]
-                            [--quick]
+                            [--quick] [--latency-only]
 
 - B{cross-node delivery latency}: a sender on node 1 forwards 1 KiB
   messages one at a time to a recipient whose session is on node 2; the
@@ -325,6 +325,50 @@ def relay_rate(reactor, address_a, address_b, size, mode):
     return rate
 
 
+def raw_latency(urls, count, warm=20, size=SIZE):
+    """
+    The anchor of the delivery latencies, on the same cluster in the same
+    run: seconds for raw nats-py to publish 1 KiB to an R3 stream, await its
+    PubAck and read it back by a direct get, one at a time (what a node does
+    at the least per message: store it, read it to deliver).
+    """
+    import asyncio
+
+    return asyncio.run(_raw_latency(urls, count, warm, size))
+
+
+async def _raw_latency(urls, count, warm, size):
+    import json
+
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    nc = await nats.connect(urls)
+    js = nc.jetstream()
+    name = "bench_latency"
+    await js.add_stream(
+        StreamConfig(
+            name=name, subjects=["bench.latency.>"], num_replicas=3, storage=StorageType.FILE, allow_direct=True
+        )
+    )
+    payload, samples = os.urandom(size), []
+    for i in range(warm + count):
+        start = time.perf_counter()
+        ack = await js.publish(f"bench.latency.{i}", payload)
+        request = json.dumps({"seq": ack.seq, "next_by_subj": "bench.latency.>", "batch": 16}).encode()
+        box = nc.new_inbox()
+        sub = await nc.subscribe(box)
+        await nc.publish(f"$JS.API.DIRECT.GET.{name}", request, reply=box)
+        while not ((await sub.next_msg(timeout=10)).headers or {}).get("Status"):
+            pass
+        await sub.unsubscribe()
+        if i >= warm:
+            samples.append(time.perf_counter() - start)
+    await js.delete_stream(name)
+    await nc.close()
+    return samples
+
+
 # Report
 
 
@@ -350,11 +394,18 @@ def run(args):
     deployment = Deployment(2)
     node1, node2 = deployment.nodes
     results = {}
+    try:
+        results["raw"] = raw_latency(deployment.nats.urls, args.latency)
+    except BaseException:
+        deployment.stop()
+        raise
 
     @defer.inlineCallbacks
     def measure(reactor):
         results["cross"] = yield latency(reactor, node1.address, node2.address, args.latency)
         results["same"] = yield latency(reactor, node1.address, node1.address, args.latency)
+        if args.latency_only:
+            return
         one = [node1.address]
         spread = [node1.address, node2.address]
         results["one"] = yield enqueue_rate(reactor, one, args.messages, args.senders, args.inflight)
@@ -401,10 +452,16 @@ def report(results, args):
         show_latency("same-node delivery latency (anchor)", same)
         + f"; {same_late} not delivered within 1 s (until a later message)"
     )
+    raw = results["raw"]
+    print(show_latency("raw nats-py publish-with-ack + direct get, one at a time, same R3 cluster (anchor)", raw))
     print(
         f"cross-node p50 {percentile(cross, 50) * 1e3:.2f} ms (target <= 5 ms);"
-        f" ratio cross/same p50 = {percentile(cross, 50) / percentile(same, 50):.2f}"
+        f" ratio cross/same p50 = {percentile(cross, 50) / percentile(same, 50):.2f};"
+        f" p50 ratios to the raw anchor: cross {percentile(cross, 50) / percentile(raw, 50):.1f}x,"
+        f" same {percentile(same, 50) / percentile(raw, 50):.1f}x"
     )
+    if args.latency_only:
+        return
     spread, one = results["spread"], results["one"]
     print(
         f"enqueue ({args.messages} x 1 KiB, {args.senders} senders x {args.inflight} in flight):"
@@ -435,6 +492,7 @@ def main(argv=None):
     parser.add_argument("--relay-bytes", type=int, default=64 * 2**20, help="bytes through each circuit")
     parser.add_argument("--relay-repeat", type=int, default=3, help="circuits of each kind measured (median)")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run, figures meaningless)")
+    parser.add_argument("--latency-only", action="store_true", help="only the delivery latencies (cross and same node)")
     args = parser.parse_args(argv)
     if args.quick:
         args.latency, args.messages, args.senders, args.inflight = 20, 200, 4, 2

@@ -16,7 +16,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINES = (
     "cross-node delivery latency (20 x 1 KiB, one at a time): p50 ",
     "same-node delivery latency (anchor): p50 ",
+    "raw nats-py publish-with-ack + direct get, one at a time, same R3 cluster (anchor): p50 ",
     "(target <= 5 ms); ratio cross/same p50 = ",
+    "p50 ratios to the raw anchor: cross ",
     "scaling ratio spread/one = ",
     "relay attached (1.0 MiB, median of 1): across nodes ",
     "relay RelayData (1.0 MiB, median of 1): across nodes ",

@@ -41,6 +41,8 @@ class _Sub:
 class FakeNats:
     """A NATS client whose direct gets are answered from C{rounds}: one list of replies per request."""
 
+    is_connected = True
+
     def __init__(self, rounds):
         self.rounds = list(rounds)
         self.requests = 0

@@ -12,7 +12,7 @@ from cairn.mailbox.interfaces import Incoming
 from cairn.wire.constants import ForwardStatus
 from tests import _jetstream
 from tests.test_mailbox import BatchingMixin, MailboxScenarioMixin
-from tests.test_mailbox_store import LIMITS, B, StoreMixin, item
+from tests.test_mailbox_store import LIMITS, A, B, StoreMixin, item
 
 
 class JetStreamStoreTests(StoreMixin, unittest.TestCase):
@@ -366,3 +366,209 @@ class WatchTests(unittest.TestCase):
         yield here.start()
         yield conditions.until(lambda: here.depths()[B].messages == 2)
         self.assertEqual(here.total_bytes(), 5)
+
+
+class ReadYourWritesTests(unittest.TestCase):
+    """
+    Reads after a write on a replicated (R3) stream: direct gets are
+    answered by any replica, and nats-server ignores C{min_last_seq} (the
+    read-after-write of ADR-53 was withdrawn before 2.12 shipped), so a
+    follower that has not applied a write yet answers without it.
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests._nats import start_nats_cluster
+
+        self.cluster = yield start_nats_cluster(self)
+        jet = yield _jetstream.connect(self, self.cluster.urls, replicas=3)
+        # Connected to a follower of the stream only: a direct get prefers
+        # the replica on the server the client is connected to.
+        info = yield jet.run(jet.js.stream_info, jet.stream("mbox"))
+        follower = next(s for s in self.cluster.servers if s.name != info.cluster.leader)
+        self.jet = yield _jetstream.connect(self, [follower.url], replicas=3)
+        self.store = JetStreamMailboxStore(self.jet)
+        yield self.store.start()
+
+    @defer.inlineCallbacks
+    def test_fetch_sees_each_acknowledged_enqueue(self):
+        """A fetch right after each enqueue returns that message, every time (the wake-up path)."""
+        from cairn.mailbox.interfaces import Limits
+
+        limits, after, missed = Limits(10**6, 10**9, 1000.0), 0, []
+        for i in range(300):
+            ((status, seq),) = yield self.store.enqueue([item()], 1.0, limits)
+            self.assertEqual(status, ForwardStatus.STORED)
+            fetched = yield self.store.fetch(B, after, 16)
+            if [m.seq for m in fetched] != [seq]:
+                missed.append((i, seq, [m.seq for m in fetched]))
+            after = seq
+            self.store._ahead.clear()  # each fetch reads the stream, as a new wake-up does
+        self.assertEqual(missed, [])
+
+    @defer.inlineCallbacks
+    def test_fetch_sees_what_was_written_elsewhere(self):
+        """Once the watch reports another writer's message, a fetch returns it, every time."""
+        from cairn.mailbox.interfaces import Limits
+        from tests._harness import Conditions
+
+        elsewhere = JetStreamMailboxStore(self.jet)
+        yield elsewhere.start()
+        conditions, told = Conditions(), []
+        self.store.watch(lambda recipient: conditions.changed(told.append(recipient)))
+        limits, after, missed = Limits(10**6, 10**9, 1000.0), 0, []
+        for i in range(100):
+            ((status, seq),) = yield elsewhere.enqueue([item()], 1.0, limits)
+            yield conditions.until(lambda i=i: len(told) == i + 1)
+            fetched = yield self.store.fetch(B, after, 16)
+            if [m.seq for m in fetched] != [seq]:
+                missed.append((i, seq, [m.seq for m in fetched]))
+            after = seq
+            self.store._ahead.clear()
+        self.assertEqual(missed, [])
+
+
+def _stale_replica(testcase, applied):
+    """
+    Have every direct get answered as by a follower that has applied the
+    stream only up to seq C{applied()} (a callable), as any replica may.
+    """
+    from cairn.cluster import direct
+
+    batch = direct.direct_batch
+
+    async def stale(nc, stream, start, size, subject=None, min_last=0, timeout=5.0):
+        held, last = await batch(nc, stream, start, size, subject, min_last, timeout)
+        return [h for h in held if h.seq <= applied()], last
+
+    testcase.patch(direct, "direct_batch", stale)
+
+
+class StaleReplicaTests(unittest.TestCase):
+    """What a read must see though a replica behind answers it (L{ReadYourWritesTests}, made certain)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.store = JetStreamMailboxStore(self.jet)
+        yield self.store.start()
+
+    @defer.inlineCallbacks
+    def test_fetch_after_enqueue(self):
+        """A fetch after an acknowledged enqueue returns the message, read from the leader."""
+        ((_, first),) = yield self.store.enqueue([item()], 1.0, LIMITS)
+        _stale_replica(self, lambda: first)
+        ((_, second),) = yield self.store.enqueue([item()], 1.0, LIMITS)
+        # What the replica has is enough when it is something (the caller
+        # reads on once it is delivered); nothing new is not.
+        self.assertEqual([m.seq for m in (yield self.store.fetch(B, 0, 16))], [first])
+        self.assertEqual([m.seq for m in (yield self.store.fetch(B, first, 16))], [second])
+
+    @defer.inlineCallbacks
+    def test_fetch_after_written_elsewhere(self):
+        """Once the watch reports another writer's message, a fetch returns it."""
+        from tests._harness import Conditions
+
+        elsewhere = JetStreamMailboxStore(self.jet)
+        yield elsewhere.start()
+        conditions, told = Conditions(), []
+        self.store.watch(lambda recipient: conditions.changed(told.append(recipient)))
+        _stale_replica(self, lambda: 0)
+        ((_, seq),) = yield elsewhere.enqueue([item()], 1.0, LIMITS)
+        yield conditions.until(lambda: told == [B])
+        self.assertEqual([m.seq for m in (yield self.store.fetch(B, 0, 16))], [seq])
+
+    @defer.inlineCallbacks
+    def test_receipts_after_acknowledge(self):
+        """The receipts an acknowledgement wrote are read back, whichever replica answers."""
+        ((_, seq),) = yield self.store.enqueue([item()], 1.0, LIMITS)
+        yield self.store.fetch(B, 0, 16)
+        _stale_replica(self, lambda: seq)
+        (receipt,) = yield self.store.acknowledge(B, [seq], 2.0, 100.0)
+        self.assertEqual((yield self.store.receipts(A, 0, 10)), [receipt])
+
+    @defer.inlineCallbacks
+    def test_nothing_newer_to_wait_for(self):
+        """
+        A read from past the newest write known, or once what was stored
+        is removed, does not go to the leader.
+        """
+        from cairn.cluster import direct
+
+        asked = []
+        leader_next = direct.leader_next
+
+        async def counted(*args):
+            asked.append(args)
+            return await leader_next(*args)
+
+        self.patch(direct, "leader_next", counted)
+        ((_, seq),) = yield self.store.enqueue([item()], 1.0, LIMITS)
+        yield self.store.fetch(B, 0, 16)
+        self.assertEqual((yield self.store.fetch(B, seq, 16)), [])  # all handed out already
+        (receipt,) = yield self.store.acknowledge(B, [seq], 2.0, 100.0)
+        self.assertEqual((yield self.store.receipts(A, receipt.rseq, 10)), [])
+        yield self.store.drop_receipts(A, [receipt.rseq])
+        self.assertEqual((yield self.store.fetch(B, seq, 16)), [])
+        self.assertEqual((yield self.store.receipts(A, 0, 10)), [])
+        self.assertEqual(asked, [])
+
+
+class NatsAwayTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_reads_fail_at_once(self):
+        """
+        While the client reconnects, a read fails at once with StoreFull
+        (not after the request timeout, as a request buffered for the
+        reconnection would), as an enqueue does.
+        """
+        from cairn.mailbox.interfaces import StoreFull
+        from tests._harness import Conditions
+
+        server, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        conditions, note = Conditions(), jet._note
+        jet._note = lambda state, reason: conditions.changed(note(state, reason))
+        yield server.kill()
+        yield conditions.until(lambda: not jet.health()[0])
+        for read in (lambda: store.fetch(B, 0, 16), lambda: store.receipts(A, 0, 16)):
+            error = yield self.assertFailure(read(), StoreFull)
+            self.assertIn("not connected to NATS", str(error))
+
+
+class HistoryTests(unittest.TestCase):
+    """What one message costs does not grow with the tombstones a recipient's earlier messages left."""
+
+    @defer.inlineCallbacks
+    def test_acknowledgement_reads_do_not_grow(self):
+        """
+        Acknowledging one message (cumulatively, as a recipient does) reads
+        the stream a bounded number of times, whatever came before it: each
+        earlier message left a tombstone on the recipient's subjects.
+        """
+        from cairn.cluster import direct
+
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        reads = []
+        for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
+            original = getattr(direct, name)
+
+            def counted(*args, _original=original, _name=name, **kwargs):
+                reads.append(_name)
+                return _original(*args, **kwargs)
+
+            self.patch(direct, name, counted)
+        limits, cursor, costs = LIMITS.__class__(10**6, 10**9, 1000.0), 0, []
+        for _ in range(40):
+            ((_, seq),) = yield store.enqueue([item()], 1.0, limits)
+            (message,) = yield store.fetch(B, cursor, 16)
+            del reads[:]
+            yield store.acknowledge(B, [message.seq], 2.0, 100.0, upto=message.seq)
+            costs.append(len(reads))
+            cursor = seq
+        self.assertLessEqual(max(costs[5:]), 3, costs)

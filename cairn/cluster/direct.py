@@ -47,6 +47,20 @@ class ReadError(Exception):
     """A direct get was answered with an error status."""
 
 
+class NotConnected(Exception):
+    """The client is not connected to NATS now (reconnecting): a read fails at once, as a write does."""
+
+    def __init__(self):
+        super().__init__("not connected to NATS")
+
+
+def _connected(nc):
+    # While nats-py reconnects it buffers what is sent: a request would wait
+    # out its whole timeout for an answer that cannot come.
+    if not nc.is_connected:
+        raise NotConnected()
+
+
 #: A direct get no replica answers (503 no responders: the stream is
 #: electing a leader) is asked again for up to this many seconds, after
 #: pauses from UNAVAILABLE_PAUSE s doubling to 1 s; then its error stands.
@@ -88,12 +102,19 @@ async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeo
     C{subject}, wildcards allowed), in order; returns C{(messages, last)}
     with C{last} the seq of the last one.
 
-    @param min_last: answered only by a replica that has applied the
-        stream up to this seq (ADR-53; a follower behind passes the
-        request to the leader): a read sees every write acknowledged
-        before it. (Deletions do not raise the last seq: a replica may
-        still show a message deleted a moment ago.)
+    Any replica answers a direct get (the one on the server the client
+    is connected to first), and a follower may not have applied a write
+    the leader has acknowledged: the answer may lack the newest messages.
+    The callers that must see a write check for it and ask the leader
+    (L{leader_next}).
+
+    @param min_last: sent as C{min_last_seq} (ADR-53), which would have a
+        replica that has not applied the stream up to this seq pass the
+        request on; but nats-server ignores it (its read-after-write was
+        withdrawn before 2.12 shipped, and 2.15 still has none), so it
+        guarantees nothing today.
     """
+    _connected(nc)
     request = {"seq": max(start, 1), "batch": batch}
     if subject is not None:
         request["next_by_subj"] = subject
@@ -135,6 +156,7 @@ async def direct_all(nc, stream, subject, start=1, page=1000, upto=None):
 @_retry_unavailable
 async def direct_seq(nc, stream, seq, timeout=5.0):
     """The message at C{seq} of C{stream}, or None."""
+    _connected(nc)
     msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=timeout)
     headers = msg.headers or {}
     if headers.get("Status"):
@@ -147,6 +169,7 @@ async def direct_seq(nc, stream, seq, timeout=5.0):
 @_retry_unavailable
 async def direct_last(nc, stream, subject, timeout=5.0):
     """The last message on C{subject} of C{stream}, or None."""
+    _connected(nc)
     msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
     headers = msg.headers or {}
     if headers.get("Status"):
@@ -154,6 +177,23 @@ async def direct_last(nc, stream, subject, timeout=5.0):
             return None
         raise ReadError(f"direct get from {stream}: {headers['Status']} {headers.get('Description', '')}".strip())
     return Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data)
+
+
+@_retry_unavailable
+async def leader_next(nc, js, stream, start, subject):
+    """
+    The first message of C{stream} on C{subject} at seq C{start} or after,
+    or None: asked of the stream's leader (a message get, not a direct
+    get), which has applied every write it acknowledged.
+    """
+    from nats.js.errors import NotFoundError
+
+    _connected(nc)
+    try:
+        raw = await js.get_msg(stream, seq=max(start, 1), subject=subject, next=True)
+    except NotFoundError:
+        return None
+    return Held(raw.subject, raw.seq, raw.headers or {}, raw.data or b"")
 
 
 async def delete(js, stream, seq):

@@ -84,6 +84,12 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         # so that a fetch of messages does not wait for a replica to apply
         # the receipts (and tombstones) a drain is writing meanwhile.
         self._last_stored = self._last_receipt = 0
+        # The highest seq known stored of each recipient's messages, and of
+        # each sender's receipts (this store's writes, and the others' its
+        # watch reported): a read of them that ends below it was answered
+        # by a replica that has not applied it yet and carries on from the
+        # leader (L{_read}), so that the read after a wake-up sees the write.
+        self._newest, self._newest_receipt = {}, {}
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
@@ -93,6 +99,9 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
         self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
         self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
+        #: recipient -> a seq up to which all its messages are removed (a cumulative acknowledgement's),
+        #: used on the NATS loop: the acknowledgements' reads start above it (mailbox_removal).
+        self._acked_upto = {}
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
 
@@ -127,14 +136,14 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
             headers = msg.headers or {}
             if headers.get(WRITER) == self.writer or headers.get(KIND) is not None:
                 return  # this store's own writes (counted when made); tombstones
-            kind = msg.subject.split(".")[1]
-            if kind == "mbox":
+            parts, seq = msg.subject.split("."), msg.metadata.sequence.stream
+            if parts[1] == "mbox":
                 size = int(headers.get("Nats-Msg-Size") or 0)
                 stored_at = float(headers.get(D.STORED) or 0)
-                self.jet.thread.to_reactor(self._written_elsewhere, msg.subject.split(".")[2], size, stored_at)
-            elif kind == "rcpt" and D.RECIPIENT in headers:
+                self.jet.thread.to_reactor(self._written_elsewhere, parts[2], size, stored_at, seq)
+            elif parts[1] == "rcpt" and D.RECIPIENT in headers:
                 size = int(headers.get(SIZE) or 0)  # receipts of older nodes have none: bytes stay counted
-                self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size)
+                self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size, parts[2], seq)
 
         # From just after what the load read: nothing written meanwhile is
         # missed, nothing it counted is counted again.
@@ -147,18 +156,31 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
             self._subject("mbox", ">"), cb=seen, ordered_consumer=True, headers_only=True, config=config
         )
 
-    def _written_elsewhere(self, recipient, size, stored_at):
+    def _written_elsewhere(self, recipient, size, stored_at, seq=0):
+        # Reads from now on must see it (the watchers below fetch at once).
+        self._saw(self._newest, recipient, seq)
+        self._last_stored = max(self._last_stored, seq)
         depth = self._depths.get(recipient, Depth())
         oldest = depth.oldest if depth.messages else stored_at
         self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
         self.watchers(recipient)
 
-    def _removed_elsewhere(self, recipient, size):
+    def _removed_elsewhere(self, recipient, size, sender=None, rseq=0):
         # The oldest stored_at is kept while messages remain (it may be older
         # than the truth until this node's next start or own removal reads it).
+        if sender is not None:
+            self._saw(self._newest_receipt, sender, rseq)
+            self._last_receipt = max(self._last_receipt, rseq)
         depth = self._depths.get(recipient, Depth())
         messages = depth.messages - 1
         self._apply({recipient: Depth(messages, depth.bytes - size, depth.oldest if messages else None)})
+        if messages <= 0:
+            self._newest.pop(recipient, None)  # nothing left to wait for
+
+    @staticmethod
+    def _saw(newest, key, seq):
+        if seq > newest.get(key, 0):
+            newest[key] = seq
 
     def watch(self, callback):
         self.watchers.add(callback)
@@ -226,6 +248,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
                     if status == ForwardStatus.STORED:
                         self._last_stored = max(self._last_stored, seq)
                         item = items[i]
+                        self._saw(self._newest, item.recipient, seq)
                         depth = changed.get(item.recipient) or self._depths.get(item.recipient, Depth())
                         oldest = depth.oldest if depth.messages else now
                         changed[item.recipient] = Depth(depth.messages + 1, depth.bytes + len(item.payload), oldest)
@@ -304,21 +327,43 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     # Reads
 
     def fetch(self, recipient, after_seq, limit):
-        return self._run(self._fetch, recipient, after_seq, limit, self._last_stored)
+        expect = self._newest.get(recipient, 0)
+        return self._run(self._fetch, recipient, after_seq, limit, self._last_stored, expect)
 
-    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None):
-        """Up to C{limit} messages on C{subject} from C{start} that C{wanted} accepts, paging past the rest."""
-        out, batch = [], batch or max(limit, 16)  # tombstones may be interleaved: a little slack
+    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0):
+        """
+        Up to C{limit} messages on C{subject} from C{start} that C{wanted}
+        accepts, paging past the rest; one that finds none though seq
+        C{expect} (a write known stored) is beyond what it saw carries on
+        from the stream's leader.
+        """
+        # Tombstones may be interleaved: a little slack. (What lies before
+        # C{start} counts as seen: the caller has it.)
+        out, batch, seen = [], batch or max(limit, 16), start - 1
         while len(out) < limit:
-            # Answered only by a replica that has applied what we were acknowledged.
             page, _ = await D.direct_batch(self.jet.nc, self.stream, start, batch, subject, must_see)
             out.extend(h for h in page if wanted is None or wanted(h))
+            seen = max([seen] + [h.seq for h in page])
             if len(page) < batch:
                 break
             start = page[-1].seq + 1
+        # Any replica answers a direct get, and a follower may not have
+        # applied the newest writes yet (D.direct_batch). A read that found
+        # nothing new though a write is known asks the leader, which has it,
+        # for the next one: one request. (One that found some need not: its
+        # caller reads again once those are delivered -- under load, lagging
+        # reads are common, and the leader's API is shared and slower.)
+        start = max(start, seen + 1)
+        while not out and seen < expect:
+            held = await D.leader_next(self.jet.nc, self.jet.js, self.stream, start, subject)
+            if held is None:
+                break  # removed meanwhile
+            seen, start = held.seq, held.seq + 1
+            if wanted is None or wanted(held):
+                out.append(held)
         return out[:limit]
 
-    async def _fetch(self, recipient, after_seq, limit, must_see):
+    async def _fetch(self, recipient, after_seq, limit, must_see, expect=0):
         # A recipient being drained fetches a window's worth, then one
         # ForwardDeliver's worth after each acknowledgement: each of those
         # reads waits on the servers behind the drain's own writes. So a
@@ -334,7 +379,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
             size = max(1, depth.bytes // depth.messages) if depth is not None and depth.messages > 0 else 1
             want = max(limit - len(held), min(READ_AHEAD, READ_AHEAD_BYTES // size))
             subject = self._subject("mbox", recipient, ">")
-            held += await self._read(upto + 1, want, subject, must_see, _is_message)
+            held += await self._read(upto + 1, want, subject, must_see, _is_message, expect=expect)
         held, rest = held[:limit], held[limit:]
         if rest:
             self._ahead[recipient] = (held[-1].seq, rest[-1].seq, rest)
@@ -348,10 +393,11 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
         return [_stored(h) for h in held]
 
     def receipts(self, sender, after_rseq, limit):
-        return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt)
+        expect = self._newest_receipt.get(sender, 0)
+        return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt, expect)
 
-    async def _receipts(self, sender, after_rseq, limit, must_see):
-        held = await self._read(after_rseq + 1, limit, self._subject("rcpt", sender, "*"), must_see)
+    async def _receipts(self, sender, after_rseq, limit, must_see, expect=0):
+        held = await self._read(after_rseq + 1, limit, self._subject("rcpt", sender, "*"), must_see, expect=expect)
         return [_receipt(sender, h) for h in held]
 
     def set_limits(self, peer_id, limits):

@@ -40,10 +40,16 @@ class Removal:
     def _removed(self, result):
         receipts, depths, last = result
         self._last_receipt = max(self._last_receipt, last)
+        for receipt in receipts:
+            self._saw(self._newest_receipt, receipt.sender, receipt.rseq)
         changed = {}
         for recipient, (count, size, oldest) in depths.items():
             depth = self._depths.get(recipient, Depth())
+            if oldest is None and depth.messages > count:
+                oldest = depth.oldest  # one stored meanwhile: kept (it may be older than the truth)
             changed[recipient] = Depth(depth.messages - count, depth.bytes - size, oldest)
+            if changed[recipient].messages <= 0:
+                self._newest.pop(recipient, None)  # nothing left to wait for
         self._apply(changed)
         return receipts
 
@@ -51,13 +57,25 @@ class Removal:
         nc, prefix = self.jet.nc, self._subject("mbox", recipient, "")
         fetched = self._fetched.get(recipient, {})
         found = []
+        # Every message of the recipient up to here is removed: a cumulative
+        # acknowledgement reads only above it. (The recipient's subjects keep
+        # a tombstone per earlier message, in seq order among its messages: a
+        # read from the stream's start went through all of them, one request
+        # per one or two, each time -- hundreds per acknowledgement after a
+        # few hundred messages, which the next delivery's read queued behind.)
+        floor = self._acked_upto.get(recipient, 0)
         if upto:
             known = sorted(seq for seq in fetched if seq <= upto)
             # What this node handed out is known; read only what lies before it
             # (handed out by an earlier process, before a restart).
             below = (known[0] - 1) if known else upto
-            page = 1 if known else 64  # with known ones, the first item read is nearly always known[0]
-            held = await D.direct_all(nc, self.stream, prefix + ">", page=page, upto=below) if below > 0 else []
+            # With known ones, what lies below the first is nearly always
+            # nothing or a few tombstones: small pages (each item read is
+            # parsed, payload and all).
+            page = 4 if known else PAGE
+            held = []
+            if below > floor:
+                held = await D.direct_all(nc, self.stream, prefix + ">", start=floor + 1, page=page, upto=below)
             # A concurrent (overlapping cumulative) acknowledgement may have
             # taken some of the known ones meanwhile: it receipts those.
             found = [h for h in held if _is_message(h)] + [fetched[seq] for seq in known if seq in fetched]
@@ -97,6 +115,10 @@ class Removal:
             mine.set_result(None)
         if earlier:
             await asyncio.wait(earlier)
+        elif upto > floor:
+            # This call removed (or found removed) everything up to C{upto};
+            # with an earlier call involved, that one may yet fail: not raised.
+            self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
         return receipts, await self._depth_changes(counted), last
 
     async def _write(self, subject, payload, headers):
@@ -211,13 +233,29 @@ class Removal:
             count, size, _ = out.get(recipient, (0, 0, None))
             out[recipient] = (count + 1, size + len(held.data or b""), None)
         for recipient, (count, size, _) in list(out.items()):
-            # Tombstones come after the messages they replaced: the first item is nearly always a message.
-            first = await self._read(1, 1, self._subject("mbox", recipient, ">"), 0, _is_message, batch=2)
+            # The oldest stored_at of what remains (only reported: GET /mailbox, metrics).
+            depth, fetched = self._depths.get(recipient), self._fetched.get(recipient)
+            if depth is None or depth.messages <= count:
+                continue  # none left (one stored meanwhile keeps its own, L{_removed})
+            if fetched:
+                # Handed out in order, from the oldest: the first still held is it.
+                first = [fetched[min(fetched)]]
+            else:
+                # Just above what is known removed: the first few items hold it.
+                start = self._acked_upto.get(recipient, 0) + 1
+                first = await self._read(start, 1, self._subject("mbox", recipient, ">"), 0, _is_message, batch=8)
             out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
         return out
 
     def drop_receipts(self, sender, rseqs):
-        return self._run(self._drop_receipts, sender, list(rseqs))
+        rseqs = list(rseqs)
+
+        def dropped(result):
+            if rseqs and max(rseqs) >= self._newest_receipt.get(sender, 0):
+                self._newest_receipt.pop(sender, None)  # none newer to wait for
+            return result
+
+        return self._run(self._drop_receipts, sender, rseqs).addCallback(dropped)
 
     async def _drop_receipts(self, sender, rseqs):
         # One drop at a time per sender, each taking every rseq queued
@@ -327,6 +365,7 @@ class Removal:
         held = [h for h in await D.direct_all(nc, self.stream, subject) if _is_message(h)]
         self._fetched.pop(peer_id, None)
         self._ahead.pop(peer_id, None)
+        self._acked_upto.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
