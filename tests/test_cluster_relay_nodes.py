@@ -476,6 +476,49 @@ class MemoryBusTests(unittest.TestCase):
             close = end.last(MessageType.RELAY_CLOSE)
             self.assertEqual((close["reason"], close.get("final")), ("the other peer was unpaired", True))
 
+    def test_listed_on_the_target_node(self):
+        """C{GET /relay} on the target's node lists the circuit it carries, marked with its owner node."""
+        alice, bob, circuit = self.open()
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"a" * 100})
+        self.clock.advance(0)
+        stats = self.n2.stats()
+        self.assertEqual((stats["circuits"], stats["carried"]), (1, 1))
+        [entry] = stats["open"]
+        self.assertEqual(
+            (entry["circuit"], entry["owner"], entry["requester"], entry["target"], entry["state"], entry["bytes"]),
+            (circuit.hex(), "n1", alice.remote_peer_id, bob.remote_peer_id, "open", 100),
+        )
+        self.assertEqual(entry["mode"], "session")
+        # The owner lists it as its own (no owner key); the bytes count there, once.
+        [owned] = self.n1.stats()["open"]
+        self.assertNotIn("owner", owned)
+        self.assertEqual(self.n1.stats()["carried"], 0)
+        self.assertEqual(self.n2.bytes_sent, {})
+
+    def test_carried_circuits_count_against_capacity(self):
+        """The target's node refuses an offer beyond its capacity; the requester hears CAPACITY, not OFFLINE."""
+        self.n2.capacity = 1
+        self.open()
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 7})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        answer = alice.last(MessageType.ROUTE_RESPONSE)
+        self.assertEqual((answer["req"], answer["status"]), (7, RouteStatus.CAPACITY))
+        self.assertIn("n2", answer["reason"])
+        self.assertEqual(bob.sent, [])
+        self.assertEqual(len(self.n1.circuits), 1)
+        self.assertEqual(len(self.n2.remote.proxies), 1)
+
+    def test_capacity_counts_carried_circuits_on_the_owner_too(self):
+        """A node carrying a circuit for another node has that much less room for its own requesters."""
+        self.n2.capacity = 1
+        self.open()  # carried by n2
+        carol, dave = self.session("n2"), self.session("n2")
+        self.n2._route_request(carol, {"target": dave.remote_peer_id, "req": 3})
+        self.assertEqual(carol.last(MessageType.ROUTE_RESPONSE)["status"], RouteStatus.CAPACITY)
+        self.assertEqual(self.n2.circuits, {})
+
 
 class MadeNodesTests(NodesMixin, unittest.TestCase):
     """Two nodes as make_node builds them (KV presence, JetStream stores, the relay bus): circuits between them."""

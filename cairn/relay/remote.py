@@ -42,7 +42,7 @@ from cairn.relay.interfaces import IRelayBus
 from cairn.relay.messages import WINDOW
 from cairn.session.session import SessionClosed
 from cairn.wire import cbor
-from cairn.wire.constants import MessageType
+from cairn.wire.constants import MessageType, RouteStatus
 from cairn.wire.schema import BodyError
 
 log = Logger()
@@ -87,6 +87,11 @@ class Proxy:
     #: Whether the offer carried a token (an accepted offer may then be attached).
     token = attr.ib(default=False)
     attached = attr.ib(default=False)
+    #: When the target accepted (the service's clock), for C{GET /relay}.
+    opened_at = attr.ib(default=None)
+    #: RelayData bytes carried, both ways (for C{GET /relay} only: the
+    #: owner's counts are the ones that count).
+    carried = attr.ib(default=0)
 
 
 class Remote:
@@ -204,6 +209,9 @@ class Remote:
             return
         final = bool(message.get("final"))
         if circuit.state == "offered":
+            if message.get("capacity"):
+                self.service._refuse_offer(circuit, RouteStatus.CAPACITY, str(message.get("reason", ""))[:200])
+                return
             self.service._gone(end, final=final)  # the requester is answered offline
             return
         culprit = end if message.get("culprit") else None
@@ -213,6 +221,21 @@ class Remote:
 
     def _offered(self, owner, circuit_id, body, target):
         session = self.service._online(target) if target is not None else None
+        if session is not None and self.service.load() >= self.service.capacity:
+            # This node carries the target's end: it counts against this
+            # node's capacity as much as a circuit it owns.
+            self._send(
+                owner,
+                circuit_id,
+                {
+                    "op": "close",
+                    "from": self.node,
+                    "circuit": circuit_id,
+                    "capacity": True,
+                    "reason": f"relay capacity ({self.service.capacity}) of node {self.node} reached",
+                },
+            )
+            return
         if session is None:
             self._send(
                 owner,
@@ -244,7 +267,27 @@ class Remote:
             self._drop(proxy)
         elif type_code == MessageType.RELAY_ACK:
             proxy.allowance = min(self.service.window, proxy.allowance + max(0, int(body.get("credit", 0))))
+        elif type_code == MessageType.RELAY_DATA:
+            proxy.carried += len(body.get("data", b""))
         self._to_target(proxy, type_code, body)
+
+    def listing(self):
+        """C{GET /relay} entries for the circuits this node carries for another node's requester."""
+        now = self.clock.seconds()
+        return [
+            {
+                "circuit": p.circuit_id.hex(),
+                "state": p.state,
+                "mode": "attached" if p.attached else "session",
+                "requester": p.requester,
+                "target": p.session.remote_peer_id,
+                "bytes": p.carried,
+                "queued": 0,
+                "age": None if p.opened_at is None else now - p.opened_at,
+                "owner": p.owner,
+            }
+            for p in self.proxies.values()
+        ]
 
     def proxy_of(self, session, circuit_id):
         """The L{Proxy} of C{circuit_id} if C{session} is its target's session, else None."""
@@ -262,10 +305,12 @@ class Remote:
                 self._drop(proxy)
             else:
                 proxy.state = "open"
+                proxy.opened_at = self.clock.seconds()
                 proxy.attached = bool(attach and proxy.token)
         elif type_code == MessageType.RELAY_DATA:
             if proxy.state != "open":
                 return
+            proxy.carried += len(body["data"])
             if not proxy.attached:
                 size = len(body["data"])
                 if size > proxy.allowance:
