@@ -519,6 +519,19 @@ class MemoryBusTests(unittest.TestCase):
         self.assertEqual(carol.last(MessageType.ROUTE_RESPONSE)["status"], RouteStatus.CAPACITY)
         self.assertEqual(self.n2.circuits, {})
 
+    def test_node_not_heard_by_presence(self):
+        """A node the deployment's presence no longer hears is taken for gone at the next ping, not after 15 s."""
+        live = {"n1", "n2"}
+        self.n1.remote.bus.nodes = live
+        alice, bob, circuit = self.open()
+        self.clock.advance(PING_INTERVAL)
+        self.assertIn(circuit, self.n1.circuits)
+        live.discard("n2")  # n2 still answers pings here: only presence says it is gone
+        self.clock.advance(PING_INTERVAL)
+        self.assertNotIn(circuit, self.n1.circuits)
+        self.assertLess(PING_INTERVAL * 2, NODE_TIMEOUT)
+        self.assertEqual(alice.last(MessageType.RELAY_CLOSE)["reason"], "the other peer went away")
+
 
 class MadeNodesTests(NodesMixin, unittest.TestCase):
     """Two nodes as make_node builds them (KV presence, JetStream stores, the relay bus): circuits between them."""
@@ -610,6 +623,13 @@ class SubjectTests(unittest.TestCase):
         """Both buses provide IRelayBus."""
         self.assertTrue(verifyObject(IRelayBus, MemoryRelayBus("n1", {}, {}, task.Clock())))
         self.assertTrue(verifyObject(IRelayBus, NatsRelayBus(object(), "n1", lambda peer_id: None)))
+
+    def test_alive_from_presence(self):
+        """The NATS bus answers liveness from the presence's live nodes; without them it has no view."""
+        nodes = {"n1": 0.0, "n2": 3.0}
+        bus = NatsRelayBus(object(), "n1", lambda peer_id: None, lambda: nodes)
+        self.assertEqual((bus.alive("n2"), bus.alive("n3")), (True, False))
+        self.assertIsNone(NatsRelayBus(object(), "n1", lambda peer_id: None).alive("n2"))
 
     def test_node_token(self):
         """A node name is a subject token as it is when it can be, else hex."""

@@ -30,6 +30,9 @@ shares circuits with a ping every L{PING_INTERVAL} seconds, and a node
 silent for L{NODE_TIMEOUT} seconds (on the service's clock) is taken for
 gone: its circuits close as if their far end's session had dropped (not
 final: the peers re-establish them through whichever node they reach).
+Sooner, where the bus knows the deployment's node liveness
+(L{IRelayBus.alive}, the presence's heartbeats, 7 s): a node it no
+longer hears is taken for gone at the next ping interval.
 """
 
 import attr
@@ -391,14 +394,16 @@ class Remote:
             seen = self.last_seen.setdefault(node, now)
             if now - seen > self.node_timeout:
                 self.node_lost(node)
+            elif self.bus.alive(node) is False:
+                self.node_lost(node, "the deployment's presence no longer hears it")
             else:
                 self.bus.send(node, None, cbor.dumps({"op": "ping", "from": self.node}))
 
-    def node_lost(self, node):
+    def node_lost(self, node, why=None):
         """Close every circuit through node C{node}, which stopped answering."""
-        log.warn(
-            "relay: node {node} silent for {t:g}s; closing the circuits through it", node=node, t=self.node_timeout
-        )
+        if why is None:
+            why = f"silent for {self.node_timeout:g}s"
+        log.warn("relay: node {node} {why}; closing the circuits through it", node=node, why=why)
         self.last_seen.pop(node, None)
         for circuit in list(self.service.circuits.values()):
             for end in (circuit.a, circuit.b):
@@ -417,19 +422,24 @@ class MemoryRelayBus:
     """
     L{IRelayBus} in memory: the nodes of one process (tests, library use).
     Nodes that share a C{network} dict reach each other; C{presence} maps
-    peer ids to node names. Messages are delivered in order on the next
-    turn of C{clock}.
+    peer ids to node names; C{nodes}, if given, is the set of live node
+    names (L{IRelayBus.alive}). Messages are delivered in order on the
+    next turn of C{clock}.
     """
 
-    def __init__(self, node, network, presence, clock):
+    def __init__(self, node, network, presence, clock, nodes=None):
         self.node = node
         self.network = network
         self.presence = presence
         self.clock = clock
+        self.nodes = nodes
         self.receive = self.lost = None
 
     def where_is(self, peer_id):
         return self.presence.get(peer_id)
+
+    def alive(self, node):
+        return None if self.nodes is None else node in self.nodes
 
     def send(self, node, circuit_id, message):
         bus = self.network.get(node)
