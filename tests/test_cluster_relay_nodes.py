@@ -24,7 +24,7 @@ from cairn.cluster.relay_bus import NatsRelayBus, node_token
 from cairn.crypto.identity import Identity
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.relay import client as relay
-from cairn.relay import messages
+from cairn.relay import messages, remote
 from cairn.relay.attached import AttachedCircuit
 from cairn.relay.client import CircuitTransport, RouteRefused
 from cairn.relay.interfaces import IRelayBus
@@ -457,6 +457,9 @@ class MemoryBusTests(unittest.TestCase):
             cbor.dumps({"from": "n2", "op": "env", "type": 0x7777, "body": {"circuit": circuit}}),
             cbor.dumps({"from": "n2", "op": "env", "type": 0x0502, "body": {"circuit": circuit, "data": 5}}),
             cbor.dumps({"from": "n2", "op": "close", "circuit": "x"}),
+            b"\xff",  # RelayData frames: truncated, a head that is no map, a head longer than the frame
+            b"\xff\x00\x01\x05data",
+            b"\xff\x01\x00" + cbor.dumps({"from": "n2", "op": "env", "type": 0x0502, "body": {"circuit": circuit}}),
         ):
             self.n1.remote.receive(junk)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
@@ -647,6 +650,37 @@ def documented_body(name) -> str:
     start = section.index(f"{name} body:")
     block = section[start : section.index("```", start)]
     return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+
+
+class FrameTests(unittest.TestCase):
+    """The messages between nodes as bytes (L{remote.encode}, L{remote.decode})."""
+
+    def test_relay_data_is_framed(self):
+        """RelayData goes as a frame: a small CBOR head, then the data as it is; it decodes to the same message."""
+        data = os.urandom(1000)
+        message = {"op": "env", "from": "n1", "type": 0x0502, "body": {"circuit": b"c" * 16, "data": data}}
+        frame = remote.encode(message)
+        self.assertEqual(frame[:1], b"\xff")
+        self.assertTrue(frame.endswith(data))
+        self.assertEqual(len(frame), 3 + int.from_bytes(frame[1:3], "big") + len(data))
+        self.assertEqual(remote.decode(frame), message)
+
+    def test_other_messages_are_cbor(self):
+        """Everything else (RelayAck, closes, pings, offers) stays one CBOR map."""
+        for message in (
+            {"op": "env", "from": "n1", "type": 0x0503, "body": {"circuit": b"c" * 16, "credit": 5}},
+            {"op": "close", "from": "n1", "circuit": b"c" * 16, "reason": "x"},
+            {"op": "ping", "from": "n1"},
+        ):
+            self.assertEqual(remote.encode(message), cbor.dumps(message))
+            self.assertEqual(remote.decode(remote.encode(message)), message)
+
+    def test_truncated(self):
+        """A frame shorter than its head says, or whose head is no message, is refused."""
+        frame = remote.encode({"op": "env", "from": "n1", "type": 0x0502, "body": {"circuit": b"c", "data": b"x"}})
+        for bad in (frame[:-2], b"\xff", b"\xff\x00\x01\x05data"):
+            with self.assertRaises(ValueError):
+                remote.decode(bad)
 
 
 class AttachAtTests(unittest.TestCase):

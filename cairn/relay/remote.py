@@ -58,6 +58,43 @@ NODE_TIMEOUT = 15.0
 _TO_TARGET = (MessageType.RELAY_DATA, MessageType.RELAY_ACK, MessageType.RELAY_CLOSE)
 
 
+#: First byte of a RelayData message between nodes: CBOR's "break",
+#: which no CBOR item starts with (the other messages are CBOR maps).
+_DATA_FRAME = b"\xff"
+
+
+def encode(message: dict) -> bytes:
+    """
+    A message to another node as bytes: a CBOR map, except a RelayData
+    C{env} (the bulk of a busy circuit), framed so that its data is
+    neither walked by the CBOR encoder and decoder nor copied twice:
+    C{0xff}, the length (2 bytes, big endian) of the CBOR map without
+    C{body.data}, that map, then the data itself.
+    """
+    body = message.get("body")
+    if message.get("op") == "env" and message.get("type") == MessageType.RELAY_DATA and isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, bytes):
+            head = cbor.dumps(dict(message, body={k: v for k, v in body.items() if k != "data"}))
+            if len(head) < 0x10000:
+                return b"".join((_DATA_FRAME, len(head).to_bytes(2, "big"), head, data))
+    return cbor.dumps(message)
+
+
+def decode(data: bytes) -> dict:
+    """The message L{encode} made of C{data}. @raise ValueError: malformed."""
+    if data[:1] != _DATA_FRAME:
+        return cbor.loads(data)
+    end = 3 + int.from_bytes(data[1:3], "big")
+    if len(data) < end:
+        raise ValueError("a truncated RelayData frame")
+    message = cbor.loads(data[3:end])
+    if not isinstance(message, dict) or not isinstance(message.get("body"), dict):
+        raise ValueError("a RelayData frame without a body")
+    message["body"]["data"] = data[end:]
+    return message
+
+
 @attr.s(eq=False, repr=False)
 class RemoteEnd:
     """The owner's stand-in for an end whose node session is on node C{node}."""
@@ -153,14 +190,14 @@ class Remote:
 
     def _send(self, node, circuit_id, message):
         self.last_seen.setdefault(node, self.clock.seconds())
-        self.bus.send(node, circuit_id, cbor.dumps(message))
+        self.bus.send(node, circuit_id, encode(message))
 
     # Messages from other nodes
 
     def receive(self, data):
         """One message from another node (the bus calls this on the reactor thread)."""
         try:
-            message = cbor.loads(data)
+            message = decode(data)
             node, op = message["from"], message["op"]
             circuit_id = message.get("circuit") or message.get("body", {}).get("circuit")
         except Exception:
