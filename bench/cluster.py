@@ -452,7 +452,7 @@ def report(results, args):
         if cross_cpu and same_cpu:
             mib = args.relay_bytes / 2**20
             print(
-                f"relay {label} nodes' CPU (both nodes, median): across nodes {cross_cpu / mib * 1e3:.1f} ms/MiB,"
+                f"nodes' CPU for relay {label} (both nodes, median): across nodes {cross_cpu / mib * 1e3:.1f} ms/MiB,"
                 f" one node {same_cpu / mib * 1e3:.1f} ms/MiB, ratio across/one = {cross_cpu / same_cpu:.2f}"
             )
 
