@@ -22,7 +22,9 @@ this machine's loopback, measured from one client process (issue 15):
   as C{bench/relay.py} measures) and RelayData circuits (channel messages
   of the end-to-end session); target >= 0.9x. A kind of circuit the
   deployment cannot give across nodes is reported as such, with the
-  node's answer.
+  node's answer. With each, the CPU time both nodes spent per MiB relayed
+  (from /proc): a figure the machine's load hardly moves, unlike the
+  rates on a shared machine.
 
 The nodes are started as C{twistd -n cairn} processes (the installed
 command, from the repository root), NATS by L{bench._jetstream.Servers};
@@ -369,6 +371,19 @@ async def _raw_latency(urls, count, warm, size):
     return samples
 
 
+def cpu_seconds(pids):
+    """CPU seconds (user + system) the processes C{pids} used so far; None where /proc cannot tell."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 # Report
 
 
@@ -411,16 +426,25 @@ def run(args):
         results["one"] = yield enqueue_rate(reactor, one, args.messages, args.senders, args.inflight)
         results["spread"] = yield enqueue_rate(reactor, spread, args.messages, args.senders, args.inflight)
         # Alternating, so that a change of the machine's load hits both alike; the median of each.
+        # The nodes' CPU time per relayed byte is also taken: unlike the
+        # rates, it hardly moves with the machine's load.
+        pids = [node.process.pid for node in deployment.nodes]
         for mode in ("raw", "relaydata"):
             runs = {"same": [], "cross": []}
+            cpu = {"same": [], "cross": []}
             for _ in range(args.relay_repeat):
                 for where, target in (("same", node1), ("cross", node2)):
+                    before = cpu_seconds(pids)
                     rate = yield relay_rate(reactor, node1.address, target.address, args.relay_bytes, mode)
+                    after = cpu_seconds(pids)
                     runs[where].append(rate)
+                    if before is not None and after is not None:
+                        cpu[where].append(after - before)
             for where, rates in runs.items():
                 failed = [r for r in rates if isinstance(r, str)]
                 results[mode, where] = failed[0] if failed else statistics.median(rates)
                 results[mode, where, "all"] = rates
+                results[mode, where, "cpu"] = statistics.median(cpu[where]) if cpu[where] else None
 
     failures = []
 
@@ -481,6 +505,13 @@ def report(results, args):
             ]
             line += "; runs (across, one): " + ", ".join(f"({c}, {o})" for c, o in runs)
         print(line)
+        cross_cpu, same_cpu = results[mode, "cross", "cpu"], results[mode, "same", "cpu"]
+        if cross_cpu and same_cpu:
+            mib = args.relay_bytes / 2**20
+            print(
+                f"nodes' CPU for relay {label} (both nodes, median): across nodes {cross_cpu / mib * 1e3:.1f} ms/MiB,"
+                f" one node {same_cpu / mib * 1e3:.1f} ms/MiB, ratio across/one = {cross_cpu / same_cpu:.2f}"
+            )
 
 
 def main(argv=None):

@@ -519,7 +519,7 @@ def _make_node(config, reactor) -> CairnNode:
         from cairn.cluster.relay_bus import NatsRelayBus
 
         # Relay circuits between peers on different nodes (docs/scaling.md).
-        relay_bus = NatsRelayBus(stores.cluster, config.node_name, presence.locate)
+        relay_bus = NatsRelayBus(stores.cluster, config.node_name, presence.locate, presence.nodes)
     mailbox, sync, relay = make_services(config, peer, trust, stores, reactor, bus, recheck, relay_bus)
     for service in (mailbox, sync, relay):
         pairing.add_purge_hook(service.purge)

@@ -41,6 +41,8 @@ class ClusterBenchTests(unittest.TestCase):
             self.assertEqual(code, 0, err.decode("utf-8", "replace"))
             for text in LINES:
                 self.assertIn(text, output)
+            if os.path.exists(f"/proc/{os.getpid()}/stat"):
+                self.assertIn("nodes' CPU for relay RelayData (both nodes, median): across nodes ", output)
             # The single-node circuits are the anchors: they must give a figure.
             for line in output.splitlines():
                 if line.startswith("relay "):

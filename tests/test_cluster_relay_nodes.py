@@ -24,7 +24,7 @@ from cairn.cluster.relay_bus import NatsRelayBus, node_token
 from cairn.crypto.identity import Identity
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.relay import client as relay
-from cairn.relay import messages
+from cairn.relay import messages, remote
 from cairn.relay.attached import AttachedCircuit
 from cairn.relay.client import CircuitTransport, RouteRefused
 from cairn.relay.interfaces import IRelayBus
@@ -457,6 +457,9 @@ class MemoryBusTests(unittest.TestCase):
             cbor.dumps({"from": "n2", "op": "env", "type": 0x7777, "body": {"circuit": circuit}}),
             cbor.dumps({"from": "n2", "op": "env", "type": 0x0502, "body": {"circuit": circuit, "data": 5}}),
             cbor.dumps({"from": "n2", "op": "close", "circuit": "x"}),
+            b"\xff",  # RelayData frames: truncated, a head that is no map, a head longer than the frame
+            b"\xff\x00\x01\x05data",
+            b"\xff\x01\x00" + cbor.dumps({"from": "n2", "op": "env", "type": 0x0502, "body": {"circuit": circuit}}),
         ):
             self.n1.remote.receive(junk)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
@@ -475,6 +478,62 @@ class MemoryBusTests(unittest.TestCase):
         for end in (alice, bob):
             close = end.last(MessageType.RELAY_CLOSE)
             self.assertEqual((close["reason"], close.get("final")), ("the other peer was unpaired", True))
+
+    def test_listed_on_the_target_node(self):
+        """C{GET /relay} on the target's node lists the circuit it carries, marked with its owner node."""
+        alice, bob, circuit = self.open()
+        self.n1._relay_data(alice, {"circuit": circuit, "data": b"a" * 100})
+        self.clock.advance(0)
+        stats = self.n2.stats()
+        self.assertEqual((stats["circuits"], stats["carried"]), (1, 1))
+        [entry] = stats["open"]
+        self.assertEqual(
+            (entry["circuit"], entry["owner"], entry["requester"], entry["target"], entry["state"], entry["bytes"]),
+            (circuit.hex(), "n1", alice.remote_peer_id, bob.remote_peer_id, "open", 100),
+        )
+        self.assertEqual(entry["mode"], "session")
+        # The owner lists it as its own (no owner key); the bytes count there, once.
+        [owned] = self.n1.stats()["open"]
+        self.assertNotIn("owner", owned)
+        self.assertEqual(self.n1.stats()["carried"], 0)
+        self.assertEqual(self.n2.bytes_sent, {})
+
+    def test_carried_circuits_count_against_capacity(self):
+        """The target's node refuses an offer beyond its capacity; the requester hears CAPACITY, not OFFLINE."""
+        self.n2.capacity = 1
+        self.open()
+        alice, bob = self.session("n1"), self.session("n2")
+        self.n1._route_request(alice, {"target": bob.remote_peer_id, "req": 7})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        answer = alice.last(MessageType.ROUTE_RESPONSE)
+        self.assertEqual((answer["req"], answer["status"]), (7, RouteStatus.CAPACITY))
+        self.assertIn("n2", answer["reason"])
+        self.assertEqual(bob.sent, [])
+        self.assertEqual(len(self.n1.circuits), 1)
+        self.assertEqual(len(self.n2.remote.proxies), 1)
+
+    def test_capacity_counts_carried_circuits_on_the_owner_too(self):
+        """A node carrying a circuit for another node has that much less room for its own requesters."""
+        self.n2.capacity = 1
+        self.open()  # carried by n2
+        carol, dave = self.session("n2"), self.session("n2")
+        self.n2._route_request(carol, {"target": dave.remote_peer_id, "req": 3})
+        self.assertEqual(carol.last(MessageType.ROUTE_RESPONSE)["status"], RouteStatus.CAPACITY)
+        self.assertEqual(self.n2.circuits, {})
+
+    def test_node_not_heard_by_presence(self):
+        """A node the deployment's presence no longer hears is taken for gone at the next ping, not after 15 s."""
+        live = {"n1", "n2"}
+        self.n1.remote.bus.nodes = live
+        alice, bob, circuit = self.open()
+        self.clock.advance(PING_INTERVAL)
+        self.assertIn(circuit, self.n1.circuits)
+        live.discard("n2")  # n2 still answers pings here: only presence says it is gone
+        self.clock.advance(PING_INTERVAL)
+        self.assertNotIn(circuit, self.n1.circuits)
+        self.assertLess(PING_INTERVAL * 2, NODE_TIMEOUT)
+        self.assertEqual(alice.last(MessageType.RELAY_CLOSE)["reason"], "the other peer went away")
 
 
 class MadeNodesTests(NodesMixin, unittest.TestCase):
@@ -568,6 +627,13 @@ class SubjectTests(unittest.TestCase):
         self.assertTrue(verifyObject(IRelayBus, MemoryRelayBus("n1", {}, {}, task.Clock())))
         self.assertTrue(verifyObject(IRelayBus, NatsRelayBus(object(), "n1", lambda peer_id: None)))
 
+    def test_alive_from_presence(self):
+        """The NATS bus answers liveness from the presence's live nodes; without them it has no view."""
+        nodes = {"n1": 0.0, "n2": 3.0}
+        bus = NatsRelayBus(object(), "n1", lambda peer_id: None, lambda: nodes)
+        self.assertEqual((bus.alive("n2"), bus.alive("n3")), (True, False))
+        self.assertIsNone(NatsRelayBus(object(), "n1", lambda peer_id: None).alive("n2"))
+
     def test_node_token(self):
         """A node name is a subject token as it is when it can be, else hex."""
         self.assertEqual(node_token("node-1"), "node-1")
@@ -584,6 +650,37 @@ def documented_body(name) -> str:
     start = section.index(f"{name} body:")
     block = section[start : section.index("```", start)]
     return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+
+
+class FrameTests(unittest.TestCase):
+    """The messages between nodes as bytes (L{remote.encode}, L{remote.decode})."""
+
+    def test_relay_data_is_framed(self):
+        """RelayData goes as a frame: a small CBOR head, then the data as it is; it decodes to the same message."""
+        data = os.urandom(1000)
+        message = {"op": "env", "from": "n1", "type": 0x0502, "body": {"circuit": b"c" * 16, "data": data}}
+        frame = remote.encode(message)
+        self.assertEqual(frame[:1], b"\xff")
+        self.assertTrue(frame.endswith(data))
+        self.assertEqual(len(frame), 3 + int.from_bytes(frame[1:3], "big") + len(data))
+        self.assertEqual(remote.decode(frame), message)
+
+    def test_other_messages_are_cbor(self):
+        """Everything else (RelayAck, closes, pings, offers) stays one CBOR map."""
+        for message in (
+            {"op": "env", "from": "n1", "type": 0x0503, "body": {"circuit": b"c" * 16, "credit": 5}},
+            {"op": "close", "from": "n1", "circuit": b"c" * 16, "reason": "x"},
+            {"op": "ping", "from": "n1"},
+        ):
+            self.assertEqual(remote.encode(message), cbor.dumps(message))
+            self.assertEqual(remote.decode(remote.encode(message)), message)
+
+    def test_truncated(self):
+        """A frame shorter than its head says, or whose head is no message, is refused."""
+        frame = remote.encode({"op": "env", "from": "n1", "type": 0x0502, "body": {"circuit": b"c", "data": b"x"}})
+        for bad in (frame[:-2], b"\xff", b"\xff\x00\x01\x05data"):
+            with self.assertRaises(ValueError):
+                remote.decode(bad)
 
 
 class AttachAtTests(unittest.TestCase):

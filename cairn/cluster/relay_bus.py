@@ -15,7 +15,8 @@ cross between the reactor thread and the NATS loop in batches (one
 wake-up per batch), which matters for a busy circuit.
 
 Where a peer is comes from C{where_is}, a callable given by the node
-(its presence directory); the bus does not keep one of its own.
+(its presence directory), and which nodes are alive from C{nodes} (the
+same presence's node liveness); the bus keeps neither of its own.
 """
 
 import asyncio
@@ -44,12 +45,15 @@ class NatsRelayBus:
     @param jet: the node's connected (or connecting) L{JetStream}.
     @param node: this node's name.
     @param where_is: C{peer_id -> node name or None}.
+    @param nodes: C{() -> names of the live nodes} (a mapping or set:
+        L{cairn.cluster.presence.IPresence.nodes}), or None: no view.
     """
 
-    def __init__(self, jet, node, where_is):
+    def __init__(self, jet, node, where_is, nodes=None):
         self.jet = jet
         self.node = node
         self._where_is = where_is
+        self._nodes = nodes
         # Messages cross between the reactor and the NATS loop in batches:
         # one wake-up of the other thread for whatever piled up meanwhile
         # (a busy circuit's RelayData), not one per message.
@@ -67,6 +71,9 @@ class NatsRelayBus:
 
     def where_is(self, peer_id):
         return self._where_is(peer_id)
+
+    def alive(self, node):
+        return None if self._nodes is None else node in self._nodes()
 
     def _subject(self, node, last):
         return self.jet.subject("relay", node_token(node), last)

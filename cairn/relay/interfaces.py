@@ -96,6 +96,14 @@ class IRelayBus(Interface):
     def where_is(peer_id):
         """The name of the node holding C{peer_id}'s session, or None (synchronous, from memory)."""
 
+    def alive(node):
+        """
+        Whether the deployment's presence hears node C{node} (its node
+        liveness, L{cairn.cluster.presence.IPresence.nodes}): True or
+        False; None if this bus has no such view (the relay's own pings
+        then decide alone).
+        """
+
     def send(node, circuit_id, message):
         """Send C{message} (bytes) to node C{node} about circuit C{circuit_id}, in order, fire and forget."""
 

@@ -30,6 +30,9 @@ shares circuits with a ping every L{PING_INTERVAL} seconds, and a node
 silent for L{NODE_TIMEOUT} seconds (on the service's clock) is taken for
 gone: its circuits close as if their far end's session had dropped (not
 final: the peers re-establish them through whichever node they reach).
+Sooner, where the bus knows the deployment's node liveness
+(L{IRelayBus.alive}, the presence's heartbeats, 7 s): a node it no
+longer hears is taken for gone at the next ping interval.
 """
 
 import attr
@@ -42,7 +45,7 @@ from cairn.relay.interfaces import IRelayBus
 from cairn.relay.messages import WINDOW
 from cairn.session.session import SessionClosed
 from cairn.wire import cbor
-from cairn.wire.constants import MessageType
+from cairn.wire.constants import MessageType, RouteStatus
 from cairn.wire.schema import BodyError
 
 log = Logger()
@@ -53,6 +56,43 @@ PING_INTERVAL = 5.0
 NODE_TIMEOUT = 15.0
 
 _TO_TARGET = (MessageType.RELAY_DATA, MessageType.RELAY_ACK, MessageType.RELAY_CLOSE)
+
+
+#: First byte of a RelayData message between nodes: CBOR's "break",
+#: which no CBOR item starts with (the other messages are CBOR maps).
+_DATA_FRAME = b"\xff"
+
+
+def encode(message: dict) -> bytes:
+    """
+    A message to another node as bytes: a CBOR map, except a RelayData
+    C{env} (the bulk of a busy circuit), framed so that its data is
+    neither walked by the CBOR encoder and decoder nor copied twice:
+    C{0xff}, the length (2 bytes, big endian) of the CBOR map without
+    C{body.data}, that map, then the data itself.
+    """
+    body = message.get("body")
+    if message.get("op") == "env" and message.get("type") == MessageType.RELAY_DATA and isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, bytes):
+            head = cbor.dumps(dict(message, body={k: v for k, v in body.items() if k != "data"}))
+            if len(head) < 0x10000:
+                return b"".join((_DATA_FRAME, len(head).to_bytes(2, "big"), head, data))
+    return cbor.dumps(message)
+
+
+def decode(data: bytes) -> dict:
+    """The message L{encode} made of C{data}. @raise ValueError: malformed."""
+    if data[:1] != _DATA_FRAME:
+        return cbor.loads(data)
+    end = 3 + int.from_bytes(data[1:3], "big")
+    if len(data) < end:
+        raise ValueError("a truncated RelayData frame")
+    message = cbor.loads(data[3:end])
+    if not isinstance(message, dict) or not isinstance(message.get("body"), dict):
+        raise ValueError("a RelayData frame without a body")
+    message["body"]["data"] = data[end:]
+    return message
 
 
 @attr.s(eq=False, repr=False)
@@ -87,6 +127,11 @@ class Proxy:
     #: Whether the offer carried a token (an accepted offer may then be attached).
     token = attr.ib(default=False)
     attached = attr.ib(default=False)
+    #: When the target accepted (the service's clock), for C{GET /relay}.
+    opened_at = attr.ib(default=None)
+    #: RelayData bytes carried, both ways (for C{GET /relay} only: the
+    #: owner's counts are the ones that count).
+    carried = attr.ib(default=0)
 
 
 class Remote:
@@ -145,14 +190,14 @@ class Remote:
 
     def _send(self, node, circuit_id, message):
         self.last_seen.setdefault(node, self.clock.seconds())
-        self.bus.send(node, circuit_id, cbor.dumps(message))
+        self.bus.send(node, circuit_id, encode(message))
 
     # Messages from other nodes
 
     def receive(self, data):
         """One message from another node (the bus calls this on the reactor thread)."""
         try:
-            message = cbor.loads(data)
+            message = decode(data)
             node, op = message["from"], message["op"]
             circuit_id = message.get("circuit") or message.get("body", {}).get("circuit")
         except Exception:
@@ -204,6 +249,9 @@ class Remote:
             return
         final = bool(message.get("final"))
         if circuit.state == "offered":
+            if message.get("capacity"):
+                self.service._refuse_offer(circuit, RouteStatus.CAPACITY, str(message.get("reason", ""))[:200])
+                return
             self.service._gone(end, final=final)  # the requester is answered offline
             return
         culprit = end if message.get("culprit") else None
@@ -213,6 +261,21 @@ class Remote:
 
     def _offered(self, owner, circuit_id, body, target):
         session = self.service._online(target) if target is not None else None
+        if session is not None and self.service.load() >= self.service.capacity:
+            # This node carries the target's end: it counts against this
+            # node's capacity as much as a circuit it owns.
+            self._send(
+                owner,
+                circuit_id,
+                {
+                    "op": "close",
+                    "from": self.node,
+                    "circuit": circuit_id,
+                    "capacity": True,
+                    "reason": f"relay capacity ({self.service.capacity}) of node {self.node} reached",
+                },
+            )
+            return
         if session is None:
             self._send(
                 owner,
@@ -244,7 +307,27 @@ class Remote:
             self._drop(proxy)
         elif type_code == MessageType.RELAY_ACK:
             proxy.allowance = min(self.service.window, proxy.allowance + max(0, int(body.get("credit", 0))))
+        elif type_code == MessageType.RELAY_DATA:
+            proxy.carried += len(body.get("data", b""))
         self._to_target(proxy, type_code, body)
+
+    def listing(self):
+        """C{GET /relay} entries for the circuits this node carries for another node's requester."""
+        now = self.clock.seconds()
+        return [
+            {
+                "circuit": p.circuit_id.hex(),
+                "state": p.state,
+                "mode": "attached" if p.attached else "session",
+                "requester": p.requester,
+                "target": p.session.remote_peer_id,
+                "bytes": p.carried,
+                "queued": 0,
+                "age": None if p.opened_at is None else now - p.opened_at,
+                "owner": p.owner,
+            }
+            for p in self.proxies.values()
+        ]
 
     def proxy_of(self, session, circuit_id):
         """The L{Proxy} of C{circuit_id} if C{session} is its target's session, else None."""
@@ -262,10 +345,12 @@ class Remote:
                 self._drop(proxy)
             else:
                 proxy.state = "open"
+                proxy.opened_at = self.clock.seconds()
                 proxy.attached = bool(attach and proxy.token)
         elif type_code == MessageType.RELAY_DATA:
             if proxy.state != "open":
                 return
+            proxy.carried += len(body["data"])
             if not proxy.attached:
                 size = len(body["data"])
                 if size > proxy.allowance:
@@ -346,14 +431,16 @@ class Remote:
             seen = self.last_seen.setdefault(node, now)
             if now - seen > self.node_timeout:
                 self.node_lost(node)
+            elif self.bus.alive(node) is False:
+                self.node_lost(node, "the deployment's presence no longer hears it")
             else:
                 self.bus.send(node, None, cbor.dumps({"op": "ping", "from": self.node}))
 
-    def node_lost(self, node):
+    def node_lost(self, node, why=None):
         """Close every circuit through node C{node}, which stopped answering."""
-        log.warn(
-            "relay: node {node} silent for {t:g}s; closing the circuits through it", node=node, t=self.node_timeout
-        )
+        if why is None:
+            why = f"silent for {self.node_timeout:g}s"
+        log.warn("relay: node {node} {why}; closing the circuits through it", node=node, why=why)
         self.last_seen.pop(node, None)
         for circuit in list(self.service.circuits.values()):
             for end in (circuit.a, circuit.b):
@@ -372,19 +459,24 @@ class MemoryRelayBus:
     """
     L{IRelayBus} in memory: the nodes of one process (tests, library use).
     Nodes that share a C{network} dict reach each other; C{presence} maps
-    peer ids to node names. Messages are delivered in order on the next
-    turn of C{clock}.
+    peer ids to node names; C{nodes}, if given, is the set of live node
+    names (L{IRelayBus.alive}). Messages are delivered in order on the
+    next turn of C{clock}.
     """
 
-    def __init__(self, node, network, presence, clock):
+    def __init__(self, node, network, presence, clock, nodes=None):
         self.node = node
         self.network = network
         self.presence = presence
         self.clock = clock
+        self.nodes = nodes
         self.receive = self.lost = None
 
     def where_is(self, peer_id):
         return self.presence.get(peer_id)
+
+    def alive(self, node):
+        return None if self.nodes is None else node in self.nodes
 
     def send(self, node, circuit_id, message):
         bus = self.network.get(node)

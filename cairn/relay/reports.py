@@ -96,12 +96,17 @@ def stats(relay):
         }
         for c in relay.circuits.values()
     ]
+    # Circuits another node owns whose target is on this one: listed with
+    # their owner node, counted against this node's capacity; their bytes
+    # count on the owner (each byte once, cluster-wide).
+    carried = [] if relay.remote is None else relay.remote.listing()
     return {
-        "circuits": len(relay.circuits),
+        "circuits": relay.load(),
+        "carried": len(carried),
         "capacity": relay.capacity,
         "window": relay.window,
         "peers": peers,
-        "open": circuits,
+        "open": circuits + carried,
         "statuses": dict(relay.statuses),
     }
 
@@ -110,8 +115,8 @@ def collect_metrics(relay):
     """Prometheus families for L{cairn.management.metrics.Metrics.add_collector}."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    circuits = GaugeMetricFamily("cairn_relay_circuits", "Relay circuits offered or open.")
-    circuits.add_metric([], len(relay.circuits))
+    circuits = GaugeMetricFamily("cairn_relay_circuits", "Relay circuits offered or open (carried ones too).")
+    circuits.add_metric([], relay.load())
     capacity = GaugeMetricFamily("cairn_relay_capacity", "Relay circuits allowed at once.")
     capacity.add_metric([], relay.capacity)
     sent = CounterMetricFamily(

@@ -300,7 +300,7 @@ class RelayService:
         if other is None:
             self._answer(session, req, RouteStatus.OFFLINE, "the target has no session with this node")
             return
-        if len(self.circuits) >= self.capacity:
+        if self.load() >= self.capacity:
             self._answer(session, req, RouteStatus.CAPACITY, f"relay capacity ({self.capacity}) reached")
             return
         circuit = Circuit(os.urandom(messages.CIRCUIT_ID_SIZE), session, other, req)
@@ -308,15 +308,26 @@ class RelayService:
         circuit.timer = self.clock.callLater(self.offer_timeout, self._offer_timed_out, circuit)
         self.circuits[circuit.circuit_id] = circuit
         offer = {"from": session.remote_peer_id, "circuit": circuit.circuit_id}
-        if (
-            attach
-            and self.attached_circuits
-            and (self.attach_address is not None or not isinstance(other, RemoteEnd))
-        ):
+        if attach and self.attached_circuits and (self.attach_address is not None or not isinstance(other, RemoteEnd)):
             offer["token"] = circuit.tokens[other] = os.urandom(messages.TOKEN_SIZE)
             if self.attach_address is not None:
                 offer["attach_at"] = self.attach_address
         self._send(other, MessageType.ROUTE_REQUEST, offer)
+
+    def load(self) -> int:
+        """
+        Circuits counted against L{capacity}: those this node owns and
+        those whose target's end it carries for another node's requester
+        (L{cairn.relay.remote.Proxy}), which hold a window and a session
+        of this node's as much as its own do.
+        """
+        return len(self.circuits) + (0 if self.remote is None else len(self.remote.proxies))
+
+    def _refuse_offer(self, circuit, status, reason):
+        """Withdraw an offered C{circuit}, answering its requester C{status}."""
+        self._cancel(circuit)
+        self._drop(circuit)
+        self._answer(circuit.a, circuit.req, status, reason)
 
     def _offer_timed_out(self, circuit):
         circuit.timer = None
