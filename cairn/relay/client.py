@@ -154,7 +154,7 @@ class RelayEndpoint:
     def _start(self, node_session, circuit_id, remote_peer_id, connection, token=None, attach_at=None):
         """
         Run C{connection} over the circuit: attached with C{token} (to the
-        node at C{attach_at}, if the node named one, §25.8.6), else as RelayData.
+        node at C{attach_at}, if the node named one, §25.8.8), else as RelayData.
         """
         if token is None:
             transport = CircuitTransport(self, node_session, circuit_id, remote_peer_id)

@@ -81,7 +81,7 @@ def route_response_attach(body):
 
 def attach_at(body, name):
     """
-    The C{attach_at} of an offer or of the node's RouteResponse (§25.8.6):
+    The C{attach_at} of an offer or of the node's RouteResponse (§25.8.8):
     the address (C{tcp://host:port} or C{tls://host:port}, §20.3.2) of the
     node to open the attach connection to, or None (the node session's own).
     """

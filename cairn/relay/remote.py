@@ -21,7 +21,7 @@ the window, as on one node: the owner forwards the requester's RelayData
 only within the requester's credit, and a stalled target grants none.
 
 Attached circuits are spliced on the owner; both ends are told its
-address (C{attach_at}, docs/protocol.md §25.8.6), so the target opens
+address (C{attach_at}, docs/protocol.md §25.8.8), so the target opens
 its attach connection to the owner, not to its own node.
 
 Either node going away closes the circuits through it: every message

@@ -122,7 +122,7 @@ class RelayService:
     @param bus: an L{IRelayBus} to reach peers whose sessions are on other
         nodes of the deployment (L{cairn.relay.remote}); None: one node.
     @param attach_address: this node's own TCP address (C{tcp://host:port})
-        told to both ends of an attached circuit (C{attach_at}, §25.8.6);
+        told to both ends of an attached circuit (C{attach_at}, §25.8.8);
         needed for attached circuits with a target on another node (without
         it they are RelayData circuits).
     """
