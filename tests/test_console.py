@@ -307,10 +307,11 @@ class NodeStatusTests(unittest.TestCase):
         self.assertTrue(node.history._loop.running)
 
     def test_live_warnings(self):
-        """A mailbox at 90 % of CAIRN_FORWARD_MAX_TOTAL and a relay at capacity are warned about."""
+        """A mailbox at 90 % of its limit and a relay at capacity (carried circuits too) are warned about."""
         stats = {"bytes": 95, "limits": {"max_total": 100}}
         mailbox = type("Mailbox", (), {"enabled": True, "stats": lambda self: stats})()
-        relay = type("Relay", (), {"capacity": 2, "circuits": {1: None, 2: None}})()
+        # One circuit of its own, one carried for another node's requester: full.
+        relay = type("Relay", (), {"capacity": 2, "circuits": {1: None}, "load": lambda self: 2})()
         peer = type("Peer", (), {"peer_id": "Qm"})()
         node = type("Node", (), {"listeners": {}, "mailbox": mailbox, "relay": relay, "peer": peer})()
         body = self.successResultOf(NodeStatus(node, {}, ["static"])())

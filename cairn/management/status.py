@@ -93,9 +93,10 @@ class NodeStatus:
                     "new messages will soon be refused"
                 )
         relay = self.node.relay
-        if relay is not None and relay.capacity and len(relay.circuits) >= relay.capacity:
+        # Its load counts the circuits it carries for other nodes' requesters too.
+        if relay is not None and relay.capacity and relay.load() >= relay.capacity:
             warnings.append(
-                f"the relay is full: {len(relay.circuits)} circuits open, CAIRN_RELAY_CAPACITY is "
+                f"the relay is full: {relay.load()} circuits open, CAIRN_RELAY_CAPACITY is "
                 f"{relay.capacity}; new circuits are refused"
             )
         return warnings
