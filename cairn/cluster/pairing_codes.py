@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from cairn.cluster.common import _one_line
 from cairn.cluster.watch import Watchers
-from cairn.pairing.codes import Code, ICodeStore
+from cairn.pairing.code_store import Code, ICodeStore
 
 log = Logger()
 

@@ -16,7 +16,8 @@ from zope.interface import implementer
 
 from cairn.mailbox.interfaces import StoreFull
 from cairn.pairing import messages
-from cairn.pairing.codes import LinkBook, LocalCodes, PinBook
+from cairn.pairing.books import LinkBook, PinBook
+from cairn.pairing.code_store import LocalCodes
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PSK
