@@ -13,8 +13,8 @@ import json
 from twisted.internet import defer
 from zope.interface import implementer
 
-from cairn.db import GroupCommit
 from cairn.diskspace import guarded_batch
+from cairn.groupcommit import GroupCommit
 from cairn.mailbox.store import batch_txn, storage_error
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
