@@ -37,50 +37,20 @@ those addresses fails with L{cairn.pins.NodeMismatch} whenever another
 peer id answers; the same check applies to the new session of a failover.
 """
 
-from urllib.parse import urlsplit
-
-import attr
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
+from cairn.dial import OneConnectionFactory, Target, Unreachable, error_text, node_addresses, websocket_endpoint
 from cairn.pairing.codes import dial_string
 from cairn.pins import MemoryPins, NodeMismatch
 from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
 from cairn.transport.settings import TransportSettings
-from cairn.transport.tcp import StreamFactory, StreamProtocol
+from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import client_factory, server_factory
 from cairn.wire.constants import CloseCode
-
-
-class _OneConnectionFactory(Factory):
-    # One factory per connection: "Starting factory" lines would only be noise.
-    noisy = False
-
-    def __init__(self, settings, sink):
-        self.settings = settings
-        self.sink = sink
-
-    def buildProtocol(self, addr):
-        protocol = StreamProtocol(self.sink, self.settings)
-        protocol.factory = self
-        return protocol
-
-
-def websocket_endpoint(reactor, url: str):
-    """The client endpoint for a C{ws://} or C{wss://} URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
-    host = parts.hostname
-    if parts.scheme == "wss":
-        return clientFromString(reactor, f"tls:{host}:{port}")
-    return clientFromString(reactor, f"tcp:host={host}:port={port}")
-
 
 log = Logger()
 
@@ -88,59 +58,6 @@ log = Logger()
 RESUME_BACKOFF = (1.0, 2.0, 60.0)
 #: Parsed client endpoints kept for reuse (by address string).
 ENDPOINT_CACHE = 32
-
-
-class Unreachable(ConnectionError):
-    """
-    No node answered at any of several addresses: C{errors} holds
-    C{(address, exception)} for each, in the order tried. (With one
-    address, its own error is raised as it is.)
-    """
-
-    def __init__(self, errors):
-        self.errors = list(errors)
-        detail = "; ".join(f"{address}: {_message(error)}" for address, error in self.errors)
-        super().__init__(f"no node answered at any of {len(self.errors)} addresses: {detail}")
-
-
-def _message(error) -> str:
-    return str(error) or type(error).__name__
-
-
-def node_addresses(address) -> tuple:
-    """
-    The addresses C{connect()} was given, as a tuple: one address string,
-    or a list or tuple of them (the nodes of one deployment), duplicates
-    dropped; a ValueError if there is none or one is not a string.
-    """
-    addresses = (address,) if isinstance(address, str) else tuple(address)
-    if not addresses:
-        raise ValueError("no node address given")
-    for item in addresses:
-        if not isinstance(item, str) or not item.strip():
-            raise ValueError(f"not a node address: {item!r}")
-    return tuple(dict.fromkeys(item.strip() for item in addresses))
-
-
-@attr.s(eq=False)
-class _Target:
-    """
-    Where a session's node is: the addresses of its deployment, the one
-    that served it last (C{index}) and the peer id it must have.
-    """
-
-    addresses = attr.ib(converter=tuple)
-    expect_peer_id = attr.ib(default=None)
-    index = attr.ib(default=0)
-
-    def order(self) -> list:
-        """Every address once, starting with the one that served last."""
-        n = len(self.addresses)
-        return [self.addresses[(self.index + i) % n] for i in range(n)]
-
-    def served(self, address) -> "_Target":
-        """A copy of this target whose next round starts at C{address}."""
-        return attr.evolve(self, index=self.addresses.index(address))
 
 
 class Client:
@@ -168,7 +85,7 @@ class Client:
         self.peer.pinning = self
         #: session id -> the address its transport was dialled at.
         self._addresses = {}
-        #: session id -> L{_Target}: every address of its node, for resume and failover.
+        #: session id -> L{Target}: every address of its node, for resume and failover.
         self._targets = {}
         #: session id of a session replaced after a refused Reconnect -> its successor.
         self._successors = {}
@@ -241,7 +158,7 @@ class Client:
         else L{Unreachable} naming each address's error.
         """
         try:
-            target = _Target(node_addresses(address), expect_peer_id)
+            target = Target(node_addresses(address), expect_peer_id)
         except ValueError as e:
             return fail(e)
         return self._handshake(target)
@@ -260,7 +177,7 @@ class Client:
                 self._check_node(session, target, address)
             except Exception as e:
                 if len(target.addresses) > 1:
-                    log.info("no session at {address}: {why}", address=address, why=_message(e))
+                    log.info("no session at {address}: {why}", address=address, why=error_text(e))
                 errors.append((address, e))
                 continue
             self._targets[session.session_id] = target.served(address)
@@ -367,7 +284,7 @@ class Client:
         if websocket:
             factory = client_factory(self.transport_settings, address, lambda: connection)
         else:
-            factory = _OneConnectionFactory(self.transport_settings, connection)
+            factory = OneConnectionFactory(self.transport_settings, connection)
 
         def connected(session):
             self._addresses[session.session_id] = address
@@ -442,7 +359,7 @@ class Client:
                     yield self.resume(session, address)
                 except Exception as e:
                     code = getattr(e, "code", None)
-                    log.info("resume of {sid} at {address} failed: {why}", sid=sid, address=address, why=_message(e))
+                    log.info("resume of {sid} at {address} failed: {why}", sid=sid, address=address, why=error_text(e))
                     if code == CloseCode.UNKNOWN_SESSION:
                         # This node does not have the session (another one of
                         # the deployment had it, or it was lost): start anew here.
@@ -462,7 +379,7 @@ class Client:
             try:
                 new = yield self._handshake(target, [address])
             except Exception as e:
-                log.info("new session at {address} failed: {why}", address=address, why=_message(e))
+                log.info("new session at {address} failed: {why}", address=address, why=error_text(e))
                 continue
             self._replace(session, new, target.served(address))
             return True

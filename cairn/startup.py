@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from twisted.internet.error import CannotListenError
 
-#: The setting behind each listener name of L{cairn.service.CairnNode}.
+#: The setting behind each listener name of L{cairn.node.CairnNode}.
 LISTENER_VARIABLES = {
     "tcp": "CAIRN_LISTEN",
     "websocket": "CAIRN_WS_LISTEN",

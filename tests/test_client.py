@@ -6,7 +6,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
-from cairn.client import Client, websocket_endpoint
+from cairn.client import Client
+from cairn.dial import websocket_endpoint
 from cairn.session.connection import HandshakeFailed
 from cairn.wire.constants import CloseCode
 from tests._harness import (

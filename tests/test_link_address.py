@@ -11,9 +11,9 @@ from urllib.parse import quote
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from cairn.node import derived_addresses
 from cairn.pairing import codes
 from cairn.pairing.client import pair_link
-from cairn.service import derived_addresses
 from tests._harness import eventually
 from tests._pairing_harness import PairingScenarioMixin
 

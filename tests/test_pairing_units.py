@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 from cairn.crypto.handshake import HandshakeResult
 from cairn.crypto.identity import Identity
 from cairn.mailbox.interfaces import StoreFull
-from cairn.pairing import codes, messages, pake, proofs, qr
+from cairn.pairing import books, codes, messages, pake, proofs, qr
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.ratelimit import FailureLimiter
 from cairn.pairing.service import PairingService, source_of
@@ -75,7 +75,7 @@ class PinTests(unittest.TestCase):
     def test_book(self):
         """A new PIN replaces the old one; expiry and the failure budget are enforced on the clock."""
         clock = task.Clock()
-        book = codes.PinBook(clock, 300, 3)
+        book = books.PinBook(clock, 300, 3)
         self.assertEqual(book.refusal()[0], PairRejectCode.UNKNOWN_CODE)
         pin, expires_at = book.create()
         self.assertEqual(expires_at, 300)
@@ -139,7 +139,7 @@ class LinkTests(unittest.TestCase):
     def test_book(self):
         """Links are looked up by id, expire on the clock, and are forgotten one TTL after expiring."""
         clock = task.Clock()
-        book = codes.LinkBook(clock, 3600, 3, max_links=2)
+        book = books.LinkBook(clock, 3600, 3, max_links=2)
         link = book.create("QmPeer", self.ADDRESSES)
         self.assertEqual(link.expires_at, 3600)
         code = book.get(proofs.link_id(link.secret))

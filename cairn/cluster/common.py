@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from cairn.mailbox.interfaces import StoreFull
+from cairn.storeservice import observe
 
 log = Logger()
 
@@ -42,23 +43,23 @@ async def _kv_forget(kv, key):
         pass
 
 
-def _observe(d):
-    observer = defer.Deferred()
-    d.addBoth(lambda r: (observer.callback(None), r)[1])
-    return observer
-
-
-def _one_line(error):
+def one_line(error):
+    """The first line of C{error}'s message (at most 200 characters), for a log line or a reason."""
     return (str(error).strip() or type(error).__name__).splitlines()[0][:200]
 
 
-def _storage_error(failure):
+# The old private name, still imported by cluster/mailbox.py (js-latency's
+# this round): drop it once that import says one_line.
+_one_line = one_line
+
+
+def storage_error(failure):
     """Any failure to reach or use JetStream as L{StoreFull}, so the service answers STORAGE_ERROR."""
     if failure.check(StoreFull):
         return failure
     error = failure.value
-    log.warn("cairn: JetStream store call failed: {why}", why=_one_line(error))
-    raise StoreFull(f"JetStream unavailable ({_one_line(error)})")
+    log.warn("cairn: JetStream store call failed: {why}", why=one_line(error))
+    raise StoreFull(f"JetStream unavailable ({one_line(error)})")
 
 
 class StoreCalls:
@@ -73,10 +74,10 @@ class StoreCalls:
         return self.jet.subject(*parts)
 
     def _run(self, function, *args):
-        d = self.jet.run(function, *args).addErrback(_storage_error)
+        d = self.jet.run(function, *args).addErrback(storage_error)
         self._pending.add(d)
         return d.addBoth(lambda r: (self._pending.discard(d), r)[1])
 
     def flushed(self):
         """A Deferred firing once every call in flight has ended."""
-        return defer.DeferredList([_observe(d) for d in list(self._pending)]).addCallback(lambda _: None)
+        return defer.DeferredList([observe(d) for d in list(self._pending)]).addCallback(lambda _: None)

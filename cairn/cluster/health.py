@@ -6,7 +6,7 @@ stream (writes are possible), and the other nodes presence has seen.
 
 from twisted.internet import defer
 
-from cairn.cluster.common import _one_line
+from cairn.cluster.common import one_line
 
 #: Seconds the leader query may take: /health must answer promptly.
 LEADER_TIMEOUT = 1.0
@@ -38,7 +38,7 @@ def cluster_report(jet, presence):
             return result
 
         def failed(failure):
-            result["reason"] = f"no JetStream leader known ({_one_line(failure.value)})"
+            result["reason"] = f"no JetStream leader known ({one_line(failure.value)})"
             return result
 
         return d.addCallbacks(found, failed)

@@ -26,8 +26,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.common import _observe, _one_line
+from cairn.cluster.common import one_line
 from cairn.cluster.presence import IPresence, attached_locally, local_peers
+from cairn.storeservice import observe
 
 log = Logger()
 
@@ -136,9 +137,9 @@ class KVPresence:
             await asyncio.gather(*(self.kv.delete(f"p.{p}.{self.node}") for p in mine), return_exceptions=True)
 
         d = self.jet.run(leave)
-        d.addErrback(lambda f: log.warn("presence: could not withdraw this node ({why})", why=_one_line(f.value)))
+        d.addErrback(lambda f: log.warn("presence: could not withdraw this node ({why})", why=one_line(f.value)))
         # NATS away: the stop does not wait for it (the others see the heartbeat stop).
-        waiting = _observe(d).addTimeout(STOP_GRACE, self.clock, onTimeoutCancel=lambda result, timeout: None)
+        waiting = observe(d).addTimeout(STOP_GRACE, self.clock, onTimeoutCancel=lambda result, timeout: None)
         watcher = self._watcher
         if watcher is not None:
             waiting.addBoth(lambda _: self.jet.thread.call(watcher.cancel))
@@ -232,7 +233,7 @@ class KVPresence:
             return
         d = self.jet.run(write)
         # The next heartbeat makes good what failed.
-        d.addErrback(lambda f: log.debug("presence: {what} not written ({why})", what=what, why=_one_line(f.value)))
+        d.addErrback(lambda f: log.debug("presence: {what} not written ({why})", what=what, why=one_line(f.value)))
 
     def _announce(self, peer_id):
         async def write():

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.bus import NOTICES, TOPIC, INodeBus, LocalBus, NoRoute
-from cairn.cluster.common import _one_line
+from cairn.cluster.common import one_line
 
 log = Logger()
 
@@ -102,7 +102,7 @@ class NatsBus(LocalBus):
                 await self.jet.nc.publish(subject, payload)
 
         d = self.jet.run(publish)
-        d.addErrback(lambda f: log.debug("bus: a {kind} notice not sent ({why})", kind=kind, why=_one_line(f.value)))
+        d.addErrback(lambda f: log.debug("bus: a {kind} notice not sent ({why})", kind=kind, why=one_line(f.value)))
 
     def wake(self, recipient):
         super().wake(recipient)
@@ -145,6 +145,6 @@ class NatsBus(LocalBus):
         d = self.jet.run(ask)
 
         def failed(failure):
-            raise NoRoute(f"node {node!r} did not answer a {kind!r} request ({_one_line(failure.value)})")
+            raise NoRoute(f"node {node!r} did not answer a {kind!r} request ({one_line(failure.value)})")
 
         return d.addErrback(failed)

@@ -1,7 +1,7 @@
 """
 The stores of a node whose state is on NATS JetStream (C{CAIRN_CLUSTER_NATS}).
 
-L{cluster_stores} is what L{cairn.service.make_node} calls instead of
+L{cluster_stores} is what L{cairn.stores.make_stores} calls instead of
 building the SQLite stores; it is the only way into this package from
 the node, and the only place nats-py gets imported.
 """
@@ -15,7 +15,10 @@ from cairn.config import ConfigError
 
 @attr.s(auto_attribs=True)
 class Stores:
-    """The node's stores and, for a JetStream node, its connection."""
+    """
+    The stores of a JetStream node and its connection (a node alone:
+    L{cairn.stores.LocalStores}, with the same methods).
+    """
 
     kind: str
     mailbox: object
@@ -30,21 +33,20 @@ class Stores:
         in a KV bucket, the bus on core subjects of the same connection, and
         the services' re-check interval (what a lost wake-up may cost).
         """
-        if self.cluster is None:
-            from cairn.cluster.bus import LocalBus
-            from cairn.cluster.presence import LocalPresence
-
-            return LocalPresence(peer, node_name), LocalBus(node_name), None
         from cairn.cluster.kv_presence import KVPresence
         from cairn.cluster.nats_bus import NatsBus
 
         presence = KVPresence(self.cluster, peer, node_name, clock)
         return presence, NatsBus(self.cluster, presence, node_name), RECHECK
 
+    def relay_bus(self, presence, node_name):
+        """Relay circuits between peers on different nodes (docs/scaling.md)."""
+        from cairn.cluster.relay_bus import NatsRelayBus
+
+        return NatsRelayBus(self.cluster, node_name, presence.locate, presence.nodes)
+
     def pairing_codes(self):
-        """Where PINs and links are shared: a KV bucket (None: a single node's memory)."""
-        if self.cluster is None:
-            return None
+        """Where PINs and links are shared: a KV bucket."""
         from cairn.cluster.pairing_codes import KVCodes
         from cairn.pairing.service import LINK_TTL
 
@@ -52,17 +54,13 @@ class Stores:
         return KVCodes(self.cluster, ttl=3 * LINK_TTL)
 
     def cluster_report(self, presence):
-        """The C{cluster} of C{GET /health} (None: a single node, no such key)."""
-        if self.cluster is None:
-            return None
+        """The C{cluster} of C{GET /health}."""
         from cairn.cluster.health import cluster_report
 
         return cluster_report(self.cluster, presence)
 
     def health(self):
         """C{(storage kind, problem or None)} for C{GET /health}."""
-        if self.cluster is None:
-            return self.kind, None
         ok, reason = self.cluster.health()
         return self.kind, None if ok else reason
 

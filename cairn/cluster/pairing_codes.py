@@ -23,9 +23,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.common import _one_line
+from cairn.cluster.common import one_line
 from cairn.cluster.watch import Watchers
-from cairn.pairing.codes import Code, ICodeStore
+from cairn.pairing.code_store import Code, ICodeStore
+from cairn.storeservice import observe
 
 log = Logger()
 
@@ -123,7 +124,7 @@ class KVCodes:
         return self.flushed()
 
     def flushed(self):
-        return defer.DeferredList([_observe(d) for d in list(self._saving)]).addCallback(lambda _: None)
+        return defer.DeferredList([observe(d) for d in list(self._saving)]).addCallback(lambda _: None)
 
     def save(self, name, code):
         value = _encode(code)
@@ -141,7 +142,7 @@ class KVCodes:
         d.addBoth(done)
         # The operator was shown the code: if NATS cannot take it, it works on this node only.
         d.addErrback(
-            lambda f: log.warn("pairing: a code was not shared with other nodes ({why})", why=_one_line(f.value))
+            lambda f: log.warn("pairing: a code was not shared with other nodes ({why})", why=one_line(f.value))
         )
         return d
 
@@ -157,7 +158,7 @@ class KVCodes:
 
         def failed(failure):
             # Cannot tell whether another node spent it: refuse (the device retries with a new code).
-            log.warn("pairing: could not spend a code ({why})", why=_one_line(failure.value))
+            log.warn("pairing: could not spend a code ({why})", why=one_line(failure.value))
             return False
 
         return d.addErrback(failed)
@@ -168,7 +169,7 @@ class KVCodes:
             return held
 
         d = self.jet.run(self._update, name, change)
-        return d.addErrback(lambda f: log.warn("pairing: a failed attempt not shared ({why})", why=_one_line(f.value)))
+        return d.addErrback(lambda f: log.warn("pairing: a failed attempt not shared ({why})", why=one_line(f.value)))
 
     async def _update(self, name, change):
         """Compare-and-set C{change(code) -> code or None} on C{name}; the code written, or None."""
@@ -190,9 +191,3 @@ class KVCodes:
                 continue
             return changed
         raise RuntimeError(f"{name}: too many concurrent writers")
-
-
-def _observe(d):
-    observer = defer.Deferred()
-    d.addBoth(lambda result: (observer.callback(None), result)[1])
-    return observer

@@ -17,7 +17,7 @@ import asyncio
 
 from zope.interface import implementer
 
-from cairn.cluster.common import _storage_error
+from cairn.cluster.common import storage_error
 from cairn.cluster.direct import is_wrong_last
 from cairn.relay.interfaces import IRelayStore, RelayLimits
 
@@ -40,7 +40,7 @@ class KVRelayStore:
         return self.jet.kv["relay"]
 
     def _run(self, function, *args):
-        return self.jet.when_ready().addCallback(lambda _: self.jet.run(function, *args)).addErrback(_storage_error)
+        return self.jet.when_ready().addCallback(lambda _: self.jet.run(function, *args)).addErrback(storage_error)
 
     def load(self):
         return self._run(self._load)

@@ -34,17 +34,17 @@ from zope.interface import implementer
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls
-from cairn.cluster.sync_follow import ACCESS, KIND, SEQ, Follow, _token, _topic
+from cairn.cluster.sync_follow import ACCESS, KIND, SEQ, Follow, token_topic, topic_token
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
-from cairn.sync.store import _Cache
+from cairn.sync.store import SyncFigures
 from cairn.wire.constants import SyncStatus
 
 PAGE = 256
 
 
 @implementer(ISyncStore)
-class JetStreamSyncStore(StoreCalls, Follow, _Cache):
+class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
     """The sync hub in a L{cairn.cluster.connection.JetStream}'s C{sync} stream and C{cursors} bucket."""
 
     def __init__(self, jetstream):
@@ -83,7 +83,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
 
         state = {}  # topic -> [head, first update seq or None, updates, bytes]
         for held in await D.direct_all(self.jet.nc, self.stream, self._subject("sync", "*")):
-            topic = _topic(held.subject.rsplit(".", 1)[1])
+            topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
             s = state.setdefault(topic, [0, None, 0, 0])
             s[0] = max(s[0], seq)
@@ -107,8 +107,8 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
                 self._grant_revisions[key[len(ACCESS) :]] = entry.revision
                 continue
             device, token = key.split(".", 1)
-            cursors[(device, _topic(token))] = int(entry.value)
-            self._revisions[(device, _topic(token))] = entry.revision
+            cursors[(device, token_topic(token))] = int(entry.value)
+            self._revisions[(device, token_topic(token))] = entry.revision
         return topics, cursors, access
 
     # Publishing
@@ -147,7 +147,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
 
     async def _publish_one(self, item, now, expires_at):
         lock = self._locks.setdefault(item.topic, asyncio.Lock())
-        subject = self._subject("sync", _token(item.topic))
+        subject = self._subject("sync", topic_token(item.topic))
         ids = self._subject("syncids", item.sender, item.update_id.hex())
         async with lock:
             for _ in range(20):
@@ -164,7 +164,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
                         "Nats-Batch-Id": batch,
                         "Nats-Batch-Sequence": "1",
                         D.EXPECT_LAST: "0",
-                        D.TOPIC: _token(item.topic),
+                        D.TOPIC: topic_token(item.topic),
                         SEQ: str(seq),
                     },
                 )
@@ -204,7 +204,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
     async def _remove(self, updates, changes):
         """Delete C{updates} (held messages), noting floors in C{changes}; markers keep emptied heads."""
         for held in updates:
-            topic = _topic(held.subject.rsplit(".", 1)[1])
+            topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
             lock = self._locks.setdefault(topic, asyncio.Lock())
             async with lock:
@@ -244,7 +244,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
             page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, self._subject("sync", "*"))
             for held in page:
                 if held.headers.get(KIND) == "floor":
-                    topic = _topic(held.subject.rsplit(".", 1)[1])
+                    topic = token_topic(held.subject.rsplit(".", 1)[1])
                     last = self._last.get(topic)
                     if last is not None and last[0] != held.seq:
                         await D.delete(self.jet.js, self.stream, held.seq)  # superseded
@@ -275,7 +275,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
         # Stream seqs and topic seqs both rise: page from the stream start
         # (the topic's first message) and skip what is at or below after_seq.
         out, start = [], 1
-        subject = self._subject("sync", _token(topic))
+        subject = self._subject("sync", topic_token(topic))
         while len(out) < limit:
             page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, subject)
             for held in page:
@@ -334,7 +334,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
     async def _put_cursors(self, device, values):
         kv = self.jet.kv["cursors"]
         for name, value in values.items():
-            revision = await kv.put(f"{device}.{_token(name)}", str(value).encode())
+            revision = await kv.put(f"{device}.{topic_token(name)}", str(value).encode())
             self._revisions[(device, name)] = max(revision, self._revisions.get((device, name), 0))
 
     def set_cursor(self, device, topic, seq):
@@ -354,7 +354,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
     async def _raise_cursor(self, device, topic, seq):
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-        kv, key = self.jet.kv["cursors"], f"{device}.{_token(topic)}"
+        kv, key = self.jet.kv["cursors"], f"{device}.{topic_token(topic)}"
         # One raise of a cursor at a time from this node (a device acknowledges
         # a burst of updates at once): compare-and-set then only races other
         # nodes, not this node's own requests.
@@ -388,7 +388,7 @@ class JetStreamSyncStore(StoreCalls, Follow, _Cache):
     async def _purge(self, device, names):
         kv = self.jet.kv["cursors"]
         for name in names:
-            await kv.purge(f"{device}.{_token(name)}")
+            await kv.purge(f"{device}.{topic_token(name)}")
         await kv.purge(ACCESS + device)
 
     # Access grants (cached; other writers' grants arrive through the watch)

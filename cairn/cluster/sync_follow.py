@@ -34,12 +34,13 @@ ACCESS = "_access."
 _GONE = ("DEL", "PURGE")
 
 
-def _token(topic):
+def topic_token(topic):
     """A topic name as one subject token (base64url, so any name is a token)."""
     return base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=") or "_"
 
 
-def _topic(token):
+def token_topic(token):
+    """The topic name a subject token of L{topic_token} stands for."""
     if token == "_":
         return ""
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
@@ -62,7 +63,7 @@ class Follow:
             h = msg.headers or {}
             if h.get(WRITER) == self.writer or SEQ not in h:
                 return
-            name = _topic(msg.subject.rsplit(".", 1)[1])
+            name = token_topic(msg.subject.rsplit(".", 1)[1])
             stream_seq, seq = msg.metadata.sequence.stream, int(h[SEQ])
             if stream_seq > self._last.get(name, (0, 0))[0]:
                 self._last[name] = (stream_seq, seq)  # the next publish expects this
@@ -83,7 +84,7 @@ class Follow:
                 self.jet.thread.to_reactor(self._granted_elsewhere, device, grant)
                 return
             device, token = key.split(".", 1)
-            name = _topic(token)
+            name = token_topic(token)
             if revision <= self._revisions.get((device, name), 0):
                 return
             self._revisions[(device, name)] = revision

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from cairn.cluster.direct import is_wrong_last
 from cairn.cluster.watch import Watchers
 from cairn.pairing.interfaces import PAIRED, PENDING, ITrustStore, PeerRecord
-from cairn.pairing.trust import _TrustStoreBase
+from cairn.pairing.trust import TrustStoreBase
 
 log = Logger()
 
@@ -65,7 +65,7 @@ def _decode(peer_id, value):
 
 
 @implementer(ITrustStore)
-class KVTrustStore(_TrustStoreBase):
+class KVTrustStore(TrustStoreBase):
     """The trust store in a L{cairn.cluster.connection.JetStream}'s C{trust} bucket."""
 
     def __init__(self, jetstream):
@@ -139,7 +139,7 @@ class KVTrustStore(_TrustStoreBase):
             if remote:
                 self.watchers(peer_id, record)
 
-    # Durability hooks of _TrustStoreBase
+    # Durability hooks of TrustStoreBase
 
     def _save(self, record, revoked_at=None):
         # The record carries its last_seen (touch() keeps it in memory).

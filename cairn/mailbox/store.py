@@ -2,7 +2,7 @@
 The mailbox stores: L{SQLiteMailboxStore} (the default) and
 L{MemoryMailboxStore}, its in-memory twin.
 
-The SQLite store group-commits (L{cairn.db.GroupCommit}): every mutation
+The SQLite store group-commits (L{cairn.groupcommit.GroupCommit}): every mutation
 is queued, and whatever was queued while a transaction was in flight goes
 into the next one -- one C{BEGIN IMMEDIATE ... COMMIT}, one fdatasync of
 the WAL -- each mutation in a savepoint of its own so that one failing
@@ -22,8 +22,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.db import GroupCommit
 from cairn.diskspace import guarded_batch
+from cairn.groupcommit import GroupCommit
 from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
 from cairn.mailbox.transactions import (
     acknowledge_txn,

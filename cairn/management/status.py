@@ -39,7 +39,7 @@ def management_warnings(mgmt_listen, token, exposed) -> list:
 
 class NodeStatus:
     """
-    C{GET /node} of one L{cairn.service.CairnNode}.
+    C{GET /node} of one L{cairn.node.CairnNode}.
 
     @param node: the node (its C{peer}, C{listeners}, C{mailbox}, C{relay}).
     @param endpoints: C{{listener name: endpoint description}} as configured.

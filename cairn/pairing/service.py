@@ -15,11 +15,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.mailbox.interfaces import StoreFull
-from cairn.pairing import messages, proofs
-from cairn.pairing.codes import LinkBook, LocalCodes, PinBook
+from cairn.pairing import messages
+from cairn.pairing.books import LinkBook, PinBook
+from cairn.pairing.code_store import LocalCodes
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
 from cairn.pairing.messages import APPROVAL, LINK, PSK
+from cairn.pairing.methods import ApprovalMethod, link_method
 from cairn.pairing.pending import MAX_PENDING, MAX_PENDING_PER_SOURCE, PendingQueue
 from cairn.pairing.psk import PskSetting
 from cairn.pairing.ratelimit import FailureLimiter
@@ -86,6 +88,7 @@ class PairingService:
         self.links = LinkBook(clock, link_ttl, max_code_failures, codes=self.codes)
         self.sources = FailureLimiter(clock, max_source_failures, failure_window)
         self.pake = PakeMethods(self, max_source_exchanges)
+        self.approvals = ApprovalMethod(self)
         self._purge_hooks = []
         handlers = {
             MessageType.PAIR_REQUEST: self._pair_request,
@@ -96,8 +99,6 @@ class PairingService:
         peer.add_observer(self)
         self._flusher = None
         self._stopped = False
-        #: Session ids told to wait for the operator's approval (PairChallenge "approval").
-        self._awaiting = set()
         # A trust store shared by several nodes reports what the others
         # decided (an approval, a rejection, a revocation): act on it here.
         watch = getattr(trust, "watch", None)
@@ -157,8 +158,7 @@ class PairingService:
         def approved(record):
             log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
-                self._awaiting.discard(session.session_id)
-                self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+                self.approvals.confirm(session)
             self.peer.peer_paired(peer_id)
             return record
 
@@ -168,8 +168,7 @@ class PairingService:
         def rejected(_):
             log.info("pairing request of {peer_id} rejected by the operator", peer_id=peer_id)
             for session in self._sessions_of(peer_id):
-                self._awaiting.discard(session.session_id)
-                self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
+                self.approvals.refuse(session)
 
         return self.trust.reject(peer_id).addCallback(rejected)
 
@@ -204,15 +203,13 @@ class PairingService:
                     log.failure("closing a revoked session failed")
         elif record is not None and record.state == PAIRED:
             for session in sessions:
-                if session.session_id in self._awaiting:
-                    self._awaiting.discard(session.session_id)
-                    self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(APPROVAL))
+                if self.approvals.waiting(session):
+                    self.approvals.confirm(session)
             self.peer.peer_paired(peer_id)  # idempotent: the services serve what they do not yet
         elif record is None:
             for session in sessions:
-                if session.session_id in self._awaiting:
-                    self._awaiting.discard(session.session_id)
-                    self.refuse(session, APPROVAL, PairRejectCode.REJECTED_BY_OPERATOR, "rejected by the operator")
+                if self.approvals.waiting(session):
+                    self.approvals.refuse(session)
 
     def add_purge_hook(self, hook):
         self._purge_hooks.append(hook)
@@ -255,7 +252,7 @@ class PairingService:
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
     def session_closed(self, session):
-        self._awaiting.discard(session.session_id)
+        self.approvals.forget(session)
         self.pake.forget(session)
         self._guard_deferred(self.trust.touch(session.remote_peer_id, self.clock.seconds()), session)
 
@@ -319,14 +316,14 @@ class PairingService:
             )
             return
         if method == APPROVAL:
-            yield self._approval(session, request, record)
+            yield self.approvals.file(session, request, record)
             return
         source = source_of(session)
         if self.sources.limited(source):
             self.refuse_rate_limited(session, method, source)
             return
         if method == LINK:
-            yield self._link(session, request, source)
+            yield link_method(self, session, request, source)
             return
         self.pake.start(session, request, source)
 
@@ -356,43 +353,6 @@ class PairingService:
         """Turn PSK pairing off until the next rotation."""
         self.psk.disable()
         return self.psk.status()
-
-    def _link(self, session, request, source):
-        code = self.links.get(request.link_id)
-        refusal = self.links.refusal(code)
-        if refusal is not None:
-            if code is None:
-                self.sources.failed(source)
-            self.refuse(session, LINK, *refusal)
-            return None
-        client_proof, server_proof = proofs.link_proofs(code.key, session.result.handshake_hash)
-        if not proofs.equal(request.proof, client_proof):
-            self.links.failed(request.link_id, code)
-            self.sources.failed(source)
-            self.refuse(session, LINK, PairRejectCode.BAD_PROOF, "wrong link proof")
-            return None
-        def spent(refusal):
-            if refusal is not None:  # another node paired with it first
-                self.refuse(session, LINK, *refusal)
-                return None
-            return self.pair_session(session, LINK, request.name, server_proof)
-
-        # Spent once in the deployment (another node may have used it first).
-        return self.links.spend(request.link_id, code).addCallback(spent)
-
-    @defer.inlineCallbacks
-    def _approval(self, session, request, record):
-        peer_id = session.remote_peer_id
-        yield self.pending.file(session, request.name)
-        if record is None or record.state != PENDING:
-            log.info(
-                "pairing request from {peer_id} {name}pending approval (cairn-server approve {peer_id})",
-                peer_id=peer_id,
-                name=f"({request.name}) " if request.name else "",
-            )
-        if not self.trust.is_paired(peer_id):  # approve() confirms by itself
-            self._awaiting.add(session.session_id)
-            self.send_reply(session, MessageType.PAIR_CHALLENGE, {"method": APPROVAL})
 
     def pair_session(self, session, method, name, server_proof):
         peer_id = session.remote_peer_id

@@ -31,7 +31,7 @@ def _check_identity(peer_id, identity_key):
         raise ValueError(f"identity key does not belong to {peer_id}")
 
 
-class _TrustStoreBase:
+class TrustStoreBase:
     """The record logic both stores share; subclasses make changes durable."""
 
     def __init__(self):
@@ -130,7 +130,7 @@ class _TrustStoreBase:
 
 
 @implementer(ITrustStore)
-class MemoryTrustStore(_TrustStoreBase):
+class MemoryTrustStore(TrustStoreBase):
     """The in-memory twin: the same behaviour, durable only as long as the process."""
 
     def start(self):
@@ -204,7 +204,7 @@ def last_seen_txn(cursor, seen):
 
 
 @implementer(ITrustStore)
-class SQLiteTrustStore(_TrustStoreBase):
+class SQLiteTrustStore(TrustStoreBase):
     """
     The trust store in the node's SQLite database (table C{trust_peers}).
 

@@ -68,7 +68,7 @@ class SignalAnnouncer(MultiService):
 
     def __init__(self, identity, reactor, urls, addresses, peer_keys, interval, clock=None):
         super().__init__()
-        from cairn.client import websocket_endpoint
+        from cairn.dial import websocket_endpoint
 
         self.identity = identity
         self.clock = clock or reactor

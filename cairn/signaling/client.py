@@ -63,7 +63,7 @@ def discover(reactor, url: str, identity, node_identity_key: bytes, clock=None) 
         L{DiscoveryFailed} if the server closes first.  Cancelling it drops
         the connection.
     """
-    from cairn.client import websocket_endpoint
+    from cairn.dial import websocket_endpoint
 
     clock = clock or reactor
     now = clock.seconds()

@@ -13,8 +13,8 @@ import json
 from twisted.internet import defer
 from zope.interface import implementer
 
-from cairn.db import GroupCommit
 from cairn.diskspace import guarded_batch
+from cairn.groupcommit import GroupCommit
 from cairn.mailbox.store import batch_txn, storage_error
 from cairn.sync.access import Access
 from cairn.sync.interfaces import ISyncStore, Topic, Update
@@ -24,7 +24,7 @@ from cairn.wire.constants import SyncStatus
 EXPIRE_BATCH = 1000
 
 
-class _Cache:
+class SyncFigures:
     """The synchronous figures both stores keep: topics, cursors, total bytes."""
 
     def __init__(self):
@@ -241,7 +241,7 @@ def load_txn(cursor):
 
 
 @implementer(ISyncStore)
-class SQLiteSyncStore(_Cache):
+class SQLiteSyncStore(SyncFigures):
     """The sync hub in the node's L{cairn.db.Database}, group-committed."""
 
     def __init__(self, db):
@@ -307,7 +307,7 @@ class SQLiteSyncStore(_Cache):
 
 
 @implementer(ISyncStore)
-class MemorySyncStore(_Cache):
+class MemorySyncStore(SyncFigures):
     """The in-memory twin: the same behaviour, durable only as long as the process."""
 
     def __init__(self):
