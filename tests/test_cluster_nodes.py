@@ -32,7 +32,9 @@ def count_deliveries(client, into):
     client.peer.register_handler(MessageType.FORWARD_DELIVER, counting)
 
 
-class MailboxAcrossNodesTests(unittest.TestCase):
+class DeploymentMixin:
+    """Each test: its own 3 NATS servers and 2 real nodes (node1, node2), stopped by PID."""
+
     timeout = 240
 
     @defer.inlineCallbacks
@@ -41,6 +43,8 @@ class MailboxAcrossNodesTests(unittest.TestCase):
         self.node1, self.node2 = self.deployment.nodes
         self.conditions = Conditions()
 
+
+class MailboxAcrossNodesTests(DeploymentMixin, unittest.TestCase):
     def inbox(self, client):
         received = []
         mailbox.set_inbox(client.peer, lambda sender, mid, data: self.conditions.changed(received.append((mid, data))))
@@ -120,15 +124,7 @@ class MailboxAcrossNodesTests(unittest.TestCase):
         self.assertIsNone(a.closed)  # the same session: nothing waited for a next one
 
 
-class SyncAcrossNodesTests(unittest.TestCase):
-    timeout = 240
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.deployment = yield start_deployment(self)
-        self.node1, self.node2 = self.deployment.nodes
-        self.conditions = Conditions()
-
+class SyncAcrossNodesTests(DeploymentMixin, unittest.TestCase):
     def subscriber(self, session, topics=("notes",)):
         updates = []
         sync.subscribe(
@@ -166,15 +162,7 @@ class SyncAcrossNodesTests(unittest.TestCase):
         self.assertEqual(on_laptop[1:], on_tablet)
 
 
-class PairingAcrossNodesTests(unittest.TestCase):
-    timeout = 240
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.deployment = yield start_deployment(self)
-        self.node1, self.node2 = self.deployment.nodes
-        self.conditions = Conditions()
-
+class PairingAcrossNodesTests(DeploymentMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_approved_on_one_node_used_on_the_other(self):
         """A request approved through node 1's API: the device's forwards on node 2 are accepted."""
@@ -240,16 +228,8 @@ class PairingAcrossNodesTests(unittest.TestCase):
         self.assertEqual(reason.code, CloseCode.NOT_PAIRED)
 
 
-class RelayAcrossNodesTests(unittest.TestCase):
+class RelayAcrossNodesTests(DeploymentMixin, unittest.TestCase):
     """Circuits between a peer on node 1 and one on node 2 (the requester's node owns the circuit)."""
-
-    timeout = 240
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.deployment = yield start_deployment(self)
-        self.node1, self.node2 = self.deployment.nodes
-        self.conditions = Conditions()
 
     @defer.inlineCallbacks
     def circuit(self, attach):
