@@ -32,7 +32,7 @@ from cairn.service import make_node
 from cairn.wire.constants import CloseCode
 from tests._harness import Conditions, closed, drop_all, eventually, track_connections
 from tests.test_service import config_for
-from tests.test_twistd import start_twistd
+from tests.test_twistd import kill_at_end, start_twistd
 
 PSK = "a pre-shared key for the failover tests only"
 
@@ -402,11 +402,6 @@ class KillTests(unittest.TestCase):
     def tearDown(self):
         return drop_all(self.connections)
 
-    def _kill(self, proc):
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended
-
     @defer.inlineCallbacks
     def test_kill_9_device_moves_on(self):
         """kill -9 of the node holding a session: the device gets a new session at the other node and carries on."""
@@ -414,7 +409,7 @@ class KillTests(unittest.TestCase):
         share_identity(first, second)
         procs = [start_twistd(d, expected=("tcp",), CAIRN_PSK=PSK, CAIRN_WS_LISTEN="none") for d in (first, second)]
         for proc in procs:
-            self.addCleanup(self._kill, proc)
+            self.addCleanup(kill_at_end, proc)
         ports = yield eventually(defer.gatherResults([p.listening for p in procs]), 90)
         addresses = [f"tcp:host=127.0.0.1:port={p['tcp']}" for p in ports]
 

@@ -20,7 +20,7 @@ from cairn.pairing import client as pairing
 from tests import test_mailbox_node
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import NatsServer, free_port, start_nats
-from tests.test_twistd import REPO, start_twistd
+from tests.test_twistd import REPO, kill_at_end, start_twistd
 
 PSK = "a long pre-shared key for the jetstream node tests"
 
@@ -81,15 +81,8 @@ class TwistdJetStreamTests(unittest.TestCase):
         proc = start_twistd(
             self.data_dir, CAIRN_PSK=PSK, CAIRN_CLUSTER_NATS=url, CAIRN_CLUSTER_REPLICAS="1", **settings
         )
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_at_end, proc)
         return proc
-
-    def _kill(self, proc):
-        if os.environ.get("CAIRN_TEST_SHOW"):
-            print("".join(proc.output))
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended
 
     @defer.inlineCallbacks
     def paired(self, client, address):

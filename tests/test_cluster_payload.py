@@ -24,7 +24,7 @@ from cairn.sync import client as sync
 from cairn.sync.messages import UPDATE_OVERHEAD
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import free_port, start_nats
-from tests.test_twistd import start_twistd
+from tests.test_twistd import kill_at_end, start_twistd
 
 PSK = "a long pre-shared key for the payload size tests"
 #: nats-server's default max_payload (1 MiB).
@@ -56,13 +56,8 @@ class MaxPayloadTests(unittest.TestCase):
             CAIRN_MGMT_LISTEN=f"tcp:{mgmt}:interface=127.0.0.1",
             CAIRN_MGMT_TOKEN="a-management-token-for-the-payload-tests",
         )
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_at_end, proc)
         return proc
-
-    def _kill(self, proc):
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended
 
     @defer.inlineCallbacks
     def paired(self, client, address):

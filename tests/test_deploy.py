@@ -26,7 +26,7 @@ from cairn.config import Config
 from cairn.crypto.identity import load_or_create
 from cairn.healthcheck import health_url
 from tests._harness import eventually, track_connections
-from tests.test_twistd import REPO, TwistdProcess
+from tests.test_twistd import REPO, TwistdProcess, kill_at_end
 
 DOCKER = os.path.join(REPO, "docker")
 SYSTEMD = os.path.join(DOCKER, "systemd")
@@ -526,7 +526,7 @@ class SocketActivationTests(unittest.TestCase):
         ]
         proc = TwistdProcess({"tcp", "management"})
         reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=REPO)
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_at_end, proc)
 
         # systemd-socket-activate binds the port, then starts twistd on the
         # first connection to it.
@@ -573,7 +573,7 @@ class SocketActivationTests(unittest.TestCase):
                  "--nodaemon", "--pidfile=", "--logfile=-", "cairn"]
         proc = TwistdProcess({"tcp", "management"})
         reactor.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=REPO)
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_at_end, proc)
         yield self._output(proc, f"Listening on 127.0.0.1:{mgmt}")
         self.assertFalse(os.path.exists(os.path.join(data_dir, "mgmt.token")))
 
@@ -599,11 +599,6 @@ class SocketActivationTests(unittest.TestCase):
             self.fail(f"no {text!r} in:\n" + "".join(proc.output))
 
         return eventually(proc.wait_for(text), timeout).addErrback(missing)
-
-    def _kill(self, proc):
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended
 
 
 # -- docker-compose.cluster.yml (issue 15) ------------------------------------

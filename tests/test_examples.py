@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests._harness import eventually
-from tests.test_twistd import REPO, start_twistd
+from tests.test_twistd import REPO, kill_at_end, start_twistd
 from tests.test_walkthrough import ASSIGNMENT, README_ADDRESS, Background
 
 EXAMPLES = os.path.join(REPO, "examples")
@@ -40,11 +40,6 @@ class ExamplesTests(unittest.TestCase):
         line = line.replace(" examples/", f" {shlex.quote(EXAMPLES)}/")
         return line.replace(README_ADDRESS, self.server) if self.server else line
 
-    def _kill(self, proc):
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended.addErrback(lambda f: None)
-
     @defer.inlineCallbacks
     def shell(self, line):
         from twisted.internet import utils
@@ -62,7 +57,7 @@ class ExamplesTests(unittest.TestCase):
             if "twistd" in printed:
                 self.assertTrue(self.env.get("CAIRN_PSK"), "the PSK is exported before the node starts")
                 self.node = start_twistd(self.data_dir, CAIRN_PSK=self.env["CAIRN_PSK"])
-                self.addCleanup(self._kill, self.node)
+                self.addCleanup(kill_at_end, self.node)
                 ports = yield eventually(self.node.listening, 60)
                 self.server = f"tcp:host=127.0.0.1:port={ports['tcp']}"
                 continue
@@ -71,7 +66,7 @@ class ExamplesTests(unittest.TestCase):
                 proc = Background()
                 argv = ["/bin/sh", "-c", "exec " + line[:-1]]
                 reactor.spawnProcess(proc, "/bin/sh", argv, env=self.env, path=self.home)
-                self.addCleanup(self._kill, proc)
+                self.addCleanup(kill_at_end, proc)
                 yield eventually(proc.first_line, 60)
                 background.append(proc)
                 continue

@@ -18,7 +18,7 @@ from cairn.transport import fds
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import server_factory
 from tests._harness import eventually
-from tests.test_twistd import start_twistd
+from tests.test_twistd import kill_at_end, start_twistd
 
 TOKEN = "descriptor tests' management token"
 
@@ -135,7 +135,7 @@ class FloodTests(unittest.TestCase):
             CAIRN_MAX_HANDSHAKES_PER_SOURCE=str(self.FLOOD * 2),
             CAIRN_HANDSHAKE_TIMEOUT="600s",
         )
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_at_end, proc)
         ports = yield eventually(proc.listening, 60)
         pool = HTTPConnectionPool(reactor, persistent=False)
         url = f"http://127.0.0.1:{ports['management']}"
@@ -185,7 +185,3 @@ class FloodTests(unittest.TestCase):
         self.assertNotIn("EMFILE", log)
         self.assertNotIn("Traceback", log)
 
-    def _kill(self, proc):
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended

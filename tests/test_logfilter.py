@@ -18,7 +18,7 @@ from cairn.crypto.identity import Identity
 from cairn.session.peer import Peer
 from cairn.transport.websocket import server_factory
 from tests._harness import eventually
-from tests.test_twistd import start_twistd
+from tests.test_twistd import kill_at_end, start_twistd
 
 
 class _Transport(StringTransport):
@@ -156,7 +156,7 @@ class TwistdLogTests(unittest.TestCase):
         """A real node refusing 30 bad upgrades logs autobahn's drop line 20 times, without address, then a count."""
         data_dir = os.path.abspath(self.mktemp())
         proc = start_twistd(data_dir, CAIRN_MAX_HANDSHAKES_PER_SOURCE="100")
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_at_end, proc)
         ports = yield eventually(proc.listening, 60)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports["websocket"])
         request = (
@@ -184,7 +184,3 @@ class TwistdLogTests(unittest.TestCase):
         peer_lines = [line for line in lines if "127.0.0.1" in line and not any(word in line for word in own)]
         self.assertEqual(peer_lines, [])
 
-    def _kill(self, proc):
-        if not proc.ended.called:
-            proc.transport.signalProcess("KILL")
-            return proc.ended

@@ -63,6 +63,18 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
+def kill_at_end(proc):
+    """
+    For C{addCleanup}: kill -9 C{proc} (a L{TwistdProcess}) if it still
+    runs, and wait for it; CAIRN_TEST_SHOW=1 prints its output first.
+    """
+    if os.environ.get("CAIRN_TEST_SHOW"):
+        print("".join(proc.output))
+    if not proc.ended.called:
+        proc.transport.signalProcess("KILL")
+        return proc.ended
+
+
 def start_twistd(data_dir, expected=("tcp", "websocket"), nofile=None, **settings):
     """
     Start C{twistd -n cairn} on loopback port 0; C{settings} are extra
