@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster.sync import JetStreamSyncStore
+from cairn.mailbox.interfaces import Limits
 from cairn.sync import access
 from cairn.sync.interfaces import Publish
 from cairn.wire.constants import SyncStatus
@@ -134,3 +135,166 @@ class WatchTests(unittest.TestCase):
         self.assertEqual(self.here.cursors(), {B: {"notes": 0}})
         yield self.elsewhere.purge(B)
         yield self.conditions.until(lambda: self.here.access() == {} and self.here.cursors() == {})
+
+
+class ReadYourWritesTests(unittest.TestCase):
+    """
+    Reads after a write on a replicated (R3) stream, the client connected
+    to a follower only: any replica answers a direct get, and nats-server
+    ignores C{min_last_seq}, so a follower that has not applied an
+    acknowledged write yet answers without it (as for the mailbox,
+    L{tests.test_cluster_mailbox.ReadYourWritesTests}).
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests._nats import start_nats_cluster
+
+        self.cluster = yield start_nats_cluster(self)
+        jet = yield _jetstream.connect(self, self.cluster.urls, replicas=3)
+        info = yield jet.run(jet.js.stream_info, jet.stream("sync"))
+        follower = next(s for s in self.cluster.servers if s.name != info.cluster.leader)
+        self.jet = yield _jetstream.connect(self, [follower.url], replicas=3)
+        self.store = JetStreamSyncStore(self.jet)
+        yield self.store.start()
+
+    @defer.inlineCallbacks
+    def test_fetch_sees_each_acknowledged_publish(self):
+        """A fetch right after each publish returns that update, every time (a subscriber's catch-up)."""
+        missed = []
+        for i in range(300):
+            ((status, seq),) = yield self.store.publish([item()], 1.0, ROOMY)
+            self.assertEqual(status, SyncStatus.COMMITTED)
+            fetched = yield self.store.fetch("notes", seq - 1, 16)
+            if [u.seq for u in fetched] != [seq]:
+                missed.append((i, seq, [u.seq for u in fetched]))
+        self.assertEqual(missed, [])
+
+    @defer.inlineCallbacks
+    def test_fetch_sees_what_was_written_elsewhere(self):
+        """Once the watch reports another writer's update, a fetch returns it, every time."""
+        from tests._harness import Conditions
+
+        elsewhere = JetStreamSyncStore(self.jet)
+        yield elsewhere.start()
+        conditions, told, missed = Conditions(), [], []
+        self.store.watch(lambda topic: conditions.changed(told.append(topic)))
+        for i in range(100):
+            ((status, seq),) = yield elsewhere.publish([item()], 1.0, ROOMY)
+            yield conditions.until(lambda i=i: len(told) == i + 1)
+            fetched = yield self.store.fetch("notes", seq - 1, 16)
+            if [u.seq for u in fetched] != [seq]:
+                missed.append((i, seq, [u.seq for u in fetched]))
+        self.assertEqual(missed, [])
+
+
+#: Limits no test here reaches (no eviction, no expiry).
+ROOMY = Limits(max_per_peer=10**6, max_total=10**9, max_age=1000.0)
+
+
+class StaleReplicaTests(unittest.TestCase):
+    """What a read must see though a replica behind answers it (L{ReadYourWritesTests}, made certain)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.store = JetStreamSyncStore(self.jet)
+        yield self.store.start()
+
+    @defer.inlineCallbacks
+    def test_fetch_after_publish(self):
+        """A fetch after an acknowledged publish returns the update, read from the leader."""
+        yield self.store.publish([item()], 1.0, ROOMY)
+        _stale_replica(self, lambda: 0)
+        ((_, seq),) = yield self.store.publish([item()], 1.0, ROOMY)
+        self.assertEqual(seq, 2)
+        self.assertEqual([u.seq for u in (yield self.store.fetch("notes", 0, 16))], [1, 2])
+        self.assertEqual([u.seq for u in (yield self.store.fetch("notes", 1, 16))], [2])
+        self.assertEqual([u.seq for u in (yield self.store.fetch("notes", 0, 1))], [1])
+
+    @defer.inlineCallbacks
+    def test_fetch_after_written_elsewhere(self):
+        """Once the watch reports another writer's update, a fetch returns it."""
+        from tests._harness import Conditions
+
+        elsewhere = JetStreamSyncStore(self.jet)
+        yield elsewhere.start()
+        conditions, told = Conditions(), []
+        self.store.watch(lambda topic: conditions.changed(told.append(topic)))
+        _stale_replica(self, lambda: 0)
+        yield elsewhere.publish([item(), item()], 1.0, ROOMY)
+        yield conditions.until(lambda: told == ["notes", "notes"])
+        self.assertEqual([u.seq for u in (yield self.store.fetch("notes", 0, 16))], [1, 2])
+
+    @defer.inlineCallbacks
+    def test_publish_with_a_stale_last(self):
+        """
+        A publish that expected a stale last message (its watch had not yet
+        reported another writer's update) and re-reads the topic's last
+        message from a replica behind still commits, with the next seq.
+        """
+        from tests._harness import Conditions
+
+        elsewhere = JetStreamSyncStore(self.jet)
+        yield elsewhere.start()
+        conditions, told = Conditions(), []
+        self.store.watch(lambda topic: conditions.changed(told.append(topic)))
+        yield self.store.publish([item()], 1.0, ROOMY)
+        behind = self.store._last["notes"]
+        _stale_replica(self, lambda: behind[0])
+        yield elsewhere.publish([item()], 1.0, ROOMY)
+        yield conditions.until(lambda: told == ["notes"])
+        yield self.jet.run(self._forget, behind)
+        results = yield self.store.publish([item()], 1.0, ROOMY)
+        self.assertEqual(results, [(SyncStatus.COMMITTED, 3)])
+        self.assertEqual([u.seq for u in (yield self.store.fetch("notes", 0, 16))], [1, 2, 3])
+
+    @defer.inlineCallbacks
+    def test_leader_asked_only_when_behind(self):
+        """A fetch the replica answers in full, or of a topic whose updates are all removed, asks the leader nothing."""
+        from cairn.cluster import direct
+
+        asked = []
+        leader_next = direct.leader_next
+
+        async def counted(*args):
+            asked.append(args)
+            return await leader_next(*args)
+
+        self.patch(direct, "leader_next", counted)
+        yield self.store.publish([item(), item()], 1.0, ROOMY)
+        self.assertEqual([u.seq for u in (yield self.store.fetch("notes", 0, 16))], [1, 2])
+        yield self.store.expire(ROOMY.max_age + 2, 10)
+        self.assertEqual((yield self.store.fetch("notes", 0, 16)), [])
+        self.assertEqual(asked, [])
+
+    async def _forget(self, behind):
+        self.store._last["notes"] = behind  # as if the watch had not reported the other update yet
+
+
+def _stale_replica(testcase, applied):
+    """
+    Have every direct get answered as by a follower that has applied the
+    stream only up to seq C{applied()} (a callable), as any replica may.
+    """
+    from cairn.cluster import direct
+
+    batch, last = direct.direct_batch, direct.direct_last
+
+    async def stale_batch(nc, stream, start, size, subject=None, min_last=0, timeout=5.0):
+        held, end = await batch(nc, stream, start, size, subject, min_last, timeout)
+        return [h for h in held if h.seq <= applied()], end
+
+    async def stale_last(nc, stream, subject, timeout=5.0):
+        held = await last(nc, stream, subject, timeout)
+        if held is not None and held.seq > applied():
+            # The replica's last message on the subject, as it has applied it.
+            older, _ = await batch(nc, stream, 1, 10**4, subject)
+            older = [h for h in older if h.seq <= applied()]
+            return older[-1] if older else None
+        return held
+
+    testcase.patch(direct, "direct_batch", stale_batch)
+    testcase.patch(direct, "direct_last", stale_last)

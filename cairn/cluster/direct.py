@@ -196,6 +196,22 @@ async def leader_next(nc, js, stream, start, subject):
     return Held(raw.subject, raw.seq, raw.headers or {}, raw.data or b"")
 
 
+@_retry_unavailable
+async def leader_last(nc, js, stream, subject):
+    """
+    The last message of C{stream} on C{subject}, or None: asked of the
+    stream's leader (a message get, not a direct get), as L{leader_next}.
+    """
+    from nats.js.errors import NotFoundError
+
+    _connected(nc)
+    try:
+        raw = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return None
+    return Held(raw.subject, raw.seq, raw.headers or {}, raw.data or b"")
+
+
 async def delete(js, stream, seq):
     """
     Delete message C{seq} of C{stream}; whether this call removed it (one

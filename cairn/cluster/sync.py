@@ -55,14 +55,19 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         self._pending = set()
         self._locks = {}  # topic -> asyncio.Lock (on the NATS loop)
         self._last = {}  # topic -> (stream seq, topic seq) of its subject's last message
+        # The stream seq of each topic's newest update known stored (this
+        # store's writes, and the others' its watch reported; on the NATS
+        # loop): a fetch that ends below it was answered by a replica that
+        # has not applied it yet and carries on from the leader (L{_fetch}).
+        # Removing a topic's newest update writes a floor marker after it, so
+        # a read of a topic emptied since still reaches it without the leader.
+        self._newest = {}
         self._revisions = {}  # (device, topic) -> KV revision
         self._cursor_locks = {}  # cursor key -> asyncio.Lock (on the NATS loop)
         self._removing = None
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         self._init_follow()
-
-
 
     # Loading
 
@@ -189,13 +194,19 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
                 except Exception as e:
                     if not D.is_wrong_last(e):
                         raise
-                    known = await D.direct_last(self.jet.nc, self.stream, ids)
+                    # Read from the leader: a replica behind (D.direct_batch)
+                    # would answer with the same stale last message, or miss
+                    # the dedup record, every time.
+                    known = await D.leader_last(self.jet.nc, self.jet.js, self.stream, ids)
                     if known is not None:
                         return SyncStatus.DUPLICATE, int(known.headers[SEQ]), 0
-                    self._last.pop(item.topic, None)  # another writer got there first: read again
+                    held = await D.leader_last(self.jet.nc, self.jet.js, self.stream, subject)
+                    # Another writer got there first: expect its message.
+                    self._last[item.topic] = (held.seq, int(held.headers[SEQ])) if held is not None else (0, 0)
                     continue
                 if stream_seq > self._last.get(item.topic, (0, 0))[0]:
                     self._last[item.topic] = (stream_seq, seq)
+                self._saw(item.topic, stream_seq)
                 return SyncStatus.COMMITTED, seq, len(item.payload)
         raise D.PublishError(0, f"topic {item.topic!r}: too many concurrent writers")
 
@@ -271,25 +282,44 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
     def fetch(self, topic, after_seq, limit):
         return self._run(self._fetch, topic, after_seq, limit)
 
+    def _saw(self, topic, stream_seq):
+        if stream_seq > self._newest.get(topic, 0):
+            self._newest[topic] = stream_seq
+
     async def _fetch(self, topic, after_seq, limit):
         # Stream seqs and topic seqs both rise: page from the stream start
         # (the topic's first message) and skip what is at or below after_seq.
-        out, start = [], 1
+        out, start, seen = [], 1, 0
         subject = self._subject("sync", topic_token(topic))
+
+        def take(held):
+            seq = int(held.headers[SEQ])
+            if held.headers.get(KIND) == "floor" or seq <= after_seq:
+                return
+            h = held.headers
+            update_id, stored = bytes.fromhex(h[D.ID]), float(h[D.STORED])
+            out.append(Update(topic, seq, h[D.SENDER], update_id, stored, held.data or b""))
+
         while len(out) < limit:
             page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, subject)
             for held in page:
-                seq = int(held.headers[SEQ])
-                if held.headers.get(KIND) == "floor" or seq <= after_seq:
-                    continue
-                h = held.headers
-                update_id, stored = bytes.fromhex(h[D.ID]), float(h[D.STORED])
-                out.append(Update(topic, seq, h[D.SENDER], update_id, stored, held.data or b""))
+                seen = held.seq
+                take(held)
                 if len(out) >= limit:
-                    break
+                    return out
             if len(page) < PAGE:
                 break
             start = page[-1].seq + 1
+        # Any replica answers a direct get, and a follower may not have
+        # applied the newest writes yet (D.direct_batch): the rest is read
+        # from the leader, which has -- usually one update, one request.
+        expect = self._newest.get(topic, 0)
+        while len(out) < limit and seen < expect:
+            held = await D.leader_next(self.jet.nc, self.jet.js, self.stream, seen + 1, subject)
+            if held is None:
+                break  # removed meanwhile
+            seen = held.seq
+            take(held)
         return out
 
     def expire(self, now, limit):

@@ -47,7 +47,10 @@ def token_topic(token):
 
 
 class Follow:
-    """The watches of a L{cairn.cluster.sync.JetStreamSyncStore} (a mixin: it needs C{jet}, C{_last}, C{_revisions})."""
+    """
+    The watches of a L{cairn.cluster.sync.JetStreamSyncStore} (a mixin:
+    it needs C{jet}, C{_last}, C{_revisions}, C{_saw}).
+    """
 
     def _init_follow(self):
         self.watchers = Watchers()
@@ -67,6 +70,8 @@ class Follow:
             stream_seq, seq = msg.metadata.sequence.stream, int(h[SEQ])
             if stream_seq > self._last.get(name, (0, 0))[0]:
                 self._last[name] = (stream_seq, seq)  # the next publish expects this
+            if h.get(KIND) != "floor":
+                self._saw(name, stream_seq)  # reads from now on must see it
             size = int(h.get("Nats-Msg-Size") or 0)
             self.jet.thread.to_reactor(self._written_elsewhere, name, seq, size, h.get(KIND) == "floor")
 
