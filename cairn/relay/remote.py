@@ -3,7 +3,7 @@ Relay circuits between peers whose sessions are on different nodes of one
 deployment (docs/scaling.md, "Relay across nodes").
 
 A circuit always has one **owner**: the requester's node. The owner keeps
-the L{cairn.relay.service.Circuit} exactly as for two local peers, with a
+the L{cairn.relay.circuit.Circuit} exactly as for two local peers, with a
 L{RemoteEnd} standing in for the target's node session: everything the
 service sends to that end (the offer, RelayData, RelayAck, RelayClose)
 goes over the L{IRelayBus} to the target's node, and what the target
