@@ -265,12 +265,13 @@ def add_cairn_listeners(node, config) -> None:
     factories = {}
     if config.listen:
         # A connection may start with a RelayAttach (the relay's attached circuits).
-        factories["tcp"] = HandOffFactory(node.peer, limiter=node.limiter, settings=settings)
+        factories["tcp"] = HandOffFactory(node.peer, limiter=node.limiter, settings=settings, gauge=node.gauge)
     if config.ws_listen:
-        factories["websocket"] = server_factory(node.peer, node.limiter, config.ws_allowed_origins, settings=settings)
+        factories["websocket"] = server_factory(
+            node.peer, node.limiter, config.ws_allowed_origins, settings=settings, gauge=node.gauge
+        )
     descriptions = {"tcp": config.listen, "websocket": config.ws_listen}
     for name, factory in factories.items():
-        factory.gauge = node.gauge
         node.add_listener(name, descriptions[name], factory)
 
 
