@@ -266,7 +266,7 @@ class RelayService(Forwarding, Splicing):
         """
         Circuits counted against L{capacity}: those this node owns and
         those whose target's end it carries for another node's requester
-        (L{cairn.relay.remote.Proxy}), which hold a window and a session
+        (L{cairn.relay.proxy.Proxy}), which hold a window and a session
         of this node's as much as its own do.
         """
         return len(self.circuits) + (0 if self.remote is None else len(self.remote.proxies))
