@@ -60,14 +60,13 @@ def make_node(config, reactor) -> CairnNode:
 def _make_node(config, reactor) -> CairnNode:
     prepare_data_dir(config.data_dir)
     ident = load_identity(config.data_dir, config.identity_file)
-    peer = make_peer(config, ident, reactor)
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
     db = make_database(config, reactor, space)
     stores = make_stores(config, reactor, db)
     trust = stores.trust
+    peer = make_peer(config, ident, reactor, is_trusted=trust.is_paired)
     pairing = make_pairing(config, peer, trust, reactor, stores.pairing_codes())
     # Bounds on what unpaired peers hold: memory and descriptors.
-    peer.is_trusted = trust.is_paired
     gauge = DescriptorGauge(reactor, config.fd_reserve)
     bounds = unpaired.UnpairedSessions(
         peer, trust.is_paired, config.max_unpaired_sessions, config.max_unpaired_per_source, gauge
@@ -122,8 +121,8 @@ def prepare_data_dir(path: str) -> None:
     check_writable(path)
 
 
-def make_peer(config, ident, reactor) -> Peer:
-    """The node's local L{Peer}, with the session settings of C{config}."""
+def make_peer(config, ident, reactor, is_trusted=None) -> Peer:
+    """The node's local L{Peer}, with the session settings of C{config}; C{is_trusted}: see L{Peer}."""
     return Peer(
         ident,
         reactor,
@@ -134,6 +133,7 @@ def make_peer(config, ident, reactor) -> Peer:
         session_ttl=config.session_ttl,
         unpaired_session_ttl=config.unpaired_session_ttl,
         log_addresses=config.log_addresses,
+        is_trusted=is_trusted,
     )
 
 
@@ -265,12 +265,13 @@ def add_cairn_listeners(node, config) -> None:
     factories = {}
     if config.listen:
         # A connection may start with a RelayAttach (the relay's attached circuits).
-        factories["tcp"] = HandOffFactory(node.peer, limiter=node.limiter, settings=settings)
+        factories["tcp"] = HandOffFactory(node.peer, limiter=node.limiter, settings=settings, gauge=node.gauge)
     if config.ws_listen:
-        factories["websocket"] = server_factory(node.peer, node.limiter, config.ws_allowed_origins, settings=settings)
+        factories["websocket"] = server_factory(
+            node.peer, node.limiter, config.ws_allowed_origins, settings=settings, gauge=node.gauge
+        )
     descriptions = {"tcp": config.listen, "websocket": config.ws_listen}
     for name, factory in factories.items():
-        factory.gauge = node.gauge
         node.add_listener(name, descriptions[name], factory)
 
 

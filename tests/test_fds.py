@@ -90,8 +90,10 @@ class ListenerRefusalTests(unittest.TestCase):
 
     def test_refused_at_once(self):
         """While descriptors are critical both listeners close a new connection as soon as it is accepted."""
-        for factory in (StreamFactory(self.peer), server_factory(self.peer)):
-            factory.gauge = CriticalGauge()
+        for factory in (
+            StreamFactory(self.peer, gauge=CriticalGauge()),
+            server_factory(self.peer, gauge=CriticalGauge()),
+        ):
             self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)))
             self.assertEqual(factory.gauge.refused, 1)
 
@@ -184,4 +186,3 @@ class FloodTests(unittest.TestCase):
         log = "".join(proc.output)
         self.assertNotIn("EMFILE", log)
         self.assertNotIn("Traceback", log)
-

@@ -11,7 +11,8 @@ from twisted.trial import unittest
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.relay import client as relay
 from cairn.relay.client import CircuitTransport, RouteRefused
-from cairn.relay.service import WINDOW, RelayService
+from cairn.relay.messages import WINDOW
+from cairn.relay.service import RelayService
 from cairn.transport.websocket import server_factory
 from cairn.wire.constants import MessageType, RouteStatus
 from tests._harness import Conditions, ScenarioMixin, closed, collect, eventually, next_data

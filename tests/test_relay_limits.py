@@ -16,9 +16,9 @@ from cairn.db import DB_FILE_NAME, Database
 from cairn.pairing import client as pairing
 from cairn.relay import client as relay
 from cairn.relay.interfaces import RELAY_SCHEMA, IRelayStore, RelayLimits
+from cairn.relay.messages import WINDOW
 from cairn.relay.pacing import Pacer
 from cairn.relay.reports import parse_limits
-from cairn.relay.service import WINDOW
 from cairn.relay.store import MemoryRelayStore, SQLiteRelayStore
 from cairn.service import make_node
 from cairn.wire.constants import RouteStatus

@@ -44,6 +44,11 @@ class MakeNodeTests(unittest.TestCase):
         self.assertEqual(sorted(node.listeners), ["tcp"])
         self.assertEqual(node.peer.max_payload, 65536)
 
+    def test_peer_trusts_the_paired(self):
+        """The node's peer judges sessions by the trust store from construction on (unpaired TTL, channels)."""
+        node = make_node(config_for(self.mktemp()), reactor)
+        self.assertEqual(node.peer.is_trusted, node.pairing.trust.is_paired)
+
     def test_management_listener_follows_config(self):
         """The management API listens only when enabled and given an endpoint."""
         on = make_node(config_for(self.mktemp(), mgmt_listen=LOOPBACK, mgmt_token="t0ken"), reactor)

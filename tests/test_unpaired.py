@@ -41,8 +41,13 @@ class Node:
     def __init__(self, clock, max_total=20, max_per_source=5, gauge=None, max_pending=100, max_pending_per_source=10):
         self.clock = clock
         self.trust = MemoryTrustStore()
-        self.peer = Peer(Identity.generate(), clock, session_ttl=SESSION_TTL, unpaired_session_ttl=UNPAIRED_TTL)
-        self.peer.is_trusted = self.trust.is_paired
+        self.peer = Peer(
+            Identity.generate(),
+            clock,
+            session_ttl=SESSION_TTL,
+            unpaired_session_ttl=UNPAIRED_TTL,
+            is_trusted=self.trust.is_paired,
+        )
         self.pairing = PairingService(
             self.peer,
             self.trust,
@@ -187,8 +192,13 @@ class UnpairedSessionTests(unittest.TestCase):
         friend, pump, _ = node.dial(identity=identity)
         self.successResultOf(_flushed(pair_psk(friend, PSK), pump))
         snapshots = node.peer.snapshot_sessions()
-        restarted = Peer(node.peer.identity, self.clock, session_ttl=SESSION_TTL, unpaired_session_ttl=UNPAIRED_TTL)
-        restarted.is_trusted = MemoryTrustStore().is_paired  # not loaded yet: knows nobody
+        restarted = Peer(
+            node.peer.identity,
+            self.clock,
+            session_ttl=SESSION_TTL,
+            unpaired_session_ttl=UNPAIRED_TTL,
+            is_trusted=MemoryTrustStore().is_paired,  # not loaded yet: knows nobody
+        )
         restarted.restore_sessions(snapshots)
         self.clock.advance(UNPAIRED_TTL * 2)
         self.assertIn(friend.session_id, restarted.sessions)

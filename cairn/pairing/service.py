@@ -6,7 +6,8 @@ to pairing only.
 L{PairingService} registers its handlers (PairRequest, PairResponse,
 PairRevoke) and its session observer on the node's L{Peer} when it is
 constructed; L{PairingService.start} loads the trust store, and the node
-must not accept sessions before that Deferred has fired.
+must not accept sessions before that Deferred has fired. The operator's
+decisions (approve, reject, unpair) are in L{cairn.pairing.decisions}.
 """
 
 from twisted.internet import defer
@@ -14,12 +15,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.mailbox.interfaces import StoreFull
 from cairn.pairing import messages
 from cairn.pairing.books import LinkBook, PinBook
 from cairn.pairing.code_store import LocalCodes
+from cairn.pairing.decisions import Decisions
 from cairn.pairing.exchange import MAX_SOURCE_EXCHANGES, PakeMethods, source_of
-from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED, IPairingService, UnknownPeer
+from cairn.pairing.interfaces import PENDING, REVOKED, IPairingService
 from cairn.pairing.messages import APPROVAL, LINK, PSK
 from cairn.pairing.methods import ApprovalMethod, link_method
 from cairn.pairing.pending import MAX_PENDING, MAX_PENDING_PER_SOURCE, PendingQueue
@@ -44,7 +45,7 @@ MAX_CODE_FAILURES = 3
 
 
 @implementer(IPairingService)
-class PairingService:
+class PairingService(Decisions):
     """
     Pairing for the node's L{Peer}.
 
@@ -148,87 +149,6 @@ class PairingService:
         link = self.links.create(self.peer.peer_id, self.link_addresses)
         log.info("pairing link created, valid until {expires_at}", expires_at=link.expires_at)
         return {"link": link.to_uri(), "expires_at": link.expires_at}
-
-    def approve(self, peer_id):
-        def check(record):
-            if record is None or record.state != PENDING:
-                raise UnknownPeer(peer_id)
-            return self.trust.set_paired(peer_id, record.identity_key, record.name, APPROVAL, self.clock.seconds())
-
-        def approved(record):
-            log.info("peer {peer_id} paired by operator approval", peer_id=peer_id)
-            for session in self._sessions_of(peer_id):
-                self.approvals.confirm(session)
-            self.peer.peer_paired(peer_id)
-            return record
-
-        return self.trust.get(peer_id).addCallback(check).addCallback(approved)
-
-    def reject(self, peer_id):
-        def rejected(_):
-            log.info("pairing request of {peer_id} rejected by the operator", peer_id=peer_id)
-            for session in self._sessions_of(peer_id):
-                self.approvals.refuse(session)
-
-        return self.trust.reject(peer_id).addCallback(rejected)
-
-    def unpair(self, peer_id):
-        def revoked(_):
-            log.info("peer {peer_id} unpaired", peer_id=peer_id)
-            for session in self._sessions_of(peer_id):
-                try:
-                    session.close(CloseCode.PAIRING_REVOKED, "pairing revoked")
-                except Exception:  # one broken transport must not stop the revocation
-                    log.failure("closing a revoked session failed")
-            return self._purge(peer_id)
-
-        return self.trust.revoke(peer_id, self.clock.seconds()).addCallback(revoked)
-
-    def _decided_elsewhere(self, peer_id, record):
-        """
-        Another node changed C{peer_id}'s record: its sessions here follow
-        within the watch's latency, as if it had happened here -- a
-        revocation closes them (PAIRING_REVOKED), an approval confirms the
-        one waiting for it, a rejection refuses it.
-        """
-        sessions = self._sessions_of(peer_id)
-        if not sessions:
-            return
-        if record is not None and record.state == REVOKED:
-            log.info("peer {peer_id} unpaired on another node", peer_id=peer_id)
-            for session in sessions:
-                try:
-                    session.close(CloseCode.PAIRING_REVOKED, "pairing revoked")
-                except Exception:
-                    log.failure("closing a revoked session failed")
-        elif record is not None and record.state == PAIRED:
-            for session in sessions:
-                if self.approvals.waiting(session):
-                    self.approvals.confirm(session)
-            self.peer.peer_paired(peer_id)  # idempotent: the services serve what they do not yet
-        elif record is None:
-            for session in sessions:
-                if self.approvals.waiting(session):
-                    self.approvals.refuse(session)
-
-    def add_purge_hook(self, hook):
-        self._purge_hooks.append(hook)
-
-    def _purge(self, peer_id):
-        results = [defer.maybeDeferred(hook, peer_id) for hook in self._purge_hooks]
-
-        def done(outcomes):
-            failures = [value for ok, value in outcomes if not ok]
-            for failure in failures:
-                if failure.check(StoreFull):  # a full store is expected (disk, reserve, JetStream away)
-                    log.warn("purge hook failed for {peer_id}: {why}", peer_id=peer_id, why=failure.getErrorMessage())
-                else:
-                    log.failure("purge hook failed for {peer_id}", failure, peer_id=peer_id)
-            if failures:
-                return failures[0]  # revoked all the same; the caller learns the purge failed
-            return None
-
-        return defer.DeferredList(results, consumeErrors=True).addCallback(done)
 
     # The gate for other services
 

@@ -33,6 +33,9 @@ over TCP, it asks for (or, as a target, accepts) an attached circuit;
 if the node hands out tokens, the end-to-end session runs over a TCP
 connection of its own to the node (L{cairn.relay.attached}) instead of
 RelayData. C{relay_endpoint(client).attach = False} keeps RelayData.
+
+Re-establishing is in L{cairn.relay.reestablish} (a mixin of
+L{RelayEndpoint}); L{RouteRefused} is defined in L{cairn.relay.interfaces}.
 """
 
 import itertools
@@ -43,30 +46,16 @@ from twisted.logger import Logger
 
 from cairn.relay import messages
 from cairn.relay.attached import AttachedCircuit, AttachProtocol
+from cairn.relay.interfaces import RouteRefused
+from cairn.relay.reestablish import Reestablishing
 from cairn.relay.transport import CircuitTransport
-from cairn.session.connection import HandshakeFailed
 from cairn.session.guards import register_service
-from cairn.session.session import SessionClosed
 from cairn.transport.tcp import StreamProtocol
 from cairn.wire.constants import CloseCode, MessageType, RouteStatus
 
 __all__ = ["CircuitTransport", "RelayEndpoint", "RouteRefused", "relay_endpoint", "relay_to"]
 
 log = Logger()
-
-#: Re-establishing a circuit: first delay, factor, ceiling (seconds).
-RETRY_BACKOFF = (1.0, 2.0, 60.0)
-#: Refusals after which re-establishing is tried again later.
-RETRYABLE = frozenset({RouteStatus.OFFLINE, RouteStatus.CAPACITY, RouteStatus.TIMEOUT})
-
-
-class RouteRefused(Exception):
-    """The node (or the target) did not open the circuit; C{status} says why."""
-
-    def __init__(self, status, reason):
-        super().__init__(f"{RouteStatus(status).name.lower()}: {reason}")
-        self.status = RouteStatus(status)
-        self.reason = reason
 
 
 @attr.s(eq=False)
@@ -78,25 +67,7 @@ class _Request:
     resume = attr.ib(default=None)
 
 
-@attr.s(eq=False)
-class Relayed:
-    """An end-to-end session this peer requested, and how to re-establish it."""
-
-    session = attr.ib()
-    node_peer_id = attr.ib()
-    delay = attr.ib(default=RETRY_BACKOFF[0])
-    timer = attr.ib(default=None)
-    pending = attr.ib(default=False)
-    #: Circuits opened again for this session (for figures and tests).
-    reestablished = attr.ib(default=0)
-
-    def cancel_timer(self):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-
-class RelayEndpoint:
+class RelayEndpoint(Reestablishing):
     """
     The relay handlers of one client L{Peer}: circuit offers, responses,
     data, credit and closes on its sessions with nodes, and the
@@ -229,84 +200,6 @@ class RelayEndpoint:
             session.close(CloseCode.HANDSHAKE_FAILED, "not the peer the circuit was for")
             raise RouteRefused(RouteStatus.INVALID, "the circuit reached another peer")
         return session
-
-    def _track(self, session, node_peer_id):
-        self.relayed[session.session_id] = Relayed(session, node_peer_id)
-        return session
-
-    # Re-establishing (requester)
-
-    def _node_session(self, node_peer_id):
-        """The newest attached, open session with the node C{node_peer_id}, or None."""
-        found = None
-        for session in self.peer.sessions.values():
-            if (
-                session.remote_peer_id == node_peer_id
-                and session.closed is None
-                and session.attached
-                and self._circuit_of(session) is None
-            ):
-                found = session
-        return found
-
-    def _reestablish(self, relayed):
-        session = relayed.session
-        if session.closed is not None or session.attached or relayed.pending or relayed.timer is not None:
-            return
-        if not self.resume_circuits:
-            return
-        node = self._node_session(relayed.node_peer_id)
-        if node is None:
-            return  # tried again when a session with that node is resumed or established
-        relayed.pending = True
-        log.info(
-            "relay: re-establishing session {sid} with {peer}",
-            sid=session.session_id.hex()[:8],
-            peer=session.remote_peer_id,
-        )
-        d = self._request(node, session.remote_peer_id, resume=session)
-        d.addCallbacks(self._reestablished, self._reestablish_failed, callbackArgs=(relayed,), errbackArgs=(relayed,))
-
-    def _reestablished(self, session, relayed):
-        relayed.pending = False
-        relayed.delay = RETRY_BACKOFF[0]
-        relayed.reestablished += 1
-        log.info("relay: session {sid} resumed over a new circuit", sid=session.session_id.hex()[:8])
-
-    def _reestablish_failed(self, failure, relayed):
-        relayed.pending = False
-        session = relayed.session
-        if session.closed is not None or session.attached:
-            return None
-        error = failure.value
-        final = None
-        if isinstance(error, RouteRefused) and error.status not in RETRYABLE:
-            final = SessionClosed(CloseCode.GOING_AWAY, f"relay circuit not re-established: {error}")
-        elif isinstance(error, HandshakeFailed) and error.code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
-            # The target refused the resume itself (it forgot the session).
-            final = SessionClosed(error.code, error.reason)
-        elif not isinstance(error, (RouteRefused, HandshakeFailed, SessionClosed)):
-            log.failure("relay: re-establishing a circuit failed", failure)
-        if final is not None:
-            log.info("relay: session {sid} ends: {why}", sid=session.session_id.hex()[:8], why=final.reason)
-            session._end(final)
-            return None
-        start, factor, ceiling = RETRY_BACKOFF
-        relayed.timer = self.clock.callLater(relayed.delay, self._retry, relayed)
-        relayed.delay = min(relayed.delay * factor, ceiling)
-        return None
-
-    def _retry(self, relayed):
-        relayed.timer = None
-        self._reestablish(relayed)
-
-    def _node_back(self, node_session):
-        """A session with a node is attached again: re-establish what went through that node."""
-        for relayed in list(self.relayed.values()):
-            if relayed.node_peer_id == node_session.remote_peer_id and not relayed.session.attached:
-                relayed.cancel_timer()
-                relayed.delay = RETRY_BACKOFF[0]
-                self._reestablish(relayed)
 
     # Target
 

@@ -1,7 +1,13 @@
-"""The seams of the node's relay: the management API and the limits store."""
+"""
+The seams of the node's relay: the management API, the limits store and
+the bus between nodes; and L{RouteRefused}, what a peer's circuit request
+fails with.
+"""
 
 import attr
 from zope.interface import Attribute, Interface
+
+from cairn.wire.constants import RouteStatus
 
 #: (component, schema package) for L{cairn.db.Database}.
 RELAY_SCHEMA = ("relay", "cairn.relay.schema")
@@ -25,6 +31,15 @@ class RelayLimits:
 
     def to_json(self) -> dict:
         return {"max_bytes": self.max_bytes, "max_rate": self.max_rate}
+
+
+class RouteRefused(Exception):
+    """The node (or the target) did not open the circuit; C{status} says why."""
+
+    def __init__(self, status, reason):
+        super().__init__(f"{RouteStatus(status).name.lower()}: {reason}")
+        self.status = RouteStatus(status)
+        self.reason = reason
 
 
 class IRelay(Interface):

@@ -9,23 +9,11 @@ the outcome with a status code. Once open, RelayData bodies are forwarded
 verbatim to the other end: they hold whole envelopes of the two peers'
 own end-to-end session, so the node sees only ciphertext.
 
-Flow control is end to end and in bytes of RelayData C{data}: each end
-may have at most L{WINDOW} bytes sent and not yet credited by the other
-end (RelayAck). The node enforces the window (a sender that overruns it
-loses the circuit), so what it holds for a circuit in each direction,
-RelayData accepted and not yet credited, never exceeds L{WINDOW}. That
-includes what waits for a rate-limited sender's token bucket
-(L{cairn.relay.pacing}): pacing delays forwarding, and the receiver
-credits only what it received, so the sender stalls on its own window.
-
-Attached circuits (docs/protocol.md §25.8): when both ends ask for it,
-the node gives each a one-time token with the circuit; each end opens a
-connection of its own to the node's TCP listener and presents it
-(RelayAttach). Once both are attached the node splices the two
-connections (L{cairn.relay.splice}): the inner session's bytes no longer
-travel as RelayData, so neither the node nor the peers seal them a second
-time, and TCP's flow control replaces the window. Quotas, rate limits and
-byte counts apply to the spliced bytes the same way.
+Flow control (RelayData, RelayAck, RelayClose) is in
+L{cairn.relay.forwarding}; attached circuits (docs/protocol.md §25.8),
+whose ends present tokens on connections of their own that the node
+splices, in L{cairn.relay.splicing}; the circuit itself is a
+L{cairn.relay.circuit.Circuit}.
 
 A circuit never outlives a transport of either end's session with the
 node: a detach or a resume (Reconnect) of that session closes its
@@ -40,25 +28,23 @@ L{cairn.relay.remote.RemoteEnd} in place of the target's session
 (L{cairn.relay.remote}; docs/scaling.md, "Relay across nodes").
 """
 
-import hmac
 import os
 from collections import Counter
 
-import attr
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.relay import messages, reports
 from cairn.relay.accounts import Accounts
+from cairn.relay.circuit import Circuit
+from cairn.relay.forwarding import Forwarding
 from cairn.relay.interfaces import IRelay, RelayLimits
 from cairn.relay.messages import WINDOW
 from cairn.relay.remote import Remote, RemoteEnd
-from cairn.relay.splice import Splice
+from cairn.relay.splicing import Splicing
 from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
-from cairn.wire import cbor
-from cairn.wire.constants import SUPPORTED_VERSIONS, CloseCode, MessageType, RouteStatus
-from cairn.wire.schema import BodyError
+from cairn.wire.constants import MessageType, RouteStatus
 
 log = Logger()
 
@@ -66,46 +52,8 @@ log = Logger()
 OFFER_TIMEOUT = 30.0
 
 
-@attr.s(eq=False)
-class Circuit:
-    """One circuit: ends C{a} (requester) and C{b} (target), each a node-side session."""
-
-    circuit_id = attr.ib()
-    a = attr.ib()
-    b = attr.ib()
-    req = attr.ib()
-    state = attr.ib(default="offered")
-    timer = attr.ib(default=None)
-    #: Bytes each end may still send (by session), at most WINDOW.
-    allowance = attr.ib(factory=dict)
-    #: Bytes forwarded from each end (by session).
-    forwarded = attr.ib(factory=Counter)
-    #: Bytes from each end waiting for its sender's rate limit (by session).
-    queued = attr.ib(factory=Counter)
-    opened_at = attr.ib(default=None)
-    #: Attachment tokens by end (session): offered to the target, then to
-    #: the requester once the target attaches too (§25.8). Empty: RelayData.
-    tokens = attr.ib(factory=dict)
-    #: The connections attached so far: end -> (transport, rest) or None while handed off.
-    attached = attr.ib(factory=dict)
-    #: The L{Splice} once both ends are attached.
-    splice = attr.ib(default=None)
-
-    @property
-    def mode(self) -> str:
-        """C{attached} (its own connections, §25.8) or C{session} (RelayData)."""
-        return "attached" if self.tokens and self.state != "offered" else "session"
-
-    def other(self, session):
-        return self.b if session is self.a else self.a
-
-    def in_flight(self, session) -> int:
-        """Bytes sent by C{session}'s end and not yet credited by the other end (queued ones included)."""
-        return WINDOW - self.allowance.get(session, WINDOW)
-
-
 @implementer(IRelay)
-class RelayService:
+class RelayService(Forwarding, Splicing):
     """
     Relay circuits on a node L{Peer}.
 
@@ -318,7 +266,7 @@ class RelayService:
         """
         Circuits counted against L{capacity}: those this node owns and
         those whose target's end it carries for another node's requester
-        (L{cairn.relay.remote.Proxy}), which hold a window and a session
+        (L{cairn.relay.proxy.Proxy}), which hold a window and a session
         of this node's as much as its own do.
         """
         return len(self.circuits) + (0 if self.remote is None else len(self.remote.proxies))
@@ -362,127 +310,6 @@ class RelayService:
             circuit.attached.clear()
         log.info("relay circuit {cid} open ({mode})", cid=circuit.circuit_id.hex()[:8], mode=circuit.mode)
         self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id, token=token)
-
-    def _relay_data(self, session, body):
-        circuit_id, data = messages.parse_relay_data(body)
-        if self._proxied(session, circuit_id, MessageType.RELAY_DATA, body):
-            return
-        circuit = self._end_of(session, circuit_id)
-        if circuit is None or circuit.state != "open":
-            self._send(session, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "no such circuit"})
-            return
-        if circuit.mode == "attached":
-            self.close(circuit, "RelayData on an attached circuit", final=True)
-            return
-        size = len(data)
-        left = circuit.allowance[session] - size
-        if left < 0:
-            self.close(circuit, "flow control window exceeded", final=True)
-            return
-        sender = session.remote_peer_id
-        if self.accounts.over_quota(sender, size):
-            self.close(circuit, "relay byte quota exceeded", final=True)
-            return
-        circuit.allowance[session] = left
-        self.accounts.sent(sender, size)
-        pacer = self.accounts.pacers.get(sender)
-        if pacer is None:
-            self._forward(circuit, session, data)
-        else:
-            circuit.queued[session] += size
-            pacer.submit(circuit_id, size, lambda: self._forward(circuit, session, data, paced=True))
-
-    def _forward(self, circuit, session, data, paced=False):
-        size = len(data)
-        if paced:
-            circuit.queued[session] -= size
-        if self.circuits.get(circuit.circuit_id) is not circuit:
-            return
-        circuit.forwarded[session] += size
-        other = circuit.other(session)
-        self.accounts.received(other.remote_peer_id, size)
-        self._send(other, MessageType.RELAY_DATA, {"circuit": circuit.circuit_id, "data": data})
-
-    def _relay_ack(self, session, body):
-        circuit_id, credit = messages.parse_relay_ack(body)
-        if self._proxied(session, circuit_id, MessageType.RELAY_ACK, body):
-            return
-        circuit = self._end_of(session, circuit_id)
-        if circuit is None or circuit.state != "open" or circuit.mode == "attached":
-            return
-        other = circuit.other(session)
-        circuit.allowance[other] = min(self.window, circuit.allowance[other] + credit)
-        self._send(other, MessageType.RELAY_ACK, {"circuit": circuit_id, "credit": credit})
-
-    def _relay_close(self, session, body):
-        circuit_id, reason, _final = messages.parse_relay_close(body)
-        if self._proxied(session, circuit_id, MessageType.RELAY_CLOSE, body):
-            return
-        circuit = self._end_of(session, circuit_id)
-        if circuit is None:
-            return
-        if circuit.state == "offered" and session is circuit.a:
-            self._cancel(circuit)
-            self._drop(circuit)
-            self._send(circuit.b, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "cancelled"})
-            return
-        self.close(circuit, reason or "closed by the other end", culprit=session)
-
-    # Attached circuits (§25.8)
-
-    def attach(self, connection, envelope):
-        """
-        The L{cairn.session.peer.Peer}'s preface handler: C{envelope}, a
-        RelayAttach, came first on an accepted C{connection}. A valid
-        token hands the connection to its circuit; anything else is
-        answered with a Close.
-        """
-        if envelope.version not in SUPPORTED_VERSIONS:
-            connection.fail(CloseCode.VERSION_UNSUPPORTED, f"version {envelope.version} not supported")
-            return
-        try:
-            body = cbor.loads(envelope.payload)
-            circuit_id, token = messages.parse_relay_attach(body)
-        except BodyError as e:
-            connection.fail(CloseCode.BAD_CBOR, str(e))
-            return
-        except Exception:
-            connection.fail(CloseCode.BAD_CBOR, "RelayAttach body is not CBOR")
-            return
-        circuit, end = self.circuits.get(circuit_id), None
-        # The target may attach before its acceptance (RouteResponse, on
-        # another connection) is in: its token was in the offer.
-        if circuit is not None:
-            for session, expected in circuit.tokens.items():
-                if hmac.compare_digest(expected, token) and session not in circuit.attached:
-                    end = session
-        if end is None:
-            connection.fail(CloseCode.UNKNOWN_SESSION, "no such circuit, or not this token")
-            return
-        hand_off = getattr(connection.transport, "hand_off", None)
-        if hand_off is None:
-            connection.fail(CloseCode.UNEXPECTED_MESSAGE, "RelayAttach needs a TCP connection")
-            return
-        circuit.attached[end] = None
-        hand_off(lambda transport, rest: self._attached(circuit, end, transport, rest))
-
-    def _attached(self, circuit, end, transport, rest):
-        if self.circuits.get(circuit.circuit_id) is not circuit or (circuit.state == "open" and not circuit.tokens):
-            transport.abortConnection()  # closed, or the target accepted without attaching
-            return
-        circuit.attached[end] = (transport, rest)
-        log.debug("relay circuit {cid}: an end attached", cid=circuit.circuit_id.hex()[:8])
-        ends = [circuit.attached.get(circuit.a), circuit.attached.get(circuit.b)]
-        if None in ends:
-            return
-        self._cancel(circuit)
-        circuit.splice = Splice(self.reactor, ends, _SpliceAccounting(self, circuit), **self.splice_options)
-        circuit.splice.start()
-
-    def _attach_timed_out(self, circuit):
-        circuit.timer = None
-        if circuit.splice is None:
-            self.close(circuit, "the peers did not attach their connections in time")
 
     # Ending circuits
 
@@ -574,48 +401,3 @@ class RelayService:
     def set_quota(self, peer_id, max_bytes):
         """Limit the bytes C{peer_id} may send through relays (None: no limit), keeping its rate limit."""
         return self.set_limits(peer_id, RelayLimits(max_bytes, self.accounts.rate(peer_id)))
-
-
-class _SpliceAccounting:
-    """
-    What a circuit's L{Splice} asks and tells the service: the byte quota
-    before each read, the counts and the rate limit after it.
-    """
-
-    def __init__(self, service, circuit):
-        self.service = service
-        self.accounts = service.accounts
-        self.circuit = circuit
-        self.ends = (circuit.a, circuit.b)
-
-    def budget(self, index):
-        peer_id = self.ends[index].remote_peer_id
-        quota = self.accounts.quota(peer_id)
-        return None if quota is None else max(0, quota - self.accounts.bytes_sent[peer_id])
-
-    def over_budget(self, index):
-        self.service.close(self.circuit, "relay byte quota exceeded", final=True)
-
-    def moved_in(self, index, size):
-        end = self.ends[index]
-        self.accounts.sent(end.remote_peer_id, size)
-        pacer = self.accounts.pacers.get(end.remote_peer_id)
-        if pacer is None:
-            return False
-        circuit = self.circuit
-        circuit.queued[end] += size
-
-        def go():
-            circuit.queued[end] -= size
-            if circuit.splice is not None:
-                circuit.splice.release(index)
-
-        pacer.submit(circuit.circuit_id, size, go)
-        return True
-
-    def moved_out(self, index, size):
-        self.circuit.forwarded[self.ends[1 - index]] += size
-        self.accounts.received(self.ends[index].remote_peer_id, size)
-
-    def finished(self, reason, index):
-        self.service.close(self.circuit, reason)

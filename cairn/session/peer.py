@@ -32,6 +32,9 @@ class Peer:
     Local identity plus the settings and registries its sessions share.
 
     @param clock: an C{IReactorTime}; every timer goes through it.
+    @param is_trusted: C{(peer_id) -> bool}, given by the node: whether a
+        remote peer is paired. None (client applications): every peer
+        counts as trusted.
     """
 
     #: When a session updates its sending key (KeyUpdate, §8.3).
@@ -51,6 +54,7 @@ class Peer:
         unpaired_session_ttl=None,
         resend_limits=DEFAULT_RESEND_LIMITS,
         log_addresses=False,
+        is_trusted=None,
     ):
         self.identity = identity
         self.clock = clock
@@ -62,9 +66,7 @@ class Peer:
         #: Detached lifetime of a session whose peer L{is_trusted} refuses
         #: (None: the same as C{session_ttl}); never longer than it.
         self.unpaired_session_ttl = unpaired_session_ttl
-        #: C{(peer_id) -> bool}, set by the node: whether a remote peer is
-        #: paired. None (client applications): every peer counts as trusted.
-        self.is_trusted = None
+        self.is_trusted = is_trusted
         self._restoring = False
         self.resend_limits = resend_limits
         #: Name the peer's network address in session log lines (an operator's opt-in).

@@ -115,18 +115,17 @@ class StreamFactory(Factory):
     @param settings: the listener's L{TransportSettings} (default: the
         peer's limits and clock, with the default write limit).
     @param limiter: a L{cairn.transport.limits.SourceLimiter}, or None.
+    @param gauge: a L{cairn.transport.fds.DescriptorGauge} (the node's), or
+        None: refuse at once while descriptors are critical.
     """
 
     protocol = StreamProtocol
 
-    #: A L{cairn.transport.fds.DescriptorGauge}: refuse at once while
-    #: descriptors are critical (set by the node).
-    gauge = None
-
-    def __init__(self, local, initiator: bool = False, limiter=None, *, settings: TransportSettings = None):
+    def __init__(self, local, initiator: bool = False, limiter=None, *, settings: TransportSettings = None, gauge=None):
         self.local = local
         self.initiator = initiator
         self.limiter = limiter
+        self.gauge = gauge
         if settings is None:
             settings = TransportSettings.for_peer(local, write_limit=MAX_WRITE_BUFFER)
         self.settings = settings

@@ -263,8 +263,8 @@ def _limit_options(factory, settings):
 
 
 class _ServerFactory(WebSocketServerFactory):
-    #: A L{cairn.transport.fds.DescriptorGauge} (set by the node): new
-    #: connections are closed at once while descriptors are critical.
+    #: A L{cairn.transport.fds.DescriptorGauge} (L{server_factory}'s
+    #: C{gauge}): new connections are closed at once while descriptors are critical.
     gauge = None
     limiter = None
     origins = OriginPolicy()
@@ -303,7 +303,7 @@ class _ServerFactory(WebSocketServerFactory):
 
 
 def server_factory(
-    local, limiter=None, allowed_origins=(), *, settings: TransportSettings = None
+    local, limiter=None, allowed_origins=(), *, settings: TransportSettings = None, gauge=None
 ) -> WebSocketServerFactory:
     """
     A factory serving cairn on C{/} for the local L{Peer}.
@@ -313,6 +313,8 @@ def server_factory(
         (L{cairn.transport.origins}); a client sending no C{Origin} always may.
     @param settings: the listener's L{TransportSettings} (default: the
         peer's limits and clock, with the default write limit).
+    @param gauge: a L{cairn.transport.fds.DescriptorGauge} (the node's), or
+        None: refuse at once while descriptors are critical.
     """
     if settings is None:
         settings = TransportSettings.for_peer(local, write_limit=MAX_WRITE_BUFFER)
@@ -320,6 +322,7 @@ def server_factory(
     factory.protocol = ServerProtocol
     factory.local = local
     factory.limiter = limiter
+    factory.gauge = gauge
     factory.origins = OriginPolicy(allowed_origins)
     _limit_options(factory, settings)
     # autobahn would refuse a "null" Origin itself, with HTTP 400: let it
