@@ -1194,11 +1194,22 @@ class HaproxyRunTests(unittest.TestCase):
         scheduled = []
         schedule = client._schedule_resume
 
+        advances = []
+
         def recording(s, delay):
             scheduled.append(delay)
             schedule(s, delay)
-            reactor.callLater(0, client.clock.advance, delay)  # each round at once: the balancer decides
+            # Each round at once: the balancer decides.
+            advances.append(reactor.callLater(0, client.clock.advance, delay))
 
+        def stop_recording():
+            # The client resumes on as the test ends: its rounds stay on its own clock.
+            client._schedule_resume = schedule
+            for call in advances:
+                if call.active():
+                    call.cancel()
+
+        self.addCleanup(stop_recording)
         client._schedule_resume = recording
         yield eventually(serving[0].stopService(), 30)
         new = yield eventually(replaced, 60)
