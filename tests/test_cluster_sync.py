@@ -137,6 +137,32 @@ class WatchTests(unittest.TestCase):
         yield self.conditions.until(lambda: self.here.access() == {} and self.here.cursors() == {})
 
 
+class LoadToWatchGapTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_nothing_written_between_load_and_watch_is_missed(self):
+        """An update another writer stores after this store's start-up load, before its watch, is counted once."""
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamSyncStore(jet), JetStreamSyncStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.publish([item(payload=b"ab")], 1.0, LIMITS)  # read by the load
+        conditions, told = Conditions(), []
+        here.watch(lambda topic: conditions.changed(told.append(topic)))
+        follow = here._follow
+
+        async def late():
+            # On the NATS loop, between the load and the watch: another writer stores.
+            await elsewhere._publish([item(payload=b"cde")], 1.0, LIMITS, 0)
+            await follow()
+
+        here._follow = late
+        yield here.start()
+        yield conditions.until(lambda: told == ["notes"])
+        self.assertEqual(here.topics()["notes"].head, 2)
+        self.assertEqual(here.total_bytes(), 5)
+
+
 class ReadYourWritesTests(unittest.TestCase):
     """
     Reads after a write on a replicated (R3) stream, the client connected

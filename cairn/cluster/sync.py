@@ -67,6 +67,7 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         self._removing = None
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
+        self._loaded_upto = 0  # the last stream seq the start-up load read
         self._init_follow()
 
     # Loading
@@ -97,6 +98,7 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
                 s[2] += 1
                 s[3] += len(held.data or b"")
             self._last[topic] = (held.seq, seq)
+            self._loaded_upto = max(self._loaded_upto, held.seq)
         topics = {t: Topic(h, (first - 1) if first is not None else h, n, b) for t, (h, first, n, b) in state.items()}
         cursors, access = {}, {}
         kv = self.jet.kv["cursors"]

@@ -60,7 +60,7 @@ class Follow:
         self.watchers.add(callback)
 
     async def _follow(self):
-        from nats.js.api import DeliverPolicy
+        from nats.js.api import ConsumerConfig, DeliverPolicy
 
         async def updated(msg):
             h = msg.headers or {}
@@ -95,12 +95,16 @@ class Follow:
             self._revisions[(device, name)] = revision
             self.jet.thread.to_reactor(self._cursor_elsewhere, device, name, None if gone else int(msg.data))
 
+        # From just after what the load read (as the mailbox's watch): an
+        # update another writer stored in between is not missed, and none
+        # the load counted is counted again.
+        config = ConsumerConfig(
+            filter_subjects=[self.jet.subject("sync", "*")],
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._loaded_upto + 1,
+        )
         await self.jet.js.subscribe(
-            self.jet.subject("sync", "*"),
-            cb=updated,
-            ordered_consumer=True,
-            headers_only=True,
-            deliver_policy=DeliverPolicy.NEW,
+            self.jet.subject("sync", "*"), cb=updated, ordered_consumer=True, headers_only=True, config=config
         )
         kv = self.jet.kv["cursors"]
         await self.jet.js.subscribe(
