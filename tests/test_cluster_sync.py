@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster.sync import JetStreamSyncStore
+from cairn.cluster.sync_follow import topic_token
 from cairn.mailbox.interfaces import Limits
 from cairn.sync import access
 from cairn.sync.interfaces import Publish
@@ -161,6 +162,30 @@ class LoadToWatchGapTests(unittest.TestCase):
         yield conditions.until(lambda: told == ["notes"])
         self.assertEqual(here.topics()["notes"].head, 2)
         self.assertEqual(here.total_bytes(), 5)
+
+    @defer.inlineCallbacks
+    def test_cursor_written_between_load_and_watch_is_followed(self):
+        """A cursor another writer saves after this store's start-up load, before its watch, reaches this store."""
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamSyncStore(jet), JetStreamSyncStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.subscribe(B, {"notes": None})
+        yield elsewhere.publish([item(), item()], 1.0, LIMITS)
+        conditions = Conditions()
+        method = here._cursor_elsewhere
+        here._cursor_elsewhere = lambda *a: conditions.changed(method(*a))
+        follow = here._follow
+
+        async def late():
+            # On the NATS loop, between the load and the watch: another writer saves a cursor.
+            await elsewhere.jet.kv["cursors"].put(f"{B}.{topic_token('notes')}", b"2")
+            await follow()
+
+        here._follow = late
+        yield here.start()
+        yield conditions.until(lambda: here.cursors().get(B) == {"notes": 2})
 
 
 class ReadYourWritesTests(unittest.TestCase):

@@ -68,6 +68,7 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         self._loaded_upto = 0  # the last stream seq the start-up load read
+        self._cursors_loaded_upto = 0  # the last cursors-bucket revision it read
         self._init_follow()
 
     # Loading
@@ -108,6 +109,7 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
             keys = []
         for key in keys:
             entry = await kv.get(key)
+            self._cursors_loaded_upto = max(self._cursors_loaded_upto, entry.revision)
             if key.startswith(ACCESS):
                 grant = json.loads(entry.value)
                 access[key[len(ACCESS) :]] = Access(tuple(grant["read"]), tuple(grant["write"]))

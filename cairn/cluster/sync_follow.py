@@ -107,9 +107,12 @@ class Follow:
             self.jet.subject("sync", "*"), cb=updated, ordered_consumer=True, headers_only=True, config=config
         )
         kv = self.jet.kv["cursors"]
-        await self.jet.js.subscribe(
-            kv._pre + ">", stream=kv._stream, cb=cursor, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        config = ConsumerConfig(
+            filter_subjects=[kv._pre + ">"],
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._cursors_loaded_upto + 1,
         )
+        await self.jet.js.subscribe(kv._pre + ">", stream=kv._stream, cb=cursor, ordered_consumer=True, config=config)
 
     # On the reactor thread
 
