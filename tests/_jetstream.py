@@ -25,3 +25,21 @@ def single(testcase, prefix="cairn"):
     server = yield start_nats(testcase)
     jet = yield connect(testcase, [server.url], 1, prefix)
     return server, jet
+
+
+@defer.inlineCallbacks
+def on_a_follower(testcase, stream):
+    """
+    A fresh 3-server cluster and a L{JetStream} (R3) connected only to a
+    follower of C{stream} (e.g. "mbox", "sync"): a direct get prefers the
+    replica on the server the client is connected to, so reads may lag the
+    writes. Fires with (cluster, jetstream).
+    """
+    from tests._nats import start_nats_cluster
+
+    cluster = yield start_nats_cluster(testcase)
+    jet = yield connect(testcase, cluster.urls, replicas=3)
+    info = yield jet.run(jet.js.stream_info, jet.stream(stream))
+    follower = next(s for s in cluster.servers if s.name != info.cluster.leader)
+    jet = yield connect(testcase, [follower.url], replicas=3)
+    return cluster, jet

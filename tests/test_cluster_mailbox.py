@@ -380,15 +380,7 @@ class ReadYourWritesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        from tests._nats import start_nats_cluster
-
-        self.cluster = yield start_nats_cluster(self)
-        jet = yield _jetstream.connect(self, self.cluster.urls, replicas=3)
-        # Connected to a follower of the stream only: a direct get prefers
-        # the replica on the server the client is connected to.
-        info = yield jet.run(jet.js.stream_info, jet.stream("mbox"))
-        follower = next(s for s in self.cluster.servers if s.name != info.cluster.leader)
-        self.jet = yield _jetstream.connect(self, [follower.url], replicas=3)
+        self.cluster, self.jet = yield _jetstream.on_a_follower(self, "mbox")
         self.store = JetStreamMailboxStore(self.jet)
         yield self.store.start()
 

@@ -201,13 +201,7 @@ class ReadYourWritesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        from tests._nats import start_nats_cluster
-
-        self.cluster = yield start_nats_cluster(self)
-        jet = yield _jetstream.connect(self, self.cluster.urls, replicas=3)
-        info = yield jet.run(jet.js.stream_info, jet.stream("sync"))
-        follower = next(s for s in self.cluster.servers if s.name != info.cluster.leader)
-        self.jet = yield _jetstream.connect(self, [follower.url], replicas=3)
+        self.cluster, self.jet = yield _jetstream.on_a_follower(self, "sync")
         self.store = JetStreamSyncStore(self.jet)
         yield self.store.start()
 
