@@ -22,19 +22,19 @@ WRITER = "Cairn-Writer"
 SIZE = "Cairn-Size"
 
 
-def _recipient(held):
+def recipient_of(held):
     return held.subject.split(".")[2]
 
 
-def _is_message(held):
+def is_message(held):
     return held.headers.get(KIND) is None
 
 
-def _f(value):
+def float_text(value):
     return repr(float(value))
 
 
-async def _kv_forget(kv, key):
+async def kv_forget(kv, key):
     from nats.js.errors import KeyNotFoundError
 
     try:
@@ -46,11 +46,6 @@ async def _kv_forget(kv, key):
 def one_line(error):
     """The first line of C{error}'s message (at most 200 characters), for a log line or a reason."""
     return (str(error).strip() or type(error).__name__).splitlines()[0][:200]
-
-
-# The old private name, still imported by cluster/mailbox.py (js-latency's
-# this round): drop it once that import says one_line.
-_one_line = one_line
 
 
 def storage_error(failure):

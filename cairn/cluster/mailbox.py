@@ -47,16 +47,16 @@ from cairn.cluster.common import (
     SIZE,
     WRITER,
     StoreCalls,
-    _f,
-    _is_message,
-    _kv_forget,
-    _one_line,
-    _recipient,
+    float_text,
+    is_message,
+    kv_forget,
+    one_line,
+    recipient_of,
 )
 from cairn.cluster.mailbox_removal import Removal
 from cairn.cluster.watch import Watchers
 from cairn.mailbox.interfaces import Depth, IMailboxStore, PeerLimits, Receipt, Stored, StoreFull
-from cairn.mailbox.store import _Cache
+from cairn.mailbox.store import MailboxFigures
 from cairn.mailbox.transactions import admission
 from cairn.wire.constants import ForwardStatus
 
@@ -69,7 +69,7 @@ READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
 
 
 @implementer(IMailboxStore)
-class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
+class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
 
     def __init__(self, jetstream):
@@ -198,13 +198,13 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
             kind = held.subject.split(".")[1]
             if kind == "rcpt":
                 receipted.add(int(held.subject.split(".")[3]))
-            elif _is_message(held):
+            elif is_message(held):
                 messages.append(held)
         depths = {}
         for held in messages:
             if held.seq in receipted:
                 continue
-            recipient = _recipient(held)
+            recipient = recipient_of(held)
             depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
             depths[recipient] = Depth(depth.messages + 1, depth.bytes + len(held.data or b""), depth.oldest)
         kv = self.jet.kv["limits"]
@@ -289,11 +289,11 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
                     failure = failure or e
         if failure is not None:
             # Some may be stored: the senders retry and get DUPLICATE for those.
-            raise StoreFull(f"JetStream did not store the message ({_one_line(failure)})")
+            raise StoreFull(f"JetStream did not store the message ({one_line(failure)})")
         for i, status in refused.items():
             # A known id is a duplicate whatever the limits say.
             held = await D.direct_last(nc, self.stream, self._message_subject(items[i]))
-            known = held is not None and (_is_message(held) or float(held.headers[D.EXPIRES]) > now)
+            known = held is not None and (is_message(held) or float(held.headers[D.EXPIRES]) > now)
             results[i] = (ForwardStatus.DUPLICATE, None) if known else (status, None)
         return results
 
@@ -302,7 +302,12 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
 
     async def _publish_message(self, item, now, expires_at, after):
         """Publish C{item} if its subject ends at seq C{after} (0: empty); a future of its seq."""
-        headers = {D.EXPECT_LAST: str(after), D.STORED: _f(now), D.EXPIRES: _f(expires_at), WRITER: self.writer}
+        headers = {
+            D.EXPECT_LAST: str(after),
+            D.STORED: float_text(now),
+            D.EXPIRES: float_text(expires_at),
+            WRITER: self.writer,
+        }
         if after:
             headers["Nats-Rollup"] = "sub"  # the expired tombstone goes
         return await self.acks.publish(self._message_subject(item), item.payload, headers=headers)
@@ -313,7 +318,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
             held = await D.direct_last(self.jet.nc, self.stream, self._message_subject(item))
             if held is None:
                 after = 0  # removed meanwhile
-            elif _is_message(held) or float(held.headers[D.EXPIRES]) > now:
+            elif is_message(held) or float(held.headers[D.EXPIRES]) > now:
                 return ForwardStatus.DUPLICATE, None
             else:
                 after = held.seq
@@ -379,7 +384,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
             size = max(1, depth.bytes // depth.messages) if depth is not None and depth.messages > 0 else 1
             want = max(limit - len(held), min(READ_AHEAD, READ_AHEAD_BYTES // size))
             subject = self._subject("mbox", recipient, ">")
-            held += await self._read(upto + 1, want, subject, must_see, _is_message, expect=expect)
+            held += await self._read(upto + 1, want, subject, must_see, is_message, expect=expect)
         held, rest = held[:limit], held[limit:]
         if rest:
             self._ahead[recipient] = (held[-1].seq, rest[-1].seq, rest)
@@ -412,7 +417,7 @@ class JetStreamMailboxStore(StoreCalls, Removal, _Cache):
     async def _set_limits(self, peer_id, limits):
         kv = self.jet.kv["limits"]
         if limits.max_messages is None and limits.max_bytes is None:
-            await _kv_forget(kv, peer_id)
+            await kv_forget(kv, peer_id)
             return
         value = f"{'' if limits.max_messages is None else limits.max_messages},"
         value += "" if limits.max_bytes is None else str(limits.max_bytes)

@@ -7,7 +7,7 @@ receipts, expiry and purge. A mixin, so that each module stays small.
 import asyncio
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, PAGE, SIZE, WRITER, _f, _is_message, _kv_forget, _recipient
+from cairn.cluster.common import DONE, KIND, PAGE, SIZE, WRITER, float_text, is_message, kv_forget, recipient_of
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
 
@@ -78,10 +78,10 @@ class Removal:
                 held = await D.direct_all(nc, self.stream, prefix + ">", start=floor + 1, page=page, upto=below)
             # A concurrent (overlapping cumulative) acknowledgement may have
             # taken some of the known ones meanwhile: it receipts those.
-            found = [h for h in held if _is_message(h)] + [fetched[seq] for seq in known if seq in fetched]
+            found = [h for h in held if is_message(h)] + [fetched[seq] for seq in known if seq in fetched]
         for seq in sorted(set(s for s in seqs if s > upto)):
             held = fetched.get(seq) or await D.direct_seq(nc, self.stream, seq)
-            if held is not None and held.subject.startswith(prefix) and _is_message(held):
+            if held is not None and held.subject.startswith(prefix) and is_message(held):
                 found.append(held)
         # A recipient acknowledges each delivery as it comes, cumulatively:
         # the calls in flight overlap. What an earlier call is writing is
@@ -190,8 +190,8 @@ class Removal:
                     D.RECIPIENT: recipient,
                     D.ID: message_id,
                     D.STATUS: str(int(status)),
-                    D.AT: _f(now),
-                    D.EXPIRES: _f(now + ttl),
+                    D.AT: float_text(now),
+                    D.EXPIRES: float_text(now + ttl),
                     # For the other writers' watches (the message's removal).
                     SIZE: str(len(held.data or b"")),
                     WRITER: self.writer,
@@ -229,7 +229,7 @@ class Removal:
         """{recipient: (messages removed, bytes removed, new oldest stored_at)} for L{_removed}."""
         out = {}
         for held in removed:
-            recipient = _recipient(held)
+            recipient = recipient_of(held)
             count, size, _ = out.get(recipient, (0, 0, None))
             out[recipient] = (count + 1, size + len(held.data or b""), None)
         for recipient, (count, size, _) in list(out.items()):
@@ -243,7 +243,7 @@ class Removal:
             else:
                 # Just above what is known removed: the first few items hold it.
                 start = self._acked_upto.get(recipient, 0) + 1
-                first = await self._read(start, 1, self._subject("mbox", recipient, ">"), 0, _is_message, batch=8)
+                first = await self._read(start, 1, self._subject("mbox", recipient, ">"), 0, is_message, batch=8)
             out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
         return out
 
@@ -332,7 +332,7 @@ class Removal:
                 if float(item.headers.get(D.EXPIRES, "inf")) > now:
                     scanned = 3 * limit
                     break
-                if item.subject.split(".")[1] == "mbox" and _is_message(item):
+                if item.subject.split(".")[1] == "mbox" and is_message(item):
                     if len(messages) < limit:
                         messages.append(item)
                 elif len(gone) < limit:
@@ -341,8 +341,8 @@ class Removal:
                 break
             start = held[-1].seq + 1
         for message in messages:
-            self._fetched.get(_recipient(message), {}).pop(message.seq, None)
-            self._ahead.pop(_recipient(message), None)
+            self._fetched.get(recipient_of(message), {}).pop(message.seq, None)
+            self._ahead.pop(recipient_of(message), None)
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
         doomed = messages + gone
         for i in range(0, len(doomed), DELETES_AT_ONCE):
@@ -362,12 +362,12 @@ class Removal:
 
     async def _purge(self, peer_id, now, ttl):
         js, nc, subject = self.jet.js_writes, self.jet.nc, self._subject("mbox", peer_id, ">")
-        held = [h for h in await D.direct_all(nc, self.stream, subject) if _is_message(h)]
+        held = [h for h in await D.direct_all(nc, self.stream, subject) if is_message(h)]
         self._fetched.pop(peer_id, None)
         self._ahead.pop(peer_id, None)
         self._acked_upto.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
-        await _kv_forget(self.jet.kv["limits"], peer_id)
+        await kv_forget(self.jet.kv["limits"], peer_id)
         return receipts, await self._depth_changes(counted), last

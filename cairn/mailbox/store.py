@@ -47,7 +47,7 @@ log = Logger()
 EXPIRE_BATCH = 1000
 
 
-class _Cache:
+class MailboxFigures:
     """The synchronous figures both stores keep: depths, total bytes, overrides."""
 
     def __init__(self):
@@ -73,7 +73,7 @@ class _Cache:
 
 
 @implementer(IMailboxStore)
-class SQLiteMailboxStore(_Cache):
+class SQLiteMailboxStore(MailboxFigures):
     """
     The mailbox in the node's L{cairn.db.Database}, group-committed.
 
@@ -180,7 +180,7 @@ def storage_error(error):
 
 
 @implementer(IMailboxStore)
-class MemoryMailboxStore(_Cache):
+class MemoryMailboxStore(MailboxFigures):
     """The in-memory twin: the same behaviour, durable only as long as the process."""
 
     def __init__(self):
