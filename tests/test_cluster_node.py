@@ -16,11 +16,10 @@ from twisted.web.client import HTTPConnectionPool
 
 from cairn.client import Client
 from cairn.mailbox import client as mailbox
-from cairn.pairing import client as pairing
 from tests import test_mailbox_node
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import NatsServer, free_port, start_nats
-from tests.test_twistd import REPO, kill_at_end, start_twistd
+from tests.test_twistd import REPO, kill_at_end, paired_by_psk, start_twistd
 
 PSK = "a long pre-shared key for the jetstream node tests"
 
@@ -84,11 +83,8 @@ class TwistdJetStreamTests(unittest.TestCase):
         self.addCleanup(kill_at_end, proc)
         return proc
 
-    @defer.inlineCallbacks
     def paired(self, client, address):
-        session = yield eventually(client.connect(address))
-        yield eventually(pairing.pair_psk(session, PSK))
-        return session
+        return paired_by_psk(client, address, PSK)
 
     @defer.inlineCallbacks
     def test_mailbox_survives_restart_on_jetstream(self):

@@ -19,12 +19,11 @@ from cairn.client import Client
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.messages import DELIVER_OVERHEAD
 from cairn.mailbox.sealing import PAIR_OVERHEAD
-from cairn.pairing import client as pairing
 from cairn.sync import client as sync
 from cairn.sync.messages import UPDATE_OVERHEAD
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import free_port, start_nats
-from tests.test_twistd import kill_at_end, start_twistd
+from tests.test_twistd import kill_at_end, paired_by_psk, start_twistd
 
 PSK = "a long pre-shared key for the payload size tests"
 #: nats-server's default max_payload (1 MiB).
@@ -59,11 +58,8 @@ class MaxPayloadTests(unittest.TestCase):
         self.addCleanup(kill_at_end, proc)
         return proc
 
-    @defer.inlineCallbacks
     def paired(self, client, address):
-        session = yield eventually(client.connect(address))
-        yield eventually(pairing.pair_psk(session, PSK))
-        return session
+        return paired_by_psk(client, address, PSK)
 
     @defer.inlineCallbacks
     def test_largest_payload_fits_nats_default(self):

@@ -25,7 +25,7 @@ from cairn.sync import client as sync
 from tests._harness import Conditions, ScenarioMixin, drop_all, eventually, one_person, resumed, track_connections
 from tests.test_relay import RelayHarness
 from tests.test_service import config_for
-from tests.test_twistd import start_twistd
+from tests.test_twistd import paired_by_psk, start_twistd
 
 PSK = "a long pre-shared key for the clean restart tests"
 IN_FLIGHT = 64
@@ -73,11 +73,8 @@ class CleanRestartTests(unittest.TestCase):
         track_connections(client.peer, self.connections)
         return client
 
-    @defer.inlineCallbacks
     def paired(self, client, address):
-        session = yield eventually(client.connect(address))
-        yield eventually(pairing.pair_psk(session, PSK))
-        return session
+        return paired_by_psk(client, address, PSK)
 
     @defer.inlineCallbacks
     def test_sigterm_under_load_answers_everything_in_flight(self):

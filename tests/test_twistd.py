@@ -63,6 +63,14 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
+@defer.inlineCallbacks
+def paired_by_psk(client, address, psk):
+    """A session of C{client} with the node at C{address}, paired by C{psk}."""
+    session = yield eventually(client.connect(address))
+    yield eventually(pair_psk(session, psk))
+    return session
+
+
 def kill_at_end(proc):
     """
     For C{addCleanup}: kill -9 C{proc} (a L{TwistdProcess}) if it still
