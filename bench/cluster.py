@@ -24,7 +24,10 @@ this machine's loopback, measured from one client process (issue 15):
   deployment cannot give across nodes is reported as such, with the
   node's answer. With each, the CPU time both nodes spent per MiB relayed
   (from /proc): a figure the machine's load hardly moves, unlike the
-  rates on a shared machine.
+  rates on a shared machine. For RelayData, the ceiling the window
+  allows across nodes: raw nats-py carrying one chunk between two of the
+  cluster's servers and its credit back (C{--relay-floor N} round trips,
+  p50) added to the one-node circuit's round trip (L{relaydata_ceiling}).
 
 The nodes are started as C{twistd -n cairn} processes (the installed
 command, from the repository root), NATS by L{bench._jetstream.Servers};
@@ -327,6 +330,51 @@ def relay_rate(reactor, address_a, address_b, size, mode):
     return rate
 
 
+def relay_floor(urls, count, warm=20, size=CIRCUIT_CHUNK):
+    """
+    The anchor of RelayData across nodes, on the same cluster in the same
+    run: seconds for raw nats-py to carry one C{size}-byte chunk (the
+    bench's RelayData) from a connection to one server of the cluster to a
+    connection to another, and a 64-byte answer (its RelayAck) back, one
+    at a time. A circuit's credit has to make that trip on top of what a
+    circuit on one node does, whatever the nodes' own code costs.
+    """
+    import asyncio
+
+    return asyncio.run(_relay_floor(urls, count, warm, size))
+
+
+async def _relay_floor(urls, count, warm, size):
+    import asyncio
+
+    import nats
+
+    a = await nats.connect(urls[0])
+    b = await nats.connect(urls[1 % len(urls)])
+    answers = asyncio.Queue()
+
+    async def credit(msg):
+        await b.publish("bench.relay.floor.ack", bytes(64))
+
+    async def credited(msg):
+        answers.put_nowait(None)
+
+    await b.subscribe("bench.relay.floor.data", cb=credit)
+    await a.subscribe("bench.relay.floor.ack", cb=credited)
+    await b.flush()
+    await a.flush()
+    payload, samples = bytes(size), []
+    for i in range(warm + count):
+        start = time.perf_counter()
+        await a.publish("bench.relay.floor.data", payload)
+        await asyncio.wait_for(answers.get(), 10)
+        if i >= warm:
+            samples.append(time.perf_counter() - start)
+    await a.close()
+    await b.close()
+    return samples
+
+
 def raw_latency(urls, count, warm=20, size=SIZE):
     """
     The anchor of the delivery latencies, on the same cluster in the same
@@ -411,6 +459,8 @@ def run(args):
     results = {}
     try:
         results["raw"] = raw_latency(deployment.nats.urls, args.latency)
+        if not args.latency_only:
+            results["floor"] = relay_floor(deployment.nats.urls, args.relay_floor)
     except BaseException:
         deployment.stop()
         raise
@@ -505,6 +555,8 @@ def report(results, args):
             ]
             line += "; runs (across, one): " + ", ".join(f"({c}, {o})" for c, o in runs)
         print(line)
+        if mode == "relaydata" and isinstance(same, float):
+            print(relaydata_ceiling(results["floor"], same))
         cross_cpu, same_cpu = results[mode, "cross", "cpu"], results[mode, "same", "cpu"]
         if cross_cpu and same_cpu:
             mib = args.relay_bytes / 2**20
@@ -512,6 +564,25 @@ def report(results, args):
                 f"nodes' CPU for relay {label} (both nodes, median): across nodes {cross_cpu / mib * 1e3:.1f} ms/MiB,"
                 f" one node {same_cpu / mib * 1e3:.1f} ms/MiB, ratio across/one = {cross_cpu / same_cpu:.2f}"
             )
+
+
+def relaydata_ceiling(floor, same):
+    """
+    What a RelayData circuit across nodes can reach against one on one
+    node (rate C{same}), with the window of docs/protocol.md §25.3: the
+    window holds two of the bench's chunks, so the one-node circuit's
+    round trip is two chunks over its rate; across nodes the credit also
+    makes the raw NATS trip (C{floor}, its p50), so at best the ratio is
+    that round trip over the sum.
+    """
+    one = 2 * CIRCUIT_CHUNK / same
+    hop = percentile(floor, 50)
+    return (
+        f"ceiling for RelayData across nodes: one node's round trip (2 chunks / rate) {one * 1e3:.2f} ms;"
+        f" raw nats-py chunk + credit between two servers (anchor) p50 {hop * 1e3:.2f} ms,"
+        f" p99 {percentile(floor, 99) * 1e3:.2f} ms; so across/one <= {one / (one + hop):.2f}"
+        " before the nodes' own cost"
+    )
 
 
 def main(argv=None):
@@ -522,12 +593,15 @@ def main(argv=None):
     parser.add_argument("--inflight", type=int, default=8, help="messages in flight per sender")
     parser.add_argument("--relay-bytes", type=int, default=64 * 2**20, help="bytes through each circuit")
     parser.add_argument("--relay-repeat", type=int, default=3, help="circuits of each kind measured (median)")
+    parser.add_argument(
+        "--relay-floor", type=int, default=200, help="raw NATS chunk + credit round trips timed (RelayData anchor)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run, figures meaningless)")
     parser.add_argument("--latency-only", action="store_true", help="only the delivery latencies (cross and same node)")
     args = parser.parse_args(argv)
     if args.quick:
         args.latency, args.messages, args.senders, args.inflight = 20, 200, 4, 2
-        args.relay_bytes, args.relay_repeat = 2**20, 1
+        args.relay_bytes, args.relay_repeat, args.relay_floor = 2**20, 1, 20
     report(run(args), args)
 
 

@@ -22,6 +22,7 @@ LINES = (
     "scaling ratio spread/one = ",
     "relay attached (1.0 MiB, median of 1): across nodes ",
     "relay RelayData (1.0 MiB, median of 1): across nodes ",
+    "ceiling for RelayData across nodes: one node's round trip (2 chunks / rate) ",
 )
 
 
