@@ -236,9 +236,14 @@ class MailboxService(Delivery, StoreService):
             if outbox is not None:
                 outbox.receipts.acknowledged(rseqs)
             self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
+        # Each window is refilled only if this freed some of it (a
+        # recipient's acks do not touch its receipts, a sender's receipt
+        # acks not its deliveries): a read for nothing costs a thread hop.
         if outbox is not None:
-            self._pump(outbox)
-            self._pump_receipts(outbox)
+            if seqs or upto:
+                self._pump(outbox)
+            if rseqs:
+                self._pump_receipts(outbox)
 
     # A deletion that could not be written (full disk) is retried by the
     # sweep, so that its DELIVERED receipts do not wait for the
