@@ -15,6 +15,9 @@ database thread, right after a transaction that changed rows, or -- for
 L{cairn.groupcommit.GroupCommit} -- by L{Database.sync} on a thread of
 its own, so that the next group is written while the previous one is
 being synced, and one sync covers every group written before it started.
+Reads that must not wait behind the writes (a mailbox drain's fetches)
+go through L{Database.read}: a read-only connection on a third thread,
+which WAL lets run beside the writer and its checkpoints.
 
 Each component (trust store, mailbox, ...) owns a schema chain: files
 C{v1.sql}, C{v2.sql}, ... in a package of its own, applied in order and
