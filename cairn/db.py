@@ -15,6 +15,9 @@ database thread, right after a transaction that changed rows, or -- for
 L{cairn.groupcommit.GroupCommit} -- by L{Database.sync} on a thread of
 its own, so that the next group is written while the previous one is
 being synced, and one sync covers every group written before it started.
+Reads that must not wait behind the writes (a mailbox drain's fetches)
+go through L{Database.read}: a read-only connection on a third thread,
+which WAL lets run beside the writer and its checkpoints.
 
 Each component (trust store, mailbox, ...) owns a schema chain: files
 C{v1.sql}, C{v2.sql}, ... in a package of its own, applied in order and
@@ -103,6 +106,9 @@ class Database:
         self.components = list(components)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db")
         self._sync_pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db-sync")
+        #: L{read}'s own thread and connection (opened on first use).
+        self._read_pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db-read")
+        self._reader = None
         self._conn = None
         self._wal_fd = None
         self._trigger = None
@@ -113,6 +119,7 @@ class Database:
     def _start_pool(self):
         self._pool.start()
         self._sync_pool.start()
+        self._read_pool.start()
         # Never outlive the reactor, whatever happens to the services.
         self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
 
@@ -210,6 +217,38 @@ class Database:
         """
         return self._defer(self._durable, lambda cursor: [txn(cursor, *args) for txn, args in calls])
 
+    def read(self, txn, *args):
+        """
+        Run the read-only C{txn(cursor, *args)} on a connection and a thread
+        of their own: not queued behind the writes (a group commit, a WAL
+        checkpoint in a COMMIT can take tens of milliseconds) nor behind
+        the reads queued with them. WAL lets it run beside the writer; it
+        sees every transaction committed before it began, synced or not,
+        so a caller that must not show unsynced rows waits for a L{sync}
+        that starts after it returns.
+        """
+        return deferToThreadPool(self.reactor, self._read_pool, self._read, txn, *args)
+
+    def _read(self, txn, *args):
+        if self._conn is None:
+            raise DatabaseError(f"{self.path} is closed")
+        if self._reader is None:
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only=ON")
+            reader.execute("PRAGMA busy_timeout=5000")
+            self._reader = reader
+        cursor = self._reader.cursor()
+        cursor.execute("BEGIN")  # one snapshot for all of C{txn}'s statements
+        try:
+            return txn(cursor, *args)
+        finally:
+            cursor.execute("ROLLBACK")
+
+    def _close_reader(self):
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
     def write(self, txn, *args):
         """
         Like L{run}, but fire once committed, before the WAL is synced:
@@ -260,6 +299,9 @@ class Database:
             self._pool.stop()
         if self._sync_pool.started:
             self._sync_pool.stop()
+        if self._read_pool.started:
+            self._read_pool.stop()
+        self._close_reader()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -293,6 +335,8 @@ class Database:
         def stopped(result):
             self._pool.stop()
             self._sync_pool.stop()
+            self._read_pool.stop()  # after its queued reads
+            self._close_reader()
             self._close_wal()
             self._remove_trigger()
             return result

@@ -55,6 +55,14 @@ class GroupCommit:
         """
         return self.db.sync() if self._syncing else defer.succeed(None)
 
+    def covered(self):
+        """
+        Like L{settled}, for a read on another connection
+        (L{Database.read}): it may show a group whose write has not been
+        reported here yet, so a group being written counts too.
+        """
+        return self.db.sync() if self._busy or self._syncing else defer.succeed(None)
+
     def flushed(self):
         """A Deferred firing once every queued mutation has committed (or failed)."""
         if not self._busy and not self._queue and not self._syncing:

@@ -3,12 +3,16 @@ The SQLite layer: schema chains, transactions on the database thread.
 """
 
 import os
+import sqlite3
 import stat
+import threading
 
 from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from cairn.db import Database, DatabaseError, open_connection, schema_files
+from tests._harness import eventually
 
 
 def insert_txn(cursor, body, author=""):
@@ -112,6 +116,31 @@ class DatabaseTests(unittest.TestCase):
         mode = yield db.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
         fks = yield db.run(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0])
         self.assertEqual((mode, fks), ("wal", 1))
+
+    @defer.inlineCallbacks
+    def test_read_beside_a_write(self):
+        """
+        C{read} runs on a connection and a thread of its own: it answers
+        while a write is held on the database thread, with what was
+        committed before it (not the write's rows), and refuses to write.
+        """
+        db = yield self.started()
+        yield db.run(insert_txn, "before", "me")
+        entered, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+
+        def held_txn(cursor):
+            insert_txn(cursor, "during")
+            entered.set()
+            release.wait(30)
+
+        written = db.write(held_txn)
+        yield deferToThread(entered.wait, 30)
+        self.assertEqual((yield eventually(db.read(bodies_txn))), ["before"])
+        release.set()
+        yield written
+        self.assertEqual((yield db.read(bodies_txn)), ["before", "during"])
+        yield self.assertFailure(db.read(insert_txn, "no"), sqlite3.OperationalError)
 
     def test_closed_by_reactor_shutdown(self):
         """A database still open at reactor shutdown is closed by its trigger, without an error."""

@@ -21,13 +21,14 @@ from cairn.db import DB_FILE_NAME
 from cairn.diskspace import ITEM_OVERHEAD, FreeSpace, LowDiskSpace, guarded_batch
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected
-from cairn.mailbox.interfaces import Incoming
+from cairn.mailbox.interfaces import Incoming, StoreFull
 from cairn.service import make_node
 from cairn.startup import disk_warnings
 from cairn.sync import client as sync
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
 from tests._harness import Conditions, RealNodeClients, drop_all, eventually
+from tests.test_faults import FullDisk
 from tests.test_service import config_for
 
 PSK = "a long pre-shared key for the disk tests"
@@ -341,6 +342,44 @@ class ReserveScenario(RealNodeClients):
         self.assertEqual(self.node.mailbox._unpurged, {})
         warned = [e for e in self.events if "down to the reserve" in e.get("log_format", "")]
         self.assertEqual(len(warned), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
+    def test_unpair_purge_retried_after_a_full_disk(self):
+        """
+        Unpairing while the disk is full: the purge fails (DELETE /peers/{id}
+        answers 507), the peer is revoked all the same, and the next mailbox
+        sweep once the disk has room purges its mail and the sender gets
+        EVICTED receipts (before, the mail stayed until it expired).
+        """
+        alice, bob = self.client(), self.client()
+        receipts = []
+        mailbox.set_receipts(alice.peer, lambda r: self.conditions.changed(receipts.append(r)))
+        a = yield self.paired(alice)
+        b = yield self.paired(bob)
+        b.close()
+        sent = []
+        for _ in range(3):
+            result = yield eventually(mailbox.forward(a, bob.peer_id, os.urandom(PAYLOAD)))
+            sent.append(result.message_id)
+        disk = FullDisk(self.node.db)
+        # The revocation is written (a small record) and then the disk is full.
+        trust = self.node.pairing.trust
+        revoke = trust.revoke
+
+        def revoke_then_full(*args):
+            return revoke(*args).addCallback(lambda record: setattr(disk, "full", True) or record)
+
+        self.patch(trust, "revoke", revoke_then_full)
+        yield self.assertFailure(self.node.pairing.unpair(bob.peer_id), StoreFull)
+        self.assertEqual(self.held(), set(sent))
+        yield self.node.mailbox.sweep()  # still full: kept for the next sweep
+        self.assertEqual(self.held(), set(sent))
+        disk.full = False
+        yield self.node.mailbox.sweep()
+        self.assertEqual(self.held(), set())
+        yield self.conditions.until(lambda: len(receipts) == len(sent), 30)
+        self.assertEqual({(r.message_id, r.status) for r in receipts}, {(m, ReceiptStatus.EVICTED) for m in sent})
         self.assertEqual(self.flushLoggedErrors(), [])
 
     @defer.inlineCallbacks

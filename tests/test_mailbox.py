@@ -407,6 +407,63 @@ class MailboxScenarioMixin(MailboxHarness):
         self.assertEqual((receipt.message_id, receipt.status), (sent.message_id, ReceiptStatus.EVICTED))
 
     @defer.inlineCallbacks
+    def test_unpair_purge_on_full_store_retried_by_the_sweep(self):
+        """
+        A purge that meets a full store (DELETE /peers/{id} answers 507) is
+        tried again at each sweep until it succeeds; the senders then get
+        their EVICTED receipts, long before the messages would expire.
+        """
+        alice, alice_box = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        sent = yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        purge, failures = self.store.purge, [StoreFull("database or disk is full")] * 2
+
+        def full_then_working(*args):
+            return defer.fail(failures.pop()) if failures else purge(*args)
+
+        self.store.purge = full_then_working
+        events = self.log_events()
+        yield self.assertFailure(self.pairing.unpair(bob.peer_id), StoreFull)
+        self.assertIn(bob.peer_id, self.store.depths())
+        self.clock.advance(60)  # the sweep's first retry meets the full store again: one line
+        yield self.mailbox.store.flushed()
+        self.assertIn(bob.peer_id, self.store.depths())
+        [line] = [e for e in events if "purging" in e.get("log_format", "")]
+        self.assertIn("database or disk is full", formatEvent(line))
+        self.clock.advance(60)
+        yield eventually(self.store.flushed())
+        self.assertEqual(self.store.depths(), {})
+        self.assertEqual(self.mailbox.purges_pending, set())
+        (receipt,) = yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual((receipt.message_id, receipt.status), (sent.message_id, ReceiptStatus.EVICTED))
+        self.assertEqual(self.flushLoggedErrors(StoreFull), [])
+
+    @defer.inlineCallbacks
+    def test_failed_purge_found_again_after_a_restart(self):
+        """
+        Mail still held for a revoked peer whose failed purge this process
+        does not remember (a restart, another node) is purged by the sweep;
+        a peer paired again meanwhile keeps its mail.
+        """
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        carol, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        yield eventually(mailbox.forward(a, carol.peer_id, b"y"))
+        purge = self.store.purge
+        self.store.purge = lambda *args: defer.fail(StoreFull("database or disk is full"))
+        yield self.assertFailure(self.pairing.unpair(bob.peer_id), StoreFull)
+        yield self.assertFailure(self.pairing.unpair(carol.peer_id), StoreFull)
+        self.store.purge = purge
+        self.mailbox.purges_pending.clear()  # as after a restart
+        self.successResultOf(self.trust.set_paired(carol.peer_id, carol.peer.identity.public_key, "", "psk", 0.0))
+        self.clock.advance(60)
+        yield eventually(self.store.flushed())
+        self.assertEqual(set(self.store.depths()), {carol.peer_id})
+
+    @defer.inlineCallbacks
     def test_stats_and_metrics(self):
         """GET /mailbox's data and the Prometheus gauges show depth, bytes and oldest age per peer and in total."""
         alice, _ = self.peer()

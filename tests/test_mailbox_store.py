@@ -6,6 +6,7 @@ the expiry index).
 
 import os
 import sqlite3
+import threading
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -265,6 +266,71 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         for gate in gates:
             gate.callback(None)
         yield acked
+
+    def hold_commits(self, after=False):
+        """
+        Hold the database thread at every COMMIT (just before it, or with
+        C{after} just after it) until the returned C{threading.Event} is
+        set; returns (event, list with one entry per COMMIT reached,
+        L{Conditions} told of each).
+        """
+        release, reached, hits = threading.Event(), Conditions(), []
+        real_commit = self.db._commit
+        self.addCleanup(release.set)  # never leave the thread waiting
+
+        def held(cursor, changed):
+            if after:
+                real_commit(cursor, changed)
+            reactor.callFromThread(lambda: reached.changed(hits.append(changed)))
+            release.wait(30)
+            if not after:
+                real_commit(cursor, changed)
+
+        self.db._commit = held
+        return release, hits, reached
+
+    @defer.inlineCallbacks
+    def test_fetch_not_queued_behind_a_write(self):
+        """
+        A fetch answers while a group commit's write is held on the database
+        thread (a slow COMMIT, a WAL checkpoint): reads run on a connection
+        and a thread of their own, and see what was committed before.
+        """
+        results = yield self.enqueue(item(payload=b"one"), item(payload=b"two"))
+        release, hits, reached = self.hold_commits()
+        acked = self.store.acknowledge(B, [results[0][1]], 0.0, 3600.0)
+        yield reached.until(lambda: hits)
+        fetched = yield eventually(self.store.fetch(B, 0, 10))
+        self.assertEqual([m.payload for m in fetched], [b"one", b"two"])  # the deletion is not committed yet
+        self.assertFalse(acked.called)
+        release.set()
+        yield acked
+        fetched = yield self.store.fetch(B, 0, 10)
+        self.assertEqual([m.payload for m in fetched], [b"two"])
+
+    @defer.inlineCallbacks
+    def test_fetch_waits_for_the_sync_of_a_write_not_reported_yet(self):
+        """
+        A fetch that sees an enqueue's rows committed on the database thread,
+        before the store has heard that the write is done, still answers
+        only once the WAL is synced after it (nothing delivered before it is durable).
+        """
+        release, hits, reached = self.hold_commits(after=True)
+        gates, requested = self.hold_syncs()
+        done = []
+        enqueued = self.enqueue(item(payload=b"held"))
+        yield reached.until(lambda: hits)  # committed, the store not told yet
+        fetched = self.store.fetch(B, 0, 10)
+        fetched.addCallback(lambda held: requested.changed(done.append([m.payload for m in held])))
+        yield requested.until(lambda: gates)  # the fetch saw the row: it asks for a sync
+        self.assertEqual(done, [])
+        release.set()
+        yield requested.until(lambda: len(gates) == 2)  # the write's own sync
+        for gate in gates:
+            gate.callback(None)
+        yield fetched
+        yield enqueued
+        self.assertEqual(done, [[b"held"]])
 
     @defer.inlineCallbacks
     def test_failed_sync_is_not_an_ack(self):

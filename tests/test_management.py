@@ -499,8 +499,8 @@ class PeersTests(unittest.TestCase):
         self.assertEqual(
             body["error"],
             f"{paired} is revoked and its sessions are closed, but what is held for it was not purged"
-            " (storage full: the disk reserve is reached); it can no longer be fetched and is dropped"
-            " when it expires (CAIRN_FORWARD_MAX_AGE)",
+            " (storage full: the disk reserve is reached); it can no longer be fetched, and the mailbox's"
+            " sweep purges it once the store has room",
         )
         self.assertEqual(node.trust.records[paired].state, REVOKED)
         self.assertEqual(self.flushLoggedErrors(), [])

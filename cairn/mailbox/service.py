@@ -30,7 +30,7 @@ from cairn.mailbox import messages, report
 from cairn.mailbox.delivery import Delivery
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
-from cairn.pairing.interfaces import UnknownPeer
+from cairn.pairing.interfaces import REVOKED, UnknownPeer
 from cairn.storeservice import StoreService
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
 from cairn.wire.schema import BodyError
@@ -98,6 +98,9 @@ class MailboxService(Delivery, StoreService):
         self._by_peer = {}
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
+        #: Unpaired peers whose purge met a full store (DELETE /peers/{id}
+        #: answered 507); the sweep retries them (L{_retry_purges}).
+        self.purges_pending = set()
         handlers = {
             MessageType.FORWARD_REQUEST: self._forward_request,
             MessageType.FORWARD_PURGE: self._forward_purge,
@@ -119,6 +122,7 @@ class MailboxService(Delivery, StoreService):
         """Expire what is past C{CAIRN_FORWARD_MAX_AGE}; errors are logged, never raised (the loop goes on)."""
         try:
             self._retry_unpurged()
+            yield self._retry_purges()
             more = True
             while more:
                 receipts, more = yield self._track(
@@ -133,14 +137,54 @@ class MailboxService(Delivery, StoreService):
             log.failure("mailbox expiry sweep failed")
 
     def purge(self, peer_id):
-        """The pairing purge hook: drop everything held for C{peer_id}, telling the senders."""
+        """
+        The pairing purge hook: drop everything held for C{peer_id}, telling
+        the senders. If the store is full, the sweep tries again
+        (L{_retry_purges}) and the failure goes to the caller (a 507).
+        """
 
         def purged(receipts):
+            self.purges_pending.discard(peer_id)
             if receipts:
                 log.info("mailbox of {peer_id} purged: {count} message(s)", peer_id=peer_id, count=len(receipts))
             self._owe(receipts)
 
-        return self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age).addCallback(purged)
+        def failed(failure):
+            if failure.check(StoreFull):
+                self.purges_pending.add(peer_id)
+            return failure
+
+        d = self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age)
+        return self._track(d).addCallbacks(purged, failed)
+
+    @defer.inlineCallbacks
+    def _retry_purges(self):
+        """
+        Purge again, at each sweep until it succeeds, the unpaired peers
+        whose purge met a full store: those this node saw fail, and (so
+        that a restart, or a purge failed on another node of a cluster,
+        loses none) any peer whose mail is still held though its pairing
+        is revoked. A peer paired again meanwhile is left alone: what is
+        held for it now is its own. Failures are logged, one line each.
+        """
+        candidates = set(self.purges_pending)
+        candidates.update(peer_id for peer_id in self.store.depths() if not self.trust.is_paired(peer_id))
+        for peer_id in sorted(candidates):
+            if self.trust.is_paired(peer_id):
+                self.purges_pending.discard(peer_id)
+                continue
+            if peer_id not in self.purges_pending:
+                record = yield self.trust.get(peer_id)
+                if record is None or record.state != REVOKED:
+                    continue
+            try:
+                yield self.purge(peer_id)
+            except StoreFull as e:
+                log.warn(
+                    "mailbox: purging {peer_id} failed again ({why}); the next sweep retries",
+                    peer_id=peer_id,
+                    why=str(e),
+                )
 
     # Handlers
 
@@ -236,9 +280,14 @@ class MailboxService(Delivery, StoreService):
             if outbox is not None:
                 outbox.receipts.acknowledged(rseqs)
             self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
+        # Each window is refilled only if this freed some of it (a
+        # recipient's acks do not touch its receipts, a sender's receipt
+        # acks not its deliveries): a read for nothing costs a thread hop.
         if outbox is not None:
-            self._pump(outbox)
-            self._pump_receipts(outbox)
+            if seqs or upto:
+                self._pump(outbox)
+            if rseqs:
+                self._pump_receipts(outbox)
 
     # A deletion that could not be written (full disk) is retried by the
     # sweep, so that its DELIVERED receipts do not wait for the

@@ -120,11 +120,15 @@ class SQLiteMailboxStore(MailboxFigures):
 
         return self._submit(enqueue_txn, list(items), now, limits).addBoth(answered)
 
+    # Reads run on the database's reader (Database.read): not queued behind
+    # the group commits, whose COMMITs (and the WAL checkpoints in them)
+    # would otherwise hold every fetch of a drain for as long as they take.
+
     def _read(self, txn, *args):
         # What a read shows may include groups written but not yet synced:
         # wait for them, so that nothing is delivered before it is durable.
-        d = self.db.run(txn, *args)
-        return d.addCallback(lambda rows: self._group.settled().addCallback(lambda _: rows))
+        d = self.db.read(txn, *args)
+        return d.addCallback(lambda rows: self._group.covered().addCallback(lambda _: rows))
 
     def fetch(self, recipient, after_seq, limit):
         # Only an enqueue makes messages appear: while none is unanswered,
@@ -132,12 +136,12 @@ class SQLiteMailboxStore(MailboxFigures):
         # acknowledgements deleted is simply not seen), so the fetch need
         # not wait for the sync of their groups. A drain then runs at the
         # pace of its reads instead of one fsync per page.
-        d = self.db.run(fetch_txn, recipient, after_seq, limit)
+        d = self.db.read(fetch_txn, recipient, after_seq, limit)
 
         def fetched(rows):
             if not self._enqueuing:
                 return rows
-            return self._group.settled().addCallback(lambda _: rows)
+            return self._group.covered().addCallback(lambda _: rows)
 
         return d.addCallback(fetched)
 

@@ -243,8 +243,8 @@ class ManagementAPI:
             # purge runs; the pairing service has logged the purge's line.
             raise InsufficientStorage(
                 f"{peer_id} is revoked and its sessions are closed, but what is held for it was not purged"
-                f" (storage full: {e}); it can no longer be fetched and is dropped when it expires"
-                " (CAIRN_FORWARD_MAX_AGE)"
+                f" (storage full: {e}); it can no longer be fetched, and the mailbox's sweep purges it"
+                " once the store has room"
             ) from None
         return {"peer_id": peer_id, "state": REVOKED}
 
