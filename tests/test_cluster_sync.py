@@ -234,6 +234,41 @@ class ReadYourWritesTests(unittest.TestCase):
                 missed.append((i, seq, [u.seq for u in fetched]))
         self.assertEqual(missed, [])
 
+    @defer.inlineCallbacks
+    def test_load_counts_each_acknowledged_publish(self):
+        """A start-up load right after each publish counts that update, every time (a node restarting)."""
+        missed = []
+        for i in range(300):
+            ((status, seq),) = yield self.store.publish([item()], 1.0, ROOMY)
+            self.assertEqual(status, SyncStatus.COMMITTED)
+            topics, _, _ = yield self.jet.run(JetStreamSyncStore(self.jet)._load)
+            if topics["notes"].head != seq or topics["notes"].updates != seq:
+                missed.append((i, seq, topics["notes"]))
+        self.assertEqual(missed, [])
+
+    @defer.inlineCallbacks
+    def test_eviction_frees_the_excess_every_time(self):
+        """Each publish that goes over the total evicts down to it at once, every time."""
+        limits = Limits(max_per_peer=10**6, max_total=10, max_age=1000.0)
+        over = []
+        for i in range(300):
+            # All but the last of the three must go: the scan has to see them.
+            yield self.store.publish([item(payload=b"x" * 6) for _ in range(3)], 1.0, limits)
+            if self.store.total_bytes() > limits.max_total:
+                over.append((i, self.store.total_bytes()))
+        self.assertEqual(over, [])
+
+    @defer.inlineCallbacks
+    def test_sweep_removes_each_update_due(self):
+        """A sweep right after each publish removes that update once due, every time."""
+        missed = []
+        for i in range(300):
+            yield self.store.publish([item()], 0.0, ROOMY)
+            count, _ = yield self.store.expire(ROOMY.max_age + 1, 10)
+            if count != 1:
+                missed.append((i, count))
+        self.assertEqual(missed, [])
+
 
 #: Limits no test here reaches (no eviction, no expiry).
 ROOMY = Limits(max_per_peer=10**6, max_total=10**9, max_age=1000.0)
@@ -314,6 +349,40 @@ class StaleReplicaTests(unittest.TestCase):
         yield self.store.expire(ROOMY.max_age + 2, 10)
         self.assertEqual((yield self.store.fetch("notes", 0, 16)), [])
         self.assertEqual(asked, [])
+
+    @defer.inlineCallbacks
+    def test_load_reads_what_the_leader_has(self):
+        """A start-up load answered by a replica behind still counts every acknowledged update."""
+        yield self.store.publish([item(payload=b"ab"), item("other", payload=b"c")], 1.0, ROOMY)
+        yield self.store.publish([item(payload=b"def")], 1.0, ROOMY)
+        _stale_replica(self, lambda: 0)
+        topics, _, _ = yield self.jet.run(JetStreamSyncStore(self.jet)._load)
+        self.assertEqual(topics, self.store.topics())
+        # Started, its watch takes over from there: nothing is counted twice.
+        again = JetStreamSyncStore(self.jet)
+        yield again.start()
+        self.assertEqual(again.topics(), self.store.topics())
+        self.assertEqual(again.total_bytes(), 6)
+        self.assertEqual([u.seq for u in (yield again.fetch("notes", 0, 16))], [1, 2])
+        self.assertEqual((yield again.publish([item()], 1.0, ROOMY)), [(SyncStatus.COMMITTED, 3)])
+
+    @defer.inlineCallbacks
+    def test_eviction_reads_what_the_leader_has(self):
+        """An eviction whose scan a replica behind answers still frees the whole excess at once."""
+        limits = Limits(max_per_peer=10**6, max_total=10, max_age=1000.0)
+        _stale_replica(self, lambda: 0)
+        yield self.store.publish([item(payload=b"a" * 6), item(payload=b"b" * 6), item(payload=b"c" * 6)], 1.0, limits)
+        self.assertEqual(self.store.total_bytes(), 6)
+        self.assertEqual([u.payload for u in (yield self.store.fetch("notes", 0, 16))], [b"c" * 6])
+
+    @defer.inlineCallbacks
+    def test_expiry_reads_what_the_leader_has(self):
+        """A sweep whose scan a replica behind answers still removes every update due."""
+        _stale_replica(self, lambda: 0)
+        yield self.store.publish([item(), item()], 0.0, ROOMY)
+        self.assertEqual((yield self.store.expire(ROOMY.max_age + 1, 10)), (2, False))
+        self.assertEqual(self.store.topics()["notes"].floor, 2)
+        self.assertEqual((yield self.store.fetch("notes", 0, 16)), [])
 
     async def _forget(self, behind):
         self.store._last["notes"] = behind  # as if the watch had not reported the other update yet

@@ -89,7 +89,20 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         from nats.js.errors import NoKeysError
 
         state = {}  # topic -> [head, first update seq or None, updates, bytes]
-        for held in await D.direct_all(self.jet.nc, self.stream, self._subject("sync", "*")):
+        subject = self._subject("sync", "*")
+        every = await D.direct_all(self.jet.nc, self.stream, subject)
+        # Any replica answers a direct get, and a follower may not have
+        # applied the newest acknowledged writes (D.direct_batch): the rest
+        # is read from the leader -- when the replica was current, one
+        # request that finds nothing.
+        while True:
+            held = await D.leader_next(
+                self.jet.nc, self.jet.js, self.stream, (every[-1].seq if every else 0) + 1, subject
+            )
+            if held is None:
+                break
+            every.append(held)
+        for held in every:
             topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
             s = state.setdefault(topic, [0, None, 0, 0])
@@ -98,6 +111,7 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
                 s[1] = seq if s[1] is None else min(s[1], seq)
                 s[2] += 1
                 s[3] += len(held.data or b"")
+                self._saw(topic, held.seq)  # reads must see it (L{_fetch})
             self._last[topic] = (held.seq, seq)
             self._loaded_upto = max(self._loaded_upto, held.seq)
         topics = {t: Topic(h, (first - 1) if first is not None else h, n, b) for t, (h, first, n, b) in state.items()}
@@ -252,24 +266,45 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
             c = changes.setdefault(topic, [0, 0, 0, 0])
             c[1], c[2], c[3] = max(c[1], seq), c[2] - 1, c[3] - len(held.data or b"")
 
-    async def _oldest(self, wanted, until=None):
-        """The oldest updates (markers skipped, stale markers deleted) while C{wanted(held)} holds."""
-        out, start = [], 1
+    async def _oldest(self, wanted):
+        """The oldest updates (markers skipped, stale markers deleted) while C{wanted(held, out)} holds."""
+        out, start, seen = [], 1, 0
+        subject = self._subject("sync", "*")
+
+        async def take(held):
+            if held.headers.get(KIND) == "floor":
+                topic = token_topic(held.subject.rsplit(".", 1)[1])
+                last = self._last.get(topic)
+                if last is not None and last[0] != held.seq:
+                    await D.delete(self.jet.js, self.stream, held.seq)  # superseded
+                return True
+            if not wanted(held, out):
+                return False
+            out.append(held)
+            return True
+
         while True:
-            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, self._subject("sync", "*"))
+            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, subject)
             for held in page:
-                if held.headers.get(KIND) == "floor":
-                    topic = token_topic(held.subject.rsplit(".", 1)[1])
-                    last = self._last.get(topic)
-                    if last is not None and last[0] != held.seq:
-                        await D.delete(self.jet.js, self.stream, held.seq)  # superseded
-                    continue
-                if not wanted(held, out):
+                seen = held.seq
+                if not await take(held):
                     return out
-                out.append(held)
             if len(page) < PAGE:
-                return out
+                break
             start = page[-1].seq + 1
+        # A replica behind (D.direct_batch) lacks the newest updates: an
+        # eviction would free less than the excess, a sweep leave updates
+        # due. The rest, up to the newest update known stored, is read from
+        # the leader (nothing to read when the replica was current).
+        expect = max(self._newest.values(), default=0)
+        while seen < expect:
+            held = await D.leader_next(self.jet.nc, self.jet.js, self.stream, seen + 1, subject)
+            if held is None:
+                break  # removed meanwhile
+            seen = held.seq
+            if not await take(held):
+                break
+        return out
 
     async def _evict(self, excess, changes):
         freed = [0]
