@@ -384,6 +384,21 @@ class StaleReplicaTests(unittest.TestCase):
         self.assertEqual(self.store.topics()["notes"].floor, 2)
         self.assertEqual((yield self.store.fetch("notes", 0, 16)), [])
 
+    @defer.inlineCallbacks
+    def test_eviction_past_removed_updates_a_replica_still_shows(self):
+        """An eviction whose scan a replica shows updates already removed still frees the whole excess at once."""
+        from cairn.cluster import direct
+
+        limits = Limits(max_per_peer=10**6, max_total=12, max_age=1000.0)
+        yield self.store.publish([item(payload=b"a" * 6), item(payload=b"b" * 6)], 1.0, limits)
+        ghosts = yield self.jet.run(direct.direct_all, self.jet.nc, self.jet.stream("sync"), "cairn.sync.*")
+        yield self.store.publish([item(payload=b"c" * 6)], 1.0, limits)  # evicts a
+        ghostly = _ghost_replica(self, ghosts)  # ... which the replica still shows
+        yield self.store.publish([item(payload=b"d" * 6)], 1.0, limits)
+        self.assertEqual(self.store.total_bytes(), 12)
+        ghostly.restore()  # the replica catches up
+        self.assertEqual([u.payload for u in (yield self.store.fetch("notes", 0, 16))], [b"c" * 6, b"d" * 6])
+
     async def _forget(self, behind):
         self.store._last["notes"] = behind  # as if the watch had not reported the other update yet
 
@@ -412,3 +427,28 @@ def _stale_replica(testcase, applied):
 
     testcase.patch(direct, "direct_batch", stale_batch)
     testcase.patch(direct, "direct_last", stale_last)
+
+
+def _ghost_replica(testcase, ghosts):
+    """
+    Have every direct get also answer the messages C{ghosts} (read
+    earlier), as a replica that has not applied their removal yet would;
+    returns the patch (C{restore()} ends it).
+    """
+    from cairn.cluster import direct
+
+    batch = direct.direct_batch
+
+    def matches(subject, pattern):
+        if pattern is None:
+            return True
+        a, b = subject.split("."), pattern.split(".")
+        return len(a) == len(b) and all(p in ("*", t) for t, p in zip(a, b))
+
+    async def ghostly(nc, stream, start, size, subject=None, min_last=0, timeout=5.0):
+        held, end = await batch(nc, stream, start, size, subject, min_last, timeout)
+        extra = [g for g in ghosts if g.seq >= start and matches(g.subject, subject)]
+        merged = sorted({h.seq: h for h in extra + held}.values(), key=lambda h: h.seq)
+        return merged[:size], end
+
+    return testcase.patch(direct, "direct_batch", ghostly)

@@ -205,7 +205,11 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
     # Removal
 
     async def _remove(self, updates, changes):
-        """Delete C{updates} (held messages), noting floors in C{changes}; markers keep emptied heads."""
+        """
+        Delete C{updates} (held messages), noting floors in C{changes};
+        markers keep emptied heads. Returns those this call removed.
+        """
+        out = []
         for held in updates:
             topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
@@ -239,13 +243,20 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
             await self.jet.js.purge_stream(self.stream, subject=ids)
             c = changes.setdefault(topic, [0, 0, 0, 0])
             c[1], c[2], c[3] = max(c[1], seq), c[2] - 1, c[3] - len(held.data or b"")
+            out.append(held)
+        return out
 
-    async def _oldest(self, wanted):
-        """The oldest updates (markers skipped, stale markers deleted) while C{wanted(held, out)} holds."""
+    async def _oldest(self, wanted, skip=()):
+        """
+        The oldest updates (markers skipped, stale markers deleted; those
+        at a seq in C{skip} too) while C{wanted(held, out)} holds.
+        """
         out, start, seen = [], 1, 0
         subject = self._subject("sync", "*")
 
         async def take(held):
+            if held.seq in skip:
+                return True
             if held.headers.get(KIND) == "floor":
                 topic = token_topic(held.subject.rsplit(".", 1)[1])
                 last = self._last.get(topic)
@@ -281,16 +292,28 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
         return out
 
     async def _evict(self, excess, changes):
-        freed = [0]
+        taken = [0]  # bytes the current scan took
 
         def wanted(held, out):
-            if freed[0] >= excess:
+            if taken[0] >= excess:
                 return False
-            freed[0] += len(held.data or b"")
+            taken[0] += len(held.data or b"")
             return True
 
+        # A replica behind may still show updates already removed (this
+        # node's last eviction, another node's sweep): removing them frees
+        # nothing, so the scan goes again past them until the excess is
+        # freed or nothing is left.
+        gone = set()
         async with self._removal_lock():
-            await self._remove(await self._oldest(wanted), changes)
+            while excess > 0:
+                taken[0] = 0
+                found = await self._oldest(wanted, gone)
+                removed = await self._remove(found, changes)
+                excess -= sum(len(h.data or b"") for h in removed)
+                if len(removed) == len(found):
+                    return
+                gone.update(h.seq for h in found)
 
     def fetch(self, topic, after_seq, limit):
         return self._run(self._fetch, topic, after_seq, limit)
