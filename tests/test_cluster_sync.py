@@ -399,6 +399,24 @@ class StaleReplicaTests(unittest.TestCase):
         ghostly.restore()  # the replica catches up
         self.assertEqual([u.payload for u in (yield self.store.fetch("notes", 0, 16))], [b"c" * 6, b"d" * 6])
 
+    @defer.inlineCallbacks
+    def test_sweep_past_removed_updates_a_replica_still_shows(self):
+        """
+        A sweep whose scan a replica shows updates already removed removes
+        a full batch of those due still, and then says there are no more
+        (the service's sweep loops while there are).
+        """
+        from cairn.cluster import direct
+
+        yield self.store.publish([item(), item(), item()], 0.0, ROOMY)
+        ghosts = yield self.jet.run(direct.direct_all, self.jet.nc, self.jet.stream("sync"), "cairn.sync.*")
+        late = ROOMY.max_age + 1
+        self.assertEqual((yield self.store.expire(late, 1)), (1, True))
+        _ghost_replica(self, ghosts)  # ... which the replica still shows
+        self.assertEqual((yield self.store.expire(late, 2)), (2, True))
+        self.assertEqual((yield self.store.expire(late, 2)), (0, False))
+        self.assertEqual(self.store.topics()["notes"].floor, 3)
+
     async def _forget(self, behind):
         self.store._last["notes"] = behind  # as if the watch had not reported the other update yet
 

@@ -376,8 +376,20 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
         return self._removing
 
     async def _expire(self, now, limit):
+        changes, gone, count = {}, set(), 0
+
+        def wanted(held, out):
+            return len(out) < limit - count and float(held.headers[D.EXPIRES]) <= now
+
+        # As in L{_evict}: past updates a replica behind still shows though
+        # removed (this sweep's previous batch), which would otherwise fill
+        # the batch again and again while the service loops for more.
         async with self._removal_lock():
-            due = await self._oldest(lambda held, out: len(out) < limit and float(held.headers[D.EXPIRES]) <= now)
-            changes = {}
-            await self._remove(due, changes)
-        return -sum(c[2] for c in changes.values()), len(due) >= limit, changes
+            while True:
+                due = await self._oldest(wanted, gone)
+                removed = await self._remove(due, changes)
+                count += len(removed)
+                if len(removed) == len(due):
+                    break  # a full batch, or all that is due
+                gone.update(h.seq for h in due)
+        return count, count >= limit, changes
