@@ -3,6 +3,7 @@ C{cairn-server pair}: finding the running node's API and token.
 """
 
 import os
+import re
 
 from twisted.trial import unittest
 
@@ -21,6 +22,19 @@ class ApiUrlTests(unittest.TestCase):
             "ssl:9443:privateKey=k.pem": "https://127.0.0.1:9443",
         }
         for listen, url in cases.items():
+            self.assertEqual(api_url(listen), url, listen)
+
+    def test_docstring_examples(self):
+        """Each example in api_url's docstring gives the URL it says (IPv6 colons escaped)."""
+        text = " ".join(api_url.__doc__.split())
+        examples = {}
+        for clause in text.split(";"):
+            left, arrow, right = clause.partition(" -> C{")
+            if arrow:
+                for listen in re.findall(r"C\{([^}]+)\}", left):
+                    examples[listen] = right.split("}", 1)[0]
+        self.assertIn("tcp:9090:interface=\\:\\:1", examples)
+        for listen, url in examples.items():
             self.assertEqual(api_url(listen), url, listen)
 
     def test_unusable(self):

@@ -234,6 +234,41 @@ class ReadYourWritesTests(unittest.TestCase):
                 missed.append((i, seq, [u.seq for u in fetched]))
         self.assertEqual(missed, [])
 
+    @defer.inlineCallbacks
+    def test_load_counts_each_acknowledged_publish(self):
+        """A start-up load right after each publish counts that update, every time (a node restarting)."""
+        missed = []
+        for i in range(300):
+            ((status, seq),) = yield self.store.publish([item()], 1.0, ROOMY)
+            self.assertEqual(status, SyncStatus.COMMITTED)
+            topics, _, _ = yield self.jet.run(JetStreamSyncStore(self.jet)._load)
+            if topics["notes"].head != seq or topics["notes"].updates != seq:
+                missed.append((i, seq, topics["notes"]))
+        self.assertEqual(missed, [])
+
+    @defer.inlineCallbacks
+    def test_eviction_frees_the_excess_every_time(self):
+        """Each publish that goes over the total evicts down to it at once, every time."""
+        limits = Limits(max_per_peer=10**6, max_total=10, max_age=1000.0)
+        over = []
+        for i in range(300):
+            # All but the last of the three must go: the scan has to see them.
+            yield self.store.publish([item(payload=b"x" * 6) for _ in range(3)], 1.0, limits)
+            if self.store.total_bytes() > limits.max_total:
+                over.append((i, self.store.total_bytes()))
+        self.assertEqual(over, [])
+
+    @defer.inlineCallbacks
+    def test_sweep_removes_each_update_due(self):
+        """A sweep right after each publish removes that update once due, every time."""
+        missed = []
+        for i in range(300):
+            yield self.store.publish([item()], 0.0, ROOMY)
+            count, _ = yield self.store.expire(ROOMY.max_age + 1, 10)
+            if count != 1:
+                missed.append((i, count))
+        self.assertEqual(missed, [])
+
 
 #: Limits no test here reaches (no eviction, no expiry).
 ROOMY = Limits(max_per_peer=10**6, max_total=10**9, max_age=1000.0)
@@ -315,6 +350,73 @@ class StaleReplicaTests(unittest.TestCase):
         self.assertEqual((yield self.store.fetch("notes", 0, 16)), [])
         self.assertEqual(asked, [])
 
+    @defer.inlineCallbacks
+    def test_load_reads_what_the_leader_has(self):
+        """A start-up load answered by a replica behind still counts every acknowledged update."""
+        yield self.store.publish([item(payload=b"ab"), item("other", payload=b"c")], 1.0, ROOMY)
+        yield self.store.publish([item(payload=b"def")], 1.0, ROOMY)
+        _stale_replica(self, lambda: 0)
+        topics, _, _ = yield self.jet.run(JetStreamSyncStore(self.jet)._load)
+        self.assertEqual(topics, self.store.topics())
+        # Started, its watch takes over from there: nothing is counted twice.
+        again = JetStreamSyncStore(self.jet)
+        yield again.start()
+        self.assertEqual(again.topics(), self.store.topics())
+        self.assertEqual(again.total_bytes(), 6)
+        self.assertEqual([u.seq for u in (yield again.fetch("notes", 0, 16))], [1, 2])
+        self.assertEqual((yield again.publish([item()], 1.0, ROOMY)), [(SyncStatus.COMMITTED, 3)])
+
+    @defer.inlineCallbacks
+    def test_eviction_reads_what_the_leader_has(self):
+        """An eviction whose scan a replica behind answers still frees the whole excess at once."""
+        limits = Limits(max_per_peer=10**6, max_total=10, max_age=1000.0)
+        _stale_replica(self, lambda: 0)
+        yield self.store.publish([item(payload=b"a" * 6), item(payload=b"b" * 6), item(payload=b"c" * 6)], 1.0, limits)
+        self.assertEqual(self.store.total_bytes(), 6)
+        self.assertEqual([u.payload for u in (yield self.store.fetch("notes", 0, 16))], [b"c" * 6])
+
+    @defer.inlineCallbacks
+    def test_expiry_reads_what_the_leader_has(self):
+        """A sweep whose scan a replica behind answers still removes every update due."""
+        _stale_replica(self, lambda: 0)
+        yield self.store.publish([item(), item()], 0.0, ROOMY)
+        self.assertEqual((yield self.store.expire(ROOMY.max_age + 1, 10)), (2, False))
+        self.assertEqual(self.store.topics()["notes"].floor, 2)
+        self.assertEqual((yield self.store.fetch("notes", 0, 16)), [])
+
+    @defer.inlineCallbacks
+    def test_eviction_past_removed_updates_a_replica_still_shows(self):
+        """An eviction whose scan a replica shows updates already removed still frees the whole excess at once."""
+        from cairn.cluster import direct
+
+        limits = Limits(max_per_peer=10**6, max_total=12, max_age=1000.0)
+        yield self.store.publish([item(payload=b"a" * 6), item(payload=b"b" * 6)], 1.0, limits)
+        ghosts = yield self.jet.run(direct.direct_all, self.jet.nc, self.jet.stream("sync"), "cairn.sync.*")
+        yield self.store.publish([item(payload=b"c" * 6)], 1.0, limits)  # evicts a
+        ghostly = _ghost_replica(self, ghosts)  # ... which the replica still shows
+        yield self.store.publish([item(payload=b"d" * 6)], 1.0, limits)
+        self.assertEqual(self.store.total_bytes(), 12)
+        ghostly.restore()  # the replica catches up
+        self.assertEqual([u.payload for u in (yield self.store.fetch("notes", 0, 16))], [b"c" * 6, b"d" * 6])
+
+    @defer.inlineCallbacks
+    def test_sweep_past_removed_updates_a_replica_still_shows(self):
+        """
+        A sweep whose scan a replica shows updates already removed removes
+        a full batch of those due still, and then says there are no more
+        (the service's sweep loops while there are).
+        """
+        from cairn.cluster import direct
+
+        yield self.store.publish([item(), item(), item()], 0.0, ROOMY)
+        ghosts = yield self.jet.run(direct.direct_all, self.jet.nc, self.jet.stream("sync"), "cairn.sync.*")
+        late = ROOMY.max_age + 1
+        self.assertEqual((yield self.store.expire(late, 1)), (1, True))
+        _ghost_replica(self, ghosts)  # ... which the replica still shows
+        self.assertEqual((yield self.store.expire(late, 2)), (2, True))
+        self.assertEqual((yield self.store.expire(late, 2)), (0, False))
+        self.assertEqual(self.store.topics()["notes"].floor, 3)
+
     async def _forget(self, behind):
         self.store._last["notes"] = behind  # as if the watch had not reported the other update yet
 
@@ -343,3 +445,28 @@ def _stale_replica(testcase, applied):
 
     testcase.patch(direct, "direct_batch", stale_batch)
     testcase.patch(direct, "direct_last", stale_last)
+
+
+def _ghost_replica(testcase, ghosts):
+    """
+    Have every direct get also answer the messages C{ghosts} (read
+    earlier), as a replica that has not applied their removal yet would;
+    returns the patch (C{restore()} ends it).
+    """
+    from cairn.cluster import direct
+
+    batch = direct.direct_batch
+
+    def matches(subject, pattern):
+        if pattern is None:
+            return True
+        a, b = subject.split("."), pattern.split(".")
+        return len(a) == len(b) and all(p in ("*", t) for t, p in zip(a, b))
+
+    async def ghostly(nc, stream, start, size, subject=None, min_last=0, timeout=5.0):
+        held, end = await batch(nc, stream, start, size, subject, min_last, timeout)
+        extra = [g for g in ghosts if g.seq >= start and matches(g.subject, subject)]
+        merged = sorted({h.seq: h for h in extra + held}.values(), key=lambda h: h.seq)
+        return merged[:size], end
+
+    return testcase.patch(direct, "direct_batch", ghostly)

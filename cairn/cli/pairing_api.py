@@ -28,11 +28,12 @@ class PairCommandError(Exception):
 
 
 def api_url(listen: str) -> str:
-    """
+    r"""
     The loopback URL of a management endpoint description.
 
     C{tcp:9090}, C{tcp:port=9090:interface=0.0.0.0} -> C{http://127.0.0.1:9090};
-    C{tcp:9090:interface=::1} -> C{http://[::1]:9090}; C{ssl:}/C{tls:} -> https.
+    C{tcp:9090:interface=\:\:1} -> C{http://[::1]:9090} (an endpoint string
+    escapes the colons of an IPv6 address); C{ssl:}/C{tls:} -> https.
     """
     if not listen:
         raise PairCommandError("the management API is disabled (CAIRN_MGMT_LISTEN=none); use --url")

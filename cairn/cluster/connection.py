@@ -12,8 +12,12 @@ retries with backoff (on the injected clock), logging one line per
 attempt, and L{JetStream.health} says why the node is degraded. Once
 connected, nats-py reconnects by itself; while it is disconnected every
 store call fails fast (the mailbox answers STORAGE_ERROR, never a false
-ForwardAck) and the node resumes as soon as the client is back.
+ForwardAck) and the node resumes as soon as the client is back -- unless
+the server it is back on has a C{max_payload} below C{CAIRN_MAX_PAYLOAD},
+which is refused as at start (L{_check_max_payload}).
 """
+
+import asyncio
 
 import attr
 from twisted.internet import defer, task
@@ -86,6 +90,8 @@ class JetStream:
         self._waiters = []
         self._stopping = False
         self._retry = None
+        self._refused = False  # a server reconnected to failed L{_check_max_payload}
+        self._closing = None  # the asyncio task closing the client then (kept from the GC)
         self.kv = {}  # bucket suffix -> nats KeyValue
         self._inflight = set()  # Deferreds of calls running on the loop
 
@@ -179,6 +185,8 @@ class JetStream:
             # PubAck's time (a drain's receipt purges took over 5 s at R3).
             self.js_writes = nc.jetstream(timeout=PUBACK_TIMEOUT)
             await self._ensure_layout(nc)
+            # Again: nats-py may have reconnected, to another server, meanwhile.
+            _check_max_payload(nc.max_payload, self.settings.max_payload)
         except BaseException:
             await nc.close()
             raise
@@ -192,11 +200,28 @@ class JetStream:
         self.thread.to_reactor(self._note, "degraded", "disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self):
+        if self.nc is None:
+            return  # still setting up: L{_connect} checks again at its end
+        # The server reconnected to may not be the one checked at start:
+        # the same rule for its max_payload (nats-py has read its INFO).
+        try:
+            _check_max_payload(self.nc.max_payload, self.settings.max_payload)
+        except LayoutError as e:
+            self._refused = True
+            # Not awaited: closing cancels nats-py's reconnection task, which is running this callback.
+            self._closing = asyncio.get_running_loop().create_task(self.nc.close())
+            self.thread.to_reactor(self._refuse, str(e))
+            return
         self.thread.to_reactor(self._note, "ok", None)
 
+    def _refuse(self, reason):
+        """As at start for a permanent L{LayoutError}: degraded for good, said once."""
+        self.state, self.reason = "degraded", reason
+        log.error("cairn: {reason}", reason=reason)
+
     def _note(self, state, reason):
-        if self.nc is None:
-            return  # still connecting: L{_attempt} reports it
+        if self.nc is None or self._refused:
+            return  # still connecting (L{_attempt} reports it), or refused for good
         if state == "ok" and self.state != "ok":
             log.info("cairn: reconnected to NATS")
         elif state == "degraded" and self.state == "ok":

@@ -14,28 +14,22 @@ reads the new last message and tries again. When retention removes the
 last update of a topic, a marker (C{Cairn-Kind: floor}) carrying the head
 is written first, so the head survives an empty log.
 
-The cursors are keys C{<device>.<topic>} of the KV bucket
-C{<prefix>_cursors}, raised with compare-and-set (never lower); a
-device's access grant (docs/protocol.md §24.9) is the key
-C{_access.<device>} of the same bucket (JSON C{{"read": [...], "write":
-[...]}}; peer ids never start with C{_}). The
-caches (L{topics}, L{cursors}, L{total_bytes}, L{access}) are loaded at
-start and kept current by this store's own writes and by watches of what
-other writers store (L{cairn.cluster.sync_follow}; what they miss is in
-docs/scaling.md).
+The cursors and access grants are in the KV bucket C{<prefix>_cursors}
+(L{cairn.cluster.sync_cursors}). The caches (L{topics}, L{cursors},
+L{total_bytes}, L{access}) are loaded at start and kept current by this
+store's own writes and by watches of what other writers store
+(L{cairn.cluster.sync_follow}; what they miss is in docs/scaling.md).
 """
 
 import asyncio
-import json
 import uuid
 
-from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls
-from cairn.cluster.sync_follow import ACCESS, KIND, SEQ, Follow, token_topic, topic_token
-from cairn.sync.access import Access
+from cairn.cluster.sync_cursors import Cursors
+from cairn.cluster.sync_follow import KIND, SEQ, Follow, token_topic, topic_token
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.sync.store import SyncFigures
 from cairn.wire.constants import SyncStatus
@@ -44,7 +38,7 @@ PAGE = 256
 
 
 @implementer(ISyncStore)
-class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
+class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
     """The sync hub in a L{cairn.cluster.connection.JetStream}'s C{sync} stream and C{cursors} bucket."""
 
     def __init__(self, jetstream):
@@ -62,13 +56,11 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         # Removing a topic's newest update writes a floor marker after it, so
         # a read of a topic emptied since still reaches it without the leader.
         self._newest = {}
-        self._revisions = {}  # (device, topic) -> KV revision
-        self._cursor_locks = {}  # cursor key -> asyncio.Lock (on the NATS loop)
         self._removing = None
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         self._loaded_upto = 0  # the last stream seq the start-up load read
-        self._cursors_loaded_upto = 0  # the last cursors-bucket revision it read
+        self._init_cursors()
         self._init_follow()
 
     # Loading
@@ -86,10 +78,21 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         return d.addCallback(lambda _: self.jet.run(self._follow))
 
     async def _load(self):
-        from nats.js.errors import NoKeysError
-
         state = {}  # topic -> [head, first update seq or None, updates, bytes]
-        for held in await D.direct_all(self.jet.nc, self.stream, self._subject("sync", "*")):
+        subject = self._subject("sync", "*")
+        every = await D.direct_all(self.jet.nc, self.stream, subject)
+        # Any replica answers a direct get, and a follower may not have
+        # applied the newest acknowledged writes (D.direct_batch): the rest
+        # is read from the leader -- when the replica was current, one
+        # request that finds nothing.
+        while True:
+            held = await D.leader_next(
+                self.jet.nc, self.jet.js, self.stream, (every[-1].seq if every else 0) + 1, subject
+            )
+            if held is None:
+                break
+            every.append(held)
+        for held in every:
             topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
             s = state.setdefault(topic, [0, None, 0, 0])
@@ -98,26 +101,11 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
                 s[1] = seq if s[1] is None else min(s[1], seq)
                 s[2] += 1
                 s[3] += len(held.data or b"")
+                self._saw(topic, held.seq)  # reads must see it (L{_fetch})
             self._last[topic] = (held.seq, seq)
             self._loaded_upto = max(self._loaded_upto, held.seq)
         topics = {t: Topic(h, (first - 1) if first is not None else h, n, b) for t, (h, first, n, b) in state.items()}
-        cursors, access = {}, {}
-        kv = self.jet.kv["cursors"]
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
-            entry = await kv.get(key)
-            self._cursors_loaded_upto = max(self._cursors_loaded_upto, entry.revision)
-            if key.startswith(ACCESS):
-                grant = json.loads(entry.value)
-                access[key[len(ACCESS) :]] = Access(tuple(grant["read"]), tuple(grant["write"]))
-                self._grant_revisions[key[len(ACCESS) :]] = entry.revision
-                continue
-            device, token = key.split(".", 1)
-            cursors[(device, token_topic(token))] = int(entry.value)
-            self._revisions[(device, token_topic(token))] = entry.revision
+        cursors, access = await self._load_cursors()
         return topics, cursors, access
 
     # Publishing
@@ -217,7 +205,11 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
     # Removal
 
     async def _remove(self, updates, changes):
-        """Delete C{updates} (held messages), noting floors in C{changes}; markers keep emptied heads."""
+        """
+        Delete C{updates} (held messages), noting floors in C{changes};
+        markers keep emptied heads. Returns those this call removed.
+        """
+        out = []
         for held in updates:
             topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
@@ -251,37 +243,77 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
             await self.jet.js.purge_stream(self.stream, subject=ids)
             c = changes.setdefault(topic, [0, 0, 0, 0])
             c[1], c[2], c[3] = max(c[1], seq), c[2] - 1, c[3] - len(held.data or b"")
+            out.append(held)
+        return out
 
-    async def _oldest(self, wanted, until=None):
-        """The oldest updates (markers skipped, stale markers deleted) while C{wanted(held)} holds."""
-        out, start = [], 1
-        while True:
-            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, self._subject("sync", "*"))
-            for held in page:
-                if held.headers.get(KIND) == "floor":
-                    topic = token_topic(held.subject.rsplit(".", 1)[1])
-                    last = self._last.get(topic)
-                    if last is not None and last[0] != held.seq:
-                        await D.delete(self.jet.js, self.stream, held.seq)  # superseded
-                    continue
-                if not wanted(held, out):
-                    return out
-                out.append(held)
-            if len(page) < PAGE:
-                return out
-            start = page[-1].seq + 1
+    async def _oldest(self, wanted, skip=()):
+        """
+        The oldest updates (markers skipped, stale markers deleted; those
+        at a seq in C{skip} too) while C{wanted(held, out)} holds.
+        """
+        out, start, seen = [], 1, 0
+        subject = self._subject("sync", "*")
 
-    async def _evict(self, excess, changes):
-        freed = [0]
-
-        def wanted(held, out):
-            if freed[0] >= excess:
+        async def take(held):
+            if held.seq in skip:
+                return True
+            if held.headers.get(KIND) == "floor":
+                topic = token_topic(held.subject.rsplit(".", 1)[1])
+                last = self._last.get(topic)
+                if last is not None and last[0] != held.seq:
+                    await D.delete(self.jet.js, self.stream, held.seq)  # superseded
+                return True
+            if not wanted(held, out):
                 return False
-            freed[0] += len(held.data or b"")
+            out.append(held)
             return True
 
+        while True:
+            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, subject)
+            for held in page:
+                seen = held.seq
+                if not await take(held):
+                    return out
+            if len(page) < PAGE:
+                break
+            start = page[-1].seq + 1
+        # A replica behind (D.direct_batch) lacks the newest updates: an
+        # eviction would free less than the excess, a sweep leave updates
+        # due. The rest, up to the newest update known stored, is read from
+        # the leader (nothing to read when the replica was current).
+        expect = max(self._newest.values(), default=0)
+        while seen < expect:
+            held = await D.leader_next(self.jet.nc, self.jet.js, self.stream, seen + 1, subject)
+            if held is None:
+                break  # removed meanwhile
+            seen = held.seq
+            if not await take(held):
+                break
+        return out
+
+    async def _evict(self, excess, changes):
+        taken = [0]  # bytes the current scan took
+
+        def wanted(held, out):
+            if taken[0] >= excess:
+                return False
+            taken[0] += len(held.data or b"")
+            return True
+
+        # A replica behind may still show updates already removed (this
+        # node's last eviction, another node's sweep): removing them frees
+        # nothing, so the scan goes again past them until the excess is
+        # freed or nothing is left.
+        gone = set()
         async with self._removal_lock():
-            await self._remove(await self._oldest(wanted), changes)
+            while excess > 0:
+                taken[0] = 0
+                found = await self._oldest(wanted, gone)
+                removed = await self._remove(found, changes)
+                excess -= sum(len(h.data or b"") for h in removed)
+                if len(removed) == len(found):
+                    return
+                gone.update(h.seq for h in found)
 
     def fetch(self, topic, after_seq, limit):
         return self._run(self._fetch, topic, after_seq, limit)
@@ -344,100 +376,20 @@ class JetStreamSyncStore(StoreCalls, Follow, SyncFigures):
         return self._removing
 
     async def _expire(self, now, limit):
+        changes, gone, count = {}, set(), 0
+
+        def wanted(held, out):
+            return len(out) < limit - count and float(held.headers[D.EXPIRES]) <= now
+
+        # As in L{_evict}: past updates a replica behind still shows though
+        # removed (this sweep's previous batch), which would otherwise fill
+        # the batch again and again while the service loops for more.
         async with self._removal_lock():
-            due = await self._oldest(lambda held, out: len(out) < limit and float(held.headers[D.EXPIRES]) <= now)
-            changes = {}
-            await self._remove(due, changes)
-        return -sum(c[2] for c in changes.values()), len(due) >= limit, changes
-
-    # Cursors
-
-    def subscribe(self, device, cursors):
-        wanted = {}
-        for name, seq in cursors.items():
-            t = self._topics.get(name, Topic())
-            held = self._cursors.get(device, {}).get(name)
-            if seq is not None:
-                wanted[name] = max(0, min(seq, t.head))
-            else:
-                wanted[name] = held if held is not None else t.floor
-        changed = {n: v for n, v in wanted.items() if self._cursors.get(device, {}).get(n) != v}
-        d = self._run(self._put_cursors, device, changed)
-        return d.addCallback(lambda _: self._apply(({}, {(device, n): v for n, v in wanted.items()})) or wanted)
-
-    async def _put_cursors(self, device, values):
-        kv = self.jet.kv["cursors"]
-        for name, value in values.items():
-            revision = await kv.put(f"{device}.{topic_token(name)}", str(value).encode())
-            self._revisions[(device, name)] = max(revision, self._revisions.get((device, name), 0))
-
-    def set_cursor(self, device, topic, seq):
-        held = self._cursors.get(device, {}).get(topic)
-        if held is None:
-            return defer.succeed(None)
-        head = self._topics.get(topic, Topic()).head
-        d = self._run(self._raise_cursor, device, topic, min(seq, head))
-
-        def raised(value):
-            if value is not None:
-                self._apply(({}, {(device, topic): value}))
-            return value
-
-        return d.addCallback(raised)
-
-    async def _raise_cursor(self, device, topic, seq):
-        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-
-        kv, key = self.jet.kv["cursors"], f"{device}.{topic_token(topic)}"
-        # One raise of a cursor at a time from this node (a device acknowledges
-        # a burst of updates at once): compare-and-set then only races other
-        # nodes, not this node's own requests.
-        async with self._cursor_locks.setdefault(key, asyncio.Lock()):
-            for _ in range(20):
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    return None  # unsubscribed (or purged) meanwhile
-                current = int(entry.value)
-                if seq <= current:
-                    return current
-                try:
-                    self._revisions[(device, topic)] = await kv.update(key, str(seq).encode(), last=entry.revision)
-                    return seq
-                except KeyWrongLastSequenceError:
-                    continue  # another writer moved it: never lower it
-        raise D.PublishError(0, f"cursor {device}/{topic}: too many concurrent writers")
-
-    def purge(self, device):
-        names = list(self._cursors.get(device, {}))
-        d = self._run(self._purge, device, names)
-
-        def purged(_):
-            self._apply(({}, {(device, n): None for n in names}))
-            self._set_access(device, None)
-            return len(names)
-
-        return d.addCallback(purged)
-
-    async def _purge(self, device, names):
-        kv = self.jet.kv["cursors"]
-        for name in names:
-            await kv.purge(f"{device}.{topic_token(name)}")
-        await kv.purge(ACCESS + device)
-
-    # Access grants (cached; other writers' grants arrive through the watch)
-
-    def set_access(self, device, access):
-        def stored(_):
-            self._set_access(device, access)
-            return access
-
-        return self._run(self._put_access, device, access).addCallback(stored)
-
-    async def _put_access(self, device, access):
-        kv = self.jet.kv["cursors"]
-        if access is None:
-            await kv.purge(ACCESS + device)
-        else:
-            revision = await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
-            self._grant_revisions[device] = max(revision, self._grant_revisions.get(device, 0))
+            while True:
+                due = await self._oldest(wanted, gone)
+                removed = await self._remove(due, changes)
+                count += len(removed)
+                if len(removed) == len(due):
+                    break  # a full batch, or all that is due
+                gone.update(h.seq for h in due)
+        return count, count >= limit, changes

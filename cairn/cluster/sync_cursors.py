@@ -1,0 +1,147 @@
+"""
+The cursors and access grants of L{cairn.cluster.sync.JetStreamSyncStore}:
+its KV bucket C{<prefix>_cursors}, beside the updates' stream.
+
+A cursor is the key C{<device>.<topic token>}, raised with
+compare-and-set (never lower); a device's access grant (docs/protocol.md
+§24.9) is the key C{_access.<device>} of the same bucket (JSON
+C{{"read": [...], "write": [...]}}; peer ids never start with C{_}).
+Other writers' changes arrive through the watch (L{cairn.cluster.sync_follow}).
+"""
+
+import asyncio
+import json
+
+from twisted.internet import defer
+
+from cairn.cluster import direct as D
+from cairn.cluster.sync_follow import ACCESS, token_topic, topic_token
+from cairn.sync.access import Access
+from cairn.sync.interfaces import Topic
+
+
+class Cursors:
+    """
+    The cursor and access-grant calls of a L{cairn.cluster.sync.JetStreamSyncStore}
+    (a mixin: it needs C{jet}, C{_run}, C{_apply}, C{_set_access}, the
+    figures' C{_topics} and C{_cursors}, and L{cairn.cluster.sync_follow.Follow}'s
+    C{_grant_revisions}).
+    """
+
+    def _init_cursors(self):
+        self._revisions = {}  # (device, topic) -> KV revision
+        self._cursor_locks = {}  # cursor key -> asyncio.Lock (on the NATS loop)
+        self._cursors_loaded_upto = 0  # the last cursors-bucket revision the start-up load read
+
+    async def _load_cursors(self):
+        """C{(cursors, access)} as stored: {(device, topic): seq}, {device: L{Access}}."""
+        from nats.js.errors import NoKeysError
+
+        cursors, access = {}, {}
+        kv = self.jet.kv["cursors"]
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            entry = await kv.get(key)
+            self._cursors_loaded_upto = max(self._cursors_loaded_upto, entry.revision)
+            if key.startswith(ACCESS):
+                grant = json.loads(entry.value)
+                access[key[len(ACCESS) :]] = Access(tuple(grant["read"]), tuple(grant["write"]))
+                self._grant_revisions[key[len(ACCESS) :]] = entry.revision
+                continue
+            device, token = key.split(".", 1)
+            cursors[(device, token_topic(token))] = int(entry.value)
+            self._revisions[(device, token_topic(token))] = entry.revision
+        return cursors, access
+
+    def subscribe(self, device, cursors):
+        wanted = {}
+        for name, seq in cursors.items():
+            t = self._topics.get(name, Topic())
+            held = self._cursors.get(device, {}).get(name)
+            if seq is not None:
+                wanted[name] = max(0, min(seq, t.head))
+            else:
+                wanted[name] = held if held is not None else t.floor
+        changed = {n: v for n, v in wanted.items() if self._cursors.get(device, {}).get(n) != v}
+        d = self._run(self._put_cursors, device, changed)
+        return d.addCallback(lambda _: self._apply(({}, {(device, n): v for n, v in wanted.items()})) or wanted)
+
+    async def _put_cursors(self, device, values):
+        kv = self.jet.kv["cursors"]
+        for name, value in values.items():
+            revision = await kv.put(f"{device}.{topic_token(name)}", str(value).encode())
+            self._revisions[(device, name)] = max(revision, self._revisions.get((device, name), 0))
+
+    def set_cursor(self, device, topic, seq):
+        held = self._cursors.get(device, {}).get(topic)
+        if held is None:
+            return defer.succeed(None)
+        head = self._topics.get(topic, Topic()).head
+        d = self._run(self._raise_cursor, device, topic, min(seq, head))
+
+        def raised(value):
+            if value is not None:
+                self._apply(({}, {(device, topic): value}))
+            return value
+
+        return d.addCallback(raised)
+
+    async def _raise_cursor(self, device, topic, seq):
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv, key = self.jet.kv["cursors"], f"{device}.{topic_token(topic)}"
+        # One raise of a cursor at a time from this node (a device acknowledges
+        # a burst of updates at once): compare-and-set then only races other
+        # nodes, not this node's own requests.
+        async with self._cursor_locks.setdefault(key, asyncio.Lock()):
+            for _ in range(20):
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    return None  # unsubscribed (or purged) meanwhile
+                current = int(entry.value)
+                if seq <= current:
+                    return current
+                try:
+                    self._revisions[(device, topic)] = await kv.update(key, str(seq).encode(), last=entry.revision)
+                    return seq
+                except KeyWrongLastSequenceError:
+                    continue  # another writer moved it: never lower it
+        raise D.PublishError(0, f"cursor {device}/{topic}: too many concurrent writers")
+
+    def purge(self, device):
+        names = list(self._cursors.get(device, {}))
+        d = self._run(self._purge, device, names)
+
+        def purged(_):
+            self._apply(({}, {(device, n): None for n in names}))
+            self._set_access(device, None)
+            return len(names)
+
+        return d.addCallback(purged)
+
+    async def _purge(self, device, names):
+        kv = self.jet.kv["cursors"]
+        for name in names:
+            await kv.purge(f"{device}.{topic_token(name)}")
+        await kv.purge(ACCESS + device)
+
+    # Access grants (cached; other writers' grants arrive through the watch)
+
+    def set_access(self, device, access):
+        def stored(_):
+            self._set_access(device, access)
+            return access
+
+        return self._run(self._put_access, device, access).addCallback(stored)
+
+    async def _put_access(self, device, access):
+        kv = self.jet.kv["cursors"]
+        if access is None:
+            await kv.purge(ACCESS + device)
+        else:
+            revision = await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
+            self._grant_revisions[device] = max(revision, self._grant_revisions.get(device, 0))

@@ -1,0 +1,79 @@
+"""
+The node's NATS connection (L{cairn.cluster.connection.JetStream}) across
+a reconnection, with a real nats-server restarted under it.
+"""
+
+import os
+
+from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial import unittest
+
+from cairn.cluster.connection import JetStream, Settings
+from tests._harness import Conditions, eventually
+from tests._nats import NatsServer
+
+#: nats-server's default max_payload (1 MiB).
+NATS_DEFAULT = 1024 * 1024
+
+
+class _Server(NatsServer):
+    """A L{NatsServer} whose C{max_payload} can be set before a (re)start."""
+
+    max_payload = None
+
+    def config(self):
+        text = super().config()
+        if self.max_payload is not None:
+            text += f"max_payload: {self.max_payload}\n"
+        return text
+
+
+class ReconnectTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_reconnect_to_a_smaller_max_payload_refused(self):
+        """
+        A reconnection to a server whose max_payload is below
+        CAIRN_MAX_PAYLOAD is refused as at start: the client is closed, the
+        node degraded for good with the same one line, logged once.
+        """
+        server = _Server(os.path.abspath(self.mktemp()))
+        self.addCleanup(server.kill)
+        yield server.start()
+        jet = JetStream(reactor, Settings((server.url,), 1, "cairn", max_payload=NATS_DEFAULT))
+        self.addCleanup(jet.close)
+        yield eventually(jet.connect(), 90)
+        self.assertEqual(jet.health(), (True, None))
+
+        conditions, events = Conditions(), []
+
+        def observe(event):
+            if event.get("log_namespace", "").startswith("cairn.cluster.connection"):
+                conditions.changed(events.append(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        yield server.kill()
+        server.max_payload = 64 * 1024
+        yield server.start()
+
+        def said(level):
+            return [e for e in events if e["log_level"] == level]
+
+        yield conditions.until(lambda: said(LogLevel.error) or "reconnected to NATS" in str(events), 60)
+        expected = (
+            f"CAIRN_MAX_PAYLOAD ({NATS_DEFAULT}) is above the NATS server's max_payload ({64 * 1024}):"
+            f" lower CAIRN_MAX_PAYLOAD or set max_payload to at least {NATS_DEFAULT} in nats-server.conf"
+        )
+        self.assertEqual([e["reason"] for e in said(LogLevel.error)], [expected])
+
+        async def closed():
+            await jet._closing
+
+        yield eventually(jet.run(closed), 30)  # its disconnection is reported by now, and changes nothing
+        self.assertTrue(jet.nc.is_closed)
+        self.assertEqual((jet.state, jet.health()), ("degraded", (False, expected)))
+        self.assertEqual(len(said(LogLevel.error)), 1)
+        self.assertNotIn("reconnected to NATS", str(events))
