@@ -63,6 +63,9 @@ class _Splice(protocol.Protocol):
 
 class _Inbound(_Splice):
     def connectionMade(self):
+        if self.proxy.refusing:
+            self.transport.abortConnection()
+            return
         self.proxy.open.add(self)
         self.transport.pauseProducing()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target, timeout=5)
@@ -87,6 +90,10 @@ class NatsProxy:
     can drop one node's NATS connections (L{cut}: every connection aborted,
     new ones refused) and restore them (L{heal}, same port).
 
+    The port stays bound while cut (new connections are aborted at once
+    rather than refused by a closed port): released, another process on a
+    shared machine could take it before L{heal} listens again.
+
     Hand-written rather than L{twisted.protocols.portforward}: that one
     cannot abort what it forwards, which is the point here.
     """
@@ -97,23 +104,31 @@ class NatsProxy:
         self.url = f"nats://127.0.0.1:{self.port}"
         self.open = set()
         self.listening = None
+        self.refusing = False
 
     @defer.inlineCallbacks
     def heal(self):
-        """Listen (again) on the proxy's port."""
+        """Listen on the proxy's port (the first time) and forward again."""
+        self.refusing = False
         if self.listening is None:
             endpoint = TCP4ServerEndpoint(reactor, self.port, interface="127.0.0.1")
             self.listening = yield endpoint.listen(protocol.Factory.forProtocol(lambda: _Inbound(self)))
 
-    @defer.inlineCallbacks
     def cut(self):
-        """Stop listening and abort every connection through the proxy."""
-        if self.listening is not None:
-            listening, self.listening = self.listening, None
-            yield listening.stopListening()
+        """Abort every connection through the proxy and each new one."""
+        self.refusing = True
         for side in list(self.open):
             if side.transport is not None:
                 side.transport.abortConnection()
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def close(self):
+        """Cut, and stop listening for good (the test's clean-up)."""
+        yield self.cut()
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            yield listening.stopListening()
 
 
 class Node:
@@ -239,7 +254,7 @@ class Deployment:
         if proxied:
             proxies = [NatsProxy(server.port) for server in self.nats.servers]
             for proxy in proxies:
-                self.testcase.addCleanup(proxy.cut)
+                self.testcase.addCleanup(proxy.close)
                 yield proxy.heal()
             self.proxies[name] = proxies
             urls = [p.url for p in proxies]
