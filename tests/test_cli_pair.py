@@ -20,6 +20,8 @@ class ApiUrlTests(unittest.TestCase):
             "tcp:port=9191:interface=0.0.0.0": "http://127.0.0.1:9191",
             "tcp6:9090:interface=\\:\\:1": "http://[::1]:9090",
             "ssl:9443:privateKey=k.pem": "https://127.0.0.1:9443",
+            "ssl:9443:k.pem": "https://127.0.0.1:9443",
+            "tcp:9090:10.0.0.5": "http://10.0.0.5:9090",
         }
         for listen, url in cases.items():
             self.assertEqual(api_url(listen), url, listen)
@@ -39,7 +41,13 @@ class ApiUrlTests(unittest.TestCase):
 
     def test_unusable(self):
         """A disabled or non-TCP endpoint asks for --url."""
-        for listen in (None, "unix:/run/cairn.sock", "tcp:interface=127.0.0.1"):
+        for listen in (
+            None,
+            "unix:/run/cairn.sock",
+            "tcp:interface=127.0.0.1",
+            "tcp:port=x",
+            "tcp:9090:interface=::1",  # unescaped: not the IPv6 loopback but a misread string
+        ):
             error = self.assertRaises(PairCommandError, api_url, listen)
             self.assertIn("--url", str(error))
 

@@ -42,15 +42,25 @@ def api_url(listen: str) -> str:
     schemes = {"tcp": "http", "tcp6": "http", "ssl": "https", "tls": "https"}
     if kind not in schemes:
         raise PairCommandError(f"cannot derive a URL from CAIRN_MGMT_LISTEN={listen!r}; use --url")
-    port, host = None, None
+    port, host, positional = None, None, []
     for part in rest:
         key, eq, value = part.partition("=")
-        if not eq and port is None and key.isdigit():
-            port = int(key)
-        elif key == "port":
+        if not eq:
+            positional.append(part)
+        elif key == "port" and value.isdigit():
             port = int(value)
         elif key == "interface":
             host = value
+    if "" in positional:
+        raise PairCommandError(
+            f"cannot read CAIRN_MGMT_LISTEN={listen!r} (the colons of an IPv6 address are escaped: "
+            r"interface=\:\:1); use --url"
+        )
+    # Positional arguments, in Twisted's order: port first; for tcp, the interface next.
+    if positional and port is None and positional[0].isdigit():
+        port = int(positional.pop(0))
+    if positional and host is None and kind in ("tcp", "tcp6"):
+        host = positional[0]
     if port is None:
         raise PairCommandError(f"no port in CAIRN_MGMT_LISTEN={listen!r}; use --url")
     if host in (None, "", "0.0.0.0"):
