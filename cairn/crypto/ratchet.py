@@ -202,7 +202,11 @@ def _parse_message(message: Any) -> tuple[bytes, int, int, bytes]:
             "ratchet message keys must be exactly pub, pn, n, ct (missing: %s; unexpected: %s)"
             % (", ".join(missing) or "none", ", ".join(extra) or "none")
         )
-    pub, pn, n, ct = message["pub"], message["pn"], message["n"], message["ct"]
+    return _check_parts(message["pub"], message["pn"], message["n"], message["ct"])
+
+
+def _check_parts(pub: Any, pn: Any, n: Any, ct: Any) -> tuple[bytes, int, int, bytes]:
+    """The values of a ratchet message checked as L{_parse_message} does."""
     if not isinstance(pub, bytes) or len(pub) != _KEY_LEN:
         raise RatchetError("ratchet message 'pub' must be 32 bytes")
     if not _is_uint32(pn):
@@ -312,6 +316,21 @@ class Ratchet:
         """
         _check_bytes("ad", ad)
         pub, pn, n, ct = _parse_message(message)
+        try:
+            return self._state.decrypt(pub, pn, n, ct, ad, _fresh_key)
+        except RatchetFailure as e:
+            raise RatchetError(str(e)) from None
+
+    def decrypt_parts(self, pub: Any, pn: Any, n: Any, ct: Any, ad: bytes) -> bytes:
+        """
+        L{decrypt} of a message given as its wire form's values (as
+        L{cairn.wire.cbor.loads_data} reads them), checked the same way.
+
+        @raise RatchetError: as L{decrypt}.
+        """
+        if type(ad) is not bytes:
+            _check_bytes("ad", ad)
+        pub, pn, n, ct = _check_parts(pub, pn, n, ct)
         try:
             return self._state.decrypt(pub, pn, n, ct, ad, _fresh_key)
         except RatchetFailure as e:
