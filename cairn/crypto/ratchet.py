@@ -26,15 +26,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cairn.crypto.ratchet_state import (
+from cairn.crypto.ratchet_primitives import (
     AEAD_INFO,
     AES_BLOCK,
-    DOS_PROTECTION_THRESHOLD,
-    MAX_SKIPPED_MESSAGE_KEYS,
     MESSAGE_CHAIN_CONSTANT,
     ROOT_INFO,
     TAG_LEN,
     RatchetFailure,
+)
+from cairn.crypto.ratchet_state import (
+    DOS_PROTECTION_THRESHOLD,
+    MAX_SKIPPED_MESSAGE_KEYS,
     RatchetState,
 )
 
