@@ -188,10 +188,6 @@ def session_ad(session_id: bytes, channel: int) -> bytes:
 # Wire form
 
 
-def _is_uint32(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= _U32_MAX
-
-
 def _parse_message(message: Any) -> tuple[bytes, int, int, bytes]:
     """Validate the wire dict strictly; return (pub, pn, n, ct)."""
     if not isinstance(message, dict):
@@ -211,9 +207,9 @@ def _check_parts(pub: Any, pn: Any, n: Any, ct: Any) -> tuple[bytes, int, int, b
     """The values of a ratchet message checked as L{_parse_message} does."""
     if not isinstance(pub, bytes) or len(pub) != _KEY_LEN:
         raise RatchetError("ratchet message 'pub' must be 32 bytes")
-    if not _is_uint32(pn):
+    if type(pn) is not int or not 0 <= pn <= _U32_MAX:  # (a bool is not an int here)
         raise RatchetError("ratchet message 'pn' must be an integer in 0..2**32-1")
-    if not _is_uint32(n):
+    if type(n) is not int or not 0 <= n <= _U32_MAX:
         raise RatchetError("ratchet message 'n' must be an integer in 0..2**32-1")
     if not isinstance(ct, bytes):
         raise RatchetError("ratchet message 'ct' must be bytes")

@@ -13,7 +13,7 @@ import struct
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.hmac import HMAC
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 ROOT_INFO = b"cairn-ratchet-root"
 AEAD_INFO = b"cairn-ratchet-aead"
@@ -68,8 +68,25 @@ def kdf_chain(chain_key: bytes) -> tuple[bytes, bytes]:
     return mac.finalize(), other.finalize()
 
 
+#: HKDF-Extract's HMAC keyed with the AEAD's all-zero salt, made once:
+#: each message's extract is a copy of it (see L{_aead_keys}).
+_ZERO_SALT_HMAC = HMAC(_ZERO_SALT, _SHA256)
+
+
 def _aead_keys(message_key: bytes) -> tuple[bytes, bytes, bytes]:
-    okm = HKDF(algorithm=_SHA256, length=80, salt=_ZERO_SALT, info=AEAD_INFO).derive(message_key)
+    """
+    HKDF-SHA-256(salt=32 zero bytes, ikm=mk, info=AEAD_INFO, 80) as
+    (encryption key, authentication key, iv).
+
+    RFC 5869's two steps called separately: the extract, PRK = HMAC(salt,
+    ikm), is a copy of an HMAC keyed with the constant salt once, which
+    saves the key schedule and digest look-up that an HKDF object pays for
+    it on every message (about a fifth of the derivation under callgrind;
+    issue 19); the expand is C{cryptography}'s HKDFExpand.
+    """
+    extract = _ZERO_SALT_HMAC.copy()
+    extract.update(message_key)
+    okm = HKDFExpand(_SHA256, 80, AEAD_INFO).derive(extract.finalize())
     return okm[:32], okm[32:64], okm[64:]
 
 

@@ -148,7 +148,7 @@ class RatchetState:
 
     def encrypt(self, plaintext: bytes, ad: bytes) -> tuple[bytes, int, int, bytes]:
         """The next message: (ratchet pub, pn, n, ciphertext)."""
-        pub = self._pub()
+        pub = self.own_pub or self._pub()
         pn = self.prev_send_n or 0
         n = self.send_n
         self.send_ck, mk = kdf_chain(self.send_ck)
@@ -174,6 +174,11 @@ class RatchetState:
             ck, nr = self.recv_ck, self.recv_n
             if ck is None:
                 raise RatchetFailure("invalid message: no receiving chain")
+            if n == nr:  # the next message of the chain (no skipped keys)
+                ck, mk = kdf_chain(ck)
+                plaintext = aead_decrypt(mk, ct, aad)
+                self.recv_ck, self.recv_n = ck, n + 1
+                return plaintext
             new_keys = self._skip(ck, nr, pub, n, None)
             if n < nr:
                 raise RatchetFailure("duplicate or replayed message")
