@@ -54,6 +54,9 @@ _DATA_CT = b"\x62ct"
 _DATA_PN = b"\x62pn"
 _DATA_PUB = b"\x63pub"
 _DATA_CHANNEL = b"\x67channel"
+#: Heads made once: unsigned integers 0-23 (one byte each), a 32-byte string.
+_SMALL_UINTS = [bytes((value,)) for value in range(24)]
+_KEY_HEAD = b"\x58\x20"
 
 
 def dumps_data(channel: int, pub: bytes, pn: int, n: int, ct: bytes) -> bytes:
@@ -68,20 +71,21 @@ def dumps_data(channel: int, pub: bytes, pn: int, n: int, ct: bytes) -> bytes:
     The integers are unsigned (uint32, checked by the callers) and the
     strings bytes; tests/test_cbor.py compares it with L{dumps}.
     """
+    small = _SMALL_UINTS
     return b"".join(
         (
             _DATA_OPEN,
-            _head(0, n),
+            small[n] if n < 24 else _head(0, n),
             _DATA_CT,
             _head(2, len(ct)),
             ct,
             _DATA_PN,
-            _head(0, pn),
+            small[pn] if pn < 24 else _head(0, pn),
             _DATA_PUB,
-            _head(2, len(pub)),
+            _KEY_HEAD if len(pub) == 32 else _head(2, len(pub)),
             pub,
             _DATA_CHANNEL,
-            _head(0, channel),
+            small[channel] if channel < 24 else _head(0, channel),
         )
     )
 
