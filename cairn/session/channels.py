@@ -40,12 +40,20 @@ class Channel:
         self.id = channel_id
         self.name = name
         self.on_data = None
-        #: The ratchet's associated data for this channel's Data (made once).
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @id.setter
+    def id(self, channel_id: int) -> None:
+        self._id = channel_id
+        #: The ratchet's associated data for this channel's Data (made once per id).
         self.ad = session_ad(self.session.session_id, channel_id)
 
     def send(self, data: bytes) -> None:
         """Send C{data} on this channel."""
-        self._channels.send(self.id, data, self.ad)
+        self._channels.send(self._id, data, self.ad)
 
     def __repr__(self):
         return f"<Channel {self.id} {self.name!r}>"
