@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.trial import unittest
 
-from cairn.crypto import ratchet, ratchet_state
+from cairn.crypto import ratchet
 from cairn.crypto.ratchet import Ratchet, RatchetError, RatchetSeed, derive_seed
 
 AD = b"channel-0 ad"
@@ -595,62 +595,52 @@ class DefaultKeyTests(unittest.TestCase):
 # What the direct implementation saves (see cairn/crypto/ratchet_state.py)
 
 
-class _BaseCounter:
-    """Counts the ratchet's own public-key computations (X25519 fixed-base multiplications) while installed."""
+class _ParseCounter:
+    """Counts X25519PrivateKey.from_private_bytes calls while installed."""
 
     def __init__(self, case: unittest.TestCase):
         self.count = 0
-        real = ratchet_state.x25519_base
+        real = X25519PrivateKey.from_private_bytes
 
-        def counting(private):
+        def counting(data):
             self.count += 1
-            return real(private)
+            return real(data)
 
-        case.patch(ratchet_state, "x25519_base", counting)
-        case.patch(ratchet, "x25519_base", counting)
+        case.patch(X25519PrivateKey, "from_private_bytes", staticmethod(counting))
 
 
 class KeyParseTests(unittest.TestCase):
-    """Own keys are raw bytes (no key objects); a public key is computed once per own key, when first sent."""
-
-    def test_public_key_once_per_own_key(self):
-        """Encrypting within a chain computes nothing; each DH step's new key is computed once, when sent."""
+    def test_encrypt_parses_no_key(self):
+        """Encrypting, within a chain or after DH steps, never re-parses the own private key."""
         initiator, responder = _pair()
-        counter = _BaseCounter(self)
+        counter = _ParseCounter(self)
         for i in range(5):
             msg = initiator.encrypt(b"i%d" % i, AD)
             self.assertEqual(responder.decrypt(msg, AD), b"i%d" % i)
-        self.assertEqual(counter.count, 0)
         for _ in range(3):
             self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
             self.assertEqual(responder.decrypt(initiator.encrypt(b"i", AD), AD), b"i")
-            self.assertEqual(initiator.decrypt(responder.encrypt(b"r2", AD), AD), b"r2")
-        # The own keys that sent: the responder's first, then a new one per
-        # DH step of either side (3 in the first turn, 2 in each next one).
-        self.assertEqual(counter.count, 7)
+        self.assertEqual(counter.count, 0)
 
-    def test_responder_start_uses_seed_public(self):
-        """start_responder takes its first key's public half from the seed, computed or built by hand."""
+    def test_responder_start_reuses_seed_key(self):
+        """start_responder uses the key derive_seed parsed; a seed built by hand costs one parse."""
         seed = _seed()
         _, first = Ratchet.start_initiator(seed, b"", AD)
-        counter = _BaseCounter(self)
+        counter = _ParseCounter(self)
         responder, _ = Ratchet.start_responder(seed, first, AD)
+        self.assertEqual(counter.count, 0)
         plain = RatchetSeed(seed.shared_secret, seed.responder_private, seed.responder_public)
         self.assertEqual(plain, seed)
         other, _ = Ratchet.start_responder(plain, first, AD)
-        self.assertEqual(counter.count, 0)
+        self.assertEqual(counter.count, 1)
         self.assertEqual(json.loads(other.to_json())["state"]["diffie_hellman_ratchet"]["other_ratchet_pub"],
                          json.loads(responder.to_json())["state"]["diffie_hellman_ratchet"]["other_ratchet_pub"])
 
-    def test_seed_public_is_the_x25519_public_key(self):
-        seed = _seed()
-        self.assertEqual(seed.responder_public, _pub(seed.responder_private))
-
-    def test_restored_state_computes_public_once(self):
-        """A state read back from JSON computes its own public key once, at first use."""
+    def test_restored_state_parses_once(self):
+        """A state read back from JSON parses its own key once, at first use."""
         initiator, responder = _pair()
         restored = Ratchet.from_json(initiator.to_json())
-        counter = _BaseCounter(self)
+        counter = _ParseCounter(self)
         for _ in range(3):
             self.assertEqual(responder.decrypt(restored.encrypt(b"x", AD), AD), b"x")
         self.assertEqual(counter.count, 1)

@@ -15,7 +15,7 @@ that result; the check here does not depend on them.
 
 import hmac
 
-from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaClRuntimeError
 
@@ -45,13 +45,3 @@ def x25519(private: bytes, public: bytes) -> bytes:
         # libsodium refuses the all-zero result itself (-1 from the call).
         raise LowOrderPoint("X25519 result is all zeros (small-order public key)") from None
     return check_shared(shared)
-
-
-def x25519_base(private: bytes) -> bytes:
-    """
-    The X25519 public key of C{private} (any 32 bytes, clamped as RFC 7748
-    section 5 says), with libsodium: a fixed-base multiplication, about
-    half the cost of C{cryptography}'s key generation or parse, which
-    computes the same public key through OpenSSL's key objects (issue 19).
-    """
-    return crypto_scalarmult_base(private)

@@ -17,16 +17,15 @@ call time), which tests may replace (e.g. with trial's C{self.patch}).
 """
 
 import json
-import os
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import attr
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cairn.crypto.dh import x25519_base
 from cairn.crypto.ratchet_primitives import (
     AEAD_INFO,
     AES_BLOCK,
@@ -71,27 +70,28 @@ class RatchetError(Exception):
 
 
 def _default_generate_private_key() -> bytes:
-    """
-    A fresh random X25519 private key, 32 raw bytes: any 32 bytes are one
-    (they are clamped where used, RFC 7748 section 5).
-    """
-    return os.urandom(_KEY_LEN)
+    """A fresh random X25519 private key, 32 raw bytes."""
+    return X25519PrivateKey.generate().private_bytes_raw()
 
 
 #: Source of every fresh ratchet private key (32 raw bytes). Tests replace it
 #: to pin keys and obtain deterministic vectors; production leaves it alone.
 generate_private_key: Callable[[], bytes] = _default_generate_private_key
 
+#: A parsed key: (private bytes, key object, public bytes).
+_KeyEntry = tuple[bytes, X25519PrivateKey, bytes]
 
-def _fresh_key() -> bytes:
-    """A new own ratchet private key, through the L{generate_private_key} hook."""
+
+def _fresh_key() -> tuple[bytes, X25519PrivateKey]:
+    """A new own ratchet key, through the L{generate_private_key} hook."""
     hook = generate_private_key
     if hook is _default_generate_private_key:
-        return os.urandom(_KEY_LEN)
+        key = X25519PrivateKey.generate()  # kept as generated: no re-parse
+        return key.private_bytes_raw(), key
     priv = hook()
     if not isinstance(priv, bytes) or len(priv) != _KEY_LEN:
         raise RuntimeError("generate_private_key must return 32 bytes")
-    return priv
+    return priv, X25519PrivateKey.from_private_bytes(priv)
 
 
 # ---------------------------------------------------------------------------
@@ -114,6 +114,9 @@ class RatchetSeed:
     shared_secret: bytes = attr.ib(validator=_check_key)
     responder_private: bytes = attr.ib(validator=_check_key)
     responder_public: bytes = attr.ib(validator=_check_key)
+    #: The parsed responder key, when derive_seed made it (a cache, not
+    #: part of the value: it is left out of comparisons).
+    _responder_key: _KeyEntry | None = attr.ib(default=None, init=False, eq=False)
 
     def __repr__(self) -> str:
         return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
@@ -144,7 +147,13 @@ def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
 def seed_from_okm(okm: bytes) -> RatchetSeed:
     """The L{RatchetSeed} made from L{seed_okm}'s output."""
     private = okm[32:]
-    return RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=x25519_base(private))
+    key = X25519PrivateKey.from_private_bytes(private)
+    public = key.public_key().public_bytes_raw()
+    seed = RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
+    # The responder's ratchet start needs this key parsed; keep it (frozen
+    # class, hence object.__setattr__).
+    object.__setattr__(seed, "_responder_key", (private, key, public))
+    return seed
 
 
 def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:
@@ -270,7 +279,10 @@ class Ratchet:
         """
         _check_bytes("ad", ad)
         pub, pn, n, ct = _parse_message(message)
-        own = (seed.responder_private, seed.responder_public)
+        own = seed._responder_key
+        if own is None:
+            key = X25519PrivateKey.from_private_bytes(seed.responder_private)
+            own = (seed.responder_private, key, seed.responder_public)
         try:
             # Signal's RatchetInitBob then the DH step for this message's key
             # (section 11.8, "Responder start"), then steps 3-7 of RECEIVE.

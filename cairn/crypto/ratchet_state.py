@@ -1,6 +1,5 @@
 """
-The Double Ratchet state machine, computed directly with C{cryptography}
-(and libsodium's X25519, see L{_dh}).
+The Double Ratchet state machine, computed directly with C{cryptography}.
 
 docs/protocol.md section 11 specifies every step; this module is that text
 in code. cairn used to drive Syndace's C{doubleratchet} package (1.x) with
@@ -35,7 +34,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from cairn.crypto.dh import x25519, x25519_base
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from cairn.crypto.dh import check_shared
 from cairn.crypto.ratchet_primitives import (
     RatchetFailure,
     aead_decrypt,
@@ -49,17 +50,18 @@ DOS_PROTECTION_THRESHOLD = 1000
 MAX_SKIPPED_MESSAGE_KEYS = 1000
 _VERSION = "1.0.0"
 
-#: A fresh own ratchet private key (32 bytes). Supplied by the caller.
-KeySource = Callable[[], bytes]
+#: A fresh own ratchet key: (private bytes, parsed key). Supplied by the caller.
+KeySource = Callable[[], tuple[bytes, X25519PrivateKey]]
 
 
-def _dh(own_priv: bytes, other_pub: bytes) -> bytes:
-    # libsodium's X25519 on raw keys: no key objects to make per DH step
-    # (cryptography's generate, parse and public-key objects cost about
-    # twice as much; issue 19). An all-zero result (a small-order key) is
-    # refused (section 11.1): dh.x25519 checks it itself.
+def _dh(own: X25519PrivateKey, other: "bytes | X25519PublicKey") -> bytes:
+    # An all-zero result (a small-order key) is refused (section 11.1):
+    # cryptography raises ValueError for it, and check_shared does not rely
+    # on that.
     try:
-        return x25519(own_priv, other_pub)
+        if type(other) is bytes:
+            other = X25519PublicKey.from_public_bytes(other)
+        return check_shared(own.exchange(other))
     except ValueError as e:
         raise RatchetFailure("invalid message: %s" % (e,)) from e
 
@@ -75,7 +77,7 @@ class RatchetState:
     """
 
     __slots__ = (
-        "own_priv", "own_pub", "other_pub",
+        "own_priv", "own_key", "own_pub", "other_pub",
         "root_key", "root_n",
         "send_ck", "send_n", "prev_send_n",
         "recv_ck", "recv_n",
@@ -83,7 +85,7 @@ class RatchetState:
     )
 
     def __init__(self) -> None:
-        #: The own public key, computed when first sent (None until then).
+        self.own_key: X25519PrivateKey | None = None
         self.own_pub: bytes | None = None
         self.recv_ck: bytes | None = None
         self.recv_n: int | None = None
@@ -91,17 +93,23 @@ class RatchetState:
         #: (ratchet pub, n) -> message key, oldest first; None while empty.
         self.skipped: OrderedDict[tuple[bytes, int], bytes] | None = None
 
+    def _own(self) -> X25519PrivateKey:
+        key = self.own_key
+        if key is None:
+            key = self.own_key = X25519PrivateKey.from_private_bytes(self.own_priv)
+        return key
+
     def _pub(self) -> bytes:
         pub = self.own_pub
         if pub is None:
-            pub = self.own_pub = x25519_base(self.own_priv)
+            pub = self.own_pub = self._own().public_key().public_bytes_raw()
         return pub
 
     @classmethod
     def initiator(cls, shared_secret: bytes, responder_pub: bytes, fresh: KeySource) -> "RatchetState":
         """Signal's Alice: a fresh key and the sending chain (section 11.8)."""
         self = cls()
-        self.own_priv = fresh()
+        self.own_priv, self.own_key = fresh()
         self.other_pub = responder_pub
         self.root_n = 0
         self.root_key = shared_secret
@@ -113,26 +121,27 @@ class RatchetState:
     def responder(
         cls,
         shared_secret: bytes,
-        own: tuple[bytes, bytes],
+        own: tuple[bytes, X25519PrivateKey, bytes],
         initiator_pub: bytes,
         fresh: KeySource,
     ) -> "RatchetState":
         """Signal's Bob, from the initiator's first ratchet public key."""
         self = cls()
-        own_priv, _ = own  # (private, public): the public key is not needed here
+        self.own_priv, self.own_key, self.own_pub = own
         self.other_pub = initiator_pub
         self.root_n = 0
         self.root_key = shared_secret
-        self.root_key, self.recv_ck = kdf_root(self.root_key, _dh(own_priv, initiator_pub))
+        self.root_key, self.recv_ck = kdf_root(self.root_key, _dh(self.own_key, initiator_pub))
         self.root_n = 1
         self.recv_n = 0
-        self.own_priv = fresh()
+        self.own_priv, self.own_key = fresh()
+        self.own_pub = None
         self.send_ck = self.send_n = None
         self._new_sending_chain()
         return self
 
     def _new_sending_chain(self) -> None:
-        self.root_key, self.send_ck = kdf_root(self.root_key, _dh(self.own_priv, self.other_pub))
+        self.root_key, self.send_ck = kdf_root(self.root_key, _dh(self._own(), self.other_pub))
         self.root_n += 1
         self.prev_send_n = self.send_n
         self.send_n = 0
@@ -193,9 +202,13 @@ class RatchetState:
                 for i in range(self.recv_n, pn):
                     ck, mk = kdf_chain(ck)
                     found.append((self.other_pub, i, mk))
-        root_key, recv_ck = kdf_root(self.root_key, _dh(self.own_priv, pub))
-        new_priv = fresh()
-        root_key2, send_ck = kdf_root(root_key, _dh(new_priv, pub))
+        try:
+            peer = X25519PublicKey.from_public_bytes(pub)  # parsed once for both exchanges
+        except ValueError as e:
+            raise RatchetFailure("invalid message: %s" % (e,)) from e
+        root_key, recv_ck = kdf_root(self.root_key, _dh(self._own(), peer))
+        new_priv, new_key = fresh()
+        root_key2, send_ck = kdf_root(root_key, _dh(new_key, peer))
         new_keys = self._skip(recv_ck, 0, pub, n, found)
         if new_keys is None:
             recv_ck, mk = kdf_chain(recv_ck)
@@ -206,7 +219,7 @@ class RatchetState:
         self.other_pub = pub
         self.root_key, self.root_n = root_key2, self.root_n + 2
         self.recv_ck, self.recv_n = recv_ck, n + 1
-        self.own_priv, self.own_pub = new_priv, None
+        self.own_priv, self.own_key, self.own_pub = new_priv, new_key, None
         self.prev_send_n, self.send_ck, self.send_n = self.send_n, send_ck, 0
         if new_keys and new_keys[0]:
             self._keep(new_keys[0])
