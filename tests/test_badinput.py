@@ -209,6 +209,38 @@ class BadInputMixin(ScenarioMixin):
 
 
     @defer.inlineCallbacks
+    def test_ratchet_key_of_wrong_length(self):
+        """Data laid out as every sender lays it out, with a 31-byte ratchet key, gets Close 4 (as any other layout)."""
+        session = yield self.connect()
+        session.open_channel("x")
+        session.send_payload(MessageType.DATA, cbor.dumps_data(2, b"\x01" * 31, 0, 0, b"\x00" * 48))
+        yield self.assert_session_closed_with(session, CloseCode.DECRYPT_FAILED)
+
+    @defer.inlineCallbacks
+    def test_data_channel_above_32_bits(self):
+        """A Data channel id above 2**32-1 gets Close 3, whatever the body's layout."""
+        session = yield self.connect()
+        session.open_channel("x")
+        session.send_payload(MessageType.DATA, cbor.dumps_data(2**32, b"\x01" * 32, 0, 0, b"\x00" * 48))
+        yield self.assert_session_closed_with(session, CloseCode.BAD_CBOR)
+
+    @defer.inlineCallbacks
+    def test_data_in_another_layout_delivered(self):
+        """A genuine Data body encoded in another key order (not dumps_data's) is still read and delivered."""
+        import cbor2
+
+        session = yield self.connect()
+        opened = channel_on_server(self.server, "x")
+        channel = session.open_channel("x")
+        server_channel = yield opened
+        got = next_data(server_channel)
+        message = session._channels._ratchet.encrypt(b"other order", channel.ad)
+        body = cbor2.dumps({"dr": dict(reversed(list(message.items()))), "channel": channel.id})
+        self.assertIsNone(cbor.loads_data(body))
+        session.send_payload(MessageType.DATA, body)
+        self.assertEqual((yield got), b"other order")
+
+    @defer.inlineCallbacks
     def test_refused_final_reaches_initiator(self):
         """When the responder refuses HandshakeFinal, the initiator's session ends with that clear Close's code."""
         import os

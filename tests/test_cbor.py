@@ -422,3 +422,56 @@ class DumpsDataTests(unittest.TestCase):
     )
     def test_any_values(self, channel, pub, pn, n, ct):
         self.check(channel, pub, pn, n, ct)
+
+
+class LoadsDataTests(unittest.TestCase):
+    """cbor.loads_data reads dumps_data's layout, and only that (issue 19)."""
+
+    def check(self, channel, pub, pn, n, ct):
+        data = cbor.dumps_data(channel, pub, pn, n, ct)
+        if max(channel, pn, n) < 2**32:
+            self.assertEqual(cbor.loads_data(data), (channel, pub, pn, n, ct))
+        else:
+            # Beyond 32 bits: left to loads() and the schema checks.
+            self.assertIsNone(cbor.loads_data(data))
+        self.assertEqual(loads(data), {"channel": channel, "dr": {"pub": pub, "pn": pn, "n": n, "ct": ct}})
+
+    def test_head_widths(self):
+        for value in _UINTS:
+            self.check(value, b"k" * 32, value, value, b"c" * 48)
+
+    def test_string_lengths(self):
+        for size in (0, 23, 24, 255, 256, 1056, 65535, 65536):
+            self.check(1, b"p" * min(size, 40), 2, 3, b"c" * size)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.integers(0, 2**33),
+        st.binary(max_size=64),
+        st.integers(0, 2**33),
+        st.integers(0, 2**33),
+        st.binary(max_size=2000),
+    )
+    def test_any_values(self, channel, pub, pn, n, ct):
+        self.check(channel, pub, pn, n, ct)
+
+    def test_cut_or_extended(self):
+        """Every prefix, and anything after the body, is not the layout."""
+        data = cbor.dumps_data(300, b"k" * 32, 70000, 2**32 - 1, b"c" * 48)
+        for size in range(len(data)):
+            self.assertIsNone(cbor.loads_data(data[:size]), size)
+        self.assertIsNone(cbor.loads_data(data + b"\x00"))
+
+    def test_other_encodings(self):
+        """The same body otherwise laid out (extra key, key order, a tag) is left to loads()."""
+        canonical = cbor.dumps_data(2, b"k" * 32, 0, 1, b"c" * 48)
+        longer = canonical.replace(b"\x61n\x01", b"\x61n\x18\x01")  # n in a longer head than needed
+        self.assertEqual(cbor.loads_data(longer), (2, b"k" * 32, 0, 1, b"c" * 48))  # as loads() reads it
+        self.assertEqual(loads(longer)["dr"]["n"], 1)
+        others = [
+            canonical.replace(b"\xa2", b"\xa3", 1) + b"\x61x\x00",  # an extra key
+            cbor2.dumps({"dr": {"ct": b"c" * 48, "n": 1, "pn": 0, "pub": b"k" * 32}, "channel": 2}),
+            h("d9 d9f7") + canonical,  # a tag first
+        ]
+        for data in others:
+            self.assertIsNone(cbor.loads_data(data), data.hex())

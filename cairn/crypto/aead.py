@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from cairn.wire.envelope import Envelope, encode_header
+from cairn.wire.envelope import Envelope, encode_header, pack_header
 
 TAG_SIZE = 16
 #: HKDF-Expand info of a key update (§8.3).
@@ -42,9 +42,12 @@ class DecryptError(Exception):
     """A sealed payload does not authenticate."""
 
 
+_NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then u64 little-endian
+
+
 def nonce_for(seq: int) -> bytes:
     """The 12-byte ChaCha20-Poly1305 nonce for sequence number C{seq}."""
-    return b"\x00\x00\x00\x00" + struct.pack("<Q", seq)
+    return _NONCE.pack(seq)
 
 
 def bstr_head(length: int) -> bytes:
@@ -190,7 +193,7 @@ class SessionCipher:
         ct_len = len(body) + TAG_SIZE
         head = bstr_head(ct_len)
         header = encode_header(version, type_, session_id, seq, len(head) + ct_len)
-        return b"".join((header, head, self._sender().encrypt(nonce_for(seq), body, header)))
+        return b"".join((header, head, self._sender().encrypt(_NONCE.pack(seq), body, header)))
 
     def open(self, envelope: Envelope) -> bytes:
         """
@@ -198,8 +201,13 @@ class SessionCipher:
 
         @raise DecryptError: not a byte string, or authentication fails.
         """
-        ct = split_bstr(envelope.payload)
+        payload = envelope.payload
+        ct = split_bstr(payload)
+        seq = envelope.seq
+        # The header as Envelope.header() makes it, without its range checks:
+        # the fields of a received envelope came from a header.
+        header = pack_header(envelope.version, envelope.type, envelope.session_id, seq, len(payload))
         try:
-            return self._receiver().decrypt(nonce_for(envelope.seq), ct, envelope.header())
+            return self._receiver().decrypt(_NONCE.pack(seq), ct, header)
         except InvalidTag:
             raise DecryptError("authentication failed") from None

@@ -26,15 +26,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cairn.crypto.ratchet_state import (
+from cairn.crypto.ratchet_primitives import (
     AEAD_INFO,
     AES_BLOCK,
-    DOS_PROTECTION_THRESHOLD,
-    MAX_SKIPPED_MESSAGE_KEYS,
     MESSAGE_CHAIN_CONSTANT,
     ROOT_INFO,
     TAG_LEN,
     RatchetFailure,
+)
+from cairn.crypto.ratchet_state import (
+    DOS_PROTECTION_THRESHOLD,
+    MAX_SKIPPED_MESSAGE_KEYS,
     RatchetState,
 )
 
@@ -186,10 +188,6 @@ def session_ad(session_id: bytes, channel: int) -> bytes:
 # Wire form
 
 
-def _is_uint32(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= _U32_MAX
-
-
 def _parse_message(message: Any) -> tuple[bytes, int, int, bytes]:
     """Validate the wire dict strictly; return (pub, pn, n, ct)."""
     if not isinstance(message, dict):
@@ -202,12 +200,16 @@ def _parse_message(message: Any) -> tuple[bytes, int, int, bytes]:
             "ratchet message keys must be exactly pub, pn, n, ct (missing: %s; unexpected: %s)"
             % (", ".join(missing) or "none", ", ".join(extra) or "none")
         )
-    pub, pn, n, ct = message["pub"], message["pn"], message["n"], message["ct"]
+    return _check_parts(message["pub"], message["pn"], message["n"], message["ct"])
+
+
+def _check_parts(pub: Any, pn: Any, n: Any, ct: Any) -> tuple[bytes, int, int, bytes]:
+    """The values of a ratchet message checked as L{_parse_message} does."""
     if not isinstance(pub, bytes) or len(pub) != _KEY_LEN:
         raise RatchetError("ratchet message 'pub' must be 32 bytes")
-    if not _is_uint32(pn):
+    if type(pn) is not int or not 0 <= pn <= _U32_MAX:  # (a bool is not an int here)
         raise RatchetError("ratchet message 'pn' must be an integer in 0..2**32-1")
-    if not _is_uint32(n):
+    if type(n) is not int or not 0 <= n <= _U32_MAX:
         raise RatchetError("ratchet message 'n' must be an integer in 0..2**32-1")
     if not isinstance(ct, bytes):
         raise RatchetError("ratchet message 'ct' must be bytes")
@@ -312,6 +314,21 @@ class Ratchet:
         """
         _check_bytes("ad", ad)
         pub, pn, n, ct = _parse_message(message)
+        try:
+            return self._state.decrypt(pub, pn, n, ct, ad, _fresh_key)
+        except RatchetFailure as e:
+            raise RatchetError(str(e)) from None
+
+    def decrypt_parts(self, pub: Any, pn: Any, n: Any, ct: Any, ad: bytes) -> bytes:
+        """
+        L{decrypt} of a message given as its wire form's values (as
+        L{cairn.wire.cbor.loads_data} reads them), checked the same way.
+
+        @raise RatchetError: as L{decrypt}.
+        """
+        if type(ad) is not bytes:
+            _check_bytes("ad", ad)
+        pub, pn, n, ct = _check_parts(pub, pn, n, ct)
         try:
             return self._state.decrypt(pub, pn, n, ct, ad, _fresh_key)
         except RatchetFailure as e:

@@ -25,114 +25,33 @@ is an error, except for the previous chain at a DH step, whose keys are
 then not derived), at most L{MAX_SKIPPED_MESSAGE_KEYS} skipped keys are
 kept (oldest evicted first), a replay is refused, and a failed decrypt
 leaves the state as it was.
+
+The KDFs and the message AEAD it calls (sections 11.4 to 11.6) are in
+L{cairn.crypto.ratchet_primitives}.
 """
 
-import hmac
-import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.hmac import HMAC
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cairn.crypto.dh import check_shared
+from cairn.crypto.ratchet_primitives import (
+    RatchetFailure,
+    aead_decrypt,
+    aead_encrypt,
+    full_ad,
+    kdf_chain,
+    kdf_root,
+)
 
-ROOT_INFO = b"cairn-ratchet-root"
-AEAD_INFO = b"cairn-ratchet-aead"
-#: One HMAC input byte per output: first the next chain key, then the
-#: message key: message key = HMAC(ck, 0x01), next chain key = HMAC(ck, 0x02).
-MESSAGE_CHAIN_CONSTANT = b"\x02\x01"
 DOS_PROTECTION_THRESHOLD = 1000
 MAX_SKIPPED_MESSAGE_KEYS = 1000
-
-TAG_LEN = 32  # HMAC-SHA-256, not truncated
-AES_BLOCK = 16
-_SHA256 = hashes.SHA256()
-_ZERO_SALT = b"\x00" * 32
-_HEADER = struct.Struct(">II")
-#: PKCS#7 padding by length (1 to 16).
-_PADDING = [bytes((n,)) * n for n in range(AES_BLOCK + 1)]
 _VERSION = "1.0.0"
 
 #: A fresh own ratchet key: (private bytes, parsed key). Supplied by the caller.
 KeySource = Callable[[], tuple[bytes, X25519PrivateKey]]
-
-
-class RatchetFailure(Exception):
-    """A message must be rejected; the state is unchanged. str() is the reason."""
-
-
-def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    # cryptography's HMAC, not the standard library's hmac.digest: the latter
-    # releases the GIL on every call, which costs a thread switch interval
-    # (milliseconds) whenever another thread (a database pool) is runnable.
-    mac = HMAC(key, _SHA256)
-    mac.update(data)
-    return mac.finalize()
-
-
-def _tag(auth_key: bytes, ad: bytes, body: bytes) -> bytes:
-    """HMAC-SHA-256(ad || body), without making ad || body (a copy of the whole message)."""
-    mac = HMAC(auth_key, _SHA256)
-    mac.update(ad)
-    mac.update(body)
-    return mac.finalize()
-
-
-def kdf_root(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
-    """Section 11.4: HKDF-SHA-256(salt=rk, ikm=dh, info=ROOT_INFO, 64) -> (rk', ck)."""
-    okm = HKDF(algorithm=_SHA256, length=64, salt=root_key, info=ROOT_INFO).derive(dh_out)
-    return okm[:32], okm[32:]
-
-
-def kdf_chain(chain_key: bytes) -> tuple[bytes, bytes]:
-    """Section 11.4: (next chain key, message key) = (HMAC(ck, 0x02), HMAC(ck, 0x01))."""
-    # One keyed HMAC, copied for the second input: a copy skips the digest
-    # lookup and key schedule that each new HMAC object pays (issue 19).
-    mac = HMAC(chain_key, _SHA256)
-    other = mac.copy()
-    mac.update(b"\x02")
-    other.update(b"\x01")
-    return mac.finalize(), other.finalize()
-
-
-def _aead_keys(message_key: bytes) -> tuple[bytes, bytes, bytes]:
-    okm = HKDF(algorithm=_SHA256, length=80, salt=_ZERO_SALT, info=AEAD_INFO).derive(message_key)
-    return okm[:32], okm[32:64], okm[64:]
-
-
-def aead_encrypt(message_key: bytes, plaintext: bytes, ad: bytes) -> bytes:
-    """Section 11.5: AES-256-CBC (PKCS#7) then HMAC-SHA-256(ad || body), tag appended."""
-    enc_key, auth_key, iv = _aead_keys(message_key)
-    pad = AES_BLOCK - len(plaintext) % AES_BLOCK  # 1 to 16 bytes
-    encryptor = Cipher(algorithms.AES(enc_key), modes.CBC(iv)).encryptor()
-    body = encryptor.update(plaintext + _PADDING[pad]) + encryptor.finalize()
-    return body + _tag(auth_key, ad, body)
-
-
-def aead_decrypt(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-    """Open L{aead_encrypt}'s output; the tag is compared in constant time."""
-    dec_key, auth_key, iv = _aead_keys(message_key)
-    body, tag = ciphertext[:-TAG_LEN], ciphertext[-TAG_LEN:]
-    if not hmac.compare_digest(_tag(auth_key, ad, body), tag):
-        raise RatchetFailure("authentication failed (wrong key, ad, or tampered message)")
-    decryptor = Cipher(algorithms.AES(dec_key), modes.CBC(iv)).decryptor()
-    padded = decryptor.update(body) + decryptor.finalize()
-    pad = padded[-1] if padded else 0
-    # Authenticated already, so a bad padding is the sender's bug, not an
-    # oracle; still, reject it the way PKCS#7 does.
-    if not 1 <= pad <= AES_BLOCK or not padded.endswith(_PADDING[pad]):
-        raise RatchetFailure("decryption failed (bad padding)")
-    return padded[:-pad]
-
-
-def full_ad(ad: bytes, pub: bytes, pn: int, n: int) -> bytes:
-    """Section 11.6: ad || ratchet pub || u32be pn || u32be n."""
-    return ad + pub + _HEADER.pack(pn, n)
 
 
 def _dh(own: X25519PrivateKey, other: "bytes | X25519PublicKey") -> bytes:
@@ -229,7 +148,7 @@ class RatchetState:
 
     def encrypt(self, plaintext: bytes, ad: bytes) -> tuple[bytes, int, int, bytes]:
         """The next message: (ratchet pub, pn, n, ciphertext)."""
-        pub = self._pub()
+        pub = self.own_pub or self._pub()
         pn = self.prev_send_n or 0
         n = self.send_n
         self.send_ck, mk = kdf_chain(self.send_ck)
@@ -255,6 +174,11 @@ class RatchetState:
             ck, nr = self.recv_ck, self.recv_n
             if ck is None:
                 raise RatchetFailure("invalid message: no receiving chain")
+            if n == nr:  # the next message of the chain (no skipped keys)
+                ck, mk = kdf_chain(ck)
+                plaintext = aead_decrypt(mk, ct, aad)
+                self.recv_ck, self.recv_n = ck, n + 1
+                return plaintext
             new_keys = self._skip(ck, nr, pub, n, None)
             if n < nr:
                 raise RatchetFailure("duplicate or replayed message")

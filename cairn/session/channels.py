@@ -41,9 +41,19 @@ class Channel:
         self.name = name
         self.on_data = None
 
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @id.setter
+    def id(self, channel_id: int) -> None:
+        self._id = channel_id
+        #: The ratchet's associated data for this channel's Data (made once per id).
+        self.ad = session_ad(self.session.session_id, channel_id)
+
     def send(self, data: bytes) -> None:
         """Send C{data} on this channel."""
-        self._channels.send(self.id, data)
+        self._channels.send(self._id, data, self.ad)
 
     def __repr__(self):
         return f"<Channel {self.id} {self.name!r}>"
@@ -122,8 +132,8 @@ class Channels:
         while self._pending:
             self.send(*self._pending.popleft())
 
-    def send(self, cid, data) -> None:
-        """Ratchet-encrypt C{data} and send it as Data on channel C{cid}."""
+    def send(self, cid, data, ad=None) -> None:
+        """Ratchet-encrypt C{data} and send it as Data on channel C{cid} (C{ad}: its L{session_ad}, if known)."""
         session = self.session
         if session.closed is not None:
             raise session.closed
@@ -132,7 +142,7 @@ class Channels:
                 raise ValueError("too much data queued before the ratchet started")
             self._pending.append((cid, data))
             return
-        pub, pn, n, ct = self._ratchet.encrypt_parts(data, session_ad(session.session_id, cid))
+        pub, pn, n, ct = self._ratchet.encrypt_parts(data, ad or session_ad(session.session_id, cid))
         session.send_payload(MessageType.DATA, dumps_data(cid, pub, pn, n, ct))
 
     def data_received(self, cid, message):
@@ -157,6 +167,26 @@ class Channels:
         if cid == 0:
             return None
         channel = self.by_id.get(cid)
+        if channel is None:
+            raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"Data on unopened channel {cid}")
+        return channel, plain
+
+    def parts_received(self, cid, pub, pn, n, ct):
+        """
+        L{data_received} of a Data body read by L{cairn.wire.cbor.loads_data}
+        (the common case: no ratchet message dict is made).
+        """
+        ratchet = self._ratchet
+        if ratchet is None:
+            return self.data_received(cid, {"pub": pub, "pn": pn, "n": n, "ct": ct})
+        channel = self.by_id.get(cid)
+        ad = channel.ad if channel is not None else session_ad(self.session.session_id, cid)
+        try:
+            plain = ratchet.decrypt_parts(pub, pn, n, ct, ad)
+        except RatchetError as e:
+            raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
+        if cid == 0:
+            return None
         if channel is None:
             raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, f"Data on unopened channel {cid}")
         return channel, plain

@@ -270,6 +270,10 @@ class Session(KeyEpochs, ResumeState):
 
         @raise ProtocolViolation: replay, failed AEAD, bad CBOR.
         """
+        return self._decode(self._open_plain(envelope))
+
+    def _open_plain(self, envelope) -> bytes:
+        """L{open_envelope} up to the CBOR decoding: the body's bytes."""
         if envelope.session_id != self.session_id:
             raise ProtocolViolation(CloseCode.UNKNOWN_SESSION, "envelope for another session")
         if envelope.version != self.version:
@@ -288,6 +292,10 @@ class Session(KeyEpochs, ResumeState):
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, str(e)) from None
         self.recv_seq = envelope.seq
         self._last_rx = self.clock.seconds()
+        return plain
+
+    @staticmethod
+    def _decode(plain: bytes):
         try:
             return cbor.loads(plain)
         except cbor.CBORError as e:
@@ -327,8 +335,21 @@ class Session(KeyEpochs, ResumeState):
 
         @raise ProtocolViolation: the session must end with its code.
         """
-        body = self.open_envelope(envelope)
+        plain = self._open_plain(envelope)
         type_code = envelope.type
+        if type_code == MessageType.DATA:
+            parts = cbor.loads_data(plain)
+            if parts is not None:
+                # The common case, without a general CBOR decode (same
+                # checks, same order as below).
+                self._since_ack += 1
+                if not self.local.channels_allowed(self):
+                    raise ProtocolViolation(CloseCode.NOT_PAIRED, "pair with this node before opening channels")
+                self._deliver(self._channels.parts_received(*parts))
+                if self._since_ack >= ACK_EVERY and self.closed is None:
+                    self._send_ack()
+                return
+        body = self._decode(plain)
         if type_code == MessageType.KEEPALIVE:
             ack = self._parse(schema.parse_keepalive, body)
             if ack is not None:
@@ -400,7 +421,10 @@ class Session(KeyEpochs, ResumeState):
         return self._channels.open(name)
 
     def _data_received(self, cid, message):
-        received = self._channels.data_received(cid, message)
+        self._deliver(self._channels.data_received(cid, message))
+
+    def _deliver(self, received):
+        """Hand C{(channel, plaintext)} from the channels to its reader (None: nothing to)."""
         if received is None:
             return
         channel, plain = received

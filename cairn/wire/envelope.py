@@ -57,6 +57,11 @@ class Envelope:
         return self.header() + self.payload
 
 
+#: The five header fields packed without L{encode_header}'s checks: for
+#: fields that came from a parsed header (struct.error if not).
+pack_header = _HEADER.pack
+
+
 def encode_header(version, type_, session_id, seq, length) -> bytes:
     """Pack the five header fields; raises C{ValueError} if one is out of range."""
     if len(session_id) != SESSION_ID_SIZE:
