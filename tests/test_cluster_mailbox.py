@@ -177,6 +177,7 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
             return await read(*args, **kwargs)
 
         self.patch(direct, "direct_batch", counted)
+        _reads_only(self.store)
         first = yield self.store.fetch(B, 0, 10)
         second = yield self.store.fetch(B, first[-1].seq, 10)
         self.assertEqual(len(reads), 1)
@@ -383,6 +384,7 @@ class ReadYourWritesTests(unittest.TestCase):
         self.cluster, self.jet = yield _jetstream.on_a_follower(self, "mbox")
         self.store = JetStreamMailboxStore(self.jet)
         yield self.store.start()
+        _reads_only(self.store)
 
     @defer.inlineCallbacks
     def test_fetch_sees_each_acknowledged_enqueue(self):
@@ -422,6 +424,11 @@ class ReadYourWritesTests(unittest.TestCase):
         self.assertEqual(missed, [])
 
 
+def _reads_only(store):
+    """Have every fetch of C{store} read the stream (nothing the watch saw is kept: L{mailbox_recent})."""
+    store.jet.thread.call(store.recent.resize, 0)
+
+
 def _stale_replica(testcase, applied):
     """
     Have every direct get answered as by a follower that has applied the
@@ -446,6 +453,7 @@ class StaleReplicaTests(unittest.TestCase):
         _, self.jet = yield _jetstream.single(self)
         self.store = JetStreamMailboxStore(self.jet)
         yield self.store.start()
+        _reads_only(self.store)
 
     @defer.inlineCallbacks
     def test_fetch_after_enqueue(self):

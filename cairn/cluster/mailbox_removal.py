@@ -104,6 +104,7 @@ class Removal:
             counted = await self._await_tombstones(buried)
             for held in found:
                 fetched.pop(held.seq, None)
+                self.recent.remove(recipient, held.seq)
             if not fetched:
                 self._fetched.pop(recipient, None)
         finally:
@@ -348,6 +349,8 @@ class Removal:
         for i in range(0, len(doomed), DELETES_AT_ONCE):
             chunk = doomed[i : i + DELETES_AT_ONCE]
             await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
+        for message in messages:
+            self.recent.remove(recipient_of(message), message.seq)
         more = max(len(messages), len(gone)) >= limit
         return receipts, more, await self._depth_changes(counted), last
 
@@ -368,6 +371,7 @@ class Removal:
         self._acked_upto.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
+        self.recent.forget(peer_id, purged=True)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
         await kv_forget(self.jet.kv["limits"], peer_id)
         return receipts, await self._depth_changes(counted), last
