@@ -426,7 +426,7 @@ class ReadYourWritesTests(unittest.TestCase):
 
 def _reads_only(store):
     """Have every fetch of C{store} read the stream (nothing the watch saw is kept: L{mailbox_recent})."""
-    store.jet.thread.call(store.recent.resize, 0)
+    store.recent.resize(0)
 
 
 def _stale_replica(testcase, applied):

@@ -130,7 +130,9 @@ class FetchTests(unittest.TestCase):
         ((_, seq),) = yield self.store.enqueue([item(payload=b"hello")], 1.0, LIMITS)
         yield self.store.seen_upto(seq)
         del self.reads[:]
-        (held,) = yield self.store.fetch(B, 0, 16)
+        fetched = self.store.fetch(B, 0, 16)
+        self.assertTrue(fetched.called)  # answered at once: no store call on the NATS loop either
+        (held,) = yield fetched
         self.assertEqual((held.seq, held.payload), (seq, b"hello"))
         self.assertEqual((yield self.store.fetch(B, seq, 16)), [])
         self.assertEqual(self.reads, [])

@@ -29,11 +29,14 @@ or the receipt (naming the recipient and the message's seq) each removal
 writes. A message removed here before the watch reached it is remembered
 until the watch passes it (L{gone}), so that it does not come back.
 
-Everything here runs on the NATS loop's thread (no lock).
+The watch and the removals feed it on the NATS loop's thread; the store's
+C{fetch} asks it on the reactor's (an answer it has saves the two thread
+hops of a store call): one lock, held for dictionary work only.
 """
 
 import collections
 import itertools
+import threading
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import is_message
@@ -61,11 +64,13 @@ class Recent:
         self._bytes = 0
         #: seqs above L{watched} removed here before the watch reached them.
         self.gone = set()
+        self._lock = threading.RLock()
 
     def resize(self, budget):
         """Keep at most C{budget} bytes from now on (0: nothing, every fetch reads)."""
-        self.budget = budget
-        self._fit()
+        with self._lock:
+            self.budget = budget
+            self._fit()
 
     def _fit(self):
         while self._bytes > self.budget and self._held:
@@ -73,25 +78,27 @@ class Recent:
 
     def begin(self, upto):
         """The watch starts just after stream seq C{upto}."""
-        self.watched = self._start = upto
+        with self._lock:
+            self.watched = self._start = upto
 
     # Fed by the watch, in stream order
 
     def seen(self, held, recipient, kind):
         """The watch processed C{held} (C{kind}: C{"mbox"} or C{"rcpt"})."""
-        self.watched = max(self.watched, held.seq)
-        if kind == "rcpt":
-            self._receipted(held)
-        elif not is_message(held):
-            seq = self._subjects.get(held.subject)
-            if seq is not None:
-                self.remove(recipient, seq)
-        elif held.seq in self.gone:
-            self.gone.discard(held.seq)
-        else:
-            self._add(recipient, held)
-        if self.gone:
-            self.gone = {seq for seq in self.gone if seq > self.watched}
+        with self._lock:
+            self.watched = max(self.watched, held.seq)
+            if kind == "rcpt":
+                self._receipted(held)
+            elif not is_message(held):
+                seq = self._subjects.get(held.subject)
+                if seq is not None:
+                    self.remove(recipient, seq)
+            elif held.seq in self.gone:
+                self.gone.discard(held.seq)
+            else:
+                self._add(recipient, held)
+            if self.gone:
+                self.gone = {seq for seq in self.gone if seq > self.watched}
 
     def _receipted(self, held):
         recipient = held.headers.get(D.RECIPIENT)
@@ -124,17 +131,18 @@ class Recent:
 
     def remove(self, recipient, seq):
         """Message C{seq} of C{recipient} is removed (acknowledged, expired)."""
-        if seq > self.watched:
-            self.gone.add(seq)
-            return
-        messages = self._held.get(recipient)
-        held = messages.pop(seq, None) if messages else None
-        if held is None:
-            return
-        self._subjects.pop(held.subject, None)
-        self._bytes -= len(held.data) + OVERHEAD
-        if not messages:
-            del self._held[recipient]
+        with self._lock:
+            if seq > self.watched:
+                self.gone.add(seq)
+                return
+            messages = self._held.get(recipient)
+            held = messages.pop(seq, None) if messages else None
+            if held is None:
+                return
+            self._subjects.pop(held.subject, None)
+            self._bytes -= len(held.data) + OVERHEAD
+            if not messages:
+                del self._held[recipient]
 
     def forget(self, recipient, purged=False):
         """
@@ -142,18 +150,19 @@ class Recent:
         watch sees next -- or, C{purged} (its messages purged here, some
         perhaps not seen by the watch yet), never again in this process.
         """
-        for held in (self._held.pop(recipient, None) or {}).values():
-            self._subjects.pop(held.subject, None)
-            self._bytes -= len(held.data) + OVERHEAD
-        self._forgotten[recipient] = float("inf") if purged else self.watched
-        if len(self._forgotten) > FORGOTTEN:
-            # Everyone starts afresh from here (purged ones included: what
-            # the watch sees from now on is what exists).
-            self._held.clear()
-            self._subjects.clear()
-            self._forgotten.clear()
-            self._bytes = 0
-            self._start = self.watched
+        with self._lock:
+            for held in (self._held.pop(recipient, None) or {}).values():
+                self._subjects.pop(held.subject, None)
+                self._bytes -= len(held.data) + OVERHEAD
+            self._forgotten[recipient] = float("inf") if purged else self.watched
+            if len(self._forgotten) > FORGOTTEN:
+                # Everyone starts afresh from here (purged ones included: what
+                # the watch sees from now on is what exists).
+                self._held.clear()
+                self._subjects.clear()
+                self._forgotten.clear()
+                self._bytes = 0
+                self._start = self.watched
 
     # Reads
 
@@ -164,11 +173,12 @@ class Recent:
         stored for it (C{expect}) has been seen; None otherwise (read the
         stream).
         """
-        if after < self._forgotten.get(recipient, self._start) or expect > self.watched:
-            return None
-        messages = self._held.get(recipient)
-        if not messages:
-            return []
-        self._held.move_to_end(recipient)
-        # Added in stream order (the watch's), removals aside: already sorted.
-        return list(itertools.islice((held for seq, held in messages.items() if seq > after), limit))
+        with self._lock:
+            if after < self._forgotten.get(recipient, self._start) or expect > self.watched:
+                return None
+            messages = self._held.get(recipient)
+            if not messages:
+                return []
+            self._held.move_to_end(recipient)
+            # Added in stream order (the watch's), removals aside: already sorted.
+            return list(itertools.islice((held for seq, held in messages.items() if seq > after), limit))
