@@ -252,6 +252,26 @@ class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittes
         (received,) = yield inbox.wait(inbox.messages, 1)
         self.assertEqual(received, (alice.peer_id, message_id, b"hello"))
 
+    @defer.inlineCallbacks
+    def test_purge_of_deliveries_reads_no_receipts(self):
+        """
+        A recipient's ForwardPurge of what it was delivered refills its
+        deliveries only: no read of receipts (none were acknowledged, new
+        ones come with their own notice) -- a store read per purge.
+        """
+        from cairn.mailbox import client as mailbox
+
+        alice, alice_box = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield self.connect(bob)
+        yield self.store.flushed()
+        asked, receipts = [], self.store.receipts
+        self.patch(self.store, "receipts", lambda sender, *rest: (asked.append(sender), receipts(sender, *rest))[1])
+        yield mailbox.forward(a, bob.peer_id, b"hello")
+        yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual([peer for peer in asked if peer == bob.peer_id], [])
+
 
 class WatchTests(unittest.TestCase):
     @defer.inlineCallbacks

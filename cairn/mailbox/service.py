@@ -236,9 +236,15 @@ class MailboxService(Delivery, StoreService):
             if outbox is not None:
                 outbox.receipts.acknowledged(rseqs)
             self._track(self.store.drop_receipts(peer_id, rseqs)).addErrback(self._log_failure, "dropping receipts")
+        # Each window is filled again where the acknowledgement made room in
+        # it (new messages and receipts pump on their own notices): a
+        # ForwardPurge of deliveries does not read receipts, nor one of
+        # receipts messages -- a store read each, per purge (issue 15).
         if outbox is not None:
-            self._pump(outbox)
-            self._pump_receipts(outbox)
+            if seqs or upto:
+                self._pump(outbox)
+            if rseqs:
+                self._pump_receipts(outbox)
 
     # A deletion that could not be written (full disk) is retried by the
     # sweep, so that its DELIVERED receipts do not wait for the
