@@ -5,12 +5,13 @@ a removed message (nor a missing one) for it.
 """
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import DONE, KIND
 from cairn.cluster.mailbox import JetStreamMailboxStore
-from cairn.cluster.mailbox_recent import OVERHEAD, Recent
+from cairn.cluster.mailbox_recent import FRESH, OVERHEAD, Recent
 from cairn.mailbox.interfaces import Limits
 from cairn.wire.constants import ReceiptStatus
 from tests import _jetstream
@@ -39,7 +40,8 @@ class RecentTests(unittest.SynchronousTestCase):
     """L{Recent} alone: when it answers, and what."""
 
     def setUp(self):
-        self.recent = Recent()
+        self.clock = Clock()
+        self.recent = Recent(clock=self.clock.seconds)
         self.recent.begin(10)
 
     def see(self, *held):
@@ -57,6 +59,19 @@ class RecentTests(unittest.SynchronousTestCase):
         self.assertEqual(self.recent.fetch(C, 10, 10, 12), [])
         self.assertIsNone(self.recent.fetch(B, 9, 10, 12))  # before the watch started: read
         self.assertIsNone(self.recent.fetch(B, 12, 10, 13))  # a newer write not seen yet: read
+
+    def test_a_silent_watch_does_not_answer_nothing_new(self):
+        """
+        Once the watch has been silent a while, "nothing new" is read
+        from the stream (a watch stalled while connected must not hide
+        what other nodes store); what it knows is still answered.
+        """
+        self.see(message(11))
+        self.clock.advance(FRESH + 1)
+        self.assertEqual([h.seq for h in self.recent.fetch(B, 10, 10, 11)], [11])
+        self.assertIsNone(self.recent.fetch(B, 11, 10, 11))
+        self.see(message(12, recipient=C))
+        self.assertEqual(self.recent.fetch(B, 11, 10, 12), [])
 
     def test_removals(self):
         """A tombstone, a receipt (another node's removal) or a removal made here take a message out."""

@@ -37,6 +37,7 @@ hops of a store call): one lock, held for dictionary work only.
 import collections
 import itertools
 import threading
+import time
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import is_message
@@ -48,13 +49,19 @@ RECENT_BYTES = 16 * 1024 * 1024
 OVERHEAD = 400
 #: Recipients remembered as forgotten at most; past it, every recipient starts afresh.
 FORGOTTEN = 100_000
+#: Seconds since the watch last delivered anything after which "nothing new"
+#: is no longer answered from here (read instead): a watch that stalled
+#: while connected must not hide what other nodes store.
+FRESH = 5.0
 
 
 class Recent:
     """The messages the watch has seen, per recipient, complete from a seq on (see the module docstring)."""
 
-    def __init__(self, budget=None):
+    def __init__(self, budget=None, clock=time.monotonic):
         self.budget = RECENT_BYTES if budget is None else budget
+        self._clock = clock
+        self._fresh_at = clock()
         #: The last stream seq the watch processed.
         self.watched = 0
         self._start = 0  # where every recipient not in _forgotten is complete from
@@ -86,6 +93,7 @@ class Recent:
     def seen(self, held, recipient, kind):
         """The watch processed C{held} (C{kind}: C{"mbox"} or C{"rcpt"})."""
         with self._lock:
+            self._fresh_at = self._clock()
             self.watched = max(self.watched, held.seq)
             if kind == "rcpt":
                 self._receipted(held)
@@ -171,14 +179,17 @@ class Recent:
         Up to C{limit} messages of C{recipient} after seq C{after}, in
         order, if they are known completely and the newest message known
         stored for it (C{expect}) has been seen; None otherwise (read the
-        stream).
+        stream). (Nothing new is answered only while the watch has
+        delivered something in the last L{FRESH} seconds.)
         """
         with self._lock:
             if after < self._forgotten.get(recipient, self._start) or expect > self.watched:
                 return None
-            messages = self._held.get(recipient)
-            if not messages:
-                return []
-            self._held.move_to_end(recipient)
+            messages = self._held.get(recipient) or {}
             # Added in stream order (the watch's), removals aside: already sorted.
-            return list(itertools.islice((held for seq, held in messages.items() if seq > after), limit))
+            found = list(itertools.islice((held for seq, held in messages.items() if seq > after), limit))
+            if not found and self._clock() - self._fresh_at > FRESH:
+                return None  # nothing new, says a watch that has been silent a while: read
+            if messages:
+                self._held.move_to_end(recipient)
+            return found
