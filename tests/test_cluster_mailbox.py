@@ -160,6 +160,37 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual((yield self.store.receipts(A, 0, 100)), [])
 
     @defer.inlineCallbacks
+    def test_receipt_drops_are_gathered(self):
+        """
+        A sender's drops one after the other (one per ForwardReceipt) are
+        not each a purge of the stream (a write the next publish queues
+        behind): they are skipped by reads at once and removed together,
+        at the latest when the store is flushed (a clean stop).
+        """
+        from tests.test_mailbox_store import A
+
+        yield self.enqueue(item(), item(), item())
+        held = yield self.store.fetch(B, 0, 10)
+        yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        owed = yield self.store.receipts(A, 0, 10)
+        purges, purge = [], self.jet.js_writes.purge_stream
+
+        async def counted(*args, **kwargs):
+            purges.append(kwargs.get("subject"))
+            return await purge(*args, **kwargs)
+
+        self.patch(self.jet.js_writes, "purge_stream", counted)
+        for i, receipt in enumerate(owed):
+            yield self.store.drop_receipts(A, [receipt.rseq])
+            self.assertEqual((yield self.store.receipts(A, 0, 10)), owed[i + 1 :])
+        self.assertEqual(purges, [])
+        yield self.store.flushed()
+        self.assertEqual(len(purges), 1)
+        again = JetStreamMailboxStore(self.jet)  # what a restart reads
+        yield again.start()
+        self.assertEqual((yield again.receipts(A, 0, 10)), [])
+
+    @defer.inlineCallbacks
     def test_fetches_carry_on_from_what_was_read_ahead(self):
         """
         A fetch reads ahead; the next one carrying on from it is answered

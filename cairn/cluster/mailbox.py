@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
+from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
@@ -62,7 +63,7 @@ READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
 
 
 @implementer(IMailboxStore)
-class JetStreamMailboxStore(StoreCalls, Following, Removal, MailboxFigures):
+class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFigures):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
 
     def __init__(self, jetstream):
@@ -92,7 +93,7 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, MailboxFigures):
         self.recent = Recent()
         self._loaded_upto = 0  # the last stream seq the start-up scan read
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
-        self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
+        self._drops = {}  # sender -> receipts being dropped (mailbox_drops._Drops)
         self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
         #: recipient -> a seq up to which all its messages are removed (a cumulative acknowledgement's),
         #: used on the NATS loop: the acknowledgements' reads start above it (mailbox_removal).
@@ -323,8 +324,16 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, MailboxFigures):
         return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt, expect)
 
     async def _receipts(self, sender, after_rseq, limit, must_see, expect=0):
-        held = await self._read(after_rseq + 1, limit, self._subject("rcpt", sender, "*"), must_see, expect=expect)
+        subject, drops = self._subject("rcpt", sender, "*"), self._drops.get(sender)
+        wanted = None if drops is None else (lambda h: h.seq not in drops)  # dropped, not removed yet
+        held = await self._read(after_rseq + 1, limit, subject, must_see, wanted, expect=expect)
         return [_receipt(sender, h) for h in held]
+
+    def flushed(self):
+        """Every call in flight ended, and every receipt drop waiting done."""
+        d = self.jet.run(self._drop_all) if self.jet.thread.running else defer.succeed(None)
+        d.addErrback(lambda f: log.warn("mailbox: dropping receipts failed ({why})", why=one_line(f.value)))
+        return d.addCallback(lambda _: super(JetStreamMailboxStore, self).flushed())
 
     def set_limits(self, peer_id, limits):
         def saved(_):
