@@ -160,6 +160,37 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual((yield self.store.receipts(A, 0, 100)), [])
 
     @defer.inlineCallbacks
+    def test_receipt_drops_are_gathered(self):
+        """
+        A sender's drops one after the other (one per ForwardReceipt) are
+        not each a purge of the stream (a write the next publish queues
+        behind): they are skipped by reads at once and removed together,
+        at the latest when the store is flushed (a clean stop).
+        """
+        from tests.test_mailbox_store import A
+
+        yield self.enqueue(item(), item(), item())
+        held = yield self.store.fetch(B, 0, 10)
+        yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
+        owed = yield self.store.receipts(A, 0, 10)
+        purges, purge = [], self.jet.js_writes.purge_stream
+
+        async def counted(*args, **kwargs):
+            purges.append(kwargs.get("subject"))
+            return await purge(*args, **kwargs)
+
+        self.patch(self.jet.js_writes, "purge_stream", counted)
+        for i, receipt in enumerate(owed):
+            yield self.store.drop_receipts(A, [receipt.rseq])
+            self.assertEqual((yield self.store.receipts(A, 0, 10)), owed[i + 1 :])
+        self.assertEqual(purges, [])
+        yield self.store.flushed()
+        self.assertEqual(len(purges), 1)
+        again = JetStreamMailboxStore(self.jet)  # what a restart reads
+        yield again.start()
+        self.assertEqual((yield again.receipts(A, 0, 10)), [])
+
+    @defer.inlineCallbacks
     def test_fetches_carry_on_from_what_was_read_ahead(self):
         """
         A fetch reads ahead; the next one carrying on from it is answered
@@ -177,6 +208,7 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
             return await read(*args, **kwargs)
 
         self.patch(direct, "direct_batch", counted)
+        _reads_only(self.store)
         first = yield self.store.fetch(B, 0, 10)
         second = yield self.store.fetch(B, first[-1].seq, 10)
         self.assertEqual(len(reads), 1)
@@ -250,6 +282,26 @@ class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittes
         yield elsewhere.enqueue([Incoming(alice.peer_id, bob.peer_id, message_id, sealed)], now, self.limits)
         (received,) = yield inbox.wait(inbox.messages, 1)
         self.assertEqual(received, (alice.peer_id, message_id, b"hello"))
+
+    @defer.inlineCallbacks
+    def test_purge_of_deliveries_reads_no_receipts(self):
+        """
+        A recipient's ForwardPurge of what it was delivered refills its
+        deliveries only: no read of receipts (none were acknowledged, new
+        ones come with their own notice) -- a store read per purge.
+        """
+        from cairn.mailbox import client as mailbox
+
+        alice, alice_box = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield self.connect(bob)
+        yield self.store.flushed()
+        asked, receipts = [], self.store.receipts
+        self.patch(self.store, "receipts", lambda sender, *rest: (asked.append(sender), receipts(sender, *rest))[1])
+        yield mailbox.forward(a, bob.peer_id, b"hello")
+        yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual([peer for peer in asked if peer == bob.peer_id], [])
 
 
 class WatchTests(unittest.TestCase):
@@ -383,6 +435,7 @@ class ReadYourWritesTests(unittest.TestCase):
         self.cluster, self.jet = yield _jetstream.on_a_follower(self, "mbox")
         self.store = JetStreamMailboxStore(self.jet)
         yield self.store.start()
+        _reads_only(self.store)
 
     @defer.inlineCallbacks
     def test_fetch_sees_each_acknowledged_enqueue(self):
@@ -422,6 +475,11 @@ class ReadYourWritesTests(unittest.TestCase):
         self.assertEqual(missed, [])
 
 
+def _reads_only(store):
+    """Have every fetch of C{store} read the stream (nothing the watch saw is kept: L{mailbox_recent})."""
+    store.recent.resize(0)
+
+
 def _stale_replica(testcase, applied):
     """
     Have every direct get answered as by a follower that has applied the
@@ -446,6 +504,7 @@ class StaleReplicaTests(unittest.TestCase):
         _, self.jet = yield _jetstream.single(self)
         self.store = JetStreamMailboxStore(self.jet)
         yield self.store.start()
+        _reads_only(self.store)
 
     @defer.inlineCallbacks
     def test_fetch_after_enqueue(self):

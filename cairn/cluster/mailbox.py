@@ -38,24 +38,18 @@ to it otherwise (docs/scaling.md).
 import collections
 import uuid
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import (
-    KIND,
-    SIZE,
-    WRITER,
-    StoreCalls,
-    float_text,
-    is_message,
-    kv_forget,
-    one_line,
-    recipient_of,
-)
+from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
+from cairn.cluster.mailbox_drops import Dropping
+from cairn.cluster.mailbox_follow import Following
+from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
 from cairn.cluster.watch import Watchers
-from cairn.mailbox.interfaces import Depth, IMailboxStore, PeerLimits, Receipt, Stored, StoreFull
+from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
 from cairn.mailbox.store import MailboxFigures
 from cairn.mailbox.transactions import admission
 from cairn.wire.constants import ForwardStatus
@@ -69,7 +63,7 @@ READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
 
 
 @implementer(IMailboxStore)
-class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
+class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFigures):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
 
     def __init__(self, jetstream):
@@ -95,9 +89,11 @@ class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
         #: recipient -> (after, upto, every message in (after, upto]) read ahead by a fetch, oldest first
         self._ahead = collections.OrderedDict()
+        #: What the watch has seen, on the NATS loop: most fetches are answered from it (mailbox_recent).
+        self.recent = Recent()
         self._loaded_upto = 0  # the last stream seq the start-up scan read
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
-        self._drops = {}  # sender -> receipts being dropped (mailbox_removal._Drops)
+        self._drops = {}  # sender -> receipts being dropped (mailbox_drops._Drops)
         self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
         #: recipient -> a seq up to which all its messages are removed (a cumulative acknowledgement's),
         #: used on the NATS loop: the acknowledgements' reads start above it (mailbox_removal).
@@ -121,103 +117,6 @@ class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
         d.addCallback(lambda _: self.jet.run(self._load))
         d.addCallback(loaded)
         return d.addCallback(lambda _: self.jet.run(self._follow))
-
-    async def _follow(self):
-        """
-        Watch the stream (headers only, from now on) for what other writers
-        do: the messages they store, and the receipts they write -- every
-        removal (acknowledgement, expiry, eviction) writes exactly one
-        receipt per message, naming its recipient and size, so the depth
-        figures follow removals made elsewhere too.
-        """
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
-        async def seen(msg):
-            headers = msg.headers or {}
-            if headers.get(WRITER) == self.writer or headers.get(KIND) is not None:
-                return  # this store's own writes (counted when made); tombstones
-            parts, seq = msg.subject.split("."), msg.metadata.sequence.stream
-            if parts[1] == "mbox":
-                size = int(headers.get("Nats-Msg-Size") or 0)
-                stored_at = float(headers.get(D.STORED) or 0)
-                self.jet.thread.to_reactor(self._written_elsewhere, parts[2], size, stored_at, seq)
-            elif parts[1] == "rcpt" and D.RECIPIENT in headers:
-                size = int(headers.get(SIZE) or 0)  # receipts of older nodes have none: bytes stay counted
-                self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size, parts[2], seq)
-
-        # From just after what the load read: nothing written meanwhile is
-        # missed, nothing it counted is counted again.
-        config = ConsumerConfig(
-            filter_subjects=[self._subject("mbox", ">"), self._subject("rcpt", ">")],
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self._loaded_upto + 1,
-        )
-        await self.jet.js.subscribe(
-            self._subject("mbox", ">"), cb=seen, ordered_consumer=True, headers_only=True, config=config
-        )
-
-    def _written_elsewhere(self, recipient, size, stored_at, seq=0):
-        # Reads from now on must see it (the watchers below fetch at once).
-        self._saw(self._newest, recipient, seq)
-        self._last_stored = max(self._last_stored, seq)
-        depth = self._depths.get(recipient, Depth())
-        oldest = depth.oldest if depth.messages else stored_at
-        self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
-        self.watchers(recipient)
-
-    def _removed_elsewhere(self, recipient, size, sender=None, rseq=0):
-        # The oldest stored_at is kept while messages remain (it may be older
-        # than the truth until this node's next start or own removal reads it).
-        if sender is not None:
-            self._saw(self._newest_receipt, sender, rseq)
-            self._last_receipt = max(self._last_receipt, rseq)
-        depth = self._depths.get(recipient, Depth())
-        messages = depth.messages - 1
-        self._apply({recipient: Depth(messages, depth.bytes - size, depth.oldest if messages else None)})
-        if messages <= 0:
-            self._newest.pop(recipient, None)  # nothing left to wait for
-
-    @staticmethod
-    def _saw(newest, key, seq):
-        if seq > newest.get(key, 0):
-            newest[key] = seq
-
-    def watch(self, callback):
-        self.watchers.add(callback)
-
-    async def _load(self):
-        from nats.js.errors import NoKeysError
-
-        # The whole stream, in order: the messages held, and the receipts,
-        # which name the seq of the message they are about (a removal made
-        # while this scan ran may show both); its last seq is where the
-        # watch of other writers starts (L{_follow}).
-        messages, receipted = [], set()
-        for held in await D.direct_all(self.jet.nc, self.stream, self._subject(">")):
-            self._loaded_upto = max(self._loaded_upto, held.seq)
-            kind = held.subject.split(".")[1]
-            if kind == "rcpt":
-                receipted.add(int(held.subject.split(".")[3]))
-            elif is_message(held):
-                messages.append(held)
-        depths = {}
-        for held in messages:
-            if held.seq in receipted:
-                continue
-            recipient = recipient_of(held)
-            depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
-            depths[recipient] = Depth(depth.messages + 1, depth.bytes + len(held.data or b""), depth.oldest)
-        kv = self.jet.kv["limits"]
-        limits = {}
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
-            entry = await kv.get(key)
-            count, size = entry.value.decode().split(",")
-            limits[key] = PeerLimits(int(count) if count else None, int(size) if size else None)
-        return depths, limits
 
     # Enqueue
 
@@ -333,6 +232,13 @@ class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
 
     def fetch(self, recipient, after_seq, limit):
         expect = self._newest.get(recipient, 0)
+        nc = self.jet.nc
+        if nc is not None and nc.is_connected and self.jet.thread.running:
+            # Known from the watch: answered here, without the store call's two thread hops.
+            known = self.recent.fetch(recipient, after_seq, limit, expect)
+            if known is not None:
+                self.jet.thread.call(self._handed_out, recipient, known)  # before any acknowledgement of them
+                return defer.succeed([_stored(h) for h in known])
         return self._run(self._fetch, recipient, after_seq, limit, self._last_stored, expect)
 
     async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0):
@@ -369,6 +275,27 @@ class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
         return out[:limit]
 
     async def _fetch(self, recipient, after_seq, limit, must_see, expect=0):
+        # Most fetches (the one after a wake-up, a drain's next) are answered
+        # from what the watch has seen, without a read (mailbox_recent).
+        if not self.jet.nc.is_connected:
+            raise D.NotConnected()  # as a read does: what the watch saw may be all there is
+        known = self.recent.fetch(recipient, after_seq, limit, expect)
+        held = known if known is not None else await self._read_ahead(recipient, after_seq, limit, must_see, expect)
+        self._handed_out(recipient, held)
+        return [_stored(h) for h in held]
+
+    def _handed_out(self, recipient, held):
+        """
+        Remember what was handed out (without payloads) for the
+        acknowledgement that follows, so that it need not read the messages
+        again. On the NATS loop.
+        """
+        fetched = self._fetched.setdefault(recipient, {})
+        for h in held:
+            fetched[h.seq] = D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b""))
+
+    async def _read_ahead(self, recipient, after_seq, limit, must_see, expect):
+        """Up to C{limit} messages of C{recipient} after C{after_seq}, from what was read ahead, or read."""
         # A recipient being drained fetches a window's worth, then one
         # ForwardDeliver's worth after each acknowledgement: each of those
         # reads waits on the servers behind the drain's own writes. So a
@@ -390,20 +317,23 @@ class JetStreamMailboxStore(StoreCalls, Removal, MailboxFigures):
             self._ahead[recipient] = (held[-1].seq, rest[-1].seq, rest)
             while len(self._ahead) > READ_AHEAD_RECIPIENTS:
                 self._ahead.popitem(last=False)
-        # Remember what was handed out (without payloads) for the acknowledgement
-        # that follows, so that it need not read the messages again.
-        fetched = self._fetched.setdefault(recipient, {})
-        for h in held:
-            fetched[h.seq] = D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b""))
-        return [_stored(h) for h in held]
+        return held
 
     def receipts(self, sender, after_rseq, limit):
         expect = self._newest_receipt.get(sender, 0)
         return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt, expect)
 
     async def _receipts(self, sender, after_rseq, limit, must_see, expect=0):
-        held = await self._read(after_rseq + 1, limit, self._subject("rcpt", sender, "*"), must_see, expect=expect)
+        subject, drops = self._subject("rcpt", sender, "*"), self._drops.get(sender)
+        wanted = None if drops is None else (lambda h: h.seq not in drops)  # dropped, not removed yet
+        held = await self._read(after_rseq + 1, limit, subject, must_see, wanted, expect=expect)
         return [_receipt(sender, h) for h in held]
+
+    def flushed(self):
+        """Every call in flight ended, and every receipt drop waiting done."""
+        d = self.jet.run(self._drop_all) if self.jet.thread.running else defer.succeed(None)
+        d.addErrback(lambda f: log.warn("mailbox: dropping receipts failed ({why})", why=one_line(f.value)))
+        return d.addCallback(lambda _: super(JetStreamMailboxStore, self).flushed())
 
     def set_limits(self, peer_id, limits):
         def saved(_):

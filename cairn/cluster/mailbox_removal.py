@@ -1,13 +1,24 @@
 """
 The removals of L{cairn.cluster.mailbox.JetStreamMailboxStore} (see its
-module docstring): acknowledgement (receipt, then tombstone), dropped
-receipts, expiry and purge. A mixin, so that each module stays small.
+module docstring): acknowledgement (receipt, then tombstone), expiry and
+purge (receipt drops: L{cairn.cluster.mailbox_drops}). A mixin, so that
+each module stays small.
 """
 
 import asyncio
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, PAGE, SIZE, WRITER, float_text, is_message, kv_forget, recipient_of
+from cairn.cluster.common import (
+    DONE,
+    KIND,
+    PAGE,
+    SIZE,
+    WRITER,
+    float_text,
+    is_message,
+    kv_forget,
+    recipient_of,
+)
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
 
@@ -19,15 +30,6 @@ from cairn.wire.constants import ReceiptStatus
 REMOVAL_WRITES = 256
 #: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
 DELETES_AT_ONCE = 16
-
-
-class _Drops:
-    """The receipts of one sender waiting to be dropped, and the lock of the one drop at a time."""
-
-    def __init__(self):
-        self.pending = set()
-        self.lock = asyncio.Lock()
-        self.callers = 0
 
 
 class Removal:
@@ -104,6 +106,7 @@ class Removal:
             counted = await self._await_tombstones(buried)
             for held in found:
                 fetched.pop(held.seq, None)
+                self.recent.remove(recipient, held.seq)
             if not fetched:
                 self._fetched.pop(recipient, None)
         finally:
@@ -247,62 +250,6 @@ class Removal:
             out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
         return out
 
-    def drop_receipts(self, sender, rseqs):
-        rseqs = list(rseqs)
-
-        def dropped(result):
-            if rseqs and max(rseqs) >= self._newest_receipt.get(sender, 0):
-                self._newest_receipt.pop(sender, None)  # none newer to wait for
-            return result
-
-        return self._run(self._drop_receipts, sender, rseqs).addCallback(dropped)
-
-    async def _drop_receipts(self, sender, rseqs):
-        # One drop at a time per sender, each taking every rseq queued
-        # meanwhile: a sender acknowledges each ForwardReceipt as it comes,
-        # and drops run one by one see the earlier ones' receipts still
-        # there, so theirs were no prefix and went as a delete request each
-        # (hundreds at once, past the API's timeout under a drain).
-        # Together they are one prefix: one read and one purge.
-        if not rseqs:
-            return
-        drops = self._drops.get(sender)
-        if drops is None:
-            drops = self._drops[sender] = _Drops()
-        drops.pending.update(rseqs)
-        drops.callers += 1
-        try:
-            async with drops.lock:
-                batch, drops.pending = drops.pending, set()
-                try:
-                    if batch:
-                        await self._drop_now(sender, batch)
-                except BaseException:
-                    drops.pending |= batch  # the next caller tries them again
-                    raise
-        finally:
-            drops.callers -= 1
-            if not drops.callers and not drops.pending and self._drops.get(sender) is drops:
-                del self._drops[sender]
-
-    async def _drop_now(self, sender, rseqs):
-        js, prefix, top = self.jet.js_writes, self._subject("rcpt", sender, ""), max(rseqs)
-        # One read of the sender's receipts up to the highest dropped: when
-        # it drops them all (the usual case, receipts are handed out in
-        # order), one purge below top + 1 removes them -- two requests, not
-        # a read and a delete per receipt. Later receipts have higher
-        # stream seqs, so the purge cannot reach one written since the read.
-        held = await D.direct_all(self.jet.nc, self.stream, prefix + ">", upto=top)
-        present = {h.seq for h in held}
-        if present and present <= set(rseqs):
-            await js.purge_stream(self.stream, subject=prefix + ">", seq=top + 1)
-            return
-        # Not a prefix: a delete request each, a few at a time (the API
-        # queue is shared with every other node's requests).
-        doomed = sorted(present & set(rseqs))
-        for i in range(0, len(doomed), DELETES_AT_ONCE):
-            await asyncio.gather(*(D.delete(js, self.stream, rseq) for rseq in doomed[i : i + DELETES_AT_ONCE]))
-
     def expire(self, now, limit, receipt_ttl):
         d = self._run(self._expire, now, limit, receipt_ttl)
 
@@ -348,6 +295,8 @@ class Removal:
         for i in range(0, len(doomed), DELETES_AT_ONCE):
             chunk = doomed[i : i + DELETES_AT_ONCE]
             await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
+        for message in messages:
+            self.recent.remove(recipient_of(message), message.seq)
         more = max(len(messages), len(gone)) >= limit
         return receipts, more, await self._depth_changes(counted), last
 
@@ -368,6 +317,7 @@ class Removal:
         self._acked_upto.pop(peer_id, None)
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
+        self.recent.forget(peer_id, purged=True)
         await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
         await kv_forget(self.jet.kv["limits"], peer_id)
         return receipts, await self._depth_changes(counted), last
