@@ -74,13 +74,12 @@ class Client(AutoResume):
     def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, pins=None, **settings):
         self.reactor = reactor
         self.clock = clock or reactor
-        self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
+        # Pairing (cairn.pairing.client) finds the pins through the session's peer.
+        self.peer = Peer(identity or Identity.generate(), self.clock, pinning=self, **settings)
         #: What this client's dialled transports read (no output guard).
         self.transport_settings = TransportSettings.for_peer(self.peer)
         self.auto_resume = auto_resume
         self.pins = MemoryPins() if pins is None else pins
-        # Pairing (cairn.pairing.client) finds the pins through the session's peer.
-        self.peer.pinning = self
         #: session id -> the address its transport was dialled at.
         self._addresses = {}
         #: session id -> L{Target}: every address of its node, for resume and failover.
@@ -94,22 +93,16 @@ class Client(AutoResume):
         self.peer.add_observer(self)
         #: (peer_id) -> bool: accept a relay circuit offered by that peer (None: accept).
         self.on_relay_request = None
-        self._install_relay()
+        # Made now, not on first use: a circuit may be offered before any
+        # request of ours. Imported here, as the extensions below are.
+        from cairn.relay.client import RelayEndpoint
+
+        #: The L{cairn.relay.client.RelayEndpoint} of this client (circuits through a node).
+        self.relay = RelayEndpoint(self)
 
     # Extensions: one each, made on first use. The imports are here so that
     # the peer-side API does not pull in every family when imported (and so
     # that the device CLIs in cairn.cli may import this module cheaply).
-
-    def _install_relay(self):
-        # Now, not on first use: a circuit may be offered before any request of ours.
-        from cairn.relay.client import relay_endpoint
-
-        return relay_endpoint(self)
-
-    @property
-    def relay(self):
-        """The L{cairn.relay.client.RelayEndpoint} of this client (circuits through a node)."""
-        return self._install_relay()
 
     @property
     def mailbox(self):

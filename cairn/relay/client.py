@@ -312,11 +312,8 @@ class RelayEndpoint(Reestablishing):
 
 
 def relay_endpoint(client) -> RelayEndpoint:
-    """The relay endpoint of C{client}, installed on first use."""
-    endpoint = getattr(client, "_relay_endpoint", None)
-    if endpoint is None:
-        endpoint = client._relay_endpoint = RelayEndpoint(client)
-    return endpoint
+    """The relay endpoint of C{client} (C{client.relay}, made with the client)."""
+    return client.relay
 
 
 def relay_to(client, node_session, peer_id):
