@@ -16,7 +16,6 @@ then the services holding per-session state (mailbox, sync, relay).
 """
 
 import gc
-import socket
 
 import attr
 from twisted.application import strports
@@ -57,26 +56,6 @@ class Process:
     #: Where each setting came from (L{cairn.config_report.sources}): only
     #: the plugin sees the flags and the environment.
     config_sources: object = None
-
-
-class LinkAddresses:
-    """
-    The addresses pairing links carry (and the signaling servers are told):
-    C{CAIRN_PUBLIC_ADDRESSES}, else those of the node's bound listeners
-    (L{derived_addresses}) once it serves. Given to the pairing service at
-    construction as the callable it asks when it makes a link.
-    """
-
-    def __init__(self, public=()):
-        self.public = tuple(public)
-        self._bound = ()
-
-    def __call__(self) -> tuple:
-        return self.public or self._bound
-
-    def listening(self, ports) -> None:
-        """The node's listeners are bound to C{ports} ({name: IListeningPort})."""
-        self._bound = derived_addresses(ports)
 
 
 class CairnNode(MultiService):
@@ -121,7 +100,7 @@ class CairnNode(MultiService):
         self.config = config
         #: How the process is run (L{Process}).
         self.process = process if process is not None else Process()
-        #: The addresses of pairing links (L{LinkAddresses}), told when the listeners are bound.
+        #: The addresses of pairing links (L{cairn.addresses.LinkAddresses}), told when the listeners are bound.
         self.addresses = addresses
         self.reactor = reactor
         self.peer = peer
@@ -344,30 +323,3 @@ def _barrier_txn(cursor):
 
 def _log_barrier(failure):
     log.failure("waiting for the database before saving sessions failed", failure)
-
-
-def derived_addresses(ports) -> tuple:
-    """
-    Dialable addresses of the bound cairn listeners, for pairing links.
-
-    A listener bound to one interface is advertised on it; a wildcard one
-    on the machine's host name. C{CAIRN_PUBLIC_ADDRESSES} overrides this.
-    """
-    addresses = []
-    for name in ("tcp", "websocket"):
-        port = ports.get(name)
-        if port is None:
-            continue
-        address = port.getHost()
-        host = getattr(address, "host", None)
-        if host is None:
-            continue
-        if host in ("0.0.0.0", "::"):
-            host = socket.gethostname()
-        # The protocol's address form (docs/protocol.md §20.3.2).
-        shown = f"[{host}]" if ":" in host else host
-        if name == "tcp":
-            addresses.append(f"tcp://{shown}:{address.port}")
-        else:
-            addresses.append(f"ws://{shown}:{address.port}/")
-    return tuple(addresses)

@@ -14,6 +14,7 @@ import os
 from twisted.logger import Logger
 
 from cairn import config_report
+from cairn.addresses import LinkAddresses
 from cairn.config import ConfigError
 from cairn.diskspace import FreeSpace
 from cairn.mailbox.interfaces import Limits
@@ -24,7 +25,7 @@ from cairn.management.metrics import Metrics
 from cairn.management.reports import NodeReports
 from cairn.management.status import NodeStatus, management_warnings
 from cairn.management.token import resolve_token
-from cairn.node import CairnNode, LinkAddresses
+from cairn.node import CairnNode
 from cairn.pairing.psk import PSK_FILE
 from cairn.pairing.service import PairingService
 from cairn.permissions import PermissionProblem, check_data_dir

@@ -54,7 +54,7 @@ class PairingService(Decisions):
     @param link_addresses: the addresses put in pairing links, as a client
         dials them (C{"tcp:host=...:port=..."}, C{"ws://.../"}); or a
         callable giving them when a link is made (the node's
-        L{cairn.node.LinkAddresses}: known once its listeners are bound).
+        L{cairn.addresses.LinkAddresses}: known once its listeners are bound).
     """
 
     def __init__(
