@@ -254,7 +254,12 @@ class Client(AutoResume):
         connection = self.peer.connection(initiator=True, resume=session)
         return self._dial(address, connection)
 
-    def _endpoint(self, address, websocket):
+    def dialled_at(self, session) -> str:
+        """The address C{session}'s transport was dialled at (KeyError: not a session this client dialled)."""
+        return self._addresses[session.session_id]
+
+    def endpoint(self, address, websocket=False):
+        """The client endpoint for C{address} (kept for reuse); C{websocket}: a C{ws://} or C{wss://} address."""
         endpoint = self._endpoints.get(address)
         if endpoint is None:
             if websocket:
@@ -271,7 +276,7 @@ class Client(AutoResume):
 
     def _dial(self, address, connection):
         websocket = address.startswith(("ws://", "wss://"))
-        endpoint = self._endpoint(address, websocket)
+        endpoint = self.endpoint(address, websocket)
         if websocket:
             factory = client_factory(self.transport_settings, address, lambda: connection)
         else:

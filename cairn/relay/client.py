@@ -134,8 +134,8 @@ class RelayEndpoint(Reestablishing):
             return transport
         circuit = AttachedCircuit(self, node_session, circuit_id, remote_peer_id, connection)
         self.circuits[circuit_id] = circuit
-        address = attach_at or self.client._addresses[node_session.session_id]
-        circuit.dial(self.client._endpoint(address, False), token)
+        address = attach_at or self.client.dialled_at(node_session)
+        circuit.dial(self.client.endpoint(address), token)
         return circuit
 
     def _accepts(self, peer_id):
