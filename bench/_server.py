@@ -29,6 +29,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int32StringReceiver, LineReceiver
 
 from bench._common import LOCAL_ENDPOINT, log_warnings_only, node_config
+from cairn.node import Process
 from cairn.service import make_node
 
 
@@ -118,8 +119,7 @@ class Control(LineReceiver):
 def main(reactor):
     log_warnings_only()
     data_dir = tempfile.mkdtemp(prefix="cairn-bench-")
-    node = make_node(node_config(data_dir), reactor)
-    node.freeze_gc = True  # as twistd -n cairn does
+    node = make_node(node_config(data_dir), reactor, Process(freeze_gc=True))  # as twistd -n cairn does
     counter = Counter()
     serve_channels(node.peer, counter)
     bare = Factory.forProtocol(BareStream)

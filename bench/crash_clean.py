@@ -26,7 +26,7 @@ import time
 from twisted.internet import defer, task
 
 from bench.crash import Harness, start_node
-from cairn.client import RESUME_BACKOFF
+from cairn.failover import RESUME_BACKOFF
 
 #: Answers the load must get after a restart before the round stops it.
 FLOWING = 100

@@ -17,6 +17,12 @@ Three passes, each a figure in the output:
   3. each protected operation requested without a token and with a wrong
      one: 401, C{WWW-Authenticate}, a JSON C{{"error"}} body.
 Exit status 0 when all three found nothing.
+
+The two schemathesis passes are independent (without the token nothing
+changes on the node) and run at the same time. With C{--deadline} the
+whole run is bounded: a pass still running then is stopped and the run
+fails with a C{[deadline]} line (the test suite's small run uses it, so
+that a loaded machine gives a clear failure, never a stray process).
 """
 
 import argparse
@@ -129,8 +135,8 @@ class Node:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def run_schemathesis(node, args, token=None, checks=None, label=""):
-    """One schemathesis run; returns (exit code, summary lines, output)."""
+def start_schemathesis(node, args, token=None, checks=None, phases=None, label=""):
+    """Start one schemathesis run; L{finish_schemathesis} collects it."""
     command = [
         os.path.join(os.path.dirname(sys.executable), "schemathesis"),
         f"--config-file={args.config_file}",
@@ -144,16 +150,36 @@ def run_schemathesis(node, args, token=None, checks=None, label=""):
     ]
     if checks:
         command.append(f"--checks={checks}")
-    if args.phases:
-        command.append(f"--phases={args.phases}")
+    if phases:
+        command.append(f"--phases={phases}")
     if token is not None:
         command += ["-H", f"Authorization: Bearer {token}"]
-    started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, NO_COLOR="1"),
+    )
+    return process, token, label, time.monotonic()
+
+
+def finish_schemathesis(run, args, deadline):
+    """Wait for a run (until C{deadline}, a C{time.monotonic()} or None); returns (exit code, output)."""
+    process, token, label, started = run
+    late = False
+    try:
+        output, _ = process.communicate(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        late = True
     elapsed = time.monotonic() - started
-    output = result.stdout + result.stderr
     if token is not None:
         output = output.replace(token, "<token>")
+    if late:
+        print(f"[deadline] {label}: still running after {elapsed:.1f} s; stopped")
+        return 1, output
     summary = [
         line.strip()
         for line in output.splitlines()
@@ -165,13 +191,13 @@ def run_schemathesis(node, args, token=None, checks=None, label=""):
         with open(os.path.join(args.save_output, label.replace(" ", "_") + ".txt"), "w") as f:
             f.write(output)
     failures = sorted(set(re.findall(r"^_+ (\w+ \S+) _+$", output, re.M)))
-    print(f"[{label}] exit {result.returncode} in {elapsed:.1f} s, {len(failures)} operations with failures")
+    print(f"[{label}] exit {process.returncode} in {elapsed:.1f} s, {len(failures)} operations with failures")
     for failure in failures:
         kinds = sorted(set(re.findall(r"^- (ST\d+ [^\n]+)$", output.split(failure, 1)[1].split("____", 1)[0], re.M)))
         print(f"[{label}]   {failure}: {'; '.join(kinds)}")
     for line in summary[-6:]:
         print(f"[{label}]   {line}")
-    return result.returncode, output
+    return process.returncode, output
 
 
 def protected_operations(node):
@@ -226,6 +252,15 @@ def parse_args(argv):
     parser.add_argument("--max-examples", type=int, default=50, help="test cases per operation and phase")
     parser.add_argument("--seed", type=int, default=7, help="schemathesis seed (runs are reproducible)")
     parser.add_argument("--phases", default=None, help="schemathesis phases (default: all)")
+    parser.add_argument(
+        "--unauthenticated-phases",
+        default=None,
+        help="the phases of the run without a token (default: --phases); without the token every"
+        " operation stops at the token check, before its parameters or body are read",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="seconds for the whole run; a pass still running then fails it"
+    )
     parser.add_argument("--save-output", default=None, help="write each schemathesis run's full output here")
     return parser.parse_args(argv)
 
@@ -235,15 +270,25 @@ def main(argv=None):
     if shutil.which("schemathesis", path=os.path.dirname(sys.executable)) is None:
         print("schemathesis is not installed: pip install -e '.[fuzz]' (see docs/reliability.md)")
         return 2
+    deadline = None if args.deadline is None else time.monotonic() + args.deadline
     node = Node()
     args.config_file = os.path.join(node.data_dir, "schemathesis.toml")
     with open(args.config_file, "w") as f:
         f.write(CONFIG)
     try:
-        node.wait_ready()
+        node.wait_ready(30.0 if deadline is None else min(30.0, max(0.0, deadline - time.monotonic())))
         token = node.token()
-        authed, authed_output = run_schemathesis(node, args, token=token, label="with token")
-        anon, anon_output = run_schemathesis(node, args, checks=UNAUTHENTICATED_CHECKS, label="without token")
+        runs = [
+            start_schemathesis(node, args, token=token, phases=args.phases, label="with token"),
+            start_schemathesis(
+                node,
+                args,
+                checks=UNAUTHENTICATED_CHECKS,
+                phases=args.unauthenticated_phases or args.phases,
+                label="without token",
+            ),
+        ]
+        (authed, authed_output), (anon, anon_output) = [finish_schemathesis(run, args, deadline) for run in runs]
         operations, failures = check_unauthorized(node, token)
         print(f"[401 check] {len(operations)} protected operations, 3 requests each: {len(failures)} failures")
         for failure in failures:

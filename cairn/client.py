@@ -12,7 +12,7 @@ The peer-side API: connect to a node (or any cairn peer) and use sessions.
 With C{auto_resume=True} the client resumes by itself whenever a
 session's transport drops, retrying with exponential backoff (1 s
 doubling to 60 s, on the injected clock) until the session is attached
-again or has ended.
+again or has ended (L{cairn.failover}).
 
 Several nodes, one server (docs/scaling.md): C{connect()} also takes a
 list of addresses -- the nodes of one deployment, which share one
@@ -43,10 +43,10 @@ from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
 from cairn.dial import OneConnectionFactory, Target, Unreachable, error_text, node_addresses, websocket_endpoint
+from cairn.failover import AutoResume
 from cairn.pairing.codes import dial_string
 from cairn.pins import MemoryPins, NodeMismatch
 from cairn.session.peer import Peer
-from cairn.session.session import SessionClosed
 from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import client_factory, server_factory
@@ -54,13 +54,11 @@ from cairn.wire.constants import CloseCode
 
 log = Logger()
 
-#: Automatic resume backoff: first delay, factor, ceiling (seconds).
-RESUME_BACKOFF = (1.0, 2.0, 60.0)
 #: Parsed client endpoints kept for reuse (by address string).
 ENDPOINT_CACHE = 32
 
 
-class Client:
+class Client(AutoResume):
     """
     A cairn peer that initiates sessions (and may accept them).
 
@@ -76,13 +74,12 @@ class Client:
     def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, pins=None, **settings):
         self.reactor = reactor
         self.clock = clock or reactor
-        self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
+        # Pairing (cairn.pairing.client) finds the pins through the session's peer.
+        self.peer = Peer(identity or Identity.generate(), self.clock, pinning=self, **settings)
         #: What this client's dialled transports read (no output guard).
         self.transport_settings = TransportSettings.for_peer(self.peer)
         self.auto_resume = auto_resume
         self.pins = MemoryPins() if pins is None else pins
-        # Pairing (cairn.pairing.client) finds the pins through the session's peer.
-        self.peer.pinning = self
         #: session id -> the address its transport was dialled at.
         self._addresses = {}
         #: session id -> L{Target}: every address of its node, for resume and failover.
@@ -96,22 +93,16 @@ class Client:
         self.peer.add_observer(self)
         #: (peer_id) -> bool: accept a relay circuit offered by that peer (None: accept).
         self.on_relay_request = None
-        self._install_relay()
+        # Made now, not on first use: a circuit may be offered before any
+        # request of ours. Imported here, as the extensions below are.
+        from cairn.relay.client import RelayEndpoint
+
+        #: The L{cairn.relay.client.RelayEndpoint} of this client (circuits through a node).
+        self.relay = RelayEndpoint(self)
 
     # Extensions: one each, made on first use. The imports are here so that
     # the peer-side API does not pull in every family when imported (and so
     # that the device CLIs in cairn.cli may import this module cheaply).
-
-    def _install_relay(self):
-        # Now, not on first use: a circuit may be offered before any request of ours.
-        from cairn.relay.client import relay_endpoint
-
-        return relay_endpoint(self)
-
-    @property
-    def relay(self):
-        """The L{cairn.relay.client.RelayEndpoint} of this client (circuits through a node)."""
-        return self._install_relay()
 
     @property
     def mailbox(self):
@@ -263,7 +254,16 @@ class Client:
         connection = self.peer.connection(initiator=True, resume=session)
         return self._dial(address, connection)
 
+    def dialled_at(self, session) -> str:
+        """The address C{session}'s transport was dialled at (KeyError: not a session this client dialled)."""
+        return self._addresses[session.session_id]
+
+    def endpoint(self, address, websocket=False):
+        """The client endpoint for C{address} (kept for reuse); C{websocket}: a C{ws://} or C{wss://} address."""
+        return self._endpoint(address, websocket)
+
     def _endpoint(self, address, websocket):
+        # A bench replaces this lookup (bench/capacity/clients.py): every dial goes through it.
         endpoint = self._endpoints.get(address)
         if endpoint is None:
             if websocket:
@@ -294,117 +294,6 @@ class Client:
         d.addCallback(lambda _: connection.ready)
         d.addCallback(connected)
         return d
-
-    # Automatic resume and failover (Peer observer hooks)
-
-    def session_detached(self, session):
-        if self.auto_resume and session.session_id in self._targets:
-            self._schedule_resume(session, RESUME_BACKOFF[0])
-
-    def session_closed(self, session):
-        sid = session.session_id
-        self._addresses.pop(sid, None)
-        self._targets.pop(sid, None)
-        call = self._retries.pop(sid, None)
-        if call is not None and call.active():
-            call.cancel()
-        if sid not in self._successors:
-            # Nothing replaces it: forget the chains of replacements that led to it.
-            stale = [old for old in self._successors if self._last(old) is session]
-            for old in stale:
-                del self._successors[old]
-
-    def _last(self, session_id):
-        session = self._successors[session_id]
-        while session.session_id in self._successors:
-            session = self._successors[session.session_id]
-        return session
-
-    def _schedule_resume(self, session, delay):
-        self._retries[session.session_id] = self.clock.callLater(delay, self._try_resume, session, delay)
-
-    def _try_resume(self, session, delay):
-        self._retries.pop(session.session_id, None)
-        if session.attached or session.closed is not None:
-            return
-
-        def again(done):
-            if not done and session.closed is None and not session.attached:
-                start, factor, ceiling = RESUME_BACKOFF
-                self._schedule_resume(session, min(delay * factor, ceiling))
-
-        def failed(failure):
-            log.failure("automatic resume of {sid} failed", failure, sid=session.session_id.hex()[:8])
-
-        self._resume_round(session).addCallbacks(again, failed)
-
-    @inlineCallbacks
-    def _resume_round(self, session):
-        """
-        Try each address of C{session}'s node once: resume it, or -- where
-        the node refuses the Reconnect with Close 9 -- replace it with a new
-        session. Fires with True when done (resumed, replaced or ended),
-        False to try again after the next backoff delay.
-        """
-        sid = session.session_id.hex()[:8]
-        target = self._targets.get(session.session_id)
-        if target is None:
-            return True
-        renew = False
-        for address in target.order():
-            if session.closed is not None or session.attached:
-                return True
-            if not renew:
-                try:
-                    yield self.resume(session, address)
-                except Exception as e:
-                    code = getattr(e, "code", None)
-                    log.info("resume of {sid} at {address} failed: {why}", sid=sid, address=address, why=error_text(e))
-                    if code == CloseCode.UNKNOWN_SESSION:
-                        # This node does not have the session (another one of
-                        # the deployment had it, or it was lost): start anew here.
-                        renew = True
-                    elif code is not None and code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
-                        # The node refused the session itself: retrying cannot help.
-                        session._end(SessionClosed(code, e.reason))
-                        return True
-                    else:
-                        continue
-                else:
-                    if session.session_id in self._targets:
-                        self._targets[session.session_id] = target.served(address)
-                    return True
-            if session.closed is not None or session.attached:
-                return True
-            try:
-                new = yield self._handshake(target, [address])
-            except Exception as e:
-                log.info("new session at {address} failed: {why}", address=address, why=error_text(e))
-                continue
-            self._replace(session, new, target.served(address))
-            return True
-        return False
-
-    def _replace(self, old, new, target):
-        """C{new} takes the place of C{old}, which no node of the deployment knows any more."""
-        if old.closed is not None:
-            # It ended meanwhile (its TTL, or the application closed it):
-            # nobody waits for a successor.
-            new.close(CloseCode.NORMAL, "no longer wanted")
-            return
-        self._targets[new.session_id] = target
-        self._successors[old.session_id] = new
-        log.info(
-            "session {old} replaced by a new session {new} (the node did not know it)",
-            old=old.session_id.hex()[:8],
-            new=new.session_id.hex()[:8],
-        )
-        old._end(SessionClosed(CloseCode.UNKNOWN_SESSION, "the node no longer has this session; replaced by a new one"))
-        if self.on_session_replaced is not None:
-            try:
-                self.on_session_replaced(old, new)
-            except Exception:
-                log.failure("on_session_replaced failed")
 
     def listen(self, description: str, websocket: bool = False):
         """Accept sessions on a server endpoint string; fires with the port."""

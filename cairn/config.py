@@ -7,24 +7,23 @@ validated here, so a bad setting stops start-up with one line naming the
 variable and the forms it accepts.  Secrets (the management token, the
 pre-shared key, the TURN secret) never appear in an error message or a repr.
 The parsers of the values themselves are in L{cairn.config_values}, the
-checks of typed values and L{ConfigError} in L{cairn.config_checks}.
+checks of typed values and L{ConfigError} in L{cairn.config_checks}, how
+each kind of setting is declared in L{cairn.config_fields}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attr
 
+from cairn import config_fields as field
 from cairn.config_checks import (
     ENV_KEY,
     ConfigError,
     are_urls,
     between,
-    is_bool,
-    is_listener,
-    is_text,
     nats_url,
     redacted_urls,
     variable_of,
@@ -58,131 +57,6 @@ __all__ = [
 U32_MAX = 2**32 - 1
 
 
-def _seconds(value: Any) -> Any:
-    """Store a whole-second duration given as C{int} as C{float}, like parsed ones."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _redacted(value: str | None) -> str:
-    """Show whether a secret is set, never what it is."""
-    return "None" if value is None else "'<redacted>'"
-
-
-def _setting(variable, parse, default, validator, **kwargs) -> Any:
-    """Declare a L{Config} attribute read from C{variable} with C{parse}."""
-    return attr.ib(
-        default=default,
-        validator=validator,
-        metadata={ENV_KEY: (variable, parse)},
-        **kwargs,
-    )
-
-
-def _text(variable: str, default: str | None = None) -> Any:
-    """A free-form string setting; optional when it has no default."""
-    return _setting(variable, parse_text, default, is_text(default is None))
-
-
-def _secret(variable: str) -> Any:
-    """An optional secret: shown as C{'<redacted>'} in the repr."""
-    return _setting(variable, parse_text, None, is_text(True), repr=_redacted)
-
-
-def _endpoint(variable: str, default: str) -> Any:
-    """A listener: an endpoint string, or C{None} when disabled."""
-    return _setting(variable, parse_endpoint, default, is_listener)
-
-
-def _boolean(variable: str, default: bool) -> Any:
-    """A C{true}/C{false} switch."""
-    return _setting(variable, parse_bool, default, is_bool)
-
-
-def _duration(variable: str, default: float) -> Any:
-    """A positive duration in seconds."""
-    check = between(0, None, "s", above=True, integer=False)
-    return _setting(variable, parse_duration, default, check, converter=_seconds)
-
-
-def _size(variable: str, default: int, low: int, high: int | None = None) -> Any:
-    """A size in bytes, at least C{low} and at most C{high}."""
-    check = between(low, high, " bytes", above=False, integer=True)
-    return _setting(variable, parse_size, default, check)
-
-
-def _count(variable: str, default: int) -> Any:
-    """A whole number, at least 1."""
-    check = between(1, None, "", above=False, integer=True)
-    return _setting(variable, parse_count, default, check)
-
-
-def _choice(variable: str, default: str, choices: tuple[str, ...]) -> Any:
-    """One word of C{choices}, case-insensitive."""
-
-    def parse(text: str) -> str:
-        word = text.strip().lower()
-        if word not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return word
-
-    def validate(instance: Config, attribute: attr.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise ConfigError(variable_of(attribute), f"{value!r} is not one of {', '.join(choices)}")
-
-    return _setting(variable, parse, default, validate)
-
-
-def _urls(variable: str, check: Callable[[str], str]) -> Any:
-    """A comma-separated list of URLs, each passing C{check}; empty by default."""
-    return _setting(variable, url_list(check), (), are_urls(check), converter=tuple)
-
-
-def _is_attach_address(instance: Any, attribute: attr.Attribute, value: Any) -> None:
-    """Validator: None, or a C{tcp://host:port} / C{tls://host:port} address (docs/protocol.md §25.8.8)."""
-    if value is None:
-        return
-    from cairn.pairing.codes import InvalidCode, parse_address
-
-    try:
-        ok = "://" in value and parse_address(value).scheme in ("tcp", "tls")
-    except InvalidCode:
-        ok = False
-    if not ok:
-        raise ConfigError(variable_of(attribute), f"{value!r} is not a tcp://host:port or tls://host:port address")
-
-
-def _is_prefix(instance: Any, attribute: attr.Attribute, value: Any) -> None:
-    """Validator: a stream/bucket/subject prefix (letters, digits, '-' and '_')."""
-    ok = isinstance(value, str) and 0 < len(value) <= 32
-    ok = ok and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
-    if not ok:
-        raise ConfigError(
-            variable_of(attribute), f"{value!r} is not a prefix (use 1-32 letters, digits, '-' or '_', e.g. cairn)"
-        )
-
-
-def default_node_name() -> str:
-    """The host name's first label, made a node name (letters, digits, '-', '_'; at most 32)."""
-    import socket
-
-    label = socket.gethostname().split(".")[0]
-    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in label)[:32].strip("-_")
-    return name or "cairn"
-
-
-def _is_node_name(instance: Any, attribute: attr.Attribute, value: Any) -> None:
-    """Validator: a node name, a token of NATS subjects (letters, digits, '-', '_'; 1-32, not starting with - or _)."""
-    ok = isinstance(value, str) and 0 < len(value) <= 32 and value[0].isascii() and value[0].isalnum()
-    ok = ok and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
-    if not ok:
-        raise ConfigError(
-            variable_of(attribute),
-            f"{value!r} is not a node name (use 1-32 letters, digits, '-' or '_', starting with a letter or digit)",
-        )
-
-
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class Config:
     """
@@ -193,86 +67,88 @@ class Config:
     listener of C{None} is disabled.
     """
 
-    data_dir: str = _text("CAIRN_DATA_DIR", "/data")
-    listen: str | None = _endpoint("CAIRN_LISTEN", "tcp:7400")
-    ws_listen: str | None = _endpoint("CAIRN_WS_LISTEN", "tcp:7401")
+    data_dir: str = field.text("CAIRN_DATA_DIR", "/data")
+    listen: str | None = field.endpoint("CAIRN_LISTEN", "tcp:7400")
+    ws_listen: str | None = field.endpoint("CAIRN_WS_LISTEN", "tcp:7401")
     #: Web page origins allowed to open a WebSocket (clients without Origin always may).
-    ws_allowed_origins: tuple[str, ...] = _urls("CAIRN_WS_ALLOWED_ORIGINS", ws_origin)
-    mgmt_listen: str | None = _endpoint(
-        "CAIRN_MGMT_LISTEN", "tcp:9090:interface=127.0.0.1"
-    )
-    max_payload: int = _size("CAIRN_MAX_PAYLOAD", 1_000_000, 1024, U32_MAX)
-    keepalive_interval: float = _duration("CAIRN_KEEPALIVE_INTERVAL", 30.0)
-    keepalive_timeout: float = _duration("CAIRN_KEEPALIVE_TIMEOUT", 90.0)
-    handshake_timeout: float = _duration("CAIRN_HANDSHAKE_TIMEOUT", 10.0)
-    max_handshakes_per_source: int = _count("CAIRN_MAX_HANDSHAKES_PER_SOURCE", 16)
-    max_write_buffer: int = _size("CAIRN_MAX_WRITE_BUFFER", 32 * 2**20, 2**20)
-    session_ttl: float = _duration("CAIRN_SESSION_TTL", 3600.0)
+    ws_allowed_origins: tuple[str, ...] = field.urls("CAIRN_WS_ALLOWED_ORIGINS", ws_origin)
+    mgmt_listen: str | None = field.endpoint("CAIRN_MGMT_LISTEN", "tcp:9090:interface=127.0.0.1")
+    max_payload: int = field.size("CAIRN_MAX_PAYLOAD", 1_000_000, 1024, U32_MAX)
+    keepalive_interval: float = field.duration("CAIRN_KEEPALIVE_INTERVAL", 30.0)
+    keepalive_timeout: float = field.duration("CAIRN_KEEPALIVE_TIMEOUT", 90.0)
+    handshake_timeout: float = field.duration("CAIRN_HANDSHAKE_TIMEOUT", 10.0)
+    max_handshakes_per_source: int = field.count("CAIRN_MAX_HANDSHAKES_PER_SOURCE", 16)
+    max_write_buffer: int = field.size("CAIRN_MAX_WRITE_BUFFER", 32 * 2**20, 2**20)
+    session_ttl: float = field.duration("CAIRN_SESSION_TTL", 3600.0)
     # Unauthenticated peers (docs/reliability.md, "Unpaired peers").
-    unpaired_session_ttl: float = _duration("CAIRN_UNPAIRED_SESSION_TTL", 10.0)
-    max_unpaired_sessions: int = _count("CAIRN_MAX_UNPAIRED_SESSIONS", 1000)
-    max_unpaired_per_source: int = _count("CAIRN_MAX_UNPAIRED_PER_SOURCE", 32)
-    max_pending_per_source: int = _count("CAIRN_MAX_PENDING_PER_SOURCE", 10)
-    fd_reserve: int = _count("CAIRN_FD_RESERVE", 128)
-    mgmt_enabled: bool = _boolean("CAIRN_MGMT_ENABLED", True)
-    mgmt_token: str | None = _secret("CAIRN_MGMT_TOKEN")
-    mgmt_token_file: str | None = _text("CAIRN_MGMT_TOKEN_FILE")
-    psk: str | None = _secret("CAIRN_PSK")
+    unpaired_session_ttl: float = field.duration("CAIRN_UNPAIRED_SESSION_TTL", 10.0)
+    max_unpaired_sessions: int = field.count("CAIRN_MAX_UNPAIRED_SESSIONS", 1000)
+    max_unpaired_per_source: int = field.count("CAIRN_MAX_UNPAIRED_PER_SOURCE", 32)
+    max_pending_per_source: int = field.count("CAIRN_MAX_PENDING_PER_SOURCE", 10)
+    fd_reserve: int = field.count("CAIRN_FD_RESERVE", 128)
+    mgmt_enabled: bool = field.boolean("CAIRN_MGMT_ENABLED", True)
+    mgmt_token: str | None = field.secret("CAIRN_MGMT_TOKEN")
+    mgmt_token_file: str | None = field.text("CAIRN_MGMT_TOKEN_FILE")
+    psk: str | None = field.secret("CAIRN_PSK")
     # PSK limits (docs/protocol.md §20.4.7): 0 uses = no limit; no expiry by default.
-    psk_max_uses: int = _setting(
+    psk_max_uses: int = field.setting(
         "CAIRN_PSK_MAX_USES", parse_count, 0, between(0, None, "", above=False, integer=True)
     )
-    psk_expires: float | None = _setting(
+    psk_expires: float | None = field.setting(
         "CAIRN_PSK_EXPIRES",
         parse_duration,
         None,
         attr.validators.optional(between(0, None, "s", above=True, integer=False)),
-        converter=_seconds,
+        converter=field.seconds,
     )
-    forward_enabled: bool = _boolean("CAIRN_FORWARD_ENABLED", True)
-    forward_max_per_peer: int = _count("CAIRN_FORWARD_MAX_PER_PEER", 10_000)
-    forward_max_age: float = _duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
-    forward_max_total: int = _size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
+    forward_enabled: bool = field.boolean("CAIRN_FORWARD_ENABLED", True)
+    forward_max_per_peer: int = field.count("CAIRN_FORWARD_MAX_PER_PEER", 10_000)
+    forward_max_age: float = field.duration("CAIRN_FORWARD_MAX_AGE", 7 * 86400.0)
+    forward_max_total: int = field.size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
     # Free space kept on the data directory's file system for deletions (cairn.diskspace).
-    disk_reserve: int = _size("CAIRN_DISK_RESERVE", 64 * 2**20, 0)
-    relay_capacity: int = _count("CAIRN_RELAY_CAPACITY", 64)
-    sync_access: str = _choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
+    disk_reserve: int = field.size("CAIRN_DISK_RESERVE", 64 * 2**20, 0)
+    relay_capacity: int = field.count("CAIRN_RELAY_CAPACITY", 64)
+    sync_access: str = field.choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
     # A URL may carry ?token= (README): shown without it.
-    signal_servers: tuple[str, ...] = _setting(
+    signal_servers: tuple[str, ...] = field.setting(
         "CAIRN_SIGNAL_SERVERS", url_list(signal_url), (), are_urls(signal_url), converter=tuple, repr=shown_urls
     )
-    turn_servers: tuple[str, ...] = _urls("CAIRN_TURN_SERVERS", turn_url)
-    public_addresses: tuple[str, ...] = _urls("CAIRN_PUBLIC_ADDRESSES", public_address)
-    turn_secret: str | None = _secret("CAIRN_TURN_SECRET")
-    turn_secret_file: str | None = _text("CAIRN_TURN_SECRET_FILE")
-    turn_ttl: float = _duration("CAIRN_TURN_TTL", 3600.0)
-    log_addresses: bool = _boolean("CAIRN_LOG_ADDRESSES", False)
-    signal_listen_addr: str = _text("CAIRN_SIGNAL_LISTEN_ADDR", "0.0.0.0:8443")
-    signal_token: str | None = _secret("CAIRN_SIGNAL_TOKEN")
-    signal_token_file: str | None = _text("CAIRN_SIGNAL_TOKEN_FILE")
-    signal_announce_interval: float = _duration("CAIRN_SIGNAL_ANNOUNCE_INTERVAL", 300.0)
+    turn_servers: tuple[str, ...] = field.urls("CAIRN_TURN_SERVERS", turn_url)
+    public_addresses: tuple[str, ...] = field.urls("CAIRN_PUBLIC_ADDRESSES", public_address)
+    turn_secret: str | None = field.secret("CAIRN_TURN_SECRET")
+    turn_secret_file: str | None = field.text("CAIRN_TURN_SECRET_FILE")
+    turn_ttl: float = field.duration("CAIRN_TURN_TTL", 3600.0)
+    log_addresses: bool = field.boolean("CAIRN_LOG_ADDRESSES", False)
+    signal_listen_addr: str = field.text("CAIRN_SIGNAL_LISTEN_ADDR", "0.0.0.0:8443")
+    signal_token: str | None = field.secret("CAIRN_SIGNAL_TOKEN")
+    signal_token_file: str | None = field.text("CAIRN_SIGNAL_TOKEN_FILE")
+    signal_announce_interval: float = field.duration("CAIRN_SIGNAL_ANNOUNCE_INTERVAL", 300.0)
     # Operators (issue 16): how much the node logs and in which form, and
     # whether a management listener beyond loopback is intended (a container).
-    log_level: str = _choice("CAIRN_LOG_LEVEL", "info", LOG_LEVELS)
-    log_format: str = _choice("CAIRN_LOG_FORMAT", "text", LOG_FORMATS)
-    mgmt_exposed: bool = _boolean("CAIRN_MGMT_EXPOSED", False)
+    log_level: str = field.choice("CAIRN_LOG_LEVEL", "info", LOG_LEVELS)
+    log_format: str = field.choice("CAIRN_LOG_FORMAT", "text", LOG_FORMATS)
+    mgmt_exposed: bool = field.boolean("CAIRN_MGMT_EXPOSED", False)
     # The node's state on NATS JetStream (cairn/cluster/, docs/scaling.md);
     # unset = the embedded SQLite database.
-    cluster_nats: tuple[str, ...] = _setting(
+    cluster_nats: tuple[str, ...] = field.setting(
         "CAIRN_CLUSTER_NATS", url_list(nats_url), (), are_urls(nats_url), converter=tuple, repr=redacted_urls
     )
-    cluster_replicas: int = _setting(
+    cluster_replicas: int = field.setting(
         "CAIRN_CLUSTER_REPLICAS", parse_count, 3, between(1, 5, "", above=False, integer=True)
     )
-    cluster_creds_file: str | None = _text("CAIRN_CLUSTER_CREDS_FILE")
-    cluster_prefix: str = _setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", _is_prefix)
+    cluster_creds_file: str | None = field.text("CAIRN_CLUSTER_CREDS_FILE")
+    cluster_prefix: str = field.setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", field.is_prefix)
     # Several nodes as one server (issue 15): the shared identity key (unset:
     # identity.key in the data directory) and this node's name.
-    identity_file: str | None = _text("CAIRN_IDENTITY_FILE")
-    node_name: str = _setting("CAIRN_NODE_NAME", parse_text, attr.Factory(default_node_name), _is_node_name)
+    identity_file: str | None = field.text("CAIRN_IDENTITY_FILE")
+    node_name: str = field.setting(
+        "CAIRN_NODE_NAME", parse_text, attr.Factory(field.default_node_name), field.is_node_name
+    )
     # This node's own address for attached relay circuits across nodes
     # (docs/protocol.md §25.8.8); unset: those circuits are RelayData ones.
-    relay_attach_address: str | None = _setting("CAIRN_RELAY_ATTACH_ADDRESS", parse_text, None, _is_attach_address)
+    relay_attach_address: str | None = field.setting(
+        "CAIRN_RELAY_ATTACH_ADDRESS", parse_text, None, field.is_attach_address
+    )
 
     def __attrs_post_init__(self) -> None:
         """Check the rules that tie settings together."""
@@ -304,83 +180,50 @@ class Config:
         @raise ConfigError: naming the first variable with a bad value.
         @raise TypeError: if an override names no setting.
         """
-        fields = {field.name: field for field in attr.fields(cls)}
+        fields = {a.name: a for a in attr.fields(cls)}
         unknown = sorted(set(overrides) - set(fields))
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(unknown)}")
         values = {}
-        for name, field in fields.items():
+        for name, attribute in fields.items():
             if name in overrides:
-                values[name] = _override(field, overrides[name])
+                values[name] = _override(attribute, overrides[name])
                 continue
-            raw = environ.get(variable_of(field), "")
+            raw = environ.get(variable_of(attribute), "")
             if raw.strip():
-                values[name] = _parse(field, raw)
+                values[name] = _parse(attribute, raw)
         if values.get("mgmt_token_file") is not None:
-            values["mgmt_token"] = _token_from_file(values)
+            values["mgmt_token"] = secret_from_file(
+                values, "mgmt_token", "CAIRN_MGMT_TOKEN", "mgmt_token_file", what="token"
+            )
         if values.get("turn_secret_file") is not None:
-            values["turn_secret"] = secret_from_file(
-                values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file"
-            )
+            values["turn_secret"] = secret_from_file(values, "turn_secret", "CAIRN_TURN_SECRET", "turn_secret_file")
         if values.get("signal_token_file") is not None:
-            values["signal_token"] = secret_from_file(
-                values, "signal_token", "CAIRN_SIGNAL_TOKEN", "signal_token_file"
-            )
+            values["signal_token"] = secret_from_file(values, "signal_token", "CAIRN_SIGNAL_TOKEN", "signal_token_file")
         return cls(**values)
 
 
-def _parse(field: attr.Attribute, raw: str) -> Any:
+def _parse(attribute: attr.Attribute, raw: str) -> Any:
     """Parse one environment value, naming its variable if it is bad."""
-    variable, parse = field.metadata[ENV_KEY]
+    variable, parse = attribute.metadata[ENV_KEY]
     try:
         return parse(raw)
     except ValueError as e:
         raise ConfigError(variable, str(e)) from None
 
 
-def _override(field: attr.Attribute, value: Any) -> Any:
+def _override(attribute: attr.Attribute, value: Any) -> Any:
     """Accept a typed flag value; a listener given as a string is checked here."""
-    if field.metadata[ENV_KEY][1] is parse_endpoint and isinstance(value, str):
-        return _parse(field, value)
+    if attribute.metadata[ENV_KEY][1] is parse_endpoint and isinstance(value, str):
+        return _parse(attribute, value)
     return value
 
 
-def _token_from_file(values: Mapping[str, Any]) -> str:
-    """
-    Read the management token from C{CAIRN_MGMT_TOKEN_FILE}.
-
-    Errors name the file, never its contents.
-    """
-    path = values["mgmt_token_file"]
-    if values.get("mgmt_token") is not None:
-        raise ConfigError(
-            "CAIRN_MGMT_TOKEN_FILE",
-            "CAIRN_MGMT_TOKEN and CAIRN_MGMT_TOKEN_FILE are both set (set only one)",
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise ConfigError(
-            "CAIRN_MGMT_TOKEN_FILE", f"cannot read {path!r} ({e.strerror})"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(
-            "CAIRN_MGMT_TOKEN_FILE", f"{path!r} is not UTF-8 text"
-        ) from None
-    if not token:
-        raise ConfigError(
-            "CAIRN_MGMT_TOKEN_FILE", f"{path!r} is empty (put the token in it)"
-        )
-    return token
-
-
-def secret_from_file(
-    values: Mapping[str, Any], name: str, variable: str, file_name: str
-) -> str:
+def secret_from_file(values: Mapping[str, Any], name: str, variable: str, file_name: str, what: str = "secret") -> str:
     """
     Read the secret C{name} from the file named by the setting C{file_name}
-    (the variable C{variable + "_FILE"}), surrounding whitespace stripped.
+    (the variable C{variable + "_FILE"}), surrounding whitespace stripped;
+    C{what} names it in the message for an empty file.
 
     Errors name the variable and the file, never its contents.
     """
@@ -399,5 +242,5 @@ def secret_from_file(
     except UnicodeDecodeError:
         raise ConfigError(file_variable, f"{path!r} is not UTF-8 text") from None
     if not secret:
-        raise ConfigError(file_variable, f"{path!r} is empty (put the secret in it)")
+        raise ConfigError(file_variable, f"{path!r} is empty (put the {what} in it)")
     return secret

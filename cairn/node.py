@@ -16,8 +16,8 @@ then the services holding per-session state (mailbox, sync, relay).
 """
 
 import gc
-import socket
 
+import attr
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
@@ -37,6 +37,27 @@ from cairn.wire.constants import CloseCode
 log = Logger(namespace="cairn.service")
 
 
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class Process:
+    """
+    How the node's process is run, given to L{CairnNode} (through
+    L{cairn.service.make_node}). The default is an application embedding
+    a node, which owns its process; the twistd plugin, whose process is
+    the node's alone, sets the rest.
+    """
+
+    #: Freeze the objects made at start-up once serving (C{gc.freeze}).
+    freeze_gc: bool = False
+    #: Answer SIGHUP with L{cairn.sighup.reload} instead of dying of it.
+    handle_sighup: bool = False
+    #: twistd's options: a daemonizing twistd waits on their status pipe
+    #: for the outcome of the start (L{tell_launcher}).
+    launcher: object = None
+    #: Where each setting came from (L{cairn.config_report.sources}): only
+    #: the plugin sees the flags and the environment.
+    config_sources: object = None
+
+
 class CairnNode(MultiService):
     """
     The server node: a L{Peer}, its services and its listeners.
@@ -51,20 +72,6 @@ class CairnNode(MultiService):
     sessions, with their services' state -- their resend buffers now hold
     those answers -- and drop their transports.
     """
-
-    #: Freeze the objects made at start-up once serving (C{gc.freeze}):
-    #: set by the twistd plugin, whose process is the node's alone, not
-    #: by default (an application embedding a node owns its process).
-    freeze_gc = False
-    #: Answer SIGHUP with L{cairn.sighup.reload} (set by the twistd plugin,
-    #: for the same reason) instead of dying of it.
-    handle_sighup = False
-    #: twistd's options (set by the plugin): a daemonizing twistd waits on
-    #: their status pipe for the outcome of the start (L{tell_launcher}).
-    launcher = None
-    #: Where each setting came from (L{cairn.config_report.sources}): set
-    #: by the twistd plugin, which alone sees the flags and the environment.
-    config_sources = None
 
     def __init__(
         self,
@@ -86,9 +93,15 @@ class CairnNode(MultiService):
         signaling=None,
         presence=None,
         bus=None,
+        addresses,
+        process=None,
     ):
         super().__init__()
         self.config = config
+        #: How the process is run (L{Process}).
+        self.process = process if process is not None else Process()
+        #: The addresses of pairing links (L{cairn.addresses.LinkAddresses}), told when the listeners are bound.
+        self.addresses = addresses
         self.reactor = reactor
         self.peer = peer
         self.db = db
@@ -130,6 +143,11 @@ class CairnNode(MultiService):
         self.api = None
         self._restore_sighup = None
 
+    @property
+    def config_sources(self):
+        """Where each setting came from (L{Process.config_sources}), or None."""
+        return self.process.config_sources
+
     def serve_management(self, description, api, history) -> None:
         """Serve C{api} on the management listener C{description}; C{history} runs while serving."""
         self.api, self.history = api, history
@@ -147,7 +165,7 @@ class CairnNode(MultiService):
 
     def privilegedStartService(self):
         # twistd binds the ports here (as root, before dropping privileges).
-        with tell_launcher(self.launcher):
+        with tell_launcher(self.process.launcher):
             bind_listeners(self.listeners, self._descriptions, super().privilegedStartService)
 
     def when_listening(self):
@@ -157,7 +175,7 @@ class CairnNode(MultiService):
         return gatherResults(waiting).addCallback(lambda ports: dict(zip(names, ports)))
 
     def startService(self):
-        with tell_launcher(self.launcher):
+        with tell_launcher(self.process.launcher):
             self._start()
 
     def _start(self):
@@ -178,7 +196,7 @@ class CairnNode(MultiService):
         except BaseException:
             self.db.close_now()
             raise
-        if self.handle_sighup:
+        if self.process.handle_sighup:
             self._restore_sighup = sighup.install(self.reactor, lambda: sighup.reload(self.api, self.config))
         ports = self.when_listening()
         ports.addCallback(self._pause)
@@ -208,13 +226,12 @@ class CairnNode(MultiService):
                 host=getattr(host, "host", host),
                 port=getattr(host, "port", ""),
             )
-        if not self.config.public_addresses:
-            self.pairing.link_addresses = derived_addresses(ports)
+        self.addresses.listening(ports)
         if self.signaling is not None:
             self.signaling.node_ready()
         if self.history is not None:
             self.history.start()
-        if self.freeze_gc:
+        if self.process.freeze_gc:
             # Everything made so far (modules, configuration, trust records,
             # restored sessions) lives as long as the process: keep the
             # cyclic garbage collector from walking it again and again.
@@ -306,30 +323,3 @@ def _barrier_txn(cursor):
 
 def _log_barrier(failure):
     log.failure("waiting for the database before saving sessions failed", failure)
-
-
-def derived_addresses(ports) -> tuple:
-    """
-    Dialable addresses of the bound cairn listeners, for pairing links.
-
-    A listener bound to one interface is advertised on it; a wildcard one
-    on the machine's host name. C{CAIRN_PUBLIC_ADDRESSES} overrides this.
-    """
-    addresses = []
-    for name in ("tcp", "websocket"):
-        port = ports.get(name)
-        if port is None:
-            continue
-        address = port.getHost()
-        host = getattr(address, "host", None)
-        if host is None:
-            continue
-        if host in ("0.0.0.0", "::"):
-            host = socket.gethostname()
-        # The protocol's address form (docs/protocol.md §20.3.2).
-        shown = f"[{host}]" if ":" in host else host
-        if name == "tcp":
-            addresses.append(f"tcp://{shown}:{address.port}")
-        else:
-            addresses.append(f"ws://{shown}:{address.port}/")
-    return tuple(addresses)

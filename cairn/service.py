@@ -14,6 +14,7 @@ import os
 from twisted.logger import Logger
 
 from cairn import config_report
+from cairn.addresses import LinkAddresses
 from cairn.config import ConfigError
 from cairn.diskspace import FreeSpace
 from cairn.mailbox.interfaces import Limits
@@ -45,19 +46,22 @@ from cairn.turn.service import make_turn_service
 log = Logger()
 
 
-def make_node(config, reactor) -> CairnNode:
+def make_node(config, reactor, process=None) -> CairnNode:
     """
     Build the whole node for C{config}; nothing is opened or listens until started.
+
+    @param process: how the process is run (L{cairn.node.Process}; default:
+        embedded in an application that owns its process).
 
     @raise StartupError: one line naming what is wrong (see L{cairn.startup}).
     """
     try:
-        return _make_node(config, reactor)
+        return _make_node(config, reactor, process)
     except ConfigError as e:  # a secret file unreadable, a token empty, ...
         raise StartupError(str(e)) from None
 
 
-def _make_node(config, reactor) -> CairnNode:
+def _make_node(config, reactor, process) -> CairnNode:
     prepare_data_dir(config.data_dir)
     ident = load_identity(config.data_dir, config.identity_file)
     space = FreeSpace(config.data_dir, config.disk_reserve, report=from_any_thread(reactor, log))
@@ -65,7 +69,8 @@ def _make_node(config, reactor) -> CairnNode:
     stores = make_stores(config, reactor, db)
     trust = stores.trust
     peer = make_peer(config, ident, reactor, is_trusted=trust.is_paired)
-    pairing = make_pairing(config, peer, trust, reactor, stores.pairing_codes())
+    addresses = LinkAddresses(config.public_addresses)
+    pairing = make_pairing(config, peer, trust, reactor, stores.pairing_codes(), addresses)
     # Bounds on what unpaired peers hold: memory and descriptors.
     gauge = DescriptorGauge(reactor, config.fd_reserve)
     bounds = unpaired.UnpairedSessions(
@@ -95,6 +100,8 @@ def _make_node(config, reactor) -> CairnNode:
         signaling=signal_announcer(config, ident, pairing, trust, reactor) if config.signal_servers else None,
         presence=presence,
         bus=bus,
+        addresses=addresses,
+        process=process,
     )
     add_cairn_listeners(node, config)
     if config.mgmt_enabled and config.mgmt_listen:
@@ -137,14 +144,18 @@ def make_peer(config, ident, reactor, is_trusted=None) -> Peer:
     )
 
 
-def make_pairing(config, peer, trust, reactor, codes=None) -> PairingService:
-    """Pairing of the node's peer; C{codes} shares its PINs and links (None: this node alone)."""
+def make_pairing(config, peer, trust, reactor, codes=None, addresses=None) -> PairingService:
+    """
+    Pairing of the node's peer; C{codes} shares its PINs and links (None:
+    this node alone); C{addresses} gives the addresses its links carry
+    (default: C{CAIRN_PUBLIC_ADDRESSES}).
+    """
     return PairingService(
         peer,
         trust,
         reactor,
         psk=config.psk,
-        link_addresses=config.public_addresses,
+        link_addresses=config.public_addresses if addresses is None else addresses,
         psk_max_uses=config.psk_max_uses,
         psk_lifetime=config.psk_expires,
         psk_file=os.path.join(config.data_dir, PSK_FILE),

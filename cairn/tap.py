@@ -199,24 +199,25 @@ def makeService(options: Options) -> IService:
     # should not need the whole node.
     from twisted.internet import reactor
 
+    from cairn.node import Process
     from cairn.pairing.psk import PskError
     from cairn.service import make_node
 
+    sources = config_report.sources(os.environ, options.overrides())
+    # The process is the node's alone (see cairn.node.Process); twistd's
+    # own options are the launcher (parsing a subcommand sets its parent).
+    process = Process(
+        freeze_gc=True, handle_sighup=True, launcher=getattr(options, "parent", None), config_sources=sources
+    )
     # Before the node is made: its descriptor gauge reads the limit.
     fdlimit.raise_and_say()
     try:
-        node = make_node(config, reactor)
+        node = make_node(config, reactor, process)
     except PskError as e:  # a damaged <data dir>/pairing-psk.json: one line, no traceback
         raise StartupError(str(e)) from None
-    # The process is the node's alone (see CairnNode).
-    node.freeze_gc = True
-    node.handle_sighup = True
-    # twistd's own options (parsing a subcommand sets its parent).
-    node.launcher = getattr(options, "parent", None)
     # The process is the node's: gate its whole log (addresses, floods).
     from cairn.logfilter import LogGateService
 
     LogGateService(reactor, config.log_addresses).setServiceParent(node)
-    node.config_sources = config_report.sources(os.environ, options.overrides())
-    logs.summary(config, node.config_sources)
+    logs.summary(config, sources)
     return node

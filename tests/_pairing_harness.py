@@ -35,7 +35,11 @@ class PairingScenarioMixin(ScenarioMixin):
     def _start_pairing(self):
         self.clock = task.Clock()
         self.trust = yield self.make_trust()
-        self.pairing = PairingService(self.server, self.trust, self.clock, psk=self.psk, link_addresses=[self.address])
+        #: What the links carry (a test may change it; the service asks it at each link).
+        self.link_addresses = [self.address]
+        self.pairing = PairingService(
+            self.server, self.trust, self.clock, psk=self.psk, link_addresses=lambda: self.link_addresses
+        )
         yield self.pairing.start()
 
     @defer.inlineCallbacks

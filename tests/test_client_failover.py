@@ -22,9 +22,10 @@ from twisted.trial import unittest
 from cairn.cli import mailbox as mailbox_cli
 from cairn.cli import relay as relay_cli
 from cairn.cli.device import server_addresses
-from cairn.client import RESUME_BACKOFF, Client
+from cairn.client import Client
 from cairn.crypto.identity import load_or_create
 from cairn.dial import Unreachable, node_addresses
+from cairn.failover import RESUME_BACKOFF
 from cairn.mailbox import client as mailbox
 from cairn.pairing import client as pairing
 from cairn.pins import MemoryPins, NodeMismatch

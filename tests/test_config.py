@@ -10,12 +10,12 @@ from twisted.trial import unittest
 from cairn.config import (
     Config,
     ConfigError,
-    default_node_name,
     parse_bool,
     parse_duration,
     parse_endpoint,
     parse_size,
 )
+from cairn.config_fields import default_node_name
 
 SECRETS = {
     "CAIRN_MGMT_TOKEN": "tok-3f9a-SECRET",

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from cairn.node import derived_addresses
+from cairn.addresses import derived_addresses
 from cairn.pairing import codes
 from cairn.pairing.client import pair_link
 from tests._harness import eventually

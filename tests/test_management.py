@@ -22,6 +22,7 @@ from cairn import __version__
 from cairn.crypto.identity import Identity, peer_id_for
 from cairn.mailbox.interfaces import StoreFull
 from cairn.management import app as app_mod
+from cairn.management import peer_routes, service_routes
 from cairn.management.app import BODY_LIMIT, PUBLIC_PATHS, ManagementAPI, make_site
 from cairn.management.metrics import Metrics
 from cairn.management.openapi import openapi_document
@@ -830,8 +831,9 @@ class SiteTests(unittest.TestCase):
 class ModuleTests(unittest.TestCase):
     def test_no_app_run(self):
         """The app module never starts a server itself (no app.run)."""
-        with open(app_mod.__file__, encoding="utf-8") as f:
-            self.assertNotIn(".run(", f.read())
+        for module in (app_mod, peer_routes, service_routes):
+            with open(module.__file__, encoding="utf-8") as f:
+                self.assertNotIn(".run(", f.read())
 
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "management.md")

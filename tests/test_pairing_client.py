@@ -182,7 +182,7 @@ class LinkFallbackTests(PairingScenarioMixin, unittest.TestCase):
         port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(_Refuse))
         dead = f"tcp:host=127.0.0.1:port={port.getHost().port}"
         yield port.stopListening()  # now nothing listens there
-        self.pairing.link_addresses = (dead, self.address)
+        self.link_addresses = (dead, self.address)
         uri = self.pairing.create_link()["link"]
         session, result = yield eventually(pair_link(self.make_client(), uri))
         # The dial that failed never had a transport: nothing to wait for.

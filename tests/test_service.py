@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
+from cairn.node import Process
 from cairn.pairing.client import request_approval
 from cairn.service import StartupError, make_node
 from cairn.session import store
@@ -139,8 +140,7 @@ class RestartTests(unittest.TestCase):
         node, _ = yield self.start()
         yield node.stopService()
         self.assertEqual(frozen, [])
-        node = make_node(config_for(self.data_dir), reactor)
-        node.freeze_gc = True
+        node = make_node(config_for(self.data_dir), reactor, Process(freeze_gc=True))
         node.startService()
         yield node.ready
         self.assertEqual(frozen, [True])

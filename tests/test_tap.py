@@ -139,9 +139,10 @@ class FakeServiceModule:
         sys.modules["cairn.service"] = module
         test.addCleanup(self.restore, previous)
 
-    def make_node(self, config, reactor):
+    def make_node(self, config, reactor, process=None):
         """Record the call and return an empty service."""
         self.calls.append((config, reactor))
+        self.process = process
         return MultiService()
 
     def restore(self, previous):
@@ -169,7 +170,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(first, "nofile")
         self.assertEqual((config.data_dir, config.listen), ("/srv/cairn", None))
         self.assertIs(given_reactor, reactor)
-        self.assertTrue(service.freeze_gc)  # the process is the node's
+        self.assertTrue(fake.process.freeze_gc)  # the process is the node's
 
     def test_bad_env(self):
         """A bad variable makes makeService stop with one line naming it."""

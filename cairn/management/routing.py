@@ -2,10 +2,11 @@
 How the management API's endpoints are declared and answered: the bearer
 token check, the body limit, JSON (or a L{Raw} body) out, path segments
 that never take a fixed route's name, and the one mapping of exceptions to
-responses (L{error_response}). The routes themselves are in
-L{cairn.management.app}.
+responses (L{error_response}). The routes themselves are declared on
+L{ROUTES} by L{cairn.management.app} and the route modules beside it.
 """
 
+from klein import Klein
 from klein.resource import KleinResource
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -39,6 +40,14 @@ class Segment(BaseConverter):
     """One path segment that is not a name the fixed routes use."""
 
     regex = "(?!(?:" + "|".join(sorted(RESERVED_SEGMENTS)) + ")(?![^/]))[^/]+"
+
+
+#: The management API's routes: each route module declares its endpoints
+#: on it (L{endpoint}); L{cairn.management.app.ManagementAPI} serves them.
+ROUTES = Klein()
+# A path segment in <...> never takes the name of a fixed route beside
+# it: DELETE /peers/approve is a 405 (POST only), not a peer id "approve".
+ROUTES.url_map.converters["default"] = Segment
 
 
 def endpoint(app, path, method, status=200):

@@ -52,7 +52,9 @@ class PairingService(Decisions):
     @param psk: the pre-shared key (C{CAIRN_PSK}) or None; an empty string
         counts as none.
     @param link_addresses: the addresses put in pairing links, as a client
-        dials them (C{"tcp:host=...:port=..."}, C{"ws://.../"}).
+        dials them (C{"tcp:host=...:port=..."}, C{"ws://.../"}); or a
+        callable giving them when a link is made (the node's
+        L{cairn.addresses.LinkAddresses}: known once its listeners are bound).
     """
 
     def __init__(
@@ -78,7 +80,11 @@ class PairingService(Decisions):
         self.peer = peer
         self.trust = trust
         self.clock = clock
-        self.link_addresses = tuple(link_addresses)
+        if callable(link_addresses):
+            self._link_addresses = link_addresses
+        else:
+            fixed = tuple(link_addresses)
+            self._link_addresses = lambda: fixed
         self.max_pending = max_pending
         #: The approval queue's bounds (L{cairn.pairing.pending}).
         self.pending = PendingQueue(trust, clock, max_pending, max_pending_per_source, on_evicted=self._evicted)
@@ -105,6 +111,11 @@ class PairingService(Decisions):
         watch = getattr(trust, "watch", None)
         if watch is not None:
             watch(self._decided_elsewhere)
+
+    @property
+    def link_addresses(self) -> tuple:
+        """The addresses pairing links carry now."""
+        return tuple(self._link_addresses())
 
     def start(self):
         """Load the trust store; fires once L{ITrustStore.is_paired} is accurate."""

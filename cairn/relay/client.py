@@ -134,8 +134,8 @@ class RelayEndpoint(Reestablishing):
             return transport
         circuit = AttachedCircuit(self, node_session, circuit_id, remote_peer_id, connection)
         self.circuits[circuit_id] = circuit
-        address = attach_at or self.client._addresses[node_session.session_id]
-        circuit.dial(self.client._endpoint(address, False), token)
+        address = attach_at or self.client.dialled_at(node_session)
+        circuit.dial(self.client.endpoint(address), token)
         return circuit
 
     def _accepts(self, peer_id):
@@ -312,11 +312,8 @@ class RelayEndpoint(Reestablishing):
 
 
 def relay_endpoint(client) -> RelayEndpoint:
-    """The relay endpoint of C{client}, installed on first use."""
-    endpoint = getattr(client, "_relay_endpoint", None)
-    if endpoint is None:
-        endpoint = client._relay_endpoint = RelayEndpoint(client)
-    return endpoint
+    """The relay endpoint of C{client} (C{client.relay}, made with the client)."""
+    return client.relay
 
 
 def relay_to(client, node_session, peer_id):

@@ -35,6 +35,9 @@ class Peer:
     @param is_trusted: C{(peer_id) -> bool}, given by the node: whether a
         remote peer is paired. None (client applications): every peer
         counts as trusted.
+    @param pinning: the device's node pins, given by a
+        L{cairn.client.Client} (its C{pin} and C{pinned}, which pairing
+        uses through a session's peer); None on a node.
     """
 
     #: When a session updates its sending key (KeyUpdate, §8.3).
@@ -55,6 +58,7 @@ class Peer:
         resend_limits=DEFAULT_RESEND_LIMITS,
         log_addresses=False,
         is_trusted=None,
+        pinning=None,
     ):
         self.identity = identity
         self.clock = clock
@@ -67,6 +71,7 @@ class Peer:
         #: (None: the same as C{session_ttl}); never longer than it.
         self.unpaired_session_ttl = unpaired_session_ttl
         self.is_trusted = is_trusted
+        self.pinning = pinning
         self._restoring = False
         self.resend_limits = resend_limits
         #: Name the peer's network address in session log lines (an operator's opt-in).
