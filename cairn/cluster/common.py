@@ -43,6 +43,33 @@ async def kv_forget(kv, key):
         pass
 
 
+async def open_bucket(js, config, attempts=5, pause=0.2):
+    """
+    The KV bucket C{config} names: made if it does not exist, else opened as
+    it is (another version of cairn may have made it with other settings).
+
+    Two nodes starting at once on a replicated cluster race: the second
+    create is refused while the first one's bucket is not yet readable, so
+    opening it may still say it does not exist. Both are tried again a few
+    times, pausing a little longer each time, before the last error goes up.
+    """
+    import asyncio
+
+    from nats.js.errors import BadRequestError, BucketNotFoundError
+
+    for attempt in range(attempts):
+        try:
+            return await js.create_key_value(config=config)
+        except BadRequestError:
+            pass
+        try:
+            return await js.key_value(config.bucket)
+        except BucketNotFoundError:
+            if attempt == attempts - 1:
+                raise
+        await asyncio.sleep(pause * (attempt + 1))
+
+
 def one_line(error):
     """The first line of C{error}'s message (at most 200 characters), for a log line or a reason."""
     return (str(error).strip() or type(error).__name__).splitlines()[0][:200]

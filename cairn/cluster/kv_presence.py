@@ -26,7 +26,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.common import one_line
+from cairn.cluster.common import one_line, open_bucket
 from cairn.cluster.presence import IPresence, attached_locally, local_peers
 from cairn.storeservice import observe
 
@@ -83,7 +83,6 @@ class KVPresence:
         import asyncio
 
         from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BadRequestError
 
         config = KeyValueConfig(
             bucket=self.bucket,
@@ -93,10 +92,7 @@ class KVPresence:
             replicas=self.jet.settings.replicas,
             storage=StorageType.MEMORY,
         )
-        try:
-            self.kv = await self.jet.js.create_key_value(config=config)
-        except BadRequestError:
-            self.kv = await self.jet.js.key_value(self.bucket)  # made by another version: use it as it is
+        self.kv = await open_bucket(self.jet.js, config)
         watcher = await self.kv.watchall()
         initial = []
         async for entry in watcher:

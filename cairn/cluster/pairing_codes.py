@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.common import one_line
+from cairn.cluster.common import one_line, open_bucket
 from cairn.cluster.watch import Watchers
 from cairn.pairing.code_store import Code, ICodeStore
 from cairn.storeservice import observe
@@ -73,7 +73,6 @@ class KVCodes:
         import asyncio
 
         from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BadRequestError
 
         config = KeyValueConfig(
             bucket=self.bucket,
@@ -83,10 +82,7 @@ class KVCodes:
             replicas=self.jet.settings.replicas,
             storage=StorageType.FILE,
         )
-        try:
-            self.kv = await self.jet.js.create_key_value(config=config)
-        except BadRequestError:
-            self.kv = await self.jet.js.key_value(self.bucket)
+        self.kv = await open_bucket(self.jet.js, config)
         watcher = await self.kv.watchall()
         initial = []
         async for entry in watcher:
