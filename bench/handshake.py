@@ -16,7 +16,7 @@ docs/protocol.md §9.5; bench.data measures sessions that carry Data.)
 For the WebSocket run it also counts how the client's WebSockets closed
 (clean or not) and the timers still pending shortly after the run.
 
-    python -m bench.handshake [--quick] [--count N] [--concurrency N]
+    python -m bench.handshake [--quick] [--count N] [--concurrency N] [--transport tcp|websocket]
 """
 
 from noise.connection import Keypair, NoiseConnection
@@ -42,6 +42,8 @@ from cairn.wire.constants import NOISE_PROLOGUE, NOISE_PROTOCOL_NAME
 
 #: The ratio the full TCP handshake should reach against the bare one.
 TARGET = 0.7
+#: The transports measured, in order.
+TRANSPORTS = ("tcp", "websocket")
 #: Seconds to let the last WebSockets close before counting how they closed.
 CLOSE_GRACE = 0.5
 
@@ -158,30 +160,38 @@ def report_transport(name, measured, bare, target=None):
 
 
 @defer.inlineCallbacks
-def run(reactor, quick=False, count=None, bare_count=None, concurrency=16):
-    """Measure the anchor, then cairn over TCP and over WebSocket; print the results."""
+def run(reactor, quick=False, count=None, bare_count=None, concurrency=16, transports=TRANSPORTS):
+    """
+    Measure the anchor, then cairn over TCP and over WebSocket; print the results.
+
+    @param transports: the transports to measure (both by default; one
+        alone makes a profile of the node that is about that one).
+    """
     count = pick(count, quick, 5000, 300)
     bare_count = pick(bare_count, quick, 5000, 300)
     out(f"== handshake bench ({count} handshakes per transport, {concurrency} in flight) ==")
     bare = measure_in_process(bare_handshake_operation(), bare_count)
     out(f"bare noiseprotocol XX in one process: {rate(bare.count, bare.wall)} ({bare_count} handshakes)")
     server = ServerProcess()
+    tcp = websocket = closes = None
     try:
         ports = server.start()
-        tcp = yield cairn_handshakes(
-            reactor, server, f"tcp:host=127.0.0.1:port={ports['tcp']}", count, concurrency
-        )
-        with WebSocketCloses() as closes:
-            websocket = yield cairn_handshakes(
-                reactor, server, f"ws://127.0.0.1:{ports['websocket']}/", count, concurrency
-            )
-            yield sleep(reactor, CLOSE_GRACE)
-            timers = len(reactor.getDelayedCalls())
+        if "tcp" in transports:
+            tcp = yield cairn_handshakes(reactor, server, f"tcp:host=127.0.0.1:port={ports['tcp']}", count, concurrency)
+        if "websocket" in transports:
+            with WebSocketCloses() as closes:
+                websocket = yield cairn_handshakes(
+                    reactor, server, f"ws://127.0.0.1:{ports['websocket']}/", count, concurrency
+                )
+                yield sleep(reactor, CLOSE_GRACE)
+                timers = len(reactor.getDelayedCalls())
     finally:
         server.stop()
-    report_transport("TCP", tcp, bare, TARGET)
-    report_transport("WebSocket", websocket, bare)
-    out(f"  WebSocket: {closes.line(count + 1, CLOSE_GRACE, timers)}")
+    if tcp is not None:
+        report_transport("TCP", tcp, bare, TARGET)
+    if websocket is not None:
+        report_transport("WebSocket", websocket, bare)
+        out(f"  WebSocket: {closes.line(count + 1, CLOSE_GRACE, timers)}")
     out(
         "  (wall rates: client in this process, node in a child process, one core each; "
         "the bare anchor runs both sides on one core)"
@@ -194,11 +204,17 @@ def main(argv=None):
     p.add_argument("--count", type=int, help="handshakes per transport")
     p.add_argument("--bare-count", type=int, help="bare noiseprotocol handshakes")
     p.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
+    p.add_argument("--transport", choices=TRANSPORTS, help="measure this transport only (default: both)")
     args = p.parse_args(argv)
     log_warnings_only()
     task.react(
         lambda reactor: run(
-            reactor, args.quick, args.count, args.bare_count, args.concurrency
+            reactor,
+            args.quick,
+            args.count,
+            args.bare_count,
+            args.concurrency,
+            (args.transport,) if args.transport else TRANSPORTS,
         ).addCallback(lambda _: None)
     )
 

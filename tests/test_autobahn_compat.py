@@ -1,5 +1,7 @@
 """The guarded adaptations of autobahn and txaio (cairn.transport.autobahn_compat)."""
 
+import functools
+
 import autobahn.websocket.protocol as protocol_module
 from twisted.internet import task
 from twisted.trial import unittest
@@ -19,6 +21,21 @@ class CompatTests(unittest.TestCase):
         self.assertTrue(autobahn_compat.install())
         self.assertTrue(getattr(protocol_module.hltype, "_cairn_lazy", False))
         self.assertEqual(str(protocol_module.pformat({"a": 1})), "{'a': 1}")
+
+    def test_lazy_arguments_made_in_c_and_rendered_as_before(self):
+        """
+        The lazy debug arguments are C{functools.partial} objects (no Python
+        call to make one, about 27 per handshake a side) that render the
+        text autobahn's own functions give.
+        """
+        autobahn_compat.install()
+        real = protocol_module.hlval.args[0]
+        lazy = protocol_module.hlval(42)
+        self.assertIsInstance(lazy, functools.partial)
+        self.assertEqual(str(lazy), str(real(42)))
+        self.assertEqual(repr(lazy), str(real(42)))
+        self.assertEqual(f"{lazy:>30}", f"{real(42):>30}")
+        self.assertEqual("<" + lazy + ">", "<" + real(42) + ">")
 
     def test_timers_on_the_clock(self):
         """A factory's handshake timers run on the injected clock."""

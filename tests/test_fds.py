@@ -64,6 +64,34 @@ class GaugeTests(unittest.TestCase):
         os.close(floor)
         self.assertGreaterEqual(self.gauge.in_use(), floor)
 
+    def test_no_file_opened_per_admission(self):
+        """
+        The floor is learnt without opening a file for every connection:
+        C{/dev/null} is opened at most once (per process) and duplicated.
+        """
+        opened = []
+        real_open = os.open
+
+        def counting_open(*args, **kwargs):
+            opened.append(args[0])
+            return real_open(*args, **kwargs)
+
+        self.patch(fds.os, "open", counting_open)
+        for _ in range(10):
+            self.assertTrue(self.gauge.admit())
+            self.assertFalse(self.gauge.short())
+        self.assertLessEqual(len(opened), 1)
+
+    def test_probe_descriptor_closed_behind_its_back(self):
+        """If the held descriptor was closed by someone else, it is opened again."""
+        fds._lowest_free_descriptor()
+        os.close(fds._probe)
+        floor = os.open(os.devnull, os.O_RDONLY)
+        os.close(floor)
+        self.used = 0
+        self.assertGreaterEqual(self.gauge.in_use(), floor)
+        os.fstat(fds._probe)  # open again
+
     def test_reserve_at_most_half(self):
         """A reserve above half the limit is cut to half, with a warning."""
         gauge = fds.DescriptorGauge(self.clock, reserve=500, limit=100, count=lambda: 0)

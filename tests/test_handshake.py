@@ -506,6 +506,22 @@ class CachingTests(unittest.TestCase):
         self.assertEqual(r._remote_static(), ALICE.noise_static_public())
         self.assertEqual(i.result().handshake_hash, r.result().handshake_hash)
 
+    def test_payload_seen_before_not_decoded_again(self):
+        """A (payload, static key) pair checked before is not decoded or verified again; its outcome is the same."""
+        handshake._binding_verifies.cache_clear()
+        self.addCleanup(handshake._binding_verifies.cache_clear)
+        decoded = []
+        real = handshake.cbor.loads
+        self.patch(handshake.cbor, "loads", lambda data: decoded.append(data) or real(data))
+        payload = handshake.identity_payload(MALLORY)
+        static = MALLORY.noise_static_public()
+        wrong = ALICE.noise_static_public()
+        for _ in range(3):
+            self.assertEqual(handshake.check_identity_payload(payload, static), MALLORY.public_key)
+            self.assertRaises(HandshakeError, handshake.check_identity_payload, payload, wrong)
+            self.assertRaises(HandshakeError, handshake.check_identity_payload, b"\xff", static)
+        self.assertEqual(len(decoded), 3)
+
     def test_verification_remembered(self):
         """A binding is verified once per (identity, static, signature); failures stay failures."""
         handshake._binding_verifies.cache_clear()

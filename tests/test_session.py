@@ -34,6 +34,30 @@ class EstablishMixin(ScenarioMixin):
         self.assertIsNone(other.connection._handshake)
 
     @defer.inlineCallbacks
+    def test_log_events_of_one_session(self):
+        """
+        A session that opens and closes normally costs each side one event
+        at its start and one at its end (the closed connection is not a
+        third: the session's line already says it ended).
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+
+        def observer(event):
+            if event.get("log_namespace", "").startswith("cairn."):
+                events.append(event["log_format"])
+
+        session = yield self.connect()
+        other = self.server_session(session)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        session.close()
+        yield defer.gatherResults([eventually(c.lost) for c in self.connections])
+        self.assertIsNotNone(other.closed)
+        self.assertEqual(events, ["session {sid} closed: {code} {reason}"] * 2)
+
+    @defer.inlineCallbacks
     def test_channel_data_both_ways(self):
         """Data sent on a named channel arrives on the peer's channel of that name, both ways."""
         session = yield self.connect()

@@ -166,6 +166,27 @@ class WebSocketShedTests(unittest.TestCase):
         self.assertEqual(transport.maxMessagePayloadSize, self.server.max_payload + HEADER_SIZE)
         self.assertTrue(transport.allowNullOrigin)
 
+    @defer.inlineCallbacks
+    def test_client_factory_set_up_once_per_address(self):
+        """
+        A client's WebSocket factories for one address are copies of one set
+        up once (the URL parsed, the options set, one handshake timer), each
+        with its own sink; its protocols read the options from their class.
+        """
+        settings = websocket.TransportSettings.for_peer(self.server)
+        url = f"ws://127.0.0.1:{self.port.getHost().port}/"
+        first, second = (websocket.client_factory(settings, url, sink) for sink in ("a", "b"))
+        self.assertIsNot(first, second)
+        self.assertEqual((first.make_sink, second.make_sink), ("a", "b"))
+        self.assertIs(first._batched_timer, second._batched_timer)
+        self.assertIs(first.protocol, second.protocol)
+        self.assertEqual(first.protocol.maxMessagePayloadSize, self.server.max_payload + HEADER_SIZE)
+        client = Client(reactor, Identity.generate(), clock=task.Clock(), **SETTINGS)
+        track_connections(client.peer, self.connections)
+        session = yield eventually(client.connect(url))
+        transport = session.connection.transport
+        self.assertEqual(set(vars(transport)) & set(transport.CONFIG_ATTRS), set())
+
     def test_later_options_reach_new_connections(self):
         """An option set on the factory after it was made applies to the protocols it builds next."""
         factory = server_factory(self.server)

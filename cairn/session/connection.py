@@ -134,7 +134,11 @@ class Connection(Opening):
         if self.initiator and not self.ready.called:
             code, why = self._close_reason or (CloseCode.GOING_AWAY, "connection lost")
             self.ready.errback(HandshakeFailed(code, why))
-        log.debug("connection closed in state {state}", state=state)
+        if state != "closed":
+            # A connection closed after a Close (the session's "closed" line
+            # or "closing connection" already said so) is not logged again:
+            # an event costs its emitter even when nothing shows it.
+            log.debug("connection closed in state {state}", state=state)
         self._lost = True
         waiters, self._lost_waiters = self._lost_waiters, []
         for d in waiters:

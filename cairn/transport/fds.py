@@ -22,11 +22,17 @@ Counting: the number of descriptors in use is read from C{/proc/self/fd}
 (or C{/dev/fd}) at most once a second, on the injected clock; in between
 it is estimated from that count plus every connection admitted since, and
 from the lowest free descriptor, which the kernel hands out first (the
-gauge opens and closes C{/dev/null} to learn it: every descriptor below
-it is in use). The estimate errs on the high
+gauge duplicates a descriptor it holds and closes the copy to learn it:
+every descriptor below it is in use). The estimate errs on the high
 side, which refuses early rather than late.
+
+The descriptor duplicated is C{/dev/null}, opened once per process and
+kept (L{_lowest_free_descriptor}): opening C{/dev/null} for every probe
+(twice per accepted connection) cost a path lookup and a new open file
+each time, about 3-4 times what a C{dup} costs.
 """
 
+import errno
 import os
 import resource
 
@@ -49,6 +55,31 @@ def _count_open() -> int:
         except OSError:
             continue
     return 0
+
+
+#: The descriptor L{_lowest_free_descriptor} duplicates (C{/dev/null}), once opened.
+_probe = None
+
+
+def _lowest_free_descriptor():
+    """
+    The lowest descriptor number free now (the kernel gives it to the next
+    descriptor made), or None when none is free.
+    """
+    global _probe
+    for _ in range(2):
+        try:
+            if _probe is None:
+                _probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.dup(_probe)
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                _probe = None  # someone closed it: open it again
+                continue
+            return None
+        os.close(fd)
+        return fd
+    return None
 
 
 def soft_limit() -> int:
@@ -102,11 +133,9 @@ class DescriptorGauge:
         return max(self._counted + self._since, self._lowest_free())
 
     def _lowest_free(self) -> int:
-        try:
-            fd = os.open(os.devnull, os.O_RDONLY)
-        except OSError:
+        fd = _lowest_free_descriptor()
+        if fd is None:
             return self.limit  # not even one free: as critical as it gets
-        os.close(fd)
         return fd
 
     def state(self) -> str:

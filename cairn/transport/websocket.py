@@ -16,6 +16,8 @@ autobahn's debug-log arguments and its timers are adapted in
 L{cairn.transport.autobahn_compat} (version-guarded, with the reasons).
 """
 
+import copy
+
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -262,12 +264,8 @@ def _limit_options(factory, settings):
     )
 
 
-class _ServerFactory(WebSocketServerFactory):
-    #: A L{cairn.transport.fds.DescriptorGauge} (L{server_factory}'s
-    #: C{gauge}): new connections are closed at once while descriptors are critical.
-    gauge = None
-    limiter = None
-    origins = OriginPolicy()
+class _BakedOptions:
+    """L{bake_options} for the server and client factories."""
 
     def bake_options(self):
         """
@@ -288,6 +286,14 @@ class _ServerFactory(WebSocketServerFactory):
         super().setProtocolOptions(**options)
         if getattr(self.protocol, "_unbaked", None) is not None:
             self.bake_options()
+
+
+class _ServerFactory(_BakedOptions, WebSocketServerFactory):
+    #: A L{cairn.transport.fds.DescriptorGauge} (L{server_factory}'s
+    #: C{gauge}): new connections are closed at once while descriptors are critical.
+    gauge = None
+    limiter = None
+    origins = OriginPolicy()
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():
@@ -333,12 +339,44 @@ def server_factory(
     return factory
 
 
+class _ClientFactory(_BakedOptions, WebSocketClientFactory):
+    make_sink = None
+
+
+#: Client factories already set up, by (settings, url): L{client_factory}
+#: copies them. At most L{CLIENT_TEMPLATES} are kept.
+_client_templates = {}
+CLIENT_TEMPLATES = 64
+
+
+def _client_template(settings: TransportSettings, url: str) -> _ClientFactory:
+    key = (settings, url)
+    template = _client_templates.get(key)
+    if template is None:
+        template = _ClientFactory(url, protocols=[SUBPROTOCOL])
+        # One factory per connection: no "Starting/Stopping factory" events.
+        template.noisy = False
+        template.protocol = ClientProtocol
+        _limit_options(template, settings)
+        template.bake_options()
+        if len(_client_templates) >= CLIENT_TEMPLATES:
+            _client_templates.clear()
+        _client_templates[key] = template
+    return template
+
+
 def client_factory(settings: TransportSettings, url: str, make_sink) -> WebSocketClientFactory:
-    """A factory connecting to C{url}; C{make_sink()} builds the Connection."""
-    factory = WebSocketClientFactory(url, protocols=[SUBPROTOCOL])
-    # One factory per connection: no "Starting/Stopping factory" events.
-    factory.noisy = False
-    factory.protocol = ClientProtocol
+    """
+    A factory connecting to C{url}; C{make_sink()} builds the Connection.
+
+    Each connection has its own factory (its C{make_sink}), a shallow copy
+    of one set up once per (settings, url): autobahn's factory set-up
+    parses the URL, resets and sets its ~40 options and makes a handshake
+    timer, about a tenth of a client's CPU per WebSocket handshake. What
+    the copies share is only read once set up (the URL's parts, the
+    options, which are class attributes of the protocol as on the server,
+    L{_BakedOptions}) or meant to be shared (the batched timer).
+    """
+    factory = copy.copy(_client_template(settings, url))
     factory.make_sink = make_sink
-    _limit_options(factory, settings)
     return factory

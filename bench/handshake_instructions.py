@@ -1,0 +1,113 @@
+"""
+Instructions per cairn handshake, counted by valgrind's callgrind: a
+figure that does not move with the machine's load, for when the wall and
+CPU-time figures of L{bench.handshake} are noise (issue 19).
+
+One process holds the node (built by L{make_node}, as in bench/_server.py)
+and one client, connecting over real loopback sockets, one handshake at a
+time; each handshake is what L{bench.handshake} measures (connect, the
+three Noise messages with the identity payloads, a sealed Close). It is
+run twice under C{valgrind --tool=callgrind}, with N and 2N handshakes;
+the difference of the two instruction totals divided by N is the cost of
+one handshake, both sides (client and node) together, with start-up
+cancelled out. The anchor is the bare noiseprotocol handshake of
+L{bench.handshake} (both sides in one process), counted the same way.
+
+    python -m bench.handshake_instructions [--count N] [--transports tcp,websocket,bare]
+
+Needs valgrind; slow (each run is about 50 times slower than natively).
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import defer, task
+
+from bench._common import log_warnings_only, node_config, out
+
+TRANSPORTS = ("tcp", "websocket", "bare")
+
+
+@defer.inlineCallbacks
+def _child(reactor, transport, count):
+    from bench import handshake
+    from cairn.client import Client
+    from cairn.crypto.identity import Identity
+    from cairn.service import make_node
+
+    log_warnings_only()
+    if transport == "bare":
+        operation = handshake.bare_handshake_operation()
+        for _ in range(count):
+            operation()
+        return
+    data_dir = tempfile.mkdtemp(prefix="cairn-bench-")
+    node = make_node(node_config(data_dir), reactor)
+    node.freeze_gc = True  # as twistd -n cairn and bench/_server.py do
+    node.startService()
+    listening = yield node.ready
+    port = listening[transport].getHost().port
+    address = f"tcp:host=127.0.0.1:port={port}" if transport == "tcp" else f"ws://127.0.0.1:{port}/"
+    # One at a time, with no time limit (bench.handshake's would fire
+    # under valgrind on a loaded machine).
+    client = Client(reactor, Identity.generate())
+    for _ in range(count + 1):  # + the warm-up bench.handshake also makes
+        session = yield client.connect(address)
+        session.close()
+    yield node.stopService()
+
+
+def _instructions(transport, count):
+    """Total instructions of one child run under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        outfile = os.path.join(tmp, "callgrind.out")
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={outfile}",
+            sys.executable,
+            "-m",
+            "bench.handshake_instructions",
+            "--child",
+            transport,
+            str(count),
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"callgrind run failed: {result.stderr[-2000:]}")
+        match = re.search(r"Collected : (\d+)", result.stderr)
+        if match is None:
+            raise RuntimeError("no instruction count in callgrind's output")
+        return int(match.group(1))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="instructions per cairn handshake, both sides (callgrind)")
+    p.add_argument("--count", type=int, default=100, help="handshakes in the smaller run (the other has twice as many)")
+    p.add_argument("--transports", default=",".join(TRANSPORTS))
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        transport, count = args.child
+        task.react(lambda reactor: _child(reactor, transport, int(count)))
+        return
+    out(f"== instructions per handshake, both sides, callgrind ({args.count} vs {2 * args.count} handshakes) ==")
+    figures = {}
+    for transport in args.transports.split(","):
+        small = _instructions(transport, args.count)
+        large = _instructions(transport, 2 * args.count)
+        figures[transport] = per = (large - small) / args.count
+        out(f"handshake over {transport}: {per:,.0f} instructions per handshake")
+    base = figures.get("bare")
+    if base:
+        for transport in ("tcp", "websocket"):
+            if transport in figures:
+                out(f"  bare noiseprotocol / cairn over {transport} = {base / figures[transport]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
