@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from bench._common import gather, proc_memory
 from bench.capacity.common import CONNECT_TIMEOUT, PSK, failure_name, poll
 from bench.capacity.limits import raise_descriptors
+from bench.capacity.probe import Stalls
 
 
 def addresses(ports, source: str = None) -> list:
@@ -134,6 +135,7 @@ class Held:
 
     def __init__(self, reactor):
         self.reactor = reactor
+        self.stalls = Stalls(reactor).start()
         self.opened = []
         self.dropped = []
         self.messages = 0
@@ -145,6 +147,12 @@ class Held:
     def arrived(self, sender, message_id, data):
         self.messages += 1
         self.last = time.perf_counter()
+
+    def do_stalls(self, reset=False):
+        summary = self.stalls.summary()
+        if reset:
+            self.stalls.reset()
+        return summary
 
     def do_stats(self):
         sessions = [s for _, _, s in self.opened]
