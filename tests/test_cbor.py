@@ -422,3 +422,15 @@ class DumpsDataTests(unittest.TestCase):
     )
     def test_any_values(self, channel, pub, pn, n, ct):
         self.check(channel, pub, pn, n, ct)
+
+
+class DumpsKeepaliveTests(unittest.TestCase):
+    """cbor.dumps_keepalive is cbor.dumps of a Keepalive body, byte for byte (issue 20)."""
+
+    def test_head_widths(self):
+        for value in _UINTS + [2**64 - 2, 2**16 + 5, 2**32 + 7]:
+            self.assertEqual(cbor.dumps_keepalive(value), dumps({"ack": value}))
+
+    def test_out_of_range_goes_through_dumps(self):
+        for value in (-1, 2**64, True):
+            self.assertEqual(cbor.dumps_keepalive(value), dumps({"ack": value}))

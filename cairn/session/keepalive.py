@@ -25,6 +25,7 @@ import math
 from twisted.logger import Logger
 
 from cairn.session.errors import SessionClosed
+from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType
 
 log = Logger()
@@ -171,4 +172,4 @@ class Keepalive:
 
     def _send_ack(self):
         self._since_ack = 0
-        self.send(MessageType.KEEPALIVE, {"ack": self.recv_seq})
+        self.send_payload(MessageType.KEEPALIVE, cbor.dumps_keepalive(self.recv_seq))
