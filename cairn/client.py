@@ -12,7 +12,11 @@ The peer-side API: connect to a node (or any cairn peer) and use sessions.
 With C{auto_resume=True} the client resumes by itself whenever a
 session's transport drops, retrying with exponential backoff (1 s
 doubling to 60 s, on the injected clock) until the session is attached
-again or has ended.
+again or has ended. Each wait is shortened by a random share of up to
+half (C{resume_jitter}): the devices a node dropped all at once (its
+restart, a network blip) then come back spread over each backoff step
+instead of in waves at 1 s, 3 s, 7 s ... that refill its listen queue
+each time (issue 20, the reconnect storm).
 
 Several nodes, one server (docs/scaling.md): C{connect()} also takes a
 list of addresses -- the nodes of one deployment, which share one
@@ -37,6 +41,8 @@ those addresses fails with L{cairn.pins.NodeMismatch} whenever another
 peer id answers; the same check applies to the new session of a failover.
 """
 
+import random
+
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
@@ -56,6 +62,9 @@ log = Logger()
 
 #: Automatic resume backoff: first delay, factor, ceiling (seconds).
 RESUME_BACKOFF = (1.0, 2.0, 60.0)
+#: Each backoff wait d is drawn uniformly from [(1 - RESUME_JITTER) d, d]:
+#: never longer than the backoff says, and spread over its second half.
+RESUME_JITTER = 0.5
 #: Parsed client endpoints kept for reuse (by address string).
 ENDPOINT_CACHE = 32
 
@@ -71,15 +80,30 @@ class Client:
         the Reconnect (Close 9: it does not have the session), run a new
         handshake instead (see L{current}).
     @param pins: the node pin store (address -> peer id); in memory if None.
+    @param resume_jitter: the share of each automatic resume wait that is
+        random (L{RESUME_JITTER}; 0: the exact backoff).
+    @param rng: where that share comes from (C{() -> float in [0, 1)}).
     """
 
-    def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, pins=None, **settings):
+    def __init__(
+        self,
+        reactor,
+        identity: Identity = None,
+        clock=None,
+        auto_resume=False,
+        pins=None,
+        resume_jitter=RESUME_JITTER,
+        rng=random.random,
+        **settings,
+    ):
         self.reactor = reactor
         self.clock = clock or reactor
         self.peer = Peer(identity or Identity.generate(), self.clock, **settings)
         #: What this client's dialled transports read (no output guard).
         self.transport_settings = TransportSettings.for_peer(self.peer)
         self.auto_resume = auto_resume
+        self.resume_jitter = resume_jitter
+        self._random = rng
         self.pins = MemoryPins() if pins is None else pins
         # Pairing (cairn.pairing.client) finds the pins through the session's peer.
         self.peer.pinning = self
@@ -321,7 +345,9 @@ class Client:
         return session
 
     def _schedule_resume(self, session, delay):
-        self._retries[session.session_id] = self.clock.callLater(delay, self._try_resume, session, delay)
+        """Try to resume C{session} after the backoff C{delay}, less its random share (L{RESUME_JITTER})."""
+        wait = delay * (1.0 - self.resume_jitter * self._random())
+        self._retries[session.session_id] = self.clock.callLater(wait, self._try_resume, session, delay)
 
     def _try_resume(self, session, delay):
         self._retries.pop(session.session_id, None)
