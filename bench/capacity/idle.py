@@ -9,7 +9,15 @@ from twisted.internet import defer, task
 from bench._common import gather, listen_overflows, megabytes, out, proc_cpu, proc_memory, sleep
 from bench.capacity.children import Child, start_node, with_children
 from bench.capacity.clients import addresses, open_sessions
-from bench.capacity.common import RSS_TARGET, TARGET_SESSIONS, failure_name, gather_limited, percentile, wait_for
+from bench.capacity.common import (
+    RSS_TARGET,
+    TARGET_SESSIONS,
+    failure_name,
+    gather_limited,
+    percentile,
+    resume_mode,
+    wait_for,
+)
 from bench.capacity.limits import fd_budget, source_addresses
 from bench.capacity.probe import Stalls, describe
 
@@ -151,6 +159,7 @@ def storm_held(reactor, args, node, workers, shares, bystander):
         f"{time.perf_counter() - start:.1f} s"
     )
     bystander.phase = "storm"
+    out(f"storm: the sessions resume {resume_mode(args.lockstep)}")
     overflows = listen_overflows()
     start = time.perf_counter()
     asks = (
@@ -159,8 +168,9 @@ def storm_held(reactor, args, node, workers, shares, bystander):
             args.storm_timeout + 120,
             expect=c * m,
             within=args.storm_timeout,
-            attempts=5,
+            attempts=args.attempts,
             attempt_timeout=15.0,
+            lockstep=args.lockstep,
         )
         for w, c in zip(workers, counts)
     )
