@@ -34,6 +34,11 @@ class ResendBufferTests(unittest.TestCase):
         connection, _, _ = InMemoryNode().session()
         self.assertEqual(vars(connection.session), {})
 
+    def test_connection_attributes_in_slots(self):
+        """An attached session's Connection keeps its attributes in slots: no instance dict."""
+        connection, _, _ = InMemoryNode().session()
+        self.assertEqual(vars(connection), {})
+
     def test_buffer_made_on_send_and_freed_on_ack(self):
         """A buffered envelope makes the buffer; the ack that empties it frees it; resend still works."""
         connection, transport, cipher = InMemoryNode().session()
