@@ -37,6 +37,16 @@ from cairn.wire.constants import CloseCode
 log = Logger(namespace="cairn.service")
 
 
+def with_backlog(description: str, backlog: int = None) -> str:
+    """
+    C{description} with C{:backlog=N} added when it is a C{tcp} or C{tcp6}
+    endpoint that names no backlog of its own (Twisted's default is 50).
+    """
+    if backlog is None or description.split(":", 1)[0] not in ("tcp", "tcp6") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 class CairnNode(MultiService):
     """
     The server node: a L{Peer}, its services and its listeners.
@@ -135,9 +145,14 @@ class CairnNode(MultiService):
         self.api, self.history = api, history
         self.add_listener("management", description, make_site(api, reactor=self.reactor))
 
-    def add_listener(self, name: str, description: str, factory) -> None:
+    def add_listener(self, name: str, description: str, factory, backlog: int = None) -> None:
+        """
+        Listen on the endpoint C{description} (errors name C{name}'s
+        variable); C{backlog}: the accept queue of a C{tcp}/C{tcp6}
+        endpoint whose description sets none.
+        """
         try:
-            service = strports.service(description, factory)
+            service = strports.service(with_backlog(description, backlog), factory)
         except Exception as e:  # each endpoint parser raises its own kind
             raise endpoint_problem(name, description, e) from None
         service.setName(name)

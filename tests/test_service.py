@@ -12,8 +12,9 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
+from cairn.node import with_backlog
 from cairn.pairing.client import request_approval
-from cairn.service import StartupError, make_node
+from cairn.service import LISTEN_BACKLOG, StartupError, make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
 from tests._harness import drop_all, eventually, track_connections
@@ -43,6 +44,17 @@ class MakeNodeTests(unittest.TestCase):
         node = make_node(config_for(self.mktemp(), ws_listen="none", max_payload=65536), reactor)
         self.assertEqual(sorted(node.listeners), ["tcp"])
         self.assertEqual(node.peer.max_payload, 65536)
+
+    @defer.inlineCallbacks
+    def test_listen_backlog(self):
+        """The cairn listeners queue LISTEN_BACKLOG connections unless their endpoint names a backlog (issue 20)."""
+        node = make_node(config_for(self.mktemp(), ws_listen=LOOPBACK + ":backlog=77"), reactor)
+        node.startService()
+        self.addCleanup(node.stopService)
+        ports = yield node.ready
+        self.assertEqual((ports["tcp"].backlog, ports["websocket"].backlog), (LISTEN_BACKLOG, 77))
+        self.assertEqual(with_backlog("unix:/run/x.sock", 9), "unix:/run/x.sock")
+        self.assertEqual(with_backlog("tcp6:7400", 9), "tcp6:7400:backlog=9")
 
     def test_peer_trusts_the_paired(self):
         """The node's peer judges sessions by the trust store from construction on (unpaired TTL, channels)."""
