@@ -153,6 +153,8 @@ def node_role(reactor, control, args):
         psk=PSK if args.pair else None,  # the module's constant: never on a command line
     )
     node = make_node(config, reactor)
+    # As the twistd plugin does (cairn/tap.py): the process is the node's.
+    node.freeze_gc = True
     counter = SinkCounter()
     serve_channels(node.peer, counter)
     events = SessionEvents()
