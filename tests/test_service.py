@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
-from cairn.node import with_backlog
+from cairn.node import GC_THRESHOLDS, with_backlog
 from cairn.pairing.client import request_approval
 from cairn.service import LISTEN_BACKLOG, StartupError, make_node
 from cairn.session import store
@@ -146,16 +146,19 @@ class RestartTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_freeze_gc_once_serving(self):
         """A node with freeze_gc set (the twistd plugin's) calls gc.freeze once it serves; others do not."""
-        frozen = []
+        frozen, thresholds = [], []
         self.patch(gc, "freeze", lambda: frozen.append(True))
+        self.patch(gc, "set_threshold", lambda *t: thresholds.append(t))
         node, _ = yield self.start()
         yield node.stopService()
-        self.assertEqual(frozen, [])
+        self.assertEqual((frozen, thresholds), ([], []))
         node = make_node(config_for(self.data_dir), reactor)
         node.freeze_gc = True
         node.startService()
         yield node.ready
         self.assertEqual(frozen, [True])
+        # And the collector's thresholds raised (issue 20: full collections in a storm).
+        self.assertEqual(thresholds, [GC_THRESHOLDS])
         yield node.stopService()
 
     @defer.inlineCallbacks
