@@ -24,14 +24,16 @@ idle
     of the bench's own) sends itself a mailbox message every
     C{--bystander-every} seconds: its round trip percentiles; and
     (C{--storm N}) N of them drop at once, C{--messages} mailbox messages
-    are queued for each, and all resume at once: sessions resumed, messages
+    are queued for each, and all resume (as in storm): sessions resumed, messages
     delivered (and lost), the bystander's round trip meanwhile.
 storm
     N sessions (half TCP, half WebSocket), each its own peer paired with
     the node's PSK. All transports are dropped at once; while the sessions
     are detached, a sender forwards C{--messages} mailbox messages to each
     (stored by the node) and each session sends C{--data} Data on a channel
-    (kept in its resend buffer). Then all resume at once: time until every
+    (kept in its resend buffer). Then all resume, each as cairn.client's
+    automatic resume would (backoff with jitter; C{--lockstep}: all at
+    once, the worst case): time until every
     session is resumed, until every mailbox message reached its recipient
     and until every Data reached the node.
 flood

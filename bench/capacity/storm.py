@@ -26,7 +26,10 @@ def storm(reactor, args):
         m, data = args.messages, args.data
         out(f"== capacity: storm ({n} sessions, {m} mailbox messages and {data} Data queued per session) ==")
         backlog = ["--backlog", args.backlog] if args.backlog else []
-        node, ports = yield start_node(reactor, children, args, "--pair", *backlog)
+        # Each peer pairs in an unpaired session first, --concurrency at
+        # once from 127.0.0.1: lift the per-source bounds (as idle does).
+        lifted = ["--unpaired-limits", ":1000000000:1000000000"]
+        node, ports = yield start_node(reactor, children, args, "--pair", *backlog, *lifted)
         targets = addresses(ports)
         sender = Client(reactor)
         sender_session = yield sender.connect(targets[0])
