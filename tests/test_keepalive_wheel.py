@@ -12,11 +12,11 @@ class Ticking:
     def __init__(self, wheel, interval, clock):
         self.wheel, self.interval, self.clock = wheel, interval, clock
         self.ticks = []
-        self.slot = wheel.add(self, interval)
+        self._keepalive = wheel.add(self, interval)
 
     def _keepalive_tick(self):
         self.ticks.append(self.clock.seconds())
-        self.slot = self.wheel.add(self, self.interval)
+        self._keepalive = self.wheel.add(self, self.interval)
 
 
 class KeepaliveWheelTests(unittest.TestCase):
@@ -58,10 +58,10 @@ class KeepaliveWheelTests(unittest.TestCase):
     def test_removed_session_does_not_tick(self):
         a = Ticking(self.wheel, 30.0, self.clock)
         b = Ticking(self.wheel, 30.0, self.clock)
-        self.wheel.remove(a, a.slot)
+        self.wheel.remove(a, a._keepalive)
         self.clock.advance(30.0)
         self.assertEqual((a.ticks, b.ticks), ([], [30.0]))
-        self.wheel.remove(b, b.slot)
+        self.wheel.remove(b, b._keepalive)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(30.0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -75,6 +75,22 @@ class KeepaliveWheelTests(unittest.TestCase):
         self.assertEqual(long.ticks, [30.0])
         self.clock.advance(5.0)
         self.assertEqual(short.ticks, [35.0])
+
+    def test_session_stopped_during_the_pass_is_not_ticked(self):
+        """A session removed by another's tick in the same pass is skipped (it would be rescheduled)."""
+        a = Ticking(self.wheel, 30.0, self.clock)
+        b = Ticking(self.wheel, 30.0, self.clock)
+        original = a._keepalive_tick
+
+        def tick_and_stop_b():
+            original()
+            self.wheel.remove(b, b._keepalive)
+            b._keepalive = None
+
+        a._keepalive_tick = tick_and_stop_b
+        self.clock.advance(30.0)
+        self.assertEqual((a.ticks, b.ticks), ([30.0], []))
+        self.assertEqual(len(self.wheel), 1)
 
     def test_a_failing_tick_does_not_stop_the_others(self):
         class Broken(Ticking):

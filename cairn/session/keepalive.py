@@ -38,6 +38,8 @@ class KeepaliveWheel:
     """
     Calls C{session._keepalive_tick()} for every scheduled session when its
     slot comes, from one C{DelayedCall} on C{clock} for the earliest slot.
+    A session keeps the slot L{add} returned in C{session._keepalive}
+    (None once stopped).
 
     @ivar buckets: {slot time: {session: None}} (a dict, for O(1) removal in order).
     """
@@ -95,6 +97,10 @@ class KeepaliveWheel:
             slot = heapq.heappop(self._times)
             bucket = self.buckets.pop(slot, None)
             for session in bucket or ():
+                if session._keepalive != slot:
+                    # Stopped since (by another session's tick, in this
+                    # same pass: its bucket had already left the wheel).
+                    continue
                 try:
                     session._keepalive_tick()
                 except Exception:
