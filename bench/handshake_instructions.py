@@ -37,6 +37,7 @@ def _child(reactor, transport, count):
     from bench import handshake
     from cairn.client import Client
     from cairn.crypto.identity import Identity
+    from cairn.node import Process
     from cairn.service import make_node
 
     log_warnings_only()
@@ -46,8 +47,7 @@ def _child(reactor, transport, count):
             operation()
         return
     data_dir = tempfile.mkdtemp(prefix="cairn-bench-")
-    node = make_node(node_config(data_dir), reactor)
-    node.freeze_gc = True  # as twistd -n cairn and bench/_server.py do
+    node = make_node(node_config(data_dir), reactor, Process(freeze_gc=True))  # as twistd -n cairn does
     node.startService()
     listening = yield node.ready
     port = listening[transport].getHost().port

@@ -12,7 +12,11 @@ The peer-side API: connect to a node (or any cairn peer) and use sessions.
 With C{auto_resume=True} the client resumes by itself whenever a
 session's transport drops, retrying with exponential backoff (1 s
 doubling to 60 s, on the injected clock) until the session is attached
-again or has ended (L{cairn.failover}).
+again or has ended (L{cairn.failover}). Each wait is shortened by a
+random share of up to half (C{resume_jitter}): the devices a node dropped
+all at once (its restart, a network blip) then come back spread over each
+backoff step instead of in waves at 1 s, 3 s, 7 s ... that refill its
+listen queue each time (issue 20, the reconnect storm).
 
 Several nodes, one server (docs/scaling.md): C{connect()} also takes a
 list of addresses -- the nodes of one deployment, which share one
@@ -37,13 +41,15 @@ those addresses fails with L{cairn.pins.NodeMismatch} whenever another
 peer id answers; the same check applies to the new session of a failover.
 """
 
+import random
+
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from cairn.crypto.identity import Identity
 from cairn.dial import OneConnectionFactory, Target, Unreachable, error_text, node_addresses, websocket_endpoint
-from cairn.failover import AutoResume
+from cairn.failover import RESUME_JITTER, AutoResume
 from cairn.pairing.codes import dial_string
 from cairn.pins import MemoryPins, NodeMismatch
 from cairn.session.peer import Peer
@@ -69,9 +75,22 @@ class Client(AutoResume):
         the Reconnect (Close 9: it does not have the session), run a new
         handshake instead (see L{current}).
     @param pins: the node pin store (address -> peer id); in memory if None.
+    @param resume_jitter: the share of each automatic resume wait that is
+        random (L{cairn.failover.RESUME_JITTER}; 0: the exact backoff).
+    @param rng: where that share comes from (C{() -> float in [0, 1)}).
     """
 
-    def __init__(self, reactor, identity: Identity = None, clock=None, auto_resume=False, pins=None, **settings):
+    def __init__(
+        self,
+        reactor,
+        identity: Identity = None,
+        clock=None,
+        auto_resume=False,
+        pins=None,
+        resume_jitter=RESUME_JITTER,
+        rng=random.random,
+        **settings,
+    ):
         self.reactor = reactor
         self.clock = clock or reactor
         # Pairing (cairn.pairing.client) finds the pins through the session's peer.
@@ -79,6 +98,8 @@ class Client(AutoResume):
         #: What this client's dialled transports read (no output guard).
         self.transport_settings = TransportSettings.for_peer(self.peer)
         self.auto_resume = auto_resume
+        self.resume_jitter = resume_jitter
+        self._random = rng
         self.pins = MemoryPins() if pins is None else pins
         #: session id -> the address its transport was dialled at.
         self._addresses = {}

@@ -25,6 +25,9 @@ log = Logger(namespace="cairn.client")
 
 #: Automatic resume backoff: first delay, factor, ceiling (seconds).
 RESUME_BACKOFF = (1.0, 2.0, 60.0)
+#: Each backoff wait d is drawn uniformly from [(1 - RESUME_JITTER) d, d]:
+#: never longer than the backoff says, and spread over its second half.
+RESUME_JITTER = 0.5
 
 
 class AutoResume:
@@ -54,7 +57,9 @@ class AutoResume:
         return session
 
     def _schedule_resume(self, session, delay):
-        self._retries[session.session_id] = self.clock.callLater(delay, self._try_resume, session, delay)
+        """Try to resume C{session} after the backoff C{delay}, less its random share (L{RESUME_JITTER})."""
+        wait = delay * (1.0 - self.resume_jitter * self._random())
+        self._retries[session.session_id] = self.clock.callLater(wait, self._try_resume, session, delay)
 
     def _try_resume(self, session, delay):
         self._retries.pop(session.session_id, None)

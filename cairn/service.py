@@ -260,6 +260,15 @@ def signal_announcer(config, ident, pairing, trust, reactor):
     )
 
 
+#: The accept queue of the cairn listeners unless their endpoint strings
+#: set one (Twisted's default is 50): when a node restarts or a network
+#: comes back, its devices all redial at once, and an overflowing queue
+#: leaves them in SYN retransmission for seconds (docs/deployment.md,
+#: "Limits"; bench/README.rst, the storm). The kernel caps it at
+#: net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
+
 def add_cairn_listeners(node, config) -> None:
     """
     The TCP and WebSocket listeners of C{config}; both close new
@@ -283,7 +292,7 @@ def add_cairn_listeners(node, config) -> None:
         )
     descriptions = {"tcp": config.listen, "websocket": config.ws_listen}
     for name, factory in factories.items():
-        node.add_listener(name, descriptions[name], factory)
+        node.add_listener(name, descriptions[name], factory, backlog=LISTEN_BACKLOG)
 
 
 def add_management(node, config, reactor, stores, space) -> None:

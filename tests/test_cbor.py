@@ -475,3 +475,15 @@ class LoadsDataTests(unittest.TestCase):
         ]
         for data in others:
             self.assertIsNone(cbor.loads_data(data), data.hex())
+
+
+class DumpsKeepaliveTests(unittest.TestCase):
+    """cbor.dumps_keepalive is cbor.dumps of a Keepalive body, byte for byte (issue 20)."""
+
+    def test_head_widths(self):
+        for value in _UINTS + [2**64 - 2, 2**16 + 5, 2**32 + 7]:
+            self.assertEqual(cbor.dumps_keepalive(value), dumps({"ack": value}))
+
+    def test_out_of_range_goes_through_dumps(self):
+        for value in (-1, 2**64, True):
+            self.assertEqual(cbor.dumps_keepalive(value), dumps({"ack": value}))

@@ -220,3 +220,36 @@ class FailureTests(unittest.TestCase):
         clock.advance(11)
         failure = yield self.assertFailure(eventually(d), HandshakeFailed)
         self.assertEqual(failure.code, CloseCode.GOING_AWAY)
+
+
+class ResumeJitterTests(unittest.TestCase):
+    """Automatic resume waits are the backoff less a random share (issue 20: no synchronized storms)."""
+
+    def waits(self, draws, **kwargs):
+        clock = task.Clock()
+        client = Client(reactor, clock=clock, rng=iter(draws).__next__, **kwargs)
+        session = type("Dropped", (), {"session_id": b"s" * 16})()
+        waits = []
+        for delay in (1.0, 2.0, 60.0):
+            client._schedule_resume(session, delay)
+            waits.append(client._retries[session.session_id].getTime() - clock.seconds())
+            client._retries.pop(session.session_id).cancel()
+        return waits
+
+    def test_waits_shortened_by_up_to_half(self):
+        self.assertEqual(self.waits([0.0, 0.5, 1.0]), [1.0, 1.5, 30.0])
+
+    def test_no_jitter_is_the_exact_backoff(self):
+        self.assertEqual(self.waits([0.9, 0.9, 0.9], resume_jitter=0), [1.0, 2.0, 60.0])
+
+    def test_default_draws_spread(self):
+        clock = task.Clock()
+        client = Client(reactor, clock=clock)
+        session = type("Dropped", (), {"session_id": b"s" * 16})()
+        waits = set()
+        for _ in range(50):
+            client._schedule_resume(session, 1.0)
+            waits.add(client._retries[session.session_id].getTime())
+            client._retries.pop(session.session_id).cancel()
+        self.assertGreater(len(waits), 1)
+        self.assertTrue(all(0.5 <= w <= 1.0 for w in waits))

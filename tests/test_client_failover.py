@@ -269,7 +269,7 @@ class FailoverTests(TwoNodes, unittest.TestCase):
     @defer.inlineCallbacks
     def test_backoff_rounds_on_the_clock(self):
         """With every node down, each round tries every address once, then waits 1 s, 2 s, 4 s ... (client clock)."""
-        client = self.client(auto_resume=True)
+        client = self.client(auto_resume=True, resume_jitter=0)  # the exact waits
         yield self.pair_everywhere(client)  # a node ends unpaired sessions when it stops
         session = yield self.connected(client, self.addresses)
         scheduled = []

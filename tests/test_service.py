@@ -12,9 +12,9 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from cairn.config import Config
-from cairn.node import Process
+from cairn.node import GC_THRESHOLDS, Process, with_backlog
 from cairn.pairing.client import request_approval
-from cairn.service import StartupError, make_node
+from cairn.service import LISTEN_BACKLOG, StartupError, make_node
 from cairn.session import store
 from cairn.wire.constants import CloseCode
 from tests._harness import drop_all, eventually, track_connections
@@ -44,6 +44,17 @@ class MakeNodeTests(unittest.TestCase):
         node = make_node(config_for(self.mktemp(), ws_listen="none", max_payload=65536), reactor)
         self.assertEqual(sorted(node.listeners), ["tcp"])
         self.assertEqual(node.peer.max_payload, 65536)
+
+    @defer.inlineCallbacks
+    def test_listen_backlog(self):
+        """The cairn listeners queue LISTEN_BACKLOG connections unless their endpoint names a backlog (issue 20)."""
+        node = make_node(config_for(self.mktemp(), ws_listen=LOOPBACK + ":backlog=77"), reactor)
+        node.startService()
+        self.addCleanup(node.stopService)
+        ports = yield node.ready
+        self.assertEqual((ports["tcp"].backlog, ports["websocket"].backlog), (LISTEN_BACKLOG, 77))
+        self.assertEqual(with_backlog("unix:/run/x.sock", 9), "unix:/run/x.sock")
+        self.assertEqual(with_backlog("tcp6:7400", 9), "tcp6:7400:backlog=9")
 
     def test_peer_trusts_the_paired(self):
         """The node's peer judges sessions by the trust store from construction on (unpaired TTL, channels)."""
@@ -135,15 +146,18 @@ class RestartTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_freeze_gc_once_serving(self):
         """A node with freeze_gc set (the twistd plugin's) calls gc.freeze once it serves; others do not."""
-        frozen = []
+        frozen, thresholds = [], []
         self.patch(gc, "freeze", lambda: frozen.append(True))
+        self.patch(gc, "set_threshold", lambda *t: thresholds.append(t))
         node, _ = yield self.start()
         yield node.stopService()
-        self.assertEqual(frozen, [])
+        self.assertEqual((frozen, thresholds), ([], []))
         node = make_node(config_for(self.data_dir), reactor, Process(freeze_gc=True))
         node.startService()
         yield node.ready
         self.assertEqual(frozen, [True])
+        # And the collector's thresholds raised (issue 20: full collections in a storm).
+        self.assertEqual(thresholds, [GC_THRESHOLDS])
         yield node.stopService()
 
     @defer.inlineCallbacks

@@ -4,7 +4,6 @@ only while it is needed.
 """
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.base import DelayedCall
 from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
 
@@ -34,6 +33,11 @@ class ResendBufferTests(unittest.TestCase):
         """A session's own attributes are slots: no instance dict (~1.5 KB once it held them all)."""
         connection, _, _ = InMemoryNode().session()
         self.assertEqual(vars(connection.session), {})
+
+    def test_connection_attributes_in_slots(self):
+        """An attached session's Connection keeps its attributes in slots: no instance dict."""
+        connection, _, _ = InMemoryNode().session()
+        self.assertEqual(vars(connection), {})
 
     def test_buffer_made_on_send_and_freed_on_ack(self):
         """A buffered envelope makes the buffer; the ack that empties it frees it; resend still works."""
@@ -80,25 +84,31 @@ class MailboxOutboxTests(unittest.TestCase):
 
 
 class KeepaliveTimerTests(unittest.TestCase):
-    def test_one_delayed_call_per_session(self):
-        """An attached session's keepalive is one DelayedCall (no LoopingCall), rescheduled by each tick."""
+    def test_no_delayed_call_per_session(self):
+        """Attached sessions' keepalives share the peer's wheel: one DelayedCall for all, not one each."""
         node = InMemoryNode()
-        connection, transport, cipher = node.session()
-        session = connection.session
+        opened = [node.session() for _ in range(5)]
         interval = node.peer.keepalive_interval
-        self.assertIsInstance(session._keepalive, DelayedCall)
-        calls = len(node.clock.getDelayedCalls())
+        wheel_calls = [c for c in node.clock.getDelayedCalls() if c.func == node.peer.keepalives._fire]
+        self.assertEqual(len(wheel_calls), 1)
+        self.assertEqual(len(node.peer.keepalives), 5)
         sent = []
         for _ in range(3):
-            before = len(transport.written)
-            session._last_rx = node.clock.seconds() + interval  # the peer keeps talking
+            before = [len(transport.written) for _, transport, _ in opened]
+            for connection, _, _ in opened:
+                connection.session._last_rx = node.clock.seconds() + interval  # the peers keep talking
             node.clock.advance(interval)
-            sent.append([decode(d, 2**20).type for d in transport.written[before:]])
-            self.assertEqual(len(node.clock.getDelayedCalls()), calls)
-        self.assertEqual(sent, [[MessageType.KEEPALIVE]] * 3)
-        session.detach(connection)
-        self.assertIsNone(session._keepalive)
-        self.assertFalse(any(c.func == session._keepalive_tick for c in node.clock.getDelayedCalls()))
+            sent.append(
+                [
+                    [decode(d, 2**20).type for d in transport.written[b:]]
+                    for (_, transport, _), b in zip(opened, before)
+                ]
+            )
+        self.assertEqual(sent, [[[MessageType.KEEPALIVE]] * 5] * 3)
+        connection = opened[0][0]
+        connection.session.detach(connection)
+        self.assertIsNone(connection.session._keepalive)
+        self.assertEqual(len(node.peer.keepalives), 4)
 
     def test_timeout_drops_transport(self):
         """A silent peer's transport is dropped at the first tick past the keepalive timeout."""

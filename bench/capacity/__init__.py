@@ -5,7 +5,9 @@ and a handshake flood, each against a node in a child process.
     python -m bench.capacity idle  [--sessions 10000] [--clients 2] [--keepalive 5] [--window 20] [--types]
                                    [--tracemalloc] [--only tcp|websocket] [--per-address 10000]
                                    [--hold SECONDS] [--storm N] [--messages 1] [--backlog N]
+                                   [--attempts 8] [--lockstep]
     python -m bench.capacity storm [--sessions 2000] [--messages 1] [--data 1] [--backlog N]
+                                   [--attempts 8] [--lockstep]
     python -m bench.capacity flood [--sessions 100] [--rate 200] [--seconds 10] [--concurrency 64]
                                    [--per-source N]
     python -m bench.capacity churn [--cycles 10000] [--concurrency 32] [--legacy | --bounds TTL:TOTAL:PER_SOURCE]
@@ -24,14 +26,16 @@ idle
     of the bench's own) sends itself a mailbox message every
     C{--bystander-every} seconds: its round trip percentiles; and
     (C{--storm N}) N of them drop at once, C{--messages} mailbox messages
-    are queued for each, and all resume at once: sessions resumed, messages
+    are queued for each, and all resume (as in storm): sessions resumed, messages
     delivered (and lost), the bystander's round trip meanwhile.
 storm
     N sessions (half TCP, half WebSocket), each its own peer paired with
     the node's PSK. All transports are dropped at once; while the sessions
     are detached, a sender forwards C{--messages} mailbox messages to each
     (stored by the node) and each session sends C{--data} Data on a channel
-    (kept in its resend buffer). Then all resume at once: time until every
+    (kept in its resend buffer). Then all resume, each as cairn.client's
+    automatic resume would (backoff with jitter; C{--lockstep}: all at
+    once, the worst case): time until every
     session is resumed, until every mailbox message reached its recipient
     and until every Data reached the node.
 flood

@@ -13,6 +13,12 @@ from bench.capacity.limits import PER_SOURCE
 from bench.capacity.node import node_role
 from bench.capacity.storm import storm
 
+#: The storm's resumes, unless told: like cairn.client's automatic resume.
+LOCKSTEP = (
+    "resume every dropped session at once, and again at once after a failed attempt (the worst case); "
+    "by default each waits the client's backoff less its random share first"
+)
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="cairn capacity benches (issue 7)")
@@ -45,13 +51,16 @@ def main(argv=None):
     s.add_argument("--storm", type=int, default=0, help="then drop this many of them at once and resume them")
     s.add_argument("--messages", type=int, default=1, help="mailbox messages queued per dropped session")
     s.add_argument("--storm-timeout", type=float, default=300.0, help="give up waiting for the storm after this (s)")
+    s.add_argument("--attempts", type=int, default=8, help="resume attempts per session in the storm")
+    s.add_argument("--lockstep", action="store_true", help=LOCKSTEP)
 
     s = roles.add_parser("storm", help="reconnect storm: all sessions drop and resume at once")
     s.add_argument("--sessions", type=int, default=2000)
     s.add_argument("--messages", type=int, default=1, help="mailbox messages queued per session")
     s.add_argument("--data", type=int, default=1, help="Data queued per session in its resend buffer")
     s.add_argument("--concurrency", type=int, default=32, help="sessions opened (and forwards sent) at a time")
-    s.add_argument("--attempts", type=int, default=5, help="resume attempts per session")
+    s.add_argument("--attempts", type=int, default=8, help="resume attempts per session")
+    s.add_argument("--lockstep", action="store_true", help=LOCKSTEP)
     s.add_argument("--timeout", type=float, default=180.0, help="give up waiting after this (s)")
     s.add_argument("--attempt-timeout", type=float, default=15.0, help="a resume attempt fails after this (s)")
     s.add_argument("--backlog", type=int, default=None, help="the node's listen backlog (default: Twisted's)")

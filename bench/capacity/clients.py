@@ -8,8 +8,9 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from bench._common import gather, proc_memory
-from bench.capacity.common import CONNECT_TIMEOUT, PSK, failure_name, poll
+from bench.capacity.common import CONNECT_TIMEOUT, PSK, failure_name, poll, resume_like_a_fleet
 from bench.capacity.limits import raise_descriptors
+from bench.capacity.probe import Stalls
 
 
 def addresses(ports, source: str = None) -> list:
@@ -134,6 +135,7 @@ class Held:
 
     def __init__(self, reactor):
         self.reactor = reactor
+        self.stalls = Stalls(reactor).start()
         self.opened = []
         self.dropped = []
         self.messages = 0
@@ -145,6 +147,12 @@ class Held:
     def arrived(self, sender, message_id, data):
         self.messages += 1
         self.last = time.perf_counter()
+
+    def do_stalls(self, reset=False):
+        summary = self.stalls.summary()
+        if reset:
+            self.stalls.reset()
+        return summary
 
     def do_stats(self):
         sessions = [s for _, _, s in self.opened]
@@ -166,9 +174,10 @@ class Held:
         return {"peers": [client.peer_id for _, client, _ in self.dropped]}
 
     @defer.inlineCallbacks
-    def do_resume(self, expect, within, attempts, attempt_timeout):
+    def do_resume(self, expect, within, attempts, attempt_timeout, lockstep=False):
         """
-        Resume every dropped session at once; fire once all are resumed and
+        Resume every dropped session as a fleet of clients would (L{resume_like_a_fleet};
+        C{lockstep}: all at once); fire once all are resumed and
         C{expect} mailbox messages have arrived (or C{within} seconds passed).
         """
         self.messages, self.last = 0, None
@@ -177,17 +186,11 @@ class Held:
 
         @defer.inlineCallbacks
         def resume(client, session):
-            for _ in range(attempts):
-                try:
-                    # A WebSocket whose opening handshake times out never
-                    # fails resume() (bench/README.rst): time attempts out.
-                    yield client.resume(session).addTimeout(attempt_timeout, self.reactor)
-                except Exception:
-                    retries[failure_name(Failure())] += 1
-                    continue
+            failed = lambda name: retries.update([name])  # noqa: E731
+            if (yield resume_like_a_fleet(self.reactor, client, session, attempts, attempt_timeout, lockstep, failed)):
                 times.append(time.perf_counter() - start)
-                return
-            retries["gave up"] += 1
+            else:
+                retries["gave up"] += 1
 
         for _, client, session in self.dropped:
             resume(client, session)

@@ -1,9 +1,11 @@
 """What the capacity scenarios and their child processes share."""
 
 import math
+import random
 import time
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from bench._common import gather, sleep
 
@@ -58,3 +60,46 @@ def wait_for(reactor, node, predicate, timeout: float, start: float = None, ever
             raise TimeoutError(f"the node was not there after {timeout:g} s: {stats}")
         yield sleep(reactor, every)
     return time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def resume_like_a_fleet(reactor, client, session, attempts, attempt_timeout, lockstep=False, failed=None):
+    """
+    Resume C{session} the way L{cairn.client.Client}'s automatic resume
+    does: after the first backoff wait less its random share
+    (C{RESUME_BACKOFF}, C{RESUME_JITTER}), then again after each failed
+    attempt, the wait doubling. C{lockstep}: the worst case the bench had
+    before (every session at once, and again at once after each failure).
+    Each attempt fails after C{attempt_timeout} (a WebSocket whose opening
+    handshake times out never fails C{resume()}, bench/README.rst).
+    C{failed(failure)} is called for each failed attempt. Fires with
+    whether the session was resumed.
+    """
+    from cairn.failover import RESUME_BACKOFF, RESUME_JITTER
+
+    delay, factor, ceiling = RESUME_BACKOFF
+    for _ in range(attempts):
+        if not lockstep:
+            yield sleep(reactor, delay * (1.0 - RESUME_JITTER * random.random()))
+            delay = min(delay * factor, ceiling)
+        try:
+            yield client.resume(session).addTimeout(attempt_timeout, reactor)
+        except Exception:
+            if failed is not None:
+                failed(failure_name(Failure()))
+            continue
+        return True
+    return False
+
+
+def resume_mode(lockstep: bool) -> str:
+    """How L{resume_like_a_fleet} resumes, for the bench's output."""
+    if lockstep:
+        return "all at once, and again at once after each failed attempt (--lockstep)"
+    from cairn.failover import RESUME_BACKOFF, RESUME_JITTER
+
+    start, factor, ceiling = RESUME_BACKOFF
+    return (
+        f"like cairn.client's automatic resume: first after {start:g} s, the wait x{factor:g} after each failed "
+        f"attempt up to {ceiling:g} s, each wait less a random share of up to {RESUME_JITTER:.0%}"
+    )

@@ -9,8 +9,17 @@ from twisted.internet import defer, task
 from bench._common import gather, listen_overflows, megabytes, out, proc_cpu, proc_memory, sleep
 from bench.capacity.children import Child, start_node, with_children
 from bench.capacity.clients import addresses, open_sessions
-from bench.capacity.common import RSS_TARGET, TARGET_SESSIONS, failure_name, gather_limited, percentile, wait_for
+from bench.capacity.common import (
+    RSS_TARGET,
+    TARGET_SESSIONS,
+    failure_name,
+    gather_limited,
+    percentile,
+    resume_mode,
+    wait_for,
+)
 from bench.capacity.limits import fd_budget, source_addresses
+from bench.capacity.probe import Stalls, describe
 
 
 def idle(reactor, args):
@@ -96,6 +105,10 @@ def hold_and_storm(reactor, args, node, ports, workers, shares):
     """
     bystander = yield Bystander.start(reactor, addresses(ports), args.bystander_every)
     bystander.phase = "hold"
+    # Where the bystander's stalls come from: each process's collections
+    # and reactor lateness, over each 30 s of the hold.
+    mine = Stalls(reactor).start()
+    yield report_stalls(node, workers, mine, show=False)
     start = time.perf_counter()
     while time.perf_counter() - start < args.hold:
         yield sleep(reactor, min(30.0, args.hold - (time.perf_counter() - start)))
@@ -105,9 +118,12 @@ def hold_and_storm(reactor, args, node, ports, workers, shares):
             f"  hold {time.perf_counter() - start:.0f} s: node {stats['attached']} attached, RSS "
             f"{megabytes(mem['VmRSS'])}; bystander so far {bystander.summary('hold')}"
         )
+        yield report_stalls(node, workers, mine)
     out(f"idle: held {args.hold:g} s; bystander mailbox round trip {bystander.summary('hold')}")
     if args.storm:
         yield storm_held(reactor, args, node, workers, shares, bystander)
+        yield report_stalls(node, workers, mine)
+    mine.stop()
     bystander.stop()
     if bystander.failures:
         out(f"  bystander failures: {dict(bystander.failures)}")
@@ -143,6 +159,7 @@ def storm_held(reactor, args, node, workers, shares, bystander):
         f"{time.perf_counter() - start:.1f} s"
     )
     bystander.phase = "storm"
+    out(f"storm: the sessions resume {resume_mode(args.lockstep)}")
     overflows = listen_overflows()
     start = time.perf_counter()
     asks = (
@@ -151,8 +168,9 @@ def storm_held(reactor, args, node, workers, shares, bystander):
             args.storm_timeout + 120,
             expect=c * m,
             within=args.storm_timeout,
-            attempts=5,
+            attempts=args.attempts,
             attempt_timeout=15.0,
+            lockstep=args.lockstep,
         )
         for w, c in zip(workers, counts)
     )
@@ -180,6 +198,19 @@ def storm_held(reactor, args, node, workers, shares, bystander):
         f"after; kernel TcpExtListenOverflows +{listen_overflows() - overflows} (system-wide)"
     )
     out(f"storm: bystander mailbox round trip during the storm {bystander.summary('storm')}")
+
+
+@defer.inlineCallbacks
+def report_stalls(node, workers, mine, show=True):
+    """Print each process's collections and reactor lateness since the last call (L{Stalls})."""
+    figures = [("node", (yield node.ask("stalls", timeout=120, reset=True)))]
+    clients = yield gather(w.ask("stalls", timeout=120, reset=True) for w in workers)
+    figures += [(f"clients {i}", summary) for i, summary in enumerate(clients)]
+    figures.append(("bench (bystander)", mine.summary()))
+    mine.reset()
+    if show:
+        for name, summary in figures:
+            out("    " + describe(name, summary))
 
 
 class Bystander:

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from bench._common import LOCAL_ENDPOINT, REPO_ROOT
 from bench.capacity.common import PSK
 from bench.capacity.limits import raise_descriptors
+from bench.capacity.probe import Stalls
 
 
 def _module_of(transport) -> str:
@@ -39,10 +40,11 @@ class SessionEvents:
 class NodeControl:
     """What the bench asks the node child: its counters, and where its memory went."""
 
-    def __init__(self, node, counter, events):
+    def __init__(self, node, counter, events, stalls):
         self.node = node
         self.counter = counter
         self.events = events
+        self.stalls = stalls
         self._snapshot = None
         self._types = None
 
@@ -69,6 +71,13 @@ class NodeControl:
             "delivered": self.node.mailbox.delivered,
             **{name: self.events.counts[name] for name in ("established", "resumed", "closed")},
         }
+
+    def do_stalls(self, reset=False):
+        """The node's collections and reactor lateness (L{Stalls}) since the last reset."""
+        summary = self.stalls.summary()
+        if reset:
+            self.stalls.reset()
+        return summary
 
     def do_baseline(self):
         gc.collect()
@@ -117,6 +126,7 @@ def node_role(reactor, control, args):
     from bench._server import Counter as SinkCounter
     from bench._server import serve_channels
     from cairn.config import Config
+    from cairn.node import Process
     from cairn.service import make_node
 
     nofile = raise_descriptors()
@@ -143,7 +153,8 @@ def node_role(reactor, control, args):
         keepalive_timeout=args.keepalive * 4,
         psk=PSK if args.pair else None,  # the module's constant: never on a command line
     )
-    node = make_node(config, reactor)
+    # As the twistd plugin does (cairn/tap.py): the process is the node's.
+    node = make_node(config, reactor, Process(freeze_gc=True))
     counter = SinkCounter()
     serve_channels(node.peer, counter)
     events = SessionEvents()
@@ -151,7 +162,8 @@ def node_role(reactor, control, args):
     try:
         node.startService()
         ports = yield node.ready
-        control.handle = NodeControl(node, counter, events)
+        stalls = Stalls(reactor).start()
+        control.handle = NodeControl(node, counter, events, stalls)
         numbers = {name: port.getHost().port for name, port in ports.items()}
         control.send({**numbers, "nofile": nofile.after, "nofile_line": nofile.line(), "pid": os.getpid()})
         yield control.done

@@ -5,12 +5,11 @@ import time
 from collections import Counter
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from bench._common import listen_overflows, out, sleep
 from bench.capacity.children import start_node, with_children
 from bench.capacity.clients import addresses, open_sessions
-from bench.capacity.common import PSK, failure_name, gather_limited, percentile, poll, wait_for
+from bench.capacity.common import PSK, gather_limited, percentile, poll, resume_like_a_fleet, resume_mode, wait_for
 from bench.capacity.limits import fd_budget
 
 
@@ -27,7 +26,10 @@ def storm(reactor, args):
         m, data = args.messages, args.data
         out(f"== capacity: storm ({n} sessions, {m} mailbox messages and {data} Data queued per session) ==")
         backlog = ["--backlog", args.backlog] if args.backlog else []
-        node, ports = yield start_node(reactor, children, args, "--pair", *backlog)
+        # Each peer pairs in an unpaired session first, --concurrency at
+        # once from 127.0.0.1: lift the per-source bounds (as idle does).
+        lifted = ["--unpaired-limits", ":1000000000:1000000000"]
+        node, ports = yield start_node(reactor, children, args, "--pair", *backlog, *lifted)
         targets = addresses(ports)
         sender = Client(reactor)
         sender_session = yield sender.connect(targets[0])
@@ -80,6 +82,7 @@ def storm(reactor, args):
 def storm_resume(reactor, node, opened, received, args):
     """Resume every session at once; report when all resumed and all queued messages arrived."""
     before = yield node.ask("stats")
+    out(f"storm: the sessions resume {resume_mode(args.lockstep)}")
     overflows = listen_overflows()
     times = []
     retries = Counter()
@@ -87,17 +90,12 @@ def storm_resume(reactor, node, opened, received, args):
 
     @defer.inlineCallbacks
     def resume(client, session):
-        for _ in range(args.attempts):
-            try:
-                # A WebSocket whose opening handshake times out never
-                # fails resume() (see the README): time each attempt out.
-                yield client.resume(session).addTimeout(args.attempt_timeout, reactor)
-            except Exception:
-                retries[failure_name(Failure())] += 1
-                continue
+        failed = lambda name: retries.update([name])  # noqa: E731
+        attempts, timeout = args.attempts, args.attempt_timeout
+        if (yield resume_like_a_fleet(reactor, client, session, attempts, timeout, args.lockstep, failed)):
             times.append(time.perf_counter() - start)
-            return
-        retries["gave up"] += 1
+        else:
+            retries["gave up"] += 1
 
     for _, client, session in opened:
         resume(client, session)

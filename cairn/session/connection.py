@@ -67,6 +67,29 @@ class Connection(Opening):
         or resumed, or fails with L{HandshakeFailed}.
     """
 
+    # Slots (issue 20): one Connection per attached session; its 15
+    # attributes in an instance dict cost about 100 bytes more. Opening
+    # (a mixin) has none, so an instance still gets a __dict__ if
+    # something sets another attribute (tests patch methods).
+    __slots__ = (
+        "local",
+        "initiator",
+        "transport",
+        "session",
+        "ready",
+        "_resume",
+        "_session_id",
+        "_handshake",
+        "_state",
+        "_seq",
+        "_timer",
+        "_close_reason",
+        "_sealed_seen",
+        "_peer_closed",
+        "_lost",
+        "_lost_waiters",
+    )
+
     def __init__(self, local, initiator: bool, resume: Session = None, session_id: bytes = None):
         self.local = local
         self.initiator = initiator

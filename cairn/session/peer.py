@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from cairn.crypto.handshake import HandshakeResult
 from cairn.session.connection import Connection
 from cairn.session.guards import log_only
+from cairn.session.keepalive import KeepaliveWheel
 from cairn.session.rekey import REKEY_ENVELOPES, REKEY_INTERVAL
 from cairn.session.session import Session
 from cairn.wire.constants import SESSION_LAYER_TYPES, MessageType
@@ -65,6 +66,8 @@ class Peer:
         self.max_payload = max_payload
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
+        #: Every session's keepalive ticks, on one timer (issue 20).
+        self.keepalives = KeepaliveWheel(clock)
         self.handshake_timeout = handshake_timeout
         self.session_ttl = session_ttl
         #: Detached lifetime of a session whose peer L{is_trusted} refuses

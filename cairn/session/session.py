@@ -1,6 +1,7 @@
 """
-An established session: sealing, ordering, keepalive, resume state (the
-resend buffer and the restart snapshot are in L{cairn.session.resume}).
+An established session: sealing, ordering, resume state (the resend
+buffer and the restart snapshot are in L{cairn.session.resume}; keepalive
+and attachment timers in L{cairn.session.keepalive}).
 
 A L{Session} outlives the transports that carry it. While attached it
 sends through its current L{IFrameTransport}; while detached it keeps
@@ -9,8 +10,6 @@ new transport can resend it. It never touches sockets, WebSocket frames
 or wall-clock time: the clock is injected.
 """
 
-
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.crypto.aead import DecryptError, SessionCipher
@@ -18,12 +17,11 @@ from cairn.crypto.identity import peer_id_for
 from cairn.session.channels import Channel, Channels
 from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.session.interfaces import ISession
+from cairn.session.keepalive import Keepalive
 from cairn.session.rekey import KeyEpochs
 from cairn.session.resume import ResumeState
 from cairn.wire import cbor, schema
 from cairn.wire.constants import CloseCode, MessageType, is_custom_type
-
-log = Logger()
 
 #: Send a Keepalive carrying an ack after this many acknowledgeable envelopes.
 ACK_EVERY = 32
@@ -43,7 +41,7 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 
 @implementer(ISession)
-class Session(KeyEpochs, ResumeState):
+class Session(Keepalive, KeyEpochs, ResumeState):
     """
     One authenticated session with a remote peer.
 
@@ -154,65 +152,6 @@ class Session(KeyEpochs, ResumeState):
 
     def __repr__(self):
         return f"<Session {self.session_id.hex()[:8]} peer={self.remote_peer_id[:10]}>"
-
-    # Attachment to transports
-
-    def attach(self, connection) -> None:
-        """Carry the session over C{connection} from now on."""
-        old, self.connection = self.connection, connection
-        if old is not None and old is not connection:
-            old.replaced()
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
-        self._last_rx = self.clock.seconds()
-        self._start_keepalive()
-
-    def detach(self, connection) -> None:
-        """C{connection} is gone; keep the session resumable for the TTL."""
-        if self.connection is not connection:
-            return
-        self.connection = None
-        self._stop_keepalive()
-        if self.closed is None:
-            self._expiry = self.clock.callLater(self.local.detached_ttl(self), self._expire)
-            self.local.session_detached(self)
-
-    def _expire(self):
-        self._expiry = None
-        self._end(SessionClosed(CloseCode.TIMEOUT, "detached longer than the session TTL"))
-
-    # Keepalive
-
-    def _start_keepalive(self):
-        # One DelayedCall, rescheduled by each tick, rather than a
-        # LoopingCall (which also holds a Deferred and its own state): about
-        # 500 bytes less per attached session (issue 20).
-        self._stop_keepalive()
-        interval = self.local.keepalive_interval
-        if interval and interval > 0:
-            self._keepalive = self.clock.callLater(interval, self._keepalive_tick)
-
-    def _stop_keepalive(self):
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
-        self._keepalive = None
-
-    def _keepalive_tick(self):
-        # Next tick first: the checks below may detach the session, which
-        # cancels it.
-        self._keepalive = self.clock.callLater(self.local.keepalive_interval, self._keepalive_tick)
-        if self.clock.seconds() - self._last_rx >= self.local.keepalive_timeout:
-            log.info("session {sid} keepalive timeout", sid=self.session_id.hex()[:8])
-            connection = self.connection
-            if connection is not None:
-                connection.drop_transport()
-            return
-        self._send_ack()
-
-    def _send_ack(self):
-        self._since_ack = 0
-        self.send(MessageType.KEEPALIVE, {"ack": self.recv_seq})
 
     # Sending
 
@@ -449,9 +388,7 @@ class Session(KeyEpochs, ResumeState):
             return
         self.closed = closed
         self._stop_keepalive()
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+        self._stop_expiry()
         self._unacked = ()
         self._unacked_bytes = 0
         connection, self.connection = self.connection, None
@@ -467,9 +404,7 @@ class Session(KeyEpochs, ResumeState):
             return
         self.closed = SessionClosed(CloseCode.GOING_AWAY, "node stopped")
         self._stop_keepalive()
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+        self._stop_expiry()
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.replaced()
