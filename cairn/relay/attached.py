@@ -80,7 +80,7 @@ class AttachedCircuit:
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()
         if session is not None and session.closed is None and (final or not self.endpoint.resume_circuits):
-            session._end(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
+            session.end_without_close(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
 
     def _finish(self, reason):
         self.closed = reason

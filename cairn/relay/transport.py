@@ -166,7 +166,7 @@ class CircuitTransport:
         self._finish(reason)
         session = self.connection.session if self.connection is not None else None
         if session is not None and session.closed is None and (final or not self.endpoint.resume_circuits):
-            session._end(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
+            session.end_without_close(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
 
     # Ending
 
