@@ -156,6 +156,7 @@ class Refused(Protocol):
 
 def buffered_bytes(transport) -> int:
     """Bytes a Twisted socket transport holds that the kernel has not taken yet (0 if unknown)."""
+    # Twisted's private _tempDataLen (writes not yet joined into dataBuffer; no public count exists): guarded below.
     try:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except AttributeError:
