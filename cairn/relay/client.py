@@ -122,7 +122,7 @@ class RelayEndpoint(Reestablishing):
             self.attach
             and connection is not None
             and type(connection.transport) is StreamProtocol
-            and node_session.session_id in getattr(self.client, "_addresses", {})
+            and self.client.dialled(node_session)
         )
 
     def _start(self, node_session, circuit_id, remote_peer_id, connection, token=None, attach_at=None):
