@@ -279,6 +279,10 @@ class Client(AutoResume):
         """The address C{session}'s transport was dialled at (KeyError: not a session this client dialled)."""
         return self._addresses[session.session_id]
 
+    def dialled(self, session) -> bool:
+        """Whether this client dialled C{session}'s transport (L{dialled_at} knows its address)."""
+        return session.session_id in self._addresses
+
     def endpoint(self, address, websocket=False):
         """The client endpoint for C{address} (kept for reuse); C{websocket}: a C{ws://} or C{wss://} address."""
         return self._endpoint(address, websocket)

@@ -104,7 +104,7 @@ class AutoResume:
                         renew = True
                     elif code is not None and code not in (CloseCode.GOING_AWAY, CloseCode.TIMEOUT):
                         # The node refused the session itself: retrying cannot help.
-                        session._end(SessionClosed(code, e.reason))
+                        session.end_without_close(SessionClosed(code, e.reason))
                         return True
                     else:
                         continue
@@ -137,7 +137,9 @@ class AutoResume:
             old=old.session_id.hex()[:8],
             new=new.session_id.hex()[:8],
         )
-        old._end(SessionClosed(CloseCode.UNKNOWN_SESSION, "the node no longer has this session; replaced by a new one"))
+        old.end_without_close(
+            SessionClosed(CloseCode.UNKNOWN_SESSION, "the node no longer has this session; replaced by a new one")
+        )
         if self.on_session_replaced is not None:
             try:
                 self.on_session_replaced(old, new)

@@ -179,6 +179,7 @@ def install(clock, log_addresses=False, publisher=globalLogPublisher, **settings
     Put a L{LogGate} in front of every observer of C{publisher}; returns
     the gate, or None if the publisher's observers cannot be listed.
     """
+    # Twisted's private LogPublisher._observers (no public listing); guarded: without it, no gate.
     observers = getattr(publisher, "_observers", None)
     if observers is None:
         log.warn("log gate not installed: this Twisted does not list its log observers")

@@ -153,6 +153,7 @@ def prepare(twistd_options, level: str, form: str) -> None:
 
 def twistd_observer() -> ILogObserver:
     """twistd's C{--logger} factory: what twistd would write, filtered and formatted."""
+    # Twisted privates (_SomeApplicationRunner, _getLogObserver, _outFile): no public way to twistd's observer.
     from twisted.scripts.twistd import _SomeApplicationRunner
 
     options = _pending["options"]

@@ -200,6 +200,7 @@ class CairnNode(MultiService):
     def when_listening(self):
         """A Deferred firing with {name: IListeningPort} once all listen."""
         names = list(self.listeners)
+        # Twisted's private _waitingForPort (StreamServerEndpointService, no public accessor): the port's Deferred.
         waiting = [self.listeners[n]._waitingForPort for n in names]
         return gatherResults(waiting).addCallback(lambda ports: dict(zip(names, ports)))
 

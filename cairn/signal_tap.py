@@ -89,6 +89,7 @@ class SignalService(MultiService):
 
     def startService(self):
         super().startService()
+        # Twisted's private _waitingForPort (StreamServerEndpointService, no public accessor): the port's Deferred.
         self.listener._waitingForPort.addCallback(self._listening)
 
     @staticmethod

@@ -115,7 +115,8 @@ def bind_listeners(listeners: dict, descriptions: dict, start) -> None:
         start()
     except CannotListenError as e:
         # Listeners bind in order: the failed one is the last begun. (The
-        # endpoint services keep their port's Deferred in _waitingForPort.)
+        # endpoint services keep their port's Deferred in _waitingForPort,
+        # private to Twisted, which offers no public accessor.)
         begun = [n for n, s in listeners.items() if s._waitingForPort is not None]
         failed = begun[-1] if begun else ""
         for name in begun[:-1]:

@@ -170,3 +170,24 @@ class GuardTests(unittest.TestCase):
         log_only(bug, "client")(session, {})
         self.assertIsNone(session.closed)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_client_policy_failed_hook(self):
+        """A client's C{failed} hook hears of a bad body or a bug (to fail what waits); the session stays open."""
+        session = FakeSession("p")
+        seen = []
+
+        def bad(s, body):
+            raise BodyError("bad")
+
+        def bug(s, body):
+            raise RuntimeError("bug")
+
+        def failed(s, error):
+            seen.append((s, type(error)))
+
+        log_only(bad, "client", failed)(session, {})
+        log_only(bug, "client", failed)(session, {})
+        log_only(lambda s, body: None, "client", failed)(session, {})
+        self.assertEqual(seen, [(session, BodyError), (session, RuntimeError)])
+        self.assertIsNone(session.closed)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -110,13 +110,13 @@ class LimitsMixin(ScenarioMixin):
             return ticket
 
         self.limiter.admit = admitting
-        release = self.limiter._release
+        release = self.limiter.release
 
         def releasing(source):
             release(source)
             self.conditions.changed()
 
-        self.limiter._release = releasing
+        self.limiter.release = releasing
         settings = TransportSettings.for_peer(self.server, write_limit=WRITE_LIMIT)
         if self.websocket:
             factory = server_factory(self.server, self.limiter, settings=settings)

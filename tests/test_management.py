@@ -130,6 +130,9 @@ class FakePairingService:
         self.links += 1
         return {"link": f"cairn://pair?id=server&secret=s{self.links}", "expires_at": self.clock.seconds() + 600}
 
+    def codes_shared(self):
+        return succeed(None)
+
     def approve(self, peer_id):
         record = self.trust.records.get(peer_id)
         if record is None or record.state != PENDING:

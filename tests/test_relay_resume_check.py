@@ -106,7 +106,9 @@ class ResumeCheckTests(unittest.TestCase):
         class NodeSession:
             local = self.target
 
-        transport = CircuitTransport(None, NodeSession(), b"\x01" * 16, Y.peer_id)
+        transport = CircuitTransport(
+            None, NodeSession(), b"\x01" * 16, Y.peer_id, TransportSettings.for_peer(self.target)
+        )
         self.assertEqual(transport.expected_peer_id, Y.peer_id)
 
         class Circuit:

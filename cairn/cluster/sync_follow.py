@@ -39,6 +39,19 @@ def topic_token(topic):
     return base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=") or "_"
 
 
+def kv_stream_and_prefix(kv):
+    """
+    The stream of nats-py KeyValue C{kv} and its keys' subject prefix, for
+    an ordered consumer from a chosen sequence on the bucket. nats-py
+    keeps both only in private attributes (C{_stream}, C{_pre}; no public
+    accessor); a release that renames them fails here with one line.
+    """
+    try:
+        return kv._stream, kv._pre
+    except AttributeError:
+        raise RuntimeError("nats-py KeyValue has no _stream/_pre any more: cairn/cluster/sync_follow.py") from None
+
+
 def token_topic(token):
     """The topic name a subject token of L{topic_token} stands for."""
     if token == "_":
@@ -77,7 +90,7 @@ class Follow:
 
         async def cursor(msg):
             h = msg.headers or {}
-            key = msg.subject[len(kv._pre) :]
+            key = msg.subject[len(prefix) :]
             revision = msg.metadata.sequence.stream
             gone = h.get("KV-Operation") in _GONE or h.get("Nats-Marker-Reason") is not None
             if key.startswith(ACCESS):
@@ -106,13 +119,13 @@ class Follow:
         await self.jet.js.subscribe(
             self.jet.subject("sync", "*"), cb=updated, ordered_consumer=True, headers_only=True, config=config
         )
-        kv = self.jet.kv["cursors"]
+        stream, prefix = kv_stream_and_prefix(self.jet.kv["cursors"])
         config = ConsumerConfig(
-            filter_subjects=[kv._pre + ">"],
+            filter_subjects=[prefix + ">"],
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self._cursors_loaded_upto + 1,
         )
-        await self.jet.js.subscribe(kv._pre + ">", stream=kv._stream, cb=cursor, ordered_consumer=True, config=config)
+        await self.jet.js.subscribe(prefix + ">", stream=stream, cb=cursor, ordered_consumer=True, config=config)
 
     # On the reactor thread
 

@@ -140,9 +140,7 @@ class PeerRoutes:
 
     async def _shared(self):
         """Answer once a new code works on every node of the deployment (at once for a node alone)."""
-        shared = getattr(self.pairing, "codes_shared", None)
-        if shared is not None:
-            await maybeDeferred(shared)
+        await maybeDeferred(self.pairing.codes_shared)
 
     @endpoint(ROUTES, "/pairing/link", "POST", status=201)
     async def create_link(self, request):

@@ -61,6 +61,7 @@ class NodeStatus:
         # one that failed) there is no address to show.
         result = []
         for name, service in sorted(self.node.listeners.items()):
+            # Twisted's private _waitingForPort (no public accessor); getattr: a listener without one shows none.
             waiting = getattr(service, "_waitingForPort", None)
             port = waiting.result if waiting is not None and waiting.called else None
             address = None

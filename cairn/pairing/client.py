@@ -93,24 +93,20 @@ class PairingDispatcher:
 
     def __init__(self, peer):
         self.exchanges = {}
-        peer.register_handler(MessageType.PAIR_CHALLENGE, self._guarded(self._challenge))
-        peer.register_handler(MessageType.PAIR_CONFIRM, self._guarded(self._confirm))
-        peer.register_handler(MessageType.PAIR_REJECT, self._guarded(self._reject))
+        handlers = {
+            MessageType.PAIR_CHALLENGE: self._challenge,
+            MessageType.PAIR_CONFIRM: self._confirm,
+            MessageType.PAIR_REJECT: self._reject,
+        }
+        # The client policy (cairn.session.guards.log_only): a failure is
+        # logged, not raised into the session layer, and fails the exchange.
+        peer.register_guarded(handlers, "pairing client", failed=self._handler_failed)
         peer.add_observer(self)
 
-    def _guarded(self, handler):
-        # A failure here must not escape into the session layer (which
-        # would end the session as an internal error): fail the exchange.
-        def guarded(session, body):
-            try:
-                handler(session, body)
-            except Exception as e:
-                log.failure("pairing reply handler failed")
-                exchange = self.exchanges.get(session.session_id)
-                if exchange is not None:
-                    self._finish(exchange, error=e)
-
-        return guarded
+    def _handler_failed(self, session, error):
+        exchange = self.exchanges.get(session.session_id)
+        if exchange is not None:
+            self._finish(exchange, error=error)
 
     def begin(self, session, method, key=None) -> _Exchange:
         if session.closed is not None:

@@ -92,6 +92,13 @@ class IPairingService(Interface):
     def create_link():
         """A new single-use link: dict(link="cairn://pair?...", expires_at=...)."""
 
+    def codes_shared():
+        """
+        Deferred firing once the PINs and links created so far can be used
+        on every node of the deployment (at once for a node alone): the
+        management API answers a new code only then.
+        """
+
     def approve(peer_id):
         """Deferred L{PeerRecord}: approve a pending request (L{UnknownPeer} if none)."""
 

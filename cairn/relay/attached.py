@@ -36,10 +36,12 @@ class AttachedCircuit:
 
     @ivar protocol: the L{AttachProtocol} once connected.
     @ivar closed: the reason, once the circuit is gone.
+    @ivar settings: the L{TransportSettings} of its connection to the node.
     """
 
-    def __init__(self, endpoint, node_session, circuit_id, remote_peer_id, connection):
+    def __init__(self, endpoint, node_session, circuit_id, remote_peer_id, connection, settings):
         self.endpoint = endpoint
+        self.settings = settings
         self.node_session = node_session
         self.circuit_id = circuit_id
         self.remote_peer_id = remote_peer_id
@@ -55,7 +57,7 @@ class AttachedCircuit:
 
     def dial(self, endpoint, token):
         """Connect to the node with C{endpoint} and attach; a failure fails the connection."""
-        d = endpoint.connect(_AttachFactory(self, token, self.endpoint.client.transport_settings))
+        d = endpoint.connect(_AttachFactory(self, token, self.settings))
         d.addErrback(self._dial_failed)
         return d
 
@@ -80,7 +82,7 @@ class AttachedCircuit:
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()
         if session is not None and session.closed is None and (final or not self.endpoint.resume_circuits):
-            session._end(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
+            session.end_without_close(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
 
     def _finish(self, reason):
         self.closed = reason

@@ -81,6 +81,8 @@ class RelayEndpoint(Reestablishing):
     @ivar relayed: the sessions this peer requested, by session id.
     @ivar attach: ask for (and accept) attached circuits when the node
         session runs over TCP (the default).
+    @ivar settings: the client's L{TransportSettings} (its C{max_payload}
+        bounds what a circuit carries), handed to each circuit.
     """
 
     def __init__(self, client):
@@ -88,6 +90,7 @@ class RelayEndpoint(Reestablishing):
         self.peer = client.peer
         self.reactor = client.reactor
         self.clock = getattr(client, "clock", None) or client.reactor
+        self.settings = client.transport_settings
         self.circuits = {}
         self.on_session = None
         self.policy = None
@@ -119,7 +122,7 @@ class RelayEndpoint(Reestablishing):
             self.attach
             and connection is not None
             and type(connection.transport) is StreamProtocol
-            and node_session.session_id in getattr(self.client, "_addresses", {})
+            and self.client.dialled(node_session)
         )
 
     def _start(self, node_session, circuit_id, remote_peer_id, connection, token=None, attach_at=None):
@@ -128,11 +131,11 @@ class RelayEndpoint(Reestablishing):
         node at C{attach_at}, if the node named one, §25.8.8), else as RelayData.
         """
         if token is None:
-            transport = CircuitTransport(self, node_session, circuit_id, remote_peer_id)
+            transport = CircuitTransport(self, node_session, circuit_id, remote_peer_id, self.settings)
             self.circuits[circuit_id] = transport
             transport.start(connection)
             return transport
-        circuit = AttachedCircuit(self, node_session, circuit_id, remote_peer_id, connection)
+        circuit = AttachedCircuit(self, node_session, circuit_id, remote_peer_id, connection, self.settings)
         self.circuits[circuit_id] = circuit
         address = attach_at or self.client.dialled_at(node_session)
         circuit.dial(self.client.endpoint(address), token)

@@ -50,7 +50,7 @@ class Proxying:
     """The circuits a L{Remote} carries for another node's requester, whose target is on this node."""
 
     def _offered(self, owner, circuit_id, body, target):
-        session = self.service._online(target) if target is not None else None
+        session = self.service.online(target) if target is not None else None
         if session is not None and self.service.load() >= self.service.capacity:
             # This node carries the target's end: it counts against this
             # node's capacity as much as a circuit it owns.

@@ -105,7 +105,7 @@ class Reestablishing:
             log.failure("relay: re-establishing a circuit failed", failure)
         if final is not None:
             log.info("relay: session {sid} ends: {why}", sid=session.session_id.hex()[:8], why=final.reason)
-            session._end(final)
+            session.end_without_close(final)
             return None
         start, factor, ceiling = RETRY_BACKOFF
         relayed.timer = self.clock.callLater(relayed.delay, self._retry, relayed)

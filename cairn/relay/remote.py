@@ -204,14 +204,7 @@ class Remote(Proxying):
                     node, circuit_id, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": "no such circuit"}
                 )
             return
-        handler = {
-            MessageType.ROUTE_RESPONSE: self.service._route_response,
-            MessageType.RELAY_DATA: self.service._relay_data,
-            MessageType.RELAY_ACK: self.service._relay_ack,
-            MessageType.RELAY_CLOSE: self.service._relay_close,
-        }.get(type_code)
-        if handler is not None:
-            handler(end, body)
+        self.service.from_end(end, type_code, body)
 
     def _closed_by_target_node(self, node, circuit_id, message):
         circuit = self.service.circuits.get(circuit_id)
@@ -221,9 +214,9 @@ class Remote(Proxying):
         final = bool(message.get("final"))
         if circuit.state == "offered":
             if message.get("capacity"):
-                self.service._refuse_offer(circuit, RouteStatus.CAPACITY, str(message.get("reason", ""))[:200])
+                self.service.refuse_offer(circuit, RouteStatus.CAPACITY, str(message.get("reason", ""))[:200])
                 return
-            self.service._gone(end, final=final)  # the requester is answered offline
+            self.service.end_gone(end, final=final)  # the requester is answered offline
             return
         culprit = end if message.get("culprit") else None
         self.service.close(circuit, message.get("reason", ""), culprit=culprit, final=final)
@@ -233,7 +226,7 @@ class Remote(Proxying):
         circuit = self.service.circuits.get(circuit_id)
         if circuit is not None and isinstance(circuit.b, RemoteEnd) and circuit.b.node == node:
             log.info("relay circuit {cid}: node {node} unreachable", cid=circuit_id.hex()[:8], node=node)
-            self.service._gone(circuit.b)
+            self.service.end_gone(circuit.b)
         proxy = self.proxies.get(circuit_id)
         if proxy is not None and proxy.owner == node:
             self._drop(proxy)
@@ -274,7 +267,7 @@ class Remote(Proxying):
         for circuit in list(self.service.circuits.values()):
             for end in (circuit.a, circuit.b):
                 if isinstance(end, RemoteEnd) and end.node == node:
-                    self.service._gone(end)
+                    self.service.end_gone(end)
         for proxy in list(self.proxies.values()):
             if proxy.owner == node:
                 self._drop(proxy)

@@ -202,8 +202,8 @@ class RelayService(Forwarding, Splicing):
                 body["attach_at"] = self.attach_address
         self._send(session, MessageType.ROUTE_RESPONSE, body)
 
-    def _online(self, peer_id):
-        """The newest attached, open session of C{peer_id}, or None."""
+    def online(self, peer_id):
+        """The newest attached, open session of C{peer_id} on this node, or None."""
         found = None
         for session in self.peer.sessions.values():
             if session.remote_peer_id == peer_id and session.closed is None and session.attached:
@@ -242,7 +242,7 @@ class RelayService(Forwarding, Splicing):
         if self.accounts.over_quota(session.remote_peer_id, 1):
             self._answer(session, req, RouteStatus.REFUSED, "relay byte quota used up")
             return
-        other = self._online(target)
+        other = self.online(target)
         if other is None and self.remote is not None:
             other = self.remote.end_for(target)
         if other is None:
@@ -271,8 +271,8 @@ class RelayService(Forwarding, Splicing):
         """
         return len(self.circuits) + (0 if self.remote is None else len(self.remote.proxies))
 
-    def _refuse_offer(self, circuit, status, reason):
-        """Withdraw an offered C{circuit}, answering its requester C{status}."""
+    def refuse_offer(self, circuit, status, reason):
+        """Withdraw an offered C{circuit}, answering its requester C{status} with C{reason}."""
         self._cancel(circuit)
         self._drop(circuit)
         self._answer(circuit.a, circuit.req, status, reason)
@@ -310,6 +310,23 @@ class RelayService(Forwarding, Splicing):
             circuit.attached.clear()
         log.info("relay circuit {cid} open ({mode})", cid=circuit.circuit_id.hex()[:8], mode=circuit.mode)
         self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id, token=token)
+
+    def from_end(self, end, type_code, body):
+        """
+        A circuit message (RouteResponse, RelayData, RelayAck or
+        RelayClose) from C{end} that did not come on a session of this
+        node: the node carrying that L{RemoteEnd} passed it on. It is
+        handled as if C{end} had sent it on a session; other types are
+        ignored.
+        """
+        handler = {
+            MessageType.ROUTE_RESPONSE: self._route_response,
+            MessageType.RELAY_DATA: self._relay_data,
+            MessageType.RELAY_ACK: self._relay_ack,
+            MessageType.RELAY_CLOSE: self._relay_close,
+        }.get(type_code)
+        if handler is not None:
+            handler(end, body)
 
     # Ending circuits
 
@@ -352,7 +369,13 @@ class RelayService(Forwarding, Splicing):
             if end is not culprit:
                 self._send(end, MessageType.RELAY_CLOSE, body)
 
-    def _gone(self, session, final=False):
+    def end_gone(self, session, final=False):
+        """
+        C{session} (an end: a session of this node's, or a L{RemoteEnd})
+        is gone: its offered circuits are withdrawn (the requester is
+        answered OFFLINE, or the target told), its open ones closed and
+        the other end told; C{final} as for L{close}.
+        """
         if self.remote is not None and not isinstance(session, RemoteEnd):
             self.remote.session_gone(session, final)
         for circuit in list(self.circuits.values()):
@@ -371,16 +394,16 @@ class RelayService(Forwarding, Splicing):
     # Peer observer hooks: circuits never outlive a transport of their ends.
 
     def session_detached(self, session):
-        self._gone(session)
+        self.end_gone(session)
 
     def session_resumed(self, session):
         # The peer dropped its circuits with the old transport (it may have
         # resumed before this node noticed the drop): close them here too.
-        self._gone(session)
+        self.end_gone(session)
 
     def session_closed(self, session):
         # The peer left (or was made to): its sessions will not be resumed.
-        self._gone(session, final=True)
+        self.end_gone(session, final=True)
 
     # Management
 

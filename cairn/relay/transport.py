@@ -34,11 +34,13 @@ class CircuitTransport:
 
     @ivar credit: bytes this end may still send.
     @ivar pending: envelopes waiting for credit.
+    @ivar max_payload: longest envelope payload read (from the
+        L{TransportSettings} it was made with).
     """
 
     closing_handshake = False
 
-    def __init__(self, endpoint, node_session, circuit_id, remote_peer_id, window=WINDOW):
+    def __init__(self, endpoint, node_session, circuit_id, remote_peer_id, settings, window=WINDOW):
         self.endpoint = endpoint
         self.node_session = node_session
         self.circuit_id = circuit_id
@@ -55,7 +57,8 @@ class CircuitTransport:
         self._reading = True
         self._producer = None
         self._producer_paused = False
-        self.limit = node_session.local.max_payload - messages.RELAY_OVERHEAD
+        self.max_payload = settings.max_payload
+        self.limit = settings.max_payload - messages.RELAY_OVERHEAD
 
     @property
     def expected_peer_id(self) -> str:
@@ -147,7 +150,7 @@ class CircuitTransport:
             return
         self._consumed += len(data)
         try:
-            envelope = decode(data, self.endpoint.peer.max_payload)
+            envelope = decode(data, self.max_payload)
         except EnvelopeError as e:
             self.connection.framing_error(e.code, e.reason)
         else:
@@ -166,7 +169,7 @@ class CircuitTransport:
         self._finish(reason)
         session = self.connection.session if self.connection is not None else None
         if session is not None and session.closed is None and (final or not self.endpoint.resume_circuits):
-            session._end(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
+            session.end_without_close(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
 
     # Ending
 

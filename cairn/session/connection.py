@@ -317,7 +317,7 @@ class Connection(Opening):
             code, reason = self._clear_close_body(envelope)
             self._close_reason = (code, reason)
             self._peer_closed = True
-            session._end(SessionClosed(code, reason), remote=True)
+            session.end_without_close(SessionClosed(code, reason), remote=True)
             return
         if envelope.type != MessageType.CLOSE:
             session.envelope_received(envelope)

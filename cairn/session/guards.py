@@ -15,10 +15,13 @@ handler then follows the same rules, whatever its family:
     resend after resuming) and a step still in progress that fails is
     logged, not answered: the node is stopping and its stores closing.
 
-Client applications keep a different policy on purpose (L{log_only}): a
-bad reply from the node is logged, and the client's session is not ended
-for it. The relay client is the exception: a malformed relay body is a
-protocol error either way (§25.1), so it registers with L{register_service}.
+Client applications keep a different policy on purpose (L{log_only},
+registered with C{Peer.register_guarded}): a bad reply from the node is
+logged, and the client's session is not ended for it; a client whose
+request waits for the reply (pairing) passes C{failed} to fail that
+request with the error instead. The relay client is the exception: a
+malformed relay body is a protocol error either way (§25.1), so it
+registers with L{register_service}.
 """
 
 from twisted.internet import defer
@@ -105,11 +108,12 @@ def register_service(peer, handlers, name, *, trust=None, stopped=None, where="o
         peer.register_handler(type_code, guarded)
 
 
-def log_only(handler, name):
+def log_only(handler, name, failed=None):
     """
     A client's handler: a malformed body or a bug is logged under C{name}
     and never raised into the session layer (which would end the client's
-    session with its node for one bad reply).
+    session with its node for one bad reply); then C{failed(session,
+    error)}, if given, is told (to fail what waited for the reply).
     """
 
     def guarded(session, body):
@@ -117,8 +121,12 @@ def log_only(handler, name):
             handler(session, body)
         except BodyError as e:
             log.warn("{name}: the peer sent a bad body: {why}", name=name, why=str(e))
-        except Exception:
+            if failed is not None:
+                failed(session, e)
+        except Exception as e:
             log.failure("{name} handler failed", name=name)
+            if failed is not None:
+                failed(session, e)
 
     guarded.__wrapped__ = handler
     return guarded

@@ -128,15 +128,16 @@ class Peer:
             raise ValueError(f"0x{type_code:04x} is handled by the session layer")
         self._handlers[type_code] = handler
 
-    def register_guarded(self, handlers, name: str) -> None:
+    def register_guarded(self, handlers, name: str, failed=None) -> None:
         """
         Register a client's C{handlers} ({type: fn(session, body)}) behind
         L{cairn.session.guards.log_only}: a malformed body or a bug in a
         handler is logged under C{name} and never raised into the session
-        layer. The node's services use L{cairn.session.guards.register_service}.
+        layer; C{failed(session, error)}, if given, is told after. The
+        node's services use L{cairn.session.guards.register_service}.
         """
         for type_code, handler in handlers.items():
-            self.register_handler(type_code, log_only(handler, name))
+            self.register_handler(type_code, log_only(handler, name, failed))
 
     def handler_for(self, type_code: int):
         return self._handlers.get(type_code)

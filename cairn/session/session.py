@@ -230,6 +230,14 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
             self.send(MessageType.CLOSE, {"code": int(code), "reason": reason})
         self._end(SessionClosed(code, reason))
 
+    def end_without_close(self, closed: SessionClosed, remote: bool = False) -> None:
+        """
+        End the session with C{closed} without sending a Close: the peer
+        said so itself (C{remote}), or cannot be told (its circuit or node
+        is gone, or it refused the session). Idempotent.
+        """
+        self._end(closed, remote=remote)
+
     def _end(self, closed: SessionClosed, remote: bool = False):
         if self.closed is not None:
             return

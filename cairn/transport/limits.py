@@ -87,7 +87,7 @@ class Ticket:
     def done(self) -> None:
         if self._open:
             self._open = False
-            self.limiter._release(self.source)
+            self.limiter.release(self.source)
 
 
 class SourceLimiter:
@@ -116,7 +116,8 @@ class SourceLimiter:
         self.pending[source] = count + 1
         return Ticket(self, source)
 
-    def _release(self, source):
+    def release(self, source) -> None:
+        """One unfinished handshake from C{source} ended (L{Ticket.done} calls this once per ticket)."""
         count = self.pending.get(source, 0) - 1
         if count > 0:
             self.pending[source] = count
@@ -155,6 +156,7 @@ class Refused(Protocol):
 
 def buffered_bytes(transport) -> int:
     """Bytes a Twisted socket transport holds that the kernel has not taken yet (0 if unknown)."""
+    # Twisted's private _tempDataLen (writes not yet joined into dataBuffer; no public count exists): guarded below.
     try:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except AttributeError:

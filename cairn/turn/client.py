@@ -38,7 +38,8 @@ class TurnClient:
     def __init__(self, peer):
         self.peer = peer
         self._waiting = {}  # session id -> deque of Deferreds
-        peer.register_handler(MessageType.RELAY_RESPONSE, self._response)
+        # The client policy (cairn.session.guards.log_only); a bad body fails the request in _response itself.
+        peer.register_guarded({MessageType.RELAY_RESPONSE: self._response}, "TURN client")
         peer.add_observer(self)
 
     def request(self, session, ttl=None):
