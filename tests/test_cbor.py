@@ -487,3 +487,126 @@ class DumpsKeepaliveTests(unittest.TestCase):
     def test_out_of_range_goes_through_dumps(self):
         for value in (-1, 2**64, True):
             self.assertEqual(cbor.dumps_keepalive(value), dumps({"ack": value}))
+
+
+def _deliver(entries):
+    return {"messages": [dict(zip(("id", "from", "seq", "stored_at", "payload"), e)) for e in entries]}
+
+
+def _receipts(entries):
+    return {"receipts": [dict(zip(("id", "to", "rseq", "status", "at"), e)) for e in entries]}
+
+
+_DELIVER_ENTRY = st.tuples(
+    st.binary(max_size=20),
+    st.text(max_size=60),
+    st.integers(0, 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.binary(max_size=300),
+)
+_RECEIPT_ENTRY = st.tuples(
+    st.binary(max_size=20),
+    st.text(max_size=60),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.floats(allow_nan=False),
+)
+
+
+class LoadsBatchTests(unittest.TestCase):
+    """
+    ForwardDeliver and ForwardReceipt bodies as dumps() makes them are read
+    without the general decode, to the same value; anything else is left to
+    it (issue 19).
+    """
+
+    def check(self, value):
+        """loads() gives C{value} back; the fast path gives it or declines."""
+        data = dumps(value)
+        self.assertEqual(_strict(loads(data)), _strict(value))
+        self.assertEqual(_strict(cbor._loads_general(data)), _strict(value))
+        fast = cbor._loads_batch(data)
+        if fast is not None:
+            self.assertEqual(_strict(fast), _strict(value))
+        return fast
+
+    def test_typical_bodies_read_fast(self):
+        peer = "12D3KooW" + "x" * 44
+        deliver = _deliver([(bytes(16), peer, seq, 1765000000.123456, b"p" * 1100) for seq in range(1, 65)])
+        receipts = _receipts([(bytes(16), peer, rseq, 1, 1765000000.5) for rseq in range(1, 257)])
+        for value in (deliver, receipts, _deliver([]), _receipts([])):
+            self.assertIsNotNone(self.check(value))
+
+    def test_head_widths(self):
+        for value in _UINTS:
+            fast = self.check(_deliver([(b"i" * 16, "p", value, 1.5, b"x" * min(value, 70000))]))
+            self.assertEqual(fast is None, value >= 2**32)
+            fast = self.check(_receipts([(b"i" * 16, "p", value, value, float(value))]))
+            self.assertEqual(fast is None, value >= 2**32)
+
+    def test_float_widths(self):
+        """Half, single and double precision all read as cbor2 reads them."""
+        for at in (0.0, -0.0, 1.5, 65504.0, 1e-7, 3.4e38, 1e300, math.inf, -math.inf, 1765000000.25):
+            self.assertIsNotNone(self.check(_receipts([(b"i", "p", 1, 1, at)])))
+        fast = cbor._loads_batch(dumps(_receipts([(b"i", "p", 1, 1, math.nan)])))
+        self.assertTrue(math.isnan(fast["receipts"][0]["at"]))
+
+    @FAST
+    @given(st.lists(_DELIVER_ENTRY, max_size=5))
+    def test_any_deliver(self, entries):
+        self.check(_deliver(entries))
+
+    @FAST
+    @given(st.lists(_RECEIPT_ENTRY, max_size=5))
+    def test_any_receipts(self, entries):
+        self.check(_receipts(entries))
+
+    def test_cut_or_extended(self):
+        """Every prefix, and anything after the body, is declined; loads() still refuses it."""
+        for value in (
+            _deliver([(b"i" * 16, "pé", 70000, 1765000000.5, b"x" * 30), (b"j" * 16, "q", 2**32 - 1, 1.5, b"")]),
+            _receipts([(b"i" * 16, "pé", 300, 3, 1765000000.5), (b"j" * 16, "q", 2**32 - 1, 1, 0.0)]),
+        ):
+            data = dumps(value)
+            self.assertIsNotNone(cbor._loads_batch(data))
+            for size in range(len(data)):
+                self.assertIsNone(cbor._loads_batch(data[:size]), size)
+                self.assertRaises(CBORError, loads, data[:size])
+            self.assertIsNone(cbor._loads_batch(data + b"\x00"))
+            self.assertRaises(CBORError, loads, data + b"\x00")
+
+    def test_other_layouts(self):
+        """Other keys, kinds, order, tags, bad UTF-8 or a bytearray: the general decode, as before."""
+        good = _deliver([(b"i" * 16, "p", 1, 1.5, b"x")])
+        data = dumps(good)
+        longer = data.replace(b"cseq\x01", b"cseq\x18\x01")  # a longer head than needed
+        double = data.replace(b"\xf9\x3e\x00", b"\xfb\x3f\xf8" + bytes(6))  # 1.5 as a double
+        for same in (longer, double):
+            self.assertNotEqual(same, data)
+            self.assertEqual(_strict(cbor._loads_batch(same)), _strict(good))
+        accepted = [
+            dumps({"messages": [{**good["messages"][0], "extra": 1}]}),
+            dumps({"messages": [{**good["messages"][0], "seq": "1"}]}),
+            dumps({"messages": [{**good["messages"][0], "stored_at": 1}]}),
+            dumps({"messages": [{**good["messages"][0], "from": b"p"}]}),
+            dumps({"messages": [{**good["messages"][0], "payload": None}]}),
+            dumps({"messages": [{**good["messages"][0], "seq": -1}]}),
+            dumps({"messages": {"id": b"i"}}),
+            dumps({"receipts": [good["messages"][0]]}),
+            cbor2.dumps({"messages": [dict(reversed(good["messages"][0].items()))]}),  # key order
+        ]
+        for other in accepted:
+            self.assertIsNone(cbor._loads_batch(other), other.hex())
+            self.assertEqual(loads(other), cbor2.loads(other))
+        refused = [
+            data.replace(b"dfromap", b"dfromb\xc3\x28"),  # not UTF-8
+            data.replace(b"bidP", b"bid\xd8\x40P"),  # a tag on the id
+            data.replace(b"cseq\x01", b"bid\x41x"),  # "id" twice
+            data + data,
+        ]
+        for other in refused:
+            self.assertNotEqual(other, data)
+            self.assertIsNone(cbor._loads_batch(other), other.hex())
+            self.assertRaises(CBORError, loads, other)
+        self.assertIsNone(cbor._loads_batch(bytearray(data)))
+        self.assertEqual(loads(bytearray(data)), good)

@@ -424,6 +424,38 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         text = yield self.db.run(plan)
         self.assertIn("mailbox_messages_by_expiry", text)
 
+    def test_statements_per_ack_do_not_grow_with_the_messages(self):
+        """
+        Acknowledging single seqs and dropping receipts take a few statements
+        per call, not one or two per message (issue 19: the writer's CPU).
+        """
+        from cairn.db import open_connection, upgrade_txn
+        from cairn.mailbox import transactions
+
+        conn = open_connection(os.path.join(self.mktemp() + ".sqlite"))
+        self.addCleanup(conn.close)
+        cursor = conn.cursor()
+        upgrade_txn(cursor, *MAILBOX_SCHEMA)
+        many = Limits(max_per_peer=10_000, max_total=10**9, max_age=100.0)
+        results, _ = transactions.enqueue_txn(cursor, [item() for _ in range(1200)] + [item(C)], 0.0, many)
+        seqs = [seq for _, seq in results]
+        statements = []
+        conn.set_trace_callback(statements.append)
+        wanted = seqs[:1100:2] + seqs[-1:] + [10**9]  # 550 of B's, one of C's, one unknown
+        receipts, depths = transactions.acknowledge_txn(cursor, B, wanted, 1.0, 100.0)
+        self.assertEqual(len(receipts), 550)
+        self.assertEqual(depths[B].messages, 650)
+        on_messages = [s for s in statements if "FROM mailbox_messages" in s and "seq IN" in s]
+        self.assertEqual(len(on_messages), 4)  # a SELECT and a DELETE per 500 seqs
+        # Besides the receipts' one executemany (stepped once per receipt):
+        self.assertLess(len([s for s in statements if not s.startswith("INSERT INTO mailbox_receipts")]), 20)
+        del statements[:]
+        transactions.drop_receipts_txn(cursor, A, [r.rseq for r in receipts] + [10**9])
+        self.assertEqual(len(statements), 2)
+        self.assertEqual(transactions.receipts_txn(cursor, A, 0, 10), [])
+        left = cursor.execute("SELECT count(*) FROM mailbox_messages WHERE recipient = ?", (B,)).fetchone()[0]
+        self.assertEqual(left, 650)
+
     def test_storage_error_text(self):
         """A sqlite3 error becomes StoreFull with its message."""
         from cairn.mailbox.store import storage_error

@@ -70,6 +70,15 @@ def _next_rowid_txn(cursor, table, key):
     return max(used, row[0] if row else 0) + 1
 
 
+#: Values bound in one C{IN (...)} list (SQLite's limit is 32766 since 3.32).
+IN_CHUNK = 500
+
+
+def _chunks(values):
+    """C{values} (a list) in slices of at most L{IN_CHUNK}."""
+    return [values[start : start + IN_CHUNK] for start in range(0, len(values), IN_CHUNK)]
+
+
 def _known_ids_txn(cursor, items):
     """The (sender, message id)s of C{items} already in mailbox_ids."""
     wanted = {}
@@ -164,17 +173,19 @@ def acknowledge_txn(cursor, recipient, seqs, now, ttl, upto=0):
             (recipient, upto),
         ).fetchall()
         cursor.execute("DELETE FROM mailbox_messages WHERE recipient = ? AND seq <= ?", (recipient, upto))
-    for seq in seqs:
-        if seq <= upto:
-            continue
-        row = cursor.execute(
+    # Single seqs: one SELECT and one DELETE per chunk, not per message.
+    for chunk in _chunks(sorted({seq for seq in seqs if seq > upto})):
+        marks = ",".join("?" * len(chunk))
+        found = cursor.execute(
             "SELECT seq, recipient, sender, message_id, length(payload) FROM mailbox_messages"
-            " WHERE seq = ? AND recipient = ?",
-            (seq, recipient),
-        ).fetchone()
-        if row:
-            rows.append(row)
-            cursor.execute("DELETE FROM mailbox_messages WHERE seq = ?", (seq,))
+            f" WHERE recipient = ? AND seq IN ({marks}) ORDER BY seq",
+            (recipient, *chunk),
+        ).fetchall()
+        if found:
+            rows.extend(found)
+            cursor.execute(
+                f"DELETE FROM mailbox_messages WHERE recipient = ? AND seq IN ({marks})", (recipient, *chunk)
+            )
     return _removed_txn(cursor, rows, ReceiptStatus.DELIVERED, now, ttl)
 
 
@@ -248,7 +259,12 @@ def set_limits_txn(cursor, peer_id, limits):
 
 
 def drop_receipts_txn(cursor, sender, rseqs):
-    cursor.executemany("DELETE FROM mailbox_receipts WHERE rseq = ? AND sender = ?", [(r, sender) for r in rseqs])
+    # One statement per chunk: an executemany still steps one per receipt.
+    for chunk in _chunks(sorted(set(rseqs))):
+        cursor.execute(
+            f"DELETE FROM mailbox_receipts WHERE sender = ? AND rseq IN ({','.join('?' * len(chunk))})",
+            (sender, *chunk),
+        )
     return None, {}
 
 
