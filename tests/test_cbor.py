@@ -525,7 +525,7 @@ class LoadsBatchTests(unittest.TestCase):
         data = dumps(value)
         self.assertEqual(_strict(loads(data)), _strict(value))
         self.assertEqual(_strict(cbor._loads_general(data)), _strict(value))
-        fast = cbor._loads_batch(data)
+        fast = cbor.loads_batch(data)
         if fast is not None:
             self.assertEqual(_strict(fast), _strict(value))
         return fast
@@ -548,7 +548,7 @@ class LoadsBatchTests(unittest.TestCase):
         """Half, single and double precision all read as cbor2 reads them."""
         for at in (0.0, -0.0, 1.5, 65504.0, 1e-7, 3.4e38, 1e300, math.inf, -math.inf, 1765000000.25):
             self.assertIsNotNone(self.check(_receipts([(b"i", "p", 1, 1, at)])))
-        fast = cbor._loads_batch(dumps(_receipts([(b"i", "p", 1, 1, math.nan)])))
+        fast = cbor.loads_batch(dumps(_receipts([(b"i", "p", 1, 1, math.nan)])))
         self.assertTrue(math.isnan(fast["receipts"][0]["at"]))
 
     @FAST
@@ -568,11 +568,11 @@ class LoadsBatchTests(unittest.TestCase):
             _receipts([(b"i" * 16, "pé", 300, 3, 1765000000.5), (b"j" * 16, "q", 2**32 - 1, 1, 0.0)]),
         ):
             data = dumps(value)
-            self.assertIsNotNone(cbor._loads_batch(data))
+            self.assertIsNotNone(cbor.loads_batch(data))
             for size in range(len(data)):
-                self.assertIsNone(cbor._loads_batch(data[:size]), size)
+                self.assertIsNone(cbor.loads_batch(data[:size]), size)
                 self.assertRaises(CBORError, loads, data[:size])
-            self.assertIsNone(cbor._loads_batch(data + b"\x00"))
+            self.assertIsNone(cbor.loads_batch(data + b"\x00"))
             self.assertRaises(CBORError, loads, data + b"\x00")
 
     def test_other_layouts(self):
@@ -583,7 +583,7 @@ class LoadsBatchTests(unittest.TestCase):
         double = data.replace(b"\xf9\x3e\x00", b"\xfb\x3f\xf8" + bytes(6))  # 1.5 as a double
         for same in (longer, double):
             self.assertNotEqual(same, data)
-            self.assertEqual(_strict(cbor._loads_batch(same)), _strict(good))
+            self.assertEqual(_strict(cbor.loads_batch(same)), _strict(good))
         accepted = [
             dumps({"messages": [{**good["messages"][0], "extra": 1}]}),
             dumps({"messages": [{**good["messages"][0], "seq": "1"}]}),
@@ -596,7 +596,7 @@ class LoadsBatchTests(unittest.TestCase):
             cbor2.dumps({"messages": [dict(reversed(good["messages"][0].items()))]}),  # key order
         ]
         for other in accepted:
-            self.assertIsNone(cbor._loads_batch(other), other.hex())
+            self.assertIsNone(cbor.loads_batch(other), other.hex())
             self.assertEqual(loads(other), cbor2.loads(other))
         refused = [
             data.replace(b"dfromap", b"dfromb\xc3\x28"),  # not UTF-8
@@ -606,7 +606,7 @@ class LoadsBatchTests(unittest.TestCase):
         ]
         for other in refused:
             self.assertNotEqual(other, data)
-            self.assertIsNone(cbor._loads_batch(other), other.hex())
+            self.assertIsNone(cbor.loads_batch(other), other.hex())
             self.assertRaises(CBORError, loads, other)
-        self.assertIsNone(cbor._loads_batch(bytearray(data)))
+        self.assertIsNone(cbor.loads_batch(bytearray(data)))
         self.assertEqual(loads(bytearray(data)), good)

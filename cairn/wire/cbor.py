@@ -15,12 +15,31 @@ trailing bytes. Anything else is a L{CBORError}.
 cbor2 decodes several tags itself (bignums, self-described CBOR, value
 sharing, string references ...) without asking its tag hook, so tags are
 refused by L{_refuse_tags}, a scan of the item heads before decoding.
+
+The few bodies that every message costs (Data, Keepalive, a mailbox
+drain's ForwardDeliver and ForwardReceipt) have fixed layouts, written
+and read by hand in L{cairn.wire.layouts}; L{loads} tries that first
+and decodes anything else the general way.
 """
 
 import io
-import struct
 
 import cbor2
+
+# The bodies every session sends or receives most, written and read by
+# hand at known places; part of this module's API (cbor.dumps_data, ...).
+from cairn.wire.layouts import dumps_data, dumps_keepalive, loads_batch, loads_data
+
+__all__ = [
+    "MAX_DEPTH",
+    "CBORError",
+    "dumps",
+    "dumps_data",
+    "dumps_keepalive",
+    "loads",
+    "loads_batch",
+    "loads_data",
+]
 
 MAX_DEPTH = 16
 
@@ -34,143 +53,6 @@ class CBORError(ValueError):
 def dumps(value) -> bytes:
     """Encode C{value} as canonical CBOR."""
     return cbor2.dumps(value, canonical=True)
-
-
-def _head(major: int, value: int) -> bytes:
-    """A canonical (shortest) CBOR item head of C{major} type for C{value}."""
-    if value < 24:
-        return bytes(((major << 5) | value,))
-    if value < 0x100:
-        return bytes(((major << 5) | 24, value))
-    if value < 0x10000:
-        return bytes(((major << 5) | 25,)) + value.to_bytes(2, "big")
-    if value < 0x100000000:
-        return bytes(((major << 5) | 26,)) + value.to_bytes(4, "big")
-    return bytes(((major << 5) | 27,)) + value.to_bytes(8, "big")
-
-
-#: The constant parts of a Data body, canonical order (keys length-first).
-_DATA_OPEN = b"\xa2\x62dr\xa4\x61n"  # {"dr": {"n": ...
-_DATA_CT = b"\x62ct"
-_DATA_PN = b"\x62pn"
-_DATA_PUB = b"\x63pub"
-_DATA_CHANNEL = b"\x67channel"
-#: Heads made once: unsigned integers 0-23 (one byte each), a 32-byte string.
-_SMALL_UINTS = [bytes((value,)) for value in range(24)]
-_KEY_HEAD = b"\x58\x20"
-
-
-def dumps_data(channel: int, pub: bytes, pn: int, n: int, ct: bytes) -> bytes:
-    """
-    C{dumps({"channel": channel, "dr": {"pub": pub, "pn": pn, "n": n, "ct": ct}})}
-    (docs/protocol.md §10), the same bytes made without cbor2.
-
-    Written by hand because it is every Data message's body: cbor2's
-    canonical mode costs several times its plain mode per call (it sorts
-    every map and sets up an encoder each time), while the body's shape and
-    key order never change; only the five values are encoded per message.
-    The integers are unsigned (uint32, checked by the callers) and the
-    strings bytes; tests/test_cbor.py compares it with L{dumps}.
-    """
-    small = _SMALL_UINTS
-    return b"".join(
-        (
-            _DATA_OPEN,
-            small[n] if n < 24 else _head(0, n),
-            _DATA_CT,
-            _head(2, len(ct)),
-            ct,
-            _DATA_PN,
-            small[pn] if pn < 24 else _head(0, pn),
-            _DATA_PUB,
-            _KEY_HEAD if len(pub) == 32 else _head(2, len(pub)),
-            pub,
-            _DATA_CHANNEL,
-            small[channel] if channel < 24 else _head(0, channel),
-        )
-    )
-
-
-def _arg(data: bytes, pos: int, major: int) -> tuple[int, int]:
-    """
-    The argument of the item head of C{major} type at C{pos} and where the
-    head ends; (-1, pos) if there is no such head with an argument below
-    2**32 there.
-    """
-    head = data[pos]
-    if head >> 5 != major:
-        return -1, pos
-    info = head & 0x1F
-    if info < 24:
-        return info, pos + 1
-    if info > 26:
-        return -1, pos
-    stop = pos + 1 + (1 << (info - 24))
-    return int.from_bytes(data[pos + 1 : stop], "big"), stop
-
-
-def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
-    """
-    C{(channel, pub, pn, n, ct)} if C{data} is a Data body laid out as
-    L{dumps_data} makes it (the keys in canonical order, nothing else in
-    the maps, nothing after them; a head may be longer than needed, as
-    L{loads} also reads it), else None: the caller then decodes it
-    with L{loads}, which reads every other encoding of the same body.
-
-    The inverse of L{dumps_data}, written by hand for the same reason: it
-    is every received Data message, and a general decode (the tag scan,
-    cbor2's decoder set-up, two dicts, the plain-kinds walk, then the
-    schema checks on the dicts) cost several times the parse of five
-    values at known places. The integers are below 2**32 (a larger one
-    gives None: L{loads} and the schema checks then refuse it with their
-    own error); the callers check the rest as they check L{loads}'s output.
-    """
-    try:
-        if not data.startswith(_DATA_OPEN):
-            return None
-        n, pos = _arg(data, 7, 0)
-        if n < 0 or data[pos : pos + 3] != _DATA_CT:
-            return None
-        size, pos = _arg(data, pos + 3, 2)
-        if size < 0:
-            return None
-        ct = data[pos : pos + size]
-        pos += size
-        if len(ct) != size or data[pos : pos + 3] != _DATA_PN:
-            return None
-        pn, pos = _arg(data, pos + 3, 0)
-        if pn < 0 or data[pos : pos + 4] != _DATA_PUB:
-            return None
-        size, pos = _arg(data, pos + 4, 2)
-        if size < 0:
-            return None
-        pub = data[pos : pos + size]
-        pos += size
-        if len(pub) != size or data[pos : pos + 8] != _DATA_CHANNEL:
-            return None
-        channel, pos = _arg(data, pos + 8, 0)
-    except IndexError:  # cut short inside a head
-        return None
-    if channel < 0 or pos != len(data):
-        return None
-    return channel, pub, pn, n, ct
-
-
-#: A Keepalive body's constant part: {"ack": ...
-_KEEPALIVE_OPEN = b"\xa1\x63ack"
-
-
-def dumps_keepalive(ack: int) -> bytes:
-    """
-    C{dumps({"ack": ack})} (docs/protocol.md §8.2), the same bytes made
-    without cbor2: every idle session sends one per keepalive interval,
-    and cbor2's canonical mode was about a third of a keepalive tick's CPU
-    (issue 20). C{ack} is a uint64 (a sequence number); anything else goes
-    through L{dumps}. tests/test_cbor.py compares the two.
-    """
-    if type(ack) is not int or not 0 <= ack < 2**64:
-        return dumps({"ack": ack})
-    return _KEEPALIVE_OPEN + _head(0, ack)
 
 
 #: The exact types cbor2 decodes plain items to: checked by type lookup
@@ -242,136 +124,6 @@ def _refuse_tag(decoder, tag):
     raise CBORError(f"CBOR tag {tag.tag} not allowed")
 
 
-#: Float heads (half, single, double precision) and how to read what follows.
-_FLOATS = {0xF9: struct.Struct(">e"), 0xFA: struct.Struct(">f"), 0xFB: struct.Struct(">d")}
-
-
-def _float(data: bytes, pos: int):
-    """The float at C{pos} and where it ends, or (None, pos); struct.error if cut short."""
-    unpack = _FLOATS.get(data[pos])
-    if unpack is None:
-        return None, pos
-    return unpack.unpack_from(data, pos + 1)[0], pos + 1 + unpack.size
-
-
-def _string(data: bytes, pos: int, major: int):
-    """The byte string (major 2) or UTF-8 bytes (3) at C{pos} and where it ends, or (None, pos)."""
-    size, pos = _arg(data, pos, major)
-    stop = pos + size
-    if size < 0 or stop > len(data):
-        return None, pos
-    return data[pos:stop], stop
-
-
-#: The keys of a ForwardDeliver entry (§21.4) in canonical order, each with
-#: the head before it (the entry's map head before the first).
-_DELIVER_ID = b"\xa5\x62id"
-_DELIVER_SEQ = b"\x63seq"
-_DELIVER_FROM = b"\x64from"
-_DELIVER_PAYLOAD = b"\x67payload"
-_DELIVER_STORED_AT = b"\x69stored_at"
-#: The same for a ForwardReceipt entry (§21.6).
-_RECEIPT_AT = b"\xa5\x62at"
-_RECEIPT_ID = b"\x62id"
-_RECEIPT_TO = b"\x62to"
-_RECEIPT_RSEQ = b"\x64rseq"
-_RECEIPT_STATUS = b"\x66status"
-
-
-def _deliver_entries(data: bytes, pos: int, count: int):
-    """C{count} ForwardDeliver entries from C{pos} and where they end, or None."""
-    entries = []
-    for _ in range(count):
-        if not data.startswith(_DELIVER_ID, pos):
-            return None
-        message_id, pos = _string(data, pos + 4, 2)
-        if message_id is None or not data.startswith(_DELIVER_SEQ, pos):
-            return None
-        seq, pos = _arg(data, pos + 4, 0)
-        if seq < 0 or not data.startswith(_DELIVER_FROM, pos):
-            return None
-        sender, pos = _string(data, pos + 5, 3)
-        if sender is None or not data.startswith(_DELIVER_PAYLOAD, pos):
-            return None
-        payload, pos = _string(data, pos + 8, 2)
-        if payload is None or not data.startswith(_DELIVER_STORED_AT, pos):
-            return None
-        stored_at, pos = _float(data, pos + 10)
-        if stored_at is None:
-            return None
-        entries.append(
-            {"id": message_id, "seq": seq, "from": sender.decode(), "payload": payload, "stored_at": stored_at}
-        )
-    return entries, pos
-
-
-def _receipt_entries(data: bytes, pos: int, count: int):
-    """C{count} ForwardReceipt entries from C{pos} and where they end, or None."""
-    entries = []
-    for _ in range(count):
-        if not data.startswith(_RECEIPT_AT, pos):
-            return None
-        at, pos = _float(data, pos + 4)
-        if at is None or not data.startswith(_RECEIPT_ID, pos):
-            return None
-        message_id, pos = _string(data, pos + 3, 2)
-        if message_id is None or not data.startswith(_RECEIPT_TO, pos):
-            return None
-        recipient, pos = _string(data, pos + 3, 3)
-        if recipient is None or not data.startswith(_RECEIPT_RSEQ, pos):
-            return None
-        rseq, pos = _arg(data, pos + 5, 0)
-        if rseq < 0 or not data.startswith(_RECEIPT_STATUS, pos):
-            return None
-        status, pos = _arg(data, pos + 7, 0)
-        if status < 0:
-            return None
-        entries.append({"at": at, "id": message_id, "to": recipient.decode(), "rseq": rseq, "status": status})
-    return entries, pos
-
-
-#: The bodies a mailbox drain receives, by their first ten bytes (a map of
-#: one key, its text head and the key): the key and the entries' reader.
-_BATCHES = {
-    b"\xa1\x68messages": ("messages", _deliver_entries),
-    b"\xa1\x68receipts": ("receipts", _receipt_entries),
-}
-
-
-def _loads_batch(data: bytes):
-    """
-    What L{loads} returns for a ForwardDeliver or ForwardReceipt body laid
-    out as L{dumps} makes it (one array of maps, each with exactly the
-    entry's keys in canonical order and values of the kinds §21 gives
-    them, nothing after it), or None: L{loads} then decodes C{data} the
-    general way, which accepts or refuses everything else as before.
-
-    Written by hand for the same reason as L{loads_data}: these are every
-    message and receipt a mailbox drain receives, and the general decode's
-    tag scan and plain-kinds walk, each a Python loop over every item,
-    cost several times cbor2's own decode (issue 19). Here each value is
-    read once at its known place. Integers are below 2**32 and heads may
-    be longer than needed (as for L{loads_data}); anything else (a larger
-    integer, another key, a tag, bad UTF-8, a cut) gives None.
-    """
-    if type(data) is not bytes:  # slices must be bytes, as cbor2 gives
-        return None
-    known = _BATCHES.get(data[:10])
-    if known is None:
-        return None
-    outer, read = known
-    try:
-        count, pos = _arg(data, 10, 4)
-        if count < 0:
-            return None
-        found = read(data, pos, count)
-    except (IndexError, UnicodeDecodeError, struct.error):  # cut inside a head; not UTF-8
-        return None
-    if found is None or found[1] != len(data):
-        return None
-    return {outer: found[0]}
-
-
 def loads(data: bytes):
     """
     Decode exactly one plain CBOR item from C{data}.
@@ -379,7 +131,7 @@ def loads(data: bytes):
     @raise CBORError: on malformed input, trailing bytes, tags, indefinite
         lengths, duplicate keys or excessive nesting.
     """
-    value = _loads_batch(data)
+    value = loads_batch(data)
     if value is not None:
         return value
     return _loads_general(data)
