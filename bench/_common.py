@@ -11,9 +11,11 @@ each measurement, so every figure can also be given per CPU-second.
 import argparse
 import json
 import os
+import re
 import select
 import subprocess
 import sys
+import tempfile
 import time
 
 import attr
@@ -302,3 +304,20 @@ def listen_overflows() -> int:
         if names[0] == "TcpExt:" and "ListenOverflows" in names:
             return int(values[names.index("ListenOverflows")])
     return -1
+
+
+def callgrind_instructions(module, *args):
+    """
+    Total instructions of C{python -m module --child *args} run under
+    valgrind's callgrind (the figure the machine's load does not move).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        outfile = os.path.join(tmp, "callgrind.out")
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={outfile}", sys.executable, "-m", module]
+        result = subprocess.run([*argv, "--child", *map(str, args)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"callgrind run failed: {result.stderr[-2000:]}")
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    if match is None:
+        raise RuntimeError("no instruction count in callgrind's output")
+    return int(match.group(1))

@@ -19,15 +19,11 @@ Needs valgrind; slow (each run is about 50 times slower than natively).
 """
 
 import argparse
-import os
-import re
-import subprocess
-import sys
 import tempfile
 
 from twisted.internet import defer, task
 
-from bench._common import log_warnings_only, node_config, out
+from bench._common import callgrind_instructions, log_warnings_only, node_config, out
 
 TRANSPORTS = ("tcp", "websocket", "bare")
 
@@ -63,26 +59,7 @@ def _child(reactor, transport, count):
 
 def _instructions(transport, count):
     """Total instructions of one child run under callgrind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        outfile = os.path.join(tmp, "callgrind.out")
-        argv = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={outfile}",
-            sys.executable,
-            "-m",
-            "bench.handshake_instructions",
-            "--child",
-            transport,
-            str(count),
-        ]
-        result = subprocess.run(argv, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"callgrind run failed: {result.stderr[-2000:]}")
-        match = re.search(r"Collected : (\d+)", result.stderr)
-        if match is None:
-            raise RuntimeError("no instruction count in callgrind's output")
-        return int(match.group(1))
+    return callgrind_instructions("bench.handshake_instructions", transport, count)
 
 
 def main(argv=None):

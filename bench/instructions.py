@@ -18,17 +18,13 @@ times slower than natively).
 """
 
 import argparse
-import os
-import re
-import subprocess
-import sys
 import tempfile
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 
-from bench._common import LOCAL_ENDPOINT, log_warnings_only, node_config, out
+from bench._common import LOCAL_ENDPOINT, callgrind_instructions, log_warnings_only, node_config, out
 
 PATTERNS = ("one-way", "echo")
 TRANSPORTS = ("tcp", "websocket", "bare_tcp")
@@ -84,19 +80,7 @@ class _Stopwatch:
 
 def _instructions(transport, pattern, count):
     """Total instructions of one child run under callgrind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        outfile = os.path.join(tmp, "callgrind.out")
-        argv = [
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={outfile}",
-            sys.executable, "-m", "bench.instructions", "--child", transport, pattern, str(count),
-        ]
-        result = subprocess.run(argv, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"callgrind run failed: {result.stderr[-2000:]}")
-        match = re.search(r"Collected : (\d+)", result.stderr)
-        if match is None:
-            raise RuntimeError("no instruction count in callgrind's output")
-        return int(match.group(1))
+    return callgrind_instructions("bench.instructions", transport, pattern, count)
 
 
 def main(argv=None):

@@ -102,14 +102,14 @@ class BenchTests(unittest.TestCase):
         """The callgrind total is read from valgrind's summary line."""
         import subprocess
 
-        from bench import instructions
+        from bench import _common, instructions
 
         def fake_run(argv, capture_output, text):
             out = argv[2].split("=", 1)[1]
             self.assertTrue(out.endswith("callgrind.out"))
             return subprocess.CompletedProcess(argv, 0, "", "==1== Events    : Ir\n==1== Collected : 123456\n")
 
-        self.patch(instructions.subprocess, "run", fake_run)
+        self.patch(_common.subprocess, "run", fake_run)
         self.assertEqual(instructions._instructions("tcp", "one-way", 10), 123456)
 
 

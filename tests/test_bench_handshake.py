@@ -54,13 +54,13 @@ class HandshakeToolsTests(unittest.TestCase):
         """The callgrind total is read from valgrind's summary line."""
         import subprocess
 
-        from bench import handshake_instructions
+        from bench import _common, handshake_instructions
 
         def fake_run(argv, capture_output, text):
             self.assertEqual(argv[-3:], ["--child", "tcp", "10"])
             return subprocess.CompletedProcess(argv, 0, "", "==1== Events    : Ir\n==1== Collected : 654321\n")
 
-        self.patch(handshake_instructions.subprocess, "run", fake_run)
+        self.patch(_common.subprocess, "run", fake_run)
         self.assertEqual(handshake_instructions._instructions("tcp", 10), 654321)
 
     def test_pieces_of_a_node_profile(self):
