@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from twisted.trial import unittest
 
-from cairn.cluster.common import open_bucket
+from cairn.cluster.common import kv_entries, open_bucket
 
 
 class RacingJetStream:
@@ -55,3 +55,35 @@ class OpenBucketTests(unittest.TestCase):
         js = RacingJetStream(10)
         self.assertRaises(BucketNotFoundError, asyncio.run, open_bucket(js, CONFIG, attempts=3, pause=0))
         self.assertEqual(len(js.calls), 6)
+
+
+class StandInKV:
+    def __init__(self, keys, gone=()):
+        self._keys, self.gone = keys, set(gone)
+
+    async def keys(self):
+        from nats.js.errors import NoKeysError
+
+        if not self._keys:
+            raise NoKeysError()
+        return list(self._keys)
+
+    async def get(self, key):
+        from nats.js.errors import KeyDeletedError
+
+        if key in self.gone:
+            raise KeyDeletedError()
+        return SimpleNamespace(value=key.encode())
+
+
+class KVEntriesTests(unittest.TestCase):
+    def test_entries(self):
+        """Each key with its entry, in the bucket's order; an empty bucket is an empty list."""
+        found = asyncio.run(kv_entries(StandInKV(["a", "b"])))
+        self.assertEqual([(k, e.value) for k, e in found], [("a", b"a"), ("b", b"b")])
+        self.assertEqual(asyncio.run(kv_entries(StandInKV([]))), [])
+
+    def test_key_removed_meanwhile(self):
+        """A key deleted between the listing and its read is left out, not an error that stops the load."""
+        found = asyncio.run(kv_entries(StandInKV(["a", "b", "c"], gone=["b"])))
+        self.assertEqual([k for k, _ in found], ["a", "c"])

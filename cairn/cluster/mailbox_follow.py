@@ -8,7 +8,7 @@ stays small.
 """
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import KIND, SIZE, WRITER, is_message, recipient_of
+from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, recipient_of
 from cairn.mailbox.interfaces import Depth, PeerLimits
 
 
@@ -84,8 +84,6 @@ class Following:
         self.watchers.add(callback)
 
     async def _load(self):
-        from nats.js.errors import NoKeysError
-
         # The whole stream, in order: the messages held, and the receipts,
         # which name the seq of the message they are about (a removal made
         # while this scan ran may show both); its last seq is where the
@@ -107,12 +105,7 @@ class Following:
             depths[recipient] = Depth(depth.messages + 1, depth.bytes + len(held.data or b""), depth.oldest)
         kv = self.jet.kv["limits"]
         limits = {}
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
-            entry = await kv.get(key)
+        for key, entry in await kv_entries(kv):
             count, size = entry.value.decode().split(",")
             limits[key] = PeerLimits(int(count) if count else None, int(size) if size else None)
         return depths, limits

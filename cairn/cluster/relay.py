@@ -17,7 +17,7 @@ import asyncio
 
 from zope.interface import implementer
 
-from cairn.cluster.common import storage_error
+from cairn.cluster.common import kv_entries, storage_error
 from cairn.cluster.direct import is_wrong_last
 from cairn.relay.interfaces import IRelayStore, RelayLimits
 
@@ -46,16 +46,10 @@ class KVRelayStore:
         return self._run(self._load)
 
     async def _load(self):
-        from nats.js.errors import NoKeysError
-
         limits, usage = {}, {}
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
+        for key, entry in await kv_entries(self._kv):
             kind, peer_id = key.split(".", 1)
-            a, b = (await self._kv.get(key)).value.decode().split(",")
+            a, b = entry.value.decode().split(",")
             if kind == "limits":
                 limits[peer_id] = RelayLimits(_number(a), _number(b))
             else:
