@@ -167,7 +167,26 @@ class Node:
         return "".join("".join(proc.output) for proc in self.runs)
 
     def start(self, **settings):
-        """Start the process (again: same data directory); fires with its ports once all listen."""
+        """
+        Start the process (again: same data directory); fires with its ports
+        once all listen. The cairn port is chosen before the first start (a
+        restart keeps it, so that devices find the node again): if another
+        process took it meanwhile, the first start tries a new one.
+        """
+        d = self._start(settings)
+        if len(self.runs) == 1:
+
+            def taken(failure, attempts):
+                if attempts and "Address already in use" in str(failure.value) and "CAIRN_LISTEN" in str(failure.value):
+                    self.runs.clear()
+                    self.tcp_port = free_port()
+                    return self._start(settings).addErrback(taken, attempts - 1)
+                return failure
+
+            d.addErrback(taken, 3)
+        return d
+
+    def _start(self, settings):
         env = dict(
             CAIRN_LISTEN=f"tcp:{self.tcp_port}:interface=127.0.0.1",
             CAIRN_RELAY_ATTACH_ADDRESS=f"tcp://127.0.0.1:{self.tcp_port}",
