@@ -25,6 +25,7 @@ from cairn.client import Client
 from cairn.config import Config
 from cairn.crypto.identity import load_or_create
 from cairn.healthcheck import health_url
+from tests import _nats
 from tests._harness import eventually, track_connections
 from tests.test_twistd import REPO, TwistdProcess, kill_at_end
 
@@ -486,12 +487,6 @@ class SystemdUnitTests(unittest.TestCase):
 # -- socket activation, for real ----------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SocketActivationTests(unittest.TestCase):
     def setUp(self):
         self.activate = shutil.which("systemd-socket-activate")
@@ -502,7 +497,7 @@ class SocketActivationTests(unittest.TestCase):
     def test_activated_socket(self):
         """twistd cairn handshakes on the socket systemd-socket-activate passes it; /health passes the HEALTHCHECK."""
         data_dir = os.path.abspath(self.mktemp())
-        port = _free_port()
+        port = _nats.free_port()
         # An IPv4 socket here, so domain=INET (the unit's [::] socket is INET6).
         settings = {
             "CAIRN_DATA_DIR": data_dir,
@@ -558,7 +553,7 @@ class SocketActivationTests(unittest.TestCase):
     def test_management_socket_activates(self):
         """A `cairn-server pair --pin` on the activated management socket starts the node and gets a PIN."""
         data_dir = os.path.abspath(self.mktemp())
-        port, mgmt = _free_port(), _free_port()
+        port, mgmt = _nats.free_port(), _nats.free_port()
         settings = {
             "CAIRN_DATA_DIR": data_dir,
             "CAIRN_LISTEN": "systemd:domain=INET:index=0",

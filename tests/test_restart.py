@@ -9,7 +9,6 @@ restart without subscribing again.
 """
 
 import os
-import socket
 import threading
 
 from twisted.internet import defer, reactor, task
@@ -23,19 +22,13 @@ from cairn.service import make_node
 from cairn.session import store
 from cairn.sync import client as sync
 from tests._harness import Conditions, ScenarioMixin, drop_all, eventually, one_person, resumed, track_connections
+from tests._nats import free_port
 from tests.test_relay import RelayHarness
 from tests.test_service import config_for
 from tests.test_twistd import paired_by_psk, start_twistd
 
 PSK = "a long pre-shared key for the clean restart tests"
 IN_FLIGHT = 64
-
-
-def free_port() -> int:
-    """A loopback port free right now (the node binds it twice: before and after its restart)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CleanRestartTests(unittest.TestCase):
