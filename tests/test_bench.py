@@ -29,13 +29,13 @@ DATA_LINES = (
 )
 
 
-class BenchTests(unittest.TestCase):
-    timeout = 60
+class RunsBench:
+    """For the bench tests: run a bench module as a process, as a user would."""
 
-    def run_bench(self, module, *args):
-        """Run C{python -m module args} from the repository root; fire with its stdout."""
+    def run_bench(self, module, *args, env=None):
+        """Run C{python -m module args} from the repository root; fire with its stdout (stderr must be empty)."""
         d = utils.getProcessOutputAndValue(
-            sys.executable, ["-m", module, *args], env=dict(os.environ), path=REPO_ROOT
+            sys.executable, ["-m", module, *args], env={**os.environ, **(env or {})}, path=REPO_ROOT
         )
 
         def check(result):
@@ -45,6 +45,10 @@ class BenchTests(unittest.TestCase):
             return out.decode("utf-8")
 
         return d.addCallback(check)
+
+
+class BenchTests(RunsBench, unittest.TestCase):
+    timeout = 60
 
     def assertRatioLines(self, output, expected):
         for text in expected:

@@ -4,31 +4,17 @@ sessions in a subprocess and prints its figures. Nothing here asserts a
 speed or a size.
 """
 
-import os
-import sys
-
-from twisted.internet import utils
 from twisted.trial import unittest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_bench import RunsBench
 
 
-class CapacityBenchTests(unittest.TestCase):
+class CapacityBenchTests(RunsBench, unittest.TestCase):
     timeout = 120
 
     def run_bench(self, *args):
         """Run C{python -m bench.capacity args} from the repository root; fire with its stdout."""
-        d = utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "bench.capacity", *args], env=dict(os.environ), path=REPO_ROOT
-        )
-
-        def check(result):
-            out, err, code = result
-            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
-            self.assertEqual(err, b"")
-            return out.decode("utf-8")
-
-        return d.addCallback(check)
+        return RunsBench.run_bench(self, "bench.capacity", *args)
 
     def assertLines(self, output, *expected):
         for text in expected:

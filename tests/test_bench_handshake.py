@@ -5,30 +5,14 @@ asserts a speed.
 """
 
 import os
-import sys
 
-from twisted.internet import utils
 from twisted.trial import unittest
 
-from tests.test_bench import REPO_ROOT
+from tests.test_bench import RunsBench
 
 
-class HandshakeToolsTests(unittest.TestCase):
+class HandshakeToolsTests(RunsBench, unittest.TestCase):
     timeout = 120
-
-    def run_bench(self, module, *args, env=None):
-        """Run C{python -m module args} from the repository root; fire with its stdout."""
-        d = utils.getProcessOutputAndValue(
-            sys.executable, ["-m", module, *args], env={**os.environ, **(env or {})}, path=REPO_ROOT
-        )
-
-        def check(result):
-            out, err, code = result
-            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
-            self.assertEqual(err, b"")
-            return out.decode("utf-8")
-
-        return d.addCallback(check)
 
     def test_one_transport(self):
         """--transport tcp measures TCP alone."""
