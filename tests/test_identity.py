@@ -99,6 +99,39 @@ class KeyFileTests(unittest.TestCase):
         os.makedirs(other)
         self.assertNotEqual(load_or_create(self.dir).peer_id, load_or_create(other).peer_id)
 
+    def test_never_seen_half_written(self):
+        """
+        Until the new key is written and synced, identity.key does not exist:
+        a second process starting on the same directory at that moment makes
+        its own attempt or reads a whole key, never an empty file.
+        """
+        seen = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            seen.append(os.path.lexists(self.path))
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        identity = load_or_create(self.dir)
+        self.assertFalse(seen[0], "identity.key was visible before its key was synced")
+        self.assertEqual(load_or_create(self.dir).peer_id, identity.peer_id)
+        self.assertEqual(os.listdir(self.dir), [KEY_FILE_NAME])  # no temporary file left
+
+    def test_made_meanwhile_by_another_process(self):
+        """Another process linked its key first: this one reads theirs and leaves no temporary file."""
+        theirs = Identity.generate()
+        real_link = os.link
+
+        def link(source, target):
+            with open(target, "wb") as f:
+                f.write(bytes(theirs.signing_key))
+            real_link(source, target)
+
+        self.patch(os, "link", link)
+        self.assertEqual(load_or_create(self.dir).peer_id, theirs.peer_id)
+        self.assertEqual(os.listdir(self.dir), [KEY_FILE_NAME])
+
     def test_wrong_size_rejected(self):
         """A key file of any size other than 32 bytes raises IdentityError and is left as it was."""
         for size in (0, 1, 31, 33, 64):

@@ -21,6 +21,7 @@ same values for every handshake. Peer ids are cached per public key
 import functools
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -156,20 +157,42 @@ def load_or_create_file(path: str) -> Identity:
     """
     Load the identity key file at C{path}, creating it (mode 0600) if absent.
 
+    A new key is written whole to a temporary file beside C{path} and
+    linked to C{path} only then (a link never replaces an existing file):
+    a process that finds the file -- a second node started on the same
+    data directory at the same moment -- reads a whole key, never one half
+    written, and exactly one key wins.
+
     @raise IdentityError: the file exists but is not a 32-byte seed.
     """
+    if not os.path.lexists(path):
+        identity = Identity.generate()
+        directory = os.path.dirname(path) or "."
+        fd, temporary = tempfile.mkstemp(prefix=".identity-", dir=directory)  # mode 0600
+        try:
+            try:
+                os.write(fd, bytes(identity.signing_key))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # made meanwhile by another process: read theirs
+        else:
+            _fsync_directory(directory)
+            return identity
+        finally:
+            os.unlink(temporary)
+    with open(path, "rb") as f:
+        seed = f.read()
+    if len(seed) != 32:
+        raise IdentityError(f"{path} is not a 32-byte Ed25519 seed")
+    return Identity.from_seed(seed)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as f:
-            seed = f.read()
-        if len(seed) != 32:
-            raise IdentityError(f"{path} is not a 32-byte Ed25519 seed") from None
-        return Identity.from_seed(seed)
-    identity = Identity.generate()
-    try:
-        os.write(fd, bytes(identity.signing_key))
         os.fsync(fd)
     finally:
         os.close(fd)
-    return identity
