@@ -51,6 +51,9 @@ from twisted.internet import defer, task
 from bench._jetstream import Servers, _free_port
 from bench.relay import CHUNK, CIRCUIT_CHUNK, Pusher, Tally
 
+#: docs/protocol.md §25.3: W, the bytes of RelayData sent and not yet credited.
+RELAY_WINDOW = 262144
+
 PSK = "bench pre-shared key, long enough to not be weak"
 SIZE = 1024
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,7 +274,7 @@ def enqueue_rate(reactor, addresses, messages, senders, inflight):
 
 
 @defer.inlineCallbacks
-def relay_rate(reactor, address_a, address_b, size, mode):
+def relay_rate(reactor, address_a, address_b, size, mode, chunk=CIRCUIT_CHUNK):
     """
     Bytes per second through one circuit from a peer on C{address_a} to one
     on C{address_b}; C{mode} C{raw} (attached circuit, raw bytes over its
@@ -316,7 +319,7 @@ def relay_rate(reactor, address_a, address_b, size, mode):
         sender.transport.registerProducer(pusher, True)
     else:
         b.on_channel = lambda channel: setattr(channel, "on_data", tally.add)
-        pusher = Pusher(a.open_channel("bulk").send, size, b"\x00" * CIRCUIT_CHUNK)
+        pusher = Pusher(a.open_channel("bulk").send, size, b"\x00" * chunk)
         a.connection.transport.registerProducer(pusher, True)
     start = time.perf_counter()
     pusher.resumeProducing()
@@ -481,7 +484,7 @@ def run(args):
     try:
         results["raw"] = raw_latency(deployment.nats.urls, args.latency)
         if not args.latency_only:
-            results["floor"] = relay_floor(deployment.nats.urls, args.relay_floor)
+            results["floor"] = relay_floor(deployment.nats.urls, args.relay_floor, size=args.chunk)
     except BaseException:
         deployment.stop()
         raise
@@ -492,10 +495,19 @@ def run(args):
         results["same"] = yield latency(reactor, node1.address, node1.address, args.latency)
         if args.latency_only:
             return
+        if not args.relay_only:
+            yield rates(reactor)
+        yield relays(reactor)
+
+    @defer.inlineCallbacks
+    def rates(reactor):
         one = [node1.address]
         spread = [node1.address, node2.address]
         results["one"] = yield enqueue_rate(reactor, one, args.messages, args.senders, args.inflight)
         results["spread"] = yield enqueue_rate(reactor, spread, args.messages, args.senders, args.inflight)
+
+    @defer.inlineCallbacks
+    def relays(reactor):
         # Alternating, so that a change of the machine's load hits both alike; the median of each.
         # The nodes' CPU time per relayed byte is also taken: unlike the
         # rates, it hardly moves with the machine's load.
@@ -506,7 +518,7 @@ def run(args):
             for _ in range(args.relay_repeat):
                 for where, target in (("same", node1), ("cross", node2)):
                     before = cpu_seconds(pids)
-                    rate = yield relay_rate(reactor, node1.address, target.address, args.relay_bytes, mode)
+                    rate = yield relay_rate(reactor, node1.address, target.address, args.relay_bytes, mode, args.chunk)
                     after = cpu_seconds(pids)
                     runs[where].append(rate)
                     if before is not None and after is not None:
@@ -557,12 +569,13 @@ def report(results, args):
     )
     if args.latency_only:
         return
-    spread, one = results["spread"], results["one"]
-    print(
-        f"enqueue ({args.messages} x 1 KiB, {args.senders} senders x {args.inflight} in flight):"
-        f" spread over 2 nodes {spread:.0f} msg/s, all on node 1 {one:.0f} msg/s,"
-        f" scaling ratio spread/one = {spread / one:.2f}"
-    )
+    if not args.relay_only:
+        spread, one = results["spread"], results["one"]
+        print(
+            f"enqueue ({args.messages} x 1 KiB, {args.senders} senders x {args.inflight} in flight):"
+            f" spread over 2 nodes {spread:.0f} msg/s, all on node 1 {one:.0f} msg/s,"
+            f" scaling ratio spread/one = {spread / one:.2f}"
+        )
     for mode, label in (("raw", "attached"), ("relaydata", "RelayData")):
         cross, same = results[mode, "cross"], results[mode, "same"]
         size = show_rate(args.relay_bytes, "MiB")
@@ -575,9 +588,11 @@ def report(results, args):
                 for c, o in zip(results[mode, "cross", "all"], results[mode, "same", "all"])
             ]
             line += "; runs (across, one): " + ", ".join(f"({c}, {o})" for c, o in runs)
+        if mode == "relaydata":
+            line += f"; Data messages of {args.chunk:,} B"
         print(line)
         if mode == "relaydata" and isinstance(same, float):
-            print(relaydata_ceiling(results["floor"], same))
+            print(relaydata_ceiling(results["floor"], same, args.chunk))
         cross_cpu, same_cpu = results[mode, "cross", "cpu"], results[mode, "same", "cpu"]
         if cross_cpu and same_cpu:
             mib = args.relay_bytes / 2**20
@@ -587,7 +602,7 @@ def report(results, args):
             )
 
 
-def relaydata_ceiling(floor, same):
+def relaydata_ceiling(floor, same, chunk=CIRCUIT_CHUNK):
     """
     What a RelayData circuit across nodes can reach against one on one
     node (rate C{same}), with the window of docs/protocol.md §25.3: the
@@ -596,10 +611,10 @@ def relaydata_ceiling(floor, same):
     makes the raw NATS trip (C{floor}, its p50), so at best the ratio is
     that round trip over the sum.
     """
-    one = 2 * CIRCUIT_CHUNK / same
+    one = (RELAY_WINDOW // chunk) * chunk / same  # the bytes the window lets be in flight, over the rate
     hop = percentile(floor, 50)
     return (
-        f"ceiling for RelayData across nodes: one node's round trip (2 chunks / rate) {one * 1e3:.2f} ms;"
+        f"ceiling for RelayData across nodes: one node's round trip (window's chunks / rate) {one * 1e3:.2f} ms;"
         f" raw nats-py chunk + credit between two servers (anchor) p50 {hop * 1e3:.2f} ms,"
         f" p99 {percentile(floor, 99) * 1e3:.2f} ms; so across/one <= {one / (one + hop):.2f}"
         " before the nodes' own cost"
@@ -617,6 +632,10 @@ def main(argv=None):
     parser.add_argument(
         "--relay-floor", type=int, default=200, help="raw NATS chunk + credit round trips timed (RelayData anchor)"
     )
+    parser.add_argument(
+        "--chunk", type=int, default=CIRCUIT_CHUNK, help="bytes of each Data message on a RelayData circuit"
+    )
+    parser.add_argument("--relay-only", action="store_true", help="skip the enqueue rates")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run, figures meaningless)")
     parser.add_argument("--latency-only", action="store_true", help="only the delivery latencies (cross and same node)")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ LINES = (
     "scaling ratio spread/one = ",
     "relay attached (1.0 MiB, median of 1): across nodes ",
     "relay RelayData (1.0 MiB, median of 1): across nodes ",
-    "ceiling for RelayData across nodes: one node's round trip (2 chunks / rate) ",
+    "ceiling for RelayData across nodes: one node's round trip (window's chunks / rate) ",
 )
 
 
@@ -48,5 +48,25 @@ class ClusterBenchTests(unittest.TestCase):
             for line in output.splitlines():
                 if line.startswith("relay "):
                     self.assertRegex(line, r"one node \d+\.\d MiB/s")
+
+        return d.addCallback(check)
+
+    def test_relay_only_with_another_chunk(self):
+        """--relay-only skips the enqueue rates; --chunk sets the RelayData circuits' message size."""
+        nats_server_binary()
+        d = utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "bench.cluster", "--quick", "--relay-only", "--chunk", "32768"],
+            env=dict(os.environ),
+            path=REPO_ROOT,
+        )
+
+        def check(result):
+            out, err, code = result
+            output = out.decode("utf-8")
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            self.assertNotIn("enqueue (", output)
+            self.assertIn("; Data messages of 32,768 B", output)
+            self.assertIn("ceiling for RelayData across nodes: ", output)
 
         return d.addCallback(check)
