@@ -288,6 +288,17 @@ class UpgradeTests(unittest.TestCase):
         yield self.check_upgraded(jet)
 
 
+    @defer.inlineCallbacks
+    def test_late_layout_1_receipts(self):
+        """
+        Layout-1 receipts written after the upgrade (a node of the older
+        version still running: the version is checked at start only) are
+        moved by the next start of a store, not left unread.
+        """
+        yield self.jet.run(self.jet.kv["meta"].put, "layout", b"2")
+        yield self.check_upgraded(self.jet)
+
+
 class OlderNodeTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_layout_1_node_refuses_layout_2(self):

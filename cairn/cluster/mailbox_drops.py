@@ -133,8 +133,10 @@ class Dropping:
             dropped = {r for r in extras | rseqs if r > upto}
             if not dropped:
                 return None
-            top = max(dropped)
-            held = await D.direct_all(self.jet.nc, self.stream, receipt_subject(self.jet, sender), upto + 1, PAGE, top)
+            # From where its receipt reads start: not through the sender's
+            # messages still held before its first receipt.
+            top, start = max(dropped), self._receipts_start(sender, 0, upto)
+            held = await D.direct_all(self.jet.nc, self.stream, receipt_subject(self.jet, sender), start, PAGE, top)
             for h in held:
                 if not is_receipt(h):
                     continue

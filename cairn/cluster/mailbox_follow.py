@@ -7,10 +7,22 @@ L{cairn.cluster.mailbox_recent.Recent}). A mixin, so that each module
 stays small.
 """
 
+from twisted.logger import Logger
+
 from cairn.cluster import direct as D
 from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, recipient_of
-from cairn.cluster.mailbox_layout import is_receipt, parse_marker
+from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
 from cairn.mailbox.interfaces import Depth, PeerLimits
+
+log = Logger()
+
+
+def _late_receipts(count):
+    log.warn(
+        "mailbox: {count} layout-1 receipts found after the upgrade to layout 2 (a node of an older version"
+        " still running?): moved to layout 2; stop older nodes before starting this version",
+        count=count,
+    )
 
 
 class Following:
@@ -97,6 +109,9 @@ class Following:
         # carrying receipts (where each sender's receipt reads start) and
         # the senders' consumed markers (layout 2, mailbox_layout); its
         # last seq is where the watch of other writers starts (L{_follow}).
+        converted = await convert_receipts(self.jet, self.jet.nc)
+        if converted:
+            self.jet.thread.to_reactor(_late_receipts, converted)
         messages, markers, firsts = [], {}, {}
         for held in await D.direct_all(self.jet.nc, self.stream, self._subject(">")):
             self._loaded_upto = max(self._loaded_upto, held.seq)

@@ -28,7 +28,7 @@ Subjects of layout 2:
 import asyncio
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, SIZE
+from cairn.cluster.common import DONE, KIND, SIZE, is_message
 
 #: The consumed marker's header: every receipt of the sender up to this seq is consumed.
 UPTO = "Cairn-Upto"
@@ -93,10 +93,23 @@ async def upgrade_from_1(jet, nc):
         await js.stream_info(stream)
     except NotFoundError:
         return 0
+    return await convert_receipts(jet, nc)
+
+
+async def convert_receipts(jet, nc):
+    """
+    Convert every layout-1 receipt in the C{mbox} stream (L{upgrade_from_1});
+    how many were. Also run by each store's start: a layout-1 node that was
+    still running after the upgrade (the version is checked at start only)
+    wrote receipts that layout-2 readers would not see.
+    """
+    js, stream = jet.js_writes, jet.stream("mbox")
     old = await D.direct_all(nc, stream, jet.subject("rcpt", ">"))
+    converted = 0
     for i in range(0, len(old), UPGRADE_AT_ONCE):
-        await asyncio.gather(*(_convert(jet, nc, js, stream, receipt) for receipt in old[i : i + UPGRADE_AT_ONCE]))
-    return len(old)
+        chunk = old[i : i + UPGRADE_AT_ONCE]
+        converted += sum(await asyncio.gather(*(_convert(jet, nc, js, stream, receipt) for receipt in chunk)))
+    return converted
 
 
 async def _convert(jet, nc, js, stream, receipt):
@@ -107,6 +120,11 @@ async def _convert(jet, nc, js, stream, receipt):
         last = await D.leader_last(nc, js, stream, subject)
         if last is not None and is_receipt(last):
             break  # converted by an earlier (interrupted) or concurrent upgrade
+        if last is not None and is_message(last) and str(last.seq) != receipt.subject.split(".")[-1]:
+            # Another message under the same id (only possible once the id is
+            # too old to be forwarded again): it is not replaced; the old
+            # receipt stays where it is, read by no one, until it expires.
+            return False
         expires = float(h[D.EXPIRES])
         if last is not None:
             expires = max(expires, float(last.headers.get(D.EXPIRES) or 0))
@@ -123,3 +141,4 @@ async def _convert(jet, nc, js, stream, receipt):
     else:
         raise RuntimeError(f"upgrading receipt {receipt.seq}: its message's subject keeps changing")
     await D.delete(js, stream, receipt.seq)
+    return True
