@@ -287,7 +287,6 @@ class UpgradeTests(unittest.TestCase):
         jet = yield _jetstream.connect(self, [self.server.url])
         yield self.check_upgraded(jet)
 
-
     @defer.inlineCallbacks
     def test_late_layout_1_receipts(self):
         """
