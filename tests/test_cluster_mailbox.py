@@ -135,7 +135,7 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertNotIn(B, self.store.depths())
 
     @defer.inlineCallbacks
-    def test_concurrent_receipt_drops_are_one_purge(self):
+    def test_concurrent_receipt_drops_are_one_marker_write(self):
         """
         A sender's drops in flight together (one per ForwardReceipt) are
         merged: their receipts form a prefix, recorded by one write of the
@@ -220,7 +220,7 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_drop_receipts_keeps_the_others(self):
-        """Dropping some of a sender's receipts (one purge when they are a prefix) keeps the rest, others' too."""
+        """Dropping some of a sender's receipts (a prefix or not) keeps the rest, others' too."""
         from tests.test_mailbox_store import A, C
 
         yield self.enqueue(item(), item(payload=b"2"), item(recipient=C, sender=B))
@@ -229,9 +229,9 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         (other,) = yield self.store.fetch(C, 0, 10)
         yield self.store.acknowledge(C, [other.seq], 1.0, 100.0)
         first, second = yield self.store.receipts(A, 0, 10)
-        yield self.store.drop_receipts(A, [second.rseq])  # not a prefix: deleted alone
+        yield self.store.drop_receipts(A, [second.rseq])  # not a prefix: kept in the marker as it is
         self.assertEqual((yield self.store.receipts(A, 0, 10)), [first])
-        yield self.store.drop_receipts(A, [first.rseq])  # a prefix: purged
+        yield self.store.drop_receipts(A, [first.rseq])  # a prefix: the marker's upto moves over both
         self.assertEqual((yield self.store.receipts(A, 0, 10)), [])
         self.assertEqual(len((yield self.store.receipts(B, 0, 10))), 1)
 
