@@ -90,8 +90,9 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
     def test_overlapping_acknowledgements_write_each_message_once(self):
         """
         Cumulative acknowledgements in flight together (a recipient acks
-        each ForwardDeliver as it comes) write one receipt and one
-        tombstone per message, not one per acknowledgement covering it.
+        each ForwardDeliver as it comes) write one tombstone per message,
+        carrying its receipt (layout 2: one write per delivered message),
+        not one per acknowledgement covering it.
         """
         from cairn.mailbox.interfaces import Limits
 
@@ -105,7 +106,8 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         rseqs = [r.rseq for rs in results for r in rs]
         self.assertEqual(len(rseqs), 40)
         self.assertEqual(len(set(rseqs)), 40)
-        self.assertEqual(len(published), 2 * 40)
+        self.assertEqual(len(published), 40)
+        self.assertEqual(sorted(published), sorted(m.subject for m in (yield _tombstones(self.store))))
         self.assertNotIn(B, self.store.depths())
 
     @defer.inlineCallbacks
@@ -133,11 +135,11 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         self.assertNotIn(B, self.store.depths())
 
     @defer.inlineCallbacks
-    def test_concurrent_receipt_drops_are_one_purge(self):
+    def test_concurrent_receipt_drops_are_one_marker_write(self):
         """
         A sender's drops in flight together (one per ForwardReceipt) are
-        merged: their receipts form a prefix, removed by one purge, not by
-        a delete request each.
+        merged: their receipts form a prefix, recorded by one write of the
+        sender's consumed marker, with no delete request.
         """
         from cairn.cluster import direct
         from cairn.mailbox.interfaces import Limits
@@ -155,17 +157,21 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
             return await delete(js, stream, seq)
 
         self.patch(direct, "delete", counted)
+        published = _count_publishes(self.store)
         yield defer.gatherResults([self.store.drop_receipts(A, rseqs[i : i + 8]) for i in range(0, 40, 8)])
+        yield self.store.flushed()
         self.assertEqual(deleted, [])
+        self.assertEqual(published, [f"cairn.rdone.{A}"])
         self.assertEqual((yield self.store.receipts(A, 0, 100)), [])
 
     @defer.inlineCallbacks
     def test_receipt_drops_are_gathered(self):
         """
         A sender's drops one after the other (one per ForwardReceipt) are
-        not each a purge of the stream (a write the next publish queues
-        behind): they are skipped by reads at once and removed together,
-        at the latest when the store is flushed (a clean stop).
+        not each a write of the stream (one the next publish queues
+        behind): they are skipped by reads at once and recorded together
+        in the sender's consumed marker, at the latest when the store is
+        flushed (a clean stop).
         """
         from tests.test_mailbox_store import A
 
@@ -173,19 +179,13 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         held = yield self.store.fetch(B, 0, 10)
         yield self.store.acknowledge(B, [m.seq for m in held], 1.0, 100.0)
         owed = yield self.store.receipts(A, 0, 10)
-        purges, purge = [], self.jet.js_writes.purge_stream
-
-        async def counted(*args, **kwargs):
-            purges.append(kwargs.get("subject"))
-            return await purge(*args, **kwargs)
-
-        self.patch(self.jet.js_writes, "purge_stream", counted)
+        published = _count_publishes(self.store)
         for i, receipt in enumerate(owed):
             yield self.store.drop_receipts(A, [receipt.rseq])
             self.assertEqual((yield self.store.receipts(A, 0, 10)), owed[i + 1 :])
-        self.assertEqual(purges, [])
+        self.assertEqual(published, [])
         yield self.store.flushed()
-        self.assertEqual(len(purges), 1)
+        self.assertEqual(published, [f"cairn.rdone.{A}"])
         again = JetStreamMailboxStore(self.jet)  # what a restart reads
         yield again.start()
         self.assertEqual((yield again.receipts(A, 0, 10)), [])
@@ -220,7 +220,7 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_drop_receipts_keeps_the_others(self):
-        """Dropping some of a sender's receipts (one purge when they are a prefix) keeps the rest, others' too."""
+        """Dropping some of a sender's receipts (a prefix or not) keeps the rest, others' too."""
         from tests.test_mailbox_store import A, C
 
         yield self.enqueue(item(), item(payload=b"2"), item(recipient=C, sender=B))
@@ -229,9 +229,9 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         (other,) = yield self.store.fetch(C, 0, 10)
         yield self.store.acknowledge(C, [other.seq], 1.0, 100.0)
         first, second = yield self.store.receipts(A, 0, 10)
-        yield self.store.drop_receipts(A, [second.rseq])  # not a prefix: deleted alone
+        yield self.store.drop_receipts(A, [second.rseq])  # not a prefix: kept in the marker as it is
         self.assertEqual((yield self.store.receipts(A, 0, 10)), [first])
-        yield self.store.drop_receipts(A, [first.rseq])  # a prefix: purged
+        yield self.store.drop_receipts(A, [first.rseq])  # a prefix: the marker's upto moves over both
         self.assertEqual((yield self.store.receipts(A, 0, 10)), [])
         self.assertEqual(len((yield self.store.receipts(B, 0, 10))), 1)
 
@@ -243,6 +243,16 @@ class JetStreamStoreTests(StoreMixin, unittest.TestCase):
         yield self.server.kill()
         with self.assertRaises(StoreFull):
             yield self.store.enqueue([Incoming("QmA", B, b"\x01" * 16, b"x")], 0.0, LIMITS)
+
+
+@defer.inlineCallbacks
+def _tombstones(store):
+    """The tombstones in C{store}'s stream (its last items of each message subject that are not messages)."""
+    from cairn.cluster import direct
+    from cairn.cluster.common import is_message
+
+    held = yield store.jet.run(direct.direct_all, store.jet.nc, store.stream, store._subject("mbox", ">"))
+    return [h for h in held if not is_message(h)]
 
 
 def _count_publishes(store):

@@ -5,7 +5,9 @@ L{JetStream} owns the asyncio thread (L{cairn.cluster.loop}), the nats-py
 client and the layout: the streams and buckets every store uses, set up
 idempotently and versioned. A key C{layout} in the C{<prefix>_meta}
 bucket records the layout version; a node finding a newer one refuses to
-start with one line, an older one is upgraded by L{_UPGRADES}.
+start with one line, an older one is upgraded by L{_UPGRADES} (idempotent
+and crash-safe: the version is recorded only once the upgrade is done, and
+an interrupted one runs again at the next start).
 
 Start-up never fails because NATS is unreachable: L{JetStream.connect}
 retries with backoff (on the injected clock), logging one line per
@@ -28,8 +30,9 @@ from cairn.cluster.loop import AsyncioThread
 
 log = Logger()
 
-#: The layout version this code writes and reads (see docs/scaling.md).
-LAYOUT = 1
+#: The layout version this code writes and reads (see docs/scaling.md):
+#: 2 since a removed message's tombstone carries its receipt (mailbox_layout).
+LAYOUT = 2
 #: Seconds between connection attempts at start-up: doubling up to the cap.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: Seconds a single NATS request may take before the store call fails.
@@ -287,7 +290,8 @@ class JetStream:
             mbox: StreamConfig(
                 name=mbox,
                 description=f"cairn mailbox, layout {LAYOUT}",
-                subjects=[self.subject("mbox", ">"), self.subject("rcpt", ">")],
+                # rcpt: layout 1's receipts (none once upgraded); rdone: the consumed markers.
+                subjects=[self.subject("mbox", ">"), self.subject("rcpt", ">"), self.subject("rdone", "*")],
                 # An acknowledged message is replaced by its tombstone.
                 allow_rollup_hdrs=True,
                 **common,
@@ -333,7 +337,7 @@ class JetStream:
                 permanent=True,
             )
         for version in range(found or LAYOUT, LAYOUT):
-            await _UPGRADES[version](self)
+            await _UPGRADES[version](self, nc)
         for config in self.stream_configs().values():
             try:
                 await js.add_stream(config=config)
@@ -352,8 +356,15 @@ class JetStream:
             await meta.put("layout", str(LAYOUT).encode())
 
 
-#: Upgrades from layout N to N + 1 (coroutine functions of the L{JetStream}); none yet.
-_UPGRADES = {}
+async def _upgrade_1(jet, nc):
+    from cairn.cluster.mailbox_layout import upgrade_from_1
+
+    converted = await upgrade_from_1(jet, nc)
+    jet.thread.to_reactor(lambda: log.info("cairn: JetStream layout 1 upgraded to 2 ({n} receipts moved)", n=converted))
+
+
+#: Upgrades from layout N to N + 1 (coroutine functions of the L{JetStream} and the client).
+_UPGRADES = {1: _upgrade_1}
 
 
 def _observe(d):

@@ -1,15 +1,18 @@
 """
 L{JetStreamMailboxStore}: the mailbox on NATS JetStream.
 
-The stream C{<prefix>_mbox} holds two kinds of subject:
+The stream C{<prefix>_mbox} holds (layout 2, L{cairn.cluster.mailbox_layout}):
 
   - C{<p>.mbox.<recipient>.<sender>.<message id hex>}: one subject per
-    message. It holds the message until its recipient acknowledges it,
-    then a small tombstone (C{Cairn-Kind: done}) that keeps the id known
-    until the message would have expired. The stream sequence is the
-    server sequence (C{Stored.seq}): a recipient's order is stream order.
-  - C{<p>.rcpt.<sender>.<message seq>}: the receipts owed to a sender;
-    C{Receipt.rseq} is the receipt's stream sequence.
+    message. It holds the message until it is removed (acknowledged,
+    expired, evicted), then a small tombstone (C{Cairn-Kind: done}) that
+    keeps the id known until the message would have expired and carries
+    the receipt owed to the sender. The stream sequence is the server
+    sequence (C{Stored.seq}): a recipient's order is stream order. The
+    tombstone's seq is the receipt's C{Receipt.rseq}; a sender's receipts
+    are read with the filter C{<p>.mbox.*.<sender>.*}.
+  - C{<p>.rdone.<sender>}: the receipts the sender has consumed (its
+    marker, L{cairn.cluster.mailbox_drops}).
 
 An enqueue is one publish per message, written only if its subject is
 empty (C{Nats-Expected-Last-Subject-Sequence: 0}): a duplicate is refused
@@ -22,11 +25,11 @@ STORED is answered only from a PubAck, which with C{sync_interval:
 always} means replicated and fsync'd. (Atomic batches, ADR-50, would also
 do, but each commits alone: measured 20x slower pipelined.)
 
-An acknowledgement writes the receipt (once ever per message: its subject
-is empty-checked too), then replaces the message by its tombstone with a
-rollup conditional on the message still being the subject's last
-(C{Nats-Rollup: sub}): a crash in between costs a redelivery, never a
-receipt, and two concurrent acknowledgements owe one receipt.
+An acknowledgement is one write per message: its tombstone, carrying the
+receipt, replaces it with a rollup conditional on the message still being
+the subject's last (C{Nats-Rollup: sub}): the receipt and the removal are
+one, so two concurrent acknowledgements owe one receipt and no crash can
+separate them (layout 1 wrote the receipt, then the tombstone: two).
 
 The limits (per-recipient count and bytes, overrides, the global total)
 are checked here against the depth cache plus what is in flight; the
@@ -46,6 +49,7 @@ from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
+from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
 from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
 from cairn.cluster.watch import Watchers
@@ -94,6 +98,9 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         self._loaded_upto = 0  # the last stream seq the start-up scan read
         self._removal_writes = None  # an asyncio.Semaphore, made on the NATS loop
         self._drops = {}  # sender -> receipts being dropped (mailbox_drops._Drops)
+        #: On the NATS loop: sender -> its consumed marker (upto, extras, seq), as last read or written,
+        #: and sender -> the lowest seq of a receipt to it known (mailbox_drops, mailbox_layout).
+        self._consumed, self._first_receipt = {}, {}
         self._acking = {}  # recipient -> {seq: future of the acknowledgement writing its receipt}
         #: recipient -> a seq up to which all its messages are removed (a cumulative acknowledgement's),
         #: used on the NATS loop: the acknowledgements' reads start above it (mailbox_removal).
@@ -324,10 +331,18 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         return self._run(self._receipts, sender, after_rseq, limit, self._last_receipt, expect)
 
     async def _receipts(self, sender, after_rseq, limit, must_see, expect=0):
-        subject, drops = self._subject("rcpt", sender, "*"), self._drops.get(sender)
-        wanted = None if drops is None else (lambda h: h.seq not in drops)  # dropped, not removed yet
-        held = await self._read(after_rseq + 1, limit, subject, must_see, wanted, expect=expect)
-        return [_receipt(sender, h) for h in held]
+        # Layout 2: the receipts are the tombstones among the sender's
+        # subjects, less what its consumed marker and the drops waiting say
+        # it has (mailbox_layout, mailbox_drops).
+        upto, extras, _ = await self._marker(sender)
+        drops = self._drops.get(sender)
+
+        def wanted(h):
+            return is_receipt(h) and h.seq not in extras and (drops is None or h.seq not in drops)
+
+        start = self._receipts_start(sender, after_rseq, upto)
+        held = await self._read(start, limit, receipt_subject(self.jet, sender), must_see, wanted, expect=expect)
+        return [_receipt(h) for h in held]
 
     def flushed(self):
         """Every call in flight ended, and every receipt drop waiting done."""
@@ -360,6 +375,8 @@ def _stored(held):
     return Stored(held.seq, recipient, sender, bytes.fromhex(message_id), stored_at, expires_at, held.data or b"")
 
 
-def _receipt(sender, held):
+def _receipt(held):
+    """The L{Receipt} a tombstone carries (layout 2): C{rseq} is the tombstone's seq."""
+    _, _, recipient, sender, message_id = held.subject.split(".")
     h = held.headers
-    return Receipt(held.seq, sender, h[D.RECIPIENT], bytes.fromhex(h[D.ID]), int(h[D.STATUS]), float(h[D.AT]))
+    return Receipt(held.seq, sender, recipient, bytes.fromhex(message_id), int(h[D.STATUS]), float(h[D.AT]))

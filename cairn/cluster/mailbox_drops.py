@@ -1,8 +1,11 @@
 """
 The receipt drops of L{cairn.cluster.mailbox.JetStreamMailboxStore}: a
 sender acknowledges each ForwardReceipt as it comes, and its drops are
-gathered for a moment and removed together (usually one read and one
-purge of a prefix of its receipts). A mixin, so that each module stays
+gathered for a moment and recorded together in the sender's consumed
+marker (layout 2, L{cairn.cluster.mailbox_layout}: the receipts are
+tombstones, which stay as the dedup record until the message would have
+expired): usually one read of the receipts dropped and one write of the
+marker for many, off the drain's path. A mixin, so that each module stays
 small.
 """
 
@@ -11,14 +14,23 @@ import asyncio
 from twisted.logger import Logger
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import one_line
-from cairn.cluster.mailbox_removal import DELETES_AT_ONCE
+from cairn.cluster.common import PAGE, WRITER, one_line
+from cairn.cluster.mailbox_layout import (
+    UPTO,
+    is_receipt,
+    marker_body,
+    marker_subject,
+    parse_marker,
+    receipt_subject,
+)
 
 log = Logger()
 
-#: Seconds a sender's receipt drops wait to be removed together, and how
+#: Seconds a sender's receipt drops wait to be recorded together, and how
 #: many of them go at once without waiting (L{Dropping.drop_receipts}).
 DROP_AFTER, DROP_NOW = 0.25, 1024
+#: Attempts at writing a sender's consumed marker that another writer changed meanwhile.
+MARKER_ATTEMPTS = 10
 
 
 class _Drops:
@@ -109,22 +121,103 @@ class Dropping:
             await self._drop_pending(sender, drops)
 
     async def _drop_now(self, sender, rseqs):
-        js, prefix, top = self.jet.js_writes, self._subject("rcpt", sender, ""), max(rseqs)
-        # One read of the sender's receipts up to the highest dropped: when
-        # it drops them all (the usual case, receipts are handed out in
-        # order), one purge below top + 1 removes them -- two requests, not
-        # a read and a delete per receipt. Later receipts have higher
-        # stream seqs, so the purge cannot reach one written since the read.
-        held = await D.direct_all(self.jet.nc, self.stream, prefix + ">", upto=top)
-        present = {h.seq for h in held}
-        if present and present <= set(rseqs):
-            await js.purge_stream(self.stream, subject=prefix + ">", seq=top + 1)
+        # One read of the sender's receipts from its marker's C{upto} to the
+        # highest dropped: the marker's C{upto} moves over the dropped
+        # prefix (the usual case, receipts are handed out in order), the
+        # rest are kept in it one by one. Seeing a receipt means the
+        # replica answering has applied every write before it, so C{upto}
+        # never passes one it did not see.
+        rseqs = set(rseqs)
+
+        async def advance(upto, extras):
+            dropped = {r for r in extras | rseqs if r > upto}
+            if not dropped:
+                return None
+            # From where its receipt reads start: not through the sender's
+            # messages still held before its first receipt.
+            top, start = max(dropped), self._receipts_start(sender, 0, upto)
+            held = await D.direct_all(self.jet.nc, self.stream, receipt_subject(self.jet, sender), start, PAGE, top)
+            for h in held:
+                if not is_receipt(h):
+                    continue
+                if h.seq not in dropped:
+                    break
+                upto = h.seq
+            return upto, frozenset(r for r in dropped if r > upto)
+
+        await self._write_marker(sender, advance)
+
+    async def _consume_all(self, sender):
+        """Mark every receipt owed to C{sender} so far consumed (it was unpaired)."""
+        drops = self._drops.pop(sender, None)
+        if drops is not None and drops.timer is not None:
+            drops.timer.cancel()
+            drops.timer = None
+        info = await self.jet.js_writes.stream_info(self.stream)
+        last = info.state.last_seq
+
+        async def everything(upto, extras):
+            return (last, frozenset(r for r in extras if r > last)) if last > upto else None
+
+        await self._write_marker(sender, everything)
+
+    async def _marker(self, sender, leader=False):
+        """C{(upto, extras, seq)} of C{sender}'s consumed marker (cached: a stale one costs duplicates only)."""
+        known = self._consumed.get(sender)
+        if known is None or leader:
+            subject = marker_subject(self.jet, sender)
+            if leader:
+                held = await D.leader_last(self.jet.nc, self.jet.js, self.stream, subject)
+            else:
+                held = await D.direct_last(self.jet.nc, self.stream, subject)
+            known = self._consumed[sender] = parse_marker(held)
+        return known
+
+    async def _write_marker(self, sender, change):
+        """
+        Rewrite C{sender}'s consumed marker as C{await change(upto, extras)}
+        says (None: unchanged), conditional on it being the last one read:
+        a concurrent writer's change is read again and built on.
+        """
+        leader = False
+        for _ in range(MARKER_ATTEMPTS):
+            upto, extras, seq = await self._marker(sender, leader)
+            changed = await change(upto, extras)
+            if changed is None:
+                return
+            upto, extras = changed
+            headers = {UPTO: str(upto), D.EXPECT_LAST: str(seq), WRITER: self.writer}
+            if seq:
+                headers["Nats-Rollup"] = "sub"
+            future = await self.acks.publish(marker_subject(self.jet, sender), marker_body(extras), headers)
+            try:
+                written = await future
+            except Exception as e:
+                if not D.is_wrong_last(e):
+                    raise
+                leader = True  # another writer's: read it from the leader, which has it
+                continue
+            self._consumed[sender] = (upto, extras, written)
             return
-        # Not a prefix: a delete request each, a few at a time (the API
-        # queue is shared with every other node's requests).
-        doomed = sorted(present & set(rseqs))
-        for i in range(0, len(doomed), DELETES_AT_ONCE):
-            await asyncio.gather(*(D.delete(js, self.stream, rseq) for rseq in doomed[i : i + DELETES_AT_ONCE]))
+        raise RuntimeError("the consumed marker kept changing")
+
+    def _receipt_written(self, sender, rseq):
+        """A receipt to C{sender} at C{rseq} exists: its reads start no later than that (on the NATS loop)."""
+        first = self._first_receipt.get(sender)
+        if first is None or rseq < first:
+            self._first_receipt[sender] = rseq
+
+    def _receipts_start(self, sender, after_rseq, upto):
+        """
+        Where a read of C{sender}'s receipts after C{after_rseq} starts: past
+        what its marker says is consumed, and past what lies before the
+        first receipt known to it -- every receipt up to what the watch has
+        seen is known (the start-up load, the watch, this store's writes),
+        so a sender with none skips its held messages (its filter's other
+        items) up to there.
+        """
+        first = self._first_receipt.get(sender, float("inf"))
+        return int(max(after_rseq, upto, min(first, self.recent.watched + 1) - 1)) + 1
 
 
 def _drop_failed(why):

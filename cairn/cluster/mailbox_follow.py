@@ -7,9 +7,22 @@ L{cairn.cluster.mailbox_recent.Recent}). A mixin, so that each module
 stays small.
 """
 
+from twisted.logger import Logger
+
 from cairn.cluster import direct as D
 from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, recipient_of
+from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
 from cairn.mailbox.interfaces import Depth, PeerLimits
+
+log = Logger()
+
+
+def _late_receipts(count):
+    log.warn(
+        "mailbox: {count} layout-1 receipts found after the upgrade to layout 2 (a node of an older version"
+        " still running?): moved to layout 2; stop older nodes before starting this version",
+        count=count,
+    )
 
 
 class Following:
@@ -20,8 +33,9 @@ class Following:
         Watch the stream (from just after what the load read) for what
         other writers do: the messages they store, and the receipts they
         write -- every removal (acknowledgement, expiry, eviction) writes
-        exactly one receipt per message, naming its recipient and size, so
-        the depth figures follow removals made elsewhere too. Every item,
+        exactly one tombstone per message, carrying the receipt and the
+        message's size (layout 2), so the depth figures follow removals
+        made elsewhere too. Every item,
         this store's own included, also goes to L{Recent} (C{self.recent}),
         payload and all, before the reactor hears of it.
         """
@@ -35,14 +49,21 @@ class Following:
             if len(parts) < 4:
                 return
             recent.seen(D.Held(msg.subject, seq, headers, msg.data or b""), parts[2], parts[1])
-            if headers.get(WRITER) == self.writer or headers.get(KIND) is not None:
-                return  # this store's own writes (counted when made); tombstones
+            if headers.get(KIND) is not None:
+                # A tombstone; with a status, it carries a receipt (layout 2):
+                # known to the sender's reads at once, this store's own too
+                # (its PubAck may come after the watch).
+                if parts[1] == "mbox" and len(parts) == 5 and headers.get(D.STATUS) is not None:
+                    self._receipt_written(parts[3], seq)
+                    if headers.get(WRITER) != self.writer:
+                        size = int(headers.get(SIZE) or 0)
+                        self.jet.thread.to_reactor(self._removed_elsewhere, parts[2], size, parts[3], seq)
+                return
+            if headers.get(WRITER) == self.writer:
+                return  # this store's own writes (counted when made)
             if parts[1] == "mbox":
                 stored_at = float(headers.get(D.STORED) or 0)
                 self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(msg.data or b""), stored_at, seq)
-            elif parts[1] == "rcpt" and D.RECIPIENT in headers:
-                size = int(headers.get(SIZE) or 0)  # receipts of older nodes have none: bytes stay counted
-                self.jet.thread.to_reactor(self._removed_elsewhere, headers[D.RECIPIENT], size, parts[2], seq)
 
         # From just after what the load read: nothing written meanwhile is
         # missed, nothing it counted is counted again.
@@ -84,22 +105,33 @@ class Following:
         self.watchers.add(callback)
 
     async def _load(self):
-        # The whole stream, in order: the messages held, and the receipts,
-        # which name the seq of the message they are about (a removal made
-        # while this scan ran may show both); its last seq is where the
-        # watch of other writers starts (L{_follow}).
-        messages, receipted = [], set()
+        # The whole stream, in order: the messages held, the tombstones
+        # carrying receipts (where each sender's receipt reads start) and
+        # the senders' consumed markers (layout 2, mailbox_layout); its
+        # last seq is where the watch of other writers starts (L{_follow}).
+        converted = await convert_receipts(self.jet, self.jet.nc)
+        if converted:
+            self.jet.thread.to_reactor(_late_receipts, converted)
+        messages, markers, firsts = [], {}, {}
         for held in await D.direct_all(self.jet.nc, self.stream, self._subject(">")):
             self._loaded_upto = max(self._loaded_upto, held.seq)
-            kind = held.subject.split(".")[1]
-            if kind == "rcpt":
-                receipted.add(int(held.subject.split(".")[3]))
+            parts = held.subject.split(".")
+            if parts[1] == "rdone":
+                markers[parts[2]] = parse_marker(held)
+            elif parts[1] != "mbox":
+                continue
             elif is_message(held):
                 messages.append(held)
+            elif is_receipt(held):
+                firsts.setdefault(parts[3], []).append(held.seq)
+        self._consumed.update(markers)
+        for sender, seqs in firsts.items():
+            upto = markers.get(sender, (0,))[0]
+            unconsumed = [seq for seq in seqs if seq > upto]
+            if unconsumed:
+                self._receipt_written(sender, unconsumed[0])
         depths = {}
         for held in messages:
-            if held.seq in receipted:
-                continue
             recipient = recipient_of(held)
             depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
             depths[recipient] = Depth(depth.messages + 1, depth.bytes + len(held.data or b""), depth.oldest)

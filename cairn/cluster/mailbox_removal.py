@@ -1,28 +1,20 @@
 """
 The removals of L{cairn.cluster.mailbox.JetStreamMailboxStore} (see its
-module docstring): acknowledgement (receipt, then tombstone), expiry and
-purge (receipt drops: L{cairn.cluster.mailbox_drops}). A mixin, so that
-each module stays small.
+module docstring): acknowledgement, expiry and purge, each one write per
+message -- its tombstone, carrying the receipt (layout 2,
+L{cairn.cluster.mailbox_layout}); receipt drops: L{cairn.cluster.mailbox_drops}.
+A mixin, so that each module stays small.
 """
 
 import asyncio
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import (
-    DONE,
-    KIND,
-    PAGE,
-    SIZE,
-    WRITER,
-    float_text,
-    is_message,
-    kv_forget,
-    recipient_of,
-)
+from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, kv_forget, recipient_of
+from cairn.cluster.mailbox_layout import receipt_headers
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
 
-#: Receipt and tombstone writes in flight at most (all removals of a store
+#: Tombstone writes in flight at most (all removals of a store
 #: together). A recipient acknowledges deliveries as fast as it reads them;
 #: unbounded, their fsync'd writes queue by the thousand on the servers,
 #: ahead of the reads that delivery waits for (those timed out at R1), so
@@ -88,7 +80,7 @@ class Removal:
         # A recipient acknowledges each delivery as it comes, cumulatively:
         # the calls in flight overlap. What an earlier call is writing is
         # left to it (this one waits for it), so that each message gets one
-        # receipt and one tombstone written, not one per call covering it.
+        # tombstone (with its receipt) written, not one per call covering it.
         # (An earlier call that fails is retried by the service.)
         acking = self._acking.setdefault(recipient, {})
         earlier = {acking[h.seq] for h in found if h.seq in acking}
@@ -97,13 +89,11 @@ class Removal:
         for held in found:
             acking[held.seq] = mine
         try:
-            # Receipts and tombstones go back to back, their PubAcks awaited
-            # together (one round, not two): the stream stores them in the
-            # order sent, so a tombstone is never stored before its receipt.
-            owed = await self._send_receipts(found, ReceiptStatus.DELIVERED, now, ttl)
-            buried = await self._send_tombstones(found)
-            receipts, last, _ = await self._await_receipts(owed, now, retry=True)
-            counted = await self._await_tombstones(buried)
+            # One write per message: its tombstone, carrying the receipt
+            # (layout 2), a rollup conditional on the message being its
+            # subject's last -- so two concurrent removals owe one receipt.
+            buried = await self._send_removals(found, ReceiptStatus.DELIVERED, now, ttl)
+            receipts, last, counted = await self._await_removals(buried, ReceiptStatus.DELIVERED, now)
             for held in found:
                 fetched.pop(held.seq, None)
                 self.recent.remove(recipient, held.seq)
@@ -125,7 +115,7 @@ class Removal:
         return receipts, await self._depth_changes(counted), last
 
     async def _write(self, subject, payload, headers):
-        """Publish one receipt or tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
+        """Publish one tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
         if self._removal_writes is None:
             self._removal_writes = asyncio.Semaphore(REMOVAL_WRITES)
         slots = self._removal_writes
@@ -138,94 +128,62 @@ class Removal:
         future.add_done_callback(lambda _: slots.release())
         return future
 
-    async def _send_tombstones(self, found):
-        """Publish a tombstone replacing each message of C{found}; the PubAck futures."""
-        futures = []
-        for held in found:
-            future = await self._write(
-                held.subject,
-                b"",
-                headers={
-                    "Nats-Rollup": "sub",
-                    D.EXPECT_LAST: str(held.seq),
-                    KIND: DONE,
-                    D.EXPIRES: held.headers[D.EXPIRES],
-                },
-            )
-            futures.append((held, future))
-        return futures
-
-    async def _await_tombstones(self, futures):
-        """The messages whose tombstone this call wrote (not a concurrent one)."""
-        counted = []
-        for held, future in futures:
-            try:
-                await future
-            except Exception as e:
-                if D.is_wrong_last(e):
-                    continue  # already replaced by a concurrent acknowledgement
-                raise
-            counted.append(held)
-        return counted
-
     async def _owe(self, found, status, now, ttl, skip_sender=None):
         """
-        Write one receipt per message of C{found} (once ever each); the new
+        Remove each message of C{found} by its tombstone, which carries the
+        receipt owed to its sender (none to C{skip_sender}); the new
         L{Receipt}s, the last seq, and the messages this call is the first
-        to remove (those a concurrent call receipted are counted there).
+        to remove (those a concurrent call removed are counted there).
         """
-        owed = await self._send_receipts(found, status, now, ttl, skip_sender)
-        return await self._await_receipts(owed, now)
+        buried = await self._send_removals(found, status, now, ttl, skip_sender)
+        return await self._await_removals(buried, status, now)
 
-    async def _send_receipts(self, found, status, now, ttl, skip_sender=None):
-        """Publish the receipts of C{found}; ([(held, publish arguments, PubAck future)], skipped messages)."""
-        futures, skipped = [], []
+    async def _send_removals(self, found, status, now, ttl, skip_sender=None):
+        """
+        Publish the tombstone replacing each message of C{found}, with the
+        receipt of C{status} owed to its sender (layout 2: one write per
+        removal); C{[(held, owes a receipt, PubAck future)]}.
+
+        The tombstone keeps the id known until the message would have
+        expired, and the receipt until C{now + ttl}: it stays until the
+        later of the two (the expiry sweep removes it then).
+        """
+        futures = []
         for held in found:
-            _, _, recipient, sender, message_id = held.subject.split(".")
+            sender = held.subject.split(".")[3]
             if sender == skip_sender:
-                skipped.append(held)
-                continue
-            args = (
-                self._subject("rcpt", sender, str(held.seq)),
-                b"",
-                {
-                    D.EXPECT_LAST: "0",
-                    D.RECIPIENT: recipient,
-                    D.ID: message_id,
-                    D.STATUS: str(int(status)),
-                    D.AT: float_text(now),
-                    D.EXPIRES: float_text(now + ttl),
-                    # For the other writers' watches (the message's removal).
-                    SIZE: str(len(held.data or b"")),
-                    WRITER: self.writer,
-                },
-            )
-            futures.append((held, args, await self._write(*args)))
-        return futures, skipped
+                headers = {KIND: DONE, D.EXPIRES: held.headers[D.EXPIRES]}
+            else:
+                expires = float_text(max(float(held.headers[D.EXPIRES]), now + ttl))
+                headers = receipt_headers(status, now, expires, len(held.data or b""))
+            headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: self.writer})
+            futures.append((held, sender != skip_sender, await self._write(held.subject, b"", headers)))
+        return futures
 
-    async def _await_receipts(self, owed, now, retry=False):
-        futures, counted = owed
-        receipts, last = [], 0
-        for held, args, future in futures:
-            for attempt in range(3 if retry else 1):
-                try:
-                    rseq = await future
-                    break
-                except Exception as e:
-                    if D.is_wrong_last(e):
-                        rseq = None  # receipted by an earlier attempt whose delete did not happen
-                        break
-                    if attempt == (2 if retry else 0):
-                        raise
-                    # Its tombstone may be stored already: the receipt must be too.
-                    future = await self._write(*args)
-            if rseq is None:
+    async def _await_removals(self, futures, status, now):
+        """
+        The L{Receipt}s written, the last seq, and the messages removed by
+        C{futures} (L{_send_removals}); a removal refused because the
+        message is no longer its subject's last was made by a concurrent
+        call, which owes its receipt. Every write is awaited before the
+        first failure is raised.
+        """
+        receipts, last, counted, failure = [], 0, [], None
+        for held, owed, future in futures:
+            try:
+                rseq = await future
+            except Exception as e:
+                if not D.is_wrong_last(e):
+                    failure = failure or e
                 continue
-            last = max(last, rseq)
             counted.append(held)
-            _, _, recipient, sender, message_id = held.subject.split(".")
-            status = int(args[2][D.STATUS])
-            receipts.append(Receipt(rseq, sender, recipient, bytes.fromhex(message_id), status, now))
+            if owed:
+                _, _, recipient, sender, message_id = held.subject.split(".")
+                last = max(last, rseq)
+                self._receipt_written(sender, rseq)
+                receipts.append(Receipt(rseq, sender, recipient, bytes.fromhex(message_id), int(status), now))
+        if failure is not None:
+            raise failure
         return receipts, last, counted
 
     async def _depth_changes(self, removed):
@@ -276,6 +234,8 @@ class Removal:
             held, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, self._subject(">"))
             for item in held:
                 scanned += 1
+                if item.subject.split(".")[1] == "rdone":
+                    continue  # a sender's consumed marker: kept
                 if float(item.headers.get(D.EXPIRES, "inf")) > now:
                     scanned = 3 * limit
                     break
@@ -283,17 +243,18 @@ class Removal:
                     if len(messages) < limit:
                         messages.append(item)
                 elif len(gone) < limit:
-                    gone.append(item)  # a tombstone past its time, or an old receipt
+                    gone.append(item)  # a tombstone (with its receipt) past its time
             if len(held) < PAGE:
                 break
             start = held[-1].seq + 1
         for message in messages:
             self._fetched.get(recipient_of(message), {}).pop(message.seq, None)
             self._ahead.pop(recipient_of(message), None)
+        # Each expired message is replaced by its tombstone carrying the
+        # EXPIRED receipt (one write); what is past its time goes.
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
-        doomed = messages + gone
-        for i in range(0, len(doomed), DELETES_AT_ONCE):
-            chunk = doomed[i : i + DELETES_AT_ONCE]
+        for i in range(0, len(gone), DELETES_AT_ONCE):
+            chunk = gone[i : i + DELETES_AT_ONCE]
             await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
@@ -310,14 +271,16 @@ class Removal:
         return d.addCallback(purged)
 
     async def _purge(self, peer_id, now, ttl):
-        js, nc, subject = self.jet.js_writes, self.jet.nc, self._subject("mbox", peer_id, ">")
+        nc, subject = self.jet.nc, self._subject("mbox", peer_id, ">")
         held = [h for h in await D.direct_all(nc, self.stream, subject) if is_message(h)]
         self._fetched.pop(peer_id, None)
         self._ahead.pop(peer_id, None)
         self._acked_upto.pop(peer_id, None)
+        # Its messages are replaced by tombstones carrying the EVICTED
+        # receipts (what it sent itself: no receipt), and every receipt
+        # owed to it is marked consumed.
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
-        await js.purge_stream(self.stream, subject=subject)  # messages and tombstones (their ids)
         self.recent.forget(peer_id, purged=True)
-        await js.purge_stream(self.stream, subject=self._subject("rcpt", peer_id, ">"))
+        await self._consume_all(peer_id)
         await kv_forget(self.jet.kv["limits"], peer_id)
         return receipts, await self._depth_changes(counted), last
