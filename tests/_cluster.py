@@ -299,6 +299,16 @@ class Node:
         content = yield eventually(response.content(), 30)
         return response.code, json.loads(content) if content else None
 
+    @defer.inlineCallbacks
+    def api_text(self, path):
+        """GET C{path} of the node's management API (e.g. C{/metrics}); fires with the body as text (200 only)."""
+        headers = {b"Authorization": [b"Bearer " + TOKEN.encode()]}
+        response = yield eventually(treq.get(self.mgmt + path, headers=headers, pool=self.deployment.pool), 30)
+        content = yield eventually(response.content(), 30)
+        if response.code != 200:
+            raise AssertionError(f"{self.name} GET {path}: {response.code}")
+        return content.decode()
+
 
 class Deployment:
     """
