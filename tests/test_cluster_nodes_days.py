@@ -107,10 +107,11 @@ class OfflineForDaysTests(unittest.TestCase):
             self.assertEqual(seq, 4 + i)
         yield self.leave(p, a)
 
-        # Day 8 on node 1: its sweeps remove day 0's updates and messages.
+        # Day 8 on node 1: its sweeps (due since the jump) run at the reactor's
+        # next turn and remove day 0's updates and messages.
         self.node1.clock.set(8 * DAY)
-        yield self.node1.wait_for("sync: 3 update(s) expired", timeout=60)
-        yield self.node1.wait_for("mailbox: 3 message(s) expired", timeout=60)
+        yield self.node1.wait_for("sync: 3 update(s) expired", timeout=90)
+        yield self.node1.wait_for("mailbox: 3 message(s) expired", timeout=90)
         # Node 2, still on day 4 (its own sweeps remove nothing), follows node 1's removals.
         body = yield self.until_api(
             self.node2,
