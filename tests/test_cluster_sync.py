@@ -149,6 +149,20 @@ class WatchTests(unittest.TestCase):
         self.assertEqual(self.told[3:], ["notes"])  # the service pumps: a device behind gets SyncReset
 
     @defer.inlineCallbacks
+    def test_one_floor_notice_kept_per_topic(self):
+        """Each removal writes a notice that raises the floor; the older ones are purged (the stream does not grow)."""
+        from cairn.cluster import direct
+
+        for day in range(3):
+            yield self.elsewhere.publish([item(), item()], day * LIMITS.max_age, LIMITS)
+            yield self.elsewhere.expire((day + 1) * LIMITS.max_age - 1, 10)
+        jet = self.elsewhere.jet
+        subject = jet.subject("sync", topic_token("notes"), "floor")
+        held = yield jet.run(direct.direct_all, jet.nc, jet.stream("sync"), subject)
+        self.assertEqual([h.headers["Cairn-Seq"] for h in held], ["4"])
+        yield self.conditions.until(lambda: self.here.topics().get("notes") == Topic(6, 4, 2, 20))
+
+    @defer.inlineCallbacks
     def test_eviction_elsewhere_is_followed(self):
         """Another writer's eviction (over max_total) lowers this store's figures to what is held."""
         yield self.elsewhere.publish([item(topic="b"), item(topic="a")], 0.0, LIMITS)
