@@ -20,6 +20,7 @@ NATS: the servers are then started with C{no_advertise}, so that nats-py
 does not learn their direct addresses and go around the proxies.
 """
 
+import glob
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import signal
 import treq
 from twisted.internet import defer, error, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from cairn.client import Client
@@ -131,6 +133,61 @@ class NatsProxy:
             yield listening.stopListening()
 
 
+def libfaketime():
+    """
+    The path of libfaketime's multi-threaded library (Debian's C{libfaketime}
+    package); without it the test skips, or fails under CI=true (.ci/run
+    installs it with apt-get).
+    """
+    found = sorted(
+        glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1") + glob.glob("/usr/lib/faketime/libfaketimeMT.so.1")
+    )
+    if not found:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("libfaketime not found under CI=true (.ci/run installs it with apt-get)")
+        raise unittest.SkipTest("libfaketime not found (apt-get install libfaketime)")
+    return found[0]
+
+
+class FakeClock:
+    """
+    A node's wall clock, moved by the test: libfaketime (preloaded into the
+    node's process only, never the NATS servers) adds the offset written in
+    a file of the test's to what the process reads as the time of day.
+
+    A real C{twistd} has no injectable clock; this is its stand-in for
+    "days later" (retention, expiry). Only the real-time clock moves
+    (C{FAKETIME_DONT_FAKE_MONOTONIC}): asyncio's loop and so nats-py keep
+    their timers, while Twisted's reactor, on the time of day, runs every
+    timer a jump passes (the nodes' sweeps among them) at its next turn.
+    The file is re-read at each read of the clock (C{FAKETIME_NO_CACHE}),
+    and replaced whole (written aside, renamed), so a node never reads a
+    half-written offset.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.offset = 0
+        self.set(0)
+
+    def set(self, seconds):
+        """The node's clock is now C{seconds} ahead of the real one (forward only)."""
+        if seconds < self.offset:
+            raise ValueError("a node's clock only moves forward")
+        self.offset = seconds
+        with open(self.path + ".new", "w") as f:
+            f.write(f"+{int(seconds)}\n")
+        os.replace(self.path + ".new", self.path)
+
+    def environment(self):
+        return dict(
+            LD_PRELOAD=libfaketime(),
+            FAKETIME_TIMESTAMP_FILE=self.path,
+            FAKETIME_NO_CACHE="1",
+            FAKETIME_DONT_FAKE_MONOTONIC="1",
+        )
+
+
 class Node:
     """
     One C{twistd -n cairn} process of a L{Deployment}.
@@ -149,6 +206,8 @@ class Node:
         self.proc = None
         self.ports = {}
         self.runs = []  # every process this node ran, for the log
+        #: A L{FakeClock} when the deployment was started with C{clocks}, else None.
+        self.clock = None
 
     @property
     def address(self):
@@ -199,6 +258,8 @@ class Node:
             CAIRN_CLUSTER_REPLICAS=str(self.deployment.replicas),
         )
         env.update(self.deployment.settings)
+        if self.clock is not None:
+            env.update(self.clock.environment())
         env.update(settings)
         self.proc = start_twistd(self.data_dir, expected=("tcp", "websocket", "management"), **env)
         self.runs.append(self.proc)
@@ -237,6 +298,16 @@ class Node:
         )
         content = yield eventually(response.content(), 30)
         return response.code, json.loads(content) if content else None
+
+    @defer.inlineCallbacks
+    def api_text(self, path):
+        """GET C{path} of the node's management API (e.g. C{/metrics}); fires with the body as text (200 only)."""
+        headers = {b"Authorization": [b"Bearer " + TOKEN.encode()]}
+        response = yield eventually(treq.get(self.mgmt + path, headers=headers, pool=self.deployment.pool), 30)
+        content = yield eventually(response.content(), 30)
+        if response.code != 200:
+            raise AssertionError(f"{self.name} GET {path}: {response.code}")
+        return content.decode()
 
 
 class Deployment:
@@ -352,11 +423,13 @@ class Deployment:
 
 
 @defer.inlineCallbacks
-def start_deployment(testcase, nodes=2, proxied=(), replicas=3, **settings):
+def start_deployment(testcase, nodes=2, proxied=(), replicas=3, clocks=False, **settings):
     """
     A 3-server NATS cluster and C{nodes} started cairn nodes (those whose
-    index is in C{proxied} reach NATS through L{NatsProxy}s); fires with the
-    L{Deployment}. Everything is stopped by PID in C{testcase}'s cleanup.
+    index is in C{proxied} reach NATS through L{NatsProxy}s; with C{clocks},
+    each node's wall clock is a L{FakeClock} of its own, C{node.clock});
+    fires with the L{Deployment}. Everything is stopped by PID in
+    C{testcase}'s cleanup.
     """
     nats = yield start_nats_cluster(testcase, advertise=not proxied)
     deployment = Deployment(testcase, nats, os.path.abspath(testcase.mktemp()), replicas, settings)
@@ -364,7 +437,9 @@ def start_deployment(testcase, nodes=2, proxied=(), replicas=3, **settings):
     if os.environ.get("CAIRN_TEST_SHOW"):
         testcase.addCleanup(deployment.show_logs)
     for index in range(nodes):
-        yield deployment.add_node(proxied=index in proxied)
+        node = yield deployment.add_node(proxied=index in proxied)
+        if clocks:
+            node.clock = FakeClock(os.path.join(deployment.directory, f"{node.name}.faketime"))
     # One at a time: the first sets the JetStream layout up, the others find it.
     for node in deployment.nodes:
         yield node.start()

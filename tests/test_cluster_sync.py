@@ -14,11 +14,17 @@ from cairn.cluster.sync import JetStreamSyncStore
 from cairn.cluster.sync_follow import topic_token
 from cairn.mailbox.interfaces import Limits
 from cairn.sync import access
-from cairn.sync.interfaces import Publish
+from cairn.sync.interfaces import Publish, Topic
 from cairn.wire.constants import SyncStatus
 from tests import _jetstream
 from tests.test_sync import SyncScenarioMixin
 from tests.test_sync_store import LIMITS, B, StoreMixin, item
+
+
+def loaded(jet):
+    """The topic figures a new store's start-up load reads (without its watch)."""
+    d = jet.run(JetStreamSyncStore(jet)._load)
+    return d.addCallback(lambda result: {name: log.topic() for name, log in result[0].items()})
 
 
 class JetStreamStoreTests(StoreMixin, unittest.TestCase):
@@ -127,6 +133,75 @@ class WatchTests(unittest.TestCase):
         self.assertEqual(self.here.topics(), self.elsewhere.topics())
 
     @defer.inlineCallbacks
+    def test_removals_elsewhere_are_followed(self):
+        """
+        Another writer's sweep that leaves updates in place (a floor
+        notice) raises this store's floor and lowers its counts and bytes.
+        """
+        yield self.elsewhere.publish([item(payload=b"abc"), item(payload=b"de")], 0.0, LIMITS)
+        yield self.elsewhere.publish([item(payload=b"fghi")], 50.0, LIMITS)
+        yield self.conditions.until(lambda: len(self.told) == 3)
+        yield self.elsewhere.expire(LIMITS.max_age + 1, 10)
+        self.assertEqual(self.elsewhere.topics()["notes"], Topic(3, 2, 1, 4))
+        yield self.conditions.until(lambda: self.here.topics()["notes"].floor == 2)
+        self.assertEqual(self.here.topics(), self.elsewhere.topics())
+        self.assertEqual(self.here.total_bytes(), 4)
+        self.assertEqual(self.told[3:], ["notes"])  # the service pumps: a device behind gets SyncReset
+
+    @defer.inlineCallbacks
+    def test_one_floor_notice_kept_per_topic(self):
+        """Each removal writes a notice that raises the floor; the older ones are purged (the stream does not grow)."""
+        from cairn.cluster import direct
+
+        for day in range(3):
+            yield self.elsewhere.publish([item(), item()], day * LIMITS.max_age, LIMITS)
+            yield self.elsewhere.expire((day + 1) * LIMITS.max_age - 1, 10)
+        jet = self.elsewhere.jet
+        subject = jet.subject("sync", topic_token("notes"), "floor")
+        held = yield jet.run(direct.direct_all, jet.nc, jet.stream("sync"), subject)
+        self.assertEqual([h.headers["Cairn-Seq"] for h in held], ["4"])
+        yield self.conditions.until(lambda: self.here.topics().get("notes") == Topic(6, 4, 2, 20))
+
+    @defer.inlineCallbacks
+    def test_eviction_elsewhere_is_followed(self):
+        """Another writer's eviction (over max_total) lowers this store's figures to what is held."""
+        yield self.elsewhere.publish([item(topic="b"), item(topic="a")], 0.0, LIMITS)
+        yield self.elsewhere.publish([item(topic="b") for _ in range(9)], 1.0, LIMITS)
+        yield self.conditions.until(lambda: self.here.topics().get("b", Topic()).floor == 1)
+        self.assertEqual(self.here.topics(), self.elsewhere.topics())
+        self.assertEqual(self.here.total_bytes(), self.elsewhere.total_bytes())
+        self.assertEqual(self.here.total_bytes(), 100)
+        self.assertEqual(self.here.topics()["b"], Topic(10, 1, 9, 90))
+
+    @defer.inlineCallbacks
+    def test_one_removal_made_twice_counts_once(self):
+        """
+        Both writers sweep the same range at once: each store's figures
+        end at what is held (as a new store loads them), not lowered twice.
+        """
+        yield self.elsewhere.publish([item(payload=b"abc"), item(payload=b"de")], 0.0, LIMITS)
+        yield self.here.publish([item(payload=b"fghi"), item(payload=b"jk")], 0.0, LIMITS)
+        yield self.elsewhere.publish([item(payload=b"kept")], 50.0, LIMITS)
+        yield self.conditions.until(lambda: len(self.told) == 3)
+        yield defer.gatherResults(
+            [self.here.expire(LIMITS.max_age + 1, 10), self.elsewhere.expire(LIMITS.max_age + 1, 10)]
+        )
+        # Each watch has seen every notice once it sees the other's update written after them.
+        self.elsewhere.watch(self.conditions.changed)
+        yield self.elsewhere.publish([item(payload=b"last")], 60.0, LIMITS)
+        yield self.here.publish([item(payload=b"mine")], 60.0, LIMITS)
+        yield self.conditions.until(
+            lambda: self.here.topics()["notes"].head == self.elsewhere.topics()["notes"].head == 7
+        )
+        reloaded = JetStreamSyncStore(self.elsewhere.jet)
+        yield reloaded.start()
+        held = reloaded.topics()["notes"]
+        self.assertEqual(held, Topic(7, 4, 3, 12))
+        self.assertEqual(self.here.topics(), {"notes": held})
+        self.assertEqual(self.elsewhere.topics(), {"notes": held})
+        self.assertEqual((self.here.total_bytes(), self.elsewhere.total_bytes()), (12, 12))
+
+    @defer.inlineCallbacks
     def test_grants_and_cursors_written_elsewhere_follow(self):
         """Access grants and cursors stored or purged by another writer reach this store's caches."""
         grant = access.Access(("notes",), ())
@@ -162,6 +237,38 @@ class LoadToWatchGapTests(unittest.TestCase):
         yield conditions.until(lambda: told == ["notes"])
         self.assertEqual(here.topics()["notes"].head, 2)
         self.assertEqual(here.total_bytes(), 5)
+
+    @defer.inlineCallbacks
+    def test_removal_told_during_the_load_is_followed(self):
+        """
+        Another writer removes updates this store's load has read, then
+        stores one that the load reads too: the removal is followed all the same.
+        """
+        from cairn.cluster import direct
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamSyncStore(jet), JetStreamSyncStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.publish([item(payload=b"ab"), item(payload=b"cde")], 0.0, LIMITS)
+        yield elsewhere.publish([item(payload=b"f")], 50.0, LIMITS)
+        read = direct.direct_all
+
+        async def meanwhile(*args, **kwargs):
+            # On the NATS loop, once the load has read the updates.
+            found = await read(*args, **kwargs)
+            self.patch(direct, "direct_all", read)
+            await elsewhere._expire(LIMITS.max_age + 1, 10)
+            await elsewhere._publish([item(payload=b"gh")], 60.0, LIMITS, 0)
+            return found
+
+        self.patch(direct, "direct_all", meanwhile)
+        conditions = Conditions()
+        here.watch(conditions.changed)
+        yield here.start()
+        yield conditions.until(lambda: here.topics()["notes"].floor == 2)
+        self.assertEqual(here.topics(), {"notes": Topic(4, 2, 2, 3)})
+        self.assertEqual(here.total_bytes(), 3)
 
     @defer.inlineCallbacks
     def test_cursor_written_between_load_and_watch_is_followed(self):
@@ -241,7 +348,7 @@ class ReadYourWritesTests(unittest.TestCase):
         for i in range(300):
             ((status, seq),) = yield self.store.publish([item()], 1.0, ROOMY)
             self.assertEqual(status, SyncStatus.COMMITTED)
-            topics, _, _ = yield self.jet.run(JetStreamSyncStore(self.jet)._load)
+            topics = yield loaded(self.jet)
             if topics["notes"].head != seq or topics["notes"].updates != seq:
                 missed.append((i, seq, topics["notes"]))
         self.assertEqual(missed, [])
@@ -356,7 +463,7 @@ class StaleReplicaTests(unittest.TestCase):
         yield self.store.publish([item(payload=b"ab"), item("other", payload=b"c")], 1.0, ROOMY)
         yield self.store.publish([item(payload=b"def")], 1.0, ROOMY)
         _stale_replica(self, lambda: 0)
-        topics, _, _ = yield self.jet.run(JetStreamSyncStore(self.jet)._load)
+        topics = yield loaded(self.jet)
         self.assertEqual(topics, self.store.topics())
         # Started, its watch takes over from there: nothing is counted twice.
         again = JetStreamSyncStore(self.jet)

@@ -14,31 +14,42 @@ reads the new last message and tries again. When retention removes the
 last update of a topic, a marker (C{Cairn-Kind: floor}) carrying the head
 is written first, so the head survives an empty log.
 
+Every removal (retention, expiry, eviction) is then told to the other
+nodes by a floor notice on C{<p>.sync.<topic>.floor} carrying the new
+floor (only ever raised: written with an expected last subject seq, the
+older notices purged); their watches lower their figures from it
+(L{cairn.cluster.sync_figures}: derived from the floor, so a removal
+reported twice counts once).
+
 The cursors and access grants are in the KV bucket C{<prefix>_cursors}
 (L{cairn.cluster.sync_cursors}). The caches (L{topics}, L{cursors},
 L{total_bytes}, L{access}) are loaded at start and kept current by this
 store's own writes and by watches of what other writers store
-(L{cairn.cluster.sync_follow}; what they miss is in docs/scaling.md).
+(L{cairn.cluster.sync_follow}; how exact they are is in docs/scaling.md).
 """
 
 import asyncio
 import uuid
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import WRITER, StoreCalls
+from cairn.cluster.common import WRITER, StoreCalls, one_line
 from cairn.cluster.sync_cursors import Cursors
+from cairn.cluster.sync_figures import Changes, DerivedFigures, apply
 from cairn.cluster.sync_follow import KIND, SEQ, Follow, token_topic, topic_token
-from cairn.sync.interfaces import ISyncStore, Topic, Update
+from cairn.sync.interfaces import ISyncStore, Update
 from cairn.sync.store import SyncFigures
 from cairn.wire.constants import SyncStatus
 
 PAGE = 256
 
+log = Logger()
+
 
 @implementer(ISyncStore)
-class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
+class JetStreamSyncStore(StoreCalls, Cursors, Follow, DerivedFigures, SyncFigures):
     """The sync hub in a L{cairn.cluster.connection.JetStream}'s C{sync} stream and C{cursors} bucket."""
 
     def __init__(self, jetstream):
@@ -57,19 +68,25 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
         # a read of a topic emptied since still reaches it without the leader.
         self._newest = {}
         self._removing = None
+        self._notices = {}  # topic -> (stream seq, floor) of its newest floor notice (on the NATS loop)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
-        self._loaded_upto = 0  # the last stream seq the start-up load read
+        # The watch starts from the stream's end as the load began: a removal
+        # told (a floor notice) while the load ran is not missed, and what
+        # the load read again is applied again, idempotently (sync_figures).
+        self._watch_from = 1
         self._init_cursors()
         self._init_follow()
+        self._init_figures()
 
     # Loading
 
     def start(self):
         def loaded(result):
-            topics, cursors, access = result
+            logs, cursors, access = result
             self._topics, self._cursors, self._total = {}, {}, 0
-            self._apply((topics, cursors))
+            self._logs = logs
+            self._apply(({name: log.topic() for name, log in logs.items()}, cursors))
             self._access = access
 
         d = self.jet.when_ready()
@@ -78,7 +95,8 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
         return d.addCallback(lambda _: self.jet.run(self._follow))
 
     async def _load(self):
-        state = {}  # topic -> [head, first update seq or None, updates, bytes]
+        changes = Changes()
+        self._watch_from = (await self.jet.js.stream_info(self.stream)).state.last_seq + 1
         subject = self._subject("sync", "*")
         every = await D.direct_all(self.jet.nc, self.stream, subject)
         # Any replica answers a direct get, and a follower may not have
@@ -92,31 +110,25 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
             if held is None:
                 break
             every.append(held)
+        first = {}  # topic -> its first update's seq
         for held in every:
             topic = token_topic(held.subject.rsplit(".", 1)[1])
             seq = int(held.headers[SEQ])
-            s = state.setdefault(topic, [0, None, 0, 0])
-            s[0] = max(s[0], seq)
-            if held.headers.get(KIND) != "floor":
-                s[1] = seq if s[1] is None else min(s[1], seq)
-                s[2] += 1
-                s[3] += len(held.data or b"")
+            if held.headers.get(KIND) == "floor":
+                changes.cut(topic, seq)  # emptied: the marker keeps the head
+            else:
+                first.setdefault(topic, seq)
+                changes.add(topic, seq, len(held.data or b""))
                 self._saw(topic, held.seq)  # reads must see it (L{_fetch})
             self._last[topic] = (held.seq, seq)
-            self._loaded_upto = max(self._loaded_upto, held.seq)
-        topics = {t: Topic(h, (first - 1) if first is not None else h, n, b) for t, (h, first, n, b) in state.items()}
+        for topic, seq in first.items():
+            changes.cut(topic, seq - 1)  # retention removes a prefix: all below the first held
+        logs = {}
+        apply(logs, changes)
         cursors, access = await self._load_cursors()
-        return topics, cursors, access
+        return logs, cursors, access
 
     # Publishing
-
-    def _merge(self, changes):
-        """Apply C{changes} ({topic: [head, floor, updates delta, bytes delta]}) to the current figures."""
-        topics = {}
-        for name, (head, floor, updates, size) in changes.items():
-            t = self._topics.get(name, Topic())
-            topics[name] = Topic(max(t.head, head), max(t.floor, floor), t.updates + updates, t.bytes + size)
-        self._apply((topics, {}))
 
     def publish(self, items, now, limits):
         items = list(items)
@@ -130,13 +142,12 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
         return d.addCallback(done)
 
     async def _publish(self, items, now, limits, total):
-        results, changes = [], {}
+        results, changes = [], Changes()
         for item in items:
             status, seq, size = await self._publish_one(item, now, now + limits.max_age)
             results.append((status, seq))
             if status == SyncStatus.COMMITTED:
-                c = changes.setdefault(item.topic, [0, 0, 0, 0])
-                c[0], c[2], c[3] = max(c[0], seq), c[2] + 1, c[3] + size
+                changes.add(item.topic, seq, size)
                 total += size
         if total > limits.max_total:
             await self._evict(total - limits.max_total, changes)
@@ -236,15 +247,58 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
                         if not D.is_wrong_last(e):
                             raise
                         self._last.pop(topic, None)  # a newer update holds the head
-                removed = await D.delete(self.jet.js, self.stream, held.seq)
+                removed = await _delete(self.jet.js, self.stream, held.seq)
             if not removed:
                 continue  # a concurrent sweep or eviction removed (and counted) it
             ids = self._subject("syncids", held.headers[D.SENDER], held.headers[D.ID])
             await self.jet.js.purge_stream(self.stream, subject=ids)
-            c = changes.setdefault(topic, [0, 0, 0, 0])
-            c[1], c[2], c[3] = max(c[1], seq), c[2] - 1, c[3] - len(held.data or b"")
+            changes.cut(topic, seq)
             out.append(held)
         return out
+
+    async def _tell_floors(self, floors):
+        """
+        Write a floor notice for each topic of C{floors} ({topic: floor})
+        that raises it, for the other nodes' watches. A failure is logged:
+        the removal is done, and only the other nodes' figures miss it
+        (until they start again).
+        """
+        for topic, floor in floors.items():
+            try:
+                await self._tell_floor(topic, floor)
+            except Exception as e:
+                self.jet.thread.to_reactor(_notice_failed, topic, one_line(e))
+
+    async def _tell_floor(self, topic, floor):
+        # Notices on a topic only ever raise its floor (each written
+        # expecting the last one it read, and only when above it), so the
+        # older ones can be purged: a watch that misses one to the purge
+        # gets a higher floor from the next.
+        subject = self._subject("sync", topic_token(topic), "floor")
+        for _ in range(20):
+            known = self._notices.get(topic)
+            if known is None:
+                held = await D.leader_last(self.jet.nc, self.jet.js, self.stream, subject)
+                known = (held.seq, int(held.headers[SEQ])) if held is not None else (0, 0)
+                self._notices[topic] = known
+            if known[1] >= floor:
+                return  # another node told it (or more) already
+            future = await self.jet.acks.publish(
+                subject,
+                b"",
+                headers={KIND: "floor", SEQ: str(floor), D.EXPECT_LAST: str(known[0]), WRITER: self.writer},
+            )
+            try:
+                stream_seq = await future
+            except Exception as e:
+                if not D.is_wrong_last(e):
+                    raise
+                self._notices.pop(topic, None)  # another node's notice came first: read it
+                continue
+            self._notices[topic] = (stream_seq, floor)
+            await self.jet.js.purge_stream(self.stream, subject=subject, seq=stream_seq)
+            return
+        raise D.PublishError(0, f"floor of topic {topic!r}: too many concurrent writers")
 
     async def _oldest(self, wanted, skip=()):
         """
@@ -261,7 +315,7 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
                 topic = token_topic(held.subject.rsplit(".", 1)[1])
                 last = self._last.get(topic)
                 if last is not None and last[0] != held.seq:
-                    await D.delete(self.jet.js, self.stream, held.seq)  # superseded
+                    await _delete(self.jet.js, self.stream, held.seq)  # superseded
                 return True
             if not wanted(held, out):
                 return False
@@ -312,8 +366,9 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
                 removed = await self._remove(found, changes)
                 excess -= sum(len(h.data or b"") for h in removed)
                 if len(removed) == len(found):
-                    return
+                    break
                 gone.update(h.seq for h in found)
+            await self._tell_floors(changes.floors)
 
     def fetch(self, topic, after_seq, limit):
         return self._run(self._fetch, topic, after_seq, limit)
@@ -376,7 +431,7 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
         return self._removing
 
     async def _expire(self, now, limit):
-        changes, gone, count = {}, set(), 0
+        changes, gone, count = Changes(), set(), 0
 
         def wanted(held, out):
             return len(out) < limit - count and float(held.headers[D.EXPIRES]) <= now
@@ -392,4 +447,27 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, SyncFigures):
                 if len(removed) == len(due):
                     break  # a full batch, or all that is due
                 gone.update(h.seq for h in due)
+            await self._tell_floors(changes.floors)
         return count, count >= limit, changes
+
+
+#: JetStream's error code for deleting a message another delete removed
+#: first (a single server answers so; a cluster answers D.NO_MESSAGE_FOUND).
+SEQUENCE_NOT_FOUND = 10043
+
+
+async def _delete(js, stream, seq):
+    """
+    L{D.delete}, also when a concurrent delete (another node's sweep of
+    the same range) removed the message first: whether this call removed it.
+    """
+    try:
+        return await D.delete(js, stream, seq)
+    except Exception as e:
+        if getattr(e, "err_code", None) != SEQUENCE_NOT_FOUND:
+            raise
+        return False
+
+
+def _notice_failed(topic, why):
+    log.warn("sync: telling the other nodes of removals from {topic!r} failed ({why})", topic=topic, why=why)

@@ -11,10 +11,12 @@ came before):
     the topic, so the sync service fans it out to this node's
     subscribers. A floor marker another writer stored means its
     retention removed the topic's updates up to the head: the floor
-    follows. Removals that leave a newer update in place write nothing a
-    consumer sees (JetStream reports no deletes), so this node's update
-    and byte counts of a topic another node trims stay as they were
-    until restart (docs/scaling.md);
+    follows. JetStream reports no deletes, so every removal is also
+    told by a floor notice on C{<p>.sync.<topic>.floor} (written by the
+    node that removed; L{cairn.cluster.sync}), which this watch covers
+    too: the topic's floor rises, and its count and bytes follow, derived
+    from the floor (L{cairn.cluster.sync_figures}), so a removal two
+    nodes made or told counts once;
   - on the C{cursors} bucket's stream: cursors and access grants
     (C{_access.<device>}) written or purged elsewhere. An entry applies
     only when its KV revision is newer than the one this store last saw
@@ -25,9 +27,9 @@ import base64
 import json
 
 from cairn.cluster.common import WRITER
+from cairn.cluster.sync_figures import Changes
 from cairn.cluster.watch import Watchers
 from cairn.sync.access import Access
-from cairn.sync.interfaces import Topic
 
 SEQ, KIND = "Cairn-Seq", "Cairn-Kind"
 ACCESS = "_access."
@@ -62,7 +64,7 @@ def token_topic(token):
 class Follow:
     """
     The watches of a L{cairn.cluster.sync.JetStreamSyncStore} (a mixin:
-    it needs C{jet}, C{_last}, C{_revisions}, C{_saw}).
+    it needs C{jet}, C{_last}, C{_notices}, C{_revisions}, C{_saw}, C{_merge}).
     """
 
     def _init_follow(self):
@@ -75,12 +77,21 @@ class Follow:
     async def _follow(self):
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
+        base = self.jet.subject("sync") + "."
+
         async def updated(msg):
             h = msg.headers or {}
             if h.get(WRITER) == self.writer or SEQ not in h:
                 return
-            name = token_topic(msg.subject.rsplit(".", 1)[1])
+            token, _, notice = msg.subject[len(base) :].partition(".")
+            name = token_topic(token)
             stream_seq, seq = msg.metadata.sequence.stream, int(h[SEQ])
+            if notice:
+                # Another node's removal (C{<topic>.floor}): everything up to seq is gone.
+                if stream_seq > self._notices.get(name, (0, 0))[0]:
+                    self._notices[name] = (stream_seq, seq)  # this node's next notice expects it
+                self.jet.thread.to_reactor(self._written_elsewhere, name, seq, 0, True)
+                return
             if stream_seq > self._last.get(name, (0, 0))[0]:
                 self._last[name] = (stream_seq, seq)  # the next publish expects this
             if h.get(KIND) != "floor":
@@ -108,16 +119,17 @@ class Follow:
             self._revisions[(device, name)] = revision
             self.jet.thread.to_reactor(self._cursor_elsewhere, device, name, None if gone else int(msg.data))
 
-        # From just after what the load read (as the mailbox's watch): an
-        # update another writer stored in between is not missed, and none
-        # the load counted is counted again.
+        # From the stream's end as the load began: an update stored or a
+        # removal told while it ran is not missed, and what the load had
+        # read already applies again to no effect (sync_figures).
+        # (C{sync.>}: the updates and markers, C{sync.*}, and the floor notices, C{sync.*.floor}.)
         config = ConsumerConfig(
-            filter_subjects=[self.jet.subject("sync", "*")],
+            filter_subjects=[self.jet.subject("sync", ">")],
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self._loaded_upto + 1,
+            opt_start_seq=self._watch_from,
         )
         await self.jet.js.subscribe(
-            self.jet.subject("sync", "*"), cb=updated, ordered_consumer=True, headers_only=True, config=config
+            self.jet.subject("sync", ">"), cb=updated, ordered_consumer=True, headers_only=True, config=config
         )
         stream, prefix = kv_stream_and_prefix(self.jet.kv["cursors"])
         config = ConsumerConfig(
@@ -130,13 +142,14 @@ class Follow:
     # On the reactor thread
 
     def _written_elsewhere(self, name, seq, size, floor):
-        t = self._topics.get(name, Topic())
+        changes = Changes()
         if floor:
-            # Retention elsewhere removed every update up to the head: the
+            # Retention elsewhere removed every update up to seq: the
             # service's next pump tells subscribers behind it (SyncReset).
-            self._apply(({name: Topic(max(t.head, seq), max(t.floor, seq), 0, 0)}, {}))
+            changes.cut(name, seq)
         else:
-            self._apply(({name: Topic(max(t.head, seq), t.floor, t.updates + 1, t.bytes + size)}, {}))
+            changes.add(name, seq, size)
+        self._merge(changes)
         self.watchers(name)
 
     def _granted_elsewhere(self, device, grant):

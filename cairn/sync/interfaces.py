@@ -8,9 +8,11 @@ Mutations fire once durable; the figures (L{ISyncStore.topics},
 L{ISyncStore.cursors}, L{ISyncStore.total_bytes}) are answered
 synchronously from a cache loaded at start and kept current by this
 store's own writes: exact for a store that is its data's only writer
-(SQLite, memory), local to this node for one that is not (JetStream, see
-docs/scaling.md), which reports writes made elsewhere through
-L{ISyncStore.watch}.
+(SQLite, memory). A store that is not (JetStream) also follows what the
+other writers store and remove, and reports it through
+L{ISyncStore.watch}: its figures are exact once it has seen their writes
+and removals, so they lag them by its watch latency (docs/scaling.md,
+"What is exact and what is per node").
 """
 
 import attr
@@ -69,8 +71,10 @@ class ISyncStore(Interface):
     def watch(callback):
         """
         Call C{callback(topic)} (on the reactor thread) whenever an update
-        to C{topic} is stored by another writer of the same data (another
-        node). A store that is its data's only writer never calls it.
+        to C{topic} is stored, or updates of it are removed by retention,
+        by another writer of the same data (another node); the figures
+        already include it. A store that is its data's only writer never
+        calls it.
         """
 
     def publish(items, now, limits):
