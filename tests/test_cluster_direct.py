@@ -101,3 +101,27 @@ class UnavailableTests(unittest.TestCase):
         nc = FakeNats([[_msg({"Status": "408", "Description": "Request Timeout"})], [_held(1)]])
         self.assertRaises(direct.ReadError, run, direct.direct_batch(nc, "S", 1, 10))
         self.assertEqual(nc.requests, 1)
+
+
+class _Refusing:
+    """A JetStream context whose deletes fail with C{err_code}."""
+
+    def __init__(self, err_code):
+        self.err_code = err_code
+
+    async def delete_msg(self, stream, seq):
+        error = Exception("refused")
+        error.err_code = self.err_code
+        raise error
+
+
+class DeleteTests(unittest.TestCase):
+    def test_gone_already_is_not_an_error(self):
+        """A message another delete removed first (either code JetStream answers with) was not removed by this call."""
+        for code in (direct.NO_MESSAGE_FOUND, direct.SEQUENCE_NOT_FOUND):
+            self.assertIs(run(direct.delete(_Refusing(code), "s", 1)), False)
+
+    def test_other_errors_are_raised(self):
+        with self.assertRaises(Exception) as raised:
+            run(direct.delete(_Refusing(10999), "s", 1))
+        self.assertEqual(raised.exception.err_code, 10999)
