@@ -6,7 +6,8 @@ versioned in the C{<prefix>_meta} bucket, a newer one refused with one line.
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from cairn.cluster.connection import LAYOUT, JetStream, LayoutError, Settings
+from cairn.cluster.connection import JetStream, Settings
+from cairn.cluster.layout import LAYOUT, LayoutError
 from tests import _jetstream
 
 

@@ -9,10 +9,11 @@ refuses layout-2 streams with one line.
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from cairn.cluster import connection, mailbox_layout
 from cairn.cluster import direct as D
+from cairn.cluster import layout, mailbox_layout
 from cairn.cluster.common import DONE, KIND, SIZE, WRITER, float_text
-from cairn.cluster.connection import JetStream, LayoutError, Settings
+from cairn.cluster.connection import JetStream, Settings
+from cairn.cluster.layout import LayoutError
 from cairn.cluster.mailbox import JetStreamMailboxStore
 from cairn.mailbox.interfaces import Depth, Limits
 from cairn.wire.constants import ForwardStatus, ReceiptStatus
@@ -246,7 +247,7 @@ class UpgradeTests(unittest.TestCase):
             again = yield store.enqueue([self.sent[i]], 3.0, MANY)
             self.assertEqual(again[0][0], ForwardStatus.DUPLICATE, i)
         entry = yield jet.run(jet.kv["meta"].get, "layout")
-        self.assertEqual(int(entry.value), connection.LAYOUT)
+        self.assertEqual(int(entry.value), layout.LAYOUT)
         return store
 
     @defer.inlineCallbacks
@@ -303,7 +304,7 @@ class OlderNodeTests(unittest.TestCase):
     def test_layout_1_node_refuses_layout_2(self):
         """A layout-1 node meeting layout-2 streams refuses with one line, and changes nothing."""
         server, jet = yield _jetstream.single(self)
-        self.patch(connection, "LAYOUT", 1)
+        self.patch(layout, "LAYOUT", 1)
         old = JetStream(reactor, Settings((server.url,), 1, "cairn"))
         old.thread.start()
         self.addCleanup(old.close)

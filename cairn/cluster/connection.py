@@ -1,13 +1,9 @@
 """
 The node's one connection to NATS, shared by its JetStream stores.
 
-L{JetStream} owns the asyncio thread (L{cairn.cluster.loop}), the nats-py
-client and the layout: the streams and buckets every store uses, set up
-idempotently and versioned. A key C{layout} in the C{<prefix>_meta}
-bucket records the layout version; a node finding a newer one refuses to
-start with one line, an older one is upgraded by L{_UPGRADES} (idempotent
-and crash-safe: the version is recorded only once the upgrade is done, and
-an interrupted one runs again at the next start).
+L{JetStream} owns the asyncio thread (L{cairn.cluster.loop}) and the
+nats-py client, and sets up the layout at each connection: the streams and
+buckets every store uses, versioned (L{cairn.cluster.layout}).
 
 Start-up never fails because NATS is unreachable: L{JetStream.connect}
 retries with backoff (on the injected clock), logging one line per
@@ -16,7 +12,7 @@ connected, nats-py reconnects by itself; while it is disconnected every
 store call fails fast (the mailbox answers STORAGE_ERROR, never a false
 ForwardAck) and the node resumes as soon as the client is back -- unless
 the server it is back on has a C{max_payload} below C{CAIRN_MAX_PAYLOAD},
-which is refused as at start (L{_check_max_payload}).
+which is refused as at start (L{cairn.cluster.layout.check_max_payload}).
 """
 
 import asyncio
@@ -25,14 +21,13 @@ import attr
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from cairn.cluster import layout
 from cairn.cluster.direct import Acks
+from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
 
 log = Logger()
 
-#: The layout version this code writes and reads (see docs/scaling.md):
-#: 2 since a removed message's tombstone carries its receipt (mailbox_layout).
-LAYOUT = 2
 #: Seconds between connection attempts at start-up: doubling up to the cap.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: Seconds a single NATS request may take before the store call fails.
@@ -42,20 +37,6 @@ CLOSE_GRACE = 10.0
 #: Seconds a PubAck may take: fsync'd writes queue behind each other on a
 #: busy server (R1 on a loaded disk took over 5 s in the bench).
 PUBACK_TIMEOUT = 30.0
-
-
-class LayoutError(Exception):
-    """
-    The streams cannot be set up now; C{str()} is one line for the operator.
-
-    @ivar permanent: retrying cannot help (a newer layout): the node
-        stays degraded; otherwise (e.g. "no suitable peers for placement"
-        while a cluster forms, or too many replicas asked for) it retries.
-    """
-
-    def __init__(self, message, permanent=False):
-        super().__init__(message)
-        self.permanent = permanent
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -93,7 +74,7 @@ class JetStream:
         self._waiters = []
         self._stopping = False
         self._retry = None
-        self._refused = False  # a server reconnected to failed L{_check_max_payload}
+        self._refused = False  # a server reconnected to failed L{cairn.cluster.layout.check_max_payload}
         self._closing = None  # the asyncio task closing the client then (kept from the GC)
         self.kv = {}  # bucket suffix -> nats KeyValue
         self._inflight = set()  # Deferreds of calls running on the loop
@@ -181,15 +162,15 @@ class JetStream:
         # Once connected, never give up: nats-py reconnects in the background.
         nc.options["max_reconnect_attempts"] = -1
         try:
-            _check_max_payload(nc.max_payload, self.settings.max_payload)
+            layout.check_max_payload(nc.max_payload, self.settings.max_payload)
             self.js = nc.jetstream(timeout=REQUEST_TIMEOUT)
             # Deletions and purges are writes: they queue behind the
             # fsync'd writes in flight like a publish does, so they get the
             # PubAck's time (a drain's receipt purges took over 5 s at R3).
             self.js_writes = nc.jetstream(timeout=PUBACK_TIMEOUT)
-            await self._ensure_layout(nc)
+            await layout.ensure(self, nc)
             # Again: nats-py may have reconnected, to another server, meanwhile.
-            _check_max_payload(nc.max_payload, self.settings.max_payload)
+            layout.check_max_payload(nc.max_payload, self.settings.max_payload)
         except BaseException:
             await nc.close()
             raise
@@ -208,7 +189,7 @@ class JetStream:
         # The server reconnected to may not be the one checked at start:
         # the same rule for its max_payload (nats-py has read its INFO).
         try:
-            _check_max_payload(self.nc.max_payload, self.settings.max_payload)
+            layout.check_max_payload(self.nc.max_payload, self.settings.max_payload)
         except LayoutError as e:
             self._refused = True
             # Not awaited: closing cancels nats-py's reconnection task, which is running this callback.
@@ -269,137 +250,11 @@ class JetStream:
         waiting.addErrback(lambda f: log.warn("cairn: closing NATS: {why}", why=f.getErrorMessage()))
         return waiting.addCallback(lambda _: self.thread.stop())
 
-    # Layout
-
-    def stream_configs(self):
-        """{stream name: StreamConfig} of layout L{LAYOUT}."""
-        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-
-        common = dict(
-            storage=StorageType.FILE,
-            num_replicas=self.settings.replicas,
-            retention=RetentionPolicy.LIMITS,
-            discard=DiscardPolicy.OLD,
-            # Expiry is the node's (it owes EXPIRED receipts): no server-side age.
-            max_age=0,
-            allow_direct=True,
-        )
-        mbox = self.stream("mbox")
-        sync = self.stream("sync")
-        return {
-            mbox: StreamConfig(
-                name=mbox,
-                description=f"cairn mailbox, layout {LAYOUT}",
-                # rcpt: layout 1's receipts (none once upgraded); rdone: the consumed markers.
-                subjects=[self.subject("mbox", ">"), self.subject("rcpt", ">"), self.subject("rdone", "*")],
-                # An acknowledged message is replaced by its tombstone.
-                allow_rollup_hdrs=True,
-                **common,
-            ),
-            sync: StreamConfig(
-                name=sync,
-                description=f"cairn sync hub, layout {LAYOUT}",
-                subjects=[self.subject("sync", ">"), self.subject("syncids", ">")],
-                # One publish = the dedup id and the update, committed together.
-                allow_atomic=True,
-                **common,
-            ),
-        }
-
-    #: KV bucket suffixes of layout L{LAYOUT}: overrides, cursors, trust, relay.
-    BUCKETS = ("limits", "cursors", "trust", "relay")
-
-    async def _ensure_layout(self, nc):
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
-
-        js = self.js
-        replicas = self.settings.replicas
-
-        async def bucket(suffix):
-            config = KeyValueConfig(
-                bucket=f"{self.prefix}_{suffix}", history=1, replicas=replicas, storage=StorageType.FILE
-            )
-            try:
-                return await js.create_key_value(config=config)
-            except BadRequestError as e:
-                raise LayoutError(_layout_problem(e, replicas)) from None
-
-        meta = self.kv["meta"] = await bucket("meta")
-        try:
-            found = int((await meta.get("layout")).value)
-        except KeyNotFoundError:
-            found = None
-        if found is not None and found > LAYOUT:
-            raise LayoutError(
-                f"the JetStream layout under prefix {self.prefix!r} is version {found}, newer than this node's"
-                f" {LAYOUT}: upgrade cairn-server (or set CAIRN_CLUSTER_PREFIX to a new deployment)",
-                permanent=True,
-            )
-        for version in range(found or LAYOUT, LAYOUT):
-            await _UPGRADES[version](self, nc)
-        for config in self.stream_configs().values():
-            try:
-                await js.add_stream(config=config)
-            except BadRequestError as e:
-                if "different configuration" not in str(e) and e.err_code != 10058:
-                    raise LayoutError(_layout_problem(e, replicas)) from None
-                await js.update_stream(config=config)
-        for suffix in self.BUCKETS:
-            self.kv[suffix] = await bucket(suffix)
-        if found is None:
-            try:
-                await meta.create("layout", str(LAYOUT).encode())
-            except KeyWrongLastSequenceError:
-                pass  # another node wrote it first; the streams above are the same
-        elif found < LAYOUT:
-            await meta.put("layout", str(LAYOUT).encode())
-
-
-async def _upgrade_1(jet, nc):
-    from cairn.cluster.mailbox_layout import upgrade_from_1
-
-    converted = await upgrade_from_1(jet, nc)
-    jet.thread.to_reactor(lambda: log.info("cairn: JetStream layout 1 upgraded to 2 ({n} receipts moved)", n=converted))
-
-
-#: Upgrades from layout N to N + 1 (coroutine functions of the L{JetStream} and the client).
-_UPGRADES = {1: _upgrade_1}
-
 
 def _observe(d):
     observer = defer.Deferred()
     d.addBoth(lambda result: (observer.callback(None), result)[1])
     return observer
-
-
-def _check_max_payload(nats_limit, max_payload):
-    """
-    Refuse (a permanent L{LayoutError}) a NATS server whose C{max_payload}
-    is below C{CAIRN_MAX_PAYLOAD}. A mailbox message, a sync update or a
-    relayed message is one NATS message: its payload is at most
-    C{CAIRN_MAX_PAYLOAD} less the envelope's overhead (256 bytes or more),
-    which leaves room for the subject and headers the stores add
-    (tests/test_cluster_payload.py checks the limit case on a real server).
-    Without this check the largest messages would fail one by one, each
-    answered STORAGE_ERROR as if JetStream were away.
-    """
-    if max_payload is not None and nats_limit < max_payload:
-        raise LayoutError(
-            f"CAIRN_MAX_PAYLOAD ({max_payload}) is above the NATS server's max_payload ({nats_limit}):"
-            f" lower CAIRN_MAX_PAYLOAD or set max_payload to at least {max_payload} in nats-server.conf",
-            permanent=True,
-        )
-
-
-def _layout_problem(error, replicas):
-    text = getattr(error, "description", None) or str(error)
-    if "insufficient resources" in text or "replicas" in text:
-        return (
-            f"NATS cannot place {replicas} replica(s) ({text}): set CAIRN_CLUSTER_REPLICAS to at most"
-            " the number of JetStream servers"
-        )
-    return f"cannot set up the JetStream streams ({text})"
 
 
 def _describe(error):
