@@ -1,5 +1,7 @@
 """C{idle}: many paired sessions held; node memory and keepalive CPU."""
 
+import os
+import pstats
 import struct
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ from bench.capacity.common import (
     resume_mode,
     wait_for,
 )
+from bench.capacity.floor import measure_floor, message_size, report_against_floor
 from bench.capacity.limits import fd_budget, source_addresses
 from bench.capacity.probe import Stalls, describe
 
@@ -36,6 +39,9 @@ def idle(reactor, args):
             f"== capacity: idle ({n} sessions, {args.clients} client processes, keepalive every {k:g} s; "
             f"clients bound to {', '.join(sources) if sources else '127.0.0.1'}) =="
         )
+        floors = []
+        for kind in args.floor:
+            floors.append((yield measure_floor(reactor, args, n, kind, message_size())))
         options = ["--keepalive", k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
         options += ["--backlog", args.backlog] if args.backlog else []
         if not args.paired:
@@ -81,13 +87,20 @@ def idle(reactor, args):
         yield sleep(reactor, settle)
         full = proc_memory(node.pid)
         before = yield node.ask("stats")
+        if args.profile:
+            yield node.ask("profile")
         cpu0, t0 = proc_cpu(node.pid), time.perf_counter()
         yield sleep(reactor, args.window)
         cpu, wall = proc_cpu(node.pid) - cpu0, time.perf_counter() - t0
+        if args.profile:
+            yield node.ask("profile", timeout=120, path=os.path.abspath(args.profile))
         after = yield node.ask("stats")
         last = proc_memory(node.pid)
         clients = yield gather(w.ask("stats") for w in workers)
-        report_idle(args, opened, after, empty, full, last, empty_cpu, cpu, wall, before, clients)
+        per_keepalive = report_idle(args, opened, after, empty, full, last, empty_cpu, cpu, wall, before, clients)
+        report_against_floor(floors, per_keepalive)
+        if args.profile:
+            report_profile(args.profile, after["sent"] - before["sent"] + after["received"] - before["received"])
         if args.tracemalloc or args.types:
             report_memory((yield node.ask("top", timeout=600, limit=args.top)), opened)
         if args.hold or args.storm:
@@ -308,6 +321,23 @@ def report_idle(args, opened, stats, empty, full, last, empty_cpu, cpu, wall, be
         f"idle: at the end {stats['attached']} attached on the node ({lost} closed in the window), {attached} on the "
         f"clients ({ended} ended); client processes' RSS: {rss}"
     )
+    return per_keepalive
+
+
+def report_profile(path, handled, top=30):
+    """The node's profile over the window (L{NodeControl.do_profile}): its heaviest functions, per keepalive."""
+    stats = pstats.Stats(path)
+    out(
+        f"idle: the node's cProfile over the window in {path} (CPU time; the profiler's own cost inflates the "
+        "figures above); by own time, per keepalive handled:"
+    )
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    for (filename, line, name), (_, calls, own, total, _) in rows:
+        where = f"{os.path.basename(filename)}:{line}({name})" if line else name
+        out(
+            f"    {own / handled * 1e6:7.2f} us own {total / handled * 1e6:7.2f} us cumulative "
+            f"{calls / handled:6.2f} calls  {where}"
+        )
 
 
 def report_memory(top, sessions):
