@@ -263,6 +263,7 @@ def measure_floor(reactor, args, n, kind, size):
         )
         children.append(node)
         hello = yield node.next(60)
+        out(f"floor node ({KINDS[kind]}, pid {hello['pid']}): {hello['nofile_line']}")
         empty_window = min(2.0, args.window)
         cpu0 = proc_cpu(node.pid)
         yield sleep(reactor, empty_window)
