@@ -34,6 +34,13 @@ def main(argv=None):
     s.add_argument("--clients", type=int, default=2, help="client processes")
     s.add_argument("--concurrency", type=int, default=32, help="handshakes in flight per client process")
     s.add_argument("--keepalive", type=float, default=5.0, help="keepalive interval (s), node and clients")
+    s.add_argument(
+        "--node-keepalive",
+        type=float,
+        default=None,
+        help="the node's own keepalive interval (s), if not --keepalive: e.g. 3600 for a node that never ticks in "
+        "the window, which then only receives (the clients' keepalive timeout follows the longer interval)",
+    )
     s.add_argument("--window", type=float, default=20.0, help="CPU measurement window (s)")
     s.add_argument("--open-timeout", type=float, default=900.0, help="give up opening after this (s)")
     s.add_argument("--unpaired", dest="paired", action="store_false", help="do not pair the sessions' peers first")
@@ -106,6 +113,7 @@ def main(argv=None):
     s.add_argument("--keepalive", type=float, required=True)
     s.add_argument("--size", type=int, required=True)
     s.add_argument("--asyncio", action="store_true", help="bare asyncio instead of bare Twisted")
+    s.add_argument("--direct", action="store_true", help="writes sent at once when nothing is queued")
 
     s = roles.add_parser("floor-clients", help=argparse.SUPPRESS)
     for name in ("--port", "--count", "--size", "--concurrency"):
@@ -117,6 +125,7 @@ def main(argv=None):
     for name in ("--tcp", "--websocket", "--first", "--count", "--concurrency"):
         s.add_argument(name, type=int, required=True)
     s.add_argument("--keepalive", type=float, required=True)
+    s.add_argument("--keepalive-timeout", type=float, default=None, help="default: 4 x --keepalive")
     s.add_argument("--unpaired", dest="paired", action="store_false")
     s.add_argument("--only", choices=("tcp", "websocket"), default=None)
     s.add_argument("--source", action="append", default=[], help="a loopback address to bind to (repeatable)")

@@ -32,17 +32,20 @@ def idle(reactor, args):
     def run():
         n = fd_budget(args.sessions, args.clients)
         k = args.keepalive
+        node_k = args.node_keepalive or k
         # Pauses for things to settle, and the empty node's CPU window.
         settle, empty_window = min(1.0, n / 1000), min(2.0, args.window)
         sources = source_addresses(n, args.per_address)
         out(
-            f"== capacity: idle ({n} sessions, {args.clients} client processes, keepalive every {k:g} s; "
+            f"== capacity: idle ({n} sessions, {args.clients} client processes, keepalive every {k:g} s"
+            + (f", the node's every {node_k:g} s" if node_k != k else "")
+            + "; "
             f"clients bound to {', '.join(sources) if sources else '127.0.0.1'}) =="
         )
         floors = []
         for kind in args.floor:
             floors.append((yield measure_floor(reactor, args, n, kind, message_size())))
-        options = ["--keepalive", k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
+        options = ["--keepalive", node_k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
         options += ["--backlog", args.backlog] if args.backlog else []
         if not args.paired:
             # Idle unpaired sessions from one address: lift the bounds on them.
@@ -64,7 +67,8 @@ def idle(reactor, args):
         firsts = [sum(shares[:i]) for i in range(args.clients)]
         for i, (first, count) in enumerate(zip(firsts, shares)):
             options = ["--tcp", ports["tcp"], "--websocket", ports["websocket"], "--first", first, "--count", count]
-            options += ["--concurrency", args.concurrency, "--keepalive", k] + ([] if args.paired else ["--unpaired"])
+            options += ["--concurrency", args.concurrency, "--keepalive", k, "--keepalive-timeout", 4 * max(k, node_k)]
+            options += [] if args.paired else ["--unpaired"]
             options += ["--only", args.only] if args.only else []
             # Each process its own addresses (all, when fewer than processes).
             mine = (sources[i :: args.clients] or [sources[i % len(sources)]]) if sources else []
@@ -98,7 +102,7 @@ def idle(reactor, args):
         last = proc_memory(node.pid)
         clients = yield gather(w.ask("stats") for w in workers)
         per_keepalive = report_idle(args, opened, after, empty, full, last, empty_cpu, cpu, wall, before, clients)
-        report_against_floor(floors, per_keepalive)
+        report_against_floor(floors, per_keepalive, 1 + k / node_k)
         if args.profile:
             report_profile(args.profile, after["sent"] - before["sent"] + after["received"] - before["received"])
         if args.tracemalloc or args.types:
@@ -301,7 +305,8 @@ def report_idle(args, opened, stats, empty, full, last, empty_cpu, cpu, wall, be
     sent = stats["sent"] - before["sent"]
     received = stats["received"] - before["received"]
     handled = sent + received
-    expected = 2 * opened * wall / args.keepalive
+    node_k = args.node_keepalive or args.keepalive
+    expected = opened * wall * (1 / args.keepalive + 1 / node_k)
     share = cpu / wall * 100
     per_keepalive = cpu / handled * 1e6 if handled else float("nan")
     out(
@@ -309,10 +314,11 @@ def report_idle(args, opened, stats, empty, full, last, empty_cpu, cpu, wall, be
         f"(no session: {empty_cpu * 100:.1f}%); {handled:,} keepalives handled ({sent:,} sent, "
         f"{received:,} received; {expected:,.0f} expected): {per_keepalive:.0f} us each"
     )
-    out(
-        f"  at the default CAIRN_KEEPALIVE_INTERVAL of 30 s that would be "
-        f"{(share - empty_cpu * 100) * args.keepalive / 30:.1f}% of a core above the empty node"
-    )
+    if node_k == args.keepalive:
+        out(
+            f"  at the default CAIRN_KEEPALIVE_INTERVAL of 30 s that would be "
+            f"{(share - empty_cpu * 100) * args.keepalive / 30:.1f}% of a core above the empty node"
+        )
     attached = sum(c["attached"] for c in clients)
     ended = sum(c["ended"] for c in clients)
     rss = ", ".join(megabytes(c["rss"]) for c in clients)
