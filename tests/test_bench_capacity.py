@@ -75,7 +75,7 @@ class CapacityBenchTests(RunsBench, unittest.TestCase):
             "keepalive every 0.2 s, the node's every 3600 s;",
             "idle: keepalive CPU on the node",
             " keepalives handled (0 sent, ",
-            "  the floor alone at 100,000 connections, 1.00 messages each per 30 s (3,333 handled a second): ",
+            "  the floor alone at 100,000 connections, 1.00 messages each per 30 s (",
             "idle: at the end 4 attached on the node (0 closed in the window), 4 on the clients (0 ended)",
         )
 
