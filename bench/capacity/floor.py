@@ -45,7 +45,7 @@ DEFAULT_INTERVAL = 30.0
 KINDS = {
     "twisted": "bare Twisted",
     "asyncio": "bare asyncio",
-    # Not in idle's default: the measure of cairn/transport/direct.py on the floor.
+    # Not in idle's default: the measure of Twisted's write path (L{_direct_server}).
     "twisted-direct": "bare Twisted, immediate writes",
 }
 
@@ -107,7 +107,7 @@ def _direct_server():
 def _spread(connections, interval, write, clock):
     """
     Every C{interval}/L{SLOTS} seconds, C{write(connection)} for each of
-    the connections in the next slot (C{connections}: a list per slot).
+    the connections in the next slot (C{connections}: a dict per slot).
     """
     state = {"slot": 0}
 
@@ -157,19 +157,15 @@ class _Ends(Factory):
         self.count = 0
         self.sent = 0
         self.bytes_received = 0
-        self.waiting = []
         self._loop = _spread(self.slots, interval, self._write, reactor)
 
     def joined(self, protocol):
         protocol.slot = self.slots[self.count % SLOTS]
         protocol.slot[protocol] = None
         self.count += 1
-        waiting, self.waiting = self.waiting, []
-        for d in waiting:
-            d.callback(None)
 
     def left(self, protocol):
-        if protocol.slot.pop(protocol, False) is None:
+        if protocol.slot is not None and protocol.slot.pop(protocol, False) is None:
             self.count -= 1
 
     def _write(self, protocol):
