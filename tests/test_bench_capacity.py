@@ -22,7 +22,9 @@ class CapacityBenchTests(RunsBench, unittest.TestCase):
 
     def test_idle(self):
         """The idle scenario opens every session and reports RSS, keepalive CPU and memory by type."""
-        d = self.run_bench("idle", "--sessions", "4", "--keepalive", "0.2", "--window", "0.5", "--types")
+        d = self.run_bench(
+            "idle", "--sessions", "4", "--keepalive", "0.2", "--window", "0.5", "--types", "--floor", "none"
+        )
         return d.addCallback(
             self.assertLines,
             "idle: 4 of 4 sessions opened",
@@ -31,6 +33,50 @@ class CapacityBenchTests(RunsBench, unittest.TestCase):
             "idle: keepalive CPU on the node",
             "idle: at the end 4 attached on the node (0 closed in the window), 4 on the clients (0 ended)",
             "objects tracked by the garbage collector",
+        )
+
+    def test_idle_floor(self):
+        """
+        The idle scenario measures each bare floor (Twisted, asyncio, Twisted with immediate writes) on the
+        same connections first, and prints cairn's figure against each and each at 100,000 sessions.
+        """
+        d = self.run_bench(
+            "idle", "--sessions", "4", "--keepalive", "0.2", "--window", "0.5",
+            "--floor", "twisted,asyncio,twisted-direct",
+        )
+
+        def check(output):
+            self.assertLines(
+                output,
+                "floor (bare Twisted, 57 B a message): 4 of 4 connections in",
+                "floor (bare asyncio, 57 B a message): 4 of 4 connections in",
+                "floor (bare Twisted, immediate writes, 57 B a message): 4 of 4 connections in",
+                "idle: 4 of 4 sessions opened",
+                "idle: cairn / floor (bare Twisted) per keepalive handled: ",
+                "idle: cairn / floor (bare asyncio) per keepalive handled: ",
+                "  the floor alone at 100,000 connections, 2.00 messages each per 30 s (6,667 handled a second): ",
+            )
+            # Each floor counted the messages both ways (the figures themselves are not asserted).
+            for line in output.splitlines():
+                if line.startswith("floor ("):
+                    handled = int(line.split(" messages handled (")[0].rsplit("; ", 1)[1].replace(",", ""))
+                    self.assertGreater(handled, 0, line)
+
+        return d.addCallback(check)
+
+    def test_idle_node_keepalive(self):
+        """--node-keepalive: the node ticks less often than its clients (here never in the window): it only receives."""
+        d = self.run_bench(
+            "idle", "--sessions", "4", "--keepalive", "0.2", "--node-keepalive", "3600", "--window", "0.5",
+            "--floor", "twisted",
+        )
+        return d.addCallback(
+            self.assertLines,
+            "keepalive every 0.2 s, the node's every 3600 s;",
+            "idle: keepalive CPU on the node",
+            " keepalives handled (0 sent, ",
+            "  the floor alone at 100,000 connections, 1.00 messages each per 30 s (",
+            "idle: at the end 4 attached on the node (0 closed in the window), 4 on the clients (0 ended)",
         )
 
     def test_idle_hold_and_storm(self):

@@ -3,6 +3,8 @@ Capacity bench (issues 7 and 20): many idle sessions, a reconnect storm
 and a handshake flood, each against a node in a child process.
 
     python -m bench.capacity idle  [--sessions 10000] [--clients 2] [--keepalive 5] [--window 20] [--types]
+                                   [--floor twisted,asyncio[,twisted-direct] | none] [--node-keepalive S]
+                                   [--profile PATH]
                                    [--tracemalloc] [--only tcp|websocket] [--per-address 10000]
                                    [--hold SECONDS] [--storm N] [--messages 1] [--backlog N]
                                    [--attempts 8] [--lockstep]
@@ -20,7 +22,9 @@ idle
     C{/proc/PID}: VmRSS before and after (bytes per session), and CPU
     (utime + stime) over a window, as a share of a core and per Keepalive
     handled (sent plus received, counted from the sessions' sequence
-    numbers). C{--types} also reports the node's new objects by type,
+    numbers), against the same figure of bare servers with as many
+    connections (L{floor}, measured first; C{--floor none}: not).
+    C{--types} also reports the node's new objects by type,
     C{--tracemalloc} its traced memory growth by file and by line. Then
     (C{--hold}) the sessions are held while a bystander (two paired peers
     of the bench's own) sends itself a mailbox message every
@@ -62,7 +66,8 @@ bound; the other scenarios dial from 127.0.0.1. idle and storm lift the
 node's per-source limits, flood keeps the node's default unless given
 C{--per-source}.
 
-Modules: L{children} (the JSON-line child processes), L{node} and
+Modules: L{children} (the JSON-line child processes), L{floor} (the
+bare servers and clients of the floor), L{node} and
 L{clients} (the child roles C{node}, C{sessions}, C{handshakes}, run by the
 bench itself), L{limits} (descriptors, source addresses), one per scenario
 (L{idle}, L{storm}, L{flood} with churn), L{cli}. bench/README.rst has the

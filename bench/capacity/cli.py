@@ -8,6 +8,7 @@ from bench._common import log_warnings_only
 from bench.capacity.children import run_child
 from bench.capacity.clients import handshakes_role, sessions_role
 from bench.capacity.flood import churn, flood
+from bench.capacity.floor import KINDS, asyncio_floor_node, floor_clients_role, floor_node_role, kinds
 from bench.capacity.idle import idle
 from bench.capacity.limits import PER_SOURCE
 from bench.capacity.node import node_role
@@ -33,10 +34,18 @@ def main(argv=None):
     s.add_argument("--clients", type=int, default=2, help="client processes")
     s.add_argument("--concurrency", type=int, default=32, help="handshakes in flight per client process")
     s.add_argument("--keepalive", type=float, default=5.0, help="keepalive interval (s), node and clients")
+    s.add_argument(
+        "--node-keepalive",
+        type=float,
+        default=None,
+        help="the node's own keepalive interval (s), if not --keepalive: e.g. 3600 for a node that never ticks in "
+        "the window, which then only receives (the clients' keepalive timeout follows the longer interval)",
+    )
     s.add_argument("--window", type=float, default=20.0, help="CPU measurement window (s)")
     s.add_argument("--open-timeout", type=float, default=900.0, help="give up opening after this (s)")
     s.add_argument("--unpaired", dest="paired", action="store_false", help="do not pair the sessions' peers first")
     s.add_argument("--tracemalloc", action="store_true", help="report where the node's memory went")
+    s.add_argument("--profile", metavar="PATH", help="cProfile the node over the CPU window into PATH (and print it)")
     s.add_argument("--types", action="store_true", help="report the node's new objects by type")
     s.add_argument("--top", type=int, default=25, help="lines per memory report")
     s.add_argument("--only", choices=("tcp", "websocket"), help="open sessions of this transport only")
@@ -53,6 +62,13 @@ def main(argv=None):
     s.add_argument("--storm-timeout", type=float, default=300.0, help="give up waiting for the storm after this (s)")
     s.add_argument("--attempts", type=int, default=8, help="resume attempts per session in the storm")
     s.add_argument("--lockstep", action="store_true", help=LOCKSTEP)
+    s.add_argument(
+        "--floor",
+        default="twisted,asyncio",
+        type=kinds,
+        help="first measure these bare servers' CPU per message with the same connections, interval, window and "
+        f"client processes, to compare with (comma-separated: {', '.join(KINDS)}; 'none': no floor)",
+    )
 
     s = roles.add_parser("storm", help="reconnect storm: all sessions drop and resume at once")
     s.add_argument("--sessions", type=int, default=2000)
@@ -93,10 +109,23 @@ def main(argv=None):
     s.add_argument("--tracemalloc", action="store_true")
     s.add_argument("--unpaired-limits", default=None, help="[TTL]:TOTAL:PER_SOURCE of unpaired sessions")
 
+    s = roles.add_parser("floor-node", help=argparse.SUPPRESS)
+    s.add_argument("--keepalive", type=float, required=True)
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--asyncio", action="store_true", help="bare asyncio instead of bare Twisted")
+    s.add_argument("--direct", action="store_true", help="writes sent at once when nothing is queued")
+
+    s = roles.add_parser("floor-clients", help=argparse.SUPPRESS)
+    for name in ("--port", "--count", "--size", "--concurrency"):
+        s.add_argument(name, type=int, required=True)
+    s.add_argument("--keepalive", type=float, required=True)
+    s.add_argument("--source", action="append", default=[], help="a loopback address to bind to (repeatable)")
+
     s = roles.add_parser("sessions", help=argparse.SUPPRESS)
     for name in ("--tcp", "--websocket", "--first", "--count", "--concurrency"):
         s.add_argument(name, type=int, required=True)
     s.add_argument("--keepalive", type=float, required=True)
+    s.add_argument("--keepalive-timeout", type=float, default=None, help="default: 4 x --keepalive")
     s.add_argument("--unpaired", dest="paired", action="store_false")
     s.add_argument("--only", choices=("tcp", "websocket"), default=None)
     s.add_argument("--source", action="append", default=[], help="a loopback address to bind to (repeatable)")
@@ -110,8 +139,18 @@ def main(argv=None):
     s.add_argument("--drop", action="store_true", help="abort the transport instead of closing the session")
 
     args = p.parse_args(argv)
-    if args.role in ("node", "sessions", "handshakes"):
-        role = {"node": node_role, "sessions": sessions_role, "handshakes": handshakes_role}[args.role]
+    if args.role == "floor-node" and args.asyncio:
+        asyncio_floor_node(args)
+        return
+    roles = {
+        "node": node_role,
+        "sessions": sessions_role,
+        "handshakes": handshakes_role,
+        "floor-node": floor_node_role,
+        "floor-clients": floor_clients_role,
+    }
+    if args.role in roles:
+        role = roles[args.role]
         run_child(lambda reactor, control: role(reactor, control, args))
         return
     scenario = {"idle": idle, "storm": storm, "flood": flood, "churn": churn}[args.role]

@@ -108,7 +108,8 @@ def sessions_role(reactor, control, args):
     control.send({"nofile": nofile.after, "nofile_line": nofile.line()})
     failures = Counter()
     start = time.perf_counter()
-    settings = dict(keepalive_interval=args.keepalive, keepalive_timeout=args.keepalive * 4)
+    timeout = args.keepalive_timeout or args.keepalive * 4
+    settings = dict(keepalive_interval=args.keepalive, keepalive_timeout=timeout)
     ports = {"tcp": args.tcp, "websocket": args.websocket}
     sources = args.source or [None]
     targets = {source: addresses(ports, source) for source in sources}

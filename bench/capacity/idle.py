@@ -1,5 +1,7 @@
 """C{idle}: many paired sessions held; node memory and keepalive CPU."""
 
+import os
+import pstats
 import struct
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ from bench.capacity.common import (
     resume_mode,
     wait_for,
 )
+from bench.capacity.floor import measure_floor, message_size, report_against_floor
 from bench.capacity.limits import fd_budget, source_addresses
 from bench.capacity.probe import Stalls, describe
 
@@ -29,14 +32,20 @@ def idle(reactor, args):
     def run():
         n = fd_budget(args.sessions, args.clients)
         k = args.keepalive
+        node_k = args.node_keepalive or k
         # Pauses for things to settle, and the empty node's CPU window.
         settle, empty_window = min(1.0, n / 1000), min(2.0, args.window)
         sources = source_addresses(n, args.per_address)
         out(
-            f"== capacity: idle ({n} sessions, {args.clients} client processes, keepalive every {k:g} s; "
+            f"== capacity: idle ({n} sessions, {args.clients} client processes, keepalive every {k:g} s"
+            + (f", the node's every {node_k:g} s" if node_k != k else "")
+            + "; "
             f"clients bound to {', '.join(sources) if sources else '127.0.0.1'}) =="
         )
-        options = ["--keepalive", k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
+        floors = []
+        for kind in args.floor:
+            floors.append((yield measure_floor(reactor, args, n, kind, message_size())))
+        options = ["--keepalive", node_k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
         options += ["--backlog", args.backlog] if args.backlog else []
         if not args.paired:
             # Idle unpaired sessions from one address: lift the bounds on them.
@@ -58,7 +67,8 @@ def idle(reactor, args):
         firsts = [sum(shares[:i]) for i in range(args.clients)]
         for i, (first, count) in enumerate(zip(firsts, shares)):
             options = ["--tcp", ports["tcp"], "--websocket", ports["websocket"], "--first", first, "--count", count]
-            options += ["--concurrency", args.concurrency, "--keepalive", k] + ([] if args.paired else ["--unpaired"])
+            options += ["--concurrency", args.concurrency, "--keepalive", k, "--keepalive-timeout", 4 * max(k, node_k)]
+            options += [] if args.paired else ["--unpaired"]
             options += ["--only", args.only] if args.only else []
             # Each process its own addresses (all, when fewer than processes).
             mine = (sources[i :: args.clients] or [sources[i % len(sources)]]) if sources else []
@@ -81,13 +91,20 @@ def idle(reactor, args):
         yield sleep(reactor, settle)
         full = proc_memory(node.pid)
         before = yield node.ask("stats")
+        if args.profile:
+            yield node.ask("profile")
         cpu0, t0 = proc_cpu(node.pid), time.perf_counter()
         yield sleep(reactor, args.window)
         cpu, wall = proc_cpu(node.pid) - cpu0, time.perf_counter() - t0
+        if args.profile:
+            yield node.ask("profile", timeout=120, path=os.path.abspath(args.profile))
         after = yield node.ask("stats")
         last = proc_memory(node.pid)
         clients = yield gather(w.ask("stats") for w in workers)
-        report_idle(args, opened, after, empty, full, last, empty_cpu, cpu, wall, before, clients)
+        per_keepalive = report_idle(args, opened, after, empty, full, last, empty_cpu, cpu, wall, before, clients)
+        report_against_floor(floors, per_keepalive, 1 + k / node_k)
+        if args.profile:
+            report_profile(args.profile, after["sent"] - before["sent"] + after["received"] - before["received"])
         if args.tracemalloc or args.types:
             report_memory((yield node.ask("top", timeout=600, limit=args.top)), opened)
         if args.hold or args.storm:
@@ -288,7 +305,8 @@ def report_idle(args, opened, stats, empty, full, last, empty_cpu, cpu, wall, be
     sent = stats["sent"] - before["sent"]
     received = stats["received"] - before["received"]
     handled = sent + received
-    expected = 2 * opened * wall / args.keepalive
+    node_k = args.node_keepalive or args.keepalive
+    expected = opened * wall * (1 / args.keepalive + 1 / node_k)
     share = cpu / wall * 100
     per_keepalive = cpu / handled * 1e6 if handled else float("nan")
     out(
@@ -296,10 +314,11 @@ def report_idle(args, opened, stats, empty, full, last, empty_cpu, cpu, wall, be
         f"(no session: {empty_cpu * 100:.1f}%); {handled:,} keepalives handled ({sent:,} sent, "
         f"{received:,} received; {expected:,.0f} expected): {per_keepalive:.0f} us each"
     )
-    out(
-        f"  at the default CAIRN_KEEPALIVE_INTERVAL of 30 s that would be "
-        f"{(share - empty_cpu * 100) * args.keepalive / 30:.1f}% of a core above the empty node"
-    )
+    if node_k == args.keepalive:
+        out(
+            f"  at the default CAIRN_KEEPALIVE_INTERVAL of 30 s that would be "
+            f"{(share - empty_cpu * 100) * args.keepalive / 30:.1f}% of a core above the empty node"
+        )
     attached = sum(c["attached"] for c in clients)
     ended = sum(c["ended"] for c in clients)
     rss = ", ".join(megabytes(c["rss"]) for c in clients)
@@ -308,6 +327,23 @@ def report_idle(args, opened, stats, empty, full, last, empty_cpu, cpu, wall, be
         f"idle: at the end {stats['attached']} attached on the node ({lost} closed in the window), {attached} on the "
         f"clients ({ended} ended); client processes' RSS: {rss}"
     )
+    return per_keepalive
+
+
+def report_profile(path, handled, top=30):
+    """The node's profile over the window (L{NodeControl.do_profile}): its heaviest functions, per keepalive."""
+    stats = pstats.Stats(path)
+    out(
+        f"idle: the node's cProfile over the window in {path} (CPU time; the profiler's own cost inflates the "
+        "figures above); by own time, per keepalive handled:"
+    )
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    for (filename, line, name), (_, calls, own, total, _) in rows:
+        where = f"{os.path.basename(filename)}:{line}({name})" if line else name
+        out(
+            f"    {own / handled * 1e6:7.2f} us own {total / handled * 1e6:7.2f} us cumulative "
+            f"{calls / handled:6.2f} calls  {where}"
+        )
 
 
 def report_memory(top, sessions):

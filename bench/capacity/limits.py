@@ -57,12 +57,13 @@ def ephemeral_ports() -> int:
         return 28_232  # Linux's default range
 
 
-def source_addresses(sessions: int, per_source: int = PER_SOURCE) -> list:
+def source_addresses(sessions: int, per_source: int = PER_SOURCE, prefix: str = "127.0") -> list:
     """
-    The loopback addresses the clients bind to: 127.0.0.2 upwards, one per
-    C{per_source} sessions (each session's peer pairs in a connection of
-    its own first, so a session costs two ports on its way up).
+    The loopback addresses the clients bind to: 127.0.0.2 upwards (C{prefix}
+    .0.2 upwards), one per C{per_source} sessions (each session's peer pairs
+    in a connection of its own first, so a session costs two ports on its
+    way up).
     """
     per_source = min(per_source, ephemeral_ports() // 2)
     count = max(1, -(-sessions // per_source))
-    return [f"127.0.{(i + 2) // 256}.{(i + 2) % 256}" for i in range(count)]
+    return [f"{prefix}.{(i + 2) // 256}.{(i + 2) % 256}" for i in range(count)]

@@ -47,6 +47,7 @@ class NodeControl:
         self.stalls = stalls
         self._snapshot = None
         self._types = None
+        self._profile = None
 
     def __call__(self, command, **arguments):
         return getattr(self, "do_" + command)(**arguments)
@@ -78,6 +79,24 @@ class NodeControl:
         if reset:
             self.stalls.reset()
         return summary
+
+    def do_profile(self, path=None):
+        """
+        Start a cProfile of the node (its reactor thread, CPU time as the
+        clock: bench/_cpuprofile.py says why); with C{path}, stop it and
+        write its stats there.
+        """
+        import cProfile
+        import time
+
+        if path is None:
+            self._profile = cProfile.Profile(time.process_time)
+            self._profile.enable()
+            return {"profiling": True}
+        self._profile.disable()
+        self._profile.dump_stats(path)
+        self._profile = None
+        return {"written": path}
 
     def do_baseline(self):
         gc.collect()

@@ -13,11 +13,29 @@ from cairn.crypto.aead import DecryptError
 from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.wire import cbor, schema
 from cairn.wire.constants import CloseCode, MessageType, is_custom_type
+from cairn.wire.layouts import arg
 
 #: Send a Keepalive carrying an ack after this many acknowledgeable envelopes.
 ACK_EVERY = 32
 #: What only a peer allowed channels may send (L{Peer.channels_allowed}).
 _CHANNEL_TYPES = frozenset({MessageType.DATA, MessageType.CHANNEL_INIT})
+#: A Keepalive body as every sender writes it, {"ack": n}, up to its ack.
+_KEEPALIVE_ACK = b"\xa1\x63ack"
+
+
+def _keepalive_ack(plain: bytes) -> int:
+    """
+    The ack of a Keepalive body laid out as C{cbor.dumps_keepalive} writes
+    it ({"ack": n}, n below 2**32, nothing after it), else -1: the caller
+    then decodes it in general, which reads every other encoding (and
+    refuses what is not a Keepalive). Every idle session receives one per
+    interval; the general decode and schema check cost about 8 us a
+    Keepalive, this under 1 us (issue 20).
+    """
+    if not plain.startswith(_KEEPALIVE_ACK) or len(plain) < 6:
+        return -1
+    ack, end = arg(plain, 5, 0)
+    return ack if end == len(plain) else -1
 
 
 class Receiving:
@@ -108,6 +126,11 @@ class Receiving:
                 self._deliver(self._channels.parts_received(*parts))
                 if self._since_ack >= ACK_EVERY and self.closed is None:
                     self._send_ack()
+                return
+        if type_code == MessageType.KEEPALIVE:
+            ack = _keepalive_ack(plain)
+            if ack >= 0:
+                self._acknowledged(ack)
                 return
         body = self._decode(plain)
         if type_code == MessageType.KEEPALIVE:
