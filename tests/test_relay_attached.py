@@ -4,12 +4,14 @@ on connections of its own, spliced by the node. Library clients over real
 loopback sockets with a node peer; the relay's clock is a L{task.Clock}.
 """
 
-from twisted.internet import defer, reactor
+from types import SimpleNamespace
+
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from cairn.relay import client as relay
 from cairn.relay import messages, splice
-from cairn.relay.attached import AttachedCircuit, AttachProtocol
+from cairn.relay.attached import DRAIN_GRACE, AttachedCircuit, AttachProtocol
 from cairn.relay.interfaces import RelayLimits
 from cairn.relay.service import OFFER_TIMEOUT
 from cairn.session.connection import HandshakeFailed
@@ -84,6 +86,33 @@ class AttachedScenarioTests(AttachedHarness, RelayScenarioMixin, unittest.TestCa
         self.assertGreater(by_peer[alice.peer_id]["bytes_sent"], len(MARKER))
         self.assertEqual(by_peer[alice.peer_id]["bytes_sent"], by_peer[bob.peer_id]["bytes_received"])
         self.assertEqual(entry["bytes"], sum(p["bytes_sent"] for p in stats["peers"]))
+
+    @defer.inlineCallbacks
+    def test_close_read_after_the_relay_close(self):
+        """
+        The other end's Close arrives even when the node's RelayClose is
+        read first: an end reads its attach connection to its end before
+        dropping it (§25.8.4), instead of aborting it with the Close unread.
+        """
+        a, b, _, _ = yield self.circuit()
+        attach = b.connection.transport
+        circuit_b = attach.circuit
+        remote_closed = circuit_b.remote_closed
+
+        def seen(*args, **kwargs):
+            remote_closed(*args, **kwargs)
+            self.conditions.changed()
+
+        circuit_b.remote_closed = seen
+        ended = closed(b)
+        attach.transport.pauseProducing()  # Bob reads the RelayClose first
+        a.close(0, "done")
+        yield self.until(lambda: circuit_b.closed is not None)
+        self.assertIsNone(b.closed)
+        attach.transport.resumeProducing()
+        why = yield ended
+        self.assertEqual((why.code, why.reason), (0, "done"))
+        yield self.until(lambda: not self.relay.circuits)
 
     @defer.inlineCallbacks
     def test_peer_drops_mid_circuit(self):
@@ -355,6 +384,47 @@ class AttachedLimitTests(AttachedHarness, unittest.TestCase):
             self.assertLessEqual(self.relay.bytes_received[bob.peer_id] - start, rate * (1 + seconds) + 16384)
         self.assertGreaterEqual(seconds, 3)
         self.assertEqual([int.from_bytes(m[:4], "big") for m in received], list(range(total)))
+
+
+class _Transport:
+    connected, disconnecting = 1, False
+
+    def __init__(self):
+        self.aborted = 0
+
+    def abortConnection(self):
+        self.aborted += 1
+        self.connected = 0
+
+
+class DrainTests(unittest.TestCase):
+    """After a RelayClose that is not final an end reads its attach connection to its end, for a bounded time."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        endpoint = SimpleNamespace(clock=self.clock, resume_circuits=True, circuits={})
+        connection = SimpleNamespace(session=None)
+        self.circuit = AttachedCircuit(endpoint, None, b"\x01" * 16, "peer", connection, None)
+        self.transport = _Transport()
+        self.circuit.protocol = SimpleNamespace(transport=self.transport)
+
+    def test_dropped_after_the_grace(self):
+        self.circuit.remote_closed("the other peer went away")
+        self.assertEqual(self.transport.aborted, 0)
+        self.clock.advance(DRAIN_GRACE - 0.1)
+        self.assertEqual(self.transport.aborted, 0)
+        self.clock.advance(0.1)
+        self.assertEqual(self.transport.aborted, 1)
+
+    def test_connection_end_stops_the_drain(self):
+        self.circuit.remote_closed("the other peer went away")
+        self.circuit.connection_lost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_final_drops_at_once(self):
+        self.circuit.remote_closed("revoked", final=True)
+        self.assertEqual(self.transport.aborted, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class VectorTests(unittest.TestCase):

@@ -12,8 +12,10 @@ instead of travelling sealed again inside RelayData.
 An L{AttachedCircuit} is what the L{cairn.relay.client.RelayEndpoint}
 keeps for such a circuit (as it keeps a L{CircuitTransport} for the
 others): a RelayClose from the node, or the loss of the node session,
-drops the connection, which detaches the end-to-end session like any
-dropped transport (and ends it when the node says the loss is final).
+drops the connection (after reading it to its end, for a RelayClose that
+is not final: L{AttachedCircuit.remote_closed}), which detaches the
+end-to-end session like any dropped transport (and ends it when the node
+says the loss is final).
 When the connection drops first, the circuit is forgotten on the
 RelayClose the node sends next (or with the node session).
 """
@@ -28,6 +30,10 @@ from cairn.transport.tcp import StreamProtocol
 from cairn.wire.constants import CloseCode, MessageType
 
 log = Logger()
+
+#: Seconds an end reads an attached connection to its end after a RelayClose
+#: that is not final (L{AttachedCircuit.remote_closed}) before dropping it.
+DRAIN_GRACE = 5.0
 
 
 class AttachedCircuit:
@@ -51,6 +57,8 @@ class AttachedCircuit:
         #: The end-to-end session, kept once its connection is lost (a
         #: final RelayClose may come after the node closed the connection).
         self.session = None
+        #: (timer, reason, final) while the connection is read to its end after a RelayClose.
+        self._draining = None
 
     def __repr__(self):
         return f"<AttachedCircuit {self.circuit_id.hex()[:8]} closed={self.closed!r}>"
@@ -74,15 +82,39 @@ class AttachedCircuit:
         The node closed the circuit, or the node session was lost: drop the
         connection (the end-to-end session detaches); if C{final} (or the
         endpoint does not re-establish circuits) end the session too.
+
+        Unless C{final}, a connection still open is first read to its end,
+        for at most L{DRAIN_GRACE} seconds: the node closes it too, after
+        writing what it read from the other end (§25.8.4), and the
+        RelayClose on the node session may be read before those last bytes
+        -- the other end's Close among them, which would otherwise be lost
+        and the session detached instead of closed.
         """
         if self.closed is not None:
             return
         self._finish(reason)
-        session = self.connection.session or self.session
+        transport = self.protocol.transport if self.protocol is not None else None
+        if final or transport is None or not transport.connected or transport.disconnecting:
+            self._drop(reason, final)
+            return
+        self._draining = (self.endpoint.clock.callLater(DRAIN_GRACE, self._drop, reason, final), reason, final)
+
+    def _drop(self, reason, final):
+        if self._draining is not None:
+            timer = self._draining[0]
+            if timer.active():
+                timer.cancel()
+            self._draining = None
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()
+        session = self.connection.session or self.session
         if session is not None and session.closed is None and (final or not self.endpoint.resume_circuits):
             session.end_without_close(SessionClosed(CloseCode.GOING_AWAY, f"relay circuit closed: {reason}"))
+
+    def connection_lost(self):
+        """The connection ended: a drain after the RelayClose (L{remote_closed}) is over."""
+        if self._draining is not None:
+            self._drop(*self._draining[1:])
 
     def _finish(self, reason):
         self.closed = reason
@@ -115,6 +147,7 @@ class AttachProtocol(StreamProtocol):
     def connectionLost(self, reason=None):
         self.circuit.session = self.sink.session or self.circuit.session
         super().connectionLost(reason)
+        self.circuit.connection_lost()
 
 
 class _AttachFactory(Factory):
