@@ -13,7 +13,9 @@ With C{--jetstream R} the node's state is on NATS JetStream (C{R}
 replicas: one nats-server, or three routed) instead of SQLite, and the
 anchor is raw nats-py on the same servers in the same run (pipelined
 publish-with-ack, then batched direct gets; L{bench._jetstream}); the
-ratios' target is 0.7x.
+ratios' target is 0.7x. Each phase also prints the nats-servers' CPU per
+message (theirs and the raw anchor's), so that where the machine's CPU
+went is seen beside the ratio.
 
 The node runs in a child process (C{python -m bench.mailbox --serve}:
 make_node on a temporary data dir, PSK pairing). Each of the S senders has
