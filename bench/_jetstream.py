@@ -72,6 +72,10 @@ class Servers:
             if wanted.encode() in line and b"has not" not in line:
                 event.set()
 
+    def cpu(self):
+        """CPU seconds the servers have used so far, all together (from /proc; 0 where it cannot be read)."""
+        return sum(_process_cpu(process.pid) for process in self.processes)
+
     def stop(self):
         for process in self.processes:
             process.kill()
@@ -79,16 +83,30 @@ class Servers:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def raw_rates(urls, replicas, count, inflight, size=1024):
-    """{"enqueue": msg/s, "drain": msg/s} of raw nats-py on C{urls} (a stream of its own)."""
-    return asyncio.run(_raw(urls, replicas, count, inflight, size))
+def _process_cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def _raw(urls, replicas, count, inflight, size):
+def raw_rates(servers, replicas, count, inflight, size=1024):
+    """
+    {"enqueue": msg/s, "drain": msg/s} of raw nats-py on C{servers} (a
+    stream of its own), and each phase's CPU per message in microseconds:
+    this client's (C{"enqueue_client_us"}, ...) and the servers'
+    (C{"enqueue_servers_us"}, ...).
+    """
+    return asyncio.run(_raw(servers, replicas, count, inflight, size))
+
+
+async def _raw(servers, replicas, count, inflight, size):
     import nats
     from nats.js.api import StorageType, StreamConfig
 
-    nc = await nats.connect(urls)
+    nc = await nats.connect(servers.urls)
     js = nc.jetstream()
     name = "bench_raw"
     await js.add_stream(
@@ -119,10 +137,14 @@ async def _raw(urls, replicas, count, inflight, size):
             if "error" in answer:
                 raise RuntimeError(answer["error"])
 
+    figures = {}
+    cpu = _Cpu(servers, count)
     start = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
-    enqueue = count / (time.perf_counter() - start)
+    figures["enqueue"] = count / (time.perf_counter() - start)
+    cpu.stop(figures, "enqueue")
 
+    cpu = _Cpu(servers, count)
     start, seq, got = time.perf_counter(), 1, 0
     while got < count:
         box = nc.new_inbox()
@@ -136,7 +158,20 @@ async def _raw(urls, replicas, count, inflight, size):
             got += 1
             seq = int(msg.headers["Nats-Sequence"]) + 1
         await sub.unsubscribe()
-    drain = count / (time.perf_counter() - start)
+    figures["drain"] = count / (time.perf_counter() - start)
+    cpu.stop(figures, "drain")
     await js.delete_stream(name)
     await nc.close()
-    return {"enqueue": enqueue, "drain": drain}
+    return figures
+
+
+class _Cpu:
+    """This process's and the servers' CPU over one phase of C{count} messages."""
+
+    def __init__(self, servers, count):
+        self.servers, self.count = servers, count
+        self.mine, self.theirs = time.process_time(), servers.cpu()
+
+    def stop(self, figures, phase):
+        figures[f"{phase}_client_us"] = (time.process_time() - self.mine) / self.count * 1e6
+        figures[f"{phase}_servers_us"] = (self.servers.cpu() - self.theirs) / self.count * 1e6

@@ -17,7 +17,9 @@ ratios' target is 0.7x. With C{--restart} (JetStream only) the node child
 is stopped after the enqueue and a new one started on the same data dir and
 servers before the drain: the drain then reads what the node did not just
 enqueue itself (its watch's L{Recent} is empty), the case of a node
-restart or of messages another node stored.
+restart or of messages another node stored. Each phase also prints the
+nats-servers' CPU per message (theirs and the raw anchor's), so that where
+the machine's CPU went is seen beside the ratio.
 
 The node runs in a child process (C{python -m bench.mailbox --serve}:
 make_node on a temporary data dir, PSK pairing). Each of the S senders has
@@ -237,14 +239,15 @@ class Child:
 class Phase:
     """Wall clock and both processes' CPU for one phase (and, optionally, profiles)."""
 
-    def __init__(self, child, name, profile_dir=None):
-        self.child, self.name, self.profile_dir = child, name, profile_dir
+    def __init__(self, child, name, profile_dir=None, servers=None):
+        self.child, self.name, self.profile_dir, self.servers = child, name, profile_dir, servers
         self.profiler = cProfile.Profile() if profile_dir else None
 
     def start(self):
         if self.profile_dir:
             self.child.ask(f"dump {os.devnull}")  # start the node's profile afresh
         self.node_cpu = self.child.cpu()
+        self.servers_cpu = self.servers.cpu() if self.servers else None
         self.cpu = time.process_time()
         if self.profiler:
             self.profiler.enable()
@@ -268,11 +271,14 @@ class Phase:
                 f" ({db['sync'] / max(1, db['syncs']) * 1e3:.2f} ms each), wall {wall * per:.1f} us/message",
                 flush=True,
             )
-        return {
+        figures = {
             "rate": count / wall,
             "client_us": (time.process_time() - self.cpu) / count * 1e6,
             "node_us": (self.child.cpu() - self.node_cpu) / count * 1e6,
         }
+        if self.servers:  # the nats-servers' CPU (the node's JetStream)
+            figures["servers_us"] = (self.servers.cpu() - self.servers_cpu) / count * 1e6
+        return figures
 
 
 def cairn_rates(
@@ -338,7 +344,7 @@ def cairn_rates(
                 return done
 
             result = {"count": total}
-            phase = Phase(child, "enqueue", profile_dir)
+            phase = Phase(child, "enqueue", profile_dir, servers)
             phase.start()
             yield defer.gatherResults([lane(s) for s in sessions for _ in range(inflight)])
             result["enqueue"] = phase.stop(total)
@@ -367,7 +373,7 @@ def cairn_rates(
             mailbox.set_inbox(bob.peer, inbox)
             for c in clients[1:]:
                 mailbox.set_receipts(c.peer, receipt)
-            phase = Phase(child, "drain", profile_dir)
+            phase = Phase(child, "drain", profile_dir, servers)
             phase.start()
             drained = yield bob.connect(address)
             yield done
@@ -384,7 +390,7 @@ def cairn_rates(
             if servers is not None:
                 from bench._jetstream import raw_rates
 
-                result["raw"] = raw_rates(servers.urls, jetstream, total, senders * inflight)
+                result["raw"] = raw_rates(servers, jetstream, total, senders * inflight)
             elif anchor:
                 result["mosquitto"] = mosquitto_rates(anchor, total, senders, inflight)
             if nats_anchor:
@@ -555,10 +561,11 @@ def main(argv=None):
     )
     for phase in PHASES:
         figures = [r[phase] for r in runs]
+        servers = f", nats-servers {spread([f['servers_us'] for f in figures])} us" if args.jetstream else ""
         print(
             f"  {phase:8s}{spread([f['rate'] for f in figures]):>24s} msg/s   CPU per message:"
             f" client {spread([f['client_us'] for f in figures])} us,"
-            f" node {spread([f['node_us'] for f in figures])} us"
+            f" node {spread([f['node_us'] for f in figures])} us{servers}"
         )
     print(
         f"  {'receipted':8s}{spread([r['receipted'] for r in runs]):>23s} msg/s   (drain start to the last"
@@ -568,7 +575,11 @@ def main(argv=None):
         raws = [r["raw"] for r in runs]
         print(f"raw nats-py on the same servers: {count} x 1 KiB, {args.senders * args.inflight} in flight")
         for phase in PHASES:
-            print(f"  {phase:8s}{spread([a[phase] for a in raws]):>24s} msg/s")
+            print(
+                f"  {phase:8s}{spread([a[phase] for a in raws]):>24s} msg/s   CPU per message:"
+                f" client {spread([a[phase + '_client_us'] for a in raws])} us,"
+                f" nats-servers {spread([a[phase + '_servers_us'] for a in raws])} us"
+            )
         for phase in PHASES:
             ratios = [r[phase]["rate"] / a[phase] for r, a in zip(runs, raws)]
             print(f"ratio {phase} {spread(ratios, '{:.2f}')}x (target >= 0.7x)")

@@ -103,6 +103,90 @@ class UnavailableTests(unittest.TestCase):
         self.assertEqual(nc.requests, 1)
 
 
+class _PublishingNats:
+    """A NATS client that records publishes and hands the test the PubAck subscription's callback."""
+
+    def __init__(self):
+        self.published = []  # (subject, reply)
+        self.reply_cb = None
+
+    def new_inbox(self):
+        return "_INBOX.acks"
+
+    async def subscribe(self, subject, cb):
+        self.reply_cb = cb
+
+    async def publish(self, subject, payload, reply=None, headers=None):
+        self.published.append((subject, reply))
+
+
+def _ack(reply, answer, headers=None):
+    return SimpleNamespace(subject=reply, headers=headers, data=json.dumps(answer).encode())
+
+
+class AcksTests(unittest.TestCase):
+    """L{direct.Acks}: pipelined publishes, each answered by its own PubAck, one timer for all."""
+
+    def test_answers_matched_to_their_publishes(self):
+        """PubAcks answered out of order reach their own publishes; refusals fail theirs."""
+
+        async def go():
+            nc = _PublishingNats()
+            acks = direct.Acks(nc, timeout=30)
+            futures = [await acks.publish(f"s.{i}", b"x", {}) for i in range(4)]
+            replies = [reply for _, reply in nc.published]
+            await nc.reply_cb(_ack(replies[2], {"seq": 12}))
+            await nc.reply_cb(_ack(replies[0], {"seq": 10}))
+            await nc.reply_cb(_ack(replies[1], {"error": {"err_code": 10071, "description": "wrong last sequence"}}))
+            await nc.reply_cb(_ack(replies[3], {}, headers={"Status": "503"}))
+            outcomes = []
+            for future in futures:
+                try:
+                    outcomes.append(await future)
+                except direct.PublishError as e:
+                    outcomes.append(e.err_code)
+            return outcomes, len(acks._futures)
+
+        self.assertEqual(run(go()), ([10, 10071, 12, 503], 0))
+
+    def test_unanswered_publishes_time_out(self):
+        """
+        A publish with no PubAck fails with TimeoutError once its time is
+        up, one answered meanwhile does not, and a publish made after the
+        timer fired is timed too.
+        """
+
+        async def go():
+            nc = _PublishingNats()
+            acks = direct.Acks(nc, timeout=0.01)
+            lost = await acks.publish("s.1", b"x", {})
+            answered = await acks.publish("s.2", b"x", {})
+            await nc.reply_cb(_ack(nc.published[1][1], {"seq": 2}))
+            outcomes = [await answered]
+            for future in (lost, await acks.publish("s.3", b"x", {})):
+                try:
+                    await asyncio.wait_for(future, 10)  # a guard: the timeout fails it long before
+                except TimeoutError as e:
+                    outcomes.append(str(e))
+            return outcomes, len(acks._futures)
+
+        late = "no PubAck from JetStream in time"
+        self.assertEqual(run(go()), ([2, late, late], 0))
+
+
+class StreamSeqTests(unittest.TestCase):
+    def test_read_from_the_reply(self):
+        """The stream seq of a pushed message is the one nats-py's metadata gives, for both reply forms."""
+        from nats.aio.msg import Msg
+
+        for reply in (
+            "$JS.ACK.cairn_mbox.c1.1.4242.17.1733480000000000000.0",
+            "$JS.ACK._.hash.cairn_mbox.c1.1.4242.17.1733480000000000000.0.token",
+        ):
+            msg = Msg(None, subject="cairn.mbox.r.s.id", reply=reply, data=b"", headers=None)
+            self.assertEqual((direct.stream_seq(msg), msg.metadata.sequence.stream), (4242, 4242))
+
+
 class _Refusing:
     """A JetStream context whose deletes fail with C{err_code}."""
 

@@ -45,7 +45,7 @@ class Following:
 
         async def seen(msg):
             headers = msg.headers or {}
-            parts, seq = msg.subject.split("."), msg.metadata.sequence.stream
+            parts, seq = msg.subject.split("."), D.stream_seq(msg)
             if len(parts) < 4:
                 return
             recent.seen(D.Held(msg.subject, seq, headers, msg.data or b""), parts[2], parts[1])
