@@ -96,11 +96,14 @@ def _retry_unavailable(read):
 
 
 @_retry_unavailable
-async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeout=5.0):
+async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeout=5.0, max_bytes=0):
     """
     Up to C{batch} messages of C{stream} from seq C{start} on (those on
     C{subject}, wildcards allowed), in order; returns C{(messages, last)}
-    with C{last} the seq of the last one.
+    with C{last} the seq of the last one. With C{max_bytes}, the server
+    stops once it has sent that many bytes (subjects, headers and
+    payloads; at least one message): fewer than C{batch} then does not
+    mean that there are no more.
 
     Any replica answers a direct get (the one on the server the client
     is connected to first), and a follower may not have applied a write
@@ -120,6 +123,8 @@ async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeo
         request["next_by_subj"] = subject
     if min_last:
         request["min_last_seq"] = min_last
+    if max_bytes:
+        request["max_bytes"] = max_bytes
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     out, last = [], 0
