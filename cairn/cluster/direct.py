@@ -125,21 +125,39 @@ async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeo
         request["min_last_seq"] = min_last
     if max_bytes:
         request["max_bytes"] = max_bytes
+    # The replies are taken by a callback, not by awaiting next_msg() for
+    # each: that makes a task and a wait_for per message (nats-py 2.16),
+    # which cost more than the message's parsing when a read brings back a
+    # recipient's whole backlog. C{timeout} bounds the wait for each reply.
+    loop = asyncio.get_running_loop()
+    out, end, heard = [], loop.create_future(), [loop.time()]
+    end.add_done_callback(lambda f: f.cancelled() or f.exception())  # one that comes after a timeout
+
+    async def reply(msg):
+        heard[0] = loop.time()
+        if end.done():
+            return
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if not status:
+            out.append(Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data))
+        elif status in ("204", "404"):
+            end.set_result(int(headers.get("Nats-Last-Sequence") or 0))
+        else:
+            end.set_exception(ReadError(f"direct get from {stream}: {status} {headers.get('Description', '')}".strip()))
+
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    out, last = [], 0
+    sub = await nc.subscribe(inbox, cb=reply)
     try:
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-        while True:
-            msg = await sub.next_msg(timeout=timeout)
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status:
-                last = int(headers.get("Nats-Last-Sequence") or 0)
-                if status in ("204", "404"):
-                    return out, last
-                raise ReadError(f"direct get from {stream}: {status} {headers.get('Description', '')}".strip())
-            out.append(Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data))
+        while not end.done():
+            idle = loop.time() - heard[0]
+            if idle >= timeout:
+                from nats.errors import TimeoutError as NatsTimeout
+
+                raise NatsTimeout()
+            await asyncio.wait((end,), timeout=timeout - idle)
+        return out, end.result()
     finally:
         await sub.unsubscribe()
 
