@@ -29,12 +29,15 @@ UNAVAILABLE = {"Status": "503"}
 
 class _Sub:
     def __init__(self, cb):
-        self.cb = cb
+        self.cb, self.answers = cb, []
 
     async def feed(self, answers):
         # As nats-py does: the replies go to the subscription's callback from a task of its own.
         for answer in answers:
             await self.cb(answer)
+
+    async def next_msg(self, timeout):
+        return self.answers.pop(0)
 
     async def unsubscribe(self):
         pass
@@ -52,14 +55,17 @@ class FakeNats:
     def new_inbox(self):
         return "_INBOX.x"
 
-    async def subscribe(self, inbox, cb):
+    async def subscribe(self, inbox, cb=None):
         self._sub = _Sub(cb)
         return self._sub
 
     async def publish(self, subject, payload, reply=None):
         self.requests += 1
         json.loads(payload)
-        asyncio.get_running_loop().create_task(self._sub.feed(list(self.rounds.pop(0))))
+        if self._sub.cb is None:
+            self._sub.answers = list(self.rounds.pop(0))
+        else:
+            asyncio.get_running_loop().create_task(self._sub.feed(list(self.rounds.pop(0))))
 
     async def request(self, subject, payload, timeout):
         self.requests += 1
@@ -105,17 +111,29 @@ class UnavailableTests(unittest.TestCase):
         self.assertEqual(nc.requests, 1)
 
 
-class BatchTests(unittest.TestCase):
+class LargeBatchTests(unittest.TestCase):
+    """A large read's replies, taken by a subscription callback."""
+
     def test_replies_in_order_until_the_end_of_batch(self):
-        """A batch's replies are taken by a callback, in order, up to the end-of-batch status."""
-        end = _msg({"Status": "204", "Nats-Last-Sequence": "3"})
-        nc = FakeNats([[_held(1), _held(2), _held(3), end, _held(4)]])
-        held, last = run(direct.direct_batch(nc, "S", 1, 10, "mbox.>", max_bytes=100))
-        self.assertEqual(([h.seq for h in held], [h.data for h in held], last), ([1, 2, 3], [b"m1", b"m2", b"m3"], 3))
+        """In order, up to the end-of-batch status; as a small read's."""
+        for large in (True, False):
+            end = _msg({"Status": "204", "Nats-Last-Sequence": "3"})
+            nc = FakeNats([[_held(1), _held(2), _held(3), end, _held(4)]])
+            held, last = run(direct.direct_batch(nc, "S", 1, 10, "mbox.>", max_bytes=100, large=large))
+            self.assertEqual(
+                ([h.seq for h in held], [h.data for h in held], last), ([1, 2, 3], [b"m1", b"m2", b"m3"], 3)
+            )
+
+    def test_retried_after_503(self):
+        """A large read answered 503 is asked again, as a small one is."""
+        end = _msg({"Status": "204", "Nats-Last-Sequence": "1"})
+        nc = FakeNats([[_msg(UNAVAILABLE)], [_held(1), end]])
+        held, _ = run(direct.direct_batch(nc, "S", 1, 10, "mbox.>", large=True))
+        self.assertEqual(([h.seq for h in held], nc.requests), ([1], 2))
 
     def test_silence_times_out(self):
-        """A batch whose replies stop (no end-of-batch) fails once none has come for C{timeout} seconds."""
+        """Replies that stop (no end-of-batch) fail the read once none has come for C{timeout} seconds."""
         from nats.errors import TimeoutError as NatsTimeout
 
         nc = FakeNats([[_held(1)]])
-        self.assertRaises(NatsTimeout, run, direct.direct_batch(nc, "S", 1, 10, timeout=0.01))
+        self.assertRaises(NatsTimeout, run, direct.direct_batch(nc, "S", 1, 10, timeout=0.01, large=True))

@@ -250,16 +250,17 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         Up to C{limit} messages on C{subject} from C{start} that C{wanted}
         accepts, paging past the rest; one that finds none though seq
         C{expect} (a write known stored) is beyond what it saw carries on
-        from the stream's leader. With C{max_bytes}, a page the server cut
-        at that many bytes ends the read: what it returns is all there is
-        up to its last message.
+        from the stream's leader. With C{max_bytes} (a backlog's read: its
+        replies taken as a large read, D.direct_batch), a page the server
+        cut at that many bytes ends the read: what it returns is all there
+        is up to its last message.
         """
         # Tombstones may be interleaved: a little slack. (What lies before
         # C{start} counts as seen: the caller has it.)
         out, batch, seen = [], batch or max(limit, 16), start - 1
         while len(out) < limit:
             page, _ = await D.direct_batch(
-                self.jet.nc, self.stream, start, batch, subject, must_see, max_bytes=max_bytes
+                self.jet.nc, self.stream, start, batch, subject, must_see, max_bytes=max_bytes, large=bool(max_bytes)
             )
             out.extend(h for h in page if wanted is None or wanted(h))
             seen = max([seen] + [h.seq for h in page])
