@@ -28,8 +28,13 @@ UNAVAILABLE = {"Status": "503"}
 
 
 class _Sub:
-    def __init__(self, answers):
-        self.answers = answers
+    def __init__(self, cb):
+        self.cb, self.answers = cb, []
+
+    async def feed(self, answers):
+        # As nats-py does: the replies go to the subscription's callback from a task of its own.
+        for answer in answers:
+            await self.cb(answer)
 
     async def next_msg(self, timeout):
         return self.answers.pop(0)
@@ -50,14 +55,17 @@ class FakeNats:
     def new_inbox(self):
         return "_INBOX.x"
 
-    async def subscribe(self, inbox):
-        self._sub = _Sub([])
+    async def subscribe(self, inbox, cb=None):
+        self._sub = _Sub(cb)
         return self._sub
 
     async def publish(self, subject, payload, reply=None):
         self.requests += 1
         json.loads(payload)
-        self._sub.answers = list(self.rounds.pop(0))
+        if self._sub.cb is None:
+            self._sub.answers = list(self.rounds.pop(0))
+        else:
+            asyncio.get_running_loop().create_task(self._sub.feed(list(self.rounds.pop(0))))
 
     async def request(self, subject, payload, timeout):
         self.requests += 1
@@ -209,3 +217,31 @@ class DeleteTests(unittest.TestCase):
         with self.assertRaises(Exception) as raised:
             run(direct.delete(_Refusing(10999), "s", 1))
         self.assertEqual(raised.exception.err_code, 10999)
+
+
+class LargeBatchTests(unittest.TestCase):
+    """A large read's replies, taken by a subscription callback."""
+
+    def test_replies_in_order_until_the_end_of_batch(self):
+        """In order, up to the end-of-batch status; as a small read's."""
+        for large in (True, False):
+            end = _msg({"Status": "204", "Nats-Last-Sequence": "3"})
+            nc = FakeNats([[_held(1), _held(2), _held(3), end, _held(4)]])
+            held, last = run(direct.direct_batch(nc, "S", 1, 10, "mbox.>", max_bytes=100, large=large))
+            self.assertEqual(
+                ([h.seq for h in held], [h.data for h in held], last), ([1, 2, 3], [b"m1", b"m2", b"m3"], 3)
+            )
+
+    def test_retried_after_503(self):
+        """A large read answered 503 is asked again, as a small one is."""
+        end = _msg({"Status": "204", "Nats-Last-Sequence": "1"})
+        nc = FakeNats([[_msg(UNAVAILABLE)], [_held(1), end]])
+        held, _ = run(direct.direct_batch(nc, "S", 1, 10, "mbox.>", large=True))
+        self.assertEqual(([h.seq for h in held], nc.requests), ([1], 2))
+
+    def test_silence_times_out(self):
+        """Replies that stop (no end-of-batch) fail the read once none has come for C{timeout} seconds."""
+        from nats.errors import TimeoutError as NatsTimeout
+
+        nc = FakeNats([[_held(1)]])
+        self.assertRaises(NatsTimeout, run, direct.direct_batch(nc, "S", 1, 10, timeout=0.01, large=True))

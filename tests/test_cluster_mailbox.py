@@ -499,8 +499,8 @@ def _stale_replica(testcase, applied):
 
     batch = direct.direct_batch
 
-    async def stale(nc, stream, start, size, subject=None, min_last=0, timeout=5.0):
-        held, last = await batch(nc, stream, start, size, subject, min_last, timeout)
+    async def stale(nc, stream, start, size, subject=None, min_last=0, timeout=5.0, max_bytes=0, large=False):
+        held, last = await batch(nc, stream, start, size, subject, min_last, timeout, max_bytes, large)
         return [h for h in held if h.seq <= applied()], last
 
     testcase.patch(direct, "direct_batch", stale)

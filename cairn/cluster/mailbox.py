@@ -38,7 +38,6 @@ store's writes: exact while this node is the stream's only writer, local
 to it otherwise (docs/scaling.md).
 """
 
-import collections
 import uuid
 
 from twisted.internet import defer
@@ -47,6 +46,7 @@ from zope.interface import implementer
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
+from cairn.cluster.mailbox_ahead import READ_AHEAD, READ_AHEAD_BYTES, ReadAhead
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
@@ -59,11 +59,6 @@ from cairn.mailbox.transactions import admission
 from cairn.wire.constants import ForwardStatus
 
 log = Logger()
-
-#: What a fetch reads beyond what it is asked for (L{JetStreamMailboxStore._fetch}):
-#: messages, their payload bytes (estimated from the mailbox's average size),
-#: and recipients whose read-ahead is kept (the least recently read go first).
-READ_AHEAD, READ_AHEAD_BYTES, READ_AHEAD_RECIPIENTS = 512, 512 * 1024, 64
 
 
 @implementer(IMailboxStore)
@@ -91,8 +86,8 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         self.watchers = Watchers()
         self._sweeping = None
         self._fetched = {}  # recipient -> {seq: Held without payload} handed out, not yet acknowledged
-        #: recipient -> (after, upto, every message in (after, upto]) read ahead by a fetch, oldest first
-        self._ahead = collections.OrderedDict()
+        #: What fetches read ahead, per recipient, on the NATS loop (mailbox_ahead).
+        self._ahead = ReadAhead()
         #: What the watch has seen, on the NATS loop: most fetches are answered from it (mailbox_recent).
         self.recent = Recent()
         self._loaded_upto = 0  # the last stream seq the start-up scan read
@@ -243,23 +238,30 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         if nc is not None and nc.is_connected and self.jet.thread.running:
             # Known from the watch: answered here, without the store call's two thread hops.
             known = self.recent.fetch(recipient, after_seq, limit, expect)
+            if known is None:
+                known = self._ahead.answer(recipient, after_seq, limit, expect)  # or read ahead (mailbox_ahead)
             if known is not None:
                 self.jet.thread.call(self._handed_out, recipient, known)  # before any acknowledgement of them
                 return defer.succeed([_stored(h) for h in known])
         return self._run(self._fetch, recipient, after_seq, limit, self._last_stored, expect)
 
-    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0):
+    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0, max_bytes=0):
         """
         Up to C{limit} messages on C{subject} from C{start} that C{wanted}
         accepts, paging past the rest; one that finds none though seq
         C{expect} (a write known stored) is beyond what it saw carries on
-        from the stream's leader.
+        from the stream's leader. With C{max_bytes} (a backlog's read: its
+        replies taken as a large read, D.direct_batch), a page the server
+        cut at that many bytes ends the read: what it returns is all there
+        is up to its last message.
         """
         # Tombstones may be interleaved: a little slack. (What lies before
         # C{start} counts as seen: the caller has it.)
         out, batch, seen = [], batch or max(limit, 16), start - 1
         while len(out) < limit:
-            page, _ = await D.direct_batch(self.jet.nc, self.stream, start, batch, subject, must_see)
+            page, _ = await D.direct_batch(
+                self.jet.nc, self.stream, start, batch, subject, must_see, max_bytes=max_bytes, large=bool(max_bytes)
+            )
             out.extend(h for h in page if wanted is None or wanted(h))
             seen = max([seen] + [h.seq for h in page])
             if len(page) < batch:
@@ -304,26 +306,28 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
     async def _read_ahead(self, recipient, after_seq, limit, must_see, expect):
         """Up to C{limit} messages of C{recipient} after C{after_seq}, from what was read ahead, or read."""
         # A recipient being drained fetches a window's worth, then one
-        # ForwardDeliver's worth after each acknowledgement: each of those
-        # reads waits on the servers behind the drain's own writes. So a
-        # read takes more than asked, and the next fetch that carries on
-        # from where this one stops is answered from it. (What another
-        # node removes meanwhile may so be delivered again: dropped by id.)
-        ahead = self._ahead.pop(recipient, None)
-        held, upto = [], after_seq
-        if ahead is not None and ahead[0] <= after_seq < ahead[1]:
-            held, upto = [h for h in ahead[2] if h.seq > after_seq], ahead[1]
-        if len(held) < limit:
-            depth = self._depths.get(recipient)
-            size = max(1, depth.bytes // depth.messages) if depth is not None and depth.messages > 0 else 1
-            want = max(limit - len(held), min(READ_AHEAD, READ_AHEAD_BYTES // size))
+        # ForwardDeliver's worth after each acknowledgement, while its
+        # removals are written: each read request then waits on the
+        # servers behind those fsync'd writes, whatever its size. So a read
+        # takes the recipient's backlog in one request (bounded: READ_AHEAD,
+        # READ_AHEAD_BYTES), before its first removal when the fetch is a
+        # session's first, and the fetches that carry on from it are
+        # answered from memory (mailbox_ahead). (What another node removes
+        # meanwhile may so be delivered again: dropped by id.) The last of
+        # what was read ahead goes out as it is, unless a message is known
+        # stored past it: topping it up would read, behind the removals,
+        # before it is delivered -- usually to find nothing more; the next
+        # fetch reads what follows.
+        held, upto = self._ahead.take(recipient, after_seq, limit)
+        if len(held) < limit and not (held and upto >= expect):
+            want = max(limit - len(held), READ_AHEAD)
             subject = self._subject("mbox", recipient, ">")
-            held += await self._read(upto + 1, want, subject, must_see, is_message, expect=expect)
+            held += await self._read(
+                upto + 1, want, subject, must_see, is_message, expect=expect, max_bytes=READ_AHEAD_BYTES
+            )
         held, rest = held[:limit], held[limit:]
         if rest:
-            self._ahead[recipient] = (held[-1].seq, rest[-1].seq, rest)
-            while len(self._ahead) > READ_AHEAD_RECIPIENTS:
-                self._ahead.popitem(last=False)
+            self._ahead.keep(recipient, held[-1].seq, rest)
         return held
 
     def receipts(self, sender, after_rseq, limit):

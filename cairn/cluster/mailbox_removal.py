@@ -201,6 +201,8 @@ class Removal:
             if fetched:
                 # Handed out in order, from the oldest: the first still held is it.
                 first = [fetched[min(fetched)]]
+            elif (ahead := self._ahead.first(recipient, self._acked_upto.get(recipient, 0))) is not None:
+                first = [ahead]  # read ahead, next after what is removed: no read behind the removals
             else:
                 # Just above what is known removed: the first few items hold it.
                 start = self._acked_upto.get(recipient, 0) + 1
