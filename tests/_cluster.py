@@ -34,6 +34,7 @@ from twisted.web.client import HTTPConnectionPool
 from cairn.client import Client
 from cairn.crypto.identity import load_or_create_file
 from cairn.pairing import client as pairing
+from cairn.relay import client as relay
 from tests._harness import drop_all, eventually, one_person, track_connections
 from tests._nats import free_port, start_nats_cluster
 from tests.test_twistd import start_twistd
@@ -398,6 +399,26 @@ class Deployment:
 
     def connect(self, client, nodes):
         return eventually(client.connect(self._addresses(nodes)), 30)
+
+    @defer.inlineCallbacks
+    def circuit(self, first, second, attach):
+        """
+        Alice paired on C{first}, Bob on C{second}, and a relay circuit from
+        Alice to Bob (owned by C{first}); fires with (alice, bob, Alice's
+        end-to-end session, Bob's, Alice's node session, Bob's).
+        """
+        alice, bob = self.client(), self.client()
+        for client in (alice, bob):
+            relay.relay_endpoint(client).attach = attach
+        node_b = yield self.paired(bob, second)
+        node_a = yield self.paired(alice, first)
+        yield self.known(first, bob.peer_id, connected=True)
+        accepted = defer.Deferred()
+        relay.relay_endpoint(bob).on_session = accepted.callback
+        a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id), 30)
+        b = yield eventually(accepted, 30)
+        self.testcase.assertEqual((a.remote_peer_id, b.remote_peer_id), (bob.peer_id, alice.peer_id))
+        return alice, bob, a, b, node_a, node_b
 
     @defer.inlineCallbacks
     def known(self, node, *peer_ids, connected=False):

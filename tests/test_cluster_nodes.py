@@ -231,20 +231,8 @@ class PairingAcrossNodesTests(DeploymentMixin, unittest.TestCase):
 class RelayAcrossNodesTests(DeploymentMixin, unittest.TestCase):
     """Circuits between a peer on node 1 and one on node 2 (the requester's node owns the circuit)."""
 
-    @defer.inlineCallbacks
     def circuit(self, attach):
-        alice, bob = self.deployment.client(), self.deployment.client()
-        for client in (alice, bob):
-            relay.relay_endpoint(client).attach = attach
-        node_b = yield self.deployment.paired(bob, self.node2)
-        node_a = yield self.deployment.paired(alice, self.node1)
-        yield self.deployment.known(self.node1, bob.peer_id, connected=True)
-        accepted = defer.Deferred()
-        relay.relay_endpoint(bob).on_session = accepted.callback
-        a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id), 30)
-        b = yield eventually(accepted, 30)
-        self.assertEqual((a.remote_peer_id, b.remote_peer_id), (bob.peer_id, alice.peer_id))
-        return alice, bob, a, b, node_a, node_b
+        return self.deployment.circuit(self.node1, self.node2, attach)
 
     @defer.inlineCallbacks
     def exchange(self, a, b):

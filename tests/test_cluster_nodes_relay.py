@@ -60,16 +60,7 @@ class RelayAcrossNodesMixin(DeploymentMixin):
     @defer.inlineCallbacks
     def circuit(self, attach):
         """Alice on node 1, Bob on node 2, a circuit from Alice to Bob (owned by node 1)."""
-        alice, bob = self.deployment.client(), self.deployment.client()
-        for client in (alice, bob):
-            relay.relay_endpoint(client).attach = attach
-        yield self.deployment.paired(bob, self.node2)
-        node_a = yield self.deployment.paired(alice, self.node1)
-        yield self.deployment.known(self.node1, bob.peer_id, connected=True)
-        accepted = defer.Deferred()
-        relay.relay_endpoint(bob).on_session = accepted.callback
-        a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id), 30)
-        b = yield eventually(accepted, 30)
+        alice, bob, a, b, _, _ = yield self.deployment.circuit(self.node1, self.node2, attach)
         return alice, bob, a, b
 
     @defer.inlineCallbacks
