@@ -113,22 +113,14 @@ def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
         n, pos = arg(data, 7, 0)
         if n < 0 or data[pos : pos + 3] != _DATA_CT:
             return None
-        size, pos = arg(data, pos + 3, 2)
-        if size < 0:
-            return None
-        ct = data[pos : pos + size]
-        pos += size
-        if len(ct) != size or data[pos : pos + 3] != _DATA_PN:
+        ct, pos = _string(data, pos + 3, 2)
+        if ct is None or data[pos : pos + 3] != _DATA_PN:
             return None
         pn, pos = arg(data, pos + 3, 0)
         if pn < 0 or data[pos : pos + 4] != _DATA_PUB:
             return None
-        size, pos = arg(data, pos + 4, 2)
-        if size < 0:
-            return None
-        pub = data[pos : pos + size]
-        pos += size
-        if len(pub) != size or data[pos : pos + 8] != _DATA_CHANNEL:
+        pub, pos = _string(data, pos + 4, 2)
+        if pub is None or data[pos : pos + 8] != _DATA_CHANNEL:
             return None
         channel, pos = arg(data, pos + 8, 0)
     except IndexError:  # cut short inside a head
