@@ -60,6 +60,22 @@ class SpareKeyTests(_Isolated):
         self.assertEqual(len(ratchet._spare), SPARE_KEYS)
         self.assertFalse(spare_keys_wanted())
 
+    def test_forgotten_in_a_forked_child(self):
+        """A process forked after keys were made ahead starts with none (the parent keeps its own)."""
+        make_spare_keys()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once
+            try:
+                os.write(write, b"%d" % len(ratchet._spare))
+            finally:
+                os._exit(0)
+        os.close(write)
+        self.addCleanup(os.close, read)
+        os.waitpid(pid, 0)
+        self.assertEqual(os.read(read, 16), b"0")
+        self.assertEqual(len(ratchet._spare), SPARE_KEYS)
+
     def test_pinned_generator_wins(self):
         """With generate_private_key replaced, no spare key is made or used (the vectors pin every key)."""
         make_spare_keys()

@@ -17,6 +17,7 @@ call time), which tests may replace (e.g. with trial's C{self.patch}).
 """
 
 import json
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,14 @@ SPARE_KEYS = 4
 #: (private bytes, key); each is handed out once. Not per session: an idle
 #: session holds none (an X25519 key object is about 400 bytes of RSS).
 _spare: list[tuple[bytes, X25519PrivateKey]] = []
+
+
+def _forget_spare_keys() -> None:
+    # A forked child must not use a key its parent may use too.
+    del _spare[:]
+
+
+os.register_at_fork(after_in_child=_forget_spare_keys)
 
 
 def spare_keys_wanted() -> bool:
