@@ -52,6 +52,14 @@ class SpareKeyTests(_Isolated):
         self.assertEqual(initiator.decrypt(responder.encrypt(b"r2", AD), AD), b"r2")
         self.assertNotEqual(initiator.encrypt(b"i2", AD)["pub"], expected)
 
+    def test_public_key_made_ahead_too(self):
+        """The key a DH step takes comes with its public bytes: the answer's encrypt does not compute them."""
+        initiator, responder = self._pair()
+        make_spare_keys()
+        expected = _pub(ratchet._spare[-1][1])
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # DH step
+        self.assertEqual(initiator._state.own_pub, expected)
+
     def test_bounded(self):
         """At most SPARE_KEYS keys are kept, however often a top-up is asked for."""
         self.assertTrue(spare_keys_wanted())

@@ -90,9 +90,9 @@ _KeyEntry = tuple[bytes, X25519PrivateKey, bytes]
 SPARE_KEYS = 4
 
 #: Ratchet keys generated ahead of the DH steps that will use them, as
-#: (private bytes, key); each is handed out once. Not per session: an idle
+#: (private bytes, key, public bytes); each is handed out once. Not per session: an idle
 #: session holds none (an X25519 key object is about 400 bytes of RSS).
-_spare: list[tuple[bytes, X25519PrivateKey]] = []
+_spare: list[tuple[bytes, X25519PrivateKey, bytes]] = []
 
 
 def _forget_spare_keys() -> None:
@@ -126,21 +126,22 @@ def make_spare_keys() -> None:
     """
     while len(_spare) < SPARE_KEYS and generate_private_key is _default_generate_private_key:
         key = X25519PrivateKey.generate()
-        _spare.append((key.private_bytes_raw(), key))
+        # The public key too: the first message after the DH step needs it.
+        _spare.append((key.private_bytes_raw(), key, key.public_key().public_bytes_raw()))
 
 
-def _fresh_key() -> tuple[bytes, X25519PrivateKey]:
+def _fresh_key() -> tuple[bytes, X25519PrivateKey, "bytes | None"]:
     """A new own ratchet key, through the L{generate_private_key} hook."""
     hook = generate_private_key
     if hook is _default_generate_private_key:
         if _spare:
             return _spare.pop()
         key = X25519PrivateKey.generate()  # kept as generated: no re-parse
-        return key.private_bytes_raw(), key
+        return key.private_bytes_raw(), key, None
     priv = hook()
     if not isinstance(priv, bytes) or len(priv) != _KEY_LEN:
         raise RuntimeError("generate_private_key must return 32 bytes")
-    return priv, X25519PrivateKey.from_private_bytes(priv)
+    return priv, X25519PrivateKey.from_private_bytes(priv), None
 
 
 # ---------------------------------------------------------------------------
