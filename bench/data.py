@@ -20,7 +20,7 @@ Anchors:
     31-byte header as associated data, in this process: the floor of
     what any encrypted session pays per message.
 
-    python -m bench.data [--quick] [--messages N] [--roundtrips N]
+    python -m bench.data [--quick] [--messages N] [--roundtrips N] [--transports tcp,websocket]
 """
 
 import os
@@ -52,6 +52,8 @@ from cairn.crypto.identity import Identity
 MESSAGE_SIZE = 1024
 #: Messages sent before letting the reactor run (one-way runs).
 BATCH = 64
+#: What C{--transports} may name (each with its bare anchor).
+TRANSPORTS = ("tcp", "websocket")
 
 
 def aead_operation():
@@ -263,8 +265,8 @@ def report(name, cairn, bare, aead):
 
 
 @defer.inlineCallbacks
-def run(reactor, quick=False, messages=None, roundtrips=None, aead_count=None):
-    """Measure the anchors and cairn over TCP and WebSocket; print the results."""
+def run(reactor, quick=False, messages=None, roundtrips=None, aead_count=None, transports=TRANSPORTS):
+    """Measure the anchors and cairn over TCP and WebSocket (or C{transports}); print the results."""
     messages = pick(messages, quick, 50000, 2000)
     roundtrips = pick(roundtrips, quick, 5000, 300)
     aead_count = pick(aead_count, quick, 100000, 10000)
@@ -285,11 +287,14 @@ def run(reactor, quick=False, messages=None, roundtrips=None, aead_count=None):
             "bare_websocket": lambda: connect_bare_websocket(reactor, ports["bare_websocket"]),
         }
         for name, connect in links.items():
-            results[name] = yield measure_link(reactor, server, connect, messages, roundtrips)
+            if name.removeprefix("bare_") in transports:
+                results[name] = yield measure_link(reactor, server, connect, messages, roundtrips)
     finally:
         server.stop()
-    report("TCP", results["tcp"], results["bare_tcp"], aead)
-    report("WebSocket", results["websocket"], results["bare_websocket"], aead)
+    if "tcp" in transports:
+        report("TCP", results["tcp"], results["bare_tcp"], aead)
+    if "websocket" in transports:
+        report("WebSocket", results["websocket"], results["bare_websocket"], aead)
     return results
 
 
@@ -298,11 +303,15 @@ def main(argv=None):
     p.add_argument("--messages", type=int, help="one-way messages per transport")
     p.add_argument("--roundtrips", type=int, help="echo round trips per transport")
     p.add_argument("--aead-count", type=int, help="bare seal+open operations")
+    p.add_argument("--transports", default=",".join(TRANSPORTS), help="which of tcp,websocket to measure")
     args = p.parse_args(argv)
+    transports = tuple(args.transports.split(","))
+    if not set(transports) <= set(TRANSPORTS):
+        p.error(f"--transports: choose from {','.join(TRANSPORTS)}")
     log_warnings_only()
     task.react(
         lambda reactor: run(
-            reactor, args.quick, args.messages, args.roundtrips, args.aead_count
+            reactor, args.quick, args.messages, args.roundtrips, args.aead_count, transports
         ).addCallback(lambda _: None)
     )
 

@@ -17,6 +17,7 @@ call time), which tests may replace (e.g. with trial's C{self.patch}).
 """
 
 import json
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,9 @@ __all__ = [
     "derive_seed",
     "session_ad",
     "generate_private_key",
+    "make_spare_keys",
+    "spare_keys_wanted",
+    "SPARE_KEYS",
     "SEED_INFO",
     "ROOT_INFO",
     "AEAD_INFO",
@@ -82,16 +86,62 @@ generate_private_key: Callable[[], bytes] = _default_generate_private_key
 _KeyEntry = tuple[bytes, X25519PrivateKey, bytes]
 
 
-def _fresh_key() -> tuple[bytes, X25519PrivateKey]:
+#: Most spare ratchet keys kept ready, for the whole process (see L{make_spare_keys}).
+SPARE_KEYS = 4
+
+#: Ratchet keys generated ahead of the DH steps that will use them, as
+#: (private bytes, key, public bytes); each is handed out once. Not per session: an idle
+#: session holds none (an X25519 key object is about 400 bytes of RSS).
+_spare: list[tuple[bytes, X25519PrivateKey, bytes]] = []
+
+
+def _forget_spare_keys() -> None:
+    # A forked child must not use a key its parent may use too.
+    del _spare[:]
+
+
+os.register_at_fork(after_in_child=_forget_spare_keys)
+
+
+def spare_keys_wanted() -> bool:
+    """Whether L{make_spare_keys} has anything to do (one length check)."""
+    return len(_spare) < SPARE_KEYS and generate_private_key is _default_generate_private_key
+
+
+def make_spare_keys() -> None:
+    """
+    Generate ratchet keys ahead of need, up to L{SPARE_KEYS} for the process.
+
+    A DH ratchet step (docs/protocol.md section 11.8) makes a fresh key
+    pair when a message with a new peer key arrives; in a conversation
+    that changes direction with every message (a request and its
+    response) that is one X25519 key generation, about 38 us, between a
+    message's arrival and its answer. Nothing fixes when GENERATE_DH()
+    runs, so the session layer calls this once its writes are out, while
+    it waits for the peer (L{cairn.session.channels}), and the next DH
+    step takes a key made here instead (same bytes on the wire: the key is
+    as random as one made on the spot, and each is used once). Nothing is
+    made while L{generate_private_key} is replaced (the vector tests pin
+    every key through it).
+    """
+    while len(_spare) < SPARE_KEYS and generate_private_key is _default_generate_private_key:
+        key = X25519PrivateKey.generate()
+        # The public key too: the first message after the DH step needs it.
+        _spare.append((key.private_bytes_raw(), key, key.public_key().public_bytes_raw()))
+
+
+def _fresh_key() -> tuple[bytes, X25519PrivateKey, "bytes | None"]:
     """A new own ratchet key, through the L{generate_private_key} hook."""
     hook = generate_private_key
     if hook is _default_generate_private_key:
+        if _spare:
+            return _spare.pop()
         key = X25519PrivateKey.generate()  # kept as generated: no re-parse
-        return key.private_bytes_raw(), key
+        return key.private_bytes_raw(), key, None
     priv = hook()
     if not isinstance(priv, bytes) or len(priv) != _KEY_LEN:
         raise RuntimeError("generate_private_key must return 32 bytes")
-    return priv, X25519PrivateKey.from_private_bytes(priv)
+    return priv, X25519PrivateKey.from_private_bytes(priv), None
 
 
 # ---------------------------------------------------------------------------

@@ -50,8 +50,9 @@ DOS_PROTECTION_THRESHOLD = 1000
 MAX_SKIPPED_MESSAGE_KEYS = 1000
 _VERSION = "1.0.0"
 
-#: A fresh own ratchet key: (private bytes, parsed key). Supplied by the caller.
-KeySource = Callable[[], tuple[bytes, X25519PrivateKey]]
+#: A fresh own ratchet key: (private bytes, parsed key, public bytes or None
+#: when not computed yet). Supplied by the caller.
+KeySource = Callable[[], tuple[bytes, X25519PrivateKey, "bytes | None"]]
 
 
 def _dh(own: X25519PrivateKey, other: "bytes | X25519PublicKey") -> bytes:
@@ -109,7 +110,7 @@ class RatchetState:
     def initiator(cls, shared_secret: bytes, responder_pub: bytes, fresh: KeySource) -> "RatchetState":
         """Signal's Alice: a fresh key and the sending chain (section 11.8)."""
         self = cls()
-        self.own_priv, self.own_key = fresh()
+        self.own_priv, self.own_key, self.own_pub = fresh()
         self.other_pub = responder_pub
         self.root_n = 0
         self.root_key = shared_secret
@@ -134,8 +135,7 @@ class RatchetState:
         self.root_key, self.recv_ck = kdf_root(self.root_key, _dh(self.own_key, initiator_pub))
         self.root_n = 1
         self.recv_n = 0
-        self.own_priv, self.own_key = fresh()
-        self.own_pub = None
+        self.own_priv, self.own_key, self.own_pub = fresh()
         self.send_ck = self.send_n = None
         self._new_sending_chain()
         return self
@@ -207,7 +207,7 @@ class RatchetState:
         except ValueError as e:
             raise RatchetFailure("invalid message: %s" % (e,)) from e
         root_key, recv_ck = kdf_root(self.root_key, _dh(self._own(), peer))
-        new_priv, new_key = fresh()
+        new_priv, new_key, new_pub = fresh()
         root_key2, send_ck = kdf_root(root_key, _dh(new_key, peer))
         new_keys = self._skip(recv_ck, 0, pub, n, found)
         if new_keys is None:
@@ -219,7 +219,7 @@ class RatchetState:
         self.other_pub = pub
         self.root_key, self.root_n = root_key2, self.root_n + 2
         self.recv_ck, self.recv_n = recv_ck, n + 1
-        self.own_priv, self.own_key, self.own_pub = new_priv, new_key, None
+        self.own_priv, self.own_key, self.own_pub = new_priv, new_key, new_pub
         self.prev_send_n, self.send_ck, self.send_n = self.send_n, send_ck, 0
         if new_keys and new_keys[0]:
             self._keep(new_keys[0])

@@ -13,11 +13,24 @@ ratchet: no seed derivation, no X25519 key pairs, no state to keep. The
 responder queues Data it wants to send until the start arrives, because a
 Double Ratchet responder cannot encrypt before the initiator's first
 message.
+
+Ratchet keys are made ahead (L{cairn.crypto.ratchet.make_spare_keys}):
+when a DH step or a ratchet start has used one, the channels ask for a new
+one once the writes of the current reactor turn are out (L{_top_up_later}),
+so the next DH step, usually the arrival of the peer's answer, does not
+wait for a key generation.
 """
 
 from collections import deque
 
-from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed, session_ad
+from cairn.crypto.ratchet import (
+    Ratchet,
+    RatchetError,
+    derive_seed,
+    make_spare_keys,
+    session_ad,
+    spare_keys_wanted,
+)
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.cbor import dumps_data
 from cairn.wire.constants import CloseCode, MessageType
@@ -25,6 +38,36 @@ from cairn.wire.constants import CloseCode, MessageType
 #: Data queued by a responder before the initiator's ratchet start arrives.
 MAX_PENDING_DATA = 1024
 MAX_NAME_BYTES = 255
+
+#: The clock of the last top-up asked for and its pending call (one a process
+#: in practice: the reactor's).
+_top_up = [None, None]
+
+
+def _top_up_later(clock) -> None:
+    """
+    Call L{make_spare_keys} after the writes of this reactor turn are sent.
+
+    Twisted sends what a protocol wrote when the next poll finds the socket
+    writable, and a reactor iteration runs its due timed calls before it
+    polls: a call made with C{callLater(0)} now would run before the send,
+    delaying the answer it was meant to stay out of the way of. So it is
+    two hops: the first runs before the poll that sends, the second after
+    it. One pending top-up per clock at a time.
+    """
+    last_clock, call = _top_up
+    if last_clock is clock and call is not None and call.active():
+        return
+    _top_up[0], _top_up[1] = clock, clock.callLater(0, _second_hop, clock)
+
+
+def _second_hop(clock) -> None:
+    _top_up[1] = clock.callLater(0, _make_spare_keys)
+
+
+def _make_spare_keys() -> None:
+    _top_up[1] = None
+    make_spare_keys()
 
 
 class Channel:
@@ -126,6 +169,8 @@ class Channels:
         session = self.session
         self._ratchet, message = Ratchet.start_initiator(self._seed(), b"", session_ad(session.session_id, 0))
         session.send(MessageType.DATA, {"channel": 0, "dr": message})
+        if spare_keys_wanted():
+            _top_up_later(session.clock)
         self._flush_pending()
 
     def _flush_pending(self):
@@ -160,10 +205,14 @@ class Channels:
                     raise ProtocolViolation(CloseCode.UNEXPECTED_MESSAGE, "Data before the ratchet start")
                 self._ratchet, _ = Ratchet.start_responder(self._seed(), message, ad)
                 self._flush_pending()
+                if spare_keys_wanted():
+                    _top_up_later(self.session.clock)
                 return None
             plain = self._ratchet.decrypt(message, ad)
         except RatchetError as e:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
+        if spare_keys_wanted():  # a DH step used one
+            _top_up_later(self.session.clock)
         if cid == 0:
             return None
         channel = self.by_id.get(cid)
@@ -185,6 +234,8 @@ class Channels:
             plain = ratchet.decrypt_parts(pub, pn, n, ct, ad)
         except RatchetError as e:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
+        if spare_keys_wanted():  # a DH step used one
+            _top_up_later(self.session.clock)
         if cid == 0:
             return None
         if channel is None:

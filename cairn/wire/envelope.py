@@ -125,35 +125,75 @@ class EnvelopeParser:
         """
         Add C{data}; return the envelopes it completes, in order.
 
+        Envelopes that lie whole in C{data} are sliced out of it (one copy
+        each, none for a chunk that is exactly one envelope); only an
+        envelope cut by the chunk's end goes through the buffer. (Copying
+        every chunk into the buffer first was about a tenth of the TCP
+        receive path's CPU, issue 19.)
+
         @raise EnvelopeError: the stream cannot continue (header announcing
             an oversized payload). The parser refuses further input after.
         """
         if self._failed:
             raise EnvelopeError(CloseCode.MALFORMED_ENVELOPE, "stream already failed")
-        buf = self._buffer
-        buf += data
+        if type(data) is not bytes:
+            data = bytes(data)
         out = []
         offset = 0
-        end = len(buf)
+        buf = self._buffer
+        if buf:
+            offset = self._finish_buffered(data, out)
+            if offset < 0:
+                return out
+        max_payload = self.max_payload
+        end = len(data)
         while end - offset >= HEADER_SIZE:
-            version, type_, sid, seq, length = _HEADER.unpack_from(buf, offset)
-            if length > self.max_payload:
-                self._failed = True
-                del buf[:]
-                raise EnvelopeError(
-                    CloseCode.PAYLOAD_TOO_LARGE,
-                    f"payload length {length} above maximum {self.max_payload}",
-                    out,
-                )
+            version, type_, sid, seq, length = _HEADER.unpack_from(data, offset)
+            if length > max_payload:
+                self._refuse(length, out)
             stop = offset + HEADER_SIZE + length
             if stop > end:
                 break
-            # One copy (through a view) rather than two (slice, then bytes);
-            # the view is released before the buffer is resized below.
-            with memoryview(buf) as view:
-                payload = bytes(view[offset + HEADER_SIZE : stop])
-            out.append(Envelope(version, type_, sid, seq, payload))
+            out.append(Envelope(version, type_, sid, seq, data[offset + HEADER_SIZE : stop]))
             offset = stop
-        if offset:
-            del buf[:offset]
+        if offset < end:
+            buf += memoryview(data)[offset:]
         return out
+
+    def _finish_buffered(self, data: bytes, out: list) -> int:
+        """
+        Complete the envelope the buffer holds the start of, from the head
+        of C{data}; append it to C{out}. Returns how many bytes of C{data}
+        that took, or -1 when all of C{data} went into the buffer.
+        """
+        buf = self._buffer
+        offset = 0
+        if len(buf) < HEADER_SIZE:
+            offset = HEADER_SIZE - len(buf)
+            buf += data[:offset]
+            if len(buf) < HEADER_SIZE:
+                return -1
+        version, type_, sid, seq, length = _HEADER.unpack_from(buf, 0)
+        if length > self.max_payload:
+            self._refuse(length, out)
+        need = HEADER_SIZE + length - len(buf)
+        if len(data) - offset < need:
+            buf += memoryview(data)[offset:]
+            return -1
+        buf += memoryview(data)[offset : offset + need]
+        # One copy (through a view) rather than two (slice, then bytes);
+        # the view is released before the buffer is emptied below.
+        with memoryview(buf) as view:
+            payload = bytes(view[HEADER_SIZE:])
+        del buf[:]
+        out.append(Envelope(version, type_, sid, seq, payload))
+        return offset + need
+
+    def _refuse(self, length: int, out: list):
+        self._failed = True
+        del self._buffer[:]
+        raise EnvelopeError(
+            CloseCode.PAYLOAD_TOO_LARGE,
+            f"payload length {length} above maximum {self.max_payload}",
+            out,
+        )
