@@ -109,6 +109,9 @@ class _Where:
     def where(self, peer_id):
         return self.places.get(peer_id, ())
 
+    def elsewhere(self, peer_id):
+        return [n for n in self.places.get(peer_id, ()) if n != "n1"]
+
     def nodes(self):
         return dict.fromkeys(self._nodes, 0.0)
 
@@ -156,6 +159,34 @@ class NatsBusTests(unittest.TestCase):
             20,
         )
         self.assertEqual(self.seen["n1"], [(WAKE, "R"), (OWE, "S"), (TOPIC, "t")])  # never its own echo
+
+    @defer.inlineCallbacks
+    def test_stored_message_told_once(self):
+        """
+        A message stored for R is told to R's node from the NATS loop (a
+        C{msg} notice, a wake-up there); the reactor's wake-up that follows
+        goes to this node's callbacks only, not to R's node again. A
+        malformed C{msg} notice is dropped.
+        """
+        from cairn.cluster import direct as D
+
+        n1, n2 = self.buses["n1"], self.buses["n2"]
+        held = D.Held("cairn.mbox.R.S." + "00" * 16, 7, {D.STORED: "1.0", D.EXPIRES: "2.0"}, b"payload")
+        yield eventually(n1.jet.run(n1.stored, "R", held), 20)
+        n1.wake("R")
+        yield self.conditions.until(lambda: self.seen["n2"] == [(WAKE, "R")], 20)
+        n1.fan_out("t")  # after the wake-up, in n1's order: it would have come before
+        yield self.conditions.until(lambda: self.seen["n2"][-1:] == [(TOPIC, "t")], 20)
+        self.assertEqual(self.seen["n2"], [(WAKE, "R"), (TOPIC, "t")])
+        self.assertEqual((n1.sent["msg"], n1.sent["wake"], n2.received["msg"]), (1, 0, 1))
+
+        async def malformed():
+            await n1.jet.nc.publish(n1._subject("n2", "msg"), b"not cbor")
+
+        yield eventually(n1.jet.run(malformed), 20)
+        n1.fan_out("u")
+        yield self.conditions.until(lambda: self.seen["n2"][-1:] == [(TOPIC, "u")], 20)
+        self.assertEqual(self.seen["n2"], [(WAKE, "R"), (TOPIC, "t"), (TOPIC, "u")])
 
     @defer.inlineCallbacks
     def test_request_answered_by_the_named_node(self):
