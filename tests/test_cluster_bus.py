@@ -169,6 +169,7 @@ class NatsBusTests(unittest.TestCase):
         malformed C{msg} notice is dropped.
         """
         from cairn.cluster import direct as D
+        from cairn.wire import cbor
 
         n1, n2 = self.buses["n1"], self.buses["n2"]
         held = D.Held("cairn.mbox.R.S." + "00" * 16, 7, {D.STORED: "1.0", D.EXPIRES: "2.0"}, b"payload")
@@ -182,11 +183,14 @@ class NatsBusTests(unittest.TestCase):
 
         async def malformed():
             await n1.jet.nc.publish(n1._subject("n2", "msg"), b"not cbor")
+            bad_id = {"r": "R", "seq": 8, "subject": "cairn.mbox.R.S.zz", "h": held.headers, "p": b""}
+            await n1.jet.nc.publish(n1._subject("n2", "msg"), cbor.dumps(bad_id))
 
         yield eventually(n1.jet.run(malformed), 20)
         n1.fan_out("u")
         yield self.conditions.until(lambda: self.seen["n2"][-1:] == [(TOPIC, "u")], 20)
         self.assertEqual(self.seen["n2"], [(WAKE, "R"), (TOPIC, "t"), (TOPIC, "u")])
+        self.assertEqual(n2.received["msg"], 3)
 
     @defer.inlineCallbacks
     def test_request_answered_by_the_named_node(self):

@@ -172,14 +172,15 @@ class NatsBus(LocalBus):
                 body["subject"], body["seq"], {D.STORED: headers[D.STORED], D.EXPIRES: headers[D.EXPIRES]}, body["p"]
             )
             float(held.headers[D.STORED]), float(held.headers[D.EXPIRES])
+            parts = held.subject.split(".")
             if not (
                 isinstance(recipient, str)
                 and isinstance(held.seq, int)
                 and held.seq > 0
                 and isinstance(held.data, bytes)
-                and isinstance(held.subject, str)
-                and held.subject.split(".")[2:3] == [recipient]
-                and len(held.subject.split(".")) == 5
+                and len(parts) == 5
+                and parts[2] == recipient
+                and len(bytes.fromhex(parts[4])) == 16
             ):
                 raise TypeError("a msg notice of the wrong shape")
         except Exception:
