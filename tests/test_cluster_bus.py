@@ -4,7 +4,7 @@ the direct call the services made before there were several nodes, and
 the periodic re-check bounds what a missed wake-up costs.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -126,6 +126,7 @@ class NatsBusTests(unittest.TestCase):
         from tests._harness import Conditions
 
         server, jet = yield _jetstream.single(self)
+        self.clock = task.Clock()  # the buses' (owe notices are gathered on it)
         self.conditions = Conditions()
         self.seen = {name: [] for name in ("n1", "n2", "n3")}
         self.where = _Where({"R": ("n2",), "S": ("n1", "n3")}, ("n1", "n2", "n3"))
@@ -133,7 +134,7 @@ class NatsBusTests(unittest.TestCase):
         for name in self.seen:
             # One connection per node, as in a deployment.
             own = jet if name == "n1" else (yield _jetstream.connect(self, [server.url]))
-            bus = NatsBus(own, self.where, name)
+            bus = NatsBus(own, self.where, name, clock=self.clock)
             for kind in (WAKE, OWE, TOPIC):
                 bus.subscribe(
                     kind, lambda key, kind=kind, name=name: self.conditions.changed(self.seen[name].append((kind, key)))
@@ -149,10 +150,13 @@ class NatsBusTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_notices_reach_the_nodes_holding_the_peer(self):
         """wake/owe go to this node at once and to the nodes presence names; fan_out to every node."""
+        from cairn.cluster.nats_bus import OWE_GATHER
+
         n1 = self.buses["n1"]
         n1.wake("R")
         self.assertEqual(self.seen["n1"], [(WAKE, "R")])  # this node's: a direct call
         n1.owe("S")
+        self.clock.advance(OWE_GATHER)
         n1.fan_out("t")
         yield self.conditions.until(
             lambda: self.seen["n2"] == [(WAKE, "R"), (TOPIC, "t")] and self.seen["n3"] == [(OWE, "S"), (TOPIC, "t")],
@@ -191,6 +195,31 @@ class NatsBusTests(unittest.TestCase):
         yield self.conditions.until(lambda: self.seen["n2"][-1:] == [(TOPIC, "u")], 20)
         self.assertEqual(self.seen["n2"], [(WAKE, "R"), (TOPIC, "t"), (TOPIC, "u")])
         self.assertEqual(n2.received["msg"], 3)
+
+    @defer.inlineCallbacks
+    def test_owe_gathered(self):
+        """
+        Owe notices for one sender are gathered for OWE_GATHER on the bus's
+        clock into one per other node; this node's callbacks are called at
+        once, each time.
+        """
+        from cairn.cluster.nats_bus import OWE_GATHER
+
+        n1 = self.buses["n1"]
+        for _ in range(3):
+            n1.owe("S")
+        self.assertEqual(self.seen["n1"], [(OWE, "S")] * 3)
+        n1.fan_out("t")  # n1 publishes in order: were an owe sent, it would come first
+        yield self.conditions.until(lambda: self.seen["n3"] == [(TOPIC, "t")], 20)
+        self.assertEqual(n1.sent["owe"], 0)
+        self.clock.advance(OWE_GATHER)
+        n1.owe("S")  # a new gathering
+        n1.fan_out("u")
+        yield self.conditions.until(lambda: self.seen["n3"][-1:] == [(TOPIC, "u")], 20)
+        self.assertEqual(self.seen["n3"], [(TOPIC, "t"), (OWE, "S"), (TOPIC, "u")])
+        self.assertEqual(n1.sent["owe"], 1)
+        yield n1.stop()  # what is still gathering is dropped (the re-check bounds it)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     @defer.inlineCallbacks
     def test_request_answered_by_the_named_node(self):

@@ -39,6 +39,11 @@ log = Logger()
 
 #: Seconds a request to another node may take before it fails with L{NoRoute}.
 REQUEST_TIMEOUT = 5.0
+#: Seconds an C{owe} notice to other nodes waits, gathering the same
+#: sender's: receipts are not urgent, and each notice costs the sender's
+#: node a read of its receipts, which the next message's write then queues
+#: behind (docs/scaling.md, "Cross-node delivery: told with the PubAck").
+OWE_GATHER = 0.05
 #: The notice kind carrying a stored message (L{NatsBus.stored}).
 MESSAGE = "msg"
 #: Payload bytes a C{msg} notice carries at most; a larger message is told as a plain C{wake}.
@@ -52,10 +57,12 @@ class NatsBus(LocalBus):
     @param presence: the node's L{IPresence} (which nodes to tell).
     """
 
-    def __init__(self, jet, presence, node, mailbox=None):
+    def __init__(self, jet, presence, node, mailbox=None, clock=None):
         super().__init__(node)
         self.jet = jet
         self.presence = presence
+        self.clock = clock if clock is not None else jet.thread.reactor
+        self._owing = {}  # sender -> the DelayedCall telling the other nodes (L{OWE_GATHER})
         self._subscription = None
         #: Notices sent to and received from other nodes, by kind (metrics, tests).
         self.sent = dict.fromkeys(NOTICES + (MESSAGE,), 0)
@@ -95,6 +102,10 @@ class NatsBus(LocalBus):
         self._subscription = await self.jet.nc.subscribe(own + ".>", cb=received)
 
     def stop(self):
+        for call in self._owing.values():
+            if call.active():
+                call.cancel()
+        self._owing.clear()
         subscription, self._subscription = self._subscription, None
         if subscription is None or not self.jet.thread.running:
             return defer.succeed(None)
@@ -190,7 +201,12 @@ class NatsBus(LocalBus):
         self.jet.thread.to_reactor(self.notices, WAKE, recipient)
 
     def owe(self, sender):
-        super().owe(sender)
+        super().owe(sender)  # this node's sessions: at once
+        if sender not in self._owing:
+            self._owing[sender] = self.clock.callLater(OWE_GATHER, self._owe_now, sender)
+
+    def _owe_now(self, sender):
+        del self._owing[sender]
         self._tell("owe", sender, self.presence.where(sender))
 
     def fan_out(self, topic):

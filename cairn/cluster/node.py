@@ -38,7 +38,7 @@ class Stores:
 
         presence = KVPresence(self.cluster, peer, node_name, clock)
         # The bus tells the recipient's other nodes of each message as soon as it is stored.
-        return presence, NatsBus(self.cluster, presence, node_name, mailbox=self.mailbox), RECHECK
+        return presence, NatsBus(self.cluster, presence, node_name, mailbox=self.mailbox, clock=clock), RECHECK
 
     def relay_bus(self, presence, node_name):
         """Relay circuits between peers on different nodes (docs/scaling.md)."""
