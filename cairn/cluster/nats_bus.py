@@ -100,6 +100,9 @@ class NatsBus(LocalBus):
                 self.jet.thread.to_reactor(self._noticed, rest, msg.data)
 
         self._subscription = await self.jet.nc.subscribe(own + ".>", cb=received)
+        # The server has the subscription once it answers a ping: only then
+        # do notices addressed here arrive (what start() promises).
+        await self.jet.nc.flush()
 
     def stop(self):
         for call in self._owing.values():
