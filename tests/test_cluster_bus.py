@@ -4,7 +4,7 @@ the direct call the services made before there were several nodes, and
 the periodic re-check bounds what a missed wake-up costs.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -109,6 +109,9 @@ class _Where:
     def where(self, peer_id):
         return self.places.get(peer_id, ())
 
+    def elsewhere(self, peer_id):
+        return [n for n in self.places.get(peer_id, ()) if n != "n1"]
+
     def nodes(self):
         return dict.fromkeys(self._nodes, 0.0)
 
@@ -123,6 +126,7 @@ class NatsBusTests(unittest.TestCase):
         from tests._harness import Conditions
 
         server, jet = yield _jetstream.single(self)
+        self.clock = task.Clock()  # the buses' (owe notices are gathered on it)
         self.conditions = Conditions()
         self.seen = {name: [] for name in ("n1", "n2", "n3")}
         self.where = _Where({"R": ("n2",), "S": ("n1", "n3")}, ("n1", "n2", "n3"))
@@ -130,7 +134,7 @@ class NatsBusTests(unittest.TestCase):
         for name in self.seen:
             # One connection per node, as in a deployment.
             own = jet if name == "n1" else (yield _jetstream.connect(self, [server.url]))
-            bus = NatsBus(own, self.where, name)
+            bus = NatsBus(own, self.where, name, clock=self.clock)
             for kind in (WAKE, OWE, TOPIC):
                 bus.subscribe(
                     kind, lambda key, kind=kind, name=name: self.conditions.changed(self.seen[name].append((kind, key)))
@@ -146,16 +150,76 @@ class NatsBusTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_notices_reach_the_nodes_holding_the_peer(self):
         """wake/owe go to this node at once and to the nodes presence names; fan_out to every node."""
+        from cairn.cluster.nats_bus import OWE_GATHER
+
         n1 = self.buses["n1"]
         n1.wake("R")
         self.assertEqual(self.seen["n1"], [(WAKE, "R")])  # this node's: a direct call
         n1.owe("S")
+        self.clock.advance(OWE_GATHER)
         n1.fan_out("t")
         yield self.conditions.until(
             lambda: self.seen["n2"] == [(WAKE, "R"), (TOPIC, "t")] and self.seen["n3"] == [(OWE, "S"), (TOPIC, "t")],
             20,
         )
         self.assertEqual(self.seen["n1"], [(WAKE, "R"), (OWE, "S"), (TOPIC, "t")])  # never its own echo
+
+    @defer.inlineCallbacks
+    def test_stored_message_told_once(self):
+        """
+        A message stored for R is told to R's node from the NATS loop (a
+        C{msg} notice, a wake-up there); the reactor's wake-up that follows
+        goes to this node's callbacks only, not to R's node again. A
+        malformed C{msg} notice is dropped.
+        """
+        from cairn.cluster import direct as D
+        from cairn.wire import cbor
+
+        n1, n2 = self.buses["n1"], self.buses["n2"]
+        held = D.Held("cairn.mbox.R.S." + "00" * 16, 7, {D.STORED: "1.0", D.EXPIRES: "2.0"}, b"payload")
+        yield eventually(n1.jet.run(n1.stored, "R", held), 20)
+        n1.wake("R")
+        yield self.conditions.until(lambda: self.seen["n2"] == [(WAKE, "R")], 20)
+        n1.fan_out("t")  # after the wake-up, in n1's order: it would have come before
+        yield self.conditions.until(lambda: self.seen["n2"][-1:] == [(TOPIC, "t")], 20)
+        self.assertEqual(self.seen["n2"], [(WAKE, "R"), (TOPIC, "t")])
+        self.assertEqual((n1.sent["msg"], n1.sent["wake"], n2.received["msg"]), (1, 0, 1))
+
+        async def malformed():
+            await n1.jet.nc.publish(n1._subject("n2", "msg"), b"not cbor")
+            bad_id = {"r": "R", "seq": 8, "subject": "cairn.mbox.R.S.zz", "h": held.headers, "p": b""}
+            await n1.jet.nc.publish(n1._subject("n2", "msg"), cbor.dumps(bad_id))
+
+        yield eventually(n1.jet.run(malformed), 20)
+        n1.fan_out("u")
+        yield self.conditions.until(lambda: self.seen["n2"][-1:] == [(TOPIC, "u")], 20)
+        self.assertEqual(self.seen["n2"], [(WAKE, "R"), (TOPIC, "t"), (TOPIC, "u")])
+        self.assertEqual(n2.received["msg"], 3)
+
+    @defer.inlineCallbacks
+    def test_owe_gathered(self):
+        """
+        Owe notices for one sender are gathered for OWE_GATHER on the bus's
+        clock into one per other node; this node's callbacks are called at
+        once, each time.
+        """
+        from cairn.cluster.nats_bus import OWE_GATHER
+
+        n1 = self.buses["n1"]
+        for _ in range(3):
+            n1.owe("S")
+        self.assertEqual(self.seen["n1"], [(OWE, "S")] * 3)
+        n1.fan_out("t")  # n1 publishes in order: were an owe sent, it would come first
+        yield self.conditions.until(lambda: self.seen["n3"] == [(TOPIC, "t")], 20)
+        self.assertEqual(n1.sent["owe"], 0)
+        self.clock.advance(OWE_GATHER)
+        n1.owe("S")  # a new gathering
+        n1.fan_out("u")
+        yield self.conditions.until(lambda: self.seen["n3"][-1:] == [(TOPIC, "u")], 20)
+        self.assertEqual(self.seen["n3"], [(TOPIC, "t"), (OWE, "S"), (TOPIC, "u")])
+        self.assertEqual(n1.sent["owe"], 1)
+        yield n1.stop()  # what is still gathering is dropped (the re-check bounds it)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     @defer.inlineCallbacks
     def test_request_answered_by_the_named_node(self):

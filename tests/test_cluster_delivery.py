@@ -15,6 +15,7 @@ from cairn.sync import client as sync
 from cairn.wire.constants import ReceiptStatus
 from tests._cluster_nodes import NodesMixin
 from tests._harness import Conditions
+from tests.test_cluster_mailbox_recent import B, message, tombstone
 
 
 class CrossNodeMailboxTests(NodesMixin, unittest.TestCase):
@@ -38,6 +39,106 @@ class CrossNodeMailboxTests(NodesMixin, unittest.TestCase):
         yield conditions.until(lambda: received == [b"across nodes"], 20)
         yield conditions.until(lambda: len(receipts) == 1, 20)
         self.assertEqual((receipts[0].message_id, receipts[0].status), (result.message_id, ReceiptStatus.DELIVERED))
+
+
+class RecentAheadTests(unittest.SynchronousTestCase):
+    """
+    L{Recent.ahead} and L{Recent.written}: a message known stored before the
+    watch brought it is answered only once nothing unknown can lie before
+    it, and the watch's own copy then changes nothing.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from cairn.cluster.mailbox_recent import Recent
+
+        self.recent = Recent(clock=Clock().seconds)
+        self.recent.begin(10)
+
+    def test_next_seq_is_taken(self):
+        """The very next seq after the watch's: taken, fetched, and not added again by the watch."""
+        told = message(11)
+        self.assertTrue(self.recent.ahead(told, B))
+        self.assertEqual(self.recent.fetch(B, 10, 10, 11), [told])
+        self.recent.remove(B, 11)  # acknowledged before the watch got there
+        self.recent.seen(told, B, "mbox")
+        self.assertEqual(self.recent.fetch(B, 10, 10, 11), [])
+
+    def test_gap_waits(self):
+        """A seq with an unknown one before it waits: for this store's own write there, or for the watch."""
+        told = message(13)
+        self.assertFalse(self.recent.ahead(told, B))
+        self.assertIsNone(self.recent.fetch(B, 10, 10, 13))
+        self.recent.written(11)  # a tombstone of this store's
+        self.assertIsNone(self.recent.fetch(B, 10, 10, 13))
+        self.recent.written(12)
+        self.assertEqual(self.recent.fetch(B, 10, 10, 13), [told])
+        self.assertEqual(self.recent.watched, 13)
+
+    def test_watch_fills_the_gap(self):
+        """Another writer's message in the gap comes with the watch, in order, before the told one."""
+        other, told = message(11, mid="%032x" % 99), message(12)
+        self.assertFalse(self.recent.ahead(told, B))
+        self.recent.seen(other, B, "mbox")
+        self.assertEqual(self.recent.fetch(B, 10, 10, 12), [other, told])
+        self.recent.seen(told, B, "mbox")  # the watch's copy
+        self.assertEqual(self.recent.fetch(B, 10, 10, 12), [other, told])
+
+    def test_not_a_message(self):
+        """Only messages are told ahead (a tombstone is the watch's, or L{Recent.written})."""
+        self.assertFalse(self.recent.ahead(tombstone(11, message(5)), B))
+        self.assertEqual(self.recent.watched, 10)
+
+
+class ToldMessageTests(NodesMixin, unittest.TestCase):
+    """
+    A message is told to the recipient's node with its PubAck (the node
+    bus's C{msg} notice), which delivers it without waiting for its own
+    watch of the stream (docs/scaling.md, "The node bus and delivery across
+    nodes").
+    """
+
+    @defer.inlineCallbacks
+    def test_delivered_before_the_watch(self):
+        """
+        With n2's watch held back, Alice's message on n1 still reaches Bob on
+        n2 at once, from n1's notice; once the watch catches up, nothing is
+        delivered twice, and the depth figure is right again.
+        """
+        yield self.start_nodes(2)
+        self.without_recheck()
+        n1, n2 = self.nodes
+        alice, bob = self.client(), self.client()
+        conditions = Conditions()
+        received = []
+        mailbox.set_inbox(bob.peer, lambda sender, mid, data: conditions.changed(received.append(data)))
+        a = yield self.paired(alice, 0)
+        yield self.paired(bob, 1)
+        # n1 knows where Bob is (its mirror of the presence bucket).
+        presence_apply = n1.presence._apply
+        n1.presence._apply = lambda changes: conditions.changed(presence_apply(changes))
+        yield conditions.until(lambda: n1.presence.elsewhere(bob.peer_id) == ["n2"], 20)
+        # n2's watch of the mailbox stream is held: what it sees waits here.
+        store = n2.mailbox.store
+        held = []
+        seen, written, removed = store.recent.seen, store._written_elsewhere, store._removed
+        store.recent.seen = lambda *args: conditions.changed(held.append((seen, args)))
+        store._written_elsewhere = lambda *args: conditions.changed(held.append((written, args)))
+        store._removed = lambda result: conditions.changed(removed(result))
+        yield mailbox.forward(a, bob.peer_id, b"told")
+        yield conditions.until(lambda: received == [b"told"], 20)
+        self.assertEqual((n1.mailbox.bus.sent["msg"], n2.mailbox.bus.taken), (1, 1))
+        # The watch catches up (its copy of the message and of Bob's acknowledgement);
+        # the next message shows that nothing came twice.
+        yield conditions.until(lambda: len([f for f, _ in held if f is written]) == 1, 20)
+        store.recent.seen, store._written_elsewhere = seen, written
+        for function, args in held:
+            function(*args)
+        yield mailbox.forward(a, bob.peer_id, b"next")
+        yield conditions.until(lambda: received[-1:] == [b"next"], 20)
+        self.assertEqual(received, [b"told", b"next"])
+        yield conditions.until(lambda: bob.peer_id not in store.depths(), 20)
 
 
 class CrossNodeSyncTests(NodesMixin, unittest.TestCase):

@@ -117,10 +117,13 @@ class KVPresenceTests(unittest.TestCase):
         yield self.until(lambda: here.locate("PeerB") == "n2")
         self.assertEqual(here.where("PeerB"), ("n2",))
         self.assertEqual(here.peers(), {"PeerB": ("n2",)})
+        self.assertEqual(here.elsewhere("PeerB"), ["n2"])
         self.peers["n1"].attach("PeerB")
         self.assertEqual(here.where("PeerB"), ("n1", "n2"))
+        self.assertEqual(here.elsewhere("PeerB"), ["n2"])  # never this node
         self.peers["n2"].close(session)
         yield self.until(lambda: here.where("PeerB") == ("n1",))
+        self.assertEqual(here.elsewhere("PeerB"), [])
 
     @defer.inlineCallbacks
     def test_silent_node_is_gone(self):
@@ -135,6 +138,7 @@ class KVPresenceTests(unittest.TestCase):
         self.assertEqual(here.locate("PeerB"), "n2")
         self.clocks["n1"].advance(1.0)
         self.assertIsNone(here.locate("PeerB"))
+        self.assertEqual(here.elsewhere("PeerB"), [])
         self.assertEqual(set(here.nodes()), {"n1"})
 
     @defer.inlineCallbacks

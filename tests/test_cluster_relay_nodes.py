@@ -14,6 +14,7 @@ import re
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -24,7 +25,7 @@ from cairn.cluster.relay_bus import NatsRelayBus, node_token
 from cairn.crypto.identity import Identity
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.relay import client as relay
-from cairn.relay import messages, remote
+from cairn.relay import frame, messages
 from cairn.relay.attached import AttachedCircuit
 from cairn.relay.client import CircuitTransport, RouteRefused
 from cairn.relay.interfaces import IRelayBus
@@ -306,6 +307,58 @@ class RelayDataAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
         yield self.until(lambda: circuit.circuit_id not in self.node1.relay.circuits)
         yield self.until(lambda: a.closed is not None)
         self.assertIn("flow control window exceeded", a.closed.reason)
+
+    @defer.inlineCallbacks
+    def test_unknown_frame_version(self):
+        """
+        A RelayData frame of a version node 2 does not read (a newer node's)
+        ends the circuit, not final, with the documented reason and one
+        error logged, instead of the data being dropped and the circuit
+        stalling.
+        """
+        logged = []
+
+        def observer(event):
+            if event.get("log_level") == LogLevel.error and "RelayData frame of version" in event.get("log_format", ""):
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        _, _, a, b, _, _ = yield self.circuit()
+        circuit_id = self.only_circuit().circuit_id
+        reasons = []
+        close = self.node1.relay.close
+        self.node1.relay.close = lambda circuit, reason, *args, **kw: (
+            close(circuit, reason, *args, **kw) or reasons.append(reason)
+        )
+        # Version 9 of the frame: the 18 bytes every version begins with, then whatever it holds.
+        self.node1.relay.remote.bus.send("node-2", circuit_id, b"\xfe\x09" + circuit_id + b"tomorrow's layout")
+        yield self.until(lambda: circuit_id not in self.node1.relay.circuits and not self.node2.relay.remote.proxies)
+        yield self.until(lambda: not a.attached and not b.attached)
+        self.assertIsNone(a.closed)  # detached, resumable: not final
+        self.assertIsNone(b.closed)
+        self.assertEqual(len(logged), 1)
+        self.assertEqual(logged[0]["version"], 9)
+        self.assertEqual(reasons, ["relay frame version not understood between nodes"])
+
+    @defer.inlineCallbacks
+    def test_node_of_the_previous_release(self):
+        """
+        A rolling upgrade across the frame's version: node 2 behaves as the
+        release before it (its messages say no version, it writes frames
+        C{0xff} and drops any other frame); node 1 sends it the frames it
+        reads, and a round trip works both ways.
+        """
+        remote2 = self.node2.relay.remote
+        bus2 = remote2.bus
+        remote2._send = lambda node, circuit_id, message: bus2.send(node, circuit_id, previous_release_encode(message))
+        reads = bus2._receive
+        dropped = []
+        bus2._receive = lambda data: dropped.append(data) if data[:1] == b"\xfe" else reads(data)
+        _, _, a, b, _, _ = yield self.circuit()
+        yield self.exchange(a, b)
+        self.assertEqual(dropped, [])
+        self.assertEqual(self.node1.relay.remote.frame_versions, {"node-2": 0})
 
 
 class AttachedAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
@@ -652,35 +705,78 @@ def documented_body(name) -> str:
     return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
 
 
+def documented_frame(name) -> str:
+    """The hex of the C{name} block of docs/protocol.md §25.9 (its lines, concatenated)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("### 25.9 RelayData between the nodes") :]
+    start = section.index(f"{name}:")
+    block = section[start : section.index("```", start)]
+    return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+
+
+def previous_release_encode(message):
+    """A message to another node as the release before frame versions wrote it (no C{frame}, frames C{0xff})."""
+    body = message.get("body")
+    if message.get("type") == MessageType.RELAY_DATA and isinstance(body, dict):
+        head = cbor.dumps(dict(message, body={k: v for k, v in body.items() if k != "data"}))
+        return b"\xff" + len(head).to_bytes(2, "big") + head + body["data"]
+    return cbor.dumps(message)
+
+
 class FrameTests(unittest.TestCase):
-    """The messages between nodes as bytes (L{remote.encode}, L{remote.decode})."""
+    """The messages between nodes as bytes (L{frame.encode}, L{frame.decode}; docs/protocol.md §25.9)."""
+
+    DATA = {"op": "env", "from": "node-1", "type": 0x0502, "body": {"circuit": bytes(range(16)), "data": b"envelope"}}
+
+    def test_vector(self):
+        """The version 1 frame of §25.9, byte for byte, and decoded back."""
+        self.assertEqual(frame.encode(self.DATA, 1).hex(), documented_frame("relay-data frame"))
+        self.assertEqual(frame.decode(bytes.fromhex(documented_frame("relay-data frame"))), self.DATA)
 
     def test_relay_data_is_framed(self):
-        """RelayData goes as a frame: a small CBOR head, then the data as it is; it decodes to the same message."""
+        """RelayData goes as a frame: marker, version, circuit, a small CBOR head, then the data as it is."""
         data = os.urandom(1000)
         message = {"op": "env", "from": "n1", "type": 0x0502, "body": {"circuit": b"c" * 16, "data": data}}
-        frame = remote.encode(message)
-        self.assertEqual(frame[:1], b"\xff")
-        self.assertTrue(frame.endswith(data))
-        self.assertEqual(len(frame), 3 + int.from_bytes(frame[1:3], "big") + len(data))
-        self.assertEqual(remote.decode(frame), message)
+        encoded = frame.encode(message, frame.VERSION)
+        self.assertEqual(encoded[:18], b"\xfe\x01" + b"c" * 16)
+        self.assertTrue(encoded.endswith(data))
+        self.assertEqual(len(encoded), 20 + int.from_bytes(encoded[18:20], "big") + len(data))
+        self.assertEqual(frame.decode(encoded), message)
+
+    def test_previous_release(self):
+        """To a node that has not said which versions it reads: the unversioned frame, which is still read."""
+        encoded = frame.encode(self.DATA, 0)
+        self.assertEqual(encoded, previous_release_encode(self.DATA))
+        self.assertEqual(frame.decode(encoded), self.DATA)
+        # Never a version above this node's own.
+        self.assertEqual(frame.encode(self.DATA, 7), frame.encode(self.DATA, frame.VERSION))
 
     def test_other_messages_are_cbor(self):
-        """Everything else (RelayAck, closes, pings, offers) stays one CBOR map."""
+        """Everything else (RelayAck, closes, pings, offers) stays one CBOR map, saying the version read."""
         for message in (
             {"op": "env", "from": "n1", "type": 0x0503, "body": {"circuit": b"c" * 16, "credit": 5}},
             {"op": "close", "from": "n1", "circuit": b"c" * 16, "reason": "x"},
             {"op": "ping", "from": "n1"},
         ):
-            self.assertEqual(remote.encode(message), cbor.dumps(message))
-            self.assertEqual(remote.decode(remote.encode(message)), message)
+            self.assertEqual(frame.encode(message), cbor.dumps(dict(message, frame=frame.VERSION)))
+            self.assertEqual(frame.decode(frame.encode(message)), dict(message, frame=frame.VERSION))
+
+    def test_unknown_version(self):
+        """A frame of another version is refused naming its version and circuit, whatever follows them."""
+        for version in (0, 2, 255):
+            with self.assertRaises(frame.UnknownVersion) as caught:
+                frame.decode(b"\xfe" + bytes([version]) + b"c" * 16 + b"anything")
+            self.assertEqual((caught.exception.version, caught.exception.circuit_id), (version, b"c" * 16))
 
     def test_truncated(self):
         """A frame shorter than its head says, or whose head is no message, is refused."""
-        frame = remote.encode({"op": "env", "from": "n1", "type": 0x0502, "body": {"circuit": b"c", "data": b"x"}})
-        for bad in (frame[:-2], b"\xff", b"\xff\x00\x01\x05data"):
+        encoded = frame.encode(self.DATA, 1)
+        legacy = frame.encode(self.DATA, 0)
+        for bad in (encoded[:-9], encoded[:17], legacy[:-9], b"\xff", b"\xfe", b"\xff\x00\x01\x05data"):
             with self.assertRaises(ValueError):
-                remote.decode(bad)
+                frame.decode(bad)
 
 
 class AttachAtTests(unittest.TestCase):

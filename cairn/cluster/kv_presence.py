@@ -177,6 +177,17 @@ class KVPresence:
         others = sorted(n for n in self._where.get(peer_id, ()) if n != self.node and self._alive(n))
         return ((self.node,) if here else ()) + tuple(others)
 
+    def elsewhere(self, peer_id):
+        """
+        The other live nodes holding a session of C{peer_id}, as L{where}
+        without this node; safe to call from the NATS loop's thread (it
+        reads the mirror, which the reactor writes, one copy at a time).
+        """
+        nodes = tuple(self._where.get(peer_id, ()))
+        heard = dict(self._heard)
+        now = self.clock.seconds()
+        return sorted(n for n in nodes if n != self.node and n in heard and now - heard[n] <= self.node_timeout)
+
     def peers(self):
         result = {}
         for peer_id, nodes in self._where.items():

@@ -102,6 +102,9 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         self._acked_upto = {}
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
+        #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
+        #: its PubAck is in (the node bus tells the recipient's other nodes: L{cairn.cluster.nats_bus}).
+        self.on_stored = None
 
     @property
     def acks(self):
@@ -188,6 +191,8 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
                     results[i] = await self._taken(items[i], now, expires_at)
                 except Exception as e:
                     failure = failure or e
+            else:
+                await self._stored_now(items[i], results[i][1], now, expires_at)
         if failure is not None:
             # Some may be stored: the senders retry and get DUPLICATE for those.
             raise StoreFull(f"JetStream did not store the message ({one_line(failure)})")
@@ -197,6 +202,17 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
             known = held is not None and (is_message(held) or float(held.headers[D.EXPIRES]) > now)
             results[i] = (ForwardStatus.DUPLICATE, None) if known else (status, None)
         return results
+
+    async def _stored_now(self, item, seq, now, expires_at):
+        """C{item} is stored as C{seq}: known here at once (L{Recent.ahead}), and told to C{on_stored}."""
+        headers = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
+        held = D.Held(self._message_subject(item), seq, headers, item.payload)
+        self.recent.ahead(held, item.recipient)
+        if self.on_stored is not None:
+            try:
+                await self.on_stored(item.recipient, held)
+            except Exception as e:  # a hint only: the watch and the bus's wake-up still deliver it
+                log.debug("mailbox: telling the other nodes failed ({why})", why=one_line(e))
 
     def _message_subject(self, item):
         return self._subject("mbox", item.recipient, item.sender, item.message_id.hex())

@@ -197,6 +197,7 @@ class Dropping:
                     raise
                 leader = True  # another writer's: read it from the leader, which has it
                 continue
+            self.recent.written(written)
             self._consumed[sender] = (upto, extras, written)
             return
         raise RuntimeError("the consumed marker kept changing")

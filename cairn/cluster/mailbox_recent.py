@@ -49,6 +49,8 @@ RECENT_BYTES = 16 * 1024 * 1024
 OVERHEAD = 400
 #: Recipients remembered as forgotten at most; past it, every recipient starts afresh.
 FORGOTTEN = 100_000
+#: seqs known ahead of the watch kept at most (L{Recent.ahead}): past it, they wait for the watch.
+KNOWN = 10_000
 #: Seconds since the watch last delivered anything after which "nothing new"
 #: is no longer answered from here (read instead): a watch that stalled
 #: while connected must not hide what other nodes store.
@@ -71,6 +73,9 @@ class Recent:
         self._bytes = 0
         #: seqs above L{watched} removed here before the watch reached them.
         self.gone = set()
+        #: seqs above L{watched} known before the watch reached them: (recipient, Held) of a
+        #: message (L{ahead}), None for anything else (L{written}).
+        self._known = {}
         self._lock = threading.RLock()
 
     def resize(self, budget):
@@ -93,6 +98,8 @@ class Recent:
     def seen(self, held, recipient, kind):
         """The watch processed C{held} (C{kind}: C{"mbox"} or C{"rcpt"})."""
         with self._lock:
+            if held.seq <= self.watched:
+                return  # taken already, from its PubAck (L{ahead}, L{written})
             self._fresh_at = self._clock()
             self.watched = max(self.watched, held.seq)
             if kind == "rcpt":
@@ -105,6 +112,10 @@ class Recent:
                 self.gone.discard(held.seq)
             else:
                 self._add(recipient, held)
+            if self._known:
+                for seq in [seq for seq in self._known if seq <= self.watched]:
+                    del self._known[seq]
+                self._advance()
             if self.gone:
                 self.gone = {seq for seq in self.gone if seq > self.watched}
 
@@ -134,6 +145,50 @@ class Recent:
         self._subjects[held.subject] = held.seq
         self._bytes += len(held.data) + OVERHEAD
         self._fit()
+
+    def ahead(self, held, recipient):
+        """
+        Message C{held} of C{recipient} is known stored (its PubAck, here
+        or on another node: the node bus's notice) before the watch has
+        reached it. Once every seq between what the watch processed and
+        it is known too (L{written}, or another message told so), nothing
+        unknown can lie between: it is taken as if seen, and the watch's
+        own copy is skipped. Whether it is taken now.
+        """
+        with self._lock:
+            if held.seq <= self.watched or not is_message(held):
+                return False
+            self._known[held.seq] = (recipient, held)
+            self._advance()
+            return held.seq <= self.watched
+
+    def written(self, seq):
+        """
+        This store wrote seq C{seq}, which is no message to deliver (a
+        tombstone of a removal it made and applies itself, a consumed
+        marker): known, for L{ahead}, before the watch brings it.
+        """
+        with self._lock:
+            if seq > self.watched:
+                self._known[seq] = None
+                self._advance()
+
+    def _advance(self):
+        known = self._known
+        while self.watched + 1 in known:
+            entry = known.pop(self.watched + 1)
+            self.watched += 1
+            if entry is None:
+                continue
+            recipient, held = entry
+            if held.seq in self.gone:
+                self.gone.discard(held.seq)
+            else:
+                self._add(recipient, held)
+        if known and len(known) > KNOWN:
+            # Stuck behind a write the watch has not brought yet: the watch
+            # will bring these too.
+            known.clear()
 
     # Removals made here
 

@@ -176,6 +176,7 @@ class Removal:
                 if not D.is_wrong_last(e):
                     failure = failure or e
                 continue
+            self.recent.written(rseq)  # removed here (by the caller): the watch's copy adds nothing
             counted.append(held)
             if owed:
                 _, _, recipient, sender, message_id = held.subject.split(".")

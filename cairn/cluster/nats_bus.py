@@ -13,19 +13,41 @@ Each node subscribes to C{<prefix>.node.<its name>.>}:
 
 Notices are at most once (core NATS): one lost costs latency, never a
 message (the services re-check, see L{cairn.storeservice.StoreService}).
+
+A message stored for a recipient whose session is on another node is told
+to that node as soon as its PubAck is in, on the NATS loop (L{stored}):
+C{<prefix>.node.<name>.msg}, a CBOR map of the message (recipient, stream
+seq, subject, stored and expiry times, payload), instead of a C{wake} sent
+once the reactor has heard of the PubAck. The node it reaches takes the
+message as known stored when it is the very next seq after what its own
+watch of the stream has processed (nothing can then lie between:
+L{cairn.cluster.mailbox_recent.Recent.ahead}), so it delivers it without
+waiting for its watch or reading the stream; either way the notice wakes
+its sessions as a C{wake} does. (A node of an earlier version ignores the
+kind: its watch delivers, as before.)
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.bus import NOTICES, TOPIC, INodeBus, LocalBus, NoRoute
+from cairn.cluster.bus import NOTICES, TOPIC, WAKE, INodeBus, LocalBus, NoRoute
 from cairn.cluster.common import one_line
+from cairn.wire import cbor
 
 log = Logger()
 
 #: Seconds a request to another node may take before it fails with L{NoRoute}.
 REQUEST_TIMEOUT = 5.0
+#: Seconds an C{owe} notice to other nodes waits, gathering the same
+#: sender's: receipts are not urgent, and each notice costs the sender's
+#: node a read of its receipts, which the next message's write then queues
+#: behind (docs/scaling.md, "Cross-node delivery: told with the PubAck").
+OWE_GATHER = 0.05
+#: The notice kind carrying a stored message (L{NatsBus.stored}).
+MESSAGE = "msg"
+#: Payload bytes a C{msg} notice carries at most; a larger message is told as a plain C{wake}.
+MESSAGE_MAX = 64 * 1024
 
 
 @implementer(INodeBus)
@@ -35,14 +57,24 @@ class NatsBus(LocalBus):
     @param presence: the node's L{IPresence} (which nodes to tell).
     """
 
-    def __init__(self, jet, presence, node):
+    def __init__(self, jet, presence, node, mailbox=None, clock=None):
         super().__init__(node)
         self.jet = jet
         self.presence = presence
+        self.clock = clock if clock is not None else jet.thread.reactor
+        self._owing = {}  # sender -> the DelayedCall telling the other nodes (L{OWE_GATHER})
         self._subscription = None
         #: Notices sent to and received from other nodes, by kind (metrics, tests).
-        self.sent = dict.fromkeys(NOTICES, 0)
-        self.received = dict.fromkeys(NOTICES, 0)
+        self.sent = dict.fromkeys(NOTICES + (MESSAGE,), 0)
+        self.received = dict.fromkeys(NOTICES + (MESSAGE,), 0)
+        #: C{msg} notices received whose message the mailbox took before its watch did.
+        self.taken = 0
+        #: recipient -> the nodes told of a message for it from the NATS loop whose
+        #: wake-up (L{wake}, on the reactor) has not come yet: it need not go to them.
+        self._told = {}
+        self._mailbox = mailbox
+        if mailbox is not None:
+            mailbox.on_stored = self.stored
 
     def _subject(self, node, *parts):
         return self.jet.subject("node", node, *parts)
@@ -60,14 +92,23 @@ class NatsBus(LocalBus):
 
         async def received(msg):
             rest = msg.subject[skip:]
-            if rest.startswith("req."):
+            if rest == MESSAGE:
+                self._message(msg.data)
+            elif rest.startswith("req."):
                 self.jet.thread.to_reactor(self._answer, rest[4:], msg.data, msg.reply)
             else:
                 self.jet.thread.to_reactor(self._noticed, rest, msg.data)
 
         self._subscription = await self.jet.nc.subscribe(own + ".>", cb=received)
+        # The server has the subscription once it answers a ping: only then
+        # do notices addressed here arrive (what start() promises).
+        await self.jet.nc.flush()
 
     def stop(self):
+        for call in self._owing.values():
+            if call.active():
+                call.cancel()
+        self._owing.clear()
         subscription, self._subscription = self._subscription, None
         if subscription is None or not self.jet.thread.running:
             return defer.succeed(None)
@@ -106,10 +147,69 @@ class NatsBus(LocalBus):
 
     def wake(self, recipient):
         super().wake(recipient)
-        self._tell("wake", recipient, self.presence.where(recipient))
+        told = self._told.pop(recipient, None)
+        nodes = self.presence.where(recipient)
+        if told is not None:
+            nodes = [node for node in nodes if node not in told]  # told already, from the NATS loop
+        self._tell("wake", recipient, nodes)
+
+    # Messages told from the NATS loop
+
+    async def stored(self, recipient, held):
+        """
+        On the NATS loop, as soon as C{held} (a message for C{recipient}) is
+        stored: tell the other nodes holding a session of C{recipient}.
+        """
+        if len(held.data) > MESSAGE_MAX:
+            return
+        nodes = self.presence.elsewhere(recipient)
+        if not nodes:
+            return
+        body = cbor.dumps(
+            {"r": recipient, "seq": held.seq, "subject": held.subject, "h": dict(held.headers), "p": bytes(held.data)}
+        )
+        for node in nodes:
+            await self.jet.nc.publish(self._subject(node, MESSAGE), body)
+        # Read and written on either thread, one dictionary operation at a time (atomic in CPython).
+        self._told[recipient] = self._told.get(recipient, frozenset()) | frozenset(nodes)
+        self.sent[MESSAGE] += len(nodes)
+
+    def _message(self, data):
+        """On the NATS loop: a C{msg} notice (L{stored}) from another node."""
+        from cairn.cluster import direct as D
+
+        self.received[MESSAGE] += 1
+        try:
+            body = cbor.loads(data)
+            recipient, headers = body["r"], body["h"]
+            held = D.Held(
+                body["subject"], body["seq"], {D.STORED: headers[D.STORED], D.EXPIRES: headers[D.EXPIRES]}, body["p"]
+            )
+            float(held.headers[D.STORED]), float(held.headers[D.EXPIRES])
+            parts = held.subject.split(".")
+            if not (
+                isinstance(recipient, str)
+                and isinstance(held.seq, int)
+                and held.seq > 0
+                and isinstance(held.data, bytes)
+                and len(parts) == 5
+                and parts[2] == recipient
+                and len(bytes.fromhex(parts[4])) == 16
+            ):
+                raise TypeError("a msg notice of the wrong shape")
+        except Exception:
+            return  # a hint: the watch delivers the message anyway
+        if self._mailbox is not None and self._mailbox.recent.ahead(held, recipient):
+            self.taken += 1
+        self.jet.thread.to_reactor(self.notices, WAKE, recipient)
 
     def owe(self, sender):
-        super().owe(sender)
+        super().owe(sender)  # this node's sessions: at once
+        if sender not in self._owing:
+            self._owing[sender] = self.clock.callLater(OWE_GATHER, self._owe_now, sender)
+
+    def _owe_now(self, sender):
+        del self._owing[sender]
         self._tell("owe", sender, self.presence.where(sender))
 
     def fan_out(self, topic):

@@ -37,7 +37,8 @@ class Stores:
         from cairn.cluster.nats_bus import NatsBus
 
         presence = KVPresence(self.cluster, peer, node_name, clock)
-        return presence, NatsBus(self.cluster, presence, node_name), RECHECK
+        # The bus tells the recipient's other nodes of each message as soon as it is stored.
+        return presence, NatsBus(self.cluster, presence, node_name, mailbox=self.mailbox, clock=clock), RECHECK
 
     def relay_bus(self, presence, node_name):
         """Relay circuits between peers on different nodes (docs/scaling.md)."""

@@ -40,6 +40,13 @@ class IPresence(Interface):
     def where(peer_id):
         """The names of every (live) node where C{peer_id} has an attached session: a tuple, this node's first."""
 
+    def elsewhere(peer_id):
+        """
+        The names of the other live nodes where C{peer_id} has an attached
+        session (a list). Unlike the rest, callable from the NATS loop's
+        thread (the node bus tells them of a message as its PubAck comes).
+        """
+
     def peers():
         """C{{peer_id: (node name, ...)}} of every peer attached anywhere in the deployment."""
 
@@ -79,6 +86,9 @@ class LocalPresence:
 
     def where(self, peer_id):
         return (self.node,) if attached_locally(self.peer, peer_id) else ()
+
+    def elsewhere(self, peer_id):
+        return []
 
     def peers(self):
         return {peer_id: (self.node,) for peer_id in local_peers(self.peer)}

@@ -14,6 +14,10 @@ task in call order, so a circuit's RelayData arrive in order. Messages
 cross between the reactor thread and the NATS loop in batches (one
 wake-up per batch), which matters for a busy circuit.
 
+What is sent is bytes made by L{cairn.relay.frame} (RelayData as a
+versioned frame, the rest CBOR; docs/protocol.md §25.9); this bus neither
+reads nor changes them.
+
 Where a peer is comes from C{where_is}, a callable given by the node
 (its presence directory), and which nodes are alive from C{nodes} (the
 same presence's node liveness); the bus keeps neither of its own.

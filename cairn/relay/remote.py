@@ -38,9 +38,9 @@ from twisted.internet import task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.relay import frame
 from cairn.relay.interfaces import IRelayBus
 from cairn.relay.proxy import Proxying
-from cairn.wire import cbor
 from cairn.wire.constants import MessageType, RouteStatus
 from cairn.wire.schema import BodyError
 
@@ -50,42 +50,9 @@ log = Logger()
 PING_INTERVAL = 5.0
 #: Seconds without a word from a node before its circuits are closed.
 NODE_TIMEOUT = 15.0
-
-#: First byte of a RelayData message between nodes: CBOR's "break",
-#: which no CBOR item starts with (the other messages are CBOR maps).
-_DATA_FRAME = b"\xff"
-
-
-def encode(message: dict) -> bytes:
-    """
-    A message to another node as bytes: a CBOR map, except a RelayData
-    C{env} (the bulk of a busy circuit), framed so that its data is
-    neither walked by the CBOR encoder and decoder nor copied twice:
-    C{0xff}, the length (2 bytes, big endian) of the CBOR map without
-    C{body.data}, that map, then the data itself.
-    """
-    body = message.get("body")
-    if message.get("op") == "env" and message.get("type") == MessageType.RELAY_DATA and isinstance(body, dict):
-        data = body.get("data")
-        if isinstance(data, bytes):
-            head = cbor.dumps(dict(message, body={k: v for k, v in body.items() if k != "data"}))
-            if len(head) < 0x10000:
-                return b"".join((_DATA_FRAME, len(head).to_bytes(2, "big"), head, data))
-    return cbor.dumps(message)
-
-
-def decode(data: bytes) -> dict:
-    """The message L{encode} made of C{data}. @raise ValueError: malformed."""
-    if data[:1] != _DATA_FRAME:
-        return cbor.loads(data)
-    end = 3 + int.from_bytes(data[1:3], "big")
-    if len(data) < end:
-        raise ValueError("a truncated RelayData frame")
-    message = cbor.loads(data[3:end])
-    if not isinstance(message, dict) or not isinstance(message.get("body"), dict):
-        raise ValueError("a RelayData frame without a body")
-    message["body"]["data"] = data[end:]
-    return message
+#: The RelayClose reason of a circuit ended because another node sent a
+#: RelayData frame of a version this node does not read (§25.9).
+FRAME_VERSION_REASON = "relay frame version not understood between nodes"
 
 
 @attr.s(eq=False, repr=False)
@@ -121,6 +88,8 @@ class Remote(Proxying):
         self.node_timeout = node_timeout
         self.proxies = {}
         self.last_seen = {}
+        #: The highest RelayData frame version each node said it reads (L{frame}).
+        self.frame_versions = {}
         self._loop = None
 
     @property
@@ -161,22 +130,28 @@ class Remote(Proxying):
 
     def _send(self, node, circuit_id, message):
         self.last_seen.setdefault(node, self.clock.seconds())
-        self.bus.send(node, circuit_id, encode(message))
+        self.bus.send(node, circuit_id, frame.encode(message, self.frame_versions.get(node, 0)))
 
     # Messages from other nodes
 
     def receive(self, data):
         """One message from another node (the bus calls this on the reactor thread)."""
         try:
-            message = decode(data)
+            message = frame.decode(data)
             node, op = message["from"], message["op"]
             circuit_id = message.get("circuit") or message.get("body", {}).get("circuit")
+        except frame.UnknownVersion as e:
+            self.refuse_frame(e)
+            return
         except Exception:
             log.warn("relay: a malformed message from another node was dropped")
             return
         if node == self.node:
             return
         self.last_seen[node] = self.clock.seconds()
+        if not frame.is_frame(data):
+            said = message.get("frame")
+            self.frame_versions[node] = said if isinstance(said, int) and said >= 0 else 0
         try:
             if op == "env":
                 self._env(node, circuit_id, MessageType(message["type"]), message["body"], message.get("peer"))
@@ -221,6 +196,31 @@ class Remote(Proxying):
         culprit = end if message.get("culprit") else None
         self.service.close(circuit, message.get("reason", ""), culprit=culprit, final=final)
 
+    def refuse_frame(self, error):
+        """
+        A RelayData frame of a version this node does not read
+        (L{frame.UnknownVersion}): its data cannot be handed on, so the
+        circuit ends (not final: the peers re-establish it, §25.5) rather
+        than stalling, and the operator is told why.
+        """
+        circuit_id = error.circuit_id
+        reason = FRAME_VERSION_REASON
+        log.error(
+            "relay circuit {cid}: another node sent a RelayData frame of version {version}, this node reads"
+            " versions up to {known}: closing the circuit (upgrade every node to the same release)",
+            cid=circuit_id.hex()[:8],
+            version=error.version,
+            known=frame.VERSION,
+        )
+        circuit = self.service.circuits.get(circuit_id)
+        if circuit is not None and isinstance(circuit.b, RemoteEnd):
+            self.service.close(circuit, reason)
+        proxy = self.proxies.get(circuit_id)
+        if proxy is not None:
+            self._drop(proxy)
+            self._to_target(proxy, MessageType.RELAY_CLOSE, {"circuit": circuit_id, "reason": reason})
+            self._to_owner_close(proxy, reason, culprit=True)
+
     def lost(self, node, circuit_id):
         """A message about C{circuit_id} to C{node} did not go out: the circuit cannot go on."""
         circuit = self.service.circuits.get(circuit_id)
@@ -256,7 +256,7 @@ class Remote(Proxying):
             elif self.bus.alive(node) is False:
                 self.node_lost(node, "the deployment's presence no longer hears it")
             else:
-                self.bus.send(node, None, cbor.dumps({"op": "ping", "from": self.node}))
+                self.bus.send(node, None, frame.encode({"op": "ping", "from": self.node}))
 
     def node_lost(self, node, why=None):
         """Close every circuit through node C{node}, which stopped answering."""
