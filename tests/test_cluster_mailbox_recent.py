@@ -183,15 +183,21 @@ class FetchTests(unittest.TestCase):
         self.assertEqual([m.payload for m in (yield self.store.fetch(B, 0, 16))], [b"b"])
 
     @defer.inlineCallbacks
-    def test_after_a_restart_reads_once(self):
-        """A new store knows nothing stored before its start: it reads those, then answers what it saw."""
+    def test_after_a_restart_reads_none(self):
+        """
+        A new store holds what was stored before its start from its load
+        (mailbox_ahead) and what it saw since: neither is read again.
+        """
         ((_, first),) = yield self.store.enqueue([item(payload=b"old")], 1.0, LIMITS)
         again = yield self.started()
         ((_, second),) = yield self.store.enqueue([item(payload=b"new")], 1.0, LIMITS)
         yield again.seen_upto(second)
         del self.reads[:]
-        self.assertEqual([m.payload for m in (yield again.fetch(B, 0, 16))], [b"old", b"new"])
-        self.assertNotEqual(self.reads, [])
-        del self.reads[:]
+        # The first fetch may end at "old" if it runs before the watch's
+        # report of "new" reached the reactor (its wake-up then fetches again).
+        held = yield again.fetch(B, 0, 16)
+        held += yield again.fetch(B, held[-1].seq, 16)
+        self.assertEqual([m.payload for m in held], [b"old", b"new"])
+        self.assertEqual(self.reads, [])
         self.assertEqual((yield again.fetch(B, second, 16)), [])
         self.assertEqual(self.reads, [])

@@ -10,6 +10,7 @@ stays small.
 from twisted.logger import Logger
 
 from cairn.cluster import direct as D
+from cairn.cluster import mailbox_ahead
 from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, recipient_of
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
 from cairn.mailbox.interfaces import Depth, PeerLimits
@@ -130,11 +131,21 @@ class Following:
             unconsumed = [seq for seq in seqs if seq > upto]
             if unconsumed:
                 self._receipt_written(sender, unconsumed[0])
-        depths = {}
+        depths, backlogs = {}, {}
         for held in messages:
             recipient = recipient_of(held)
             depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
             depths[recipient] = Depth(depth.messages + 1, depth.bytes + len(held.data or b""), depth.oldest)
+            backlog = backlogs.setdefault(recipient, [])
+            if len(backlog) < mailbox_ahead.READ_AHEAD and depth.bytes < mailbox_ahead.READ_AHEAD_BYTES:
+                backlog.append(held)
+        # What was read to count the depths is each recipient's backlog, in
+        # order and complete from the stream's start: kept as read ahead
+        # (within the same bounds), so that the first fetch of a drain after
+        # the start is answered from memory rather than read again before
+        # its first delivery (docs/scaling.md, "Restart drain").
+        for recipient, backlog in backlogs.items():
+            self._ahead.keep(recipient, 0, backlog)
         kv = self.jet.kv["limits"]
         limits = {}
         for key, entry in await kv_entries(kv):
