@@ -158,6 +158,7 @@ class FetchTests(unittest.TestCase):
         Another writer's message is fetched without a read; once it
         acknowledges it (or expires it), it is not fetched again here.
         """
+        self.store.follow_needed()  # another node is seen (presence)
         elsewhere = yield self.started()
         stored = yield elsewhere.enqueue([item(payload=b"a"), item(payload=b"b")], 1.0, LIMITS)
         yield self.store.seen_upto(stored[-1][1])
@@ -190,6 +191,7 @@ class FetchTests(unittest.TestCase):
         """
         ((_, first),) = yield self.store.enqueue([item(payload=b"old")], 1.0, LIMITS)
         again = yield self.started()
+        again.follow_needed()  # another node is seen (presence)
         ((_, second),) = yield self.store.enqueue([item(payload=b"new")], 1.0, LIMITS)
         yield again.seen_upto(second)
         del self.reads[:]
