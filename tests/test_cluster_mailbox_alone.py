@@ -192,3 +192,30 @@ class AloneTests(unittest.TestCase):
         yield here.until(lambda: B in here.depths())
         self.assertEqual(here.depths()[B].messages, 1)
         self.assertEqual(self.subscriptions, ["cairn.mbox.>", "cairn.mbox.>"])
+
+
+class DeploymentTests(unittest.SynchronousTestCase):
+    """The node tells its mailbox when another node is seen (cairn.cluster.node.Stores.deployment)."""
+
+    def test_another_node_starts_the_watch(self):
+        from twisted.internet import task
+
+        from cairn.cluster.node import Stores
+        from tests.test_cluster_presence import _Peer
+
+        class Mailbox:
+            needed = 0
+
+            def follow_needed(self):
+                self.needed += 1
+
+        class Jet:
+            prefix = "cairn"
+
+        mailbox = Mailbox()
+        stores = Stores("jetstream", mailbox=mailbox, sync=None, trust=None, relay=None, cluster=Jet())
+        presence, _, _ = stores.deployment(_Peer(), "n1", task.Clock())
+        presence._apply([("n", "n1", None, True)])
+        self.assertEqual(mailbox.needed, 0)
+        presence._apply([("n", "n2", None, True)])
+        self.assertEqual(mailbox.needed, 1)

@@ -37,6 +37,8 @@ class Stores:
         from cairn.cluster.nats_bus import NatsBus
 
         presence = KVPresence(self.cluster, peer, node_name, clock)
+        # The mailbox watches its stream only once another node (a writer) may exist.
+        presence.on_other_node(self.mailbox.follow_needed)
         return presence, NatsBus(self.cluster, presence, node_name), RECHECK
 
     def relay_bus(self, presence, node_name):
