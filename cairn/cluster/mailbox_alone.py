@@ -29,6 +29,8 @@ All on the NATS loop (no lock).
 
 import collections
 
+_WAITING = object()
+
 
 class OwnWrites:
     """The contiguous prefix of the stream this store accounts for (see the module docstring)."""
@@ -39,12 +41,12 @@ class OwnWrites:
         #: The highest seq of the publishes written before the oldest still waiting for its answer.
         self.bound = upto
         self._held = {}  # seq -> Held, this store's writes above upto
-        self._waiting = collections.OrderedDict()  # publish number -> None, no answer yet
-        self._answered = {}  # publish number -> seq or None, answered before an older one
+        #: publish number -> its seq, None (no seq), or _WAITING; in the order written, from the oldest waiting.
+        self._numbers = collections.OrderedDict()
 
     def issued(self, number):
         """Publish C{number} is being written."""
-        self._waiting[number] = None
+        self._numbers[number] = _WAITING
 
     def answered(self, number, held):
         """
@@ -53,13 +55,16 @@ class OwnWrites:
         the prefix, in seq order, and whether a seq that is not this
         store's lies just above it (another writer's, or a timed-out one's).
         """
-        self._waiting.pop(number, None)
+        numbers = self._numbers
         if held is not None:
             self._held[held.seq] = held
-        self._answered[number] = None if held is None else held.seq
-        oldest = next(iter(self._waiting), None)
-        for n in sorted(n for n in self._answered if oldest is None or n < oldest):
-            seq = self._answered.pop(n)
+        if number in numbers:
+            numbers[number] = None if held is None else held.seq
+        while numbers:
+            number, seq = next(iter(numbers.items()))
+            if seq is _WAITING:
+                break
+            numbers.popitem(last=False)
             if seq is not None and seq > self.bound:
                 self.bound = seq
         released = []
