@@ -1,10 +1,13 @@
 """
 What L{cairn.cluster.mailbox.JetStreamMailboxStore} learns from its
-stream rather than from its own calls: the start-up load (depths and
-per-peer limits) and the watch of the stream from just after it (what
-other writers store and remove, and every message's payload for
-L{cairn.cluster.mailbox_recent.Recent}). A mixin, so that each module
-stays small.
+stream rather than from its own calls: the start-up load (depths,
+per-peer limits, and each recipient's backlog as the read-ahead) and,
+once another writer may exist (L{Following.follow_needed}), the watch of
+the stream from the first seq the store does not account for (what other
+writers store and remove, and every message's payload for
+L{cairn.cluster.mailbox_recent.Recent}); until then, the store's own
+writes in stream order (L{cairn.cluster.mailbox_alone}). A mixin, so
+that each module stays small.
 """
 
 import asyncio
