@@ -284,6 +284,7 @@ class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittes
         alice, _ = self.peer()
         bob, inbox = self.peer()
         yield self.connect(bob)
+        self.store.follow_needed()  # what the node does once it sees another node (presence)
         elsewhere = JetStreamMailboxStore(self.jet)
         yield elsewhere.start()
         message_id = uuid7()
@@ -322,6 +323,7 @@ class WatchTests(unittest.TestCase):
 
         _, jet = yield _jetstream.single(self)
         here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        here.follow_needed()  # another node is seen (presence)
         yield here.start()
         yield elsewhere.start()
         told, mine, conditions = [], [], Conditions()
@@ -344,6 +346,7 @@ class WatchTests(unittest.TestCase):
 
         _, jet = yield _jetstream.single(self)
         here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        here.follow_needed()  # another node is seen (presence)
         yield here.start()
         yield elsewhere.start()
         conditions = Conditions()
@@ -390,6 +393,8 @@ class WatchTests(unittest.TestCase):
 
         _, jet = yield _jetstream.single(self)
         first, second = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        for store in (first, second):
+            store.follow_needed()  # each sees the other node (presence)
         yield first.start()
         yield second.start()
         conditions = Conditions()
@@ -419,12 +424,13 @@ class WatchTests(unittest.TestCase):
         here.watch(lambda recipient: conditions.changed())
         follow = here._follow
 
-        async def late():
+        async def late(upto):
             # On the NATS loop, between the scan and the watch: another writer stores.
             await elsewhere._enqueue([item(payload=b"cde")], [0], {}, 1.0, 101.0)
-            await follow()
+            await follow(upto)
 
         here._follow = late
+        here.follow_needed()  # another node is seen (presence)
         yield here.start()
         yield conditions.until(lambda: here.depths()[B].messages == 2)
         self.assertEqual(here.total_bytes(), 5)
@@ -469,6 +475,7 @@ class ReadYourWritesTests(unittest.TestCase):
         from cairn.mailbox.interfaces import Limits
         from tests._harness import Conditions
 
+        self.store.follow_needed()  # another node is seen (presence)
         elsewhere = JetStreamMailboxStore(self.jet)
         yield elsewhere.start()
         conditions, told = Conditions(), []
@@ -532,6 +539,7 @@ class StaleReplicaTests(unittest.TestCase):
         """Once the watch reports another writer's message, a fetch returns it."""
         from tests._harness import Conditions
 
+        self.store.follow_needed()  # another node is seen (presence)
         elsewhere = JetStreamMailboxStore(self.jet)
         yield elsewhere.start()
         conditions, told = Conditions(), []

@@ -77,6 +77,7 @@ class OneWriteTests(unittest.TestCase):
         """
         one = yield _started(self.jet)
         two = yield _started(self.jet)
+        two.follow_needed()  # another node is seen (presence)
         yield one.enqueue([item(payload=b"%d" % i) for i in range(5)], 1.0, MANY)
         held = yield one.fetch(B, 0, 10)
         written = yield one.acknowledge(B, [m.seq for m in held], 2.0, 100.0)

@@ -158,6 +158,7 @@ class FetchTests(unittest.TestCase):
         Another writer's message is fetched without a read; once it
         acknowledges it (or expires it), it is not fetched again here.
         """
+        self.store.follow_needed()  # another node is seen (presence)
         elsewhere = yield self.started()
         stored = yield elsewhere.enqueue([item(payload=b"a"), item(payload=b"b")], 1.0, LIMITS)
         yield self.store.seen_upto(stored[-1][1])
@@ -183,15 +184,22 @@ class FetchTests(unittest.TestCase):
         self.assertEqual([m.payload for m in (yield self.store.fetch(B, 0, 16))], [b"b"])
 
     @defer.inlineCallbacks
-    def test_after_a_restart_reads_once(self):
-        """A new store knows nothing stored before its start: it reads those, then answers what it saw."""
+    def test_after_a_restart_reads_none(self):
+        """
+        A new store holds what was stored before its start from its load
+        (mailbox_ahead) and what it saw since: neither is read again.
+        """
         ((_, first),) = yield self.store.enqueue([item(payload=b"old")], 1.0, LIMITS)
         again = yield self.started()
+        again.follow_needed()  # another node is seen (presence)
         ((_, second),) = yield self.store.enqueue([item(payload=b"new")], 1.0, LIMITS)
         yield again.seen_upto(second)
         del self.reads[:]
-        self.assertEqual([m.payload for m in (yield again.fetch(B, 0, 16))], [b"old", b"new"])
-        self.assertNotEqual(self.reads, [])
-        del self.reads[:]
+        # The first fetch may end at "old" if it runs before the watch's
+        # report of "new" reached the reactor (its wake-up then fetches again).
+        held = yield again.fetch(B, 0, 16)
+        held += yield again.fetch(B, held[-1].seq, 16)
+        self.assertEqual([m.payload for m in held], [b"old", b"new"])
+        self.assertEqual(self.reads, [])
         self.assertEqual((yield again.fetch(B, second, 16)), [])
         self.assertEqual(self.reads, [])

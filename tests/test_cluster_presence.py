@@ -126,6 +126,20 @@ class KVPresenceTests(unittest.TestCase):
         self.assertEqual(here.elsewhere("PeerB"), [])
 
     @defer.inlineCallbacks
+    def test_other_node_callbacks(self):
+        """on_other_node's callbacks are called at each heartbeat of another node, never for its own."""
+        here, there = self.presences["n1"], self.presences["n2"]
+        heard, own = [], []
+        here.on_other_node(lambda: heard.append(1))
+        there.on_other_node(lambda: own.append(1))
+        self.clocks["n2"].advance(there.heartbeat)  # n2 beats: n1 hears it (n2's own watch too)
+        yield self.until(lambda: heard)
+        self.presences["n1"]._beating.stop()  # n1 is silent from here: n2 hears nothing more of it
+        self.clocks["n2"].advance(there.heartbeat)
+        yield self.until(lambda: len(heard) >= 2)
+        self.assertEqual(own, [])
+
+    @defer.inlineCallbacks
     def test_silent_node_is_gone(self):
         """A node whose heartbeat stops (killed) no longer counts after NODE_TIMEOUT on the reader's clock."""
         from cairn.cluster.kv_presence import NODE_TIMEOUT

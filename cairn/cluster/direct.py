@@ -361,10 +361,15 @@ class Acks:
         else:
             future.set_result(int(answer["seq"]))
 
-    async def publish(self, subject, payload, headers):
+    async def publish(self, subject, payload, headers, issued=None):
         """
         Write one message; returns a future of its stream seq (failing with
         L{PublishError}, or C{TimeoutError} when no PubAck comes in time).
+
+        @param issued: called with the publish's number just before it is
+            written: the numbers follow the order in which this connection
+            writes the publishes (nothing is awaited between the call and
+            the write), which is the order of their stream seqs.
         """
         if self._prefix is None:
             await self._start()
@@ -375,6 +380,8 @@ class Acks:
         self._futures[token] = (future, loop.time() + self.timeout)
         if self._timer is None:
             self._timer = loop.call_at(loop.time() + self.timeout, self._expire)
+        if issued is not None:
+            issued(self._next)
         try:
             await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
         except BaseException:

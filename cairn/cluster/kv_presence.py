@@ -69,7 +69,12 @@ class KVPresence:
         self._last_reassert = None
         self._watcher = None
         self._stopped = False
+        self._others = []  # callbacks: another node is heard of
         peer.add_observer(self)
+
+    def on_other_node(self, callback):
+        """Call C{callback()} whenever a heartbeat of another node is seen (e.g. the mailbox's watch)."""
+        self._others.append(callback)
 
     # Life cycle
 
@@ -149,6 +154,9 @@ class KVPresence:
             if kind == "n":
                 if present:
                     self._heard[name] = now
+                    if name != self.node:
+                        for callback in self._others:
+                            callback()
                 else:
                     self._heard.pop(name, None)
             elif kind == "p":

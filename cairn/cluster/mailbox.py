@@ -47,6 +47,7 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
 from cairn.cluster.mailbox_ahead import READ_AHEAD, READ_AHEAD_BYTES, ReadAhead
+from cairn.cluster.mailbox_alone import Publishing
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
@@ -105,10 +106,13 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
         #: its PubAck is in (the node bus tells the recipient's other nodes: L{cairn.cluster.nats_bus}).
         self.on_stored = None
-
-    @property
-    def acks(self):
-        return self.jet.acks
+        #: Whether the watch runs (or is starting): another writer may exist (L{follow_needed}).
+        self.following = False
+        #: Until then, on the NATS loop: the stream's seqs accounted for by this store's own writes (mailbox_alone).
+        self._own = None
+        self._watching = None  # the task starting the watch
+        #: Where every write to the stream goes (L{_publish}).
+        self.acks = Publishing(self)
 
     # Life cycle
 
@@ -121,7 +125,7 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._load))
         d.addCallback(loaded)
-        return d.addCallback(lambda _: self.jet.run(self._follow))
+        return d.addCallback(lambda _: self.jet.run(self._begin))
 
     # Enqueue
 
@@ -278,6 +282,7 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
             page, _ = await D.direct_batch(
                 self.jet.nc, self.stream, start, batch, subject, must_see, max_bytes=max_bytes, large=bool(max_bytes)
             )
+            self._others_read(page)
             out.extend(h for h in page if wanted is None or wanted(h))
             seen = max([seen] + [h.seq for h in page])
             if len(page) < batch:
@@ -294,6 +299,7 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
             held = await D.leader_next(self.jet.nc, self.jet.js, self.stream, start, subject)
             if held is None:
                 break  # removed meanwhile
+            self._others_read([held])
             seen, start = held.seq, held.seq + 1
             if wanted is None or wanted(held):
                 out.append(held)

@@ -1,20 +1,34 @@
 """
 What L{cairn.cluster.mailbox.JetStreamMailboxStore} learns from its
-stream rather than from its own calls: the start-up load (depths and
-per-peer limits) and the watch of the stream from just after it (what
-other writers store and remove, and every message's payload for
-L{cairn.cluster.mailbox_recent.Recent}). A mixin, so that each module
-stays small.
+stream rather than from its own calls: the start-up load (depths,
+per-peer limits, and each recipient's backlog as the read-ahead) and,
+once another writer may exist (L{Following.follow_needed}), the watch of
+the stream from the first seq the store does not account for (what other
+writers store and remove, and every message's payload for
+L{cairn.cluster.mailbox_recent.Recent}); until then, the store's own
+writes in stream order (L{cairn.cluster.mailbox_alone}). A mixin, so
+that each module stays small.
 """
+
+import asyncio
 
 from twisted.logger import Logger
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, recipient_of
+from cairn.cluster import mailbox_ahead
+from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, one_line, recipient_of
+from cairn.cluster.mailbox_alone import OwnWrites
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
 from cairn.mailbox.interfaces import Depth, PeerLimits
 
 log = Logger()
+
+#: Seconds between attempts to start the watch.
+RETRY = 1.0
+
+
+def _not_watching(why):
+    log.warn("mailbox: could not watch the stream, trying again ({why})", why=why)
 
 
 def _late_receipts(count):
@@ -28,52 +42,137 @@ def _late_receipts(count):
 class Following:
     """The load and the watch of the C{mbox} stream."""
 
-    async def _follow(self):
+    # The watch, and while it does not run, this store's own writes (mailbox_alone)
+
+    def follow_needed(self):
         """
-        Watch the stream (from just after what the load read) for what
-        other writers do: the messages they store, and the receipts they
-        write -- every removal (acknowledgement, expiry, eviction) writes
-        exactly one tombstone per message, carrying the receipt and the
-        message's size (layout 2), so the depth figures follow removals
-        made elsewhere too. Every item,
-        this store's own included, also goes to L{Recent} (C{self.recent}),
-        payload and all, before the reactor hears of it.
+        Another writer of the stream may exist (another node is seen, or
+        this store found another's write): watch the stream from the first
+        seq this store does not account for. The one way the watch starts;
+        from any thread, any number of times.
+        """
+        if self.jet.thread.running:
+            self.jet.thread.call(self._start_following)
+        else:
+            self.following = True  # before the start: it watches from its load
+
+    async def _begin(self):
+        """After the load, on the NATS loop: from here on, seqs above the load's are accounted for."""
+        self.recent.begin(self._loaded_upto)
+        if self.following:
+            self._watch_from(self._loaded_upto)
+        else:
+            self._own = OwnWrites(self._loaded_upto)
+
+    def _start_following(self):
+        if self.following and self._own is None:
+            return  # watching, or asked before the start (L{_begin} watches)
+        self.following = True
+        own, self._own = self._own, None
+        if own is not None:
+            self._watch_from(own.upto)
+
+    def _watch_from(self, upto):
+        self._watching = asyncio.get_running_loop().create_task(self._follow(upto))
+
+    async def _publish(self, subject, payload, headers):
+        """Every write of this store to its stream: a future of its seq (L{D.Acks.publish})."""
+        own = self._own
+        if own is None:
+            return await self.jet.acks.publish(subject, payload, headers)
+        numbers = []
+
+        def issued(number):
+            own.issued(number)
+            numbers.append(number)
+
+        try:
+            future = await self.jet.acks.publish(subject, payload, headers, issued=issued)
+        except BaseException:
+            if numbers:
+                self._answered(own, numbers[0], None)
+            raise
+        future.add_done_callback(lambda f: self._answered(own, numbers[0], f, subject, headers, payload))
+        return future
+
+    def _answered(self, own, number, future, subject=None, headers=None, payload=None):
+        if self._own is not own:
+            return  # the watch runs now: it reports what this store wrote
+        held = None
+        if future is not None and not future.cancelled() and future.exception() is None:
+            held = D.Held(subject, future.result(), headers, payload)
+        released, other = own.answered(number, held)
+        for held in released:
+            self._seen(held)
+        if other:
+            self._start_following()
+
+    def _others_read(self, held):
+        """A read found C{held}: another writer's past what this store accounts for starts the watch."""
+        own = self._own
+        if own is not None and any(h.seq > own.upto and h.headers.get(WRITER) != self.writer for h in held):
+            self._start_following()
+
+    def _seen(self, held):
+        """
+        One item of the stream, in stream order, from the watch or from
+        this store's own writes (mailbox_alone): to L{Recent}, and what
+        another writer did to the depths and wake-ups.
+        """
+        headers, parts, seq = held.headers, held.subject.split("."), held.seq
+        if len(parts) < 4:
+            return
+        self.recent.seen(held, parts[2], parts[1])
+        if headers.get(KIND) is not None:
+            # A tombstone; with a status, it carries a receipt (layout 2):
+            # known to the sender's reads at once, this store's own too
+            # (its PubAck may come after the watch).
+            if parts[1] == "mbox" and len(parts) == 5 and headers.get(D.STATUS) is not None:
+                self._receipt_written(parts[3], seq)
+                if headers.get(WRITER) != self.writer:
+                    size = int(headers.get(SIZE) or 0)
+                    self.jet.thread.to_reactor(self._removed_elsewhere, parts[2], size, parts[3], seq)
+            return
+        if headers.get(WRITER) == self.writer:
+            return  # this store's own writes (counted when made)
+        if parts[1] == "mbox":
+            stored_at = float(headers.get(D.STORED) or 0)
+            self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(held.data), stored_at, seq)
+
+    async def _follow(self, upto):
+        """
+        Watch the stream from just after seq C{upto} (what the load read,
+        or what this store accounts for) for what other writers do: the
+        messages they store, and the receipts they write -- every removal
+        (acknowledgement, expiry, eviction) writes exactly one tombstone
+        per message, carrying the receipt and the message's size (layout
+        2), so the depth figures follow removals made elsewhere too. Every
+        item, this store's own included, also goes to L{Recent}
+        (C{self.recent}), payload and all, before the reactor hears of it.
         """
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
-        recent = self.recent
+        seen = self._seen
 
-        async def seen(msg):
-            headers = msg.headers or {}
-            parts, seq = msg.subject.split("."), D.stream_seq(msg)
-            if len(parts) < 4:
-                return
-            recent.seen(D.Held(msg.subject, seq, headers, msg.data or b""), parts[2], parts[1])
-            if headers.get(KIND) is not None:
-                # A tombstone; with a status, it carries a receipt (layout 2):
-                # known to the sender's reads at once, this store's own too
-                # (its PubAck may come after the watch).
-                if parts[1] == "mbox" and len(parts) == 5 and headers.get(D.STATUS) is not None:
-                    self._receipt_written(parts[3], seq)
-                    if headers.get(WRITER) != self.writer:
-                        size = int(headers.get(SIZE) or 0)
-                        self.jet.thread.to_reactor(self._removed_elsewhere, parts[2], size, parts[3], seq)
-                return
-            if headers.get(WRITER) == self.writer:
-                return  # this store's own writes (counted when made)
-            if parts[1] == "mbox":
-                stored_at = float(headers.get(D.STORED) or 0)
-                self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(msg.data or b""), stored_at, seq)
+        async def watched(msg):
+            seen(D.Held(msg.subject, D.stream_seq(msg), msg.headers or {}, msg.data or b""))
 
-        # From just after what the load read: nothing written meanwhile is
-        # missed, nothing it counted is counted again.
-        recent.begin(self._loaded_upto)
+        # From just after what is accounted for: nothing written meanwhile
+        # is missed, nothing counted is counted again.
         config = ConsumerConfig(
             filter_subjects=[self._subject("mbox", ">"), self._subject("rcpt", ">")],
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self._loaded_upto + 1,
+            opt_start_seq=upto + 1,
         )
-        await self.jet.js.subscribe(self._subject("mbox", ">"), cb=seen, ordered_consumer=True, config=config)
+        while True:
+            try:
+                subject = self._subject("mbox", ">")
+                await self.jet.js.subscribe(subject, cb=watched, ordered_consumer=True, config=config)
+                return
+            except Exception as e:
+                # Fetches that the watch's memory cannot answer read meanwhile.
+                self.jet.thread.to_reactor(_not_watching, one_line(e))
+                await asyncio.sleep(RETRY)
 
     def _written_elsewhere(self, recipient, size, stored_at, seq=0):
         # Reads from now on must see it (the watchers below fetch at once).
@@ -112,6 +211,10 @@ class Following:
         converted = await convert_receipts(self.jet, self.jet.nc)
         if converted:
             self.jet.thread.to_reactor(_late_receipts, converted)
+        # The stream's last seq before the read: what lies at or below it and
+        # is not read was deleted (a seq nobody's write needs accounting for).
+        info = await self.jet.js.stream_info(self.stream)
+        self._loaded_upto = max(self._loaded_upto, info.state.last_seq)
         messages, markers, firsts = [], {}, {}
         for held in await D.direct_all(self.jet.nc, self.stream, self._subject(">")):
             self._loaded_upto = max(self._loaded_upto, held.seq)
@@ -130,11 +233,21 @@ class Following:
             unconsumed = [seq for seq in seqs if seq > upto]
             if unconsumed:
                 self._receipt_written(sender, unconsumed[0])
-        depths = {}
+        depths, backlogs = {}, {}
         for held in messages:
             recipient = recipient_of(held)
             depth = depths.get(recipient) or Depth(0, 0, float(held.headers[D.STORED]))
             depths[recipient] = Depth(depth.messages + 1, depth.bytes + len(held.data or b""), depth.oldest)
+            backlog = backlogs.setdefault(recipient, [])
+            if len(backlog) < mailbox_ahead.READ_AHEAD and depth.bytes < mailbox_ahead.READ_AHEAD_BYTES:
+                backlog.append(held)
+        # What was read to count the depths is each recipient's backlog, in
+        # order and complete from the stream's start: kept as read ahead
+        # (within the same bounds), so that the first fetch of a drain after
+        # the start is answered from memory rather than read again before
+        # its first delivery (docs/scaling.md, "Restart drain").
+        for recipient, backlog in backlogs.items():
+            self._ahead.keep(recipient, 0, backlog)
         kv = self.jet.kv["limits"]
         limits = {}
         for key, entry in await kv_entries(kv):

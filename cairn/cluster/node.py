@@ -37,6 +37,8 @@ class Stores:
         from cairn.cluster.nats_bus import NatsBus
 
         presence = KVPresence(self.cluster, peer, node_name, clock)
+        # The mailbox watches its stream only once another node (a writer) may exist.
+        presence.on_other_node(self.mailbox.follow_needed)
         # The bus tells the recipient's other nodes of each message as soon as it is stored.
         return presence, NatsBus(self.cluster, presence, node_name, mailbox=self.mailbox, clock=clock), RECHECK
 

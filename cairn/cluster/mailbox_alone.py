@@ -1,0 +1,84 @@
+"""
+L{OwnWrites}: what the JetStream mailbox knows of its stream from its own
+writes' PubAcks, while it does not watch the stream
+(L{cairn.cluster.mailbox_follow}).
+
+Why: a node alone on the stream learns nothing from its watch that its
+own PubAcks do not tell it, and the watch cost ~40 us of the NATS
+thread's CPU per message stored and more on the servers (docs/scaling.md,
+"Enqueue: where the time goes"). So the store starts without it, and
+starts it only once another writer may exist
+(L{cairn.cluster.mailbox.JetStreamMailboxStore.follow_needed}).
+
+What keeps that exact: every seq of the stream up to L{OwnWrites.upto}
+is accounted for -- read by the start-up load, or written by this store
+(its PubAck in) -- and the store's own writes above it are released, in
+stream order, as the prefix grows, to what the watch would have fed with
+them (L{cairn.cluster.mailbox_recent.Recent}, the receipts' start). A seq
+that is not this store's shows as a gap, known as one once every publish
+written before the one that got a seq past it has its answer (one
+connection's publishes get their seqs in the order written: L{issued}'s
+numbers). Then the watch starts at C{upto + 1}: nothing another writer
+wrote is missed, and nothing counted here is counted again (the watch
+skips this store's own writes as it always did). A publish that timed
+out may have been stored: its seq then shows as a gap too, and so starts
+the watch -- never the reverse.
+
+All on the NATS loop (no lock).
+"""
+
+import collections
+
+_WAITING = object()
+
+
+class OwnWrites:
+    """The contiguous prefix of the stream this store accounts for (see the module docstring)."""
+
+    def __init__(self, upto):
+        #: Every seq up to it is accounted for.
+        self.upto = upto
+        #: The highest seq of the publishes written before the oldest still waiting for its answer.
+        self.bound = upto
+        self._held = {}  # seq -> Held, this store's writes above upto
+        #: publish number -> its seq, None (no seq), or _WAITING; in the order written, from the oldest waiting.
+        self._numbers = collections.OrderedDict()
+
+    def issued(self, number):
+        """Publish C{number} is being written."""
+        self._numbers[number] = _WAITING
+
+    def answered(self, number, held):
+        """
+        Publish C{number} was answered: C{held} (its seq set) stored, or
+        None (refused, failed, timed out). Returns the writes now part of
+        the prefix, in seq order, and whether a seq that is not this
+        store's lies just above it (another writer's, or a timed-out one's).
+        """
+        numbers = self._numbers
+        if held is not None:
+            self._held[held.seq] = held
+        if number in numbers:
+            numbers[number] = None if held is None else held.seq
+        while numbers:
+            number, seq = next(iter(numbers.items()))
+            if seq is _WAITING:
+                break
+            numbers.popitem(last=False)
+            if seq is not None and seq > self.bound:
+                self.bound = seq
+        released = []
+        while self.upto + 1 in self._held:
+            self.upto += 1
+            released.append(self._held.pop(self.upto))
+        return released, self.bound > self.upto
+
+
+class Publishing:
+    """What the store's modules publish with (C{store.acks}): every write goes through L{_publish}."""
+
+    def __init__(self, store):
+        self.store = store
+
+    async def publish(self, subject, payload, headers):
+        return await self.store._publish(subject, payload, headers)
