@@ -73,6 +73,18 @@ class RecentTests(unittest.SynchronousTestCase):
         self.see(message(12, recipient=C))
         self.assertEqual(self.recent.fetch(B, 11, 10, 12), [])
 
+    def test_a_watch_bringing_what_was_taken_ahead_is_alive(self):
+        """
+        The watch's copy of a message already taken from its PubAck
+        (L{Recent.ahead}) still says the watch is alive: "nothing new" is
+        answered from here, not read.
+        """
+        first = message(11)
+        self.assertTrue(self.recent.ahead(first, B))
+        self.clock.advance(FRESH + 1)
+        self.see(first)
+        self.assertEqual(self.recent.fetch(B, 11, 10, 11), [])
+
     def test_removals(self):
         """A tombstone, a receipt (another node's removal) or a removal made here take a message out."""
         one, two, three = message(11), message(12), message(13)

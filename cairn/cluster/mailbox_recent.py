@@ -98,9 +98,9 @@ class Recent:
     def seen(self, held, recipient, kind):
         """The watch processed C{held} (C{kind}: C{"mbox"} or C{"rcpt"})."""
         with self._lock:
+            self._fresh_at = self._clock()  # the watch is alive, whatever it brought
             if held.seq <= self.watched:
                 return  # taken already, from its PubAck (L{ahead}, L{written})
-            self._fresh_at = self._clock()
             self.watched = max(self.watched, held.seq)
             if kind == "rcpt":
                 self._receipted(held)
