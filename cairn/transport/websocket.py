@@ -24,6 +24,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from zope.interface import implementer
 
@@ -127,6 +128,35 @@ class _EnvelopeMessages:
         self.send_queue = ()
         _shed(self)
         self.sink.connection_made(self)
+
+    # autobahn's per-message hooks, without what cairn does not use. Its
+    # defaults pass every message through two method layers each, collect
+    # every frame in a list of its own before copying it into the message's,
+    # and after C{onMessage} "fire" the message to observers (a txaio future
+    # and an errback per message, about a tenth of autobahn's receive CPU):
+    # cairn registers no observer and sets no timing tracking. The size
+    # limits are autobahn's own check (C{onMessageFrameBegin}); a message's
+    # frames are dropped once it is delivered (autobahn kept the last one).
+
+    def _onMessageBegin(self, isBinary):
+        self.message_is_binary = isBinary
+        self.message_data = []
+        self.message_data_total_length = 0
+
+    _onMessageFrameBegin = WebSocketProtocol.onMessageFrameBegin
+
+    def _onMessageFrameData(self, payload):
+        if not self.failedByMe:
+            self.message_data.append(payload)
+
+    def _onMessageFrameEnd(self):
+        self.frame_data = None
+
+    def _onMessageEnd(self):
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            self.message_data = None
+            self.onMessage(payload, self.message_is_binary)
 
     def onMessage(self, payload, isBinary):
         if not isBinary:
@@ -277,10 +307,21 @@ class _BakedOptions:
         (C{_connectionMade}): as class attributes they are not copied, and
         each WebSocket's instance dict is smaller by that much (about 1.5 KB
         per session, issue 20). Later L{setProtocolOptions} calls bake again.
+
+        The baked class's own C{CONFIG_ATTRS} is empty: C{_connectionMade}
+        reads it only to copy what is missing on the protocol (nothing,
+        once baked) and to list every option with its source for a debug
+        log event, a C{hasattr}, two C{getattr} and a tuple for each of ~30
+        options on every connection (issue 19; that debug event now lists
+        none). The full list stays on the unbaked class (C{_unbaked}).
         """
         base = getattr(self.protocol, "_unbaked", self.protocol)
         options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
-        self.protocol = type(base.__name__, (base,), {**options, "_unbaked": base, "__module__": base.__module__})
+        self.protocol = type(
+            base.__name__,
+            (base,),
+            {**options, "CONFIG_ATTRS": (), "_unbaked": base, "__module__": base.__module__},
+        )
 
     def setProtocolOptions(self, **options):
         super().setProtocolOptions(**options)
