@@ -17,6 +17,7 @@ L{cairn.transport.autobahn_compat} (version-guarded, with the reasons).
 """
 
 import copy
+import inspect
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -314,9 +315,18 @@ class _BakedOptions:
         log event, a C{hasattr}, two C{getattr} and a tuple for each of ~30
         options on every connection (issue 19; that debug event now lists
         none). The full list stays on the unbaked class (C{_unbaked}).
+
+        An option that is a plain function (C{perMessageCompressionAccept},
+        a lambda on the factory) is baked as a C{staticmethod}: as a bare
+        class attribute it would become a method of each protocol and get
+        the protocol as an extra argument (a browser offering
+        permessage-deflate then failed the opening handshake).
         """
         base = getattr(self.protocol, "_unbaked", self.protocol)
-        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
+        options = {}
+        for name in base.CONFIG_ATTRS:
+            value = getattr(self, name)
+            options[name] = staticmethod(value) if inspect.isfunction(value) else value
         self.protocol = type(
             base.__name__,
             (base,),
