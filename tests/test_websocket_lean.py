@@ -160,3 +160,14 @@ class LeanServerProtocolTests(unittest.TestCase):
         response = protocol.transport.value()
         self.assertTrue(response.startswith(b"HTTP/1.1 101 "))
         self.assertNotIn(b"Sec-WebSocket-Extensions", response)
+
+    def test_no_debug_event_per_read(self):
+        """A read of data messages builds no autobahn debug log event (the Twisted adapter's is skipped)."""
+        protocol, got = self.open()
+        events = []
+        log = protocol.log
+        protocol.log = type("Log", (), {"debug": lambda self, *args, **kwargs: events.append(args)})()
+        protocol.dataReceived(frame(b"one") + frame(b"two"))
+        protocol.log = log
+        self.assertEqual(len(got), 2)
+        self.assertEqual(events, [])

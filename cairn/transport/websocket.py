@@ -130,6 +130,11 @@ class _EnvelopeMessages:
         _shed(self)
         self.sink.connection_made(self)
 
+    # Straight to autobahn's frame parser: its Twisted adapter's
+    # dataReceived adds only a debug log event per read (three lazy
+    # arguments built whether or not anything logs at debug level).
+    dataReceived = WebSocketProtocol._dataReceived
+
     # autobahn's per-message hooks, without what cairn does not use. Its
     # defaults pass every message through two method layers each, collect
     # every frame in a list of its own before copying it into the message's,
@@ -251,7 +256,7 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def dataReceived(self, data):
-        super().dataReceived(data)
+        self._dataReceived(data)
         if self.state == self.STATE_CONNECTING and len(self.data) > MAX_UPGRADE_BYTES:
             self.failHandshake("Request Header Fields Too Large", 431)
 
