@@ -171,3 +171,15 @@ class LeanServerProtocolTests(unittest.TestCase):
         protocol.log = log
         self.assertEqual(len(got), 2)
         self.assertEqual(events, [])
+
+    def test_write_without_debug_event(self):
+        """An envelope is one frame written to the transport, with no autobahn debug log event built for it."""
+        protocol, _ = self.open()
+        protocol.transport.clear()
+        events = []
+        log = protocol.log
+        protocol.log = type("Log", (), {"debug": lambda self, *args, **kwargs: events.append(args)})()
+        protocol.write_envelope(b"x" * 200)
+        protocol.log = log
+        self.assertEqual(protocol.transport.value(), b"\x82\x7e\x00\xc8" + b"x" * 200)
+        self.assertEqual(events, [])

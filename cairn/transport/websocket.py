@@ -135,6 +135,16 @@ class _EnvelopeMessages:
     # arguments built whether or not anything logs at debug level).
     dataReceived = WebSocketProtocol._dataReceived
 
+    def sendData(self, data, sync=False, chopsize=None):
+        # autobahn's, for the one way cairn sends (no sync, no chopsize,
+        # nothing queued, no octet log): a transport write, without the
+        # debug log event autobahn builds per write (three lazy arguments)
+        # or its wire-level traffic counter, which cairn never reads.
+        if sync or chopsize or self.send_queue or self.logOctets:
+            WebSocketProtocol.sendData(self, data, sync, chopsize)
+        else:
+            self.transport.write(data)
+
     # autobahn's per-message hooks, without what cairn does not use. Its
     # defaults pass every message through two method layers each, collect
     # every frame in a list of its own before copying it into the message's,
