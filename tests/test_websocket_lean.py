@@ -183,3 +183,23 @@ class LeanServerProtocolTests(unittest.TestCase):
         protocol.log = log
         self.assertEqual(protocol.transport.value(), b"\x82\x7e\x00\xc8" + b"x" * 200)
         self.assertEqual(events, [])
+
+    def test_envelope_written_as_one_frame_directly(self):
+        """
+        An envelope is written as one binary frame without autobahn's
+        sendMessage; one above the message limit still goes through it
+        (and is refused there).
+        """
+        from autobahn.exception import PayloadExceededError
+
+        protocol, _ = self.open()
+        protocol.transport.clear()
+        through = []
+        real = protocol.sendMessage
+        protocol.sendMessage = lambda *args, **kwargs: (through.append(args), real(*args, **kwargs))
+        protocol.write_envelope(b"y" * 10)
+        self.assertEqual(protocol.transport.value(), b"\x82\x0a" + b"y" * 10)
+        self.assertEqual(through, [])
+        with self.assertRaises(PayloadExceededError):
+            protocol.write_envelope(b"z" * (protocol.maxMessagePayloadSize + 1))
+        self.assertEqual(len(through), 1)

@@ -212,7 +212,13 @@ class _EnvelopeMessages:
         # write is dropped like bytes written to a closing TCP socket.
         if self.state != self.STATE_OPEN:
             return
-        self.sendMessage(data, isBinary=True)
+        if self._perMessageCompress is None and len(data) <= self.maxMessagePayloadSize:
+            # What sendMessage does for cairn's messages (binary, one frame:
+            # autoFragmentSize 0, no compression negotiated), without its
+            # argument asserts, counters and option checks (about 0.8 us).
+            self.sendFrame(opcode=2, payload=data)
+        else:
+            self.sendMessage(data, isBinary=True)  # compresses, or refuses an oversized one
         guard = getattr(self, "_guard", None)
         if guard is not None:
             guard.check()
