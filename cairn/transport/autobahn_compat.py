@@ -29,10 +29,12 @@ still works (only slower, or with autobahn's timers on the global reactor).
    buffer it copies in and out of, about 3.5 us per frame whatever its
    size. Every client-to-server frame is masked, so this is paid on both
    sides of every cairn message over WebSocket (a handshake has four). For
-   payloads below L{SMALL_FRAME} bytes, where it is measured faster, the
-   XOR is done with Python's integers (one C-level operation over the
-   whole payload, about 1 us for 200 bytes, 3 us for 1,100); larger frames
-   keep autobahn's masker. The bytes are the same (RFC 6455 section 5.3).
+   payloads below L{SMALL_FRAME} bytes the XOR is done with Python's
+   integers (one C-level operation over the whole payload): about 1 us and
+   14,000 instructions for 100 bytes, against autobahn's 3.5 us and 33,000.
+   Larger frames keep autobahn's masker: from about 600 bytes the integers
+   cost more instructions (57,000 against 36,000 at 1,150, though less
+   time, 2.9 against 3.6 us), and they grow with the payload. The bytes are the same (RFC 6455 section 5.3).
    There is no maintained library masker to call instead: wsproto's is a
    Python class around the same integer XOR without C{pointer()}, the
    websockets package's C one is not a dependency of cairn.
@@ -154,10 +156,10 @@ def install_lazy_debug_arguments(protocol_module=_autobahn_protocol, twisted_mod
     protocol_module.pformat = pformat
 
 
-#: Payloads shorter than this are masked by L{SmallFrameMasker} (measured
-#: faster than autobahn's CFFI masker below about 1,300 bytes; slower above,
-#: and linear, so large frames such as a relay's bulk ones keep autobahn's).
-SMALL_FRAME = 1280
+#: Payloads shorter than this are masked by L{SmallFrameMasker}: fewer
+#: instructions than autobahn's CFFI masker below about 600 bytes (callgrind)
+#: and less time below about 1,300. The handshake's and keepalives' frames.
+SMALL_FRAME = 512
 
 
 class SmallFrameMasker:
