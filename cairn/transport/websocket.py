@@ -12,8 +12,13 @@ Closing: after a cairn Close, only its sender starts the WebSocket closing
 handshake; the receiver answers it (L{_EnvelopeMessages.closing_handshake},
 read by L{cairn.session.connection.Connection}).
 
-autobahn's debug-log arguments and its timers are adapted in
-L{cairn.transport.autobahn_compat} (version-guarded, with the reasons).
+autobahn's debug-log arguments, its timers and its masking of small
+frames are adapted in L{cairn.transport.autobahn_compat} (version-guarded,
+with the reasons). Per message and per connection autobahn is used
+leanly (issue 19): its per-message hooks, its read and write paths and
+its option walk are cut to what cairn uses (L{_EnvelopeMessages},
+L{_BakedOptions}); the HTTP upgrade, the frame parser and the closing
+handshake are autobahn's.
 """
 
 import copy
