@@ -49,3 +49,27 @@ class CompatTests(unittest.TestCase):
         factory._batched_timer.call_later(1.0, fired.append, True)
         clock.advance(2.0)
         self.assertEqual(fired, [True])
+
+    def test_small_frames_masked_as_autobahn_does(self):
+        """
+        Small payloads get cairn's masker, large ones autobahn's; both give
+        the same bytes, whole or in pieces that continue the mask.
+        """
+        import os
+
+        autobahn_compat.install()
+        create = protocol_module.create_xor_masker
+        self.assertTrue(create._cairn_small)
+        self.assertIsInstance(create(b"abcd", 100), autobahn_compat.SmallFrameMasker)
+        self.assertNotIsInstance(create(b"abcd", autobahn_compat.SMALL_FRAME), autobahn_compat.SmallFrameMasker)
+        for size in (1, 3, 4, 5, 125, 1100, autobahn_compat.SMALL_FRAME - 1):
+            mask, payload = os.urandom(4), os.urandom(size)
+            expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            masker = create(mask, size)
+            self.assertEqual(masker.process(payload), expected)
+            self.assertEqual(masker.pointer(), size)
+            pieces = autobahn_compat.SmallFrameMasker(mask)
+            cut = [0, size // 3, size // 3 + 1, size]
+            out = b"".join(pieces.process(payload[a:b]) for a, b in zip(cut, cut[1:]))
+            self.assertEqual(out, expected)
+            self.assertEqual(create.real(mask, size).process(payload), expected)

@@ -166,7 +166,7 @@ class WebSocketShedTests(unittest.TestCase):
         self.server.register_handler(0xF001, lambda server_session, body: got.callback(server_session))
         session.send(0xF001, {"x": 1})
         transport = (yield eventually(got)).connection.transport
-        self.assertEqual(set(vars(transport)) & set(transport.CONFIG_ATTRS), set())
+        self.assertEqual(set(vars(transport)) & set(transport._unbaked.CONFIG_ATTRS), set())
         # Neither state at rest nor the opening handshake's leftovers: a
         # dict of the next size down (0.8 KB, not 1.6 KB).
         shed = set(websocket._AT_REST) | set(websocket._HANDSHAKE_ONLY)
@@ -195,7 +195,7 @@ class WebSocketShedTests(unittest.TestCase):
         track_connections(client.peer, self.connections)
         session = yield eventually(client.connect(url))
         transport = session.connection.transport
-        self.assertEqual(set(vars(transport)) & set(transport.CONFIG_ATTRS), set())
+        self.assertEqual(set(vars(transport)) & set(transport._unbaked.CONFIG_ATTRS), set())
 
     def test_later_options_reach_new_connections(self):
         """An option set on the factory after it was made applies to the protocols it builds next."""

@@ -12,11 +12,17 @@ Closing: after a cairn Close, only its sender starts the WebSocket closing
 handshake; the receiver answers it (L{_EnvelopeMessages.closing_handshake},
 read by L{cairn.session.connection.Connection}).
 
-autobahn's debug-log arguments and its timers are adapted in
-L{cairn.transport.autobahn_compat} (version-guarded, with the reasons).
+autobahn's debug-log arguments, its timers and its masking of small
+frames are adapted in L{cairn.transport.autobahn_compat} (version-guarded,
+with the reasons). Per message and per connection autobahn is used
+leanly (issue 19): its per-message hooks, its read and write paths and
+its option walk are cut to what cairn uses (L{_EnvelopeMessages},
+L{_BakedOptions}); the HTTP upgrade, the frame parser and the closing
+handshake are autobahn's.
 """
 
 import copy
+import inspect
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -24,6 +30,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from zope.interface import implementer
 
@@ -128,6 +135,50 @@ class _EnvelopeMessages:
         _shed(self)
         self.sink.connection_made(self)
 
+    # Straight to autobahn's frame parser: its Twisted adapter's
+    # dataReceived adds only a debug log event per read (three lazy
+    # arguments built whether or not anything logs at debug level).
+    dataReceived = WebSocketProtocol._dataReceived
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # autobahn's, for the one way cairn sends (no sync, no chopsize,
+        # nothing queued, no octet log): a transport write, without the
+        # debug log event autobahn builds per write (three lazy arguments)
+        # or its wire-level traffic counter, which cairn never reads.
+        if sync or chopsize or self.send_queue or self.logOctets:
+            WebSocketProtocol.sendData(self, data, sync, chopsize)
+        else:
+            self.transport.write(data)
+
+    # autobahn's per-message hooks, without what cairn does not use. Its
+    # defaults pass every message through two method layers each, collect
+    # every frame in a list of its own before copying it into the message's,
+    # and after C{onMessage} "fire" the message to observers (a txaio future
+    # and an errback per message, about a tenth of autobahn's receive CPU):
+    # cairn registers no observer and sets no timing tracking. The size
+    # limits are autobahn's own check (C{onMessageFrameBegin}); a message's
+    # frames are dropped once it is delivered (autobahn kept the last one).
+
+    def _onMessageBegin(self, isBinary):
+        self.message_is_binary = isBinary
+        self.message_data = []
+        self.message_data_total_length = 0
+
+    _onMessageFrameBegin = WebSocketProtocol.onMessageFrameBegin
+
+    def _onMessageFrameData(self, payload):
+        if not self.failedByMe:
+            self.message_data.append(payload)
+
+    def _onMessageFrameEnd(self):
+        self.frame_data = None
+
+    def _onMessageEnd(self):
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            self.message_data = None
+            self.onMessage(payload, self.message_is_binary)
+
     def onMessage(self, payload, isBinary):
         if not isBinary:
             self.sink.framing_error(CloseCode.MALFORMED_ENVELOPE, "text WebSocket message")
@@ -166,7 +217,13 @@ class _EnvelopeMessages:
         # write is dropped like bytes written to a closing TCP socket.
         if self.state != self.STATE_OPEN:
             return
-        self.sendMessage(data, isBinary=True)
+        if self._perMessageCompress is None and len(data) <= self.maxMessagePayloadSize:
+            # What sendMessage does for cairn's messages (binary, one frame:
+            # autoFragmentSize 0, no compression negotiated), without its
+            # argument asserts, counters and option checks (about 0.8 us).
+            self.sendFrame(opcode=2, payload=data)
+        else:
+            self.sendMessage(data, isBinary=True)  # compresses, or refuses an oversized one
         guard = getattr(self, "_guard", None)
         if guard is not None:
             guard.check()
@@ -220,7 +277,7 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def dataReceived(self, data):
-        super().dataReceived(data)
+        self._dataReceived(data)
         if self.state == self.STATE_CONNECTING and len(self.data) > MAX_UPGRADE_BYTES:
             self.failHandshake("Request Header Fields Too Large", 431)
 
@@ -277,10 +334,30 @@ class _BakedOptions:
         (C{_connectionMade}): as class attributes they are not copied, and
         each WebSocket's instance dict is smaller by that much (about 1.5 KB
         per session, issue 20). Later L{setProtocolOptions} calls bake again.
+
+        The baked class's own C{CONFIG_ATTRS} is empty: C{_connectionMade}
+        reads it only to copy what is missing on the protocol (nothing,
+        once baked) and to list every option with its source for a debug
+        log event, a C{hasattr}, two C{getattr} and a tuple for each of ~30
+        options on every connection (issue 19; that debug event now lists
+        none). The full list stays on the unbaked class (C{_unbaked}).
+
+        An option that is a plain function (C{perMessageCompressionAccept},
+        a lambda on the factory) is baked as a C{staticmethod}: as a bare
+        class attribute it would become a method of each protocol and get
+        the protocol as an extra argument (a browser offering
+        permessage-deflate then failed the opening handshake).
         """
         base = getattr(self.protocol, "_unbaked", self.protocol)
-        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
-        self.protocol = type(base.__name__, (base,), {**options, "_unbaked": base, "__module__": base.__module__})
+        options = {}
+        for name in base.CONFIG_ATTRS:
+            value = getattr(self, name)
+            options[name] = staticmethod(value) if inspect.isfunction(value) else value
+        self.protocol = type(
+            base.__name__,
+            (base,),
+            {**options, "CONFIG_ATTRS": (), "_unbaked": base, "__module__": base.__module__},
+        )
 
     def setProtocolOptions(self, **options):
         super().setProtocolOptions(**options)
