@@ -694,26 +694,25 @@ class SubjectTests(unittest.TestCase):
         self.assertEqual(node_token("*"), "x2a")
 
 
-def documented_body(name) -> str:
-    """The hex of the C{name} block of docs/protocol.md §25.8.8 (its lines, concatenated)."""
+def documented_hex(heading, name) -> str:
+    """The hex of the C{name} block under C{heading} of docs/protocol.md (its lines, concatenated)."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("#### 25.8.8 Attaching to another node") :]
-    start = section.index(f"{name} body:")
+    section = text[text.index(heading) :]
+    start = section.index(f"{name}")
     block = section[start : section.index("```", start)]
     return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+
+
+def documented_body(name) -> str:
+    """The hex of the C{name} block of docs/protocol.md §25.8.8."""
+    return documented_hex("#### 25.8.8 Attaching to another node", f"{name} body:")
 
 
 def documented_frame(name) -> str:
-    """The hex of the C{name} block of docs/protocol.md §25.9 (its lines, concatenated)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    section = text[text.index("### 25.9 RelayData between the nodes") :]
-    start = section.index(f"{name}:")
-    block = section[start : section.index("```", start)]
-    return "".join(re.findall(r"^\s+([0-9a-f]+)$", block, re.MULTILINE))
+    """The hex of the C{name} block of docs/protocol.md §25.9."""
+    return documented_hex("### 25.9 RelayData between the nodes", f"{name}:")
 
 
 def previous_release_encode(message):
