@@ -641,3 +641,78 @@ class HistoryTests(unittest.TestCase):
             costs.append(len(reads))
             cursor = seq
         self.assertLessEqual(max(costs[5:]), 3, costs)
+
+
+class _Counted(int):
+    """A seq that counts the comparisons made with it (L{AcknowledgementWalkTests})."""
+
+    made = 0
+
+    def _count(op):
+        def compare(self, other):
+            _Counted.made += 1
+            return getattr(int, op)(self, other)
+
+        return compare
+
+    __lt__, __le__, __gt__, __ge__ = _count("__lt__"), _count("__le__"), _count("__gt__"), _count("__ge__")
+    __hash__ = int.__hash__
+
+
+class HandedOutTests(unittest.SynchronousTestCase):
+    """L{HandedOut} alone: what an acknowledgement takes, and gives back when it fails."""
+
+    def test_take_put_back_first(self):
+        from cairn.cluster.mailbox_removal import HandedOut
+
+        handed = HandedOut()
+        for seq in (5, 6, 7, 9):
+            handed[seq] = "m%d" % seq
+        handed[3] = "m3"  # a refetch after a Reconnect, from an older cursor
+        self.assertEqual(handed.take(6), [3, 5, 6])
+        self.assertEqual(handed.take(6), [])  # taken: a concurrent acknowledgement does not take them again
+        self.assertEqual(handed.first(), "m3")  # still held until removed
+        del handed[3]
+        handed.put_back([3, 5, 6])  # the removal failed: 3 was removed meanwhile, 5 and 6 are taken again
+        del handed[7]  # expired
+        self.assertEqual(handed.first(), "m5")
+        self.assertEqual(handed.take(10), [5, 6, 9])
+
+
+class AcknowledgementWalkTests(unittest.TestCase):
+    """What a cumulative acknowledgement costs follows what it acknowledges, not what is handed out (#14)."""
+
+    @defer.inlineCallbacks
+    def test_handed_out_is_taken_from_the_front(self):
+        """
+        A drain's acknowledgements, one per message, all in flight: the
+        seqs handed out are compared about N log N times in all, not once
+        per acknowledgement each (N squared: 152,819 steps profiled in a
+        drain of 3,968).
+        """
+        from cairn.mailbox.interfaces import Limits
+
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        count = 300
+        yield store.enqueue([item(payload=b"%d" % i) for i in range(count)], 1.0, Limits(10**6, 10**9, 1000.0))
+        seqs, cursor = [], 0
+        while len(seqs) < count:
+            held = yield store.fetch(B, cursor, 100)
+            seqs += [m.seq for m in held]
+            cursor = seqs[-1]
+
+        async def count_comparisons():  # on the NATS loop, after the hand-outs queued there
+            fetched = store._fetched[B]
+            counted = type(fetched)()
+            for seq, held in fetched.items():
+                counted[_Counted(seq)] = held
+            store._fetched[B] = counted
+            _Counted.made = 0
+
+        yield store._run(count_comparisons)
+        results = yield defer.gatherResults([store.acknowledge(B, [], 2.0, 100.0, upto=seq) for seq in seqs])
+        self.assertEqual(sum(len(r) for r in results), count)
+        self.assertNotIn(B, store.depths())
+        self.assertLess(_Counted.made, 20 * count, _Counted.made)

@@ -52,7 +52,7 @@ from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
 from cairn.cluster.mailbox_recent import Recent
-from cairn.cluster.mailbox_removal import Removal
+from cairn.cluster.mailbox_removal import HandedOut, Removal
 from cairn.cluster.watch import Watchers
 from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
 from cairn.mailbox.store import MailboxFigures
@@ -321,7 +321,9 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         acknowledgement that follows, so that it need not read the messages
         again. On the NATS loop.
         """
-        fetched = self._fetched.setdefault(recipient, {})
+        fetched = self._fetched.get(recipient)
+        if fetched is None:
+            fetched = self._fetched[recipient] = HandedOut()
         for h in held:
             fetched[h.seq] = D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b""))
 
