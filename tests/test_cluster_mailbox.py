@@ -716,3 +716,64 @@ class AcknowledgementWalkTests(unittest.TestCase):
         self.assertEqual(sum(len(r) for r in results), count)
         self.assertNotIn(B, store.depths())
         self.assertLess(_Counted.made, 20 * count, _Counted.made)
+
+
+class TakenAheadDepthTests(unittest.TestCase):
+    """A message known from the node bus and acknowledged before the watch's copy (#14)."""
+
+    @defer.inlineCallbacks
+    def test_depth_never_below_zero(self):
+        """
+        Another node's message, told here by the bus (L{Recent.ahead}) and
+        acknowledged here before this node's watch brings it: the depth
+        is not counted out before it was counted in (it showed -1), nor
+        counted in afterwards (it ends at nothing).
+        """
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        here.follow_needed()  # another node is seen (presence)
+        conditions, held_back, gate = Conditions(), [], [True]
+        seen = here._seen
+
+        def watched(held):  # on the NATS loop: the watch's copies wait while the gate is closed
+            if gate[0]:
+                held_back.append(held)
+                jet.thread.to_reactor(conditions.changed)
+            else:
+                seen(held)
+
+        here._seen = watched
+        yield here.start()
+        yield elsewhere.start()
+
+        async def told(recipient, held):  # the node bus's msg notice, on the NATS loop
+            here.recent.ahead(held, recipient)
+
+        elsewhere.on_stored = told
+        depths, apply = [], here._apply
+
+        def applied(updates):
+            depths.extend(d.messages for r, d in updates.items() if r == B)
+            apply(updates)
+            conditions.changed()
+
+        here._apply = applied
+        ((_, seq),) = yield elsewhere.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (message,) = yield here.fetch(B, 0, 10)
+        self.assertEqual(message.seq, seq)
+        (receipt,) = yield here.acknowledge(B, [], 2.0, 100.0, upto=seq)
+        yield conditions.until(lambda: any(h.seq >= receipt.rseq for h in held_back))
+
+        async def release():
+            gate[0] = False
+            for held in held_back:
+                seen(held)
+
+        yield here._run(release)
+        yield conditions.until(lambda: here._counted_upto >= receipt.rseq)
+        yield here.flushed()
+        self.assertTrue(all(messages >= 0 for messages in depths), depths)
+        self.assertEqual(here.depths().get(B, None), None)
+        self.assertEqual(here._uncounted, set())

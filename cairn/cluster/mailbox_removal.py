@@ -186,7 +186,7 @@ class Removal:
             # This call removed (or found removed) everything up to C{upto};
             # with an earlier call involved, that one may yet fail: not raised.
             self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
-        return receipts, await self._depth_changes(counted), last
+        return receipts, await self._depth_changes(self._uncount(counted)), last
 
     def _not_acknowledged(self, recipient, fetched, known, mine):
         """
@@ -347,7 +347,7 @@ class Removal:
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
         more = max(len(messages), len(gone)) >= limit
-        return receipts, more, await self._depth_changes(counted), last
+        return receipts, more, await self._depth_changes(self._uncount(counted)), last
 
     def purge(self, peer_id, now, receipt_ttl):
         d = self._run(self._purge, peer_id, now, receipt_ttl)
@@ -371,4 +371,4 @@ class Removal:
         self.recent.forget(peer_id, purged=True)
         await self._consume_all(peer_id)
         await kv_forget(self.jet.kv["limits"], peer_id)
-        return receipts, await self._depth_changes(counted), last
+        return receipts, await self._depth_changes(self._uncount(counted)), last
