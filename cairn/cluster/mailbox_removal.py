@@ -47,8 +47,11 @@ class HandedOut(dict):
         #: The highest C{upto} of the cumulative acknowledgements started: each
         #: took or read everything above the one before it (L{Removal._acknowledge}).
         self.covered = 0
-        #: Futures of the acknowledgements in flight (each set when it ends).
+        #: Futures of the acknowledgements in flight (each set once its removals are written).
         self.inflight = set()
+        #: A future of the acknowledgement started last, set when it ends: after
+        #: its removals are written and the one started before it ended.
+        self.last = None
 
     def __setitem__(self, seq, held):
         if seq not in self:
@@ -109,10 +112,14 @@ class Removal:
             fetched = self._fetched[recipient] = HandedOut()
         found = []
         # Acknowledgements in flight for this recipient: the range they took
-        # or read is not read again here; they are waited for (below).
-        earlier = set(fetched.inflight)
-        mine = asyncio.get_running_loop().create_future()
+        # or read is not read again here; they are waited for (below). Each
+        # ends after the one started before it, so the last one started
+        # stands for them all (a wait on each was a walk of those in flight).
+        earlier = {fetched.last} if fetched.last is not None and not fetched.last.done() else set()
+        loop = asyncio.get_running_loop()
+        mine, ended = loop.create_future(), loop.create_future()
         fetched.inflight.add(mine)
+        fetched.last = ended
         # Every message of the recipient up to here is removed: a cumulative
         # acknowledgement reads only above it. (The recipient's subjects keep
         # a tombstone per earlier message, in seq order among its messages: a
@@ -144,7 +151,7 @@ class Removal:
                 if held is not None and held.subject.startswith(prefix) and is_message(held):
                     found.append(held)
         except BaseException:
-            self._not_acknowledged(recipient, fetched, known, mine)
+            self._not_acknowledged(recipient, fetched, known, mine, ended)
             raise
         # A recipient acknowledges each delivery as it comes, cumulatively:
         # the calls in flight overlap. What an earlier call is writing is
@@ -179,16 +186,19 @@ class Removal:
                 fetched.inflight.discard(mine)
                 mine.set_result(None)
             else:
-                self._not_acknowledged(recipient, fetched, known, mine)
-        if earlier:
-            await asyncio.wait(earlier)
-        elif upto > floor:
-            # This call removed (or found removed) everything up to C{upto};
-            # with an earlier call involved, that one may yet fail: not raised.
-            self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
+                self._not_acknowledged(recipient, fetched, known, mine, ended)
+        try:
+            if earlier:
+                await asyncio.wait(earlier)
+            elif upto > floor:
+                # This call removed (or found removed) everything up to C{upto};
+                # with an earlier call involved, that one may yet fail: not raised.
+                self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
+        finally:
+            ended.set_result(None)
         return receipts, await self._depth_changes(self._uncount(counted)), last
 
-    def _not_acknowledged(self, recipient, fetched, known, mine):
+    def _not_acknowledged(self, recipient, fetched, known, mine, ended):
         """
         An acknowledgement failed (the service retries it): what it took is
         put back, and the next reads again above what is known removed.
@@ -196,8 +206,9 @@ class Removal:
         fetched.put_back(known)
         fetched.covered = self._acked_upto.get(recipient, 0)
         fetched.inflight.discard(mine)
-        if not mine.done():
-            mine.set_result(None)
+        for future in (mine, ended):
+            if not future.done():
+                future.set_result(None)
 
     async def _write(self, subject, payload, headers):
         """Publish one tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
