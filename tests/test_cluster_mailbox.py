@@ -717,6 +717,46 @@ class AcknowledgementWalkTests(unittest.TestCase):
         self.assertNotIn(B, store.depths())
         self.assertLess(_Counted.made, 20 * count, _Counted.made)
 
+    @defer.inlineCallbacks
+    def test_a_failed_acknowledgement_is_retried_whole(self):
+        """
+        An acknowledgement whose removals fail puts back what it took: a
+        later one in flight meanwhile (which took only what lies above it)
+        succeeds, and the retry removes the rest, each message once.
+        """
+        from cairn.mailbox.interfaces import Limits
+
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        yield store.enqueue([item(payload=b"%d" % i) for i in range(10)], 1.0, Limits(100, 10**6, 100.0))
+        seqs = [m.seq for m in (yield store.fetch(B, 0, 10))]
+        send, calls, second_in = store._send_removals, [], []
+
+        async def failing_first(found, *args, **kwargs):  # on the NATS loop
+            import asyncio
+
+            calls.append([h.seq for h in found])
+            if len(calls) == 1:
+                second_in.append(asyncio.get_running_loop().create_future())
+                await second_in[0]  # fails once the second is writing: its range taken meanwhile
+                raise RuntimeError("no PubAck")
+            if len(calls) == 2:
+                second_in[0].set_result(None)
+            return await send(found, *args, **kwargs)
+
+        store._send_removals = failing_first
+        first = store.acknowledge(B, [], 2.0, 100.0, upto=seqs[4])
+        second = store.acknowledge(B, [], 2.0, 100.0, upto=seqs[9])
+        yield self.assertFailure(first, Exception)
+        later = yield second
+        self.assertEqual(len(later), 5)
+        retried = yield store.acknowledge(B, [], 2.0, 100.0, upto=seqs[4])
+        self.assertEqual(len(retried), 5)
+        self.assertEqual(calls, [seqs[:5], seqs[5:], seqs[:5]])
+        self.assertNotIn(B, store.depths())
+        self.assertEqual((yield store.fetch(B, 0, 10)), [])
+
 
 class TakenAheadDepthTests(unittest.TestCase):
     """A message known from the node bus and acknowledged before the watch's copy (#14)."""
