@@ -119,6 +119,51 @@ class RecentTests(unittest.SynchronousTestCase):
         self.see(message(14, recipient=C))
         self.assertIsNone(self.recent.fetch(C, 13, 10, 14))
 
+    def test_a_fetch_does_not_walk_what_lies_before_it(self):
+        """
+        A drain fetches window by window with its backlog held here: each
+        fetch looks at about what it returns, not at every message held
+        before C{after} (O(N^2 / window) over a drain, #14).
+        """
+        self.see(*(message(seq) for seq in range(11, 1011)))
+        looked = []
+
+        class Counting(dict):
+            def items(self):
+                for pair in super().items():
+                    looked.append(pair[0])
+                    yield pair
+
+            def __iter__(self):
+                for seq in super().__iter__():
+                    looked.append(seq)
+                    yield seq
+
+            def get(self, seq, default=None):
+                looked.append(seq)
+                return super().get(seq, default)
+
+            def __getitem__(self, seq):
+                looked.append(seq)
+                return super().__getitem__(seq)
+
+        self.recent._held[B] = Counting(self.recent._held[B])
+        found = self.recent.fetch(B, 990, 10, 1010)
+        self.assertEqual([h.seq for h in found], list(range(991, 1001)))
+        self.assertLessEqual(len(looked), 20, len(looked))
+
+    def test_fetch_skips_removed_and_answers_an_older_cursor(self):
+        """Removed ones are skipped (however many lie between); a refetch from an older cursor is still answered."""
+        self.see(*(message(seq) for seq in range(11, 211)))
+        for seq in range(11, 200):
+            if seq != 150:
+                self.recent.remove(B, seq)
+        self.assertEqual([h.seq for h in self.recent.fetch(B, 10, 3, 210)], [150, 200, 201])
+        self.assertEqual([h.seq for h in self.recent.fetch(B, 150, 2, 210)], [200, 201])
+        self.see(message(211), tombstone(212, message(201)))
+        self.assertEqual([h.seq for h in self.recent.fetch(B, 199, 3, 212)], [200, 202, 203])
+        self.assertEqual([h.seq for h in self.recent.fetch(B, 209, 5, 212)], [210, 211])
+
 
 class FetchTests(unittest.TestCase):
     """The store's fetches against a real nats-server."""

@@ -40,6 +40,7 @@ to it otherwise (docs/scaling.md).
 
 import uuid
 
+import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -52,7 +53,7 @@ from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
 from cairn.cluster.mailbox_recent import Recent
-from cairn.cluster.mailbox_removal import Removal
+from cairn.cluster.mailbox_removal import HandedOut, Removal
 from cairn.cluster.watch import Watchers
 from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
 from cairn.mailbox.store import MailboxFigures
@@ -101,6 +102,10 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         #: recipient -> a seq up to which all its messages are removed (a cumulative acknowledgement's),
         #: used on the NATS loop: the acknowledgements' reads start above it (mailbox_removal).
         self._acked_upto = {}
+        #: On the NATS loop: the last stream seq whose message, if another writer's, is counted in the
+        #: depths (the watch's position, L{Following._seen}), and the seqs of other writers' messages
+        #: removed here above it -- neither counted nor uncounted, so a depth never goes below zero.
+        self._counted_upto, self._uncounted = 0, set()
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
@@ -211,7 +216,8 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         """C{item} is stored as C{seq}: known here at once (L{Recent.ahead}), and told to C{on_stored}."""
         headers = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
         held = D.Held(self._message_subject(item), seq, headers, item.payload)
-        self.recent.ahead(held, item.recipient)
+        # Marked as this store's (counted when stored, removed here: L{Following._uncount}).
+        self.recent.ahead(attr.evolve(held, headers={**headers, WRITER: self.writer}), item.recipient)
         if self.on_stored is not None:
             try:
                 await self.on_stored(item.recipient, held)
@@ -321,7 +327,9 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         acknowledgement that follows, so that it need not read the messages
         again. On the NATS loop.
         """
-        fetched = self._fetched.setdefault(recipient, {})
+        fetched = self._fetched.get(recipient)
+        if fetched is None:
+            fetched = self._fetched[recipient] = HandedOut()
         for h in held:
             fetched[h.seq] = D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b""))
 

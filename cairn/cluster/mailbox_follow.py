@@ -59,6 +59,7 @@ class Following:
     async def _begin(self):
         """After the load, on the NATS loop: from here on, seqs above the load's are accounted for."""
         self.recent.begin(self._loaded_upto)
+        self._counted_upto = max(self._counted_upto, self._loaded_upto)
         if self.following:
             self._watch_from(self._loaded_upto)
         else:
@@ -123,6 +124,12 @@ class Following:
         if len(parts) < 4:
             return
         self.recent.seen(held, parts[2], parts[1])
+        self._counted_upto = max(self._counted_upto, seq)
+        uncounted = False
+        if self._uncounted:
+            uncounted = seq in self._uncounted
+            # The watch is past them: the others were deleted (their removal's rollup) before it read them.
+            self._uncounted = {s for s in self._uncounted if s > seq}
         if headers.get(KIND) is not None:
             # A tombstone; with a status, it carries a receipt (layout 2):
             # known to the sender's reads at once, this store's own too
@@ -135,6 +142,8 @@ class Following:
             return
         if headers.get(WRITER) == self.writer:
             return  # this store's own writes (counted when made)
+        if uncounted:
+            return  # removed here before the watch brought it (L{_uncount}): not counted in, nor out
         if parts[1] == "mbox":
             stored_at = float(headers.get(D.STORED) or 0)
             self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(held.data), stored_at, seq)
@@ -194,6 +203,25 @@ class Following:
         self._apply({recipient: Depth(messages, depth.bytes - size, depth.oldest if messages else None)})
         if messages <= 0:
             self._newest.pop(recipient, None)  # nothing left to wait for
+
+    def _uncount(self, removed):
+        """
+        Of the messages C{removed} here, those whose removal counts in the
+        depths: not another writer's message that the watch has not brought
+        yet (known from the node bus's notice, L{Recent.ahead}, and
+        acknowledged before the watch's copy), since its arrival was not
+        counted either -- counting it out now showed the depth at -1 until
+        the watch's copy came (or for good, when the removal's rollup
+        deleted it before the watch read it). Its copy is then skipped
+        (L{_seen}). On the NATS loop.
+        """
+        counted = []
+        for held in removed:
+            if held.seq > self._counted_upto and held.headers.get(WRITER) != self.writer:
+                self._uncounted.add(held.seq)
+            else:
+                counted.append(held)
+        return counted
 
     @staticmethod
     def _saw(newest, key, seq):

@@ -34,8 +34,8 @@ C{fetch} asks it on the reactor's (an answer it has saves the two thread
 hops of a store call): one lock, held for dictionary work only.
 """
 
+import bisect
 import collections
-import itertools
 import threading
 import time
 
@@ -69,6 +69,9 @@ class Recent:
         self._start = 0  # where every recipient not in _forgotten is complete from
         self._forgotten = {}  # recipient -> seq it is complete from
         self._held = collections.OrderedDict()  # recipient -> {seq: Held}, least recently used first
+        # recipient -> its seqs, ascending (added in stream order), for a fetch's
+        # bisect; removed ones stay until the list is twice what is held (L{_compact}).
+        self._order = {}
         self._subjects = {}  # message subject -> seq (a tombstone names only its subject)
         self._bytes = 0
         #: seqs above L{watched} removed here before the watch reached them.
@@ -142,6 +145,7 @@ class Recent:
         else:
             self._held.move_to_end(recipient)
         messages[held.seq] = held
+        self._order.setdefault(recipient, []).append(held.seq)
         self._subjects[held.subject] = held.seq
         self._bytes += len(held.data) + OVERHEAD
         self._fit()
@@ -206,6 +210,15 @@ class Recent:
             self._bytes -= len(held.data) + OVERHEAD
             if not messages:
                 del self._held[recipient]
+                self._order.pop(recipient, None)
+            else:
+                self._compact(recipient, messages)
+
+    def _compact(self, recipient, messages):
+        """Drop the removed seqs from C{recipient}'s list once they are as many as the held ones (amortised)."""
+        order = self._order.get(recipient)
+        if order is not None and len(order) > 2 * len(messages) + 32:
+            self._order[recipient] = list(messages)  # added in stream order: ascending
 
     def forget(self, recipient, purged=False):
         """
@@ -214,6 +227,7 @@ class Recent:
         perhaps not seen by the watch yet), never again in this process.
         """
         with self._lock:
+            self._order.pop(recipient, None)
             for held in (self._held.pop(recipient, None) or {}).values():
                 self._subjects.pop(held.subject, None)
                 self._bytes -= len(held.data) + OVERHEAD
@@ -222,6 +236,7 @@ class Recent:
                 # Everyone starts afresh from here (purged ones included: what
                 # the watch sees from now on is what exists).
                 self._held.clear()
+                self._order.clear()
                 self._subjects.clear()
                 self._forgotten.clear()
                 self._bytes = 0
@@ -241,8 +256,16 @@ class Recent:
             if after < self._forgotten.get(recipient, self._start) or expect > self.watched:
                 return None
             messages = self._held.get(recipient) or {}
-            # Added in stream order (the watch's), removals aside: already sorted.
-            found = list(itertools.islice((held for seq, held in messages.items() if seq > after), limit))
+            # Its seqs in stream order (the watch's): the first after C{after}
+            # found by bisection, not by a walk from the oldest held (a drain
+            # fetching window by window walked its backlog on each fetch).
+            order = self._order.get(recipient, ())
+            found, i = [], bisect.bisect_right(order, after)
+            while i < len(order) and len(found) < limit:
+                held = messages.get(order[i])
+                if held is not None:
+                    found.append(held)
+                i += 1
             if not found and self._clock() - self._fresh_at > FRESH:
                 return None  # nothing new, says a watch that has been silent a while: read
             if messages:

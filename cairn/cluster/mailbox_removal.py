@@ -7,6 +7,7 @@ A mixin, so that each module stays small.
 """
 
 import asyncio
+import heapq
 
 from cairn.cluster import direct as D
 from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, kv_forget, recipient_of
@@ -22,6 +23,63 @@ from cairn.wire.constants import ReceiptStatus
 REMOVAL_WRITES = 256
 #: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
 DELETES_AT_ONCE = 16
+
+
+class HandedOut(dict):
+    """
+    A recipient's messages handed out and not yet acknowledged, C{{seq:
+    Held}}, with their seqs in a heap, so that a cumulative acknowledgement
+    up to seq N takes what it covers from the front: its cost follows what
+    it acknowledges, not what is handed out (a drain's window, and the
+    removals in flight, were walked by every acknowledgement). (A heap, not
+    a deque: a refetch after a Reconnect hands out older seqs again.)
+
+    A seq stays in the dictionary until its removal is written (a failed
+    acknowledgement puts what it took back, L{put_back}); one taken by an
+    acknowledgement in flight is no longer in that heap, but still in a
+    second one, of every seq here (L{first}). Both drop seqs removed from
+    the dictionary lazily.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._heap, self._all = [], []
+        #: The highest C{upto} of the cumulative acknowledgements started: each
+        #: took or read everything above the one before it (L{Removal._acknowledge}).
+        self.covered = 0
+        #: Futures of the acknowledgements in flight (each set once its removals are written).
+        self.inflight = set()
+        #: A future of the acknowledgement started last, set when it ends: after
+        #: its removals are written and the one started before it ended.
+        self.last = None
+
+    def __setitem__(self, seq, held):
+        if seq not in self:
+            heapq.heappush(self._heap, seq)
+            heapq.heappush(self._all, seq)
+        super().__setitem__(seq, held)
+
+    def take(self, upto):
+        """The seqs up to C{upto} still here and not taken yet, ascending: taken."""
+        heap, out = self._heap, []
+        while heap and heap[0] <= upto:
+            seq = heapq.heappop(heap)
+            if seq in self and (not out or out[-1] != seq):
+                out.append(seq)
+        return out
+
+    def put_back(self, seqs):
+        """Seqs L{take}n whose removal failed: to be taken again (those still here)."""
+        for seq in seqs:
+            if seq in self:
+                heapq.heappush(self._heap, seq)
+
+    def first(self):
+        """The oldest message here (handed out in order: the oldest held), or None."""
+        heap = self._all
+        while heap and heap[0] not in self:
+            heapq.heappop(heap)
+        return self[heap[0]] if heap else None
 
 
 class Removal:
@@ -49,8 +107,19 @@ class Removal:
 
     async def _acknowledge(self, recipient, seqs, now, ttl, upto):
         nc, prefix = self.jet.nc, self._subject("mbox", recipient, "")
-        fetched = self._fetched.get(recipient, {})
+        fetched = self._fetched.get(recipient)
+        if fetched is None:
+            fetched = self._fetched[recipient] = HandedOut()
         found = []
+        # Acknowledgements in flight for this recipient: the range they took
+        # or read is not read again here; they are waited for (below). Each
+        # ends after the one started before it, so the last one started
+        # stands for them all (a wait on each was a walk of those in flight).
+        earlier = {fetched.last} if fetched.last is not None and not fetched.last.done() else set()
+        loop = asyncio.get_running_loop()
+        mine, ended = loop.create_future(), loop.create_future()
+        fetched.inflight.add(mine)
+        fetched.last = ended
         # Every message of the recipient up to here is removed: a cumulative
         # acknowledgement reads only above it. (The recipient's subjects keep
         # a tombstone per earlier message, in seq order among its messages: a
@@ -58,36 +127,43 @@ class Removal:
         # per one or two, each time -- hundreds per acknowledgement after a
         # few hundred messages, which the next delivery's read queued behind.)
         floor = self._acked_upto.get(recipient, 0)
-        if upto:
-            known = sorted(seq for seq in fetched if seq <= upto)
-            # What this node handed out is known; read only what lies before it
-            # (handed out by an earlier process, before a restart).
-            below = (known[0] - 1) if known else upto
-            # With known ones, what lies below the first is nearly always
-            # nothing or a few tombstones: small pages (each item read is
-            # parsed, payload and all).
-            page = 4 if known else PAGE
-            held = []
-            if below > floor:
-                held = await D.direct_all(nc, self.stream, prefix + ">", start=floor + 1, page=page, upto=below)
-            # A concurrent (overlapping cumulative) acknowledgement may have
-            # taken some of the known ones meanwhile: it receipts those.
-            found = [h for h in held if is_message(h)] + [fetched[seq] for seq in known if seq in fetched]
-        for seq in sorted(set(s for s in seqs if s > upto)):
-            held = fetched.get(seq) or await D.direct_seq(nc, self.stream, seq)
-            if held is not None and held.subject.startswith(prefix) and is_message(held):
-                found.append(held)
+        known = []
+        try:
+            if upto:
+                # What this node handed out is known, taken from the front of
+                # what is left (HandedOut); read only what lies before it
+                # (handed out by an earlier process, before a restart) and
+                # above what the calls before this one took or read.
+                known = fetched.take(upto)
+                start = max(floor, fetched.covered)
+                fetched.covered = max(fetched.covered, upto)
+                below = (known[0] - 1) if known else upto
+                # With known ones, what lies below the first is nearly always
+                # nothing or a few tombstones: small pages (each item read is
+                # parsed, payload and all).
+                page = 4 if known else PAGE
+                held = []
+                if below > start:
+                    held = await D.direct_all(nc, self.stream, prefix + ">", start=start + 1, page=page, upto=below)
+                found = [h for h in held if is_message(h)] + [fetched[seq] for seq in known if seq in fetched]
+            for seq in sorted(set(s for s in seqs if s > upto)):
+                held = fetched.get(seq) or await D.direct_seq(nc, self.stream, seq)
+                if held is not None and held.subject.startswith(prefix) and is_message(held):
+                    found.append(held)
+        except BaseException:
+            self._not_acknowledged(recipient, fetched, known, mine, ended)
+            raise
         # A recipient acknowledges each delivery as it comes, cumulatively:
         # the calls in flight overlap. What an earlier call is writing is
         # left to it (this one waits for it), so that each message gets one
         # tombstone (with its receipt) written, not one per call covering it.
         # (An earlier call that fails is retried by the service.)
         acking = self._acking.setdefault(recipient, {})
-        earlier = {acking[h.seq] for h in found if h.seq in acking}
+        earlier |= {acking[h.seq] for h in found if h.seq in acking}
         found = [h for h in found if h.seq not in acking]
-        mine = asyncio.get_running_loop().create_future()
         for held in found:
             acking[held.seq] = mine
+        ok = False
         try:
             # One write per message: its tombstone, carrying the receipt
             # (layout 2), a rollup conditional on the message being its
@@ -97,22 +173,42 @@ class Removal:
             for held in found:
                 fetched.pop(held.seq, None)
                 self.recent.remove(recipient, held.seq)
-            if not fetched:
+            if not fetched and fetched.inflight == {mine} and self._fetched.get(recipient) is fetched:
                 self._fetched.pop(recipient, None)
+            ok = True
         finally:
             for held in found:
                 if acking.get(held.seq) is mine:
                     del acking[held.seq]
             if not acking and self._acking.get(recipient) is acking:
                 del self._acking[recipient]
-            mine.set_result(None)
-        if earlier:
-            await asyncio.wait(earlier)
-        elif upto > floor:
-            # This call removed (or found removed) everything up to C{upto};
-            # with an earlier call involved, that one may yet fail: not raised.
-            self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
-        return receipts, await self._depth_changes(counted), last
+            if ok:
+                fetched.inflight.discard(mine)
+                mine.set_result(None)
+            else:
+                self._not_acknowledged(recipient, fetched, known, mine, ended)
+        try:
+            if earlier:
+                await asyncio.wait(earlier)
+            elif upto > floor:
+                # This call removed (or found removed) everything up to C{upto};
+                # with an earlier call involved, that one may yet fail: not raised.
+                self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
+        finally:
+            ended.set_result(None)
+        return receipts, await self._depth_changes(self._uncount(counted)), last
+
+    def _not_acknowledged(self, recipient, fetched, known, mine, ended):
+        """
+        An acknowledgement failed (the service retries it): what it took is
+        put back, and the next reads again above what is known removed.
+        """
+        fetched.put_back(known)
+        fetched.covered = self._acked_upto.get(recipient, 0)
+        fetched.inflight.discard(mine)
+        for future in (mine, ended):
+            if not future.done():
+                future.set_result(None)
 
     async def _write(self, subject, payload, headers):
         """Publish one tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
@@ -201,7 +297,7 @@ class Removal:
                 continue  # none left (one stored meanwhile keeps its own, L{_removed})
             if fetched:
                 # Handed out in order, from the oldest: the first still held is it.
-                first = [fetched[min(fetched)]]
+                first = [fetched.first()]
             elif (ahead := self._ahead.first(recipient, self._acked_upto.get(recipient, 0))) is not None:
                 first = [ahead]  # read ahead, next after what is removed: no read behind the removals
             else:
@@ -262,7 +358,7 @@ class Removal:
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
         more = max(len(messages), len(gone)) >= limit
-        return receipts, more, await self._depth_changes(counted), last
+        return receipts, more, await self._depth_changes(self._uncount(counted)), last
 
     def purge(self, peer_id, now, receipt_ttl):
         d = self._run(self._purge, peer_id, now, receipt_ttl)
@@ -286,4 +382,4 @@ class Removal:
         self.recent.forget(peer_id, purged=True)
         await self._consume_all(peer_id)
         await kv_forget(self.jet.kv["limits"], peer_id)
-        return receipts, await self._depth_changes(counted), last
+        return receipts, await self._depth_changes(self._uncount(counted)), last
