@@ -9,8 +9,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster import direct as D
+from cairn.cluster import mailbox_alone
 from cairn.cluster.mailbox import JetStreamMailboxStore
-from cairn.cluster.mailbox_alone import OwnWrites
+from cairn.cluster.mailbox_alone import OwnWrites, Skipped
 from cairn.mailbox.interfaces import Depth, Limits
 from tests import _jetstream
 from tests._harness import Conditions
@@ -21,6 +22,25 @@ MANY = Limits(10**5, 10**9, 100.0)
 
 def held(seq):
     return D.Held(f"cairn.mbox.{B}.{A}.{'%032x' % seq}", seq, {}, b"x")
+
+
+class SkippedTests(unittest.SynchronousTestCase):
+    """L{Skipped}: the seqs the watch passed over, whose messages were never counted in."""
+
+    def test_what_lies_between_is_skipped(self):
+        skipped = Skipped()
+        skipped.passed(0, 2)  # seq 1 deleted before the watch read it
+        skipped.passed(2, 3)
+        skipped.passed(3, 7)
+        self.assertEqual([seq for seq in range(1, 9) if seq in skipped], [1, 4, 5, 6])
+
+    def test_bounded(self):
+        """Past L{mailbox_alone.SKIPPED_RANGES} ranges the oldest are forgotten."""
+        self.patch(mailbox_alone, "SKIPPED_RANGES", 2)
+        skipped = Skipped()
+        for upto in (0, 2, 4):
+            skipped.passed(upto, upto + 2)
+        self.assertEqual([seq for seq in range(1, 7) if seq in skipped], [3, 5])
 
 
 class OwnWritesTests(unittest.SynchronousTestCase):

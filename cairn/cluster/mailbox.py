@@ -48,7 +48,7 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
 from cairn.cluster.mailbox_ahead import READ_AHEAD, READ_AHEAD_BYTES, ReadAhead
-from cairn.cluster.mailbox_alone import Publishing
+from cairn.cluster.mailbox_alone import Publishing, Skipped
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
@@ -106,6 +106,7 @@ class JetStreamMailboxStore(StoreCalls, Following, Removal, Dropping, MailboxFig
         #: depths (the watch's position, L{Following._seen}), and the seqs of other writers' messages
         #: removed here above it -- neither counted nor uncounted, so a depth never goes below zero.
         self._counted_upto, self._uncounted = 0, set()
+        self._skipped = Skipped()  # seqs the watch passed over (mailbox_alone)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as

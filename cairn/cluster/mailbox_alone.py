@@ -82,3 +82,39 @@ class Publishing:
 
     async def publish(self, subject, payload, headers):
         return await self.store._publish(subject, payload, headers)
+
+
+#: Ranges of seqs the watch passed over kept at most (L{Skipped}); past it, the oldest go.
+SKIPPED_RANGES = 4096
+
+
+class Skipped:
+    """
+    The seqs the watch jumped over: deleted before it read them (a
+    removal's rollup, a purge) or outside its filter. A message among them
+    was never counted in the depths, so its removal here must not count it
+    out (L{cairn.cluster.mailbox_follow.Following._uncount}): the watch can
+    be past a message's seq, by the removal's own tombstone, before the
+    removal is accounted for, which C{_counted_upto} alone cannot tell.
+    Found with a watch started late (a store alone until it saw another
+    writer): the depth stayed at -1. Kept as ranges, the oldest dropped
+    past L{SKIPPED_RANGES} (then such a removal shows -1, as before).
+    """
+
+    def __init__(self):
+        self._ranges = collections.deque()  # (first, last), in seq order
+
+    def passed(self, upto, seq):
+        """The watch went from seq C{upto} to C{seq}: what lies between was skipped."""
+        if seq > upto + 1:
+            self._ranges.append((upto + 1, seq - 1))
+            if len(self._ranges) > SKIPPED_RANGES:
+                self._ranges.popleft()
+
+    def __contains__(self, seq):
+        for first, last in reversed(self._ranges):
+            if first <= seq <= last:
+                return True
+            if last < seq:
+                return False
+        return False

@@ -124,6 +124,8 @@ class Following:
         if len(parts) < 4:
             return
         self.recent.seen(held, parts[2], parts[1])
+        if self._counted_upto >= self._loaded_upto:
+            self._skipped.passed(self._counted_upto, seq)
         self._counted_upto = max(self._counted_upto, seq)
         uncounted = False
         if self._uncounted:
@@ -217,7 +219,7 @@ class Following:
         """
         counted = []
         for held in removed:
-            if held.seq > self._counted_upto and held.headers.get(WRITER) != self.writer:
+            if held.headers.get(WRITER) != self.writer and (held.seq > self._counted_upto or held.seq in self._skipped):
                 self._uncounted.add(held.seq)
             else:
                 counted.append(held)
