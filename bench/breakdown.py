@@ -19,7 +19,8 @@ from cairn.crypto import handshake, ratchet
 from cairn.crypto.aead import SessionCipher
 from cairn.crypto.handshake import NoiseHandshake, check_identity_payload, identity_payload
 from cairn.crypto.identity import Identity
-from cairn.crypto.ratchet import Ratchet, derive_seed, make_spare_keys
+from cairn.crypto.ratchet import Ratchet, make_spare_keys
+from cairn.crypto.ratchet_seed import derive_seed
 from cairn.wire import cbor
 
 SESSION_ID = b"\x07" * 16

@@ -7,7 +7,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from cairn.session.connection import PEER_CLOSE_TIMEOUT
-from cairn.transport.websocket import _EnvelopeMessages
+from cairn.transport.websocket_messages import _EnvelopeMessages
 from cairn.wire import cbor
 from cairn.wire.constants import PROTOCOL_VERSION, CloseCode, MessageType
 from cairn.wire.envelope import Envelope

@@ -12,7 +12,8 @@ from twisted.trial import unittest
 
 from cairn.crypto import dh
 from cairn.crypto.identity import Identity
-from cairn.crypto.ratchet import Ratchet, RatchetError, derive_seed, session_ad
+from cairn.crypto.ratchet import Ratchet, RatchetError
+from cairn.crypto.ratchet_seed import derive_seed, session_ad
 from cairn.mailbox import sealing
 from cairn.signaling import announce, announcer
 from cairn.wire import cbor

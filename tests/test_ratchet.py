@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.trial import unittest
 
-from cairn.crypto import ratchet
-from cairn.crypto.ratchet import Ratchet, RatchetError, RatchetSeed, derive_seed
+from cairn.crypto import ratchet, ratchet_seed
+from cairn.crypto.ratchet import Ratchet, RatchetError
+from cairn.crypto.ratchet_seed import RatchetSeed, derive_seed
 
 AD = b"channel-0 ad"
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
@@ -220,7 +221,7 @@ def module_vector(case: unittest.TestCase) -> dict[str, str]:
         sending = dh["symmetric_key_ratchet"]["sending_chain"]["key"]
         out["%s.chain_key" % next_label] = _show(raw(sending))
 
-    ad = {label: ratchet.session_ad(V_SESSION_ID, channel) for label, channel in V_CHANNELS.items()}
+    ad = {label: ratchet_seed.session_ad(V_SESSION_ID, channel) for label, channel in V_CHANNELS.items()}
     initiator, i0 = Ratchet.start_initiator(seed, V_PLAINTEXTS["I0"], ad["I0"])
     record("I0", i0)
     internals(initiator, "step1", "I1")

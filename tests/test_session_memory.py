@@ -12,7 +12,7 @@ from cairn.crypto.identity import Identity
 from cairn.mailbox import service as mailbox_service
 from cairn.mailbox import window
 from cairn.session.peer import Peer
-from cairn.transport import websocket
+from cairn.transport import websocket, websocket_messages
 from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
 from cairn.wire.constants import HEADER_SIZE, MessageType
@@ -169,7 +169,7 @@ class WebSocketShedTests(unittest.TestCase):
         self.assertEqual(set(vars(transport)) & set(transport._unbaked.CONFIG_ATTRS), set())
         # Neither state at rest nor the opening handshake's leftovers: a
         # dict of the next size down (0.8 KB, not 1.6 KB).
-        shed = set(websocket._AT_REST) | set(websocket._HANDSHAKE_ONLY)
+        shed = set(websocket_messages._AT_REST) | set(websocket_messages._HANDSHAKE_ONLY)
         self.assertEqual(set(vars(transport)) & shed, set())
         self.assertFalse(transport.wasClean)
         self.assertIsNone(transport.autoPingPendingCall)

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.trial import unittest
 
 from cairn.crypto import ratchet
-from cairn.crypto.ratchet import SPARE_KEYS, Ratchet, derive_seed, make_spare_keys, spare_keys_wanted
+from cairn.crypto.ratchet import SPARE_KEYS, Ratchet, make_spare_keys, spare_keys_wanted
+from cairn.crypto.ratchet_seed import derive_seed
 from cairn.session import channels
 from cairn.session.channels import Channels
 from cairn.wire.cbor import loads_data

@@ -32,7 +32,8 @@ from twisted.trial import unittest
 from cairn.crypto import handshake as handshake_mod
 from cairn.crypto import ratchet
 from cairn.crypto.identity import Identity
-from cairn.crypto.ratchet import Ratchet, derive_seed
+from cairn.crypto.ratchet import Ratchet
+from cairn.crypto.ratchet_seed import derive_seed
 from cairn.session import opening as opening_mod
 from cairn.session.peer import Peer
 from cairn.wire import cbor

@@ -3,10 +3,11 @@ The Double Ratchet that protects every Data body after the Noise handshake.
 
 docs/protocol.md section 11 specifies it (parameters, seeding, state,
 vectors) and section 11.10 notes how this implementation is built. This
-module is the API the session layer uses: the seed from the handshake
-(L{derive_seed}), the wire form of a ratchet message (a CBOR map with
-C{pub}, C{pn}, C{n}, C{ct}, checked strictly here), and L{Ratchet}, one end
-of a conversation, with its persisted form. The state machine itself is
+module is the API the session layer uses: the wire form of a ratchet
+message (a CBOR map with C{pub}, C{pn}, C{n}, C{ct}, checked strictly
+here), and L{Ratchet}, one end of a conversation, with its persisted form;
+it starts from the seed derived from the handshake
+(L{cairn.crypto.ratchet_seed}). The state machine itself is
 L{cairn.crypto.ratchet_state}, written directly over C{cryptography}
 instead of driving the C{doubleratchet} library (its module docstring says
 why; tests/test_ratchet.py keeps checking it against the library).
@@ -18,14 +19,10 @@ call time), which tests may replace (e.g. with trial's C{self.patch}).
 
 import json
 import os
-import struct
 from collections.abc import Callable
 from typing import Any
 
-import attr
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cairn.crypto.ratchet_primitives import (
     AEAD_INFO,
@@ -35,6 +32,7 @@ from cairn.crypto.ratchet_primitives import (
     TAG_LEN,
     RatchetFailure,
 )
+from cairn.crypto.ratchet_seed import _KEY_LEN, RatchetSeed
 from cairn.crypto.ratchet_state import (
     DOS_PROTECTION_THRESHOLD,
     MAX_SKIPPED_MESSAGE_KEYS,
@@ -43,28 +41,19 @@ from cairn.crypto.ratchet_state import (
 
 __all__ = [
     "RatchetError",
-    "RatchetSeed",
     "Ratchet",
-    "derive_seed",
-    "session_ad",
     "generate_private_key",
     "make_spare_keys",
     "spare_keys_wanted",
     "SPARE_KEYS",
-    "SEED_INFO",
     "ROOT_INFO",
     "AEAD_INFO",
     "MESSAGE_CHAIN_CONSTANT",
     "DOS_PROTECTION_THRESHOLD",
     "MAX_SKIPPED_MESSAGE_KEYS",
-    "seed_okm",
-    "seed_from_okm",
 ]
 
-SEED_INFO = b"cairn-ratchet-seed-v1"
-
 _U32_MAX = 2**32 - 1
-_KEY_LEN = 32
 _WIRE_KEYS = frozenset(("pub", "pn", "n", "ct"))
 _STATE_FORMAT = "cairn-ratchet-state-v1"
 
@@ -81,10 +70,6 @@ def _default_generate_private_key() -> bytes:
 #: Source of every fresh ratchet private key (32 raw bytes). Tests replace it
 #: to pin keys and obtain deterministic vectors; production leaves it alone.
 generate_private_key: Callable[[], bytes] = _default_generate_private_key
-
-#: A parsed key: (private bytes, key object, public bytes).
-_KeyEntry = tuple[bytes, X25519PrivateKey, bytes]
-
 
 #: Most spare ratchet keys kept ready, for the whole process (see L{make_spare_keys}).
 SPARE_KEYS = 4
@@ -142,96 +127,6 @@ def _fresh_key() -> tuple[bytes, X25519PrivateKey, "bytes | None"]:
     if not isinstance(priv, bytes) or len(priv) != _KEY_LEN:
         raise RuntimeError("generate_private_key must return 32 bytes")
     return priv, X25519PrivateKey.from_private_bytes(priv), None
-
-
-# ---------------------------------------------------------------------------
-# Seed
-
-
-def _check_key(instance: Any, attribute: "attr.Attribute[bytes]", value: Any) -> None:
-    if not isinstance(value, bytes) or len(value) != _KEY_LEN:
-        raise ValueError("%s must be 32 bytes" % (attribute.name,))
-
-
-@attr.s(frozen=True, repr=False)
-class RatchetSeed:
-    """
-    What both ends derive from the finished handshake to start the ratchet.
-
-    The repr never shows key material.
-    """
-
-    shared_secret: bytes = attr.ib(validator=_check_key)
-    responder_private: bytes = attr.ib(validator=_check_key)
-    responder_public: bytes = attr.ib(validator=_check_key)
-    #: The parsed responder key, when derive_seed made it (a cache, not
-    #: part of the value: it is left out of comparisons).
-    _responder_key: _KeyEntry | None = attr.ib(default=None, init=False, eq=False)
-
-    def __repr__(self) -> str:
-        return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
-
-
-def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
-    """
-    The 64-byte HKDF output L{derive_seed} starts from: a session keeps it
-    instead of the handshake keys once it has forgotten them (§8.3).
-
-    @raise ValueError: an input is not 32 bytes.
-    """
-    for name, value in (
-        ("handshake_hash", handshake_hash),
-        ("key_i2r", key_i2r),
-        ("key_r2i", key_r2i),
-    ):
-        if not isinstance(value, bytes) or len(value) != _KEY_LEN:
-            raise ValueError("%s must be 32 bytes" % (name,))
-    return HKDF(
-        algorithm=hashes.SHA256(),
-        length=64,
-        salt=handshake_hash,
-        info=SEED_INFO,
-    ).derive(key_i2r + key_r2i)
-
-
-def seed_from_okm(okm: bytes) -> RatchetSeed:
-    """The L{RatchetSeed} made from L{seed_okm}'s output."""
-    private = okm[32:]
-    key = X25519PrivateKey.from_private_bytes(private)
-    public = key.public_key().public_bytes_raw()
-    seed = RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
-    # The responder's ratchet start needs this key parsed; keep it (frozen
-    # class, hence object.__setattr__).
-    object.__setattr__(seed, "_responder_key", (private, key, public))
-    return seed
-
-
-def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:
-    """
-    Derive the ratchet seed from a finished Noise handshake.
-
-    okm = HKDF-SHA-256(salt=handshake_hash, ikm=key_i2r || key_r2i,
-    info=C{b"cairn-ratchet-seed-v1"}, length=64); the first 32 bytes are the
-    shared secret, the last 32 the responder's initial X25519 ratchet
-    private key, whose public key is X25519(priv, 9).
-
-    @param handshake_hash: the Noise handshake hash C{h} (32 bytes).
-    @param key_i2r: the initiator-to-responder transport key (32 bytes).
-    @param key_r2i: the responder-to-initiator transport key (32 bytes).
-    @raise ValueError: an input is not 32 bytes.
-    """
-    seed = seed_from_okm(seed_okm(handshake_hash, key_i2r, key_r2i))
-    return seed
-
-
-def session_ad(session_id: bytes, channel: int) -> bytes:
-    """
-    The associated data a session gives the ratchet for a Data on C{channel}:
-    the 16-byte session id, then the channel id as u32 big-endian
-    (docs/protocol.md §9.5), so that a ratchet message opens only in the
-    session and on the channel it was sealed for.
-    """
-    return session_id + struct.pack(">I", channel)
 
 
 # ---------------------------------------------------------------------------

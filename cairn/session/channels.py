@@ -26,11 +26,10 @@ from collections import deque
 from cairn.crypto.ratchet import (
     Ratchet,
     RatchetError,
-    derive_seed,
     make_spare_keys,
-    session_ad,
     spare_keys_wanted,
 )
+from cairn.crypto.ratchet_seed import derive_seed, session_ad
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.cbor import dumps_data
 from cairn.wire.constants import CloseCode, MessageType

@@ -11,7 +11,7 @@ C{_epoch_sent}, C{_epoch_started}, C{_key_update_seq} and C{_seed_okm}.
 
 import attr
 
-from cairn.crypto.ratchet import seed_from_okm, seed_okm
+from cairn.crypto.ratchet_seed import seed_from_okm, seed_okm
 from cairn.session.errors import ProtocolViolation
 from cairn.wire.constants import CloseCode, MessageType
 

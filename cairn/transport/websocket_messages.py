@@ -1,0 +1,211 @@
+"""
+L{_EnvelopeMessages}: the message layer both cairn WebSocket protocols
+(L{cairn.transport.websocket.ServerProtocol} and C{ClientProtocol}) share
+-- one envelope per binary message, autobahn's per-message hooks and its
+read and write paths cut to what cairn uses (issue 19), the Close on an
+over-long message, L{IFrameTransport}'s writes and closes -- and the
+shedding of autobahn's per-connection state once a WebSocket is open
+(L{_shed}, issue 20).
+
+Why separate: it is what a connection does once open, the same on both
+sides; L{cairn.transport.websocket} keeps what differs per side (the
+opening handshake's checks, the per-source limit, the output guard) and
+the factories (#18: no module over 399 lines).
+"""
+
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from cairn.wire.constants import CloseCode
+from cairn.wire.envelope import EnvelopeError, decode
+
+#: autobahn's per-connection state that holds its initial value for an
+#: open WebSocket's life (close, timeout and auto-ping bookkeeping): class
+#: defaults here, deleted from the instance at open (see L{_shed}).
+_AT_REST = {
+    "wasClean": False,
+    "closedByMe": False,
+    "failedByMe": False,
+    "droppedByMe": False,
+    "wasNotCleanReason": None,
+    "wasServerConnectionDropTimeout": False,
+    "wasOpenHandshakeTimeout": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "openHandshakeTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "autoPingTimeoutCall": None,
+    "autoPingPending": None,
+    "autoPingPendingCall": None,
+    "autoPingPendingSeq": 0,
+    "autoPingPendingSent": None,
+    "trackedTimings": None,
+    "_perMessageCompress": None,
+    "ticket": None,
+}
+#: What autobahn reads only during the opening handshake (autobahn 26.x).
+_HANDSHAKE_ONLY = (
+    "_wskey",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+)
+
+
+def _shed(protocol):
+    """
+    Once a WebSocket is open, keep in its instance dict only what differs
+    from L{_AT_REST} and is still read, in a dict sized to it: autobahn
+    sets ~70 attributes per connection (a 1.6 KB dict), fewer than 43 fit
+    in the next size down (0.8 KB; issue 20). Each attribute autobahn sets
+    again later (at close) goes back into the instance.
+    """
+    state = protocol.__dict__
+    for name, value in _AT_REST.items():
+        if name in state and state[name] is value:
+            del state[name]
+    for name in _HANDSHAKE_ONLY:
+        state.pop(name, None)
+    protocol.__dict__ = dict(state)
+
+
+class _EnvelopeMessages:
+    """What the server and client WebSocket protocols share."""
+
+    sink = None
+    #: Closing is a handshake one side starts: after a cairn Close only its
+    #: sender starts it (see L{cairn.session.connection}).
+    closing_handshake = True
+
+    @property
+    def peer_address(self) -> str:
+        return str(self.peer)
+
+    def onOpen(self):
+        # Once open, autobahn keeps the upgrade request or response (raw
+        # bytes and parsed headers) and an empty send queue (a 760-byte
+        # deque) for the connection's life. cairn needs neither: the queue
+        # is used only by sends with C{sync} or C{chopsize}, which cairn never
+        # makes (an empty tuple answers the C{len} autobahn asks of it).
+        # About 2 KB per WebSocket session (issue 20).
+        self.http_headers = {}
+        self.http_request_data = self.http_response_data = b""
+        self.send_queue = ()
+        _shed(self)
+        self.sink.connection_made(self)
+
+    # Straight to autobahn's frame parser: its Twisted adapter's
+    # dataReceived adds only a debug log event per read (three lazy
+    # arguments built whether or not anything logs at debug level).
+    dataReceived = WebSocketProtocol._dataReceived
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # autobahn's, for the one way cairn sends (no sync, no chopsize,
+        # nothing queued, no octet log): a transport write, without the
+        # debug log event autobahn builds per write (three lazy arguments)
+        # or its wire-level traffic counter, which cairn never reads.
+        if sync or chopsize or self.send_queue or self.logOctets:
+            WebSocketProtocol.sendData(self, data, sync, chopsize)
+        else:
+            self.transport.write(data)
+
+    # autobahn's per-message hooks, without what cairn does not use. Its
+    # defaults pass every message through two method layers each, collect
+    # every frame in a list of its own before copying it into the message's,
+    # and after C{onMessage} "fire" the message to observers (a txaio future
+    # and an errback per message, about a tenth of autobahn's receive CPU):
+    # cairn registers no observer and sets no timing tracking. The size
+    # limits are autobahn's own check (C{onMessageFrameBegin}); a message's
+    # frames are dropped once it is delivered (autobahn kept the last one).
+
+    def _onMessageBegin(self, isBinary):
+        self.message_is_binary = isBinary
+        self.message_data = []
+        self.message_data_total_length = 0
+
+    _onMessageFrameBegin = WebSocketProtocol.onMessageFrameBegin
+
+    def _onMessageFrameData(self, payload):
+        if not self.failedByMe:
+            self.message_data.append(payload)
+
+    def _onMessageFrameEnd(self):
+        self.frame_data = None
+
+    def _onMessageEnd(self):
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            self.message_data = None
+            self.onMessage(payload, self.message_is_binary)
+
+    def onMessage(self, payload, isBinary):
+        if not isBinary:
+            self.sink.framing_error(CloseCode.MALFORMED_ENVELOPE, "text WebSocket message")
+            return
+        try:
+            envelope = decode(payload, self.factory.settings.max_payload)
+        except EnvelopeError as e:
+            self.sink.framing_error(e.code, e.reason)
+            return
+        self.sink.envelope_received(envelope)
+        self._envelope_handled()
+
+    def _envelope_handled(self):
+        """Hook of the server side (the per-source handshake limit)."""
+
+    def onClose(self, wasClean, code, reason):
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.connection_lost(reason)
+
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
+        # autobahn's hook for an over-long message: say why in cairn terms
+        # first, then let autobahn fail the WebSocket (close code 1009).
+        if self.sink is not None:
+            self.sink.framing_error(
+                CloseCode.PAYLOAD_TOO_LARGE,
+                f"message of {msg_size} bytes above maximum {max_msg_size}",
+            )
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+    # IFrameTransport
+
+    def write_envelope(self, data: bytes) -> None:
+        # Once the WebSocket is closing, autobahn raises Disconnected; the
+        # session is about to detach (and resend after a Reconnect), so the
+        # write is dropped like bytes written to a closing TCP socket.
+        if self.state != self.STATE_OPEN:
+            return
+        if self._perMessageCompress is None and len(data) <= self.maxMessagePayloadSize:
+            # What sendMessage does for cairn's messages (binary, one frame:
+            # autoFragmentSize 0, no compression negotiated), without its
+            # argument asserts, counters and option checks (about 0.8 us).
+            self.sendFrame(opcode=2, payload=data)
+        else:
+            self.sendMessage(data, isBinary=True)  # compresses, or refuses an oversized one
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.check()
+
+    def lose(self, abort: bool = False) -> None:
+        if abort:
+            # The session decided this abort and logged why; without this
+            # autobahn adds a warning "dropping connection ... : None" (its
+            # wasClean is read only by that line and by onClose, which
+            # ignores it).
+            self.wasClean = True
+            self.dropConnection(abort=True)
+        else:
+            self.sendClose(code=1000)
+
+
+for _name, _value in _AT_REST.items():
+    setattr(_EnvelopeMessages, _name, _value)
