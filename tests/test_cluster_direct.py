@@ -13,7 +13,7 @@ from unittest import mock
 from nats.errors import NoRespondersError
 from twisted.trial import unittest
 
-from cairn.cluster import direct
+from cairn.cluster import direct, pubacks
 
 
 def _msg(headers, data=b""):
@@ -133,14 +133,14 @@ def _ack(reply, answer, headers=None):
 
 
 class AcksTests(unittest.TestCase):
-    """L{direct.Acks}: pipelined publishes, each answered by its own PubAck, one timer for all."""
+    """L{pubacks.Acks}: pipelined publishes, each answered by its own PubAck, one timer for all."""
 
     def test_answers_matched_to_their_publishes(self):
         """PubAcks answered out of order reach their own publishes; refusals fail theirs."""
 
         async def go():
             nc = _PublishingNats()
-            acks = direct.Acks(nc, timeout=30)
+            acks = pubacks.Acks(nc, timeout=30)
             futures = [await acks.publish(f"s.{i}", b"x", {}) for i in range(4)]
             replies = [reply for _, reply in nc.published]
             await nc.reply_cb(_ack(replies[2], {"seq": 12}))
@@ -166,7 +166,7 @@ class AcksTests(unittest.TestCase):
 
         async def go():
             nc = _PublishingNats()
-            acks = direct.Acks(nc, timeout=0.01)
+            acks = pubacks.Acks(nc, timeout=0.01)
             lost = await acks.publish("s.1", b"x", {})
             answered = await acks.publish("s.2", b"x", {})
             await nc.reply_cb(_ack(nc.published[1][1], {"seq": 2}))

@@ -170,9 +170,9 @@ class RestartDrainTests(unittest.TestCase):
         backlog over it is read in such requests, none lost.
         """
         self.patch(mailbox_ahead, "READ_AHEAD_BYTES", 4000)
-        from cairn.cluster import mailbox
+        from cairn.cluster import mailbox_reads
 
-        self.patch(mailbox, "READ_AHEAD_BYTES", 4000)
+        self.patch(mailbox_reads, "READ_AHEAD_BYTES", 4000)
         sent = [item(payload=b"%04d" % i * 25) for i in range(100)]  # 100 bytes each
         first = yield _started(self.jet)
         yield first.enqueue(sent, 1.0, MANY)

@@ -22,9 +22,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from cairn.cluster import layout
-from cairn.cluster.direct import Acks
 from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
+from cairn.cluster.pubacks import Acks
 
 log = Logger()
 

@@ -5,11 +5,11 @@ nats-py has no call for a batched direct get (ADR-31: C{"batch"} with
 C{"next_by_subj"}, answered by a run of messages and an end-of-batch
 status), which is how the stores page through a subject -- one round trip
 per page instead of one per message -- so L{direct_batch} makes the
-request itself. Everything else is nats-py's.
+request itself. Everything else is nats-py's. (The pipelined publishes
+are L{cairn.cluster.pubacks}.)
 """
 
 import asyncio
-import collections
 import functools
 import json
 
@@ -309,105 +309,3 @@ class PublishError(Exception):
     def __init__(self, err_code, description):
         super().__init__(description)
         self.err_code = err_code
-
-
-class Acks:
-    """
-    Pipelined JetStream publishes: L{publish} writes a message with a
-    reply subject of its own and returns a future of its PubAck's stream
-    seq, so that many can be in flight on one connection.
-
-    nats-py's own C{publish_async} leaves the future unresolved when the
-    server answers with an error (its reply handler raises instead of
-    setting the exception, nats-py 2.16), and a refused write is an
-    ordinary answer here (a duplicate), hence this small replacement.
-
-    Every publish has the same time to be answered, so they expire in the
-    order they were written: one timer, for the oldest one waiting, serves
-    them all (a timer and two done-callbacks per publish were a tenth of
-    the NATS thread's work per enqueued message).
-    """
-
-    def __init__(self, nc, timeout=5.0):
-        self.nc = nc
-        self.timeout = timeout
-        self._prefix = None
-        #: token -> (future, deadline on the loop's clock), oldest first
-        self._futures = collections.OrderedDict()
-        self._next = 0
-        self._timer = None
-
-    async def _start(self):
-        self._prefix = self.nc.new_inbox()
-        await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
-
-    async def _reply(self, msg):
-        waiting = self._futures.pop(msg.subject.rsplit(".", 1)[1], None)
-        if waiting is None or waiting[0].done():
-            return
-        future = waiting[0]
-        headers = msg.headers or {}
-        if headers.get("Status") == "503":
-            _fail(future, PublishError(503, "no JetStream stream answered (no responders)"))
-            return
-        try:
-            answer = json.loads(msg.data)
-        except ValueError:
-            _fail(future, PublishError(0, "unreadable PubAck"))
-            return
-        if "error" in answer:
-            error = answer["error"]
-            _fail(future, PublishError(error.get("err_code"), error.get("description", "refused")))
-        else:
-            future.set_result(int(answer["seq"]))
-
-    async def publish(self, subject, payload, headers, issued=None):
-        """
-        Write one message; returns a future of its stream seq (failing with
-        L{PublishError}, or C{TimeoutError} when no PubAck comes in time).
-
-        @param issued: called with the publish's number just before it is
-            written: the numbers follow the order in which this connection
-            writes the publishes (nothing is awaited between the call and
-            the write), which is the order of their stream seqs.
-        """
-        if self._prefix is None:
-            await self._start()
-        self._next += 1
-        token = str(self._next)
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._futures[token] = (future, loop.time() + self.timeout)
-        if self._timer is None:
-            self._timer = loop.call_at(loop.time() + self.timeout, self._expire)
-        if issued is not None:
-            issued(self._next)
-        try:
-            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
-        except BaseException:
-            self._futures.pop(token, None)
-            future.cancel()
-            raise
-        return future
-
-    def _expire(self):
-        """The timer: fail every publish past its time, then wait for the oldest one left."""
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._futures:
-            token, (future, deadline) = next(iter(self._futures.items()))
-            if deadline > now:
-                self._timer = loop.call_at(deadline, self._expire)
-                return
-            del self._futures[token]
-            if not future.done():
-                _fail(future, TimeoutError("no PubAck from JetStream in time"))
-
-
-def _fail(future, error):
-    future.set_exception(error)
-    # Retrieved here: a caller that stopped early (another publish failed)
-    # must not leave an "exception never retrieved" behind; one that awaits
-    # it still gets it.
-    future.exception()

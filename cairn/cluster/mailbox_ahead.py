@@ -1,6 +1,6 @@
 """
 L{ReadAhead}: what a fetch of the JetStream mailbox read beyond what it
-was asked for (L{cairn.cluster.mailbox.JetStreamMailboxStore._read_ahead}),
+was asked for (L{cairn.cluster.mailbox_reads.Reading._read_ahead}),
 kept per recipient so that the next fetches carrying on from it are
 answered from memory.
 

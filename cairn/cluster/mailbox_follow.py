@@ -77,7 +77,7 @@ class Following:
         self._watching = asyncio.get_running_loop().create_task(self._follow(upto))
 
     async def _publish(self, subject, payload, headers):
-        """Every write of this store to its stream: a future of its seq (L{D.Acks.publish})."""
+        """Every write of this store to its stream: a future of its seq (L{cairn.cluster.pubacks.Acks.publish})."""
         own = self._own
         if own is None:
             return await self.jet.acks.publish(subject, payload, headers)
