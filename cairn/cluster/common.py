@@ -20,6 +20,10 @@ KIND, DONE = "Cairn-Kind", "done"
 WRITER = "Cairn-Writer"
 #: A receipt's: the size in bytes of the message it is about (other writers' watches follow removals).
 SIZE = "Cairn-Size"
+#: A tombstone's: the C{Cairn-Writer} of the message it replaces (another
+#: writer's watch counts the removal out of its depths only where the
+#: message was counted in: L{cairn.cluster.mailbox_follow}).
+MESSAGE_WRITER = "Cairn-Message-Writer"
 
 
 def recipient_of(held):

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from cairn.cluster import direct as D
 from cairn.cluster import mailbox_ahead
-from cairn.cluster.common import KIND, SIZE, WRITER, is_message, kv_entries, one_line, recipient_of
+from cairn.cluster.common import KIND, MESSAGE_WRITER, SIZE, WRITER, is_message, kv_entries, one_line, recipient_of
 from cairn.cluster.mailbox_alone import OwnWrites
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
 from cairn.mailbox.interfaces import Depth, PeerLimits
@@ -136,11 +136,15 @@ class Following:
             # A tombstone; with a status, it carries a receipt (layout 2):
             # known to the sender's reads at once, this store's own too
             # (its PubAck may come after the watch).
-            if parts[1] == "mbox" and len(parts) == 5 and headers.get(D.STATUS) is not None:
+            if parts[1] != "mbox" or len(parts) != 5:
+                return
+            receipt = headers.get(D.STATUS) is not None
+            if receipt:
                 self._receipt_written(parts[3], seq)
-                if headers.get(WRITER) != self.writer:
-                    size = int(headers.get(SIZE) or 0)
-                    self.jet.thread.to_reactor(self._removed_elsewhere, parts[2], size, parts[3], seq)
+            if headers.get(WRITER) != self.writer and self._counted_in(headers):
+                size = int(headers.get(SIZE) or 0)
+                sender = parts[3] if receipt else None
+                self.jet.thread.to_reactor(self._removed_elsewhere, parts[2], size, sender, seq)
             return
         if headers.get(WRITER) == self.writer:
             return  # this store's own writes (counted when made)
@@ -149,6 +153,23 @@ class Following:
         if parts[1] == "mbox":
             stored_at = float(headers.get(D.STORED) or 0)
             self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(held.data), stored_at, seq)
+
+    def _counted_in(self, headers):
+        """
+        Whether the message that another writer's tombstone (C{headers})
+        replaces is in this store's depths, so that its removal counts
+        out: this store's own message (counted at its enqueue), or another
+        writer's that the load or the watch read -- not one the watch
+        passed over, deleted by this very tombstone's rollup before the
+        watch reached it (L{cairn.cluster.mailbox_alone.Skipped}). Counting that one out
+        showed its recipient's depth at -1 for good. A tombstone without
+        the message's writer (a node of an older version) counts out as
+        before when it carries a receipt.
+        """
+        writer = headers.get(MESSAGE_WRITER)
+        if writer is None:
+            return headers.get(D.STATUS) is not None
+        return writer == self.writer or int(headers.get(D.EXPECT_LAST) or 0) not in self._skipped
 
     async def _follow(self, upto):
         """

@@ -10,8 +10,9 @@ it -- the names, reading a receipt off a tombstone, the sender's
 Subjects of layout 2:
 
   - C{<p>.mbox.<recipient>.<sender>.<id>}: the message, then its
-    tombstone (C{Cairn-Kind: done}); a removal's tombstone also has the
-    receipt's C{Cairn-Status}, C{Cairn-At} and C{Cairn-Size}. A sender's
+    tombstone (C{Cairn-Kind: done}, with the message's C{Cairn-Size} and
+    the C{Cairn-Message-Writer} that wrote it); a removal's tombstone also
+    has the receipt's C{Cairn-Status} and C{Cairn-At}. A sender's
     receipts are the tombstones under C{<p>.mbox.*.<sender>.*} that have a
     status; C{Receipt.rseq} is the tombstone's stream seq, which grows
     with every receipt written (a sender's receipt cursor stays

@@ -9,6 +9,7 @@ A mixin, so that each module stays small.
 import asyncio
 import heapq
 
+from cairn.cluster import common as C
 from cairn.cluster import direct as D
 from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, kv_forget, recipient_of
 from cairn.cluster.mailbox_layout import receipt_headers
@@ -248,11 +249,12 @@ class Removal:
         for held in found:
             sender = held.subject.split(".")[3]
             if sender == skip_sender:
-                headers = {KIND: DONE, D.EXPIRES: held.headers[D.EXPIRES]}
+                headers = {KIND: DONE, D.EXPIRES: held.headers[D.EXPIRES], C.SIZE: str(len(held.data or b""))}
             else:
                 expires = float_text(max(float(held.headers[D.EXPIRES]), now + ttl))
                 headers = receipt_headers(status, now, expires, len(held.data or b""))
             headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: self.writer})
+            headers[C.MESSAGE_WRITER] = held.headers.get(WRITER, "")
             futures.append((held, sender != skip_sender, await self._write(held.subject, b"", headers)))
         return futures
 

@@ -1,0 +1,121 @@
+"""
+The JetStream mailbox's depth figures when another writer removes a
+message: counted out only where it was counted in (#14). A removal's
+tombstone deletes its message (a rollup); a watch that had not read the
+message yet passes over it, so the message was never counted in there.
+"""
+
+import asyncio
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from cairn.cluster.mailbox import JetStreamMailboxStore
+from tests import _jetstream
+from tests._harness import Conditions
+from tests.test_mailbox_store import LIMITS, B, item
+
+
+class RemovedBeforeTheWatchTests(unittest.TestCase):
+    """
+    C{here} watches the stream, but its watch reads nothing until the
+    test releases it, while C{elsewhere} (another node's store) removes
+    messages: the rollup deletes each before the watch reaches it.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.here, self.elsewhere = JetStreamMailboxStore(self.jet), JetStreamMailboxStore(self.jet)
+        self.conditions, self.depths = Conditions(), []
+        here, follow, seen = self.here, self.here._follow, self.here._seen
+        self.gate = None
+
+        async def held_back(upto):  # on the NATS loop: the watch starts when released
+            self.gate = asyncio.get_running_loop().create_future()
+            self.jet.thread.to_reactor(self.conditions.changed)
+            await self.gate
+            await follow(upto)
+
+        def watched(held):
+            seen(held)
+            self.jet.thread.to_reactor(self.conditions.changed)
+
+        apply = here._apply
+
+        def applied(updates):
+            self.depths.extend(d.messages for r, d in updates.items() if r == B)
+            apply(updates)
+
+        here._follow, here._seen, here._apply = held_back, watched, applied
+        here.follow_needed()  # another node is seen (presence)
+        yield here.start()
+        yield self.elsewhere.start()
+        yield self.conditions.until(lambda: self.gate is not None)
+
+    @defer.inlineCallbacks
+    def release(self, upto):
+        """Let the watch read, up to seq C{upto}, and every depth change it made be applied."""
+
+        async def open_gate():
+            self.gate.set_result(None)
+
+        yield self.here._run(open_gate)
+        yield self.conditions.until(lambda: self.here._counted_upto >= upto)
+        yield self.here.flushed()  # the reactor calls the watch made are before this answer
+
+    @defer.inlineCallbacks
+    def test_another_writers_message(self):
+        """
+        Stored and acknowledged elsewhere before this store's watch read
+        it: never counted in here, so not counted out (it showed -1).
+        """
+        ((_, seq),) = yield self.elsewhere.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [seq], 2.0, 100.0)
+        yield self.release(receipt.rseq)
+        self.assertEqual(self.depths, [])
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_this_stores_own_message(self):
+        """
+        Stored here (counted at its enqueue), acknowledged elsewhere before
+        this store's watch read it: counted out, though the watch passed
+        over it.
+        """
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        self.assertEqual(self.here.depths()[B].messages, 1)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [seq], 2.0, 100.0)
+        yield self.release(receipt.rseq)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+
+class PlainTombstoneTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_purge_elsewhere_of_what_a_peer_sent_itself(self):
+        """
+        A purge made elsewhere replaces what the peer sent itself by a
+        tombstone without a receipt: it leaves this store's depths too (it
+        stayed counted until this node's restart).
+        """
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        conditions, seen = Conditions(), here._seen
+
+        def watched(held):
+            seen(held)
+            jet.thread.to_reactor(conditions.changed)
+
+        here._seen = watched
+        here.follow_needed()  # another node is seen (presence)
+        yield here.start()
+        yield elsewhere.start()
+        ((_, seq),) = yield here.enqueue([item(sender=B, payload=b"abc")], 1.0, LIMITS)
+        yield conditions.until(lambda: here._counted_upto >= seq)
+        yield elsewhere.purge(B, 3.0, 100.0)
+        yield conditions.until(lambda: here._counted_upto >= seq + 1)
+        yield here.flushed()
+        self.assertNotIn(B, here.depths())
+        self.assertEqual(here.total_bytes(), 0)
