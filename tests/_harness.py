@@ -11,6 +11,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
 
 from cairn.client import Client
 from cairn.crypto.identity import Identity
@@ -84,6 +85,18 @@ class Conditions:
                 self._waiting.remove(item)
                 d.callback(None)
         return result
+
+
+def observe_logs(testcase, observer=None):
+    """
+    Every log event from now until C{testcase} ends: given to C{observer},
+    or else appended to the list returned.
+    """
+    events = []
+    observer = observer or events.append
+    globalLogPublisher.addObserver(observer)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
 
 
 def eventually(d, timeout=10):

@@ -3,7 +3,7 @@ The close path: who closes the transport after a cairn Close.
 """
 
 from twisted.internet import defer
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from cairn.session.connection import PEER_CLOSE_TIMEOUT
@@ -11,7 +11,7 @@ from cairn.transport.websocket_messages import _EnvelopeMessages
 from cairn.wire import cbor
 from cairn.wire.constants import PROTOCOL_VERSION, CloseCode, MessageType
 from cairn.wire.envelope import Envelope
-from tests._harness import ScenarioMixin, closed, eventually
+from tests._harness import ScenarioMixin, closed, eventually, observe_logs
 
 
 def clear_close(session_id=b"\x00" * 16):
@@ -89,9 +89,7 @@ class WebSocketCloseTests(ScenarioMixin, unittest.TestCase):
         """An abort the session decided (e.g. a keepalive timeout) is not also an autobahn warning with no reason."""
         session = yield self.connect()
         server_connection = self.server_session(session).connection
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = observe_logs(self)
         server_connection.transport.lose(abort=True)
         yield eventually(server_connection.lost)
         warnings = [

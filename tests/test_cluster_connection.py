@@ -6,11 +6,11 @@ a reconnection, with a real nats-server restarted under it.
 import os
 
 from twisted.internet import defer, reactor
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from cairn.cluster.connection import JetStream, Settings
-from tests._harness import Conditions, eventually
+from tests._harness import Conditions, eventually, observe_logs
 from tests._nats import NatsServer
 
 #: nats-server's default max_payload (1 MiB).
@@ -53,8 +53,7 @@ class ReconnectTests(unittest.TestCase):
             if event.get("log_namespace", "").startswith("cairn.cluster.connection"):
                 conditions.changed(events.append(event))
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        observe_logs(self, observe)
         yield server.kill()
         server.max_payload = 64 * 1024
         yield server.start()

@@ -6,11 +6,11 @@ thread of its own, and what crosses between it and the reactor.
 import asyncio
 
 from twisted.internet import defer, reactor
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from cairn.cluster.loop import AsyncioThread
-from tests._harness import eventually
+from tests._harness import eventually, observe_logs
 
 
 class _CountingReactor:
@@ -100,8 +100,7 @@ class AsyncioThreadTests(unittest.TestCase):
             if event.get("log_level") == LogLevel.critical and "NATS event loop" in event.get("log_format", ""):
                 logged.append(event)
 
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observe_logs(self, observer)
         back = []
 
         def boom(*_):

@@ -14,7 +14,7 @@ import re
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -38,7 +38,7 @@ from cairn.wire import cbor
 from cairn.wire.constants import MessageType, RouteStatus
 from tests import _jetstream
 from tests._cluster_nodes import NodesMixin
-from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, track_connections
+from tests._harness import SETTINGS, Conditions, collect, drop_all, eventually, observe_logs, track_connections
 from tests._nats import free_port, start_nats
 from tests.test_relay import RecordingRelay, RelayScenarioMixin
 
@@ -322,8 +322,7 @@ class RelayDataAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
             if event.get("log_level") == LogLevel.error and "RelayData frame of version" in event.get("log_format", ""):
                 logged.append(event)
 
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observe_logs(self, observer)
         _, _, a, b, _, _ = yield self.circuit()
         circuit_id = self.only_circuit().circuit_id
         reasons = []

@@ -14,7 +14,6 @@ import tempfile
 from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from cairn.db import DB_FILE_NAME
@@ -27,7 +26,7 @@ from cairn.startup import disk_warnings
 from cairn.sync import client as sync
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, ReceiptStatus, SyncStatus
-from tests._harness import Conditions, RealNodeClients, drop_all, eventually
+from tests._harness import Conditions, RealNodeClients, drop_all, eventually, observe_logs
 from tests.test_faults import FullDisk
 from tests.test_service import config_for
 
@@ -212,9 +211,7 @@ class ReserveScenario(RealNodeClients):
     @defer.inlineCallbacks
     def setUp(self):
         self.connections = []
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = observe_logs(self)
         self.data_dir, statvfs = self.make_disk()
         self.node = make_node(config_for(self.data_dir, psk=PSK, disk_reserve=self.reserve), reactor)
         if statvfs is not None:
@@ -558,9 +555,7 @@ class ReportTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_start_up_warning(self):
         """A mailbox limit larger than the disk is warned about in one line when the node starts."""
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = observe_logs(self)
         node = self.node(forward_max_total=10**9, mgmt_listen="none")
         node.startService()
         yield node.ready

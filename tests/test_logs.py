@@ -3,13 +3,14 @@
 import io
 import json
 
-from twisted.logger import Logger, LogLevel, PredicateResult, formatEvent, globalLogPublisher
+from twisted.logger import Logger, LogLevel, PredicateResult, formatEvent
 from twisted.python import log as legacy
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
 
 from cairn import logs
 from cairn.config import Config
+from tests._harness import observe_logs
 
 
 def _event(level=LogLevel.info, fmt="hello {who}", **fields):
@@ -43,8 +44,7 @@ class LevelTests(unittest.TestCase):
         """A legacy log.msg line about a port is filtered as debug, others pass."""
         seen = []
         observer = logs.make_observer(seen.append, None, "info", "text")
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observe_logs(self, observer)
         legacy.msg("StreamFactory starting on 7400")
         legacy.msg("something else")
         self.assertEqual([e.get("log_text") or e["message"][0] for e in seen], ["something else"])

@@ -7,7 +7,7 @@ import os
 import time
 
 from twisted.internet import defer, reactor, task
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from cairn.db import Database
@@ -21,7 +21,7 @@ from cairn.management.metrics import Metrics
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType, ReceiptStatus
-from tests._harness import SETTINGS, Conditions, ScenarioMixin, closed, eventually
+from tests._harness import SETTINGS, Conditions, ScenarioMixin, closed, eventually, observe_logs
 
 MAX_AGE = 3600.0
 
@@ -313,10 +313,7 @@ class MailboxScenarioMixin(MailboxHarness):
 
     def log_events(self):
         """Every log event from now until the test ends."""
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
+        return observe_logs(self)
 
     @defer.inlineCallbacks
     def test_unpaired_recipient(self):

@@ -4,7 +4,7 @@ scenario run over TCP and over WebSocket.
 """
 
 from twisted.internet import defer
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from cairn.crypto.identity import Identity
@@ -22,7 +22,7 @@ from cairn.pairing.codes import Link, parse_link
 from cairn.pairing.interfaces import PAIRED, PENDING, REVOKED
 from cairn.session.guards import paired_only
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
-from tests._harness import closed, eventually
+from tests._harness import closed, eventually, observe_logs
 from tests._pairing_harness import PairingScenarioMixin, Replies
 
 CUSTOM = 0xF0AA
@@ -38,8 +38,7 @@ def pairing_log(test):
             if "pending approval" in lines[-1] and not pending.called:
                 pending.callback(lines[-1])
 
-    globalLogPublisher.addObserver(observe)
-    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    observe_logs(test, observe)
     return lines, pending
 
 

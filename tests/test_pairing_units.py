@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -29,6 +29,7 @@ from cairn.session.peer import Peer
 from cairn.session.session import SessionClosed
 from cairn.wire.constants import CloseCode, MessageType, PairRejectCode
 from cairn.wire.schema import BodyError
+from tests._harness import observe_logs
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
 PSK = "the node's pre-shared key for unit tests"
@@ -624,9 +625,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
 
     def test_purge_hook_store_full_is_one_line(self):
         """A purge the full store cannot write is logged in one line naming the peer, without a traceback."""
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = observe_logs(self)
         self.service.add_purge_hook(lambda peer_id: defer.fail(StoreFull("database or disk is full")))
         session = self.attach(FakeSession())
         self.psk_pair(session)

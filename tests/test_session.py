@@ -13,6 +13,7 @@ from tests._harness import (
     closed,
     eventually,
     next_data,
+    observe_logs,
 )
 
 
@@ -40,8 +41,6 @@ class EstablishMixin(ScenarioMixin):
         at its start and one at its end (the closed connection is not a
         third: the session's line already says it ended).
         """
-        from twisted.logger import globalLogPublisher
-
         events = []
 
         def observer(event):
@@ -50,8 +49,7 @@ class EstablishMixin(ScenarioMixin):
 
         session = yield self.connect()
         other = self.server_session(session)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observe_logs(self, observer)
         session.close()
         yield defer.gatherResults([eventually(c.lost) for c in self.connections])
         self.assertIsNotNone(other.closed)
@@ -276,7 +274,7 @@ class AddressLoggingTests(unittest.TestCase):
     """CAIRN_LOG_ADDRESSES: session lines name the peer's address only when the operator opts in."""
 
     def established_line(self, log_addresses):
-        from twisted.logger import formatEvent, globalLogPublisher
+        from twisted.logger import formatEvent
 
         from cairn.crypto.identity import Identity
         from cairn.session.peer import Peer
@@ -287,8 +285,7 @@ class AddressLoggingTests(unittest.TestCase):
             if event.get("log_namespace") == "cairn.session.peer":
                 lines.append(formatEvent(event))
 
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observe_logs(self, observer)
         peer = Peer(Identity.generate(), task.Clock(), log_addresses=log_addresses)
         session = type("S", (), {})()
         session.session_id = bytes(16)

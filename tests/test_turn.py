@@ -18,7 +18,7 @@ import time
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from cairn.config import Config, ConfigError
@@ -31,7 +31,7 @@ from cairn.turn.credentials import turn_credentials, turn_password, turn_usernam
 from cairn.turn.service import NOT_CONFIGURED, TurnService, secret_from_config
 from cairn.wire.constants import CloseCode, MessageType
 from cairn.wire.schema import BodyError
-from tests._harness import Conditions, ScenarioMixin, closed, eventually
+from tests._harness import Conditions, ScenarioMixin, closed, eventually, observe_logs
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
 
@@ -236,9 +236,7 @@ class TurnScenarioMixin(TurnHarness):
     @defer.inlineCallbacks
     def test_secret_never_logged(self):
         """Granting credentials logs nothing that contains the secret, and the service's repr hides it."""
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = observe_logs(self)
         session = yield self.connect(self.paired_client())
         yield eventually(request_relay(session))
         self.assertNotIn(SECRET, repr(self.turn))
