@@ -8,6 +8,7 @@ import os
 import sqlite3
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -23,7 +24,7 @@ from cairn.sync.interfaces import SYNC_SCHEMA, ISyncHub
 from cairn.sync.service import SyncService
 from cairn.sync.store import MemorySyncStore, SQLiteSyncStore
 from cairn.wire.constants import CloseCode, MessageType, SyncStatus
-from tests._harness import SETTINGS, Conditions, ScenarioMixin, closed, eventually
+from tests._harness import SETTINGS, Conditions, ScenarioMixin, closed, eventually, observe_logs
 from tests.test_management import Node as ManagementNode
 
 DAY = 86400.0
@@ -305,6 +306,57 @@ class SyncScenarioMixin(SyncHarness):
         yield self.subscribed(phone, laptop)
         yield self.pairing.unpair(laptop.peer_id)
         self.assertEqual(list(self.store.cursors()), [phone.peer_id])
+
+    @defer.inlineCallbacks
+    def test_unpair_purge_on_full_store_retried_by_the_sweep(self):
+        """
+        A purge that meets a full store (DELETE /peers/{id} answers 507) is
+        tried again at each sweep until it succeeds: the revoked device's
+        cursors do not stay for good (only the mailbox's part was retried).
+        """
+        phone, laptop = self.device(), self.device()
+        yield phone.connect(["notes"])
+        yield laptop.connect(["notes"])
+        yield self.subscribed(phone, laptop)
+        purge, failures = self.store.purge, [StoreFull("database or disk is full")] * 2
+
+        def full_then_working(device):
+            return defer.fail(failures.pop()) if failures else purge(device)
+
+        self.store.purge = full_then_working
+        events = observe_logs(self)
+        yield self.assertFailure(self.pairing.unpair(laptop.peer_id), StoreFull)
+        self.assertIn(laptop.peer_id, self.store.cursors())
+        yield self.hub.sweep()  # the first retry meets the full store again: one line
+        self.assertIn(laptop.peer_id, self.store.cursors())
+        [line] = [e for e in events if "purging" in e.get("log_format", "")]
+        self.assertIn("database or disk is full", formatEvent(line))
+        yield self.hub.sweep()
+        self.assertEqual(list(self.store.cursors()), [phone.peer_id])
+        self.assertEqual(self.hub.purges_pending, set())
+        self.assertEqual(self.flushLoggedErrors(StoreFull), [])
+
+    @defer.inlineCallbacks
+    def test_failed_purge_found_again_after_a_restart(self):
+        """
+        Cursors still held for a revoked device whose failed purge this
+        process does not remember (a restart, another node) are dropped by
+        the sweep; a device paired again meanwhile keeps its own.
+        """
+        phone, laptop, tablet = self.device(), self.device(), self.device()
+        for device in (phone, laptop, tablet):
+            yield device.connect(["notes"])
+        yield self.subscribed(phone, laptop, tablet)
+        purge = self.store.purge
+        self.store.purge = lambda device: defer.fail(StoreFull("database or disk is full"))
+        yield self.assertFailure(self.pairing.unpair(laptop.peer_id), StoreFull)
+        yield self.assertFailure(self.pairing.unpair(tablet.peer_id), StoreFull)
+        self.store.purge = purge
+        self.hub.purges_pending.clear()  # as after a restart
+        key = tablet.client.peer.identity.public_key
+        self.successResultOf(self.trust.set_paired(tablet.peer_id, key, "", "psk", 0.0))
+        yield self.hub.sweep()
+        self.assertEqual(set(self.store.cursors()), {phone.peer_id, tablet.peer_id})
 
     @defer.inlineCallbacks
     def test_paired_during_session_gets_updates(self):

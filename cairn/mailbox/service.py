@@ -30,7 +30,7 @@ from cairn.mailbox import messages, report
 from cairn.mailbox.delivery import Delivery
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
-from cairn.pairing.interfaces import REVOKED, UnknownPeer
+from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
 from cairn.wire.schema import BodyError
@@ -98,9 +98,6 @@ class MailboxService(Delivery, StoreService):
         self._by_peer = {}
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
-        #: Unpaired peers whose purge met a full store (DELETE /peers/{id}
-        #: answered 507); the sweep retries them (L{_retry_purges}).
-        self.purges_pending = set()
         handlers = {
             MessageType.FORWARD_REQUEST: self._forward_request,
             MessageType.FORWARD_PURGE: self._forward_purge,
@@ -144,47 +141,15 @@ class MailboxService(Delivery, StoreService):
         """
 
         def purged(receipts):
-            self.purges_pending.discard(peer_id)
             if receipts:
                 log.info("mailbox of {peer_id} purged: {count} message(s)", peer_id=peer_id, count=len(receipts))
             self._owe(receipts)
 
-        def failed(failure):
-            if failure.check(StoreFull):
-                self.purges_pending.add(peer_id)
-            return failure
-
         d = self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age)
-        return self._track(d).addCallbacks(purged, failed)
+        return self._purging(peer_id, d).addCallback(purged)
 
-    @defer.inlineCallbacks
-    def _retry_purges(self):
-        """
-        Purge again, at each sweep until it succeeds, the unpaired peers
-        whose purge met a full store: those this node saw fail, and (so
-        that a restart, or a purge failed on another node of a cluster,
-        loses none) any peer whose mail is still held though its pairing
-        is revoked. A peer paired again meanwhile is left alone: what is
-        held for it now is its own. Failures are logged, one line each.
-        """
-        candidates = set(self.purges_pending)
-        candidates.update(peer_id for peer_id in self.store.depths() if not self.trust.is_paired(peer_id))
-        for peer_id in sorted(candidates):
-            if self.trust.is_paired(peer_id):
-                self.purges_pending.discard(peer_id)
-                continue
-            if peer_id not in self.purges_pending:
-                record = yield self.trust.get(peer_id)
-                if record is None or record.state != REVOKED:
-                    continue
-            try:
-                yield self.purge(peer_id)
-            except StoreFull as e:
-                log.warn(
-                    "mailbox: purging {peer_id} failed again ({why}); the next sweep retries",
-                    peer_id=peer_id,
-                    why=str(e),
-                )
+    def held_for(self):
+        return self.store.depths()
 
     # Handlers
 

@@ -108,6 +108,7 @@ class SyncService(Delivery, StoreService):
     def sweep(self):
         """Remove updates older than C{max_age}; errors are logged, never raised (the loop goes on)."""
         try:
+            yield self._retry_purges()
             removed, more = 0, True
             while more:
                 count, more = yield self._track(self.store.expire(self.clock.seconds(), EXPIRE_BATCH))
@@ -119,7 +120,11 @@ class SyncService(Delivery, StoreService):
             log.failure("sync retention sweep failed")
 
     def purge(self, peer_id):
-        """The pairing purge hook: drop every cursor of C{peer_id}."""
+        """
+        The pairing purge hook: drop every cursor of C{peer_id}, and its
+        access grant. If the store is full, the sweep tries again
+        (L{_retry_purges}) and the failure goes to the caller (a 507).
+        """
         for outbox in self._outboxes_of(peer_id):
             outbox.topics.clear()
             outbox.inflight.clear()
@@ -128,7 +133,10 @@ class SyncService(Delivery, StoreService):
             if count:
                 log.info("sync cursors of {peer_id} dropped: {count}", peer_id=peer_id, count=count)
 
-        return self.store.purge(peer_id).addCallback(purged)
+        return self._purging(peer_id, self.store.purge(peer_id)).addCallback(purged)
+
+    def held_for(self):
+        return set(self.store.cursors()) | set(self.store.access())
 
     # Access
 
