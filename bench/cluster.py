@@ -5,7 +5,8 @@ this machine's loopback, measured from one client process (issue 15):
 
     python -m bench.cluster [--latency N] [--messages M] [--senders S]
                             [--inflight F] [--relay-bytes B] [--relay-repeat R]
-                            [--quick] [--latency-only]
+                            [--quick] [--latency-only] [--relay-only]
+                            [--chunk N] [--window W]
 
 - B{cross-node delivery latency}: a sender on node 1 forwards 1 KiB
   messages one at a time to a recipient whose session is on node 2; the
@@ -28,6 +29,12 @@ this machine's loopback, measured from one client process (issue 15):
   allows across nodes: raw nats-py carrying one chunk between two of the
   cluster's servers and its credit back (C{--relay-floor N} round trips,
   p50) added to the one-node circuit's round trip (L{relaydata_ceiling}).
+  And the CPU the NATS servers and this (client) process spent per MiB,
+  so that every process of the path is counted: on a machine of two
+  cores a RelayData circuit is bound by their sum as much as by its
+  round trip (docs/scaling.md, "RelayData across nodes: a larger window").
+  C{--window W} measures with another relay window W (docs/protocol.md
+  §25.3) in both nodes and the bench's clients: a measurement only.
 
 The nodes are started as C{twistd -n cairn} processes (the installed
 command, from the repository root), NATS by L{bench._jetstream.Servers};
@@ -62,10 +69,22 @@ _LISTENING = re.compile(r"listening: tcp on 127\.0\.0\.1:(\d+)")
 TIMEOUT = 300.0
 
 
+def _with_window(window):
+    """
+    Python that sets the relay window W (docs/protocol.md §25.3) to
+    C{window} before anything imports it (C{--window}: a measurement only;
+    W is the protocol's, and a node and its clients must agree on it), or
+    nothing.
+    """
+    if window is None:
+        return ""
+    return f"import cairn.relay.messages as m; m.WINDOW = {int(window)}; "
+
+
 class Node:
     """One C{twistd -n cairn} child; its log is read by a thread (kept: the last lines, for errors)."""
 
-    def __init__(self, name, data_dir, nats_urls, identity_file):
+    def __init__(self, name, data_dir, nats_urls, identity_file, window=None):
         port = _free_port()
         env = dict(
             os.environ,
@@ -88,7 +107,7 @@ class Node:
         argv = [
             sys.executable,
             "-c",
-            "from twisted.scripts.twistd import run; run()",
+            _with_window(window) + "from twisted.scripts.twistd import run; run()",
             "--nodaemon",
             "--pidfile=",
             "--logfile=-",
@@ -129,7 +148,7 @@ class Node:
 class Deployment:
     """3 NATS servers and C{count} cairn nodes with one identity."""
 
-    def __init__(self, count=2):
+    def __init__(self, count=2, window=None):
         from cairn.crypto.identity import load_or_create_file
 
         self.directory = tempfile.mkdtemp(prefix="cairn-bench-cluster-")
@@ -143,7 +162,7 @@ class Deployment:
                 data_dir = os.path.join(self.directory, f"node{i + 1}")
                 os.makedirs(data_dir, mode=0o700)
                 # One at a time: the first sets the JetStream layout up.
-                self.nodes.append(Node(f"node{i + 1}", data_dir, self.nats.urls, identity_file))
+                self.nodes.append(Node(f"node{i + 1}", data_dir, self.nats.urls, identity_file, window))
         except BaseException:
             self.stop()
             raise
@@ -478,7 +497,7 @@ def show_rate(value, unit="MiB/s"):
 def run(args):
     from twisted.internet import reactor
 
-    deployment = Deployment(2)
+    deployment = Deployment(2, args.window)
     node1, node2 = deployment.nodes
     results = {}
     try:
@@ -511,23 +530,34 @@ def run(args):
         # Alternating, so that a change of the machine's load hits both alike; the median of each.
         # The nodes' CPU time per relayed byte is also taken: unlike the
         # rates, it hardly moves with the machine's load.
-        pids = [node.process.pid for node in deployment.nodes]
+        # The NATS servers' and this (client) process's CPU too: on a shared
+        # machine with two cores, what every process of the path spends per
+        # MiB bounds the rate as much as any round trip does.
+        groups = {
+            "nodes": [node.process.pid for node in deployment.nodes],
+            "nats": [process.pid for process in deployment.nats.processes],
+            "client": [os.getpid()],
+        }
         for mode in ("raw", "relaydata"):
             runs = {"same": [], "cross": []}
-            cpu = {"same": [], "cross": []}
+            cpu = {(where, group): [] for where in runs for group in groups}
             for _ in range(args.relay_repeat):
                 for where, target in (("same", node1), ("cross", node2)):
-                    before = cpu_seconds(pids)
+                    before = {group: cpu_seconds(pids) for group, pids in groups.items()}
                     rate = yield relay_rate(reactor, node1.address, target.address, args.relay_bytes, mode, args.chunk)
-                    after = cpu_seconds(pids)
+                    after = {group: cpu_seconds(pids) for group, pids in groups.items()}
                     runs[where].append(rate)
-                    if before is not None and after is not None:
-                        cpu[where].append(after - before)
+                    for group in groups:
+                        if before[group] is not None and after[group] is not None:
+                            cpu[where, group].append(after[group] - before[group])
             for where, rates in runs.items():
                 failed = [r for r in rates if isinstance(r, str)]
                 results[mode, where] = failed[0] if failed else statistics.median(rates)
                 results[mode, where, "all"] = rates
-                results[mode, where, "cpu"] = statistics.median(cpu[where]) if cpu[where] else None
+                for group in groups:
+                    spent = cpu[where, group]
+                    key = (mode, where, "cpu") if group == "nodes" else (mode, where, "cpu", group)
+                    results[key] = statistics.median(spent) if spent else None
 
     failures = []
 
@@ -592,7 +622,7 @@ def report(results, args):
             line += f"; Data messages of {args.chunk:,} B"
         print(line)
         if mode == "relaydata" and isinstance(same, float):
-            print(relaydata_ceiling(results["floor"], same, args.chunk))
+            print(relaydata_ceiling(results["floor"], same, args.chunk, args.window or RELAY_WINDOW))
         cross_cpu, same_cpu = results[mode, "cross", "cpu"], results[mode, "same", "cpu"]
         if cross_cpu and same_cpu:
             mib = args.relay_bytes / 2**20
@@ -600,9 +630,30 @@ def report(results, args):
                 f"nodes' CPU for relay {label} (both nodes, median): across nodes {cross_cpu / mib * 1e3:.1f} ms/MiB,"
                 f" one node {same_cpu / mib * 1e3:.1f} ms/MiB, ratio across/one = {cross_cpu / same_cpu:.2f}"
             )
+            line = all_cpu(results, mode, mib)
+            if line:
+                print(f"all processes' CPU for relay {label} (median, ms/MiB): {line}")
 
 
-def relaydata_ceiling(floor, same, chunk=CIRCUIT_CHUNK):
+def all_cpu(results, mode, mib):
+    """
+    What every process of the path spent per MiB, across nodes and on one
+    node: both nodes, the NATS servers and the bench's client; None if
+    /proc could not tell.
+    """
+    parts = []
+    for where, label in (("cross", "across nodes"), ("same", "one node")):
+        nodes = results.get((mode, where, "cpu"))
+        nats = results.get((mode, where, "cpu", "nats"))
+        client = results.get((mode, where, "cpu", "client"))
+        if None in (nodes, nats, client):
+            return None
+        ms = [spent / mib * 1e3 for spent in (nodes + nats + client, nats, client)]
+        parts.append(f"{label} {ms[0]:.1f} (NATS {ms[1]:.1f}, client {ms[2]:.1f})")
+    return ", ".join(parts)
+
+
+def relaydata_ceiling(floor, same, chunk=CIRCUIT_CHUNK, window=RELAY_WINDOW):
     """
     What a RelayData circuit across nodes can reach against one on one
     node (rate C{same}), with the window of docs/protocol.md §25.3: the
@@ -611,7 +662,7 @@ def relaydata_ceiling(floor, same, chunk=CIRCUIT_CHUNK):
     makes the raw NATS trip (C{floor}, its p50), so at best the ratio is
     that round trip over the sum.
     """
-    one = (RELAY_WINDOW // chunk) * chunk / same  # the bytes the window lets be in flight, over the rate
+    one = (window // chunk) * chunk / same  # the bytes the window lets be in flight, over the rate
     hop = percentile(floor, 50)
     return (
         f"ceiling for RelayData across nodes: one node's round trip (window's chunks / rate) {one * 1e3:.2f} ms;"
@@ -636,12 +687,25 @@ def main(argv=None):
         "--chunk", type=int, default=CIRCUIT_CHUNK, help="bytes of each Data message on a RelayData circuit"
     )
     parser.add_argument("--relay-only", action="store_true", help="skip the enqueue rates")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="measure with this relay window W in the nodes and the bench's clients (default: the protocol's)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run, figures meaningless)")
     parser.add_argument("--latency-only", action="store_true", help="only the delivery latencies (cross and same node)")
     args = parser.parse_args(argv)
     if args.quick:
         args.latency, args.messages, args.senders, args.inflight = 20, 200, 4, 2
         args.relay_bytes, args.relay_repeat, args.relay_floor = 2**20, 1, 20
+    if args.window is not None:
+        if args.window < 4 * args.chunk:
+            parser.error(f"--window must hold at least four Data messages of --chunk ({4 * args.chunk} bytes)")
+        # Before any module of cairn.relay takes W (they bind it when imported).
+        import cairn.relay.messages
+
+        cairn.relay.messages.WINDOW = args.window
     report(run(args), args)
 
 

@@ -44,6 +44,9 @@ class ClusterBenchTests(unittest.TestCase):
                 self.assertIn(text, output)
             if os.path.exists(f"/proc/{os.getpid()}/stat"):
                 self.assertIn("nodes' CPU for relay RelayData (both nodes, median): across nodes ", output)
+                self.assertRegex(
+                    output, r"all processes' CPU for relay RelayData \(median, ms/MiB\): across nodes \d+\.\d \(NATS "
+                )
             # The single-node circuits are the anchors: they must give a figure.
             for line in output.splitlines():
                 if line.startswith("relay "):
@@ -68,5 +71,47 @@ class ClusterBenchTests(unittest.TestCase):
             self.assertNotIn("enqueue (", output)
             self.assertIn("; Data messages of 32,768 B", output)
             self.assertIn("ceiling for RelayData across nodes: ", output)
+
+        return d.addCallback(check)
+
+    def test_another_window(self):
+        """
+        --window sets W in both nodes and the bench's clients alike: a
+        RelayData circuit sends more than the protocol's W ahead and is not
+        closed for it.
+        """
+        nats_server_binary()
+        d = utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "bench.cluster", "--quick", "--relay-only", "--window", str(1024 * 1024)],
+            env=dict(os.environ),
+            path=REPO_ROOT,
+        )
+
+        def check(result):
+            out, err, code = result
+            output = out.decode("utf-8")
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            self.assertRegex(
+                output, r"relay RelayData \(1\.0 MiB, median of 1\): across nodes \d+\.\d MiB/s, one node \d"
+            )
+            self.assertIn("ceiling for RelayData across nodes: ", output)
+
+        return d.addCallback(check)
+
+    def test_window_too_small(self):
+        """A --window that cannot hold the bench's Data messages is refused in one line."""
+        d = utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "bench.cluster", "--quick", "--window", "1000"],
+            env=dict(os.environ),
+            path=REPO_ROOT,
+        )
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 2)
+            self.assertIn(b"--window must hold at least four Data messages", err)
+            self.assertNotIn(b"Traceback", err)
 
         return d.addCallback(check)
