@@ -31,7 +31,71 @@ def observe(d):
     return observer
 
 
-class StoreService:
+class RetriedPurges:
+    """
+    The pairing purge hook's part that a full store made fail, tried
+    again by the service's periodic sweep until it succeeds (mailbox, sync
+    hub, relay). Needs C{name}, C{trust}, C{purge(peer_id)}, C{held_for()}
+    and C{purges_pending}, a set: the unpaired peers whose purge met a
+    full store (DELETE /peers/{id} answered 507). The service calls
+    L{_retry_purges} from its sweep.
+    """
+
+    def held_for(self):
+        """The peer ids the store holds something for (cached figures); subclasses implement it."""
+        raise NotImplementedError
+
+    def _purging(self, peer_id, d):
+        """
+        C{d}, the store's purge of C{peer_id}; one that meets a full store
+        is remembered, for the sweep to try again (L{_retry_purges}), and
+        the failure goes on to the caller (a 507).
+        """
+
+        def purged(result):
+            self.purges_pending.discard(peer_id)
+            return result
+
+        def failed(failure):
+            if failure.check(StoreFull):
+                self.purges_pending.add(peer_id)
+            return failure
+
+        return d.addCallbacks(purged, failed)
+
+    @defer.inlineCallbacks
+    def _retry_purges(self):
+        """
+        Purge again, at each sweep until it succeeds, the unpaired peers
+        whose purge met a full store: those this node saw fail, and (so
+        that a restart, or a purge failed on another node of a cluster,
+        loses none) any peer the store still holds something for though
+        its pairing is revoked. A peer paired again meanwhile is left
+        alone: what is held for it now is its own. Failures are logged,
+        one line each.
+        """
+        candidates = set(self.purges_pending)
+        candidates.update(peer_id for peer_id in self.held_for() if not self.trust.is_paired(peer_id))
+        for peer_id in sorted(candidates):
+            if self.trust.is_paired(peer_id):
+                self.purges_pending.discard(peer_id)
+                continue
+            if peer_id not in self.purges_pending:
+                record = yield self.trust.get(peer_id)
+                if record is None or record.state != REVOKED:
+                    continue
+            try:
+                yield self.purge(peer_id)
+            except StoreFull as e:
+                log.warn(
+                    "{name}: purging {peer_id} failed again ({why}); the next sweep retries",
+                    name=self.name,
+                    peer_id=peer_id,
+                    why=str(e),
+                )
+
+
+class StoreService(RetriedPurges):
     """
     Base of a service backed by a store with a periodic C{sweep()}.
 
@@ -55,9 +119,7 @@ class StoreService:
         self._sweeper = None
         self._stopped = False
         self._pending = set()  # store Deferreds not yet fired
-        #: Unpaired peers whose purge met a full store (DELETE /peers/{id}
-        #: answered 507); the sweep retries them (L{_retry_purges}).
-        self.purges_pending = set()
+        self.purges_pending = set()  # L{RetriedPurges}
 
     def _register(self, handlers):
         register_service(self.peer, handlers, self.name, trust=self.trust, stopped=lambda: self._stopped)
@@ -108,61 +170,6 @@ class StoreService:
             return result
 
         return d.addBoth(done)
-
-    # Purges (the pairing purge hook's, retried)
-
-    def held_for(self):
-        """The peer ids the store holds something for (cached figures); subclasses implement it."""
-        raise NotImplementedError
-
-    def _purging(self, peer_id, d):
-        """
-        C{d}, the store's purge of C{peer_id}, tracked; one that meets a
-        full store is remembered, for the sweep to try again
-        (L{_retry_purges}), and the failure goes on to the caller (a 507).
-        """
-
-        def purged(result):
-            self.purges_pending.discard(peer_id)
-            return result
-
-        def failed(failure):
-            if failure.check(StoreFull):
-                self.purges_pending.add(peer_id)
-            return failure
-
-        return self._track(d).addCallbacks(purged, failed)
-
-    @defer.inlineCallbacks
-    def _retry_purges(self):
-        """
-        Purge again, at each sweep until it succeeds, the unpaired peers
-        whose purge met a full store: those this node saw fail, and (so
-        that a restart, or a purge failed on another node of a cluster,
-        loses none) any peer the store still holds something for though
-        its pairing is revoked. A peer paired again meanwhile is left
-        alone: what is held for it now is its own. Failures are logged,
-        one line each.
-        """
-        candidates = set(self.purges_pending)
-        candidates.update(peer_id for peer_id in self.held_for() if not self.trust.is_paired(peer_id))
-        for peer_id in sorted(candidates):
-            if self.trust.is_paired(peer_id):
-                self.purges_pending.discard(peer_id)
-                continue
-            if peer_id not in self.purges_pending:
-                record = yield self.trust.get(peer_id)
-                if record is None or record.state != REVOKED:
-                    continue
-            try:
-                yield self.purge(peer_id)
-            except StoreFull as e:
-                log.warn(
-                    "{name}: purging {peer_id} failed again ({why}); the next sweep retries",
-                    name=self.name,
-                    peer_id=peer_id,
-                    why=str(e),
-                )
 
     def _pump_all(self):
         """Pump every served session, as if woken for all it may have (the periodic re-check)."""

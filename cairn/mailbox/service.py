@@ -146,7 +146,7 @@ class MailboxService(Delivery, StoreService):
             self._owe(receipts)
 
         d = self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age)
-        return self._purging(peer_id, d).addCallback(purged)
+        return self._purging(peer_id, self._track(d)).addCallback(purged)
 
     def held_for(self):
         return self.store.depths()

@@ -213,7 +213,7 @@ def _paths():
                 "Override one peer's mailbox limits (persisted; null restores the default).",
                 {
                     "200": json_content(ref("MailboxPeerStats"), "That peer's mailbox with the new limits."),
-                    **errors(400, 404, *authed),
+                    **errors(400, 404, *authed, 507),
                 },
                 tags=["services"],
                 parameters=[PEER_ID_PARAMETER],
@@ -234,7 +234,7 @@ def _paths():
                 "Set one peer's relay byte quota and/or rate limit (persisted; null removes one, absent keeps it).",
                 {
                     "200": json_content(ref("RelayPeerStats"), "That peer's relay figures with the new quota."),
-                    **errors(400, 404, *authed),
+                    **errors(400, 404, *authed, 507),
                 },
                 tags=["services"],
                 parameters=[PEER_ID_PARAMETER],
@@ -260,7 +260,7 @@ def _paths():
             "put": _operation(
                 "putSyncPeerAccess",
                 "Grant one paired peer its own sync topics (persisted); its subscriptions outside them end.",
-                {"200": json_content(ref("SyncPeerAccess"), "Its new access."), **errors(400, 404, *authed)},
+                {"200": json_content(ref("SyncPeerAccess"), "Its new access."), **errors(400, 404, *authed, 507)},
                 tags=["services"],
                 parameters=[PEER_ID_PARAMETER],
                 requestBody={"required": True, "content": {"application/json": {"schema": ref("SyncAccess")}}},
@@ -270,7 +270,7 @@ def _paths():
                 "Put one paired peer back on the node's default sync access.",
                 {
                     "200": json_content(ref("SyncPeerAccess"), "Its access, now the default."),
-                    **errors(400, 404, *authed),
+                    **errors(400, 404, *authed, 507),
                 },
                 tags=["services"],
                 parameters=[PEER_ID_PARAMETER],

@@ -8,9 +8,14 @@ C{relay_reports}, C{sync_reports}, C{reports} and C{_report}.
 
 from twisted.internet.defer import maybeDeferred
 
-from cairn.management.http import BadRequest, NotFound, json_object, peer_id_arg
+from cairn.mailbox.interfaces import StoreFull
+from cairn.management.http import BadRequest, InsufficientStorage, NotFound, json_object, peer_id_arg
 from cairn.management.routing import ROUTES, endpoint
 from cairn.pairing.interfaces import UnknownPeer
+
+
+def _not_stored(error):
+    return InsufficientStorage(f"the setting was not stored (storage full: {error}); nothing changed")
 
 
 class ServiceRoutes:
@@ -49,7 +54,7 @@ class ServiceRoutes:
         return self._located(result, lambda r: [r] if "peer_id" in r else [])
 
     async def _set_for_peer(self, setter, request, peer_id):
-        """Hand a per-peer setting to a service: 404 if not paired, 400 if refused."""
+        """Hand a per-peer setting to a service: 404 if not paired, 400 if refused, 507 if the store is full."""
         peer_id = peer_id_arg(peer_id)
         body = json_object(request)
         try:
@@ -58,6 +63,8 @@ class ServiceRoutes:
             raise NotFound(f"{peer_id} is not paired") from None
         except ValueError as e:
             raise BadRequest(str(e)) from None
+        except StoreFull as e:
+            raise _not_stored(e) from None
 
     @endpoint(ROUTES, "/mailbox/<peer_id>/limits", "PUT")
     async def mailbox_limits(self, request, peer_id):
@@ -106,3 +113,5 @@ class ServiceRoutes:
             return await maybeDeferred(self._report(self.sync_reports, "sync hub").set_access, peer_id, None)
         except UnknownPeer:
             raise NotFound(f"{peer_id} is not paired") from None
+        except StoreFull as e:
+            raise _not_stored(e) from None

@@ -32,6 +32,7 @@ L{cairn.relay.remote.RemoteEnd} in place of the target's session
 import os
 from collections import Counter
 
+from twisted.internet import task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -46,16 +47,19 @@ from cairn.relay.remote import Remote, RemoteEnd
 from cairn.relay.splicing import Splicing
 from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
+from cairn.storeservice import RetriedPurges
 from cairn.wire.constants import MessageType, RouteStatus
 
 log = Logger()
 
 #: Seconds the target has to answer a circuit offer.
 OFFER_TIMEOUT = 30.0
+#: Seconds between the relay's sweeps (purges a full store made fail, retried).
+SWEEP_INTERVAL = 60.0
 
 
 @implementer(IRelay)
-class RelayService(Ending, Forwarding, Splicing):
+class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
     """
     Relay circuits on a node L{Peer}.
 
@@ -76,6 +80,8 @@ class RelayService(Ending, Forwarding, Splicing):
         needed for attached circuits with a target on another node (without
         it they are RelayData circuits).
     """
+
+    name = "relay"
 
     def __init__(
         self,
@@ -111,6 +117,8 @@ class RelayService(Ending, Forwarding, Splicing):
         self.attach_address = attach_address
         self.remote = None if bus is None else Remote(self, bus, clock)
         self.circuits = {}
+        self.purges_pending = set()  # L{RetriedPurges}
+        self._sweeper = None
         #: RouteResponse statuses given to requesters, by name.
         self.statuses = Counter()
         handlers = {
@@ -159,11 +167,33 @@ class RelayService(Ending, Forwarding, Splicing):
         return {p: lim.max_bytes for p, lim in self.accounts.limits.items() if lim.max_bytes is not None}
 
     def start(self):
-        """Load the persisted limits and byte counts (and listen to the other nodes); fires once loaded."""
+        """
+        Load the persisted limits and byte counts (and listen to the other
+        nodes), then sweep every C{SWEEP_INTERVAL} seconds; fires once loaded.
+        """
         d = self.accounts.start()
         if self.remote is not None:
             d.addCallback(lambda _: self.remote.start())
-        return d
+
+        def sweep(result):
+            self._sweeper = task.LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(SWEEP_INTERVAL, now=False)
+            return result
+
+        return d.addCallback(sweep)
+
+    def sweep(self):
+        """
+        Purge again what a full store kept of unpaired peers
+        (L{RetriedPurges}): their limits and byte counts. Fires once done;
+        never fails (the loop goes on).
+        """
+        return self._retry_purges().addErrback(lambda f: log.failure("relay: retrying purges failed", f))
+
+    def held_for(self):
+        accounts = self.accounts
+        return set(accounts.bytes_sent) | set(accounts.bytes_received) | set(accounts.limits)
 
     def stop(self):
         """
@@ -171,6 +201,8 @@ class RelayService(Ending, Forwarding, Splicing):
         circuits do not survive a restart, §16); write the byte counts;
         fires once written.
         """
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
         for circuit in list(self.circuits.values()):
             if circuit.state == "offered":
                 self._drop(circuit)
@@ -333,13 +365,16 @@ class RelayService(Ending, Forwarding, Splicing):
     # Management
 
     def purge(self, peer_id):
-        """The pairing purge hook: close C{peer_id}'s circuits and forget its limits and counts."""
+        """
+        The pairing purge hook: close C{peer_id}'s circuits and forget its
+        limits and counts (if the store is full, the sweep tries again).
+        """
         for circuit in list(self.circuits.values()):
             if peer_id in (circuit.a.remote_peer_id, circuit.b.remote_peer_id):
                 self.close(circuit, "the other peer was unpaired", final=True)
         if self.remote is not None:
             self.remote.purge(peer_id)
-        return self.accounts.purge(peer_id)
+        return self._purging(peer_id, self.accounts.purge(peer_id))
 
     def set_limits(self, peer_id, limits: RelayLimits):
         """Persist and apply C{peer_id}'s limits; fires once stored."""

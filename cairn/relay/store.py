@@ -9,6 +9,7 @@ row of byte counts per peer that used a circuit.
 from twisted.internet import defer
 from zope.interface import implementer
 
+from cairn.mailbox.store import storage_error
 from cairn.relay.interfaces import IRelayStore, RelayLimits
 
 # SQLite transactions (run on the database thread)
@@ -62,13 +63,21 @@ class SQLiteRelayStore:
         return self.db.run(load_txn)
 
     def set_limits(self, peer_id, limits):
-        return self.db.run(set_limits_txn, peer_id, limits)
+        return self._write(set_limits_txn, peer_id, limits)
 
     def save_usage(self, usage):
-        return self.db.run(save_usage_txn, dict(usage))
+        return self._write(save_usage_txn, dict(usage))
 
     def purge(self, peer_id):
-        return self.db.run(purge_txn, peer_id)
+        return self._write(purge_txn, peer_id)
+
+    def _write(self, txn, *args):
+        """A write whose database error (a full disk) is L{StoreFull}, as the other stores' are."""
+
+        def failed(failure):
+            raise storage_error(failure.value)
+
+        return self.db.run(txn, *args).addErrback(failed)
 
 
 @implementer(IRelayStore)

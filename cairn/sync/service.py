@@ -133,7 +133,7 @@ class SyncService(Delivery, StoreService):
             if count:
                 log.info("sync cursors of {peer_id} dropped: {count}", peer_id=peer_id, count=count)
 
-        return self._purging(peer_id, self.store.purge(peer_id)).addCallback(purged)
+        return self._purging(peer_id, self._track(self.store.purge(peer_id))).addCallback(purged)
 
     def held_for(self):
         return set(self.store.cursors()) | set(self.store.access())
