@@ -94,7 +94,7 @@ class ServerProcess:
         C{$CAIRN_BENCH_SERVER_PROFILE}, if set).
     """
 
-    def __init__(self, timeout: float = 30.0, profile: str = None):
+    def __init__(self, timeout: float = 60.0, profile: str = None):
         self.timeout = timeout
         self.profile = profile or os.environ.get("CAIRN_BENCH_SERVER_PROFILE")
         self.ports = None
@@ -123,8 +123,9 @@ class ServerProcess:
         ready, _, _ = select.select([out], [], [], self.timeout)
         line = out.readline() if ready else b""
         if not line:
+            process = self._process
             self.stop()
-            raise ServerError(f"bench server gave no answer (exit code {self._process.returncode})")
+            raise ServerError(f"bench server gave no answer in {self.timeout:g} s (exit code {process.returncode})")
         return json.loads(line)
 
     def stop(self) -> None:

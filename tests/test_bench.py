@@ -125,3 +125,19 @@ class NodeConfigTests(unittest.TestCase):
         self.assertEqual(config.ws_listen, LOCAL_ENDPOINT)
         self.assertIsNone(config.mgmt_listen)
         self.assertIn("interface=127.0.0.1", LOCAL_ENDPOINT)
+
+
+class ServerProcessTests(unittest.TestCase):
+    def test_no_answer_is_reported(self):
+        """A bench server that exits without its ports is a ServerError naming the exit code (was an AttributeError)."""
+        import subprocess
+
+        from bench._common import ServerError, ServerProcess
+
+        server = ServerProcess(timeout=30.0)
+        server._process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.exit(3)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        with self.assertRaises(ServerError) as raised:
+            server._read()
+        self.assertIn("exit code 3", str(raised.exception))

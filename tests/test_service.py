@@ -220,6 +220,7 @@ class RestartTests(unittest.TestCase):
         self.addCleanup(node.pairing.stop)
         self.addCleanup(node.mailbox.stop)  # its expiry timer, which a crash would take along
         self.addCleanup(node.sync.stop)  # its retention timer, likewise
+        self.addCleanup(node.relay.stop)  # its purge sweep, likewise
         node, address = yield self.start()
         failure = yield self.assertFailure(eventually(self.client.resume(session, address)), Exception)
         self.assertEqual(failure.code, CloseCode.UNKNOWN_SESSION)
