@@ -97,6 +97,18 @@ def serve(profile=False, nats=None, replicas=1, data=None):
     # cProfile sees one thread: on JetStream, the NATS loop's thread is profiled too.
     nats_profiler = [cProfile.Profile()] if profile and nats else None
     db_times = _time_transactions(node.db) if profile and not nats else {}
+    # The PubAcks the node waits for, sampled every 10 ms (what the servers hold in flight for it).
+    inflight = [0, 0]
+    if nats:
+        from twisted.internet import task
+
+        def sample():
+            acks = getattr(node.cluster, "acks", None)
+            if acks is not None:
+                inflight[0] += len(acks._futures)
+                inflight[1] += 1
+
+        task.LoopingCall(sample).start(0.01, now=False)
 
     class Stdin(LineReceiver):
         delimiter = b"\n"
@@ -107,6 +119,7 @@ def serve(profile=False, nats=None, replicas=1, data=None):
                 answer = {"cpu": time.process_time()}
                 if nats:  # the NATS loop's thread apart (the rest is the reactor's, mostly)
                     answer["nats"] = _thread_cpu(node.cluster.thread)
+                    answer["inflight"] = list(inflight)
                 self.sendLine(json.dumps(answer).encode())
             elif command == "dump" and profiler:
                 profiler[0].disable()
@@ -241,7 +254,7 @@ class Child:
     def cpu(self):
         """(CPU seconds of the whole process, of its NATS loop's thread or None)."""
         answer = self.ask("cpu")
-        return answer["cpu"], answer.get("nats")
+        return answer["cpu"], answer.get("nats"), answer.get("inflight")
 
     def stop(self):
         self.process.stdin.close()
@@ -292,10 +305,12 @@ class Phase:
             "rate": count / wall,
             "client_us": (time.process_time() - self.cpu) / count * 1e6,
         }
-        node, nats = self.child.cpu()
+        node, nats, inflight = self.child.cpu()
         figures["node_us"] = (node - self.node_cpu[0]) / count * 1e6
         if nats is not None:
             figures["node_nats_us"] = (nats - self.node_cpu[1]) / count * 1e6
+            samples = inflight[1] - self.node_cpu[2][1]
+            figures["inflight"] = (inflight[0] - self.node_cpu[2][0]) / samples if samples else 0.0
         if self.servers:  # the nats-servers' CPU (the node's JetStream)
             figures["servers_us"] = (self.servers.cpu() - self.servers_cpu) / count * 1e6
         return figures
@@ -584,6 +599,7 @@ def main(argv=None):
         servers = f", nats-servers {spread([f['servers_us'] for f in figures])} us" if args.jetstream else ""
         if args.jetstream:
             servers = f" (NATS thread {spread([f.get('node_nats_us', 0) for f in figures])} us)" + servers
+            servers += f"; PubAcks awaited {spread([f.get('inflight', 0) for f in figures], '{:.1f}')} on average"
         print(
             f"  {phase:8s}{spread([f['rate'] for f in figures]):>24s} msg/s   CPU per message:"
             f" client {spread([f['client_us'] for f in figures])} us,"
