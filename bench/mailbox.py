@@ -97,6 +97,18 @@ def serve(profile=False, nats=None, replicas=1, data=None):
     # cProfile sees one thread: on JetStream, the NATS loop's thread is profiled too.
     nats_profiler = [cProfile.Profile()] if profile and nats else None
     db_times = _time_transactions(node.db) if profile and not nats else {}
+    # The PubAcks the node waits for, sampled every 10 ms (what the servers hold in flight for it).
+    inflight = [0, 0]
+    if nats:
+        from twisted.internet import task
+
+        def sample():
+            acks = getattr(node.cluster, "acks", None)
+            if acks is not None:
+                inflight[0] += len(acks._futures)
+                inflight[1] += 1
+
+        task.LoopingCall(sample).start(0.01, now=False)
 
     class Stdin(LineReceiver):
         delimiter = b"\n"
@@ -104,7 +116,11 @@ def serve(profile=False, nats=None, replicas=1, data=None):
         def lineReceived(self, line):
             command, _, arg = line.decode("utf-8").strip().partition(" ")
             if command == "cpu":
-                self.sendLine(json.dumps({"cpu": time.process_time()}).encode())
+                answer = {"cpu": time.process_time()}
+                if nats:  # the NATS loop's thread apart (the rest is the reactor's, mostly)
+                    answer["nats"] = _thread_cpu(node.cluster.thread)
+                    answer["inflight"] = list(inflight)
+                self.sendLine(json.dumps(answer).encode())
             elif command == "dump" and profiler:
                 profiler[0].disable()
                 profiler[0].dump_stats(arg)
@@ -146,6 +162,18 @@ def _on_loop(thread, function, *args):
         function(*args)
 
     asyncio.run_coroutine_threadsafe(call(), thread.loop).result(10)
+
+
+def _thread_cpu(loop_thread):
+    """CPU seconds the NATS loop's thread has used (from /proc; 0 where it cannot be read)."""
+    thread = getattr(loop_thread, "_thread", None)
+    tid = getattr(thread, "native_id", None)
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _swap_profiler(holder, path):
@@ -224,7 +252,9 @@ class Child:
         return self._read()
 
     def cpu(self):
-        return self.ask("cpu")["cpu"]
+        """(CPU seconds of the whole process, of its NATS loop's thread or None)."""
+        answer = self.ask("cpu")
+        return answer["cpu"], answer.get("nats"), answer.get("inflight")
 
     def stop(self):
         self.process.stdin.close()
@@ -274,8 +304,13 @@ class Phase:
         figures = {
             "rate": count / wall,
             "client_us": (time.process_time() - self.cpu) / count * 1e6,
-            "node_us": (self.child.cpu() - self.node_cpu) / count * 1e6,
         }
+        node, nats, inflight = self.child.cpu()
+        figures["node_us"] = (node - self.node_cpu[0]) / count * 1e6
+        if nats is not None:
+            figures["node_nats_us"] = (nats - self.node_cpu[1]) / count * 1e6
+            samples = inflight[1] - self.node_cpu[2][1]
+            figures["inflight"] = (inflight[0] - self.node_cpu[2][0]) / samples if samples else 0.0
         if self.servers:  # the nats-servers' CPU (the node's JetStream)
             figures["servers_us"] = (self.servers.cpu() - self.servers_cpu) / count * 1e6
         return figures
@@ -562,6 +597,9 @@ def main(argv=None):
     for phase in PHASES:
         figures = [r[phase] for r in runs]
         servers = f", nats-servers {spread([f['servers_us'] for f in figures])} us" if args.jetstream else ""
+        if args.jetstream:
+            servers = f" (NATS thread {spread([f.get('node_nats_us', 0) for f in figures])} us)" + servers
+            servers += f"; PubAcks awaited {spread([f.get('inflight', 0) for f in figures], '{:.1f}')} on average"
         print(
             f"  {phase:8s}{spread([f['rate'] for f in figures]):>24s} msg/s   CPU per message:"
             f" client {spread([f['client_us'] for f in figures])} us,"

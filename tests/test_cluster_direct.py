@@ -182,6 +182,72 @@ class AcksTests(unittest.TestCase):
         self.assertEqual(run(go()), ([2, late, late], 0))
 
 
+def _writing_nowhere():
+    """A real nats-py client that takes itself for connected and keeps what it would write (C{_pending})."""
+    import nats.aio.client as C
+
+    nc = C.Client()
+    nc._status = C.Client.CONNECTED
+    nc._max_payload = 1 << 20
+    nc._server_info = {"max_payload": 1 << 20}
+    nc._flush_queue = asyncio.Queue(maxsize=1)
+    nc._flush_queue.put_nowait(None)  # a flush is pending already: nothing is written
+    nc._pending, nc._pending_data_size, nc._max_pending_size = [], 0, 1 << 30
+    return nc
+
+
+class HeaderBlockTests(unittest.TestCase):
+    """L{pubacks.Headers}: a header block encoded once for many publishes, written as nats-py writes it."""
+
+    HEADERS = {
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        "Cairn-Stored": repr(1796575837.123456),
+        "Cairn-Expires": " 1797180637.5 ",
+        "Cairn-Writer": "line\r\nbreaks",
+    }
+
+    def test_same_bytes_as_nats_py(self):
+        """A publish with a L{pubacks.Headers} is the HPUB nats-py's own publish writes for the same headers."""
+
+        async def go():
+            nc = _writing_nowhere()
+            acks = pubacks.Acks(nc, timeout=30)
+            acks._prefix = "_INBOX.acks"
+            await nc.publish("cairn.mbox.r.s.id", b"payload", reply="_INBOX.acks.1", headers=dict(self.HEADERS))
+            block = pubacks.Headers(self.HEADERS)
+            await acks.publish("cairn.mbox.r.s.id", b"payload", block)
+            await acks.publish("cairn.mbox.r.s.id2", b"payload 2", block)
+            acks._futures.clear()
+            return nc._pending, nc.stats["out_msgs"]
+
+        pending, count = run(go())
+        self.assertEqual(pending[1], pending[0])
+        self.assertIn(b"HPUB cairn.mbox.r.s.id2 _INBOX.acks.2 ", pending[2])
+        self.assertEqual(count, 3)
+
+    def test_what_nats_py_refuses_goes_through_it(self):
+        """A subject with whitespace, or a client not connected, takes nats-py's own publish (which refuses it)."""
+        from nats.errors import BadSubjectError
+
+        async def go():
+            nc = _writing_nowhere()
+            nc.publish = mock.Mock(wraps=nc.publish)
+            acks = pubacks.Acks(nc, timeout=30)
+            acks._prefix = "_INBOX.acks"
+            try:
+                await acks.publish("cairn.mbox.r s.id", b"x", pubacks.Headers(self.HEADERS))
+            except BadSubjectError:
+                refused = True
+            nc._status = nc.RECONNECTING  # nats-py buffers what is published meanwhile
+            await acks.publish("cairn.mbox.r.s.id", b"x", pubacks.Headers(self.HEADERS))
+            return refused, len(nc._pending), nc.publish.call_count
+
+        self.assertEqual(run(go()), (True, 1, 2))
+
+    def test_bad_name(self):
+        self.assertRaises(ValueError, lambda: pubacks.Headers({"Bad Name": "1"}).block)
+
+
 class StreamSeqTests(unittest.TestCase):
     def test_read_from_the_reply(self):
         """The stream seq of a pushed message is the one nats-py's metadata gives, for both reply forms."""

@@ -4,6 +4,7 @@ no Mosquitto, with --profile. Nothing here asserts a speed.
 """
 
 import os
+import re
 import sys
 
 from twisted.internet import utils
@@ -68,6 +69,30 @@ class MailboxBenchTests(unittest.TestCase):
             self.assertRegex(text, r"ratio drain \d+\.\d\dx")
             for phase in ("enqueue", "drain"):
                 self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"node-{phase}-nats.prof")) > 0)
+                self.assertRegex(
+                    text,
+                    rf"\n  {phase} .* node \d+ us \(NATS thread \d+ us\), nats-servers \d+ us;"
+                    r" PubAcks awaited \d+\.\d on average",
+                )
+
+        return d.addCallback(check)
+
+    def test_publish_shapes(self):
+        """bench.js_publish_shapes: every shape published on one nats-server, with the servers' CPU and medians."""
+        from tests._nats import nats_server_binary
+
+        nats_server_binary()  # skips without it (fails in CI)
+        args = ["-m", "bench.js_publish_shapes", "--replicas", "1", "--messages", "40", "--rounds", "1"]
+        d = utils.getProcessOutputAndValue(sys.executable, args, env=dict(os.environ), path=REPO_ROOT)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            text = out.decode("utf-8")
+            from bench.js_publish_shapes import SHAPES
+
+            for shape in SHAPES:
+                self.assertRegex(text, rf"\n  {re.escape(shape)} +\d+ msg/s  client +\d+\.\d us  servers +\d+\.\d us")
 
         return d.addCallback(check)
 

@@ -40,7 +40,6 @@ to it otherwise (docs/scaling.md).
 
 import uuid
 
-import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -54,6 +53,7 @@ from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_reads import Reading
 from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
+from cairn.cluster.pubacks import Headers
 from cairn.cluster.watch import Watchers
 from cairn.mailbox.interfaces import Depth, IMailboxStore, StoreFull
 from cairn.mailbox.store import MailboxFigures
@@ -61,6 +61,8 @@ from cairn.mailbox.transactions import admission
 from cairn.wire.constants import ForwardStatus
 
 log = Logger()
+
+_EMPTY = Depth()
 
 
 @implementer(IMailboxStore)
@@ -139,11 +141,12 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
     def enqueue(self, items, now, limits):
         items = list(items)
         admitted, refused = [], {}
+        depths, reserved = self._depths, self._reserved
         for i, item in enumerate(items):
             recipient, size = item.recipient, len(item.payload)
-            held = self._depths.get(recipient, Depth())
-            extra = self._reserved.get(recipient, (0, 0))
-            depth = Depth(held.messages + extra[0], held.bytes + extra[1])
+            held = depths.get(recipient, _EMPTY)
+            extra = reserved.get(recipient)
+            depth = held if extra is None else Depth(held.messages + extra[0], held.bytes + extra[1])
             override = self.limits.get(recipient)
             status = admission(size, depth, self._total + self._reserved_total, limits, override)
             if status is not None:
@@ -158,15 +161,20 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             for i in admitted:
                 self._reserve(items[i].recipient, -1, -len(items[i].payload))
             if isinstance(outcome, list):
-                changed = {}
+                added = {}  # recipient -> [messages, bytes] stored by this call
                 for i, (status, seq) in enumerate(outcome):
                     if status == ForwardStatus.STORED:
                         self._last_stored = max(self._last_stored, seq)
                         item = items[i]
                         self._saw(self._newest, item.recipient, seq)
-                        depth = changed.get(item.recipient) or self._depths.get(item.recipient, Depth())
-                        oldest = depth.oldest if depth.messages else now
-                        changed[item.recipient] = Depth(depth.messages + 1, depth.bytes + len(item.payload), oldest)
+                        count = added.setdefault(item.recipient, [0, 0])
+                        count[0] += 1
+                        count[1] += len(item.payload)
+                changed = {}
+                for recipient, (messages, size) in added.items():
+                    depth = self._depths.get(recipient, _EMPTY)
+                    oldest = depth.oldest if depth.messages else now
+                    changed[recipient] = Depth(depth.messages + messages, depth.bytes + size, oldest)
                 self._apply(changed)
             return outcome
 
@@ -186,12 +194,17 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         if admitted and not nc.is_connected:
             # Fail at once rather than queue in nats-py's reconnect buffer.
             raise StoreFull("not connected to NATS")
+        # What every message of the call carries is the same: made once (not per message).
+        stored = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
+        headers = Headers({D.EXPECT_LAST: "0", **stored, WRITER: self.writer})
+        publish = self.acks.publish
         futures = {}
         for i in admitted:
-            futures[i] = await self._publish_message(items[i], now, expires_at, 0)
+            subject = self._message_subject(items[i])
+            futures[i] = subject, await publish(subject, items[i].payload, headers)
         results = [None] * len(items)
         failure = None
-        for i, future in futures.items():
+        for i, (subject, future) in futures.items():
             try:
                 results[i] = (ForwardStatus.STORED, await future)
             except Exception as e:
@@ -203,7 +216,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                 except Exception as e:
                     failure = failure or e
             else:
-                await self._stored_now(items[i], results[i][1], now, expires_at)
+                await self._stored_now(items[i], subject, results[i][1], stored, headers)
         if failure is not None:
             # Some may be stored: the senders retry and get DUPLICATE for those.
             raise StoreFull(f"JetStream did not store the message ({one_line(failure)})")
@@ -214,12 +227,17 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             results[i] = (ForwardStatus.DUPLICATE, None) if known else (status, None)
         return results
 
-    async def _stored_now(self, item, seq, now, expires_at):
-        """C{item} is stored as C{seq}: known here at once (L{Recent.ahead}), and told to C{on_stored}."""
-        headers = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
-        held = D.Held(self._message_subject(item), seq, headers, item.payload)
-        # Marked as this store's (counted when stored, removed here: L{Following._uncount}).
-        self.recent.ahead(attr.evolve(held, headers={**headers, WRITER: self.writer}), item.recipient)
+    async def _stored_now(self, item, subject, seq, stored, headers):
+        """
+        C{item} is stored as C{seq} of C{subject}, with C{headers} (C{stored}:
+        those of them a reader of it needs): known here at once
+        (L{Recent.ahead}), and told to C{on_stored}.
+        """
+        if seq > self.recent.watched:
+            # (A store alone has often fed it to Recent already, from its PubAck: L{Following._answered}.)
+            # With the writer's header: counted when stored, removed here (L{Following._uncount}).
+            self.recent.ahead(D.Held(subject, seq, headers, item.payload), item.recipient)
+        held = D.Held(subject, seq, stored, item.payload)
         if self.on_stored is not None:
             try:
                 await self.on_stored(item.recipient, held)
