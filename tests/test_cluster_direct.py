@@ -244,6 +244,22 @@ class HeaderBlockTests(unittest.TestCase):
 
         self.assertEqual(run(go()), (True, 1, 2))
 
+    def test_without_the_private_parts_nats_py_publishes(self):
+        """A nats-py without the private parts the block's write uses (a later version) publishes as before."""
+        import types
+
+        async def go():
+            nc = types.SimpleNamespace(is_connected=True, is_draining_pubs=False, max_payload=1 << 20)
+            nc._send_command = mock.AsyncMock()  # but no _flush_queue nor _flush_pending
+            nc.publish = mock.AsyncMock()
+            acks = pubacks.Acks(nc, timeout=30)
+            acks._prefix = "_INBOX.acks"
+            await acks.publish("cairn.mbox.r.s.id", b"x", pubacks.Headers(self.HEADERS))
+            acks._futures.clear()
+            return nc.publish.call_count
+
+        self.assertEqual(run(go()), 1)
+
     def test_bad_name(self):
         self.assertRaises(ValueError, lambda: pubacks.Headers({"Bad Name": "1"}).block)
 

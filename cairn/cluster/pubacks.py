@@ -84,6 +84,8 @@ class Acks:
         self._futures = collections.OrderedDict()
         self._next = 0
         self._timer = None
+        #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
+        self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
 
     async def _start(self):
         self._prefix = self.nc.new_inbox()
@@ -158,7 +160,7 @@ class Acks:
             and len(payload) <= nc.max_payload
             and subject
             and _BAD_SUBJECT.search(subject) is None
-            and hasattr(nc, "_send_command")
+            and self._can_send
         )
 
     async def _send(self, subject, reply, block, payload):
