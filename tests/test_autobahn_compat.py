@@ -52,7 +52,7 @@ class CompatTests(unittest.TestCase):
 
     def test_small_frames_masked_as_autobahn_does(self):
         """
-        Small payloads get cairn's masker, large ones autobahn's; both give
+        Small payloads get cairn's masker, large ones autobahn's native XOR; all give
         the same bytes, whole or in pieces that continue the mask.
         """
         import os
@@ -61,15 +61,34 @@ class CompatTests(unittest.TestCase):
         create = protocol_module.create_xor_masker
         self.assertTrue(create._cairn_small)
         self.assertIsInstance(create(b"abcd", 100), autobahn_compat.SmallFrameMasker)
-        self.assertNotIsInstance(create(b"abcd", autobahn_compat.SMALL_FRAME), autobahn_compat.SmallFrameMasker)
-        for size in (1, 3, 4, 5, 125, 1100, autobahn_compat.SMALL_FRAME - 1):
+        self.assertNotIsInstance(create(b"abcd", 100), autobahn_compat.NativeFrameMasker)
+        self.assertIsInstance(create(b"abcd", autobahn_compat.SMALL_FRAME), autobahn_compat.NativeFrameMasker)
+        for size in (1, 3, 4, 5, 125, 1100, 1150, 70000, autobahn_compat.SMALL_FRAME - 1, autobahn_compat.SMALL_FRAME):
             mask, payload = os.urandom(4), os.urandom(size)
             expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
             masker = create(mask, size)
             self.assertEqual(masker.process(payload), expected)
             self.assertEqual(masker.pointer(), size)
-            pieces = autobahn_compat.SmallFrameMasker(mask)
-            cut = [0, size // 3, size // 3 + 1, size]
-            out = b"".join(pieces.process(payload[a:b]) for a, b in zip(cut, cut[1:]))
-            self.assertEqual(out, expected)
+            for kind in (autobahn_compat.SmallFrameMasker, autobahn_compat.NativeFrameMasker):
+                pieces = kind(mask)
+                cut = [0, size // 3, size // 3 + 1, size]
+                out = b"".join(pieces.process(payload[a:b]) for a, b in zip(cut, cut[1:]))
+                self.assertEqual(out, expected)
+                self.assertEqual(pieces.pointer(), size)
             self.assertEqual(create.real(mask, size).process(payload), expected)
+
+    def test_large_frames_without_the_native_module(self):
+        """Without autobahn's native XOR (or with it declined) large frames keep autobahn's masker."""
+        import types
+
+        def real(mask, length=None):
+            return ("autobahn's", mask, length)
+
+        module = types.SimpleNamespace(create_xor_masker=real)
+        autobahn_compat.install_small_frame_masker(module, native=False)
+        self.assertEqual(module.create_xor_masker(b"abcd", 2000), ("autobahn's", b"abcd", 2000))
+        self.assertIsInstance(module.create_xor_masker(b"abcd", 10), autobahn_compat.SmallFrameMasker)
+        self.patch(autobahn_compat, "_nvx_lib", None)
+        module = types.SimpleNamespace(create_xor_masker=real)
+        autobahn_compat.install_small_frame_masker(module)
+        self.assertEqual(module.create_xor_masker(b"abcd", 2000), ("autobahn's", b"abcd", 2000))

@@ -913,6 +913,21 @@ class LibraryCompatibilityTests(unittest.TestCase):
             ck, mk = kdf_chain(key)
             self.assertEqual(ck + mk, _run(Chain.derive(key, b"\x02\x01", 64)))
 
+    def test_aes_cbc_without_cipher_checks(self):
+        # The AEAD's AES-CBC contexts skip Cipher.__init__'s checks (issue 19):
+        # same bytes as Cipher's, both ways, and AES still refuses a bad key.
+        from cairn.crypto.ratchet_primitives import _AESCBC
+
+        for size in (16, 32, 1040):
+            key, iv, data = os.urandom(32), os.urandom(16), os.urandom(size)
+            ours = _AESCBC(key, iv).encryptor()
+            theirs = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+            ct = ours.update(data) + ours.finalize()
+            self.assertEqual(ct, theirs.update(data) + theirs.finalize())
+            back = _AESCBC(key, iv).decryptor()
+            self.assertEqual(back.update(ct) + back.finalize(), data)
+        self.assertRaises(ValueError, _AESCBC, os.urandom(31), os.urandom(16))
+
     def test_aead(self):
         from cairn.crypto.ratchet_state import RatchetFailure, aead_decrypt, aead_encrypt
 
