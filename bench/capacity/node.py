@@ -1,5 +1,6 @@
 """The node child (C{python -m bench.capacity node}): a node under test that answers the bench."""
 
+import ctypes
 import gc
 import os
 import shutil
@@ -98,6 +99,16 @@ class NodeControl:
         self._profile = None
         return {"written": path}
 
+    def do_heap(self, trim=False):
+        """
+        Where the node's heap stands: glibc's C{mallinfo2} (bytes in use
+        and free in its arenas, and in C{mmap}ed blocks), the RSS, and with
+        C{trim} the RSS after C{malloc_trim(0)} (the free memory glibc could
+        give back). RSS above what is in use is the allocator's, not the
+        sessions' (L{bench.capacity.idle}'s C{--heap}).
+        """
+        return heap_figures(trim)
+
     def do_baseline(self):
         gc.collect()
         self._types = _type_counts()
@@ -119,6 +130,38 @@ class NodeControl:
                 ]
             answer["total"] = sum(s.size_diff for s in now.compare_to(self._snapshot, "filename"))
         return answer
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def heap_figures(trim=False) -> dict:
+    """L{NodeControl.do_heap}: glibc's figures, in bytes (empty where glibc lacks C{mallinfo2})."""
+    gc.collect()
+    libc = ctypes.CDLL(None)
+    answer = {"rss": _rss()}
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        answer.update(
+            in_use=info.uordblks, free=info.fordblks, mmapped=info.hblkhd, arena=info.arena, top=info.keepcost
+        )
+    if trim and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+        answer["rss_trimmed"] = _rss()
+    return answer
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _type_counts() -> Counter:
