@@ -357,6 +357,17 @@ def report_heap(before, after, sessions):
         if key in after:
             parts.append(f"{title} {(after[key] - before[key]) / n:,.0f} B/session")
     out(f"heap (glibc mallinfo2), growth: {', '.join(parts)}")
+    parts = []
+    for key, title in (
+        ("py_arenas", "arenas"),
+        ("py_in_use", "in use"),
+        ("py_free_blocks", "free blocks"),
+        ("py_free_pools", "free pools"),
+    ):
+        if key in after:
+            parts.append(f"{title} {(after[key] - before[key]) / n:,.0f} B/session")
+    if parts:
+        out(f"  pymalloc (objects up to 512 B), growth: {', '.join(parts)}")
     if "rss_trimmed" in after:
         given = after["rss"] - after["rss_trimmed"]
         out(f"  malloc_trim(0) gave back {megabytes(given)} ({given / n:,.0f} B/session)")

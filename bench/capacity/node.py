@@ -150,10 +150,43 @@ def heap_figures(trim=False) -> dict:
         answer.update(
             in_use=info.uordblks, free=info.fordblks, mmapped=info.hblkhd, arena=info.arena, top=info.keepcost
         )
+    answer.update(pymalloc_figures())
     if trim and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
         answer["rss_trimmed"] = _rss()
     return answer
+
+
+#: C{sys._debugmallocstats} lines read by L{pymalloc_figures}: name, its key.
+_PYMALLOC = {
+    "# bytes in allocated blocks": "py_in_use",
+    "# bytes in available blocks": "py_free_blocks",
+    "unused pools * 16384 bytes": "py_free_pools",
+    "arenas * 1048576 bytes/arena": "py_arenas",
+}
+
+
+def pymalloc_figures() -> dict:
+    """CPython's small-object allocator (C{sys._debugmallocstats}, which writes to file descriptor 2): bytes."""
+    if not hasattr(sys, "_debugmallocstats"):
+        return {}
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode("ascii", "replace")
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition("=")
+        for pattern, key in _PYMALLOC.items():
+            if pattern in name:
+                found[key] = int(value.strip().replace(",", ""))
+    return found
 
 
 def _rss() -> int:
