@@ -370,7 +370,10 @@ def report_heap(before, after, sessions):
         out(f"  pymalloc (objects up to 512 B), growth: {', '.join(parts)}")
     if "rss_trimmed" in after:
         given = after["rss"] - after["rss_trimmed"]
-        out(f"  malloc_trim(0) gave back {megabytes(given)} ({given / n:,.0f} B/session)")
+        out(
+            f"  malloc_trim(0) gave back {megabytes(given)} ({given / n:,.0f} B/session) "
+            f"in {after['trim_seconds'] * 1e3:.1f} ms"
+        )
 
 
 def report_memory(top, sessions):

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import tracemalloc
 from collections import Counter
 
@@ -88,7 +89,6 @@ class NodeControl:
         write its stats there.
         """
         import cProfile
-        import time
 
         if path is None:
             self._profile = cProfile.Profile(time.process_time)
@@ -152,8 +152,9 @@ def heap_figures(trim=False) -> dict:
         )
     answer.update(pymalloc_figures())
     if trim and hasattr(libc, "malloc_trim"):
+        started = time.perf_counter()
         libc.malloc_trim(0)
-        answer["rss_trimmed"] = _rss()
+        answer.update(rss_trimmed=_rss(), trim_seconds=time.perf_counter() - started)
     return answer
 
 
@@ -249,7 +250,7 @@ def node_role(reactor, control, args):
         psk=PSK if args.pair else None,  # the module's constant: never on a command line
     )
     # As the twistd plugin does (cairn/tap.py): the process is the node's.
-    node = make_node(config, reactor, Process(freeze_gc=True))
+    node = make_node(config, reactor, Process(freeze_gc=True, trim_heap=True))
     counter = SinkCounter()
     serve_channels(node.peer, counter)
     events = SessionEvents()
