@@ -110,6 +110,10 @@ def idle(reactor, args):
             report_memory((yield node.ask("top", timeout=600, limit=args.top)), opened)
         if args.heap:
             report_heap(heap0, (yield node.ask("heap", timeout=120, trim=True)), opened)
+            # Whether the pages given back stay given back while the sessions idle.
+            yield sleep(reactor, args.keepalive)
+            later = yield node.ask("heap", timeout=120)
+            out(f"  RSS {args.keepalive:g} s after the trim: {megabytes(later['rss'])}")
         if args.hold or args.storm:
             yield hold_and_storm(reactor, args, node, ports, workers, shares)
 
