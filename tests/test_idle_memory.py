@@ -7,12 +7,20 @@ import os
 import sys
 
 from twisted.internet import defer, reactor, task, utils
+from twisted.internet.address import IPv4Address
+from twisted.test import iosim
 from twisted.trial import unittest
 
 from cairn import heap
 from cairn.config import Config
+from cairn.crypto.identity import Identity
 from cairn.node import Process
 from cairn.service import make_node
+from cairn.session.peer import Peer
+from cairn.transport.limits import SourceLimiter
+from cairn.transport.settings import TransportSettings
+from cairn.transport.tcp import StreamFactory, StreamProtocol
+from cairn.transport.websocket import ServerProtocol
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,3 +114,54 @@ class NodeTrimsTests(unittest.TestCase):
 def _config(data_dir):
     loopback = "tcp:0:interface=127.0.0.1"
     return Config.from_env({}, data_dir=data_dir, listen=loopback, ws_listen=loopback, mgmt_listen="none")
+
+
+class HeldAfterHandshakeTests(unittest.TestCase):
+    """What an established session's connection and transport no longer hold."""
+
+    def handshake(self, limiter):
+        clock = task.Clock()
+        node = Peer(Identity.generate(), clock)
+        factory = StreamFactory(node, limiter=limiter, settings=TransportSettings.for_peer(node))
+        address = IPv4Address("TCP", "203.0.113.1", 40000)
+        server = factory.buildProtocol(address)
+        client_peer = Peer(Identity.generate(), clock)
+        connection = client_peer.connection(initiator=True)
+        client = StreamProtocol(connection, TransportSettings(max_payload=64 * 1024))
+        server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=address)
+        client_transport = iosim.FakeTransport(client, isServer=False)
+        pump = iosim.connect(server, server_transport, client, client_transport, greet=True)
+        sessions = []
+        connection.ready.addCallback(sessions.append)
+        pump.flush()
+        self.assertEqual(sessions, [connection.session])
+        return server, connection
+
+    def test_responder_connection_has_no_ready_deferred(self):
+        """A responder's connection holds no Deferred (nothing waits on it); an initiator's fires with its session."""
+        server, initiator = self.handshake(SourceLimiter())
+        self.assertIsNone(server.sink.ready)
+        self.assertIsNotNone(server.sink.session)
+        self.assertTrue(initiator.ready.called)
+
+    def test_tcp_transport_drops_its_ticket_once_established(self):
+        """Once the handshake completes, the TCP transport releases its per-source ticket and holds it no longer."""
+        limiter = SourceLimiter()
+        server, _ = self.handshake(limiter)
+        self.assertIsNone(server._ticket)
+        self.assertEqual(limiter.pending, {})
+
+    def test_websocket_transport_drops_its_ticket_once_established(self):
+        """Once the handshake completes, the WebSocket transport releases its per-source ticket and drops it."""
+        limiter = SourceLimiter()
+        ticket = limiter.admit(IPv4Address("TCP", "203.0.113.1", 40000))
+        protocol = ServerProtocol()
+        protocol.ticket = ticket
+        protocol.sink = _EstablishedSink()
+        protocol._envelope_handled()
+        self.assertIsNone(protocol.ticket)
+        self.assertEqual(limiter.pending, {})
+
+
+class _EstablishedSink:
+    session = object()

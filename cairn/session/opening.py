@@ -191,5 +191,6 @@ class Opening:
         if self.session is not session:
             self._attach(session)
         self.local.session_established(session)
-        if not self.ready.called and session.closed is None:
-            self.ready.callback(session)
+        ready = self.ready
+        if ready is not None and not ready.called and session.closed is None:
+            ready.callback(session)
