@@ -81,6 +81,7 @@ class StreamProtocol(Protocol):
             return
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
+            self._ticket = None  # not held by an idle session (issue 19)
 
     def connectionLost(self, reason=None):
         self._closing = True
