@@ -3,8 +3,10 @@ What an idle node and an idle session hold (issue 19: 10,000 TCP and
 WebSocket sessions in under 128 MB of node RSS).
 """
 
+import gc
 import os
 import sys
+import weakref
 
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.address import IPv4Address
@@ -13,9 +15,11 @@ from twisted.trial import unittest
 
 from cairn import heap
 from cairn.config import Config
+from cairn.crypto.handshake import NoiseHandshake
 from cairn.crypto.identity import Identity
 from cairn.node import Process
 from cairn.service import make_node
+from cairn.session import opening
 from cairn.session.peer import Peer
 from cairn.transport.limits import SourceLimiter
 from cairn.transport.settings import TransportSettings
@@ -165,3 +169,48 @@ class HeldAfterHandshakeTests(unittest.TestCase):
 
 class _EstablishedSink:
     session = object()
+
+
+class NoiseStateFreedTests(unittest.TestCase):
+    """The Noise objects of a handshake are freed by reference counting, not left to the cyclic collector."""
+
+    def setUp(self):
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        gc.collect()
+
+    def test_forget_frees_a_finished_handshake(self):
+        """After forget(), a finished handshake's Noise connection is freed at once."""
+        i = NoiseHandshake(Identity.generate(), initiator=True, session_id=b"\x01" * 16)
+        r = NoiseHandshake(Identity.generate(), initiator=False, session_id=b"\x01" * 16)
+        r.read_init(i.write_init())
+        i.read_response(r.write_response())
+        r.read_final(i.write_final())
+        self.assertEqual(i.result().send_key, r.result().recv_key)
+        refs = [weakref.ref(i._conn), weakref.ref(r._conn)]
+        i.forget()
+        r.forget()
+        self.assertEqual([ref() for ref in refs], [None, None])
+
+    def test_forget_frees_an_abandoned_handshake(self):
+        """After forget(), a handshake given up half-way is freed at once."""
+        i = NoiseHandshake(Identity.generate(), initiator=True, session_id=b"\x01" * 16)
+        i.write_init()
+        ref = weakref.ref(i._conn)
+        i.forget()
+        self.assertIsNone(ref())
+
+    def test_connections_free_their_handshakes(self):
+        """Both ends of an established session have freed their Noise objects without a garbage collection."""
+        made = []
+
+        class Recorded(NoiseHandshake):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(weakref.ref(self._conn))
+
+        self.patch(opening, "NoiseHandshake", Recorded)
+        HeldAfterHandshakeTests.handshake(self, SourceLimiter())
+        self.assertEqual(len(made), 2)
+        self.assertEqual([ref() for ref in made], [None, None])

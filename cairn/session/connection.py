@@ -151,7 +151,7 @@ class Connection(Opening):
 
     def connection_lost(self, reason=None) -> None:
         self._cancel_timer()
-        self._handshake = None
+        self._forget_handshake()
         state, self._state = self._state, "closed"
         session, self.session = self.session, None
         if session is not None:
