@@ -10,6 +10,7 @@ import weakref
 
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -25,6 +26,7 @@ from cairn.transport.limits import SourceLimiter
 from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import ServerProtocol
+from tests._harness import eventually
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -214,3 +216,31 @@ class NoiseStateFreedTests(unittest.TestCase):
         HeldAfterHandshakeTests.handshake(self, SourceLimiter())
         self.assertEqual(len(made), 2)
         self.assertEqual([ref() for ref in made], [None, None])
+
+
+class ClosedConnectionFreedTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_lost_tcp_connection_freed_without_collection(self):
+        """Once its TCP connection is lost, the node's Connection and transport are freed by reference counting."""
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        node = Peer(Identity.generate(), reactor)
+        self.addCleanup(node.freeze)  # the detached sessions' timers
+        established = defer.Deferred()
+        node.on_session = established.callback
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(StreamFactory(node))
+        self.addCleanup(port.stopListening)
+        client = Peer(Identity.generate(), reactor)
+        self.addCleanup(client.freeze)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        protocol = yield endpoint.connect(StreamFactory(client, initiator=True))
+        session = yield eventually(established)
+        server_connection = session.connection
+        lost = server_connection.when_lost()
+        refs = [weakref.ref(server_connection), weakref.ref(server_connection.transport)]
+        del server_connection
+        protocol.transport.loseConnection()
+        yield eventually(lost)
+        yield task.deferLater(reactor, 0, lambda: None)  # out of the reactor's call that lost it
+        self.assertEqual([ref() for ref in refs], [None, None])

@@ -165,6 +165,10 @@ class Connection(Opening):
             # an event costs its emitter even when nothing shows it.
             log.debug("connection closed in state {state}", state=state)
         self._lost = True
+        # The transport refers back to this connection (its sink): without
+        # this both, with the transport's socket and buffers, would wait
+        # for the cyclic garbage collector (issue 19).
+        self.transport = None
         waiters, self._lost_waiters = self._lost_waiters, []
         for d in waiters:
             d.callback(None)

@@ -87,6 +87,10 @@ class StreamProtocol(Protocol):
         self._closing = True
         if self._ticket is not None:
             self._ticket.done()
+        # The guard refers back to this protocol (its overflow callback):
+        # dropped, the two go by reference counting, not by the cyclic
+        # garbage collector (issue 19).
+        self._guard = None
         self.sink.connection_lost(reason)
 
     def _overflow(self, reason):
