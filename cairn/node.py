@@ -23,7 +23,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
-from cairn import heap, sighup
+from cairn import sighup
 from cairn.cluster.bus import LocalBus
 from cairn.cluster.presence import LocalPresence
 from cairn.db import DatabaseError
@@ -48,9 +48,6 @@ class Process:
     #: Freeze the objects made at start-up once serving (C{gc.freeze}),
     #: and collect less often (L{GC_THRESHOLDS}).
     freeze_gc: bool = False
-    #: Give the C allocator's free pages back to the system every
-    #: L{cairn.heap.TRIM_INTERVAL} seconds once serving (glibc only).
-    trim_heap: bool = False
     #: Answer SIGHUP with L{cairn.sighup.reload} instead of dying of it.
     handle_sighup: bool = False
     #: twistd's options: a daemonizing twistd waits on their status pipe
@@ -168,8 +165,6 @@ class CairnNode(MultiService):
         #: The L{ManagementAPI}, if it is served (L{serve_management}).
         self.api = None
         self._restore_sighup = None
-        #: Trims the heap while serving, if the process is ours (L{Process.trim_heap}).
-        self.trimmer = heap.HeapTrimmer(reactor, heap.glibc_trim() if self.process.trim_heap else None)
 
     @property
     def config_sources(self):
@@ -273,7 +268,6 @@ class CairnNode(MultiService):
             # cyclic garbage collector from walking it again and again.
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-        self.trimmer.start()
         return ports
 
     def _failed(self, failure):
@@ -282,7 +276,6 @@ class CairnNode(MultiService):
             self.reactor.stop()
 
     def stopService(self):
-        self.trimmer.stop()
         if self.history is not None:
             self.history.stop()
         if self._restore_sighup is not None:

@@ -14,12 +14,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from cairn import heap
-from cairn.config import Config
 from cairn.crypto.handshake import NoiseHandshake
 from cairn.crypto.identity import Identity
-from cairn.node import Process
-from cairn.service import make_node
 from cairn.session import opening
 from cairn.session.peer import Peer
 from cairn.transport.limits import SourceLimiter
@@ -33,7 +29,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Made in a fresh interpreter: what a node without the management API imports.
 _IMPORTS = """
 import sys
-from cairn.service import make_node
 from cairn.node import CairnNode
 print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in ("klein", "werkzeug", "segno")
                       or name == "cairn.management.app")))
@@ -57,69 +52,6 @@ class LazyImportTests(unittest.TestCase):
             self.assertEqual(out.decode().strip(), "")
 
         return d.addCallback(check)
-
-
-class HeapTrimmerTests(unittest.TestCase):
-    def test_trims_every_interval_while_started(self):
-        """A started trimmer trims once per interval on its clock, and never after it is stopped."""
-        clock, trims = task.Clock(), []
-        trimmer = heap.HeapTrimmer(clock, lambda: trims.append(clock.seconds()), interval=30.0)
-        trimmer.start()
-        clock.advance(29)
-        self.assertEqual(trims, [])
-        clock.pump([1, 30, 30])
-        self.assertEqual(trims, [30.0, 60.0, 90.0])
-        trimmer.stop()
-        clock.advance(300)
-        self.assertEqual(len(trims), 3)
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_without_trim_it_never_runs(self):
-        """Without a trim function (not glibc) nothing is scheduled."""
-        clock = task.Clock()
-        heap.HeapTrimmer(clock, None).start()
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_a_failing_trim_is_logged_and_the_next_runs(self):
-        """A trim that raises is logged, and the trimmer goes on."""
-        clock, calls = task.Clock(), []
-
-        def trim():
-            calls.append(None)
-            raise OSError("no")
-
-        heap.HeapTrimmer(clock, trim, interval=1.0).start()
-        clock.pump([1, 1])
-        self.assertEqual(len(calls), 2)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
-
-    def test_glibc_trim_runs(self):
-        """Where the C library is glibc, its malloc_trim is found and can be called."""
-        trim = heap.glibc_trim()
-        if trim is None:
-            raise unittest.SkipTest("the C library has no malloc_trim")
-        trim()
-
-
-class NodeTrimsTests(unittest.TestCase):
-    @defer.inlineCallbacks
-    def test_node_trims_only_when_its_process_is_its_own(self):
-        """A node with trim_heap (the twistd plugin's) trims while serving and stops at its stop; others never."""
-        made = []
-        self.patch(heap, "glibc_trim", lambda: made.append(None) or (lambda: None))
-        for process, trims in ((Process(), False), (Process(trim_heap=True), True)):
-            node = make_node(_config(self.mktemp()), reactor, process)
-            node.startService()
-            yield node.ready
-            self.assertEqual(node.trimmer._loop.running, trims)
-            yield node.stopService()
-            self.assertFalse(node.trimmer._loop.running)
-        self.assertEqual(len(made), 1)
-
-
-def _config(data_dir):
-    loopback = "tcp:0:interface=127.0.0.1"
-    return Config.from_env({}, data_dir=data_dir, listen=loopback, ws_listen=loopback, mgmt_listen="none")
 
 
 class HeldAfterHandshakeTests(unittest.TestCase):

@@ -50,7 +50,6 @@ def main(argv=None):
     s.add_argument(
         "--heap", action="store_true", help="report glibc's heap growth (in use, free) and what malloc_trim gives back"
     )
-    s.add_argument("--no-trim", action="store_true", help="the node does not trim its heap (cairn.heap), as before")
     s.add_argument("--top", type=int, default=25, help="lines per memory report")
     s.add_argument("--only", choices=("tcp", "websocket"), help="open sessions of this transport only")
     s.add_argument("--nice", **nice)
@@ -111,7 +110,6 @@ def main(argv=None):
     s.add_argument("--pair", action="store_true", help="accept PSK pairing with the bench's PSK")
     s.add_argument("--backlog", type=int, default=None)
     s.add_argument("--tracemalloc", action="store_true")
-    s.add_argument("--no-trim", action="store_true")
     s.add_argument("--unpaired-limits", default=None, help="[TTL]:TOTAL:PER_SOURCE of unpaired sessions")
 
     s = roles.add_parser("floor-node", help=argparse.SUPPRESS)

@@ -46,7 +46,6 @@ def idle(reactor, args):
         for kind in args.floor:
             floors.append((yield measure_floor(reactor, args, n, kind, message_size())))
         options = ["--keepalive", node_k, "--pair"] + (["--tracemalloc"] if args.tracemalloc else [])
-        options += ["--no-trim"] if args.no_trim else []
         options += ["--backlog", args.backlog] if args.backlog else []
         if not args.paired:
             # Idle unpaired sessions from one address: lift the bounds on them.

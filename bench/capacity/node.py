@@ -250,7 +250,7 @@ def node_role(reactor, control, args):
         psk=PSK if args.pair else None,  # the module's constant: never on a command line
     )
     # As the twistd plugin does (cairn/tap.py): the process is the node's.
-    node = make_node(config, reactor, Process(freeze_gc=True, trim_heap=not args.no_trim))
+    node = make_node(config, reactor, Process(freeze_gc=True))
     counter = SinkCounter()
     serve_channels(node.peer, counter)
     events = SessionEvents()
