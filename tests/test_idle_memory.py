@@ -8,14 +8,16 @@ import os
 import sys
 import weakref
 
+import attr
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from cairn.crypto.handshake import NoiseHandshake
+from cairn.crypto.handshake import HandshakeResult, NoiseHandshake
 from cairn.crypto.identity import Identity
+from cairn.pairing.interfaces import PeerRecord
 from cairn.session import opening
 from cairn.session.peer import Peer
 from cairn.transport.limits import SourceLimiter
@@ -176,3 +178,13 @@ class ClosedConnectionFreedTests(unittest.TestCase):
         yield eventually(lost)
         yield task.deferLater(reactor, 0, lambda: None)  # out of the reactor's call that lost it
         self.assertEqual([ref() for ref in refs], [None, None])
+
+
+class SlottedRecordsTests(unittest.TestCase):
+    def test_per_session_records_have_no_instance_dict(self):
+        """The handshake result each session keeps and the record of each known peer are slotted."""
+        result = HandshakeResult(b"i" * 32, b"h" * 32, b"k" * 32, b"l" * 32, True)
+        record = PeerRecord("peer", b"i" * 32, "paired")
+        for value in (result, record):
+            self.assertFalse(hasattr(value, "__dict__"), type(value).__name__)
+        self.assertEqual(attr.evolve(result, key_i2r=None).key_i2r, None)

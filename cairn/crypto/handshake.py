@@ -54,9 +54,14 @@ class HandshakeError(Exception):
     """The handshake cannot complete (bad Noise message, bad identity proof)."""
 
 
-@attr.s(frozen=True, repr=False)
+@attr.s(frozen=True, slots=True, repr=False)
 class HandshakeResult:
-    """What a finished handshake yields. Keys never show in the repr."""
+    """
+    What a finished handshake yields. Keys never show in the repr.
+
+    Slotted: every session keeps its own for its life (issue 19: ~90 bytes
+    less each than with an instance dict).
+    """
 
     remote_identity: bytes = attr.ib()
     handshake_hash: bytes = attr.ib()
