@@ -27,7 +27,6 @@ from cairn import sighup
 from cairn.cluster.bus import LocalBus
 from cairn.cluster.presence import LocalPresence
 from cairn.db import DatabaseError
-from cairn.management.app import make_site
 from cairn.session import store
 from cairn.startup import StartupError, bind_listeners, endpoint_problem, tell_launcher, warn_about_disk
 from cairn.wire.constants import CloseCode
@@ -174,6 +173,8 @@ class CairnNode(MultiService):
 
     def serve_management(self, description, api, history) -> None:
         """Serve C{api} on the management listener C{description}; C{history} runs while serving."""
+        from cairn.management.app import make_site  # klein: only a node that serves the API (issue 19)
+
         self.api, self.history = api, history
         self.add_listener("management", description, make_site(api, reactor=self.reactor))
 

@@ -21,9 +21,9 @@ class CapacityBenchTests(RunsBench, unittest.TestCase):
             self.assertIn(text, output)
 
     def test_idle(self):
-        """The idle scenario opens every session and reports RSS, keepalive CPU and memory by type."""
+        """The idle scenario opens every session and reports RSS, keepalive CPU, memory by type and the heap."""
         d = self.run_bench(
-            "idle", "--sessions", "4", "--keepalive", "0.2", "--window", "0.5", "--types", "--floor", "none"
+            "idle", "--sessions", "4", "--keepalive", "0.2", "--window", "0.5", "--types", "--heap", "--floor", "none"
         )
         return d.addCallback(
             self.assertLines,
@@ -33,6 +33,9 @@ class CapacityBenchTests(RunsBench, unittest.TestCase):
             "idle: keepalive CPU on the node",
             "idle: at the end 4 attached on the node (0 closed in the window), 4 on the clients (0 ended)",
             "objects tracked by the garbage collector",
+            "heap (glibc mallinfo2), growth: RSS",
+            "pymalloc (objects up to 512 B), growth: arenas",
+            "s after the trim:",
         )
 
     def test_idle_floor(self):

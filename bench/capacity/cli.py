@@ -47,6 +47,9 @@ def main(argv=None):
     s.add_argument("--tracemalloc", action="store_true", help="report where the node's memory went")
     s.add_argument("--profile", metavar="PATH", help="cProfile the node over the CPU window into PATH (and print it)")
     s.add_argument("--types", action="store_true", help="report the node's new objects by type")
+    s.add_argument(
+        "--heap", action="store_true", help="report glibc's heap growth (in use, free) and what malloc_trim gives back"
+    )
     s.add_argument("--top", type=int, default=25, help="lines per memory report")
     s.add_argument("--only", choices=("tcp", "websocket"), help="open sessions of this transport only")
     s.add_argument("--nice", **nice)

@@ -62,6 +62,7 @@ def idle(reactor, args):
         yield sleep(reactor, empty_window)
         empty_cpu = (proc_cpu(node.pid) - cpu0) / empty_window
         yield node.ask("baseline")
+        heap0 = (yield node.ask("heap")) if args.heap else None
         start = time.perf_counter()
         shares = [n // args.clients + (i < n % args.clients) for i in range(args.clients)]
         firsts = [sum(shares[:i]) for i in range(args.clients)]
@@ -107,6 +108,12 @@ def idle(reactor, args):
             report_profile(args.profile, after["sent"] - before["sent"] + after["received"] - before["received"])
         if args.tracemalloc or args.types:
             report_memory((yield node.ask("top", timeout=600, limit=args.top)), opened)
+        if args.heap:
+            report_heap(heap0, (yield node.ask("heap", timeout=120, trim=True)), opened)
+            # Whether the pages given back stay given back while the sessions idle.
+            yield sleep(reactor, args.keepalive)
+            later = yield node.ask("heap", timeout=120)
+            out(f"  RSS {args.keepalive:g} s after the trim: {megabytes(later['rss'])}")
         if args.hold or args.storm:
             yield hold_and_storm(reactor, args, node, ports, workers, shares)
 
@@ -343,6 +350,33 @@ def report_profile(path, handled, top=30):
         out(
             f"    {own / handled * 1e6:7.2f} us own {total / handled * 1e6:7.2f} us cumulative "
             f"{calls / handled:6.2f} calls  {where}"
+        )
+
+
+def report_heap(before, after, sessions):
+    """Print glibc's heap figures' growth per session, and what C{malloc_trim} gave back (L{heap_figures})."""
+    n = max(sessions, 1)
+    parts = [f"RSS {after['rss'] - before['rss']:,} B"]
+    for key, title in (("in_use", "in use"), ("free", "free in the arenas"), ("mmapped", "mmapped")):
+        if key in after:
+            parts.append(f"{title} {(after[key] - before[key]) / n:,.0f} B/session")
+    out(f"heap (glibc mallinfo2), growth: {', '.join(parts)}")
+    parts = []
+    for key, title in (
+        ("py_arenas", "arenas"),
+        ("py_in_use", "in use"),
+        ("py_free_blocks", "free blocks"),
+        ("py_free_pools", "free pools"),
+    ):
+        if key in after:
+            parts.append(f"{title} {(after[key] - before[key]) / n:,.0f} B/session")
+    if parts:
+        out(f"  pymalloc (objects up to 512 B), growth: {', '.join(parts)}")
+    if "rss_trimmed" in after:
+        given = after["rss"] - after["rss_trimmed"]
+        out(
+            f"  malloc_trim(0) gave back {megabytes(given)} ({given / n:,.0f} B/session) "
+            f"in {after['trim_seconds'] * 1e3:.1f} ms"
         )
 
 

@@ -1,10 +1,12 @@
 """The node child (C{python -m bench.capacity node}): a node under test that answers the bench."""
 
+import ctypes
 import gc
 import os
 import shutil
 import sys
 import tempfile
+import time
 import tracemalloc
 from collections import Counter
 
@@ -87,7 +89,6 @@ class NodeControl:
         write its stats there.
         """
         import cProfile
-        import time
 
         if path is None:
             self._profile = cProfile.Profile(time.process_time)
@@ -97,6 +98,16 @@ class NodeControl:
         self._profile.dump_stats(path)
         self._profile = None
         return {"written": path}
+
+    def do_heap(self, trim=False):
+        """
+        Where the node's heap stands: glibc's C{mallinfo2} (bytes in use
+        and free in its arenas, and in C{mmap}ed blocks), the RSS, and with
+        C{trim} the RSS after C{malloc_trim(0)} (the free memory glibc could
+        give back). RSS above what is in use is the allocator's, not the
+        sessions' (L{bench.capacity.idle}'s C{--heap}).
+        """
+        return heap_figures(trim)
 
     def do_baseline(self):
         gc.collect()
@@ -119,6 +130,72 @@ class NodeControl:
                 ]
             answer["total"] = sum(s.size_diff for s in now.compare_to(self._snapshot, "filename"))
         return answer
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def heap_figures(trim=False) -> dict:
+    """L{NodeControl.do_heap}: glibc's figures, in bytes (empty where glibc lacks C{mallinfo2})."""
+    gc.collect()
+    libc = ctypes.CDLL(None)
+    answer = {"rss": _rss()}
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        answer.update(
+            in_use=info.uordblks, free=info.fordblks, mmapped=info.hblkhd, arena=info.arena, top=info.keepcost
+        )
+    answer.update(pymalloc_figures())
+    if trim and hasattr(libc, "malloc_trim"):
+        started = time.perf_counter()
+        libc.malloc_trim(0)
+        answer.update(rss_trimmed=_rss(), trim_seconds=time.perf_counter() - started)
+    return answer
+
+
+#: C{sys._debugmallocstats} lines read by L{pymalloc_figures}: name, its key.
+_PYMALLOC = {
+    "# bytes in allocated blocks": "py_in_use",
+    "# bytes in available blocks": "py_free_blocks",
+    "unused pools * 16384 bytes": "py_free_pools",
+    "arenas * 1048576 bytes/arena": "py_arenas",
+}
+
+
+def pymalloc_figures() -> dict:
+    """CPython's small-object allocator (C{sys._debugmallocstats}, which writes to file descriptor 2): bytes."""
+    if not hasattr(sys, "_debugmallocstats"):
+        return {}
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode("ascii", "replace")
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition("=")
+        for pattern, key in _PYMALLOC.items():
+            if pattern in name:
+                found[key] = int(value.strip().replace(",", ""))
+    return found
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _type_counts() -> Counter:

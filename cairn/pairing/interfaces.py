@@ -12,9 +12,9 @@ REVOKED = "revoked"
 STATES = (PENDING, PAIRED, REVOKED)
 
 
-@attr.s(frozen=True, auto_attribs=True)
+@attr.s(frozen=True, auto_attribs=True, slots=True)
 class PeerRecord:
-    """What the node knows of one remote peer."""
+    """What the node knows of one remote peer (slotted: one per known peer, issue 19)."""
 
     peer_id: str
     identity_key: bytes

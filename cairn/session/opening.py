@@ -170,6 +170,11 @@ class Opening:
         except ProtocolViolation as e:
             self.fail(e.code, e.reason)
 
+    def _forget_handshake(self):
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            handshake.forget()  # freed now, not at the next full collection
+
     def _refuse_if_stopping(self):
         if self.local.frozen or self.local.draining:
             # Sessions were already saved for the stop; one made now would
@@ -187,9 +192,10 @@ class Opening:
     def _establish(self, session):
         # The finished Noise state (key pairs, cipher states) is no longer
         # needed: keeping it cost about 12 KB per session.
-        self._handshake = None
+        self._forget_handshake()
         if self.session is not session:
             self._attach(session)
         self.local.session_established(session)
-        if not self.ready.called and session.closed is None:
-            self.ready.callback(session)
+        ready = self.ready
+        if ready is not None and not ready.called and session.closed is None:
+            ready.callback(session)

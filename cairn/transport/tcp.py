@@ -81,11 +81,16 @@ class StreamProtocol(Protocol):
             return
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
+            self._ticket = None  # not held by an idle session (issue 19)
 
     def connectionLost(self, reason=None):
         self._closing = True
         if self._ticket is not None:
             self._ticket.done()
+        # The guard refers back to this protocol (its overflow callback):
+        # dropped, the two go by reference counting, not by the cyclic
+        # garbage collector (issue 19).
+        self._guard = None
         self.sink.connection_lost(reason)
 
     def _overflow(self, reason):

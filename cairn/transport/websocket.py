@@ -91,6 +91,7 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
     def _envelope_handled(self):
         if self.ticket is not None and self.sink is not None and self.sink.session is not None:
             self.ticket.done()  # handshake or Reconnect completed
+            self.ticket = None  # not held by an idle session (issue 19)
 
     def connectionLost(self, reason=None):
         if self.ticket is not None:

@@ -1,0 +1,190 @@
+"""
+What an idle node and an idle session hold (issue 19: 10,000 TCP and
+WebSocket sessions in under 128 MB of node RSS).
+"""
+
+import gc
+import os
+import sys
+import weakref
+
+import attr
+from twisted.internet import defer, reactor, task, utils
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from cairn.crypto.handshake import HandshakeResult, NoiseHandshake
+from cairn.crypto.identity import Identity
+from cairn.pairing.interfaces import PeerRecord
+from cairn.session import opening
+from cairn.session.peer import Peer
+from cairn.transport.limits import SourceLimiter
+from cairn.transport.settings import TransportSettings
+from cairn.transport.tcp import StreamFactory, StreamProtocol
+from cairn.transport.websocket import ServerProtocol
+from tests._harness import eventually
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Made in a fresh interpreter: what a node without the management API imports.
+_IMPORTS = """
+import sys
+from cairn.node import CairnNode
+print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in ("klein", "werkzeug", "segno")
+                      or name == "cairn.management.app")))
+"""
+
+
+class LazyImportTests(unittest.TestCase):
+    timeout = 60
+
+    def test_management_api_modules_not_imported_without_it(self):
+        """
+        Building a node imports the management API's modules (klein,
+        werkzeug, segno: about 7 MB of RSS) only for a node that serves it.
+        """
+        env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        d = utils.getProcessOutputAndValue(sys.executable, ["-c", _IMPORTS], env=env, path=REPO_ROOT)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            self.assertEqual(out.decode().strip(), "")
+
+        return d.addCallback(check)
+
+
+class HeldAfterHandshakeTests(unittest.TestCase):
+    """What an established session's connection and transport no longer hold."""
+
+    def handshake(self, limiter):
+        clock = task.Clock()
+        node = Peer(Identity.generate(), clock)
+        factory = StreamFactory(node, limiter=limiter, settings=TransportSettings.for_peer(node))
+        address = IPv4Address("TCP", "203.0.113.1", 40000)
+        server = factory.buildProtocol(address)
+        client_peer = Peer(Identity.generate(), clock)
+        connection = client_peer.connection(initiator=True)
+        client = StreamProtocol(connection, TransportSettings(max_payload=64 * 1024))
+        server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=address)
+        client_transport = iosim.FakeTransport(client, isServer=False)
+        pump = iosim.connect(server, server_transport, client, client_transport, greet=True)
+        sessions = []
+        connection.ready.addCallback(sessions.append)
+        pump.flush()
+        self.assertEqual(sessions, [connection.session])
+        return server, connection
+
+    def test_responder_connection_has_no_ready_deferred(self):
+        """A responder's connection holds no Deferred (nothing waits on it); an initiator's fires with its session."""
+        server, initiator = self.handshake(SourceLimiter())
+        self.assertIsNone(server.sink.ready)
+        self.assertIsNotNone(server.sink.session)
+        self.assertTrue(initiator.ready.called)
+
+    def test_tcp_transport_drops_its_ticket_once_established(self):
+        """Once the handshake completes, the TCP transport releases its per-source ticket and holds it no longer."""
+        limiter = SourceLimiter()
+        server, _ = self.handshake(limiter)
+        self.assertIsNone(server._ticket)
+        self.assertEqual(limiter.pending, {})
+
+    def test_websocket_transport_drops_its_ticket_once_established(self):
+        """Once the handshake completes, the WebSocket transport releases its per-source ticket and drops it."""
+        limiter = SourceLimiter()
+        ticket = limiter.admit(IPv4Address("TCP", "203.0.113.1", 40000))
+        protocol = ServerProtocol()
+        protocol.ticket = ticket
+        protocol.sink = _EstablishedSink()
+        protocol._envelope_handled()
+        self.assertIsNone(protocol.ticket)
+        self.assertEqual(limiter.pending, {})
+
+
+class _EstablishedSink:
+    session = object()
+
+
+class NoiseStateFreedTests(unittest.TestCase):
+    """The Noise objects of a handshake are freed by reference counting, not left to the cyclic collector."""
+
+    def setUp(self):
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        gc.collect()
+
+    def test_forget_frees_a_finished_handshake(self):
+        """After forget(), a finished handshake's Noise connection is freed at once."""
+        i = NoiseHandshake(Identity.generate(), initiator=True, session_id=b"\x01" * 16)
+        r = NoiseHandshake(Identity.generate(), initiator=False, session_id=b"\x01" * 16)
+        r.read_init(i.write_init())
+        i.read_response(r.write_response())
+        r.read_final(i.write_final())
+        self.assertEqual(i.result().send_key, r.result().recv_key)
+        refs = [weakref.ref(i._conn), weakref.ref(r._conn)]
+        i.forget()
+        r.forget()
+        self.assertEqual([ref() for ref in refs], [None, None])
+
+    def test_forget_frees_an_abandoned_handshake(self):
+        """After forget(), a handshake given up half-way is freed at once."""
+        i = NoiseHandshake(Identity.generate(), initiator=True, session_id=b"\x01" * 16)
+        i.write_init()
+        ref = weakref.ref(i._conn)
+        i.forget()
+        self.assertIsNone(ref())
+
+    def test_connections_free_their_handshakes(self):
+        """Both ends of an established session have freed their Noise objects without a garbage collection."""
+        made = []
+
+        class Recorded(NoiseHandshake):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(weakref.ref(self._conn))
+
+        self.patch(opening, "NoiseHandshake", Recorded)
+        HeldAfterHandshakeTests.handshake(self, SourceLimiter())
+        self.assertEqual(len(made), 2)
+        self.assertEqual([ref() for ref in made], [None, None])
+
+
+class ClosedConnectionFreedTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_lost_tcp_connection_freed_without_collection(self):
+        """Once its TCP connection is lost, the node's Connection and transport are freed by reference counting."""
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        node = Peer(Identity.generate(), reactor)
+        self.addCleanup(node.freeze)  # the detached sessions' timers
+        established = defer.Deferred()
+        node.on_session = established.callback
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(StreamFactory(node))
+        self.addCleanup(port.stopListening)
+        client = Peer(Identity.generate(), reactor)
+        self.addCleanup(client.freeze)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        protocol = yield endpoint.connect(StreamFactory(client, initiator=True))
+        session = yield eventually(established)
+        server_connection = session.connection
+        lost = server_connection.when_lost()
+        refs = [weakref.ref(server_connection), weakref.ref(server_connection.transport)]
+        del server_connection
+        protocol.transport.loseConnection()
+        yield eventually(lost)
+        yield task.deferLater(reactor, 0, lambda: None)  # out of the reactor's call that lost it
+        self.assertEqual([ref() for ref in refs], [None, None])
+
+
+class SlottedRecordsTests(unittest.TestCase):
+    def test_per_session_records_have_no_instance_dict(self):
+        """The handshake result each session keeps and the record of each known peer are slotted."""
+        result = HandshakeResult(b"i" * 32, b"h" * 32, b"k" * 32, b"l" * 32, True)
+        record = PeerRecord("peer", b"i" * 32, "paired")
+        for value in (result, record):
+            self.assertFalse(hasattr(value, "__dict__"), type(value).__name__)
+        self.assertEqual(attr.evolve(result, key_i2r=None).key_i2r, None)
