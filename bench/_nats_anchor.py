@@ -23,11 +23,12 @@ waiting). The figures:
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench._ports import free_port
 
 SIZE = 1024
 SUBJECT = "bench.inbox"
@@ -39,11 +40,6 @@ def nats_server_binary():
     candidates = [os.path.join(os.path.dirname(sys.executable), "nats-server"), shutil.which("nats-server")]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _wait_for(port, deadline=10.0):
@@ -96,7 +92,7 @@ async def _measure(port, messages, senders, inflight):
 def jetstream_rates(binary, messages, senders, inflight):
     """{"enqueue": msg/s, "drain": msg/s, "count"} of JetStream, fsync on every message."""
     tmp = tempfile.mkdtemp(prefix="bench-nats-")
-    port = _free_port()
+    port = free_port()
     conf = os.path.join(tmp, "nats.conf")
     with open(conf, "w") as f:
         f.write(

@@ -55,7 +55,8 @@ import time
 
 from twisted.internet import defer, task
 
-from bench._jetstream import Servers, _free_port
+from bench._jetstream import Servers
+from bench._ports import free_port
 from bench.relay import CHUNK, CIRCUIT_CHUNK, Pusher, Tally
 
 #: docs/protocol.md §25.3: W, the bytes of RelayData sent and not yet credited.
@@ -85,7 +86,7 @@ class Node:
     """One C{twistd -n cairn} child; its log is read by a thread (kept: the last lines, for errors)."""
 
     def __init__(self, name, data_dir, nats_urls, identity_file, window=None):
-        port = _free_port()
+        port = free_port()
         env = dict(
             os.environ,
             PYTHONPATH=REPO_ROOT,

@@ -20,22 +20,17 @@ flight when it lands. What is checked, beyond L{bench.crash}'s checks:
     restored with its session.
 """
 
-import socket
 import time
 
 from twisted.internet import defer, task
 
+from bench._ports import free_port
 from bench.crash import Harness, start_node
 from cairn.failover import RESUME_BACKOFF
 
 #: Answers the load must get after a restart before the round stops it.
 FLOWING = 100
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CleanHarness(Harness):

@@ -50,7 +50,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
+
+from bench._ports import free_port
 
 PSK = "bench pre-shared key, long enough to not be weak"
 #: Bytes per write into the anchors' raw sockets.
@@ -143,7 +144,7 @@ def transit():
     log_warnings_only()
     work = tempfile.mkdtemp(prefix="bench-transit-")
     os.chdir(work)
-    port = _free_port()
+    port = free_port()
     options = server_tap.Options()
     options.parseOptions([f"--port=tcp:{port}:interface=127.0.0.1"])
     service = server_tap.makeService(options, reactor)
@@ -168,12 +169,6 @@ def _stop_then(d, then):
 
 def _announce(port):
     print(json.dumps({"port": port}), flush=True)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _until_stdin_closes(reactor, stop):

@@ -13,15 +13,14 @@ in the test's cleanup.
 """
 
 import os
-import random
 import shutil
 import signal
-import socket
 import sys
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.trial.unittest import SkipTest
 
+from bench._ports import free_port  # noqa: F401 (the tests import it from here)
 from tests._harness import eventually
 
 
@@ -37,40 +36,6 @@ def nats_server_binary():
     if os.environ.get("CI"):
         raise RuntimeError(message)
     raise SkipTest(message)
-
-
-def _ephemeral_start():
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def free_port():
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago, for a process that
-    must be told its port before it starts (NATS routes, a node restarted on
-    the same address).
-
-    Drawn at random below the kernel's ephemeral range where there is room
-    (10000 up to it): there, no outgoing connection and no port-0 listener
-    of a test running in parallel can take it between this check and the
-    process's listen, which is what made such ports "already in use" under
-    load. Without such room, a port the kernel picks.
-    """
-    start = _ephemeral_start()
-    for _ in range(50 if start > 10100 else 0):
-        port = random.randrange(10000, start)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _ServerProtocol(protocol.ProcessProtocol):
