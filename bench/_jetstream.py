@@ -8,6 +8,7 @@ batches), then a drain by batched direct gets (how the store fetches).
 """
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -110,32 +111,11 @@ async def _raw(servers, replicas, count, inflight, size):
         )
     )
     payload = os.urandom(size)
-    inbox = nc.new_inbox()
-    waiting = {}
-
-    async def reply(msg):
-        future = waiting.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg.data)
-
-    await nc.subscribe(inbox + ".*", cb=reply)
-    sem = asyncio.Semaphore(inflight)
-    loop = asyncio.get_running_loop()
-
-    async def one(i):
-        async with sem:
-            future = loop.create_future()
-            subject = f"{inbox}.{i}"
-            waiting[subject] = future
-            await nc.publish("bench.raw.r", payload, reply=subject)
-            answer = json.loads(await future)
-            if "error" in answer:
-                raise RuntimeError(answer["error"])
-
+    publish, _ = await acked_publisher(nc, inflight)
     figures = {}
     cpu = _Cpu(servers, count)
     start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(count)))
+    await asyncio.gather(*(publish("bench.raw.r", payload) for _ in range(count)))
     figures["enqueue"] = count / (time.perf_counter() - start)
     cpu.stop(figures, "enqueue")
 
@@ -158,6 +138,38 @@ async def _raw(servers, replicas, count, inflight, size):
     await js.delete_stream(name)
     await nc.close()
     return figures
+
+
+async def acked_publisher(nc, inflight):
+    """
+    Raw nats-py publish-with-ack, pipelined: C{(publish, subscription)}
+    where C{await publish(subject, data, headers=None)} returns once the
+    stream's PubAck is in (raising its error), at most C{inflight} at once.
+    """
+    inbox = nc.new_inbox()
+    waiting = {}
+    numbers = itertools.count()
+
+    async def reply(msg):
+        future = waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg.data)
+
+    sub = await nc.subscribe(inbox + ".*", cb=reply)
+    sem = asyncio.Semaphore(inflight)
+    loop = asyncio.get_running_loop()
+
+    async def publish(subject, data, headers=None):
+        async with sem:
+            future = loop.create_future()
+            reply_to = f"{inbox}.{next(numbers)}"
+            waiting[reply_to] = future
+            await nc.publish(subject, data, reply=reply_to, headers=headers)
+            answer = json.loads(await future)
+            if "error" in answer:
+                raise RuntimeError(answer["error"])
+
+    return publish, sub
 
 
 class _Cpu:

@@ -34,13 +34,12 @@ import argparse
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import statistics
 import time
 import uuid
 
-from bench._jetstream import Servers
+from bench._jetstream import Servers, acked_publisher
 
 SIZE = 1024
 WEEK = 7 * 86400.0
@@ -143,32 +142,12 @@ async def _one(nc, servers, shape, count, inflight, replicas, number):
     await js.add_stream(_config(name, [prefix + ".>"], shape != "anchor", replicas))
     messages = _messages(shape, count, prefix)
     payload = os.urandom(SIZE)
-    inbox = nc.new_inbox()
-    waiting = {}
-
-    async def reply(msg):
-        future = waiting.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg.data)
-
-    sub = await nc.subscribe(inbox + ".*", cb=reply)
-    sem = asyncio.Semaphore(inflight)
-    loop = asyncio.get_running_loop()
-
-    async def publish(i):
-        subject, headers, head = messages[i]
-        async with sem:
-            future = loop.create_future()
-            reply_to = f"{inbox}.{i}"
-            waiting[reply_to] = future
-            await nc.publish(subject, head + payload if head else payload, reply=reply_to, headers=headers)
-            answer = json.loads(await future)
-            if "error" in answer:
-                raise RuntimeError(answer["error"])
-
+    publish, sub = await acked_publisher(nc, inflight)
     mine, theirs = time.process_time(), servers.cpu()
     start = time.perf_counter()
-    await asyncio.gather(*(publish(i) for i in range(count)))
+    await asyncio.gather(
+        *(publish(subject, head + payload if head else payload, headers) for subject, headers, head in messages)
+    )
     wall = time.perf_counter() - start
     figures = {
         "rate": count / wall,

@@ -193,13 +193,18 @@ class SmallFrameMasker:
     def reset(self) -> None:
         self._pointer = 0
 
-    def process(self, data: bytes) -> bytes:
-        n = len(data)
+    def _next_mask(self, n: int) -> bytes:
+        """The mask as it stands at the current pointer (rotated), and the pointer moved past C{n} bytes."""
         mask = self._mask
         shift = self._pointer & 3
         if shift:
             mask = mask[shift:] + mask[:shift]
         self._pointer += n
+        return mask
+
+    def process(self, data: bytes) -> bytes:
+        n = len(data)
+        mask = self._next_mask(n)
         key = (mask * ((n >> 2) + 1))[:n]
         return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
@@ -218,11 +223,7 @@ class NativeFrameMasker(SmallFrameMasker):
 
     def process(self, data: bytes) -> bytes:
         n = len(data)
-        mask = self._mask
-        shift = self._pointer & 3
-        if shift:
-            mask = mask[shift:] + mask[:shift]
-        self._pointer += n
+        mask = self._next_mask(n)
         buf = bytearray(data)
         masker = _nvx_lib.nvx_xormask_new(mask)
         if masker == _nvx_ffi.NULL:
