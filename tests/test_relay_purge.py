@@ -123,3 +123,31 @@ class SQLiteStoreTests(unittest.TestCase):
         api = Node(self, relay=relay)
         body = api.json("PUT", f"/relay/{peer_id}/quota", expected_code=507, json={"max_bytes": 5})
         self.assertIn(FULL, body["error"])
+
+
+class FlushTests(unittest.TestCase):
+    def test_full_store_is_one_line(self):
+        """Byte counts that a full store refuses are logged in one line (no traceback) and written at the next flush."""
+        from cairn.relay.accounts import Accounts
+
+        class Full(MemoryRelayStore):
+            fail = 1
+
+            def save_usage(self, usage):
+                if self.fail:
+                    self.fail -= 1
+                    return defer.fail(StoreFull(FULL))
+                return super().save_usage(usage)
+
+        clock, store = task.Clock(), Full()
+        accounts = Accounts(clock, store, flush_interval=10.0)
+        events = observe_logs(self)
+        clock.advance(10)
+        accounts.sent("p", 5)  # the first count after the interval writes: refused
+        [line] = [e for e in events if "byte counts" in e.get("log_format", "")]
+        self.assertIn(FULL, formatEvent(line))
+        self.assertNotIn("log_failure", line)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        clock.advance(10)
+        accounts.sent("p", 1)
+        self.assertEqual(store.usage, {"p": (6, 0)})

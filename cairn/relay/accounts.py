@@ -17,6 +17,7 @@ from collections import Counter
 
 from twisted.logger import Logger
 
+from cairn.mailbox.interfaces import StoreFull
 from cairn.relay.interfaces import RelayLimits
 from cairn.relay.pacing import Pacer
 from cairn.relay.store import MemoryRelayStore
@@ -25,6 +26,15 @@ log = Logger()
 
 #: Seconds between writes of the byte counts.
 FLUSH_INTERVAL = 10.0
+
+
+def _not_written(failure):
+    """A failed write of the counts: a full store (expected: disk, reserve, JetStream away) in one line."""
+    if failure.check(StoreFull):
+        why = failure.getErrorMessage()
+        log.warn("relay: writing byte counts failed ({why}); the next write tries again", why=why)
+    else:
+        log.failure("relay: writing byte counts failed", failure)
 
 
 class Accounts:
@@ -92,7 +102,7 @@ class Accounts:
     def flush_soon(self, now=False):
         """L{flush} if the last write is C{flush_interval} old (or C{now}); errors are logged."""
         if self._dirty and (now or self.clock.seconds() - self._flushed_at >= self.flush_interval):
-            self.flush().addErrback(lambda f: log.failure("relay: writing byte counts failed", f))
+            self.flush().addErrback(_not_written)
 
     # Counting
 
