@@ -25,15 +25,21 @@ FULL = "database or disk is full"
 
 
 class FullOnce(MemoryRelayStore):
-    """A relay store whose next C{fail} purges meet a full disk."""
+    """A relay store whose next C{fail} purges, and next C{fail_usage} writes of counts, meet a full disk."""
 
-    fail = 0
+    fail = fail_usage = 0
 
     def purge(self, peer_id):
         if self.fail:
             self.fail -= 1
             return defer.fail(StoreFull(FULL))
         return super().purge(peer_id)
+
+    def save_usage(self, usage):
+        if self.fail_usage:
+            self.fail_usage -= 1
+            return defer.fail(StoreFull(FULL))
+        return super().save_usage(usage)
 
 
 class RetryTests(unittest.TestCase):
@@ -130,16 +136,8 @@ class FlushTests(unittest.TestCase):
         """Byte counts that a full store refuses are logged in one line (no traceback) and written at the next flush."""
         from cairn.relay.accounts import Accounts
 
-        class Full(MemoryRelayStore):
-            fail = 1
-
-            def save_usage(self, usage):
-                if self.fail:
-                    self.fail -= 1
-                    return defer.fail(StoreFull(FULL))
-                return super().save_usage(usage)
-
-        clock, store = task.Clock(), Full()
+        clock, store = task.Clock(), FullOnce()
+        store.fail_usage = 1
         accounts = Accounts(clock, store, flush_interval=10.0)
         events = observe_logs(self)
         clock.advance(10)
