@@ -142,6 +142,21 @@ class DatabaseTests(unittest.TestCase):
         self.assertFalse(os.path.exists(self.path + "-wal"))
 
     @defer.inlineCallbacks
+    def test_secure_delete_on(self):
+        """
+        C{CAIRN_SECURE_DELETE=on} reaches the writer's connection: pages
+        freed whole are zeroed too.
+        """
+        from cairn.config import Config
+        from cairn.stores import make_database
+
+        config = Config(data_dir=os.path.dirname(self.path), secure_delete="on")
+        db = make_database(config, reactor, None)
+        yield db.start()
+        self.addCleanup(db.stop)
+        self.assertEqual((yield db.run(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0])), 1)
+
+    @defer.inlineCallbacks
     def test_read_beside_a_write(self):
         """
         C{read} runs on a connection and a thread of its own: it answers
