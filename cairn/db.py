@@ -79,8 +79,8 @@ def open_connection(path: str, secure_delete: str = "fast") -> sqlite3.Connectio
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
-    # Set whatever SQLite's build defaults to (Debian's zeroes every freed
-    # page, upstream's none). FAST zeroes deleted rows in the b-tree pages
+    # Set here, whatever SQLite's build defaults to (Debian's zeroes every
+    # freed page, upstream's none). FAST zeroes deleted rows in the pages
     # that keep other rows but leaves a page freed whole as it was: about
     # a quarter fewer pages written by a mailbox drain's deletions than ON.
     conn.execute(f"PRAGMA secure_delete={SECURE_DELETE[secure_delete]}")
