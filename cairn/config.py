@@ -107,6 +107,8 @@ class Config:
     forward_max_total: int = field.size("CAIRN_FORWARD_MAX_TOTAL", 10**9, 1)
     # Free space kept on the data directory's file system for deletions (cairn.diskspace).
     disk_reserve: int = field.size("CAIRN_DISK_RESERVE", 64 * 2**20, 0)
+    # How SQLite overwrites what deletions free (cairn.db.open_connection).
+    secure_delete: str = field.choice("CAIRN_SECURE_DELETE", "fast", ("fast", "on"))
     relay_capacity: int = field.count("CAIRN_RELAY_CAPACITY", 64)
     sync_access: str = field.choice("CAIRN_SYNC_ACCESS", "all", ("all", "none"))
     # A URL may carry ?token= (README): shown without it.

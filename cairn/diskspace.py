@@ -172,9 +172,10 @@ def _wal_pending(db_path, wal_path, limit: int, database_bytes: int) -> int:
     file at the next checkpoint, and it may hold about C{limit} bytes of
     frames (C{wal_autocheckpoint} pages) before a checkpoint lets it be
     written over from its start -- room a transaction after them needs,
-    a deletion as much as a write where SQLite is built to delete securely
-    (C{SQLITE_SECURE_DELETE}, as Debian's is: every freed page is written
-    to the log).
+    a deletion as much as a write (the pages it changes are written to the
+    log; with full secure delete, as Debian's SQLite defaults to, every
+    freed page too -- the node's connection deletes with
+    C{secure_delete=FAST}, L{cairn.db.open_connection}).
 
     The log's own size is not counted again: its file is already used
     space in C{statvfs}'s figure, and frames are written over in it.

@@ -30,7 +30,7 @@ def make_database(config, reactor, space):
     path = os.path.join(config.data_dir, DB_FILE_NAME)
     if config.cluster_nats:
         return NoDatabase(path, space)
-    return Database(reactor, path, SCHEMAS, space=space)
+    return Database(reactor, path, SCHEMAS, space=space, secure_delete=config.secure_delete)
 
 
 class LocalStores:

@@ -509,6 +509,83 @@ _RECEIPT_ENTRY = st.tuples(
 )
 
 
+class DumpsBatchTests(unittest.TestCase):
+    """
+    ForwardDeliver and ForwardReceipt bodies as the node's delivery builds
+    them are written in cbor2's plain mode with their entries' keys put in
+    canonical order, to exactly dumps()'s canonical bytes; anything else
+    is left to the general encoder (issue 19).
+    """
+
+    def check(self, value):
+        """dumps() gives canonical bytes; the fast path gives them or declines."""
+        canonical = cbor2.dumps(value, canonical=True)
+        self.assertEqual(dumps(value), canonical)
+        fast = cbor.dumps_batch(value)
+        if fast is not None:
+            self.assertEqual(fast, canonical)
+        return fast
+
+    def test_typical_bodies_written_fast(self):
+        peer = "12D3KooW" + "x" * 44
+        deliver = _deliver([(bytes(16), peer, seq, 1765000000.123456, b"p" * 1100) for seq in range(1, 65)])
+        receipts = _receipts([(bytes(16), peer, rseq, 1, 1765000000.5) for rseq in range(1, 257)])
+        for value in (deliver, receipts, _deliver([]), _receipts([])):
+            self.assertIsNotNone(self.check(value))
+
+    def test_float_widths(self):
+        """A float canonical mode writes shorter (exact in a single, NaN) goes the general way."""
+        for at in (0.0, -0.0, 1.5, 65504.0, 3.4028234663852886e38, 2.0**-149, math.inf, -math.inf, math.nan):
+            self.assertIsNone(self.check(_receipts([(b"i", "p", 1, 1, at)])), at)
+            self.assertIsNone(self.check(_deliver([(b"i", "p", 1, at, b"x")])), at)
+        for at in (1765000000.123456, 0.1, 1e300, -1e300, 1e-300, 3.5e38, 2.0**-150):
+            self.assertIsNotNone(self.check(_receipts([(b"i", "p", 1, 1, at)])), at)
+            self.assertIsNotNone(self.check(_deliver([(b"i", "p", 1, at, b"x")])), at)
+
+    @FAST
+    @given(st.lists(_DELIVER_ENTRY, max_size=5))
+    def test_any_deliver(self, entries):
+        self.check(_deliver(entries))
+
+    @FAST
+    @given(st.lists(_RECEIPT_ENTRY, max_size=5))
+    def test_any_receipts(self, entries):
+        self.check(_receipts(entries))
+
+    @FAST
+    @given(st.lists(st.dictionaries(st.sampled_from(["id", "to", "at", "rseq", "status", "x"]), plain), max_size=3))
+    def test_any_receipt_maps(self, entries):
+        self.check({"receipts": entries})
+
+    def test_other_layouts(self):
+        """Other keys, kinds or shapes: the general encoder, the same bytes as before."""
+        entry = _deliver([(b"i" * 16, "p", 1, 0.1, b"x")])["messages"][0]
+        receipt = _receipts([(b"i" * 16, "p", 1, 1, 0.1)])["receipts"][0]
+        declined = [
+            {"messages": [{**entry, "extra": 1}]},
+            {"messages": [{k: v for k, v in entry.items() if k != "seq"}]},
+            {"messages": [{**{k: v for k, v in entry.items() if k != "seq"}, "rseq": 1}]},
+            {"messages": [{**entry, "seq": True}]},
+            {"messages": [{**entry, "seq": 1.0}]},
+            {"messages": [{**entry, "from": b"p"}]},
+            {"messages": [{**entry, "payload": bytearray(b"x")}]},
+            {"messages": [{**entry, "stored_at": 1}]},
+            {"messages": [entry, receipt]},
+            {"messages": (entry,)},
+            {"messages": {"id": b"i"}},
+            {"receipts": [entry]},
+            {"receipts": [{**receipt, "status": None}]},
+            {"receipts": [{**receipt, "at": 1}]},
+            {"other": [entry]},
+            {"messages": [entry], "receipts": [receipt]},
+            {1: [entry]},
+        ]
+        for value in declined:
+            self.assertIsNone(self.check(value), value)
+        self.assertIsNone(cbor.dumps_batch([entry]))
+        self.assertIsNone(cbor.dumps_batch({}))
+
+
 class LoadsBatchTests(unittest.TestCase):
     """
     ForwardDeliver and ForwardReceipt bodies as dumps() makes them are read

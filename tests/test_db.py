@@ -118,6 +118,45 @@ class DatabaseTests(unittest.TestCase):
         self.assertEqual((mode, fks), ("wal", 1))
 
     @defer.inlineCallbacks
+    def test_deleted_rows_purged_from_pages_in_use(self):
+        """
+        The writer deletes with C{secure_delete=FAST}, whatever SQLite's
+        build defaults to: a deleted row's bytes are gone from a page that
+        still holds other rows once the log is checkpointed (here by the
+        close), and pages freed whole are not rewritten.
+        """
+        db = Database(reactor, self.path, [("notes", "tests.dbschema")])
+        yield db.start()
+        mode = yield db.run(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0])
+        self.assertEqual(mode, 2)  # FAST
+        marker = "deleted-" + os.urandom(8).hex()
+        yield db.run(insert_txn, "kept before")
+        doomed = yield db.run(insert_txn, marker)
+        yield db.run(insert_txn, "kept after")
+        yield db.run(lambda c: c.execute("DELETE FROM notes WHERE id = ?", (doomed,)))
+        yield db.stop()
+        with open(self.path, "rb") as f:
+            content = f.read()
+        self.assertIn(b"kept after", content)
+        self.assertNotIn(marker.encode(), content)
+        self.assertFalse(os.path.exists(self.path + "-wal"))
+
+    @defer.inlineCallbacks
+    def test_secure_delete_on(self):
+        """
+        C{CAIRN_SECURE_DELETE=on} reaches the writer's connection: pages
+        freed whole are zeroed too.
+        """
+        from cairn.config import Config
+        from cairn.stores import make_database
+
+        config = Config(data_dir=os.path.dirname(self.path), secure_delete="on")
+        db = make_database(config, reactor, None)
+        yield db.start()
+        self.addCleanup(db.stop)
+        self.assertEqual((yield db.run(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0])), 1)
+
+    @defer.inlineCallbacks
     def test_read_beside_a_write(self):
         """
         C{read} runs on a connection and a thread of its own: it answers

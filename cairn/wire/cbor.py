@@ -18,8 +18,8 @@ refused by L{_refuse_tags}, a scan of the item heads before decoding.
 
 The few bodies that every message costs (Data, Keepalive, a mailbox
 drain's ForwardDeliver and ForwardReceipt) have fixed layouts, written
-and read by hand in L{cairn.wire.layouts}; L{loads} tries that first
-and decodes anything else the general way.
+and read by hand in L{cairn.wire.layouts}; L{dumps} and L{loads} try that
+first and encode or decode anything else the general way.
 """
 
 import io
@@ -28,12 +28,13 @@ import cbor2
 
 # The bodies every session sends or receives most, written and read by
 # hand at known places; part of this module's API (cbor.dumps_data, ...).
-from cairn.wire.layouts import dumps_data, dumps_keepalive, loads_batch, loads_data
+from cairn.wire.layouts import dumps_batch, dumps_data, dumps_keepalive, loads_batch, loads_data
 
 __all__ = [
     "MAX_DEPTH",
     "CBORError",
     "dumps",
+    "dumps_batch",
     "dumps_data",
     "dumps_keepalive",
     "loads",
@@ -51,7 +52,11 @@ class CBORError(ValueError):
 
 
 def dumps(value) -> bytes:
-    """Encode C{value} as canonical CBOR."""
+    """Encode C{value} as canonical CBOR (a drain's batch bodies by L{dumps_batch})."""
+    if type(value) is dict and len(value) == 1:
+        encoded = dumps_batch(value)
+        if encoded is not None:
+            return encoded
     return cbor2.dumps(value, canonical=True)
 
 

@@ -2,7 +2,7 @@
 The fixed layouts of the bodies that every message costs, written and
 read by hand: a Data body (L{dumps_data}, L{loads_data}), a Keepalive
 (L{dumps_keepalive}), and a mailbox drain's ForwardDeliver and
-ForwardReceipt (L{loads_batch}). Each gives exactly the bytes, or the
+ForwardReceipt (L{dumps_batch}, L{loads_batch}). Each gives exactly the bytes, or the
 value, that L{cairn.wire.cbor}'s general C{dumps}/C{loads} would; a body
 laid out any other way makes a reader return None and the caller decodes
 it the general way, which accepts or refuses it as before.
@@ -275,3 +275,91 @@ def loads_batch(data: bytes):
     if found is None or found[1] != len(data):
         return None
     return {outer: found[0]}
+
+
+_SINGLE = struct.Struct(">f")
+
+
+def _shortened(value: float) -> bool:
+    """Whether canonical mode writes float C{value} shorter than a double (NaN, or exact in a single)."""
+    try:
+        return value != value or _SINGLE.unpack(_SINGLE.pack(value))[0] == value
+    except OverflowError:  # beyond a single's range: a double
+        return False
+
+
+def _deliver_ordered(entries):
+    """ForwardDeliver entries rebuilt in canonical key order, or None (see L{dumps_batch})."""
+    ordered = []
+    for entry in entries:
+        if type(entry) is not dict or len(entry) != 5:
+            return None
+        message_id, seq, sender = entry["id"], entry["seq"], entry["from"]
+        payload, stored_at = entry["payload"], entry["stored_at"]
+        if (
+            type(message_id) is not bytes
+            or type(seq) is not int
+            or type(sender) is not str
+            or type(payload) is not bytes
+            or type(stored_at) is not float
+            or _shortened(stored_at)
+        ):
+            return None
+        ordered.append({"id": message_id, "seq": seq, "from": sender, "payload": payload, "stored_at": stored_at})
+    return ordered
+
+
+def _receipt_ordered(entries):
+    """ForwardReceipt entries rebuilt in canonical key order, or None (see L{dumps_batch})."""
+    ordered = []
+    for entry in entries:
+        if type(entry) is not dict or len(entry) != 5:
+            return None
+        at, message_id, recipient = entry["at"], entry["id"], entry["to"]
+        rseq, status = entry["rseq"], entry["status"]
+        if (
+            type(at) is not float
+            or type(message_id) is not bytes
+            or type(recipient) is not str
+            or type(rseq) is not int
+            or type(status) is not int
+            or _shortened(at)
+        ):
+            return None
+        ordered.append({"at": at, "id": message_id, "to": recipient, "rseq": rseq, "status": status})
+    return ordered
+
+
+#: The batch bodies L{dumps_batch} writes: the outer key and the entries' rebuilder.
+_ORDERED = {"messages": _deliver_ordered, "receipts": _receipt_ordered}
+
+
+def dumps_batch(body):
+    """
+    C{cbor.dumps(body)} for a ForwardDeliver or ForwardReceipt body (§21.4,
+    §21.6) as the node's delivery builds it, or None: the caller then
+    encodes C{body} the general way.
+
+    cbor2's canonical mode costs about four times its plain mode on these
+    bodies (it sorts the keys of every entry's map: 2.4 against 0.6 us per
+    entry), and they are every message and receipt a drain sends. The two
+    modes differ only in map key order and in shortening floats, so each
+    entry is rebuilt with its keys in canonical order and the body written
+    in plain mode -- when every entry has exactly the layout's five keys,
+    each value is of the layout's type, and no float is one that canonical
+    mode would shorten (NaN, exact in single precision). tests/test_cbor.py
+    compares it with the general encoder.
+    """
+    if type(body) is not dict or len(body) != 1:
+        return None
+    ((outer, entries),) = body.items()
+    rebuild = _ORDERED.get(outer)
+    if rebuild is None or type(entries) is not list:
+        return None
+    try:
+        ordered = rebuild(entries)
+    except KeyError:  # another key in place of one of the layout's
+        return None
+    if ordered is None:
+        return None
+    return cbor2.dumps({outer: ordered})
