@@ -40,18 +40,29 @@ class HandedOut(dict):
     acknowledgement in flight is no longer in that heap, but still in a
     second one, of every seq here (L{first}). Both drop seqs removed from
     the dictionary lazily.
+
+    Each seq also keeps where the fetch that handed it out began: a fetch
+    answers every message of the recipient after its start, in order, so
+    none lies between that start and the seq but those the same fetch
+    handed out, and an acknowledgement need not read there (L{below}).
+    (It read there each time: between one message and the next lies the
+    previous one's tombstone.)
     """
 
     def __init__(self):
         super().__init__()
         self._heap, self._all = [], []
+        #: seq -> the seq after which the fetch that handed it out began (the lowest, if handed out again).
+        self._since = {}
         #: The highest C{upto} of the cumulative acknowledgements started: each
         #: took or read everything above the one before it (L{Removal._acknowledge}).
         self.covered = 0
-        #: Futures of the acknowledgements in flight (each set once its removals are written).
+        #: Futures of the acknowledgements in flight (each set once its removals are
+        #: written or failed: whether they were written).
         self.inflight = set()
         #: A future of the acknowledgement started last, set when it ends: after
-        #: its removals are written and the one started before it ended.
+        #: its removals are written (or failed) and the one started before it
+        #: ended; whether it and every one started before it succeeded.
         self.last = None
 
     def __setitem__(self, seq, held):
@@ -59,6 +70,30 @@ class HandedOut(dict):
             heapq.heappush(self._heap, seq)
             heapq.heappush(self._all, seq)
         super().__setitem__(seq, held)
+
+    def __delitem__(self, seq):
+        super().__delitem__(seq)
+        self._since.pop(seq, None)
+
+    def pop(self, seq, *default):
+        self._since.pop(seq, None)
+        return super().pop(seq, *default)
+
+    def handed(self, after, held):
+        """C{held} (in seq order, without payloads) was handed out by a fetch of what follows seq C{after}."""
+        since = self._since
+        for h in held:
+            self[h.seq] = h
+            known = since.get(h.seq)
+            since[h.seq] = after if known is None else min(known, after)
+
+    def below(self, seq):
+        """
+        Up to where an acknowledgement reaching C{seq} may have to read below
+        it for messages not known here: the start of the fetch that handed
+        C{seq} out, or C{seq - 1}.
+        """
+        return min(seq - 1, self._since.get(seq, seq - 1))
 
     def take(self, upto):
         """The seqs up to C{upto} still here and not taken yet, ascending: taken."""
@@ -138,7 +173,7 @@ class Removal:
                 known = fetched.take(upto)
                 start = max(floor, fetched.covered)
                 fetched.covered = max(fetched.covered, upto)
-                below = (known[0] - 1) if known else upto
+                below = fetched.below(known[0]) if known else upto
                 # With known ones, what lies below the first is nearly always
                 # nothing or a few tombstones: small pages (each item read is
                 # parsed, payload and all).
@@ -185,18 +220,24 @@ class Removal:
                 del self._acking[recipient]
             if ok:
                 fetched.inflight.discard(mine)
-                mine.set_result(None)
+                mine.set_result(True)
             else:
                 self._not_acknowledged(recipient, fetched, known, mine, ended)
+        # This call removed (or found removed) everything up to C{upto} that
+        # the calls before it had not taken: once each of those succeeded too,
+        # everything up to there is removed, and later reads start above it.
+        # (Each ends after the one before it, telling whether all did: so the
+        # floor moves during a drain too, where nearly every acknowledgement
+        # has an earlier one in flight.)
+        complete = True
         try:
             if earlier:
                 await asyncio.wait(earlier)
-            elif upto > floor:
-                # This call removed (or found removed) everything up to C{upto};
-                # with an earlier call involved, that one may yet fail: not raised.
+                complete = all(future.result() for future in earlier)
+            if complete and upto > floor:
                 self._acked_upto[recipient] = max(upto, self._acked_upto.get(recipient, 0))
         finally:
-            ended.set_result(None)
+            ended.set_result(complete)
         return receipts, await self._depth_changes(self._uncount(counted)), last
 
     def _not_acknowledged(self, recipient, fetched, known, mine, ended):
@@ -209,7 +250,7 @@ class Removal:
         fetched.inflight.discard(mine)
         for future in (mine, ended):
             if not future.done():
-                future.set_result(None)
+                future.set_result(False)
 
     async def _write(self, subject, payload, headers):
         """Publish one tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
