@@ -133,3 +133,42 @@ class FloorTests(unittest.TestCase):
         yield self.store.acknowledge(B, [], 2.0, 100.0, upto=seqs[4])
         self.assertEqual(self.store._acked_upto.get(B), seqs[4])
         self.assertNotIn(B, self.store.depths())
+
+
+class GatheredTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_removals_wait_for_the_gathering(self):
+        """
+        Acknowledgements made within REMOVAL_GATHER write their tombstones
+        together once it is over; a message stored meanwhile is written at
+        once, ahead of them (it queued behind the tombstone, issue 15).
+        Nothing is removed before: a fetch from the start still finds
+        them.
+        """
+        from cairn.cluster import mailbox_removal
+        from tests.test_cluster_mailbox import _count_publishes
+
+        self.patch(mailbox_removal, "REMOVAL_GATHER", 60.0)  # released by hand below
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        results = yield store.enqueue([item(payload=b"%d" % i) for i in range(3)], 1.0, ROOMY)
+        seqs = [seq for _, seq in results]
+        held = yield store.fetch(B, 0, 16)
+        removed = sorted(store._subject("mbox", B, m.sender, m.message_id.hex()) for m in held[:2])
+        published = _count_publishes(store)
+        acks = [store.acknowledge(B, [], 2.0, 100.0, upto=seq) for seq in seqs[:2]]
+
+        async def nothing():  # after both acknowledgements' first steps, on the NATS loop
+            pass
+
+        yield jet.run(nothing)
+        ((_, late),) = yield store.enqueue([item(payload=b"late")], 1.0, ROOMY)
+        self.assertEqual(len(published), 1)  # the message only
+        self.assertFalse(any(d.called for d in acks))
+        self.assertEqual([m.seq for m in (yield store.fetch(B, 0, 16))], seqs + [late])
+        jet.thread.call(store._release_gathered)
+        receipts = yield defer.gatherResults(acks)
+        self.assertEqual(sum(len(r) for r in receipts), 2)
+        self.assertEqual(sorted(published[1:]), removed)
+        self.assertEqual(store.depths()[B].messages, 2)
