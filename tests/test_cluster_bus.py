@@ -105,6 +105,10 @@ class _Where:
 
     def __init__(self, places, nodes):
         self.places, self._nodes = places, nodes
+        self.others = []  # on_other_node's callbacks
+
+    def on_other_node(self, callback):
+        self.others.append(callback)
 
     def where(self, peer_id):
         return self.places.get(peer_id, ())
@@ -114,6 +118,31 @@ class _Where:
 
     def nodes(self):
         return dict.fromkeys(self._nodes, 0.0)
+
+
+class AloneTests(unittest.SynchronousTestCase):
+    """A node alone tells no other node of what it stores, and costs nothing per message for it (#14)."""
+
+    def test_told_only_once_another_node_is_heard_of(self):
+        """
+        The mailbox calls the bus for each message stored (L{NatsBus.stored},
+        which built a Held and asked presence each time) only once another
+        node is heard of; alone, it calls nothing.
+        """
+        import types
+
+        from cairn.cluster.nats_bus import NatsBus
+        from cairn.cluster.presence import LocalPresence
+
+        alone = types.SimpleNamespace(on_stored=None)
+        NatsBus(None, LocalPresence(None, "n1"), "n1", mailbox=alone, clock=task.Clock())
+        self.assertIsNone(alone.on_stored)
+        store, presence = types.SimpleNamespace(on_stored=None), _Where({}, ("n1",))
+        bus = NatsBus(None, presence, "n1", mailbox=store, clock=task.Clock())
+        self.assertIsNone(store.on_stored)
+        for heard in presence.others:  # another node's heartbeat
+            heard()
+        self.assertEqual(store.on_stored, bus.stored)
 
 
 class NatsBusTests(unittest.TestCase):

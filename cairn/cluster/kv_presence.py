@@ -73,7 +73,10 @@ class KVPresence:
         peer.add_observer(self)
 
     def on_other_node(self, callback):
-        """Call C{callback()} whenever a heartbeat of another node is seen (e.g. the mailbox's watch)."""
+        """
+        Call C{callback()} whenever a heartbeat of another node is seen (e.g.
+        the mailbox's watch): before L{elsewhere} can name that node.
+        """
         self._others.append(callback)
 
     # Life cycle

@@ -237,10 +237,9 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             # (A store alone has often fed it to Recent already, from its PubAck: L{Following._answered}.)
             # With the writer's header: counted when stored, removed here (L{Following._uncount}).
             self.recent.ahead(D.Held(subject, seq, headers, item.payload), item.recipient)
-        held = D.Held(subject, seq, stored, item.payload)
         if self.on_stored is not None:
             try:
-                await self.on_stored(item.recipient, held)
+                await self.on_stored(item.recipient, D.Held(subject, seq, stored, item.payload))
             except Exception as e:  # a hint only: the watch and the bus's wake-up still deliver it
                 log.debug("mailbox: telling the other nodes failed ({why})", why=one_line(e))
 

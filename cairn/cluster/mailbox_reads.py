@@ -30,7 +30,8 @@ class Reading:
             if known is None:
                 known = self._ahead.answer(recipient, after_seq, limit, expect)  # or read ahead (mailbox_ahead)
             if known is not None:
-                self.jet.thread.call(self._handed_out, recipient, known)  # before any acknowledgement of them
+                # Before any acknowledgement of them (the loop runs calls in order).
+                self.jet.thread.call(self._handed_out, recipient, after_seq, known)
                 return defer.succeed([_stored(h) for h in known])
         return self._run(self._fetch, recipient, after_seq, limit, self._last_stored, expect)
 
@@ -81,20 +82,20 @@ class Reading:
             raise D.NotConnected()  # as a read does: what the watch saw may be all there is
         known = self.recent.fetch(recipient, after_seq, limit, expect)
         held = known if known is not None else await self._read_ahead(recipient, after_seq, limit, must_see, expect)
-        self._handed_out(recipient, held)
+        self._handed_out(recipient, after_seq, held)
         return [_stored(h) for h in held]
 
-    def _handed_out(self, recipient, held):
+    def _handed_out(self, recipient, after_seq, held):
         """
-        Remember what was handed out (without payloads) for the
-        acknowledgement that follows, so that it need not read the messages
-        again. On the NATS loop.
+        Remember what was handed out (without payloads), by a fetch after
+        C{after_seq}, for the acknowledgement that follows, so that it need
+        not read the messages again, nor what lies between them. On the
+        NATS loop.
         """
         fetched = self._fetched.get(recipient)
         if fetched is None:
             fetched = self._fetched[recipient] = HandedOut()
-        for h in held:
-            fetched[h.seq] = D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b""))
+        fetched.handed(after_seq, [D.Held(h.subject, h.seq, h.headers, b"\0" * len(h.data or b"")) for h in held])
 
     async def _read_ahead(self, recipient, after_seq, limit, must_see, expect):
         """Up to C{limit} messages of C{recipient} after C{after_seq}, from what was read ahead, or read."""

@@ -74,7 +74,13 @@ class NatsBus(LocalBus):
         self._told = {}
         self._mailbox = mailbox
         if mailbox is not None:
-            mailbox.on_stored = self.stored
+            # Alone, there is no node to tell: the store calls nothing per
+            # message (nor builds what it would pass) until another is heard of.
+            presence.on_other_node(self._several)
+
+    def _several(self):
+        """Another node is heard of: the mailbox tells this bus of each message stored (L{stored})."""
+        self._mailbox.on_stored = self.stored
 
     def _subject(self, node, *parts):
         return self.jet.subject("node", node, *parts)

@@ -53,6 +53,13 @@ class IPresence(Interface):
     def nodes():
         """C{{node name: seconds since last heard}} of the nodes alive (this one at 0)."""
 
+    def on_other_node(callback):
+        """
+        Call C{callback()} whenever another node is heard of (on the reactor;
+        never, for a node alone). Until the first call, L{elsewhere} names no
+        node for any peer.
+        """
+
 
 def attached_locally(peer, peer_id) -> bool:
     """Whether C{peer_id} has an open, attached session with the local C{peer}."""
@@ -95,3 +102,6 @@ class LocalPresence:
 
     def nodes(self):
         return {self.node: 0.0}
+
+    def on_other_node(self, callback):
+        pass  # there is none

@@ -1,0 +1,174 @@
+"""
+What an acknowledgement of the JetStream mailbox reads and records
+(L{cairn.cluster.mailbox_removal}): no read where a fetch already
+answered, and the floor its later reads start from (#14).
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from cairn.cluster.mailbox import JetStreamMailboxStore
+from cairn.mailbox.interfaces import Limits
+from tests import _jetstream
+from tests.test_mailbox_store import B, C, item
+
+#: Roomy limits: the tests store more than tests.test_mailbox_store.LIMITS allows.
+ROOMY = Limits(10**6, 10**9, 1000.0)
+
+
+def _count_reads(testcase):
+    """The names of the stream reads made from now on (a list that grows)."""
+    from cairn.cluster import direct
+
+    reads = []
+    for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
+        original = getattr(direct, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(*args, **kwargs)
+
+        testcase.patch(direct, name, counted)
+    return reads
+
+
+class ReadsTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_one_at_a_time_reads_nothing(self):
+        """
+        A recipient acknowledging each message as it comes, one at a time
+        (the cross-node latency bench's shape): the acknowledgement reads
+        nothing -- the fetch that handed the message out read everything
+        after the previous one. (It read each time: the previous message's
+        tombstone lies between, issue 15.)
+        """
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        reads, cursor, costs = _count_reads(self), 0, []
+        for _ in range(10):
+            ((_, seq),) = yield store.enqueue([item()], 1.0, ROOMY)
+            (message,) = yield store.fetch(B, cursor, 16)
+            del reads[:]
+            receipts = yield store.acknowledge(B, [], 2.0, 100.0, upto=message.seq)
+            self.assertEqual(len(receipts), 1)
+            costs.append(len(reads))
+            cursor = seq
+        self.assertEqual(costs, [0] * 10)
+        self.assertNotIn(B, store.depths())
+
+    @defer.inlineCallbacks
+    def test_below_what_was_handed_out_is_read(self):
+        """
+        What lies before the fetch's start is still read: messages handed
+        out before (by an earlier process, say) that the acknowledgement
+        covers are removed too.
+        """
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        yield store.enqueue([item(recipient=C)], 1.0, ROOMY)  # B's first seq above 1
+        results = yield store.enqueue([item(payload=b"%d" % i) for i in range(4)], 1.0, ROOMY)
+        seqs = [seq for _, seq in results]
+        held = yield store.fetch(B, seqs[1], 16)  # a cursor past the first two (a restored session's)
+        self.assertEqual([m.seq for m in held], seqs[2:])
+        receipts = yield store.acknowledge(B, [], 2.0, 100.0, upto=seqs[3])
+        self.assertEqual(len(receipts), 4)
+        self.assertNotIn(B, store.depths())
+        self.assertEqual((yield store.fetch(B, 0, 16)), [])
+
+
+class FloorTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.store = JetStreamMailboxStore(self.jet)
+        yield self.store.start()
+
+    @defer.inlineCallbacks
+    def _handed_out(self, count):
+        yield self.store.enqueue([item(payload=b"%d" % i) for i in range(count)], 1.0, ROOMY)
+        return [m.seq for m in (yield self.store.fetch(B, 0, count))]
+
+    @defer.inlineCallbacks
+    def test_floor_follows_overlapping_acknowledgements(self):
+        """
+        A drain's cumulative acknowledgements, all in flight together: once
+        they are written, the floor (above which later reads start) is the
+        last one's. (It moved only for an acknowledgement with no earlier one
+        in flight: here, the first.)
+        """
+        seqs = yield self._handed_out(12)
+        yield defer.gatherResults([self.store.acknowledge(B, [], 2.0, 100.0, upto=seq) for seq in seqs])
+        self.assertEqual(self.store._acked_upto.get(B), seqs[-1])
+
+    @defer.inlineCallbacks
+    def test_floor_stays_below_a_failed_acknowledgement(self):
+        """
+        An earlier acknowledgement that fails while a later one is in
+        flight: the later one succeeds, but the floor does not pass what the
+        failed one left; its retry moves it.
+        """
+        seqs = yield self._handed_out(10)
+        send, calls, second_in = self.store._send_removals, [], []
+
+        async def failing_first(found, *args, **kwargs):  # on the NATS loop
+            import asyncio
+
+            calls.append(len(calls))
+            if len(calls) == 1:
+                second_in.append(asyncio.get_running_loop().create_future())
+                await second_in[0]
+                raise RuntimeError("no PubAck")
+            if len(calls) == 2:
+                second_in[0].set_result(None)
+            return await send(found, *args, **kwargs)
+
+        self.store._send_removals = failing_first
+        first = self.store.acknowledge(B, [], 2.0, 100.0, upto=seqs[4])
+        second = self.store.acknowledge(B, [], 2.0, 100.0, upto=seqs[9])
+        yield self.assertFailure(first, Exception)
+        yield second
+        self.assertLess(self.store._acked_upto.get(B, 0), seqs[0])
+        yield self.store.acknowledge(B, [], 2.0, 100.0, upto=seqs[4])
+        self.assertEqual(self.store._acked_upto.get(B), seqs[4])
+        self.assertNotIn(B, self.store.depths())
+
+
+class GatheredTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_removals_wait_for_the_gathering(self):
+        """
+        Acknowledgements made within REMOVAL_GATHER write their tombstones
+        together once it is over; a message stored meanwhile is written at
+        once, ahead of them (it queued behind the tombstone, issue 15).
+        Nothing is removed before: a fetch from the start still finds
+        them.
+        """
+        from cairn.cluster import mailbox_removal
+        from tests.test_cluster_mailbox import _count_publishes
+
+        self.patch(mailbox_removal, "REMOVAL_GATHER", 60.0)  # released by hand below
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        results = yield store.enqueue([item(payload=b"%d" % i) for i in range(3)], 1.0, ROOMY)
+        seqs = [seq for _, seq in results]
+        held = yield store.fetch(B, 0, 16)
+        removed = sorted(store._subject("mbox", B, m.sender, m.message_id.hex()) for m in held[:2])
+        published = _count_publishes(store)
+        acks = [store.acknowledge(B, [], 2.0, 100.0, upto=seq) for seq in seqs[:2]]
+
+        async def nothing():  # after both acknowledgements' first steps, on the NATS loop
+            pass
+
+        yield jet.run(nothing)
+        ((_, late),) = yield store.enqueue([item(payload=b"late")], 1.0, ROOMY)
+        self.assertEqual(len(published), 1)  # the message only
+        self.assertFalse(any(d.called for d in acks))
+        self.assertEqual([m.seq for m in (yield store.fetch(B, 0, 16))], seqs + [late])
+        jet.thread.call(store._release_gathered)
+        receipts = yield defer.gatherResults(acks)
+        self.assertEqual(sum(len(r) for r in receipts), 2)
+        self.assertEqual(sorted(published[1:]), removed)
+        self.assertEqual(store.depths()[B].messages, 2)
