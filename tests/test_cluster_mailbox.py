@@ -663,7 +663,7 @@ class HandedOutTests(unittest.SynchronousTestCase):
     """L{HandedOut} alone: what an acknowledgement takes, and gives back when it fails."""
 
     def test_take_put_back_first(self):
-        from cairn.cluster.mailbox_removal import HandedOut
+        from cairn.cluster.mailbox_handed import HandedOut
 
         handed = HandedOut()
         for seq in (5, 6, 7, 9):

@@ -13,8 +13,8 @@ from twisted.internet import defer
 from cairn.cluster import direct as D
 from cairn.cluster.common import is_message
 from cairn.cluster.mailbox_ahead import READ_AHEAD, READ_AHEAD_BYTES
+from cairn.cluster.mailbox_handed import HandedOut
 from cairn.cluster.mailbox_layout import is_receipt, receipt_subject
-from cairn.cluster.mailbox_removal import HandedOut
 from cairn.mailbox.interfaces import Receipt, Stored
 
 
