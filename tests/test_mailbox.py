@@ -534,6 +534,21 @@ class BatchingMixin:
         self.assertEqual(self.store.depths()[bob.peer_id].messages, 12)
 
     @defer.inlineCallbacks
+    def test_same_id_in_two_requests_in_flight(self):
+        """An id in two ForwardRequests in flight at once is stored once; the other is answered DUPLICATE."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        acks = []
+        self.record(alice.peer, MessageType.FORWARD_ACK, acks, lambda body: [e["status"] for e in body["acks"]])
+        same = uuid7()
+        for _ in range(2):
+            a.send(MessageType.FORWARD_REQUEST, {"messages": [{"to": bob.peer_id, "id": same, "payload": b"x"}]})
+        yield self.until(lambda: len(acks) == 2)
+        self.assertEqual(sorted(acks), [[ForwardStatus.STORED], [ForwardStatus.DUPLICATE]])
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)
+
+    @defer.inlineCallbacks
     def test_client_window_of_full_requests(self):
         """The client keeps several full ForwardRequests in flight (its window); every message is stored once."""
         alice, _ = self.peer()
