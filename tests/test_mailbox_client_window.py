@@ -203,3 +203,8 @@ class WindowTests(unittest.TestCase):
         self.assertEqual(len(ids), per * 5)
         self.assertTrue(all(isinstance(box[0], mailbox.ForwardResult) for box in boxes))
         self.assertEqual(self.client._outgoing[self.session.session_id].awaiting, 0)
+
+    def test_window_at_least_one(self):
+        """A window below one ForwardRequest would never send: refused when the client is made."""
+        self.assertRaises(ValueError, mailbox.MailboxClient, FakePeer(), window=0)
+        self.assertEqual(mailbox.MailboxClient(FakePeer()).window, mailbox.WINDOW)

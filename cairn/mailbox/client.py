@@ -117,6 +117,8 @@ class MailboxClient:
     """The mailbox dispatcher of one client L{Peer}: see the module docstring."""
 
     def __init__(self, peer, window: int = WINDOW):
+        if window < 1:
+            raise ValueError(f"the window must be at least 1 ForwardRequest, not {window}")
         self.peer = peer
         #: ForwardRequests a session keeps awaiting their ForwardAck at once (L{WINDOW}).
         self.window = window
