@@ -526,12 +526,14 @@ class BatchingMixin:
         acks = []
         self.record(alice.peer, MessageType.FORWARD_ACK, acks, lambda body: [e["id"] for e in body["acks"]])
         requests = [[uuid7() for _ in range(3)] for _ in range(4)]
+        handled = self.mailbox.requests
         for ids in requests:
             entries = [{"to": bob.peer_id, "id": i, "payload": b"x"} for i in ids]
             a.send(MessageType.FORWARD_REQUEST, {"messages": entries})
         yield self.until(lambda: len(acks) == 4)
         self.assertEqual(sorted(acks), sorted(requests))
         self.assertEqual(self.store.depths()[bob.peer_id].messages, 12)
+        self.assertEqual(self.mailbox.requests - handled, 4)  # counted for the bench's entries per request
 
     @defer.inlineCallbacks
     def test_same_id_in_two_requests_in_flight(self):
