@@ -19,7 +19,9 @@ servers before the drain: the drain then reads what the node did not just
 enqueue itself (its watch's L{Recent} is empty), the case of a node
 restart or of messages another node stored. Each phase also prints the
 nats-servers' CPU per message (theirs and the raw anchor's), so that where
-the machine's CPU went is seen beside the ratio.
+the machine's CPU went is seen beside the ratio. The enqueue line ends
+with the mean entries per ForwardRequest (the node counts the requests):
+how much the client's batching put together.
 
 The node runs in a child process (C{python -m bench.mailbox --serve}:
 make_node on a temporary data dir, PSK pairing). Each of the S senders has
@@ -116,7 +118,7 @@ def serve(profile=False, nats=None, replicas=1, data=None):
         def lineReceived(self, line):
             command, _, arg = line.decode("utf-8").strip().partition(" ")
             if command == "cpu":
-                answer = {"cpu": time.process_time()}
+                answer = {"cpu": time.process_time(), "requests": node.mailbox.requests}
                 if nats:  # the NATS loop's thread apart (the rest is the reactor's, mostly)
                     answer["nats"] = _thread_cpu(node.cluster.thread)
                     answer["inflight"] = list(inflight)
@@ -252,9 +254,9 @@ class Child:
         return self._read()
 
     def cpu(self):
-        """(CPU seconds of the whole process, of its NATS loop's thread or None)."""
+        """(CPU seconds of the whole process, of its NATS loop's thread or None, PubAcks sampled, ForwardRequests)."""
         answer = self.ask("cpu")
-        return answer["cpu"], answer.get("nats"), answer.get("inflight")
+        return answer["cpu"], answer.get("nats"), answer.get("inflight"), answer["requests"]
 
     def stop(self):
         self.process.stdin.close()
@@ -305,8 +307,10 @@ class Phase:
             "rate": count / wall,
             "client_us": (time.process_time() - self.cpu) / count * 1e6,
         }
-        node, nats, inflight = self.child.cpu()
+        node, nats, inflight, requests = self.child.cpu()
         figures["node_us"] = (node - self.node_cpu[0]) / count * 1e6
+        if requests > self.node_cpu[3]:  # the enqueue: how full the client's ForwardRequests were
+            figures["per_request"] = count / (requests - self.node_cpu[3])
         if nats is not None:
             figures["node_nats_us"] = (nats - self.node_cpu[1]) / count * 1e6
             samples = inflight[1] - self.node_cpu[2][1]
@@ -600,6 +604,8 @@ def main(argv=None):
         if args.jetstream:
             servers = f" (NATS thread {spread([f.get('node_nats_us', 0) for f in figures])} us)" + servers
             servers += f"; PubAcks awaited {spread([f.get('inflight', 0) for f in figures], '{:.1f}')} on average"
+        if all("per_request" in f for f in figures):
+            servers += f"; {spread([f['per_request'] for f in figures], '{:.1f}')} entries per ForwardRequest"
         print(
             f"  {phase:8s}{spread([f['rate'] for f in figures]):>24s} msg/s   CPU per message:"
             f" client {spread([f['client_us'] for f in figures])} us,"

@@ -518,6 +518,57 @@ class BatchingMixin:
         self.assertEqual(self.store.depths()[bob.peer_id].messages, 16)
 
     @defer.inlineCallbacks
+    def test_several_requests_in_flight(self):
+        """ForwardRequests sent back to back on one session, none awaited: each gets its own ForwardAck."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        acks = []
+        self.record(alice.peer, MessageType.FORWARD_ACK, acks, lambda body: [e["id"] for e in body["acks"]])
+        requests = [[uuid7() for _ in range(3)] for _ in range(4)]
+        handled = self.mailbox.requests
+        for ids in requests:
+            entries = [{"to": bob.peer_id, "id": i, "payload": b"x"} for i in ids]
+            a.send(MessageType.FORWARD_REQUEST, {"messages": entries})
+        yield self.until(lambda: len(acks) == 4)
+        self.assertEqual(sorted(acks), sorted(requests))
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 12)
+        self.assertEqual(self.mailbox.requests - handled, 4)  # counted for the bench's entries per request
+
+    @defer.inlineCallbacks
+    def test_same_id_in_two_requests_in_flight(self):
+        """An id in two ForwardRequests in flight at once is stored once; the other is answered DUPLICATE."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        acks = []
+        self.record(alice.peer, MessageType.FORWARD_ACK, acks, lambda body: [e["status"] for e in body["acks"]])
+        same = uuid7()
+        for _ in range(2):
+            a.send(MessageType.FORWARD_REQUEST, {"messages": [{"to": bob.peer_id, "id": same, "payload": b"x"}]})
+        yield self.until(lambda: len(acks) == 2)
+        self.assertEqual(sorted(acks), [[ForwardStatus.STORED], [ForwardStatus.DUPLICATE]])
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)
+
+    @defer.inlineCallbacks
+    def test_client_window_of_full_requests(self):
+        """The client keeps several full ForwardRequests in flight (its window); every message is stored once."""
+        alice, _ = self.peer()
+        bob, _ = self.peer()
+        a = yield self.connect(alice)
+        yield eventually(mailbox.forward(a, bob.peer_id, b"first"))  # the recipient's key is fetched
+        yield task.deferLater(reactor, 0, lambda: None)  # out of the first ack's callbacks
+        sizes = []
+        self.record(self.server, MessageType.FORWARD_REQUEST, sizes, lambda body: len(body["messages"]))
+        data = b"y" * 20_000  # three to a ForwardRequest
+        forwards = [mailbox.forward(a, bob.peer_id, data) for _ in range(16)]
+        # One alone, then full ones as they fill, up to the window; the rest on the acks.
+        results = yield eventually(defer.gatherResults(forwards))
+        self.assertEqual(len({r.message_id for r in results}), 16)
+        self.assertEqual(sorted(sizes), [1, 3, 3, 3, 3, 3])
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 17)
+
+    @defer.inlineCallbacks
     def test_one_ack_per_request_in_entry_order(self):
         """A ForwardRequest mixing good and bad entries gets one ForwardAck with each entry's status, in order."""
         alice, _ = self.peer()

@@ -34,6 +34,8 @@ class MailboxBenchTests(unittest.TestCase):
                 for side in ("node", "client"):
                     self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"{side}-{phase}.prof")) > 0)
             self.assertNotIn("mosquitto", text)
+            per_request = r"; \d+\.\d \(\d+\.\d\.\.\d+\.\d\) entries per ForwardRequest\n"
+            self.assertRegex(text, r"\n  enqueue .* node \d+ \(\d+\.\.\d+\) us" + per_request)
 
         return d.addCallback(check)
 

@@ -15,10 +15,18 @@ node has the message on disk, or fails with L{ForwardRejected}. To retry
 after a failure (e.g. the session ended first), pass the same
 C{message_id}: the node acknowledges it again without storing it twice.
 
-Requests travel several to a ForwardRequest, Nagle-like: while one
-ForwardRequest of a session awaits its ForwardAck (the node's group
-commit), further requests queue, and go together as soon as it arrives
--- also those made by the callbacks of the acks it carries.
+Requests travel several to a ForwardRequest, Nagle-like, and a session
+keeps up to L{WINDOW} ForwardRequests awaiting their ForwardAck (the
+node's group commit) at once (docs/protocol.md §21.2 allows several; the
+node answers each on its own, not necessarily in the order sent, and each
+ack is matched by message id). A request made while nothing awaits goes
+at once. While something awaits, requests queue: they go together when a
+ForwardAck arrives (also those made by the callbacks of the acks it
+carries), or, as soon as a full ForwardRequest's worth (L{BATCH_BYTES})
+is queued, that much goes without waiting for an ack. Never more than
+the window await: what is queued beyond it waits for acks, however much
+it is (the backpressure: the callers' Deferreds fire later). A session
+that ends fails the Deferred of every request it had sent or queued.
 
 Deliveries (several per ForwardDeliver) are opened, checked, given to
 the inbox callback once per (sender, message id) in order, and
@@ -49,6 +57,9 @@ log = Logger()
 SEEN = 100_000
 #: Payload bytes (with L{messages.DELIVER_OVERHEAD} each) in one ForwardRequest.
 BATCH_BYTES = 64 * 1024
+#: ForwardRequests of one session awaiting their ForwardAck at once (at
+#: most L{BATCH_BYTES} each: with the default, 256 KiB of payload in flight).
+WINDOW = 4
 
 
 class ForwardRejected(Rejected):
@@ -88,18 +99,29 @@ def uuid7(now: float = None) -> bytes:
 
 
 class _Outgoing:
-    """The ForwardRequest entries of one session not sent yet, and the envelopes awaiting their ForwardAck."""
+    """
+    The ForwardRequest entries of one session not sent yet (C{queued}: their
+    bytes as L{BATCH_BYTES} counts them), and how many ForwardRequests await
+    their ForwardAck.
+    """
+
+    __slots__ = ("queue", "queued", "awaiting")
 
     def __init__(self):
         self.queue = []
+        self.queued = 0
         self.awaiting = 0
 
 
 class MailboxClient:
     """The mailbox dispatcher of one client L{Peer}: see the module docstring."""
 
-    def __init__(self, peer):
+    def __init__(self, peer, window: int = WINDOW):
+        if window < 1:
+            raise ValueError(f"the window must be at least 1 ForwardRequest, not {window}")
         self.peer = peer
+        #: ForwardRequests a session keeps awaiting their ForwardAck at once (L{WINDOW}).
+        self.window = window
         #: Called with (sender peer id, message id, data) once per message.
         self.on_message = None
         #: Called with a L{ReceiptEvent}.
@@ -162,23 +184,39 @@ class MailboxClient:
         if outgoing is None:
             outgoing = self._outgoing[session.session_id] = _Outgoing()
         outgoing.queue.append(entry)
+        outgoing.queued += len(payload) + messages.DELIVER_OVERHEAD
         if not outgoing.awaiting:
             self._flush(session, outgoing)
+        elif outgoing.queued >= BATCH_BYTES:
+            self._flush(session, outgoing, full_only=True)
         return d
 
-    def _flush(self, session, outgoing):
-        """Send what C{outgoing} holds, in ForwardRequests of at most L{BATCH_BYTES} (a larger entry alone)."""
-        queue, outgoing.queue = outgoing.queue, []
-        batch, size = [], 0
-        for entry in queue:
-            cost = len(entry["payload"]) + messages.DELIVER_OVERHEAD
-            if batch and size + cost > BATCH_BYTES:
-                outgoing.awaiting += _send(session, MessageType.FORWARD_REQUEST, {"messages": batch})
-                batch, size = [], 0
-            batch.append(entry)
-            size += cost
-        if batch:
-            outgoing.awaiting += _send(session, MessageType.FORWARD_REQUEST, {"messages": batch})
+    def _flush(self, session, outgoing, full_only=False):
+        """
+        Send what C{outgoing} holds, in ForwardRequests of at most
+        L{BATCH_BYTES} (a larger entry alone), while fewer than L{window}
+        await their ack; with C{full_only}, only full ones (the rest waits
+        for an ack).
+        """
+        queue = outgoing.queue
+        while queue and outgoing.awaiting < self.window:
+            if full_only and outgoing.queued < BATCH_BYTES:
+                break
+            end, size = 0, 0
+            while end < len(queue):
+                cost = len(queue[end]["payload"]) + messages.DELIVER_OVERHEAD
+                if end and size + cost > BATCH_BYTES:
+                    break
+                size += cost
+                end += 1
+            # Off the queue and counted before it is sent (a send may run an
+            # ack's handler, which counts it off and flushes too).
+            batch = queue[:end]
+            del queue[:end]
+            outgoing.queued -= size
+            outgoing.awaiting += 1
+            if not _send(session, MessageType.FORWARD_REQUEST, {"messages": batch}):
+                outgoing.awaiting -= 1
 
     # Handlers
 
@@ -215,7 +253,7 @@ class MailboxClient:
             # What was asked for meanwhile (also from the callbacks above) goes now, together.
             if outgoing is not None:
                 outgoing.awaiting = max(0, outgoing.awaiting - 1)
-                if not outgoing.awaiting and outgoing.queue:
+                if outgoing.queue:
                     self._flush(session, outgoing)
 
     def _remember(self, key) -> bool:

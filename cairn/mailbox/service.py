@@ -90,6 +90,8 @@ class MailboxService(Delivery, StoreService):
         self.batch_bytes = min(batch_bytes, max_payload - messages.DELIVER_OVERHEAD)
         #: ForwardAck statuses sent, by name.
         self.statuses = Counter()
+        #: ForwardRequests handled (a bench divides the entries by it).
+        self.requests = 0
         self.delivered = 0
         self._outboxes = {}  # session id -> Outbox
         #: peer id -> a tuple of its sessions' outboxes: a stored message or
@@ -154,6 +156,7 @@ class MailboxService(Delivery, StoreService):
     # Handlers
 
     def _forward_request(self, session, body):
+        self.requests += 1
         try:
             entries = messages.request_entries(body)
         except BodyError as e:
