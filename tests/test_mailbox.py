@@ -121,8 +121,7 @@ class MailboxHarness(ScenarioMixin):
     @defer.inlineCallbacks
     def forward_raw(self, session, body):
         """Send a raw ForwardRequest entry alone; fires with the status of its ack."""
-        d = defer.Deferred()
-        mailbox.mailbox(session.local)._acks[(session.session_id, body["id"])] = d
+        d = mailbox.mailbox(session.local)._acks.add(session.session_id, body["id"])
         session.send(MessageType.FORWARD_REQUEST, {"messages": [body]})
         try:
             yield eventually(d)

@@ -179,12 +179,29 @@ class WindowTests(unittest.TestCase):
         self.assertIsInstance(outcomes[0], mailbox.ForwardResult)
         for failure in outcomes[1:]:
             failure.trap(SessionClosed)
-        self.assertEqual(self.client._acks, {})
+        self.assertEqual(len(self.client._acks), 0)
         self.assertEqual(self.client._outgoing, {})
         # A late ack after the end sends nothing.
         sent = len(self.session.sent)
         self.ack(self.session.requests()[1])
         self.assertEqual(len(self.session.sent), sent)
+
+    def test_same_id_again_before_its_ack(self):
+        """A message id forwarded again before its ack: each forward gets its own answer, or fails with the session."""
+        mid = b"\x07" * 16
+        boxes = []
+        for _ in range(3):
+            self.client.forward(self.session, self.recipient.peer_id, b"again", message_id=mid).addBoth(boxes.append)
+        self.assertEqual(self.session.requests(), [[mid]])  # the others queue behind it
+        self.ack([mid])
+        self.assertEqual(self.session.requests(), [[mid], [mid, mid]])
+        self.assertEqual(len(boxes), 1)
+        self.ack([mid], ForwardStatus.DUPLICATE)  # the node answers the second copy alone
+        self.assertEqual([b.duplicate for b in boxes], [False, True])
+        self.session.end()  # the third never had its answer
+        self.assertEqual(len(boxes), 3)
+        boxes[2].trap(SessionClosed)
+        self.assertEqual(len(self.client._acks), 0)
 
     def test_ack_while_sending(self):
         """An ack handled during the send of its request (a transport that answers at once): nothing twice, no stall."""

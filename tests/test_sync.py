@@ -283,8 +283,7 @@ class SyncScenarioMixin(SyncHarness):
         phone = self.device()
         yield phone.connect(["notes"])
         client = sync.sync_client(phone.client.peer)
-        d = defer.Deferred()
-        client._acks[(phone.session.session_id, b"\x03" * 16)] = d
+        d = client._acks.add(phone.session.session_id, b"\x03" * 16)
         phone.session.send(MessageType.SYNC_PUBLISH, {"topic": "", "id": b"\x03" * 16, "payload": b"x"})
         failure = yield self.assertFailure(eventually(d), sync.PublishRejected)
         self.assertEqual(failure.code, SyncStatus.INVALID)
@@ -472,6 +471,18 @@ class SyncScenarioMixin(SyncHarness):
         first = yield eventually(sync.sync_publish(phone.session, "notes", b"a", update_id=b"\x02" * 16))
         again = yield eventually(sync.sync_publish(phone.session, "notes", b"a", update_id=b"\x02" * 16))
         self.assertEqual((first, again), (1, 1))
+        self.assertEqual(self.store.topics()["notes"].updates, 1)
+
+    @defer.inlineCallbacks
+    def test_same_id_twice_in_flight(self):
+        """An update id published again before its SyncAck: both publishes fire, with the one seq it got."""
+        phone = self.device()
+        yield phone.connect(["notes"])
+        update_id = b"\x04" * 16
+        first = sync.sync_publish(phone.session, "notes", b"a", update_id=update_id)
+        again = sync.sync_publish(phone.session, "notes", b"a", update_id=update_id)
+        seqs = yield eventually(defer.gatherResults([first, again]))
+        self.assertEqual(seqs, [1, 1])
         self.assertEqual(self.store.topics()["notes"].updates, 1)
 
     @defer.inlineCallbacks

@@ -47,6 +47,7 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from cairn.answers import Answers
 from cairn.mailbox import messages, replay, sealing
 from cairn.session.errors import Rejected
 from cairn.wire.constants import ForwardStatus, MessageType, ReceiptStatus
@@ -129,7 +130,7 @@ class MailboxClient:
         #: Called with (sender, message id, data) before the inbox; a true
         #: result consumes the message (e.g. a sync group key, L{cairn.sync.sealing}).
         self.filters = []
-        self._acks = {}  # (session id, message id) -> Deferred
+        self._acks = Answers()  # ForwardAcks awaited
         self._outgoing = {}  # session id -> _Outgoing
         self._key_waiters = {}  # (session id, peer id) -> [Deferred]
         self._keys = {}  # peer id -> verified identity key
@@ -177,8 +178,7 @@ class MailboxClient:
         payload = self.sealer.seal(peer_id, key, message_id, data, signed)
         if session.closed is not None:
             raise session.closed
-        d = defer.Deferred()
-        self._acks[(session.session_id, message_id)] = d
+        d = self._acks.add(session.session_id, message_id)
         entry = {"to": peer_id, "id": message_id, "payload": payload}
         outgoing = self._outgoing.get(session.session_id)
         if outgoing is None:
@@ -242,7 +242,7 @@ class MailboxClient:
         outgoing = self._outgoing.get(session.session_id)
         try:
             for message_id, status, reason in acks:
-                d = self._acks.pop((session.session_id, message_id), None)
+                d = self._acks.answered(session.session_id, message_id)
                 if d is None:
                     continue
                 if status in (ForwardStatus.STORED, ForwardStatus.DUPLICATE):
@@ -309,8 +309,7 @@ class MailboxClient:
     def session_closed(self, session):
         sid = session.session_id
         self._outgoing.pop(sid, None)
-        for key in [k for k in self._acks if k[0] == sid]:
-            self._acks.pop(key).errback(session.closed)
+        self._acks.session_closed(sid, session.closed)
         for key in [k for k in self._key_waiters if k[0] == sid]:
             for d in self._key_waiters.pop(key):
                 d.errback(session.closed)

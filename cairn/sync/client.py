@@ -30,6 +30,7 @@ import os
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from cairn.answers import Answers
 from cairn.session.errors import Rejected
 from cairn.sync import messages, sealing
 from cairn.wire.constants import MessageType, SyncStatus
@@ -61,7 +62,7 @@ class SyncClient:
         self._keyring = None
         self.plaintext = False
         self.topics = {}  # topic -> last seq given to the application (0: none yet)
-        self._acks = {}  # (session id, update id) -> Deferred
+        self._acks = Answers()  # SyncAcks awaited
         handlers = {
             MessageType.SYNC_ACK: self._ack,
             MessageType.SYNC_UPDATE: self._update,
@@ -104,8 +105,7 @@ class SyncClient:
             return defer.fail(session.closed)
         if not self.plaintext:
             data = self.keyring.seal(topic, self.peer.identity.peer_id, update_id, data)
-        d = defer.Deferred()
-        self._acks[(session.session_id, update_id)] = d
+        d = self._acks.add(session.session_id, update_id)
         session.send(MessageType.SYNC_PUBLISH, {"topic": topic, "id": update_id, "payload": data})
         return d
 
@@ -131,7 +131,7 @@ class SyncClient:
 
     def _ack(self, session, body):
         update_id, status, seq, reason = messages.parse_ack(body)
-        d = self._acks.pop((session.session_id, update_id), None)
+        d = self._acks.answered(session.session_id, update_id)
         if d is None:
             return
         if status in (SyncStatus.COMMITTED, SyncStatus.DUPLICATE):
@@ -176,8 +176,7 @@ class SyncClient:
 
     def session_closed(self, session):
         sid = session.session_id
-        for key in [k for k in self._acks if k[0] == sid]:
-            self._acks.pop(key).errback(session.closed)
+        self._acks.session_closed(sid, session.closed)
 
 
 def _send(session, type_code, body):
