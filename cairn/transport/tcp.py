@@ -11,6 +11,7 @@ from zope.interface import implementer
 from cairn.session.interfaces import IFrameTransport
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
 from cairn.transport.settings import TransportSettings
+from cairn.transport.shared_keys import share_transport_names
 from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import EnvelopeError, EnvelopeParser
 
@@ -134,6 +135,10 @@ class StreamFactory(Factory):
         if settings is None:
             settings = TransportSettings.for_peer(local, write_limit=MAX_WRITE_BUFFER)
         self.settings = settings
+
+    def startFactory(self):
+        # Before the first connection is accepted (issue 19: a dict fewer per transport).
+        share_transport_names()
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():

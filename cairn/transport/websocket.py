@@ -39,6 +39,7 @@ from cairn.transport import autobahn_compat
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.transport.origins import OriginPolicy
 from cairn.transport.settings import TransportSettings
+from cairn.transport.shared_keys import share_transport_names
 from cairn.transport.websocket_messages import _EnvelopeMessages
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 
@@ -179,6 +180,11 @@ class _ServerFactory(_BakedOptions, WebSocketServerFactory):
     gauge = None
     limiter = None
     origins = OriginPolicy()
+
+    def startFactory(self):
+        # Before the first connection is accepted (issue 19: a dict fewer per transport).
+        share_transport_names()
+        super().startFactory()
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():
