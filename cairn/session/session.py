@@ -108,7 +108,9 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
         self.recv_seq = recv_seq
         self.connection = None
         self.closed = None
-        self._handlers = {}
+        #: Custom-type handlers of this session alone: None until the first
+        #: L{register_handler} (an empty dict per idle session is 64 bytes).
+        self._handlers = None
         # (seq, sealed bytes) awaiting the peer's ack; an empty tuple while
         # there are none (most idle sessions): an empty deque is 760 bytes.
         self._unacked = ()
