@@ -22,7 +22,7 @@ from cairn.pairing.interfaces import PeerRecord
 from cairn.session import opening
 from cairn.session.peer import Peer
 from cairn.transport import shared_keys
-from cairn.transport.limits import SourceLimiter
+from cairn.transport.limits import OutputGuard, SourceLimiter
 from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import ServerProtocol, server_factory
@@ -265,3 +265,62 @@ class SharedNamesTests(unittest.TestCase):
             yield eventually(lost)
             names |= set(vars(transport))
         self.assertEqual(names - set(shared_keys.TCP_SERVER_NAMES), set())
+
+
+class _Consumer:
+    """A socket transport's buffer counters and producer registration, for an L{OutputGuard}."""
+
+    dataBuffer = b""
+    offset = 0
+    _tempDataLen = 0
+    producer = None
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+
+class _Owner:
+    def __init__(self):
+        self.reasons = []
+
+    def output_overflow(self, reason):
+        self.reasons.append(reason)
+
+
+class OutputGuardTests(unittest.TestCase):
+    """The output guard each connection keeps: slotted, holding its owner, not a bound method of it."""
+
+    def guard(self):
+        clock = task.Clock()
+        settings = TransportSettings(max_payload=1024, clock=clock, keepalive_timeout=90.0, write_limit=100)
+        transport, owner = _Consumer(), _Owner()
+        return OutputGuard(transport, settings, owner), transport, owner, clock
+
+    def test_slotted_and_keeps_its_owner(self):
+        """The guard has no instance dict and refers to its owner itself."""
+        guard, transport, owner, _ = self.guard()
+        self.assertFalse(hasattr(guard, "__dict__"))
+        self.assertIs(guard._owner, owner)
+        self.assertIs(transport.producer, guard)
+
+    def test_owner_told_once_past_the_limit(self):
+        """A buffer past the write limit tells the owner once, with the byte counts."""
+        guard, transport, owner, _ = self.guard()
+        transport.dataBuffer = b"x" * 101
+        guard.check()
+        guard.check()
+        self.assertEqual(owner.reasons, ["peer not reading: 101 bytes queued, above 100"])
+        self.assertEqual(guard.high_water, 101)
+
+    def test_owner_told_when_not_drained_in_the_window(self):
+        """A buffer paused for the whole keepalive timeout tells the owner; one resumed in time does not."""
+        guard, transport, owner, clock = self.guard()
+        guard.pauseProducing()
+        clock.advance(89)
+        guard.resumeProducing()
+        clock.advance(10)
+        self.assertEqual(owner.reasons, [])
+        guard.pauseProducing()
+        clock.advance(90)
+        self.assertEqual(owner.reasons, ["peer not reading: output not drained in 90 s"])
+        self.assertTrue(guard.overflowed)

@@ -73,13 +73,11 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
     def onOpen(self):
         settings = self.factory.settings
         if settings.write_limit is not None:
-            self._guard = OutputGuard(
-                self.transport, settings.clock, settings.keepalive_timeout, settings.write_limit, self._overflow
-            )
+            self._guard = OutputGuard(self.transport, settings, self)
         super().onOpen()
 
-    def _overflow(self, reason):
-        # The Close is queued behind what the peer does not read: abort.
+    def output_overflow(self, reason):
+        """The L{OutputGuard}'s call: the Close is queued behind what the peer does not read, so abort."""
         if self.sink is not None:
             self.sink.framing_error(CloseCode.LIMIT_REACHED, reason)
         self.dropConnection(abort=True)
