@@ -39,6 +39,8 @@ def _keepalive_ack(plain: bytes) -> int:
 
 
 class Receiving:
+    __slots__ = ()  # the state is in the slots of the class using it
+
     def open_envelope(self, envelope):
         """
         Authenticate C{envelope} and return its decoded body.
