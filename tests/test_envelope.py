@@ -251,6 +251,19 @@ class ParserTests(unittest.TestCase):
         self.assertEqual(parser.feed(data[:40]), [])
         self.assertEqual(parser.buffered(), 40)
 
+    def test_buffer_held_only_while_an_envelope_is_cut(self):
+        """A parser holds no buffer until a chunk ends inside an envelope, and drops it once that envelope is whole."""
+        envs, data = self._stream()
+        parser = EnvelopeParser(MAX)
+        self.assertIsNone(parser._buffer)
+        self.assertEqual(parser.feed(data[:5]), [])
+        self.assertEqual(parser.buffered(), 5)
+        first = len(envs[0].to_bytes())
+        self.assertEqual(parser.feed(data[5:first]), envs[:1])
+        self.assertIsNone(parser._buffer)
+        self.assertEqual(parser.feed(data[first:]), envs[1:])
+        self.assertIsNone(parser._buffer)
+
     def test_empty_feed(self):
         """Feeding no bytes returns no envelopes."""
         parser = EnvelopeParser(MAX)

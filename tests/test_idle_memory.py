@@ -6,10 +6,11 @@ WebSocket sessions in under 128 MB of node RSS).
 import gc
 import os
 import sys
+import tracemalloc
 import weakref
 
 import attr
-from twisted.internet import defer, reactor, task, utils
+from twisted.internet import defer, reactor, task, tcp, utils
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.test import iosim
@@ -20,10 +21,11 @@ from cairn.crypto.identity import Identity
 from cairn.pairing.interfaces import PeerRecord
 from cairn.session import opening
 from cairn.session.peer import Peer
-from cairn.transport.limits import SourceLimiter
+from cairn.transport import shared_keys
+from cairn.transport.limits import OutputGuard, SourceLimiter
 from cairn.transport.settings import TransportSettings
 from cairn.transport.tcp import StreamFactory, StreamProtocol
-from cairn.transport.websocket import ServerProtocol
+from cairn.transport.websocket import ServerProtocol, server_factory
 from tests._harness import eventually
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,3 +190,137 @@ class SlottedRecordsTests(unittest.TestCase):
         for value in (result, record):
             self.assertFalse(hasattr(value, "__dict__"), type(value).__name__)
         self.assertEqual(attr.evolve(result, key_i2r=None).key_i2r, None)
+
+
+def _growth_of_late_names(cls, late):
+    """Bytes allocated when one of 40 instances of C{cls}, made first, sets the names C{late}."""
+    made = []
+    for _ in range(40):
+        instance = cls.__new__(cls)
+        instance.early = None
+        made.append(instance)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for name in late:
+            setattr(made[0], name, None)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+class SharedNamesTests(unittest.TestCase):
+    """Twisted's TCP transports keep their attributes without a dict of their own."""
+
+    LATE = ("dataBuffer", "offset", "producerPaused")
+
+    def test_names_set_late_need_no_dict_once_shared(self):
+        """Names shared before any instance is made cost no dict when set late, where unshared ones cost one."""
+
+        class Unshared(tcp.Server):
+            pass
+
+        class Shared(tcp.Server):
+            pass
+
+        unshared = _growth_of_late_names(Unshared, self.LATE)
+        if unshared < 100:
+            raise unittest.SkipTest(f"this interpreter gives late names no dict ({unshared} bytes)")
+        shared_keys.share_names(Shared, ("early",) + self.LATE)
+        self.assertLess(_growth_of_late_names(Shared, self.LATE), 64)
+
+    def test_listeners_share_the_names_as_they_start(self):
+        """The TCP and WebSocket listeners' factories share tcp.Server's names when they start, once."""
+        self.patch(shared_keys, "_shared", set())
+        node = Peer(Identity.generate(), task.Clock())
+        for factory in (StreamFactory(node), server_factory(node)):
+            shared_keys._shared.clear()
+            factory.doStart()
+            self.addCleanup(factory.doStop)
+            self.assertEqual(shared_keys._shared, {tcp.Server})
+
+    @defer.inlineCallbacks
+    def test_a_connection_sets_no_other_name(self):
+        """A node's TCP transport, established, writing, then closed or aborted, sets only the shared names."""
+        node = Peer(Identity.generate(), reactor)
+        self.addCleanup(node.freeze)
+        port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(StreamFactory(node))
+        self.addCleanup(port.stopListening)
+        client = Peer(Identity.generate(), reactor)
+        self.addCleanup(client.freeze)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        names = set()
+        for abort in (False, True):
+            established = defer.Deferred()
+            node.on_session = established.callback
+            protocol = yield endpoint.connect(StreamFactory(client, initiator=True))
+            session = yield eventually(established)
+            connection = session.connection
+            transport = connection.transport.transport
+            lost = connection.when_lost()
+            if abort:
+                connection.drop_transport()
+            else:
+                protocol.transport.loseConnection()
+            yield eventually(lost)
+            names |= set(vars(transport))
+        self.assertEqual(names - set(shared_keys.TCP_SERVER_NAMES), set())
+
+
+class _Consumer:
+    """A socket transport's buffer counters and producer registration, for an L{OutputGuard}."""
+
+    dataBuffer = b""
+    offset = 0
+    _tempDataLen = 0
+    producer = None
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+
+class _Owner:
+    def __init__(self):
+        self.reasons = []
+
+    def output_overflow(self, reason):
+        self.reasons.append(reason)
+
+
+class OutputGuardTests(unittest.TestCase):
+    """The output guard each connection keeps: slotted, holding its owner, not a bound method of it."""
+
+    def guard(self):
+        clock = task.Clock()
+        settings = TransportSettings(max_payload=1024, clock=clock, keepalive_timeout=90.0, write_limit=100)
+        transport, owner = _Consumer(), _Owner()
+        return OutputGuard(transport, settings, owner), transport, owner, clock
+
+    def test_slotted_and_keeps_its_owner(self):
+        """The guard has no instance dict and refers to its owner itself."""
+        guard, transport, owner, _ = self.guard()
+        self.assertFalse(hasattr(guard, "__dict__"))
+        self.assertIs(guard._owner, owner)
+        self.assertIs(transport.producer, guard)
+
+    def test_owner_told_once_past_the_limit(self):
+        """A buffer past the write limit tells the owner once, with the byte counts."""
+        guard, transport, owner, _ = self.guard()
+        transport.dataBuffer = b"x" * 101
+        guard.check()
+        guard.check()
+        self.assertEqual(owner.reasons, ["peer not reading: 101 bytes queued, above 100"])
+        self.assertEqual(guard.high_water, 101)
+
+    def test_owner_told_when_not_drained_in_the_window(self):
+        """A buffer paused for the whole keepalive timeout tells the owner; one resumed in time does not."""
+        guard, transport, owner, clock = self.guard()
+        guard.pauseProducing()
+        clock.advance(89)
+        guard.resumeProducing()
+        clock.advance(10)
+        self.assertEqual(owner.reasons, [])
+        guard.pauseProducing()
+        clock.advance(90)
+        self.assertEqual(owner.reasons, ["peer not reading: output not drained in 90 s"])
+        self.assertTrue(guard.overflowed)

@@ -154,8 +154,12 @@ class PushScenarioMixin(PushHarness):
         # The in-memory flip (what an unpairing does first), before its sessions are closed.
         self.trust._records[bob.peer_id] = attr.evolve(self.trust._records[bob.peer_id], state=REVOKED)
         sent = []
-        original = self.server.sessions[session.session_id].send
-        self.server.sessions[session.session_id].send = lambda t, b: sent.append(t) or original(t, b)
+        watched = self.server.sessions[session.session_id]
+        original = type(watched).send
+        # Sessions have no instance dict: the method is patched on the class, for this session alone.
+        self.patch(
+            type(watched), "send", lambda s, t, b: (s is watched and sent.append(t)) or original(s, t, b)
+        )
         yield eventually(sync.sync_publish(alice, "notes", b"after"))
         yield eventually(mailbox.forward(alice, bob.peer_id, b"after")).addErrback(lambda _: None)
         self.assertEqual(sent, [])

@@ -216,14 +216,14 @@ class KeepaliveMixin(ScenarioMixin):
         self.assertGreater(session.buffered()[0], 0)
         other = self.server_session(session)
         acked = defer.Deferred()
-        original = session._acknowledged
+        original = type(session)._acknowledged
 
-        def acknowledged(upto):
-            original(upto)
-            if not acked.called:
+        def acknowledged(self, upto):
+            original(self, upto)
+            if self is session and not acked.called:
                 acked.callback(upto)
 
-        session._acknowledged = acknowledged
+        self.patch(type(session), "_acknowledged", acknowledged)  # sessions have no instance dict
         self.server_clock.advance(30)
         upto = yield eventually(acked)
         self.assertEqual(upto, other.recv_seq)

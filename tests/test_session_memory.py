@@ -30,9 +30,9 @@ class ResendBufferTests(unittest.TestCase):
         self.assertEqual(session._unacked, ())
 
     def test_session_attributes_in_slots(self):
-        """A session's own attributes are slots: no instance dict (~1.5 KB once it held them all)."""
+        """A session's attributes are all slots, its mixins' too: no instance dict (~1.5 KB once it held them all)."""
         connection, _, _ = InMemoryNode().session()
-        self.assertEqual(vars(connection.session), {})
+        self.assertFalse(hasattr(connection.session, "__dict__"))
 
     def test_connection_attributes_in_slots(self):
         """An attached session's Connection keeps its attributes in slots: no instance dict."""
@@ -54,6 +54,44 @@ class ResendBufferTests(unittest.TestCase):
         before = len(transport.written)
         session.resend_after(seq2 - 1)
         self.assertEqual(len(transport.written), before + 1)
+
+
+class LazyContainersTests(unittest.TestCase):
+    """An idle session and its connection make their handler table and waiter list only when used."""
+
+    def test_idle_session_holds_no_handler_table_nor_waiter_list(self):
+        """An established idle session has no handler dict of its own and its connection no waiter list."""
+        connection, _, _ = InMemoryNode().session()
+        self.assertIsNone(connection.session._handlers)
+        self.assertIsNone(connection._lost_waiters)
+
+    def test_session_handler_made_on_first_registration(self):
+        """A session's first custom handler makes its table; it then takes that type, others go to the node's."""
+        node = InMemoryNode()
+        connection, _, cipher = node.session()
+        session = connection.session
+        node_got, session_got = [], []
+        node.peer.register_handler(0xF001, lambda s, body: node_got.append(body))
+        session.register_handler(0xF002, lambda s, body: session_got.append(body))
+        for seq, type_code in ((2, 0xF001), (3, 0xF002)):
+            sealed = cipher.seal(1, type_code, session.session_id, seq, cbor.dumps(type_code)).to_bytes()
+            connection.envelope_received(decode(sealed, 2**20))
+        self.assertEqual((node_got, session_got), ([0xF001], [0xF002]))
+
+    def test_waiters_made_on_first_use_and_told(self):
+        """when_lost before the loss makes the waiter list; each Deferred fires once lost, and later calls at once."""
+        connection, _, _ = InMemoryNode().session()
+        waiting = [connection.when_lost(), connection.when_lost()]
+        fired = []
+        for d in waiting:
+            d.addCallback(fired.append)
+        self.assertEqual(fired, [])
+        connection.connection_lost(None)
+        self.assertEqual(fired, [None, None])
+        self.assertIsNone(connection._lost_waiters)
+        later = []
+        connection.when_lost().addCallback(later.append)
+        self.assertEqual(later, [None])
 
 
 class MailboxOutboxTests(unittest.TestCase):

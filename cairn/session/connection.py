@@ -111,7 +111,8 @@ class Connection(Opening):
         #: it ends leaves closing the transport to the peer.
         self._peer_closed = False
         self._lost = False
-        self._lost_waiters = []
+        #: L{when_lost} Deferreds: None until one is asked for (most never are).
+        self._lost_waiters = None
 
     def __repr__(self):
         return f"<Connection {self._state} initiator={self.initiator}>"
@@ -169,8 +170,8 @@ class Connection(Opening):
         # this both, with the transport's socket and buffers, would wait
         # for the cyclic garbage collector (issue 19).
         self.transport = None
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for d in waiters:
+        waiters, self._lost_waiters = self._lost_waiters, None
+        for d in waiters or ():
             d.callback(None)
 
     def when_lost(self) -> Deferred:
@@ -178,6 +179,8 @@ class Connection(Opening):
         if self._lost:
             return succeed(None)
         d = Deferred()
+        if self._lost_waiters is None:
+            self._lost_waiters = []
         self._lost_waiters.append(d)
         return d
 

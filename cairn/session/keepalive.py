@@ -124,6 +124,8 @@ class Keepalive:
     C{_keepalive} (its wheel slot or None), C{_expiry} and C{_last_rx}.
     """
 
+    __slots__ = ()  # the state is in the slots of the class using it
+
     def attach(self, connection) -> None:
         """Carry the session over C{connection} from now on."""
         old, self.connection = self.connection, connection

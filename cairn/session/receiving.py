@@ -39,6 +39,8 @@ def _keepalive_ack(plain: bytes) -> int:
 
 
 class Receiving:
+    __slots__ = ()  # the state is in the slots of the class using it
+
     def open_envelope(self, envelope):
         """
         Authenticate C{envelope} and return its decoded body.
@@ -180,7 +182,8 @@ class Receiving:
             raise ProtocolViolation(CloseCode.BAD_CBOR, str(e)) from None
 
     def _dispatch(self, type_code, body):
-        handler = self._handlers.get(type_code) or self.local.handler_for(type_code)
+        handlers = self._handlers
+        handler = (handlers is not None and handlers.get(type_code)) or self.local.handler_for(type_code)
         if handler is None:
             # Unknown types are ignored so that new ones can roll out gradually.
             self.local.unknown_type(type_code)
@@ -191,4 +194,6 @@ class Receiving:
         """Handle custom C{type_code} on this session with C{handler(session, body)}."""
         if not is_custom_type(type_code):
             raise ValueError(f"0x{type_code:04x} is outside the custom range 0xF000-0xFFFF")
+        if self._handlers is None:
+            self._handlers = {}
         self._handlers[type_code] = handler

@@ -26,6 +26,8 @@ _NO_REKEY_BEFORE = frozenset({MessageType.KEY_UPDATE, MessageType.RECONNECT, Mes
 class KeyEpochs:
     """KeyUpdate sending and receiving, and the ratchet seed, for a L{Session}."""
 
+    __slots__ = ()  # the state is in the slots of the class using it
+
     def _maybe_update_key(self, type_code):
         """Before sealing an envelope of C{type_code}: send a KeyUpdate first if one is due and allowed."""
         if type_code not in _NO_REKEY_BEFORE and self._key_update_seq is None and self._rekey_due():

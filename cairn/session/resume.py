@@ -30,6 +30,8 @@ RESTORE_SEQ_LIMIT = 2**63
 class ResumeState:
     """The resend buffer and the restart snapshot of a L{Session}."""
 
+    __slots__ = ()  # the state is in the slots of the class using it
+
     # The resend buffer (§12)
 
     def _resend_queue(self) -> deque:

@@ -11,6 +11,7 @@ from zope.interface import implementer
 from cairn.session.interfaces import IFrameTransport
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
 from cairn.transport.settings import TransportSettings
+from cairn.transport.shared_keys import share_transport_names
 from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import EnvelopeError, EnvelopeParser
 
@@ -57,11 +58,8 @@ class StreamProtocol(Protocol):
         # "stalled" signal), which moves up with it.
         if getattr(self.transport, "bufferSize", None) is not None:
             self.transport.bufferSize = READ_SIZE
-        settings = self.settings
-        if settings.write_limit is not None:
-            self._guard = OutputGuard(
-                self.transport, settings.clock, settings.keepalive_timeout, settings.write_limit, self._overflow
-            )
+        if self.settings.write_limit is not None:
+            self._guard = OutputGuard(self.transport, self.settings, self)
         self.sink.connection_made(self)
 
     def dataReceived(self, data):
@@ -87,14 +85,14 @@ class StreamProtocol(Protocol):
         self._closing = True
         if self._ticket is not None:
             self._ticket.done()
-        # The guard refers back to this protocol (its overflow callback):
+        # The guard refers back to this protocol (its owner):
         # dropped, the two go by reference counting, not by the cyclic
         # garbage collector (issue 19).
         self._guard = None
         self.sink.connection_lost(reason)
 
-    def _overflow(self, reason):
-        # The Close is queued behind what the peer does not read: abort.
+    def output_overflow(self, reason):
+        """The L{OutputGuard}'s call: the Close is queued behind what the peer does not read, so abort."""
         self.sink.framing_error(CloseCode.LIMIT_REACHED, reason)
         self.transport.abortConnection()
 
@@ -134,6 +132,10 @@ class StreamFactory(Factory):
         if settings is None:
             settings = TransportSettings.for_peer(local, write_limit=MAX_WRITE_BUFFER)
         self.settings = settings
+
+    def startFactory(self):
+        # Before the first connection is accepted (issue 19: a dict fewer per transport).
+        share_transport_names()
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():

@@ -39,6 +39,7 @@ from cairn.transport import autobahn_compat
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_http
 from cairn.transport.origins import OriginPolicy
 from cairn.transport.settings import TransportSettings
+from cairn.transport.shared_keys import share_transport_names
 from cairn.transport.websocket_messages import _EnvelopeMessages
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 
@@ -72,13 +73,11 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
     def onOpen(self):
         settings = self.factory.settings
         if settings.write_limit is not None:
-            self._guard = OutputGuard(
-                self.transport, settings.clock, settings.keepalive_timeout, settings.write_limit, self._overflow
-            )
+            self._guard = OutputGuard(self.transport, settings, self)
         super().onOpen()
 
-    def _overflow(self, reason):
-        # The Close is queued behind what the peer does not read: abort.
+    def output_overflow(self, reason):
+        """The L{OutputGuard}'s call: the Close is queued behind what the peer does not read, so abort."""
         if self.sink is not None:
             self.sink.framing_error(CloseCode.LIMIT_REACHED, reason)
         self.dropConnection(abort=True)
@@ -179,6 +178,11 @@ class _ServerFactory(_BakedOptions, WebSocketServerFactory):
     gauge = None
     limiter = None
     origins = OriginPolicy()
+
+    def startFactory(self):
+        # Before the first connection is accepted (issue 19: a dict fewer per transport).
+        share_transport_names()
+        super().startFactory()
 
     def buildProtocol(self, addr):
         if self.gauge is not None and not self.gauge.admit():

@@ -114,12 +114,15 @@ class EnvelopeParser:
 
     def __init__(self, max_payload: int):
         self.max_payload = max_payload
-        self._buffer = bytearray()
+        #: The start of an envelope cut by a chunk's end; None while there
+        #: is none (an idle connection's parser held an empty bytearray,
+        #: 56 bytes per session, issue 19).
+        self._buffer = None
         self._failed = False
 
     def buffered(self) -> int:
         """How many bytes are held waiting for the rest of an envelope."""
-        return len(self._buffer)
+        return 0 if self._buffer is None else len(self._buffer)
 
     def feed(self, data: bytes) -> list:
         """
@@ -141,7 +144,7 @@ class EnvelopeParser:
         out = []
         offset = 0
         buf = self._buffer
-        if buf:
+        if buf is not None:
             offset = self._finish_buffered(data, out)
             if offset < 0:
                 return out
@@ -157,7 +160,7 @@ class EnvelopeParser:
             out.append(Envelope(version, type_, sid, seq, data[offset + HEADER_SIZE : stop]))
             offset = stop
         if offset < end:
-            buf += memoryview(data)[offset:]
+            self._buffer = bytearray(memoryview(data)[offset:])
         return out
 
     def _finish_buffered(self, data: bytes, out: list) -> int:
@@ -182,16 +185,16 @@ class EnvelopeParser:
             return -1
         buf += memoryview(data)[offset : offset + need]
         # One copy (through a view) rather than two (slice, then bytes);
-        # the view is released before the buffer is emptied below.
+        # the view is released before the buffer is dropped below.
         with memoryview(buf) as view:
             payload = bytes(view[HEADER_SIZE:])
-        del buf[:]
+        self._buffer = None
         out.append(Envelope(version, type_, sid, seq, payload))
         return offset + need
 
     def _refuse(self, length: int, out: list):
         self._failed = True
-        del self._buffer[:]
+        self._buffer = None
         raise EnvelopeError(
             CloseCode.PAYLOAD_TOO_LARGE,
             f"payload length {length} above maximum {self.max_payload}",
