@@ -43,3 +43,19 @@ def on_a_follower(testcase, stream):
     follower = next(s for s in cluster.servers if s.name != info.cluster.leader)
     jet = yield connect(testcase, [follower.url], replicas=3)
     return cluster, jet
+
+
+def count_reads(testcase):
+    """The names of the stream reads made from now on (a list that grows)."""
+    from cairn.cluster import direct
+
+    reads = []
+    for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
+        original = getattr(direct, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(*args, **kwargs)
+
+        testcase.patch(direct, name, counted)
+    return reads

@@ -493,6 +493,14 @@ def _receipts(entries):
     return {"receipts": [dict(zip(("id", "to", "rseq", "status", "at"), e)) for e in entries]}
 
 
+def _typical_batches():
+    """A drain's ForwardDeliver (64 entries of 1,100 bytes) and ForwardReceipt (256 entries) bodies, and empty ones."""
+    peer = "12D3KooW" + "x" * 44
+    deliver = _deliver([(bytes(16), peer, seq, 1765000000.123456, b"p" * 1100) for seq in range(1, 65)])
+    receipts = _receipts([(bytes(16), peer, rseq, 1, 1765000000.5) for rseq in range(1, 257)])
+    return deliver, receipts, _deliver([]), _receipts([])
+
+
 _DELIVER_ENTRY = st.tuples(
     st.binary(max_size=20),
     st.text(max_size=60),
@@ -527,10 +535,7 @@ class DumpsBatchTests(unittest.TestCase):
         return fast
 
     def test_typical_bodies_written_fast(self):
-        peer = "12D3KooW" + "x" * 44
-        deliver = _deliver([(bytes(16), peer, seq, 1765000000.123456, b"p" * 1100) for seq in range(1, 65)])
-        receipts = _receipts([(bytes(16), peer, rseq, 1, 1765000000.5) for rseq in range(1, 257)])
-        for value in (deliver, receipts, _deliver([]), _receipts([])):
+        for value in _typical_batches():
             self.assertIsNotNone(self.check(value))
 
     def test_float_widths(self):
@@ -604,10 +609,7 @@ class LoadsBatchTests(unittest.TestCase):
         return fast
 
     def test_typical_bodies_read_fast(self):
-        peer = "12D3KooW" + "x" * 44
-        deliver = _deliver([(bytes(16), peer, seq, 1765000000.123456, b"p" * 1100) for seq in range(1, 65)])
-        receipts = _receipts([(bytes(16), peer, rseq, 1, 1765000000.5) for rseq in range(1, 257)])
-        for value in (deliver, receipts, _deliver([]), _receipts([])):
+        for value in _typical_batches():
             self.assertIsNotNone(self.check(value))
 
     def test_head_widths(self):

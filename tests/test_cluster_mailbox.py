@@ -618,20 +618,10 @@ class HistoryTests(unittest.TestCase):
         the stream a bounded number of times, whatever came before it: each
         earlier message left a tombstone on the recipient's subjects.
         """
-        from cairn.cluster import direct
-
         _, jet = yield _jetstream.single(self)
         store = JetStreamMailboxStore(jet)
         yield store.start()
-        reads = []
-        for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
-            original = getattr(direct, name)
-
-            def counted(*args, _original=original, _name=name, **kwargs):
-                reads.append(_name)
-                return _original(*args, **kwargs)
-
-            self.patch(direct, name, counted)
+        reads = _jetstream.count_reads(self)
         limits, cursor, costs = LIMITS.__class__(10**6, 10**9, 1000.0), 0, []
         for _ in range(40):
             ((_, seq),) = yield store.enqueue([item()], 1.0, limits)

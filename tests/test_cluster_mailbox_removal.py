@@ -16,22 +16,6 @@ from tests.test_mailbox_store import B, C, item
 ROOMY = Limits(10**6, 10**9, 1000.0)
 
 
-def _count_reads(testcase):
-    """The names of the stream reads made from now on (a list that grows)."""
-    from cairn.cluster import direct
-
-    reads = []
-    for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
-        original = getattr(direct, name)
-
-        def counted(*args, _original=original, _name=name, **kwargs):
-            reads.append(_name)
-            return _original(*args, **kwargs)
-
-        testcase.patch(direct, name, counted)
-    return reads
-
-
 class ReadsTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_one_at_a_time_reads_nothing(self):
@@ -45,7 +29,7 @@ class ReadsTests(unittest.TestCase):
         _, jet = yield _jetstream.single(self)
         store = JetStreamMailboxStore(jet)
         yield store.start()
-        reads, cursor, costs = _count_reads(self), 0, []
+        reads, cursor, costs = _jetstream.count_reads(self), 0, []
         for _ in range(10):
             ((_, seq),) = yield store.enqueue([item()], 1.0, ROOMY)
             (message,) = yield store.fetch(B, cursor, 16)
