@@ -305,6 +305,39 @@ class Removal:
             out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
         return out
 
+    async def _left_to_acknowledgements(self, messages):
+        """
+        Wait, before an expiry or a purge writes its tombstones, for the
+        acknowledgements in flight now for the recipients of C{messages};
+        the messages, less those an acknowledgement started meanwhile is
+        writing.
+
+        Why: an acknowledgement's removals wait up to L{REMOVAL_GATHER}
+        before they are written (L{_gathered}); an expiry or a purge that
+        wrote meanwhile won the conditional write, and the sender was told
+        EXPIRED or EVICTED of a message its recipient had acknowledged
+        (issue 15). As in the SQLite store, where an acknowledgement
+        submitted first is committed first, the acknowledgement made first
+        decides: once it has written its DELIVERED tombstones, the removal
+        here finds those messages no longer their subjects' last, and
+        writes nothing for them; if it failed, they expire or are evicted
+        here. One started later, already gathering, has them too: they are
+        left to it (the next sweep expires them if it fails). Across nodes
+        nothing is known of the other's acknowledgements: the conditional
+        writes decide (docs/scaling.md, "Cross-node delivery: the removals
+        gathered").
+        """
+        recipients = {recipient_of(message) for message in messages}
+        waiting = set()
+        for recipient in recipients:
+            fetched = self._fetched.get(recipient)
+            if fetched is not None:
+                waiting |= {future for future in fetched.inflight if not future.done()}
+            waiting |= {future for future in self._acking.get(recipient, {}).values() if not future.done()}
+        if waiting:
+            await asyncio.wait(waiting)
+        return [m for m in messages if m.seq not in self._acking.get(recipient_of(m), ())]
+
     def expire(self, now, limit, receipt_ttl):
         d = self._run(self._expire, now, limit, receipt_ttl)
 
@@ -344,6 +377,10 @@ class Removal:
             if len(held) < PAGE:
                 break
             start = held[-1].seq + 1
+        more = max(len(messages), len(gone)) >= limit
+        # What a recipient acknowledged is DELIVERED, not EXPIRED: it is
+        # left to the acknowledgements (L{_left_to_acknowledgements}).
+        messages = await self._left_to_acknowledgements(messages)
         for message in messages:
             self._fetched.get(recipient_of(message), {}).pop(message.seq, None)
             self._ahead.pop(recipient_of(message), None)
@@ -355,7 +392,6 @@ class Removal:
             await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
-        more = max(len(messages), len(gone)) >= limit
         return receipts, more, await self._depth_changes(self._uncount(counted)), last
 
     def purge(self, peer_id, now, receipt_ttl):
@@ -370,6 +406,8 @@ class Removal:
     async def _purge(self, peer_id, now, ttl):
         nc, subject = self.jet.nc, self._subject("mbox", peer_id, ">")
         held = [h for h in await D.direct_all(nc, self.stream, subject) if is_message(h)]
+        # What it acknowledged is DELIVERED, not EVICTED (L{_left_to_acknowledgements}).
+        held = await self._left_to_acknowledgements(held)
         self._fetched.pop(peer_id, None)
         self._ahead.pop(peer_id, None)
         self._acked_upto.pop(peer_id, None)
