@@ -146,10 +146,10 @@ class GatheredTests(unittest.TestCase):
         Nothing is removed before: a fetch from the start still finds
         them.
         """
-        from cairn.cluster import mailbox_removal
+        from cairn.cluster import mailbox_gathered
         from tests.test_cluster_mailbox import _count_publishes
 
-        self.patch(mailbox_removal, "REMOVAL_GATHER", 60.0)  # released by hand below
+        self.patch(mailbox_gathered, "REMOVAL_GATHER", 60.0)  # released by hand below
         _, jet = yield _jetstream.single(self)
         store = JetStreamMailboxStore(jet)
         yield store.start()
@@ -178,16 +178,16 @@ class GatheredTests(unittest.TestCase):
 class AcknowledgedFirstTests(unittest.TestCase):
     """
     An expiry or a purge that comes while an acknowledgement's removals are
-    gathering (L{cairn.cluster.mailbox_removal.REMOVAL_GATHER}) leaves the
+    gathering (L{cairn.cluster.mailbox_gathered.REMOVAL_GATHER}) leaves the
     acknowledged messages to it: their senders are told DELIVERED, as the
     SQLite and memory stores tell them (issue 15).
     """
 
     @defer.inlineCallbacks
     def setUp(self):
-        from cairn.cluster import mailbox_removal
+        from cairn.cluster import mailbox_gathered
 
-        self.patch(mailbox_removal, "REMOVAL_GATHER", 60.0)  # released by hand below
+        self.patch(mailbox_gathered, "REMOVAL_GATHER", 60.0)  # released by hand below
         _, self.jet = yield _jetstream.single(self)
         self.store = JetStreamMailboxStore(self.jet)
         yield self.store.start()
