@@ -9,8 +9,9 @@ from twisted.trial import unittest
 
 from cairn.cluster.mailbox import JetStreamMailboxStore
 from cairn.mailbox.interfaces import Limits
+from cairn.wire.constants import ReceiptStatus
 from tests import _jetstream
-from tests.test_mailbox_store import B, C, item
+from tests.test_mailbox_store import A, B, C, item
 
 #: Roomy limits: the tests store more than tests.test_mailbox_store.LIMITS allows.
 ROOMY = Limits(10**6, 10**9, 1000.0)
@@ -129,10 +130,10 @@ class GatheredTests(unittest.TestCase):
         Nothing is removed before: a fetch from the start still finds
         them.
         """
-        from cairn.cluster import mailbox_removal
+        from cairn.cluster import mailbox_gathered
         from tests.test_cluster_mailbox import _count_publishes
 
-        self.patch(mailbox_removal, "REMOVAL_GATHER", 60.0)  # released by hand below
+        self.patch(mailbox_gathered, "REMOVAL_GATHER", 60.0)  # released by hand below
         _, jet = yield _jetstream.single(self)
         store = JetStreamMailboxStore(jet)
         yield store.start()
@@ -156,3 +157,76 @@ class GatheredTests(unittest.TestCase):
         self.assertEqual(sum(len(r) for r in receipts), 2)
         self.assertEqual(sorted(published[1:]), removed)
         self.assertEqual(store.depths()[B].messages, 2)
+
+
+class AcknowledgedFirstTests(unittest.TestCase):
+    """
+    An expiry or a purge that comes while an acknowledgement's removals are
+    gathering (L{cairn.cluster.mailbox_gathered.REMOVAL_GATHER}) leaves the
+    acknowledged messages to it: their senders are told DELIVERED, as the
+    SQLite and memory stores tell them (issue 15).
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from cairn.cluster import mailbox_gathered
+
+        self.patch(mailbox_gathered, "REMOVAL_GATHER", 60.0)  # released by hand below
+        _, self.jet = yield _jetstream.single(self)
+        self.store = JetStreamMailboxStore(self.jet)
+        yield self.store.start()
+        results = yield self.store.enqueue([item(payload=b"%d" % i) for i in range(3)], 1.0, ROOMY)
+        self.seqs = [seq for _, seq in results]
+        yield self.store.fetch(B, 0, 16)
+
+    def _release_after_next_read(self):
+        """
+        The gathering is released (on the NATS loop) just after the next
+        stream read returns: the expiry's or purge's scan, which has found
+        the acknowledged messages still there.
+        """
+        from cairn.cluster import direct
+
+        original = direct.direct_batch
+
+        async def read_then_release(*args, **kwargs):
+            result = await original(*args, **kwargs)
+            self.store._release_gathered()
+            return result
+
+        self.patch(direct, "direct_batch", read_then_release)
+
+    @defer.inlineCallbacks
+    def _gathering(self, upto):
+        acknowledged = self.store.acknowledge(B, [], 2.0, 100.0, upto=upto)
+
+        async def nothing():  # after the acknowledgement's first steps, on the NATS loop
+            pass
+
+        yield self.jet.run(nothing)
+        self.assertFalse(acknowledged.called)
+        return acknowledged
+
+    @defer.inlineCallbacks
+    def test_expiry_leaves_acknowledged_to_the_acknowledgement(self):
+        acknowledged = yield self._gathering(self.seqs[1])
+        self._release_after_next_read()
+        expired, _ = yield self.store.expire(5000.0, 100, 100.0)
+        delivered = yield acknowledged
+        self.assertEqual([r.status for r in delivered], [ReceiptStatus.DELIVERED] * 2)
+        self.assertEqual([r.status for r in expired], [ReceiptStatus.EXPIRED])
+        told = yield self.store.receipts(A, 0, 16)
+        self.assertEqual(sorted(r.status for r in told), [ReceiptStatus.DELIVERED] * 2 + [ReceiptStatus.EXPIRED])
+        self.assertNotIn(B, self.store.depths())
+
+    @defer.inlineCallbacks
+    def test_purge_leaves_acknowledged_to_the_acknowledgement(self):
+        acknowledged = yield self._gathering(self.seqs[1])
+        self._release_after_next_read()
+        evicted = yield self.store.purge(B, 3.0, 100.0)
+        delivered = yield acknowledged
+        self.assertEqual([r.status for r in delivered], [ReceiptStatus.DELIVERED] * 2)
+        self.assertEqual([r.status for r in evicted], [ReceiptStatus.EVICTED])
+        told = yield self.store.receipts(A, 0, 16)
+        self.assertEqual(sorted(r.status for r in told), [ReceiptStatus.DELIVERED] * 2 + [ReceiptStatus.EVICTED])
+        self.assertNotIn(B, self.store.depths())

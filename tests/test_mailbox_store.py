@@ -169,6 +169,35 @@ class StoreMixin:
         self.assertNotIn(B, self.store.limits)
         self.assertNotIn(B, self.store.depths())
 
+    @defer.inlineCallbacks
+    def _acknowledged_then(self, removal):
+        """
+        An acknowledgement, and at once (before it is answered) C{removal}
+        of the same messages: the acknowledged one is DELIVERED, the other
+        one gets C{removal}'s receipt; the receipts told to the sender.
+        """
+        yield self.enqueue(item(payload=b"1"), item(payload=b"2"), now=0.0)
+        first, _ = yield self.store.fetch(B, 0, 10)
+        acknowledged = self.store.acknowledge(B, [], 1.0, 1000.0, upto=first.seq)  # its receipt outlives the sweep
+        removed = removal()
+        delivered, _ = yield defer.gatherResults([acknowledged, removed])
+        self.assertEqual([r.status for r in delivered], [ReceiptStatus.DELIVERED])
+        self.assertEqual((yield self.store.fetch(B, 0, 10)), [])
+        self.assertNotIn(B, self.store.depths())
+        return sorted(r.status for r in (yield self.store.receipts(A, 0, 10)))
+
+    @defer.inlineCallbacks
+    def test_acknowledged_then_expired_is_delivered(self):
+        """An expiry that comes while an acknowledgement is being written leaves it DELIVERED."""
+        told = yield self._acknowledged_then(lambda: self.store.expire(200.0, 1000, 100.0))
+        self.assertEqual(told, [ReceiptStatus.DELIVERED, ReceiptStatus.EXPIRED])
+
+    @defer.inlineCallbacks
+    def test_acknowledged_then_purged_is_delivered(self):
+        """A purge of the recipient that comes while its acknowledgement is being written leaves it DELIVERED."""
+        told = yield self._acknowledged_then(lambda: self.store.purge(B, 2.0, 100.0))
+        self.assertEqual(told, [ReceiptStatus.DELIVERED, ReceiptStatus.EVICTED])
+
 
 class MemoryStoreTests(StoreMixin, unittest.TestCase):
     def make_store(self):

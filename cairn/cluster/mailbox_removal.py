@@ -2,8 +2,10 @@
 The removals of L{cairn.cluster.mailbox.JetStreamMailboxStore} (see its
 module docstring): acknowledgement, expiry and purge, each one write per
 message -- its tombstone, carrying the receipt (layout 2,
-L{cairn.cluster.mailbox_layout}); receipt drops: L{cairn.cluster.mailbox_drops}.
-A mixin, so that each module stays small.
+L{cairn.cluster.mailbox_layout}); receipt drops: L{cairn.cluster.mailbox_drops};
+when an acknowledgement's tombstones are written, and what an expiry or a
+purge leaves to it: L{cairn.cluster.mailbox_gathered}. A mixin, so that
+each module stays small.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import asyncio
 from cairn.cluster import common as C
 from cairn.cluster import direct as D
 from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, kv_forget, recipient_of
+from cairn.cluster.mailbox_gathered import Gathering
 from cairn.cluster.mailbox_handed import HandedOut
 from cairn.cluster.mailbox_layout import receipt_headers
 from cairn.mailbox.interfaces import Depth, Receipt
@@ -24,17 +27,10 @@ from cairn.wire.constants import ReceiptStatus
 REMOVAL_WRITES = 256
 #: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
 DELETES_AT_ONCE = 16
-#: Seconds an acknowledgement's removals wait before they are written,
-#: gathering those of every acknowledgement that comes meanwhile (all
-#: recipients') into one burst of writes (L{Removal._gathered}); 0: at once.
-REMOVAL_GATHER = 0.025
 
 
-class Removal:
+class Removal(Gathering):
     """What removes messages and receipts from the C{mbox} stream."""
-
-    #: On the NATS loop: the event the acknowledgements gathering now wait for (L{_gathered}).
-    _gathering = None
 
     def acknowledge(self, recipient, seqs, now, receipt_ttl, upto=0):
         d = self._run(self._acknowledge, recipient, list(seqs), now, receipt_ttl, upto)
@@ -168,44 +164,6 @@ class Removal:
         for future in (mine, ended):
             if not future.done():
                 future.set_result(False)
-
-    async def _gathered(self):
-        """
-        Wait, on the NATS loop, until the acknowledgements' removals gathered
-        now are written: L{REMOVAL_GATHER} seconds after the first of them.
-
-        Why: a recipient acknowledges each delivery as it comes, and a
-        message for it stored meanwhile was written to the same stream just
-        as the previous message's tombstone: traced, the message's write
-        (publish to PubAck) took 2.2 ms alone and 3.3-4.2 ms behind a
-        tombstone, on most messages (docs/scaling.md, "Cross-node delivery:
-        the removals gathered"). Gathered, the tombstones go in one burst
-        now and then, and most messages are written with none in the way.
-
-        What it costs: a DELIVERED receipt, and the recipient's depth,
-        follow the acknowledgement up to this much later; and a node killed
-        meanwhile has not removed what was acknowledged in that time, so
-        it is delivered again at the recipient's next session (dropped by
-        id, as any redelivery). Nothing is removed before the recipient
-        acknowledges it, and a receipt is still told only from its
-        tombstone's PubAck (durable). A clean stop waits for them (the
-        store's calls in flight, L{flushed}).
-        """
-        if REMOVAL_GATHER <= 0:
-            return
-        gathering = self._gathering
-        if gathering is None:
-            gathering = self._gathering = asyncio.Event()
-            asyncio.get_running_loop().call_later(REMOVAL_GATHER, self._release_gathered, gathering)
-        await gathering.wait()
-
-    def _release_gathered(self, gathering=None):
-        """On the NATS loop: the acknowledgements of C{gathering} (default: the one now) write their removals."""
-        gathering = gathering or self._gathering
-        if gathering is not None:
-            if self._gathering is gathering:
-                self._gathering = None
-            gathering.set()
 
     async def _write(self, subject, payload, headers):
         """Publish one tombstone once fewer than L{REMOVAL_WRITES} are in flight; its PubAck future."""
@@ -344,6 +302,10 @@ class Removal:
             if len(held) < PAGE:
                 break
             start = held[-1].seq + 1
+        more = max(len(messages), len(gone)) >= limit
+        # What a recipient acknowledged is DELIVERED, not EXPIRED: it is
+        # left to the acknowledgements (L{_left_to_acknowledgements}).
+        messages = await self._left_to_acknowledgements(messages)
         for message in messages:
             self._fetched.get(recipient_of(message), {}).pop(message.seq, None)
             self._ahead.pop(recipient_of(message), None)
@@ -355,7 +317,6 @@ class Removal:
             await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
-        more = max(len(messages), len(gone)) >= limit
         return receipts, more, await self._depth_changes(self._uncount(counted)), last
 
     def purge(self, peer_id, now, receipt_ttl):
@@ -370,6 +331,8 @@ class Removal:
     async def _purge(self, peer_id, now, ttl):
         nc, subject = self.jet.nc, self._subject("mbox", peer_id, ">")
         held = [h for h in await D.direct_all(nc, self.stream, subject) if is_message(h)]
+        # What it acknowledged is DELIVERED, not EVICTED (L{_left_to_acknowledgements}).
+        held = await self._left_to_acknowledgements(held)
         self._fetched.pop(peer_id, None)
         self._ahead.pop(peer_id, None)
         self._acked_upto.pop(peer_id, None)
