@@ -7,9 +7,11 @@ is queued, and whatever was queued while a transaction was in flight goes
 into the next one -- one C{BEGIN IMMEDIATE ... COMMIT}, one fdatasync of
 the WAL -- each mutation in a savepoint of its own so that one failing
 does not undo the others (consecutive enqueues share one savepoint and one
-pass of C{executemany}s, and fall back to one by one if it fails). Only
+pass of C{executemany}s, and fall back to one by one if it fails).
+Acknowledgements (deliveries' and receipts') are gathered for
+L{ACK_GATHER} first, into the next transaction of any kind. Only
 once the WAL is synced do their Deferreds fire (and the service send the
-ForwardAcks). Reads wait for the groups written before them to be synced,
+ForwardAcks, or owe the receipts). Reads wait for the groups written before them to be synced,
 so that nothing is delivered (or receipted) before it is durable. The
 transactions themselves are in L{cairn.mailbox.transactions} (the sync
 hub's store shares L{batch_txn}, imported from here).
