@@ -1,6 +1,8 @@
 """
 Group commit over a L{cairn.db.Database}: the SQLite stores (mailbox,
 sync) submit their mutations here, and a burst of them costs one fsync.
+Mutations that may wait (the mailbox's acknowledgements) are gathered for
+a short interval first (L{GroupCommit.gather}).
 """
 
 from twisted.internet import defer
@@ -25,12 +27,24 @@ class GroupCommit:
     success and its Deferred fires with C{result}; failures go through
     C{to_error} first.
 
+    Mutations submitted with L{gather} may wait up to C{gather} seconds on
+    C{clock} (an C{IReactorTime}; the database's reactor by default) for
+    others to join them: they are queued like any other, but start no
+    transaction themselves until their interval is over. Any transaction
+    that starts meanwhile (another mutation's, or the previous group's sync
+    being done with a L{submit}ted mutation waiting) takes them along, in
+    the order they were submitted; L{flushed} writes them at once.
+
     @ivar commits: transactions committed so far (for tests and benches).
     """
 
-    def __init__(self, db, batch_txn, apply, to_error=lambda error: error):
+    def __init__(self, db, batch_txn, apply, to_error=lambda error: error, *, clock=None, gather=0.0):
         self.db = db
         self.commits = 0
+        self._clock = clock if clock is not None or gather <= 0 else db.reactor
+        self._gather = gather
+        self._gathering = None  # the IDelayedCall ending the interval, while one runs
+        self._due = False  # the queue holds a mutation that must not wait
         self._batch_txn = batch_txn
         self._apply = apply
         self._to_error = to_error
@@ -43,9 +57,40 @@ class GroupCommit:
         """Queue C{txn(cursor, *args)}; fires with its result once committed."""
         d = defer.Deferred()
         self._queue.append((txn, args, d))
-        if not self._busy and self._syncing < MAX_UNSYNCED:
-            self._flush()
+        self._due = True
+        self._maybe_flush()
         return d
+
+    def gather(self, txn, *args):
+        """
+        Queue C{txn(cursor, *args)} to go with whatever else is queued
+        within the next C{gather} seconds (at once with no interval); fires
+        with its result once committed, as L{submit}.
+        """
+        if self._gather <= 0:
+            return self.submit(txn, *args)
+        d = defer.Deferred()
+        self._queue.append((txn, args, d))
+        if self._gathering is None and not self._due:
+            self._gathering = self._clock.callLater(self._gather, self._gathered)
+        return d
+
+    def _gathered(self):
+        """The interval is over: what was gathered goes in the next transaction."""
+        self._gathering = None
+        self._release()
+
+    def _release(self):
+        if self._gathering is not None:
+            self._gathering.cancel()
+            self._gathering = None
+        if self._queue:
+            self._due = True
+            self._maybe_flush()
+
+    def _maybe_flush(self):
+        if self._due and not self._busy and self._syncing < MAX_UNSYNCED:
+            self._flush()
 
     def settled(self):
         """
@@ -64,7 +109,11 @@ class GroupCommit:
         return self.db.sync() if self._busy or self._syncing else defer.succeed(None)
 
     def flushed(self):
-        """A Deferred firing once every queued mutation has committed (or failed)."""
+        """
+        A Deferred firing once every queued mutation has committed (or
+        failed); what is being gathered is written now (a clean stop).
+        """
+        self._release()
         if not self._busy and not self._queue and not self._syncing:
             return defer.succeed(None)
         d = defer.Deferred()
@@ -73,6 +122,10 @@ class GroupCommit:
 
     def _flush(self):
         batch, self._queue = self._queue, []
+        self._due = False
+        if self._gathering is not None:  # everything gathered goes in this one
+            self._gathering.cancel()
+            self._gathering = None
         self._busy = True
         self.commits += 1
         d = self.db.write(self._batch_txn, [(txn, args) for txn, args, _ in batch])
@@ -87,10 +140,8 @@ class GroupCommit:
 
     def _synced(self, _):
         self._syncing -= 1
-        if not self._busy and self._queue and self._syncing < MAX_UNSYNCED:
-            self._flush()
-        else:
-            self._maybe_idle()
+        self._maybe_flush()
+        self._maybe_idle()
 
     def _committed(self, _, outcomes, batch):
         for (_, _, d), (ok, value) in zip(batch, outcomes):
@@ -112,10 +163,8 @@ class GroupCommit:
 
     def _next(self):
         self._busy = False
-        if self._queue and self._syncing < MAX_UNSYNCED:
-            self._flush()
-        else:
-            self._maybe_idle()
+        self._maybe_flush()
+        self._maybe_idle()
 
     def _maybe_idle(self):
         if self._busy or self._queue or self._syncing:

@@ -16,7 +16,7 @@ from cairn.mailbox import delivery
 from cairn.mailbox.client import ForwardRejected, UnknownRecipient, uuid7
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, StoreFull
 from cairn.mailbox.service import MailboxService
-from cairn.mailbox.store import MemoryMailboxStore, SQLiteMailboxStore
+from cairn.mailbox.store import ACK_GATHER, MemoryMailboxStore, SQLiteMailboxStore
 from cairn.management.metrics import Metrics
 from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
@@ -110,7 +110,11 @@ class MailboxHarness(ScenarioMixin):
         self.db = Database(reactor, self.db_path, [MAILBOX_SCHEMA])
         yield self.db.start()
         self.addCleanup(self.db.stop)
-        return SQLiteMailboxStore(self.db)
+        return SQLiteMailboxStore(self.db, **self.store_options())
+
+    def store_options(self):
+        """Further SQLiteMailboxStore arguments."""
+        return {}
 
     def peer(self, paired=True):
         client = self.make_client()
@@ -686,6 +690,72 @@ class SQLiteMailboxTests(MailboxScenarioMixin, BatchingMixin, unittest.TestCase)
         self.assertGreater(len(held), 0)
         self.assertNotIn(secret, held)
         self.assertNotIn(b"attack at dawn", held)
+
+
+class GatheredAcknowledgementTests(MailboxHarness, unittest.TestCase):
+    """The SQLite store gathering acknowledgements on the node's L{task.Clock} (issue 19)."""
+
+    sqlite = True
+
+    def store_options(self):
+        return {"clock": self.clock}
+
+    @defer.inlineCallbacks
+    def delivered_and_acknowledged(self):
+        """Alice forwards to Bob, both online; fires once Bob's acknowledgement is with the store, gathered."""
+        alice, alice_box = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        yield self.connect(bob)
+        acknowledged = []
+        delete = self.mailbox._delete_delivered
+
+        def record(*args):
+            delete(*args)  # the store's Deferred is tracked by now (for the stop to wait for)
+            self.conditions.changed(acknowledged.append(args))
+
+        self.mailbox._delete_delivered = record
+        yield eventually(mailbox.forward(a, bob.peer_id, b"for bob"))
+        yield bob_box.wait(bob_box.messages, 1)
+        yield self.until(lambda: acknowledged)
+        self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)  # gathered, not written
+        return alice_box
+
+    @defer.inlineCallbacks
+    def test_clean_stop_writes_gathered_acknowledgements(self):
+        """The service's stop writes the gathered acknowledgements without waiting for the interval."""
+        yield self.delivered_and_acknowledged()
+        yield eventually(self.mailbox.stop())
+        self.assertEqual(self.store.depths(), {})
+        self.assertEqual(self.mailbox.delivered, 1)
+
+    @defer.inlineCallbacks
+    def test_receipt_sent_only_once_the_deletion_is_durable(self):
+        """
+        The DELIVERED receipt goes to the sender only once the gathered
+        acknowledgement's transaction is synced: not during the interval,
+        not while its sync is held.
+        """
+        alice_box = yield self.delivered_and_acknowledged()
+        gates, requested = [], Conditions()
+        real_sync = self.db.sync
+
+        def held_sync():
+            gate = defer.Deferred()
+            gates.append(gate)
+            requested.changed()
+            return gate.addCallback(lambda _: real_sync())
+
+        self.db.sync = held_sync
+        self.assertEqual((self.mailbox.delivered, alice_box.receipts), (0, []))
+        self.clock.advance(ACK_GATHER)
+        yield requested.until(lambda: gates)  # written, its sync held
+        self.assertEqual((self.mailbox.delivered, alice_box.receipts), (0, []))
+        for gate in gates:
+            gate.callback(None)
+        (receipt,) = yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual(receipt.status, ReceiptStatus.DELIVERED)
+        self.assertEqual(self.store.depths(), {})
 
 
 class DisabledTests(DisabledMixin, MailboxHarness, unittest.TestCase):

@@ -8,14 +8,14 @@ import os
 import sqlite3
 import threading
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from cairn.db import Database, schema_files
 from cairn.mailbox.client import uuid7
 from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Depth, IMailboxStore, Incoming, Limits, PeerLimits, StoreFull
-from cairn.mailbox.store import MemoryMailboxStore, SQLiteMailboxStore
+from cairn.mailbox.store import ACK_GATHER, MemoryMailboxStore, SQLiteMailboxStore
 from cairn.wire.constants import ForwardStatus, ReceiptStatus
 from tests._harness import Conditions, eventually
 
@@ -484,6 +484,97 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(transactions.receipts_txn(cursor, A, 0, 10), [])
         left = cursor.execute("SELECT count(*) FROM mailbox_messages WHERE recipient = ?", (B,)).fetchone()[0]
         self.assertEqual(left, 650)
+
+    @defer.inlineCallbacks
+    def gathering_store(self):
+        """A second store on the database whose acknowledgements are gathered on a L{task.Clock}."""
+        clock = task.Clock()
+        store = SQLiteMailboxStore(self.db, clock=clock)
+        yield store.start()
+        return store, clock
+
+    @defer.inlineCallbacks
+    def test_acknowledgements_gathered_into_one_transaction(self):
+        """
+        Acknowledgements of several recipients, and receipt drops, made
+        within L{ACK_GATHER} share one transaction, started only once the
+        interval is over (issue 19: each used to be a transaction of its own).
+        """
+        store, clock = yield self.gathering_store()
+        stored = yield store.enqueue([item(B), item(B), item(C)], 0.0, LIMITS)
+        b1, b2, c1 = [seq for _, seq in stored]
+        old = store.acknowledge(B, [b1], 0.0, 100.0)  # a receipt for A to drop later
+        clock.advance(ACK_GATHER)
+        old = yield eventually(old)
+        before = store.commits
+        done = []
+        for d in (
+            store.acknowledge(B, [], 1.0, 100.0, upto=b2),
+            store.acknowledge(C, [c1], 1.0, 100.0),
+            store.drop_receipts(A, [r.rseq for r in old]),
+        ):
+            d.addCallback(done.append)
+        clock.advance(ACK_GATHER * 0.9)
+        self.assertEqual((store.commits, done), (before, []))  # still gathering: nothing written
+        clock.advance(ACK_GATHER * 0.1)
+        self.assertEqual(store.commits, before + 1)
+        yield eventually(store.flushed())
+        self.assertEqual(store.commits, before + 1)
+        self.assertEqual([len(r) if r else r for r in done], [1, 1, None])
+        self.assertEqual(store.depths(), {})
+        receipts = yield store.receipts(A, 0, 10)
+        self.assertEqual(sorted(r.recipient for r in receipts), [B, C])
+
+    @defer.inlineCallbacks
+    def test_gathered_acknowledgements_go_with_the_next_transaction(self):
+        """
+        A mutation that cannot wait takes the acknowledgements gathered so
+        far into its own transaction, in the order they were made: a purge
+        after an acknowledgement leaves the acknowledged message DELIVERED,
+        not EVICTED.
+        """
+        store, clock = yield self.gathering_store()
+        (stored,) = yield store.enqueue([item(B)], 0.0, LIMITS)
+        yield store.enqueue([item(B)], 0.0, LIMITS)
+        before = store.commits
+        acked = store.acknowledge(B, [stored[1]], 1.0, 100.0)
+        purged = store.purge(B, 1.0, 100.0)
+        receipts, evicted = yield eventually(defer.gatherResults([acked, purged]))
+        self.assertEqual(store.commits, before + 1)  # the clock never moved
+        self.assertEqual([r.status for r in receipts], [ReceiptStatus.DELIVERED])
+        self.assertEqual([r.status for r in evicted], [ReceiptStatus.EVICTED])
+        self.assertEqual(clock.getDelayedCalls(), [])  # the interval's timer is gone with them
+
+    @defer.inlineCallbacks
+    def test_flushed_writes_what_is_gathered(self):
+        """L{SQLiteMailboxStore.flushed} (a clean stop) writes the gathered acknowledgements at once."""
+        store, clock = yield self.gathering_store()
+        (stored,) = yield store.enqueue([item(B)], 0.0, LIMITS)
+        acked = store.acknowledge(B, [stored[1]], 1.0, 100.0)
+        yield eventually(store.flushed())
+        self.assertTrue(acked.called)
+        self.assertEqual(store.depths(), {})
+        self.assertEqual((yield self.store.fetch(B, 0, 10)), [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_gathered_acknowledgement_fires_only_once_synced(self):
+        """
+        The interval over, a gathered acknowledgement's receipts are given
+        (and so sent) only once its transaction's WAL sync is done.
+        """
+        store, clock = yield self.gathering_store()
+        (stored,) = yield store.enqueue([item(B)], 0.0, LIMITS)
+        gates, requested = self.hold_syncs()
+        acked = store.acknowledge(B, [stored[1]], 1.0, 100.0)
+        acked.addCallback(requested.changed)
+        clock.advance(ACK_GATHER)
+        yield requested.until(lambda: gates)  # written, its sync held
+        self.assertFalse(acked.called)
+        for gate in gates:
+            gate.callback(None)
+        yield requested.until(lambda: acked.called)
+        self.assertEqual([r.status for r in acked.result], [ReceiptStatus.DELIVERED])
 
     def test_storage_error_text(self):
         """A sqlite3 error becomes StoreFull with its message."""

@@ -135,6 +135,15 @@ class MailboxService(Delivery, StoreService):
         except Exception:
             log.failure("mailbox expiry sweep failed")
 
+    def stop(self):
+        """
+        L{StoreService.stop}; what the store gathers (the SQLite store's
+        acknowledgements, L{cairn.mailbox.store.ACK_GATHER}) is written now,
+        not at the end of its interval: the stop waits for it.
+        """
+        self.store.flushed()
+        return super().stop()
+
     def purge(self, peer_id):
         """
         The pairing purge hook: drop everything held for C{peer_id}, telling

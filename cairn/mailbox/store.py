@@ -7,9 +7,11 @@ is queued, and whatever was queued while a transaction was in flight goes
 into the next one -- one C{BEGIN IMMEDIATE ... COMMIT}, one fdatasync of
 the WAL -- each mutation in a savepoint of its own so that one failing
 does not undo the others (consecutive enqueues share one savepoint and one
-pass of C{executemany}s, and fall back to one by one if it fails). Only
+pass of C{executemany}s, and fall back to one by one if it fails).
+Acknowledgements (deliveries' and receipts') are gathered for
+L{ACK_GATHER} first, into the next transaction of any kind. Only
 once the WAL is synced do their Deferreds fire (and the service send the
-ForwardAcks). Reads wait for the groups written before them to be synced,
+ForwardAcks, or owe the receipts). Reads wait for the groups written before them to be synced,
 so that nothing is delivered (or receipted) before it is durable. The
 transactions themselves are in L{cairn.mailbox.transactions} (the sync
 hub's store shares L{batch_txn}, imported from here).
@@ -46,6 +48,11 @@ log = Logger()
 #: How many expired rows (of each table) one sweep transaction removes.
 EXPIRE_BATCH = 1000
 
+#: Seconds an acknowledgement (ForwardPurge: deliveries and receipts) waits
+#: for others, of every recipient and sender, to share its transaction
+#: (L{GroupCommit.gather}); 0: at once. See L{SQLiteMailboxStore.acknowledge}.
+ACK_GATHER = 0.025
+
 
 class MailboxFigures:
     """The synchronous figures both stores keep: depths, total bytes, overrides."""
@@ -77,16 +84,19 @@ class SQLiteMailboxStore(MailboxFigures):
     """
     The mailbox in the node's L{cairn.db.Database}, group-committed.
 
+    @param clock: the C{IReactorTime} acknowledgements are gathered on
+        (default: the database's reactor).
+    @param gather: seconds acknowledgements are gathered (L{ACK_GATHER}).
     @ivar commits: transactions committed for mutations (for tests and benches).
     """
 
-    def __init__(self, db):
+    def __init__(self, db, clock=None, gather=ACK_GATHER):
         super().__init__()
         self.db = db
         # New messages are refused at the disk reserve (what is already held
         # is still acknowledged DUPLICATE); deletions still commit.
         batch = guarded_batch(batch_txn, db.space, {enqueue_txn: enqueue_refused_txn})
-        self._group = GroupCommit(db, batch, self._apply, storage_error)
+        self._group = GroupCommit(db, batch, self._apply, storage_error, clock=clock, gather=gather)
         #: Enqueues submitted and not yet answered (so perhaps written, not synced).
         self._enqueuing = 0
 
@@ -145,14 +155,29 @@ class SQLiteMailboxStore(MailboxFigures):
 
         return d.addCallback(fetched)
 
+    # Acknowledgements are gathered (issue 19): a drain's recipient
+    # acknowledges a page of deliveries at a time and each sender its
+    # receipts, and each such transaction rewrote the same pages (the
+    # recipient's messages and depth, the receipts inserted and then
+    # deleted) -- the largest part of the node's CPU in a drain
+    # (bench/README.rst, "Mailbox drain, round 3"). Gathered for
+    # ACK_GATHER, they share one transaction and one sync with each other
+    # and with anything else written meanwhile. Nothing is removed before
+    # the recipient acknowledged it; a DELIVERED receipt is owed (the
+    # Deferred fires) only once its row is synced; a clean stop writes
+    # them at once (flushed); a kill -9 loses at most what was acknowledged
+    # in the interval, which is delivered again and dropped by id
+    # (docs/reliability.md). Submission order is kept: a purge or an
+    # expiry queued behind an acknowledgement takes it along first.
+
     def acknowledge(self, recipient, seqs, now, receipt_ttl, upto=0):
-        return self._submit(acknowledge_txn, recipient, list(seqs), now, receipt_ttl, upto)
+        return self._group.gather(acknowledge_txn, recipient, list(seqs), now, receipt_ttl, upto)
 
     def receipts(self, sender, after_rseq, limit):
         return self._read(receipts_txn, sender, after_rseq, limit)
 
     def drop_receipts(self, sender, rseqs):
-        return self._submit(drop_receipts_txn, sender, list(rseqs))
+        return self._group.gather(drop_receipts_txn, sender, list(rseqs))
 
     def expire(self, now, limit, receipt_ttl):
         return self._submit(expire_txn, now, limit, receipt_ttl)
