@@ -346,7 +346,10 @@ def cairn_rates(
 
             servers = Servers(jetstream)
         nats = (servers.urls, jetstream) if servers else None
-        data = tempfile.mkdtemp(prefix="cairn-bench-mailbox-") if restart else None
+        # The node's data directory is made and removed here, not by the
+        # child: a child killed (stop timed out, the bench interrupted)
+        # would leave it behind in /tmp.
+        data = tempfile.mkdtemp(prefix="cairn-bench-mailbox-")
         child = Child(profile=profile_dir is not None, nats=nats, data=data)
         clients = []
         try:
@@ -443,8 +446,7 @@ def cairn_rates(
             child.stop()
             if servers is not None:
                 servers.stop()
-            if data is not None:
-                shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(data, ignore_errors=True)
 
     @defer.inlineCallbacks
     def run(reactor):
