@@ -7,7 +7,7 @@ bench/_nats_anchor.py), which unlike Mosquitto is durable before its ack.
 
     python -m bench.mailbox [--messages N] [--senders S] [--inflight F]
                             [--repeat R] [--profile DIR] [--no-anchor]
-                            [--jetstream {1,3}] [--restart]
+                            [--jetstream {1,3}] [--restart] [--count-requests]
 
 With C{--jetstream R} the node's state is on NATS JetStream (C{R}
 replicas: one nats-server, or three routed) instead of SQLite, and the
@@ -37,9 +37,18 @@ message, when not installed (apt-get install mosquitto). With
 C{--repeat}, each run is a new node child followed by a new Mosquitto,
 and the median and spread (min..max) of each figure and ratio are printed.
 
+The "receipted" line is the drain's start to the last DELIVERED receipt
+at the senders, and the node's CPU over that time (on JetStream, its NATS
+loop's thread apart). With C{--count-requests} (JetStream) the child
+counts what the node asks of NATS (JetStream API requests by kind, stream
+writes, messages received), printed per message from the drain's end to
+the last receipt, with the store's functions that asked.
+
 C{--profile DIR} profiles the first run with cProfile, each phase and
 each side: C{node-enqueue.prof}, C{node-drain.prof} (the child's reactor
-thread) and C{client-enqueue.prof}, C{client-drain.prof} (this process),
+thread; on JetStream also C{node-*-nats.prof}, its NATS loop's thread;
+C{node-receipted*.prof}: the drain's end to the last receipt) and
+C{client-enqueue.prof}, C{client-drain.prof} (this process),
 prints the costliest functions of each, and prints what the node's
 database threads did (cProfile does not see them): transactions, time in
 their bodies and COMMITs, their thread CPU, and the WAL syncs.
@@ -66,7 +75,7 @@ PHASES = ("enqueue", "drain")
 SETTLE_TIMEOUT = 300
 
 
-def serve(profile=False, nats=None, replicas=1, data=None):
+def serve(profile=False, nats=None, replicas=1, data=None, count=False):
     """
     The child: a node on loopback; prints its TCP port, runs until stdin closes.
 
@@ -101,6 +110,7 @@ def serve(profile=False, nats=None, replicas=1, data=None):
     db_times = _time_transactions(node.db) if profile and not nats else {}
     # The PubAcks the node waits for, sampled every 10 ms (what the servers hold in flight for it).
     inflight = [0, 0]
+    requests = _count_requests() if nats and count else None
     if nats:
         from twisted.internet import task
 
@@ -122,6 +132,7 @@ def serve(profile=False, nats=None, replicas=1, data=None):
                 if nats:  # the NATS loop's thread apart (the rest is the reactor's, mostly)
                     answer["nats"] = _thread_cpu(node.cluster.thread)
                     answer["inflight"] = list(inflight)
+                    answer["js"] = dict(requests) if requests is not None else None
                 self.sendLine(json.dumps(answer).encode())
             elif command == "dump" and profiler:
                 profiler[0].disable()
@@ -154,6 +165,57 @@ def serve(profile=False, nats=None, replicas=1, data=None):
     node.ready.addCallback(ready)
     stdio.StandardIO(stdin)
     reactor.run()
+
+
+def _count_requests():
+    """
+    Count, in the bench's child, what the node asks of NATS: JetStream API
+    requests by kind (direct gets, the leader's message gets, deletes, ...)
+    and the stream writes (pipelined publishes: tombstones, markers), each
+    also by the store's function that made it (C{"kind <- function"}), and
+    the messages the NATS client received. Patches nats-py's and the
+    store's classes: the bench's child only.
+    """
+    import sys as _sys
+    from collections import Counter
+
+    from nats.aio.client import Client
+
+    from cairn.cluster.pubacks import Acks
+
+    counts = Counter()
+
+    def caller():
+        frame = _sys._getframe(2)
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if "cairn/cluster" in name and not name.endswith(("direct.py", "pubacks.py", "mailbox_alone.py")):
+                if frame.f_code.co_name not in ("_read", "_write", "_publish", "_send_removals", "_write_marker"):
+                    return frame.f_code.co_name
+            frame = frame.f_back
+        return "?"
+
+    publish, acks_publish, process_msg = Client.publish, Acks.publish, Client._process_msg
+
+    async def counted_publish(self, subject, *args, **kwargs):
+        if subject.startswith("$JS.API."):
+            kind = ".".join(subject.split(".")[2:4])
+            counts[kind] += 1
+            counts[f"{kind} <- {caller()}"] += 1
+        return await publish(self, subject, *args, **kwargs)
+
+    async def counted_acks_publish(self, subject, *args, **kwargs):
+        kind = "write " + subject.split(".")[1]
+        counts[kind] += 1
+        counts[f"{kind} <- {caller()}"] += 1
+        return await acks_publish(self, subject, *args, **kwargs)
+
+    async def counted_process_msg(self, *args, **kwargs):
+        counts["received"] += 1
+        return await process_msg(self, *args, **kwargs)
+
+    Client.publish, Acks.publish, Client._process_msg = counted_publish, counted_acks_publish, counted_process_msg
+    return counts
 
 
 def _on_loop(thread, function, *args):
@@ -232,8 +294,10 @@ def _time_transactions(db):
 class Child:
     """The node child process; talking to it blocks (only between phases)."""
 
-    def __init__(self, profile=False, nats=None, data=None):
+    def __init__(self, profile=False, nats=None, data=None, count=False):
+        self.js = None
         args = [sys.executable, "-m", "bench.mailbox", "--serve"] + (["--serve-profile"] if profile else [])
+        args += ["--serve-count"] if count else []
         if nats is not None:
             urls, replicas = nats
             args += ["--serve-nats", ",".join(urls), "--serve-replicas", str(replicas)]
@@ -256,6 +320,7 @@ class Child:
     def cpu(self):
         """(CPU seconds of the whole process, of its NATS loop's thread or None, PubAcks sampled, ForwardRequests)."""
         answer = self.ask("cpu")
+        self.js = answer.get("js")  # the child's NATS requests so far (_count_requests)
         return answer["cpu"], answer.get("nats"), answer.get("inflight"), answer["requests"]
 
     def stop(self):
@@ -279,6 +344,7 @@ class Phase:
         if self.profile_dir:
             self.child.ask(f"dump {os.devnull}")  # start the node's profile afresh
         self.node_cpu = self.child.cpu()
+        self.js = self.child.js
         self.servers_cpu = self.servers.cpu() if self.servers else None
         self.cpu = time.process_time()
         if self.profiler:
@@ -321,7 +387,16 @@ class Phase:
 
 
 def cairn_rates(
-    messages, senders, inflight, repeat, profile_dir=None, anchor=None, jetstream=None, nats_anchor=None, restart=False
+    messages,
+    senders,
+    inflight,
+    repeat,
+    profile_dir=None,
+    anchor=None,
+    jetstream=None,
+    nats_anchor=None,
+    restart=False,
+    count_requests=False,
 ):
     """
     One result per run: {"count", "enqueue": {...}, "drain": {...}} against
@@ -350,7 +425,7 @@ def cairn_rates(
         # child: a child killed (stop timed out, the bench interrupted)
         # would leave it behind in /tmp.
         data = tempfile.mkdtemp(prefix="cairn-bench-mailbox-")
-        child = Child(profile=profile_dir is not None, nats=nats, data=data)
+        child = Child(profile=profile_dir is not None, nats=nats, data=data, count=count_requests)
         clients = []
         try:
             address = f"tcp:host=127.0.0.1:port={child.port}"
@@ -395,7 +470,7 @@ def cairn_rates(
                 for s in sessions:
                     s.close()
                 child.stop()
-                child = Child(profile=profile_dir is not None, nats=nats, data=data)
+                child = Child(profile=profile_dir is not None, nats=nats, data=data, count=count_requests)
                 address = f"tcp:host=127.0.0.1:port={child.port}"
                 sessions = yield defer.gatherResults([c.connect(address) for c in clients[1:]])
 
@@ -420,6 +495,7 @@ def cairn_rates(
             drained = yield bob.connect(address)
             yield done
             result["drain"] = phase.stop(total)
+            drain_js = dict(child.js or {})
             # Until every sender has its DELIVERED receipt: the node has then
             # written what the recipient's acknowledgements remove (on
             # JetStream, a receipt and a tombstone per message), so the
@@ -429,7 +505,17 @@ def cairn_rates(
             # The node's CPU until then: every acknowledgement's deletion and
             # receipt written, whenever the node wrote it (the drain's own
             # window ends before the last ones, gathered or not, are written).
-            result["receipted_node_us"] = (child.cpu()[0] - phase.node_cpu[0]) / total * 1e6
+            node_cpu = child.cpu()
+            result["receipted_node_us"] = (node_cpu[0] - phase.node_cpu[0]) / total * 1e6
+            if node_cpu[1] is not None:  # the NATS loop's thread's share of it
+                result["receipted_nats_us"] = (node_cpu[1] - phase.node_cpu[1]) / total * 1e6
+            if child.js is not None and phase.js is not None:
+                # What the node asked of NATS from the drain's end to the last receipt, per message.
+                result["receipted_js"] = {k: (v - drain_js.get(k, 0)) / total for k, v in child.js.items()}
+            if profile_dir:
+                # The node after the drain's window: the acknowledgements'
+                # tombstones, the receipts sent and their drops.
+                child.ask(f"dump {os.path.join(profile_dir, 'node-receipted.prof')}")
             drained.close()
             for s in sessions:
                 s.close()
@@ -552,7 +638,7 @@ def spread(values, fmt="{:.0f}"):
 
 def print_profiles(profile_dir, top=25):
     for side in ("node", "node-nats", "client"):
-        for phase in PHASES:
+        for phase in PHASES + ("receipted",):
             name = f"node-{phase}-nats.prof" if side == "node-nats" else f"{side}-{phase}.prof"
             path = os.path.join(profile_dir, name)
             if os.path.exists(path):
@@ -571,6 +657,12 @@ def main(argv=None):
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jetstream", type=int, choices=(1, 3), help="the node's state on JetStream, R1 or R3")
     p.add_argument("--serve-profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-count", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--count-requests",
+        action="store_true",
+        help="count the node's NATS requests and writes per message, drain's end to the last receipt (--jetstream)",
+    )
     p.add_argument("--serve-nats", help=argparse.SUPPRESS)
     p.add_argument("--serve-replicas", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--serve-data", help=argparse.SUPPRESS)
@@ -579,7 +671,7 @@ def main(argv=None):
     )
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve_profile, args.serve_nats, args.serve_replicas, args.serve_data)
+        serve(args.serve_profile, args.serve_nats, args.serve_replicas, args.serve_data, args.serve_count)
         return
     if args.restart and not args.jetstream:
         p.error("--restart needs --jetstream (a SQLite node's state is not shared with a new process here)")
@@ -593,7 +685,16 @@ def main(argv=None):
     # --jetstream the raw nats-py anchor on the node's own servers is printed).
     nats = None if args.no_anchor or args.jetstream else nats_server_binary()
     runs = cairn_rates(
-        count, args.senders, args.inflight, args.repeat, args.profile, binary, args.jetstream, nats, args.restart
+        count,
+        args.senders,
+        args.inflight,
+        args.repeat,
+        args.profile,
+        binary,
+        args.jetstream,
+        nats,
+        args.restart,
+        args.count_requests,
     )
     if not runs:
         # None asked for, or the reactor was stopped (Ctrl-C) before one ended.
@@ -619,8 +720,28 @@ def main(argv=None):
         )
     print(
         f"  {'receipted':8s}{spread([r['receipted'] for r in runs]):>23s} msg/s   (drain start to the last"
-        f" DELIVERED receipt at the senders; node CPU per message {spread([r['receipted_node_us'] for r in runs])} us)"
+        f" DELIVERED receipt at the senders; node CPU per message {spread([r['receipted_node_us'] for r in runs])} us"
+        + (
+            f", NATS thread {spread([r['receipted_nats_us'] for r in runs])} us"
+            if all("receipted_nats_us" in r for r in runs)
+            else ""
+        )
+        + ")"
     )
+    if all("receipted_js" in r for r in runs):
+        # What the node asked of NATS per message, drain's end to the last receipt (the first run's callers).
+        def shown(k):  # what the drain's end to the last receipt did (not the start-up's few)
+            return any(r["receipted_js"].get(k, 0) >= 0.005 for r in runs)
+
+        kinds = sorted(k for k in {k for r in runs for k in r["receipted_js"]} if "<-" not in k and shown(k))
+        print(
+            "  receipted, after the drain, per message: "
+            + ", ".join(f"{k} {spread([r['receipted_js'].get(k, 0) for r in runs], '{:.2f}')}" for k in kinds)
+        )
+        callers = sorted(
+            (k for k in runs[0]["receipted_js"] if "<-" in k and shown(k)), key=lambda k: -runs[0]["receipted_js"][k]
+        )
+        print("    (first run: " + ", ".join(f"{k} {runs[0]['receipted_js'][k]:.2f}" for k in callers) + ")")
     if args.jetstream:
         raws = [r["raw"] for r in runs]
         print(f"raw nats-py on the same servers: {count} x 1 KiB, {args.senders * args.inflight} in flight")

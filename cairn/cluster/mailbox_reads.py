@@ -35,7 +35,7 @@ class Reading:
                 return defer.succeed([_stored(h) for h in known])
         return self._run(self._fetch, recipient, after_seq, limit, self._last_stored, expect)
 
-    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0, max_bytes=0):
+    async def _read(self, start, limit, subject, must_see, wanted=None, batch=None, expect=0, max_bytes=0, upto=0):
         """
         Up to C{limit} messages on C{subject} from C{start} that C{wanted}
         accepts, paging past the rest; one that finds none though seq
@@ -43,7 +43,8 @@ class Reading:
         from the stream's leader. With C{max_bytes} (a backlog's read: its
         replies taken as a large read, D.direct_batch), a page the server
         cut at that many bytes ends the read: what it returns is all there
-        is up to its last message.
+        is up to its last message. With C{upto}, paging stops once a page
+        reaches past seq C{upto} (nothing wanted lies beyond it).
         """
         # Tombstones may be interleaved: a little slack. (What lies before
         # C{start} counts as seen: the caller has it.)
@@ -55,7 +56,7 @@ class Reading:
             self._others_read(page)
             out.extend(h for h in page if wanted is None or wanted(h))
             seen = max([seen] + [h.seq for h in page])
-            if len(page) < batch:
+            if len(page) < batch or (upto and seen >= upto):
                 break
             start = page[-1].seq + 1
         # Any replica answers a direct get, and a follower may not have
