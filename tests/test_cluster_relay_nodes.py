@@ -799,6 +799,10 @@ class FrameTests(unittest.TestCase):
                     self.assertIs(type(got), type(value))
                     made.append(encoded)
                 self.assertNotEqual(made[0], made[1])
+        # Keys too: 1 and True are one key to Python, two to CBOR.
+        for key in (1, True, 1, True):
+            message = {"op": "ping", "from": "n1", key: {"a": 1}}
+            self.assertEqual(frame.encode(message), cbor.dumps(dict(message, frame=frame.VERSION)))
 
     def test_remembered_is_bounded(self):
         """However many different messages go by, at most a bounded number are remembered."""

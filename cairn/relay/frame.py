@@ -52,6 +52,8 @@ def _key(message):
     """
     items = []
     for key, value in message.items():
+        if type(key) is not str:
+            return None
         kind = type(value)
         if kind is dict:
             inner = []
@@ -61,7 +63,7 @@ def _key(message):
                     return None
                 inner.append((key2, kind2, value2))
             items.append((key, kind, tuple(inner)))
-        elif kind in _SCALARS and type(key) is str:
+        elif kind in _SCALARS:
             items.append((key, kind, value))
         else:
             return None
