@@ -761,6 +761,57 @@ class FrameTests(unittest.TestCase):
             self.assertEqual(frame.encode(message), cbor.dumps(dict(message, frame=frame.VERSION)))
             self.assertEqual(frame.decode(frame.encode(message)), dict(message, frame=frame.VERSION))
 
+    def test_repeated_messages(self):
+        """
+        A message made or read again gives the same bytes and map as the
+        first time (they are remembered), and each map read is the caller's
+        own to change.
+        """
+        ack = {"op": "env", "from": "n1", "type": 0x0503, "body": {"circuit": b"r" * 16, "credit": 5}}
+        encoded = frame.encode(ack)
+        for _ in range(3):
+            self.assertEqual(frame.encode(ack), cbor.dumps(dict(ack, frame=frame.VERSION)))
+            read = frame.decode(encoded)
+            self.assertEqual(read, dict(ack, frame=frame.VERSION))
+            read["body"]["credit"] = 6
+            read["op"] = "changed"
+        first, second = os.urandom(100), os.urandom(100)
+        framed = [dict(self.DATA, body={"circuit": b"r" * 16, "data": data}) for data in (first, second)]
+        read = [frame.decode(frame.encode(message, 1)) for message in framed]
+        self.assertEqual(read, framed)
+        self.assertEqual(frame.encode(framed[1], 1), frame.encode(framed[1], 1))
+        self.assertEqual([r["body"]["data"] for r in read], [first, second])
+
+    def test_equal_values_of_other_kinds(self):
+        """Values Python finds equal but CBOR tells apart (True and 1, 1 and 1.0, 0.0 and -0.0) stay apart."""
+        for a, b in ((True, 1), (1, True), (1, 1.0), (False, 0), (0.0, -0.0), (b"x", "x")):
+            for where in ("top", "body"):
+                made = []
+                for value in (a, b):
+                    if where == "top":
+                        message = {"op": "close", "from": "n1", "circuit": b"k" * 16, "final": value}
+                    else:
+                        message = {"op": "env", "from": "n1", "type": 0x0503, "body": {"credit": value}}
+                    encoded = frame.encode(message)
+                    self.assertEqual(encoded, cbor.dumps(dict(message, frame=frame.VERSION)))
+                    read = frame.decode(encoded)
+                    got = read["final"] if where == "top" else read["body"]["credit"]
+                    self.assertIs(type(got), type(value))
+                    made.append(encoded)
+                self.assertNotEqual(made[0], made[1])
+        # Keys too: 1 and True are one key to Python, two to CBOR.
+        for key in (1, True, 1, True):
+            message = {"op": "ping", "from": "n1", key: {"a": 1}}
+            self.assertEqual(frame.encode(message), cbor.dumps(dict(message, frame=frame.VERSION)))
+
+    def test_remembered_is_bounded(self):
+        """However many different messages go by, at most a bounded number are remembered."""
+        for i in range(3000):
+            message = {"op": "env", "from": "n1", "type": 0x0503, "body": {"circuit": b"b" * 16, "credit": i}}
+            self.assertEqual(frame.decode(frame.encode(message))["body"]["credit"], i)
+        self.assertLessEqual(len(frame._encoded.known), frame._encoded.limit)
+        self.assertLessEqual(len(frame._decoded.known), frame._decoded.limit)
+
     def test_unknown_version(self):
         """A frame of another version is refused naming its version and circuit, whatever follows them."""
         for version in (0, 2, 255):
