@@ -17,6 +17,16 @@ from tests.test_mailbox_store import A, B, C, item
 ROOMY = Limits(10**6, 10**9, 1000.0)
 
 
+class _OneServer:
+    """A started L{JetStreamMailboxStore} on one NATS server, as C{self.store}."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.store = JetStreamMailboxStore(self.jet)
+        yield self.store.start()
+
+
 class ReadsTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_one_at_a_time_reads_nothing(self):
@@ -63,19 +73,13 @@ class ReadsTests(unittest.TestCase):
         self.assertEqual((yield store.fetch(B, 0, 16)), [])
 
 
-class DepthReadTests(unittest.TestCase):
+class DepthReadTests(_OneServer, unittest.TestCase):
     """
     The oldest message left after a removal (L{Removal._depth_changes}),
     read while the depth known on the reactor lags behind the removals
     made on the NATS loop: a drain's acknowledgements end faster than
     their depth changes are applied.
     """
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        _, self.jet = yield _jetstream.single(self)
-        self.store = JetStreamMailboxStore(self.jet)
-        yield self.store.start()
 
     @defer.inlineCallbacks
     def _two_acknowledgements(self, count, between=None):
@@ -131,13 +135,7 @@ class DepthReadTests(unittest.TestCase):
         self.assertEqual((depth.messages, depth.oldest), (1, 5.0))
 
 
-class FloorTests(unittest.TestCase):
-    @defer.inlineCallbacks
-    def setUp(self):
-        _, self.jet = yield _jetstream.single(self)
-        self.store = JetStreamMailboxStore(self.jet)
-        yield self.store.start()
-
+class FloorTests(_OneServer, unittest.TestCase):
     @defer.inlineCallbacks
     def _handed_out(self, count):
         yield self.store.enqueue([item(payload=b"%d" % i) for i in range(count)], 1.0, ROOMY)

@@ -22,6 +22,7 @@ from cairn.pairing.service import PairingService
 from cairn.pairing.trust import MemoryTrustStore
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType, ReceiptStatus
 from tests._harness import SETTINGS, Conditions, ScenarioMixin, closed, eventually, observe_logs
+from tests.test_mailbox_store import hold_syncs
 
 MAX_AGE = 3600.0
 
@@ -737,16 +738,7 @@ class GatheredAcknowledgementTests(MailboxHarness, unittest.TestCase):
         not while its sync is held.
         """
         alice_box = yield self.delivered_and_acknowledged()
-        gates, requested = [], Conditions()
-        real_sync = self.db.sync
-
-        def held_sync():
-            gate = defer.Deferred()
-            gates.append(gate)
-            requested.changed()
-            return gate.addCallback(lambda _: real_sync())
-
-        self.db.sync = held_sync
+        gates, requested = hold_syncs(self.db)
         self.assertEqual((self.mailbox.delivered, alice_box.receipts), (0, []))
         self.clock.advance(ACK_GATHER)
         yield requested.until(lambda: gates)  # written, its sync held

@@ -27,6 +27,25 @@ def item(recipient=B, sender=A, payload=b"x" * 10, message_id=None):
     return Incoming(sender, recipient, message_id or uuid7(), payload)
 
 
+def hold_syncs(db):
+    """
+    Hold every WAL sync of C{db} until its gate fires: returns the list of
+    gates (one per sync asked for) and the L{Conditions} told of each.
+    """
+    gates = []
+    requested = Conditions()
+    real_sync = db.sync
+
+    def held_sync():
+        gate = defer.Deferred()
+        gates.append(gate)
+        requested.changed()
+        return gate.addCallback(lambda _: real_sync())
+
+    db.sync = held_sync
+    return gates, requested
+
+
 class StoreMixin:
     """Behaviour every L{IMailboxStore} shares; C{make_store} returns a started store (Deferred)."""
 
@@ -245,22 +264,8 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(self.store.depths()[B].messages, 2)
 
     def hold_syncs(self):
-        """
-        Hold every WAL sync until its gate fires: returns the list of gates
-        (one per sync asked for) and the L{Conditions} told of each.
-        """
-        gates = []
-        requested = Conditions()
-        real_sync = self.db.sync
-
-        def held_sync():
-            gate = defer.Deferred()
-            gates.append(gate)
-            requested.changed()
-            return gate.addCallback(lambda _: real_sync())
-
-        self.db.sync = held_sync
-        return gates, requested
+        """L{hold_syncs} of this store's database."""
+        return hold_syncs(self.db)
 
     @defer.inlineCallbacks
     def test_acks_wait_for_the_sync(self):
