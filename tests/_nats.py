@@ -56,6 +56,10 @@ class _ServerProtocol(protocol.ProcessProtocol):
         self.server._ended(reason)
 
 
+class NatsNotReady(Exception):
+    """A test's nats-server did not log what a test waited for in time (its last lines in the message)."""
+
+
 class NatsServer:
     """
     One nats-server process (restartable on the same ports and store).
@@ -116,8 +120,18 @@ class NatsServer:
             if predicate(line):
                 return defer.succeed(line)
         d = defer.Deferred()
-        self._waiting.append((predicate, d))
-        return eventually(d, timeout)
+        waiter = (predicate, d)
+        self._waiting.append(waiter)
+        return eventually(d, timeout).addErrback(self._not_logged, waiter, timeout)
+
+    def _not_logged(self, failure, waiter, timeout):
+        """A wait timed out: say which server, whether it still runs, and what it logged last."""
+        failure.trap(defer.TimeoutError)
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+        state = "running" if self.process is not None else "not running"
+        tail = "\n".join(self.log[-10:]) or "(nothing)"
+        raise NatsNotReady(f"nats-server {self.name} ({state}) logged nothing awaited in {timeout} s; last:\n{tail}")
 
     def _line(self, line):
         self.log.append(line)

@@ -76,3 +76,17 @@ class ReconnectTests(unittest.TestCase):
         self.assertEqual((jet.state, jet.health()), ("degraded", (False, expected)))
         self.assertEqual(len(said(LogLevel.error)), 1)
         self.assertNotIn("reconnected to NATS", str(events))
+
+
+class HarnessTests(unittest.TestCase):
+    """tests._nats: a wait for a server's log line that times out says which server and what it logged."""
+
+    @defer.inlineCallbacks
+    def test_timed_out_wait_names_the_server(self):
+        from tests._nats import NatsNotReady, start_nats
+
+        server = yield start_nats(self)
+        error = yield self.assertFailure(server.until(lambda line: False, timeout=0.2), NatsNotReady)
+        self.assertIn(f"nats-server {server.name} (running)", str(error))
+        self.assertIn("Server is ready", str(error))
+        self.assertEqual(server._waiting, [])
