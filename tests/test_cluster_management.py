@@ -47,7 +47,12 @@ class DeploymentViewTests(NodesMixin, unittest.TestCase):
         for session in list(bob.peer.sessions.values()):
             session.close()
         yield self.seen_by(0, lambda: self.nodes[0].presence.locate(bob.peer_id) is None)
+        # n2 counts it once its watch of the stream brings it (the ForwardAck came from n1).
+        store, counted = self.nodes[1].mailbox.store, Conditions()
+        written = store._written_elsewhere
+        store._written_elsewhere = lambda *args: counted.changed(written(*args))
         yield eventually(mailbox.forward(a, bob.peer_id, b"for later"))
+        yield counted.until(lambda: bob.peer_id in store.depths(), 20)
         box = json.loads((yield self.api_get(1, "/mailbox")))
         self.assertEqual(box["node"], "n2")
         self.assertEqual([(p["peer_id"], p["node"]) for p in box["peers"]], [(bob.peer_id, None)])
