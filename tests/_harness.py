@@ -12,11 +12,13 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
+from twisted.test import iosim
 
 from cairn.client import Client
 from cairn.crypto.identity import Identity
 from cairn.session.peer import Peer
-from cairn.transport.tcp import StreamFactory
+from cairn.transport.settings import TransportSettings
+from cairn.transport.tcp import StreamFactory, StreamProtocol
 from cairn.transport.websocket import server_factory
 from cairn.wire import cbor
 from cairn.wire.constants import PROTOCOL_VERSION, MessageType
@@ -363,3 +365,22 @@ class RealNodeClients:
             return {bytes(r[0]) for r in conn.execute("SELECT message_id FROM mailbox_messages")}
         finally:
             conn.close()
+
+
+def handshake_in_memory(server, client_peer, address):
+    """
+    A handshake of C{client_peer} (initiator) with C{server}, a protocol
+    built by a node's L{StreamFactory}, over C{iosim}'s in-memory transports
+    (C{address} the client's, as the server sees it). Returns (the client's
+    connection, the pump, the client's transport, the sessions its
+    C{ready} fired with).
+    """
+    connection = client_peer.connection(initiator=True)
+    client = StreamProtocol(connection, TransportSettings(max_payload=64 * 1024))
+    server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=address)
+    client_transport = iosim.FakeTransport(client, isServer=False)
+    pump = iosim.connect(server, server_transport, client, client_transport, greet=True)
+    sessions = []
+    connection.ready.addCallback(sessions.append)
+    pump.flush()
+    return connection, pump, client_transport, sessions

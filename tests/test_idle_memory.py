@@ -13,7 +13,6 @@ import attr
 from twisted.internet import defer, reactor, task, tcp, utils
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.test import iosim
 from twisted.trial import unittest
 
 from cairn.crypto.handshake import HandshakeResult, NoiseHandshake
@@ -24,9 +23,9 @@ from cairn.session.peer import Peer
 from cairn.transport import shared_keys
 from cairn.transport.limits import OutputGuard, SourceLimiter
 from cairn.transport.settings import TransportSettings
-from cairn.transport.tcp import StreamFactory, StreamProtocol
+from cairn.transport.tcp import StreamFactory
 from cairn.transport.websocket import ServerProtocol, server_factory
-from tests._harness import eventually
+from tests._harness import eventually, handshake_in_memory
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,15 +66,7 @@ class HeldAfterHandshakeTests(unittest.TestCase):
         factory = StreamFactory(node, limiter=limiter, settings=TransportSettings.for_peer(node))
         address = IPv4Address("TCP", "203.0.113.1", 40000)
         server = factory.buildProtocol(address)
-        client_peer = Peer(Identity.generate(), clock)
-        connection = client_peer.connection(initiator=True)
-        client = StreamProtocol(connection, TransportSettings(max_payload=64 * 1024))
-        server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=address)
-        client_transport = iosim.FakeTransport(client, isServer=False)
-        pump = iosim.connect(server, server_transport, client, client_transport, greet=True)
-        sessions = []
-        connection.ready.addCallback(sessions.append)
-        pump.flush()
+        connection, _, _, sessions = handshake_in_memory(server, Peer(Identity.generate(), clock), address)
         self.assertEqual(sessions, [connection.session])
         return server, connection
 

@@ -12,7 +12,6 @@ import os
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.test import iosim
 from twisted.trial import unittest
 
 from cairn.crypto.identity import Identity
@@ -26,9 +25,9 @@ from cairn.session.unpaired import UnpairedSessions
 from cairn.transport.fds import DescriptorGauge
 from cairn.transport.limits import SourceLimiter, source_key
 from cairn.transport.settings import TransportSettings
-from cairn.transport.tcp import StreamFactory, StreamProtocol
+from cairn.transport.tcp import StreamFactory
 from cairn.wire.constants import CloseCode
-from tests._harness import drop_all, eventually, track_connections
+from tests._harness import drop_all, eventually, handshake_in_memory, track_connections
 
 PSK = "unpaired tests' pre-shared key, long enough"
 SESSION_TTL = 3600.0
@@ -66,15 +65,8 @@ class Node:
         self.port += 1
         address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, self.port)
         client_peer = Peer(identity or Identity.generate(), self.clock)
-        connection = client_peer.connection(initiator=True)
-        client = StreamProtocol(connection, TransportSettings(max_payload=64 * 1024))
         server = self.factory.buildProtocol(address)
-        server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=address)
-        client_transport = iosim.FakeTransport(client, isServer=False)
-        pump = iosim.connect(server, server_transport, client, client_transport, greet=True)
-        sessions = []
-        connection.ready.addCallback(sessions.append)
-        pump.flush()
+        _, pump, client_transport, sessions = handshake_in_memory(server, client_peer, address)
         return (sessions[0] if sessions else None), pump, client_transport
 
     def dial_and_drop(self, host="203.0.113.1"):
