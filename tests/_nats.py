@@ -81,6 +81,8 @@ class NatsServer:
         self.process = None
         self._waiting = []
         self.exited = None
+        self.ended = None  # how the process last ended (L{_ended})
+        self._protocol = None
         os.makedirs(directory, exist_ok=True)
 
     def config(self):
@@ -105,8 +107,9 @@ class NatsServer:
             f.write(self.config())
         self.exited = defer.Deferred()
         mark = len(self.log)
+        self._protocol = _ServerProtocol(self)
         self.process = reactor.spawnProcess(
-            _ServerProtocol(self), nats_server_binary(), [nats_server_binary(), "-c", path], env={}
+            self._protocol, nats_server_binary(), [nats_server_binary(), "-c", path], env={}
         )
         return self.until(lambda line: "Server is ready" in line, since=mark)
 
@@ -129,8 +132,10 @@ class NatsServer:
         failure.trap(defer.TimeoutError)
         if waiter in self._waiting:
             self._waiting.remove(waiter)
-        state = "running" if self.process is not None else "not running"
-        tail = "\n".join(self.log[-10:]) or "(nothing)"
+        state = "running" if self.process is not None else f"not running: {self.ended}"
+        # A last line without its newline (a fatal error as the process ends) is still in the buffer.
+        pending = [self._protocol.buffer.decode("utf-8", "replace")] if self._protocol and self._protocol.buffer else []
+        tail = "\n".join(self.log[-10:] + pending) or "(nothing)"
         raise NatsNotReady(f"nats-server {self.name} ({state}) logged nothing awaited in {timeout} s; last:\n{tail}")
 
     def _line(self, line):
@@ -143,6 +148,7 @@ class NatsServer:
 
     def _ended(self, reason):
         self.process = None
+        self.ended = reason.value  # ProcessDone / ProcessTerminated: exit code or signal
         if self.exited is not None and not self.exited.called:
             self.exited.callback(None)
 
