@@ -110,6 +110,7 @@ async def _raw(servers, replicas, count, inflight, size):
             name=name, subjects=["bench.raw.>"], num_replicas=replicas, storage=StorageType.FILE, allow_direct=True
         )
     )
+    await writable(js, "bench.raw.probe")
     payload = os.urandom(size)
     publish, _ = await acked_publisher(nc, inflight)
     figures = {}
@@ -138,6 +139,28 @@ async def _raw(servers, replicas, count, inflight, size):
     await js.delete_stream(name)
     await nc.close()
     return figures
+
+
+async def writable(js, subject, timeout=30):
+    """
+    Publish one probe message to C{subject} until its stream acknowledges
+    it: C{add_stream} can return before the server this client is on
+    knows the new stream's interest (a replicated stream's leader elected
+    elsewhere), and a publish then gets "no responders" (CI at 21b8cad,
+    under the suite's load). Publish the probe to a subject that the
+    bench's reads pass over.
+    """
+    from nats.errors import NoRespondersError
+    from nats.js.errors import NoStreamResponseError
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            return await js.publish(subject, b"probe", timeout=2)
+        except (TimeoutError, NoRespondersError, NoStreamResponseError):
+            if time.monotonic() >= end:
+                raise SystemExit(f"bench: no JetStream stream took {subject!r} within {timeout} s") from None
+        await asyncio.sleep(0.05)
 
 
 async def acked_publisher(nc, inflight):

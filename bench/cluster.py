@@ -55,7 +55,7 @@ import time
 
 from twisted.internet import defer, task
 
-from bench._jetstream import Servers
+from bench._jetstream import Servers, writable
 from bench._ports import free_port
 from bench.relay import CHUNK, CIRCUIT_CHUNK, Pusher, Tally
 
@@ -445,6 +445,7 @@ async def _raw_latency(urls, count, warm, size):
             name=name, subjects=["bench.latency.>"], num_replicas=3, storage=StorageType.FILE, allow_direct=True
         )
     )
+    await writable(js, "bench.latency.probe")
     payload, samples = os.urandom(size), []
     for i in range(warm + count):
         start = time.perf_counter()
