@@ -328,8 +328,18 @@ class CairnNode(MultiService):
                     services[service.name] = value
             state["services"] = services
         if snapshots:
-            store.save(self.config.data_dir, snapshots)
-            log.info("saved {count} session(s) for resume", count=len(snapshots))
+            try:
+                store.save(self.config.data_dir, snapshots)
+            except OSError as e:
+                # The stop goes on (the database still closes); the peers
+                # find no session to resume and run a new handshake (§16).
+                log.warn(
+                    "could not save {count} session(s) for resume ({why}): their peers will open new sessions",
+                    count=len(snapshots),
+                    why=e.strerror or e,
+                )
+            else:
+                log.info("saved {count} session(s) for resume", count=len(snapshots))
         self.peer.freeze()
         return succeed(None)
 

@@ -704,3 +704,23 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
             self.assertEqual((type_code, reply["code"]), (MessageType.PAIR_REJECT, PairRejectCode.MALFORMED))
         self.assertIsNone(session.closed)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class LastSeenFlushTests(unittest.TestCase):
+    """A last-seen write that fails: one line for a full disk, a traceback for anything else."""
+
+    def test_full_disk_is_one_line(self):
+        import sqlite3
+
+        from twisted.python.failure import Failure
+
+        from cairn.pairing.service import _flush_failed
+
+        events = observe_logs(self)
+        _flush_failed(Failure(sqlite3.OperationalError("database or disk is full")))
+        [event] = events
+        self.assertEqual(formatEvent(event), "could not write last-seen times: database or disk is full")
+        self.assertNotIn("log_failure", event)
+        _flush_failed(Failure(KeyError("a bug")))
+        self.assertIn("log_failure", events[-1])
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

@@ -113,3 +113,15 @@ class SnapshotFileTests(unittest.TestCase):
         self.assertEqual(store.load_once(self.directory), [])
         self.assertFalse(os.path.lexists(self.path))
         self.assertTrue(os.path.exists(target))
+
+    def test_full_disk_leaves_nothing(self):
+        """A write that fails (ENOSPC) raises and leaves no partial file of session keys."""
+        import errno
+
+        def full(fd, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(store.os, "write", full)
+        with self.assertRaises(OSError):
+            store.save(self.directory, [{"session_id": b"x"}])
+        self.assertEqual(os.listdir(self.directory), [])

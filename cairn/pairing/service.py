@@ -10,11 +10,14 @@ must not accept sessions before that Deferred has fired. The operator's
 decisions (approve, reject, unpair) are in L{cairn.pairing.decisions}.
 """
 
+import sqlite3
+
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.mailbox.interfaces import StoreFull
 from cairn.pairing import messages
 from cairn.pairing.books import LinkBook, PinBook
 from cairn.pairing.code_store import LocalCodes
@@ -138,7 +141,7 @@ class PairingService(Decisions):
         if flush is None:
             return defer.succeed(None)
         # A periodic job logs its own errors: a LoopingCall stops at the first.
-        return flush().addErrback(lambda f: log.failure("could not write last-seen times", f))
+        return flush().addErrback(_flush_failed)
 
     # IPairingService
 
@@ -341,3 +344,11 @@ class PairingService(Decisions):
     def refuse_rate_limited(self, session, method, source):
         wait = int(self.sources.retry_after(source)) + 1
         self.refuse(session, method, PairRejectCode.RATE_LIMITED, f"too many failed attempts, retry in {wait} s")
+
+
+def _flush_failed(failure):
+    """A last-seen write that failed: one line for the store's own errors (a full disk), a traceback for the rest."""
+    if failure.check(sqlite3.Error, OSError, StoreFull):
+        log.warn("could not write last-seen times: {why}", why=str(failure.value).splitlines()[0][:200])
+    else:
+        log.failure("could not write last-seen times", failure)

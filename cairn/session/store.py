@@ -36,7 +36,10 @@ def _fsync_directory(directory: str) -> None:
 
 
 def save(directory: str, snapshots: list) -> str:
-    """Write C{snapshots} to the data directory atomically and durably; return the path."""
+    """
+    Write C{snapshots} to the data directory atomically and durably; return
+    the path. Raises C{OSError} (e.g. the disk is full) having left nothing.
+    """
     path = os.path.join(directory, FILE_NAME)
     tmp = path + ".tmp"
     try:
@@ -45,13 +48,18 @@ def save(directory: str, snapshots: list) -> str:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     try:
-        data = cbor.dumps({"version": 1, "sessions": snapshots})
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            data = cbor.dumps({"version": 1, "sessions": snapshots})
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        # A full disk (ENOSPC): no partial file of session keys is left behind.
+        os.unlink(tmp)
+        raise
     os.replace(tmp, path)
     _fsync_directory(directory)
     return path
