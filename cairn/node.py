@@ -284,22 +284,26 @@ class CairnNode(MultiService):
         d = super().stopService()  # stop listening first
         # Then stop accepting envelopes, let every service answer what it
         # accepted, and only then snapshot the sessions (see the class).
-        d.addCallback(lambda _: self.peer.drain())
+        steps = [("draining the sessions", self.peer.drain)]
         # The components stop in reverse order, one after the other: the
         # session services answer what they accepted, ...
-        for service in reversed(self._session_services()):
-            d.addCallback(lambda _, service=service: service.stop())
+        steps += [(_stopping(service), service.stop) for service in reversed(self._session_services())]
         # Whatever else was queued on the database thread before this point
         # (a pairing being recorded, whose PairConfirm follows the commit)
         # finishes, and is answered, before the snapshot.
-        d.addCallback(lambda _: self.db.run(_barrier_txn).addErrback(_log_barrier))
-        d.addCallback(lambda _: self._save_sessions())
+        steps.append(("waiting for the database before saving sessions", lambda: self.db.run(_barrier_txn)))
+        steps.append(("saving the sessions", self._save_sessions))
         # ... then pairing, the bus and presence.
-        for component in reversed(self.components[: self.components.index(self.pairing) + 1]):
-            d.addCallback(lambda _, component=component: component.stop())
+        pairing_on = self.components[: self.components.index(self.pairing) + 1]
+        steps += [(_stopping(component), component.stop) for component in reversed(pairing_on)]
         if self.cluster is not None:
-            d.addCallback(lambda _: self.cluster.close())
-        d.addCallback(lambda _: self.db.stop())
+            steps.append(("closing the NATS connection", self.cluster.close))
+        steps.append(("closing the database", self.db.stop))
+        # A step that fails is logged and the stop goes on: twistd would
+        # drop the failure silently, and skip closing the database with it.
+        for what, step in steps:
+            d.addCallback(lambda _, step=step: step())
+            d.addErrback(_step_failed, what)
         return d
 
     def _session_services(self):
@@ -363,5 +367,9 @@ def _barrier_txn(cursor):
     """Nothing: run after everything queued before it (the database thread is FIFO)."""
 
 
-def _log_barrier(failure):
-    log.failure("waiting for the database before saving sessions failed", failure)
+def _stopping(component):
+    return f"stopping {type(component).__name__}"
+
+
+def _step_failed(failure, what):
+    log.failure("cairn node: {what} failed while stopping; the stop goes on", failure, what=what)

@@ -213,6 +213,27 @@ class StopOrderTests(unittest.TestCase):
 
 
     @defer.inlineCallbacks
+    def test_a_failed_step_is_logged_and_the_stop_goes_on(self):
+        """A stop step that fails is logged (twistd would drop it silently) and the later steps still run."""
+        node = yield self.start()
+        closed = []
+        stop_db, stop_mailbox = node.db.stop, node.mailbox.stop
+
+        def failing():
+            return stop_mailbox().addCallback(lambda _: defer.fail(RuntimeError("a mailbox that cannot stop")))
+
+        def closing():
+            closed.append(True)
+            return stop_db()
+
+        node.mailbox.stop = failing
+        node.db.stop = closing
+        yield eventually(node.stopService())
+        self.assertEqual(closed, [True])
+        [logged] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(logged.value), "a mailbox that cannot stop")
+
+    @defer.inlineCallbacks
     def test_pairing_being_recorded_is_confirmed_after_resume(self):
         """A PSK pairing whose trust write is still queued when the stop begins gets its PairConfirm after resume."""
         node = yield self.start()
