@@ -499,20 +499,28 @@ class RealDiskTests(ReserveScenario, unittest.TestCase):
     """The scenario on a real 16 MiB tmpfs (needs root and mount permission)."""
 
     def make_disk(self):
-        mount_point = tempfile.mkdtemp(prefix="cairn-disk-")
-        self.addCleanup(shutil.rmtree, mount_point, True)
-        size = f"size={self.capacity // 1024}k"
-        try:
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"{size},mode=0700", "tmpfs", mount_point],
-                check=True,
-                capture_output=True,
-            )
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise unittest.SkipTest(f"cannot mount a small tmpfs here: {getattr(e, 'stderr', b'') or e}") from None
-        # Cleanups run last-in first-out: unmounted after the node has stopped.
-        self.addCleanup(subprocess.run, ["umount", "-l", mount_point], check=False)
-        return os.path.join(mount_point, "data"), None
+        return os.path.join(small_tmpfs(self, self.capacity), "data"), None
+
+
+def small_tmpfs(testcase, capacity):
+    """
+    A tmpfs of C{capacity} bytes mounted for C{testcase} (skipped where
+    mounting is not permitted); its mount point. Unmounted in cleanup,
+    after whatever the test started on it later has stopped (cleanups run
+    last-in first-out).
+    """
+    mount_point = tempfile.mkdtemp(prefix="cairn-disk-")
+    testcase.addCleanup(shutil.rmtree, mount_point, True)
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={capacity // 1024}k,mode=0700", "tmpfs", mount_point],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise unittest.SkipTest(f"cannot mount a small tmpfs here: {getattr(e, 'stderr', b'') or e}") from None
+    testcase.addCleanup(subprocess.run, ["umount", "-l", mount_point], check=False)
+    return mount_point
 
 
 class ReportTests(unittest.TestCase):

@@ -10,9 +10,6 @@ like L{tests.test_diskspace.RealDiskTests}).
 """
 
 import os
-import shutil
-import subprocess
-import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -23,6 +20,7 @@ from cairn.mailbox.client import ForwardRejected, uuid7
 from cairn.wire.constants import ForwardStatus
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import free_port
+from tests.test_diskspace import small_tmpfs
 from tests.test_twistd import kill_at_end, paired_by_psk, start_twistd
 
 PSK = "a long pre-shared key for the full disk tests"
@@ -38,18 +36,7 @@ class RealFullDiskTests(unittest.TestCase):
     capacity = 16 * MiB
 
     def setUp(self):
-        mount_point = tempfile.mkdtemp(prefix="cairn-full-")
-        self.addCleanup(shutil.rmtree, mount_point, True)
-        try:
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={self.capacity // 1024}k,mode=0700", "tmpfs", mount_point],
-                check=True,
-                capture_output=True,
-            )
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise unittest.SkipTest(f"cannot mount a small tmpfs here: {getattr(e, 'stderr', b'') or e}") from None
-        # Cleanups run last-in first-out: unmounted after the node has been killed.
-        self.addCleanup(subprocess.run, ["umount", "-l", mount_point], check=False)
+        mount_point = small_tmpfs(self, self.capacity)
         self.data_dir = os.path.join(mount_point, "data")
         self.port = free_port()
         self.address = f"tcp:host=127.0.0.1:port={self.port}"
