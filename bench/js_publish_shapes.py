@@ -27,7 +27,13 @@ prints its rate, the client's CPU and the servers' CPU per message
     no headers: the subject's length apart from its being new;
   - C{compact}: as C{cairn}, but the subject's tokens shortened (the
     peers as 16 characters, the id as 22: base64url of a hash and of the
-    16 bytes), 70-odd characters instead of 140-odd.
+    16 bytes), 70-odd characters instead of 140-odd;
+  - C{short-random}: as C{short}, the second token 32 random hex digits
+    (a short subject whose ids share no prefix);
+  - C{subject-v7}, C{cairn-v7}: as C{subject} and C{cairn}, the id a
+    UUIDv7 as cairn's clients make them (time first: the ids of one
+    millisecond share their first 12 hex digits) instead of 16 random
+    bytes: the subject as the mailbox really writes it.
 """
 
 import argparse
@@ -55,12 +61,23 @@ SHAPES = (
     "body",
     "short",
     "compact",
+    "short-random",
+    "subject-v7",
+    "cairn-v7",
 )
 
 
 def _peer():
     """A peer id shaped like cairn's (base58 multihash, 46 characters)."""
     return "Qm" + uuid.uuid4().hex + uuid.uuid4().hex[:12]
+
+
+def _uuid7_hex():
+    """A message id as cairn's clients make them (UUIDv7: 48 bits of milliseconds, then random), in hex."""
+    raw = bytearray(int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return bytes(raw).hex()
 
 
 def _short(peer):
@@ -103,21 +120,25 @@ def _messages(shape, count, prefix):
         if shape == "short":
             out.append((f"{prefix}.{i:08x}", None, b""))
             continue
-        mid = (
-            base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
-            if shape == "compact"
-            else os.urandom(16).hex()
-        )
+        if shape == "short-random":
+            out.append((f"{prefix}.{os.urandom(16).hex()}", None, b""))
+            continue
+        if shape == "compact":
+            mid = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        elif shape.endswith("-v7"):
+            mid = _uuid7_hex()
+        else:
+            mid = os.urandom(16).hex()
         subject = f"{prefix}.{recipient}.{senders[i % 8]}.{mid}"
         now = time.time()
         stored, expires = repr(now), repr(now + WEEK)
-        if shape == "subject":
+        if shape in ("subject", "subject-v7"):
             headers = None
         elif shape == "subject+expect":
             headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
         elif shape == "subject+headers":
             headers = {"Cairn-Stored": stored, "Cairn-Expires": expires, "Cairn-Writer": writer}
-        elif shape in ("cairn", "compact"):
+        elif shape in ("cairn", "compact", "cairn-v7"):
             headers = {
                 "Nats-Expected-Last-Subject-Sequence": "0",
                 "Cairn-Stored": stored,

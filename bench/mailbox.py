@@ -24,7 +24,9 @@ with the mean entries per ForwardRequest (the node counts the requests):
 how much the client's batching put together.
 
 The node runs in a child process (C{python -m bench.mailbox --serve}:
-make_node on a temporary data dir, PSK pairing). Each of the S senders has
+make_node on a temporary data dir, PSK pairing; its start-up objects
+frozen and the collector's thresholds set once serving, as C{twistd -n
+cairn} does: C{Process(freeze_gc=True)}). Each of the S senders has
 its own session and F lanes; a lane keeps one message in flight, sending
 the next from the previous one's ack callback (as an application would),
 so S x F messages are in flight; Mosquitto's publishers get the same
@@ -45,7 +47,9 @@ writes, messages received), printed per message from the drain's end to
 the last receipt, with the store's functions that asked.
 
 C{--profile DIR} profiles the first run with cProfile, each phase and
-each side: C{node-enqueue.prof}, C{node-drain.prof} (the child's reactor
+each side (the node's two threads with their own CPU time as the clock,
+C{time.thread_time}, so that a thread waiting for the GIL or the CPU is
+not charged for it): C{node-enqueue.prof}, C{node-drain.prof} (the child's reactor
 thread; on JetStream also C{node-*-nats.prof}, its NATS loop's thread;
 C{node-receipted*.prof}: the drain's end to the last receipt) and
 C{client-enqueue.prof}, C{client-drain.prof} (this process),
@@ -88,6 +92,7 @@ def serve(profile=False, nats=None, replicas=1, data=None, count=False):
 
     from bench._common import log_warnings_only
     from cairn.config import Config
+    from cairn.node import Process
     from cairn.service import make_node
 
     log_warnings_only()
@@ -103,10 +108,10 @@ def serve(profile=False, nats=None, replicas=1, data=None, count=False):
         psk=PSK,
         **cluster,
     )
-    node = make_node(config, reactor)
-    profiler = [cProfile.Profile()] if profile else None
+    node = make_node(config, reactor, Process(freeze_gc=True))  # as twistd -n cairn does (cairn/tap.py)
+    profiler = [cProfile.Profile(time.thread_time)] if profile else None
     # cProfile sees one thread: on JetStream, the NATS loop's thread is profiled too.
-    nats_profiler = [cProfile.Profile()] if profile and nats else None
+    nats_profiler = [cProfile.Profile(time.thread_time)] if profile and nats else None
     db_times = _time_transactions(node.db) if profile and not nats else {}
     # The PubAcks the node waits for, sampled every 10 ms (what the servers hold in flight for it).
     inflight = [0, 0]
@@ -137,7 +142,7 @@ def serve(profile=False, nats=None, replicas=1, data=None, count=False):
             elif command == "dump" and profiler:
                 profiler[0].disable()
                 profiler[0].dump_stats(arg)
-                profiler[0] = cProfile.Profile()
+                profiler[0] = cProfile.Profile(time.thread_time)
                 profiler[0].enable()
                 if nats_profiler:
                     _on_loop(node.cluster.thread, _swap_profiler, nats_profiler, arg.replace(".prof", "-nats.prof"))
@@ -173,8 +178,9 @@ def _count_requests():
     requests by kind (direct gets, the leader's message gets, deletes, ...)
     and the stream writes (pipelined publishes: tombstones, markers), each
     also by the store's function that made it (C{"kind <- function"}), and
-    the messages the NATS client received. Patches nats-py's and the
-    store's classes: the bench's child only.
+    the messages the NATS client received (each phase's own are printed per
+    message under its line). Patches nats-py's and the store's classes: the
+    bench's child only.
     """
     import sys as _sys
     from collections import Counter
@@ -245,7 +251,7 @@ def _swap_profiler(holder, path):
     holder[0].disable()
     if path != os.devnull:
         holder[0].dump_stats(path)
-    holder[0] = cProfile.Profile()
+    holder[0] = cProfile.Profile(time.thread_time)
     holder[0].enable()
 
 
@@ -383,6 +389,8 @@ class Phase:
             figures["inflight"] = (inflight[0] - self.node_cpu[2][0]) / samples if samples else 0.0
         if self.servers:  # the nats-servers' CPU (the node's JetStream)
             figures["servers_us"] = (self.servers.cpu() - self.servers_cpu) / count * 1e6
+        if self.js is not None and self.child.js is not None:  # --count-requests: the phase's own, per message
+            figures["js"] = {k: (v - self.js.get(k, 0)) / count for k, v in self.child.js.items() if "<-" not in k}
         return figures
 
 
@@ -718,6 +726,14 @@ def main(argv=None):
             f" client {spread([f['client_us'] for f in figures])} us,"
             f" node {spread([f['node_us'] for f in figures])} us{servers}"
         )
+        if all("js" in f for f in figures):  # --count-requests: what the node asked of NATS in the phase
+            kinds = sorted(
+                k for k in {k for f in figures for k in f["js"]} if any(f["js"].get(k, 0) >= 0.005 for f in figures)
+            )
+            print(
+                f"  {phase}, per message: "
+                + ", ".join(f"{k} {spread([f['js'].get(k, 0) for f in figures], '{:.2f}')}" for k in kinds)
+            )
     print(
         f"  {'receipted':8s}{spread([r['receipted'] for r in runs]):>23s} msg/s   (drain start to the last"
         f" DELIVERED receipt at the senders; node CPU per message {spread([r['receipted_node_us'] for r in runs])} us"

@@ -53,13 +53,13 @@ class MailboxBenchTests(unittest.TestCase):
         return d.addCallback(check)
 
     def test_jetstream_backend_profiles_the_nats_thread(self):
-        """--jetstream 1: a nats-server of its own, the raw anchor, the receipted figure, NATS-thread profiles."""
+        """--jetstream 1: its own nats-server, the raw anchor, the receipted figure, NATS-thread profiles, counts."""
         from tests._nats import nats_server_binary
 
         nats_server_binary()  # skips without it (fails in CI)
         profile_dir = os.path.abspath(self.mktemp())
         args = ["-m", "bench.mailbox", "--messages", "64", "--senders", "2", "--inflight", "2"]
-        args += ["--jetstream", "1", "--profile", profile_dir]
+        args += ["--jetstream", "1", "--profile", profile_dir, "--count-requests"]
         d = utils.getProcessOutputAndValue(sys.executable, args, env=dict(os.environ), path=REPO_ROOT)
 
         def check(result):
@@ -69,6 +69,8 @@ class MailboxBenchTests(unittest.TestCase):
             self.assertIn("cairn mailbox on JetStream R1", text)
             self.assertRegex(text, r"\n  receipted +\d+ msg/s")
             self.assertRegex(text, r"ratio drain \d+\.\d\dx")
+            # The enqueue's own NATS traffic: one write and its PubAck per message, no API request.
+            self.assertRegex(text, r"\n  enqueue, per message: received 1\.00, write mbox 1\.00\n")
             for phase in ("enqueue", "drain"):
                 self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"node-{phase}-nats.prof")) > 0)
                 self.assertRegex(
