@@ -140,6 +140,60 @@ class ToldMessageTests(NodesMixin, unittest.TestCase):
         self.assertEqual(received, [b"told", b"next"])
         yield conditions.until(lambda: bob.peer_id not in store.depths(), 20)
 
+    @defer.inlineCallbacks
+    def test_brought_by_the_watch_is_read_once(self):
+        """
+        A notice of a message n2's watch has already brought is dropped
+        unread: n2 decodes the message once (the watch's copy), and its
+        sessions are not woken again for it.
+        """
+        from twisted.internet import reactor
+
+        from cairn.cluster import nats_bus
+        from cairn.wire import cbor
+
+        yield self.start_nodes(2)
+        self.without_recheck()
+        n1, n2 = self.nodes
+        alice, bob = self.client(), self.client()
+        conditions = Conditions()
+        received = []
+        mailbox.set_inbox(bob.peer, lambda sender, mid, data: conditions.changed(received.append(data)))
+        a = yield self.paired(alice, 0)
+        yield self.paired(bob, 1)
+        presence_apply = n1.presence._apply
+        n1.presence._apply = lambda changes: conditions.changed(presence_apply(changes))
+        yield conditions.until(lambda: n1.presence.elsewhere(bob.peer_id) == ["n2"], 20)
+        # n2's notices wait until the test lets them go (its watch comes first).
+        store, bus = n2.mailbox.store, n2.mailbox.bus
+        notices, message = [], bus._message
+
+        def held(*args):  # on n2's NATS loop
+            notices.append(args)
+            reactor.callFromThread(conditions.changed)
+
+        bus._message = held
+        decoded = []
+
+        def loads(data):
+            decoded.append(data)
+            return cbor.loads(data)
+
+        self.patch(nats_bus, "cbor", type("Counted", (), {"dumps": staticmethod(cbor.dumps), "loads": loads}))
+        yield mailbox.forward(a, bob.peer_id, b"once")
+        yield conditions.until(lambda: received == [b"once"] and notices, 20)
+        # From here on, what n2's bus wakes on its reactor.
+        woken, wake = [], bus.notices
+        bus.notices = lambda kind, key: wake(kind, key) if woken.append(kind) is None else None
+
+        async def nothing():  # after the notice, on n2's NATS loop
+            pass
+
+        store.jet.thread.call(message, *notices[0])
+        yield store.jet.run(nothing)
+        self.assertEqual((len(decoded), bus.received["msg"], woken), (0, 1, []))
+        self.assertEqual(received, [b"once"])
+
 
 class CrossNodeSyncTests(NodesMixin, unittest.TestCase):
     @defer.inlineCallbacks

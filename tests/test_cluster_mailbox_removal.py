@@ -4,7 +4,7 @@ What an acknowledgement of the JetStream mailbox reads and records
 answered, and the floor its later reads start from (#14).
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from cairn.cluster.mailbox import JetStreamMailboxStore
@@ -15,6 +15,8 @@ from tests.test_mailbox_store import A, B, C, item
 
 #: Roomy limits: the tests store more than tests.test_mailbox_store.LIMITS allows.
 ROOMY = Limits(10**6, 10**9, 1000.0)
+#: As roomy, but stored messages expire after 100 s.
+EXPIRING = Limits(10**6, 10**9, 100.0)
 
 
 class _OneServer:
@@ -296,3 +298,90 @@ class AcknowledgedFirstTests(unittest.TestCase):
         told = yield self.store.receipts(A, 0, 16)
         self.assertEqual(sorted(r.status for r in told), [ReceiptStatus.DELIVERED] * 2 + [ReceiptStatus.EVICTED])
         self.assertNotIn(B, self.store.depths())
+
+
+class AcrossNodesTests(unittest.TestCase):
+    """
+    An expiry or a purge on another node, made while an acknowledgement's
+    removals are gathering on the recipient's node, leaves the acknowledged
+    messages to it: their senders are told DELIVERED, never EXPIRED or
+    EVICTED (issue 15; L{cairn.cluster.mailbox_gathered.EXPIRY_GRACE},
+    L{cairn.cluster.mailbox_gathered.PURGE_GRACE}).
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from cairn.cluster import mailbox_gathered
+
+        self.patch(mailbox_gathered, "REMOVAL_GATHER", 60.0)  # released by hand below
+        _, self.jet = yield _jetstream.single(self)
+        # Two nodes on one stream: the recipient's, and the one that sweeps or purges.
+        self.here, self.elsewhere = JetStreamMailboxStore(self.jet), JetStreamMailboxStore(self.jet)
+        for store in (self.here, self.elsewhere):
+            store.follow_needed()  # another node is seen (presence)
+            yield store.start()
+        items = [item(payload=b"%d" % i) for i in range(3)]
+        self.third = items[2].message_id  # the one not acknowledged
+        results = yield self.here.enqueue(items, 1.0, EXPIRING)
+        self.seqs = [seq for _, seq in results]
+        yield self.here.fetch(B, 0, 16)
+        # Acknowledged just before they expire (1.0 + EXPIRING.max_age); its removals gather.
+        self.acknowledged = self.here.acknowledge(B, [], 100.5, 100.0, upto=self.seqs[1])
+
+        async def nothing():  # after the acknowledgement's first steps, on the NATS loop
+            pass
+
+        yield self.jet.run(nothing)
+        self.assertFalse(self.acknowledged.called)
+        self.addCleanup(self.jet.thread.call, self.here._release_gathered)  # a failed test does not wait 60 s
+
+    def _release(self):
+        self.jet.thread.call(self.here._release_gathered)
+        return self.acknowledged
+
+    @defer.inlineCallbacks
+    def _told(self):
+        told = yield self.here.receipts(A, 0, 16)
+        return sorted(r.status for r in told)
+
+    @defer.inlineCallbacks
+    def test_expiry_elsewhere_leaves_acknowledged_delivered(self):
+        from cairn.cluster.mailbox_gathered import EXPIRY_GRACE
+
+        expired, _ = yield self.elsewhere.expire(101.5, 100, 100.0)  # expired, within the grace
+        self.assertEqual(expired, [])
+        delivered = yield self._release()
+        self.assertEqual([r.status for r in delivered], [ReceiptStatus.DELIVERED] * 2)
+        expired, _ = yield self.elsewhere.expire(101.0 + EXPIRY_GRACE, 100, 100.0)
+        self.assertEqual([(r.status, r.message_id) for r in expired], [(ReceiptStatus.EXPIRED, self.third)])
+        self.assertEqual((yield self._told()), [ReceiptStatus.DELIVERED] * 2 + [ReceiptStatus.EXPIRED])
+        self.assertNotIn(B, self.here.depths())
+
+    @defer.inlineCallbacks
+    def test_purge_elsewhere_leaves_acknowledged_delivered(self):
+        from cairn.cluster.mailbox_gathered import PURGE_GRACE
+
+        self.elsewhere.clock = clock = task.Clock()
+        purged = self.elsewhere.purge(B, 100.6, 100.0)
+        if not clock.getDelayedCalls():
+            # Not waiting (as before the grace): it has removed what it found before the release.
+            yield defer.DeferredList([purged])
+        delivered = yield self._release()  # within the grace
+        clock.advance(PURGE_GRACE)
+        evicted = yield purged
+        self.assertEqual([r.status for r in delivered], [ReceiptStatus.DELIVERED] * 2)
+        self.assertEqual([(r.status, r.message_id) for r in evicted], [(ReceiptStatus.EVICTED, self.third)])
+        self.assertEqual((yield self._told()), [ReceiptStatus.DELIVERED] * 2 + [ReceiptStatus.EVICTED])
+        self.assertNotIn(B, self.here.depths())
+
+
+class AloneTests(_OneServer, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_no_grace_alone(self):
+        """A store alone on the stream expires at the expiry and purges at once: no grace to wait."""
+        self.store.clock = task.Clock()  # never advanced
+        yield self.store.enqueue([item(payload=b"1")], 1.0, EXPIRING)
+        yield self.store.enqueue([item(recipient=C, payload=b"2")], 50.0, EXPIRING)
+        expired, _ = yield self.store.expire(101.0, 100, 100.0)
+        evicted = yield self.store.purge(C, 2.0, 100.0)
+        self.assertEqual([r.status for r in expired + evicted], [ReceiptStatus.EXPIRED, ReceiptStatus.EVICTED])

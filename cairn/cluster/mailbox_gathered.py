@@ -2,11 +2,14 @@
 The gathering of L{cairn.cluster.mailbox_removal.Removal}'s acknowledgements:
 their tombstones wait up to L{REMOVAL_GATHER} and are written in one burst
 (L{Gathering._gathered}), and what an expiry or a purge meanwhile leaves to
-them (L{Gathering._left_to_acknowledgements}). A mixin, so that each module
-stays small.
+them: this node's (L{Gathering._left_to_acknowledgements}) and, while
+another node may exist, the other nodes' (L{EXPIRY_GRACE},
+L{PURGE_GRACE}). A mixin, so that each module stays small.
 """
 
 import asyncio
+
+from twisted.internet import defer, task
 
 from cairn.cluster.common import recipient_of
 
@@ -14,6 +17,18 @@ from cairn.cluster.common import recipient_of
 #: gathering those of every acknowledgement that comes meanwhile (all
 #: recipients') into one burst of writes (L{Gathering._gathered}); 0: at once.
 REMOVAL_GATHER = 0.025
+#: Seconds past its expiry that a message waits, while another node may
+#: exist, before an expiry sweep removes it (L{Gathering._expiry_due}): an
+#: acknowledgement made on another node up to then has written its
+#: tombstone first (its gathering, L{REMOVAL_GATHER}, and its write take
+#: milliseconds), so its sender is told DELIVERED, not EXPIRED.
+EXPIRY_GRACE = 10.0
+#: Seconds a purge waits, while another node may exist, before it reads
+#: what it removes (L{Gathering._other_nodes_acknowledged}): the other
+#: nodes hear of the revocation (the trust watch, milliseconds), close the
+#: peer's sessions, and write the tombstones of what it acknowledged
+#: before (its gathering and its write: milliseconds).
+PURGE_GRACE = 1.0
 
 
 class Gathering:
@@ -21,6 +36,8 @@ class Gathering:
 
     #: On the NATS loop: the event the acknowledgements gathering now wait for (L{_gathered}).
     _gathering = None
+    #: The clock a purge's grace is waited on (L{_other_nodes_acknowledged}); None: the JetStream's.
+    clock = None
 
     async def _gathered(self):
         """
@@ -80,9 +97,10 @@ class Gathering:
         writes nothing for them; if it failed, they expire or are evicted
         here. One started later, already gathering, has them too: they are
         left to it (the next sweep expires them if it fails). Across nodes
-        nothing is known of the other's acknowledgements: the conditional
-        writes decide (docs/scaling.md, "Cross-node delivery: the removals
-        gathered").
+        nothing is known of the other's acknowledgements: the expiry and
+        the purge give them a grace instead (L{_expiry_due},
+        L{_other_nodes_acknowledged}), and beyond it the conditional writes
+        decide (docs/scaling.md, "The gathering's race, and its p99").
         """
         recipients = {recipient_of(message) for message in messages}
         waiting = set()
@@ -94,3 +112,39 @@ class Gathering:
         if waiting:
             await asyncio.wait(waiting)
         return [m for m in messages if m.seq not in self._acking.get(recipient_of(m), ())]
+
+    def _expiry_due(self, now):
+        """
+        The latest expiry time an expiry sweep at C{now} removes: C{now}
+        alone, or L{EXPIRY_GRACE} earlier while another node may exist.
+
+        Why: an acknowledgement made on another node is not known here
+        (L{_left_to_acknowledgements} waits only for this node's); its
+        removals wait up to L{REMOVAL_GATHER} before they are written, and
+        an expiry written meanwhile won the conditional write: the sender
+        was told EXPIRED of a message its recipient had acknowledged
+        (issue 15). An acknowledgement made before the message's expiry, or
+        up to the grace less its gathering and write after it, has now
+        written first: the sweep finds the message gone. (An expiry is
+        then told up to the grace later; it was already up to a sweep
+        interval late.)
+        """
+        return now - EXPIRY_GRACE if self.following else now
+
+    def _other_nodes_acknowledged(self):
+        """
+        A Deferred firing once a purge may read what it removes: at once
+        while this store is alone on the stream, else after L{PURGE_GRACE}
+        (on L{clock}; the store's calls in flight include it, so a stop
+        waits for the purge).
+
+        Why: as for the expiry (L{_expiry_due}), the other nodes'
+        acknowledgements of the purged peer, made before the revocation
+        reached them, are gathering there; written first, they are
+        DELIVERED, and the purge finds those messages gone.
+        """
+        if not self.following or PURGE_GRACE <= 0:
+            return defer.succeed(None)
+        d = task.deferLater(self.clock or self.jet.clock, PURGE_GRACE, lambda: None)
+        self._pending.add(d)
+        return d.addBoth(lambda result: (self._pending.discard(d), result)[1])

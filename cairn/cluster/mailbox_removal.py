@@ -296,13 +296,14 @@ class Removal(Gathering):
         # from the start until an item is not due yet.
         messages, gone = [], []
         start, scanned = 1, 0
+        due = self._expiry_due(now)  # what other nodes acknowledge meanwhile: DELIVERED
         while scanned < 3 * limit:
             held, _ = await D.direct_batch(self.jet.nc, self.stream, start, PAGE, self._subject(">"))
             for item in held:
                 scanned += 1
                 if item.subject.split(".")[1] == "rdone":
                     continue  # a sender's consumed marker: kept
-                if float(item.headers.get(D.EXPIRES, "inf")) > now:
+                if float(item.headers.get(D.EXPIRES, "inf")) > due:
                     scanned = 3 * limit
                     break
                 if item.subject.split(".")[1] == "mbox" and is_message(item):
@@ -331,7 +332,9 @@ class Removal(Gathering):
         return receipts, more, await self._depth_changes(self._uncount(counted)), last
 
     def purge(self, peer_id, now, receipt_ttl):
-        d = self._run(self._purge, peer_id, now, receipt_ttl)
+        # What other nodes acknowledged of it is DELIVERED (L{_other_nodes_acknowledged}).
+        d = self._other_nodes_acknowledged()
+        d.addCallback(lambda _: self._run(self._purge, peer_id, now, receipt_ttl))
 
         def purged(result):
             self.limits.pop(peer_id, None)
