@@ -91,7 +91,45 @@ def arg(data: bytes, pos: int, major: int) -> tuple[int, int]:
     return int.from_bytes(data[pos + 1 : stop], "big"), stop
 
 
+#: The Data body almost every message is (issue 19): n, pn and the channel
+#: below 24 (one-byte heads), the ciphertext's length in a two-byte head
+#: (a 1 KiB message's is 1,072 bytes), a 32-byte key. Its fixed parts before
+#: the ciphertext, and after it.
+_COMMON_HEAD = struct.Struct(">7sB3sBH")
+_COMMON_TAIL = struct.Struct(">3sB4s2s32s8sB")
+_COMMON_FIXED = _COMMON_HEAD.size + _COMMON_TAIL.size
+_CT_HEAD_16 = 0x59
+
+
 def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
+    """
+    C{(channel, pub, pn, n, ct)} if C{data} is a Data body laid out as
+    L{dumps_data} makes it, else None (see L{_loads_data}).
+
+    The common layout is read with two C{struct} unpacks and compared
+    whole, instead of item by item: about a third of the cost of the
+    general walk for a 1 KiB message, paid by every Data received (issue
+    19). Anything else takes the walk, which reads every layout this does.
+    """
+    size = len(data) - _COMMON_FIXED
+    if size >= 0:
+        opening, n, ct_key, ct_head, ct_len = _COMMON_HEAD.unpack_from(data)
+        if ct_len == size and ct_head == _CT_HEAD_16 and n < 24 and opening == _DATA_OPEN and ct_key == _DATA_CT:
+            stop = _COMMON_HEAD.size + size
+            pn_key, pn, pub_key, key_head, pub, channel_key, channel = _COMMON_TAIL.unpack_from(data, stop)
+            if (
+                pn < 24
+                and channel < 24
+                and pn_key == _DATA_PN
+                and pub_key == _DATA_PUB
+                and key_head == _KEY_HEAD
+                and channel_key == _DATA_CHANNEL
+            ):
+                return channel, pub, pn, n, data[_COMMON_HEAD.size : stop]
+    return _loads_data(data)
+
+
+def _loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
     """
     C{(channel, pub, pn, n, ct)} if C{data} is a Data body laid out as
     L{dumps_data} makes it (the keys in canonical order, nothing else in
