@@ -458,6 +458,28 @@ class LoadsDataTests(_DataBodyCases, unittest.TestCase):
             self.assertIsNone(cbor.loads_data(data[:size]), size)
         self.assertIsNone(cbor.loads_data(data + b"\x00"))
 
+    def test_common_layout_cut_or_extended(self):
+        """The common layout (small integers, a two-byte ciphertext head) cut, extended or altered is refused too."""
+        for n in (5, 300, 2**32 - 1):
+            data = cbor.dumps_data(3, b"k" * 32, 1, n, b"c" * 1072)
+            self.assertEqual(cbor.loads_data(data), (3, b"k" * 32, 1, n, b"c" * 1072))
+            for size in (0, 8, 12, 13, 14, 64, 65, 70, len(data) - 52, len(data) - 51, len(data) - 1):
+                self.assertIsNone(cbor.loads_data(data[:size]), size)
+            self.assertIsNone(cbor.loads_data(data + b"\x00"))
+            self.assertIsNone(cbor.loads_data(data.replace(b"\x62pn", b"\x62pm")))
+            self.assertIsNone(cbor.loads_data(data.replace(b"\x58\x20", b"\x58\x21")))
+            self.assertIsNone(cbor.loads_data(data[:-1] + b"\x18"))  # channel head cut
+            self.assertIsNone(cbor.loads_data(data[:7] + b"\x1b" + data[8:]))  # n's head wider than its bytes
+
+    def test_common_layout_without_the_walk(self):
+        """A 1 KiB message's body is read without the item-by-item walk, wherever it is in its chain (issue 19)."""
+        from cairn.wire import layouts
+
+        self.patch(layouts, "_loads_data", lambda data: self.fail("walked"))
+        for n in (0, 7, 23, 24, 255, 256, 5000, 65536, 2**32 - 1):  # n grows along a chain
+            data = cbor.dumps_data(3, b"k" * 32, 1, n, b"c" * 1072)
+            self.assertEqual(cbor.loads_data(data), (3, b"k" * 32, 1, n, b"c" * 1072))
+
     def test_other_encodings(self):
         """The same body otherwise laid out (extra key, key order, a tag) is left to loads()."""
         canonical = cbor.dumps_data(2, b"k" * 32, 0, 1, b"c" * 48)

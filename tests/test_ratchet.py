@@ -596,55 +596,77 @@ class DefaultKeyTests(unittest.TestCase):
 # What the direct implementation saves (see cairn/crypto/ratchet_state.py)
 
 
-class _ParseCounter:
-    """Counts X25519PrivateKey.from_private_bytes calls while installed."""
+class _KeyObjectCounter:
+    """Counts the X25519 key objects cryptography makes (generated or parsed) while installed."""
 
     def __init__(self, case: unittest.TestCase):
         self.count = 0
-        real = X25519PrivateKey.from_private_bytes
+        for cls, name in (
+            (X25519PrivateKey, "generate"),
+            (X25519PrivateKey, "from_private_bytes"),
+            (X25519PublicKey, "from_public_bytes"),
+        ):
+            case.patch(cls, name, staticmethod(self._counting(getattr(cls, name))))
 
-        def counting(data):
+    def _counting(self, real):
+        def counting(*args):
             self.count += 1
-            return real(data)
+            return real(*args)
 
-        case.patch(X25519PrivateKey, "from_private_bytes", staticmethod(counting))
+        return counting
 
 
-class KeyParseTests(unittest.TestCase):
-    def test_encrypt_parses_no_key(self):
-        """Encrypting, within a chain or after DH steps, never re-parses the own private key."""
+class KeyObjectTests(unittest.TestCase):
+    """
+    The ratchet's X25519 works on raw bytes (libsodium): no key object is
+    made or parsed, which cost a public-key computation per parsed private
+    key and a parse per peer key (see cairn/crypto/ratchet_state.py).
+    """
+
+    def test_conversation_makes_no_key_objects(self):
+        """Encrypting and decrypting, within a chain and across DH steps (fresh keys, spare or not), makes none."""
+        self.patch(ratchet, "_spare", [])
         initiator, responder = _pair()
-        counter = _ParseCounter(self)
+        counter = _KeyObjectCounter(self)
         for i in range(5):
             msg = initiator.encrypt(b"i%d" % i, AD)
             self.assertEqual(responder.decrypt(msg, AD), b"i%d" % i)
         for _ in range(3):
             self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
             self.assertEqual(responder.decrypt(initiator.encrypt(b"i", AD), AD), b"i")
+        ratchet.make_spare_keys()
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")
         self.assertEqual(counter.count, 0)
 
-    def test_responder_start_reuses_seed_key(self):
-        """start_responder uses the key derive_seed parsed; a seed built by hand costs one parse."""
+    def test_start_makes_no_key_objects(self):
+        """Seeding and starting both ends, from a derived seed or one built by hand, makes none."""
+        counter = _KeyObjectCounter(self)
         seed = _seed()
         _, first = Ratchet.start_initiator(seed, b"", AD)
-        counter = _ParseCounter(self)
         responder, _ = Ratchet.start_responder(seed, first, AD)
-        self.assertEqual(counter.count, 0)
         plain = RatchetSeed(seed.shared_secret, seed.responder_private, seed.responder_public)
         self.assertEqual(plain, seed)
         other, _ = Ratchet.start_responder(plain, first, AD)
-        self.assertEqual(counter.count, 1)
+        self.assertEqual(counter.count, 0)
         self.assertEqual(json.loads(other.to_json())["state"]["diffie_hellman_ratchet"]["other_ratchet_pub"],
                          json.loads(responder.to_json())["state"]["diffie_hellman_ratchet"]["other_ratchet_pub"])
 
-    def test_restored_state_parses_once(self):
-        """A state read back from JSON parses its own key once, at first use."""
+    def test_seed_public_key(self):
+        """The seed's responder public key is X25519(priv, 9), as cryptography computes it."""
+        seed = _seed()
+        self.assertEqual(seed.responder_public, _pub(seed.responder_private))
+
+    def test_restored_state_makes_no_key_objects(self):
+        """A state read back from JSON computes its public key from the private bytes, without a key object."""
         initiator, responder = _pair()
+        expected = initiator.encrypt(b"x", AD)["pub"]
         restored = Ratchet.from_json(initiator.to_json())
-        counter = _ParseCounter(self)
+        counter = _KeyObjectCounter(self)
         for _ in range(3):
-            self.assertEqual(responder.decrypt(restored.encrypt(b"x", AD), AD), b"x")
-        self.assertEqual(counter.count, 1)
+            message = restored.encrypt(b"x", AD)
+            self.assertEqual(message["pub"], expected)
+            self.assertEqual(responder.decrypt(message, AD), b"x")
+        self.assertEqual(counter.count, 0)
 
     def test_pinned_generator_still_used(self):
         """With generate_private_key replaced, ratchet keys come from it."""

@@ -20,8 +20,9 @@ from cairn.wire.cbor import loads_data
 AD = b"spare-keys ad"
 
 
-def _pub(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes_raw()
+def _pub(private: bytes) -> bytes:
+    """The public key of a spare entry's private bytes, computed independently (cryptography)."""
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
 class _Isolated(unittest.TestCase):
@@ -43,7 +44,7 @@ class SpareKeyTests(_Isolated):
         initiator, responder = self._pair()
         make_spare_keys()
         self.assertEqual(len(ratchet._spare), SPARE_KEYS)
-        expected = _pub(ratchet._spare[-1][1])
+        expected = _pub(ratchet._spare[-1][0])
         self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # DH step
         self.assertEqual(len(ratchet._spare), SPARE_KEYS - 1)
         message = initiator.encrypt(b"i", AD)
@@ -57,7 +58,7 @@ class SpareKeyTests(_Isolated):
         """The key a DH step takes comes with its public bytes: the answer's encrypt does not compute them."""
         initiator, responder = self._pair()
         make_spare_keys()
-        expected = _pub(ratchet._spare[-1][1])
+        expected = _pub(ratchet._spare[-1][0])
         self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # DH step
         self.assertEqual(initiator._state.own_pub, expected)
 
@@ -96,7 +97,7 @@ class SpareKeyTests(_Isolated):
         self.assertEqual(len(ratchet._spare), SPARE_KEYS - 1)
         seed = derive_seed(os.urandom(32), os.urandom(32), os.urandom(32))
         _, first = Ratchet.start_initiator(seed, b"", AD)
-        self.assertEqual(first["pub"], _pub(X25519PrivateKey.from_private_bytes(pinned)))
+        self.assertEqual(first["pub"], _pub(pinned))
         self.assertEqual(len(ratchet._spare), SPARE_KEYS - 1)
 
 

@@ -18,15 +18,12 @@ from typing import Any
 
 import attr
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.bindings import crypto_scalarmult_base
 
 SEED_INFO = b"cairn-ratchet-seed-v1"
 
 _KEY_LEN = 32
-
-#: A parsed key: (private bytes, key object, public bytes).
-_KeyEntry = tuple[bytes, X25519PrivateKey, bytes]
 
 
 def _check_key(instance: Any, attribute: "attr.Attribute[bytes]", value: Any) -> None:
@@ -45,9 +42,6 @@ class RatchetSeed:
     shared_secret: bytes = attr.ib(validator=_check_key)
     responder_private: bytes = attr.ib(validator=_check_key)
     responder_public: bytes = attr.ib(validator=_check_key)
-    #: The parsed responder key, when derive_seed made it (a cache, not
-    #: part of the value: it is left out of comparisons).
-    _responder_key: _KeyEntry | None = attr.ib(default=None, init=False, eq=False)
 
     def __repr__(self) -> str:
         return "<RatchetSeed responder_public=%s>" % (self.responder_public.hex(),)
@@ -78,13 +72,10 @@ def seed_okm(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> bytes:
 def seed_from_okm(okm: bytes) -> RatchetSeed:
     """The L{RatchetSeed} made from L{seed_okm}'s output."""
     private = okm[32:]
-    key = X25519PrivateKey.from_private_bytes(private)
-    public = key.public_key().public_bytes_raw()
-    seed = RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
-    # The responder's ratchet start needs this key parsed; keep it (frozen
-    # class, hence object.__setattr__).
-    object.__setattr__(seed, "_responder_key", (private, key, public))
-    return seed
+    # libsodium's fixed-base multiplication: half the cost of parsing the
+    # key with cryptography, which computes the public key that way too.
+    public = crypto_scalarmult_base(private)
+    return RatchetSeed(shared_secret=okm[:32], responder_private=private, responder_public=public)
 
 
 def derive_seed(handshake_hash: bytes, key_i2r: bytes, key_r2i: bytes) -> RatchetSeed:

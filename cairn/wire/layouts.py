@@ -91,7 +91,55 @@ def arg(data: bytes, pos: int, major: int) -> tuple[int, int]:
     return int.from_bytes(data[pos + 1 : stop], "big"), stop
 
 
+#: The Data body almost every message is (issue 19): pn and the channel
+#: below 24 (one-byte heads), the ciphertext's length in a two-byte head
+#: (a 1 KiB message's is 1,072 bytes), a 32-byte key; n, the place in the
+#: chain, has any head width. The fixed parts after n, and after the
+#: ciphertext.
+_COMMON_CT = struct.Struct(">3sBH")
+_COMMON_TAIL = struct.Struct(">3sB4s2s32s8sB")
+#: The shortest such body (n in one byte).
+_COMMON_MIN = len(_DATA_OPEN) + 1 + _COMMON_CT.size + _COMMON_TAIL.size
+_CT_HEAD_16 = 0x59
+
+
 def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
+    """
+    C{(channel, pub, pn, n, ct)} if C{data} is a Data body laid out as
+    L{dumps_data} makes it, else None (see L{_loads_data}).
+
+    The common layout is read with two C{struct} unpacks and compared
+    whole, instead of item by item: about a third of the walk's
+    instructions for a 1 KiB message, paid by every Data received (issue
+    19). Anything else takes the walk, which reads every layout this does.
+    """
+    if len(data) >= _COMMON_MIN and data.startswith(_DATA_OPEN):
+        n = data[7]
+        if n < 24:
+            pos = 8
+        elif n == 25:  # 256 to 65535: most of a long chain
+            n, pos = (data[8] << 8) | data[9], 10
+        else:
+            n, pos = arg(data, 7, 0)  # at most 5 bytes: the body is longer
+        if n >= 0:
+            ct_key, ct_head, ct_len = _COMMON_CT.unpack_from(data, pos)
+            start = pos + _COMMON_CT.size
+            stop = start + ct_len
+            if ct_head == _CT_HEAD_16 and ct_key == _DATA_CT and stop + _COMMON_TAIL.size == len(data):
+                pn_key, pn, pub_key, key_head, pub, channel_key, channel = _COMMON_TAIL.unpack_from(data, stop)
+                if (
+                    pn < 24
+                    and channel < 24
+                    and pn_key == _DATA_PN
+                    and pub_key == _DATA_PUB
+                    and key_head == _KEY_HEAD
+                    and channel_key == _DATA_CHANNEL
+                ):
+                    return channel, pub, pn, n, data[start:stop]
+    return _loads_data(data)
+
+
+def _loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
     """
     C{(channel, pub, pn, n, ct)} if C{data} is a Data body laid out as
     L{dumps_data} makes it (the keys in canonical order, nothing else in
