@@ -18,8 +18,10 @@ frames are adapted in L{cairn.transport.autobahn_compat} (version-guarded,
 with the reasons). Per message and per connection autobahn is used
 leanly (issue 19): its per-message hooks, its read and write paths and
 its option walk are cut to what cairn uses
-(L{cairn.transport.websocket_messages}, L{_BakedOptions}); the HTTP
-upgrade, the frame parser and the closing handshake are autobahn's.
+(L{cairn.transport.websocket_messages}, L{_BakedOptions}); the opening
+handshake's common case (cairn's client and node talking) is read by
+L{cairn.transport.websocket_upgrade}, every other by autobahn; the frame
+parser and the closing handshake are autobahn's.
 """
 
 import copy
@@ -41,6 +43,7 @@ from cairn.transport.origins import OriginPolicy
 from cairn.transport.settings import TransportSettings
 from cairn.transport.shared_keys import share_transport_names
 from cairn.transport.websocket_messages import _EnvelopeMessages
+from cairn.transport.websocket_upgrade import _PlainUpgradeClient, _PlainUpgradeServer
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 
 SUBPROTOCOL = "cairn.v1"
@@ -53,7 +56,7 @@ autobahn_compat.install()
 
 
 @implementer(IFrameTransport)
-class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
+class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, WebSocketServerProtocol):
     """Responder side of a cairn WebSocket."""
 
     #: Its place in the per-source handshake limit (set by the factory), and
@@ -99,7 +102,7 @@ class ServerProtocol(_EnvelopeMessages, WebSocketServerProtocol):
 
 
 @implementer(IFrameTransport)
-class ClientProtocol(_EnvelopeMessages, WebSocketClientProtocol):
+class ClientProtocol(_PlainUpgradeClient, _EnvelopeMessages, WebSocketClientProtocol):
     """Initiator side of a cairn WebSocket; the factory supplies the sink."""
 
     def connectionMade(self):
@@ -230,6 +233,9 @@ def server_factory(
 
 class _ClientFactory(_BakedOptions, WebSocketClientFactory):
     make_sink = None
+    #: The upgrade request around its key (L{ClientProtocol.startHandshake}),
+    #: a list shared by a template's copies, or None: always autobahn's.
+    request_parts = None
 
 
 #: Client factories already set up, by (settings, url): L{client_factory}
@@ -248,6 +254,7 @@ def _client_template(settings: TransportSettings, url: str) -> _ClientFactory:
         template.protocol = ClientProtocol
         _limit_options(template, settings)
         template.bake_options()
+        template.request_parts = []
         if len(_client_templates) >= CLIENT_TEMPLATES:
             _client_templates.clear()
         _client_templates[key] = template

@@ -1,0 +1,257 @@
+"""
+The WebSocket opening handshake's common case, read without autobahn's
+general HTTP code (issue 19); every other case is autobahn's.
+
+Why not autobahn's alone: measured in-process (an upgrade request fed to a
+L{cairn.transport.websocket.ServerProtocol} over a string transport, and
+cProfile of C{bench.handshake_instructions --child websocket}), reading
+the upgrade request took about half of the node's CPU per WebSocket
+handshake beyond a TCP one, and reading the upgrade response a similar
+share of the client's: autobahn's C{processHandshake} is written for every
+case it supports (proxies, Hixie versions, status pages, redirects,
+Flash policy files, X-Forwarded-For, permessage-deflate offers, origins),
+parses the whole block through C{parseHttpHeader} (a regex per line), the
+request target with C{urllib.parse}, and then runs C{onConnect} through a
+txaio future with two callbacks made per connection.
+
+What this module reads is only the request cairn's own client sends
+(C{GET /}, no C{Origin}, no extensions) and the response a cairn node
+sends: one C{fullmatch} of a strict grammar over the whole block (ASCII
+printable header values, token names, CRLF only: stricter than
+C{parseHttpHeader}, so anything that passes here passes there), a dict of
+the headers, and the same checks autobahn makes on them. Anything else --
+a browser's request (it carries C{Origin} and offers permessage-deflate),
+a repeated header, another path, another version, a refusal -- returns
+C{None} and the caller hands the block to autobahn's C{processHandshake}
+unchanged, so every refusal and its HTTP status are still autobahn's. On
+success the protocol is left in the state autobahn's would leave it in
+(the attributes it sets and later reads), and the response is still
+built and sent by autobahn's C{succeedHandshake} (server side); wire
+bytes are unchanged. There is no maintained HTTP/1.1 upgrade parser
+to call instead that autobahn's protocol objects would accept (wsproto
+and h11 bring their own connection state machines).
+"""
+
+import base64
+import hashlib
+import os
+import re
+
+import txaio
+from autobahn.twisted.websocket import WebSocketClientProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
+
+#: A header block (without its final empty line) of ASCII: the start line,
+#: then lines of a token, a colon and printable ASCII, separated by CRLF.
+_LINE = rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20-\x7e\t]*)*"
+_REQUEST = re.compile(rb"GET / HTTP/1\.1" + _LINE)
+_RESPONSE = re.compile(rb"HTTP/1\.1 101 Switching Protocols" + _LINE)
+_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+#: RFC 6455 section 1.3 (autobahn's C{WebSocketProtocol._WS_MAGIC}).
+_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _headers(lines):
+    """The header lines as a dict by lower-case name, or None if a name repeats."""
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        name = name.lower()
+        if name in headers:
+            return None  # autobahn joins them; its own path decides
+        headers[name] = value.strip(" \t")
+    return headers
+
+
+def _has_token(value: str, token: str) -> bool:
+    return any(part.strip().lower() == token for part in value.split(","))
+
+
+class PlainRequest:
+    """What a plain upgrade request said (L{plain_request})."""
+
+    __slots__ = ("status_line", "headers", "host", "protocols", "key")
+
+    def __init__(self, status_line, headers, host, protocols, key):
+        self.status_line = status_line
+        self.headers = headers
+        self.host = host
+        self.protocols = protocols
+        self.key = key
+
+
+def plain_request(head: bytes):
+    """
+    The upgrade request C{head} (up to, not including, its blank line) as
+    a L{PlainRequest} if it is the plain case (C{GET /} over HTTP/1.1,
+    version 13, no C{Origin}, no extensions, no repeated header, a valid
+    key, C{Upgrade: websocket}, C{Connection: upgrade}, a C{Host} whose
+    port, if any, is a number); otherwise None.
+    """
+    if _REQUEST.fullmatch(head) is None:
+        return None
+    lines = head.decode("ascii").split("\r\n")
+    headers = _headers(lines[1:])
+    if (
+        headers is None
+        or "origin" in headers
+        or "sec-websocket-extensions" in headers
+        or headers.get("sec-websocket-version") != "13"
+        or not _has_token(headers.get("upgrade", ""), "websocket")
+        or not _has_token(headers.get("connection", ""), "upgrade")
+    ):
+        return None
+    host = headers.get("host")
+    if host is None:
+        return None
+    if ":" in host and not host.endswith("]"):
+        host, _, port = host.rpartition(":")
+        if not port.strip().isdigit():
+            return None
+    key = headers.get("sec-websocket-key", "")
+    if len(key) != 24 or key[-2:] != "==" or not _BASE64.issuperset(key[:-2]):
+        return None
+    protocols = []
+    if "sec-websocket-protocol" in headers:
+        protocols = [p.strip() for p in headers["sec-websocket-protocol"].split(",")]
+        if len(set(protocols)) != len(protocols):
+            return None
+    return PlainRequest(lines[0], headers, host, protocols, key)
+
+
+def accept_value(key: bytes) -> str:
+    """C{Sec-WebSocket-Accept} for a C{Sec-WebSocket-Key} (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _WS_MAGIC).digest()).decode()
+
+
+def plain_response(head: bytes, key: bytes, offered):
+    """
+    The headers of the upgrade response C{head} (up to, not including, its
+    blank line) if it is the plain case (101 over HTTP/1.1, C{Upgrade:
+    websocket}, C{Connection: upgrade}, the right accept value for C{key},
+    no extensions, no repeated header, a subprotocol among C{offered} or
+    none); otherwise None.
+    """
+    if _RESPONSE.fullmatch(head) is None:
+        return None
+    lines = head.decode("ascii").split("\r\n")
+    headers = _headers(lines[1:])
+    if (
+        headers is None
+        or "sec-websocket-extensions" in headers
+        or headers.get("upgrade", "").strip().lower() != "websocket"
+        or not _has_token(headers.get("connection", ""), "upgrade")
+        or headers.get("sec-websocket-accept") != accept_value(key)
+    ):
+        return None
+    protocol = headers.get("sec-websocket-protocol", "")
+    if protocol and protocol not in offered:
+        return None
+    return lines[0], headers
+
+
+class _PlainUpgradeServer:
+    """The server side's opening handshake (L{cairn.transport.websocket.ServerProtocol})."""
+
+    def processHandshake(self):
+        """
+        The plain upgrade request (L{cairn.transport.websocket_upgrade}) read
+        here, then autobahn's C{succeedHandshake}; any other is autobahn's.
+        """
+        end = self.data.find(b"\r\n\r\n")
+        request = None
+        if end >= 0 and not (self.trustXForwardedFor or self.maxConnections or self.factory.externalPort):
+            request = plain_request(self.data[:end])
+        if request is None:
+            return super().processHandshake()
+        # What autobahn's processHandshake sets and later reads.
+        self.http_request_data = self.data[: end + 4]
+        self.data = self.data[end + 4 :]
+        self.http_status_line = request.status_line
+        self.http_headers = request.headers
+        self.http_request_uri = self.http_request_path = "/"
+        self.http_request_params = {}
+        self.http_request_host = request.host
+        self.websocket_version = 13
+        self.websocket_protocols = request.protocols
+        self.websocket_origin = ""
+        self.websocket_extensions = []
+        self._wskey = request.key
+        try:
+            accepted = self.onConnect(
+                ConnectionRequest(self.peer, request.headers, request.host, "/", {}, 13, "", request.protocols, [])
+            )
+        except ConnectionDeny as e:
+            return self.failHandshake(e.reason, e.code)
+        except Exception as e:  # autobahn's answer to a failing onConnect
+            self.log.warn("Unexpected exception in onConnect ['{err}']", err=e)
+            return self.failHandshake(f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR)
+        self.succeedHandshake(accepted)
+
+
+class _PlainUpgradeClient:
+    """The client side's opening handshake (L{cairn.transport.websocket.ClientProtocol})."""
+
+    def startHandshake(self):
+        """
+        The upgrade request: autobahn's for the first connection of a
+        client factory template (L{client_factory}), then the same bytes
+        with a fresh key for the others. autobahn builds it from the
+        factory's options through C{onConnecting} (a txaio future, its
+        callbacks and a C{ConnectingRequest} per connection) and formats a
+        debug event's transport details whether or not anything logs them;
+        cairn's options are fixed once the template is set up, so only the
+        key (16 random bytes, base64, RFC 6455 section 4.1) differs.
+        """
+        request = self.factory.request_parts
+        if request is None or type(self).onConnecting is not WebSocketClientProtocol.onConnecting:
+            return super().startHandshake()
+        if not request:
+            result = super().startHandshake()
+            data, key = getattr(self, "http_request_data", None), getattr(self, "websocket_key", None)
+            if data is not None and key is not None and data.count(key) == 1:
+                request.extend(data.split(key))
+            return result
+        self.websocket_key = base64.b64encode(os.urandom(16))
+        self.http_request_data = request[0] + self.websocket_key + request[1]
+        self.sendData(self.http_request_data)
+
+    def processHandshake(self):
+        """
+        The plain upgrade response (L{cairn.transport.websocket_upgrade}) read
+        here, then what autobahn's C{processHandshake} does on success; any
+        other is autobahn's.
+        """
+        end = self.data.find(b"\r\n\r\n")
+        plain = None
+        if end >= 0 and not self.autoPingInterval:
+            plain = plain_response(self.data[:end], self.websocket_key, self.factory.protocols)
+        if plain is None:
+            return super().processHandshake()
+        self.http_status_line, self.http_headers = plain
+        self.http_response_data = self.data[: end + 4]
+        self.data = self.data[end + 4 :]
+        self.websocket_extensions_in_use = []
+        self.websocket_protocol_in_use = self.http_headers.get("sec-websocket-protocol") or None
+        self.state = self.STATE_OPEN
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+        self.websocket_version = self.version
+        try:
+            self._onConnect(
+                ConnectionResponse(self.peer, self.http_headers, self.version, self.websocket_protocol_in_use, [])
+            )
+        except Exception as e:
+            # autobahn's on_connect_failed
+            self.log.error("onConnect failed with {fail}", fail=e)
+            self._fail_connection(1000, f"{e}")
+            return
+        if self.trackedTimings:
+            self.trackedTimings.track("onOpen")
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+        if self.data:
+            self.consumeData()

@@ -1,0 +1,100 @@
+"""
+A whole binary frame is taken straight to C{onMessage}
+(L{cairn.transport.websocket_messages._EnvelopeMessages.processData}, issue
+19) with the same outcome as autobahn's frame parser; every other frame is
+still autobahn's.
+"""
+
+import functools
+import os
+import struct
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from cairn.crypto.identity import Identity
+from cairn.session.peer import Peer
+from cairn.transport.websocket import server_factory
+from cairn.wire.constants import HEADER_SIZE
+from tests.test_websocket_lean import ADDRESS, UPGRADE, _Sink, _Transport, frame
+
+
+def unminimal(payload: bytes) -> bytes:
+    """A masked binary frame whose short length is written in the 16-bit form (RFC 6455 forbids it)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return b"\x82" + bytes([0x80 | 126]) + struct.pack("!H", len(payload)) + mask + masked
+
+
+class WholeFrameTests(unittest.TestCase):
+    def setUp(self):
+        self.peer = Peer(Identity.generate(), task.Clock())
+        self.factory = server_factory(self.peer)
+        self.limit = self.peer.max_payload + HEADER_SIZE
+
+    def open(self, autobahn_only=False):
+        protocol = self.factory.buildProtocol(ADDRESS)
+        if autobahn_only:
+            protocol.processData = functools.partial(WebSocketProtocol.processData, protocol)
+        protocol.makeConnection(_Transport(peerAddress=ADDRESS))
+        protocol.dataReceived(UPGRADE)
+        protocol.sink = _Sink()
+        got = []
+        protocol.onMessage = lambda payload, binary: got.append((payload, binary))
+        protocol.transport.clear()
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return protocol, got
+
+    def test_whole_frame_without_autobahn_hooks(self):
+        """A whole binary frame reaches onMessage without autobahn's per-frame hooks."""
+        protocol, got = self.open()
+        hooks = []
+        protocol.onFrameBegin = lambda: hooks.append("begin")
+        payload = os.urandom(1100)
+        protocol.dataReceived(frame(payload) + frame(b"x" * 100))
+        self.assertEqual(got, [(payload, True), (b"x" * 100, True)])
+        self.assertEqual(hooks, [])
+
+    def test_same_outcome_as_autobahn(self):
+        """
+        Whole frames, frames split across reads, fragments, control and
+        text frames, frames over the limits, unmasked and unminimal ones:
+        the same messages, errors, answers and state as autobahn's parser.
+        """
+        big = os.urandom(self.limit)
+        cases = {
+            "whole frames": frame(b"a") + frame(os.urandom(300)) + frame(big),
+            "split": frame(os.urandom(2000)),
+            "fragments": frame(b"ab", fin=False) + frame(b"cd", opcode=0) + frame(b"e"),
+            "ping between": frame(b"ab") + frame(b"p", opcode=9) + frame(b"cd"),
+            "close": frame(b"ab") + frame(struct.pack("!H", 1000), opcode=8) + frame(b"late"),
+            "text": frame(b"hello", opcode=1) + frame(b"after"),
+            "empty": frame(b"") + frame(b"after"),
+            "over the limit": frame(b"ok") + frame(big + b"x"),
+            "unmasked": frame(b"ok") + b"\x82\x02no",
+            "unminimal length": unminimal(b"short"),
+            "reserved bits": b"\xc2" + frame(b"rsv")[1:],
+        }
+        for why, data in cases.items():
+            outcomes = []
+            for autobahn_only in (False, True):
+                protocol, got = self.open(autobahn_only)
+                if why == "split":
+                    for i in range(0, len(data), 7):
+                        protocol.dataReceived(data[i : i + 7])
+                else:
+                    protocol.dataReceived(data)
+                outcomes.append(
+                    (
+                        got,
+                        protocol.sink.errors,
+                        protocol.state,
+                        protocol.localCloseCode,
+                        protocol.transport.value(),
+                        protocol.data,
+                    )
+                )
+            self.assertEqual(outcomes[0], outcomes[1], why)
