@@ -28,7 +28,8 @@ import cbor2
 
 # The bodies every session sends or receives most, written and read by
 # hand at known places; part of this module's API (cbor.dumps_data, ...).
-from cairn.wire.layouts import dumps_batch, dumps_data, dumps_keepalive, loads_batch, loads_data
+from cairn.wire.batch_layouts import dumps_batch, loads_batch
+from cairn.wire.layouts import dumps_data, dumps_keepalive, loads_data
 
 __all__ = [
     "MAX_DEPTH",

@@ -48,9 +48,7 @@ class Envelope:
 
     def header(self) -> bytes:
         """The 31 header bytes, which also serve as the AEAD associated data."""
-        return encode_header(
-            self.version, self.type, self.session_id, self.seq, len(self.payload)
-        )
+        return encode_header(self.version, self.type, self.session_id, self.seq, len(self.payload))
 
     def to_bytes(self) -> bytes:
         """The envelope as it goes on the wire."""
@@ -97,9 +95,7 @@ def decode(data: bytes, max_payload: int) -> Envelope:
             f"payload length {length} above maximum {max_payload}",
         )
     if length != len(data) - HEADER_SIZE:
-        raise EnvelopeError(
-            CloseCode.MALFORMED_ENVELOPE, "length field does not match message size"
-        )
+        raise EnvelopeError(CloseCode.MALFORMED_ENVELOPE, "length field does not match message size")
     return Envelope(version, type_, sid, seq, bytes(data[HEADER_SIZE:]))
 
 

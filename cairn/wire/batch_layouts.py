@@ -1,0 +1,229 @@
+"""
+The fixed layouts of a mailbox drain's bodies, written and read by hand:
+ForwardDeliver and ForwardReceipt batches (L{dumps_batch},
+L{loads_batch}; docs/protocol.md §21.4, §21.6). Each gives exactly the
+bytes, or the value, that L{cairn.wire.cbor}'s general C{dumps}/C{loads}
+would; a body laid out any other way makes a reader return None and the
+caller decodes it the general way, which accepts or refuses it as before.
+
+Hand-written for the reason L{cairn.wire.layouts} gives (cbor2's canonical
+encoder and the general decode's walks cost several times reading values
+at known places; issue 19's mailbox drain); apart from it because the
+session's bodies and the mailbox's are read by different layers (and
+#18: no module over 399 lines). tests/test_cbor.py compares every
+function here with the general path.
+"""
+
+import struct
+
+import cbor2
+
+from cairn.wire.layouts import _string, arg
+
+#: Float heads (half, single, double precision) and how to read what follows.
+_FLOATS = {0xF9: struct.Struct(">e"), 0xFA: struct.Struct(">f"), 0xFB: struct.Struct(">d")}
+
+
+def _float(data: bytes, pos: int):
+    """The float at C{pos} and where it ends, or (None, pos); struct.error if cut short."""
+    unpack = _FLOATS.get(data[pos])
+    if unpack is None:
+        return None, pos
+    return unpack.unpack_from(data, pos + 1)[0], pos + 1 + unpack.size
+
+
+#: The keys of a ForwardDeliver entry (§21.4) in canonical order, each with
+#: the head before it (the entry's map head before the first).
+_DELIVER_ID = b"\xa5\x62id"
+_DELIVER_SEQ = b"\x63seq"
+_DELIVER_FROM = b"\x64from"
+_DELIVER_PAYLOAD = b"\x67payload"
+_DELIVER_STORED_AT = b"\x69stored_at"
+#: The same for a ForwardReceipt entry (§21.6).
+_RECEIPT_AT = b"\xa5\x62at"
+_RECEIPT_ID = b"\x62id"
+_RECEIPT_TO = b"\x62to"
+_RECEIPT_RSEQ = b"\x64rseq"
+_RECEIPT_STATUS = b"\x66status"
+
+
+def _deliver_entries(data: bytes, pos: int, count: int):
+    """C{count} ForwardDeliver entries from C{pos} and where they end, or None."""
+    entries = []
+    for _ in range(count):
+        if not data.startswith(_DELIVER_ID, pos):
+            return None
+        message_id, pos = _string(data, pos + 4, 2)
+        if message_id is None or not data.startswith(_DELIVER_SEQ, pos):
+            return None
+        seq, pos = arg(data, pos + 4, 0)
+        if seq < 0 or not data.startswith(_DELIVER_FROM, pos):
+            return None
+        sender, pos = _string(data, pos + 5, 3)
+        if sender is None or not data.startswith(_DELIVER_PAYLOAD, pos):
+            return None
+        payload, pos = _string(data, pos + 8, 2)
+        if payload is None or not data.startswith(_DELIVER_STORED_AT, pos):
+            return None
+        stored_at, pos = _float(data, pos + 10)
+        if stored_at is None:
+            return None
+        entries.append(
+            {"id": message_id, "seq": seq, "from": sender.decode(), "payload": payload, "stored_at": stored_at}
+        )
+    return entries, pos
+
+
+def _receipt_entries(data: bytes, pos: int, count: int):
+    """C{count} ForwardReceipt entries from C{pos} and where they end, or None."""
+    entries = []
+    for _ in range(count):
+        if not data.startswith(_RECEIPT_AT, pos):
+            return None
+        at, pos = _float(data, pos + 4)
+        if at is None or not data.startswith(_RECEIPT_ID, pos):
+            return None
+        message_id, pos = _string(data, pos + 3, 2)
+        if message_id is None or not data.startswith(_RECEIPT_TO, pos):
+            return None
+        recipient, pos = _string(data, pos + 3, 3)
+        if recipient is None or not data.startswith(_RECEIPT_RSEQ, pos):
+            return None
+        rseq, pos = arg(data, pos + 5, 0)
+        if rseq < 0 or not data.startswith(_RECEIPT_STATUS, pos):
+            return None
+        status, pos = arg(data, pos + 7, 0)
+        if status < 0:
+            return None
+        entries.append({"at": at, "id": message_id, "to": recipient.decode(), "rseq": rseq, "status": status})
+    return entries, pos
+
+
+#: The bodies a mailbox drain receives, by their first ten bytes (a map of
+#: one key, its text head and the key): the key and the entries' reader.
+_BATCHES = {
+    b"\xa1\x68messages": ("messages", _deliver_entries),
+    b"\xa1\x68receipts": ("receipts", _receipt_entries),
+}
+
+
+def loads_batch(data: bytes):
+    """
+    What L{cairn.wire.cbor.loads} returns for a ForwardDeliver or ForwardReceipt body laid
+    out as L{cairn.wire.cbor.dumps} makes it (one array of maps, each with exactly the
+    entry's keys in canonical order and values of the kinds §21 gives
+    them, nothing after it), or None: L{cairn.wire.cbor.loads} then decodes C{data} the
+    general way, which accepts or refuses everything else as before.
+
+    Written by hand for the same reason as L{loads_data}: these are every
+    message and receipt a mailbox drain receives, and the general decode's
+    tag scan and plain-kinds walk, each a Python loop over every item,
+    cost several times cbor2's own decode (issue 19). Here each value is
+    read once at its known place. Integers are below 2**32 and heads may
+    be longer than needed (as for L{loads_data}); anything else (a larger
+    integer, another key, a tag, bad UTF-8, a cut) gives None.
+    """
+    if type(data) is not bytes:  # slices must be bytes, as cbor2 gives
+        return None
+    known = _BATCHES.get(data[:10])
+    if known is None:
+        return None
+    outer, read = known
+    try:
+        count, pos = arg(data, 10, 4)
+        if count < 0:
+            return None
+        found = read(data, pos, count)
+    except (IndexError, UnicodeDecodeError, struct.error):  # cut inside a head; not UTF-8
+        return None
+    if found is None or found[1] != len(data):
+        return None
+    return {outer: found[0]}
+
+
+_SINGLE = struct.Struct(">f")
+
+
+def _shortened(value: float) -> bool:
+    """Whether canonical mode writes float C{value} shorter than a double (NaN, or exact in a single)."""
+    try:
+        return value != value or _SINGLE.unpack(_SINGLE.pack(value))[0] == value
+    except OverflowError:  # beyond a single's range: a double
+        return False
+
+
+def _deliver_ordered(entries):
+    """ForwardDeliver entries rebuilt in canonical key order, or None (see L{dumps_batch})."""
+    ordered = []
+    for entry in entries:
+        if type(entry) is not dict or len(entry) != 5:
+            return None
+        message_id, seq, sender = entry["id"], entry["seq"], entry["from"]
+        payload, stored_at = entry["payload"], entry["stored_at"]
+        if (
+            type(message_id) is not bytes
+            or type(seq) is not int
+            or type(sender) is not str
+            or type(payload) is not bytes
+            or type(stored_at) is not float
+            or _shortened(stored_at)
+        ):
+            return None
+        ordered.append({"id": message_id, "seq": seq, "from": sender, "payload": payload, "stored_at": stored_at})
+    return ordered
+
+
+def _receipt_ordered(entries):
+    """ForwardReceipt entries rebuilt in canonical key order, or None (see L{dumps_batch})."""
+    ordered = []
+    for entry in entries:
+        if type(entry) is not dict or len(entry) != 5:
+            return None
+        at, message_id, recipient = entry["at"], entry["id"], entry["to"]
+        rseq, status = entry["rseq"], entry["status"]
+        if (
+            type(at) is not float
+            or type(message_id) is not bytes
+            or type(recipient) is not str
+            or type(rseq) is not int
+            or type(status) is not int
+            or _shortened(at)
+        ):
+            return None
+        ordered.append({"at": at, "id": message_id, "to": recipient, "rseq": rseq, "status": status})
+    return ordered
+
+
+#: The batch bodies L{dumps_batch} writes: the outer key and the entries' rebuilder.
+_ORDERED = {"messages": _deliver_ordered, "receipts": _receipt_ordered}
+
+
+def dumps_batch(body):
+    """
+    C{cbor.dumps(body)} for a ForwardDeliver or ForwardReceipt body (§21.4,
+    §21.6) as the node's delivery builds it, or None: the caller then
+    encodes C{body} the general way.
+
+    cbor2's canonical mode costs about four times its plain mode on these
+    bodies (it sorts the keys of every entry's map: 2.4 against 0.6 us per
+    entry), and they are every message and receipt a drain sends. The two
+    modes differ only in map key order and in shortening floats, so each
+    entry is rebuilt with its keys in canonical order and the body written
+    in plain mode -- when every entry has exactly the layout's five keys,
+    each value is of the layout's type, and no float is one that canonical
+    mode would shorten (NaN, exact in single precision). tests/test_cbor.py
+    compares it with the general encoder.
+    """
+    if type(body) is not dict or len(body) != 1:
+        return None
+    ((outer, entries),) = body.items()
+    rebuild = _ORDERED.get(outer)
+    if rebuild is None or type(entries) is not list:
+        return None
+    try:
+        ordered = rebuild(entries)
+    except KeyError:  # another key in place of one of the layout's
+        return None
+    if ordered is None:
+        return None
+    return cbor2.dumps({outer: ordered})
