@@ -10,7 +10,7 @@ Not part of C{bench.run}; it explains the figures the two benches print.
 import os
 import time
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from nacl.bindings import crypto_box_keypair, crypto_scalarmult_base
 
 from bench._common import measure_in_process, out, parser
 from bench.data import MESSAGE_SIZE
@@ -69,8 +69,11 @@ def handshake_parts(count):
         ("  the same, identity proofs not seen before (no verify cache)", noise_first_contact, count),
         ("derive_seed + ratchet start, both sides", lambda: _ratchets(result), count),
         ("identity_payload (computed once per Identity)", lambda: identity_payload(alice), count),
-        ("  computing it: static key conversion + Ed25519 sign + CBOR",
-         lambda: handshake._make_identity_payload(Identity(alice.signing_key)), count),
+        (
+            "  computing it: static key conversion + Ed25519 sign + CBOR",
+            lambda: handshake._make_identity_payload(Identity(alice.signing_key)),
+            count,
+        ),
         ("check_identity_payload (proof seen before)", lambda: check_identity_payload(payload, static), count),
         ("  proof not seen before: CBOR + Ed25519 verify", check_uncached, count),
         ("Identity.noise_static_public (computed once per Identity)", alice.noise_static_public, count),
@@ -105,8 +108,12 @@ def message_parts(count):
     parts = [
         ("Ratchet.encrypt of 1 KiB (same direction as the last)", lambda: encrypting.encrypt(body, SESSION_ID), count),
         ("Ratchet.decrypt of 1 KiB (next in the chain)", lambda: receiver.decrypt(next(pending), SESSION_ID), count),
-        ("  X25519 key from private bytes (not done per message)",
-         lambda: X25519PrivateKey.from_private_bytes(private), count),
+        (
+            "  X25519 public key of a private one (libsodium; seeds)",
+            lambda: crypto_scalarmult_base(private),
+            count,
+        ),
+        ("  X25519 key pair (libsodium; DH steps, made ahead)", crypto_box_keypair, count),
     ]
     parts += [
         ("outer layer: CBOR + ChaCha20-Poly1305 seal + open + CBOR", outer_layer, count),
