@@ -78,6 +78,24 @@ class ReconnectTests(unittest.TestCase):
         self.assertNotIn("reconnected to NATS", str(events))
 
 
+class CloseTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_clean_close_is_not_a_disconnection(self):
+        """The node's own close (a clean stop) logs no "disconnected from NATS; reconnecting" warning."""
+        server = _Server(os.path.abspath(self.mktemp()))
+        self.addCleanup(server.kill)
+        yield server.start()
+        jet = JetStream(reactor, Settings((server.url,), 1, "cairn"))
+        yield eventually(jet.connect(), 90)
+        events = []
+        observe_logs(self, lambda event: events.append(event))
+        yield eventually(jet.close(), 30)
+        said = [e for e in events if e.get("log_namespace", "").startswith("cairn.cluster.connection")]
+        self.assertEqual([e for e in said if e["log_level"] >= LogLevel.warn], [])
+
+
 class HarnessTests(unittest.TestCase):
     """tests._nats: a wait for a server's log line that times out says which server and what it logged."""
 

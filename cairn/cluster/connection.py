@@ -204,8 +204,10 @@ class JetStream:
         log.error("cairn: {reason}", reason=reason)
 
     def _note(self, state, reason):
-        if self.nc is None or self._refused:
-            return  # still connecting (L{_attempt} reports it), or refused for good
+        if self.nc is None or self._refused or self._stopping:
+            # Still connecting (L{_attempt} reports it), refused for good, or
+            # closed by L{close} itself: a clean stop is not a disconnection.
+            return
         if state == "ok" and self.state != "ok":
             log.info("cairn: reconnected to NATS")
         elif state == "degraded" and self.state == "ok":
