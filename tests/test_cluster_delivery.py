@@ -100,11 +100,11 @@ class ToldMessageTests(NodesMixin, unittest.TestCase):
     """
 
     @defer.inlineCallbacks
-    def test_delivered_before_the_watch(self):
+    def alice_on_n1_bob_on_n2(self):
         """
-        With n2's watch held back, Alice's message on n1 still reaches Bob on
-        n2 at once, from n1's notice; once the watch catches up, nothing is
-        delivered twice, and the depth figure is right again.
+        Two nodes (no periodic re-check), Alice paired on n1 and Bob on n2,
+        once n1 knows where Bob is (its mirror of the presence bucket).
+        Fires with C{(n1, n2, bob, Alice's session, conditions, what Bob received)}.
         """
         yield self.start_nodes(2)
         self.without_recheck()
@@ -115,10 +115,19 @@ class ToldMessageTests(NodesMixin, unittest.TestCase):
         mailbox.set_inbox(bob.peer, lambda sender, mid, data: conditions.changed(received.append(data)))
         a = yield self.paired(alice, 0)
         yield self.paired(bob, 1)
-        # n1 knows where Bob is (its mirror of the presence bucket).
         presence_apply = n1.presence._apply
         n1.presence._apply = lambda changes: conditions.changed(presence_apply(changes))
         yield conditions.until(lambda: n1.presence.elsewhere(bob.peer_id) == ["n2"], 20)
+        return n1, n2, bob, a, conditions, received
+
+    @defer.inlineCallbacks
+    def test_delivered_before_the_watch(self):
+        """
+        With n2's watch held back, Alice's message on n1 still reaches Bob on
+        n2 at once, from n1's notice; once the watch catches up, nothing is
+        delivered twice, and the depth figure is right again.
+        """
+        n1, n2, bob, a, conditions, received = yield self.alice_on_n1_bob_on_n2()
         # n2's watch of the mailbox stream is held: what it sees waits here.
         store = n2.mailbox.store
         held = []
@@ -152,18 +161,7 @@ class ToldMessageTests(NodesMixin, unittest.TestCase):
         from cairn.cluster import nats_bus
         from cairn.wire import cbor
 
-        yield self.start_nodes(2)
-        self.without_recheck()
-        n1, n2 = self.nodes
-        alice, bob = self.client(), self.client()
-        conditions = Conditions()
-        received = []
-        mailbox.set_inbox(bob.peer, lambda sender, mid, data: conditions.changed(received.append(data)))
-        a = yield self.paired(alice, 0)
-        yield self.paired(bob, 1)
-        presence_apply = n1.presence._apply
-        n1.presence._apply = lambda changes: conditions.changed(presence_apply(changes))
-        yield conditions.until(lambda: n1.presence.elsewhere(bob.peer_id) == ["n2"], 20)
+        n1, n2, bob, a, conditions, received = yield self.alice_on_n1_bob_on_n2()
         # n2's notices wait until the test lets them go (its watch comes first).
         store, bus = n2.mailbox.store, n2.mailbox.bus
         notices, message = [], bus._message

@@ -51,11 +51,7 @@ class ConsoleBrowserTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        why = _browser.missing()
-        if why:
-            if os.environ.get("CI") == "true":
-                self.fail(f"CI must run the console's browser tests: {why}")
-            raise unittest.SkipTest(why)
+        _browser.require(self)
         self.data_dir = os.path.abspath(self.mktemp())
         self.shots = os.path.abspath(self.mktemp())
         os.makedirs(self.shots)
@@ -200,13 +196,16 @@ class ConsoleBrowserTests(unittest.TestCase):
     @defer.inlineCallbacks
     def copy_peer_id(self, peer_id):
         """Copy puts the peer id on the clipboard or, where the page may not write it, selects it."""
-        yield self.browser.run(lambda driver: driver.execute_cdp_cmd(
-            "Browser.grantPermissions", {"origin": self.base, "permissions": ["clipboardReadWrite"]}
-        ))
+        yield self.browser.run(
+            lambda driver: driver.execute_cdp_cmd(
+                "Browser.grantPermissions", {"origin": self.base, "permissions": ["clipboardReadWrite"]}
+            )
+        )
         yield self.browser.click(card(peer_id) + " button.copy")
         said = yield self.browser.until(
-            lambda driver: (text := driver.find_element("css selector", card(peer_id) + " button.copy").text)
-            != "Copy" and text
+            lambda driver: (
+                (text := driver.find_element("css selector", card(peer_id) + " button.copy").text) != "Copy" and text
+            )
         )
         if said == "Copied":
             copied = yield self.js("return navigator.clipboard.readText()")
@@ -228,8 +227,11 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertRegex((yield browser.until(text_of("#link-countdown"))), r"^Link and QR code expires in \d+:\d\d$")
         link = yield self.js("return document.getElementById('pair-link').value")
         self.assertTrue(link.startswith("cairn://pair?"), link)
-        yield browser.until(lambda driver: driver.execute_script(
-            "const qr = document.getElementById('qr'); return qr.complete && qr.naturalWidth > 100"))
+        yield browser.until(
+            lambda driver: driver.execute_script(
+                "const qr = document.getElementById('qr'); return qr.complete && qr.naturalWidth > 100"
+            )
+        )
         self.assertEqual((yield self.js("return document.getElementById('qr').src.slice(0, 5)")), "blob:")
         yield self.shoot("04-pair-a-device")
 
@@ -241,8 +243,12 @@ class ConsoleBrowserTests(unittest.TestCase):
         # mailbox starts delivering to sessions established once paired).
         yield eventually(client.close(session))
         session = yield eventually(client.connect(address))
-        status = yield browser.until(lambda driver: "Paired" in driver.find_element("id", "pair-status").text
-                                     and driver.find_element("id", "pair-status").text)
+        status = yield browser.until(
+            lambda driver: (
+                "Paired" in driver.find_element("id", "pair-status").text
+                and driver.find_element("id", "pair-status").text
+            )
+        )
         self.assertEqual(status, "Paired \u2713 tablet")
         yield self.shoot("05-paired")
         return client, session
@@ -299,8 +305,12 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertRegex(sync_text, r"desktop\s+0\s+4\s+no")
         # The chart's title sums the hour (the counts may straddle a minute).
         # (A delivery counts once the recipient's ForwardPurge is in: wait for it.)
-        yield browser.until(lambda driver: "stored: 5, delivered: 2" in driver.execute_script(
-            "return document.querySelector('#chart-messages svg title').textContent"))
+        yield browser.until(
+            lambda driver: (
+                "stored: 5, delivered: 2"
+                in driver.execute_script("return document.querySelector('#chart-messages svg title').textContent")
+            )
+        )
         yield browser.until(lambda driver: driver.find_elements("css selector", "#chart-messages rect.bar.delivered"))
         yield browser.until(lambda driver: driver.find_elements("css selector", "#chart-relay rect.bar"))
         yield self.shoot("06-activity", full_page=True)

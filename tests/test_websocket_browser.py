@@ -65,11 +65,7 @@ class BrowserWebSocketTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        why = _browser.missing()
-        if why:
-            if os.environ.get("CI") == "true":
-                self.fail(f"CI must run the browser tests: {why}")
-            raise unittest.SkipTest(why)
+        _browser.require(self)
         root = resource.Resource()
         root.putChild(b"", static.Data(b"<html><body>cairn</body></html>", "text/html"))
         page = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")
