@@ -63,6 +63,18 @@ def _headers(lines):
     return headers
 
 
+def _block(pattern, head):
+    """
+    C{(start line, headers)} of the header block C{head} if it matches
+    C{pattern} whole (L{_REQUEST}, L{_RESPONSE}), with the headers as
+    L{_headers} gives them (None if a name repeats); else C{(None, None)}.
+    """
+    if pattern.fullmatch(head) is None:
+        return None, None
+    lines = head.decode("ascii").split("\r\n")
+    return lines[0], _headers(lines[1:])
+
+
 def _has_token(value: str, token: str) -> bool:
     return any(part.strip().lower() == token for part in value.split(","))
 
@@ -88,10 +100,7 @@ def plain_request(head: bytes):
     key, C{Upgrade: websocket}, C{Connection: upgrade}, a C{Host} whose
     port, if any, is a number); otherwise None.
     """
-    if _REQUEST.fullmatch(head) is None:
-        return None
-    lines = head.decode("ascii").split("\r\n")
-    headers = _headers(lines[1:])
+    start, headers = _block(_REQUEST, head)
     if (
         headers is None
         or "origin" in headers
@@ -116,7 +125,7 @@ def plain_request(head: bytes):
         protocols = [p.strip() for p in headers["sec-websocket-protocol"].split(",")]
         if len(set(protocols)) != len(protocols):
             return None
-    return PlainRequest(lines[0], headers, host, protocols, key)
+    return PlainRequest(start, headers, host, protocols, key)
 
 
 def accept_value(key: bytes) -> str:
@@ -132,10 +141,7 @@ def plain_response(head: bytes, key: bytes, offered):
     no extensions, no repeated header, a subprotocol among C{offered} or
     none); otherwise None.
     """
-    if _RESPONSE.fullmatch(head) is None:
-        return None
-    lines = head.decode("ascii").split("\r\n")
-    headers = _headers(lines[1:])
+    start, headers = _block(_RESPONSE, head)
     if (
         headers is None
         or "sec-websocket-extensions" in headers
@@ -147,7 +153,7 @@ def plain_response(head: bytes, key: bytes, offered):
     protocol = headers.get("sec-websocket-protocol", "")
     if protocol and protocol not in offered:
         return None
-    return lines[0], headers
+    return start, headers
 
 
 class _PlainUpgradeServer:
