@@ -54,6 +54,23 @@ def _reserve(port, now):
     return False
 
 
+_tidied = []
+
+
+def _tidy(now):
+    """Once per process: remove reservations older than L{HOLD} (each port's file is otherwise only reused)."""
+    if _tidied == [RESERVATIONS]:
+        return
+    _tidied[:] = [RESERVATIONS]
+    for name in os.listdir(RESERVATIONS):
+        path = os.path.join(RESERVATIONS, name)
+        try:
+            if now - os.stat(path).st_mtime >= HOLD:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass  # another process tidied it first
+
+
 def free_port():
     """
     A TCP port on 127.0.0.1 that was free a moment ago, and that no other
@@ -69,6 +86,7 @@ def free_port():
     start = _ephemeral_start()
     os.makedirs(RESERVATIONS, mode=0o700, exist_ok=True)
     now = time.time()
+    _tidy(now)
     for _ in range(200 if start > 10100 else 0):
         port = random.randrange(10000, start)
         with socket.socket() as s:

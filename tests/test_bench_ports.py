@@ -56,3 +56,16 @@ class FreePortTests(unittest.TestCase):
         self.drawing(port)
         self.assertEqual(_ports.free_port(), port)
         self.assertGreater(os.stat(path).st_mtime, old + 1)
+
+    def test_old_reservations_tidied(self):
+        """A process's first call removes reservations older than HOLD, and keeps the others."""
+        os.makedirs(_ports.RESERVATIONS, exist_ok=True)
+        old, young = (os.path.join(_ports.RESERVATIONS, name) for name in ("1", "2"))
+        for path in (old, young):
+            open(path, "w").close()
+        then = time.time() - _ports.HOLD - 1
+        os.utime(old, (then, then))
+        self.patch(_ports, "_tidied", [])
+        _ports.free_port()
+        self.assertFalse(os.path.exists(old))
+        self.assertTrue(os.path.exists(young))
