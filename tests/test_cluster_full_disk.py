@@ -1,0 +1,146 @@
+"""
+A real C{twistd -n cairn} node on JetStream whose NATS server's disk
+really fills up: the nats-server's store on a tmpfs of a few MiB mounted
+for the test, and another program filling that file system while the
+node holds acknowledged messages (the cluster half of
+L{tests.test_full_disk_twistd}).
+
+What NATS does (nats-server 2.x, measured): the write fails with ENOSPC,
+the stream logs a critical write error and answers no further publish
+(no PubAck, no error) until the server is restarted, even once space is
+free again. What the node must do: answer every forward it cannot store
+with STORAGE_ERROR (after its PubAck timeout), never a false ForwardAck;
+keep running without a traceback; serve again by itself once the NATS
+server is back; and deliver exactly the messages it acknowledged, each
+once. Needs root and permission to mount (skipped otherwise).
+"""
+
+import os
+import signal
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from cairn.mailbox import client as mailbox
+from cairn.mailbox.client import ForwardRejected, uuid7
+from cairn.wire.constants import ForwardStatus
+from tests._cluster import Deployment
+from tests._harness import Conditions, drop_all, eventually
+from tests._nats import NatsServer
+from tests.test_cluster_nodes import count_deliveries
+from tests.test_diskspace import small_tmpfs
+
+MiB = 2**20
+#: Incompressible payloads; the tmpfs holds a few hundred of them.
+PAYLOAD = 8 * 1024
+#: Messages acknowledged before the disk is filled.
+STORED = 30
+#: Seconds a sender waits before trying a refused message again (its own back-off, as a device would).
+RETRY = 0.05
+
+
+class _UncappedServer(NatsServer):
+    """
+    A nats-server told it may use more than its disk holds: by default it
+    caps JetStream at 75 % of the free space it sees at start-up and
+    refuses beyond that ("insufficient resources") before the disk is
+    full; here another program fills the disk, so the writes meet ENOSPC.
+    """
+
+    def config(self):
+        return super().config().replace("sync_interval: always", "sync_interval: always, max_file_store: 1G")
+
+
+class _OneServer:
+    """The one-server stand-in for L{tests._nats.NatsCluster} that L{Deployment} reads."""
+
+    def __init__(self, server):
+        self.servers = [server]
+
+    @property
+    def urls(self):
+        return [self.servers[0].url]
+
+
+class NatsDiskFullTests(unittest.TestCase):
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.mount_point = small_tmpfs(self, 8 * MiB)
+        self.server = _UncappedServer(os.path.join(self.mount_point, "nats"))
+        self.addCleanup(self.server.kill)
+        yield self.server.start()
+        self.deployment = Deployment(self, _OneServer(self.server), os.path.abspath(self.mktemp()), replicas=1)
+        self.addCleanup(lambda: drop_all(self.deployment.connections))
+        self.node = yield self.deployment.add_node()
+        yield self.node.start()
+        self.conditions = Conditions()
+
+    def fill(self):
+        """Fill the tmpfs from another file (as another program would) until ENOSPC."""
+        path = os.path.join(self.mount_point, "filler")
+        chunk = os.urandom(64 * 1024)
+        with open(path, "wb") as f:
+            try:
+                while True:
+                    f.write(chunk)
+                    f.flush()
+            except OSError:
+                pass
+        return path
+
+    @defer.inlineCallbacks
+    def forward(self, session, recipient, data):
+        """Forward one message; fires with its id once acknowledged, or fails with L{ForwardRejected}."""
+        mid = uuid7()
+        yield eventually(mailbox.forward(session, recipient, data, mid), 90)
+        return mid
+
+    @defer.inlineCallbacks
+    def test_nats_disk_full_refuses_then_recovers(self):
+        """NATS's disk full: STORAGE_ERROR, no false ack; NATS restarted on freed space: served, 0 lost, 0 twice."""
+        deployment, node = self.deployment, self.node
+        recipient = deployment.client()
+        received, deliveries = [], []
+        mailbox.set_inbox(recipient.peer, lambda sender, mid, data: self.conditions.changed(received.append(mid)))
+        count_deliveries(recipient, deliveries)
+        recipient_session = yield deployment.paired(recipient, node)
+        yield recipient_session.close()
+        sender = yield deployment.paired(deployment.client(), node)
+        acked = []
+        for _ in range(STORED):
+            acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
+
+        filler = self.fill()
+        refused = 0
+        for _ in range(3):
+            try:
+                acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
+            except ForwardRejected as e:
+                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
+                refused += 1
+        # The first may still land in a block's space already written; after it NATS stores nothing.
+        self.assertGreaterEqual(refused, 2)
+        code, health = yield node.api("GET", "/health")
+        self.assertEqual(code, 200, health)
+
+        # Space freed; the stream serves again only once its server restarts.
+        os.remove(filler)
+        yield self.server.kill(signal.SIGTERM)
+        yield self.server.start()
+        for _ in range(5):
+            while True:
+                try:
+                    acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
+                    break
+                except ForwardRejected as e:
+                    self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)  # reconnecting: the sender tries again
+                    yield task.deferLater(reactor, RETRY, lambda: None)
+        yield sender.close()
+
+        yield deployment.connect(recipient, node)
+        yield self.conditions.until(lambda: set(acked) <= set(received), 120).addErrback(lambda _: None)
+        self.assertEqual(set(received), set(acked), "acknowledged messages lost, or unacknowledged ones delivered")
+        self.assertEqual(len(received), len(set(received)), "a message was given to the application twice")
+        self.assertNotIn("Traceback", node.log)
