@@ -23,7 +23,9 @@ from twisted.trial import unittest
 
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected, uuid7
-from cairn.wire.constants import ForwardStatus
+from cairn.sync import client as sync
+from cairn.sync.client import PublishRejected
+from cairn.wire.constants import ForwardStatus, SyncStatus
 from tests._cluster import Deployment
 from tests._harness import Conditions, drop_all, eventually
 from tests._nats import NatsServer
@@ -80,14 +82,14 @@ class NatsDiskFullTests(unittest.TestCase):
     def fill(self):
         """Fill the tmpfs from another file (as another program would) until ENOSPC."""
         path = os.path.join(self.mount_point, "filler")
-        chunk = os.urandom(64 * 1024)
-        with open(path, "wb") as f:
-            try:
-                while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
+        with open(path, "wb", buffering=0) as f:
+            for size in (64 * 1024, 4096, 1):  # to the last byte
+                chunk = os.urandom(size)
+                try:
+                    while True:
+                        f.write(chunk)
+                except OSError:
+                    pass
         return path
 
     @defer.inlineCallbacks
@@ -99,7 +101,7 @@ class NatsDiskFullTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_nats_disk_full_refuses_then_recovers(self):
-        """NATS's disk full: STORAGE_ERROR, no false ack; NATS restarted on freed space: served, 0 lost, 0 twice."""
+        """NATS's disk full: forwards and publishes STORAGE_ERROR, no false ack; NATS restarted: served, 0 lost."""
         deployment, node = self.deployment, self.node
         recipient = deployment.client()
         received, deliveries = [], []
@@ -112,6 +114,7 @@ class NatsDiskFullTests(unittest.TestCase):
         for _ in range(STORED):
             acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
 
+        update_id = os.urandom(16)
         filler = self.fill()
         refused = 0
         for _ in range(3):
@@ -124,6 +127,9 @@ class NatsDiskFullTests(unittest.TestCase):
         self.assertGreaterEqual(refused, 2)
         code, health = yield node.api("GET", "/health")
         self.assertEqual(code, 200, health)
+        with self.assertRaises(PublishRejected) as refusal:
+            yield eventually(sync.sync_publish(sender, "notes", os.urandom(PAYLOAD), update_id), 90)
+        self.assertEqual(refusal.exception.code, SyncStatus.STORAGE_ERROR)
 
         # Space freed; the stream serves again only once its server restarts.
         os.remove(filler)
@@ -137,6 +143,14 @@ class NatsDiskFullTests(unittest.TestCase):
                 except ForwardRejected as e:
                     self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)  # reconnecting: the sender tries again
                     yield task.deferLater(reactor, RETRY, lambda: None)
+        while True:
+            try:
+                seq = yield eventually(sync.sync_publish(sender, "notes", b"after", update_id), 90)
+                break
+            except PublishRejected as e:
+                self.assertEqual(e.code, SyncStatus.STORAGE_ERROR)
+                yield task.deferLater(reactor, RETRY, lambda: None)
+        self.assertEqual(seq, 1)  # the refused update was not stored
         yield sender.close()
 
         yield deployment.connect(recipient, node)
