@@ -30,7 +30,7 @@ from tests._cluster import Deployment
 from tests._harness import Conditions, drop_all, eventually
 from tests._nats import NatsServer
 from tests.test_cluster_nodes import count_deliveries
-from tests.test_diskspace import small_tmpfs
+from tests.test_diskspace import fill_file_system, small_tmpfs
 
 MiB = 2**20
 #: Incompressible payloads; the tmpfs holds a few hundred of them.
@@ -79,19 +79,6 @@ class NatsDiskFullTests(unittest.TestCase):
         yield self.node.start()
         self.conditions = Conditions()
 
-    def fill(self):
-        """Fill the tmpfs from another file (as another program would) until ENOSPC."""
-        path = os.path.join(self.mount_point, "filler")
-        with open(path, "wb", buffering=0) as f:
-            for size in (64 * 1024, 4096, 1):  # to the last byte
-                chunk = os.urandom(size)
-                try:
-                    while True:
-                        f.write(chunk)
-                except OSError:
-                    pass
-        return path
-
     @defer.inlineCallbacks
     def forward(self, session, recipient, data):
         """Forward one message; fires with its id once acknowledged, or fails with L{ForwardRejected}."""
@@ -115,7 +102,7 @@ class NatsDiskFullTests(unittest.TestCase):
             acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
 
         update_id = os.urandom(16)
-        filler = self.fill()
+        filler = fill_file_system(self, self.mount_point)
         refused = 0
         for _ in range(3):
             try:

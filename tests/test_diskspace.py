@@ -523,6 +523,26 @@ def small_tmpfs(testcase, capacity):
     return mount_point
 
 
+def fill_file_system(testcase, directory):
+    """
+    Another program fills the file system of C{directory}: a file there
+    written until ENOSPC, to the last byte (a partly used page of another
+    file could otherwise still take a small write); removed in
+    C{testcase}'s cleanup. Returns its path.
+    """
+    path = os.path.join(directory, "filler")
+    testcase.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
+    with open(path, "wb", buffering=0) as f:
+        for size in (65536, 1):
+            chunk = b"\0" * size
+            try:
+                while f.write(chunk):
+                    pass
+            except OSError:
+                pass
+    return path
+
+
 class ReportTests(unittest.TestCase):
     """Free space in GET /health and /metrics, and the start-up warning."""
 

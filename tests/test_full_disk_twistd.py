@@ -20,7 +20,7 @@ from cairn.mailbox.client import ForwardRejected, uuid7
 from cairn.wire.constants import ForwardStatus
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import free_port
-from tests.test_diskspace import small_tmpfs
+from tests.test_diskspace import fill_file_system, small_tmpfs
 from tests.test_twistd import kill_at_end, paired_by_psk, start_twistd
 
 PSK = "a long pre-shared key for the full disk tests"
@@ -67,25 +67,6 @@ class RealFullDiskTests(unittest.TestCase):
         track_connections(client.peer, self.connections)
         return client
 
-    def fill_disk(self):
-        """Another program fills the file system: a file written until ENOSPC; removed in cleanup."""
-        path = os.path.join(os.path.dirname(self.data_dir), "filler")
-        self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
-        chunk = b"\0" * 65536
-        with open(path, "wb", buffering=0) as f:
-            while True:
-                try:
-                    f.write(chunk)
-                except OSError:
-                    break
-            while True:  # the last few bytes
-                try:
-                    if not f.write(b"\0"):
-                        break
-                except OSError:
-                    break
-        return path
-
     @defer.inlineCallbacks
     def stored_then_filled(self):
         """
@@ -105,7 +86,7 @@ class RealFullDiskTests(unittest.TestCase):
             mid, payload = uuid7(), os.urandom(PAYLOAD)
             yield eventually(mailbox.forward(s, bob.peer_id, payload, mid), 30)
             acked[mid] = payload
-        filler = self.fill_disk()
+        filler = fill_file_system(self, os.path.dirname(self.data_dir))
         for _ in range(3):
             with self.assertRaises(ForwardRejected) as caught:
                 yield eventually(mailbox.forward(s, bob.peer_id, os.urandom(PAYLOAD)), 30)
