@@ -181,6 +181,51 @@ class AcksTests(unittest.TestCase):
         late = "no PubAck from JetStream in time"
         self.assertEqual(run(go()), ([2, late, late], 0))
 
+    def test_stalled_since_the_first_unanswered_publish(self):
+        """
+        C{stalled_since} is set when a publish goes unanswered (JetStream
+        answers nothing for a stream that cannot write), kept while more go
+        unanswered, and cleared by the next answer, even a refusal.
+        """
+
+        async def go():
+            nc = _PublishingNats()
+            acks = pubacks.Acks(nc, timeout=0.01)
+            states = [acks.stalled_since]
+            for subject in ("s.1", "s.2"):
+                future = await acks.publish(subject, b"x", {})
+                try:
+                    await asyncio.wait_for(future, 10)  # a guard: the timeout fails it long before
+                except TimeoutError:
+                    pass
+                states.append(acks.stalled_since)
+            answered = await acks.publish("s.3", b"x", {})
+            await nc.reply_cb(_ack(nc.published[2][1], {"error": {"err_code": 10077, "description": "no space"}}))
+            with self.assertRaises(direct.PublishError):
+                await answered
+            states.append(acks.stalled_since)
+            return states
+
+        with mock.patch.object(pubacks.time, "time", side_effect=[1000.0, 2000.0]):
+            self.assertEqual(run(go()), [None, 1000.0, 1000.0, None])
+
+    def test_health_says_writes_are_not_acknowledged(self):
+        """L{JetStream.health}: connected but stalled is not ok, with the time and what to look at."""
+        from cairn.cluster.connection import JetStream, Settings
+
+        jet = JetStream(None, Settings(("nats://127.0.0.1:1",), 1))
+        jet.nc = SimpleNamespace(is_connected=True)
+        jet.acks = pubacks.Acks(jet.nc)
+        self.assertEqual(jet.health(), (True, None))
+        jet.acks.stalled_since = 1_800_000_000.0
+        ok, reason = jet.health()
+        self.assertFalse(ok)
+        self.assertEqual(
+            reason,
+            "JetStream has acknowledged no write since 2027-01-15T08:00:00Z (no PubAck within 30 s; writes are"
+            " refused): see the NATS servers' logs -- a full disk stops a stream until its server is restarted",
+        )
+
 
 def _writing_nowhere():
     """A real nats-py client that takes itself for connected and keeps what it would write (C{_pending})."""

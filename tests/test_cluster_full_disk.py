@@ -113,7 +113,8 @@ class NatsDiskFullTests(unittest.TestCase):
         # The first may still land in a block's space already written; after it NATS stores nothing.
         self.assertGreaterEqual(refused, 2)
         code, health = yield node.api("GET", "/health")
-        self.assertEqual(code, 200, health)
+        self.assertEqual((code, health["status"]), (200, "degraded"), health)
+        self.assertIn("JetStream has acknowledged no write since", health["reason"])
         with self.assertRaises(PublishRejected) as refusal:
             yield eventually(sync.sync_publish(sender, "notes", os.urandom(PAYLOAD), update_id), 90)
         self.assertEqual(refusal.exception.code, SyncStatus.STORAGE_ERROR)
@@ -144,4 +145,6 @@ class NatsDiskFullTests(unittest.TestCase):
         yield self.conditions.until(lambda: set(acked) <= set(received), 120).addErrback(lambda _: None)
         self.assertEqual(set(received), set(acked), "acknowledged messages lost, or unacknowledged ones delivered")
         self.assertEqual(len(received), len(set(received)), "a message was given to the application twice")
+        code, health = yield node.api("GET", "/health")
+        self.assertEqual((code, health["status"]), (200, "ok"), health)
         self.assertNotIn("Traceback", node.log)

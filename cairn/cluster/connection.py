@@ -16,6 +16,7 @@ which is refused as at start (L{cairn.cluster.layout.check_max_payload}).
 """
 
 import asyncio
+import datetime
 
 import attr
 from twisted.internet import defer, task
@@ -208,6 +209,8 @@ class JetStream:
             # Still connecting (L{_attempt} reports it), refused for good, or
             # closed by L{close} itself: a clean stop is not a disconnection.
             return
+        if state == "ok" and self.acks is not None:
+            self.acks.stalled_since = None  # a server restarted: its streams write again (or say so)
         if state == "ok" and self.state != "ok":
             log.info("cairn: reconnected to NATS")
         elif state == "degraded" and self.state == "ok":
@@ -218,7 +221,14 @@ class JetStream:
     def health(self):
         """C{(ok, reason)}: whether the stores can be used now, and why not."""
         if self.nc is not None and self.nc.is_connected:
-            return True, None
+            stalled = self.acks.stalled_since if self.acks is not None else None
+            if stalled is None:
+                return True, None
+            return False, (
+                f"JetStream has acknowledged no write since {_utc(stalled)} (no PubAck within"
+                f" {PUBACK_TIMEOUT:g} s; writes are refused): see the NATS servers' logs -- a full disk"
+                " stops a stream until its server is restarted"
+            )
         return False, self.reason or "disconnected from NATS; reconnecting"
 
     def run(self, function, *args, **kwargs):
@@ -263,3 +273,8 @@ def _describe(error):
     """One line about a connection error, without secrets (nats-py never puts creds in them)."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:200]
+
+
+def _utc(seconds):
+    """C{seconds} since the epoch as an ISO 8601 UTC time, to the second."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import json
 import re
+import time
 
 from cairn.cluster.direct import PublishError
 
@@ -74,6 +75,13 @@ class Acks:
     order they were written: one timer, for the oldest one waiting, serves
     them all (a timer and two done-callbacks per publish were a tenth of
     the NATS thread's work per enqueued message).
+
+    @ivar stalled_since: the wall-clock time (C{time.time()}) at which a
+        publish first went unanswered since the last answer, or None.
+        JetStream answers nothing, not even an error, for a stream that
+        cannot write (a full disk stops a stream until its server
+        restarts): while the connection itself is fine, this is how the
+        node knows its writes are not being stored (L{JetStream.health}).
     """
 
     def __init__(self, nc, timeout=5.0):
@@ -84,6 +92,7 @@ class Acks:
         self._futures = collections.OrderedDict()
         self._next = 0
         self._timer = None
+        self.stalled_since = None
         #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
         self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
 
@@ -92,6 +101,7 @@ class Acks:
         await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
 
     async def _reply(self, msg):
+        self.stalled_since = None  # JetStream answers (an error is an answer too)
         waiting = self._futures.pop(msg.subject.rsplit(".", 1)[1], None)
         if waiting is None or waiting[0].done():
             return
@@ -189,6 +199,8 @@ class Acks:
                 return
             del self._futures[token]
             if not future.done():
+                if self.stalled_since is None:
+                    self.stalled_since = time.time()
                 _fail(future, TimeoutError("no PubAck from JetStream in time"))
 
 
