@@ -73,6 +73,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         super().__init__()
         self.jet = jetstream
         self.stream = jetstream.stream("mbox")
+        self._mbox = jetstream.subject("mbox", "")  # a message's subject starts so (L{_message_subject})
         self._reserved = {}  # recipient -> [messages, bytes] admitted, not yet acked
         self._reserved_total = 0
         self._pending = set()
@@ -244,7 +245,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                 log.debug("mailbox: telling the other nodes failed ({why})", why=one_line(e))
 
     def _message_subject(self, item):
-        return self._subject("mbox", item.recipient, item.sender, item.message_id.hex())
+        return f"{self._mbox}{item.recipient}.{item.sender}.{item.message_id.hex()}"
 
     async def _publish_message(self, item, now, expires_at, after):
         """Publish C{item} if its subject ends at seq C{after} (0: empty); a future of its seq."""
