@@ -137,6 +137,50 @@ class EnsureTests(unittest.TestCase):
         self.assertEqual(jet.reason, "waiting for JetStream stream cairn_mbox to answer (no responders)")
 
 
+class StartUpTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_degraded_while_a_stream_does_not_answer(self):
+        """
+        While the streams answer "no responders", the node is not ready,
+        /health's check says why and one line says so; once they answer, it is ready.
+        """
+        from nats.aio.client import Client
+        from nats.errors import NoRespondersError
+        from twisted.internet import reactor
+
+        from cairn.cluster.connection import JetStream, Settings
+        from tests._harness import Conditions, eventually, observe_logs
+        from tests._nats import start_nats
+
+        self.patch(ready, "PAUSE_FIRST", 0.01)
+        self.patch(ready, "PAUSE_MAX", 0.02)
+        held = [True]
+        request = Client.request
+
+        async def silent_probes(nc, subject, *args, **kwargs):
+            if held[0] and subject.endswith(".probe"):
+                raise NoRespondersError()
+            return await request(nc, subject, *args, **kwargs)
+
+        self.patch(Client, "request", silent_probes)
+        server = yield start_nats(self)
+        logs = observe_logs(self)
+        jet = JetStream(reactor, Settings((server.url,), 1, "cairn"))
+        self.addCleanup(jet.close)
+        conditions = Conditions()
+        waiting = jet.waiting
+        jet.waiting = lambda reason: conditions.changed(waiting(reason))
+        ready_d = jet.connect()
+        yield conditions.until(lambda: jet.reason.startswith("waiting"), 30)
+        self.assertEqual(jet.health(), (False, "waiting for JetStream stream cairn_mbox to answer (no responders)"))
+        self.assertFalse(ready_d.called)
+        held[0] = False
+        yield eventually(ready_d, 30)
+        self.assertEqual(jet.health(), (True, None))
+        said = [e for e in logs if "waiting for JetStream" in (e.get("reason") or "")]
+        self.assertEqual(len(said), 1)
+
+
 class FreshClusterTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_fresh_r3_streams_answer_once_connected_and_hold_no_probe(self):
