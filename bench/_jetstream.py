@@ -110,7 +110,7 @@ async def _raw(servers, replicas, count, inflight, size):
             name=name, subjects=["bench.raw.>"], num_replicas=replicas, storage=StorageType.FILE, allow_direct=True
         )
     )
-    await writable(js, "bench.raw.probe")
+    await writable(nc, name, "bench.raw.probe")
     payload = os.urandom(size)
     publish, _ = await acked_publisher(nc, inflight)
     figures = {}
@@ -141,26 +141,22 @@ async def _raw(servers, replicas, count, inflight, size):
     return figures
 
 
-async def writable(js, subject, timeout=30):
+async def writable(nc, stream, subject, timeout=30):
     """
-    Publish one probe message to C{subject} until its stream acknowledges
-    it: C{add_stream} can return before the server this client is on
-    knows the new stream's interest (a replicated stream's leader elected
-    elsewhere), and a publish then gets "no responders" (CI at 21b8cad,
-    under the suite's load). Publish the probe to a subject that the
-    bench's reads pass over.
+    Return once C{stream} answers a publish to C{subject} on C{nc}:
+    C{add_stream} can return before the server this client is on knows the
+    new stream's interest (a replicated stream's leader elected elsewhere),
+    and a publish then gets "no responders" (CI at 21b8cad, under the
+    suite's load). The node's start-up waits the same way, with the same
+    code (L{cairn.cluster.ready.answering}); its probe stores nothing.
     """
-    from nats.errors import NoRespondersError
-    from nats.js.errors import NoStreamResponseError
+    from cairn.cluster.layout import LayoutError
+    from cairn.cluster.ready import answering
 
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            return await js.publish(subject, b"probe", timeout=2)
-        except (TimeoutError, NoRespondersError, NoStreamResponseError):
-            if time.monotonic() >= end:
-                raise SystemExit(f"bench: no JetStream stream took {subject!r} within {timeout} s") from None
-        await asyncio.sleep(0.05)
+    try:
+        await answering(nc, [(stream, subject)], timeout)
+    except LayoutError as e:
+        raise SystemExit(f"bench: {e}") from None
 
 
 async def acked_publisher(nc, inflight):

@@ -445,7 +445,7 @@ async def _raw_latency(urls, count, warm, size):
             name=name, subjects=["bench.latency.>"], num_replicas=3, storage=StorageType.FILE, allow_direct=True
         )
     )
-    await writable(js, "bench.latency.probe")
+    await writable(nc, name, "bench.latency.probe")
     payload, samples = os.urandom(size), []
     for i in range(warm + count):
         start = time.perf_counter()

@@ -13,7 +13,9 @@ With C{--jetstream R} the node's state is on NATS JetStream (C{R}
 replicas: one nats-server, or three routed) instead of SQLite, and the
 anchor is raw nats-py on the same servers in the same run (pipelined
 publish-with-ack, then batched direct gets; L{bench._jetstream}); the
-ratios' target is 0.7x. With C{--restart} (JetStream only) the node child
+anchor keeps as many publishes in flight as cairn has lanes (S x F, in
+every shape, as it always did: docs/scaling.md, "The anchor's depth and
+cairn's lanes"); the ratios' target is 0.7x. With C{--restart} (JetStream only) the node child
 is stopped after the enqueue and a new one started on the same data dir and
 servers before the drain: the drain then reads what the node did not just
 enqueue itself (its watch's L{Recent} is empty), the case of a node

@@ -151,6 +151,28 @@ class AloneTests(unittest.TestCase):
         self.assertEqual(store.recent.watched, max(r.rseq for r in receipts))
 
     @defer.inlineCallbacks
+    def test_alone_recent_fed_once(self):
+        """
+        Alone, the recent messages take each message once, from its PubAck
+        (the own writes' prefix), not also ahead of it from the enqueue (it
+        did for all but a call's first); a fetch after the answer reads nothing.
+        """
+        store = yield _started(self.jet)
+        ahead, original = [], store.recent.ahead
+        store.recent.ahead = lambda held, recipient: (ahead.append(held.seq), original(held, recipient))[1]
+        stored = []
+        for _ in range(3):
+            stored += yield store.enqueue([item(payload=b"%d" % i) for i in range(8)], 1.0, MANY)
+        self.assertEqual(ahead, [])
+        reads = []
+        for name in ("direct_batch", "direct_seq", "direct_last", "leader_next"):
+            original_read = getattr(D, name)
+            self.patch(D, name, lambda *a, _o=original_read, _n=name, **k: (reads.append(_n), _o(*a, **k))[1])
+        held = yield store.fetch(B, 0, 100)
+        self.assertEqual([m.seq for m in held], [seq for _, seq in stored])
+        self.assertEqual(reads, [])
+
+    @defer.inlineCallbacks
     def test_another_writer_found_by_a_gap(self):
         """
         Another writer stores and removes before this store knows of it;

@@ -7,7 +7,9 @@ buckets every store uses, versioned (L{cairn.cluster.layout}).
 
 Start-up never fails because NATS is unreachable: L{JetStream.connect}
 retries with backoff (on the injected clock), logging one line per
-attempt, and L{JetStream.health} says why the node is degraded. Once
+attempt, and L{JetStream.health} says why the node is degraded -- also
+while a stream just set up does not answer yet (L{cairn.cluster.ready}),
+which start-up waits for, bounded, before the node is ready. Once
 connected, nats-py reconnects by itself; while it is disconnected every
 store call fails fast (the mailbox answers STORAGE_ERROR, never a false
 ForwardAck) and the node resumes as soon as the client is back -- unless
@@ -203,6 +205,13 @@ class JetStream:
         """As at start for a permanent L{LayoutError}: degraded for good, said once."""
         self.state, self.reason = "degraded", reason
         log.error("cairn: {reason}", reason=reason)
+
+    def waiting(self, reason):
+        """Start-up waits for a stream to answer (L{cairn.cluster.layout.ensure}): said once, and by /health."""
+        if self._stopping:
+            return
+        self.state, self.reason = "degraded", reason
+        log.warn("cairn: {reason}", reason=reason)
 
     def _note(self, state, reason):
         if self.nc is None or self._refused or self._stopping:

@@ -5,7 +5,9 @@ versioned. A key C{layout} in the C{<prefix>_meta} bucket records the
 version; a node finding a newer one refuses to start with one line
 (L{LayoutError}, permanent), an older one is upgraded by L{UPGRADES}
 (idempotent and crash-safe: the version is recorded only once the upgrade
-is done, and an interrupted one runs again at the next start). Also the
+is done, and an interrupted one runs again at the next start). L{ensure}
+returns only once every stream and bucket answers a publish on this
+connection (L{cairn.cluster.ready}). Also the
 check of the NATS server's C{max_payload} against C{CAIRN_MAX_PAYLOAD}
 (L{check_max_payload}).
 """
@@ -77,6 +79,9 @@ async def ensure(jet, nc):
     """
     Set up the streams and buckets of layout L{LAYOUT} (idempotent), after
     upgrading an older layout found in the C{meta} bucket; refuse a newer one.
+    Then wait (bounded) until each of them answers a publish: a stream just
+    made may not have a leader yet (L{cairn.cluster.ready}); meanwhile
+    C{jet.waiting(reason)} is called on the reactor, once.
     """
     from nats.js.api import KeyValueConfig, StorageType
     from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -120,6 +125,18 @@ async def ensure(jet, nc):
             pass  # another node wrote it first; the streams above are the same
     elif found < LAYOUT:
         await meta.put("layout", str(LAYOUT).encode())
+    from cairn.cluster.ready import answering
+
+    await answering(nc, probes(jet), waiting=lambda reason: jet.thread.to_reactor(jet.waiting, reason))
+
+
+def probes(jet):
+    """C{(stream, subject)} of every stream and bucket of layout L{LAYOUT}: a subject each one takes."""
+    from cairn.cluster.ready import probe_subject
+
+    streams = [(name, probe_subject(config.subjects[0])) for name, config in stream_configs(jet).items()]
+    buckets = [f"{jet.prefix}_{suffix}" for suffix in ("meta", *BUCKETS)]
+    return streams + [(f"KV_{bucket}", f"$KV.{bucket}.probe") for bucket in buckets]
 
 
 async def _upgrade_1(jet, nc):

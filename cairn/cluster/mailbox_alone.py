@@ -75,13 +75,16 @@ class OwnWrites:
 
 
 class Publishing:
-    """What the store's modules publish with (C{store.acks}): every write goes through L{_publish}."""
+    """
+    What the store's modules publish with (C{store.acks}): every write goes
+    through L{_publish}. C{publish} is the store's C{_publish} itself (a
+    coroutine function returning a future of the seq), not a coroutine
+    around it: one coroutine less per message written. Tests replace it.
+    """
 
     def __init__(self, store):
         self.store = store
-
-    async def publish(self, subject, payload, headers):
-        return await self.store._publish(subject, payload, headers)
+        self.publish = store._publish
 
 
 #: Ranges of seqs the watch passed over kept at most (L{Skipped}); past it, the oldest go.
