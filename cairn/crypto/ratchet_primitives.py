@@ -43,12 +43,13 @@ class RatchetFailure(Exception):
 # hashlib made once costs about 0.1 us. So the HMAC construction is
 # written out here over such copies (issue 19: 2.05 -> 1.58 us for a chain
 # step, 2.24 -> 1.65 us for the tag of 1 KiB, 3.38 -> 3.03 us for the
-# message keys, natively; callgrind counts about the same instructions,
-# because what is saved is mostly OpenSSL's locking around the fetch, not
-# instructions). The standard library's hmac module would do the same
-# hashing, but its objects go through a Python wrapper per call (1.54 us
-# for one HMAC). tests/test_ratchet.py compares every function here with
-# cryptography's HMAC and HKDF, and the section 11.9 vectors pin the bytes.
+# message keys, natively, best of seven; callgrind counts about the same
+# instructions either way, so what is saved is cycles that instructions do
+# not show, presumably the locks of OpenSSL's fetch). The standard
+# library's hmac.new does the same hashing behind a Python wrapper per
+# call (1.54 us for one HMAC). tests/test_ratchet_hmac.py compares every
+# function here with cryptography's HMAC and HKDF, tests/test_ratchet.py
+# with the doubleratchet library, and the section 11.9 vectors pin the bytes.
 
 _SHA256 = hashlib.sha256()  # never updated: the start of every hash here
 _BLOCK = 64  # SHA-256's block size, the HMAC key's padded length
