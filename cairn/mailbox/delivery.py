@@ -88,18 +88,19 @@ class Delivery:
             window.end_read()
             budget = self.window_bytes - window.inflight_bytes
             batch, size, sent = [], 0, 0
+            batch_bytes, overhead = self.batch_bytes, messages.DELIVER_OVERHEAD
             for message in held:
                 if budget <= 0:
                     break
-                cost = len(message.payload) + messages.DELIVER_OVERHEAD
-                if batch and size + cost > self.batch_bytes:
+                length = len(message.payload)
+                if batch and size + length + overhead > batch_bytes:
                     if not self._deliver_batch(outbox, batch):
                         return
                     sent += len(batch)
                     batch, size = [], 0
                 batch.append(message)
-                size += cost
-                budget -= len(message.payload)
+                size += length + overhead
+                budget -= length
             if batch:
                 if not self._deliver_batch(outbox, batch):
                     return
@@ -123,8 +124,7 @@ class Delivery:
         }
         if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
             return False
-        for m in batch:
-            outbox.deliveries.sent(m.seq, len(m.payload))
+        outbox.deliveries.sent_all([(m.seq, len(m.payload)) for m in batch])
         return True
 
     def _pump_receipts(self, outbox):
