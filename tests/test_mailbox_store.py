@@ -22,6 +22,7 @@ from cairn.mailbox.interfaces import (
     Limits,
     PeerLimits,
     Receipt,
+    Stored,
     StoreFull,
 )
 from cairn.mailbox.store import ACK_GATHER, MemoryMailboxStore, SQLiteMailboxStore
@@ -501,6 +502,21 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(transactions.receipts_txn(cursor, A, 0, 10), [])
         left = cursor.execute("SELECT count(*) FROM mailbox_messages WHERE recipient = ?", (B,)).fetchone()[0]
         self.assertEqual(left, 650)
+
+    def test_values_made_from_rows(self):
+        """
+        Stored and Receipt are made from a database row as it comes (named
+        tuples: a drain makes one per message on a database thread), equal
+        by value, and Stored's repr leaves the payload out.
+        """
+        row = (3, B, A, b"\x01" * 16, 1.5, 2.5, b"secret payload")
+        stored = Stored._make(row)
+        self.assertEqual(stored, Stored(*row))
+        self.assertEqual((stored.seq, stored.message_id, stored.payload), (3, b"\x01" * 16, b"secret payload"))
+        self.assertNotIn("secret", repr(stored))
+        self.assertIn("seq=3", repr(stored))
+        receipt = Receipt._make((4, A, B, b"\x02" * 16, 1, 2.0))
+        self.assertEqual((receipt.rseq, receipt.sender, receipt.status), (4, A, 1))
 
     def test_acknowledged_receipts_are_the_rows_written(self):
         """

@@ -302,7 +302,7 @@ def fetch_txn(cursor, recipient, after_seq, limit):
         " WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?",
         (recipient, after_seq, limit),
     ).fetchall()
-    return [Stored(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], bytes(r[6])) for r in rows]
+    return list(map(Stored._make, rows))  # the columns in Stored's order (BLOBs come as bytes)
 
 
 def receipts_txn(cursor, sender, after_rseq, limit):
@@ -311,7 +311,7 @@ def receipts_txn(cursor, sender, after_rseq, limit):
         " WHERE sender = ? AND rseq > ? ORDER BY rseq LIMIT ?",
         (sender, after_rseq, limit),
     ).fetchall()
-    return [Receipt(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+    return list(map(Receipt._make, rows))
 
 
 def load_txn(cursor):
