@@ -118,8 +118,8 @@ class Delivery:
         """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
         body = {
             "messages": [
-                {"id": m.message_id, "from": m.sender, "seq": m.seq, "stored_at": m.stored_at, "payload": m.payload}
-                for m in batch
+                {"id": message_id, "from": sender, "seq": seq, "stored_at": stored_at, "payload": payload}
+                for seq, _, sender, message_id, stored_at, _, payload in batch
             ]
         }
         if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
@@ -141,14 +141,13 @@ class Delivery:
                 batch = receipts[start : start + RECEIPT_BATCH]
                 body = {
                     "receipts": [
-                        {"id": r.message_id, "to": r.recipient, "rseq": r.rseq, "status": r.status, "at": r.at}
-                        for r in batch
+                        {"id": message_id, "to": recipient, "rseq": rseq, "status": status, "at": at}
+                        for rseq, _, recipient, message_id, status, at in batch
                     ]
                 }
                 if not self._send(session, MessageType.FORWARD_RECEIPT, body):
                     return
-                for r in batch:
-                    window.sent(r.rseq)
+                window.sent_all([(r.rseq, 0) for r in batch])
             if window.again:
                 self._pump_receipts(outbox)
 
