@@ -22,6 +22,11 @@ log = Logger()
 
 #: Receipts per ForwardReceipt.
 RECEIPT_BATCH = 256
+#: Most messages one store read fetches for a session: an empty window (a
+#: drain's start) is filled by several reads, the first delivered while the
+#: next is read, instead of one read of the whole window (1024 rows, 3-7
+#: ms on the bench's machine) before anything goes out (issue 19).
+READ_ROWS = 256
 #: Seconds before a session's failed delivery or receipt read is tried again.
 READ_RETRY = 2.0
 
@@ -83,6 +88,7 @@ class Delivery:
         room = window.begin_read(self.window, self.window_bytes)
         if not room:
             return
+        limit = min(room, READ_ROWS)
 
         def fetched(held):
             window.end_read()
@@ -105,14 +111,14 @@ class Delivery:
                 if not self._deliver_batch(outbox, batch):
                     return
                 sent += len(batch)
-            if window.again or (held and sent == room and budget > 0):
+            if window.again or (held and sent == limit and budget > 0):
                 self._pump(outbox)
 
         def failed(failure):
             window.end_read()
             self._read_failed(outbox, failure, "messages to deliver")
 
-        self._track(self.store.fetch(session.remote_peer_id, window.cursor, room)).addCallbacks(fetched, failed)
+        self._track(self.store.fetch(session.remote_peer_id, window.cursor, limit)).addCallbacks(fetched, failed)
 
     def _deliver_batch(self, outbox, batch):
         """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
