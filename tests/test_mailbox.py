@@ -375,6 +375,28 @@ class MailboxScenarioMixin(MailboxHarness):
         self.assertEqual(got[0][2], b"before")
 
     @defer.inlineCallbacks
+    def test_empty_window_filled_by_several_reads(self):
+        """A session's empty window is filled by reads of at most READ_ROWS, each delivered before the next."""
+        self.patch(delivery, "READ_ROWS", 3)
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        for i in range(8):
+            yield eventually(mailbox.forward(a, bob.peer_id, b"m%d" % i))
+        fetch, limits = self.store.fetch, []
+
+        def recorded(recipient, after_seq, limit):
+            limits.append(limit)
+            return fetch(recipient, after_seq, limit)
+
+        self.store.fetch = recorded
+        yield self.connect(bob)
+        got = yield bob_box.wait(bob_box.messages, 8)
+        self.assertEqual([data for _, _, data in got], [b"m%d" % i for i in range(8)])
+        self.assertEqual(limits[:3], [3, 3, 3])
+        self.assertLessEqual(max(limits), 3)
+
+    @defer.inlineCallbacks
     def test_failed_delivery_read_is_retried(self):
         """A delivery read that fails (store unavailable) is tried again on the clock, without a new session."""
         alice, _ = self.peer()
@@ -752,3 +774,23 @@ class GatheredAcknowledgementTests(MailboxHarness, unittest.TestCase):
 
 class DisabledTests(DisabledMixin, MailboxHarness, unittest.TestCase):
     pass
+
+
+class DeliverBatchTests(unittest.TestCase):
+    def test_a_node_packs_256_kib_per_forward_deliver(self):
+        """
+        At the default maximum payload a ForwardDeliver carries up to 256
+        KiB of deliveries (docs/protocol.md §21.4): a drain's envelopes, each
+        with its ForwardPurge, are a quarter as many as with 64 KiB (issue 19).
+        """
+        from cairn.crypto.identity import Identity
+        from cairn.mailbox.service import BATCH_BYTES
+        from cairn.session.peer import Peer
+
+        clock = task.Clock()
+        node = Peer(Identity.generate(), clock)
+        service = MailboxService(node, MemoryTrustStore(), MemoryMailboxStore(), clock)
+        self.assertEqual((BATCH_BYTES, service.batch_bytes), (256 * 1024, 256 * 1024))
+        small = Peer(Identity.generate(), clock, max_payload=64 * 1024)
+        service = MailboxService(small, MemoryTrustStore(), MemoryMailboxStore(), clock, max_payload=64 * 1024)
+        self.assertEqual(service.batch_bytes, 64 * 1024 - 256)  # within the node's own envelope limit

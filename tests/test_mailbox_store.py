@@ -14,7 +14,17 @@ from zope.interface.verify import verifyObject
 
 from cairn.db import Database, schema_files
 from cairn.mailbox.client import uuid7
-from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Depth, IMailboxStore, Incoming, Limits, PeerLimits, StoreFull
+from cairn.mailbox.interfaces import (
+    MAILBOX_SCHEMA,
+    Depth,
+    IMailboxStore,
+    Incoming,
+    Limits,
+    PeerLimits,
+    Receipt,
+    Stored,
+    StoreFull,
+)
 from cairn.mailbox.store import ACK_GATHER, MemoryMailboxStore, SQLiteMailboxStore
 from cairn.wire.constants import ForwardStatus, ReceiptStatus
 from tests._harness import Conditions, eventually
@@ -480,15 +490,66 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertEqual(len(receipts), 550)
         self.assertEqual(depths[B].messages, 650)
         on_messages = [s for s in statements if "FROM mailbox_messages" in s and "seq IN" in s]
-        self.assertEqual(len(on_messages), 4)  # a SELECT and a DELETE per 500 seqs
-        # Besides the receipts' one executemany (stepped once per receipt):
-        self.assertLess(len([s for s in statements if not s.startswith("INSERT INTO mailbox_receipts")]), 20)
+        self.assertEqual(len(on_messages), 6)  # a SELECT, the receipts' INSERT and a DELETE per 500 seqs
+        # The receipts are written by SQLite from the rows (INSERT ... SELECT),
+        # not bound from Python one by one (an executemany steps once per receipt).
+        owed = [s for s in statements if s.startswith("INSERT INTO mailbox_receipts")]
+        self.assertEqual(len(owed), 2)
+        self.assertLess(len(statements), 20)
         del statements[:]
         transactions.drop_receipts_txn(cursor, A, [r.rseq for r in receipts] + [10**9])
         self.assertEqual(len(statements), 2)
         self.assertEqual(transactions.receipts_txn(cursor, A, 0, 10), [])
         left = cursor.execute("SELECT count(*) FROM mailbox_messages WHERE recipient = ?", (B,)).fetchone()[0]
         self.assertEqual(left, 650)
+
+    def test_values_made_from_rows(self):
+        """
+        Stored and Receipt are made from a database row as it comes (named
+        tuples: a drain makes one per message on a database thread), equal
+        by value, and Stored's repr leaves the payload out.
+        """
+        row = (3, B, A, b"\x01" * 16, 1.5, 2.5, b"secret payload")
+        stored = Stored._make(row)
+        self.assertEqual(stored, Stored(*row))
+        self.assertEqual((stored.seq, stored.message_id, stored.payload), (3, b"\x01" * 16, b"secret payload"))
+        self.assertNotIn("secret", repr(stored))
+        self.assertIn("seq=3", repr(stored))
+        receipt = Receipt._make((4, A, B, b"\x02" * 16, 1, 2.0))
+        self.assertEqual((receipt.rseq, receipt.sender, receipt.status), (4, A, 1))
+
+    def test_acknowledged_receipts_are_the_rows_written(self):
+        """
+        The receipts an acknowledgement returns are the rows it wrote, rseq
+        for rseq, in seq order (upto and single seqs, several chunks), after
+        receipts written by an expiry (explicit rseqs) and dropped.
+        """
+        from cairn.db import open_connection, upgrade_txn
+        from cairn.mailbox import transactions
+
+        conn = open_connection(os.path.join(self.mktemp() + ".sqlite"))
+        self.addCleanup(conn.close)
+        cursor = conn.cursor()
+        upgrade_txn(cursor, *MAILBOX_SCHEMA)
+        many = Limits(max_per_peer=10_000, max_total=10**9, max_age=100.0)
+        transactions.enqueue_txn(cursor, [item() for _ in range(3)], 0.0, Limits(max_age=1.0))
+        (expired, _), _ = transactions.expire_txn(cursor, 5.0, 10, 100.0)
+        transactions.drop_receipts_txn(cursor, A, [r.rseq for r in expired][1:])
+        results, _ = transactions.enqueue_txn(cursor, [item() for _ in range(1200)], 6.0, many)
+        seqs = [seq for _, seq in results]
+        receipts, _ = transactions.acknowledge_txn(cursor, B, seqs[100:1200:2], 7.0, 100.0, upto=seqs[9])
+        self.assertEqual(len(receipts), 560)
+        self.assertEqual(receipts[0].rseq, expired[-1].rseq + 1)
+        self.assertEqual([r.rseq for r in receipts], list(range(receipts[0].rseq, receipts[0].rseq + 560)))
+        rows = cursor.execute(
+            "SELECT rseq, sender, recipient, message_id, status, at FROM mailbox_receipts"
+            " WHERE rseq >= ? ORDER BY rseq",
+            (receipts[0].rseq,),
+        ).fetchall()
+        self.assertEqual([Receipt(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows], receipts)
+        delivered = set(seqs[:10]) | set(seqs[100:1200:2])
+        held = {r[0] for r in cursor.execute("SELECT seq FROM mailbox_messages").fetchall()}
+        self.assertEqual(held & delivered, set())
 
     @defer.inlineCallbacks
     def gathering_store(self):

@@ -42,6 +42,32 @@ class WindowTests(unittest.TestCase):
         self.assertEqual((list(window.inflight), window.inflight_bytes), ([3], 3))
         self.assertEqual(window.cursor, 8)
 
+    def test_sent_all(self):
+        """A ForwardDeliver's (seq, size)s counted at once, as one sent() each; none: nothing changes."""
+        window, one_by_one = Window(), Window()
+        window.sent_all([])
+        self.assertEqual((window.cursor, len(window.inflight), window.inflight_bytes), (0, 0, 0))
+        for pairs in ([(1, 10), (2, 20)], [(5, 50)]):
+            window.sent_all(pairs)
+            for seq, size in pairs:
+                one_by_one.sent(seq, size)
+        self.assertEqual(
+            (window.cursor, list(window.inflight.items()), window.inflight_bytes),
+            (one_by_one.cursor, list(one_by_one.inflight.items()), one_by_one.inflight_bytes),
+        )
+
+    def test_acknowledged_upto_everything(self):
+        """A cumulative acknowledgement of everything in flight, or of nothing, leaves the window right."""
+        window = Window()
+        for seq in (1, 2, 3):
+            window.sent(seq, seq)
+        window.acknowledged([], upto=0)
+        self.assertEqual((list(window.inflight), window.inflight_bytes), ([1, 2, 3], 6))
+        window.acknowledged([2], upto=3)
+        self.assertEqual((len(window.inflight), window.inflight_bytes), (0, 0))
+        window.sent(4, 4)
+        self.assertEqual((list(window.inflight), window.inflight_bytes, window.cursor), ([4], 4, 4))
+
     def test_restore(self):
         """A restored window counts what was in flight and carries on after the saved cursor."""
         window = Window()

@@ -63,6 +63,10 @@ BATCH_BYTES = 64 * 1024
 WINDOW = 4
 
 
+#: ReceiptStatus by value (an enum call per receipt costs more than the lookup).
+_STATUSES = {status.value: status for status in ReceiptStatus}
+
+
 class ForwardRejected(Rejected):
     """The node did not store the message; C{code} is a L{ForwardStatus} (or an unknown int)."""
 
@@ -280,11 +284,12 @@ class MailboxClient:
             for index, why in dropped:
                 if why != "duplicate":
                     log.warn("mailbox: dropped a message from {sender}: {why}", sender=opened[index][0], why=why)
+            filters, on_message = self.filters, self.on_message
             for index in admitted:
-                if any(consume(*opened[index]) for consume in self.filters):
+                if filters and any(consume(*opened[index]) for consume in filters):
                     continue
-                if self.on_message is not None:
-                    self.on_message(*opened[index])
+                if on_message is not None:
+                    on_message(*opened[index])
         finally:
             # Acknowledged (cumulatively, up to the last one handed over) in
             # every case: a message that cannot be opened never will be, and
@@ -296,10 +301,8 @@ class MailboxClient:
         try:
             for message_id, recipient, _, status, at in receipts:
                 if self._remember(("receipt", message_id, status)) and self.on_receipt is not None:
-                    try:
-                        status = ReceiptStatus(status)
-                    except ValueError:
-                        pass
+                    # A known status as its ReceiptStatus, another as the int.
+                    status = _STATUSES.get(status, status)
                     self.on_receipt(ReceiptEvent(message_id, recipient, status, at))
         finally:
             _send(session, MessageType.FORWARD_PURGE, {"receipts": [r[2] for r in receipts]})

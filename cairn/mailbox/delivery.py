@@ -22,6 +22,11 @@ log = Logger()
 
 #: Receipts per ForwardReceipt.
 RECEIPT_BATCH = 256
+#: Most messages one store read fetches for a session: an empty window (a
+#: drain's start) is filled by several reads, the first delivered while the
+#: next is read, instead of one read of the whole window (1024 rows, 3-7
+#: ms on the bench's machine) before anything goes out (issue 19).
+READ_ROWS = 256
 #: Seconds before a session's failed delivery or receipt read is tried again.
 READ_RETRY = 2.0
 
@@ -83,48 +88,49 @@ class Delivery:
         room = window.begin_read(self.window, self.window_bytes)
         if not room:
             return
+        limit = min(room, READ_ROWS)
 
         def fetched(held):
             window.end_read()
             budget = self.window_bytes - window.inflight_bytes
             batch, size, sent = [], 0, 0
+            batch_bytes, overhead = self.batch_bytes, messages.DELIVER_OVERHEAD
             for message in held:
                 if budget <= 0:
                     break
-                cost = len(message.payload) + messages.DELIVER_OVERHEAD
-                if batch and size + cost > self.batch_bytes:
+                length = len(message.payload)
+                if batch and size + length + overhead > batch_bytes:
                     if not self._deliver_batch(outbox, batch):
                         return
                     sent += len(batch)
                     batch, size = [], 0
                 batch.append(message)
-                size += cost
-                budget -= len(message.payload)
+                size += length + overhead
+                budget -= length
             if batch:
                 if not self._deliver_batch(outbox, batch):
                     return
                 sent += len(batch)
-            if window.again or (held and sent == room and budget > 0):
+            if window.again or (held and sent == limit and budget > 0):
                 self._pump(outbox)
 
         def failed(failure):
             window.end_read()
             self._read_failed(outbox, failure, "messages to deliver")
 
-        self._track(self.store.fetch(session.remote_peer_id, window.cursor, room)).addCallbacks(fetched, failed)
+        self._track(self.store.fetch(session.remote_peer_id, window.cursor, limit)).addCallbacks(fetched, failed)
 
     def _deliver_batch(self, outbox, batch):
         """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
         body = {
             "messages": [
-                {"id": m.message_id, "from": m.sender, "seq": m.seq, "stored_at": m.stored_at, "payload": m.payload}
-                for m in batch
+                {"id": message_id, "from": sender, "seq": seq, "stored_at": stored_at, "payload": payload}
+                for seq, _, sender, message_id, stored_at, _, payload in batch
             ]
         }
         if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
             return False
-        for m in batch:
-            outbox.deliveries.sent(m.seq, len(m.payload))
+        outbox.deliveries.sent_all([(m.seq, len(m.payload)) for m in batch])
         return True
 
     def _pump_receipts(self, outbox):
@@ -141,14 +147,13 @@ class Delivery:
                 batch = receipts[start : start + RECEIPT_BATCH]
                 body = {
                     "receipts": [
-                        {"id": r.message_id, "to": r.recipient, "rseq": r.rseq, "status": r.status, "at": r.at}
-                        for r in batch
+                        {"id": message_id, "to": recipient, "rseq": rseq, "status": status, "at": at}
+                        for rseq, _, recipient, message_id, status, at in batch
                     ]
                 }
                 if not self._send(session, MessageType.FORWARD_RECEIPT, body):
                     return
-                for r in batch:
-                    window.sent(r.rseq)
+                window.sent_all([(r.rseq, 0) for r in batch])
             if window.again:
                 self._pump_receipts(outbox)
 

@@ -17,6 +17,8 @@ docs/scaling.md). A store that shares its data tells its service about
 writes made elsewhere through L{IMailboxStore.watch}.
 """
 
+from typing import NamedTuple
+
 import attr
 from zope.interface import Attribute, Interface
 
@@ -54,8 +56,14 @@ class Incoming:
     payload: bytes
 
 
-@attr.s(frozen=True, auto_attribs=True)
-class Stored:
+# Stored and Receipt are named tuples, not attrs classes: a store makes one
+# per message a drain reads (on its database threads, holding the GIL), and
+# a named tuple is made from a row as it comes (C{_make}) for a quarter of
+# the cost (0.2 against 0.9 us; issue 19). Immutable and compared by value
+# as before.
+
+
+class Stored(NamedTuple):
     """A message held for its recipient; C{seq} is the server sequence."""
 
     seq: int
@@ -64,11 +72,16 @@ class Stored:
     message_id: bytes
     stored_at: float
     expires_at: float
-    payload: bytes = attr.ib(repr=False)
+    payload: bytes
+
+    def __repr__(self):  # the payload is left out, as before
+        return (
+            f"Stored(seq={self.seq!r}, recipient={self.recipient!r}, sender={self.sender!r},"
+            f" message_id={self.message_id!r}, stored_at={self.stored_at!r}, expires_at={self.expires_at!r})"
+        )
 
 
-@attr.s(frozen=True, auto_attribs=True)
-class Receipt:
+class Receipt(NamedTuple):
     """A receipt owed to C{sender} about its message C{message_id} to C{recipient}."""
 
     rseq: int

@@ -149,10 +149,34 @@ def parse_deliveries(body):
     """
     ForwardDeliver: {"messages": [delivery]}; returns the L{parse_forward_deliver}
     tuples, checked to be in increasing C{seq} order.
+
+    An entry of exactly the kinds a node sends (a dict; bytes id of 16
+    bytes; text sender; int seq; float stored_at; bytes payload) is taken
+    in one test of its values; any other goes through
+    L{parse_forward_deliver}, which accepts or refuses it as before (a
+    recipient's drain pays this per message: issue 19).
     """
     out, last = [], 0
     for entry in _batch(body, "messages", "ForwardDeliver"):
-        delivery = parse_forward_deliver(entry)
+        if type(entry) is dict:
+            message_id, sender, seq = entry.get("id"), entry.get("from"), entry.get("seq")
+            stored_at, payload = entry.get("stored_at"), entry.get("payload")
+            if (
+                type(message_id) is bytes
+                and len(message_id) == MESSAGE_ID_SIZE
+                and type(sender) is str
+                and len(sender) <= 64
+                and type(seq) is int
+                and seq > 0
+                and type(stored_at) is float
+                and type(payload) is bytes
+                and _peer_id_error(sender) is None
+            ):
+                delivery = (message_id, sender, seq, stored_at, payload)
+            else:
+                delivery = parse_forward_deliver(entry)
+        else:
+            delivery = parse_forward_deliver(entry)
         if delivery[2] <= last:
             raise BodyError("ForwardDeliver: 'messages' must be in increasing 'seq' order")
         last = delivery[2]
@@ -161,8 +185,31 @@ def parse_deliveries(body):
 
 
 def parse_receipts(body):
-    """ForwardReceipt: {"receipts": [receipt]}; returns the L{parse_forward_receipt} tuples."""
-    return [parse_forward_receipt(entry) for entry in _batch(body, "receipts", "ForwardReceipt")]
+    """
+    ForwardReceipt: {"receipts": [receipt]}; returns the L{parse_forward_receipt}
+    tuples (an entry of exactly the kinds a node sends in one test, as in
+    L{parse_deliveries}; any other through L{parse_forward_receipt}).
+    """
+    out = []
+    for entry in _batch(body, "receipts", "ForwardReceipt"):
+        if type(entry) is dict:
+            message_id, to, rseq = entry.get("id"), entry.get("to"), entry.get("rseq")
+            status, at = entry.get("status"), entry.get("at")
+            if (
+                type(message_id) is bytes
+                and len(message_id) == MESSAGE_ID_SIZE
+                and type(to) is str
+                and len(to) <= 64
+                and type(rseq) is int
+                and rseq > 0
+                and type(status) is int
+                and type(at) is float
+                and _peer_id_error(to) is None
+            ):
+                out.append((message_id, to, rseq, status, at))
+                continue
+        out.append(parse_forward_receipt(entry))
+    return out
 
 
 def parse_forward_receipt(body):

@@ -141,26 +141,29 @@ class ReplayGuard:
         before this returns; also a list of (index, reason) for the others.
         """
         now = self._now()
+        window = self.window  # once per batch: every delivered message passes here
+        oldest = now - window
+        seen = self.seen
         admitted, dropped, entries, batch = [], [], [], set()
         for index, (sender, message_id) in enumerate(deliveries):
             sent_at = uuid7_time(message_id)
             key = (sender, message_id)
             if sent_at is None:
                 dropped.append((index, "the message id is not a UUIDv7"))
-            elif sent_at < now - self.window:
+            elif sent_at < oldest:
                 dropped.append((index, "the message id is older than any genuine delivery (a replay)"))
-            elif key in batch or key in self.seen:
+            elif key in batch or key in seen:
                 dropped.append((index, "duplicate"))
             else:
                 batch.add(key)
                 admitted.append(index)
-                entries.append((sender, message_id, max(sent_at, now) + self.window))
+                entries.append((sender, message_id, (sent_at if sent_at > now else now) + window))
         if entries:
-            self.seen.add_all(entries)
+            seen.add_all(entries)
             self._added += len(entries)
             if self._added >= 1024:
                 self._added = 0
-                self.seen.prune(now, MAX_REMEMBERED)
+                seen.prune(now, MAX_REMEMBERED)
         return admitted, dropped
 
     def close(self) -> None:

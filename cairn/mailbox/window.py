@@ -68,17 +68,36 @@ class Window:
         self.inflight_bytes += size
         self.cursor = seq
 
+    def sent_all(self, pairs) -> None:
+        """L{sent} for each C{(seq, size)} of C{pairs}, in increasing seq order (a ForwardDeliver's)."""
+        if not pairs:
+            return
+        if self.inflight is _NOTHING:
+            self.inflight = OrderedDict()
+        self.inflight.update(pairs)
+        self.inflight_bytes += sum(size for _, size in pairs)
+        self.cursor = pairs[-1][0]
+
     def acknowledged(self, seqs, upto: int = None) -> None:
         """Free the window of C{seqs} and, if given, of every sequence number up to C{upto}."""
         inflight = self.inflight
         if inflight is _NOTHING:
             return
         if upto is not None:
-            while inflight:
-                seq = next(iter(inflight))
+            # In seq order: what upto frees is a prefix, counted, then cut.
+            count = freed = 0
+            for seq, size in inflight.items():
                 if seq > upto:
                     break
-                self.inflight_bytes -= inflight.popitem(last=False)[1]
+                count += 1
+                freed += size
+            if count == len(inflight):
+                inflight.clear()
+            else:
+                popitem = inflight.popitem
+                for _ in range(count):
+                    popitem(last=False)
+            self.inflight_bytes -= freed
         for seq in seqs:
             self.inflight_bytes -= inflight.pop(seq, 0)
         if not inflight:
