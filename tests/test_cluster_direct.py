@@ -184,32 +184,48 @@ class AcksTests(unittest.TestCase):
     def test_stalled_since_the_first_unanswered_publish(self):
         """
         C{stalled_since} is set when a publish goes unanswered (JetStream
-        answers nothing for a stream that cannot write), kept while more go
-        unanswered, and cleared by the next answer, even a refusal.
+        answers nothing for a stream that cannot write) or is refused for
+        want of storage, kept while that goes on, and cleared by the next
+        write stored or any other answer.
         """
 
         async def go():
             nc = _PublishingNats()
             acks = pubacks.Acks(nc, timeout=0.01)
-            states = [acks.stalled_since]
-            for subject in ("s.1", "s.2"):
-                future = await acks.publish(subject, b"x", {})
+            states = [(acks.stalled_since, acks.stalled_why)]
+
+            async def publish(answer=None):
+                future = await acks.publish("s", b"x", {})
+                if answer is not None:
+                    await nc.reply_cb(_ack(nc.published[-1][1], answer))
                 try:
                     await asyncio.wait_for(future, 10)  # a guard: the timeout fails it long before
-                except TimeoutError:
+                except (TimeoutError, direct.PublishError):
                     pass
-                states.append(acks.stalled_since)
-            answered = await acks.publish("s.3", b"x", {})
-            await nc.reply_cb(_ack(nc.published[2][1], {"error": {"err_code": 10077, "description": "no space"}}))
-            with self.assertRaises(direct.PublishError):
-                await answered
-            states.append(acks.stalled_since)
+                states.append((acks.stalled_since, acks.stalled_why))
+
+            room = {"error": {"err_code": pubacks.NO_ROOM, "description": "insufficient resources"}}
+            await publish()  # unanswered
+            await publish(room)
+            await publish({"seq": 3})
+            await publish(room)
+            await publish({"error": {"err_code": 10071, "description": "wrong last sequence"}})
             return states
 
         with mock.patch.object(pubacks.time, "time", side_effect=[1000.0, 2000.0]):
-            self.assertEqual(run(go()), [None, 1000.0, 1000.0, None])
+            self.assertEqual(
+                run(go()),
+                [
+                    (None, None),
+                    (1000.0, "no PubAck within 0.01 s"),
+                    (1000.0, "insufficient resources"),
+                    (None, "insufficient resources"),
+                    (2000.0, "insufficient resources"),
+                    (None, "insufficient resources"),
+                ],
+            )
 
-    def test_health_says_writes_are_not_acknowledged(self):
+    def test_health_says_writes_are_not_stored(self):
         """L{JetStream.health}: connected but stalled is not ok, with the time and what to look at."""
         from cairn.cluster.connection import JetStream, Settings
 
@@ -217,13 +233,13 @@ class AcksTests(unittest.TestCase):
         jet.nc = SimpleNamespace(is_connected=True)
         jet.acks = pubacks.Acks(jet.nc)
         self.assertEqual(jet.health(), (True, None))
-        jet.acks.stalled_since = 1_800_000_000.0
+        jet.acks.stalled_since, jet.acks.stalled_why = 1_800_000_000.0, "no PubAck within 30 s"
         ok, reason = jet.health()
         self.assertFalse(ok)
         self.assertEqual(
             reason,
-            "JetStream has acknowledged no write since 2027-01-15T08:00:00Z (no PubAck within 30 s; writes are"
-            " refused): see the NATS servers' logs -- a full disk stops a stream until its server is restarted",
+            "JetStream has stored no write since 2027-01-15T08:00:00Z (no PubAck within 30 s; writes are refused):"
+            " see the NATS servers' logs and storage -- a full disk stops a stream until its server is restarted",
         )
 
 

@@ -114,7 +114,8 @@ class NatsDiskFullTests(unittest.TestCase):
         self.assertGreaterEqual(refused, 2)
         code, health = yield node.api("GET", "/health")
         self.assertEqual((code, health["status"]), (200, "degraded"), health)
-        self.assertIn("JetStream has acknowledged no write since", health["reason"])
+        self.assertIn("JetStream has stored no write since", health["reason"])
+        self.assertIn("no PubAck within 30 s", health["reason"])
         with self.assertRaises(PublishRejected) as refusal:
             yield eventually(sync.sync_publish(sender, "notes", os.urandom(PAYLOAD), update_id), 90)
         self.assertEqual(refusal.exception.code, SyncStatus.STORAGE_ERROR)
@@ -148,3 +149,88 @@ class NatsDiskFullTests(unittest.TestCase):
         code, health = yield node.api("GET", "/health")
         self.assertEqual((code, health["status"]), (200, "ok"), health)
         self.assertNotIn("Traceback", node.log)
+
+
+class _LimitedServer(NatsServer):
+    """A nats-server whose JetStream may store at most a few MiB (its own limit, not the disk's)."""
+
+    def config(self):
+        return super().config().replace("sync_interval: always", "sync_interval: always, max_file_store: 3M")
+
+
+class NatsStorageLimitTests(unittest.TestCase):
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.server = _LimitedServer(os.path.abspath(self.mktemp()))
+        self.addCleanup(self.server.kill)
+        yield self.server.start()
+        self.deployment = Deployment(self, _OneServer(self.server), os.path.abspath(self.mktemp()), replicas=1)
+        self.addCleanup(lambda: drop_all(self.deployment.connections))
+        self.node = yield self.deployment.add_node()
+        yield self.node.start()
+        self.conditions = Conditions()
+
+    @defer.inlineCallbacks
+    def filled(self):
+        """A recipient offline, a sender forwarding until JetStream refuses: (recipient, received, sender, acked)."""
+        deployment, node = self.deployment, self.node
+        recipient = deployment.client()
+        received = []
+        mailbox.set_inbox(recipient.peer, lambda sender, mid, data: self.conditions.changed(received.append(mid)))
+        session = yield deployment.paired(recipient, node)
+        yield session.close()
+        sender = yield deployment.paired(deployment.client(), node)
+        acked = []
+        for _ in range(1000):  # 3 MiB hold a few hundred
+            try:
+                acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
+            except ForwardRejected as e:
+                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
+                break
+        else:
+            self.fail("JetStream never refused")
+        return recipient, received, sender, acked
+
+    forward = NatsDiskFullTests.forward
+
+    @defer.inlineCallbacks
+    def test_refused_and_said_by_health(self):
+        """At NATS's storage limit: STORAGE_ERROR (no false ack), /health degraded naming the refusal; no traceback."""
+        recipient, received, sender, acked = yield self.filled()
+        code, health = yield self.node.api("GET", "/health")
+        self.assertEqual((code, health["status"]), (200, "degraded"), health)
+        self.assertIn("JetStream has stored no write since", health["reason"])
+        self.assertIn("insufficient resources", health["reason"])
+        yield self.deployment.connect(recipient, self.node)
+        yield self.conditions.until(lambda: set(acked) <= set(received), 60).addErrback(lambda _: None)
+        self.assertEqual(sorted(set(received)), sorted(acked))
+        self.assertNotIn("Traceback", self.node.log)
+
+    @defer.inlineCallbacks
+    def test_drained_at_the_storage_limit(self):
+        """
+        At NATS's storage limit the recipient's acknowledgements still
+        commit, the mailbox empties and forwards are stored again (as the
+        SQLite store's disk reserve does for a full disk).
+        """
+        recipient, received, sender, acked = yield self.filled()
+        yield self.deployment.connect(recipient, self.node)
+        yield self.conditions.until(lambda: set(acked) <= set(received), 60)
+
+        def emptied():
+            d = self.node.api("GET", "/mailbox")
+            return d.addCallback(lambda answer: answer[1]["messages"] == 0)
+
+        for _ in range(200):  # asked again after each answer, never on a timer
+            if (yield emptied()):
+                break
+        else:
+            self.fail("the delivered messages were never deleted: their acknowledgements cannot be written")
+        yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))
+
+    test_drained_at_the_storage_limit.todo = (
+        "not done: the acknowledgements' tombstones are writes, refused like the forwards"
+        " ('insufficient resources'), so the mailbox never shrinks (docs/scaling.md, Status)"
+    )

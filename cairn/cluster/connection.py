@@ -234,9 +234,9 @@ class JetStream:
             if stalled is None:
                 return True, None
             return False, (
-                f"JetStream has acknowledged no write since {_utc(stalled)} (no PubAck within"
-                f" {PUBACK_TIMEOUT:g} s; writes are refused): see the NATS servers' logs -- a full disk"
-                " stops a stream until its server is restarted"
+                f"JetStream has stored no write since {_utc(stalled)} ({self.acks.stalled_why}; writes are"
+                " refused): see the NATS servers' logs and storage -- a full disk stops a stream until its"
+                " server is restarted"
             )
         return False, self.reason or "disconnected from NATS; reconnecting"
 

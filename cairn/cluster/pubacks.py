@@ -17,6 +17,10 @@ import time
 
 from cairn.cluster.direct import PublishError
 
+#: JetStream's refusal of a write for want of storage (its servers' or
+#: account's limit, e.g. C{max_file_store}): "insufficient resources".
+NO_ROOM = 10023
+
 #: What nats-py refuses in a subject (whitespace: it would let a subject inject protocol commands).
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
 #: What a header name may hold (RFC 7230's token, as nats-py checks it).
@@ -76,12 +80,15 @@ class Acks:
     them all (a timer and two done-callbacks per publish were a tenth of
     the NATS thread's work per enqueued message).
 
-    @ivar stalled_since: the wall-clock time (C{time.time()}) at which a
-        publish first went unanswered since the last answer, or None.
-        JetStream answers nothing, not even an error, for a stream that
-        cannot write (a full disk stops a stream until its server
-        restarts): while the connection itself is fine, this is how the
-        node knows its writes are not being stored (L{JetStream.health}).
+    @ivar stalled_since: the wall-clock time (C{time.time()}) since which
+        JetStream has stored no write -- a publish went unanswered, or was
+        refused for want of storage (L{NO_ROOM}) -- or None; C{stalled_why}
+        says which, the last time. JetStream answers nothing, not even an
+        error, for a stream that cannot write (a full disk stops a stream
+        until its server restarts), and refuses every write once its
+        storage limit is reached: while the connection itself is fine,
+        this is how the node knows (L{JetStream.health}). The next stored
+        write, or any other answer, ends it.
     """
 
     def __init__(self, nc, timeout=5.0):
@@ -93,6 +100,7 @@ class Acks:
         self._next = 0
         self._timer = None
         self.stalled_since = None
+        self.stalled_why = None
         #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
         self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
 
@@ -101,13 +109,13 @@ class Acks:
         await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
 
     async def _reply(self, msg):
-        self.stalled_since = None  # JetStream answers (an error is an answer too)
         waiting = self._futures.pop(msg.subject.rsplit(".", 1)[1], None)
         if waiting is None or waiting[0].done():
             return
         future = waiting[0]
         headers = msg.headers or {}
         if headers.get("Status") == "503":
+            self.stalled_since = None  # an answer (not JetStream's storage: the connection's concern)
             _fail(future, PublishError(503, "no JetStream stream answered (no responders)"))
             return
         try:
@@ -118,9 +126,20 @@ class Acks:
             return
         if "error" in answer:
             error = answer["error"]
-            _fail(future, PublishError(error.get("err_code"), error.get("description", "refused")))
+            code, description = error.get("err_code"), error.get("description", "refused")
+            if code == NO_ROOM:
+                self._stalled(description)
+            else:
+                self.stalled_since = None  # JetStream answers: a refusal of this write only
+            _fail(future, PublishError(code, description))
         else:
+            self.stalled_since = None
             future.set_result(int(answer["seq"]))
+
+    def _stalled(self, why):
+        if self.stalled_since is None:
+            self.stalled_since = time.time()
+        self.stalled_why = why
 
     async def publish(self, subject, payload, headers, issued=None):
         """
@@ -199,8 +218,7 @@ class Acks:
                 return
             del self._futures[token]
             if not future.done():
-                if self.stalled_since is None:
-                    self.stalled_since = time.time()
+                self._stalled(f"no PubAck within {self.timeout:g} s")
                 _fail(future, TimeoutError("no PubAck from JetStream in time"))
 
 
