@@ -13,9 +13,11 @@ opening handshake's checks, the per-source limit, the output guard) and
 the factories (#18: no module over 399 lines).
 """
 
-from autobahn.websocket import protocol as _autobahn_protocol
+import random
+
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from cairn.transport.autobahn_compat import mask_payload
 from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
 
@@ -125,8 +127,8 @@ class _EnvelopeMessages:
         read, the envelope decode not included; issue 19). Here a frame
         that is the whole of a binary message, masked as the side requires,
         within both size limits and entirely in the buffer, costs one header
-        read and the unmask; the payload, the masking (autobahn's
-        C{create_xor_masker}) and what C{onMessage} gets are the same.
+        read and the unmask; the payload, the masking (as autobahn's
+        C{create_xor_masker}, L{mask_payload}) and what C{onMessage} gets are the same.
         Everything else -- control frames, text, fragments, compression, a
         frame over a limit or not yet whole, an unminimal length, a frame
         masked the wrong way, a WebSocket not open -- is autobahn's, so its
@@ -164,7 +166,7 @@ class _EnvelopeMessages:
             ):
                 payload = data[start:end]
                 if masked:
-                    payload = _autobahn_protocol.create_xor_masker(data[start - 4 : start], length).process(payload)
+                    payload = mask_payload(data[start - 4 : start], payload)
                 self.data = data[end:]
                 self.onMessage(payload, True)
                 return len(self.data) > 0
@@ -179,6 +181,50 @@ class _EnvelopeMessages:
             WebSocketProtocol.sendData(self, data, sync, chopsize)
         else:
             self.transport.write(data)
+
+    def sendFrame(self, opcode, payload=b"", fin=True, rsv=0, mask=None, payload_len=None, chopsize=None, sync=False):
+        """
+        autobahn's C{sendFrame} for the frames cairn sends (a whole frame,
+        no reserved bits, a payload below 64 KiB, the mask drawn here):
+        the same bytes, written at once (issue 19).
+
+        autobahn's builds the frame through the checks and options of every
+        case it supports (fuzzing lengths, explicit masks, frame logging,
+        chopped or synchronous sends), counts it in its traffic statistics
+        (which cairn never reads) and passes it through C{sendData}. The
+        mask is drawn as autobahn draws it (C{random.getrandbits(32)}, big
+        endian) and applied as C{create_xor_masker} would
+        (L{cairn.transport.autobahn_compat.mask_payload}). Anything else is
+        autobahn's.
+        """
+        length = len(payload)
+        if (
+            not fin
+            or rsv
+            or mask is not None
+            or payload_len is not None
+            or chopsize
+            or sync
+            or opcode > 15
+            or length > 0xFFFF
+            or self.logFrames
+            or self.logOctets
+            or self.send_queue
+        ):
+            return WebSocketProtocol.sendFrame(self, opcode, payload, fin, rsv, mask, payload_len, chopsize, sync)
+        if self.maskServerFrames if self.factory.isServer else self.maskClientFrames:
+            key = random.getrandbits(32).to_bytes(4, "big")
+            if length and self.applyMask:
+                payload = mask_payload(key, payload)
+            masked = 0x80
+        else:
+            key = b""
+            masked = 0
+        if length < 126:
+            header = bytes((0x80 | opcode, masked | length))
+        else:
+            header = bytes((0x80 | opcode, masked | 126, length >> 8, length & 0xFF))
+        self.transport.write(b"".join((header, key, payload)))
 
     # autobahn's per-message hooks, without what cairn does not use. Its
     # defaults pass every message through two method layers each, collect
