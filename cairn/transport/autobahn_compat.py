@@ -203,10 +203,28 @@ class SmallFrameMasker:
         return mask
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
-        mask = self._next_mask(n)
-        key = (mask * ((n >> 2) + 1))[:n]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+        return _int_xor(self._next_mask(len(data)), data)
+
+
+def _int_xor(mask: bytes, data: bytes) -> bytes:
+    """C{data} XORed with C{mask} repeated, by Python integers (L{SmallFrameMasker})."""
+    n = len(data)
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _native_xor(mask: bytes, data: bytes) -> bytes:
+    """C{data} XORed with C{mask} repeated, by autobahn's native XOR (L{NativeFrameMasker})."""
+    n = len(data)
+    buf = bytearray(data)
+    masker = _nvx_lib.nvx_xormask_new(mask)
+    if masker == _nvx_ffi.NULL:
+        raise MemoryError("nvx_xormask_new")
+    try:
+        _nvx_lib.nvx_xormask_process(masker, _nvx_ffi.from_buffer(buf), n)
+    finally:
+        _nvx_lib.nvx_xormask_free(masker)
+    return bytes(buf)
 
 
 class NativeFrameMasker(SmallFrameMasker):
@@ -222,17 +240,22 @@ class NativeFrameMasker(SmallFrameMasker):
     __slots__ = ()
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
-        mask = self._next_mask(n)
-        buf = bytearray(data)
-        masker = _nvx_lib.nvx_xormask_new(mask)
-        if masker == _nvx_ffi.NULL:
-            raise MemoryError("nvx_xormask_new")
-        try:
-            _nvx_lib.nvx_xormask_process(masker, _nvx_ffi.from_buffer(buf), n)
-        finally:
-            _nvx_lib.nvx_xormask_free(masker)
-        return bytes(buf)
+        return _native_xor(self._next_mask(len(data)), data)
+
+
+def mask_payload(key: bytes, data: bytes, protocol_module=_autobahn_protocol) -> bytes:
+    """
+    C{data}, a whole frame's payload, masked with C{key} (RFC 6455
+    section 5.3): what C{create_xor_masker(key, len(data)).process(data)}
+    gives, without the masker object per frame when it is cairn's
+    (L{install_small_frame_masker}; about 3,400 of 16,500 instructions at
+    1,100 bytes). With autobahn's own masker installed, autobahn's.
+    """
+    create = protocol_module.create_xor_masker
+    n = len(data)
+    if not getattr(create, "_cairn_small", False) or (n >= SMALL_FRAME and not create.native):
+        return create(key, n).process(data)
+    return _int_xor(key, data) if n < SMALL_FRAME else _native_xor(key, data)
 
 
 def install_small_frame_masker(protocol_module=_autobahn_protocol, native: bool = True) -> None:
@@ -261,5 +284,6 @@ def install_small_frame_masker(protocol_module=_autobahn_protocol, native: bool 
             return real(mask, length)
 
     create_xor_masker._cairn_small = True
+    create_xor_masker.native = native and _nvx_lib is not None
     create_xor_masker.real = real
     protocol_module.create_xor_masker = create_xor_masker
