@@ -39,7 +39,9 @@ still works (only slower, or with autobahn's timers on the global reactor).
    C{_nvx_xormasker}) called per payload piece without the per-frame
    wrapper, 15,000 instead of 31,000 instructions at 1,150 bytes (issue
    19). Where that module is missing (autobahn built without NVX), they
-   keep autobahn's masker. The bytes are the same (RFC 6455 section 5.3).
+   keep autobahn's masker. cairn's own frame writes and whole-frame reads
+   mask a whole payload at once through L{mask_payload}, the same XORs
+   without a masker object per frame. The bytes are the same (RFC 6455 section 5.3).
    There is no maintained library masker to call instead: wsproto's is a
    Python class around the same integer XOR without C{pointer()}, the
    websockets package's C one is not a dependency of cairn.
