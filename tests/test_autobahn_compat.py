@@ -92,3 +92,34 @@ class CompatTests(unittest.TestCase):
         module = types.SimpleNamespace(create_xor_masker=real)
         autobahn_compat.install_small_frame_masker(module)
         self.assertEqual(module.create_xor_masker(b"abcd", 2000), ("autobahn's", b"abcd", 2000))
+
+    def test_whole_payload_masked_without_a_masker(self):
+        """
+        mask_payload gives what autobahn's masker gives for a whole payload,
+        without making a masker when cairn's is installed; with autobahn's
+        own (or a large payload without the native XOR), autobahn's.
+        """
+        import os
+        import types
+
+        autobahn_compat.install()
+        made = []
+        real_create = protocol_module.create_xor_masker
+        self.patch(protocol_module, "create_xor_masker", lambda *a: (made.append(a), real_create(*a))[1])
+        protocol_module.create_xor_masker._cairn_small = True
+        protocol_module.create_xor_masker.native = real_create.native
+        for size in (0, 1, 3, 4, 5, 125, 1100, 65535, autobahn_compat.SMALL_FRAME - 1, autobahn_compat.SMALL_FRAME):
+            mask, payload = os.urandom(4), os.urandom(size)
+            expected = real_create.real(mask, size).process(payload) if size else b""
+            self.assertEqual(autobahn_compat.mask_payload(mask, payload), expected, size)
+        self.assertEqual(made, [])
+
+        def autobahns(mask, length=None):
+            return types.SimpleNamespace(process=lambda data: ("autobahn's", mask, length, data))
+
+        module = types.SimpleNamespace(create_xor_masker=autobahns)
+        self.assertEqual(autobahn_compat.mask_payload(b"abcd", b"xy", module), ("autobahn's", b"abcd", 2, b"xy"))
+        autobahn_compat.install_small_frame_masker(module, native=False)
+        self.assertEqual(autobahn_compat.mask_payload(b"abcd", b"xy", module), bytes([ord("x") ^ 97, ord("y") ^ 98]))
+        big = b"z" * 2000
+        self.assertEqual(autobahn_compat.mask_payload(b"abcd", big, module), ("autobahn's", b"abcd", 2000, big))

@@ -58,6 +58,44 @@ class WholeFrameTests(unittest.TestCase):
         self.assertEqual(got, [(payload, True), (b"x" * 100, True)])
         self.assertEqual(hooks, [])
 
+    def test_read_of_whole_frames_cut_once(self):
+        """
+        The whole frames of one read are delivered in one processData call
+        (the buffer cut once, not once per frame), in order, and what is
+        left -- half a frame -- waits for the rest.
+        """
+        protocol, got = self.open()
+        calls = []
+        real = protocol.processData
+        protocol.processData = lambda: (calls.append(len(protocol.data)), real())[1]
+        payloads = [os.urandom(1100) for _ in range(10)]
+        tail = frame(b"last" * 100)
+        protocol.dataReceived(b"".join(frame(p) for p in payloads) + tail[:50])
+        self.assertEqual(got, [(p, True) for p in payloads])
+        # One call for the ten frames, then autobahn's header and payload
+        # passes over the half frame (one call per frame: 12).
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(calls[1], 50)
+        protocol.dataReceived(tail[50:])
+        self.assertEqual(got[-1], (b"last" * 100, True))
+        self.assertEqual(protocol.data, b"")
+
+    def test_bytes_arriving_during_a_message(self):
+        """Bytes a transport delivers from within onMessage go behind the read's remaining frames."""
+        protocol, got = self.open()
+        late = frame(b"late")
+        record = protocol.onMessage
+
+        def onMessage(payload, binary):
+            record(payload, binary)
+            if payload == b"first":
+                protocol.dataReceived(late)
+
+        protocol.onMessage = onMessage
+        protocol.dataReceived(frame(b"first") + frame(b"second") + frame(b"third"))
+        self.assertEqual([p for p, _ in got], [b"first", b"second", b"third", b"late"])
+        self.assertEqual(protocol.data, b"")
+
     def test_same_outcome_as_autobahn(self):
         """
         Whole frames, frames split across reads, fragments, control and
