@@ -64,13 +64,17 @@ class _OneServer:
         return [self.servers[0].url]
 
 
-class NatsDiskFullTests(unittest.TestCase):
+class _OneNodeMixin:
+    """A real twistd node on one nats-server (C{server_class}, its store under L{nats_directory})."""
+
     timeout = 300
+
+    def nats_directory(self):
+        return os.path.abspath(self.mktemp())
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.mount_point = small_tmpfs(self, 8 * MiB)
-        self.server = _UncappedServer(os.path.join(self.mount_point, "nats"))
+        self.server = self.server_class(self.nats_directory())
         self.addCleanup(self.server.kill)
         yield self.server.start()
         self.deployment = Deployment(self, _OneServer(self.server), os.path.abspath(self.mktemp()), replicas=1)
@@ -78,6 +82,14 @@ class NatsDiskFullTests(unittest.TestCase):
         self.node = yield self.deployment.add_node()
         yield self.node.start()
         self.conditions = Conditions()
+
+
+class NatsDiskFullTests(_OneNodeMixin, unittest.TestCase):
+    server_class = _UncappedServer
+
+    def nats_directory(self):
+        self.mount_point = small_tmpfs(self, 8 * MiB)
+        return os.path.join(self.mount_point, "nats")
 
     @defer.inlineCallbacks
     def forward(self, session, recipient, data):
@@ -158,19 +170,8 @@ class _LimitedServer(NatsServer):
         return super().config().replace("sync_interval: always", "sync_interval: always, max_file_store: 3M")
 
 
-class NatsStorageLimitTests(unittest.TestCase):
-    timeout = 300
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.server = _LimitedServer(os.path.abspath(self.mktemp()))
-        self.addCleanup(self.server.kill)
-        yield self.server.start()
-        self.deployment = Deployment(self, _OneServer(self.server), os.path.abspath(self.mktemp()), replicas=1)
-        self.addCleanup(lambda: drop_all(self.deployment.connections))
-        self.node = yield self.deployment.add_node()
-        yield self.node.start()
-        self.conditions = Conditions()
+class NatsStorageLimitTests(_OneNodeMixin, unittest.TestCase):
+    server_class = _LimitedServer
 
     @defer.inlineCallbacks
     def filled(self):
