@@ -101,6 +101,9 @@ class Acks:
         self._timer = None
         self.stalled_since = None
         self.stalled_why = None
+        #: Called on the loop with the description of each write refused for want of room
+        #: (the node's reserve, L{cairn.cluster.reserve}), or None.
+        self.on_no_room = None
         #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
         self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
 
@@ -129,6 +132,8 @@ class Acks:
             code, description = error.get("err_code"), error.get("description", "refused")
             if code == NO_ROOM:
                 self._stalled(description)
+                if self.on_no_room is not None:
+                    self.on_no_room(description)
             else:
                 self.stalled_since = None  # JetStream answers: a refusal of this write only
             _fail(future, PublishError(code, description))
