@@ -204,3 +204,30 @@ class StoreRefusalTests(unittest.TestCase):
         """Likewise a sync update."""
         store = JetStreamSyncStore(_Jet(self.reserve))
         self.failureResultOf(store.publish([object()], 0.0, None), LowDiskSpace)
+
+
+class NoRoomTests(unittest.TestCase):
+    def test_refusals_for_want_of_room_are_told(self):
+        """L{Acks.on_no_room}: a server's limit (10023) and an account's (10002) are told; other refusals are not."""
+        import asyncio
+
+        from cairn.cluster import direct, pubacks
+        from tests.test_cluster_direct import _ack, _PublishingNats, run
+
+        async def go():
+            nc = _PublishingNats()
+            acks = pubacks.Acks(nc, timeout=5)
+            told = []
+            acks.on_no_room = told.append
+            for code, description in [
+                (10023, "insufficient resources"),
+                (10071, "wrong last sequence"),
+                (10002, "resource limits exceeded for account"),
+            ]:
+                future = await acks.publish("s", b"x", {})
+                await nc.reply_cb(_ack(nc.published[-1][1], {"error": {"err_code": code, "description": description}}))
+                with self.assertRaises(direct.PublishError):
+                    await asyncio.wait_for(future, 10)
+            return told
+
+        self.assertEqual(run(go()), ["insufficient resources", "resource limits exceeded for account"])

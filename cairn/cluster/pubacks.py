@@ -20,6 +20,11 @@ from cairn.cluster.direct import PublishError
 #: JetStream's refusal of a write for want of storage (its servers' or
 #: account's limit, e.g. C{max_file_store}): "insufficient resources".
 NO_ROOM = 10023
+#: Every refusal for want of storage: L{NO_ROOM} (a server's limit), an
+#: account's limit ("resource limits exceeded for account", 10002: what an
+#: account's C{jetstream { max_file }} answers, measured on nats-server
+#: 2.15.1) and "insufficient storage resources available" (10047).
+NO_ROOM_CODES = frozenset((NO_ROOM, 10002, 10047))
 
 #: What nats-py refuses in a subject (whitespace: it would let a subject inject protocol commands).
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
@@ -130,7 +135,7 @@ class Acks:
         if "error" in answer:
             error = answer["error"]
             code, description = error.get("err_code"), error.get("description", "refused")
-            if code == NO_ROOM:
+            if code in NO_ROOM_CODES:
                 self._stalled(description)
                 if self.on_no_room is not None:
                     self.on_no_room(description)

@@ -94,7 +94,7 @@ async def write_ballast(jet, size, nc=None):
     """On the NATS loop: C{size} bytes in pieces of at most L{PIECE}; False if refused for want of room."""
     from nats.js.errors import APIError
 
-    from cairn.cluster.pubacks import NO_ROOM
+    from cairn.cluster.pubacks import NO_ROOM_CODES
 
     stream, piece, i = jet.stream("reserve"), min(PIECE, (nc or jet.nc).max_payload // 2), 0
     while size > 0:
@@ -102,7 +102,7 @@ async def write_ballast(jet, size, nc=None):
             # One message per subject (max_msgs_per_subject 1): two nodes writing it at once replace each other's.
             await jet.js_writes.publish(jet.subject("reserve", str(i)), bytes(min(piece, size)), stream=stream)
         except APIError as e:
-            if e.err_code == NO_ROOM:
+            if e.err_code in NO_ROOM_CODES:
                 return False
             raise
         size, i = size - piece, i + 1
