@@ -231,3 +231,49 @@ class NoRoomTests(unittest.TestCase):
             return told
 
         self.assertEqual(run(go()), ["insufficient resources", "resource limits exceeded for account"])
+
+
+class StalledTests(unittest.TestCase):
+    def test_fail_fast_with_one_probe(self):
+        """
+        After a PubAck that never came, writes fail at once (not after the
+        timeout) while one probe at a time asks; any answer ends it.
+        """
+        import asyncio
+
+        from cairn.cluster import pubacks
+        from tests.test_cluster_direct import _ack, _PublishingNats, run
+
+        async def go():
+            nc = _PublishingNats()
+            headers = []
+
+            async def publish(subject, payload, reply=None, headers_=None, **kwargs):
+                nc.published.append((subject, reply))
+                headers.append(kwargs.get("headers", headers_))
+
+            nc.publish = publish
+            acks = pubacks.Acks(nc, timeout=0.05)
+            first = await acks.publish("cairn.mbox.a", b"x", {})
+            with self.assertRaises(TimeoutError):
+                await asyncio.wait_for(first, 10)  # the guard: its own timeout fails it first
+            issued = []
+            second = await acks.publish("cairn.mbox.b", b"x", {}, issued=issued.append)
+            self.assertIsInstance(second.exception(), pubacks.Stalled)  # at once, not sent
+            third = await acks.publish("cairn.mbox.c", b"x", {})
+            self.assertIsInstance(third.exception(), pubacks.Stalled)
+            sent = list(nc.published)
+            probe_reply = sent[-1][1]
+            # One write, then one probe (to the unanswered subject, storing nothing); none for the third.
+            self.assertEqual([subject for subject, _ in sent], ["cairn.mbox.a", "cairn.mbox.a"])
+            self.assertEqual(headers[-1], pubacks.PROBE_HEADERS)
+            self.assertEqual((acks.failed_fast, len(issued)), (2, 1))
+            await nc.reply_cb(_ack(probe_reply, {"error": {"err_code": 10060, "description": "expected stream"}}))
+            self.assertIsNone(acks.stalled_since)
+            fourth = await acks.publish("cairn.mbox.d", b"x", {})
+            self.assertFalse(fourth.done())  # sent, waiting for its PubAck
+            self.assertEqual(nc.published[-1][0], "cairn.mbox.d")
+            await nc.reply_cb(_ack(nc.published[-1][1], {"seq": 4}))
+            return await fourth
+
+        self.assertEqual(run(go()), 4)

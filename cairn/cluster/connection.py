@@ -228,7 +228,7 @@ class JetStream:
             # closed by L{close} itself: a clean stop is not a disconnection.
             return
         if state == "ok" and self.acks is not None:
-            self.acks.stalled_since = None  # a server restarted: its streams write again (or say so)
+            self.acks.clear()  # a server restarted: its streams write again (or say so)
         if state == "ok" and self.state != "ok":
             log.info("cairn: reconnected to NATS")
         elif state == "degraded" and self.state == "ok":
