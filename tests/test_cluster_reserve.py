@@ -277,3 +277,39 @@ class StalledTests(unittest.TestCase):
             return await fourth
 
         self.assertEqual(run(go()), 4)
+
+
+class AcknowledgedAfterTheReleaseTests(unittest.TestCase):
+    def test_refused_acknowledgement_tried_again_after_the_release(self):
+        """An acknowledgement refused for want of room (the node now full) is written again once the ballast is gone."""
+        from cairn.mailbox.interfaces import StoreFull
+
+        clock = task.Clock()
+        ballast = FakeBallast()
+        reserve = Reserve(ballast, R, clock, now=clock.seconds)
+        reserve.begin(True)
+        self.addCleanup(reserve.stop)
+        store = JetStreamMailboxStore(_Jet(reserve))
+        store._depths = {}
+        calls = []
+
+        def run(function, *args):
+            calls.append(ballast.messages)
+            if len(calls) == 1:
+                reserve.no_room("insufficient resources")  # as the refused tombstone's PubAck does
+                return defer.fail(StoreFull("JetStream unavailable (insufficient resources)"))
+            return defer.succeed(([], {}, 0))
+
+        store._run = run
+        self.assertEqual(self.successResultOf(store.acknowledge("QmB", [1], 0.0, 60.0)), [])
+        self.assertEqual(calls, [1, 0])  # the second write after the release
+
+    def test_other_failures_not_retried(self):
+        """Not full: a failed acknowledgement fails (the service's sweep retries it, as before)."""
+        from cairn.mailbox.interfaces import StoreFull
+
+        clock = task.Clock()
+        reserve = Reserve(FakeBallast(), R, clock, now=clock.seconds)
+        store = JetStreamMailboxStore(_Jet(reserve))
+        store._run = lambda function, *args: defer.fail(StoreFull("not connected to NATS"))
+        self.failureResultOf(store.acknowledge("QmB", [1], 0.0, 60.0), StoreFull)
