@@ -140,6 +140,8 @@ class Config:
     )
     cluster_creds_file: str | None = field.text("CAIRN_CLUSTER_CREDS_FILE")
     cluster_prefix: str = field.setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", field.is_prefix)
+    # JetStream storage kept as a ballast, released at NATS's storage limit (cairn.cluster.reserve).
+    cluster_reserve: int = field.size("CAIRN_CLUSTER_RESERVE", 8 * 2**20, 0)
     # Several nodes as one server (issue 15): the shared identity key (unset:
     # identity.key in the data directory) and this node's name.
     identity_file: str | None = field.text("CAIRN_IDENTITY_FILE")

@@ -296,7 +296,7 @@ class UpgradeTests(unittest.TestCase):
         version still running: the version is checked at start only) are
         moved by the next start of a store, not left unread.
         """
-        yield self.jet.run(self.jet.kv["meta"].put, "layout", b"2")
+        yield self.jet.run(self.jet.kv["meta"].put, "layout", str(layout.LAYOUT).encode())
         yield self.check_upgraded(self.jet)
 
 
@@ -305,6 +305,7 @@ class OlderNodeTests(unittest.TestCase):
     def test_layout_1_node_refuses_layout_2(self):
         """A layout-1 node meeting layout-2 streams refuses with one line, and changes nothing."""
         server, jet = yield _jetstream.single(self)
+        current = layout.LAYOUT
         self.patch(layout, "LAYOUT", 1)
         old = JetStream(reactor, Settings((server.url,), 1, "cairn"))
         old.thread.start()
@@ -312,7 +313,7 @@ class OlderNodeTests(unittest.TestCase):
         with self.assertRaises(LayoutError) as caught:
             yield old.run(old._connect)
         self.assertTrue(caught.exception.permanent)
-        self.assertIn("is version 2, newer than this node's 1", str(caught.exception))
+        self.assertIn(f"is version {current}, newer than this node's 1", str(caught.exception))
         self.assertNotIn("\n", str(caught.exception))
         entry = yield jet.run(jet.kv["meta"].get, "layout")
-        self.assertEqual(entry.value, b"2")
+        self.assertEqual(entry.value, str(current).encode())

@@ -129,7 +129,7 @@ class EnsureTests(unittest.TestCase):
         subjects = [subject for _, subject in layout.probes(jet)]
         self.assertEqual(
             subjects,
-            ["cairn.mbox.probe", "cairn.sync.probe"]
+            ["cairn.mbox.probe", "cairn.sync.probe", "cairn.reserve.probe"]
             + [f"$KV.cairn_{b}.probe" for b in ("meta", "limits", "cursors", "trust", "relay")],
         )
         self.assertEqual(flaky.requests, [s for s in subjects for _ in range(3)])

@@ -28,6 +28,7 @@ from cairn.cluster import layout
 from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
 from cairn.cluster.pubacks import Acks
+from cairn.cluster.reserve import Ballast, Reserve, prepare
 
 log = Logger()
 
@@ -53,6 +54,8 @@ class Settings:
     #: C{CAIRN_MAX_PAYLOAD}: NATS's C{max_payload} must be at least this
     #: (None: not checked).
     max_payload: int = None
+    #: C{CAIRN_CLUSTER_RESERVE}: bytes of ballast kept in the reserve stream (0: none).
+    reserve: int = 0
 
 
 class JetStream:
@@ -81,6 +84,9 @@ class JetStream:
         self._closing = None  # the asyncio task closing the client then (kept from the GC)
         self.kv = {}  # bucket suffix -> nats KeyValue
         self._inflight = set()  # Deferreds of calls running on the loop
+        #: Full mode at JetStream's storage limit (L{cairn.cluster.reserve}).
+        self.reserve = Reserve(Ballast(self), settings.reserve, self.clock)
+        self._ballast = True  # whether the ballast was found (or written) at the last connection
 
     # Names
 
@@ -138,6 +144,7 @@ class JetStream:
 
         def connected(_):
             self.state, self.reason = "ok", None
+            self.reserve.begin(self._ballast)
             log.info("cairn: storage on NATS JetStream at {servers}", servers=",".join(self.settings.servers))
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -172,12 +179,14 @@ class JetStream:
             # PubAck's time (a drain's receipt purges took over 5 s at R3).
             self.js_writes = nc.jetstream(timeout=PUBACK_TIMEOUT)
             await layout.ensure(self, nc)
+            self._ballast = await prepare(self, nc, self.settings.reserve)
             # Again: nats-py may have reconnected, to another server, meanwhile.
             layout.check_max_payload(nc.max_payload, self.settings.max_payload)
         except BaseException:
             await nc.close()
             raise
         self.acks = Acks(nc, PUBACK_TIMEOUT)
+        self.acks.on_no_room = lambda why: self.thread.to_reactor(self.reserve.no_room, why)
         self.nc = nc
 
     async def _on_error(self, error):
@@ -219,7 +228,7 @@ class JetStream:
             # closed by L{close} itself: a clean stop is not a disconnection.
             return
         if state == "ok" and self.acks is not None:
-            self.acks.stalled_since = None  # a server restarted: its streams write again (or say so)
+            self.acks.clear()  # a server restarted: its streams write again (or say so)
         if state == "ok" and self.state != "ok":
             log.info("cairn: reconnected to NATS")
         elif state == "degraded" and self.state == "ok":
@@ -230,6 +239,8 @@ class JetStream:
     def health(self):
         """C{(ok, reason)}: whether the stores can be used now, and why not."""
         if self.nc is not None and self.nc.is_connected:
+            if self.reserve.full:
+                return False, self.reserve.reason()
             stalled = self.acks.stalled_since if self.acks is not None else None
             if stalled is None:
                 return True, None
@@ -254,6 +265,7 @@ class JetStream:
     def close(self):
         """Stop retrying, drain the client (what was published is flushed) and stop the loop thread."""
         self._stopping = True
+        self.reserve.stop()
         if self._retry is not None and not self._retry.called:
             self._retry.cancel()
 

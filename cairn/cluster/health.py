@@ -21,6 +21,7 @@ def cluster_report(jet, presence):
             "nats": "ok" if ok else "degraded",
             "leader": None,
             "nodes": {name: round(age, 3) for name, age in sorted(presence.nodes().items())},
+            "reserve": {"bytes": jet.reserve.size, "full": jet.reserve.full},
         }
         if not ok:
             result["reason"] = reason

@@ -17,8 +17,9 @@ from twisted.logger import Logger
 log = Logger()
 
 #: The layout version this code writes and reads (see docs/scaling.md):
-#: 2 since a removed message's tombstone carries its receipt (mailbox_layout).
-LAYOUT = 2
+#: 2 since a removed message's tombstone carries its receipt (mailbox_layout);
+#: 3 since the stream C{<prefix>_reserve} holds the storage reserve (L{cairn.cluster.reserve}).
+LAYOUT = 3
 
 
 class LayoutError(Exception):
@@ -50,6 +51,7 @@ def stream_configs(jet):
     )
     mbox = jet.stream("mbox")
     sync = jet.stream("sync")
+    reserve = jet.stream("reserve")
     return {
         mbox: StreamConfig(
             name=mbox,
@@ -66,6 +68,14 @@ def stream_configs(jet):
             subjects=[jet.subject("sync", ">"), jet.subject("syncids", ">")],
             # One publish = the dedup id and the update, committed together.
             allow_atomic=True,
+            **common,
+        ),
+        reserve: StreamConfig(
+            name=reserve,
+            description=f"cairn storage reserve, layout {LAYOUT}",
+            # The ballast's pieces, one per subject: released at JetStream's storage limit.
+            subjects=[jet.subject("reserve", "*")],
+            max_msgs_per_subject=1,
             **common,
         ),
     }
@@ -146,8 +156,12 @@ async def _upgrade_1(jet, nc):
     jet.thread.to_reactor(lambda: log.info("cairn: JetStream layout 1 upgraded to 2 ({n} receipts moved)", n=converted))
 
 
+async def _upgrade_2(jet, nc):
+    """Layout 3 only adds the reserve stream, which L{ensure} makes (its ballast: L{cairn.cluster.reserve.prepare})."""
+
+
 #: Upgrades from layout N to N + 1 (coroutine functions of the L{JetStream} and the client).
-UPGRADES = {1: _upgrade_1}
+UPGRADES = {1: _upgrade_1, 2: _upgrade_2}
 
 
 def check_max_payload(nats_limit, max_payload):

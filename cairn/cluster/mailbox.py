@@ -141,6 +141,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
 
     def enqueue(self, items, now, limits):
         items = list(items)
+        if items and self.jet.reserve.full:
+            return defer.fail(self.jet.reserve.refuse())  # growth, at JetStream's storage limit
         admitted, refused = [], {}
         depths, reserved = self._depths, self._reserved
         for i, item in enumerate(items):

@@ -33,8 +33,19 @@ class Removal(Gathering):
     """What removes messages and receipts from the C{mbox} stream."""
 
     def acknowledge(self, recipient, seqs, now, receipt_ttl, upto=0):
-        d = self._run(self._acknowledge, recipient, list(seqs), now, receipt_ttl, upto)
-        return d.addCallback(self._removed)
+        seqs = list(seqs)
+        d = self._run(self._acknowledge, recipient, seqs, now, receipt_ttl, upto)
+        reserve = self.jet.reserve
+
+        def again(failure):
+            # Refused at JetStream's storage limit before the reserve was released (the refusal
+            # made the node full: L{cairn.cluster.reserve}): once more, after the release.
+            if not reserve.full:
+                return failure
+            d = reserve.released()
+            return d.addCallback(lambda _: self._run(self._acknowledge, recipient, seqs, now, receipt_ttl, upto))
+
+        return d.addErrback(again).addCallback(self._removed)
 
     def _removed(self, result):
         receipts, depths, last = result

@@ -102,7 +102,14 @@ def cluster_stores(config, reactor, db=None):
 
     jet = JetStream(
         reactor,
-        Settings(config.cluster_nats, config.cluster_replicas, config.cluster_prefix, path, config.max_payload),
+        Settings(
+            config.cluster_nats,
+            config.cluster_replicas,
+            config.cluster_prefix,
+            path,
+            config.max_payload,
+            config.cluster_reserve,
+        ),
     )
     return Stores(
         "jetstream",

@@ -20,6 +20,15 @@ from cairn.cluster.direct import PublishError
 #: JetStream's refusal of a write for want of storage (its servers' or
 #: account's limit, e.g. C{max_file_store}): "insufficient resources".
 NO_ROOM = 10023
+#: Every refusal for want of storage: L{NO_ROOM} (a server's limit), an
+#: account's limit ("resource limits exceeded for account", 10002: what an
+#: account's C{jetstream { max_file }} answers, measured on nats-server
+#: 2.15.1) and "insufficient storage resources available" (10047).
+NO_ROOM_CODES = frozenset((NO_ROOM, 10002, 10047))
+
+#: The headers of the probe sent while writes are stalled: refused by the
+#: stream (10060) without storing anything, as at start-up (L{cairn.cluster.ready}).
+PROBE_HEADERS = {"Nats-Expected-Stream": "-"}
 
 #: What nats-py refuses in a subject (whitespace: it would let a subject inject protocol commands).
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
@@ -64,6 +73,10 @@ class Headers(dict):
         return self._block
 
 
+class Stalled(TimeoutError):
+    """A write not sent: JetStream has answered none since a PubAck timed out (a probe is asking)."""
+
+
 class Acks:
     """
     Pipelined JetStream publishes: L{publish} writes a message with a
@@ -89,6 +102,13 @@ class Acks:
         storage limit is reached: while the connection itself is fine,
         this is how the node knows (L{JetStream.health}). The next stored
         write, or any other answer, ends it.
+
+    While the last word from JetStream is a PubAck that never came, a
+    write waits for nothing: it fails at once with L{Stalled} (the callers
+    answer STORAGE_ERROR, as after the timeout), and one probe at a time
+    (L{PROBE_HEADERS}, to the subject whose write went unanswered; it
+    stores nothing) asks whether JetStream answers again; its answer, or any
+    other, ends it. C{failed_fast} counts the writes failed so.
     """
 
     def __init__(self, nc, timeout=5.0):
@@ -101,6 +121,13 @@ class Acks:
         self._timer = None
         self.stalled_since = None
         self.stalled_why = None
+        #: Called on the loop with the description of each write refused for want of room
+        #: (the node's reserve, L{cairn.cluster.reserve}), or None.
+        self.on_no_room = None
+        #: The subject of a write whose PubAck never came, while nothing has been answered since (else None).
+        self._unanswered = None
+        self._probing = False
+        self.failed_fast = 0
         #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
         self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
 
@@ -113,6 +140,7 @@ class Acks:
         if waiting is None or waiting[0].done():
             return
         future = waiting[0]
+        self._unanswered = None  # JetStream answers (whatever it says)
         headers = msg.headers or {}
         if headers.get("Status") == "503":
             self.stalled_since = None  # an answer (not JetStream's storage: the connection's concern)
@@ -127,14 +155,20 @@ class Acks:
         if "error" in answer:
             error = answer["error"]
             code, description = error.get("err_code"), error.get("description", "refused")
-            if code == NO_ROOM:
+            if code in NO_ROOM_CODES:
                 self._stalled(description)
+                if self.on_no_room is not None:
+                    self.on_no_room(description)
             else:
                 self.stalled_since = None  # JetStream answers: a refusal of this write only
             _fail(future, PublishError(code, description))
         else:
             self.stalled_since = None
             future.set_result(int(answer["seq"]))
+
+    def clear(self):
+        """A reconnection: the streams write again (or say so)."""
+        self.stalled_since = self._unanswered = None
 
     def _stalled(self, why):
         if self.stalled_since is None:
@@ -157,7 +191,16 @@ class Acks:
         token = str(self._next)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._futures[token] = (future, loop.time() + self.timeout)
+        if self._unanswered is not None:
+            # Issued (so its caller accounts for it as for a refused write) but not sent.
+            if issued is not None:
+                issued(self._next)
+            self.failed_fast += 1
+            if not self._probing:
+                await self._probe(loop)
+            _fail(future, Stalled(f"not tried: JetStream answers no write ({self.stalled_why}); probing"))
+            return future
+        self._futures[token] = (future, loop.time() + self.timeout, subject)
         if self._timer is None:
             self._timer = loop.call_at(loop.time() + self.timeout, self._expire)
         if issued is not None:
@@ -173,6 +216,26 @@ class Acks:
             future.cancel()
             raise
         return future
+
+    async def _probe(self, loop):
+        """One publish that the stream refuses without storing, to the subject left unanswered; one at a time."""
+        self._next += 1
+        token = str(self._next)
+        future = loop.create_future()
+        self._futures[token] = (future, loop.time() + self.timeout, self._unanswered)
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + self.timeout, self._expire)
+        self._probing = True
+
+        def done(_):
+            self._probing = False
+
+        future.add_done_callback(done)
+        try:
+            await self.nc.publish(self._unanswered, b"", reply=f"{self._prefix}.{token}", headers=PROBE_HEADERS)
+        except Exception:
+            self._futures.pop(token, None)
+            future.cancel()
 
     def _direct(self, subject, payload):
         """
@@ -212,13 +275,14 @@ class Acks:
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._futures:
-            token, (future, deadline) = next(iter(self._futures.items()))
+            token, (future, deadline, subject) = next(iter(self._futures.items()))
             if deadline > now:
                 self._timer = loop.call_at(deadline, self._expire)
                 return
             del self._futures[token]
             if not future.done():
                 self._stalled(f"no PubAck within {self.timeout:g} s")
+                self._unanswered = subject
                 _fail(future, TimeoutError("no PubAck from JetStream in time"))
 
 

@@ -31,6 +31,7 @@ store's own writes and by watches of what other writers store
 import asyncio
 import uuid
 
+from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
@@ -128,6 +129,8 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, Removal, DerivedFigures, S
 
     def publish(self, items, now, limits):
         items = list(items)
+        if items and self.jet.reserve.full:
+            return defer.fail(self.jet.reserve.refuse())  # growth, at JetStream's storage limit
         d = self._run(self._publish, items, now, limits, self.total_bytes())
 
         def done(result):

@@ -1,0 +1,258 @@
+"""
+The JetStream storage reserve (C{CAIRN_CLUSTER_RESERVE}, docs/scaling.md
+"The storage reserve"): what lets the mailbox drain at NATS's storage limit.
+
+At its limit (C{max_file_store}, or an account's) JetStream refuses every
+write "insufficient resources" (L{cairn.cluster.pubacks.NO_ROOM}), the
+acknowledgements' tombstones as much as new messages, so a full mailbox
+could never shrink. The SQLite store keeps free disk space for that
+(L{cairn.diskspace}); cairn cannot read JetStream's limit (account info
+says -1 without operator mode), so the room is kept the other way round,
+as a ballast: the stream C{<prefix>_reserve} holds C{CAIRN_CLUSTER_RESERVE}
+bytes of placeholder messages, written once when the stream is new. When a
+write of this node is refused for want of room, or the node sees the
+ballast gone (another node released it, or at start-up), the node is
+I{full}: it refuses growth itself (new forwards and sync updates, answered
+STORAGE_ERROR as the SQLite reserve does) and releases the ballast with
+one purge (not a publish: JetStream takes it at the limit), so that the
+acknowledgements' tombstones -- each one removes a larger message -- commit
+and the mailbox drains. Small writes that barely grow the store (tombstones,
+receipt markers, KV cursors, trust, pairing, relay counts) go on.
+
+The ballast's absence is the shared state: every node reads the reserve
+stream's state every L{POLL} seconds, so a node that did not see the
+refusal stops growth within that. A full node writes the ballast again,
+and leaves full mode, once the deployment's streams (the reserve's aside)
+hold 2 x the reserve fewer bytes than when it entered: after the ballast,
+a reserve's worth of room is left (no flapping); any node seeing the
+ballast back (newer than its release) leaves too.
+"""
+
+import time
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from cairn.cluster.common import one_line
+from cairn.diskspace import LowDiskSpace
+
+log = Logger()
+
+#: Seconds between reads of the reserve stream's state: how soon a node
+#: learns that another released the ballast, or wrote it again.
+POLL = 1.0
+#: Bytes of one ballast message (several for a larger reserve; NATS's
+#: C{max_payload} is 1 MiB by default).
+PIECE = 256 * 1024
+
+
+class Ballast:
+    """
+    The reserve stream's operations, each a Deferred (run on the NATS loop).
+    The in-memory twin for tests is C{tests.test_cluster_reserve.FakeBallast}.
+    """
+
+    def __init__(self, jet):
+        self.jet = jet
+        self.stream = jet.stream("reserve")
+
+    def state(self):
+        """C{(first seq, last seq, messages)} of the reserve stream."""
+        return self.jet.run(self._state)
+
+    async def _state(self):
+        state = (await self.jet.js.stream_info(self.stream)).state
+        return state.first_seq, state.last_seq, state.messages
+
+    def release(self):
+        """Purge the ballast; fires with the stream's last seq."""
+        return self.jet.run(self._release)
+
+    async def _release(self):
+        await self.jet.js_writes.purge_stream(self.stream)
+        return (await self._state())[1]
+
+    def write(self, size):
+        """Write C{size} bytes of ballast; fires with True, or False if JetStream refused it for want of room."""
+        return self.jet.run(write_ballast, self.jet, size)
+
+    def used(self):
+        """Bytes held by the deployment's other streams and buckets (one replica's)."""
+        return self.jet.run(self._used)
+
+    async def _used(self):
+        from cairn.cluster.layout import probes
+
+        total = 0
+        for name, _ in probes(self.jet):
+            if name != self.stream:
+                total += (await self.jet.js.stream_info(name)).state.bytes
+        return total
+
+
+async def write_ballast(jet, size, nc=None):
+    """On the NATS loop: C{size} bytes in pieces of at most L{PIECE}; False if refused for want of room."""
+    from nats.js.errors import APIError
+
+    from cairn.cluster.pubacks import NO_ROOM_CODES
+
+    stream, piece, i = jet.stream("reserve"), min(PIECE, (nc or jet.nc).max_payload // 2), 0
+    while size > 0:
+        try:
+            # One message per subject (max_msgs_per_subject 1): two nodes writing it at once replace each other's.
+            await jet.js_writes.publish(jet.subject("reserve", str(i)), bytes(min(piece, size)), stream=stream)
+        except APIError as e:
+            if e.err_code in NO_ROOM_CODES:
+                return False
+            raise
+        size, i = size - piece, i + 1
+    return True
+
+
+async def prepare(jet, nc, size):
+    """
+    At start-up, with the layout: the ballast written if the reserve
+    stream is new; C{True} if the ballast is there (or no reserve is
+    kept), C{False} if it is missing (released: the node starts full).
+    """
+    if not size:
+        return True
+    state = (await jet.js.stream_info(jet.stream("reserve"))).state
+    if state.last_seq == 0:
+        return await write_ballast(jet, size, nc)
+    return state.messages > 0
+
+
+class Reserve:
+    """
+    Full mode (on the reactor thread): L{full}, what the stores check
+    before growing; L{no_room}, called for every write JetStream refused
+    for want of room; L{begin} once connected; a poll every L{POLL} s.
+
+    @ivar refused: growth refused while full (new forwards, sync updates).
+    @ivar releases: purges of the ballast this node made.
+    """
+
+    def __init__(self, ops, size, clock, now=time.time, poll=POLL):
+        self.ops, self.size, self.clock, self.now, self.poll = ops, size, clock, now, poll
+        self.full = False
+        self.since = None  # wall-clock time full mode was entered
+        self.why = None
+        self.baseline = None  # the other streams' bytes when entering (None: not read yet)
+        self._released_upto = None  # the reserve stream's last seq once released (this episode)
+        self.refused = self.releases = 0
+        self._busy = self._again = False
+        self._loop = None
+        self._waiting = []  # Deferreds of L{released}
+
+    def begin(self, present):
+        """Connected: C{present} is L{prepare}'s answer; the poll starts."""
+        if not self.size:
+            return
+        if not present:
+            self._enter("the reserve was found released at start-up")
+            self.step()
+        if self._loop is None:
+            self._loop = task.LoopingCall(self.step)
+            self._loop.clock = self.clock
+            self._loop.start(self.poll, now=False).addErrback(lambda f: log.failure("cairn: reserve poll", f))
+
+    def stop(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def no_room(self, why="insufficient resources"):
+        """A write of this node's was refused for want of room."""
+        if self.size and not self.full:
+            self._enter(why)
+            self.step()
+
+    def released(self):
+        """
+        A Deferred firing once the step under way (or the next) is done:
+        a write refused for want of room is worth trying once more then,
+        the ballast released (or the reason to keep it known).
+        """
+        d = defer.Deferred()
+        self._waiting.append(d)
+        if not self._busy:
+            self.step()
+        return d
+
+    def refuse(self):
+        """The error a store fails a growing write with while full (counted)."""
+        self.refused += 1
+        return LowDiskSpace("JetStream's storage is down to the reserve (CAIRN_CLUSTER_RESERVE)")
+
+    def reason(self):
+        """For C{/health} while full."""
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
+        return (
+            f"JetStream's storage limit reached at {since} ({self.why}): the reserve of {self.size} bytes"
+            " (CAIRN_CLUSTER_RESERVE) is released; refusing new messages and sync updates until"
+            f" {2 * self.size} bytes are freed; deliveries and acknowledgements go on"
+        )
+
+    def _enter(self, why):
+        self.full, self.since, self.why = True, self.now(), why
+        self.baseline = self._released_upto = None
+        log.warn(
+            "cairn: JetStream's storage limit reached ({why}): releasing the reserve ({size} bytes,"
+            " CAIRN_CLUSTER_RESERVE); refusing new messages and sync updates; deliveries and acknowledgements go on",
+            why=why,
+            size=self.size,
+        )
+
+    def _leave(self, who):
+        self.full = False
+        log.info("cairn: JetStream's storage has room again ({who}): the reserve is kept again", who=who)
+
+    def step(self):
+        """Read the reserve's state and act on it; one at a time (a step asked meanwhile runs after)."""
+        if self._busy:
+            self._again = True
+            return defer.succeed(None)
+        self._busy = True
+        d = self._work()
+        d.addErrback(lambda f: log.debug("cairn: the reserve's state: {why}", why=one_line(f.value)))
+
+        def done(_):
+            self._busy = False
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.callback(None)
+            if self._again:
+                self._again = False
+                self.step()
+
+        return d.addCallback(done)
+
+    @defer.inlineCallbacks
+    def _work(self):
+        first, last, messages = yield self.ops.state()
+        if not self.full:
+            if last == 0 or messages > 0:
+                return
+            self._enter("another node released the reserve")
+        if messages > 0:
+            if self._released_upto is not None and first > self._released_upto:
+                self._leave("another node wrote the reserve again")
+                return
+            # Released first: the acknowledgements refused meanwhile wait for it (L{released}).
+            self._released_upto = yield self.ops.release()
+            self.releases += 1
+        elif self._released_upto is None:
+            self._released_upto = last
+        if self.baseline is None:
+            # The other streams' bytes: what the tombstones written since the release took off is
+            # counted as not freed (the criterion errs on the side of room).
+            self.baseline = yield self.ops.used()
+            return
+        used = yield self.ops.used()
+        if used > self.baseline - 2 * self.size:
+            return
+        if (yield self.ops.write(self.size)):
+            self._leave(f"{self.baseline - used} bytes freed")
+        else:
+            log.warn("cairn: the reserve could not be written again (insufficient resources); still full")
+            self._released_upto = None  # what was written of it goes again
