@@ -101,7 +101,13 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
 
 def _tag(auth_key: bytes, ad: bytes, body: bytes) -> bytes:
     """HMAC-SHA-256 over ad || body, without making ad || body (a copy of the whole message)."""
-    inner, outer = _keyed(auth_key)
+    # L{_keyed} written in: the key is 32 bytes (from L{_aead_keys}), and a
+    # Python call fewer on both sides of every message (issue 19).
+    padded = auth_key.ljust(_BLOCK, b"\0")
+    inner = _SHA256.copy()
+    inner.update(padded.translate(_IPAD))
+    outer = _SHA256.copy()
+    outer.update(padded.translate(_OPAD))
     if len(ad) + len(body) <= _UPDATE_MAX:
         inner.update(ad)
         inner.update(body)
@@ -220,8 +226,13 @@ def kdf_root(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
 
 def kdf_chain(chain_key: bytes) -> tuple[bytes, bytes]:
     """Section 11.4: (next chain key, message key) = (HMAC(ck, 0x02), HMAC(ck, 0x01))."""
-    # One padded key for both: copies of the keyed hashes for the second input.
-    inner, outer = _keyed(chain_key)
+    # One padded key for both: copies of the keyed hashes for the second
+    # input. L{_keyed} written in, as in L{_tag}: a chain key is 32 bytes.
+    padded = chain_key.ljust(_BLOCK, b"\0")
+    inner = _SHA256.copy()
+    inner.update(padded.translate(_IPAD))
+    outer = _SHA256.copy()
+    outer.update(padded.translate(_OPAD))
     other, other_outer = inner.copy(), outer.copy()
     inner.update(b"\x02")
     other.update(b"\x01")
@@ -248,7 +259,11 @@ def _aead_keys(message_key: bytes) -> tuple[bytes, bytes, bytes]:
     h.update(message_key)
     o = _ZERO_SALT_OUTER.copy()
     o.update(h.digest())
-    inner, outer = _keyed(o.digest())
+    padded = o.digest().ljust(_BLOCK, b"\0")  # the PRK, keyed as L{_keyed} does (written in, as in L{_tag})
+    inner = _SHA256.copy()
+    inner.update(padded.translate(_IPAD))
+    outer = _SHA256.copy()
+    outer.update(padded.translate(_OPAD))
     h = inner.copy()
     h.update(_AEAD_T1)
     o = outer.copy()
