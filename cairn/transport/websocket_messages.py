@@ -289,10 +289,11 @@ class _EnvelopeMessages:
             self.sink.framing_error(e.code, e.reason)
             return
         self.sink.envelope_received(envelope)
-        self._envelope_handled()
+        if self.ticket is not None:  # not a call per message once the session is up (issue 19)
+            self._envelope_handled()
 
     def _envelope_handled(self):
-        """Hook of the server side (the per-source handshake limit)."""
+        """Hook of the server side while it holds a per-source handshake C{ticket}."""
 
     def onClose(self, wasClean, code, reason):
         if self.sink is not None:
