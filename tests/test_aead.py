@@ -241,6 +241,15 @@ class SealOpenTests(unittest.TestCase):
         self.assertRaises(ValueError, alice.seal, 1, 0x0300, SID, 2**64, BODY)
         self.assertRaises(ValueError, alice.seal, 1, 0x0300, b"short", 0, BODY)
 
+    def test_seal_bytes_rejects_out_of_range_header(self):
+        """seal_bytes refuses what seal refuses, with or without the two-byte head's single pack."""
+        alice, _ = _pair()
+        for body in (b"b" * 10, b"b" * 1024):
+            self.assertRaises(ValueError, alice.seal_bytes, 1, 0x0300, SID, 2**64, body)
+            self.assertRaises(ValueError, alice.seal_bytes, 1, 0x10000, SID, 0, body)
+            self.assertRaises(ValueError, alice.seal_bytes, 256, 0x0300, SID, 0, body)
+            self.assertRaises(ValueError, alice.seal_bytes, 1, 0x0300, b"short", 0, body)
+
     @FAST
     @given(st.binary(max_size=300), st.integers(0, 2**64 - 1))
     def test_round_trip_property(self, body, seq):

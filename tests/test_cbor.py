@@ -427,6 +427,15 @@ class DumpsDataTests(_DataBodyCases, unittest.TestCase):
     def test_any_values(self, channel, pub, pn, n, ct):
         self.check(channel, pub, pn, n, ct)
 
+    def test_common_layout_edges(self):
+        """The common body's struct-packed path and its edges: each head width of n and of the ciphertext."""
+        for channel in (0, 23, 24):
+            for pn in (0, 23, 24):
+                for n in (0, 23, 24, 255, 256, 65535, 65536):
+                    for size in (255, 256, 1072, 65535, 65536):
+                        for pub in (b"k" * 32, b"k" * 31):
+                            self.check(channel, pub, pn, n, b"c" * size)
+
 
 class LoadsDataTests(_DataBodyCases, unittest.TestCase):
     """cbor.loads_data reads dumps_data's layout, and only that (issue 19)."""

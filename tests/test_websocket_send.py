@@ -119,3 +119,25 @@ class SendFrameTests(unittest.TestCase):
             protocol.logFrames = True
             protocol.sendFrame(opcode=2, payload=b"logged")
         self.assertEqual(len(calls), 2 * (len(cases) + 1))
+
+    def test_envelope_writes_same_bytes(self):
+        """write_envelope's frame (written without sendFrame's call) is autobahn's, byte for byte, on both sides."""
+        self.addCleanup(random.seed)
+        for side in (self.server, self.client):
+            protocol = side()
+            for seed, size in enumerate((31, 125, 126, 1100, 0xFFFF)):
+                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                ours = self.sent(protocol, functools.partial(protocol.write_envelope, data), seed)
+                theirs = self.sent(protocol, functools.partial(WebSocketProtocol.sendFrame, protocol, 2, data), seed)
+                self.assertEqual(ours, theirs, (side.__name__, size))
+
+    def test_logged_envelope_autobahns(self):
+        """With frame logging on, an envelope goes through autobahn's sendFrame."""
+        calls = []
+        real = WebSocketProtocol.sendFrame
+        self.patch(WebSocketProtocol, "sendFrame", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+        for side in (self.server, self.client):
+            protocol = side()
+            protocol.logFrames = True
+            protocol.write_envelope(b"e" * 1100)
+        self.assertEqual(calls, [1, 1])

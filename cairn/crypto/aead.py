@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from cairn.wire.constants import HEADER_SIZE, SESSION_ID_SIZE
 from cairn.wire.envelope import Envelope, encode_header, pack_header
 
 TAG_SIZE = 16
@@ -43,6 +44,8 @@ class DecryptError(Exception):
 
 
 _NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then u64 little-endian
+#: The envelope header, then a CBOR byte string's head with a two-byte length (0x59).
+_HEADER_BSTR16 = struct.Struct(">BH16sQIBH")
 
 
 def nonce_for(seq: int) -> bytes:
@@ -120,8 +123,8 @@ class SessionCipher:
         self._sent_at = self._opened_at = float("-inf")
         self._now = now
 
-    def _sender(self):
-        now = self._now()
+    def _sender(self, now):
+        """The sending AEAD object at C{now} (see the class docstring); L{seal_bytes} inlines its hot case."""
         hot, self._sent_at = now - self._sent_at < HOT, now
         aead = self._send
         if aead is None:
@@ -132,8 +135,8 @@ class SessionCipher:
             self._send = None  # idle since its last use: this one is its last
         return aead
 
-    def _receiver(self):
-        now = self._now()
+    def _receiver(self, now):
+        """The receiving AEAD object at C{now}; L{open} inlines its hot case."""
         hot, self._opened_at = now - self._opened_at < HOT, now
         aead = self._recv
         if aead is None:
@@ -180,7 +183,7 @@ class SessionCipher:
         ct_len = len(body) + TAG_SIZE
         head = bstr_head(ct_len)
         header = encode_header(version, type_, session_id, seq, len(head) + ct_len)
-        ct = self._sender().encrypt(nonce_for(seq), body, header)
+        ct = self._sender(self._now()).encrypt(nonce_for(seq), body, header)
         return Envelope(version, type_, session_id, seq, head + ct)
 
     def seal_bytes(self, version: int, type_: int, session_id: bytes, seq: int, body: bytes) -> bytes:
@@ -188,12 +191,30 @@ class SessionCipher:
         L{seal}, as the bytes that go on the wire (C{seal(...).to_bytes()}).
 
         One concatenation instead of two: for large bodies each extra copy
-        is a fresh allocation of the whole envelope.
+        is a fresh allocation of the whole envelope. A body of 240 to
+        65,519 bytes (every 1 KiB message) has its header and its byte
+        string's two-byte head packed at once, and the AEAD object of a
+        busy direction is taken without a call: four Python calls fewer per
+        envelope (issue 19).
         """
         ct_len = len(body) + TAG_SIZE
-        head = bstr_head(ct_len)
-        header = encode_header(version, type_, session_id, seq, len(head) + ct_len)
-        return b"".join((header, head, self._sender().encrypt(_NONCE.pack(seq), body, header)))
+        if 0x100 <= ct_len < 0x10000 and len(session_id) == SESSION_ID_SIZE:
+            try:
+                start = _HEADER_BSTR16.pack(version, type_, session_id, seq, ct_len + 3, 0x59, ct_len)
+            except struct.error as e:  # as encode_header says it
+                raise ValueError(f"header field out of range: {e}") from None
+            header = start[:HEADER_SIZE]
+        else:
+            head = bstr_head(ct_len)
+            header = encode_header(version, type_, session_id, seq, len(head) + ct_len)
+            start = header + head
+        now = self._now()
+        aead = self._send
+        if aead is not None and now - self._sent_at < HOT:
+            self._sent_at = now
+        else:
+            aead = self._sender(now)
+        return b"".join((start, aead.encrypt(_NONCE.pack(seq), body, header)))
 
     def open(self, envelope: Envelope) -> bytes:
         """
@@ -202,12 +223,22 @@ class SessionCipher:
         @raise DecryptError: not a byte string, or authentication fails.
         """
         payload = envelope.payload
-        ct = split_bstr(payload)
+        size = len(payload)
+        if size > 3 and payload[0] == 0x59 and ((payload[1] << 8) | payload[2]) == size - 3:
+            ct = payload[3:]  # a two-byte head (every 1 KiB message): split_bstr without the call
+        else:
+            ct = split_bstr(payload)
         seq = envelope.seq
         # The header as Envelope.header() makes it, without its range checks:
         # the fields of a received envelope came from a header.
-        header = pack_header(envelope.version, envelope.type, envelope.session_id, seq, len(payload))
+        header = pack_header(envelope.version, envelope.type, envelope.session_id, seq, size)
+        now = self._now()
+        aead = self._recv
+        if aead is not None and now - self._opened_at < HOT:
+            self._opened_at = now
+        else:
+            aead = self._receiver(now)
         try:
-            return self._receiver().decrypt(_NONCE.pack(seq), ct, header)
+            return aead.decrypt(_NONCE.pack(seq), ct, header)
         except InvalidTag:
             raise DecryptError("authentication failed") from None

@@ -101,7 +101,13 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
 
 def _tag(auth_key: bytes, ad: bytes, body: bytes) -> bytes:
     """HMAC-SHA-256 over ad || body, without making ad || body (a copy of the whole message)."""
-    inner, outer = _keyed(auth_key)
+    # L{_keyed} written in: the key is 32 bytes (from L{_aead_keys}), and a
+    # Python call fewer on both sides of every message (issue 19).
+    padded = auth_key.ljust(_BLOCK, b"\0")
+    inner = _SHA256.copy()
+    inner.update(padded.translate(_IPAD))
+    outer = _SHA256.copy()
+    outer.update(padded.translate(_OPAD))
     if len(ad) + len(body) <= _UPDATE_MAX:
         inner.update(ad)
         inner.update(body)
@@ -124,12 +130,74 @@ class _AESCBC(Cipher):
     80-byte HKDF output (32 and 16 bytes), and C{algorithms.AES} still
     checks the key's size. C{encryptor()} and C{decryptor()} are
     C{Cipher}'s own; tests/test_ratchet.py compares the bytes with
-    C{Cipher}'s and the section 11.9 vectors pin them.
+    C{Cipher}'s and the section 11.9 vectors pin them. What L{_cbc_encrypt}
+    and L{_cbc_decrypt} fall back to.
     """
 
     def __init__(self, key: bytes, iv: bytes) -> None:  # Cipher.__init__ not called: see above
         self.algorithm = algorithms.AES(key)
         self.mode = modes.CBC(iv)
+
+
+def _public_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    return _AESCBC(key, iv).encryptor().update(data)
+
+
+def _public_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    return _AESCBC(key, iv).decryptor().update(data)
+
+
+# AES-256-CBC contexts straight from cryptography's binding (issue 19,
+# round 8). What C{Cipher.encryptor()} hands the binding is an
+# C{algorithms.AES} and a C{modes.CBC}; their constructors (byte-like and
+# key-size checks in four Python calls), L{_AESCBC} and the encryptor's
+# C{isinstance} against an abstract class cost about 11,000 of a context's
+# 37,000 instructions (callgrind), on each side of every Data message. Here
+# the two objects are made without their constructors and given to the
+# function C{encryptor()} calls (C{create_encryption_ctx}). Nothing here
+# checks what the constructors would: the key and IV are always 32 and 16
+# bytes (slices of the HKDF output; a shorter IV would panic the binding),
+# the data a whole number of blocks (padded before encrypting, checked
+# before decrypting), so C{update} returns all of it and C{finalize} has
+# nothing to add. The binding is private to cryptography, so it is used
+# only if present and if, at import, it gives C{Cipher}'s bytes both ways
+# for a fixed key, IV and data; otherwise the public path above.
+# tests/test_ratchet.py compares both paths with C{Cipher}.
+_new = object.__new__
+_AES, _CBC = algorithms.AES, modes.CBC
+
+
+def _binding_pair():
+    """C{(encrypt, decrypt)} through the binding, or None if it is missing or gives other bytes."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        create_encryption, create_decryption = (
+            rust_openssl.ciphers.create_encryption_ctx,
+            rust_openssl.ciphers.create_decryption_ctx,
+        )
+
+        def encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+            algorithm, mode = _new(_AES), _new(_CBC)
+            algorithm.key, mode._initialization_vector = key, iv
+            return create_encryption(algorithm, mode).update(data)
+
+        def decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+            algorithm, mode = _new(_AES), _new(_CBC)
+            algorithm.key, mode._initialization_vector = key, iv
+            return create_decryption(algorithm, mode).update(data)
+
+        key, iv, data = bytes(range(32)), bytes(range(16, 32)), bytes(range(48))
+        expected = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor().update(data)
+        if encrypt(key, iv, data) == expected and decrypt(key, iv, expected) == data:
+            return encrypt, decrypt
+    except Exception:  # another cryptography: the public path
+        pass
+    return None
+
+
+#: AES-256-CBC of whole blocks, C{(key, iv, data) -> bytes}, each way.
+_cbc_encrypt, _cbc_decrypt = _binding_pair() or (_public_encrypt, _public_decrypt)
 
 
 #: HKDF-Expand's inputs after T(0) (empty) and with T(n-1) before them:
@@ -158,8 +226,13 @@ def kdf_root(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
 
 def kdf_chain(chain_key: bytes) -> tuple[bytes, bytes]:
     """Section 11.4: (next chain key, message key) = (HMAC(ck, 0x02), HMAC(ck, 0x01))."""
-    # One padded key for both: copies of the keyed hashes for the second input.
-    inner, outer = _keyed(chain_key)
+    # One padded key for both: copies of the keyed hashes for the second
+    # input. L{_keyed} written in, as in L{_tag}: a chain key is 32 bytes.
+    padded = chain_key.ljust(_BLOCK, b"\0")
+    inner = _SHA256.copy()
+    inner.update(padded.translate(_IPAD))
+    outer = _SHA256.copy()
+    outer.update(padded.translate(_OPAD))
     other, other_outer = inner.copy(), outer.copy()
     inner.update(b"\x02")
     other.update(b"\x01")
@@ -186,7 +259,11 @@ def _aead_keys(message_key: bytes) -> tuple[bytes, bytes, bytes]:
     h.update(message_key)
     o = _ZERO_SALT_OUTER.copy()
     o.update(h.digest())
-    inner, outer = _keyed(o.digest())
+    padded = o.digest().ljust(_BLOCK, b"\0")  # the PRK, keyed as L{_keyed} does (written in, as in L{_tag})
+    inner = _SHA256.copy()
+    inner.update(padded.translate(_IPAD))
+    outer = _SHA256.copy()
+    outer.update(padded.translate(_OPAD))
     h = inner.copy()
     h.update(_AEAD_T1)
     o = outer.copy()
@@ -206,8 +283,7 @@ def aead_encrypt(message_key: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """Section 11.5: AES-256-CBC (PKCS#7) then HMAC-SHA-256(ad || body), tag appended."""
     enc_key, auth_key, iv = _aead_keys(message_key)
     pad = AES_BLOCK - len(plaintext) % AES_BLOCK  # 1 to 16 bytes
-    encryptor = _AESCBC(enc_key, iv).encryptor()
-    body = encryptor.update(plaintext + _PADDING[pad]) + encryptor.finalize()
+    body = _cbc_encrypt(enc_key, iv, plaintext + _PADDING[pad])
     return body + _tag(auth_key, ad, body)
 
 
@@ -217,8 +293,9 @@ def aead_decrypt(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     body = ciphertext[:-TAG_LEN]
     if not hmac.compare_digest(_tag(auth_key, ad, body), ciphertext[-TAG_LEN:]):
         raise RatchetFailure("authentication failed (wrong key, ad, or tampered message)")
-    decryptor = _AESCBC(dec_key, iv).decryptor()
-    padded = decryptor.update(body) + decryptor.finalize()
+    if len(body) % AES_BLOCK:  # (the ratchet checks it before; update() would keep the rest)
+        raise RatchetFailure("decryption failed (not a whole number of blocks)")
+    padded = _cbc_decrypt(dec_key, iv, body)
     pad = padded[-1] if padded else 0
     # Authenticated already, so a bad padding is the sender's bug, not an
     # oracle; still, reject it the way PKCS#7 does.

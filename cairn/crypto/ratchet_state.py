@@ -30,6 +30,7 @@ The KDFs and the message AEAD it calls (sections 11.4 to 11.6) are in
 L{cairn.crypto.ratchet_primitives}.
 """
 
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -41,10 +42,12 @@ from cairn.crypto.ratchet_primitives import (
     RatchetFailure,
     aead_decrypt,
     aead_encrypt,
-    full_ad,
     kdf_chain,
     kdf_root,
 )
+
+#: Section 11.6's u32be pn || u32be n (L{full_ad}'s tail).
+_PN_N = struct.Struct(">II")
 
 DOS_PROTECTION_THRESHOLD = 1000
 MAX_SKIPPED_MESSAGE_KEYS = 1000
@@ -152,7 +155,7 @@ class RatchetState:
         n = self.send_n
         self.send_ck, mk = kdf_chain(self.send_ck)
         self.send_n = n + 1
-        return pub, pn, n, aead_encrypt(mk, plaintext, full_ad(ad, pub, pn, n))
+        return pub, pn, n, aead_encrypt(mk, plaintext, ad + pub + _PN_N.pack(pn, n))  # full_ad(), written in
 
     def decrypt(self, pub: bytes, pn: int, n: int, ct: bytes, ad: bytes, fresh: KeySource) -> bytes:
         """
@@ -160,7 +163,7 @@ class RatchetState:
 
         @raise RatchetFailure: rejected; nothing in the state changed.
         """
-        aad = full_ad(ad, pub, pn, n)
+        aad = ad + pub + _PN_N.pack(pn, n)  # full_ad(), written in: a call fewer per message
         skipped = self.skipped
         if skipped:
             mk = skipped.get((pub, n))

@@ -41,7 +41,10 @@ class ResumeState:
         return self._unacked
 
     def _buffer(self, seq, data):
-        self._resend_queue().append((seq, data))
+        unacked = self._unacked
+        if not unacked:  # L{_resend_queue}, written in (every buffered envelope, issue 19)
+            unacked = self._unacked = deque()
+        unacked.append((seq, data))
         self._unacked_bytes += len(data)
         limit_count, limit_bytes = self.local.resend_limits
         while self._unacked and (len(self._unacked) > limit_count or self._unacked_bytes > limit_bytes):

@@ -236,6 +236,10 @@ class _EnvelopeMessages:
             or self.send_queue
         ):
             return WebSocketProtocol.sendFrame(self, opcode, payload, fin, rsv, mask, payload_len, chopsize, sync)
+        self._write_frame(opcode, payload, length)
+
+    def _write_frame(self, opcode, payload, length):
+        """L{sendFrame}'s own case: a whole frame without reserved bits, C{length} (of C{payload}) below 64 KiB."""
         if self.maskServerFrames if self.factory.isServer else self.maskClientFrames:
             key = random.getrandbits(32).to_bytes(4, "big")
             if length and self.applyMask:
@@ -289,10 +293,11 @@ class _EnvelopeMessages:
             self.sink.framing_error(e.code, e.reason)
             return
         self.sink.envelope_received(envelope)
-        self._envelope_handled()
+        if self.ticket is not None:  # not a call per message once the session is up (issue 19)
+            self._envelope_handled()
 
     def _envelope_handled(self):
-        """Hook of the server side (the per-source handshake limit)."""
+        """Hook of the server side while it holds a per-source handshake C{ticket}."""
 
     def onClose(self, wasClean, code, reason):
         if self.sink is not None:
@@ -317,11 +322,16 @@ class _EnvelopeMessages:
         # write is dropped like bytes written to a closing TCP socket.
         if self.state != self.STATE_OPEN:
             return
-        if self._perMessageCompress is None and len(data) <= self.maxMessagePayloadSize:
+        length = len(data)
+        if self._perMessageCompress is None and length <= self.maxMessagePayloadSize:
             # What sendMessage does for cairn's messages (binary, one frame:
             # autoFragmentSize 0, no compression negotiated), without its
-            # argument asserts, counters and option checks (about 0.8 us).
-            self.sendFrame(opcode=2, payload=data)
+            # argument asserts, counters and option checks (about 0.8 us);
+            # sendFrame's own case without its call and option checks.
+            if length <= 0xFFFF and not (self.logFrames or self.logOctets or self.send_queue):
+                self._write_frame(2, data, length)
+            else:
+                self.sendFrame(opcode=2, payload=data)
         else:
             self.sendMessage(data, isBinary=True)  # compresses, or refuses an oversized one
         guard = getattr(self, "_guard", None)

@@ -88,7 +88,7 @@ def decode(data: bytes, max_payload: int) -> Envelope:
     """
     if len(data) < HEADER_SIZE:
         raise EnvelopeError(CloseCode.MALFORMED_ENVELOPE, "truncated header")
-    version, type_, sid, seq, length = parse_header(data)
+    version, type_, sid, seq, length = _HEADER.unpack_from(data, 0)  # parse_header(), without the call
     if length > max_payload:
         raise EnvelopeError(
             CloseCode.PAYLOAD_TOO_LARGE,
