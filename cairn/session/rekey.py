@@ -19,19 +19,15 @@ from cairn.wire.constants import CloseCode, MessageType
 #: sealed under it, or this many seconds (the Peer may override both).
 REKEY_ENVELOPES = 2**16
 REKEY_INTERVAL = 900.0
-#: Types before which no KeyUpdate is sent (a Reconnect answer must come first).
-_NO_REKEY_BEFORE = frozenset({MessageType.KEY_UPDATE, MessageType.RECONNECT, MessageType.CLOSE})
+#: Types before which no KeyUpdate is sent (a Reconnect answer must come first;
+#: L{cairn.session.session.Session}'s send checks it with L{KeyEpochs._rekey_due}).
+NO_REKEY_BEFORE = frozenset({MessageType.KEY_UPDATE, MessageType.RECONNECT, MessageType.CLOSE})
 
 
 class KeyEpochs:
     """KeyUpdate sending and receiving, and the ratchet seed, for a L{Session}."""
 
     __slots__ = ()  # the state is in the slots of the class using it
-
-    def _maybe_update_key(self, type_code):
-        """Before sealing an envelope of C{type_code}: send a KeyUpdate first if one is due and allowed."""
-        if type_code not in _NO_REKEY_BEFORE and self._key_update_seq is None and self._rekey_due():
-            self._update_send_key()
 
     def _rekey_due(self) -> bool:
         local = self.local

@@ -20,7 +20,7 @@ from cairn.session.errors import ProtocolViolation, SessionClosed
 from cairn.session.interfaces import ISession
 from cairn.session.keepalive import Keepalive
 from cairn.session.receiving import Receiving
-from cairn.session.rekey import _NO_REKEY_BEFORE, KeyEpochs
+from cairn.session.rekey import NO_REKEY_BEFORE, KeyEpochs
 from cairn.session.resume import ResumeState
 from cairn.wire import cbor
 from cairn.wire.constants import CloseCode, MessageType
@@ -178,8 +178,8 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
             raise ValueError(
                 f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
             )
-        if self._key_update_seq is None and type_code not in _NO_REKEY_BEFORE and self._rekey_due():
-            self._update_send_key()  # (KeyEpochs._maybe_update_key, written in: a call fewer an envelope)
+        if self._key_update_seq is None and type_code not in NO_REKEY_BEFORE and self._rekey_due():
+            self._update_send_key()  # a KeyUpdate first, if one is due (written in: a call fewer an envelope)
         seq = self.send_seq
         self.send_seq += 1
         self._epoch_sent += 1
