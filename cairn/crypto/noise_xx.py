@@ -88,6 +88,7 @@ class XXState:
         "_s_pub",
         "_e",
         "_re",
+        "_rs",
         "rs",
         "_turn",
         "_split",
@@ -111,7 +112,9 @@ class XXState:
         self._n = 0
         self._s, self._s_pub = static, static_public
         self._e = ephemeral
-        self._re = self.rs = None  # the peer's keys, as 32 bytes once read
+        # The peer's keys: parsed once each (each is used in two DHs), and
+        # its static key's 32 bytes (what the identity proof is checked against).
+        self._re = self._rs = self.rs = None
         self._turn = 0
         self._split = None
 
@@ -160,10 +163,10 @@ class XXState:
         if token == "ee":
             mine, theirs = self._e, self._re
         elif (token == "es") == self.initiator:
-            mine, theirs = self._e, self.rs
+            mine, theirs = self._e, self._rs
         else:
             mine, theirs = self._s, self._re
-        shared = mine.exchange(X25519PublicKey.from_public_bytes(theirs))
+        shared = mine.exchange(theirs)
         if shared == _ZERO:
             # cryptography's X25519 already refuses it; docs/protocol.md §6.1
             # makes the refusal a MUST, so it does not rest on that alone.
@@ -182,7 +185,7 @@ class XXState:
     def _finish_if_last(self) -> None:
         if self._turn == len(PATTERN):
             self._split = _hkdf2(self._ck, b"")
-            self._aead = self._e = self._s = None
+            self._aead = self._e = self._s = self._re = self._rs = None
 
     def write_message(self, payload: bytes) -> bytes:
         """The next message of ours, carrying C{payload}."""
@@ -212,16 +215,18 @@ class XXState:
         at = 0
         for token in self._tokens(writing=False):
             if token == "e":
-                self._re = message[:DHLEN]
-                if len(self._re) != DHLEN:
+                re = message[:DHLEN]
+                if len(re) != DHLEN:
                     raise NoiseError("message too short")
-                self._mix_hash(self._re)
+                self._re = X25519PublicKey.from_public_bytes(re)
+                self._mix_hash(re)
                 at = DHLEN
             elif token == "s":
                 size = DHLEN + (TAGLEN if self._aead is not None else 0)
                 if len(message) < at + size:
                     raise NoiseError("message too short")
                 self.rs = self._decrypt_and_hash(message[at : at + size])
+                self._rs = X25519PublicKey.from_public_bytes(self.rs)
                 at += size
             else:
                 self._mix_key(self._dh(token))
