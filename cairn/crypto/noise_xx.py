@@ -14,7 +14,7 @@ process, the same pattern, keys, prologue and empty payloads, CPU time,
 alternately): noiseprotocol 586-702 us a handshake, this module 367-429 us
 (1.6-1.7x fewer), the primitives alone 356-384 us (two X25519 key
 generations, six exchanges, the HMACs, seals and hashes): noiseprotocol's
-Python was about 45% of its handshake, this module's is a few percent.
+Python was about 45% of its handshake, this module's under a tenth.
 Callgrind: 6.48 M against 4.90 M instructions (bench/README.rst, "#19
 handshakes, round 3"). X25519, ChaCha20-Poly1305, SHA-256 and HMAC stay
 C{cryptography}'s and C{hashlib}'s: only the state machine around them is
