@@ -149,6 +149,25 @@ class RefusalTests(unittest.TestCase):
         r.read_message(i.write_message(b""))
         self.assertRaises(InvalidTag, i.read_message, r.write_message(b"")[:79])
 
+    def test_zero_dh_output_refused(self):
+        """A DH giving 32 zero bytes fails the handshake even if the X25519 in use let it through (protocol §6.1)."""
+
+        class Lax:
+            def __init__(self, key):
+                self.key = key
+
+            def exchange(self, peer):
+                return bytes(32)
+
+            def public_key(self):
+                return self.key.public_key()
+
+        i, r = state(True), state(False)
+        r._s = Lax(r._s)
+        r.read_message(i.write_message(b""))
+        r._e = Lax(X25519PrivateKey.generate())
+        self.assertRaises(NoiseError, r.write_message, b"")
+
     def test_no_cycles(self):
         """A finished state is freed by reference counting (no cycle to wait for the collector)."""
         import gc
