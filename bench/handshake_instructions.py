@@ -13,7 +13,7 @@ one handshake, both sides (client and node) together, with start-up
 cancelled out. The anchor is the bare noiseprotocol handshake of
 L{bench.handshake} (both sides in one process), counted the same way.
 
-    python -m bench.handshake_instructions [--count N] [--transports tcp,websocket,bare]
+    python -m bench.handshake_instructions [--count N] [--transports tcp,websocket,bare,noise_xx]
 
 Needs valgrind; slow (each run is about 50 times slower than natively).
 """
@@ -26,6 +26,9 @@ from twisted.internet import defer, task
 from bench._common import callgrind_instructions, log_warnings_only, node_config, out
 
 TRANSPORTS = ("tcp", "websocket", "bare")
+#: Not run by default: cairn's own Noise XX (L{cairn.crypto.noise_xx}) with
+#: the anchor's pattern, keys and prologue and empty payloads, both sides.
+EXTRA = ("noise_xx",)
 
 
 @defer.inlineCallbacks
@@ -37,8 +40,8 @@ def _child(reactor, transport, count):
     from cairn.service import make_node
 
     log_warnings_only()
-    if transport == "bare":
-        operation = handshake.bare_handshake_operation()
+    if transport in ("bare", "noise_xx"):
+        operation = (handshake.bare_handshake_operation if transport == "bare" else _noise_xx_operation)()
         for _ in range(count):
             operation()
         return
@@ -57,6 +60,28 @@ def _child(reactor, transport, count):
     yield node.stopService()
 
 
+def _noise_xx_operation():
+    """L{bench.handshake.bare_handshake_operation}'s handshake, through cairn's Noise state machine."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from cairn.crypto.identity import Identity
+    from cairn.crypto.noise_xx import XXState, public_bytes
+    from cairn.wire.constants import NOISE_PROLOGUE
+
+    keys = [X25519PrivateKey.from_private_bytes(Identity.generate().noise_static_private()) for _ in range(2)]
+    pubs = [public_bytes(key) for key in keys]
+
+    def handshake():
+        initiator = XXState(True, keys[0], pubs[0], NOISE_PROLOGUE)
+        responder = XXState(False, keys[1], pubs[1], NOISE_PROLOGUE)
+        responder.read_message(initiator.write_message(b""))
+        initiator.read_message(responder.write_message(b""))
+        responder.read_message(initiator.write_message(b""))
+        assert initiator.finished and responder.finished
+
+    return handshake
+
+
 def _instructions(transport, count):
     """Total instructions of one child run under callgrind."""
     return callgrind_instructions("bench.handshake_instructions", transport, count)
@@ -65,7 +90,7 @@ def _instructions(transport, count):
 def main(argv=None):
     p = argparse.ArgumentParser(description="instructions per cairn handshake, both sides (callgrind)")
     p.add_argument("--count", type=int, default=100, help="handshakes in the smaller run (the other has twice as many)")
-    p.add_argument("--transports", default=",".join(TRANSPORTS))
+    p.add_argument("--transports", default=",".join(TRANSPORTS), help=f"of {', '.join(TRANSPORTS + EXTRA)}")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -84,6 +109,8 @@ def main(argv=None):
         for transport in ("tcp", "websocket"):
             if transport in figures:
                 out(f"  bare noiseprotocol / cairn over {transport} = {base / figures[transport]:.3f}")
+    if base and "noise_xx" in figures:
+        out(f"  bare noiseprotocol / cairn's Noise XX alone = {base / figures['noise_xx']:.3f}")
 
 
 if __name__ == "__main__":

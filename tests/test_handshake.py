@@ -10,7 +10,7 @@ from noise.connection import Keypair, NoiseConnection
 from twisted.python.monkey import MonkeyPatcher
 from twisted.trial import unittest
 
-from cairn.crypto import handshake
+from cairn.crypto import handshake, noise_xx
 from cairn.crypto.handshake import HandshakeError, HandshakeResult, NoiseHandshake
 from cairn.crypto.identity import Identity
 from cairn.wire import cbor
@@ -499,9 +499,9 @@ class CachingTests(unittest.TestCase):
         """Every handshake of one identity uses one static key pair object, the one its bytes describe."""
         a = NoiseHandshake(ALICE, initiator=True, session_id=SID)
         b = NoiseHandshake(ALICE, initiator=False, session_id=SID)
-        s = a._conn.noise_protocol.keypairs["s"]
-        self.assertIs(b._conn.noise_protocol.keypairs["s"], s)
-        self.assertEqual(s.public_bytes, ALICE.noise_static_public())
+        s = a._noise._s
+        self.assertIs(b._noise._s, s)
+        self.assertEqual(noise_xx.public_bytes(s), ALICE.noise_static_public())
         i, r, _ = run_handshake(ALICE, BOB)
         self.assertEqual(r._remote_static(), ALICE.noise_static_public())
         self.assertEqual(i.result().handshake_hash, r.result().handshake_hash)

@@ -117,7 +117,7 @@ class NoiseStateFreedTests(unittest.TestCase):
         i.read_response(r.write_response())
         r.read_final(i.write_final())
         self.assertEqual(i.result().send_key, r.result().recv_key)
-        refs = [weakref.ref(i._conn), weakref.ref(r._conn)]
+        refs = [weakref.ref(i._noise), weakref.ref(r._noise)]
         i.forget()
         r.forget()
         self.assertEqual([ref() for ref in refs], [None, None])
@@ -126,7 +126,7 @@ class NoiseStateFreedTests(unittest.TestCase):
         """After forget(), a handshake given up half-way is freed at once."""
         i = NoiseHandshake(Identity.generate(), initiator=True, session_id=b"\x01" * 16)
         i.write_init()
-        ref = weakref.ref(i._conn)
+        ref = weakref.ref(i._noise)
         i.forget()
         self.assertIsNone(ref())
 
@@ -137,7 +137,7 @@ class NoiseStateFreedTests(unittest.TestCase):
         class Recorded(NoiseHandshake):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
-                made.append(weakref.ref(self._conn))
+                made.append(weakref.ref(self._noise))
 
         self.patch(opening, "NoiseHandshake", Recorded)
         HeldAfterHandshakeTests.handshake(self, SourceLimiter())

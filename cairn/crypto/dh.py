@@ -6,8 +6,8 @@ of small order: the "shared secret" is then known to anyone, and a key
 derived from it protects nothing. docs/protocol.md requires every X25519
 that cairn performs itself to refuse that result: the ratchet's DH steps
 (§11.1), the mailbox pair box (§21.8) and the signaling rendezvous ids
-(§23.4). (The Noise handshake's DH goes through noiseprotocol and
-C{cryptography}, which refuses it there, §6.)
+(§23.4). (The Noise handshake's DH, L{cairn.crypto.noise_xx}, goes
+through C{cryptography}'s X25519, which refuses it there, §6.)
 
 libsodium's C{crypto_scalarmult} and OpenSSL's X25519 already fail on
 that result; the check here does not depend on them.

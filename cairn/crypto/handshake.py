@@ -15,18 +15,17 @@ with its Ed25519 identity key; the other side checks that signature
 against the Noise static key the handshake authenticated. The first
 Noise message carries an empty payload.
 
-noiseprotocol 0.3.1 drops the remote static key once the handshake
-finishes, so L{NoiseHandshake} keeps the handshake state object from
-right after C{start_handshake()} and reads C{rs} from it.
+The Noise state machine is L{cairn.crypto.noise_xx} (over C{cryptography};
+its docstring says why it is not noiseprotocol's any more).
 
 Costs kept off the per-handshake path (the bytes sent are unchanged):
 
   - L{identity_payload} is computed once per L{Identity}: Ed25519
     signatures are deterministic, so re-signing the same static key gave
     the same 64 bytes every time (about 50 us with the key conversion).
-  - The Noise static key pair object (an X25519 key parsed from bytes, a
-    scalar multiplication, about 21 us) is built once per identity and
-    given to every handshake; the handshake only reads it.
+  - The Noise static key pair object (an X25519 key parsed from bytes,
+    L{noise_static_key}) is built once per identity and given to every
+    handshake; the handshake only reads it.
   - L{check_identity_payload} remembers its outcome (the CBOR decoding,
     about 6 us, and the Ed25519 verification, about 38 us) for the last
     few thousand distinct (payload, static key) pairs: it is a pure
@@ -37,13 +36,13 @@ Costs kept off the per-handshake path (the bytes sent are unchanged):
 import functools
 
 import attr
-from noise.connection import Keypair, NoiseConnection
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cairn.crypto.identity import Identity, verify
+from cairn.crypto.noise_xx import XXState
 from cairn.wire import cbor
 from cairn.wire.constants import (
     NOISE_PROLOGUE,
-    NOISE_PROTOCOL_NAME,
     PROTOCOL_VERSION,
     SESSION_ID_SIZE,
     STATIC_BINDING_PREFIX,
@@ -130,6 +129,14 @@ def check_identity_payload(payload: bytes, remote_static: bytes) -> bytes:
     return outcome
 
 
+def noise_static_key(identity: Identity) -> X25519PrivateKey:
+    """C{identity}'s Noise static key pair, parsed once per identity (every handshake only reads it)."""
+    return identity.memo(
+        "cairn.handshake.noise_static_key",
+        lambda: X25519PrivateKey.from_private_bytes(identity.noise_static_private()),
+    )
+
+
 def handshake_prologue(version: int, session_id: bytes) -> bytes:
     """
     The Noise prologue of a session: C{b"cairn"} || version (u8) || session id (16 bytes).
@@ -153,6 +160,8 @@ class NoiseHandshake:
     @param ephemeral_private: pin the ephemeral key (test vectors only).
     """
 
+    __slots__ = ("identity", "initiator", "_noise", "_remote_identity", "_steps")
+
     def __init__(
         self,
         identity: Identity,
@@ -164,23 +173,14 @@ class NoiseHandshake:
     ):
         self.identity = identity
         self.initiator = initiator
-        conn = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
-        if initiator:
-            conn.set_as_initiator()
-        else:
-            conn.set_as_responder()
-        conn.set_prologue(handshake_prologue(version, session_id))
-        # What set_keypair_from_private_bytes(Keypair.STATIC, ...) stores,
-        # parsed once per identity (the handshake state only reads it).
-        conn.noise_protocol.keypairs["s"] = identity.memo(
-            "cairn.handshake.noise_static_keypair",
-            lambda: conn.noise_protocol.dh_fn.klass.from_private_bytes(identity.noise_static_private()),
+        ephemeral = None if ephemeral_private is None else X25519PrivateKey.from_private_bytes(ephemeral_private)
+        self._noise = XXState(
+            initiator,
+            noise_static_key(identity),
+            identity.noise_static_public(),
+            handshake_prologue(version, session_id),
+            ephemeral,
         )
-        if ephemeral_private is not None:
-            conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral_private)
-        conn.start_handshake()
-        self._conn = conn
-        self._state = conn.noise_protocol.handshake_state
         self._remote_identity = None
         self._steps = 0
 
@@ -192,7 +192,7 @@ class NoiseHandshake:
 
     def _write(self, payload: bytes) -> bytes:
         try:
-            return bytes(self._conn.write_message(payload))
+            return self._noise.write_message(payload)
         except Exception as e:
             # The first DH of message 2 fails inside cryptography when the
             # peer's ephemeral key is a low-order point: their fault.
@@ -202,41 +202,24 @@ class NoiseHandshake:
         if not isinstance(message, bytes):
             raise HandshakeError("'noise' must be a byte string")
         try:
-            return bytes(self._conn.read_message(message))
+            return self._noise.read_message(message)
         except Exception as e:
-            # noiseprotocol has no common exception base and lets
-            # cryptography's InvalidTag and ValueError through: any failure
-            # to read a peer's message is that peer's handshake failing.
+            # cryptography's InvalidTag and ValueError (a key of the wrong
+            # size, a low-order point) and NoiseError alike: any failure to
+            # read a peer's message is that peer's handshake failing.
             raise HandshakeError(f"noise: {e.__class__.__name__}") from None
 
     def forget(self) -> None:
         """
         Let the Noise state go now, finished or not (the result, once
-        taken, does not need it).
-
-        noiseprotocol 0.3.1's objects refer to one another: the connection
-        keeps a bound method of itself as its next step, and the handshake
-        and symmetric states point back at the protocol that holds them. Left
-        as they are they wait for the cyclic garbage collector, and with them
-        their cipher and key objects, whose OpenSSL memory the collector does
-        not see; a node collects its young objects only every 20,000
-        allocations (L{cairn.node.GC_THRESHOLDS}), so the handshakes in flight
-        at a collection reached the old generation and stayed in its memory
-        until a full collection (issue 19). Breaking those references frees
-        them at once.
+        taken, does not need it). The state holds no reference cycle
+        (noiseprotocol's objects did, issue 19), so dropping it frees it
+        and its key and cipher objects at once.
         """
-        conn, state = self._conn, self._state
-        if conn is None:
-            return
-        self._conn = self._state = None
-        conn._next_fn = None
-        symmetric = getattr(state, "symmetric_state", None)
-        if symmetric is not None:
-            symmetric.noise_protocol = None
-        state.noise_protocol = state.symmetric_state = None
+        self._noise = None
 
     def _remote_static(self) -> bytes:
-        return self._state.rs.public_bytes
+        return self._noise.rs
 
     # Initiator steps
     def write_init(self) -> bytes:
@@ -270,17 +253,14 @@ class NoiseHandshake:
 
     def result(self) -> HandshakeResult:
         """The transport keys and peer identity, once all three messages passed."""
-        if not self._conn.handshake_finished or self._remote_identity is None:
+        noise = self._noise
+        if noise is None or not noise.finished or self._remote_identity is None:
             raise HandshakeError("handshake not finished")
-        proto = self._conn.noise_protocol
-        if self.initiator:
-            k_i2r, k_r2i = proto.cipher_state_encrypt.k, proto.cipher_state_decrypt.k
-        else:
-            k_i2r, k_r2i = proto.cipher_state_decrypt.k, proto.cipher_state_encrypt.k
+        k_i2r, k_r2i = noise.split()
         return HandshakeResult(
             remote_identity=self._remote_identity,
-            handshake_hash=bytes(self._conn.get_handshake_hash()),
-            key_i2r=bytes(k_i2r),
-            key_r2i=bytes(k_r2i),
+            handshake_hash=noise.handshake_hash,
+            key_i2r=k_i2r,
+            key_r2i=k_r2i,
             initiator=self.initiator,
         )
