@@ -41,6 +41,36 @@ STORED = 30
 RETRY = 0.05
 
 
+@defer.inlineCallbacks
+def forward_until_refused(testcase, sender, recipient_id):
+    """Forward until JetStream refuses one (STORAGE_ERROR, checked); fires with the acknowledged ids."""
+    acked = []
+    for _ in range(1000):  # 3 MiB hold a few hundred
+        try:
+            acked.append((yield testcase.forward(sender, recipient_id, os.urandom(PAYLOAD))))
+        except ForwardRejected as e:
+            testcase.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
+            return acked
+    testcase.fail("JetStream never refused")
+
+
+@defer.inlineCallbacks
+def forward_until_stored(testcase, sender, recipient_id, within=90):
+    """
+    Forward one message, sent again after each STORAGE_ERROR as a device
+    would (after L{RETRY}), until it is acknowledged, for at most C{within} s.
+    """
+    deadline = reactor.seconds() + within
+    while True:
+        try:
+            return (yield testcase.forward(sender, recipient_id, os.urandom(PAYLOAD)))
+        except ForwardRejected as e:
+            testcase.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
+            if reactor.seconds() > deadline:
+                testcase.fail(f"a forward was still refused after {within} s")
+            yield task.deferLater(reactor, RETRY, lambda: None)
+
+
 class _UncappedServer(NatsServer):
     """
     A nats-server told it may use more than its disk holds: by default it
@@ -144,14 +174,8 @@ class NatsDiskFullTests(_OneNodeMixin, unittest.TestCase):
         os.remove(filler)
         yield self.server.kill(signal.SIGTERM)
         yield self.server.start()
-        for _ in range(5):
-            while True:
-                try:
-                    acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
-                    break
-                except ForwardRejected as e:
-                    self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)  # reconnecting: the sender tries again
-                    yield task.deferLater(reactor, RETRY, lambda: None)
+        for _ in range(5):  # refused while reconnecting: the sender tries again
+            acked.append((yield forward_until_stored(self, sender, recipient.peer_id)))
         while True:
             try:
                 seq = yield eventually(sync.sync_publish(sender, "notes", b"after", update_id), 90)
@@ -191,15 +215,7 @@ class NatsStorageLimitTests(_OneNodeMixin, unittest.TestCase):
         session = yield deployment.paired(recipient, node)
         yield session.close()
         sender = yield deployment.paired(deployment.client(), node)
-        acked = []
-        for _ in range(1000):  # 3 MiB hold a few hundred
-            try:
-                acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
-            except ForwardRejected as e:
-                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
-                break
-        else:
-            self.fail("JetStream never refused")
+        acked = yield forward_until_refused(self, sender, recipient.peer_id)
         return recipient, received, sender, acked
 
     forward = NatsDiskFullTests.forward
@@ -245,13 +261,7 @@ class NatsStorageLimitTests(_OneNodeMixin, unittest.TestCase):
         else:
             self.fail(f"the delivered messages were never deleted (their acknowledgements not written): {last}")
         # Stored again once the node has seen the room (its poll of the reserve: a second or so).
-        while True:
-            try:
-                yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))
-                break
-            except ForwardRejected as e:
-                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
-                yield task.deferLater(reactor, RETRY, lambda: None)
+        yield forward_until_stored(self, sender, recipient.peer_id)
         code, health = yield self.node.api("GET", "/health")
         self.assertEqual((code, health["status"]), (200, "ok"), health)
         self.assertEqual(health["cluster"]["reserve"], {"bytes": self.reserve, "full": False}, health)

@@ -7,7 +7,7 @@ itself (L{cairn.cluster.reserve}); both serve again once the mailbox drained.
 
 import os
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from cairn.mailbox import client as mailbox
@@ -15,7 +15,7 @@ from cairn.mailbox.client import ForwardRejected
 from cairn.wire.constants import ForwardStatus
 from tests import test_cluster_full_disk as full_disk
 from tests._harness import Conditions
-from tests.test_cluster_full_disk import PAYLOAD, RETRY, _LimitedServer, _OneNodeMixin
+from tests.test_cluster_full_disk import PAYLOAD, _LimitedServer, _OneNodeMixin
 
 #: Seconds within which a node must learn that another released the reserve:
 #: its poll (cairn.cluster.reserve.POLL, 1 s) and the reads it makes, with room for a loaded machine.
@@ -55,15 +55,7 @@ class TwoNodesAtTheLimitTests(_OneNodeMixin, unittest.TestCase):
         yield session.close()
         other_sender = yield deployment.paired(deployment.client(), self.second)
         sender = yield deployment.paired(deployment.client(), self.node)
-        acked = []
-        for _ in range(1000):
-            try:
-                acked.append((yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))))
-            except ForwardRejected as e:
-                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
-                break
-        else:
-            self.fail("JetStream never refused")
+        acked = yield full_disk.forward_until_refused(self, sender, recipient.peer_id)
 
         health = yield self.health_until(self.second, lambda h: h["cluster"]["reserve"]["full"])
         self.assertEqual(health["status"], "degraded")
@@ -76,13 +68,7 @@ class TwoNodesAtTheLimitTests(_OneNodeMixin, unittest.TestCase):
         # The recipient drains at node 1; then node 2 stores again, and both say ok.
         yield deployment.connect(recipient, self.node)
         yield self.conditions.until(lambda: set(acked) <= set(received), 60)
-        while True:
-            try:
-                yield self.forward(other_sender, recipient.peer_id, os.urandom(PAYLOAD))
-                break
-            except ForwardRejected as e:
-                self.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
-                yield task.deferLater(reactor, RETRY, lambda: None)
+        yield full_disk.forward_until_stored(self, other_sender, recipient.peer_id)
         for node in (self.node, self.second):
             health = yield self.health_until(node, lambda h: h["status"] == "ok")
             self.assertFalse(health["cluster"]["reserve"]["full"])
