@@ -23,6 +23,7 @@ from twisted.trial import unittest
 
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import ForwardRejected, uuid7
+from cairn.management.openapi_schemas import SCHEMAS
 from cairn.sync import client as sync
 from cairn.sync.client import PublishRejected
 from cairn.wire.constants import ForwardStatus, SyncStatus
@@ -265,5 +266,8 @@ class NatsStorageLimitTests(_OneNodeMixin, unittest.TestCase):
         code, health = yield self.node.api("GET", "/health")
         self.assertEqual((code, health["status"]), (200, "ok"), health)
         self.assertEqual(health["cluster"]["reserve"], {"bytes": self.reserve, "full": False}, health)
+        documented = SCHEMAS["Health"]["properties"]["cluster"]["properties"]  # /openapi.json says what it holds
+        self.assertLessEqual(set(health["cluster"]), set(documented))
+        self.assertEqual(set(health["cluster"]["reserve"]), set(documented["reserve"]["properties"]))
         self.assertIn("the reserve is kept again", self.node.log)
         self.assertNotIn("Traceback", self.node.log)

@@ -74,6 +74,19 @@ SCHEMAS = {
                         "additionalProperties": {"type": "number"},
                     },
                     "reason": {"type": "string", "description": "Why NATS is degraded or no leader is known."},
+                    "reserve": {
+                        "type": "object",
+                        "description": "The JetStream storage reserve (docs/scaling.md, \"The storage reserve\").",
+                        "required": ["bytes", "full"],
+                        "properties": {
+                            "bytes": {"type": "integer", "description": "CAIRN_CLUSTER_RESERVE (0: none kept)."},
+                            "full": {
+                                "type": "boolean",
+                                "description": "JetStream's storage limit was met: the reserve is released and"
+                                " new forwards and sync updates are refused until room is freed.",
+                            },
+                        },
+                    },
                 },
             },
         },
