@@ -33,17 +33,19 @@ ACCOUNT_MAX_FILE = 24 * MiB
 
 class R3AccountLimitTests(unittest.TestCase):
     timeout = 600
+    reserve = RESERVE
+    account_max_file = ACCOUNT_MAX_FILE
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.account = Account(ACCOUNT_MAX_FILE)
+        self.account = Account(self.account_max_file)
         self.nats = yield start_nats_cluster(self, account=self.account)
         self.deployment = Deployment(
             self,
             self.nats,
             os.path.abspath(self.mktemp()),
             replicas=REPLICAS,
-            settings={"CAIRN_CLUSTER_RESERVE": str(RESERVE)},
+            settings={"CAIRN_CLUSTER_RESERVE": str(self.reserve)},
         )
         self.addCleanup(lambda: drop_all(self.deployment.connections))
         self.node = yield self.deployment.add_node()
@@ -81,7 +83,7 @@ class R3AccountLimitTests(unittest.TestCase):
         self.assertIn("JetStream's storage limit reached", health["reason"])
         self.assertIn("resource limits exceeded for account", health["reason"])
         self.assertIn("CAIRN_CLUSTER_RESERVE", health["reason"])
-        self.assertEqual(health["cluster"]["reserve"], {"bytes": RESERVE, "full": True}, health)
+        self.assertEqual(health["cluster"]["reserve"], {"bytes": self.reserve, "full": True}, health)
 
         yield deployment.connect(recipient, node)
         yield self.conditions.until(lambda: set(acked) <= set(received), 120).addErrback(lambda _: None)
@@ -101,7 +103,7 @@ class R3AccountLimitTests(unittest.TestCase):
         yield forward_until_stored(self, sender, recipient.peer_id, within=120)
         health = yield self.health()
         self.assertEqual(health["status"], "ok", health)
-        self.assertEqual(health["cluster"]["reserve"], {"bytes": RESERVE, "full": False}, health)
+        self.assertEqual(health["cluster"]["reserve"], {"bytes": self.reserve, "full": False}, health)
         self.assertIn("the reserve is kept again", node.log)
         self.assertNotIn("Traceback", node.log)
         self.assertNotIn(self.account.password, node.log)
