@@ -10,13 +10,21 @@ CI (C{CI} set), where that is a failure. Readiness is read from the
 servers' own log lines ("Server is ready", a JetStream metadata leader
 known), never waited for with sleeps. Every server is stopped by its PID
 in the test's cleanup.
+
+With an L{Account} the servers give clients one account with a JetStream
+storage limit of its own (C{jetstream { max_file }}, the limit
+docs/scaling.md tells clusters to use), reached by a user and password
+that are only in the servers' config files and in C{url} (which the
+tests hand to the node in its environment, never on an argv).
 """
 
 import os
+import secrets
 import shutil
 import signal
 import sys
 
+import attr
 from twisted.internet import defer, error, protocol, reactor
 from twisted.trial.unittest import SkipTest
 
@@ -36,6 +44,24 @@ def nats_server_binary():
     if os.environ.get("CI"):
         raise RuntimeError(message)
     raise SkipTest(message)
+
+
+@attr.s(frozen=True)
+class Account:
+    """
+    The one account clients log in to, its JetStream file storage limited
+    to C{max_file} bytes (counted over every replica, as NATS counts it).
+    """
+
+    max_file: int = attr.ib()
+    user: str = attr.ib(default="cairn")
+    password: str = attr.ib(factory=lambda: secrets.token_hex(16), repr=False)
+
+    def config(self):
+        return (
+            f"accounts {{ CAIRN: {{ jetstream: {{ max_file: {self.max_file} }}, "
+            f'users: [{{ user: {self.user}, password: "{self.password}" }}] }} }}'
+        )
 
 
 class _ServerProtocol(protocol.ProcessProtocol):
@@ -68,7 +94,7 @@ class NatsServer:
     @ivar log: every line it logged, across restarts.
     """
 
-    def __init__(self, directory, name="n1", cluster=None, advertise=True):
+    def __init__(self, directory, name="n1", cluster=None, advertise=True, account=None):
         self.directory = directory
         self.name = name
         self.port = free_port()
@@ -76,7 +102,10 @@ class NatsServer:
         #: Whether clients are told the other servers' addresses (off: a
         #: client reaches only the URLs it was given, e.g. through a proxy).
         self.advertise = advertise
-        self.url = f"nats://127.0.0.1:{self.port}"
+        #: An L{Account} clients must log in to, or None (no authentication).
+        self.account = account
+        login = f"{account.user}:{account.password}@" if account is not None else ""
+        self.url = f"nats://{login}127.0.0.1:{self.port}"
         self.log = []
         self.process = None
         self._waiting = []
@@ -98,12 +127,14 @@ class NatsServer:
             routes = ", ".join(f"nats://127.0.0.1:{p}" for p in ports)
             extra = "" if self.advertise else ", no_advertise: true"
             lines.append(f"cluster {{ name: {name}, listen: 127.0.0.1:{own}, routes: [{routes}]{extra} }}")
+        if self.account is not None:
+            lines.append(self.account.config())
         return "\n".join(lines) + "\n"
 
     def start(self):
         """Start the process; fires once it logged "Server is ready"."""
         path = os.path.join(self.directory, "nats.conf")
-        with open(path, "w") as f:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(self.config())
         self.exited = defer.Deferred()
         mark = len(self.log)
@@ -171,12 +202,14 @@ def start_nats(testcase):
 
 
 class NatsCluster:
-    """Three JetStream servers routed together; C{urls} for a client."""
+    """Three JetStream servers routed together; C{urls} for a client (all sharing one L{Account}, if given)."""
 
-    def __init__(self, directory, size=3, advertise=True):
+    def __init__(self, directory, size=3, advertise=True, account=None):
         ports = [free_port() for _ in range(size)]
         self.servers = [
-            NatsServer(os.path.join(directory, f"n{i + 1}"), f"n{i + 1}", ("cairn-test", ports[i], ports), advertise)
+            NatsServer(
+                os.path.join(directory, f"n{i + 1}"), f"n{i + 1}", ("cairn-test", ports[i], ports), advertise, account
+            )
             for i in range(size)
         ]
 
@@ -207,8 +240,12 @@ def _meta_leader(line):
     return "metadata leader" in line and "has not" not in line
 
 
-def start_nats_cluster(testcase, size=3, advertise=True):
-    """A JetStream cluster of C{size} servers (stopped by PID in cleanup); fires once a metadata leader is elected."""
-    cluster = NatsCluster(os.path.abspath(testcase.mktemp()), size, advertise)
+def start_nats_cluster(testcase, size=3, advertise=True, account=None):
+    """
+    A JetStream cluster of C{size} servers (stopped by PID in cleanup); fires
+    once a metadata leader is elected. C{account}: an L{Account} every
+    client logs in to (none by default).
+    """
+    cluster = NatsCluster(os.path.abspath(testcase.mktemp()), size, advertise, account)
     testcase.addCleanup(cluster.stop)
     return cluster.start().addCallback(lambda _: cluster)

@@ -29,6 +29,7 @@ from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
 from cairn.cluster.pubacks import Acks
 from cairn.cluster.reserve import Ballast, Reserve, prepare
+from cairn.config_values import shown_url
 
 log = Logger()
 
@@ -134,7 +135,7 @@ class JetStream:
             self.reason = f"NATS unreachable ({_describe(failure.value)})"
             log.warn(
                 "cairn: NATS at {servers} unreachable ({why}); retrying in {delay:g}s",
-                servers=",".join(self.settings.servers),
+                servers=",".join(map(shown_url, self.settings.servers)),
                 why=_describe(failure.value),
                 delay=delay,
             )
@@ -145,7 +146,9 @@ class JetStream:
         def connected(_):
             self.state, self.reason = "ok", None
             self.reserve.begin(self._ballast)
-            log.info("cairn: storage on NATS JetStream at {servers}", servers=",".join(self.settings.servers))
+            log.info(
+                "cairn: storage on NATS JetStream at {servers}", servers=",".join(map(shown_url, self.settings.servers))
+            )
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 waiter.callback(None)
