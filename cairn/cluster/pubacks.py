@@ -108,7 +108,8 @@ class Acks:
     answer STORAGE_ERROR, as after the timeout), and one probe at a time
     (L{PROBE_HEADERS}, to the subject whose write went unanswered; it
     stores nothing) asks whether JetStream answers again; its answer, or any
-    other, ends it. C{failed_fast} counts the writes failed so.
+    other, ends it (but not C{stalled_since}: only a write's answer does).
+    C{failed_fast} counts the writes failed so.
     """
 
     def __init__(self, nc, timeout=5.0):
@@ -127,6 +128,7 @@ class Acks:
         #: The subject of a write whose PubAck never came, while nothing has been answered since (else None).
         self._unanswered = None
         self._probing = False
+        self._probe_token = None
         self.failed_fast = 0
         #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
         self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
@@ -136,7 +138,8 @@ class Acks:
         await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
 
     async def _reply(self, msg):
-        waiting = self._futures.pop(msg.subject.rsplit(".", 1)[1], None)
+        token = msg.subject.rsplit(".", 1)[1]
+        waiting = self._futures.pop(token, None)
         if waiting is None or waiting[0].done():
             return
         future = waiting[0]
@@ -159,6 +162,12 @@ class Acks:
                 self._stalled(description)
                 if self.on_no_room is not None:
                     self.on_no_room(description)
+            elif token == self._probe_token:
+                # The probe's refusal ends the failing fast, not the stall: a stream whose server
+                # cannot write may still answer a probe's header check, so only a write's answer
+                # says that writes are stored again.
+                future.set_result(None)
+                return
             else:
                 self.stalled_since = None  # JetStream answers: a refusal of this write only
             _fail(future, PublishError(code, description))
@@ -225,7 +234,7 @@ class Acks:
         self._futures[token] = (future, loop.time() + self.timeout, self._unanswered)
         if self._timer is None:
             self._timer = loop.call_at(loop.time() + self.timeout, self._expire)
-        self._probing = True
+        self._probing, self._probe_token = True, token
 
         def done(_):
             self._probing = False
