@@ -308,6 +308,48 @@ class AcknowledgedAfterTheReleaseTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(store.acknowledge("QmB", [1], 0.0, 60.0)), [])
         self.assertEqual(calls, [1, 0])  # the second write after the release
 
+    def test_refused_again_after_the_release_tried_at_each_poll(self):
+        """
+        Refused again just after the release (at R3 the servers' usage
+        figures lag it by seconds): tried at the reserve's next polls while
+        full, not left to the delivery's 60 s sweep.
+        """
+        from cairn.cluster import mailbox_removal
+        from cairn.mailbox.interfaces import StoreFull
+
+        clock = task.Clock()
+        ballast = FakeBallast()
+        reserve = Reserve(ballast, R, clock, now=clock.seconds)
+        reserve.begin(True)
+        self.addCleanup(reserve.stop)
+        store = JetStreamMailboxStore(_Jet(reserve))
+        store._depths = {}
+        calls = []
+
+        def run(function, *args):
+            calls.append(clock.seconds())
+            if len(calls) == 1:
+                reserve.no_room("resource limits exceeded for account")
+            if len(calls) <= 3:
+                return defer.fail(StoreFull("JetStream unavailable (resource limits exceeded for account)"))
+            return defer.succeed(([], {}, 0))
+
+        store._run = run
+        d = store.acknowledge("QmB", [1], 0.0, 60.0)
+        self.assertNoResult(d)
+        self.assertEqual(calls, [0, 0])  # at once, then right after the release
+        clock.advance(reserve.poll)
+        self.assertNoResult(d)
+        clock.advance(reserve.poll)
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual(calls, [0, 0, reserve.poll, 2 * reserve.poll])
+
+        # Bounded: refused for good, it fails after ACK_RETRIES polls (the sweep's, then).
+        store._run = lambda function, *args: defer.fail(StoreFull("JetStream unavailable (insufficient resources)"))
+        d = store.acknowledge("QmB", [2], 0.0, 60.0)
+        clock.pump([reserve.poll] * (mailbox_removal.ACK_RETRIES + 1))
+        self.failureResultOf(d, StoreFull)
+
     def test_other_failures_not_retried(self):
         """Not full: a failed acknowledgement fails (the service's sweep retries it, as before)."""
         from cairn.mailbox.interfaces import StoreFull
