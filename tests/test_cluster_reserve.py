@@ -284,10 +284,8 @@ class StalledTests(unittest.TestCase):
 
 
 class AcknowledgedAfterTheReleaseTests(unittest.TestCase):
-    def test_refused_acknowledgement_tried_again_after_the_release(self):
-        """An acknowledgement refused for want of room (the node now full) is written again once the ballast is gone."""
-        from cairn.mailbox.interfaces import StoreFull
-
+    def store(self):
+        """(clock, ballast, reserve, store): a mailbox store whose node keeps a reserve, not yet full."""
         clock = task.Clock()
         ballast = FakeBallast()
         reserve = Reserve(ballast, R, clock, now=clock.seconds)
@@ -295,6 +293,13 @@ class AcknowledgedAfterTheReleaseTests(unittest.TestCase):
         self.addCleanup(reserve.stop)
         store = JetStreamMailboxStore(_Jet(reserve))
         store._depths = {}
+        return clock, ballast, reserve, store
+
+    def test_refused_acknowledgement_tried_again_after_the_release(self):
+        """An acknowledgement refused for want of room (the node now full) is written again once the ballast is gone."""
+        from cairn.mailbox.interfaces import StoreFull
+
+        clock, ballast, reserve, store = self.store()
         calls = []
 
         def run(function, *args):
@@ -317,13 +322,7 @@ class AcknowledgedAfterTheReleaseTests(unittest.TestCase):
         from cairn.cluster import mailbox_removal
         from cairn.mailbox.interfaces import StoreFull
 
-        clock = task.Clock()
-        ballast = FakeBallast()
-        reserve = Reserve(ballast, R, clock, now=clock.seconds)
-        reserve.begin(True)
-        self.addCleanup(reserve.stop)
-        store = JetStreamMailboxStore(_Jet(reserve))
-        store._depths = {}
+        clock, ballast, reserve, store = self.store()
         calls = []
 
         def run(function, *args):

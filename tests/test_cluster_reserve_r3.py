@@ -16,12 +16,11 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from cairn.mailbox import client as mailbox
 from tests import test_cluster_full_disk as full_disk
 from tests._cluster import Deployment
 from tests._harness import Conditions, drop_all
 from tests._nats import Account, start_nats_cluster
-from tests.test_cluster_full_disk import forward_until_refused, forward_until_stored
+from tests.test_cluster_full_disk import forward_until_stored
 
 MiB = 2**20
 REPLICAS = 3
@@ -53,6 +52,7 @@ class R3AccountLimitTests(unittest.TestCase):
         self.conditions = Conditions()
 
     forward = full_disk.NatsDiskFullTests.forward
+    filled = full_disk.NatsStorageLimitTests.filled
 
     @defer.inlineCallbacks
     def health(self):
@@ -69,13 +69,7 @@ class R3AccountLimitTests(unittest.TestCase):
         are stored again and /health is ok; no traceback, no password logged.
         """
         deployment, node = self.deployment, self.node
-        recipient = deployment.client()
-        received = []
-        mailbox.set_inbox(recipient.peer, lambda sender, mid, data: self.conditions.changed(received.append(mid)))
-        session = yield deployment.paired(recipient, node)
-        yield session.close()
-        sender = yield deployment.paired(deployment.client(), node)
-        acked = yield forward_until_refused(self, sender, recipient.peer_id)
+        recipient, received, sender, acked = yield self.filled()
         self.assertGreater(len(acked), 100)
 
         health = yield self.health()
