@@ -16,8 +16,8 @@ RESERVE = 300 * 1024
 
 class ReserveLayoutTests(unittest.TestCase):
     @defer.inlineCallbacks
-    def node(self, url):
-        jet = JetStream(reactor, Settings((url,), 1, "cairn", reserve=RESERVE))
+    def node(self, url, reserve=RESERVE):
+        jet = JetStream(reactor, Settings((url,), 1, "cairn", reserve=reserve))
         self.addCleanup(jet.close)
         yield jet.connect()
         return jet
@@ -55,3 +55,19 @@ class ReserveLayoutTests(unittest.TestCase):
         ok, reason = jet.health()
         self.assertFalse(ok)
         self.assertIn("found released at start-up", reason)
+
+    @defer.inlineCallbacks
+    def test_raised_reserve_written_whole(self):
+        """CAIRN_CLUSTER_RESERVE raised since the ballast was written: the next node to start writes it whole."""
+        server, _ = yield _jetstream.single(self)
+        yield self.node(server.url)
+        raised = 3 * RESERVE
+        jet = yield self.node(server.url, reserve=raised)
+        messages, size, _ = yield self.reserve_state(jet)
+        self.assertEqual(messages, 4)  # the 2 pieces of 256 KiB replaced, 2 more
+        self.assertGreaterEqual(size, raised)
+        self.assertFalse(jet.reserve.full)
+        # Lowered again: the larger ballast is kept (more room, never less).
+        lowered = yield self.node(server.url, reserve=RESERVE)
+        self.assertEqual((yield self.reserve_state(lowered))[:2], (messages, size))
+        self.assertFalse(lowered.reserve.full)

@@ -112,13 +112,17 @@ async def write_ballast(jet, size, nc=None):
 async def prepare(jet, nc, size):
     """
     At start-up, with the layout: the ballast written if the reserve
-    stream is new; C{True} if the ballast is there (or no reserve is
-    kept), C{False} if it is missing (released: the node starts full).
+    stream is new, or written again if it holds less than C{size} (the
+    reserve was raised since: each piece replaces its subject's, so the
+    pieces written before are not counted twice; a reserve lowered keeps
+    the larger ballast, which errs on the side of room); C{True} if the
+    ballast is there (or no reserve is kept), C{False} if it is missing
+    (released: the node starts full) or could not be written whole.
     """
     if not size:
         return True
     state = (await jet.js.stream_info(jet.stream("reserve"))).state
-    if state.last_seq == 0:
+    if state.last_seq == 0 or 0 < state.bytes < size:
         return await write_ballast(jet, size, nc)
     return state.messages > 0
 
