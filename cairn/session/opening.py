@@ -10,6 +10,7 @@ table (L{cairn.session.connection.TABLE}) names these handlers.
 
 import os
 
+from cairn.crypto.aead import bstr_head
 from cairn.crypto.handshake import HandshakeError, NoiseHandshake
 from cairn.session.errors import ProtocolViolation
 from cairn.session.session import Session
@@ -30,16 +31,9 @@ def handshake_body(noise: bytes) -> bytes:
     encoder, which first tries the batch layouts, cost about three times
     as much (issue 19, handshakes round 3).
     """
-    size = len(noise)
-    if size < 24:
-        head = bytes((0x40 + size,))
-    elif size < 0x100:
-        head = bytes((0x58, size))
-    elif size < 0x10000:
-        head = b"\x59" + size.to_bytes(2, "big")
-    else:
+    if len(noise) >= 0x10000:  # over Noise's limit: refused further on, whatever its form
         return cbor.dumps({"noise": noise})
-    return _BODY_START + head + noise
+    return _BODY_START + bstr_head(len(noise)) + noise
 
 
 def _canonical_noise(payload: bytes):
