@@ -57,6 +57,19 @@ class OpenBucketTests(unittest.TestCase):
         self.assertEqual(len(js.calls), 6)
 
 
+    def test_probed_once_opened(self):
+        """
+        With the connection given, the bucket is opened and then probed on its
+        own subject until it answers (a new bucket may have no leader yet).
+        """
+        from tests.test_cluster_ready import _FakeNc
+
+        js = RacingJetStream(0)
+        nc = _FakeNc({"$KV.cairn_presence.probe": "KV_cairn_presence"}, silent=0)
+        self.assertEqual(asyncio.run(open_bucket(js, CONFIG, nc, pause=0)), "made")
+        self.assertEqual([subject for subject, _ in nc.requests], ["$KV.cairn_presence.probe"])
+
+
 class StandInKV:
     def __init__(self, keys, gone=()):
         self._keys, self.gone = keys, set(gone)

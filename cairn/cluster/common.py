@@ -68,7 +68,7 @@ async def kv_entries(kv):
     return entries
 
 
-async def open_bucket(js, config, attempts=5, pause=0.2):
+async def open_bucket(js, config, nc=None, attempts=5, pause=0.2):
     """
     The KV bucket C{config} names: made if it does not exist, else opened as
     it is (another version of cairn may have made it with other settings).
@@ -77,6 +77,11 @@ async def open_bucket(js, config, attempts=5, pause=0.2):
     create is refused while the first one's bucket is not yet readable, so
     opening it may still say it does not exist. Both are tried again a few
     times, pausing a little longer each time, before the last error goes up.
+
+    With C{nc} (the connection the bucket's writes take), return only once
+    the bucket answers a publish there (L{cairn.cluster.ready.answering}),
+    as the layout's streams and buckets do: a bucket just made may have no
+    leader yet, and its first write would be refused.
     """
     import asyncio
 
@@ -84,15 +89,22 @@ async def open_bucket(js, config, attempts=5, pause=0.2):
 
     for attempt in range(attempts):
         try:
-            return await js.create_key_value(config=config)
+            kv = await js.create_key_value(config=config)
+            break
         except BadRequestError:
             pass
         try:
-            return await js.key_value(config.bucket)
+            kv = await js.key_value(config.bucket)
+            break
         except BucketNotFoundError:
             if attempt == attempts - 1:
                 raise
         await asyncio.sleep(pause * (attempt + 1))
+    if nc is not None:
+        from cairn.cluster.ready import answering
+
+        await answering(nc, [(f"KV_{config.bucket}", f"$KV.{config.bucket}.probe")])
+    return kv
 
 
 def one_line(error):

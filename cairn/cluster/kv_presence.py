@@ -100,7 +100,7 @@ class KVPresence:
             replicas=self.jet.settings.replicas,
             storage=StorageType.MEMORY,
         )
-        self.kv = await open_bucket(self.jet.js, config)
+        self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
         watcher = await self.kv.watchall()
         initial = []
         async for entry in watcher:

@@ -82,7 +82,7 @@ class KVCodes:
             replicas=self.jet.settings.replicas,
             storage=StorageType.FILE,
         )
-        self.kv = await open_bucket(self.jet.js, config)
+        self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
         watcher = await self.kv.watchall()
         initial = []
         async for entry in watcher:
