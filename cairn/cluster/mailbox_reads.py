@@ -112,8 +112,13 @@ class Reading:
         # what was read ahead goes out as it is, unless a message is known
         # stored past it: topping it up would read, behind the removals,
         # before it is delivered -- usually to find nothing more; the next
-        # fetch reads what follows.
+        # fetch reads what follows. What the watch saw may hold the rest
+        # (a backlog read at the start, newer messages since): no read then.
         held, upto = self._ahead.take(recipient, after_seq, limit)
+        if held and len(held) < limit and upto < expect:
+            rest = self.recent.fetch(recipient, upto, limit - len(held), expect)
+            if rest is not None:
+                return held + rest
         if len(held) < limit and not (held and upto >= expect):
             want = max(limit - len(held), READ_AHEAD)
             subject = self._subject("mbox", recipient, ">")
