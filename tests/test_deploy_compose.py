@@ -156,3 +156,23 @@ class StandinTests(unittest.TestCase):
                 "/bin/sh", [os.path.join(STANDINS, image, "entrypoint.sh"), *argv], env=env
             )
             self.assertEqual((out.decode().strip(), code), (expected, 0), (image, argv, err))
+
+
+def _haproxy_seconds(value):
+    """An haproxy time ("5s", "500ms", "2m"; bare numbers are ms) in seconds."""
+    number, unit = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h|d)?", value).groups()
+    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1e-3}[unit]
+
+
+class BalancerTimingTests(unittest.TestCase):
+    def test_dead_node_costs_less_than_its_health_check(self):
+        """A connection tried at a dead node's address gives up before the health check would mark the node down."""
+        cfg = [line.split("#")[0].split() for line in _read(DOCKER, "haproxy.cfg").splitlines()]
+        cfg = [words for words in cfg if words]
+        connect = _haproxy_seconds(next(w[2] for w in cfg if w[:2] == ["timeout", "connect"]))
+        retries = int(next(w[1] for w in cfg if w[0] == "retries"))
+        defaults = next(w for w in cfg if w[0] == "default-server")
+        inter = _haproxy_seconds(defaults[defaults.index("inter") + 1])
+        fall = int(defaults[defaults.index("fall") + 1])
+        self.assertIn(["option", "redispatch"], cfg)
+        self.assertLessEqual(connect * (1 + retries), inter * fall)
