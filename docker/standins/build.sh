@@ -14,9 +14,16 @@ here="$(cd "$(dirname "$0")" && pwd)"
 mirror="${MIRROR:-http://deb.debian.org/debian}"
 base=cairn-standin-base:bookworm
 
+rootfs=""
+ca="$here/python/extra-ca"
+cleanup() {
+    [ -z "$rootfs" ] || rm -rf "$rootfs"
+    rm -rf "$ca"
+}
+trap cleanup EXIT
+
 if ! docker image inspect "$base" > /dev/null 2>&1; then
     rootfs="$(mktemp -d)"
-    trap 'rm -rf "$rootfs"' EXIT
     debootstrap --variant=minbase bookworm "$rootfs" "$mirror"
     # apt's lists and caches are fetched again by each image that installs.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
@@ -25,21 +32,18 @@ if ! docker image inspect "$base" > /dev/null 2>&1; then
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["bash"]' \
         - "$base"
-    rm -rf "$rootfs"
-    trap - EXIT
 fi
 
 # pip inside the python stand-in checks TLS against the CA bundle the image
 # builds from /usr/local/share/ca-certificates: where the host's outgoing
 # HTTPS goes through a proxy with its own CA, that CA has to be in it too.
-ca="$here/python/extra-ca"
+# (Certificates only, and removed again on exit: never committed.)
 rm -rf "$ca"
 mkdir -p "$ca"
 find /usr/local/share/ca-certificates -maxdepth 1 -name '*.crt' \
     -exec cp {} "$ca"/ \; 2>/dev/null || true
 
 docker build -t python:3.11-slim "$here/python"
-rm -rf "$ca"
 docker build -t nats:2.12-alpine "$here/nats"
 docker build -t coturn/coturn:latest "$here/coturn"
 docker build -t haproxy:3.0-alpine "$here/haproxy"
