@@ -8,6 +8,7 @@ import configparser
 import os
 import re
 import shutil
+import sys
 
 import yaml
 from twisted.internet import defer, reactor, utils
@@ -176,3 +177,16 @@ class BalancerTimingTests(unittest.TestCase):
         fall = int(defaults[defaults.index("fall") + 1])
         self.assertIn(["option", "redispatch"], cfg)
         self.assertLessEqual(connect * (1 + retries), inter * fall)
+
+
+class CheckClusterTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_help(self):
+        """docker/standins/check_cluster.py imports what it uses from cairn and answers --help."""
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable,
+            [os.path.join(STANDINS, "check_cluster.py"), "--help"],
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"--compose", out)
