@@ -1094,7 +1094,7 @@ def loopback_haproxy_cfg(text, nodes, binds):
     no Docker resolver, health checks logged.
     """
     text = re.sub(r"\nresolvers docker\n(    .*\n)+", "\n", text)
-    text = text.replace(" resolvers docker", "").replace("maxconn 20000", "maxconn 100")
+    text = text.replace(" resolvers docker", "")
     text = text.replace("bind :7500", f"bind fd@{binds[0]}").replace("bind :7501", f"bind fd@{binds[1]}")
     for name, ports in nodes.items():
         for inside, kind in ((7400, "tcp"), (7401, "websocket")):
