@@ -13,7 +13,9 @@ from cairn.mailbox.interfaces import Incoming, Limits
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import MemoryMailboxStore
 from cairn.pairing.trust import MemoryTrustStore
+from cairn.session.errors import SessionClosed
 from cairn.session.peer import Peer
+from cairn.wire import cbor
 from cairn.wire.constants import MessageType
 
 SENDER = Identity.from_seed(b"\x01" * 32)
@@ -38,6 +40,10 @@ class Session:
         if type_code == MessageType.FORWARD_DELIVER:
             self.events.append(("sent", [m["seq"] for m in body["messages"]]))
         return True
+
+    def send_payload(self, type_code, payload):
+        if not self.send_if_open(type_code, cbor.loads(payload)):
+            raise SessionClosed(0, "ended")
 
 
 class HeldReads(MemoryMailboxStore):
