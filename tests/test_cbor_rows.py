@@ -1,7 +1,8 @@
 """
-L{cairn.wire.cbor.dumps_deliveries} and L{cairn.wire.cbor.dumps_receipts}:
-a drain's bodies written from the node's rows are exactly the canonical
-encoding of the same maps (issue 19).
+A drain's bodies on the node (issue 19): L{cairn.wire.cbor.dumps_deliveries}
+and L{cairn.wire.cbor.dumps_receipts} write them from the node's rows, exactly
+the canonical encoding of the same maps; L{cairn.wire.cbor.loads_batch} reads
+the ForwardPurges of receipts that come back as the general decode does.
 """
 
 import math
@@ -101,3 +102,63 @@ class RowsTests(unittest.TestCase):
     def test_any_entries(self, deliveries, receipts):
         """Random entries of the layouts' kinds (any float, NaN too): the canonical bytes."""
         self.check(deliveries, receipts)
+
+
+def _strict(value):
+    """C{value} with each item's type beside it (True is not 1)."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return (type(value).__name__, value)
+
+
+class PurgeReceiptsTests(unittest.TestCase):
+    """A ForwardPurge of receipts alone ({"receipts": [uint]}) is read without the general decode, to the same value."""
+
+    def check(self, data):
+        """loads() and the general decode agree; the fast path gives the same or declines; returns the fast one."""
+        general = cbor._loads_general(data)
+        self.assertEqual(_strict(cbor.loads(data)), _strict(general))
+        fast = cbor.loads_batch(data)
+        if fast is not None:
+            self.assertEqual(_strict(fast), _strict(general))
+        return fast
+
+    def test_rseqs_read_fast(self):
+        """A drain's receipts (256 rseqs), every head width and longer heads than needed: read fast."""
+        for values in ([1], list(range(1, 257)), [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]):
+            self.assertEqual(self.check(cbor.dumps({"receipts": values})), {"receipts": values})
+        longer = cbor.dumps({"receipts": [1, 2]}).replace(b"\x82\x01\x02", b"\x82\x18\x01\x1b" + bytes(7) + b"\x02")
+        self.assertEqual(self.check(longer), {"receipts": [1, 2]})
+
+    def test_other_items_declined(self):
+        """A tag, another kind, a wrong count, a cut or a byte after: declined; loads() decides as before."""
+        data = cbor.dumps({"receipts": [1, 2, 3]})
+        self.assertEqual(data[-4:], b"\x83\x01\x02\x03")
+        accepted = [
+            data[:-1] + b"\xf5",  # true
+            data[:-1] + b"\x20",  # -1
+            data[:-1] + b"\x41\x03",  # bytes
+        ]
+        for other in accepted:
+            self.assertIsNone(self.check(other), other.hex())
+        refused = [
+            data[:-1] + b"\xc2\x41\x03",  # a bignum tag: cbor2 would make it 3
+            data[:-1] + b"\xd9\xd9\xf7\x03",  # self-described CBOR
+            data[:-4] + b"\x84\x01\x02\x03",  # one item fewer than the head says
+            data[:-4] + b"\x82\x01\x02\x03",  # one item more
+            data + b"\x00",
+            data[:-4] + b"\x83\x01\x02\x19\x00",  # cut inside a head
+        ]
+        for other in refused:
+            self.assertIsNone(cbor.loads_batch(other), other.hex())
+            self.assertRaises(cbor.CBORError, cbor.loads, other)
+        for size in range(len(data)):
+            self.assertIsNone(cbor.loads_batch(data[:size]), size)
+
+    @FAST
+    @given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=300))
+    def test_any_rseqs(self, values):
+        """Random unsigned integers: read fast, as the general decode reads them."""
+        self.assertEqual(self.check(cbor.dumps({"receipts": values})), {"receipts": values})

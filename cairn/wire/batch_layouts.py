@@ -14,6 +14,7 @@ session's bodies and the mailbox's are read by different layers (and
 function here with the general path.
 """
 
+import re
 import struct
 from array import array
 from operator import eq, ne
@@ -101,11 +102,38 @@ def _receipt_entries(data: bytes, pos: int, count: int):
     return entries, pos
 
 
+#: One unsigned integer item (any head width), and a run of them.
+_UINT = re.compile(rb"[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8}", re.DOTALL)
+_UINT_RUN = re.compile(rb"(?:[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})*", re.DOTALL)
+
+
+def _uint_entries(data: bytes, pos: int, count: int):
+    """
+    C{count} unsigned integers from C{pos} to the end of C{data} and where
+    they end, or None: a ForwardPurge's receipts (§21.5), 256 rseqs a
+    drain's ForwardReceipt. That nothing but such items follows is matched
+    in C (no tag can hide there), then each is read from its head.
+    """
+    if _UINT_RUN.fullmatch(data, pos) is None:
+        return None
+    items = _UINT.findall(data, pos)
+    if len(items) != count:
+        return None
+    return [item[0] if len(item) == 1 else int.from_bytes(item[1:], "big") for item in items], len(data)
+
+
+def _receipts_or_rseqs(data: bytes, pos: int, count: int):
+    """ForwardReceipt entries (maps), or a ForwardPurge's rseqs (unsigned integers): the same key."""
+    if count and data[pos] < 0x1C:
+        return _uint_entries(data, pos, count)
+    return _receipt_entries(data, pos, count)
+
+
 #: The bodies a mailbox drain receives, by their first ten bytes (a map of
 #: one key, its text head and the key): the key and the entries' reader.
 _BATCHES = {
     b"\xa1\x68messages": ("messages", _deliver_entries),
-    b"\xa1\x68receipts": ("receipts", _receipt_entries),
+    b"\xa1\x68receipts": ("receipts", _receipts_or_rseqs),
 }
 
 
@@ -114,7 +142,8 @@ def loads_batch(data: bytes):
     What L{cairn.wire.cbor.loads} returns for a ForwardDeliver or ForwardReceipt body laid
     out as L{cairn.wire.cbor.dumps} makes it (one array of maps, each with exactly the
     entry's keys in canonical order and values of the kinds §21 gives
-    them, nothing after it), or None: L{cairn.wire.cbor.loads} then decodes C{data} the
+    them, nothing after it) or for a ForwardPurge of receipts alone (one
+    array of unsigned integers, L{_uint_entries}), or None: L{cairn.wire.cbor.loads} then decodes C{data} the
     general way, which accepts or refuses everything else as before.
 
     Written by hand for the same reason as L{loads_data}: these are every
