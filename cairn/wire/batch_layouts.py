@@ -14,6 +14,7 @@ session's bodies and the mailbox's are read by different layers (and
 function here with the general path.
 """
 
+import io
 import re
 import struct
 from array import array
@@ -102,8 +103,7 @@ def _receipt_entries(data: bytes, pos: int, count: int):
     return entries, pos
 
 
-#: One unsigned integer item (any head width), and a run of them.
-_UINT = re.compile(rb"[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8}", re.DOTALL)
+#: Unsigned integer items (any head width), nothing else.
 _UINT_RUN = re.compile(rb"(?:[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})*", re.DOTALL)
 
 
@@ -111,15 +111,20 @@ def _uint_entries(data: bytes, pos: int, count: int):
     """
     C{count} unsigned integers from C{pos} to the end of C{data} and where
     they end, or None: a ForwardPurge's receipts (§21.5), 256 rseqs a
-    drain's ForwardReceipt. That nothing but such items follows is matched
-    in C (no tag can hide there), then each is read from its head.
+    drain's ForwardReceipt. That nothing but such items follows (no tag
+    can hide there) is matched in C; only then does cbor2 read the body,
+    which must end with the C{count}th item.
     """
     if _UINT_RUN.fullmatch(data, pos) is None:
         return None
-    items = _UINT.findall(data, pos)
-    if len(items) != count:
+    fp = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except cbor2.CBORDecodeError:  # fewer items than the head says
         return None
-    return [item[0] if len(item) == 1 else int.from_bytes(item[1:], "big") for item in items], len(data)
+    if fp.tell() != len(data):  # more
+        return None
+    return next(iter(value.values())), len(data)
 
 
 def _receipts_or_rseqs(data: bytes, pos: int, count: int):
