@@ -13,7 +13,6 @@ from cairn.mailbox.interfaces import Incoming, Limits
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import MemoryMailboxStore
 from cairn.pairing.trust import MemoryTrustStore
-from cairn.session.errors import SessionClosed
 from cairn.session.peer import Peer
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType
@@ -41,9 +40,8 @@ class Session:
             self.events.append(("sent", [m["seq"] for m in body["messages"]]))
         return True
 
-    def send_payload(self, type_code, payload):
-        if not self.send_if_open(type_code, cbor.loads(payload)):
-            raise SessionClosed(0, "ended")
+    def send_payload_if_open(self, type_code, payload):
+        return self.send_if_open(type_code, cbor.loads(payload))
 
 
 class HeldReads(MemoryMailboxStore):

@@ -16,7 +16,6 @@ from twisted.logger import Logger
 from cairn.mailbox import messages
 from cairn.mailbox.interfaces import StoreFull
 from cairn.mailbox.window import Outbox
-from cairn.session.errors import SessionClosed
 from cairn.wire import cbor
 from cairn.wire.constants import MessageType
 
@@ -153,7 +152,7 @@ class Delivery:
         body = cbor.dumps_deliveries(
             (message_id, seq, sender, payload, stored_at) for seq, _, sender, message_id, stored_at, _, payload in batch
         )
-        return _send_encoded(outbox.session, MessageType.FORWARD_DELIVER, body)
+        return outbox.session.send_payload_if_open(MessageType.FORWARD_DELIVER, body)
 
     def _pump_receipts(self, outbox):
         session, window = outbox.session, outbox.receipts
@@ -170,7 +169,7 @@ class Delivery:
                 body = cbor.dumps_receipts(
                     (at, message_id, recipient, rseq, status) for rseq, _, recipient, message_id, status, at in batch
                 )
-                if not _send_encoded(session, MessageType.FORWARD_RECEIPT, body):
+                if not session.send_payload_if_open(MessageType.FORWARD_RECEIPT, body):
                     return
                 window.sent_all([(r.rseq, 0) for r in batch])
             if window.again:
@@ -258,18 +257,3 @@ class Delivery:
         outbox = self._add_outbox(session)
         outbox.deliveries.restore(state["cursor"], state["inflight"])
         outbox.receipts.restore(state["rcursor"], [(rseq, 0) for rseq in state["rinflight"]])
-
-
-def _send_encoded(session, type_code, payload) -> bool:
-    """
-    Send the body already encoded as C{payload} if the session is still
-    open; whether it was sent (L{cairn.storeservice.StoreService._send}
-    for a drain's bodies, which the wire layer writes from the rows).
-    """
-    if session.closed is not None:
-        return False
-    try:
-        session.send_payload(type_code, payload)
-    except SessionClosed:
-        return False
-    return True

@@ -175,9 +175,7 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
         if self.closed is not None:
             raise self.closed
         if len(payload) + 32 > self.local.max_payload:
-            raise ValueError(
-                f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
-            )
+            raise ValueError(f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}")
         if self._key_update_seq is None and type_code not in NO_REKEY_BEFORE and self._rekey_due():
             self._update_send_key()  # a KeyUpdate first, if one is due (written in: a call fewer an envelope)
         seq = self.send_seq
@@ -192,10 +190,14 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
 
     def send_if_open(self, type_code: int, body) -> bool:
         """L{send} unless the session has ended; whether it was sent (or buffered)."""
+        return self.closed is None and self.send_payload_if_open(type_code, cbor.dumps(body))
+
+    def send_payload_if_open(self, type_code: int, payload: bytes) -> bool:
+        """L{send_payload} unless the session has ended; whether it was sent (or buffered)."""
         if self.closed is not None:
             return False
         try:
-            self.send(type_code, body)
+            self.send_payload(type_code, payload)
         except SessionClosed:
             return False
         return True
