@@ -8,7 +8,7 @@ clean restart (§16).
 A mixin of L{cairn.mailbox.service.MailboxService}, which owns the state it
 uses: C{store}, C{trust}, C{clock}, C{window}, C{window_bytes},
 C{batch_bytes}, C{_outboxes}, C{_by_peer}, and L{cairn.storeservice.StoreService}'s
-C{_stopped}, C{_track} and C{_send}.
+C{_stopped} and C{_track}.
 """
 
 from twisted.logger import Logger

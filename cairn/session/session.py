@@ -175,7 +175,9 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
         if self.closed is not None:
             raise self.closed
         if len(payload) + 32 > self.local.max_payload:
-            raise ValueError(f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}")
+            raise ValueError(
+                f"body of {len(payload)} bytes exceeds the maximum payload {self.local.max_payload}"
+            )
         if self._key_update_seq is None and type_code not in NO_REKEY_BEFORE and self._rekey_due():
             self._update_send_key()  # a KeyUpdate first, if one is due (written in: a call fewer an envelope)
         seq = self.send_seq

@@ -1,7 +1,8 @@
 """
 The fixed layouts of a mailbox drain's bodies, written and read by hand:
-ForwardDeliver and ForwardReceipt batches (L{dumps_batch},
-L{loads_batch}; docs/protocol.md §21.4, §21.6). Each gives exactly the
+ForwardDeliver and ForwardReceipt batches (L{dumps_batch}, and from the
+node's rows L{dumps_deliveries}, L{dumps_receipts}; L{loads_batch}, which
+also reads a ForwardPurge of receipts; docs/protocol.md §21.4-§21.6). Each gives exactly the
 bytes, or the value, that L{cairn.wire.cbor}'s general C{dumps}/C{loads}
 would; a body laid out any other way makes a reader return None and the
 caller decodes it the general way, which accepts or refuses it as before.
@@ -10,8 +11,8 @@ Hand-written for the reason L{cairn.wire.layouts} gives (cbor2's canonical
 encoder and the general decode's walks cost several times reading values
 at known places; issue 19's mailbox drain); apart from it because the
 session's bodies and the mailbox's are read by different layers (and
-#18: no module over 399 lines). tests/test_cbor.py compares every
-function here with the general path.
+#18: no module over 399 lines). tests/test_cbor.py and
+tests/test_cbor_rows.py compare every function here with the general path.
 """
 
 import io
@@ -237,8 +238,9 @@ _ORDERED = {"messages": _deliver_ordered, "receipts": _receipt_ordered}
 def dumps_batch(body):
     """
     C{cbor.dumps(body)} for a ForwardDeliver or ForwardReceipt body (§21.4,
-    §21.6) as the node's delivery builds it, or None: the caller then
-    encodes C{body} the general way.
+    §21.6) given as maps, or None: the caller then encodes C{body} the
+    general way. (The node's delivery writes its bodies from its rows
+    instead: L{dumps_deliveries}, L{dumps_receipts}.)
 
     cbor2's canonical mode costs about four times its plain mode on these
     bodies (it sorts the keys of every entry's map: 2.4 against 0.6 us per
