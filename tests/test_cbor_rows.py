@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from cairn.wire import cbor
-from tests.test_cbor import FAST
+from tests.test_cbor import FAST, _strict
 
 PEER = "12D3KooW" + "x" * 44
 #: Floats canonical mode writes shorter than a double (half, single, NaN, infinities) and some it does not.
@@ -102,15 +102,6 @@ class RowsTests(unittest.TestCase):
     def test_any_entries(self, deliveries, receipts):
         """Random entries of the layouts' kinds (any float, NaN too): the canonical bytes."""
         self.check(deliveries, receipts)
-
-
-def _strict(value):
-    """C{value} with each item's type beside it (True is not 1)."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return (type(value).__name__, value)
 
 
 class PurgeReceiptsTests(unittest.TestCase):
