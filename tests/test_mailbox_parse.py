@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from cairn.crypto.identity import Identity
 from cairn.mailbox import messages
 from cairn.mailbox.client import uuid7
-from cairn.wire.schema import BodyError
+from cairn.wire.schema import BodyError, uint_value
 
 PEER = Identity.generate().peer_id
 
@@ -80,3 +80,21 @@ class BatchParseTests(unittest.TestCase):
         first = {"id": uuid7(), "from": PEER, "seq": 7, "stored_at": 1.25, "payload": b"sealed"}
         with self.assertRaises(BodyError):
             messages.parse_deliveries({"messages": [first, {**first, "seq": 7}]})
+
+
+def one_by_one(values):
+    """What a ForwardPurge's receipts list gave when each item was checked alone (the reference)."""
+    for item in values:
+        uint_value(item, "receipts", "ForwardPurge", messages.MAX_POSITIVE, minimum=1)
+    return values
+
+
+class PurgeParseTests(unittest.TestCase):
+    def test_receipts_as_each_item_alone(self):
+        """A ForwardPurge's rseqs, checked together, give what each item checked alone gives (same list or refusal)."""
+        others = [None, True, False, 0, -1, 2**63 - 1, 2**63, 1.0, "1", b"1", [1], Seq.FIRST]
+        lists = [[], [1], list(range(1, 257)), [2**63 - 1] * 3]
+        lists += [[1, other, 3] for other in others] + [[other] for other in others]
+        for values in lists:
+            parsed = outcome(lambda body: messages.parse_forward_purge(body)[1], {"receipts": values})
+            self.assertEqual(parsed, outcome(one_by_one, values), values)

@@ -64,6 +64,9 @@ class RecordingSession:
         self.send(type_code, body)
         return True
 
+    def send_payload_if_open(self, type_code, payload):
+        return self.send_if_open(type_code, cbor.loads(payload))
+
     def bodies(self, type_code):
         return [body for t, body in self.sent if t == type_code]
 

@@ -8,7 +8,7 @@ clean restart (§16).
 A mixin of L{cairn.mailbox.service.MailboxService}, which owns the state it
 uses: C{store}, C{trust}, C{clock}, C{window}, C{window_bytes},
 C{batch_bytes}, C{_outboxes}, C{_by_peer}, and L{cairn.storeservice.StoreService}'s
-C{_stopped}, C{_track} and C{_send}.
+C{_stopped} and C{_track}.
 """
 
 from twisted.logger import Logger
@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from cairn.mailbox import messages
 from cairn.mailbox.interfaces import StoreFull
 from cairn.mailbox.window import Outbox
+from cairn.wire import cbor
 from cairn.wire.constants import MessageType
 
 log = Logger()
@@ -82,56 +83,76 @@ class Delivery:
         )
 
     def _pump(self, outbox):
+        read = self._read_deliveries(outbox)
+        if read is not None:
+            self._deliver_fetched(outbox, *read)
+
+    def _read_deliveries(self, outbox):
+        """Start a read to fill C{outbox}'s delivery window: (its Deferred, its limit), or None."""
         session, window = outbox.session, outbox.deliveries
         if not self._serving(session):
-            return
+            return None
         room = window.begin_read(self.window, self.window_bytes)
         if not room:
-            return
+            return None
         limit = min(room, READ_ROWS)
+        return self._track(self.store.fetch(session.remote_peer_id, window.cursor, limit)), limit
+
+    def _deliver_fetched(self, outbox, read, limit):
+        """Deliver what C{read} (from L{_read_deliveries}) fetches, reading the next page meanwhile."""
+        window = outbox.deliveries
 
         def fetched(held):
             window.end_read()
             budget = self.window_bytes - window.inflight_bytes
-            batch, size, sent = [], 0, 0
-            batch_bytes, overhead = self.batch_bytes, messages.DELIVER_OVERHEAD
+            going = []
             for message in held:
                 if budget <= 0:
                     break
-                length = len(message.payload)
-                if batch and size + length + overhead > batch_bytes:
-                    if not self._deliver_batch(outbox, batch):
-                        return
-                    sent += len(batch)
-                    batch, size = [], 0
-                batch.append(message)
-                size += length + overhead
-                budget -= length
-            if batch:
-                if not self._deliver_batch(outbox, batch):
-                    return
-                sent += len(batch)
-            if window.again or (held and sent == limit and budget > 0):
-                self._pump(outbox)
+                going.append(message)
+                budget -= len(message.payload)
+            # In flight from now: the next page is read beside this one's
+            # encoding and sending instead of after it (issue 19: a drain's
+            # reads and sends took turns). Its rows are handled only once
+            # these are sent: its callbacks are added after them, so a
+            # store that answers at once cannot reorder the deliveries.
+            window.sent_all([(m.seq, len(m.payload)) for m in going])
+            following = None
+            if window.again or (held and len(going) == limit and budget > 0):
+                following = self._read_deliveries(outbox)
+            try:
+                self._deliver_batches(outbox, going)
+            finally:
+                if following is not None:
+                    self._deliver_fetched(outbox, *following)
 
         def failed(failure):
             window.end_read()
             self._read_failed(outbox, failure, "messages to deliver")
 
-        self._track(self.store.fetch(session.remote_peer_id, window.cursor, limit)).addCallbacks(fetched, failed)
+        read.addCallbacks(fetched, failed)
+
+    def _deliver_batches(self, outbox, going):
+        """Send C{going} (L{Stored}s in seq order) in ForwardDelivers of up to C{batch_bytes}."""
+        batch, size = [], 0
+        batch_bytes, overhead = self.batch_bytes, messages.DELIVER_OVERHEAD
+        for message in going:
+            length = len(message.payload)
+            if batch and size + length + overhead > batch_bytes:
+                if not self._deliver_batch(outbox, batch):
+                    return
+                batch, size = [], 0
+            batch.append(message)
+            size += length + overhead
+        if batch:
+            self._deliver_batch(outbox, batch)
 
     def _deliver_batch(self, outbox, batch):
         """Send C{batch} (L{Stored}s in seq order) as one ForwardDeliver; whether it was sent."""
-        body = {
-            "messages": [
-                {"id": message_id, "from": sender, "seq": seq, "stored_at": stored_at, "payload": payload}
-                for seq, _, sender, message_id, stored_at, _, payload in batch
-            ]
-        }
-        if not self._send(outbox.session, MessageType.FORWARD_DELIVER, body):
-            return False
-        outbox.deliveries.sent_all([(m.seq, len(m.payload)) for m in batch])
-        return True
+        body = cbor.dumps_deliveries(
+            (message_id, seq, sender, payload, stored_at) for seq, _, sender, message_id, stored_at, _, payload in batch
+        )
+        return outbox.session.send_payload_if_open(MessageType.FORWARD_DELIVER, body)
 
     def _pump_receipts(self, outbox):
         session, window = outbox.session, outbox.receipts
@@ -145,13 +166,10 @@ class Delivery:
             window.end_read()
             for start in range(0, len(receipts), RECEIPT_BATCH):
                 batch = receipts[start : start + RECEIPT_BATCH]
-                body = {
-                    "receipts": [
-                        {"id": message_id, "to": recipient, "rseq": rseq, "status": status, "at": at}
-                        for rseq, _, recipient, message_id, status, at in batch
-                    ]
-                }
-                if not self._send(session, MessageType.FORWARD_RECEIPT, body):
+                body = cbor.dumps_receipts(
+                    (at, message_id, recipient, rseq, status) for rseq, _, recipient, message_id, status, at in batch
+                )
+                if not session.send_payload_if_open(MessageType.FORWARD_RECEIPT, body):
                     return
                 window.sent_all([(r.rseq, 0) for r in batch])
             if window.again:

@@ -10,6 +10,8 @@ from cairn.wire.schema import BodyError, bytes_field, require_map, uint_field, u
 
 #: Sequence numbers and ids are positive and below 2^63 (§21.1).
 MAX_POSITIVE = 2**63 - 1
+#: The item types of a list of integers only (L{_uints}).
+_INT = {int}
 
 MESSAGE_ID_SIZE = 16
 #: Most ids in one ForwardPurge list.
@@ -53,8 +55,11 @@ def _uints(body, key, what):
     value = body.get(key, [])
     if not isinstance(value, list) or len(value) > MAX_PURGE_IDS:
         raise BodyError(f"{what}: {key!r} must be an array of at most {MAX_PURGE_IDS} integers")
-    for item in value:
-        uint_value(item, key, what, MAX_POSITIVE, minimum=1)
+    # All ints (not bools) in range, tested in C loops: a drain's receipts
+    # come back 256 a ForwardPurge (issue 19); else the item that is not.
+    if value and not (set(map(type, value)) == _INT and min(value) >= 1 and max(value) <= MAX_POSITIVE):
+        for item in value:
+            uint_value(item, key, what, MAX_POSITIVE, minimum=1)
     return value
 
 

@@ -192,10 +192,14 @@ class Session(Receiving, Keepalive, KeyEpochs, ResumeState):
 
     def send_if_open(self, type_code: int, body) -> bool:
         """L{send} unless the session has ended; whether it was sent (or buffered)."""
+        return self.closed is None and self.send_payload_if_open(type_code, cbor.dumps(body))
+
+    def send_payload_if_open(self, type_code: int, payload: bytes) -> bool:
+        """L{send_payload} unless the session has ended; whether it was sent (or buffered)."""
         if self.closed is not None:
             return False
         try:
-            self.send(type_code, body)
+            self.send_payload(type_code, payload)
         except SessionClosed:
             return False
         return True

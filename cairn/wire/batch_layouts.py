@@ -1,7 +1,8 @@
 """
 The fixed layouts of a mailbox drain's bodies, written and read by hand:
-ForwardDeliver and ForwardReceipt batches (L{dumps_batch},
-L{loads_batch}; docs/protocol.md §21.4, §21.6). Each gives exactly the
+ForwardDeliver and ForwardReceipt batches (L{dumps_batch}, and from the
+node's rows L{dumps_deliveries}, L{dumps_receipts}; L{loads_batch}, which
+also reads a ForwardPurge of receipts; docs/protocol.md §21.4-§21.6). Each gives exactly the
 bytes, or the value, that L{cairn.wire.cbor}'s general C{dumps}/C{loads}
 would; a body laid out any other way makes a reader return None and the
 caller decodes it the general way, which accepts or refuses it as before.
@@ -10,11 +11,15 @@ Hand-written for the reason L{cairn.wire.layouts} gives (cbor2's canonical
 encoder and the general decode's walks cost several times reading values
 at known places; issue 19's mailbox drain); apart from it because the
 session's bodies and the mailbox's are read by different layers (and
-#18: no module over 399 lines). tests/test_cbor.py compares every
-function here with the general path.
+#18: no module over 399 lines). tests/test_cbor.py and
+tests/test_cbor_rows.py compare every function here with the general path.
 """
 
+import io
+import re
 import struct
+from array import array
+from operator import eq, ne
 
 import cbor2
 
@@ -99,11 +104,42 @@ def _receipt_entries(data: bytes, pos: int, count: int):
     return entries, pos
 
 
+#: Unsigned integer items (any head width), nothing else.
+_UINT_RUN = re.compile(rb"(?:[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})*", re.DOTALL)
+
+
+def _uint_entries(data: bytes, pos: int, count: int):
+    """
+    C{count} unsigned integers from C{pos} to the end of C{data} and where
+    they end, or None: a ForwardPurge's receipts (§21.5), 256 rseqs a
+    drain's ForwardReceipt. That nothing but such items follows (no tag
+    can hide there) is matched in C; only then does cbor2 read the body,
+    which must end with the C{count}th item.
+    """
+    if _UINT_RUN.fullmatch(data, pos) is None:
+        return None
+    fp = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except cbor2.CBORDecodeError:  # fewer items than the head says
+        return None
+    if fp.tell() != len(data):  # more
+        return None
+    return next(iter(value.values())), len(data)
+
+
+def _receipts_or_rseqs(data: bytes, pos: int, count: int):
+    """ForwardReceipt entries (maps), or a ForwardPurge's rseqs (unsigned integers): the same key."""
+    if count and data[pos] < 0x1C:
+        return _uint_entries(data, pos, count)
+    return _receipt_entries(data, pos, count)
+
+
 #: The bodies a mailbox drain receives, by their first ten bytes (a map of
 #: one key, its text head and the key): the key and the entries' reader.
 _BATCHES = {
     b"\xa1\x68messages": ("messages", _deliver_entries),
-    b"\xa1\x68receipts": ("receipts", _receipt_entries),
+    b"\xa1\x68receipts": ("receipts", _receipts_or_rseqs),
 }
 
 
@@ -112,7 +148,8 @@ def loads_batch(data: bytes):
     What L{cairn.wire.cbor.loads} returns for a ForwardDeliver or ForwardReceipt body laid
     out as L{cairn.wire.cbor.dumps} makes it (one array of maps, each with exactly the
     entry's keys in canonical order and values of the kinds §21 gives
-    them, nothing after it), or None: L{cairn.wire.cbor.loads} then decodes C{data} the
+    them, nothing after it) or for a ForwardPurge of receipts alone (one
+    array of unsigned integers, L{_uint_entries}), or None: L{cairn.wire.cbor.loads} then decodes C{data} the
     general way, which accepts or refuses everything else as before.
 
     Written by hand for the same reason as L{loads_data}: these are every
@@ -201,8 +238,9 @@ _ORDERED = {"messages": _deliver_ordered, "receipts": _receipt_ordered}
 def dumps_batch(body):
     """
     C{cbor.dumps(body)} for a ForwardDeliver or ForwardReceipt body (§21.4,
-    §21.6) as the node's delivery builds it, or None: the caller then
-    encodes C{body} the general way.
+    §21.6) given as maps, or None: the caller then encodes C{body} the
+    general way. (The node's delivery writes its bodies from its rows
+    instead: L{dumps_deliveries}, L{dumps_receipts}.)
 
     cbor2's canonical mode costs about four times its plain mode on these
     bodies (it sorts the keys of every entry's map: 2.4 against 0.6 us per
@@ -227,3 +265,55 @@ def dumps_batch(body):
     if ordered is None:
         return None
     return cbor2.dumps({outer: ordered})
+
+
+def _any_shortened(values) -> bool:
+    """Whether canonical mode writes any float of C{values} shorter than a double (L{_shortened})."""
+    try:
+        singles = array("f", values)  # each rounded to a single (beyond its range: an infinity)
+    except (TypeError, OverflowError):  # not all numbers
+        return True
+    # Exact in a single (infinities too), or NaN: as in _shortened, in C loops.
+    return any(map(eq, singles, values)) or any(map(ne, values, values))
+
+
+def dumps_deliveries(entries) -> bytes:
+    """
+    C{cbor.dumps({"messages": [...]})} of ForwardDeliver entries given as
+    C{(id, seq, from, payload, stored_at)} tuples of the layout's kinds
+    (bytes, int, text, bytes, a number; §21.4): the node's delivery, from
+    its stored rows.
+
+    L{dumps_batch} takes the entries as maps and rebuilds each in
+    canonical key order after checking its kinds; built here in that order
+    from the tuples, they go straight to cbor2's plain mode, which writes
+    canonical mode's bytes unless a float is one canonical mode shortens
+    (then the general encoder writes them). About half the node's encoding
+    CPU per delivered message (issue 19). tests/test_cbor.py compares it
+    with the general encoder.
+    """
+    entries = [
+        {"id": message_id, "seq": seq, "from": sender, "payload": payload, "stored_at": stored_at}
+        for message_id, seq, sender, payload, stored_at in entries
+    ]
+    return _in_order({"messages": entries}, [entry["stored_at"] for entry in entries])
+
+
+def dumps_receipts(entries) -> bytes:
+    """
+    C{cbor.dumps({"receipts": [...]})} of ForwardReceipt entries given as
+    C{(at, id, to, rseq, status)} tuples of the layout's kinds (a number,
+    bytes, text, int, int; §21.6), as L{dumps_deliveries}.
+    """
+    entries = [
+        {"at": at, "id": message_id, "to": recipient, "rseq": rseq, "status": status}
+        for at, message_id, recipient, rseq, status in entries
+    ]
+    return _in_order({"receipts": entries}, [entry["at"] for entry in entries])
+
+
+def _in_order(body, floats) -> bytes:
+    """C{body}, its maps' keys in canonical order already and C{floats} its only floats, as canonical CBOR."""
+    if _any_shortened(floats):
+        return cbor2.dumps(body, canonical=True)
+    return cbor2.dumps(body)

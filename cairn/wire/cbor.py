@@ -28,7 +28,7 @@ import cbor2
 
 # The bodies every session sends or receives most, written and read by
 # hand at known places; part of this module's API (cbor.dumps_data, ...).
-from cairn.wire.batch_layouts import dumps_batch, loads_batch
+from cairn.wire.batch_layouts import dumps_batch, dumps_deliveries, dumps_receipts, loads_batch
 from cairn.wire.layouts import dumps_data, dumps_keepalive, loads_data
 
 __all__ = [
@@ -37,7 +37,9 @@ __all__ = [
     "dumps",
     "dumps_batch",
     "dumps_data",
+    "dumps_deliveries",
     "dumps_keepalive",
+    "dumps_receipts",
     "loads",
     "loads_batch",
     "loads_data",
