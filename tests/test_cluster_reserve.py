@@ -13,6 +13,7 @@ from cairn.cluster.mailbox import JetStreamMailboxStore
 from cairn.cluster.reserve import POLL, Reserve
 from cairn.cluster.sync import JetStreamSyncStore
 from cairn.diskspace import LowDiskSpace
+from cairn.wire.constants import ForwardStatus, SyncStatus
 
 R = 1000
 
@@ -176,9 +177,13 @@ class ReserveTests(unittest.TestCase):
 class _Jet:
     """What the stores' constructors and growth checks read of a L{cairn.cluster.connection.JetStream}."""
 
-    def __init__(self, reserve):
+    def __init__(self, reserve, held=()):
         self.reserve = reserve
         self.prefix = "cairn"
+        self.held = list(held)  # what a full store's look-up finds, per item (None: not held)
+
+    def run(self, function, *args):
+        return defer.succeed(self.held)
 
     def stream(self, name):
         return f"cairn_{name}"
@@ -196,14 +201,30 @@ class StoreRefusalTests(unittest.TestCase):
         self.reserve.no_room("insufficient resources")
 
     def test_mailbox_enqueue_refused(self):
-        """A full node's mailbox refuses new messages before any write (the service answers STORAGE_ERROR)."""
-        store = JetStreamMailboxStore(_Jet(self.reserve))
+        """A full node's mailbox refuses new messages, none held, unwritten (the service answers STORAGE_ERROR)."""
+        store = JetStreamMailboxStore(_Jet(self.reserve, [None]))
         self.failureResultOf(store.enqueue([object()], 0.0, None), LowDiskSpace)
+        self.assertEqual(self.reserve.refused, 1)
 
     def test_sync_publish_refused(self):
         """Likewise a sync update."""
-        store = JetStreamSyncStore(_Jet(self.reserve))
+        store = JetStreamSyncStore(_Jet(self.reserve, [None]))
         self.failureResultOf(store.publish([object()], 0.0, None), LowDiskSpace)
+
+    def test_held_answered_duplicate(self):
+        """A call holding a known item: that one DUPLICATE (with its seq), the new ones STORAGE_ERROR, one refusal."""
+        held = [(SyncStatus.DUPLICATE, 4), None]
+        store = JetStreamSyncStore(_Jet(self.reserve, held))
+        results = self.successResultOf(store.publish([object(), object()], 0.0, None))
+        self.assertEqual(results, [(SyncStatus.DUPLICATE, 4), (SyncStatus.STORAGE_ERROR, None)])
+        self.assertEqual(self.reserve.refused, 1)
+
+    def test_retry_wholly_held_not_a_refusal(self):
+        """A retry of messages all held is DUPLICATE and not counted as refused (as L{guarded_batch})."""
+        held = [(ForwardStatus.DUPLICATE, None)] * 2
+        store = JetStreamMailboxStore(_Jet(self.reserve, held))
+        self.assertEqual(self.successResultOf(store.enqueue([object(), object()], 0.0, None)), held)
+        self.assertEqual(self.reserve.refused, 0)
 
 
 class NoRoomTests(unittest.TestCase):

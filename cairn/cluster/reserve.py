@@ -188,6 +188,21 @@ class Reserve:
         self.refused += 1
         return LowDiskSpace("JetStream's storage is down to the reserve (CAIRN_CLUSTER_RESERVE)")
 
+    def answer(self, known, refused):
+        """
+        While full, the results of a growing call whose items, if held
+        already, have their answers in C{known} (DUPLICATE and its seq;
+        None for an item not held): the call fails (L{refuse}) if none is
+        held; else a held item keeps its answer and the others are
+        C{refused} (STORAGE_ERROR), counted once -- as the SQLite stores
+        answer at their disk reserve (L{cairn.diskspace.guarded_batch}).
+        """
+        if all(answer is None for answer in known):
+            raise self.refuse()
+        if None in known:
+            self.refused += 1
+        return [(refused, None) if answer is None else answer for answer in known]
+
     def reason(self):
         """For C{/health} while full."""
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
