@@ -153,6 +153,38 @@ class ReserveTests(unittest.TestCase):
         self.assertEqual((one.full, two.full), (False, False))
         self.assertEqual(self.ballast.writes, 1)
 
+    def test_other_node_told_enters_at_once(self):
+        """
+        A node entering full mode announces it (L{Reserve.on_change}); one
+        told enters at once, without announcing, and is told again when
+        the first leaves by writing the ballast: it leaves at once too.
+        """
+        one, two = self.node(), self.node()
+        said = []
+        one.on_change = lambda full: (said.append(full), two.told(full, "n1"))
+        two.on_change = lambda full: self.fail("a node told does not announce")
+        one.no_room("insufficient resources")
+        self.assertEqual(said, [True])
+        self.assertTrue(two.full)  # no poll in between
+        self.assertIn("'n1' met it", two.why)
+        self.assertEqual(self.ballast.releases, 1)  # the second to look found it released
+        self.ballast.other -= 2 * R
+        self.clock.advance(POLL)  # node one's poll: the criterion met, the ballast written, told
+        self.assertEqual((said, one.full, two.full), ([True, False], False, False))
+        self.assertEqual(self.ballast.writes, 1)
+
+    def test_told_is_idempotent(self):
+        """Told while full already, or told of room while not full: nothing changes."""
+        reserve = self.node()
+        reserve.told(False, "n1")
+        self.assertFalse(reserve.full)
+        reserve.no_room("insufficient resources")
+        why = reserve.why
+        reserve.told(True, "n1")
+        self.assertEqual((reserve.why, self.ballast.releases), (why, 1))
+        reserve.told(False, "n1")  # the ballast is not back: still full
+        self.assertTrue(reserve.full)
+
     def test_released_fires_after_the_release(self):
         """An acknowledgement refused before the release waits for it (L{Reserve.released})."""
         reserve = self.node()
@@ -170,6 +202,7 @@ class ReserveTests(unittest.TestCase):
         reserve = Reserve(self.ballast, 0, self.clock)
         reserve.begin(True)
         reserve.no_room("insufficient resources")
+        reserve.told(True, "n1")
         self.assertFalse(reserve.full)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 

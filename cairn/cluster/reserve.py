@@ -19,13 +19,15 @@ acknowledgements' tombstones -- each one removes a larger message -- commit
 and the mailbox drains. Small writes that barely grow the store (tombstones,
 receipt markers, KV cursors, trust, pairing, relay counts) go on.
 
-The ballast's absence is the shared state: every node reads the reserve
-stream's state every L{POLL} seconds, so a node that did not see the
-refusal stops growth within that. A full node writes the ballast again,
+The ballast's absence is the shared state: a node entering full mode
+tells the others on the node bus, who enter at once (L{Reserve.told}), and
+every node reads the reserve stream's state every L{POLL} seconds, so a
+node that missed the notice stops growth within that. A full node writes the ballast again,
 and leaves full mode, once the deployment's streams (the reserve's aside)
 hold 2 x the reserve fewer bytes than when it entered: after the ballast,
 a reserve's worth of room is left (no flapping); any node seeing the
-ballast back (newer than its release) leaves too.
+ballast back (newer than its release) leaves too; the node that wrote
+it tells the others, who look at once.
 """
 
 import time
@@ -148,6 +150,10 @@ class Reserve:
         self._busy = self._again = False
         self._loop = None
         self._waiting = []  # Deferreds of L{released}
+        #: Called with True when this node enters full mode (not when told so by another, L{told}), and with
+        #: False when it leaves it by writing the ballast again: the node bus tells the other nodes
+        #: (L{cairn.cluster.nats_bus.NatsBus}), so that they need not wait for their poll.
+        self.on_change = None
 
     def begin(self, present):
         """Connected: C{present} is L{prepare}'s answer; the poll starts."""
@@ -170,6 +176,20 @@ class Reserve:
         if self.size and not self.full:
             self._enter(why)
             self.step()
+
+    def told(self, full, node):
+        """
+        Node C{node} announced that it entered full mode (C{full}) or left
+        it by writing the ballast again: act now rather than at the next
+        poll (which stays the backstop: a notice lost costs one poll).
+        """
+        if not self.size:
+            return
+        if full and not self.full:
+            self._enter(f"node {node[:64]!r} met it and told the others", announce=False)
+            self.step()
+        elif not full and self.full:
+            self.step()  # the ballast back, newer than the release: left (L{_work})
 
     def released(self):
         """
@@ -212,9 +232,11 @@ class Reserve:
             f" {2 * self.size} bytes are freed; deliveries and acknowledgements go on"
         )
 
-    def _enter(self, why):
+    def _enter(self, why, announce=True):
         self.full, self.since, self.why = True, self.now(), why
         self.baseline = self._released_upto = None
+        if announce:
+            self._announce(True)
         log.warn(
             "cairn: JetStream's storage limit reached ({why}): releasing the reserve ({size} bytes,"
             " CAIRN_CLUSTER_RESERVE); refusing new messages and sync updates; deliveries and acknowledgements go on",
@@ -222,9 +244,18 @@ class Reserve:
             size=self.size,
         )
 
-    def _leave(self, who):
+    def _leave(self, who, announce=False):
         self.full = False
         log.info("cairn: JetStream's storage has room again ({who}): the reserve is kept again", who=who)
+        if announce:
+            self._announce(False)
+
+    def _announce(self, full):
+        if self.on_change is not None:
+            try:
+                self.on_change(full)
+            except Exception:  # a hint only: the others' polls learn it anyway
+                log.failure("cairn: announcing the reserve's state failed")
 
     def step(self):
         """Read the reserve's state and act on it; one at a time (a step asked meanwhile runs after)."""
@@ -271,7 +302,7 @@ class Reserve:
         if used > self.baseline - 2 * self.size:
             return
         if (yield self.ops.write(self.size)):
-            self._leave(f"{self.baseline - used} bytes freed")
+            self._leave(f"{self.baseline - used} bytes freed", announce=True)
         else:
             log.warn("cairn: the reserve could not be written again (insufficient resources); still full")
             self._released_upto = None  # what was written of it goes again
