@@ -197,6 +197,31 @@ class ReserveTests(unittest.TestCase):
         self.successResultOf(waited)
         self.assertTrue(reserve.full)
 
+    def test_metrics(self):
+        """The reserve's size, full mode (0/1) and the refusals counted are Prometheus families."""
+        reserve = self.node()
+
+        def samples():
+            return {s.name: s.value for family in reserve.collect_metrics() for s in family.samples}
+
+        names = ("cairn_cluster_reserve_bytes", "cairn_cluster_reserve_full", "cairn_cluster_reserve_refused_total")
+        self.assertEqual(samples(), dict(zip(names, (R, 0, 0))))
+        reserve.no_room("insufficient resources")
+        reserve.refuse()
+        self.assertEqual(samples()["cairn_cluster_reserve_full"], 1)
+        self.assertEqual(samples()["cairn_cluster_reserve_refused_total"], 1)
+
+    def test_no_metrics_on_one_node_alone(self):
+        """A node on SQLite exports no reserve metrics (its disk reserve has its own)."""
+        from twisted.internet import reactor
+
+        from cairn.service import make_node
+        from tests.test_service import config_for
+
+        exposition = make_node(config_for(self.mktemp()), reactor).metrics.exposition().decode()
+        self.assertIn("cairn_disk_reserve_bytes", exposition)
+        self.assertNotIn("cairn_cluster_reserve", exposition)
+
     def test_no_reserve(self):
         """CAIRN_CLUSTER_RESERVE=0: never full, nothing polled."""
         reserve = Reserve(self.ballast, 0, self.clock)

@@ -67,6 +67,10 @@ class FullModeNoticeTests(NodesMixin, unittest.TestCase):
         with self.assertRaises(ForwardRejected) as refused:
             yield self.forward(other_sender, recipient.peer_id, os.urandom(PAYLOAD))
         self.assertEqual(refused.exception.code, ForwardStatus.STORAGE_ERROR)
+        metrics = self.nodes[1].metrics.exposition().decode()  # labelled as every metric of a node among several
+        self.assertIn(f'cairn_cluster_reserve_bytes{{node="n2"}} {float(RESERVE)}', metrics)
+        self.assertIn('cairn_cluster_reserve_full{node="n2"} 1.0', metrics)
+        self.assertIn('cairn_cluster_reserve_refused_total{node="n2"} 1.0', metrics)
 
         # The recipient drains at node 1, which writes the ballast again and says so: node 2 leaves.
         yield eventually(recipient.connect(self.address(0)), 30)

@@ -223,6 +223,20 @@ class Reserve:
             self.refused += 1
         return [(refused, None) if answer is None else answer for answer in known]
 
+    def collect_metrics(self):
+        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector} (a node on JetStream)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "cairn_cluster_reserve_bytes", "JetStream storage kept as a ballast (CAIRN_CLUSTER_RESERVE).", self.size
+        )
+        yield GaugeMetricFamily(
+            "cairn_cluster_reserve_full", "1 while full mode refuses growth (JetStream at its limit).", int(self.full)
+        )
+        yield CounterMetricFamily(
+            "cairn_cluster_reserve_refused", "Store calls refused something in full mode.", self.refused
+        )
+
     def reason(self):
         """For C{/health} while full."""
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
