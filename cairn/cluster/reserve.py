@@ -22,12 +22,15 @@ receipt markers, KV cursors, trust, pairing, relay counts) go on.
 The ballast's absence is the shared state: a node entering full mode
 tells the others on the node bus, who enter at once (L{Reserve.told}), and
 every node reads the reserve stream's state every L{POLL} seconds, so a
-node that missed the notice stops growth within that. A full node writes the ballast again,
-and leaves full mode, once the deployment's streams (the reserve's aside)
-hold 2 x the reserve fewer bytes than when it entered: after the ballast,
-a reserve's worth of room is left (no flapping); any node seeing the
-ballast back (newer than its release) leaves too; the node that wrote
-it tells the others, who look at once.
+node that missed the notice stops growth within that. A full node writes
+the ballast again, and leaves full mode, once the deployment's streams
+(the reserve's aside) hold 2 x the reserve fewer bytes than when it
+entered: after the ballast, a reserve's worth of room is left (no
+flapping); any node seeing the ballast back (newer than its release)
+leaves too, and the node that wrote it tells the others, who look at once.
+
+While full, what is already held is still answered DUPLICATE
+(L{Reserve.answer}), as the SQLite stores do at their disk reserve.
 """
 
 import time
