@@ -86,8 +86,6 @@ class NatsBus(LocalBus):
         #: wake-up (L{wake}, on the reactor) has not come yet: it need not go to them.
         self._told = {}
         self._mailbox = mailbox
-        if jet is not None:
-            self._follow_reserve(jet.reserve)
         if mailbox is not None:
             # Alone, there is no node to tell: the store calls nothing per
             # message (nor builds what it would pass) until another is heard of.
@@ -109,6 +107,7 @@ class NatsBus(LocalBus):
     # Life cycle
 
     def start(self):
+        self._follow_reserve(self.jet.reserve)  # before the connection, so a start-up entry is told too
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._subscribe))
         return d
