@@ -167,11 +167,24 @@ class ReserveTests(unittest.TestCase):
         self.assertEqual(said, [True])
         self.assertTrue(two.full)  # no poll in between
         self.assertIn("'n1' met it", two.why)
-        self.assertEqual(self.ballast.releases, 1)  # the second to look found it released
+        self.assertEqual((one.releases, two.releases), (1, 0))  # the node that told released it
         self.ballast.other -= 2 * R
         self.clock.advance(POLL)  # node one's poll: the criterion met, the ballast written, told
         self.assertEqual((said, one.full, two.full), ([True, False], False, False))
         self.assertEqual(self.ballast.writes, 1)
+
+    def test_stale_notice_takes_no_ballast(self):
+        """
+        A C{full} notice come after its node wrote the ballast again: the
+        node told refuses growth until its next look, never releases the
+        ballast, and leaves when it finds it still there.
+        """
+        reserve = self.node()
+        reserve.told(True, "n1")
+        self.assertTrue(reserve.full)
+        self.clock.advance(POLL)
+        self.assertFalse(reserve.full)
+        self.assertEqual((self.ballast.releases, self.ballast.messages), (0, 1))
 
     def test_told_is_idempotent(self):
         """Told while full already, or told of room while not full: nothing changes."""

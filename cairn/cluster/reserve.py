@@ -149,6 +149,7 @@ class Reserve:
         self.why = None
         self.baseline = None  # the other streams' bytes when entering (None: not read yet)
         self._released_upto = None  # the reserve stream's last seq once released (this episode)
+        self._told = None  # entered on another node's notice: "told", then "looked" (the ballast seen there)
         self.refused = self.releases = 0
         self._busy = self._again = False
         self._loop = None
@@ -190,6 +191,7 @@ class Reserve:
             return
         if full and not self.full:
             self._enter(f"node {node[:64]!r} met it and told the others", announce=False)
+            self._told = "told"
             self.step()
         elif not full and self.full:
             self.step()  # the ballast back, newer than the release: left (L{_work})
@@ -251,7 +253,7 @@ class Reserve:
 
     def _enter(self, why, announce=True):
         self.full, self.since, self.why = True, self.now(), why
-        self.baseline = self._released_upto = None
+        self.baseline = self._released_upto = self._told = None
         if announce:
             self._announce(True)
         log.warn(
@@ -304,6 +306,15 @@ class Reserve:
         if messages > 0:
             if self._released_upto is not None and first > self._released_upto:
                 self._leave("another node wrote the reserve again")
+                return
+            if self._told is not None and self._released_upto is None:
+                # The node that told releases the ballast itself; not here, so that a notice come late
+                # (after that node wrote the ballast again) cannot take a fresh one away. Still there at
+                # the next look: the notice was stale (or its node could not release it): left.
+                if self._told == "looked":
+                    self._leave("the reserve is still there: the notice was stale")
+                    return
+                self._told = "looked"
                 return
             # Released first: the acknowledgements refused meanwhile wait for it (L{released}).
             self._released_upto = yield self.ops.release()
