@@ -75,6 +75,8 @@ def _make_node(config, reactor, process) -> CairnNode:
     relay_bus = stores.relay_bus(presence, config.node_name)
     mailbox, sync, relay = make_services(config, peer, pairing, stores, reactor, bus, recheck, relay_bus)
     metrics = make_metrics(config, peer, reactor, mailbox=mailbox, sync=sync, relay=relay, disk=space)
+    if stores.cluster is not None:  # JetStream's storage reserve (docs/scaling.md)
+        metrics.add_collector(stores.cluster.reserve.collect_metrics, name="reserve")
     add_pressure_metrics(metrics, gauge, bounds, pairing)
     node = CairnNode(
         config,

@@ -271,3 +271,32 @@ class NatsStorageLimitTests(_OneNodeMixin, unittest.TestCase):
         self.assertEqual(set(health["cluster"]["reserve"]), set(documented["reserve"]["properties"]))
         self.assertIn("the reserve is kept again", self.node.log)
         self.assertNotIn("Traceback", self.node.log)
+
+    @defer.inlineCallbacks
+    def test_retries_of_what_is_held_are_duplicates_while_full(self):
+        """
+        While full, a sender's retry of a message or sync update already
+        held is answered DUPLICATE (the update with its seq), as at the
+        SQLite store's disk reserve; only what is new gets STORAGE_ERROR.
+        """
+        deployment, node = self.deployment, self.node
+        recipient = deployment.client()
+        session = yield deployment.paired(recipient, node)
+        yield session.close()
+        sender = yield deployment.paired(deployment.client(), node)
+        update_id = os.urandom(16)
+        self.assertEqual((yield eventually(sync.sync_publish(sender, "notes", b"held", update_id), 90)), 1)
+        acked = yield forward_until_refused(self, sender, recipient.peer_id)
+        code, health = yield node.api("GET", "/health")
+        self.assertTrue(health["cluster"]["reserve"]["full"], health)
+
+        again = yield eventually(mailbox.forward(sender, recipient.peer_id, os.urandom(PAYLOAD), acked[-1]), 90)
+        self.assertEqual((again.message_id, again.duplicate), (acked[-1], True))
+        with self.assertRaises(ForwardRejected) as refused:
+            yield self.forward(sender, recipient.peer_id, os.urandom(PAYLOAD))
+        self.assertEqual(refused.exception.code, ForwardStatus.STORAGE_ERROR)
+        self.assertEqual((yield eventually(sync.sync_publish(sender, "notes", b"held", update_id), 90)), 1)
+        with self.assertRaises(PublishRejected) as rejected:
+            yield eventually(sync.sync_publish(sender, "notes", b"new", os.urandom(16)), 90)
+        self.assertEqual(rejected.exception.code, SyncStatus.STORAGE_ERROR)
+        self.assertNotIn("Traceback", node.log)

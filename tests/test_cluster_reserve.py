@@ -13,6 +13,7 @@ from cairn.cluster.mailbox import JetStreamMailboxStore
 from cairn.cluster.reserve import POLL, Reserve
 from cairn.cluster.sync import JetStreamSyncStore
 from cairn.diskspace import LowDiskSpace
+from cairn.wire.constants import ForwardStatus, SyncStatus
 
 R = 1000
 
@@ -152,6 +153,51 @@ class ReserveTests(unittest.TestCase):
         self.assertEqual((one.full, two.full), (False, False))
         self.assertEqual(self.ballast.writes, 1)
 
+    def test_other_node_told_enters_at_once(self):
+        """
+        A node entering full mode announces it (L{Reserve.on_change}); one
+        told enters at once, without announcing, and is told again when
+        the first leaves by writing the ballast: it leaves at once too.
+        """
+        one, two = self.node(), self.node()
+        said = []
+        one.on_change = lambda full: (said.append(full), two.told(full, "n1"))
+        two.on_change = lambda full: self.fail("a node told does not announce")
+        one.no_room("insufficient resources")
+        self.assertEqual(said, [True])
+        self.assertTrue(two.full)  # no poll in between
+        self.assertIn("'n1' met it", two.why)
+        self.assertEqual((one.releases, two.releases), (1, 0))  # the node that told released it
+        self.ballast.other -= 2 * R
+        self.clock.advance(POLL)  # node one's poll: the criterion met, the ballast written, told
+        self.assertEqual((said, one.full, two.full), ([True, False], False, False))
+        self.assertEqual(self.ballast.writes, 1)
+
+    def test_stale_notice_takes_no_ballast(self):
+        """
+        A C{full} notice come after its node wrote the ballast again: the
+        node told refuses growth until its next look, never releases the
+        ballast, and leaves when it finds it still there.
+        """
+        reserve = self.node()
+        reserve.told(True, "n1")
+        self.assertTrue(reserve.full)
+        self.clock.advance(POLL)
+        self.assertFalse(reserve.full)
+        self.assertEqual((self.ballast.releases, self.ballast.messages), (0, 1))
+
+    def test_told_is_idempotent(self):
+        """Told while full already, or told of room while not full: nothing changes."""
+        reserve = self.node()
+        reserve.told(False, "n1")
+        self.assertFalse(reserve.full)
+        reserve.no_room("insufficient resources")
+        why = reserve.why
+        reserve.told(True, "n1")
+        self.assertEqual((reserve.why, self.ballast.releases), (why, 1))
+        reserve.told(False, "n1")  # the ballast is not back: still full
+        self.assertTrue(reserve.full)
+
     def test_released_fires_after_the_release(self):
         """An acknowledgement refused before the release waits for it (L{Reserve.released})."""
         reserve = self.node()
@@ -164,11 +210,37 @@ class ReserveTests(unittest.TestCase):
         self.successResultOf(waited)
         self.assertTrue(reserve.full)
 
+    def test_metrics(self):
+        """The reserve's size, full mode (0/1) and the refusals counted are Prometheus families."""
+        reserve = self.node()
+
+        def samples():
+            return {s.name: s.value for family in reserve.collect_metrics() for s in family.samples}
+
+        names = ("cairn_cluster_reserve_bytes", "cairn_cluster_reserve_full", "cairn_cluster_reserve_refused_total")
+        self.assertEqual(samples(), dict(zip(names, (R, 0, 0))))
+        reserve.no_room("insufficient resources")
+        reserve.refuse()
+        self.assertEqual(samples()["cairn_cluster_reserve_full"], 1)
+        self.assertEqual(samples()["cairn_cluster_reserve_refused_total"], 1)
+
+    def test_no_metrics_on_one_node_alone(self):
+        """A node on SQLite exports no reserve metrics (its disk reserve has its own)."""
+        from twisted.internet import reactor
+
+        from cairn.service import make_node
+        from tests.test_service import config_for
+
+        exposition = make_node(config_for(self.mktemp()), reactor).metrics.exposition().decode()
+        self.assertIn("cairn_disk_reserve_bytes", exposition)
+        self.assertNotIn("cairn_cluster_reserve", exposition)
+
     def test_no_reserve(self):
         """CAIRN_CLUSTER_RESERVE=0: never full, nothing polled."""
         reserve = Reserve(self.ballast, 0, self.clock)
         reserve.begin(True)
         reserve.no_room("insufficient resources")
+        reserve.told(True, "n1")
         self.assertFalse(reserve.full)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -176,9 +248,13 @@ class ReserveTests(unittest.TestCase):
 class _Jet:
     """What the stores' constructors and growth checks read of a L{cairn.cluster.connection.JetStream}."""
 
-    def __init__(self, reserve):
+    def __init__(self, reserve, held=()):
         self.reserve = reserve
         self.prefix = "cairn"
+        self.held = list(held)  # what a full store's look-up finds, per item (None: not held)
+
+    def run(self, function, *args):
+        return defer.succeed(self.held)
 
     def stream(self, name):
         return f"cairn_{name}"
@@ -196,14 +272,30 @@ class StoreRefusalTests(unittest.TestCase):
         self.reserve.no_room("insufficient resources")
 
     def test_mailbox_enqueue_refused(self):
-        """A full node's mailbox refuses new messages before any write (the service answers STORAGE_ERROR)."""
-        store = JetStreamMailboxStore(_Jet(self.reserve))
+        """A full node's mailbox refuses new messages, none held, unwritten (the service answers STORAGE_ERROR)."""
+        store = JetStreamMailboxStore(_Jet(self.reserve, [None]))
         self.failureResultOf(store.enqueue([object()], 0.0, None), LowDiskSpace)
+        self.assertEqual(self.reserve.refused, 1)
 
     def test_sync_publish_refused(self):
         """Likewise a sync update."""
-        store = JetStreamSyncStore(_Jet(self.reserve))
+        store = JetStreamSyncStore(_Jet(self.reserve, [None]))
         self.failureResultOf(store.publish([object()], 0.0, None), LowDiskSpace)
+
+    def test_held_answered_duplicate(self):
+        """A call holding a known item: that one DUPLICATE (with its seq), the new ones STORAGE_ERROR, one refusal."""
+        held = [(SyncStatus.DUPLICATE, 4), None]
+        store = JetStreamSyncStore(_Jet(self.reserve, held))
+        results = self.successResultOf(store.publish([object(), object()], 0.0, None))
+        self.assertEqual(results, [(SyncStatus.DUPLICATE, 4), (SyncStatus.STORAGE_ERROR, None)])
+        self.assertEqual(self.reserve.refused, 1)
+
+    def test_retry_wholly_held_not_a_refusal(self):
+        """A retry of messages all held is DUPLICATE and not counted as refused (as L{guarded_batch})."""
+        held = [(ForwardStatus.DUPLICATE, None)] * 2
+        store = JetStreamMailboxStore(_Jet(self.reserve, held))
+        self.assertEqual(self.successResultOf(store.enqueue([object(), object()], 0.0, None)), held)
+        self.assertEqual(self.reserve.refused, 0)
 
 
 class NoRoomTests(unittest.TestCase):

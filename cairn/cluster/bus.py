@@ -29,7 +29,10 @@ log = Logger()
 
 #: Notice kinds: messages stored for a recipient, receipts owed to a sender, updates on a topic.
 WAKE, OWE, TOPIC = "wake", "owe", "topic"
-NOTICES = (WAKE, OWE, TOPIC)
+#: Notice kinds between the nodes only (L{cairn.cluster.nats_bus}): a node entered full mode at
+#: JetStream's storage limit, or left it (L{cairn.cluster.reserve}); the key is its name.
+FULL, ROOM = "full", "room"
+NOTICES = (WAKE, OWE, TOPIC, FULL, ROOM)
 
 
 class NoRoute(Exception):
@@ -51,7 +54,8 @@ class INodeBus(Interface):
         """
         Call C{callback(key)} for each notice of C{kind} (L{WAKE}: a
         recipient's peer id, L{OWE}: a sender's, L{TOPIC}: a topic name)
-        raised on any node, this one included (this one's synchronously).
+        raised on any node, this one included (this one's synchronously);
+        L{FULL} and L{ROOM} (a node's name) come only from other nodes.
         """
 
     def wake(recipient):

@@ -38,6 +38,7 @@ store's writes: exact while this node is the stream's only writer, local
 to it otherwise (docs/scaling.md).
 """
 
+import asyncio
 import uuid
 
 from twisted.internet import defer
@@ -142,7 +143,10 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
     def enqueue(self, items, now, limits):
         items = list(items)
         if items and self.jet.reserve.full:
-            return defer.fail(self.jet.reserve.refuse())  # growth, at JetStream's storage limit
+            # Growth, at JetStream's storage limit: refused, but a message already held is
+            # DUPLICATE, as at the SQLite store's disk reserve (one direct get per message, while full only).
+            d = self._run(self._known_while_full, items, now)
+            return d.addCallback(self.jet.reserve.answer, ForwardStatus.STORAGE_ERROR)
         admitted, refused = [], {}
         depths, reserved = self._depths, self._reserved
         for i, item in enumerate(items):
@@ -225,10 +229,18 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             raise StoreFull(f"JetStream did not store the message ({one_line(failure)})")
         for i, status in refused.items():
             # A known id is a duplicate whatever the limits say.
-            held = await D.direct_last(nc, self.stream, self._message_subject(items[i]))
-            known = held is not None and (is_message(held) or float(held.headers[D.EXPIRES]) > now)
-            results[i] = (ForwardStatus.DUPLICATE, None) if known else (status, None)
+            results[i] = (ForwardStatus.DUPLICATE, None) if await self._known(items[i], now) else (status, None)
         return results
+
+    async def _known(self, item, now):
+        """Whether C{item}'s id is held: its message, or its tombstone within the message's life."""
+        held = await D.direct_last(self.jet.nc, self.stream, self._message_subject(item))
+        return held is not None and (is_message(held) or float(held.headers[D.EXPIRES]) > now)
+
+    async def _known_while_full(self, items, now):
+        """Per item, DUPLICATE if it is held (L{_known}; read together), else None: what a full node answers."""
+        known = await asyncio.gather(*(self._known(item, now) for item in items))
+        return [(ForwardStatus.DUPLICATE, None) if held else None for held in known]
 
     async def _stored_now(self, item, subject, seq, stored, headers):
         """

@@ -14,6 +14,12 @@ Each node subscribes to C{<prefix>.node.<its name>.>}:
 Notices are at most once (core NATS): one lost costs latency, never a
 message (the services re-check, see L{cairn.storeservice.StoreService}).
 
+  - C{<prefix>.node.<name>.full|room}: the sending node (its name is the
+    payload) entered the storage reserve's full mode, or left it by
+    writing the ballast again (L{cairn.cluster.reserve}); sent to every
+    live node, which enters at once, or looks at the ballast at once,
+    instead of at its next poll. One lost costs at most that poll.
+
 A message stored for a recipient whose session is on another node is told
 to that node as soon as its PubAck is in, on the NATS loop (L{stored}):
 C{<prefix>.node.<name>.msg.<seq>}, a CBOR map of the message (recipient,
@@ -34,7 +40,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cairn.cluster.bus import NOTICES, TOPIC, WAKE, INodeBus, LocalBus, NoRoute
+from cairn.cluster.bus import FULL, NOTICES, ROOM, TOPIC, WAKE, INodeBus, LocalBus, NoRoute
 from cairn.cluster.common import one_line
 from cairn.wire import cbor
 
@@ -89,12 +95,19 @@ class NatsBus(LocalBus):
         """Another node is heard of: the mailbox tells this bus of each message stored (L{stored})."""
         self._mailbox.on_stored = self.stored
 
+    def _follow_reserve(self, reserve):
+        """Tell every other live node when this one enters or leaves full mode; act on what they tell."""
+        reserve.on_change = lambda full: self._tell(FULL if full else ROOM, self.node, self.presence.nodes())
+        self.subscribe(FULL, lambda node: reserve.told(True, node))
+        self.subscribe(ROOM, lambda node: reserve.told(False, node))
+
     def _subject(self, node, *parts):
         return self.jet.subject("node", node, *parts)
 
     # Life cycle
 
     def start(self):
+        self._follow_reserve(self.jet.reserve)  # before the connection, so a start-up entry is told too
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._subscribe))
         return d

@@ -19,13 +19,18 @@ acknowledgements' tombstones -- each one removes a larger message -- commit
 and the mailbox drains. Small writes that barely grow the store (tombstones,
 receipt markers, KV cursors, trust, pairing, relay counts) go on.
 
-The ballast's absence is the shared state: every node reads the reserve
-stream's state every L{POLL} seconds, so a node that did not see the
-refusal stops growth within that. A full node writes the ballast again,
-and leaves full mode, once the deployment's streams (the reserve's aside)
-hold 2 x the reserve fewer bytes than when it entered: after the ballast,
-a reserve's worth of room is left (no flapping); any node seeing the
-ballast back (newer than its release) leaves too.
+The ballast's absence is the shared state: a node entering full mode
+tells the others on the node bus, who enter at once (L{Reserve.told}), and
+every node reads the reserve stream's state every L{POLL} seconds, so a
+node that missed the notice stops growth within that. A full node writes
+the ballast again, and leaves full mode, once the deployment's streams
+(the reserve's aside) hold 2 x the reserve fewer bytes than when it
+entered: after the ballast, a reserve's worth of room is left (no
+flapping); any node seeing the ballast back (newer than its release)
+leaves too, and the node that wrote it tells the others, who look at once.
+
+While full, what is already held is still answered DUPLICATE
+(L{Reserve.answer}), as the SQLite stores do at their disk reserve.
 """
 
 import time
@@ -144,10 +149,15 @@ class Reserve:
         self.why = None
         self.baseline = None  # the other streams' bytes when entering (None: not read yet)
         self._released_upto = None  # the reserve stream's last seq once released (this episode)
+        self._told = None  # entered on another node's notice: "told", then "looked" (the ballast seen there)
         self.refused = self.releases = 0
         self._busy = self._again = False
         self._loop = None
         self._waiting = []  # Deferreds of L{released}
+        #: Called with True when this node enters full mode (not when told so by another, L{told}), and with
+        #: False when it leaves it by writing the ballast again: the node bus tells the other nodes
+        #: (L{cairn.cluster.nats_bus.NatsBus}), so that they need not wait for their poll.
+        self.on_change = None
 
     def begin(self, present):
         """Connected: C{present} is L{prepare}'s answer; the poll starts."""
@@ -171,6 +181,21 @@ class Reserve:
             self._enter(why)
             self.step()
 
+    def told(self, full, node):
+        """
+        Node C{node} announced that it entered full mode (C{full}) or left
+        it by writing the ballast again: act now rather than at the next
+        poll (which stays the backstop: a notice lost costs one poll).
+        """
+        if not self.size:
+            return
+        if full and not self.full:
+            self._enter(f"node {node[:64]!r} met it and told the others", announce=False)
+            self._told = "told"
+            self.step()
+        elif not full and self.full:
+            self.step()  # the ballast back, newer than the release: left (L{_work})
+
     def released(self):
         """
         A Deferred firing once the step under way (or the next) is done:
@@ -188,6 +213,35 @@ class Reserve:
         self.refused += 1
         return LowDiskSpace("JetStream's storage is down to the reserve (CAIRN_CLUSTER_RESERVE)")
 
+    def answer(self, known, refused):
+        """
+        While full, the results of a growing call whose items, if held
+        already, have their answers in C{known} (DUPLICATE and its seq;
+        None for an item not held): the call fails (L{refuse}) if none is
+        held; else a held item keeps its answer and the others are
+        C{refused} (STORAGE_ERROR), counted once -- as the SQLite stores
+        answer at their disk reserve (L{cairn.diskspace.guarded_batch}).
+        """
+        if all(answer is None for answer in known):
+            raise self.refuse()
+        if None in known:
+            self.refused += 1
+        return [(refused, None) if answer is None else answer for answer in known]
+
+    def collect_metrics(self):
+        """Prometheus families for L{cairn.management.metrics.Metrics.add_collector} (a node on JetStream)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "cairn_cluster_reserve_bytes", "JetStream storage kept as a ballast (CAIRN_CLUSTER_RESERVE).", self.size
+        )
+        yield GaugeMetricFamily(
+            "cairn_cluster_reserve_full", "1 while full mode refuses growth (JetStream at its limit).", int(self.full)
+        )
+        yield CounterMetricFamily(
+            "cairn_cluster_reserve_refused", "Store calls refused something in full mode.", self.refused
+        )
+
     def reason(self):
         """For C{/health} while full."""
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
@@ -197,9 +251,11 @@ class Reserve:
             f" {2 * self.size} bytes are freed; deliveries and acknowledgements go on"
         )
 
-    def _enter(self, why):
+    def _enter(self, why, announce=True):
         self.full, self.since, self.why = True, self.now(), why
-        self.baseline = self._released_upto = None
+        self.baseline = self._released_upto = self._told = None
+        if announce:
+            self._announce(True)
         log.warn(
             "cairn: JetStream's storage limit reached ({why}): releasing the reserve ({size} bytes,"
             " CAIRN_CLUSTER_RESERVE); refusing new messages and sync updates; deliveries and acknowledgements go on",
@@ -207,9 +263,18 @@ class Reserve:
             size=self.size,
         )
 
-    def _leave(self, who):
+    def _leave(self, who, announce=False):
         self.full = False
         log.info("cairn: JetStream's storage has room again ({who}): the reserve is kept again", who=who)
+        if announce:
+            self._announce(False)
+
+    def _announce(self, full):
+        if self.on_change is not None:
+            try:
+                self.on_change(full)
+            except Exception:  # a hint only: the others' polls learn it anyway
+                log.failure("cairn: announcing the reserve's state failed")
 
     def step(self):
         """Read the reserve's state and act on it; one at a time (a step asked meanwhile runs after)."""
@@ -242,6 +307,15 @@ class Reserve:
             if self._released_upto is not None and first > self._released_upto:
                 self._leave("another node wrote the reserve again")
                 return
+            if self._told is not None and self._released_upto is None:
+                # The node that told releases the ballast itself; not here, so that a notice come late
+                # (after that node wrote the ballast again) cannot take a fresh one away. Still there at
+                # the next look: the notice was stale (or its node could not release it): left.
+                if self._told == "looked":
+                    self._leave("the reserve is still there: the notice was stale")
+                    return
+                self._told = "looked"
+                return
             # Released first: the acknowledgements refused meanwhile wait for it (L{released}).
             self._released_upto = yield self.ops.release()
             self.releases += 1
@@ -256,7 +330,7 @@ class Reserve:
         if used > self.baseline - 2 * self.size:
             return
         if (yield self.ops.write(self.size)):
-            self._leave(f"{self.baseline - used} bytes freed")
+            self._leave(f"{self.baseline - used} bytes freed", announce=True)
         else:
             log.warn("cairn: the reserve could not be written again (insufficient resources); still full")
             self._released_upto = None  # what was written of it goes again

@@ -31,7 +31,6 @@ store's own writes and by watches of what other writers store
 import asyncio
 import uuid
 
-from twisted.internet import defer
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
@@ -130,7 +129,10 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, Removal, DerivedFigures, S
     def publish(self, items, now, limits):
         items = list(items)
         if items and self.jet.reserve.full:
-            return defer.fail(self.jet.reserve.refuse())  # growth, at JetStream's storage limit
+            # Growth, at JetStream's storage limit: refused, but an update already held is
+            # DUPLICATE with its seq, as at the SQLite store's disk reserve (a read per update, while full only).
+            d = self._run(self._known_while_full, items)
+            return d.addCallback(self.jet.reserve.answer, SyncStatus.STORAGE_ERROR)
         d = self._run(self._publish, items, now, limits, self.total_bytes())
 
         def done(result):
@@ -152,10 +154,23 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, Removal, DerivedFigures, S
             await self._evict(total - limits.max_total, changes)
         return results, changes
 
+    async def _known_while_full(self, items):
+        """Per update, DUPLICATE and its seq if its dedup record is held, else None (read together)."""
+
+        async def known(item):
+            held = await D.direct_last(self.jet.nc, self.stream, self._ids(item))
+            return None if held is None else (SyncStatus.DUPLICATE, int(held.headers[SEQ]))
+
+        return await asyncio.gather(*(known(item) for item in items))
+
+    def _ids(self, item):
+        """The subject of C{item}'s dedup record."""
+        return self._subject("syncids", item.sender, item.update_id.hex())
+
     async def _publish_one(self, item, now, expires_at):
         lock = self._locks.setdefault(item.topic, asyncio.Lock())
         subject = self._subject("sync", topic_token(item.topic))
-        ids = self._subject("syncids", item.sender, item.update_id.hex())
+        ids = self._ids(item)
         async with lock:
             for _ in range(20):
                 last = self._last.get(item.topic)
