@@ -11,9 +11,12 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster.mailbox import JetStreamMailboxStore
+from cairn.wire.constants import ForwardStatus
 from tests import _jetstream
 from tests._harness import Conditions
 from tests.test_mailbox_store import LIMITS, B, item
+
+STORED = ForwardStatus.STORED
 
 
 class RemovedBeforeTheWatchTests(unittest.TestCase):
@@ -119,3 +122,42 @@ class PlainTombstoneTests(unittest.TestCase):
         yield here.flushed()
         self.assertNotIn(B, here.depths())
         self.assertEqual(here.total_bytes(), 0)
+
+
+class PartlyStoredTests(unittest.TestCase):
+    """
+    A call some of whose messages JetStream stored and some it refused
+    (at its storage limit, seen with two nodes writing at once) fails as a
+    whole, STORAGE_ERROR to the senders; what it did store is held all the
+    same, so it counts in the depths (it showed -1 each once delivered).
+    """
+
+    @defer.inlineCallbacks
+    def test_stored_ones_counted(self):
+        from cairn.cluster.pubacks import PublishError
+        from cairn.mailbox.interfaces import PartlyStored
+
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        publish, calls = store.acks.publish, []
+
+        async def second_refused(subject, payload, headers, *rest):
+            calls.append(subject)
+            if len(calls) == 2:
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(PublishError(10023, "insufficient resources"))
+                return future
+            return await publish(subject, payload, headers, *rest)
+
+        store.acks.publish = second_refused
+        items = [item(payload=b"a"), item(payload=b"bb"), item(payload=b"ccc")]
+        failure = yield self.assertFailure(store.enqueue(items, 1.0, LIMITS), PartlyStored)
+        self.assertEqual([r and r[0] for r in failure.results], [STORED, None, STORED])
+        self.assertEqual((store.depths()[B].messages, store.depths()[B].bytes), (2, 4))
+        store.acks.publish = publish
+        held = yield store.fetch(B, 0, 16)
+        self.assertEqual([m.payload for m in held], [b"a", b"ccc"])
+        yield store.acknowledge(B, [m.seq for m in held], 2.0, 100.0)
+        self.assertNotIn(B, store.depths())
+        self.assertEqual(store.total_bytes(), 0)

@@ -14,7 +14,7 @@ from cairn.db import Database
 from cairn.mailbox import client as mailbox
 from cairn.mailbox import delivery
 from cairn.mailbox.client import ForwardRejected, UnknownRecipient, uuid7
-from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, StoreFull
+from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, PartlyStored, StoreFull
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import ACK_GATHER, MemoryMailboxStore, SQLiteMailboxStore
 from cairn.management.metrics import Metrics
@@ -373,6 +373,34 @@ class MailboxScenarioMixin(MailboxHarness):
         yield self.connect(bob)
         got = yield bob_box.wait(bob_box.messages, 1)
         self.assertEqual(got[0][2], b"before")
+
+    @defer.inlineCallbacks
+    def test_partly_stored_is_delivered(self):
+        """
+        A store call that failed after storing some of its messages
+        (L{PartlyStored}, JetStream at its limit): STORAGE_ERROR to the
+        sender, and the recipient woken for what is held (a retry is
+        DUPLICATE, which wakes no one: it waited for another wake-up).
+        """
+        alice, _ = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        yield self.connect(bob)
+        enqueue, wakes = self.store.enqueue, []
+
+        def partly(items, now, limits):
+            return enqueue(items, now, limits).addCallback(
+                lambda results: defer.fail(PartlyStored("JetStream did not store the message", results))
+            )
+
+        wake = self.mailbox.bus.wake
+        self.mailbox.bus.wake = lambda recipient: (wakes.append(recipient), wake(recipient))
+        self.store.enqueue = partly
+        failure = yield self.assertFailure(eventually(mailbox.forward(a, bob.peer_id, b"held")), ForwardRejected)
+        self.assertEqual(failure.code, ForwardStatus.STORAGE_ERROR)
+        self.assertEqual(wakes, [bob.peer_id])
+        got = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got[0][2], b"held")
 
     @defer.inlineCallbacks
     def test_empty_window_filled_by_several_reads(self):

@@ -43,6 +43,7 @@ import uuid
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
@@ -56,7 +57,7 @@ from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
 from cairn.cluster.pubacks import Headers
 from cairn.cluster.watch import Watchers
-from cairn.mailbox.interfaces import Depth, IMailboxStore, StoreFull
+from cairn.mailbox.interfaces import Depth, IMailboxStore, PartlyStored, StoreFull
 from cairn.mailbox.store import MailboxFigures
 from cairn.mailbox.transactions import admission
 from cairn.wire.constants import ForwardStatus
@@ -167,10 +168,15 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         def done(outcome):
             for i in admitted:
                 self._reserve(items[i].recipient, -1, -len(items[i].payload))
-            if isinstance(outcome, list):
+            results = outcome
+            if isinstance(outcome, Failure):
+                # What a failed call stored is held all the same: counted (it showed -1 once removed).
+                results = outcome.value.results if outcome.check(PartlyStored) else None
+            if results is not None:
                 added = {}  # recipient -> [messages, bytes] stored by this call
-                for i, (status, seq) in enumerate(outcome):
-                    if status == ForwardStatus.STORED:
+                for i, result in enumerate(results):
+                    if result is not None and result[0] == ForwardStatus.STORED:
+                        seq = result[1]
                         self._last_stored = max(self._last_stored, seq)
                         item = items[i]
                         self._saw(self._newest, item.recipient, seq)
@@ -226,7 +232,10 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                 await self._stored_now(items[i], subject, results[i][1], stored, headers)
         if failure is not None:
             # Some may be stored: the senders retry and get DUPLICATE for those.
-            raise StoreFull(f"JetStream did not store the message ({one_line(failure)})")
+            why = f"JetStream did not store the message ({one_line(failure)})"
+            if any(result is not None and result[0] == ForwardStatus.STORED for result in results):
+                raise PartlyStored(why, results)
+            raise StoreFull(why)
         for i, status in refused.items():
             # A known id is a duplicate whatever the limits say.
             results[i] = (ForwardStatus.DUPLICATE, None) if await self._known(items[i], now) else (status, None)

@@ -105,6 +105,21 @@ class StoreFull(Exception):
     """Raised by a store that cannot write (e.g. the disk is full); new requests get STORAGE_ERROR."""
 
 
+class PartlyStored(StoreFull):
+    """
+    An C{enqueue} that failed after storing some of its messages (a store
+    whose writes are not one transaction: JetStream's publishes, at its
+    storage limit). C{results} is the call's list with C{(STORED, seq)}
+    for each message held and None for the others. The senders get
+    STORAGE_ERROR for all (a retry of a held one is DUPLICATE); what is
+    held counts in the depths and is delivered like any other message.
+    """
+
+    def __init__(self, why, results):
+        super().__init__(why)
+        self.results = results
+
+
 class IMailboxStore(Interface):
     """Durable storage of the mailbox. Every method but the cache reads returns a Deferred."""
 

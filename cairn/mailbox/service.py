@@ -28,7 +28,7 @@ from cairn.cluster.bus import OWE, WAKE
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
 from cairn.mailbox.delivery import Delivery
-from cairn.mailbox.interfaces import Depth, Incoming, Limits, StoreFull
+from cairn.mailbox.interfaces import Depth, Incoming, Limits, PartlyStored, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
 from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
@@ -232,6 +232,12 @@ class MailboxService(Delivery, StoreService):
             for entry in checked
         ]
         self._send(session, MessageType.FORWARD_ACK, {"acks": acks})
+        if failure.check(PartlyStored):
+            # Held though refused: delivered as if stored (a retry is DUPLICATE, which wakes no one).
+            items = [entry for entry in checked if isinstance(entry, Incoming)]
+            results = failure.value.results
+            for recipient in {items[i].recipient for i, r in enumerate(results) if r and r[0] == ForwardStatus.STORED}:
+                self.bus.wake(recipient)
 
     def _ack(self, message_id, status, reason=""):
         """One entry of a ForwardAck (counted in L{statuses})."""
