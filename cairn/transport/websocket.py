@@ -43,7 +43,7 @@ from cairn.transport.origins import OriginPolicy
 from cairn.transport.settings import TransportSettings
 from cairn.transport.shared_keys import share_transport_names
 from cairn.transport.websocket_messages import _EnvelopeMessages
-from cairn.transport.websocket_upgrade import _PlainUpgradeClient, _PlainUpgradeServer
+from cairn.transport.websocket_upgrade import LastPlain, _PlainUpgradeClient, _PlainUpgradeServer
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 
 SUBPROTOCOL = "cairn.v1"
@@ -181,6 +181,8 @@ class _ServerFactory(_BakedOptions, WebSocketServerFactory):
     gauge = None
     limiter = None
     origins = OriginPolicy()
+    #: The last plain upgrade request (L{websocket_upgrade.LastPlain}), or None: always parsed.
+    last_request = None
 
     def startFactory(self):
         # Before the first connection is accepted (issue 19: a dict fewer per transport).
@@ -222,6 +224,7 @@ def server_factory(
     factory.limiter = limiter
     factory.gauge = gauge
     factory.origins = OriginPolicy(allowed_origins)
+    factory.last_request = LastPlain()
     _limit_options(factory, settings)
     # autobahn would refuse a "null" Origin itself, with HTTP 400: let it
     # through to onConnect, where the configured policy decides (403).
@@ -236,6 +239,9 @@ class _ClientFactory(_BakedOptions, WebSocketClientFactory):
     #: The upgrade request around its key (L{ClientProtocol.startHandshake}),
     #: a list shared by a template's copies, or None: always autobahn's.
     request_parts = None
+    #: The last plain upgrade response (L{websocket_upgrade.LastPlain}),
+    #: shared by a template's copies (one list of offered subprotocols), or None.
+    last_response = None
 
 
 #: Client factories already set up, by (settings, url): L{client_factory}
@@ -255,6 +261,7 @@ def _client_template(settings: TransportSettings, url: str) -> _ClientFactory:
         _limit_options(template, settings)
         template.bake_options()
         template.request_parts = []
+        template.last_response = LastPlain()
         if len(_client_templates) >= CLIENT_TEMPLATES:
             _client_templates.clear()
         _client_templates[key] = template

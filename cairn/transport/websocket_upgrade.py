@@ -156,6 +156,86 @@ def plain_response(head: bytes, key: bytes, offered):
     return start, headers
 
 
+class LastPlain:
+    """
+    The last plain request (a node's factory) or response (a client's
+    template) read, split around the one value that differs from one
+    connection to the next: the key in a request, the accept value in a
+    response. cairn's client sends the same request bytes to a node but for
+    its key, and a node answers with the same bytes but for the accept
+    value; a head equal to the last one around that value is read by
+    comparing bytes (L{repeat}), not by the grammar and header checks again
+    (about a sixth of the node's upgrade read and of the client's, issue 19).
+    The value itself is still checked: a key against the key's grammar, an
+    accept value by computing it.
+    """
+
+    __slots__ = ("prefix", "suffix", "result")
+
+    def __init__(self):
+        self.prefix = self.suffix = self.result = None
+
+    def repeat(self, head: bytes, size: int):
+        """The C{size} bytes of C{head} where the last head had its value, if the rest is the same; else None."""
+        prefix, suffix = self.prefix, self.suffix
+        if (
+            prefix is None
+            or len(head) != len(prefix) + size + len(suffix)
+            or not head.startswith(prefix)
+            or not head.endswith(suffix)
+        ):
+            return None
+        return head[len(prefix) : len(prefix) + size]
+
+    def remember(self, head: bytes, value: bytes, result) -> None:
+        """Keep C{result}, what C{head} said, if C{value} occurs in C{head} once (else keep the last)."""
+        if head.count(value) == 1:
+            self.prefix, _, self.suffix = head.partition(value)
+            self.result = result
+
+
+#: A C{Sec-WebSocket-Key} that L{plain_request} accepts: 22 base64 digits and C{==}.
+_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+
+
+def read_request(head: bytes, last: LastPlain):
+    """
+    L{plain_request}'s answer for C{head}, from C{last} (L{LastPlain}) when
+    C{head} is the last plain request but for its key: the same answer with
+    this key. Remembers each new plain request.
+    """
+    key = last.repeat(head, 24)
+    if key is not None and _KEY.fullmatch(key):
+        key = key.decode("ascii")
+        known = last.result
+        headers = dict(known.headers)
+        headers["sec-websocket-key"] = key
+        return PlainRequest(known.status_line, headers, known.host, list(known.protocols), key)
+    request = plain_request(head)
+    if request is not None:
+        last.remember(head, request.key.encode("ascii"), request)
+    return request
+
+
+def read_response(head: bytes, key: bytes, offered, last: LastPlain):
+    """
+    L{plain_response}'s answer for C{head}, from C{last} (L{LastPlain}) when
+    C{head} is the last plain response but for its accept value, which is
+    the right one for C{key}. Remembers each new plain response.
+    """
+    accept = accept_value(key)
+    value = last.repeat(head, len(accept))
+    if value is not None and value == accept.encode("ascii"):
+        start, headers = last.result
+        headers = dict(headers)
+        headers["sec-websocket-accept"] = accept
+        return start, headers
+    plain = plain_response(head, key, offered)
+    if plain is not None:
+        last.remember(head, accept.encode("ascii"), plain)
+    return plain
+
+
 class _PlainUpgradeServer:
     """The server side's opening handshake (L{cairn.transport.websocket.ServerProtocol})."""
 
@@ -167,7 +247,9 @@ class _PlainUpgradeServer:
         end = self.data.find(b"\r\n\r\n")
         request = None
         if end >= 0 and not (self.trustXForwardedFor or self.maxConnections or self.factory.externalPort):
-            request = plain_request(self.data[:end])
+            last = self.factory.last_request
+            head = self.data[:end]
+            request = plain_request(head) if last is None else read_request(head, last)
         if request is None:
             return super().processHandshake()
         # What autobahn's processHandshake sets and later reads.
@@ -231,7 +313,12 @@ class _PlainUpgradeClient:
         end = self.data.find(b"\r\n\r\n")
         plain = None
         if end >= 0 and not self.autoPingInterval:
-            plain = plain_response(self.data[:end], self.websocket_key, self.factory.protocols)
+            last = self.factory.last_response
+            head = self.data[:end]
+            if last is None:
+                plain = plain_response(head, self.websocket_key, self.factory.protocols)
+            else:
+                plain = read_response(head, self.websocket_key, self.factory.protocols, last)
         if plain is None:
             return super().processHandshake()
         self.http_status_line, self.http_headers = plain
