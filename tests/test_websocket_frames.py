@@ -136,3 +136,26 @@ class WholeFrameTests(unittest.TestCase):
                     )
                 )
             self.assertEqual(outcomes[0], outcomes[1], why)
+
+    def test_message_closing_the_websocket(self):
+        """
+        A message whose handling starts the closing handshake leaves the
+        read's later frames to autobahn's parser, which delivers them as
+        it does while closing.
+        """
+        outcomes = []
+        data = frame(b"first") + frame(b"second") + frame(b"x" * 1100)
+        for autobahn_only in (False, True):
+            protocol, got = self.open(autobahn_only)
+            record = protocol.onMessage
+
+            def onMessage(payload, binary, protocol=protocol, record=record):
+                record(payload, binary)
+                protocol.sendClose(code=1000)
+
+            protocol.onMessage = onMessage
+            protocol.dataReceived(data)
+            outcomes.append((got, protocol.state, protocol.transport.value()[:2], protocol.data))
+        self.assertEqual(outcomes[0], outcomes[1])
+        self.assertEqual([payload for payload, _ in outcomes[0][0]], [b"first", b"second", b"x" * 1100])
+        self.assertEqual(outcomes[0][1:3], (WebSocketProtocol.STATE_CLOSING, b"\x88\x02"))

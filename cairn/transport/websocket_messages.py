@@ -152,17 +152,24 @@ class _EnvelopeMessages:
         data = self.data
         size = len(data)
         pos = 0
+        if (
+            self.current_frame is not None
+            or self.inside_message
+            or self._perMessageCompress is not None
+            or self.logFrames
+            or self.autoPingTimeoutCall is not None
+        ):
+            return WebSocketProtocol.processData(self)
+        # What cannot change while this read's whole frames are delivered
+        # (only autobahn's parser and opening handshake set it), read once.
+        server = self.factory.isServer
+        limit = min(self.maxFramePayloadSize or size, self.maxMessagePayloadSize or size)
         pending = self._pending = []
         try:
             while (
-                self.current_frame is None
-                and size - pos > 1
+                size - pos > 1
                 and data[pos] == 0x82  # FIN, no RSV, binary
-                and self.state == WebSocketProtocol.STATE_OPEN
-                and not self.inside_message
-                and self._perMessageCompress is None
-                and not self.logFrames
-                and self.autoPingTimeoutCall is None
+                and self.state == WebSocketProtocol.STATE_OPEN  # onMessage may close
             ):
                 masked = data[pos + 1] & 0x80
                 length = data[pos + 1] & 0x7F
@@ -176,13 +183,7 @@ class _EnvelopeMessages:
                 if masked:
                     start += 4
                 end = start + length
-                if not (
-                    bool(masked) == self.factory.isServer
-                    and length > 0
-                    and (self.maxFramePayloadSize == 0 or length <= self.maxFramePayloadSize)
-                    and (self.maxMessagePayloadSize == 0 or length <= self.maxMessagePayloadSize)
-                    and size >= end
-                ):
+                if not (bool(masked) == server and 0 < length <= limit and size >= end):
                     break
                 payload = data[start:end]
                 if masked:
