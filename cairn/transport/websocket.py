@@ -20,8 +20,10 @@ leanly (issue 19): its per-message hooks, its read and write paths and
 its option walk are cut to what cairn uses
 (L{cairn.transport.websocket_messages}, L{_BakedOptions}); the opening
 handshake's common case (cairn's client and node talking) is read by
-L{cairn.transport.websocket_upgrade}, every other by autobahn; the frame
-parser and the closing handshake are autobahn's.
+L{cairn.transport.websocket_upgrade}, every other by autobahn; the
+per-connection set-up is cut to what cairn reads
+(L{cairn.transport.websocket_setup}); the frame parser and the closing
+handshake are autobahn's.
 """
 
 import copy
@@ -43,6 +45,7 @@ from cairn.transport.origins import OriginPolicy
 from cairn.transport.settings import TransportSettings
 from cairn.transport.shared_keys import share_transport_names
 from cairn.transport.websocket_messages import _EnvelopeMessages
+from cairn.transport.websocket_setup import _LeanSetUp
 from cairn.transport.websocket_upgrade import LastPlain, _PlainUpgradeClient, _PlainUpgradeServer
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 
@@ -56,7 +59,7 @@ autobahn_compat.install()
 
 
 @implementer(IFrameTransport)
-class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, WebSocketServerProtocol):
+class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, _LeanSetUp, WebSocketServerProtocol):
     """Responder side of a cairn WebSocket."""
 
     #: Its place in the per-source handshake limit (set by the factory), and
@@ -102,7 +105,7 @@ class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, WebSocketServerProt
 
 
 @implementer(IFrameTransport)
-class ClientProtocol(_PlainUpgradeClient, _EnvelopeMessages, WebSocketClientProtocol):
+class ClientProtocol(_PlainUpgradeClient, _EnvelopeMessages, _LeanSetUp, WebSocketClientProtocol):
     """Initiator side of a cairn WebSocket; the factory supplies the sink."""
 
     def connectionMade(self):

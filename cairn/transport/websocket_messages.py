@@ -41,6 +41,7 @@ _AT_REST = {
     "remoteCloseCode": None,
     "remoteCloseReason": None,
     "openHandshakeTimeoutCall": None,
+    "serverConnectionDropTimeoutCall": None,
     "closeHandshakeTimeoutCall": None,
     "autoPingTimeoutCall": None,
     "autoPingPending": None,

@@ -293,8 +293,10 @@ class _PlainUpgradeClient:
         """
         request = self.factory.request_parts
         if request is None or type(self).onConnecting is not WebSocketClientProtocol.onConnecting:
+            self._transport_details = self.transport_details  # passed to onConnecting
             return super().startHandshake()
         if not request:
+            self._transport_details = self.transport_details  # logged by autobahn's
             result = super().startHandshake()
             data, key = getattr(self, "http_request_data", None), getattr(self, "websocket_key", None)
             if data is not None and key is not None and data.count(key) == 1:
