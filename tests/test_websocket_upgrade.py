@@ -115,6 +115,33 @@ class ServerUpgradeTests(unittest.TestCase):
         self.assertIn(b"Sec-WebSocket-Accept: HSmrc0sMlYUkAGmm5OPpG2HaGWk=\r\n", ours.transport.value())
         self.assertEqual(ours.state, ours.STATE_OPEN)
 
+    def test_response_from_the_last(self):
+        """
+        After the first response for a subprotocol (or none), a plain
+        request's response is that one with its own accept value, not built
+        by autobahn's succeedHandshake again: autobahn's bytes all the same.
+        """
+        without = UPGRADE.replace(b"Sec-WebSocket-Protocol: cairn.v1\r\n", b"")
+        self.upgrade(UPGRADE)
+        self.upgrade(without)
+        calls = []
+        real = WebSocketServerProtocol.succeedHandshake
+        self.patch(WebSocketServerProtocol, "succeedHandshake", lambda p, res: (calls.append(res), real(p, res))[1])
+        for request in (UPGRADE, without):
+            request = request.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"x3JJHMbDL1EzLkh9GBhXDw==")
+            ours = self.upgrade(request)
+            self.assertEqual(calls, [])
+            theirs = self.upgrade(request, autobahn_only=True)
+            calls.clear()
+            self.assertEqual(ours.transport.value(), theirs.transport.value())
+            self.assertIn(b"Sec-WebSocket-Accept: HSmrc0sMlYUkAGmm5OPpG2HaGWk=\r\n", ours.transport.value())
+            for name in ("state", "websocket_protocol_in_use", "websocket_extensions_in_use", "current_frame"):
+                self.assertEqual(getattr(ours, name), getattr(theirs, name), name)
+            self.assertTrue(ours.is_open.called)
+        self.factory.setSessionParameters(server="other")
+        self.assertIn(b"Server: other\r\n", self.upgrade(UPGRADE).transport.value())
+        self.assertEqual(calls, ["cairn.v1"])
+
     def test_data_after_request(self):
         """A frame arriving with the request is delivered once the WebSocket is open."""
         protocol = self.factory.buildProtocol(ADDRESS)

@@ -186,6 +186,15 @@ class _ServerFactory(_BakedOptions, WebSocketServerFactory):
     origins = OriginPolicy()
     #: The last plain upgrade request (L{websocket_upgrade.LastPlain}), or None: always parsed.
     last_request = None
+    #: The 101 response by subprotocol, split around the accept value
+    #: (L{websocket_upgrade._PlainUpgradeServer._succeed}), or None: always autobahn's.
+    responses = None
+
+    def setSessionParameters(self, *args, **kwargs):
+        # The server name and headers go into the responses: built anew.
+        super().setSessionParameters(*args, **kwargs)
+        if self.responses is not None:
+            self.responses = {}
 
     def startFactory(self):
         # Before the first connection is accepted (issue 19: a dict fewer per transport).
@@ -228,6 +237,7 @@ def server_factory(
     factory.gauge = gauge
     factory.origins = OriginPolicy(allowed_origins)
     factory.last_request = LastPlain()
+    factory.responses = {}
     _limit_options(factory, settings)
     # autobahn would refuse a "null" Origin itself, with HTTP 400: let it
     # through to onConnect, where the configured policy decides (403).

@@ -28,6 +28,7 @@ an HTTP proxy -- gets autobahn's C{connectionMade} unchanged.
 
 from collections import deque
 
+import txaio
 from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.twisted.websocket import WebSocketAdapterProtocol
 from autobahn.wamp.types import TransportDetails
@@ -83,6 +84,24 @@ class _LeanSetUp:
             factory.countConnections += 1
         else:
             self.startHandshake()
+
+    def _open_state(self):
+        """The state autobahn sets when the opening handshake succeeds, before its C{onOpen}."""
+        self.state = WebSocketProtocol.STATE_OPEN
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+
+    def _opened(self):
+        """What autobahn does once open: C{onOpen}, C{is_open} fired, the bytes that came with the handshake read."""
+        if self.trackedTimings:
+            self.trackedTimings.track("onOpen")
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+        if self.data:
+            self.consumeData()
 
     @property
     def transport_details(self) -> TransportDetails:

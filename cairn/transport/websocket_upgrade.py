@@ -37,7 +37,6 @@ import hashlib
 import os
 import re
 
-import txaio
 from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 
@@ -274,7 +273,40 @@ class _PlainUpgradeServer:
         except Exception as e:  # autobahn's answer to a failing onConnect
             self.log.warn("Unexpected exception in onConnect ['{err}']", err=e)
             return self.failHandshake(f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR)
-        self.succeedHandshake(accepted)
+        self._succeed(accepted)
+
+    def _succeed(self, accepted):
+        """
+        autobahn's C{succeedHandshake} for a plain request, C{accepted} the
+        subprotocol C{onConnect} chose (or None): the response is the
+        factory's last one for that subprotocol with this key's accept
+        value (C{factory.responses}, learnt from autobahn's in L{_onOpen}),
+        then what autobahn does once open. autobahn builds it line by line
+        from the factory's server name and headers and the subprotocol,
+        which are fixed once a factory serves (issue 19).
+        """
+        responses = self.factory.responses
+        parts = None if responses is None or self.autoPingInterval else responses.get(accepted)
+        if parts is None or (accepted is not None and accepted not in self.websocket_protocols):
+            return self.succeedHandshake(accepted)
+        self.websocket_protocol_in_use = accepted
+        self.websocket_extensions_in_use = []
+        self.http_response_data = response = accept_value(self._wskey.encode("ascii")).join(parts)
+        self.sendData(response.encode("utf8"))
+        self._open_state()
+        self._opened()
+
+    def _onOpen(self):
+        # The first response autobahn sent without an extension for this
+        # subprotocol becomes the factory's (L{_succeed}), before cairn's
+        # onOpen drops it.
+        responses, protocol = self.factory.responses, self.websocket_protocol_in_use
+        if responses is not None and protocol not in responses and not self.websocket_extensions_in_use:
+            response = self.http_response_data
+            accept = accept_value(self._wskey.encode("ascii"))
+            if isinstance(response, str) and response.count(accept) == 1:
+                responses[protocol] = response.split(accept)
+        super()._onOpen()
 
 
 class _PlainUpgradeClient:
@@ -328,12 +360,7 @@ class _PlainUpgradeClient:
         self.data = self.data[end + 4 :]
         self.websocket_extensions_in_use = []
         self.websocket_protocol_in_use = self.http_headers.get("sec-websocket-protocol") or None
-        self.state = self.STATE_OPEN
-        if self.openHandshakeTimeoutCall is not None:
-            self.openHandshakeTimeoutCall.cancel()
-            self.openHandshakeTimeoutCall = None
-        self.inside_message = False
-        self.current_frame = None
+        self._open_state()
         self.websocket_version = self.version
         try:
             self._onConnect(
@@ -344,9 +371,4 @@ class _PlainUpgradeClient:
             self.log.error("onConnect failed with {fail}", fail=e)
             self._fail_connection(1000, f"{e}")
             return
-        if self.trackedTimings:
-            self.trackedTimings.track("onOpen")
-        self._onOpen()
-        txaio.resolve(self.is_open, None)
-        if self.data:
-            self.consumeData()
+        self._opened()
