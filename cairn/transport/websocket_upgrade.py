@@ -25,11 +25,14 @@ a repeated header, another path, another version, a refusal -- returns
 C{None} and the caller hands the block to autobahn's C{processHandshake}
 unchanged, so every refusal and its HTTP status are still autobahn's. On
 success the protocol is left in the state autobahn's would leave it in
-(the attributes it sets and later reads), and the response is still
-built and sent by autobahn's C{succeedHandshake} (server side); wire
-bytes are unchanged. There is no maintained HTTP/1.1 upgrade parser
-to call instead that autobahn's protocol objects would accept (wsproto
-and h11 bring their own connection state machines).
+(the attributes it sets and later reads). A request (response) equal to
+the last plain one but for its key (accept value) is read by comparing
+bytes (L{LastPlain}). The node's 101 response is autobahn's
+C{succeedHandshake}'s the first time for a subprotocol, then that one
+with the new accept value (L{_PlainUpgradeServer._succeed}); wire bytes
+are unchanged. There is no maintained HTTP/1.1 upgrade parser to call
+instead that autobahn's protocol objects would accept (wsproto and h11
+bring their own connection state machines).
 """
 
 import base64
