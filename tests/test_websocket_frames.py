@@ -58,6 +58,18 @@ class WholeFrameTests(unittest.TestCase):
         self.assertEqual(got, [(payload, True), (b"x" * 100, True)])
         self.assertEqual(hooks, [])
 
+    def test_close_without_autobahn_hooks(self):
+        """A whole close frame with a code reaches onCloseFrame without autobahn's per-frame hooks."""
+        protocol, got = self.open()
+        hooks = []
+        real = protocol.onFrameBegin
+        protocol.onFrameBegin = lambda: (hooks.append("begin"), real())[1]
+        protocol.dataReceived(frame(b"last") + frame(struct.pack("!H", 1000), opcode=8))
+        self.assertEqual(got, [(b"last", True)])
+        self.assertEqual(hooks, [])
+        self.assertEqual((protocol.remoteCloseCode, protocol.state), (1000, protocol.STATE_CLOSED))
+        self.assertEqual(protocol.transport.value(), b"\x88\x02\x03\xe8")  # the answer
+
     def test_read_of_whole_frames_cut_once(self):
         """
         The whole frames of one read are delivered in one processData call
@@ -109,6 +121,14 @@ class WholeFrameTests(unittest.TestCase):
             "fragments": frame(b"ab", fin=False) + frame(b"cd", opcode=0) + frame(b"e"),
             "ping between": frame(b"ab") + frame(b"p", opcode=9) + frame(b"cd"),
             "close": frame(b"ab") + frame(struct.pack("!H", 1000), opcode=8) + frame(b"late"),
+            "close, no code": frame(b"ab") + frame(b"", opcode=8),
+            "close, code 1009": frame(struct.pack("!H", 1009), opcode=8),
+            "close, a reason": frame(struct.pack("!H", 1000) + b"bye", opcode=8),
+            "close, invalid code": frame(struct.pack("!H", 999), opcode=8),
+            "close, reserved code": frame(struct.pack("!H", 1005), opcode=8),
+            "close, one byte": frame(b"\x03", opcode=8),
+            "close, unmasked": b"\x88\x02\x03\xe8",
+            "close, split": frame(struct.pack("!H", 1000), opcode=8),
             "text": frame(b"hello", opcode=1) + frame(b"after"),
             "empty": frame(b"") + frame(b"after"),
             "over the limit": frame(b"ok") + frame(big + b"x"),
@@ -120,7 +140,7 @@ class WholeFrameTests(unittest.TestCase):
             outcomes = []
             for autobahn_only in (False, True):
                 protocol, got = self.open(autobahn_only)
-                if why == "split":
+                if why.endswith("split"):
                     for i in range(0, len(data), 7):
                         protocol.dataReceived(data[i : i + 7])
                 else:
@@ -131,8 +151,33 @@ class WholeFrameTests(unittest.TestCase):
                         protocol.sink.errors,
                         protocol.state,
                         protocol.localCloseCode,
+                        protocol.remoteCloseCode,
+                        protocol.wasClean,
                         protocol.transport.value(),
                         protocol.data,
                     )
                 )
             self.assertEqual(outcomes[0], outcomes[1], why)
+
+    def test_message_closing_the_websocket(self):
+        """
+        A message whose handling starts the closing handshake leaves the
+        read's later frames to autobahn's parser, which delivers them as
+        it does while closing.
+        """
+        outcomes = []
+        data = frame(b"first") + frame(b"second") + frame(b"x" * 1100)
+        for autobahn_only in (False, True):
+            protocol, got = self.open(autobahn_only)
+            record = protocol.onMessage
+
+            def onMessage(payload, binary, protocol=protocol, record=record):
+                record(payload, binary)
+                protocol.sendClose(code=1000)
+
+            protocol.onMessage = onMessage
+            protocol.dataReceived(data)
+            outcomes.append((got, protocol.state, protocol.transport.value()[:2], protocol.data))
+        self.assertEqual(outcomes[0], outcomes[1])
+        self.assertEqual([payload for payload, _ in outcomes[0][0]], [b"first", b"second", b"x" * 1100])
+        self.assertEqual(outcomes[0][1:3], (WebSocketProtocol.STATE_CLOSING, b"\x88\x02"))

@@ -103,6 +103,45 @@ class ServerUpgradeTests(unittest.TestCase):
             self.assertEqual(ours.transport.value(), theirs.transport.value(), why)
             self.assertEqual(ours.state, theirs.state, why)
 
+    def test_repeated_request_same_response(self):
+        """A repeated request with another key opens the WebSocket with autobahn's response for that key."""
+        self.upgrade(UPGRADE)
+        calls = _count_blocks(self)
+        request = UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"x3JJHMbDL1EzLkh9GBhXDw==")
+        ours = self.upgrade(request)
+        self.assertEqual(calls[0], 0)
+        theirs = self.upgrade(request, autobahn_only=True)
+        self.assertEqual(ours.transport.value(), theirs.transport.value())
+        self.assertIn(b"Sec-WebSocket-Accept: HSmrc0sMlYUkAGmm5OPpG2HaGWk=\r\n", ours.transport.value())
+        self.assertEqual(ours.state, ours.STATE_OPEN)
+
+    def test_response_from_the_last(self):
+        """
+        After the first response for a subprotocol (or none), a plain
+        request's response is that one with its own accept value, not built
+        by autobahn's succeedHandshake again: autobahn's bytes all the same.
+        """
+        without = UPGRADE.replace(b"Sec-WebSocket-Protocol: cairn.v1\r\n", b"")
+        self.upgrade(UPGRADE)
+        self.upgrade(without)
+        calls = []
+        real = WebSocketServerProtocol.succeedHandshake
+        self.patch(WebSocketServerProtocol, "succeedHandshake", lambda p, res: (calls.append(res), real(p, res))[1])
+        for request in (UPGRADE, without):
+            request = request.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"x3JJHMbDL1EzLkh9GBhXDw==")
+            ours = self.upgrade(request)
+            self.assertEqual(calls, [])
+            theirs = self.upgrade(request, autobahn_only=True)
+            calls.clear()
+            self.assertEqual(ours.transport.value(), theirs.transport.value())
+            self.assertIn(b"Sec-WebSocket-Accept: HSmrc0sMlYUkAGmm5OPpG2HaGWk=\r\n", ours.transport.value())
+            for name in ("state", "websocket_protocol_in_use", "websocket_extensions_in_use", "current_frame"):
+                self.assertEqual(getattr(ours, name), getattr(theirs, name), name)
+            self.assertTrue(ours.is_open.called)
+        self.factory.setSessionParameters(server="other")
+        self.assertIn(b"Server: other\r\n", self.upgrade(UPGRADE).transport.value())
+        self.assertEqual(calls, ["cairn.v1"])
+
     def test_data_after_request(self):
         """A frame arriving with the request is delivered once the WebSocket is open."""
         protocol = self.factory.buildProtocol(ADDRESS)
@@ -178,6 +217,17 @@ class ClientUpgradeTests(unittest.TestCase):
         self.assertEqual(client.websocket_protocol_in_use, "cairn.v1")
         self.assertEqual(client.websocket_version, client.version)  # autobahn's draft number (18)
 
+    def test_repeated_response_opens(self):
+        """The second client of a template reads the node's response without the grammar and opens."""
+        self.url = "ws://127.0.0.1:11/"  # a template of its own
+        self.pair()
+        calls = _count_blocks(self)
+        client, server, _ = self.pair()
+        self.assertEqual(calls[0], 0)  # nor the node's of the request: it repeats too
+        self.assertEqual(client.state, client.STATE_OPEN)
+        self.assertEqual(client.websocket_protocol_in_use, "cairn.v1")
+        self.assertEqual(client.http_headers, {})  # dropped at open, as before
+
     def response_to(self, response):
         """A cairn client protocol given C{response} (C{KEY} in it replaced by its key)."""
         client = client_factory(self.settings, self.url, _Sink).buildProtocol(ADDRESS)
@@ -211,3 +261,90 @@ class ClientUpgradeTests(unittest.TestCase):
         folded_case = plain.replace(b"Connection: Upgrade", b"Connection: keep-alive, Upgrade\r\nconnection: x")
         self.assertEqual(self.response_to(folded_case).state, WebSocketClientProtocol.STATE_OPEN)
         self.assertEqual(calls[0], 1)
+
+
+def _count_blocks(test):
+    """How many times cairn's grammar reads a head (a list holding the count)."""
+    calls = [0]
+    real = websocket_upgrade._block
+
+    def counted(pattern, head):
+        calls[0] += 1
+        return real(pattern, head)
+
+    test.patch(websocket_upgrade, "_block", counted)
+    return calls
+
+
+def _fields(request):
+    if request is None:
+        return None
+    return (request.status_line, request.headers, request.host, request.protocols, request.key)
+
+
+class RepeatedHeadTests(unittest.TestCase):
+    """A head equal to the last plain one but for its key or accept value (L{websocket_upgrade.LastPlain})."""
+
+    def test_request_read_as_the_grammar_reads_it(self):
+        """
+        Every request gets what plain_request gives it; only one that is
+        the last plain request with another valid key skips the grammar.
+        """
+        head = UPGRADE[:-4]
+        key = b"dGhlIHNhbXBsZSBub25jZQ=="
+        last = websocket_upgrade.LastPlain()
+        calls = _count_blocks(self)
+        self.assertEqual(
+            _fields(websocket_upgrade.read_request(head, last)), _fields(websocket_upgrade.plain_request(head))
+        )
+        requests = {
+            "another key": (head.replace(key, b"AAAAAAAAAAAAAAAAAAAAAA=="), 0),
+            "a key with + and /": (head.replace(key, b"ab+/ab+/ab+/ab+/ab+/ab==", 1), 0),
+            "a key not base64": (head.replace(key, b"AAAAAAAAAAAAAAAAAAAAA*=="), 1),
+            "a key with a line break": (head.replace(key, b"AAAAAAAAAA\r\nAAAAAAAAAA=="), 1),
+            "a key not ending ==": (head.replace(key, b"AAAAAAAAAAAAAAAAAAAAAAAA"), 1),
+            "a longer key": (head.replace(key, b"AAAAAAAAAAAAAAAAAAAAAAAA=="), 1),
+            "another host": (head.replace(b"127.0.0.1:9", b"127.0.0.1:8"), 1),
+            "an origin": (head + b"\r\nOrigin: http://example.com", 1),
+            "the same": (head, 0),
+        }
+        for why, (request, parses) in requests.items():
+            calls[0] = 0
+            theirs = _fields(websocket_upgrade.plain_request(request))
+            calls[0] = 0
+            last.remember(head, key, websocket_upgrade.plain_request(head))
+            calls[0] = 0
+            self.assertEqual(_fields(websocket_upgrade.read_request(request, last)), theirs, why)
+            self.assertEqual(calls[0], parses, why)
+
+    def test_response_read_as_the_grammar_reads_it(self):
+        """
+        Every response gets what plain_response gives it; only one that is
+        the last plain response with the right accept value skips the grammar.
+        """
+        template = (
+            b"HTTP/1.1 101 Switching Protocols\r\nServer: x\r\nUpgrade: WebSocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Protocol: cairn.v1\r\nSec-WebSocket-Accept: KEY"
+        )
+        offered = ["cairn.v1"]
+        first, second = b"dGhlIHNhbXBsZSBub25jZQ==", b"x3JJHMbDL1EzLkh9GBhXDw=="
+        last = websocket_upgrade.LastPlain()
+        head = template.replace(b"KEY", websocket_upgrade.accept_value(first).encode())
+        calls = _count_blocks(self)
+        self.assertEqual(
+            websocket_upgrade.read_response(head, first, offered, last),
+            websocket_upgrade.plain_response(head, first, offered),
+        )
+        right = template.replace(b"KEY", websocket_upgrade.accept_value(second).encode())
+        responses = {
+            "the right accept value": (right, 0),
+            "the last accept value": (head, 1),
+            "another server": (right.replace(b"Server: x", b"Server: y"), 1),
+            "another subprotocol": (right.replace(b"cairn.v1", b"cairn.v2"), 1),
+        }
+        for why, (response, parses) in responses.items():
+            theirs = websocket_upgrade.plain_response(response, second, offered)
+            calls[0] = 0
+            self.assertEqual(websocket_upgrade.read_response(response, second, offered, last), theirs, why)
+            self.assertEqual(calls[0], parses, why)
+        self.assertIsNotNone(websocket_upgrade.read_response(right, second, offered, last))

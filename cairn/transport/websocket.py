@@ -20,8 +20,10 @@ leanly (issue 19): its per-message hooks, its read and write paths and
 its option walk are cut to what cairn uses
 (L{cairn.transport.websocket_messages}, L{_BakedOptions}); the opening
 handshake's common case (cairn's client and node talking) is read by
-L{cairn.transport.websocket_upgrade}, every other by autobahn; the frame
-parser and the closing handshake are autobahn's.
+L{cairn.transport.websocket_upgrade}, every other by autobahn; the
+per-connection set-up is cut to what cairn reads
+(L{cairn.transport.websocket_setup}); the frame parser and the closing
+handshake are autobahn's.
 """
 
 import copy
@@ -43,7 +45,8 @@ from cairn.transport.origins import OriginPolicy
 from cairn.transport.settings import TransportSettings
 from cairn.transport.shared_keys import share_transport_names
 from cairn.transport.websocket_messages import _EnvelopeMessages
-from cairn.transport.websocket_upgrade import _PlainUpgradeClient, _PlainUpgradeServer
+from cairn.transport.websocket_setup import _LeanSetUp
+from cairn.transport.websocket_upgrade import LastPlain, _PlainUpgradeClient, _PlainUpgradeServer
 from cairn.wire.constants import HEADER_SIZE, CloseCode
 
 SUBPROTOCOL = "cairn.v1"
@@ -56,7 +59,7 @@ autobahn_compat.install()
 
 
 @implementer(IFrameTransport)
-class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, WebSocketServerProtocol):
+class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, _LeanSetUp, WebSocketServerProtocol):
     """Responder side of a cairn WebSocket."""
 
     #: Its place in the per-source handshake limit (set by the factory), and
@@ -102,7 +105,7 @@ class ServerProtocol(_PlainUpgradeServer, _EnvelopeMessages, WebSocketServerProt
 
 
 @implementer(IFrameTransport)
-class ClientProtocol(_PlainUpgradeClient, _EnvelopeMessages, WebSocketClientProtocol):
+class ClientProtocol(_PlainUpgradeClient, _EnvelopeMessages, _LeanSetUp, WebSocketClientProtocol):
     """Initiator side of a cairn WebSocket; the factory supplies the sink."""
 
     def connectionMade(self):
@@ -181,6 +184,17 @@ class _ServerFactory(_BakedOptions, WebSocketServerFactory):
     gauge = None
     limiter = None
     origins = OriginPolicy()
+    #: The last plain upgrade request (L{websocket_upgrade.LastPlain}), or None: always parsed.
+    last_request = None
+    #: The 101 response by subprotocol, split around the accept value
+    #: (L{websocket_upgrade._PlainUpgradeServer._succeed}), or None: always autobahn's.
+    responses = None
+
+    def setSessionParameters(self, *args, **kwargs):
+        # The server name and headers go into the responses: built anew.
+        super().setSessionParameters(*args, **kwargs)
+        if self.responses is not None:
+            self.responses = {}
 
     def startFactory(self):
         # Before the first connection is accepted (issue 19: a dict fewer per transport).
@@ -222,6 +236,8 @@ def server_factory(
     factory.limiter = limiter
     factory.gauge = gauge
     factory.origins = OriginPolicy(allowed_origins)
+    factory.last_request = LastPlain()
+    factory.responses = {}
     _limit_options(factory, settings)
     # autobahn would refuse a "null" Origin itself, with HTTP 400: let it
     # through to onConnect, where the configured policy decides (403).
@@ -236,6 +252,9 @@ class _ClientFactory(_BakedOptions, WebSocketClientFactory):
     #: The upgrade request around its key (L{ClientProtocol.startHandshake}),
     #: a list shared by a template's copies, or None: always autobahn's.
     request_parts = None
+    #: The last plain upgrade response (L{websocket_upgrade.LastPlain}),
+    #: shared by a template's copies (one list of offered subprotocols), or None.
+    last_response = None
 
 
 #: Client factories already set up, by (settings, url): L{client_factory}
@@ -255,6 +274,7 @@ def _client_template(settings: TransportSettings, url: str) -> _ClientFactory:
         _limit_options(template, settings)
         template.bake_options()
         template.request_parts = []
+        template.last_response = LastPlain()
         if len(_client_templates) >= CLIENT_TEMPLATES:
             _client_templates.clear()
         _client_templates[key] = template

@@ -25,11 +25,14 @@ a repeated header, another path, another version, a refusal -- returns
 C{None} and the caller hands the block to autobahn's C{processHandshake}
 unchanged, so every refusal and its HTTP status are still autobahn's. On
 success the protocol is left in the state autobahn's would leave it in
-(the attributes it sets and later reads), and the response is still
-built and sent by autobahn's C{succeedHandshake} (server side); wire
-bytes are unchanged. There is no maintained HTTP/1.1 upgrade parser
-to call instead that autobahn's protocol objects would accept (wsproto
-and h11 bring their own connection state machines).
+(the attributes it sets and later reads). A request (response) equal to
+the last plain one but for its key (accept value) is read by comparing
+bytes (L{LastPlain}). The node's 101 response is autobahn's
+C{succeedHandshake}'s the first time for a subprotocol, then that one
+with the new accept value (L{_PlainUpgradeServer._succeed}); wire bytes
+are unchanged. There is no maintained HTTP/1.1 upgrade parser to call
+instead that autobahn's protocol objects would accept (wsproto and h11
+bring their own connection state machines).
 """
 
 import base64
@@ -37,7 +40,6 @@ import hashlib
 import os
 import re
 
-import txaio
 from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 
@@ -156,6 +158,86 @@ def plain_response(head: bytes, key: bytes, offered):
     return start, headers
 
 
+class LastPlain:
+    """
+    The last plain request (a node's factory) or response (a client's
+    template) read, split around the one value that differs from one
+    connection to the next: the key in a request, the accept value in a
+    response. cairn's client sends the same request bytes to a node but for
+    its key, and a node answers with the same bytes but for the accept
+    value; a head equal to the last one around that value is read by
+    comparing bytes (L{repeat}), not by the grammar and header checks again
+    (about a sixth of the node's upgrade read and of the client's, issue 19).
+    The value itself is still checked: a key against the key's grammar, an
+    accept value by computing it.
+    """
+
+    __slots__ = ("prefix", "suffix", "result")
+
+    def __init__(self):
+        self.prefix = self.suffix = self.result = None
+
+    def repeat(self, head: bytes, size: int):
+        """The C{size} bytes of C{head} where the last head had its value, if the rest is the same; else None."""
+        prefix, suffix = self.prefix, self.suffix
+        if (
+            prefix is None
+            or len(head) != len(prefix) + size + len(suffix)
+            or not head.startswith(prefix)
+            or not head.endswith(suffix)
+        ):
+            return None
+        return head[len(prefix) : len(prefix) + size]
+
+    def remember(self, head: bytes, value: bytes, result) -> None:
+        """Keep C{result}, what C{head} said, if C{value} occurs in C{head} once (else keep the last)."""
+        if head.count(value) == 1:
+            self.prefix, _, self.suffix = head.partition(value)
+            self.result = result
+
+
+#: A C{Sec-WebSocket-Key} that L{plain_request} accepts: 22 base64 digits and C{==}.
+_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+
+
+def read_request(head: bytes, last: LastPlain):
+    """
+    L{plain_request}'s answer for C{head}, from C{last} (L{LastPlain}) when
+    C{head} is the last plain request but for its key: the same answer with
+    this key. Remembers each new plain request.
+    """
+    key = last.repeat(head, 24)
+    if key is not None and _KEY.fullmatch(key):
+        key = key.decode("ascii")
+        known = last.result
+        headers = dict(known.headers)
+        headers["sec-websocket-key"] = key
+        return PlainRequest(known.status_line, headers, known.host, list(known.protocols), key)
+    request = plain_request(head)
+    if request is not None:
+        last.remember(head, request.key.encode("ascii"), request)
+    return request
+
+
+def read_response(head: bytes, key: bytes, offered, last: LastPlain):
+    """
+    L{plain_response}'s answer for C{head}, from C{last} (L{LastPlain}) when
+    C{head} is the last plain response but for its accept value, which is
+    the right one for C{key}. Remembers each new plain response.
+    """
+    accept = accept_value(key)
+    value = last.repeat(head, len(accept))
+    if value is not None and value == accept.encode("ascii"):
+        start, headers = last.result
+        headers = dict(headers)
+        headers["sec-websocket-accept"] = accept
+        return start, headers
+    plain = plain_response(head, key, offered)
+    if plain is not None:
+        last.remember(head, accept.encode("ascii"), plain)
+    return plain
+
+
 class _PlainUpgradeServer:
     """The server side's opening handshake (L{cairn.transport.websocket.ServerProtocol})."""
 
@@ -167,7 +249,9 @@ class _PlainUpgradeServer:
         end = self.data.find(b"\r\n\r\n")
         request = None
         if end >= 0 and not (self.trustXForwardedFor or self.maxConnections or self.factory.externalPort):
-            request = plain_request(self.data[:end])
+            last = self.factory.last_request
+            head = self.data[:end]
+            request = plain_request(head) if last is None else read_request(head, last)
         if request is None:
             return super().processHandshake()
         # What autobahn's processHandshake sets and later reads.
@@ -192,7 +276,40 @@ class _PlainUpgradeServer:
         except Exception as e:  # autobahn's answer to a failing onConnect
             self.log.warn("Unexpected exception in onConnect ['{err}']", err=e)
             return self.failHandshake(f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR)
-        self.succeedHandshake(accepted)
+        self._succeed(accepted)
+
+    def _succeed(self, accepted):
+        """
+        autobahn's C{succeedHandshake} for a plain request, C{accepted} the
+        subprotocol C{onConnect} chose (or None): the response is the
+        factory's last one for that subprotocol with this key's accept
+        value (C{factory.responses}, learnt from autobahn's in L{_onOpen}),
+        then what autobahn does once open. autobahn builds it line by line
+        from the factory's server name and headers and the subprotocol,
+        which are fixed once a factory serves (issue 19).
+        """
+        responses = self.factory.responses
+        parts = None if responses is None or self.autoPingInterval else responses.get(accepted)
+        if parts is None or (accepted is not None and accepted not in self.websocket_protocols):
+            return self.succeedHandshake(accepted)
+        self.websocket_protocol_in_use = accepted
+        self.websocket_extensions_in_use = []
+        self.http_response_data = response = accept_value(self._wskey.encode("ascii")).join(parts)
+        self.sendData(response.encode("utf8"))
+        self._open_state()
+        self._opened()
+
+    def _onOpen(self):
+        # The first response autobahn sent without an extension for this
+        # subprotocol becomes the factory's (L{_succeed}), before cairn's
+        # onOpen drops it.
+        responses, protocol = self.factory.responses, self.websocket_protocol_in_use
+        if responses is not None and protocol not in responses and not self.websocket_extensions_in_use:
+            response = self.http_response_data
+            accept = accept_value(self._wskey.encode("ascii"))
+            if isinstance(response, str) and response.count(accept) == 1:
+                responses[protocol] = response.split(accept)
+        super()._onOpen()
 
 
 class _PlainUpgradeClient:
@@ -211,8 +328,10 @@ class _PlainUpgradeClient:
         """
         request = self.factory.request_parts
         if request is None or type(self).onConnecting is not WebSocketClientProtocol.onConnecting:
+            self._transport_details = self.transport_details  # passed to onConnecting
             return super().startHandshake()
         if not request:
+            self._transport_details = self.transport_details  # logged by autobahn's
             result = super().startHandshake()
             data, key = getattr(self, "http_request_data", None), getattr(self, "websocket_key", None)
             if data is not None and key is not None and data.count(key) == 1:
@@ -231,7 +350,12 @@ class _PlainUpgradeClient:
         end = self.data.find(b"\r\n\r\n")
         plain = None
         if end >= 0 and not self.autoPingInterval:
-            plain = plain_response(self.data[:end], self.websocket_key, self.factory.protocols)
+            last = self.factory.last_response
+            head = self.data[:end]
+            if last is None:
+                plain = plain_response(head, self.websocket_key, self.factory.protocols)
+            else:
+                plain = read_response(head, self.websocket_key, self.factory.protocols, last)
         if plain is None:
             return super().processHandshake()
         self.http_status_line, self.http_headers = plain
@@ -239,12 +363,7 @@ class _PlainUpgradeClient:
         self.data = self.data[end + 4 :]
         self.websocket_extensions_in_use = []
         self.websocket_protocol_in_use = self.http_headers.get("sec-websocket-protocol") or None
-        self.state = self.STATE_OPEN
-        if self.openHandshakeTimeoutCall is not None:
-            self.openHandshakeTimeoutCall.cancel()
-            self.openHandshakeTimeoutCall = None
-        self.inside_message = False
-        self.current_frame = None
+        self._open_state()
         self.websocket_version = self.version
         try:
             self._onConnect(
@@ -255,9 +374,4 @@ class _PlainUpgradeClient:
             self.log.error("onConnect failed with {fail}", fail=e)
             self._fail_connection(1000, f"{e}")
             return
-        if self.trackedTimings:
-            self.trackedTimings.track("onOpen")
-        self._onOpen()
-        txaio.resolve(self.is_open, None)
-        if self.data:
-            self.consumeData()
+        self._opened()
