@@ -41,7 +41,7 @@ class RunsBench:
         def check(result):
             out, err, code = result
             self.assertEqual(code, 0, err.decode("utf-8", "replace"))
-            self.assertEqual(err, b"")
+            self.assertEqual(err, b"", err.decode("utf-8", "replace"))  # the whole of it, not a shortened repr
             return out.decode("utf-8")
 
         return d.addCallback(check)
