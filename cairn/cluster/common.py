@@ -47,27 +47,6 @@ async def kv_forget(kv, key):
         pass
 
 
-async def kv_entries(kv):
-    """
-    Every key of the KV bucket C{kv} with its entry, as a list of
-    C{(key, entry)}; a key removed between the listing and its read is
-    left out.
-    """
-    from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
-
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    entries = []
-    for key in keys:
-        try:
-            entries.append((key, await kv.get(key)))
-        except (KeyNotFoundError, KeyDeletedError):
-            continue
-    return entries
-
-
 async def open_bucket(js, config, nc=None, attempts=5, pause=0.2):
     """
     The KV bucket C{config} names: made if it does not exist, else opened as

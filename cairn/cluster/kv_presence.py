@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.common import one_line, open_bucket
+from cairn.cluster.kv_whole import watch_whole
 from cairn.cluster.presence import IPresence, attached_locally, local_peers
 from cairn.storeservice import observe
 
@@ -101,12 +102,8 @@ class KVPresence:
             storage=StorageType.MEMORY,
         )
         self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
-        watcher = await self.kv.watchall()
-        initial = []
-        async for entry in watcher:
-            if entry is None:
-                break
-            initial.append(_change(entry))
+        watcher, initial = await watch_whole(self.kv, self.jet.js)
+        initial = [_change(entry) for entry in initial]
 
         async def follow():
             try:

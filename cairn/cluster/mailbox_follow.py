@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from cairn.cluster import direct as D
 from cairn.cluster import mailbox_ahead
-from cairn.cluster.common import KIND, MESSAGE_WRITER, SIZE, WRITER, is_message, kv_entries, one_line, recipient_of
+from cairn.cluster.common import KIND, MESSAGE_WRITER, SIZE, WRITER, is_message, one_line, recipient_of
+from cairn.cluster.kv_whole import kv_entries
 from cairn.cluster.mailbox_alone import OwnWrites
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
 from cairn.mailbox.interfaces import Depth, PeerLimits
@@ -301,7 +302,7 @@ class Following:
             self._ahead.keep(recipient, 0, backlog)
         kv = self.jet.kv["limits"]
         limits = {}
-        for key, entry in await kv_entries(kv):
+        for key, entry in await kv_entries(kv, self.jet.js):
             count, size = entry.value.decode().split(",")
             limits[key] = PeerLimits(int(count) if count else None, int(size) if size else None)
         return depths, limits

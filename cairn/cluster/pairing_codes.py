@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.common import one_line, open_bucket
+from cairn.cluster.kv_whole import watch_whole
 from cairn.cluster.watch import Watchers
 from cairn.pairing.code_store import Code, ICodeStore
 from cairn.storeservice import observe
@@ -83,12 +84,7 @@ class KVCodes:
             storage=StorageType.FILE,
         )
         self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
-        watcher = await self.kv.watchall()
-        initial = []
-        async for entry in watcher:
-            if entry is None:
-                break
-            initial.append(entry)
+        watcher, initial = await watch_whole(self.kv, self.jet.js)
 
         async def follow():
             try:

@@ -17,8 +17,9 @@ import asyncio
 
 from zope.interface import implementer
 
-from cairn.cluster.common import kv_entries, storage_error
+from cairn.cluster.common import storage_error
 from cairn.cluster.direct import is_wrong_last
+from cairn.cluster.kv_whole import kv_entries
 from cairn.relay.interfaces import IRelayStore, RelayLimits
 
 
@@ -47,7 +48,7 @@ class KVRelayStore:
 
     async def _load(self):
         limits, usage = {}, {}
-        for key, entry in await kv_entries(self._kv):
+        for key, entry in await kv_entries(self._kv, self.jet.js):
             kind, peer_id = key.split(".", 1)
             a, b = entry.value.decode().split(",")
             if kind == "limits":

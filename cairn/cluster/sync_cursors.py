@@ -15,7 +15,7 @@ import json
 from twisted.internet import defer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import kv_entries
+from cairn.cluster.kv_whole import kv_entries
 from cairn.cluster.sync_follow import ACCESS, token_topic, topic_token
 from cairn.sync.access import Access
 from cairn.sync.interfaces import Topic
@@ -37,7 +37,7 @@ class Cursors:
     async def _load_cursors(self):
         """C{(cursors, access)} as stored: {(device, topic): seq}, {device: L{Access}}."""
         cursors, access = {}, {}
-        for key, entry in await kv_entries(self.jet.kv["cursors"]):
+        for key, entry in await kv_entries(self.jet.kv["cursors"], self.jet.js):
             self._cursors_loaded_upto = max(self._cursors_loaded_upto, entry.revision)
             if key.startswith(ACCESS):
                 grant = json.loads(entry.value)

@@ -27,6 +27,7 @@ import base64
 import json
 
 from cairn.cluster.common import WRITER
+from cairn.cluster.kv_whole import kv_stream_and_prefix
 from cairn.cluster.sync_figures import Changes
 from cairn.cluster.watch import Watchers
 from cairn.sync.access import Access
@@ -39,19 +40,6 @@ _GONE = ("DEL", "PURGE")
 def topic_token(topic):
     """A topic name as one subject token (base64url, so any name is a token)."""
     return base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=") or "_"
-
-
-def kv_stream_and_prefix(kv):
-    """
-    The stream of nats-py KeyValue C{kv} and its keys' subject prefix, for
-    an ordered consumer from a chosen sequence on the bucket. nats-py
-    keeps both only in private attributes (C{_stream}, C{_pre}; no public
-    accessor); a release that renames them fails here with one line.
-    """
-    try:
-        return kv._stream, kv._pre
-    except AttributeError:
-        raise RuntimeError("nats-py KeyValue has no _stream/_pre any more: cairn/cluster/sync_follow.py") from None
 
 
 def token_topic(token):

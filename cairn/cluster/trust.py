@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.direct import is_wrong_last
+from cairn.cluster.kv_whole import watch_whole
 from cairn.cluster.watch import Watchers
 from cairn.pairing.interfaces import PAIRED, PENDING, ITrustStore, PeerRecord
 from cairn.pairing.trust import TrustStoreBase
@@ -105,12 +106,7 @@ class KVTrustStore(TrustStoreBase):
         """Load every record, then keep the mirror current from the bucket's watch."""
         import asyncio
 
-        watcher = await self._kv.watchall()
-        initial = []
-        async for entry in watcher:
-            if entry is None:
-                break  # the initial values are all delivered
-            initial.append(entry)
+        watcher, initial = await watch_whole(self._kv, self.jet.js)
         self.jet.thread.to_reactor(self._changes, initial)
 
         async def follow():
