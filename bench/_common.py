@@ -82,8 +82,9 @@ class ServerError(Exception):
 
 class ServerProcess:
     """
-    A C{python -m bench._server} child: a cairn node plus bare echo/sink
-    servers, all on 127.0.0.1.
+    A C{python -m bench._server} child on 127.0.0.1: a cairn node, or
+    with C{bare} the bare echo/sink servers (autobahn as shipped: the child
+    imports no cairn module, and says so).
 
     The child prints one JSON line with its ports, then answers C{cpu}
     on stdin with its CPU seconds. Closing its stdin stops it; L{stop}
@@ -94,9 +95,10 @@ class ServerProcess:
         C{$CAIRN_BENCH_SERVER_PROFILE}, if set).
     """
 
-    def __init__(self, timeout: float = 60.0, profile: str = None):
+    def __init__(self, timeout: float = 60.0, profile: str = None, bare: bool = False):
         self.timeout = timeout
         self.profile = profile or os.environ.get("CAIRN_BENCH_SERVER_PROFILE")
+        self.bare = bare
         self.ports = None
         self._process = None
 
@@ -104,12 +106,15 @@ class ServerProcess:
         # CPU-time profile (bench/_cpuprofile.py says why not cProfile's wall clock).
         profiler = ["-m", "bench._cpuprofile", self.profile] if self.profile else ["-m"]
         self._process = subprocess.Popen(
-            [sys.executable, *profiler, "bench._server"],
+            [sys.executable, *profiler, "bench._server", *(["--bare"] if self.bare else [])],
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         self.ports = self._read()
+        if self.ports.pop("autobahn_patched") and self.bare:
+            self.stop()
+            raise ServerError("the bare servers' child has cairn's autobahn patches installed: it imported cairn")
         return self.ports
 
     def cpu(self) -> float:

@@ -1,6 +1,9 @@
 """
-The benches' server child: a cairn node built by L{make_node}, plus bare
-Twisted TCP and bare autobahn WebSocket servers with the same behaviour.
+The benches' server children: a cairn node built by L{make_node}; or,
+with C{--bare}, bare Twisted TCP and bare autobahn WebSocket servers with
+the same behaviour, in a process of their own that never imports cairn
+(cairn's autobahn patches are process-wide: an anchor served next to the
+node measured autobahn 40 % faster than as shipped, bench/README.rst).
 
 Behaviour, the same on every server:
 
@@ -10,7 +13,8 @@ Behaviour, the same on every server:
   - messages on a channel named C{echo} (bare: starting with C{E}) are
     sent straight back.
 
-Protocol with the parent: one JSON line with the ports on stdout; then
+Protocol with the parent: one JSON line with the ports on stdout (and
+C{autobahn_patched}: whether cairn's patches are in the child); then
 each C{cpu} line on stdin is answered with C{{"cpu": seconds}}. End of
 stdin stops everything.
 
@@ -19,6 +23,7 @@ Run only by L{bench._common.ServerProcess}.
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 
@@ -29,8 +34,6 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int32StringReceiver, LineReceiver
 
 from bench._common import LOCAL_ENDPOINT, log_warnings_only, node_config
-from cairn.node import Process
-from cairn.service import make_node
 
 
 class Counter:
@@ -115,40 +118,75 @@ class Control(LineReceiver):
             self.done.callback(None)
 
 
-@defer.inlineCallbacks
-def main(reactor):
-    log_warnings_only()
-    data_dir = tempfile.mkdtemp(prefix="cairn-bench-")
-    node = make_node(node_config(data_dir), reactor, Process(freeze_gc=True))  # as twistd -n cairn does
-    counter = Counter()
-    serve_channels(node.peer, counter)
+def bare_factories(counter):
+    """The bare servers' factories: Twisted TCP and autobahn WebSocket, sharing C{counter}."""
     bare = Factory.forProtocol(BareStream)
     bare.counter = counter
     bare_ws = WebSocketServerFactory()
     bare_ws.protocol = BareWebSocket
     bare_ws.counter = counter
     bare_ws.setProtocolOptions(autoFragmentSize=0)
-    ports = []
+    return {"bare_tcp": bare, "bare_websocket": bare_ws}
+
+
+def autobahn_patched() -> bool:
+    """Whether cairn's autobahn patches are in this process (they must not be in the bare child)."""
+    import autobahn.websocket.protocol
+
+    return getattr(autobahn.websocket.protocol.create_xor_masker, "_cairn_small", False)
+
+
+@defer.inlineCallbacks
+def serve(reactor, numbers):
+    """Tell the parent C{numbers} (and whether autobahn is patched); answer it until its stdin ends."""
+    done = defer.Deferred()
+    control = Control(done)
+    stdio.StandardIO(control, reactor=reactor)
+    control.sendLine(json.dumps(dict(numbers, autobahn_patched=autobahn_patched())).encode())
+    yield done
+
+
+@defer.inlineCallbacks
+def main_bare(reactor):
+    """
+    The anchors' child: bare servers only. It imports no cairn module, so
+    autobahn runs as shipped (cairn's WebSocket transport patches it
+    process-wide when imported: L{cairn.transport.autobahn_compat}).
+    """
+    log_warnings_only()
+    ports = {}
+    try:
+        for name, factory in bare_factories(Counter()).items():
+            ports[name] = yield serverFromString(reactor, LOCAL_ENDPOINT).listen(factory)
+        yield serve(reactor, {name: port.getHost().port for name, port in ports.items()})
+    finally:
+        for port in ports.values():
+            yield port.stopListening()
+
+
+@defer.inlineCallbacks
+def main_node(reactor):
+    """The node's child: a cairn node as C{twistd -n cairn} runs it."""
+    from cairn.node import Process
+    from cairn.service import make_node
+
+    log_warnings_only()
+    data_dir = tempfile.mkdtemp(prefix="cairn-bench-")
+    node = make_node(node_config(data_dir), reactor, Process(freeze_gc=True))
+    serve_channels(node.peer, Counter())
     try:
         node.startService()
         listening = yield node.when_listening()
-        for factory in (bare, bare_ws):
-            ports.append((yield serverFromString(reactor, LOCAL_ENDPOINT).listen(factory)))
-        numbers = {name: port.getHost().port for name, port in listening.items()}
-        numbers["bare_tcp"] = ports[0].getHost().port
-        numbers["bare_websocket"] = ports[1].getHost().port
-        done = defer.Deferred()
-        control = Control(done)
-        stdio.StandardIO(control, reactor=reactor)
-        control.sendLine(json.dumps(numbers).encode())
-        yield done
+        yield serve(reactor, {name: port.getHost().port for name, port in listening.items()})
     finally:
-        for port in ports:
-            yield port.stopListening()
         if node.running:
             yield node.stopService()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def main(reactor, *argv):
+    return main_bare(reactor) if "--bare" in argv else main_node(reactor)
+
+
 if __name__ == "__main__":
-    task.react(main)
+    task.react(main, sys.argv[1:])

@@ -22,6 +22,32 @@ class CompatTests(unittest.TestCase):
         self.assertTrue(getattr(protocol_module.hltype, "_cairn_lazy", False))
         self.assertEqual(str(protocol_module.pformat({"a": 1})), "{'a': 1}")
 
+    def test_uninstalled_as_shipped(self):
+        """
+        L{uninstall} puts autobahn's own functions back in both modules
+        (idempotently), and L{install} patches them again.
+        """
+        import pprint
+
+        import autobahn.twisted.websocket as twisted_module
+        import autobahn.util
+        import autobahn.websocket.xormasker
+
+        self.addCleanup(autobahn_compat.install)
+        autobahn_compat.install()
+        self.assertTrue(autobahn_compat.installed())
+        autobahn_compat.uninstall()
+        autobahn_compat.uninstall()
+        self.assertFalse(autobahn_compat.installed())
+        self.assertIs(protocol_module.pformat, pprint.pformat)
+        self.assertIs(protocol_module.create_xor_masker, autobahn.websocket.xormasker.create_xor_masker)
+        for module in (protocol_module, twisted_module):
+            self.assertIs(module.hltype, autobahn.util.hltype)
+            self.assertIs(module.hlval, autobahn.util.hlval)
+        self.assertTrue(autobahn_compat.install())
+        self.assertTrue(autobahn_compat.installed())
+        self.assertTrue(getattr(twisted_module.hltype, "_cairn_lazy", False))
+
     def test_lazy_arguments_made_in_c_and_rendered_as_before(self):
         """
         The lazy debug arguments are C{functools.partial} objects (no Python

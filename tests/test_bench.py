@@ -141,3 +141,37 @@ class ServerProcessTests(unittest.TestCase):
         with self.assertRaises(ServerError) as raised:
             server._read()
         self.assertIn("exit code 3", str(raised.exception))
+
+    def test_bare_child_runs_autobahn_as_shipped(self):
+        """
+        The anchors' child serves the bare servers with cairn's autobahn
+        patches absent (it imports no cairn module); the node's child has
+        them. (The anchor was served next to the node before: 40 % faster
+        than autobahn as shipped.)
+        """
+        from bench._common import ServerProcess
+
+        for bare, names in ((True, {"bare_tcp", "bare_websocket"}), (False, {"tcp", "websocket"})):
+            server = ServerProcess(timeout=60.0, bare=bare)
+            self.addCleanup(server.stop)
+            ports = server.start()
+            self.assertEqual(set(ports), names)
+            server._process.stdin.write(b"cpu\n")
+            server._process.stdin.flush()
+            self.assertIn("cpu", server._read())
+
+    def test_bare_child_with_the_patches_refused(self):
+        """A bare child reporting cairn's patches in it is an error, not a silently faster anchor."""
+        import subprocess
+
+        from bench._common import ServerError, ServerProcess
+
+        real = subprocess.Popen
+        line = '{"bare_tcp": 1, "bare_websocket": 2, "autobahn_patched": true}'
+        child = [sys.executable, "-c", f"print({line!r}); import sys; sys.stdin.read()"]
+        self.patch(subprocess, "Popen", lambda argv, **kwargs: real(child, **kwargs))
+        server = ServerProcess(timeout=30.0, bare=True)
+        with self.assertRaises(ServerError) as raised:
+            server.start()
+        self.assertIn("patches", str(raised.exception))
+        self.assertIsNone(server._process)

@@ -85,6 +85,29 @@ def install(version=autobahn.__version__) -> bool:
     return True
 
 
+def uninstall(protocol_module=_autobahn_protocol, twisted_module=_autobahn_twisted) -> None:
+    """
+    Undo L{install}: autobahn's own functions back in its modules, as
+    shipped. The patches are process-wide; an application that embeds a
+    node and wants autobahn's own behaviour elsewhere (or a bench measuring
+    autobahn itself) calls this, and L{install} again before cairn's
+    WebSocket transport is used. Idempotent.
+    """
+    for module in (protocol_module, twisted_module):
+        for name in ("hltype", "hlval", "pformat"):
+            func = getattr(module, name, None)
+            if getattr(func, "_cairn_lazy", False):
+                setattr(module, name, func.real)
+    masker = getattr(protocol_module, "create_xor_masker", None)
+    if getattr(masker, "_cairn_small", False):
+        protocol_module.create_xor_masker = masker.real
+
+
+def installed(protocol_module=_autobahn_protocol) -> bool:
+    """Whether L{install}'s patches are in autobahn now (its masker is the sign)."""
+    return getattr(getattr(protocol_module, "create_xor_masker", None), "_cairn_small", False)
+
+
 def use_clock(factory, clock) -> None:
     """Run C{factory}'s handshake timers on C{clock} (an C{IReactorTime}), where txaio allows it."""
     if _BatchedTimer is not None:
@@ -124,6 +147,7 @@ class _Lazy(functools.partial):
 def _lazy(func):
     lazy = functools.partial(_Lazy, func)
     lazy._cairn_lazy = True
+    lazy.real = func
     return lazy
 
 
@@ -166,6 +190,7 @@ def install_lazy_debug_arguments(protocol_module=_autobahn_protocol, twisted_mod
         return real(obj, *args, **kwargs)
 
     pformat._cairn_lazy = True
+    pformat.real = real
     protocol_module.pformat = pformat
 
 
