@@ -98,6 +98,8 @@ class ServerProcess:
     def __init__(self, timeout: float = 60.0, profile: str = None, bare: bool = False):
         self.timeout = timeout
         self.profile = profile or os.environ.get("CAIRN_BENCH_SERVER_PROFILE")
+        if self.profile and bare:
+            self.profile += ".bare"  # the node's child writes the named file
         self.bare = bare
         self.ports = None
         self._process = None
