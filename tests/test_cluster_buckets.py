@@ -110,8 +110,9 @@ class StandInKV:
         self.removed = set(removed)
         self.watched = False
 
-    async def watchall(self):
+    async def watchall(self, inactive_threshold=None):
         self.watched = True
+        self.inactive_threshold = inactive_threshold
         return self.watcher
 
     # The JetStream context's side.
@@ -138,6 +139,7 @@ class KVEntriesTests(unittest.TestCase):
         kv = StandInKV([entry("a", 1), entry("b", 2), None], messages=2, last_seq=2)
         self.assertEqual([(k, e.value) for k, e in entries(kv)], [("a", b"a"), ("b", b"b")])
         self.assertTrue(kv.watcher.stopped)
+        self.assertEqual(kv.inactive_threshold, 5.0)  # the server drops its consumer soon
 
     def test_early_marker(self):
         """

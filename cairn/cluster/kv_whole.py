@@ -27,6 +27,11 @@ This works around the library rather than replacing its watch: the
 watch itself (an ordered consumer, its resets) is nats-py's.
 """
 
+#: The inactivity threshold of a one-read watch's consumer (seconds):
+#: nats-py's unsubscribe leaves an ephemeral consumer on the server until
+#: it has been inactive this long (its default is 5 minutes).
+ONE_READ_INACTIVE = 5.0
+
 #: What a watch's entry carries for a key deleted or purged.
 GONE = ("DEL", "PURGE")
 
@@ -44,14 +49,16 @@ def kv_stream_and_prefix(kv):
         raise RuntimeError("nats-py KeyValue has no _stream/_pre any more: cairn/cluster/kv_whole.py") from None
 
 
-async def watch_whole(kv, js, recheck=1.0):
+async def watch_whole(kv, js, recheck=1.0, inactive_threshold=None):
     """
     Watch every key of the KV bucket C{kv} (on the JetStream context
     C{js}); return C{(watcher, initial)}: the nats-py watcher, which goes
     on with the changes after C{initial}, and every entry the bucket held
     when the watch started (deleted keys as entries with a C{DEL} or
     C{PURGE} operation). The watcher may still yield a C{None} after
-    them (nats-py's marker): skip it.
+    them (nats-py's marker): skip it. C{inactive_threshold}: seconds after
+    which the server removes the watch's consumer once unsubscribed
+    (nats-py's default, 5 minutes, for a watch the node keeps).
     """
     from nats.errors import TimeoutError
     from nats.js.errors import NotFoundError
@@ -59,7 +66,7 @@ async def watch_whole(kv, js, recheck=1.0):
     stream, _ = kv_stream_and_prefix(kv)
     state = (await js.stream_info(stream)).state
     last = state.last_seq if state.messages else 0
-    watcher = await kv.watchall()
+    watcher = await kv.watchall(inactive_threshold=inactive_threshold)
     initial = []
     while last:
         try:
@@ -85,8 +92,8 @@ async def kv_entries(kv, js):
     Every key of the KV bucket C{kv} with its entry, as a list of
     C{(key, entry)} (deleted keys left out), read in one watch.
     """
-    watcher, initial = await watch_whole(kv, js)
-    await watcher.stop()
+    watcher, initial = await watch_whole(kv, js, inactive_threshold=ONE_READ_INACTIVE)
+    await watcher.stop()  # (nats-py leaves the consumer to the server's inactivity timer)
     latest = {}
     for entry in initial:
         latest[entry.key] = entry
