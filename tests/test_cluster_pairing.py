@@ -8,12 +8,16 @@ approved (or rejected) through node 1.
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from cairn.crypto.identity import Identity
+from cairn.mailbox import client as mailbox
+from cairn.mailbox.client import UnknownRecipient
 from cairn.pairing import client as pairing
 from cairn.pairing.client import PairingRejected
 from cairn.pairing.interfaces import PENDING
-from cairn.wire.constants import CloseCode, PairRejectCode
-from tests._cluster_nodes import NodesMixin
+from cairn.wire.constants import CloseCode, ForwardStatus, PairRejectCode
+from tests._cluster_nodes import PSK, NodesMixin
 from tests._harness import closed, eventually
+from tests.test_cluster_trust import _settle
 
 
 class CrossNodePairingTests(NodesMixin, unittest.TestCase):
@@ -140,3 +144,64 @@ class SharedCodeTests(NodesMixin, unittest.TestCase):
         if node.pairing.pins.current.failures >= MAX_CODE_FAILURES:
             return defer.succeed(None)
         return eventually(d, 20)
+
+
+class CatchUpTests(NodesMixin, unittest.TestCase):
+    """
+    A peer paired through another node a moment ago counts here before the
+    trust watch brings it: the node reads the bucket for a recipient its
+    mirror does not know (docs/scaling.md, "Pairing on any node"). Found in
+    the compose run: a forward 0.15 s after the recipient paired elsewhere
+    was NOT_PAIRED at load 11. Here node 1's watch is stopped, so its mirror
+    never learns by itself.
+    """
+
+    @defer.inlineCallbacks
+    def paired_elsewhere(self):
+        """Two nodes; a sender paired on n1, whose watch then stops; a recipient paired on n2."""
+        yield self.start_nodes(2)
+        sender = self.client()
+        sender_session = yield self.paired(sender, 0)
+        trust = self.nodes[0].pairing.trust
+        trust.stop()
+        yield trust.jet.thread.run(_settle)
+        recipient = self.client()
+        session = yield eventually(recipient.connect(self.address(1)))
+        yield eventually(pairing.pair_psk(session, PSK))
+        self.assertFalse(trust.is_paired(recipient.peer_id))  # n1's mirror does not know
+        return sender, sender_session, recipient
+
+    @defer.inlineCallbacks
+    def test_key_and_forward(self):
+        """The key asked of n1 is given, and the forward stored."""
+        sender, session, recipient = yield self.paired_elsewhere()
+        result = yield eventually(mailbox.forward(session, recipient.peer_id, b"welcome"), 30)
+        self.assertFalse(result.duplicate)
+        self.assertTrue(self.nodes[0].pairing.trust.is_paired(recipient.peer_id))
+
+    @defer.inlineCallbacks
+    def test_forward_with_the_key_known(self):
+        """
+        A sender that has the key already (no key request) has its forward
+        stored, and its next request, sent while the first waits, after it.
+        """
+        sender, session, recipient = yield self.paired_elsewhere()
+        mailbox.mailbox(sender.peer)._keys[recipient.peer_id] = recipient.peer.identity.public_key
+        first = mailbox.forward(session, recipient.peer_id, b"one")
+        second = mailbox.forward(session, recipient.peer_id, b"two")
+        results = yield eventually(defer.gatherResults([first, second]), 30)
+        self.assertEqual([r.duplicate for r in results], [False, False])
+        self.assertTrue(self.nodes[0].pairing.trust.is_paired(recipient.peer_id))
+
+    @defer.inlineCallbacks
+    def test_unknown_recipient_still_refused(self):
+        """A recipient paired nowhere is NOT_PAIRED, as before (after one read of the bucket)."""
+        yield self.start_nodes(2)
+        sender = self.client()
+        session = yield self.paired(sender, 0)
+        nobody = Identity.generate().peer_id
+        failure = yield self.assertFailure(
+            eventually(mailbox.forward(session, nobody, b"anyone?"), 30), UnknownRecipient
+        )
+        self.assertEqual(failure.code, ForwardStatus.NOT_PAIRED)
+

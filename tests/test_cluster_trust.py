@@ -73,3 +73,73 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
             yield other.reject(peer_id)
         again = yield self.started(self.jet)
         self.assertTrue(again.is_paired(peer_id))
+
+    @defer.inlineCallbacks
+    def stale(self):
+        """A second store on the bucket whose watch is stopped (its mirror learns nothing by itself)."""
+        stale = yield self.started(self.jet)
+        stale.stop()
+        yield self.jet.thread.run(_settle)
+        return stale
+
+    @defer.inlineCallbacks
+    def test_catch_up_reads_what_the_mirror_missed(self):
+        """catch_up reads a peer paired by another writer into the mirror (and tells the watchers); revoked too."""
+        stale = yield self.stale()
+        seen = []
+        stale.watch(lambda peer_id, record: seen.append((peer_id, record.state)))
+        peer_id, key = new_peer()
+        yield self.store.set_paired(peer_id, key, "phone", "pin", 1.0)
+        self.assertFalse(stale.is_paired(peer_id))
+        yield stale.catch_up([peer_id])
+        self.assertTrue(stale.is_paired(peer_id))
+        self.assertEqual(seen, [(peer_id, "paired")])
+
+    @defer.inlineCallbacks
+    def test_catch_up_bounds(self):
+        """
+        What catch_up reads: peers the mirror does not know, valid peer ids
+        only (never a wildcard key), at most MISS_BATCH per call, each at
+        most once per MISS_AGAIN seconds, not while MISS_READS reads are in
+        flight or NATS is not connected.
+        """
+        from twisted.internet import task
+
+        from cairn.cluster import trust as module
+
+        stale = yield self.stale()
+        clock = task.Clock()
+        self.patch(self.jet, "clock", clock)
+        reads = []
+
+        async def read(peer_ids):
+            reads.append(list(peer_ids))
+            return []
+
+        self.patch(stale, "_read", read)
+        known, key = new_peer()
+        yield self.store.set_paired(known, key, "phone", "pin", 1.0)
+        yield stale.catch_up([known])  # the mirror does not know it: read
+        unknown = [new_peer()[0] for _ in range(module.MISS_BATCH + 3)]
+        yield stale.catch_up(["a.b", "*", ">", "", unknown[0]])
+        yield stale.catch_up([unknown[0]])  # again within MISS_AGAIN: not read
+        yield stale.catch_up(unknown)
+        self.assertEqual(reads, [[known], [unknown[0]], unknown[1 : 1 + module.MISS_BATCH]])
+        clock.advance(module.MISS_AGAIN)
+        del reads[:]
+        stale._miss_reads = module.MISS_READS
+        yield stale.catch_up([unknown[0]])
+        stale._miss_reads = 0
+        self.patch(self.jet, "state", "degraded")
+        yield stale.catch_up([unknown[0]])
+        self.assertEqual(reads, [])
+        self.patch(self.jet, "state", "ok")
+        yield stale.catch_up([unknown[0]])
+        self.assertEqual(reads, [[unknown[0]]])
+
+
+async def _settle():
+    """One pass of the NATS loop (a watch's cancellation has run)."""
+    import asyncio
+
+    await asyncio.sleep(0)

@@ -26,10 +26,24 @@ from zope.interface import implementer
 from cairn.cluster.direct import is_wrong_last
 from cairn.cluster.kv_whole import watch_whole
 from cairn.cluster.watch import Watchers
+from cairn.crypto.identity import parse_peer_id
 from cairn.pairing.interfaces import PAIRED, PENDING, ITrustStore, PeerRecord
 from cairn.pairing.trust import TrustStoreBase
 
 log = Logger()
+
+#: Reads of peers the mirror does not know (L{KVTrustStore.catch_up}): a
+#: call reads at most C{MISS_BATCH} of them, at most C{MISS_READS} calls
+#: read at once, a peer is read again at most every C{MISS_AGAIN} seconds,
+#: and a read waits at most C{MISS_TIMEOUT} seconds; beyond these the
+#: mirror answers. So a paired peer naming recipients nobody paired makes
+#: the node read NATS a bounded number of times, not once per name.
+MISS_BATCH = 8
+MISS_READS = 4
+MISS_AGAIN = 1.0
+MISS_TIMEOUT = 0.5
+#: Above this many remembered misses, those older than C{MISS_AGAIN} are dropped.
+MISSES_KEPT = 10_000
 
 
 class Conflict(Exception):
@@ -78,6 +92,8 @@ class KVTrustStore(TrustStoreBase):
         self._chains = {}  # peer_id -> fires when this store's last write to it is done
         self._seen = {}
         self._watcher = None
+        self._missed = {}  # peer_id -> when catch_up last read it from the bucket
+        self._miss_reads = 0  # catch_up reads in flight
         #: Called with (peer_id, record or None) for each change made by another writer.
         self.watchers = Watchers()
 
@@ -216,6 +232,51 @@ class KVTrustStore(TrustStoreBase):
 
         return self.jet.run(attempt).addCallbacks(written, refused).addBoth(done)
 
+    def catch_up(self, peer_ids):
+        """
+        Read from the bucket those of C{peer_ids} the mirror does not know,
+        so that a pairing made on another node a moment ago counts here
+        before the watch brings it (docs/scaling.md, "Pairing on any
+        node"). Within the bounds above; only while NATS is connected;
+        never fails (an error leaves the mirror as it was).
+        """
+        now = self.jet.clock.seconds()
+        missed = self._missed
+        wanted = [
+            p
+            for p in dict.fromkeys(peer_ids)
+            if p not in self._records and now - missed.get(p, now - MISS_AGAIN) >= MISS_AGAIN and _is_peer_id(p)
+        ][:MISS_BATCH]
+        if not wanted or self._miss_reads >= MISS_READS or self.jet.state != "ok":
+            return defer.succeed(None)
+        if len(missed) > MISSES_KEPT:
+            self._missed = missed = {p: t for p, t in missed.items() if now - t < MISS_AGAIN}
+        for peer_id in wanted:
+            missed[peer_id] = now
+        self._miss_reads += 1
+
+        def done(result):
+            self._miss_reads -= 1
+            return result
+
+        d = self.jet.run(self._read, wanted).addBoth(done)
+        d.addCallback(self._changes, True)
+        return d.addErrback(_read_failed, len(wanted))
+
+    async def _read(self, peer_ids):
+        """The bucket's entries of C{peer_ids} (those it holds)."""
+        import asyncio
+
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+        entries = []
+        for peer_id in peer_ids:
+            try:
+                entries.append(await asyncio.wait_for(self._kv.get(peer_id), MISS_TIMEOUT))
+            except (KeyNotFoundError, KeyDeletedError):
+                continue
+        return entries
+
     def _save_last_seen(self, peer_id, when):
         self._seen[peer_id] = when
         return defer.succeed(None)
@@ -234,6 +295,19 @@ class KVTrustStore(TrustStoreBase):
         """Stop following the bucket."""
         if self._watcher is not None:
             self.jet.thread.call(self._watcher.cancel)
+
+
+def _is_peer_id(value):
+    """Whether C{value} is a peer id (so a key of the bucket, never a wildcard)."""
+    try:
+        parse_peer_id(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _read_failed(failure, count):
+    log.warn("trust: reading {count} peer(s) not known here failed: {why}", count=count, why=failure.getErrorMessage())
 
 
 def _ignore_conflict(failure):

@@ -103,6 +103,8 @@ class MailboxService(Delivery, StoreService):
         self._by_peer = {}
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
+        #: session -> the requests (entries) received while one of its requests waits for the trust store.
+        self._catching_up = {}
         handlers = {
             MessageType.FORWARD_REQUEST: self._forward_request,
             MessageType.FORWARD_PURGE: self._forward_purge,
@@ -174,15 +176,47 @@ class MailboxService(Delivery, StoreService):
         except BodyError as e:
             session.close(CloseCode.BAD_CBOR, str(e))
             return
+        queued = self._catching_up.get(session)
+        if queued is not None:
+            queued.append(entries)  # behind the request that waits: a session's requests keep their order
+            return
+        self._forward(session, entries)
+
+    def _forward(self, session, entries):
+        """
+        Handle a request's C{entries}, once the trust store has caught up on
+        recipients it does not know as paired (a store shared with other
+        nodes reads them: paired through another node a moment ago, they
+        count; L{ITrustStore.catch_up}). Returns what to wait for, or None.
+        """
+        paired = self.trust.is_paired
+        unknown = {to for e in entries if isinstance(e, dict) and type(to := e.get("to")) is str and not paired(to)}
+        caught_up = self.trust.catch_up(unknown) if unknown else None
+        if caught_up is None or caught_up.called:
+            return self._handle_forward(session, entries)
+        self._catching_up[session] = []
+        return self._track(caught_up.addCallback(self._caught_up, session, entries))
+
+    def _caught_up(self, _, session, entries):
+        queued = self._catching_up.pop(session)
+        waits = [self._handle_forward(session, entries)]
+        for i, later in enumerate(queued):
+            waits.append(self._forward(session, later))
+            if session in self._catching_up:  # waiting again: the rest stay behind it
+                self._catching_up[session].extend(queued[i + 1 :])
+                break
+        return defer.DeferredList([d for d in waits if d is not None])
+
+    def _handle_forward(self, session, entries):
         now = self.clock.seconds()
         checked = [self._check(session, entry, now) for entry in entries]
         items = [entry for entry in checked if isinstance(entry, Incoming)]
         if not items:
             self._send(session, MessageType.FORWARD_ACK, {"acks": checked})
-            return
+            return None
         # One store call (one group commit) and one ForwardAck for the envelope.
         d = self._track(self.store.enqueue(items, now, self.limits))
-        d.addCallbacks(self._stored, self._not_stored, (session, checked), None, (session, checked))
+        return d.addCallbacks(self._stored, self._not_stored, (session, checked), None, (session, checked))
 
     def _check(self, session, entry, now):
         """The L{Incoming} to store for one ForwardRequest entry, or the ack refusing it."""
@@ -309,6 +343,8 @@ class MailboxService(Delivery, StoreService):
             session.close(CloseCode.BAD_CBOR, str(e))
             return
         key = None
+        if not self.trust.is_paired(peer_id):
+            yield self.trust.catch_up([peer_id])  # paired through another node a moment ago?
         if self.trust.is_paired(peer_id):
             record = yield self.trust.get(peer_id)
             key = record.identity_key if record is not None else None

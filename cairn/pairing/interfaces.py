@@ -56,6 +56,15 @@ class ITrustStore(Interface):
     def is_paired(peer_id) -> bool:
         """Whether C{peer_id} is currently paired."""
 
+    def catch_up(peer_ids):
+        """
+        Deferred firing once L{is_paired} answers for C{peer_ids} with what
+        the store can tell now; never fails. A store that is its data's
+        only writer fires at once; one shared with other nodes reads those
+        its mirror does not know (within bounds, L{cairn.cluster.trust}),
+        so that a peer paired through another node a moment ago counts.
+        """
+
     def get(peer_id):
         """Deferred: the L{PeerRecord} or None."""
 
