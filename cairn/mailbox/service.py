@@ -184,22 +184,26 @@ class MailboxService(Delivery, StoreService):
 
     def _forward(self, session, entries):
         """
-        Handle a request's C{entries}, once the trust store has caught up on
-        recipients it does not know as paired (a store shared with other
-        nodes reads them: paired through another node a moment ago, they
-        count; L{ITrustStore.catch_up}). Returns what to wait for, or None.
+        Check and store a request's C{entries}. If some name a recipient the
+        trust store does not know as paired, first let it catch up (a store
+        shared with other nodes reads them: paired through another node a
+        moment ago, they count; L{ITrustStore.catch_up}) and check again.
+        Returns what to wait for, or None.
         """
-        paired = self.trust.is_paired
-        unknown = {to for e in entries if isinstance(e, dict) and type(to := e.get("to")) is str and not paired(to)}
-        caught_up = self.trust.catch_up(unknown) if unknown else None
-        if caught_up is None or caught_up.called:
-            return self._handle_forward(session, entries)
-        self._catching_up[session] = []
-        return self._track(caught_up.addCallback(self._caught_up, session, entries))
+        now = self.clock.seconds()
+        unknown = []  # recipients not paired here (checking costs nothing more for the others)
+        checked = [self._check(session, entry, now, unknown) for entry in entries]
+        if unknown:
+            caught_up = self.trust.catch_up(unknown)
+            if not caught_up.called:
+                self._catching_up[session] = []
+                return self._track(caught_up.addCallback(self._caught_up, session, entries))
+        return self._store(session, checked, now)
 
     def _caught_up(self, _, session, entries):
         queued = self._catching_up.pop(session)
-        waits = [self._handle_forward(session, entries)]
+        now = self.clock.seconds()
+        waits = [self._store(session, [self._check(session, entry, now) for entry in entries], now)]
         for i, later in enumerate(queued):
             waits.append(self._forward(session, later))
             if session in self._catching_up:  # waiting again: the rest stay behind it
@@ -207,9 +211,7 @@ class MailboxService(Delivery, StoreService):
                 break
         return defer.DeferredList([d for d in waits if d is not None])
 
-    def _handle_forward(self, session, entries):
-        now = self.clock.seconds()
-        checked = [self._check(session, entry, now) for entry in entries]
+    def _store(self, session, checked, now):
         items = [entry for entry in checked if isinstance(entry, Incoming)]
         if not items:
             self._send(session, MessageType.FORWARD_ACK, {"acks": checked})
@@ -218,8 +220,11 @@ class MailboxService(Delivery, StoreService):
         d = self._track(self.store.enqueue(items, now, self.limits))
         return d.addCallbacks(self._stored, self._not_stored, (session, checked), None, (session, checked))
 
-    def _check(self, session, entry, now):
-        """The L{Incoming} to store for one ForwardRequest entry, or the ack refusing it."""
+    def _check(self, session, entry, now, unknown=None):
+        """
+        The L{Incoming} to store for one ForwardRequest entry, or the ack
+        refusing it; a recipient not paired here is added to C{unknown}.
+        """
         message_id = entry["id"]
         if not self.enabled:
             return self._ack(message_id, ForwardStatus.DISABLED, "the mailbox is disabled on this node")
@@ -235,6 +240,8 @@ class MailboxService(Delivery, StoreService):
         if millis / 1000.0 < now - self.limits.max_age:
             return self._ack(message_id, ForwardStatus.INVALID, "'id' is older than the maximum age")
         if not self.trust.is_paired(recipient):
+            if unknown is not None:
+                unknown.append(recipient)
             return self._ack(message_id, ForwardStatus.NOT_PAIRED, "the recipient is not paired")
         return Incoming(session.remote_peer_id, recipient, message_id, payload)
 
