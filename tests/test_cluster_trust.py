@@ -5,6 +5,7 @@ by the bucket's watch and compare-and-set between two writers.
 """
 
 from twisted.internet import defer
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from cairn.cluster.trust import KVTrustStore
@@ -136,6 +137,30 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         self.patch(self.jet, "state", "ok")
         yield stale.catch_up([unknown[0]])
         self.assertEqual(reads, [[unknown[0]]])
+
+
+    @defer.inlineCallbacks
+    def test_catch_up_that_times_out(self):
+        """A bucket that does not answer within MISS_TIMEOUT: catch_up fires (never fails), a warning says why."""
+        import asyncio
+        from types import SimpleNamespace
+
+        from cairn.cluster import trust as module
+        from tests._harness import observe_logs
+
+        stale = yield self.stale()
+
+        async def never(key):
+            await asyncio.Event().wait()
+
+        self.patch(module, "MISS_TIMEOUT", 0.05)
+        self.patch(self.jet, "kv", dict(self.jet.kv, trust=SimpleNamespace(get=never)))
+        peer_id, _ = new_peer()
+        events = observe_logs(self)
+        yield stale.catch_up([peer_id])
+        self.assertFalse(stale.is_paired(peer_id))
+        texts = [formatEvent(event) for event in events]
+        self.assertTrue(any("reading 1 peer(s) not known here failed" in text for text in texts), texts)
 
 
 async def _settle():

@@ -35,7 +35,7 @@ log = Logger()
 #: Reads of peers the mirror does not know (L{KVTrustStore.catch_up}): a
 #: call reads at most C{MISS_BATCH} of them, at most C{MISS_READS} calls
 #: read at once, a peer is read again at most every C{MISS_AGAIN} seconds,
-#: and a read waits at most C{MISS_TIMEOUT} seconds; beyond these the
+#: and a call's reads wait at most C{MISS_TIMEOUT} seconds; beyond these the
 #: mirror answers. So a paired peer naming recipients nobody paired makes
 #: the node read NATS a bounded number of times, not once per name.
 MISS_BATCH = 8
@@ -264,18 +264,19 @@ class KVTrustStore(TrustStoreBase):
         return d.addErrback(_read_failed, len(wanted))
 
     async def _read(self, peer_ids):
-        """The bucket's entries of C{peer_ids} (those it holds)."""
+        """The bucket's entries of C{peer_ids} (those it holds), read at once: C{MISS_TIMEOUT} in all."""
         import asyncio
 
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-        entries = []
-        for peer_id in peer_ids:
+        async def read(peer_id):
             try:
-                entries.append(await asyncio.wait_for(self._kv.get(peer_id), MISS_TIMEOUT))
+                return await self._kv.get(peer_id)
             except (KeyNotFoundError, KeyDeletedError):
-                continue
-        return entries
+                return None
+
+        entries = await asyncio.wait_for(asyncio.gather(*map(read, peer_ids)), MISS_TIMEOUT)
+        return [entry for entry in entries if entry is not None]
 
     def _save_last_seen(self, peer_id, when):
         self._seen[peer_id] = when
