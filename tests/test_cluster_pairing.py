@@ -194,6 +194,18 @@ class CatchUpTests(NodesMixin, unittest.TestCase):
         self.assertTrue(self.nodes[0].pairing.trust.is_paired(recipient.peer_id))
 
     @defer.inlineCallbacks
+    def test_own_session_on_another_node(self):
+        """
+        The device paired on n2 connects to n1 (whose mirror does not know
+        it) and forwards to the sender there: served, not closed NOT_PAIRED.
+        """
+        sender, _, recipient = yield self.paired_elsewhere()
+        session = yield eventually(recipient.connect(self.address(0)))
+        result = yield eventually(mailbox.forward(session, sender.peer_id, b"hello back"), 30)
+        self.assertFalse(result.duplicate)
+        self.assertIsNone(session.closed)
+
+    @defer.inlineCallbacks
     def test_unknown_recipient_still_refused(self):
         """A recipient paired nowhere is NOT_PAIRED, as before (after one read of the bucket)."""
         yield self.start_nodes(2)

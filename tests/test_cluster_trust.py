@@ -140,6 +140,26 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
 
 
     @defer.inlineCallbacks
+    def test_catch_up_shares_a_read_in_flight(self):
+        """Two calls for one peer while its read is in flight: one read; both fire after it, in the order asked."""
+        stale = yield self.stale()
+        reads, order = [], []
+        real = stale._read
+
+        async def read(peer_ids):
+            reads.append(list(peer_ids))
+            return await real(peer_ids)
+
+        self.patch(stale, "_read", read)
+        peer_id, key = new_peer()
+        yield self.store.set_paired(peer_id, key, "phone", "pin", 1.0)
+        first = stale.catch_up([peer_id]).addCallback(lambda _: order.append(("first", stale.is_paired(peer_id))))
+        second = stale.catch_up([peer_id]).addCallback(lambda _: order.append(("second", stale.is_paired(peer_id))))
+        yield defer.gatherResults([first, second])
+        self.assertEqual(reads, [[peer_id]])
+        self.assertEqual(order, [("first", True), ("second", True)])
+
+    @defer.inlineCallbacks
     def test_catch_up_that_times_out(self):
         """A bucket that does not answer within MISS_TIMEOUT: catch_up fires (never fails), a warning says why."""
         import asyncio

@@ -610,6 +610,74 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertIsNone(handler(stranger, {"x": 3}))
         self.assertEqual(stranger.closed.code, CloseCode.NOT_PAIRED)
 
+    def gated_trust(self):
+        """The trust store's catch_up held until the test fires the returned Deferred."""
+        gate = defer.Deferred()
+        asked = []
+
+        def catch_up(peer_ids):
+            asked.append(list(peer_ids))
+            d = defer.Deferred()
+            gate.addCallback(lambda _: d.callback(None))
+            return d
+
+        self.patch(self.trust, "catch_up", catch_up)
+        return gate, asked
+
+    def test_paired_only_catches_up(self):
+        """
+        An unknown peer's request waits for the trust store's catch-up (a
+        peer paired through another node a moment ago); the session's next
+        requests wait behind it; once the peer is found paired they run in
+        order.
+        """
+        gate, asked = self.gated_trust()
+        ran = []
+        first = paired_only(self.trust, lambda s, body: ran.append(("first", body)))
+        second = paired_only(self.trust, lambda s, body: ran.append(("second", body)))
+        session = FakeSession()
+        first(session, 1)
+        second(session, 2)
+        first(session, 3)
+        self.assertEqual((ran, asked), ([], [[session.remote_peer_id]]))
+        self.successResultOf(self.trust.set_paired(session.remote_peer_id, session.remote_identity, "", "psk", 0.0))
+        gate.callback(None)
+        self.assertEqual(ran, [("first", 1), ("second", 2), ("first", 3)])
+        self.assertIsNone(session.closed)
+        first(session, 4)  # nothing held now: at once
+        self.assertEqual(ran[-1], ("first", 4))
+
+    def test_paired_only_catches_up_on_nothing(self):
+        """The catch-up finds the peer not paired: NOT_PAIRED, nothing runs; a session closed meanwhile runs nothing."""
+        gate, asked = self.gated_trust()
+        ran = []
+        handler = paired_only(self.trust, lambda s, body: ran.append(body))
+        stranger, gone = FakeSession(), FakeSession()
+        handler(stranger, 1)
+        handler(stranger, 2)
+        handler(gone, 3)
+        gone.close(CloseCode.NORMAL)
+        gate.callback(None)
+        self.assertEqual(ran, [])
+        self.assertEqual(stranger.closed.code, CloseCode.NOT_PAIRED)
+        self.assertEqual(gone.closed.code, CloseCode.NORMAL)
+
+    def test_paired_only_holds_a_bounded_number(self):
+        """A session that sends more than HELD_MAX requests while its peer is read is closed NOT_PAIRED."""
+        from cairn.session import guards
+
+        gate, _ = self.gated_trust()
+        ran = []
+        handler = paired_only(self.trust, lambda s, body: ran.append(body))
+        flooding = FakeSession()
+        for i in range(guards.HELD_MAX + 1):
+            handler(flooding, i)
+        self.assertIsNone(flooding.closed)
+        handler(flooding, "one too many")
+        self.assertEqual(flooding.closed.code, CloseCode.NOT_PAIRED)
+        gate.callback(None)
+        self.assertEqual((ran, guards._held), ([], {}))
+
     def test_purge_hook_failure(self):
         """A failing purge hook does not stop the others; the peer stays revoked and unpair() reports the failure."""
         calls = []

@@ -29,6 +29,7 @@ from cairn.cluster.watch import Watchers
 from cairn.crypto.identity import parse_peer_id
 from cairn.pairing.interfaces import PAIRED, PENDING, ITrustStore, PeerRecord
 from cairn.pairing.trust import TrustStoreBase
+from cairn.storeservice import observe
 
 log = Logger()
 
@@ -94,6 +95,7 @@ class KVTrustStore(TrustStoreBase):
         self._watcher = None
         self._missed = {}  # peer_id -> when catch_up last read it from the bucket
         self._miss_reads = 0  # catch_up reads in flight
+        self._reading = {}  # peer_id -> the catch_up read in flight that reads it
         #: Called with (peer_id, record or None) for each change made by another writer.
         self.watchers = Watchers()
 
@@ -234,33 +236,47 @@ class KVTrustStore(TrustStoreBase):
 
     def catch_up(self, peer_ids):
         """
-        Read from the bucket those of C{peer_ids} the mirror does not know,
-        so that a pairing made on another node a moment ago counts here
-        before the watch brings it (docs/scaling.md, "Pairing on any
-        node"). Within the bounds above; only while NATS is connected;
-        never fails (an error leaves the mirror as it was).
+        Read from the bucket those of C{peer_ids} the mirror does not know
+        as paired, so that a pairing (or an approval) made on another node a
+        moment ago counts here before the watch brings it (docs/scaling.md,
+        "Pairing on any node"). Within the bounds above; only while NATS is
+        connected; a peer already being read waits for that read, so
+        callers fire in the order they asked; never fails (an error leaves
+        the mirror as it was).
         """
         now = self.jet.clock.seconds()
-        missed = self._missed
+        missed, reading = self._missed, self._reading
+        asked = [p for p in dict.fromkeys(peer_ids) if not self.is_paired(p)]
+        waits = {reading[p] for p in asked if p in reading}  # a read in flight: wait for it too
         wanted = [
             p
-            for p in dict.fromkeys(peer_ids)
-            if p not in self._records and now - missed.get(p, now - MISS_AGAIN) >= MISS_AGAIN and _is_peer_id(p)
+            for p in asked
+            if p not in reading and now - missed.get(p, now - MISS_AGAIN) >= MISS_AGAIN and _is_peer_id(p)
         ][:MISS_BATCH]
-        if not wanted or self._miss_reads >= MISS_READS or self.jet.state != "ok":
+        if wanted and self._miss_reads < MISS_READS and self.jet.state == "ok":
+            waits.add(self._read_now(wanted, now))
+        if not waits:
             return defer.succeed(None)
-        if len(missed) > MISSES_KEPT:
-            self._missed = missed = {p: t for p, t in missed.items() if now - t < MISS_AGAIN}
-        for peer_id in wanted:
-            missed[peer_id] = now
+        # Each caller's own Deferred, fired in the order they asked.
+        return defer.DeferredList([observe(d) for d in waits]).addCallback(lambda _: None)
+
+    def _read_now(self, wanted, now):
+        if len(self._missed) > MISSES_KEPT:
+            self._missed = {p: t for p, t in self._missed.items() if now - t < MISS_AGAIN}
         self._miss_reads += 1
+        d = self.jet.run(self._read, wanted)
+        for peer_id in wanted:
+            self._missed[peer_id] = now
+            self._reading[peer_id] = d
 
         def done(result):
             self._miss_reads -= 1
+            for peer_id in wanted:
+                if self._reading.get(peer_id) is d:
+                    del self._reading[peer_id]
             return result
 
-        d = self.jet.run(self._read, wanted).addBoth(done)
-        d.addCallback(self._changes, True)
+        d.addBoth(done).addCallback(self._changes, True)
         return d.addErrback(_read_failed, len(wanted))
 
     async def _read(self, peer_ids):

@@ -10,7 +10,9 @@ handler then follows the same rules, whatever its family:
   - anything else, a failed Deferred included, is a bug of ours: it is
     logged and the session is closed with C{INTERNAL} (only that session);
   - with a trust store, an unpaired peer's session is closed with
-    C{NOT_PAIRED} before the handler runs (L{paired_only}, §20.1);
+    C{NOT_PAIRED} before the handler runs (L{paired_only}, §20.1), once
+    the store has caught up on the peer (a store shared with other nodes
+    reads it: paired through another node a moment ago, it counts);
   - once the service is stopped, new requests go unanswered (their senders
     resend after resuming) and a step still in progress that fails is
     logged, not answered: the node is stopping and its stores closing.
@@ -34,21 +36,60 @@ from cairn.wire.schema import BodyError
 log = Logger()
 
 
+#: Sessions with a request waiting for L{ITrustStore.catch_up}, each with
+#: the requests that came after it ((handler, body), in order): they run
+#: after it, so a session's requests keep their order. An entry goes when
+#: the catch-up fires, which it always does (bounded, never failing).
+_held = {}
+#: Requests held for one session at most; one more closes it with
+#: C{NOT_PAIRED} (a peer that floods while it is being read).
+HELD_MAX = 256
+
+
 def paired_only(trust, handler):
     """
     Wrap a service handler C{handler(session, body)} so that it runs only
     for paired peers; a session of any other peer is closed with
-    C{NOT_PAIRED}.
+    C{NOT_PAIRED}, after L{ITrustStore.catch_up} on it.
     """
 
     def guarded(session, body):
-        if not trust.is_paired(session.remote_peer_id):
-            session.close(CloseCode.NOT_PAIRED, "pair with this node first")
+        held = _held.get(session)
+        if held is not None:
+            if len(held) >= HELD_MAX:
+                return _not_paired(session)
+            held.append((handler, body))
             return None
-        return handler(session, body)
+        if trust.is_paired(session.remote_peer_id):
+            return handler(session, body)
+        # Paired through another node a moment ago? A store shared with
+        # other nodes reads the peer first; the session's requests that
+        # come meanwhile wait behind this one.
+        caught_up = trust.catch_up([session.remote_peer_id])
+        if caught_up.called:
+            return _not_paired(session)
+        _held[session] = []
+        return caught_up.addCallback(lambda _: _release(trust, session, [(handler, body)] + _held.pop(session)))
 
     guarded.__wrapped__ = handler
     return guarded
+
+
+def _release(trust, session, requests):
+    """Run the requests held for C{session}, in order, if its peer turned out paired."""
+    if session.closed is not None:
+        return
+    if not trust.is_paired(session.remote_peer_id):
+        _not_paired(session)
+        return
+    for handler, body in requests:
+        if session.closed is not None:
+            return
+        handler(session, body)
+
+
+def _not_paired(session):
+    session.close(CloseCode.NOT_PAIRED, "pair with this node first")
 
 
 def _close(session, code, reason):
