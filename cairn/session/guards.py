@@ -54,7 +54,7 @@ def paired_only(trust, handler):
     """
 
     def guarded(session, body):
-        held = _held.get(session)
+        held = _held.get(session) if _held else None  # (nearly always empty: no look-up)
         if held is not None:
             if len(held) >= HELD_MAX:
                 return _not_paired(session)
