@@ -14,6 +14,7 @@ from cairn.mailbox.client import UnknownRecipient
 from cairn.pairing import client as pairing
 from cairn.pairing.client import PairingRejected
 from cairn.pairing.interfaces import PENDING
+from cairn.relay import client as relay
 from cairn.wire.constants import CloseCode, ForwardStatus, PairRejectCode
 from tests._cluster_nodes import PSK, NodesMixin
 from tests._harness import closed, eventually
@@ -204,6 +205,16 @@ class CatchUpTests(NodesMixin, unittest.TestCase):
         result = yield eventually(mailbox.forward(session, sender.peer_id, b"hello back"), 30)
         self.assertFalse(result.duplicate)
         self.assertIsNone(session.closed)
+
+    @defer.inlineCallbacks
+    def test_relay_to_a_peer_paired_elsewhere(self):
+        """A circuit asked of n1 to the device paired (and online) on n2 is offered and accepted."""
+        sender, session, recipient = yield self.paired_elsewhere()
+        accepted = defer.Deferred()
+        relay.relay_endpoint(recipient).on_session = accepted.callback
+        yield eventually(relay.relay_to(sender, session, recipient.peer_id), 30)
+        inner = yield eventually(accepted, 30)
+        self.assertEqual(inner.remote_peer_id, sender.peer_id)
 
     @defer.inlineCallbacks
     def test_unknown_recipient_still_refused(self):

@@ -119,6 +119,7 @@ class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
         self.circuits = {}
         self.purges_pending = set()  # L{RetriedPurges}
         self._sweeper = None
+        self._stopped = False
         #: RouteResponse statuses given to requesters, by name.
         self.statuses = Counter()
         handlers = {
@@ -201,6 +202,7 @@ class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
         circuits do not survive a restart, §16); write the byte counts;
         fires once written.
         """
+        self._stopped = True
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         for circuit in list(self.circuits.values()):
@@ -271,6 +273,10 @@ class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
             self._answer(session, req, RouteStatus.INVALID, "a circuit needs two peers")
             return
         if not self.trust.is_paired(target):
+            caught_up = self.trust.catch_up([target])  # paired through another node a moment ago?
+            if not caught_up.called:
+                caught_up.addCallback(lambda _: self._stopped or session.closed or self._route_request(session, body))
+                return
             self._answer(session, req, RouteStatus.NOT_PAIRED, "the target is not paired with this node")
             return
         if self.accounts.over_quota(session.remote_peer_id, 1):
