@@ -60,6 +60,36 @@ class StartupCheckTests(unittest.TestCase):
         self.assertTrue(message.startswith("cairn: CAIRN_CLUSTER_CREDS_FILE: cannot read"), message)
         self.assertNotIn("\n", message)
 
+    def test_creds_file_without_nkeys(self):
+        """A credentials file without nkeys installed stops start-up with one line naming the extra."""
+        from cairn.service import StartupError, make_node
+        from tests.test_service import config_for
+
+        creds = os.path.abspath(self.mktemp())
+        with open(creds, "w") as f:
+            f.write("a NATS credentials file\n")
+        config = config_for(
+            os.path.abspath(self.mktemp()), cluster_nats=("nats://127.0.0.1:4222",), cluster_creds_file=creds
+        )
+        self.patch(sys, "modules", dict(sys.modules, nkeys=None))  # `import nkeys` raises ImportError
+        with self.assertRaises(StartupError) as caught:
+            make_node(config, reactor)
+        message = str(caught.exception)
+        self.assertIn("nkeys is not installed", message)
+        self.assertIn("cairn-server[cluster]", message)
+        self.assertNotIn("\n", message)
+
+    def test_cluster_extra_has_nkeys(self):
+        """The [cluster] extra installs nats-py with nkeys, which a credentials file (the node unit's default) needs."""
+        import configparser
+
+        setup = configparser.ConfigParser()
+        setup.read(os.path.join(REPO, "setup.cfg"))
+        requirements = [line for line in setup["options.extras_require"]["cluster"].splitlines() if line.strip()]
+        nats = [line for line in requirements if line.startswith("nats-py")]
+        self.assertEqual(len(nats), 1, requirements)
+        self.assertIn("[nkeys]", nats[0])
+
 
 class TwistdJetStreamTests(unittest.TestCase):
     timeout = 180
