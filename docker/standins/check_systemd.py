@@ -11,7 +11,8 @@ inside the container of systemd-host.sh) as devices would:
      sessions; both resume (the node saved them at the stop), and a second
      message arrives.
 
-One node (cairn-server.socket): --node 7400:9090.  Two cluster nodes:
+One node (cairn-server.socket): --node 7400:9090 (--websocket 7401: the
+laptop over WebSocket).  Two cluster nodes:
 --cluster --node 7400:9090 --node 7410:9091.  The management token is
 read from --token-file (the node's generated one, or /etc/cairn/mgmt.token).
 
@@ -82,6 +83,7 @@ def main(reactor, argv):
     options.add_argument("--cairn-server", default="/opt/cairn/venv/bin/cairn-server")
     options.add_argument("--cluster", action="store_true")
     options.add_argument("--restart", metavar="UNIT", help="restart UNIT under the live sessions")
+    options.add_argument("--websocket", type=int, metavar="PORT", help="the laptop over ws://127.0.0.1:PORT/")
     args = options.parse_args(argv)
     machine = Machine(reactor, args.node, args.token_file, args.cairn_server, args.cluster)
 
@@ -91,6 +93,8 @@ def main(reactor, argv):
         say(f"127.0.0.1:{mgmt}/health", {k: h.get(k) for k in ("status", "storage", "node", "cluster")})
 
     first, last = machine.address(machine.nodes[0][0]), machine.address(machine.nodes[-1][0])
+    if args.websocket:
+        last = f"ws://127.0.0.1:{args.websocket}/"
     phone, laptop = Device(reactor, "phone"), Device(reactor, "laptop")
     yield phone.pair(machine, first, f"{first}")
     yield laptop.pair(machine, last, f"{last}")

@@ -90,7 +90,7 @@ single() {
         CAIRN_DATA_DIR=/var/lib/cairn /opt/cairn/venv/bin/cairn-server status
         cd docker/standins
         /opt/cairn/venv/bin/python check_systemd.py --token-file /var/lib/cairn/mgmt.token \
-            --node 7400:9090 --restart cairn-server.service
+            --node 7400:9090 --websocket 7401 --restart cairn-server.service
         journalctl -u cairn-server.service -o cat | grep -E 'saved|restored'
         systemctl reload cairn-server.service
         journalctl -u cairn-server.service -o cat | grep SIGHUP
