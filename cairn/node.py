@@ -28,7 +28,14 @@ from cairn.cluster.bus import LocalBus
 from cairn.cluster.presence import LocalPresence
 from cairn.db import DatabaseError
 from cairn.session import store
-from cairn.startup import StartupError, bind_listeners, endpoint_problem, tell_launcher, warn_about_disk
+from cairn.startup import (
+    StartupError,
+    bind_listeners,
+    endpoint_problem,
+    exit_with_status,
+    tell_launcher,
+    warn_about_disk,
+)
 from cairn.wire.constants import CloseCode
 
 #: The node's log lines keep the namespace they had before the life cycle
@@ -53,6 +60,9 @@ class Process:
     #: twistd's options: a daemonizing twistd waits on their status pipe
     #: for the outcome of the start (L{tell_launcher}).
     launcher: object = None
+    #: A start that fails once the reactor runs ends the process with
+    #: status 1 (L{cairn.startup.exit_with_status}), not twistd's 0.
+    exit_status: bool = False
     #: Where each setting came from (L{cairn.config_report.sources}): only
     #: the plugin sees the flags and the environment.
     config_sources: object = None
@@ -273,6 +283,8 @@ class CairnNode(MultiService):
     def _failed(self, failure):
         log.failure("cairn node could not start", failure)
         if getattr(self.reactor, "running", False):
+            if self.process.exit_status:
+                exit_with_status(1)
             self.reactor.stop()
 
     def stopService(self):

@@ -47,8 +47,11 @@ class PermissionProblem(Exception):
 
 
 def _mode(path):
+    # The mode of what a symbolic link names: a link's own mode is always
+    # 0777 and grants nothing.  systemd's StateDirectory= with DynamicUser=
+    # makes the data directory such a link (/var/lib/cairn -> private/cairn).
     try:
-        return stat.S_IMODE(os.lstat(path).st_mode)
+        return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return None
 

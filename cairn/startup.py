@@ -14,6 +14,7 @@ can use it before twistd has chosen the reactor.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import sys
@@ -235,3 +236,26 @@ def tell_launcher(twistd_options):
         os.write(pipe, f"1 {e.problem}".encode("ascii", "backslashreplace")[:100])
         os.close(pipe)
         raise SystemExit(1) from None
+
+
+def exit_with_status(status: int) -> None:
+    """
+    End the process with C{status} once it has finished exiting.
+
+    For a start that fails after twistd has started the reactor (a store
+    that cannot load): the node logs why and stops the reactor, and twistd
+    then shuts down as after any stop, and exits 0.  A supervisor must see
+    a failure instead (systemd's C{Restart=on-failure}, a container's
+    restart policy), so the process's last act is C{os._exit(status)}, after
+    twistd's own clean-up and after the log is flushed.
+    """
+
+    def _exit():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass  # closed or replaced: nothing left to flush
+        os._exit(status)
+
+    atexit.register(_exit)

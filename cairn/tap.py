@@ -207,7 +207,11 @@ def makeService(options: Options) -> IService:
     # The process is the node's alone (see cairn.node.Process); twistd's
     # own options are the launcher (parsing a subcommand sets its parent).
     process = Process(
-        freeze_gc=True, handle_sighup=True, launcher=getattr(options, "parent", None), config_sources=sources
+        freeze_gc=True,
+        handle_sighup=True,
+        exit_status=True,
+        launcher=getattr(options, "parent", None),
+        config_sources=sources,
     )
     # Before the node is made: its descriptor gauge reads the limit.
     fdlimit.raise_and_say()

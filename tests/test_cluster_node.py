@@ -16,7 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from cairn.client import Client
 from cairn.mailbox import client as mailbox
-from tests import test_mailbox_node
+from tests import _nats, test_mailbox_node
 from tests._harness import Conditions, drop_all, eventually, track_connections
 from tests._nats import NatsServer, free_port, start_nats
 from tests.test_twistd import REPO, kill_at_end, paired_by_psk, start_twistd
@@ -59,6 +59,63 @@ class StartupCheckTests(unittest.TestCase):
         message = str(caught.exception)
         self.assertTrue(message.startswith("cairn: CAIRN_CLUSTER_CREDS_FILE: cannot read"), message)
         self.assertNotIn("\n", message)
+
+    def test_creds_file_without_nkeys(self):
+        """A credentials file without nkeys installed stops start-up with one line naming the extra."""
+        from cairn.service import StartupError, make_node
+        from tests.test_service import config_for
+
+        creds = os.path.abspath(self.mktemp())
+        with open(creds, "w") as f:
+            f.write("a NATS credentials file\n")
+        config = config_for(
+            os.path.abspath(self.mktemp()), cluster_nats=("nats://127.0.0.1:4222",), cluster_creds_file=creds
+        )
+        self.patch(sys, "modules", dict(sys.modules, nkeys=None))  # `import nkeys` raises ImportError
+        with self.assertRaises(StartupError) as caught:
+            make_node(config, reactor)
+        message = str(caught.exception)
+        self.assertIn("nkeys is not installed", message)
+        self.assertIn("cairn-server[cluster]", message)
+        self.assertNotIn("\n", message)
+
+    def test_cluster_extra_has_nkeys(self):
+        """The [cluster] extra installs nats-py with nkeys, which a credentials file (the node unit's default) needs."""
+        import configparser
+
+        setup = configparser.ConfigParser()
+        setup.read(os.path.join(REPO, "setup.cfg"))
+        requirements = [line for line in setup["options.extras_require"]["cluster"].splitlines() if line.strip()]
+        nats = [line for line in requirements if line.startswith("nats-py")]
+        self.assertEqual(len(nats), 1, requirements)
+        self.assertIn("[nkeys]", nats[0])
+
+
+class NoMemoryStorage(_nats.Account):
+    """An account whose JetStream may store nothing in memory: the presence bucket cannot be made."""
+
+    def config(self):
+        return super().config().replace("jetstream: {", "jetstream: { max_mem: 0,")
+
+
+class FailedStartTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_failed_start_exits_with_status_1(self):
+        """A twistd node whose stores cannot load logs why and exits with status 1 (so systemd restarts it), not 0."""
+        account = NoMemoryStorage(max_file=64 * 2**20)
+        server = NatsServer(os.path.abspath(self.mktemp()), account=account)
+        self.addCleanup(server.kill)
+        yield server.start()
+        proc = start_twistd(os.path.abspath(self.mktemp()), CAIRN_CLUSTER_NATS=server.url, CAIRN_CLUSTER_REPLICAS="1")
+        self.addCleanup(kill_at_end, proc)
+        proc.listening.addErrback(lambda _: None)  # it never listens
+        status = yield eventually(proc.ended, 60)
+        log = "".join(proc.output)
+        self.assertIn("cairn node could not start", log)
+        self.assertIn("Server Shut Down.", log)  # twistd's own clean-up ran first
+        self.assertEqual(status, (1, None), log)
 
 
 class TwistdJetStreamTests(unittest.TestCase):

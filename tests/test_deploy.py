@@ -421,6 +421,11 @@ def _unit_environment(entries):
     return env
 
 
+#: The units' ExecStart program: the virtual environment docs/deployment.md installs into.
+VENV_TWISTD = "/opt/cairn/venv/bin/twistd"
+#: The units' ExecReload: the shell's kill (no /bin/kill from procps needed).
+EXEC_RELOAD = "/bin/sh -c 'kill -HUP $MAINPID'"
+
 HARDENING = {
     "DynamicUser": "yes",
     "StateDirectory": "cairn",
@@ -464,14 +469,13 @@ class SystemdUnitTests(unittest.TestCase):
         """ExecStart runs `twistd --nodaemon --pidfile= cairn`, which twistd accepts with the unit's environment."""
         (command,) = _values(self.service, "Service", "ExecStart")
         argv = shlex.split(command)
-        self.assertEqual(argv[:2], ["/usr/bin/env", "twistd"])
-        self.assertEqual(argv[2:], ["--nodaemon", "--pidfile=", "cairn"])
-        options = _twistd_accepts(self, argv[2:], _unit_environment(self.service))
+        self.assertEqual(argv, [VENV_TWISTD, "--nodaemon", "--pidfile=", "cairn"])
+        options = _twistd_accepts(self, argv[1:], _unit_environment(self.service))
         self.assertEqual(options.subCommand, "cairn")
 
     def test_exec_reload(self):
         """`systemctl reload` sends SIGHUP to the node (which re-reads its token and log files)."""
-        self.assertEqual(_values(self.service, "Service", "ExecReload"), ["/bin/kill -HUP $MAINPID"])
+        self.assertEqual(_values(self.service, "Service", "ExecReload"), [EXEC_RELOAD])
 
     def test_socket(self):
         """The socket unit listens on [::]:7400 (dual-stack) and 127.0.0.1:9090, and activates cairn-server.service."""
@@ -968,22 +972,21 @@ class SystemdClusterUnitTests(unittest.TestCase):
         """ExecStart runs `twistd --nodaemon --pidfile= cairn`, which twistd accepts with the unit's environment."""
         (command,) = _values(self.node, "Service", "ExecStart")
         argv = shlex.split(command)
-        self.assertEqual(argv, ["/usr/bin/env", "twistd", "--nodaemon", "--pidfile=", "cairn"])
+        self.assertEqual(argv, [VENV_TWISTD, "--nodaemon", "--pidfile=", "cairn"])
         env = {k: _expand(v) for k, v in _unit_environment(self.node).items() if k not in CLUSTER_VARIABLES}
         # The credentials are files systemd provides; here, cluster settings without them.
         env = {k: v for k, v in env.items() if not k.endswith("_FILE")}
         env["CAIRN_CLUSTER_NATS"] = "nats://nats1.example:4222,nats://nats2.example:4222,nats://nats3.example:4222"
-        options = _twistd_accepts(self, argv[2:], env)
+        options = _twistd_accepts(self, argv[1:], env)
         self.assertEqual(options.subCommand, "cairn")
-        self.assertEqual(_values(self.node, "Service", "ExecReload"), ["/bin/kill -HUP $MAINPID"])
+        self.assertEqual(_values(self.node, "Service", "ExecReload"), [EXEC_RELOAD])
 
     def test_nats_unit(self):
         """nats-server runs the shipped config under its host name, stops through lame duck mode, with its store."""
         (command,) = _values(self.nats, "Service", "ExecStart")
         argv = shlex.split(command)
-        self.assertEqual(
-            argv, ["/usr/local/bin/nats-server", "--config", "/etc/nats/nats-server.conf", "--server_name", "%H"]
-        )
+        self.assertEqual(argv, ["/usr/local/bin/nats-server", "--config", "/etc/nats/nats-server.conf"])
+        self.assertEqual(_unit_environment(self.nats)["NATS_SERVER_NAME"], "%H")
         self.assertEqual(_values(self.nats, "Service", "KillSignal"), ["SIGUSR2"])
         self.assertEqual(_values(self.nats, "Service", "StateDirectory"), ["nats"])
         self.assertEqual(_values(self.nats, "Service", "LimitNOFILE"), ["65536"])
@@ -1001,7 +1004,7 @@ class SystemdClusterUnitTests(unittest.TestCase):
         bare = nats_conf(_read(SYSTEMD, "nats-server.conf"))
         compose = nats_conf(_read(DOCKER, "nats-cluster.conf"))
         differ = {k for k in set(bare) | set(compose) if bare.get(k) != compose.get(k)}
-        self.assertEqual(differ, {"jetstream.store_dir", "http", "cluster.routes"})
+        self.assertEqual(differ, {"server_name", "jetstream.store_dir", "http", "cluster.routes"})
 
     @defer.inlineCallbacks
     def test_nats_server_accepts_bare_config(self):
@@ -1009,7 +1012,9 @@ class SystemdClusterUnitTests(unittest.TestCase):
         from tests._nats import nats_server_binary
 
         path = os.path.join(SYSTEMD, "nats-server.conf")
-        out, err, code = yield utils.getProcessOutputAndValue(nats_server_binary(), ["-t", "-c", path], env={})
+        out, err, code = yield utils.getProcessOutputAndValue(
+            nats_server_binary(), ["-t", "-c", path], env={"NATS_SERVER_NAME": "host1"}
+        )
         self.assertEqual(code, 0, (out, err))
 
     @defer.inlineCallbacks
@@ -1023,7 +1028,9 @@ class SystemdClusterUnitTests(unittest.TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         with open(os.path.join(directory, "cairn-node@cairn1.service"), "w") as f:
-            f.write(_read(SYSTEMD, "cairn-node@.service"))
+            # verify checks that the program exists: this venv's twistd stands in.
+            twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+            f.write(_read(SYSTEMD, "cairn-node@.service").replace(VENV_TWISTD, twistd))
         with open(os.path.join(directory, "nats-server.service"), "w") as f:
             # verify checks that the program exists: the venv's nats-server stands in.
             f.write(_read(SYSTEMD, "nats-server.service").replace("/usr/local/bin/nats-server", nats_server_binary()))

@@ -233,6 +233,14 @@ class PermissionTests(unittest.TestCase):
         self.write(TOKEN_FILE_NAME, 0o600)
         self.assertEqual(check_data_dir(self.data_dir, self.logs.log), [])
 
+    def test_directory_through_symlink_quiet(self):
+        """A data directory reached through a symlink (systemd DynamicUser StateDirectory) is judged by its target."""
+        link = os.path.abspath(self.mktemp())
+        os.symlink(self.data_dir, link)
+        target = self.write(TOKEN_FILE_NAME + ".real", 0o600)
+        os.symlink(target, os.path.join(self.data_dir, TOKEN_FILE_NAME))
+        self.assertEqual(check_data_dir(link, self.logs.log), [])
+
     def test_world_writable_directory_refused(self):
         """A directory others can write stops start-up, naming the directory and the fix."""
         os.chmod(self.data_dir, 0o777)

@@ -83,7 +83,8 @@ def cluster_stores(config, reactor, db=None):
     connects in C{startService}, retrying until NATS answers).
 
     @raise ConfigError: C{CAIRN_CLUSTER_CREDS_FILE} cannot be read.
-    @raise MissingExtra: the C{[cluster]} extra is not installed.
+    @raise MissingExtra: the C{[cluster]} extra is not installed (nats-py,
+        or nkeys for a credentials file).
     """
     try:
         import nats  # noqa: F401
@@ -94,6 +95,16 @@ def cluster_stores(config, reactor, db=None):
     path = config.cluster_creds_file
     if path is not None and not os.access(path, os.R_OK):
         raise ConfigError("CAIRN_CLUSTER_CREDS_FILE", f"cannot read {path!r} (a NATS credentials file)")
+    if path is not None:
+        # nats-py signs with a credentials file through nkeys, imported at
+        # the first connection: without it the node would retry forever,
+        # calling NATS unreachable.
+        try:
+            import nkeys  # noqa: F401
+        except ImportError:
+            raise MissingExtra(
+                "CAIRN_CLUSTER_CREDS_FILE is set but nkeys is not installed (pip install 'cairn-server[cluster]')"
+            ) from None
     from cairn.cluster.connection import JetStream, Settings
     from cairn.cluster.mailbox import JetStreamMailboxStore
     from cairn.cluster.relay import KVRelayStore
