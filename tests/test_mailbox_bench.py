@@ -72,8 +72,12 @@ class MailboxBenchTests(unittest.TestCase):
             # The enqueue's own NATS traffic: one write and its PubAck per message, no API request.
             # (Received: the PubAcks, and in a slow run now and then one more message the node's
             # client took in during the phase -- 1.02, one of 64, seen once at load ~10 in the full
-            # suite; which message it was is not known. A second delivery per message would be 2.00.)
-            self.assertRegex(text, r"\n  enqueue, per message: received 1\.0\d, write mbox 1\.00\n")
+            # suite; which message it was is not known. A second delivery per message would be 2.00.
+            # A STREAM.INFO or two: the storage reserve's poll of its stream, once a second
+            # (cairn/cluster/reserve.py), lands in a phase that a loaded machine made that long.)
+            self.assertRegex(
+                text, r"\n  enqueue, per message: (STREAM\.INFO 0\.0\d, )?received 1\.0\d, write mbox 1\.00\n"
+            )
             for phase in ("enqueue", "drain"):
                 self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"node-{phase}-nats.prof")) > 0)
                 self.assertRegex(
