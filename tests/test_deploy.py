@@ -678,10 +678,9 @@ class ClusterComposeTests(unittest.TestCase):
         for name in NATS_SERVICES:
             nats = self.services[name]
             self.assertRegex(nats["image"], r"^nats:[0-9.]+-alpine$")  # busybox wget for the healthcheck
-            command = nats["command"]
-            self.assertEqual(command[:2], ["--config", "/etc/nats/nats-cluster.conf"])
-            self.assertEqual(command[2], "--server_name")
-            names.add(command[3])
+            # Its name from the environment, which the config reads: not --server_name (a reload refuses that).
+            self.assertEqual(nats["command"], ["--config", "/etc/nats/nats-cluster.conf"])
+            names.add(nats["environment"]["NATS_SERVER_NAME"])
             self.assertIn("./nats-cluster.conf:/etc/nats/nats-cluster.conf:ro", nats["volumes"])
             self.assertIn(f"{name}-data:/data", nats["volumes"])
             self.assertIn(f"{name}-data", self.compose["volumes"])
@@ -833,13 +832,14 @@ class NatsConfigTests(unittest.TestCase):
         from tests._nats import nats_server_binary
 
         binary = nats_server_binary()
-        return utils.getProcessOutputAndValue(binary, ["-t", "-c", path], env={})
+        return utils.getProcessOutputAndValue(binary, ["-t", "-c", path], env={"NATS_SERVER_NAME": "nats1"})
 
     @defer.inlineCallbacks
     def test_nats_server_accepts_file(self):
         """nats-server -t accepts the file as it is."""
         out, err, code = yield self._nats_test(os.path.join(DOCKER, "nats-cluster.conf"))
         self.assertEqual(code, 0, (out, err))
+        self.assertIn("server_name: $NATS_SERVER_NAME", self.text)
 
     @defer.inlineCallbacks
     def test_nats_server_rejects_bad_copy(self):
@@ -867,7 +867,9 @@ def loopback_nats_conf(text, name, ports, routes, store):
         text = text.replace(old, new)
     for service, port in routes.items():
         text = text.replace(f"nats://{service}:6222", f"nats://127.0.0.1:{port}")
-    return f"server_name: {name}\n" + text
+    if text.count("server_name: $NATS_SERVER_NAME\n") != 1:
+        raise AssertionError("the file does not take its name from NATS_SERVER_NAME")
+    return text.replace("server_name: $NATS_SERVER_NAME\n", f"server_name: {name}\n")
 
 
 class NatsClusterRunTests(unittest.TestCase):
@@ -907,6 +909,52 @@ class NatsClusterRunTests(unittest.TestCase):
             self.assertIs(varz["jetstream"]["config"]["sync_always"], True)
             self.assertEqual(varz["max_payload"], 2 * 1024 * 1024)
             self.assertEqual(varz["server_name"], name)
+
+
+class NatsComposeReloadTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_reload_keeps_the_server_name(self):
+        """
+        nats-server run as the overlay runs it (its command, NATS_SERVER_NAME
+        in its environment) reloads on SIGHUP (`docker kill -s HUP natsN`);
+        with --server_name on the command line it was refused.
+        """
+        import signal
+
+        from tests import _nats
+
+        binary = _nats.nats_server_binary()
+        directory = os.path.abspath(self.mktemp())
+        server = _nats.NatsServer(directory)
+        text = _read(DOCKER, "nats-cluster.conf")
+        text = text.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{server.port}")
+        text = text.replace("http: 0.0.0.0:8222", f"http: 127.0.0.1:{_nats.free_port()}")
+        text = text.replace("store_dir: /data\n", f'store_dir: "{os.path.join(directory, "js")}"\n')
+        text = re.sub(r"(?ms)^cluster \{.*?^\}\n", "", text)  # one server: no routes
+        path = os.path.join(directory, "nats-cluster.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        service = yaml.safe_load(_read(DOCKER, "docker-compose.cluster.yml"))["services"]["nats1"]
+        argv = [binary] + [path if a == "/etc/nats/nats-cluster.conf" else a for a in service["command"]]
+        env = {key: str(value) for key, value in service["environment"].items()}
+
+        def start():
+            server.exited = defer.Deferred()
+            server._protocol = _nats._ServerProtocol(server)
+            server.process = reactor.spawnProcess(server._protocol, binary, argv, env=env)
+            return server.until(lambda line: "Server is ready" in line)
+
+        server.start = start
+        self.addCleanup(server.kill)
+        yield server.start()
+        self.assertTrue(any("Name:" in line and "nats1" in line for line in server.log), server.log)
+        mark = len(server.log)
+        server.process.signalProcess(signal.SIGHUP)
+        outcomes = ("Reloaded server configuration", "Failed to reload")
+        line = yield server.until(lambda line: any(o in line for o in outcomes), since=mark)
+        self.assertIn(outcomes[0], line)
 
 
 # -- systemd units of a cluster (issue 15) ------------------------------------
@@ -1004,7 +1052,7 @@ class SystemdClusterUnitTests(unittest.TestCase):
         bare = nats_conf(_read(SYSTEMD, "nats-server.conf"))
         compose = nats_conf(_read(DOCKER, "nats-cluster.conf"))
         differ = {k for k in set(bare) | set(compose) if bare.get(k) != compose.get(k)}
-        self.assertEqual(differ, {"server_name", "jetstream.store_dir", "http", "cluster.routes"})
+        self.assertEqual(differ, {"jetstream.store_dir", "http", "cluster.routes"})
 
     @defer.inlineCallbacks
     def test_nats_server_accepts_bare_config(self):
