@@ -105,3 +105,48 @@ class PskCommandTests(unittest.TestCase):
             self.assertEqual(len(stderr.getvalue().splitlines()), 1, stderr.getvalue())
             self.assertIn("cannot reach", stderr.getvalue())
             self.assertNotIn("do-not-print", stderr.getvalue())
+
+
+class TokenFileTests(unittest.TestCase):
+    """`cairn-server pair` and `psk` take --token-file, as the other admin commands do."""
+
+    def setUp(self):
+        from cairn.cli import pairing_api
+
+        self.path = os.path.abspath(self.mktemp())
+        with open(self.path, "w") as f:
+            f.write("from-the-file\n")
+        self.tokens = []
+
+        def call(url, token, method, path, timeout=10.0, body=None):
+            self.tokens.append(token)
+            return {}, b'{"node_peer_id": "QmNode", "psk": "new", "expires_at": null}'
+
+        self.patch(pairing_api, "call", call)
+        self.patch(os, "environ", {"CAIRN_MGMT_TOKEN": "from-the-environment", "CAIRN_DATA_DIR": self.mktemp()})
+
+    def test_token_from_the_file(self):
+        """The file's token is sent, not the environment's."""
+        from cairn import cli
+
+        self.assertEqual(cli.main(["pair", "--id", "--url", "http://127.0.0.1:9", "--token-file", self.path]), 0)
+        self.assertEqual(cli.main(["psk", "disable", "--url", "http://127.0.0.1:9", "--token-file", self.path]), 0)
+        self.assertEqual(set(self.tokens), {"from-the-file"})
+
+    def test_unreadable_file_in_one_line(self):
+        """A missing or empty token file: one line naming it, exit status 1."""
+        import io
+        import sys
+
+        from cairn import cli
+
+        empty = os.path.abspath(self.mktemp())
+        open(empty, "w").close()
+        for path, why in ((self.path + ".missing", "cannot read the token file"), (empty, "is empty")):
+            stderr = io.StringIO()
+            self.patch(sys, "stderr", stderr)
+            self.assertEqual(cli.main(["pair", "--pin", "--url", "http://127.0.0.1:9", "--token-file", path]), 1)
+            self.assertEqual(len(stderr.getvalue().splitlines()), 1, stderr.getvalue())
+            self.assertIn(why, stderr.getvalue())
+            self.assertIn(path, stderr.getvalue())
+        self.assertEqual(self.tokens, [])

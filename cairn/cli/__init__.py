@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         "pair",
         help="ask the running node for a pairing PIN, link or QR code",
         description="Ask the running node (through its management API on loopback) for a single-use "
-        "pairing code. The token comes from CAIRN_MGMT_TOKEN, CAIRN_MGMT_TOKEN_FILE or the node's "
-        "<data dir>/mgmt.token.",
+        "pairing code. The token comes from --token-file, CAIRN_MGMT_TOKEN, CAIRN_MGMT_TOKEN_FILE or "
+        "the node's <data dir>/mgmt.token.",
     )
     what = pair.add_mutually_exclusive_group(required=True)
     what.add_argument("--pin", dest="kind", action="store_const", const="pin", help="a PIN (XXXX-XXXX)")
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--qr", dest="kind", action="store_const", const="qr", help="a link drawn as a QR code")
     what.add_argument("--id", dest="kind", action="store_const", const="id", help="the node's peer id (to pin)")
     pair.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
+    pair.add_argument("--token-file", metavar="PATH", help="read the management token from PATH")
     psk = commands.add_parser(
         "psk",
         help="rotate or disable the running node's pre-shared key",
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     psk.add_argument("action", choices=("rotate", "disable"))
     psk.add_argument("--psk-stdin", action="store_true", help="rotate: read the new PSK from stdin (one line)")
     psk.add_argument("--url", help="management API URL (default: derived from CAIRN_MGMT_LISTEN)")
+    psk.add_argument("--token-file", metavar="PATH", help="read the management token from PATH")
     admin.add_commands(commands)
     return parser
 
@@ -78,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "pair":
-        return pair(args.kind, args.url)
+        return pair(args.kind, args.url, args.token_file)
     if args.command == "psk":
-        return psk(args.action, args.url, args.psk_stdin)
+        return psk(args.action, args.url, args.psk_stdin, args.token_file)
     if args.command in admin.COMMANDS:
         return admin.run(args, os.environ, sys.stdout, sys.stderr)
     return run(getattr(args, "options", []))
 
 
-def pair(kind: str, url: str | None) -> int:
+def pair(kind: str, url: str | None, token_file: str | None = None) -> int:
     """Print a pairing PIN, link or QR code issued by the running node."""
     from cairn.cli.pairing_api import PairCommandError
     from cairn.cli.pairing_api import pair as ask
@@ -94,11 +96,11 @@ def pair(kind: str, url: str | None) -> int:
     try:
         # Wakes a socket-activated node that never ran, so that its token
         # file exists before cairn.cli.pairing_api reads it.
-        admin.connect(os.environ, url)
+        admin.connect(os.environ, url, token_file)
     except admin.AdminError:
         pass  # cairn.cli.pairing_api reports the problem in its own words
     try:
-        sys.stdout.write(ask(kind, os.environ, url) + "\n")
+        sys.stdout.write(ask(kind, os.environ, url, token_file=token_file) + "\n")
     except PairCommandError as e:
         sys.stderr.write(f"cairn-server pair: {e}\n")
         return 1
@@ -109,7 +111,7 @@ def pair(kind: str, url: str | None) -> int:
     return 0
 
 
-def psk(action: str, url: str | None, from_stdin: bool = False) -> int:
+def psk(action: str, url: str | None, from_stdin: bool = False, token_file: str | None = None) -> int:
     """Rotate (printing the new PSK once) or disable the running node's PSK."""
     import os
 
@@ -118,7 +120,7 @@ def psk(action: str, url: str | None, from_stdin: bool = False) -> int:
 
     new_psk = sys.stdin.readline().rstrip("\r\n") if from_stdin else None
     try:
-        sys.stdout.write(change(action, os.environ, url, new_psk) + "\n")
+        sys.stdout.write(change(action, os.environ, url, new_psk, token_file) + "\n")
     except PairCommandError as e:
         sys.stderr.write(f"cairn-server psk: {e}\n")
         return 1

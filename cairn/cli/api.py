@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-from cairn.cli.pairing_api import PairCommandError, api_url, find_token
+from cairn.cli.pairing_api import PairCommandError, api_url, find_token, read_token_file
 from cairn.config import Config, ConfigError
 
 #: Exit statuses of the admin commands (documented in docs/deployment.md).
@@ -124,13 +124,9 @@ def wake(url: str, timeout: float) -> None:
 
 def _read_token(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise AdminError(f"cannot read the token file {path} ({e.strerror})", EXIT_AUTH) from None
-    if not token:
-        raise AdminError(f"the token file {path} is empty", EXIT_AUTH)
-    return token
+        return read_token_file(path)
+    except PairCommandError as e:
+        raise AdminError(str(e), EXIT_AUTH) from None
 
 
 def connect(

@@ -5,8 +5,9 @@ its peer id; C{cairn-server psk}: rotate or disable its PSK.
 The codes are made by the node that is running, through its management
 API on loopback with the bearer token, so that the node which will check
 a PIN is the one that issued it. The API address comes from
-C{CAIRN_MGMT_LISTEN} (or C{--url}); the token from C{CAIRN_MGMT_TOKEN},
-C{CAIRN_MGMT_TOKEN_FILE} or the node's generated C{<data dir>/mgmt.token}.
+C{CAIRN_MGMT_LISTEN} (or C{--url}); the token from C{--token-file},
+C{CAIRN_MGMT_TOKEN}, C{CAIRN_MGMT_TOKEN_FILE} or the node's generated
+C{<data dir>/mgmt.token}.
 
 This is a short-lived command, so it uses the standard library's blocking
 HTTP client rather than a reactor.
@@ -112,19 +113,33 @@ def call(url: str, token: str, method: str, path: str, timeout: float = 10.0, bo
         raise PairCommandError(f"cannot reach the node's management API at {url}: {reason}") from None
 
 
-def _api(environ, url):
+def read_token_file(path: str) -> str:
+    """The token in the file at C{path} (C{--token-file}), stripped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise PairCommandError(f"cannot read the token file {path} ({e.strerror})") from None
+    if not token:
+        raise PairCommandError(f"the token file {path} is empty")
+    return token
+
+
+def _api(environ, url, token_file=None):
     try:
         config = Config.from_env(environ)
     except ConfigError as e:
         raise PairCommandError(str(e)) from None
-    return (url or api_url(config.mgmt_listen)).rstrip("/"), find_token(config)
+    token = read_token_file(token_file) if token_file else find_token(config)
+    return (url or api_url(config.mgmt_listen)).rstrip("/"), token
 
 
-def pair(kind: str, environ, url: str = None, out=None) -> str:
+def pair(kind: str, environ, url: str = None, out=None, token_file: str = None) -> str:
     """
     Ask the running node for a C{"pin"}, C{"link"}, C{"qr"} or its C{"id"}; return the text to print.
+    C{token_file}: read the token from there (C{--token-file}) rather than as L{find_token} does.
     """
-    url, token = _api(environ, url)
+    url, token = _api(environ, url, token_file)
     if kind == "id":
         _, body = call(url, token, "GET", "/pairing")
         return json.loads(body)["node_peer_id"]
@@ -141,12 +156,12 @@ def pair(kind: str, environ, url: str = None, out=None) -> str:
     return f"{qr_terminal(data['link'])}\n{data['link']}\n(valid until {_when(data['expires_at'])}, single use)"
 
 
-def psk(action: str, environ, url: str = None, new_psk: str = None) -> str:
+def psk(action: str, environ, url: str = None, new_psk: str = None, token_file: str = None) -> str:
     """
     C{"rotate"} the running node's PSK (to C{new_psk}, or a generated one)
     or C{"disable"} it; return the text to print (the new PSK, once).
     """
-    url, token = _api(environ, url)
+    url, token = _api(environ, url, token_file)
     if action == "disable":
         call(url, token, "DELETE", "/pairing/psk")
         return "PSK pairing disabled (until the next `cairn-server psk rotate`)"
