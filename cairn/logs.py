@@ -8,7 +8,9 @@ its C{--logger} option: a name it imports and calls with no arguments.  So
 L{cairn.tap.Options} hands twistd L{twistd_observer} (unless the operator
 gave C{--logger} already) after L{prepare} recorded the settings; the
 observer writes where twistd would have (its own C{--logfile}, C{--syslog}
-and C{--nodaemon} choices), filtered and formatted as configured.
+and C{--nodaemon} choices), filtered and formatted as configured. When
+that is systemd's journal (L{journal_stream}), text lines leave out their
+time stamp: journald puts its own on every line.
 
 Twisted's per-listener lines ("Starting factory <... at 0x...>", "Site
 starting on 9090", "(TCP Port 9090 Closed)") are shown at debug level only:
@@ -18,6 +20,7 @@ the node logs its own "listening:" line for each listener.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import string
@@ -34,6 +37,7 @@ from twisted.logger import (
     LogLevel,
     PredicateResult,
     formatEvent,
+    formatEventAsClassicLogText,
     formatTime,
 )
 from zope.interface import implementer
@@ -127,6 +131,26 @@ def json_observer(out) -> FileLogObserver:
     return FileLogObserver(out, json_line)
 
 
+def journal_stream(out, environ=None) -> bool:
+    """
+    Whether C{out} is systemd's journal: C{JOURNAL_STREAM} (set by systemd
+    for a service whose output goes to the journal) names its device and
+    inode. journald stamps every line with its own time.
+    """
+    device, colon, inode = (environ if environ is not None else os.environ).get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(out.fileno())
+        return bool(colon) and (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def journal_line(event: dict) -> str | None:
+    """Twisted's text line without its time stamp (journald adds one): C{[namespace#level] message}."""
+    text = formatEventAsClassicLogText(event, formatTime=lambda _: "")
+    return None if text is None else text[1:]
+
+
 def make_observer(base, out, level: str, form: str) -> ILogObserver:
     """
     The node's observer: C{base} (an observer writing text) or, for
@@ -163,6 +187,8 @@ def twistd_observer() -> ILogObserver:
     out = None
     if _pending["form"] == "json" and not options.get("syslog"):
         out = getattr(default, "_outFile", None) or sys.stdout
+    elif not options.get("syslog") and journal_stream(getattr(default, "_outFile", None)):
+        default = FileLogObserver(default._outFile, journal_line)  # under systemd: one time stamp a line
     return make_observer(default, out, _pending["level"], _pending["form"])
 
 

@@ -164,3 +164,43 @@ class TwistdTests(unittest.TestCase):
         options.parseOptions(["--nodaemon", "--logger=twisted.logger.textFileLogObserver", "cairn"])
         self.assertEqual(options["logger"].__name__, "textFileLogObserver")
         self.assertEqual(logs._pending, {})
+
+
+class JournalTests(unittest.TestCase):
+    """Under systemd, whose journald stamps each line, text lines leave out their own time stamp."""
+
+    def stream(self):
+        out = open(self.mktemp(), "w")
+        self.addCleanup(out.close)
+        status = __import__("os").fstat(out.fileno())
+        return out, f"{status.st_dev}:{status.st_ino}"
+
+    def test_journal_stream(self):
+        """JOURNAL_STREAM naming the output's device and inode: the journal; anything else: not."""
+        out, value = self.stream()
+        self.assertTrue(logs.journal_stream(out, {"JOURNAL_STREAM": value}))
+        other, elsewhere = self.stream()
+        for environ in ({}, {"JOURNAL_STREAM": elsewhere}, {"JOURNAL_STREAM": "x:y"}, {"JOURNAL_STREAM": "12"}):
+            self.assertFalse(logs.journal_stream(out, environ), environ)
+        self.assertFalse(logs.journal_stream(io.StringIO(), {"JOURNAL_STREAM": value}))  # no descriptor
+        self.assertFalse(logs.journal_stream(None, {"JOURNAL_STREAM": value}))
+
+    def test_line_without_time(self):
+        """The line is Twisted's text line less its time stamp."""
+        self.assertEqual(logs.journal_line(_event(who="you", log_time=1e9)), "[test#info] hello you\n")
+        self.assertIsNone(logs.journal_line({}))
+
+    def test_twistd_observer_under_systemd(self):
+        """twistd --nodaemon writing to the journal: lines without the time stamp, still filtered by level."""
+        out, value = self.stream()
+        self.patch(logs, "_pending", {})
+        self.patch(__import__("os"), "environ", {"CAIRN_LOG_LEVEL": "info", "JOURNAL_STREAM": value})
+        self.patch(__import__("sys"), "stdout", out)
+        options = ServerOptions()
+        options.parseOptions(["--nodaemon", "cairn"])
+        observer = logs.twistd_observer()
+        observer(_event(who="journald"))
+        observer(_event(LogLevel.debug, who="nobody"))
+        out.flush()
+        with open(out.name) as f:
+            self.assertEqual(f.read(), "[test#info] hello journald\n")
