@@ -23,7 +23,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
-from cairn import sighup
+from cairn import sdnotify, sighup
 from cairn.cluster.bus import LocalBus
 from cairn.cluster.presence import LocalPresence
 from cairn.db import DatabaseError
@@ -66,6 +66,8 @@ class Process:
     #: Where each setting came from (L{cairn.config_report.sources}): only
     #: the plugin sees the flags and the environment.
     config_sources: object = None
+    #: Tell systemd (C{NOTIFY_SOCKET}, C{Type=notify}) READY, STATUS, STOPPING (L{cairn.sdnotify}).
+    tell_systemd: bool = False
 
 
 #: The cyclic collector's thresholds once a node's own process serves
@@ -246,6 +248,8 @@ class CairnNode(MultiService):
         self.ready = gatherResults(starting, consumeErrors=True)
         self.ready.addCallback(lambda results: self._serve(results[0]))
         self.ready.addErrback(self._failed)
+        # Started, for systemd: SIGHUP handled, listeners bound (a reload may come now).
+        self._tell_systemd("READY=1\nSTATUS=loading the stores" if not self.ready.called else "READY=1")
 
     @staticmethod
     def _pause(ports):
@@ -268,6 +272,7 @@ class CairnNode(MultiService):
                 port=getattr(host, "port", ""),
             )
         self.addresses.listening(ports)
+        self._tell_systemd("STATUS=serving")
         if self.signaling is not None:
             self.signaling.node_ready()
         if self.history is not None:
@@ -287,7 +292,12 @@ class CairnNode(MultiService):
                 exit_with_status(1)
             self.reactor.stop()
 
+    def _tell_systemd(self, state):
+        if self.process.tell_systemd:
+            sdnotify.notify(state)
+
     def stopService(self):
+        self._tell_systemd("STOPPING=1")
         if self.history is not None:
             self.history.stop()
         if self._restore_sighup is not None:

@@ -210,6 +210,7 @@ def makeService(options: Options) -> IService:
         freeze_gc=True,
         handle_sighup=True,
         exit_status=True,
+        tell_systemd=True,
         launcher=getattr(options, "parent", None),
         config_sources=sources,
     )
