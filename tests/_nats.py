@@ -136,13 +136,27 @@ class NatsServer:
         path = os.path.join(self.directory, "nats.conf")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(self.config())
+        return self.start_as([nats_server_binary(), "-c", path], {})
+
+    def start_as(self, argv, env):
+        """
+        Start the process with C{argv} and C{env} (as a unit or a compose
+        service runs it); fires once it logged "Server is ready".
+        """
         self.exited = defer.Deferred()
         mark = len(self.log)
         self._protocol = _ServerProtocol(self)
-        self.process = reactor.spawnProcess(
-            self._protocol, nats_server_binary(), [nats_server_binary(), "-c", path], env={}
-        )
+        self.process = reactor.spawnProcess(self._protocol, argv[0], argv, env=env)
         return self.until(lambda line: "Server is ready" in line, since=mark)
+
+    def reload(self):
+        """SIGHUP the server; fires with its log line saying whether the configuration was reloaded."""
+        import signal
+
+        mark = len(self.log)
+        self.process.signalProcess(signal.SIGHUP)
+        outcomes = ("Reloaded server configuration", "Failed to reload")
+        return self.until(lambda line: any(o in line for o in outcomes), since=mark)
 
     @property
     def pid(self):

@@ -921,7 +921,6 @@ class NatsComposeReloadTests(unittest.TestCase):
         in its environment) reloads on SIGHUP (`docker kill -s HUP natsN`);
         with --server_name on the command line it was refused.
         """
-        import signal
 
         from tests import _nats
 
@@ -939,22 +938,11 @@ class NatsComposeReloadTests(unittest.TestCase):
         service = yaml.safe_load(_read(DOCKER, "docker-compose.cluster.yml"))["services"]["nats1"]
         argv = [binary] + [path if a == "/etc/nats/nats-cluster.conf" else a for a in service["command"]]
         env = {key: str(value) for key, value in service["environment"].items()}
-
-        def start():
-            server.exited = defer.Deferred()
-            server._protocol = _nats._ServerProtocol(server)
-            server.process = reactor.spawnProcess(server._protocol, binary, argv, env=env)
-            return server.until(lambda line: "Server is ready" in line)
-
-        server.start = start
         self.addCleanup(server.kill)
-        yield server.start()
+        yield server.start_as(argv, env)
         self.assertTrue(any("Name:" in line and "nats1" in line for line in server.log), server.log)
-        mark = len(server.log)
-        server.process.signalProcess(signal.SIGHUP)
-        outcomes = ("Reloaded server configuration", "Failed to reload")
-        line = yield server.until(lambda line: any(o in line for o in outcomes), since=mark)
-        self.assertIn(outcomes[0], line)
+        line = yield server.reload()
+        self.assertIn("Reloaded server configuration", line)
 
 
 # -- systemd units of a cluster (issue 15) ------------------------------------

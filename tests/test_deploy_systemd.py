@@ -8,7 +8,6 @@ name, and the install commands of the docs matching the units' ExecStart.
 import os
 import re
 import shlex
-import signal
 import sys
 
 from twisted.internet import defer, protocol, reactor, utils
@@ -88,23 +87,11 @@ class NatsUnitReloadTests(unittest.TestCase):
         argv = [binary if a == "/usr/local/bin/nats-server" else a for a in shlex.split(command)]
         argv = [path if a == "/etc/nats/nats-server.conf" else a.replace("%H", "host1") for a in argv]
         env = {k: v.replace("%H", "host1") for k, v in _unit_environment(entries).items()}
-
-        def start():
-            # NatsServer.start, with the unit's command line and environment.
-            server.exited = defer.Deferred()
-            server._protocol = _nats._ServerProtocol(server)
-            server.process = reactor.spawnProcess(server._protocol, binary, argv, env=env)
-            return server.until(lambda line: "Server is ready" in line)
-
-        server.start = start
         self.addCleanup(server.kill)
-        yield server.start()
+        yield server.start_as(argv, env)
         self.assertTrue(any("Name:" in line and "host1" in line for line in server.log), server.log)
-        mark = len(server.log)
-        server.process.signalProcess(signal.SIGHUP)
-        outcomes = ("Reloaded server configuration", "Failed to reload")
-        line = yield server.until(lambda line: any(o in line for o in outcomes), since=mark)
-        self.assertIn(outcomes[0], line)
+        line = yield server.reload()
+        self.assertIn("Reloaded server configuration", line)
 
 
 def _section(text, heading):
