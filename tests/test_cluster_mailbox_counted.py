@@ -161,3 +161,45 @@ class PartlyStoredTests(unittest.TestCase):
         yield store.acknowledge(B, [m.seq for m in held], 2.0, 100.0)
         self.assertNotIn(B, store.depths())
         self.assertEqual(store.total_bytes(), 0)
+
+
+class PartlyRemovedTests(unittest.TestCase):
+    """
+    An acknowledgement some of whose tombstones JetStream stored and some
+    it refused (at an R3 account's limit, three nodes filling it at once:
+    docs/scaling.md "Sizing") fails, and the service tries it again; what
+    it did remove is removed all the same, so it counts out of the depths
+    and its receipts are owed. (The retry finds those removed and counts
+    nothing: the recipient's depth kept them until the node restarted.)
+    """
+
+    @defer.inlineCallbacks
+    def test_removed_ones_counted(self):
+        from cairn.cluster.pubacks import PublishError
+        from cairn.mailbox.interfaces import PartlyRemoved
+
+        _, jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        items = [item(payload=b"a"), item(payload=b"bb"), item(payload=b"ccc")]
+        yield store.enqueue(items, 1.0, LIMITS)
+        seqs = [m.seq for m in (yield store.fetch(B, 0, 16))]
+        publish, calls = store.acks.publish, []
+
+        async def second_refused(subject, payload, headers, *rest):
+            calls.append(subject)
+            if len(calls) == 2:
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(PublishError(10002, "resource limits exceeded for account"))
+                return future
+            return await publish(subject, payload, headers, *rest)
+
+        store.acks.publish = second_refused
+        failure = yield self.assertFailure(store.acknowledge(B, seqs, 2.0, 100.0), PartlyRemoved)
+        self.assertEqual([r.message_id for r in failure.receipts], [items[0].message_id, items[2].message_id])
+        self.assertEqual((store.depths()[B].messages, store.depths()[B].bytes), (1, 2))
+        store.acks.publish = publish
+        (receipt,) = yield store.acknowledge(B, seqs, 3.0, 100.0)
+        self.assertEqual(receipt.message_id, items[1].message_id)
+        self.assertNotIn(B, store.depths())
+        self.assertEqual(store.total_bytes(), 0)
