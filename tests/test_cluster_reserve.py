@@ -186,6 +186,36 @@ class ReserveTests(unittest.TestCase):
         self.assertFalse(reserve.full)
         self.assertEqual((self.ballast.releases, self.ballast.messages), (0, 1))
 
+    def test_told_looks_again_before_the_release_lands(self):
+        """
+        Told, and asked to look again at once (an acknowledgement's retry)
+        before the telling node's purge has landed: still full, not left
+        as if the notice were stale (three nodes' senders then stored the
+        whole reserve); full after the purge lands and at the next poll.
+        """
+        reserve = self.node()
+        reserve.told(True, "n1")
+        self.successResultOf(reserve.released())  # a look right after the first
+        self.assertTrue(reserve.full)
+        self.ballast.release()  # the telling node's purge lands
+        self.clock.advance(POLL)
+        self.assertTrue(reserve.full)
+        self.assertEqual(self.ballast.releases, 1)
+
+    def test_told_then_told_of_room_before_a_poll(self):
+        """
+        Told of full mode, the ballast still seen, then told of room (the
+        telling node released and wrote it again) within a poll: left, for
+        the ballast is newer than the one seen.
+        """
+        reserve = self.node()
+        reserve.stop()  # only the notices
+        reserve.told(True, "n1")
+        self.ballast.release()
+        self.ballast.write(R)
+        reserve.told(False, "n1")
+        self.assertFalse(reserve.full)
+
     def test_told_is_idempotent(self):
         """Told while full already, or told of room while not full: nothing changes."""
         reserve = self.node()

@@ -45,6 +45,28 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         self.assertFalse(again.is_paired(peers[2][0]))
 
     @defer.inlineCallbacks
+    def test_last_seen_refused_at_the_limit_is_store_full(self):
+        """
+        Last-seen writes JetStream refuses at its storage limit fail the
+        flush with StoreFull (one line in the pairing service's log), not a
+        FirstError of the raw NATS error (a traceback, and an unhandled one).
+        """
+        from nats.js.errors import BadRequestError
+
+        from cairn.mailbox.interfaces import StoreFull
+
+        peers = [new_peer() for _ in range(2)]
+        for i, peer in enumerate(peers):
+            yield self.store.set_paired(*peer, f"peer {i}", "psk", 1.0)
+            yield self.store.touch(peer[0], 2.0)
+
+        async def refused(*args, **kwargs):
+            raise BadRequestError(code=400, err_code=10002, description="resource limits exceeded for account")
+
+        self.store._kv.update = refused
+        yield self.assertFailure(self.store.flush(), StoreFull)
+
+    @defer.inlineCallbacks
     def test_mirror_follows_other_writer(self):
         """A pairing and a revocation written by another store reach this one's is_paired, and its watchers."""
         other = yield self.started(self.jet)

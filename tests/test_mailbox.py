@@ -14,7 +14,7 @@ from cairn.db import Database
 from cairn.mailbox import client as mailbox
 from cairn.mailbox import delivery
 from cairn.mailbox.client import ForwardRejected, UnknownRecipient, uuid7
-from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, PartlyStored, StoreFull
+from cairn.mailbox.interfaces import MAILBOX_SCHEMA, Limits, PartlyRemoved, PartlyStored, StoreFull
 from cairn.mailbox.service import MailboxService
 from cairn.mailbox.store import ACK_GATHER, MemoryMailboxStore, SQLiteMailboxStore
 from cairn.management.metrics import Metrics
@@ -401,6 +401,31 @@ class MailboxScenarioMixin(MailboxHarness):
         self.assertEqual(wakes, [bob.peer_id])
         got = yield bob_box.wait(bob_box.messages, 1)
         self.assertEqual(got[0][2], b"held")
+
+    @defer.inlineCallbacks
+    def test_partly_removed_receipts_owed(self):
+        """
+        An acknowledgement that failed after removing some of its messages
+        (L{PartlyRemoved}, JetStream at its limit): their receipts go to
+        the online sender at once, not after the sweep's retry.
+        """
+        alice, alice_box = self.peer()
+        bob, bob_box = self.peer()
+        a = yield self.connect(alice)
+        acknowledge = self.store.acknowledge
+
+        def partly(*args):
+            self.store.acknowledge = acknowledge  # the sweep's retry would succeed
+            return acknowledge(*args).addCallback(
+                lambda receipts: defer.fail(PartlyRemoved("JetStream did not store a tombstone", receipts))
+            )
+
+        self.store.acknowledge = partly
+        result = yield eventually(mailbox.forward(a, bob.peer_id, b"x"))
+        yield self.connect(bob)
+        yield bob_box.wait(bob_box.messages, 1)
+        (receipt,) = yield alice_box.wait(alice_box.receipts, 1)
+        self.assertEqual((receipt.message_id, receipt.status), (result.message_id, ReceiptStatus.DELIVERED))
 
     @defer.inlineCallbacks
     def test_empty_window_filled_by_several_reads(self):

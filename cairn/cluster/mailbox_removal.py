@@ -18,6 +18,7 @@ from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_messag
 from cairn.cluster.mailbox_gathered import Gathering
 from cairn.cluster.mailbox_handed import HandedOut
 from cairn.cluster.mailbox_layout import receipt_headers
+from cairn.cluster.mailbox_partly import PartRemovals
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
 
@@ -34,13 +35,16 @@ DELETES_AT_ONCE = 16
 ACK_RETRIES = 30
 
 
-class Removal(Gathering):
+class Removal(Gathering, PartRemovals):
     """What removes messages and receipts from the C{mbox} stream."""
 
     def acknowledge(self, recipient, seqs, now, receipt_ttl, upto=0):
-        seqs = list(seqs)
-        d = self._run(self._acknowledge, recipient, seqs, now, receipt_ttl, upto)
+        seqs, owed = list(seqs), []  # owed: the receipts of what the attempts that failed removed
         reserve = self.jet.reserve
+
+        def once(_=None):
+            d = self._run(self._acknowledge, recipient, seqs, now, receipt_ttl, upto)
+            return d.addErrback(self._in_part, owed)
 
         def again(failure, attempt=0):
             # Refused at JetStream's storage limit (the refusal made the node full:
@@ -51,10 +55,10 @@ class Removal(Gathering):
             if not reserve.full or attempt > ACK_RETRIES:
                 return failure
             wait = reserve.released() if attempt == 0 else task.deferLater(reserve.clock, reserve.poll, lambda: None)
-            d = wait.addCallback(lambda _: self._run(self._acknowledge, recipient, seqs, now, receipt_ttl, upto))
-            return d.addErrback(again, attempt + 1)
+            return wait.addCallback(once).addErrback(again, attempt + 1)
 
-        return d.addErrback(again).addCallback(self._removed)
+        d = once().addErrback(again).addCallback(self._removed)
+        return d.addCallbacks(lambda receipts: owed + receipts, self._owed, errbackArgs=(owed,))
 
     def _removed(self, result):
         receipts, depths, last = result
@@ -256,6 +260,8 @@ class Removal(Gathering):
                 self._receipt_written(sender, rseq)
                 receipts.append(Receipt(rseq, sender, recipient, bytes.fromhex(message_id), int(status), now))
         if failure is not None:
+            if counted:  # what was removed counts out all the same (mailbox_partly)
+                raise await self._unfinished(failure, receipts, last, counted)
             raise failure
         return receipts, last, counted
 
@@ -302,7 +308,7 @@ class Removal(Gathering):
             self._removed((receipts, depths, last))
             return receipts, more
 
-        return d.addCallback(expired)
+        return d.addCallbacks(expired, self._in_part)
 
     async def _expire(self, now, limit, ttl):
         if self._sweeping is None:
@@ -360,7 +366,7 @@ class Removal(Gathering):
             self.limits.pop(peer_id, None)
             return self._removed(result)
 
-        return d.addCallback(purged)
+        return d.addCallbacks(purged, self._in_part)
 
     async def _purge(self, peer_id, now, ttl):
         nc, subject = self.jet.nc, self._subject("mbox", peer_id, ">")

@@ -150,6 +150,7 @@ class Reserve:
         self.baseline = None  # the other streams' bytes when entering (None: not read yet)
         self._released_upto = None  # the reserve stream's last seq once released (this episode)
         self._told = None  # entered on another node's notice: "told", then "looked" (the ballast seen there)
+        self._told_at = self._looked_upto = None  # when that notice came; the ballast's last seq seen then
         self.refused = self.releases = 0
         self._busy = self._again = False
         self._loop = None
@@ -191,7 +192,7 @@ class Reserve:
             return
         if full and not self.full:
             self._enter(f"node {node[:64]!r} met it and told the others", announce=False)
-            self._told = "told"
+            self._told, self._told_at = "told", self.clock.seconds()
             self.step()
         elif not full and self.full:
             self.step()  # the ballast back, newer than the release: left (L{_work})
@@ -310,11 +311,18 @@ class Reserve:
             if self._told is not None and self._released_upto is None:
                 # The node that told releases the ballast itself; not here, so that a notice come late
                 # (after that node wrote the ballast again) cannot take a fresh one away. Still there at
-                # the next look: the notice was stale (or its node could not release it): left.
+                # a look a poll after the notice: the notice was stale (or its node could not release
+                # it): left. Not at a look made sooner (an acknowledgement's retry asks one at once):
+                # that node's purge may not have landed yet, and leaving then let three nodes' senders
+                # store the whole reserve (docs/scaling.md "Sizing"). A ballast newer than the one
+                # seen: released and written again meanwhile: left.
                 if self._told == "looked":
-                    self._leave("the reserve is still there: the notice was stale")
+                    if first > self._looked_upto:
+                        self._leave("another node wrote the reserve again")
+                    elif self.clock.seconds() - self._told_at >= self.poll:
+                        self._leave("the reserve is still there: the notice was stale")
                     return
-                self._told = "looked"
+                self._told, self._looked_upto = "looked", last
                 return
             # Released first: the acknowledgements refused meanwhile wait for it (L{released}).
             self._released_upto = yield self.ops.release()

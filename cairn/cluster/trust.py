@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.cluster.common import storage_error
 from cairn.cluster.direct import is_wrong_last
 from cairn.cluster.kv_whole import watch_whole
 from cairn.cluster.watch import Watchers
@@ -305,8 +306,11 @@ class KVTrustStore(TrustStoreBase):
         for peer_id in sorted(seen):
             record = self._records.get(peer_id)
             if record is not None:
-                writes.append(self._write(peer_id, _encode(record), record.state).addErrback(_ignore_conflict))
-        return defer.gatherResults(writes).addCallback(lambda _: None)
+                d = self._write(peer_id, _encode(record), record.state)
+                writes.append(d.addErrback(_ignore_conflict).addErrback(storage_error))
+        # StoreFull (at JetStream's limit, say): one line in the caller's log, no FirstError left unhandled.
+        d = defer.gatherResults(writes, consumeErrors=True)
+        return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
 
     def stop(self):
         """Stop following the bucket."""

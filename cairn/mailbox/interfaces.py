@@ -120,6 +120,20 @@ class PartlyStored(StoreFull):
         self.results = results
 
 
+class PartlyRemoved(StoreFull):
+    """
+    A removal (C{acknowledge}, C{expire}, C{purge}) that failed after
+    removing some of its messages (JetStream's tombstones, at its storage
+    limit). What it removed is out of the depths all the same; C{receipts}
+    are theirs, owed to their senders as a success's are. The service
+    tries the call again as after any L{StoreFull}, for the rest.
+    """
+
+    def __init__(self, why, receipts):
+        super().__init__(why)
+        self.receipts = receipts
+
+
 class IMailboxStore(Interface):
     """Durable storage of the mailbox. Every method but the cache reads returns a Deferred."""
 

@@ -28,7 +28,7 @@ from cairn.cluster.bus import OWE, WAKE
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox import messages, report
 from cairn.mailbox.delivery import Delivery
-from cairn.mailbox.interfaces import Depth, Incoming, Limits, PartlyStored, StoreFull
+from cairn.mailbox.interfaces import Depth, Incoming, Limits, PartlyRemoved, PartlyStored, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
 from cairn.pairing.interfaces import UnknownPeer
 from cairn.storeservice import StoreService
@@ -129,9 +129,8 @@ class MailboxService(Delivery, StoreService):
             yield self._retry_purges()
             more = True
             while more:
-                receipts, more = yield self._track(
-                    self.store.expire(self.clock.seconds(), EXPIRE_BATCH, self.limits.max_age)
-                )
+                expired = self.store.expire(self.clock.seconds(), EXPIRE_BATCH, self.limits.max_age)
+                receipts, more = yield self._track(expired.addErrback(self._removed_in_part))
                 if receipts:
                     log.info("mailbox: {count} message(s) expired", count=len(receipts))
                 self._owe(receipts)
@@ -161,7 +160,7 @@ class MailboxService(Delivery, StoreService):
                 log.info("mailbox of {peer_id} purged: {count} message(s)", peer_id=peer_id, count=len(receipts))
             self._owe(receipts)
 
-        d = self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age)
+        d = self.store.purge(peer_id, self.clock.seconds(), self.limits.max_age).addErrback(self._removed_in_part)
         return self._purging(peer_id, self._track(d)).addCallback(purged)
 
     def held_for(self):
@@ -325,6 +324,8 @@ class MailboxService(Delivery, StoreService):
         d.addCallbacks(self._acknowledged, self._delete_failed, errbackArgs=(peer_id, seqs, upto))
 
     def _delete_failed(self, failure, peer_id, seqs, upto):
+        if failure.check(PartlyRemoved):
+            self._acknowledged(failure.value.receipts)
         if not failure.check(StoreFull):
             self._log_failure(failure, "deleting delivered messages")
             return
@@ -341,6 +342,12 @@ class MailboxService(Delivery, StoreService):
     def _acknowledged(self, receipts):
         self.delivered += len(receipts)
         self._owe(receipts)
+
+    def _removed_in_part(self, failure):
+        """A removal that failed owes the receipts of what it did remove (L{PartlyRemoved}); the failure goes on."""
+        if failure.check(PartlyRemoved):
+            self._owe(failure.value.receipts)
+        return failure
 
     @defer.inlineCallbacks
     def _peer_key(self, session, body):
