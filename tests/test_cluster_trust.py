@@ -67,6 +67,24 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         yield self.assertFailure(self.store.flush(), StoreFull)
 
     @defer.inlineCallbacks
+    def test_pairing_refused_at_the_limit_is_store_full(self):
+        """
+        A pairing JetStream refuses at its storage limit fails with
+        StoreFull (the pairing service's one-line answer), not the raw NATS
+        error; the mirror does not keep it.
+        """
+        from nats.js.errors import BadRequestError
+
+        from cairn.mailbox.interfaces import StoreFull
+
+        async def refused(*args, **kwargs):
+            raise BadRequestError(code=400, err_code=10002, description="resource limits exceeded for account")
+
+        self.store._kv.create = self.store._kv.update = refused
+        peer_id, key = new_peer()
+        yield self.assertFailure(self.store.set_paired(peer_id, key, "phone", "psk", 1.0), StoreFull)
+
+    @defer.inlineCallbacks
     def test_mirror_follows_other_writer(self):
         """A pairing and a revocation written by another store reach this one's is_paired, and its watchers."""
         other = yield self.started(self.jet)

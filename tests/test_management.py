@@ -512,6 +512,27 @@ class PeersTests(unittest.TestCase):
         self.assertEqual(node.trust.records[paired].state, REVOKED)
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_approve_and_reject_store_full_507(self):
+        """
+        An approval or rejection the store cannot take (a full disk,
+        JetStream's limit or NATS away: StoreFull) answers 507 naming the
+        peer, logs no traceback, and leaves the request pending.
+        """
+        node = Node(self)
+        pending = node.pending()
+
+        def full(*args):
+            raise StoreFull("JetStream unavailable (no room)")
+
+        self.patch(node.trust, "set_paired", full)
+        self.patch(node.trust, "reject", full)
+        for path, what in (("/peers/approve", "approved"), ("/peers/reject", "rejected")):
+            body = node.json("POST", path, 507, json={"peer_id": pending})
+            why = "the store cannot take it now (JetStream unavailable (no room))"
+            self.assertEqual(body["error"], f"{pending} is not {what}: {why}")
+        self.assertEqual(node.trust.records[pending].state, PENDING)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_unpair_unknown_404(self):
         """DELETE /peers/{peer_id} for a peer that is not paired is 404."""
         node = Node(self)

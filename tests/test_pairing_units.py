@@ -678,6 +678,24 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         gate.callback(None)
         self.assertEqual((ran, guards._held), ([], {}))
 
+    def test_pairing_not_stored(self):
+        """
+        A store that cannot take the pairing (full disk, JetStream's limit,
+        NATS away: StoreFull): the session is closed INTERNAL with a reason
+        saying so, one warning logged, no traceback; the peer is not paired.
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        self.patch(self.trust, "set_paired", lambda *args: defer.fail(StoreFull("JetStream unavailable (no room)")))
+        events = observe_logs(self)
+        session = self.attach(FakeSession())
+        self.psk_pair(session)
+        self.assertEqual(session.closed.code, CloseCode.INTERNAL)
+        self.assertIn("cannot store the pairing", session.closed.reason)
+        self.assertFalse(self.trust.is_paired(session.remote_peer_id))
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertTrue(any("not paired: JetStream unavailable" in formatEvent(e) for e in events))
+
     def test_purge_hook_failure(self):
         """A failing purge hook does not stop the others; the peer stays revoked and unpair() reports the failure."""
         calls = []

@@ -233,7 +233,9 @@ class KVTrustStore(TrustStoreBase):
                 del self._writing[peer_id]
             return result
 
-        return self.jet.run(attempt).addCallbacks(written, refused).addBoth(done)
+        # Conflict as it is; any other failure (no room at JetStream's limit, NATS away) as StoreFull.
+        d = self.jet.run(attempt).addCallbacks(written, refused).addBoth(done)
+        return d.addErrback(lambda f: f if f.check(Conflict) else storage_error(f))
 
     def catch_up(self, peer_ids):
         """

@@ -85,7 +85,7 @@ def _paths():
                 "Approve a pending pairing request.",
                 {
                     "200": json_content(ref("PeerRecord"), "The peer is now paired."),
-                    **errors(400, 404, *authed),
+                    **errors(400, 404, 507, *authed),
                 },
                 tags=["peers"],
                 requestBody=PEER_ID_BODY,
@@ -95,7 +95,7 @@ def _paths():
             "post": _operation(
                 "rejectPeer",
                 "Reject (drop) a pending pairing request.",
-                {"200": json_content(ref("Rejected"), "The request is gone."), **errors(400, 404, *authed)},
+                {"200": json_content(ref("Rejected"), "The request is gone."), **errors(400, 404, 507, *authed)},
                 tags=["peers"],
                 requestBody=PEER_ID_BODY,
             )

@@ -70,6 +70,8 @@ class PeerRoutes:
             record = await maybeDeferred(self.pairing.approve, peer_id)
         except UnknownPeer:
             raise NotFound(f"no pending pairing request from {peer_id}") from None
+        except StoreFull as e:
+            raise InsufficientStorage(f"{peer_id} is not approved: the store cannot take it now ({e})") from None
         return record.to_json()
 
     @endpoint(ROUTES, "/peers/reject", "POST")
@@ -80,6 +82,8 @@ class PeerRoutes:
             await maybeDeferred(self.pairing.reject, peer_id)
         except UnknownPeer:
             raise NotFound(f"no pending pairing request from {peer_id}") from None
+        except StoreFull as e:
+            raise InsufficientStorage(f"{peer_id} is not rejected: the store cannot take it now ({e})") from None
         return {"peer_id": peer_id, "rejected": True}
 
     @endpoint(ROUTES, "/peers/<peer_id>", "DELETE")

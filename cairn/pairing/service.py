@@ -299,8 +299,14 @@ class PairingService(Decisions):
             self.send_reply(session, MessageType.PAIR_CONFIRM, messages.pair_confirm(method, server_proof))
             self.peer.peer_paired(peer_id)
 
+        def not_stored(failure):
+            failure.trap(StoreFull)  # a full disk, JetStream's limit, NATS away: expected, one line
+            log.warn("peer {peer_id} not paired: {why}", peer_id=peer_id, why=failure.getErrorMessage())
+            if session.closed is None:
+                session.close(CloseCode.INTERNAL, "the node cannot store the pairing now; try again later")
+
         d = self.trust.set_paired(peer_id, session.remote_identity, name, method, self.clock.seconds())
-        return d.addCallback(paired)
+        return d.addCallbacks(paired, not_stored)
 
     @defer.inlineCallbacks
     def _pair_revoke(self, session, body):
