@@ -2,8 +2,9 @@
 A ForwardRequest naming a recipient the trust store's mirror does not
 know waits for L{ITrustStore.catch_up} (a store shared with other nodes
 reads the bucket: docs/scaling.md, "Pairing on any node"), and its
-session's later requests wait behind it; other sessions do not. Driven
-with a memory trust store whose catch-up the test fires.
+session's later requests wait behind it (L{cairn.session.guards.hold}:
+whatever service they are for, at most L{HELD_MAX}); other sessions do
+not. Driven with a memory trust store whose catch-up the test fires.
 """
 
 from twisted.internet import defer, reactor
@@ -11,8 +12,10 @@ from twisted.trial import unittest
 
 from cairn.mailbox import client as mailbox
 from cairn.mailbox.client import uuid7
-from cairn.wire.constants import ForwardStatus, MessageType
-from tests._harness import eventually
+from cairn.session.errors import SessionClosed
+from cairn.session.guards import HELD_MAX
+from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
+from tests._harness import closed, eventually
 from tests.test_mailbox import MailboxHarness
 
 
@@ -25,13 +28,19 @@ class CatchUpTests(MailboxHarness, unittest.TestCase):
         self.reached = defer.Deferred()
         self.trust.catch_up = self.catch_up
         self.addCleanup(lambda: self.gate.called or self.gate.callback(None))  # before the stop
-        inner = self.server.handler_for(MessageType.FORWARD_REQUEST)
+        self.arrived = 0  # requests that reached the node (held or not)
+        for type_code in (MessageType.FORWARD_REQUEST, MessageType.PEER_KEY_REQUEST):
+            self.count(type_code)
+
+    def count(self, type_code):
+        inner = self.server.handler_for(type_code)
 
         def counted(session, body):
+            self.arrived += 1
             inner(session, body)
             self.conditions.changed()
 
-        self.server.register_handler(MessageType.FORWARD_REQUEST, counted)
+        self.server.register_handler(type_code, counted)
 
     def catch_up(self, peer_ids):
         """The read: fires when the test opens the gate (which may pair the peers meanwhile)."""
@@ -68,24 +77,29 @@ class CatchUpTests(MailboxHarness, unittest.TestCase):
     def test_waits_and_keeps_the_session_order(self):
         """
         Alice's forward to Bob waits for the catch-up, her next requests (to
-        Carol, known, and Bob again) wait behind it; Dave's is stored
-        meanwhile. Once Bob is found all of Alice's are stored, in order.
+        Carol, known, a PeerKeyRequest, and Bob again) wait behind it; Dave's
+        is stored meanwhile. Once Bob is found all of Alice's are answered,
+        in order.
         """
         a, d, bob, bob_box, carol = yield self.senders()
+        erin, _ = self.peer()  # paired, her key not yet known to Alice
         first = self.send_alone(a, bob.peer_id, b"one")
         yield eventually(self.reached)  # the node holds it: what follows is another request
         second = self.send_alone(a, carol.peer_id, b"two")
+        key = mailbox.mailbox(a.local).peer_key(a, erin.peer_id)
         third = self.send_alone(a, bob.peer_id, b"three")
-        yield eventually(self.until(lambda: self.mailbox.requests == 3))
+        yield eventually(self.until(lambda: self.arrived == 4))
         other = yield eventually(mailbox.forward(d, carol.peer_id, b"not held up"))
         self.assertFalse(other.duplicate)
         self.assertEqual(self.asked, [[bob.peer_id]])
-        for waiting in (first, second, third):
+        for waiting in (first, second, key, third):
             self.assertNoResult(waiting)
+        self.assertEqual(self.mailbox.requests, 2)  # Alice's first and Dave's: the rest are held
         self.pair(bob)
         self.gate.callback(None)
         statuses = yield eventually(defer.gatherResults([first, second, third]))
         self.assertEqual(statuses, [ForwardStatus.STORED] * 3)
+        self.assertEqual((yield eventually(key)), erin.peer.identity.public_key)
         self.assertEqual(self.asked, [[bob.peer_id]])  # the third found Bob known
         held = yield self.store.fetch(bob.peer_id, 0, 10)
         self.assertEqual([m.payload for m in held], [b"one", b"three"])
@@ -102,19 +116,49 @@ class CatchUpTests(MailboxHarness, unittest.TestCase):
         self.assertEqual(failure.code, ForwardStatus.NOT_PAIRED)
 
     @defer.inlineCallbacks
-    def test_stop_waits_for_the_held_requests(self):
-        """A stop while a request waits fires only once it (and what waited behind it) is stored and answered."""
+    def test_stop_waits_for_the_request_that_waits(self):
+        """
+        A stop while a request waits fires only once it is stored and
+        answered; the requests held behind it go unanswered, as any request
+        that reaches a stopped service (their sender resends them).
+        """
         a, d, bob, bob_box, carol = yield self.senders()
         first = self.send_alone(a, bob.peer_id, b"one")
         yield eventually(self.reached)
         second = self.send_alone(a, carol.peer_id, b"two")
-        yield eventually(self.until(lambda: self.mailbox.requests == 2))
+        yield eventually(self.until(lambda: self.arrived == 2))
         stopped = self.mailbox.stop()
         self.assertNoResult(stopped)
         self.pair(bob)
         self.gate.callback(None)
         yield eventually(stopped)
         self.assertEqual(self.store.depths()[bob.peer_id].messages, 1)
-        self.assertEqual(self.store.depths()[carol.peer_id].messages, 1)
-        statuses = yield eventually(defer.gatherResults([first, second]))
-        self.assertEqual(statuses, [ForwardStatus.STORED] * 2)
+        self.assertNotIn(carol.peer_id, self.store.depths())
+        self.assertEqual((yield eventually(first)), ForwardStatus.STORED)
+        self.assertNoResult(second)
+        second.cancel()
+        self.failureResultOf(second, defer.CancelledError)
+
+    @defer.inlineCallbacks
+    def test_a_flood_behind_a_wait_is_bounded(self):
+        """
+        While one request waits, the session's next HELD_MAX requests are
+        held; one more closes the session LIMIT_REACHED (they were held
+        without a bound before).
+        """
+        a, d, bob, bob_box, carol = yield self.senders()
+        sends = [self.send_alone(a, bob.peer_id, b"one")]
+        yield eventually(self.reached)
+        sends += [self.send_alone(a, carol.peer_id, b"%d" % i) for i in range(HELD_MAX)]
+        yield eventually(self.until(lambda: self.arrived == HELD_MAX + 1))
+        self.assertIsNone(a.closed)
+        sends.append(self.send_alone(a, carol.peer_id, b"one too many"))
+        ended = yield closed(a)
+        self.assertEqual(ended.code, CloseCode.LIMIT_REACHED)
+        self.gate.callback(None)
+        answered = yield defer.DeferredList(sends, consumeErrors=True)
+        outcomes = {(ok, type(result.value) if not ok else None) for ok, result in answered}
+        self.assertEqual(outcomes, {(False, SessionClosed)})  # none stored, none answered
+        self.assertNotIn(carol.peer_id, self.store.depths())
+        other = yield eventually(mailbox.forward(d, carol.peer_id, b"others are served"))
+        self.assertFalse(other.duplicate)

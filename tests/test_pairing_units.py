@@ -663,18 +663,18 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertEqual(gone.closed.code, CloseCode.NORMAL)
 
     def test_paired_only_holds_a_bounded_number(self):
-        """A session that sends more than HELD_MAX requests while its peer is read is closed NOT_PAIRED."""
+        """A session with HELD_MAX requests held while its peer is read is closed LIMIT_REACHED at one more."""
         from cairn.session import guards
 
         gate, _ = self.gated_trust()
         ran = []
         handler = paired_only(self.trust, lambda s, body: ran.append(body))
         flooding = FakeSession()
-        for i in range(guards.HELD_MAX + 1):
+        for i in range(guards.HELD_MAX):  # the first waits for the read, the rest behind it
             handler(flooding, i)
         self.assertIsNone(flooding.closed)
         handler(flooding, "one too many")
-        self.assertEqual(flooding.closed.code, CloseCode.NOT_PAIRED)
+        self.assertEqual(flooding.closed.code, CloseCode.LIMIT_REACHED)
         gate.callback(None)
         self.assertEqual((ran, guards._held), ([], {}))
 

@@ -31,6 +31,7 @@ from cairn.mailbox.delivery import Delivery
 from cairn.mailbox.interfaces import Depth, Incoming, Limits, PartlyRemoved, PartlyStored, StoreFull
 from cairn.mailbox.store import EXPIRE_BATCH
 from cairn.pairing.interfaces import UnknownPeer
+from cairn.session.guards import hold
 from cairn.storeservice import StoreService
 from cairn.wire.constants import CloseCode, ForwardStatus, MessageType
 from cairn.wire.schema import BodyError
@@ -103,8 +104,6 @@ class MailboxService(Delivery, StoreService):
         self._by_peer = {}
         #: recipient -> [(seqs, upto)] whose deletion failed (full disk); the sweep retries them.
         self._unpurged = {}
-        #: session -> the requests (entries) received while one of its requests waits for the trust store.
-        self._catching_up = {}
         handlers = {
             MessageType.FORWARD_REQUEST: self._forward_request,
             MessageType.FORWARD_PURGE: self._forward_purge,
@@ -175,10 +174,6 @@ class MailboxService(Delivery, StoreService):
         except BodyError as e:
             session.close(CloseCode.BAD_CBOR, str(e))
             return
-        queued = self._catching_up.get(session)
-        if queued is not None:
-            queued.append(entries)  # behind the request that waits: a session's requests keep their order
-            return
         self._forward(session, entries)
 
     def _forward(self, session, entries):
@@ -186,8 +181,9 @@ class MailboxService(Delivery, StoreService):
         Check and store a request's C{entries}. If some name a recipient the
         trust store does not know as paired, first let it catch up (a store
         shared with other nodes reads them: paired through another node a
-        moment ago, they count; L{ITrustStore.catch_up}) and check again.
-        Returns what to wait for, or None.
+        moment ago, they count; L{ITrustStore.catch_up}) and check again;
+        the session's requests that come meanwhile wait behind this one
+        (L{hold}), so its forwards are stored in the order sent.
         """
         now = self.clock.seconds()
         unknown = []  # recipients not paired here (checking costs nothing more for the others)
@@ -195,20 +191,18 @@ class MailboxService(Delivery, StoreService):
         if unknown:
             caught_up = self.trust.catch_up(unknown)
             if not caught_up.called:
-                self._catching_up[session] = []
-                return self._track(caught_up.addCallback(self._caught_up, session, entries))
-        return self._store(session, checked, now)
+                resumed = defer.Deferred()
+                self._track(caught_up.addBoth(self._caught_up, session, entries, resumed))
+                hold(session, resumed)
+                return
+        self._store(session, checked, now)
 
-    def _caught_up(self, _, session, entries):
-        queued = self._catching_up.pop(session)
-        now = self.clock.seconds()
-        waits = [self._store(session, [self._check(session, entry, now) for entry in entries], now)]
-        for i, later in enumerate(queued):
-            waits.append(self._forward(session, later))
-            if session in self._catching_up:  # waiting again: the rest stay behind it
-                self._catching_up[session].extend(queued[i + 1 :])
-                break
-        return defer.DeferredList([d for d in waits if d is not None])
+    def _caught_up(self, _, session, entries, resumed):
+        try:
+            now = self.clock.seconds()
+            return self._store(session, [self._check(session, entry, now) for entry in entries], now)
+        finally:
+            resumed.callback(None)  # the requests held meanwhile follow, once this one's store has begun
 
     def _store(self, session, checked, now):
         items = [entry for entry in checked if isinstance(entry, Incoming)]

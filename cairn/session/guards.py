@@ -36,14 +36,40 @@ from cairn.wire.schema import BodyError
 log = Logger()
 
 
-#: Sessions with a request waiting for L{ITrustStore.catch_up}, each with
-#: the requests that came after it ((handler, body), in order): they run
-#: after it, so a session's requests keep their order. An entry goes when
-#: the catch-up fires, which it always does (bounded, never failing).
+#: Sessions whose requests are held (L{hold}), each with the requests
+#: that came meanwhile ((guarded handler, body), in order): they run once
+#: the hold ends, so a session's requests keep their order. An entry goes
+#: when its hold fires.
 _held = {}
 #: Requests held for one session at most; one more closes it with
-#: C{NOT_PAIRED} (a peer that floods while it is being read).
+#: C{LIMIT_REACHED} (a peer that floods while the node reads for it).
 HELD_MAX = 256
+HELD_TOO_MANY = "too many requests while the node reads its trust store"
+
+
+def hold(session, until, first=None):
+    """
+    Hold the requests of C{session} that reach a handler behind
+    L{paired_only} until the Deferred C{until} fires (a store reading what
+    one of them needs: L{ITrustStore.catch_up}); then they run in the order
+    they came, after C{first} (a (guarded handler, body) pair) if given.
+    At most L{HELD_MAX} are held; one more closes the session with
+    C{LIMIT_REACHED}. Returns C{until}, which must fire (success or not).
+    """
+    _held[session] = [first] if first is not None else []
+    return until.addBoth(_release, session)
+
+
+def _release(result, session):
+    requests = _held.pop(session)
+    for i, (guarded, body) in enumerate(requests):
+        if session.closed is not None:
+            break
+        guarded(session, body)
+        if session in _held:  # held again: the rest wait behind that hold, still in order
+            _held[session][:0] = requests[i + 1 :]
+            break
+    return result
 
 
 def paired_only(trust, handler):
@@ -57,35 +83,28 @@ def paired_only(trust, handler):
         held = _held.get(session) if _held else None  # (nearly always empty: no look-up)
         if held is not None:
             if len(held) >= HELD_MAX:
-                return _not_paired(session)
-            held.append((handler, body))
+                return _close(session, CloseCode.LIMIT_REACHED, HELD_TOO_MANY)
+            held.append((guarded, body))
             return None
         if trust.is_paired(session.remote_peer_id):
             return handler(session, body)
         # Paired through another node a moment ago? A store shared with
-        # other nodes reads the peer first; the session's requests that
-        # come meanwhile wait behind this one.
+        # other nodes reads the peer first; this request and the session's
+        # requests that come meanwhile then run again, in order.
         caught_up = trust.catch_up([session.remote_peer_id])
         if caught_up.called:
             return _not_paired(session)
-        _held[session] = []
-        return caught_up.addCallback(lambda _: _release(trust, session, [(handler, body)] + _held.pop(session)))
+        hold(session, caught_up, (_checked, body))
+        return None
+
+    def _checked(session, body):
+        """Run again after the catch-up: served if now paired, else closed (no second read)."""
+        if trust.is_paired(session.remote_peer_id):
+            return handler(session, body)
+        return _not_paired(session)
 
     guarded.__wrapped__ = handler
     return guarded
-
-
-def _release(trust, session, requests):
-    """Run the requests held for C{session}, in order, if its peer turned out paired."""
-    if session.closed is not None:
-        return
-    if not trust.is_paired(session.remote_peer_id):
-        _not_paired(session)
-        return
-    for handler, body in requests:
-        if session.closed is not None:
-            return
-        handler(session, body)
 
 
 def _not_paired(session):
