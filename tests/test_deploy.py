@@ -293,7 +293,7 @@ class DockerContextTests(unittest.TestCase):
             self.assertEqual(leaked, [])
             self.assertEqual([p for p in files if p.endswith((".key", ".log", ".env", ".token"))], [])
             # What the image needs is there.
-            for needed in ["setup.py", "setup.cfg", "README.rst", "cairn/__init__.py",
+            for needed in ["pyproject.toml", "setup.py", "setup.cfg", "README.rst", "cairn/__init__.py",
                            "cairn/db.py", "twisted/plugins/cairn_plugin.py"]:
                 self.assertIn(needed, context)
             self.assertTrue([p for p in files if p.endswith(".sql")])
