@@ -132,9 +132,12 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         peer_id, key = new_peer()
         yield self.store.set_paired(peer_id, key, "phone", "pin", 1.0)
         self.assertFalse(stale.is_paired(peer_id))
-        yield stale.catch_up([peer_id])
+        unsure = yield stale.catch_up([peer_id])
         self.assertTrue(stale.is_paired(peer_id))
         self.assertEqual(seen, [(peer_id, "paired")])
+        self.assertEqual(unsure, frozenset())
+        nobody, _ = new_peer()
+        self.assertEqual((yield stale.catch_up([nobody])), frozenset())  # read: known not paired
 
     @defer.inlineCallbacks
     def test_catch_up_bounds(self):
@@ -169,14 +172,17 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         clock.advance(module.MISS_AGAIN)
         del reads[:]
         stale._miss_reads = module.MISS_READS
-        yield stale.catch_up([unknown[0]])
+        self.assertEqual((yield stale.catch_up([unknown[0]])), frozenset())  # beyond the bounds: the mirror's answer
         stale._miss_reads = 0
         self.patch(self.jet, "state", "degraded")
-        yield stale.catch_up([unknown[0]])
+        # NATS not connected: not read, and so not known unpaired.
+        self.assertEqual((yield stale.catch_up([unknown[0]])), frozenset([unknown[0]]))
         self.assertEqual(reads, [])
         self.patch(self.jet, "state", "ok")
         yield stale.catch_up([unknown[0]])
         self.assertEqual(reads, [[unknown[0]]])
+        self.patch(self.jet, "state", "degraded")
+        self.assertEqual((yield stale.catch_up([unknown[0]])), frozenset())  # read a moment ago: that answer stands
 
 
     @defer.inlineCallbacks
@@ -217,8 +223,10 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         self.patch(self.jet, "kv", dict(self.jet.kv, trust=SimpleNamespace(get=never)))
         peer_id, _ = new_peer()
         events = observe_logs(self)
-        yield stale.catch_up([peer_id])
+        unsure = yield stale.catch_up([peer_id])
         self.assertFalse(stale.is_paired(peer_id))
+        self.assertEqual(unsure, frozenset([peer_id]))  # not known unpaired: its read failed
+        self.assertEqual((yield stale.catch_up([peer_id])), frozenset([peer_id]))  # until a read succeeds
         texts = [formatEvent(event) for event in events]
         self.assertTrue(any("reading 1 peer(s) not known here failed" in text for text in texts), texts)
 

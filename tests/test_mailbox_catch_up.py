@@ -24,6 +24,7 @@ class CatchUpTests(MailboxHarness, unittest.TestCase):
     def setUp(self):
         yield super().setUp()
         self.asked = []
+        self.unsure = set()  # what the catch-up says it could not check
         self.gate = defer.Deferred()
         self.reached = defer.Deferred()
         self.trust.catch_up = self.catch_up
@@ -48,7 +49,7 @@ class CatchUpTests(MailboxHarness, unittest.TestCase):
         if not self.reached.called:
             reactor.callLater(0, self.reached.callback, None)  # once the service has taken the Deferred
         d = defer.Deferred()
-        self.gate.addCallback(lambda _: d.callback(None))
+        self.gate.addCallback(lambda _: d.callback(frozenset(self.unsure.intersection(peer_ids))))
         return d
 
     @defer.inlineCallbacks
@@ -114,6 +115,22 @@ class CatchUpTests(MailboxHarness, unittest.TestCase):
         self.gate.callback(None)
         failure = yield self.assertFailure(eventually(first), ForwardRejected)
         self.assertEqual(failure.code, ForwardStatus.NOT_PAIRED)
+
+    @defer.inlineCallbacks
+    def test_unsure_is_a_storage_error(self):
+        """
+        The catch-up could not check Bob (the store's shared data out of
+        reach): STORAGE_ERROR, which the sender sends again, not NOT_PAIRED;
+        Carol's entry in the same request is stored.
+        """
+        a, d, bob, bob_box, carol = yield self.senders()
+        self.unsure.add(bob.peer_id)
+        to_bob = self.send_alone(a, bob.peer_id, b"one")
+        to_carol = self.send_alone(a, carol.peer_id, b"two")
+        self.gate.callback(None)
+        statuses = yield eventually(defer.gatherResults([to_bob, to_carol]))
+        self.assertEqual(statuses, [ForwardStatus.STORAGE_ERROR, ForwardStatus.STORED])
+        self.assertEqual(self.mailbox.statuses["STORAGE_ERROR"], 1)
 
     @defer.inlineCallbacks
     def test_stop_waits_for_the_request_that_waits(self):

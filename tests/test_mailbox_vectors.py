@@ -135,6 +135,24 @@ def produce():
         raise AssertionError(f"the delivery did not open: {got}")
     (purge,) = from_node.bodies(MessageType.FORWARD_PURGE)
     bodies["forward_purge"] = cbor.dumps(purge).hex()
+
+    # The sender's PeerKeyRequest, and the node's three answers: the key, null
+    # (not paired), null with "retry" (its trust store could not check, §21.7).
+    asking = RecordingSession(sender_peer, "node")
+    MailboxClient(sender_peer).peer_key(asking, recipient.peer_id)
+    (key_request,) = asking.bodies(MessageType.PEER_KEY_REQUEST)
+    bodies["peer_key_request"] = cbor.dumps(key_request).hex()
+    stranger = Identity.from_seed(bytes(range(64, 96))).peer_id
+    for name, peer_id, unsure in [
+        ("peer_key_response", recipient.peer_id, False),
+        ("peer_key_response_not_paired", stranger, False),
+        ("peer_key_response_retry", stranger, True),
+    ]:
+        node.trust.catch_up = lambda peer_ids, unsure=unsure: _fired(frozenset(peer_ids) if unsure else frozenset())
+        answered = RecordingSession(node.peer, sender.peer_id)
+        node._peer_key(answered, {"peer": peer_id})
+        (response,) = answered.bodies(MessageType.PEER_KEY_RESPONSE)
+        bodies[name] = cbor.dumps(response).hex()
     return blocks
 
 

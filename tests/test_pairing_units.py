@@ -618,7 +618,7 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         def catch_up(peer_ids):
             asked.append(list(peer_ids))
             d = defer.Deferred()
-            gate.addCallback(lambda _: d.callback(None))
+            gate.addCallback(lambda _: d.callback(frozenset()))
             return d
 
         self.patch(self.trust, "catch_up", catch_up)
@@ -661,6 +661,28 @@ class ServiceTests(ServiceHarness, unittest.TestCase):
         self.assertEqual(ran, [])
         self.assertEqual(stranger.closed.code, CloseCode.NOT_PAIRED)
         self.assertEqual(gone.closed.code, CloseCode.NORMAL)
+
+    def test_paired_only_unsure_is_going_away(self):
+        """
+        The catch-up could not check the peer (the store's shared data out
+        of reach): Close GOING_AWAY (try again later, perhaps another node),
+        not NOT_PAIRED (pair first); at once or after a read.
+        """
+        ran = []
+        handler = paired_only(self.trust, lambda s, body: ran.append(body))
+        self.patch(self.trust, "catch_up", lambda peer_ids: defer.succeed(frozenset(peer_ids)))
+        at_once = FakeSession()
+        handler(at_once, 1)
+        gate = defer.Deferred()
+        self.patch(self.trust, "catch_up", lambda peer_ids: gate.addCallback(lambda _: frozenset(peer_ids)))
+        later = FakeSession()
+        handler(later, 2)
+        handler(later, 3)
+        gate.callback(None)
+        self.assertEqual(ran, [])
+        for session in (at_once, later):
+            self.assertEqual(session.closed.code, CloseCode.GOING_AWAY)
+            self.assertIn("cannot check this device's pairing", session.closed.reason)
 
     def test_paired_only_holds_a_bounded_number(self):
         """A session with HELD_MAX requests held while its peer is read is closed LIMIT_REACHED at one more."""

@@ -195,6 +195,20 @@ class RelayScenarioMixin(RelayHarness):
         self.assertIn("target", reason)
 
     @defer.inlineCallbacks
+    def test_unsure_target(self):
+        """
+        A target the trust store could not check (its shared data out of
+        reach: catch_up names it) gives offline, which the requester tries
+        again, not not_paired, which would end a re-established session.
+        """
+        alice, bob = self.peer(), self.peer(paired=False)
+        node_a = yield self.connect(alice)
+        yield self.connect(bob)
+        self.patch(self.trust, "catch_up", lambda peer_ids: defer.succeed(frozenset(peer_ids)))
+        status, reason = yield self.refused(relay.relay_to(alice, node_a, bob.peer_id))
+        self.assertEqual((status, reason), (RouteStatus.OFFLINE, "the node cannot check the target's pairing now"))
+
+    @defer.inlineCallbacks
     def test_offline_target(self):
         """A paired target without a session gives offline."""
         alice, bob = self.peer(), self.peer()

@@ -21,6 +21,7 @@ import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cairn.cluster.common import storage_error
@@ -97,6 +98,7 @@ class KVTrustStore(TrustStoreBase):
         self._missed = {}  # peer_id -> when catch_up last read it from the bucket
         self._miss_reads = 0  # catch_up reads in flight
         self._reading = {}  # peer_id -> the catch_up read in flight that reads it
+        self._failed = set()  # peers whose last catch_up read failed (timed out, NATS lost)
         #: Called with (peer_id, record or None) for each change made by another writer.
         self.watchers = Watchers()
 
@@ -245,27 +247,37 @@ class KVTrustStore(TrustStoreBase):
         "Pairing on any node"). Within the bounds above; only while NATS is
         connected; a peer already being read waits for that read, so
         callers fire in the order they asked; never fails (an error leaves
-        the mirror as it was).
+        the mirror as it was). Fires with the peers still not known as
+        paired that could not be checked: their read failed, or NATS was
+        not connected when they were due a read (beyond the bounds, the
+        mirror's answer stands: those are not in it).
         """
         now = self.jet.clock.seconds()
         missed, reading = self._missed, self._reading
         asked = [p for p in dict.fromkeys(peer_ids) if not self.is_paired(p)]
         waits = {reading[p] for p in asked if p in reading}  # a read in flight: wait for it too
-        wanted = [
+        due = [
             p
             for p in asked
             if p not in reading and now - missed.get(p, now - MISS_AGAIN) >= MISS_AGAIN and _is_peer_id(p)
-        ][:MISS_BATCH]
-        if wanted and self._miss_reads < MISS_READS and self.jet.state == "ok":
-            waits.add(self._read_now(wanted, now))
+        ]
+        connected = self.jet.state == "ok"
+        if due and self._miss_reads < MISS_READS and connected:
+            waits.add(self._read_now(due[:MISS_BATCH], now))
+        unread = () if connected else due
+
+        def unsure(_=None):
+            return frozenset(p for p in asked if not self.is_paired(p) and (p in self._failed or p in unread))
+
         if not waits:
-            return defer.succeed(None)
+            return defer.succeed(unsure())
         # Each caller's own Deferred, fired in the order they asked.
-        return defer.DeferredList([observe(d) for d in waits]).addCallback(lambda _: None)
+        return defer.DeferredList([observe(d) for d in waits]).addCallback(unsure)
 
     def _read_now(self, wanted, now):
         if len(self._missed) > MISSES_KEPT:
             self._missed = {p: t for p, t in self._missed.items() if now - t < MISS_AGAIN}
+            self._failed &= self._missed.keys()
         self._miss_reads += 1
         d = self.jet.run(self._read, wanted)
         for peer_id in wanted:
@@ -274,9 +286,11 @@ class KVTrustStore(TrustStoreBase):
 
         def done(result):
             self._miss_reads -= 1
+            failed = isinstance(result, Failure)
             for peer_id in wanted:
                 if self._reading.get(peer_id) is d:
                     del self._reading[peer_id]
+                (self._failed.add if failed else self._failed.discard)(peer_id)
             return result
 
         d.addBoth(done).addCallback(self._changes, True)

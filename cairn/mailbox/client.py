@@ -225,9 +225,11 @@ class MailboxClient:
     # Handlers
 
     def _peer_key(self, session, body):
-        peer_id, key = messages.parse_peer_key_response(body)
+        peer_id, key, retry = messages.parse_peer_key_response(body)
         waiters = self._key_waiters.pop((session.session_id, peer_id), [])
-        if key is None:
+        if retry:  # the node could not check: not final, as a STORAGE_ERROR
+            error = ForwardRejected(ForwardStatus.STORAGE_ERROR, f"the node cannot check {peer_id}'s pairing now")
+        elif key is None:
             error = UnknownRecipient(ForwardStatus.NOT_PAIRED, f"the node knows no paired peer {peer_id}")
         elif not sealing.key_matches(peer_id, key):
             log.warn("mailbox: the node offered a key that is not {peer_id}'s", peer_id=peer_id)

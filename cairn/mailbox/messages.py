@@ -233,10 +233,17 @@ def parse_forward_receipt(body):
 
 
 def parse_peer_key_response(body):
-    """PeerKeyResponse: {"peer": peer id, "key": 32 bytes or null}; returns (peer, key)."""
+    """
+    PeerKeyResponse: {"peer": peer id, "key": 32 bytes or null, ? "retry":
+    bool}; returns (peer, key, retry): C{retry} with a null key, the node
+    could not check the peer's pairing now (§21.7), so it is not known unpaired.
+    """
     body = require_map(body, "PeerKeyResponse")
     peer = _peer_id(body, "peer", "PeerKeyResponse")
     key = body.get("key")
     if key is not None and (not isinstance(key, bytes) or len(key) != 32):
         raise BodyError("PeerKeyResponse: 'key' must be 32 bytes or null")
-    return peer, key
+    retry = body.get("retry", False)
+    if not isinstance(retry, bool):
+        raise BodyError("PeerKeyResponse: 'retry' must be a boolean")
+    return peer, key, retry and key is None

@@ -54,6 +54,7 @@ _REASONS = {
     ForwardStatus.STORAGE_FULL: "the node's mailbox storage is full",
     ForwardStatus.STORAGE_ERROR: "the node cannot store messages now",
 }
+UNSURE = "the node cannot check the recipient's pairing now"  #: for one L{ITrustStore.catch_up} could not check
 
 
 class MailboxService(Delivery, StoreService):
@@ -188,19 +189,20 @@ class MailboxService(Delivery, StoreService):
         now = self.clock.seconds()
         unknown = []  # recipients not paired here (checking costs nothing more for the others)
         checked = [self._check(session, entry, now, unknown) for entry in entries]
-        if unknown:
-            caught_up = self.trust.catch_up(unknown)
-            if not caught_up.called:
-                resumed = defer.Deferred()
-                self._track(caught_up.addBoth(self._caught_up, session, entries, resumed))
-                hold(session, resumed)
-                return
-        self._store(session, checked, now)
+        if not unknown:
+            self._store(session, checked, now)
+            return
+        resumed = defer.Deferred()
+        self._track(self.trust.catch_up(unknown).addBoth(self._caught_up, session, entries, resumed))
+        if not resumed.called:
+            hold(session, resumed)
 
-    def _caught_up(self, _, session, entries, resumed):
+    def _caught_up(self, unsure, session, entries, resumed):
+        # Recipients the store could not check: STORAGE_ERROR (sent again later), not NOT_PAIRED.
         try:
             now = self.clock.seconds()
-            return self._store(session, [self._check(session, entry, now) for entry in entries], now)
+            unsure = {entry.get("to") for entry in entries} if isinstance(unsure, defer.Failure) else set(unsure or ())
+            return self._store(session, [self._check(session, entry, now, unsure=unsure) for entry in entries], now)
         finally:
             resumed.callback(None)  # the requests held meanwhile follow, once this one's store has begun
 
@@ -213,10 +215,11 @@ class MailboxService(Delivery, StoreService):
         d = self._track(self.store.enqueue(items, now, self.limits))
         return d.addCallbacks(self._stored, self._not_stored, (session, checked), None, (session, checked))
 
-    def _check(self, session, entry, now, unknown=None):
+    def _check(self, session, entry, now, unknown=None, unsure=frozenset()):
         """
         The L{Incoming} to store for one ForwardRequest entry, or the ack
-        refusing it; a recipient not paired here is added to C{unknown}.
+        refusing it; a recipient not paired here is added to C{unknown}
+        (and refused STORAGE_ERROR if it is in C{unsure}).
         """
         message_id = entry["id"]
         if not self.enabled:
@@ -235,6 +238,8 @@ class MailboxService(Delivery, StoreService):
         if not self.trust.is_paired(recipient):
             if unknown is not None:
                 unknown.append(recipient)
+            if recipient in unsure:
+                return self._ack(message_id, ForwardStatus.STORAGE_ERROR, UNSURE)
             return self._ack(message_id, ForwardStatus.NOT_PAIRED, "the recipient is not paired")
         return Incoming(session.remote_peer_id, recipient, message_id, payload)
 
@@ -350,13 +355,14 @@ class MailboxService(Delivery, StoreService):
         except BodyError as e:
             session.close(CloseCode.BAD_CBOR, str(e))
             return
-        key = None
-        if not self.trust.is_paired(peer_id):
-            yield self.trust.catch_up([peer_id])  # paired through another node a moment ago?
+        key, unsure = None, () if self.trust.is_paired(peer_id) else (yield self.trust.catch_up([peer_id]))
         if self.trust.is_paired(peer_id):
             record = yield self.trust.get(peer_id)
             key = record.identity_key if record is not None else None
-        self._send(session, MessageType.PEER_KEY_RESPONSE, {"peer": peer_id, "key": key})
+        answer = {"peer": peer_id, "key": key}
+        if key is None and peer_id in (unsure or ()):  # not known unpaired: the store could not check (§21.7)
+            answer["retry"] = True
+        self._send(session, MessageType.PEER_KEY_RESPONSE, answer)
 
     # Management (the JSON and the metrics are built in cairn.mailbox.report)
 

@@ -63,6 +63,10 @@ class ITrustStore(Interface):
         only writer fires at once; one shared with other nodes reads those
         its mirror does not know (within bounds, L{cairn.cluster.trust}),
         so that a peer paired through another node a moment ago counts.
+        Fires with the frozenset of those of C{peer_ids} still not known as
+        paired that the store could not check (its shared data out of
+        reach): for them "not paired" is not known, and a service answers
+        "try again later" rather than refusing them as unpaired.
         """
 
     def get(peer_id):

@@ -51,8 +51,8 @@ class TrustStoreBase:
     # ITrustStore
 
     def catch_up(self, peer_ids):
-        # The store is its data's only writer: the records are all here.
-        return defer.succeed(None)
+        # The store is its data's only writer: the records are all here (none unsure).
+        return defer.succeed(frozenset())
 
     def is_paired(self, peer_id) -> bool:
         record = self._records.get(peer_id)

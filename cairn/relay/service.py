@@ -273,11 +273,14 @@ class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
             self._answer(session, req, RouteStatus.INVALID, "a circuit needs two peers")
             return
         if not self.trust.is_paired(target):
-            caught_up = self.trust.catch_up([target])  # paired through another node a moment ago?
+            unsure = set()  # paired through another node a moment ago? (catch_up)
+            caught_up = self.trust.catch_up([target]).addCallback(lambda checked: unsure.update(checked or ()))
             if not caught_up.called:
                 caught_up.addCallback(lambda _: self._stopped or session.closed or self._route_request(session, body))
-                return
-            self._answer(session, req, RouteStatus.NOT_PAIRED, "the target is not paired with this node")
+            elif target in unsure:  # not known unpaired: offline, which the requester tries again
+                self._answer(session, req, RouteStatus.OFFLINE, "the node cannot check the target's pairing now")
+            else:
+                self._answer(session, req, RouteStatus.NOT_PAIRED, "the target is not paired with this node")
             return
         if self.accounts.over_quota(session.remote_peer_id, 1):
             self._answer(session, req, RouteStatus.REFUSED, "relay byte quota used up")

@@ -91,24 +91,28 @@ def paired_only(trust, handler):
         # Paired through another node a moment ago? A store shared with
         # other nodes reads the peer first; this request and the session's
         # requests that come meanwhile then run again, in order.
-        caught_up = trust.catch_up([session.remote_peer_id])
+        unsure = set()
+        caught_up = trust.catch_up([session.remote_peer_id]).addCallback(lambda checked: unsure.update(checked or ()))
         if caught_up.called:
-            return _not_paired(session)
-        hold(session, caught_up, (_checked, body))
+            return _not_paired(session, unsure)
+        hold(session, caught_up, (lambda session, body: _checked(session, body, unsure), body))
         return None
 
-    def _checked(session, body):
+    def _checked(session, body, unsure):
         """Run again after the catch-up: served if now paired, else closed (no second read)."""
         if trust.is_paired(session.remote_peer_id):
             return handler(session, body)
-        return _not_paired(session)
+        return _not_paired(session, unsure)
 
     guarded.__wrapped__ = handler
     return guarded
 
 
-def _not_paired(session):
-    session.close(CloseCode.NOT_PAIRED, "pair with this node first")
+def _not_paired(session, unsure=()):
+    if session.remote_peer_id in unsure:  # the trust store could not check it: not known unpaired
+        session.close(CloseCode.GOING_AWAY, "the node cannot check this device's pairing now; try again later")
+    else:
+        session.close(CloseCode.NOT_PAIRED, "pair with this node first")
 
 
 def _close(session, code, reason):

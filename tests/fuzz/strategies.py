@@ -275,8 +275,11 @@ def _peer_key_request(draw):
 
 @st.composite
 def _peer_key_response(draw):
-    peer, key = draw(peer_ids), draw(st.none() | b32)
-    return {"peer": peer, "key": key}, (peer, key)
+    peer, key, retry = draw(peer_ids), draw(st.none() | b32), draw(st.none() | st.booleans())
+    body = {"peer": peer, "key": key}
+    if retry is not None:
+        body["retry"] = retry
+    return body, (peer, key, bool(retry) and key is None)
 
 
 @st.composite

@@ -200,7 +200,11 @@ BODY_PARSERS = (
     _p(T.FORWARD_RECEIPT, mailbox.parse_receipts, lambda r: 0 < len(r) <= mailbox.MAX_BATCH and all(map(_receipt, r))),
     _p(T.FORWARD_PURGE, purge_with_upto, lambda r: _purge(r[0]) and _uint(r[1], U63 - 1)),
     _p(T.PEER_KEY_REQUEST, mailbox.parse_peer_key_request, _peer),
-    _p(T.PEER_KEY_RESPONSE, mailbox.parse_peer_key_response, lambda r: _peer(r[0]) and _optional(_bytes, r[1], 32)),
+    _p(
+        T.PEER_KEY_RESPONSE,
+        mailbox.parse_peer_key_response,
+        lambda r: _peer(r[0]) and _optional(_bytes, r[1], 32) and isinstance(r[2], bool),
+    ),
     _p(T.ROUTE_REQUEST, relay.parse_route_request, lambda r: _text(r[0]) and _uint(r[1]) and isinstance(r[2], bool)),
     _p(
         T.ROUTE_REQUEST,
