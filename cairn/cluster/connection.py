@@ -193,7 +193,7 @@ class JetStream:
         except BaseException:
             await nc.close()
             raise
-        self.acks = Acks(nc, PUBACK_TIMEOUT)
+        self.acks = Acks(nc, PUBACK_TIMEOUT, streams=self.stream(""))
         self.acks.on_no_room = lambda why: self.thread.to_reactor(self.reserve.no_room, why)
         self.nc = nc
 
