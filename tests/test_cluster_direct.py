@@ -186,19 +186,21 @@ class AcksTests(unittest.TestCase):
 
     def test_new_leader_fails_the_writes_in_flight(self):
         """
-        When one of the node's streams elects a new leader, every write in
-        flight fails at once with LeaderChanged (not after the timeout), a
-        later PubAck for one is ignored, and a later write waits for its own;
-        another deployment's or a bucket's election changes nothing.
+        When one of the node's streams elects a new leader, its writes in
+        flight fail at once with LeaderChanged (not after the timeout), a
+        later PubAck for one is ignored, and a later write waits for its
+        own; another stream's writes, and a bucket's election, are left alone.
         """
 
         async def go():
             nc = _PublishingNats()
-            acks = pubacks.Acks(nc, timeout=3600, streams="cairn_")
-            inflight = [await acks.publish(f"cairn.mbox.{i}", b"x", {}) for i in range(2)]
+            streams = {"cairn_mbox": ("cairn.mbox.", "cairn.rdone."), "cairn_sync": ("cairn.sync.",)}
+            acks = pubacks.Acks(nc, timeout=3600, streams=streams)
+            inflight = [await acks.publish(s, b"x", {}) for s in ("cairn.mbox.r.1", "cairn.rdone.r")]
+            other = await acks.publish("cairn.sync.t", b"x", {})
             elected = nc.callbacks[pubacks.LEADER_ELECTED + "*"]
-            for other in ("KV_cairn_trust", "tenant_mbox"):
-                await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + other, data=b"{}"))
+            for stream in ("KV_cairn_trust", "tenant_mbox"):
+                await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + stream, data=b"{}"))
             untouched = [f.done() for f in inflight]
             await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + "cairn_mbox", data=b"{}"))
             outcomes = []
@@ -208,12 +210,13 @@ class AcksTests(unittest.TestCase):
                 except pubacks.LeaderChanged as e:
                     outcomes.append(str(e))
             await nc.reply_cb(_ack(nc.published[0][1], {"seq": 1}))  # the old leader's late answer
-            later = await acks.publish("cairn.mbox.2", b"x", {})
+            await nc.reply_cb(_ack(nc.published[2][1], {"seq": 2}))  # the sync write's own
+            later = await acks.publish("cairn.mbox.r.2", b"x", {})
             await nc.reply_cb(_ack(nc.published[-1][1], {"seq": 3}))
-            return untouched, outcomes, await later, len(acks._futures)
+            return untouched, outcomes, await other, await later, len(acks._futures)
 
         why = "cairn_mbox elected a new leader while the write was in flight"
-        self.assertEqual(run(go()), ([False, False], [why, why], 3, 0))
+        self.assertEqual(run(go()), ([False, False], [why, why], 2, 3, 0))
 
     def test_stalled_since_the_first_unanswered_publish(self):
         """

@@ -193,7 +193,9 @@ class JetStream:
         except BaseException:
             await nc.close()
             raise
-        self.acks = Acks(nc, PUBACK_TIMEOUT, streams=self.stream(""))
+        # Each stream's subjects as prefixes ("cairn.mbox.>" -> "cairn.mbox."): whose writes its election fails.
+        streams = {name: tuple(s.rstrip(">*") for s in c.subjects) for name, c in layout.stream_configs(self).items()}
+        self.acks = Acks(nc, PUBACK_TIMEOUT, streams=streams)
         self.acks.on_no_room = lambda why: self.thread.to_reactor(self.reserve.no_room, why)
         self.nc = nc
 

@@ -123,10 +123,10 @@ class Acks:
     other, ends it (but not C{stalled_since}: only a write's answer does).
     C{failed_fast} counts the writes failed so.
 
-    When one of the node's streams (named C{streams} + anything) elects a
-    new leader, every write in flight fails at once with L{LeaderChanged}:
-    a write the dead leader had taken is answered by no one, and waited
-    for the whole timeout (30 s: a device's forward in flight when the
+    When one of the node's streams (C{streams}: each one's name and the
+    prefixes of its subjects) elects a new leader, every write in flight
+    to it fails at once with L{LeaderChanged}: a write the dead leader had
+    taken is answered by no one, and waited for the whole timeout (30 s: a device's forward in flight when the
     mailbox stream's leader was killed took 31 s, three NATS machines under
     systemd, docs/scaling.md). Failed, it is sent again with its message
     id, as after a timeout, and stored once.
@@ -135,8 +135,8 @@ class Acks:
     def __init__(self, nc, timeout=5.0, streams=None):
         self.nc = nc
         self.timeout = timeout
-        #: The prefix of the names of the streams whose elections fail the writes in flight (None: none).
-        self.streams = streams
+        #: {stream name: its subjects' prefixes}: the streams whose elections fail their writes in flight.
+        self.streams = streams or {}
         self._prefix = None
         #: token -> (future, deadline on the loop's clock), oldest first
         self._futures = collections.OrderedDict()
@@ -158,20 +158,22 @@ class Acks:
     async def _start(self):
         self._prefix = self.nc.new_inbox()
         await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
-        if self.streams is not None:
+        if self.streams:
             await self.nc.subscribe(LEADER_ELECTED + "*", cb=self._elected)
 
     async def _elected(self, msg):
-        stream = msg.subject.rsplit(".", 1)[1]
-        if stream.startswith(self.streams):
-            self.leader_changed(stream)
+        self.leader_changed(msg.subject.rsplit(".", 1)[1])
 
     def leader_changed(self, stream):
-        """C{stream} has a new leader: fail every write in flight with L{LeaderChanged}."""
-        waiting, self._futures = self._futures, collections.OrderedDict()
-        for future, _, _ in waiting.values():
-            if not future.done():
-                _fail(future, LeaderChanged(f"{stream} elected a new leader while the write was in flight"))
+        """C{stream} has a new leader: fail every write in flight to it with L{LeaderChanged}."""
+        prefixes = self.streams.get(stream)
+        if not prefixes:
+            return  # not one of the node's streams (a bucket's, another deployment's)
+        for token, (future, _, subject) in list(self._futures.items()):
+            if subject.startswith(prefixes):
+                del self._futures[token]
+                if not future.done():
+                    _fail(future, LeaderChanged(f"{stream} elected a new leader while the write was in flight"))
 
     async def _reply(self, msg):
         token = msg.subject.rsplit(".", 1)[1]
