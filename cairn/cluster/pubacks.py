@@ -126,10 +126,11 @@ class Acks:
     When one of the node's streams (C{streams}: each one's name and the
     prefixes of its subjects) elects a new leader, every write in flight
     to it fails at once with L{LeaderChanged}: a write the dead leader had
-    taken is answered by no one, and waited for the whole timeout (30 s: a device's forward in flight when the
-    mailbox stream's leader was killed took 31 s, three NATS machines under
-    systemd, docs/scaling.md). Failed, it is sent again with its message
-    id, as after a timeout, and stored once.
+    taken is answered by no one, and was waited for the whole timeout
+    (30 s: a device's forward in flight when the mailbox stream's leader
+    was killed took 31 s, three NATS machines under systemd,
+    docs/scaling.md). Failed, it is sent again with its message id, as
+    after a timeout, and stored once.
     """
 
     def __init__(self, nc, timeout=5.0, streams=None):
