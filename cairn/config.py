@@ -139,6 +139,8 @@ class Config:
         "CAIRN_CLUSTER_REPLICAS", parse_count, 3, between(1, 5, "", above=False, integer=True)
     )
     cluster_creds_file: str | None = field.text("CAIRN_CLUSTER_CREDS_FILE")
+    # The certificate authority tls:// NATS servers are checked against (unset: the system's).
+    cluster_tls_ca: str | None = field.text("CAIRN_CLUSTER_TLS_CA")
     cluster_prefix: str = field.setting("CAIRN_CLUSTER_PREFIX", parse_text, "cairn", field.is_prefix)
     # JetStream storage kept as a ballast, released at NATS's storage limit (cairn.cluster.reserve).
     cluster_reserve: int = field.size("CAIRN_CLUSTER_RESERVE", 8 * 2**20, 0)

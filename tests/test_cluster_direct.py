@@ -117,12 +117,15 @@ class _PublishingNats:
     def __init__(self):
         self.published = []  # (subject, reply)
         self.reply_cb = None
+        self.callbacks = {}  # subject -> callback, every subscription
 
     def new_inbox(self):
         return "_INBOX.acks"
 
     async def subscribe(self, subject, cb):
-        self.reply_cb = cb
+        self.callbacks[subject] = cb
+        if subject.startswith("_INBOX."):
+            self.reply_cb = cb
 
     async def publish(self, subject, payload, reply=None, headers=None):
         self.published.append((subject, reply))
@@ -180,6 +183,40 @@ class AcksTests(unittest.TestCase):
 
         late = "no PubAck from JetStream in time"
         self.assertEqual(run(go()), ([2, late, late], 0))
+
+    def test_new_leader_fails_the_writes_in_flight(self):
+        """
+        When one of the node's streams elects a new leader, its writes in
+        flight fail at once with LeaderChanged (not after the timeout), a
+        later PubAck for one is ignored, and a later write waits for its
+        own; another stream's writes, and a bucket's election, are left alone.
+        """
+
+        async def go():
+            nc = _PublishingNats()
+            streams = {"cairn_mbox": ("cairn.mbox.", "cairn.rdone."), "cairn_sync": ("cairn.sync.",)}
+            acks = pubacks.Acks(nc, timeout=3600, streams=streams)
+            inflight = [await acks.publish(s, b"x", {}) for s in ("cairn.mbox.r.1", "cairn.rdone.r")]
+            other = await acks.publish("cairn.sync.t", b"x", {})
+            elected = nc.callbacks[pubacks.LEADER_ELECTED + "*"]
+            for stream in ("KV_cairn_trust", "tenant_mbox"):
+                await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + stream, data=b"{}"))
+            untouched = [f.done() for f in inflight]
+            await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + "cairn_mbox", data=b"{}"))
+            outcomes = []
+            for future in inflight:
+                try:
+                    await asyncio.wait_for(future, 10)  # a guard: it has failed already
+                except pubacks.LeaderChanged as e:
+                    outcomes.append(str(e))
+            await nc.reply_cb(_ack(nc.published[0][1], {"seq": 1}))  # the old leader's late answer
+            await nc.reply_cb(_ack(nc.published[2][1], {"seq": 2}))  # the sync write's own
+            later = await acks.publish("cairn.mbox.r.2", b"x", {})
+            await nc.reply_cb(_ack(nc.published[-1][1], {"seq": 3}))
+            return untouched, outcomes, await other, await later, len(acks._futures)
+
+        why = "cairn_mbox elected a new leader while the write was in flight"
+        self.assertEqual(run(go()), ([False, False], [why, why], 2, 3, 0))
 
     def test_stalled_since_the_first_unanswered_publish(self):
         """

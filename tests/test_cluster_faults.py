@@ -1,7 +1,8 @@
 """
 Faults under the JetStream mailbox store, with real nats-server processes:
 C{kill -9} of the stream leader of a 3-server cluster (R3) under load,
-and the one NATS server going away and coming back.
+a stream leader that stops answering with a write in flight, and the one
+NATS server going away and coming back.
 """
 
 from twisted.internet import defer, reactor, task
@@ -77,6 +78,32 @@ class LeaderKillTests(unittest.TestCase):
         self.assertEqual(len(keys), len(set(keys)), "a message is held twice")
         self.assertEqual(set(keys), set(acked), "an acknowledged message is lost (or one never acked is held)")
         self.assertEqual({k: m.payload for k, m in zip(keys, held)}, acked)
+
+
+class LeaderStoppedTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_write_in_flight_fails_at_the_election(self):
+        """
+        A forward in flight when the mailbox stream's leader stops answering
+        is refused (StoreFull: STORAGE_ERROR) once the stream elects a new
+        leader, not at the PubAck timeout; sent again it is held once.
+        """
+        cluster, jet = yield _jetstream.on_a_follower(self, "mbox")
+        store = JetStreamMailboxStore(jet)
+        yield store.start()
+        info = yield jet.run(jet.js.stream_info, store.stream)
+        # Stopped, not killed: the route to it stays up and takes the write, which nobody answers.
+        cluster.by_name(info.cluster.leader).process.signalProcess("STOP")
+        item = Incoming("QmA", RECIPIENT, uuid7(), b"in flight")
+        with self.assertRaises(StoreFull) as caught:
+            yield store.enqueue([item], 0.0, LIMITS)
+        self.assertIn("elected a new leader while the write was in flight", str(caught.exception))
+        results = yield until_stored(store, [item])
+        self.assertIn(results[0][0], (ForwardStatus.STORED, ForwardStatus.DUPLICATE))
+        held = yield store.fetch(RECIPIENT, 0, 10)
+        self.assertEqual([m.payload for m in held], [b"in flight"])
 
 
 class NatsDownTests(unittest.TestCase):

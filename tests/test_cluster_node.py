@@ -60,6 +60,24 @@ class StartupCheckTests(unittest.TestCase):
         self.assertTrue(message.startswith("cairn: CAIRN_CLUSTER_CREDS_FILE: cannot read"), message)
         self.assertNotIn("\n", message)
 
+    def test_unusable_tls_ca(self):
+        """A CAIRN_CLUSTER_TLS_CA that is missing or holds no certificate stops start-up with one line naming it."""
+        from cairn.service import StartupError, make_node
+        from tests.test_service import config_for
+
+        empty = os.path.abspath(self.mktemp())
+        open(empty, "w").close()
+        for path, why in (("/nonexistent/ca.pem", "No such file"), (empty, "NO_CERTIFICATE_OR_CRL_FOUND")):
+            config = config_for(
+                os.path.abspath(self.mktemp()), cluster_nats=("tls://127.0.0.1:4222",), cluster_tls_ca=path
+            )
+            with self.assertRaises(StartupError) as caught:
+                make_node(config, reactor)
+            message = str(caught.exception)
+            self.assertTrue(message.startswith("cairn: CAIRN_CLUSTER_TLS_CA: cannot use"), message)
+            self.assertIn(why, message)
+            self.assertNotIn("\n", message)
+
     def test_creds_file_without_nkeys(self):
         """A credentials file without nkeys installed stops start-up with one line naming the extra."""
         from cairn.service import StartupError, make_node

@@ -622,6 +622,33 @@ def _host_ports(service):
     return found
 
 
+#: Where systemd puts nats-server.service's credentials (LoadCredential=).
+NATS_CREDENTIALS = "/run/credentials/nats-server.service"
+
+
+def nats_conf_with_credentials(directory, conf):
+    """
+    Write C{conf} (a nats-server.conf) into C{directory} with its TLS files
+    where nats-server.service's C{LoadCredential=} lines would put them,
+    moved to C{directory/credentials}: a self-signed certificate for
+    localhost and 127.0.0.1, which is also the authority.  Returns the
+    config's path; the certificate is C{directory/credentials/ca.pem}.
+    """
+    from tests.test_mgmt_tls import self_signed
+
+    credentials = os.path.join(directory, "credentials")
+    os.makedirs(credentials)
+    key, cert = self_signed(directory)
+    made = {"ca.pem": cert, "server.pem": cert, "server-key.pem": key}
+    for entry in _values(unit_entries(_read(SYSTEMD, "nats-server.service")), "Service", "LoadCredential"):
+        name, source = entry.split(":", 1)
+        shutil.copy(made[os.path.basename(source)], os.path.join(credentials, name))
+    path = os.path.join(directory, "nats-server.conf")
+    with open(path, "w") as f:
+        f.write(conf.replace(NATS_CREDENTIALS, credentials))
+    return path
+
+
 def nats_conf(text):
     """
     The settings of a NATS config file as {dotted.key: value}, for the
@@ -1036,18 +1063,20 @@ class SystemdClusterUnitTests(unittest.TestCase):
         self.assertLess(lame, int(timeout))
 
     def test_same_nats_settings_as_compose(self):
-        """The bare-machine NATS config differs from the compose one only in store, monitoring bind and routes."""
+        """The bare-machine NATS config differs from the compose one only in store, monitoring bind, routes and TLS."""
         bare = nats_conf(_read(SYSTEMD, "nats-server.conf"))
         compose = nats_conf(_read(DOCKER, "nats-cluster.conf"))
         differ = {k for k in set(bare) | set(compose) if bare.get(k) != compose.get(k)}
-        self.assertEqual(differ, {"jetstream.store_dir", "http", "cluster.routes"})
+        tls = {f"{block}tls.{key}_file" for block in ("", "cluster.") for key in ("cert", "key", "ca")}
+        self.assertEqual(differ, {"jetstream.store_dir", "http", "cluster.routes"} | tls)
 
     @defer.inlineCallbacks
     def test_nats_server_accepts_bare_config(self):
-        """nats-server -t accepts nats-server.conf."""
+        """nats-server -t accepts nats-server.conf, its TLS files where nats-server.service's credentials are."""
         from tests._nats import nats_server_binary
 
-        path = os.path.join(SYSTEMD, "nats-server.conf")
+        directory = os.path.abspath(self.mktemp())
+        path = nats_conf_with_credentials(directory, _read(SYSTEMD, "nats-server.conf"))
         out, err, code = yield utils.getProcessOutputAndValue(
             nats_server_binary(), ["-t", "-c", path], env={"NATS_SERVER_NAME": "host1"}
         )

@@ -13,9 +13,19 @@ import sys
 from twisted.internet import defer, protocol, reactor, utils
 from twisted.trial import unittest
 
+from cairn.cluster.connection import JetStream, Settings
+from cairn.cluster.node import tls_context
 from tests import _nats
 from tests._harness import eventually
-from tests.test_deploy import SYSTEMD, VENV_TWISTD, _read, _unit_environment, _values, unit_entries
+from tests.test_deploy import (
+    SYSTEMD,
+    VENV_TWISTD,
+    _read,
+    _unit_environment,
+    _values,
+    nats_conf_with_credentials,
+    unit_entries,
+)
 from tests.test_twistd import REPO
 
 SERVICES = ("cairn-server.service", "cairn-node@.service", "nats-server.service")
@@ -67,7 +77,11 @@ class NatsUnitReloadTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_reload_keeps_the_server_name(self):
-        """nats-server run as the unit runs it (its argv and environment, %H a host name) reloads on SIGHUP."""
+        """
+        nats-server run as the unit runs it (its argv and environment, %H a
+        host name, its TLS files as the unit's credentials) serves a
+        tls:// client that trusts the authority, and reloads on SIGHUP.
+        """
         binary = _nats.nats_server_binary()
         directory = os.path.abspath(self.mktemp())
         server = _nats.NatsServer(directory)
@@ -78,9 +92,7 @@ class NatsUnitReloadTests(unittest.TestCase):
         conf = conf.replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{http}")
         conf = conf.replace("store_dir: /var/lib/nats", f'store_dir: "{os.path.join(directory, "js")}"')
         conf = re.sub(r"(?ms)^cluster \{.*?^\}\n", "", conf)
-        path = os.path.join(directory, "nats-server.conf")
-        with open(path, "w") as f:
-            f.write(conf)
+        path = nats_conf_with_credentials(directory, conf)
 
         entries = unit_entries(_read(SYSTEMD, "nats-server.service"))
         (command,) = _values(entries, "Service", "ExecStart")
@@ -90,6 +102,15 @@ class NatsUnitReloadTests(unittest.TestCase):
         self.addCleanup(server.kill)
         yield server.start_as(argv, env)
         self.assertTrue(any("Name:" in line and "host1" in line for line in server.log), server.log)
+
+        # A node's connection, as CAIRN_CLUSTER_TLS_CA sets it up.
+        ca = os.path.join(directory, "credentials", "ca.pem")
+        settings = Settings((f"tls://localhost:{server.port}",), 1, "cairn", tls=tls_context(ca))
+        jet = JetStream(reactor, settings)
+        self.addCleanup(jet.close)
+        yield eventually(jet.connect(), 45)
+        self.assertEqual(jet.health(), (True, None))
+
         line = yield server.reload()
         self.assertIn("Reloaded server configuration", line)
 

@@ -57,6 +57,9 @@ class Settings:
     max_payload: int = None
     #: C{CAIRN_CLUSTER_RESERVE}: bytes of ballast kept in the reserve stream (0: none).
     reserve: int = 0
+    #: An C{ssl.SSLContext} for C{tls://} servers (C{CAIRN_CLUSTER_TLS_CA};
+    #: None: nats-py's default, the system's authorities).
+    tls: object = None
 
 
 class JetStream:
@@ -171,6 +174,8 @@ class JetStream:
         )
         if self.settings.creds_file:
             options["user_credentials"] = self.settings.creds_file
+        if self.settings.tls is not None:
+            options["tls"] = self.settings.tls
         nc = await nats.connect(**options)
         # Once connected, never give up: nats-py reconnects in the background.
         nc.options["max_reconnect_attempts"] = -1
@@ -188,7 +193,9 @@ class JetStream:
         except BaseException:
             await nc.close()
             raise
-        self.acks = Acks(nc, PUBACK_TIMEOUT)
+        # Each stream's subjects as prefixes ("cairn.mbox.>" -> "cairn.mbox."): whose writes its election fails.
+        streams = {name: tuple(s.rstrip(">*") for s in c.subjects) for name, c in layout.stream_configs(self).items()}
+        self.acks = Acks(nc, PUBACK_TIMEOUT, streams=streams)
         self.acks.on_no_room = lambda why: self.thread.to_reactor(self.reserve.no_room, why)
         self.nc = nc
 

@@ -7,6 +7,7 @@ the node, and the only place nats-py gets imported.
 """
 
 import os
+import ssl
 
 import attr
 
@@ -82,7 +83,8 @@ def cluster_stores(config, reactor, db=None):
     The JetStream L{Stores} for C{config} (not connected: the node
     connects in C{startService}, retrying until NATS answers).
 
-    @raise ConfigError: C{CAIRN_CLUSTER_CREDS_FILE} cannot be read.
+    @raise ConfigError: C{CAIRN_CLUSTER_CREDS_FILE} cannot be read, or
+        C{CAIRN_CLUSTER_TLS_CA} is not a readable PEM certificate file.
     @raise MissingExtra: the C{[cluster]} extra is not installed (nats-py,
         or nkeys for a credentials file).
     """
@@ -120,6 +122,7 @@ def cluster_stores(config, reactor, db=None):
             path,
             config.max_payload,
             config.cluster_reserve,
+            tls_context(config.cluster_tls_ca),
         ),
     )
     return Stores(
@@ -130,3 +133,22 @@ def cluster_stores(config, reactor, db=None):
         relay=KVRelayStore(jet),
         cluster=jet,
     )
+
+
+def tls_context(ca_file):
+    """
+    The TLS context for C{tls://} NATS servers: their certificates checked
+    against C{ca_file} (C{CAIRN_CLUSTER_TLS_CA}, e.g. a private authority
+    for the NATS machines) instead of the system's, or None (nats-py's
+    default: the system's authorities).
+
+    @raise ConfigError: C{ca_file} cannot be read or holds no certificate.
+    """
+    if ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        why = getattr(e, "reason", None) or e.strerror or type(e).__name__
+        message = f"cannot use {ca_file!r} as certificate authorities ({why})"
+        raise ConfigError("CAIRN_CLUSTER_TLS_CA", message) from None
