@@ -5,7 +5,9 @@ process is the node's (C{Process(tell_systemd=True)}, as under twistd).
 """
 
 import os
+import shutil
 import socket
+import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
@@ -17,6 +19,17 @@ from cairn.node import Process
 from cairn.service import make_node
 from tests._harness import eventually, observe_logs
 from tests.test_service import config_for
+
+
+def socket_path(testcase):
+    """
+    A path for a Unix socket of the test's own, in a short temporary
+    directory: one under trial's working directory can pass the 108 bytes
+    a socket address holds when the checkout's path is long.
+    """
+    directory = tempfile.mkdtemp(prefix="cairn-sd-")
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "notify")
 
 
 class Listener:
@@ -41,7 +54,7 @@ class Listener:
 class NotifyTests(unittest.TestCase):
     def test_sent_to_the_socket(self):
         """NOTIFY_SOCKET a path: the state arrives as one datagram."""
-        path = os.path.abspath(self.mktemp())
+        path = socket_path(self)
         listener = Listener(self, path)
         self.assertTrue(sdnotify.notify("READY=1\nSTATUS=up", {"NOTIFY_SOCKET": path}))
         self.assertEqual(listener.received(), ["READY=1\nSTATUS=up"])
@@ -68,7 +81,7 @@ class NotifyTests(unittest.TestCase):
 class NodeTests(unittest.TestCase):
     @defer.inlineCallbacks
     def run_node(self, process):
-        path = os.path.abspath(self.mktemp())
+        path = socket_path(self)
         listener = Listener(self, path)
         self.patch(os, "environ", dict(os.environ, NOTIFY_SOCKET=path))
         node = make_node(config_for(os.path.abspath(self.mktemp())), reactor, process)
@@ -130,7 +143,7 @@ class TwistdTests(unittest.TestCase):
         """
         from tests.test_twistd import kill_at_end, start_twistd
 
-        path = os.path.abspath(self.mktemp())
+        path = socket_path(self)
         datagrams = Datagrams()
         port = reactor.listenUNIXDatagram(path, datagrams)
         self.addCleanup(port.stopListening)
