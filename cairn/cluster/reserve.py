@@ -31,6 +31,12 @@ leaves too, and the node that wrote it tells the others, who look at once.
 
 While full, what is already held is still answered DUPLICATE
 (L{Reserve.answer}), as the SQLite stores do at their disk reserve.
+
+Where JetStream stored past its limit by more than the reserve, the
+mailbox alone is over it once the ballast is gone: the removals then bury
+their messages (L{cairn.cluster.mailbox_room}), and a node does not leave
+full mode while any buried removal still owes its tombstone
+(L{Reserve.settle}).
 """
 
 import time
@@ -155,6 +161,10 @@ class Reserve:
         self._busy = self._again = False
         self._loop = None
         self._waiting = []  # Deferreds of L{released}
+        #: Called while full at each step before the reserve is written again: a Deferred firing with how many
+        #: records of removals buried at the limit are still owed (the mailbox's L{cairn.cluster.mailbox_room}
+        #: settle); the node stays full while any is. None: nothing to settle.
+        self.settle = None
         #: Called with True when this node enters full mode (not when told so by another, L{told}), and with
         #: False when it leaves it by writing the ballast again: the node bus tells the other nodes
         #: (L{cairn.cluster.nats_bus.NatsBus}), so that they need not wait for their poll.
@@ -334,6 +344,8 @@ class Reserve:
             # counted as not freed (the criterion errs on the side of room).
             self.baseline = yield self.ops.used()
             return
+        if self.settle is not None and (yield self.settle()):
+            return  # tombstones still owed: no sender's retry may be stored before them
         used = yield self.ops.used()
         if used > self.baseline - 2 * self.size:
             return
