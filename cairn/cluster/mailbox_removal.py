@@ -29,8 +29,6 @@ from cairn.wire.constants import ReceiptStatus
 #: ahead of the reads that delivery waits for (those timed out at R1), so
 #: they are paced by their PubAcks instead, still many in flight.
 REMOVAL_WRITES = 256
-#: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
-DELETES_AT_ONCE = 16
 #: An acknowledgement refused for want of room while the node is full is tried again
 #: after the reserve's release and then at this many of its polls (1 s each) at most.
 ACK_RETRIES = 30
@@ -360,9 +358,7 @@ class Removal(Gathering, PartRemovals, Room):
         # Each expired message is replaced by its tombstone carrying the
         # EXPIRED receipt (one write); what is past its time goes.
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
-        for i in range(0, len(gone), DELETES_AT_ONCE):
-            chunk = gone[i : i + DELETES_AT_ONCE]
-            await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
+        await D.delete_all(self.jet.js_writes, self.stream, [item.seq for item in gone])
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
         return receipts, more, await self._depth_changes(self._uncount(counted)), last

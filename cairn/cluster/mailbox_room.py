@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from cairn.cluster import direct as D
 from cairn.cluster.common import KIND, one_line
 from cairn.cluster.pubacks import NO_ROOM_CODES
+from cairn.mailbox.interfaces import Receipt
 
 log = Logger()
 
@@ -52,8 +53,6 @@ log = Logger()
 OWED = "owed-"
 #: Its metadata key: JSON C{[[seq, subject, receipt owed, tombstone headers], ...]}.
 KEY = "cairn-owed"
-#: Messages deleted at once (JetStream API calls, not pipelined publishes).
-DELETES_AT_ONCE = 16
 
 
 def no_room(error):
@@ -65,6 +64,9 @@ class Room:
     """Burying removals whose tombstones JetStream refuses for want of room (see the module docstring)."""
 
     _burying = None  # an asyncio.Lock, made on the NATS loop
+    #: Called on the reactor with each sender that receipts written by L{settle} are owed to (the node
+    #: bus's C{owe}: L{cairn.cluster.nats_bus.NatsBus}), as the service's removals tell theirs.
+    on_paid = None
 
     async def _released(self):
         """Whether the reserve's ballast is released now (written once, holding nothing): on the NATS loop."""
@@ -95,11 +97,8 @@ class Room:
             config = ConsumerConfig(durable_name=name, filter_subject=subject, metadata=metadata)
             await self.jet.js_writes.add_consumer(self.jet.stream("reserve"), config=config)
             # Recorded: from here on each message is removed (a deletion that failed is made again by L{settle}).
-            gone = []
-            for i in range(0, len(refused), DELETES_AT_ONCE):
-                chunk = refused[i : i + DELETES_AT_ONCE]
-                deletes = (D.delete(self.jet.js_writes, self.stream, h.seq) for h, _, _ in chunk)
-                gone += await asyncio.gather(*deletes, return_exceptions=True)
+            seqs = [held.seq for held, _, _ in refused]
+            gone = await D.delete_all(self.jet.js_writes, self.stream, seqs, return_exceptions=True)
             try:
                 written, _ = await self._pay(name, entries)
             except Exception as e:  # removed all the same, their tombstones owed (L{settle})
@@ -172,19 +171,25 @@ class Room:
                 owed += 1
                 continue
             owed += left
-            by_subject = {subject: owed_receipt for _, subject, owed_receipt, _ in entries}
-            receipts = [(subject.split(".")[3], rseq) for subject, rseq in written.items() if by_subject[subject]]
-            for sender, rseq in receipts:
-                self._receipt_written(sender, rseq)
+            receipts = []
+            for _, subject, owed_receipt, headers in entries:
+                if owed_receipt and subject in written:
+                    _, _, recipient, sender, message_id = subject.split(".")
+                    status, at = int(headers[D.STATUS]), float(headers[D.AT])
+                    self._receipt_written(sender, written[subject])
+                    receipts.append(Receipt(written[subject], sender, recipient, bytes.fromhex(message_id), status, at))
             if written:
                 self.jet.thread.to_reactor(self._paid, len(written), receipts, info.name)
         return owed
 
     def _paid(self, count, receipts, name):
-        """On the reactor: owed tombstones written, their receipts known (as L{_removed} makes them known)."""
-        for sender, rseq in receipts:
-            self._saw(self._newest_receipt, sender, rseq)
-            self._last_receipt = max(self._last_receipt, rseq)
+        """On the reactor: owed tombstones written; their senders are told (L{on_paid})."""
+        for receipt in receipts:
+            self._saw(self._newest_receipt, receipt.sender, receipt.rseq)
+            self._last_receipt = max(self._last_receipt, receipt.rseq)
+        if self.on_paid is not None:
+            for sender in {receipt.sender for receipt in receipts}:
+                self.on_paid(sender)
         log.info("mailbox: {count} owed tombstones written ({name})", count=count, name=name)
 
 
