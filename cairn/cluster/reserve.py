@@ -84,8 +84,29 @@ class Ballast:
         return (await self._state())[1]
 
     def write(self, size):
-        """Write C{size} bytes of ballast; fires with True, or False if JetStream refused it for want of room."""
-        return self.jet.run(write_ballast, self.jet, size)
+        """
+        Write C{size} bytes of ballast where as much room is left beyond it:
+        a probe of C{size} bytes first (subjects C{p<n>}), then the ballast,
+        then the probe purged. Fires with True, or False if JetStream refused
+        a piece for want of room (what was written is released again).
+
+        Why the probe: the bytes freed since entering full mode say how much
+        room there is only if the usage was at the limit then; where JetStream
+        had stored past it (the removals buried: L{cairn.cluster.mailbox_room})
+        the ballast alone fitted with no room left, the next writes were
+        refused, and the node entered full mode again with too little left
+        to drain to leave it (measured: docs/scaling.md "The storage reserve").
+        """
+        return self.jet.run(self._write_back, size)
+
+    async def _write_back(self, size):
+        if not await write_ballast(self.jet, size, probe=True):
+            return False
+        probe_upto = (await self._state())[1]
+        if not await write_ballast(self.jet, size):
+            return False
+        await self.jet.js_writes.purge_stream(self.stream, seq=probe_upto + 1)  # what lies below: the probe
+        return True
 
     def used(self):
         """Bytes held by the deployment's other streams and buckets (one replica's)."""
@@ -101,8 +122,11 @@ class Ballast:
         return total
 
 
-async def write_ballast(jet, size, nc=None):
-    """On the NATS loop: C{size} bytes in pieces of at most L{PIECE}; False if refused for want of room."""
+async def write_ballast(jet, size, nc=None, probe=False):
+    """
+    On the NATS loop: C{size} bytes in pieces of at most L{PIECE} (on the
+    probe's subjects if C{probe}: L{Ballast.write}); False if refused for want of room.
+    """
     from nats.js.errors import APIError
 
     from cairn.cluster.pubacks import NO_ROOM_CODES
@@ -111,7 +135,8 @@ async def write_ballast(jet, size, nc=None):
     while size > 0:
         try:
             # One message per subject (max_msgs_per_subject 1): two nodes writing it at once replace each other's.
-            await jet.js_writes.publish(jet.subject("reserve", str(i)), bytes(min(piece, size)), stream=stream)
+            subject = jet.subject("reserve", f"p{i}" if probe else str(i))
+            await jet.js_writes.publish(subject, bytes(min(piece, size)), stream=stream)
         except APIError as e:
             if e.err_code in NO_ROOM_CODES:
                 return False
