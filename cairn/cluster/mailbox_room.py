@@ -53,6 +53,8 @@ log = Logger()
 OWED = "owed-"
 #: Its metadata key: JSON C{[[seq, subject, receipt owed, tombstone headers], ...]}.
 KEY = "cairn-owed"
+#: Seconds after a burial during which L{Room.settle} still counts something owed (two reserve polls).
+BURIED_LATELY = 2.0
 
 
 def no_room(error):
@@ -64,6 +66,7 @@ class Room:
     """Burying removals whose tombstones JetStream refuses for want of room (see the module docstring)."""
 
     _burying = None  # an asyncio.Lock, made on the NATS loop
+    _buried_at = float("-inf")  # the NATS loop's time of the last burial
     #: Called on the reactor with each sender that receipts written by L{settle} are owed to (the node
     #: bus's C{owe}: L{cairn.cluster.nats_bus.NatsBus}), as the service's removals tell theirs.
     on_paid = None
@@ -104,6 +107,7 @@ class Room:
             except Exception as e:  # removed all the same, their tombstones owed (L{settle})
                 written = {}
                 self.jet.thread.to_reactor(log.warn, "mailbox: writing buried tombstones: {why}", why=one_line(e))
+        self._buried_at = asyncio.get_running_loop().time()
         self.jet.thread.to_reactor(_buried, len(refused), len(written))
         # Not one a concurrent removal deleted first (it counts it).
         buried = zip(refused, gone)
@@ -154,12 +158,15 @@ class Room:
     def settle(self):
         """
         Write every node's owed tombstones that room allows (the reserve's
-        poll, while full); fires with how many records are still owed.
+        poll, while full); fires with how many records are still owed (one
+        more if this store buried within L{BURIED_LATELY} s).
         """
         return self.jet.run(self._settle)  # not a store call the service waits for: the reserve's step logs a failure
 
     async def _settle(self):
-        owed = 0
+        # A burial this recent: JetStream refused tombstones for room a moment ago (at R3 the
+        # reserve's leader may already take the ballast back while the mailbox's still refuses).
+        owed = int(asyncio.get_running_loop().time() - self._buried_at < BURIED_LATELY)
         for info in await self.jet.js.consumers_info(self.jet.stream("reserve")):
             if not info.name.startswith(OWED):
                 continue
@@ -167,7 +174,8 @@ class Room:
                 entries = json.loads((info.config.metadata or {})[KEY])
                 written, left = await self._pay(info.name, entries)
             except (KeyError, ValueError) as e:
-                log.warn("mailbox: an unreadable record of owed removals {name} ({why})", name=info.name, why=e)
+                why = f"{info.name}: {one_line(e)}"
+                self.jet.thread.to_reactor(log.warn, "mailbox: an unreadable record of owed removals ({why})", why=why)
                 owed += 1
                 continue
             owed += left
