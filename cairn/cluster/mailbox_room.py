@@ -55,6 +55,10 @@ OWED = "owed-"
 KEY = "cairn-owed"
 #: Seconds after a burial during which L{Room.settle} still counts something owed (two reserve polls).
 BURIED_LATELY = 2.0
+#: Seconds another node's record is seen before this node deletes a message of it still held (its
+#: burial was cut short: that node stopped). Sooner, the burial may be under way there: deleting its
+#: message first left that node counting it in its depth for good (its deletion found nothing).
+OTHERS_AFTER = 30.0
 
 
 def no_room(error):
@@ -65,7 +69,8 @@ def no_room(error):
 class Room:
     """Burying removals whose tombstones JetStream refuses for want of room (see the module docstring)."""
 
-    _burying = None  # an asyncio.Lock, made on the NATS loop
+    _burying = None  # an asyncio.Lock, made on the NATS loop: one burial or settle at a time
+    _records_seen = None  # on the NATS loop: another node's record name -> when first seen
     _buried_at = float("-inf")  # the NATS loop's time of the last burial
     #: Called on the reactor with each sender that receipts written by L{settle} are owed to (the node
     #: bus's C{owe}: L{cairn.cluster.nats_bus.NatsBus}), as the service's removals tell theirs.
@@ -86,16 +91,14 @@ class Room:
         """
         from nats.js.api import ConsumerConfig
 
-        if self._burying is None:
-            self._burying = asyncio.Lock()
-        async with self._burying:  # one at a time: at the limit the servers answer slowly (timeouts seen)
+        async with self._lock():  # one at a time: at the limit the servers answer slowly (timeouts seen)
             if not await self._released():
                 return None
             entries = []
             for held, owed, headers in refused:
                 headers = {k: v for k, v in headers.items() if k not in ("Nats-Rollup", D.EXPECT_LAST)}
                 entries.append([held.seq, held.subject, owed, headers])
-            name = OWED + uuid.uuid4().hex
+            name = f"{OWED}{self.writer}-{uuid.uuid4().hex}"
             subject, metadata = self.jet.subject("reserve", "owed"), {KEY: json.dumps(entries)}
             config = ConsumerConfig(durable_name=name, filter_subject=subject, metadata=metadata)
             await self.jet.js_writes.add_consumer(self.jet.stream("reserve"), config=config)
@@ -103,7 +106,7 @@ class Room:
             seqs = [held.seq for held, _, _ in refused]
             gone = await D.delete_all(self.jet.js_writes, self.stream, seqs, return_exceptions=True)
             try:
-                written, _ = await self._pay(name, entries)
+                written, _ = await self._pay(name, entries, finish=True)
             except Exception as e:  # removed all the same, their tombstones owed (L{settle})
                 written = {}
                 self.jet.thread.to_reactor(log.warn, "mailbox: writing buried tombstones: {why}", why=one_line(e))
@@ -113,11 +116,18 @@ class Room:
         buried = zip(refused, gone)
         return [(held, owed, written.get(held.subject)) for (held, owed, _), ok in buried if ok is not False]
 
-    async def _pay(self, name, entries):
+    def _lock(self):
+        if self._burying is None:
+            self._burying = asyncio.Lock()
+        return self._burying
+
+    async def _pay(self, name, entries, finish):
         """
         Write the tombstones of record C{name}'s C{entries} (each once: its
         subject empty, or its tombstone already there) and delete the record
         once all are; C{({subject: tombstone seq written here}, owed still)}.
+        A message still held is deleted first if C{finish} (else left to the
+        burial under way).
         """
         stream, written, owed = self.stream, {}, False
         for seq, subject, _, headers in entries:
@@ -132,8 +142,8 @@ class Room:
                 elif not D.is_wrong_last(e):
                     raise
                 elif await self._still_held(subject, seq):
-                    # Its burial's deletion failed, or is under way: made here (recorded: removed).
-                    await D.delete(self.jet.js_writes, stream, seq)
+                    if finish:  # its burial's deletion failed: made here (recorded: removed)
+                        await D.delete(self.jet.js_writes, stream, seq)
                     owed = True  # its tombstone at the next settle
                 continue
             written[subject] = ack.seq
@@ -164,15 +174,23 @@ class Room:
         return self.jet.run(self._settle)  # not a store call the service waits for: the reserve's step logs a failure
 
     async def _settle(self):
+        async with self._lock():
+            return await self._settle_now()
+
+    async def _settle_now(self):
         # A burial this recent: JetStream refused tombstones for room a moment ago (at R3 the
         # reserve's leader may already take the ballast back while the mailbox's still refuses).
-        owed = int(asyncio.get_running_loop().time() - self._buried_at < BURIED_LATELY)
+        now = asyncio.get_running_loop().time()
+        owed = int(now - self._buried_at < BURIED_LATELY)
+        seen, self._records_seen = self._records_seen or {}, {}
         for info in await self.jet.js.consumers_info(self.jet.stream("reserve")):
             if not info.name.startswith(OWED):
                 continue
+            first = self._records_seen[info.name] = seen.get(info.name, now)
+            finish = info.name.startswith(OWED + self.writer) or now - first >= OTHERS_AFTER
             try:
                 entries = json.loads((info.config.metadata or {})[KEY])
-                written, left = await self._pay(info.name, entries)
+                written, left = await self._pay(info.name, entries, finish)
             except (KeyError, ValueError) as e:
                 why = f"{info.name}: {one_line(e)}"
                 self.jet.thread.to_reactor(log.warn, "mailbox: an unreadable record of owed removals ({why})", why=why)
