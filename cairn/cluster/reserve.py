@@ -6,8 +6,9 @@ At its limit (C{max_file_store}, or an account's) JetStream refuses every
 write "insufficient resources" (L{cairn.cluster.pubacks.NO_ROOM}), the
 acknowledgements' tombstones as much as new messages, so a full mailbox
 could never shrink. The SQLite store keeps free disk space for that
-(L{cairn.diskspace}); cairn cannot read JetStream's limit (account info
-says -1 without operator mode), so the room is kept the other way round,
+(L{cairn.diskspace}); cairn does not read JetStream's limit (account info
+gives an account's C{max_file} but -1 for a server's C{max_file_store},
+docs/scaling.md "Sizing"), so the room is kept the other way round,
 as a ballast: the stream C{<prefix>_reserve} holds C{CAIRN_CLUSTER_RESERVE}
 bytes of placeholder messages, written once when the stream is new. When a
 write of this node is refused for want of room, or the node sees the
