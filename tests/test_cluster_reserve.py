@@ -95,6 +95,22 @@ class ReserveTests(unittest.TestCase):
         self.assertFalse(reserve.full)
         self.assertEqual((self.ballast.writes, self.ballast.messages), (1, 1))
 
+    def test_stays_full_while_buried_removals_owe_tombstones(self):
+        """Room freed, the node stays full (the ballast not written) while its settle says removals are owed."""
+        reserve = self.node()
+        owed = [2]
+        reserve.settle = lambda: defer.succeed(owed[0])
+        reserve.no_room("resource limits exceeded for account")
+        self.ballast.other -= 3 * R
+        self.clock.advance(POLL)
+        self.clock.advance(POLL)
+        self.assertTrue(reserve.full)
+        self.assertEqual(self.ballast.writes, 0)
+        owed[0] = 0
+        self.clock.advance(POLL)
+        self.assertFalse(reserve.full)
+        self.assertEqual(self.ballast.writes, 1)
+
     def test_no_flapping(self):
         """Left full mode, a refusal soon after enters it again, and leaving takes 2 R more freed."""
         reserve = self.node()

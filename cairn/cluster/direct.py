@@ -283,6 +283,19 @@ async def delete(js, stream, seq):
     return True
 
 
+#: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
+DELETES_AT_ONCE = 16
+
+
+async def delete_all(js, stream, seqs, return_exceptions=False):
+    """L{delete} each of C{seqs}, L{DELETES_AT_ONCE} at a time; each one's answer (or exception, if asked)."""
+    answers = []
+    for i in range(0, len(seqs), DELETES_AT_ONCE):
+        deletes = (delete(js, stream, seq) for seq in seqs[i : i + DELETES_AT_ONCE])
+        answers += await asyncio.gather(*deletes, return_exceptions=return_exceptions)
+    return answers
+
+
 def stream_seq(msg):
     """
     The stream seq of C{msg}, delivered by a push consumer: read from its

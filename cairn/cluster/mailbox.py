@@ -123,6 +123,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         #: Until then, on the NATS loop: the stream's seqs accounted for by this store's own writes (mailbox_alone).
         self._own = None
         self._watching = None  # the task starting the watch
+        # Full mode lasts while removals buried at the storage limit owe tombstones (mailbox_room).
+        jetstream.reserve.settle = self.settle
         #: Where every write to the stream goes (L{_publish}).
         self.acks = Publishing(self)
 

@@ -19,6 +19,7 @@ from cairn.cluster.mailbox_gathered import Gathering
 from cairn.cluster.mailbox_handed import HandedOut
 from cairn.cluster.mailbox_layout import receipt_headers
 from cairn.cluster.mailbox_partly import PartRemovals
+from cairn.cluster.mailbox_room import Room, no_room
 from cairn.mailbox.interfaces import Depth, Receipt
 from cairn.wire.constants import ReceiptStatus
 
@@ -28,14 +29,12 @@ from cairn.wire.constants import ReceiptStatus
 #: ahead of the reads that delivery waits for (those timed out at R1), so
 #: they are paced by their PubAcks instead, still many in flight.
 REMOVAL_WRITES = 256
-#: Delete requests (JetStream API calls, not pipelined publishes) in flight at once.
-DELETES_AT_ONCE = 16
 #: An acknowledgement refused for want of room while the node is full is tried again
 #: after the reserve's release and then at this many of its polls (1 s each) at most.
 ACK_RETRIES = 30
 
 
-class Removal(Gathering, PartRemovals):
+class Removal(Gathering, PartRemovals, Room):
     """What removes messages and receipts from the C{mbox} stream."""
 
     def acknowledge(self, recipient, seqs, now, receipt_ttl, upto=0):
@@ -233,7 +232,7 @@ class Removal(Gathering, PartRemovals):
                 headers = receipt_headers(status, now, expires, len(held.data or b""))
             headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: self.writer})
             headers[C.MESSAGE_WRITER] = held.headers.get(WRITER, "")
-            futures.append((held, sender != skip_sender, await self._write(held.subject, b"", headers)))
+            futures.append((held, sender != skip_sender, headers, await self._write(held.subject, b"", headers)))
         return futures
 
     async def _await_removals(self, futures, status, now):
@@ -241,19 +240,28 @@ class Removal(Gathering, PartRemovals):
         The L{Receipt}s written, the last seq, and the messages removed by
         C{futures} (L{_send_removals}); a removal refused because the
         message is no longer its subject's last was made by a concurrent
-        call, which owes its receipt. Every write is awaited before the
-        first failure is raised.
+        call, which owes its receipt; those refused for want of room with
+        the reserve released are buried (L{cairn.cluster.mailbox_room}).
+        Every write is awaited before the first failure is raised.
         """
-        receipts, last, counted, failure = [], 0, [], None
-        for held, owed, future in futures:
+        receipts, last, counted, failure, refused = [], 0, [], None, []
+        removed = []  # (held, receipt owed, tombstone seq or None while owed)
+        for held, owed, headers, future in futures:
             try:
-                rseq = await future
+                removed.append((held, owed, await future))
             except Exception as e:
-                if not D.is_wrong_last(e):
+                if no_room(e):
+                    refused.append((held, owed, headers, e))
+                elif not D.is_wrong_last(e):
                     failure = failure or e
-                continue
-            self.recent.written(rseq)  # removed here (by the caller): the watch's copy adds nothing
+        buried = await self._bury([r[:3] for r in refused]) if refused and failure is None else None
+        if refused:
+            removed, failure = removed + (buried or []), failure or (None if buried is not None else refused[0][3])
+        for held, owed, rseq in removed:
             counted.append(held)
+            if rseq is None:
+                continue  # buried, its tombstone owed: its receipt comes with it
+            self.recent.written(rseq)  # removed here (by the caller): the watch's copy adds nothing
             if owed:
                 _, _, recipient, sender, message_id = held.subject.split(".")
                 last = max(last, rseq)
@@ -350,9 +358,7 @@ class Removal(Gathering, PartRemovals):
         # Each expired message is replaced by its tombstone carrying the
         # EXPIRED receipt (one write); what is past its time goes.
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
-        for i in range(0, len(gone), DELETES_AT_ONCE):
-            chunk = gone[i : i + DELETES_AT_ONCE]
-            await asyncio.gather(*(D.delete(self.jet.js_writes, self.stream, item.seq) for item in chunk))
+        await D.delete_all(self.jet.js_writes, self.stream, [item.seq for item in gone])
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
         return receipts, more, await self._depth_changes(self._uncount(counted)), last

@@ -87,6 +87,7 @@ class NatsBus(LocalBus):
         self._told = {}
         self._mailbox = mailbox
         if mailbox is not None:
+            mailbox.on_paid = self.owe  # receipts of buried removals written at last (mailbox_room)
             # Alone, there is no node to tell: the store calls nothing per
             # message (nor builds what it would pass) until another is heard of.
             presence.on_other_node(self._several)

@@ -6,8 +6,9 @@ At its limit (C{max_file_store}, or an account's) JetStream refuses every
 write "insufficient resources" (L{cairn.cluster.pubacks.NO_ROOM}), the
 acknowledgements' tombstones as much as new messages, so a full mailbox
 could never shrink. The SQLite store keeps free disk space for that
-(L{cairn.diskspace}); cairn cannot read JetStream's limit (account info
-says -1 without operator mode), so the room is kept the other way round,
+(L{cairn.diskspace}); cairn does not read JetStream's limit (account info
+gives an account's C{max_file} but -1 for a server's C{max_file_store},
+docs/scaling.md "Sizing"), so the room is kept the other way round,
 as a ballast: the stream C{<prefix>_reserve} holds C{CAIRN_CLUSTER_RESERVE}
 bytes of placeholder messages, written once when the stream is new. When a
 write of this node is refused for want of room, or the node sees the
@@ -31,6 +32,12 @@ leaves too, and the node that wrote it tells the others, who look at once.
 
 While full, what is already held is still answered DUPLICATE
 (L{Reserve.answer}), as the SQLite stores do at their disk reserve.
+
+Where JetStream stored past its limit by more than the reserve, the
+mailbox alone is over it once the ballast is gone: the removals then bury
+their messages (L{cairn.cluster.mailbox_room}), and a node does not leave
+full mode while any buried removal still owes its tombstone
+(L{Reserve.settle}).
 """
 
 import time
@@ -78,8 +85,29 @@ class Ballast:
         return (await self._state())[1]
 
     def write(self, size):
-        """Write C{size} bytes of ballast; fires with True, or False if JetStream refused it for want of room."""
-        return self.jet.run(write_ballast, self.jet, size)
+        """
+        Write C{size} bytes of ballast where as much room is left beyond it:
+        a probe of C{size} bytes first (subjects C{p<n>}), then the ballast,
+        then the probe purged. Fires with True, or False if JetStream refused
+        a piece for want of room (what was written is released again).
+
+        Why the probe: the bytes freed since entering full mode say how much
+        room there is only if the usage was at the limit then; where JetStream
+        had stored past it (the removals buried: L{cairn.cluster.mailbox_room})
+        the ballast alone fitted with no room left, the next writes were
+        refused, and the node entered full mode again with too little left
+        to drain to leave it (measured: docs/scaling.md "The storage reserve").
+        """
+        return self.jet.run(self._write_back, size)
+
+    async def _write_back(self, size):
+        if not await write_ballast(self.jet, size, probe=True):
+            return False
+        probe_upto = (await self._state())[1]
+        if not await write_ballast(self.jet, size):
+            return False
+        await self.jet.js_writes.purge_stream(self.stream, seq=probe_upto + 1)  # what lies below: the probe
+        return True
 
     def used(self):
         """Bytes held by the deployment's other streams and buckets (one replica's)."""
@@ -95,8 +123,11 @@ class Ballast:
         return total
 
 
-async def write_ballast(jet, size, nc=None):
-    """On the NATS loop: C{size} bytes in pieces of at most L{PIECE}; False if refused for want of room."""
+async def write_ballast(jet, size, nc=None, probe=False):
+    """
+    On the NATS loop: C{size} bytes in pieces of at most L{PIECE} (on the
+    probe's subjects if C{probe}: L{Ballast.write}); False if refused for want of room.
+    """
     from nats.js.errors import APIError
 
     from cairn.cluster.pubacks import NO_ROOM_CODES
@@ -105,7 +136,8 @@ async def write_ballast(jet, size, nc=None):
     while size > 0:
         try:
             # One message per subject (max_msgs_per_subject 1): two nodes writing it at once replace each other's.
-            await jet.js_writes.publish(jet.subject("reserve", str(i)), bytes(min(piece, size)), stream=stream)
+            subject = jet.subject("reserve", f"p{i}" if probe else str(i))
+            await jet.js_writes.publish(subject, bytes(min(piece, size)), stream=stream)
         except APIError as e:
             if e.err_code in NO_ROOM_CODES:
                 return False
@@ -155,6 +187,10 @@ class Reserve:
         self._busy = self._again = False
         self._loop = None
         self._waiting = []  # Deferreds of L{released}
+        #: Called while full at each step before the reserve is written again: a Deferred firing with how many
+        #: records of removals buried at the limit are still owed (the mailbox's L{cairn.cluster.mailbox_room}
+        #: settle); the node stays full while any is. None: nothing to settle.
+        self.settle = None
         #: Called with True when this node enters full mode (not when told so by another, L{told}), and with
         #: False when it leaves it by writing the ballast again: the node bus tells the other nodes
         #: (L{cairn.cluster.nats_bus.NatsBus}), so that they need not wait for their poll.
@@ -334,6 +370,8 @@ class Reserve:
             # counted as not freed (the criterion errs on the side of room).
             self.baseline = yield self.ops.used()
             return
+        if self.settle is not None and (yield self.settle()):
+            return  # tombstones still owed: no sender's retry may be stored before them
         used = yield self.ops.used()
         if used > self.baseline - 2 * self.size:
             return
