@@ -17,7 +17,7 @@ from cairn.pairing.interfaces import PENDING
 from cairn.relay import client as relay
 from cairn.wire.constants import CloseCode, ForwardStatus, PairRejectCode
 from tests._cluster_nodes import PSK, NodesMixin
-from tests._harness import closed, eventually
+from tests._harness import Conditions, closed, eventually
 from tests.test_cluster_trust import _settle
 
 
@@ -210,6 +210,13 @@ class CatchUpTests(NodesMixin, unittest.TestCase):
     def test_relay_to_a_peer_paired_elsewhere(self):
         """A circuit asked of n1 to the device paired (and online) on n2 is offered and accepted."""
         sender, session, recipient = yield self.paired_elsewhere()
+        # n1 must see where the recipient is (presence; else `offline`, as a flaky run under load
+        # showed); whether it is paired is what n1 has to read.
+        conditions, presence = Conditions(), self.nodes[0].presence
+        applied = presence._apply
+        presence._apply = lambda changes: conditions.changed(applied(changes))
+        yield conditions.until(lambda: presence.locate(recipient.peer_id) == "n2", 30)
+        self.assertFalse(self.nodes[0].pairing.trust.is_paired(recipient.peer_id))
         accepted = defer.Deferred()
         relay.relay_endpoint(recipient).on_session = accepted.callback
         yield eventually(relay.relay_to(sender, session, recipient.peer_id), 30)
