@@ -12,7 +12,8 @@ handler then follows the same rules, whatever its family:
   - with a trust store, an unpaired peer's session is closed with
     C{NOT_PAIRED} before the handler runs (L{paired_only}, §20.1), once
     the store has caught up on the peer (a store shared with other nodes
-    reads it: paired through another node a moment ago, it counts);
+    reads it: paired through another node a moment ago, it counts; one
+    it could not check is closed C{GOING_AWAY}, to try again later);
   - once the service is stopped, new requests go unanswered (their senders
     resend after resuming) and a step still in progress that fails is
     logged, not answered: the node is stopping and its stores closing.
@@ -76,7 +77,8 @@ def paired_only(trust, handler):
     """
     Wrap a service handler C{handler(session, body)} so that it runs only
     for paired peers; a session of any other peer is closed with
-    C{NOT_PAIRED}, after L{ITrustStore.catch_up} on it.
+    C{NOT_PAIRED}, after L{ITrustStore.catch_up} on it (C{GOING_AWAY} if
+    the store could not check it: not known to be unpaired).
     """
 
     def guarded(session, body):
