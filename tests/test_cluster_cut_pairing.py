@@ -3,10 +3,10 @@ A pairing made on one node while another is cut from NATS (real C{twistd
 -n cairn} nodes, the cut node reaching NATS through proxies that drop its
 connections): the cut node cannot read the trust bucket, so a peer its
 mirror does not know is not known to be unpaired there. It answers what a
-device tries again -- a forward STORAGE_ERROR, a circuit C{offline}, the
-peer's own session Close GOING_AWAY -- never NOT_PAIRED, which a device
-takes as final (docs/scaling.md, "Pairing on any node"); healed, it
-serves them.
+device tries again -- a forward STORAGE_ERROR, a circuit C{offline} (to
+it, or asked by it), the peer's own session Close GOING_AWAY -- never
+NOT_PAIRED, which a device takes as final (docs/scaling.md, "Pairing on
+any node"); healed, it serves them.
 """
 
 from twisted.internet import defer
@@ -54,6 +54,9 @@ class PairedDuringTheCutTests(unittest.TestCase):
         self.assertEqual(route.status, RouteStatus.OFFLINE)
         # Carol's own session on node 2: its first request that needs pairing.
         carols = yield deployment.connect(carol, node2)
+        route = yield self.assertFailure(eventually(relay.relay_to(carol, carols, alice.peer_id), 60), RouteRefused)
+        self.assertEqual(route.status, RouteStatus.OFFLINE)  # her circuit: tried again, not given up
+        self.assertEqual(route.reason, "the node cannot check this device's pairing now")
         mailbox.forward(carols, alice.peer_id, b"hello back").addErrback(lambda _: None)
         ended = yield closed(carols)
         self.assertEqual(ended.code, CloseCode.GOING_AWAY)

@@ -209,6 +209,28 @@ class RelayScenarioMixin(RelayHarness):
         self.assertEqual((status, reason), (RouteStatus.OFFLINE, "the node cannot check the target's pairing now"))
 
     @defer.inlineCallbacks
+    def test_unsure_requester(self):
+        """
+        A requester the trust store could not check (paired through another
+        node, whose shared store is out of reach here) gives offline, not
+        not_paired; its session stays open.
+        """
+        alice, bob = self.peer(paired=False), self.peer()
+        node_a = yield self.connect(alice)
+        yield self.connect(bob)
+        asked = []
+
+        def catch_up(peer_ids):
+            asked.extend(peer_ids)
+            return defer.succeed(frozenset(peer_ids))
+
+        self.patch(self.trust, "catch_up", catch_up)
+        status, reason = yield self.refused(relay.relay_to(alice, node_a, bob.peer_id))
+        self.assertEqual((status, reason), (RouteStatus.OFFLINE, "the node cannot check this device's pairing now"))
+        self.assertEqual(asked, [alice.peer_id])
+        self.assertIsNone(node_a.closed)
+
+    @defer.inlineCallbacks
     def test_offline_target(self):
         """A paired target without a session gives offline."""
         alice, bob = self.peer(), self.peer()

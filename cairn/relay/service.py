@@ -9,7 +9,8 @@ the outcome with a status code. Once open, RelayData bodies are forwarded
 verbatim to the other end: they hold whole envelopes of the two peers'
 own end-to-end session, so the node sees only ciphertext.
 
-Flow control (RelayData, RelayAck, RelayClose) is in
+The RouteRequest's checks, the offer and the RouteResponse are in
+L{cairn.relay.routing}; flow control (RelayData, RelayAck, RelayClose) in
 L{cairn.relay.forwarding}; closing circuits, and the peer observer hooks
 that close them when an end goes, in L{cairn.relay.ending}; attached circuits (docs/protocol.md §25.8),
 whose ends present tokens on connections of their own that the node
@@ -29,7 +30,6 @@ L{cairn.relay.remote.RemoteEnd} in place of the target's session
 (L{cairn.relay.remote}; docs/scaling.md, "Relay across nodes").
 """
 
-import os
 from collections import Counter
 
 from twisted.internet import task
@@ -38,12 +38,12 @@ from zope.interface import implementer
 
 from cairn.relay import messages, reports
 from cairn.relay.accounts import Accounts
-from cairn.relay.circuit import Circuit
 from cairn.relay.ending import Ending
 from cairn.relay.forwarding import Forwarding
 from cairn.relay.interfaces import IRelay, RelayLimits
 from cairn.relay.messages import WINDOW
-from cairn.relay.remote import Remote, RemoteEnd
+from cairn.relay.remote import Remote
+from cairn.relay.routing import Routing
 from cairn.relay.splicing import Splicing
 from cairn.session.guards import register_service
 from cairn.session.session import SessionClosed
@@ -59,7 +59,7 @@ SWEEP_INTERVAL = 60.0
 
 
 @implementer(IRelay)
-class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
+class RelayService(Routing, Ending, Forwarding, Splicing, RetriedPurges):
     """
     Relay circuits on a node L{Peer}.
 
@@ -263,96 +263,6 @@ class RelayService(Ending, Forwarding, Splicing, RetriedPurges):
         return circuit
 
     # Handlers
-
-    def _route_request(self, session, body):
-        target, req, attach = messages.parse_route_request(body)
-        if not self.trust.is_paired(session.remote_peer_id):
-            self._answer(session, req, RouteStatus.NOT_PAIRED, "pair with this node first")
-            return
-        if target == session.remote_peer_id:
-            self._answer(session, req, RouteStatus.INVALID, "a circuit needs two peers")
-            return
-        if not self.trust.is_paired(target):
-            unsure = set()  # paired through another node a moment ago? (catch_up)
-            caught_up = self.trust.catch_up([target]).addCallback(lambda checked: unsure.update(checked or ()))
-            if not caught_up.called:
-                caught_up.addCallback(lambda _: self._stopped or session.closed or self._route_request(session, body))
-            elif target in unsure:  # not known unpaired: offline, which the requester tries again
-                self._answer(session, req, RouteStatus.OFFLINE, "the node cannot check the target's pairing now")
-            else:
-                self._answer(session, req, RouteStatus.NOT_PAIRED, "the target is not paired with this node")
-            return
-        if self.accounts.over_quota(session.remote_peer_id, 1):
-            self._answer(session, req, RouteStatus.REFUSED, "relay byte quota used up")
-            return
-        other = self.online(target)
-        if other is None and self.remote is not None:
-            other = self.remote.end_for(target)
-        if other is None:
-            self._answer(session, req, RouteStatus.OFFLINE, "the target has no session with this node")
-            return
-        if self.load() >= self.capacity:
-            self._answer(session, req, RouteStatus.CAPACITY, f"relay capacity ({self.capacity}) reached")
-            return
-        circuit = Circuit(os.urandom(messages.CIRCUIT_ID_SIZE), session, other, req)
-        circuit.allowance = {session: self.window, other: self.window}
-        circuit.timer = self.clock.callLater(self.offer_timeout, self._offer_timed_out, circuit)
-        self.circuits[circuit.circuit_id] = circuit
-        offer = {"from": session.remote_peer_id, "circuit": circuit.circuit_id}
-        if attach and self.attached_circuits and (self.attach_address is not None or not isinstance(other, RemoteEnd)):
-            offer["token"] = circuit.tokens[other] = os.urandom(messages.TOKEN_SIZE)
-            if self.attach_address is not None:
-                offer["attach_at"] = self.attach_address
-        self._send(other, MessageType.ROUTE_REQUEST, offer)
-
-    def load(self) -> int:
-        """
-        Circuits counted against L{capacity}: those this node owns and
-        those whose target's end it carries for another node's requester
-        (L{cairn.relay.proxy.Proxy}), which hold a window and a session
-        of this node's as much as its own do.
-        """
-        return len(self.circuits) + (0 if self.remote is None else len(self.remote.proxies))
-
-    def refuse_offer(self, circuit, status, reason):
-        """Withdraw an offered C{circuit}, answering its requester C{status} with C{reason}."""
-        self._cancel(circuit)
-        self._drop(circuit)
-        self._answer(circuit.a, circuit.req, status, reason)
-
-    def _offer_timed_out(self, circuit):
-        circuit.timer = None
-        if circuit.state == "offered":
-            self._drop(circuit)
-            self._answer(circuit.a, circuit.req, RouteStatus.TIMEOUT, "the target did not answer")
-
-    def _route_response(self, session, body):
-        status, circuit_id, _req, reason = messages.parse_route_response(body)
-        attach, _ = messages.route_response_attach(body)
-        if self._proxied(session, circuit_id, MessageType.ROUTE_RESPONSE, body):
-            return
-        circuit = self._end_of(session, circuit_id)
-        if circuit is None or session is not circuit.b or circuit.state != "offered":
-            return
-        self._cancel(circuit)
-        if status != RouteStatus.OK:
-            self._drop(circuit)
-            self._answer(circuit.a, circuit.req, RouteStatus.REFUSED, reason or "the target refused")
-            return
-        circuit.state = "open"
-        circuit.opened_at = self.clock.seconds()
-        token = None
-        if attach and circuit.tokens:
-            token = circuit.tokens[circuit.a] = os.urandom(messages.TOKEN_SIZE)
-            circuit.timer = self.clock.callLater(self.offer_timeout, self._attach_timed_out, circuit)
-        else:
-            circuit.tokens.clear()
-            for attached in circuit.attached.values():
-                if attached is not None:
-                    attached[0].abortConnection()  # attached, then accepted without attaching
-            circuit.attached.clear()
-        log.info("relay circuit {cid} open ({mode})", cid=circuit.circuit_id.hex()[:8], mode=circuit.mode)
-        self._answer(circuit.a, circuit.req, RouteStatus.OK, circuit=circuit.circuit_id, token=token)
 
     def from_end(self, end, type_code, body):
         """
