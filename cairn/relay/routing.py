@@ -22,7 +22,10 @@ log = Logger()
 class Routing:
     """RouteRequest, the offer and RouteResponse (see the module docstring)."""
 
-    def _route_request(self, session, body, unsure=None):
+    def _route_request(self, session, body):
+        self._route(session, body, None)
+
+    def _route(self, session, body, unsure):
         target, req, attach = messages.parse_route_request(body)
         requester = session.remote_peer_id
         unknown = [p for p in (requester, target) if not self.trust.is_paired(p)]
@@ -30,8 +33,7 @@ class Routing:
             unsure = set()  # those the store could not check: not known unpaired
             caught_up = self.trust.catch_up(unknown).addCallback(lambda found: unsure.update(found or ()))
             if not caught_up.called:
-                again = self._route_request
-                caught_up.addCallback(lambda _: self._stopped or session.closed or again(session, body, unsure))
+                caught_up.addCallback(lambda _: self._stopped or session.closed or self._route(session, body, unsure))
                 return
         if not self._paired(session, req, requester, unsure, "this device's", "pair with this node first"):
             return
