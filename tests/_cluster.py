@@ -65,6 +65,20 @@ class _Splice(protocol.Protocol):
 
 
 class _Inbound(_Splice):
+    tail = b""
+
+    def dataReceived(self, data):
+        marker = self.proxy.marker
+        if marker is not None:
+            if self.proxy.passed.called:
+                return  # held: what the node sends after the marker never reaches NATS
+            seen, self.tail = self.tail + data, (self.tail + data)[-len(marker) :]
+            if marker in seen:
+                super().dataReceived(data)
+                self.proxy.passed.callback(None)
+                return
+        super().dataReceived(data)
+
     def connectionMade(self):
         if self.proxy.refusing:
             self.transport.abortConnection()
@@ -101,18 +115,30 @@ class NatsProxy:
     cannot abort what it forwards, which is the point here.
     """
 
-    def __init__(self, target):
+    def __init__(self, target, login=""):
         self.target = target
         self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.url = f"nats://{login}127.0.0.1:{self.port}"  # C{login}: "user:password@" of the server's account
         self.open = set()
         self.listening = None
         self.refusing = False
+        self.marker = self.passed = None  # L{hold_after}
+
+    def hold_after(self, marker):
+        """
+        Forward what the node sends up to and including the first read that
+        holds C{marker} (bytes of the NATS protocol, e.g. a subject), and
+        nothing it sends after that, its connections left open: its next
+        requests never reach NATS. Fires once the marker has passed.
+        """
+        self.marker, self.passed = marker, defer.Deferred()
+        return self.passed
 
     @defer.inlineCallbacks
     def heal(self):
-        """Listen on the proxy's port (the first time) and forward again."""
+        """Listen on the proxy's port (the first time) and forward again (whatever was held too)."""
         self.refusing = False
+        self.marker = None
         if self.listening is None:
             endpoint = TCP4ServerEndpoint(reactor, self.port, interface="127.0.0.1")
             self.listening = yield endpoint.listen(protocol.Factory.forProtocol(lambda: _Inbound(self)))
@@ -343,7 +369,7 @@ class Deployment:
         os.makedirs(data_dir, mode=0o700)
         urls = self.nats.urls
         if proxied:
-            proxies = [NatsProxy(server.port) for server in self.nats.servers]
+            proxies = [NatsProxy(server.port, _login(server.url)) for server in self.nats.servers]
             for proxy in proxies:
                 self.testcase.addCleanup(proxy.close)
                 yield proxy.heal()
@@ -360,6 +386,11 @@ class Deployment:
 
     def heal(self, node):
         return defer.gatherResults([p.heal() for p in self.proxies[node.name]])
+
+    def hold(self, node, marker):
+        """Pass what C{node} sends NATS up to C{marker}, nothing after it (L{NatsProxy.hold_after}); fires then."""
+        passed = [p.hold_after(marker) for p in self.proxies[node.name]]
+        return defer.DeferredList(passed, fireOnOneCallback=True, consumeErrors=True)
 
     # Clients
 
@@ -441,6 +472,12 @@ class Deployment:
         """Print every node's log (set C{CAIRN_TEST_SHOW} to see them after each test)."""
         for node in self.nodes:
             print(f"===== {node.name}\n{node.log}")
+
+
+def _login(url):
+    """The C{user:password@} of a C{nats://} URL, or ""."""
+    rest = url.split("://", 1)[1]
+    return rest.split("@", 1)[0] + "@" if "@" in rest else ""
 
 
 @defer.inlineCallbacks

@@ -91,6 +91,22 @@ class AnsweringTests(unittest.TestCase):
             with self.assertRaises(LayoutError):
                 _run(ready.answering(nc, [("A", "a.probe")], 1, None, clock.pause, clock))
 
+    def test_no_room_is_an_answer(self):
+        """
+        A stream refusing the probe for want of room (its account over its
+        limit, checked before the probe's header at R3) has answered: a node
+        started then comes up full (the reserve) rather than waiting forever.
+        """
+        error = {"code": 400, "err_code": 10002, "description": "resource limits exceeded for account"}
+        full = lambda name: json.dumps({"error": error, "stream": name, "seq": 0}).encode()  # noqa: E731
+        nc = _FakeNc({"a.probe": "A"}, silent=0, answer=full)
+        clock = _Clock()
+        _run(ready.answering(nc, [("A", "a.probe")], 1, None, clock.pause, clock))
+        self.assertEqual(len(nc.requests), 1)
+        nc = _FakeNc({"a.probe": "A"}, silent=0, answer=lambda name: full("other"))
+        with self.assertRaises(LayoutError):
+            _run(ready.answering(nc, [("A", "a.probe")], 1, None, clock.pause, clock))
+
     def test_probe_subject(self):
         self.assertEqual(ready.probe_subject("cairn.mbox.>"), "cairn.mbox.probe")
         self.assertEqual(ready.probe_subject("cairn.rdone.*"), "cairn.rdone.probe")

@@ -15,6 +15,13 @@ stream (C{"-"} is not a valid stream name), which the stream checks before
 storing and refuses with error 10060, naming itself in the answer. Nothing
 a store or a watch reads sees it (a refused publish is not a message of the
 stream), so the probe is safe on a stream that already holds data.
+
+A stream whose account is over its JetStream limit refuses the probe for
+want of room instead (at R3 its leader checks the account's limits before
+the header: "resource limits exceeded for account", measured): it
+answered all the same. Waiting for the header's refusal there kept a node
+restarted in that state from ever starting, while the storage reserve
+(L{cairn.cluster.reserve}) has it start full and drain.
 """
 
 import asyncio
@@ -78,11 +85,13 @@ async def answering(nc, streams, timeout=READY_TIMEOUT, waiting=None, pause=asyn
 
 
 def _refusal(data, name):
-    """None if C{data} is stream C{name}'s refusal of a probe, else why not (one line)."""
+    """None if C{data} is stream C{name}'s refusal of a probe (or of any write, for want of room), else why not."""
+    from cairn.cluster.pubacks import NO_ROOM_CODES
+
     try:
         answer = json.loads(data)
         error = answer.get("error") or {}
-        if answer.get("stream") == name and error.get("err_code") == _NOT_MATCHED:
+        if answer.get("stream") == name and error.get("err_code") in (_NOT_MATCHED, *NO_ROOM_CODES):
             return None
         return f"answered {(error.get('description') or 'unexpectedly')[:100]}"
     except (ValueError, AttributeError):
