@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster.mailbox import JetStreamMailboxStore
+from cairn.cluster.mailbox_room import BuriedHere
 from cairn.wire.constants import ForwardStatus
 from tests import _jetstream
 from tests._harness import Conditions
@@ -199,3 +200,245 @@ class PartlyRemovedTests(unittest.TestCase):
         self.assertEqual(receipt.message_id, items[1].message_id)
         self.assertNotIn(B, store.depths())
         self.assertEqual(store.total_bytes(), 0)
+
+
+def refuse_tombstones(testcase, store):
+    """Every tombstone the store's removals write is refused for want of room, with the reserve released (burial)."""
+    from cairn.cluster.common import KIND
+    from cairn.cluster.pubacks import PublishError
+
+    publish = store.acks.publish
+
+    async def refused(subject, payload, headers, *rest):
+        if (headers or {}).get(KIND) is None:
+            return await publish(subject, payload, headers, *rest)
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(PublishError(10002, "resource limits exceeded for account"))
+        return future
+
+    async def released():
+        return True
+
+    testcase.patch(store.acks, "publish", refused)
+    testcase.patch(store, "_released", released)
+
+
+class Burials:
+    """What the burial tests share: stores whose watch tells the test, and a dead node's record."""
+
+    def watched(self):
+        store = JetStreamMailboxStore(self.jet)
+        seen = store._seen
+
+        def watched(held):
+            seen(held)
+            self.jet.thread.to_reactor(self.conditions.changed)
+
+        store._seen = watched
+        return store
+
+    @defer.inlineCallbacks
+    def until_watched(self):
+        """Both watches are at the stream's last seq, and what they made the reactor do is done."""
+        info = yield self.jet.run(self.jet.js.stream_info, self.here.stream)
+        for store in (self.here, self.elsewhere):
+            yield self.conditions.until(lambda store=store: store._counted_upto >= info.state.last_seq)
+            yield store.flushed()
+
+    @defer.inlineCallbacks
+    def dead_record(self, seq, delete):
+        """
+        The record a node killed in its burial left of message C{seq}
+        (L{cairn.cluster.mailbox_room.Room._bury}), the message deleted
+        too if C{delete}; fires with its name and entries.
+        """
+        from nats.js.api import ConsumerConfig
+
+        from cairn.cluster import direct as D
+        from cairn.cluster import mailbox_room as R
+        from cairn.cluster.common import MESSAGE_WRITER, WRITER
+        from cairn.cluster.mailbox_layout import receipt_headers
+
+        jet = self.jet
+        held = yield jet.run(D.direct_seq, jet.nc, self.here.stream, seq)
+        headers = receipt_headers(ForwardStatus.STORED, 2.0, held.headers[D.EXPIRES], len(held.data))
+        headers.update({WRITER: "dead", MESSAGE_WRITER: held.headers[WRITER]})
+        entries = [[seq, held.subject, True, headers]]
+        name = f"{R.OWED}dead-1"
+        metadata = {R.KEY: __import__("json").dumps(entries)}
+        config = ConsumerConfig(durable_name=name, filter_subject=jet.subject("reserve", "owed"), metadata=metadata)
+        yield jet.run(jet.js_writes.add_consumer, jet.stream("reserve"), config=config)
+        if delete:
+            yield jet.run(D.delete, jet.js_writes, self.here.stream, seq)
+        return name, entries
+
+
+class BuriedTwiceTests(Burials, unittest.TestCase):
+    """
+    Two records of owed removals may hold the same message
+    (L{cairn.cluster.mailbox_room}): a node killed in its burial leaves its
+    record, and the next node's removal of the message buries it again
+    (C{tests/test_cluster_reserve_killed.py}, real processes: depths of
+    -30 and +30 left for good). Whichever record's tombstone is written
+    first, each store counts the message out once.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.conditions = Conditions()
+        self.here, self.elsewhere = self.watched(), self.watched()
+        for store in (self.here, self.elsewhere):
+            store.follow_needed()  # another node is seen (presence)
+            yield store.start()
+
+    @defer.inlineCallbacks
+    def test_buried_here_then_the_dead_nodes_tombstone(self):
+        """
+        The dead node's record is paid after this store buried the message
+        (its own tombstone still owed): counted out here once (it was -1).
+        """
+        ((_, seq),) = yield self.elsewhere.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        yield self.until_watched()
+        self.assertEqual(self.here.depths()[B].messages, 1)
+        name, entries = yield self.dead_record(seq, delete=False)
+        refuse_tombstones(self, self.here)
+        pay = self.here._pay
+
+        async def owed_still(record, entries, finish):
+            if record.startswith("owed-dead"):
+                return await pay(record, entries, finish)
+            return {}, True  # refused for want of room: left to a later settle
+
+        self.patch(self.here, "_pay", owed_still)
+        receipts = yield self.here.acknowledge(B, [seq], 2.0, 100.0)
+        self.assertEqual(receipts, [])  # owed: it comes with its tombstone
+        self.assertNotIn(B, self.here.depths())
+        written, owed = yield self.jet.run(self.elsewhere._pay, name, entries, True)
+        self.assertEqual((list(written), owed), ([entries[0][1]], False))
+        yield self.until_watched()
+        self.assertNotIn(B, self.here.depths())
+        self.assertNotIn(B, self.elsewhere.depths())
+        self.assertEqual((self.here.total_bytes(), self.elsewhere.total_bytes()), (0, 0))
+
+    @defer.inlineCallbacks
+    def test_deleted_by_the_dead_node_buried_here(self):
+        """
+        The dead node deleted the message; this store, which had handed
+        it out, buries it again and its own record's tombstone comes
+        first: counted out here once (it stayed counted), and elsewhere.
+        """
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        yield self.until_watched()
+        (held,) = yield self.here.fetch(B, 0, 16)
+        name, entries = yield self.dead_record(seq, delete=True)
+        refuse_tombstones(self, self.here)
+        yield self.here.acknowledge(B, [held.seq], 2.0, 100.0)
+        yield self.until_watched()
+        self.assertNotIn(B, self.here.depths())
+        self.assertNotIn(B, self.elsewhere.depths())
+        written, owed = yield self.jet.run(self.elsewhere._pay, name, entries, True)
+        self.assertEqual((written, owed), ({}, False))  # the tombstone is there: the record goes
+        yield self.until_watched()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual((self.here.total_bytes(), self.elsewhere.total_bytes()), (0, 0))
+
+    @defer.inlineCallbacks
+    def test_restarted_after_the_deletion(self):
+        """
+        A node started after a dead node's burial deleted a message (its
+        tombstone still owed) never counted it in: the tombstone, paid
+        later, counts nothing there (it was -1 for good).
+        """
+        ((_, seq),) = yield self.elsewhere.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        name, entries = yield self.dead_record(seq, delete=True)
+        started = self.watched()
+        started.follow_needed()
+        yield started.start()
+        self.assertNotIn(B, started.depths())
+        written, owed = yield self.jet.run(started._pay, name, entries, True)
+        self.assertEqual((list(written), owed), ([entries[0][1]], False))
+        yield self.until_watched()
+        yield self.conditions.until(lambda: started._counted_upto >= written[entries[0][1]])
+        yield started.flushed()
+        self.assertNotIn(B, started.depths())
+        self.assertNotIn(B, self.elsewhere.depths())  # counted in at its enqueue, out by the tombstone
+
+    @defer.inlineCallbacks
+    def test_full_fetch_reads_the_stream(self):
+        """
+        While full, a fetch is answered from the stream, not from what the
+        watch saw: a message another node buried (deleted, its tombstone
+        owed) is not delivered again (it was, from the watch's memory).
+        """
+        ((_, seq), _) = yield self.elsewhere.enqueue([item(payload=b"abc"), item(payload=b"defg")], 1.0, LIMITS)
+        yield self.until_watched()
+        yield self.dead_record(seq, delete=True)
+        self.patch(self.jet.reserve, "full", True)
+        self.assertEqual([m.payload for m in (yield self.here.fetch(B, 0, 16))], [b"defg"])
+
+
+class BuryingTests(unittest.TestCase):
+    """L{BuriedHere}: a tombstone seen while this store's burial of its message is in flight."""
+
+    def test_deleted_here(self):
+        """The burial removed it: counted out there; the tombstone counts nothing, now or later."""
+        marks = BuriedHere()
+        marks.burying([1, 2])
+        self.assertFalse(marks.counts(1, "one"))
+        self.assertEqual(marks.buried([1, 2], {1, 2}), [])
+        self.assertFalse(marks.counts(2, "two"))
+        self.assertTrue(marks.counts(2, "two, again"))  # the mark went with its tombstone
+
+    def test_deleted_elsewhere_first(self):
+        """Another node's burial deleted it first: its tombstone counts out, seen meanwhile or after."""
+        marks = BuriedHere()
+        marks.burying([1, 2])
+        self.assertFalse(marks.counts(1, "one"))
+        self.assertEqual(marks.buried([1, 2], set()), ["one"])
+        self.assertTrue(marks.counts(2, "two"))
+
+    def test_uncounted(self):
+        marks = BuriedHere()
+        marks.uncounted([7])
+        self.assertFalse(marks.counts(7, "seven"))
+        self.assertTrue(marks.counts(8, "eight"))
+
+    def test_bounded(self):
+        from cairn.cluster import mailbox_room
+
+        self.patch(mailbox_room, "MARKS", 2)
+        marks = BuriedHere()
+        marks.uncounted([1, 2, 3])
+        self.assertEqual([marks.counts(seq, seq) for seq in (1, 2, 3)], [True, False, False])
+
+
+class BuriedByAnEarlierProcessTests(Burials, unittest.TestCase):
+    """A store alone (no other node seen: no watch), restarted after its node was killed in a burial."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.conditions = Conditions()
+        self.here = self.elsewhere = self.watched()
+        yield self.here.start()
+
+    @defer.inlineCallbacks
+    def test_pays_the_earlier_processs_record(self):
+        """
+        Finishing the record of the process before its restart, the
+        store counts the message out (it stayed counted: alone, no watch
+        read the tombstone).
+        """
+        from cairn.cluster import mailbox_room
+
+        self.patch(mailbox_room, "OTHERS_AFTER", 0.0)
+        here = self.here
+        ((_, seq),) = yield here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        yield self.dead_record(seq, delete=False)
+        self.assertEqual((yield here.settle()), 1)  # deleted, its tombstone at the next poll
+        self.assertEqual((yield here.settle()), 0)
+        yield self.until_watched()
+        self.assertNotIn(B, here.depths())
+        self.assertEqual(here.total_bytes(), 0)
+

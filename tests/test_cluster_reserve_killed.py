@@ -327,20 +327,12 @@ class KilledOnceRecordedRestartedTests(KilledInABurialMixin, unittest.TestCase):
     """Node 1 dies with its first record written, before its deletions; restarted, the recipient comes back to it."""
 
     restart = True
-    #: 1 run of 2 (the full suite, burial26): restarted node 1's /mailbox said -30 for good.
-    todo = "restarted node 1's mailbox depth went to -30 (docs/scaling.md)"
-
-
-#: Why the "deleted" variants fail in most runs (burial26, not fixed, cause not known): node 2's /mailbox
-#: keeps 30-120 messages after it left full mode (every acknowledged message delivered meanwhile).
-UNSEEN_RECORD = "node 2's mailbox depth stays above 0 after node 1 died in a burial (docs/scaling.md)"
 
 
 class KilledOnceDeletedTests(KilledInABurialMixin, unittest.TestCase):
     """Node 1 dies after a burial's deletions; the recipient comes back on node 2."""
 
     kill_at = "deleted"
-    todo = UNSEEN_RECORD
 
 
 class KilledOnceDeletedRestartedTests(KilledInABurialMixin, unittest.TestCase):
@@ -348,4 +340,3 @@ class KilledOnceDeletedRestartedTests(KilledInABurialMixin, unittest.TestCase):
 
     kill_at = "deleted"
     restart = True
-    todo = UNSEEN_RECORD

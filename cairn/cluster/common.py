@@ -24,6 +24,10 @@ SIZE = "Cairn-Size"
 #: writer's watch counts the removal out of its depths only where the
 #: message was counted in: L{cairn.cluster.mailbox_follow}).
 MESSAGE_WRITER = "Cairn-Message-Writer"
+#: A buried message's tombstone's (L{cairn.cluster.mailbox_room}): the seq of the message it stands
+#: for, deleted before it -- written by whichever node pays the record, so every store counts that
+#: message out once, whoever wrote the tombstone (L{cairn.cluster.mailbox_follow}).
+REMOVES = "Cairn-Removes"
 
 
 def recipient_of(held):

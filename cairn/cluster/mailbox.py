@@ -55,6 +55,7 @@ from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_reads import Reading
 from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
+from cairn.cluster.mailbox_room import BuriedHere
 from cairn.cluster.pubacks import Headers
 from cairn.cluster.watch import Watchers
 from cairn.mailbox.interfaces import Depth, IMailboxStore, PartlyStored, StoreFull
@@ -113,6 +114,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         #: removed here above it -- neither counted nor uncounted, so a depth never goes below zero.
         self._counted_upto, self._uncounted = 0, set()
         self._skipped = Skipped()  # seqs the watch passed over (mailbox_alone)
+        self._buried_here = BuriedHere()  # on the NATS loop: messages this store buried (mailbox_room)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as

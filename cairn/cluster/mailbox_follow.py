@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from cairn.cluster import direct as D
 from cairn.cluster import mailbox_ahead
-from cairn.cluster.common import KIND, MESSAGE_WRITER, SIZE, WRITER, is_message, one_line, recipient_of
+from cairn.cluster.common import KIND, MESSAGE_WRITER, REMOVES, SIZE, WRITER, is_message, one_line, recipient_of
 from cairn.cluster.kv_whole import kv_entries
 from cairn.cluster.mailbox_alone import OwnWrites
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
@@ -142,10 +142,9 @@ class Following:
             receipt = headers.get(D.STATUS) is not None
             if receipt:
                 self._receipt_written(parts[3], seq)
-            if headers.get(WRITER) != self.writer and self._counted_in(headers):
-                size = int(headers.get(SIZE) or 0)
-                sender = parts[3] if receipt else None
-                self.jet.thread.to_reactor(self._removed_elsewhere, parts[2], size, sender, seq)
+            count_out = (parts[2], int(headers.get(SIZE) or 0), parts[3] if receipt else None, seq)
+            if self._counts_out(headers, count_out):
+                self.jet.thread.to_reactor(self._removed_elsewhere, *count_out)
             return
         if headers.get(WRITER) == self.writer:
             return  # this store's own writes (counted when made)
@@ -155,7 +154,28 @@ class Following:
             stored_at = float(headers.get(D.STORED) or 0)
             self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(held.data), stored_at, seq)
 
-    def _counted_in(self, headers):
+    def _counts_out(self, headers, count_out):
+        """
+        Whether a tombstone (C{headers}) seen by the watch counts its
+        message out of this store's depths: another writer's removal of a
+        message counted in here; a buried message's tombstone
+        (L{cairn.cluster.mailbox_room}), whoever wrote it, unless this
+        store's own burial counted the message out already. (A burial here
+        that found its message deleted by another node's burial left it
+        to that node's tombstone; when its own record's tombstone came
+        first, nothing counted it out: +30 for good in
+        C{tests/test_cluster_reserve_killed.py}.)
+        """
+        buried = headers.get(REMOVES)
+        if buried is None:
+            return headers.get(WRITER) != self.writer and self._counted_in(headers)
+        try:
+            seq = int(buried)
+        except ValueError:
+            return False
+        return self._counted_in(headers, seq) and self._buried_here.counts(seq, count_out)
+
+    def _counted_in(self, headers, seq=None):
         """
         Whether the message that another writer's tombstone (C{headers})
         replaces is in this store's depths, so that its removal counts
@@ -170,7 +190,9 @@ class Following:
         writer = headers.get(MESSAGE_WRITER)
         if writer is None:
             return headers.get(D.STATUS) is not None
-        return writer == self.writer or int(headers.get(D.EXPECT_LAST) or 0) not in self._skipped
+        if seq is None:
+            seq = int(headers.get(D.EXPECT_LAST) or 0)  # a removal's tombstone is conditional on its message
+        return writer == self.writer or seq not in self._skipped
 
     async def _follow(self, upto):
         """
@@ -279,6 +301,7 @@ class Following:
                 messages.append(held)
             elif is_receipt(held):
                 firsts.setdefault(parts[3], []).append(held.seq)
+        await self._unloaded({held.seq for held in messages})
         self._consumed.update(markers)
         for sender, seqs in firsts.items():
             upto = markers.get(sender, (0,))[0]

@@ -43,7 +43,7 @@ import uuid
 from twisted.logger import Logger
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import KIND, one_line
+from cairn.cluster.common import KIND, REMOVES, one_line
 from cairn.cluster.pubacks import NO_ROOM_CODES
 from cairn.mailbox.interfaces import Receipt
 
@@ -59,6 +59,81 @@ BURIED_LATELY = 2.0
 #: burial was cut short: that node stopped). Sooner, the burial may be under way there: deleting its
 #: message first left that node counting it in its depth for good (its deletion found nothing).
 OTHERS_AFTER = 30.0
+#: Marks kept in L{BuriedHere} at most.
+MARKS = 65536
+
+
+class BuriedHere:
+    """
+    Which tombstones of buried messages count nothing here (on the NATS
+    loop). Two records may hold the same message (a node died in its
+    burial, and the next node's removal of the message buried it again):
+    whichever record's tombstone is written first, a store counts the
+    message out once. Before, the other record's tombstone counted out
+    what this store's burial had counted out already (-30 for good on a
+    restarted node, C{tests/test_cluster_reserve_killed.py}), or nothing
+    counted out a message whose burial here found it deleted by another
+    node's (+30).
+
+      - A message this store is burying (L{burying}, before its deletion:
+        a tombstone may come while the deletion is in flight) is either
+        removed here (L{buried}: counted out by the burial, its tombstone
+        counts nothing) or was deleted first by another node's burial
+        (its tombstone counts it out, seen meanwhile or later).
+      - A message the start-up load did not read although a record still
+        owes its tombstone (deleted before the load: never counted in
+        here; L{uncounted}).
+
+    Each mark goes when its tombstone is seen; the oldest past L{MARKS}.
+    """
+
+    def __init__(self):
+        self._seqs = {}  # seq -> _BURYING, _COUNTED, or the count-out of a tombstone seen meanwhile
+
+    def burying(self, seqs):
+        for seq in seqs:
+            self._seqs[seq] = _BURYING
+        self._trim()
+
+    def buried(self, seqs, removed):
+        """
+        The deletions of C{seqs} are made, those of C{removed} by this
+        store; the count-outs of tombstones seen meanwhile of the others
+        (deleted by another node first: theirs to count).
+        """
+        late = []
+        for seq in seqs:
+            state = self._seqs.pop(seq, None)
+            if seq in removed:
+                if state is _BURYING:
+                    self._seqs[seq] = _COUNTED  # its tombstone is still to come
+            elif state not in (None, _BURYING, _COUNTED):
+                late.append(state)
+        return late
+
+    def uncounted(self, seqs):
+        """Messages never counted in here: their tombstones count nothing."""
+        for seq in seqs:
+            self._seqs[seq] = _COUNTED
+        self._trim()
+
+    def counts(self, seq, count_out):
+        """A tombstone of buried message C{seq} is seen: whether it counts out now (C{count_out}: how, if later)."""
+        state = self._seqs.get(seq)
+        if state is None:
+            return True
+        if state is _BURYING:
+            self._seqs[seq] = count_out  # the burial's deletion decides (L{buried})
+        else:
+            del self._seqs[seq]
+        return False
+
+    def _trim(self):
+        while len(self._seqs) > MARKS:
+            del self._seqs[next(iter(self._seqs))]
+
+
+_BURYING, _COUNTED = object(), object()
 
 
 def no_room(error):
@@ -104,7 +179,14 @@ class Room:
             await self.jet.js_writes.add_consumer(self.jet.stream("reserve"), config=config)
             # Recorded: from here on each message is removed (a deletion that failed is made again by L{settle}).
             seqs = [held.seq for held, _, _ in refused]
+            self._buried_here.burying(seqs)
             gone = await D.delete_all(self.jet.js_writes, self.stream, seqs, return_exceptions=True)
+            # Not one a concurrent removal deleted first (it counts it). These count out here (the
+            # caller): their tombstones, whoever writes them, count nothing more here (L{_seen}).
+            removed = [(held, owed) for (held, owed, _), ok in zip(refused, gone) if ok is not False]
+            late = self._buried_here.buried(seqs, {held.seq for held, _ in removed})
+            for count_out in late:
+                self.jet.thread.to_reactor(self._removed_elsewhere, *count_out)
             try:
                 written, _ = await self._pay(name, entries, finish=True)
             except Exception as e:  # removed all the same, their tombstones owed (L{settle})
@@ -112,9 +194,30 @@ class Room:
                 self.jet.thread.to_reactor(log.warn, "mailbox: writing buried tombstones: {why}", why=one_line(e))
         self._buried_at = asyncio.get_running_loop().time()
         self.jet.thread.to_reactor(_buried, len(refused), len(written))
-        # Not one a concurrent removal deleted first (it counts it).
-        buried = zip(refused, gone)
-        return [(held, owed, written.get(held.subject)) for (held, owed, _), ok in buried if ok is not False]
+        return [(held, owed, written.get(held.subject)) for held, owed in removed]
+
+    async def _unloaded(self, loaded):
+        """
+        At the start-up load, after its scan (C{loaded}: the seqs of the
+        messages it read): the buried messages it did not read although a
+        record still owes their tombstones were deleted before it, never
+        counted in here (L{BuriedHere.uncounted}). A record made after the
+        scan deleted its messages after its record: read here, then.
+        """
+        from nats.js.errors import NotFoundError
+
+        try:
+            infos = await self.jet.js.consumers_info(self.jet.stream("reserve"))
+        except NotFoundError:
+            return  # no reserve stream yet: nothing buried
+        seqs = []
+        for info in infos:
+            try:
+                entries = json.loads((info.config.metadata or {})[KEY]) if info.name.startswith(OWED) else []
+            except (KeyError, ValueError):
+                continue  # unreadable: L{settle} says so
+            seqs += [entry[0] for entry in entries if entry[0] <= self._loaded_upto and entry[0] not in loaded]
+        self._buried_here.uncounted(seqs)
 
     def _lock(self):
         if self._burying is None:
@@ -134,7 +237,7 @@ class Room:
             if owed:
                 break  # refused for want of room: the others would be too
             try:
-                headers = {**headers, D.EXPECT_LAST: "0"}
+                headers = {**headers, D.EXPECT_LAST: "0", REMOVES: str(seq)}
                 ack = await self.jet.js_writes.publish(subject, b"", headers=headers, stream=stream)
             except Exception as e:
                 if no_room(e):
@@ -187,7 +290,12 @@ class Room:
             if not info.name.startswith(OWED):
                 continue
             first = self._records_seen[info.name] = seen.get(info.name, now)
-            finish = info.name.startswith(OWED + self.writer) or now - first >= OTHERS_AFTER
+            mine = info.name.startswith(OWED + self.writer)
+            if not mine:
+                # Another writer's (a process before this one's restart, too): its tombstones count out
+                # here through the watch (L{cairn.cluster.mailbox_follow.Following._counts_out}).
+                self._start_following()
+            finish = mine or now - first >= OTHERS_AFTER
             try:
                 entries = json.loads((info.config.metadata or {})[KEY])
                 written, left = await self._pay(info.name, entries, finish)
