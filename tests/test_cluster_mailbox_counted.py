@@ -442,3 +442,84 @@ class BuriedByAnEarlierProcessTests(Burials, unittest.TestCase):
         self.assertNotIn(B, here.depths())
         self.assertEqual(here.total_bytes(), 0)
 
+
+def stored_unanswered(testcase, store):
+    """The store's next write is stored, but its answer is lost (a new leader elected meanwhile)."""
+    from cairn.cluster.pubacks import LeaderChanged
+
+    publish, calls = store.acks.publish, []
+
+    async def unanswered(subject, payload, headers, *rest):
+        written = await publish(subject, payload, headers, *rest)
+        calls.append(subject)
+        if len(calls) > 1:
+            return written
+        await written
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(LeaderChanged("cairn_mbox elected a new leader while the write was in flight"))
+        return future
+
+    testcase.patch(store.acks, "publish", unanswered)
+
+
+class StoredUnansweredTests(Burials, unittest.TestCase):
+    """
+    A forward whose write JetStream stored but never answered is refused
+    STORAGE_ERROR (the sender sends it again, answered DUPLICATE): it is
+    held, so it counts in once it is found, and its removal counts out
+    only what counted in (its node showed -1 for good once delivered:
+    five such forwards in one run of tests/test_cluster_reserve_r3_nodes.py).
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        _, self.jet = yield _jetstream.single(self)
+        self.conditions = Conditions()
+        self.here = self.elsewhere = self.watched()
+        yield self.here.start()
+
+    @defer.inlineCallbacks
+    def refused(self, message):
+        from cairn.mailbox.interfaces import StoreFull
+
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.enqueue([message], 1.0, LIMITS), StoreFull)
+        self.assertNotIn(B, self.here.depths())
+
+    @defer.inlineCallbacks
+    def test_sent_again(self):
+        """The sender's retry is answered DUPLICATE and finds it: counted in; its removal counts it out."""
+        message = item(payload=b"abc")
+        yield self.refused(message)
+        (result,) = yield self.here.enqueue([message], 2.0, LIMITS)
+        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
+        yield self.here.flushed()
+        self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (1, 3))
+        (held,) = yield self.here.fetch(B, 0, 16)
+        yield self.here.acknowledge(B, [held.seq], 3.0, 100.0)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_never_sent_again(self):
+        """Delivered without a retry: never counted in, its removal counts nothing (it was -1)."""
+        yield self.refused(item(payload=b"abc"))
+        (held,) = yield self.here.fetch(B, 0, 16)
+        yield self.here.acknowledge(B, [held.seq], 3.0, 100.0)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_removed_elsewhere(self):
+        """Another node removes it: this node's watch counts it in when it reads it, then out."""
+        self.elsewhere = self.watched()
+        for store in (self.here, self.elsewhere):
+            store.follow_needed()
+        yield self.elsewhere.start()
+        yield self.refused(item(payload=b"abc"))
+        yield self.until_watched()
+        (held,) = yield self.elsewhere.fetch(B, 0, 16)
+        yield self.elsewhere.acknowledge(B, [held.seq], 3.0, 100.0)
+        yield self.until_watched()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)

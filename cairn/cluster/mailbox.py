@@ -49,7 +49,7 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
 from cairn.cluster.mailbox_ahead import ReadAhead
-from cairn.cluster.mailbox_alone import Publishing, Skipped
+from cairn.cluster.mailbox_alone import MaybeStored, Publishing, Skipped, unknown_outcome
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_reads import Reading
@@ -115,6 +115,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         self._counted_upto, self._uncounted = 0, set()
         self._skipped = Skipped()  # seqs the watch passed over (mailbox_alone)
         self._buried_here = BuriedHere()  # on the NATS loop: messages this store buried (mailbox_room)
+        self._maybe = MaybeStored()  # on the NATS loop: writes that failed unanswered (mailbox_alone)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
@@ -226,6 +227,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                 results[i] = (ForwardStatus.STORED, await future)
             except Exception as e:
                 if not D.is_wrong_last(e):
+                    if unknown_outcome(e):
+                        self._maybe.add(subject, stored[D.STORED])
                     failure = failure or e
                     continue
                 try:
@@ -296,6 +299,12 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             if held is None:
                 after = 0  # removed meanwhile
             elif is_message(held) or float(held.headers[D.EXPIRES]) > now:
+                if held.headers.get(WRITER) == self.writer and self._maybe.found(held):
+                    # Stored after all by this store's write that failed unanswered: counted in now.
+                    stored_at = float(held.headers[D.STORED])
+                    self.jet.thread.to_reactor(
+                        self._written_elsewhere, item.recipient, len(held.data), stored_at, held.seq
+                    )
                 return ForwardStatus.DUPLICATE, None
             else:
                 after = held.seq

@@ -143,11 +143,14 @@ class Following:
             if receipt:
                 self._receipt_written(parts[3], seq)
             count_out = (parts[2], int(headers.get(SIZE) or 0), parts[3] if receipt else None, seq)
+            if self._maybe and headers.get(MESSAGE_WRITER) == self.writer != headers.get(WRITER):
+                if self._maybe.removed(subject=held.subject):  # (this store's removals: L{_uncount})
+                    return  # its write that failed unanswered, never counted in (mailbox_alone.MaybeStored)
             if self._counts_out(headers, count_out):
                 self.jet.thread.to_reactor(self._removed_elsewhere, *count_out)
             return
-        if headers.get(WRITER) == self.writer:
-            return  # this store's own writes (counted when made)
+        if headers.get(WRITER) == self.writer and not (self._maybe and self._maybe.found(held)):
+            return  # this store's own writes (counted when made; not one that failed unanswered)
         if uncounted:
             return  # removed here before the watch brought it (L{_uncount}): not counted in, nor out
         if parts[1] == "mbox":
@@ -265,6 +268,8 @@ class Following:
         for held in removed:
             if held.headers.get(WRITER) != self.writer and (held.seq > self._counted_upto or held.seq in self._skipped):
                 self._uncounted.add(held.seq)
+            elif self._maybe and held.headers.get(WRITER) == self.writer and self._maybe.removed(held):
+                pass  # this store's write that failed unanswered, never counted in (mailbox_alone.MaybeStored)
             else:
                 counted.append(held)
         return counted
