@@ -413,8 +413,8 @@ class BuryingTests(unittest.TestCase):
         self.assertEqual([marks.counts(seq, seq) for seq in (1, 2, 3)], [True, False, False])
 
 
-class BuriedByAnEarlierProcessTests(Burials, unittest.TestCase):
-    """A store alone (no other node seen: no watch), restarted after its node was killed in a burial."""
+class OneStore(Burials):
+    """One store, alone on a fresh single server (no other node seen: no watch)."""
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -422,6 +422,10 @@ class BuriedByAnEarlierProcessTests(Burials, unittest.TestCase):
         self.conditions = Conditions()
         self.here = self.elsewhere = self.watched()
         yield self.here.start()
+
+
+class BuriedByAnEarlierProcessTests(OneStore, unittest.TestCase):
+    """A store alone (no other node seen: no watch), restarted after its node was killed in a burial."""
 
     @defer.inlineCallbacks
     def test_pays_the_earlier_processs_record(self):
@@ -462,7 +466,7 @@ def stored_unanswered(testcase, store):
     testcase.patch(store.acks, "publish", unanswered)
 
 
-class StoredUnansweredTests(Burials, unittest.TestCase):
+class StoredUnansweredTests(OneStore, unittest.TestCase):
     """
     A forward whose write JetStream stored but never answered is refused
     STORAGE_ERROR (the sender sends it again, answered DUPLICATE): it is
@@ -470,13 +474,6 @@ class StoredUnansweredTests(Burials, unittest.TestCase):
     only what counted in (its node showed -1 for good once delivered:
     five such forwards in one run of tests/test_cluster_reserve_r3_nodes.py).
     """
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        _, self.jet = yield _jetstream.single(self)
-        self.conditions = Conditions()
-        self.here = self.elsewhere = self.watched()
-        yield self.here.start()
 
     @defer.inlineCallbacks
     def refused(self, message):
