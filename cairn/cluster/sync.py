@@ -150,6 +150,10 @@ class JetStreamSyncStore(StoreCalls, Cursors, Follow, Removal, DerivedFigures, S
             if status == SyncStatus.COMMITTED:
                 changes.add(item.topic, seq, size)
                 total += size
+            elif status == SyncStatus.DUPLICATE:
+                # Held: counted unless this node knows it already (L{TopicLog.add} is idempotent). Its own
+                # write stored but never answered (a PubAck timeout, a new leader) was known nowhere here.
+                changes.add(item.topic, seq, len(item.payload))
         if total > limits.max_total:
             await self._evict(total - limits.max_total, changes)
         return results, changes
