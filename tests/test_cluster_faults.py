@@ -32,6 +32,20 @@ def until_stored(store, items, now=0.0):
         return results
 
 
+@defer.inlineCallbacks
+def held_counted(testcase, store, held):
+    """
+    The store's depth counts exactly the messages C{held} (a write stored
+    but never answered among them, its retry DUPLICATE), and their
+    removal empties it.
+    """
+    depth = store.depths()[RECIPIENT]
+    testcase.assertEqual((depth.messages, depth.bytes), (len(held), sum(len(m.payload) for m in held)))
+    yield store.acknowledge(RECIPIENT, [m.seq for m in held], 10.0, 100.0)
+    testcase.assertNotIn(RECIPIENT, store.depths())
+    testcase.assertEqual(store.total_bytes(), 0)
+
+
 class LeaderKillTests(unittest.TestCase):
     timeout = 180
     SENDERS = 4
@@ -78,6 +92,7 @@ class LeaderKillTests(unittest.TestCase):
         self.assertEqual(len(keys), len(set(keys)), "a message is held twice")
         self.assertEqual(set(keys), set(acked), "an acknowledged message is lost (or one never acked is held)")
         self.assertEqual({k: m.payload for k, m in zip(keys, held)}, acked)
+        yield held_counted(self, store, held)
 
 
 class LeaderStoppedTests(unittest.TestCase):
@@ -93,17 +108,27 @@ class LeaderStoppedTests(unittest.TestCase):
         cluster, jet = yield _jetstream.on_a_follower(self, "mbox")
         store = JetStreamMailboxStore(jet)
         yield store.start()
-        info = yield jet.run(jet.js.stream_info, store.stream)
-        # Stopped, not killed: the route to it stays up and takes the write, which nobody answers.
-        cluster.by_name(info.cluster.leader).process.signalProcess("STOP")
-        item = Incoming("QmA", RECIPIENT, uuid7(), b"in flight")
-        with self.assertRaises(StoreFull) as caught:
-            yield store.enqueue([item], 0.0, LIMITS)
-        self.assertIn("elected a new leader while the write was in flight", str(caught.exception))
+        for _ in range(3):
+            info = yield jet.run(jet.js.stream_info, store.stream)
+            # Stopped, not killed: the route to it stays up and takes the write, which nobody answers.
+            leader = cluster.by_name(info.cluster.leader).process
+            leader.signalProcess("STOP")
+            item = Incoming("QmA", RECIPIENT, uuid7(), b"in flight")
+            try:
+                yield store.enqueue([item], 0.0, LIMITS)
+            except StoreFull as e:
+                self.assertIn("elected a new leader while the write was in flight", str(e))
+                break
+            # Stored: the server stopped was no longer the leader (seen once in 9 runs, under load). Again.
+            leader.signalProcess("CONT")
+            yield store.acknowledge(RECIPIENT, [m.seq for m in (yield store.fetch(RECIPIENT, 0, 10))], 0.0, 100.0)
+        else:
+            self.fail("the stream's leader answered a write while stopped")
         results = yield until_stored(store, [item])
         self.assertIn(results[0][0], (ForwardStatus.STORED, ForwardStatus.DUPLICATE))
         held = yield store.fetch(RECIPIENT, 0, 10)
         self.assertEqual([m.payload for m in held], [b"in flight"])
+        yield held_counted(self, store, held)
 
 
 class NatsDownTests(unittest.TestCase):
@@ -129,6 +154,7 @@ class NatsDownTests(unittest.TestCase):
         self.assertTrue(jet.health()[0])
         held = yield store.fetch(RECIPIENT, 0, 10)
         self.assertEqual([m.payload for m in held], [b"before", b"during"])
+        yield held_counted(self, store, held)
 
 
 class SyncLeaderKillTests(unittest.TestCase):

@@ -216,9 +216,11 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         stored = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
         headers = Headers({D.EXPECT_LAST: "0", **stored, WRITER: self.writer})
         publish = self.acks.publish
-        futures = {}
+        futures, retried = {}, {}
         for i in admitted:
             subject = self._message_subject(items[i])
+            if self._maybe:  # a sender's retry of a write that failed unanswered decides it (L{_taken})
+                retried[i] = self._maybe.take(subject)
             futures[i] = subject, await publish(subject, items[i].payload, headers)
         results = [None] * len(items)
         failure = None
@@ -232,7 +234,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                     failure = failure or e
                     continue
                 try:
-                    results[i] = await self._taken(items[i], now, expires_at)
+                    results[i] = await self._taken(items[i], now, expires_at, retried.get(i))
                 except Exception as e:
                     failure = failure or e
             else:
@@ -292,14 +294,19 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             headers["Nats-Rollup"] = "sub"  # the expired tombstone goes
         return await self.acks.publish(self._message_subject(item), item.payload, headers=headers)
 
-    async def _taken(self, item, now, expires_at):
-        """The subject of C{item} is not empty: DUPLICATE, unless it holds a tombstone past its time."""
+    async def _taken(self, item, now, expires_at, unanswered=None):
+        """
+        The subject of C{item} is not empty: DUPLICATE, unless it holds a
+        tombstone past its time. C{unanswered}: the C{Cairn-Stored} of this
+        store's write of it that failed unanswered (mailbox_alone.MaybeStored).
+        """
         for _ in range(5):
             held = await D.direct_last(self.jet.nc, self.stream, self._message_subject(item))
             if held is None:
                 after = 0  # removed meanwhile
             elif is_message(held) or float(held.headers[D.EXPIRES]) > now:
-                if held.headers.get(WRITER) == self.writer and self._maybe.found(held):
+                mine = held.headers.get(WRITER) == self.writer
+                if mine and unanswered is not None and held.headers.get(D.STORED) == unanswered:
                     # Stored after all by this store's write that failed unanswered: counted in now.
                     stored_at = float(held.headers[D.STORED])
                     self.jet.thread.to_reactor(

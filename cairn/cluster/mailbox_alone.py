@@ -145,8 +145,9 @@ class MaybeStored:
     C{tests/test_cluster_reserve_r3_nodes.py}; counted in nowhere on their
     node (its watch skips its own writes) but counted out there at their
     removal, they left its depth below zero for good. Now such a message
-    counts in when a read finds it (the watch, or the retry's read:
-    L{found}), and its removal counts nothing if none did (L{removed}).
+    counts in when a read finds it (the watch, L{found}, or the read of
+    the sender's retry refused because it is there, L{take}), and its
+    removal counts nothing if none did (L{removed}).
     Keyed by subject, with the message's C{Cairn-Stored} (which tells that
     write from a retry's). On the NATS loop.
     """
@@ -161,6 +162,14 @@ class MaybeStored:
         self._stamps[subject] = stamp
         while len(self._stamps) > MAYBE:
             self._stamps.popitem(last=False)
+
+    def take(self, subject):
+        """
+        The sender sends C{subject} again: its C{Cairn-Stored} if it is one
+        of those, forgotten (the retry's outcome decides it: stored, the
+        first was not; refused as taken, the first is held).
+        """
+        return self._stamps.pop(subject, None)
 
     def found(self, held):
         """
