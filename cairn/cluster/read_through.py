@@ -63,9 +63,7 @@ class ReadThrough:
         now = self.jet.clock.seconds()
         keys = list(dict.fromkeys(keys))
         waits = {self._reading[k] for k in keys if k in self._reading}  # a read in flight: wait for it too
-        due = [
-            k for k in keys if k not in self._reading and now - self._missed.get(k, now - MISS_AGAIN) >= MISS_AGAIN
-        ]
+        due = [k for k in keys if k not in self._reading and now - self._missed.get(k, now - MISS_AGAIN) >= MISS_AGAIN]
         connected = self.jet.state == "ok"
         if due and self.in_flight < MISS_READS and connected:
             waits.add(self._read_now(due[:MISS_BATCH], now))
