@@ -64,6 +64,50 @@ class _Splice(protocol.Protocol):
             self.other.transport.loseConnection()
 
 
+class _FromNats(_Splice):
+    """
+    The NATS side of a proxied connection. While the proxy holds
+    deliveries (L{NatsProxy.hold_deliveries}) it reads what NATS sends
+    frame by frame (the NATS protocol: a line, and for MSG/HMSG the
+    payload its last field sizes) and keeps the messages on the held
+    subjects until L{NatsProxy.release_deliveries}; the rest goes on.
+    """
+
+    pending = b""
+
+    def dataReceived(self, data):
+        if self.proxy.held_prefix is None and not self.pending:
+            return super().dataReceived(data)
+        self.pending += data
+        while True:
+            frame = _nats_frame(self.pending)
+            if frame is None:
+                return None
+            self.pending = self.pending[len(frame) :]
+            prefix = self.proxy.held_prefix
+            if prefix is not None and _subject(frame).startswith(prefix):
+                self.proxy.held.append((self, frame))
+            else:
+                super().dataReceived(frame)
+
+
+def _nats_frame(buffer):
+    """The first whole frame NATS sent in C{buffer}, or None (more is needed)."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    if not _subject(buffer[:end]):
+        return buffer[: end + 2]
+    total = end + 2 + int(buffer[:end].rsplit(b" ", 1)[1]) + 2
+    return buffer[:total] if len(buffer) >= total else None
+
+
+def _subject(frame):
+    """The subject of a MSG or HMSG frame (or its line), else b""."""
+    op, _, rest = frame.partition(b" ")
+    return rest.split(b" ", 1)[0] if op.upper() in (b"MSG", b"HMSG") else b""
+
+
 class _Inbound(_Splice):
     tail = b""
 
@@ -86,7 +130,7 @@ class _Inbound(_Splice):
         self.proxy.open.add(self)
         self.transport.pauseProducing()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target, timeout=5)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Splice(self.proxy)))
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _FromNats(self.proxy)))
         d.addCallbacks(self._connected, lambda _: self.transport.abortConnection())
 
     def _connected(self, outbound):
@@ -123,6 +167,7 @@ class NatsProxy:
         self.listening = None
         self.refusing = False
         self.marker = self.passed = None  # L{hold_after}
+        self.held_prefix, self.held = None, []  # L{hold_deliveries}
 
     def hold_after(self, marker):
         """
@@ -133,6 +178,21 @@ class NatsProxy:
         """
         self.marker, self.passed = marker, defer.Deferred()
         return self.passed
+
+    def hold_deliveries(self, prefix):
+        """
+        Keep from the node the messages NATS sends it on subjects starting
+        with C{prefix} (bytes; e.g. what a watch of some keys is delivered),
+        everything else passing: its watch stalls, its requests are answered.
+        """
+        self.held_prefix = prefix
+
+    def release_deliveries(self):
+        """Pass the held messages on, in order, and hold no more."""
+        self.held_prefix, held, self.held = None, self.held, []
+        for side, frame in held:
+            if side.other is not None and side.other.transport is not None:
+                side.other.transport.write(frame)
 
     @defer.inlineCallbacks
     def heal(self):
@@ -391,6 +451,15 @@ class Deployment:
         """Pass what C{node} sends NATS up to C{marker}, nothing after it (L{NatsProxy.hold_after}); fires then."""
         passed = [p.hold_after(marker) for p in self.proxies[node.name]]
         return defer.DeferredList(passed, fireOnOneCallback=True, consumeErrors=True)
+
+    def hold_deliveries(self, node, prefix):
+        """Keep from C{node} what NATS delivers it on subjects starting with C{prefix}."""
+        for proxy in self.proxies[node.name]:
+            proxy.hold_deliveries(prefix)
+
+    def release_deliveries(self, node):
+        for proxy in self.proxies[node.name]:
+            proxy.release_deliveries()
 
     # Clients
 

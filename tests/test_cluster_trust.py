@@ -149,7 +149,7 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         """
         from twisted.internet import task
 
-        from cairn.cluster import trust as module
+        from cairn.cluster import read_through as module
 
         stale = yield self.stale()
         clock = task.Clock()
@@ -171,9 +171,9 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         self.assertEqual(reads, [[known], [unknown[0]], unknown[1 : 1 + module.MISS_BATCH]])
         clock.advance(module.MISS_AGAIN)
         del reads[:]
-        stale._miss_reads = module.MISS_READS
+        stale.reads.in_flight = module.MISS_READS
         self.assertEqual((yield stale.catch_up([unknown[0]])), frozenset())  # beyond the bounds: the mirror's answer
-        stale._miss_reads = 0
+        stale.reads.in_flight = 0
         self.patch(self.jet, "state", "degraded")
         # NATS not connected: not read, and so not known unpaired.
         self.assertEqual((yield stale.catch_up([unknown[0]])), frozenset([unknown[0]]))
@@ -211,7 +211,7 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         import asyncio
         from types import SimpleNamespace
 
-        from cairn.cluster import trust as module
+        from cairn.cluster import read_through as module
         from tests._harness import observe_logs
 
         stale = yield self.stale()

@@ -129,6 +129,32 @@ class HandlerPolicyTests(unittest.TestCase):
 class GuardTests(unittest.TestCase):
     """The guard itself."""
 
+    def test_held_again_keeps_the_order(self):
+        """A held request held again on its turn (a second read) still runs before the requests that came after it."""
+        from cairn.session import guards
+
+        class Paired:
+            def is_paired(self, peer_id):
+                return True
+
+        session, ran = FakeSession("QmPeer"), []
+        first, second = defer.Deferred(), defer.Deferred()
+
+        def handler(session, body):
+            if body == "b" and not second.called:  # its own read: held again, runs once it is done
+                guards.hold(session, second, (lambda session, body: ran.append(body + " read"), body))
+                return
+            ran.append(body)
+
+        guarded = guards.paired_only(Paired(), handler)
+        guards.hold(session, first)
+        for body in ("a", "b", "c"):
+            guarded(session, body)
+        first.callback(None)
+        guarded(session, "d")
+        second.callback(None)
+        self.assertEqual((ran, guards._held), (["a", "b read", "c", "d"], {}))
+
     def test_stopped(self):
         """Once stopped, a request goes unanswered and the handler does not run."""
         ran = []

@@ -1,6 +1,7 @@
 """
 The byte-exact sync access vectors of docs/protocol.md §24.9 (SyncAck
-status 5 FORBIDDEN and SyncDenied), produced by the node's own code paths
+status 5 FORBIDDEN, SyncDenied, and SyncAck status 4 for a grant the node
+cannot check), produced by the node's own code paths
 and compared line by line with the document.
 
 The block sits between C{<!-- sync-access-vector-begin -->} and
@@ -12,6 +13,7 @@ C{python -m tests.test_sync_vectors}.
 import sys
 from collections import OrderedDict
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -43,9 +45,18 @@ def produce():
     session = RecordingSession(node.peer, device.peer_id)
     node._publish(session, {"topic": TOPIC, "id": UPDATE_ID, "payload": b"hello sync"})
     node._subscribe(session, {"topics": [TOPIC]})
-    (ack,) = session.bodies(MessageType.SYNC_ACK)
+    # A node that cannot read the device's grant (another node may have widened it): retry, not FORBIDDEN.
+    node.store.catch_up_access = lambda device: defer.succeed(False)
+    node._publish(session, {"topic": TOPIC, "id": UPDATE_ID, "payload": b"hello sync"})
+    ack, unchecked = session.bodies(MessageType.SYNC_ACK)
     (denied,) = session.bodies(MessageType.SYNC_DENIED)
-    return OrderedDict([("sync_ack_forbidden", cbor.dumps(ack).hex()), ("sync_denied", cbor.dumps(denied).hex())])
+    return OrderedDict(
+        [
+            ("sync_ack_forbidden", cbor.dumps(ack).hex()),
+            ("sync_denied", cbor.dumps(denied).hex()),
+            ("sync_ack_unchecked", cbor.dumps(unchecked).hex()),
+        ]
+    )
 
 
 def documented():
@@ -73,7 +84,7 @@ class SyncAccessVectorTests(unittest.TestCase):
         self.assertEqual((text.count(BEGIN), text.count(END)), (1, 1))
 
     def test_bodies(self):
-        """The SyncAck FORBIDDEN and SyncDenied bodies match what the node sends."""
+        """The SyncAck FORBIDDEN, SyncDenied and SyncAck STORAGE_ERROR (unchecked) bodies are what the node sends."""
         self.assertEqual(documented(), produce())
 
     def test_bodies_parse(self):
@@ -86,6 +97,10 @@ class SyncAccessVectorTests(unittest.TestCase):
         self.assertEqual(int(SyncStatus.FORBIDDEN), 5)
         self.assertEqual(messages.parse_denied(bodies["sync_denied"]), (TOPIC, "this device may not read the topic"))
         self.assertEqual(int(MessageType.SYNC_DENIED), 0x0806)
+        self.assertEqual(
+            messages.parse_ack(bodies["sync_ack_unchecked"]),
+            (UPDATE_ID, SyncStatus.STORAGE_ERROR, None, "the node cannot check this device's access now"),
+        )
 
 
 def main():

@@ -16,6 +16,7 @@ from twisted.internet import defer
 
 from cairn.cluster import direct as D
 from cairn.cluster.kv_whole import kv_entries
+from cairn.cluster.read_through import ReadThrough
 from cairn.cluster.sync_follow import ACCESS, token_topic, topic_token
 from cairn.sync.access import Access
 from cairn.sync.interfaces import Topic
@@ -26,13 +27,15 @@ class Cursors:
     The cursor and access-grant calls of a L{cairn.cluster.sync.JetStreamSyncStore}
     (a mixin: it needs C{jet}, C{_run}, C{_apply}, C{_set_access}, the
     figures' C{_topics} and C{_cursors}, and L{cairn.cluster.sync_follow.Follow}'s
-    C{_grant_revisions}).
+    C{_grant_revisions} and C{_grant_seen}).
     """
 
     def _init_cursors(self):
         self._revisions = {}  # (device, topic) -> KV revision
         self._cursor_locks = {}  # cursor key -> asyncio.Lock (on the NATS loop)
         self._cursors_loaded_upto = 0  # the last cursors-bucket revision the start-up load read
+        # catch_up_access's reads (bounded: cairn.cluster.read_through).
+        self._grant_reads = ReadThrough(self.jet, self._read_grants, name="sync", what="access grant(s)")
 
     async def _load_cursors(self):
         """C{(cursors, access)} as stored: {(device, topic): seq}, {device: L{Access}}."""
@@ -138,3 +141,28 @@ class Cursors:
         else:
             revision = await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
             self._grant_revisions[device] = max(revision, self._grant_revisions.get(device, 0))
+
+    def catch_up_access(self, device):
+        """
+        Read C{device}'s grant key (a grant made on another node a moment
+        ago counts before the watch brings it; L{ISyncStore.catch_up_access}),
+        within the bounds of L{cairn.cluster.read_through}: read again at
+        most once a second, 0.5 s at most, never while NATS is not connected.
+        """
+        return self._grant_reads.ask([device]).addCallback(lambda unsure: device not in unsure)
+
+    async def _read_grants(self, devices):
+        """Read the grant keys of C{devices} and apply what is newer (L{Follow._grant_seen})."""
+        from nats.js.errors import KeyNotFoundError
+
+        kv = self.jet.kv["cursors"]
+
+        async def read(device):
+            try:
+                entry = await kv.get(ACCESS + device)
+            except KeyNotFoundError as e:
+                entry = e.entry  # purged (back to the default): the marker, with its revision; never granted: None
+            if entry is not None:
+                self._grant_seen(device, entry.revision, json.loads(entry.value) if entry.value else None)
+
+        await asyncio.gather(*map(read, devices))

@@ -93,12 +93,7 @@ class Follow:
             revision = msg.metadata.sequence.stream
             gone = h.get("KV-Operation") in _GONE or h.get("Nats-Marker-Reason") is not None
             if key.startswith(ACCESS):
-                device = key[len(ACCESS) :]
-                if revision <= self._grant_revisions.get(device, 0):
-                    return
-                self._grant_revisions[device] = revision
-                grant = None if gone else json.loads(msg.data)
-                self.jet.thread.to_reactor(self._granted_elsewhere, device, grant)
+                self._grant_seen(key[len(ACCESS) :], revision, None if gone else json.loads(msg.data))
                 return
             device, token = key.split(".", 1)
             name = token_topic(token)
@@ -126,6 +121,19 @@ class Follow:
             opt_start_seq=self._cursors_loaded_upto + 1,
         )
         await self.jet.js.subscribe(prefix + ">", stream=stream, cb=cursor, ordered_consumer=True, config=config)
+
+    def _grant_seen(self, device, revision, grant):
+        """
+        On the NATS loop: C{device}'s grant (its JSON; None: back to the
+        default) as stored at KV C{revision}, read by the watch or by
+        L{catch_up_access}: applied only if newer than the one this store
+        holds. Checked and handed to the reactor in one step, so the
+        reactor applies grants in revision order, whichever read them.
+        """
+        if revision <= self._grant_revisions.get(device, 0):
+            return
+        self._grant_revisions[device] = revision
+        self.jet.thread.to_reactor(self._granted_elsewhere, device, grant)
 
     # On the reactor thread
 

@@ -21,33 +21,18 @@ import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cairn.cluster.common import storage_error
 from cairn.cluster.direct import is_wrong_last
 from cairn.cluster.kv_whole import watch_whole
+from cairn.cluster.read_through import ReadThrough
 from cairn.cluster.watch import Watchers
 from cairn.crypto.identity import parse_peer_id
 from cairn.pairing.interfaces import PAIRED, PENDING, ITrustStore, PeerRecord
 from cairn.pairing.trust import TrustStoreBase
-from cairn.storeservice import observe
 
 log = Logger()
-
-#: Reads of peers the mirror does not know (L{KVTrustStore.catch_up}): a
-#: call reads at most C{MISS_BATCH} of them, at most C{MISS_READS} calls
-#: read at once, a peer is read again at most every C{MISS_AGAIN} seconds,
-#: and a call's reads wait at most C{MISS_TIMEOUT} seconds; beyond these the
-#: mirror answers. So a paired peer naming recipients nobody paired makes
-#: the node read NATS a bounded number of times, not once per name.
-MISS_BATCH = 8
-MISS_READS = 4
-MISS_AGAIN = 1.0
-MISS_TIMEOUT = 0.5
-#: Above this many remembered misses, those older than C{MISS_AGAIN} are dropped.
-MISSES_KEPT = 10_000
-
 
 class Conflict(Exception):
     """Another node changed the peer's trust state first; nothing was written."""
@@ -95,10 +80,14 @@ class KVTrustStore(TrustStoreBase):
         self._chains = {}  # peer_id -> fires when this store's last write to it is done
         self._seen = {}
         self._watcher = None
-        self._missed = {}  # peer_id -> when catch_up last read it from the bucket
-        self._miss_reads = 0  # catch_up reads in flight
-        self._reading = {}  # peer_id -> the catch_up read in flight that reads it
-        self._failed = set()  # peers whose last catch_up read failed (timed out, NATS lost)
+        # catch_up's reads of peers the mirror does not know (bounded: cairn.cluster.read_through).
+        self.reads = ReadThrough(
+            jetstream,
+            lambda peer_ids: self._read(peer_ids),
+            lambda entries: self._changes(entries, True),
+            "trust",
+            "peer(s) not known here",
+        )
         #: Called with (peer_id, record or None) for each change made by another writer.
         self.watchers = Watchers()
 
@@ -244,60 +233,20 @@ class KVTrustStore(TrustStoreBase):
         Read from the bucket those of C{peer_ids} the mirror does not know
         as paired, so that a pairing (or an approval) made on another node a
         moment ago counts here before the watch brings it (docs/scaling.md,
-        "Pairing on any node"). Within the bounds above; only while NATS is
-        connected; a peer already being read waits for that read, so
-        callers fire in the order they asked; never fails (an error leaves
-        the mirror as it was). Fires with the peers still not known as
-        paired that could not be checked: their read failed, or NATS was
-        not connected when they were due a read (beyond the bounds, the
-        mirror's answer stands: those are not in it).
+        "Pairing on any node"). Within the bounds of
+        L{cairn.cluster.read_through}; only while NATS is connected; valid
+        peer ids only (never a wildcard key); a peer already being read
+        waits for that read, so callers fire in the order they asked; never
+        fails (an error leaves the mirror as it was). Fires with the peers
+        still not known as paired that could not be checked: their read
+        failed, or NATS was not connected when they were due a read (beyond
+        the bounds, the mirror's answer stands: those are not in it).
         """
-        now = self.jet.clock.seconds()
-        missed, reading = self._missed, self._reading
-        asked = [p for p in dict.fromkeys(peer_ids) if not self.is_paired(p)]
-        waits = {reading[p] for p in asked if p in reading}  # a read in flight: wait for it too
-        due = [
-            p
-            for p in asked
-            if p not in reading and now - missed.get(p, now - MISS_AGAIN) >= MISS_AGAIN and _is_peer_id(p)
-        ]
-        connected = self.jet.state == "ok"
-        if due and self._miss_reads < MISS_READS and connected:
-            waits.add(self._read_now(due[:MISS_BATCH], now))
-        unread = () if connected else due
-
-        def unsure(_=None):
-            return frozenset(p for p in asked if not self.is_paired(p) and (p in self._failed or p in unread))
-
-        if not waits:
-            return defer.succeed(unsure())
-        # Each caller's own Deferred, fired in the order they asked.
-        return defer.DeferredList([observe(d) for d in waits]).addCallback(unsure)
-
-    def _read_now(self, wanted, now):
-        if len(self._missed) > MISSES_KEPT:
-            self._missed = {p: t for p, t in self._missed.items() if now - t < MISS_AGAIN}
-            self._failed &= self._missed.keys()
-        self._miss_reads += 1
-        d = self.jet.run(self._read, wanted)
-        for peer_id in wanted:
-            self._missed[peer_id] = now
-            self._reading[peer_id] = d
-
-        def done(result):
-            self._miss_reads -= 1
-            failed = isinstance(result, Failure)
-            for peer_id in wanted:
-                if self._reading.get(peer_id) is d:
-                    del self._reading[peer_id]
-                (self._failed.add if failed else self._failed.discard)(peer_id)
-            return result
-
-        d.addBoth(done).addCallback(self._changes, True)
-        return d.addErrback(_read_failed, len(wanted))
+        asked = [p for p in peer_ids if not self.is_paired(p) and _is_peer_id(p)]
+        return self.reads.ask(asked).addCallback(lambda unsure: frozenset(p for p in unsure if not self.is_paired(p)))
 
     async def _read(self, peer_ids):
-        """The bucket's entries of C{peer_ids} (those it holds), read at once: C{MISS_TIMEOUT} in all."""
+        """The bucket's entries of C{peer_ids} (those it holds), read at once."""
         import asyncio
 
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -308,7 +257,7 @@ class KVTrustStore(TrustStoreBase):
             except (KeyNotFoundError, KeyDeletedError):
                 return None
 
-        entries = await asyncio.wait_for(asyncio.gather(*map(read, peer_ids)), MISS_TIMEOUT)
+        entries = await asyncio.gather(*map(read, peer_ids))
         return [entry for entry in entries if entry is not None]
 
     def _save_last_seen(self, peer_id, when):
@@ -341,10 +290,6 @@ def _is_peer_id(value):
     except (TypeError, ValueError):
         return False
     return True
-
-
-def _read_failed(failure, count):
-    log.warn("trust: reading {count} peer(s) not known here failed: {why}", count=count, why=failure.getErrorMessage())
 
 
 def _ignore_conflict(failure):

@@ -45,14 +45,15 @@ _held = {}
 #: Requests held for one session at most; one more closes it with
 #: C{LIMIT_REACHED} (a peer that floods while the node reads for it).
 HELD_MAX = 256
-HELD_TOO_MANY = "too many requests while the node reads its trust store"
+HELD_TOO_MANY = "too many requests while the node reads its shared stores"
 
 
 def hold(session, until, first=None):
     """
     Hold the requests of C{session} that reach a handler behind
     L{paired_only} until the Deferred C{until} fires (a store reading what
-    one of them needs: L{ITrustStore.catch_up}); then they run in the order
+    one of them needs: L{ITrustStore.catch_up}, a sync grant's
+    L{cairn.sync.interfaces.ISyncStore.catch_up_access}); then they run in the order
     they came, after C{first} (a (guarded handler, body) pair) if given.
     At most L{HELD_MAX} are held; one more closes the session with
     C{LIMIT_REACHED}. Returns C{until}, which must fire (success or not).
@@ -67,8 +68,8 @@ def _release(result, session):
         if session.closed is not None:
             break
         guarded(session, body)
-        if session in _held:  # held again: the rest wait behind that hold, still in order
-            _held[session][:0] = requests[i + 1 :]
+        if session in _held:  # held again: the rest wait behind that hold (after its first), still in order
+            _held[session].extend(requests[i + 1 :])
             break
     return result
 

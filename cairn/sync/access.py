@@ -11,6 +11,7 @@ C{CAIRN_SYNC_ACCESS=none}).
 """
 
 import attr
+from twisted.internet import defer
 
 #: Longest pattern list accepted for one device and mode.
 MAX_PATTERNS = 256
@@ -73,3 +74,23 @@ def parse_access(body) -> Access:
                 raise ValueError(f"'{mode}': '*' may only end a pattern ({pattern!r})")
         lists.append(tuple(dict.fromkeys(patterns)))
     return Access(*lists)
+
+
+class Grants:
+    """
+    A sync store's cache of the grants, C{_access} ({device: L{Access}}):
+    the part of L{cairn.sync.interfaces.ISyncStore} the stores share.
+    """
+
+    def access(self):
+        return dict(self._access)
+
+    def _set_access(self, device, access):
+        if access is None:
+            self._access.pop(device, None)
+        else:
+            self._access[device] = access
+
+    def catch_up_access(self, device):
+        """The store is its data's only writer: what it holds is current."""
+        return defer.succeed(True)

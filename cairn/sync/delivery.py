@@ -8,7 +8,7 @@ clean restart (§16).
 
 A mixin of L{cairn.sync.service.SyncService}, which owns the state it
 uses: C{store}, C{trust}, C{window}, C{window_bytes}, C{resets},
-C{_outboxes}, and L{cairn.storeservice.StoreService}'s C{_stopped},
+C{_outboxes}, C{access_of}, C{_end_subscription}, and L{cairn.storeservice.StoreService}'s C{_stopped},
 C{_track}, C{_send} and C{_log_failure}.
 """
 
@@ -73,6 +73,11 @@ class Delivery:
             return
         if not self.trust.is_paired(session.remote_peer_id):
             return  # unpaired since: nothing more is pushed, at once
+        if not self.access_of(session.remote_peer_id).may_read(topic):
+            # Its grant was narrowed since (through another node: this
+            # node's store followed it): nothing more is pushed; SyncDenied.
+            self._end_subscription(outbox, topic)
+            return
         if topic in outbox.fetching:
             outbox.again.add(topic)
             return

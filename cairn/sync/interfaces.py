@@ -113,6 +113,18 @@ class ISyncStore(Interface):
     def access():
         """{device: L{cairn.sync.access.Access}} of the grants (cached, synchronous)."""
 
+    def catch_up_access(device):
+        """
+        Make L{access} current for C{device} before a refusal: a store that
+        shares its data with other writers reads C{device}'s grant where it
+        is stored and applies it if it is newer than the one it holds (never
+        older: its watch may have applied a newer one meanwhile), within
+        bounds (docs/scaling.md, "Sync grants on any node"). Never fails:
+        fires with whether the grant is known current -- False when it could
+        not be read (the read failed or timed out, or the shared store is
+        out of reach). A store that is its data's only writer fires True at once.
+        """
+
     def topics():
         """{topic: L{Topic}} (cached, synchronous)."""
 

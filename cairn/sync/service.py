@@ -36,12 +36,13 @@ from cairn.cluster.bus import TOPIC
 from cairn.diskspace import LowDiskSpace
 from cairn.mailbox.interfaces import Limits
 from cairn.pairing.interfaces import UnknownPeer
+from cairn.session.guards import guard, hold, paired_only
 from cairn.storeservice import StoreService
 from cairn.sync import access, messages, report
 from cairn.sync.delivery import Delivery, Outbox
 from cairn.sync.interfaces import ISyncHub, Publish
 from cairn.sync.store import EXPIRE_BATCH
-from cairn.wire.constants import MessageType, SyncStatus
+from cairn.wire.constants import CloseCode, MessageType, SyncStatus
 from cairn.wire.schema import BodyError
 
 log = Logger()
@@ -50,6 +51,8 @@ log = Logger()
 WINDOW = 64
 WINDOW_BYTES = 4 * 1024 * 1024
 SWEEP_INTERVAL = 60.0
+#: The reason given when the device's grant could not be read (another node may have widened it).
+UNCHECKED = "the node cannot check this device's access now"
 
 
 @implementer(ISyncHub)
@@ -160,10 +163,7 @@ class SyncService(Delivery, StoreService):
         def stored(_):
             for outbox in self._outboxes_of(peer_id):
                 for topic in [t for t in outbox.topics if not self.access_of(peer_id).may_read(t)]:
-                    self._deny(outbox.session, topic)
-                    del outbox.topics[topic]
-                    for key in [k for k in outbox.inflight if k[0] == topic]:
-                        del outbox.inflight[key]
+                    self._end_subscription(outbox, topic)
             return self.access_report(peer_id)
 
         return self.store.set_access(peer_id, grant).addCallback(stored)
@@ -179,13 +179,43 @@ class SyncService(Delivery, StoreService):
     def _deny(self, session, topic):
         self._send(session, MessageType.SYNC_DENIED, {"topic": topic, "reason": "this device may not read the topic"})
 
+    def _end_subscription(self, outbox, topic):
+        """A subscription the device's grant no longer allows: SyncDenied, and its updates in flight forgotten."""
+        self._deny(outbox.session, topic)
+        del outbox.topics[topic]
+        for key in [k for k in outbox.inflight if k[0] == topic]:
+            del outbox.inflight[key]
+
+    def _read_access(self, session, body, handler):
+        """
+        The device's grant as this node holds it refuses part of C{body}:
+        read the grant first (one made through another node a moment ago
+        counts; L{ISyncStore.catch_up_access}), then call C{handler(session,
+        body, checked)} (C{checked}: whether the grant is known current).
+        The session's later requests wait behind it (L{hold}, bounded).
+        """
+        outcome = []
+        d = self.store.catch_up_access(session.remote_peer_id)
+        d.addErrback(self._log_failure, "reading an access grant").addCallback(lambda ok: outcome.append(ok is True))
+        if d.called:  # a local store (or no read due): at once
+            return handler(session, body, outcome[0])
+        then = guard(lambda s, b: handler(s, b, outcome[0]), self.name, lambda: self._stopped)
+        hold(session, self._track(d), (paired_only(self.trust, then), body))
+        return None
+
     # Handlers
 
-    def _subscribe(self, session, body):
+    def _subscribe(self, session, body, checked=None):
         wanted = messages.parse_subscribe(body)
         device = session.remote_peer_id
         allowed = self.access_of(device)
-        for topic in [t for t in wanted if not allowed.may_read(t)]:
+        refused = [t for t in wanted if not allowed.may_read(t)]
+        if refused and checked is None:
+            return self._read_access(session, body, self._subscribe)
+        if refused and not checked:  # not known to be refused: the device subscribes again later
+            session.close(CloseCode.GOING_AWAY, UNCHECKED + "; try again later")
+            return None
+        for topic in refused:
             del wanted[topic]
             self._deny(session, topic)
         if not wanted:
@@ -208,13 +238,17 @@ class SyncService(Delivery, StoreService):
         d = self._track(self.store.subscribe(device, wanted))
         d.addCallbacks(subscribed, self._log_failure, errbackArgs=("subscribing",))
 
-    def _publish(self, session, body):
+    def _publish(self, session, body, checked=None):
         update_id = messages.publish_id(body)
         try:
             topic, _, payload = messages.parse_publish(body)
         except BodyError as e:
             return self._ack(session, update_id, SyncStatus.INVALID, None, str(e))
         if not self.access_of(session.remote_peer_id).may_write(topic):
+            if checked is None:
+                return self._read_access(session, body, self._publish)
+            if not checked:  # not known to be forbidden: the device sends it again
+                return self._ack(session, update_id, SyncStatus.STORAGE_ERROR, None, UNCHECKED)
             return self._ack(session, update_id, SyncStatus.FORBIDDEN, None, "this device may not write the topic")
         if len(payload) > self.max_update or len(payload) > self.limits.max_total:
             reason = f"payload over {min(self.max_update, self.limits.max_total)} bytes"

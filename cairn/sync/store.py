@@ -16,7 +16,7 @@ from zope.interface import implementer
 from cairn.diskspace import guarded_batch
 from cairn.groupcommit import GroupCommit
 from cairn.mailbox.store import batch_txn, storage_error
-from cairn.sync.access import Access
+from cairn.sync.access import Access, Grants
 from cairn.sync.interfaces import ISyncStore, Topic, Update
 from cairn.wire.constants import SyncStatus
 
@@ -24,23 +24,14 @@ from cairn.wire.constants import SyncStatus
 EXPIRE_BATCH = 1000
 
 
-class SyncFigures:
-    """The synchronous figures both stores keep: topics, cursors, total bytes."""
+class SyncFigures(Grants):
+    """The synchronous figures both stores keep: topics, cursors, total bytes, grants."""
 
     def __init__(self):
         self._topics = {}
         self._cursors = {}
         self._total = 0
         self._access = {}
-
-    def access(self):
-        return dict(self._access)
-
-    def _set_access(self, device, access):
-        if access is None:
-            self._access.pop(device, None)
-        else:
-            self._access[device] = access
 
     def topics(self):
         return dict(self._topics)
