@@ -10,6 +10,7 @@ tries again when the grant cannot be read.
 """
 
 import asyncio
+import json
 import os
 
 from twisted.internet import defer, task
@@ -209,3 +210,39 @@ class ServedBeforeTheWatchTests(HeldBack):
         self.hub._fan_out("notes")  # another node's update (as its fan-out would)
         self.assertEqual([b["topic"] for b in self.session.bodies(MessageType.SYNC_DENIED)], ["notes"])
         self.assertEqual(self.session.bodies(MessageType.SYNC_UPDATE), [])
+
+
+class OwnWriteTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_newer_grant_from_elsewhere_stays(self):
+        """
+        A grant set here, then one set through another node before this
+        node's answer (its watch applied it already): the newer one stays
+        (this node applied its own older grant over it at the answer).
+        """
+        _, jet = yield _jetstream.single(self)
+        here = JetStreamSyncStore(jet)
+        yield here.start()
+        kv, photos = jet.kv["cursors"], Access(("photos",), ("photos",))
+        put, seen, calls = kv.put, here._grant_seen, []
+        watched = asyncio.Event()
+
+        def grant_seen(device, revision, grant):
+            seen(device, revision, grant)
+            watched.set()
+
+        async def put_then_another(key, value):
+            revision = await put(key, value)
+            calls.append(key)
+            if len(calls) == 1:  # this node's write: another node's follows it, and the watch applies that
+                newer = await put(key, json.dumps(photos.to_json()).encode())
+                while here._grant_revisions.get(DEVICE.peer_id, 0) < newer:
+                    watched.clear()
+                    await watched.wait()
+            return revision
+
+        self.patch(here, "_grant_seen", grant_seen)
+        self.patch(kv, "put", put_then_another)
+        yield here.set_access(DEVICE.peer_id, NOTES)
+        yield here.flushed()
+        self.assertEqual(here.access(), {DEVICE.peer_id: photos})

@@ -128,19 +128,22 @@ class Cursors:
     # Access grants (cached; other writers' grants arrive through the watch)
 
     def set_access(self, device, access):
-        def stored(_):
-            self._set_access(device, access)
-            return access
-
-        return self._run(self._put_access, device, access).addCallback(stored)
+        # Applied at the revision it is stored at, as another node's grant is (L{Follow._grant_seen}),
+        # before this call's answer: a newer grant stored meanwhile through another node, which the
+        # watch may have applied already, stays (applied at the answer, the older one replaced it).
+        return self._run(self._put_access, device, access).addCallback(lambda _: access)
 
     async def _put_access(self, device, access):
         kv = self.jet.kv["cursors"]
         if access is None:
             await kv.purge(ACCESS + device)
+            try:
+                await self._read_grants([device])  # the purge's marker and its revision (purge answers none)
+            except Exception:
+                self.jet.thread.to_reactor(self._granted_elsewhere, device, None)  # as stored
         else:
-            revision = await kv.put(ACCESS + device, json.dumps(access.to_json()).encode())
-            self._grant_revisions[device] = max(revision, self._grant_revisions.get(device, 0))
+            grant = access.to_json()
+            self._grant_seen(device, await kv.put(ACCESS + device, json.dumps(grant).encode()), grant)
 
     def catch_up_access(self, device):
         """
