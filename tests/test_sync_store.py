@@ -108,9 +108,11 @@ class StoreMixin:
         self.assertEqual((yield self.store.set_access(B, grant)), grant)
         yield self.store.set_access(C, Access())
         self.assertEqual(self.store.access(), {B: grant, C: Access()})
+        self.assertEqual((self.store.grant_of(B), self.store.grant_of(C)), (grant, Access()))
         yield self.store.set_access(C, None)
         yield self.store.purge(B)
         self.assertEqual(self.store.access(), {})
+        self.assertEqual((self.store.grant_of(B), self.store.grant_of(C)), (None, None))
 
 
 class MemoryStoreTests(StoreMixin, unittest.TestCase):

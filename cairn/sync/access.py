@@ -85,6 +85,9 @@ class Grants:
     def access(self):
         return dict(self._access)
 
+    def grant_of(self, device):
+        return self._access.get(device)
+
     def _set_access(self, device, access):
         if access is None:
             self._access.pop(device, None)

@@ -113,6 +113,9 @@ class ISyncStore(Interface):
     def access():
         """{device: L{cairn.sync.access.Access}} of the grants (cached, synchronous)."""
 
+    def grant_of(device):
+        """C{device}'s own L{cairn.sync.access.Access} in L{access}, or None (the default applies); no copy."""
+
     def catch_up_access(device):
         """
         Make L{access} current for C{device} before a refusal: a store that

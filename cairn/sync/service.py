@@ -145,7 +145,8 @@ class SyncService(Delivery, StoreService):
 
     def access_of(self, device) -> access.Access:
         """The topics C{device} may read and write: its grant, else the node's default."""
-        return self.store.access().get(device, self.default_access)
+        own = self.store.grant_of(device)  # per request: not a copy of every grant
+        return self.default_access if own is None else own
 
     def set_access(self, peer_id, body):
         """
@@ -172,7 +173,7 @@ class SyncService(Delivery, StoreService):
         """C{GET /sync/{peer_id}/access}: the effective grant and whether it is the default."""
         if not self.trust.is_paired(peer_id):
             raise UnknownPeer(peer_id)
-        own = self.store.access().get(peer_id)
+        own = self.store.grant_of(peer_id)
         effective = self.default_access if own is None else own
         return {"peer_id": peer_id, "default": own is None, **effective.to_json()}
 
