@@ -68,7 +68,7 @@ def forward_until_stored(testcase, sender, recipient_id, within=90):
         except ForwardRejected as e:
             testcase.assertEqual(e.code, ForwardStatus.STORAGE_ERROR)
             if reactor.seconds() > deadline:
-                testcase.fail(f"a forward was still refused after {within} s")
+                testcase.fail(f"a forward was still refused after {within} s (the last refusal: {e})")
             yield task.deferLater(reactor, RETRY, lambda: None)
 
 
