@@ -10,7 +10,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from cairn.cluster.mailbox import JetStreamMailboxStore
-from cairn.cluster.reserve import POLL, Reserve
+from cairn.cluster.reserve import POLL, STUCK_AFTER, Reserve
 from cairn.cluster.sync import JetStreamSyncStore
 from cairn.diskspace import LowDiskSpace
 from cairn.wire.constants import ForwardStatus, SyncStatus
@@ -125,6 +125,40 @@ class ReserveTests(unittest.TestCase):
             self.clock.advance(POLL)
         self.assertTrue(reserve.full)
         self.assertEqual((self.ballast.writes, self.ballast.releases), (1, 2))
+
+    def test_stuck_full_tries_the_reserve_after_a_while(self):
+        """
+        Full again just after leaving, with nothing more to free (the
+        mailbox drained): after STUCK_AFTER s the ballast is written anyway,
+        and full mode left if JetStream takes it (it stayed full for good).
+        """
+        reserve = self.node()
+        reserve.no_room("insufficient resources")
+        self.clock.advance(POLL)
+        for _ in range(int(STUCK_AFTER / POLL) - 2):
+            self.clock.advance(POLL)
+        self.assertTrue(reserve.full)
+        self.assertEqual(self.ballast.writes, 0)
+        self.clock.advance(2 * POLL)
+        self.assertFalse(reserve.full)
+        self.assertEqual((self.ballast.writes, self.ballast.messages), (1, 1))
+
+    def test_stuck_full_and_refused_tries_again_as_late(self):
+        """A ballast refused after STUCK_AFTER s: still full, and the next try STUCK_AFTER s later, not at each poll."""
+        reserve = self.node()
+        self.ballast.room = False
+        reserve.no_room("insufficient resources")
+        self.clock.advance(STUCK_AFTER + POLL)
+        self.assertTrue(reserve.full)
+        self.assertEqual(self.ballast.writes, 1)
+        for _ in range(int(STUCK_AFTER / POLL) - 3):
+            self.clock.advance(POLL)
+        self.assertEqual(self.ballast.writes, 1)
+        self.ballast.room = True
+        for _ in range(5):
+            self.clock.advance(POLL)
+        self.assertFalse(reserve.full)
+        self.assertEqual(self.ballast.writes, 2)
 
     def test_write_refused_stays_full(self):
         """A ballast the limit does not take again: still full, and what was written of it released again."""

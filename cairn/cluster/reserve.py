@@ -53,6 +53,11 @@ log = Logger()
 #: Seconds between reads of the reserve stream's state: how soon a node
 #: learns that another released the ballast, or wrote it again.
 POLL = 1.0
+#: Seconds full, nothing owed, without 2 x the reserve freed, after which the ballast is written
+#: anyway if JetStream takes it (and tried again after as long while it does not): a node that
+#: entered full mode again just after leaving, the mailbox drained meanwhile, had nothing more to
+#: free and stayed full for good (tests/test_cluster_reserve_killed.py: 1 of 13 runs here, once in CI).
+STUCK_AFTER = 60.0
 #: Bytes of one ballast message (several for a larger reserve; NATS's
 #: C{max_payload} is 1 MiB by default).
 PIECE = 256 * 1024
@@ -180,6 +185,7 @@ class Reserve:
         self.since = None  # wall-clock time full mode was entered
         self.why = None
         self.baseline = None  # the other streams' bytes when entering (None: not read yet)
+        self._tried_at = None  # on L{clock}: when full mode was entered, or the ballast last tried (STUCK_AFTER)
         self._released_upto = None  # the reserve stream's last seq once released (this episode)
         self._told = None  # entered on another node's notice: "told", then "looked" (the ballast seen there)
         self._told_at = self._looked_upto = None  # when that notice came; the ballast's last seq seen then
@@ -290,6 +296,7 @@ class Reserve:
 
     def _enter(self, why, announce=True):
         self.full, self.since, self.why = True, self.now(), why
+        self._tried_at = self.clock.seconds()
         self.baseline = self._released_upto = self._told = None
         if announce:
             self._announce(True)
@@ -373,10 +380,13 @@ class Reserve:
         if self.settle is not None and (yield self.settle()):
             return  # tombstones still owed: no sender's retry may be stored before them
         used = yield self.ops.used()
-        if used > self.baseline - 2 * self.size:
+        stuck = self.clock.seconds() - self._tried_at >= STUCK_AFTER
+        if used > self.baseline - 2 * self.size and not stuck:
             return
+        self._tried_at = self.clock.seconds()
         if (yield self.ops.write(self.size)):
-            self._leave(f"{self.baseline - used} bytes freed", announce=True)
+            freed = f"{self.baseline - used} bytes freed"
+            self._leave(freed if not stuck else f"{freed}, {STUCK_AFTER:g} s full: JetStream took the reserve", True)
         else:
             log.warn("cairn: the reserve could not be written again (insufficient resources); still full")
             self._released_upto = None  # what was written of it goes again
