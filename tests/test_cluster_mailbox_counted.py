@@ -113,6 +113,36 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def test_this_stores_own_message_removed_from_the_bus_copy(self):
+        """
+        Stored here and told to the recipient's node by the node bus,
+        which delivers and acknowledges that copy before this store's
+        watch read the message: its tombstone names this store as the
+        message's writer, so it counts out here (it stayed counted for
+        good: the leader kill of C{tests/test_cluster_node_faults.py}).
+        """
+        from cairn.cluster.bus import WAKE
+        from cairn.cluster.nats_bus import NatsBus
+        from tests.test_cluster_bus import _Where
+
+        where = _Where({B: ("n2",)}, ("n1", "n2"))
+        buses = {}
+        for name, store in (("n1", self.here), ("n2", self.elsewhere)):
+            buses[name] = NatsBus(self.jet, where, name, mailbox=store)
+            buses[name].subscribe(WAKE, self.conditions.changed)
+            yield buses[name].start()
+            self.addCleanup(buses[name].stop)
+        for heard in where.others:
+            heard()  # each node hears of the other (presence)
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        yield self.conditions.until(lambda: buses["n2"].taken == 1)
+        (held,) = yield self.elsewhere.fetch(B, 0, 16)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [held.seq], 2.0, 100.0)
+        yield self.release(receipt.rseq)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
 
 class PlainTombstoneTests(unittest.TestCase):
     @defer.inlineCallbacks

@@ -213,8 +213,9 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             # Fail at once rather than queue in nats-py's reconnect buffer.
             raise StoreFull("not connected to NATS")
         # What every message of the call carries is the same: made once (not per message).
-        stored = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
-        headers = Headers({D.EXPECT_LAST: "0", **stored, WRITER: self.writer})
+        # C{stored}: what a reader of it needs, its writer too (L{_stored_now}).
+        stored = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at), WRITER: self.writer}
+        headers = Headers({D.EXPECT_LAST: "0", **stored})
         publish = self.acks.publish
         futures, retried = {}, {}
         for i in admitted:
@@ -264,7 +265,13 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         """
         C{item} is stored as C{seq} of C{subject}, with C{headers} (C{stored}:
         those of them a reader of it needs): known here at once
-        (L{Recent.ahead}), and told to C{on_stored}.
+        (L{Recent.ahead}), and told to C{on_stored}. The writer is among
+        them: the node that acknowledges the copy told names it on the
+        tombstone (C{Cairn-Message-Writer}), which is how this store knows
+        the removal of its own message when its watch passed over the
+        message (L{Following._counted_in}). Without it, such a message
+        stayed counted here for good (a mailbox stream's leader killed
+        under load: the watch, restarted, passed over dozens).
         """
         if self._own is None and seq > self.recent.watched:
             # A store alone does not: its PubAck's own callback (L{Following._answered}), scheduled
