@@ -144,6 +144,42 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertEqual(self.here.total_bytes(), 0)
 
 
+class ReplayedTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_watch_recreated_from_the_streams_start(self):
+        """
+        The watch's consumer recreated from the stream's first seq (what
+        nats-py does when it missed heartbeats before delivering anything:
+        its last seq is 0) counts nothing twice.
+        """
+        _, jet = yield _jetstream.single(self)
+        conditions, replayed = Conditions(), []
+        elsewhere, here = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.enqueue([item(payload=b"abc"), item(payload=b"de")], 1.0, LIMITS)
+        seen = here._seen
+
+        def watched(held):
+            seen(held)
+            jet.thread.to_reactor(conditions.changed, replayed.append(held.seq))
+
+        here._seen = watched
+        here.follow_needed()  # another node is seen (presence)
+        yield here.start()
+        self.assertEqual(here.depths()[B].messages, 2)  # the load's
+
+        async def recreated():
+            await here._watching  # subscribed
+            # The ordered consumer's own recovery (nats-py 2.16, _JSI.activity_check): from its last seq + 1.
+            (jsi,) = [s._jsi for s in jet.nc._subs.values() if s._jsi is not None and s._jsi._stream == here.stream]
+            await jsi.reset_ordered_consumer(jsi._sseq + 1)
+
+        yield jet.run(recreated)
+        yield conditions.until(lambda: 2 in replayed)
+        yield here.flushed()  # the reactor calls the watch made are before this answer
+        self.assertEqual(here.depths()[B].messages, 2)
+
+
 class PlainTombstoneTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_purge_elsewhere_of_what_a_peer_sent_itself(self):

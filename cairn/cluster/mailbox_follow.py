@@ -125,6 +125,11 @@ class Following:
         if len(parts) < 4:
             return
         self.recent.seen(held, parts[2], parts[1])
+        if seq <= self._counted_upto:
+            # Processed already: the watch replays. nats-py recreates its consumer from
+            # the last seq it delivered + 1 -- from 1 when it delivered none yet (every
+            # message held, and every removal, was counted again).
+            return
         if self._counted_upto >= self._loaded_upto:
             self._skipped.passed(self._counted_upto, seq)
         self._counted_upto = max(self._counted_upto, seq)
