@@ -143,6 +143,30 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def test_unanswered_write_removed_before_the_retry(self):
+        """
+        This store's write stored but never answered is removed elsewhere
+        before the sender's retry, answered DUPLICATE, finds its tombstone,
+        and before this store's watch read either: counted in by the
+        retry, out by the tombstone (it was -1 for good).
+        """
+        from cairn.cluster import direct as D
+        from cairn.mailbox.interfaces import StoreFull
+
+        message = item(payload=b"abc")
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.enqueue([message], 1.0, LIMITS), StoreFull)
+        subject = self.here._message_subject(message)
+        held = yield self.jet.run(D.direct_last, self.jet.nc, self.here.stream, subject)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [held.seq], 2.0, 100.0)
+        (result,) = yield self.here.enqueue([message], 3.0, LIMITS)
+        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
+        yield self.release(receipt.rseq)
+        self.assertEqual([d for d in self.depths if d < 0], [])
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
 
 class ReplayedTests(unittest.TestCase):
     @defer.inlineCallbacks

@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
+from cairn.cluster.common import MESSAGE_WRITER, SIZE, WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
 from cairn.cluster.mailbox_ahead import ReadAhead
 from cairn.cluster.mailbox_alone import MaybeStored, Publishing, Skipped, unknown_outcome
 from cairn.cluster.mailbox_drops import Dropping
@@ -319,6 +319,12 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                     self.jet.thread.to_reactor(
                         self._written_elsewhere, item.recipient, len(held.data), stored_at, held.seq
                     )
+                elif unanswered is not None and self._removed_mine(held):
+                    # Stored after all, and removed already (delivered from another node, or this
+                    # one): its tombstone counts it out here (the watch's, or this store's own
+                    # removal), the record being taken, so it counts in now (it was -1 for good).
+                    size = int(held.headers.get(SIZE) or 0)
+                    self.jet.thread.to_reactor(self._written_elsewhere, item.recipient, size, float(unanswered))
                 return ForwardStatus.DUPLICATE, None
             else:
                 after = held.seq
@@ -328,6 +334,10 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                 if not D.is_wrong_last(e):
                     raise
         return ForwardStatus.DUPLICATE, None  # someone keeps writing it: it is held
+
+    def _removed_mine(self, held):
+        """Whether C{held} is the tombstone of a message this store wrote."""
+        return not is_message(held) and held.headers.get(MESSAGE_WRITER) == self.writer
 
     # Flush and limits
 
