@@ -167,6 +167,24 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def test_removal_stored_unanswered(self):
+        """
+        This store's acknowledgement whose tombstone JetStream stored but
+        never answered, read by its watch after the failure: the message
+        counts out then (it stayed counted for good).
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (held,) = yield self.here.fetch(B, 0, 16)
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.acknowledge(B, [held.seq], 2.0, 100.0), StoreFull)
+        self.assertEqual(self.here.depths()[B].messages, 1)
+        yield self.release(seq + 1)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
 
 class ReplayedTests(unittest.TestCase):
     @defer.inlineCallbacks
@@ -608,5 +626,20 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         (held,) = yield self.elsewhere.fetch(B, 0, 16)
         yield self.elsewhere.acknowledge(B, [held.seq], 3.0, 100.0)
         yield self.until_watched()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_removal_stored_unanswered(self):
+        """
+        An acknowledgement whose tombstone JetStream stored but never
+        answered, read by this store before the failure: the removal is
+        made, counted out, its receipt owed (the message stayed counted for good).
+        """
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (held,) = yield self.here.fetch(B, 0, 16)
+        stored_unanswered(self, self.here)
+        (receipt,) = yield self.here.acknowledge(B, [held.seq], 2.0, 100.0)
+        self.assertEqual(receipt.rseq, seq + 1)
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)

@@ -52,6 +52,7 @@ from cairn.cluster.mailbox_ahead import ReadAhead
 from cairn.cluster.mailbox_alone import MaybeStored, Publishing, Skipped, unknown_outcome
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
+from cairn.cluster.mailbox_partly import MaybeRemoved
 from cairn.cluster.mailbox_reads import Reading
 from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
@@ -116,6 +117,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         self._skipped = Skipped()  # seqs the watch passed over (mailbox_alone)
         self._buried_here = BuriedHere()  # on the NATS loop: messages this store buried (mailbox_room)
         self._maybe = MaybeStored()  # on the NATS loop: writes that failed unanswered (mailbox_alone)
+        self._maybe_removed = MaybeRemoved()  # on the NATS loop: the same, of removals (mailbox_partly)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
