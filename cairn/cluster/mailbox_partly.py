@@ -6,8 +6,9 @@ R3 account's limit, the servers' usage figures lagging the release:
 docs/scaling.md "Sizing"). The stored ones removed their messages all the
 same; counted out only on success, they stayed in the recipient's depth
 until the node restarted (the call's retry finds them removed and counts
-nothing), and their receipts were not owed. A mixin, so that each module
-stays small.
+nothing), and their receipts were not owed; the same for one whose write
+went unanswered and was stored all the same (L{MaybeRemoved}). A mixin,
+so that each module stays small.
 """
 
 import collections
