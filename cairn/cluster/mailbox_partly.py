@@ -57,8 +57,8 @@ class MaybeRemoved:
     stored them all the same, and then their messages are removed, which
     the service's retry of the acknowledgement does not find, so nothing
     counted them out: the recipient's node kept them in its depth for good
-    (2 and 12 in two runs of C{tests/test_cluster_node_faults.py}'s leader
-    kill). Such a tombstone counts its message out once the watch reads
+    (2 and 12 in two untraced runs of C{tests/test_cluster_node_faults.py}'s
+    leader kill; the tests here show the mechanism). Such a tombstone counts its message out once the watch reads
     it: before the failure (L{answered} gives its seq, and the removal
     counts as made) or after (L{seen}). Told apart from a later removal's
     by its C{Cairn-At}; a plain tombstone (a purge of what the peer sent
