@@ -113,6 +113,114 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def test_this_stores_own_message_removed_from_the_bus_copy(self):
+        """
+        Stored here and told to the recipient's node by the node bus,
+        which delivers and acknowledges that copy before this store's
+        watch read the message: its tombstone names this store as the
+        message's writer, so it counts out here (it stayed counted for
+        good: the leader kill of C{tests/test_cluster_node_faults.py}).
+        """
+        from cairn.cluster.bus import WAKE
+        from cairn.cluster.nats_bus import NatsBus
+        from tests.test_cluster_bus import _Where
+
+        where = _Where({B: ("n2",)}, ("n1", "n2"))
+        buses = {}
+        for name, store in (("n1", self.here), ("n2", self.elsewhere)):
+            buses[name] = NatsBus(self.jet, where, name, mailbox=store)
+            buses[name].subscribe(WAKE, self.conditions.changed)
+            yield buses[name].start()
+            self.addCleanup(buses[name].stop)
+        for heard in where.others:
+            heard()  # each node hears of the other (presence)
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        yield self.conditions.until(lambda: buses["n2"].taken == 1)
+        (held,) = yield self.elsewhere.fetch(B, 0, 16)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [held.seq], 2.0, 100.0)
+        yield self.release(receipt.rseq)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_unanswered_write_removed_before_the_retry(self):
+        """
+        This store's write stored but never answered is removed elsewhere
+        before the sender's retry, answered DUPLICATE, finds its tombstone,
+        and before this store's watch read either: counted in by the
+        retry, out by the tombstone (it was -1 for good).
+        """
+        from cairn.cluster import direct as D
+        from cairn.mailbox.interfaces import StoreFull
+
+        message = item(payload=b"abc")
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.enqueue([message], 1.0, LIMITS), StoreFull)
+        subject = self.here._message_subject(message)
+        held = yield self.jet.run(D.direct_last, self.jet.nc, self.here.stream, subject)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [held.seq], 2.0, 100.0)
+        (result,) = yield self.here.enqueue([message], 3.0, LIMITS)
+        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
+        yield self.release(receipt.rseq)
+        self.assertEqual([d for d in self.depths if d < 0], [])
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_removal_stored_unanswered(self):
+        """
+        This store's acknowledgement whose tombstone JetStream stored but
+        never answered, read by its watch after the failure: the message
+        counts out then (it stayed counted for good).
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (held,) = yield self.here.fetch(B, 0, 16)
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.acknowledge(B, [held.seq], 2.0, 100.0), StoreFull)
+        self.assertEqual(self.here.depths()[B].messages, 1)
+        yield self.release(seq + 1)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+
+class ReplayedTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_watch_recreated_from_the_streams_start(self):
+        """
+        The watch's consumer recreated from the stream's first seq (what
+        nats-py does when it missed heartbeats before delivering anything:
+        its last seq is 0) counts nothing twice.
+        """
+        _, jet = yield _jetstream.single(self)
+        conditions, replayed = Conditions(), []
+        elsewhere, here = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        yield elsewhere.start()
+        yield elsewhere.enqueue([item(payload=b"abc"), item(payload=b"de")], 1.0, LIMITS)
+        seen = here._seen
+
+        def watched(held):
+            seen(held)
+            jet.thread.to_reactor(conditions.changed, replayed.append(held.seq))
+
+        here._seen = watched
+        here.follow_needed()  # another node is seen (presence)
+        yield here.start()
+        self.assertEqual(here.depths()[B].messages, 2)  # the load's
+
+        async def recreated():
+            await here._watching  # subscribed
+            # The ordered consumer's own recovery (nats-py 2.16, _JSI.activity_check): from its last seq + 1.
+            (jsi,) = [s._jsi for s in jet.nc._subs.values() if s._jsi is not None and s._jsi._stream == here.stream]
+            await jsi.reset_ordered_consumer(jsi._sseq + 1)
+
+        yield jet.run(recreated)
+        yield conditions.until(lambda: 2 in replayed)
+        yield here.flushed()  # the reactor calls the watch made are before this answer
+        self.assertEqual(here.depths()[B].messages, 2)
+
 
 class PlainTombstoneTests(unittest.TestCase):
     @defer.inlineCallbacks
@@ -518,5 +626,20 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         (held,) = yield self.elsewhere.fetch(B, 0, 16)
         yield self.elsewhere.acknowledge(B, [held.seq], 3.0, 100.0)
         yield self.until_watched()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_removal_stored_unanswered(self):
+        """
+        An acknowledgement whose tombstone JetStream stored but never
+        answered, read by this store before the failure: the removal is
+        made, counted out, its receipt owed (the message stayed counted for good).
+        """
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (held,) = yield self.here.fetch(B, 0, 16)
+        stored_unanswered(self, self.here)
+        (receipt,) = yield self.here.acknowledge(B, [held.seq], 2.0, 100.0)
+        self.assertEqual(receipt.rseq, seq + 1)
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)

@@ -267,11 +267,6 @@ class LeaderKillTests(FaultMixin, unittest.TestCase):
         """The same: once all is delivered, every node's /mailbox says 0."""
         yield self.emptied(*(yield self.leader_killed()))
 
-    #: Not fixed (sixteenth session, docs/scaling.md "Status"): under load (the full suite, or four
-    #: of these tests at once) the sender's node kept 5-68 messages counted after all was delivered,
-    #: in about 1 run of 3, before and after the unanswered writes' fix; cause not found.
-    test_depths_after_a_leader_kill.todo = "the sender's node keeps messages counted after a leader kill, under load"
-
 
 class PartitionTests(FaultMixin, unittest.TestCase):
     @defer.inlineCallbacks

@@ -47,11 +47,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
+from cairn.cluster.common import MESSAGE_WRITER, SIZE, WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
 from cairn.cluster.mailbox_ahead import ReadAhead
 from cairn.cluster.mailbox_alone import MaybeStored, Publishing, Skipped, unknown_outcome
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
+from cairn.cluster.mailbox_partly import MaybeRemoved
 from cairn.cluster.mailbox_reads import Reading
 from cairn.cluster.mailbox_recent import Recent
 from cairn.cluster.mailbox_removal import Removal
@@ -116,6 +117,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         self._skipped = Skipped()  # seqs the watch passed over (mailbox_alone)
         self._buried_here = BuriedHere()  # on the NATS loop: messages this store buried (mailbox_room)
         self._maybe = MaybeStored()  # on the NATS loop: writes that failed unanswered (mailbox_alone)
+        self._maybe_removed = MaybeRemoved()  # on the NATS loop: the same, of removals (mailbox_partly)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
@@ -213,8 +215,9 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
             # Fail at once rather than queue in nats-py's reconnect buffer.
             raise StoreFull("not connected to NATS")
         # What every message of the call carries is the same: made once (not per message).
-        stored = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at)}
-        headers = Headers({D.EXPECT_LAST: "0", **stored, WRITER: self.writer})
+        # C{stored}: what a reader of it needs, its writer too (L{_stored_now}).
+        stored = {D.STORED: float_text(now), D.EXPIRES: float_text(expires_at), WRITER: self.writer}
+        headers = Headers({D.EXPECT_LAST: "0", **stored})
         publish = self.acks.publish
         futures, retried = {}, {}
         for i in admitted:
@@ -264,7 +267,13 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         """
         C{item} is stored as C{seq} of C{subject}, with C{headers} (C{stored}:
         those of them a reader of it needs): known here at once
-        (L{Recent.ahead}), and told to C{on_stored}.
+        (L{Recent.ahead}), and told to C{on_stored}. The writer is among
+        them: the node that acknowledges the copy told names it on the
+        tombstone (C{Cairn-Message-Writer}), which is how this store knows
+        the removal of its own message when its watch passed over the
+        message (L{Following._counted_in}). Without it, such a message
+        stayed counted here for good (a mailbox stream's leader killed
+        under load: the watch, restarted, passed over dozens).
         """
         if self._own is None and seq > self.recent.watched:
             # A store alone does not: its PubAck's own callback (L{Following._answered}), scheduled
@@ -312,6 +321,12 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                     self.jet.thread.to_reactor(
                         self._written_elsewhere, item.recipient, len(held.data), stored_at, held.seq
                     )
+                elif unanswered is not None and self._removed_mine(held):
+                    # Stored after all, and removed already (delivered from another node, or this
+                    # one): its tombstone counts it out here (the watch's, or this store's own
+                    # removal), the record being taken, so it counts in now (it was -1 for good).
+                    size = int(held.headers.get(SIZE) or 0)
+                    self.jet.thread.to_reactor(self._written_elsewhere, item.recipient, size, float(unanswered))
                 return ForwardStatus.DUPLICATE, None
             else:
                 after = held.seq
@@ -321,6 +336,10 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
                 if not D.is_wrong_last(e):
                     raise
         return ForwardStatus.DUPLICATE, None  # someone keeps writing it: it is held
+
+    def _removed_mine(self, held):
+        """Whether C{held} is the tombstone of a message this store wrote."""
+        return not is_message(held) and held.headers.get(MESSAGE_WRITER) == self.writer
 
     # Flush and limits
 

@@ -167,7 +167,9 @@ class MaybeStored:
         """
         The sender sends C{subject} again: its C{Cairn-Stored} if it is one
         of those, forgotten (the retry's outcome decides it: stored, the
-        first was not; refused as taken, the first is held).
+        first was not; refused as taken, the first is held, or was and is
+        removed already -- its tombstone names this store as the message's
+        writer -- and counts in all the same, as its removal counts out).
         """
         return self._stamps.pop(subject, None)
 

@@ -125,6 +125,11 @@ class Following:
         if len(parts) < 4:
             return
         self.recent.seen(held, parts[2], parts[1])
+        if seq <= self._counted_upto:
+            # Processed already: the watch replays. nats-py recreates its consumer from
+            # the last seq it delivered + 1 -- from 1 when it delivered none yet (every
+            # message held, and every removal, was counted again).
+            return
         if self._counted_upto >= self._loaded_upto:
             self._skipped.passed(self._counted_upto, seq)
         self._counted_upto = max(self._counted_upto, seq)
@@ -143,6 +148,12 @@ class Following:
             if receipt:
                 self._receipt_written(parts[3], seq)
             count_out = (parts[2], int(headers.get(SIZE) or 0), parts[3] if receipt else None, seq)
+            if headers.get(WRITER) == self.writer and self._maybe_removed.seen(headers, seq):
+                # This store's removal that failed unanswered, stored after all (mailbox_partly.MaybeRemoved):
+                # counts out if its message counted in (not a write of this store that failed unanswered).
+                if not (self._maybe and self._maybe.removed(subject=held.subject)) and self._counted_in(headers):
+                    self.jet.thread.to_reactor(self._removed_elsewhere, *count_out)
+                return
             if self._maybe and headers.get(MESSAGE_WRITER) == self.writer != headers.get(WRITER):
                 if self._maybe.removed(subject=held.subject):  # (this store's removals: L{_uncount})
                     return  # its write that failed unanswered, never counted in (mailbox_alone.MaybeStored)

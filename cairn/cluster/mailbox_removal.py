@@ -232,6 +232,7 @@ class Removal(Gathering, PartRemovals, Room):
                 headers = receipt_headers(status, now, expires, len(held.data or b""))
             headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: self.writer})
             headers[C.MESSAGE_WRITER] = held.headers.get(WRITER, "")
+            self._maybe_removed.writing[held.seq] = None  # (mailbox_partly.MaybeRemoved)
             futures.append((held, sender != skip_sender, headers, await self._write(held.subject, b"", headers)))
         return futures
 
@@ -249,8 +250,11 @@ class Removal(Gathering, PartRemovals, Room):
         for held, owed, headers, future in futures:
             try:
                 removed.append((held, owed, await future))
+                self._maybe_removed.answered(held.seq)
             except Exception as e:
-                if no_room(e):
+                if (rseq := self._maybe_removed.answered(held.seq, headers, e)) is not None:
+                    removed.append((held, owed, rseq))  # unanswered, but stored: the watch read it
+                elif no_room(e):
                     refused.append((held, owed, headers, e))
                 elif not D.is_wrong_last(e):
                     failure = failure or e

@@ -23,7 +23,7 @@ message (the services re-check, see L{cairn.storeservice.StoreService}).
 A message stored for a recipient whose session is on another node is told
 to that node as soon as its PubAck is in, on the NATS loop (L{stored}):
 C{<prefix>.node.<name>.msg.<seq>}, a CBOR map of the message (recipient,
-stream seq, subject, stored and expiry times, payload), instead of a
+stream seq, subject, stored and expiry times, writer, payload), instead of a
 C{wake} sent once the reactor has heard of the PubAck. The node it reaches
 takes the message as known stored when it is the very next seq after what
 its own watch of the stream has processed (nothing can then lie between:
@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.bus import FULL, NOTICES, ROOM, TOPIC, WAKE, INodeBus, LocalBus, NoRoute
-from cairn.cluster.common import one_line
+from cairn.cluster.common import WRITER, one_line
 from cairn.wire import cbor
 
 log = Logger()
@@ -235,9 +235,11 @@ class NatsBus(LocalBus):
         try:
             body = cbor.loads(data)
             recipient, headers = body["r"], body["h"]
-            held = D.Held(
-                body["subject"], body["seq"], {D.STORED: headers[D.STORED], D.EXPIRES: headers[D.EXPIRES]}, body["p"]
-            )
+            kept = {D.STORED: headers[D.STORED], D.EXPIRES: headers[D.EXPIRES]}
+            if isinstance(headers.get(WRITER), str):
+                # Named on the tombstone of its removal here (a node of an earlier version sends none).
+                kept[WRITER] = headers[WRITER]
+            held = D.Held(body["subject"], body["seq"], kept, body["p"])
             float(held.headers[D.STORED]), float(held.headers[D.EXPIRES])
             parts = held.subject.split(".")
             if not (
