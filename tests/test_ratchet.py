@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.trial import unittest
 
-from cairn.crypto import ratchet, ratchet_seed
+from cairn.crypto import ratchet, ratchet_seed, ratchet_state
 from cairn.crypto.ratchet import Ratchet, RatchetError
 from cairn.crypto.ratchet_seed import RatchetSeed, derive_seed
 
@@ -105,9 +105,15 @@ V_SESSION_ID = bytes(range(0xA0, 0xB0))
 V_CHANNELS = {"I0": 0, "I1": 2, "R0": 1, "I2": 2, "R1": 1}
 
 
+#: The second block: the same conversation with the initiator's own-key step
+#: deferred by one message (D2 on its first chain, D3 after the step).
+D_CHANNELS = {"D2": 2, "D3": 2}
+D_PLAINTEXTS = {"D2": b"before the own-key step", "D3": b"after the own-key step"}
+
+
 def v_ad(label: str) -> bytes:
     """The session layer's ad for one message: session id || u32be(channel) (§9.5)."""
-    return V_SESSION_ID + struct.pack(">I", V_CHANNELS[label])
+    return V_SESSION_ID + struct.pack(">I", {**V_CHANNELS, **D_CHANNELS}[label])
 
 # Ratchet private keys in the order the two ends generate them.
 V_A1 = bytes.fromhex("a1" * 32)  # initiator, in start_initiator
@@ -124,10 +130,13 @@ V_PLAINTEXTS = {
 }
 
 
-def independent_vector() -> dict[str, str]:
-    """Every value of the vector, computed without cairn or doubleratchet."""
+def independent_vector(deferred: dict[str, str] | None = None) -> dict[str, str]:
+    """
+    Every value of the vector, computed without cairn or doubleratchet;
+    the second block's values go into C{deferred}, if given.
+    """
     out: dict[str, str] = {}
-    put = lambda name, value: out.__setitem__(name, _show(value))  # noqa: E731
+    put = lambda name, value, into=out: into.__setitem__(name, _show(value))  # noqa: E731
 
     put("in.handshake_hash", V_HANDSHAKE_HASH)
     put("in.key_i2r", V_KEY_I2R)
@@ -148,19 +157,19 @@ def independent_vector() -> dict[str, str]:
     for name, priv in (("A1", V_A1), ("B1", V_B1), ("A2", V_A2), ("B2", V_B2), ("A3", V_A3)):
         put("%s_pub" % name, _pub(priv))
 
-    def message(label, ck, pub, pn, n):
+    def message(label, ck, pub, pn, n, into=out):
         """Encrypt one message from chain key ck; return the next chain key."""
         ck_next, mk = _kdf_ck(ck)
-        put(label + ".chain_key", ck)
-        put(label + ".message_key", mk)
-        put(label + ".ad", v_ad(label))
+        put(label + ".chain_key", ck, into)
+        put(label + ".message_key", mk, into)
+        put(label + ".ad", v_ad(label), into)
         ad_full = _ad_full(v_ad(label), pub, pn, n)
-        put(label + ".associated_data", ad_full)
-        ct = _aead_encrypt(mk, V_PLAINTEXTS[label], ad_full, out, label)
-        put(label + ".pub", pub)
-        put(label + ".pn", pn)
-        put(label + ".n", n)
-        put(label + ".ct", ct)
+        put(label + ".associated_data", ad_full, into)
+        ct = _aead_encrypt(mk, {**V_PLAINTEXTS, **D_PLAINTEXTS}[label], ad_full, into, label)
+        put(label + ".pub", pub, into)
+        put(label + ".pn", pn, into)
+        put(label + ".n", n, into)
+        put(label + ".ct", ct, into)
         return ck_next
 
     # Initiator: root step with DH(A1, B0) -> sending chain A1.
@@ -187,6 +196,14 @@ def independent_vector() -> dict[str, str]:
     rk, ck_a2 = _kdf_rk(rk, dh)
     put("step3.root_key", rk)
     message("I2", ck_a2, _pub(V_A2), 2, 0)
+    if deferred is not None:
+        # The second block: D2 continues the first chain (A1, n = 2), the
+        # step is taken after it, D3 opens the A2 chain (pn = 3).
+        for name, pt in D_PLAINTEXTS.items():
+            put("in.%s.channel" % name, D_CHANNELS[name], deferred)
+            put("in.%s.plaintext" % name, pt, deferred)
+        message("D2", ck_a1, _pub(V_A1), 0, 2, deferred)
+        message("D3", ck_a2, _pub(V_A2), 3, 0, deferred)
 
     # Responder receives I2: receiving chain = step 3; new key B2;
     # root step with DH(B2, A2) -> sending chain B2 (pn = 1: R0).
@@ -202,55 +219,52 @@ def module_vector(case: unittest.TestCase) -> dict[str, str]:
     """The vector's seed, wire and (via to_json) root/chain-key values as produced by cairn.crypto.ratchet."""
     keys: Iterator[bytes] = iter([V_A1, V_B1, V_A2, V_B2, V_A3])
     case.patch(ratchet, "generate_private_key", lambda: next(keys))
+    step_at_once(case)
     out: dict[str, str] = {}
     seed = derive_seed(V_HANDSHAKE_HASH, V_KEY_I2R, V_KEY_R2I)
     out["seed.shared_secret"] = _show(seed.shared_secret)
     out["seed.responder_private"] = _show(seed.responder_private)
     out["seed.responder_public"] = _show(seed.responder_public)
 
-    def record(label, msg):
+    sent_from: list[bytes] = []  # the chain key of each message sent, in order
+    kdf_chain = ratchet_state.kdf_chain
+    case.patch(ratchet_state, "kdf_chain", lambda ck: (sent_from.append(ck), kdf_chain(ck))[1])
+
+    def record(label, r, msg, step=None):
+        """A message sent by C{r}: its wire fields, chain key and (with C{step}) the root key it follows."""
         for field in ("pub", "pn", "n", "ct"):
             out["%s.%s" % (label, field)] = _show(msg[field])
+        out["%s.chain_key" % label] = _show(sent_from[-1])
+        if step is not None:
+            dh = json.loads(r.to_json())["state"]["diffie_hellman_ratchet"]
+            out["%s.root_key" % step] = _show(bytes(map(ord, dh["root_chain"]["key"])))  # library's bytes form
         return msg
-
-    def internals(r, step, next_label):
-        """Root key and next sending chain key, read from the persisted state."""
-        dh = json.loads(r.to_json())["state"]["diffie_hellman_ratchet"]
-        raw = lambda text: bytes(map(ord, text))  # noqa: E731  (library's JSON bytes form)
-        out["%s.root_key" % step] = _show(raw(dh["root_chain"]["key"]))
-        sending = dh["symmetric_key_ratchet"]["sending_chain"]["key"]
-        out["%s.chain_key" % next_label] = _show(raw(sending))
 
     ad = {label: ratchet_seed.session_ad(V_SESSION_ID, channel) for label, channel in V_CHANNELS.items()}
     initiator, i0 = Ratchet.start_initiator(seed, V_PLAINTEXTS["I0"], ad["I0"])
-    record("I0", i0)
-    internals(initiator, "step1", "I1")
-    i1 = record("I1", initiator.encrypt(V_PLAINTEXTS["I1"], ad["I1"]))
+    record("I0", initiator, i0, "step1")
+    i1 = record("I1", initiator, initiator.encrypt(V_PLAINTEXTS["I1"], ad["I1"]))
     responder, pt = Ratchet.start_responder(seed, i0, ad["I0"])
-    internals(responder, "step2", "R0")
     case.assertEqual(pt, V_PLAINTEXTS["I0"])
     case.assertEqual(responder.decrypt(i1, ad["I1"]), V_PLAINTEXTS["I1"])
-    r0 = record("R0", responder.encrypt(V_PLAINTEXTS["R0"], ad["R0"]))
+    r0 = record("R0", responder, responder.encrypt(V_PLAINTEXTS["R0"], ad["R0"]), "step2")
     case.assertEqual(initiator.decrypt(r0, ad["R0"]), V_PLAINTEXTS["R0"])
-    internals(initiator, "step3", "I2")
-    i2 = record("I2", initiator.encrypt(V_PLAINTEXTS["I2"], ad["I2"]))
+    i2 = record("I2", initiator, initiator.encrypt(V_PLAINTEXTS["I2"], ad["I2"]), "step3")
     case.assertEqual(responder.decrypt(i2, ad["I2"]), V_PLAINTEXTS["I2"])
-    internals(responder, "step4", "R1")
-    r1 = record("R1", responder.encrypt(V_PLAINTEXTS["R1"], ad["R1"]))
+    r1 = record("R1", responder, responder.encrypt(V_PLAINTEXTS["R1"], ad["R1"]), "step4")
     case.assertEqual(initiator.decrypt(r1, ad["R1"]), V_PLAINTEXTS["R1"])
-    case.assertRaises(StopIteration, next, keys)
+    # A3 is owed, made at the initiator's next send (there is none).
+    case.assertEqual(list(keys), [V_A3])
     return out
 
 
-def documented_vector() -> dict[str, str]:
-    """Parse the vector block out of docs/protocol.md."""
+def documented_vector(block: str = "ratchet-vector") -> dict[str, str]:
+    """Parse a vector block out of docs/protocol.md."""
     with open(os.path.join(DOCS, "protocol.md"), encoding="utf-8") as f:
         text = f.read()
-    match = re.search(
-        r"<!-- ratchet-vector-begin -->(.*?)<!-- ratchet-vector-end -->", text, re.S
-    )
+    match = re.search(r"<!-- %s-begin -->(.*?)<!-- %s-end -->" % (block, block), text, re.S)
     if match is None:
-        raise AssertionError("no ratchet vector block in docs/protocol.md")
+        raise AssertionError("no %s block in docs/protocol.md" % (block,))
     values: dict[str, str] = {}
     for line in match.group(1).splitlines():
         line = line.strip()
@@ -278,6 +292,23 @@ def _pair(seed: RatchetSeed = None):
     return initiator, responder
 
 
+class StepAtOnce(unittest.TestCase):
+    """
+    Every own-key step taken at the first send after a new peer key, as in
+    Signal's algorithm (section 11.8 with a threshold of 0 messages): the
+    tests of DH steps below are about that sequence. The deferred steps of
+    the default policy are tested in tests/test_ratchet_steps.py.
+    """
+
+    def setUp(self):
+        step_at_once(self)
+
+
+def step_at_once(case: unittest.TestCase) -> None:
+    """Make every owed own-key step due at once for the rest of C{case}."""
+    case.patch(ratchet_state, "REKEY_MESSAGES", 0)
+
+
 class VectorTests(unittest.TestCase):
     def test_independent_matches_docs(self):
         """The independently computed vector equals the documented one, value for value."""
@@ -287,7 +318,7 @@ class VectorTests(unittest.TestCase):
         """With pinned keys the module produces exactly the documented seed, root and chain keys and messages."""
         documented = documented_vector()
         produced = module_vector(self)
-        self.assertEqual(len(produced), 3 + 4 * 2 + 5 * 4)
+        self.assertEqual(len(produced), 3 + 4 + 5 * 5)
         for name, value in produced.items():
             self.assertEqual((name, value), (name, documented[name]))
 
@@ -318,7 +349,7 @@ class SeedTests(unittest.TestCase):
         self.assertNotIn(seed.responder_private.hex(), text)
 
 
-class RoundTripTests(unittest.TestCase):
+class RoundTripTests(StepAtOnce):
     def test_initiator_to_responder(self):
         """A message encrypted by the initiator decrypts at the responder."""
         initiator, responder = _pair()
@@ -371,7 +402,7 @@ class RoundTripTests(unittest.TestCase):
             sender, receiver = receiver, sender
 
 
-class OutOfOrderTests(unittest.TestCase):
+class OutOfOrderTests(StepAtOnce):
     def test_within_chain(self):
         """Messages of one chain decrypt in any order."""
         initiator, responder = _pair()
@@ -438,7 +469,7 @@ class OutOfOrderTests(unittest.TestCase):
         self.assertEqual(responder.decrypt(msgs[1002], AD), b"n")
 
 
-class RejectionTests(unittest.TestCase):
+class RejectionTests(StepAtOnce):
     def test_replay(self):
         """A message decrypted once fails with RatchetError when delivered again, in order or out of order."""
         initiator, responder = _pair()
@@ -552,7 +583,7 @@ class RejectionTests(unittest.TestCase):
         self.assertEqual(responder.decrypt(msg, AD), b"x")
 
 
-class PersistenceTests(unittest.TestCase):
+class PersistenceTests(StepAtOnce):
     def test_json_round_trip_mid_conversation(self):
         """Both ends restored from to_json mid-conversation (with pending skipped keys) carry on as before."""
         initiator, responder = _pair()
@@ -616,7 +647,7 @@ class _KeyObjectCounter:
         return counting
 
 
-class KeyObjectTests(unittest.TestCase):
+class KeyObjectTests(StepAtOnce):
     """
     The ratchet's X25519 works on raw bytes (libsodium): no key object is
     made or parsed, which cost a public-key computation per parsed private
@@ -681,7 +712,7 @@ class KeyObjectTests(unittest.TestCase):
         self.assertRaises(RuntimeError, Ratchet.start_initiator, _seed(), b"", AD)
 
 
-class LazyStateTests(unittest.TestCase):
+class LazyStateTests(StepAtOnce):
     def test_no_skipped_store_until_a_key_is_skipped(self):
         """An in-order conversation never allocates the skipped-key map (per-session memory)."""
         initiator, responder = _pair()
@@ -848,6 +879,11 @@ class _LibraryEnd:
         return self.state.json
 
 
+def _state(end):
+    """An end's state in the library's JSON form, whichever end it is."""
+    return end.json() if isinstance(end, _LibraryEnd) else json.loads(end.to_json())["state"]
+
+
 def _converse(case, a, b, rounds=4):
     """Alternate bursts with lost, reordered and late messages between two ends."""
     for r in range(rounds):
@@ -867,7 +903,7 @@ def _converse(case, a, b, rounds=4):
             case.assertRaises((RatchetError, DuplicateMessageException), receiver.decrypt, msgs[0], AD)
 
 
-class LibraryCompatibilityTests(unittest.TestCase):
+class LibraryCompatibilityTests(StepAtOnce):
     def test_cairn_initiator_library_responder(self):
         seed = _seed()
         a, first = Ratchet.start_initiator(seed, b"hello", AD)
@@ -888,25 +924,22 @@ class LibraryCompatibilityTests(unittest.TestCase):
         keys = [os.urandom(32) for _ in range(8)]
 
         def run(start_i, start_r):
+            """The messages, and each sender's state right after each send (its own-key step taken)."""
             it = iter(keys)
             self.patch(ratchet, "generate_private_key", lambda: next(it))
             a, first = start_i(seed, b"one", AD)
             b, _ = start_r(seed, first, AD)
-            out = [first]
+            out, states = [first], [_state(b)]
             for text in (b"two", b"three"):
-                m = b.encrypt(text, AD)
-                a.decrypt(m, AD)
-                out.append(m)
-                m = a.encrypt(text, AD)
-                b.decrypt(m, AD)
-                out.append(m)
-            return out, a, b
+                for sender, receiver in ((b, a), (a, b)):
+                    m = sender.encrypt(text, AD)
+                    states.append(_state(sender))
+                    receiver.decrypt(m, AD)
+                    out.append(m)
+            return out, states
 
-        ours, oa, ob = run(Ratchet.start_initiator, Ratchet.start_responder)
-        theirs, la, lb = run(_LibraryEnd.initiator, _LibraryEnd.responder)
-        self.assertEqual(ours, theirs)
-        self.assertEqual(json.loads(oa.to_json())["state"], la.json())
-        self.assertEqual(json.loads(ob.to_json())["state"], lb.json())
+        self.assertEqual(run(Ratchet.start_initiator, Ratchet.start_responder),
+                         run(_LibraryEnd.initiator, _LibraryEnd.responder))
 
     def test_state_loads_both_ways(self):
         """A state with skipped keys saved by the library loads here, and ours loads in the library."""

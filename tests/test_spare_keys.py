@@ -10,12 +10,13 @@ from types import SimpleNamespace
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.trial import unittest
 
-from cairn.crypto import ratchet
+from cairn.crypto import ratchet, ratchet_state
 from cairn.crypto.ratchet import SPARE_KEYS, Ratchet, make_spare_keys, spare_keys_wanted
 from cairn.crypto.ratchet_seed import derive_seed
 from cairn.session import channels
 from cairn.session.channels import Channels
 from cairn.wire.cbor import loads_data
+from tests.test_ratchet import step_at_once
 
 AD = b"spare-keys ad"
 
@@ -27,9 +28,11 @@ def _pub(private: bytes) -> bytes:
 
 class _Isolated(unittest.TestCase):
     def setUp(self):
-        # Each test starts with no spare key and no pending top-up.
+        # Each test starts with no spare key and no pending top-up, and
+        # takes every own-key step at the first send after a new peer key.
         self.patch(ratchet, "_spare", [])
         self.patch(channels, "_top_up", [None, None])
+        step_at_once(self)
 
 
 class SpareKeyTests(_Isolated):
@@ -40,14 +43,15 @@ class SpareKeyTests(_Isolated):
         return initiator, responder
 
     def test_dh_step_takes_a_spare_key(self):
-        """A DH step uses a key made ahead by make_spare_keys, once, instead of generating one."""
+        """An own-key step uses a key made ahead by make_spare_keys, once, instead of generating one."""
         initiator, responder = self._pair()
         make_spare_keys()
         self.assertEqual(len(ratchet._spare), SPARE_KEYS)
         expected = _pub(ratchet._spare[-1][0])
-        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # DH step
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # a step owed
+        self.assertEqual(len(ratchet._spare), SPARE_KEYS)
+        message = initiator.encrypt(b"i", AD)  # taken
         self.assertEqual(len(ratchet._spare), SPARE_KEYS - 1)
-        message = initiator.encrypt(b"i", AD)
         self.assertEqual(message["pub"], expected)
         self.assertEqual(responder.decrypt(message, AD), b"i")
         # The next step takes another key: none is handed out twice.
@@ -59,7 +63,9 @@ class SpareKeyTests(_Isolated):
         initiator, responder = self._pair()
         make_spare_keys()
         expected = _pub(ratchet._spare[-1][0])
-        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # DH step
+        self.assertEqual(initiator.decrypt(responder.encrypt(b"r", AD), AD), b"r")  # a step owed
+        self.patch(ratchet_state, "crypto_scalarmult_base", None)  # never called
+        initiator.encrypt(b"i", AD)
         self.assertEqual(initiator._state.own_pub, expected)
 
     def test_bounded(self):
@@ -178,20 +184,30 @@ class TopUpTests(_Isolated):
         self.assertEqual(len(ratchet._spare), SPARE_KEYS)
 
     def _answer(self):
-        """b sends on the channel; a receives it (a DH step on a's side)."""
+        """b sends on the channel; a receives it (an own-key step owed on a's side)."""
         self.b.send(2, b"answer", None)
         ((_, parts),) = self.b.session.sent
         self.b.session.sent.clear()
         return self.a.parts_received(*parts)
 
+    def _ask(self):
+        """a sends on the channel (taking a step owed); b receives it."""
+        self.a.send(2, b"question", None)
+        ((_, parts),) = self.a.session.sent
+        self.a.session.sent.clear()
+        return self.b.parts_received(*parts)
+
     def test_top_up_after_the_writes(self):
         """
-        A DH step that used a spare key asks for a new one in two reactor
-        hops (the first runs before the poll that sends this turn's writes),
-        not at once.
+        An own-key step that used a spare key asks for a new one in two
+        reactor hops (the first runs before the poll that sends this turn's
+        writes), not at once.
         """
         channel, plain = self._answer()
         self.assertEqual(plain, b"answer")
+        self.assertEqual(len(ratchet._spare), SPARE_KEYS)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self._ask()
         self.assertEqual(len(ratchet._spare), SPARE_KEYS - 1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.iterate()
@@ -202,20 +218,20 @@ class TopUpTests(_Isolated):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_same_chain_asks_nothing(self):
-        """Messages that turn no ratchet (one direction) schedule nothing."""
+        """Messages that take no own-key step (one direction) schedule nothing."""
         self._answer()
+        self._ask()
         self.clock.iterate()
         self.clock.iterate()
         for _ in range(3):
-            self._answer()
+            self._ask()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_one_pending_top_up(self):
-        """Several DH steps in one turn leave one pending top-up."""
+        """Several own-key steps in one turn leave one pending top-up."""
         self._answer()
-        self.a.send(2, b"question", None)
-        ((_, parts),) = self.a.session.sent
-        self.b.parts_received(*parts)  # a DH step on b's side
+        self._ask()  # a's step
+        self._answer()  # b's step
         self.assertEqual(len(ratchet._spare), SPARE_KEYS - 2)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.iterate()

@@ -222,7 +222,7 @@ class Ratchet:
             state = RatchetState.initiator(seed.shared_secret, seed.responder_public, _fresh_key)
         except RatchetFailure as e:
             raise RatchetError(str(e)) from None
-        return cls(state), _wire(*state.encrypt(plaintext, ad))
+        return cls(state), _wire(*state.encrypt(plaintext, ad, _fresh_key))
 
     @classmethod
     def start_responder(
@@ -241,7 +241,7 @@ class Ratchet:
             # Signal's RatchetInitBob then the DH step for this message's key
             # (section 11.8, "Responder start"), then steps 3-7 of RECEIVE.
             state = RatchetState.responder(seed.shared_secret, own, pub, _fresh_key)
-            plaintext = state.decrypt(pub, pn, n, ct, ad, _fresh_key)
+            plaintext = state.decrypt(pub, pn, n, ct, ad)
         except RatchetFailure as e:
             raise RatchetError(str(e)) from None
         return cls(state), plaintext
@@ -257,7 +257,10 @@ class Ratchet:
             _check_bytes("ad", ad)
         if self._state.send_n >= _U32_MAX:
             raise RatchetError("sending chain exhausted (2**32-1 messages)")
-        return self._state.encrypt(plaintext, ad)
+        try:
+            return self._state.encrypt(plaintext, ad, _fresh_key)
+        except RatchetFailure as e:  # the own-key step's DH (section 11.1's check)
+            raise RatchetError(str(e)) from None
 
     def decrypt(self, message: dict[str, Any], ad: bytes) -> bytes:
         """
@@ -269,7 +272,7 @@ class Ratchet:
         _check_bytes("ad", ad)
         pub, pn, n, ct = _parse_message(message)
         try:
-            return self._state.decrypt(pub, pn, n, ct, ad, _fresh_key)
+            return self._state.decrypt(pub, pn, n, ct, ad)
         except RatchetFailure as e:
             raise RatchetError(str(e)) from None
 
@@ -284,7 +287,7 @@ class Ratchet:
             _check_bytes("ad", ad)
         pub, pn, n, ct = _check_parts(pub, pn, n, ct)
         try:
-            return self._state.decrypt(pub, pn, n, ct, ad, _fresh_key)
+            return self._state.decrypt(pub, pn, n, ct, ad)
         except RatchetFailure as e:
             raise RatchetError(str(e)) from None
 
@@ -292,10 +295,12 @@ class Ratchet:
         """
         Serialise the whole state (including private keys and skipped
         message keys -- treat it as secret) for session persistence. The
-        inner C{state} is the C{doubleratchet} library's own JSON form.
+        inner C{state} is the C{doubleratchet} library's own JSON form;
+        C{step_owed} is what that form has no place for (section 11.8's
+        own-key step not taken yet).
         """
         return json.dumps(
-            {"format": _STATE_FORMAT, "state": self._state.to_model()},
+            {"format": _STATE_FORMAT, "state": self._state.to_model(), "step_owed": self._state.step_owed},
             separators=(",", ":"),
             sort_keys=True,
         )
@@ -312,6 +317,10 @@ class Ratchet:
             if not isinstance(outer, dict) or outer.get("format") != _STATE_FORMAT:
                 raise ValueError("not a %s document" % (_STATE_FORMAT,))
             state = RatchetState.from_model(outer["state"])
+            owed = outer.get("step_owed", False)  # absent: saved before own-key steps were deferred
+            if type(owed) is not bool:
+                raise ValueError("step_owed must be true or false")
+            state.step_owed = owed
         except Exception as e:
             raise RatchetError("cannot restore ratchet state: %s" % (e,)) from e
         return cls(state)

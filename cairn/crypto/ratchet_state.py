@@ -26,11 +26,22 @@ then not derived), at most L{MAX_SKIPPED_MESSAGE_KEYS} skipped keys are
 kept (oldest evicted first), a replay is refused, and a failed decrypt
 leaves the state as it was.
 
+One departure from Signal's algorithm, on the sending side only (section
+11.8, "Own-key steps"): a DH ratchet step's second half -- a new own key
+and sending chain -- is taken at the next send once the current sending
+chain has carried L{REKEY_MESSAGES} messages or is L{REKEY_SECONDS} old,
+not at once on every new peer key. A conversation that changes direction
+with every message (a request and its answer) otherwise pays two X25519
+and a key generation per side and round trip, most of its CPU (issue 19);
+a receiver needs nothing new, so a peer that steps at once (the library,
+an older cairn) and this one read each other's messages.
+
 The KDFs and the message AEAD it calls (sections 11.4 to 11.6) are in
 L{cairn.crypto.ratchet_primitives}.
 """
 
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +62,16 @@ _PN_N = struct.Struct(">II")
 
 DOS_PROTECTION_THRESHOLD = 1000
 MAX_SKIPPED_MESSAGE_KEYS = 1000
+
+#: An own-key step owed (a new peer key received) is taken at the next send
+#: once the sending chain has carried this many messages...
+REKEY_MESSAGES = 64
+#: ... or was started this many seconds ago (L{clock}): a conversation
+#: slower than one message a second steps at every change of direction,
+#: as Signal's algorithm does.
+REKEY_SECONDS = 1.0
+#: Monotonic seconds; tests replace it.
+clock: Callable[[], float] = time.monotonic
 _VERSION = "1.0.0"
 
 #: A fresh own ratchet key pair: (private bytes, public bytes). Supplied by
@@ -89,7 +110,7 @@ class RatchetState:
     __slots__ = (
         "own_priv", "own_pub", "other_pub",
         "root_key", "root_n",
-        "send_ck", "send_n", "prev_send_n",
+        "send_ck", "send_n", "prev_send_n", "send_since", "step_owed",
         "recv_ck", "recv_n",
         "skipped",
     )
@@ -101,6 +122,9 @@ class RatchetState:
         self.prev_send_n: int | None = None
         #: (ratchet pub, n) -> message key, oldest first; None while empty.
         self.skipped: OrderedDict[tuple[bytes, int], bytes] | None = None
+        #: Whether a new peer key was received since the last own-key step
+        #: (section 11.8): the next one may be taken, and only then.
+        self.step_owed = False
 
     def _pub(self) -> bytes:
         pub = self.own_pub
@@ -112,12 +136,11 @@ class RatchetState:
     def initiator(cls, shared_secret: bytes, responder_pub: bytes, fresh: KeySource) -> "RatchetState":
         """Signal's Alice: a fresh key and the sending chain (section 11.8)."""
         self = cls()
-        self.own_priv, self.own_pub = fresh()
         self.other_pub = responder_pub
         self.root_n = 0
         self.root_key = shared_secret
-        self.send_ck = self.send_n = None
-        self._new_sending_chain()
+        self.send_n = None
+        self._own_key_step(fresh())
         return self
 
     @classmethod
@@ -137,19 +160,25 @@ class RatchetState:
         self.root_key, self.recv_ck = kdf_root(self.root_key, _dh(self.own_priv, initiator_pub))
         self.root_n = 1
         self.recv_n = 0
-        self.own_priv, self.own_pub = fresh()
-        self.send_ck = self.send_n = None
-        self._new_sending_chain()
+        self.send_n = None
+        self._own_key_step(fresh())
         return self
 
-    def _new_sending_chain(self) -> None:
-        self.root_key, self.send_ck = kdf_root(self.root_key, _dh(self.own_priv, self.other_pub))
+    def _own_key_step(self, own: tuple[bytes, bytes]) -> None:
+        """The second half of a DH ratchet step: own key pair C{own} and a new sending chain."""
+        root_key, send_ck = kdf_root(self.root_key, _dh(own[0], self.other_pub))
+        self.own_priv, self.own_pub = own
+        self.root_key, self.send_ck = root_key, send_ck
         self.root_n += 1
         self.prev_send_n = self.send_n
         self.send_n = 0
+        self.send_since = clock()
+        self.step_owed = False
 
-    def encrypt(self, plaintext: bytes, ad: bytes) -> tuple[bytes, int, int, bytes]:
-        """The next message: (ratchet pub, pn, n, ciphertext)."""
+    def encrypt(self, plaintext: bytes, ad: bytes, fresh: KeySource) -> tuple[bytes, int, int, bytes]:
+        """The next message: (ratchet pub, pn, n, ciphertext), after the own-key step if it is due."""
+        if self.step_owed and (self.send_n >= REKEY_MESSAGES or clock() - self.send_since >= REKEY_SECONDS):
+            self._own_key_step(fresh())
         pub = self.own_pub or self._pub()
         pn = self.prev_send_n or 0
         n = self.send_n
@@ -157,7 +186,7 @@ class RatchetState:
         self.send_n = n + 1
         return pub, pn, n, aead_encrypt(mk, plaintext, ad + pub + _PN_N.pack(pn, n))  # full_ad(), written in
 
-    def decrypt(self, pub: bytes, pn: int, n: int, ct: bytes, ad: bytes, fresh: KeySource) -> bytes:
+    def decrypt(self, pub: bytes, pn: int, n: int, ct: bytes, ad: bytes) -> bytes:
         """
         Open a message (section 11.8's receive algorithm).
 
@@ -194,8 +223,9 @@ class RatchetState:
                 self._keep(new_keys[0])
             return plaintext
         # A DH ratchet step: finish the old receiving chain up to pn (unless
-        # that is more than the threshold: then those keys are given up),
-        # derive the new receiving chain, a new own key and sending chain.
+        # that is more than the threshold: then those keys are given up) and
+        # derive the new receiving chain; the new own key and sending chain
+        # come at a later send (L{encrypt}).
         found: list[tuple[bytes, int, bytes]] = []
         if self.recv_ck is not None:
             ahead = pn - self.recv_n
@@ -205,8 +235,6 @@ class RatchetState:
                     ck, mk = kdf_chain(ck)
                     found.append((self.other_pub, i, mk))
         root_key, recv_ck = kdf_root(self.root_key, _dh(self.own_priv, pub))
-        new_priv, new_pub = fresh()
-        root_key2, send_ck = kdf_root(root_key, _dh(new_priv, pub))
         new_keys = self._skip(recv_ck, 0, pub, n, found)
         if new_keys is None:
             recv_ck, mk = kdf_chain(recv_ck)
@@ -215,10 +243,9 @@ class RatchetState:
         plaintext = aead_decrypt(mk, ct, aad)
         # Authenticated: commit.
         self.other_pub = pub
-        self.root_key, self.root_n = root_key2, self.root_n + 2
+        self.root_key, self.root_n = root_key, self.root_n + 1
         self.recv_ck, self.recv_n = recv_ck, n + 1
-        self.own_priv, self.own_pub = new_priv, new_pub
-        self.prev_send_n, self.send_ck, self.send_n = self.send_n, send_ck, 0
+        self.step_owed = True
         if new_keys and new_keys[0]:
             self._keep(new_keys[0])
         return plaintext
@@ -301,6 +328,7 @@ class RatchetState:
         if sym["receiving_chain"] is not None:
             self.recv_ck, self.recv_n = _chain(sym["receiving_chain"])
         self.prev_send_n = _length(sym["previous_sending_chain_length"], optional=True)
+        self.send_since = float("-inf")  # its age is not recorded: old enough for a step owed
         entries = model["skipped_message_keys"]
         if entries:
             self.skipped = OrderedDict(

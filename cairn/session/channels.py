@@ -15,10 +15,11 @@ Double Ratchet responder cannot encrypt before the initiator's first
 message.
 
 Ratchet keys are made ahead (L{cairn.crypto.ratchet.make_spare_keys}):
-when a DH step or a ratchet start has used one, the channels ask for a new
-one once the writes of the current reactor turn are out (L{_top_up_later}),
-so the next DH step, usually the arrival of the peer's answer, does not
-wait for a key generation.
+when an own-key step (docs/protocol.md section 11.8, taken at a send) or a
+ratchet start has used one, the channels ask for a new one once the writes
+of the current reactor turn are out (L{_top_up_later}), so the next step,
+usually at the answer to the peer's next message, does not wait for a key
+generation.
 """
 
 from collections import deque
@@ -188,6 +189,8 @@ class Channels:
             return
         pub, pn, n, ct = self._ratchet.encrypt_parts(data, ad or session_ad(session.session_id, cid))
         session.send_payload(MessageType.DATA, dumps_data(cid, pub, pn, n, ct))
+        if spare_keys_wanted():  # an own-key step used one
+            _top_up_later(session.clock)
 
     def data_received(self, cid, message):
         """
@@ -210,8 +213,6 @@ class Channels:
             plain = self._ratchet.decrypt(message, ad)
         except RatchetError as e:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
-        if spare_keys_wanted():  # a DH step used one
-            _top_up_later(self.session.clock)
         if cid == 0:
             return None
         channel = self.by_id.get(cid)
@@ -233,8 +234,6 @@ class Channels:
             plain = ratchet.decrypt_parts(pub, pn, n, ct, ad)
         except RatchetError as e:
             raise ProtocolViolation(CloseCode.DECRYPT_FAILED, f"ratchet: {e}") from None
-        if spare_keys_wanted():  # a DH step used one
-            _top_up_later(self.session.clock)
         if cid == 0:
             return None
         if channel is None:
