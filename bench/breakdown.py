@@ -7,6 +7,7 @@ Where the session layer's CPU goes: the pieces of a handshake and of a
 Not part of C{bench.run}; it explains the figures the two benches print.
 """
 
+import contextlib
 import os
 import time
 
@@ -15,7 +16,7 @@ from nacl.bindings import crypto_box_keypair, crypto_scalarmult_base
 from bench._common import measure_in_process, out, parser
 from bench.data import MESSAGE_SIZE
 from bench.handshake import bare_handshake_operation
-from cairn.crypto import handshake, ratchet
+from cairn.crypto import handshake, ratchet, ratchet_state
 from cairn.crypto.aead import SessionCipher
 from cairn.crypto.handshake import NoiseHandshake, check_identity_payload, identity_payload
 from cairn.crypto.identity import Identity
@@ -104,6 +105,10 @@ def message_parts(count):
         pong.decrypt(ping.encrypt(body, SESSION_ID), SESSION_ID)
         ping.decrypt(pong.encrypt(body, SESSION_ID), SESSION_ID)
 
+    def ping_pong_stepping():
+        with _steps_at_once():
+            ping_pong()
+
     private = os.urandom(32)
     parts = [
         ("Ratchet.encrypt of 1 KiB (same direction as the last)", lambda: encrypting.encrypt(body, SESSION_ID), count),
@@ -117,7 +122,8 @@ def message_parts(count):
     ]
     parts += [
         ("outer layer: CBOR + ChaCha20-Poly1305 seal + open + CBOR", outer_layer, count),
-        ("ping-pong: 2 messages, each turning the DH ratchet, both sides", ping_pong, max(count // 10, 1)),
+        ("ping-pong: 2 messages, each turning the DH ratchet, both sides", ping_pong_stepping, max(count // 10, 1)),
+        ("ping-pong: 2 messages, own-key steps deferred (the default)", ping_pong, max(count // 10, 1)),
     ]
     return parts
 
@@ -137,6 +143,25 @@ def answer_path(count, spare: bool) -> float:
     del ratchet._spare[:]
     clock = time.process_time
     total = 0.0
+    with _steps_at_once():
+        total = _answers(ping, pong, body, count, spare, clock)
+    del ratchet._spare[:]
+    return total / count
+
+
+@contextlib.contextmanager
+def _steps_at_once():
+    """Every own-key step owed taken at the first send (Signal's algorithm; docs/protocol.md section 11.8)."""
+    kept = ratchet_state.REKEY_MESSAGES
+    ratchet_state.REKEY_MESSAGES = 0
+    try:
+        yield
+    finally:
+        ratchet_state.REKEY_MESSAGES = kept
+
+
+def _answers(ping, pong, body, count, spare, clock):
+    total = 0.0
     for _ in range(count):
         message = ping.encrypt(body, SESSION_ID)
         if spare:
@@ -148,8 +173,7 @@ def answer_path(count, spare: bool) -> float:
         ping.decrypt(reply, SESSION_ID)
         if not spare:
             del ratchet._spare[:]
-    del ratchet._spare[:]
-    return total / count
+    return total
 
 
 def report(title, parts):
