@@ -140,8 +140,7 @@ class Removal(Gathering, PartRemovals, Room):
             # One write per message: its tombstone, carrying the receipt
             # (layout 2), a rollup conditional on the message being its
             # subject's last -- so two concurrent removals owe one receipt.
-            buried = await self._send_removals(found, ReceiptStatus.DELIVERED, now, ttl)
-            receipts, last, counted = await self._await_removals(buried, ReceiptStatus.DELIVERED, now)
+            receipts, last, counted = await self._owe(found, ReceiptStatus.DELIVERED, now, ttl)
             for held in found:
                 fetched.pop(held.seq, None)
                 self.recent.remove(recipient, held.seq)
@@ -208,9 +207,13 @@ class Removal(Gathering, PartRemovals, Room):
         receipt owed to its sender (none to C{skip_sender}); the new
         L{Receipt}s, the last seq, and the messages this call is the first
         to remove (those a concurrent call removed are counted there).
+        However it ends, no write of it is left in C{MaybeRemoved.writing}.
         """
-        buried = await self._send_removals(found, status, now, ttl, skip_sender)
-        return await self._await_removals(buried, status, now)
+        try:
+            buried = await self._send_removals(found, status, now, ttl, skip_sender)
+            return await self._await_removals(buried, status, now)
+        finally:
+            self._maybe_removed.ended(held.seq for held in found)
 
     async def _send_removals(self, found, status, now, ttl, skip_sender=None):
         """
