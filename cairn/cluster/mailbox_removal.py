@@ -14,7 +14,7 @@ from twisted.internet import task
 
 from cairn.cluster import common as C
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, kv_forget, recipient_of
+from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, recipient_of
 from cairn.cluster.mailbox_gathered import Gathering
 from cairn.cluster.mailbox_handed import HandedOut
 from cairn.cluster.mailbox_layout import receipt_headers
@@ -395,5 +395,5 @@ class Removal(Gathering, PartRemovals, Room):
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         self.recent.forget(peer_id, purged=True)
         await self._consume_all(peer_id)
-        await kv_forget(self.jet.kv["limits"], peer_id)
+        await self._forget_override(peer_id)  # (mailbox_limits)
         return receipts, await self._depth_changes(self._uncount(counted)), last
