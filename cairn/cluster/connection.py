@@ -242,9 +242,10 @@ class JetStream:
         nats-py reported an error: said in the log (rate-limited), and in
         /health's reason while the connection is lost (an authorization or
         TLS error is why a reconnection fails). Connected, the node stays
-        "ok": such an error refuses one operation (a permissions violation)
-        or drops messages (a slow consumer), which the stores' own calls
-        and watches answer for; /health says whether the stores work.
+        "ok": such an error refuses one operation (a permissions violation,
+        which that call's caller answers for) or drops messages (a slow
+        consumer: the log says so), while /health says whether the stores
+        can be used.
         """
         if self._quiet():
             return
