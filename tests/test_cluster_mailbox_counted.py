@@ -643,3 +643,70 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         self.assertEqual(receipt.rseq, seq + 1)
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
+
+
+class WritesEndedTests(OneStore, unittest.TestCase):
+    """
+    An acknowledgement that ends before it awaited each of its tombstone
+    writes leaves none of them in C{MaybeRemoved.writing} (they stayed
+    there for good: a leak, and a later tombstone of the message taken
+    for theirs).
+    """
+
+    @defer.inlineCallbacks
+    def handed_out(self, count):
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        yield self.here.enqueue([item(payload=b"m%d" % i) for i in range(count)], 1.0, ROOMY)
+        seqs = [m.seq for m in (yield self.here.fetch(B, 0, 16))]
+        self.assertEqual(len(seqs), count)
+        return seqs
+
+    def writing(self):
+        async def copy():  # on the NATS loop, whose state it is
+            return dict(self.here._maybe_removed.writing)
+
+        return self.jet.run(copy)
+
+    @defer.inlineCallbacks
+    def test_publish_raising_midway(self):
+        """The 3rd of 5 tombstone publishes raises at once (nats-py's connection closed): it fails, leaving nothing."""
+        from nats.errors import ConnectionClosedError
+
+        seqs = yield self.handed_out(5)
+        publish, calls = self.here.acks.publish, []
+
+        async def third_raises(subject, payload, headers, *rest):
+            calls.append(subject)
+            if len(calls) == 3:
+                raise ConnectionClosedError()
+            return await publish(subject, payload, headers, *rest)
+
+        self.patch(self.here.acks, "publish", third_raises)
+        yield self.assertFailure(self.here.acknowledge(B, seqs, 2.0, 100.0), Exception)
+        self.assertEqual(len(calls), 3)
+        self.assertEqual((yield self.writing()), {})
+
+    @defer.inlineCallbacks
+    def test_cancelled_while_awaiting_the_pubacks(self):
+        """The call is cancelled (the node's stop) while its PubAcks are awaited: nothing is left."""
+        import asyncio
+
+        seqs = yield self.handed_out(5)
+        calls = []
+
+        async def unanswered(subject, payload, headers, *rest):
+            self.jet.thread.to_reactor(self.conditions.changed, calls.append(subject))
+            return asyncio.get_running_loop().create_future()  # never answered
+
+        self.patch(self.here.acks, "publish", unanswered)
+        d = self.here.acknowledge(B, seqs, 2.0, 100.0)
+        yield self.conditions.until(lambda: len(calls) == 5)
+
+        async def cancel():
+            (acknowledging,) = [t for t in asyncio.all_tasks() if "_acknowledge" in t.get_coro().__qualname__]
+            acknowledging.cancel()
+
+        yield self.jet.run(cancel)
+        yield self.assertFailure(d, Exception)
+        self.assertEqual((yield self.writing()), {})

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from cairn.cluster import layout
 from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
+from cairn.cluster.nats_errors import ErrorsSaid, describe
 from cairn.cluster.pubacks import Acks
 from cairn.cluster.reserve import Ballast, Reserve, prepare
 from cairn.config_values import shown_url
@@ -91,6 +92,10 @@ class JetStream:
         #: Full mode at JetStream's storage limit (L{cairn.cluster.reserve}).
         self.reserve = Reserve(Ballast(self), settings.reserve, self.clock)
         self._ballast = True  # whether the ballast was found (or written) at the last connection
+        #: The NATS errors said in the log (L{cairn.cluster.nats_errors}), and the last one since the
+        #: connection was last lost or regained: /health's reason names it while disconnected.
+        self.errors = ErrorsSaid(self.clock)
+        self.last_error = None
 
     # Names
 
@@ -135,11 +140,11 @@ class JetStream:
                 self._retry.addErrback(lambda f: f.trap(defer.CancelledError))
                 return None
             self.state = "degraded"
-            self.reason = f"NATS unreachable ({_describe(failure.value)})"
+            self.reason = f"NATS unreachable ({describe(failure.value)})"
             log.warn(
                 "cairn: NATS at {servers} unreachable ({why}); retrying in {delay:g}s",
                 servers=",".join(map(shown_url, self.settings.servers)),
-                why=_describe(failure.value),
+                why=describe(failure.value),
                 delay=delay,
             )
             self._retry = task.deferLater(self.clock, delay, self._attempt, min(delay * 2, BACKOFF_MAX))
@@ -200,7 +205,7 @@ class JetStream:
         self.nc = nc
 
     async def _on_error(self, error):
-        self.thread.to_reactor(self._note, None, f"NATS error ({_describe(error)})")
+        self.thread.to_reactor(self._error, describe(error))
 
     async def _on_disconnected(self):
         self.thread.to_reactor(self._note, "degraded", "disconnected from NATS; reconnecting")
@@ -232,10 +237,28 @@ class JetStream:
         self.state, self.reason = "degraded", reason
         log.warn("cairn: {reason}", reason=reason)
 
+    def _error(self, why):
+        """
+        nats-py reported an error: said in the log (rate-limited), and in
+        /health's reason while the connection is lost (an authorization or
+        TLS error is why a reconnection fails). Connected, the node stays
+        "ok": such an error refuses one operation (a permissions violation,
+        which that call's caller answers for) or drops messages (a slow
+        consumer: the log says so), while /health says whether the stores
+        can be used.
+        """
+        if self._quiet():
+            return
+        self.last_error = why
+        self.errors.said(why)
+
+    def _quiet(self):
+        # Still connecting (L{_attempt} reports it), refused for good, or
+        # closed by L{close} itself: a clean stop is not a disconnection.
+        return self.nc is None or self._refused or self._stopping
+
     def _note(self, state, reason):
-        if self.nc is None or self._refused or self._stopping:
-            # Still connecting (L{_attempt} reports it), refused for good, or
-            # closed by L{close} itself: a clean stop is not a disconnection.
+        if self._quiet():
             return
         if state == "ok" and self.acks is not None:
             self.acks.clear()  # a server restarted: its streams write again (or say so)
@@ -243,8 +266,9 @@ class JetStream:
             log.info("cairn: reconnected to NATS")
         elif state == "degraded" and self.state == "ok":
             log.warn("cairn: {reason}", reason=reason)
-        if state is not None:
-            self.state, self.reason = state, reason
+        if state != self.state:
+            self.last_error = None  # what is said from now on is about the new state
+        self.state, self.reason = state, reason
 
     def health(self):
         """C{(ok, reason)}: whether the stores can be used now, and why not."""
@@ -259,7 +283,8 @@ class JetStream:
                 " refused): see the NATS servers' logs and storage -- a full disk stops a stream until its"
                 " server is restarted"
             )
-        return False, self.reason or "disconnected from NATS; reconnecting"
+        reason = self.reason or "disconnected from NATS; reconnecting"
+        return False, reason if self.last_error is None else f"{reason} (last NATS error: {self.last_error})"
 
     def run(self, function, *args, **kwargs):
         """Run coroutine function C{function} on the NATS loop; a Deferred of its result."""
@@ -298,12 +323,6 @@ def _observe(d):
     observer = defer.Deferred()
     d.addBoth(lambda result: (observer.callback(None), result)[1])
     return observer
-
-
-def _describe(error):
-    """One line about a connection error, without secrets (nats-py never puts creds in them)."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]
 
 
 def _utc(seconds):

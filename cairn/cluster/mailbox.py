@@ -35,7 +35,8 @@ The limits (per-recipient count and bytes, overrides, the global total)
 are checked here against the depth cache plus what is in flight; the
 cache is loaded from the stream at start and kept current by this
 store's writes: exact while this node is the stream's only writer, local
-to it otherwise (docs/scaling.md).
+to it otherwise (docs/scaling.md). The overrides are the C{limits}
+bucket's, followed by a watch (L{cairn.cluster.mailbox_limits}).
 """
 
 import asyncio
@@ -47,11 +48,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cairn.cluster import direct as D
-from cairn.cluster.common import MESSAGE_WRITER, SIZE, WRITER, StoreCalls, float_text, is_message, kv_forget, one_line
+from cairn.cluster.common import MESSAGE_WRITER, SIZE, WRITER, StoreCalls, float_text, is_message, one_line
 from cairn.cluster.mailbox_ahead import ReadAhead
 from cairn.cluster.mailbox_alone import MaybeStored, Publishing, Skipped, unknown_outcome
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
+from cairn.cluster.mailbox_limits import Overrides
 from cairn.cluster.mailbox_partly import MaybeRemoved
 from cairn.cluster.mailbox_reads import Reading
 from cairn.cluster.mailbox_recent import Recent
@@ -70,7 +72,7 @@ _EMPTY = Depth()
 
 
 @implementer(IMailboxStore)
-class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, MailboxFigures):
+class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, Dropping, MailboxFigures):
     """The mailbox in a L{cairn.cluster.connection.JetStream}'s C{mbox} stream and C{limits} bucket."""
 
     def __init__(self, jetstream):
@@ -118,6 +120,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         self._buried_here = BuriedHere()  # on the NATS loop: messages this store buried (mailbox_room)
         self._maybe = MaybeStored()  # on the NATS loop: writes that failed unanswered (mailbox_alone)
         self._maybe_removed = MaybeRemoved()  # on the NATS loop: the same, of removals (mailbox_partly)
+        self._override_revisions = {}  # on the NATS loop: peer id -> KV revision of its override (mailbox_limits)
         #: Marks this store's writes, so that its watch reports only the others'.
         self.writer = uuid.uuid4().hex
         #: A coroutine function called on the NATS loop with C{(recipient, Held)} for each message as soon as
@@ -136,8 +139,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
     # Life cycle
 
     def start(self):
-        def loaded(result):
-            depths, self.limits = result
+        def loaded(depths):  # (the overrides reach self.limits from mailbox_limits)
             self._depths, self._total = {}, 0
             self._apply(depths)
 
@@ -341,28 +343,10 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Removal, Dropping, M
         """Whether C{held} is the tombstone of a message this store wrote."""
         return not is_message(held) and held.headers.get(MESSAGE_WRITER) == self.writer
 
-    # Flush and limits
+    # Flush
 
     def flushed(self):
         """Every call in flight ended, and every receipt drop waiting done."""
         d = self.jet.run(self._drop_all) if self.jet.thread.running else defer.succeed(None)
         d.addErrback(lambda f: log.warn("mailbox: dropping receipts failed ({why})", why=one_line(f.value)))
         return d.addCallback(lambda _: super(JetStreamMailboxStore, self).flushed())
-
-    def set_limits(self, peer_id, limits):
-        def saved(_):
-            if limits.max_messages is None and limits.max_bytes is None:
-                self.limits.pop(peer_id, None)
-            else:
-                self.limits[peer_id] = limits
-
-        return self._run(self._set_limits, peer_id, limits).addCallback(saved)
-
-    async def _set_limits(self, peer_id, limits):
-        kv = self.jet.kv["limits"]
-        if limits.max_messages is None and limits.max_bytes is None:
-            await kv_forget(kv, peer_id)
-            return
-        value = f"{'' if limits.max_messages is None else limits.max_messages},"
-        value += "" if limits.max_bytes is None else str(limits.max_bytes)
-        await kv.put(peer_id, value.encode())

@@ -17,10 +17,9 @@ from twisted.logger import Logger
 from cairn.cluster import direct as D
 from cairn.cluster import mailbox_ahead
 from cairn.cluster.common import KIND, MESSAGE_WRITER, REMOVES, SIZE, WRITER, is_message, one_line, recipient_of
-from cairn.cluster.kv_whole import kv_entries
 from cairn.cluster.mailbox_alone import OwnWrites
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
-from cairn.mailbox.interfaces import Depth, PeerLimits
+from cairn.mailbox.interfaces import Depth
 
 log = Logger()
 
@@ -127,8 +126,8 @@ class Following:
         self.recent.seen(held, parts[2], parts[1])
         if seq <= self._counted_upto:
             # Processed already: the watch replays. nats-py recreates its consumer from
-            # the last seq it delivered + 1 -- from 1 when it delivered none yet (every
-            # message held, and every removal, was counted again).
+            # the last seq it received + 1 -- from 1 when it received none yet (every
+            # message held, and every removal, was counted again; kv_whole says when).
             return
         if self._counted_upto >= self._loaded_upto:
             self._skipped.passed(self._counted_upto, seq)
@@ -339,9 +338,5 @@ class Following:
         # its first delivery (docs/scaling.md, "Restart drain").
         for recipient, backlog in backlogs.items():
             self._ahead.keep(recipient, 0, backlog)
-        kv = self.jet.kv["limits"]
-        limits = {}
-        for key, entry in await kv_entries(kv, self.jet.js):
-            count, size = entry.value.decode().split(",")
-            limits[key] = PeerLimits(int(count) if count else None, int(size) if size else None)
-        return depths, limits
+        await self._load_overrides()  # the per-peer overrides (mailbox_limits)
+        return depths

@@ -84,6 +84,19 @@ class MaybeRemoved:
             return True
         return False
 
+    def ended(self, seqs):
+        """
+        The call writing the tombstones of messages C{seqs} ended: those
+        it left unanswered go. It may end before it awaits every write --
+        a publish raising at once (nats-py's outbound buffer full while
+        reconnecting, its connection closed), a cancellation at the node's
+        stop -- and their entries stayed for good, each taking a later
+        tombstone of its message for its own (L{seen}). What is counted
+        does not change: such a write was never counted either way.
+        """
+        for seq in seqs:
+            self.writing.pop(seq, None)
+
     def answered(self, seq, headers=None, error=None):
         """
         The write of the tombstone (C{headers}) of message C{seq} is

@@ -14,7 +14,7 @@ from twisted.internet import task
 
 from cairn.cluster import common as C
 from cairn.cluster import direct as D
-from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, kv_forget, recipient_of
+from cairn.cluster.common import DONE, KIND, PAGE, WRITER, float_text, is_message, recipient_of
 from cairn.cluster.mailbox_gathered import Gathering
 from cairn.cluster.mailbox_handed import HandedOut
 from cairn.cluster.mailbox_layout import receipt_headers
@@ -140,8 +140,7 @@ class Removal(Gathering, PartRemovals, Room):
             # One write per message: its tombstone, carrying the receipt
             # (layout 2), a rollup conditional on the message being its
             # subject's last -- so two concurrent removals owe one receipt.
-            buried = await self._send_removals(found, ReceiptStatus.DELIVERED, now, ttl)
-            receipts, last, counted = await self._await_removals(buried, ReceiptStatus.DELIVERED, now)
+            receipts, last, counted = await self._owe(found, ReceiptStatus.DELIVERED, now, ttl)
             for held in found:
                 fetched.pop(held.seq, None)
                 self.recent.remove(recipient, held.seq)
@@ -208,9 +207,13 @@ class Removal(Gathering, PartRemovals, Room):
         receipt owed to its sender (none to C{skip_sender}); the new
         L{Receipt}s, the last seq, and the messages this call is the first
         to remove (those a concurrent call removed are counted there).
+        However it ends, no write of it is left in C{MaybeRemoved.writing}.
         """
-        buried = await self._send_removals(found, status, now, ttl, skip_sender)
-        return await self._await_removals(buried, status, now)
+        try:
+            buried = await self._send_removals(found, status, now, ttl, skip_sender)
+            return await self._await_removals(buried, status, now)
+        finally:
+            self._maybe_removed.ended(held.seq for held in found)
 
     async def _send_removals(self, found, status, now, ttl, skip_sender=None):
         """
@@ -392,5 +395,5 @@ class Removal(Gathering, PartRemovals, Room):
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         self.recent.forget(peer_id, purged=True)
         await self._consume_all(peer_id)
-        await kv_forget(self.jet.kv["limits"], peer_id)
+        await self._forget_override(peer_id)  # (mailbox_limits)
         return receipts, await self._depth_changes(self._uncount(counted)), last

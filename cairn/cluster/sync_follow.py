@@ -21,6 +21,13 @@ came before):
     (C{_access.<device>}) written or purged elsewhere. An entry applies
     only when its KV revision is newer than the one this store last saw
     for the key, so a late echo of an older write never rolls a value back.
+
+Both start from a chosen seq, so a reset of nats-py's ordered consumer
+before it received anything replays the stream from seq 1
+(L{cairn.cluster.kv_whole} says when): the updates' watch re-applies
+what it brings to no effect (a topic's head and floor only rise, an
+update is counted once, L{cairn.cluster.sync_figures}), and the cursor
+watch skips every revision it holds (the start-up load's included).
 """
 
 import base64
