@@ -6,6 +6,7 @@ RelayAttach uses L{cairn.transport.handoff}.
 """
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
@@ -17,6 +18,9 @@ from cairn.wire.envelope import EnvelopeError, EnvelopeParser
 
 #: Bytes read from the socket per wake-up (Twisted's default: 64 KiB).
 READ_SIZE = 256 * 1024
+
+#: Most bytes written while a read is handled that wait for its end (L{StreamProtocol._send_held}).
+HOLD_MAX = 64 * 1024
 
 
 @implementer(IFrameTransport)
@@ -39,6 +43,9 @@ class StreamProtocol(Protocol):
         self._closing = False
         self._ticket = ticket
         self._guard = None
+        #: While a read is handled: the envelopes written meanwhile (L{_send_held}), and their size.
+        self._held = None
+        self._held_bytes = 0
 
     @property
     def peer_address(self) -> str:
@@ -65,6 +72,17 @@ class StreamProtocol(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
+        if self._held is not None:  # re-entered: the outer call sends
+            self._envelopes(data)
+            return
+        self._held = []
+        try:
+            self._envelopes(data)
+        finally:
+            self._send_held()
+            self._held = None
+
+    def _envelopes(self, data):
         try:
             envelopes, error = self._parser.feed(data), None
         except EnvelopeError as e:
@@ -80,6 +98,44 @@ class StreamProtocol(Protocol):
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
             self._ticket = None  # not held by an idle session (issue 19)
+
+    def _send_held(self):
+        """
+        The envelopes written while a read was handled, sent together now.
+
+        Twisted's C{write} only buffers: the bytes leave when the reactor
+        next finds the socket writable, after registering for it and
+        polling again (two C{epoll_ctl} and an C{epoll_wait} more, and
+        that iteration's dispatch), which in a request/response exchange
+        is on the path of every answer. So when Twisted holds nothing
+        unsent on a plain TCP connection, they go to the socket here, and
+        only what it does not take goes through C{write} (which also
+        finds and reports a socket error). Anything else (TLS, a test's
+        transport) gets them through C{write}, together.
+        """
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        del held[:]
+        self._held_bytes = 0
+        transport = self.transport
+        if (
+            isinstance(transport, Connection)
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and not transport.disconnecting
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error that Twisted's own write meets again and reports
+            if sent:
+                data = data[sent:]
+        if data:
+            transport.write(data)
+        if self._guard is not None:
+            self._guard.check()
 
     def connectionLost(self, reason=None):
         self._closing = True
@@ -99,6 +155,16 @@ class StreamProtocol(Protocol):
     # IFrameTransport
 
     def write_envelope(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            # Sent when the read is handled (L{_send_held}), or at once past
+            # HOLD_MAX: a read that writes much (a drain) is not held in
+            # memory, and the output guard sees it as it goes.
+            held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes > HOLD_MAX:
+                self._send_held()
+            return
         self.transport.write(data)
         if self._guard is not None:
             self._guard.check()
@@ -106,8 +172,12 @@ class StreamProtocol(Protocol):
     def lose(self, abort: bool = False) -> None:
         self._closing = True
         if abort:
+            if self._held:
+                del self._held[:]  # as Twisted drops what it holds at an abort
+                self._held_bytes = 0
             self.transport.abortConnection()
         else:
+            self._send_held()  # before the end, in the order written
             self.transport.loseConnection()
 
 
