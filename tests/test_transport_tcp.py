@@ -7,8 +7,9 @@ from twisted.internet.protocol import ClientCreator, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from cairn.transport.held import HOLD_MAX
 from cairn.transport.settings import TransportSettings
-from cairn.transport.tcp import HOLD_MAX, StreamProtocol
+from cairn.transport.tcp import StreamProtocol
 from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import Envelope
 
@@ -97,7 +98,7 @@ class _Peer(Protocol):
 class AnswersInTheReadTests(unittest.TestCase):
     """
     Envelopes written while a read is handled leave in that read, by the
-    socket when Twisted holds nothing unsent (L{StreamProtocol._send_held}),
+    socket when Twisted holds nothing unsent (L{cairn.transport.held}),
     in the order written, around Twisted's buffer and a lose().
     """
 

@@ -6,10 +6,10 @@ RelayAttach uses L{cairn.transport.handoff}.
 """
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.tcp import Connection
 from zope.interface import implementer
 
 from cairn.session.interfaces import IFrameTransport
+from cairn.transport.held import HeldWrites
 from cairn.transport.limits import MAX_WRITE_BUFFER, OutputGuard, Refused, refusal_close
 from cairn.transport.settings import TransportSettings
 from cairn.transport.shared_keys import share_transport_names
@@ -19,12 +19,9 @@ from cairn.wire.envelope import EnvelopeError, EnvelopeParser
 #: Bytes read from the socket per wake-up (Twisted's default: 64 KiB).
 READ_SIZE = 256 * 1024
 
-#: Most bytes written while a read is handled that wait for its end (L{StreamProtocol._send_held}).
-HOLD_MAX = 64 * 1024
-
 
 @implementer(IFrameTransport)
-class StreamProtocol(Protocol):
+class StreamProtocol(HeldWrites, Protocol):
     """
     Frames a byte stream into envelopes for one L{IConnectionSink}.
 
@@ -43,9 +40,6 @@ class StreamProtocol(Protocol):
         self._closing = False
         self._ticket = ticket
         self._guard = None
-        #: While a read is handled: the envelopes written meanwhile (L{_send_held}), and their size.
-        self._held = None
-        self._held_bytes = 0
 
     @property
     def peer_address(self) -> str:
@@ -72,15 +66,7 @@ class StreamProtocol(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
-        if self._held is not None:  # re-entered: the outer call sends
-            self._envelopes(data)
-            return
-        self._held = []
-        try:
-            self._envelopes(data)
-        finally:
-            self._send_held()
-            self._held = None
+        self.handling(self._envelopes, data)  # its writes sent together at its end (L{HeldWrites})
 
     def _envelopes(self, data):
         try:
@@ -98,44 +84,6 @@ class StreamProtocol(Protocol):
         if self._ticket is not None and self.sink.session is not None:
             self._ticket.done()  # handshake or Reconnect completed
             self._ticket = None  # not held by an idle session (issue 19)
-
-    def _send_held(self):
-        """
-        The envelopes written while a read was handled, sent together now.
-
-        Twisted's C{write} only buffers: the bytes leave when the reactor
-        next finds the socket writable, after registering for it and
-        polling again (two C{epoll_ctl} and an C{epoll_wait} more, and
-        that iteration's dispatch), which in a request/response exchange
-        is on the path of every answer. So when Twisted holds nothing
-        unsent on a plain TCP connection, they go to the socket here, and
-        only what it does not take goes through C{write} (which also
-        finds and reports a socket error). Anything else (TLS, a test's
-        transport) gets them through C{write}, together.
-        """
-        held = self._held
-        if not held:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        del held[:]
-        self._held_bytes = 0
-        transport = self.transport
-        if (
-            isinstance(transport, Connection)
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
-            and not transport.disconnecting
-        ):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error that Twisted's own write meets again and reports
-            if sent:
-                data = data[sent:]
-        if data:
-            transport.write(data)
-        if self._guard is not None:
-            self._guard.check()
 
     def connectionLost(self, reason=None):
         self._closing = True
@@ -155,29 +103,22 @@ class StreamProtocol(Protocol):
     # IFrameTransport
 
     def write_envelope(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            # Sent when the read is handled (L{_send_held}), or at once past
-            # HOLD_MAX: a read that writes much (a drain) is not held in
-            # memory, and the output guard sees it as it goes.
-            held.append(data)
-            self._held_bytes += len(data)
-            if self._held_bytes > HOLD_MAX:
-                self._send_held()
+        if self.hold(data):
             return
         self.transport.write(data)
+        self.after_send()
+
+    def after_send(self) -> None:
         if self._guard is not None:
             self._guard.check()
 
     def lose(self, abort: bool = False) -> None:
         self._closing = True
         if abort:
-            if self._held:
-                del self._held[:]  # as Twisted drops what it holds at an abort
-                self._held_bytes = 0
+            self.drop_held()
             self.transport.abortConnection()
         else:
-            self._send_held()  # before the end, in the order written
+            self.send_held()  # before the end, in the order written
             self.transport.loseConnection()
 
 

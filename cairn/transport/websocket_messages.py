@@ -18,6 +18,7 @@ import random
 from autobahn.websocket.protocol import WebSocketProtocol
 
 from cairn.transport.autobahn_compat import mask_payload
+from cairn.transport.held import HeldFrames
 from cairn.wire.constants import CloseCode
 from cairn.wire.envelope import EnvelopeError, decode
 
@@ -85,8 +86,8 @@ def _shed(protocol):
     protocol.__dict__ = dict(state)
 
 
-class _EnvelopeMessages:
-    """What the server and client WebSocket protocols share."""
+class _EnvelopeMessages(HeldFrames):
+    """What the server and client WebSocket protocols share (a read's writes sent at its end: L{HeldFrames})."""
 
     sink = None
     #: Closing is a handshake one side starts: after a cairn Close only its
@@ -123,7 +124,9 @@ class _EnvelopeMessages:
         if self._pending is not None:
             self._pending.append(data)
             return
-        WebSocketProtocol._dataReceived(self, data)
+        self.handling(self._read, data)
+
+    _read = WebSocketProtocol._dataReceived
 
     # Straight to autobahn's frame parser: its Twisted adapter's
     # dataReceived adds only a debug log event per read (three lazy
@@ -289,7 +292,9 @@ class _EnvelopeMessages:
             header = bytes((0x80 | opcode, masked | length))
         else:
             header = bytes((0x80 | opcode, masked | 126, length >> 8, length & 0xFF))
-        self.transport.write(b"".join((header, key, payload)))
+        frame = b"".join((header, key, payload))
+        if not self.hold(frame):
+            self.transport.write(frame)
 
     # autobahn's per-message hooks, without what cairn does not use. Its
     # defaults pass every message through two method layers each, collect
