@@ -185,6 +185,39 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def test_removal_cut_short_stored(self):
+        """
+        An acknowledgement whose 3rd tombstone publish raises at once, the
+        first two stored, then tried again at the same time: the watch,
+        reading after both, counts the first two out and the rest once
+        (the first two stayed counted for good).
+        """
+        from nats.errors import ConnectionClosedError
+
+        from cairn.mailbox.interfaces import StoreFull
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        yield self.here.enqueue([item(payload=b"m%d" % i) for i in range(5)], 1.0, ROOMY)
+        seqs = [m.seq for m in (yield self.here.fetch(B, 0, 16))]
+        publish, calls = self.here.acks.publish, []
+
+        async def third_raises(subject, payload, headers, *rest):
+            calls.append(subject)
+            if len(calls) == 3:
+                raise ConnectionClosedError()
+            return await publish(subject, payload, headers, *rest)
+
+        self.patch(self.here.acks, "publish", third_raises)
+        yield self.assertFailure(self.here.acknowledge(B, seqs, 2.0, 100.0), StoreFull)
+        self.assertEqual(self.here.depths()[B].messages, 5)
+        receipts = yield self.here.acknowledge(B, seqs, 2.0, 100.0)  # its retry: the last three
+        self.assertEqual(len(receipts), 3)
+        yield self.release(max(r.rseq for r in receipts))
+        self.assertEqual([d for d in self.depths if d < 0], [])
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
 
 class ReplayedTests(unittest.TestCase):
     @defer.inlineCallbacks
@@ -650,7 +683,8 @@ class WritesEndedTests(OneStore, unittest.TestCase):
     An acknowledgement that ends before it awaited each of its tombstone
     writes leaves none of them in C{MaybeRemoved.writing} (they stayed
     there for good: a leak, and a later tombstone of the message taken
-    for theirs).
+    for theirs); those JetStream stored count out as unanswered ones do
+    (C{RemovedBeforeTheWatchTests.test_removal_cut_short_stored} too).
     """
 
     @defer.inlineCallbacks
@@ -661,6 +695,18 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         seqs = [m.seq for m in (yield self.here.fetch(B, 0, 16))]
         self.assertEqual(len(seqs), count)
         return seqs
+
+    def never_answered(self):
+        """
+        A PubAck future never answered, held as the store's pending PubAcks
+        are (a task waiting on a future that nothing else holds is garbage:
+        collected, its call ended early).
+        """
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+        self.addCleanup(lambda: self.jet.thread.call(future.cancel))
+        return future
 
     def writing(self):
         async def copy():  # on the NATS loop, whose state it is
@@ -697,7 +743,7 @@ class WritesEndedTests(OneStore, unittest.TestCase):
 
         async def unanswered(subject, payload, headers, *rest):
             self.jet.thread.to_reactor(self.conditions.changed, calls.append(subject))
-            return asyncio.get_running_loop().create_future()  # never answered
+            return self.never_answered()
 
         self.patch(self.here.acks, "publish", unanswered)
         d = self.here.acknowledge(B, seqs, 2.0, 100.0)
@@ -710,3 +756,35 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         yield self.jet.run(cancel)
         yield self.assertFailure(d, Exception)
         self.assertEqual((yield self.writing()), {})
+
+    @defer.inlineCallbacks
+    def test_cancelled_after_the_tombstones_were_read(self):
+        """
+        Cancelled (the node's stop) while awaiting PubAcks it was not given,
+        the 5 tombstones stored and read by the store already: the messages
+        count out (they stayed counted for good).
+        """
+        import asyncio
+
+        seqs = yield self.handed_out(5)
+        publish = self.here.acks.publish
+
+        async def unanswered(subject, payload, headers, *rest):
+            await publish(subject, payload, headers, *rest)  # stored and answered, the answer kept from the call
+            return self.never_answered()
+
+        self.patch(self.here.acks, "publish", unanswered)
+        d = self.here.acknowledge(B, seqs, 2.0, 100.0)
+        # (Alone, the store reads its own writes from their answers: mailbox_alone.)
+        yield self.conditions.until(lambda: self.here._counted_upto >= seqs[-1] + 5)
+        self.assertEqual(self.here.depths()[B].messages, 5)
+
+        async def cancel():
+            (acknowledging,) = [t for t in asyncio.all_tasks() if "_acknowledge" in t.get_coro().__qualname__]
+            acknowledging.cancel()
+
+        yield self.jet.run(cancel)
+        yield self.assertFailure(d, Exception)
+        yield self.here.flushed()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)

@@ -53,49 +53,63 @@ class PartRemovals:
 class MaybeRemoved:
     """
     This store's tombstones whose write failed without an answer (no
-    PubAck in time, or a new leader elected meanwhile): JetStream may have
-    stored them all the same, and then their messages are removed, which
-    the service's retry of the acknowledgement does not find, so nothing
-    counted them out: the recipient's node kept them in its depth for good
-    (2 and 12 in two untraced runs of C{tests/test_cluster_node_faults.py}'s
-    leader kill; the tests here show the mechanism). Such a tombstone counts its message out once the watch reads
-    it: before the failure (L{answered} gives its seq, and the removal
-    counts as made) or after (L{seen}). Told apart from a later removal's
-    by its C{Cairn-At}; a plain tombstone (a purge of what the peer sent
+    PubAck in time, or a new leader elected meanwhile), or was never
+    awaited (the call ended first): JetStream may have stored them all
+    the same, and then their messages are removed, which the service's
+    retry of the acknowledgement does not find, so nothing counted them
+    out: the recipient's node kept them in its depth for good (2 and 12
+    in two untraced runs of C{tests/test_cluster_node_faults.py}'s leader
+    kill; the tests here show the mechanism). Such a tombstone counts its
+    message out once the watch reads it: before the failure (L{answered}
+    gives its seq, and the removal counts as made; L{ended} has it
+    counted out) or after (L{seen}). Told apart from a later removal's by
+    its C{Cairn-At}; a plain tombstone (a purge of what the peer sent
     itself) has none and is not followed. On the NATS loop.
     """
 
     def __init__(self):
-        #: message seq -> None while its tombstone's write waits for its answer, or
-        #: (its Cairn-At, its seq) once the watch read it meanwhile.
+        #: message seq -> (its tombstone's Cairn-At, the tombstone once the watch read it meanwhile, else None)
+        #: while the call writing it has not taken its answer.
         self.writing = {}
         self._stamps = collections.OrderedDict()  # message seq -> Cairn-At: unanswered, not read yet
 
-    def seen(self, headers, seq):
-        """This store's tombstone with C{headers} is read at C{seq}: whether its unanswered removal counts now."""
+    def begun(self, seq, headers):
+        """The tombstone (C{headers}) of message C{seq} is being written."""
+        self.writing[seq] = (headers.get(D.AT), None)
+
+    def seen(self, tombstone):
+        """This store's C{tombstone} (a L{D.Held}) is read: whether its unanswered removal counts now."""
         try:
-            removed = int(headers.get(D.EXPECT_LAST) or 0)
+            removed = int(tombstone.headers.get(D.EXPECT_LAST) or 0)
         except ValueError:
             return False
         if removed in self.writing:
-            self.writing[removed] = (headers.get(D.AT), seq)
-        elif self._stamps and self._stamps.get(removed, self) == headers.get(D.AT):
+            self.writing[removed] = (self.writing[removed][0], tombstone)
+        elif self._stamps and self._stamps.get(removed, self) == tombstone.headers.get(D.AT):
             del self._stamps[removed]
             return True
         return False
 
-    def ended(self, seqs):
+    def ended(self, seqs, count_out):
         """
-        The call writing the tombstones of messages C{seqs} ended: those
-        it left unanswered go. It may end before it awaits every write --
-        a publish raising at once (nats-py's outbound buffer full while
-        reconnecting, its connection closed), a cancellation at the node's
-        stop -- and their entries stayed for good, each taking a later
-        tombstone of its message for its own (L{seen}). What is counted
-        does not change: such a write was never counted either way.
+        The call writing the tombstones of messages C{seqs} ended. It may
+        end before it awaits every write -- a publish raising at once
+        (nats-py's outbound buffer full while reconnecting, its connection
+        closed), a cancellation at the node's stop -- and then each write
+        it did not await is one whose outcome is unknown, as for a write
+        unanswered (L{answered}): C{count_out(tombstone)} is called for
+        those the watch read already (nothing counted them: the call
+        failed), and the watch counts out the others once it reads them.
         """
         for seq in seqs:
-            self.writing.pop(seq, None)
+            at, read = self.writing.pop(seq, (None, None))
+            if at is None:
+                continue  # answered (or a plain tombstone)
+            if read is not None and read.headers.get(D.AT) == at:
+                self._stamps.pop(seq, None)
+                count_out(read)
+            else:
+                self._stamp(seq, at)
 
     def answered(self, seq, headers=None, error=None):
         """
@@ -103,12 +117,21 @@ class MaybeRemoved:
         answered, or failed with C{error}: the tombstone's seq if it failed
         unanswered and the watch has read it already, else None.
         """
-        read = self.writing.pop(seq, None)
-        if error is None or not unknown_outcome(error) or headers.get(D.AT) is None:
+        _, read = self.writing.pop(seq, (None, None))
+        if error is None:
+            # Stored: an earlier write of this store for the message was not (one tombstone removes
+            # it), and this one, counted by its call, must not be taken for that one's at the same Cairn-At.
+            self._stamps.pop(seq, None)
             return None
-        if read is not None and read[0] == headers[D.AT]:
-            return read[1]
-        self._stamps[seq] = headers[D.AT]
+        if not unknown_outcome(error) or headers.get(D.AT) is None:
+            return None
+        if read is not None and read.headers.get(D.AT) == headers[D.AT]:
+            self._stamps.pop(seq, None)
+            return read.seq
+        self._stamp(seq, headers[D.AT])
+        return None
+
+    def _stamp(self, seq, at):
+        self._stamps[seq] = at
         while len(self._stamps) > MAYBE:
             self._stamps.popitem(last=False)
-        return None

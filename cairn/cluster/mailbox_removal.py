@@ -207,13 +207,13 @@ class Removal(Gathering, PartRemovals, Room):
         receipt owed to its sender (none to C{skip_sender}); the new
         L{Receipt}s, the last seq, and the messages this call is the first
         to remove (those a concurrent call removed are counted there).
-        However it ends, no write of it is left in C{MaybeRemoved.writing}.
+        However it ends, each write is answered or ended (L{MaybeRemoved.ended}).
         """
         try:
             buried = await self._send_removals(found, status, now, ttl, skip_sender)
             return await self._await_removals(buried, status, now)
         finally:
-            self._maybe_removed.ended(held.seq for held in found)
+            self._maybe_removed.ended((held.seq for held in found), self._unanswered_removal)
 
     async def _send_removals(self, found, status, now, ttl, skip_sender=None):
         """
@@ -235,7 +235,7 @@ class Removal(Gathering, PartRemovals, Room):
                 headers = receipt_headers(status, now, expires, len(held.data or b""))
             headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: self.writer})
             headers[C.MESSAGE_WRITER] = held.headers.get(WRITER, "")
-            self._maybe_removed.writing[held.seq] = None  # (mailbox_partly.MaybeRemoved)
+            self._maybe_removed.begun(held.seq, headers)  # (mailbox_partly.MaybeRemoved)
             futures.append((held, sender != skip_sender, headers, await self._write(held.subject, b"", headers)))
         return futures
 
