@@ -38,6 +38,22 @@ def refuse_second_write(store, err_code, description):
     return publish
 
 
+def third_publish_raises(testcase, store):
+    """The store's 3rd publish from now on raises at once (nats-py's connection closed); returns the subjects tried."""
+    from nats.errors import ConnectionClosedError
+
+    publish, calls = store.acks.publish, []
+
+    async def third_raises(subject, payload, headers, *rest):
+        calls.append(subject)
+        if len(calls) == 3:
+            raise ConnectionClosedError()
+        return await publish(subject, payload, headers, *rest)
+
+    testcase.patch(store.acks, "publish", third_raises)
+    return calls
+
+
 class RemovedBeforeTheWatchTests(unittest.TestCase):
     """
     C{here} watches the stream, but its watch reads nothing until the
@@ -193,22 +209,12 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         reading after both, counts the first two out and the rest once
         (the first two stayed counted for good).
         """
-        from nats.errors import ConnectionClosedError
-
         from cairn.mailbox.interfaces import StoreFull
         from tests.test_cluster_mailbox_removal import ROOMY
 
         yield self.here.enqueue([item(payload=b"m%d" % i) for i in range(5)], 1.0, ROOMY)
         seqs = [m.seq for m in (yield self.here.fetch(B, 0, 16))]
-        publish, calls = self.here.acks.publish, []
-
-        async def third_raises(subject, payload, headers, *rest):
-            calls.append(subject)
-            if len(calls) == 3:
-                raise ConnectionClosedError()
-            return await publish(subject, payload, headers, *rest)
-
-        self.patch(self.here.acks, "publish", third_raises)
+        third_publish_raises(self, self.here)
         yield self.assertFailure(self.here.acknowledge(B, seqs, 2.0, 100.0), StoreFull)
         self.assertEqual(self.here.depths()[B].messages, 5)
         receipts = yield self.here.acknowledge(B, seqs, 2.0, 100.0)  # its retry: the last three
@@ -717,18 +723,8 @@ class WritesEndedTests(OneStore, unittest.TestCase):
     @defer.inlineCallbacks
     def test_publish_raising_midway(self):
         """The 3rd of 5 tombstone publishes raises at once (nats-py's connection closed): it fails, leaving nothing."""
-        from nats.errors import ConnectionClosedError
-
         seqs = yield self.handed_out(5)
-        publish, calls = self.here.acks.publish, []
-
-        async def third_raises(subject, payload, headers, *rest):
-            calls.append(subject)
-            if len(calls) == 3:
-                raise ConnectionClosedError()
-            return await publish(subject, payload, headers, *rest)
-
-        self.patch(self.here.acks, "publish", third_raises)
+        calls = third_publish_raises(self, self.here)
         yield self.assertFailure(self.here.acknowledge(B, seqs, 2.0, 100.0), Exception)
         self.assertEqual(len(calls), 3)
         self.assertEqual((yield self.writing()), {})
@@ -786,5 +782,59 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         yield self.jet.run(cancel)
         yield self.assertFailure(d, Exception)
         yield self.here.flushed()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+
+class AfterTheTombstonesTests(OneStore, unittest.TestCase):
+    """
+    A removal that fails after its tombstones were stored, in a read or a
+    write that follows them: what they removed counts out all the same
+    (it stayed counted for good: the retry finds the messages removed).
+    """
+
+    @defer.inlineCallbacks
+    def enqueued(self, count):
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        results = yield self.here.enqueue([item(payload=b"m%d" % i) for i in range(count)], 1.0, ROOMY)
+        return [seq for _, seq in results]
+
+    async def failing(self, *args, **kwargs):
+        raise TimeoutError("nats: timeout")
+
+    @defer.inlineCallbacks
+    def test_acknowledgement_whose_oldest_read_fails(self):
+        """The read of the oldest message left fails: the acknowledgement is made all the same, and counts out."""
+        seqs = yield self.enqueued(3)
+        self.patch(self.here, "_read", self.failing)
+        (receipt,) = yield self.here.acknowledge(B, seqs[:1], 2.0, 100.0)
+        self.assertEqual(receipt.rseq, seqs[-1] + 1)
+        self.assertEqual(self.here.depths()[B].messages, 2)
+        self.assertEqual(self.here.total_bytes(), 4)
+
+    @defer.inlineCallbacks
+    def test_expiry_whose_deletions_fail(self):
+        """Deleting what is past its time fails after the expired messages' tombstones: PartlyRemoved, counted out."""
+        from cairn.cluster import direct
+        from cairn.mailbox.interfaces import PartlyRemoved
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        yield self.enqueued(2)
+        self.patch(direct, "delete_all", self.failing)
+        failure = yield self.assertFailure(self.here.expire(2.0 + ROOMY.max_age, 10, 100.0), PartlyRemoved)
+        self.assertEqual(len(failure.receipts), 2)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_purge_whose_consumed_marks_fail(self):
+        """Marking the purged peer's receipts consumed fails after its tombstones: PartlyRemoved, counted out."""
+        from cairn.mailbox.interfaces import PartlyRemoved
+
+        yield self.enqueued(2)
+        self.patch(self.here, "_consume_all", self.failing)
+        failure = yield self.assertFailure(self.here.purge(B, 2.0, 100.0), PartlyRemoved)
+        self.assertEqual(len(failure.receipts), 2)
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
