@@ -38,6 +38,22 @@ def refuse_second_write(store, err_code, description):
     return publish
 
 
+def third_publish_raises(testcase, store):
+    """The store's 3rd publish from now on raises at once (nats-py's connection closed); returns the subjects tried."""
+    from nats.errors import ConnectionClosedError
+
+    publish, calls = store.acks.publish, []
+
+    async def third_raises(subject, payload, headers, *rest):
+        calls.append(subject)
+        if len(calls) == 3:
+            raise ConnectionClosedError()
+        return await publish(subject, payload, headers, *rest)
+
+    testcase.patch(store.acks, "publish", third_raises)
+    return calls
+
+
 class RemovedBeforeTheWatchTests(unittest.TestCase):
     """
     C{here} watches the stream, but its watch reads nothing until the
@@ -182,6 +198,29 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         yield self.assertFailure(self.here.acknowledge(B, [held.seq], 2.0, 100.0), StoreFull)
         self.assertEqual(self.here.depths()[B].messages, 1)
         yield self.release(seq + 1)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_removal_cut_short_stored(self):
+        """
+        An acknowledgement whose 3rd tombstone publish raises at once, the
+        first two stored, then tried again at the same time: the watch,
+        reading after both, counts the first two out and the rest once
+        (the first two stayed counted for good).
+        """
+        from cairn.mailbox.interfaces import StoreFull
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        yield self.here.enqueue([item(payload=b"m%d" % i) for i in range(5)], 1.0, ROOMY)
+        seqs = [m.seq for m in (yield self.here.fetch(B, 0, 16))]
+        third_publish_raises(self, self.here)
+        yield self.assertFailure(self.here.acknowledge(B, seqs, 2.0, 100.0), StoreFull)
+        self.assertEqual(self.here.depths()[B].messages, 5)
+        receipts = yield self.here.acknowledge(B, seqs, 2.0, 100.0)  # its retry: the last three
+        self.assertEqual(len(receipts), 3)
+        yield self.release(max(r.rseq for r in receipts))
+        self.assertEqual([d for d in self.depths if d < 0], [])
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
@@ -650,7 +689,8 @@ class WritesEndedTests(OneStore, unittest.TestCase):
     An acknowledgement that ends before it awaited each of its tombstone
     writes leaves none of them in C{MaybeRemoved.writing} (they stayed
     there for good: a leak, and a later tombstone of the message taken
-    for theirs).
+    for theirs); those JetStream stored count out as unanswered ones do
+    (C{RemovedBeforeTheWatchTests.test_removal_cut_short_stored} too).
     """
 
     @defer.inlineCallbacks
@@ -662,6 +702,18 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         self.assertEqual(len(seqs), count)
         return seqs
 
+    def never_answered(self):
+        """
+        A PubAck future never answered, held as the store's pending PubAcks
+        are (a task waiting on a future that nothing else holds is garbage:
+        collected, its call ended early).
+        """
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+        self.addCleanup(lambda: self.jet.thread.call(future.cancel))
+        return future
+
     def writing(self):
         async def copy():  # on the NATS loop, whose state it is
             return dict(self.here._maybe_removed.writing)
@@ -671,18 +723,8 @@ class WritesEndedTests(OneStore, unittest.TestCase):
     @defer.inlineCallbacks
     def test_publish_raising_midway(self):
         """The 3rd of 5 tombstone publishes raises at once (nats-py's connection closed): it fails, leaving nothing."""
-        from nats.errors import ConnectionClosedError
-
         seqs = yield self.handed_out(5)
-        publish, calls = self.here.acks.publish, []
-
-        async def third_raises(subject, payload, headers, *rest):
-            calls.append(subject)
-            if len(calls) == 3:
-                raise ConnectionClosedError()
-            return await publish(subject, payload, headers, *rest)
-
-        self.patch(self.here.acks, "publish", third_raises)
+        calls = third_publish_raises(self, self.here)
         yield self.assertFailure(self.here.acknowledge(B, seqs, 2.0, 100.0), Exception)
         self.assertEqual(len(calls), 3)
         self.assertEqual((yield self.writing()), {})
@@ -697,7 +739,7 @@ class WritesEndedTests(OneStore, unittest.TestCase):
 
         async def unanswered(subject, payload, headers, *rest):
             self.jet.thread.to_reactor(self.conditions.changed, calls.append(subject))
-            return asyncio.get_running_loop().create_future()  # never answered
+            return self.never_answered()
 
         self.patch(self.here.acks, "publish", unanswered)
         d = self.here.acknowledge(B, seqs, 2.0, 100.0)
@@ -710,3 +752,89 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         yield self.jet.run(cancel)
         yield self.assertFailure(d, Exception)
         self.assertEqual((yield self.writing()), {})
+
+    @defer.inlineCallbacks
+    def test_cancelled_after_the_tombstones_were_read(self):
+        """
+        Cancelled (the node's stop) while awaiting PubAcks it was not given,
+        the 5 tombstones stored and read by the store already: the messages
+        count out (they stayed counted for good).
+        """
+        import asyncio
+
+        seqs = yield self.handed_out(5)
+        publish = self.here.acks.publish
+
+        async def unanswered(subject, payload, headers, *rest):
+            await publish(subject, payload, headers, *rest)  # stored and answered, the answer kept from the call
+            return self.never_answered()
+
+        self.patch(self.here.acks, "publish", unanswered)
+        d = self.here.acknowledge(B, seqs, 2.0, 100.0)
+        # (Alone, the store reads its own writes from their answers: mailbox_alone.)
+        yield self.conditions.until(lambda: self.here._counted_upto >= seqs[-1] + 5)
+        self.assertEqual(self.here.depths()[B].messages, 5)
+
+        async def cancel():
+            (acknowledging,) = [t for t in asyncio.all_tasks() if "_acknowledge" in t.get_coro().__qualname__]
+            acknowledging.cancel()
+
+        yield self.jet.run(cancel)
+        yield self.assertFailure(d, Exception)
+        yield self.here.flushed()
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+
+class AfterTheTombstonesTests(OneStore, unittest.TestCase):
+    """
+    A removal that fails after its tombstones were stored, in a read or a
+    write that follows them: what they removed counts out all the same
+    (it stayed counted for good: the retry finds the messages removed).
+    """
+
+    @defer.inlineCallbacks
+    def enqueued(self, count):
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        results = yield self.here.enqueue([item(payload=b"m%d" % i) for i in range(count)], 1.0, ROOMY)
+        return [seq for _, seq in results]
+
+    async def failing(self, *args, **kwargs):
+        raise TimeoutError("nats: timeout")
+
+    @defer.inlineCallbacks
+    def test_acknowledgement_whose_oldest_read_fails(self):
+        """The read of the oldest message left fails: the acknowledgement is made all the same, and counts out."""
+        seqs = yield self.enqueued(3)
+        self.patch(self.here, "_read", self.failing)
+        (receipt,) = yield self.here.acknowledge(B, seqs[:1], 2.0, 100.0)
+        self.assertEqual(receipt.rseq, seqs[-1] + 1)
+        self.assertEqual(self.here.depths()[B].messages, 2)
+        self.assertEqual(self.here.total_bytes(), 4)
+
+    @defer.inlineCallbacks
+    def test_expiry_whose_deletions_fail(self):
+        """Deleting what is past its time fails after the expired messages' tombstones: PartlyRemoved, counted out."""
+        from cairn.cluster import direct
+        from cairn.mailbox.interfaces import PartlyRemoved
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        yield self.enqueued(2)
+        self.patch(direct, "delete_all", self.failing)
+        failure = yield self.assertFailure(self.here.expire(2.0 + ROOMY.max_age, 10, 100.0), PartlyRemoved)
+        self.assertEqual(len(failure.receipts), 2)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_purge_whose_consumed_marks_fail(self):
+        """Marking the purged peer's receipts consumed fails after its tombstones: PartlyRemoved, counted out."""
+        from cairn.mailbox.interfaces import PartlyRemoved
+
+        yield self.enqueued(2)
+        self.patch(self.here, "_consume_all", self.failing)
+        failure = yield self.assertFailure(self.here.purge(B, 2.0, 100.0), PartlyRemoved)
+        self.assertEqual(len(failure.receipts), 2)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)

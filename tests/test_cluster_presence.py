@@ -77,7 +77,7 @@ class _Peer:
             observer.session_closed(session)
 
 
-class KVPresenceTests(unittest.TestCase):
+class TwoNodes:
     """Two L{KVPresence}s on one NATS server, as two nodes, each on its own task.Clock."""
 
     @defer.inlineCallbacks
@@ -88,7 +88,8 @@ class KVPresenceTests(unittest.TestCase):
         from tests import _jetstream
         from tests._harness import Conditions
 
-        _, jet = yield _jetstream.single(self)
+        _, self.jet = yield _jetstream.single(self)
+        jet = self.jet
         self.conditions = Conditions()
         self.clocks, self.peers, self.presences = {}, {}, {}
         for name in ("n1", "n2"):
@@ -104,6 +105,8 @@ class KVPresenceTests(unittest.TestCase):
     def until(self, predicate):
         return self.conditions.until(predicate, 20)
 
+
+class KVPresenceTests(TwoNodes, unittest.TestCase):
     def test_interface(self):
         """KVPresence provides IPresence."""
         self.assertTrue(verifyObject(IPresence, self.presences["n1"]))
@@ -178,3 +181,68 @@ class KVPresenceTests(unittest.TestCase):
         there._withdraw = withdraw
         self.clocks["n2"].advance(HEARTBEAT)
         yield self.until(lambda: here.locate("PeerB") is None)
+
+
+class StartTests(TwoNodes, unittest.TestCase):
+    """A third node, n3, starts while n2 is dead (killed: its heartbeat and peer keys left in the bucket)."""
+
+    @defer.inlineCallbacks
+    def start_n3(self, at):
+        """n3 starting at C{at} on its clock, n2 killed (its last heartbeat at 0 on its clock) with PeerB on it."""
+        from twisted.internet import task
+
+        from cairn.cluster.kv_presence import KVPresence
+
+        self.peers["n2"].attach("PeerB")
+        yield self.until(lambda: self.presences["n1"].locate("PeerB") == "n2")
+        self.presences["n2"]._beating.stop()  # as if killed: no heartbeat, no withdrawal
+        clock = task.Clock()
+        clock.advance(at)
+        n3 = KVPresence(self.jet, _Peer(), "n3", clock)
+        yield n3.start()
+        self.addCleanup(n3.stop)
+        return n3, clock
+
+    @defer.inlineCallbacks
+    def test_dead_before_the_start(self):
+        """A heartbeat already older than NODE_TIMEOUT when read at start: its node is not counted, nor its peers."""
+        from cairn.cluster.kv_presence import NODE_TIMEOUT
+
+        n3, _ = yield self.start_n3(NODE_TIMEOUT + 5.0)
+        self.assertEqual(set(n3.nodes()), {"n3"})
+        self.assertIsNone(n3.locate("PeerB"))
+        self.assertEqual((n3.elsewhere("PeerB"), n3.peers()), ([], {}))
+
+    @defer.inlineCallbacks
+    def test_counted_from_its_own_time(self):
+        """Read at start 3 s old, a heartbeat counts until NODE_TIMEOUT after it was written, not after the start."""
+        from cairn.cluster.kv_presence import NODE_TIMEOUT
+
+        n3, clock = yield self.start_n3(3.0)
+        self.assertEqual(set(n3.nodes()), {"n1", "n2", "n3"})
+        self.assertEqual(n3.locate("PeerB"), "n2")
+        self.assertEqual(n3.nodes()["n2"], 3.0)
+        clock.advance(NODE_TIMEOUT - 3.0 + 0.5)
+        self.assertIsNone(n3.locate("PeerB"))
+        self.assertNotIn("n2", n3.nodes())
+
+    @defer.inlineCallbacks
+    def test_live_node_behind_is_seen_at_its_next_heartbeat(self):
+        """A live node whose clock is far behind is not counted from the start's read, but from its next heartbeat."""
+        n3, _ = yield self.start_n3(1000.0)
+        self.assertNotIn("n1", n3.nodes())
+        self.clocks["n1"].advance(self.presences["n1"].heartbeat)
+        yield self.until(lambda: "n1" in n3.nodes())
+        self.assertEqual(n3.nodes()["n1"], 0.0)
+
+    @defer.inlineCallbacks
+    def test_heartbeat_ahead_or_unreadable(self):
+        """A heartbeat from a clock ahead, or saying no time, counts from the start (as every heartbeat did before)."""
+        from cairn.cluster.kv_presence import NODE_TIMEOUT
+
+        yield self.jet.run(self.presences["n1"].kv.put, "n.n8", b'{"at": 1e9}')
+        yield self.jet.run(self.presences["n1"].kv.put, "n.n9", b"not json")
+        n3, clock = yield self.start_n3(50.0)
+        self.assertEqual(set(n3.nodes()), {"n3", "n8", "n9"})
+        clock.advance(NODE_TIMEOUT + 0.5)
+        self.assertEqual(set(n3.nodes()), {"n3"})

@@ -4,11 +4,18 @@ Presence of a whole deployment in a JetStream KV bucket (L{IPresence}).
 Bucket C{<prefix>_presence} (memory storage, the deployment's replicas,
 a TTL of L{TTL} on every key), two kinds of keys:
 
-  - C{n.<node>}: a node's heartbeat, written every L{HEARTBEAT} seconds
-    and deleted on a clean stop. A node not heard from for
-    L{NODE_TIMEOUT} seconds (on the reading node's own clock, so clocks
-    need not agree) is gone, and so is everything it announced: a node
-    killed with -9 stops counting within L{NODE_TIMEOUT}.
+  - C{n.<node>}: a node's heartbeat (C{{"at": <its clock>}}), written
+    every L{HEARTBEAT} seconds and deleted on a clean stop. A node not
+    heard from for L{NODE_TIMEOUT} seconds (on the reading node's own
+    clock, so clocks need not agree) is gone, and so is everything it
+    announced: a node killed with -9 stops counting within
+    L{NODE_TIMEOUT}. A heartbeat read at start may be that old already
+    (the TTL keeps a dead node's up to L{TTL}): it counts from the time
+    it carries, never later than the reader's now, so a node that died
+    before another started counts there only until L{NODE_TIMEOUT} after
+    its last heartbeat, as it does everywhere else (it counted for
+    L{NODE_TIMEOUT} from the start). Clocks apart then cost at most a
+    heartbeat: a live node whose clock is behind is seen at its next one.
   - C{p.<peer id>.<node>}: the peer has an attached session on the node;
     written when a paired peer's session attaches, deleted when its last
     one detaches, and re-asserted every L{REASSERT} seconds (the TTL
@@ -21,6 +28,7 @@ made good at the next heartbeat: the node compares what it announced
 """
 
 import json
+import math
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -103,7 +111,7 @@ class KVPresence:
         )
         self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
         watcher, initial = await watch_whole(self.kv, self.jet.js)
-        initial = [_change(entry) for entry in initial]
+        initial = [_change(entry, _beat_time(entry)) for entry in initial]
 
         async def follow():
             try:
@@ -150,10 +158,10 @@ class KVPresence:
 
     def _apply(self, changes):
         now = self.clock.seconds()
-        for kind, name, node, present in changes:
+        for kind, name, node, present, at in changes:
             if kind == "n":
                 if present:
-                    self._heard[name] = now
+                    self._heard[name] = now if at is None else min(now, at)
                     if name != self.node:
                         for callback in self._others:
                             callback()
@@ -288,12 +296,25 @@ class KVPresence:
             self._withdraw(peer_id)
 
 
-def _change(entry):
-    """C{(kind, name, node, present)} of a KV entry: C{("n", node, None, …)} or C{("p", peer id, node, …)}."""
+def _change(entry, at=None):
+    """
+    C{(kind, name, node, present, at)} of a KV entry: C{("n", node, None, …)}
+    or C{("p", peer id, node, …)}; C{at}: when a heartbeat was written (read
+    at start), or None (it arrives through the watch: written just now).
+    """
     present = entry.operation not in ("DEL", "PURGE")
     parts = entry.key.split(".")
     if parts[0] == "n" and len(parts) == 2:
-        return ("n", parts[1], None, present)
+        return ("n", parts[1], None, present, at)
     if parts[0] == "p" and len(parts) == 3:
-        return ("p", parts[1], parts[2], present)
-    return ("?", entry.key, None, present)
+        return ("p", parts[1], parts[2], present, None)
+    return ("?", entry.key, None, present, None)
+
+
+def _beat_time(entry):
+    """The time a heartbeat entry says it was written (on its node's clock), or None if it says none."""
+    try:
+        at = float(json.loads(entry.value)["at"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return at if math.isfinite(at) else None

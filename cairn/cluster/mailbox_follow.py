@@ -39,6 +39,12 @@ def _late_receipts(count):
     )
 
 
+def _count_out(tombstone):
+    """What L{Following._removed_elsewhere} is told of C{tombstone}: its recipient, size, sender if a receipt, seq."""
+    parts, headers = tombstone.subject.split("."), tombstone.headers
+    return parts[2], int(headers.get(SIZE) or 0), parts[3] if headers.get(D.STATUS) is not None else None, tombstone.seq
+
+
 class Following:
     """The load and the watch of the C{mbox} stream."""
 
@@ -143,15 +149,11 @@ class Following:
             # (its PubAck may come after the watch).
             if parts[1] != "mbox" or len(parts) != 5:
                 return
-            receipt = headers.get(D.STATUS) is not None
-            if receipt:
+            if headers.get(D.STATUS) is not None:
                 self._receipt_written(parts[3], seq)
-            count_out = (parts[2], int(headers.get(SIZE) or 0), parts[3] if receipt else None, seq)
-            if headers.get(WRITER) == self.writer and self._maybe_removed.seen(headers, seq):
-                # This store's removal that failed unanswered, stored after all (mailbox_partly.MaybeRemoved):
-                # counts out if its message counted in (not a write of this store that failed unanswered).
-                if not (self._maybe and self._maybe.removed(subject=held.subject)) and self._counted_in(headers):
-                    self.jet.thread.to_reactor(self._removed_elsewhere, *count_out)
+            count_out = _count_out(held)
+            if headers.get(WRITER) == self.writer and self._maybe_removed.seen(held):
+                self._unanswered_removal(held)
                 return
             if self._maybe and headers.get(MESSAGE_WRITER) == self.writer != headers.get(WRITER):
                 if self._maybe.removed(subject=held.subject):  # (this store's removals: L{_uncount})
@@ -166,6 +168,18 @@ class Following:
         if parts[1] == "mbox":
             stored_at = float(headers.get(D.STORED) or 0)
             self.jet.thread.to_reactor(self._written_elsewhere, parts[2], len(held.data), stored_at, seq)
+
+    def _unanswered_removal(self, tombstone):
+        """
+        This store's C{tombstone}, whose write failed unanswered or was
+        never awaited, stored after all (mailbox_partly.MaybeRemoved): its
+        message counts out if it counted in (not a write of this store
+        that failed unanswered). On the NATS loop.
+        """
+        if self._maybe and self._maybe.removed(subject=tombstone.subject):
+            return
+        if self._counted_in(tombstone.headers):
+            self.jet.thread.to_reactor(self._removed_elsewhere, *_count_out(tombstone))
 
     def _counts_out(self, headers, count_out):
         """

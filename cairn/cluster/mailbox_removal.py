@@ -207,13 +207,13 @@ class Removal(Gathering, PartRemovals, Room):
         receipt owed to its sender (none to C{skip_sender}); the new
         L{Receipt}s, the last seq, and the messages this call is the first
         to remove (those a concurrent call removed are counted there).
-        However it ends, no write of it is left in C{MaybeRemoved.writing}.
+        However it ends, each write is answered or ended (L{MaybeRemoved.ended}).
         """
         try:
             buried = await self._send_removals(found, status, now, ttl, skip_sender)
             return await self._await_removals(buried, status, now)
         finally:
-            self._maybe_removed.ended(held.seq for held in found)
+            self._maybe_removed.ended((held.seq for held in found), self._unanswered_removal)
 
     async def _send_removals(self, found, status, now, ttl, skip_sender=None):
         """
@@ -235,7 +235,7 @@ class Removal(Gathering, PartRemovals, Room):
                 headers = receipt_headers(status, now, expires, len(held.data or b""))
             headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: self.writer})
             headers[C.MESSAGE_WRITER] = held.headers.get(WRITER, "")
-            self._maybe_removed.writing[held.seq] = None  # (mailbox_partly.MaybeRemoved)
+            self._maybe_removed.begun(held.seq, headers)  # (mailbox_partly.MaybeRemoved)
             futures.append((held, sender != skip_sender, headers, await self._write(held.subject, b"", headers)))
         return futures
 
@@ -279,41 +279,6 @@ class Removal(Gathering, PartRemovals, Room):
                 raise await self._unfinished(failure, receipts, last, counted)
             raise failure
         return receipts, last, counted
-
-    async def _depth_changes(self, removed):
-        """{recipient: (messages removed, bytes removed, new oldest stored_at)} for L{_removed}."""
-        out = {}
-        for held in removed:
-            recipient = recipient_of(held)
-            count, size, _ = out.get(recipient, (0, 0, None))
-            out[recipient] = (count + 1, size + len(held.data or b""), None)
-        for recipient, (count, size, _) in list(out.items()):
-            # The oldest stored_at of what remains (only reported: GET /mailbox, metrics).
-            depth, fetched = self._depths.get(recipient), self._fetched.get(recipient)
-            if depth is None or depth.messages <= count:
-                continue  # none left (one stored meanwhile keeps its own, L{_removed})
-            if fetched:
-                # Handed out in order, from the oldest: the first still held is it.
-                first = [fetched.first()]
-            elif (ahead := self._ahead.first(recipient, self._acked_upto.get(recipient, 0))) is not None:
-                first = [ahead]  # read ahead, next after what is removed: no read behind the removals
-            else:
-                # Just above what is known removed: the first few items hold
-                # it, and none lies past the newest message known stored for
-                # the recipient (every message a depth counts is known: this
-                # node's writes, the watch's, the start-up load's). The depth
-                # read above is the reactor's and lags behind the removals
-                # made here: in a drain it still counted messages already
-                # removed, and the read walked every tombstone of the
-                # recipient to the stream's end, eight at a time (0.77
-                # requests and ~9 tombstones parsed per message delivered:
-                # docs/scaling.md, "Receipted: the depth's read").
-                start = self._acked_upto.get(recipient, 0) + 1
-                newest = max(self._newest.get(recipient, 0), self._loaded_upto)
-                subject = self._subject("mbox", recipient, ">")
-                first = await self._read(start, 1, subject, 0, is_message, batch=8, upto=newest)
-            out[recipient] = (count, size, float(first[0].headers[D.STORED]) if first else None)
-        return out
 
     def expire(self, now, limit, receipt_ttl):
         d = self._run(self._expire, now, limit, receipt_ttl)
@@ -365,9 +330,10 @@ class Removal(Gathering, PartRemovals, Room):
         # Each expired message is replaced by its tombstone carrying the
         # EXPIRED receipt (one write); what is past its time goes.
         receipts, last, counted = await self._owe(messages, ReceiptStatus.EXPIRED, now, ttl)
-        await D.delete_all(self.jet.js_writes, self.stream, [item.seq for item in gone])
         for message in messages:
             self.recent.remove(recipient_of(message), message.seq)
+        deletions = D.delete_all(self.jet.js_writes, self.stream, [item.seq for item in gone])
+        await self._after_removals(deletions, receipts, last, counted)
         return receipts, more, await self._depth_changes(self._uncount(counted)), last
 
     def purge(self, peer_id, now, receipt_ttl):
@@ -394,6 +360,6 @@ class Removal(Gathering, PartRemovals, Room):
         # owed to it is marked consumed.
         receipts, last, counted = await self._owe(held, ReceiptStatus.EVICTED, now, ttl, skip_sender=peer_id)
         self.recent.forget(peer_id, purged=True)
-        await self._consume_all(peer_id)
-        await self._forget_override(peer_id)  # (mailbox_limits)
+        await self._after_removals(self._consume_all(peer_id), receipts, last, counted)
+        await self._after_removals(self._forget_override(peer_id), receipts, last, counted)  # (mailbox_limits)
         return receipts, await self._depth_changes(self._uncount(counted)), last

@@ -7,6 +7,9 @@ compare-and-set (never lower); a device's access grant (docs/protocol.md
 §24.9) is the key C{_access.<device>} of the same bucket (JSON
 C{{"read": [...], "write": [...]}}; peer ids never start with C{_}).
 Other writers' changes arrive through the watch (L{cairn.cluster.sync_follow}).
+This store's own writes apply at the KV revision they are stored at, as
+the watch's entries do (L{Follow._cursor_seen}, L{Follow._grant_seen}):
+in revision order, whichever brought them, before the call's answer.
 """
 
 import asyncio
@@ -15,7 +18,7 @@ import json
 from twisted.internet import defer
 
 from cairn.cluster import direct as D
-from cairn.cluster.kv_whole import kv_entries
+from cairn.cluster.kv_whole import kv_entries, kv_stream_and_prefix
 from cairn.cluster.read_through import ReadThrough
 from cairn.cluster.sync_follow import ACCESS, token_topic, topic_token
 from cairn.sync.access import Access
@@ -25,9 +28,9 @@ from cairn.sync.interfaces import Topic
 class Cursors:
     """
     The cursor and access-grant calls of a L{cairn.cluster.sync.JetStreamSyncStore}
-    (a mixin: it needs C{jet}, C{_run}, C{_apply}, C{_set_access}, the
-    figures' C{_topics} and C{_cursors}, and L{cairn.cluster.sync_follow.Follow}'s
-    C{_grant_revisions} and C{_grant_seen}).
+    (a mixin: it needs C{jet}, C{_run}, C{_set_access}, the figures'
+    C{_topics} and C{_cursors}, and L{cairn.cluster.sync_follow.Follow}'s
+    C{_grant_revisions}, C{_grant_seen} and C{_cursor_seen}).
     """
 
     def _init_cursors(self):
@@ -62,28 +65,19 @@ class Cursors:
             else:
                 wanted[name] = held if held is not None else t.floor
         changed = {n: v for n, v in wanted.items() if self._cursors.get(device, {}).get(n) != v}
-        d = self._run(self._put_cursors, device, changed)
-        return d.addCallback(lambda _: self._apply(({}, {(device, n): v for n, v in wanted.items()})) or wanted)
+        return self._run(self._put_cursors, device, changed).addCallback(lambda _: wanted)
 
     async def _put_cursors(self, device, values):
         kv = self.jet.kv["cursors"]
         for name, value in values.items():
-            revision = await kv.put(f"{device}.{topic_token(name)}", str(value).encode())
-            self._revisions[(device, name)] = max(revision, self._revisions.get((device, name), 0))
+            self._cursor_seen(device, name, await kv.put(f"{device}.{topic_token(name)}", str(value).encode()), value)
 
     def set_cursor(self, device, topic, seq):
         held = self._cursors.get(device, {}).get(topic)
         if held is None:
             return defer.succeed(None)
         head = self._topics.get(topic, Topic()).head
-        d = self._run(self._raise_cursor, device, topic, min(seq, head))
-
-        def raised(value):
-            if value is not None:
-                self._apply(({}, {(device, topic): value}))
-            return value
-
-        return d.addCallback(raised)
+        return self._run(self._raise_cursor, device, topic, min(seq, head))
 
     async def _raise_cursor(self, device, topic, seq):
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -96,13 +90,16 @@ class Cursors:
             for _ in range(20):
                 try:
                     entry = await kv.get(key)
-                except KeyNotFoundError:
+                except KeyNotFoundError as e:
+                    if e.entry is not None:  # the purge's marker, with its revision
+                        self._cursor_seen(device, topic, e.entry.revision, None)
                     return None  # unsubscribed (or purged) meanwhile
                 current = int(entry.value)
                 if seq <= current:
+                    self._cursor_seen(device, topic, entry.revision, current)
                     return current
                 try:
-                    self._revisions[(device, topic)] = await kv.update(key, str(seq).encode(), last=entry.revision)
+                    self._cursor_seen(device, topic, await kv.update(key, str(seq).encode(), last=entry.revision), seq)
                     return seq
                 except KeyWrongLastSequenceError:
                     continue  # another writer moved it: never lower it
@@ -110,20 +107,25 @@ class Cursors:
 
     def purge(self, device):
         names = list(self._cursors.get(device, {}))
-        d = self._run(self._purge, device, names)
-
-        def purged(_):
-            self._apply(({}, {(device, n): None for n in names}))
-            self._set_access(device, None)
-            return len(names)
-
-        return d.addCallback(purged)
+        return self._run(self._purge, device, names).addCallback(lambda _: len(names))
 
     async def _purge(self, device, names):
-        kv = self.jet.kv["cursors"]
         for name in names:
-            await kv.purge(f"{device}.{topic_token(name)}")
-        await kv.purge(ACCESS + device)
+            self._cursor_seen(device, name, await self._purge_key(f"{device}.{topic_token(name)}"), None)
+        self._grant_seen(device, await self._purge_key(ACCESS + device), None)
+
+    async def _purge_key(self, key):
+        """
+        Purge C{key} of the cursors bucket as nats-py's C{KeyValue.purge}
+        does (a rollup marker), but return the marker's revision, which
+        C{purge} drops: the purge then applies in revision order too.
+        """
+        from nats.js.api import Header
+        from nats.js.kv import KV_OP, KV_PURGE, MSG_ROLLUP_SUBJECT
+
+        stream, prefix = kv_stream_and_prefix(self.jet.kv["cursors"])
+        headers = {KV_OP: KV_PURGE, Header.ROLLUP: MSG_ROLLUP_SUBJECT}
+        return (await self.jet.js.publish(prefix + key, headers=headers, stream=stream)).seq
 
     # Access grants (cached; other writers' grants arrive through the watch)
 
@@ -134,16 +136,12 @@ class Cursors:
         return self._run(self._put_access, device, access).addCallback(lambda _: access)
 
     async def _put_access(self, device, access):
-        kv = self.jet.kv["cursors"]
         if access is None:
-            await kv.purge(ACCESS + device)
-            try:
-                await self._read_grants([device])  # the purge's marker and its revision (purge answers none)
-            except Exception:
-                self.jet.thread.to_reactor(self._granted_elsewhere, device, None)  # as stored
+            revision, grant = await self._purge_key(ACCESS + device), None
         else:
             grant = access.to_json()
-            self._grant_seen(device, await kv.put(ACCESS + device, json.dumps(grant).encode()), grant)
+            revision = await self.jet.kv["cursors"].put(ACCESS + device, json.dumps(grant).encode())
+        self._grant_seen(device, revision, grant)
 
     def catch_up_access(self, device):
         """

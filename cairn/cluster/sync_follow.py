@@ -59,7 +59,7 @@ def token_topic(token):
 class Follow:
     """
     The watches of a L{cairn.cluster.sync.JetStreamSyncStore} (a mixin:
-    it needs C{jet}, C{_last}, C{_notices}, C{_revisions}, C{_saw}, C{_merge}).
+    it needs C{jet}, C{_last}, C{_notices}, C{_revisions}, C{_saw}, C{_merge}, C{_apply}).
     """
 
     def _init_follow(self):
@@ -103,11 +103,7 @@ class Follow:
                 self._grant_seen(key[len(ACCESS) :], revision, None if gone else json.loads(msg.data))
                 return
             device, token = key.split(".", 1)
-            name = token_topic(token)
-            if revision <= self._revisions.get((device, name), 0):
-                return
-            self._revisions[(device, name)] = revision
-            self.jet.thread.to_reactor(self._cursor_elsewhere, device, name, None if gone else int(msg.data))
+            self._cursor_seen(device, token_topic(token), revision, None if gone else int(msg.data))
 
         # From the stream's end as the load began: an update stored or a
         # removal told while it ran is not missed, and what the load had
@@ -141,6 +137,21 @@ class Follow:
             return
         self._grant_revisions[device] = revision
         self.jet.thread.to_reactor(self._granted_elsewhere, device, grant)
+
+    def _cursor_seen(self, device, name, revision, seq):
+        """
+        On the NATS loop: C{device}'s cursor on topic C{name} (None:
+        purged) as stored at KV C{revision}, read by the watch or answered
+        to this store's own write: applied only if newer than the one this
+        store holds, as grants are (L{_grant_seen}). So the device's
+        cursor moved through another node between this node's write and
+        its answer stays moved: applied at the answer, the older value
+        replaced it, for good.
+        """
+        if revision <= self._revisions.get((device, name), 0):
+            return
+        self._revisions[(device, name)] = revision
+        self.jet.thread.to_reactor(self._cursor_elsewhere, device, name, seq)
 
     # On the reactor thread
 
