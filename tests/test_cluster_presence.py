@@ -199,6 +199,10 @@ class StartTests(TwoNodes, unittest.TestCase):
         clock = task.Clock()
         clock.advance(at)
         n3 = KVPresence(self.jet, _Peer(), "n3", clock)
+        # Its changes wake self.until too: a condition on n3 waited only for
+        # n1's and n2's changes, and timed out when n3 applied the last one.
+        applied = n3._apply
+        n3._apply = lambda changes: self.conditions.changed(applied(changes))
         yield n3.start()
         self.addCleanup(n3.stop)
         return n3, clock

@@ -208,6 +208,15 @@ class KilledInABurialMixin:
         return health
 
     @defer.inlineCallbacks
+    def healthy(self, node):
+        """C{node}'s /health once it says ok (asked again after each answer, for at most L{WITHIN} s), or its last."""
+        deadline = reactor.seconds() + WITHIN
+        while True:
+            health = yield self.health(node)
+            if health["status"] == "ok" or reactor.seconds() > deadline:
+                return health
+
+    @defer.inlineCallbacks
     def emptied(self, node):
         """Fires once C{node}'s C{/mailbox} says 0 messages (asked again after each answer, for at most L{WITHIN} s)."""
         deadline = reactor.seconds() + WITHIN
@@ -310,7 +319,10 @@ class KilledInABurialMixin:
             self.fail(f"{e}; health {healths}; records {records}; listed {listed}")
         self.assertEqual((yield self.outside.records()), {})
         for node in nodes:
-            health = yield self.health(node)
+            # A node other than the one that stored may learn the ballast is
+            # back a moment later (its watch): asked again until then (failed
+            # once in a full run under load: node 1, restarted, still full).
+            health = yield self.healthy(node)
             self.assertEqual(health["status"], "ok", health)
             self.assertEqual(health["cluster"]["reserve"], {"bytes": self.reserve, "full": False}, health)
         for node in deployment.nodes:
