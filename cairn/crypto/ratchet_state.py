@@ -27,7 +27,7 @@ kept (oldest evicted first), a replay is refused, and a failed decrypt
 leaves the state as it was.
 
 One departure from Signal's algorithm, on the sending side only (section
-11.8, "Own-key steps"): a DH ratchet step's second half -- a new own key
+11.8, "When an own-key step is taken"): a DH ratchet step's second half -- a new own key
 and sending chain -- is taken at the next send once the current sending
 chain has carried L{REKEY_MESSAGES} messages or is L{REKEY_SECONDS} old,
 not at once on every new peer key. A conversation that changes direction
