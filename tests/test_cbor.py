@@ -430,11 +430,23 @@ class DumpsDataTests(_DataBodyCases, unittest.TestCase):
     def test_common_layout_edges(self):
         """The common body's struct-packed path and its edges: each head width of n and of the ciphertext."""
         for channel in (0, 23, 24):
-            for pn in (0, 23, 24):
+            for pn in (0, 23, 24, 255, 256, 65535, 65536):
                 for n in (0, 23, 24, 255, 256, 65535, 65536):
                     for size in (255, 256, 1072, 65535, 65536):
                         for pub in (b"k" * 32, b"k" * 31):
                             self.check(channel, pub, pn, n, b"c" * size)
+
+    def test_common_layout_written_without_heads(self):
+        """dumps_data writes a 1 KiB message's body with its structs, whatever pn and n are (issue 19)."""
+        from cairn.wire import layouts
+
+        self.patch(layouts, "head", lambda major, value: self.fail("item by item"))
+        for n in (0, 24, 256, 65536):
+            for pn in (0, 23, 24, 64, 256, 70000):
+                data = cbor.dumps_data(3, b"k" * 32, pn, n, b"c" * 1072)
+                self.assertEqual(
+                    loads(data), {"channel": 3, "dr": {"pub": b"k" * 32, "pn": pn, "n": n, "ct": b"c" * 1072}}
+                )
 
 
 class LoadsDataTests(_DataBodyCases, unittest.TestCase):
@@ -486,8 +498,24 @@ class LoadsDataTests(_DataBodyCases, unittest.TestCase):
 
         self.patch(layouts, "_loads_data", lambda data: self.fail("walked"))
         for n in (0, 7, 23, 24, 255, 256, 5000, 65536, 2**32 - 1):  # n grows along a chain
-            data = cbor.dumps_data(3, b"k" * 32, 1, n, b"c" * 1072)
-            self.assertEqual(cbor.loads_data(data), (3, b"k" * 32, 1, n, b"c" * 1072))
+            for pn in (0, 23, 24, 64, 255, 256, 70000, 2**32 - 1):  # the previous chain's length
+                data = cbor.dumps_data(3, b"k" * 32, pn, n, b"c" * 1072)
+                self.assertEqual(cbor.loads_data(data), (3, b"k" * 32, pn, n, b"c" * 1072))
+
+    def test_common_layout_pn_cut_or_altered(self):
+        """A common body whose pn head is wider than its bytes, or whose pn head disagrees with its size, is refused."""
+        for pn in (64, 300, 70000):
+            data = cbor.dumps_data(3, b"k" * 32, pn, 5, b"c" * 1072)
+            at = data.index(b"\x62pn") + 3
+            self.assertIsNone(cbor.loads_data(data[:at] + b"\x1b" + data[at + 1 :]))  # an 8-byte head
+            self.assertIsNone(cbor.loads_data(data[:at] + b"\x17" + data[at + 1 :]))  # no argument byte
+            self.assertIsNone(cbor.loads_data(data[: at + 1] + data[at + 2 :]))  # one byte of pn missing
+        small = cbor.dumps_data(3, b"k" * 32, 5, 5, b"c" * 1072)
+        at = small.index(b"\x62pn") + 3
+        self.assertIsNone(cbor.loads_data(small[:at] + b"\x18" + small[at + 1 :]))  # head says a byte follows
+        longer = small[:at] + b"\x18\x05" + small[at + 1 :]  # pn in a longer head than needed
+        self.assertEqual(cbor.loads_data(longer), (3, b"k" * 32, 5, 5, b"c" * 1072))  # as loads() reads it
+        self.assertEqual(loads(longer)["dr"]["pn"], 5)
 
     def test_other_encodings(self):
         """The same body otherwise laid out (extra key, key order, a tag) is left to loads()."""

@@ -40,17 +40,22 @@ _DATA_CHANNEL = b"\x67channel"
 #: Heads made once: unsigned integers 0-23 (one byte each), a 32-byte string.
 _SMALL_UINTS = [bytes((value,)) for value in range(24)]
 _KEY_HEAD = b"\x58\x20"
-#: The Data body almost every message is (issue 19): pn and the channel
-#: below 24 (one-byte heads), the ciphertext's length in a two-byte head
-#: (a 1 KiB message's is 1,072 bytes), a 32-byte key; n, the place in the
-#: chain, has any head width. As C{struct} layouts: up to the ciphertext's
-#: length (n with no argument byte, one, two or four), and after it.
+#: The Data body almost every message is (issue 19): the channel below 24
+#: (a one-byte head), the ciphertext's length in a two-byte head (a 1 KiB
+#: message's is 1,072 bytes), a 32-byte key; n, the place in the chain, and
+#: pn, the previous chain's length, have any head width (a chain carries
+#: up to 64 messages or more before its own-key step, section 11.8, so pn
+#: of 24 or more is common). As C{struct} layouts: up to the ciphertext's
+#: length (n with no argument byte, one, two or four), and after it (pn
+#: the same way).
 _CT_KEY_HEAD_16 = _DATA_CT + b"\x59"  # "ct", then a byte string's head with a two-byte length
 _PUB_KEY_HEAD = _DATA_PUB + _KEY_HEAD  # "pub", then a 32-byte string's head
 _COMMON_OPEN = tuple(struct.Struct(f">7sB{arg}4sH") for arg in ("", "B", "H", "I"))
 #: Which of them for n's head byte (n below 24, or 0x18, 0x19, 0x1a), and the ciphertext's place.
 _N_LAYOUT = {0x18: (_COMMON_OPEN[1], 15), 0x19: (_COMMON_OPEN[2], 16), 0x1A: (_COMMON_OPEN[3], 18)}
-_COMMON_TAIL = struct.Struct(">3sB6s32s8sB")
+_COMMON_TAILS = tuple(struct.Struct(f">3sB{arg}6s32s8sB") for arg in ("", "B", "H", "I"))
+#: Which of them for the tail's size, with pn's head byte (0: pn below 24, in its head).
+_TAIL_LAYOUT = {layout.size: (layout, head) for layout, head in zip(_COMMON_TAILS, (0, 0x18, 0x19, 0x1A))}
 
 
 def dumps_data(channel: int, pub: bytes, pn: int, n: int, ct: bytes) -> bytes:
@@ -68,13 +73,18 @@ def dumps_data(channel: int, pub: bytes, pn: int, n: int, ct: bytes) -> bytes:
     ciphertext: 5,000 instructions against 11,000 item by item (issue 19).
     """
     size = len(ct)
-    if 0x100 <= size < 0x10000 and pn < 24 and channel < 24 and len(pub) == 32 and n < 0x100000000:
+    if 0x100 <= size < 0x10000 and channel < 24 and len(pub) == 32 and n < 0x100000000 and pn < 0x100000000:
         if n < 24:
             opening = _COMMON_OPEN[0].pack(_DATA_OPEN, n, _CT_KEY_HEAD_16, size)
         else:
             width = 0 if n < 0x100 else 1 if n < 0x10000 else 2
             opening = _COMMON_OPEN[1 + width].pack(_DATA_OPEN, 0x18 + width, n, _CT_KEY_HEAD_16, size)
-        return b"".join((opening, ct, _COMMON_TAIL.pack(_DATA_PN, pn, _PUB_KEY_HEAD, pub, _DATA_CHANNEL, channel)))
+        if pn < 24:
+            tail = _COMMON_TAILS[0].pack(_DATA_PN, pn, _PUB_KEY_HEAD, pub, _DATA_CHANNEL, channel)
+        else:
+            width = 0 if pn < 0x100 else 1 if pn < 0x10000 else 2
+            tail = _COMMON_TAILS[1 + width].pack(_DATA_PN, 0x18 + width, pn, _PUB_KEY_HEAD, pub, _DATA_CHANNEL, channel)
+        return b"".join((opening, ct, tail))
     small = _SMALL_UINTS
     return b"".join(
         (
@@ -113,7 +123,7 @@ def arg(data: bytes, pos: int, major: int) -> tuple[int, int]:
 
 
 #: The shortest common body (n in one byte).
-_COMMON_MIN = _COMMON_OPEN[3].size + _COMMON_TAIL.size
+_COMMON_MIN = _COMMON_OPEN[3].size + _COMMON_TAILS[0].size
 
 
 def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
@@ -124,8 +134,9 @@ def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
     The common layout is read with two C{struct} unpacks (three for n of
     24 or more) and compared whole, instead of item by item: about a
     third of the walk's instructions for a 1 KiB message, paid by every
-    Data received (issue 19). Anything else takes the walk, which reads
-    every layout this does.
+    Data received (issue 19). pn's head width follows from the size of
+    what is left after the ciphertext. Anything else takes the walk,
+    which reads every layout this does.
     """
     size = len(data)
     if size >= _COMMON_MIN:
@@ -138,10 +149,16 @@ def loads_data(data: bytes) -> "tuple[int, bytes, int, int, bytes] | None":
             opening, _, n, ct_key, ct_len = layout[0].unpack_from(data)
             start = layout[1]
         stop = start + ct_len
-        if opening == _DATA_OPEN and ct_key == _CT_KEY_HEAD_16 and stop + _COMMON_TAIL.size == size:
-            pn_key, pn, pub_key, pub, channel_key, channel = _COMMON_TAIL.unpack_from(data, stop)
+        tail = _TAIL_LAYOUT.get(size - stop)
+        if tail is not None and opening == _DATA_OPEN and ct_key == _CT_KEY_HEAD_16:
+            layout, pn_head = tail
+            if pn_head:
+                pn_key, head_byte, pn, pub_key, pub, channel_key, channel = layout.unpack_from(data, stop)
+            else:
+                pn_key, pn, pub_key, pub, channel_key, channel = layout.unpack_from(data, stop)
+                head_byte = 0 if pn < 24 else -1
             if (
-                pn < 24
+                head_byte == pn_head
                 and channel < 24
                 and pn_key == _DATA_PN
                 and pub_key == _PUB_KEY_HEAD
