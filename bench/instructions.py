@@ -115,8 +115,10 @@ def main(argv=None):
         if base:
             for transport in ("tcp", "websocket"):
                 if (transport, pattern) in figures:
-                    out(f"  {pattern}: bare Twisted TCP / cairn over {transport} = "
-                        f"{base / figures[(transport, pattern)]:.3f}")
+                    out(
+                        f"  {pattern}: bare Twisted TCP / cairn over {transport} = "
+                        f"{base / figures[(transport, pattern)]:.3f}"
+                    )
 
 
 if __name__ == "__main__":
