@@ -224,6 +224,92 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def earlier_tombstone_read_while_the_retry_writes(self, retry_at):
+        """
+        An acknowledgement whose tombstone JetStream stored but never
+        answered; its retry (at C{retry_at}) writes the message's tombstone
+        again from its copy, and the watch reads the first tombstone while
+        that write is in flight: it is refused, the first having landed.
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (held,) = yield self.here.fetch(B, 0, 16)
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.acknowledge(B, [held.seq], 2.0, 100.0), StoreFull)
+        publish, answers = self.here.acks.publish, []
+
+        async def answered_later(subject, payload, headers, *rest):
+            written = await publish(subject, payload, headers, *rest)
+            answer = asyncio.get_running_loop().create_future()
+            self.jet.thread.to_reactor(self.conditions.changed, answers.append(answer))
+
+            async def later():
+                await answer
+                return await written
+
+            return asyncio.ensure_future(later())
+
+        self.patch(self.here.acks, "publish", answered_later)
+        retried = self.here.acknowledge(B, [held.seq], retry_at, 100.0)
+        yield self.conditions.until(lambda: answers)
+
+        async def open_gate():
+            self.gate.set_result(None)
+
+        yield self.here._run(open_gate)
+        yield self.conditions.until(lambda: self.here._counted_upto >= seq + 1)
+        yield self.jet.run(lambda: _answer(answers[0]))
+        yield retried
+        yield self.here.flushed()
+        self.assertEqual([d for d in self.depths if d < 0], [])
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    def test_earlier_tombstone_read_while_the_retry_writes(self):
+        """
+        The earlier tombstone, read while the retry's write of another is
+        in flight, counts its message out (it stayed counted for good).
+        """
+        return self.earlier_tombstone_read_while_the_retry_writes(3.0)
+
+    def test_earlier_tombstone_of_the_same_time_read_while_the_retry_writes(self):
+        """
+        Likewise when the retry's tombstone has the same C{Cairn-At} (an
+        acknowledgement tried again at the storage limit): its refusal
+        counts the earlier one's message out.
+        """
+        return self.earlier_tombstone_read_while_the_retry_writes(2.0)
+
+
+async def _answer(future):
+    future.set_result(None)
+
+
+class MaybeRemovedTests(unittest.TestCase):
+    """C{MaybeRemoved} driven directly: which unanswered tombstone write counts its message out."""
+
+    def test_two_unanswered_writes(self):
+        """
+        Two writes of a message's tombstone both unanswered (an
+        acknowledgement and its retry): whichever the watch reads counts
+        the message out (the second's record replaced the first's).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.mailbox_partly import MaybeRemoved
+        from cairn.cluster.pubacks import LeaderChanged
+
+        for landed in ("2.0", "3.0"):
+            maybe = MaybeRemoved()
+            for at in ("2.0", "3.0"):
+                headers = {D.AT: at, D.EXPECT_LAST: "7"}
+                maybe.begun(7, headers)
+                self.assertIsNone(maybe.answered(7, headers, LeaderChanged("a new leader")))
+            tombstone = D.Held("cairn.mbox.r.s.00", 8, {D.AT: landed, D.EXPECT_LAST: "7"}, b"")
+            self.assertTrue(maybe.seen(tombstone))
+            self.assertFalse(maybe.seen(tombstone))
+
 
 class ReplayedTests(unittest.TestCase):
     @defer.inlineCallbacks
