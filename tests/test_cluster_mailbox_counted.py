@@ -160,6 +160,73 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertEqual(self.here.total_bytes(), 0)
 
     @defer.inlineCallbacks
+    def test_this_stores_own_message_told_by_a_notice_without_its_writer(self):
+        """
+        A C{msg} notice in the shape of a node older than the sixteenth
+        session (no writer) is not taken as the message: its wake-up only,
+        the message read with its writer, so the tombstone written here
+        names it and the writer's node counts it out though its watch
+        passed over it (named nobody, it stayed counted there for good).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.bus import WAKE
+        from cairn.cluster.common import MESSAGE_WRITER
+        from cairn.cluster.nats_bus import NatsBus
+        from cairn.wire import cbor
+        from tests.test_cluster_bus import _Where
+
+        bus = NatsBus(self.jet, _Where({B: ("n2",)}, ("n1", "n2")), "n2", mailbox=self.elsewhere)
+        woken = []
+        bus.subscribe(WAKE, lambda recipient: (woken.append(recipient), self.conditions.changed()))
+        yield bus.start()
+        self.addCleanup(bus.stop)
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        held = yield self.jet.run(D.direct_seq, self.jet.nc, self.here.stream, seq)
+        old_headers = {D.STORED: held.headers[D.STORED], D.EXPIRES: held.headers[D.EXPIRES]}
+        body = cbor.dumps({"r": B, "seq": seq, "subject": held.subject, "h": old_headers, "p": b"abc"})
+
+        async def tell():  # what an older node's bus sends (L{NatsBus.stored} before it named the writer)
+            await self.jet.nc.publish(self.jet.subject("node", "n2", "msg", str(seq)), body)
+
+        yield self.jet.run(tell)
+        yield self.conditions.until(lambda: woken)
+        self.assertEqual(bus.taken, 0)
+        (fetched,) = yield self.elsewhere.fetch(B, 0, 16)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [fetched.seq], 2.0, 100.0)
+        tombstone = yield self.jet.run(D.direct_seq, self.jet.nc, self.here.stream, receipt.rseq)
+        self.assertEqual(tombstone.headers[MESSAGE_WRITER], self.here.writer)
+        yield self.release(receipt.rseq)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_this_stores_own_message_removed_by_an_older_node(self):
+        """
+        Stored here, acknowledged by a node older than the sixteenth
+        session from its notice's copy (its tombstone names no writer: an
+        empty C{Cairn-Message-Writer}) before this store's watch read it:
+        counted out, this store knowing its own messages the watch passed
+        over (it stayed counted for good).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.common import MESSAGE_WRITER, WRITER
+        from cairn.cluster.mailbox_layout import receipt_headers
+        from cairn.wire.constants import ReceiptStatus
+
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        held = yield self.jet.run(D.direct_seq, self.jet.nc, self.here.stream, seq)
+        headers = receipt_headers(ReceiptStatus.DELIVERED, 2.0, held.headers[D.EXPIRES], len(held.data))
+        headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(seq), WRITER: "older", MESSAGE_WRITER: ""})
+
+        async def acknowledged():  # what such a node writes (L{Removal._send_removals} then)
+            return (await self.jet.js_writes.publish(held.subject, b"", headers=headers)).seq
+
+        tombstone = yield self.jet.run(acknowledged)
+        yield self.release(tombstone)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
     def test_unanswered_write_removed_before_the_retry(self):
         """
         This store's write stored but never answered is removed elsewhere
