@@ -944,6 +944,19 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
 
+    @defer.inlineCallbacks
+    def test_no_store_starts_again_on_a_closed_connection(self):
+        """
+        Once its connection is closed -- where the NATS loop cancels what
+        still runs, a removal too (its confirmed tombstones not counted
+        out: nothing reads the figures after) -- no store starts on it again.
+        """
+        from cairn.cluster.mailbox import JetStreamMailboxStore
+
+        yield self.jet.close()
+        for store in (self.here, JetStreamMailboxStore(self.jet)):
+            yield self.assertFailure(store.start(), RuntimeError)
+
 
 class AfterTheTombstonesTests(OneStore, unittest.TestCase):
     """

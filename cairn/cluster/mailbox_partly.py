@@ -166,6 +166,10 @@ class MaybeRemoved:
         unanswered (L{answered}): C{count_out(tombstone)} is called for
         those the watch read already (nothing counted them: the call
         failed), and the watch counts out the others once it reads them.
+        (The writes a cancelled call had confirmed are not counted out:
+        the cancellation comes only as the connection closes,
+        L{cairn.cluster.connection.JetStream.close}, and nothing reads the
+        figures after it.)
         """
         for seq in seqs:
             at, read = self.writing.pop(seq, (None, None))
