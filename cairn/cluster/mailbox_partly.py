@@ -185,10 +185,9 @@ class MaybeRemoved:
         """
         The write of the tombstone (C{headers}) of message C{seq} is
         answered, or failed with C{error}: the tombstone's seq if it failed
-        unanswered and the watch has read it already, or was refused
-        because an earlier write at the same C{Cairn-At} that the watch
-        read meanwhile was stored (that one's removal is the call's), else
-        None.
+        unanswered and the watch has read it already, or was refused while
+        the watch read an earlier write of it at the same C{Cairn-At}
+        (that one's removal is the call's), else None.
         """
         _, read = self.writing.pop(seq, (None, None))
         if error is None:
@@ -199,9 +198,9 @@ class MaybeRemoved:
         if headers.get(D.AT) is None:
             return None
         if not unknown_outcome(error):
-            if read is not None and D.is_wrong_last(error) and read.headers.get(D.AT) in self._stamps.get(seq, ()):
-                # Refused because an earlier write at the same Cairn-At, failed unanswered, was
-                # stored: the watch read that one while this one was in flight (L{seen}).
+            if read is not None and read.headers.get(D.AT) in self._stamps.get(seq, ()):
+                # Refused (not stored), so what the watch read while it was in flight is an earlier
+                # write's at the same Cairn-At, failed unanswered and stored all the same (L{seen}).
                 del self._stamps[seq]
                 return read.seq
             return None
