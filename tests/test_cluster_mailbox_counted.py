@@ -160,6 +160,73 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertEqual(self.here.total_bytes(), 0)
 
     @defer.inlineCallbacks
+    def test_this_stores_own_message_told_by_a_notice_without_its_writer(self):
+        """
+        A C{msg} notice in the shape of a node older than the sixteenth
+        session (no writer) is not taken as the message: its wake-up only,
+        the message read with its writer, so the tombstone written here
+        names it and the writer's node counts it out though its watch
+        passed over it (named nobody, it stayed counted there for good).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.bus import WAKE
+        from cairn.cluster.common import MESSAGE_WRITER
+        from cairn.cluster.nats_bus import NatsBus
+        from cairn.wire import cbor
+        from tests.test_cluster_bus import _Where
+
+        bus = NatsBus(self.jet, _Where({B: ("n2",)}, ("n1", "n2")), "n2", mailbox=self.elsewhere)
+        woken = []
+        bus.subscribe(WAKE, lambda recipient: (woken.append(recipient), self.conditions.changed()))
+        yield bus.start()
+        self.addCleanup(bus.stop)
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        held = yield self.jet.run(D.direct_seq, self.jet.nc, self.here.stream, seq)
+        old_headers = {D.STORED: held.headers[D.STORED], D.EXPIRES: held.headers[D.EXPIRES]}
+        body = cbor.dumps({"r": B, "seq": seq, "subject": held.subject, "h": old_headers, "p": b"abc"})
+
+        async def tell():  # what an older node's bus sends (L{NatsBus.stored} before it named the writer)
+            await self.jet.nc.publish(self.jet.subject("node", "n2", "msg", str(seq)), body)
+
+        yield self.jet.run(tell)
+        yield self.conditions.until(lambda: woken)
+        self.assertEqual(bus.taken, 0)
+        (fetched,) = yield self.elsewhere.fetch(B, 0, 16)
+        (receipt,) = yield self.elsewhere.acknowledge(B, [fetched.seq], 2.0, 100.0)
+        tombstone = yield self.jet.run(D.direct_seq, self.jet.nc, self.here.stream, receipt.rseq)
+        self.assertEqual(tombstone.headers[MESSAGE_WRITER], self.here.writer)
+        yield self.release(receipt.rseq)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_this_stores_own_message_removed_by_an_older_node(self):
+        """
+        Stored here, acknowledged by a node older than the sixteenth
+        session from its notice's copy (its tombstone names no writer: an
+        empty C{Cairn-Message-Writer}) before this store's watch read it:
+        counted out, this store knowing its own messages the watch passed
+        over (it stayed counted for good).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.common import MESSAGE_WRITER, WRITER
+        from cairn.cluster.mailbox_layout import receipt_headers
+        from cairn.wire.constants import ReceiptStatus
+
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        held = yield self.jet.run(D.direct_seq, self.jet.nc, self.here.stream, seq)
+        headers = receipt_headers(ReceiptStatus.DELIVERED, 2.0, held.headers[D.EXPIRES], len(held.data))
+        headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(seq), WRITER: "older", MESSAGE_WRITER: ""})
+
+        async def acknowledged():  # what such a node writes (L{Removal._send_removals} then)
+            return (await self.jet.js_writes.publish(held.subject, b"", headers=headers)).seq
+
+        tombstone = yield self.jet.run(acknowledged)
+        yield self.release(tombstone)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
     def test_unanswered_write_removed_before_the_retry(self):
         """
         This store's write stored but never answered is removed elsewhere
@@ -223,6 +290,92 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertEqual([d for d in self.depths if d < 0], [])
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def earlier_tombstone_read_while_the_retry_writes(self, retry_at):
+        """
+        An acknowledgement whose tombstone JetStream stored but never
+        answered; its retry (at C{retry_at}) writes the message's tombstone
+        again from its copy, and the watch reads the first tombstone while
+        that write is in flight: it is refused, the first having landed.
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        ((_, seq),) = yield self.here.enqueue([item(payload=b"abc")], 1.0, LIMITS)
+        (held,) = yield self.here.fetch(B, 0, 16)
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.acknowledge(B, [held.seq], 2.0, 100.0), StoreFull)
+        publish, answers = self.here.acks.publish, []
+
+        async def answered_later(subject, payload, headers, *rest):
+            written = await publish(subject, payload, headers, *rest)
+            answer = asyncio.get_running_loop().create_future()
+            self.jet.thread.to_reactor(self.conditions.changed, answers.append(answer))
+
+            async def later():
+                await answer
+                return await written
+
+            return asyncio.ensure_future(later())
+
+        self.patch(self.here.acks, "publish", answered_later)
+        retried = self.here.acknowledge(B, [held.seq], retry_at, 100.0)
+        yield self.conditions.until(lambda: answers)
+
+        async def open_gate():
+            self.gate.set_result(None)
+
+        yield self.here._run(open_gate)
+        yield self.conditions.until(lambda: self.here._counted_upto >= seq + 1)
+        yield self.jet.run(lambda: _answer(answers[0]))
+        yield retried
+        yield self.here.flushed()
+        self.assertEqual([d for d in self.depths if d < 0], [])
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    def test_earlier_tombstone_read_while_the_retry_writes(self):
+        """
+        The earlier tombstone, read while the retry's write of another is
+        in flight, counts its message out (it stayed counted for good).
+        """
+        return self.earlier_tombstone_read_while_the_retry_writes(3.0)
+
+    def test_earlier_tombstone_of_the_same_time_read_while_the_retry_writes(self):
+        """
+        Likewise when the retry's tombstone has the same C{Cairn-At} (an
+        acknowledgement tried again at the storage limit): its refusal
+        counts the earlier one's message out.
+        """
+        return self.earlier_tombstone_read_while_the_retry_writes(2.0)
+
+
+async def _answer(future):
+    future.set_result(None)
+
+
+class MaybeRemovedTests(unittest.TestCase):
+    """C{MaybeRemoved} driven directly: which unanswered tombstone write counts its message out."""
+
+    def test_two_unanswered_writes(self):
+        """
+        Two writes of a message's tombstone both unanswered (an
+        acknowledgement and its retry): whichever the watch reads counts
+        the message out (the second's record replaced the first's).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.mailbox_partly import MaybeRemoved
+        from cairn.cluster.pubacks import LeaderChanged
+
+        for landed in ("2.0", "3.0"):
+            maybe = MaybeRemoved()
+            for at in ("2.0", "3.0"):
+                headers = {D.AT: at, D.EXPECT_LAST: "7"}
+                maybe.begun(7, headers)
+                self.assertIsNone(maybe.answered(7, headers, LeaderChanged("a new leader")))
+            tombstone = D.Held("cairn.mbox.r.s.00", 8, {D.AT: landed, D.EXPECT_LAST: "7"}, b"")
+            self.assertTrue(maybe.seen(tombstone))
+            self.assertFalse(maybe.seen(tombstone))
 
 
 class ReplayedTests(unittest.TestCase):
@@ -790,6 +943,19 @@ class WritesEndedTests(OneStore, unittest.TestCase):
         yield self.here.flushed()
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_no_store_starts_again_on_a_closed_connection(self):
+        """
+        Once its connection is closed -- where the NATS loop cancels what
+        still runs, a removal too (its confirmed tombstones not counted
+        out: nothing reads the figures after) -- no store starts on it again.
+        """
+        from cairn.cluster.mailbox import JetStreamMailboxStore
+
+        yield self.jet.close()
+        for store in (self.here, JetStreamMailboxStore(self.jet)):
+            yield self.assertFailure(store.start(), RuntimeError)
 
 
 class AfterTheTombstonesTests(OneStore, unittest.TestCase):

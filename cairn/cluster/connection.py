@@ -311,7 +311,14 @@ class JetStream:
                 except Exception:
                     await self.nc.close()
 
-        # Let the calls in flight finish (a few seconds at most) before the loop goes.
+        # Let the calls in flight finish (a few seconds at most) before the loop goes. Stopping
+        # the loop cancels what still runs on it (cairn.cluster.loop): a mailbox removal cancelled
+        # there after some of its tombstones were confirmed does not count those out of this
+        # node's depths (MaybeRemoved.ended counts out only the writes it left unanswered), which
+        # nothing reads afterwards: the node's services waited for their store calls before this
+        # (StoreService.stop), the management API stopped listening first, and neither this
+        # connection nor a store on it starts again (tests/test_cluster_mailbox_counted.py
+        # WritesEndedTests); the next process loads the depths from the stream.
         waiting = defer.DeferredList([_observe(d) for d in list(self._inflight)])
         waiting.addTimeout(CLOSE_GRACE, self.reactor, onTimeoutCancel=lambda result, timeout: None)
         waiting.addCallback(lambda _: self.thread.run(drain) if self.thread.running else None)

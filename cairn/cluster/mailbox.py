@@ -50,7 +50,7 @@ from zope.interface import implementer
 from cairn.cluster import direct as D
 from cairn.cluster.common import MESSAGE_WRITER, SIZE, WRITER, StoreCalls, float_text, is_message, one_line
 from cairn.cluster.mailbox_ahead import ReadAhead
-from cairn.cluster.mailbox_alone import MaybeStored, Publishing, Skipped, unknown_outcome
+from cairn.cluster.mailbox_alone import MaybeStored, Mine, Publishing, Skipped, unknown_outcome
 from cairn.cluster.mailbox_drops import Dropping
 from cairn.cluster.mailbox_follow import Following
 from cairn.cluster.mailbox_limits import Overrides
@@ -117,6 +117,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
         #: removed here above it -- neither counted nor uncounted, so a depth never goes below zero.
         self._counted_upto, self._uncounted = 0, set()
         self._skipped = Skipped()  # seqs the watch passed over (mailbox_alone)
+        self._mine = Mine()  # on the NATS loop: this store's messages ahead of the watch or passed over (mailbox_alone)
         self._buried_here = BuriedHere()  # on the NATS loop: messages this store buried (mailbox_room)
         self._maybe = MaybeStored()  # on the NATS loop: writes that failed unanswered (mailbox_alone)
         self._maybe_removed = MaybeRemoved()  # on the NATS loop: the same, of removals (mailbox_partly)
@@ -242,6 +243,9 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
                     results[i] = await self._taken(items[i], now, expires_at, retried.get(i))
                 except Exception as e:
                     failure = failure or e
+                else:
+                    if results[i][0] == ForwardStatus.STORED:
+                        self._mine.stored(results[i][1], self._counted_upto, self._skipped)
             else:
                 await self._stored_now(items[i], subject, results[i][1], stored, headers)
         if failure is not None:
@@ -277,6 +281,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
         stayed counted here for good (a mailbox stream's leader killed
         under load: the watch, restarted, passed over dozens).
         """
+        self._mine.stored(seq, self._counted_upto, self._skipped)
         if self._own is None and seq > self.recent.watched:
             # A store alone does not: its PubAck's own callback (L{Following._answered}), scheduled
             # when the PubAck came in and so run before any read asked after this call's answer,

@@ -28,6 +28,7 @@ All on the NATS loop (no lock).
 """
 
 import collections
+import heapq
 
 from cairn.cluster import direct as D
 from cairn.cluster.pubacks import Stalled
@@ -124,6 +125,54 @@ class Skipped:
             if last < seq:
                 return False
         return False
+
+
+#: This store's messages kept in L{Mine} at most, ahead of the watch and passed over by it; past it, the oldest go.
+MINE = 65536
+
+
+class Mine:
+    """
+    The seqs of this store's messages that the watch has not reached yet,
+    and of those it passed over (deleted before it read them). A node older
+    than the sixteenth session, acknowledging a message from the node bus's
+    copy (which it did not keep the writer of), names no writer on the
+    tombstone (C{Cairn-Message-Writer} empty): when the watch passed over
+    the message, that tombstone alone cannot tell whether the message was
+    this store's, counted in at its enqueue (it stayed counted for good, as
+    in L{cairn.cluster.mailbox_follow.Following._counted_in}'s leader kill);
+    these tell. On the NATS loop.
+    """
+
+    def __init__(self):
+        self._ahead = []  # a heap of seqs above the watch's position
+        self._passed = collections.OrderedDict()  # seq -> None, passed over by the watch
+
+    def stored(self, seq, watched, skipped):
+        """This store's message C{seq} is stored; the watch is at seq C{watched}, past the seqs C{skipped}."""
+        if seq > watched:
+            heapq.heappush(self._ahead, seq)
+            if len(self._ahead) > MINE:
+                heapq.heappop(self._ahead)
+        elif seq in skipped:
+            self._pass(seq)
+
+    def passed(self, upto, seq):
+        """The watch went from seq C{upto} to C{seq}: this store's messages between were passed over."""
+        ahead = self._ahead
+        while ahead and ahead[0] <= seq:
+            mine = heapq.heappop(ahead)
+            if upto < mine < seq:
+                self._pass(mine)
+
+    def removed(self, seq):
+        """Whether C{seq}, passed over by the watch, was this store's message (forgotten: it counts out once)."""
+        return self._passed.pop(seq, self) is None
+
+    def _pass(self, seq):
+        self._passed[seq] = None
+        while len(self._passed) > SKIPPED_RANGES:
+            self._passed.popitem(last=False)
 
 
 #: Messages kept in L{MaybeStored} at most; past it, the oldest go.

@@ -137,6 +137,7 @@ class Following:
             return
         if self._counted_upto >= self._loaded_upto:
             self._skipped.passed(self._counted_upto, seq)
+            self._mine.passed(self._counted_upto, seq)
         self._counted_upto = max(self._counted_upto, seq)
         uncounted = False
         if self._uncounted:
@@ -212,14 +213,20 @@ class Following:
         watch reached it (L{cairn.cluster.mailbox_alone.Skipped}). Counting that one out
         showed its recipient's depth at -1 for good. A tombstone without
         the message's writer (a node of an older version) counts out as
-        before when it carries a receipt.
+        before when it carries a receipt; one naming nobody (an empty
+        writer: a node older than the sixteenth session, removing it from
+        the node bus's copy) counts out a message the watch passed over
+        only if it was this store's (L{cairn.cluster.mailbox_alone.Mine}).
         """
         writer = headers.get(MESSAGE_WRITER)
         if writer is None:
             return headers.get(D.STATUS) is not None
         if seq is None:
             seq = int(headers.get(D.EXPECT_LAST) or 0)  # a removal's tombstone is conditional on its message
-        return writer == self.writer or seq not in self._skipped
+        if writer == self.writer or seq not in self._skipped:
+            return True
+        # Named by nobody: a node older than the sixteenth session removed it from its bus copy (mailbox_alone.Mine).
+        return writer == "" and self._mine.removed(seq)
 
     async def _follow(self, upto):
         """
@@ -264,6 +271,14 @@ class Following:
         oldest = depth.oldest if depth.messages else stored_at
         self._apply({recipient: Depth(depth.messages + 1, depth.bytes + size, oldest)})
         self.watchers(recipient)
+
+    def told_stored(self, recipient, seq):
+        """
+        Another node told of message C{seq} for C{recipient} with a notice
+        not taken as the message (L{cairn.cluster.nats_bus.NatsBus._message}):
+        the fetch it wakes reads the stream until it sees that seq.
+        """
+        self._saw(self._newest, recipient, seq)
 
     def _removed_elsewhere(self, recipient, size, sender=None, rseq=0):
         # The oldest stored_at is kept while messages remain (it may be older

@@ -119,16 +119,19 @@ class MaybeRemoved:
     kill; the tests here show the mechanism). Such a tombstone counts its
     message out once the watch reads it: before the failure (L{answered}
     gives its seq, and the removal counts as made; L{ended} has it
-    counted out) or after (L{seen}). Told apart from a later removal's by
-    its C{Cairn-At}; a plain tombstone (a purge of what the peer sent
-    itself) has none and is not followed. On the NATS loop.
+    counted out) or after (L{seen}), also while a later write of the
+    message is in flight (the retry's, refused since the earlier one
+    landed: it counted nothing, and the message stayed counted for good).
+    Told apart from a later removal's by its C{Cairn-At}; a plain
+    tombstone (a purge of what the peer sent itself) has none and is not
+    followed. On the NATS loop.
     """
 
     def __init__(self):
         #: message seq -> (its tombstone's Cairn-At, the tombstone once the watch read it meanwhile, else None)
         #: while the call writing it has not taken its answer.
         self.writing = {}
-        self._stamps = collections.OrderedDict()  # message seq -> Cairn-At: unanswered, not read yet
+        self._stamps = collections.OrderedDict()  # message seq -> {Cairn-At}: unanswered, not read yet
 
     def begun(self, seq, headers):
         """The tombstone (C{headers}) of message C{seq} is being written."""
@@ -140,12 +143,18 @@ class MaybeRemoved:
             removed = int(tombstone.headers.get(D.EXPECT_LAST) or 0)
         except ValueError:
             return False
-        if removed in self.writing:
+        at = tombstone.headers.get(D.AT)
+        earlier = at is not None and at in self._stamps.get(removed, ())
+        if removed in self.writing and not (earlier and at != self.writing[removed][0]):
+            # Its write's, or (at the same Cairn-At) an earlier one's: the write's answer tells (L{answered}).
             self.writing[removed] = (self.writing[removed][0], tombstone)
-        elif self._stamps and self._stamps.get(removed, self) == tombstone.headers.get(D.AT):
+            return False
+        if earlier:
+            # An earlier write, failed unanswered, stored after all -- also while a new write of the
+            # message is in flight, which it makes refused: that one's refusal counts nothing (it
+            # stayed counted for good).
             del self._stamps[removed]
-            return True
-        return False
+        return earlier
 
     def ended(self, seqs, count_out):
         """
@@ -157,6 +166,10 @@ class MaybeRemoved:
         unanswered (L{answered}): C{count_out(tombstone)} is called for
         those the watch read already (nothing counted them: the call
         failed), and the watch counts out the others once it reads them.
+        (The writes a cancelled call had confirmed are not counted out:
+        the cancellation comes only as the connection closes,
+        L{cairn.cluster.connection.JetStream.close}, and nothing reads the
+        figures after it.)
         """
         for seq in seqs:
             at, read = self.writing.pop(seq, (None, None))
@@ -164,7 +177,7 @@ class MaybeRemoved:
                 continue  # answered (or a plain tombstone)
             if read is not None and read.headers.get(D.AT) == at:
                 self._stamps.pop(seq, None)
-                count_out(read)
+                count_out(read)  # this write's, or an earlier one's at the same Cairn-At: one of them
             else:
                 self._stamp(seq, at)
 
@@ -172,7 +185,9 @@ class MaybeRemoved:
         """
         The write of the tombstone (C{headers}) of message C{seq} is
         answered, or failed with C{error}: the tombstone's seq if it failed
-        unanswered and the watch has read it already, else None.
+        unanswered and the watch has read it already, or was refused while
+        the watch read an earlier write of it at the same C{Cairn-At}
+        (that one's removal is the call's), else None.
         """
         _, read = self.writing.pop(seq, (None, None))
         if error is None:
@@ -180,7 +195,14 @@ class MaybeRemoved:
             # it), and this one, counted by its call, must not be taken for that one's at the same Cairn-At.
             self._stamps.pop(seq, None)
             return None
-        if not unknown_outcome(error) or headers.get(D.AT) is None:
+        if headers.get(D.AT) is None:
+            return None
+        if not unknown_outcome(error):
+            if read is not None and read.headers.get(D.AT) in self._stamps.get(seq, ()):
+                # Refused (not stored), so what the watch read while it was in flight is an earlier
+                # write's at the same Cairn-At, failed unanswered and stored all the same (L{seen}).
+                del self._stamps[seq]
+                return read.seq
             return None
         if read is not None and read.headers.get(D.AT) == headers[D.AT]:
             self._stamps.pop(seq, None)
@@ -189,6 +211,7 @@ class MaybeRemoved:
         return None
 
     def _stamp(self, seq, at):
-        self._stamps[seq] = at
+        # Every such write of the message is kept: any one of them may be the one stored.
+        self._stamps.setdefault(seq, set()).add(at)
         while len(self._stamps) > MAYBE:
             self._stamps.popitem(last=False)

@@ -33,7 +33,9 @@ sessions as a C{wake} does. A notice of a seq its watch has already
 processed is dropped unread: the watch brought the message, and its
 sessions were woken by it (L{NatsBus._message}). (A node of an earlier
 version ignores the kind: its watch delivers, as before; one that sends
-C{<prefix>.node.<name>.msg}, without the seq, is read as before.)
+C{<prefix>.node.<name>.msg}, without the seq, is read as before; one
+without the message's writer, from a node older than the sixteenth
+session, only wakes the sessions, whose fetch reads the stream.)
 """
 
 from twisted.internet import defer
@@ -235,10 +237,8 @@ class NatsBus(LocalBus):
         try:
             body = cbor.loads(data)
             recipient, headers = body["r"], body["h"]
-            kept = {D.STORED: headers[D.STORED], D.EXPIRES: headers[D.EXPIRES]}
-            if isinstance(headers.get(WRITER), str):
-                # Named on the tombstone of its removal here (a node of an earlier version sends none).
-                kept[WRITER] = headers[WRITER]
+            # The writer is named on the tombstone of its removal here (L{cairn.cluster.mailbox_follow}).
+            kept = {D.STORED: headers[D.STORED], D.EXPIRES: headers[D.EXPIRES], WRITER: headers.get(WRITER)}
             held = D.Held(body["subject"], body["seq"], kept, body["p"])
             float(held.headers[D.STORED]), float(held.headers[D.EXPIRES])
             parts = held.subject.split(".")
@@ -254,7 +254,14 @@ class NatsBus(LocalBus):
                 raise TypeError("a msg notice of the wrong shape")
         except Exception:
             return  # a hint: the watch delivers the message anyway
-        if self._mailbox is not None and self._mailbox.recent.ahead(held, recipient):
+        # A notice without the writer (a node older than the sixteenth session) is a wake-up
+        # only, the fetch reading the message from the stream: its copy, acknowledged here, left
+        # a tombstone naming no writer, and the writer's node, whose watch had passed over the
+        # message, kept it counted for good; the stream's copy names it.
+        mailbox = self._mailbox
+        if mailbox is not None and not isinstance(held.headers[WRITER], str):
+            self.jet.thread.to_reactor(mailbox.told_stored, recipient, held.seq)
+        elif mailbox is not None and mailbox.recent.ahead(held, recipient):
             self.taken += 1
         self.jet.thread.to_reactor(self.notices, WAKE, recipient)
 

@@ -5,7 +5,8 @@ Bucket C{<prefix>_pairing} (file storage, the deployment's replicas, a
 TTL past the longest code's life plus the time a spent one is remembered):
 key C{pin} (the one active PIN) and C{link.<id hex>} (each link), the
 value a small JSON object (the code's key, expiry, failures, used). Every
-node mirrors the bucket into its books through a watch, so a PIN created
+node mirrors the bucket into its books through a watch, in KV revision
+order with its own writes (L{KVCodes._changes}), so a PIN created
 through node 1's API is tried on node 2 from memory. Spending is a
 compare-and-set on the key's revision: of two nodes spending one code at
 once, one wins and the other answers ALREADY_USED. Failed attempts are
@@ -61,6 +62,10 @@ class KVCodes:
         self.watchers = Watchers()
         self._watcher = None
         self._saving = set()
+        # On the reactor: the newest KV revision applied per key (the watch's, or this node's own
+        # write's), this node's saves not answered yet per key, and the newest entry the watch
+        # brought of a key meanwhile (L{_changes}).
+        self._revisions, self._writes, self._held = {}, {}, {}
 
     def watch(self, callback):
         self.watchers.add(callback)
@@ -98,7 +103,24 @@ class KVCodes:
         return initial
 
     def _changes(self, entries):
+        """
+        Entries of the bucket (the start-up load's, then the watch's), in
+        revision order: applied only when newer than what this node holds.
+        While a save of the key made here is not answered, they wait for
+        it: the books hold the saved code already, and an older value the
+        watch brings meanwhile (this node's previous PIN, made just before)
+        replaced it until the watch brought the new one (a PIN made twice
+        in quick succession went back to the first for milliseconds).
+        """
         for entry in entries:
+            if self._writes.get(entry.key):
+                held = self._held.get(entry.key)
+                if held is None or entry.revision > held.revision:
+                    self._held[entry.key] = entry
+                continue
+            if entry.revision <= self._revisions.get(entry.key, 0):
+                continue  # this node's own write, or older than it: the books hold it or newer
+            self._revisions[entry.key] = entry.revision
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 code = None
             else:
@@ -122,14 +144,23 @@ class KVCodes:
         value = _encode(code)
 
         async def put():
-            await self.kv.put(name, value)
+            return await self.kv.put(name, value)
 
+        self._writes[name] = self._writes.get(name, 0) + 1
         d = self.jet.run(put)
         self._saving.add(d)
 
         def done(result):
             self._saving.discard(d)
-            return result
+            if isinstance(result, int):  # its revision: what the books hold from now on
+                self._revisions[name] = max(self._revisions.get(name, 0), result)
+            self._writes[name] -= 1
+            if not self._writes[name]:
+                del self._writes[name]
+                held = self._held.pop(name, None)
+                if held is not None:
+                    self._changes([held])  # newer than this write (another node's since): applied
+            return None if isinstance(result, int) else result
 
         d.addBoth(done)
         # The operator was shown the code: if NATS cannot take it, it works on this node only.
