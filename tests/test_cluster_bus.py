@@ -261,3 +261,50 @@ class NatsBusTests(unittest.TestCase):
         self.patch(nats_bus, "REQUEST_TIMEOUT", 0.5)
         yield self.assertFailure(eventually(self.buses["n1"].request("n9", "echo", b"hi"), 20), NoRoute)
         yield self.assertFailure(eventually(self.buses["n1"].request("n3", "echo", b"hi"), 20), NoRoute)
+
+
+class InPlaceTests(unittest.TestCase):
+    """
+    The buses say they receive only once the server has their subscription,
+    on a server (L{tests._lazy_nats}) that registers a SUB no sooner than
+    NATS must: before that, what another node sends them is dropped.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        import nats
+        from twisted.internet import reactor
+
+        from cairn.cluster.connection import JetStream, Settings
+        from tests._lazy_nats import LazyNats
+
+        self.server = LazyNats()
+        port = reactor.listenTCP(0, self.server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: eventually(self.server.all_lost(), 20))
+        url = f"nats://127.0.0.1:{port.getHost().port}"
+        self.jet = JetStream(reactor, Settings((url,), 1))
+        self.jet.thread.start()
+        self.addCleanup(self.jet.close)
+        self.jet.nc = yield eventually(self.jet.run(nats.connect, servers=[url], allow_reconnect=False), 20)
+        self.jet.state = "ok"  # connected; no layout on this server (the buses need none)
+
+    @defer.inlineCallbacks
+    def test_node_bus(self):
+        """NatsBus.start fires once the server has the subscription to this node's subjects."""
+        from cairn.cluster.nats_bus import NatsBus
+
+        bus = NatsBus(self.jet, _Where({}, ("n2",)), "n2", clock=task.Clock())
+        yield eventually(bus.start(), 20)
+        self.addCleanup(bus.stop)
+        self.assertIn("cairn.node.n2.>", self.server.subjects())
+
+    @defer.inlineCallbacks
+    def test_relay_bus(self):
+        """NatsRelayBus.listen fires once the server has the subscription to this node's relay subjects."""
+        from cairn.cluster.relay_bus import NatsRelayBus
+
+        bus = NatsRelayBus(self.jet, "n2", lambda peer_id: None)
+        yield eventually(bus.listen(print, print), 20)
+        self.addCleanup(bus.stop)
+        self.assertIn("cairn.relay.n2.*", self.server.subjects())

@@ -90,6 +90,33 @@ async def open_bucket(js, config, nc=None, attempts=5, pause=0.2):
     return kv
 
 
+async def subscribe_in_place(nc, subject, cb, timeout=10.0):
+    """
+    Subscribe C{cb} to C{subject} on C{nc}; return the subscription once
+    the server has it, i.e. once it routes what is published to C{subject}
+    from now on, by any connection.
+
+    C{nc.flush()} does not prove it: nats-py (2.16) writes flush's PING to
+    the socket at once, ahead of the SUB still queued for its flusher task,
+    so the PONG can come back before the server has read the SUB (and a
+    server slow to read the rest then drops what another node publishes
+    meanwhile; a test saw notices lost that way under load). A message
+    published to an inbox of our own, once subscribed, goes through the
+    same queue behind the SUB, and NATS handles one connection's commands
+    in order: when it comes back, the SUB is in place. (C{timeout}: as
+    long as C{flush} waits for its PONG.)
+    """
+    subscription = await nc.subscribe(subject, cb=cb)
+    probe = nc.new_inbox()
+    echo = await nc.subscribe(probe)
+    try:
+        await nc.publish(probe, b"")
+        await echo.next_msg(timeout=timeout)
+    finally:
+        await echo.unsubscribe()
+    return subscription
+
+
 def one_line(error):
     """The first line of C{error}'s message (at most 200 characters), for a log line or a reason."""
     return (str(error).strip() or type(error).__name__).splitlines()[0][:200]

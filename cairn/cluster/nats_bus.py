@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.bus import FULL, NOTICES, ROOM, TOPIC, WAKE, INodeBus, LocalBus, NoRoute
-from cairn.cluster.common import WRITER, one_line
+from cairn.cluster.common import WRITER, one_line, subscribe_in_place
 from cairn.wire import cbor
 
 log = Logger()
@@ -130,10 +130,8 @@ class NatsBus(LocalBus):
             else:
                 self.jet.thread.to_reactor(self._noticed, rest, msg.data)
 
-        self._subscription = await self.jet.nc.subscribe(own + ".>", cb=received)
-        # The server has the subscription once it answers a ping: only then
-        # do notices addressed here arrive (what start() promises).
-        await self.jet.nc.flush()
+        # Only once the server has the subscription do notices addressed here arrive (what start() promises).
+        self._subscription = await subscribe_in_place(self.jet.nc, own + ".>", received)
 
     def stop(self):
         for call in self._owing.values():

@@ -31,6 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.cluster.common import subscribe_in_place
 from cairn.relay.interfaces import IRelayBus
 
 log = Logger()
@@ -125,7 +126,7 @@ class NatsRelayBus:
             self._lost(node, circuit_id)
 
     def listen(self, receive, lost):
-        """Subscribe to this node's subjects once NATS is ready; fires once subscribed."""
+        """Subscribe to this node's subjects once NATS is ready; fires once the server has the subscription."""
         subject = self._subject(self.node, "*")
         self._receive, self._lost = receive, lost
 
@@ -136,7 +137,7 @@ class NatsRelayBus:
                 self.jet.thread.to_reactor(self._deliver)
 
         async def subscribe():
-            self._subscription = await self.jet.nc.subscribe(subject, cb=on_message)
+            self._subscription = await subscribe_in_place(self.jet.nc, subject, on_message)
 
         return self.jet.when_ready().addCallback(lambda _: self.jet.run(subscribe))
 
