@@ -267,7 +267,8 @@ class InPlaceTests(unittest.TestCase):
     """
     The buses say they receive only once the server has their subscription,
     on a server (L{tests._lazy_nats}) that registers a SUB no sooner than
-    NATS must: before that, what another node sends them is dropped.
+    NATS must: before that, what another node sends them is dropped. So
+    does the writes' subscription to the streams' leader elections.
     """
 
     @defer.inlineCallbacks
@@ -308,3 +309,12 @@ class InPlaceTests(unittest.TestCase):
         yield eventually(bus.listen(print, print), 20)
         self.addCleanup(bus.stop)
         self.assertIn("cairn.relay.n2.*", self.server.subjects())
+
+    @defer.inlineCallbacks
+    def test_leader_elections(self):
+        """The writes' start ends once the server has the subscription to the streams' elections."""
+        from cairn.cluster.pubacks import LEADER_ELECTED, Acks
+
+        acks = Acks(self.jet.nc, streams={"cairn_mbox": ("cairn.mbox.",)})
+        yield eventually(self.jet.run(acks.start), 20)
+        self.assertIn(LEADER_ELECTED + "*", self.server.subjects())

@@ -193,14 +193,17 @@ class JetStream:
             self.js_writes = nc.jetstream(timeout=PUBACK_TIMEOUT)
             await layout.ensure(self, nc)
             self._ballast = await prepare(self, nc, self.settings.reserve)
+            # Each stream's subjects as prefixes ("cairn.mbox.>" -> "cairn.mbox."): whose writes its election fails.
+            configs = layout.stream_configs(self)
+            streams = {name: tuple(s.rstrip(">*") for s in c.subjects) for name, c in configs.items()}
+            acks = Acks(nc, PUBACK_TIMEOUT, streams=streams)
+            await acks.start()  # before any write
             # Again: nats-py may have reconnected, to another server, meanwhile.
             layout.check_max_payload(nc.max_payload, self.settings.max_payload)
         except BaseException:
             await nc.close()
             raise
-        # Each stream's subjects as prefixes ("cairn.mbox.>" -> "cairn.mbox."): whose writes its election fails.
-        streams = {name: tuple(s.rstrip(">*") for s in c.subjects) for name, c in layout.stream_configs(self).items()}
-        self.acks = Acks(nc, PUBACK_TIMEOUT, streams=streams)
+        self.acks = acks
         self.acks.on_no_room = lambda why: self.thread.to_reactor(self.reserve.no_room, why)
         self.nc = nc
 

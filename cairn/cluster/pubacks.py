@@ -15,6 +15,7 @@ import json
 import re
 import time
 
+from cairn.cluster.common import subscribe_in_place
 from cairn.cluster.direct import PublishError
 
 #: JetStream's refusal of a write for want of storage (its servers' or
@@ -156,10 +157,25 @@ class Acks:
         #: Whether this nats-py has the private parts L{_send} uses (else: its own publish, always).
         self._can_send = all(hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending"))
 
-    async def _start(self):
+    async def start(self):
+        """
+        Subscribe before the first write, at the connection's start
+        (L{cairn.cluster.connection}): the streams' elections' subscription
+        is then in place at the server (L{subscribe_in_place}), so no
+        election is missed and no write in flight waits out the timeout for
+        one. A first L{publish} without it subscribes without that proof
+        (it may not wait: its batch's publishes go out in call order).
+        """
+        if self._prefix is None:
+            await self._start(in_place=True)
+
+    async def _start(self, in_place=False):
         self._prefix = self.nc.new_inbox()
+        # The PubAcks' own subscription needs no proof: each write's PUB follows its SUB on this connection.
         await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
-        if self.streams:
+        if self.streams and in_place:
+            await subscribe_in_place(self.nc, LEADER_ELECTED + "*", self._elected)
+        elif self.streams:
             await self.nc.subscribe(LEADER_ELECTED + "*", cb=self._elected)
 
     async def _elected(self, msg):
