@@ -134,12 +134,18 @@ class GroupCommit:
     def _written(self, outcomes, batch):
         self._syncing += 1
         synced = self.db.sync()
+        # No longer syncing before the callers hear of it: one that reads
+        # at once (L{cairn.dbreads.HotReads}) need not wait for another sync.
+        synced.addBoth(self._sync_over)
         synced.addCallbacks(self._committed, self._failed, (outcomes, batch), None, (batch,))
         synced.addBoth(self._synced)
         self._next()
 
-    def _synced(self, _):
+    def _sync_over(self, result):
         self._syncing -= 1
+        return result
+
+    def _synced(self, _):
         self._maybe_flush()
         self._maybe_idle()
 

@@ -311,6 +311,42 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
             gate.callback(None)
         yield acked
 
+    @defer.inlineCallbacks
+    def test_drain_pages_read_in_the_reactor_thread(self):
+        """
+        Once a fetch found its pages in memory, the next ones are answered
+        at once, in the reactor's thread (L{cairn.dbreads.HotReads}): no
+        GIL handed to a read thread at every row (issue 19).
+        """
+        results = yield self.enqueue(item(payload=b"one"), item(payload=b"two"))
+        first = yield self.store.fetch(B, 0, 1)
+        self.assertEqual([m.payload for m in first], [b"one"])
+        answered = []
+        self.store.fetch(B, first[0].seq, 1).addCallback(answered.append)
+        self.assertEqual([[m.payload for m in page] for page in answered], [[b"two"]])
+        self.store.receipts(B, 0, 10).addCallback(answered.append)
+        self.assertEqual(answered[1:], [[]])
+        self.assertEqual(results[1][1], answered[0][0].seq)
+
+    @defer.inlineCallbacks
+    def test_read_when_told_asks_no_further_sync(self):
+        """
+        A receipts' read made as an acknowledgement's Deferred fires (as the
+        service does when it owes DELIVERED receipts) does not wait for a
+        sync of its own: the group that Deferred is about is synced.
+        """
+        results = yield self.enqueue(item(payload=b"one"))
+        yield self.store.fetch(B, 0, 10)  # in memory: the next reads here
+        gates, requested = self.hold_syncs()
+        read = []
+        acked = self.store.acknowledge(B, [results[0][1]], 0.0, 3600.0)
+        acked.addCallback(lambda _: self.store.receipts(A, 0, 10).addCallback(read.append))
+        yield requested.until(lambda: gates)
+        gates[0].callback(None)
+        yield acked
+        self.assertEqual([r.status for r in read[0]], [ReceiptStatus.DELIVERED])
+        self.assertEqual(len(gates), 1)
+
     def hold_commits(self, after=False):
         """
         Hold the database thread at every COMMIT (just before it, or with
