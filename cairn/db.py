@@ -17,7 +17,9 @@ its own, so that the next group is written while the previous one is
 being synced, and one sync covers every group written before it started.
 Reads that must not wait behind the writes (a mailbox drain's fetches)
 go through L{Database.read}: a read-only connection on a third thread,
-which WAL lets run beside the writer and its checkpoints.
+which WAL lets run beside the writer and its checkpoints; or, while they
+find their pages in memory, in the reactor's own thread
+(L{cairn.dbreads.HotReads}).
 
 Deletions purge their rows from the pages still in use but leave the
 pages freed whole as they were (C{secure_delete=FAST}, L{open_connection};
@@ -38,6 +40,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+from cairn.dbreads import Reading
 
 log = Logger()
 
@@ -110,7 +114,7 @@ def upgrade_txn(cursor, component: str, package: str) -> int:
     return current
 
 
-class Database:
+class Database(Reading):
     """
     The node's SQLite database and the one thread that touches it.
 
@@ -127,9 +131,8 @@ class Database:
         self.components = list(components)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db")
         self._sync_pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db-sync")
-        #: L{read}'s own thread and connection (opened on first use).
+        #: L{read}'s own thread (L{cairn.dbreads}: its connection opened on first use).
         self._read_pool = ThreadPool(minthreads=1, maxthreads=1, name="cairn-db-read")
-        self._reader = None
         self._conn = None
         self._wal_fd = None
         self._trigger = None
@@ -238,38 +241,6 @@ class Database:
             (and rolling all of them back) if any raises.
         """
         return self._defer(self._durable, lambda cursor: [txn(cursor, *args) for txn, args in calls])
-
-    def read(self, txn, *args):
-        """
-        Run the read-only C{txn(cursor, *args)} on a connection and a thread
-        of their own: not queued behind the writes (a group commit, a WAL
-        checkpoint in a COMMIT can take tens of milliseconds) nor behind
-        the reads queued with them. WAL lets it run beside the writer; it
-        sees every transaction committed before it began, synced or not,
-        so a caller that must not show unsynced rows waits for a L{sync}
-        that starts after it returns.
-        """
-        return deferToThreadPool(self.reactor, self._read_pool, self._read, txn, *args)
-
-    def _read(self, txn, *args):
-        if self._conn is None:
-            raise DatabaseError(f"{self.path} is closed")
-        if self._reader is None:
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            reader.execute("PRAGMA query_only=ON")
-            reader.execute("PRAGMA busy_timeout=5000")
-            self._reader = reader
-        cursor = self._reader.cursor()
-        cursor.execute("BEGIN")  # one snapshot for all of C{txn}'s statements
-        try:
-            return txn(cursor, *args)
-        finally:
-            cursor.execute("ROLLBACK")
-
-    def _close_reader(self):
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
 
     def write(self, txn, *args):
         """

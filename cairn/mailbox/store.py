@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cairn.dbreads import HotReads
 from cairn.diskspace import guarded_batch
 from cairn.groupcommit import GroupCommit
 from cairn.mailbox.interfaces import Depth, IMailboxStore, Receipt, Stored, StoreFull
@@ -99,6 +100,8 @@ class SQLiteMailboxStore(MailboxFigures):
         self._group = GroupCommit(db, batch, self._apply, storage_error, clock=clock, gather=gather)
         #: Enqueues submitted and not yet answered (so perhaps written, not synced).
         self._enqueuing = 0
+        #: Fetches and receipts' reads: in the reactor's thread while they find their pages in memory.
+        self._reads = HotReads(db, clock if clock is not None else db.reactor)
 
     @property
     def commits(self) -> int:
@@ -130,14 +133,16 @@ class SQLiteMailboxStore(MailboxFigures):
 
         return self._submit(enqueue_txn, list(items), now, limits).addBoth(answered)
 
-    # Reads run on the database's reader (Database.read): not queued behind
-    # the group commits, whose COMMITs (and the WAL checkpoints in them)
-    # would otherwise hold every fetch of a drain for as long as they take.
+    # Reads run on the database's reader (Database.read), or in the
+    # reactor's thread while they find their pages in memory (HotReads): not
+    # queued behind the group commits, whose COMMITs (and the WAL
+    # checkpoints in them) would otherwise hold every fetch of a drain for
+    # as long as they take.
 
     def _read(self, txn, *args):
         # What a read shows may include groups written but not yet synced:
         # wait for them, so that nothing is delivered before it is durable.
-        d = self.db.read(txn, *args)
+        d = self._reads.read(txn, *args)
         return d.addCallback(lambda rows: self._group.covered().addCallback(lambda _: rows))
 
     def fetch(self, recipient, after_seq, limit):
@@ -146,7 +151,7 @@ class SQLiteMailboxStore(MailboxFigures):
         # acknowledgements deleted is simply not seen), so the fetch need
         # not wait for the sync of their groups. A drain then runs at the
         # pace of its reads instead of one fsync per page.
-        d = self.db.read(fetch_txn, recipient, after_seq, limit)
+        d = self._reads.read(fetch_txn, recipient, after_seq, limit)
 
         def fetched(rows):
             if not self._enqueuing:
