@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from cairn.cluster import layout
 from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
-from cairn.cluster.nats_errors import ErrorsSaid, describe
+from cairn.cluster.nats_errors import Drops, ErrorsSaid, describe
 from cairn.cluster.pubacks import Acks
 from cairn.cluster.reserve import Ballast, Reserve, prepare
 from cairn.config_values import shown_url
@@ -96,6 +96,8 @@ class JetStream:
         #: connection was last lost or regained: /health's reason names it while disconnected.
         self.errors = ErrorsSaid(self.clock)
         self.last_error = None
+        #: Who hears of the messages a subscription dropped as a slow consumer (on the NATS loop).
+        self.drops = Drops()
 
     # Names
 
@@ -208,6 +210,8 @@ class JetStream:
         self.nc = nc
 
     async def _on_error(self, error):
+        if type(error).__name__ == "SlowConsumerError":
+            self.drops.dropped(error)
         self.thread.to_reactor(self._error, describe(error))
 
     async def _on_disconnected(self):
