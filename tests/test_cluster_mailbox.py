@@ -335,6 +335,27 @@ class WatchTests(unittest.TestCase):
         self.assertEqual(mine, [])
 
     @defer.inlineCallbacks
+    def test_written_elsewhere_dropped_by_a_slow_watch(self):
+        """Messages another writer stores that this store's watch dropped (slow consumer) reach it, once each."""
+        from tests._harness import Conditions
+
+        _, jet = yield _jetstream.single(self)
+        here, elsewhere = JetStreamMailboxStore(jet), JetStreamMailboxStore(jet)
+        here.follow_needed()  # another node is seen (presence)
+        yield here.start()
+        yield elsewhere.start()
+        told, conditions = [], Conditions()
+        here.watch(lambda recipient: conditions.changed(told.append(recipient)))
+        yield elsewhere.enqueue([item(payload=b"abc")], 7.0, LIMITS)
+        yield conditions.until(lambda: told == [B])
+        choked = yield _jetstream.choke(jet, jet.stream("mbox"))
+        self.assertEqual(choked, 1)
+        yield elsewhere.enqueue([item(payload=b"def"), item(payload=b"ghi")], 8.0, LIMITS)
+        yield conditions.until(lambda: told == [B, B, B])
+        self.assertEqual(here.depths()[B], elsewhere.depths()[B])
+        self.assertEqual(here._stream_watch.resumed, 1)
+
+    @defer.inlineCallbacks
     def test_removed_elsewhere_is_followed(self):
         """
         Messages another writer removes (acknowledged, expired or evicted

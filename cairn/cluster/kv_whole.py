@@ -63,6 +63,7 @@ import asyncio
 from twisted.logger import Logger
 
 from cairn.cluster.common import one_line
+from cairn.cluster.stream_watch import end
 
 log = Logger()
 
@@ -198,10 +199,7 @@ class Followed:
 
     async def _again(self, dropped):
         try:
-            try:
-                await dropped.stop()
-            except Exception:
-                pass  # the connection is closing: the watch goes with it
+            await end(dropped._sub)
             while True:
                 try:
                     initial = await self._watch()
