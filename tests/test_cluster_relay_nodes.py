@@ -50,8 +50,8 @@ class WatchedBus(NatsRelayBus):
         super().__init__(*args)
         self.changed = changed
 
-    def listen(self, receive, lost):
-        return super().listen(lambda data: self.changed(receive(data)), lost)
+    def listen(self, receive, *callbacks):
+        return super().listen(lambda data: self.changed(receive(data)), *callbacks)
 
 
 class _Changes:
@@ -339,6 +339,34 @@ class RelayDataAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
         self.assertEqual(len(logged), 1)
         self.assertEqual(logged[0]["version"], 9)
         self.assertEqual(reasons, ["relay frame version not understood between nodes"])
+
+    @defer.inlineCallbacks
+    def test_message_dropped_on_arrival(self):
+        """
+        A message about a circuit that NATS dropped on its way to node 2 (a
+        slow consumer) ends the circuit, not final, on both nodes, instead
+        of the circuit going on with a hole in its data.
+        """
+        _, _, a, b, _, _ = yield self.circuit()
+        circuit_id = self.only_circuit().circuit_id
+        reasons = []
+        close = self.node1.relay.close
+        self.node1.relay.close = lambda circuit, reason, *args, **kw: (
+            close(circuit, reason, *args, **kw) or reasons.append(reason)
+        )
+        bus = self.node2.relay.remote.bus
+
+        async def choke():
+            bus._subscription._pending_bytes_limit = bus._subscription._pending_size = 1
+
+        yield self.node2.jet.run(choke)
+        self.node1.relay.remote.bus.send("node-2", None, frame.encode({"op": "ping", "from": "node-1"}))
+        self.node1.relay.remote.send_env("node-2", circuit_id, 0x0503, {"circuit": circuit_id, "credit": 1})
+        yield self.until(lambda: circuit_id not in self.node1.relay.circuits and not self.node2.relay.remote.proxies)
+        yield self.until(lambda: not a.attached and not b.attached)
+        self.assertIsNone(a.closed)  # detached, resumable: not final
+        self.assertIsNone(b.closed)
+        self.assertEqual(reasons, ["relay data lost between nodes"])
 
     @defer.inlineCallbacks
     def test_node_of_the_previous_release(self):
