@@ -108,3 +108,70 @@ class HarnessTests(unittest.TestCase):
         self.assertIn(f"nats-server {server.name} (running)", str(error))
         self.assertIn("Server is ready", str(error))
         self.assertEqual(server._waiting, [])
+
+
+class _Noticed(list):
+    """A list that re-checks a test's conditions whenever something is appended."""
+
+    def __init__(self, changed):
+        super().__init__()
+        self.changed = changed
+
+    def append(self, item):
+        super().append(item)
+        self.changed()
+
+
+class AwayTests(unittest.TestCase):
+    """A node cut from NATS (through a proxy) and back: what it may have missed while away."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests import _jetstream
+        from tests._cluster import NatsProxy, _login
+        from tests._nats import start_nats
+
+        server = yield start_nats(self)
+        self.proxy = NatsProxy(server.port, _login(server.url))
+        self.addCleanup(self.proxy.close)
+        yield self.proxy.heal()
+        self.jet = yield _jetstream.connect(self, [self.proxy.url])
+        self.conditions = Conditions()
+
+    @defer.inlineCallbacks
+    def test_write_in_flight_fails_at_the_disconnection(self):
+        """A write whose PubAck has not come when the connection is lost fails at once, not after the PubAck timeout."""
+        self.proxy.held = _Noticed(self.conditions.changed)
+        self.proxy.hold_deliveries(self.jet.acks._prefix.encode())  # its PubAck, once JetStream stored it
+
+        async def write():
+            return await (await self.jet.acks.publish(self.jet.subject("mbox", "r", "s", "00"), b"x", {}))
+
+        written = self.jet.run(write)
+        yield self.conditions.until(lambda: self.proxy.held, 20)
+        yield self.proxy.cut()
+        failure = yield self.assertFailure(eventually(written, 10), TimeoutError)  # 30 s before
+        self.assertEqual(type(failure).__name__, "Disconnected")
+
+    @defer.inlineCallbacks
+    def test_bus_rechecks_after_a_reconnection(self):
+        """Once the node is back on NATS, its services re-check at once: what other nodes told it meanwhile is lost."""
+        from twisted.internet import task
+
+        from cairn.cluster.nats_bus import NatsBus
+        from cairn.cluster.presence import LocalPresence
+
+        bus = NatsBus(self.jet, LocalPresence(None, "n1"), "n1", clock=task.Clock())
+        yield bus.start()
+        self.addCleanup(bus.stop)
+        missed, note = [], self.jet._note
+        bus.on_missed(lambda: self.conditions.changed(missed.append(self.jet.state)))
+        self.patch(self.jet, "_note", lambda *args: self.conditions.changed(note(*args)))
+        yield self.proxy.cut()
+        yield self.conditions.until(lambda: self.jet.state != "ok", 20)
+        self.assertEqual(missed, [])
+        yield self.proxy.heal()
+        yield self.conditions.until(lambda: missed, 30)
+        self.assertEqual(missed, ["ok"])

@@ -30,6 +30,7 @@ from cairn.cluster.loop import AsyncioThread
 from cairn.cluster.nats_errors import Drops, ErrorsSaid, describe
 from cairn.cluster.pubacks import Acks
 from cairn.cluster.reserve import Ballast, Reserve, prepare
+from cairn.cluster.watch import Watchers
 from cairn.config_values import shown_url
 
 log = Logger()
@@ -98,6 +99,9 @@ class JetStream:
         self.last_error = None
         #: Who hears of the messages a subscription dropped as a slow consumer (on the NATS loop).
         self.drops = Drops()
+        #: Called (on the reactor) at each reconnection, once the node is "ok" again: what other
+        #: nodes published to this one's subscriptions while it was away was lost (L{_on_reconnected}).
+        self.reconnected = Watchers()
 
     # Names
 
@@ -200,6 +204,8 @@ class JetStream:
             streams = {name: tuple(s.rstrip(">*") for s in c.subjects) for name, c in configs.items()}
             acks = Acks(nc, PUBACK_TIMEOUT, streams=streams)
             await acks.start()  # before any write
+            for subscription in acks.subscriptions:
+                self.drops.add(subscription, acks.dropped)
             # Again: nats-py may have reconnected, to another server, meanwhile.
             layout.check_max_payload(nc.max_payload, self.settings.max_payload)
         except BaseException:
@@ -215,6 +221,8 @@ class JetStream:
         self.thread.to_reactor(self._error, describe(error))
 
     async def _on_disconnected(self):
+        if self.acks is not None:
+            self.acks.disconnected()  # their PubAcks may be lost with the connection: not waited for
         self.thread.to_reactor(self._note, "degraded", "disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self):
@@ -230,6 +238,13 @@ class JetStream:
             self._closing = asyncio.get_running_loop().create_task(self.nc.close())
             self.thread.to_reactor(self._refuse, str(e))
             return
+        # nats-py (2.16, Client._attempt_reconnect) wrote every SUB again on
+        # the new socket, then awaited a PING's PONG behind them before
+        # calling this: the server has them all (it handles one connection's
+        # commands in order; tests/test_cluster_connection.py holds nats-py
+        # to it). What other nodes published to them while this node was
+        # away is lost all the same: its owners make up for it (a bus
+        # re-check; the writes in flight failed at the disconnection).
         self.thread.to_reactor(self._note, "ok", None)
 
     def _refuse(self, reason):
@@ -276,6 +291,8 @@ class JetStream:
         if state != self.state:
             self.last_error = None  # what is said from now on is about the new state
         self.state, self.reason = state, reason
+        if state == "ok":
+            self.reconnected()
 
     def health(self):
         """C{(ok, reason)}: whether the stores can be used now, and why not."""

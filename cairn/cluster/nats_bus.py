@@ -15,7 +15,8 @@ Notices are at most once (core NATS): one lost costs latency, never a
 message (the services re-check, see L{cairn.storeservice.StoreService}).
 One that NATS is known to have dropped (the subscription a slow
 consumer: L{cairn.cluster.nats_errors.Drops}) makes them re-check at
-once (L{INodeBus.on_missed}), once for the drops of one reactor turn.
+once (L{INodeBus.on_missed}), once for the drops of one reactor turn;
+so does a reconnection to NATS (what was sent here meanwhile is lost).
 
   - C{<prefix>.node.<name>.full|room}: the sending node (its name is the
     payload) entered the storage reserve's full mode, or left it by
@@ -115,6 +116,7 @@ class NatsBus(LocalBus):
 
     def start(self):
         self._follow_reserve(self.jet.reserve)  # before the connection, so a start-up entry is told too
+        self.jet.reconnected.add(self._reconnected)
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._subscribe))
         return d
@@ -147,6 +149,11 @@ class NatsBus(LocalBus):
     def _recheck(self):
         self._missing = False
         self.missed()
+
+    def _reconnected(self):
+        # Notices sent here while this node was away from NATS were lost.
+        if self._subscription is not None:
+            self.missed()
 
     def stop(self):
         for call in self._owing.values():
