@@ -175,3 +175,54 @@ class AwayTests(unittest.TestCase):
         yield self.proxy.heal()
         yield self.conditions.until(lambda: missed, 30)
         self.assertEqual(missed, ["ok"])
+
+
+class ReconnectedInPlaceTests(unittest.TestCase):
+    """
+    What L{JetStream._on_reconnected} relies on: nats-py calls its
+    C{reconnected_cb} only once the server has every subscription it sent
+    again, on a server (L{tests._lazy_nats}) that registers a SUB no sooner
+    than NATS must. A nats-py that stops awaiting a round trip behind them
+    fails here, and the reconnection must then prove them itself.
+    """
+
+    @defer.inlineCallbacks
+    def test_subscriptions_in_place_when_reconnected(self):
+        """At nats-py's reconnected_cb, the server has the subscriptions made before the disconnection."""
+        import nats
+        from twisted.internet import threads
+
+        from cairn.cluster.common import subscribe_in_place
+        from cairn.cluster.loop import AsyncioThread
+        from tests._lazy_nats import LazyNats
+
+        server = LazyNats()
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: eventually(server.all_lost(), 20))
+        thread = AsyncioThread(reactor)
+        thread.start()
+        self.addCleanup(thread.stop)
+        seen = defer.Deferred()
+
+        async def reconnected():
+            subjects = threads.blockingCallFromThread(reactor, server.subjects)  # the server's, at this moment
+            thread.to_reactor(seen.callback, subjects)
+
+        async def quiet(error):
+            pass  # the connection lost, as the test means
+
+        url = f"nats://127.0.0.1:{port.getHost().port}"
+        options = dict(servers=[url], reconnected_cb=reconnected, error_cb=quiet, reconnect_time_wait=0.1)
+        options["max_reconnect_attempts"] = -1
+        nc = yield eventually(thread.run(nats.connect, **options), 20)
+        self.addCleanup(lambda: thread.run(nc.close))
+
+        async def nothing(msg):
+            pass
+
+        yield eventually(thread.run(subscribe_in_place, nc, "cairn.node.n1.>", nothing), 20)
+        for connection in list(server.connections):
+            connection.transport.loseConnection()
+        subjects = yield eventually(seen, 20)
+        self.assertIn("cairn.node.n1.>", subjects)
