@@ -101,7 +101,11 @@ class KVCodes:
         it: the books hold the saved code already, and an older value the
         watch brings meanwhile (this node's previous PIN, made just before)
         replaced it until the watch brought the new one (a PIN made twice
-        in quick succession went back to the first for milliseconds).
+        in quick succession went back to the first for milliseconds). The
+        wait is kept (docs/scaling.md, "Pairing on any node"): until the
+        answer, the write's revision is unknown, so no entry can be placed
+        against it; it lasts one PubAck, and a spend is decided in the
+        bucket, never from the books.
         """
         for entry in entries:
             if self._writes.get(entry.key):
