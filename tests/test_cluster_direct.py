@@ -135,6 +135,17 @@ def _ack(reply, answer, headers=None):
     return SimpleNamespace(subject=reply, headers=headers, data=json.dumps(answer).encode())
 
 
+async def _failures(futures, error):
+    """The messages of the C{error}s that C{futures} failed with (they have failed already)."""
+    failed = []
+    for future in futures:
+        try:
+            await asyncio.wait_for(future, 10)  # a guard
+        except error as e:
+            failed.append(str(e))
+    return failed
+
+
 class AcksTests(unittest.TestCase):
     """L{pubacks.Acks}: pipelined publishes, each answered by its own PubAck, one timer for all."""
 
@@ -203,12 +214,7 @@ class AcksTests(unittest.TestCase):
                 await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + stream, data=b"{}"))
             untouched = [f.done() for f in inflight]
             await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + "cairn_mbox", data=b"{}"))
-            outcomes = []
-            for future in inflight:
-                try:
-                    await asyncio.wait_for(future, 10)  # a guard: it has failed already
-                except pubacks.LeaderChanged as e:
-                    outcomes.append(str(e))
+            outcomes = await _failures(inflight, pubacks.LeaderChanged)
             await nc.reply_cb(_ack(nc.published[0][1], {"seq": 1}))  # the old leader's late answer
             await nc.reply_cb(_ack(nc.published[2][1], {"seq": 2}))  # the sync write's own
             later = await acks.publish("cairn.mbox.r.2", b"x", {})
@@ -231,12 +237,7 @@ class AcksTests(unittest.TestCase):
             acks = pubacks.Acks(nc, timeout=3600, streams={"cairn_mbox": ("cairn.mbox.",)})
             inflight = [await acks.publish(s, b"x", {}) for s in ("cairn.mbox.r.1", "cairn.other")]
             acks.disconnected()
-            outcomes = []
-            for future in inflight:
-                try:
-                    await asyncio.wait_for(future, 10)  # a guard: it has failed already
-                except pubacks.Disconnected as e:
-                    outcomes.append(str(e))
+            outcomes = await _failures(inflight, pubacks.Disconnected)
             later = await acks.publish("cairn.mbox.r.2", b"x", {})
             await nc.reply_cb(_ack(nc.published[0][1], {"seq": 1}))  # a late answer to a failed one
             await nc.reply_cb(_ack(nc.published[-1][1], {"seq": 2}))

@@ -15,6 +15,12 @@ store call fails fast (the mailbox answers STORAGE_ERROR, never a false
 ForwardAck) and the node resumes as soon as the client is back -- unless
 the server it is back on has a C{max_payload} below C{CAIRN_MAX_PAYLOAD},
 which is refused as at start (L{cairn.cluster.layout.check_max_payload}).
+What the node may have missed while away is made up for: the writes in
+flight fail at the disconnection (L{cairn.cluster.pubacks.Disconnected}),
+and L{JetStream.reconnected}'s callbacks (the node bus's re-check) run
+once it is "ok" again. A message nats-py drops as a slow consumer goes to
+its subscription's owner (L{JetStream.drops}; docs/scaling.md, "Slow
+consumers").
 """
 
 import asyncio

@@ -39,7 +39,7 @@ def _decode(entry):
 class Overrides:
     """The overrides of a L{cairn.cluster.mailbox.JetStreamMailboxStore} (it needs C{jet}, C{limits}, C{_run})."""
 
-    _overrides_watch = None  # the task following the bucket (its revisions: the store's _override_revisions)
+    _overrides_watch = None  # the bucket followed (kv_whole.Followed; its revisions: the store's _override_revisions)
 
     async def _load_overrides(self):
         """At the start-up load, on the NATS loop: the bucket read whole into the copy, then followed."""
