@@ -155,7 +155,9 @@ class KVPresence:
         for kind, name, node, present, at in changes:
             if kind == "n":
                 if present:
-                    self._heard[name] = now if at is None else min(now, at)
+                    heard = now if at is None else min(now, at)
+                    # Never earlier than heard already: a bucket read again brings a heartbeat's own time.
+                    self._heard[name] = max(heard, self._heard.get(name, heard))
                     if name != self.node:
                         for callback in self._others:
                             callback()
