@@ -142,6 +142,7 @@ class StoreService(RetriedPurges):
                 self._rechecker = task.LoopingCall(self._pump_all)
                 self._rechecker.clock = self.clock
                 self._rechecker.start(self.recheck, now=False)
+                self.bus.on_missed(self._missed)
 
         d = defer.maybeDeferred(self.store.start)
         d.addCallback(lambda _: self.sweep())  # what expired while the node was down
@@ -170,6 +171,11 @@ class StoreService(RetriedPurges):
             return result
 
         return d.addBoth(done)
+
+    def _missed(self):
+        """The bus may have lost notices addressed here: the re-check now, not at its next period."""
+        if not self._stopped:
+            self._pump_all()
 
     def _pump_all(self):
         """Pump every served session, as if woken for all it may have (the periodic re-check)."""

@@ -59,3 +59,22 @@ def count_reads(testcase):
 
         testcase.patch(direct, name, counted)
     return reads
+
+
+def choke(jet, stream):
+    """
+    Make every subscription of C{jet}'s connection to C{stream} (its
+    watches: ordered consumers) a slow consumer from now on: nats-py drops
+    each message (a pending limit of one byte, held already: headers-only
+    messages too) and says so through C{error_cb}, as it does for a
+    subscription past its limits.
+    A Deferred firing with how many were choked.
+    """
+
+    async def chokes():
+        subscriptions = [s for s in jet.nc._subs.values() if s._jsi is not None and s._jsi._stream == stream]
+        for subscription in subscriptions:
+            subscription._pending_bytes_limit = subscription._pending_size = 1
+        return len(subscriptions)
+
+    return jet.run(chokes)

@@ -79,6 +79,16 @@ class RecheckTests(_Missed, MailboxHarness, unittest.TestCase):
         self.assertEqual(got[2], b"no wake-up for this one")
 
     @defer.inlineCallbacks
+    def test_missed_notices_recheck_at_once(self):
+        """When the bus says notices addressed here may have been lost, the service re-checks at once."""
+        bob, bob_box = self.peer()
+        yield self.connect(bob)
+        yield self.forward_without_wake_up(bob)
+        self.mailbox.bus.missed()
+        (got,) = yield bob_box.wait(bob_box.messages, 1)
+        self.assertEqual(got[2], b"no wake-up for this one")
+
+    @defer.inlineCallbacks
     def test_recheck_stops_with_the_service(self):
         """Once the service stopped, its re-check is no longer scheduled."""
         self.assertTrue(self.mailbox._rechecker.running)
@@ -192,6 +202,23 @@ class NatsBusTests(unittest.TestCase):
             20,
         )
         self.assertEqual(self.seen["n1"], [(WAKE, "R"), (OWE, "S"), (TOPIC, "t")])  # never its own echo
+
+    @defer.inlineCallbacks
+    def test_dropped_notices_recheck_at_once(self):
+        """Notices NATS dropped as a slow consumer on a node make that node's services re-check at once."""
+        n2 = self.buses["n2"]
+        missed = []
+        n2.on_missed(lambda: self.conditions.changed(missed.append(None)))
+
+        async def choke():
+            n2._subscription._pending_bytes_limit = n2._subscription._pending_size = 1
+
+        yield n2.jet.run(choke)
+        self.buses["n1"].wake("R")
+        self.buses["n1"].wake("R")
+        yield self.conditions.until(lambda: missed, 20)
+        self.assertEqual(self.seen["n2"], [])
+        self.assertIn(len(missed), (1, 2))  # one per reactor turn's drops
 
     @defer.inlineCallbacks
     def test_stored_message_told_once(self):

@@ -108,3 +108,121 @@ class HarnessTests(unittest.TestCase):
         self.assertIn(f"nats-server {server.name} (running)", str(error))
         self.assertIn("Server is ready", str(error))
         self.assertEqual(server._waiting, [])
+
+
+class _Noticed(list):
+    """A list that re-checks a test's conditions whenever something is appended."""
+
+    def __init__(self, changed):
+        super().__init__()
+        self.changed = changed
+
+    def append(self, item):
+        super().append(item)
+        self.changed()
+
+
+class AwayTests(unittest.TestCase):
+    """A node cut from NATS (through a proxy) and back: what it may have missed while away."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests import _jetstream
+        from tests._cluster import NatsProxy, _login
+        from tests._nats import start_nats
+
+        server = yield start_nats(self)
+        self.proxy = NatsProxy(server.port, _login(server.url))
+        self.addCleanup(self.proxy.close)
+        yield self.proxy.heal()
+        self.jet = yield _jetstream.connect(self, [self.proxy.url])
+        self.conditions = Conditions()
+
+    @defer.inlineCallbacks
+    def test_write_in_flight_fails_at_the_disconnection(self):
+        """A write whose PubAck has not come when the connection is lost fails at once, not after the PubAck timeout."""
+        self.proxy.held = _Noticed(self.conditions.changed)
+        self.proxy.hold_deliveries(self.jet.acks._prefix.encode())  # its PubAck, once JetStream stored it
+
+        async def write():
+            return await (await self.jet.acks.publish(self.jet.subject("mbox", "r", "s", "00"), b"x", {}))
+
+        written = self.jet.run(write)
+        yield self.conditions.until(lambda: self.proxy.held, 20)
+        yield self.proxy.cut()
+        failure = yield self.assertFailure(eventually(written, 10), TimeoutError)  # 30 s before
+        self.assertEqual(type(failure).__name__, "Disconnected")
+
+    @defer.inlineCallbacks
+    def test_bus_rechecks_after_a_reconnection(self):
+        """Once the node is back on NATS, its services re-check at once: what other nodes told it meanwhile is lost."""
+        from twisted.internet import task
+
+        from cairn.cluster.nats_bus import NatsBus
+        from cairn.cluster.presence import LocalPresence
+
+        bus = NatsBus(self.jet, LocalPresence(None, "n1"), "n1", clock=task.Clock())
+        yield bus.start()
+        self.addCleanup(bus.stop)
+        missed, note = [], self.jet._note
+        bus.on_missed(lambda: self.conditions.changed(missed.append(self.jet.state)))
+        self.patch(self.jet, "_note", lambda *args: self.conditions.changed(note(*args)))
+        yield self.proxy.cut()
+        yield self.conditions.until(lambda: self.jet.state != "ok", 20)
+        self.assertEqual(missed, [])
+        yield self.proxy.heal()
+        yield self.conditions.until(lambda: missed, 30)
+        self.assertEqual(missed, ["ok"])
+
+
+class ReconnectedInPlaceTests(unittest.TestCase):
+    """
+    What L{JetStream._on_reconnected} relies on: nats-py calls its
+    C{reconnected_cb} only once the server has every subscription it sent
+    again, on a server (L{tests._lazy_nats}) that registers a SUB no sooner
+    than NATS must. A nats-py that stops awaiting a round trip behind them
+    fails here, and the reconnection must then prove them itself.
+    """
+
+    @defer.inlineCallbacks
+    def test_subscriptions_in_place_when_reconnected(self):
+        """At nats-py's reconnected_cb, the server has the subscriptions made before the disconnection."""
+        import nats
+        from twisted.internet import threads
+
+        from cairn.cluster.common import subscribe_in_place
+        from cairn.cluster.loop import AsyncioThread
+        from tests._lazy_nats import LazyNats
+
+        server = LazyNats()
+        port = reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: eventually(server.all_lost(), 20))
+        thread = AsyncioThread(reactor)
+        thread.start()
+        self.addCleanup(thread.stop)
+        seen = defer.Deferred()
+
+        async def reconnected():
+            subjects = threads.blockingCallFromThread(reactor, server.subjects)  # the server's, at this moment
+            thread.to_reactor(seen.callback, subjects)
+
+        async def quiet(error):
+            pass  # the connection lost, as the test means
+
+        url = f"nats://127.0.0.1:{port.getHost().port}"
+        options = dict(servers=[url], reconnected_cb=reconnected, error_cb=quiet, reconnect_time_wait=0.1)
+        options["max_reconnect_attempts"] = -1
+        nc = yield eventually(thread.run(nats.connect, **options), 20)
+        self.addCleanup(lambda: thread.run(nc.close))
+
+        async def nothing(msg):
+            pass
+
+        yield eventually(thread.run(subscribe_in_place, nc, "cairn.node.n1.>", nothing), 20)
+        for connection in list(server.connections):
+            connection.transport.loseConnection()
+        subjects = yield eventually(seen, 20)
+        self.assertIn("cairn.node.n1.>", subjects)

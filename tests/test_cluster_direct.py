@@ -135,6 +135,17 @@ def _ack(reply, answer, headers=None):
     return SimpleNamespace(subject=reply, headers=headers, data=json.dumps(answer).encode())
 
 
+async def _failures(futures, error):
+    """The messages of the C{error}s that C{futures} failed with (they have failed already)."""
+    failed = []
+    for future in futures:
+        try:
+            await asyncio.wait_for(future, 10)  # a guard
+        except error as e:
+            failed.append(str(e))
+    return failed
+
+
 class AcksTests(unittest.TestCase):
     """L{pubacks.Acks}: pipelined publishes, each answered by its own PubAck, one timer for all."""
 
@@ -203,12 +214,7 @@ class AcksTests(unittest.TestCase):
                 await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + stream, data=b"{}"))
             untouched = [f.done() for f in inflight]
             await elected(SimpleNamespace(subject=pubacks.LEADER_ELECTED + "cairn_mbox", data=b"{}"))
-            outcomes = []
-            for future in inflight:
-                try:
-                    await asyncio.wait_for(future, 10)  # a guard: it has failed already
-                except pubacks.LeaderChanged as e:
-                    outcomes.append(str(e))
+            outcomes = await _failures(inflight, pubacks.LeaderChanged)
             await nc.reply_cb(_ack(nc.published[0][1], {"seq": 1}))  # the old leader's late answer
             await nc.reply_cb(_ack(nc.published[2][1], {"seq": 2}))  # the sync write's own
             later = await acks.publish("cairn.mbox.r.2", b"x", {})
@@ -217,6 +223,58 @@ class AcksTests(unittest.TestCase):
 
         why = "cairn_mbox elected a new leader while the write was in flight"
         self.assertEqual(run(go()), ([False, False], [why, why], 2, 3, 0))
+
+    def test_lost_connection_fails_the_writes_in_flight(self):
+        """
+        When the connection is lost, every write in flight fails at once with
+        Disconnected (not after the timeout: its PubAck, or its stream's
+        election, may be lost with the connection); a write made afterwards
+        waits for its own PubAck.
+        """
+
+        async def go():
+            nc = _PublishingNats()
+            acks = pubacks.Acks(nc, timeout=3600, streams={"cairn_mbox": ("cairn.mbox.",)})
+            inflight = [await acks.publish(s, b"x", {}) for s in ("cairn.mbox.r.1", "cairn.other")]
+            acks.disconnected()
+            outcomes = await _failures(inflight, pubacks.Disconnected)
+            later = await acks.publish("cairn.mbox.r.2", b"x", {})
+            await nc.reply_cb(_ack(nc.published[0][1], {"seq": 1}))  # a late answer to a failed one
+            await nc.reply_cb(_ack(nc.published[-1][1], {"seq": 2}))
+            return outcomes, await later, len(acks._futures)
+
+        why = "the connection to NATS was lost while the write was in flight"
+        self.assertEqual(run(go()), ([why, why], 2, 0))
+
+    def test_dropped_pubacks_and_elections(self):
+        """
+        A PubAck NATS dropped as a slow consumer fails its write at once, and
+        a dropped election fails the writes in flight to its stream as the
+        election itself does; the other writes wait for their PubAcks.
+        """
+
+        async def go():
+            nc = _PublishingNats()
+            acks = pubacks.Acks(
+                nc, timeout=3600, streams={"cairn_mbox": ("cairn.mbox.",), "cairn_sync": ("cairn.sync.",)}
+            )
+            first, second = [await acks.publish("cairn.mbox.r." + i, b"x", {}) for i in "12"]
+            other = await acks.publish("cairn.sync.t", b"x", {})
+            acks.dropped(SimpleNamespace(subject=nc.published[0][1]))
+            outcomes = []
+            try:
+                await asyncio.wait_for(first, 10)
+            except TimeoutError as e:
+                outcomes.append(str(e))
+            acks.dropped(SimpleNamespace(subject=pubacks.LEADER_ELECTED + "cairn_mbox"))
+            try:
+                await asyncio.wait_for(second, 10)
+            except pubacks.LeaderChanged as e:
+                outcomes.append(type(e).__name__)
+            await nc.reply_cb(_ack(nc.published[2][1], {"seq": 3}))
+            return outcomes, await other, len(acks._futures)
+
+        self.assertEqual(run(go()), (["its PubAck was dropped by this node (slow consumer)", "LeaderChanged"], 3, 0))
 
     def test_stalled_since_the_first_unanswered_publish(self):
         """

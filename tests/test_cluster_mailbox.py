@@ -317,8 +317,12 @@ class JetStreamMailboxScenarioTests(MailboxScenarioMixin, BatchingMixin, unittes
 
 class WatchTests(unittest.TestCase):
     @defer.inlineCallbacks
-    def test_written_elsewhere_is_reported(self):
-        """A message another writer stores reaches this store's watch() callbacks and depths; its own do not."""
+    def written_elsewhere(self, choke=False):
+        """
+        Another writer stores a message for B (C{choke}: then two more,
+        this store's watch a slow consumer): each reaches this store's
+        watch() callbacks, once, and its depths; the writer's own do not.
+        """
         from tests._harness import Conditions
 
         _, jet = yield _jetstream.single(self)
@@ -331,8 +335,24 @@ class WatchTests(unittest.TestCase):
         elsewhere.watch(mine.append)
         yield elsewhere.enqueue([item(payload=b"abc")], 7.0, LIMITS)
         yield conditions.until(lambda: told == [B])
+        if choke:
+            choked = yield _jetstream.choke(jet, jet.stream("mbox"))
+            self.assertEqual(choked, 1)
+            yield elsewhere.enqueue([item(payload=b"def"), item(payload=b"ghi")], 8.0, LIMITS)
+            yield conditions.until(lambda: told == [B, B, B])
         self.assertEqual(here.depths()[B], elsewhere.depths()[B])
         self.assertEqual(mine, [])
+        return here
+
+    def test_written_elsewhere_is_reported(self):
+        """A message another writer stores reaches this store's watch() callbacks and depths; its own do not."""
+        return self.written_elsewhere()
+
+    @defer.inlineCallbacks
+    def test_written_elsewhere_dropped_by_a_slow_watch(self):
+        """Messages another writer stores that this store's watch dropped (slow consumer) reach it, once each."""
+        here = yield self.written_elsewhere(choke=True)
+        self.assertEqual(here._stream_watch.resumed, 1)
 
     @defer.inlineCallbacks
     def test_removed_elsewhere_is_followed(self):

@@ -251,6 +251,41 @@ class RemovedBeforeTheWatchTests(unittest.TestCase):
         self.assertEqual(self.here.total_bytes(), 0)
 
     @defer.inlineCallbacks
+    def test_retried_write_removed_by_an_older_node(self):
+        """
+        This store's write stored but never answered, counted in by the
+        sender's retry (answered DUPLICATE), then acknowledged by a node
+        older than the sixteenth session (a tombstone naming no writer)
+        before this store's watch read either: counted out (it stayed
+        counted for good: the retry's count was not known as this store's).
+        """
+        from cairn.cluster import direct as D
+        from cairn.cluster.common import MESSAGE_WRITER, WRITER
+        from cairn.cluster.mailbox_layout import receipt_headers
+        from cairn.mailbox.interfaces import StoreFull
+        from cairn.wire.constants import ReceiptStatus
+
+        message = item(payload=b"abc")
+        stored_unanswered(self, self.here)
+        yield self.assertFailure(self.here.enqueue([message], 1.0, LIMITS), StoreFull)
+        (result,) = yield self.here.enqueue([message], 2.0, LIMITS)
+        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
+        yield self.here.flushed()
+        self.assertEqual(self.here.depths()[B].messages, 1)
+        subject = self.here._message_subject(message)
+        held = yield self.jet.run(D.direct_last, self.jet.nc, self.here.stream, subject)
+        headers = receipt_headers(ReceiptStatus.DELIVERED, 3.0, held.headers[D.EXPIRES], len(held.data))
+        headers.update({"Nats-Rollup": "sub", D.EXPECT_LAST: str(held.seq), WRITER: "older", MESSAGE_WRITER: ""})
+
+        async def acknowledged():  # what such a node writes (L{Removal._send_removals} then)
+            return (await self.jet.js_writes.publish(held.subject, b"", headers=headers)).seq
+
+        tombstone = yield self.jet.run(acknowledged)
+        yield self.release(tombstone)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
     def test_removal_stored_unanswered(self):
         """
         This store's acknowledgement whose tombstone JetStream stored but

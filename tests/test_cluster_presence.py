@@ -129,6 +129,23 @@ class KVPresenceTests(TwoNodes, unittest.TestCase):
         self.assertEqual(here.elsewhere("PeerB"), [])
 
     @defer.inlineCallbacks
+    def test_changes_dropped_by_a_slow_watch(self):
+        """A session attached on n2, then closed, reaches n1 though n1's watch dropped both (a slow consumer)."""
+        from cairn.cluster.kv_whole import kv_stream_and_prefix
+        from tests import _jetstream
+
+        here = self.presences["n1"]
+        choked = yield _jetstream.choke(self.jet, kv_stream_and_prefix(here.kv)[0])
+        self.assertEqual(choked, 2)  # both nodes' watches (one connection)
+        session = self.peers["n2"].attach("PeerB")
+        yield self.until(lambda: here.locate("PeerB") == "n2")
+        self.assertEqual(set(here.nodes()), {"n1", "n2"})
+        yield _jetstream.choke(self.jet, kv_stream_and_prefix(here.kv)[0])
+        self.peers["n2"].close(session)
+        yield self.until(lambda: here.where("PeerB") == ())
+        self.assertEqual(here._watcher.rereads, 2)
+
+    @defer.inlineCallbacks
     def test_other_node_callbacks(self):
         """on_other_node's callbacks are called at each heartbeat of another node, never for its own."""
         here, there = self.presences["n1"], self.presences["n2"]

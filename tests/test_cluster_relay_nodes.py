@@ -50,8 +50,8 @@ class WatchedBus(NatsRelayBus):
         super().__init__(*args)
         self.changed = changed
 
-    def listen(self, receive, lost):
-        return super().listen(lambda data: self.changed(receive(data)), lost)
+    def listen(self, receive, *callbacks):
+        return super().listen(lambda data: self.changed(receive(data)), *callbacks)
 
 
 class _Changes:
@@ -163,6 +163,27 @@ class CrossNodeHarness:
         a = yield eventually(relay.relay_to(alice, node_a, bob.peer_id))
         b = yield eventually(accepted)
         return alice, bob, a, b, node_a, node_b
+
+    @defer.inlineCallbacks
+    def ended_not_final(self, send):
+        """
+        A circuit between node 1 and node 2; C{send(circuit_id)} makes it
+        end: it ends on both nodes, not final (both peers detached,
+        resumable). Fires with the RelayClose reasons node 1 gave.
+        """
+        _, _, a, b, _, _ = yield self.circuit()
+        circuit_id = self.only_circuit().circuit_id
+        reasons = []
+        close = self.node1.relay.close
+        self.node1.relay.close = lambda circuit, reason, *args, **kw: (
+            close(circuit, reason, *args, **kw) or reasons.append(reason)
+        )
+        yield send(circuit_id)
+        yield self.until(lambda: circuit_id not in self.node1.relay.circuits and not self.node2.relay.remote.proxies)
+        yield self.until(lambda: not a.attached and not b.attached)
+        self.assertIsNone(a.closed)  # detached, resumable: not final
+        self.assertIsNone(b.closed)
+        return reasons
 
     def only_circuit(self):
         [circuit] = self.node1.relay.circuits.values()
@@ -323,22 +344,36 @@ class RelayDataAcrossNodesTests(CrossNodeHarness, unittest.TestCase):
                 logged.append(event)
 
         observe_logs(self, observer)
-        _, _, a, b, _, _ = yield self.circuit()
-        circuit_id = self.only_circuit().circuit_id
-        reasons = []
-        close = self.node1.relay.close
-        self.node1.relay.close = lambda circuit, reason, *args, **kw: (
-            close(circuit, reason, *args, **kw) or reasons.append(reason)
-        )
-        # Version 9 of the frame: the 18 bytes every version begins with, then whatever it holds.
-        self.node1.relay.remote.bus.send("node-2", circuit_id, b"\xfe\x09" + circuit_id + b"tomorrow's layout")
-        yield self.until(lambda: circuit_id not in self.node1.relay.circuits and not self.node2.relay.remote.proxies)
-        yield self.until(lambda: not a.attached and not b.attached)
-        self.assertIsNone(a.closed)  # detached, resumable: not final
-        self.assertIsNone(b.closed)
+
+        def send(circuit_id):
+            # Version 9 of the frame: the 18 bytes every version begins with, then whatever it holds.
+            self.node1.relay.remote.bus.send("node-2", circuit_id, b"\xfe\x09" + circuit_id + b"tomorrow's layout")
+
+        reasons = yield self.ended_not_final(send)
         self.assertEqual(len(logged), 1)
         self.assertEqual(logged[0]["version"], 9)
         self.assertEqual(reasons, ["relay frame version not understood between nodes"])
+
+    @defer.inlineCallbacks
+    def test_message_dropped_on_arrival(self):
+        """
+        A message about a circuit that NATS dropped on its way to node 2 (a
+        slow consumer) ends the circuit, not final, on both nodes, instead
+        of the circuit going on with a hole in its data.
+        """
+        bus = self.node2.relay.remote.bus
+
+        async def choke():
+            bus._subscription._pending_bytes_limit = bus._subscription._pending_size = 1
+
+        @defer.inlineCallbacks
+        def send(circuit_id):
+            yield self.node2.jet.run(choke)
+            self.node1.relay.remote.bus.send("node-2", None, frame.encode({"op": "ping", "from": "node-1"}))
+            self.node1.relay.remote.send_env("node-2", circuit_id, 0x0503, {"circuit": circuit_id, "credit": 1})
+
+        reasons = yield self.ended_not_final(send)
+        self.assertEqual(reasons, ["relay data lost between nodes"])
 
     @defer.inlineCallbacks
     def test_node_of_the_previous_release(self):

@@ -10,6 +10,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from cairn.cluster.kv_whole import kv_stream_and_prefix
 from cairn.cluster.sync import JetStreamSyncStore
 from cairn.cluster.sync_follow import topic_token
 from cairn.mailbox.interfaces import Limits
@@ -143,6 +144,26 @@ class WatchTests(unittest.TestCase):
         # The next publish here continues the seqs without a failed first try.
         results = yield self.here.publish([item()], 8.0, LIMITS)
         self.assertEqual(results, [(SyncStatus.COMMITTED, 3)])
+
+    @defer.inlineCallbacks
+    def test_updates_dropped_by_a_slow_watch(self):
+        """Another writer's updates, cursors and grants that this store's watches dropped (slow consumer) reach it."""
+        yield self.elsewhere.publish([item(payload=b"abc")], 7.0, LIMITS)
+        yield self.elsewhere.subscribe(B, {"notes": None})
+        yield self.conditions.until(lambda: self.told == ["notes"] and B in self.here.cursors())
+        jet = self.here.jet
+        choked = yield _jetstream.choke(jet, jet.stream("sync"))
+        self.assertEqual(choked, 2)  # both stores' update watches (one connection)
+        choked = yield _jetstream.choke(jet, kv_stream_and_prefix(jet.kv["cursors"])[0])
+        self.assertEqual(choked, 2)
+        yield self.elsewhere.publish([item(payload=b"de"), item(payload=b"f")], 8.0, LIMITS)
+        yield self.elsewhere.set_cursor(B, "notes", 2)
+        grant = access.Access(("notes",), ())
+        yield self.elsewhere.set_access(B, grant)
+        yield self.conditions.until(lambda: self.told == ["notes"] * 3 and self.here.access() == {B: grant})
+        self.assertEqual(self.here.cursors(), {B: {"notes": 2}})
+        self.assertEqual(self.here.topics(), self.elsewhere.topics())
+        self.assertEqual([w.resumed for w in self.here._stream_watches], [1, 1])
 
     @defer.inlineCallbacks
     def test_retention_elsewhere_raises_the_floor(self):

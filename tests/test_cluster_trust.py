@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.logger import formatEvent
 from twisted.trial import unittest
 
+from cairn.cluster.kv_whole import kv_stream_and_prefix
 from cairn.cluster.trust import KVTrustStore
 from tests import _jetstream
 from tests._harness import Conditions
@@ -85,17 +86,34 @@ class KVTrustStoreTests(TrustStoreMixin, unittest.TestCase):
         yield self.assertFailure(self.store.set_paired(peer_id, key, "phone", "psk", 1.0), StoreFull)
 
     @defer.inlineCallbacks
-    def test_mirror_follows_other_writer(self):
-        """A pairing and a revocation written by another store reach this one's is_paired, and its watchers."""
+    def paired_then_revoked_elsewhere(self, choke=False):
+        """
+        Another store pairs a peer, then revokes it (C{choke}: this store's
+        watch a slow consumer in between): both reach this one's is_paired,
+        and its watchers.
+        """
         other = yield self.started(self.jet)
         seen, conditions = [], Conditions()
         self.store.watch(lambda peer_id, record: conditions.changed(seen.append((peer_id, record and record.state))))
         peer_id, key = new_peer()
         yield other.set_paired(peer_id, key, "phone", "pin", 1.0)
         yield conditions.until(lambda: self.store.is_paired(peer_id))
+        if choke:
+            choked = yield _jetstream.choke(self.jet, kv_stream_and_prefix(self.jet.kv["trust"])[0])
+            self.assertEqual(choked, 2)  # both stores' watches (one connection)
         yield other.revoke(peer_id, 2.0)
         yield conditions.until(lambda: not self.store.is_paired(peer_id))
         self.assertEqual(seen, [(peer_id, "paired"), (peer_id, "revoked")])
+
+    def test_mirror_follows_other_writer(self):
+        """A pairing and a revocation written by another store reach this one's is_paired, and its watchers."""
+        return self.paired_then_revoked_elsewhere()
+
+    @defer.inlineCallbacks
+    def test_revocation_dropped_by_a_slow_watch_arrives(self):
+        """A revocation that this store's watch dropped as a slow consumer still reaches is_paired and the watchers."""
+        yield self.paired_then_revoked_elsewhere(choke=True)
+        self.assertEqual(self.store._watcher.rereads, 1)
 
     @defer.inlineCallbacks
     def test_compare_and_set(self):

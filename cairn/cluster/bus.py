@@ -12,7 +12,11 @@ on the core subjects of the other nodes (C{<prefix>.node.<name>.<kind>}).
 
 A notice is a hint, never the message: a missed one may cost latency,
 never a message (the services re-check on their clock, see
-L{cairn.mailbox.service.MailboxService} C{recheck}).
+L{cairn.mailbox.service.MailboxService} C{recheck}). Where the bus knows
+that notices addressed here may have been lost (NATS dropped some as a
+slow consumer, or sent some while a reconnection's subscription was not
+yet in place), it calls its C{on_missed} callbacks: the services re-check
+every session at once instead of at the next period.
 
 C{request(node, kind, body)} asks one named node and waits for its
 answer (relay offers across nodes use it); C{serve(kind, handler)}
@@ -67,6 +71,12 @@ class INodeBus(Interface):
     def fan_out(topic):
         """C{topic} has new updates: every node pumps it to its subscribed devices."""
 
+    def on_missed(callback):
+        """
+        Call C{callback()} whenever notices addressed to this node may have
+        been lost (never, one node alone): the services re-check at once.
+        """
+
     def serve(kind, handler):
         """Answer requests of C{kind} addressed to this node with C{handler(body: bytes) -> bytes} (or a Deferred)."""
 
@@ -104,6 +114,7 @@ class LocalBus:
         self.node = node
         self.notices = Notices()
         self._handlers = {}
+        self._missed = []  # on_missed's callbacks
 
     def start(self):
         return defer.succeed(None)
@@ -122,6 +133,17 @@ class LocalBus:
 
     def fan_out(self, topic):
         self.notices(TOPIC, topic)
+
+    def on_missed(self, callback):
+        self._missed.append(callback)
+
+    def missed(self):
+        """Notices addressed here may have been lost: every L{on_missed} callback, now (on the reactor)."""
+        for callback in list(self._missed):
+            try:
+                callback()
+            except Exception:
+                log.failure("a missed-notices callback failed")
 
     def serve(self, kind, handler):
         self._handlers[kind] = handler

@@ -15,6 +15,12 @@ store call fails fast (the mailbox answers STORAGE_ERROR, never a false
 ForwardAck) and the node resumes as soon as the client is back -- unless
 the server it is back on has a C{max_payload} below C{CAIRN_MAX_PAYLOAD},
 which is refused as at start (L{cairn.cluster.layout.check_max_payload}).
+What the node may have missed while away is made up for: the writes in
+flight fail at the disconnection (L{cairn.cluster.pubacks.Disconnected}),
+and L{JetStream.reconnected}'s callbacks (the node bus's re-check) run
+once it is "ok" again. A message nats-py drops as a slow consumer goes to
+its subscription's owner (L{JetStream.drops}; docs/scaling.md, "Slow
+consumers").
 """
 
 import asyncio
@@ -27,9 +33,10 @@ from twisted.logger import Logger
 from cairn.cluster import layout
 from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
-from cairn.cluster.nats_errors import ErrorsSaid, describe
+from cairn.cluster.nats_errors import Drops, ErrorsSaid, describe
 from cairn.cluster.pubacks import Acks
 from cairn.cluster.reserve import Ballast, Reserve, prepare
+from cairn.cluster.watch import Watchers
 from cairn.config_values import shown_url
 
 log = Logger()
@@ -96,6 +103,11 @@ class JetStream:
         #: connection was last lost or regained: /health's reason names it while disconnected.
         self.errors = ErrorsSaid(self.clock)
         self.last_error = None
+        #: Who hears of the messages a subscription dropped as a slow consumer (on the NATS loop).
+        self.drops = Drops()
+        #: Called (on the reactor) at each reconnection, once the node is "ok" again: what other
+        #: nodes published to this one's subscriptions while it was away was lost (L{_on_reconnected}).
+        self.reconnected = Watchers()
 
     # Names
 
@@ -198,6 +210,8 @@ class JetStream:
             streams = {name: tuple(s.rstrip(">*") for s in c.subjects) for name, c in configs.items()}
             acks = Acks(nc, PUBACK_TIMEOUT, streams=streams)
             await acks.start()  # before any write
+            for subscription in acks.subscriptions:
+                self.drops.add(subscription, acks.dropped)
             # Again: nats-py may have reconnected, to another server, meanwhile.
             layout.check_max_payload(nc.max_payload, self.settings.max_payload)
         except BaseException:
@@ -208,9 +222,13 @@ class JetStream:
         self.nc = nc
 
     async def _on_error(self, error):
+        if type(error).__name__ == "SlowConsumerError":
+            self.drops.dropped(error)
         self.thread.to_reactor(self._error, describe(error))
 
     async def _on_disconnected(self):
+        if self.acks is not None:
+            self.acks.disconnected()  # their PubAcks may be lost with the connection: not waited for
         self.thread.to_reactor(self._note, "degraded", "disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self):
@@ -226,6 +244,13 @@ class JetStream:
             self._closing = asyncio.get_running_loop().create_task(self.nc.close())
             self.thread.to_reactor(self._refuse, str(e))
             return
+        # nats-py (2.16, Client._attempt_reconnect) wrote every SUB again on
+        # the new socket, then awaited a PING's PONG behind them before
+        # calling this: the server has them all (it handles one connection's
+        # commands in order; tests/test_cluster_connection.py holds nats-py
+        # to it). What other nodes published to them while this node was
+        # away is lost all the same: its owners make up for it (a bus
+        # re-check; the writes in flight failed at the disconnection).
         self.thread.to_reactor(self._note, "ok", None)
 
     def _refuse(self, reason):
@@ -272,6 +297,8 @@ class JetStream:
         if state != self.state:
             self.last_error = None  # what is said from now on is about the new state
         self.state, self.reason = state, reason
+        if state == "ok":
+            self.reconnected()
 
     def health(self):
         """C{(ok, reason)}: whether the stores can be used now, and why not."""

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.common import one_line, open_bucket
-from cairn.cluster.kv_whole import watch_whole
+from cairn.cluster.kv_whole import Followed
 from cairn.cluster.presence import IPresence, attached_locally, local_peers
 from cairn.storeservice import observe
 
@@ -97,7 +97,6 @@ class KVPresence:
         return d
 
     async def _open(self):
-        import asyncio
 
         from nats.js.api import KeyValueConfig, StorageType
 
@@ -110,19 +109,14 @@ class KVPresence:
             storage=StorageType.MEMORY,
         )
         self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
-        watcher, initial = await watch_whole(self.kv, self.jet.js)
-        initial = [_change(entry, _beat_time(entry)) for entry in initial]
+        self._watcher = Followed(self.jet, self.kv, self._changed)
+        return [_change(entry, _beat_time(entry)) for entry in await self._watcher.start()]
 
-        async def follow():
-            try:
-                async for entry in watcher:
-                    if entry is not None:
-                        self.jet.thread.to_reactor(self._apply, [_change(entry)])
-            except asyncio.CancelledError:
-                pass
-
-        self._watcher = asyncio.get_running_loop().create_task(follow())
-        return initial
+    def _changed(self, entries, whole):
+        """On the NATS loop: changes the watch brought (C{whole}: the bucket read again, its heartbeats' times read)."""
+        self.jet.thread.to_reactor(
+            self._apply, [_change(entry, _beat_time(entry) if whole else None) for entry in entries]
+        )
 
     def _loaded(self, initial):
         self._apply(initial)
@@ -161,7 +155,9 @@ class KVPresence:
         for kind, name, node, present, at in changes:
             if kind == "n":
                 if present:
-                    self._heard[name] = now if at is None else min(now, at)
+                    heard = now if at is None else min(now, at)
+                    # Never earlier than heard already: a bucket read again brings a heartbeat's own time.
+                    self._heard[name] = max(heard, self._heard.get(name, heard))
                     if name != self.node:
                         for callback in self._others:
                             callback()

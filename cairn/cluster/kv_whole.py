@@ -44,9 +44,13 @@ hub's: they skip or re-apply idempotently what they hold). A
 reconnection alone resets nothing: nats-py subscribes again to the same
 deliver subject, and the server's consumer, if it survived, goes on (a
 gap or the missed heartbeats reset it otherwise). A message dropped as
-a slow consumer (the subscription's pending limits) is lost to the
-watch for good: C{_sseq} has passed it already, and nothing resets
-(the connection logs the error: L{cairn.cluster.nats_errors}). A watch
+a slow consumer (the subscription's pending limits) would be lost to
+the watch for good: C{_sseq} has passed it already, and nothing resets.
+So a bucket followed with L{Followed} hears of its watch's drops
+(L{cairn.cluster.nats_errors.Drops}) and reads the bucket whole again
+with a new watch: every key's last value comes again, and its owner
+applies what is newer than what it holds (each compares KV revisions).
+A revocation dropped so still reaches the trust store. A watch
 of every key (L{watch_whole}) on a bucket that keeps one value per key
 (C{history=1}, every bucket here) can therefore never bring a value
 older than one it brought: a reset from 1 comes only before it brought
@@ -54,10 +58,22 @@ anything, and the stream holds only each key's last value (measured on
 nats-server 2.15.1 by forcing the reset both ways).
 """
 
+import asyncio
+
+from twisted.logger import Logger
+
+from cairn.cluster.common import one_line
+from cairn.cluster.stream_watch import end
+
+log = Logger()
+
 #: The inactivity threshold of a one-read watch's consumer (seconds):
 #: nats-py's unsubscribe leaves an ephemeral consumer on the server until
 #: it has been inactive this long (its default is 5 minutes).
 ONE_READ_INACTIVE = 5.0
+
+#: Seconds between attempts to read a bucket again after its watch dropped messages.
+REREAD_PAUSE = 1.0
 
 #: What a watch's entry carries for a key deleted or purged.
 GONE = ("DEL", "PURGE")
@@ -125,3 +141,74 @@ async def kv_entries(kv, js):
     for entry in initial:
         latest[entry.key] = entry
     return [(key, entry) for key, entry in latest.items() if entry.operation not in GONE]
+
+
+class Followed:
+    """
+    A KV bucket read whole (L{watch_whole}) and then followed, on the NATS
+    loop: L{start} returns the entries it held, and each change after
+    them goes to C{changed([entry], False)}. When the watch drops messages
+    as a slow consumer, the bucket is read whole again from a new watch
+    and all of it goes to C{changed(entries, True)}: the owner applies
+    what is newer than what it holds (the dropped change among it).
+    L{cancel} ends it (on the loop).
+
+    @ivar rereads: how many times the bucket was read again so.
+    """
+
+    def __init__(self, jet, kv, changed):
+        self.jet, self.kv, self.changed = jet, kv, changed
+        self.rereads = 0
+        self._watcher = self._task = None
+
+    async def start(self):
+        initial = await self._watch()
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+        return initial
+
+    def cancel(self):
+        if self._watcher is not None:
+            self.jet.drops.discard(self._watcher)
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self):
+        watcher, initial = await watch_whole(self.kv, self.jet.js)
+        self._watcher = watcher
+        self.jet.drops.add(watcher, self._dropped)
+        return initial
+
+    def _dropped(self, error):
+        # Within nats-py's read of the socket: nothing awaited here. The
+        # follower stops, and a task of its own reads the bucket again.
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return  # reading again already (a drop is told once per message)
+        self.jet.drops.discard(watcher)
+        log.warn("cairn: the watch of {bucket} dropped changes (slow consumer): reading it again", bucket=self.kv._name)
+        self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._again(watcher))
+
+    async def _follow(self):
+        try:
+            async for entry in self._watcher:
+                if entry is not None:
+                    self.changed([entry], False)
+        except asyncio.CancelledError:
+            pass
+
+    async def _again(self, dropped):
+        try:
+            await end(dropped._sub)
+            while True:
+                try:
+                    initial = await self._watch()
+                    break
+                except Exception as e:
+                    log.warn("cairn: reading {bucket} again failed ({why})", bucket=self.kv._name, why=one_line(e))
+                    await asyncio.sleep(REREAD_PAUSE)
+        except asyncio.CancelledError:
+            return
+        self.rereads += 1
+        self.changed(initial, True)
+        await self._follow()

@@ -323,7 +323,9 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
             elif is_message(held) or float(held.headers[D.EXPIRES]) > now:
                 mine = held.headers.get(WRITER) == self.writer
                 if mine and unanswered is not None and held.headers.get(D.STORED) == unanswered:
-                    # Stored after all by this store's write that failed unanswered: counted in now.
+                    # Stored after all by this store's write that failed unanswered: counted in now,
+                    # and known as this store's (a tombstone naming no writer counts it out: Mine).
+                    self._mine.stored(held.seq, self._counted_upto, self._skipped)
                     stored_at = float(held.headers[D.STORED])
                     self.jet.thread.to_reactor(
                         self._written_elsewhere, item.recipient, len(held.data), stored_at, held.seq

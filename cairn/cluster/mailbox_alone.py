@@ -139,7 +139,8 @@ class Mine:
     copy (which it did not keep the writer of), names no writer on the
     tombstone (C{Cairn-Message-Writer} empty): when the watch passed over
     the message, that tombstone alone cannot tell whether the message was
-    this store's, counted in at its enqueue (it stayed counted for good, as
+    this store's, counted in at its enqueue, or by the sender's retry that
+    found its unanswered write stored (it stayed counted for good, as
     in L{cairn.cluster.mailbox_follow.Following._counted_in}'s leader kill);
     these tell. On the NATS loop.
     """

@@ -19,6 +19,7 @@ from cairn.cluster import mailbox_ahead
 from cairn.cluster.common import KIND, MESSAGE_WRITER, REMOVES, SIZE, WRITER, is_message, one_line, recipient_of
 from cairn.cluster.mailbox_alone import OwnWrites
 from cairn.cluster.mailbox_layout import convert_receipts, is_receipt, parse_marker
+from cairn.cluster.stream_watch import StreamWatch
 from cairn.mailbox.interfaces import Depth
 
 log = Logger()
@@ -253,10 +254,11 @@ class Following:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=upto + 1,
         )
+        # Resumed from the last seq applied if nats-py drops what it brings (L{StreamWatch}).
+        self._stream_watch = watch = StreamWatch(self.jet, self._subject("mbox", ">"), watched, config)
         while True:
             try:
-                subject = self._subject("mbox", ">")
-                await self.jet.js.subscribe(subject, cb=watched, ordered_consumer=True, config=config)
+                await watch.start()
                 return
             except Exception as e:
                 # Fetches that the watch's memory cannot answer read meanwhile.

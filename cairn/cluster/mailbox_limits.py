@@ -20,10 +20,8 @@ bucket (L{cairn.cluster.kv_whole} says when nats-py does), never rolls
 an override back.
 """
 
-import asyncio
-
 from cairn.cluster.common import kv_forget
-from cairn.cluster.kv_whole import GONE, watch_whole
+from cairn.cluster.kv_whole import GONE, Followed
 from cairn.mailbox.interfaces import PeerLimits
 
 
@@ -41,23 +39,17 @@ def _decode(entry):
 class Overrides:
     """The overrides of a L{cairn.cluster.mailbox.JetStreamMailboxStore} (it needs C{jet}, C{limits}, C{_run})."""
 
-    _overrides_watch = None  # the task following the bucket (its revisions: the store's _override_revisions)
+    _overrides_watch = None  # the bucket followed (kv_whole.Followed; its revisions: the store's _override_revisions)
 
     async def _load_overrides(self):
         """At the start-up load, on the NATS loop: the bucket read whole into the copy, then followed."""
-        watcher, initial = await watch_whole(self.jet.kv["limits"], self.jet.js)
-        for entry in initial:
-            self._override_seen(entry.key, entry.revision, _decode(entry))
 
-        async def follow():
-            try:
-                async for entry in watcher:
-                    if entry is not None:
-                        self._override_seen(entry.key, entry.revision, _decode(entry))
-            except asyncio.CancelledError:
-                pass
+        def changed(entries, _):
+            for entry in entries:
+                self._override_seen(entry.key, entry.revision, _decode(entry))
 
-        self._overrides_watch = asyncio.get_running_loop().create_task(follow())
+        self._overrides_watch = Followed(self.jet, self.jet.kv["limits"], changed)
+        changed(await self._overrides_watch.start(), True)
 
     def _override_seen(self, peer_id, revision, limits):
         """

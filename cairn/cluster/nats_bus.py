@@ -13,6 +13,10 @@ Each node subscribes to C{<prefix>.node.<its name>.>}:
 
 Notices are at most once (core NATS): one lost costs latency, never a
 message (the services re-check, see L{cairn.storeservice.StoreService}).
+One that NATS is known to have dropped (the subscription a slow
+consumer: L{cairn.cluster.nats_errors.Drops}) makes them re-check at
+once (L{INodeBus.on_missed}), once for the drops of one reactor turn;
+so does a reconnection to NATS (what was sent here meanwhile is lost).
 
   - C{<prefix>.node.<name>.full|room}: the sending node (its name is the
     payload) entered the storage reserve's full mode, or left it by
@@ -77,6 +81,7 @@ class NatsBus(LocalBus):
         self.clock = clock if clock is not None else jet.thread.reactor
         self._owing = {}  # sender -> the DelayedCall telling the other nodes (L{OWE_GATHER})
         self._subscription = None
+        self._missing = False  # a drop's re-check is on its way to the reactor
         #: Notices sent to and received from other nodes, by kind (metrics, tests).
         self.sent = dict.fromkeys(NOTICES + (MESSAGE,), 0)
         self.received = dict.fromkeys(NOTICES + (MESSAGE,), 0)
@@ -111,6 +116,7 @@ class NatsBus(LocalBus):
 
     def start(self):
         self._follow_reserve(self.jet.reserve)  # before the connection, so a start-up entry is told too
+        self.jet.reconnected.add(self._reconnected)
         d = self.jet.when_ready()
         d.addCallback(lambda _: self.jet.run(self._subscribe))
         return d
@@ -132,6 +138,22 @@ class NatsBus(LocalBus):
 
         # Only once the server has the subscription do notices addressed here arrive (what start() promises).
         self._subscription = await subscribe_in_place(self.jet.nc, own + ".>", received)
+        self.jet.drops.add(self._subscription, self._dropped)
+
+    def _dropped(self, error):
+        # On the NATS loop, for each notice dropped: one re-check for those dropped meanwhile.
+        if not self._missing:
+            self._missing = True
+            self.jet.thread.to_reactor(self._recheck)
+
+    def _recheck(self):
+        self._missing = False
+        self.missed()
+
+    def _reconnected(self):
+        # Notices sent here while this node was away from NATS were lost.
+        if self._subscription is not None:
+            self.missed()
 
     def stop(self):
         for call in self._owing.values():
@@ -141,6 +163,7 @@ class NatsBus(LocalBus):
         subscription, self._subscription = self._subscription, None
         if subscription is None or not self.jet.thread.running:
             return defer.succeed(None)
+        self.jet.thread.call(self.jet.drops.discard, subscription)
 
         async def unsubscribe():
             await subscription.unsubscribe()

@@ -9,6 +9,12 @@ fault said at most once per L{ERROR_EVERY} seconds on the node's clock,
 with the count of the repeats not shown when it is said again, so that
 a storm of them (a slow consumer drops messages by the thousand) cannot
 flood the log.
+
+A slow consumer is also told to the subscription's owner (L{Drops}):
+nats-py drops what a subscription's pending limits do not hold and says
+so only through C{error_cb}, naming the subscription. A watch restarts
+from what it applied, the node bus re-checks at once, the relay ends the
+circuit whose frame was lost (docs/scaling.md, "Slow consumers").
 """
 
 import collections
@@ -74,4 +80,52 @@ class ErrorsSaid:
             )
         else:
             log.warn("cairn: NATS error: {why}", why=why)
+        return True
+
+
+def _core(subscription):
+    """
+    The nats-py core subscription that a slow consumer's error names
+    (C{error.sub}): a JetStream subscription (and a KV watcher's) wraps
+    one in C{_sub}, which stays the same through an ordered consumer's
+    resets (nats-py 2.16).
+    """
+    for _ in range(2):  # a KV watcher, then its JetStream subscription
+        inner = getattr(subscription, "_sub", None)
+        if inner is None:
+            break
+        subscription = inner
+    return subscription
+
+
+class Drops:
+    """
+    The owners of subscriptions that must hear of their dropped messages:
+    L{add} a subscription with a handler, and L{dropped} (on the NATS loop,
+    from the connection's C{error_cb}) calls the handler of the one a
+    C{SlowConsumerError} names, with the error (its C{subject}: the
+    dropped message's). Handlers run inside nats-py's read of the socket:
+    they must not wait for NATS (they start a task or hand work to the
+    reactor), and they are called once per dropped message.
+    """
+
+    def __init__(self):
+        self._owners = {}  # id(core subscription) -> (it, handler); the object is held, so its id is not reused
+
+    def add(self, subscription, handler):
+        core = _core(subscription)
+        self._owners[id(core)] = (core, handler)
+
+    def discard(self, subscription):
+        self._owners.pop(id(_core(subscription)), None)
+
+    def dropped(self, error):
+        """Call the handler of the subscription C{error} names; whether one was called."""
+        owner = self._owners.get(id(_core(getattr(error, "sub", None))))
+        if owner is None:
+            return False
+        try:
+            owner[1](error)
+        except Exception:
+            log.failure("cairn: handling messages dropped by a slow consumer failed")
         return True

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cairn.cluster.common import one_line, open_bucket
-from cairn.cluster.kv_whole import watch_whole
+from cairn.cluster.kv_whole import Followed
 from cairn.cluster.watch import Watchers
 from cairn.pairing.code_store import Code, ICodeStore
 from cairn.storeservice import observe
@@ -76,7 +76,6 @@ class KVCodes:
         return d.addCallback(self._changes)
 
     async def _open(self):
-        import asyncio
 
         from nats.js.api import KeyValueConfig, StorageType
 
@@ -89,18 +88,10 @@ class KVCodes:
             storage=StorageType.FILE,
         )
         self.kv = await open_bucket(self.jet.js, config, self.jet.nc)
-        watcher, initial = await watch_whole(self.kv, self.jet.js)
-
-        async def follow():
-            try:
-                async for entry in watcher:
-                    if entry is not None:
-                        self.jet.thread.to_reactor(self._changes, [entry])
-            except asyncio.CancelledError:
-                pass
-
-        self._watcher = asyncio.get_running_loop().create_task(follow())
-        return initial
+        self._watcher = Followed(
+            self.jet, self.kv, lambda entries, _: self.jet.thread.to_reactor(self._changes, entries)
+        )
+        return await self._watcher.start()
 
     def _changes(self, entries):
         """
@@ -110,7 +101,11 @@ class KVCodes:
         it: the books hold the saved code already, and an older value the
         watch brings meanwhile (this node's previous PIN, made just before)
         replaced it until the watch brought the new one (a PIN made twice
-        in quick succession went back to the first for milliseconds).
+        in quick succession went back to the first for milliseconds). The
+        wait is kept (docs/scaling.md, "Pairing on any node"): until the
+        answer, the write's revision is unknown, so no entry can be placed
+        against it; it lasts one PubAck, and a spend is decided in the
+        bucket, never from the books.
         """
         for entry in entries:
             if self._writes.get(entry.key):

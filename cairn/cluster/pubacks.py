@@ -90,6 +90,15 @@ class LeaderChanged(TimeoutError):
     """
 
 
+class Disconnected(TimeoutError):
+    """
+    A write in flight when the connection to NATS was lost: its PubAck may
+    have gone with the connection, and an election of its stream's while
+    this node heard nothing is missed, so it fails as after the timeout,
+    without waiting for it (L{Acks.disconnected}).
+    """
+
+
 class Acks:
     """
     Pipelined JetStream publishes: L{publish} writes a message with a
@@ -131,7 +140,9 @@ class Acks:
     (30 s: a device's forward in flight when the mailbox stream's leader
     was killed took 31 s, three NATS machines under systemd,
     docs/scaling.md). Failed, it is sent again with its message id, as
-    after a timeout, and stored once.
+    after a timeout, and stored once. So do the writes in flight when the
+    connection is lost (L{Disconnected}), and a write whose PubAck, or an
+    election, NATS dropped as a slow consumer (L{dropped}).
     """
 
     def __init__(self, nc, timeout=5.0, streams=None):
@@ -140,6 +151,7 @@ class Acks:
         #: {stream name: its subjects' prefixes}: the streams whose elections fail their writes in flight.
         self.streams = streams or {}
         self._prefix = None
+        self.subscriptions = []  # the PubAcks' and the elections' (L{dropped})
         #: token -> (future, deadline on the loop's clock), oldest first
         self._futures = collections.OrderedDict()
         self._next = 0
@@ -172,11 +184,11 @@ class Acks:
     async def _start(self, in_place=False):
         self._prefix = self.nc.new_inbox()
         # The PubAcks' own subscription needs no proof: each write's PUB follows its SUB on this connection.
-        await self.nc.subscribe(self._prefix + ".*", cb=self._reply)
+        self.subscriptions = [await self.nc.subscribe(self._prefix + ".*", cb=self._reply)]
         if self.streams and in_place:
-            await subscribe_in_place(self.nc, LEADER_ELECTED + "*", self._elected)
+            self.subscriptions.append(await subscribe_in_place(self.nc, LEADER_ELECTED + "*", self._elected))
         elif self.streams:
-            await self.nc.subscribe(LEADER_ELECTED + "*", cb=self._elected)
+            self.subscriptions.append(await self.nc.subscribe(LEADER_ELECTED + "*", cb=self._elected))
 
     async def _elected(self, msg):
         self.leader_changed(msg.subject.rsplit(".", 1)[1])
@@ -191,6 +203,27 @@ class Acks:
                 del self._futures[token]
                 if not future.done():
                     _fail(future, LeaderChanged(f"{stream} elected a new leader while the write was in flight"))
+
+    def disconnected(self):
+        """The connection was lost (on the loop): every write in flight fails with L{Disconnected}."""
+        waiting, self._futures = self._futures, collections.OrderedDict()
+        for future, _, _ in waiting.values():
+            if not future.done():
+                _fail(future, Disconnected("the connection to NATS was lost while the write was in flight"))
+
+    def dropped(self, error):
+        """
+        NATS dropped a message of the writes' subscriptions (a slow
+        consumer, L{cairn.cluster.nats_errors.Drops}; C{error.subject}: its
+        subject): an election is taken as one, a PubAck's write fails as unanswered.
+        """
+        subject = str(error.subject)
+        if subject.startswith(LEADER_ELECTED):
+            self.leader_changed(subject[len(LEADER_ELECTED) :])
+            return
+        waiting = self._futures.pop(subject.rsplit(".", 1)[-1], None)
+        if waiting is not None and not waiting[0].done():
+            _fail(waiting[0], TimeoutError("its PubAck was dropped by this node (slow consumer)"))
 
     async def _reply(self, msg):
         token = msg.subject.rsplit(".", 1)[1]

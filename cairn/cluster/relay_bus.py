@@ -14,6 +14,12 @@ task in call order, so a circuit's RelayData arrive in order. Messages
 cross between the reactor thread and the NATS loop in batches (one
 wake-up per batch), which matters for a busy circuit.
 
+A message NATS drops on its way to this node (the subscription a slow
+consumer: L{cairn.cluster.nats_errors.Drops}) ends its circuit, named by
+the dropped message's subject (not final: the peers re-establish it),
+rather than letting it go on with a hole in its data; a dropped ping
+costs nothing (the next one comes 5 s later).
+
 What is sent is bytes made by L{cairn.relay.frame} (RelayData as a
 versioned frame, the rest CBOR; docs/protocol.md §25.9); this bus neither
 reads nor changes them.
@@ -71,7 +77,8 @@ class NatsRelayBus:
         self._publishing = False
         self._subscription = None
         self._receive = None
-        self._lost = None
+        self._lost = self._broken = None
+        self._holes = set()  # on the NATS loop: subjects of circuits a message of which was dropped
         self.dropped = 0  # messages not sent: no connection to NATS
 
     def where_is(self, peer_id):
@@ -125,12 +132,14 @@ class NatsRelayBus:
         if self._lost is not None:
             self._lost(node, circuit_id)
 
-    def listen(self, receive, lost):
+    def listen(self, receive, lost, broken=None):
         """Subscribe to this node's subjects once NATS is ready; fires once the server has the subscription."""
         subject = self._subject(self.node, "*")
-        self._receive, self._lost = receive, lost
+        self._receive, self._lost, self._broken = receive, lost, broken
 
         async def on_message(msg):
+            if self._holes and msg.subject in self._holes:
+                return  # after a message of its circuit was dropped: the circuit is closing
             self._inbox.append(msg.data)
             if not self._in_woken:
                 self._in_woken = True
@@ -138,8 +147,27 @@ class NatsRelayBus:
 
         async def subscribe():
             self._subscription = await subscribe_in_place(self.jet.nc, subject, on_message)
+            self.jet.drops.add(self._subscription, self._dropped_here)
 
         return self.jet.when_ready().addCallback(lambda _: self.jet.run(subscribe))
+
+    def _dropped_here(self, error):
+        # On the NATS loop: NATS dropped a message to this node; its subject names the circuit.
+        # What comes after it on that circuit is not delivered either (the
+        # circuit would go on with a hole) until the reactor has closed it.
+        subject = str(error.subject)
+        try:
+            circuit_id = bytes.fromhex(subject.rsplit(".", 1)[1])
+        except (IndexError, ValueError):
+            return  # a ping (or no circuit named)
+        if subject not in self._holes:
+            self._holes.add(subject)
+            self.jet.thread.to_reactor(self._report_broken, subject, circuit_id)
+
+    def _report_broken(self, subject, circuit_id):
+        if self._broken is not None:
+            self._broken(circuit_id)
+        self.jet.thread.call(self._holes.discard, subject)  # closed: its stragglers meet "no such circuit"
 
     def _deliver(self):
         self._in_woken = False
@@ -158,6 +186,7 @@ class NatsRelayBus:
                 self._sender.cancel()
                 self._sender = None
             if self._subscription is not None:
+                self.jet.drops.discard(self._subscription)
                 try:
                     await self._subscription.unsubscribe()
                 except Exception:
@@ -165,7 +194,7 @@ class NatsRelayBus:
                 self._subscription = None
             self._ready = None
 
-        self._receive = self._lost = None
+        self._receive = self._lost = self._broken = None
         if not self.jet.thread.running:
             return defer.succeed(None)
         return self.jet.run(stop).addErrback(

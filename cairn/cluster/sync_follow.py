@@ -35,6 +35,7 @@ import json
 
 from cairn.cluster.common import WRITER
 from cairn.cluster.kv_whole import kv_stream_and_prefix
+from cairn.cluster.stream_watch import StreamWatch
 from cairn.cluster.sync_figures import Changes
 from cairn.cluster.watch import Watchers
 from cairn.sync.access import Access
@@ -114,16 +115,18 @@ class Follow:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self._watch_from,
         )
-        await self.jet.js.subscribe(
-            self.jet.subject("sync", ">"), cb=updated, ordered_consumer=True, headers_only=True, config=config
-        )
+        # Each resumed from the last seq applied if nats-py drops what it brings (L{StreamWatch}).
+        updates = StreamWatch(self.jet, self.jet.subject("sync", ">"), updated, config, headers_only=True)
+        self._stream_watches = [updates]
         stream, prefix = kv_stream_and_prefix(self.jet.kv["cursors"])
         config = ConsumerConfig(
             filter_subjects=[prefix + ">"],
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self._cursors_loaded_upto + 1,
         )
-        await self.jet.js.subscribe(prefix + ">", stream=stream, cb=cursor, ordered_consumer=True, config=config)
+        self._stream_watches.append(StreamWatch(self.jet, prefix + ">", cursor, config, stream=stream))
+        for watch in self._stream_watches:
+            await watch.start()
 
     def _grant_seen(self, device, revision, grant):
         """

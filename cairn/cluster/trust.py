@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from cairn.cluster.common import storage_error
 from cairn.cluster.direct import is_wrong_last
-from cairn.cluster.kv_whole import watch_whole
+from cairn.cluster.kv_whole import Followed
 from cairn.cluster.read_through import ReadThrough
 from cairn.cluster.watch import Watchers
 from cairn.crypto.identity import parse_peer_id
@@ -33,6 +33,7 @@ from cairn.pairing.interfaces import PAIRED, PENDING, ITrustStore, PeerRecord
 from cairn.pairing.trust import TrustStoreBase
 
 log = Logger()
+
 
 class Conflict(Exception):
     """Another node changed the peer's trust state first; nothing was written."""
@@ -113,21 +114,12 @@ class KVTrustStore(TrustStoreBase):
         return d.addCallback(loaded)
 
     async def _follow(self):
-        """Load every record, then keep the mirror current from the bucket's watch."""
-        import asyncio
-
-        watcher, initial = await watch_whole(self._kv, self.jet.js)
+        """Load every record, then keep the mirror current from the bucket's watch (read again after a drop)."""
+        self._watcher = Followed(
+            self.jet, self._kv, lambda entries, _: self.jet.thread.to_reactor(self._changes, entries, True)
+        )
+        initial = await self._watcher.start()
         self.jet.thread.to_reactor(self._changes, initial)
-
-        async def follow():
-            try:
-                async for entry in watcher:
-                    if entry is not None:
-                        self.jet.thread.to_reactor(self._changes, [entry], True)
-            except asyncio.CancelledError:
-                pass
-
-        self._watcher = asyncio.get_running_loop().create_task(follow())
 
     def _changes(self, entries, remote=False, force=False):
         for entry in entries:

@@ -122,11 +122,13 @@ class IRelayBus(Interface):
     def send(node, circuit_id, message):
         """Send C{message} (bytes) to node C{node} about circuit C{circuit_id}, in order, fire and forget."""
 
-    def listen(receive, lost):
+    def listen(receive, lost, broken=None):
         """
         Call C{receive(message)} (bytes) on the reactor thread for every
-        message to this node, and C{lost(node, circuit_id)} for every
-        message of L{send} known not to have gone out (no connection).
+        message to this node, C{lost(node, circuit_id)} for every
+        message of L{send} known not to have gone out (no connection), and
+        C{broken(circuit_id)} for every message to this node about a
+        circuit known lost on its way (dropped on arrival).
         """
 
     def stop():

@@ -53,6 +53,8 @@ NODE_TIMEOUT = 15.0
 #: The RelayClose reason of a circuit ended because another node sent a
 #: RelayData frame of a version this node does not read (§25.9).
 FRAME_VERSION_REASON = "relay frame version not understood between nodes"
+#: The RelayClose reason of a circuit ended because a message about it between nodes was lost.
+LOST_REASON = "relay data lost between nodes"
 
 
 @attr.s(eq=False, repr=False)
@@ -100,7 +102,7 @@ class Remote(Proxying):
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.ping_interval, now=False)
-        return self.bus.listen(self.receive, self.lost)
+        return self.bus.listen(self.receive, self.lost, self.broken)
 
     def stop(self):
         if self._loop is not None and self._loop.running:
@@ -212,6 +214,20 @@ class Remote(Proxying):
             version=error.version,
             known=frame.VERSION,
         )
+        self._end(circuit_id, reason)
+
+    def broken(self, circuit_id):
+        """
+        A message about C{circuit_id} from another node was lost on its way
+        here (NATS dropped it: L{IRelayBus.listen}): the circuit cannot go
+        on with a hole in its data, so it ends (not final: the peers
+        re-establish it, §25.5), as when a message cannot be sent.
+        """
+        log.warn("relay circuit {cid}: a message from another node was lost: closing it", cid=circuit_id.hex()[:8])
+        self._end(circuit_id, LOST_REASON)
+
+    def _end(self, circuit_id, reason):
+        """End C{circuit_id} (not final) on whichever side this node holds, both ends told C{reason}."""
         circuit = self.service.circuits.get(circuit_id)
         if circuit is not None and isinstance(circuit.b, RemoteEnd):
             self.service.close(circuit, reason)
@@ -307,7 +323,7 @@ class MemoryRelayBus:
         elif self.lost is not None:
             self.clock.callLater(0, self.lost, node, circuit_id)
 
-    def listen(self, receive, lost):
+    def listen(self, receive, lost, broken=None):
         from twisted.internet import defer
 
         self.receive, self.lost = receive, lost
