@@ -166,6 +166,27 @@ class SQLiteStoreTests(StoreMixin, unittest.TestCase):
         self.assertLessEqual(self.store.commits - before, 2)
         self.assertEqual(self.store.topics()["notes"].head, 21)
 
+    @defer.inlineCallbacks
+    def test_fetch_shows_nothing_unsynced(self):
+        """
+        A fetch made while a publish's group is written but its WAL sync is
+        not done waits for that sync: no device is given an update that a
+        crash could still undo (and whose seq a later update could take).
+        """
+        from tests.test_mailbox_store import hold_syncs
+
+        gates, requested = hold_syncs(self.db)
+        done = []
+        self.publish(item(payload=b"held")).addCallback(lambda r: requested.changed(done.append(r)))
+        yield requested.until(lambda: gates)  # written, its sync held
+        self.store.fetch("notes", 0, 10).addCallback(lambda h: requested.changed(done.append([u.payload for u in h])))
+        yield requested.until(lambda: len(gates) == 2 or done)
+        self.assertEqual(done, [])  # committed and visible, but not on disk yet
+        for gate in gates:
+            gate.callback(None)
+        yield requested.until(lambda: len(done) == 2)
+        self.assertEqual(done, [[(SyncStatus.COMMITTED, 1)], [b"held"]])
+
     def test_expiry_uses_index(self):
         """The sweep's query is answered from the expiry index, not a scan of the log."""
         plan = self.rows(
