@@ -22,8 +22,9 @@ What is checked (L{Ledger} and L{check_database}):
   - every message whose ForwardAck arrived is delivered (lost = acked
     and never delivered), and no message id is stored twice (two server
     seqs for one id);
-  - every update whose SyncAck arrived is seen by the watcher, and no
-    update id was given two seqs;
+  - every update whose SyncAck arrived is seen by the watcher, no
+    update id was given two seqs, and no seq was given to two updates
+    (one shown to the watcher before it was durable, then lost);
   - the watcher's durable cursors never move backwards from one crash to
     the next, and never past what the watcher received;
   - C{PRAGMA integrity_check} is C{ok} after every kill.
@@ -166,7 +167,9 @@ class Ledger:
             for payload in payloads:
                 by_payload.setdefault(payload, set()).add((topic, seq))
         seen_twice = [p for p, keys in by_payload.items() if len(keys) > 1]
-        return stored_twice + seen_twice
+        # One seq given to two updates: one of them was shown before it was durable, then lost to a kill.
+        seq_reused = [key for key, payloads in self.seen.items() if len(payloads) > 1]
+        return stored_twice + seen_twice + seq_reused
 
     def everything_arrived(self):
         return not self.lost_messages() and not self.lost_updates()
