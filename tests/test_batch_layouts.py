@@ -63,8 +63,7 @@ class CommonEntriesTests(_Agreement, unittest.TestCase):
         def walked(*args):
             self.fail("walked")
 
-        self.patch(batch_layouts, "_string", walked)  # the walk reads every string and float with these
-        self.patch(batch_layouts, "_float", walked)
+        self.patch(batch_layouts, "_string", walked)  # the walk reads every entry's id with it
 
     def test_deliver_head_widths(self):
         """Every seq head width, payload length head and float width."""

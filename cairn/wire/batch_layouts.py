@@ -52,48 +52,49 @@ _RECEIPT_RSEQ = b"\x64rseq"
 _RECEIPT_STATUS = b"\x66status"
 
 
-def _deliver_entry(data: bytes, pos: int):
-    """The ForwardDeliver entry at C{pos}, read head by head, and where it ends, or None."""
-    if not data.startswith(_DELIVER_ID, pos):
-        return None
-    message_id, pos = _string(data, pos + 4, 2)
-    if message_id is None or not data.startswith(_DELIVER_SEQ, pos):
-        return None
-    seq, pos = arg(data, pos + 4, 0)
-    if seq < 0 or not data.startswith(_DELIVER_FROM, pos):
-        return None
-    sender, pos = _string(data, pos + 5, 3)
-    if sender is None or not data.startswith(_DELIVER_PAYLOAD, pos):
-        return None
-    payload, pos = _string(data, pos + 8, 2)
-    if payload is None or not data.startswith(_DELIVER_STORED_AT, pos):
-        return None
-    stored_at, pos = _float(data, pos + 10)
-    if stored_at is None:
-        return None
-    return {"id": message_id, "seq": seq, "from": sender.decode(), "payload": payload, "stored_at": stored_at}, pos
+def _bytes(data: bytes, pos: int):
+    return _string(data, pos, 2)
 
 
-def _receipt_entry(data: bytes, pos: int):
-    """The ForwardReceipt entry at C{pos}, read head by head, and where it ends, or None."""
-    if not data.startswith(_RECEIPT_AT, pos):
-        return None
-    at, pos = _float(data, pos + 4)
-    if at is None or not data.startswith(_RECEIPT_ID, pos):
-        return None
-    message_id, pos = _string(data, pos + 3, 2)
-    if message_id is None or not data.startswith(_RECEIPT_TO, pos):
-        return None
-    recipient, pos = _string(data, pos + 3, 3)
-    if recipient is None or not data.startswith(_RECEIPT_RSEQ, pos):
-        return None
-    rseq, pos = arg(data, pos + 5, 0)
-    if rseq < 0 or not data.startswith(_RECEIPT_STATUS, pos):
-        return None
-    status, pos = arg(data, pos + 7, 0)
-    if status < 0:
-        return None
-    return {"at": at, "id": message_id, "to": recipient.decode(), "rseq": rseq, "status": status}, pos
+def _text(data: bytes, pos: int):
+    value, pos = _string(data, pos, 3)
+    return (None if value is None else value.decode()), pos
+
+
+def _uint(data: bytes, pos: int):
+    value, pos = arg(data, pos, 0)
+    return (None if value < 0 else value), pos
+
+
+#: Each entry's keys (with the heads before them) in canonical order, the
+#: names they give and the readers of their values.
+_DELIVER_WALK = tuple(
+    zip(
+        (_DELIVER_ID, _DELIVER_SEQ, _DELIVER_FROM, _DELIVER_PAYLOAD, _DELIVER_STORED_AT),
+        ("id", "seq", "from", "payload", "stored_at"),
+        (_bytes, _uint, _text, _bytes, _float),
+    )
+)
+_RECEIPT_WALK = tuple(
+    zip(
+        (_RECEIPT_AT, _RECEIPT_ID, _RECEIPT_TO, _RECEIPT_RSEQ, _RECEIPT_STATUS),
+        ("at", "id", "to", "rseq", "status"),
+        (_float, _bytes, _text, _uint, _uint),
+    )
+)
+
+
+def _walk(data: bytes, pos: int, steps):
+    """The entry at C{pos} read head by head by C{steps} (L{_DELIVER_WALK} ...) and where it ends, or None."""
+    entry = {}
+    for key, name, read in steps:
+        if not data.startswith(key, pos):
+            return None
+        value, pos = read(data, pos + len(key))
+        if value is None:
+            return None
+        entry[name] = value
+    return entry, pos
 
 
 #: The common entries, read with C{struct} layouts, not head by head (a
@@ -102,7 +103,7 @@ def _receipt_entry(data: bytes, pos: int):
 #: head, integers below 2**32 in heads of any width (picking the layout),
 #: a float of any width (too), a payload of a one- or two-byte length head.
 #: Each unpack's constant heads are compared; an entry laid out any other
-#: way is read head by head (L{_deliver_entry}, L{_receipt_entry}).
+#: way is read head by head (L{_walk}).
 _PEER = "B46s"  # its head's length byte (46), then the id
 #: A uint's head byte: the C{struct} code of its value, from the head on (below 24 the value is the head).
 _UINT_CODES = {**{head: "B" for head in range(24)}, 0x18: "xB", 0x19: "xH", 0x1A: "xI"}
@@ -146,7 +147,7 @@ def _deliver_entries(data: bytes, pos: int, count: int):
                         )
                         pos = stop + close.size
                         continue
-        found = _deliver_entry(data, pos)
+        found = _walk(data, pos, _DELIVER_WALK)
         if found is None:
             return None
         entries.append(found[0])
@@ -170,7 +171,7 @@ def _receipt_entries(data: bytes, pos: int, count: int):
                     entries.append({"at": at, "id": message_id, "to": recipient, "rseq": rseq, "status": status})
                     pos = rseq_at + close.size
                     continue
-        found = _receipt_entry(data, pos)
+        found = _walk(data, pos, _RECEIPT_WALK)
         if found is None:
             return None
         entries.append(found[0])
