@@ -160,8 +160,8 @@ def _receipt_entries(data: bytes, pos: int, count: int):
     entries, end, keys = [], len(data), _RECEIPT_KEYS
     for _ in range(count):
         layout = _RECEIPT_OPEN.get(data[pos + 4])
-        rseq_at = pos + (layout.size if layout is not None else end)
-        if rseq_at < end:
+        if layout is not None and pos + layout.size < end:
+            rseq_at = pos + layout.size
             at_key, at, id_key, message_id, to_key, size, recipient, rseq_key = layout.unpack_from(data, pos)
             close = _RECEIPT_CLOSE.get(data[rseq_at])
             if close is not None and rseq_at + close.size <= end and (at_key, id_key, to_key, size, rseq_key) == keys:
