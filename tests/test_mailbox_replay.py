@@ -72,6 +72,42 @@ class ReplayTests(unittest.TestCase):
         self.assertIsNone(replay.uuid7_time(os.urandom(6) + b"\x40" + os.urandom(9)))
         self.assertIsNone(replay.uuid7_time(b"short"))
 
+    def test_uuid7_times(self):
+        """A batch's ids are timed as each alone: UUIDv7s to the millisecond, anything else none."""
+        ids = [
+            mailbox.uuid7(NOW),
+            mailbox.uuid7(NOW - 86400),
+            os.urandom(6) + b"\x40" + os.urandom(9),  # version 4
+            mailbox.uuid7(NOW)[:8] + b"\x00" + os.urandom(7),  # variant 0
+            mailbox.uuid7(NOW) + b"x",
+            b"short",
+            b"",
+        ]
+        self.assertEqual(replay.uuid7_times(ids), [replay.uuid7_time(message_id) for message_id in ids])
+        self.assertEqual(replay.uuid7_times(ids)[:3], [NOW, NOW - 86400, None])
+
+    def test_admit_reasons(self):
+        """Each pair of a batch (list or iterator) is admitted once or dropped with its reason, in both memories."""
+        not_uuid7, old = (
+            "the message id is not a UUIDv7",
+            "the message id is older than any genuine delivery (a replay)",
+        )
+        for seen in (None, replay.SeenFile(self.mktemp())):
+            guard = replay.ReplayGuard(lambda: NOW, seen)
+            fresh, stale = mailbox.uuid7(NOW), mailbox.uuid7(NOW - guard.window - 1)
+            batch = [
+                ("a", fresh),
+                ("a", os.urandom(6) + b"\x40" + os.urandom(9)),
+                ("a", stale),
+                ("b", fresh),
+                ("a", fresh),
+            ]
+            self.assertEqual(guard.admit(iter(batch)), ([0, 3], [(1, not_uuid7), (2, old), (4, "duplicate")]))
+            later = batch + [("a", mailbox.uuid7(NOW + 1))]
+            dropped = [(0, "duplicate"), (1, not_uuid7), (2, old), (3, "duplicate"), (4, "duplicate")]
+            self.assertEqual(guard.admit(later), ([5], dropped))
+            guard.close()
+
     def test_redelivery_given_once(self):
         """The same message delivered twice, in one batch or in two, reaches the inbox once; both are purged."""
         recipient = Recipient(self.identity)

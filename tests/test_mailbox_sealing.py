@@ -50,6 +50,26 @@ class SealingTests(unittest.TestCase):
         self.assertEqual(len(sealer._to), 1)
         self.assertEqual(sealing.Sealer(self.bob).unseal(self.alice.peer_id, self.mid, first), b"a")
 
+    def test_known_pair_opens_without_the_peer_id(self):
+        """Once a sender's pair is known, its payloads open without computing its peer id again (issue 19)."""
+        sealer = sealing.Sealer(self.bob)
+        self.assertEqual(sealer.unseal(self.alice.peer_id, self.mid, self.seal(b"a")), b"a")
+        mid = uuid7()
+        payload = self.seal(b"b", mid=mid)
+        self.patch(sealing, "peer_id_for", lambda key: self.fail("peer id computed"))
+        self.assertEqual(sealer.unseal(self.alice.peer_id, mid, payload), b"b")
+
+    def test_known_pair_checks_the_sender(self):
+        """A payload whose key's pair is known but that the node attributes to another peer is still refused."""
+        sealer = sealing.Sealer(self.bob)
+        sealer.unseal(self.alice.peer_id, self.mid, self.seal())
+        sealer.unseal(self.carol.peer_id, self.mid, self.seal(sender=self.carol))
+        for claimed in (self.carol.peer_id, self.bob.peer_id, "Qm" + "Z" * 44):
+            with self.assertRaises(sealing.SealError) as caught:
+                sealer.unseal(claimed, self.mid, self.seal())
+            self.assertEqual(str(caught.exception), "the payload was sealed by another peer than the node says")
+        self.assertEqual(sealer.unseal(self.alice.peer_id, self.mid, self.seal()), b"hello")
+
     def test_deterministic_nonce(self):
         """The same (id, data) seals to the same bytes; other data under the same id gets another nonce."""
         self.assertEqual(self.seal(b"x"), self.seal(b"x"))
