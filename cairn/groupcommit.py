@@ -108,6 +108,21 @@ class GroupCommit:
         """
         return self.db.sync() if self._busy or self._syncing else defer.succeed(None)
 
+    def shown_synced(self, read, unsynced=lambda: True):
+        """
+        C{read} (the Deferred of a read on another connection), firing with
+        its rows only once every group they may show is synced
+        (L{covered}); at once if C{unsynced()}, asked when the rows come,
+        says nothing they show can be unsynced.
+        """
+
+        def shown(rows):
+            if not unsynced():
+                return rows
+            return self.covered().addCallback(lambda _: rows)
+
+        return read.addCallback(shown)
+
     def flushed(self):
         """
         A Deferred firing once every queued mutation has committed (or

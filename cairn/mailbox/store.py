@@ -142,8 +142,7 @@ class SQLiteMailboxStore(MailboxFigures):
     def _read(self, txn, *args):
         # What a read shows may include groups written but not yet synced:
         # wait for them, so that nothing is delivered before it is durable.
-        d = self._reads.read(txn, *args)
-        return d.addCallback(lambda rows: self._group.covered().addCallback(lambda _: rows))
+        return self._group.shown_synced(self._reads.read(txn, *args))
 
     def fetch(self, recipient, after_seq, limit):
         # Only an enqueue makes messages appear: while none is unanswered,
@@ -152,13 +151,7 @@ class SQLiteMailboxStore(MailboxFigures):
         # not wait for the sync of their groups. A drain then runs at the
         # pace of its reads instead of one fsync per page.
         d = self._reads.read(fetch_txn, recipient, after_seq, limit)
-
-        def fetched(rows):
-            if not self._enqueuing:
-                return rows
-            return self._group.covered().addCallback(lambda _: rows)
-
-        return d.addCallback(fetched)
+        return self._group.shown_synced(d, lambda: self._enqueuing)
 
     # Acknowledgements are gathered (issue 19): a drain's recipient
     # acknowledges a page of deliveries at a time and each sender its

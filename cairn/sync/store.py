@@ -133,13 +133,7 @@ class SQLiteSyncStore(SyncFigures):
         # publish makes updates appear, so with none unanswered nothing
         # it shows is unsynced (as for the mailbox's fetches).
         d = self._reads.read(fetch_txn, topic, after_seq, limit)
-
-        def fetched(rows):
-            if not self._publishing:
-                return rows
-            return self._group.covered().addCallback(lambda _: rows)
-
-        return d.addCallback(fetched)
+        return self._group.shown_synced(d, lambda: self._publishing)
 
     def subscribe(self, device, cursors):
         return self._submit(subscribe_txn, device, dict(cursors))
