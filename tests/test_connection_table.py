@@ -28,3 +28,14 @@ class TableTests(unittest.TestCase):
         for (state, _type_code), (handler, _) in connection.TABLE.items():
             if handler is Connection._unexpected:
                 self.assertIn(state, connection.AWAITED)
+
+    def test_sole_rows_are_the_table_rows(self):
+        """SOLE_ROW gives, for its states, the row the table gives every envelope type, and holds every such state."""
+        states = {state for state, _ in connection.TABLE}
+        for state in states:
+            types = {type_code for s, type_code in connection.TABLE if s == state}
+            if types == {ANY}:
+                self.assertIs(connection.SOLE_ROW[state], connection.TABLE[state, ANY], state)
+            else:
+                self.assertNotIn(state, connection.SOLE_ROW)
+        self.assertEqual(set(connection.SOLE_ROW), {"attaching", "established"})
