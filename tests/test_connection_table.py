@@ -39,3 +39,17 @@ class TableTests(unittest.TestCase):
             else:
                 self.assertNotIn(state, connection.SOLE_ROW)
         self.assertEqual(set(connection.SOLE_ROW), {"attaching", "established"})
+
+    def test_types_bound_once_are_the_members(self):
+        """The message types the per-envelope paths compare with are the MessageType members themselves."""
+        from cairn.session import channels, receiving
+        from cairn.wire.constants import MessageType
+
+        self.assertIs(connection._CLOSE, MessageType.CLOSE)
+        self.assertIs(channels._DATA, MessageType.DATA)
+        self.assertEqual(
+            (receiving._DATA, receiving._RECONNECT, receiving._KEEPALIVE),
+            (MessageType.DATA, MessageType.RECONNECT, MessageType.KEEPALIVE),
+        )
+        for value in (receiving._DATA, receiving._RECONNECT, receiving._KEEPALIVE):
+            self.assertIs(type(value), MessageType)

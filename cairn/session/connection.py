@@ -40,6 +40,8 @@ from cairn.wire.envelope import Envelope
 log = Logger()
 
 _ZERO_SID = b"\x00" * 16
+#: Compared with every envelope's type: bound once, see L{cairn.session.receiving._DATA}.
+_CLOSE = MessageType.CLOSE
 
 #: Seconds the receiver of a Close waits for the peer to close a transport
 #: with a closing handshake (WebSocket) before aborting it.
@@ -301,7 +303,7 @@ class Connection(Opening):
             # acknowledge (on resume) without an answer, so it is dropped
             # unopened and the peer resends it to the restarted node.
             return
-        if not self._sealed_seen and envelope.type == MessageType.CLOSE and not _looks_sealed(envelope):
+        if not self._sealed_seen and envelope.type == _CLOSE and not _looks_sealed(envelope):
             if not self.initiator:
                 # The dialer gave up on its Reconnect before our answer
                 # reached it: this connection ends, the session stays
@@ -315,7 +317,7 @@ class Connection(Opening):
             self._peer_closed = True
             session.end_without_close(SessionClosed(code, reason), remote=True)
             return
-        if envelope.type != MessageType.CLOSE:
+        if envelope.type != _CLOSE:
             session.envelope_received(envelope)
         else:
             # If it is accepted, the session ends and calls session_ended()
