@@ -119,6 +119,20 @@ class CompatTests(unittest.TestCase):
         autobahn_compat.install_small_frame_masker(module)
         self.assertEqual(module.create_xor_masker(b"abcd", 2000), ("autobahn's", b"abcd", 2000))
 
+    def test_installed_native_masker_known_by_identity(self):
+        """With cairn's native masker installed, mask_payload knows it by identity and gives autobahn's bytes."""
+        import os
+
+        autobahn_compat.install()
+        installed = protocol_module.create_xor_masker
+        if not installed.native:
+            raise unittest.SkipTest("autobahn without its native XOR")
+        self.assertIs(autobahn_compat._native_create, installed)
+        for size in (0, 1, 5, autobahn_compat.SMALL_FRAME - 1, autobahn_compat.SMALL_FRAME, 1100, 65535):
+            mask, payload = os.urandom(4), os.urandom(size)
+            expected = installed.real(mask, size).process(payload) if size else b""
+            self.assertEqual(autobahn_compat.mask_payload(mask, payload), expected, size)
+
     def test_whole_payload_masked_without_a_masker(self):
         """
         mask_payload gives what autobahn's masker gives for a whole payload,

@@ -28,3 +28,28 @@ class TableTests(unittest.TestCase):
         for (state, _type_code), (handler, _) in connection.TABLE.items():
             if handler is Connection._unexpected:
                 self.assertIn(state, connection.AWAITED)
+
+    def test_sole_rows_are_the_table_rows(self):
+        """SOLE_ROW gives, for its states, the row the table gives every envelope type, and holds every such state."""
+        states = {state for state, _ in connection.TABLE}
+        for state in states:
+            types = {type_code for s, type_code in connection.TABLE if s == state}
+            if types == {ANY}:
+                self.assertIs(connection.SOLE_ROW[state], connection.TABLE[state, ANY], state)
+            else:
+                self.assertNotIn(state, connection.SOLE_ROW)
+        self.assertEqual(set(connection.SOLE_ROW), {"attaching", "established"})
+
+    def test_types_bound_once_are_the_members(self):
+        """The message types the per-envelope paths compare with are the MessageType members themselves."""
+        from cairn.session import channels, receiving
+        from cairn.wire.constants import MessageType
+
+        self.assertIs(connection._CLOSE, MessageType.CLOSE)
+        self.assertIs(channels._DATA, MessageType.DATA)
+        self.assertEqual(
+            (receiving._DATA, receiving._RECONNECT, receiving._KEEPALIVE),
+            (MessageType.DATA, MessageType.RECONNECT, MessageType.KEEPALIVE),
+        )
+        for value in (receiving._DATA, receiving._RECONNECT, receiving._KEEPALIVE):
+            self.assertIs(type(value), MessageType)

@@ -5,6 +5,7 @@ stream framing) and L{cairn.wire.schema} (the session-layer body checks).
 
 import struct
 
+import attr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
@@ -141,6 +142,32 @@ class DecodeTests(unittest.TestCase):
         """decode() of an envelope's bytes gives the same envelope back."""
         env = _envelope(type_=0xF123, seq=2**40 + 3, payload=b"\xa0payload")
         self.assertEqual(decode(env.to_bytes(), MAX), env)
+
+    def test_received_envelopes_as_attrs_makes_them(self):
+        """decode() and the parser make, without Envelope's __init__, envelopes attrs' own constructor would make."""
+        fields = attr.fields(Envelope)
+        self.assertEqual([f.name for f in fields], ["version", "type", "session_id", "seq", "payload"])
+        for field in fields:
+            self.assertIsNone(field.validator)
+            self.assertIsNone(field.converter)
+            self.assertNotIsInstance(field.default, attr.Factory)
+        expected = _envelope(type_=0xF123, seq=2**40 + 3, payload=b"\xa0payload")
+        data = expected.to_bytes()
+
+        def refused(*args, **kwargs):
+            raise AssertionError("Envelope.__init__ called")
+
+        self.patch(Envelope, "__init__", refused)
+        for envelope in (decode(data, MAX), decode(bytearray(data), MAX), *EnvelopeParser(MAX).feed(data * 2)):
+            self.assertIs(type(envelope), Envelope)
+            self.assertIs(type(envelope.payload), bytes)
+            self.assertEqual(envelope, expected)
+            self.assertEqual(hash(envelope), hash(expected))
+            self.assertEqual(repr(envelope), repr(expected))
+            self.assertRaises(attr.exceptions.FrozenInstanceError, setattr, envelope, "seq", 1)
+        split = EnvelopeParser(MAX)
+        self.assertEqual(split.feed(data[:35]), [])
+        self.assertEqual(split.feed(data[35:]), [expected])
 
     def test_empty_payload(self):
         """A 31-byte message with length 0 decodes to an envelope with an empty payload."""

@@ -575,6 +575,41 @@ class RejectionTests(StepAtOnce):
             self.assertRaises(RatchetError, Ratchet.start_responder, _seed(), b, AD)
         self.assertEqual(responder.decrypt(msg, AD), b"x")
 
+    def test_parts_checked_as_the_wire_form(self):
+        """decrypt_parts refuses every bad value with decrypt's error, state unchanged, and opens the rest alike."""
+
+        class Bytes(bytes):
+            pass
+
+        initiator, responder = _pair()
+        msg = initiator.encrypt(b"x", AD)
+        bad = [
+            dict(msg, pub=msg["pub"][:31]),
+            dict(msg, pub=bytearray(msg["pub"])),
+            dict(msg, pub=None),
+            dict(msg, pn=-1),
+            dict(msg, n=2**32),
+            dict(msg, n=True),
+            dict(msg, pn=1.0),
+            dict(msg, ct=None),
+            dict(msg, ct=b""),
+            dict(msg, ct=msg["ct"][:47]),
+            dict(msg, ct=msg["ct"][:-1]),
+            dict(msg, ct=bytearray(msg["ct"])),
+        ]
+        before = responder.to_json()
+        for b in bad:
+            with self.assertRaises(RatchetError) as wire:
+                responder.decrypt(b, AD)
+            with self.assertRaises(RatchetError) as parts:
+                responder.decrypt_parts(b["pub"], b["pn"], b["n"], b["ct"], AD)
+            self.assertEqual(str(parts.exception), str(wire.exception), b)
+            self.assertEqual(responder.to_json(), before)
+        # bytes subclasses pass the checks, as in the wire form
+        self.assertEqual(responder.decrypt_parts(Bytes(msg["pub"]), msg["pn"], msg["n"], Bytes(msg["ct"]), AD), b"x")
+        follow = initiator.encrypt(b"y", AD)
+        self.assertEqual(responder.decrypt_parts(follow["pub"], follow["pn"], follow["n"], follow["ct"], AD), b"y")
+
     def test_huge_n_within_range(self):
         """A well-formed message claiming n = 2**32-1 is refused as too far ahead."""
         initiator, responder = _pair()

@@ -78,3 +78,28 @@ class UnpairedChannelTests(unittest.TestCase):
         self.assertTrue(peer.channels_allowed(object()))
 
 
+
+    def test_gates_asked_directly_or_in_turn(self):
+        """One gate is the peer's channels_allowed itself; with two, both are asked in turn, as before."""
+        peer = Peer(Identity.from_seed(b"\x05" * 32), self.node.clock)
+        asked = []
+
+        class Gate:
+            def __init__(self, answer):
+                self.answer = answer
+
+            def channels_allowed(self, session):
+                asked.append(self)
+                return self.answer
+
+        first, second = Gate(True), Gate(False)
+        peer.add_observer(object())
+        peer.add_observer(first)
+        self.assertEqual(peer.channels_allowed, first.channels_allowed)
+        self.assertTrue(peer.channels_allowed(object()))
+        peer.add_observer(second)
+        self.assertFalse(peer.channels_allowed(object()))
+        self.assertEqual(asked, [first, first, second])
+        first.answer = False
+        self.assertFalse(peer.channels_allowed(object()))
+        self.assertEqual(asked[-1], first)

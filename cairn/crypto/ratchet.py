@@ -285,7 +285,21 @@ class Ratchet:
         """
         if type(ad) is not bytes:
             _check_bytes("ad", ad)
-        pub, pn, n, ct = _check_parts(pub, pn, n, ct)
+        # L{_check_parts}' checks written in for the values of a well-formed
+        # message (a call fewer per Data, issue 19); any other values go
+        # through it, which raises as before.
+        body = len(ct) - TAG_LEN if type(ct) is bytes else 0
+        if not (
+            type(pub) is bytes
+            and len(pub) == _KEY_LEN
+            and type(pn) is int
+            and 0 <= pn <= _U32_MAX
+            and type(n) is int
+            and 0 <= n <= _U32_MAX
+            and body >= AES_BLOCK
+            and not body % AES_BLOCK
+        ):
+            pub, pn, n, ct = _check_parts(pub, pn, n, ct)
         try:
             return self._state.decrypt(pub, pn, n, ct, ad)
         except RatchetFailure as e:

@@ -35,6 +35,8 @@ from cairn.session.errors import ProtocolViolation
 from cairn.wire.cbor import dumps_data
 from cairn.wire.constants import CloseCode, MessageType
 
+#: Every Data's type, bound once (see L{cairn.session.receiving._DATA}).
+_DATA = MessageType.DATA
 #: Data queued by a responder before the initiator's ratchet start arrives.
 MAX_PENDING_DATA = 1024
 MAX_NAME_BYTES = 255
@@ -188,7 +190,7 @@ class Channels:
             self._pending.append((cid, data))
             return
         pub, pn, n, ct = self._ratchet.encrypt_parts(data, ad or session_ad(session.session_id, cid))
-        session.send_payload(MessageType.DATA, dumps_data(cid, pub, pn, n, ct))
+        session.send_payload(_DATA, dumps_data(cid, pub, pn, n, ct))
         if spare_keys_wanted():  # an own-key step used one
             _top_up_later(session.clock)
 

@@ -5,7 +5,8 @@ XX handshake or a Reconnect, in either role (docs/protocol.md §7, §12).
 A mixin of L{Connection}, which owns the state it uses (C{local},
 C{initiator}, C{transport}, C{session}, C{ready}, C{_resume},
 C{_session_id}, C{_handshake}, C{_seq}, C{_sealed_seen}) and whose state
-table (L{cairn.session.connection.TABLE}) names these handlers.
+table (L{cairn.session.connection.TABLE}) names these handlers. Also
+the Closes in clear it reads before a session exists.
 """
 
 import os
@@ -67,7 +68,23 @@ def parse_handshake_body(payload: bytes) -> bytes:
 
 
 class Opening:
-    """The handshake and Reconnect handlers of a L{Connection}, both roles."""
+    """The handshake and Reconnect handlers of a L{Connection}, both roles, and its Closes in clear."""
+
+    # Closes in clear, before a session exists
+
+    @staticmethod
+    def _clear_close_body(envelope):
+        try:
+            return schema.parse_close(cbor.loads(envelope.payload))
+        except (cbor.CBORError, schema.BodyError):
+            return CloseCode.BAD_CBOR, "unreadable Close"
+
+    def _clear_close(self, envelope):
+        """The peer's Close in clear (allowed until a sealed envelope is accepted)."""
+        code, reason = self._clear_close_body(envelope)
+        self._close_reason = (code, reason)
+        self._state = "closed"
+        self._let_peer_close()
 
     # Handshake envelopes (in clear)
 

@@ -295,9 +295,16 @@ def mask_payload(key: bytes, data: bytes, protocol_module=_autobahn_protocol):
     """
     create = protocol_module.create_xor_masker
     n = len(data)
+    if create is _native_create:  # the usual case, told without reading two attributes (issue 19)
+        return _int_xor(key, data) if n < SMALL_FRAME else _native_xor(key, data)
     if not getattr(create, "_cairn_small", False) or (n >= SMALL_FRAME and not create.native):
         return create(key, n).process(data)
     return _int_xor(key, data) if n < SMALL_FRAME else _native_xor(key, data)
+
+
+#: The masker L{install_small_frame_masker} last installed with the native
+#: XOR: L{mask_payload} knows it by identity.
+_native_create = None
 
 
 def install_small_frame_masker(protocol_module=_autobahn_protocol, native: bool = True) -> None:
@@ -327,5 +334,8 @@ def install_small_frame_masker(protocol_module=_autobahn_protocol, native: bool 
 
     create_xor_masker._cairn_small = True
     create_xor_masker.native = native and _nvx_lib is not None
+    if create_xor_masker.native:
+        global _native_create
+        _native_create = create_xor_masker
     create_xor_masker.real = real
     protocol_module.create_xor_masker = create_xor_masker

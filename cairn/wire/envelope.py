@@ -55,6 +55,29 @@ class Envelope:
         return self.header() + self.payload
 
 
+# A received envelope made without attrs' frozen __init__ (which sets each
+# field through a bound object.__setattr__): the instance's slots filled
+# through their descriptors, the same object for 4,600 instructions
+# instead of 6,800 under callgrind, on every envelope received (issue 19).
+# Only for a class whose fields have no default factory, validator or
+# converter to apply (tests/test_envelope.py pins it).
+_new = object.__new__
+_SET_VERSION, _SET_TYPE, _SET_SESSION_ID, _SET_SEQ, _SET_PAYLOAD = (
+    Envelope.__dict__[field.name].__set__ for field in attr.fields(Envelope)
+)
+
+
+def received(version: int, type_: int, session_id: bytes, seq: int, payload: bytes) -> Envelope:
+    """C{Envelope(version, type_, session_id, seq, payload)}, made as L{decode} makes it."""
+    envelope = _new(Envelope)
+    _SET_VERSION(envelope, version)
+    _SET_TYPE(envelope, type_)
+    _SET_SESSION_ID(envelope, session_id)
+    _SET_SEQ(envelope, seq)
+    _SET_PAYLOAD(envelope, payload)
+    return envelope
+
+
 #: The five header fields packed without L{encode_header}'s checks: for
 #: fields that came from a parsed header (struct.error if not).
 pack_header = _HEADER.pack
@@ -96,7 +119,13 @@ def decode(data: bytes, max_payload: int) -> Envelope:
         )
     if length != len(data) - HEADER_SIZE:
         raise EnvelopeError(CloseCode.MALFORMED_ENVELOPE, "length field does not match message size")
-    return Envelope(version, type_, sid, seq, bytes(data[HEADER_SIZE:]))
+    envelope = _new(Envelope)  # L{received}, written in: a call fewer a message
+    _SET_VERSION(envelope, version)
+    _SET_TYPE(envelope, type_)
+    _SET_SESSION_ID(envelope, sid)
+    _SET_SEQ(envelope, seq)
+    _SET_PAYLOAD(envelope, bytes(data[HEADER_SIZE:]))
+    return envelope
 
 
 class EnvelopeParser:
@@ -153,7 +182,7 @@ class EnvelopeParser:
             stop = offset + HEADER_SIZE + length
             if stop > end:
                 break
-            out.append(Envelope(version, type_, sid, seq, data[offset + HEADER_SIZE : stop]))
+            out.append(received(version, type_, sid, seq, data[offset + HEADER_SIZE : stop]))
             offset = stop
         if offset < end:
             self._buffer = bytearray(memoryview(data)[offset:])
@@ -185,7 +214,7 @@ class EnvelopeParser:
         with memoryview(buf) as view:
             payload = bytes(view[HEADER_SIZE:])
         self._buffer = None
-        out.append(Envelope(version, type_, sid, seq, payload))
+        out.append(received(version, type_, sid, seq, payload))
         return offset + need
 
     def _refuse(self, length: int, out: list):
