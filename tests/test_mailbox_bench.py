@@ -74,9 +74,11 @@ class MailboxBenchTests(unittest.TestCase):
             # client took in during the phase -- 1.02, one of 64, seen once at load ~10 in the full
             # suite; which message it was is not known. A second delivery per message would be 2.00.
             # A STREAM.INFO or two: the storage reserve's poll of its stream, once a second
-            # (cairn/cluster/reserve.py), lands in a phase that a loaded machine made that long.)
+            # (cairn/cluster/reserve.py), lands in a phase that a loaded machine made that long;
+            # a few DIRECT.GETs, 0.02 a message, were seen once at load ~10: a request of the
+            # node's own now and then, never one per message.)
             self.assertRegex(
-                text, r"\n  enqueue, per message: (STREAM\.INFO 0\.0\d, )?received 1\.0\d, write mbox 1\.00\n"
+                text, r"\n  enqueue, per message: ([A-Z][A-Z.]* 0\.0\d, )*received 1\.0\d, write mbox 1\.00\n"
             )
             for phase in ("enqueue", "drain"):
                 self.assertTrue(os.path.getsize(os.path.join(profile_dir, f"node-{phase}-nats.prof")) > 0)
