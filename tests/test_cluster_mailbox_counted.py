@@ -38,6 +38,23 @@ def refuse_second_write(store, err_code, description):
     return publish
 
 
+def refuse_next_write(testcase, store, err_code, description):
+    """The store's next write is refused, unstored (JetStream's answer C{err_code})."""
+    from cairn.cluster.pubacks import PublishError
+
+    publish, calls = store.acks.publish, []
+
+    async def first_refused(subject, payload, headers, *rest):
+        calls.append(subject)
+        if len(calls) == 1:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(PublishError(err_code, description))
+            return future
+        return await publish(subject, payload, headers, *rest)
+
+    testcase.patch(store.acks, "publish", first_refused)
+
+
 def third_publish_raises(testcase, store):
     """The store's 3rd publish from now on raises at once (nats-py's connection closed); returns the subjects tried."""
     from nats.errors import ConnectionClosedError
@@ -837,6 +854,58 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         yield self.here.acknowledge(B, [held.seq], 3.0, 100.0)
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def retried_in_vain(self, spoil):
+        """
+        The message stored unanswered; the sender's first retry (at 2.0)
+        decides nothing, C{spoil} having made it fail; its second (at
+        3.0) is answered DUPLICATE and counts the message in once; its
+        removal counts it out. (The first retry's failure lost the
+        record of the unanswered write: 20 messages never counted in, or
+        counted out on another node's removal only, after a leader's kill
+        -9 under load, where retries met 503s during the election.)
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        message = item(payload=b"abc")
+        yield self.refused(message)
+        spoil()
+        yield self.assertFailure(self.here.enqueue([message], 2.0, LIMITS), StoreFull)
+        (result,) = yield self.here.enqueue([message], 3.0, LIMITS)
+        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
+        yield self.here.flushed()
+        self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (1, 3))
+        (held,) = yield self.here.fetch(B, 0, 16)
+        yield self.here.acknowledge(B, [held.seq], 4.0, 100.0)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    def test_retry_refused(self):
+        """The first retry refused without being stored (503: no stream answered, an election)."""
+        return self.retried_in_vain(lambda: refuse_next_write(self, self.here, 503, "no responders"))
+
+    def test_retry_whose_read_fails(self):
+        """The first retry, refused as the subject is taken, cannot read what holds it (a timeout)."""
+        from cairn.cluster import direct
+
+        last, calls = direct.direct_last, []
+
+        async def fails_once(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise TimeoutError("nats: timeout")
+            return await last(*args, **kwargs)
+
+        return self.retried_in_vain(lambda: self.patch(direct, "direct_last", fails_once))
+
+    def test_retry_unanswered(self):
+        """
+        The first retry's answer (refused: the subject is taken) lost too:
+        the message held is the first write's, not the retry's (its
+        C{Cairn-Stored} 1.0, the retry's 2.0), and still counts in.
+        """
+        return self.retried_in_vain(lambda: stored_unanswered(self, self.here))
 
     @defer.inlineCallbacks
     def test_never_sent_again(self):

@@ -223,11 +223,16 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
         headers = Headers({D.EXPECT_LAST: "0", **stored})
         publish = self.acks.publish
         futures, retried = {}, {}
-        for i in admitted:
-            subject = self._message_subject(items[i])
-            if self._maybe:  # a sender's retry of a write that failed unanswered decides it (L{_taken})
-                retried[i] = self._maybe.take(subject)
-            futures[i] = subject, await publish(subject, items[i].payload, headers)
+        try:
+            for i in admitted:
+                subject = self._message_subject(items[i])
+                if self._maybe and (stamps := self._maybe.take(subject)) is not None:
+                    retried[i] = subject, stamps  # a sender's retry of a write that failed unanswered decides it
+                futures[i] = subject, await publish(subject, items[i].payload, headers)
+        except BaseException:
+            for taken in retried.values():  # they decided nothing
+                self._maybe.restore(*taken)
+            raise
         results = [None] * len(items)
         failure = None
         for i, (subject, future) in futures.items():
@@ -235,13 +240,18 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
                 results[i] = (ForwardStatus.STORED, await future)
             except Exception as e:
                 if not D.is_wrong_last(e):
+                    if i in retried:  # not stored, or unknown: the retry decided nothing
+                        self._maybe.restore(*retried.pop(i))
                     if unknown_outcome(e):
                         self._maybe.add(subject, stored[D.STORED])
                     failure = failure or e
                     continue
+                unanswered = retried.pop(i, (None, None))[1]
                 try:
-                    results[i] = await self._taken(items[i], now, expires_at, retried.get(i))
+                    results[i] = await self._taken(items[i], now, expires_at, unanswered)
                 except Exception as e:
+                    if unanswered is not None:  # the retry decided nothing (its read failed)
+                        self._maybe.restore(subject, unanswered)
                     failure = failure or e
                 else:
                     if results[i][0] == ForwardStatus.STORED:
@@ -314,7 +324,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
         """
         The subject of C{item} is not empty: DUPLICATE, unless it holds a
         tombstone past its time. C{unanswered}: the C{Cairn-Stored} of this
-        store's write of it that failed unanswered (mailbox_alone.MaybeStored).
+        store's writes of it that failed unanswered (mailbox_alone.MaybeStored),
+        given back if this decides nothing.
         """
         for _ in range(5):
             held = await D.direct_last(self.jet.nc, self.stream, self._message_subject(item))
@@ -322,7 +333,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
                 after = 0  # removed meanwhile
             elif is_message(held) or float(held.headers[D.EXPIRES]) > now:
                 mine = held.headers.get(WRITER) == self.writer
-                if mine and unanswered is not None and held.headers.get(D.STORED) == unanswered:
+                if mine and unanswered is not None and held.headers.get(D.STORED) in unanswered:
                     # Stored after all by this store's write that failed unanswered: counted in now,
                     # and known as this store's (a tombstone naming no writer counts it out: Mine).
                     self._mine.stored(held.seq, self._counted_upto, self._skipped)
@@ -335,7 +346,7 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
                     # one): its tombstone counts it out here (the watch's, or this store's own
                     # removal), the record being taken, so it counts in now (it was -1 for good).
                     size = int(held.headers.get(SIZE) or 0)
-                    self.jet.thread.to_reactor(self._written_elsewhere, item.recipient, size, float(unanswered))
+                    self.jet.thread.to_reactor(self._written_elsewhere, item.recipient, size, float(unanswered[0]))
                 return ForwardStatus.DUPLICATE, None
             else:
                 after = held.seq
@@ -344,6 +355,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
             except Exception as e:
                 if not D.is_wrong_last(e):
                     raise
+        if unanswered is not None:
+            self._maybe.restore(self._message_subject(item), unanswered)  # not read: the watch may count it
         return ForwardStatus.DUPLICATE, None  # someone keeps writing it: it is held
 
     def _removed_mine(self, held):

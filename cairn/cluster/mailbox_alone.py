@@ -198,30 +198,45 @@ class MaybeStored:
     counts in when a read finds it (the watch, L{found}, or the read of
     the sender's retry refused because it is there, L{take}), and its
     removal counts nothing if none did (L{removed}).
-    Keyed by subject, with the message's C{Cairn-Stored} (which tells that
-    write from a retry's). On the NATS loop.
+    Keyed by subject, with the C{Cairn-Stored} of each unanswered write
+    of it (which tells those writes from a retry's stored): a retry
+    unanswered too adds its own, and the message held is either's. On
+    the NATS loop.
     """
 
     def __init__(self):
-        self._stamps = collections.OrderedDict()  # subject -> its Cairn-Stored
+        self._stamps = collections.OrderedDict()  # subject -> the Cairn-Stored of its unanswered writes
 
     def __bool__(self):
         return bool(self._stamps)
 
     def add(self, subject, stamp):
-        self._stamps[subject] = stamp
+        stamps = self._stamps.pop(subject, ())
+        self._stamps[subject] = stamps if stamp in stamps else stamps + (stamp,)
         while len(self._stamps) > MAYBE:
             self._stamps.popitem(last=False)
 
     def take(self, subject):
         """
-        The sender sends C{subject} again: its C{Cairn-Stored} if it is one
-        of those, forgotten (the retry's outcome decides it: stored, the
-        first was not; refused as taken, the first is held, or was and is
-        removed already -- its tombstone names this store as the message's
-        writer -- and counts in all the same, as its removal counts out).
+        The sender sends C{subject} again: the C{Cairn-Stored} of its
+        unanswered writes if it is one of those (or None), forgotten while
+        the retry's outcome decides it: stored, the first was not; refused
+        as taken, the first is held, or was and is removed already -- its
+        tombstone names this store as the message's writer -- and counts
+        in all the same, as its removal counts out. A retry that decides
+        nothing (refused unstored, its read failed) gives them back
+        (L{restore}): lost with it, the message stayed uncounted for good.
         """
         return self._stamps.pop(subject, None)
+
+    def restore(self, subject, stamps):
+        """Give back what L{take} returned for C{subject}: the retry decided nothing."""
+        for stamp in stamps:
+            self.add(subject, stamp)
+
+    def _is(self, held):
+        stamps = self._stamps.pop(held.subject, None)
+        return stamps is not None and held.headers.get(D.STORED) in stamps
 
     def found(self, held):
         """
@@ -229,7 +244,7 @@ class MaybeStored:
         (it counts in now). Its subject is forgotten either way (a retry's
         message was counted when stored).
         """
-        return bool(self._stamps) and self._stamps.pop(held.subject, None) == held.headers.get(D.STORED) is not None
+        return bool(self._stamps) and self._is(held)
 
     def removed(self, held=None, subject=None):
         """
@@ -241,4 +256,4 @@ class MaybeStored:
             return False
         if held is None:
             return self._stamps.pop(subject, None) is not None
-        return self._stamps.pop(held.subject, None) == held.headers.get(D.STORED) is not None
+        return self._is(held)
