@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 from nats.errors import NoRespondersError
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from cairn.cluster import direct, pubacks
@@ -483,3 +484,51 @@ class LargeBatchTests(unittest.TestCase):
 
         nc = FakeNats([[_held(1)]])
         self.assertRaises(NatsTimeout, run, direct.direct_batch(nc, "S", 1, 10, timeout=0.01, large=True))
+
+
+class DroppedRepliesTests(unittest.TestCase):
+    """
+    A batch read whose replies nats-py drops as a slow consumer fails
+    (ReadError) rather than return without them, on a real server: it
+    returned the rest, the error only logged.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from cairn.cluster.mailbox import JetStreamMailboxStore
+        from tests import _jetstream
+        from tests.test_mailbox_store import LIMITS, item
+
+        _, self.jet = yield _jetstream.single(self)
+        store = JetStreamMailboxStore(self.jet)
+        yield store.start()
+        self.stream = store.stream
+        yield store.enqueue([item(payload=b"m%d" % i) for i in range(3)], 1.0, LIMITS)
+
+    def read(self, large, limit):
+        """A batch read of the stream whose subscription holds up to C{limit} pending bytes (0: no limit)."""
+        nc = self.jet.nc
+        subscribe = nc.subscribe
+
+        async def limited(*args, **kwargs):
+            sub = await subscribe(*args, **kwargs)
+            sub._pending_bytes_limit = limit
+            return sub
+
+        async def read():
+            with mock.patch.object(nc, "subscribe", limited):
+                return await direct.direct_batch(nc, self.stream, 1, 10, large=large)
+
+        return self.jet.run(read)
+
+    @defer.inlineCallbacks
+    def test_dropped_replies_fail_the_read(self):
+        for large in (False, True):
+            # One byte: each reply with a payload is dropped, the end-of-batch status (none) is not.
+            failure = yield self.assertFailure(self.read(large, 1), direct.ReadError)
+            self.assertIn("3 replies dropped by this node (slow consumer)", str(failure))
+            held, _ = yield self.read(large, 0)
+            self.assertEqual([h.data for h in held], [b"m0", b"m1", b"m2"])
+            self.assertEqual(direct._reading, {})

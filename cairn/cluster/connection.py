@@ -30,6 +30,7 @@ import attr
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from cairn.cluster import direct as D
 from cairn.cluster import layout
 from cairn.cluster.layout import LayoutError
 from cairn.cluster.loop import AsyncioThread
@@ -223,7 +224,8 @@ class JetStream:
 
     async def _on_error(self, error):
         if type(error).__name__ == "SlowConsumerError":
-            self.drops.dropped(error)
+            if not self.drops.dropped(error):  # a subscription's owner, else a batch read's
+                D.dropped(error)
         self.thread.to_reactor(self._error, describe(error))
 
     async def _on_disconnected(self):

@@ -58,6 +58,33 @@ class NotConnected(Exception):
         super().__init__("not connected to NATS")
 
 
+#: The batch reads under way: id(their subscription) -> (it, the replies dropped); held, so ids are not reused.
+_reading = {}
+
+
+def dropped(error):
+    """
+    nats-py dropped a message as a slow consumer (C{error}, from the
+    connection's error callback, on the NATS loop): if it is a reply to a
+    batch read under way (L{direct_batch}), that read fails with
+    L{ReadError} instead of returning without it (its caller reads again,
+    or fails as for any read). Whether it was one.
+    """
+    reading = _reading.get(id(getattr(error, "sub", None)))
+    if reading is None:
+        return False
+    reading[1].append(error)
+    return True
+
+
+def _lost(stream, sub):
+    """The L{ReadError} of a batch read whose replies C{sub} dropped, or None."""
+    lost = _reading[id(sub)][1]
+    if lost:
+        return ReadError(f"direct get from {stream}: {len(lost)} replies dropped by this node (slow consumer)")
+    return None
+
+
 def _connected(nc):
     # While nats-py reconnects it buffers what is sent: a request would wait
     # out its whole timeout for an answer that cannot come.
@@ -136,6 +163,7 @@ async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeo
     if large:
         return await _replies_by_callback(nc, stream, request, inbox, timeout)
     sub = await nc.subscribe(inbox)
+    _reading[id(sub)] = (sub, [])
     out, last = [], 0
     try:
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
@@ -145,11 +173,14 @@ async def direct_batch(nc, stream, start, batch, subject=None, min_last=0, timeo
             status = headers.get("Status")
             if status:
                 last = int(headers.get("Nats-Last-Sequence") or 0)
-                if status in ("204", "404"):
-                    return out, last
-                raise ReadError(f"direct get from {stream}: {status} {headers.get('Description', '')}".strip())
+                if status not in ("204", "404"):
+                    raise ReadError(f"direct get from {stream}: {status} {headers.get('Description', '')}".strip())
+                if (error := _lost(stream, sub)) is not None:
+                    raise error
+                return out, last
             out.append(Held(headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data))
     finally:
+        _reading.pop(id(sub), None)
         await sub.unsubscribe()
 
 
@@ -182,6 +213,7 @@ async def _replies_by_callback(nc, stream, request, inbox, timeout):
             end.set_exception(ReadError(f"direct get from {stream}: {status} {headers.get('Description', '')}".strip()))
 
     sub = await nc.subscribe(inbox, cb=reply)
+    _reading[id(sub)] = (sub, [])
     try:
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
         while not end.done():
@@ -191,8 +223,12 @@ async def _replies_by_callback(nc, stream, request, inbox, timeout):
 
                 raise NatsTimeout()
             await asyncio.wait((end,), timeout=timeout - idle)
-        return out, end.result()
+        last = end.result()
+        if (error := _lost(stream, sub)) is not None:
+            raise error
+        return out, last
     finally:
+        _reading.pop(id(sub), None)
         await sub.unsubscribe()
 
 
