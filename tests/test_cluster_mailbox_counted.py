@@ -799,8 +799,8 @@ class BuriedByAnEarlierProcessTests(OneStore, unittest.TestCase):
         self.assertEqual(here.total_bytes(), 0)
 
 
-def stored_unanswered(testcase, store):
-    """The store's next write is stored, but its answer is lost (a new leader elected meanwhile)."""
+def stored_unanswered(testcase, store, nth=1):
+    """The store's C{nth} write from now is stored, but its answer is lost (a new leader elected meanwhile)."""
     from cairn.cluster.pubacks import LeaderChanged
 
     publish, calls = store.acks.publish, []
@@ -808,7 +808,7 @@ def stored_unanswered(testcase, store):
     async def unanswered(subject, payload, headers, *rest):
         written = await publish(subject, payload, headers, *rest)
         calls.append(subject)
-        if len(calls) > 1:
+        if len(calls) != nth:
             return written
         await written
         future = asyncio.get_running_loop().create_future()
@@ -906,6 +906,32 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         C{Cairn-Stored} 1.0, the retry's 2.0), and still counts in.
         """
         return self.retried_in_vain(lambda: stored_unanswered(self, self.here))
+
+    @defer.inlineCallbacks
+    def test_rewritten_past_its_tombstone_unanswered(self):
+        """
+        Sent again once its tombstone's time is past (its id free again),
+        the write over the tombstone stored unanswered: the sender's retry,
+        answered DUPLICATE, counts it in (it showed 0 while held, then -1
+        at its removal).
+        """
+        from cairn.mailbox.interfaces import StoreFull
+
+        message = item(payload=b"abc")
+        ((_, seq),) = yield self.here.enqueue([message], 1.0, LIMITS)
+        yield self.here.acknowledge(B, [seq], 2.0, 100.0)
+        later = 2.0 + LIMITS.max_age
+        # The call's first write (its subject taken: refused) is answered, the second (over the tombstone) not.
+        stored_unanswered(self, self.here, nth=2)
+        yield self.assertFailure(self.here.enqueue([message], later, LIMITS), StoreFull)
+        (result,) = yield self.here.enqueue([message], later + 1, LIMITS)
+        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
+        yield self.here.flushed()
+        self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (1, 3))
+        (held,) = yield self.here.fetch(B, 0, 16)
+        yield self.here.acknowledge(B, [held.seq], later + 2, 100.0)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
 
     @defer.inlineCallbacks
     def test_never_sent_again(self):

@@ -354,6 +354,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
                 return ForwardStatus.STORED, await (await self._publish_message(item, now, expires_at, after))
             except Exception as e:
                 if not D.is_wrong_last(e):
+                    if unknown_outcome(e):  # may be stored all the same, as an enqueue's write
+                        self._maybe.add(self._message_subject(item), float_text(now))
                     raise
         if unanswered is not None:
             self._maybe.restore(self._message_subject(item), unanswered)  # not read: the watch may count it
