@@ -58,7 +58,7 @@ def snapshot(conn, txn, *args):
 
 
 def thread_inblock():
-    """Blocks this thread has read from a device so far (Linux); None where the count is not kept."""
+    """Blocks this thread has read from a device so far (Linux; elsewhere the name is None: not counted)."""
     return resource.getrusage(resource.RUSAGE_THREAD).ru_inblock
 
 
