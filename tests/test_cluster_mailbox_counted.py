@@ -20,39 +20,25 @@ from tests.test_mailbox_store import LIMITS, B, item
 STORED = ForwardStatus.STORED
 
 
-def refuse_second_write(store, err_code, description):
-    """The store's second write from now on is refused (JetStream at its limit); returns the unpatched publish."""
+def refuse_write(store, err_code, description, nth=2):
+    """
+    The store's C{nth} write from now on is refused, unstored (JetStream at
+    its limit, say, or no stream answering); returns the unpatched publish.
+    """
     from cairn.cluster.pubacks import PublishError
 
     publish, calls = store.acks.publish, []
 
-    async def second_refused(subject, payload, headers, *rest):
+    async def refused(subject, payload, headers, *rest):
         calls.append(subject)
-        if len(calls) == 2:
+        if len(calls) == nth:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(PublishError(err_code, description))
             return future
         return await publish(subject, payload, headers, *rest)
 
-    store.acks.publish = second_refused
+    store.acks.publish = refused
     return publish
-
-
-def refuse_next_write(testcase, store, err_code, description):
-    """The store's next write is refused, unstored (JetStream's answer C{err_code})."""
-    from cairn.cluster.pubacks import PublishError
-
-    publish, calls = store.acks.publish, []
-
-    async def first_refused(subject, payload, headers, *rest):
-        calls.append(subject)
-        if len(calls) == 1:
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(PublishError(err_code, description))
-            return future
-        return await publish(subject, payload, headers, *rest)
-
-    testcase.patch(store.acks, "publish", first_refused)
 
 
 def third_publish_raises(testcase, store):
@@ -510,7 +496,7 @@ class PartlyStoredTests(unittest.TestCase):
         _, jet = yield _jetstream.single(self)
         store = JetStreamMailboxStore(jet)
         yield store.start()
-        publish = refuse_second_write(store, 10023, "insufficient resources")
+        publish = refuse_write(store, 10023, "insufficient resources")
         items = [item(payload=b"a"), item(payload=b"bb"), item(payload=b"ccc")]
         failure = yield self.assertFailure(store.enqueue(items, 1.0, LIMITS), PartlyStored)
         self.assertEqual([r and r[0] for r in failure.results], [STORED, None, STORED])
@@ -543,7 +529,7 @@ class PartlyRemovedTests(unittest.TestCase):
         items = [item(payload=b"a"), item(payload=b"bb"), item(payload=b"ccc")]
         yield store.enqueue(items, 1.0, LIMITS)
         seqs = [m.seq for m in (yield store.fetch(B, 0, 16))]
-        publish = refuse_second_write(store, 10002, "resource limits exceeded for account")
+        publish = refuse_write(store, 10002, "resource limits exceeded for account")
         failure = yield self.assertFailure(store.acknowledge(B, seqs, 2.0, 100.0), PartlyRemoved)
         self.assertEqual([r.message_id for r in failure.receipts], [items[0].message_id, items[2].message_id])
         self.assertEqual((store.depths()[B].messages, store.depths()[B].bytes), (1, 2))
@@ -842,18 +828,23 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
             self.assertNotIn(B, self.here.depths())
 
     @defer.inlineCallbacks
-    def test_sent_again(self):
-        """The sender's retry is answered DUPLICATE and finds it: counted in; its removal counts it out."""
-        message = item(payload=b"abc")
-        yield self.refused(message)
-        (result,) = yield self.here.enqueue([message], 2.0, LIMITS)
+    def counted_once(self, message, at):
+        """The sender sends C{message} (3 bytes) again at C{at}: DUPLICATE, counted in once, then out at its removal."""
+        (result,) = yield self.here.enqueue([message], at, LIMITS)
         self.assertEqual(result[0], ForwardStatus.DUPLICATE)
         yield self.here.flushed()
         self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (1, 3))
         (held,) = yield self.here.fetch(B, 0, 16)
-        yield self.here.acknowledge(B, [held.seq], 3.0, 100.0)
+        yield self.here.acknowledge(B, [held.seq], at + 1, 100.0)
         self.assertNotIn(B, self.here.depths())
         self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
+    def test_sent_again(self):
+        """The sender's retry is answered DUPLICATE and finds it: counted in; its removal counts it out."""
+        message = item(payload=b"abc")
+        yield self.refused(message)
+        yield self.counted_once(message, 2.0)
 
     @defer.inlineCallbacks
     def retried_in_vain(self, spoil):
@@ -872,18 +863,15 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         yield self.refused(message)
         spoil()
         yield self.assertFailure(self.here.enqueue([message], 2.0, LIMITS), StoreFull)
-        (result,) = yield self.here.enqueue([message], 3.0, LIMITS)
-        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
-        yield self.here.flushed()
-        self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (1, 3))
-        (held,) = yield self.here.fetch(B, 0, 16)
-        yield self.here.acknowledge(B, [held.seq], 4.0, 100.0)
-        self.assertNotIn(B, self.here.depths())
-        self.assertEqual(self.here.total_bytes(), 0)
+        yield self.counted_once(message, 3.0)
 
     def test_retry_refused(self):
         """The first retry refused without being stored (503: no stream answered, an election)."""
-        return self.retried_in_vain(lambda: refuse_next_write(self, self.here, 503, "no responders"))
+        def refused():
+            publish = refuse_write(self.here, 503, "no responders", nth=1)
+            self.addCleanup(setattr, self.here.acks, "publish", publish)
+
+        return self.retried_in_vain(refused)
 
     def test_retry_whose_read_fails(self):
         """The first retry, refused as the subject is taken, cannot read what holds it (a timeout)."""
@@ -924,14 +912,7 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         # The call's first write (its subject taken: refused) is answered, the second (over the tombstone) not.
         stored_unanswered(self, self.here, nth=2)
         yield self.assertFailure(self.here.enqueue([message], later, LIMITS), StoreFull)
-        (result,) = yield self.here.enqueue([message], later + 1, LIMITS)
-        self.assertEqual(result[0], ForwardStatus.DUPLICATE)
-        yield self.here.flushed()
-        self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (1, 3))
-        (held,) = yield self.here.fetch(B, 0, 16)
-        yield self.here.acknowledge(B, [held.seq], later + 2, 100.0)
-        self.assertNotIn(B, self.here.depths())
-        self.assertEqual(self.here.total_bytes(), 0)
+        yield self.counted_once(message, later + 1)
 
     @defer.inlineCallbacks
     def test_never_sent_again(self):
