@@ -915,6 +915,30 @@ class StoredUnansweredTests(OneStore, unittest.TestCase):
         yield self.counted_once(message, later + 1)
 
     @defer.inlineCallbacks
+    def test_call_cut_short_after_two_writes(self):
+        """
+        An enqueue of three whose third publish raises at once (nats-py's
+        connection closed): the first two, written but never awaited, are
+        stored; the sender's retry of all three counts each once (the two
+        were held uncounted).
+        """
+        from cairn.mailbox.interfaces import StoreFull
+        from tests.test_cluster_mailbox_removal import ROOMY
+
+        messages = [item(payload=b"m%d" % i) for i in range(3)]
+        third_publish_raises(self, self.here)
+        yield self.assertFailure(self.here.enqueue(messages, 1.0, ROOMY), StoreFull)
+        self.patch(self.here.acks, "publish", self.here._publish)
+        results = yield self.here.enqueue(messages, 2.0, ROOMY)
+        self.assertEqual(sorted(r[0] for r in results), [ForwardStatus.STORED] + [ForwardStatus.DUPLICATE] * 2)
+        yield self.here.flushed()
+        self.assertEqual((self.here.depths()[B].messages, self.here.total_bytes()), (3, 6))
+        held = yield self.here.fetch(B, 0, 16)
+        yield self.here.acknowledge(B, [m.seq for m in held], 3.0, 100.0)
+        self.assertNotIn(B, self.here.depths())
+        self.assertEqual(self.here.total_bytes(), 0)
+
+    @defer.inlineCallbacks
     def test_never_sent_again(self):
         """Delivered without a retry: never counted in, its removal counts nothing (it was -1)."""
         yield self.refused(item(payload=b"abc"))

@@ -232,6 +232,8 @@ class JetStreamMailboxStore(Reading, StoreCalls, Following, Overrides, Removal, 
         except BaseException:
             for taken in retried.values():  # they decided nothing
                 self._maybe.restore(*taken)
+            for subject, _ in futures.values():  # written, never awaited: may be stored all the same
+                self._maybe.add(subject, stored[D.STORED])
             raise
         results = [None] * len(items)
         failure = None
